@@ -1,0 +1,760 @@
+/* wanvideo_vae._C: the Python boundary. Arrays come in through __array_interface__ or
+ * __cuda_array_interface__ (versions 2 and 3); status codes become exceptions here and only here;
+ * the GIL is released while weights convert and while the decoder runs. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <string.h>
+
+#include "wv_backend.h"
+#include "wv_internal.h"
+
+static PyObject *WvError;       /* wanvideo_vae.WanVAEError (ValueError) */
+static PyObject *WvInterrupted; /* subclass of WvError */
+
+void wv_cpu_fail_nth_alloc(int n);
+
+static PyObject *raise_status(const wv_error *err)
+{
+    PyObject *type = err->code == WV_ERR_NOMEM         ? PyExc_MemoryError
+                     : err->code == WV_ERR_INTERRUPTED ? WvInterrupted
+                                                       : WvError;
+    PyErr_SetString(type, err->msg[0] ? err->msg : "wanvideo_vae: unknown error");
+    return NULL;
+}
+
+/* ---- array interface parsing ------------------------------------------------------------- */
+
+/* A parsed array plus the object that owns its memory. */
+typedef struct {
+    wv_view view;
+    PyObject *owner;
+    long long stream; /* CAI v3 stream handle, 0 when absent */
+} py_array;
+
+static int parse_typestr(PyObject *typestr, const char *what, wv_dtype *dt)
+{
+    const char *s = PyUnicode_Check(typestr) ? PyUnicode_AsUTF8(typestr) : NULL;
+    if (!s) {
+        PyErr_Format(WvError, "%s: typestr is not a string", what);
+        return -1;
+    }
+    if (!strcmp(s, "<f4") || !strcmp(s, "=f4")) *dt = WV_F32;
+    else if (!strcmp(s, "<f2") || !strcmp(s, "=f2")) *dt = WV_F16;
+    else if (!strcmp(s, "<V2") || !strcmp(s, "|V2")) *dt = WV_BF16; /* bfloat16, as torch and ml_dtypes export it */
+    else {
+        PyErr_Format(WvError, "%s: unsupported dtype (typestr '%s'); expected float32, float16 or bfloat16",
+                     what, s);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_shape(PyObject *iface, const char *what, wv_view *v)
+{
+    PyObject *shape = PyDict_GetItemString(iface, "shape");
+    if (!shape || !PyTuple_Check(shape)) {
+        PyErr_Format(WvError, "%s: array interface has no 'shape' tuple", what);
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(shape) > WV_MAX_DIMS) {
+        PyErr_Format(WvError, "%s: %zd dimensions is too many", what, PyTuple_GET_SIZE(shape));
+        return -1;
+    }
+    v->ndim = (int)PyTuple_GET_SIZE(shape);
+    for (int d = 0; d < v->ndim; d++) {
+        long long e = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
+        if (e == -1 && PyErr_Occurred()) return -1;
+        if (e < 0) {
+            PyErr_Format(WvError, "%s: negative extent %lld on axis %d", what, e, d);
+            return -1;
+        }
+        v->shape[d] = e;
+    }
+    return 0;
+}
+
+static int parse_strides(PyObject *iface, const char *what, wv_view *v)
+{
+    PyObject *strides = PyDict_GetItemString(iface, "strides");
+    int64_t step = (int64_t)wv_dtype_size(v->dtype);
+    if (!strides || strides == Py_None) {
+        for (int d = v->ndim - 1; d >= 0; d--) {
+            v->strides[d] = step;
+            step *= v->shape[d];
+        }
+        return 0;
+    }
+    if (!PyTuple_Check(strides) || PyTuple_GET_SIZE(strides) != v->ndim) {
+        PyErr_Format(WvError, "%s: 'strides' must be None or a tuple of %d ints", what, v->ndim);
+        return -1;
+    }
+    for (int d = 0; d < v->ndim; d++) {
+        long long s = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
+        if (s == -1 && PyErr_Occurred()) return -1;
+        if (s < 0) {
+            PyErr_Format(WvError, "%s: negative stride %lld on axis %d is not supported", what, s, d);
+            return -1;
+        }
+        if (s % (long long)wv_dtype_size(v->dtype)) {
+            PyErr_Format(WvError, "%s: stride %lld on axis %d is not a multiple of the element size", what, s, d);
+            return -1;
+        }
+        v->strides[d] = s;
+    }
+    return 0;
+}
+
+static int parse_data(PyObject *iface, const char *what, py_array *a)
+{
+    PyObject *data = PyDict_GetItemString(iface, "data");
+    PyObject *ptr;
+    if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
+        PyErr_Format(WvError, "%s: array interface 'data' must be a (pointer, read_only) tuple", what);
+        return -1;
+    }
+    ptr = PyTuple_GET_ITEM(data, 0);
+    a->view.data = PyLong_AsVoidPtr(ptr);
+    if (!a->view.data && PyErr_Occurred()) return -1;
+    if (!a->view.data && wv_view_numel(&a->view) > 0) {
+        PyErr_Format(WvError, "%s: null data pointer for a non-empty array", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_stream(PyObject *iface, const char *what, py_array *a)
+{
+    PyObject *stream = PyDict_GetItemString(iface, "stream");
+    a->stream = 0;
+    if (!stream || stream == Py_None) return 0;
+    a->stream = PyLong_AsLongLong(stream);
+    if (a->stream == -1 && PyErr_Occurred()) return -1;
+    if (a->stream == 0) {
+        PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills `a` from obj.__cuda_array_interface__ or obj.__array_interface__; a->owner keeps obj alive. */
+static int parse_array(PyObject *obj, const char *what, py_array *a)
+{
+    PyObject *iface = NULL, *typestr, *mask;
+    int on_device = 1, rc = -1;
+    memset(a, 0, sizeof *a);
+    iface = PyObject_GetAttrString(obj, "__cuda_array_interface__");
+    if (!iface) {
+        PyErr_Clear();
+        on_device = 0;
+        iface = PyObject_GetAttrString(obj, "__array_interface__");
+    }
+    if (!iface) {
+        PyErr_Clear();
+        PyErr_Format(WvError, "%s: expected an array (NumPy array or an object with __array_interface__ or "
+                              "__cuda_array_interface__), got %.80s",
+                     what, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    if (!PyDict_Check(iface)) {
+        PyErr_Format(WvError, "%s: array interface is not a dict", what);
+        goto finally;
+    }
+    typestr = PyDict_GetItemString(iface, "typestr");
+    if (!typestr) {
+        PyErr_Format(WvError, "%s: array interface has no 'typestr'", what);
+        goto finally;
+    }
+    mask = PyDict_GetItemString(iface, "mask");
+    if (mask && mask != Py_None) {
+        PyErr_Format(WvError, "%s: masked arrays are not supported", what);
+        goto finally;
+    }
+    a->view.on_device = on_device;
+    if (parse_typestr(typestr, what, &a->view.dtype) || parse_shape(iface, what, &a->view) ||
+        parse_strides(iface, what, &a->view) || parse_data(iface, what, a) ||
+        (on_device && parse_stream(iface, what, a)))
+        goto finally;
+    Py_INCREF(obj);
+    a->owner = obj;
+    rc = 0;
+finally:
+    Py_XDECREF(iface);
+    return rc;
+}
+
+static void py_array_release(py_array *a)
+{
+    Py_CLEAR(a->owner);
+}
+
+static int parse_floats(PyObject *seq, const char *what, int n, float *out)
+{
+    PyObject *fast = PySequence_Fast(seq, "");
+    if (!fast) {
+        PyErr_Clear();
+        PyErr_Format(WvError, "%s must be a sequence of %d floats", what, n);
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(fast) != n) {
+        PyErr_Format(WvError, "%s has %zd values; the weights have z_dim=%d", what, PySequence_Fast_GET_SIZE(fast), n);
+        Py_DECREF(fast);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        out[i] = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+        if (out[i] == -1.0f && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* ---- Model ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    wv_model model;
+    int built;
+} ModelObject;
+
+static const wv_backend *backend_by_name(const char *name)
+{
+    const wv_backend *be = wv_backend_find(name);
+    if (!be) PyErr_Format(WvError, "backend '%s' is not available (see wanvideo_vae.backends())", name);
+    return be;
+}
+
+static int collect_weights(PyObject *weights, wv_named_view **views, py_array **arrays, Py_ssize_t *count)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0, i = 0, n;
+    if (!PyDict_Check(weights)) {
+        PyErr_SetString(WvError, "weights must be a dict mapping checkpoint keys to arrays");
+        return -1;
+    }
+    n = PyDict_Size(weights);
+    *views = (wv_named_view *)PyMem_Calloc((size_t)(n ? n : 1), sizeof(wv_named_view));
+    *arrays = (py_array *)PyMem_Calloc((size_t)(n ? n : 1), sizeof(py_array));
+    *count = 0;
+    if (!*views || !*arrays) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    while (PyDict_Next(weights, &pos, &key, &value)) {
+        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        char what[160];
+        if (!k) {
+            PyErr_SetString(WvError, "weights: every key must be a str");
+            return -1;
+        }
+        snprintf(what, sizeof what, "weight '%s'", k);
+        if (parse_array(value, what, &(*arrays)[i])) return -1;
+        (*views)[i].key = k;
+        (*views)[i].view = (*arrays)[i].view;
+        *count = ++i;
+    }
+    return 0;
+}
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"weights", "backend", NULL};
+    PyObject *weights;
+    const char *backend_name = "cpu";
+    const wv_backend *be;
+    wv_named_view *views = NULL;
+    py_array *arrays = NULL;
+    Py_ssize_t count = 0;
+    wv_error err = {WV_OK, ""};
+    wv_status st;
+    int rc = -1;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:Model", kwlist, &weights, &backend_name)) return -1;
+    if (self->built) {
+        wv_model_free(&self->model);
+        self->built = 0;
+    }
+    if (!(be = backend_by_name(backend_name))) return -1;
+    if (collect_weights(weights, &views, &arrays, &count)) goto finally;
+    Py_BEGIN_ALLOW_THREADS
+    st = wv_model_build(&self->model, be, views, (int)count, &err);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        raise_status(&err);
+        goto finally;
+    }
+    self->built = 1;
+    rc = 0;
+finally:
+    for (Py_ssize_t i = 0; arrays && i < count; i++) py_array_release(&arrays[i]);
+    PyMem_Free(arrays);
+    PyMem_Free(views);
+    return rc;
+}
+
+static void Model_dealloc(ModelObject *self)
+{
+    if (self->built) wv_model_free(&self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int require_built(ModelObject *self)
+{
+    if (self->built) return 0;
+    PyErr_SetString(WvError, "Model is not initialised");
+    return -1;
+}
+
+static PyObject *rect_tuple(const wv_rect *r)
+{
+    return Py_BuildValue("(iiii)", r->y.lo, r->y.hi, r->x.lo, r->x.hi);
+}
+
+static int dict_set(PyObject *d, const char *key, PyObject *value)
+{
+    int rc = value ? PyDict_SetItemString(d, key, value) : -1;
+    Py_XDECREF(value);
+    return rc;
+}
+
+static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
+{
+    PyObject *d = PyDict_New(), *segs = NULL, *bufs = NULL, *tiles = NULL;
+    if (!d) return NULL;
+    if (!(segs = PyList_New(p->n_segments)) || !(bufs = PyList_New(p->n_buffers)) ||
+        !(tiles = PyList_New(p->n_tiles)))
+        goto fail;
+    for (int s = 0; s < p->n_segments; s++) {
+        const wv_segment *sg = &p->seg[s];
+        PyObject *item = Py_BuildValue("{s:s,s:i,s:i,s:i}", "first_block", m->blocks[sg->first_block].prefix,
+                                       "scale", sg->scale, "halo", sg->halo, "frames_per_chunk",
+                                       sg->frames_per_chunk);
+        if (!item) goto fail;
+        PyList_SET_ITEM(segs, s, item);
+    }
+    for (int i = 0; i < p->n_buffers; i++) {
+        PyObject *item = Py_BuildValue("(sn)", p->buffers[i].name, (Py_ssize_t)p->buffers[i].bytes);
+        if (!item) goto fail;
+        PyList_SET_ITEM(bufs, i, item);
+    }
+    for (int t = 0; t < p->n_tiles; t++) {
+        PyObject *item = rect_tuple(&p->tiles[t].core);
+        if (!item) goto fail;
+        PyList_SET_ITEM(tiles, t, item);
+    }
+    if (dict_set(d, "frames", PyLong_FromLong(p->frames_out)) || dict_set(d, "height", PyLong_FromLong(p->H)) ||
+        dict_set(d, "width", PyLong_FromLong(p->W)) || dict_set(d, "tiles_x", PyLong_FromLong(p->tiles_x)) ||
+        dict_set(d, "tiles_y", PyLong_FromLong(p->tiles_y)) || dict_set(d, "n_tiles", PyLong_FromLong(p->n_tiles)) ||
+        dict_set(d, "core_x", PyLong_FromLong(p->core_x)) || dict_set(d, "core_y", PyLong_FromLong(p->core_y)) ||
+        dict_set(d, "out_halo", PyLong_FromLong(p->out_halo)) ||
+        dict_set(d, "stream_trunk", PyBool_FromLong(p->stream_trunk)) ||
+        dict_set(d, "planned_bytes", PyLong_FromSize_t(p->arena_bytes)) ||
+        dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
+        dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
+        dict_set(d, "conv_flops", PyLong_FromLongLong(p->conv_flops)) ||
+        dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) || PyDict_SetItemString(d, "segments", segs) ||
+        PyDict_SetItemString(d, "buffers", bufs) || PyDict_SetItemString(d, "tile_cores", tiles))
+        goto fail;
+    Py_DECREF(segs);
+    Py_DECREF(bufs);
+    Py_DECREF(tiles);
+    return d;
+fail:
+    Py_XDECREF(segs);
+    Py_XDECREF(bufs);
+    Py_XDECREF(tiles);
+    Py_DECREF(d);
+    return NULL;
+}
+
+static int parse_options(int tile_x, int tile_y, int end_frame, int raw, wv_options *o)
+{
+    if (tile_x < 0 || tile_y < 0) {
+        PyErr_Format(WvError, "tile sizes must be >= 0 (0 = whole frame), got tile_x=%d, tile_y=%d", tile_x, tile_y);
+        return -1;
+    }
+    o->tile_x = tile_x;
+    o->tile_y = tile_y;
+    o->end_frame = end_frame;
+    o->output = raw ? WV_OUT_RAW : WV_OUT_UNIT;
+    return 0;
+}
+
+static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", NULL};
+    int T, h, w, tile_x = 0, tile_y = 0, end_frame = 0;
+    wv_options o;
+    wv_plan plan;
+    wv_error err = {WV_OK, ""};
+    PyObject *result;
+    if (require_built(self)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iip:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame))
+        return NULL;
+    if (parse_options(tile_x, tile_y, end_frame, 0, &o)) return NULL;
+    if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
+        wv_plan_free(&plan);
+        return raise_status(&err);
+    }
+    result = plan_to_dict(&plan, &self->model);
+    wv_plan_free(&plan);
+    return result;
+}
+
+/* Progress bridge: runs with the GIL released around it, so it takes the GIL to call Python. */
+typedef struct {
+    PyObject *callback;
+    PyObject *exc_type, *exc_value, *exc_tb;
+} progress_bridge;
+
+static int progress_trampoline(void *user, int64_t done, int64_t total)
+{
+    progress_bridge *b = (progress_bridge *)user;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = 0;
+    if (PyErr_CheckSignals() < 0) {
+        stop = 1;
+    } else if (b->callback) {
+        PyObject *r = PyObject_CallFunction(b->callback, "LL", (long long)done, (long long)total);
+        if (!r) stop = 1;
+        else if (r == Py_False) stop = 2;
+        Py_XDECREF(r);
+    }
+    if (stop == 1) PyErr_Fetch(&b->exc_type, &b->exc_value, &b->exc_tb);
+    PyGILState_Release(g);
+    return stop;
+}
+
+static int check_latents_view(const wv_model *m, const py_array *lat, int *T, int *h, int *w)
+{
+    const wv_view *v = &lat->view;
+    if (v->ndim != 4) {
+        PyErr_Format(WvError, "latents must be [z_dim, T, h, w] (4-d); got %d dimensions", v->ndim);
+        return -1;
+    }
+    if (v->shape[0] != m->z_dim) {
+        PyErr_Format(WvError, "latents have %lld channels; the weights have z_dim=%d", (long long)v->shape[0],
+                     m->z_dim);
+        return -1;
+    }
+    if (v->shape[1] < 1 || v->shape[2] < 1 || v->shape[3] < 1) {
+        PyErr_Format(WvError, "latents must have T, h, w >= 1; got shape [%lld, %lld, %lld, %lld]",
+                     (long long)v->shape[0], (long long)v->shape[1], (long long)v->shape[2], (long long)v->shape[3]);
+        return -1;
+    }
+    if (v->shape[1] > 100000 || v->shape[2] > 100000 || v->shape[3] > 100000) {
+        PyErr_SetString(WvError, "latents are implausibly large");
+        return -1;
+    }
+    if (v->on_device && !strcmp(m->backend->name, "cpu")) {
+        PyErr_SetString(WvError, "latents are in CUDA device memory but the model uses the CPU backend");
+        return -1;
+    }
+    *T = (int)v->shape[1];
+    *h = (int)v->shape[2];
+    *w = (int)v->shape[3];
+    return 0;
+}
+
+static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats *s)
+{
+    PyObject *d = plan_to_dict(p, m);
+    if (!d) return NULL;
+    if (dict_set(d, "arena_high_water", PyLong_FromSize_t(s->arena_high_water)) ||
+        dict_set(d, "seconds_trunk", PyFloat_FromDouble(s->seconds_trunk)) ||
+        dict_set(d, "seconds_tiles", PyFloat_FromDouble(s->seconds_tiles)) ||
+        dict_set(d, "seconds_total", PyFloat_FromDouble(s->seconds_total)) ||
+        dict_set(d, "steps", PyLong_FromLongLong(s->steps))) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", NULL};
+    PyObject *lat_obj, *mean_obj, *std_obj, *progress = Py_None;
+    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, T, h, w;
+    float *mean = NULL, *stdv = NULL;
+    py_array lat;
+    wv_options o;
+    wv_plan plan;
+    wv_stats stats;
+    wv_error err = {WV_OK, ""};
+    wv_status st;
+    progress_bridge bridge = {NULL, NULL, NULL, NULL};
+    PyArrayObject *out = NULL;
+    PyObject *result = NULL;
+    int have_plan = 0;
+
+    memset(&lat, 0, sizeof lat);
+    if (require_built(self)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippO:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
+                                     &tile_y, &end_frame, &raw, &progress))
+        return NULL;
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(WvError, "progress must be callable or None");
+        return NULL;
+    }
+    bridge.callback = progress == Py_None ? NULL : progress;
+    if (parse_options(tile_x, tile_y, end_frame, raw, &o)) return NULL;
+    if (parse_array(lat_obj, "latents", &lat)) return NULL;
+    if (check_latents_view(&self->model, &lat, &T, &h, &w)) goto finally;
+    mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
+    stdv = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
+    if (!mean || !stdv) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    if (parse_floats(mean_obj, "mean", self->model.z_dim, mean) || parse_floats(std_obj, "std", self->model.z_dim, stdv))
+        goto finally;
+    if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
+        wv_plan_free(&plan);
+        raise_status(&err);
+        goto finally;
+    }
+    have_plan = 1;
+    {
+        npy_intp dims[4] = {plan.frames_out, plan.H, plan.W, 3};
+        out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+        if (!out) goto finally;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = wv_decode(&self->model, &plan, &lat.view, mean, stdv, &o, (float *)PyArray_DATA(out), progress_trampoline,
+                   &bridge, &stats, &err);
+    Py_END_ALLOW_THREADS
+    if (st) {
+        if (st == WV_ERR_INTERRUPTED && bridge.exc_type)
+            PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
+        else
+            raise_status(&err);
+        goto finally;
+    }
+    {
+        PyObject *sd = stats_dict(&plan, &self->model, &stats);
+        if (sd) result = Py_BuildValue("(ON)", (PyObject *)out, sd);
+    }
+finally:
+    if (have_plan) wv_plan_free(&plan);
+    Py_XDECREF(out);
+    PyMem_Free(mean);
+    PyMem_Free(stdv);
+    py_array_release(&lat);
+    return result;
+}
+
+static PyObject *Model_halos(ModelObject *self, PyObject *noargs)
+{
+    int halo[WV_MAX_BLOCKS];
+    PyObject *d;
+    (void)noargs;
+    if (require_built(self)) return NULL;
+    wv_model_halos(&self->model, halo);
+    if (!(d = PyDict_New())) return NULL;
+    for (int b = self->model.trunk_end; b < self->model.n_blocks; b++) {
+        if (dict_set(d, self->model.blocks[b].prefix, PyLong_FromLong(halo[b]))) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+static PyObject *Model_get_int(ModelObject *self, void *which)
+{
+    if (require_built(self)) return NULL;
+    switch ((int)(intptr_t)which) {
+    case 0: return PyLong_FromLong(self->model.dim);
+    case 1: return PyLong_FromLong(self->model.z_dim);
+    case 2: return PyLong_FromLongLong(self->model.n_params);
+    case 3: return PyLong_FromSize_t(self->model.weight_bytes);
+    case 4: return PyLong_FromLong(self->model.n_cache_slots);
+    default: return PyUnicode_FromString(self->model.backend->name);
+    }
+}
+
+static PyGetSetDef Model_getset[] = {
+    {"dim", (getter)Model_get_int, NULL, "base width (96 for Wan 2.1)", (void *)0},
+    {"z_dim", (getter)Model_get_int, NULL, "latent channels", (void *)1},
+    {"n_params", (getter)Model_get_int, NULL, "decoder parameters", (void *)2},
+    {"weight_bytes", (getter)Model_get_int, NULL, "bytes of converted weights", (void *)3},
+    {"cache_slots", (getter)Model_get_int, NULL, "causal convolutions (one cache each)", (void *)4},
+    {"backend", (getter)Model_get_int, NULL, "backend name", (void *)5},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Model_methods[] = {
+    {"plan", (PyCFunction)(void (*)(void))Model_plan, METH_VARARGS | METH_KEYWORDS,
+     "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False) -> dict: the tile grid and memory plan."},
+    {"decode", (PyCFunction)(void (*)(void))Model_decode, METH_VARARGS | METH_KEYWORDS,
+     "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None)\n"
+     "-> (frames [F, H, W, 3] float32, stats dict)."},
+    {"halos", (PyCFunction)Model_halos, METH_NOARGS, "Halo at the input of every tile-part block."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "wanvideo_vae._C.Model",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Model(weights: dict, backend='cpu'): a Wan 2.1 decoder with converted weights.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+};
+
+/* ---- module functions -------------------------------------------------------------------- */
+
+static PyObject *decode_tiled(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    PyObject *weights, *rest, *model, *backend = NULL, *decode, *result;
+    (void)mod;
+    if (PyTuple_GET_SIZE(args) < 1) {
+        PyErr_SetString(PyExc_TypeError, "decode_tiled(weights, latents, mean, std, **options)");
+        return NULL;
+    }
+    weights = PyTuple_GET_ITEM(args, 0);
+    if (kwds && (backend = PyDict_GetItemString(kwds, "backend"))) {
+        Py_INCREF(backend);
+        if (PyDict_DelItemString(kwds, "backend")) {
+            Py_DECREF(backend);
+            return NULL;
+        }
+    }
+    model = backend ? PyObject_CallFunctionObjArgs((PyObject *)&ModelType, weights, backend, NULL)
+                    : PyObject_CallFunctionObjArgs((PyObject *)&ModelType, weights, NULL);
+    Py_XDECREF(backend);
+    if (!model) return NULL;
+    rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
+    decode = rest ? PyObject_GetAttrString(model, "decode") : NULL;
+    result = decode ? PyObject_Call(decode, rest, kwds) : NULL;
+    Py_XDECREF(decode);
+    Py_XDECREF(rest);
+    Py_DECREF(model);
+    return result;
+}
+
+static PyObject *backend_features(PyObject *mod, PyObject *noargs)
+{
+    const char *names[] = {"cpu", "cuda"};
+    PyObject *d = PyDict_New();
+    (void)mod;
+    (void)noargs;
+    if (!d) return NULL;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const wv_backend *be = wv_backend_find(names[i]);
+        PyObject *ops = PyList_New(0), *entry;
+        if (!ops) goto fail;
+        for (int k = 0; be && k < wv_backend_op_count(); k++)
+            if (wv_backend_supports(be, k)) {
+                PyObject *s = PyUnicode_FromString(wv_backend_op_name(k));
+                if (!s || PyList_Append(ops, s)) {
+                    Py_XDECREF(s);
+                    Py_DECREF(ops);
+                    goto fail;
+                }
+                Py_DECREF(s);
+            }
+        entry = Py_BuildValue("{s:O,s:N,s:i}", "compiled", be ? Py_True : Py_False, "ops", ops, "op_count",
+                              wv_backend_op_count());
+        if (dict_set(d, names[i], entry)) goto fail;
+    }
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+typedef struct {
+    PyObject *list;
+    int failed;
+} key_collector;
+
+static void collect_key(void *user, const char *key, int ndim, const int64_t *shape)
+{
+    key_collector *kc = (key_collector *)user;
+    PyObject *shape_t, *item;
+    if (kc->failed) return;
+    shape_t = PyTuple_New(ndim);
+    if (!shape_t) {
+        kc->failed = 1;
+        return;
+    }
+    for (int i = 0; i < ndim; i++) PyTuple_SET_ITEM(shape_t, i, PyLong_FromLongLong(shape[i]));
+    item = Py_BuildValue("(sN)", key, shape_t);
+    if (!item || PyList_Append(kc->list, item)) kc->failed = 1;
+    Py_XDECREF(item);
+}
+
+static PyObject *expected_keys(PyObject *mod, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"dim", "z_dim", NULL};
+    int dim = 96, z = 16;
+    key_collector kc = {NULL, 0};
+    (void)mod;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ii:expected_keys", kwlist, &dim, &z)) return NULL;
+    if (dim < 1 || z < 1 || dim > 4096 || z > 4096) {
+        PyErr_SetString(WvError, "dim and z_dim must be in 1..4096");
+        return NULL;
+    }
+    if (!(kc.list = PyList_New(0))) return NULL;
+    if (wv_model_expected_keys(dim, z, collect_key, &kc) < 0 || kc.failed) {
+        Py_DECREF(kc.list);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    return kc.list;
+}
+
+static PyObject *fail_nth_alloc(PyObject *mod, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    (void)mod;
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    wv_cpu_fail_nth_alloc((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"decode_tiled", (PyCFunction)(void (*)(void))decode_tiled, METH_VARARGS | METH_KEYWORDS,
+     "decode_tiled(weights, latents, mean, std, *, backend='cpu', tile_x=0, tile_y=0, end_frame=False, raw=False,\n"
+     "             progress=None) -> (frames, stats)"},
+    {"backend_features", backend_features, METH_NOARGS, "Compiled backends and the ops each implements."},
+    {"expected_keys", (PyCFunction)(void (*)(void))expected_keys, METH_VARARGS | METH_KEYWORDS,
+     "expected_keys(dim=96, z_dim=16) -> [(key, shape)]: the decoder's weight table."},
+    {"_fail_nth_alloc", fail_nth_alloc, METH_O, "Test hook: make the n-th CPU allocation from now fail."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "wanvideo_vae native core", -1,
+                                        module_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    PyObject *m;
+    import_array();
+    if (PyType_Ready(&ModelType) < 0) return NULL;
+    m = PyModule_Create(&module_def);
+    if (!m) return NULL;
+    WvError = PyErr_NewExceptionWithDoc("wanvideo_vae.WanVAEError",
+                                        "Invalid input or a failure inside the native decoder.", PyExc_ValueError,
+                                        NULL);
+    WvInterrupted = WvError ? PyErr_NewExceptionWithDoc("wanvideo_vae.DecodeInterrupted",
+                                                        "The progress callback stopped the decode.", WvError, NULL)
+                            : NULL;
+    if (!WvInterrupted || PyModule_AddObjectRef(m, "WanVAEError", WvError) ||
+        PyModule_AddObjectRef(m, "DecodeInterrupted", WvInterrupted) ||
+        PyModule_AddObjectRef(m, "Model", (PyObject *)&ModelType)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,95 @@
+/* The backend table: every op the driver needs, once per backend, with the same signature.
+ *
+ * Activations are frames stored channels-last: a frame is a grid of positions, each holding C
+ * contiguous values. A grid of h x w interior pixels may carry a ring of `pad` zero pixels on
+ * every side, so a 3x3 convolution reads a shifted window without bounds checks:
+ *     positions(g) = (h + 2 pad) * (w + 2 pad),  frame elems = positions(g) * C.
+ * n frames of one grid follow each other: x[n][positions][C].
+ * Ops that write a padded grid write its ring as zeros, except convolutions, whose ring output
+ * is undefined (readers of a conv output read only the interior).
+ */
+#ifndef WV_BACKEND_H
+#define WV_BACKEND_H
+
+#include "wv_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct { int h, w, pad; } wv_grid;
+
+static inline int64_t wv_grid_positions(wv_grid g)
+{
+    return (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+}
+
+/* The op list. X(name, return type, argument list). The backend struct, the op-name table and
+ * the "supports" query are all generated from it. */
+#define WV_BACKEND_OPS(X)                                                                         \
+    /* memory */                                                                                  \
+    X(alloc, wv_status, (void *ctx, size_t bytes, void **out, wv_error *err))                     \
+    X(release, void, (void *ctx, void *p))                                                        \
+    X(zero, void, (void *ctx, void *p, size_t bytes))                                             \
+    /* params: n host floats into backend memory (converted to the backend's param type) */       \
+    X(upload, wv_status, (void *ctx, void *dst, const float *src, size_t n, wv_error *err))       \
+    /* host-side repack of a conv weight [cout][cin][kt][kh][kw] into the backend layout */       \
+    X(pack_conv_weight, void, (const float *oidhw, const wv_conv *cv, float *dst))                \
+    /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
+    X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
+                          const float *std, wv_grid g, void *dst))                                \
+    /* y[n][P][cout] (+)= bias + sum_taps W * window(cache[2][P][cin] ++ x[n][P][cin]) */         \
+    X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x,     \
+                   void *y, int n, int accumulate))                                               \
+    /* cache[2][P][C] <- last two frames of (cache ++ x[n]) */                                    \
+    X(cache_roll, void, (void *ctx, void *cache, const void *x, int n, int64_t frame_elems))      \
+    /* y = x / max(|x|, 1e-12) * sqrt(C) * gamma, then SiLU if silu; interior of gx -> gy */      \
+    X(rms_norm, void, (void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n,   \
+                       const void *gamma, int silu))                                              \
+    /* zero the ring of n frames */                                                               \
+    X(zero_ring, void, (void *ctx, void *x, wv_grid g, int C, int n))                             \
+    /* dst interior[y][x] = src interior[y + oy][x + ox], C channels, n frames */                 \
+    X(copy_region, void, (void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst,      \
+                          wv_grid gd, int C, int n))                                              \
+    /* Nearest x2 into dst (its ring included, zero outside the frame). dst position (py, px)    \
+     * is frame pixel (dy0 - 1 + py, dx0 - 1 + px) of an fh x fw frame; it reads source pixel   \
+     * (y / 2 - sy0, x / 2 - sx0) of src, channels [coff, coff + C) of a cstride-wide position. */ \
+    X(upsample2x, void, (void *ctx, const void *src, wv_grid gs, int sy0, int sx0, int cstride,   \
+                         int coff, void *dst, wv_grid gd, int dy0, int dx0, int fh, int fw,       \
+                         int C))                                                                  \
+    /* out[N][C] = softmax(q k^T / sqrt(C)) v, q/k/v = columns [0,C) [C,2C) [2C,3C) of qkv[N][3C];\
+     * scores: rows x N scratch, the query chunk */                                               \
+    X(attention, void, (void *ctx, const void *qkv, void *out, int N, int C, void *scores,        \
+                        int rows))                                                                \
+    /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w;             \
+     * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW */             \
+    X(write_output, void, (void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w,  \
+                           float *out, int out_w, int oy, int ox, wv_output_mode mode))           \
+    /* wait for queued work; returns any error the backend recorded since the last check */      \
+    X(sync, wv_status, (void *ctx, wv_error *err))
+
+struct wv_backend {
+    const char *name;
+    size_t act_bytes;   /* bytes per activation element */
+    size_t param_bytes; /* bytes per parameter element in backend memory */
+    wv_status (*ctx_create)(void **ctx, wv_error *err);
+    void (*ctx_destroy)(void *ctx);
+#define WV_OP_FIELD(name, ret, args) ret(*name) args;
+    WV_BACKEND_OPS(WV_OP_FIELD)
+#undef WV_OP_FIELD
+};
+
+/* Number of ops in the table, their names, and whether a backend implements op i. */
+int wv_backend_op_count(void);
+const char *wv_backend_op_name(int i);
+int wv_backend_supports(const wv_backend *be, int i);
+
+/* Compiled-in backends. NULL when a backend was not compiled. */
+const wv_backend *wv_backend_cpu(void);
+const wv_backend *wv_backend_find(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

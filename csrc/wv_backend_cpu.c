@@ -1,0 +1,301 @@
+/* The CPU backend: plain C, float32, convolutions as BLAS GEMMs over shifted windows.
+ *
+ * A 3x3 conv on a padded channels-last frame needs no im2col: for tap (dy, dx) the inputs of a
+ * run of consecutive positions are themselves consecutive rows of the frame, shifted by
+ * (dy - 1) * (w + 2) + (dx - 1) positions. One GEMM per tap covers every interior position of
+ * the frame at once (plus the ring columns between rows, whose output is undefined). */
+#include "wv_backend.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wv_blas.h"
+
+static wv_status cpu_ctx_create(void **ctx, wv_error *err)
+{
+    (void)err;
+    *ctx = NULL;
+    return WV_OK;
+}
+
+static void cpu_ctx_destroy(void *ctx) { (void)ctx; }
+
+/* Test hook: fail the n-th allocation from now (0 = never). Not thread-safe by design. */
+static int g_fail_alloc_countdown = 0;
+
+void wv_cpu_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
+
+static wv_status cpu_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
+{
+    (void)ctx;
+    *out = NULL;
+    if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes (injected failure)", bytes);
+    *out = malloc(bytes ? bytes : 1);
+    if (!*out) return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes", bytes);
+    return WV_OK;
+}
+
+static void cpu_release(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+static void cpu_zero(void *ctx, void *p, size_t bytes)
+{
+    (void)ctx;
+    memset(p, 0, bytes);
+}
+
+static wv_status cpu_upload(void *ctx, void *dst, const float *src, size_t n, wv_error *err)
+{
+    (void)ctx;
+    (void)err;
+    memcpy(dst, src, n * sizeof(float));
+    return WV_OK;
+}
+
+/* [cout][cin][kt][kh][kw] -> [kt][kh][kw][cin][cout]: each tap a row-major cin x cout matrix. */
+static void cpu_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
+{
+    int taps = cv->kt * cv->kh * cv->kw;
+    for (int o = 0; o < cv->cout; o++)
+        for (int i = 0; i < cv->cin; i++)
+            for (int k = 0; k < taps; k++)
+                dst[((int64_t)k * cv->cin + i) * cv->cout + o] = src[((int64_t)o * cv->cin + i) * taps + k];
+}
+
+static int64_t row_width(wv_grid g) { return g.w + 2 * g.pad; }
+
+/* Position index of interior pixel (y, x). */
+static int64_t pos(wv_grid g, int y, int x) { return (int64_t)(y + g.pad) * row_width(g) + x + g.pad; }
+
+static void zero_ring_frame(float *f, wv_grid g, int C)
+{
+    int64_t wp = row_width(g);
+    if (!g.pad) return;
+    memset(f, 0, (size_t)(wp * g.pad * C) * sizeof(float));
+    memset(f + (g.h + g.pad) * wp * C, 0, (size_t)(wp * g.pad * C) * sizeof(float));
+    for (int y = 0; y < g.h; y++) {
+        float *row = f + (y + g.pad) * wp * C;
+        memset(row, 0, (size_t)(g.pad * C) * sizeof(float));
+        memset(row + (g.pad + g.w) * C, 0, (size_t)(g.pad * C) * sizeof(float));
+    }
+}
+
+static void cpu_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
+{
+    int64_t fe = wv_grid_positions(g) * C;
+    (void)ctx;
+    for (int f = 0; f < n; f++) zero_ring_frame((float *)x + f * fe, g, C);
+}
+
+/* [z][T][h][w] view, frame t -> dst [P][z] with zero ring */
+static void cpu_load_latent(void *ctx, const wv_view *lat, int t, const float *mean, const float *std,
+                            wv_grid g, void *dst_)
+{
+    float *dst = (float *)dst_;
+    int z = (int)lat->shape[0];
+    const char *base = (const char *)lat->data + (int64_t)t * lat->strides[1];
+    (void)ctx;
+    zero_ring_frame(dst, g, z);
+    for (int y = 0; y < g.h; y++)
+        for (int x = 0; x < g.w; x++) {
+            float *d = dst + pos(g, y, x) * z;
+            const char *s = base + y * lat->strides[2] + x * lat->strides[3];
+            for (int c = 0; c < z; c++) d[c] = wv_elem_to_f32(s + c * lat->strides[0], lat->dtype) * std[c] + mean[c];
+        }
+}
+
+static void add_bias_rows(float *y, int64_t rows, int cout, const float *bias, int accumulate)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = y + r * cout;
+        if (accumulate)
+            for (int o = 0; o < cout; o++) row[o] += bias[o];
+        else
+            memcpy(row, bias, (size_t)cout * sizeof(float));
+    }
+}
+
+/* Accumulates one temporal tap of frame `src` into `yrows` (rows p0..p0+M-1 of the output). */
+static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, const float *src, int64_t p0,
+                              int64_t M, float *yrows)
+{
+    int64_t wp = row_width(g);
+    int rh = cv->kh / 2, rw = cv->kw / 2;
+    for (int dy = 0; dy < cv->kh; dy++)
+        for (int dx = 0; dx < cv->kw; dx++) {
+            const float *a = src + (p0 + (int64_t)(dy - rh) * wp + (dx - rw)) * cv->cin;
+            const float *b = w_dt + ((int64_t)dy * cv->kw + dx) * cv->cin * cv->cout;
+            wv_sgemm_nn((int)M, cv->cout, cv->cin, 1.0f, a, cv->cin, b, cv->cout, 1.0f, yrows, cv->cout);
+        }
+}
+
+/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]). Spatial kernels need a padded grid. */
+static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache_, const void *x_, void *y_,
+                     int n, int accumulate)
+{
+    const float *cache = (const float *)cache_, *x = (const float *)x_, *w = (const float *)cv->weight;
+    float *y = (float *)y_;
+    int64_t P = wv_grid_positions(g), fin = P * cv->cin, fout = P * cv->cout;
+    int64_t tap_elems = (int64_t)cv->kh * cv->kw * cv->cin * cv->cout;
+    int spatial = cv->kh > 1 || cv->kw > 1;
+    int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : P;
+    (void)ctx;
+    if (cv->kt == 1) { /* frames are consecutive: one GEMM per tap spans all of them */
+        int64_t rows = (int64_t)(n - 1) * P + M;
+        add_bias_rows(y + p0 * cv->cout, rows, cv->cout, (const float *)cv->bias, accumulate);
+        conv_spatial_taps(cv, w, g, x, p0, rows, y + p0 * cv->cout);
+        return;
+    }
+    for (int f = 0; f < n; f++) {
+        float *yrows = y + f * fout + p0 * cv->cout;
+        add_bias_rows(yrows, M, cv->cout, (const float *)cv->bias, accumulate);
+        for (int dt = 0; dt < cv->kt; dt++) {
+            int s = f - (cv->kt - 1) + dt; /* source frame; negative: from the cache */
+            const float *src = s < 0 ? cache + (2 + s) * fin : x + s * fin;
+            conv_spatial_taps(cv, w + dt * tap_elems, g, src, p0, M, yrows);
+        }
+    }
+}
+
+static void cpu_cache_roll(void *ctx, void *cache_, const void *x_, int n, int64_t fe)
+{
+    float *cache = (float *)cache_;
+    const float *x = (const float *)x_;
+    size_t bytes = (size_t)fe * sizeof(float);
+    (void)ctx;
+    if (n >= 2) {
+        memcpy(cache, x + (n - 2) * fe, 2 * bytes);
+    } else if (n == 1) {
+        memmove(cache, cache + fe, bytes);
+        memcpy(cache + fe, x, bytes);
+    }
+}
+
+static float silu(float v) { return v / (1.0f + expf(-v)); }
+
+static void cpu_rms_norm(void *ctx, const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n,
+                         const void *gamma_, int use_silu)
+{
+    const float *x = (const float *)x_, *gamma = (const float *)gamma_;
+    float *y = (float *)y_;
+    int64_t fx = wv_grid_positions(gx) * C, fy = wv_grid_positions(gy) * C;
+    float root_c = sqrtf((float)C);
+    (void)ctx;
+    for (int f = 0; f < n; f++) {
+        zero_ring_frame(y + f * fy, gy, C);
+        for (int yy = 0; yy < gx.h; yy++)
+            for (int xx = 0; xx < gx.w; xx++) {
+                const float *s = x + f * fx + pos(gx, yy, xx) * C;
+                float *d = y + f * fy + pos(gy, yy, xx) * C;
+                double ss = 0.0;
+                float scale;
+                for (int c = 0; c < C; c++) ss += (double)s[c] * s[c];
+                scale = root_c / (float)fmax(sqrt(ss), 1e-12);
+                for (int c = 0; c < C; c++) {
+                    float v = s[c] * scale * gamma[c];
+                    d[c] = use_silu ? silu(v) : v;
+                }
+            }
+    }
+}
+
+static void cpu_copy_region(void *ctx, const void *src_, wv_grid gs, int oy, int ox, void *dst_, wv_grid gd,
+                            int C, int n)
+{
+    const float *src = (const float *)src_;
+    float *dst = (float *)dst_;
+    int64_t fs = wv_grid_positions(gs) * C, fd = wv_grid_positions(gd) * C;
+    (void)ctx;
+    for (int f = 0; f < n; f++)
+        for (int y = 0; y < gd.h; y++)
+            memcpy(dst + f * fd + pos(gd, y, 0) * C, src + f * fs + pos(gs, y + oy, ox) * C,
+                   (size_t)gd.w * (size_t)C * sizeof(float));
+}
+
+static void cpu_upsample2x(void *ctx, const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff,
+                           void *dst_, wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+{
+    const float *src = (const float *)src_;
+    float *dst = (float *)dst_;
+    int64_t wd = row_width(gd);
+    (void)ctx;
+    for (int py = 0; py < gd.h + 2 * gd.pad; py++) {
+        int fy = dy0 - gd.pad + py;
+        for (int px = 0; px < wd; px++) {
+            int fx = dx0 - gd.pad + px;
+            float *d = dst + ((int64_t)py * wd + px) * C;
+            if (fy < 0 || fy >= fh || fx < 0 || fx >= fw) {
+                memset(d, 0, (size_t)C * sizeof(float));
+                continue;
+            }
+            memcpy(d, src + pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+static void softmax_rows(float *s, int rows, int N)
+{
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (int64_t)r * N, mx = row[0], sum = 0.0f;
+        for (int j = 1; j < N; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int j = 0; j < N; j++) {
+            row[j] = expf(row[j] - mx);
+            sum += row[j];
+        }
+        for (int j = 0; j < N; j++) row[j] /= sum;
+    }
+}
+
+static void cpu_attention(void *ctx, const void *qkv_, void *out_, int N, int C, void *scores_, int rows)
+{
+    const float *qkv = (const float *)qkv_;
+    float *out = (float *)out_, *scores = (float *)scores_;
+    float scale = 1.0f / sqrtf((float)C);
+    (void)ctx;
+    for (int q0 = 0; q0 < N; q0 += rows) {
+        int r = N - q0 < rows ? N - q0 : rows;
+        wv_sgemm_nt(r, N, C, scale, qkv + (int64_t)q0 * 3 * C, 3 * C, qkv + C, 3 * C, 0.0f, scores, N);
+        softmax_rows(scores, r, N);
+        wv_sgemm_nn(r, C, N, 1.0f, scores, N, qkv + 2 * C, 3 * C, 0.0f, out + (int64_t)q0 * C, C);
+    }
+}
+
+static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out,
+                             int out_w, int oy, int ox, wv_output_mode mode)
+{
+    const float *src = (const float *)src_;
+    (void)ctx;
+    for (int y = 0; y < h; y++) {
+        const float *s = src + pos(gs, y + sy, sx) * 3;
+        float *d = out + ((int64_t)(oy + y) * out_w + ox) * 3;
+        if (mode == WV_OUT_RAW) {
+            memcpy(d, s, (size_t)w * 3 * sizeof(float));
+            continue;
+        }
+        for (int i = 0; i < w * 3; i++) {
+            float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i];
+            d[i] = (v + 1.0f) * 0.5f;
+        }
+    }
+}
+
+static wv_status cpu_sync(void *ctx, wv_error *err)
+{
+    (void)ctx;
+    (void)err;
+    return WV_OK;
+}
+
+static const wv_backend CPU_BACKEND = {
+    "cpu", sizeof(float), sizeof(float), cpu_ctx_create, cpu_ctx_destroy,
+#define WV_OP_INIT(name, ret, args) cpu_##name,
+    WV_BACKEND_OPS(WV_OP_INIT)
+#undef WV_OP_INIT
+};
+
+const wv_backend *wv_backend_cpu(void) { return &CPU_BACKEND; }

@@ -1,0 +1,218 @@
+/* wanvideo_vae core: an exact, tiled, streamed Wan 2.1 VAE decoder.
+ *
+ * The core knows nothing of Python or CUDA. It is built from four pieces:
+ *   - a model (wv_model.c): named weights checked against one table of key, shape and role;
+ *   - a plan (wv_plan.c): halos derived from the layer list, the tile grid, every buffer's bytes;
+ *   - a driver (wv_decode.c): trunk (full frame) -> tiles -> time chunks;
+ *   - a backend (wv_backend.h): a table of ops; the plain-C CPU backend is the reference.
+ * Every function that can fail returns a wv_status and writes a message into a wv_error.
+ */
+#ifndef WV_CORE_H
+#define WV_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    WV_OK = 0,
+    WV_ERR_INVALID,     /* bad input: shapes, dtypes, keys, options */
+    WV_ERR_NOMEM,       /* an allocation failed */
+    WV_ERR_INTERRUPTED, /* the progress callback asked to stop */
+    WV_ERR_BACKEND      /* the backend failed (library error) */
+} wv_status;
+
+typedef struct {
+    wv_status code;
+    char msg[512];
+} wv_error;
+
+/* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
+wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
+
+typedef enum { WV_F32 = 0, WV_F16, WV_BF16 } wv_dtype;
+
+const char *wv_dtype_name(wv_dtype dt);
+size_t wv_dtype_size(wv_dtype dt);
+
+#define WV_MAX_DIMS 8
+
+/* A borrowed, possibly strided n-d array in host or device memory. Strides are in bytes. */
+typedef struct {
+    const void *data;
+    int ndim;
+    int64_t shape[WV_MAX_DIMS];
+    int64_t strides[WV_MAX_DIMS];
+    wv_dtype dtype;
+    int on_device;
+} wv_view;
+
+int64_t wv_view_numel(const wv_view *v);
+
+/* One element of any supported dtype as float32. */
+float wv_elem_to_f32(const void *p, wv_dtype dt);
+
+/* Copies a host view of any dtype and non-negative strides into contiguous float32 (row-major). */
+void wv_view_to_f32(const wv_view *v, float *dst);
+
+/* ---- model ------------------------------------------------------------------------------- */
+
+typedef enum {
+    WV_BLOCK_POINTWISE, /* conv2: 1x1x1 conv z -> z */
+    WV_BLOCK_CONV,      /* decoder.conv1: causal 3x3x3 conv z -> 4 dim */
+    WV_BLOCK_RES,       /* residual block */
+    WV_BLOCK_ATTN,      /* per-frame global attention */
+    WV_BLOCK_UP2D,      /* nearest x2 + 3x3 conv, C -> C/2 */
+    WV_BLOCK_UP3D,      /* causal time_conv doubling frames, then as UP2D */
+    WV_BLOCK_HEAD,      /* rms, silu, causal 3x3x3 conv -> RGB */
+    WV_BLOCK_KIND_COUNT
+} wv_block_kind;
+
+/* One convolution, weights in the backend's layout. kt/kh/kw are the kernel extents;
+ * kt == 3 means causal in time (two cached frames). */
+typedef struct {
+    void *weight;
+    void *bias;
+    int cin, cout, kt, kh, kw;
+    int cache_slot; /* index of this conv's causal cache, -1 when kt == 1 */
+} wv_conv;
+
+#define WV_BLOCK_MAX_CONVS 3
+#define WV_BLOCK_MAX_GAMMAS 2
+
+typedef struct {
+    wv_block_kind kind;
+    char prefix[48]; /* checkpoint key prefix, e.g. "decoder.upsamples.4." */
+    int cin, cout;
+    wv_conv conv[WV_BLOCK_MAX_CONVS]; /* RES: residual.2, residual.6, shortcut; ATTN: to_qkv, proj;
+                                         UP: resample.1, time_conv; HEAD/CONV/POINTWISE: [0] */
+    int has_conv[WV_BLOCK_MAX_CONVS];
+    void *gamma[WV_BLOCK_MAX_GAMMAS]; /* RES: residual.0, residual.3; ATTN: norm; HEAD: head.0 */
+} wv_block;
+
+#define WV_MAX_BLOCKS 32
+
+typedef struct wv_backend wv_backend;
+
+typedef struct {
+    int dim, z_dim;
+    int n_blocks;
+    wv_block blocks[WV_MAX_BLOCKS];
+    int trunk_end;       /* blocks [0, trunk_end) run on the full frame (through the attention) */
+    int n_cache_slots;   /* causal convs, counted from the table */
+    const wv_backend *backend;
+    void *weight_mem;    /* one backend allocation holding every parameter */
+    size_t weight_bytes;
+    int64_t n_params;
+} wv_model;
+
+/* A named tensor handed to wv_model_build. */
+typedef struct {
+    const char *key;
+    wv_view view;
+} wv_named_view;
+
+/* Builds the decoder from named weights: infers dim and z_dim from decoder.conv1.weight, checks
+ * every expected key and shape, rejects unknown keys, converts into the backend's layout. */
+wv_status wv_model_build(wv_model *m, const wv_backend *be, const wv_named_view *weights,
+                         int n_weights, wv_error *err);
+void wv_model_free(wv_model *m);
+
+/* The expected weight table for a config: calls fn once per key (in table order). */
+typedef void (*wv_key_fn)(void *user, const char *key, int ndim, const int64_t *shape);
+int wv_model_expected_keys(int dim, int z_dim, wv_key_fn fn, void *user);
+
+/* ---- plan -------------------------------------------------------------------------------- */
+
+typedef struct { int lo, hi; } wv_span; /* half-open interval of pixels on one axis */
+
+/* A rectangle of a frame at one resolution. */
+typedef struct { wv_span y, x; } wv_rect;
+
+#define WV_MAX_SEGMENTS 8
+
+/* The tile part of the decoder (after the attention) splits into segments at each upsample.
+ * Every buffer of a segment covers the same region of the frame. */
+typedef struct {
+    int first_block, end_block; /* blocks [first, end) */
+    int scale;                  /* resolution relative to the latent grid: 1, 2, 4, 8 */
+    int halo;                   /* halo of the segment's region, derived from the layer list */
+    int frames_per_chunk;       /* frames per time chunk after the first (1 latent frame a chunk) */
+} wv_segment;
+
+typedef struct {
+    wv_rect core;                       /* output pixels this tile writes (output resolution) */
+    wv_rect region[WV_MAX_SEGMENTS];    /* region each segment computes (its own resolution) */
+} wv_tile;
+
+typedef enum { WV_OUT_UNIT = 0, WV_OUT_RAW = 1 } wv_output_mode;
+
+typedef struct {
+    int tile_x, tile_y;   /* tile size in output pixels (core + 2 * output halo); <= 0: whole frame */
+    int end_frame;        /* decode the last latent frame as a fresh one-frame sequence */
+    wv_output_mode output;
+} wv_options;
+
+/* One named arena buffer: its bytes and a human name, for the plan report. */
+typedef struct {
+    const char *name;
+    size_t offset, bytes;
+} wv_buffer_plan;
+
+#define WV_MAX_BUFFERS 64
+
+typedef struct {
+    int T, h, w;             /* latent frames and grid */
+    int frames_out, H, W;    /* output video */
+    int n_seq;               /* 1, or 2 in end-frame mode */
+    int seq_start[2], seq_len[2], seq_out[2];
+    int n_segments;
+    wv_segment seg[WV_MAX_SEGMENTS];
+    int out_scale;           /* output pixels per latent pixel (8 for Wan 2.1) */
+    int out_halo;            /* halo at the output resolution (last segment) */
+    int core_x, core_y;      /* core size in output pixels */
+    int tiles_x, tiles_y, n_tiles;
+    wv_tile *tiles;          /* n_tiles entries, owned by the plan */
+    int stream_trunk;        /* one tile: trunk and tile pass interleave frame by frame */
+    int attn_rows;           /* query rows per attention chunk */
+    int n_buffers;
+    wv_buffer_plan buffers[WV_MAX_BUFFERS];
+    size_t trunk_out_bytes;  /* the part of the arena that grows with T x frame */
+    size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
+    int64_t conv_flops;      /* multiply-adds x 2 of every convolution the plan runs */
+} wv_plan;
+
+wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                       wv_error *err);
+void wv_plan_free(wv_plan *p);
+
+/* Halo (in pixels of that resolution) at the input of every block of the tile part, derived by
+ * walking the layer list backwards from the output: 3x3 conv +1, nearest x2 upsample ceil(h/2).
+ * halo_out receives n_blocks entries; entries of trunk blocks are -1. */
+void wv_model_halos(const wv_model *m, int *halo_out);
+
+/* ---- decode ------------------------------------------------------------------------------ */
+
+/* Called between chunks with (done, total) steps; return nonzero to stop the decode. */
+typedef int (*wv_progress_fn)(void *user, int64_t done, int64_t total);
+
+typedef struct {
+    double seconds_trunk, seconds_tiles, seconds_total;
+    size_t arena_high_water;
+    int64_t steps;
+} wv_stats;
+
+/* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into
+ * out[frames_out][H][W][3] (host float32), following plan p. mean/std: z floats each. */
+wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
+                    const float *mean, const float *std, const wv_options *o, float *out,
+                    wv_progress_fn progress, void *progress_user, wv_stats *stats, wv_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

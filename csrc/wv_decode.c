@@ -1,0 +1,338 @@
+/* The driver: trunk (full frame, streamed over time) -> tiles -> time chunks.
+ * It walks the model's block list and calls one runner per block kind; it knows no backend. */
+#include "wv_internal.h"
+
+#include <string.h>
+#include <time.h>
+
+typedef struct {
+    const wv_model *m;
+    const wv_plan *p;
+    const wv_backend *be;
+    void *ctx;
+    char *arena;
+    size_t high_water;
+    const wv_view *lat;
+    const float *mean, *std;
+    const wv_options *o;
+    float *out;
+} decode_run;
+
+/* Activations in flight through the block list. The result of each block is left in x. */
+typedef struct {
+    wv_grid g;
+    int n;           /* frames in flight */
+    void *x, *y, *t; /* activations, second activations, conv input */
+    int first_chunk; /* latent frame 0 of the sequence: upsample3d passes it through */
+    int tile, seg;
+    void *attn_dst;  /* trunk only: where the attention writes the trunk output [h*w][C] */
+} flow;
+
+typedef void (*block_runner)(decode_run *r, const wv_block *b, flow *f);
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void *arena_buffer(decode_run *r, int id)
+{
+    const wv_buffer_plan *b = &r->p->buffers[id];
+    if (b->offset + b->bytes > r->high_water) r->high_water = b->offset + b->bytes;
+    return r->arena + b->offset;
+}
+
+static void *frame_at(void *base, int64_t index, int64_t frame_elems, size_t act_bytes)
+{
+    return (char *)base + (size_t)(index * frame_elems) * act_bytes;
+}
+
+static void swap_xy(flow *f)
+{
+    void *tmp = f->x;
+    f->x = f->y;
+    f->y = tmp;
+}
+
+/* The one place a causal cache is read and advanced. */
+static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void *x, void *y, int n,
+                        int accumulate)
+{
+    void *cache = cv->cache_slot >= 0 ? arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot) : NULL;
+    r->be->conv(r->ctx, cv, g, cache, x, y, n, accumulate);
+    if (cache) r->be->cache_roll(r->ctx, cache, x, n, wv_grid_positions(g) * cv->cin);
+}
+
+/* [n][P][z] -> [n][P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
+static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
+{
+    causal_conv(r, &b->conv[0], f->g, f->x, f->y, f->n, 0);
+    r->be->zero_ring(r->ctx, f->y, f->g, b->cout, f->n);
+    swap_xy(f);
+}
+
+/* [n][P][cin] -> [n][P][cout] */
+static void run_conv(decode_run *r, const wv_block *b, flow *f)
+{
+    causal_conv(r, &b->conv[0], f->g, f->x, f->y, f->n, 0);
+    swap_xy(f);
+}
+
+/* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x) */
+static void run_residual(decode_run *r, const wv_block *b, flow *f)
+{
+    const wv_backend *be = r->be;
+    be->rms_norm(r->ctx, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
+    causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
+    be->rms_norm(r->ctx, f->y, f->g, f->t, f->g, b->cout, f->n, b->gamma[1], 1);
+    if (b->has_conv[2]) {
+        causal_conv(r, &b->conv[2], f->g, f->x, f->y, f->n, 0);
+        causal_conv(r, &b->conv[1], f->g, f->t, f->y, f->n, 1);
+        swap_xy(f);
+    } else {
+        causal_conv(r, &b->conv[1], f->g, f->t, f->x, f->n, 1);
+    }
+}
+
+/* [1][P][C] -> attn_dst [h*w][C]: x + proj(softmax(q k^T / sqrt(C)) v), q k v = to_qkv(rms(x)) */
+static void run_attention(decode_run *r, const wv_block *b, flow *f)
+{
+    const wv_backend *be = r->be;
+    wv_grid flat = {f->g.h, f->g.w, 0};
+    int N = f->g.h * f->g.w, C = b->cin;
+    void *normed = arena_buffer(r, WV_BUF_ATTN_IN), *qkv = arena_buffer(r, WV_BUF_ATTN_QKV);
+    void *heads = arena_buffer(r, WV_BUF_ATTN_OUT), *scores = arena_buffer(r, WV_BUF_ATTN_SCORES);
+    be->rms_norm(r->ctx, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
+    causal_conv(r, &b->conv[0], flat, normed, qkv, 1, 0);
+    be->attention(r->ctx, qkv, heads, N, C, scores, r->p->attn_rows);
+    be->copy_region(r->ctx, f->x, f->g, 0, 0, f->attn_dst, flat, C, 1);
+    causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1, 1);
+}
+
+/* [n][P][C] -> [n'][P'][C/2] on the next segment's region; n' = 2n for upsample3d after the
+ * first chunk (time_conv output channels [0,C) and [C,2C) are frames 2t and 2t+1). */
+static void run_upsample(decode_run *r, const wv_block *b, flow *f)
+{
+    const wv_plan *p = r->p;
+    size_t ab = r->be->act_bytes;
+    int next = f->seg + 1, per = 1;
+    const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
+    wv_grid gd = wv_tile_grid(p, f->tile, next);
+    int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
+    void *source = f->x;
+    if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
+        causal_conv(r, &b->conv[1], f->g, f->x, f->y, f->n, 0);
+        source = f->y;
+        per = 2;
+    }
+    for (int j = 0; j < f->n * per; j++) {
+        const void *sf = frame_at(source, j / per, wv_grid_positions(f->g) * per * b->cin, ab);
+        void *df = frame_at(f->t, j, wv_grid_positions(gd) * b->cin, ab);
+        r->be->upsample2x(r->ctx, sf, f->g, src->y.lo, src->x.lo, per * b->cin, (j % per) * b->cin, df, gd,
+                          dst->y.lo, dst->x.lo, fh, fw, b->cin);
+    }
+    f->n *= per;
+    f->g = gd;
+    f->seg = next;
+    causal_conv(r, &b->conv[0], f->g, f->t, f->x, f->n, 0);
+}
+
+/* [n][P][C] -> [n][P][3] */
+static void run_head(decode_run *r, const wv_block *b, flow *f)
+{
+    r->be->rms_norm(r->ctx, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
+    causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
+    swap_xy(f);
+}
+
+static const block_runner RUNNERS[WV_BLOCK_KIND_COUNT] = {
+    [WV_BLOCK_POINTWISE] = run_pointwise, [WV_BLOCK_CONV] = run_conv,
+    [WV_BLOCK_RES] = run_residual,        [WV_BLOCK_ATTN] = run_attention,
+    [WV_BLOCK_UP2D] = run_upsample,       [WV_BLOCK_UP3D] = run_upsample,
+    [WV_BLOCK_HEAD] = run_head,
+};
+
+static void *trunk_out_frame(decode_run *r, int slot)
+{
+    const wv_model *m = r->m;
+    int64_t elems = (int64_t)r->p->h * r->p->w * m->blocks[m->trunk_end - 1].cout;
+    return frame_at(arena_buffer(r, WV_BUF_TRUNK_OUT), slot, elems, r->be->act_bytes);
+}
+
+/* Latent frame t through conv2, conv1, middle.0 and the attention, into trunk output `slot`. */
+static void trunk_frame(decode_run *r, int t, int slot)
+{
+    flow f;
+    memset(&f, 0, sizeof f);
+    f.g.h = r->p->h;
+    f.g.w = r->p->w;
+    f.g.pad = 1;
+    f.n = 1;
+    f.x = arena_buffer(r, WV_BUF_TRUNK_X);
+    f.y = arena_buffer(r, WV_BUF_TRUNK_Y);
+    f.t = arena_buffer(r, WV_BUF_TRUNK_T);
+    f.attn_dst = trunk_out_frame(r, slot);
+    r->be->load_latent(r->ctx, r->lat, t, r->mean, r->std, f.g, f.x);
+    for (int b = 0; b < r->m->trunk_end; b++) RUNNERS[r->m->blocks[b].kind](r, &r->m->blocks[b], &f);
+}
+
+/* Output frame of chunk t (latent frame t of its sequence) within the sequence. */
+static int chunk_first_output_frame(const wv_plan *p, int t)
+{
+    return t == 0 ? 0 : 1 + p->seg[p->n_segments - 1].frames_per_chunk * (t - 1);
+}
+
+/* One time chunk of one tile: trunk output region -> middle.2 ... head -> the tile's core. */
+static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
+{
+    const wv_plan *p = r->p;
+    const wv_model *m = r->m;
+    const wv_tile *tl = &p->tiles[tile];
+    const wv_rect *last;
+    wv_grid full = {p->h, p->w, 0};
+    int C = m->blocks[m->trunk_end - 1].cout;
+    flow f;
+    memset(&f, 0, sizeof f);
+    f.g = wv_tile_grid(p, tile, 0);
+    f.n = 1;
+    f.x = arena_buffer(r, WV_BUF_TILE_X);
+    f.y = arena_buffer(r, WV_BUF_TILE_Y);
+    f.t = arena_buffer(r, WV_BUF_TILE_T);
+    f.first_chunk = t == 0;
+    f.tile = tile;
+    r->be->copy_region(r->ctx, trunk_out_frame(r, slot), full, tl->region[0].y.lo, tl->region[0].x.lo, f.x,
+                       f.g, C, 1);
+    for (int b = m->trunk_end; b < m->n_blocks; b++) RUNNERS[m->blocks[b].kind](r, &m->blocks[b], &f);
+    last = &tl->region[f.seg];
+    for (int j = 0; j < f.n; j++) {
+        float *dst = r->out + (size_t)(out_frame + j) * (size_t)p->H * (size_t)p->W * 3;
+        r->be->write_output(r->ctx, frame_at(f.x, j, wv_grid_positions(f.g) * 3, r->be->act_bytes), f.g,
+                            tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
+                            tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W,
+                            tl->core.y.lo, tl->core.x.lo, r->o->output);
+    }
+}
+
+static void zero_caches(decode_run *r, int trunk)
+{
+    const wv_model *m = r->m;
+    for (int b = trunk ? 0 : m->trunk_end; b < (trunk ? m->trunk_end : m->n_blocks); b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            const wv_conv *cv = &m->blocks[b].conv[c];
+            if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
+            r->be->zero(r->ctx, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
+                        r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
+        }
+}
+
+typedef struct {
+    wv_progress_fn fn;
+    void *user;
+    int64_t done, total;
+} progress_state;
+
+/* Syncs the backend (surfacing its errors), then reports a finished step. */
+static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
+{
+    wv_status st = r->be->sync(r->ctx, err);
+    if (st) return st;
+    ps->done++;
+    if (ps->fn && ps->fn(ps->user, ps->done, ps->total))
+        return wv_fail(err, WV_ERR_INTERRUPTED, "decode interrupted after %lld of %lld steps",
+                       (long long)ps->done, (long long)ps->total);
+    return WV_OK;
+}
+
+static wv_status decode_sequence(decode_run *r, int q, progress_state *ps, wv_stats *stats, wv_error *err)
+{
+    const wv_plan *p = r->p;
+    int t0 = p->seq_start[q], T = p->seq_len[q];
+    wv_status st = WV_OK;
+    double start;
+    zero_caches(r, 1);
+    if (p->stream_trunk) {
+        zero_caches(r, 0);
+        for (int t = 0; t < T && !st; t++) {
+            start = now_seconds();
+            trunk_frame(r, t0 + t, 0);
+            if ((st = step_done(r, ps, err))) break;
+            stats->seconds_trunk += now_seconds() - start;
+            start = now_seconds();
+            tile_chunk(r, 0, t, 0, p->seq_out[q] + chunk_first_output_frame(p, t));
+            st = step_done(r, ps, err);
+            stats->seconds_tiles += now_seconds() - start;
+        }
+        return st;
+    }
+    start = now_seconds();
+    for (int t = 0; t < T && !st; t++) {
+        trunk_frame(r, t0 + t, t);
+        st = step_done(r, ps, err);
+    }
+    stats->seconds_trunk += now_seconds() - start;
+    start = now_seconds();
+    for (int tile = 0; tile < p->n_tiles && !st; tile++) {
+        zero_caches(r, 0);
+        for (int t = 0; t < T && !st; t++) {
+            tile_chunk(r, tile, t, t, p->seq_out[q] + chunk_first_output_frame(p, t));
+            st = step_done(r, ps, err);
+        }
+    }
+    stats->seconds_tiles += now_seconds() - start;
+    return st;
+}
+
+static wv_status check_latents(const wv_model *m, const wv_plan *p, const wv_view *lat, wv_error *err)
+{
+    if (lat->ndim != 4 || lat->shape[0] != m->z_dim || lat->shape[1] != p->T || lat->shape[2] != p->h ||
+        lat->shape[3] != p->w)
+        return wv_fail(err, WV_ERR_INVALID, "latents do not match the plan: expected [%d, %d, %d, %d]",
+                       m->z_dim, p->T, p->h, p->w);
+    if (!lat->data) return wv_fail(err, WV_ERR_INVALID, "latents have a null data pointer");
+    for (int d = 0; d < 4; d++)
+        if (lat->strides[d] < 0)
+            return wv_fail(err, WV_ERR_INVALID, "latents have a negative stride on axis %d", d);
+    return WV_OK;
+}
+
+wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, const float *mean,
+                    const float *std, const wv_options *o, float *out, wv_progress_fn progress,
+                    void *progress_user, wv_stats *stats, wv_error *err)
+{
+    decode_run r;
+    progress_state ps;
+    wv_status st;
+    double start = now_seconds();
+
+    memset(&r, 0, sizeof r);
+    memset(stats, 0, sizeof *stats);
+    if ((st = check_latents(m, p, latents, err))) return st;
+    r.m = m;
+    r.p = p;
+    r.be = m->backend;
+    r.lat = latents;
+    r.mean = mean;
+    r.std = std;
+    r.o = o;
+    r.out = out;
+    ps.fn = progress;
+    ps.user = progress_user;
+    ps.done = 0;
+    ps.total = 0;
+    for (int q = 0; q < p->n_seq; q++) ps.total += (int64_t)p->seq_len[q] * (1 + p->n_tiles);
+
+    if ((st = r.be->ctx_create(&r.ctx, err))) goto finally;
+    if ((st = r.be->alloc(r.ctx, p->arena_bytes, (void **)&r.arena, err))) goto finally;
+    r.be->zero(r.ctx, r.arena, p->arena_bytes);
+    for (int q = 0; q < p->n_seq && !st; q++) st = decode_sequence(&r, q, &ps, stats, err);
+    if (!st) st = r.be->sync(r.ctx, err);
+finally:
+    if (r.arena) r.be->release(r.ctx, r.arena);
+    if (r.ctx) r.be->ctx_destroy(r.ctx);
+    stats->arena_high_water = r.high_water;
+    stats->steps = ps.done;
+    stats->seconds_total = now_seconds() - start;
+    return st;
+}

@@ -1,0 +1,43 @@
+/* Shared between the planner and the driver: the arena's named buffers. */
+#ifndef WV_INTERNAL_H
+#define WV_INTERNAL_H
+
+#include "wv_backend.h"
+
+/* X(id, phase, description). Phases: the trunk output lives for the whole sequence; trunk work
+ * and tile work are each alive during their phase (they share memory unless the plan streams).
+ * The causal caches follow these, one buffer per cache slot, in the phase of their block. */
+#define WV_ARENA_BUFFERS(X)                                                              \
+    X(TRUNK_OUT, PHASE_KEEP, "trunk output [frames][h*w][4 dim]")                       \
+    X(TRUNK_X, PHASE_TRUNK, "trunk activations [P0][C]")                            \
+    X(TRUNK_Y, PHASE_TRUNK, "trunk activations [P0][C]")                            \
+    X(TRUNK_T, PHASE_TRUNK, "trunk conv input [P0][C]")                             \
+    X(ATTN_IN, PHASE_TRUNK, "attention norm [h*w][C]")                                  \
+    X(ATTN_QKV, PHASE_TRUNK, "attention qkv [h*w][3C]")                                 \
+    X(ATTN_OUT, PHASE_TRUNK, "attention output [h*w][C]")                               \
+    X(ATTN_SCORES, PHASE_TRUNK, "attention scores [rows][h*w]")                         \
+    X(TILE_X, PHASE_TILE, "tile activations [frames][P][C]")                            \
+    X(TILE_Y, PHASE_TILE, "tile activations [frames][P][C]")                            \
+    X(TILE_T, PHASE_TILE, "tile conv input [frames][P][C]")
+
+enum { PHASE_KEEP, PHASE_TRUNK, PHASE_TILE };
+
+enum {
+#define WV_BUF_ENUM(id, phase, desc) WV_BUF_##id,
+    WV_ARENA_BUFFERS(WV_BUF_ENUM)
+#undef WV_BUF_ENUM
+    WV_BUF_CACHE0 /* + cache slot */
+};
+
+#define WV_ARENA_ALIGN 256
+
+/* Segment index of a tile-part block, -1 for trunk blocks. */
+int wv_block_segment(const wv_model *m, int block);
+
+/* Frames a block sees per time chunk in its segment (1 latent frame per chunk). */
+int wv_segment_frames(const wv_plan *p, int seg);
+
+/* Grid of tile t's region in segment s. */
+wv_grid wv_tile_grid(const wv_plan *p, int t, int s);
+
+#endif

@@ -1,0 +1,377 @@
+/* The Wan 2.1 decoder as tables: the block list (built from the config) and, per block kind,
+ * the parameters it owns (key suffix, shape, role). Every checkpoint key is derived from them. */
+#include "wv_backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Wan 2.1 architecture constants (DESIGN.md section 2). */
+static const int DIM_MULT[] = {1, 2, 4, 4};
+static const int TEMPORAL_UPSAMPLE[] = {1, 1, 0};
+enum { N_STAGES = 4, RES_BLOCKS_PER_STAGE = 3 /* num_res_blocks + 1 */ };
+
+typedef enum { ROLE_WEIGHT, ROLE_BIAS, ROLE_GAMMA } param_role;
+
+/* Shape spec letters: i = cin, o = cout, D = 2 cin, Q = 3 cin, digits are literal extents. */
+typedef struct {
+    const char *suffix;
+    const char *shape;
+    param_role role;
+    int slot;          /* conv slot for WEIGHT/BIAS, gamma slot for GAMMA */
+    int only_if_remap; /* present only when cin != cout (the residual shortcut) */
+} param_spec;
+
+#define MAX_PARAMS_PER_KIND 8
+
+typedef struct {
+    const char *name;
+    param_spec params[MAX_PARAMS_PER_KIND];
+} kind_spec;
+
+static const kind_spec KINDS[WV_BLOCK_KIND_COUNT] = {
+    [WV_BLOCK_POINTWISE] = {"pointwise",
+                            {{"weight", "oi111", ROLE_WEIGHT, 0, 0}, {"bias", "o", ROLE_BIAS, 0, 0}}},
+    [WV_BLOCK_CONV] = {"conv", {{"weight", "oi333", ROLE_WEIGHT, 0, 0}, {"bias", "o", ROLE_BIAS, 0, 0}}},
+    [WV_BLOCK_RES] = {"residual",
+                      {{"residual.0.gamma", "i111", ROLE_GAMMA, 0, 0},
+                       {"residual.2.weight", "oi333", ROLE_WEIGHT, 0, 0},
+                       {"residual.2.bias", "o", ROLE_BIAS, 0, 0},
+                       {"residual.3.gamma", "o111", ROLE_GAMMA, 1, 0},
+                       {"residual.6.weight", "oo333", ROLE_WEIGHT, 1, 0},
+                       {"residual.6.bias", "o", ROLE_BIAS, 1, 0},
+                       {"shortcut.weight", "oi111", ROLE_WEIGHT, 2, 1},
+                       {"shortcut.bias", "o", ROLE_BIAS, 2, 1}}},
+    [WV_BLOCK_ATTN] = {"attention",
+                       {{"norm.gamma", "i11", ROLE_GAMMA, 0, 0},
+                        {"to_qkv.weight", "Qi11", ROLE_WEIGHT, 0, 0},
+                        {"to_qkv.bias", "Q", ROLE_BIAS, 0, 0},
+                        {"proj.weight", "ii11", ROLE_WEIGHT, 1, 0},
+                        {"proj.bias", "i", ROLE_BIAS, 1, 0}}},
+    [WV_BLOCK_UP2D] = {"upsample2d",
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0},
+                        {"resample.1.bias", "o", ROLE_BIAS, 0, 0}}},
+    [WV_BLOCK_UP3D] = {"upsample3d",
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0},
+                        {"resample.1.bias", "o", ROLE_BIAS, 0, 0},
+                        {"time_conv.weight", "Di311", ROLE_WEIGHT, 1, 0},
+                        {"time_conv.bias", "D", ROLE_BIAS, 1, 0}}},
+    [WV_BLOCK_HEAD] = {"head",
+                       {{"0.gamma", "i111", ROLE_GAMMA, 0, 0},
+                        {"2.weight", "oi333", ROLE_WEIGHT, 0, 0},
+                        {"2.bias", "o", ROLE_BIAS, 0, 0}}},
+};
+
+static int spec_count(wv_block_kind k)
+{
+    int n = 0;
+    while (n < MAX_PARAMS_PER_KIND && KINDS[k].params[n].suffix) n++;
+    return n;
+}
+
+static int spec_applies(const param_spec *ps, const wv_block *b)
+{
+    return !ps->only_if_remap || b->cin != b->cout;
+}
+
+static int spec_shape(const param_spec *ps, const wv_block *b, int64_t *shape)
+{
+    int n = 0;
+    for (const char *c = ps->shape; *c; c++) {
+        switch (*c) {
+        case 'i': shape[n++] = b->cin; break;
+        case 'o': shape[n++] = b->cout; break;
+        case 'D': shape[n++] = 2 * (int64_t)b->cin; break;
+        case 'Q': shape[n++] = 3 * (int64_t)b->cin; break;
+        default: shape[n++] = *c - '0'; break;
+        }
+    }
+    return n;
+}
+
+static void add_block(wv_model *m, wv_block_kind kind, const char *prefix, int cin, int cout)
+{
+    wv_block *b = &m->blocks[m->n_blocks++];
+    memset(b, 0, sizeof *b);
+    b->kind = kind;
+    snprintf(b->prefix, sizeof b->prefix, "%s", prefix);
+    b->cin = cin;
+    b->cout = cout;
+}
+
+/* The block list of DESIGN.md section 2, from dim and z_dim. */
+static void build_blocks(wv_model *m, int dim, int z)
+{
+    int dims[N_STAGES + 1];
+    char prefix[48];
+    int up = 0;
+    dims[0] = dim * DIM_MULT[N_STAGES - 1];
+    for (int i = 0; i < N_STAGES; i++) dims[i + 1] = dim * DIM_MULT[N_STAGES - 1 - i];
+
+    m->dim = dim;
+    m->z_dim = z;
+    m->n_blocks = 0;
+    add_block(m, WV_BLOCK_POINTWISE, "conv2.", z, z);
+    add_block(m, WV_BLOCK_CONV, "decoder.conv1.", z, dims[0]);
+    add_block(m, WV_BLOCK_RES, "decoder.middle.0.", dims[0], dims[0]);
+    add_block(m, WV_BLOCK_ATTN, "decoder.middle.1.", dims[0], dims[0]);
+    m->trunk_end = m->n_blocks;
+    add_block(m, WV_BLOCK_RES, "decoder.middle.2.", dims[0], dims[0]);
+    for (int s = 0; s < N_STAGES; s++) {
+        int cin = s == 0 ? dims[s] : dims[s] / 2; /* the previous upsample halved the channels */
+        for (int r = 0; r < RES_BLOCKS_PER_STAGE; r++) {
+            snprintf(prefix, sizeof prefix, "decoder.upsamples.%d.", up++);
+            add_block(m, WV_BLOCK_RES, prefix, cin, dims[s + 1]);
+            cin = dims[s + 1];
+        }
+        if (s < N_STAGES - 1) {
+            snprintf(prefix, sizeof prefix, "decoder.upsamples.%d.", up++);
+            add_block(m, TEMPORAL_UPSAMPLE[s] ? WV_BLOCK_UP3D : WV_BLOCK_UP2D, prefix, dims[s + 1],
+                      dims[s + 1] / 2);
+        }
+    }
+    add_block(m, WV_BLOCK_HEAD, "decoder.head.", dims[N_STAGES], 3);
+}
+
+int wv_model_expected_keys(int dim, int z_dim, wv_key_fn fn, void *user)
+{
+    wv_model *m = (wv_model *)calloc(1, sizeof *m);
+    int count = 0;
+    if (!m) return -1;
+    build_blocks(m, dim, z_dim);
+    for (int bi = 0; bi < m->n_blocks; bi++) {
+        const wv_block *b = &m->blocks[bi];
+        for (int pi = 0; pi < spec_count(b->kind); pi++) {
+            const param_spec *ps = &KINDS[b->kind].params[pi];
+            char key[96];
+            int64_t shape[WV_MAX_DIMS];
+            int nd;
+            if (!spec_applies(ps, b)) continue;
+            nd = spec_shape(ps, b, shape);
+            snprintf(key, sizeof key, "%s%s", b->prefix, ps->suffix);
+            if (fn) fn(user, key, nd, shape);
+            count++;
+        }
+    }
+    free(m);
+    return count;
+}
+
+static const wv_named_view *find_weight(const wv_named_view *w, int n, const char *key, int *index)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(w[i].key, key) == 0) {
+            *index = i;
+            return &w[i];
+        }
+    return NULL;
+}
+
+static void format_shape(char *buf, size_t size, int nd, const int64_t *shape)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(buf + used, size - used, "(");
+    for (int i = 0; i < nd && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (used < size) snprintf(buf + used, size - used, ")");
+}
+
+static wv_status infer_config(const wv_named_view *w, int n, int *dim, int *z, wv_error *err)
+{
+    int idx;
+    const wv_named_view *c1 = find_weight(w, n, "decoder.conv1.weight", &idx);
+    if (!c1)
+        return wv_fail(err, WV_ERR_INVALID, "missing weight 'decoder.conv1.weight' (needed to infer "
+                                            "the decoder's width)");
+    if (c1->view.ndim != 5 || c1->view.shape[0] % 4 != 0 || c1->view.shape[0] < 4 ||
+        c1->view.shape[1] < 1 || c1->view.shape[0] > 4096 || c1->view.shape[1] > 4096) {
+        char s[96];
+        format_shape(s, sizeof s, c1->view.ndim, c1->view.shape);
+        return wv_fail(err, WV_ERR_INVALID,
+                       "weight 'decoder.conv1.weight' has shape %s; expected (4*dim, z_dim, 3, 3, 3)", s);
+    }
+    *dim = (int)(c1->view.shape[0] / 4);
+    *z = (int)c1->view.shape[1];
+    return WV_OK;
+}
+
+/* Element offsets of every parameter in the one weight allocation. */
+static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int64_t *gamma)
+{
+    int64_t off = 0;
+    for (int bi = 0; bi < m->n_blocks; bi++) {
+        wv_block *b = &m->blocks[bi];
+        for (int pi = 0; pi < spec_count(b->kind); pi++) {
+            const param_spec *ps = &KINDS[b->kind].params[pi];
+            int64_t shape[WV_MAX_DIMS], numel = 1;
+            int nd;
+            if (!spec_applies(ps, b)) continue;
+            nd = spec_shape(ps, b, shape);
+            for (int d = 0; d < nd; d++) numel *= shape[d];
+            if (ps->role == ROLE_WEIGHT) {
+                wv_conv *cv = &b->conv[ps->slot];
+                b->has_conv[ps->slot] = 1;
+                cv->cout = (int)shape[0];
+                cv->cin = (int)shape[1];
+                cv->kt = nd == 5 ? (int)shape[2] : 1;
+                cv->kh = (int)shape[nd - 2];
+                cv->kw = (int)shape[nd - 1];
+                conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
+            } else if (ps->role == ROLE_BIAS) {
+                conv_b[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
+            } else {
+                gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
+            }
+            off += numel;
+        }
+    }
+    return off;
+}
+
+static void assign_cache_slots(wv_model *m)
+{
+    m->n_cache_slots = 0;
+    for (int bi = 0; bi < m->n_blocks; bi++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            wv_conv *cv = &m->blocks[bi].conv[c];
+            cv->cache_slot = m->blocks[bi].has_conv[c] && cv->kt > 1 ? m->n_cache_slots++ : -1;
+        }
+}
+
+static wv_status check_view(const wv_named_view *nv, int nd, const int64_t *shape, wv_error *err)
+{
+    int ok = nv->view.ndim == nd;
+    for (int d = 0; ok && d < nd; d++) ok = nv->view.shape[d] == shape[d];
+    if (!ok) {
+        char want[96], got[96];
+        format_shape(want, sizeof want, nd, shape);
+        format_shape(got, sizeof got, nv->view.ndim, nv->view.shape);
+        return wv_fail(err, WV_ERR_INVALID, "weight '%s' has shape %s; expected %s", nv->key, got, want);
+    }
+    if (nv->view.on_device)
+        return wv_fail(err, WV_ERR_INVALID, "weight '%s' is in device memory; weights are read on the host",
+                       nv->key);
+    if (!nv->view.data && wv_view_numel(&nv->view) > 0)
+        return wv_fail(err, WV_ERR_INVALID, "weight '%s' has a null data pointer", nv->key);
+    return WV_OK;
+}
+
+/* Converts one named weight to fp32, repacks conv weights, and uploads it at `dst`. */
+static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, const param_spec *ps,
+                            const wv_conv *cv, void *dst, wv_error *err)
+{
+    const wv_backend *be = m->backend;
+    int64_t n = wv_view_numel(&nv->view);
+    float *tmp = (float *)malloc((size_t)n * sizeof(float));
+    float *packed = NULL;
+    wv_status st;
+    if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
+    wv_view_to_f32(&nv->view, tmp);
+    if (ps->role == ROLE_WEIGHT) {
+        packed = (float *)malloc((size_t)n * sizeof(float));
+        if (!packed) {
+            free(tmp);
+            return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
+        }
+        be->pack_conv_weight(tmp, cv, packed);
+    }
+    st = be->upload(ctx, dst, packed ? packed : tmp, (size_t)n, err);
+    free(packed);
+    free(tmp);
+    return st;
+}
+
+static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w, int n_w, char *used,
+                                 const int64_t *conv_w, const int64_t *conv_b, const int64_t *gamma,
+                                 wv_error *err)
+{
+    char *base = (char *)m->weight_mem;
+    size_t pb = m->backend->param_bytes;
+    for (int bi = 0; bi < m->n_blocks; bi++) {
+        wv_block *b = &m->blocks[bi];
+        for (int pi = 0; pi < spec_count(b->kind); pi++) {
+            const param_spec *ps = &KINDS[b->kind].params[pi];
+            char key[96];
+            int64_t shape[WV_MAX_DIMS];
+            int nd, idx = -1;
+            const wv_named_view *nv;
+            int64_t off;
+            wv_status st;
+            if (!spec_applies(ps, b)) continue;
+            nd = spec_shape(ps, b, shape);
+            snprintf(key, sizeof key, "%s%s", b->prefix, ps->suffix);
+            nv = find_weight(w, n_w, key, &idx);
+            if (!nv) {
+                char want[96];
+                format_shape(want, sizeof want, nd, shape);
+                return wv_fail(err, WV_ERR_INVALID, "missing weight '%s' (expected shape %s)", key, want);
+            }
+            if (used[idx]) return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", key);
+            used[idx] = 1;
+            if ((st = check_view(nv, nd, shape, err))) return st;
+            if (ps->role == ROLE_WEIGHT) {
+                off = conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot];
+                b->conv[ps->slot].weight = base + off * pb;
+            } else if (ps->role == ROLE_BIAS) {
+                off = conv_b[bi * WV_BLOCK_MAX_CONVS + ps->slot];
+                b->conv[ps->slot].bias = base + off * pb;
+            } else {
+                off = gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot];
+                b->gamma[ps->slot] = base + off * pb;
+            }
+            if ((st = load_param(m, ctx, nv, ps, &b->conv[ps->slot], base + off * pb, err))) return st;
+        }
+    }
+    for (int i = 0; i < n_w; i++)
+        if (!used[i])
+            return wv_fail(err, WV_ERR_INVALID,
+                           "unexpected weight '%s' (not a Wan 2.1 decoder key for dim=%d, z_dim=%d)",
+                           w[i].key, m->dim, m->z_dim);
+    return WV_OK;
+}
+
+wv_status wv_model_build(wv_model *m, const wv_backend *be, const wv_named_view *w, int n_w,
+                         wv_error *err)
+{
+    int dim = 0, z = 0;
+    int64_t conv_w[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS], conv_b[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
+    int64_t gamma[WV_MAX_BLOCKS * WV_BLOCK_MAX_GAMMAS];
+    char *used = NULL;
+    void *ctx = NULL;
+    wv_status st;
+
+    memset(m, 0, sizeof *m);
+    m->backend = be;
+    if ((st = infer_config(w, n_w, &dim, &z, err))) return st;
+    build_blocks(m, dim, z);
+    m->n_params = layout_params(m, conv_w, conv_b, gamma);
+    assign_cache_slots(m);
+    m->weight_bytes = (size_t)m->n_params * be->param_bytes;
+
+    used = (char *)calloc((size_t)(n_w > 0 ? n_w : 1), 1);
+    if (!used) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
+    if ((st = be->ctx_create(&ctx, err))) goto finally;
+    if ((st = be->alloc(ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
+    if ((st = load_all_params(m, ctx, w, n_w, used, conv_w, conv_b, gamma, err))) goto finally;
+    st = be->sync(ctx, err);
+finally:
+    if (st && m->weight_mem) {
+        be->release(ctx, m->weight_mem);
+        m->weight_mem = NULL;
+    }
+    if (ctx) be->ctx_destroy(ctx);
+    free(used);
+    return st;
+}
+
+void wv_model_free(wv_model *m)
+{
+    void *ctx = NULL;
+    wv_error err;
+    if (!m->weight_mem) return;
+    if (m->backend->ctx_create(&ctx, &err) == WV_OK) {
+        m->backend->release(ctx, m->weight_mem);
+        m->backend->ctx_destroy(ctx);
+    }
+    m->weight_mem = NULL;
+}

@@ -1,0 +1,365 @@
+/* The planner: halos from the layer list, segments, the tile grid, and every buffer's bytes. */
+#include "wv_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int ceil_div(int a, int b) { return (a + b - 1) / b; }
+static int imax(int a, int b) { return a > b ? a : b; }
+static int imin(int a, int b) { return a < b ? a : b; }
+
+static int block_upsamples(const wv_block *b)
+{
+    return b->kind == WV_BLOCK_UP2D || b->kind == WV_BLOCK_UP3D;
+}
+
+/* Pixels of context the block's spatial convolutions read around each output pixel. */
+static int block_conv_radius(const wv_block *b)
+{
+    int r = 0;
+    for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
+        if (b->has_conv[c]) r += (b->conv[c].kh - 1) / 2;
+    return r;
+}
+
+/* Halo needed at the block's input for `h` pixels of halo at its output. In an upsampling block
+ * the spatial conv runs after the nearest x2, at the output resolution. */
+static int block_halo_in(const wv_block *b, int h)
+{
+    h += block_conv_radius(b);
+    return block_upsamples(b) ? ceil_div(h, 2) : h;
+}
+
+/* halo[b] = halo at the input of block b, halo[n_blocks] = 0 at the output. */
+static void halos_walk(const wv_model *m, int *halo)
+{
+    halo[m->n_blocks] = 0;
+    for (int b = m->n_blocks - 1; b >= 0; b--)
+        halo[b] = b >= m->trunk_end ? block_halo_in(&m->blocks[b], halo[b + 1]) : -1;
+}
+
+void wv_model_halos(const wv_model *m, int *halo_out)
+{
+    int halo[WV_MAX_BLOCKS + 1];
+    halos_walk(m, halo);
+    memcpy(halo_out, halo, sizeof(int) * (size_t)m->n_blocks);
+}
+
+int wv_block_segment(const wv_model *m, int block)
+{
+    int seg = 0;
+    if (block < m->trunk_end) return -1;
+    for (int b = m->trunk_end + 1; b <= block; b++) seg += block_upsamples(&m->blocks[b]);
+    return seg;
+}
+
+int wv_segment_frames(const wv_plan *p, int seg) { return p->seg[seg].frames_per_chunk; }
+
+wv_grid wv_tile_grid(const wv_plan *p, int t, int s)
+{
+    const wv_rect *r = &p->tiles[t].region[s];
+    wv_grid g = {r->y.hi - r->y.lo, r->x.hi - r->x.lo, 1};
+    return g;
+}
+
+static wv_status make_segments(wv_plan *p, const wv_model *m, wv_error *err)
+{
+    int halo[WV_MAX_BLOCKS + 1];
+    halos_walk(m, halo);
+    p->n_segments = 0;
+    for (int b = m->trunk_end; b < m->n_blocks; b++) {
+        const wv_block *blk = &m->blocks[b];
+        if (b == m->trunk_end || block_upsamples(blk)) {
+            wv_segment *s = &p->seg[p->n_segments];
+            const wv_segment *prev = p->n_segments ? s - 1 : NULL;
+            if (p->n_segments == WV_MAX_SEGMENTS)
+                return wv_fail(err, WV_ERR_INVALID, "too many upsampling stages");
+            s->first_block = b;
+            s->scale = prev ? prev->scale * 2 : 1;
+            s->frames_per_chunk = !prev ? 1 : blk->kind == WV_BLOCK_UP3D ? prev->frames_per_chunk * 2
+                                                                          : prev->frames_per_chunk;
+            /* the region is fixed after the upsample's own conv: the cut point of DESIGN.md 3 */
+            s->halo = prev ? halo[b + 1] : halo[b];
+            if (prev) p->seg[p->n_segments - 1].end_block = b;
+            p->n_segments++;
+        }
+    }
+    p->seg[p->n_segments - 1].end_block = m->n_blocks;
+    p->out_scale = p->seg[p->n_segments - 1].scale;
+    p->out_halo = p->seg[p->n_segments - 1].halo;
+    return WV_OK;
+}
+
+/* Core size along one axis, in output pixels, for a tile size (core + 2 * output halo). */
+static wv_status core_size(const wv_plan *p, int tile, int frame, const char *axis, int *core,
+                           wv_error *err)
+{
+    int min_tile = 2 * p->out_halo + p->out_scale;
+    if (tile <= 0) {
+        *core = frame;
+        return WV_OK;
+    }
+    if (tile < min_tile)
+        return wv_fail(err, WV_ERR_INVALID,
+                       "tile_%s=%d is smaller than the halo allows: a tile needs at least %d output "
+                       "pixels (%d core + 2 x %d halo)",
+                       axis, tile, min_tile, p->out_scale, p->out_halo);
+    *core = imin(frame, (tile - 2 * p->out_halo) / p->out_scale * p->out_scale);
+    return WV_OK;
+}
+
+static wv_span scaled_region(wv_span core_out, int out_scale, int scale, int halo, int frame)
+{
+    wv_span r;
+    int f = out_scale / scale;
+    r.lo = imax(0, core_out.lo / f - halo);
+    r.hi = imin(frame, core_out.hi / f + halo);
+    return r;
+}
+
+static wv_status make_tiles(wv_plan *p, const wv_options *o, wv_error *err)
+{
+    wv_status st;
+    if ((st = core_size(p, o->tile_x, p->W, "x", &p->core_x, err))) return st;
+    if ((st = core_size(p, o->tile_y, p->H, "y", &p->core_y, err))) return st;
+    p->tiles_x = ceil_div(p->W, p->core_x);
+    p->tiles_y = ceil_div(p->H, p->core_y);
+    p->n_tiles = p->tiles_x * p->tiles_y;
+    p->tiles = (wv_tile *)calloc((size_t)p->n_tiles, sizeof(wv_tile));
+    if (!p->tiles) return wv_fail(err, WV_ERR_NOMEM, "out of host memory for %d tiles", p->n_tiles);
+    for (int ty = 0; ty < p->tiles_y; ty++)
+        for (int tx = 0; tx < p->tiles_x; tx++) {
+            wv_tile *t = &p->tiles[ty * p->tiles_x + tx];
+            t->core.y.lo = ty * p->core_y;
+            t->core.y.hi = imin(p->H, t->core.y.lo + p->core_y);
+            t->core.x.lo = tx * p->core_x;
+            t->core.x.hi = imin(p->W, t->core.x.lo + p->core_x);
+            for (int s = 0; s < p->n_segments; s++) {
+                const wv_segment *sg = &p->seg[s];
+                t->region[s].y = scaled_region(t->core.y, p->out_scale, sg->scale, sg->halo, p->h * sg->scale);
+                t->region[s].x = scaled_region(t->core.x, p->out_scale, sg->scale, sg->halo, p->w * sg->scale);
+            }
+        }
+    return WV_OK;
+}
+
+/* Largest grid any tile uses in segment s. */
+static wv_grid max_tile_grid(const wv_plan *p, int s)
+{
+    wv_grid g = {0, 0, 1};
+    for (int t = 0; t < p->n_tiles; t++) {
+        wv_grid gt = wv_tile_grid(p, t, s);
+        g.h = imax(g.h, gt.h);
+        g.w = imax(g.w, gt.w);
+    }
+    return g;
+}
+
+/* Elements the largest single scratch use of block b needs (see the driver's block runners). */
+static int64_t tile_scratch_elems(const wv_plan *p, const wv_model *m, int b)
+{
+    const wv_block *blk = &m->blocks[b];
+    int s = wv_block_segment(m, b);
+    int64_t P = wv_grid_positions(max_tile_grid(p, s));
+    int64_t n = p->seg[s].frames_per_chunk;
+    int64_t need = n * P * imax(blk->cin, blk->cout);
+    if (blk->kind == WV_BLOCK_UP3D) {
+        int64_t Pprev = wv_grid_positions(max_tile_grid(p, s - 1));
+        int64_t nprev = p->seg[s - 1].frames_per_chunk;
+        need = need > nprev * Pprev * 2 * blk->cin ? need : nprev * Pprev * 2 * blk->cin;
+    }
+    return need;
+}
+
+/* Positions of the grid a causal conv reads: the trunk's full frame, or its tile segment. */
+static int64_t cache_positions(const wv_plan *p, const wv_model *m, int b, int c)
+{
+    wv_grid full = {p->h, p->w, 1};
+    int s = wv_block_segment(m, b);
+    if (s < 0) return wv_grid_positions(full);
+    if (m->blocks[b].kind == WV_BLOCK_UP3D && c == 1) s--; /* time_conv runs before the upsample */
+    return wv_grid_positions(max_tile_grid(p, s));
+}
+
+static size_t align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / WV_ARENA_ALIGN * WV_ARENA_ALIGN; }
+
+static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
+{
+    p->buffers[id].name = name;
+    p->buffers[id].bytes = align_up((size_t)elems * act_bytes);
+}
+
+static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
+{
+    static const int phases[] = {
+#define WV_BUF_PHASE(bid, phase, desc) phase,
+        WV_ARENA_BUFFERS(WV_BUF_PHASE)
+#undef WV_BUF_PHASE
+    };
+    int slot = id - WV_BUF_CACHE0;
+    if (id < WV_BUF_CACHE0) return phases[id];
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
+            if (m->blocks[b].has_conv[c] && m->blocks[b].conv[c].cache_slot == slot)
+                return b < m->trunk_end ? PHASE_TRUNK : PHASE_TILE;
+    (void)p;
+    return PHASE_KEEP;
+}
+
+static void size_buffers(wv_plan *p, const wv_model *m, size_t ab)
+{
+    static const char *const names[] = {
+#define WV_BUF_NAME(bid, phase, desc) #bid ": " desc,
+        WV_ARENA_BUFFERS(WV_BUF_NAME)
+#undef WV_BUF_NAME
+    };
+    wv_grid full = {p->h, p->w, 1};
+    int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
+    int C = m->blocks[m->trunk_end - 1].cout, trunk_c = 0;
+    int64_t scratch = 0;
+    for (int b = 0; b < m->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+    for (int b = m->trunk_end; b < m->n_blocks; b++) {
+        int64_t e = tile_scratch_elems(p, m, b);
+        scratch = scratch > e ? scratch : e;
+    }
+    p->attn_rows = (int)(N >= (1 << 22) ? 1 : imin((int)N, (1 << 22) / (int)(N > 0 ? N : 1)));
+    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk ? 1 : p->T) * N * C, ab);
+    set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_TRUNK_T, names[WV_BUF_TRUNK_T], P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * C, ab);
+    set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
+    set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
+    set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES], (int64_t)p->attn_rows * N, ab);
+    set_buffer(p, WV_BUF_TILE_X, names[WV_BUF_TILE_X], scratch, ab);
+    set_buffer(p, WV_BUF_TILE_Y, names[WV_BUF_TILE_Y], scratch, ab);
+    set_buffer(p, WV_BUF_TILE_T, names[WV_BUF_TILE_T], scratch, ab);
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            const wv_conv *cv = &m->blocks[b].conv[c];
+            if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
+            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, "causal cache [2][P][cin]",
+                       2 * cache_positions(p, m, b, c) * cv->cin, ab);
+        }
+    p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
+}
+
+/* Offsets: the kept buffers first; then trunk work and tile work, which share memory unless the
+ * trunk streams alongside the (single) tile. */
+static void place_buffers(wv_plan *p, const wv_model *m)
+{
+    size_t off = 0, phase_start, trunk_end, tile_end;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == PHASE_KEEP) {
+            p->buffers[i].offset = off;
+            off += p->buffers[i].bytes;
+        }
+    phase_start = off;
+    trunk_end = phase_start;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == PHASE_TRUNK) {
+            p->buffers[i].offset = trunk_end;
+            trunk_end += p->buffers[i].bytes;
+        }
+    tile_end = p->stream_trunk ? trunk_end : phase_start;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == PHASE_TILE) {
+            p->buffers[i].offset = tile_end;
+            tile_end += p->buffers[i].bytes;
+        }
+    p->trunk_out_bytes = p->buffers[WV_BUF_TRUNK_OUT].bytes;
+    p->arena_bytes = trunk_end > tile_end ? trunk_end : tile_end;
+}
+
+static int64_t conv_flops(const wv_conv *cv, int64_t positions, int64_t frames)
+{
+    return 2 * positions * frames * cv->cin * cv->cout * cv->kt * cv->kh * cv->kw;
+}
+
+/* Frames a tile segment processes over a sequence of T latent frames. */
+static int64_t segment_frames_total(const wv_plan *p, int s, int T)
+{
+    return T <= 0 ? 0 : 1 + (int64_t)p->seg[s].frames_per_chunk * (T - 1);
+}
+
+static int64_t count_flops(const wv_plan *p, const wv_model *m)
+{
+    int64_t total = 0, N = (int64_t)p->h * p->w;
+    for (int q = 0; q < p->n_seq; q++) {
+        int T = p->seq_len[q];
+        for (int b = 0; b < m->trunk_end; b++)
+            for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
+                if (m->blocks[b].has_conv[c]) total += conv_flops(&m->blocks[b].conv[c], N, T);
+        for (int t = 0; t < p->n_tiles; t++)
+            for (int b = m->trunk_end; b < m->n_blocks; b++) {
+                const wv_block *blk = &m->blocks[b];
+                int s = wv_block_segment(m, b);
+                wv_grid g = wv_tile_grid(p, t, s);
+                for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+                    if (!blk->has_conv[c]) continue;
+                    if (blk->kind == WV_BLOCK_UP3D && c == 1) { /* time_conv: all but frame 0 */
+                        wv_grid gp = wv_tile_grid(p, t, s - 1);
+                        total += conv_flops(&blk->conv[c], (int64_t)gp.h * gp.w,
+                                            segment_frames_total(p, s - 1, T) - 1);
+                    } else {
+                        total += conv_flops(&blk->conv[c], (int64_t)g.h * g.w, segment_frames_total(p, s, T));
+                    }
+                }
+            }
+    }
+    return total;
+}
+
+static void make_sequences(wv_plan *p, const wv_options *o)
+{
+    if (o->end_frame && p->T >= 1) {
+        p->n_seq = 0;
+        if (p->T > 1) {
+            p->seq_start[p->n_seq] = 0;
+            p->seq_len[p->n_seq] = p->T - 1;
+            p->n_seq++;
+        }
+        p->seq_start[p->n_seq] = p->T - 1;
+        p->seq_len[p->n_seq] = 1;
+        p->n_seq++;
+    } else {
+        p->n_seq = 1;
+        p->seq_start[0] = 0;
+        p->seq_len[0] = p->T;
+    }
+    p->frames_out = 0;
+    for (int q = 0; q < p->n_seq; q++) {
+        p->seq_out[q] = p->frames_out;
+        p->frames_out += (int)segment_frames_total(p, p->n_segments - 1, p->seq_len[q]);
+    }
+}
+
+wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                       wv_error *err)
+{
+    wv_status st;
+    memset(p, 0, sizeof *p);
+    if (T < 1 || h < 1 || w < 1)
+        return wv_fail(err, WV_ERR_INVALID, "latents must have T, h, w >= 1 (got T=%d, h=%d, w=%d)", T, h, w);
+    p->T = T;
+    p->h = h;
+    p->w = w;
+    if ((st = make_segments(p, m, err))) return st;
+    if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20))
+        return wv_fail(err, WV_ERR_INVALID, "latent grid %dx%d is too large", h, w);
+    p->H = h * p->out_scale;
+    p->W = w * p->out_scale;
+    make_sequences(p, o);
+    if ((st = make_tiles(p, o, err))) return st;
+    p->stream_trunk = p->n_tiles == 1;
+    size_buffers(p, m, m->backend->act_bytes);
+    place_buffers(p, m);
+    p->conv_flops = count_flops(p, m);
+    return WV_OK;
+}
+
+void wv_plan_free(wv_plan *p)
+{
+    free(p->tiles);
+    p->tiles = NULL;
+}

@@ -1,0 +1,111 @@
+/* Errors, dtypes, and strided host views. */
+#include "wv_core.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+const char *wv_dtype_name(wv_dtype dt)
+{
+    switch (dt) {
+    case WV_F32: return "float32";
+    case WV_F16: return "float16";
+    case WV_BF16: return "bfloat16";
+    }
+    return "?";
+}
+
+size_t wv_dtype_size(wv_dtype dt) { return dt == WV_F32 ? 4 : 2; }
+
+int64_t wv_view_numel(const wv_view *v)
+{
+    int64_t n = 1;
+    for (int d = 0; d < v->ndim; d++) n *= v->shape[d];
+    return n;
+}
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    float f;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf / nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { /* subnormal: normalize */
+        int e = -1;
+        do {
+            e++;
+            man <<= 1;
+        } while (!(man & 0x400u));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static float bf16_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float wv_elem_to_f32(const void *ptr, wv_dtype dt)
+{
+    const char *p = (const char *)ptr;
+    uint16_t h;
+    float f;
+    switch (dt) {
+    case WV_F32: memcpy(&f, p, 4); return f;
+    case WV_F16: memcpy(&h, p, 2); return half_to_float(h);
+    case WV_BF16: memcpy(&h, p, 2); return bf16_to_float(h);
+    }
+    return 0.0f;
+}
+
+/* Walks the view in row-major order; the innermost dimension is a tight loop. */
+void wv_view_to_f32(const wv_view *v, float *dst)
+{
+    int64_t idx[WV_MAX_DIMS] = {0};
+    int64_t n = wv_view_numel(v), inner, inner_stride, done = 0;
+    if (n == 0) return;
+    if (v->ndim == 0) {
+        dst[0] = wv_elem_to_f32((const char *)v->data, v->dtype);
+        return;
+    }
+    inner = v->shape[v->ndim - 1];
+    inner_stride = v->strides[v->ndim - 1];
+    while (done < n) {
+        const char *p = (const char *)v->data;
+        for (int d = 0; d < v->ndim - 1; d++) p += idx[d] * v->strides[d];
+        if (v->dtype == WV_F32 && inner_stride == 4) {
+            memcpy(dst + done, p, (size_t)inner * 4);
+        } else {
+            for (int64_t i = 0; i < inner; i++) dst[done + i] = wv_elem_to_f32(p + i * inner_stride, v->dtype);
+        }
+        done += inner;
+        for (int d = v->ndim - 2; d >= 0; d--) {
+            if (++idx[d] < v->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+}

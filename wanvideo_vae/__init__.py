@@ -1,0 +1,25 @@
+"""wanvideo_vae: an exact, memory-bounded native decoder for the Wan 2.1 video VAE.
+
+    import wanvideo_vae
+    weights = wanvideo_vae.load_weights("Wan2_1_VAE_bf16.safetensors")
+    frames = wanvideo_vae.decode_tiled(weights, latents)   # [F, H, W, 3] float32 in [0, 1]
+"""
+import scipy_openblas32 as _openblas  # noqa: F401  (loads the BLAS the extension links against)
+
+from ._C import DecodeInterrupted, WanVAEError
+from .api import WAN21_MEAN, WAN21_STD, Decoder, backends, decode_tiled
+from .weights import bf16_to_float32, load_weights, normalize_keys
+
+__all__ = [
+    "Decoder",
+    "DecodeInterrupted",
+    "WAN21_MEAN",
+    "WAN21_STD",
+    "WanVAEError",
+    "backends",
+    "bf16_to_float32",
+    "decode_tiled",
+    "load_weights",
+    "normalize_keys",
+]
+__version__ = "0.1.0"

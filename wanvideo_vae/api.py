@@ -1,0 +1,114 @@
+"""Public API: decode_tiled(), Decoder, backends()."""
+from . import _C
+from ._C import WanVAEError
+from .arrays import as_float_list, host_array, latents_4d
+from .weights import normalize_keys
+
+# Wan 2.1 latent statistics: latents arrive normalized, the decoder starts with z * std + mean.
+WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+              0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
+WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+             3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]
+
+
+def backends():
+    """What was compiled in, what each backend implements, and whether it is usable now."""
+    feats = _C.backend_features()
+    for info in feats.values():
+        info["usable"] = bool(info["compiled"])
+    return feats
+
+
+def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
+    for name, v in (("tile_x", tile_x), ("tile_y", tile_y), ("tile_stride_x", tile_stride_x),
+                    ("tile_stride_y", tile_stride_y)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise WanVAEError(f"{name} must be a positive int, got {v!r}")
+    if tile_x <= tile_stride_x or tile_y <= tile_stride_y:
+        raise WanVAEError(f"tile size must exceed the tile stride (tile_x={tile_x} > tile_stride_x={tile_stride_x}, "
+                          f"tile_y={tile_y} > tile_stride_y={tile_stride_y})")
+
+
+class Decoder:
+    """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
+
+    weights: {checkpoint key: array or tensor}, with or without the 'model.' prefix; encoder keys
+    are ignored. mean/std: latent statistics (default: Wan 2.1's, for z_dim 16)."""
+
+    def __init__(self, weights, *, backend="cpu", mean=None, std=None):
+        if not isinstance(weights, dict):
+            raise WanVAEError("weights must be a dict of checkpoint key -> array")
+        host = {k: host_array(v, f"weight '{k}'") for k, v in normalize_keys(weights).items()}
+        self._model = _C.Model(host, backend)
+        self.mean = self._stats(mean, WAN21_MEAN, "mean")
+        self.std = self._stats(std, WAN21_STD, "std")
+        self.last_stats = None
+
+    def _stats(self, given, default, what):
+        values = as_float_list(given, what)
+        if values is None:
+            if self.z_dim != len(default):
+                return None
+            values = list(default)
+        if len(values) != self.z_dim:
+            raise WanVAEError(f"{what} has {len(values)} values; the weights have z_dim={self.z_dim}")
+        return values
+
+    @property
+    def z_dim(self):
+        return self._model.z_dim
+
+    @property
+    def dim(self):
+        return self._model.dim
+
+    @property
+    def backend(self):
+        return self._model.backend
+
+    def halos(self):
+        """Halo (pixels at that block's resolution) at the input of every block after the attention."""
+        return self._model.halos()
+
+    def plan(self, T, h, w, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
+             enable_vae_tiling=True, end_frame=False):
+        """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
+        tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
+        return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame)
+
+    @staticmethod
+    def _tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling):
+        if not enable_vae_tiling:
+            return 0, 0
+        _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y)
+        return tile_x, tile_y
+
+    def decode(self, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
+               enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None):
+        """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
+
+        Default output is clamp(-1, 1) then (x + 1) / 2, in [0, 1]; raw=True returns the unclamped
+        decode. Tiling is exact: tile sizes change memory and speed, never the result; strides are
+        validated for compatibility with WanVideoDecode but do not change anything.
+        end_frame: decode the last latent frame as a fresh one-frame sequence (WanVideo end-image
+        mode). progress(done, total) is called between chunks; returning False stops the decode."""
+        mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
+        std = self._stats(std, self.std, "std") if std is not None else self.std
+        if mean is None or std is None:
+            raise WanVAEError(f"mean and std are required for z_dim={self.z_dim} (defaults exist only for 16)")
+        tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
+        lat = host_array(latents_4d(latents), "latents")
+        frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
+                                           raw=bool(raw), progress=progress)
+        self.last_stats = stats
+        return frames
+
+
+def decode_tiled(weights, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
+                 enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, backend="cpu",
+                 progress=None):
+    """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
+    dec = Decoder(weights, backend=backend, mean=mean, std=std)
+    return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
+                      tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
+                      end_frame=end_frame, progress=progress)

@@ -1,0 +1,71 @@
+"""Turning user arrays (NumPy, torch) into objects the C core reads through the array interface.
+
+bfloat16 has no standard typestr. The core reads "<V2" / "|V2" as bfloat16, the way recent torch
+and ml_dtypes export it. NumPy has no bfloat16, so a torch bfloat16 tensor is reinterpreted as
+int16 and viewed as NumPy "V2" (raw 2-byte items); no bits change.
+"""
+import numpy as np
+
+from ._C import WanVAEError
+
+_FLOAT_KINDS = {"float32", "float16", "bfloat16"}
+
+
+def _is_torch_tensor(x):
+    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "device")
+
+
+def _torch_to_numpy(t, what):
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view("V2")
+    if t.dtype == torch.float64:
+        t = t.float()
+    name = str(t.dtype).replace("torch.", "")
+    if name not in _FLOAT_KINDS:
+        raise WanVAEError(f"{what}: unsupported dtype {name}; expected float32, float16 or bfloat16")
+    return t.numpy()
+
+
+def host_array(x, what):
+    """A NumPy view (or copy where a conversion is unavoidable) of x in a dtype the core reads."""
+    if _is_torch_tensor(x):
+        return _torch_to_numpy(x, what)
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.float64:
+            return x.astype(np.float32)
+        if x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16":
+            return x
+        if x.dtype not in (np.float32, np.float16):
+            raise WanVAEError(f"{what}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
+        return x
+    if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
+        return x
+    raise WanVAEError(f"{what}: expected a NumPy array or torch tensor, got {type(x).__name__}")
+
+
+def latents_4d(latents):
+    """[z, T, h, w] from [z, T, h, w] or [1, z, T, h, w]."""
+    shape = tuple(latents.shape)
+    if len(shape) == 5:
+        if shape[0] != 1:
+            raise WanVAEError(f"latents: batch of {shape[0]} given; decode one video at a time ([1, z, T, h, w])")
+        return latents[0]
+    if len(shape) != 4:
+        raise WanVAEError(f"latents must be [z, T, h, w] or [1, z, T, h, w]; got shape {list(shape)}")
+    return latents
+
+
+def as_float_list(values, what):
+    if values is None:
+        return None
+    if _is_torch_tensor(values):
+        values = values.detach().float().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise WanVAEError(f"{what} contains NaN or Inf")
+    return [float(v) for v in arr]

@@ -1,0 +1,106 @@
+"""Checkpoint loading: .safetensors (read here, no extra dependency) and .pth / .pt state dicts."""
+import json
+import os
+import struct
+
+import numpy as np
+
+from ._C import WanVAEError
+
+# safetensors dtype -> NumPy dtype; BF16 is kept as raw 2-byte items ("V2"), which the core reads as bfloat16.
+_ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("V2"), "F64": np.dtype("<f8")}
+_DECODER_PREFIXES = ("decoder.", "conv2.")
+
+
+def normalize_keys(state):
+    """Decoder-side entries of a state dict, with any 'model.' prefix removed; encoder keys dropped."""
+    out = {}
+    for key, value in state.items():
+        k = key[len("model."):] if key.startswith("model.") else key
+        if k.startswith(_DECODER_PREFIXES):
+            out[k] = value
+    return out
+
+
+def bf16_to_float32(a):
+    """Raw bfloat16 items (NumPy "V2" or uint16/int16) to float32, exactly."""
+    bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
+    return bits.view(np.float32)
+
+
+def _read_safetensors_header(f, path, size):
+    raw = f.read(8)
+    if len(raw) != 8:
+        raise WanVAEError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+    (n,) = struct.unpack("<Q", raw)
+    if n > size - 8:
+        raise WanVAEError(f"{path}: safetensors header length {n} runs past the end of the file ({size} bytes)")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WanVAEError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise WanVAEError(f"{path}: safetensors header is not a JSON object")
+    return header, 8 + n
+
+
+def load_safetensors(path, keys=None):
+    """{name: array} for every tensor (or those in `keys`), memory-mapped read-only."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header, data_start = _read_safetensors_header(f, path, size)
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__" or (keys is not None and name not in keys):
+            continue
+        try:
+            dtype = _ST_DTYPES[info["dtype"]]
+            shape = [int(s) for s in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise WanVAEError(f"{path}: tensor '{name}' has an unsupported dtype or a malformed entry") from None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if begin < 0 or end < begin or end - begin != nbytes or data_start + end > size:
+            raise WanVAEError(f"{path}: tensor '{name}' has data offsets [{begin}, {end}) out of range or not "
+                              f"matching its shape {shape} and dtype {info['dtype']}")
+        arr = mm[data_start + begin:data_start + end].view(dtype).reshape(shape)
+        out[name] = arr.astype(np.float32) if dtype == np.float64 else arr
+    return out
+
+
+def _load_torch(path):
+    try:
+        import torch
+    except ImportError:
+        raise WanVAEError(f"{path}: reading .pth/.pt checkpoints needs PyTorch (pip install torch)") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise WanVAEError(f"{path}: could not read the checkpoint ({type(e).__name__}: {e})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WanVAEError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_weights(path):
+    """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys without 'model.'.
+
+    .safetensors files are memory-mapped (bfloat16 tensors come back as raw "V2" NumPy arrays, which
+    the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt files need torch and
+    return its tensors."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WanVAEError(f"{path}: no such file")
+    if path.endswith(".safetensors"):
+        state = load_safetensors(path)
+    elif path.endswith((".pth", ".pt", ".ckpt", ".bin")):
+        state = _load_torch(path)
+    else:
+        raise WanVAEError(f"{path}: unknown checkpoint format (expected .safetensors, .pth or .pt)")
+    weights = normalize_keys(state)
+    if not weights:
+        raise WanVAEError(f"{path}: no decoder weights found (keys starting with 'decoder.' or 'conv2.')")
+    return weights
