@@ -145,20 +145,18 @@ static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache_
     int spatial = cv->kh > 1 || cv->kw > 1;
     int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : P;
     (void)ctx;
-    if (cv->kt == 1) { /* frames are consecutive: one GEMM per tap spans all of them */
-        int64_t rows = (int64_t)(n - 1) * P + M;
-        add_bias_rows(y + p0 * cv->cout, rows, cv->cout, (const float *)cv->bias, accumulate);
-        conv_spatial_taps(cv, w, g, x, p0, rows, y + p0 * cv->cout);
-        return;
-    }
-    for (int f = 0; f < n; f++) {
-        float *yrows = y + f * fout + p0 * cv->cout;
-        add_bias_rows(yrows, M, cv->cout, (const float *)cv->bias, accumulate);
-        for (int dt = 0; dt < cv->kt; dt++) {
-            int s = f - (cv->kt - 1) + dt; /* source frame; negative: from the cache */
-            const float *src = s < 0 ? cache + (2 + s) * fin : x + s * fin;
-            conv_spatial_taps(cv, w + dt * tap_elems, g, src, p0, M, yrows);
-        }
+    /* Consecutive frames are one flat run of positions, so one GEMM per tap spans a run of
+     * frames: rows = (frames - 1) * P + M. Output frame f reads source frame f - shift, taken
+     * from x when f >= shift and from the cache (frames 2 - shift ...) before that. */
+    add_bias_rows(y + p0 * cv->cout, (int64_t)(n - 1) * P + M, cv->cout, (const float *)cv->bias, accumulate);
+    for (int dt = 0; dt < cv->kt; dt++) {
+        int shift = cv->kt - 1 - dt, from_cache = shift < n ? shift : n;
+        const float *wt = w + dt * tap_elems;
+        if (from_cache > 0)
+            conv_spatial_taps(cv, wt, g, cache + (2 - shift) * fin, p0, (int64_t)(from_cache - 1) * P + M,
+                              y + p0 * cv->cout);
+        if (n - shift > 0)
+            conv_spatial_taps(cv, wt, g, x, p0, (int64_t)(n - shift - 1) * P + M, y + shift * fout + p0 * cv->cout);
     }
 }
 

@@ -1,0 +1,48 @@
+"""Test helpers: fixtures, seeded random decoders, a tiny safetensors writer."""
+import json
+import os
+import struct
+
+import numpy as np
+
+from wanvideo_vae.random_model import random_latents, random_weights  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("WANVIDEO_SHARED", os.path.join(REPO, "..", "shared"))
+FIXTURES = os.path.join(SHARED, "fixtures")
+
+
+def load_fixture(name):
+    d = np.load(os.path.join(FIXTURES, f"wan21_{name}.npz"))
+    weights = {k[len("weights/"):]: d[k] for k in d.files if k.startswith("weights/")}
+    return weights, {k: d[k] for k in d.files if not k.startswith("weights/")}
+
+
+def random_stats(z_dim, seed=0):
+    rng = np.random.default_rng(seed + 1000)
+    return (0.5 * rng.standard_normal(z_dim)).astype(np.float32), (1.0 + rng.random(z_dim)).astype(np.float32)
+
+
+def to_unit(raw):
+    """The default output mapping: clamp(-1, 1), then (x + 1) / 2."""
+    return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
+
+
+_ST_NAMES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("V2"): "BF16"}
+
+
+def write_safetensors(path, tensors):
+    """Writes {name: ndarray} (float32, float16, or raw bf16 as "V2") in the safetensors format."""
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        arr = np.ascontiguousarray(arr)
+        data = arr.tobytes()
+        header[name] = {"dtype": _ST_NAMES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for b in blobs:
+            f.write(b)

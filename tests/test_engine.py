@@ -1,0 +1,181 @@
+"""The decode engine against the golden fixtures and the independent PyTorch reference."""
+import numpy as np
+import pytest
+
+import wanvideo_vae as wv
+from helpers import (load_fixture, random_latents, random_stats, random_weights, to_unit,
+                     write_safetensors)
+from reference_decoder import reference_decode
+
+FIXTURE_TOL = 1e-4   # DESIGN.md: fp32 CPU path vs the public implementation
+REFERENCE_TOL = 1e-4
+
+
+def fixture_decoder(name):
+    weights, data = load_fixture(name)
+    return wv.Decoder(weights, mean=data["mean"], std=data["std"]), data
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "single_frame"])
+@pytest.mark.parametrize("end_frame", [False, True])
+def test_fixture_raw(name, end_frame):
+    dec, data = fixture_decoder(name)
+    expected = data["expected_end_raw" if end_frame else "expected_raw"].transpose(1, 2, 3, 0)
+    out = dec.decode(data["latents"], raw=True, end_frame=end_frame, enable_vae_tiling=False)
+    assert out.shape == expected.shape and out.dtype == np.float32
+    assert np.abs(out - expected).max() <= FIXTURE_TOL
+
+
+def test_fixture_default_output_is_clamped_unit_range():
+    dec, data = fixture_decoder("tiny")
+    out = dec.decode(data["latents"], enable_vae_tiling=False)
+    expected = to_unit(data["expected_raw"].transpose(1, 2, 3, 0))
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.abs(out - expected).max() <= FIXTURE_TOL
+
+
+def test_batched_latents_accepted():
+    dec, data = fixture_decoder("single_frame")
+    a = dec.decode(data["latents"], raw=True, enable_vae_tiling=False)
+    b = dec.decode(data["latents"][None], raw=True, enable_vae_tiling=False)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dim,z_dim,T,h,w", [
+    (8, 4, 1, 3, 5),
+    (8, 16, 2, 5, 3),
+    (16, 4, 5, 3, 3),
+    (16, 16, 2, 7, 5),
+    (8, 4, 5, 1, 1),
+])
+def test_matches_torch_reference(dim, z_dim, T, h, w):
+    weights = random_weights(dim, z_dim, seed=dim + z_dim + T)
+    mean, std = random_stats(z_dim)
+    lat = random_latents(z_dim, T, h, w, seed=T * h * w)
+    expected = reference_decode(weights, lat, mean, std)
+    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, enable_vae_tiling=False)
+    assert out.shape == (1 + 4 * (T - 1), 8 * h, 8 * w, 3)
+    assert np.abs(out - expected).max() <= REFERENCE_TOL * max(1.0, np.abs(expected).max())
+
+
+def test_end_frame_matches_torch_reference():
+    weights = random_weights(8, 4, seed=3)
+    mean, std = random_stats(4)
+    lat = random_latents(4, 4, 3, 4)
+    expected = reference_decode(weights, lat, mean, std, end_frame=True)
+    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, end_frame=True, enable_vae_tiling=False)
+    assert out.shape == expected.shape == (10, 24, 32, 3)
+    assert np.abs(out - expected).max() <= REFERENCE_TOL
+
+
+def test_streaming_is_causal_prefix_exact():
+    """Streaming one latent frame at a time: decoding a prefix gives the prefix of the frames."""
+    weights = random_weights(8, 4, seed=5)
+    mean, std = random_stats(4)
+    lat = random_latents(4, 5, 3, 3)
+    dec = wv.Decoder(weights, mean=mean, std=std)
+    full = dec.decode(lat, raw=True, enable_vae_tiling=False)
+    for k in (1, 2, 4):
+        part = dec.decode(np.ascontiguousarray(lat[:, :k]), raw=True, enable_vae_tiling=False)
+        np.testing.assert_allclose(part, full[:part.shape[0]], atol=1e-6, rtol=0)
+
+
+def test_full_size_decoder_matches_reference():
+    """DESIGN.md config (dim 96, z 16): [16, 3, 16, 16] -> [9, 128, 128, 3] within 1e-3."""
+    weights = random_weights(96, 16, seed=42)
+    lat = random_latents(16, 3, 16, 16, seed=1)
+    out = wv.decode_tiled(weights, lat, raw=True, enable_vae_tiling=False)
+    expected = reference_decode(weights, lat, np.array(wv.WAN21_MEAN), np.array(wv.WAN21_STD))
+    assert out.shape == (9, 128, 128, 3)
+    assert np.abs(out - expected).max() <= 1e-3
+
+
+@pytest.mark.parametrize("prefix", ["", "model."])
+def test_safetensors_with_and_without_prefix(tmp_path, prefix):
+    weights, data = load_fixture("tiny")
+    tensors = {prefix + k: v for k, v in weights.items()}
+    tensors[prefix + "encoder.conv1.weight"] = np.zeros((4, 3, 3, 3, 3), np.float32)  # ignored
+    path = tmp_path / "vae.safetensors"
+    write_safetensors(path, tensors)
+    loaded = wv.load_weights(path)
+    assert set(loaded) == set(weights)
+    out = wv.decode_tiled(loaded, data["latents"], mean=data["mean"], std=data["std"], raw=True,
+                          enable_vae_tiling=False)
+    assert np.abs(out - data["expected_raw"].transpose(1, 2, 3, 0)).max() <= FIXTURE_TOL
+
+
+def test_pth_state_dict(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights, data = load_fixture("single_frame")
+    path = tmp_path / "vae.pth"
+    torch.save({"model." + k: torch.from_numpy(v) for k, v in weights.items()}, path)
+    out = wv.decode_tiled(wv.load_weights(path), data["latents"], mean=data["mean"], std=data["std"], raw=True,
+                          enable_vae_tiling=False)
+    assert np.abs(out - data["expected_raw"].transpose(1, 2, 3, 0)).max() <= FIXTURE_TOL
+
+
+def _round_through(weights, torch_dtype):
+    import torch
+    return {k: torch.from_numpy(v).to(torch_dtype) for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_half_precision_inputs_are_converted_exactly(dtype_name):
+    """fp16/bf16 weights and latents decode exactly like their values widened to fp32."""
+    torch = pytest.importorskip("torch")
+    dt = getattr(torch, dtype_name)
+    weights, data = load_fixture("tiny")
+    half_w = _round_through(weights, dt)
+    half_lat = torch.from_numpy(data["latents"]).to(dt)
+    widened_w = {k: v.float().numpy() for k, v in half_w.items()}
+    widened_lat = half_lat.float().numpy()
+    a = wv.decode_tiled(half_w, half_lat, mean=data["mean"], std=data["std"], raw=True, enable_vae_tiling=False)
+    b = wv.decode_tiled(widened_w, widened_lat, mean=data["mean"], std=data["std"], raw=True, enable_vae_tiling=False)
+    np.testing.assert_array_equal(a, b)
+    # and they stay close to the fp32 golden output (the error is the inputs' rounding, not ours)
+    mean_tol = 0.01 if dtype_name == "bfloat16" else 1e-3
+    assert np.abs(a - data["expected_raw"].transpose(1, 2, 3, 0)).mean() <= mean_tol
+
+
+def test_bf16_safetensors_and_numpy_fp16(tmp_path):
+    torch = pytest.importorskip("torch")
+    weights, data = load_fixture("single_frame")
+    bf = {k: torch.from_numpy(v).bfloat16().view(torch.int16).numpy().view("V2") for k, v in weights.items()}
+    path = tmp_path / "bf16.safetensors"
+    write_safetensors(path, bf)
+    loaded = wv.load_weights(path)
+    assert all(v.dtype == np.dtype("V2") for v in loaded.values())
+    widened = {k: wv.bf16_to_float32(v) for k, v in loaded.items()}
+    a = wv.decode_tiled(loaded, data["latents"].astype(np.float16), mean=data["mean"], std=data["std"], raw=True,
+                        enable_vae_tiling=False)
+    b = wv.decode_tiled(widened, data["latents"].astype(np.float16).astype(np.float32), mean=data["mean"],
+                        std=data["std"], raw=True, enable_vae_tiling=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_latents():
+    dec, data = fixture_decoder("tiny")
+    lat = data["latents"]
+    strided = np.asfortranarray(lat)  # same values, different strides
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(dec.decode(strided, raw=True, enable_vae_tiling=False),
+                                  dec.decode(lat, raw=True, enable_vae_tiling=False))
+
+
+def test_backends_reports_cpu():
+    feats = wv.backends()
+    assert feats["cpu"]["compiled"] and feats["cpu"]["usable"]
+    assert len(feats["cpu"]["ops"]) == feats["cpu"]["op_count"]
+
+
+def test_expected_key_table_matches_reference_file():
+    import os
+    from helpers import SHARED
+    rows = [line.split("\t") for line in open(os.path.join(SHARED, "reference", "wan21_decoder_keys.tsv"))
+            if line.strip() and not line.startswith("n_keys")]
+    table = {k: eval(s) for k, s in rows}  # shapes are Python tuples in the file
+    ours = dict(wv._C.expected_keys(96, 16))
+    assert ours == {k: tuple(v) for k, v in table.items()}
+    dec = wv.Decoder(random_weights(96, 16))
+    assert dec._model.n_params == 73295603
+    assert dec._model.cache_slots == 32

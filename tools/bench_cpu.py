@@ -1,0 +1,134 @@
+"""CPU benchmark: our decode beside the independent PyTorch reference (tests/reference_decoder.py),
+in one process, on a seeded random full-size Wan 2.1 decoder. Prints numbers; asserts nothing.
+
+    python tools/bench_cpu.py compare [--T 3 --h 16 --w 16]
+    python tools/bench_cpu.py rss-vs-T [--h 16 --w 16 --Ts 3 9]
+
+Peak memory of a call = highest resident set size sampled during the call minus the resident set
+size just before it (Linux /proc; other systems print n/a). rss-vs-T runs each decode in a fresh
+subprocess and reports its ru_maxrss."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+import wanvideo_vae as wv  # noqa: E402
+from helpers import random_latents, random_weights  # noqa: E402
+
+
+def rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
+
+
+class PeakRSS:
+    """Samples the resident set size every 2 ms while the block runs."""
+
+    def __enter__(self):
+        self.base = rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            r = rss_bytes()
+            if r is not None and r > self.peak:
+                self.peak = r
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        r = rss_bytes()
+        if r is not None and r > self.peak:
+            self.peak = r
+
+    @property
+    def delta(self):
+        return None if self.base is None else self.peak - self.base
+
+
+def fmt_mb(b):
+    return "n/a" if b is None else f"{b / 2**20:8.1f} MiB"
+
+
+def compare(args):
+    import torch
+    from reference_decoder import reference_decode
+
+    weights = random_weights(96, 16, seed=42)
+    lat = random_latents(16, args.T, args.h, args.w, seed=1)
+    dec = wv.Decoder(weights)
+    rows = []
+    for label, kw in (("ours, whole frame", dict(enable_vae_tiling=False)),
+                      ("ours, tiles 272 (core 256)", dict(tile_x=272, tile_y=272))):
+        with PeakRSS() as m:
+            t0 = time.perf_counter()
+            ours = dec.decode(lat, raw=True, **kw)
+            dt = time.perf_counter() - t0
+        rows.append((label, dt, m.delta, dec.last_stats["planned_bytes"]))
+    with PeakRSS() as m:
+        t0 = time.perf_counter()
+        ref = reference_decode(weights, lat, np.array(wv.WAN21_MEAN), np.array(wv.WAN21_STD))
+        dt = time.perf_counter() - t0
+    rows.append((f"torch {torch.__version__} reference (whole sequence)", dt, m.delta, None))
+    print(f"latents [16, {args.T}, {args.h}, {args.w}] -> {list(ours.shape)}, full-size decoder, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
+    print(f"{'method':44s} {'time':>9s} {'peak RSS':>13s} {'planned arena':>14s}")
+    for label, dt, mem, planned in rows:
+        print(f"{label:44s} {dt:8.2f}s {fmt_mb(mem):>13s} {fmt_mb(planned) if planned else '':>14s}")
+    print(f"max |ours - torch| = {np.abs(ours - ref).max():.3g}; ours / torch time = {rows[0][1] / rows[-1][1]:.2f}")
+
+
+def one_decode(args):
+    import resource
+    weights = random_weights(96, 16, seed=42)
+    dec = wv.Decoder(weights)
+    lat = random_latents(16, args.T, args.h, args.w, seed=1)
+    out = dec.decode(lat, raw=True, enable_vae_tiling=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"T": args.T, "peak_rss": peak, "output_bytes": out.nbytes,
+                      "planned_bytes": dec.last_stats["planned_bytes"]}))
+
+
+def rss_vs_t(args):
+    results = []
+    for T in args.Ts:
+        cmd = [sys.executable, __file__, "one", "--T", str(T), "--h", str(args.h), "--w", str(args.w)]
+        results.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(f"{'T':>3s} {'peak RSS':>13s} {'output':>13s} {'planned arena':>14s}")
+    for r in results:
+        print(f"{r['T']:3d} {fmt_mb(r['peak_rss']):>13s} {fmt_mb(r['output_bytes']):>13s} {fmt_mb(r['planned_bytes']):>14s}")
+    a, b = results[0], results[-1]
+    growth = b["peak_rss"] - a["peak_rss"]
+    print(f"peak RSS growth T={a['T']} -> T={b['T']}: {fmt_mb(growth)}; output array at T={b['T']}: "
+          f"{fmt_mb(b['output_bytes'])} (+10% = {fmt_mb(int(b['output_bytes'] * 1.1))})")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["compare", "rss-vs-T", "one"])
+    ap.add_argument("--T", type=int, default=3)
+    ap.add_argument("--h", type=int, default=16)
+    ap.add_argument("--w", type=int, default=16)
+    ap.add_argument("--Ts", type=int, nargs="+", default=[3, 9])
+    args = ap.parse_args()
+    {"compare": compare, "rss-vs-T": rss_vs_t, "one": one_decode}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
