@@ -354,6 +354,7 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "core_x", PyLong_FromLong(p->core_x)) || dict_set(d, "core_y", PyLong_FromLong(p->core_y)) ||
         dict_set(d, "out_halo", PyLong_FromLong(p->out_halo)) ||
         dict_set(d, "stream_trunk", PyBool_FromLong(p->stream_trunk)) ||
+        dict_set(d, "shrunk_to_fit", PyBool_FromLong(p->shrunk_to_fit)) ||
         dict_set(d, "planned_bytes", PyLong_FromSize_t(p->arena_bytes)) ||
         dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
         dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
@@ -373,8 +374,13 @@ fail:
     return NULL;
 }
 
-static int parse_options(int tile_x, int tile_y, int end_frame, int raw, wv_options *o)
+static int parse_options(int tile_x, int tile_y, int end_frame, int raw, long long max_bytes, wv_options *o)
 {
+    if (max_bytes < 0) {
+        PyErr_Format(WvError, "max_memory must be >= 0 bytes (0 = no limit), got %lld", max_bytes);
+        return -1;
+    }
+    o->max_bytes = (size_t)max_bytes;
     if (tile_x < 0 || tile_y < 0) {
         PyErr_Format(WvError, "tile sizes must be >= 0 (0 = whole frame), got tile_x=%d, tile_y=%d", tile_x, tile_y);
         return -1;
@@ -388,16 +394,18 @@ static int parse_options(int tile_x, int tile_y, int end_frame, int raw, wv_opti
 
 static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", NULL};
+    static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", "max_memory", NULL};
     int T, h, w, tile_x = 0, tile_y = 0, end_frame = 0;
+    long long max_bytes = 0;
     wv_options o;
     wv_plan plan;
     wv_error err = {WV_OK, ""};
     PyObject *result;
     if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iip:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iipL:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame,
+                                     &max_bytes))
         return NULL;
-    if (parse_options(tile_x, tile_y, end_frame, 0, &o)) return NULL;
+    if (parse_options(tile_x, tile_y, end_frame, 0, max_bytes, &o)) return NULL;
     if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
         wv_plan_free(&plan);
         return raise_status(&err);
@@ -479,9 +487,11 @@ static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats 
 
 static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", NULL};
+    static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
+                             NULL};
     PyObject *lat_obj, *mean_obj, *std_obj, *progress = Py_None;
     int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, T, h, w;
+    long long max_bytes = 0;
     float *mean = NULL, *stdv = NULL;
     py_array lat;
     wv_options o;
@@ -496,15 +506,15 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 
     memset(&lat, 0, sizeof lat);
     if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippO:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
-                                     &tile_y, &end_frame, &raw, &progress))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOL:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
+                                     &tile_y, &end_frame, &raw, &progress, &max_bytes))
         return NULL;
     if (progress != Py_None && !PyCallable_Check(progress)) {
         PyErr_SetString(WvError, "progress must be callable or None");
         return NULL;
     }
     bridge.callback = progress == Py_None ? NULL : progress;
-    if (parse_options(tile_x, tile_y, end_frame, raw, &o)) return NULL;
+    if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &o)) return NULL;
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
     if (check_latents_view(&self->model, &lat, &T, &h, &w)) goto finally;
     mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);

@@ -154,6 +154,7 @@ typedef struct {
     int tile_x, tile_y;   /* tile size in output pixels (core + 2 * output halo); <= 0: whole frame */
     int end_frame;        /* decode the last latent frame as a fresh one-frame sequence */
     wv_output_mode output;
+    size_t max_bytes;     /* budget for the arena (0: none); tiles shrink until the plan fits */
 } wv_options;
 
 /* One named arena buffer: its bytes and a human name, for the plan report. */
@@ -177,6 +178,7 @@ typedef struct {
     int tiles_x, tiles_y, n_tiles;
     wv_tile *tiles;          /* n_tiles entries, owned by the plan */
     int stream_trunk;        /* one tile: trunk and tile pass interleave frame by frame */
+    int shrunk_to_fit;       /* the tiles were made smaller than asked to fit max_bytes */
     int attn_rows;           /* query rows per attention chunk */
     int n_buffers;
     wv_buffer_plan buffers[WV_MAX_BUFFERS];
@@ -185,6 +187,8 @@ typedef struct {
     int64_t conv_flops;      /* multiply-adds x 2 of every convolution the plan runs */
 } wv_plan;
 
+/* Plans a decode of latents [z, T, h, w] with the tile size of `o`; if o->max_bytes is set and the
+ * plan does not fit, picks the largest smaller square tile that does, or fails naming the need. */
 wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                        wv_error *err);
 void wv_plan_free(wv_plan *p);

@@ -143,15 +143,15 @@ static wv_status make_tiles(wv_plan *p, const wv_options *o, wv_error *err)
     return WV_OK;
 }
 
-/* Largest grid any tile uses in segment s. */
+/* The grid buffers of segment s are sized for: a full core with its halo on both sides, clipped
+ * only by the frame. Sizing by the tile rather than by the tiles this frame happens to have keeps
+ * the plan a function of the tile size alone (every tile's region fits in it). */
 static wv_grid max_tile_grid(const wv_plan *p, int s)
 {
-    wv_grid g = {0, 0, 1};
-    for (int t = 0; t < p->n_tiles; t++) {
-        wv_grid gt = wv_tile_grid(p, t, s);
-        g.h = imax(g.h, gt.h);
-        g.w = imax(g.w, gt.w);
-    }
+    const wv_segment *sg = &p->seg[s];
+    int f = p->out_scale / sg->scale;
+    wv_grid g = {imin(p->h * sg->scale, p->core_y / f + 2 * sg->halo), imin(p->w * sg->scale, p->core_x / f + 2 * sg->halo),
+                 1};
     return g;
 }
 
@@ -334,8 +334,8 @@ static void make_sequences(wv_plan *p, const wv_options *o)
     }
 }
 
-wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
-                       wv_error *err)
+static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                                wv_error *err)
 {
     wv_status st;
     memset(p, 0, sizeof *p);
@@ -356,6 +356,57 @@ wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const
     place_buffers(p, m);
     p->conv_flops = count_flops(p, m);
     return WV_OK;
+}
+
+/* Tile size (output pixels) the plan effectively uses along its longer tiled axis. */
+static int effective_tile(const wv_plan *p)
+{
+    return imax(p->core_x, p->core_y) + 2 * p->out_halo;
+}
+
+/* Largest square tile, no larger than asked on either axis, whose plan fits the budget. */
+static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                               wv_error *err)
+{
+    wv_options trial = *o;
+    size_t asked_bytes = p->arena_bytes, smallest_bytes = 0;
+    int S = p->out_scale, min_tile = 2 * p->out_halo + S;
+    int lo = 0, hi = (effective_tile(p) - S - min_tile) / S, best = -1;
+    wv_status st;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2, tile = min_tile + mid * S;
+        trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, tile) : tile;
+        trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, tile) : tile;
+        wv_plan_free(p);
+        if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
+        if (mid == 0) smallest_bytes = p->arena_bytes;
+        if (p->arena_bytes <= o->max_bytes) {
+            best = tile;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    wv_plan_free(p);
+    if (best < 0)
+        return wv_fail(err, WV_ERR_NOMEM,
+                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px, of which "
+                       "the trunk output for %d frames is %zu) but the budget is %zu bytes",
+                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, T,
+                       p->trunk_out_bytes, o->max_bytes);
+    trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, best) : best;
+    trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, best) : best;
+    if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
+    p->shrunk_to_fit = 1;
+    return WV_OK;
+}
+
+wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                       wv_error *err)
+{
+    wv_status st = plan_for_tiles(p, m, T, h, w, o, err);
+    if (st || !o->max_bytes || p->arena_bytes <= o->max_bytes) return st;
+    return shrink_to_fit(p, m, T, h, w, o, err);
 }
 
 void wv_plan_free(wv_plan *p)

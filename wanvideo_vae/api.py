@@ -29,6 +29,14 @@ def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
                           f"tile_y={tile_y} > tile_stride_y={tile_stride_y})")
 
 
+def _budget(max_memory):
+    if max_memory is None:
+        return 0
+    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0:
+        raise WanVAEError(f"max_memory must be a positive number of bytes or None, got {max_memory!r}")
+    return max_memory
+
+
 class Decoder:
     """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
 
@@ -71,10 +79,11 @@ class Decoder:
         return self._model.halos()
 
     def plan(self, T, h, w, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
-             enable_vae_tiling=True, end_frame=False):
+             enable_vae_tiling=True, end_frame=False, max_memory=None):
         """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
-        return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame)
+        return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame,
+                                max_memory=_budget(max_memory))
 
     @staticmethod
     def _tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling):
@@ -84,14 +93,18 @@ class Decoder:
         return tile_x, tile_y
 
     def decode(self, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
-               enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None):
+               enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
+               max_memory=None):
         """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
 
         Default output is clamp(-1, 1) then (x + 1) / 2, in [0, 1]; raw=True returns the unclamped
         decode. Tiling is exact: tile sizes change memory and speed, never the result; strides are
         validated for compatibility with WanVideoDecode but do not change anything.
         end_frame: decode the last latent frame as a fresh one-frame sequence (WanVideo end-image
-        mode). progress(done, total) is called between chunks; returning False stops the decode."""
+        mode). progress(done, total) is called between chunks; returning False stops the decode.
+        max_memory: bytes of working memory (the arena; weights and output excluded) the decode may
+        use; if the plan needs more, tiles shrink to the largest that fits (the result is the same),
+        and if even the smallest tile does not fit, MemoryError says what is needed."""
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:
@@ -99,16 +112,16 @@ class Decoder:
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
         lat = host_array(latents_4d(latents), "latents")
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
-                                           raw=bool(raw), progress=progress)
+                                           raw=bool(raw), progress=progress, max_memory=_budget(max_memory))
         self.last_stats = stats
         return frames
 
 
 def decode_tiled(weights, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
                  enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, backend="cpu",
-                 progress=None):
+                 progress=None, max_memory=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
     dec = Decoder(weights, backend=backend, mean=mean, std=std)
     return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
                       tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
-                      end_frame=end_frame, progress=progress)
+                      end_frame=end_frame, progress=progress, max_memory=max_memory)
