@@ -1,0 +1,185 @@
+"""The ComfyUI node pack: loading, input specs, WanVideoDecode semantics, the WANVAE patch, Gradio."""
+import importlib.util
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from helpers import REPO, load_fixture  # noqa: E402
+from standin_wanvae import StandInWanVAE  # noqa: E402
+from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, WanCoreVAENativeDecode, WanVideoNativeDecode,  # noqa: E402
+                                      WanVideoNativeVAEPatch)
+
+NODE_TOL = 1e-4
+
+
+def load_like_comfyui(module_name):
+    """ComfyUI's custom node loader: a module from the folder's __init__.py, registered in sys.modules."""
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(REPO, "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("module_name", [os.path.join(REPO).replace(".", "_x_"), "wanvideo_vae"])
+def test_repo_root_loads_as_custom_node(module_name):
+    import wanvideo_vae
+    saved = dict(sys.modules)
+    try:
+        module = load_like_comfyui(module_name)
+        assert set(module.NODE_CLASS_MAPPINGS) == set(module.NODE_DISPLAY_NAME_MAPPINGS)
+        assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
+        assert "WanVideoDecode" not in module.NODE_CLASS_MAPPINGS  # never shadows the wrapper's node
+        assert sys.modules["wanvideo_vae"].__file__ == wanvideo_vae.__file__  # the installed package
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
+
+
+def _check_input(name, spec):
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 else {}
+    if isinstance(kind, list):
+        assert kind and all(isinstance(v, str) for v in kind), name
+        assert opts.get("default", kind[0]) in kind, name
+        return
+    assert isinstance(kind, str) and kind.upper() == kind, name
+    if kind == "INT":
+        lo, hi, step, default = opts["min"], opts["max"], opts.get("step", 1), opts["default"]
+        assert all(isinstance(v, int) for v in (lo, hi, step, default)), name
+        assert lo <= default <= hi and (default - lo) % step == 0, name
+    elif kind == "BOOLEAN":
+        assert isinstance(opts.get("default", False), bool), name
+
+
+@pytest.mark.parametrize("node_name", sorted(NODE_CLASS_MAPPINGS))
+def test_input_types_are_valid_for_comfyui(node_name):
+    cls = NODE_CLASS_MAPPINGS[node_name]
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    for section in spec.values():
+        for name, entry in section.items():
+            assert isinstance(entry, tuple) and 1 <= len(entry) <= 2, name
+            _check_input(name, entry)
+    assert isinstance(cls.RETURN_TYPES, tuple) and callable(getattr(cls(), cls.FUNCTION))
+
+
+def test_decode_node_matches_wanvideodecode_inputs():
+    spec = WanVideoNativeDecode.INPUT_TYPES()
+    req = spec["required"]
+    assert list(req) == ["vae", "samples", "enable_vae_tiling", "tile_x", "tile_y", "tile_stride_x", "tile_stride_y"]
+    assert req["enable_vae_tiling"][1]["default"] is False
+    for k, d in (("tile_x", 272), ("tile_y", 272)):
+        assert (req[k][1]["default"], req[k][1]["min"], req[k][1]["max"], req[k][1]["step"]) == (d, 40, 2048, 8)
+    for k, d in (("tile_stride_x", 144), ("tile_stride_y", 128)):
+        assert (req[k][1]["default"], req[k][1]["min"], req[k][1]["max"], req[k][1]["step"]) == (d, 32, 2040, 8)
+    assert spec["optional"]["normalization"][0] == ["default", "minmax", "none"]
+    assert WanVideoNativeDecode.VALIDATE_INPUTS(272, 272, 144, 128) is True
+    assert isinstance(WanVideoNativeDecode.VALIDATE_INPUTS(144, 272, 144, 128), str)
+    assert isinstance(WanVideoNativeDecode.VALIDATE_INPUTS(272, 128, 144, 128), str)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    weights, data = load_fixture("tiny")
+    return StandInWanVAE(weights, data["mean"], data["std"]), data
+
+
+def _expected(raw, mode):
+    if mode == "none":
+        out = raw
+    elif mode == "minmax":
+        out = (raw - raw.min()) / (raw.max() - raw.min())
+    else:
+        out = (np.clip(raw, -1, 1) + 1) / 2
+    return np.clip(out, 0, 1)
+
+
+def _latent(data, **extra):
+    return {"samples": torch.from_numpy(data["latents"])[None], **extra}
+
+
+@pytest.mark.parametrize("mode", ["default", "minmax", "none"])
+@pytest.mark.parametrize("tiling", [False, True])
+def test_decode_node_normalization(tiny, mode, tiling):
+    vae, data = tiny
+    (images,) = WanVideoNativeDecode().decode(vae, _latent(data), tiling, 40, 40, 32, 32, normalization=mode)
+    raw = data["expected_raw"].transpose(1, 2, 3, 0)
+    assert isinstance(images, torch.Tensor) and images.dtype == torch.float32 and images.device.type == "cpu"
+    assert images.shape == raw.shape
+    assert np.abs(images.numpy() - _expected(raw, mode)).max() <= NODE_TOL
+
+
+def test_decode_node_has_ref_drop_last_end_image(tiny):
+    vae, data = tiny
+    lat = torch.from_numpy(data["latents"])[None]
+    extra = torch.randn(1, lat.shape[1], 1, *lat.shape[3:])
+    raw = data["expected_raw"].transpose(1, 2, 3, 0)
+    node = WanVideoNativeDecode()
+    (ref,) = node.decode(vae, {"samples": torch.cat([extra, lat], 2), "has_ref": True}, False, 272, 272, 144, 128)
+    assert np.abs(ref.numpy() - _expected(raw, "default")).max() <= NODE_TOL
+    (last,) = node.decode(vae, {"samples": torch.cat([lat, extra], 2), "drop_last": True}, True, 40, 40, 32, 32)
+    assert np.abs(last.numpy() - _expected(raw, "default")).max() <= NODE_TOL
+    (end,) = node.decode(vae, _latent(data, end_image=torch.zeros(1, 8, 8, 3)), False, 272, 272, 144, 128)
+    end_raw = data["expected_end_raw"].transpose(1, 2, 3, 0)[:-1]
+    assert np.abs(end.numpy() - _expected(end_raw, "default")).max() <= NODE_TOL
+
+
+def test_decode_node_video_passthrough(tiny):
+    vae, _ = tiny
+    video = torch.linspace(-2, 2, 5 * 4 * 4 * 3).reshape(5, 4, 4, 3)
+    (images,) = WanVideoNativeDecode().decode(vae, {"video": video}, False, 272, 272, 144, 128)
+    np.testing.assert_allclose(images.numpy(), ((video.clamp(-1, 1) + 1) / 2).numpy())
+    assert video.min() == -2  # the input is not modified
+
+
+def test_legacy_std_and_scale_attributes():
+    weights, data = load_fixture("single_frame")
+    vae = StandInWanVAE(weights, data["mean"], data["std"], legacy=True)
+    (images,) = WanVideoNativeDecode().decode(vae, _latent(data), False, 272, 272, 144, 128)
+    assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
+
+
+@pytest.mark.parametrize("end_", [False, True])
+@pytest.mark.parametrize("tiled", [False, True])
+def test_patched_wanvae_decode_matches_standin(tiny, end_, tiled):
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    assert patched is not vae and type(vae).decode is StandInWanVAE.decode
+    lat = torch.from_numpy(data["latents"])[None]
+    ours = patched.decode(lat, "cpu", end_=end_, tiled=tiled, tile_size=(5, 5), tile_stride=(4, 4), pbar=False)
+    ref = vae.decode(lat, "cpu", end_=end_, tiled=tiled)
+    assert isinstance(ours, list) and len(ours) == 1 and ours[0].shape == ref[0].shape
+    assert (ours[0] - ref[0]).abs().max().item() <= NODE_TOL
+    assert patched.dtype == vae.dtype and patched.model is vae.model  # everything else is the original's
+    assert patched.to("cpu") is patched
+
+
+def test_gradio_call_unchanged(tiny):
+    vae, data = tiny
+    node = WanVideoNativeDecode()
+    samples = {"samples": torch.from_numpy(data["latents"])[None]}
+    video = node.decode(vae=vae, samples=samples, enable_vae_tiling=True, tile_x=272, tile_y=272, tile_stride_x=144,
+                        tile_stride_y=128)[0]
+    assert tuple(video.shape) == (13, 40, 56, 3)
+    assert np.abs(video.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
+
+
+def test_core_vae_node():
+    """ComfyUI's core VAE: first_stage_model holds the Wan weights; latents arrive un-normalized."""
+    weights, data = load_fixture("tiny")
+    from standin_wanvae import module_tree
+
+    class CoreVAE:
+        def __init__(self):
+            self.first_stage_model = module_tree(weights)
+
+    unnormalized = data["latents"] * data["std"][:, None, None, None] + data["mean"][:, None, None, None]
+    (images,) = WanCoreVAENativeDecode().decode({"samples": torch.from_numpy(unnormalized)[None]}, CoreVAE(), 64, True)
+    assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
+    with pytest.raises(ValueError, match="Wan 2.1 video latents"):
+        WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)

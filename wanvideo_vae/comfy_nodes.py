@@ -1,0 +1,278 @@
+"""ComfyUI nodes: an exact, native drop-in for WanVideoDecode, a WANVAE patch so samplers that decode
+by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for ComfyUI's core Wan VAE.
+
+Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
+present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
+import weakref
+
+import numpy as np
+
+from .api import Decoder, backends
+from .weights import normalize_keys
+
+CATEGORY = "WanVideoWrapper/native"
+_TILE = {"min": 40, "max": 2048, "step": 8}
+_STRIDE = {"min": 32, "max": 2040, "step": 8}
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+def _comfy_progress():
+    """progress(done, total) for the decoder: ComfyUI's progress bar and interrupt, when present."""
+    try:
+        import comfy.model_management as mm
+        import comfy.utils
+    except ImportError:
+        return None
+    bar = []
+
+    def progress(done, total):
+        if not bar:
+            bar.append(comfy.utils.ProgressBar(total))
+        bar[0].update_absolute(done, total)
+        mm.throw_exception_if_processing_interrupted()  # raises: the decode stops and frees its memory
+        return True
+
+    return progress
+
+
+def _backend_for(*tensors):
+    """'cuda' when a tensor is on a GPU and the CUDA backend is usable, else 'cpu'."""
+    on_gpu = any(getattr(getattr(t, "device", None), "type", "cpu") == "cuda" for t in tensors)
+    feats = backends()
+    return "cuda" if on_gpu and feats.get("cuda", {}).get("usable") else "cpu"
+
+
+def _wanvae_stats(vae):
+    """(mean, std) from a WanVideoWrapper WANVAE: mean/inv_std, or older std, or scale=[mean, 1/std]."""
+    mean = getattr(vae, "mean", None)
+    if getattr(vae, "inv_std", None) is not None:
+        std = 1.0 / vae.inv_std.float()
+    elif getattr(vae, "std", None) is not None:
+        std = vae.std
+    elif getattr(vae, "scale", None) is not None:
+        mean, std = vae.scale[0], 1.0 / vae.scale[1].float()
+    else:
+        raise ValueError("WANVAE has no mean/inv_std, std or scale: cannot un-normalize its latents")
+    return mean.reshape(-1), std.reshape(-1)
+
+
+def _module_weights(module):
+    """Decoder-side weights of a torch module whose state dict uses the Wan checkpoint names."""
+    return normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
+
+
+def _fingerprint(module):
+    p = next(iter(module.parameters()), None)
+    return None if p is None else (p.data_ptr(), p.dtype, p._version)
+
+
+class _DecoderCache:
+    """One converted Decoder per torch VAE object, rebuilt when its weights change."""
+
+    def __init__(self):
+        self._cache = weakref.WeakKeyDictionary()
+
+    def get(self, owner, module, backend, mean=None, std=None):
+        key = (_fingerprint(module), backend)
+        hit = self._cache.get(owner)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        dec = Decoder(_module_weights(module), backend=backend, mean=mean, std=std)
+        self._cache[owner] = (key, dec)
+        return dec
+
+
+_decoders = _DecoderCache()
+
+
+def _torch():
+    import torch
+    return torch
+
+
+def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
+    """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
+    mean, std = _wanvae_stats(vae)
+    dec = _decoders.get(vae, vae.model, _backend_for(latents, mean), mean=mean, std=std)
+    return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
+                      tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
+
+
+def _minmax(x):
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def _normalize(raw, mode):
+    if mode == "none":
+        return raw
+    if mode == "minmax":
+        return _minmax(raw)
+    return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
+
+
+# ---- WanVideoDecode drop-in ----------------------------------------------------------------------
+
+class WanVideoNativeDecode:
+    """Drop-in for ComfyUI-WanVideoWrapper's WanVideoDecode: same inputs, same LATENT handling, same
+    IMAGE output, decoded natively and exactly. Tiling changes memory and speed, never the picture."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("WANVAE",),
+                "samples": ("LATENT",),
+                "enable_vae_tiling": ("BOOLEAN", {"default": False, "tooltip": (
+                    "Exact tiling: lowers memory, never changes the picture (no seams).")}),
+                "tile_x": ("INT", {"default": 272, **_TILE, "tooltip": "Tile width in pixels, halo included."}),
+                "tile_y": ("INT", {"default": 272, **_TILE, "tooltip": "Tile height in pixels, halo included."}),
+                "tile_stride_x": ("INT", {"default": 144, **_STRIDE, "tooltip": (
+                    "Accepted for compatibility; exact tiles need no overlap, so it changes nothing.")}),
+                "tile_stride_y": ("INT", {"default": 128, **_STRIDE, "tooltip": (
+                    "Accepted for compatibility; exact tiles need no overlap, so it changes nothing.")}),
+            },
+            "optional": {
+                "normalization": (["default", "minmax", "none"], {"default": "default", "advanced": True}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, tile_x, tile_y, tile_stride_x, tile_stride_y):
+        if tile_x <= tile_stride_x:
+            return "Tile width must be larger than the tile stride width."
+        if tile_y <= tile_stride_y:
+            return "Tile height must be larger than the tile stride height."
+        return True
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "decode"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "WanVideo decode in native C/CUDA: exact (tiled == untiled), memory set by the tile size."
+
+    def decode(self, vae, samples, enable_vae_tiling, tile_x, tile_y, tile_stride_x, tile_stride_y,
+               normalization="default"):
+        torch = _torch()
+        video = samples.get("video", None)
+        if video is not None:  # already decoded by the sampler, [F, H, W, 3] in [-1, 1]
+            return (((video.float().clamp(-1.0, 1.0) + 1.0) / 2.0).cpu(),)
+        latents = samples["samples"]
+        if latents.ndim == 5:
+            if latents.shape[0] != 1:
+                raise ValueError(f"WanVideoNativeDecode decodes one video at a time; got a batch of {latents.shape[0]}")
+            latents = latents[0]
+        if samples.get("has_ref", False):
+            latents = latents[:, 1:]
+        if samples.get("drop_last", False):
+            latents = latents[:, :-1]
+        end_frame = samples.get("end_image", None) is not None
+        raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y)
+        images = _normalize(raw, normalization)
+        if samples.get("looped", False):
+            loop_latents = torch.cat([latents[:, -3:], latents[:, :2]], dim=1)
+            loop = _minmax(_decode_raw(vae, loop_latents, end_frame, enable_vae_tiling, tile_x, tile_y))
+            images = np.concatenate([loop[9:], images[5:]], axis=0)
+        if end_frame:
+            images = images[:-1]
+        return (torch.from_numpy(np.clip(images, 0.0, 1.0).astype(np.float32)),)
+
+
+# ---- WANVAE patch --------------------------------------------------------------------------------
+
+class NativeWanVAE:
+    """A WANVAE whose decode(...) runs the native decoder; everything else is the wrapped VAE's.
+
+    decode returns what WanVideoWrapper's decode returns: a list with one [3, F, H, W] float tensor
+    per video, clamped to [-1, 1], on the latents' device. The wrapped object is never modified."""
+
+    def __init__(self, vae):
+        object.__setattr__(self, "_wrapped", vae)
+
+    def __getattr__(self, name):
+        return getattr(object.__getattribute__(self, "_wrapped"), name)
+
+    def __setattr__(self, name, value):
+        setattr(self._wrapped, name, value)
+
+    def to(self, *args, **kwargs):
+        self._wrapped.to(*args, **kwargs)
+        return self
+
+    def decode(self, hidden_states, device=None, end_=False, tiled=False, tile_size=(34, 34), tile_stride=(18, 16),
+               pbar=True, **unused):
+        torch = _torch()
+        videos = []
+        for latents in hidden_states:
+            raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1])
+            video = torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2)
+            videos.append(video.to(latents.device) if hasattr(latents, "device") else video)
+        return videos
+
+
+class WanVideoNativeVAEPatch:
+    """Returns the WANVAE with its decode replaced by the native exact decoder, so samplers that decode
+    each window themselves (InfiniteTalk, MultiTalk) get the memory savings. The input is not modified."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae": ("WANVAE",)}}
+
+    RETURN_TYPES = ("WANVAE",)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Makes every decode of this WANVAE (the sampler's too) use the native exact decoder."
+
+    def patch(self, vae):
+        return (vae if isinstance(vae, NativeWanVAE) else NativeWanVAE(vae),)
+
+
+# ---- ComfyUI core VAE ----------------------------------------------------------------------------
+
+class WanCoreVAENativeDecode:
+    """Decodes a core LATENT with ComfyUI's own Wan 2.1 VAE (the VAE type from Load VAE), natively.
+    Core latents reach the VAE already un-normalized, so no mean/std applies."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "samples": ("LATENT",),
+                "vae": ("VAE",),
+                "tile_size": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32, "tooltip": (
+                    "Tile size in output pixels, halo included; exact, so it only sets memory and speed.")}),
+                "enable_tiling": ("BOOLEAN", {"default": True}),
+            }
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "decode"
+    CATEGORY = "latent"
+    DESCRIPTION = "Wan 2.1 VAE decode in native C/CUDA, exact and memory-bounded."
+
+    def decode(self, samples, vae, tile_size=512, enable_tiling=True):
+        torch = _torch()
+        model = getattr(vae, "first_stage_model", vae)
+        z = samples["samples"]
+        z_dim = int(model.state_dict()["decoder.conv1.weight"].shape[1]) if hasattr(model, "state_dict") else -1
+        if z.ndim != 5 or z.shape[1] != z_dim:
+            raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
+        dec = _decoders.get(vae, model, _backend_for(z), mean=[0.0] * z_dim, std=[1.0] * z_dim)
+        frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
+                             tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
+        return (torch.from_numpy(np.concatenate(frames, axis=0)),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "WanVideoNativeDecode": WanVideoNativeDecode,
+    "WanVideoNativeVAEPatch": WanVideoNativeVAEPatch,
+    "WanCoreVAENativeDecode": WanCoreVAENativeDecode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "WanVideoNativeDecode": "WanVideo Decode (native, exact)",
+    "WanVideoNativeVAEPatch": "WanVideo VAE: use native exact decode",
+    "WanCoreVAENativeDecode": "Wan VAE Decode (native, exact)",
+}
