@@ -1,0 +1,119 @@
+"""The example workflow and the workflow patcher."""
+import copy
+import json
+import os
+
+import pytest
+
+from helpers import REPO, SHARED
+from wanvideo_vae.__main__ import main as cli_main
+from wanvideo_vae.comfy_nodes import NODE_CLASS_MAPPINGS
+from wanvideo_vae.workflow import patch_workflow
+
+EXAMPLE = os.path.join(REPO, "workflows", "wanvideo_InfiniteTalk_native_exact.json")
+PUBLIC = os.path.join(SHARED, "reference", "wanvideo_I2V_InfiniteTalk_example_02.json")
+WIDGET_KINDS = {"INT", "FLOAT", "BOOLEAN", "STRING"}
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_links(wf):
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    link_ids = set()
+    for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+        link_ids.add(link_id)
+        out = nodes[src]["outputs"][src_slot]
+        inp = nodes[dst]["inputs"][dst_slot]
+        assert link_id in out["links"] and inp["link"] == link_id
+        assert len({out["type"], inp["type"], kind} - {"*"}) <= 1  # "*": a wildcard socket (Set/Get nodes)
+    for n in wf["nodes"]:
+        for inp in n.get("inputs", []):
+            assert inp["link"] is None or inp["link"] in link_ids
+        for out in n.get("outputs", []):
+            assert all(l in link_ids for l in out.get("links") or [])
+    assert wf["last_link_id"] >= max(link_ids) and wf["last_node_id"] >= max(nodes)
+
+
+def widget_inputs(cls):
+    spec = cls.INPUT_TYPES()
+    entries = list(spec.get("required", {}).items()) + list(spec.get("optional", {}).items())
+    return [(name, e) for name, e in entries if isinstance(e[0], list) or e[0] in WIDGET_KINDS]
+
+
+def check_widgets(node):
+    widgets = widget_inputs(NODE_CLASS_MAPPINGS[node["type"]])
+    values = node.get("widgets_values", [])
+    assert len(values) == len(widgets), node["type"]
+    for (name, (kind, *opts)), v in zip(widgets, values):
+        o = opts[0] if opts else {}
+        if isinstance(kind, list):
+            assert v in kind, name
+        elif kind == "INT":
+            assert isinstance(v, int) and o["min"] <= v <= o["max"] and (v - o["min"]) % o.get("step", 1) == 0, name
+        elif kind == "BOOLEAN":
+            assert isinstance(v, bool), name
+
+
+def test_example_workflow_is_consistent():
+    wf = load(EXAMPLE)
+    assert wf["version"] == 0.4
+    check_links(wf)
+    ours = [n for n in wf["nodes"] if n["properties"].get("cnr_id") == "wanvideo-vae"]
+    assert {n["type"] for n in ours} == {"WanVideoNativeDecode", "WanVideoNativeVAEPatch"}
+    for n in ours:
+        assert n["type"] in NODE_CLASS_MAPPINGS
+        check_widgets(n)
+    types = {n["type"] for n in wf["nodes"]}
+    assert "WanVideoDecode" not in types and "WanVideoSampler" in types and "MultiTalkWav2VecEmbeds" in types
+    # the sampler's own decodes go through the patched VAE
+    patch = next(n for n in wf["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
+    i2v = next(n for n in wf["nodes"] if n["type"] == "WanVideoImageToVideoMultiTalk")
+    assert i2v["inputs"][0]["link"] in patch["outputs"][0]["links"]
+
+
+def test_public_workflow_is_consistent_too():
+    check_links(load(PUBLIC))
+
+
+def test_patch_public_workflow_changes_only_the_decode_node(tmp_path):
+    original = load(PUBLIC)
+    out = tmp_path / "patched.json"
+    assert cli_main(["patch-workflow", PUBLIC, str(out)]) == 0
+    patched = load(out)
+    assert {k: v for k, v in patched.items() if k != "nodes"} == {k: v for k, v in original.items() if k != "nodes"}
+    changed = 0
+    for before, after in zip(original["nodes"], patched["nodes"]):
+        if before["type"] == "WanVideoDecode":
+            changed += 1
+            assert after["type"] == "WanVideoNativeDecode"
+            assert after["properties"]["Node name for S&R"] == "WanVideoNativeDecode"
+            strip = lambda n: {k: v for k, v in n.items() if k not in ("type", "properties")}  # noqa: E731
+            assert strip(after) == strip(before)
+            check_widgets(after)
+        else:
+            assert after == before
+    assert changed == 1
+    check_links(patched)
+
+
+def test_patch_api_format():
+    api = {"1": {"class_type": "WanVideoDecode", "inputs": {"vae": ["2", 0], "tile_x": 272}},
+           "2": {"class_type": "WanVideoVAELoader", "inputs": {}}}
+    patched = copy.deepcopy(api)
+    assert patch_workflow(patched) == 1
+    assert patched["1"]["class_type"] == "WanVideoNativeDecode" and patched["1"]["inputs"] == api["1"]["inputs"]
+    assert patched["2"] == api["2"]
+
+
+def test_patch_workflow_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert cli_main(["patch-workflow", str(bad), str(tmp_path / "o.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert cli_main(["patch-workflow", str(tmp_path / "missing.json"), str(tmp_path / "o.json")]) == 2
+    with pytest.raises(ValueError):
+        patch_workflow({"a": 1})
