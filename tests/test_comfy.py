@@ -183,3 +183,50 @@ def test_core_vae_node():
     assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
     with pytest.raises(ValueError, match="Wan 2.1 video latents"):
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.fixture
+def fake_comfy(monkeypatch):
+    """comfy.utils.ProgressBar and comfy.model_management's interrupt check, as ComfyUI provides them."""
+    import types
+    state = {"updates": [], "interrupt_after": None, "checks": 0}
+
+    class ProgressBar:
+        def __init__(self, total):
+            state["total"] = total
+
+        def update_absolute(self, value, total=None):
+            state["updates"].append(value)
+
+    def throw_exception_if_processing_interrupted():
+        state["checks"] += 1
+        if state["interrupt_after"] is not None and state["checks"] >= state["interrupt_after"]:
+            raise _Interrupted()
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.ModuleType("comfy.utils")
+    comfy.utils.ProgressBar = ProgressBar
+    comfy.model_management = types.ModuleType("comfy.model_management")
+    comfy.model_management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+    for name, mod in (("comfy", comfy), ("comfy.utils", comfy.utils), ("comfy.model_management", comfy.model_management)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return state
+
+
+def test_progress_bar_and_interrupt_inside_comfyui(tiny, fake_comfy):
+    vae, data = tiny
+    node = WanVideoNativeDecode()
+    node.decode(vae, _latent(data), True, 40, 40, 32, 32)
+    assert fake_comfy["updates"] and fake_comfy["updates"][-1] == fake_comfy["total"]
+    assert fake_comfy["updates"] == sorted(fake_comfy["updates"])
+    fake_comfy["checks"], fake_comfy["interrupt_after"] = 0, 3
+    with pytest.raises(_Interrupted):  # ComfyUI's own exception reaches ComfyUI
+        node.decode(vae, _latent(data), True, 40, 40, 32, 32)
+    assert fake_comfy["checks"] == 3  # stopped at the first check that raised
+    fake_comfy["interrupt_after"] = None
+    (images,) = node.decode(vae, _latent(data), True, 40, 40, 32, 32)  # and the next decode works
+    assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
