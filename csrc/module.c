@@ -15,8 +15,6 @@
 static PyObject *WvError;       /* wanvideo_vae.WanVAEError (ValueError) */
 static PyObject *WvInterrupted; /* subclass of WvError */
 
-void wv_cpu_fail_nth_alloc(int n);
-
 static PyObject *raise_status(const wv_error *err)
 {
     PyObject *type = err->code == WV_ERR_NOMEM         ? PyExc_MemoryError

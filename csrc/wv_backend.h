@@ -84,6 +84,9 @@ int wv_backend_op_count(void);
 const char *wv_backend_op_name(int i);
 int wv_backend_supports(const wv_backend *be, int i);
 
+/* Test hook of the CPU backend: the n-th allocation from now fails (0: never). */
+void wv_cpu_fail_nth_alloc(int n);
+
 /* Compiled-in backends. NULL when a backend was not compiled. */
 const wv_backend *wv_backend_cpu(void);
 const wv_backend *wv_backend_find(const char *name);

@@ -1,9 +1,11 @@
-/* The two GEMMs the CPU backend needs, row-major, on top of any CBLAS.
- * Builds against scipy-openblas32 (symbols prefixed scipy_) define WV_BLAS_SCIPY_PREFIX. */
+/* The two GEMMs the CPU backend needs, row-major, on any CBLAS.
+ *
+ * Only cblas_sgemm is used, so it is declared here with the standard CBLAS enum values rather than
+ * taken from a cblas.h, whose flavour varies (the Linux OpenBLAS header declares cpu_set_t affinity
+ * calls that do not exist on Windows). Builds against scipy-openblas32, whose symbols carry the
+ * scipy_ prefix, define WV_BLAS_SCIPY_PREFIX; the integer type is the 32-bit-index build's int. */
 #ifndef WV_BLAS_H
 #define WV_BLAS_H
-
-#include <cblas.h>
 
 #ifdef WV_BLAS_SCIPY_PREFIX
 #define WV_CBLAS_SGEMM scipy_cblas_sgemm
@@ -11,18 +13,24 @@
 #define WV_CBLAS_SGEMM cblas_sgemm
 #endif
 
+enum { WV_CBLAS_ROW_MAJOR = 101, WV_CBLAS_NO_TRANS = 111, WV_CBLAS_TRANS = 112 };
+
+void WV_CBLAS_SGEMM(int order, int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc);
+
 /* C[M][N] = alpha A[M][K] B[K][N] + beta C */
 static inline void wv_sgemm_nn(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                                int ldb, float beta, float *C, int ldc)
 {
-    WV_CBLAS_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    WV_CBLAS_SGEMM(WV_CBLAS_ROW_MAJOR, WV_CBLAS_NO_TRANS, WV_CBLAS_NO_TRANS, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                   ldc);
 }
 
 /* C[M][N] = alpha A[M][K] B[N][K]^T + beta C */
 static inline void wv_sgemm_nt(int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                                int ldb, float beta, float *C, int ldc)
 {
-    WV_CBLAS_SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    WV_CBLAS_SGEMM(WV_CBLAS_ROW_MAJOR, WV_CBLAS_NO_TRANS, WV_CBLAS_TRANS, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 #endif

@@ -4,6 +4,9 @@
 
 #include <string.h>
 #include <time.h>
+#ifdef _WIN32
+#include <windows.h>
+#endif
 
 typedef struct {
     const wv_model *m;
@@ -30,11 +33,19 @@ typedef struct {
 
 typedef void (*block_runner)(decode_run *r, const wv_block *b, flow *f);
 
+/* Wall-clock seconds. C11's timespec_get is missing from MinGW's C runtime, hence the Windows branch. */
 static double now_seconds(void)
 {
+#ifdef _WIN32
+    LARGE_INTEGER count, freq;
+    QueryPerformanceCounter(&count);
+    QueryPerformanceFrequency(&freq);
+    return (double)count.QuadPart / (double)freq.QuadPart;
+#else
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+#endif
 }
 
 static void *arena_buffer(decode_run *r, int id)

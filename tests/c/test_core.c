@@ -1,0 +1,337 @@
+/* The C core on its own, built with AddressSanitizer and UndefinedBehaviorSanitizer in CI:
+ * every CPU op against a naive loop, the planner, model building errors, allocation failure,
+ * and tiled == untiled on a small decoder. Exit status 0 when every check passes. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wv_internal.h"
+
+static int g_checks, g_failures;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        g_checks++;                                                                   \
+        if (!(cond)) {                                                                \
+            g_failures++;                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                             \
+    } while (0)
+
+static uint32_t g_rng = 12345u;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    g_rng = g_rng * 1664525u + 1013904223u;
+    return (float)(g_rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static float *rand_floats(size_t n)
+{
+    float *p = (float *)malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = frand();
+    return p;
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n)
+{
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+    return m;
+}
+
+/* ---- ops against naive loops --------------------------------------------------------------- */
+
+/* value of interior pixel (y, x), channel c, frame f of a padded frame sequence; 0 outside */
+static float at(const float *frames, wv_grid g, int C, int f, int y, int x, int c)
+{
+    if (y < 0 || y >= g.h || x < 0 || x >= g.w) return 0.0f;
+    return frames[((int64_t)f * wv_grid_positions(g) + (int64_t)(y + g.pad) * (g.w + 2 * g.pad) + x + g.pad) * C + c];
+}
+
+static void test_conv(int kt, int k, int n, int accumulate)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid g = {5, 7, 1};
+    int cin = 3, cout = 4, taps = kt * k * k;
+    int64_t P = wv_grid_positions(g);
+    float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
+    float *packed = (float *)malloc(sizeof(float) * (size_t)cout * cin * taps);
+    float *seq = (float *)calloc((size_t)(2 + n) * P * cin, sizeof(float)); /* cache ++ x, ring zero */
+    float *y = rand_floats((size_t)n * P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)n * P * cout);
+    wv_conv cv = {packed, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1};
+    memcpy(y0, y, sizeof(float) * (size_t)n * P * cout);
+    for (int f = 0; f < 2 + n; f++)
+        for (int yy = 0; yy < g.h; yy++)
+            for (int xx = 0; xx < g.w; xx++)
+                for (int c = 0; c < cin; c++)
+                    seq[((int64_t)f * P + (yy + 1) * (g.w + 2) + xx + 1) * cin + c] = frand();
+    be->pack_conv_weight(w_oidhw, &cv, packed);
+    be->conv(NULL, &cv, g, seq, seq + 2 * P * cin, y, n, accumulate);
+    for (int f = 0; f < n; f++)
+        for (int yy = 0; yy < g.h; yy++)
+            for (int xx = 0; xx < g.w; xx++)
+                for (int o = 0; o < cout; o++) {
+                    double want = bias[o];
+                    float got = at(y, g, cout, f, yy, xx, o);
+                    for (int dt = 0; dt < kt; dt++)
+                        for (int dy = 0; dy < k; dy++)
+                            for (int dx = 0; dx < k; dx++)
+                                for (int i = 0; i < cin; i++)
+                                    want += w_oidhw[(((int64_t)o * cin + i) * kt + dt) * k * k + dy * k + dx] *
+                                            at(seq, g, cin, 2 + f - (kt - 1) + dt, yy + dy - k / 2, xx + dx - k / 2, i);
+                    if (accumulate) want += at(y0, g, cout, f, yy, xx, o);
+                    CHECK(fabs(want - got) < 1e-4);
+                }
+    free(w_oidhw), free(bias), free(packed), free(seq), free(y), free(y0);
+}
+
+static void test_cache_roll(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    float cache[2] = {1, 2}, x1[1] = {3}, x3[3] = {4, 5, 6};
+    be->cache_roll(NULL, cache, x1, 1, 1);
+    CHECK(cache[0] == 2 && cache[1] == 3);
+    be->cache_roll(NULL, cache, x3, 3, 1);
+    CHECK(cache[0] == 5 && cache[1] == 6);
+}
+
+static void test_rms_norm(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid gx = {3, 4, 0}, gy = {3, 4, 1};
+    int C = 5;
+    float *x = rand_floats(12 * (size_t)C), *gamma = rand_floats((size_t)C);
+    float *y = rand_floats((size_t)wv_grid_positions(gy) * C);
+    be->rms_norm(NULL, x, gx, y, gy, C, 1, gamma, 1);
+    for (int p = 0; p < 12; p++) {
+        double ss = 0;
+        for (int c = 0; c < C; c++) ss += (double)x[p * C + c] * x[p * C + c];
+        for (int c = 0; c < C; c++) {
+            double v = x[p * C + c] / fmax(sqrt(ss), 1e-12) * sqrt((double)C) * gamma[c];
+            CHECK(fabs(v / (1 + exp(-v)) - at(y, gy, C, 0, p / 4, p % 4, c)) < 1e-5);
+        }
+    }
+    for (int px = 0; px < gy.w + 2; px++) CHECK(y[px * C] == 0.0f); /* ring zeroed */
+    free(x), free(gamma), free(y);
+}
+
+static void test_upsample(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid gs = {4, 5, 1}, gd = {6, 6, 1};
+    int C = 2, cstride = 4, coff = 2, fh = 8, fw = 10, sy0 = 0, sx0 = 0, dy0 = 1, dx0 = 3;
+    float *src = rand_floats((size_t)wv_grid_positions(gs) * cstride);
+    float *dst = rand_floats((size_t)wv_grid_positions(gd) * C);
+    be->upsample2x(NULL, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0, fh, fw, C);
+    for (int py = 0; py < gd.h + 2; py++)
+        for (int px = 0; px < gd.w + 2; px++) {
+            int fy = dy0 - 1 + py, fx = dx0 - 1 + px;
+            for (int c = 0; c < C; c++) {
+                float want = fy < 0 || fy >= fh || fx < 0 || fx >= fw
+                                 ? 0.0f
+                                 : src[((fy / 2 - sy0 + 1) * (gs.w + 2) + fx / 2 - sx0 + 1) * cstride + coff + c];
+                CHECK(dst[(py * (gd.w + 2) + px) * C + c] == want);
+            }
+        }
+    free(src), free(dst);
+}
+
+static void test_attention(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    int N = 7, C = 3;
+    float *qkv = rand_floats((size_t)N * 3 * C), *out = (float *)malloc(sizeof(float) * N * C);
+    float *scores = (float *)malloc(sizeof(float) * 2 * N);
+    be->attention(NULL, qkv, out, N, C, scores, 2); /* two query rows per chunk: 4 chunks */
+    for (int q = 0; q < N; q++) {
+        double s[7], mx = -1e30, sum = 0;
+        for (int k = 0; k < N; k++) {
+            s[k] = 0;
+            for (int c = 0; c < C; c++) s[k] += (double)qkv[q * 3 * C + c] * qkv[k * 3 * C + C + c];
+            s[k] /= sqrt((double)C);
+            mx = fmax(mx, s[k]);
+        }
+        for (int k = 0; k < N; k++) sum += (s[k] = exp(s[k] - mx));
+        for (int c = 0; c < C; c++) {
+            double v = 0;
+            for (int k = 0; k < N; k++) v += s[k] / sum * qkv[k * 3 * C + 2 * C + c];
+            CHECK(fabs(v - out[q * C + c]) < 1e-5);
+        }
+    }
+    free(qkv), free(out), free(scores);
+}
+
+static void test_dtype_conversion(void)
+{
+    uint16_t half[4] = {0x3c00, 0xc000, 0x0001, 0x7c00}; /* 1, -2, smallest subnormal, inf */
+    uint16_t bf[2] = {0x3f80, 0xc040};                   /* 1, -3 */
+    float f[4];
+    wv_view v = {half, 1, {4}, {2}, WV_F16, 0};
+    wv_view_to_f32(&v, f);
+    CHECK(f[0] == 1.0f && f[1] == -2.0f && f[2] == ldexpf(1.0f, -24) && isinf(f[3]));
+    v.data = bf;
+    v.shape[0] = 2;
+    v.dtype = WV_BF16;
+    wv_view_to_f32(&v, f);
+    CHECK(f[0] == 1.0f && f[1] == -3.0f);
+    {
+        float m[6] = {0, 1, 2, 3, 4, 5}, t[6]; /* [2][3] read transposed as [3][2] */
+        wv_view s = {m, 2, {3, 2}, {4, 12}, WV_F32, 0};
+        wv_view_to_f32(&s, t);
+        CHECK(t[0] == 0 && t[1] == 3 && t[2] == 1 && t[3] == 4 && t[4] == 2 && t[5] == 5);
+    }
+}
+
+/* ---- model, plan, decode ------------------------------------------------------------------- */
+
+typedef struct {
+    wv_named_view views[160];
+    char keys[160][96];
+    float *data[160];
+    int n;
+} weight_set;
+
+static void add_key(void *user, const char *key, int ndim, const int64_t *shape)
+{
+    weight_set *ws = (weight_set *)user;
+    wv_named_view *nv = &ws->views[ws->n];
+    int64_t numel = 1, fan_in = 1;
+    for (int d = 0; d < ndim; d++) numel *= shape[d];
+    for (int d = 1; d < ndim; d++) fan_in *= shape[d];
+    snprintf(ws->keys[ws->n], sizeof ws->keys[0], "%s", key);
+    ws->data[ws->n] = rand_floats((size_t)numel);
+    if (strstr(key, "gamma"))
+        for (int64_t i = 0; i < numel; i++) ws->data[ws->n][i] = 1.0f + 0.1f * ws->data[ws->n][i];
+    else if (!strstr(key, "bias"))
+        for (int64_t i = 0; i < numel; i++) ws->data[ws->n][i] *= 1.7f / sqrtf((float)fan_in);
+    nv->key = ws->keys[ws->n];
+    nv->view.data = ws->data[ws->n];
+    nv->view.ndim = ndim;
+    nv->view.dtype = WV_F32;
+    for (int d = ndim - 1, step = 4; d >= 0; d--) {
+        nv->view.shape[d] = shape[d];
+        nv->view.strides[d] = step;
+        step *= (int)shape[d];
+    }
+    ws->n++;
+}
+
+static void free_weights(weight_set *ws)
+{
+    for (int i = 0; i < ws->n; i++) free(ws->data[i]);
+}
+
+static void test_model_errors(weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    wv_named_view saved = ws->views[7];
+    int64_t s0;
+    ws->views[7].key = "decoder.not.a.key"; /* one key renamed: missing and unexpected */
+    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "missing weight") != NULL);
+    ws->views[7] = saved;
+    s0 = ws->views[7].view.shape[0];
+    ws->views[7].view.shape[0] = s0 + 1;
+    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "shape") != NULL);
+    ws->views[7].view.shape[0] = s0;
+    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n - 1, &err) == WV_ERR_INVALID);
+    wv_cpu_fail_nth_alloc(1);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_NOMEM);
+    wv_cpu_fail_nth_alloc(0);
+}
+
+static void test_plan(const wv_model *m)
+{
+    wv_plan p;
+    wv_error err;
+    wv_options o = {40, 56, 0, WV_OUT_UNIT, 0};
+    int halo[WV_MAX_BLOCKS], covered = 0;
+    wv_model_halos(m, halo);
+    CHECK(halo[m->trunk_end] == 15);
+    CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_OK);
+    CHECK(p.n_segments == 4 && p.seg[0].halo == 15 && p.seg[1].halo == 12 && p.seg[2].halo == 10 &&
+          p.seg[3].halo == 7);
+    CHECK(p.core_x == 24 && p.core_y == 40 && p.tiles_x == 4 && p.tiles_y == 2);
+    for (int t = 0; t < p.n_tiles; t++) {
+        const wv_tile *tl = &p.tiles[t];
+        covered += (tl->core.y.hi - tl->core.y.lo) * (tl->core.x.hi - tl->core.x.lo);
+        CHECK(tl->region[3].y.lo <= tl->core.y.lo && tl->region[3].y.hi >= tl->core.y.hi);
+    }
+    CHECK(covered == p.H * p.W);
+    CHECK(p.arena_bytes % WV_ARENA_ALIGN == 0);
+    wv_plan_free(&p);
+    o.tile_x = o.tile_y = 0;
+    o.max_bytes = 1000;
+    CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_ERR_NOMEM && strstr(err.msg, "budget") != NULL);
+    wv_plan_free(&p);
+    o.tile_x = 10;
+    o.max_bytes = 0;
+    CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_ERR_INVALID);
+    wv_plan_free(&p);
+}
+
+static wv_status decode(const wv_model *m, const float *lat, int T, int h, int w, int tile, float *out, wv_stats *st,
+                        wv_error *err)
+{
+    float mean[4] = {0.1f, -0.2f, 0.3f, 0.0f}, stdv[4] = {1.0f, 2.0f, 0.5f, 1.5f};
+    wv_view v = {lat, 4, {4, T, h, w}, {4LL * T * h * w, 4LL * h * w, 4LL * w, 4}, WV_F32, 0};
+    wv_options o = {tile, tile, 0, WV_OUT_RAW, 0};
+    wv_plan p;
+    wv_status s = wv_plan_make(&p, m, T, h, w, &o, err);
+    if (!s) s = wv_decode(m, &p, &v, mean, stdv, &o, out, NULL, NULL, st, err);
+    if (!s) CHECK(st->arena_high_water == p.arena_bytes);
+    wv_plan_free(&p);
+    return s;
+}
+
+static void test_decode(const wv_model *m)
+{
+    int T = 3, h = 5, w = 6, F = 1 + 4 * (T - 1);
+    size_t n_out = (size_t)F * 8 * h * 8 * w * 3;
+    float *lat = rand_floats(4 * (size_t)T * h * w);
+    float *whole = (float *)malloc(n_out * sizeof(float)), *tiled = (float *)malloc(n_out * sizeof(float));
+    wv_stats st;
+    wv_error err;
+    CHECK(decode(m, lat, T, h, w, 0, whole, &st, &err) == WV_OK);
+    CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == WV_OK);
+    CHECK(max_abs_diff(whole, tiled, n_out) < 1e-5f);
+    for (int n = 1; n <= 3; n++) { /* an allocation failing anywhere: a clean NOMEM, nothing leaked */
+        wv_cpu_fail_nth_alloc(n);
+        CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == (n == 1 ? WV_ERR_NOMEM : WV_OK));
+    }
+    wv_cpu_fail_nth_alloc(0);
+    free(lat), free(whole), free(tiled);
+}
+
+int main(void)
+{
+    weight_set *ws = (weight_set *)calloc(1, sizeof *ws);
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    for (int kt = 1; kt <= 3; kt += 2)
+        for (int k = 1; k <= 3; k += 2)
+            for (int n = 1; n <= 4; n += 3) {
+                test_conv(kt, k, n, 0);
+                test_conv(kt, k, n, 1);
+            }
+    test_cache_roll();
+    test_rms_norm();
+    test_upsample();
+    test_attention();
+    test_dtype_conversion();
+    CHECK(wv_model_expected_keys(8, 4, add_key, ws) == 108);
+    test_model_errors(ws);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_OK);
+    test_plan(&m);
+    test_decode(&m);
+    wv_model_free(&m);
+    free_weights(ws);
+    free(ws);
+    for (int i = 0; i < wv_backend_op_count(); i++) CHECK(wv_backend_supports(wv_backend_cpu(), i));
+    printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
+    return g_failures ? 1 : 0;
+}
