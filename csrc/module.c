@@ -462,6 +462,19 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
         PyErr_SetString(WvError, "latents are in CUDA device memory but the model uses the CPU backend");
         return -1;
     }
+    if (!v->on_device) {
+        int64_t at[WV_MAX_DIMS];
+        int bad;
+        Py_BEGIN_ALLOW_THREADS
+        bad = wv_view_find_nonfinite(v, at);
+        Py_END_ALLOW_THREADS
+        if (bad) {
+            PyErr_Format(WvError, "latents contain NaN or Inf (first at [%lld, %lld, %lld, %lld]); the sampler that "
+                                  "produced them failed", (long long)at[0], (long long)at[1], (long long)at[2],
+                         (long long)at[3]);
+            return -1;
+        }
+    }
     *T = (int)v->shape[1];
     *h = (int)v->shape[2];
     *w = (int)v->shape[3];
@@ -722,6 +735,33 @@ static PyObject *expected_keys(PyObject *mod, PyObject *args, PyObject *kwds)
     return kc.list;
 }
 
+static const char *const DTYPE_NAMES[] = {"float32", "float16", "bfloat16"};
+
+/* Test and fuzz hook: what the array-interface parser makes of obj (it never reads the data). */
+static PyObject *parse_array_for_tests(PyObject *mod, PyObject *obj)
+{
+    py_array a;
+    PyObject *shape, *strides, *result;
+    (void)mod;
+    if (parse_array(obj, "array", &a)) return NULL;
+    shape = PyTuple_New(a.view.ndim);
+    strides = PyTuple_New(a.view.ndim);
+    for (int d = 0; shape && strides && d < a.view.ndim; d++) {
+        PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(a.view.shape[d]));
+        PyTuple_SET_ITEM(strides, d, PyLong_FromLongLong(a.view.strides[d]));
+    }
+    result = shape && strides ? Py_BuildValue("{s:N,s:N,s:s,s:O,s:L}", "shape", shape, "strides", strides, "dtype",
+                                              DTYPE_NAMES[a.view.dtype], "on_device",
+                                              a.view.on_device ? Py_True : Py_False, "stream", a.stream)
+                              : NULL;
+    if (!result) {
+        Py_XDECREF(shape);
+        Py_XDECREF(strides);
+    }
+    py_array_release(&a);
+    return result;
+}
+
 static PyObject *fail_nth_alloc(PyObject *mod, PyObject *arg)
 {
     long n = PyLong_AsLong(arg);
@@ -739,6 +779,7 @@ static PyMethodDef module_methods[] = {
     {"expected_keys", (PyCFunction)(void (*)(void))expected_keys, METH_VARARGS | METH_KEYWORDS,
      "expected_keys(dim=96, z_dim=16) -> [(key, shape)]: the decoder's weight table."},
     {"_fail_nth_alloc", fail_nth_alloc, METH_O, "Test hook: make the n-th CPU allocation from now fail."},
+    {"_parse_array", parse_array_for_tests, METH_O, "Test hook: the array-interface parser's view of an object."},
     {NULL, NULL, 0, NULL},
 };
 

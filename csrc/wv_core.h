@@ -52,6 +52,9 @@ typedef struct {
 
 int64_t wv_view_numel(const wv_view *v);
 
+/* Finds a NaN or Inf in a host view; returns 1 and its coordinates in index[ndim], else 0. */
+int wv_view_find_nonfinite(const wv_view *v, int64_t *index);
+
 /* One element of any supported dtype as float32. */
 float wv_elem_to_f32(const void *p, wv_dtype dt);
 

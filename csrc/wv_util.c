@@ -109,3 +109,24 @@ void wv_view_to_f32(const wv_view *v, float *dst)
         }
     }
 }
+
+int wv_view_find_nonfinite(const wv_view *v, int64_t *index)
+{
+    int64_t idx[WV_MAX_DIMS] = {0};
+    int64_t n = wv_view_numel(v);
+    for (int64_t done = 0; done < n; done++) {
+        const char *p = (const char *)v->data;
+        float f;
+        for (int d = 0; d < v->ndim; d++) p += idx[d] * v->strides[d];
+        f = wv_elem_to_f32(p, v->dtype);
+        if (f - f != 0.0f) { /* NaN or +-Inf */
+            for (int d = 0; d < v->ndim; d++) index[d] = idx[d];
+            return 1;
+        }
+        for (int d = v->ndim - 1; d >= 0; d--) {
+            if (++idx[d] < v->shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    return 0;
+}

@@ -2,7 +2,11 @@
 from . import _C
 from ._C import WanVAEError
 from .arrays import as_float_list, host_array, latents_4d
+from .sysmem import available_host_bytes
 from .weights import normalize_keys
+
+# Share of the available host memory a CPU decode plans to use when no max_memory is given.
+HOST_BUDGET_SHARE = 0.9
 
 # Wan 2.1 latent statistics: latents arrive normalized, the decoder starts with z * std + mean.
 WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -25,13 +29,15 @@ def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise WanVAEError(f"{name} must be a positive int, got {v!r}")
     if tile_x <= tile_stride_x or tile_y <= tile_stride_y:
-        raise WanVAEError(f"tile size must exceed the tile stride (tile_x={tile_x} > tile_stride_x={tile_stride_x}, "
-                          f"tile_y={tile_y} > tile_stride_y={tile_stride_y})")
+        raise WanVAEError(f"tile size must exceed the tile stride: got tile_x={tile_x}, tile_stride_x={tile_stride_x}, "
+                          f"tile_y={tile_y}, tile_stride_y={tile_stride_y}")
 
 
 def _budget(max_memory):
+    """Bytes the decode's arena may use: the caller's, else a share of the available host memory."""
     if max_memory is None:
-        return 0
+        available = available_host_bytes()
+        return int(available * HOST_BUDGET_SHARE) if available else 0
     if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0:
         raise WanVAEError(f"max_memory must be a positive number of bytes or None, got {max_memory!r}")
     return max_memory
@@ -103,14 +109,15 @@ class Decoder:
         end_frame: decode the last latent frame as a fresh one-frame sequence (WanVideo end-image
         mode). progress(done, total) is called between chunks; returning False stops the decode.
         max_memory: bytes of working memory (the arena; weights and output excluded) the decode may
-        use; if the plan needs more, tiles shrink to the largest that fits (the result is the same),
-        and if even the smallest tile does not fit, MemoryError says what is needed."""
+        use, by default 90% of the available host memory; if the plan needs more, tiles shrink to
+        the largest that fits (the result is the same, also with tiling disabled), and if even the
+        smallest tile does not fit, MemoryError says what is needed before any work starts."""
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:
             raise WanVAEError(f"mean and std are required for z_dim={self.z_dim} (defaults exist only for 16)")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
-        lat = host_array(latents_4d(latents), "latents")
+        lat = latents_4d(host_array(latents, "latents"))
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
                                            raw=bool(raw), progress=progress, max_memory=_budget(max_memory))
         self.last_stats = stats

@@ -49,7 +49,10 @@ def host_array(x, what):
 
 
 def latents_4d(latents):
-    """[z, T, h, w] from [z, T, h, w] or [1, z, T, h, w]."""
+    """[z, T, h, w] from [z, T, h, w] or [1, z, T, h, w]. Raw array-interface objects pass as they are
+    (the core checks their rank)."""
+    if not hasattr(latents, "shape"):
+        return latents
     shape = tuple(latents.shape)
     if len(shape) == 5:
         if shape[0] != 1:

@@ -1,0 +1,222 @@
+"""Every bad input gets a clear error naming the problem (the README's table, row by row), and
+nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
+import os
+import re
+import threading
+
+import numpy as np
+import pytest
+
+import wanvideo_vae as wv
+from helpers import REPO, load_fixture, random_latents, random_stats, random_weights, write_safetensors
+
+E = wv.WanVAEError
+
+
+@pytest.fixture(scope="module")
+def small():
+    mean, std = random_stats(4)
+    return wv.Decoder(random_weights(8, 4, seed=1), mean=mean, std=std)
+
+
+def lat(T=2, h=3, w=4, z=4):
+    return random_latents(z, T, h, w)
+
+
+class CAI:
+    """An object exposing a CUDA array interface dict."""
+
+    def __init__(self, **iface):
+        self.__cuda_array_interface__ = iface
+
+
+class AI:
+    """An object exposing a host array interface dict."""
+
+    def __init__(self, **iface):
+        self.__array_interface__ = iface
+
+
+def weights_without(key):
+    w = random_weights(8, 4)
+    del w[key]
+    return w
+
+
+def weights_with(key, value):
+    w = random_weights(8, 4)
+    w[key] = value
+    return w
+
+
+def corrupt_safetensors(tmp, kind):
+    path = os.path.join(tmp, f"{kind}.safetensors")
+    good = os.path.join(tmp, "good.safetensors")
+    write_safetensors(good, {"decoder.head.2.bias": np.zeros(3, np.float32)})
+    raw = open(good, "rb").read()
+    if kind == "header_past_end":
+        raw = (10 ** 9).to_bytes(8, "little") + raw[8:]
+    elif kind == "bad_json":
+        n = int.from_bytes(raw[:8], "little")
+        raw = raw[:8] + b"{" * n + raw[8 + n:]
+    elif kind == "offsets":
+        raw = raw.replace(b"[0, 12]", b"[0, 99]")
+    elif kind == "truncated":
+        raw = raw[:-4]
+    open(path, "wb").write(raw)
+    return path
+
+
+# (README row, call, exception type, message pattern)
+CASES = [
+    ("latents of the wrong rank", lambda d, t: d.decode(np.zeros((4, 2, 3), np.float32)), E, r"\[z, T, h, w\]"),
+    ("a batch of several videos", lambda d, t: d.decode(np.zeros((2, 4, 1, 3, 3), np.float32)), E, "one video at a time"),
+    ("latent channels that do not match the weights' z_dim", lambda d, t: d.decode(lat(z=5)), E, "z_dim=4"),
+    ("T, h or w of 0", lambda d, t: d.decode(np.zeros((4, 0, 3, 3), np.float32)), E, r"T, h, w >= 1"),
+    ("NaN or Inf in the latents", lambda d, t: d.decode(np.where(lat() > 2, np.inf, lat()).astype(np.float32)), E,
+     "NaN or Inf"),
+    ("integer, bool or complex arrays", lambda d, t: d.decode(lat().astype(np.int32)), E, "unsupported dtype"),
+    ("negative strides", lambda d, t: d.decode(lat()[:, :, :, ::-1]), E, "negative stride"),
+    ("an array interface without shape, typestr or data", lambda d, t: d.decode(AI(typestr="<f4", data=(0, True))),
+     E, "no 'shape'"),
+    ("an unsupported typestr (big-endian, float64, int)", lambda d, t: d.decode(AI(shape=(4, 1, 1, 1), typestr=">f4",
+                                                                                   data=(0, True), version=3)),
+     E, "unsupported dtype"),
+    ("a null data pointer with a nonzero size", lambda d, t: d.decode(AI(shape=(4, 1, 1, 1), typestr="<f4",
+                                                                         data=(0, True), version=3)),
+     E, "null data pointer"),
+    ("device (CUDA array interface) latents on the CPU backend",
+     lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(4096, False), version=3, stream=None)), E,
+     "CUDA device memory"),
+    ("CUDA array interface stream 0", lambda d, t: wv._C._parse_array(CAI(shape=(1,), typestr="<f4", data=(8, False),
+                                                                          version=3, stream=0)), E, "stream 0"),
+    ("a non-array object", lambda d, t: d.decode("latents"), E, "expected a NumPy array"),
+    ("weights that are not a dict", lambda d, t: wv.Decoder([1, 2]), E, "must be a dict"),
+    ("a missing weight", lambda d, t: wv.Decoder(weights_without("decoder.head.2.bias")), E,
+     "missing weight 'decoder.head.2.bias'"),
+    ("an unexpected decoder weight", lambda d, t: wv.Decoder(weights_with("decoder.extra.weight", np.zeros(3, np.float32))),
+     E, "unexpected weight 'decoder.extra.weight'"),
+    ("a misshaped weight", lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.zeros(4, np.float32))), E,
+     r"'decoder.head.2.bias' has shape \(4\); expected \(3\)"),
+    ("a weight of an unsupported dtype", lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.zeros(3, np.int64))),
+     E, "unsupported dtype"),
+    ("mean or std of the wrong length", lambda d, t: d.decode(lat(), mean=[0.0] * 3), E, "z_dim=4"),
+    ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
+    ("a safetensors header length past the end of the file",
+     lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_past_end")), E, "past the end"),
+    ("a safetensors header that is not JSON", lambda d, t: wv.load_weights(corrupt_safetensors(t, "bad_json")), E,
+     "not valid JSON"),
+    ("safetensors data offsets out of range", lambda d, t: wv.load_weights(corrupt_safetensors(t, "offsets")), E,
+     "out of range"),
+    ("a truncated safetensors file", lambda d, t: wv.load_weights(corrupt_safetensors(t, "truncated")), E,
+     "out of range"),
+    ("a checkpoint of unknown format", lambda d, t: wv.load_weights(__file__), E, "unknown checkpoint format"),
+    ("a missing checkpoint file", lambda d, t: wv.load_weights(os.path.join(t, "nope.safetensors")), E, "no such file"),
+    ("a tile not larger than its stride", lambda d, t: d.decode(lat(), tile_x=128, tile_stride_x=128), E,
+     "exceed the tile stride"),
+    ("a tile smaller than the halo allows", lambda d, t: d.decode(lat(), tile_x=16, tile_y=64, tile_stride_x=8,
+                                                                  tile_stride_y=8), E, "halo allows"),
+    ("a tile size that is not a positive int", lambda d, t: d.decode(lat(), tile_x=-5), E, "positive int"),
+    ("a memory budget too small for the smallest tile", lambda d, t: d.decode(lat(), max_memory=1000), MemoryError,
+     "budget is 1000 bytes"),
+    ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
+]
+
+
+@pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(small, tmp_path, row, call, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        call(small, str(tmp_path))
+
+
+def test_readme_table_matches_the_cases():
+    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    table = text.split("<!-- errors -->")[1].split("<!-- /errors -->")[0]
+    rows = re.findall(r"^\| (.+?) \| ", table, flags=re.M)[1:]  # after the header row
+    assert rows == [c[0] for c in CASES]
+
+
+def test_accepted_inputs(small):
+    base = lat()
+    ref = small.decode(base, raw=True)
+    ro = base.copy()
+    ro.flags.writeable = False  # read-only arrays are fine: inputs are only read
+    np.testing.assert_array_equal(small.decode(ro, raw=True), ref)
+    np.testing.assert_array_equal(small.decode(base.astype(np.float64), raw=True), ref)  # float64: converted
+    w = random_weights(8, 4, seed=1)
+    mixed = {k: (v.astype(np.float16) if i % 2 else v) for i, (k, v) in enumerate(w.items())}  # mixed dtypes
+    wv.Decoder(mixed, mean=small.mean, std=small.std).decode(base)
+
+
+def test_allocation_failure_mid_decode_then_recovery(small):
+    base = lat()
+    ref = small.decode(base, raw=True)
+    wv._C._fail_nth_alloc(1)  # the arena allocation of the next decode
+    with pytest.raises(MemoryError, match="injected"):
+        small.decode(base, raw=True)
+    wv._C._fail_nth_alloc(0)
+    np.testing.assert_array_equal(small.decode(base, raw=True), ref)
+
+
+def test_interrupt_stops_within_one_step_and_next_decode_works(small):
+    base = lat(T=3, h=8, w=8)
+    ref = small.decode(base, raw=True, tile_x=40, tile_y=40, tile_stride_x=32, tile_stride_y=32)
+    calls = []
+
+    def stop_at_3(done, total):
+        calls.append(done)
+        return done < 3
+
+    with pytest.raises(wv.DecodeInterrupted, match="after 3 of"):
+        small.decode(base, raw=True, tile_x=40, tile_y=40, tile_stride_x=32, tile_stride_y=32, progress=stop_at_3)
+    assert calls == [1, 2, 3]
+
+    def raise_keyboard_interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        small.decode(base, progress=raise_keyboard_interrupt)
+    out = small.decode(base, raw=True, tile_x=40, tile_y=40, tile_stride_x=32, tile_stride_y=32)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_threads_with_separate_and_shared_decoders(small):
+    inputs = [lat(T=2, h=4 + i, w=5) for i in range(4)]
+    expected = [small.decode(x, raw=True) for x in inputs]
+    others = [wv.Decoder(random_weights(8, 4, seed=1), mean=small.mean, std=small.std) for _ in range(2)]
+    results = {}
+
+    def run(key, dec, x):
+        results[key] = dec.decode(x, raw=True)
+
+    threads = [threading.Thread(target=run, args=(("shared", i), small, x)) for i, x in enumerate(inputs)]
+    threads += [threading.Thread(target=run, args=(("own", i), others[i % 2], x)) for i, x in enumerate(inputs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, e in enumerate(expected):
+        np.testing.assert_allclose(results["shared", i], e, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(results["own", i], e, atol=1e-6, rtol=0)
+
+
+def _rss():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
+
+
+def test_repeated_decodes_do_not_grow_memory(small):
+    base = lat(T=2, h=6, w=6)
+    for _ in range(3):
+        small.decode(base)
+    before = _rss()
+    if before is None:
+        pytest.skip("no /proc/self/statm")
+    for _ in range(30):
+        small.decode(base)
+        with pytest.raises(E):
+            small.decode(lat(z=5))
+    assert _rss() - before < 8 * 2**20

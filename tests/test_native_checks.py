@@ -1,0 +1,56 @@
+"""Native checks that need external tools: the C core under AddressSanitizer, LeakSanitizer and
+UndefinedBehaviorSanitizer; a Windows (MinGW-w64) cross-compile of the core; a small decode from
+Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
+and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO
+
+REQUIRED = os.environ.get("WANVIDEO_REQUIRE_NATIVE_CHECKS") == "1"
+
+
+def need(tool):
+    if shutil.which(tool) is None:
+        if REQUIRED:
+            pytest.fail(f"{tool} is required for this check (WANVIDEO_REQUIRE_NATIVE_CHECKS=1)")
+        pytest.skip(f"{tool} not found")
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_c_core_under_sanitizers(tmp_path):
+    need("gcc")
+    r = run(["bash", "tests/c/run.sh", str(tmp_path)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_core_cross_compiles_for_windows(tmp_path):
+    need("x86_64-w64-mingw32-gcc")
+    r = run(["bash", "tests/c/cross_windows.sh", str(tmp_path)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_small_decode_under_valgrind_leaks_nothing_of_ours():
+    """Memory errors and definite leaks whose stack passes through the extension fail the test. The
+    interpreter's own exit-time losses (CPython does not free everything) and the dynamic loader's
+    known false positives (strncmp over rpath strings) are not ours."""
+    need("valgrind")
+    r = run(["valgrind", "--leak-check=full", "--show-leak-kinds=definite", "--num-callers=30",
+             sys.executable, os.path.join("tools", "leak_probe.py")], env={**os.environ, "PYTHONMALLOC": "malloc"},
+            timeout=900)
+    assert r.returncode == 0 and "leak probe done" in r.stdout, r.stderr[-3000:]
+    records = re.split(r"\n==\d+== \n", r.stderr)
+    problems = ("definitely lost", "Invalid read", "Invalid write", "uninitialised", "Invalid free")
+    ours = [rec for rec in records if any(p in rec for p in problems) and re.search(r"wanvideo_vae[/\\]_C", rec)]
+    assert not ours, "\n\n".join(ours)[:8000]
