@@ -4,11 +4,21 @@ Clone this repository into ComfyUI/custom_nodes and run `python -m pip install .
 Python; ComfyUI then loads this file and finds NODE_CLASS_MAPPINGS. The nodes live in the installed
 package (wanvideo_vae.comfy_nodes), which carries the compiled decoder."""
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
 
 _PACKAGE = "wanvideo_vae"
+_HERE = os.path.dirname(os.path.realpath(__file__))
+
+
+def _has_extension(spec):
+    """True for a spec of the package whose compiled core sits beside it (installed or built in place)."""
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if any(f.startswith("_C.") and f.endswith((".so", ".pyd")) for f in os.listdir(folder)):
+            return True
+    return False
 
 
 def _installed_package():
@@ -17,9 +27,17 @@ def _installed_package():
     if sys.modules.get(_PACKAGE) is sys.modules.get(__name__) and __name__ == _PACKAGE:
         del sys.modules[_PACKAGE]
     spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or os.path.abspath(spec.origin or "") == os.path.abspath(__file__):
-        raise ImportError(f"the {_PACKAGE} package is not installed in ComfyUI's Python: run "
-                          f"`python -m pip install .` in {os.path.dirname(os.path.abspath(__file__))}")
+    if not _has_extension(spec):
+        # this checkout's sources (no compiled core) came first on sys.path: look past this folder
+        others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != _HERE]
+        spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, others)
+        if not _has_extension(spec):
+            raise ImportError(f"the {_PACKAGE} package is not installed in ComfyUI's Python: run "
+                              f"`python -m pip install .` in {_HERE}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_PACKAGE] = module
+        spec.loader.exec_module(module)
+        return module
     return importlib.import_module(_PACKAGE)
 
 

@@ -34,7 +34,9 @@ def test_repo_root_loads_as_custom_node(module_name):
         assert set(module.NODE_CLASS_MAPPINGS) == set(module.NODE_DISPLAY_NAME_MAPPINGS)
         assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
         assert "WanVideoDecode" not in module.NODE_CLASS_MAPPINGS  # never shadows the wrapper's node
-        assert sys.modules["wanvideo_vae"].__file__ == wanvideo_vae.__file__  # the installed package
+        loaded = sys.modules["wanvideo_vae"]
+        assert loaded is not module and hasattr(loaded, "decode_tiled")  # the package with its compiled core
+        assert os.path.dirname(loaded.__file__) == os.path.dirname(wanvideo_vae.__file__)
     finally:
         sys.modules.clear()
         sys.modules.update(saved)

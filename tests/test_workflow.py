@@ -6,7 +6,7 @@ import os
 import pytest
 
 from helpers import REPO, SHARED
-from wanvideo_vae.__main__ import main as cli_main
+from wanvideo_vae.cli import main as cli_main
 from wanvideo_vae.comfy_nodes import NODE_CLASS_MAPPINGS
 from wanvideo_vae.workflow import patch_workflow
 

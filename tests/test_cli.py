@@ -1,0 +1,94 @@
+"""The command line: decode round trips through every latents format, outputs, bench, bad arguments."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from helpers import random_latents, random_weights, write_safetensors
+from wanvideo_vae.cli import main
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    vae = d / "vae.safetensors"
+    write_safetensors(vae, {"model." + k: v for k, v in random_weights(8, 16, seed=4).items()})
+    lat = random_latents(16, 2, 3, 4, seed=4)
+    np.save(d / "lat.npy", lat)
+    write_safetensors(d / "lat.safetensors", {"latents": lat})
+    torch.save(torch.from_numpy(lat), d / "lat.pt")
+    torch.save({"samples": torch.from_numpy(lat)[None]}, d / "lat.pth")  # a ComfyUI LATENT dict
+    return d
+
+
+def test_decode_round_trips_every_latents_format(files, capsys):
+    outs = []
+    for name in ("lat.npy", "lat.safetensors", "lat.pt", "lat.pth"):
+        out = files / f"{name}.out.npy"
+        assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / name),
+                     "--out", str(out), "--quiet"]) == 0
+        outs.append(np.load(out))
+    assert outs[0].shape == (5, 24, 32, 3)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    summary = capsys.readouterr().out
+    for field in ("frames", "tiles", "time", "memory"):
+        assert field in summary
+
+
+def test_decode_outputs(files):
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    assert main(base + ["--out", str(files / "frames"), "--contact-sheet", str(files / "sheet.png")]) == 0
+    pngs = sorted(os.listdir(files / "frames"))
+    assert len(pngs) == 5 and all(open(files / "frames" / p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert open(files / "sheet.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert main(base + ["--out", str(files / "v.avi")]) == 0
+    assert open(files / "v.avi", "rb").read(4) == b"RIFF"
+    raw = files / "raw.npy"
+    assert main(base + ["--out", str(raw), "--normalization", "none", "--tile", "0"]) == 0
+    tiled = files / "tiled.npy"
+    assert main(base + ["--out", str(tiled), "--normalization", "none", "--tile", "40"]) == 0
+    assert np.abs(np.load(raw) - np.load(tiled)).max() <= 1e-5  # exact tiling through the CLI too
+
+
+@pytest.mark.parametrize("args,message", [
+    (["decode", "--vae", "missing.safetensors", "--latents", "x.npy"], "no such file"),
+    (["decode", "--latents", "x.npy"], "give both --vae and --latents"),
+    (["decode", "--vae", "{vae}", "--latents", "{bad_shape}"], "latents"),
+    (["decode", "--vae", "{vae}", "--latents", "{unknown}"], "unknown latents format"),
+    (["decode", "--vae", "{vae}", "--latents", "{lat}", "--out", "x.gif"], "unknown output format"),
+    (["decode", "--vae", "{vae}", "--latents", "{lat}", "--precision", "bf16", "--device", "cpu"], "float32"),
+    (["patch-workflow", "nope.json", "out.json"], "nope.json"),
+])
+def test_bad_arguments_print_one_line_and_fail(files, tmp_path, capsys, args, message):
+    np.save(tmp_path / "bad.npy", np.zeros((3, 2, 2), np.float32))
+    (tmp_path / "lat.txt").write_text("1 2 3")
+    paths = {"vae": files / "vae.safetensors", "bad_shape": tmp_path / "bad.npy", "unknown": tmp_path / "lat.txt",
+             "lat": files / "lat.npy"}
+    code = main([a.format(**paths) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and message in err
+
+
+def test_bench_json_compares_with_pytorch(capsys):
+    assert main(["bench", "--dim", "8", "--shape", "2", "6", "7", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    runs = result["runs"]
+    assert set(runs) == {"pytorch untiled", "pytorch blended 272/144/128", "wanvideo_vae untiled",
+                         "wanvideo_vae exact tiles 272"}
+    assert runs["wanvideo_vae untiled"]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
+    assert runs["wanvideo_vae exact tiles 272"]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
+    assert all(r["seconds"] > 0 for r in runs.values())
+
+
+def test_module_entry_point_runs(tmp_path):
+    out = tmp_path / "demo.avi"
+    r = subprocess.run([sys.executable, "-m", "wanvideo_vae", "decode", "--random-shape", "1", "2", "2", "--out",
+                        str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" in r.stdout and out.exists()

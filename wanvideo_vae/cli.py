@@ -1,0 +1,342 @@
+"""python -m wanvideo_vae [decode | bench | patch-workflow] ...
+
+decode (the default): latents + a VAE checkpoint -> a video, PNG frames or .npy. Without --vae and
+  --latents it decodes seeded random latents with a seeded RANDOM full-size Wan 2.1 decoder, so it
+  runs on a fresh machine (the frames show noise: it demonstrates speed and memory).
+bench: our decode beside PyTorch (untiled, and blended-tiled the way ComfyUI-WanVideoWrapper
+  tiles) on the same latents and weights, in one process: time, peak memory, max difference.
+patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes to the native exact decoder.
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import Decoder, WanVAEError, backends, load_weights
+from .media import check_output, contact_sheet, have_mp4, load_latents, write_frames
+from .random_model import random_latents, random_weights
+from .workflow import patch_workflow_file
+
+DEFAULT_RANDOM_SHAPE = (4, 16, 24)  # latent T, h, w of the no-argument run: 13 frames of 128 x 192
+
+
+class CliError(Exception):
+    """A bad argument: printed as one line, exit status 2."""
+
+
+# ---- memory and progress -----------------------------------------------------------------------
+
+def peak_rss_bytes():
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def current_rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+class PeakRSS:
+    """Highest resident set size above the starting one while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        self.base = current_rss_bytes()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.002):
+            r = current_rss_bytes()
+            if r is not None and r > self.peak:
+                self.peak = r
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def grown(self):
+        return None if self.base is None else self.peak - self.base
+
+
+def mib(n):
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def progress_bar(enabled):
+    """progress(done, total) drawing a tqdm bar when tqdm is installed, a plain line otherwise."""
+    if not enabled:
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    state = {}
+
+    def progress(done, total):
+        if tqdm is not None:
+            bar = state.setdefault("bar", tqdm(total=total, unit="chunk", desc="decode", leave=False))
+            bar.update(done - bar.n)
+        else:
+            print(f"\rdecode: {done}/{total} chunks", end="", file=sys.stderr, flush=True)
+        return True
+
+    def close():
+        if "bar" in state:
+            state["bar"].close()
+        elif tqdm is None:
+            print(file=sys.stderr)
+
+    return progress, close
+
+
+# ---- decode ------------------------------------------------------------------------------------
+
+def _normalize(raw, mode):
+    if mode == "minmax":
+        lo, hi = float(raw.min()), float(raw.max())
+        return (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    return raw  # none
+
+
+def _check_backend(device, precision):
+    feats = backends()
+    backend = "cuda" if device == "cuda" or (device == "auto" and feats.get("cuda", {}).get("usable")) else "cpu"
+    if backend == "cuda" and not feats.get("cuda", {}).get("usable"):
+        raise CliError("--device cuda: the CUDA backend is not available in this build (see wanvideo_vae.backends())")
+    if backend == "cpu" and precision != "fp32":
+        raise CliError(f"--precision {precision}: the CPU backend computes in float32")
+    return backend
+
+
+def _inputs(args):
+    if (args.vae is None) != (args.latents is None):
+        raise CliError("give both --vae and --latents, or neither (then random weights and latents are used)")
+    if args.vae is None:
+        T, h, w = args.random_shape
+        print("wanvideo_vae: RANDOM full-size Wan 2.1 decoder weights and latents (seeded): the frames show "
+              "noise; this run shows speed and memory")
+        return random_weights(96, 16, seed=args.seed), random_latents(16, T, h, w, seed=args.seed), "random"
+    return load_weights(args.vae), load_latents(args.latents), os.path.basename(args.vae)
+
+
+def _default_out(args):
+    if args.out:
+        return args.out
+    return "wanvideo_vae_random.mp4" if have_mp4() else "wanvideo_vae_random.avi"
+
+
+def decode_cmd(args):
+    backend = _check_backend(args.device, args.precision)
+    out_path = _default_out(args)
+    check_output(out_path)
+    if args.contact_sheet and not args.contact_sheet.endswith(".png"):
+        raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
+    weights, latents, source = _inputs(args)
+    dec = Decoder(weights, backend=backend)
+    progress, close = progress_bar(not args.quiet)
+    t0 = time.perf_counter()
+    try:
+        frames = dec.decode(latents, raw=args.normalization != "default", end_frame=args.end_frame,
+                            enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272, tile_y=args.tile or 272,
+                            tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory, progress=progress)
+    finally:
+        close()
+    seconds = time.perf_counter() - t0
+    frames = _normalize(frames, args.normalization)
+    write_frames(frames, out_path, args.fps)
+    if args.contact_sheet:
+        contact_sheet(frames, args.contact_sheet)
+    s = dec.last_stats
+    rows = [
+        ("weights", f"{source} (dim {dec.dim}, z_dim {dec.z_dim}), backend {s['backend']}"),
+        ("latents", "x".join(str(n) for n in np.shape(latents))),
+        ("frames", f"{frames.shape[0]} x {frames.shape[1]} x {frames.shape[2]} -> {out_path}"),
+        ("tiles", f"{s['tiles_x']} x {s['tiles_y']}, core {s['core_x']} x {s['core_y']} px, halo {s['out_halo']} px"
+                  + (" (shrunk to fit the memory budget)" if s["shrunk_to_fit"] else "")),
+        ("time", f"{seconds:.2f} s (trunk {s['seconds_trunk']:.2f} s, tiles {s['seconds_tiles']:.2f} s), "
+                 f"{s['conv_flops'] / max(seconds, 1e-9) / 1e9:.1f} GFLOP/s of convolutions"),
+        ("memory", f"arena {mib(s['planned_bytes'])} planned, {mib(s['arena_high_water'])} used; weights "
+                   f"{mib(s['weight_bytes'])}; process peak RSS {mib(peak_rss_bytes())}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# ---- bench -------------------------------------------------------------------------------------
+
+def _timed(fn, device):
+    if device == "cuda":
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with PeakRSS() as rss:
+        t0 = time.perf_counter()
+        out = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() - base if device == "cuda" else rss.grown
+    return out, seconds, peak
+
+
+def bench_cmd(args):
+    try:
+        import torch
+    except ImportError:
+        raise CliError("bench needs PyTorch for its baselines: pip install torch") from None
+    from .torch_reference import TorchWanDecoder
+
+    T, h, w = (21, 90, 160) if args.preset == "720p81" else args.shape
+    backend = _check_backend(args.device, args.precision)
+    weights = random_weights(args.dim, 16, seed=args.seed)
+    latents = random_latents(16, T, h, w, seed=args.seed)
+    tdev = "cuda" if backend == "cuda" else "cpu"
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    ref = TorchWanDecoder(weights, device=tdev, dtype=tdtype)
+    dec = Decoder(weights, backend=backend)
+    z = torch.from_numpy(latents)
+    to_np = lambda x: x.float().permute(1, 2, 3, 0).cpu().numpy()  # noqa: E731
+    runs = {}
+    out, sec, mem = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
+    untiled = out
+    runs["pytorch untiled"] = (sec, mem, 0.0)
+    out, sec, mem = _timed(lambda: to_np(ref.decode_blended(z, 272, 272, 144, 128)), tdev)
+    runs["pytorch blended 272/144/128"] = (sec, mem, float(np.abs(out - untiled).max()))
+    del out
+    for label, kw in (("wanvideo_vae untiled", dict(enable_vae_tiling=False)),
+                      ("wanvideo_vae exact tiles 272", dict(tile_x=272, tile_y=272))):
+        out, sec, mem = _timed(lambda: np.clip(dec.decode(latents, raw=True, **kw), -1, 1), tdev)
+        runs[label] = (sec, mem, float(np.abs(out - untiled).max()))
+        del out
+    result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": args.precision,
+              "torch": torch.__version__, "cpus": os.cpu_count(),
+              "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d}
+                       for k, (s, m, d) in runs.items()}}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        mem_kind = "peak GPU mem" if tdev == "cuda" else "peak RSS"
+        print(f"latents [16, {T}, {h}, {w}] -> {untiled.shape[0]} x {untiled.shape[1]} x {untiled.shape[2]}, "
+              f"dim {args.dim} decoder, {tdev} {args.precision}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+        print(f"{'method':32s} {'time':>9s} {mem_kind:>13s} {'max |diff| vs pytorch untiled':>31s}")
+        for k, (s, m, d) in runs.items():
+            print(f"{k:32s} {s:8.2f}s {mib(m):>13s} {d:31.3g}")
+    if args.plot:
+        _plot(runs, args.plot, f"[16, {T}, {h}, {w}] dim {args.dim} on {tdev}")
+    return 0
+
+
+def _plot(runs, path, title):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CliError("--plot needs matplotlib: pip install 'wanvideo-vae[plot]'") from None
+    labels = list(runs)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.barh(labels, [runs[k][0] for k in labels], color="#4a7bb7")
+    a.set_xlabel("seconds")
+    b.barh(labels, [(runs[k][1] or 0) / 2**20 for k in labels], color="#b7794a")
+    b.set_xlabel("peak memory (MiB)")
+    b.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+# ---- patch-workflow ----------------------------------------------------------------------------
+
+def patch_workflow_cmd(args):
+    try:
+        count = patch_workflow_file(args.src, args.dst)
+    except OSError as e:
+        raise CliError(f"{e.filename or args.src}: {e.strerror}") from None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(f"{args.dst}: {count} WanVideoDecode node(s) now use WanVideoNativeDecode")
+    return 0
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+
+def _positive_bytes(text):
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    try:
+        n = float(text[:-1]) * units[text[-1].lower()] if text and text[-1].lower() in units else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 512M)") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return int(n)
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="python -m wanvideo_vae", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command")
+    d = sub.add_parser("decode", help="decode latents to a video, PNG frames or .npy (the default command)")
+    d.add_argument("--vae", help="VAE checkpoint (.safetensors or .pth); omit with --latents for random weights")
+    d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth")
+    d.add_argument("--out", help="output: .mp4 (needs the video extra), .avi, .npy, or a folder for PNG frames")
+    d.add_argument("--fps", type=float, default=16.0, help="frames per second of a video output (default 16)")
+    d.add_argument("--tile", type=int, default=272, help="tile size in output pixels, halo included; 0: whole frame")
+    d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
+    d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--end-frame", action="store_true", help="decode the last latent frame alone (end-image mode)")
+    d.add_argument("--normalization", choices=["default", "minmax", "none"], default="default",
+                   help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
+    d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
+    d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"), default=DEFAULT_RANDOM_SHAPE,
+                   help="latent shape of the random run (default %(default)s)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=decode_cmd)
+    b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
+    b.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
+                   help="latent T, h, w (default %(default)s: a few minutes on 2 CPU cores)")
+    b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
+    b.add_argument("--dim", type=int, default=96, help="decoder width (96: full-size Wan 2.1)")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true", help="print the results as JSON")
+    b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")
+    b.set_defaults(func=bench_cmd)
+    p = sub.add_parser("patch-workflow", help="rewrite a workflow's WanVideoDecode nodes to the native decoder")
+    p.add_argument("src", help="workflow JSON (UI or API format)")
+    p.add_argument("dst", help="where to write the patched workflow")
+    p.set_defaults(func=patch_workflow_cmd)
+    return ap
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv or ["decode"])
+    try:
+        return args.func(args)
+    except (CliError, WanVAEError, MemoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
