@@ -329,9 +329,14 @@ def build_parser():
     return ap
 
 
+COMMANDS = ("decode", "bench", "patch-workflow")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv or ["decode"])
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["decode"] + argv  # decode is the default command
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (CliError, WanVAEError, MemoryError) as e:
