@@ -123,7 +123,9 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
 }
 
 /* [n][P][C] -> [n'][P'][C/2] on the next segment's region; n' = 2n for upsample3d after the
- * first chunk (time_conv output channels [0,C) and [C,2C) are frames 2t and 2t+1). */
+ * first chunk (time_conv output channels [0,C) and [C,2C) are frames 2t and 2t+1). The nearest x2
+ * and its 2-D conv run one frame at a time, so only one upsampled frame (C channels at the new
+ * resolution, the largest tensor of the decoder) is ever held. */
 static void run_upsample(decode_run *r, const wv_block *b, flow *f)
 {
     const wv_plan *p = r->p;
@@ -132,22 +134,23 @@ static void run_upsample(decode_run *r, const wv_block *b, flow *f)
     const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
     wv_grid gd = wv_tile_grid(p, f->tile, next);
     int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
-    void *source = f->x;
+    void *source = f->x, *out = f->y; /* out never overlaps the frames still to be read */
     if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
         causal_conv(r, &b->conv[1], f->g, f->x, f->y, f->n, 0);
         source = f->y;
+        out = f->x;
         per = 2;
     }
     for (int j = 0; j < f->n * per; j++) {
         const void *sf = frame_at(source, j / per, wv_grid_positions(f->g) * per * b->cin, ab);
-        void *df = frame_at(f->t, j, wv_grid_positions(gd) * b->cin, ab);
-        r->be->upsample2x(r->ctx, sf, f->g, src->y.lo, src->x.lo, per * b->cin, (j % per) * b->cin, df, gd,
+        r->be->upsample2x(r->ctx, sf, f->g, src->y.lo, src->x.lo, per * b->cin, (j % per) * b->cin, f->t, gd,
                           dst->y.lo, dst->x.lo, fh, fw, b->cin);
+        causal_conv(r, &b->conv[0], gd, f->t, frame_at(out, j, wv_grid_positions(gd) * b->cout, ab), 1, 0);
     }
+    if (out == f->y) swap_xy(f);
     f->n *= per;
     f->g = gd;
     f->seg = next;
-    causal_conv(r, &b->conv[0], f->g, f->t, f->x, f->n, 0);
 }
 
 /* [n][P][C] -> [n][P][3] */

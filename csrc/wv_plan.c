@@ -163,10 +163,15 @@ static int64_t tile_scratch_elems(const wv_plan *p, const wv_model *m, int b)
     int64_t P = wv_grid_positions(max_tile_grid(p, s));
     int64_t n = p->seg[s].frames_per_chunk;
     int64_t need = n * P * imax(blk->cin, blk->cout);
-    if (blk->kind == WV_BLOCK_UP3D) {
+    if (blk->kind == WV_BLOCK_UP2D || blk->kind == WV_BLOCK_UP3D) {
         int64_t Pprev = wv_grid_positions(max_tile_grid(p, s - 1));
         int64_t nprev = p->seg[s - 1].frames_per_chunk;
-        need = need > nprev * Pprev * 2 * blk->cin ? need : nprev * Pprev * 2 * blk->cin;
+        int64_t upsampled = P * blk->cin;                                           /* one frame at a time */
+        int64_t time_conv = blk->kind == WV_BLOCK_UP3D ? nprev * Pprev * 2 * blk->cin : 0;
+        need = n * P * blk->cout;
+        need = need > upsampled ? need : upsampled;
+        need = need > time_conv ? need : time_conv;
+        need = need > nprev * Pprev * blk->cin ? need : nprev * Pprev * blk->cin;  /* its input */
     }
     return need;
 }
