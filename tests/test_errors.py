@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import wanvideo_vae as wv
+from wanvideo_vae.cli import current_rss_bytes
 from helpers import REPO, load_fixture, random_latents, random_stats, random_weights, write_safetensors
 
 E = wv.WanVAEError
@@ -200,23 +201,15 @@ def test_threads_with_separate_and_shared_decoders(small):
         np.testing.assert_allclose(results["own", i], e, atol=1e-6, rtol=0)
 
 
-def _rss():
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
-
-
 def test_repeated_decodes_do_not_grow_memory(small):
     base = lat(T=2, h=6, w=6)
     for _ in range(3):
         small.decode(base)
-    before = _rss()
+    before = current_rss_bytes()
     if before is None:
         pytest.skip("no /proc/self/statm")
     for _ in range(30):
         small.decode(base)
         with pytest.raises(E):
             small.decode(lat(z=5))
-    assert _rss() - before < 8 * 2**20
+    assert current_rss_bytes() - before < 8 * 2**20

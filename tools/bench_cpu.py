@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -22,44 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import wanvideo_vae as wv  # noqa: E402
 from helpers import random_latents, random_weights  # noqa: E402
-
-
-def rss_bytes():
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return None
-
-
-class PeakRSS:
-    """Samples the resident set size every 2 ms while the block runs."""
-
-    def __enter__(self):
-        self.base = rss_bytes()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            r = rss_bytes()
-            if r is not None and r > self.peak:
-                self.peak = r
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        r = rss_bytes()
-        if r is not None and r > self.peak:
-            self.peak = r
-
-    @property
-    def delta(self):
-        return None if self.base is None else self.peak - self.base
+from wanvideo_vae.cli import PeakRSS  # noqa: E402
 
 
 def fmt_mb(b):
@@ -80,12 +42,12 @@ def compare(args):
             t0 = time.perf_counter()
             ours = dec.decode(lat, raw=True, **kw)
             dt = time.perf_counter() - t0
-        rows.append((label, dt, m.delta, dec.last_stats["planned_bytes"]))
+        rows.append((label, dt, m.grown, dec.last_stats["planned_bytes"]))
     with PeakRSS() as m:
         t0 = time.perf_counter()
         ref = reference_decode(weights, lat, np.array(wv.WAN21_MEAN), np.array(wv.WAN21_STD))
         dt = time.perf_counter() - t0
-    rows.append((f"torch {torch.__version__} reference (whole sequence)", dt, m.delta, None))
+    rows.append((f"torch {torch.__version__} reference (whole sequence)", dt, m.grown, None))
     print(f"latents [16, {args.T}, {args.h}, {args.w}] -> {list(ours.shape)}, full-size decoder, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     print(f"{'method':44s} {'time':>9s} {'peak RSS':>13s} {'planned arena':>14s}")

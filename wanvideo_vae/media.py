@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 
 from ._C import WanVAEError
-from .weights import load_safetensors
+from .weights import load_safetensors, torch_load
 
 LATENT_KEYS = ("samples", "latents", "latent")
 
@@ -36,14 +36,7 @@ def load_latents(path):
     if path.endswith(".safetensors"):
         return _pick_latent(load_safetensors(path), path)
     if path.endswith((".pt", ".pth")):
-        try:
-            import torch
-        except ImportError:
-            raise WanVAEError(f"{path}: reading .pt/.pth latents needs PyTorch (pip install torch)") from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for corrupt files
-            raise WanVAEError(f"{path}: could not read ({type(e).__name__}: {e})") from None
+        obj = torch_load(path)
         return _pick_latent(obj, path) if isinstance(obj, dict) else obj
     raise WanVAEError(f"{path}: unknown latents format (expected .npy, .safetensors, .pt or .pth)")
 

@@ -69,15 +69,20 @@ def load_safetensors(path, keys=None):
     return out
 
 
-def _load_torch(path):
+def torch_load(path):
+    """torch.load of a .pt/.pth file onto the CPU, tensors and plain containers only."""
     try:
         import torch
     except ImportError:
-        raise WanVAEError(f"{path}: reading .pth/.pt checkpoints needs PyTorch (pip install torch)") from None
+        raise WanVAEError(f"{path}: reading .pt/.pth files needs PyTorch (pip install torch)") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt files
-        raise WanVAEError(f"{path}: could not read the checkpoint ({type(e).__name__}: {e})") from None
+        raise WanVAEError(f"{path}: could not read the file ({type(e).__name__}: {e})") from None
+
+
+def _load_torch(path):
+    state = torch_load(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
