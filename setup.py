@@ -12,7 +12,7 @@ CSRC = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(
 
 def compile_args():
     if sys.platform == "win32":
-        return ["/O2", "/std:c11", "/experimental:c11atomics"]
+        return ["/O2", "/std:c11"]
     return ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 
