@@ -144,6 +144,8 @@ typedef struct {
     int scale;                  /* resolution relative to the latent grid: 1, 2, 4, 8 */
     int halo;                   /* halo of the segment's region, derived from the layer list */
     int frames_per_chunk;       /* frames per time chunk after the first (1 latent frame a chunk) */
+    int64_t xy_elems, t_elems;  /* elements of the segment's one-frame buffers: x and y, conv input t */
+    size_t scratch_offset;      /* where those buffers start in the TILE_SCRATCH arena buffer */
 } wv_segment;
 
 typedef struct {

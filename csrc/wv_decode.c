@@ -19,12 +19,13 @@ typedef struct {
     const float *mean, *std;
     const wv_options *o;
     float *out;
+    int out_frame; /* the next output frame a tile's last segment writes */
 } decode_run;
 
 /* Activations in flight through the block list. The result of each block is left in x. */
 typedef struct {
     wv_grid g;
-    int n;           /* frames in flight */
+    int n;           /* frames in flight (1 in tiles: see upsample_depth_first) */
     void *x, *y, *t; /* activations, second activations, conv input */
     int first_chunk; /* latent frame 0 of the sequence: upsample3d passes it through */
     int tile, seg;
@@ -122,37 +123,6 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
     causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1, 1);
 }
 
-/* [n][P][C] -> [n'][P'][C/2] on the next segment's region; n' = 2n for upsample3d after the
- * first chunk (time_conv output channels [0,C) and [C,2C) are frames 2t and 2t+1). The nearest x2
- * and its 2-D conv run one frame at a time, so only one upsampled frame (C channels at the new
- * resolution, the largest tensor of the decoder) is ever held. */
-static void run_upsample(decode_run *r, const wv_block *b, flow *f)
-{
-    const wv_plan *p = r->p;
-    size_t ab = r->be->act_bytes;
-    int next = f->seg + 1, per = 1;
-    const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
-    wv_grid gd = wv_tile_grid(p, f->tile, next);
-    int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
-    void *source = f->x, *out = f->y; /* out never overlaps the frames still to be read */
-    if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
-        causal_conv(r, &b->conv[1], f->g, f->x, f->y, f->n, 0);
-        source = f->y;
-        out = f->x;
-        per = 2;
-    }
-    for (int j = 0; j < f->n * per; j++) {
-        const void *sf = frame_at(source, j / per, wv_grid_positions(f->g) * per * b->cin, ab);
-        r->be->upsample2x(r->ctx, sf, f->g, src->y.lo, src->x.lo, per * b->cin, (j % per) * b->cin, f->t, gd,
-                          dst->y.lo, dst->x.lo, fh, fw, b->cin);
-        causal_conv(r, &b->conv[0], gd, f->t, frame_at(out, j, wv_grid_positions(gd) * b->cout, ab), 1, 0);
-    }
-    if (out == f->y) swap_xy(f);
-    f->n *= per;
-    f->g = gd;
-    f->seg = next;
-}
-
 /* [n][P][C] -> [n][P][3] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
@@ -161,11 +131,11 @@ static void run_head(decode_run *r, const wv_block *b, flow *f)
     swap_xy(f);
 }
 
+/* Blocks that keep the frame count and resolution. Upsampling blocks end a tile segment and are
+ * run by upsample_depth_first. */
 static const block_runner RUNNERS[WV_BLOCK_KIND_COUNT] = {
-    [WV_BLOCK_POINTWISE] = run_pointwise, [WV_BLOCK_CONV] = run_conv,
-    [WV_BLOCK_RES] = run_residual,        [WV_BLOCK_ATTN] = run_attention,
-    [WV_BLOCK_UP2D] = run_upsample,       [WV_BLOCK_UP3D] = run_upsample,
-    [WV_BLOCK_HEAD] = run_head,
+    [WV_BLOCK_POINTWISE] = run_pointwise, [WV_BLOCK_CONV] = run_conv, [WV_BLOCK_RES] = run_residual,
+    [WV_BLOCK_ATTN] = run_attention,      [WV_BLOCK_HEAD] = run_head,
 };
 
 static void *trunk_out_frame(decode_run *r, int slot)
@@ -198,35 +168,91 @@ static int chunk_first_output_frame(const wv_plan *p, int t)
     return t == 0 ? 0 : 1 + p->seg[p->n_segments - 1].frames_per_chunk * (t - 1);
 }
 
+/* Segment s's three one-frame buffers, laid out by the planner. */
+static void segment_buffers(decode_run *r, int s, flow *f)
+{
+    const wv_segment *sg = &r->p->seg[s];
+    char *base = (char *)arena_buffer(r, WV_BUF_TILE_SCRATCH) + sg->scratch_offset;
+    size_t xy = wv_align_up((size_t)sg->xy_elems * r->be->act_bytes);
+    f->x = base;
+    f->y = base + xy;
+    f->t = base + 2 * xy;
+}
+
+static void run_segment(decode_run *r, flow *f);
+
+/* The upsample that ends segment f->seg: [1][P][C] -> one or two frames [1][P'][C/2] of the next
+ * segment's region. For upsample3d after the first chunk the time conv makes two frames (its output
+ * channels [0,C) and [C,2C) are frames 2t and 2t+1). Each frame is carried through the rest of the
+ * decoder before the next one (depth first), so every segment holds one frame at a time; frames
+ * still reach every causal conv in order, which is all streaming needs to stay exact. */
+static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
+{
+    const wv_plan *p = r->p;
+    int next = f->seg + 1, per = 1;
+    const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
+    int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
+    const void *source = f->x;
+    if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
+        causal_conv(r, &b->conv[1], f->g, f->x, f->y, 1, 0);
+        source = f->y;
+        per = 2;
+    }
+    for (int j = 0; j < per; j++) {
+        flow child = *f;
+        child.seg = next;
+        child.g = wv_tile_grid(p, f->tile, next);
+        segment_buffers(r, next, &child);
+        r->be->upsample2x(r->ctx, source, f->g, src->y.lo, src->x.lo, per * b->cin, j * b->cin, child.t, child.g,
+                          dst->y.lo, dst->x.lo, fh, fw, b->cin);
+        causal_conv(r, &b->conv[0], child.g, child.t, child.x, 1, 0);
+        run_segment(r, &child);
+    }
+}
+
+/* The head's RGB frame [1][P][3] -> its core in the output video, at the next output frame. */
+static void write_core(decode_run *r, const flow *f)
+{
+    const wv_plan *p = r->p;
+    const wv_tile *tl = &p->tiles[f->tile];
+    const wv_rect *last = &tl->region[f->seg];
+    float *dst = r->out + (size_t)r->out_frame++ * (size_t)p->H * (size_t)p->W * 3;
+    r->be->write_output(r->ctx, f->x, f->g, tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
+                        tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W, tl->core.y.lo,
+                        tl->core.x.lo, r->o->output);
+}
+
+/* The blocks of segment f->seg on one frame (its opening upsample already ran), then on to the next
+ * segment or into the output. */
+static void run_segment(decode_run *r, flow *f)
+{
+    const wv_model *m = r->m;
+    const wv_segment *sg = &r->p->seg[f->seg];
+    for (int b = f->seg ? sg->first_block + 1 : sg->first_block; b < sg->end_block; b++)
+        RUNNERS[m->blocks[b].kind](r, &m->blocks[b], f);
+    if (sg->end_block < m->n_blocks)
+        upsample_depth_first(r, &m->blocks[sg->end_block], f);
+    else
+        write_core(r, f);
+}
+
 /* One time chunk of one tile: trunk output region -> middle.2 ... head -> the tile's core. */
 static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
 {
     const wv_plan *p = r->p;
     const wv_model *m = r->m;
-    const wv_tile *tl = &p->tiles[tile];
-    const wv_rect *last;
     wv_grid full = {p->h, p->w, 0};
-    int C = m->blocks[m->trunk_end - 1].cout;
     flow f;
     memset(&f, 0, sizeof f);
     f.g = wv_tile_grid(p, tile, 0);
     f.n = 1;
-    f.x = arena_buffer(r, WV_BUF_TILE_X);
-    f.y = arena_buffer(r, WV_BUF_TILE_Y);
-    f.t = arena_buffer(r, WV_BUF_TILE_T);
     f.first_chunk = t == 0;
     f.tile = tile;
-    r->be->copy_region(r->ctx, trunk_out_frame(r, slot), full, tl->region[0].y.lo, tl->region[0].x.lo, f.x,
-                       f.g, C, 1);
-    for (int b = m->trunk_end; b < m->n_blocks; b++) RUNNERS[m->blocks[b].kind](r, &m->blocks[b], &f);
-    last = &tl->region[f.seg];
-    for (int j = 0; j < f.n; j++) {
-        float *dst = r->out + (size_t)(out_frame + j) * (size_t)p->H * (size_t)p->W * 3;
-        r->be->write_output(r->ctx, frame_at(f.x, j, wv_grid_positions(f.g) * 3, r->be->act_bytes), f.g,
-                            tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
-                            tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W,
-                            tl->core.y.lo, tl->core.x.lo, r->o->output);
-    }
+    segment_buffers(r, 0, &f);
+    r->out_frame = out_frame;
+    r->be->copy_region(r->ctx, trunk_out_frame(r, slot), full, p->tiles[tile].region[0].y.lo,
+                       p->tiles[tile].region[0].x.lo, f.x, f.g, m->blocks[m->trunk_end - 1].cout, 1);
+    run_segment(r, &f);
 }
 
 static void zero_caches(decode_run *r, int trunk)

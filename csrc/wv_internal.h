@@ -16,9 +16,7 @@
     X(ATTN_QKV, PHASE_TRUNK, "attention qkv [h*w][3C]")                                 \
     X(ATTN_OUT, PHASE_TRUNK, "attention output [h*w][C]")                               \
     X(ATTN_SCORES, PHASE_TRUNK, "attention scores [rows][h*w]")                         \
-    X(TILE_X, PHASE_TILE, "tile activations [frames][P][C]")                            \
-    X(TILE_Y, PHASE_TILE, "tile activations [frames][P][C]")                            \
-    X(TILE_T, PHASE_TILE, "tile conv input [frames][P][C]")
+    X(TILE_SCRATCH, PHASE_TILE, "tile activations: 3 one-frame buffers per segment")
 
 enum { PHASE_KEEP, PHASE_TRUNK, PHASE_TILE };
 
@@ -30,6 +28,8 @@ enum {
 };
 
 #define WV_ARENA_ALIGN 256
+
+static inline size_t wv_align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / WV_ARENA_ALIGN * WV_ARENA_ALIGN; }
 
 /* Segment index of a tile-part block, -1 for trunk blocks. */
 int wv_block_segment(const wv_model *m, int block);

@@ -155,25 +155,27 @@ static wv_grid max_tile_grid(const wv_plan *p, int s)
     return g;
 }
 
-/* Elements the largest single scratch use of block b needs (see the driver's block runners). */
-static int64_t tile_scratch_elems(const wv_plan *p, const wv_model *m, int b)
+/* Elements segment s's one-frame buffers need (see the driver). x and y swap roles, so both take
+ * any block's input or output and the time conv output (2 C) of the upsample ending the segment;
+ * t takes a block's normalized input or output, and the frame its opening upsample makes (C
+ * channels at the new resolution). */
+static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t *xy, int64_t *t)
 {
-    const wv_block *blk = &m->blocks[b];
-    int s = wv_block_segment(m, b);
+    const wv_segment *sg = &p->seg[s];
     int64_t P = wv_grid_positions(max_tile_grid(p, s));
-    int64_t n = p->seg[s].frames_per_chunk;
-    int64_t need = n * P * imax(blk->cin, blk->cout);
-    if (blk->kind == WV_BLOCK_UP2D || blk->kind == WV_BLOCK_UP3D) {
-        int64_t Pprev = wv_grid_positions(max_tile_grid(p, s - 1));
-        int64_t nprev = p->seg[s - 1].frames_per_chunk;
-        int64_t upsampled = P * blk->cin;                                           /* one frame at a time */
-        int64_t time_conv = blk->kind == WV_BLOCK_UP3D ? nprev * Pprev * 2 * blk->cin : 0;
-        need = n * P * blk->cout;
-        need = need > upsampled ? need : upsampled;
-        need = need > time_conv ? need : time_conv;
-        need = need > nprev * Pprev * blk->cin ? need : nprev * Pprev * blk->cin;  /* its input */
+    *xy = *t = 0;
+    for (int b = sg->first_block; b < sg->end_block; b++) {
+        const wv_block *blk = &m->blocks[b];
+        int opens = b == sg->first_block && s > 0; /* the upsample producing this segment's frames */
+        int64_t io = P * (opens ? blk->cout : imax(blk->cin, blk->cout));
+        int64_t conv_in = P * (opens ? blk->cin : imax(blk->cin, blk->cout));
+        *xy = *xy > io ? *xy : io;
+        *t = *t > conv_in ? *t : conv_in;
     }
-    return need;
+    if (sg->end_block < m->n_blocks && m->blocks[sg->end_block].kind == WV_BLOCK_UP3D) {
+        int64_t e = P * 2 * m->blocks[sg->end_block].cin;
+        *xy = *xy > e ? *xy : e;
+    }
 }
 
 /* Positions of the grid a causal conv reads: the trunk's full frame, or its tile segment. */
@@ -186,12 +188,11 @@ static int64_t cache_positions(const wv_plan *p, const wv_model *m, int b, int c
     return wv_grid_positions(max_tile_grid(p, s));
 }
 
-static size_t align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / WV_ARENA_ALIGN * WV_ARENA_ALIGN; }
 
 static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
 {
     p->buffers[id].name = name;
-    p->buffers[id].bytes = align_up((size_t)elems * act_bytes);
+    p->buffers[id].bytes = wv_align_up((size_t)elems * act_bytes);
 }
 
 static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
@@ -221,11 +222,13 @@ static void size_buffers(wv_plan *p, const wv_model *m, size_t ab)
     wv_grid full = {p->h, p->w, 1};
     int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
     int C = m->blocks[m->trunk_end - 1].cout, trunk_c = 0;
-    int64_t scratch = 0;
+    size_t scratch = 0;
     for (int b = 0; b < m->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
-    for (int b = m->trunk_end; b < m->n_blocks; b++) {
-        int64_t e = tile_scratch_elems(p, m, b);
-        scratch = scratch > e ? scratch : e;
+    for (int s = 0; s < p->n_segments; s++) {
+        wv_segment *sg = &p->seg[s];
+        segment_scratch(p, m, s, &sg->xy_elems, &sg->t_elems);
+        sg->scratch_offset = scratch;
+        scratch += 2 * wv_align_up((size_t)sg->xy_elems * ab) + wv_align_up((size_t)sg->t_elems * ab);
     }
     p->attn_rows = (int)(N >= (1 << 22) ? 1 : imin((int)N, (1 << 22) / (int)(N > 0 ? N : 1)));
     set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk ? 1 : p->T) * N * C, ab);
@@ -236,9 +239,7 @@ static void size_buffers(wv_plan *p, const wv_model *m, size_t ab)
     set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
     set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
     set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES], (int64_t)p->attn_rows * N, ab);
-    set_buffer(p, WV_BUF_TILE_X, names[WV_BUF_TILE_X], scratch, ab);
-    set_buffer(p, WV_BUF_TILE_Y, names[WV_BUF_TILE_Y], scratch, ab);
-    set_buffer(p, WV_BUF_TILE_T, names[WV_BUF_TILE_T], scratch, ab);
+    set_buffer(p, WV_BUF_TILE_SCRATCH, names[WV_BUF_TILE_SCRATCH], (int64_t)(scratch / ab), ab);
     for (int b = 0; b < m->n_blocks; b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
