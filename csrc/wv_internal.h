@@ -34,9 +34,6 @@ static inline size_t wv_align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / W
 /* Segment index of a tile-part block, -1 for trunk blocks. */
 int wv_block_segment(const wv_model *m, int block);
 
-/* Frames a block sees per time chunk in its segment (1 latent frame per chunk). */
-int wv_segment_frames(const wv_plan *p, int seg);
-
 /* Grid of tile t's region in segment s. */
 wv_grid wv_tile_grid(const wv_plan *p, int t, int s);
 

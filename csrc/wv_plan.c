@@ -53,8 +53,6 @@ int wv_block_segment(const wv_model *m, int block)
     return seg;
 }
 
-int wv_segment_frames(const wv_plan *p, int seg) { return p->seg[seg].frames_per_chunk; }
-
 wv_grid wv_tile_grid(const wv_plan *p, int t, int s)
 {
     const wv_rect *r = &p->tiles[t].region[s];
