@@ -8,12 +8,12 @@ versus what the process uses. Prints numbers; asserts nothing.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import wanvideo_vae as wv
+from wanvideo_vae.cli import PeakRSS
 from wanvideo_vae.random_model import random_latents, random_weights
 
 TILES = [("tile 272 (core 256)", 272), ("tile 400 (core 384)", 400), ("whole frame", 0)]
@@ -59,9 +59,9 @@ def timing(args):
 def rss_child(args):
     dec = wv.Decoder(random_weights(args.dim, 16))
     lat = random_latents(16, args.T, H, W)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out = dec.decode(lat, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with PeakRSS() as m:  # resident set size sampled during the decode
+        out = dec.decode(lat, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128)
+    peak, before = m.peak, m.base
     print(json.dumps({"peak": peak, "before": before, "planned": dec.last_stats["planned_bytes"],
                       "output": out.nbytes, "weights": dec.last_stats["weight_bytes"],
                       "tiles": dec.last_stats["n_tiles"]}))
@@ -74,8 +74,8 @@ def rss(args):
     target = r["planned"] + r["output"]
     print(f"dim={args.dim}, latents [16, {args.T}, 90, 160] -> 720p, tile 272 (core 256), {r['tiles']} tiles")
     print(f"planned arena {mib(r['planned'])} + output {mib(r['output'])} = {mib(target)}")
-    print(f"process peak RSS {mib(r['peak'])} (before the decode: {mib(r['before'])}, of which weights "
-          f"{mib(r['weights'])}); decode's own growth {mib(r['peak'] - r['before'])}")
+    print(f"process peak RSS during the decode {mib(r['peak'])} (just before it: {mib(r['before'])}, of which "
+          f"weights {mib(r['weights'])}); the decode's own peak growth {mib(r['peak'] - r['before'])}")
     print(f"peak RSS / (planned + output) = {r['peak'] / target:.3f}; growth / (planned + output) = "
           f"{(r['peak'] - r['before']) / target:.3f}")
 
