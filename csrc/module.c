@@ -735,8 +735,6 @@ static PyObject *expected_keys(PyObject *mod, PyObject *args, PyObject *kwds)
     return kc.list;
 }
 
-static const char *const DTYPE_NAMES[] = {"float32", "float16", "bfloat16"};
-
 /* Test and fuzz hook: what the array-interface parser makes of obj (it never reads the data). */
 static PyObject *parse_array_for_tests(PyObject *mod, PyObject *obj)
 {
@@ -751,7 +749,7 @@ static PyObject *parse_array_for_tests(PyObject *mod, PyObject *obj)
         PyTuple_SET_ITEM(strides, d, PyLong_FromLongLong(a.view.strides[d]));
     }
     result = shape && strides ? Py_BuildValue("{s:N,s:N,s:s,s:O,s:L}", "shape", shape, "strides", strides, "dtype",
-                                              DTYPE_NAMES[a.view.dtype], "on_device",
+                                              wv_dtype_name(a.view.dtype), "on_device",
                                               a.view.on_device ? Py_True : Py_False, "stream", a.stream)
                               : NULL;
     if (!result) {

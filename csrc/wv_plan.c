@@ -186,7 +186,6 @@ static int64_t cache_positions(const wv_plan *p, const wv_model *m, int b, int c
     return wv_grid_positions(max_tile_grid(p, s));
 }
 
-
 static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
 {
     p->buffers[id].name = name;

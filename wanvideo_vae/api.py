@@ -1,4 +1,6 @@
 """Public API: decode_tiled(), Decoder, backends()."""
+import numpy as np
+
 from . import _C
 from ._C import WanVAEError
 from .arrays import as_float_list, host_array, latents_4d
@@ -13,6 +15,22 @@ WAN21_MEAN = [-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.550
               0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921]
 WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
              3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160]
+
+
+NORMALIZATIONS = ("default", "minmax", "none")
+
+
+def normalize_frames(raw, mode="default"):
+    """WanVideoDecode's normalizations of a raw decode: default = clamp(-1, 1) then (x + 1) / 2;
+    minmax = rescale by the global min and max; none = the raw values."""
+    if mode == "none":
+        return raw
+    if mode == "minmax":
+        lo, hi = float(raw.min()), float(raw.max())
+        return (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
+    if mode == "default":
+        return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
+    raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
 
 
 def backends():

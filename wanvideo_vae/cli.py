@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import Decoder, WanVAEError, backends, load_weights
+from .api import NORMALIZATIONS, normalize_frames
 from .media import check_output, contact_sheet, have_mp4, load_latents, write_frames
 from .random_model import random_latents, random_weights
 from .workflow import patch_workflow_file
@@ -105,13 +106,6 @@ def progress_bar(enabled):
 
 # ---- decode ------------------------------------------------------------------------------------
 
-def _normalize(raw, mode):
-    if mode == "minmax":
-        lo, hi = float(raw.min()), float(raw.max())
-        return (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
-    return raw  # none
-
-
 def _check_backend(device, precision):
     feats = backends()
     backend = "cuda" if device == "cuda" or (device == "auto" and feats.get("cuda", {}).get("usable")) else "cpu"
@@ -150,13 +144,13 @@ def decode_cmd(args):
     progress, close = progress_bar(not args.quiet)
     t0 = time.perf_counter()
     try:
-        frames = dec.decode(latents, raw=args.normalization != "default", end_frame=args.end_frame,
+        frames = dec.decode(latents, raw=True, end_frame=args.end_frame,
                             enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272, tile_y=args.tile or 272,
                             tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory, progress=progress)
     finally:
         close()
     seconds = time.perf_counter() - t0
-    frames = _normalize(frames, args.normalization)
+    frames = normalize_frames(frames, args.normalization)
     write_frames(frames, out_path, args.fps)
     if args.contact_sheet:
         contact_sheet(frames, args.contact_sheet)
@@ -303,7 +297,7 @@ def build_parser():
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     d.add_argument("--end-frame", action="store_true", help="decode the last latent frame alone (end-image mode)")
-    d.add_argument("--normalization", choices=["default", "minmax", "none"], default="default",
+    d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
     d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"), default=DEFAULT_RANDOM_SHAPE,

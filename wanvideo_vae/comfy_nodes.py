@@ -7,7 +7,7 @@ import weakref
 
 import numpy as np
 
-from .api import Decoder, backends
+from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
 from .weights import normalize_keys
 
 CATEGORY = "WanVideoWrapper/native"
@@ -99,19 +99,6 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
                       tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
 
 
-def _minmax(x):
-    lo, hi = float(x.min()), float(x.max())
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-
-
-def _normalize(raw, mode):
-    if mode == "none":
-        return raw
-    if mode == "minmax":
-        return _minmax(raw)
-    return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
-
-
 # ---- WanVideoDecode drop-in ----------------------------------------------------------------------
 
 class WanVideoNativeDecode:
@@ -134,7 +121,7 @@ class WanVideoNativeDecode:
                     "Accepted for compatibility; exact tiles need no overlap, so it changes nothing.")}),
             },
             "optional": {
-                "normalization": (["default", "minmax", "none"], {"default": "default", "advanced": True}),
+                "normalization": (list(NORMALIZATIONS), {"default": "default", "advanced": True}),
             },
         }
 
@@ -169,10 +156,11 @@ class WanVideoNativeDecode:
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
         raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y)
-        images = _normalize(raw, normalization)
+        images = normalize_frames(raw, normalization)
         if samples.get("looped", False):
             loop_latents = torch.cat([latents[:, -3:], latents[:, :2]], dim=1)
-            loop = _minmax(_decode_raw(vae, loop_latents, end_frame, enable_vae_tiling, tile_x, tile_y))
+            loop = normalize_frames(_decode_raw(vae, loop_latents, end_frame, enable_vae_tiling, tile_x, tile_y),
+                                    "minmax")
             images = np.concatenate([loop[9:], images[5:]], axis=0)
         if end_frame:
             images = images[:-1]
