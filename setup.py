@@ -1,39 +1,235 @@
-"""Build of wanvideo_vae._C: the C core and CPU backend, linked against OpenBLAS from the
-scipy-openblas32 wheel (the same BLAS SciPy ships). CUDA sources are added by the CUDA backend."""
+"""Build of wanvideo_vae.
+
+- wanvideo_vae._C: the C core and the CPU backend, linked against OpenBLAS from the
+  scipy-openblas32 wheel (the same BLAS SciPy ships). Always built.
+- wanvideo_vae._cuda: the CUDA backend (cuda/), built when nvcc, cuDNN and cuBLAS are found:
+  nvcc from CUDA_HOME / CUDA_PATH or PATH; cuDNN and cuBLAS headers and libraries from CUDNN_PATH,
+  the CUDA toolkit, or the nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12) wheels that PyTorch
+  installs. At run time it finds those wheels' libraries beside itself in site-packages.
+
+WANVIDEO_CUDA=0 skips the CUDA backend, =1 requires it (a failure stops the build), unset builds
+it when everything is found and otherwise says why not and goes on CPU-only.
+WANVIDEO_CUDA_ARCHS: compute capabilities, default "75;80;86;89;90" plus PTX for the newest.
+"""
+import glob
 import os
+import shutil
+import site
+import subprocess
 import sys
+import sysconfig
 
 import numpy
 import scipy_openblas32
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
+WINDOWS = sys.platform == "win32"
 CSRC = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".c"))
+CUDA_SOURCES = sorted(glob.glob(os.path.join("cuda", "*.cu")))
+DEFAULT_ARCHS = "75;80;86;89;90"
 
 
-def compile_args():
-    if sys.platform == "win32":
+def log(msg):
+    print(f"wanvideo_vae build: {msg}", file=sys.stderr)
+
+
+def c_compile_args():
+    if WINDOWS:
         return ["/O2", "/std:c11"]
     return ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
 
 
-def link_args():
-    if sys.platform == "win32":
+def rpath_args(dirs):
+    if WINDOWS:
         return []
+    origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
+    return [f"-Wl,-rpath,{d.replace('$ORIGIN', origin)}" for d in dirs]
+
+
+def core_extension():
     # At run time the package imports scipy_openblas32 first, which loads the library; the rpath
     # (site-packages/scipy_openblas32/lib beside site-packages/wanvideo_vae) is a second route.
-    origin = "@loader_path" if sys.platform == "darwin" else "$ORIGIN"
-    return [f"-Wl,-rpath,{origin}/../scipy_openblas32/lib", f"-Wl,-rpath,{scipy_openblas32.get_lib_dir()}"]
+    return Extension(
+        "wanvideo_vae._C",
+        sources=CSRC,
+        include_dirs=["csrc", numpy.get_include(), scipy_openblas32.get_include_dir()],
+        define_macros=[("WV_BLAS_SCIPY_PREFIX", "1")],
+        library_dirs=[scipy_openblas32.get_lib_dir()],
+        libraries=[scipy_openblas32.get_library()],
+        extra_compile_args=c_compile_args(),
+        extra_link_args=rpath_args(["$ORIGIN/../scipy_openblas32/lib", scipy_openblas32.get_lib_dir()]),
+    )
 
 
-ext = Extension(
-    "wanvideo_vae._C",
-    sources=CSRC,
-    include_dirs=["csrc", numpy.get_include(), scipy_openblas32.get_include_dir()],
-    define_macros=[("WV_BLAS_SCIPY_PREFIX", "1")],
-    library_dirs=[scipy_openblas32.get_lib_dir()],
-    libraries=[scipy_openblas32.get_library()],
-    extra_compile_args=compile_args(),
-    extra_link_args=link_args(),
-)
+# ---- finding CUDA, cuDNN and cuBLAS -------------------------------------------------------------
 
-setup(ext_modules=[ext])
+
+def find_nvcc():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(var)
+        if root:
+            exe = os.path.join(root, "bin", "nvcc.exe" if WINDOWS else "nvcc")
+            if os.path.isfile(exe):
+                return exe
+    return shutil.which("nvcc")
+
+
+def cuda_root(nvcc):
+    """The toolkit folder: nvcc may be a wrapper script on PATH, so ask nvcc itself where it lives."""
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True,
+                             timeout=60)
+        for line in (out.stdout + out.stderr).splitlines():
+            if "TOP=" in line:
+                top = line.split("TOP=", 1)[1].strip().strip('"')
+                if os.path.isdir(os.path.join(top, "include")):
+                    return os.path.abspath(top)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def site_dirs():
+    """Where pip puts the nvidia-* wheels: the target environment's site-packages. Under build
+    isolation sys.path is the build environment's, but sysconfig still names the target's."""
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:
+        pass
+    dirs += [p for p in sys.path if p.endswith("site-packages")]
+    seen = []
+    for d in dirs:
+        if d and os.path.isdir(d) and d not in seen:
+            seen.append(d)
+    return seen
+
+
+def candidate_roots(env_var, wheel_dirs, toolkit):
+    roots = []
+    if os.environ.get(env_var):
+        roots.append(os.environ[env_var])
+    for sp in site_dirs():
+        roots += [os.path.join(sp, "nvidia", d) for d in wheel_dirs]
+    roots.append(toolkit)
+    return roots
+
+
+def find_library(root, names):
+    """(include dir, library file or None) of the first root holding the header and a library."""
+    header, libs = names
+    for r in root:
+        inc = os.path.join(r, "include")
+        if not os.path.isfile(os.path.join(inc, header)):
+            continue
+        for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin"):
+            for lib in libs:
+                hits = sorted(glob.glob(os.path.join(r, sub, lib)))
+                if hits:
+                    return inc, hits[-1]
+    return None, None
+
+
+def cuda_config():
+    """Everything the CUDA build needs, or None with the reason logged."""
+    mode = os.environ.get("WANVIDEO_CUDA", "auto")
+    if mode == "0":
+        log("CUDA backend skipped (WANVIDEO_CUDA=0)")
+        return None
+    nvcc = find_nvcc()
+    if not nvcc:
+        return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    toolkit = cuda_root(nvcc)
+    so = not WINDOWS
+    cudnn_inc, cudnn_lib = find_library(
+        candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
+        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib"]))
+    if not cudnn_inc:
+        return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or set CUDNN_PATH)")
+    cublas_inc, cublas_lib = find_library(
+        candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
+        ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so else ["cublas.lib"]))
+    if not cublas_inc:
+        return missing(mode, "cuBLAS not found (pip install nvidia-cublas, or a CUDA toolkit that has it)")
+    lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
+    if not os.path.isdir(lib64):
+        lib64 = os.path.join(toolkit, "lib")
+    archs = [a.strip() for a in os.environ.get("WANVIDEO_CUDA_ARCHS", DEFAULT_ARCHS).replace(",", ";").split(";")
+             if a.strip()]
+    log(f"CUDA backend: nvcc {nvcc}, cuDNN {cudnn_lib}, cuBLAS {cublas_lib}, archs {archs}")
+    return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudnn_inc": cudnn_inc, "cudnn_lib": cudnn_lib,
+            "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs, "required": mode == "1"}
+
+
+def missing(mode, why):
+    if mode == "1":
+        raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA=1 but {why}")
+    log(f"building CPU-only: {why}")
+    return None
+
+
+def cuda_extension(cfg):
+    lib_dirs = [os.path.dirname(cfg["cudnn_lib"]), os.path.dirname(cfg["cublas_lib"])]
+    if WINDOWS:
+        libs, link = ["cudart_static", "cudnn", "cublas"], []
+        lib_dirs.append(cfg["lib64"])
+    else:
+        libs = ["cudart_static", "dl", "rt", "pthread", "stdc++"]
+        # the wheels ship versioned libraries only (libcudnn.so.9): link them by path
+        link = [cfg["cudnn_lib"], cfg["cublas_lib"]] + rpath_args(
+            ["$ORIGIN/../nvidia/cudnn/lib", "$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib"] + lib_dirs)
+        lib_dirs = [cfg["lib64"]]
+    ext = Extension(
+        "wanvideo_vae._cuda",
+        sources=["cuda/module_cuda.c", "csrc/wv_util.c"],
+        include_dirs=["csrc", "cuda", os.path.join(cfg["toolkit"], "include")],
+        library_dirs=lib_dirs,
+        libraries=libs,
+        extra_compile_args=c_compile_args(),
+        extra_link_args=link,
+    )
+    ext.cuda = cfg
+    return ext
+
+
+class BuildExt(build_ext):
+    """Compiles cuda/*.cu with nvcc for the CUDA extension; builds the rest as usual."""
+
+    def build_extension(self, ext):
+        cfg = getattr(ext, "cuda", None)
+        if cfg is None:
+            return super().build_extension(ext)
+        try:
+            ext.extra_objects = [self.nvcc_compile(cfg, src) for src in CUDA_SOURCES]
+            super().build_extension(ext)
+        except Exception as e:  # noqa: BLE001 - any compiler failure
+            if cfg["required"]:
+                raise
+            log(f"the CUDA backend failed to build ({e}); building CPU-only")
+
+    def nvcc_compile(self, cfg, src):
+        os.makedirs(self.build_temp, exist_ok=True)
+        obj = os.path.join(self.build_temp, os.path.basename(src) + (".obj" if WINDOWS else ".o"))
+        gencode = []
+        for a in cfg["archs"]:
+            gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        newest = cfg["archs"][-1]
+        gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+        host = ["-Xcompiler", "/O2"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
+        cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda",
+               "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]] + host + gencode
+        log(" ".join(cmd))
+        subprocess.run(cmd, check=True)
+        return obj
+
+
+def extensions():
+    exts = [core_extension()]
+    cfg = cuda_config() if CUDA_SOURCES else None
+    if cfg:
+        exts.append(cuda_extension(cfg))
+    return exts
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

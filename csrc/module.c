@@ -219,13 +219,67 @@ typedef struct {
     PyObject_HEAD
     wv_model model;
     int built;
+    PyThread_type_lock lock; /* one decode at a time: the backend context lives with the model */
 } ModelObject;
 
-static const wv_backend *backend_by_name(const char *name)
+static const char *precision_name(wv_dtype dt) { return dt == WV_F16 ? "fp16" : dt == WV_BF16 ? "bf16" : "fp32"; }
+
+static int parse_precision(const char *s, wv_dtype *dt)
 {
-    const wv_backend *be = wv_backend_find(name);
-    if (!be) PyErr_Format(WvError, "backend '%s' is not available (see wanvideo_vae.backends())", name);
-    return be;
+    if (!strcmp(s, "fp32") || !strcmp(s, "float32")) *dt = WV_F32;
+    else if (!strcmp(s, "fp16") || !strcmp(s, "float16")) *dt = WV_F16;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *dt = WV_BF16;
+    else {
+        PyErr_Format(WvError, "precision '%s' is not one of 'fp32', 'fp16', 'bf16'", s);
+        return -1;
+    }
+    return 0;
+}
+
+/* The CUDA backend lives in its own extension, wanvideo_vae._cuda, so that this module loads
+ * where the CUDA libraries do not. It hands over its tables in a capsule. */
+static const wv_backend *cuda_backend(wv_dtype dt)
+{
+    PyObject *mod = PyImport_ImportModule("wanvideo_vae._cuda"); /* PyCapsule_Import imports no submodule */
+    const wv_backend_set *set = mod ? (const wv_backend_set *)PyCapsule_Import(WV_BACKEND_CAPSULE, 0) : NULL;
+    PyObject *type, *value, *tb, *text;
+    Py_XDECREF(mod); /* sys.modules keeps it */
+    if (set && set->abi == WV_BACKEND_ABI) return set->by_dtype[dt];
+    if (set) {
+        PyErr_Format(WvError, "backend 'cuda' was built for another version of wanvideo_vae (ABI %d, expected %d); "
+                              "reinstall the package", set->abi, WV_BACKEND_ABI);
+        return NULL;
+    }
+    PyErr_Fetch(&type, &value, &tb);
+    text = value ? PyObject_Str(value) : NULL;
+    PyErr_Format(WvError, "backend 'cuda' is not available: %s (see wanvideo_vae.backends())",
+                 text ? PyUnicode_AsUTF8(text) : "wanvideo_vae._cuda could not be loaded");
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return NULL;
+}
+
+/* name + precision (NULL: the backend's default, fp32 on the CPU and bf16 on CUDA) -> table. */
+static const wv_backend *backend_by_name(const char *name, const char *precision)
+{
+    wv_dtype dt = WV_F32;
+    if (!strcmp(name, "cpu")) {
+        if (precision && (parse_precision(precision, &dt) || dt != WV_F32)) {
+            if (!PyErr_Occurred())
+                PyErr_Format(WvError, "the CPU backend computes in fp32 only (precision '%s' asked)", precision);
+            return NULL;
+        }
+        return wv_backend_cpu();
+    }
+    if (!strcmp(name, "cuda")) {
+        dt = WV_BF16;
+        if (precision && parse_precision(precision, &dt)) return NULL;
+        return cuda_backend(dt);
+    }
+    PyErr_Format(WvError, "backend '%s' is not one of 'cpu', 'cuda' (see wanvideo_vae.backends())", name);
+    return NULL;
 }
 
 static int collect_weights(PyObject *weights, wv_named_view **views, py_array **arrays, Py_ssize_t *count)
@@ -262,9 +316,10 @@ static int collect_weights(PyObject *weights, wv_named_view **views, py_array **
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"weights", "backend", NULL};
+    static char *kwlist[] = {"weights", "backend", "precision", "device", NULL};
     PyObject *weights;
-    const char *backend_name = "cpu";
+    const char *backend_name = "cpu", *precision = NULL;
+    int device = -1;
     const wv_backend *be;
     wv_named_view *views = NULL;
     py_array *arrays = NULL;
@@ -273,15 +328,20 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
     wv_status st;
     int rc = -1;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|s:Model", kwlist, &weights, &backend_name)) return -1;
-    if (self->built) {
-        wv_model_free(&self->model);
-        self->built = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|szi:Model", kwlist, &weights, &backend_name, &precision, &device))
+        return -1;
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+        PyErr_NoMemory();
+        return -1;
     }
-    if (!(be = backend_by_name(backend_name))) return -1;
+    if (!(be = backend_by_name(backend_name, precision))) return -1;
     if (collect_weights(weights, &views, &arrays, &count)) goto finally;
     Py_BEGIN_ALLOW_THREADS
-    st = wv_model_build(&self->model, be, views, (int)count, &err);
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    if (self->built) wv_model_free(&self->model);
+    self->built = 0;
+    st = wv_model_build(&self->model, be, device, views, (int)count, &err);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (st) {
         raise_status(&err);
@@ -299,6 +359,7 @@ finally:
 static void Model_dealloc(ModelObject *self)
 {
     if (self->built) wv_model_free(&self->model);
+    if (self->lock) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -357,7 +418,9 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
         dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
         dict_set(d, "conv_flops", PyLong_FromLongLong(p->conv_flops)) ||
-        dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) || PyDict_SetItemString(d, "segments", segs) ||
+        dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
+        dict_set(d, "precision", PyUnicode_FromString(precision_name(m->backend->act_dtype))) ||
+        PyDict_SetItemString(d, "segments", segs) ||
         PyDict_SetItemString(d, "buffers", bufs) || PyDict_SetItemString(d, "tile_cores", tiles))
         goto fail;
     Py_DECREF(segs);
@@ -458,10 +521,6 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
         PyErr_SetString(WvError, "latents are implausibly large");
         return -1;
     }
-    if (v->on_device && !strcmp(m->backend->name, "cpu")) {
-        PyErr_SetString(WvError, "latents are in CUDA device memory but the model uses the CPU backend");
-        return -1;
-    }
     if (!v->on_device) {
         int64_t at[WV_MAX_DIMS];
         int bad;
@@ -499,10 +558,10 @@ static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats 
 static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
-                             NULL};
+                             "stream", NULL};
     PyObject *lat_obj, *mean_obj, *std_obj, *progress = Py_None;
     int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, T, h, w;
-    long long max_bytes = 0;
+    long long max_bytes = 0, stream = 0;
     float *mean = NULL, *stdv = NULL;
     py_array lat;
     wv_options o;
@@ -517,9 +576,13 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 
     memset(&lat, 0, sizeof lat);
     if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOL:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
-                                     &tile_y, &end_frame, &raw, &progress, &max_bytes))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLL:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
+                                     &tile_y, &end_frame, &raw, &progress, &max_bytes, &stream))
         return NULL;
+    if (stream < 0) {
+        PyErr_Format(WvError, "stream must be a CUDA stream handle (>= 0), got %lld", stream);
+        return NULL;
+    }
     if (progress != Py_None && !PyCallable_Check(progress)) {
         PyErr_SetString(WvError, "progress must be callable or None");
         return NULL;
@@ -527,6 +590,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     bridge.callback = progress == Py_None ? NULL : progress;
     if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &o)) return NULL;
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
+    if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
     if (check_latents_view(&self->model, &lat, &T, &h, &w)) goto finally;
     mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
     stdv = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
@@ -548,8 +612,10 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         if (!out) goto finally;
     }
     Py_BEGIN_ALLOW_THREADS
-    st = wv_decode(&self->model, &plan, &lat.view, mean, stdv, &o, (float *)PyArray_DATA(out), progress_trampoline,
-                   &bridge, &stats, &err);
+    PyThread_acquire_lock(self->lock, WAIT_LOCK);
+    st = wv_decode(&self->model, &plan, &lat.view, (uintptr_t)stream, mean, stdv, &o, (float *)PyArray_DATA(out),
+                   progress_trampoline, &bridge, &stats, &err);
+    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (st) {
         if (st == WV_ERR_INTERRUPTED && bridge.exc_type)
@@ -597,6 +663,7 @@ static PyObject *Model_get_int(ModelObject *self, void *which)
     case 2: return PyLong_FromLongLong(self->model.n_params);
     case 3: return PyLong_FromSize_t(self->model.weight_bytes);
     case 4: return PyLong_FromLong(self->model.n_cache_slots);
+    case 6: return PyUnicode_FromString(precision_name(self->model.backend->act_dtype));
     default: return PyUnicode_FromString(self->model.backend->name);
     }
 }
@@ -608,6 +675,7 @@ static PyGetSetDef Model_getset[] = {
     {"weight_bytes", (getter)Model_get_int, NULL, "bytes of converted weights", (void *)3},
     {"cache_slots", (getter)Model_get_int, NULL, "causal convolutions (one cache each)", (void *)4},
     {"backend", (getter)Model_get_int, NULL, "backend name", (void *)5},
+    {"precision", (getter)Model_get_int, NULL, "activation and weight precision: fp32, fp16 or bf16", (void *)6},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -615,7 +683,8 @@ static PyMethodDef Model_methods[] = {
     {"plan", (PyCFunction)(void (*)(void))Model_plan, METH_VARARGS | METH_KEYWORDS,
      "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False) -> dict: the tile grid and memory plan."},
     {"decode", (PyCFunction)(void (*)(void))Model_decode, METH_VARARGS | METH_KEYWORDS,
-     "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None)\n"
+     "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None, max_memory=0,\n"
+     "       stream=0)\n"
      "-> (frames [F, H, W, 3] float32, stats dict)."},
     {"halos", (PyCFunction)Model_halos, METH_NOARGS, "Halo at the input of every tile-part block."},
     {NULL, NULL, 0, NULL},
@@ -625,7 +694,8 @@ static PyTypeObject ModelType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "wanvideo_vae._C.Model",
     .tp_basicsize = sizeof(ModelObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Model(weights: dict, backend='cpu'): a Wan 2.1 decoder with converted weights.",
+    .tp_doc = "Model(weights: dict, backend='cpu', precision=None, device=-1): a Wan 2.1 decoder with converted weights.\n"
+              "One decode runs at a time per Model; concurrent calls wait their turn.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Model_init,
     .tp_dealloc = (destructor)Model_dealloc,
@@ -635,62 +705,85 @@ static PyTypeObject ModelType = {
 
 /* ---- module functions -------------------------------------------------------------------- */
 
+/* decode_tiled(weights, latents, mean, std, **options): a one-shot Model; backend, precision and
+ * device go to the Model, everything else to its decode. */
 static PyObject *decode_tiled(PyObject *mod, PyObject *args, PyObject *kwds)
 {
-    PyObject *weights, *rest, *model, *backend = NULL, *decode, *result;
+    static const char *const model_keys[] = {"backend", "precision", "device"};
+    PyObject *model_kw = NULL, *decode_kw = NULL, *margs = NULL, *model = NULL, *rest = NULL, *decode = NULL;
+    PyObject *result = NULL;
     (void)mod;
     if (PyTuple_GET_SIZE(args) < 1) {
         PyErr_SetString(PyExc_TypeError, "decode_tiled(weights, latents, mean, std, **options)");
         return NULL;
     }
-    weights = PyTuple_GET_ITEM(args, 0);
-    if (kwds && (backend = PyDict_GetItemString(kwds, "backend"))) {
-        Py_INCREF(backend);
-        if (PyDict_DelItemString(kwds, "backend")) {
-            Py_DECREF(backend);
-            return NULL;
-        }
+    if (!(model_kw = PyDict_New()) || !(decode_kw = kwds ? PyDict_Copy(kwds) : PyDict_New())) goto finally;
+    for (size_t i = 0; i < sizeof model_keys / sizeof model_keys[0]; i++) {
+        PyObject *v = PyDict_GetItemString(decode_kw, model_keys[i]);
+        if (!v) continue;
+        if (PyDict_SetItemString(model_kw, model_keys[i], v) || PyDict_DelItemString(decode_kw, model_keys[i]))
+            goto finally;
     }
-    model = backend ? PyObject_CallFunctionObjArgs((PyObject *)&ModelType, weights, backend, NULL)
-                    : PyObject_CallFunctionObjArgs((PyObject *)&ModelType, weights, NULL);
-    Py_XDECREF(backend);
-    if (!model) return NULL;
-    rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args));
-    decode = rest ? PyObject_GetAttrString(model, "decode") : NULL;
-    result = decode ? PyObject_Call(decode, rest, kwds) : NULL;
+    if (!(margs = PyTuple_GetSlice(args, 0, 1))) goto finally;
+    if (!(model = PyObject_Call((PyObject *)&ModelType, margs, model_kw))) goto finally;
+    if (!(rest = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args)))) goto finally;
+    if (!(decode = PyObject_GetAttrString(model, "decode"))) goto finally;
+    result = PyObject_Call(decode, rest, decode_kw);
+finally:
     Py_XDECREF(decode);
     Py_XDECREF(rest);
-    Py_DECREF(model);
+    Py_XDECREF(model);
+    Py_XDECREF(margs);
+    Py_XDECREF(decode_kw);
+    Py_XDECREF(model_kw);
     return result;
 }
 
+static PyObject *op_list(const wv_backend *be)
+{
+    PyObject *ops = PyList_New(0);
+    for (int k = 0; ops && k < wv_backend_op_count(); k++) {
+        PyObject *name;
+        if (!wv_backend_supports(be, k)) continue;
+        name = PyUnicode_FromString(wv_backend_op_name(k));
+        if (!name || PyList_Append(ops, name)) Py_CLEAR(ops);
+        Py_XDECREF(name);
+    }
+    return ops;
+}
+
+/* {"cpu": {...}, "cuda": {...}}: which tables load and the ops each implements. Whether a device
+ * is present is for wanvideo_vae.backends() to add. */
 static PyObject *backend_features(PyObject *mod, PyObject *noargs)
 {
-    const char *names[] = {"cpu", "cuda"};
-    PyObject *d = PyDict_New();
+    const wv_backend *cpu = wv_backend_cpu(), *cuda;
+    PyObject *d = PyDict_New(), *reason = NULL;
     (void)mod;
     (void)noargs;
     if (!d) return NULL;
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        const wv_backend *be = wv_backend_find(names[i]);
-        PyObject *ops = PyList_New(0), *entry;
-        if (!ops) goto fail;
-        for (int k = 0; be && k < wv_backend_op_count(); k++)
-            if (wv_backend_supports(be, k)) {
-                PyObject *s = PyUnicode_FromString(wv_backend_op_name(k));
-                if (!s || PyList_Append(ops, s)) {
-                    Py_XDECREF(s);
-                    Py_DECREF(ops);
-                    goto fail;
-                }
-                Py_DECREF(s);
-            }
-        entry = Py_BuildValue("{s:O,s:N,s:i}", "compiled", be ? Py_True : Py_False, "ops", ops, "op_count",
-                              wv_backend_op_count());
-        if (dict_set(d, names[i], entry)) goto fail;
+    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:[s]}", "loaded", Py_True, "ops", op_list(cpu), "op_count",
+                                         wv_backend_op_count(), "precisions", "fp32")))
+        goto fail;
+    cuda = cuda_backend(WV_BF16);
+    if (!cuda) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        reason = value ? PyObject_Str(value) : PyUnicode_FromString("not built");
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (!reason) goto fail;
     }
+    if (dict_set(d, "cuda", cuda ? Py_BuildValue("{s:O,s:N,s:i,s:[sss]}", "loaded", Py_True, "ops", op_list(cuda),
+                                                 "op_count", wv_backend_op_count(), "precisions", "fp32", "fp16",
+                                                 "bf16")
+                                 : Py_BuildValue("{s:O,s:O,s:[],s:i}", "loaded", Py_False, "reason", reason, "ops",
+                                                 "op_count", wv_backend_op_count())))
+        goto fail;
+    Py_XDECREF(reason);
     return d;
 fail:
+    Py_XDECREF(reason);
     Py_DECREF(d);
     return NULL;
 }
@@ -760,23 +853,28 @@ static PyObject *parse_array_for_tests(PyObject *mod, PyObject *obj)
     return result;
 }
 
-static PyObject *fail_nth_alloc(PyObject *mod, PyObject *arg)
+static PyObject *fail_nth_alloc(PyObject *mod, PyObject *args, PyObject *kwds)
 {
-    long n = PyLong_AsLong(arg);
+    static char *kwlist[] = {"n", "backend", NULL};
+    int n;
+    const char *name = "cpu";
+    const wv_backend *be;
     (void)mod;
-    if (n == -1 && PyErr_Occurred()) return NULL;
-    wv_cpu_fail_nth_alloc((int)n);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|s:_fail_nth_alloc", kwlist, &n, &name)) return NULL;
+    if (!(be = backend_by_name(name, NULL))) return NULL;
+    be->fail_nth_alloc(n);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"decode_tiled", (PyCFunction)(void (*)(void))decode_tiled, METH_VARARGS | METH_KEYWORDS,
      "decode_tiled(weights, latents, mean, std, *, backend='cpu', tile_x=0, tile_y=0, end_frame=False, raw=False,\n"
-     "             progress=None) -> (frames, stats)"},
+     "             progress=None, max_memory=0, stream=0) -> (frames, stats)"},
     {"backend_features", backend_features, METH_NOARGS, "Compiled backends and the ops each implements."},
     {"expected_keys", (PyCFunction)(void (*)(void))expected_keys, METH_VARARGS | METH_KEYWORDS,
      "expected_keys(dim=96, z_dim=16) -> [(key, shape)]: the decoder's weight table."},
-    {"_fail_nth_alloc", fail_nth_alloc, METH_O, "Test hook: make the n-th CPU allocation from now fail."},
+    {"_fail_nth_alloc", (PyCFunction)(void (*)(void))fail_nth_alloc, METH_VARARGS | METH_KEYWORDS,
+     "_fail_nth_alloc(n, backend='cpu'): test hook, the backend's n-th allocation from now fails (0: never)."},
     {"_parse_array", parse_array_for_tests, METH_O, "Test hook: the array-interface parser's view of an object."},
     {NULL, NULL, 0, NULL},
 };

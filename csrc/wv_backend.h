@@ -19,6 +19,15 @@ extern "C" {
 
 typedef struct { int h, w, pad; } wv_grid;
 
+/* What one decode call hands its backend in `begin`. */
+typedef struct {
+    const wv_view *latents; /* the caller's latents; a backend may point this at its own copy */
+    uintptr_t stream;       /* CUDA stream the latents are ready on (0: none given) */
+    void *workspace;        /* the arena's WORKSPACE buffer (backend->workspace_bytes) */
+    size_t workspace_bytes;
+    size_t step_out_bytes;  /* the most output bytes one step writes (write_output staging) */
+} wv_call;
+
 static inline int64_t wv_grid_positions(wv_grid g)
 {
     return (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
@@ -27,6 +36,12 @@ static inline int64_t wv_grid_positions(wv_grid g)
 /* The op list. X(name, return type, argument list). The backend struct, the op-name table and
  * the "supports" query are all generated from it. */
 #define WV_BACKEND_OPS(X)                                                                         \
+    /* a decode call: begin (checks where the latents live, orders work after call->stream),     \
+     * then steps; end_step may return while at most one step is still running; finish frees    \
+     * what begin took and runs on every exit path */                                             \
+    X(begin, wv_status, (void *ctx, wv_call *call, wv_error *err))                                \
+    X(end_step, wv_status, (void *ctx, wv_error *err))                                            \
+    X(finish, void, (void *ctx))                                                                  \
     /* memory */                                                                                  \
     X(alloc, wv_status, (void *ctx, size_t bytes, void **out, wv_error *err))                     \
     X(release, void, (void *ctx, void *p))                                                        \
@@ -58,7 +73,7 @@ static inline int64_t wv_grid_positions(wv_grid g)
                          int coff, void *dst, wv_grid gd, int dy0, int dx0, int fh, int fw,       \
                          int C))                                                                  \
     /* out[N][C] = softmax(q k^T / sqrt(C)) v, q/k/v = columns [0,C) [C,2C) [2C,3C) of qkv[N][3C];\
-     * scores: rows x N scratch, the query chunk */                                               \
+     * scores: rows x N x score_bytes of scratch, the query chunk */                             \
     X(attention, void, (void *ctx, const void *qkv, void *out, int N, int C, void *scores,        \
                         int rows))                                                                \
     /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w;             \
@@ -70,10 +85,18 @@ static inline int64_t wv_grid_positions(wv_grid g)
 
 struct wv_backend {
     const char *name;
-    size_t act_bytes;   /* bytes per activation element */
-    size_t param_bytes; /* bytes per parameter element in backend memory */
-    wv_status (*ctx_create)(void **ctx, wv_error *err);
+    wv_dtype act_dtype;     /* activations and parameters in backend memory */
+    size_t act_bytes;       /* bytes per activation element */
+    size_t param_bytes;     /* bytes per parameter element in backend memory */
+    size_t score_bytes;     /* bytes of attention scratch per score */
+    int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
+    size_t workspace_bytes; /* the arena's WORKSPACE buffer */
+    /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
+     * calling thread's current device. */
+    wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);
     void (*ctx_destroy)(void *ctx);
+    /* Test hook: the n-th device allocation from now fails (0: never). Not thread-safe. */
+    void (*fail_nth_alloc)(int n);
 #define WV_OP_FIELD(name, ret, args) ret(*name) args;
     WV_BACKEND_OPS(WV_OP_FIELD)
 #undef WV_OP_FIELD
@@ -84,12 +107,19 @@ int wv_backend_op_count(void);
 const char *wv_backend_op_name(int i);
 int wv_backend_supports(const wv_backend *be, int i);
 
-/* Test hook of the CPU backend: the n-th allocation from now fails (0: never). */
-void wv_cpu_fail_nth_alloc(int n);
+/* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
+ * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
+#define WV_BACKEND_ABI 1
+#define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
-/* Compiled-in backends. NULL when a backend was not compiled. */
+typedef struct {
+    int abi;
+    const wv_backend *by_dtype[3]; /* indexed by wv_dtype */
+} wv_backend_set;
+
+/* The built-in backend. Others (CUDA) live in their own shared library and reach the Python
+ * boundary as a table: see cuda/. */
 const wv_backend *wv_backend_cpu(void);
-const wv_backend *wv_backend_find(const char *name);
 
 #ifdef __cplusplus
 }

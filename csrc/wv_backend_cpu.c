@@ -12,10 +12,11 @@
 
 #include "wv_blas.h"
 
-static wv_status cpu_ctx_create(void **ctx, wv_error *err)
+static wv_status cpu_ctx_create(const wv_backend *be, int device, void **ctx, wv_error *err)
 {
-    (void)err;
+    (void)be;
     *ctx = NULL;
+    if (device > 0) return wv_fail(err, WV_ERR_INVALID, "the CPU backend has no device %d", device);
     return WV_OK;
 }
 
@@ -24,7 +25,25 @@ static void cpu_ctx_destroy(void *ctx) { (void)ctx; }
 /* Test hook: fail the n-th allocation from now (0 = never). Not thread-safe by design. */
 static int g_fail_alloc_countdown = 0;
 
-void wv_cpu_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
+static void cpu_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
+
+/* The CPU reads latents in host memory only; device latents are refused here rather than read. */
+static wv_status cpu_begin(void *ctx, wv_call *call, wv_error *err)
+{
+    (void)ctx;
+    if (call->latents->on_device)
+        return wv_fail(err, WV_ERR_INVALID, "latents are in CUDA device memory but the model uses the CPU backend");
+    return WV_OK;
+}
+
+static wv_status cpu_end_step(void *ctx, wv_error *err)
+{
+    (void)ctx;
+    (void)err;
+    return WV_OK;
+}
+
+static void cpu_finish(void *ctx) { (void)ctx; }
 
 static wv_status cpu_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
 {
@@ -290,7 +309,8 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", sizeof(float), sizeof(float), cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 0, cpu_ctx_create, cpu_ctx_destroy,
+    cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)
 #undef WV_OP_INIT

@@ -1,7 +1,5 @@
-/* The backend registry and the op-name table, both generated from WV_BACKEND_OPS. */
+/* The op-name table and the "supports" query, both generated from WV_BACKEND_OPS. */
 #include "wv_backend.h"
-
-#include <string.h>
 
 static const char *const OP_NAMES[] = {
 #define WV_OP_NAME(name, ret, args) #name,
@@ -23,9 +21,3 @@ int wv_backend_supports(const wv_backend *be, int i)
     return 0;
 }
 
-const wv_backend *wv_backend_find(const char *name)
-{
-    const wv_backend *cpu = wv_backend_cpu();
-    if (name && strcmp(name, cpu->name) == 0) return cpu;
-    return NULL;
-}

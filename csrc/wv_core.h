@@ -107,9 +107,10 @@ typedef struct {
     int trunk_end;       /* blocks [0, trunk_end) run on the full frame (through the attention) */
     int n_cache_slots;   /* causal convs, counted from the table */
     const wv_backend *backend;
+    void *ctx;           /* the backend's context, alive as long as the model */
     void *weight_mem;    /* one backend allocation holding every parameter */
     size_t weight_bytes;
-    int64_t n_params;
+    int64_t n_params;    /* decoder parameters (weight_bytes also holds alignment padding) */
 } wv_model;
 
 /* A named tensor handed to wv_model_build. */
@@ -119,8 +120,9 @@ typedef struct {
 } wv_named_view;
 
 /* Builds the decoder from named weights: infers dim and z_dim from decoder.conv1.weight, checks
- * every expected key and shape, rejects unknown keys, converts into the backend's layout. */
-wv_status wv_model_build(wv_model *m, const wv_backend *be, const wv_named_view *weights,
+ * every expected key and shape, rejects unknown keys, converts into the backend's layout on
+ * `device` (backend-specific; < 0: the current one). */
+wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *weights,
                          int n_weights, wv_error *err);
 void wv_model_free(wv_model *m);
 
@@ -188,6 +190,7 @@ typedef struct {
     int n_buffers;
     wv_buffer_plan buffers[WV_MAX_BUFFERS];
     size_t trunk_out_bytes;  /* the part of the arena that grows with T x frame */
+    size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
     int64_t conv_flops;      /* multiply-adds x 2 of every convolution the plan runs */
 } wv_plan;
@@ -215,8 +218,9 @@ typedef struct {
 } wv_stats;
 
 /* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into
- * out[frames_out][H][W][3] (host float32), following plan p. mean/std: z floats each. */
-wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
+ * out[frames_out][H][W][3] (host float32), following plan p. mean/std: z floats each. stream: the
+ * CUDA stream the latents are ready on (0 when none). One decode per model at a time. */
+wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, uintptr_t stream,
                     const float *mean, const float *std, const wv_options *o, float *out,
                     wv_progress_fn progress, void *progress_user, wv_stats *stats, wv_error *err);
 

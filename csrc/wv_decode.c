@@ -273,10 +273,10 @@ typedef struct {
     int64_t done, total;
 } progress_state;
 
-/* Syncs the backend (surfacing its errors), then reports a finished step. */
+/* Ends a step on the backend (surfacing its errors), then reports it. */
 static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
 {
-    wv_status st = r->be->sync(r->ctx, err);
+    wv_status st = r->be->end_step(r->ctx, err);
     if (st) return st;
     ps->done++;
     if (ps->fn && ps->fn(ps->user, ps->done, ps->total))
@@ -337,13 +337,15 @@ static wv_status check_latents(const wv_model *m, const wv_plan *p, const wv_vie
     return WV_OK;
 }
 
-wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, const float *mean,
-                    const float *std, const wv_options *o, float *out, wv_progress_fn progress,
+wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, uintptr_t stream,
+                    const float *mean, const float *std, const wv_options *o, float *out, wv_progress_fn progress,
                     void *progress_user, wv_stats *stats, wv_error *err)
 {
     decode_run r;
     progress_state ps;
+    wv_call call;
     wv_status st;
+    int begun = 0;
     double start = now_seconds();
 
     memset(&r, 0, sizeof r);
@@ -352,7 +354,7 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     r.m = m;
     r.p = p;
     r.be = m->backend;
-    r.lat = latents;
+    r.ctx = m->ctx;
     r.mean = mean;
     r.std = std;
     r.o = o;
@@ -363,14 +365,21 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     ps.total = 0;
     for (int q = 0; q < p->n_seq; q++) ps.total += (int64_t)p->seq_len[q] * (1 + p->n_tiles);
 
-    if ((st = r.be->ctx_create(&r.ctx, err))) goto finally;
     if ((st = r.be->alloc(r.ctx, p->arena_bytes, (void **)&r.arena, err))) goto finally;
+    call.latents = latents;
+    call.stream = stream;
+    call.workspace = arena_buffer(&r, WV_BUF_WORKSPACE);
+    call.workspace_bytes = p->buffers[WV_BUF_WORKSPACE].bytes;
+    call.step_out_bytes = p->step_out_bytes;
+    begun = 1;
+    if ((st = r.be->begin(r.ctx, &call, err))) goto finally;
+    r.lat = call.latents;
     r.be->zero(r.ctx, r.arena, p->arena_bytes);
     for (int q = 0; q < p->n_seq && !st; q++) st = decode_sequence(&r, q, &ps, stats, err);
     if (!st) st = r.be->sync(r.ctx, err);
 finally:
+    if (begun) r.be->finish(r.ctx);
     if (r.arena) r.be->release(r.ctx, r.arena);
-    if (r.ctx) r.be->ctx_destroy(r.ctx);
     stats->arena_high_water = r.high_water;
     stats->steps = ps.done;
     stats->seconds_total = now_seconds() - start;

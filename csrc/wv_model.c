@@ -195,7 +195,11 @@ static wv_status infer_config(const wv_named_view *w, int n, int *dim, int *z, w
     return WV_OK;
 }
 
-/* Element offsets of every parameter in the one weight allocation. */
+/* Parameters start on 64-element boundaries (128 bytes in 16-bit types): vectorized loads and
+ * tensor-core convolutions want aligned pointers. */
+static int64_t align_elems(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* Element offsets of every parameter in the one weight allocation; returns the elements it spans. */
 static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int64_t *gamma)
 {
     int64_t off = 0;
@@ -222,7 +226,8 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
             } else {
                 gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
             }
-            off += numel;
+            off = align_elems(off + numel);
+            m->n_params += numel;
         }
     }
     return off;
@@ -330,48 +335,41 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
     return WV_OK;
 }
 
-wv_status wv_model_build(wv_model *m, const wv_backend *be, const wv_named_view *w, int n_w,
+wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *w, int n_w,
                          wv_error *err)
 {
     int dim = 0, z = 0;
     int64_t conv_w[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS], conv_b[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
     int64_t gamma[WV_MAX_BLOCKS * WV_BLOCK_MAX_GAMMAS];
     char *used = NULL;
-    void *ctx = NULL;
     wv_status st;
 
     memset(m, 0, sizeof *m);
     m->backend = be;
     if ((st = infer_config(w, n_w, &dim, &z, err))) return st;
     build_blocks(m, dim, z);
-    m->n_params = layout_params(m, conv_w, conv_b, gamma);
+    m->weight_bytes = (size_t)layout_params(m, conv_w, conv_b, gamma) * be->param_bytes;
     assign_cache_slots(m);
-    m->weight_bytes = (size_t)m->n_params * be->param_bytes;
 
     used = (char *)calloc((size_t)(n_w > 0 ? n_w : 1), 1);
     if (!used) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
-    if ((st = be->ctx_create(&ctx, err))) goto finally;
-    if ((st = be->alloc(ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
-    if ((st = load_all_params(m, ctx, w, n_w, used, conv_w, conv_b, gamma, err))) goto finally;
-    st = be->sync(ctx, err);
+    if ((st = be->ctx_create(be, device, &m->ctx, err))) goto finally;
+    if ((st = be->alloc(m->ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
+    be->zero(m->ctx, m->weight_mem, m->weight_bytes);
+    if ((st = load_all_params(m, m->ctx, w, n_w, used, conv_w, conv_b, gamma, err))) goto finally;
+    st = be->sync(m->ctx, err);
 finally:
-    if (st && m->weight_mem) {
-        be->release(ctx, m->weight_mem);
-        m->weight_mem = NULL;
-    }
-    if (ctx) be->ctx_destroy(ctx);
     free(used);
+    if (st) wv_model_free(m);
     return st;
 }
 
 void wv_model_free(wv_model *m)
 {
-    void *ctx = NULL;
-    wv_error err;
-    if (!m->weight_mem) return;
-    if (m->backend->ctx_create(&ctx, &err) == WV_OK) {
-        m->backend->release(ctx, m->weight_mem);
-        m->backend->ctx_destroy(ctx);
-    }
+    const wv_backend *be = m->backend;
+    if (!be) return;
+    if (m->weight_mem) be->release(m->ctx, m->weight_mem);
+    if (m->ctx) be->ctx_destroy(m->ctx);
     m->weight_mem = NULL;
+    m->ctx = NULL;
 }

@@ -209,8 +209,10 @@ static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
     return PHASE_KEEP;
 }
 
-static void size_buffers(wv_plan *p, const wv_model *m, size_t ab)
+static void size_buffers(wv_plan *p, const wv_model *m)
 {
+    const wv_backend *be = m->backend;
+    size_t ab = be->act_bytes;
     static const char *const names[] = {
 #define WV_BUF_NAME(bid, phase, desc) #bid ": " desc,
         WV_ARENA_BUFFERS(WV_BUF_NAME)
@@ -235,7 +237,12 @@ static void size_buffers(wv_plan *p, const wv_model *m, size_t ab)
     set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * C, ab);
     set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
     set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
-    set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES], (int64_t)p->attn_rows * N, ab);
+    set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], (int64_t)be->workspace_bytes, 1);
+    /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
+    set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES],
+               (int64_t)wv_align_up((size_t)p->attn_rows * (size_t)N * sizeof(float)) +
+                   (int64_t)p->attn_rows * N * (int64_t)(be->score_bytes - sizeof(float)),
+               1);
     set_buffer(p, WV_BUF_TILE_SCRATCH, names[WV_BUF_TILE_SCRATCH], (int64_t)(scratch / ab), ab);
     for (int b = 0; b < m->n_blocks; b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
@@ -355,7 +362,7 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
     make_sequences(p, o);
     if ((st = make_tiles(p, o, err))) return st;
     p->stream_trunk = p->n_tiles == 1;
-    size_buffers(p, m, m->backend->act_bytes);
+    size_buffers(p, m);
     place_buffers(p, m);
     p->conv_flops = count_flops(p, m);
     return WV_OK;

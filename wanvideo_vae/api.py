@@ -1,9 +1,12 @@
 """Public API: decode_tiled(), Decoder, backends()."""
+import importlib.util
+
 import numpy as np
 
 from . import _C
 from ._C import WanVAEError
-from .arrays import as_float_list, host_array, latents_4d
+from .arrays import as_float_list, host_array, is_cuda_tensor, latents_4d
+from .devices import CudaArray, cuda_module, device_budget, device_index
 from .sysmem import available_host_bytes
 from .weights import normalize_keys
 
@@ -34,10 +37,20 @@ def normalize_frames(raw, mode="default"):
 
 
 def backends():
-    """What was compiled in, what each backend implements, and whether it is usable now."""
+    """{"cpu": {...}, "cuda": {...}}: for each backend whether it was compiled, loads, and is usable
+    now (a device is present), the reason when not, its precisions and the ops it implements."""
     feats = _C.backend_features()
-    for info in feats.values():
-        info["usable"] = bool(info["compiled"])
+    feats["cpu"].update(compiled=True, usable=True, reason="")
+    cuda = feats["cuda"]
+    cuda["compiled"] = importlib.util.find_spec("wanvideo_vae._cuda") is not None
+    mod = cuda_module() if cuda["loaded"] else None
+    if mod is None:
+        cuda.update(usable=False, devices=0, precisions=[])
+        if not cuda["compiled"]:
+            cuda["reason"] = "not built: nvcc, cuDNN or cuBLAS was missing when the package was installed"
+        return feats
+    count, why = mod.device_count()
+    cuda.update(usable=count > 0, devices=count, reason=why, versions=mod.versions())
     return feats
 
 
@@ -51,9 +64,12 @@ def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
                           f"tile_y={tile_y}, tile_stride_y={tile_stride_y}")
 
 
-def _budget(max_memory):
-    """Bytes the decode's arena may use: the caller's, else a share of the available host memory."""
+def _budget(max_memory, backend="cpu", device=-1):
+    """Bytes the decode's arena may use: the caller's, else a share of the available host memory
+    (CPU) or of the free device memory (CUDA)."""
     if max_memory is None:
+        if backend == "cuda":
+            return device_budget(device)
         available = available_host_bytes()
         return int(available * HOST_BUDGET_SHARE) if available else 0
     if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0:
@@ -65,13 +81,22 @@ class Decoder:
     """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
 
     weights: {checkpoint key: array or tensor}, with or without the 'model.' prefix; encoder keys
-    are ignored. mean/std: latent statistics (default: Wan 2.1's, for z_dim 16)."""
+    are ignored. mean/std: latent statistics (default: Wan 2.1's, for z_dim 16).
+    backend: 'cpu' (float32, the reference) or 'cuda'; precision (CUDA): 'bf16' (default), 'fp16' or
+    'fp32' for activations and weights, always accumulating in float32; device (CUDA): an index,
+    'cuda:N' or a torch.device, default the current device. A Decoder decodes one call at a time;
+    concurrent calls on one Decoder wait for each other."""
 
-    def __init__(self, weights, *, backend="cpu", mean=None, std=None):
+    def __init__(self, weights, *, backend="cpu", precision=None, device=None, mean=None, std=None):
         if not isinstance(weights, dict):
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
+        if backend not in ("cpu", "cuda"):
+            raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
+        self._device = device_index(device) if backend == "cuda" else -1
+        if backend == "cuda":
+            cuda_module()  # on Windows: the DLL folders, before _C imports the backend
         host = {k: host_array(v, f"weight '{k}'") for k, v in normalize_keys(weights).items()}
-        self._model = _C.Model(host, backend)
+        self._model = _C.Model(host, backend, precision, self._device)
         self.mean = self._stats(mean, WAN21_MEAN, "mean")
         self.std = self._stats(std, WAN21_STD, "std")
         self.last_stats = None
@@ -98,6 +123,10 @@ class Decoder:
     def backend(self):
         return self._model.backend
 
+    @property
+    def precision(self):
+        return self._model.precision
+
     def halos(self):
         """Halo (pixels at that block's resolution) at the input of every block after the attention."""
         return self._model.halos()
@@ -107,7 +136,7 @@ class Decoder:
         """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
         return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame,
-                                max_memory=_budget(max_memory))
+                                max_memory=_budget(max_memory, self.backend, self._device))
 
     @staticmethod
     def _tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling):
@@ -127,26 +156,33 @@ class Decoder:
         end_frame: decode the last latent frame as a fresh one-frame sequence (WanVideo end-image
         mode). progress(done, total) is called between chunks; returning False stops the decode.
         max_memory: bytes of working memory (the arena; weights and output excluded) the decode may
-        use, by default 90% of the available host memory; if the plan needs more, tiles shrink to
-        the largest that fits (the result is the same, also with tiling disabled), and if even the
-        smallest tile does not fit, MemoryError says what is needed before any work starts."""
+        use, by default 90% of the available host memory (CPU) or of the free device memory (CUDA);
+        if the plan needs more, tiles shrink to the largest that fits (the result is the same, also
+        with tiling disabled), and if even the smallest tile does not fit, MemoryError says what is
+        needed before any work starts.
+        CUDA: torch CUDA tensors are read in place (any strides, float32/float16/bfloat16), after the
+        work queued on torch's current stream; host latents are copied to the device."""
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:
             raise WanVAEError(f"mean and std are required for z_dim={self.z_dim} (defaults exist only for 16)")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
-        lat = latents_4d(host_array(latents, "latents"))
+        if self.backend == "cuda" and is_cuda_tensor(latents):
+            lat = latents_4d(CudaArray(latents, "latents"))
+        else:
+            lat = latents_4d(host_array(latents, "latents"))
+        budget = _budget(max_memory, self.backend, self._device)
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
-                                           raw=bool(raw), progress=progress, max_memory=_budget(max_memory))
+                                           raw=bool(raw), progress=progress, max_memory=budget)
         self.last_stats = stats
         return frames
 
 
 def decode_tiled(weights, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
                  enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, backend="cpu",
-                 progress=None, max_memory=None):
+                 precision=None, device=None, progress=None, max_memory=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
-    dec = Decoder(weights, backend=backend, mean=mean, std=std)
+    dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
     return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
                       tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
                       end_frame=end_frame, progress=progress, max_memory=max_memory)

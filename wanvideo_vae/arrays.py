@@ -15,6 +15,10 @@ def _is_torch_tensor(x):
     return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "device")
 
 
+def is_cuda_tensor(x):
+    return _is_torch_tensor(x) and getattr(x.device, "type", "cpu") == "cuda"
+
+
 def _torch_to_numpy(t, what):
     import torch
 

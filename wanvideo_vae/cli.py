@@ -23,6 +23,7 @@ from .random_model import random_latents, random_weights
 from .workflow import patch_workflow_file
 
 DEFAULT_RANDOM_SHAPE = (4, 16, 24)  # latent T, h, w of the no-argument run: 13 frames of 128 x 192
+GPU_RANDOM_SHAPE = (21, 60, 104)  # on a GPU: 81 frames of 480 x 832
 
 
 class CliError(Exception):
@@ -107,20 +108,24 @@ def progress_bar(enabled):
 # ---- decode ------------------------------------------------------------------------------------
 
 def _check_backend(device, precision):
-    feats = backends()
-    backend = "cuda" if device == "cuda" or (device == "auto" and feats.get("cuda", {}).get("usable")) else "cpu"
-    if backend == "cuda" and not feats.get("cuda", {}).get("usable"):
-        raise CliError("--device cuda: the CUDA backend is not available in this build (see wanvideo_vae.backends())")
+    """(backend, precision): the CUDA backend when asked or (auto) usable, in bf16 unless told; the CPU
+    computes in fp32 only."""
+    cuda = backends()["cuda"]
+    backend = "cuda" if device == "cuda" or (device == "auto" and cuda["usable"]) else "cpu"
+    if backend == "cuda" and not cuda["usable"]:
+        raise CliError(f"--device cuda: the CUDA backend is not usable here ({cuda.get('reason') or 'not built'})")
+    if precision == "auto":
+        precision = "bf16" if backend == "cuda" else "fp32"
     if backend == "cpu" and precision != "fp32":
         raise CliError(f"--precision {precision}: the CPU backend computes in float32")
-    return backend
+    return backend, precision
 
 
-def _inputs(args):
+def _inputs(args, backend):
     if (args.vae is None) != (args.latents is None):
         raise CliError("give both --vae and --latents, or neither (then random weights and latents are used)")
     if args.vae is None:
-        T, h, w = args.random_shape
+        T, h, w = args.random_shape or (GPU_RANDOM_SHAPE if backend == "cuda" else DEFAULT_RANDOM_SHAPE)
         print("wanvideo_vae: RANDOM full-size Wan 2.1 decoder weights and latents (seeded): the frames show "
               "noise; this run shows speed and memory")
         return random_weights(96, 16, seed=args.seed), random_latents(16, T, h, w, seed=args.seed), "random"
@@ -134,13 +139,13 @@ def _default_out(args):
 
 
 def decode_cmd(args):
-    backend = _check_backend(args.device, args.precision)
+    backend, precision = _check_backend(args.device, args.precision)
     out_path = _default_out(args)
     check_output(out_path)
     if args.contact_sheet and not args.contact_sheet.endswith(".png"):
         raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
-    weights, latents, source = _inputs(args)
-    dec = Decoder(weights, backend=backend)
+    weights, latents, source = _inputs(args, backend)
+    dec = Decoder(weights, backend=backend, precision=precision)
     progress, close = progress_bar(not args.quiet)
     t0 = time.perf_counter()
     try:
@@ -156,7 +161,7 @@ def decode_cmd(args):
         contact_sheet(frames, args.contact_sheet)
     s = dec.last_stats
     rows = [
-        ("weights", f"{source} (dim {dec.dim}, z_dim {dec.z_dim}), backend {s['backend']}"),
+        ("weights", f"{source} (dim {dec.dim}, z_dim {dec.z_dim}), backend {s['backend']} {s['precision']}"),
         ("latents", "x".join(str(n) for n in np.shape(latents))),
         ("frames", f"{frames.shape[0]} x {frames.shape[1]} x {frames.shape[2]} -> {out_path}"),
         ("tiles", f"{s['tiles_x']} x {s['tiles_y']}, core {s['core_x']} x {s['core_y']} px, halo {s['out_halo']} px"
@@ -164,7 +169,8 @@ def decode_cmd(args):
         ("time", f"{seconds:.2f} s (trunk {s['seconds_trunk']:.2f} s, tiles {s['seconds_tiles']:.2f} s), "
                  f"{s['conv_flops'] / max(seconds, 1e-9) / 1e9:.1f} GFLOP/s of convolutions"),
         ("memory", f"arena {mib(s['planned_bytes'])} planned, {mib(s['arena_high_water'])} used; weights "
-                   f"{mib(s['weight_bytes'])}; process peak RSS {mib(peak_rss_bytes())}"),
+                   f"{mib(s['weight_bytes'])} ({'device' if backend == 'cuda' else 'host'}); "
+                   f"process peak RSS {mib(peak_rss_bytes())}"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -174,20 +180,28 @@ def decode_cmd(args):
 
 # ---- bench -------------------------------------------------------------------------------------
 
-def _timed(fn, device):
-    if device == "cuda":
-        import torch
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    with PeakRSS() as rss:
+def _timed(fn, device, ours=False):
+    """(result, seconds, peak memory the call added): torch's counter for PyTorch on a GPU, sampled
+    device memory for ours (torch does not see our allocations), sampled RSS on the CPU."""
+    if device != "cuda":
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t0
+        return out, seconds, rss.grown
+    import torch
+
+    from .devices import PeakDeviceMemory
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with PeakDeviceMemory() as dev:
         t0 = time.perf_counter()
         out = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() - base if device == "cuda" else rss.grown
-    return out, seconds, peak
+    return out, seconds, dev.grown if ours else torch.cuda.max_memory_allocated() - base
 
 
 def bench_cmd(args):
@@ -198,14 +212,18 @@ def bench_cmd(args):
     from .torch_reference import TorchWanDecoder
 
     T, h, w = (21, 90, 160) if args.preset == "720p81" else args.shape
-    backend = _check_backend(args.device, args.precision)
+    backend, precision = _check_backend(args.device, args.precision)
     weights = random_weights(args.dim, 16, seed=args.seed)
     latents = random_latents(16, T, h, w, seed=args.seed)
     tdev = "cuda" if backend == "cuda" else "cpu"
-    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     ref = TorchWanDecoder(weights, device=tdev, dtype=tdtype)
-    dec = Decoder(weights, backend=backend)
+    dec = Decoder(weights, backend=backend, precision=precision)
     z = torch.from_numpy(latents)
+    if tdev == "cuda":  # both sides read the latents from the GPU; warm both up (libraries, kernels)
+        latents = z.to("cuda", tdtype)
+        dec.decode(latents[:, :2, :8, :8], enable_vae_tiling=False)
+        ref.decode(z[:, :2, :8, :8])
     to_np = lambda x: x.float().permute(1, 2, 3, 0).cpu().numpy()  # noqa: E731
     runs = {}
     out, sec, mem = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
@@ -216,10 +234,10 @@ def bench_cmd(args):
     del out
     for label, kw in (("wanvideo_vae untiled", dict(enable_vae_tiling=False)),
                       ("wanvideo_vae exact tiles 272", dict(tile_x=272, tile_y=272))):
-        out, sec, mem = _timed(lambda: np.clip(dec.decode(latents, raw=True, **kw), -1, 1), tdev)
+        out, sec, mem = _timed(lambda: np.clip(dec.decode(latents, raw=True, **kw), -1, 1), tdev, ours=True)
         runs[label] = (sec, mem, float(np.abs(out - untiled).max()))
         del out
-    result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": args.precision,
+    result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": precision,
               "torch": torch.__version__, "cpus": os.cpu_count(),
               "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d}
                        for k, (s, m, d) in runs.items()}}
@@ -228,7 +246,7 @@ def bench_cmd(args):
     else:
         mem_kind = "peak GPU mem" if tdev == "cuda" else "peak RSS"
         print(f"latents [16, {T}, {h}, {w}] -> {untiled.shape[0]} x {untiled.shape[1]} x {untiled.shape[2]}, "
-              f"dim {args.dim} decoder, {tdev} {args.precision}, torch {torch.__version__}, {os.cpu_count()} CPUs")
+              f"dim {args.dim} decoder, {tdev} {precision}, torch {torch.__version__}, {os.cpu_count()} CPUs")
         print(f"{'method':32s} {'time':>9s} {mem_kind:>13s} {'max |diff| vs pytorch untiled':>31s}")
         for k, (s, m, d) in runs.items():
             print(f"{k:32s} {s:8.2f}s {mib(m):>13s} {d:31.3g}")
@@ -295,13 +313,15 @@ def build_parser():
     d.add_argument("--tile", type=int, default=272, help="tile size in output pixels, halo included; 0: whole frame")
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    d.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 on the GPU, fp32 on the CPU (which computes in fp32 only)")
     d.add_argument("--end-frame", action="store_true", help="decode the last latent frame alone (end-image mode)")
     d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
-    d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"), default=DEFAULT_RANDOM_SHAPE,
-                   help="latent shape of the random run (default %(default)s)")
+    d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"),
+                   help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
+                        f"{GPU_RANDOM_SHAPE} on a GPU)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=decode_cmd)
@@ -311,7 +331,8 @@ def build_parser():
     b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
     b.add_argument("--dim", type=int, default=96, help="decoder width (96: full-size Wan 2.1)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    b.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="auto: bf16 on the GPU, fp32 on the CPU")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")

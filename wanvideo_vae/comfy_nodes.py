@@ -3,6 +3,7 @@ by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for 
 
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
+import os
 import weakref
 
 import numpy as np
@@ -36,11 +37,17 @@ def _comfy_progress():
     return progress
 
 
-def _backend_for(*tensors):
-    """'cuda' when a tensor is on a GPU and the CUDA backend is usable, else 'cpu'."""
-    on_gpu = any(getattr(getattr(t, "device", None), "type", "cpu") == "cuda" for t in tensors)
-    feats = backends()
-    return "cuda" if on_gpu and feats.get("cuda", {}).get("usable") else "cpu"
+_PRECISIONS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+
+
+def _backend_for(module, *tensors):
+    """(backend, precision, device): the CUDA backend in the VAE's own precision when a tensor is on
+    a GPU and the backend is usable, else the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces the CPU."""
+    gpu = next((t.device for t in tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"), None)
+    if gpu is None or os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
+        return "cpu", None, None
+    p = next(iter(module.parameters()), None)
+    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), gpu
 
 
 def _wanvae_stats(vae):
@@ -73,12 +80,13 @@ class _DecoderCache:
     def __init__(self):
         self._cache = weakref.WeakKeyDictionary()
 
-    def get(self, owner, module, backend, mean=None, std=None):
-        key = (_fingerprint(module), backend)
+    def get(self, owner, module, placement, mean=None, std=None):
+        backend, precision, device = placement
+        key = (_fingerprint(module), backend, precision, str(device))
         hit = self._cache.get(owner)
         if hit is not None and hit[0] == key:
             return hit[1]
-        dec = Decoder(_module_weights(module), backend=backend, mean=mean, std=std)
+        dec = Decoder(_module_weights(module), backend=backend, precision=precision, device=device, mean=mean, std=std)
         self._cache[owner] = (key, dec)
         return dec
 
@@ -94,7 +102,7 @@ def _torch():
 def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
     mean, std = _wanvae_stats(vae)
-    dec = _decoders.get(vae, vae.model, _backend_for(latents, mean), mean=mean, std=std)
+    dec = _decoders.get(vae, vae.model, _backend_for(vae.model, latents, mean), mean=mean, std=std)
     return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
                       tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
 
@@ -247,7 +255,7 @@ class WanCoreVAENativeDecode:
         z_dim = int(model.state_dict()["decoder.conv1.weight"].shape[1]) if hasattr(model, "state_dict") else -1
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
-        dec = _decoders.get(vae, model, _backend_for(z), mean=[0.0] * z_dim, std=[1.0] * z_dim)
+        dec = _decoders.get(vae, model, _backend_for(model, z), mean=[0.0] * z_dim, std=[1.0] * z_dim)
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
         return (torch.from_numpy(np.concatenate(frames, axis=0)),)

@@ -230,18 +230,18 @@ static void test_model_errors(weight_set *ws)
     wv_named_view saved = ws->views[7];
     int64_t s0;
     ws->views[7].key = "decoder.not.a.key"; /* one key renamed: missing and unexpected */
-    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
     CHECK(strstr(err.msg, "missing weight") != NULL);
     ws->views[7] = saved;
     s0 = ws->views[7].view.shape[0];
     ws->views[7].view.shape[0] = s0 + 1;
-    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
     CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "shape") != NULL);
     ws->views[7].view.shape[0] = s0;
-    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n - 1, &err) == WV_ERR_INVALID);
-    wv_cpu_fail_nth_alloc(1);
-    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_ERR_NOMEM);
-    wv_cpu_fail_nth_alloc(0);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n - 1, &err) == WV_ERR_INVALID);
+    wv_backend_cpu()->fail_nth_alloc(1);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_NOMEM);
+    wv_backend_cpu()->fail_nth_alloc(0);
 }
 
 static void test_plan(const wv_model *m)
@@ -282,7 +282,7 @@ static wv_status decode(const wv_model *m, const float *lat, int T, int h, int w
     wv_options o = {tile, tile, 0, WV_OUT_RAW, 0};
     wv_plan p;
     wv_status s = wv_plan_make(&p, m, T, h, w, &o, err);
-    if (!s) s = wv_decode(m, &p, &v, mean, stdv, &o, out, NULL, NULL, st, err);
+    if (!s) s = wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, st, err);
     if (!s) CHECK(st->arena_high_water == p.arena_bytes);
     wv_plan_free(&p);
     return s;
@@ -300,10 +300,10 @@ static void test_decode(const wv_model *m)
     CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == WV_OK);
     CHECK(max_abs_diff(whole, tiled, n_out) < 1e-5f);
     for (int n = 1; n <= 3; n++) { /* an allocation failing anywhere: a clean NOMEM, nothing leaked */
-        wv_cpu_fail_nth_alloc(n);
+        wv_backend_cpu()->fail_nth_alloc(n);
         CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == (n == 1 ? WV_ERR_NOMEM : WV_OK));
     }
-    wv_cpu_fail_nth_alloc(0);
+    wv_backend_cpu()->fail_nth_alloc(0);
     free(lat), free(whole), free(tiled);
 }
 
@@ -325,7 +325,7 @@ int main(void)
     test_dtype_conversion();
     CHECK(wv_model_expected_keys(8, 4, add_key, ws) == 108);
     test_model_errors(ws);
-    CHECK(wv_model_build(&m, wv_backend_cpu(), ws->views, ws->n, &err) == WV_OK);
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_OK);
     test_plan(&m);
     test_decode(&m);
     wv_model_free(&m);

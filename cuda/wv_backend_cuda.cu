@@ -1,0 +1,887 @@
+/* The CUDA backend: the op table of wv_backend.h on an NVIDIA GPU.
+ *
+ * One table per activation type (fp32, fp16, bf16); parameters are stored in the same type and
+ * every convolution, GEMM and reduction accumulates in fp32 (fp32 mode uses no TF32). Layouts are
+ * the CPU backend's: channels-last frames with a zero ring, so a 3x3 convolution is cuDNN's NHWC
+ * convolution of the padded frame with padding 1 (the ring outputs, which nobody reads, come out
+ * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
+ * cache holds the two previous frames followed by room for the new one.
+ *
+ * Convolutions: cuDNN, algorithm picked by its heuristics once per shape and cached in the context
+ * (which lives with the model), workspace from the arena. Attention: per query chunk, scores by a
+ * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
+ * mapped pinned memory; the host copies finished steps into the caller's array while the GPU runs
+ * the next one. Errors are recorded in the context at the first failure; later ops then do nothing,
+ * and the next status-returning op reports it. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wv_cuda.h"
+#include "wv_internal.h"
+#include "wv_kernels.cuh"
+
+#define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
+#define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the nonfinite flag, then mean and std */
+#define WV_CUDA_MAX_Z 4096
+
+/* One convolution shape: descriptors and the algorithm cuDNN's heuristics chose for it. */
+typedef struct {
+    int cin, cout, kt, kh, kw, H, W, n;
+    cudnnTensorDescriptor_t x, y;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+    cudnnConvolutionFwdAlgo_t algo;
+    size_t workspace;
+} conv_shape;
+
+/* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
+typedef struct {
+    float *dst;
+    size_t offset; /* floats into the staging buffer */
+    int h, w, out_w;
+} pending_copy;
+
+/* Output staging of one step: mapped pinned memory the write kernel fills. */
+typedef struct {
+    float *host, *dev;
+    size_t cap, used; /* bytes */
+    pending_copy *copies;
+    int n_copies, cap_copies;
+    cudaEvent_t done;
+    int queued; /* the step's work is queued up to `done`; its copies wait for it */
+} staging;
+
+typedef struct {
+    const wv_backend *be;
+    wv_dtype dt;
+    int device, prev_device;
+    cudaStream_t stream;
+    cudaEvent_t caller_ready;
+    cudnnHandle_t cudnn;
+    cublasHandle_t cublas;
+    void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
+    conv_shape *shapes;
+    int n_shapes, cap_shapes;
+    /* per call */
+    void *workspace;
+    size_t workspace_bytes;
+    wv_view lat_copy;
+    void *lat_dev; /* host latents copied to the device, as float32 */
+    staging stage[2];
+    int cur;
+    wv_error err; /* the first failure since begin */
+} cuda_ctx;
+
+static int g_fail_alloc_countdown = 0;
+
+static void cuda_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
+
+/* ---- error recording ---------------------------------------------------------------------- */
+
+static int failed(cuda_ctx *c) { return c->err.code != WV_OK; }
+
+static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess) return 1;
+    if (!failed(c))
+        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM : WV_ERR_BACKEND, "CUDA error in %s: %s", what,
+                cudaGetErrorString(e));
+    if (e == cudaErrorMemoryAllocation) cudaGetLastError(); /* not sticky: clear it */
+    return 0;
+}
+
+static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
+{
+    if (s == CUDNN_STATUS_SUCCESS) return 1;
+    if (!failed(c))
+        wv_fail(&c->err, s == CUDNN_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuDNN error in %s: %s", what,
+                cudnnGetErrorString(s));
+    return 0;
+}
+
+static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS) return 1;
+    if (!failed(c))
+        wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuBLAS error in %s: %s",
+                what, cublasGetStatusString(s));
+    return 0;
+}
+
+static int launched(cuda_ctx *c, const char *what) { return cuda_ok(c, cudaGetLastError(), what); }
+
+/* Hands the recorded failure to the caller and clears it. */
+static wv_status take_error(cuda_ctx *c, wv_error *err)
+{
+    wv_status st = c->err.code;
+    if (st && err) *err = c->err;
+    c->err.code = WV_OK;
+    c->err.msg[0] = 0;
+    return st;
+}
+
+/* Ops called outside a decode (model build and free) switch to the context's device and back. */
+typedef struct {
+    int prev;
+} device_scope;
+
+static device_scope enter_device(int device)
+{
+    device_scope s = {-1};
+    if (cudaGetDevice(&s.prev) == cudaSuccess && s.prev != device) cudaSetDevice(device);
+    return s;
+}
+
+static void leave_device(device_scope s, int device)
+{
+    if (s.prev >= 0 && s.prev != device) cudaSetDevice(s.prev);
+}
+
+static unsigned blocks_for(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
+}
+
+#define THREADS 256
+
+/* Launches KERNEL<T> for the context's activation type. */
+#define LAUNCH(c, KERNEL, n, ...)                                                                             \
+    do {                                                                                                      \
+        unsigned nb_ = blocks_for((n), THREADS);                                                              \
+        if ((c)->dt == WV_F32) KERNEL<float><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                 \
+        else if ((c)->dt == WV_F16) KERNEL<__half><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);           \
+        else KERNEL<__nv_bfloat16><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                           \
+        launched((c), #KERNEL);                                                                               \
+    } while (0)
+
+static cudaDataType_t cuda_type(wv_dtype dt)
+{
+    return dt == WV_F32 ? CUDA_R_32F : dt == WV_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+static cudnnDataType_t cudnn_type(wv_dtype dt)
+{
+    return dt == WV_F32 ? CUDNN_DATA_FLOAT : dt == WV_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
+}
+
+/* ---- context ------------------------------------------------------------------------------ */
+
+static void free_shapes(cuda_ctx *c)
+{
+    for (int i = 0; i < c->n_shapes; i++) {
+        cudnnDestroyTensorDescriptor(c->shapes[i].x);
+        cudnnDestroyTensorDescriptor(c->shapes[i].y);
+        cudnnDestroyFilterDescriptor(c->shapes[i].w);
+        cudnnDestroyConvolutionDescriptor(c->shapes[i].conv);
+    }
+    free(c->shapes);
+    c->shapes = NULL;
+    c->n_shapes = c->cap_shapes = 0;
+}
+
+static void free_staging(staging *s)
+{
+    if (s->host) cudaFreeHost(s->host);
+    free(s->copies);
+    s->host = s->dev = NULL;
+    s->copies = NULL;
+    s->cap = s->used = 0;
+    s->n_copies = s->cap_copies = 0;
+    s->queued = 0;
+}
+
+static void cuda_ctx_destroy(void *ctx)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds;
+    if (!c) return;
+    ds = enter_device(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    free_shapes(c);
+    for (int i = 0; i < 2; i++) {
+        free_staging(&c->stage[i]);
+        if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
+    }
+    if (c->scalars) cudaFree(c->scalars);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->cudnn) cudnnDestroy(c->cudnn);
+    if (c->caller_ready) cudaEventDestroy(c->caller_ready);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    leave_device(ds, c->device);
+    free(c);
+}
+
+static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
+{
+    int count = 0;
+    cudaDeviceProp prop;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0)
+        return wv_fail(err, WV_ERR_INVALID, "no CUDA device is usable: %s",
+                       e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    if (*device < 0 && cudaGetDevice(device) != cudaSuccess) *device = 0;
+    if (*device >= count)
+        return wv_fail(err, WV_ERR_INVALID, "CUDA device %d does not exist (%d found)", *device, count);
+    if (cudaGetDeviceProperties(&prop, *device) != cudaSuccess)
+        return wv_fail(err, WV_ERR_BACKEND, "cannot read the properties of CUDA device %d", *device);
+    if (dt == WV_BF16 && prop.major < 8)
+        return wv_fail(err, WV_ERR_INVALID,
+                       "bf16 needs a GPU of compute capability 8.0 or newer; %s is %d.%d: use precision='fp16' or "
+                       "'fp32'",
+                       prop.name, prop.major, prop.minor);
+    return WV_OK;
+}
+
+static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, wv_error *err)
+{
+    cuda_ctx *c;
+    device_scope ds;
+    wv_status st;
+    *out = NULL;
+    if ((st = check_device(&device, be->act_dtype, err))) return st;
+    if (!(c = (cuda_ctx *)calloc(1, sizeof *c))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
+    c->be = be;
+    c->dt = be->act_dtype;
+    c->device = device;
+    ds = enter_device(device);
+    if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
+        cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
+        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[0].done, cudaEventDisableTiming), "cudaEventCreate") &&
+        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[1].done, cudaEventDisableTiming), "cudaEventCreate") &&
+        cudnn_ok(c, cudnnCreate(&c->cudnn), "cudnnCreate") && cudnn_ok(c, cudnnSetStream(c->cudnn, c->stream), "cudnnSetStream") &&
+        cublas_ok(c, cublasCreate(&c->cublas), "cublasCreate") &&
+        cublas_ok(c, cublasSetStream(c->cublas, c->stream), "cublasSetStream") &&
+        cublas_ok(c, cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"))
+        cuda_ok(c, cudaMalloc(&c->scalars, WV_CUDA_SCALARS_BYTES), "cudaMalloc");
+    leave_device(ds, device);
+    if ((st = take_error(c, err))) {
+        cuda_ctx_destroy(c);
+        return st;
+    }
+    *out = c;
+    return WV_OK;
+}
+
+/* ---- memory ------------------------------------------------------------------------------- */
+
+/* cudaMalloc behind the test hook that fails the n-th allocation. */
+static cudaError_t device_malloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0) return cudaErrorMemoryAllocation;
+    return cudaMalloc(p, bytes ? bytes : 1);
+}
+
+static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds = enter_device(c->device);
+    cudaError_t e;
+    size_t free_b = 0, total_b = 0;
+    e = device_malloc(out, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        cudaMemGetInfo(&free_b, &total_b);
+        *out = NULL;
+    }
+    leave_device(ds, c->device);
+    if (e == cudaErrorMemoryAllocation)
+        return wv_fail(err, WV_ERR_NOMEM, "out of GPU memory allocating %zu bytes on device %d (%zu of %zu bytes free)",
+                       bytes, c->device, free_b, total_b);
+    if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaMalloc: %s", cudaGetErrorString(e));
+    return WV_OK;
+}
+
+static void cuda_release(void *ctx, void *p)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds = enter_device(c->device);
+    cudaFree(p);
+    leave_device(ds, c->device);
+}
+
+static void cuda_zero(void *ctx, void *p, size_t bytes)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds;
+    if (failed(c)) return;
+    ds = enter_device(c->device);
+    cuda_ok(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemsetAsync");
+    leave_device(ds, c->device);
+}
+
+/* n host floats -> the activation type at dst (device). */
+static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t bytes = n * wv_dtype_size(c->dt);
+    void *tmp = c->dt == WV_F32 ? NULL : malloc(bytes ? bytes : 1);
+    device_scope ds;
+    if (c->dt != WV_F32 && !tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weights");
+    for (size_t i = 0; tmp && i < n; i++) {
+        if (c->dt == WV_F16) ((__half *)tmp)[i] = __float2half_rn(src[i]);
+        else ((__nv_bfloat16 *)tmp)[i] = __float2bfloat16_rn(src[i]);
+    }
+    ds = enter_device(c->device);
+    cuda_ok(c, cudaMemcpyAsync(dst, tmp ? tmp : src, bytes, cudaMemcpyHostToDevice, c->stream), "weight upload");
+    cuda_ok(c, cudaStreamSynchronize(c->stream), "weight upload"); /* tmp is freed next */
+    leave_device(ds, c->device);
+    free(tmp);
+    return take_error(c, err);
+}
+
+/* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. */
+static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
+{
+    int taps = cv->kt * cv->kh * cv->kw;
+    for (int o = 0; o < cv->cout; o++)
+        for (int i = 0; i < cv->cin; i++)
+            for (int k = 0; k < taps; k++)
+                dst[((int64_t)o * taps + k) * cv->cin + i] = src[((int64_t)o * cv->cin + i) * taps + k];
+}
+
+/* ---- a decode call ------------------------------------------------------------------------ */
+
+static cudaStream_t caller_stream(uintptr_t handle)
+{
+    /* CUDA array interface v3: 1 is the legacy default stream, 2 the per-thread one. torch reports
+     * its default stream as 0, which is the legacy default stream too. */
+    if (handle == 0 || handle == 1) return cudaStreamLegacy;
+    if (handle == 2) return cudaStreamPerThread;
+    return (cudaStream_t)handle;
+}
+
+static wv_status check_device_latents(cuda_ctx *c, const wv_view *lat, wv_error *err)
+{
+    cudaPointerAttributes attr;
+    cudaError_t e = cudaPointerGetAttributes(&attr, lat->data);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return wv_fail(err, WV_ERR_INVALID, "latents: cannot inspect the device pointer (%s)", cudaGetErrorString(e));
+    }
+    if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
+        return wv_fail(err, WV_ERR_INVALID,
+                       "latents claim to be in CUDA device memory (__cuda_array_interface__) but the pointer is %s",
+                       attr.type == cudaMemoryTypeHost ? "pinned host memory" : "not device memory");
+    if (attr.device != c->device)
+        return wv_fail(err, WV_ERR_INVALID, "latents are on CUDA device %d but the model is on device %d", attr.device,
+                       c->device);
+    return WV_OK;
+}
+
+/* Host latents go to the device once, as contiguous float32. */
+static wv_status copy_host_latents(cuda_ctx *c, wv_call *call, wv_error *err)
+{
+    const wv_view *v = call->latents;
+    int64_t n = wv_view_numel(v);
+    float *tmp = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory staging the latents");
+    wv_view_to_f32(v, tmp);
+    if (cuda_ok(c, device_malloc(&c->lat_dev, (size_t)n * sizeof(float)), "allocating GPU memory for the latents"))
+        cuda_ok(c, cudaMemcpy(c->lat_dev, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice), "latent upload");
+    free(tmp);
+    if (failed(c)) return take_error(c, err);
+    c->lat_copy = *v;
+    c->lat_copy.data = c->lat_dev;
+    c->lat_copy.dtype = WV_F32;
+    c->lat_copy.on_device = 1;
+    for (int d = v->ndim - 1, step = 4; d >= 0; d--) {
+        c->lat_copy.strides[d] = step;
+        step *= (int)v->shape[d];
+    }
+    call->latents = &c->lat_copy;
+    return WV_OK;
+}
+
+/* NaN or Inf in the latents means the sampler failed; refuse them as the CPU path does. */
+static wv_status check_finite(cuda_ctx *c, const wv_view *v, wv_error *err)
+{
+    unsigned long long first = ~0ull, *flag = (unsigned long long *)c->scalars;
+    int64_t n = wv_view_numel(v);
+    cuda_ok(c, cudaMemcpyAsync(flag, &first, sizeof first, cudaMemcpyHostToDevice, c->stream), "nonfinite check");
+    find_nonfinite_kernel<<<blocks_for(n, THREADS), THREADS, 0, c->stream>>>(
+        (const char *)v->data, v->shape[0], v->shape[1], v->shape[2], v->shape[3], v->strides[0], v->strides[1],
+        v->strides[2], v->strides[3], (int)v->dtype, flag);
+    launched(c, "find_nonfinite_kernel");
+    cuda_ok(c, cudaMemcpyAsync(&first, flag, sizeof first, cudaMemcpyDeviceToHost, c->stream), "nonfinite check");
+    cuda_ok(c, cudaStreamSynchronize(c->stream), "nonfinite check");
+    if (failed(c)) return take_error(c, err);
+    if (first != ~0ull) {
+        int64_t r = (int64_t)first, i3 = r % v->shape[3], i2 = (r /= v->shape[3]) % v->shape[2],
+                i1 = (r /= v->shape[2]) % v->shape[1], i0 = r / v->shape[1];
+        return wv_fail(err, WV_ERR_INVALID,
+                       "latents contain NaN or Inf (first at [%lld, %lld, %lld, %lld]); the sampler that produced them "
+                       "failed",
+                       (long long)i0, (long long)i1, (long long)i2, (long long)i3);
+    }
+    return WV_OK;
+}
+
+static wv_status reserve_staging(cuda_ctx *c, staging *s, size_t bytes, wv_error *err)
+{
+    if (s->cap >= bytes && s->host) return WV_OK;
+    free_staging(s);
+    if (!cuda_ok(c, cudaHostAlloc((void **)&s->host, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable),
+                 "cudaHostAlloc (output staging)") ||
+        !cuda_ok(c, cudaHostGetDevicePointer((void **)&s->dev, s->host, 0), "cudaHostGetDevicePointer")) {
+        s->host = NULL;
+        return take_error(c, err);
+    }
+    s->cap = bytes;
+    return WV_OK;
+}
+
+static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    wv_status st;
+    take_error(c, NULL);
+    c->prev_device = -1;
+    if (cudaGetDevice(&c->prev_device) != cudaSuccess) c->prev_device = -1;
+    if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
+    c->workspace = call->workspace;
+    c->workspace_bytes = call->workspace_bytes;
+    c->cur = 0;
+    if (call->latents->shape[0] > WV_CUDA_MAX_Z)
+        return wv_fail(err, WV_ERR_INVALID, "latents have %lld channels; the CUDA backend takes at most %d",
+                       (long long)call->latents->shape[0], WV_CUDA_MAX_Z);
+    if (call->latents->on_device) {
+        if ((st = check_device_latents(c, call->latents, err))) return st;
+    } else if ((st = copy_host_latents(c, call, err))) {
+        return st;
+    }
+    if (!cuda_ok(c, cudaEventRecord(c->caller_ready, caller_stream(call->stream)), "cudaEventRecord (caller stream)") ||
+        !cuda_ok(c, cudaStreamWaitEvent(c->stream, c->caller_ready, 0), "cudaStreamWaitEvent"))
+        return take_error(c, err);
+    if (!cublas_ok(c, cublasSetWorkspace(c->cublas, c->workspace, c->workspace_bytes), "cublasSetWorkspace"))
+        return take_error(c, err);
+    if ((st = check_finite(c, call->latents, err))) return st;
+    for (int i = 0; i < 2; i++)
+        if ((st = reserve_staging(c, &c->stage[i], call->step_out_bytes, err))) return st;
+    return WV_OK;
+}
+
+static void flush_copies(staging *s)
+{
+    for (int i = 0; i < s->n_copies; i++) {
+        const pending_copy *p = &s->copies[i];
+        for (int y = 0; y < p->h; y++)
+            memcpy(p->dst + (size_t)y * p->out_w * 3, s->host + p->offset + (size_t)y * p->w * 3,
+                   (size_t)p->w * 3 * sizeof(float));
+    }
+    s->n_copies = 0;
+    s->used = 0;
+    s->queued = 0;
+}
+
+/* Waits for a queued staging buffer and copies it out. */
+static void drain(cuda_ctx *c, staging *s)
+{
+    if (!s->queued) return;
+    if (cuda_ok(c, cudaEventSynchronize(s->done), "a decode step")) flush_copies(s);
+    s->queued = 0;
+}
+
+/* The step's output (if any) is queued behind an event; the host moves on to the next step and
+ * only waits for the one before it. */
+static wv_status cuda_end_step(void *ctx, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    staging *s = &c->stage[c->cur];
+    launched(c, "a decode step");
+    if (!failed(c) && s->n_copies) {
+        if (cuda_ok(c, cudaEventRecord(s->done, c->stream), "cudaEventRecord")) s->queued = 1;
+        c->cur ^= 1;
+        drain(c, &c->stage[c->cur]);
+    }
+    return take_error(c, err);
+}
+
+static wv_status cuda_sync(void *ctx, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds = enter_device(c->device);
+    cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    if (!failed(c)) {
+        drain(c, &c->stage[c->cur ^ 1]);
+        if (c->stage[c->cur].n_copies) flush_copies(&c->stage[c->cur]);
+    }
+    leave_device(ds, c->device);
+    return take_error(c, err);
+}
+
+/* The staging buffers stay with the context (pinned host memory, reused by the next call). */
+static void cuda_finish(void *ctx)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
+    for (int i = 0; i < 2; i++) {
+        c->stage[i].n_copies = 0;
+        c->stage[i].used = 0;
+        c->stage[i].queued = 0;
+    }
+    if (c->lat_dev) cudaFree(c->lat_dev);
+    c->lat_dev = NULL;
+    c->workspace = NULL;
+    c->workspace_bytes = 0;
+    take_error(c, NULL);
+    if (c->prev_device >= 0 && c->prev_device != c->device) cudaSetDevice(c->prev_device);
+}
+
+/* ---- convolution -------------------------------------------------------------------------- */
+
+/* Packed channels-last strides for dims {n, c, spatial...}. */
+static void channels_last_strides(int nd, const int *dims, int *strides)
+{
+    int s = dims[1];
+    strides[1] = 1;
+    for (int d = nd - 1; d >= 2; d--) {
+        strides[d] = s;
+        s *= dims[d];
+    }
+    strides[0] = s;
+}
+
+static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, int nd, const int *dims)
+{
+    int strides[5];
+    channels_last_strides(nd, dims, strides);
+    return cudnnSetTensorNdDescriptor(t, type, nd, dims, strides) == CUDNN_STATUS_SUCCESS;
+}
+
+/* Descriptors for a conv over n frames of H x W (the padded grid), causal ones as 3-frame 3-d
+ * convolutions, and the fastest algorithm whose workspace fits. */
+static int describe_conv(cuda_ctx *c, conv_shape *s)
+{
+    cudnnDataType_t type = cudnn_type(c->dt);
+    int causal = s->kt > 1, nd = causal ? 5 : 4;
+    int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int returned = 0;
+    if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
+        !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
+        !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
+        !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
+        return 0;
+    if (causal) {
+        int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->H, s->W};
+        int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, s->kh / 2, s->kw / 2};
+        memcpy(xd, x5, sizeof x5), memcpy(yd, y5, sizeof y5), memcpy(wd, w5, sizeof w5), memcpy(pad, p3, sizeof p3);
+    } else {
+        int x4[4] = {s->n, s->cin, s->H, s->W}, y4[4] = {s->n, s->cout, s->H, s->W};
+        int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {s->kh / 2, s->kw / 2};
+        memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
+    }
+    if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd))
+        return cudnn_ok(c, CUDNN_STATUS_BAD_PARAM, "tensor descriptor");
+    if (!cudnn_ok(c, cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd), "filter descriptor") ||
+        !cudnn_ok(c,
+                  cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+                                                  CUDNN_DATA_FLOAT),
+                  "convolution descriptor") ||
+        !cudnn_ok(c, cudnnSetConvolutionMathType(s->conv, c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH),
+                  "convolution math type") ||
+        !cudnn_ok(c, cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out), "output size"))
+        return 0;
+    if (memcmp(out, yd, sizeof(int) * (size_t)nd) != 0) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "cuDNN computes another output size for a %dx%dx%d conv on %dx%d", s->kt,
+                s->kh, s->kw, s->H, s->W);
+        return 0;
+    }
+    if (!cudnn_ok(c,
+                  cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
+                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
+                  "algorithm heuristics"))
+        return 0;
+    for (int i = 0; i < returned; i++)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->workspace_bytes) {
+            s->algo = perf[i].algo;
+            s->workspace = perf[i].memory;
+            return 1;
+        }
+    wv_fail(&c->err, WV_ERR_BACKEND,
+            "cuDNN has no algorithm for a %dx%dx%d conv %d -> %d channels on %dx%d (%s) within %zu bytes of workspace",
+            s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, wv_dtype_name(c->dt), c->workspace_bytes);
+    return 0;
+}
+
+static const conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W, int n)
+{
+    conv_shape key, *s;
+    memset(&key, 0, sizeof key);
+    key.cin = cv->cin, key.cout = cv->cout, key.kt = cv->kt, key.kh = cv->kh, key.kw = cv->kw;
+    key.H = H, key.W = W, key.n = cv->kt > 1 ? 1 : n;
+    for (int i = 0; i < c->n_shapes; i++) {
+        s = &c->shapes[i];
+        if (s->cin == key.cin && s->cout == key.cout && s->kt == key.kt && s->kh == key.kh && s->kw == key.kw &&
+            s->H == key.H && s->W == key.W && s->n == key.n)
+            return s;
+    }
+    if (c->n_shapes == c->cap_shapes) {
+        int cap = c->cap_shapes ? 2 * c->cap_shapes : 64;
+        conv_shape *grown = (conv_shape *)realloc(c->shapes, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            wv_fail(&c->err, WV_ERR_NOMEM, "out of host memory");
+            return NULL;
+        }
+        c->shapes = grown;
+        c->cap_shapes = cap;
+    }
+    s = &c->shapes[c->n_shapes];
+    *s = key;
+    if (!describe_conv(c, s)) {
+        if (s->x) cudnnDestroyTensorDescriptor(s->x);
+        if (s->y) cudnnDestroyTensorDescriptor(s->y);
+        if (s->w) cudnnDestroyFilterDescriptor(s->w);
+        if (s->conv) cudnnDestroyConvolutionDescriptor(s->conv);
+        return NULL;
+    }
+    c->n_shapes++;
+    return s;
+}
+
+/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
+ * use): x goes into the cache's third frame and one 3-frame convolution reads all three. */
+static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
+                      int accumulate)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    int H = g.h + 2 * g.pad, W = g.w + 2 * g.pad;
+    size_t frame_in = (size_t)H * W * cv->cin * wv_dtype_size(c->dt);
+    const void *input = x;
+    const conv_shape *s;
+    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (failed(c)) return;
+    if (cv->kt > 1) {
+        if (n != 1 || !cache) {
+            wv_fail(&c->err, WV_ERR_BACKEND, "the CUDA causal convolution takes one frame at a time (got %d)", n);
+            return;
+        }
+        if (!cuda_ok(c, cudaMemcpyAsync((char *)cache + 2 * frame_in, x, frame_in, cudaMemcpyDeviceToDevice, c->stream),
+                     "causal cache"))
+            return;
+        input = cache;
+    }
+    if (!(s = find_conv_shape(c, cv, H, W, n))) return;
+    if (!cudnn_ok(c,
+                  cudnnConvolutionForward(c->cudnn, &alpha, s->x, input, s->w, cv->weight, s->conv, s->algo,
+                                          c->workspace, s->workspace, &beta, s->y, y),
+                  "cudnnConvolutionForward"))
+        return;
+    LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);
+}
+
+/* cache[0..1] <- last two frames of (cache ++ x[n]); frame 2 is the causal conv's input slot. */
+static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_t fe)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t bytes = (size_t)fe * wv_dtype_size(c->dt);
+    char *cc = (char *)cache;
+    const char *xx = (const char *)x;
+    if (failed(c) || n < 1) return;
+    if (n == 1)
+        cuda_ok(c, cudaMemcpyAsync(cc, cc + bytes, bytes, cudaMemcpyDeviceToDevice, c->stream), "cache roll");
+    else
+        cuda_ok(c, cudaMemcpyAsync(cc, xx + (size_t)(n - 2) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
+                "cache roll");
+    cuda_ok(c, cudaMemcpyAsync(cc + bytes, xx + (size_t)(n - 1) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
+            "cache roll");
+}
+
+/* ---- elementwise ops ---------------------------------------------------------------------- */
+
+static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *mean, const float *std, wv_grid g,
+                             void *dst)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    int z = (int)lat->shape[0];
+    float *stats = (float *)((char *)c->scalars + 256);
+    if (failed(c)) return;
+    /* pageable sources: the copies are staged before the calls return */
+    if (!cuda_ok(c, cudaMemcpyAsync(stats, mean, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+                 "latent statistics") ||
+        !cuda_ok(c, cudaMemcpyAsync(stats + z, std, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+                 "latent statistics"))
+        return;
+    LAUNCH(c, load_latent_kernel, (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad) * z,
+           (const char *)lat->data + (int64_t)t * lat->strides[1], lat->strides[0], lat->strides[2], lat->strides[3],
+           (int)lat->dtype, stats, z, g, dst);
+}
+
+static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
+                          int silu)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (failed(c)) return;
+    LAUNCH(c, rms_norm_kernel, (int64_t)n * wv_grid_positions(gy) * 32, x, gx, y, gy, C, n, gamma, silu);
+}
+
+static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (failed(c) || !g.pad) return;
+    LAUNCH(c, zero_ring_kernel, (int64_t)n * wv_grid_positions(g) * C, x, g, C, n);
+}
+
+/* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame. */
+static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
+                             int n)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t es = wv_dtype_size(c->dt) * (size_t)C;
+    size_t pitch_s = (size_t)(gs.w + 2 * gs.pad) * es, pitch_d = (size_t)(gd.w + 2 * gd.pad) * es;
+    size_t frame_s = (size_t)wv_grid_positions(gs) * es, frame_d = (size_t)wv_grid_positions(gd) * es;
+    if (failed(c)) return;
+    for (int f = 0; f < n; f++) {
+        const char *s = (const char *)src + f * frame_s + ((size_t)(oy + gs.pad) * (gs.w + 2 * gs.pad) + ox + gs.pad) * es;
+        char *d = (char *)dst + f * frame_d + ((size_t)gd.pad * (gd.w + 2 * gd.pad) + gd.pad) * es;
+        if (!cuda_ok(c, cudaMemcpy2DAsync(d, pitch_d, s, pitch_s, (size_t)gd.w * es, (size_t)gd.h,
+                                          cudaMemcpyDeviceToDevice, c->stream),
+                     "copy_region"))
+            return;
+    }
+}
+
+static void cuda_upsample2x(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, int cstride, int coff, void *dst,
+                            wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (failed(c)) return;
+    LAUNCH(c, upsample2x_kernel, wv_grid_positions(gd) * C, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0, fh,
+           fw, C);
+}
+
+/* Per chunk of `rows` queries (row-major buffers seen column-major by cuBLAS):
+ *   S[r][N] = scale * Q[r][C] K[N][C]^T   (fp32)     -> S^T = K Q^T as an (N x r) column-major GEMM
+ *   P[r][N] = softmax(S)                   (act type)
+ *   O[r][C] = P V                                    -> O^T = V^T P^T as a (C x r) column-major GEMM
+ * scores: S (rows x N floats), then at the next arena alignment P (rows x N activations). */
+static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    size_t es = wv_dtype_size(c->dt);
+    float *S = (float *)scores, zero = 0.0f, one = 1.0f, scale = 1.0f / sqrtf((float)C);
+    void *P = (char *)scores + wv_align_up((size_t)rows * N * sizeof(float));
+    cudaDataType_t t = cuda_type(c->dt);
+    const char *q = (const char *)qkv, *k = q + (size_t)C * es, *v = q + (size_t)2 * C * es;
+    if (failed(c)) return;
+    for (int q0 = 0; q0 < N; q0 += rows) {
+        int r = N - q0 < rows ? N - q0 : rows;
+        const char *qr = q + (size_t)q0 * 3 * C * es;
+        if (!cublas_ok(c,
+                       cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, N, r, C, &scale, k, t, 3 * C, qr, t, 3 * C,
+                                    &zero, S, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       "attention scores"))
+            return;
+        if (c->dt == WV_F32) softmax_rows_kernel<float><<<r, 512, 0, c->stream>>>(S, P, N);
+        else if (c->dt == WV_F16) softmax_rows_kernel<__half><<<r, 512, 0, c->stream>>>(S, P, N);
+        else softmax_rows_kernel<__nv_bfloat16><<<r, 512, 0, c->stream>>>(S, P, N);
+        if (!launched(c, "softmax_rows_kernel")) return;
+        if (!cublas_ok(c,
+                       cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, C, r, N, &one, v, t, 3 * C, P, t, N, &zero,
+                                    (char *)out + (size_t)q0 * C * es, t, C, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                       "attention output"))
+            return;
+    }
+}
+
+/* The tile's core -> the current step's staging memory; the host copies it into `out` once the
+ * step has finished (end_step / sync). */
+static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w, float *out,
+                              int out_w, int oy, int ox, wv_output_mode mode)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    staging *s = &c->stage[c->cur];
+    size_t bytes = (size_t)h * w * 3 * sizeof(float);
+    pending_copy *p;
+    if (failed(c)) return;
+    if (s->used + bytes > s->cap) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "output staging overflow (%zu + %zu > %zu bytes)", s->used, bytes, s->cap);
+        return;
+    }
+    if (s->n_copies == s->cap_copies) {
+        int cap = s->cap_copies ? 2 * s->cap_copies : 8;
+        pending_copy *grown = (pending_copy *)realloc(s->copies, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            wv_fail(&c->err, WV_ERR_NOMEM, "out of host memory");
+            return;
+        }
+        s->copies = grown;
+        s->cap_copies = cap;
+    }
+    LAUNCH(c, write_output_kernel, (int64_t)h * w * 3, src, gs, sy, sx, h, w, s->dev + s->used / sizeof(float),
+           (int)mode);
+    p = &s->copies[s->n_copies++];
+    p->dst = out + ((size_t)oy * out_w + ox) * 3;
+    p->offset = s->used / sizeof(float);
+    p->h = h;
+    p->w = w;
+    p->out_w = out_w;
+    s->used += bytes;
+}
+
+/* ---- the tables --------------------------------------------------------------------------- */
+
+#define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
+    static const wv_backend NAME = {                                                                              \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, WV_CUDA_WORKSPACE_BYTES, cuda_ctx_create,             \
+        cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
+        WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
+
+#define WV_CUDA_OP_INIT(name, ret, args) cuda_##name,
+CUDA_TABLE(CUDA_F32, WV_F32, 4)
+CUDA_TABLE(CUDA_F16, WV_F16, 2)
+CUDA_TABLE(CUDA_BF16, WV_BF16, 2)
+#undef WV_CUDA_OP_INIT
+
+static const wv_backend_set CUDA_SET = {WV_BACKEND_ABI, {&CUDA_F32, &CUDA_F16, &CUDA_BF16}};
+
+extern "C" const wv_backend_set *wv_cuda_backends(void) { return &CUDA_SET; }
+
+extern "C" int wv_cuda_device_count(char *why, size_t why_size)
+{
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        return 0;
+    }
+    if (!count) snprintf(why, why_size, "no CUDA device found");
+    return count;
+}
+
+extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, char *why, size_t why_size)
+{
+    device_scope ds;
+    cudaError_t e;
+    if (device < 0 && cudaGetDevice(&device) != cudaSuccess) device = 0;
+    ds = enter_device(device);
+    e = cudaMemGetInfo(free_b, total_b);
+    leave_device(ds, device);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
+
+extern "C" void wv_cuda_versions(int *runtime, int *driver, size_t *cudnn, int *cublas)
+{
+    int major = 0, minor = 0, patch = 0;
+    *runtime = *driver = 0;
+    cudaRuntimeGetVersion(runtime);
+    cudaDriverGetVersion(driver);
+    *cudnn = cudnnGetVersion();
+    cublasGetProperty(MAJOR_VERSION, &major);
+    cublasGetProperty(MINOR_VERSION, &minor);
+    cublasGetProperty(PATCH_LEVEL, &patch);
+    *cublas = major * 10000 + minor * 100 + patch;
+}

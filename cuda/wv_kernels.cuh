@@ -1,0 +1,208 @@
+/* The CUDA backend's own kernels. Each is a template over the activation type T (float, __half,
+ * __nv_bfloat16), takes untyped pointers so one dispatch fits all, and computes in fp32.
+ * Grids are channels-last with a ring of `pad` zero pixels, as wv_backend.h describes. */
+#ifndef WV_KERNELS_CUH
+#define WV_KERNELS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "wv_backend.h"
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+/* One element of any input dtype, as the latents may come in any. */
+__device__ __forceinline__ float load_any(const char *p, int dtype)
+{
+    if (dtype == WV_F32) return *(const float *)p;
+    if (dtype == WV_F16) return __half2float(*(const __half *)p);
+    return __bfloat162float(*(const __nv_bfloat16 *)p);
+}
+
+__device__ __forceinline__ int64_t grid_row(wv_grid g) { return g.w + 2 * g.pad; }
+
+/* Position index of interior pixel (y, x). */
+__device__ __forceinline__ int64_t grid_pos(wv_grid g, int y, int x)
+{
+    return (int64_t)(y + g.pad) * grid_row(g) + x + g.pad;
+}
+
+/* Whether padded position p of g is on the ring. */
+__device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
+{
+    int64_t wp = grid_row(g);
+    int py = (int)(p / wp), px = (int)(p % wp);
+    return py < g.pad || py >= g.pad + g.h || px < g.pad || px >= g.pad + g.w;
+}
+
+#define WV_GRID_STRIDE_LOOP(i, n) \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
+
+/* lat [z][T][h][w] (strides in bytes, frame t at `frame`) -> dst [P(g)][z]: z * std + mean, ring 0.
+ * stats = mean[z] then std[z]. */
+template <typename T>
+__global__ void load_latent_kernel(const char *frame, int64_t s_c, int64_t s_y, int64_t s_x, int dtype,
+                                   const float *stats, int z, wv_grid g, void *dst_)
+{
+    T *dst = (T *)dst_;
+    int64_t P = (int64_t)(g.h + 2 * g.pad) * grid_row(g);
+    WV_GRID_STRIDE_LOOP(i, P * z)
+    {
+        int64_t p = i / z;
+        int c = (int)(i % z);
+        float v = 0.0f;
+        if (!on_ring(g, p)) {
+            int y = (int)(p / grid_row(g)) - g.pad, x = (int)(p % grid_row(g)) - g.pad;
+            v = load_any(frame + c * s_c + y * s_y + x * s_x, dtype) * stats[z + c] + stats[c];
+        }
+        dst[i] = from_f32<T>(v);
+    }
+}
+
+/* view [z][T][h][w] -> *first = the smallest row-major index of a NaN or Inf (unchanged if none). */
+__global__ void find_nonfinite_kernel(const char *base, int64_t n0, int64_t n1, int64_t n2, int64_t n3, int64_t s0,
+                                      int64_t s1, int64_t s2, int64_t s3, int dtype, unsigned long long *first)
+{
+    WV_GRID_STRIDE_LOOP(i, n0 * n1 * n2 * n3)
+    {
+        int64_t r = i, i3 = r % n3, i2 = (r /= n3) % n2, i1 = (r /= n2) % n1, i0 = r / n1;
+        float v = load_any(base + i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3, dtype);
+        if (!isfinite(v)) atomicMin(first, (unsigned long long)i);
+    }
+}
+
+/* y[rows][C] += bias[C] */
+template <typename T> __global__ void bias_add_kernel(void *y_, const void *bias_, int64_t rows, int C)
+{
+    T *y = (T *)y_;
+    const T *bias = (const T *)bias_;
+    WV_GRID_STRIDE_LOOP(i, rows * C) { y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % C])); }
+}
+
+/* x [n][P(gx)][C] -> y [n][P(gy)][C]: x / max(|x|, 1e-12) * sqrt(C) * gamma (then SiLU), ring 0.
+ * One warp per output position; gx and gy share the interior size. */
+template <typename T>
+__global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_,
+                                int silu)
+{
+    const T *x = (const T *)x_, *gamma = (const T *)gamma_;
+    T *y = (T *)y_;
+    int lane = threadIdx.x % 32;
+    int64_t Py = (int64_t)(gy.h + 2 * gy.pad) * grid_row(gy), Px = (int64_t)(gx.h + 2 * gx.pad) * grid_row(gx);
+    int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int64_t warps = (int64_t)gridDim.x * blockDim.x / 32;
+    for (int64_t w = warp; w < n * Py; w += warps) {
+        int64_t f = w / Py, p = w % Py;
+        T *d = y + w * C;
+        if (on_ring(gy, p)) {
+            for (int c = lane; c < C; c += 32) d[c] = from_f32<T>(0.0f);
+            continue;
+        }
+        int yy = (int)(p / grid_row(gy)) - gy.pad, xx = (int)(p % grid_row(gy)) - gy.pad;
+        const T *s = x + (f * Px + grid_pos(gx, yy, xx)) * C;
+        float ss = 0.0f;
+        for (int c = lane; c < C; c += 32) {
+            float v = to_f32(s[c]);
+            ss += v * v;
+        }
+        for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+        for (int c = lane; c < C; c += 32) {
+            float v = to_f32(s[c]) * scale * to_f32(gamma[c]);
+            d[c] = from_f32<T>(silu ? v / (1.0f + __expf(-v)) : v);
+        }
+    }
+}
+
+/* zero the ring of x [n][P(g)][C] */
+template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int C, int n)
+{
+    T *x = (T *)x_;
+    int64_t P = (int64_t)(g.h + 2 * g.pad) * grid_row(g);
+    WV_GRID_STRIDE_LOOP(i, n * P * C)
+    {
+        if (on_ring(g, (i / C) % P)) x[i] = from_f32<T>(0.0f);
+    }
+}
+
+/* Nearest x2 into dst [P(gd)][C], ring included: dst position (py, px) is frame pixel
+ * (dy0 - pad + py, dx0 - pad + px) of an fh x fw frame, read from src pixel (y / 2 - sy0, x / 2 - sx0),
+ * channels [coff, coff + C) of a cstride-wide position; 0 outside the frame. */
+template <typename T>
+__global__ void upsample2x_kernel(const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff, void *dst_,
+                                  wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+{
+    const T *src = (const T *)src_;
+    T *dst = (T *)dst_;
+    int64_t wd = grid_row(gd), Pd = (int64_t)(gd.h + 2 * gd.pad) * wd;
+    WV_GRID_STRIDE_LOOP(i, Pd * C)
+    {
+        int64_t p = i / C;
+        int c = (int)(i % C);
+        int fy = dy0 - gd.pad + (int)(p / wd), fx = dx0 - gd.pad + (int)(p % wd);
+        if (fy < 0 || fy >= fh || fx < 0 || fx >= fw)
+            dst[i] = from_f32<T>(0.0f);
+        else
+            dst[i] = src[grid_pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff + c];
+    }
+}
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float *shared)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;
+    for (int o = 16; o > 0; o /= 2) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, u) : v + u;
+    }
+    __syncthreads(); /* shared may still be read by the previous reduction */
+    if (lane == 0) shared[warp] = v;
+    __syncthreads();
+    v = lane < warps ? shared[lane] : (is_max ? -INFINITY : 0.0f);
+    for (int o = 16; o > 0; o /= 2) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, u) : v + u;
+    }
+    return v;
+}
+
+/* scores [rows][N] float -> probs [rows][N] T, softmax along each row; one block per row. */
+template <typename T> __global__ void softmax_rows_kernel(const float *scores, void *probs_, int N)
+{
+    __shared__ float shared[32];
+    const float *s = scores + (int64_t)blockIdx.x * N;
+    T *p = (T *)probs_ + (int64_t)blockIdx.x * N;
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = threadIdx.x; j < N; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_reduce(mx, true, shared);
+    for (int j = threadIdx.x; j < N; j += blockDim.x) sum += __expf(s[j] - mx);
+    sum = block_reduce(sum, false, shared);
+    for (int j = threadIdx.x; j < N; j += blockDim.x) p[j] = from_f32<T>(__expf(s[j] - mx) / sum);
+}
+
+/* out[y][x][0..3) = f(src interior[y + sy][x + sx]) for an h x w block, packed rows (pitch w * 3);
+ * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW. */
+template <typename T>
+__global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out, int mode)
+{
+    const T *src = (const T *)src_;
+    WV_GRID_STRIDE_LOOP(i, (int64_t)h * w * 3)
+    {
+        int ch = (int)(i % 3);
+        int64_t px = i / 3;
+        int y = (int)(px / w), x = (int)(px % w);
+        float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * 3 + ch]);
+        if (mode == WV_OUT_UNIT) v = (fminf(fmaxf(v, -1.0f), 1.0f) + 1.0f) * 0.5f;
+        out[i] = v;
+    }
+}
+
+#endif

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The prepared GPU check: build with CUDA, run the GPU tests and the GPU benchmark, print one summary.
+#
+#   tools/gpu_check.sh fetch   on a machine with network: download what the GPU machine lacks
+#                              (the scipy-openblas32 wheel for its Python) into .whl/ (git-ignored)
+#   tools/gpu_check.sh run     on the GPU machine (no network; python3 with torch, numpy, pytest,
+#                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels): all of it,
+#                              within 8 minutes. Logs and the benchmark JSON go to $OUT (or /tmp/wv_gpu).
+#
+# With the device tool: run command "tools/gpu_check.sh run", carry [".whl"], timeout_s 540.
+set -u
+cd "$(dirname "$0")/.."
+MODE=${1:-run}
+PYVER=${GPU_PYTHON_VERSION:-3.12}
+
+if [ "$MODE" = fetch ]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl scipy-openblas32
+    exit $?
+fi
+
+OUT=${OUT:-/tmp/wv_gpu}
+mkdir -p "$OUT"
+T0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - T0 )); }
+summary() { echo "== $1 ($(elapsed) s)"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if ls .whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/wv_site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/wv_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+# 1. build in place, CUDA required; Hopper only unless told (the check machine is an H100 / H200)
+rm -f wanvideo_vae/_C*.so wanvideo_vae/_cuda*.so
+if ! WANVIDEO_CUDA=1 WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90} python3 setup.py build_ext --inplace \
+        > "$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    summary "BUILD FAILED"
+    exit 1
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+summary "built"
+python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cuda'], default=str))" \
+    | tee "$OUT/backends.json"
+
+# 2. GPU tests, then the CPU-vs-GPU engine tests that matter most
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -25
+TESTS=${PIPESTATUS[0]}
+summary "GPU tests exit $TESTS"
+
+# 3. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process
+PYTHONUNBUFFERED=1 timeout 300 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
+    --json > "$OUT/bench.json" 2> "$OUT/bench.err"
+BENCH=$?
+python3 - "$OUT/bench.json" <<'EOF' || tail -20 "$OUT/bench.err"
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}")
+for k, v in r["runs"].items():
+    print(f"{k:32s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB  max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
+EOF
+summary "bench exit $BENCH"
+[ "$TESTS" = 0 ] && [ "$BENCH" = 0 ]

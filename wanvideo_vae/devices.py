@@ -1,0 +1,139 @@
+"""The CUDA side of the Python layer: loading the backend's libraries, handing torch CUDA tensors to
+the core zero-copy, device memory budgets and peak-memory sampling."""
+import glob
+import os
+import sys
+import sysconfig
+import threading
+
+from ._C import WanVAEError
+
+# Share of the free device memory a CUDA decode plans to use when no max_memory is given.
+DEVICE_BUDGET_SHARE = 0.9
+
+_dll_dirs_added = False
+
+
+def add_windows_dll_dirs():
+    """Python 3.8+ on Windows no longer searches PATH for an extension's DLLs: point it at the CUDA
+    toolkit and at the nvidia-* wheels (cuDNN, cuBLAS), as PyTorch does for its own."""
+    global _dll_dirs_added
+    if sys.platform != "win32" or _dll_dirs_added:
+        return
+    _dll_dirs_added = True
+    dirs = [os.path.join(os.environ[v], "bin") for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+    for sp in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        dirs += glob.glob(os.path.join(sp, "nvidia", "*", "bin"))
+    for d in dirs:
+        if os.path.isdir(d):
+            os.add_dll_directory(d)
+
+
+def cuda_module():
+    """wanvideo_vae._cuda, or None when it was not built or cannot load here."""
+    add_windows_dll_dirs()
+    try:
+        from . import _cuda
+    except ImportError:
+        return None
+    return _cuda
+
+
+def device_index(device):
+    """None, an int, 'cuda', 'cuda:N' or a torch.device -> a CUDA device index (-1: the current one)."""
+    if device is None:
+        return -1
+    if isinstance(device, int) and not isinstance(device, bool):
+        return device
+    text = str(device)
+    if text == "cuda":
+        index = getattr(device, "index", None)
+        return -1 if index is None else int(index)
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return int(text[5:])
+    raise WanVAEError(f"device must be a CUDA device index, 'cuda', 'cuda:N' or a torch.device; got {device!r}")
+
+
+def _torch_if_loaded():
+    return sys.modules.get("torch")
+
+
+def device_budget(device):
+    """Bytes a decode on `device` may plan for: a share of the free memory, counting memory torch holds
+    in its cache but does not use (released to the driver first when the budget needs it)."""
+    cuda = cuda_module()
+    if cuda is None:
+        return 0
+    free, _ = cuda.mem_get_info(device)
+    torch = _torch_if_loaded()
+    cached = 0
+    if torch is not None and torch.cuda.is_initialized():
+        dev = torch.cuda.current_device() if device < 0 else device
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        if cached > 0:
+            torch.cuda.empty_cache()
+            free, _ = cuda.mem_get_info(device)
+    return int(free * DEVICE_BUDGET_SHARE)
+
+
+class CudaArray:
+    """A torch CUDA tensor seen through __cuda_array_interface__ version 3: zero-copy, any strides,
+    bfloat16 as "<V2" (torch itself refuses to export bfloat16 before recent versions), and the
+    stream the tensor is ready on (torch's current stream on its device)."""
+
+    _TYPESTR = {"torch.float32": "<f4", "torch.float16": "<f2", "torch.bfloat16": "<V2"}
+
+    def __init__(self, tensor, what):
+        import torch
+
+        typestr = self._TYPESTR.get(str(tensor.dtype))
+        if typestr is None:
+            raise WanVAEError(f"{what}: unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")
+        stream = torch.cuda.current_stream(tensor.device).cuda_stream
+        self.tensor = tensor  # keeps the memory alive for as long as this object is
+        self.device = tensor.device
+        self.shape = tuple(tensor.shape)
+        self.__cuda_array_interface__ = {
+            "version": 3,
+            "shape": self.shape,
+            "typestr": typestr,
+            "data": (tensor.data_ptr(), False),
+            "strides": tuple(s * tensor.element_size() for s in tensor.stride()),
+            "stream": stream if stream else 1,  # torch's default stream is the legacy one: CAI says 1
+        }
+
+    def __getitem__(self, index):
+        return CudaArray(self.tensor[index], "latents")
+
+
+class PeakDeviceMemory:
+    """Peak of (total - free) device memory over a block, sampled every millisecond, minus its value
+    at entry: what the block added, whoever allocated it (torch's counters miss our allocations)."""
+
+    def __init__(self, device=-1):
+        self.device = device
+        self.cuda = cuda_module()
+        self.grown = 0
+
+    def _used(self):
+        free, total = self.cuda.mem_get_info(self.device)
+        return total - free
+
+    def __enter__(self):
+        self.base = self._used()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._used())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._used())
+        self.grown = self.peak - self.base
+        return False
