@@ -90,7 +90,8 @@ struct wv_backend {
     size_t param_bytes;     /* bytes per parameter element in backend memory */
     size_t score_bytes;     /* bytes of attention scratch per score */
     int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
-    size_t workspace_bytes; /* the arena's WORKSPACE buffer */
+    size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
+                               largest conv input matrix) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
      * calling thread's current device. */
     wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);

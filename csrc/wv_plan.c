@@ -176,14 +176,30 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
     }
 }
 
-/* Positions of the grid a causal conv reads: the trunk's full frame, or its tile segment. */
-static int64_t cache_positions(const wv_plan *p, const wv_model *m, int b, int c)
+/* Positions of the grid a conv reads: the trunk's full frame, or its tile segment. */
+static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
 {
     wv_grid full = {p->h, p->w, 1};
     int s = wv_block_segment(m, b);
     if (s < 0) return wv_grid_positions(full);
     if (m->blocks[b].kind == WV_BLOCK_UP3D && c == 1) s--; /* time_conv runs before the upsample */
     return wv_grid_positions(max_tile_grid(p, s));
+}
+
+/* The backend's workspace, but no more than the largest conv input matrix (taps x cin per position)
+ * of this plan: small decodes need little. */
+static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
+{
+    int64_t largest = 0;
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            const wv_conv *cv = &m->blocks[b].conv[c];
+            int64_t bytes;
+            if (!m->blocks[b].has_conv[c]) continue;
+            bytes = conv_positions(p, m, b, c) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
+            largest = bytes > largest ? bytes : largest;
+        }
+    return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
 
 static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
@@ -237,7 +253,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * C, ab);
     set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
     set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
-    set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], (int64_t)be->workspace_bytes, 1);
+    set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], workspace_bytes(p, m), 1);
     /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
     set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES],
                (int64_t)wv_align_up((size_t)p->attn_rows * (size_t)N * sizeof(float)) +
@@ -248,10 +264,12 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
-            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, "causal cache [2][P][cin]",
-                       2 * cache_positions(p, m, b, c) * cv->cin, ab);
+            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, "causal cache [frames][P][cin]",
+                       be->cache_frames * conv_positions(p, m, b, c) * cv->cin, ab);
         }
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
+    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
+                        sizeof(float);
 }
 
 /* Offsets: the kept buffers first; then trunk work and tile work, which share memory unless the

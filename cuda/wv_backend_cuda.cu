@@ -29,14 +29,18 @@
 #define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the nonfinite flag, then mean and std */
 #define WV_CUDA_MAX_Z 4096
 
-/* One convolution shape: descriptors and the algorithm cuDNN's heuristics chose for it. */
+#define MAX_CANDIDATES 8
+
+/* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first;
+ * `chosen` moves on if one fails to run. */
 typedef struct {
     int cin, cout, kt, kh, kw, H, W, n;
     cudnnTensorDescriptor_t x, y;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
-    cudnnConvolutionFwdAlgo_t algo;
-    size_t workspace;
+    cudnnConvolutionFwdAlgo_t algo[MAX_CANDIDATES];
+    cudnnMathType_t math[MAX_CANDIDATES];
+    int n_candidates, chosen;
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -74,7 +78,8 @@ typedef struct {
     void *lat_dev; /* host latents copied to the device, as float32 */
     staging stage[2];
     int cur;
-    wv_error err; /* the first failure since begin */
+    int stats_loaded; /* mean and std are on the device for this call */
+    wv_error err;     /* the first failure since begin */
 } cuda_ctx;
 
 static int g_fail_alloc_countdown = 0;
@@ -91,7 +96,7 @@ static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
     if (!failed(c))
         wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM : WV_ERR_BACKEND, "CUDA error in %s: %s", what,
                 cudaGetErrorString(e));
-    if (e == cudaErrorMemoryAllocation) cudaGetLastError(); /* not sticky: clear it */
+    cudaGetLastError(); /* a recoverable error must not resurface in the next call's first check */
     return 0;
 }
 
@@ -383,17 +388,19 @@ static wv_status copy_host_latents(cuda_ctx *c, wv_call *call, wv_error *err)
     float *tmp = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory staging the latents");
     wv_view_to_f32(v, tmp);
-    if (cuda_ok(c, device_malloc(&c->lat_dev, (size_t)n * sizeof(float)), "allocating GPU memory for the latents"))
-        cuda_ok(c, cudaMemcpy(c->lat_dev, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice), "latent upload");
+    if (cuda_ok(c, device_malloc(&c->lat_dev, (size_t)n * sizeof(float)), "allocating GPU memory for the latents") &&
+        cuda_ok(c, cudaMemcpyAsync(c->lat_dev, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+                "latent upload"))
+        cuda_ok(c, cudaStreamSynchronize(c->stream), "latent upload"); /* before tmp goes */
     free(tmp);
     if (failed(c)) return take_error(c, err);
     c->lat_copy = *v;
     c->lat_copy.data = c->lat_dev;
     c->lat_copy.dtype = WV_F32;
     c->lat_copy.on_device = 1;
-    for (int d = v->ndim - 1, step = 4; d >= 0; d--) {
+    for (int64_t d = v->ndim - 1, step = 4; d >= 0; d--) {
         c->lat_copy.strides[d] = step;
-        step *= (int)v->shape[d];
+        step *= v->shape[d];
     }
     call->latents = &c->lat_copy;
     return WV_OK;
@@ -428,9 +435,12 @@ static wv_status reserve_staging(cuda_ctx *c, staging *s, size_t bytes, wv_error
     if (s->cap >= bytes && s->host) return WV_OK;
     free_staging(s);
     if (!cuda_ok(c, cudaHostAlloc((void **)&s->host, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable),
-                 "cudaHostAlloc (output staging)") ||
-        !cuda_ok(c, cudaHostGetDevicePointer((void **)&s->dev, s->host, 0), "cudaHostGetDevicePointer")) {
+                 "cudaHostAlloc (output staging)")) {
         s->host = NULL;
+        return take_error(c, err);
+    }
+    if (!cuda_ok(c, cudaHostGetDevicePointer((void **)&s->dev, s->host, 0), "cudaHostGetDevicePointer")) {
+        free_staging(s);
         return take_error(c, err);
     }
     s->cap = bytes;
@@ -442,6 +452,8 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     cuda_ctx *c = (cuda_ctx *)ctx;
     wv_status st;
     take_error(c, NULL);
+    cudaGetLastError();
+    c->stats_loaded = 0;
     c->prev_device = -1;
     if (cudaGetDevice(&c->prev_device) != cudaSuccess) c->prev_device = -1;
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
@@ -495,6 +507,7 @@ static wv_status cuda_end_step(void *ctx, wv_error *err)
     cuda_ctx *c = (cuda_ctx *)ctx;
     staging *s = &c->stage[c->cur];
     launched(c, "a decode step");
+    cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* the progress callback may have switched it */
     if (!failed(c) && s->n_copies) {
         if (cuda_ok(c, cudaEventRecord(s->done, c->stream), "cudaEventRecord")) s->queued = 1;
         c->cur ^= 1;
@@ -562,13 +575,19 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     cudnnDataType_t type = cudnn_type(c->dt);
     int causal = s->kt > 1, nd = causal ? 5 : 4;
     int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
     if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
         !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
         !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
         !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
         return 0;
+    if ((int64_t)s->kt * s->H * s->W * (s->cin > s->cout ? s->cin : s->cout) * (causal ? 1 : s->n) > INT32_MAX) {
+        wv_fail(&c->err, WV_ERR_INVALID,
+                "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
+                s->W, s->cin > s->cout ? s->cin : s->cout);
+        return 0;
+    }
     if (causal) {
         int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->H, s->W};
         int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, s->kh / 2, s->kw / 2};
@@ -599,19 +618,23 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                   "algorithm heuristics"))
         return 0;
-    for (int i = 0; i < returned; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= c->workspace_bytes) {
-            s->algo = perf[i].algo;
-            s->workspace = perf[i].memory;
-            return 1;
-        }
+    s->n_candidates = s->chosen = 0;
+    for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
+        /* fp32 stays fp32: no tensor-op (TF32) variants */
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > c->workspace_bytes ||
+            (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH))
+            continue;
+        s->algo[s->n_candidates] = perf[i].algo;
+        s->math[s->n_candidates++] = perf[i].mathType;
+    }
+    if (s->n_candidates) return 1;
     wv_fail(&c->err, WV_ERR_BACKEND,
             "cuDNN has no algorithm for a %dx%dx%d conv %d -> %d channels on %dx%d (%s) within %zu bytes of workspace",
             s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, wv_dtype_name(c->dt), c->workspace_bytes);
     return 0;
 }
 
-static const conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W, int n)
+static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W, int n)
 {
     conv_shape key, *s;
     memset(&key, 0, sizeof key);
@@ -646,6 +669,22 @@ static const conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, 
     return s;
 }
 
+/* Runs the chosen algorithm; if cuDNN refuses it (a bad parameter for this shape, say), the next
+ * candidate becomes the choice. The math type travels with the algorithm. */
+static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, void *y, const float *alpha,
+                    const float *beta)
+{
+    cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+    for (; s->chosen < s->n_candidates; s->chosen++) {
+        if (cudnnSetConvolutionMathType(s->conv, s->math[s->chosen]) != CUDNN_STATUS_SUCCESS) continue;
+        st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[s->chosen],
+                                     c->workspace, c->workspace_bytes, beta, s->y, y);
+        if (st == CUDNN_STATUS_SUCCESS) return 1;
+    }
+    s->chosen = 0; /* the next call tries them all again */
+    return cudnn_ok(c, st, "cudnnConvolutionForward (no candidate algorithm ran)");
+}
+
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
  * use): x goes into the cache's third frame and one 3-frame convolution reads all three. */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
@@ -655,7 +694,7 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
     int H = g.h + 2 * g.pad, W = g.w + 2 * g.pad;
     size_t frame_in = (size_t)H * W * cv->cin * wv_dtype_size(c->dt);
     const void *input = x;
-    const conv_shape *s;
+    conv_shape *s;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     if (failed(c)) return;
     if (cv->kt > 1) {
@@ -668,12 +707,7 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
             return;
         input = cache;
     }
-    if (!(s = find_conv_shape(c, cv, H, W, n))) return;
-    if (!cudnn_ok(c,
-                  cudnnConvolutionForward(c->cudnn, &alpha, s->x, input, s->w, cv->weight, s->conv, s->algo,
-                                          c->workspace, s->workspace, &beta, s->y, y),
-                  "cudnnConvolutionForward"))
-        return;
+    if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, cv->weight, y, &alpha, &beta)) return;
     LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);
 }
 
@@ -703,12 +737,14 @@ static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *
     int z = (int)lat->shape[0];
     float *stats = (float *)((char *)c->scalars + 256);
     if (failed(c)) return;
-    /* pageable sources: the copies are staged before the calls return */
-    if (!cuda_ok(c, cudaMemcpyAsync(stats, mean, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
-                 "latent statistics") ||
-        !cuda_ok(c, cudaMemcpyAsync(stats + z, std, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
-                 "latent statistics"))
-        return;
+    if (!c->stats_loaded) { /* once a call: from pageable memory, the copies may wait for the stream */
+        if (!cuda_ok(c, cudaMemcpyAsync(stats, mean, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+                     "latent statistics") ||
+            !cuda_ok(c, cudaMemcpyAsync(stats + z, std, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+                     "latent statistics"))
+            return;
+        c->stats_loaded = 1;
+    }
     LAUNCH(c, load_latent_kernel, (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad) * z,
            (const char *)lat->data + (int64_t)t * lat->strides[1], lat->strides[0], lat->strides[2], lat->strides[3],
            (int)lat->dtype, stats, z, g, dst);

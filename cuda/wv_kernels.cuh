@@ -200,7 +200,7 @@ __global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx
         int64_t px = i / 3;
         int y = (int)(px / w), x = (int)(px % w);
         float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * 3 + ch]);
-        if (mode == WV_OUT_UNIT) v = (fminf(fmaxf(v, -1.0f), 1.0f) + 1.0f) * 0.5f;
+        if (mode == WV_OUT_UNIT) v = ((v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v) + 1.0f) * 0.5f; /* NaN stays NaN */
         out[i] = v;
     }
 }

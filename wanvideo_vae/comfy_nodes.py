@@ -41,13 +41,16 @@ _PRECISIONS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32
 
 
 def _backend_for(module, *tensors):
-    """(backend, precision, device): the CUDA backend in the VAE's own precision when a tensor is on
-    a GPU and the backend is usable, else the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces the CPU."""
-    gpu = next((t.device for t in tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"), None)
-    if gpu is None or os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
+    """(backend, precision, device): the CUDA backend, in the VAE's own precision, whenever it is usable
+    (ComfyUI keeps latents, and offloaded VAEs, on the CPU between nodes): on the GPU a tensor or
+    the VAE is on, else the current one. Otherwise the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces
+    the CPU."""
+    if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
-    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), gpu
+    on_gpu = [t.device for t in (p,) + tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"]
+    device = on_gpu[0] if on_gpu else _torch().cuda.current_device()
+    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), device
 
 
 def _wanvae_stats(vae):
