@@ -139,21 +139,27 @@ static void add_bias_rows(float *y, int64_t rows, int cout, const float *bias, i
     }
 }
 
-/* Accumulates one temporal tap of frame `src` into `yrows` (rows p0..p0+M-1 of the output). */
-static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, const float *src, int64_t p0,
-                              int64_t M, float *yrows)
+/* Output rows a block of taps accumulates into while they stay in cache. */
+#define CPU_ROW_BLOCK 1024
+
+/* Accumulates every spatial tap of temporal tap dt (weights w_dt) over rows [p, p + rows) of frame
+ * src into yrows (the same rows of the output). */
+static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, const float *src, int64_t p,
+                              int64_t rows, float *yrows)
 {
     int64_t wp = row_width(g);
     int rh = cv->kh / 2, rw = cv->kw / 2;
     for (int dy = 0; dy < cv->kh; dy++)
         for (int dx = 0; dx < cv->kw; dx++) {
-            const float *a = src + (p0 + (int64_t)(dy - rh) * wp + (dx - rw)) * cv->cin;
+            const float *a = src + (p + (int64_t)(dy - rh) * wp + (dx - rw)) * cv->cin;
             const float *b = w_dt + ((int64_t)dy * cv->kw + dx) * cv->cin * cv->cout;
-            wv_sgemm_nn((int)M, cv->cout, cv->cin, 1.0f, a, cv->cin, b, cv->cout, 1.0f, yrows, cv->cout);
+            wv_sgemm_nn((int)rows, cv->cout, cv->cin, 1.0f, a, cv->cin, b, cv->cout, 1.0f, yrows, cv->cout);
         }
 }
 
-/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]). Spatial kernels need a padded grid. */
+/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]). Spatial kernels need a padded grid. Output frame
+ * f reads, for temporal tap dt, frame f - (kt - 1 - dt) of x, or of the cache before x begins. The
+ * output goes in blocks of rows, each taking every tap while it is in cache. */
 static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache_, const void *x_, void *y_,
                      int n, int accumulate)
 {
@@ -164,19 +170,16 @@ static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache_
     int spatial = cv->kh > 1 || cv->kw > 1;
     int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : P;
     (void)ctx;
-    /* Consecutive frames are one flat run of positions, so one GEMM per tap spans a run of
-     * frames: rows = (frames - 1) * P + M. Output frame f reads source frame f - shift, taken
-     * from x when f >= shift and from the cache (frames 2 - shift ...) before that. */
     add_bias_rows(y + p0 * cv->cout, (int64_t)(n - 1) * P + M, cv->cout, (const float *)cv->bias, accumulate);
-    for (int dt = 0; dt < cv->kt; dt++) {
-        int shift = cv->kt - 1 - dt, from_cache = shift < n ? shift : n;
-        const float *wt = w + dt * tap_elems;
-        if (from_cache > 0)
-            conv_spatial_taps(cv, wt, g, cache + (2 - shift) * fin, p0, (int64_t)(from_cache - 1) * P + M,
-                              y + p0 * cv->cout);
-        if (n - shift > 0)
-            conv_spatial_taps(cv, wt, g, x, p0, (int64_t)(n - shift - 1) * P + M, y + shift * fout + p0 * cv->cout);
-    }
+    for (int f = 0; f < n; f++)
+        for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
+            int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;
+            for (int dt = 0; dt < cv->kt; dt++) {
+                int from = f - (cv->kt - 1 - dt);
+                const float *src = from >= 0 ? x + from * fin : cache + (2 + from) * fin;
+                conv_spatial_taps(cv, w + dt * tap_elems, g, src, p, rows, y + f * fout + p * cv->cout);
+            }
+        }
 }
 
 static void cpu_cache_roll(void *ctx, void *cache_, const void *x_, int n, int64_t fe)

@@ -392,6 +392,50 @@ static int effective_tile(const wv_plan *p)
     return imax(p->core_x, p->core_y) + 2 * p->out_halo;
 }
 
+/* Tile size whose core splits `frame` output pixels into n even parts (multiples of the scale). */
+static int even_tile(const wv_plan *p, int frame, int n)
+{
+    return ceil_div(ceil_div(frame, n), p->out_scale) * p->out_scale + 2 * p->out_halo;
+}
+
+/* The square tile that fits leaves thin tiles at the frame's edges. Splitting the frame evenly into
+ * nx x ny tiles (no more than the square tiles take) often fits with fewer tiles: the fit with the
+ * fewest tiles, then the fewest FLOPs, replaces *p. Tried only for a few tiles, where it matters. */
+#define EVEN_SPLIT_MAX_TILES 64
+
+static wv_status fewer_even_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                                  wv_options *best, wv_error *err)
+{
+    int bx = p->tiles_x, by = p->tiles_y, best_n = p->n_tiles, found = 0;
+    int64_t best_flops = p->conv_flops;
+    wv_status st;
+    if (p->n_tiles > EVEN_SPLIT_MAX_TILES) return WV_OK;
+    for (int ny = 1; ny <= by; ny++)
+        for (int nx = 1; nx <= bx; nx++) {
+            wv_options trial = *best;
+            wv_plan q;
+            if (nx * ny > best_n) continue;
+            trial.tile_x = even_tile(p, p->W, nx);
+            trial.tile_y = even_tile(p, p->H, ny);
+            if ((o->tile_x > 0 && trial.tile_x > o->tile_x) || (o->tile_y > 0 && trial.tile_y > o->tile_y)) continue;
+            if ((st = plan_for_tiles(&q, m, T, h, w, &trial, err))) {
+                wv_plan_free(&q);
+                return st;
+            }
+            if (q.arena_bytes <= o->max_bytes && (q.n_tiles < best_n || (q.n_tiles == best_n && q.conv_flops < best_flops))) {
+                best_n = q.n_tiles;
+                best_flops = q.conv_flops;
+                best->tile_x = trial.tile_x;
+                best->tile_y = trial.tile_y;
+                found = 1;
+            }
+            wv_plan_free(&q);
+        }
+    if (!found) return WV_OK;
+    wv_plan_free(p);
+    return plan_for_tiles(p, m, T, h, w, best, err);
+}
+
 /* Largest square tile, no larger than asked on either axis, whose plan fits the budget. */
 static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                                wv_error *err)
@@ -425,6 +469,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
     trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, best) : best;
     trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, best) : best;
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
+    if ((st = fewer_even_tiles(p, m, T, h, w, o, &trial, err))) return st;
     p->shrunk_to_fit = 1;
     return WV_OK;
 }

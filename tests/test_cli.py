@@ -79,10 +79,11 @@ def test_bench_json_compares_with_pytorch(capsys):
     assert main(["bench", "--dim", "8", "--shape", "2", "6", "7", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     runs = result["runs"]
-    assert set(runs) == {"pytorch untiled", "pytorch blended 272/144/128", "wanvideo_vae untiled",
-                         "wanvideo_vae exact tiles 272"}
-    assert runs["wanvideo_vae untiled"]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
-    assert runs["wanvideo_vae exact tiles 272"]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
+    assert set(runs) == {"pytorch untiled", "pytorch blended 272/144/128", "ours untiled", "ours exact tiles 272",
+                         "ours in half PyTorch's memory"}
+    for ours in ("ours untiled", "ours exact tiles 272", "ours in half PyTorch's memory"):
+        assert runs[ours]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
+    assert runs["ours untiled"]["tiles"] == "1x1"
     assert all(r["seconds"] > 0 for r in runs.values())
 
 

@@ -2,19 +2,21 @@
 # The prepared GPU check: build with CUDA, run the GPU tests and the GPU benchmark, print one summary.
 #
 #   tools/gpu_check.sh fetch   on a machine with network: download what the GPU machine lacks
-#                              (the scipy-openblas32 wheel for its Python) into .whl/ (git-ignored)
+#                              (the scipy-openblas32 wheel for its Python) into .whl/, and copy the
+#                              fixtures (../shared does not travel) into .gpu_shared/ (both git-ignored)
 #   tools/gpu_check.sh run     on the GPU machine (no network; python3 with torch, numpy, pytest,
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels): all of it,
 #                              within 8 minutes. Logs and the benchmark JSON go to $OUT (or /tmp/wv_gpu).
 #
-# With the device tool: run command "tools/gpu_check.sh run", carry [".whl"], timeout_s 540.
+# With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 540.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
 PYVER=${GPU_PYTHON_VERSION:-3.12}
 
 if [ "$MODE" = fetch ]; then
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    for d in /.whl/ /.gpu_shared/; do grep -qx "$d" .git/info/exclude 2>/dev/null || echo "$d" >> .git/info/exclude; done
+    mkdir -p .gpu_shared && cp -r "${WANVIDEO_SHARED:-../shared}/fixtures" .gpu_shared/ || exit 1
     python3 -m pip download --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .whl scipy-openblas32
@@ -22,6 +24,7 @@ if [ "$MODE" = fetch ]; then
 fi
 
 OUT=${OUT:-/tmp/wv_gpu}
+[ -d .gpu_shared/fixtures ] && export WANVIDEO_SHARED=$PWD/.gpu_shared
 mkdir -p "$OUT"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
