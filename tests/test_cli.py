@@ -93,3 +93,11 @@ def test_module_entry_point_runs(tmp_path):
                         str(out), "--quiet"], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "RANDOM" in r.stdout and out.exists()
+
+
+@pytest.mark.skipif(__import__("wanvideo_vae").backends()["cuda"]["usable"], reason="a GPU is present")
+def test_device_cuda_without_a_gpu_says_why(files, capsys):
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"),
+                 "--device", "cuda"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --device cuda: the CUDA backend is not usable here (")

@@ -232,3 +232,28 @@ def test_progress_bar_and_interrupt_inside_comfyui(tiny, fake_comfy):
     fake_comfy["interrupt_after"] = None
     (images,) = node.decode(vae, _latent(data), True, 40, 40, 32, 32)  # and the next decode works
     assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
+
+
+def _fake_backends(usable):
+    def backends():
+        return {"cpu": {"usable": True}, "cuda": {"usable": usable}}
+    return backends
+
+
+@pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
+                                             (torch.float32, "fp32")])
+def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype, precision):
+    from wanvideo_vae import comfy_nodes
+    module = torch.nn.Conv2d(2, 2, 1).to(dtype)
+    latents = torch.zeros(16, 2, 3, 3)  # ComfyUI keeps latents on the CPU between nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert comfy_nodes._backend_for(module, latents) == ("cuda", precision, 0)
+    monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")
+    assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
+
+
+def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch):
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(False))
+    assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)

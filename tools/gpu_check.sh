@@ -58,7 +58,7 @@ summary "GPU tests exit $TESTS"
 PYTHONUNBUFFERED=1 timeout 300 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
     --json > "$OUT/bench.json" 2> "$OUT/bench.err"
 BENCH=$?
-python3 - "$OUT/bench.json" <<'EOF' || tail -20 "$OUT/bench.err"
+python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}")
