@@ -121,6 +121,19 @@ CASES = [
     ("a memory budget too small for the smallest tile", lambda d, t: d.decode(lat(), max_memory=1000), MemoryError,
      "budget is 1000 bytes"),
     ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
+    ("an unknown backend", lambda d, t: wv.Decoder(random_weights(8, 4), backend="metal"), E,
+     "backend must be 'cpu' or 'cuda'"),
+    ("a precision the backend does not compute in", lambda d, t: wv.Decoder(random_weights(8, 4), precision="bf16"), E,
+     "fp32 only"),
+    ("an unknown precision", lambda d, t: wv._C.Model(random_weights(8, 4), "cuda", "fp8"), E,
+     "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
+    ("a device that is not a CUDA device", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device="cpu"),
+     E, "device must be a CUDA device index"),
+    ("a CUDA device that does not exist (or no CUDA at all)",
+     lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device=99, mean=[0.0] * 4, std=[1.0] * 4), E,
+     "CUDA device 99 does not exist|no CUDA device is usable|backend 'cuda' is not available"),
+    ("a negative stream handle", lambda d, t: d._model.decode(lat(), d.mean, d.std, stream=-1), E,
+     "stream must be a CUDA stream handle"),
 ]
 
 
