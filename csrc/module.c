@@ -437,6 +437,7 @@ fail:
 
 static int parse_options(int tile_x, int tile_y, int end_frame, int raw, long long max_bytes, wv_options *o)
 {
+    memset(o, 0, sizeof *o);
     if (max_bytes < 0) {
         PyErr_Format(WvError, "max_memory must be >= 0 bytes (0 = no limit), got %lld", max_bytes);
         return -1;
@@ -540,10 +541,26 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
     return 0;
 }
 
-static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats *s)
+/* {op name: [seconds, calls]} for the ops a profiled decode ran. */
+static PyObject *op_profile(const wv_stats *s)
+{
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < wv_backend_op_count(); i++) {
+        if (!s->op_calls[i]) continue;
+        if (dict_set(d, wv_backend_op_name(i), Py_BuildValue("[dL]", s->op_seconds[i], (long long)s->op_calls[i])))
+            Py_CLEAR(d);
+    }
+    return d;
+}
+
+static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats *s, int profiled)
 {
     PyObject *d = plan_to_dict(p, m);
     if (!d) return NULL;
+    if (profiled && dict_set(d, "op_seconds", op_profile(s))) {
+        Py_DECREF(d);
+        return NULL;
+    }
     if (dict_set(d, "arena_high_water", PyLong_FromSize_t(s->arena_high_water)) ||
         dict_set(d, "seconds_trunk", PyFloat_FromDouble(s->seconds_trunk)) ||
         dict_set(d, "seconds_tiles", PyFloat_FromDouble(s->seconds_tiles)) ||
@@ -558,9 +575,9 @@ static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats 
 static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
-                             "stream", NULL};
+                             "stream", "profile", NULL};
     PyObject *lat_obj, *mean_obj, *std_obj, *progress = Py_None;
-    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, T, h, w;
+    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, profile = 0, T, h, w;
     long long max_bytes = 0, stream = 0;
     float *mean = NULL, *stdv = NULL;
     py_array lat;
@@ -576,8 +593,8 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 
     memset(&lat, 0, sizeof lat);
     if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLL:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
-                                     &tile_y, &end_frame, &raw, &progress, &max_bytes, &stream))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLLp:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
+                                     &tile_y, &end_frame, &raw, &progress, &max_bytes, &stream, &profile))
         return NULL;
     if (stream < 0) {
         PyErr_Format(WvError, "stream must be a CUDA stream handle (>= 0), got %lld", stream);
@@ -589,6 +606,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     }
     bridge.callback = progress == Py_None ? NULL : progress;
     if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &o)) return NULL;
+    o.profile = profile;
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
     if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
     if (check_latents_view(&self->model, &lat, &T, &h, &w)) goto finally;
@@ -625,7 +643,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         goto finally;
     }
     {
-        PyObject *sd = stats_dict(&plan, &self->model, &stats);
+        PyObject *sd = stats_dict(&plan, &self->model, &stats, profile);
         if (sd) result = Py_BuildValue("(ON)", (PyObject *)out, sd);
     }
 finally:
@@ -684,7 +702,7 @@ static PyMethodDef Model_methods[] = {
      "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False) -> dict: the tile grid and memory plan."},
     {"decode", (PyCFunction)(void (*)(void))Model_decode, METH_VARARGS | METH_KEYWORDS,
      "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None, max_memory=0,\n"
-     "       stream=0)\n"
+     "       stream=0, profile=False)\n"
      "-> (frames [F, H, W, 3] float32, stats dict)."},
     {"halos", (PyCFunction)Model_halos, METH_NOARGS, "Halo at the input of every tile-part block."},
     {NULL, NULL, 0, NULL},

@@ -83,6 +83,20 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* wait for queued work; returns any error the backend recorded since the last check */      \
     X(sync, wv_status, (void *ctx, wv_error *err))
 
+/* Op indices, for per-op profiles (wv_stats.op_seconds). */
+enum {
+#define WV_OP_ENUM(name, ret, args) WV_OP_##name,
+    WV_BACKEND_OPS(WV_OP_ENUM)
+#undef WV_OP_ENUM
+    WV_OP_COUNT
+};
+
+#ifdef __cplusplus
+static_assert(WV_OP_COUNT <= WV_MAX_OPS, "wv_stats.op_seconds is too small");
+#else
+_Static_assert(WV_OP_COUNT <= WV_MAX_OPS, "wv_stats.op_seconds is too small");
+#endif
+
 struct wv_backend {
     const char *name;
     wv_dtype act_dtype;     /* activations and parameters in backend memory */

@@ -162,6 +162,7 @@ typedef struct {
     int end_frame;        /* decode the last latent frame as a fresh one-frame sequence */
     wv_output_mode output;
     size_t max_bytes;     /* budget for the arena (0: none); tiles shrink until the plan fits */
+    int profile;          /* wait for every backend op and add its time to wv_stats.op_seconds */
 } wv_options;
 
 /* One named arena buffer: its bytes and a human name, for the plan report. */
@@ -211,10 +212,14 @@ void wv_model_halos(const wv_model *m, int *halo_out);
 /* Called between chunks with (done, total) steps; return nonzero to stop the decode. */
 typedef int (*wv_progress_fn)(void *user, int64_t done, int64_t total);
 
+#define WV_MAX_OPS 32
+
 typedef struct {
     double seconds_trunk, seconds_tiles, seconds_total;
     size_t arena_high_water;
     int64_t steps;
+    double op_seconds[WV_MAX_OPS]; /* with wv_options.profile: seconds in each backend op (wv_backend.h) */
+    int64_t op_calls[WV_MAX_OPS];
 } wv_stats;
 
 /* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into

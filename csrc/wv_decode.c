@@ -19,7 +19,9 @@ typedef struct {
     const float *mean, *std;
     const wv_options *o;
     float *out;
-    int out_frame; /* the next output frame a tile's last segment writes */
+    int out_frame;      /* the next output frame a tile's last segment writes */
+    wv_stats *stats;
+    wv_error profile_err; /* the first failure a profiling sync saw, reported at the step's end */
 } decode_run;
 
 /* Activations in flight through the block list. The result of each block is left in x. */
@@ -49,6 +51,23 @@ static double now_seconds(void)
 #endif
 }
 
+/* With o->profile: waits for the op just queued and adds its time. */
+static void op_timed(decode_run *r, int op, double start)
+{
+    wv_error e;
+    if (r->be->sync(r->ctx, &e) && !r->profile_err.code) r->profile_err = e;
+    r->stats->op_seconds[op] += now_seconds() - start;
+    r->stats->op_calls[op]++;
+}
+
+/* Every compute op of the decode goes through here. */
+#define OP(r, name, ...)                                          \
+    do {                                                          \
+        double start_ = (r)->o->profile ? now_seconds() : 0.0;    \
+        (r)->be->name((r)->ctx, __VA_ARGS__);                     \
+        if ((r)->o->profile) op_timed((r), WV_OP_##name, start_); \
+    } while (0)
+
 static void *arena_buffer(decode_run *r, int id)
 {
     const wv_buffer_plan *b = &r->p->buffers[id];
@@ -73,15 +92,15 @@ static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void 
                         int accumulate)
 {
     void *cache = cv->cache_slot >= 0 ? arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot) : NULL;
-    r->be->conv(r->ctx, cv, g, cache, x, y, n, accumulate);
-    if (cache) r->be->cache_roll(r->ctx, cache, x, n, wv_grid_positions(g) * cv->cin);
+    OP(r, conv, cv, g, cache, x, y, n, accumulate);
+    if (cache) OP(r, cache_roll, cache, x, n, wv_grid_positions(g) * cv->cin);
 }
 
 /* [n][P][z] -> [n][P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
 static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
 {
     causal_conv(r, &b->conv[0], f->g, f->x, f->y, f->n, 0);
-    r->be->zero_ring(r->ctx, f->y, f->g, b->cout, f->n);
+    OP(r, zero_ring, f->y, f->g, b->cout, f->n);
     swap_xy(f);
 }
 
@@ -95,10 +114,9 @@ static void run_conv(decode_run *r, const wv_block *b, flow *f)
 /* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x) */
 static void run_residual(decode_run *r, const wv_block *b, flow *f)
 {
-    const wv_backend *be = r->be;
-    be->rms_norm(r->ctx, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
+    OP(r, rms_norm, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
     causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
-    be->rms_norm(r->ctx, f->y, f->g, f->t, f->g, b->cout, f->n, b->gamma[1], 1);
+    OP(r, rms_norm, f->y, f->g, f->t, f->g, b->cout, f->n, b->gamma[1], 1);
     if (b->has_conv[2]) {
         causal_conv(r, &b->conv[2], f->g, f->x, f->y, f->n, 0);
         causal_conv(r, &b->conv[1], f->g, f->t, f->y, f->n, 1);
@@ -111,22 +129,21 @@ static void run_residual(decode_run *r, const wv_block *b, flow *f)
 /* [1][P][C] -> attn_dst [h*w][C]: x + proj(softmax(q k^T / sqrt(C)) v), q k v = to_qkv(rms(x)) */
 static void run_attention(decode_run *r, const wv_block *b, flow *f)
 {
-    const wv_backend *be = r->be;
     wv_grid flat = {f->g.h, f->g.w, 0};
     int N = f->g.h * f->g.w, C = b->cin;
     void *normed = arena_buffer(r, WV_BUF_ATTN_IN), *qkv = arena_buffer(r, WV_BUF_ATTN_QKV);
     void *heads = arena_buffer(r, WV_BUF_ATTN_OUT), *scores = arena_buffer(r, WV_BUF_ATTN_SCORES);
-    be->rms_norm(r->ctx, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
+    OP(r, rms_norm, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
     causal_conv(r, &b->conv[0], flat, normed, qkv, 1, 0);
-    be->attention(r->ctx, qkv, heads, N, C, scores, r->p->attn_rows);
-    be->copy_region(r->ctx, f->x, f->g, 0, 0, f->attn_dst, flat, C, 1);
+    OP(r, attention, qkv, heads, N, C, scores, r->p->attn_rows);
+    OP(r, copy_region, f->x, f->g, 0, 0, f->attn_dst, flat, C, 1);
     causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1, 1);
 }
 
 /* [n][P][C] -> [n][P][3] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
-    r->be->rms_norm(r->ctx, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
+    OP(r, rms_norm, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
     causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
     swap_xy(f);
 }
@@ -158,7 +175,7 @@ static void trunk_frame(decode_run *r, int t, int slot)
     f.y = arena_buffer(r, WV_BUF_TRUNK_Y);
     f.t = arena_buffer(r, WV_BUF_TRUNK_T);
     f.attn_dst = trunk_out_frame(r, slot);
-    r->be->load_latent(r->ctx, r->lat, t, r->mean, r->std, f.g, f.x);
+    OP(r, load_latent, r->lat, t, r->mean, r->std, f.g, f.x);
     for (int b = 0; b < r->m->trunk_end; b++) RUNNERS[r->m->blocks[b].kind](r, &r->m->blocks[b], &f);
 }
 
@@ -203,8 +220,8 @@ static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
         child.seg = next;
         child.g = wv_tile_grid(p, f->tile, next);
         segment_buffers(r, next, &child);
-        r->be->upsample2x(r->ctx, source, f->g, src->y.lo, src->x.lo, per * b->cin, j * b->cin, child.t, child.g,
-                          dst->y.lo, dst->x.lo, fh, fw, b->cin);
+        OP(r, upsample2x, source, f->g, src->y.lo, src->x.lo, per * b->cin, j * b->cin, child.t, child.g, dst->y.lo,
+           dst->x.lo, fh, fw, b->cin);
         causal_conv(r, &b->conv[0], child.g, child.t, child.x, 1, 0);
         run_segment(r, &child);
     }
@@ -217,9 +234,9 @@ static void write_core(decode_run *r, const flow *f)
     const wv_tile *tl = &p->tiles[f->tile];
     const wv_rect *last = &tl->region[f->seg];
     float *dst = r->out + (size_t)r->out_frame++ * (size_t)p->H * (size_t)p->W * 3;
-    r->be->write_output(r->ctx, f->x, f->g, tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
-                        tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W, tl->core.y.lo,
-                        tl->core.x.lo, r->o->output);
+    OP(r, write_output, f->x, f->g, tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
+       tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W, tl->core.y.lo, tl->core.x.lo,
+       r->o->output);
 }
 
 /* The blocks of segment f->seg on one frame (its opening upsample already ran), then on to the next
@@ -250,8 +267,8 @@ static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
     f.tile = tile;
     segment_buffers(r, 0, &f);
     r->out_frame = out_frame;
-    r->be->copy_region(r->ctx, trunk_out_frame(r, slot), full, p->tiles[tile].region[0].y.lo,
-                       p->tiles[tile].region[0].x.lo, f.x, f.g, m->blocks[m->trunk_end - 1].cout, 1);
+    OP(r, copy_region, trunk_out_frame(r, slot), full, p->tiles[tile].region[0].y.lo, p->tiles[tile].region[0].x.lo,
+       f.x, f.g, m->blocks[m->trunk_end - 1].cout, 1);
     run_segment(r, &f);
 }
 
@@ -262,8 +279,8 @@ static void zero_caches(decode_run *r, int trunk)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
-            r->be->zero(r->ctx, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
-                        r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
+            OP(r, zero, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
+               r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
         }
 }
 
@@ -277,6 +294,10 @@ typedef struct {
 static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
 {
     wv_status st = r->be->end_step(r->ctx, err);
+    if (!st && r->profile_err.code) {
+        *err = r->profile_err;
+        st = err->code;
+    }
     if (st) return st;
     ps->done++;
     if (ps->fn && ps->fn(ps->user, ps->done, ps->total))
@@ -359,6 +380,7 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     r.std = std;
     r.o = o;
     r.out = out;
+    r.stats = stats;
     ps.fn = progress;
     ps.user = progress_user;
     ps.done = 0;

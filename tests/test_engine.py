@@ -179,3 +179,18 @@ def test_expected_key_table_matches_reference_file():
     dec = wv.Decoder(random_weights(96, 16))
     assert dec._model.n_params == 73295603
     assert dec._model.cache_slots == 32
+
+
+def test_profile_times_every_op_and_changes_nothing():
+    weights = random_weights(8, 4, seed=3)
+    mean, std = random_stats(4)
+    dec = wv.Decoder(weights, mean=mean, std=std)
+    lat = random_latents(4, 3, 6, 7, seed=3)
+    plain = dec.decode(lat, raw=True, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    assert "op_seconds" not in dec.last_stats
+    profiled = dec.decode(lat, raw=True, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8, profile=True)
+    np.testing.assert_array_equal(profiled, plain)
+    ops = dec.last_stats["op_seconds"]
+    assert {"conv", "cache_roll", "rms_norm", "attention", "upsample2x", "write_output", "load_latent"} <= set(ops)
+    assert ops["load_latent"][1] == 3 and ops["write_output"][1] == dec.last_stats["frames"] * dec.last_stats["n_tiles"]
+    assert 0 < sum(sec for sec, _ in ops.values()) <= dec.last_stats["seconds_total"]

@@ -54,7 +54,12 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | t
 TESTS=${PIPESTATUS[0]}
 summary "GPU tests exit $TESTS"
 
-# 3. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process
+# 3. where the time goes: a profiled 720p decode of 5 latent frames (17 output frames), untiled
+PYTHONUNBUFFERED=1 timeout 120 python3 -m wanvideo_vae decode --device cuda --precision bf16 --random-shape 5 90 160 \
+    --tile 0 --profile --quiet --out /tmp/wv_profile.npy 2>&1 | tee "$OUT/profile.txt" | tail -8
+summary "profile exit ${PIPESTATUS[0]}"
+
+# 4. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process
 PYTHONUNBUFFERED=1 timeout 300 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
     --json > "$OUT/bench.json" 2> "$OUT/bench.err"
 BENCH=$?

@@ -147,7 +147,7 @@ class Decoder:
 
     def decode(self, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
-               max_memory=None):
+               max_memory=None, profile=False):
         """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
 
         Default output is clamp(-1, 1) then (x + 1) / 2, in [0, 1]; raw=True returns the unclamped
@@ -161,7 +161,9 @@ class Decoder:
         with tiling disabled), and if even the smallest tile does not fit, MemoryError says what is
         needed before any work starts.
         CUDA: torch CUDA tensors are read in place (any strides, float32/float16/bfloat16), after the
-        work queued on torch's current stream; host latents are copied to the device."""
+        work queued on torch's current stream; host latents are copied to the device.
+        profile=True waits for every backend op and puts {op: [seconds, calls]} in
+        last_stats["op_seconds"] (slower: no overlap between ops; for finding where time goes)."""
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:
@@ -173,7 +175,8 @@ class Decoder:
             lat = latents_4d(host_array(latents, "latents"))
         budget = _budget(max_memory, self.backend, self._device)
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
-                                           raw=bool(raw), progress=progress, max_memory=budget)
+                                           raw=bool(raw), progress=progress, max_memory=budget,
+                                           profile=bool(profile))
         self.last_stats = stats
         return frames
 

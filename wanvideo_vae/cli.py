@@ -151,7 +151,8 @@ def decode_cmd(args):
     try:
         frames = dec.decode(latents, raw=True, end_frame=args.end_frame,
                             enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272, tile_y=args.tile or 272,
-                            tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory, progress=progress)
+                            tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory, progress=progress,
+                            profile=args.profile)
     finally:
         close()
     seconds = time.perf_counter() - t0
@@ -172,6 +173,9 @@ def decode_cmd(args):
                    f"{mib(s['weight_bytes'])} ({'device' if backend == 'cuda' else 'host'}); "
                    f"process peak RSS {mib(peak_rss_bytes())}"),
     ]
+    if args.profile:
+        ops = sorted(s["op_seconds"].items(), key=lambda kv: -kv[1][0])
+        rows.append(("profile", ", ".join(f"{k} {sec:.2f} s ({calls})" for k, (sec, calls) in ops)))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -327,6 +331,8 @@ def build_parser():
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--profile", action="store_true",
+                   help="time every backend op (waits for each: slower) and print where the time went")
     d.set_defaults(func=decode_cmd)
     b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
     b.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),

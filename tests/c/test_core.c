@@ -248,7 +248,7 @@ static void test_plan(const wv_model *m)
 {
     wv_plan p;
     wv_error err;
-    wv_options o = {40, 56, 0, WV_OUT_UNIT, 0};
+    wv_options o = {40, 56, 0, WV_OUT_UNIT, 0, 0};
     int halo[WV_MAX_BLOCKS], covered = 0;
     wv_model_halos(m, halo);
     CHECK(halo[m->trunk_end] == 15);
@@ -279,7 +279,7 @@ static wv_status decode(const wv_model *m, const float *lat, int T, int h, int w
 {
     float mean[4] = {0.1f, -0.2f, 0.3f, 0.0f}, stdv[4] = {1.0f, 2.0f, 0.5f, 1.5f};
     wv_view v = {lat, 4, {4, T, h, w}, {4LL * T * h * w, 4LL * h * w, 4LL * w, 4}, WV_F32, 0};
-    wv_options o = {tile, tile, 0, WV_OUT_RAW, 0};
+    wv_options o = {tile, tile, 0, WV_OUT_RAW, 0, 0};
     wv_plan p;
     wv_status s = wv_plan_make(&p, m, T, h, w, &o, err);
     if (!s) s = wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, st, err);
