@@ -155,11 +155,28 @@ def cuda_config():
     lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
     if not os.path.isdir(lib64):
         lib64 = os.path.join(toolkit, "lib")
+    cudart = find_cudart(toolkit, lib64)
+    if not cudart:
+        return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
     archs = [a.strip() for a in os.environ.get("WANVIDEO_CUDA_ARCHS", DEFAULT_ARCHS).replace(",", ";").split(";")
              if a.strip()]
     log(f"CUDA backend: nvcc {nvcc}, cuDNN {cudnn_lib}, cuBLAS {cublas_lib}, archs {archs}")
-    return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudnn_inc": cudnn_inc, "cudnn_lib": cudnn_lib,
-            "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs, "required": mode == "1"}
+    return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudart": cudart, "cudnn_inc": cudnn_inc,
+            "cudnn_lib": cudnn_lib, "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs,
+            "required": mode == "1"}
+
+
+def find_cudart(toolkit, lib64):
+    """The static runtime of the toolkit (no run-time dependency), else the shared one of the
+    nvidia-cuda-runtime wheel (an nvcc installed from pip comes without the static library)."""
+    static = os.path.join(lib64, "cudart_static.lib" if WINDOWS else "libcudart_static.a")
+    if os.path.isfile(static):
+        return static
+    for sp in site_dirs():
+        hits = sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "libcudart.so.*")))
+        if hits and not WINDOWS:
+            return hits[-1]
+    return None
 
 
 def missing(mode, why):
@@ -175,10 +192,11 @@ def cuda_extension(cfg):
         libs, link = ["cudart_static", "cudnn", "cublas"], []
         lib_dirs.append(cfg["lib64"])
     else:
-        libs = ["cudart_static", "dl", "rt", "pthread", "stdc++"]
+        libs = ["dl", "rt", "pthread", "stdc++"]
         # the wheels ship versioned libraries only (libcudnn.so.9): link them by path
-        link = [cfg["cudnn_lib"], cfg["cublas_lib"]] + rpath_args(
-            ["$ORIGIN/../nvidia/cudnn/lib", "$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib"] + lib_dirs)
+        link = [cfg["cudart"], cfg["cudnn_lib"], cfg["cublas_lib"]] + rpath_args(
+            ["$ORIGIN/../nvidia/cudnn/lib", "$ORIGIN/../nvidia/cu13/lib", "$ORIGIN/../nvidia/cublas/lib",
+             "$ORIGIN/../nvidia/cuda_runtime/lib"] + lib_dirs + [os.path.dirname(cfg["cudart"])])
         lib_dirs = [cfg["lib64"]]
     ext = Extension(
         "wanvideo_vae._cuda",
@@ -217,8 +235,11 @@ class BuildExt(build_ext):
         newest = cfg["archs"][-1]
         gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
         host = ["-Xcompiler", "/O2"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
+        # the toolkit's own headers first: a wheel's include folder (nvidia/cu13/include) may also hold
+        # CUDA runtime headers of another version
         cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda",
-               "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]] + host + gencode
+               "-I" + os.path.join(cfg["toolkit"], "include"), "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]]
+        cmd += host + gencode
         log(" ".join(cmd))
         subprocess.run(cmd, check=True)
         return obj

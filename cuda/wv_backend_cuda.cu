@@ -31,8 +31,8 @@
 
 #define MAX_CANDIDATES 8
 
-/* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first;
- * `chosen` moves on if one fails to run. */
+/* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
+ * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
 typedef struct {
     int cin, cout, kt, kh, kw, H, W, n;
     cudnnTensorDescriptor_t x, y;
@@ -40,7 +40,9 @@ typedef struct {
     cudnnConvolutionDescriptor_t conv;
     cudnnConvolutionFwdAlgo_t algo[MAX_CANDIDATES];
     cudnnMathType_t math[MAX_CANDIDATES];
-    int n_candidates, chosen;
+    size_t memory[MAX_CANDIDATES];
+    char refused[MAX_CANDIDATES];
+    int n_candidates;
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -500,15 +502,15 @@ static void drain(cuda_ctx *c, staging *s)
     s->queued = 0;
 }
 
-/* The step's output (if any) is queued behind an event; the host moves on to the next step and
- * only waits for the one before it. */
+/* The step (and its output, if any) is queued behind an event; the host moves on to the next step
+ * and waits only for the one before it, whose output it then copies out: one step in flight. */
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     staging *s = &c->stage[c->cur];
     launched(c, "a decode step");
     cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* the progress callback may have switched it */
-    if (!failed(c) && s->n_copies) {
+    if (!failed(c)) {
         if (cuda_ok(c, cudaEventRecord(s->done, c->stream), "cudaEventRecord")) s->queued = 1;
         c->cur ^= 1;
         drain(c, &c->stage[c->cur]);
@@ -618,19 +620,22 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                   "algorithm heuristics"))
         return 0;
-    s->n_candidates = s->chosen = 0;
+    s->n_candidates = 0;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
-        /* fp32 stays fp32: no tensor-op (TF32) variants */
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > c->workspace_bytes ||
+        int k = s->n_candidates;
+        /* fp32 stays fp32: no tensor-op (TF32) variants, and FMA math forced on the rest */
+        if (perf[i].status != CUDNN_STATUS_SUCCESS ||
             (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH))
             continue;
-        s->algo[s->n_candidates] = perf[i].algo;
-        s->math[s->n_candidates++] = perf[i].mathType;
+        s->algo[k] = perf[i].algo;
+        s->math[k] = c->dt == WV_F32 ? CUDNN_FMA_MATH : perf[i].mathType;
+        s->memory[k] = perf[i].memory;
+        s->refused[k] = 0;
+        s->n_candidates++;
     }
     if (s->n_candidates) return 1;
-    wv_fail(&c->err, WV_ERR_BACKEND,
-            "cuDNN has no algorithm for a %dx%dx%d conv %d -> %d channels on %dx%d (%s) within %zu bytes of workspace",
-            s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, wv_dtype_name(c->dt), c->workspace_bytes);
+    wv_fail(&c->err, WV_ERR_BACKEND, "cuDNN has no algorithm for a %dx%dx%d conv %d -> %d channels on %dx%d (%s)",
+            s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, wv_dtype_name(c->dt));
     return 0;
 }
 
@@ -669,20 +674,32 @@ static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W,
     return s;
 }
 
-/* Runs the chosen algorithm; if cuDNN refuses it (a bad parameter for this shape, say), the next
- * candidate becomes the choice. The math type travels with the algorithm. */
+/* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
+ * has not refused; a refusal (a bad parameter for this shape, say) marks it and the next one runs.
+ * The math type travels with the algorithm. */
 static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, void *y, const float *alpha,
                     const float *beta)
 {
     cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
-    for (; s->chosen < s->n_candidates; s->chosen++) {
-        if (cudnnSetConvolutionMathType(s->conv, s->math[s->chosen]) != CUDNN_STATUS_SUCCESS) continue;
-        st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[s->chosen],
-                                     c->workspace, c->workspace_bytes, beta, s->y, y);
+    for (int i = 0; i < s->n_candidates; i++) {
+        if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
+        if (cudnnSetConvolutionMathType(s->conv, s->math[i]) != CUDNN_STATUS_SUCCESS) {
+            s->refused[i] = 1;
+            continue;
+        }
+        st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
+                                     c->workspace_bytes, beta, s->y, y);
         if (st == CUDNN_STATUS_SUCCESS) return 1;
+        s->refused[i] = 1;
     }
-    s->chosen = 0; /* the next call tries them all again */
-    return cudnn_ok(c, st, "cudnnConvolutionForward (no candidate algorithm ran)");
+    for (int i = 0; i < s->n_candidates; i++) s->refused[i] = 0; /* a later call tries them all again */
+    if (!failed(c))
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                "cuDNN ran none of %d algorithms for a %dx%dx%d conv %d -> %d channels on %dx%d within %zu bytes of "
+                "workspace (last status: %s)",
+                s->n_candidates, s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, c->workspace_bytes,
+                cudnnGetErrorString(st));
+    return 0;
 }
 
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only

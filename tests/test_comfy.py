@@ -257,3 +257,16 @@ def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch):
     from wanvideo_vae import comfy_nodes
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(False))
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
+
+
+def test_decoder_cache_survives_offload_and_sees_new_weights():
+    from wanvideo_vae.comfy_nodes import _fingerprint
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Conv2d(3, 2, 1))
+    key = _fingerprint(module)
+    moved = torch.nn.Sequential(*[m for m in module])  # same values in new storage, as after an offload
+    for p in moved.parameters():
+        p.data = p.data.clone()
+    assert _fingerprint(moved) == key
+    with torch.no_grad():
+        module[0].weight.add_(1.0)
+    assert _fingerprint(module) != key

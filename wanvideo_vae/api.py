@@ -6,7 +6,8 @@ import numpy as np
 from . import _C
 from ._C import WanVAEError
 from .arrays import as_float_list, host_array, is_cuda_tensor, latents_4d
-from .devices import CudaArray, cuda_module, device_budget, device_index
+from .devices import (CudaArray, cuda_module, device_budget, device_index, release_torch_cache_if_needed,
+                      resolve_device)
 from .sysmem import available_host_bytes
 from .weights import normalize_keys
 
@@ -69,7 +70,7 @@ def _budget(max_memory, backend="cpu", device=-1):
     (CPU) or of the free device memory (CUDA)."""
     if max_memory is None:
         if backend == "cuda":
-            return device_budget(device)
+            return device_budget(device)[0]
         available = available_host_bytes()
         return int(available * HOST_BUDGET_SHARE) if available else 0
     if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0:
@@ -92,7 +93,7 @@ class Decoder:
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
         if backend not in ("cpu", "cuda"):
             raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
-        self._device = device_index(device) if backend == "cuda" else -1
+        self._device = resolve_device(device_index(device)) if backend == "cuda" else -1
         if backend == "cuda":
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
         host = {k: host_array(v, f"weight '{k}'") for k, v in normalize_keys(weights).items()}
@@ -174,6 +175,10 @@ class Decoder:
         else:
             lat = latents_4d(host_array(latents, "latents"))
         budget = _budget(max_memory, self.backend, self._device)
+        if self.backend == "cuda" and max_memory is None and len(getattr(lat, "shape", ())) == 4:
+            planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
+                                       end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
+            release_torch_cache_if_needed(self._device, planned, device_budget(self._device)[1])
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
                                            raw=bool(raw), progress=progress, max_memory=budget,
                                            profile=bool(profile))

@@ -73,8 +73,18 @@ def _module_weights(module):
 
 
 def _fingerprint(module):
-    p = next(iter(module.parameters()), None)
-    return None if p is None else (p.data_ptr(), p.dtype, p._version)
+    """What identifies the weights' values, cheaply: dtype, shapes and a strided sample of the first and
+    last parameters. Not their address: ComfyUI moves an offloaded VAE between devices, which must
+    not rebuild the Decoder; changed values must."""
+    params = list(module.parameters())
+    if not params:
+        return None
+    sample = []
+    for p in (params[0], params[-1]):
+        flat = p.detach().reshape(-1)
+        step = max(flat.numel() // 64, 1)
+        sample.append(float(flat[::step][:64].float().sum()))
+    return (params[0].dtype, tuple(tuple(p.shape) for p in params), tuple(sample))
 
 
 class _DecoderCache:

@@ -58,22 +58,38 @@ def _torch_if_loaded():
     return sys.modules.get("torch")
 
 
+def resolve_device(device):
+    """A device index (-1: the calling thread's current device, as torch sees it when it is loaded)."""
+    torch = _torch_if_loaded()
+    if device < 0 and torch is not None and torch.cuda.is_available():
+        return torch.cuda.current_device()
+    return device
+
+
+def _torch_cached_unused(device):
+    torch = _torch_if_loaded()
+    if torch is None or not torch.cuda.is_initialized() or device < 0:
+        return 0
+    return max(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), 0)
+
+
 def device_budget(device):
-    """Bytes a decode on `device` may plan for: a share of the free memory, counting memory torch holds
-    in its cache but does not use (released to the driver first when the budget needs it)."""
+    """(budget, free): bytes a decode on `device` may plan for, a share of the free memory plus what
+    torch caches but does not use; and the share of the memory free right now."""
     cuda = cuda_module()
     if cuda is None:
-        return 0
+        return 0, 0
     free, _ = cuda.mem_get_info(device)
+    return int((free + _torch_cached_unused(device)) * DEVICE_BUDGET_SHARE), int(free * DEVICE_BUDGET_SHARE)
+
+
+def release_torch_cache_if_needed(device, need, free_now):
+    """When a plan needs more than is free now, let torch hand its unused cache back to the driver
+    (only then: emptying it costs torch later allocations)."""
     torch = _torch_if_loaded()
-    cached = 0
-    if torch is not None and torch.cuda.is_initialized():
-        dev = torch.cuda.current_device() if device < 0 else device
-        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-        if cached > 0:
+    if need > free_now and torch is not None and torch.cuda.is_initialized():
+        with torch.cuda.device(device):
             torch.cuda.empty_cache()
-            free, _ = cuda.mem_get_info(device)
-    return int(free * DEVICE_BUDGET_SHARE)
 
 
 class CudaArray:
@@ -111,7 +127,7 @@ class PeakDeviceMemory:
     at entry: what the block added, whoever allocated it (torch's counters miss our allocations)."""
 
     def __init__(self, device=-1):
-        self.device = device
+        self.device = resolve_device(device)  # the sampling thread has its own current device
         self.cuda = cuda_module()
         self.grown = 0
 
