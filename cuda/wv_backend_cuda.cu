@@ -42,7 +42,7 @@ typedef struct {
     cudnnMathType_t math[MAX_CANDIDATES];
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
-    int n_candidates;
+    int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -71,6 +71,7 @@ typedef struct {
     cudnnHandle_t cudnn;
     cublasHandle_t cublas;
     void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
+    int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
@@ -256,6 +257,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->be = be;
     c->dt = be->act_dtype;
     c->device = device;
+    c->direct_only = getenv("WANVIDEO_CUDA_DIRECT_CONV") && !strcmp(getenv("WANVIDEO_CUDA_DIRECT_CONV"), "1");
     ds = enter_device(device);
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
@@ -571,23 +573,26 @@ static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, in
 }
 
 /* Descriptors for a conv over n frames of H x W (the padded grid), causal ones as 3-frame 3-d
- * convolutions, and the fastest algorithm whose workspace fits. */
+ * convolutions, and the algorithms cuDNN's heuristics offer, best first. Whatever cuDNN refuses
+ * here (a layout, a channel count) leaves no candidate: the direct kernel takes the shape. Returns 0
+ * only on a hard failure (out of memory, a frame too large for cuDNN's int sizes). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
-    int causal = s->kt > 1, nd = causal ? 5 : 4;
+    int causal = s->kt > 1, nd = causal ? 5 : 4, cmax = s->cin > s->cout ? s->cin : s->cout;
     int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
     cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
+    s->n_candidates = 0;
     if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
         !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
         !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
         !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
         return 0;
-    if ((int64_t)s->kt * s->H * s->W * (s->cin > s->cout ? s->cin : s->cout) * (causal ? 1 : s->n) > INT32_MAX) {
+    if ((int64_t)s->kt * s->H * s->W * cmax * (causal ? 1 : s->n) > INT32_MAX) {
         wv_fail(&c->err, WV_ERR_INVALID,
                 "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
-                s->W, s->cin > s->cout ? s->cin : s->cout);
+                s->W, cmax);
         return 0;
     }
     if (causal) {
@@ -599,28 +604,17 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {s->kh / 2, s->kw / 2};
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
-    if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd))
-        return cudnn_ok(c, CUDNN_STATUS_BAD_PARAM, "tensor descriptor");
-    if (!cudnn_ok(c, cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd), "filter descriptor") ||
-        !cudnn_ok(c,
-                  cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
-                                                  CUDNN_DATA_FLOAT),
-                  "convolution descriptor") ||
-        !cudnn_ok(c, cudnnSetConvolutionMathType(s->conv, c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH),
-                  "convolution math type") ||
-        !cudnn_ok(c, cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out), "output size"))
-        return 0;
-    if (memcmp(out, yd, sizeof(int) * (size_t)nd) != 0) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "cuDNN computes another output size for a %dx%dx%d conv on %dx%d", s->kt,
-                s->kh, s->kw, s->H, s->W);
-        return 0;
-    }
-    if (!cudnn_ok(c,
-                  cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
-                                                         CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
-                  "algorithm heuristics"))
-        return 0;
-    s->n_candidates = 0;
+    if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd) ||
+        cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) != CUDNN_STATUS_SUCCESS ||
+        cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+                                        CUDNN_DATA_FLOAT) != CUDNN_STATUS_SUCCESS ||
+        cudnnSetConvolutionMathType(s->conv, c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH) !=
+            CUDNN_STATUS_SUCCESS ||
+        cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) != CUDNN_STATUS_SUCCESS ||
+        memcmp(out, yd, sizeof(int) * (size_t)nd) != 0 ||
+        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                               &returned, perf) != CUDNN_STATUS_SUCCESS)
+        return 1;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;
         /* fp32 stays fp32: no tensor-op (TF32) variants, and FMA math forced on the rest */
@@ -633,10 +627,7 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         s->refused[k] = 0;
         s->n_candidates++;
     }
-    if (s->n_candidates) return 1;
-    wv_fail(&c->err, WV_ERR_BACKEND, "cuDNN has no algorithm for a %dx%dx%d conv %d -> %d channels on %dx%d (%s)",
-            s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, wv_dtype_name(c->dt));
-    return 0;
+    return 1;
 }
 
 static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W, int n)
@@ -674,13 +665,24 @@ static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W,
     return s;
 }
 
+/* The shape on CUDA cores, when cuDNN runs nothing for it. */
+static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, const void *weight, void *y,
+                           int accumulate)
+{
+    int n = s->kt > 1 ? 1 : s->n;
+    LAUNCH(c, direct_conv_kernel, (int64_t)n * s->H * s->W * s->cout, input, weight, y, n, s->kt, s->kh, s->kw,
+           s->cin, s->cout, s->H, s->W, accumulate);
+    return !failed(c);
+}
+
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
  * has not refused; a refusal (a bad parameter for this shape, say) marks it and the next one runs.
- * The math type travels with the algorithm. */
+ * The math type travels with the algorithm. When none runs, the direct kernel computes the shape. */
 static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, void *y, const float *alpha,
                     const float *beta)
 {
     cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+    if (c->direct_only) return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
     for (int i = 0; i < s->n_candidates; i++) {
         if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
         if (cudnnSetConvolutionMathType(s->conv, s->math[i]) != CUDNN_STATUS_SUCCESS) {
@@ -693,13 +695,8 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
         s->refused[i] = 1;
     }
     for (int i = 0; i < s->n_candidates; i++) s->refused[i] = 0; /* a later call tries them all again */
-    if (!failed(c))
-        wv_fail(&c->err, WV_ERR_BACKEND,
-                "cuDNN ran none of %d algorithms for a %dx%dx%d conv %d -> %d channels on %dx%d within %zu bytes of "
-                "workspace (last status: %s)",
-                s->n_candidates, s->kt, s->kh, s->kw, s->cin, s->cout, s->H, s->W, c->workspace_bytes,
-                cudnnGetErrorString(st));
-    return 0;
+    (void)st;
+    return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
 }
 
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only

@@ -156,6 +156,37 @@ __global__ void upsample2x_kernel(const void *src_, wv_grid gs, int sy0, int sx0
     }
 }
 
+/* Direct convolution, the fallback where cuDNN runs no algorithm for a shape:
+ * y[f][p][o] (+)= sum over (dt, dy, dx, i) of w[o][dt][dy][dx][i] * in[f + dt][p shifted by (dy, dx)][i]
+ * on a padded Hp x Wp grid, for the positions whose window stays inside it (the ring's outputs are
+ * undefined and left alone). in holds n + kt - 1 frames; one thread per output value. */
+template <typename T>
+__global__ void direct_conv_kernel(const void *in_, const void *w_, void *y_, int n, int kt, int kh, int kw, int cin,
+                                   int cout, int Hp, int Wp, int accumulate)
+{
+    const T *in = (const T *)in_, *w = (const T *)w_;
+    T *y = (T *)y_;
+    int64_t P = (int64_t)Hp * Wp;
+    int rh = kh / 2, rw = kw / 2;
+    WV_GRID_STRIDE_LOOP(i, n * P * cout)
+    {
+        int o = (int)(i % cout);
+        int64_t p = (i / cout) % P;
+        int f = (int)(i / (cout * P)), py = (int)(p / Wp), px = (int)(p % Wp);
+        float acc;
+        if (py < rh || py + rh >= Hp || px < rw || px + rw >= Wp) continue;
+        acc = accumulate ? to_f32(y[i]) : 0.0f;
+        for (int dt = 0; dt < kt; dt++)
+            for (int dy = 0; dy < kh; dy++)
+                for (int dx = 0; dx < kw; dx++) {
+                    const T *src = in + (((int64_t)(f + dt) * P + (int64_t)(py + dy - rh) * Wp + px + dx - rw) * cin);
+                    const T *wt = w + ((((int64_t)o * kt + dt) * kh + dy) * kw + dx) * cin;
+                    for (int c = 0; c < cin; c++) acc += to_f32(src[c]) * to_f32(wt[c]);
+                }
+        y[i] = from_f32<T>(acc);
+    }
+}
+
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float *shared)
 {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;

@@ -301,3 +301,20 @@ def test_threads_sharing_one_decoder_take_turns():
         t.join()
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got, want, atol=REPEAT_TOL)
+
+
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_direct_convolution_fallback_matches_the_cpu(monkeypatch, precision):
+    """Where cuDNN runs no algorithm for a shape, a direct kernel computes it; forced here for all."""
+    monkeypatch.setenv("WANVIDEO_CUDA_DIRECT_CONV", "1")
+    weights = random_weights(8, 4, seed=15)
+    mean, std = random_stats(4, seed=15)
+    lat = random_latents(4, 3, 6, 7, seed=15)
+    cpu = wv.Decoder(weights, mean=mean, std=std).decode(lat, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    dec = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
+    out = dec.decode(lat, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    if precision == "fp32":
+        assert np.abs(out - cpu).max() <= FP32_TOL
+    else:
+        assert_half_close(out, cpu)
