@@ -7,8 +7,9 @@
  * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
  * cache holds the two previous frames followed by room for the new one.
  *
- * Convolutions: cuDNN, algorithm picked by its heuristics once per shape and cached in the context
- * (which lives with the model), workspace from the arena. Attention: per query chunk, scores by a
+ * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
+ * lives with the model), the best one that fits the call's workspace (from the arena) run; a shape
+ * cuDNN runs nothing for goes to a direct kernel. Attention: per query chunk, scores by a
  * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
  * mapped pinned memory; the host copies finished steps into the caller's array while the GPU runs
  * the next one. Errors are recorded in the context at the first failure; later ops then do nothing,
@@ -63,7 +64,6 @@ typedef struct {
 } staging;
 
 typedef struct {
-    const wv_backend *be;
     wv_dtype dt;
     int device, prev_device;
     cudaStream_t stream;
@@ -254,7 +254,6 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     *out = NULL;
     if ((st = check_device(&device, be->act_dtype, err))) return st;
     if (!(c = (cuda_ctx *)calloc(1, sizeof *c))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
-    c->be = be;
     c->dt = be->act_dtype;
     c->device = device;
     c->direct_only = getenv("WANVIDEO_CUDA_DIRECT_CONV") && !strcmp(getenv("WANVIDEO_CUDA_DIRECT_CONV"), "1");
