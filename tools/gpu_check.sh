@@ -26,6 +26,7 @@ if [ "$MODE" = fetch ]; then
 fi
 
 OUT=${OUT:-/tmp/wv_gpu}
+export WANVIDEO_REQUIRE_CUDA_BUILD=1
 [ -d .gpu_shared/fixtures ] && export WANVIDEO_SHARED=$PWD/.gpu_shared
 mkdir -p "$OUT"
 T0=$(date +%s)
