@@ -27,6 +27,8 @@ from setuptools.command.build_ext import build_ext
 WINDOWS = sys.platform == "win32"
 CSRC = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".c"))
 CUDA_SOURCES = sorted(glob.glob(os.path.join("cuda", "*.cu")))
+HEADERS = sorted(glob.glob(os.path.join("csrc", "*.h")))
+CUDA_HEADERS = sorted(glob.glob(os.path.join("cuda", "*.h")) + glob.glob(os.path.join("cuda", "*.cuh")))
 DEFAULT_ARCHS = "75;80;86;89;90"
 
 
@@ -53,6 +55,7 @@ def core_extension():
     return Extension(
         "wanvideo_vae._C",
         sources=CSRC,
+        depends=HEADERS,
         include_dirs=["csrc", numpy.get_include(), scipy_openblas32.get_include_dir()],
         define_macros=[("WV_BLAS_SCIPY_PREFIX", "1")],
         library_dirs=[scipy_openblas32.get_lib_dir()],
@@ -201,6 +204,7 @@ def cuda_extension(cfg):
     ext = Extension(
         "wanvideo_vae._cuda",
         sources=["cuda/module_cuda.c", "csrc/wv_util.c"],
+        depends=CUDA_SOURCES + CUDA_HEADERS + HEADERS,  # the nvcc objects: relink when they change
         include_dirs=["csrc", "cuda", os.path.join(cfg["toolkit"], "include")],
         library_dirs=lib_dirs,
         libraries=libs,
@@ -253,4 +257,5 @@ def extensions():
     return exts
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests/c/backend_ops.sh imports it
+    setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

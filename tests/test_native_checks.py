@@ -41,6 +41,20 @@ def test_core_cross_compiles_for_windows(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_cuda_ops_against_the_cpu_ops(tmp_path):
+    """tests/c/test_backend_ops.cu: every CUDA op against the CPU op. Built wherever the CUDA build is
+    required (CI with nvcc), run where a GPU is (exit 77, skipped, elsewhere)."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    env = dict(os.environ, BUILD_DIR=str(tmp_path), WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
+    r = run(["bash", "tests/c/backend_ops.sh"], env=env)
+    assert r.returncode in (0, 77), r.stdout[-3000:] + r.stderr[-3000:]
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip())
+    assert re.search(r"^\d+ cases, 0 failed$", r.stdout, re.M)
+
+
 def test_small_decode_under_valgrind_leaks_nothing_of_ours():
     """Memory errors and definite leaks whose stack passes through the extension fail the test. The
     interpreter's own exit-time losses (CPython does not free everything) and the dynamic loader's

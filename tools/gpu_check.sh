@@ -9,7 +9,7 @@
 #                              within 8 minutes. Logs and the benchmark JSON go to $OUT (or /tmp/wv_gpu).
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 590.
-# The steps' own limits add up to under 9 minutes (build ~1, tests 3, profile 1.5, bench 3.5).
+# The steps' own limits add up to under 9.5 minutes (build ~1, op tests 1.5, tests 3, profile 1.5, bench 3.5).
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -54,7 +54,9 @@ summary "built"
 python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cuda'], default=str))" \
     | tee "$OUT/backends.json"
 
-# 2. GPU tests, then the CPU-vs-GPU engine tests that matter most
+# 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests
+timeout 90 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/ops.log" | grep -v "^ok " | tail -30
+summary "op tests exit ${PIPESTATUS[0]}"
 timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -25
 TESTS=${PIPESTATUS[0]}
 summary "GPU tests exit $TESTS"

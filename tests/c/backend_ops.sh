@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds tests/c/test_backend_ops.cu (every CUDA op against the CPU op on random inputs) with the
+# toolkit, cuDNN, cuBLAS and OpenBLAS that setup.py finds, and runs it. Exit 77: no GPU to run on.
+# BUILD_ONLY=1 stops after the build (CI checks that it compiles wherever nvcc is).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUTDIR=${BUILD_DIR:-build/backend_ops}
+mkdir -p "$OUTDIR"
+eval "$(python3 - <<'PY'
+import shlex, sys
+sys.argv = ["setup.py"]
+import setup, scipy_openblas32
+cfg = setup.cuda_config()
+if not cfg:
+    sys.exit("no CUDA toolchain (nvcc, cuDNN, cuBLAS) found")
+values = dict(NVCC=cfg["nvcc"], TOOLKIT=cfg["toolkit"], CUDNN_INC=cfg["cudnn_inc"], CUDNN_LIB=cfg["cudnn_lib"],
+              CUBLAS_INC=cfg["cublas_inc"], CUBLAS_LIB=cfg["cublas_lib"], BLAS_INC=scipy_openblas32.get_include_dir(),
+              BLAS_DIR=scipy_openblas32.get_lib_dir(), BLAS_LIB=scipy_openblas32.get_library(),
+              ARCH=cfg["archs"][-1])
+for k, v in values.items():
+    print(f"{k}={shlex.quote(str(v))}")
+PY
+)"
+CORE="csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c"
+OBJS=""
+for f in $CORE; do
+    o="$OUTDIR/$(basename "$f" .c).o"
+    gcc -O2 -std=c11 -fPIC -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc -I"$BLAS_INC" -c "$f" -o "$o"
+    OBJS="$OBJS $o"
+done
+"$NVCC" -O2 -std=c++17 -Icsrc -Icuda -I"$TOOLKIT/include" -I"$CUDNN_INC" -I"$CUBLAS_INC" \
+    -gencode "arch=compute_$ARCH,code=sm_$ARCH" tests/c/test_backend_ops.cu cuda/wv_backend_cuda.cu $OBJS \
+    -o "$OUTDIR/test_backend_ops" -Xlinker "$CUDNN_LIB" -Xlinker "$CUBLAS_LIB" -L"$BLAS_DIR" -l"$BLAS_LIB" \
+    -Xlinker -rpath,"$(dirname "$CUDNN_LIB")":"$(dirname "$CUBLAS_LIB")":"$BLAS_DIR"
+[ "${BUILD_ONLY:-0}" = 1 ] && exit 0
+"$OUTDIR/test_backend_ops"

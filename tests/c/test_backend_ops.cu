@@ -1,0 +1,329 @@
+/* Every op of the CUDA backend against the CPU backend, on random inputs: the same float inputs go
+ * to both tables, each runs the op, the results are compared (the way ggml's test-backend-ops checks
+ * its backends). One line per case; exit 0 when all pass, 77 when there is no GPU to run on.
+ * Built and run by tests/c/backend_ops.sh. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wv_backend.h"
+#include "wv_cuda.h"
+
+static int g_cases, g_failures;
+static uint32_t g_rng = 2024u;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    g_rng = g_rng * 1664525u + 1013904223u;
+    return (float)(g_rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+static float *rand_floats(size_t n)
+{
+    float *p = (float *)malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = frand();
+    return p;
+}
+
+/* One backend under test with its context. */
+typedef struct {
+    const wv_backend *be;
+    void *ctx;
+} side;
+
+static void *put(side *s, const float *h, size_t n)
+{
+    void *d = NULL;
+    wv_error err;
+    if (s->be->alloc(s->ctx, n * s->be->act_bytes, &d, &err) || s->be->upload(s->ctx, d, h, n, &err)) {
+        fprintf(stderr, "setup failed: %s\n", err.msg);
+        exit(1);
+    }
+    return d;
+}
+
+/* Backend memory -> host floats (the CPU backend's memory is host float32 already). */
+static void get(side *s, const void *d, float *h, size_t n)
+{
+    wv_error err;
+    if (s->be->sync(s->ctx, &err)) {
+        fprintf(stderr, "op failed: %s\n", err.msg);
+        memset(h, 0, n * sizeof(float));
+        return;
+    }
+    if (!strcmp(s->be->name, "cpu")) {
+        memcpy(h, d, n * sizeof(float));
+        return;
+    }
+    if (s->be->act_dtype == WV_F32) {
+        cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost);
+        return;
+    }
+    uint16_t *tmp = (uint16_t *)malloc(n * 2);
+    cudaMemcpy(tmp, d, n * 2, cudaMemcpyDeviceToHost);
+    for (size_t i = 0; i < n; i++) {
+        if (s->be->act_dtype == WV_F16) {
+            __half_raw r;
+            r.x = tmp[i];
+            h[i] = __half2float(__half(r));
+        } else {
+            uint32_t bits = (uint32_t)tmp[i] << 16;
+            memcpy(&h[i], &bits, 4);
+        }
+    }
+    free(tmp);
+}
+
+/* Compares the elements where mask (NULL: all) is set; tolerance relative to the largest |ref|. */
+static void check(const char *name, const wv_backend *be, const float *ref, const float *got, size_t n,
+                  const char *mask)
+{
+    double scale = 1e-6, diff = 0.0, tol = be->act_dtype == WV_F32 ? 1e-4 : 3e-2;
+    for (size_t i = 0; i < n; i++)
+        if (!mask || mask[i]) {
+            scale = fmax(scale, fabs(ref[i]));
+            diff = fmax(diff, fabs((double)ref[i] - got[i]));
+        }
+    g_cases++;
+    if (!(diff / scale <= tol)) g_failures++;
+    printf("%-4s %-48s %-5s max|diff| %.3g (of max|ref| %.3g)\n", diff / scale <= tol ? "ok" : "FAIL", name,
+           wv_dtype_name(be->act_dtype), diff, scale);
+}
+
+/* Interior mask of n frames of grid g with C channels. */
+static char *interior(wv_grid g, int C, int n)
+{
+    int64_t P = wv_grid_positions(g), wp = g.w + 2 * g.pad;
+    char *m = (char *)calloc((size_t)(n * P * C), 1);
+    for (int f = 0; f < n; f++)
+        for (int64_t p = 0; p < P; p++) {
+            int y = (int)(p / wp) - g.pad, x = (int)(p % wp) - g.pad;
+            if (y >= 0 && y < g.h && x >= 0 && x < g.w) memset(m + (f * P + p) * C, 1, (size_t)C);
+        }
+    return m;
+}
+
+/* A padded frame sequence with random interior and zero ring. */
+static float *rand_frames(wv_grid g, int C, int n)
+{
+    int64_t N = n * wv_grid_positions(g) * C;
+    float *x = rand_floats((size_t)N);
+    char *m = interior(g, C, n);
+    for (int64_t i = 0; i < N; i++)
+        if (!m[i]) x[i] = 0.0f;
+    free(m);
+    return x;
+}
+
+static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
+{
+    wv_grid g = {5, 7, pad};
+    int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, nw = (int64_t)cout * cin * taps;
+    float *w = rand_floats((size_t)nw), *bias = rand_floats(cout), *packed = (float *)malloc(nw * sizeof(float));
+    float *x = rand_frames(g, cin, 1), *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)(P * cout));
+    float *ref = (float *)malloc(P * cout * sizeof(float)), *got = (float *)malloc(P * cout * sizeof(float));
+    float *cref = (float *)malloc(2 * fin * sizeof(float)), *cgot = (float *)malloc(2 * fin * sizeof(float));
+    side *sides[2] = {cpu, gpu};
+    float *outs[2] = {ref, got}, *caches[2] = {cref, cgot};
+    char name[96], *mask = interior(g, cout, 1);
+    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1};
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        void *dx, *dy, *dc = NULL;
+        wv_conv c = cv;
+        s->be->pack_conv_weight(w, &cv, packed);
+        c.weight = put(s, packed, (size_t)nw);
+        c.bias = put(s, bias, (size_t)cout);
+        dx = put(s, x, (size_t)fin);
+        dy = put(s, y0, (size_t)(P * cout));
+        if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
+        s->be->conv(s->ctx, &c, g, dc, dx, dy, 1, accumulate);
+        if (dc) s->be->cache_roll(s->ctx, dc, dx, 1, fin);
+        get(s, dy, outs[i], (size_t)(P * cout));
+        if (dc) get(s, dc, caches[i], (size_t)(2 * fin));
+        s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias), s->be->release(s->ctx, dx);
+        s->be->release(s->ctx, dy);
+        if (dc) s->be->release(s->ctx, dc);
+    }
+    snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s", kt, k, k, cin, cout, pad, accumulate ? " +=" : "");
+    check(name, gpu->be, ref, got, (size_t)(P * cout), mask);
+    if (kt > 1) {
+        snprintf(name, sizeof name, "cache_roll after conv %dx%dx%d", kt, k, k);
+        check(name, gpu->be, cref, cgot, (size_t)(2 * fin), NULL);
+    }
+    free(w), free(bias), free(packed), free(x), free(cache), free(y0), free(ref), free(got), free(cref), free(cgot);
+    free(mask);
+}
+
+static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
+{
+    wv_grid gx = {4, 6, 1}, gy = {4, 6, out_pad};
+    int64_t nx = wv_grid_positions(gx) * C, ny = wv_grid_positions(gy) * C;
+    float *x = rand_frames(gx, C, 1), *gamma = rand_floats(C), *ref = (float *)malloc(ny * 4), *got = (float *)malloc(ny * 4);
+    side *sides[2] = {cpu, gpu};
+    float *outs[2] = {ref, got};
+    char name[64];
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        void *dx = put(s, x, (size_t)nx), *dg = put(s, gamma, (size_t)C), *dy = put(s, x, (size_t)(ny < nx ? nx : ny));
+        s->be->rms_norm(s->ctx, dx, gx, dy, gy, C, 1, dg, silu);
+        get(s, dy, outs[i], (size_t)ny);
+        s->be->release(s->ctx, dx), s->be->release(s->ctx, dg), s->be->release(s->ctx, dy);
+    }
+    snprintf(name, sizeof name, "rms_norm C=%d%s -> pad %d", C, silu ? " silu" : "", out_pad);
+    check(name, gpu->be, ref, got, (size_t)ny, NULL);
+    free(x), free(gamma), free(ref), free(got);
+}
+
+/* zero_ring, copy_region and upsample2x: data movement, compared everywhere they write. */
+static void test_moves(side *cpu, side *gpu)
+{
+    side *sides[2] = {cpu, gpu};
+    int C = 5;
+    wv_grid g = {4, 6, 1}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 1}, gud = {6, 8, 1};
+    int64_t n = wv_grid_positions(g) * C, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
+    int64_t nu = wv_grid_positions(gu) * 2 * C, nud = wv_grid_positions(gud) * C;
+    float *a = rand_floats((size_t)n), *src = rand_floats((size_t)ns), *dst = rand_floats((size_t)nd);
+    float *usrc = rand_frames(gu, 2 * C, 1), *udst = rand_floats((size_t)nud), *r[3], *o[3];
+    char *mask = interior(gd, C, 1);
+    for (int k = 0; k < 3; k++) r[k] = (float *)malloc(4 * (size_t)nud * 4), o[k] = (float *)malloc(4 * (size_t)nud * 4);
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        float **out = i ? o : r;
+        void *da = put(s, a, (size_t)n), *ds = put(s, src, (size_t)ns), *dd = put(s, dst, (size_t)nd);
+        void *du = put(s, usrc, (size_t)nu), *dud = put(s, udst, (size_t)nud);
+        s->be->zero_ring(s->ctx, da, g, C, 1);
+        s->be->copy_region(s->ctx, ds, gs, 2, 3, dd, gd, C, 1);
+        /* the second half of the channels (an upsample3d's odd frame); dst position (py, px) is frame
+         * pixel (py - 1, 2 - 1 + px) of a 10 x 10 frame: the top ring row and the right column fall
+         * outside it and must come out zero */
+        s->be->upsample2x(s->ctx, du, gu, 0, 0, 2 * C, C, dud, gud, 0, 2, 10, 10, C);
+        get(s, da, out[0], (size_t)n), get(s, dd, out[1], (size_t)nd), get(s, dud, out[2], (size_t)nud);
+        s->be->release(s->ctx, da), s->be->release(s->ctx, ds), s->be->release(s->ctx, dd);
+        s->be->release(s->ctx, du), s->be->release(s->ctx, dud);
+    }
+    check("zero_ring", gpu->be, r[0], o[0], (size_t)n, NULL);
+    check("copy_region (2, 3) 9x11 -> 4x5 pad 1", gpu->be, r[1], o[1], (size_t)nd, mask);
+    check("upsample2x channels [5, 10) of 10", gpu->be, r[2], o[2], (size_t)nud, NULL);
+    for (int k = 0; k < 3; k++) free(r[k]), free(o[k]);
+    free(a), free(src), free(dst), free(usrc), free(udst), free(mask);
+}
+
+static void test_attention(side *cpu, side *gpu, int N, int C, int rows)
+{
+    side *sides[2] = {cpu, gpu};
+    float *qkv = rand_floats((size_t)N * 3 * C), *ref = (float *)malloc((size_t)N * C * 4), *got = (float *)malloc((size_t)N * C * 4);
+    float *outs[2] = {ref, got};
+    char name[64];
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        void *dq = put(s, qkv, (size_t)N * 3 * C), *dout = put(s, qkv, (size_t)N * C), *scores = NULL;
+        wv_error err;
+        size_t bytes = ((size_t)rows * N * 4 + 255) / 256 * 256 + (size_t)rows * N * (s->be->score_bytes - 4);
+        s->be->alloc(s->ctx, bytes, &scores, &err);
+        s->be->attention(s->ctx, dq, dout, N, C, scores, rows);
+        get(s, dout, outs[i], (size_t)N * C);
+        s->be->release(s->ctx, dq), s->be->release(s->ctx, dout), s->be->release(s->ctx, scores);
+    }
+    snprintf(name, sizeof name, "attention N=%d C=%d rows=%d", N, C, rows);
+    check(name, gpu->be, ref, got, (size_t)N * C, NULL);
+    free(qkv), free(ref), free(got);
+}
+
+/* load_latent from a strided latent view (host for the CPU, device for CUDA), then write_output of
+ * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. */
+static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode)
+{
+    int z = 4, T = 2, h = 3, w = 5, oh = 6, ow = 7;
+    wv_grid g = {h, w, 1}, go = {oh, ow, 1};
+    int64_t nl = (int64_t)z * T * h * w, nz = wv_grid_positions(g) * z, no = wv_grid_positions(go) * 3;
+    float *lat = rand_floats((size_t)nl), *mean = rand_floats(z), *stdv = rand_floats(z), *frame = rand_frames(go, 3, 1);
+    float *lref = (float *)malloc(nz * 4), *lgot = (float *)malloc(nz * 4);
+    float *oref = (float *)calloc(4 * 9 * 3, 4), *ogot = (float *)calloc(4 * 9 * 3, 4);
+    void *dlat;
+    side *sides[2] = {cpu, gpu};
+    cudaMalloc(&dlat, nl * 4);
+    cudaMemcpy(dlat, lat, nl * 4, cudaMemcpyHostToDevice);
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        wv_view v;
+        wv_call call;
+        wv_error err;
+        void *dz = put(s, lat, (size_t)nz), *dframe = put(s, frame, (size_t)no), *ws = NULL;
+        memset(&v, 0, sizeof v);
+        v.data = i ? dlat : lat;
+        v.ndim = 4, v.shape[0] = z, v.shape[1] = T, v.shape[2] = h, v.shape[3] = w;
+        v.strides[3] = 4, v.strides[2] = 4 * w, v.strides[1] = 4 * w * h, v.strides[0] = 4 * w * h * T;
+        v.dtype = WV_F32, v.on_device = i;
+        memset(&call, 0, sizeof call);
+        call.latents = &v;
+        call.step_out_bytes = (size_t)4 * 5 * 3 * 4;
+        s->be->alloc(s->ctx, 1 << 20, &ws, &err);
+        call.workspace = ws, call.workspace_bytes = 1 << 20;
+        if (s->be->begin(s->ctx, &call, &err)) {
+            fprintf(stderr, "begin failed: %s\n", err.msg);
+            g_failures++;
+        }
+        s->be->load_latent(s->ctx, call.latents, 1, mean, stdv, g, dz);
+        get(s, dz, i ? lgot : lref, (size_t)nz);
+        /* a 4 x 5 block from interior (1, 2) into a 4 x 9 output at (0, 3) */
+        s->be->write_output(s->ctx, dframe, go, 1, 2, 4, 5, i ? ogot : oref, 9, 0, 3, mode);
+        if (s->be->end_step(s->ctx, &err) || s->be->sync(s->ctx, &err)) fprintf(stderr, "step: %s\n", err.msg);
+        s->be->finish(s->ctx);
+        s->be->release(s->ctx, dz), s->be->release(s->ctx, dframe), s->be->release(s->ctx, ws);
+    }
+    check("load_latent frame 1", gpu->be, lref, lgot, (size_t)nz, NULL);
+    check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be, oref,
+          ogot, 4 * 9 * 3, NULL);
+    cudaFree(dlat);
+    free(lat), free(mean), free(stdv), free(frame), free(lref), free(lgot), free(oref), free(ogot);
+}
+
+static int make_side(side *s, const wv_backend *be)
+{
+    wv_error err;
+    s->be = be;
+    if (be->ctx_create(be, 0, &s->ctx, &err)) {
+        fprintf(stderr, "%s context: %s\n", be->name, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+int main(void)
+{
+    char why[256];
+    side cpu;
+    if (!wv_cuda_device_count(why, sizeof why)) {
+        printf("skipped: %s\n", why);
+        return 77;
+    }
+    if (make_side(&cpu, wv_backend_cpu())) return 1;
+    for (int dt = WV_F32; dt <= WV_BF16; dt++) {
+        side gpu;
+        if (make_side(&gpu, wv_cuda_backends()->by_dtype[dt])) return 1;
+        for (int kt = 1; kt <= 3; kt += 2)
+            for (int k = 1; k <= 3; k += 2)
+                for (int acc = 0; acc <= 1; acc++) {
+                    test_conv(&cpu, &gpu, kt, k, 16, 32, 1, acc);
+                    test_conv(&cpu, &gpu, kt, k, 32, 3, 1, acc);
+                }
+        test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
+        test_rms_norm(&cpu, &gpu, 96, 1, 1);
+        test_rms_norm(&cpu, &gpu, 33, 0, 0);
+        test_moves(&cpu, &gpu);
+        test_attention(&cpu, &gpu, 37, 16, 8);
+        test_attention(&cpu, &gpu, 50, 32, 50);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW);
+        gpu.be->ctx_destroy(gpu.ctx);
+    }
+    cpu.be->ctx_destroy(cpu.ctx);
+    printf("%d cases, %d failed\n", g_cases, g_failures);
+    return g_failures ? 1 : 0;
+}
