@@ -48,7 +48,8 @@ static inline int64_t wv_grid_positions(wv_grid g)
     X(zero, void, (void *ctx, void *p, size_t bytes))                                             \
     /* params: n host floats into backend memory (converted to the backend's param type) */       \
     X(upload, wv_status, (void *ctx, void *dst, const float *src, size_t n, wv_error *err))       \
-    /* host-side repack of a conv weight [cout][cin][kt][kh][kw] into the backend layout */       \
+    /* host-side repack of a conv weight [cout][cin][kt][kh][kw] into the backend layout; causal \
+     * convs get causal_weight_copies packed copies, one after the other */                       \
     X(pack_conv_weight, void, (const float *oidhw, const wv_conv *cv, float *dst))                \
     /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
     X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
@@ -104,6 +105,7 @@ struct wv_backend {
     size_t param_bytes;     /* bytes per parameter element in backend memory */
     size_t score_bytes;     /* bytes of attention scratch per score */
     int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
+    int causal_weight_copies; /* packed copies of a causal conv's weights (1, or 3 rotations) */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
                                largest conv input matrix) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
@@ -124,7 +126,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 1
+#define WV_BACKEND_ABI 2
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

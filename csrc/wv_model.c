@@ -226,8 +226,9 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
             } else {
                 gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
             }
-            off = align_elems(off + numel);
             m->n_params += numel;
+            if (ps->role == ROLE_WEIGHT && b->conv[ps->slot].kt > 1) numel *= m->backend->causal_weight_copies;
+            off = align_elems(off + numel);
         }
     }
     return off;
@@ -266,21 +267,22 @@ static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, con
                             const wv_conv *cv, void *dst, wv_error *err)
 {
     const wv_backend *be = m->backend;
-    int64_t n = wv_view_numel(&nv->view);
+    int64_t n = wv_view_numel(&nv->view), n_packed = n;
     float *tmp = (float *)malloc((size_t)n * sizeof(float));
     float *packed = NULL;
     wv_status st;
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
     wv_view_to_f32(&nv->view, tmp);
     if (ps->role == ROLE_WEIGHT) {
-        packed = (float *)malloc((size_t)n * sizeof(float));
+        if (cv->kt > 1) n_packed *= be->causal_weight_copies;
+        packed = (float *)malloc((size_t)n_packed * sizeof(float));
         if (!packed) {
             free(tmp);
             return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
         }
         be->pack_conv_weight(tmp, cv, packed);
     }
-    st = be->upload(ctx, dst, packed ? packed : tmp, (size_t)n, err);
+    st = be->upload(ctx, dst, packed ? packed : tmp, (size_t)n_packed, err);
     free(packed);
     free(tmp);
     return st;

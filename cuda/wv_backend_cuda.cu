@@ -5,7 +5,10 @@
  * the CPU backend's: channels-last frames with a zero ring, so a 3x3 convolution is cuDNN's NHWC
  * convolution of the padded frame with padding 1 (the ring outputs, which nobody reads, come out
  * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
- * cache holds the two previous frames followed by room for the new one.
+ * cache is a ring of three frame slots, the two previous frames and a free slot for the new one,
+ * and the weights are packed in the ring's three rotations, so the ring never moves: the new frame
+ * is copied into the free slot, the rotation that matches the slots' order runs, and rolling the
+ * cache is advancing the ring (one frame copy per causal conv instead of three).
  *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run; a shape
@@ -31,6 +34,13 @@
 #define WV_CUDA_MAX_Z 4096
 
 #define MAX_CANDIDATES 8
+#define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 25) */
+
+/* A causal cache's ring: slot `oldest` holds frame t-2, the next slot t-1, the third is free. */
+typedef struct {
+    const void *cache;
+    int oldest;
+} ring;
 
 /* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
  * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
@@ -75,6 +85,8 @@ typedef struct {
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
+    ring rings[MAX_RINGS];
+    int n_rings;
     void *workspace;
     size_t workspace_bytes;
     wv_view lat_copy;
@@ -344,14 +356,21 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
     return take_error(c, err);
 }
 
-/* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. */
+/* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. A causal
+ * conv gets kt rotations: in rotation r, ring slot s holds the frame of temporal tap (s - r) mod kt. */
 static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
-    int taps = cv->kt * cv->kh * cv->kw;
-    for (int o = 0; o < cv->cout; o++)
-        for (int i = 0; i < cv->cin; i++)
-            for (int k = 0; k < taps; k++)
-                dst[((int64_t)o * taps + k) * cv->cin + i] = src[((int64_t)o * cv->cin + i) * taps + k];
+    int space = cv->kh * cv->kw, taps = cv->kt * space, rotations = cv->kt > 1 ? cv->kt : 1;
+    int64_t numel = (int64_t)cv->cout * cv->cin * taps;
+    for (int r = 0; r < rotations; r++)
+        for (int o = 0; o < cv->cout; o++)
+            for (int i = 0; i < cv->cin; i++)
+                for (int slot = 0; slot < cv->kt; slot++)
+                    for (int k = 0; k < space; k++) {
+                        int dt = (slot - r + cv->kt) % cv->kt;
+                        dst[r * numel + ((int64_t)o * taps + slot * space + k) * cv->cin + i] =
+                            src[((int64_t)o * cv->cin + i) * taps + dt * space + k];
+                    }
 }
 
 /* ---- a decode call ------------------------------------------------------------------------ */
@@ -457,6 +476,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     take_error(c, NULL);
     cudaGetLastError();
     c->stats_loaded = 0;
+    c->n_rings = 0;
     c->prev_device = -1;
     if (cudaGetDevice(&c->prev_device) != cudaSuccess) c->prev_device = -1;
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
@@ -698,45 +718,71 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
     return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
 }
 
+/* The ring of a cache buffer, found by address (a new one starts with its oldest frame in slot 0;
+ * the rings reset with each call, whose caches start zeroed, so any rotation is right for them). */
+static ring *ring_of(cuda_ctx *c, const void *cache)
+{
+    for (int i = 0; i < c->n_rings; i++)
+        if (c->rings[i].cache == cache) return &c->rings[i];
+    if (c->n_rings == MAX_RINGS) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "more than %d causal caches", MAX_RINGS);
+        return NULL;
+    }
+    c->rings[c->n_rings].cache = cache;
+    c->rings[c->n_rings].oldest = 0;
+    return &c->rings[c->n_rings++];
+}
+
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
- * use): x goes into the cache's third frame and one 3-frame convolution reads all three. */
+ * use): x goes into the ring's free slot and one 3-frame convolution, in the weights' rotation that
+ * matches the ring, reads all three. */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
                       int accumulate)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     int H = g.h + 2 * g.pad, W = g.w + 2 * g.pad;
     size_t frame_in = (size_t)H * W * cv->cin * wv_dtype_size(c->dt);
-    const void *input = x;
+    const void *input = x, *weight = cv->weight;
     conv_shape *s;
+    ring *rg;
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     if (failed(c)) return;
     if (cv->kt > 1) {
+        size_t numel = (size_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
         if (n != 1 || !cache) {
             wv_fail(&c->err, WV_ERR_BACKEND, "the CUDA causal convolution takes one frame at a time (got %d)", n);
             return;
         }
-        if (!cuda_ok(c, cudaMemcpyAsync((char *)cache + 2 * frame_in, x, frame_in, cudaMemcpyDeviceToDevice, c->stream),
+        if (!(rg = ring_of(c, cache))) return;
+        if (!cuda_ok(c,
+                     cudaMemcpyAsync((char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in, x, frame_in,
+                                     cudaMemcpyDeviceToDevice, c->stream),
                      "causal cache"))
             return;
         input = cache;
+        weight = (const char *)cv->weight + (size_t)rg->oldest * numel * wv_dtype_size(c->dt);
     }
-    if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, cv->weight, y, &alpha, &beta)) return;
+    if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, weight, y, &alpha, &beta)) return;
     LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);
 }
 
-/* cache[0..1] <- last two frames of (cache ++ x[n]); frame 2 is the causal conv's input slot. */
+/* The cache's last two frames <- last two of (cache ++ x[n]). After a conv of one frame, x is
+ * already in the ring's free slot: the ring advances and nothing moves. */
 static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_t fe)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     size_t bytes = (size_t)fe * wv_dtype_size(c->dt);
     char *cc = (char *)cache;
     const char *xx = (const char *)x;
-    if (failed(c) || n < 1) return;
-    if (n == 1)
-        cuda_ok(c, cudaMemcpyAsync(cc, cc + bytes, bytes, cudaMemcpyDeviceToDevice, c->stream), "cache roll");
-    else
-        cuda_ok(c, cudaMemcpyAsync(cc, xx + (size_t)(n - 2) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
-                "cache roll");
+    ring *rg;
+    if (failed(c) || n < 1 || !(rg = ring_of(c, cache))) return;
+    if (n == 1) {
+        rg->oldest = (rg->oldest + 1) % 3;
+        return;
+    }
+    rg->oldest = 0; /* several frames (not a driver path): the last two go to slots 0 and 1 */
+    cuda_ok(c, cudaMemcpyAsync(cc, xx + (size_t)(n - 2) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
+            "cache roll");
     cuda_ok(c, cudaMemcpyAsync(cc + bytes, xx + (size_t)(n - 1) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
             "cache roll");
 }
@@ -879,7 +925,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, WV_CUDA_WORKSPACE_BYTES, cuda_ctx_create,             \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 3, WV_CUDA_WORKSPACE_BYTES, cuda_ctx_create,          \
         cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 

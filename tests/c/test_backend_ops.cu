@@ -120,44 +120,51 @@ static float *rand_frames(wv_grid g, int C, int n)
     return x;
 }
 
+/* A conv, and for causal ones three steps of conv + cache roll (each step's output compared), which
+ * checks the cache through what it is for rather than its layout (the backends keep it differently). */
 static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
 {
+    enum { STEPS = 3 };
     wv_grid g = {5, 7, pad};
-    int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, nw = (int64_t)cout * cin * taps;
-    float *w = rand_floats((size_t)nw), *bias = rand_floats(cout), *packed = (float *)malloc(nw * sizeof(float));
-    float *x = rand_frames(g, cin, 1), *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)(P * cout));
-    float *ref = (float *)malloc(P * cout * sizeof(float)), *got = (float *)malloc(P * cout * sizeof(float));
-    float *cref = (float *)malloc(2 * fin * sizeof(float)), *cgot = (float *)malloc(2 * fin * sizeof(float));
+    int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = P * cout, nw = (int64_t)cout * cin * taps;
+    int steps = kt > 1 ? STEPS : 1;
+    float *w = rand_floats((size_t)nw), *bias = rand_floats(cout), *packed = (float *)malloc(3 * nw * sizeof(float));
+    float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
+    float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
-    float *outs[2] = {ref, got}, *caches[2] = {cref, cgot};
     char name[96], *mask = interior(g, cout, 1);
     wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1};
+    for (int t = 0; t < STEPS; t++) {
+        x[t] = rand_frames(g, cin, 1);
+        outs[0][t] = (float *)malloc(fout * sizeof(float));
+        outs[1][t] = (float *)malloc(fout * sizeof(float));
+    }
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
-        void *dx, *dy, *dc = NULL;
+        int64_t copies = kt > 1 ? s->be->causal_weight_copies : 1;
+        void *dc = NULL;
         wv_conv c = cv;
         s->be->pack_conv_weight(w, &cv, packed);
-        c.weight = put(s, packed, (size_t)nw);
+        c.weight = put(s, packed, (size_t)(copies * nw));
         c.bias = put(s, bias, (size_t)cout);
-        dx = put(s, x, (size_t)fin);
-        dy = put(s, y0, (size_t)(P * cout));
         if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
-        s->be->conv(s->ctx, &c, g, dc, dx, dy, 1, accumulate);
-        if (dc) s->be->cache_roll(s->ctx, dc, dx, 1, fin);
-        get(s, dy, outs[i], (size_t)(P * cout));
-        if (dc) get(s, dc, caches[i], (size_t)(2 * fin));
-        s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias), s->be->release(s->ctx, dx);
-        s->be->release(s->ctx, dy);
+        for (int t = 0; t < steps; t++) {
+            void *dx = put(s, x[t], (size_t)fin), *dy = put(s, y0, (size_t)fout);
+            s->be->conv(s->ctx, &c, g, dc, dx, dy, 1, accumulate);
+            if (dc) s->be->cache_roll(s->ctx, dc, dx, 1, fin);
+            get(s, dy, outs[i][t], (size_t)fout);
+            s->be->release(s->ctx, dx), s->be->release(s->ctx, dy);
+        }
+        s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias);
         if (dc) s->be->release(s->ctx, dc);
     }
-    snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s", kt, k, k, cin, cout, pad, accumulate ? " +=" : "");
-    check(name, gpu->be, ref, got, (size_t)(P * cout), mask);
-    if (kt > 1) {
-        snprintf(name, sizeof name, "cache_roll after conv %dx%dx%d", kt, k, k);
-        check(name, gpu->be, cref, cgot, (size_t)(2 * fin), NULL);
+    for (int t = 0; t < steps; t++) {
+        snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s%s", kt, k, k, cin, cout, pad,
+                 accumulate ? " +=" : "", kt > 1 ? (t == 0 ? ", step 1" : t == 1 ? ", step 2" : ", step 3") : "");
+        check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fout, mask);
     }
-    free(w), free(bias), free(packed), free(x), free(cache), free(y0), free(ref), free(got), free(cref), free(cgot);
-    free(mask);
+    for (int t = 0; t < STEPS; t++) free(x[t]), free(outs[0][t]), free(outs[1][t]);
+    free(w), free(bias), free(packed), free(cache), free(y0), free(mask);
 }
 
 static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
