@@ -59,6 +59,9 @@ static inline int64_t wv_grid_positions(wv_grid g)
                    void *y, int n, int accumulate))                                               \
     /* cache[2][P][C] <- last two frames of (cache ++ x[n]) */                                    \
     X(cache_roll, void, (void *ctx, void *cache, const void *x, int n, int64_t frame_elems))      \
+    /* where causal conv cv's next input frame may be written so that the conv reads it in place  \
+     * (a slot of its cache), or NULL: the producer writes its own buffer */                      \
+    X(conv_input, void *, (void *ctx, const wv_conv *cv, void *cache, int64_t frame_elems))       \
     /* y = x / max(|x|, 1e-12) * sqrt(C) * gamma, then SiLU if silu; interior of gx -> gy */      \
     X(rms_norm, void, (void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n,   \
                        const void *gamma, int silu))                                              \

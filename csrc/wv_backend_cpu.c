@@ -196,6 +196,12 @@ static void cpu_cache_roll(void *ctx, void *cache_, const void *x_, int n, int64
     }
 }
 
+static void *cpu_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t frame_elems)
+{
+    (void)ctx, (void)cv, (void)cache, (void)frame_elems;
+    return NULL;
+}
+
 static float silu(float v) { return v / (1.0f + expf(-v)); }
 
 static void cpu_rms_norm(void *ctx, const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n,

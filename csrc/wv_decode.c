@@ -96,6 +96,17 @@ static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void 
     if (cache) OP(r, cache_roll, cache, x, n, wv_grid_positions(g) * cv->cin);
 }
 
+/* Where the input of causal conv cv, one frame of grid g, is best written: in place for the conv if
+ * the backend offers that, else `fallback`. */
+static void *input_for(decode_run *r, const wv_conv *cv, wv_grid g, int n, void *fallback)
+{
+    void *slot;
+    if (cv->cache_slot < 0 || n != 1) return fallback;
+    slot = r->be->conv_input(r->ctx, cv, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
+                             wv_grid_positions(g) * cv->cin);
+    return slot ? slot : fallback;
+}
+
 /* [n][P][z] -> [n][P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
 static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
 {
@@ -114,15 +125,17 @@ static void run_conv(decode_run *r, const wv_block *b, flow *f)
 /* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x) */
 static void run_residual(decode_run *r, const wv_block *b, flow *f)
 {
-    OP(r, rms_norm, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
-    OP(r, rms_norm, f->y, f->g, f->t, f->g, b->cout, f->n, b->gamma[1], 1);
+    void *t0 = input_for(r, &b->conv[0], f->g, f->n, f->t), *t1;
+    OP(r, rms_norm, f->x, f->g, t0, f->g, b->cin, f->n, b->gamma[0], 1);
+    causal_conv(r, &b->conv[0], f->g, t0, f->y, f->n, 0);
+    t1 = input_for(r, &b->conv[1], f->g, f->n, f->t);
+    OP(r, rms_norm, f->y, f->g, t1, f->g, b->cout, f->n, b->gamma[1], 1);
     if (b->has_conv[2]) {
         causal_conv(r, &b->conv[2], f->g, f->x, f->y, f->n, 0);
-        causal_conv(r, &b->conv[1], f->g, f->t, f->y, f->n, 1);
+        causal_conv(r, &b->conv[1], f->g, t1, f->y, f->n, 1);
         swap_xy(f);
     } else {
-        causal_conv(r, &b->conv[1], f->g, f->t, f->x, f->n, 1);
+        causal_conv(r, &b->conv[1], f->g, t1, f->x, f->n, 1);
     }
 }
 
@@ -143,8 +156,9 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
 /* [n][P][C] -> [n][P][3] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
-    OP(r, rms_norm, f->x, f->g, f->t, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, f->t, f->y, f->n, 0);
+    void *t = input_for(r, &b->conv[0], f->g, f->n, f->t);
+    OP(r, rms_norm, f->x, f->g, t, f->g, b->cin, f->n, b->gamma[0], 1);
+    causal_conv(r, &b->conv[0], f->g, t, f->y, f->n, 0);
     swap_xy(f);
 }
 

@@ -7,8 +7,8 @@
  * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
  * cache is a ring of three frame slots, the two previous frames and a free slot for the new one,
  * and the weights are packed in the ring's three rotations, so the ring never moves: the new frame
- * is copied into the free slot, the rotation that matches the slots' order runs, and rolling the
- * cache is advancing the ring (one frame copy per causal conv instead of three).
+ * goes into the free slot (written there by its producer, which asks conv_input, or copied), the
+ * rotation that matches the slots' order runs, and rolling the cache is advancing the ring.
  *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run; a shape
@@ -753,17 +753,26 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
             wv_fail(&c->err, WV_ERR_BACKEND, "the CUDA causal convolution takes one frame at a time (got %d)", n);
             return;
         }
+        char *slot;
         if (!(rg = ring_of(c, cache))) return;
-        if (!cuda_ok(c,
-                     cudaMemcpyAsync((char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in, x, frame_in,
-                                     cudaMemcpyDeviceToDevice, c->stream),
-                     "causal cache"))
+        slot = (char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
+        if (x != slot && /* a producer that asked conv_input wrote it in place already */
+            !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
             return;
         input = cache;
         weight = (const char *)cv->weight + (size_t)rg->oldest * numel * wv_dtype_size(c->dt);
     }
     if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, weight, y, &alpha, &beta)) return;
     LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);
+}
+
+/* The ring's free slot: a producer writing the conv's input there saves the conv its copy. */
+static void *cuda_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t fe)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    ring *rg;
+    if (failed(c) || cv->kt < 2 || !(rg = ring_of(c, cache))) return NULL;
+    return (char *)cache + (size_t)((rg->oldest + 2) % 3) * (size_t)fe * wv_dtype_size(c->dt);
 }
 
 /* The cache's last two frames <- last two of (cache ++ x[n]). After a conv of one frame, x is

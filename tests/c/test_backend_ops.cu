@@ -121,7 +121,8 @@ static float *rand_frames(wv_grid g, int C, int n)
 }
 
 /* A conv, and for causal ones three steps of conv + cache roll (each step's output compared), which
- * checks the cache through what it is for rather than its layout (the backends keep it differently). */
+ * checks the cache through what it is for rather than its layout (the backends keep it differently).
+ * The second step takes its input in place where conv_input offers a slot. */
 static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
 {
     enum { STEPS = 3 };
@@ -149,11 +150,16 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
         c.bias = put(s, bias, (size_t)cout);
         if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
         for (int t = 0; t < steps; t++) {
-            void *dx = put(s, x[t], (size_t)fin), *dy = put(s, y0, (size_t)fout);
+            /* step 2 writes its input where conv_input says (in place in the cache, on CUDA) */
+            void *slot = dc && t == 1 ? s->be->conv_input(s->ctx, &c, dc, fin) : NULL;
+            void *dx = slot ? slot : put(s, x[t], (size_t)fin), *dy = put(s, y0, (size_t)fout);
+            wv_error err;
+            if (slot) s->be->upload(s->ctx, slot, x[t], (size_t)fin, &err);
             s->be->conv(s->ctx, &c, g, dc, dx, dy, 1, accumulate);
             if (dc) s->be->cache_roll(s->ctx, dc, dx, 1, fin);
             get(s, dy, outs[i][t], (size_t)fout);
-            s->be->release(s->ctx, dx), s->be->release(s->ctx, dy);
+            if (!slot) s->be->release(s->ctx, dx);
+            s->be->release(s->ctx, dy);
         }
         s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias);
         if (dc) s->be->release(s->ctx, dc);
