@@ -28,6 +28,16 @@ typedef struct {
     size_t step_out_bytes;  /* the most output bytes one step writes (write_output staging) */
 } wv_call;
 
+/* Parameters start on 64-element boundaries (128 bytes in 16-bit types), and so does each packed
+ * copy of a causal conv's weights: vectorized loads and tensor-core convolutions want alignment. */
+static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
+
+/* Elements a conv weight of `numel` elements takes packed: causal convs hold `copies` aligned copies. */
+static inline int64_t wv_packed_weight_elems(int64_t numel, int kt, int copies)
+{
+    return kt > 1 && copies > 1 ? wv_param_align(numel) * copies : numel;
+}
+
 static inline int64_t wv_grid_positions(wv_grid g)
 {
     return (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
@@ -49,7 +59,7 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* params: n host floats into backend memory (converted to the backend's param type) */       \
     X(upload, wv_status, (void *ctx, void *dst, const float *src, size_t n, wv_error *err))       \
     /* host-side repack of a conv weight [cout][cin][kt][kh][kw] into the backend layout; causal \
-     * convs get causal_weight_copies packed copies, one after the other */                       \
+     * convs get causal_weight_copies copies, each wv_param_align(numel) elements apart */         \
     X(pack_conv_weight, void, (const float *oidhw, const wv_conv *cv, float *dst))                \
     /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
     X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
@@ -57,7 +67,8 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* y[n][P][cout] (+)= bias + sum_taps W * window(cache[2][P][cin] ++ x[n][P][cin]) */         \
     X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x,     \
                    void *y, int n, int accumulate))                                               \
-    /* cache[2][P][C] <- last two frames of (cache ++ x[n]) */                                    \
+    /* cache[2][P][C] <- last two frames of (cache ++ x[n]); it follows the conv that read x from  \
+     * this cache (a backend may rely on that: the CUDA one keeps x where the conv put it) */      \
     X(cache_roll, void, (void *ctx, void *cache, const void *x, int n, int64_t frame_elems))      \
     /* where causal conv cv's next input frame may be written so that the conv reads it in place  \
      * (a slot of its cache), or NULL: the producer writes its own buffer */                      \

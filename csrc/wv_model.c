@@ -195,10 +195,6 @@ static wv_status infer_config(const wv_named_view *w, int n, int *dim, int *z, w
     return WV_OK;
 }
 
-/* Parameters start on 64-element boundaries (128 bytes in 16-bit types): vectorized loads and
- * tensor-core convolutions want aligned pointers. */
-static int64_t align_elems(int64_t n) { return (n + 63) / 64 * 64; }
-
 /* Element offsets of every parameter in the one weight allocation; returns the elements it spans. */
 static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int64_t *gamma)
 {
@@ -227,8 +223,9 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
                 gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
             }
             m->n_params += numel;
-            if (ps->role == ROLE_WEIGHT && b->conv[ps->slot].kt > 1) numel *= m->backend->causal_weight_copies;
-            off = align_elems(off + numel);
+            if (ps->role == ROLE_WEIGHT)
+                numel = wv_packed_weight_elems(numel, b->conv[ps->slot].kt, m->backend->causal_weight_copies);
+            off = wv_param_align(off + numel);
         }
     }
     return off;
@@ -274,8 +271,8 @@ static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, con
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
     wv_view_to_f32(&nv->view, tmp);
     if (ps->role == ROLE_WEIGHT) {
-        if (cv->kt > 1) n_packed *= be->causal_weight_copies;
-        packed = (float *)malloc((size_t)n_packed * sizeof(float));
+        n_packed = wv_packed_weight_elems(n, cv->kt, be->causal_weight_copies);
+        packed = (float *)calloc((size_t)n_packed, sizeof(float)); /* alignment padding stays zero */
         if (!packed) {
             free(tmp);
             return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);

@@ -34,7 +34,7 @@
 #define WV_CUDA_MAX_Z 4096
 
 #define MAX_CANDIDATES 8
-#define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 25) */
+#define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 32) */
 
 /* A causal cache's ring: slot `oldest` holds frame t-2, the next slot t-1, the third is free. */
 typedef struct {
@@ -318,10 +318,13 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     return WV_OK;
 }
 
+/* A released buffer's ring is forgotten: the address may come back as another cache. */
 static void cuda_release(void *ctx, void *p)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds = enter_device(c->device);
+    for (int i = 0; i < c->n_rings; i++)
+        if (c->rings[i].cache == p) c->rings[i--] = c->rings[--c->n_rings];
     cudaFree(p);
     leave_device(ds, c->device);
 }
@@ -361,14 +364,14 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
 static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
     int space = cv->kh * cv->kw, taps = cv->kt * space, rotations = cv->kt > 1 ? cv->kt : 1;
-    int64_t numel = (int64_t)cv->cout * cv->cin * taps;
+    int64_t numel = (int64_t)cv->cout * cv->cin * taps, stride = wv_param_align(numel);
     for (int r = 0; r < rotations; r++)
         for (int o = 0; o < cv->cout; o++)
             for (int i = 0; i < cv->cin; i++)
                 for (int slot = 0; slot < cv->kt; slot++)
                     for (int k = 0; k < space; k++) {
                         int dt = (slot - r + cv->kt) % cv->kt;
-                        dst[r * numel + ((int64_t)o * taps + slot * space + k) * cv->cin + i] =
+                        dst[r * stride + ((int64_t)o * taps + slot * space + k) * cv->cin + i] =
                             src[((int64_t)o * cv->cin + i) * taps + dt * space + k];
                     }
 }
@@ -748,19 +751,21 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
     float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     if (failed(c)) return;
     if (cv->kt > 1) {
-        size_t numel = (size_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
-        if (n != 1 || !cache) {
-            wv_fail(&c->err, WV_ERR_BACKEND, "the CUDA causal convolution takes one frame at a time (got %d)", n);
+        size_t stride = (size_t)wv_param_align((int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw);
+        char *slot;
+        if (n != 1 || !cache || cv->kt != 3) {
+            wv_fail(&c->err, WV_ERR_BACKEND,
+                    "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
+                    cv->kt);
             return;
         }
-        char *slot;
         if (!(rg = ring_of(c, cache))) return;
         slot = (char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
         if (x != slot && /* a producer that asked conv_input wrote it in place already */
             !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
             return;
         input = cache;
-        weight = (const char *)cv->weight + (size_t)rg->oldest * numel * wv_dtype_size(c->dt);
+        weight = (const char *)cv->weight + (size_t)rg->oldest * stride * wv_dtype_size(c->dt);
     }
     if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, weight, y, &alpha, &beta)) return;
     LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);

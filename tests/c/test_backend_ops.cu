@@ -129,7 +129,8 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     wv_grid g = {5, 7, pad};
     int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = P * cout, nw = (int64_t)cout * cin * taps;
     int steps = kt > 1 ? STEPS : 1;
-    float *w = rand_floats((size_t)nw), *bias = rand_floats(cout), *packed = (float *)malloc(3 * nw * sizeof(float));
+    float *w = rand_floats((size_t)nw), *bias = rand_floats(cout);
+    float *packed = (float *)calloc((size_t)wv_packed_weight_elems(nw, 3, 3), sizeof(float));
     float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
@@ -142,11 +143,10 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     }
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
-        int64_t copies = kt > 1 ? s->be->causal_weight_copies : 1;
         void *dc = NULL;
         wv_conv c = cv;
         s->be->pack_conv_weight(w, &cv, packed);
-        c.weight = put(s, packed, (size_t)(copies * nw));
+        c.weight = put(s, packed, (size_t)wv_packed_weight_elems(nw, kt, s->be->causal_weight_copies));
         c.bias = put(s, bias, (size_t)cout);
         if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
         for (int t = 0; t < steps; t++) {
