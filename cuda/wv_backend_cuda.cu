@@ -170,15 +170,17 @@ static unsigned blocks_for(int64_t n, int threads)
 
 #define THREADS 256
 
-/* Launches KERNEL<T> for the context's activation type. */
-#define LAUNCH(c, KERNEL, n, ...)                                                                             \
+/* Launches KERNEL<T> for the context's activation type on `blocks` x `threads`. */
+#define LAUNCH_ON(c, KERNEL, blocks, threads, ...)                                                            \
     do {                                                                                                      \
-        unsigned nb_ = blocks_for((n), THREADS);                                                              \
-        if ((c)->dt == WV_F32) KERNEL<float><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                 \
-        else if ((c)->dt == WV_F16) KERNEL<__half><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);           \
-        else KERNEL<__nv_bfloat16><<<nb_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                           \
+        if ((c)->dt == WV_F32) KERNEL<float><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);          \
+        else if ((c)->dt == WV_F16) KERNEL<__half><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);    \
+        else KERNEL<__nv_bfloat16><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);                    \
         launched((c), #KERNEL);                                                                               \
     } while (0)
+
+/* ... with a grid-stride loop over n elements. */
+#define LAUNCH(c, KERNEL, n, ...) LAUNCH_ON(c, KERNEL, blocks_for((n), THREADS), THREADS, __VA_ARGS__)
 
 static cudaDataType_t cuda_type(wv_dtype dt)
 {
@@ -888,10 +890,8 @@ static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, 
                                     &zero, S, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                        "attention scores"))
             return;
-        if (c->dt == WV_F32) softmax_rows_kernel<float><<<r, 512, 0, c->stream>>>(S, P, N);
-        else if (c->dt == WV_F16) softmax_rows_kernel<__half><<<r, 512, 0, c->stream>>>(S, P, N);
-        else softmax_rows_kernel<__nv_bfloat16><<<r, 512, 0, c->stream>>>(S, P, N);
-        if (!launched(c, "softmax_rows_kernel")) return;
+        LAUNCH_ON(c, softmax_rows_kernel, r, 512, S, P, N); /* a block per row */
+        if (failed(c)) return;
         if (!cublas_ok(c,
                        cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, C, r, N, &one, v, t, 3 * C, P, t, N, &zero,
                                     (char *)out + (size_t)q0 * C * es, t, C, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),

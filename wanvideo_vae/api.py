@@ -174,11 +174,14 @@ class Decoder:
             lat = latents_4d(CudaArray(latents, "latents"))
         else:
             lat = latents_4d(host_array(latents, "latents"))
-        budget = _budget(max_memory, self.backend, self._device)
-        if self.backend == "cuda" and max_memory is None and len(getattr(lat, "shape", ())) == 4:
-            planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
-                                       end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
-            release_torch_cache_if_needed(self._device, planned, device_budget(self._device)[1])
+        if self.backend == "cuda" and max_memory is None:
+            budget, free_now = device_budget(self._device)
+            if len(getattr(lat, "shape", ())) == 4:
+                planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
+                                           end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
+                release_torch_cache_if_needed(self._device, planned, free_now)
+        else:
+            budget = _budget(max_memory, self.backend, self._device)
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
                                            raw=bool(raw), progress=progress, max_memory=budget,
                                            profile=bool(profile))

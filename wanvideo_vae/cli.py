@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ from . import Decoder, WanVAEError, backends, load_weights
 from .api import NORMALIZATIONS, normalize_frames
 from .media import check_output, contact_sheet, have_mp4, load_latents, write_frames
 from .random_model import random_latents, random_weights
+from .sysmem import PeakSampler
 from .workflow import patch_workflow_file
 
 DEFAULT_RANDOM_SHAPE = (4, 16, 24)  # latent T, h, w of the no-argument run: 13 frames of 128 x 192
@@ -48,30 +48,11 @@ def current_rss_bytes():
         return None
 
 
-class PeakRSS:
+class PeakRSS(PeakSampler):
     """Highest resident set size above the starting one while the block runs (sampled every 2 ms)."""
 
-    def __enter__(self):
-        self.base = current_rss_bytes()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.002):
-            r = current_rss_bytes()
-            if r is not None and r > self.peak:
-                self.peak = r
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def grown(self):
-        return None if self.base is None else self.peak - self.base
+    def read(self):
+        return current_rss_bytes()
 
 
 def mib(n):

@@ -4,9 +4,9 @@ import glob
 import os
 import sys
 import sysconfig
-import threading
 
 from ._C import WanVAEError
+from .sysmem import PeakSampler
 
 # Share of the free device memory a CUDA decode plans to use when no max_memory is given.
 DEVICE_BUDGET_SHARE = 0.9
@@ -122,34 +122,16 @@ class CudaArray:
         return CudaArray(self.tensor[index], "latents")
 
 
-class PeakDeviceMemory:
+class PeakDeviceMemory(PeakSampler):
     """Peak of (total - free) device memory over a block, sampled every millisecond, minus its value
     at entry: what the block added, whoever allocated it (torch's counters miss our allocations)."""
+
+    period = 0.001
 
     def __init__(self, device=-1):
         self.device = resolve_device(device)  # the sampling thread has its own current device
         self.cuda = cuda_module()
-        self.grown = 0
 
-    def _used(self):
+    def read(self):
         free, total = self.cuda.mem_get_info(self.device)
         return total - free
-
-    def __enter__(self):
-        self.base = self._used()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._used())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._used())
-        self.grown = self.peak - self.base
-        return False

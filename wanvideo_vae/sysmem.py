@@ -1,6 +1,44 @@
-"""Available host memory, for the default memory budget of CPU decodes."""
+"""Available host memory, for the default memory budget of CPU decodes; peak sampling of any
+memory reading over a block (the benchmarks' peak RSS and peak device memory)."""
 import os
 import sys
+import threading
+
+
+class PeakSampler:
+    """Highest value of read() above its value at entry while the block runs, sampled every `period`
+    seconds in a thread (decodes release the GIL). grown: that rise, None when read() gives None."""
+
+    period = 0.002
+
+    def read(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.base = self.peak = self.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _take(self):
+        value = self.read()
+        if value is not None and self.peak is not None and value > self.peak:
+            self.peak = value
+
+    def _sample(self):
+        while not self._stop.wait(self.period):
+            self._take()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._take()
+        return False
+
+    @property
+    def grown(self):
+        return None if self.base is None else self.peak - self.base
 
 
 def available_host_bytes():
