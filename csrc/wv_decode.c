@@ -60,12 +60,15 @@ static void op_timed(decode_run *r, int op, double start)
     r->stats->op_calls[op]++;
 }
 
-/* Every compute op of the decode goes through here. */
-#define OP(r, name, ...)                                          \
-    do {                                                          \
-        double start_ = (r)->o->profile ? now_seconds() : 0.0;    \
-        (r)->be->name((r)->ctx, __VA_ARGS__);                     \
-        if ((r)->o->profile) op_timed((r), WV_OP_##name, start_); \
+/* Every compute op of the decode goes through here. A failure a profiling sync saw stops the
+ * step's remaining ops, as a backend's own recorded error does. */
+#define OP(r, name, ...)                                              \
+    do {                                                              \
+        if (!(r)->profile_err.code) {                                 \
+            double start_ = (r)->o->profile ? now_seconds() : 0.0;    \
+            (r)->be->name((r)->ctx, __VA_ARGS__);                     \
+            if ((r)->o->profile) op_timed((r), WV_OP_##name, start_); \
+        }                                                             \
     } while (0)
 
 static void *arena_buffer(decode_run *r, int id)
@@ -304,9 +307,12 @@ typedef struct {
     int64_t done, total;
 } progress_state;
 
-/* Ends a step on the backend (surfacing its errors), then reports it. */
+/* Reports the step, then ends it on the backend (surfacing its errors). The report comes first
+ * because the callback may switch the thread's current device, which end_step then restores; the
+ * step is queued by then, so it is done as far as a progress bar can tell. */
 static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
 {
+    int stop = ps->fn && ps->fn(ps->user, ps->done + 1, ps->total);
     wv_status st = r->be->end_step(r->ctx, err);
     if (!st && r->profile_err.code) {
         *err = r->profile_err;
@@ -314,7 +320,7 @@ static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
     }
     if (st) return st;
     ps->done++;
-    if (ps->fn && ps->fn(ps->user, ps->done, ps->total))
+    if (stop)
         return wv_fail(err, WV_ERR_INTERRUPTED, "decode interrupted after %lld of %lld steps",
                        (long long)ps->done, (long long)ps->total);
     return WV_OK;

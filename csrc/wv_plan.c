@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* cuBLAS asks 4 MiB of workspace to run its GEMMs at full speed (and fails below 16 KiB). */
+#define WV_WORKSPACE_FLOOR ((int64_t)4 << 20)
+
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
 static int imax(int a, int b) { return a > b ? a : b; }
 static int imin(int a, int b) { return a < b ? a : b; }
@@ -187,7 +190,7 @@ static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
 }
 
 /* The backend's workspace, but no more than the largest conv input matrix (taps x cin per position)
- * of this plan: small decodes need little. */
+ * of this plan, small decodes needing little, and no less than the GEMM libraries ask for. */
 static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
 {
     int64_t largest = 0;
@@ -199,6 +202,7 @@ static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
             bytes = conv_positions(p, m, b, c) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
             largest = bytes > largest ? bytes : largest;
         }
+    if (largest < WV_WORKSPACE_FLOOR) largest = WV_WORKSPACE_FLOOR;
     return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
 

@@ -29,6 +29,10 @@
 #include "wv_internal.h"
 #include "wv_kernels.cuh"
 
+#if CUDNN_MAJOR < 9
+#error "the CUDA backend needs cuDNN 9 or newer (its status codes come in categories)"
+#endif
+
 #define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
 #define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the nonfinite flag, then mean and std */
 #define WV_CUDA_MAX_Z 4096
@@ -54,6 +58,7 @@ typedef struct {
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
     int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
+    int announced;    /* WANVIDEO_CUDA_VERBOSE: what ran for the shape was printed */
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -82,6 +87,7 @@ typedef struct {
     cublasHandle_t cublas;
     void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
+    int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
@@ -117,11 +123,18 @@ static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 
 static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
 {
+    int nomem = s == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
+                s == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
     if (s == CUDNN_STATUS_SUCCESS) return 1;
     if (!failed(c))
-        wv_fail(&c->err, s == CUDNN_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuDNN error in %s: %s", what,
-                cudnnGetErrorString(s));
+        wv_fail(&c->err, nomem ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuDNN error in %s: %s", what, cudnnGetErrorString(s));
     return 0;
+}
+
+/* cuDNN declining a request (a parameter or a configuration it does not take) rather than failing. */
+static int cudnn_declined(cudnnStatus_t s)
+{
+    return CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_BAD_PARAM || CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED;
 }
 
 static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
@@ -260,6 +273,12 @@ static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
     return WV_OK;
 }
 
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
+}
+
 static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, wv_error *err)
 {
     cuda_ctx *c;
@@ -270,7 +289,8 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     if (!(c = (cuda_ctx *)calloc(1, sizeof *c))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
     c->dt = be->act_dtype;
     c->device = device;
-    c->direct_only = getenv("WANVIDEO_CUDA_DIRECT_CONV") && !strcmp(getenv("WANVIDEO_CUDA_DIRECT_CONV"), "1");
+    c->direct_only = env_flag("WANVIDEO_CUDA_DIRECT_CONV");
+    c->verbose = env_flag("WANVIDEO_CUDA_VERBOSE");
     ds = enter_device(device);
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
@@ -569,6 +589,7 @@ static void cuda_finish(void *ctx)
     }
     if (c->lat_dev) cudaFree(c->lat_dev);
     c->lat_dev = NULL;
+    cublasSetStream(c->cublas, c->stream); /* documented to drop the workspace, which leaves with the arena */
     c->workspace = NULL;
     c->workspace_bytes = 0;
     take_error(c, NULL);
@@ -699,27 +720,52 @@ static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, 
     return !failed(c);
 }
 
+static const char *algo_name(cudnnConvolutionFwdAlgo_t a)
+{
+    static const char *names[] = {"IMPLICIT_GEMM", "IMPLICIT_PRECOMP_GEMM", "GEMM", "DIRECT",
+                                  "FFT", "FFT_TILING", "WINOGRAD", "WINOGRAD_NONFUSED"};
+    return (int)a >= 0 && (int)a < (int)(sizeof names / sizeof *names) ? names[a] : "?";
+}
+
+/* WANVIDEO_CUDA_VERBOSE: which candidate runs a shape (-1: the direct kernel), the first time. */
+static void announce(cuda_ctx *c, conv_shape *s, int i)
+{
+    if (!c->verbose || s->announced) return;
+    s->announced = 1;
+    if (i < 0)
+        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): direct kernel (%d cuDNN candidates)\n",
+                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, s->n_candidates);
+    else
+        fprintf(stderr,
+                "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): %s, math %d, workspace %zu B (candidate %d "
+                "of %d)\n",
+                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, algo_name(s->algo[i]), (int)s->math[i],
+                s->memory[i], i + 1, s->n_candidates);
+}
+
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
- * has not refused; a refusal (a bad parameter for this shape, say) marks it and the next one runs.
- * The math type travels with the algorithm. When none runs, the direct kernel computes the shape. */
+ * has not declined; a candidate declined (a parameter or configuration it does not take for this
+ * shape) stays marked and the next one runs; any other cuDNN failure is the call's error. The math
+ * type travels with the algorithm. When none runs, the direct kernel computes the shape. */
 static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, void *y, const float *alpha,
                     const float *beta)
 {
-    cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
     if (c->direct_only) return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
     for (int i = 0; i < s->n_candidates; i++) {
+        cudnnStatus_t st;
         if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
-        if (cudnnSetConvolutionMathType(s->conv, s->math[i]) != CUDNN_STATUS_SUCCESS) {
-            s->refused[i] = 1;
-            continue;
+        st = cudnnSetConvolutionMathType(s->conv, s->math[i]);
+        if (st == CUDNN_STATUS_SUCCESS)
+            st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[i],
+                                         c->workspace, c->workspace_bytes, beta, s->y, y);
+        if (st == CUDNN_STATUS_SUCCESS) {
+            announce(c, s, i);
+            return 1;
         }
-        st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
-                                     c->workspace_bytes, beta, s->y, y);
-        if (st == CUDNN_STATUS_SUCCESS) return 1;
+        if (!cudnn_declined(st)) return cudnn_ok(c, st, "convolution");
         s->refused[i] = 1;
     }
-    for (int i = 0; i < s->n_candidates; i++) s->refused[i] = 0; /* a later call tries them all again */
-    (void)st;
+    announce(c, s, -1);
     return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
 }
 
@@ -836,8 +882,9 @@ static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid
 static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    int64_t ring = wv_grid_positions(g) - (int64_t)g.h * g.w;
     if (failed(c) || !g.pad) return;
-    LAUNCH(c, zero_ring_kernel, (int64_t)n * wv_grid_positions(g) * C, x, g, C, n);
+    LAUNCH(c, zero_ring_kernel, (int64_t)n * ring * C, x, g, C, n);
 }
 
 /* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame. */

@@ -123,14 +123,27 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
     }
 }
 
-/* zero the ring of x [n][P(g)][C] */
+/* Padded position of the q-th ring pixel: the top rows, the bottom rows, then the left and right
+ * strips of each interior row. */
+__device__ __forceinline__ int64_t ring_pos(wv_grid g, int64_t q)
+{
+    int64_t wp = grid_row(g), band = (int64_t)g.pad * wp;
+    if (q < band) return q;
+    if (q < 2 * band) return (int64_t)(g.pad + g.h) * wp + (q - band);
+    q -= 2 * band;
+    int64_t row = g.pad + q / (2 * g.pad), col = q % (2 * g.pad);
+    return row * wp + (col < g.pad ? col : g.w + col);
+}
+
+/* zero the ring of x [n][P(g)][C], touching the ring alone */
 template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int C, int n)
 {
     T *x = (T *)x_;
-    int64_t P = (int64_t)(g.h + 2 * g.pad) * grid_row(g);
-    WV_GRID_STRIDE_LOOP(i, n * P * C)
+    int64_t P = (int64_t)(g.h + 2 * g.pad) * grid_row(g), ring = P - (int64_t)g.h * g.w;
+    WV_GRID_STRIDE_LOOP(i, n * ring * C)
     {
-        if (on_ring(g, (i / C) % P)) x[i] = from_f32<T>(0.0f);
+        int64_t q = (i / C) % ring, f = i / (C * ring);
+        x[(f * P + ring_pos(g, q)) * C + i % C] = from_f32<T>(0.0f);
     }
 }
 

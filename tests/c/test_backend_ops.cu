@@ -198,8 +198,8 @@ static void test_moves(side *cpu, side *gpu)
 {
     side *sides[2] = {cpu, gpu};
     int C = 5;
-    wv_grid g = {4, 6, 1}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 1}, gud = {6, 8, 1};
-    int64_t n = wv_grid_positions(g) * C, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
+    wv_grid g = {4, 6, 2}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 1}, gud = {6, 8, 1};
+    int64_t n = wv_grid_positions(g) * C * 2, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
     int64_t nu = wv_grid_positions(gu) * 2 * C, nud = wv_grid_positions(gud) * C;
     float *a = rand_floats((size_t)n), *src = rand_floats((size_t)ns), *dst = rand_floats((size_t)nd);
     float *usrc = rand_frames(gu, 2 * C, 1), *udst = rand_floats((size_t)nud), *r[3], *o[3];
@@ -210,7 +210,7 @@ static void test_moves(side *cpu, side *gpu)
         float **out = i ? o : r;
         void *da = put(s, a, (size_t)n), *ds = put(s, src, (size_t)ns), *dd = put(s, dst, (size_t)nd);
         void *du = put(s, usrc, (size_t)nu), *dud = put(s, udst, (size_t)nud);
-        s->be->zero_ring(s->ctx, da, g, C, 1);
+        s->be->zero_ring(s->ctx, da, g, C, 2);
         s->be->copy_region(s->ctx, ds, gs, 2, 3, dd, gd, C, 1);
         /* the second half of the channels (an upsample3d's odd frame); dst position (py, px) is frame
          * pixel (py - 1, 2 - 1 + px) of a 10 x 10 frame: the top ring row and the right column fall
@@ -220,7 +220,7 @@ static void test_moves(side *cpu, side *gpu)
         s->be->release(s->ctx, da), s->be->release(s->ctx, ds), s->be->release(s->ctx, dd);
         s->be->release(s->ctx, du), s->be->release(s->ctx, dud);
     }
-    check("zero_ring", gpu->be, r[0], o[0], (size_t)n, NULL);
+    check("zero_ring pad 2, 2 frames", gpu->be, r[0], o[0], (size_t)n, NULL);
     check("copy_region (2, 3) 9x11 -> 4x5 pad 1", gpu->be, r[1], o[1], (size_t)nd, mask);
     check("upsample2x channels [5, 10) of 10", gpu->be, r[2], o[2], (size_t)nud, NULL);
     for (int k = 0; k < 3; k++) free(r[k]), free(o[k]);
