@@ -69,13 +69,20 @@ def core_extension():
 
 
 def find_nvcc():
+    """CUDA_HOME / CUDA_PATH, then PATH, then the toolkit's default install folders."""
+    exe_name = "nvcc.exe" if WINDOWS else "nvcc"
     for var in ("CUDA_HOME", "CUDA_PATH"):
         root = os.environ.get(var)
-        if root:
-            exe = os.path.join(root, "bin", "nvcc.exe" if WINDOWS else "nvcc")
-            if os.path.isfile(exe):
-                return exe
-    return shutil.which("nvcc")
+        if root and os.path.isfile(os.path.join(root, "bin", exe_name)):
+            return os.path.join(root, "bin", exe_name)
+    if shutil.which("nvcc"):
+        return shutil.which("nvcc")
+    if WINDOWS:
+        defaults = sorted(glob.glob(r"C:\Program Files\NVIDIA GPU Computing Toolkit\CUDA\v*\bin\nvcc.exe"), reverse=True)
+    else:
+        defaults = ["/usr/local/cuda/bin/nvcc"] + sorted(glob.glob("/usr/local/cuda-*/bin/nvcc"), reverse=True)
+    found = [exe for exe in defaults if os.path.isfile(exe)]
+    return found[0] if found else None
 
 
 def cuda_root(nvcc):

@@ -553,11 +553,25 @@ static PyObject *op_profile(const wv_stats *s)
     return d;
 }
 
+/* {checkpoint name of a conv: [seconds, calls, flops]} for the convolutions a profiled decode ran. */
+static PyObject *conv_profile(const wv_model *m, const wv_stats *s)
+{
+    PyObject *d = PyDict_New();
+    char name[96];
+    for (int id = 0; d && id < WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS; id++) {
+        if (!s->conv_calls[id] || !wv_model_conv_name(m, id, name, sizeof name)) continue;
+        if (dict_set(d, name, Py_BuildValue("[dLL]", s->conv_seconds[id], (long long)s->conv_calls[id],
+                                            (long long)s->conv_flops[id])))
+            Py_CLEAR(d);
+    }
+    return d;
+}
+
 static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats *s, int profiled)
 {
     PyObject *d = plan_to_dict(p, m);
     if (!d) return NULL;
-    if (profiled && dict_set(d, "op_seconds", op_profile(s))) {
+    if (profiled && (dict_set(d, "op_seconds", op_profile(s)) || dict_set(d, "conv_seconds", conv_profile(m, s)))) {
         Py_DECREF(d);
         return NULL;
     }

@@ -81,6 +81,7 @@ typedef struct {
     void *bias;
     int cin, cout, kt, kh, kw;
     int cache_slot; /* index of this conv's causal cache, -1 when kt == 1 */
+    int id;         /* block * WV_BLOCK_MAX_CONVS + slot: its row in wv_stats' conv profile */
 } wv_conv;
 
 #define WV_BLOCK_MAX_CONVS 3
@@ -125,6 +126,10 @@ typedef struct {
 wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *weights,
                          int n_weights, wv_error *err);
 void wv_model_free(wv_model *m);
+
+/* The checkpoint name of conv `id` (wv_conv.id) without ".weight", e.g. "decoder.upsamples.4.residual.2";
+ * returns 0 when the model has no such conv. */
+int wv_model_conv_name(const wv_model *m, int id, char *buf, size_t size);
 
 /* The expected weight table for a config: calls fn once per key (in table order). */
 typedef void (*wv_key_fn)(void *user, const char *key, int ndim, const int64_t *shape);
@@ -220,6 +225,11 @@ typedef struct {
     int64_t steps;
     double op_seconds[WV_MAX_OPS]; /* with wv_options.profile: seconds in each backend op (wv_backend.h) */
     int64_t op_calls[WV_MAX_OPS];
+    /* with wv_options.profile, per convolution (wv_conv.id): seconds, calls, and the multiply-adds
+     * x 2 the backend ran (padded grids, ring included) */
+    double conv_seconds[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
+    int64_t conv_calls[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
+    int64_t conv_flops[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
 } wv_stats;
 
 /* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into

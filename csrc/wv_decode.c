@@ -90,12 +90,18 @@ static void swap_xy(flow *f)
     f->y = tmp;
 }
 
-/* The one place a causal cache is read and advanced. */
+/* The one place a causal cache is read and advanced, and a profiled conv is timed on its own. */
 static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void *x, void *y, int n,
                         int accumulate)
 {
     void *cache = cv->cache_slot >= 0 ? arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot) : NULL;
+    double start = r->o->profile ? now_seconds() : 0.0;
     OP(r, conv, cv, g, cache, x, y, n, accumulate);
+    if (r->o->profile) {
+        r->stats->conv_seconds[cv->id] += now_seconds() - start;
+        r->stats->conv_calls[cv->id]++;
+        r->stats->conv_flops[cv->id] += 2 * (int64_t)n * wv_grid_positions(g) * cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
+    }
     if (cache) OP(r, cache_roll, cache, x, n, wv_grid_positions(g) * cv->cin);
 }
 

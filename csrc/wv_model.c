@@ -238,7 +238,25 @@ static void assign_cache_slots(wv_model *m)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             wv_conv *cv = &m->blocks[bi].conv[c];
             cv->cache_slot = m->blocks[bi].has_conv[c] && cv->kt > 1 ? m->n_cache_slots++ : -1;
+            cv->id = bi * WV_BLOCK_MAX_CONVS + c;
         }
+}
+
+int wv_model_conv_name(const wv_model *m, int id, char *buf, size_t size)
+{
+    int bi = id / WV_BLOCK_MAX_CONVS, slot = id % WV_BLOCK_MAX_CONVS;
+    const wv_block *b;
+    if (id < 0 || bi >= m->n_blocks || !m->blocks[bi].has_conv[slot]) return 0;
+    b = &m->blocks[bi];
+    for (int i = 0; i < spec_count(b->kind); i++) {
+        const param_spec *ps = &KINDS[b->kind].params[i];
+        if (ps->role != ROLE_WEIGHT || ps->slot != slot) continue;
+        size_t lead = strlen(ps->suffix) - strlen("weight"); /* "residual.2." -> "residual.2" */
+        if (lead) snprintf(buf, size, "%s%.*s", b->prefix, (int)lead - 1, ps->suffix);
+        else snprintf(buf, size, "%.*s", (int)strlen(b->prefix) - 1, b->prefix); /* "decoder.conv1." */
+        return 1;
+    }
+    return 0;
 }
 
 static wv_status check_view(const wv_named_view *nv, int nd, const int64_t *shape, wv_error *err)

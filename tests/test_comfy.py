@@ -249,6 +249,9 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     assert comfy_nodes._backend_for(module, latents) == ("cuda", precision, 0)
+    on_second = [type("T", (), {"device": torch.device(d)})() for d in ("cuda:1", "cuda")]
+    assert comfy_nodes._backend_for(module, on_second[0]) == ("cuda", precision, 1)  # an index either way
+    assert comfy_nodes._backend_for(module, on_second[1]) == ("cuda", precision, 0)
     monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")
     assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
 

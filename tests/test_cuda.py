@@ -3,6 +3,7 @@
 Everything that needs a GPU is skipped without one (never failed). What runs everywhere: the build
 report, and, where the CI asks for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that
 the CUDA backend was compiled and implements every op of the table."""
+import json
 import os
 import threading
 
@@ -17,8 +18,9 @@ HALF_TOL = 2e-2         # 16-bit activations vs fp32 on the [0, 1] image, or, wh
 HALF_SLACK = 1.5        # the same precision errs more, within HALF_SLACK x its error (max and 99.9th
                         # percentile): PyTorch bf16 on the tiny / small fixtures errs 0.055 / 0.033 (max),
                         # 0.032 / 0.021 (99.9%), so 2e-2 alone is out of reach for 16-bit activations
-HALF_MIN_PSNR = 40.0    # dB, on the [0, 1] image
-TILED_FP32_TOL = 1e-4   # tiles change cuDNN's algorithms per shape, hence rounding, not the result
+HALF_MIN_PSNR = 40.0    # dB, on the [0, 1] image, or PyTorch's own PSNR less HALF_SLACK's 3.5 dB where
+                        # that is lower (PyTorch bf16 reaches 42.5 dB on the tiny fixture)
+TILED_FP32_TOL = FP32_TOL  # tiles change cuDNN's algorithms per shape, hence rounding, not the result
 REPEAT_TOL = 1e-5       # the same fp32 decode twice (cuDNN may pick non-deterministic algorithms)
 
 
@@ -31,6 +33,14 @@ def _cuda_usable():
 
 
 gpu = pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA GPU and the CUDA backend")
+
+
+def report(name, **figures):
+    """Appends measured figures to $WANVIDEO_GPU_REPORT (one JSON object a line) for the GPU check's summary."""
+    path = os.environ.get("WANVIDEO_GPU_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": name, **{k: float(v) for k, v in figures.items()}}) + "\n")
 
 
 def psnr(a, b):
@@ -47,13 +57,17 @@ def torch_unit(weights, latents, mean, std, precision):
     return to_unit(dec.decode(torch.from_numpy(latents)).float().permute(1, 2, 3, 0).cpu().numpy())
 
 
-def assert_half_close(got, want, baseline):
+def assert_half_close(got, want, baseline, name):
     """16-bit activations (got) vs float32 (want), [0, 1] images: within HALF_TOL, or no worse than
-    HALF_SLACK x what PyTorch's decode in the same precision (baseline) errs, and PSNR >= 40 dB."""
+    HALF_SLACK x what PyTorch's decode in the same precision (baseline) errs; PSNR >= 40 dB, or no
+    worse than PyTorch's by HALF_SLACK's share."""
     err, base = np.abs(got - want), np.abs(baseline - want)
-    for stat in (np.max, lambda e: np.quantile(e, 0.999)):
-        assert stat(err) <= max(HALF_TOL, HALF_SLACK * stat(base)), (stat(err), stat(base))
-    assert psnr(got, want) >= HALF_MIN_PSNR
+    figures = dict(max=err.max(), p999=np.quantile(err, 0.999), psnr=psnr(got, want), torch_max=base.max(),
+                   torch_p999=np.quantile(base, 0.999), torch_psnr=psnr(baseline, want))
+    report(name, **figures)
+    assert figures["max"] <= max(HALF_TOL, HALF_SLACK * figures["torch_max"]), figures
+    assert figures["p999"] <= max(HALF_TOL, HALF_SLACK * figures["torch_p999"]), figures
+    assert figures["psnr"] >= min(HALF_MIN_PSNR, figures["torch_psnr"] - 20 * np.log10(HALF_SLACK)), figures
 
 
 def test_backends_report_cuda_state():
@@ -94,7 +108,9 @@ def test_fixtures_fp32(name):
     dec = wv.Decoder(weights, backend="cuda", precision="fp32", mean=data["mean"], std=data["std"])
     for end_frame, key in ((False, "expected_raw"), (True, "expected_end_raw")):
         out = dec.decode(data["latents"], raw=True, end_frame=end_frame, enable_vae_tiling=False)
-        assert np.abs(out - data[key].transpose(1, 2, 3, 0)).max() <= FP32_TOL
+        diff = np.abs(out - data[key].transpose(1, 2, 3, 0)).max()
+        report(f"fixture {name} fp32 {key}", max=diff)
+        assert diff <= FP32_TOL
 
 
 @gpu
@@ -104,7 +120,7 @@ def test_fixtures_bf16(name):
     dec = wv.Decoder(weights, backend="cuda", precision="bf16", mean=data["mean"], std=data["std"])
     out = dec.decode(data["latents"], enable_vae_tiling=False)
     assert_half_close(out, to_unit(data["expected_raw"].transpose(1, 2, 3, 0)),
-                      torch_unit(weights, data["latents"], data["mean"], data["std"], "bf16"))
+                      torch_unit(weights, data["latents"], data["mean"], data["std"], "bf16"), f"fixture {name} bf16")
 
 
 CONFIGS = [  # dim, z_dim, T, h, w, tile (output px, 0: whole frame)
@@ -125,10 +141,12 @@ def test_random_configs_match_the_cpu_backend(dim, z, T, h, w, tile, precision):
     kw = dict(enable_vae_tiling=tile > 0, tile_x=tile or 272, tile_y=tile or 272, tile_stride_x=8, tile_stride_y=8)
     cpu = wv.Decoder(weights, mean=mean, std=std).decode(lat, **kw)
     gpu_out = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std).decode(lat, **kw)
+    name = f"random {dim},{z},{T},{h},{w} tile {tile} {precision}"
     if precision == "fp32":
+        report(name, max=np.abs(gpu_out - cpu).max())
         assert np.abs(gpu_out - cpu).max() <= FP32_TOL
     else:
-        assert_half_close(gpu_out, cpu, torch_unit(weights, lat, mean, std, precision))
+        assert_half_close(gpu_out, cpu, torch_unit(weights, lat, mean, std, precision), name)
 
 
 @gpu
@@ -143,9 +161,11 @@ def test_tiled_equals_untiled_on_the_gpu(precision):
         tiled = dec.decode(lat, raw=True, tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8)
         assert dec.last_stats["n_tiles"] > 1
         if precision == "fp32":
+            report(f"tiled {tile} vs untiled fp32", max=np.abs(tiled - whole).max())
             assert np.abs(tiled - whole).max() <= TILED_FP32_TOL
         else:  # per-shape algorithms round differently, and 16-bit storage carries that on
-            assert_half_close(to_unit(tiled), to_unit(whole), torch_unit(weights, lat, mean, std, "bf16"))
+            assert_half_close(to_unit(tiled), to_unit(whole), torch_unit(weights, lat, mean, std, "bf16"),
+                              f"tiled {tile} vs untiled bf16")
 
 
 def _device_used():
@@ -164,6 +184,7 @@ def test_device_memory_returns_to_its_level_after_a_call():
     before = _device_used()
     for tiled in (False, True, False):
         dec.decode(lat, enable_vae_tiling=tiled, **kw)
+        report(f"device bytes held after a {'tiled' if tiled else 'whole'} call", bytes=_device_used() - before)
         assert abs(_device_used() - before) <= 1 << 20
 
 
@@ -192,7 +213,7 @@ def test_non_contiguous_cuda_latents():
     strided = base.permute(0, 1, 3, 2).contiguous().permute(0, 1, 3, 2)  # same values, other strides
     assert not strided.is_contiguous()
     np.testing.assert_allclose(dec.decode(strided, raw=True, enable_vae_tiling=False),
-                               dec.decode(base, raw=True, enable_vae_tiling=False), atol=1e-6)
+                               dec.decode(base, raw=True, enable_vae_tiling=False), atol=REPEAT_TOL)
     sliced = torch.from_numpy(random_latents(4, 4, 6, 8, seed=7)).cuda()[:, ::2]
     np.testing.assert_allclose(dec.decode(sliced, raw=True, enable_vae_tiling=False),
                                dec.decode(sliced.cpu().numpy(), raw=True, enable_vae_tiling=False), atol=FP32_TOL)
@@ -328,6 +349,7 @@ def test_direct_convolution_fallback_matches_the_cpu(monkeypatch, precision):
     dec = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
     out = dec.decode(lat, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
     if precision == "fp32":
+        report("direct conv fp32", max=np.abs(out - cpu).max())
         assert np.abs(out - cpu).max() <= FP32_TOL
     else:
-        assert_half_close(out, cpu, torch_unit(weights, lat, mean, std, "bf16"))
+        assert_half_close(out, cpu, torch_unit(weights, lat, mean, std, "bf16"), "direct conv bf16")

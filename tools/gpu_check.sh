@@ -5,11 +5,13 @@
 #                              (the scipy-openblas32 wheel for its Python) into .whl/, and copy the
 #                              fixtures (../shared does not travel) into .gpu_shared/ (both git-ignored)
 #   tools/gpu_check.sh run     on the GPU machine (no network; python3 with torch, numpy, pytest,
-#                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels): all of it,
-#                              within 8 minutes. Logs and the benchmark JSON go to $OUT (or /tmp/wv_gpu).
+#                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
+#                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
+#                              8 files at most (the device tool brings back 8).
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 590.
-# The steps' own limits add up to under 9.5 minutes (build ~1, op tests 1.5, tests 3, profile 1.5, bench 3.5).
+# Expected about 4 minutes on an H100 (build 0.5, op tests 0.5, tests 1-2, profile 0.5, bench 1.5); the
+# steps' own limits (120 + 75 + 150 + 45 + 170 s) stop a hung step and still leave its log and a summary.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -26,23 +28,24 @@ if [ "$MODE" = fetch ]; then
 fi
 
 OUT=${OUT:-/tmp/wv_gpu}
-export WANVIDEO_REQUIRE_CUDA_BUILD=1
+export WANVIDEO_REQUIRE_CUDA_BUILD=1 PYTHONUNBUFFERED=1
+export PATH=$PATH:/usr/local/cuda/bin
 [ -d .gpu_shared/fixtures ] && export WANVIDEO_SHARED=$PWD/.gpu_shared
 mkdir -p "$OUT"
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 summary() { echo "== $1 ($(elapsed) s)"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-echo "nvcc: $(command -v nvcc) $(nvcc --version | tail -1)" | tee -a "$OUT/gpu.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  echo "nvcc: $(command -v nvcc) $(nvcc --version | tail -1)"; } | tee "$OUT/env.txt"
 if ls .whl/*.whl > /dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/wv_site .whl/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/wv_site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/wv_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
 # 1. build in place, CUDA required; Hopper only unless told (the check machine is an H100 / H200)
 rm -f wanvideo_vae/_C*.so wanvideo_vae/_cuda*.so
-if ! WANVIDEO_CUDA=1 WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90} python3 setup.py build_ext --inplace \
+if ! WANVIDEO_CUDA=1 WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90} timeout 120 python3 setup.py build_ext --inplace \
         > "$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"
     summary "BUILD FAILED"
@@ -52,22 +55,30 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 grep "wanvideo_vae build" "$OUT/build.log" | head -3
 summary "built"
 python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cuda'], default=str))" \
-    | tee "$OUT/backends.json"
+    | tee -a "$OUT/env.txt"
 
-# 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests
-timeout 90 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/ops.log" | grep -v "^ok " | tail -30
-summary "op tests exit ${PIPESTATUS[0]}"
-timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -25
+# 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests; the tests append
+#    what they measure (max errors, PSNR, memory held after a call) to figures.jsonl
+timeout 75 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/ops.log" | grep -v "^ok " | tail -30
+OPS=${PIPESTATUS[0]}
+summary "op tests exit $OPS"
+WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
+    -o faulthandler_timeout=60 tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -30
 TESTS=${PIPESTATUS[0]}
 summary "GPU tests exit $TESTS"
 
-# 3. where the time goes: a profiled 720p decode of 5 latent frames (17 output frames), untiled
-PYTHONUNBUFFERED=1 timeout 90 python3 -m wanvideo_vae decode --device cuda --precision bf16 --random-shape 5 90 160 \
-    --tile 0 --profile --quiet --out /tmp/wv_profile.npy 2>&1 | tee "$OUT/profile.txt" | tail -8
-summary "profile exit ${PIPESTATUS[0]}"
+# 3. where the time goes: a profiled 720p decode of 5 latent frames (17 output frames), untiled, with
+#    the algorithm cuDNN runs for each convolution shape
+WANVIDEO_CUDA_VERBOSE=1 timeout 45 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
+    --random-shape 5 90 160 --tile 0 --profile --quiet --out /tmp/wv_profile.npy > "$OUT/profile.txt" 2>&1
+PROFILE=$?
+grep -v "^wanvideo_vae cuda: conv" "$OUT/profile.txt" | tail -12
+echo "conv shapes on the direct kernel: $(grep -c "direct kernel" "$OUT/profile.txt")"
+summary "profile exit $PROFILE"
 
-# 4. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process
-PYTHONUNBUFFERED=1 timeout 210 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
+# 4. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process (each run is
+#    also printed to bench.err as it ends)
+timeout 170 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
     --skip-blended --json > "$OUT/bench.json" 2> "$OUT/bench.err"
 BENCH=$?
 python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
@@ -78,4 +89,18 @@ for k, v in r["runs"].items():
     print(f"{k:32s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB  max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF
 summary "bench exit $BENCH"
-[ "$TESTS" = 0 ] && [ "$BENCH" = 0 ]
+
+# 5. the figures the tests measured, a line each
+python3 - "$OUT/figures.jsonl" <<'EOF'
+import json, sys
+try:
+    lines = open(sys.argv[1]).read().splitlines()
+except OSError:
+    lines = []
+for line in lines:
+    r = json.loads(line)
+    name = r.pop("test")
+    print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
+EOF
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH"
+[ "$OPS" = 0 ] && [ "$TESTS" = 0 ] && [ "$BENCH" = 0 ]

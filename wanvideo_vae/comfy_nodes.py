@@ -9,6 +9,7 @@ import weakref
 import numpy as np
 
 from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
+from .devices import device_index
 from .weights import normalize_keys
 
 CATEGORY = "WanVideoWrapper/native"
@@ -49,8 +50,10 @@ def _backend_for(module, *tensors):
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
     on_gpu = [t.device for t in (p,) + tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"]
-    device = on_gpu[0] if on_gpu else _torch().cuda.current_device()
-    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), device
+    index = device_index(on_gpu[0]) if on_gpu else -1
+    if index < 0:  # an index, not "cuda": the decoder cache keys on it
+        index = _torch().cuda.current_device()
+    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), index
 
 
 def _wanvae_stats(vae):

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${BUILD_DIR:-build/backend_ops}
 mkdir -p "$OUTDIR"
-eval "$(python3 - <<'PY'
+CONFIG=$(python3 - <<'PY'
 import shlex, sys
 sys.argv = ["setup.py"]
 import setup, scipy_openblas32
@@ -20,7 +20,8 @@ values = dict(NVCC=cfg["nvcc"], TOOLKIT=cfg["toolkit"], CUDNN_INC=cfg["cudnn_inc
 for k, v in values.items():
     print(f"{k}={shlex.quote(str(v))}")
 PY
-)"
+) || exit 1 # (a bare eval "$(...)" would hide the failure)
+eval "$CONFIG"
 CORE="csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c"
 OBJS=""
 for f in $CORE; do

@@ -135,7 +135,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
     char name[96], *mask = interior(g, cout, 1);
-    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1};
+    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
     for (int t = 0; t < STEPS; t++) {
         x[t] = rand_frames(g, cin, 1);
         outs[0][t] = (float *)malloc(fout * sizeof(float));

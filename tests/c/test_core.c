@@ -60,7 +60,7 @@ static void test_conv(int kt, int k, int n, int accumulate)
     float *packed = (float *)malloc(sizeof(float) * (size_t)cout * cin * taps);
     float *seq = (float *)calloc((size_t)(2 + n) * P * cin, sizeof(float)); /* cache ++ x, ring zero */
     float *y = rand_floats((size_t)n * P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)n * P * cout);
-    wv_conv cv = {packed, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1};
+    wv_conv cv = {packed, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
     memcpy(y0, y, sizeof(float) * (size_t)n * P * cout);
     for (int f = 0; f < 2 + n; f++)
         for (int yy = 0; yy < g.h; yy++)
