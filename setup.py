@@ -3,9 +3,11 @@
 - wanvideo_vae._C: the C core and the CPU backend, linked against OpenBLAS from the
   scipy-openblas32 wheel (the same BLAS SciPy ships). Always built.
 - wanvideo_vae._cuda: the CUDA backend (cuda/), built when nvcc, cuDNN and cuBLAS are found:
-  nvcc from CUDA_HOME / CUDA_PATH or PATH; cuDNN and cuBLAS headers and libraries from CUDNN_PATH,
-  the CUDA toolkit, or the nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12) wheels that PyTorch
-  installs. At run time it finds those wheels' libraries beside itself in site-packages.
+  nvcc from CUDA_HOME / CUDA_PATH, PATH or the default install folder; cuDNN and cuBLAS headers and
+  libraries from CUDNN_PATH, the CUDA toolkit, or the nvidia-cudnn-cu13 / -cu12 and
+  nvidia-cublas(-cu12) wheels that PyTorch installs. At run time it finds those wheels' libraries
+  beside itself in site-packages. On Windows the wheels ship DLLs without import libraries: the
+  build makes them (MSVC's lib.exe) from CUDA_IMPORTS, the functions the backend calls.
 
 WANVIDEO_CUDA=0 skips the CUDA backend, =1 requires it (a failure stops the build), unset builds
 it when everything is found and otherwise says why not and goes on CPU-only.
@@ -66,6 +68,21 @@ def core_extension():
 
 
 # ---- finding CUDA, cuDNN and cuBLAS -------------------------------------------------------------
+
+# What the CUDA backend imports from cuDNN and cuBLAS, by exported name (cublasCreate is the header's
+# macro for cublasCreate_v2). Windows import libraries are made from it; a test checks it against
+# the symbols the Linux build imports.
+CUDA_IMPORTS = {
+    "cudnn": ["cudnnConvolutionForward", "cudnnCreate", "cudnnCreateConvolutionDescriptor",
+              "cudnnCreateFilterDescriptor", "cudnnCreateTensorDescriptor", "cudnnDestroy",
+              "cudnnDestroyConvolutionDescriptor", "cudnnDestroyFilterDescriptor", "cudnnDestroyTensorDescriptor",
+              "cudnnGetConvolutionForwardAlgorithm_v7", "cudnnGetConvolutionNdForwardOutputDim",
+              "cudnnGetErrorString", "cudnnGetVersion", "cudnnSetConvolutionMathType",
+              "cudnnSetConvolutionNdDescriptor", "cudnnSetFilterNdDescriptor", "cudnnSetStream",
+              "cudnnSetTensorNdDescriptor"],
+    "cublas": ["cublasCreate_v2", "cublasDestroy_v2", "cublasGemmEx", "cublasGetProperty", "cublasGetStatusString",
+               "cublasSetMathMode", "cublasSetStream_v2", "cublasSetWorkspace_v2"],
+}
 
 
 def find_nvcc():
@@ -133,7 +150,8 @@ def find_library(root, names):
         inc = os.path.join(r, "include")
         if not os.path.isfile(os.path.join(inc, header)):
             continue
-        for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin"):
+        for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin", os.path.join("bin", "x86_64"),
+                    os.path.join("bin", "x64")):
             for lib in libs:
                 hits = sorted(glob.glob(os.path.join(r, sub, lib)))
                 if hits:
@@ -154,12 +172,13 @@ def cuda_config():
     so = not WINDOWS
     cudnn_inc, cudnn_lib = find_library(
         candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
-        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib"]))
+        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]))
     if not cudnn_inc:
         return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or set CUDNN_PATH)")
     cublas_inc, cublas_lib = find_library(
         candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
-        ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so else ["cublas.lib"]))
+        ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so
+                        else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]))
     if not cublas_inc:
         return missing(mode, "cuBLAS not found (pip install nvidia-cublas, or a CUDA toolkit that has it)")
     lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
@@ -231,11 +250,26 @@ class BuildExt(build_ext):
             return super().build_extension(ext)
         try:
             ext.extra_objects = [self.nvcc_compile(cfg, src) for src in CUDA_SOURCES]
+            for key, name in (("cudnn_lib", "cudnn"), ("cublas_lib", "cublas")):
+                if cfg[key].lower().endswith(".dll"):  # a wheel's DLL alone (Windows)
+                    self.import_library(cfg[key], name)
+                    ext.library_dirs.insert(0, self.build_temp)
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001 - any compiler failure
             if cfg["required"]:
                 raise
             log(f"the CUDA backend failed to build ({e}); building CPU-only")
+
+    def import_library(self, dll, name):
+        """build_temp/<name>.lib for a DLL shipped without one, from the functions we call (MSVC)."""
+        os.makedirs(self.build_temp, exist_ok=True)
+        if not getattr(self.compiler, "initialized", True):
+            self.compiler.initialize()
+        definition = os.path.join(self.build_temp, name + ".def")
+        with open(definition, "w") as f:
+            f.write(f"LIBRARY {os.path.basename(dll)}\nEXPORTS\n" + "".join(f"    {s}\n" for s in CUDA_IMPORTS[name]))
+        self.compiler.spawn([self.compiler.lib, "/nologo", "/machine:x64", "/def:" + definition,
+                             "/out:" + os.path.join(self.build_temp, name + ".lib")])
 
     def nvcc_compile(self, cfg, src):
         os.makedirs(self.build_temp, exist_ok=True)

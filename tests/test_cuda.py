@@ -3,8 +3,11 @@
 Everything that needs a GPU is skipped without one (never failed). What runs everywhere: the build
 report, and, where the CI asks for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that
 the CUDA backend was compiled and implements every op of the table."""
+import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -84,6 +87,21 @@ def test_cuda_backend_was_built_with_every_op():
     assert feats["cuda"]["compiled"] and feats["cuda"]["loaded"], feats["cuda"].get("reason")
     assert feats["cuda"]["ops"] == feats["cpu"]["ops"]
     assert feats["cuda"]["precisions"] == ["fp32", "fp16", "bf16"]
+
+
+@pytest.mark.skipif(os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1" or not shutil.which("nm"),
+                    reason="CI with nvcc only (reads the built module's imports with nm)")
+def test_windows_import_list_names_every_cudnn_and_cublas_function_we_call(monkeypatch):
+    """setup.CUDA_IMPORTS makes the Windows import libraries; the Linux build's imports check it."""
+    monkeypatch.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # setup.py lists csrc/
+    spec = importlib.util.spec_from_file_location("wv_setup", "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)  # its setup() runs only as __main__
+    module = importlib.util.find_spec("wanvideo_vae._cuda").origin
+    nm = subprocess.run(["nm", "-D", "--undefined-only", module], capture_output=True, text=True, check=True)
+    called = {line.split()[-1].split("@")[0] for line in nm.stdout.splitlines()}
+    called = {name for name in called if name.startswith(("cudnn", "cublas"))}
+    assert called == set(setup.CUDA_IMPORTS["cudnn"]) | set(setup.CUDA_IMPORTS["cublas"])
 
 
 def test_cuda_without_device_gives_a_clear_error():
@@ -353,3 +371,22 @@ def test_direct_convolution_fallback_matches_the_cpu(monkeypatch, precision):
         assert np.abs(out - cpu).max() <= FP32_TOL
     else:
         assert_half_close(out, cpu, torch_unit(weights, lat, mean, std, "bf16"), "direct conv bf16")
+
+
+@gpu
+def test_comfy_nodes_decode_on_the_gpu():
+    """The WanVideoDecode drop-in and the patched WANVAE with the VAE and the latents on the GPU (as
+    ComfyUI and InfiniteTalk hold them): the CUDA backend in the VAE's dtype, results as on the CPU."""
+    torch = _torch()
+    from standin_wanvae import StandInWanVAE
+    from wanvideo_vae.comfy_nodes import WanVideoNativeDecode, WanVideoNativeVAEPatch
+    weights, data = load_fixture("tiny")
+    vae = StandInWanVAE(weights, data["mean"], data["std"]).to("cuda")  # float32: the fp32 backend
+    raw = np.clip(data["expected_raw"].transpose(1, 2, 3, 0), -1, 1)
+    lat = torch.from_numpy(data["latents"])[None].cuda()
+    (images,) = WanVideoNativeDecode().decode(vae, {"samples": lat}, True, 40, 40, 32, 32)
+    assert np.abs(images.cpu().numpy() - (raw + 1) / 2).max() <= FP32_TOL
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    (video,) = patched.decode(lat, "cuda", tiled=True, tile_size=(5, 5), tile_stride=(4, 4), pbar=False)
+    assert video.device.type == "cuda"
+    assert np.abs(video.float().cpu().numpy() - raw.transpose(3, 0, 1, 2)).max() <= FP32_TOL

@@ -21,9 +21,11 @@ def add_windows_dll_dirs():
     if sys.platform != "win32" or _dll_dirs_added:
         return
     _dll_dirs_added = True
-    dirs = [os.path.join(os.environ[v], "bin") for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+    roots = [os.environ[v] for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
     for sp in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
-        dirs += glob.glob(os.path.join(sp, "nvidia", "*", "bin"))
+        roots += glob.glob(os.path.join(sp, "nvidia", "*"))
+    # bin/x86_64: the CUDA 13 wheels (nvidia/cu13/bin/x86_64/cublas64_13.dll); bin/x64: the toolkit's
+    dirs = [os.path.join(r, *sub) for r in roots for sub in (("bin",), ("bin", "x86_64"), ("bin", "x64"))]
     for d in dirs:
         if os.path.isdir(d):
             os.add_dll_directory(d)
