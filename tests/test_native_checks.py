@@ -55,6 +55,18 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
     assert re.search(r"^\d+ cases, 0 failed$", r.stdout, re.M)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_conv_lab_compiles(tmp_path):
+    """tools/conv_lab.cu (cuDNN's speed on the 720p shapes, run by tools/gpu_check.sh) must keep
+    compiling wherever the CUDA build is required."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    env = dict(os.environ, BUILD_DIR=str(tmp_path), BUILD_ONLY="1",
+               WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
+    r = run(["bash", "tools/conv_lab.sh"], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
 def test_small_decode_under_valgrind_leaks_nothing_of_ours():
     """Memory errors and definite leaks whose stack passes through the extension fail the test. The
     interpreter's own exit-time losses (CPython does not free everything) and the dynamic loader's

@@ -9,9 +9,10 @@
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8).
 #
-# With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 590.
-# Expected about 4 minutes on an H100 (build 0.5, op tests 0.5, tests 1-2, profile 0.5, bench 1.5); the
-# steps' own limits (120 + 75 + 150 + 45 + 170 s) stop a hung step and still leave its log and a summary.
+# With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 600.
+# Expected about 4-5 minutes on an H100 (build 0.5, op tests 0.5, tests 1-2, profile 0.5, bench 1.5,
+# conv lab 0.5); the steps' own limits (100 + 60 + 140 + 45 + 170 + 45 s) stop a hung step and still
+# leave its log and a summary.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -45,7 +46,7 @@ fi
 
 # 1. build in place, CUDA required; Hopper only unless told (the check machine is an H100 / H200)
 rm -f wanvideo_vae/_C*.so wanvideo_vae/_cuda*.so
-if ! WANVIDEO_CUDA=1 WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90} timeout 120 python3 setup.py build_ext --inplace \
+if ! WANVIDEO_CUDA=1 WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90} timeout 100 python3 setup.py build_ext --inplace \
         > "$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"
     summary "BUILD FAILED"
@@ -59,10 +60,11 @@ python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cud
 
 # 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests; the tests append
 #    what they measure (max errors, PSNR, memory held after a call) to figures.jsonl
-timeout 75 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/ops.log" | grep -v "^ok " | tail -30
+export WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90}
+timeout 60 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/native.log" | grep -v "^ok " | tail -30
 OPS=${PIPESTATUS[0]}
 summary "op tests exit $OPS"
-WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 150 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
+WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 140 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
     -o faulthandler_timeout=60 tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -30
 TESTS=${PIPESTATUS[0]}
 summary "GPU tests exit $TESTS"
@@ -90,7 +92,12 @@ for k, v in r["runs"].items():
 EOF
 summary "bench exit $BENCH"
 
-# 5. the figures the tests measured, a line each
+# 5. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
+echo "== conv lab" >> "$OUT/native.log"
+timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -45
+summary "conv lab exit ${PIPESTATUS[0]}"
+
+# 6. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
