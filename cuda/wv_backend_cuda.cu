@@ -111,12 +111,21 @@ static void cuda_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
 
 static int failed(cuda_ctx *c) { return c->err.code != WV_OK; }
 
+/* Errors after which the process's CUDA context stays broken: every later call fails too. */
+static int context_lost(cudaError_t e)
+{
+    return e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure || e == cudaErrorIllegalInstruction ||
+           e == cudaErrorMisalignedAddress || e == cudaErrorHardwareStackError || e == cudaErrorInvalidPc ||
+           e == cudaErrorInvalidAddressSpace || e == cudaErrorAssert;
+}
+
 static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess) return 1;
     if (!failed(c))
-        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM : WV_ERR_BACKEND, "CUDA error in %s: %s", what,
-                cudaGetErrorString(e));
+        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM : WV_ERR_BACKEND, "CUDA error in %s: %s%s", what,
+                cudaGetErrorString(e),
+                context_lost(e) ? " (this process can no longer use the GPU: restart it)" : "");
     cudaGetLastError(); /* a recoverable error must not resurface in the next call's first check */
     return 0;
 }
