@@ -723,8 +723,8 @@ static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W,
 static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, const void *weight, void *y,
                            int accumulate)
 {
-    int n = s->kt > 1 ? 1 : s->n;
-    LAUNCH(c, direct_conv_kernel, (int64_t)n * s->H * s->W * s->cout, input, weight, y, n, s->kt, s->kh, s->kw,
+    int n = s->kt > 1 ? 1 : s->n, groups = (s->cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
+    LAUNCH(c, direct_conv_kernel, (int64_t)n * s->H * s->W * groups, input, weight, y, n, s->kt, s->kh, s->kw,
            s->cin, s->cout, s->H, s->W, accumulate);
     return !failed(c);
 }

@@ -169,34 +169,42 @@ __global__ void upsample2x_kernel(const void *src_, wv_grid gs, int sy0, int sx0
     }
 }
 
-/* Direct convolution, the fallback where cuDNN runs no algorithm for a shape:
+/* Direct convolution, the fallback where cuDNN runs no algorithm for a shape (the RGB head's 3 output
+ * channels, say):
  * y[f][p][o] (+)= sum over (dt, dy, dx, i) of w[o][dt][dy][dx][i] * in[f + dt][p shifted by (dy, dx)][i]
  * on a padded Hp x Wp grid, for the positions whose window stays inside it (the ring's outputs are
- * undefined and left alone). in holds n + kt - 1 frames; one thread per output value. */
+ * undefined and left alone). in holds n + kt - 1 frames. One thread per position and group of
+ * DIRECT_OUTS output channels, so each input value read serves that many outputs. */
+#define DIRECT_OUTS 4
+
 template <typename T>
 __global__ void direct_conv_kernel(const void *in_, const void *w_, void *y_, int n, int kt, int kh, int kw, int cin,
                                    int cout, int Hp, int Wp, int accumulate)
 {
     const T *in = (const T *)in_, *w = (const T *)w_;
     T *y = (T *)y_;
-    int64_t P = (int64_t)Hp * Wp;
-    int rh = kh / 2, rw = kw / 2;
-    WV_GRID_STRIDE_LOOP(i, n * P * cout)
+    int64_t P = (int64_t)Hp * Wp, taps = (int64_t)kt * kh * kw;
+    int rh = kh / 2, rw = kw / 2, groups = (cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
+    WV_GRID_STRIDE_LOOP(i, n * P * groups)
     {
-        int o = (int)(i % cout);
-        int64_t p = (i / cout) % P;
-        int f = (int)(i / (cout * P)), py = (int)(p / Wp), px = (int)(p % Wp);
-        float acc;
+        int o0 = (int)(i % groups) * DIRECT_OUTS, outs = min(DIRECT_OUTS, cout - o0);
+        int64_t p = (i / groups) % P, out = ((i / groups) / P * P + p) * cout + o0;
+        int f = (int)(i / (groups * P)), py = (int)(p / Wp), px = (int)(p % Wp);
+        float acc[DIRECT_OUTS];
         if (py < rh || py + rh >= Hp || px < rw || px + rw >= Wp) continue;
-        acc = accumulate ? to_f32(y[i]) : 0.0f;
+        for (int j = 0; j < DIRECT_OUTS; j++) acc[j] = accumulate && j < outs ? to_f32(y[out + j]) : 0.0f;
         for (int dt = 0; dt < kt; dt++)
             for (int dy = 0; dy < kh; dy++)
                 for (int dx = 0; dx < kw; dx++) {
                     const T *src = in + (((int64_t)(f + dt) * P + (int64_t)(py + dy - rh) * Wp + px + dx - rw) * cin);
-                    const T *wt = w + ((((int64_t)o * kt + dt) * kh + dy) * kw + dx) * cin;
-                    for (int c = 0; c < cin; c++) acc += to_f32(src[c]) * to_f32(wt[c]);
+                    const T *wt = w + ((int64_t)o0 * taps + (dt * kh + dy) * kw + dx) * cin;
+                    for (int c = 0; c < cin; c++) {
+                        float v = to_f32(src[c]);
+                        for (int j = 0; j < DIRECT_OUTS; j++)
+                            if (j < outs) acc[j] += v * to_f32(wt[j * taps * cin + c]);
+                    }
                 }
-        y[i] = from_f32<T>(acc);
+        for (int j = 0; j < outs; j++) y[out + j] = from_f32<T>(acc[j]);
     }
 }
 

@@ -15,6 +15,7 @@
 #include "wv_cuda.h"
 
 static int g_cases, g_failures;
+static const char *g_variant = ""; /* " direct": the CUDA side runs every conv on the direct kernel */
 static uint32_t g_rng = 2024u;
 
 static float frand(void) /* uniform in [-1, 1) */
@@ -91,8 +92,8 @@ static void check(const char *name, const wv_backend *be, const float *ref, cons
         }
     g_cases++;
     if (!(diff / scale <= tol)) g_failures++;
-    printf("%-4s %-48s %-5s max|diff| %.3g (of max|ref| %.3g)\n", diff / scale <= tol ? "ok" : "FAIL", name,
-           wv_dtype_name(be->act_dtype), diff, scale);
+    printf("%-4s %-48s %-5s%s max|diff| %.3g (of max|ref| %.3g)\n", diff / scale <= tol ? "ok" : "FAIL", name,
+           wv_dtype_name(be->act_dtype), g_variant, diff, scale);
 }
 
 /* Interior mask of n frames of grid g with C channels. */
@@ -308,6 +309,25 @@ static int make_side(side *s, const wv_backend *be)
     return 0;
 }
 
+/* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read
+ * when a context is made), output channel counts around its group of DIRECT_OUTS included. */
+static void test_direct_convs(side *cpu, const wv_backend *be)
+{
+    side direct;
+    setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1);
+    if (make_side(&direct, be)) exit(1);
+    unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
+    g_variant = " direct";
+    for (int kt = 1; kt <= 3; kt += 2)
+        for (int k = 1; k <= 3; k += 2) {
+            test_conv(cpu, &direct, kt, k, 16, 32, 1, 1);
+            test_conv(cpu, &direct, kt, k, 32, 3, 1, 0);
+        }
+    test_conv(cpu, &direct, 3, 3, 8, 5, 1, 1);
+    g_variant = "";
+    direct.be->ctx_destroy(direct.ctx);
+}
+
 int main(void)
 {
     char why[256];
@@ -327,6 +347,7 @@ int main(void)
                     test_conv(&cpu, &gpu, kt, k, 32, 3, 1, acc);
                 }
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
+        test_direct_convs(&cpu, wv_cuda_backends()->by_dtype[dt]);
         test_rms_norm(&cpu, &gpu, 96, 1, 1);
         test_rms_norm(&cpu, &gpu, 33, 0, 0);
         test_moves(&cpu, &gpu);
