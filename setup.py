@@ -15,6 +15,7 @@ WANVIDEO_CUDA_ARCHS: compute capabilities, default "75;80;86;89;90" plus PTX for
 """
 import glob
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -95,11 +96,19 @@ def find_nvcc():
     if shutil.which("nvcc"):
         return shutil.which("nvcc")
     if WINDOWS:
-        defaults = sorted(glob.glob(r"C:\Program Files\NVIDIA GPU Computing Toolkit\CUDA\v*\bin\nvcc.exe"), reverse=True)
+        versioned = glob.glob(r"C:\Program Files\NVIDIA GPU Computing Toolkit\CUDA\v*\bin\nvcc.exe")
+        defaults = sorted(versioned, key=toolkit_version, reverse=True)
     else:
-        defaults = ["/usr/local/cuda/bin/nvcc"] + sorted(glob.glob("/usr/local/cuda-*/bin/nvcc"), reverse=True)
+        versioned = glob.glob("/usr/local/cuda-*/bin/nvcc")
+        defaults = ["/usr/local/cuda/bin/nvcc"] + sorted(versioned, key=toolkit_version, reverse=True)
     found = [exe for exe in defaults if os.path.isfile(exe)]
     return found[0] if found else None
+
+
+def toolkit_version(path):
+    """(13, 0) from .../cuda-13.0/bin/nvcc or ...\\CUDA\\v13.0\\bin\\nvcc.exe, so that 12.10 sorts above 12.9."""
+    found = re.search(r"(?:cuda-|v)(\d+)\.(\d+)", path)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def cuda_root(nvcc):
@@ -268,8 +277,9 @@ class BuildExt(build_ext):
         definition = os.path.join(self.build_temp, name + ".def")
         with open(definition, "w") as f:
             f.write(f"LIBRARY {os.path.basename(dll)}\nEXPORTS\n" + "".join(f"    {s}\n" for s in CUDA_IMPORTS[name]))
-        self.compiler.spawn([self.compiler.lib, "/nologo", "/machine:x64", "/def:" + definition,
-                             "/out:" + os.path.join(self.build_temp, name + ".lib")])
+        run = getattr(self.compiler, "call", None) or self.compiler.spawn  # call: setuptools >= 75 (VS's PATH)
+        run([self.compiler.lib, "/nologo", "/machine:x64", "/def:" + definition,
+             "/out:" + os.path.join(self.build_temp, name + ".lib")])
 
     def nvcc_compile(self, cfg, src):
         os.makedirs(self.build_temp, exist_ok=True)

@@ -650,7 +650,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (st) {
-        if (st == WV_ERR_INTERRUPTED && bridge.exc_type)
+        if (bridge.exc_type) /* the callback's own exception stopped the decode (a step may have failed too) */
             PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
         else
             raise_status(&err);

@@ -121,7 +121,7 @@ struct wv_backend {
     int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
     int causal_weight_copies; /* packed copies of a causal conv's weights (1, or 3 rotations) */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
-                               largest conv input matrix) */
+                               largest conv input matrix, with a 4 MiB floor for cuBLAS; 0: none) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
      * calling thread's current device. */
     wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);

@@ -95,11 +95,11 @@ static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void 
                         int accumulate)
 {
     void *cache = cv->cache_slot >= 0 ? arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot) : NULL;
-    double start = r->o->profile ? now_seconds() : 0.0;
+    double before = r->stats->op_seconds[WV_OP_conv]; /* the conv's own time is what OP adds there */
     OP(r, conv, cv, g, cache, x, y, n, accumulate);
     if (r->o->profile && !r->profile_err.code) {
         int64_t macs_per_position = (int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
-        r->stats->conv_seconds[cv->id] += now_seconds() - start;
+        r->stats->conv_seconds[cv->id] += r->stats->op_seconds[WV_OP_conv] - before;
         r->stats->conv_calls[cv->id]++;
         r->stats->conv_flops[cv->id] += 2 * n * wv_grid_positions(g) * macs_per_position;
     }

@@ -58,7 +58,7 @@ typedef struct {
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
     int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
-    int announced;    /* WANVIDEO_CUDA_VERBOSE: what ran for the shape was printed */
+    int shown;        /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -116,7 +116,8 @@ static int context_lost(cudaError_t e)
 {
     return e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure || e == cudaErrorIllegalInstruction ||
            e == cudaErrorMisalignedAddress || e == cudaErrorHardwareStackError || e == cudaErrorInvalidPc ||
-           e == cudaErrorInvalidAddressSpace || e == cudaErrorAssert;
+           e == cudaErrorInvalidAddressSpace || e == cudaErrorAssert || e == cudaErrorLaunchTimeout ||
+           e == cudaErrorECCUncorrectable;
 }
 
 static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
@@ -140,10 +141,32 @@ static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
     return 0;
 }
 
-/* cuDNN declining a request (a parameter or a configuration it does not take) rather than failing. */
+/* An algorithm declining this shape or these buffers (or an engine failing on them): the next
+ * candidate may run. Everything else (an allocation, the installation, the driver, a fault) fails
+ * every candidate alike and is the decode's error. */
 static int cudnn_declined(cudnnStatus_t s)
 {
-    return CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_BAD_PARAM || CUDNN_STATUS_CATEGORY(s) == CUDNN_STATUS_NOT_SUPPORTED;
+    switch (s) {
+    case CUDNN_STATUS_BAD_PARAM:
+    case CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER:
+    case CUDNN_STATUS_BAD_PARAM_OUT_OF_BOUND:
+    case CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT:
+    case CUDNN_STATUS_NOT_SUPPORTED:
+    case CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN:
+    case CUDNN_STATUS_NOT_SUPPORTED_SHAPE:
+    case CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE:
+    case CUDNN_STATUS_NOT_SUPPORTED_LAYOUT:
+    case CUDNN_STATUS_NOT_SUPPORTED_SHARED_MEMORY_INSUFFICIENT:
+    case CUDNN_STATUS_NOT_SUPPORTED_PADDING:
+    case CUDNN_STATUS_NOT_SUPPORTED_BAD_LAUNCH_PARAM:
+    case CUDNN_STATUS_INTERNAL_ERROR:
+    case CUDNN_STATUS_INTERNAL_ERROR_COMPILATION_FAILED:
+    case CUDNN_STATUS_INTERNAL_ERROR_UNEXPECTED_VALUE:
+    case CUDNN_STATUS_INTERNAL_ERROR_BAD_LAUNCH_PARAM:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
@@ -736,11 +759,12 @@ static const char *algo_name(cudnnConvolutionFwdAlgo_t a)
     return (int)a >= 0 && (int)a < (int)(sizeof names / sizeof *names) ? names[a] : "?";
 }
 
-/* WANVIDEO_CUDA_VERBOSE: which candidate runs a shape (-1: the direct kernel), the first time. */
+/* WANVIDEO_CUDA_VERBOSE: which candidate runs a shape (-1: the direct kernel), when that changes (a
+ * plan with a smaller workspace may skip the first choice). */
 static void announce(cuda_ctx *c, conv_shape *s, int i)
 {
-    if (!c->verbose || s->announced) return;
-    s->announced = 1;
+    if (!c->verbose || s->shown == i + 2) return;
+    s->shown = i + 2;
     if (i < 0)
         fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): direct kernel (%d cuDNN candidates)\n",
                 s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, s->n_candidates);

@@ -10,8 +10,9 @@
  *   3d-fused the same with the bias folded in (cudnnConvolutionBiasActivationForward, identity
  *            activation, IMPLICIT_PRECOMP_GEMM): what fusing the bias would give
  *   2d-sum   three NHWC 2-d convolutions, one per temporal tap, accumulating (beta = 1)
- * and for the 2-d upsample convolutions, one NHWC convolution over 4 frames. Prints milliseconds
- * and TFLOP/s (multiply-adds x 2 over the padded grid the backend computes).
+ * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame, as the
+ * backend runs them. Prints milliseconds and TFLOP/s (multiply-adds x 2 over the padded grid the
+ * backend computes).
  *
  * Build and run: tools/conv_lab.sh (exit 77 without a GPU). */
 #include <cuda_bf16.h>
@@ -35,22 +36,24 @@
 
 typedef struct {
     const char *name;
-    int cin, cout, H, W; /* padded grid */
-    int causal;          /* 3x3x3 over a 3-frame ring, else 3x3 over n frames */
-    int n;
+    int cin, cout, kt, k; /* kt 3: causal over a 3-frame ring; kt 1: a 2-d k x k convolution */
+    int H, W;             /* padded grid */
 } lab_shape;
 
-/* The decoder's convolutions at 1280x720 (a 90x160 latent), padded by one pixel. */
+/* Every convolution shape of the decoder at 1280x720 (a 90x160 latent), grids padded by one pixel. */
 static const lab_shape SHAPES[] = {
-    {"trunk / stage 0: 384->384 at 90x160", 384, 384, 92, 162, 1, 1},
-    {"stage 1: 192->384 at 180x320", 192, 384, 182, 322, 1, 1},
-    {"stage 1: 384->384 at 180x320", 384, 384, 182, 322, 1, 1},
-    {"stage 2: 192->192 at 360x640", 192, 192, 362, 642, 1, 1},
-    {"stage 3: 192->96 at 720x1280", 192, 96, 722, 1282, 1, 1},
-    {"stage 3: 96->96 at 720x1280", 96, 96, 722, 1282, 1, 1},
-    {"head: 96->3 at 720x1280", 96, 3, 722, 1282, 1, 1},
-    {"upsample 1: 384->192 3x3 at 360x640, 4 frames", 384, 192, 362, 642, 0, 4},
-    {"upsample 2: 192->96 3x3 at 720x1280, 4 frames", 192, 96, 722, 1282, 0, 4},
+    {"conv1: 16->384 3x3x3 at 90x160", 16, 384, 3, 3, 92, 162},
+    {"middle, upsamples.0-2: 384->384 3x3x3 at 90x160", 384, 384, 3, 3, 92, 162},
+    {"upsamples.3.time_conv: 384->768 3x1x1 at 90x160", 384, 768, 3, 1, 92, 162},
+    {"upsamples.3.resample: 384->192 3x3 at 180x320", 384, 192, 1, 3, 182, 322},
+    {"upsamples.4.residual.2: 192->384 3x3x3 at 180x320", 192, 384, 3, 3, 182, 322},
+    {"upsamples.4-6: 384->384 3x3x3 at 180x320", 384, 384, 3, 3, 182, 322},
+    {"upsamples.7.time_conv: 384->768 3x1x1 at 180x320", 384, 768, 3, 1, 182, 322},
+    {"upsamples.7.resample: 384->192 3x3 at 360x640", 384, 192, 1, 3, 362, 642},
+    {"upsamples.8-10: 192->192 3x3x3 at 360x640", 192, 192, 3, 3, 362, 642},
+    {"upsamples.11.resample: 192->96 3x3 at 720x1280", 192, 96, 1, 3, 722, 1282},
+    {"upsamples.12-14: 96->96 3x3x3 at 720x1280", 96, 96, 3, 3, 722, 1282},
+    {"head.2: 96->3 3x3x3 at 720x1280", 96, 3, 3, 3, 722, 1282},
 };
 
 static cudnnHandle_t g_cudnn;
@@ -86,13 +89,14 @@ typedef struct {
     cudnnConvolutionDescriptor_t conv;
 } conv_desc;
 
-/* nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W]; nd 4: [n][cin][H][W] -> [n][cout][H][W]. */
-static conv_desc describe(int nd, int n, int cin, int cout, int kt, int H, int W)
+/* nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W] (time unpadded); nd 4: [1][cin][H][W] -> [1][cout][H][W];
+ * k x k spatially, padded to keep H x W. */
+static conv_desc describe(int nd, int cin, int cout, int kt, int k, int H, int W)
 {
     conv_desc d;
-    int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, 3, 3}, p3[3] = {0, 1, 1};
-    int x4[4] = {n, cin, H, W}, y4[4] = {n, cout, H, W}, w4[4] = {cout, cin, 3, 3}, p2[2] = {1, 1};
-    int b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
+    int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, k, k};
+    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, H, W}, w4[4] = {cout, cin, k, k};
+    int p3[3] = {0, k / 2, k / 2}, p2[2] = {k / 2, k / 2}, b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
     check_cudnn(cudnnCreateTensorDescriptor(&d.x), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.y), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.bias), "create");
@@ -106,7 +110,6 @@ static conv_desc describe(int nd, int n, int cin, int cout, int kt, int H, int W
     check_cudnn(cudnnSetConvolutionNdDescriptor(d.conv, nd - 2, nd == 5 ? p3 : p2, ones, ones, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT),
                 "convolution descriptor");
-    check_cudnn(cudnnSetConvolutionMathType(d.conv, CUDNN_TENSOR_OP_MATH), "math type");
     return d;
 }
 
@@ -119,16 +122,21 @@ static void destroy(conv_desc *d)
     cudnnDestroyConvolutionDescriptor(d->conv);
 }
 
-/* The heuristics' first algorithm that succeeds within the workspace. */
+/* The heuristics' first algorithm that succeeds within the workspace, its math type set on the
+ * descriptor as the backend does (tensor ops allowed: bf16). */
 static cudnnConvolutionFwdAlgo_t heuristic_algo(const conv_desc *d)
 {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
+    check_cudnn(cudnnSetConvolutionMathType(d->conv, CUDNN_TENSOR_OP_MATH), "math type");
     check_cudnn(cudnnGetConvolutionForwardAlgorithm_v7(g_cudnn, d->x, d->w, d->conv, d->y,
                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf),
                 "heuristics");
     for (int i = 0; i < returned; i++)
-        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= WORKSPACE) return perf[i].algo;
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= WORKSPACE) {
+            check_cudnn(cudnnSetConvolutionMathType(d->conv, perf[i].mathType), "math type");
+            return perf[i].algo;
+        }
     check_cudnn(CUDNN_STATUS_NOT_SUPPORTED, "no algorithm within the workspace");
     return CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
 }
@@ -149,19 +157,21 @@ template <typename F> static float time_ms(F run)
     CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
     cudaEventDestroy(a);
     cudaEventDestroy(b);
-    return ms / REPS;
+    return g_failed ? -1.0f : ms / REPS;
 }
 
 __global__ void bias_kernel(__nv_bfloat16 *y, const __nv_bfloat16 *bias, long long rows, int C)
 {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < rows * C; i += (long long)gridDim.x * blockDim.x)
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < rows * C; i += step)
         y[i] = __float2bfloat16_rn(__bfloat162float(y[i]) + __bfloat162float(bias[i % C]));
 }
 
 /* Values in [-1, 1): zeros would flatter the tensor cores' power draw. */
 __global__ void fill_kernel(__nv_bfloat16 *p, long long n, unsigned seed)
 {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    long long step = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
         unsigned h = (unsigned)i * 2654435761u ^ seed;
         h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
         p[i] = __float2bfloat16_rn((float)(h & 0xffff) / 32768.0f - 1.0f);
@@ -184,84 +194,96 @@ static void report(const char *how, float ms, double flops)
     g_failed = 0;
 }
 
+static void bias_pass(void *y, const void *bias, long long rows, int C)
+{
+    bias_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)y, (const __nv_bfloat16 *)bias, rows, C);
+}
+
+/* The causal shape four ways (see the top of the file). */
+static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias, double flops)
+{
+    float one = 1.0f, zero = 0.0f;
+    size_t frame_in = (size_t)s->H * s->W * s->cin, tap = (size_t)s->cout * s->cin * s->k * s->k;
+    long long rows = (long long)s->H * s->W;
+    conv_desc d3 = describe(5, s->cin, s->cout, 3, s->k, s->H, s->W);
+    conv_desc d2 = describe(4, s->cin, s->cout, 1, s->k, s->H, s->W);
+    cudnnConvolutionFwdAlgo_t a3 = heuristic_algo(&d3), a2;
+    cudnnConvolutionFwdAlgoPerf_t found[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    cudnnActivationDescriptor_t identity;
+    cudnnStatus_t fused;
+    int returned = 0;
+    report("3d", time_ms([&] {
+               check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d3.x, x, d3.w, w, d3.conv, a3, g_workspace,
+                                                   WORKSPACE, &zero, d3.y, y),
+                           "3d");
+               bias_pass(y, bias, rows, s->cout);
+           }),
+           flops);
+    check_cudnn(cudnnSetConvolutionMathType(d3.conv, CUDNN_TENSOR_OP_MATH), "math type");
+    check_cudnn(cudnnFindConvolutionForwardAlgorithmEx(g_cudnn, d3.x, x, d3.w, w, d3.conv, d3.y, y,
+                                                       CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, found, g_workspace,
+                                                       WORKSPACE),
+                "find");
+    for (int i = 0; i < returned && !g_failed; i++)
+        if (found[i].status == CUDNN_STATUS_SUCCESS) {
+            printf("  3d-find   %8.3f ms %7.1f TFLOP/s  (algo %d, math %d; the heuristics chose %d)\n", found[i].time,
+                   flops / (found[i].time * 1e-3) / 1e12, (int)found[i].algo, (int)found[i].mathType, (int)a3);
+            break;
+        }
+    g_failed = 0;
+    check_cudnn(cudnnCreateActivationDescriptor(&identity), "activation");
+    check_cudnn(cudnnSetActivationDescriptor(identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
+                "activation");
+    check_cudnn(cudnnSetConvolutionMathType(d3.conv, CUDNN_TENSOR_OP_MATH), "math type");
+    fused = cudnnConvolutionBiasActivationForward(g_cudnn, &one, d3.x, x, d3.w, w, d3.conv,
+                                                  CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, g_workspace,
+                                                  WORKSPACE, &zero, d3.y, y, d3.bias, bias, identity, d3.y, y);
+    if (fused == CUDNN_STATUS_SUCCESS && !g_failed)
+        report("3d-fused", time_ms([&] {
+                   check_cudnn(cudnnConvolutionBiasActivationForward(
+                                   g_cudnn, &one, d3.x, x, d3.w, w, d3.conv,
+                                   CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, g_workspace, WORKSPACE, &zero,
+                                   d3.y, y, d3.bias, bias, identity, d3.y, y),
+                               "fused");
+               }),
+               flops);
+    else
+        printf("  3d-fused  declined: %s\n", cudnnGetErrorString(fused));
+    g_failed = 0;
+    cudnnDestroyActivationDescriptor(identity);
+    a2 = heuristic_algo(&d2);
+    report("2d-sum", time_ms([&] { /* the weights read as three taps: their layout does not matter for timing */
+               for (int t = 0; t < 3; t++)
+                   check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d2.x, (char *)x + t * frame_in * 2, d2.w,
+                                                       (char *)w + t * tap * 2, d2.conv, a2, g_workspace, WORKSPACE,
+                                                       t ? &one : &zero, d2.y, y),
+                               "2d");
+               bias_pass(y, bias, rows, s->cout);
+           }),
+           flops);
+    destroy(&d3);
+    destroy(&d2);
+}
+
 static void run_shape(const lab_shape *s)
 {
     size_t frame_in = (size_t)s->H * s->W * s->cin, frame_out = (size_t)s->H * s->W * s->cout;
-    int frames_in = s->causal ? 3 : s->n, frames_out = s->causal ? 1 : s->n;
-    void *x, *y, *w, *bias;
+    double flops = 2.0 * s->H * s->W * (double)s->cout * s->cin * s->kt * s->k * s->k;
     float one = 1.0f, zero = 0.0f;
-    double flops = 2.0 * frames_out * s->H * s->W * (double)s->cout * s->cin * (s->causal ? 27 : 9);
-    long long rows = (long long)frames_out * s->H * s->W;
-    x = random_buffer(frame_in * frames_in, 1);
-    y = random_buffer(frame_out * frames_out, 2);
-    w = random_buffer((size_t)s->cout * s->cin * 27, 3); /* 2d-sum reads it as three taps: for timing */
-    bias = random_buffer((size_t)s->cout, 4);
+    void *x = random_buffer(frame_in * s->kt, 1), *y = random_buffer(frame_out, 2);
+    void *w = random_buffer((size_t)s->cout * s->cin * s->kt * s->k * s->k, 3), *bias = random_buffer(s->cout, 4);
     g_failed = 0;
     printf("%s\n", s->name);
-    if (s->causal) {
-        conv_desc d3 = describe(5, 1, s->cin, s->cout, 3, s->H, s->W), d2 = describe(4, 1, s->cin, s->cout, 1, s->H, s->W);
-        cudnnConvolutionFwdAlgo_t a3 = heuristic_algo(&d3), a2;
-        cudnnConvolutionFwdAlgoPerf_t found[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        cudnnActivationDescriptor_t identity;
-        int returned = 0;
-        size_t tap = (size_t)s->cout * s->cin * 9 * 2;
-        report("3d", time_ms([&] {
-                   check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d3.x, x, d3.w, w, d3.conv, a3, g_workspace,
-                                                       WORKSPACE, &zero, d3.y, y),
-                               "3d");
-                   bias_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)y, (const __nv_bfloat16 *)bias, rows,
-                                                          s->cout);
-               }),
-               flops);
-        check_cudnn(cudnnFindConvolutionForwardAlgorithmEx(g_cudnn, d3.x, x, d3.w, w, d3.conv, d3.y, y,
-                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, found,
-                                                           g_workspace, WORKSPACE),
-                    "find");
-        g_failed = 0;
-        for (int i = 0; i < returned; i++)
-            if (found[i].status == CUDNN_STATUS_SUCCESS) {
-                printf("  3d-find   %8.3f ms %7.1f TFLOP/s  (algo %d, math %d; heuristics chose %d)\n", found[i].time,
-                       flops / (found[i].time * 1e-3) / 1e12, (int)found[i].algo, (int)found[i].mathType, (int)a3);
-                break;
-            }
-        check_cudnn(cudnnCreateActivationDescriptor(&identity), "activation");
-        check_cudnn(cudnnSetActivationDescriptor(identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
-                    "activation");
-        cudnnStatus_t fused = cudnnConvolutionBiasActivationForward(
-            g_cudnn, &one, d3.x, x, d3.w, w, d3.conv, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, g_workspace,
-            WORKSPACE, &zero, d3.y, y, d3.bias, bias, identity, d3.y, y);
-        if (fused == CUDNN_STATUS_SUCCESS)
-            report("3d-fused", time_ms([&] {
-                       check_cudnn(cudnnConvolutionBiasActivationForward(
-                                       g_cudnn, &one, d3.x, x, d3.w, w, d3.conv,
-                                       CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, g_workspace, WORKSPACE, &zero,
-                                       d3.y, y, d3.bias, bias, identity, d3.y, y),
-                                   "fused");
-                   }),
-                   flops);
-        else
-            printf("  3d-fused  declined: %s\n", cudnnGetErrorString(fused));
-        cudnnDestroyActivationDescriptor(identity);
-        a2 = heuristic_algo(&d2);
-        report("2d-sum", time_ms([&] {
-                   for (int t = 0; t < 3; t++)
-                       check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d2.x, (char *)x + t * frame_in * 2, d2.w,
-                                                           (char *)w + t * tap, d2.conv, a2, g_workspace, WORKSPACE,
-                                                           t ? &one : &zero, d2.y, y),
-                                   "2d");
-                   bias_kernel<<<1024, 256, 0, g_stream>>>((__nv_bfloat16 *)y, (const __nv_bfloat16 *)bias, rows,
-                                                          s->cout);
-               }),
-               flops);
-        destroy(&d3);
-        destroy(&d2);
+    if (s->kt > 1) {
+        run_causal(s, x, y, w, bias, flops);
     } else {
-        conv_desc d = describe(4, s->n, s->cin, s->cout, 1, s->H, s->W);
+        conv_desc d = describe(4, s->cin, s->cout, 1, s->k, s->H, s->W);
         cudnnConvolutionFwdAlgo_t a = heuristic_algo(&d);
         report("2d", time_ms([&] {
                    check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d.x, x, d.w, w, d.conv, a, g_workspace, WORKSPACE,
                                                        &zero, d.y, y),
                                "2d");
+                   bias_pass(y, bias, (long long)s->H * s->W, s->cout);
                }),
                flops);
         destroy(&d);
