@@ -4,10 +4,13 @@
 #   tools/gpu_check.sh fetch   on a machine with network: download what the GPU machine lacks
 #                              (the scipy-openblas32 wheel for its Python) into .whl/, and copy the
 #                              fixtures (../shared does not travel) into .gpu_shared/ (both git-ignored)
-#   tools/gpu_check.sh run     on the GPU machine (no network; python3 with torch, numpy, pytest,
+#   tools/gpu_check.sh run [STEP...]
+#                              on the GPU machine (no network; python3 with torch, numpy, pytest,
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
-#                              8 files at most (the device tool brings back 8).
+#                              8 files at most (the device tool brings back 8). STEPs: ops tests
+#                              profile bench lab (default: all; the build always runs), e.g.
+#                              "run ops tests" to recheck a fix without the benchmarks.
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 600.
 # Expected about 4-5 minutes on an H100 (build 0.5, op tests 0.5, tests 1-2, profile 0.5, bench 1.5,
@@ -27,6 +30,11 @@ if [ "$MODE" = fetch ]; then
         -d .whl scipy-openblas32 "setuptools>=77"
     exit $?
 fi
+
+shift $(( $# > 0 ? 1 : 0 ))
+STEPS=${*:-ops tests profile bench lab}
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped LAB=skipped
 
 OUT=${OUT:-/tmp/wv_gpu}
 export WANVIDEO_REQUIRE_CUDA_BUILD=1 PYTHONUNBUFFERED=1
@@ -62,41 +70,54 @@ python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cud
 # 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests; the tests append
 #    what they measure (max errors, PSNR, memory held after a call) to figures.jsonl
 export WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90}
-timeout 60 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee "$OUT/native.log" | grep -v "^ok " | tail -30
-OPS=${PIPESTATUS[0]}
-summary "op tests exit $OPS"
-WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 130 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
-    -o faulthandler_timeout=60 tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -30
-TESTS=${PIPESTATUS[0]}
-summary "GPU tests exit $TESTS"
+: > "$OUT/native.log"
+if want ops; then
+    timeout 60 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" \
+        | grep -v "^ok " | tail -30
+    OPS=${PIPESTATUS[0]}
+    summary "op tests exit $OPS"
+fi
+if want tests; then
+    WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 130 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
+        -o faulthandler_timeout=60 tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -30
+    TESTS=${PIPESTATUS[0]}
+    summary "GPU tests exit $TESTS"
+fi
 
 # 3. where the time goes: a profiled 720p decode of 5 latent frames (17 output frames), untiled, with
 #    the algorithm cuDNN runs for each convolution shape
-WANVIDEO_CUDA_VERBOSE=1 timeout 45 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
-    --random-shape 5 90 160 --tile 0 --profile --quiet --out /tmp/wv_profile.npy > "$OUT/profile.txt" 2>&1
-PROFILE=$?
-grep -v "^wanvideo_vae cuda: conv" "$OUT/profile.txt" | tail -22 # the summary rows and the conv table
-echo "conv shapes on the direct kernel: $(grep -c "direct kernel" "$OUT/profile.txt")"
-summary "profile exit $PROFILE"
+if want profile; then
+    WANVIDEO_CUDA_VERBOSE=1 timeout 45 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
+        --random-shape 5 90 160 --tile 0 --profile --quiet --out /tmp/wv_profile.npy > "$OUT/profile.txt" 2>&1
+    PROFILE=$?
+    grep -v "^wanvideo_vae cuda: conv" "$OUT/profile.txt" | tail -22 # the summary rows and the conv table
+    echo "conv shapes on the direct kernel: $(grep -c "direct kernel" "$OUT/profile.txt")"
+    summary "profile exit $PROFILE"
+fi
 
 # 4. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process (each run is
 #    also printed to bench.err as it ends)
-timeout 160 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
-    --skip-blended --json > "$OUT/bench.json" 2> "$OUT/bench.err"
-BENCH=$?
-python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
+if want bench; then
+    timeout 160 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
+        --skip-blended --json > "$OUT/bench.json" 2> "$OUT/bench.err"
+    BENCH=$?
+    python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}")
 for k, v in r["runs"].items():
     print(f"{k:32s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB  max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF
-summary "bench exit $BENCH"
+    summary "bench exit $BENCH"
+fi
 
 # 5. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
-echo "== conv lab" >> "$OUT/native.log"
-timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -45
-summary "conv lab exit ${PIPESTATUS[0]}"
+if want lab; then
+    echo "== conv lab" >> "$OUT/native.log"
+    timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -64
+    LAB=${PIPESTATUS[0]}
+    summary "conv lab exit $LAB"
+fi
 
 # 6. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
@@ -110,5 +131,5 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH"
-[ "$OPS" = 0 ] && [ "$TESTS" = 0 ] && [ "$BENCH" = 0 ]
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, lab $LAB"
+for st in "$OPS" "$TESTS" "$BENCH"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done
