@@ -104,7 +104,8 @@ if want bench; then
     python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}")
+print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}, "
+      f"our weights {r['our_weight_bytes'] / 2**30:.2f} GiB (peaks below: what each call added)")
 for k, v in r["runs"].items():
     print(f"{k:32s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB  max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF

@@ -240,8 +240,9 @@ def bench_cmd(args):
     ours = [("ours untiled", dict(enable_vae_tiling=False)),
             ("ours exact tiles 272", dict(tile_x=272, tile_y=272)),
             ("ours in half PyTorch's memory", dict(enable_vae_tiling=False, max_memory=half))]
-    if tdev == "cuda":  # the GPU target: the arena within 2 GiB (the weights live with the Decoder)
-        ours.append(("ours in 2 GiB", dict(enable_vae_tiling=False, max_memory=2 << 30)))
+    if tdev == "cuda":  # the GPU target: weights and working memory within 2 GiB of device memory
+        ours.append(("ours in 2 GiB with weights",
+                     dict(enable_vae_tiling=False, max_memory=(2 << 30) - dec._model.weight_bytes)))
     for label, kw in ours:
         out, sec, mem = _timed(lambda: dec.decode(latents, raw=True, **kw), tdev, ours=True)  # host frames
         np.clip(out, -1, 1, out=out)  # as PyTorch's output was clamped, outside the timing
@@ -249,7 +250,7 @@ def bench_cmd(args):
         done(label, sec, mem, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}")
         del out
     result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": precision,
-              "torch": torch.__version__, "cpus": os.cpu_count(),
+              "torch": torch.__version__, "cpus": os.cpu_count(), "our_weight_bytes": dec._model.weight_bytes,
               "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d, "tiles": t}
                        for k, (s, m, d, t) in runs.items()}}
     if args.json:
