@@ -630,18 +630,6 @@ static void cuda_finish(void *ctx)
 
 /* ---- convolution -------------------------------------------------------------------------- */
 
-/* Packed channels-last strides for dims {n, c, spatial...}. */
-static void channels_last_strides(int nd, const int *dims, int *strides)
-{
-    int s = dims[1];
-    strides[1] = 1;
-    for (int d = nd - 1; d >= 2; d--) {
-        strides[d] = s;
-        s *= dims[d];
-    }
-    strides[0] = s;
-}
-
 static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, int nd, const int *dims)
 {
     int strides[5];

@@ -28,6 +28,19 @@ __device__ __forceinline__ float load_any(const char *p, int dtype)
     return __bfloat162float(*(const __nv_bfloat16 *)p);
 }
 
+/* Packed channels-last strides (in elements) for dims {n, c, spatial...}: the layout of every grid,
+ * as cuDNN's tensor descriptors take it. */
+static inline void channels_last_strides(int nd, const int *dims, int *strides)
+{
+    int s = dims[1];
+    strides[1] = 1;
+    for (int d = nd - 1; d >= 2; d--) {
+        strides[d] = s;
+        s *= dims[d];
+    }
+    strides[0] = s;
+}
+
 __device__ __forceinline__ int64_t grid_row(wv_grid g) { return g.w + 2 * g.pad; }
 
 /* Position index of interior pixel (y, x). */

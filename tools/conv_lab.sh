@@ -8,7 +8,7 @@ OUTDIR=${BUILD_DIR:-build/conv_lab}
 mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
-"$NVCC" -O2 -std=c++17 -I"$TOOLKIT/include" -I"$CUDNN_INC" -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
+"$NVCC" -O2 -std=c++17 -Icsrc -Icuda -I"$TOOLKIT/include" -I"$CUDNN_INC" -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
     tools/conv_lab.cu -o "$OUTDIR/conv_lab" -Xlinker "$CUDNN_LIB" -Xlinker -rpath,"$(dirname "$CUDNN_LIB")"
 [ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 "$OUTDIR/conv_lab"

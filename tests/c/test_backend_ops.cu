@@ -309,8 +309,21 @@ static int make_side(side *s, const wv_backend *be)
     return 0;
 }
 
+/* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
+ * direct kernel's group of DIRECT_OUTS included. */
+static void test_conv_shapes(side *cpu, side *gpu)
+{
+    for (int kt = 1; kt <= 3; kt += 2)
+        for (int k = 1; k <= 3; k += 2)
+            for (int acc = 0; acc <= 1; acc++) {
+                test_conv(cpu, gpu, kt, k, 16, 32, 1, acc);
+                test_conv(cpu, gpu, kt, k, 32, 3, 1, acc);
+            }
+    test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
+}
+
 /* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read
- * when a context is made), output channel counts around its group of DIRECT_OUTS included. */
+ * when a context is made). */
 static void test_direct_convs(side *cpu, const wv_backend *be)
 {
     side direct;
@@ -318,12 +331,7 @@ static void test_direct_convs(side *cpu, const wv_backend *be)
     if (make_side(&direct, be)) exit(1);
     unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
     g_variant = " direct";
-    for (int kt = 1; kt <= 3; kt += 2)
-        for (int k = 1; k <= 3; k += 2) {
-            test_conv(cpu, &direct, kt, k, 16, 32, 1, 1);
-            test_conv(cpu, &direct, kt, k, 32, 3, 1, 0);
-        }
-    test_conv(cpu, &direct, 3, 3, 8, 5, 1, 1);
+    test_conv_shapes(cpu, &direct);
     g_variant = "";
     direct.be->ctx_destroy(direct.ctx);
 }
@@ -340,12 +348,7 @@ int main(void)
     for (int dt = WV_F32; dt <= WV_BF16; dt++) {
         side gpu;
         if (make_side(&gpu, wv_cuda_backends()->by_dtype[dt])) return 1;
-        for (int kt = 1; kt <= 3; kt += 2)
-            for (int k = 1; k <= 3; k += 2)
-                for (int acc = 0; acc <= 1; acc++) {
-                    test_conv(&cpu, &gpu, kt, k, 16, 32, 1, acc);
-                    test_conv(&cpu, &gpu, kt, k, 32, 3, 1, acc);
-                }
+        test_conv_shapes(&cpu, &gpu);
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
         test_direct_convs(&cpu, wv_cuda_backends()->by_dtype[dt]);
         test_rms_norm(&cpu, &gpu, 96, 1, 1);
