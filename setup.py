@@ -74,11 +74,13 @@ def core_extension():
 # macro for cublasCreate_v2). Windows import libraries are made from it; a test checks it against
 # the symbols the Linux build imports.
 CUDA_IMPORTS = {
-    "cudnn": ["cudnnConvolutionForward", "cudnnCreate", "cudnnCreateConvolutionDescriptor",
+    "cudnn": ["cudnnConvolutionBiasActivationForward", "cudnnConvolutionForward", "cudnnCreate",
+              "cudnnCreateActivationDescriptor", "cudnnCreateConvolutionDescriptor",
               "cudnnCreateFilterDescriptor", "cudnnCreateTensorDescriptor", "cudnnDestroy",
-              "cudnnDestroyConvolutionDescriptor", "cudnnDestroyFilterDescriptor", "cudnnDestroyTensorDescriptor",
+              "cudnnDestroyActivationDescriptor", "cudnnDestroyConvolutionDescriptor", "cudnnDestroyFilterDescriptor",
+              "cudnnDestroyTensorDescriptor",
               "cudnnGetConvolutionForwardAlgorithm_v7", "cudnnGetConvolutionNdForwardOutputDim",
-              "cudnnGetErrorString", "cudnnGetVersion", "cudnnSetConvolutionMathType",
+              "cudnnGetErrorString", "cudnnGetVersion", "cudnnSetActivationDescriptor", "cudnnSetConvolutionMathType",
               "cudnnSetConvolutionNdDescriptor", "cudnnSetFilterNdDescriptor", "cudnnSetStream",
               "cudnnSetTensorNdDescriptor"],
     "cublas": ["cublasCreate_v2", "cublasDestroy_v2", "cublasGemmEx", "cublasGetProperty", "cublasGetStatusString",

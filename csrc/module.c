@@ -413,6 +413,7 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "core_x", PyLong_FromLong(p->core_x)) || dict_set(d, "core_y", PyLong_FromLong(p->core_y)) ||
         dict_set(d, "out_halo", PyLong_FromLong(p->out_halo)) ||
         dict_set(d, "stream_trunk", PyBool_FromLong(p->stream_trunk)) ||
+        dict_set(d, "attention_rows", PyLong_FromLong(p->attn_rows)) ||
         dict_set(d, "shrunk_to_fit", PyBool_FromLong(p->shrunk_to_fit)) ||
         dict_set(d, "planned_bytes", PyLong_FromSize_t(p->arena_bytes)) ||
         dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
@@ -541,13 +542,14 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
     return 0;
 }
 
-/* {op name: [seconds, calls]} for the ops a profiled decode ran. */
+/* {op name: [seconds, calls, host seconds]} for the ops a profiled decode ran. */
 static PyObject *op_profile(const wv_stats *s)
 {
     PyObject *d = PyDict_New();
     for (int i = 0; d && i < wv_backend_op_count(); i++) {
         if (!s->op_calls[i]) continue;
-        if (dict_set(d, wv_backend_op_name(i), Py_BuildValue("[dL]", s->op_seconds[i], (long long)s->op_calls[i])))
+        if (dict_set(d, wv_backend_op_name(i),
+                     Py_BuildValue("[dLd]", s->op_seconds[i], (long long)s->op_calls[i], s->op_host_seconds[i])))
             Py_CLEAR(d);
     }
     return d;

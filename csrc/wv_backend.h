@@ -26,6 +26,7 @@ typedef struct {
     void *workspace;        /* the arena's WORKSPACE buffer (backend->workspace_bytes) */
     size_t workspace_bytes;
     size_t step_out_bytes;  /* the most output bytes one step writes (write_output staging) */
+    void *output_staging;   /* the arena's OUTPUT_STAGING buffer: output_staging_copies x step_out_bytes */
 } wv_call;
 
 /* Parameters start on 64-element boundaries (128 bytes in 16-bit types), and so does each packed
@@ -122,6 +123,8 @@ struct wv_backend {
     int causal_weight_copies; /* packed copies of a causal conv's weights (1, or 3 rotations) */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
                                largest conv input matrix, with a 4 MiB floor for cuBLAS; 0: none) */
+    int output_staging_copies; /* steps of output the arena holds for the backend's copies to the host
+                                  (0: write_output writes the caller's array itself) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
      * calling thread's current device. */
     wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);
@@ -140,7 +143,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 2
+#define WV_BACKEND_ABI 3
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

@@ -318,7 +318,7 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 1, 0, cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 1, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
     cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)

@@ -225,6 +225,8 @@ typedef struct {
     int64_t steps;
     double op_seconds[WV_MAX_OPS]; /* with wv_options.profile: seconds in each backend op (wv_backend.h) */
     int64_t op_calls[WV_MAX_OPS];
+    double op_host_seconds[WV_MAX_OPS]; /* ... of which in the op's call itself: the host's cost of
+                                           queueing it (cuDNN's checks and plan lookups, launches) */
     /* with wv_options.profile, per convolution (wv_conv.id): seconds, calls, and the multiply-adds
      * x 2 the backend ran (padded grids, ring included) */
     double conv_seconds[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];

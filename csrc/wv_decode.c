@@ -51,10 +51,11 @@ static double now_seconds(void)
 #endif
 }
 
-/* With o->profile: waits for the op just queued and adds its time. */
+/* With o->profile: waits for the op just queued and adds its time, and the host's part of it. */
 static void op_timed(decode_run *r, int op, double start)
 {
     wv_error e;
+    r->stats->op_host_seconds[op] += now_seconds() - start;
     if (r->be->sync(r->ctx, &e) && !r->profile_err.code) r->profile_err = e;
     r->stats->op_seconds[op] += now_seconds() - start;
     r->stats->op_calls[op]++;
@@ -420,6 +421,7 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     call.workspace = arena_buffer(&r, WV_BUF_WORKSPACE);
     call.workspace_bytes = p->buffers[WV_BUF_WORKSPACE].bytes;
     call.step_out_bytes = p->step_out_bytes;
+    call.output_staging = arena_buffer(&r, WV_BUF_OUTPUT_STAGING);
     begun = 1;
     if ((st = r.be->begin(r.ctx, &call, err))) goto finally;
     r.lat = call.latents;

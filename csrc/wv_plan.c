@@ -249,7 +249,6 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         sg->scratch_offset = scratch;
         scratch += 2 * wv_align_up((size_t)sg->xy_elems * ab) + wv_align_up((size_t)sg->t_elems * ab);
     }
-    p->attn_rows = (int)(N >= (1 << 22) ? 1 : imin((int)N, (1 << 22) / (int)(N > 0 ? N : 1)));
     set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk ? 1 : p->T) * N * C, ab);
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
@@ -264,6 +263,10 @@ static void size_buffers(wv_plan *p, const wv_model *m)
                    (int64_t)p->attn_rows * N * (int64_t)(be->score_bytes - sizeof(float)),
                1);
     set_buffer(p, WV_BUF_TILE_SCRATCH, names[WV_BUF_TILE_SCRATCH], (int64_t)(scratch / ab), ab);
+    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
+                        sizeof(float);
+    set_buffer(p, WV_BUF_OUTPUT_STAGING, names[WV_BUF_OUTPUT_STAGING],
+               (int64_t)be->output_staging_copies * (int64_t)p->step_out_bytes, 1);
     for (int b = 0; b < m->n_blocks; b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
@@ -272,8 +275,6 @@ static void size_buffers(wv_plan *p, const wv_model *m)
                        be->cache_frames * conv_positions(p, m, b, c) * cv->cin, ab);
         }
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
-    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
-                        sizeof(float);
 }
 
 /* Offsets: the kept buffers first; then trunk work and tile work, which share memory unless the
@@ -366,10 +367,39 @@ static void make_sequences(wv_plan *p, const wv_options *o)
     }
 }
 
+/* The attention's query chunk: 4M scores (up to the whole frame), and more where the trunk's
+ * buffers leave room below the tiles' (they share memory unless the trunk streams beside a single
+ * tile): a bigger chunk costs nothing there, and keeps a GPU's GEMMs full. */
+#define ATTN_BASE_SCORES (1 << 22)
+
+static void size_attention_chunk(wv_plan *p, const wv_model *m)
+{
+    int64_t N = (int64_t)p->h * p->w, per_row = N * (int64_t)m->backend->score_bytes;
+    size_t trunk_end = 0, arena = p->arena_bytes, room;
+    int64_t fit;
+    int rows = p->attn_rows;
+    if (p->stream_trunk || rows >= N) return;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == PHASE_TRUNK && p->buffers[i].offset + p->buffers[i].bytes > trunk_end)
+            trunk_end = p->buffers[i].offset + p->buffers[i].bytes;
+    room = arena - trunk_end + p->buffers[WV_BUF_ATTN_SCORES].bytes;
+    fit = room < 2 * WV_ARENA_ALIGN ? 0 : (int64_t)((room - 2 * WV_ARENA_ALIGN) / (size_t)per_row);
+    if (fit <= rows) return;
+    p->attn_rows = (int)(fit < N ? fit : N);
+    size_buffers(p, m);
+    place_buffers(p, m);
+    if (p->arena_bytes > arena) { /* rounding: never let it grow the arena */
+        p->attn_rows = rows;
+        size_buffers(p, m);
+        place_buffers(p, m);
+    }
+}
+
 static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                                 wv_error *err)
 {
     wv_status st;
+    int64_t N;
     memset(p, 0, sizeof *p);
     if (T < 1 || h < 1 || w < 1)
         return wv_fail(err, WV_ERR_INVALID, "latents must have T, h, w >= 1 (got T=%d, h=%d, w=%d)", T, h, w);
@@ -384,8 +414,11 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
     make_sequences(p, o);
     if ((st = make_tiles(p, o, err))) return st;
     p->stream_trunk = p->n_tiles == 1;
+    N = (int64_t)h * w;
+    p->attn_rows = (int)(N >= ATTN_BASE_SCORES ? 1 : ATTN_BASE_SCORES / N < N ? ATTN_BASE_SCORES / N : N);
     size_buffers(p, m);
     place_buffers(p, m);
+    size_attention_chunk(p, m);
     p->conv_flops = count_flops(p, m);
     return WV_OK;
 }

@@ -10,12 +10,19 @@
  * goes into the free slot (written there by its producer, which asks conv_input, or copied), the
  * rotation that matches the slots' order runs, and rolling the cache is advancing the ring.
  *
+ * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS: the full-resolution
+ * stage's 96-channel residual convs) run instead as three accumulated 2-d convolutions, one per
+ * temporal tap, reading the ring's slots in place with the weights packed tap by tap: cuDNN's 3-d
+ * kernels reach 240-280 TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
+ *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
- * lives with the model), the best one that fits the call's workspace (from the arena) run; a shape
- * cuDNN runs nothing for goes to a direct kernel. Attention: per query chunk, scores by a
+ * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
+ * bias and the residual sum folded in (cudnnConvolutionBiasActivationForward) where the algorithm
+ * allows; a shape cuDNN runs nothing for goes to a direct kernel. Attention: per query chunk, scores by a
  * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
- * mapped pinned memory; the host copies finished steps into the caller's array while the GPU runs
- * the next one. Errors are recorded in the context at the first failure; later ops then do nothing,
+ * the arena's staging as float32; at the end of the step a second stream copies it to pinned host
+ * memory while the compute stream runs on; the host copies it into the caller's array once the
+ * next step is queued. Errors are recorded in the context at the first failure; later ops then do nothing,
  * and the next status-returning op reports it. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -39,6 +46,7 @@
 
 #define MAX_CANDIDATES 8
 #define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 32) */
+#define TAPS_MAX_CHANNELS 128
 
 /* A causal cache's ring: slot `oldest` holds frame t-2, the next slot t-1, the third is free. */
 typedef struct {
@@ -50,7 +58,7 @@ typedef struct {
  * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
 typedef struct {
     int cin, cout, kt, kh, kw, H, W, n;
-    cudnnTensorDescriptor_t x, y;
+    cudnnTensorDescriptor_t x, y, bias;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
     cudnnConvolutionFwdAlgo_t algo[MAX_CANDIDATES];
@@ -58,6 +66,7 @@ typedef struct {
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
     int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
+    int unfused;      /* cuDNN declined the bias-fused call: a separate bias pass follows the conv */
     int shown;        /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
 } conv_shape;
 
@@ -68,22 +77,24 @@ typedef struct {
     int h, w, out_w;
 } pending_copy;
 
-/* Output staging of one step: mapped pinned memory the write kernel fills. */
+/* Output of one step: the write kernel fills `dev` (in the arena), the copy stream moves it to
+ * pinned `host` after the step, and the host copies the blocks into the caller's array. */
 typedef struct {
     float *host, *dev;
     size_t cap, used; /* bytes */
     pending_copy *copies;
     int n_copies, cap_copies;
-    cudaEvent_t done;
-    int queued; /* the step's work is queued up to `done`; its copies wait for it */
+    cudaEvent_t written, done; /* the step's output is in `dev` (compute stream); in `host` (copy stream) */
+    int queued;                /* the step's work and copy are queued up to `done` */
 } staging;
 
 typedef struct {
     wv_dtype dt;
     int device, prev_device;
-    cudaStream_t stream;
+    cudaStream_t stream, copy_stream; /* the work; the output's copies to the host */
     cudaEvent_t caller_ready;
     cudnnHandle_t cudnn;
+    cudnnActivationDescriptor_t identity; /* the fused convolution's activation */
     cublasHandle_t cublas;
     void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
@@ -98,6 +109,7 @@ typedef struct {
     wv_view lat_copy;
     void *lat_dev; /* host latents copied to the device, as float32 */
     staging stage[2];
+    size_t step_out_bytes; /* this call's: the device side of each staging holds that much */
     int cur;
     int stats_loaded; /* mean and std are on the device for this call */
     wv_error err;     /* the first failure since begin */
@@ -244,6 +256,7 @@ static void free_shapes(cuda_ctx *c)
     for (int i = 0; i < c->n_shapes; i++) {
         cudnnDestroyTensorDescriptor(c->shapes[i].x);
         cudnnDestroyTensorDescriptor(c->shapes[i].y);
+        cudnnDestroyTensorDescriptor(c->shapes[i].bias);
         cudnnDestroyFilterDescriptor(c->shapes[i].w);
         cudnnDestroyConvolutionDescriptor(c->shapes[i].conv);
     }
@@ -256,7 +269,7 @@ static void free_staging(staging *s)
 {
     if (s->host) cudaFreeHost(s->host);
     free(s->copies);
-    s->host = s->dev = NULL;
+    s->host = NULL;
     s->copies = NULL;
     s->cap = s->used = 0;
     s->n_copies = s->cap_copies = 0;
@@ -270,15 +283,19 @@ static void cuda_ctx_destroy(void *ctx)
     if (!c) return;
     ds = enter_device(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
     free_shapes(c);
     for (int i = 0; i < 2; i++) {
         free_staging(&c->stage[i]);
+        if (c->stage[i].written) cudaEventDestroy(c->stage[i].written);
         if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
     }
     if (c->scalars) cudaFree(c->scalars);
     if (c->cublas) cublasDestroy(c->cublas);
+    if (c->identity) cudnnDestroyActivationDescriptor(c->identity);
     if (c->cudnn) cudnnDestroy(c->cudnn);
     if (c->caller_ready) cudaEventDestroy(c->caller_ready);
+    if (c->copy_stream) cudaStreamDestroy(c->copy_stream);
     if (c->stream) cudaStreamDestroy(c->stream);
     leave_device(ds, c->device);
     free(c);
@@ -325,10 +342,16 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->verbose = env_flag("WANVIDEO_CUDA_VERBOSE");
     ds = enter_device(device);
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
+        cuda_ok(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
+        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[0].written, cudaEventDisableTiming), "cudaEventCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->stage[0].done, cudaEventDisableTiming), "cudaEventCreate") &&
+        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[1].written, cudaEventDisableTiming), "cudaEventCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->stage[1].done, cudaEventDisableTiming), "cudaEventCreate") &&
         cudnn_ok(c, cudnnCreate(&c->cudnn), "cudnnCreate") && cudnn_ok(c, cudnnSetStream(c->cudnn, c->stream), "cudnnSetStream") &&
+        cudnn_ok(c, cudnnCreateActivationDescriptor(&c->identity), "cudnnCreateActivationDescriptor") &&
+        cudnn_ok(c, cudnnSetActivationDescriptor(c->identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
+                 "cudnnSetActivationDescriptor") &&
         cublas_ok(c, cublasCreate(&c->cublas), "cublasCreate") &&
         cublas_ok(c, cublasSetStream(c->cublas, c->stream), "cublasSetStream") &&
         cublas_ok(c, cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"))
@@ -413,12 +436,32 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
     return take_error(c, err);
 }
 
+/* Whether causal conv cv runs as three 2-d convolutions, one per temporal tap (see the top). */
+static int runs_by_taps(const wv_conv *cv)
+{
+    return cv->kt == 3 && cv->kh == 3 && cv->kw == 3 && cv->cin == cv->cout && cv->cin <= TAPS_MAX_CHANNELS;
+}
+
+/* Elements from one temporal tap's 2-d filter to the next in a conv that runs by taps. */
+static int64_t tap_stride(const wv_conv *cv) { return wv_param_align((int64_t)cv->cout * cv->cin * cv->kh * cv->kw); }
+
 /* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. A causal
- * conv gets kt rotations: in rotation r, ring slot s holds the frame of temporal tap (s - r) mod kt. */
+ * conv gets kt rotations: in rotation r, ring slot s holds the frame of temporal tap (s - r) mod kt.
+ * One that runs by taps gets instead its taps' 2-d filters [kt][cout][kh][kw][cin] (tap_stride
+ * apart), in the space of the first rotation and a bit of the second. */
 static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
     int space = cv->kh * cv->kw, taps = cv->kt * space, rotations = cv->kt > 1 ? cv->kt : 1;
     int64_t numel = (int64_t)cv->cout * cv->cin * taps, stride = wv_param_align(numel);
+    if (runs_by_taps(cv)) {
+        for (int dt = 0; dt < cv->kt; dt++)
+            for (int o = 0; o < cv->cout; o++)
+                for (int i = 0; i < cv->cin; i++)
+                    for (int k = 0; k < space; k++)
+                        dst[dt * tap_stride(cv) + ((int64_t)o * space + k) * cv->cin + i] =
+                            src[((int64_t)o * cv->cin + i) * taps + dt * space + k];
+        return;
+    }
     for (int r = 0; r < rotations; r++)
         for (int o = 0; o < cv->cout; o++)
             for (int i = 0; i < cv->cin; i++)
@@ -509,17 +552,15 @@ static wv_status check_finite(cuda_ctx *c, const wv_view *v, wv_error *err)
     return WV_OK;
 }
 
-static wv_status reserve_staging(cuda_ctx *c, staging *s, size_t bytes, wv_error *err)
+/* Pinned host memory for a step's output (kept for the next call), and its device side in the arena. */
+static wv_status reserve_staging(cuda_ctx *c, staging *s, void *dev, size_t bytes, wv_error *err)
 {
+    s->dev = (float *)dev;
     if (s->cap >= bytes && s->host) return WV_OK;
     free_staging(s);
-    if (!cuda_ok(c, cudaHostAlloc((void **)&s->host, bytes ? bytes : 1, cudaHostAllocMapped | cudaHostAllocPortable),
+    if (!cuda_ok(c, cudaHostAlloc((void **)&s->host, bytes ? bytes : 1, cudaHostAllocPortable),
                  "cudaHostAlloc (output staging)")) {
         s->host = NULL;
-        return take_error(c, err);
-    }
-    if (!cuda_ok(c, cudaHostGetDevicePointer((void **)&s->dev, s->host, 0), "cudaHostGetDevicePointer")) {
-        free_staging(s);
         return take_error(c, err);
     }
     s->cap = bytes;
@@ -554,8 +595,13 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     if (!cublas_ok(c, cublasSetWorkspace(c->cublas, c->workspace, c->workspace_bytes), "cublasSetWorkspace"))
         return take_error(c, err);
     if ((st = check_finite(c, call->latents, err))) return st;
+    c->step_out_bytes = call->step_out_bytes;
+    if (!call->output_staging && call->step_out_bytes)
+        return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend was given no output staging in the arena");
     for (int i = 0; i < 2; i++)
-        if ((st = reserve_staging(c, &c->stage[i], call->step_out_bytes, err))) return st;
+        if ((st = reserve_staging(c, &c->stage[i], (char *)call->output_staging + i * call->step_out_bytes,
+                                  call->step_out_bytes, err)))
+            return st;
     return WV_OK;
 }
 
@@ -572,7 +618,24 @@ static void flush_copies(staging *s)
     s->queued = 0;
 }
 
-/* Waits for a queued staging buffer and copies it out. */
+/* The step's work so far, then the copy of its output to the host (on the copy stream, which waits
+ * for the work while the compute stream runs on), behind s->done. */
+static void queue_step(cuda_ctx *c, staging *s)
+{
+    cudaStream_t last = c->stream;
+    if (s->queued || failed(c)) return;
+    if (s->used) {
+        if (!cuda_ok(c, cudaEventRecord(s->written, c->stream), "cudaEventRecord") ||
+            !cuda_ok(c, cudaStreamWaitEvent(c->copy_stream, s->written, 0), "cudaStreamWaitEvent") ||
+            !cuda_ok(c, cudaMemcpyAsync(s->host, s->dev, s->used, cudaMemcpyDeviceToHost, c->copy_stream),
+                     "output copy to the host"))
+            return;
+        last = c->copy_stream;
+    }
+    if (cuda_ok(c, cudaEventRecord(s->done, last), "cudaEventRecord")) s->queued = 1;
+}
+
+/* Waits for a queued step and copies its output out. */
 static void drain(cuda_ctx *c, staging *s)
 {
     if (!s->queued) return;
@@ -580,16 +643,16 @@ static void drain(cuda_ctx *c, staging *s)
     s->queued = 0;
 }
 
-/* The step (and its output, if any) is queued behind an event; the host moves on to the next step
- * and waits only for the one before it, whose output it then copies out: one step in flight. */
+/* The step (and its output's copy, if any) is queued behind an event; the host moves on to the next
+ * step and waits only for the one before it, whose output it then copies out: one step in flight.
+ * Its staging is free again before the step after next writes to it. */
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    staging *s = &c->stage[c->cur];
     launched(c, "a decode step");
     cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* the progress callback may have switched it */
     if (!failed(c)) {
-        if (cuda_ok(c, cudaEventRecord(s->done, c->stream), "cudaEventRecord")) s->queued = 1;
+        queue_step(c, &c->stage[c->cur]);
         c->cur ^= 1;
         drain(c, &c->stage[c->cur]);
     }
@@ -602,8 +665,9 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     device_scope ds = enter_device(c->device);
     cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     if (!failed(c)) {
-        drain(c, &c->stage[c->cur ^ 1]);
-        if (c->stage[c->cur].n_copies) flush_copies(&c->stage[c->cur]);
+        drain(c, &c->stage[c->cur ^ 1]); /* the older step first */
+        if (c->stage[c->cur].n_copies) queue_step(c, &c->stage[c->cur]);
+        drain(c, &c->stage[c->cur]);
     }
     leave_device(ds, c->device);
     return take_error(c, err);
@@ -614,10 +678,12 @@ static void cuda_finish(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
+    cudaStreamSynchronize(c->copy_stream);
     for (int i = 0; i < 2; i++) {
         c->stage[i].n_copies = 0;
         c->stage[i].used = 0;
         c->stage[i].queued = 0;
+        c->stage[i].dev = NULL;
     }
     if (c->lat_dev) cudaFree(c->lat_dev);
     c->lat_dev = NULL;
@@ -646,11 +712,13 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     cudnnDataType_t type = cudnn_type(c->dt);
     int causal = s->kt > 1, nd = causal ? 5 : 4, cmax = s->cin > s->cout ? s->cin : s->cout;
     int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
+    int bd[5] = {1, s->cout, 1, 1, 1};
     cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
     s->n_candidates = 0;
     if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
         !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
+        !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->bias), "descriptor") ||
         !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
         !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
         return 0;
@@ -670,6 +738,7 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
     if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd) ||
+        !set_channels_last(s->bias, type, nd, bd) ||
         cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) != CUDNN_STATUS_SUCCESS ||
         cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
                                         CUDNN_DATA_FLOAT) != CUDNN_STATUS_SUCCESS ||
@@ -695,12 +764,14 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     return 1;
 }
 
-static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W, int n)
+/* The shape of a conv cin -> cout with a kt x kh x kw kernel over n frames of an H x W grid (a
+ * causal one, kt > 1, over a 3-frame ring: n is 1), described the first time it is asked for. */
+static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int kh, int kw, int H, int W, int n)
 {
     conv_shape key, *s;
     memset(&key, 0, sizeof key);
-    key.cin = cv->cin, key.cout = cv->cout, key.kt = cv->kt, key.kh = cv->kh, key.kw = cv->kw;
-    key.H = H, key.W = W, key.n = cv->kt > 1 ? 1 : n;
+    key.cin = cin, key.cout = cout, key.kt = kt, key.kh = kh, key.kw = kw;
+    key.H = H, key.W = W, key.n = kt > 1 ? 1 : n;
     for (int i = 0; i < c->n_shapes; i++) {
         s = &c->shapes[i];
         if (s->cin == key.cin && s->cout == key.cout && s->kt == key.kt && s->kh == key.kh && s->kw == key.kw &&
@@ -722,6 +793,7 @@ static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W,
     if (!describe_conv(c, s)) {
         if (s->x) cudnnDestroyTensorDescriptor(s->x);
         if (s->y) cudnnDestroyTensorDescriptor(s->y);
+        if (s->bias) cudnnDestroyTensorDescriptor(s->bias);
         if (s->w) cudnnDestroyFilterDescriptor(s->w);
         if (s->conv) cudnnDestroyConvolutionDescriptor(s->conv);
         return NULL;
@@ -730,14 +802,22 @@ static conv_shape *find_conv_shape(cuda_ctx *c, const wv_conv *cv, int H, int W,
     return s;
 }
 
+/* y[rows][C] += bias[C]: the bias of a convolution that ran without it fused. */
+static int add_bias(cuda_ctx *c, const conv_shape *s, const void *bias, void *y)
+{
+    int64_t rows = (int64_t)(s->kt > 1 ? 1 : s->n) * s->H * s->W;
+    if (bias) LAUNCH(c, bias_add_kernel, rows * s->cout, y, bias, rows, s->cout);
+    return !failed(c);
+}
+
 /* The shape on CUDA cores, when cuDNN runs nothing for it. */
-static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, const void *weight, void *y,
-                           int accumulate)
+static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, const void *weight, const void *bias,
+                           void *y, int accumulate)
 {
     int n = s->kt > 1 ? 1 : s->n, groups = (s->cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
     LAUNCH(c, direct_conv_kernel, (int64_t)n * s->H * s->W * groups, input, weight, y, n, s->kt, s->kh, s->kw,
            s->cin, s->cout, s->H, s->W, accumulate);
-    return !failed(c);
+    return !failed(c) && add_bias(c, s, bias, y);
 }
 
 static const char *algo_name(cudnnConvolutionFwdAlgo_t a)
@@ -758,27 +838,48 @@ static void announce(cuda_ctx *c, conv_shape *s, int i)
                 s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, s->n_candidates);
     else
         fprintf(stderr,
-                "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): %s, math %d, workspace %zu B (candidate %d "
-                "of %d)\n",
-                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, algo_name(s->algo[i]), (int)s->math[i],
-                s->memory[i], i + 1, s->n_candidates);
+                "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): %s%s, math %d, workspace %zu B (candidate "
+                "%d of %d)\n",
+                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, algo_name(s->algo[i]),
+                s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM && !s->unfused ? " with the bias" : "",
+                (int)s->math[i], s->memory[i], i + 1, s->n_candidates);
+}
+
+/* y = conv(input) + bias (NULL: none), + y if accumulate, by candidate i. The bias and the sum are
+ * folded into the convolution where cuDNN allows it (identity activation: IMPLICIT_PRECOMP_GEMM
+ * only), so y is read and written once, rounded once; a declined fusion leaves the shape unfused. */
+static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void *input, const void *weight,
+                                   const void *bias, void *y, int accumulate)
+{
+    float one = 1.0f, keep = accumulate ? 1.0f : 0.0f;
+    cudnnStatus_t st = cudnnSetConvolutionMathType(s->conv, s->math[i]);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    if (bias && !s->unfused && s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+        st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
+                                                   c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
+                                                   c->identity, s->y, y);
+        if (!cudnn_declined(st)) return st;
+        s->unfused = 1;
+    }
+    st = cudnnConvolutionForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
+                                 c->workspace_bytes, &keep, s->y, y);
+    if (st == CUDNN_STATUS_SUCCESS) add_bias(c, s, bias, y); /* a failed launch is recorded in c */
+    return st;
 }
 
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
  * has not declined; a candidate declined (a parameter or configuration it does not take for this
  * shape) stays marked and the next one runs; any other cuDNN failure is the call's error. The math
  * type travels with the algorithm. When none runs, the direct kernel computes the shape. */
-static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, void *y, const float *alpha,
-                    const float *beta)
+static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
+                    int accumulate)
 {
-    if (c->direct_only) return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
+    if (c->direct_only) return run_direct_conv(c, s, input, weight, bias, y, accumulate);
     for (int i = 0; i < s->n_candidates; i++) {
         cudnnStatus_t st;
         if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
-        st = cudnnSetConvolutionMathType(s->conv, s->math[i]);
-        if (st == CUDNN_STATUS_SUCCESS)
-            st = cudnnConvolutionForward(c->cudnn, alpha, s->x, input, s->w, weight, s->conv, s->algo[i],
-                                         c->workspace, c->workspace_bytes, beta, s->y, y);
+        st = run_candidate(c, s, i, input, weight, bias, y, accumulate);
+        if (failed(c)) return 0; /* the bias pass's launch */
         if (st == CUDNN_STATUS_SUCCESS) {
             announce(c, s, i);
             return 1;
@@ -787,7 +888,7 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
         s->refused[i] = 1;
     }
     announce(c, s, -1);
-    return run_direct_conv(c, s, input, weight, y, *beta != 0.0f);
+    return run_direct_conv(c, s, input, weight, bias, y, accumulate);
 }
 
 /* The ring of a cache buffer, found by address (a new one starts with its oldest frame in slot 0;
@@ -806,38 +907,46 @@ static ring *ring_of(cuda_ctx *c, const void *cache)
 }
 
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
- * use): x goes into the ring's free slot and one 3-frame convolution, in the weights' rotation that
- * matches the ring, reads all three. */
+ * use): x goes into the ring's free slot, and one 3-frame convolution, in the weights' rotation that
+ * matches the ring, reads all three (or, for one that runs by taps, three 2-d convolutions, each
+ * reading its tap's slot and adding to y). */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
                       int accumulate)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     int H = g.h + 2 * g.pad, W = g.w + 2 * g.pad;
-    size_t frame_in = (size_t)H * W * cv->cin * wv_dtype_size(c->dt);
-    const void *input = x, *weight = cv->weight;
+    size_t es = wv_dtype_size(c->dt), frame_in = (size_t)H * W * cv->cin * es;
     conv_shape *s;
     ring *rg;
-    float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    char *slot;
     if (failed(c)) return;
-    if (cv->kt > 1) {
-        size_t stride = (size_t)wv_param_align((int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw);
-        char *slot;
-        if (n != 1 || !cache || cv->kt != 3) {
-            wv_fail(&c->err, WV_ERR_BACKEND,
-                    "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
-                    cv->kt);
-            return;
-        }
-        if (!(rg = ring_of(c, cache))) return;
-        slot = (char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
-        if (x != slot && /* a producer that asked conv_input wrote it in place already */
-            !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
-            return;
-        input = cache;
-        weight = (const char *)cv->weight + (size_t)rg->oldest * stride * wv_dtype_size(c->dt);
+    if (cv->kt == 1) {
+        if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, n)))
+            run_conv(c, s, x, cv->weight, cv->bias, y, accumulate);
+        return;
     }
-    if (!(s = find_conv_shape(c, cv, H, W, n)) || !run_conv(c, s, input, weight, y, &alpha, &beta)) return;
-    LAUNCH(c, bias_add_kernel, (int64_t)n * H * W * cv->cout, y, cv->bias, (int64_t)n * H * W, cv->cout);
+    if (n != 1 || !cache || cv->kt != 3) {
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n, cv->kt);
+        return;
+    }
+    if (!(rg = ring_of(c, cache))) return;
+    slot = (char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
+    if (x != slot && /* a producer that asked conv_input wrote it in place already */
+        !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
+        return;
+    if (!runs_by_taps(cv)) {
+        size_t rotation = (size_t)wv_param_align((int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw) * es;
+        if ((s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
+            run_conv(c, s, cache, (const char *)cv->weight + (size_t)rg->oldest * rotation, cv->bias, y, accumulate);
+        return;
+    }
+    if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
+    for (int dt = 0; dt < cv->kt; dt++) /* tap dt (0: frame t-2) is in slot oldest + dt */
+        if (!run_conv(c, s, (const char *)cache + (size_t)((rg->oldest + dt) % 3) * frame_in,
+                      (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, y,
+                      dt ? 1 : accumulate))
+            return;
 }
 
 /* The ring's free slot: a producer writing the conv's input there saves the conv its copy. */
@@ -892,12 +1001,25 @@ static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *
            (int)lat->dtype, stats, z, g, dst);
 }
 
+/* Whether these buffers hold whole, aligned 16-byte vectors of `elems` elements each. */
+static int vectors_fit(const cuda_ctx *c, int elems, const void *a, const void *b, const void *d)
+{
+    return (elems * wv_dtype_size(c->dt)) % 16 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)d) % 16 == 0;
+}
+
 static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
                           int silu)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    int vectors = C * (int)wv_dtype_size(c->dt) / 16, lanes_log2 = 0;
+    int64_t positions = (int64_t)n * wv_grid_positions(gy);
     if (failed(c)) return;
-    LAUNCH(c, rms_norm_kernel, (int64_t)n * wv_grid_positions(gy) * 32, x, gx, y, gy, C, n, gamma, silu);
+    if (!vectors_fit(c, C, x, y, gamma) || vectors > 32 * RMS_MAX_VECTORS) {
+        LAUNCH(c, rms_norm_kernel, positions * 32, x, gx, y, gy, C, n, gamma, silu);
+        return;
+    }
+    while ((1 << lanes_log2) < vectors && lanes_log2 < 5) lanes_log2++;
+    LAUNCH(c, rms_norm_vec_kernel, (positions << lanes_log2), x, gx, y, gy, C, n, gamma, silu, lanes_log2);
 }
 
 static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
@@ -931,9 +1053,14 @@ static void cuda_upsample2x(void *ctx, const void *src, wv_grid gs, int sy0, int
                             wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    int per_vector = 16 / (int)wv_dtype_size(c->dt);
     if (failed(c)) return;
-    LAUNCH(c, upsample2x_kernel, wv_grid_positions(gd) * C, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0, fh,
-           fw, C);
+    if (vectors_fit(c, C, src, dst, NULL) && cstride % per_vector == 0 && coff % per_vector == 0)
+        LAUNCH(c, upsample2x_vec_kernel, wv_grid_positions(gd) * (C / per_vector), src, gs, sy0, sx0,
+               cstride / per_vector, coff / per_vector, dst, gd, dy0, dx0, fh, fw, C / per_vector);
+    else
+        LAUNCH(c, upsample2x_kernel, wv_grid_positions(gd) * C, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0,
+               fh, fw, C);
 }
 
 /* Per chunk of `rows` queries (row-major buffers seen column-major by cuBLAS):
@@ -978,8 +1105,9 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
     size_t bytes = (size_t)h * w * 3 * sizeof(float);
     pending_copy *p;
     if (failed(c)) return;
-    if (s->used + bytes > s->cap) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "output staging overflow (%zu + %zu > %zu bytes)", s->used, bytes, s->cap);
+    if (s->used + bytes > c->step_out_bytes) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "output staging overflow (%zu + %zu > %zu bytes)", s->used, bytes,
+                c->step_out_bytes);
         return;
     }
     if (s->n_copies == s->cap_copies) {
@@ -1007,7 +1135,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 3, WV_CUDA_WORKSPACE_BYTES, cuda_ctx_create,          \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 3, WV_CUDA_WORKSPACE_BYTES, 2, cuda_ctx_create,       \
         cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 

@@ -93,7 +93,7 @@ __global__ void find_nonfinite_kernel(const char *base, int64_t n0, int64_t n1, 
     }
 }
 
-/* y[rows][C] += bias[C] */
+/* y[rows][C] += bias[C] (a thread per element measured faster than a warp per row in the conv lab) */
 template <typename T> __global__ void bias_add_kernel(void *y_, const void *bias_, int64_t rows, int C)
 {
     T *y = (T *)y_;
@@ -132,6 +132,65 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
         for (int c = lane; c < C; c += 32) {
             float v = to_f32(s[c]) * scale * to_f32(gamma[c]);
             d[c] = from_f32<T>(silu ? v / (1.0f + __expf(-v)) : v);
+        }
+    }
+}
+
+/* The same with 16-byte loads and stores, where C is a whole number of 16-byte vectors (at most
+ * RMS_MAX_VECTORS per lane) and the buffers are aligned to 16 bytes: a group of 2^lanes_log2 lanes
+ * (the vectors of a position, rounded up to a power of two) per position, so a warp holds 32 >> lanes_log2
+ * positions; each lane keeps its vectors in registers between the sum of squares and the scaling,
+ * so x is read once. Every lane of a warp runs the same number of iterations (the shuffles need
+ * them all); lanes past the end or on the ring contribute nothing. */
+#define RMS_MAX_VECTORS 4
+
+template <typename T>
+__global__ void rms_norm_vec_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_,
+                                    int silu, int lanes_log2)
+{
+    const int E = 16 / (int)sizeof(T), V = C / E, L = 1 << lanes_log2, per_warp = 32 >> lanes_log2;
+    const uint4 *x = (const uint4 *)x_, *gamma = (const uint4 *)gamma_;
+    uint4 *y = (uint4 *)y_;
+    int lane = threadIdx.x % 32, sub = lane & (L - 1);
+    int64_t Py = (int64_t)(gy.h + 2 * gy.pad) * grid_row(gy), Px = (int64_t)(gx.h + 2 * gx.pad) * grid_row(gx);
+    int64_t total = n * Py, warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int64_t warps = (int64_t)gridDim.x * blockDim.x / 32;
+    for (int64_t base = warp * per_warp; base < total; base += warps * per_warp) {
+        int64_t w = base + lane / L, f = w / Py, p = w % Py;
+        bool live = w < total, ring = live && on_ring(gy, p);
+        uint4 v[RMS_MAX_VECTORS];
+        float ss = 0.0f;
+        const uint4 *src = NULL;
+        if (live && !ring) {
+            int yy = (int)(p / grid_row(gy)) - gy.pad, xx = (int)(p % grid_row(gy)) - gy.pad;
+            src = x + (f * Px + grid_pos(gx, yy, xx)) * V;
+        }
+#pragma unroll
+        for (int k = 0; k < RMS_MAX_VECTORS; k++) {
+            int j = sub + k * L;
+            if (!src || j >= V) continue;
+            v[k] = src[j];
+            const T *e = (const T *)&v[k];
+            for (int q = 0; q < E; q++) ss += to_f32(e[q]) * to_f32(e[q]);
+        }
+        for (int o = L / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (!live) continue;
+        float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+#pragma unroll
+        for (int k = 0; k < RMS_MAX_VECTORS; k++) {
+            int j = sub + k * L;
+            uint4 out = make_uint4(0, 0, 0, 0);
+            if (j >= V) continue;
+            if (src) {
+                uint4 g = gamma[j];
+                const T *e = (const T *)&v[k], *ge = (const T *)&g;
+                T *o = (T *)&out;
+                for (int q = 0; q < E; q++) {
+                    float u = to_f32(e[q]) * scale * to_f32(ge[q]);
+                    o[q] = from_f32<T>(silu ? u / (1.0f + __expf(-u)) : u);
+                }
+            }
+            y[w * V + j] = out;
         }
     }
 }
@@ -177,6 +236,27 @@ __global__ void upsample2x_kernel(const void *src_, wv_grid gs, int sy0, int sx0
         int fy = dy0 - gd.pad + (int)(p / wd), fx = dx0 - gd.pad + (int)(p % wd);
         if (fy < 0 || fy >= fh || fx < 0 || fx >= fw)
             dst[i] = from_f32<T>(0.0f);
+        else
+            dst[i] = src[grid_pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff + c];
+    }
+}
+
+/* upsample2x_kernel moving 16-byte vectors: C, cstride and coff are counted in vectors here (the
+ * caller checks that they, and the buffers, are whole 16-byte vectors). */
+template <typename T>
+__global__ void upsample2x_vec_kernel(const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff,
+                                      void *dst_, wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+{
+    const uint4 *src = (const uint4 *)src_;
+    uint4 *dst = (uint4 *)dst_;
+    int64_t wd = grid_row(gd), Pd = (int64_t)(gd.h + 2 * gd.pad) * wd;
+    WV_GRID_STRIDE_LOOP(i, Pd * C)
+    {
+        int64_t p = i / C;
+        int c = (int)(i - p * C);
+        int fy = dy0 - gd.pad + (int)(p / wd), fx = dx0 - gd.pad + (int)(p % wd);
+        if (fy < 0 || fy >= fh || fx < 0 || fx >= fw)
+            dst[i] = make_uint4(0, 0, 0, 0);
         else
             dst[i] = src[grid_pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff + c];
     }

@@ -193,7 +193,8 @@ def test_profile_times_every_op_and_changes_nothing():
     ops = dec.last_stats["op_seconds"]
     assert {"conv", "cache_roll", "rms_norm", "attention", "upsample2x", "write_output", "load_latent"} <= set(ops)
     assert ops["load_latent"][1] == 3 and ops["write_output"][1] == dec.last_stats["frames"] * dec.last_stats["n_tiles"]
-    assert 0 < sum(sec for sec, _ in ops.values()) <= dec.last_stats["seconds_total"]
+    assert 0 < sum(sec for sec, _, _ in ops.values()) <= dec.last_stats["seconds_total"]
+    assert all(0 <= host <= sec for sec, _, host in ops.values())
     convs = dec.last_stats["conv_seconds"]  # every convolution, by its checkpoint name
     assert set(convs) == {k[:-len(".weight")] for k in weights if k.endswith(".weight")}
     assert sum(calls for _, calls, _ in convs.values()) == ops["conv"][1]

@@ -163,9 +163,10 @@ class Decoder:
         needed before any work starts.
         CUDA: torch CUDA tensors are read in place (any strides, float32/float16/bfloat16), after the
         work queued on torch's current stream; host latents are copied to the device.
-        profile=True waits for every backend op and puts {op: [seconds, calls]} in
-        last_stats["op_seconds"] and {convolution's checkpoint name: [seconds, calls, flops]} in
-        last_stats["conv_seconds"] (slower: no overlap between ops; for finding where time goes)."""
+        profile=True waits for every backend op and puts {op: [seconds, calls, host seconds]} in
+        last_stats["op_seconds"] (host seconds: the part spent in the call itself, queueing the work)
+        and {convolution's checkpoint name: [seconds, calls, flops]} in last_stats["conv_seconds"]
+        (slower: no overlap between ops; for finding where time goes)."""
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:

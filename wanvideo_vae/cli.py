@@ -128,13 +128,14 @@ def decode_cmd(args):
         raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
     weights, latents, source = _inputs(args, backend)
     dec = Decoder(weights, backend=backend, precision=precision)
+    options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272,
+                   tile_y=args.tile or 272, tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory)
+    if args.warmup:  # the first decode of a shape loads the GPU's kernels and picks its algorithms
+        dec.decode(latents, **options)
     progress, close = progress_bar(not args.quiet)
     t0 = time.perf_counter()
     try:
-        frames = dec.decode(latents, raw=True, end_frame=args.end_frame,
-                            enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272, tile_y=args.tile or 272,
-                            tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory, progress=progress,
-                            profile=args.profile)
+        frames = dec.decode(latents, progress=progress, profile=args.profile, **options)
     finally:
         close()
     seconds = time.perf_counter() - t0
@@ -157,7 +158,9 @@ def decode_cmd(args):
     ]
     if args.profile:
         ops = sorted(s["op_seconds"].items(), key=lambda kv: -kv[1][0])
-        rows.append(("profile", ", ".join(f"{k} {sec:.2f} s ({calls})" for k, (sec, calls) in ops)))
+        rows.append(("profile", ", ".join(f"{k} {sec:.2f} s ({calls})" for k, (sec, calls, _) in ops)))
+        rows.append(("host part", ", ".join(f"{k} {host:.2f} s" for k, (_, _, host) in ops)
+                     + " (queueing the ops: what the host costs when it, not the device, sets the pace)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
@@ -178,7 +181,9 @@ def _print_conv_profile(convs, top=12):
 
 def _timed(fn, device, ours=False):
     """(result, seconds, peak memory the call added): torch's counter for PyTorch on a GPU, sampled
-    device memory for ours (torch does not see our allocations), sampled RSS on the CPU."""
+    device memory for ours (torch does not see our allocations), sampled RSS on the CPU. On a GPU
+    the call runs once untimed first: its first run of a shape loads kernels and picks algorithms
+    (PyTorch's and ours alike), which a long-running app pays once."""
     if device != "cuda":
         with PeakRSS() as rss:
             t0 = time.perf_counter()
@@ -189,6 +194,7 @@ def _timed(fn, device, ours=False):
 
     from .devices import PeakDeviceMemory
 
+    fn()
     torch.cuda.synchronize()
     torch.cuda.empty_cache()  # what the previous run cached must not count against (or for) this one
     torch.cuda.reset_peak_memory_stats()
@@ -218,25 +224,26 @@ def bench_cmd(args):
     ref = TorchWanDecoder(weights, device=tdev, dtype=tdtype)
     dec = Decoder(weights, backend=backend, precision=precision)
     z = torch.from_numpy(latents)
-    if tdev == "cuda":  # both sides read the latents from the GPU; warm both up (libraries, kernels)
+    if tdev == "cuda":  # both sides read the latents from the GPU (each timed run follows an untimed one)
         latents = z.to("cuda", tdtype)
-        dec.decode(latents[:, :2, :8, :8], enable_vae_tiling=False)
-        ref.decode(z[:, :2, :8, :8])
     to_np = lambda x: x.float().permute(1, 2, 3, 0).cpu().numpy()  # noqa: E731
     runs = {}
 
-    def done(label, sec, mem, diff, tiles=""):  # each run as it ends too, should a later one not finish
+    def done(label, timed, diff, tiles=""):  # each run as it ends too, should a later one not finish
+        sec, mem = timed
         runs[label] = (sec, mem, diff, tiles)
         print(f"bench: {label}: {sec:.2f} s, {mib(mem)}, max |diff| {diff:.3g}", file=sys.stderr, flush=True)
 
-    out, sec, mem = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
+    out, *timed = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
     untiled = out
-    done("pytorch untiled", sec, mem, 0.0)
+    done("pytorch untiled", timed, 0.0)
     if not args.skip_blended:
-        out, sec, mem = _timed(lambda: to_np(ref.decode_blended(z, 272, 272, 144, 128)), tdev)
-        done("pytorch blended 272/144/128", sec, mem, float(np.abs(out - untiled).max()))
+        out, *timed = _timed(lambda: to_np(ref.decode_blended(z, 272, 272, 144, 128)), tdev)
+        done("pytorch blended 272/144/128", timed, float(np.abs(out - untiled).max()))
         del out
-    half = max(int(runs["pytorch untiled"][1] or 0) // 2, 1)  # our arena within half of PyTorch's peak
+    # our arena within half of PyTorch's peak; RSS growth can read near 0 in a process that already
+    # holds the memory (a test run after others), hence the floor
+    half = max(int(runs["pytorch untiled"][1] or 0) // 2, 64 << 20)
     ours = [("ours untiled", dict(enable_vae_tiling=False)),
             ("ours exact tiles 272", dict(tile_x=272, tile_y=272)),
             ("ours in half PyTorch's memory", dict(enable_vae_tiling=False, max_memory=half))]
@@ -244,12 +251,13 @@ def bench_cmd(args):
         ours.append(("ours in 2 GiB with weights",
                      dict(enable_vae_tiling=False, max_memory=(2 << 30) - dec._model.weight_bytes)))
     for label, kw in ours:
-        out, sec, mem = _timed(lambda: dec.decode(latents, raw=True, **kw), tdev, ours=True)  # host frames
+        out, *timed = _timed(lambda: dec.decode(latents, raw=True, **kw), tdev, ours=True)  # host frames
         np.clip(out, -1, 1, out=out)  # as PyTorch's output was clamped, outside the timing
         s = dec.last_stats
-        done(label, sec, mem, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}")
+        done(label, timed, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}")
         del out
     result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": precision,
+              "timed_after_an_untimed_run": tdev == "cuda",
               "torch": torch.__version__, "cpus": os.cpu_count(), "our_weight_bytes": dec._model.weight_bytes,
               "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d, "tiles": t}
                        for k, (s, m, d, t) in runs.items()}}
@@ -338,6 +346,9 @@ def build_parser():
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--profile", action="store_true",
                    help="time every backend op (waits for each: slower) and print where the time went")
+    d.add_argument("--warmup", action="store_true",
+                   help="decode once untimed first: the time and profile then leave out the first call's setup "
+                        "(kernel loading, algorithm choice), as in a long-running app")
     d.set_defaults(func=decode_cmd)
     b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
     b.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),

@@ -194,11 +194,12 @@ static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
     free(x), free(gamma), free(ref), free(got);
 }
 
-/* zero_ring, copy_region and upsample2x: data movement, compared everywhere they write. */
-static void test_moves(side *cpu, side *gpu)
+/* zero_ring, copy_region and upsample2x: data movement, compared everywhere they write (C = 8: the
+ * CUDA upsample moves 16-byte vectors). */
+static void test_moves(side *cpu, side *gpu, int C)
 {
     side *sides[2] = {cpu, gpu};
-    int C = 5;
+    char name[64];
     wv_grid g = {4, 6, 2}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 1}, gud = {6, 8, 1};
     int64_t n = wv_grid_positions(g) * C * 2, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
     int64_t nu = wv_grid_positions(gu) * 2 * C, nud = wv_grid_positions(gud) * C;
@@ -221,9 +222,12 @@ static void test_moves(side *cpu, side *gpu)
         s->be->release(s->ctx, da), s->be->release(s->ctx, ds), s->be->release(s->ctx, dd);
         s->be->release(s->ctx, du), s->be->release(s->ctx, dud);
     }
-    check("zero_ring pad 2, 2 frames", gpu->be, r[0], o[0], (size_t)n, NULL);
-    check("copy_region (2, 3) 9x11 -> 4x5 pad 1", gpu->be, r[1], o[1], (size_t)nd, mask);
-    check("upsample2x channels [5, 10) of 10", gpu->be, r[2], o[2], (size_t)nud, NULL);
+    snprintf(name, sizeof name, "zero_ring pad 2, 2 frames, C=%d", C);
+    check(name, gpu->be, r[0], o[0], (size_t)n, NULL);
+    snprintf(name, sizeof name, "copy_region (2, 3) 9x11 -> 4x5 pad 1, C=%d", C);
+    check(name, gpu->be, r[1], o[1], (size_t)nd, mask);
+    snprintf(name, sizeof name, "upsample2x channels [%d, %d) of %d", C, 2 * C, 2 * C);
+    check(name, gpu->be, r[2], o[2], (size_t)nud, NULL);
     for (int k = 0; k < 3; k++) free(r[k]), free(o[k]);
     free(a), free(src), free(dst), free(usrc), free(udst), free(mask);
 }
@@ -268,7 +272,7 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode)
         wv_view v;
         wv_call call;
         wv_error err;
-        void *dz = put(s, lat, (size_t)nz), *dframe = put(s, frame, (size_t)no), *ws = NULL;
+        void *dz = put(s, lat, (size_t)nz), *dframe = put(s, frame, (size_t)no), *ws = NULL, *staging = NULL;
         memset(&v, 0, sizeof v);
         v.data = i ? dlat : lat;
         v.ndim = 4, v.shape[0] = z, v.shape[1] = T, v.shape[2] = h, v.shape[3] = w;
@@ -277,6 +281,9 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode)
         memset(&call, 0, sizeof call);
         call.latents = &v;
         call.step_out_bytes = (size_t)4 * 5 * 3 * 4;
+        if (s->be->output_staging_copies)
+            s->be->alloc(s->ctx, s->be->output_staging_copies * call.step_out_bytes, &staging, &err);
+        call.output_staging = staging;
         s->be->alloc(s->ctx, 1 << 20, &ws, &err);
         call.workspace = ws, call.workspace_bytes = 1 << 20;
         if (s->be->begin(s->ctx, &call, &err)) {
@@ -290,6 +297,7 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode)
         if (s->be->end_step(s->ctx, &err) || s->be->sync(s->ctx, &err)) fprintf(stderr, "step: %s\n", err.msg);
         s->be->finish(s->ctx);
         s->be->release(s->ctx, dz), s->be->release(s->ctx, dframe), s->be->release(s->ctx, ws);
+        if (staging) s->be->release(s->ctx, staging);
     }
     check("load_latent frame 1", gpu->be, lref, lgot, (size_t)nz, NULL);
     check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be, oref,
@@ -310,7 +318,8 @@ static int make_side(side *s, const wv_backend *be)
 }
 
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
- * direct kernel's group of DIRECT_OUTS included. */
+ * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
+ * CUDA). */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
     for (int kt = 1; kt <= 3; kt += 2)
@@ -318,6 +327,7 @@ static void test_conv_shapes(side *cpu, side *gpu)
             for (int acc = 0; acc <= 1; acc++) {
                 test_conv(cpu, gpu, kt, k, 16, 32, 1, acc);
                 test_conv(cpu, gpu, kt, k, 32, 3, 1, acc);
+                test_conv(cpu, gpu, kt, k, 24, 24, 1, acc);
             }
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
 }
@@ -351,9 +361,12 @@ int main(void)
         test_conv_shapes(&cpu, &gpu);
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
         test_direct_convs(&cpu, wv_cuda_backends()->by_dtype[dt]);
-        test_rms_norm(&cpu, &gpu, 96, 1, 1);
-        test_rms_norm(&cpu, &gpu, 33, 0, 0);
-        test_moves(&cpu, &gpu);
+        test_rms_norm(&cpu, &gpu, 96, 1, 1); /* 16-byte vectors, held by a group of lanes per position */
+        test_rms_norm(&cpu, &gpu, 384, 1, 0);
+        test_rms_norm(&cpu, &gpu, 8, 0, 1);
+        test_rms_norm(&cpu, &gpu, 33, 0, 0); /* not whole vectors: a warp per position */
+        test_moves(&cpu, &gpu, 5);
+        test_moves(&cpu, &gpu, 8);
         test_attention(&cpu, &gpu, 37, 16, 8);
         test_attention(&cpu, &gpu, 50, 32, 50);
         test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT);
