@@ -17,11 +17,16 @@
  * backend runs them. Prints milliseconds and TFLOP/s (multiply-adds x 2 over the padded grid the
  * backend computes).
  *
+ * Then the host's cost of queueing one call (a tile's small convolution, so the GPU keeps up): a
+ * decode in small tiles queues some 400 calls a step, and when their host cost exceeds the step's
+ * GPU time, the host sets the pace.
+ *
  * Build and run: tools/conv_lab.sh (exit 77 without a GPU). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <chrono>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -291,6 +296,65 @@ static void run_shape(const lab_shape *s)
     cudaFree(x), cudaFree(y), cudaFree(w), cudaFree(bias);
 }
 
+/* Microseconds of host time per call of `queue`, over HOST_CALLS calls queued back to back. */
+#define HOST_CALLS 200
+
+template <typename F> static double host_us(F queue)
+{
+    for (int i = 0; i < 10 && !g_failed; i++) queue(); /* first-call setup out of the way */
+    CHECK_CUDA(cudaStreamSynchronize(g_stream));
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < HOST_CALLS && !g_failed; i++) queue();
+    auto t1 = std::chrono::steady_clock::now();
+    CHECK_CUDA(cudaStreamSynchronize(g_stream));
+    return g_failed ? -1.0 : std::chrono::duration<double, std::micro>(t1 - t0).count() / HOST_CALLS;
+}
+
+static void report_host(const char *how, double us)
+{
+    if (us < 0) printf("  %-34s failed\n", how);
+    else printf("  %-34s %7.1f us\n", how, us);
+    g_failed = 0;
+}
+
+/* The host's cost per call for a 96->96 3x3 convolution of a 34x34 grid (a small tile's frame). */
+static void run_host_costs(void)
+{
+    const int C = 96, H = 34, W = 34;
+    float one = 1.0f, zero = 0.0f;
+    void *x = random_buffer((size_t)H * W * C * 3, 5), *y = random_buffer((size_t)H * W * C, 6);
+    void *w = random_buffer((size_t)C * C * 27, 7), *bias = random_buffer(C, 8);
+    conv_desc d3 = describe(5, C, C, 3, 3, H, W), d2 = describe(4, C, C, 1, 3, H, W);
+    cudnnConvolutionFwdAlgo_t a3 = heuristic_algo(&d3), a2 = heuristic_algo(&d2);
+    cudnnActivationDescriptor_t identity;
+    check_cudnn(cudnnCreateActivationDescriptor(&identity), "activation");
+    check_cudnn(cudnnSetActivationDescriptor(identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
+                "activation");
+    printf("host time per call, %d calls queued (96->96 3x3 at %dx%d)\n", HOST_CALLS, H, W);
+    report_host("kernel launch (bias pass)", host_us([&] { bias_pass(y, bias, (long long)H * W, C); }));
+    report_host("cudnnConvolutionForward 2-d", host_us([&] {
+                    check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d2.x, x, d2.w, w, d2.conv, a2, g_workspace,
+                                                        WORKSPACE, &zero, d2.y, y),
+                                "2d");
+                }));
+    report_host("cudnnConvolutionForward 3-d", host_us([&] {
+                    check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d3.x, x, d3.w, w, d3.conv, a3, g_workspace,
+                                                        WORKSPACE, &zero, d3.y, y),
+                                "3d");
+                }));
+    report_host("cudnnConvolutionBiasActivationForward", host_us([&] {
+                    check_cudnn(cudnnConvolutionBiasActivationForward(
+                                    g_cudnn, &one, d2.x, x, d2.w, w, d2.conv,
+                                    CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, g_workspace, WORKSPACE, &one,
+                                    d2.y, y, d2.bias, bias, identity, d2.y, y),
+                                "fused");
+                }));
+    cudnnDestroyActivationDescriptor(identity);
+    destroy(&d3);
+    destroy(&d2);
+    cudaFree(x), cudaFree(y), cudaFree(w), cudaFree(bias);
+}
+
 int main(void)
 {
     int count = 0;
@@ -306,6 +370,7 @@ int main(void)
     check_cudnn(cudnnSetStream(g_cudnn, g_stream), "stream");
     CHECK_CUDA(cudaMalloc(&g_workspace, WORKSPACE));
     for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++) run_shape(&SHAPES[i]);
+    run_host_costs();
     cudaFree(g_workspace);
     cudnnDestroy(g_cudnn);
     cudaStreamDestroy(g_stream);

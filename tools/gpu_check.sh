@@ -13,9 +13,9 @@
 #                              "run ops tests" to recheck a fix without the benchmarks.
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 600.
-# Took 72 s on an H200 (build 9 s, op tests 9, tests 21, profile 3, bench 27, lab 3 with the first
-# version); the steps' own limits (100 + 60 + 130 + 80 + 160 + 45 s) stop a hung step and still leave
-# its log and a summary within the device's 600 s.
+# Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4), plus about
+# 40 s for the machine's start; the steps' own limits (100 + 60 + 130 + 80 + 160 + 45 s) stop a hung
+# step and still leave its log and a summary within the device's 600 s.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
