@@ -35,6 +35,25 @@ def test_tile_size_maps_to_core():
     assert plan["n_tiles"] == 1 and plan["core_x"] == 1280 and plan["core_y"] == 720
 
 
+def test_attention_chunk_grows_into_the_room_tiles_leave():
+    """Several tiles: the trunk's buffers share memory with the tiles', and the attention's query chunk
+    grows into what the tiles leave (up to the whole frame); the result stays the untiled one. A
+    single tile (the trunk streams beside it) keeps the 4M-score chunk."""
+    dec = decoder(8)
+    h, w = 48, 64  # 3072 positions: the base chunk is 4M / 3072 = 1365 rows
+    base = (1 << 22) // (h * w)
+    assert dec.plan(1, h, w, enable_vae_tiling=False)["attention_rows"] == base
+    tiled = dec.plan(1, h, w, tile_x=136, tile_y=136, tile_stride_x=8, tile_stride_y=8)
+    assert tiled["n_tiles"] > 1 and base < tiled["attention_rows"] <= h * w
+    lat = random_latents(4, 1, h, w, seed=5)
+    a = dec.decode(lat, raw=True, enable_vae_tiling=False)
+    b = dec.decode(lat, raw=True, tile_x=136, tile_y=136, tile_stride_x=8, tile_stride_y=8)
+    stats = dec.last_stats
+    assert stats["attention_rows"] == tiled["attention_rows"]
+    assert stats["arena_high_water"] == stats["planned_bytes"] == tiled["planned_bytes"]
+    assert np.abs(a - b).max() <= TILE_TOL * max(1.0, np.abs(a).max())
+
+
 def _geometries():
     rng = np.random.default_rng(1234)
     fixed = [  # (dim, T, h, w, tile_x, tile_y): edge tiles of one latent pixel, tiles not dividing the frame
