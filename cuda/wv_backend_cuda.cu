@@ -927,7 +927,8 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
     }
     if (n != 1 || !cache || cv->kt != 3) {
         wv_fail(&c->err, WV_ERR_BACKEND,
-                "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n, cv->kt);
+                "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
+                cv->kt);
         return;
     }
     if (!(rg = ring_of(c, cache))) return;

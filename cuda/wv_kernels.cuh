@@ -138,9 +138,9 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
 
 /* The same with 16-byte loads and stores, where C is a whole number of 16-byte vectors (at most
  * RMS_MAX_VECTORS per lane) and the buffers are aligned to 16 bytes: a group of 2^lanes_log2 lanes
- * (the vectors of a position, rounded up to a power of two) per position, so a warp holds 32 >> lanes_log2
- * positions; each lane keeps its vectors in registers between the sum of squares and the scaling,
- * so x is read once. Every lane of a warp runs the same number of iterations (the shuffles need
+ * per position (its vector count rounded up to a power of two, at most 32), 32 >> lanes_log2
+ * positions a warp; each lane keeps its vectors in registers between the sum of squares and the
+ * scaling, so x is read once. Every lane of a warp runs the same number of iterations (the shuffles need
  * them all); lanes past the end or on the ring contribute nothing. */
 #define RMS_MAX_VECTORS 4
 
