@@ -375,24 +375,19 @@ static void make_sequences(wv_plan *p, const wv_options *o)
 static void size_attention_chunk(wv_plan *p, const wv_model *m)
 {
     int64_t N = (int64_t)p->h * p->w, per_row = N * (int64_t)m->backend->score_bytes;
-    size_t trunk_end = 0, arena = p->arena_bytes, room;
+    size_t trunk_end = 0, room;
     int64_t fit;
-    int rows = p->attn_rows;
-    if (p->stream_trunk || rows >= N) return;
+    if (p->stream_trunk || p->attn_rows >= N) return;
     for (int i = 0; i < p->n_buffers; i++)
         if (buffer_phase(p, m, i) == PHASE_TRUNK && p->buffers[i].offset + p->buffers[i].bytes > trunk_end)
             trunk_end = p->buffers[i].offset + p->buffers[i].bytes;
-    room = arena - trunk_end + p->buffers[WV_BUF_ATTN_SCORES].bytes;
+    room = p->arena_bytes - trunk_end + p->buffers[WV_BUF_ATTN_SCORES].bytes;
+    /* the scores buffer rounds its two parts up to the arena alignment: room for both roundings */
     fit = room < 2 * WV_ARENA_ALIGN ? 0 : (int64_t)((room - 2 * WV_ARENA_ALIGN) / (size_t)per_row);
-    if (fit <= rows) return;
+    if (fit <= p->attn_rows) return;
     p->attn_rows = (int)(fit < N ? fit : N);
     size_buffers(p, m);
     place_buffers(p, m);
-    if (p->arena_bytes > arena) { /* rounding: never let it grow the arena */
-        p->attn_rows = rows;
-        size_buffers(p, m);
-        place_buffers(p, m);
-    }
 }
 
 static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
