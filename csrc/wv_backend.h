@@ -27,17 +27,13 @@ typedef struct {
     size_t workspace_bytes;
     size_t step_out_bytes;  /* the most output bytes one step writes (write_output staging) */
     void *output_staging;   /* the arena's OUTPUT_STAGING buffer: output_staging_copies x step_out_bytes */
+    void *weight_scratch;   /* the arena's WEIGHT_SCRATCH buffer (causal_weight_scratch), else NULL */
+    size_t weight_scratch_bytes;
 } wv_call;
 
 /* Parameters start on 64-element boundaries (128 bytes in 16-bit types), and so does each packed
  * copy of a causal conv's weights: vectorized loads and tensor-core convolutions want alignment. */
 static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
-
-/* Elements a conv weight of `numel` elements takes packed: causal convs hold `copies` aligned copies. */
-static inline int64_t wv_packed_weight_elems(int64_t numel, int kt, int copies)
-{
-    return kt > 1 && copies > 1 ? wv_param_align(numel) * copies : numel;
-}
 
 static inline int64_t wv_grid_positions(wv_grid g)
 {
@@ -59,8 +55,10 @@ static inline int64_t wv_grid_positions(wv_grid g)
     X(zero, void, (void *ctx, void *p, size_t bytes))                                             \
     /* params: n host floats into backend memory (converted to the backend's param type) */       \
     X(upload, wv_status, (void *ctx, void *dst, const float *src, size_t n, wv_error *err))       \
-    /* host-side repack of a conv weight [cout][cin][kt][kh][kw] into the backend layout; causal \
-     * convs get causal_weight_copies copies, each wv_param_align(numel) elements apart */         \
+    /* host side: elements conv cv's weight takes in the backend layout (its alignment included) */ \
+    X(packed_weight_elems, int64_t, (const wv_conv *cv))                                          \
+    /* host side: conv weight [cout][cin][kt][kh][kw] -> the backend layout, in as many elements  \
+     * as packed_weight_elems says (dst comes zeroed) */                                          \
     X(pack_conv_weight, void, (const float *oidhw, const wv_conv *cv, float *dst))                \
     /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
     X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
@@ -120,7 +118,8 @@ struct wv_backend {
     size_t param_bytes;     /* bytes per parameter element in backend memory */
     size_t score_bytes;     /* bytes of attention scratch per score */
     int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
-    int causal_weight_copies; /* packed copies of a causal conv's weights (1, or 3 rotations) */
+    int causal_weight_scratch; /* 1: the arena holds room for any causal conv's packed weights
+                                  (WEIGHT_SCRATCH), where the backend reorders their taps per call */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
                                largest conv input matrix, with a 4 MiB floor for cuBLAS; 0: none) */
     int output_staging_copies; /* steps of output the arena holds for the backend's copies to the host
@@ -143,7 +142,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 3
+#define WV_BACKEND_ABI 4
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

@@ -76,6 +76,11 @@ static wv_status cpu_upload(void *ctx, void *dst, const float *src, size_t n, wv
     return WV_OK;
 }
 
+static int64_t cpu_packed_weight_elems(const wv_conv *cv)
+{
+    return (int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
+}
+
 /* [cout][cin][kt][kh][kw] -> [kt][kh][kw][cin][cout]: each tap a row-major cin x cout matrix. */
 static void cpu_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
@@ -318,7 +323,7 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 1, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
     cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)

@@ -422,6 +422,8 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     call.workspace_bytes = p->buffers[WV_BUF_WORKSPACE].bytes;
     call.step_out_bytes = p->step_out_bytes;
     call.output_staging = arena_buffer(&r, WV_BUF_OUTPUT_STAGING);
+    call.weight_scratch = p->buffers[WV_BUF_WEIGHT_SCRATCH].bytes ? arena_buffer(&r, WV_BUF_WEIGHT_SCRATCH) : NULL;
+    call.weight_scratch_bytes = p->buffers[WV_BUF_WEIGHT_SCRATCH].bytes;
     begun = 1;
     if ((st = r.be->begin(r.ctx, &call, err))) goto finally;
     r.lat = call.latents;

@@ -10,6 +10,7 @@
 #define WV_ARENA_BUFFERS(X)                                                              \
     X(TRUNK_OUT, PHASE_KEEP, "trunk output [frames][h*w][4 dim]")                       \
     X(WORKSPACE, PHASE_KEEP, "backend workspace (convolution algorithms, GEMMs)")      \
+    X(WEIGHT_SCRATCH, PHASE_KEEP, "a causal conv's weights, taps reordered by the backend") \
     X(TRUNK_X, PHASE_TRUNK, "trunk activations [P0][C]")                            \
     X(TRUNK_Y, PHASE_TRUNK, "trunk activations [P0][C]")                            \
     X(TRUNK_T, PHASE_TRUNK, "trunk conv input [P0][C]")                             \

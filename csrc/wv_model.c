@@ -223,8 +223,7 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
                 gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
             }
             m->n_params += numel;
-            if (ps->role == ROLE_WEIGHT)
-                numel = wv_packed_weight_elems(numel, b->conv[ps->slot].kt, m->backend->causal_weight_copies);
+            if (ps->role == ROLE_WEIGHT) numel = m->backend->packed_weight_elems(&b->conv[ps->slot]);
             off = wv_param_align(off + numel);
         }
     }
@@ -289,7 +288,7 @@ static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, con
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
     wv_view_to_f32(&nv->view, tmp);
     if (ps->role == ROLE_WEIGHT) {
-        n_packed = wv_packed_weight_elems(n, cv->kt, be->causal_weight_copies);
+        n_packed = be->packed_weight_elems(cv);
         packed = (float *)calloc((size_t)n_packed, sizeof(float)); /* alignment padding stays zero */
         if (!packed) {
             free(tmp);

@@ -206,6 +206,22 @@ static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
     return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
 
+/* Room for the largest causal conv's packed weights, where the backend asks for it. */
+static int64_t weight_scratch_bytes(const wv_model *m)
+{
+    int64_t largest = 0;
+    if (!m->backend->causal_weight_scratch) return 0;
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            const wv_conv *cv = &m->blocks[b].conv[c];
+            int64_t elems;
+            if (!m->blocks[b].has_conv[c] || cv->kt < 2) continue;
+            elems = m->backend->packed_weight_elems(cv);
+            largest = elems > largest ? elems : largest;
+        }
+    return largest * (int64_t)m->backend->param_bytes;
+}
+
 static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
 {
     p->buffers[id].name = name;
@@ -257,6 +273,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
     set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
     set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], workspace_bytes(p, m), 1);
+    set_buffer(p, WV_BUF_WEIGHT_SCRATCH, names[WV_BUF_WEIGHT_SCRATCH], weight_scratch_bytes(m), 1);
     /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
     set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES],
                (int64_t)wv_align_up((size_t)p->attn_rows * (size_t)N * sizeof(float)) +

@@ -6,9 +6,11 @@
  * convolution of the padded frame with padding 1 (the ring outputs, which nobody reads, come out
  * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
  * cache is a ring of three frame slots, the two previous frames and a free slot for the new one,
- * and the weights are packed in the ring's three rotations, so the ring never moves: the new frame
- * goes into the free slot (written there by its producer, which asks conv_input, or copied), the
- * rotation that matches the slots' order runs, and rolling the cache is advancing the ring.
+ * so the ring never moves: the new frame goes into the free slot (written there by its producer,
+ * which asks conv_input, or copied), and rolling the cache is advancing the ring. The weights are
+ * packed once, in time order; when the ring's oldest frame is not in slot 0, a kernel turns their
+ * taps to the ring's order in the arena's weight scratch first (a few MiB of copying, against the
+ * frames the ring saves moving; three stored rotations cost 264 MiB of device memory in bf16).
  *
  * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS: the full-resolution
  * stage's 96-channel residual convs) run instead as three accumulated 2-d convolutions, one per
@@ -106,6 +108,8 @@ typedef struct {
     int n_rings;
     void *workspace;
     size_t workspace_bytes;
+    void *weight_scratch; /* the arena's: a causal conv's weights with their taps turned to its ring */
+    size_t weight_scratch_bytes;
     wv_view lat_copy;
     void *lat_dev; /* host latents copied to the device, as float32 */
     staging stage[2];
@@ -445,14 +449,17 @@ static int runs_by_taps(const wv_conv *cv)
 /* Elements from one temporal tap's 2-d filter to the next in a conv that runs by taps. */
 static int64_t tap_stride(const wv_conv *cv) { return wv_param_align((int64_t)cv->cout * cv->cin * cv->kh * cv->kw); }
 
+static int64_t cuda_packed_weight_elems(const wv_conv *cv)
+{
+    return runs_by_taps(cv) ? cv->kt * tap_stride(cv) : (int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
+}
+
 /* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. A causal
- * conv gets kt rotations: in rotation r, ring slot s holds the frame of temporal tap (s - r) mod kt.
- * One that runs by taps gets instead its taps' 2-d filters [kt][cout][kh][kw][cin] (tap_stride
- * apart), in the space of the first rotation and a bit of the second. */
+ * conv that runs by taps gets instead its taps' 2-d filters [kt][cout][kh][kw][cin], tap_stride
+ * apart. */
 static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
-    int space = cv->kh * cv->kw, taps = cv->kt * space, rotations = cv->kt > 1 ? cv->kt : 1;
-    int64_t numel = (int64_t)cv->cout * cv->cin * taps, stride = wv_param_align(numel);
+    int space = cv->kh * cv->kw, taps = cv->kt * space;
     if (runs_by_taps(cv)) {
         for (int dt = 0; dt < cv->kt; dt++)
             for (int o = 0; o < cv->cout; o++)
@@ -462,15 +469,10 @@ static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *ds
                             src[((int64_t)o * cv->cin + i) * taps + dt * space + k];
         return;
     }
-    for (int r = 0; r < rotations; r++)
-        for (int o = 0; o < cv->cout; o++)
-            for (int i = 0; i < cv->cin; i++)
-                for (int slot = 0; slot < cv->kt; slot++)
-                    for (int k = 0; k < space; k++) {
-                        int dt = (slot - r + cv->kt) % cv->kt;
-                        dst[r * stride + ((int64_t)o * taps + slot * space + k) * cv->cin + i] =
-                            src[((int64_t)o * cv->cin + i) * taps + dt * space + k];
-                    }
+    for (int o = 0; o < cv->cout; o++)
+        for (int i = 0; i < cv->cin; i++)
+            for (int k = 0; k < taps; k++)
+                dst[((int64_t)o * taps + k) * cv->cin + i] = src[((int64_t)o * cv->cin + i) * taps + k];
 }
 
 /* ---- a decode call ------------------------------------------------------------------------ */
@@ -580,6 +582,8 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
     c->workspace = call->workspace;
     c->workspace_bytes = call->workspace_bytes;
+    c->weight_scratch = call->weight_scratch;
+    c->weight_scratch_bytes = call->weight_scratch_bytes;
     c->cur = 0;
     if (call->latents->shape[0] > WV_CUDA_MAX_Z)
         return wv_fail(err, WV_ERR_INVALID, "latents have %lld channels; the CUDA backend takes at most %d",
@@ -690,6 +694,8 @@ static void cuda_finish(void *ctx)
     cublasSetStream(c->cublas, c->stream); /* documented to drop the workspace, which leaves with the arena */
     c->workspace = NULL;
     c->workspace_bytes = 0;
+    c->weight_scratch = NULL;
+    c->weight_scratch_bytes = 0;
     take_error(c, NULL);
     if (c->prev_device >= 0 && c->prev_device != c->device) cudaSetDevice(c->prev_device);
 }
@@ -906,10 +912,33 @@ static ring *ring_of(cuda_ctx *c, const void *cache)
     return &c->rings[c->n_rings++];
 }
 
+/* Causal conv cv's weights for a ring whose oldest frame is in slot r: as packed for r == 0, else
+ * turned in the weight scratch (NULL after a failure). */
+static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
+{
+    size_t block = (size_t)cv->kh * cv->kw * cv->cin * wv_dtype_size(c->dt), bytes = (size_t)cv->cout * cv->kt * block;
+    const char *src = (const char *)cv->weight;
+    char *dst = (char *)c->weight_scratch;
+    if (!r) return cv->weight;
+    if (bytes > c->weight_scratch_bytes) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "a causal convolution's weights take %zu bytes, the weight scratch %zu",
+                bytes, c->weight_scratch_bytes);
+        return NULL;
+    }
+    if (block % 16 == 0)
+        rotate_taps_kernel<<<blocks_for((int64_t)(bytes / 16), THREADS), THREADS, 0, c->stream>>>(
+            (const uint4 *)src, (uint4 *)dst, cv->cout, cv->kt, (int64_t)(block / 16), r);
+    else
+        rotate_taps_kernel<<<blocks_for((int64_t)(bytes / 2), THREADS), THREADS, 0, c->stream>>>(
+            (const uint16_t *)src, (uint16_t *)dst, cv->cout, cv->kt, (int64_t)(block / 2), r);
+    launched(c, "rotate_taps_kernel");
+    return failed(c) ? NULL : dst;
+}
+
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
- * use): x goes into the ring's free slot, and one 3-frame convolution, in the weights' rotation that
- * matches the ring, reads all three (or, for one that runs by taps, three 2-d convolutions, each
- * reading its tap's slot and adding to y). */
+ * use): x goes into the ring's free slot, and one 3-frame convolution, with the weights' taps
+ * turned to the ring's order, reads all three (or, for one that runs by taps, three 2-d
+ * convolutions, each reading its tap's slot and adding to y). */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
                       int accumulate)
 {
@@ -937,9 +966,9 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
         !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
         return;
     if (!runs_by_taps(cv)) {
-        size_t rotation = (size_t)wv_param_align((int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw) * es;
-        if ((s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
-            run_conv(c, s, cache, (const char *)cv->weight + (size_t)rg->oldest * rotation, cv->bias, y, accumulate);
+        const void *weight = weights_for_ring(c, cv, rg->oldest);
+        if (weight && (s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
+            run_conv(c, s, cache, weight, cv->bias, y, accumulate);
         return;
     }
     if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
@@ -1136,7 +1165,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 3, WV_CUDA_WORKSPACE_BYTES, 2, cuda_ctx_create,       \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, 2, cuda_ctx_create,       \
         cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 

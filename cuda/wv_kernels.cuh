@@ -101,6 +101,20 @@ template <typename T> __global__ void bias_add_kernel(void *y_, const void *bias
     WV_GRID_STRIDE_LOOP(i, rows * C) { y[i] = from_f32<T>(to_f32(y[i]) + to_f32(bias[i % C])); }
 }
 
+/* A causal conv's packed weights src [cout][kt][block] -> dst with the taps turned by r: dst's
+ * tap slot s holds src's tap (s - r) mod kt, so that a 3-d conv over a ring whose oldest frame is in
+ * slot r meets every frame with its tap. U is the unit moved (a 16-byte vector where block allows). */
+template <typename U>
+__global__ void rotate_taps_kernel(const U *src, U *dst, int64_t cout, int kt, int64_t block, int r)
+{
+    WV_GRID_STRIDE_LOOP(i, cout * kt * block)
+    {
+        int64_t k = i % block, os = i / block, o = os / kt;
+        int slot = (int)(os % kt);
+        dst[i] = src[(o * kt + (slot - r + kt) % kt) * block + k];
+    }
+}
+
 /* x [n][P(gx)][C] -> y [n][P(gy)][C]: x / max(|x|, 1e-12) * sqrt(C) * gamma (then SiLU), ring 0.
  * One warp per output position; gx and gy share the interior size. */
 template <typename T>

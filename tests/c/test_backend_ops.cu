@@ -121,9 +121,48 @@ static float *rand_frames(wv_grid g, int C, int n)
     return x;
 }
 
+/* A decode call around ops that take their arena buffers from one (the workspace; the causal convs'
+ * weight scratch, where the backend asks for it): a one-element host latent, no output. */
+typedef struct {
+    wv_call call;
+    wv_view lat;
+    float lat_data[1];
+} test_call;
+
+static void begin_call(side *s, test_call *t, size_t weight_scratch_bytes)
+{
+    wv_error err;
+    wv_status st;
+    memset(t, 0, sizeof *t);
+    t->lat.data = t->lat_data;
+    t->lat.ndim = 4, t->lat.shape[0] = t->lat.shape[1] = t->lat.shape[2] = t->lat.shape[3] = 1;
+    t->lat.strides[0] = t->lat.strides[1] = t->lat.strides[2] = t->lat.strides[3] = 4;
+    t->lat.dtype = WV_F32;
+    t->call.latents = &t->lat;
+    t->call.workspace_bytes = 1 << 20;
+    st = s->be->alloc(s->ctx, t->call.workspace_bytes, &t->call.workspace, &err);
+    if (!st && s->be->causal_weight_scratch) {
+        t->call.weight_scratch_bytes = weight_scratch_bytes;
+        st = s->be->alloc(s->ctx, weight_scratch_bytes, &t->call.weight_scratch, &err);
+    }
+    if (!st) st = s->be->begin(s->ctx, &t->call, &err);
+    if (st) {
+        fprintf(stderr, "setup failed: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void end_call(side *s, test_call *t)
+{
+    s->be->finish(s->ctx);
+    s->be->release(s->ctx, t->call.workspace);
+    if (t->call.weight_scratch) s->be->release(s->ctx, t->call.weight_scratch);
+}
+
 /* A conv, and for causal ones three steps of conv + cache roll (each step's output compared), which
- * checks the cache through what it is for rather than its layout (the backends keep it differently).
- * The second step takes its input in place where conv_input offers a slot. */
+ * checks the cache through what it is for rather than its layout (the backends keep it differently;
+ * on CUDA the three steps see the ring in its three orders). The second step takes its input in
+ * place where conv_input offers a slot. */
 static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
 {
     enum { STEPS = 3 };
@@ -131,7 +170,6 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = P * cout, nw = (int64_t)cout * cin * taps;
     int steps = kt > 1 ? STEPS : 1;
     float *w = rand_floats((size_t)nw), *bias = rand_floats(cout);
-    float *packed = (float *)calloc((size_t)wv_packed_weight_elems(nw, 3, 3), sizeof(float));
     float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
@@ -146,9 +184,14 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
         side *s = sides[i];
         void *dc = NULL;
         wv_conv c = cv;
+        size_t n_packed = (size_t)s->be->packed_weight_elems(&cv);
+        float *packed = (float *)calloc(n_packed, sizeof(float));
+        test_call call;
         s->be->pack_conv_weight(w, &cv, packed);
-        c.weight = put(s, packed, (size_t)wv_packed_weight_elems(nw, kt, s->be->causal_weight_copies));
+        c.weight = put(s, packed, n_packed);
         c.bias = put(s, bias, (size_t)cout);
+        free(packed);
+        begin_call(s, &call, n_packed * s->be->param_bytes);
         if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
         for (int t = 0; t < steps; t++) {
             /* step 2 writes its input where conv_input says (in place in the cache, on CUDA) */
@@ -162,6 +205,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
             if (!slot) s->be->release(s->ctx, dx);
             s->be->release(s->ctx, dy);
         }
+        end_call(s, &call);
         s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias);
         if (dc) s->be->release(s->ctx, dc);
     }
@@ -171,7 +215,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
         check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fout, mask);
     }
     for (int t = 0; t < STEPS; t++) free(x[t]), free(outs[0][t]), free(outs[1][t]);
-    free(w), free(bias), free(packed), free(cache), free(y0), free(mask);
+    free(w), free(bias), free(cache), free(y0), free(mask);
 }
 
 static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
@@ -330,6 +374,7 @@ static void test_conv_shapes(side *cpu, side *gpu)
                 test_conv(cpu, gpu, kt, k, 24, 24, 1, acc);
             }
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
+    test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
 }
 
 /* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read

@@ -57,10 +57,11 @@ static void test_conv(int kt, int k, int n, int accumulate)
     int cin = 3, cout = 4, taps = kt * k * k;
     int64_t P = wv_grid_positions(g);
     float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
-    float *packed = (float *)malloc(sizeof(float) * (size_t)cout * cin * taps);
+    wv_conv cv = {NULL, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
+    float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
     float *seq = (float *)calloc((size_t)(2 + n) * P * cin, sizeof(float)); /* cache ++ x, ring zero */
     float *y = rand_floats((size_t)n * P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)n * P * cout);
-    wv_conv cv = {packed, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
+    cv.weight = packed;
     memcpy(y0, y, sizeof(float) * (size_t)n * P * cout);
     for (int f = 0; f < 2 + n; f++)
         for (int yy = 0; yy < g.h; yy++)
@@ -244,6 +245,28 @@ static void test_model_errors(weight_set *ws)
     wv_backend_cpu()->fail_nth_alloc(0);
 }
 
+/* A backend that asks for a weight scratch gets room for its largest causal conv's packed weights
+ * (dim 8: conv1, z_dim 4 -> 32, or a 3x3x3 32 -> 32 residual conv: 27 648 elements). */
+static void test_weight_scratch(const wv_model *m, const wv_options *o)
+{
+    wv_backend asks = *m->backend;
+    wv_model with = *m;
+    wv_plan p;
+    wv_error err;
+    int64_t largest = 0;
+    asks.causal_weight_scratch = 1;
+    with.backend = &asks;
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
+            if (m->blocks[b].has_conv[c] && m->blocks[b].conv[c].kt > 1 &&
+                asks.packed_weight_elems(&m->blocks[b].conv[c]) > largest)
+                largest = asks.packed_weight_elems(&m->blocks[b].conv[c]);
+    CHECK(largest == 32 * 32 * 27);
+    CHECK(wv_plan_make(&p, &with, 3, 9, 11, o, &err) == WV_OK);
+    CHECK(p.buffers[WV_BUF_WEIGHT_SCRATCH].bytes == wv_align_up((size_t)largest * sizeof(float)));
+    wv_plan_free(&p);
+}
+
 static void test_plan(const wv_model *m)
 {
     wv_plan p;
@@ -263,7 +286,9 @@ static void test_plan(const wv_model *m)
     }
     CHECK(covered == p.H * p.W);
     CHECK(p.arena_bytes % WV_ARENA_ALIGN == 0);
+    CHECK(p.buffers[WV_BUF_WEIGHT_SCRATCH].bytes == 0); /* the CPU backend turns no weights */
     wv_plan_free(&p);
+    test_weight_scratch(m, &o);
     o.tile_x = o.tile_y = 0;
     o.max_bytes = 1000;
     CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_ERR_NOMEM && strstr(err.msg, "budget") != NULL);
