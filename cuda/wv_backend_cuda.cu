@@ -65,6 +65,7 @@ typedef struct {
     cudnnConvolutionDescriptor_t conv;
     cudnnConvolutionFwdAlgo_t algo[MAX_CANDIDATES];
     cudnnMathType_t math[MAX_CANDIDATES];
+    cudnnMathType_t math_now; /* the math type `conv` holds: set again only when a candidate differs */
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
     int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
@@ -743,13 +744,13 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {s->kh / 2, s->kw / 2};
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
+    s->math_now = c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd) ||
         !set_channels_last(s->bias, type, nd, bd) ||
         cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) != CUDNN_STATUS_SUCCESS ||
         cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
                                         CUDNN_DATA_FLOAT) != CUDNN_STATUS_SUCCESS ||
-        cudnnSetConvolutionMathType(s->conv, c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH) !=
-            CUDNN_STATUS_SUCCESS ||
+        cudnnSetConvolutionMathType(s->conv, s->math_now) != CUDNN_STATUS_SUCCESS ||
         cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) != CUDNN_STATUS_SUCCESS ||
         memcmp(out, yd, sizeof(int) * (size_t)nd) != 0 ||
         cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
@@ -858,8 +859,11 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
                                    const void *bias, void *y, int accumulate)
 {
     float one = 1.0f, keep = accumulate ? 1.0f : 0.0f;
-    cudnnStatus_t st = cudnnSetConvolutionMathType(s->conv, s->math[i]);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
+    cudnnStatus_t st;
+    if (s->math[i] != s->math_now) {
+        if ((st = cudnnSetConvolutionMathType(s->conv, s->math[i])) != CUDNN_STATUS_SUCCESS) return st;
+        s->math_now = s->math[i];
+    }
     if (bias && !s->unfused && s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
         st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
