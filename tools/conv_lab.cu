@@ -18,8 +18,10 @@
  * backend computes).
  *
  * Then the host's cost of queueing one call (a tile's small convolution, so the GPU keeps up): a
- * decode in small tiles queues some 400 calls a step, and when their host cost exceeds the step's
- * GPU time, the host sets the pace.
+ * decode in small tiles queues some 260 calls a step, and when their host cost exceeds the step's
+ * GPU time, the host sets the pace. Last, the same fused calls captured once into a CUDA graph and
+ * replayed: whether cuDNN's calls can be captured at all, the host's cost per call then, and the
+ * GPU's time per call queued one by one and replayed (small kernels leave gaps between them).
  *
  * Build and run: tools/conv_lab.sh (exit 77 without a GPU). */
 #include <cuda_bf16.h>
@@ -316,6 +318,36 @@ static void report_host(const char *how, double us)
     g_failed = 0;
 }
 
+/* HOST_CALLS fused calls captured into a CUDA graph, then replayed (see the top). */
+static void run_graph_costs(const conv_desc *d, void *x, void *w, void *bias, void *y)
+{
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e;
+    auto queue_all = [&] {
+        for (int i = 0; i < HOST_CALLS && !g_failed; i++) fused_conv(d, x, w, bias, y, 1.0f);
+    };
+    CHECK_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
+    queue_all();
+    e = cudaStreamEndCapture(g_stream, &graph);
+    if (e == cudaSuccess && !g_failed) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (e != cudaSuccess || g_failed) {
+        printf("  CUDA graph of %d fused calls: capture failed (%s)\n", HOST_CALLS,
+               g_failed ? "a cuDNN call failed while capturing" : cudaGetErrorString(e));
+        cudaGetLastError();
+        g_failed = 0;
+    } else {
+        report_host("graph replay, per fused call", host_us([&] { CHECK_CUDA(cudaGraphLaunch(exec, g_stream)); }) /
+                                                        HOST_CALLS);
+        printf("  GPU time per fused call: %.1f us queued one by one, %.1f us replayed from the graph\n",
+               1e3 * time_ms(queue_all) / HOST_CALLS,
+               1e3 * time_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, g_stream)); }) / HOST_CALLS);
+        g_failed = 0;
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+}
+
 /* The host's cost per call for a 96->96 3x3 convolution of a 34x34 grid (a small tile's frame). */
 static void run_host_costs(void)
 {
@@ -340,6 +372,7 @@ static void run_host_costs(void)
     report_host("cudnnConvolutionBiasActivationForward", host_us([&] {
                     fused_conv(&d2, x, w, bias, y, 1.0f);
                 }));
+    run_graph_costs(&d2, x, w, bias, y);
     destroy(&d3);
     destroy(&d2);
     cudaFree(x), cudaFree(y), cudaFree(w), cudaFree(bias);
