@@ -102,6 +102,7 @@ typedef struct {
     void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
     int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
+    int narrow_shown; /* ... and that narrow_conv_kernel runs the head */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
@@ -232,14 +233,17 @@ static unsigned blocks_for(int64_t n, int threads)
 
 #define THREADS 256
 
-/* Launches KERNEL<T> for the context's activation type on `blocks` x `threads`. */
-#define LAUNCH_ON(c, KERNEL, blocks, threads, ...)                                                            \
+/* Launches KERNEL<T> for the context's activation type on `blocks` x `threads`, with `smem` bytes of
+ * dynamic shared memory. */
+#define LAUNCH_SMEM(c, KERNEL, blocks, threads, smem, ...)                                                     \
     do {                                                                                                      \
-        if ((c)->dt == WV_F32) KERNEL<float><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);          \
-        else if ((c)->dt == WV_F16) KERNEL<__half><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);    \
-        else KERNEL<__nv_bfloat16><<<(blocks), (threads), 0, (c)->stream>>>(__VA_ARGS__);                    \
+        if ((c)->dt == WV_F32) KERNEL<float><<<(blocks), (threads), (smem), (c)->stream>>>(__VA_ARGS__);     \
+        else if ((c)->dt == WV_F16) KERNEL<__half><<<(blocks), (threads), (smem), (c)->stream>>>(__VA_ARGS__); \
+        else KERNEL<__nv_bfloat16><<<(blocks), (threads), (smem), (c)->stream>>>(__VA_ARGS__);               \
         launched((c), #KERNEL);                                                                               \
     } while (0)
+
+#define LAUNCH_ON(c, KERNEL, blocks, threads, ...) LAUNCH_SMEM(c, KERNEL, blocks, threads, 0, __VA_ARGS__)
 
 /* ... with a grid-stride loop over n elements. */
 #define LAUNCH(c, KERNEL, n, ...) LAUNCH_ON(c, KERNEL, blocks_for((n), THREADS), THREADS, __VA_ARGS__)
@@ -916,6 +920,35 @@ static ring *ring_of(cuda_ctx *c, const void *cache)
     return &c->rings[c->n_rings++];
 }
 
+/* Whether causal conv cv runs on narrow_conv_kernel: a 3x3x3 one with a handful of outputs (the head)
+ * whose inputs load as 16-byte vectors and whose weights fit in shared memory as fp32. */
+#define NARROW_MAX_SHARED ((size_t)48 << 10)
+
+static size_t narrow_shared_bytes(const wv_conv *cv) { return (size_t)cv->cout * 27 * cv->cin * sizeof(float); }
+
+static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
+{
+    return !c->direct_only && !runs_by_taps(cv) && cv->kt == 3 && cv->kh == 3 && cv->kw == 3 &&
+           cv->cout <= NARROW_OUTS && cv->cin * wv_dtype_size(c->dt) % 16 == 0 &&
+           narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
+}
+
+/* The ring's frames in tap order (tap dt in slot oldest + dt) through narrow_conv_kernel. */
+static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const char *cache, size_t frame_in, int oldest,
+                            void *y, int accumulate)
+{
+    const char *f[3];
+    int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
+    for (int dt = 0; dt < 3; dt++) f[dt] = cache + (size_t)((oldest + dt) % 3) * frame_in;
+    if (c->verbose && !c->narrow_shown) {
+        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: narrow kernel\n", cv->cin, cv->cout,
+                g.h + 2 * g.pad, g.w + 2 * g.pad);
+        c->narrow_shown = 1;
+    }
+    LAUNCH_SMEM(c, narrow_conv_kernel, blocks_for(groups, THREADS), THREADS, narrow_shared_bytes(cv), f[0], f[1],
+                f[2], cv->weight, cv->bias, y, g, cv->cin, cv->cout, accumulate);
+}
+
 /* Causal conv cv's weights for a ring whose oldest frame is in slot r: as packed for r == 0, else
  * turned in the weight scratch (NULL after a failure). */
 static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
@@ -942,7 +975,8 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
 /* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
  * use): x goes into the ring's free slot, and one 3-frame convolution, with the weights' taps
  * turned to the ring's order, reads all three (or, for one that runs by taps, three 2-d
- * convolutions, each reading its tap's slot and adding to y). */
+ * convolutions, each reading its tap's slot and adding to y; for a narrow one, narrow_conv_kernel
+ * reading the slots in tap order). */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
                       int accumulate)
 {
@@ -969,18 +1003,20 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
     if (x != slot && /* a producer that asked conv_input wrote it in place already */
         !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
         return;
-    if (!runs_by_taps(cv)) {
+    if (runs_by_taps(cv)) {
+        if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
+        for (int dt = 0; dt < cv->kt; dt++) /* tap dt (0: frame t-2) is in slot oldest + dt */
+            if (!run_conv(c, s, (const char *)cache + (size_t)((rg->oldest + dt) % 3) * frame_in,
+                          (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, y,
+                          dt ? 1 : accumulate))
+                return;
+    } else if (runs_narrow(c, cv)) {
+        run_narrow_conv(c, cv, g, (const char *)cache, frame_in, rg->oldest, y, accumulate);
+    } else {
         const void *weight = weights_for_ring(c, cv, rg->oldest);
         if (weight && (s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
             run_conv(c, s, cache, weight, cv->bias, y, accumulate);
-        return;
     }
-    if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
-    for (int dt = 0; dt < cv->kt; dt++) /* tap dt (0: frame t-2) is in slot oldest + dt */
-        if (!run_conv(c, s, (const char *)cache + (size_t)((rg->oldest + dt) % 3) * frame_in,
-                      (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, y,
-                      dt ? 1 : accumulate))
-            return;
 }
 
 /* The ring's free slot: a producer writing the conv's input there saves the conv its copy. */

@@ -315,6 +315,74 @@ __global__ void direct_conv_kernel(const void *in_, const void *w_, void *y_, in
     }
 }
 
+/* A causal 3x3x3 conv with at most NARROW_OUTS outputs (the head: 96 -> 3) on CUDA cores: cuDNN's
+ * GEMM tiles are tens of output channels wide and mostly idle on it. y [P(g)][cout] (+)= bias +
+ * sum over taps dt, dy, dx and channels c of w[o][dt][dy][dx][c] * frame dt [(y + dy - 1, x + dx - 1)][c],
+ * interior positions only (the ring's outputs are undefined, as cuDNN's). The three frames come in
+ * tap order, so the ring's slots are read in place with the weights as packed (no turning); the
+ * weights wait in shared memory as fp32 (cout x 27 x cin floats); inputs are read as 16-byte vectors
+ * (cin x sizeof(T) a multiple of 16). A thread computes NARROW_PIXELS pixels of a row, so each weight
+ * read from shared memory serves that many. */
+#define NARROW_OUTS 4
+#define NARROW_PIXELS 2
+
+template <typename T>
+__global__ void narrow_conv_kernel(const void *f0, const void *f1, const void *f2, const void *w_, const void *bias_,
+                                   void *y_, wv_grid g, int cin, int cout, int accumulate)
+{
+    enum { V = 16 / sizeof(T) };
+    extern __shared__ float ws[];
+    const T *w = (const T *)w_, *bias = (const T *)bias_;
+    T *y = (T *)y_;
+    int taps_cin = 27 * cin, row_groups = (g.w + NARROW_PIXELS - 1) / NARROW_PIXELS;
+    for (int i = threadIdx.x; i < cout * taps_cin; i += blockDim.x) ws[i] = to_f32(w[i]);
+    __syncthreads();
+    WV_GRID_STRIDE_LOOP(i, (int64_t)g.h * row_groups)
+    {
+        int py = (int)(i / row_groups), px0 = (int)(i % row_groups) * NARROW_PIXELS;
+        int pixels = min(NARROW_PIXELS, g.w - px0);
+        float acc[NARROW_PIXELS][NARROW_OUTS];
+#pragma unroll
+        for (int p = 0; p < NARROW_PIXELS; p++)
+#pragma unroll
+            for (int o = 0; o < NARROW_OUTS; o++) {
+                float a = 0.0f;
+                if (o < cout && p < pixels) {
+                    a = bias ? to_f32(bias[o]) : 0.0f;
+                    if (accumulate) a += to_f32(y[grid_pos(g, py, px0 + p) * cout + o]);
+                }
+                acc[p][o] = a;
+            }
+        for (int dt = 0; dt < 3; dt++) {
+            const T *frame = (const T *)(dt == 0 ? f0 : dt == 1 ? f1 : f2);
+            for (int k = 0; k < 9; k++) {
+                const T *src = frame + grid_pos(g, py + k / 3 - 1, px0 + k % 3 - 1) * cin;
+                const float *wt = ws + (dt * 9 + k) * cin;
+                for (int c = 0; c < cin; c += V) {
+                    T v[NARROW_PIXELS][V]; /* a row's last, odd pixel reads its neighbour's inputs again */
+#pragma unroll
+                    for (int p = 0; p < NARROW_PIXELS; p++)
+                        *(uint4 *)v[p] = *(const uint4 *)(src + (int64_t)min(p, pixels - 1) * cin + c);
+#pragma unroll
+                    for (int e = 0; e < V; e++)
+#pragma unroll
+                        for (int o = 0; o < NARROW_OUTS; o++) {
+                            if (o >= cout) continue;
+                            float wv = wt[o * taps_cin + c + e];
+#pragma unroll
+                            for (int p = 0; p < NARROW_PIXELS; p++) acc[p][o] += to_f32(v[p][e]) * wv;
+                        }
+                }
+            }
+        }
+#pragma unroll
+        for (int p = 0; p < NARROW_PIXELS; p++)
+#pragma unroll
+            for (int o = 0; o < NARROW_OUTS; o++)
+                if (p < pixels && o < cout) y[grid_pos(g, py, px0 + p) * cout + o] = from_f32<T>(acc[p][o]);
+    }
+}
+
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float *shared)
 {
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = (blockDim.x + 31) / 32;

@@ -13,6 +13,7 @@
  *            the bias pass
  *   2d-fused the same with the bias folded into the first tap's convolution: what the backend runs
  *            for narrow equal-width convolutions
+ *   narrow   (at most NARROW_OUTS outputs: the head) the backend's narrow_conv_kernel on CUDA cores
  * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame, as the
  * backend runs them. Prints milliseconds and TFLOP/s (multiply-adds x 2 over the padded grid the
  * backend computes).
@@ -66,6 +67,7 @@ static const lab_shape SHAPES[] = {
     {"upsamples.11.resample: 192->96 3x3 at 720x1280", 192, 96, 1, 3, 722, 1282},
     {"upsamples.12-14: 96->96 3x3x3 at 720x1280", 96, 96, 3, 3, 722, 1282},
     {"head.2: 96->3 3x3x3 at 720x1280", 96, 3, 3, 3, 722, 1282},
+    {"head.2 in a tile of the 2 GiB plan (3x2): 96->3 3x3x3 at 374x446", 96, 3, 3, 3, 376, 448},
 };
 
 static cudnnHandle_t g_cudnn;
@@ -266,6 +268,17 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
                                "2d");
            }),
            flops);
+    if (s->cout <= NARROW_OUTS) {
+        wv_grid g = {s->H - 2, s->W - 2, 1};
+        int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
+        report("narrow", time_ms([&] {
+                   narrow_conv_kernel<__nv_bfloat16><<<(unsigned)((groups + 255) / 256), 256,
+                                                       (size_t)s->cout * 27 * s->cin * sizeof(float), g_stream>>>(
+                       x, (char *)x + frame_in * 2, (char *)x + 2 * frame_in * 2, w, bias, y, g, s->cin, s->cout, 0);
+                   CHECK_CUDA(cudaGetLastError());
+               }),
+               flops);
+    }
     destroy(&d3);
     destroy(&d2);
 }

@@ -363,7 +363,8 @@ static int make_side(side *s, const wv_backend *be)
 
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
  * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
- * CUDA). */
+ * CUDA); causal 3x3x3 ones with at most NARROW_OUTS outputs (narrow_conv_kernel on CUDA, odd widths
+ * and a wider ring included). */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
     for (int kt = 1; kt <= 3; kt += 2)
@@ -375,6 +376,8 @@ static void test_conv_shapes(side *cpu, side *gpu)
             }
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
     test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
+    test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head: narrow_conv_kernel on CUDA */
+    test_conv(cpu, gpu, 3, 3, 16, 4, 2, 1);
 }
 
 /* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read
