@@ -360,18 +360,28 @@ __global__ void narrow_conv_kernel(const void *f0, const void *f1, const void *f
                 const float *wt = ws + (dt * 9 + k) * cin;
                 for (int c = 0; c < cin; c += V) {
                     T v[NARROW_PIXELS][V]; /* a row's last, odd pixel reads its neighbour's inputs again */
+                    float xf[NARROW_PIXELS][V];
 #pragma unroll
-                    for (int p = 0; p < NARROW_PIXELS; p++)
+                    for (int p = 0; p < NARROW_PIXELS; p++) {
                         *(uint4 *)v[p] = *(const uint4 *)(src + (int64_t)min(p, pixels - 1) * cin + c);
 #pragma unroll
-                    for (int e = 0; e < V; e++)
+                        for (int e = 0; e < V; e++) xf[p][e] = to_f32(v[p][e]);
+                    }
 #pragma unroll
-                        for (int o = 0; o < NARROW_OUTS; o++) {
-                            if (o >= cout) continue;
-                            float wv = wt[o * taps_cin + c + e];
+                    for (int o = 0; o < NARROW_OUTS; o++) {
+                        if (o >= cout) continue;
 #pragma unroll
-                            for (int p = 0; p < NARROW_PIXELS; p++) acc[p][o] += to_f32(v[p][e]) * wv;
+                        for (int q = 0; q < V / 4; q++) { /* 4 weights a shared-memory load (c: a multiple of V) */
+                            float4 w4 = *(const float4 *)(wt + o * taps_cin + c + 4 * q);
+#pragma unroll
+                            for (int p = 0; p < NARROW_PIXELS; p++) {
+                                acc[p][o] = fmaf(xf[p][4 * q], w4.x, acc[p][o]);
+                                acc[p][o] = fmaf(xf[p][4 * q + 1], w4.y, acc[p][o]);
+                                acc[p][o] = fmaf(xf[p][4 * q + 2], w4.z, acc[p][o]);
+                                acc[p][o] = fmaf(xf[p][4 * q + 3], w4.w, acc[p][o]);
+                            }
                         }
+                    }
                 }
             }
         }
