@@ -91,7 +91,31 @@ typedef struct {
     int queued;                /* the step's work and copy are queued up to `done` */
 } staging;
 
+/* Deferred ops (WANVIDEO_CUDA_GRAPHS=1, see "step graphs" below): an op's GPU work as a function
+ * and its arguments, by value. */
+typedef struct cuda_ctx cuda_ctx;
+typedef void (*op_exec)(cuda_ctx *c, const void *args);
+
 typedef struct {
+    op_exec fn;
+    size_t offset, size; /* the arguments' bytes in the list's `args` */
+} op_entry;
+
+typedef struct {
+    op_entry *ops;
+    int n, cap;
+    char *args;
+    size_t used, cap_args;
+} op_list;
+
+/* A list of ops seen before (`exec` NULL: once, it ran as recorded) or captured into a graph. */
+typedef struct {
+    uint64_t hash;
+    op_list list;
+    cudaGraphExec_t exec;
+} step_graph;
+
+struct cuda_ctx {
     wv_dtype dt;
     int device, prev_device;
     cudaStream_t stream, copy_stream; /* the work; the output's copies to the host */
@@ -103,6 +127,8 @@ typedef struct {
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
     int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
     int narrow_shown; /* ... and that narrow_conv_kernel runs the head */
+    int graphs;       /* WANVIDEO_CUDA_GRAPHS=1: ops deferred, repeated steps launched as CUDA graphs */
+    int graphs_failed; /* a capture failed (the reason went to stderr): steps run as recorded from then on */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
@@ -118,8 +144,13 @@ typedef struct {
     size_t step_out_bytes; /* this call's: the device side of each staging holds that much */
     int cur;
     int stats_loaded; /* mean and std are on the device for this call */
-    wv_error err;     /* the first failure since begin */
-} cuda_ctx;
+    int in_call;      /* between begin and finish: ops may be deferred */
+    op_list pending;  /* ops recorded since the last flush */
+    step_graph *known;
+    int n_known, cap_known;
+    long long graph_launches, graph_captures;
+    wv_error err; /* the first failure since begin */
+};
 
 static int g_fail_alloc_countdown = 0;
 
@@ -258,6 +289,193 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
     return dt == WV_F32 ? CUDNN_DATA_FLOAT : dt == WV_F16 ? CUDNN_DATA_HALF : CUDNN_DATA_BFLOAT16;
 }
 
+/* ---- step graphs ------------------------------------------------------------------------- */
+
+/* With WANVIDEO_CUDA_GRAPHS=1, an op called during a decode does its host bookkeeping at once (ring
+ * orders, output staging) and records its GPU work (a function and its arguments, by value); the
+ * records run when the step ends or the host waits. A list of records seen for the first time runs
+ * as recorded; when the same list (the same functions and argument bytes, pointers included) comes
+ * again, it is captured into a CUDA graph, and from then on the graph is launched instead: one call
+ * for the step's some 260. A tile's steps repeat with a period of six (the rings' three orders x
+ * the two output stagings), so the host's cost of a long decode in small tiles shrinks to its first
+ * steps per tile. The few ops whose arguments change every step (the latent frame, the trunk frame
+ * a tile step starts from) run at once, after what is pending, and so split the lists. Graphs hold
+ * the arena's addresses and end with the call. A capture that fails turns graphs off for the
+ * context (its ops then run as recorded, which reports a real error as usual). */
+#define GRAPH_MIN_OPS 16     /* shorter lists (a profiled decode flushes op by op) just run */
+#define GRAPH_MAX_KNOWN 4096 /* lists remembered per call */
+
+static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
+{
+    size_t offset = (l->used + 15) / 16 * 16;
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 256;
+        op_entry *ops = (op_entry *)realloc(l->ops, (size_t)cap * sizeof *ops);
+        if (!ops) return 0;
+        l->ops = ops;
+        l->cap = cap;
+    }
+    if (offset + size > l->cap_args) {
+        size_t cap = l->cap_args ? 2 * l->cap_args : 16384;
+        char *grown;
+        while (cap < offset + size) cap *= 2;
+        if (!(grown = (char *)realloc(l->args, cap))) return 0;
+        l->args = grown;
+        l->cap_args = cap;
+    }
+    memset(l->args + l->used, 0, offset - l->used); /* the padding compares too */
+    memcpy(l->args + offset, args, size);
+    l->ops[l->n].fn = fn;
+    l->ops[l->n].offset = offset;
+    l->ops[l->n].size = size;
+    l->n++;
+    l->used = offset + size;
+    return 1;
+}
+
+static void list_free(op_list *l)
+{
+    free(l->ops);
+    free(l->args);
+    memset(l, 0, sizeof *l);
+}
+
+/* FNV-1a over the functions and the argument bytes. */
+static uint64_t list_hash(const op_list *l)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < l->n; i++) {
+        uintptr_t fn = (uintptr_t)l->ops[i].fn;
+        for (size_t b = 0; b < sizeof fn; b++) h = (h ^ ((fn >> (8 * b)) & 0xff)) * 1099511628211ull;
+    }
+    for (size_t i = 0; i < l->used; i++) h = (h ^ (unsigned char)l->args[i]) * 1099511628211ull;
+    return h;
+}
+
+static int lists_equal(const op_list *a, const op_list *b)
+{
+    if (a->n != b->n || a->used != b->used) return 0;
+    for (int i = 0; i < a->n; i++)
+        if (a->ops[i].fn != b->ops[i].fn || a->ops[i].offset != b->ops[i].offset || a->ops[i].size != b->ops[i].size)
+            return 0;
+    return memcmp(a->args, b->args, a->used) == 0;
+}
+
+static void run_list(cuda_ctx *c, const op_list *l)
+{
+    for (int i = 0; i < l->n && !failed(c); i++) l->ops[i].fn(c, l->args + l->ops[i].offset);
+}
+
+static step_graph *find_known(cuda_ctx *c, uint64_t hash, const op_list *l)
+{
+    for (int i = 0; i < c->n_known; i++)
+        if (c->known[i].hash == hash && lists_equal(&c->known[i].list, l)) return &c->known[i];
+    return NULL;
+}
+
+/* Keeps a copy of list l as seen once; without the memory for it, the list is just not kept. */
+static void remember(cuda_ctx *c, uint64_t hash, const op_list *l)
+{
+    step_graph *sg;
+    if (c->n_known == GRAPH_MAX_KNOWN) return;
+    if (c->n_known == c->cap_known) {
+        int cap = c->cap_known ? 2 * c->cap_known : 64;
+        step_graph *grown = (step_graph *)realloc(c->known, (size_t)cap * sizeof *grown);
+        if (!grown) return;
+        c->known = grown;
+        c->cap_known = cap;
+    }
+    sg = &c->known[c->n_known];
+    memset(sg, 0, sizeof *sg);
+    sg->hash = hash;
+    sg->list.ops = (op_entry *)malloc((size_t)l->n * sizeof *l->ops);
+    sg->list.args = (char *)malloc(l->used ? l->used : 1);
+    if (!sg->list.ops || !sg->list.args) {
+        list_free(&sg->list);
+        return;
+    }
+    memcpy(sg->list.ops, l->ops, (size_t)l->n * sizeof *l->ops);
+    memcpy(sg->list.args, l->args, l->used);
+    sg->list.n = sg->list.cap = l->n;
+    sg->list.used = sg->list.cap_args = l->used;
+    c->n_known++;
+}
+
+/* Captures the list of sg into a graph and launches it. On a failure the capture is abandoned,
+ * graphs are off for the context, and the list runs as recorded. */
+static void capture_and_launch(cuda_ctx *c, step_graph *sg)
+{
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    if (e == cudaSuccess) {
+        run_list(c, &sg->list);
+        e = cudaStreamEndCapture(c->stream, &graph);
+        if (e == cudaSuccess && !failed(c)) e = cudaGraphInstantiate(&sg->exec, graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+    }
+    if (e != cudaSuccess || failed(c)) {
+        fprintf(stderr, "wanvideo_vae cuda: CUDA graphs off for this Decoder: capturing a step failed (%s)\n",
+                failed(c) ? c->err.msg : cudaGetErrorString(e));
+        cudaGetLastError();
+        take_error(c, NULL);
+        if (sg->exec) cudaGraphExecDestroy(sg->exec);
+        sg->exec = NULL;
+        c->graphs_failed = 1;
+        run_list(c, &sg->list);
+        return;
+    }
+    c->graph_captures++;
+    if (cuda_ok(c, cudaGraphLaunch(sg->exec, c->stream), "cudaGraphLaunch")) c->graph_launches++;
+}
+
+/* Runs what is pending: a list seen before as its graph, others as recorded. */
+static void flush_pending(cuda_ctx *c)
+{
+    op_list *l = &c->pending;
+    if (l->n && !failed(c)) {
+        int graphable = l->n >= GRAPH_MIN_OPS && !c->graphs_failed;
+        uint64_t hash = graphable ? list_hash(l) : 0;
+        step_graph *sg = graphable ? find_known(c, hash, l) : NULL;
+        if (sg && sg->exec) {
+            if (cuda_ok(c, cudaGraphLaunch(sg->exec, c->stream), "cudaGraphLaunch")) c->graph_launches++;
+        } else if (sg) {
+            capture_and_launch(c, sg);
+        } else {
+            run_list(c, l);
+            if (graphable) remember(c, hash, l);
+        }
+    }
+    l->n = 0;
+    l->used = 0;
+}
+
+/* An op's GPU work: recorded during a decode with graphs on, run at once otherwise. */
+static void submit(cuda_ctx *c, op_exec fn, const void *args, size_t size)
+{
+    if (failed(c)) return;
+    if (!c->graphs || !c->in_call) {
+        fn(c, args);
+        return;
+    }
+    if (!list_append(&c->pending, fn, args, size)) wv_fail(&c->err, WV_ERR_NOMEM, "out of host memory");
+}
+
+/* The call's graphs and remembered lists (their addresses die with the arena). */
+static void drop_graphs(cuda_ctx *c)
+{
+    if (c->verbose && c->graphs && c->graph_launches)
+        fprintf(stderr, "wanvideo_vae cuda: %lld steps launched as CUDA graphs (%lld captured)\n", c->graph_launches,
+                c->graph_captures);
+    for (int i = 0; i < c->n_known; i++) {
+        if (c->known[i].exec) cudaGraphExecDestroy(c->known[i].exec);
+        list_free(&c->known[i].list);
+    }
+    c->n_known = 0;
+    c->graph_launches = c->graph_captures = 0;
+    c->pending.n = 0;
+    c->pending.used = 0;
+}
+
 /* ---- context ------------------------------------------------------------------------------ */
 
 static void free_shapes(cuda_ctx *c)
@@ -293,6 +511,9 @@ static void cuda_ctx_destroy(void *ctx)
     ds = enter_device(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->copy_stream) cudaStreamSynchronize(c->copy_stream);
+    drop_graphs(c);
+    free(c->known);
+    list_free(&c->pending);
     free_shapes(c);
     for (int i = 0; i < 2; i++) {
         free_staging(&c->stage[i]);
@@ -349,6 +570,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->device = device;
     c->direct_only = env_flag("WANVIDEO_CUDA_DIRECT_CONV");
     c->verbose = env_flag("WANVIDEO_CUDA_VERBOSE");
+    c->graphs = env_flag("WANVIDEO_CUDA_GRAPHS");
     ds = enter_device(device);
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
@@ -409,19 +631,32 @@ static void cuda_release(void *ctx, void *p)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds = enter_device(c->device);
+    flush_pending(c); /* recorded work may still use p */
     for (int i = 0; i < c->n_rings; i++)
         if (c->rings[i].cache == p) c->rings[i--] = c->rings[--c->n_rings];
     cudaFree(p);
     leave_device(ds, c->device);
 }
 
+typedef struct {
+    void *p;
+    size_t bytes;
+} zero_args;
+
+static void exec_zero(cuda_ctx *c, const void *args)
+{
+    const zero_args *a = (const zero_args *)args;
+    cuda_ok(c, cudaMemsetAsync(a->p, 0, a->bytes, c->stream), "cudaMemsetAsync");
+}
+
 static void cuda_zero(void *ctx, void *p, size_t bytes)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds;
+    zero_args a = {p, bytes};
     if (failed(c)) return;
     ds = enter_device(c->device);
-    cuda_ok(c, cudaMemsetAsync(p, 0, bytes, c->stream), "cudaMemsetAsync");
+    submit(c, exec_zero, &a, sizeof a);
     leave_device(ds, c->device);
 }
 
@@ -580,6 +815,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     wv_status st;
     take_error(c, NULL);
     cudaGetLastError();
+    c->in_call = 1;
     c->stats_loaded = 0;
     c->n_rings = 0;
     c->prev_device = -1;
@@ -660,6 +896,7 @@ static wv_status cuda_end_step(void *ctx, wv_error *err)
     cuda_ctx *c = (cuda_ctx *)ctx;
     launched(c, "a decode step");
     cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* the progress callback may have switched it */
+    flush_pending(c);
     if (!failed(c)) {
         queue_step(c, &c->stage[c->cur]);
         c->cur ^= 1;
@@ -672,6 +909,7 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds = enter_device(c->device);
+    flush_pending(c);
     cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     if (!failed(c)) {
         drain(c, &c->stage[c->cur ^ 1]); /* the older step first */
@@ -682,12 +920,17 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     return take_error(c, err);
 }
 
-/* The staging buffers stay with the context (pinned host memory, reused by the next call). */
+/* The staging buffers stay with the context (pinned host memory, reused by the next call). Ops
+ * still recorded (after a failure or an interruption) are dropped. */
 static void cuda_finish(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    c->pending.n = 0;
+    c->pending.used = 0;
+    c->in_call = 0;
     cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
     cudaStreamSynchronize(c->copy_stream);
+    drop_graphs(c);
     for (int i = 0; i < 2; i++) {
         c->stage[i].n_copies = 0;
         c->stage[i].used = 0;
@@ -977,46 +1220,73 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
  * turned to the ring's order, reads all three (or, for one that runs by taps, three 2-d
  * convolutions, each reading its tap's slot and adding to y; for a narrow one, narrow_conv_kernel
  * reading the slots in tap order). */
-static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
-                      int accumulate)
+typedef struct {
+    const wv_conv *cv;
+    wv_grid g;
+    const void *cache, *x;
+    void *y;
+    int n, accumulate;
+    int oldest;     /* the ring's order when the conv was called (a causal one) */
+    int copy_input; /* x goes into the ring's free slot first (its producer wrote it elsewhere) */
+} conv_args;
+
+static void exec_conv(cuda_ctx *c, const void *args)
 {
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    int H = g.h + 2 * g.pad, W = g.w + 2 * g.pad;
+    const conv_args *a = (const conv_args *)args;
+    const wv_conv *cv = a->cv;
+    int H = a->g.h + 2 * a->g.pad, W = a->g.w + 2 * a->g.pad, oldest = a->oldest;
     size_t es = wv_dtype_size(c->dt), frame_in = (size_t)H * W * cv->cin * es;
+    const char *cache = (const char *)a->cache;
     conv_shape *s;
-    ring *rg;
-    char *slot;
-    if (failed(c)) return;
     if (cv->kt == 1) {
-        if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, n)))
-            run_conv(c, s, x, cv->weight, cv->bias, y, accumulate);
+        if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, a->n)))
+            run_conv(c, s, a->x, cv->weight, cv->bias, a->y, a->accumulate);
         return;
     }
-    if (n != 1 || !cache || cv->kt != 3) {
-        wv_fail(&c->err, WV_ERR_BACKEND,
-                "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
-                cv->kt);
-        return;
-    }
-    if (!(rg = ring_of(c, cache))) return;
-    slot = (char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
-    if (x != slot && /* a producer that asked conv_input wrote it in place already */
-        !cuda_ok(c, cudaMemcpyAsync(slot, x, frame_in, cudaMemcpyDeviceToDevice, c->stream), "causal cache"))
+    if (a->copy_input && !cuda_ok(c,
+                                  cudaMemcpyAsync((char *)a->cache + (size_t)((oldest + 2) % 3) * frame_in, a->x,
+                                                  frame_in, cudaMemcpyDeviceToDevice, c->stream),
+                                  "causal cache"))
         return;
     if (runs_by_taps(cv)) {
         if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
         for (int dt = 0; dt < cv->kt; dt++) /* tap dt (0: frame t-2) is in slot oldest + dt */
-            if (!run_conv(c, s, (const char *)cache + (size_t)((rg->oldest + dt) % 3) * frame_in,
-                          (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, y,
-                          dt ? 1 : accumulate))
+            if (!run_conv(c, s, cache + (size_t)((oldest + dt) % 3) * frame_in,
+                          (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, a->y,
+                          dt ? 1 : a->accumulate))
                 return;
     } else if (runs_narrow(c, cv)) {
-        run_narrow_conv(c, cv, g, (const char *)cache, frame_in, rg->oldest, y, accumulate);
+        run_narrow_conv(c, cv, a->g, cache, frame_in, oldest, a->y, a->accumulate);
     } else {
-        const void *weight = weights_for_ring(c, cv, rg->oldest);
+        const void *weight = weights_for_ring(c, cv, oldest);
         if (weight && (s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
-            run_conv(c, s, cache, weight, cv->bias, y, accumulate);
+            run_conv(c, s, cache, weight, cv->bias, a->y, a->accumulate);
     }
+}
+
+static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
+                      int accumulate)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    conv_args a;
+    ring *rg;
+    if (failed(c)) return;
+    memset(&a, 0, sizeof a);
+    a.cv = cv, a.g = g, a.cache = cache, a.x = x, a.y = y, a.n = n, a.accumulate = accumulate;
+    if (cv->kt > 1) {
+        size_t frame_in = (size_t)wv_grid_positions(g) * cv->cin * wv_dtype_size(c->dt);
+        if (n != 1 || !cache || cv->kt != 3) {
+            wv_fail(&c->err, WV_ERR_BACKEND,
+                    "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
+                    cv->kt);
+            return;
+        }
+        if (!(rg = ring_of(c, cache))) return;
+        a.oldest = rg->oldest;
+        /* a producer that asked conv_input wrote x in place already */
+        a.copy_input = x != (const char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
+    }
+    submit(c, exec_conv, &a, sizeof a);
 }
 
 /* The ring's free slot: a producer writing the conv's input there saves the conv its copy. */
@@ -1028,6 +1298,18 @@ static void *cuda_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t 
     return (char *)cache + (size_t)((rg->oldest + 2) % 3) * (size_t)fe * wv_dtype_size(c->dt);
 }
 
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t bytes;
+} copy_args;
+
+static void exec_copy(cuda_ctx *c, const void *args)
+{
+    const copy_args *a = (const copy_args *)args;
+    cuda_ok(c, cudaMemcpyAsync(a->dst, a->src, a->bytes, cudaMemcpyDeviceToDevice, c->stream), "cache roll");
+}
+
 /* The cache's last two frames <- last two of (cache ++ x[n]). After a conv of one frame, x is
  * already in the ring's free slot: the ring advances and nothing moves. */
 static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_t fe)
@@ -1036,6 +1318,7 @@ static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_
     size_t bytes = (size_t)fe * wv_dtype_size(c->dt);
     char *cc = (char *)cache;
     const char *xx = (const char *)x;
+    copy_args a;
     ring *rg;
     if (failed(c) || n < 1 || !(rg = ring_of(c, cache))) return;
     if (n == 1) {
@@ -1043,10 +1326,8 @@ static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_
         return;
     }
     rg->oldest = 0; /* several frames (not a driver path): the last two go to slots 0 and 1 */
-    cuda_ok(c, cudaMemcpyAsync(cc, xx + (size_t)(n - 2) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
-            "cache roll");
-    cuda_ok(c, cudaMemcpyAsync(cc + bytes, xx + (size_t)(n - 1) * bytes, bytes, cudaMemcpyDeviceToDevice, c->stream),
-            "cache roll");
+    a.dst = cc, a.src = xx + (size_t)(n - 2) * bytes, a.bytes = 2 * bytes;
+    submit(c, exec_copy, &a, sizeof a);
 }
 
 /* ---- elementwise ops ---------------------------------------------------------------------- */
@@ -1057,6 +1338,7 @@ static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *
     cuda_ctx *c = (cuda_ctx *)ctx;
     int z = (int)lat->shape[0];
     float *stats = (float *)((char *)c->scalars + 256);
+    flush_pending(c); /* its frame changes every step: it runs at once, between recorded lists */
     if (failed(c)) return;
     if (!c->stats_loaded) { /* once a call: from pageable memory, the copies may wait for the stream */
         if (!cuda_ok(c, cudaMemcpyAsync(stats, mean, (size_t)z * sizeof(float), cudaMemcpyHostToDevice, c->stream),
@@ -1077,27 +1359,58 @@ static int vectors_fit(const cuda_ctx *c, int elems, const void *a, const void *
     return (elems * wv_dtype_size(c->dt)) % 16 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)d) % 16 == 0;
 }
 
+typedef struct {
+    const void *x, *gamma;
+    void *y;
+    wv_grid gx, gy;
+    int C, n, silu;
+} rms_norm_args;
+
+static void exec_rms_norm(cuda_ctx *c, const void *args)
+{
+    const rms_norm_args *a = (const rms_norm_args *)args;
+    int vectors = a->C * (int)wv_dtype_size(c->dt) / 16, lanes_log2 = 0;
+    int64_t positions = (int64_t)a->n * wv_grid_positions(a->gy);
+    if (!vectors_fit(c, a->C, a->x, a->y, a->gamma) || vectors > 32 * RMS_MAX_VECTORS) {
+        LAUNCH(c, rms_norm_kernel, positions * 32, a->x, a->gx, a->y, a->gy, a->C, a->n, a->gamma, a->silu);
+        return;
+    }
+    while ((1 << lanes_log2) < vectors && lanes_log2 < 5) lanes_log2++;
+    LAUNCH(c, rms_norm_vec_kernel, (positions << lanes_log2), a->x, a->gx, a->y, a->gy, a->C, a->n, a->gamma, a->silu,
+           lanes_log2);
+}
+
 static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
                           int silu)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    int vectors = C * (int)wv_dtype_size(c->dt) / 16, lanes_log2 = 0;
-    int64_t positions = (int64_t)n * wv_grid_positions(gy);
-    if (failed(c)) return;
-    if (!vectors_fit(c, C, x, y, gamma) || vectors > 32 * RMS_MAX_VECTORS) {
-        LAUNCH(c, rms_norm_kernel, positions * 32, x, gx, y, gy, C, n, gamma, silu);
-        return;
-    }
-    while ((1 << lanes_log2) < vectors && lanes_log2 < 5) lanes_log2++;
-    LAUNCH(c, rms_norm_vec_kernel, (positions << lanes_log2), x, gx, y, gy, C, n, gamma, silu, lanes_log2);
+    rms_norm_args a;
+    memset(&a, 0, sizeof a);
+    a.x = x, a.gamma = gamma, a.y = y, a.gx = gx, a.gy = gy, a.C = C, a.n = n, a.silu = silu;
+    submit(c, exec_rms_norm, &a, sizeof a);
+}
+
+typedef struct {
+    void *x;
+    wv_grid g;
+    int C, n;
+} zero_ring_args;
+
+static void exec_zero_ring(cuda_ctx *c, const void *args)
+{
+    const zero_ring_args *a = (const zero_ring_args *)args;
+    int64_t ring = wv_grid_positions(a->g) - (int64_t)a->g.h * a->g.w;
+    LAUNCH(c, zero_ring_kernel, (int64_t)a->n * ring * a->C, a->x, a->g, a->C, a->n);
 }
 
 static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    int64_t ring = wv_grid_positions(g) - (int64_t)g.h * g.w;
-    if (failed(c) || !g.pad) return;
-    LAUNCH(c, zero_ring_kernel, (int64_t)n * ring * C, x, g, C, n);
+    zero_ring_args a;
+    if (!g.pad) return;
+    memset(&a, 0, sizeof a);
+    a.x = x, a.g = g, a.C = C, a.n = n;
+    submit(c, exec_zero_ring, &a, sizeof a);
 }
 
 /* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame. */
@@ -1108,6 +1421,7 @@ static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int
     size_t es = wv_dtype_size(c->dt) * (size_t)C;
     size_t pitch_s = (size_t)(gs.w + 2 * gs.pad) * es, pitch_d = (size_t)(gd.w + 2 * gd.pad) * es;
     size_t frame_s = (size_t)wv_grid_positions(gs) * es, frame_d = (size_t)wv_grid_positions(gd) * es;
+    flush_pending(c); /* a tile step's first op, from its trunk frame: it runs at once (see step graphs) */
     if (failed(c)) return;
     for (int f = 0; f < n; f++) {
         const char *s = (const char *)src + f * frame_s + ((size_t)(oy + gs.pad) * (gs.w + 2 * gs.pad) + ox + gs.pad) * es;
@@ -1119,18 +1433,35 @@ static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int
     }
 }
 
+typedef struct {
+    const void *src;
+    void *dst;
+    wv_grid gs, gd;
+    int sy0, sx0, cstride, coff, dy0, dx0, fh, fw, C;
+} upsample_args;
+
+static void exec_upsample2x(cuda_ctx *c, const void *args)
+{
+    const upsample_args *a = (const upsample_args *)args;
+    int per_vector = 16 / (int)wv_dtype_size(c->dt);
+    if (vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per_vector == 0 && a->coff % per_vector == 0)
+        LAUNCH(c, upsample2x_vec_kernel, wv_grid_positions(a->gd) * (a->C / per_vector), a->src, a->gs, a->sy0,
+               a->sx0, a->cstride / per_vector, a->coff / per_vector, a->dst, a->gd, a->dy0, a->dx0, a->fh, a->fw,
+               a->C / per_vector);
+    else
+        LAUNCH(c, upsample2x_kernel, wv_grid_positions(a->gd) * a->C, a->src, a->gs, a->sy0, a->sx0, a->cstride,
+               a->coff, a->dst, a->gd, a->dy0, a->dx0, a->fh, a->fw, a->C);
+}
+
 static void cuda_upsample2x(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, int cstride, int coff, void *dst,
                             wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    int per_vector = 16 / (int)wv_dtype_size(c->dt);
-    if (failed(c)) return;
-    if (vectors_fit(c, C, src, dst, NULL) && cstride % per_vector == 0 && coff % per_vector == 0)
-        LAUNCH(c, upsample2x_vec_kernel, wv_grid_positions(gd) * (C / per_vector), src, gs, sy0, sx0,
-               cstride / per_vector, coff / per_vector, dst, gd, dy0, dx0, fh, fw, C / per_vector);
-    else
-        LAUNCH(c, upsample2x_kernel, wv_grid_positions(gd) * C, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0,
-               fh, fw, C);
+    upsample_args a;
+    memset(&a, 0, sizeof a);
+    a.src = src, a.dst = dst, a.gs = gs, a.gd = gd, a.sy0 = sy0, a.sx0 = sx0, a.cstride = cstride, a.coff = coff;
+    a.dy0 = dy0, a.dx0 = dx0, a.fh = fh, a.fw = fw, a.C = C;
+    submit(c, exec_upsample2x, &a, sizeof a);
 }
 
 /* Per chunk of `rows` queries (row-major buffers seen column-major by cuBLAS):
@@ -1138,15 +1469,23 @@ static void cuda_upsample2x(void *ctx, const void *src, wv_grid gs, int sy0, int
  *   P[r][N] = softmax(S)                   (act type)
  *   O[r][C] = P V                                    -> O^T = V^T P^T as a (C x r) column-major GEMM
  * scores: S (rows x N floats), then at the next arena alignment P (rows x N activations). */
-static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
+typedef struct {
+    const void *qkv;
+    void *out, *scores;
+    int N, C, rows;
+} attention_args;
+
+static void exec_attention(cuda_ctx *c, const void *args)
 {
-    cuda_ctx *c = (cuda_ctx *)ctx;
+    const attention_args *a = (const attention_args *)args;
+    const void *qkv = a->qkv;
+    void *out = a->out, *scores = a->scores;
+    int N = a->N, C = a->C, rows = a->rows;
     size_t es = wv_dtype_size(c->dt);
     float *S = (float *)scores, zero = 0.0f, one = 1.0f, scale = 1.0f / sqrtf((float)C);
     void *P = (char *)scores + wv_align_up((size_t)rows * N * sizeof(float));
     cudaDataType_t t = cuda_type(c->dt);
     const char *q = (const char *)qkv, *k = q + (size_t)C * es, *v = q + (size_t)2 * C * es;
-    if (failed(c)) return;
     for (int q0 = 0; q0 < N; q0 += rows) {
         int r = N - q0 < rows ? N - q0 : rows;
         const char *qr = q + (size_t)q0 * 3 * C * es;
@@ -1165,6 +1504,30 @@ static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, 
     }
 }
 
+static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    attention_args a;
+    memset(&a, 0, sizeof a);
+    a.qkv = qkv, a.out = out, a.scores = scores, a.N = N, a.C = C, a.rows = rows;
+    submit(c, exec_attention, &a, sizeof a);
+}
+
+typedef struct {
+    const void *src;
+    float *dst; /* in the staging's device side */
+    wv_grid gs;
+    int sy, sx, h, w;
+    wv_output_mode mode;
+} write_output_args;
+
+static void exec_write_output(cuda_ctx *c, const void *args)
+{
+    const write_output_args *a = (const write_output_args *)args;
+    LAUNCH(c, write_output_kernel, (int64_t)a->h * a->w * 3, a->src, a->gs, a->sy, a->sx, a->h, a->w, a->dst,
+           (int)a->mode);
+}
+
 /* The tile's core -> the current step's staging memory; the host copies it into `out` once the
  * step has finished (end_step / sync). */
 static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w, float *out,
@@ -1173,6 +1536,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
     cuda_ctx *c = (cuda_ctx *)ctx;
     staging *s = &c->stage[c->cur];
     size_t bytes = (size_t)h * w * 3 * sizeof(float);
+    write_output_args a;
     pending_copy *p;
     if (failed(c)) return;
     if (s->used + bytes > c->step_out_bytes) {
@@ -1190,8 +1554,10 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
         s->copies = grown;
         s->cap_copies = cap;
     }
-    LAUNCH(c, write_output_kernel, (int64_t)h * w * 3, src, gs, sy, sx, h, w, s->dev + s->used / sizeof(float),
-           (int)mode);
+    memset(&a, 0, sizeof a);
+    a.src = src, a.dst = s->dev + s->used / sizeof(float), a.gs = gs, a.sy = sy, a.sx = sx, a.h = h, a.w = w;
+    a.mode = mode;
+    submit(c, exec_write_output, &a, sizeof a);
     p = &s->copies[s->n_copies++];
     p->dst = out + ((size_t)oy * out_w + ox) * 3;
     p->offset = s->used / sizeof(float);

@@ -374,6 +374,30 @@ def test_direct_convolution_fallback_matches_the_cpu(monkeypatch, precision):
 
 
 @gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_step_graphs_decode_as_the_ops_one_by_one(monkeypatch, capfd, precision):
+    """WANVIDEO_CUDA_GRAPHS=1: steps replayed from CUDA graphs give what the ops run one by one give.
+    A tile's steps repeat every six from its second, so with 16 latent frames steps 7-12 of each tile
+    are captured and 13-15 replayed; untiled and in tiles."""
+    weights = random_weights(8, 4, seed=16)
+    mean, std = random_stats(4, seed=16)
+    lat = random_latents(4, 16, 6, 7, seed=16)
+    runs = [dict(enable_vae_tiling=False), dict(tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)]
+    plain = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
+    want = [plain.decode(lat, **kw) for kw in runs]
+    monkeypatch.setenv("WANVIDEO_CUDA_GRAPHS", "1")
+    monkeypatch.setenv("WANVIDEO_CUDA_VERBOSE", "1")
+    dec = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
+    capfd.readouterr()
+    for kw, expected in zip(runs, want):
+        got = dec.decode(lat, **kw)
+        report(f"step graphs vs ops one by one {precision}", max=np.abs(got - expected).max())
+        np.testing.assert_allclose(got, expected, atol=REPEAT_TOL if precision == "fp32" else HALF_TOL)
+    err = capfd.readouterr().err
+    assert "launched as CUDA graphs" in err and "graphs off" not in err, err[-2000:]
+
+
+@gpu
 def test_comfy_nodes_decode_on_the_gpu():
     """The WanVideoDecode drop-in and the patched WANVAE with the VAE and the latents on the GPU (as
     ComfyUI and InfiniteTalk hold them): the CUDA backend in the VAE's dtype, results as on the CPU."""

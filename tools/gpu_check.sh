@@ -9,13 +9,14 @@
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
-#                              profile bench lab (default: all; the build always runs), e.g.
+#                              profile bench graphs lab (default: all; the build always runs), e.g.
 #                              "run ops tests" to recheck a fix without the benchmarks.
 #
-# With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 600.
-# Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4), plus about
-# 40 s for the machine's start; the steps' own limits (100 + 60 + 130 + 80 + 160 + 45 s) stop a hung
-# step and still leave its log and a summary within the device's 600 s.
+# With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
+# Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
+# graphs step (4 decodes of 720p x 81, each twice: about 60 s more), plus about 40 s for the
+# machine's start. Each step has its own time limit, so a hung step still leaves its log and the
+# summary; a whole run takes about 3 minutes, so timeout_s 400 leaves room for one rerun.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -32,9 +33,9 @@ if [ "$MODE" = fetch ]; then
 fi
 
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=${*:-ops tests profile bench lab}
+STEPS=${*:-ops tests profile bench graphs lab}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped LAB=skipped
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped
 
 OUT=${OUT:-/tmp/wv_gpu}
 export WANVIDEO_REQUIRE_CUDA_BUILD=1 PYTHONUNBUFFERED=1
@@ -85,11 +86,12 @@ if want tests; then
 fi
 
 # 3. where the time goes: profiled 720p decodes of 5 latent frames (17 output frames), after an untimed
-#    one, untiled and within 2 GiB (tiles), with the algorithm cuDNN runs for each convolution shape
+#    one, untiled and within 2 GiB with the weights (1908 MiB for the arena: tiles), with the algorithm
+#    cuDNN runs for each convolution shape
 if want profile; then
     : > "$OUT/profile.txt"
     PROFILE=0
-    for budget in "--tile 0" "--max-memory 1600M"; do
+    for budget in "--tile 0" "--tile 0 --max-memory 1908M"; do
         echo "== profile $budget" >> "$OUT/profile.txt"
         WANVIDEO_CUDA_VERBOSE=1 timeout 40 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
             --random-shape 5 90 160 $budget --warmup --profile --quiet --out /tmp/wv_profile.npy \
@@ -117,7 +119,27 @@ EOF
     summary "bench exit $BENCH"
 fi
 
-# 5. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
+# 5. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
+#    with the weights (140 MiB of them: 1908 MiB for the arena) and in exact 272 px tiles, each after
+#    an untimed run
+if want graphs; then
+    GLOG=/tmp/wv_graphs.txt # appended to profile.txt: the device tool brings back 8 files
+    : > "$GLOG"
+    GRAPHS=0
+    for budget in "--tile 0 --max-memory 1908M" "--tile 272"; do
+        for g in 0 1; do
+            echo "== WANVIDEO_CUDA_GRAPHS=$g $budget" >> "$GLOG"
+            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_VERBOSE=1 timeout 45 python3 -m wanvideo_vae decode --device cuda \
+                --precision bf16 --random-shape 21 90 160 $budget --warmup --quiet --out /tmp/wv_graphs.npy \
+                >> "$GLOG" 2>&1 || GRAPHS=$?
+        done
+    done
+    grep -v "^wanvideo_vae cuda: conv" "$GLOG" >> "$OUT/profile.txt"
+    grep -E "^== |^tiles|^time|CUDA graphs" "$GLOG"
+    summary "graphs exit $GRAPHS"
+fi
+
+# 6. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
 if want lab; then
     echo "== conv lab" >> "$OUT/native.log"
     timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -64
@@ -125,7 +147,7 @@ if want lab; then
     summary "conv lab exit $LAB"
 fi
 
-# 6. the figures the tests measured, a line each
+# 7. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
@@ -137,5 +159,5 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, lab $LAB"
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB"
 for st in "$OPS" "$TESTS" "$BENCH"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done
