@@ -1,5 +1,6 @@
 """Native checks that need external tools: the C core under AddressSanitizer, LeakSanitizer and
-UndefinedBehaviorSanitizer; a Windows (MinGW-w64) cross-compile of the core; a small decode from
+UndefinedBehaviorSanitizer; the CUDA kernels that can run on the host, against the CPU ops; a
+Windows (MinGW-w64) cross-compile of the core; a small decode from
 Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import os
@@ -30,6 +31,17 @@ def run(cmd, **kw):
 def test_c_core_under_sanitizers(tmp_path):
     need("gcc")
     r = run(["bash", "tests/c/run.sh", str(tmp_path)])
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_cuda_kernels_run_on_the_cpu_against_the_cpu_ops(tmp_path):
+    """tests/c/test_kernels_on_cpu.cpp: the CUDA kernels whose threads never cooperate (the head's
+    narrow conv, the turning of a causal conv's taps), compiled for the host and run as one thread
+    against the CPU backend, under the sanitizers; no CUDA toolkit needed."""
+    need("g++")
+    r = run(["bash", "tests/c/kernels_on_cpu.sh", str(tmp_path)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M)
 

@@ -1,0 +1,2 @@
+/* Stand-in for the toolkit header: see cuda_on_cpu.h. */
+#include "cuda_on_cpu.h"

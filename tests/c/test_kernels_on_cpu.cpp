@@ -1,0 +1,175 @@
+/* The CUDA kernels whose threads never cooperate, compiled for the host (cuda_on_cpu/) and run as
+ * one thread against the CPU backend's ops: their index arithmetic checked on any machine, GPU or
+ * not, in CI. What the GPU itself adds (vector loads' alignment, the launch) is checked by
+ * test_backend_ops.cu where there is one. Exit status 0 when every check passes. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wv_internal.h"
+#include "wv_kernels.cuh"
+
+float ws[1 << 16]; /* narrow_conv_kernel's `extern __shared__` weights */
+
+static int g_checks, g_failures;
+static uint32_t g_rng = 777u;
+
+static float frand(void) /* uniform in [-1, 1) */
+{
+    g_rng = g_rng * 1664525u + 1013904223u;
+    return (float)(g_rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+/* n frames of grid g, C channels: random interior, zero ring. */
+static float *rand_frames(wv_grid g, int C, int n)
+{
+    int64_t P = wv_grid_positions(g), wp = g.w + 2 * g.pad;
+    float *x = (float *)calloc((size_t)(n * P * C), sizeof(float));
+    for (int f = 0; f < n; f++)
+        for (int64_t p = 0; p < P; p++) {
+            int y = (int)(p / wp) - g.pad, xx = (int)(p % wp) - g.pad;
+            if (y >= 0 && y < g.h && xx >= 0 && xx < g.w)
+                for (int c = 0; c < C; c++) x[(f * P + p) * C + c] = frand();
+        }
+    return x;
+}
+
+template <typename T> static T to_t(float v);
+template <> float to_t<float>(float v) { return v; }
+template <> __nv_bfloat16 to_t<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <typename T> static float from_t(T v);
+template <> float from_t<float>(float v) { return v; }
+template <> float from_t<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+/* Rounds values to what T holds, so both sides start from the same numbers. */
+template <typename T> static void round_to(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = from_t<T>(to_t<T>(x[i]));
+}
+
+template <typename T> static T *as_t(const float *x, size_t n)
+{
+    T *t = (T *)malloc(n * sizeof(T));
+    for (size_t i = 0; i < n; i++) t[i] = to_t<T>(x[i]);
+    return t;
+}
+
+/* Largest difference over the interior of one frame, relative to the largest |ref| there. */
+static void check(const char *name, wv_grid g, int C, const float *ref, const float *got, double tol)
+{
+    double diff = 0.0, scale = 1e-6;
+    int64_t wp = g.w + 2 * g.pad;
+    for (int y = 0; y < g.h; y++)
+        for (int x = 0; x < g.w; x++)
+            for (int c = 0; c < C; c++) {
+                int64_t i = ((int64_t)(y + g.pad) * wp + x + g.pad) * C + c;
+                scale = fmax(scale, fabs(ref[i]));
+                diff = fmax(diff, fabs((double)ref[i] - got[i]));
+            }
+    g_checks++;
+    if (!(diff / scale <= tol)) g_failures++;
+    printf("%-4s %-52s max|diff| %.3g (of max|ref| %.3g)\n", diff / scale <= tol ? "ok" : "FAIL", name, diff, scale);
+}
+
+/* The CPU backend's causal conv: y (+)= bias + conv(cache[2] ++ x), the reference. */
+static void cpu_causal_conv(const float *w_oidhw, const float *bias, int cin, int cout, int k, wv_grid g,
+                            const float *cache, const float *x, float *y, int accumulate)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0};
+    float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
+    be->pack_conv_weight(w_oidhw, &cv, packed);
+    cv.weight = packed;
+    be->conv(NULL, &cv, g, cache, x, y, 1, accumulate);
+    free(packed);
+}
+
+/* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin], the layout the CUDA backend packs a 3-d conv in. */
+static float *ktrsc(const float *w, int cin, int cout, int taps)
+{
+    float *d = (float *)malloc(sizeof(float) * (size_t)cout * cin * taps);
+    for (int o = 0; o < cout; o++)
+        for (int i = 0; i < cin; i++)
+            for (int t = 0; t < taps; t++) d[((int64_t)o * taps + t) * cin + i] = w[((int64_t)o * cin + i) * taps + t];
+    return d;
+}
+
+/* narrow_conv_kernel (the head's conv) against the CPU conv, in float32 and bf16. */
+template <typename T> static void test_narrow(int cin, int cout, int pad, int accumulate, const char *type)
+{
+    wv_grid g = {5, 7, pad};
+    int64_t P = wv_grid_positions(g), nw = (int64_t)cout * cin * 27;
+    float *w = (float *)malloc(sizeof(float) * nw), *bias = (float *)malloc(sizeof(float) * cout);
+    float *frames = rand_frames(g, cin, 3), *y0 = rand_frames(g, cout, 1);
+    float *ref = (float *)malloc(sizeof(float) * P * cout), *got = (float *)malloc(sizeof(float) * P * cout);
+    char name[96];
+    for (int64_t i = 0; i < nw; i++) w[i] = frand() * 0.2f;
+    for (int o = 0; o < cout; o++) bias[o] = frand();
+    round_to<T>(w, nw), round_to<T>(bias, cout), round_to<T>(frames, 3 * P * cin), round_to<T>(y0, P * cout);
+    memcpy(ref, y0, sizeof(float) * P * cout);
+    cpu_causal_conv(w, bias, cin, cout, 3, g, frames, frames + 2 * P * cin, ref, accumulate);
+    {
+        float *packed = ktrsc(w, cin, cout, 27);
+        T *tw = as_t<T>(packed, nw), *tb = as_t<T>(bias, cout), *tf = as_t<T>(frames, 3 * P * cin);
+        T *ty = as_t<T>(y0, P * cout);
+        narrow_conv_kernel<T>(tf, tf + P * cin, tf + 2 * P * cin, tw, tb, ty, g, cin, cout, accumulate);
+        for (int64_t i = 0; i < P * cout; i++) got[i] = from_t<T>(ty[i]);
+        free(packed), free(tw), free(tb), free(tf), free(ty);
+    }
+    snprintf(name, sizeof name, "narrow_conv %d->%d pad %d%s %s", cin, cout, pad, accumulate ? " +=" : "", type);
+    check(name, g, cout, ref, got, type[0] == 'f' ? 1e-5 : 2e-2);
+    free(w), free(bias), free(frames), free(y0), free(ref), free(got);
+}
+
+/* rotate_taps_kernel: weights turned by r, read against a ring whose oldest frame is in slot r
+ * (frame t-2 in slot r, t-1 in r+1, t in r+2, mod 3) slot by slot, give the time-ordered conv. The
+ * 3-d convolution over the slots is a naive loop here (cuDNN's on the GPU). */
+static void test_rotation(int cin, int cout, int k, int r)
+{
+    wv_grid g = {4, 6, k / 2};
+    int64_t P = wv_grid_positions(g), wp = g.w + 2 * g.pad, space = (int64_t)k * k, block = space * cin;
+    int64_t nw = (int64_t)cout * cin * 3 * space;
+    float *w = (float *)malloc(sizeof(float) * nw), *bias = (float *)malloc(sizeof(float) * cout);
+    float *frames = rand_frames(g, cin, 3), *ring = (float *)malloc(sizeof(float) * 3 * P * cin);
+    float *ref = (float *)calloc((size_t)(P * cout), sizeof(float)), *got = (float *)calloc((size_t)(P * cout), 4);
+    float *packed, *turned = (float *)malloc(sizeof(float) * nw);
+    char name[96];
+    for (int64_t i = 0; i < nw; i++) w[i] = frand() * 0.2f;
+    for (int o = 0; o < cout; o++) bias[o] = frand();
+    cpu_causal_conv(w, bias, cin, cout, k, g, frames, frames + 2 * P * cin, ref, 0);
+    for (int dt = 0; dt < 3; dt++) memcpy(ring + ((r + dt) % 3) * P * cin, frames + dt * P * cin, sizeof(float) * P * cin);
+    packed = ktrsc(w, cin, cout, 3 * (int)space);
+    rotate_taps_kernel<float>(packed, turned, cout, 3, block, r);
+    for (int y = 0; y < g.h; y++)
+        for (int x = 0; x < g.w; x++)
+            for (int o = 0; o < cout; o++) {
+                float acc = bias[o];
+                for (int slot = 0; slot < 3; slot++)
+                    for (int64_t t = 0; t < space; t++) {
+                        int64_t p = (int64_t)(y + g.pad + t / k - k / 2) * wp + x + g.pad + t % k - k / 2;
+                        for (int c = 0; c < cin; c++)
+                            acc += turned[((int64_t)o * 3 + slot) * block + t * cin + c] * ring[(slot * P + p) * cin + c];
+                    }
+                got[((int64_t)(y + g.pad) * wp + x + g.pad) * cout + o] = acc;
+            }
+    snprintf(name, sizeof name, "rotate_taps %d->%d 3x%dx%d, oldest frame in slot %d", cin, cout, k, k, r);
+    check(name, g, cout, ref, got, 1e-5);
+    free(w), free(bias), free(frames), free(ring), free(ref), free(got), free(packed), free(turned);
+}
+
+int main(void)
+{
+    for (int r = 0; r < 3; r++) {
+        test_rotation(16, 24, 3, r);
+        test_rotation(24, 48, 1, r); /* a time conv */
+    }
+    test_narrow<float>(96, 3, 1, 0, "fp32");
+    test_narrow<float>(32, 3, 1, 1, "fp32");
+    test_narrow<float>(16, 4, 2, 1, "fp32");
+    test_narrow<float>(8, 1, 1, 0, "fp32");
+    test_narrow<__nv_bfloat16>(96, 3, 1, 0, "bf16");
+    test_narrow<__nv_bfloat16>(16, 4, 2, 1, "bf16");
+    printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
+    return g_failures ? 1 : 0;
+}
