@@ -113,6 +113,7 @@ typedef struct {
     uint64_t hash;
     op_list list;
     cudaGraphExec_t exec;
+    long long last_used; /* the flush that last met it: the least recently used goes first */
 } step_graph;
 
 struct cuda_ctx {
@@ -129,6 +130,7 @@ struct cuda_ctx {
     int narrow_shown; /* ... and that narrow_conv_kernel runs the head */
     int graphs;       /* WANVIDEO_CUDA_GRAPHS=1: ops deferred, repeated steps launched as CUDA graphs */
     int graphs_failed; /* a capture failed (the reason went to stderr): steps run as recorded from then on */
+    int capturing;     /* a step graph is being captured */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
     /* per call */
@@ -147,8 +149,8 @@ struct cuda_ctx {
     int in_call;      /* between begin and finish: ops may be deferred */
     op_list pending;  /* ops recorded since the last flush */
     step_graph *known;
-    int n_known, cap_known;
-    long long graph_launches, graph_captures;
+    int n_known, cap_known, n_execs;
+    long long flushes, graph_launches, graph_captures;
     wv_error err; /* the first failure since begin */
 };
 
@@ -302,8 +304,9 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * a tile step starts from) run at once, after what is pending, and so split the lists. Graphs hold
  * the arena's addresses and end with the call. A capture that fails turns graphs off for the
  * context (its ops then run as recorded, which reports a real error as usual). */
-#define GRAPH_MIN_OPS 16     /* shorter lists (a profiled decode flushes op by op) just run */
-#define GRAPH_MAX_KNOWN 4096 /* lists remembered per call */
+#define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
+#define GRAPH_MAX_KNOWN 64 /* lists remembered, and graphs kept, the least recently used dropped */
+#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 6 lists, then the next tile's begin) */
 
 static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
 {
@@ -369,36 +372,64 @@ static void run_list(cuda_ctx *c, const op_list *l)
 static step_graph *find_known(cuda_ctx *c, uint64_t hash, const op_list *l)
 {
     for (int i = 0; i < c->n_known; i++)
-        if (c->known[i].hash == hash && lists_equal(&c->known[i].list, l)) return &c->known[i];
+        if (c->known[i].hash == hash && lists_equal(&c->known[i].list, l)) {
+            c->known[i].last_used = c->flushes;
+            return &c->known[i];
+        }
     return NULL;
 }
 
-/* Keeps a copy of list l as seen once; without the memory for it, the list is just not kept. */
+static void drop_exec(cuda_ctx *c, step_graph *sg)
+{
+    if (!sg->exec) return;
+    cudaGraphExecDestroy(sg->exec);
+    sg->exec = NULL;
+    c->n_execs--;
+}
+
+/* The least recently used of the known lists, with a graph (graphed) or any. */
+static step_graph *least_recent(cuda_ctx *c, int graphed)
+{
+    step_graph *lru = NULL;
+    for (int i = 0; i < c->n_known; i++)
+        if ((!graphed || c->known[i].exec) && (!lru || c->known[i].last_used < lru->last_used)) lru = &c->known[i];
+    return lru;
+}
+
+/* Keeps a copy of list l as seen once, in place of the least recently used one when GRAPH_MAX_KNOWN
+ * are kept; without the memory for it, the list is just not kept. */
 static void remember(cuda_ctx *c, uint64_t hash, const op_list *l)
 {
     step_graph *sg;
-    if (c->n_known == GRAPH_MAX_KNOWN) return;
-    if (c->n_known == c->cap_known) {
-        int cap = c->cap_known ? 2 * c->cap_known : 64;
-        step_graph *grown = (step_graph *)realloc(c->known, (size_t)cap * sizeof *grown);
-        if (!grown) return;
-        c->known = grown;
-        c->cap_known = cap;
+    if (c->n_known == GRAPH_MAX_KNOWN) {
+        sg = least_recent(c, 0);
+        drop_exec(c, sg);
+        list_free(&sg->list);
+    } else {
+        if (c->n_known == c->cap_known) {
+            int cap = c->cap_known ? 2 * c->cap_known : GRAPH_MAX_KNOWN;
+            step_graph *grown = (step_graph *)realloc(c->known, (size_t)cap * sizeof *grown);
+            if (!grown) return;
+            c->known = grown;
+            c->cap_known = cap;
+        }
+        sg = &c->known[c->n_known++];
     }
-    sg = &c->known[c->n_known];
     memset(sg, 0, sizeof *sg);
+    sg->last_used = c->flushes;
     sg->hash = hash;
     sg->list.ops = (op_entry *)malloc((size_t)l->n * sizeof *l->ops);
     sg->list.args = (char *)malloc(l->used ? l->used : 1);
     if (!sg->list.ops || !sg->list.args) {
-        list_free(&sg->list);
+        list_free(&sg->list); /* an empty list: it matches nothing, and goes first */
+        sg->hash = 0;
+        sg->last_used = -1;
         return;
     }
     memcpy(sg->list.ops, l->ops, (size_t)l->n * sizeof *l->ops);
     memcpy(sg->list.args, l->args, l->used);
     sg->list.n = sg->list.cap = l->n;
     sg->list.used = sg->list.cap_args = l->used;
-    c->n_known++;
 }
 
 /* Captures the list of sg into a graph and launches it. On a failure the capture is abandoned,
@@ -406,11 +437,16 @@ static void remember(cuda_ctx *c, uint64_t hash, const op_list *l)
 static void capture_and_launch(cuda_ctx *c, step_graph *sg)
 {
     cudaGraph_t graph = NULL;
-    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e;
+    if (c->n_execs == GRAPH_MAX_EXECS) drop_exec(c, least_recent(c, 1));
+    e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
     if (e == cudaSuccess) {
+        c->capturing = 1;
         run_list(c, &sg->list);
+        c->capturing = 0;
         e = cudaStreamEndCapture(c->stream, &graph);
-        if (e == cudaSuccess && !failed(c)) e = cudaGraphInstantiate(&sg->exec, graph, 0);
+        if (e == cudaSuccess && !failed(c)) e = cudaGraphInstantiate(&exec, graph, 0);
         if (graph) cudaGraphDestroy(graph);
     }
     if (e != cudaSuccess || failed(c)) {
@@ -418,12 +454,12 @@ static void capture_and_launch(cuda_ctx *c, step_graph *sg)
                 failed(c) ? c->err.msg : cudaGetErrorString(e));
         cudaGetLastError();
         take_error(c, NULL);
-        if (sg->exec) cudaGraphExecDestroy(sg->exec);
-        sg->exec = NULL;
         c->graphs_failed = 1;
         run_list(c, &sg->list);
         return;
     }
+    sg->exec = exec;
+    c->n_execs++;
     c->graph_captures++;
     if (cuda_ok(c, cudaGraphLaunch(sg->exec, c->stream), "cudaGraphLaunch")) c->graph_launches++;
 }
@@ -432,6 +468,7 @@ static void capture_and_launch(cuda_ctx *c, step_graph *sg)
 static void flush_pending(cuda_ctx *c)
 {
     op_list *l = &c->pending;
+    c->flushes++;
     if (l->n && !failed(c)) {
         int graphable = l->n >= GRAPH_MIN_OPS && !c->graphs_failed;
         uint64_t hash = graphable ? list_hash(l) : 0;
@@ -467,7 +504,7 @@ static void drop_graphs(cuda_ctx *c)
         fprintf(stderr, "wanvideo_vae cuda: %lld steps launched as CUDA graphs (%lld captured)\n", c->graph_launches,
                 c->graph_captures);
     for (int i = 0; i < c->n_known; i++) {
-        if (c->known[i].exec) cudaGraphExecDestroy(c->known[i].exec);
+        drop_exec(c, &c->known[i]);
         list_free(&c->known[i].list);
     }
     c->n_known = 0;
@@ -667,6 +704,7 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
     size_t bytes = n * wv_dtype_size(c->dt);
     void *tmp = c->dt == WV_F32 ? NULL : malloc(bytes ? bytes : 1);
     device_scope ds;
+    flush_pending(c); /* recorded work comes first */
     if (c->dt != WV_F32 && !tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weights");
     for (size_t i = 0; tmp && i < n; i++) {
         if (c->dt == WV_F16) ((__half *)tmp)[i] = __float2half_rn(src[i]);
@@ -1115,7 +1153,7 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
         st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
                                                    c->identity, s->y, y);
-        if (!cudnn_declined(st)) return st;
+        if (!cudnn_declined(st) || c->capturing) return st; /* a capture fails rather than learn */
         s->unfused = 1;
     }
     st = cudnnConvolutionForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
@@ -1126,7 +1164,9 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
 
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
  * has not declined; a candidate declined (a parameter or configuration it does not take for this
- * shape) stays marked and the next one runs; any other cuDNN failure is the call's error. The math
+ * shape) stays marked and the next one runs; any other cuDNN failure is the call's error. While a
+ * step graph is captured, a decline is a failure too: the capture is abandoned and the step runs
+ * as recorded, where declining marks what it should (not a capture's restrictions). The math
  * type travels with the algorithm. When none runs, the direct kernel computes the shape. */
 static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
                     int accumulate)
@@ -1141,7 +1181,7 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
             announce(c, s, i);
             return 1;
         }
-        if (!cudnn_declined(st)) return cudnn_ok(c, st, "convolution");
+        if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
         s->refused[i] = 1;
     }
     announce(c, s, -1);
@@ -1255,7 +1295,7 @@ static void exec_conv(cuda_ctx *c, const void *args)
                           (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, a->y,
                           dt ? 1 : a->accumulate))
                 return;
-    } else if (runs_narrow(c, cv)) {
+    } else if (runs_narrow(c, cv) && a->g.pad >= 1) { /* it reads the neighbours of edge pixels in the ring */
         run_narrow_conv(c, cv, a->g, cache, frame_in, oldest, a->y, a->accumulate);
     } else {
         const void *weight = weights_for_ring(c, cv, oldest);
