@@ -1,8 +1,9 @@
 /* Enough of CUDA's device dialect to compile cuda/wv_kernels.cuh with a host C++ compiler and run,
  * as one thread of a one-block grid, the kernels whose threads never cooperate (grid-stride loops
- * over independent elements): tests/c/test_kernels_on_cpu.cpp checks their index arithmetic on any
- * machine, GPU or not. Kernels that shuffle across a warp or reduce in a block compile here but are
- * not run. Included by the cuda_bf16.h and cuda_fp16.h beside it, which stand in for the toolkit's. */
+ * over independent elements): tests/c/test_kernels_on_cpu.cpp (built by tests/c/run.sh) checks
+ * their index arithmetic on any machine, GPU or not. Kernels that shuffle across a warp or reduce
+ * in a block compile here but are not run. Included by the cuda_bf16.h and cuda_fp16.h beside it,
+ * which stand in for the toolkit's. */
 #ifndef CUDA_ON_CPU_H
 #define CUDA_ON_CPU_H
 
