@@ -49,6 +49,7 @@
 #define MAX_CANDIDATES 8
 #define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 32) */
 #define TAPS_MAX_CHANNELS 128
+#define STAGINGS 3 /* steps of output in the arena: two steps in flight, and the ring's period of 3 */
 
 /* A causal cache's ring: slot `oldest` holds frame t-2, the next slot t-1, the third is free. */
 typedef struct {
@@ -142,7 +143,7 @@ struct cuda_ctx {
     size_t weight_scratch_bytes;
     wv_view lat_copy;
     void *lat_dev; /* host latents copied to the device, as float32 */
-    staging stage[2];
+    staging stage[STAGINGS];
     size_t step_out_bytes; /* this call's: the device side of each staging holds that much */
     int cur;
     int stats_loaded; /* mean and std are on the device for this call */
@@ -298,15 +299,15 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * records run when the step ends or the host waits. A list of records seen for the first time runs
  * as recorded; when the same list (the same functions and argument bytes, pointers included) comes
  * again, it is captured into a CUDA graph, and from then on the graph is launched instead: one call
- * for the step's some 260. A tile's steps repeat with a period of six (the rings' three orders x
- * the two output stagings), so the host's cost of a long decode in small tiles shrinks to its first
- * steps per tile. The few ops whose arguments change every step (the latent frame, the trunk frame
+ * for the step's some 260. A tile's steps repeat with a period of three (the rings' three orders,
+ * and the STAGINGS = 3 output stagings taking turns), so the host's cost of a decode in small tiles
+ * shrinks to its first six steps per tile. The few ops whose arguments change every step (the latent frame, the trunk frame
  * a tile step starts from) run at once, after what is pending, and so split the lists. Graphs hold
  * the arena's addresses and end with the call. A capture that fails turns graphs off for the
  * context (its ops then run as recorded, which reports a real error as usual). */
 #define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
 #define GRAPH_MAX_KNOWN 64 /* lists remembered, and graphs kept, the least recently used dropped */
-#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 6 lists, then the next tile's begin) */
+#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 3 lists, then the next tile's begin) */
 
 static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
 {
@@ -552,7 +553,7 @@ static void cuda_ctx_destroy(void *ctx)
     free(c->known);
     list_free(&c->pending);
     free_shapes(c);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < STAGINGS; i++) {
         free_staging(&c->stage[i]);
         if (c->stage[i].written) cudaEventDestroy(c->stage[i].written);
         if (c->stage[i].done) cudaEventDestroy(c->stage[i].done);
@@ -595,6 +596,15 @@ static int env_flag(const char *name)
     return v && !strcmp(v, "1");
 }
 
+static int create_staging_events(cuda_ctx *c)
+{
+    for (int i = 0; i < STAGINGS; i++)
+        if (!cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].written, cudaEventDisableTiming), "cudaEventCreate") ||
+            !cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming), "cudaEventCreate"))
+            return 0;
+    return 1;
+}
+
 static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, wv_error *err)
 {
     cuda_ctx *c;
@@ -612,10 +622,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
-        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[0].written, cudaEventDisableTiming), "cudaEventCreate") &&
-        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[0].done, cudaEventDisableTiming), "cudaEventCreate") &&
-        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[1].written, cudaEventDisableTiming), "cudaEventCreate") &&
-        cuda_ok(c, cudaEventCreateWithFlags(&c->stage[1].done, cudaEventDisableTiming), "cudaEventCreate") &&
+        create_staging_events(c) &&
         cudnn_ok(c, cudnnCreate(&c->cudnn), "cudnnCreate") && cudnn_ok(c, cudnnSetStream(c->cudnn, c->stream), "cudnnSetStream") &&
         cudnn_ok(c, cudnnCreateActivationDescriptor(&c->identity), "cudnnCreateActivationDescriptor") &&
         cudnn_ok(c, cudnnSetActivationDescriptor(c->identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
@@ -881,7 +888,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     c->step_out_bytes = call->step_out_bytes;
     if (!call->output_staging && call->step_out_bytes)
         return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend was given no output staging in the arena");
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < STAGINGS; i++)
         if ((st = reserve_staging(c, &c->stage[i], (char *)call->output_staging + i * call->step_out_bytes,
                                   call->step_out_bytes, err)))
             return st;
@@ -927,8 +934,9 @@ static void drain(cuda_ctx *c, staging *s)
 }
 
 /* The step (and its output's copy, if any) is queued behind an event; the host moves on to the next
- * step and waits only for the one before it, whose output it then copies out: one step in flight.
- * Its staging is free again before the step after next writes to it. */
+ * step and waits only for the step that last used the staging it takes next, whose output it then
+ * copies out: STAGINGS - 1 steps in flight. The stagings take turns step by step, so with the
+ * rings' three orders a tile's steps repeat every STAGINGS = 3 (what step graphs replay). */
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -937,7 +945,7 @@ static wv_status cuda_end_step(void *ctx, wv_error *err)
     flush_pending(c);
     if (!failed(c)) {
         queue_step(c, &c->stage[c->cur]);
-        c->cur ^= 1;
+        c->cur = (c->cur + 1) % STAGINGS;
         drain(c, &c->stage[c->cur]);
     }
     return take_error(c, err);
@@ -949,8 +957,9 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     device_scope ds = enter_device(c->device);
     flush_pending(c);
     cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    for (int i = 1; i < STAGINGS && !failed(c); i++) /* the queued steps, oldest first */
+        drain(c, &c->stage[(c->cur + i) % STAGINGS]);
     if (!failed(c)) {
-        drain(c, &c->stage[c->cur ^ 1]); /* the older step first */
         if (c->stage[c->cur].n_copies) queue_step(c, &c->stage[c->cur]);
         drain(c, &c->stage[c->cur]);
     }
@@ -969,7 +978,7 @@ static void cuda_finish(void *ctx)
     cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
     cudaStreamSynchronize(c->copy_stream);
     drop_graphs(c);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < STAGINGS; i++) {
         c->stage[i].n_copies = 0;
         c->stage[i].used = 0;
         c->stage[i].queued = 0;
@@ -1611,7 +1620,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, 2, cuda_ctx_create,       \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, cuda_ctx_create,       \
         cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 

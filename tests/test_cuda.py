@@ -377,8 +377,8 @@ def test_direct_convolution_fallback_matches_the_cpu(monkeypatch, precision):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_step_graphs_decode_as_the_ops_one_by_one(monkeypatch, capfd, precision):
     """WANVIDEO_CUDA_GRAPHS=1: steps replayed from CUDA graphs give what the ops run one by one give.
-    A tile's steps repeat every six from its second, so with 16 latent frames steps 7-12 of each tile
-    are captured and 13-15 replayed; untiled and in tiles."""
+    A tile's steps repeat every three from its second, so with 16 latent frames steps 4-6 of each
+    tile are captured and 7-15 replayed; untiled and in tiles."""
     weights = random_weights(8, 4, seed=16)
     mean, std = random_stats(4, seed=16)
     lat = random_latents(4, 16, 6, 7, seed=16)
