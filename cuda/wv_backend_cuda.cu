@@ -22,9 +22,9 @@
  * bias and the residual sum folded in (cudnnConvolutionBiasActivationForward) where the algorithm
  * allows; a shape cuDNN runs nothing for goes to a direct kernel. Attention: per query chunk, scores by a
  * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
- * the arena's staging as float32; at the end of the step a second stream copies it to pinned host
- * memory while the compute stream runs on; the host copies it into the caller's array once the
- * next step is queued. Errors are recorded in the context at the first failure; later ops then do nothing,
+ * one of the arena's STAGINGS stagings as float32; at the end of the step a second stream copies it
+ * to pinned host memory while the compute stream runs on; the host copies it into the caller's
+ * array when its staging comes round again. Errors are recorded in the context at the first failure; later ops then do nothing,
  * and the next status-returning op reports it. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
