@@ -382,7 +382,7 @@ static step_graph *find_known(cuda_ctx *c, uint64_t hash, const op_list *l)
 
 static void drop_exec(cuda_ctx *c, step_graph *sg)
 {
-    if (!sg->exec) return;
+    if (!sg || !sg->exec) return;
     cudaGraphExecDestroy(sg->exec);
     sg->exec = NULL;
     c->n_execs--;
@@ -711,13 +711,13 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
     size_t bytes = n * wv_dtype_size(c->dt);
     void *tmp = c->dt == WV_F32 ? NULL : malloc(bytes ? bytes : 1);
     device_scope ds;
-    flush_pending(c); /* recorded work comes first */
     if (c->dt != WV_F32 && !tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weights");
     for (size_t i = 0; tmp && i < n; i++) {
         if (c->dt == WV_F16) ((__half *)tmp)[i] = __float2half_rn(src[i]);
         else ((__nv_bfloat16 *)tmp)[i] = __float2bfloat16_rn(src[i]);
     }
     ds = enter_device(c->device);
+    flush_pending(c); /* recorded work comes first */
     cuda_ok(c, cudaMemcpyAsync(dst, tmp ? tmp : src, bytes, cudaMemcpyHostToDevice, c->stream), "weight upload");
     cuda_ok(c, cudaStreamSynchronize(c->stream), "weight upload"); /* tmp is freed next */
     leave_device(ds, c->device);
