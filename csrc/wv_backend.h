@@ -31,8 +31,9 @@ typedef struct {
     size_t weight_scratch_bytes;
 } wv_call;
 
-/* Parameters start on 64-element boundaries (128 bytes in 16-bit types), and so does each packed
- * copy of a causal conv's weights: vectorized loads and tensor-core convolutions want alignment. */
+/* Parameters start on 64-element boundaries (128 bytes in 16-bit types), and so may parts of a
+ * packed weight (the CUDA backend's temporal taps): vectorized loads and tensor-core convolutions
+ * want alignment. */
 static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 
 static inline int64_t wv_grid_positions(wv_grid g)
