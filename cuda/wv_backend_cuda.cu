@@ -337,6 +337,12 @@ static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
     return 1;
 }
 
+static void list_clear(op_list *l)
+{
+    l->n = 0;
+    l->used = 0;
+}
+
 static void list_free(op_list *l)
 {
     free(l->ops);
@@ -483,8 +489,7 @@ static void flush_pending(cuda_ctx *c)
             if (graphable) remember(c, hash, l);
         }
     }
-    l->n = 0;
-    l->used = 0;
+    list_clear(l);
 }
 
 /* An op's GPU work: recorded during a decode with graphs on, run at once otherwise. */
@@ -510,8 +515,7 @@ static void drop_graphs(cuda_ctx *c)
     }
     c->n_known = 0;
     c->graph_launches = c->graph_captures = 0;
-    c->pending.n = 0;
-    c->pending.used = 0;
+    list_clear(&c->pending);
 }
 
 /* ---- context ------------------------------------------------------------------------------ */
@@ -968,12 +972,10 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
 }
 
 /* The staging buffers stay with the context (pinned host memory, reused by the next call). Ops
- * still recorded (after a failure or an interruption) are dropped. */
+ * still recorded (after a failure or an interruption) are dropped with the graphs. */
 static void cuda_finish(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    c->pending.n = 0;
-    c->pending.used = 0;
     c->in_call = 0;
     cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
     cudaStreamSynchronize(c->copy_stream);
@@ -1197,6 +1199,13 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
 }
 
+/* The ring slot holding temporal tap k (0: frame t-2, 2: the new frame t, which goes into the free
+ * slot) of a cache whose oldest frame is in slot `oldest`. */
+static char *ring_slot(const void *cache, int oldest, int k, size_t frame_bytes)
+{
+    return (char *)cache + (size_t)((oldest + k) % 3) * frame_bytes;
+}
+
 /* The ring of a cache buffer, found by address (a new one starts with its oldest frame in slot 0;
  * the rings reset with each call, whose caches start zeroed, so any rotation is right for them). */
 static ring *ring_of(cuda_ctx *c, const void *cache)
@@ -1231,7 +1240,7 @@ static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const cha
 {
     const char *f[3];
     int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
-    for (int dt = 0; dt < 3; dt++) f[dt] = cache + (size_t)((oldest + dt) % 3) * frame_in;
+    for (int dt = 0; dt < 3; dt++) f[dt] = ring_slot(cache, oldest, dt, frame_in);
     if (c->verbose && !c->narrow_shown) {
         fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: narrow kernel\n", cv->cin, cv->cout,
                 g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -1293,14 +1302,14 @@ static void exec_conv(cuda_ctx *c, const void *args)
         return;
     }
     if (a->copy_input && !cuda_ok(c,
-                                  cudaMemcpyAsync((char *)a->cache + (size_t)((oldest + 2) % 3) * frame_in, a->x,
-                                                  frame_in, cudaMemcpyDeviceToDevice, c->stream),
+                                  cudaMemcpyAsync(ring_slot(cache, oldest, 2, frame_in), a->x, frame_in,
+                                                  cudaMemcpyDeviceToDevice, c->stream),
                                   "causal cache"))
         return;
     if (runs_by_taps(cv)) {
         if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
-        for (int dt = 0; dt < cv->kt; dt++) /* tap dt (0: frame t-2) is in slot oldest + dt */
-            if (!run_conv(c, s, cache + (size_t)((oldest + dt) % 3) * frame_in,
+        for (int dt = 0; dt < cv->kt; dt++)
+            if (!run_conv(c, s, ring_slot(cache, oldest, dt, frame_in),
                           (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, a->y,
                           dt ? 1 : a->accumulate))
                 return;
@@ -1333,7 +1342,7 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache
         if (!(rg = ring_of(c, cache))) return;
         a.oldest = rg->oldest;
         /* a producer that asked conv_input wrote x in place already */
-        a.copy_input = x != (const char *)cache + (size_t)((rg->oldest + 2) % 3) * frame_in;
+        a.copy_input = x != ring_slot(cache, rg->oldest, 2, frame_in);
     }
     submit(c, exec_conv, &a, sizeof a);
 }
@@ -1344,7 +1353,7 @@ static void *cuda_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t 
     cuda_ctx *c = (cuda_ctx *)ctx;
     ring *rg;
     if (failed(c) || cv->kt < 2 || !(rg = ring_of(c, cache))) return NULL;
-    return (char *)cache + (size_t)((rg->oldest + 2) % 3) * (size_t)fe * wv_dtype_size(c->dt);
+    return ring_slot(cache, rg->oldest, 2, (size_t)fe * wv_dtype_size(c->dt));
 }
 
 typedef struct {
