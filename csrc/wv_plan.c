@@ -257,13 +257,19 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     wv_grid full = {p->h, p->w, 1};
     int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
     int C = m->blocks[m->trunk_end - 1].cout, trunk_c = 0;
-    size_t scratch = 0;
+    size_t scratch = 0, base = 0;
     for (int b = 0; b < m->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+    /* Segments stack: while the later ones run (depth first), a segment holds only the x or y that
+     * feeds its upsample, so the next one starts over its t. */
     for (int s = 0; s < p->n_segments; s++) {
         wv_segment *sg = &p->seg[s];
+        size_t xy, end;
         segment_scratch(p, m, s, &sg->xy_elems, &sg->t_elems);
-        sg->scratch_offset = scratch;
-        scratch += 2 * wv_align_up((size_t)sg->xy_elems * ab) + wv_align_up((size_t)sg->t_elems * ab);
+        xy = wv_align_up((size_t)sg->xy_elems * ab);
+        sg->scratch_offset = base;
+        end = base + 2 * xy + wv_align_up((size_t)sg->t_elems * ab);
+        scratch = end > scratch ? end : scratch;
+        base += 2 * xy;
     }
     set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk ? 1 : p->T) * N * C, ab);
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
@@ -448,22 +454,22 @@ static int even_tile(const wv_plan *p, int frame, int n)
 }
 
 /* The square tile that fits leaves thin tiles at the frame's edges. Splitting the frame evenly into
- * nx x ny tiles (no more than the square tiles take) often fits with fewer tiles: the fit with the
- * fewest tiles, then the fewest FLOPs, replaces *p. Tried only for a few tiles, where it matters. */
+ * nx columns and ny rows (no more tiles than the square ones) often fits with less work: each cut
+ * recomputes halos along its length, so columns cost less than rows on a wide frame. The fit with
+ * the fewest FLOPs, then the fewest tiles, replaces *p. Tried only for a few tiles, where it matters. */
 #define EVEN_SPLIT_MAX_TILES 64
 
-static wv_status fewer_even_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
-                                  wv_options *best, wv_error *err)
+static wv_status least_work_even_split(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                                       wv_options *best, wv_error *err)
 {
-    int bx = p->tiles_x, by = p->tiles_y, best_n = p->n_tiles, found = 0;
+    int most = p->n_tiles, best_n = p->n_tiles, found = 0;
     int64_t best_flops = p->conv_flops;
     wv_status st;
     if (p->n_tiles > EVEN_SPLIT_MAX_TILES) return WV_OK;
-    for (int ny = 1; ny <= by; ny++)
-        for (int nx = 1; nx <= bx; nx++) {
+    for (int ny = 1; ny <= most; ny++)
+        for (int nx = 1; nx * ny <= most; nx++) {
             wv_options trial = *best;
             wv_plan q;
-            if (nx * ny > best_n) continue;
             trial.tile_x = even_tile(p, p->W, nx);
             trial.tile_y = even_tile(p, p->H, ny);
             if ((o->tile_x > 0 && trial.tile_x > o->tile_x) || (o->tile_y > 0 && trial.tile_y > o->tile_y)) continue;
@@ -471,7 +477,7 @@ static wv_status fewer_even_tiles(wv_plan *p, const wv_model *m, int T, int h, i
                 wv_plan_free(&q);
                 return st;
             }
-            if (q.arena_bytes <= o->max_bytes && (q.n_tiles < best_n || (q.n_tiles == best_n && q.conv_flops < best_flops))) {
+            if (q.arena_bytes <= o->max_bytes && (q.conv_flops < best_flops || (q.conv_flops == best_flops && q.n_tiles < best_n))) {
                 best_n = q.n_tiles;
                 best_flops = q.conv_flops;
                 best->tile_x = trial.tile_x;
@@ -518,7 +524,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
     trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, best) : best;
     trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, best) : best;
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
-    if ((st = fewer_even_tiles(p, m, T, h, w, o, &trial, err))) return st;
+    if ((st = least_work_even_split(p, m, T, h, w, o, &trial, err))) return st;
     p->shrunk_to_fit = 1;
     return WV_OK;
 }

@@ -267,6 +267,37 @@ static void test_weight_scratch(const wv_model *m, const wv_options *o)
     wv_plan_free(&p);
 }
 
+/* Within a budget that 5 columns fit, a 256 x 144 px frame is cut into columns, not a grid of
+ * squarer tiles (4 x 2 is what the largest square tile that fits leads to): each cut recomputes
+ * halos along its length, so row cuts, along the long side, cost more. */
+static void test_least_work_split(const wv_model *m)
+{
+    wv_options o = {0, 0, 0, WV_OUT_UNIT, 0, 0};
+    wv_plan whole, cols, p;
+    wv_error err;
+    CHECK(wv_plan_make(&whole, m, 3, 18, 32, &o, &err) == WV_OK);
+    o.tile_x = 56 + 2 * whole.out_halo;
+    CHECK(wv_plan_make(&cols, m, 3, 18, 32, &o, &err) == WV_OK);
+    CHECK(cols.tiles_x == 5 && cols.tiles_y == 1);
+    o.tile_x = 0;
+    o.max_bytes = cols.arena_bytes;
+    CHECK(wv_plan_make(&p, m, 3, 18, 32, &o, &err) == WV_OK);
+    CHECK(p.arena_bytes <= o.max_bytes && p.conv_flops <= cols.conv_flops && p.tiles_y == 1);
+    wv_plan_free(&whole);
+    wv_plan_free(&cols);
+    wv_plan_free(&p);
+}
+
+/* The tile segments' one-frame buffers side by side: the plan stacks them in less. */
+static size_t tile_scratch_unshared(const wv_plan *p)
+{
+    size_t sum = 0;
+    for (int s = 0; s < p->n_segments; s++)
+        sum += 2 * wv_align_up((size_t)p->seg[s].xy_elems * sizeof(float)) +
+               wv_align_up((size_t)p->seg[s].t_elems * sizeof(float));
+    return sum;
+}
+
 static void test_plan(const wv_model *m)
 {
     wv_plan p;
@@ -285,10 +316,12 @@ static void test_plan(const wv_model *m)
         CHECK(tl->region[3].y.lo <= tl->core.y.lo && tl->region[3].y.hi >= tl->core.y.hi);
     }
     CHECK(covered == p.H * p.W);
+    CHECK(p.buffers[WV_BUF_TILE_SCRATCH].bytes < tile_scratch_unshared(&p));
     CHECK(p.arena_bytes % WV_ARENA_ALIGN == 0);
     CHECK(p.buffers[WV_BUF_WEIGHT_SCRATCH].bytes == 0); /* the CPU backend turns no weights */
     wv_plan_free(&p);
     test_weight_scratch(m, &o);
+    test_least_work_split(m);
     o.tile_x = o.tile_y = 0;
     o.max_bytes = 1000;
     CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_ERR_NOMEM && strstr(err.msg, "budget") != NULL);
