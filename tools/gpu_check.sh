@@ -114,7 +114,9 @@ r = json.load(open(sys.argv[1]))
 print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}, "
       f"our weights {r['our_weight_bytes'] / 2**30:.2f} GiB (peaks below: what each call added)")
 for k, v in r["runs"].items():
-    print(f"{k:32s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB  max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
+    total = f" ({(v['peak_bytes'] + r['our_weight_bytes']) / 2**30:.3f} GiB with our weights)" if k.startswith("ours") else ""
+    print(f"{k:32s} {v.get('tiles', ''):>5s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB{total}  "
+          f"max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF
     summary "bench exit $BENCH"
 fi
