@@ -146,6 +146,7 @@ static int parse_array(PyObject *obj, const char *what, py_array *a)
     memset(a, 0, sizeof *a);
     iface = PyObject_GetAttrString(obj, "__cuda_array_interface__");
     if (!iface) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1; /* e.g. torch: "requires grad" */
         PyErr_Clear();
         on_device = 0;
         iface = PyObject_GetAttrString(obj, "__array_interface__");
@@ -218,8 +219,11 @@ static int parse_floats(PyObject *seq, const char *what, int n, float *out)
 typedef struct {
     PyObject_HEAD
     wv_model model;
-    int built;
+    int built;    /* built once: a Model never changes after __init__ */
+    int building; /* __init__ is building it (with the GIL released) */
     PyThread_type_lock lock; /* one decode at a time: the backend context lives with the model */
+    unsigned long owner;     /* the thread decoding (holding lock), valid while decoding is set */
+    int decoding;
 } ModelObject;
 
 static const char *precision_name(wv_dtype dt) { return dt == WV_F16 ? "fp16" : dt == WV_BF16 ? "bf16" : "fp32"; }
@@ -252,8 +256,11 @@ static const wv_backend *cuda_backend(wv_dtype dt)
     }
     PyErr_Fetch(&type, &value, &tb);
     text = value ? PyObject_Str(value) : NULL;
-    PyErr_Format(WvError, "backend 'cuda' is not available: %s (see wanvideo_vae.backends())",
-                 text ? PyUnicode_AsUTF8(text) : "wanvideo_vae._cuda could not be loaded");
+    if (text) /* %S: the loader's message may hold lone surrogates (a path that is not UTF-8) */
+        PyErr_Format(WvError, "backend 'cuda' is not available: %S (see wanvideo_vae.backends())", text);
+    else
+        PyErr_SetString(WvError, "backend 'cuda' is not available: wanvideo_vae._cuda could not be loaded "
+                                 "(see wanvideo_vae.backends())");
     Py_XDECREF(text);
     Py_XDECREF(type);
     Py_XDECREF(value);
@@ -282,23 +289,28 @@ static const wv_backend *backend_by_name(const char *name, const char *precision
     return NULL;
 }
 
-static int collect_weights(PyObject *weights, wv_named_view **views, py_array **arrays, Py_ssize_t *count)
+/* The weights as views, from a snapshot of the dict (*items, which keeps the keys' text alive while
+ * the build runs without the GIL, whatever happens to the dict meanwhile). */
+static int collect_weights(PyObject *weights, PyObject **items, wv_named_view **views, py_array **arrays,
+                           Py_ssize_t *count)
 {
-    PyObject *key, *value;
-    Py_ssize_t pos = 0, i = 0, n;
+    Py_ssize_t n;
+    *count = 0;
     if (!PyDict_Check(weights)) {
         PyErr_SetString(WvError, "weights must be a dict mapping checkpoint keys to arrays");
         return -1;
     }
-    n = PyDict_Size(weights);
+    if (!(*items = PyDict_Items(weights))) return -1;
+    n = PyList_GET_SIZE(*items);
     *views = (wv_named_view *)PyMem_Calloc((size_t)(n ? n : 1), sizeof(wv_named_view));
     *arrays = (py_array *)PyMem_Calloc((size_t)(n ? n : 1), sizeof(py_array));
-    *count = 0;
     if (!*views || !*arrays) {
         PyErr_NoMemory();
         return -1;
     }
-    while (PyDict_Next(weights, &pos, &key, &value)) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 0);
+        PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 1);
         const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
         char what[160];
         if (!k) {
@@ -309,7 +321,7 @@ static int collect_weights(PyObject *weights, wv_named_view **views, py_array **
         if (parse_array(value, what, &(*arrays)[i])) return -1;
         (*views)[i].key = k;
         (*views)[i].view = (*arrays)[i].view;
-        *count = ++i;
+        *count = i + 1;
     }
     return 0;
 }
@@ -317,7 +329,7 @@ static int collect_weights(PyObject *weights, wv_named_view **views, py_array **
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"weights", "backend", "precision", "device", NULL};
-    PyObject *weights;
+    PyObject *weights, *items = NULL;
     const char *backend_name = "cpu", *precision = NULL;
     int device = -1;
     const wv_backend *be;
@@ -334,15 +346,17 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         return -1;
     }
+    if (self->built || self->building) { /* readers use the model without the lock: it never changes */
+        PyErr_SetString(WvError, "a Model is built once; create a new Model for other weights");
+        return -1;
+    }
     if (!(be = backend_by_name(backend_name, precision))) return -1;
-    if (collect_weights(weights, &views, &arrays, &count)) goto finally;
+    if (collect_weights(weights, &items, &views, &arrays, &count)) goto finally;
+    self->building = 1;
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
-    if (self->built) wv_model_free(&self->model);
-    self->built = 0;
     st = wv_model_build(&self->model, be, device, views, (int)count, &err);
-    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    self->building = 0;
     if (st) {
         raise_status(&err);
         goto finally;
@@ -353,6 +367,7 @@ finally:
     for (Py_ssize_t i = 0; arrays && i < count; i++) py_array_release(&arrays[i]);
     PyMem_Free(arrays);
     PyMem_Free(views);
+    Py_XDECREF(items);
     return rc;
 }
 
@@ -362,6 +377,8 @@ static void Model_dealloc(ModelObject *self)
     if (self->lock) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
+
+#define MAX_LATENT_EXTENT 100000 /* T, h, w: larger ones are mistakes, and would overflow frame counts */
 
 static int require_built(ModelObject *self)
 {
@@ -417,6 +434,7 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "shrunk_to_fit", PyBool_FromLong(p->shrunk_to_fit)) ||
         dict_set(d, "planned_bytes", PyLong_FromSize_t(p->arena_bytes)) ||
         dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
+        dict_set(d, "trunk_host_bytes", PyLong_FromSize_t(p->trunk_host_bytes)) ||
         dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
         dict_set(d, "conv_flops", PyLong_FromLongLong(p->conv_flops)) ||
         dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
@@ -468,6 +486,10 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iipL:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame,
                                      &max_bytes))
         return NULL;
+    if (T > MAX_LATENT_EXTENT || h > MAX_LATENT_EXTENT || w > MAX_LATENT_EXTENT) {
+        PyErr_Format(WvError, "T, h, w must be at most %d; got T=%d, h=%d, w=%d", MAX_LATENT_EXTENT, T, h, w);
+        return NULL;
+    }
     if (parse_options(tile_x, tile_y, end_frame, 0, max_bytes, &o)) return NULL;
     if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
         wv_plan_free(&plan);
@@ -476,6 +498,29 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
     result = plan_to_dict(&plan, &self->model);
     wv_plan_free(&plan);
     return result;
+}
+
+/* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
+ * asked for by the thread already decoding (from its progress callback) would wait for itself. */
+static int take_model(ModelObject *self)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    PyLockStatus got;
+    if (self->decoding && self->owner == me) {
+        PyErr_SetString(WvError, "this Model is already decoding in this thread: a progress callback cannot decode "
+                                 "with the Model it reports on");
+        return -1;
+    }
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        got = PyThread_acquire_lock_timed(self->lock, 100000, 0); /* 0.1 s */
+        Py_END_ALLOW_THREADS
+        if (got == PY_LOCK_ACQUIRED) break;
+        if (PyErr_CheckSignals() < 0) return -1;
+    }
+    self->owner = me;
+    self->decoding = 1;
+    return 0;
 }
 
 /* Progress bridge: runs with the GIL released around it, so it takes the GIL to call Python. */
@@ -519,7 +564,7 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
                      (long long)v->shape[0], (long long)v->shape[1], (long long)v->shape[2], (long long)v->shape[3]);
         return -1;
     }
-    if (v->shape[1] > 100000 || v->shape[2] > 100000 || v->shape[3] > 100000) {
+    if (v->shape[1] > MAX_LATENT_EXTENT || v->shape[2] > MAX_LATENT_EXTENT || v->shape[3] > MAX_LATENT_EXTENT) {
         PyErr_SetString(WvError, "latents are implausibly large");
         return -1;
     }
@@ -645,10 +690,11 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
         if (!out) goto finally;
     }
+    if (take_model(self)) goto finally;
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(self->lock, WAIT_LOCK);
     st = wv_decode(&self->model, &plan, &lat.view, (uintptr_t)stream, mean, stdv, &o, (float *)PyArray_DATA(out),
                    progress_trampoline, &bridge, &stats, &err);
+    self->decoding = 0;
     PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
     if (st) {

@@ -53,6 +53,9 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* memory */                                                                                  \
     X(alloc, wv_status, (void *ctx, size_t bytes, void **out, wv_error *err))                     \
     X(release, void, (void *ctx, void *p))                                                        \
+    /* host memory the backend's copy_region reads and writes (pinned for a GPU) */               \
+    X(alloc_host, wv_status, (void *ctx, size_t bytes, void **out, wv_error *err))                \
+    X(release_host, void, (void *ctx, void *p))                                                   \
     X(zero, void, (void *ctx, void *p, size_t bytes))                                             \
     /* params: n host floats into backend memory (converted to the backend's param type) */       \
     X(upload, wv_status, (void *ctx, void *dst, const float *src, size_t n, wv_error *err))       \
@@ -78,7 +81,8 @@ static inline int64_t wv_grid_positions(wv_grid g)
                        const void *gamma, int silu))                                              \
     /* zero the ring of n frames */                                                               \
     X(zero_ring, void, (void *ctx, void *x, wv_grid g, int C, int n))                             \
-    /* dst interior[y][x] = src interior[y + oy][x + ox], C channels, n frames */                 \
+    /* dst interior[y][x] = src interior[y + oy][x + ox], C channels, n frames; either side may  \
+     * be memory from alloc_host */                                                               \
     X(copy_region, void, (void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst,      \
                           wv_grid gd, int C, int n))                                              \
     /* Nearest x2 into dst (its ring included, zero outside the frame). dst position (py, px)    \
@@ -125,6 +129,9 @@ struct wv_backend {
                                largest conv input matrix, with a 4 MiB floor for cuBLAS; 0: none) */
     int output_staging_copies; /* steps of output the arena holds for the backend's copies to the host
                                   (0: write_output writes the caller's array itself) */
+    int trunk_out_host;     /* 1: a plan of several tiles keeps the trunk output of all frames in
+                               alloc_host memory, the arena one frame of it (device memory then does
+                               not grow with the number of frames) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
      * calling thread's current device. */
     wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);
@@ -143,7 +150,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 4
+#define WV_BACKEND_ABI 5
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

@@ -62,6 +62,13 @@ static void cpu_release(void *ctx, void *p)
     free(p);
 }
 
+static wv_status cpu_alloc_host(void *ctx, size_t bytes, void **out, wv_error *err)
+{
+    return cpu_alloc(ctx, bytes, out, err);
+}
+
+static void cpu_release_host(void *ctx, void *p) { cpu_release(ctx, p); }
+
 static void cpu_zero(void *ctx, void *p, size_t bytes)
 {
     (void)ctx;
@@ -323,7 +330,7 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
     cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)

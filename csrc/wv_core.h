@@ -196,6 +196,8 @@ typedef struct {
     int n_buffers;
     wv_buffer_plan buffers[WV_MAX_BUFFERS];
     size_t trunk_out_bytes;  /* the part of the arena that grows with T x frame */
+    size_t trunk_host_bytes; /* the trunk output of all frames in the backend's host memory instead
+                                (its trunk_out_host; the arena then holds one frame), else 0 */
     size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
     int64_t conv_flops;      /* multiply-adds x 2 of every convolution the plan runs */

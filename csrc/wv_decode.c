@@ -15,6 +15,7 @@ typedef struct {
     void *ctx;
     char *arena;
     size_t high_water;
+    char *trunk_host; /* the trunk output of all frames in host memory (plan's trunk_host_bytes), or NULL */
     const wv_view *lat;
     const float *mean, *std;
     const wv_options *o;
@@ -184,12 +185,15 @@ static void *trunk_out_frame(decode_run *r, int slot)
 {
     const wv_model *m = r->m;
     int64_t elems = (int64_t)r->p->h * r->p->w * m->blocks[m->trunk_end - 1].cout;
-    return frame_at(arena_buffer(r, WV_BUF_TRUNK_OUT), slot, elems, r->be->act_bytes);
+    return frame_at(r->trunk_host ? r->trunk_host : arena_buffer(r, WV_BUF_TRUNK_OUT), slot, elems, r->be->act_bytes);
 }
 
-/* Latent frame t through conv2, conv1, middle.0 and the attention, into trunk output `slot`. */
+/* Latent frame t through conv2, conv1, middle.0 and the attention, into trunk output `slot` (by way
+ * of the arena's one frame when the output lives in host memory). */
 static void trunk_frame(decode_run *r, int t, int slot)
 {
+    wv_grid full = {r->p->h, r->p->w, 0};
+    int C = r->m->blocks[r->m->trunk_end - 1].cout;
     flow f;
     memset(&f, 0, sizeof f);
     f.g.h = r->p->h;
@@ -199,9 +203,10 @@ static void trunk_frame(decode_run *r, int t, int slot)
     f.x = arena_buffer(r, WV_BUF_TRUNK_X);
     f.y = arena_buffer(r, WV_BUF_TRUNK_Y);
     f.t = arena_buffer(r, WV_BUF_TRUNK_T);
-    f.attn_dst = trunk_out_frame(r, slot);
+    f.attn_dst = r->trunk_host ? arena_buffer(r, WV_BUF_TRUNK_OUT) : trunk_out_frame(r, slot);
     OP(r, load_latent, r->lat, t, r->mean, r->std, f.g, f.x);
     for (int b = 0; b < r->m->trunk_end; b++) RUNNERS[r->m->blocks[b].kind](r, &r->m->blocks[b], &f);
+    if (r->trunk_host) OP(r, copy_region, f.attn_dst, full, 0, 0, trunk_out_frame(r, slot), full, C, 1);
 }
 
 /* Output frame of chunk t (latent frame t of its sequence) within the sequence. */
@@ -416,6 +421,8 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     for (int q = 0; q < p->n_seq; q++) ps.total += (int64_t)p->seq_len[q] * (1 + p->n_tiles);
 
     if ((st = r.be->alloc(r.ctx, p->arena_bytes, (void **)&r.arena, err))) goto finally;
+    if (p->trunk_host_bytes && (st = r.be->alloc_host(r.ctx, p->trunk_host_bytes, (void **)&r.trunk_host, err)))
+        goto finally;
     call.latents = latents;
     call.stream = stream;
     call.workspace = arena_buffer(&r, WV_BUF_WORKSPACE);
@@ -432,6 +439,7 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     if (!st) st = r.be->sync(r.ctx, err);
 finally:
     if (begun) r.be->finish(r.ctx);
+    if (r.trunk_host) r.be->release_host(r.ctx, r.trunk_host);
     if (r.arena) r.be->release(r.ctx, r.arena);
     stats->arena_high_water = r.high_water;
     stats->steps = ps.done;

@@ -271,7 +271,9 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         scratch = end > scratch ? end : scratch;
         base += 2 * xy;
     }
-    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk ? 1 : p->T) * N * C, ab);
+    p->trunk_host_bytes = be->trunk_out_host && !p->stream_trunk ? (size_t)p->T * (size_t)(N * C) * ab : 0;
+    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk || p->trunk_host_bytes ? 1 : p->T) * N * C,
+               ab);
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_T, names[WV_BUF_TRUNK_T], P0 * trunk_c, ab);
@@ -515,6 +517,11 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
         }
     }
     wv_plan_free(p);
+    if (best < 0 && p->trunk_host_bytes)
+        return wv_fail(err, WV_ERR_NOMEM,
+                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px) but the "
+                       "budget is %zu bytes",
+                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, o->max_bytes);
     if (best < 0)
         return wv_fail(err, WV_ERR_NOMEM,
                        "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px, of which "

@@ -134,6 +134,9 @@ struct cuda_ctx {
     int capturing;     /* a step graph is being captured */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
+    void *pinned; /* alloc_host's block of pinned host memory (the trunk output), kept for the next call */
+    size_t pinned_bytes;
+    int pinned_lent;
     /* per call */
     ring rings[MAX_RINGS];
     int n_rings;
@@ -557,6 +560,7 @@ static void cuda_ctx_destroy(void *ctx)
     free(c->known);
     list_free(&c->pending);
     free_shapes(c);
+    if (c->pinned) cudaFreeHost(c->pinned);
     for (int i = 0; i < STAGINGS; i++) {
         free_staging(&c->stage[i]);
         if (c->stage[i].written) cudaEventDestroy(c->stage[i].written);
@@ -684,6 +688,47 @@ static void cuda_release(void *ctx, void *p)
         if (c->rings[i].cache == p) c->rings[i--] = c->rings[--c->n_rings];
     cudaFree(p);
     leave_device(ds, c->device);
+}
+
+/* One block of pinned host memory at a time, kept for the next call: pinning a few hundred MiB takes
+ * about as long as a decode step. Kernels and copies reach it by its host address (unified
+ * addressing). */
+static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *err)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    device_scope ds;
+    cudaError_t e = cudaSuccess;
+    *out = NULL;
+    if (c->pinned_lent) return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend lends one block of pinned memory at a time");
+    if (c->pinned_bytes < bytes) {
+        ds = enter_device(c->device);
+        if (c->pinned) cudaFreeHost(c->pinned);
+        c->pinned = NULL;
+        c->pinned_bytes = 0;
+        if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
+            e = cudaErrorMemoryAllocation;
+        else
+            e = cudaHostAlloc(&c->pinned, bytes, cudaHostAllocPortable);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            c->pinned = NULL;
+        }
+        leave_device(ds, c->device);
+        if (e == cudaErrorMemoryAllocation)
+            return wv_fail(err, WV_ERR_NOMEM, "out of host memory pinning %zu bytes for the trunk output", bytes);
+        if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc: %s", cudaGetErrorString(e));
+        c->pinned_bytes = bytes;
+    }
+    c->pinned_lent = 1;
+    *out = c->pinned;
+    return WV_OK;
+}
+
+/* Work reading the block is queued on the stream the next call uses too, so it is kept as it is. */
+static void cuda_release_host(void *ctx, void *p)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (p && p == c->pinned) c->pinned_lent = 0;
 }
 
 typedef struct {
@@ -1471,7 +1516,8 @@ static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
     submit(c, exec_zero_ring, &a, sizeof a);
 }
 
-/* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame. */
+/* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame, either
+ * side on the device or in alloc_host's pinned memory. */
 static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
                              int n)
 {
@@ -1479,13 +1525,13 @@ static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int
     size_t es = wv_dtype_size(c->dt) * (size_t)C;
     size_t pitch_s = (size_t)(gs.w + 2 * gs.pad) * es, pitch_d = (size_t)(gd.w + 2 * gd.pad) * es;
     size_t frame_s = (size_t)wv_grid_positions(gs) * es, frame_d = (size_t)wv_grid_positions(gd) * es;
-    flush_pending(c); /* a tile step's first op, from its trunk frame: it runs at once (see step graphs) */
+    flush_pending(c); /* the trunk frame it reads or writes changes every step: it runs at once (see step graphs) */
     if (failed(c)) return;
     for (int f = 0; f < n; f++) {
         const char *s = (const char *)src + f * frame_s + ((size_t)(oy + gs.pad) * (gs.w + 2 * gs.pad) + ox + gs.pad) * es;
         char *d = (char *)dst + f * frame_d + ((size_t)gd.pad * (gd.w + 2 * gd.pad) + gd.pad) * es;
         if (!cuda_ok(c, cudaMemcpy2DAsync(d, pitch_d, s, pitch_s, (size_t)gd.w * es, (size_t)gd.h,
-                                          cudaMemcpyDeviceToDevice, c->stream),
+                                          cudaMemcpyDefault, c->stream),
                      "copy_region"))
             return;
     }
@@ -1629,8 +1675,8 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, cuda_ctx_create,       \
-        cuda_ctx_destroy, cuda_fail_nth_alloc,                                                                    \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1,             \
+        cuda_ctx_create, cuda_ctx_destroy, cuda_fail_nth_alloc,                                                   \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 
 #define WV_CUDA_OP_INIT(name, ret, args) cuda_##name,

@@ -37,7 +37,7 @@ class StandInWanVAE(torch.nn.Module):
             self.register_buffer("inv_std", 1.0 / std)
         self._mean, self._std = mean.flatten().numpy(), std.flatten().numpy()
 
-    def decode(self, hidden_states, device=None, end_=False, tiled=False, tile_size=(34, 34), tile_stride=(18, 16),
+    def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
                pbar=True):
         weights = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
         out = []

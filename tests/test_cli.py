@@ -64,12 +64,13 @@ def test_decode_outputs(files):
     (["decode", "--vae", "{vae}", "--latents", "{lat}", "--out", "x.gif"], "unknown output format"),
     (["decode", "--vae", "{vae}", "--latents", "{lat}", "--precision", "bf16", "--device", "cpu"], "float32"),
     (["patch-workflow", "nope.json", "out.json"], "nope.json"),
+    (["decode", "--vae", "{vae}", "--latents", "{lat}", "--out", "{missing}/x.avi"], "does not exist"),
 ])
 def test_bad_arguments_print_one_line_and_fail(files, tmp_path, capsys, args, message):
     np.save(tmp_path / "bad.npy", np.zeros((3, 2, 2), np.float32))
     (tmp_path / "lat.txt").write_text("1 2 3")
     paths = {"vae": files / "vae.safetensors", "bad_shape": tmp_path / "bad.npy", "unknown": tmp_path / "lat.txt",
-             "lat": files / "lat.npy"}
+             "lat": files / "lat.npy", "missing": tmp_path / "missing"}
     code = main([a.format(**paths) for a in args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and message in err
@@ -101,3 +102,23 @@ def test_device_cuda_without_a_gpu_says_why(files, capsys):
                  "--device", "cuda"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --device cuda: the CUDA backend is not usable here (")
+
+
+@pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "nan"), ("--max-memory", "inf"),
+                                        ("--max-memory", "1e30")])
+def test_out_of_range_numbers_are_refused_before_decoding(files, capsys, flag, value):
+    with pytest.raises(SystemExit) as e:
+        main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fps,scale,rate", [(16.0, 1, 16), (12.5, 2, 25), (23.976, 125, 2997)])
+def test_avi_frame_rate_keeps_its_fraction(tmp_path, fps, scale, rate):
+    import struct
+
+    from wanvideo_vae.media import write_avi
+    path = tmp_path / "v.avi"
+    write_avi(np.zeros((2, 8, 8, 3), np.float32), path, fps)
+    raw = path.read_bytes()
+    at = raw.index(b"strh") + 8  # the chunk's data: fccType, fccHandler, flags, priority, language, initial frames
+    assert struct.unpack_from("<II", raw, at + 20) == (scale, rate)

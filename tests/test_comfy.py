@@ -161,6 +161,27 @@ def test_patched_wanvae_decode_matches_standin(tiny, end_, tiled):
     assert patched.to("cpu") is patched
 
 
+def test_patched_wanvae_takes_wanvideowrapper_positional_order(tiny):
+    """WanVideoWrapper's decode(hidden_states, device, tiled, end_, ...): tiled third, end_ fourth."""
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    lat = torch.from_numpy(data["latents"])[None]
+    tiled = patched.decode(lat, "cpu", True)[0]
+    end = patched.decode(lat, "cpu", False, True)[0]
+    assert tiled.shape == vae.decode(lat, "cpu", True)[0].shape
+    assert end.shape == vae.decode(lat, "cpu", False, True)[0].shape and end.shape[1] != tiled.shape[1]
+
+
+def test_patched_and_plain_wanvae_share_one_decoder(tiny):
+    from wanvideo_vae.comfy_nodes import _decoders
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu")
+    WanVideoNativeDecode().decode(patched, _latent(data), False, 272, 272, 144, 128)
+    WanVideoNativeDecode().decode(vae, _latent(data), False, 272, 272, 144, 128)
+    assert patched not in _decoders._cache and len([k for k in _decoders._cache.keys() if k is vae]) == 1
+
+
 def test_gradio_call_unchanged(tiny):
     vae, data = tiny
     node = WanVideoNativeDecode()
@@ -185,6 +206,12 @@ def test_core_vae_node():
     assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
     with pytest.raises(ValueError, match="Wan 2.1 video latents"):
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)
+
+    class ImageVAE:  # an SD-style VAE wired in by mistake
+        first_stage_model = torch.nn.Conv2d(4, 3, 1)
+
+    with pytest.raises(ValueError, match="Wan 2.1 video VAE; this VAE \\(Conv2d\\)"):
+        WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 4, 8, 8)}, ImageVAE(), 512, True)
 
 
 class _Interrupted(Exception):
@@ -272,4 +299,8 @@ def test_decoder_cache_survives_offload_and_sees_new_weights():
     assert _fingerprint(moved) == key
     with torch.no_grad():
         module[0].weight.add_(1.0)
+    assert _fingerprint(module) != key
+    key = _fingerprint(module)
+    with torch.no_grad():  # any parameter, not only the first and the last
+        module[0].bias.zero_()
     assert _fingerprint(module) != key

@@ -317,6 +317,30 @@ def test_device_allocation_failure_is_a_clean_memory_error(n):
 
 
 @gpu
+def test_trunk_output_in_pinned_memory_fails_cleanly_and_is_kept():
+    """In tiles the trunk output lives in pinned host memory: failing to pin it is a clean
+    MemoryError; once pinned, the block serves the next decodes and the device holds one frame."""
+    weights = random_weights(8, 4, seed=12)
+    lat = random_latents(4, 3, 10, 10, seed=12)
+    tiles = dict(tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    expected = wv.Decoder(weights, backend="cpu", mean=[0.0] * 4, std=[1.0] * 4).decode(lat, **tiles)
+    dec = wv.Decoder(weights, backend="cuda", precision="fp32", mean=[0.0] * 4, std=[1.0] * 4)
+    plan = dec.plan(3, 10, 10, **tiles)
+    assert plan["n_tiles"] > 1 and plan["trunk_host_bytes"] == 3 * 100 * 32 * 4
+    assert plan["trunk_out_bytes"] < plan["trunk_host_bytes"]
+    before = _device_used()
+    wv._C._fail_nth_alloc(2, backend="cuda")  # 1: the arena, 2: the pinned trunk output
+    try:
+        with pytest.raises(MemoryError, match="pinning"):
+            dec.decode(lat, **tiles)
+    finally:
+        wv._C._fail_nth_alloc(0, backend="cuda")
+    assert abs(_device_used() - before) <= 1 << 20
+    for _ in range(2):
+        np.testing.assert_allclose(dec.decode(lat, **tiles), expected, atol=FP32_TOL)
+
+
+@gpu
 def test_interrupt_stops_and_the_next_decode_works():
     weights = random_weights(8, 4, seed=13)
     dec = wv.Decoder(weights, backend="cuda", precision="fp32", mean=[0.0] * 4, std=[1.0] * 4)

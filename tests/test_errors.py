@@ -1,5 +1,6 @@
 """Every bad input gets a clear error naming the problem (the README's table, row by row), and
 nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
+import json
 import os
 import re
 import threading
@@ -64,6 +65,12 @@ def corrupt_safetensors(tmp, kind):
         raw = raw.replace(b"[0, 12]", b"[0, 99]")
     elif kind == "truncated":
         raw = raw[:-4]
+    elif kind == "negative_dim":
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        header["decoder.head.2.bias"]["shape"] = [-1, -3]
+        text = json.dumps(header).encode()
+        raw = len(text).to_bytes(8, "little") + text + raw[8 + n:]
     open(path, "wb").write(raw)
     return path
 
@@ -103,12 +110,15 @@ CASES = [
      E, "unsupported dtype"),
     ("mean or std of the wrong length", lambda d, t: d.decode(lat(), mean=[0.0] * 3), E, "z_dim=4"),
     ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
+    ("mean or std that are not numbers", lambda d, t: d.decode(lat(), mean="0.1,0.2"), E, "sequence of numbers"),
     ("a safetensors header length past the end of the file",
      lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_past_end")), E, "past the end"),
     ("a safetensors header that is not JSON", lambda d, t: wv.load_weights(corrupt_safetensors(t, "bad_json")), E,
      "not valid JSON"),
     ("safetensors data offsets out of range", lambda d, t: wv.load_weights(corrupt_safetensors(t, "offsets")), E,
      "out of range"),
+    ("a safetensors tensor with a negative dimension",
+     lambda d, t: wv.load_weights(corrupt_safetensors(t, "negative_dim")), E, "negative dimension"),
     ("a truncated safetensors file", lambda d, t: wv.load_weights(corrupt_safetensors(t, "truncated")), E,
      "out of range"),
     ("a checkpoint of unknown format", lambda d, t: wv.load_weights(__file__), E, "unknown checkpoint format"),
@@ -120,6 +130,7 @@ CASES = [
     ("a tile size that is not a positive int", lambda d, t: d.decode(lat(), tile_x=-5), E, "positive int"),
     ("a memory budget too small for the smallest tile", lambda d, t: d.decode(lat(), max_memory=1000), MemoryError,
      "budget is 1000 bytes"),
+    ("a memory budget of 2**63 bytes or more", lambda d, t: d.decode(lat(), max_memory=2**63), E, r"below 2\*\*63"),
     ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
     ("an unknown backend", lambda d, t: wv.Decoder(random_weights(8, 4), backend="metal"), E,
      "backend must be 'cpu' or 'cuda'"),
@@ -226,3 +237,56 @@ def test_repeated_decodes_do_not_grow_memory(small):
         with pytest.raises(E):
             small.decode(lat(z=5))
     assert current_rss_bytes() - before < 8 * 2**20
+
+
+def test_a_model_is_built_once(small):
+    m = wv._C.Model(random_weights(8, 4))
+    with pytest.raises(wv.WanVAEError, match="built once"):
+        m.__init__(random_weights(8, 4))
+    assert m.z_dim == 4
+
+
+def test_a_progress_callback_cannot_decode_with_its_own_model(small):
+    calls = []
+
+    def reenter(done, total):
+        calls.append(done)
+        small.decode(lat())
+
+    with pytest.raises(wv.WanVAEError, match="already decoding in this thread"):
+        small.decode(lat(), progress=reenter)
+    assert calls == [1]
+    assert small.decode(lat()).shape[0] == 5  # and the model still works
+
+
+def test_plan_refuses_implausible_sizes(small):
+    with pytest.raises(wv.WanVAEError, match="at most 100000"):
+        small._model.plan(2**31 - 1, 1, 1)
+
+
+def test_an_array_interface_that_raises_is_not_swallowed(small):
+    class Grad:
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    with pytest.raises(RuntimeError, match="requires grad"):
+        small.decode(Grad())
+
+
+def test_weights_dict_changing_while_read_is_read_as_it_was(small):
+    weights = random_weights(8, 4)
+
+    class Grows:  # reading this weight adds keys to the dict being read
+        def __init__(self, arr):
+            self.arr = arr
+
+        @property
+        def __array_interface__(self):
+            for i in range(64):
+                weights[f"extra.{i}"] = np.zeros(1, np.float32)
+            return self.arr.__array_interface__
+
+    weights["decoder.head.2.bias"] = Grows(weights["decoder.head.2.bias"])
+    m = wv._C.Model(weights)
+    assert m.z_dim == 4 and "extra.0" in weights

@@ -73,8 +73,8 @@ def _budget(max_memory, backend="cpu", device=-1):
             return device_budget(device)[0]
         available = available_host_bytes()
         return int(available * HOST_BUDGET_SHARE) if available else 0
-    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or max_memory <= 0:
-        raise WanVAEError(f"max_memory must be a positive number of bytes or None, got {max_memory!r}")
+    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or not 0 < max_memory < 2**63:
+        raise WanVAEError(f"max_memory must be a positive number of bytes (below 2**63) or None, got {max_memory!r}")
     return max_memory
 
 

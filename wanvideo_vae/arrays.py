@@ -72,7 +72,10 @@ def as_float_list(values, what):
         return None
     if _is_torch_tensor(values):
         values = values.detach().float().cpu().numpy()
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise WanVAEError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
     if not np.all(np.isfinite(arr)):
         raise WanVAEError(f"{what} contains NaN or Inf")
     return [float(v) for v in arr]

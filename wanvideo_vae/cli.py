@@ -316,9 +316,19 @@ def _positive_bytes(text):
         n = float(text[:-1]) * units[text[-1].lower()] if text and text[-1].lower() in units else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 512M)") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not 0 < n < 2**63:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive and below 2**63 bytes")
     return int(n)
+
+
+def _positive_fps(text):
+    try:
+        fps = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < fps <= 1000:
+        raise argparse.ArgumentTypeError(f"{text}: frames per second must be above 0 and at most 1000")
+    return fps
 
 
 def build_parser():
@@ -329,7 +339,7 @@ def build_parser():
     d.add_argument("--vae", help="VAE checkpoint (.safetensors or .pth); omit with --latents for random weights")
     d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth")
     d.add_argument("--out", help="output: .mp4 (needs the video extra), .avi, .npy, or a folder for PNG frames")
-    d.add_argument("--fps", type=float, default=16.0, help="frames per second of a video output (default 16)")
+    d.add_argument("--fps", type=_positive_fps, default=16.0, help="frames per second of a video output (default 16)")
     d.add_argument("--tile", type=int, default=272, help="tile size in output pixels, halo included; 0: whole frame")
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -380,7 +390,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, WanVAEError, MemoryError) as e:
+    except (CliError, WanVAEError, MemoryError, OSError) as e:  # OSError: writing the output (disk full, ...)
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

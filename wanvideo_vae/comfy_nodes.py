@@ -75,19 +75,23 @@ def _module_weights(module):
     return normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
 
 
+FINGERPRINT_SAMPLES = 64  # values of each parameter summed into the fingerprint
+
+
 def _fingerprint(module):
-    """What identifies the weights' values, cheaply: dtype, shapes and a strided sample of the first and
-    last parameters. Not their address: ComfyUI moves an offloaded VAE between devices, which must
-    not rebuild the Decoder; changed values must."""
+    """What identifies the weights' values, cheaply: dtype, shapes and the sum of a strided sample of
+    every parameter (one transfer from its device). Not their address: ComfyUI moves an offloaded
+    VAE between devices, which must not rebuild the Decoder; changed values must."""
     params = list(module.parameters())
     if not params:
         return None
-    sample = []
-    for p in (params[0], params[-1]):
+    sums = []
+    for p in params:
         flat = p.detach().reshape(-1)
-        step = max(flat.numel() // 64, 1)
-        sample.append(float(flat[::step][:64].float().sum()))
-    return (params[0].dtype, tuple(tuple(p.shape) for p in params), tuple(sample))
+        step = max(flat.numel() // FINGERPRINT_SAMPLES, 1)
+        sums.append(flat[::step][:FINGERPRINT_SAMPLES].float().sum())
+    sample = tuple(_torch().stack(sums).cpu().tolist())
+    return (params[0].dtype, tuple(tuple(p.shape) for p in params), sample)
 
 
 class _DecoderCache:
@@ -117,6 +121,8 @@ def _torch():
 
 def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
+    if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
+        vae = object.__getattribute__(vae, "_wrapped")
     mean, std = _wanvae_stats(vae)
     dec = _decoders.get(vae, vae.model, _backend_for(vae.model, latents, mean), mean=mean, std=std)
     return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
@@ -212,7 +218,7 @@ class NativeWanVAE:
         self._wrapped.to(*args, **kwargs)
         return self
 
-    def decode(self, hidden_states, device=None, end_=False, tiled=False, tile_size=(34, 34), tile_stride=(18, 16),
+    def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
                pbar=True, **unused):
         torch = _torch()
         videos = []
@@ -268,7 +274,11 @@ class WanCoreVAENativeDecode:
         torch = _torch()
         model = getattr(vae, "first_stage_model", vae)
         z = samples["samples"]
-        z_dim = int(model.state_dict()["decoder.conv1.weight"].shape[1]) if hasattr(model, "state_dict") else -1
+        conv1 = model.state_dict().get("decoder.conv1.weight") if hasattr(model, "state_dict") else None
+        if conv1 is None or conv1.ndim != 5:
+            raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
+                             "no 3-d decoder.conv1.weight")
+        z_dim = int(conv1.shape[1])
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
         dec = _decoders.get(vae, model, _backend_for(model, z), mean=[0.0] * z_dim, std=[1.0] * z_dim)

@@ -104,6 +104,8 @@ class CudaArray:
     def __init__(self, tensor, what):
         import torch
 
+        if tensor.dtype == torch.float64:  # converted, as host float64 is (on torch's current stream)
+            tensor = tensor.float()
         typestr = self._TYPESTR.get(str(tensor.dtype))
         if typestr is None:
             raise WanVAEError(f"{what}: unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")

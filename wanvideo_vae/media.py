@@ -4,6 +4,7 @@ PNG and AVI are written here with zlib and struct, so the core install needs not
 import os
 import struct
 import zlib
+from fractions import Fraction
 
 import numpy as np
 
@@ -31,8 +32,8 @@ def load_latents(path):
     if path.endswith(".npy"):
         try:
             return np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise WanVAEError(f"{path}: not a NumPy array file ({e})") from None
+        except (ValueError, EOFError, OSError) as e:
+            raise WanVAEError(f"{path}: not a NumPy array file ({e or type(e).__name__})") from None
     if path.endswith(".safetensors"):
         return _pick_latent(load_safetensors(path), path)
     if path.endswith((".pt", ".pth")):
@@ -72,9 +73,10 @@ def write_avi(frames, path, fps):
     row = (w * 3 + 3) // 4 * 4
     size = row * h
     bmp = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, size, 0, 0, 0, 0)
-    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"DIB ", 0, 0, 0, 0, 1, int(fps), 0, n, size, 0xFFFFFFFF, 0,
-                       0, 0, w, h)
-    avih = struct.pack("<IIIIIIIIII4I", int(1e6 / fps), size * int(fps), 0, 0, n, 0, 1, size, w, h, 0, 0, 0, 0)
+    rate = Fraction(fps).limit_denominator(1001)  # players time frames by strh's rate / scale: 12.5 = 25 / 2
+    strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"DIB ", 0, 0, 0, 0, rate.denominator, rate.numerator, 0, n,
+                       size, 0xFFFFFFFF, 0, 0, 0, w, h)
+    avih = struct.pack("<IIIIIIIIII4I", round(1e6 / fps), round(size * fps), 0, 0, n, 0, 1, size, w, h, 0, 0, 0, 0)
 
     def chunk(tag, data):
         return tag + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
@@ -142,6 +144,12 @@ def check_output(out):
     if ext == ".mp4" and not have_mp4():
         raise WanVAEError("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
                           "(or write .avi, a PNG folder or .npy)")
+    if ext:  # a file: its folder must be there to write in (a PNG folder is made with its parents)
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise WanVAEError(f"{out}: the folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise WanVAEError(f"{out}: the folder {folder} is not writable")
 
 
 def write_frames(frames, out, fps):

@@ -1,5 +1,6 @@
 """Checkpoint loading: .safetensors (read here, no extra dependency) and .pth / .pt state dicts."""
 import json
+import math
 import os
 import struct
 
@@ -60,7 +61,9 @@ def load_safetensors(path, keys=None):
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise WanVAEError(f"{path}: tensor '{name}' has an unsupported dtype or a malformed entry") from None
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if any(s < 0 for s in shape):
+            raise WanVAEError(f"{path}: tensor '{name}' has a negative dimension in its shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no wraparound
         if begin < 0 or end < begin or end - begin != nbytes or data_start + end > size:
             raise WanVAEError(f"{path}: tensor '{name}' has data offsets [{begin}, {end}) out of range or not "
                               f"matching its shape {shape} and dtype {info['dtype']}")

@@ -239,7 +239,8 @@ static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
 }
 
 /* zero_ring, copy_region and upsample2x: data movement, compared everywhere they write (C = 8: the
- * CUDA upsample moves 16-byte vectors). */
+ * CUDA upsample moves 16-byte vectors). copy_region also by way of alloc_host's memory, as the trunk
+ * output goes in a plan of several tiles. */
 static void test_moves(side *cpu, side *gpu, int C)
 {
     side *sides[2] = {cpu, gpu};
@@ -248,23 +249,32 @@ static void test_moves(side *cpu, side *gpu, int C)
     int64_t n = wv_grid_positions(g) * C * 2, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
     int64_t nu = wv_grid_positions(gu) * 2 * C, nud = wv_grid_positions(gud) * C;
     float *a = rand_floats((size_t)n), *src = rand_floats((size_t)ns), *dst = rand_floats((size_t)nd);
-    float *usrc = rand_frames(gu, 2 * C, 1), *udst = rand_floats((size_t)nud), *r[3], *o[3];
+    float *usrc = rand_frames(gu, 2 * C, 1), *udst = rand_floats((size_t)nud), *r[4], *o[4];
     char *mask = interior(gd, C, 1);
-    for (int k = 0; k < 3; k++) r[k] = (float *)malloc(4 * (size_t)nud * 4), o[k] = (float *)malloc(4 * (size_t)nud * 4);
+    for (int k = 0; k < 4; k++) r[k] = (float *)malloc(4 * (size_t)nud * 4), o[k] = (float *)malloc(4 * (size_t)nud * 4);
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
         float **out = i ? o : r;
         void *da = put(s, a, (size_t)n), *ds = put(s, src, (size_t)ns), *dd = put(s, dst, (size_t)nd);
-        void *du = put(s, usrc, (size_t)nu), *dud = put(s, udst, (size_t)nud);
+        void *du = put(s, usrc, (size_t)nu), *dud = put(s, udst, (size_t)nud), *dd2 = put(s, dst, (size_t)nd), *host;
+        wv_error err;
+        if (s->be->alloc_host(s->ctx, (size_t)ns * s->be->act_bytes, &host, &err)) {
+            fprintf(stderr, "setup failed: %s\n", err.msg);
+            exit(1);
+        }
         s->be->zero_ring(s->ctx, da, g, C, 2);
         s->be->copy_region(s->ctx, ds, gs, 2, 3, dd, gd, C, 1);
+        s->be->copy_region(s->ctx, ds, gs, 0, 0, host, gs, C, 1);
+        s->be->copy_region(s->ctx, host, gs, 2, 3, dd2, gd, C, 1);
         /* the second half of the channels (an upsample3d's odd frame); dst position (py, px) is frame
          * pixel (py - 1, 2 - 1 + px) of a 10 x 10 frame: the top ring row and the right column fall
          * outside it and must come out zero */
         s->be->upsample2x(s->ctx, du, gu, 0, 0, 2 * C, C, dud, gud, 0, 2, 10, 10, C);
         get(s, da, out[0], (size_t)n), get(s, dd, out[1], (size_t)nd), get(s, dud, out[2], (size_t)nud);
+        get(s, dd2, out[3], (size_t)nd);
         s->be->release(s->ctx, da), s->be->release(s->ctx, ds), s->be->release(s->ctx, dd);
-        s->be->release(s->ctx, du), s->be->release(s->ctx, dud);
+        s->be->release(s->ctx, du), s->be->release(s->ctx, dud), s->be->release(s->ctx, dd2);
+        s->be->release_host(s->ctx, host);
     }
     snprintf(name, sizeof name, "zero_ring pad 2, 2 frames, C=%d", C);
     check(name, gpu->be, r[0], o[0], (size_t)n, NULL);
@@ -272,7 +282,9 @@ static void test_moves(side *cpu, side *gpu, int C)
     check(name, gpu->be, r[1], o[1], (size_t)nd, mask);
     snprintf(name, sizeof name, "upsample2x channels [%d, %d) of %d", C, 2 * C, 2 * C);
     check(name, gpu->be, r[2], o[2], (size_t)nud, NULL);
-    for (int k = 0; k < 3; k++) free(r[k]), free(o[k]);
+    snprintf(name, sizeof name, "copy_region by way of pinned host memory, C=%d", C);
+    check(name, gpu->be, r[1], o[3], (size_t)nd, mask);
+    for (int k = 0; k < 4; k++) free(r[k]), free(o[k]);
     free(a), free(src), free(dst), free(usrc), free(udst), free(mask);
 }
 

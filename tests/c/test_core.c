@@ -346,6 +346,34 @@ static wv_status decode(const wv_model *m, const float *lat, int T, int h, int w
     return s;
 }
 
+/* A backend keeping the trunk output in its host memory (as the CUDA one does): the arena holds one
+ * frame of it, the result is the same to the bit, and its allocation failing fails cleanly. */
+static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h, int w, const float *tiled,
+                               size_t n_out)
+{
+    wv_backend hosts = *m->backend;
+    wv_model with = *m;
+    wv_options o = {40, 40, 0, WV_OUT_RAW, 0, 0};
+    size_t frame = (size_t)h * w * m->blocks[m->trunk_end - 1].cout * sizeof(float);
+    float *out = (float *)malloc(n_out * sizeof(float));
+    wv_plan p;
+    wv_stats st;
+    wv_error err;
+    hosts.trunk_out_host = 1;
+    with.backend = &hosts;
+    CHECK(wv_plan_make(&p, &with, T, h, w, &o, &err) == WV_OK);
+    CHECK(p.n_tiles > 1 && p.trunk_host_bytes == (size_t)T * frame &&
+          p.buffers[WV_BUF_TRUNK_OUT].bytes == wv_align_up(frame));
+    wv_plan_free(&p);
+    CHECK(decode(&with, lat, T, h, w, 40, out, &st, &err) == WV_OK);
+    CHECK(max_abs_diff(out, tiled, n_out) == 0.0f);
+    hosts.fail_nth_alloc(2); /* the arena, then the host memory */
+    CHECK(decode(&with, lat, T, h, w, 40, out, &st, &err) == WV_ERR_NOMEM);
+    hosts.fail_nth_alloc(0);
+    CHECK(decode(&with, lat, T, h, w, 0, out, &st, &err) == WV_OK); /* one tile streams: no host copy */
+    free(out);
+}
+
 static void test_decode(const wv_model *m)
 {
     int T = 3, h = 5, w = 6, F = 1 + 4 * (T - 1);
@@ -362,6 +390,7 @@ static void test_decode(const wv_model *m)
         CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == (n == 1 ? WV_ERR_NOMEM : WV_OK));
     }
     wv_backend_cpu()->fail_nth_alloc(0);
+    test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
     free(lat), free(whole), free(tiled);
 }
 
