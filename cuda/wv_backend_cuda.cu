@@ -702,7 +702,10 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
     if (c->pinned_lent) return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend lends one block of pinned memory at a time");
     if (c->pinned_bytes < bytes) {
         ds = enter_device(c->device);
-        if (c->pinned) cudaFreeHost(c->pinned);
+        if (c->pinned) {
+            cudaStreamSynchronize(c->stream); /* the last call's copies may still read it */
+            cudaFreeHost(c->pinned);
+        }
         c->pinned = NULL;
         c->pinned_bytes = 0;
         if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
