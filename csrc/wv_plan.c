@@ -1,6 +1,7 @@
 /* The planner: halos from the layer list, segments, the tile grid, and every buffer's bytes. */
 #include "wv_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -517,17 +518,15 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
         }
     }
     wv_plan_free(p);
-    if (best < 0 && p->trunk_host_bytes)
+    if (best < 0) {
+        char trunk[96] = ""; /* the part that grows with T, where the arena holds it */
+        if (!p->trunk_host_bytes)
+            snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, p->trunk_out_bytes);
         return wv_fail(err, WV_ERR_NOMEM,
-                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px) but the "
+                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px%s) but the "
                        "budget is %zu bytes",
-                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, o->max_bytes);
-    if (best < 0)
-        return wv_fail(err, WV_ERR_NOMEM,
-                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px, of which "
-                       "the trunk output for %d frames is %zu) but the budget is %zu bytes",
-                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, T,
-                       p->trunk_out_bytes, o->max_bytes);
+                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, trunk, o->max_bytes);
+    }
     trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, best) : best;
     trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, best) : best;
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;

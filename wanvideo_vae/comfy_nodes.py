@@ -122,7 +122,7 @@ def _torch():
 def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
-        vae = object.__getattribute__(vae, "_wrapped")
+        vae = vae._wrapped
     mean, std = _wanvae_stats(vae)
     dec = _decoders.get(vae, vae.model, _backend_for(vae.model, latents, mean), mean=mean, std=std)
     return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
