@@ -36,6 +36,25 @@ typedef struct {
  * want alignment. */
 static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 
+/* The most temporal taps a convolution has (Wan's causal convs: 3). */
+#define WV_MAX_TAPS 3
+
+/* A causal conv's cache as the driver keeps it: `slots` frames from base, frame_bytes apart.
+ * Temporal tap dt reads slot (oldest + dt) % slots, the new frame (tap kt - 1) included, which goes
+ * into slot (oldest + kt - 1) % slots: with kt slots (a ring), the one left free; with kt - 1
+ * (the backend runs the taps apart), tap 0's, so tap 0 runs before the new frame is written there.
+ * Each frame then advances oldest by one, and nothing moves. */
+typedef struct {
+    char *base;
+    size_t frame_bytes;
+    int slots, oldest;
+} wv_ring;
+
+static inline void *wv_ring_slot(const wv_ring *r, int dt)
+{
+    return r->base + (size_t)((r->oldest + dt) % r->slots) * r->frame_bytes;
+}
+
 static inline int64_t wv_grid_positions(wv_grid g)
 {
     return (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
@@ -67,15 +86,16 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
     X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
                           const float *std, wv_grid g, void *dst))                                \
-    /* y[n][P][cout] (+)= bias + sum_taps W * window(cache[2][P][cin] ++ x[n][P][cin]) */         \
-    X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x,     \
-                   void *y, int n, int accumulate))                                               \
-    /* cache[2][P][C] <- last two frames of (cache ++ x[n]); it follows the conv that read x from  \
-     * this cache (a backend may rely on that: the CUDA one keeps x where the conv put it) */      \
-    X(cache_roll, void, (void *ctx, void *cache, const void *x, int n, int64_t frame_elems))      \
-    /* where causal conv cv's next input frame may be written so that the conv reads it in place  \
-     * (a slot of its cache), or NULL: the producer writes its own buffer */                      \
-    X(conv_input, void *, (void *ctx, const wv_conv *cv, void *cache, int64_t frame_elems))       \
+    /* host side: 1 when causal conv cv runs any range of its temporal taps, each from a frame of \
+     * its own (its cache then keeps kt - 1 frames: see wv_ring); 0 when it runs all kt at once  \
+     * from a ring of kt consecutive frames */                                                    \
+    X(taps_apart, int, (const wv_conv *cv))                                                       \
+    /* y[P][cout] (+)= (bias if first == 0) + sum over taps dt in [first, last] of               \
+     * W[dt] * window(frames[dt]); frames[dt] [P][cin] is the frame temporal tap dt reads (frame  \
+     * t - (kt - 1 - dt)), the others are not read. kt == 1: frames[0] is x. A causal conv whose  \
+     * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order */ \
+    X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,  \
+                   int last, void *y, int accumulate))                                            \
     /* y = x / max(|x|, 1e-12) * sqrt(C) * gamma, then SiLU if silu; interior of gx -> gy */      \
     X(rms_norm, void, (void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n,   \
                        const void *gamma, int silu))                                              \
@@ -122,7 +142,6 @@ struct wv_backend {
     size_t act_bytes;       /* bytes per activation element */
     size_t param_bytes;     /* bytes per parameter element in backend memory */
     size_t score_bytes;     /* bytes of attention scratch per score */
-    int cache_frames;       /* frames a causal cache buffer holds (2, or 3 with room for the input) */
     int causal_weight_scratch; /* 1: the arena holds room for any causal conv's packed weights
                                   (WEIGHT_SCRATCH), where the backend reorders their taps per call */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
@@ -150,7 +169,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 5
+#define WV_BACKEND_ABI 6
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

@@ -169,49 +169,41 @@ static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, c
         }
 }
 
-/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]). Spatial kernels need a padded grid. Output frame
- * f reads, for temporal tap dt, frame f - (kt - 1 - dt) of x, or of the cache before x begins. The
- * output goes in blocks of rows, each taking every tap while it is in cache. */
-static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache_, const void *x_, void *y_,
-                     int n, int accumulate)
+/* Every causal conv runs its taps apart: each tap reads its own frame, wherever it is. */
+static int cpu_taps_apart(const wv_conv *cv)
 {
-    const float *cache = (const float *)cache_, *x = (const float *)x_, *w = (const float *)cv->weight;
+    (void)cv;
+    return 1;
+}
+
+/* Rows [p0, p0 + rows) of y [P][cout] before the taps add to them: the bias (first == 0), else zero,
+ * or kept and the bias added (accumulate). */
+static void start_rows(float *y, int64_t rows, int cout, const float *bias, int accumulate)
+{
+    if (bias)
+        add_bias_rows(y, rows, cout, bias, accumulate);
+    else if (!accumulate)
+        memset(y, 0, (size_t)(rows * cout) * sizeof(float));
+}
+
+/* y[P][cout] (+)= (bias if first == 0) + temporal taps [first, last], tap dt reading frames[dt].
+ * Spatial kernels need a padded grid. The output goes in blocks of rows, each taking every tap
+ * while it is in cache. */
+static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
+                     void *y_, int accumulate)
+{
+    const float *w = (const float *)cv->weight;
     float *y = (float *)y_;
-    int64_t P = wv_grid_positions(g), fin = P * cv->cin, fout = P * cv->cout;
     int64_t tap_elems = (int64_t)cv->kh * cv->kw * cv->cin * cv->cout;
     int spatial = cv->kh > 1 || cv->kw > 1;
-    int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : P;
+    int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : wv_grid_positions(g);
     (void)ctx;
-    add_bias_rows(y + p0 * cv->cout, (int64_t)(n - 1) * P + M, cv->cout, (const float *)cv->bias, accumulate);
-    for (int f = 0; f < n; f++)
-        for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
-            int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;
-            for (int dt = 0; dt < cv->kt; dt++) {
-                int from = f - (cv->kt - 1 - dt);
-                const float *src = from >= 0 ? x + from * fin : cache + (2 + from) * fin;
-                conv_spatial_taps(cv, w + dt * tap_elems, g, src, p, rows, y + f * fout + p * cv->cout);
-            }
-        }
-}
-
-static void cpu_cache_roll(void *ctx, void *cache_, const void *x_, int n, int64_t fe)
-{
-    float *cache = (float *)cache_;
-    const float *x = (const float *)x_;
-    size_t bytes = (size_t)fe * sizeof(float);
-    (void)ctx;
-    if (n >= 2) {
-        memcpy(cache, x + (n - 2) * fe, 2 * bytes);
-    } else if (n == 1) {
-        memmove(cache, cache + fe, bytes);
-        memcpy(cache + fe, x, bytes);
+    start_rows(y + p0 * cv->cout, M, cv->cout, first == 0 ? (const float *)cv->bias : NULL, accumulate);
+    for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
+        int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;
+        for (int dt = first; dt <= last; dt++)
+            conv_spatial_taps(cv, w + dt * tap_elems, g, (const float *)frames[dt], p, rows, y + p * cv->cout);
     }
-}
-
-static void *cpu_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t frame_elems)
-{
-    (void)ctx, (void)cv, (void)cache, (void)frame_elems;
-    return NULL;
 }
 
 static float silu(float v) { return v / (1.0f + expf(-v)); }
@@ -330,7 +322,7 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 2, 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
     cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)

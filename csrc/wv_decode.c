@@ -23,6 +23,8 @@ typedef struct {
     int out_frame;      /* the next output frame a tile's last segment writes */
     wv_stats *stats;
     wv_error profile_err; /* the first failure a profiling sync saw, reported at the step's end */
+    int oldest[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];          /* each causal cache's wv_ring.oldest */
+    unsigned char tap0_ran[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS]; /* taps apart: tap 0 of its next frame ran */
 } decode_run;
 
 /* Activations in flight through the block list. The result of each block is left in x. */
@@ -92,37 +94,80 @@ static void swap_xy(flow *f)
     f->y = tmp;
 }
 
-/* The one place a causal cache is read and advanced, and a profiled conv is timed on its own. */
-static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void *x, void *y, int n,
-                        int accumulate)
+/* One conv op over temporal taps [first, last], with its part of the conv's profile. */
+static void conv_taps(decode_run *r, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
+                      void *y, int accumulate)
 {
-    void *cache = cv->cache_slot >= 0 ? arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot) : NULL;
     double before = r->stats->op_seconds[WV_OP_conv]; /* the conv's own time is what OP adds there */
-    OP(r, conv, cv, g, cache, x, y, n, accumulate);
+    OP(r, conv, cv, g, frames, first, last, y, accumulate);
     if (r->o->profile && !r->profile_err.code) {
-        int64_t macs_per_position = (int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
+        int64_t macs_per_position = (int64_t)cv->cout * cv->cin * (last - first + 1) * cv->kh * cv->kw;
         r->stats->conv_seconds[cv->id] += r->stats->op_seconds[WV_OP_conv] - before;
         r->stats->conv_calls[cv->id]++;
-        r->stats->conv_flops[cv->id] += 2 * n * wv_grid_positions(g) * macs_per_position;
+        r->stats->conv_flops[cv->id] += 2 * wv_grid_positions(g) * macs_per_position;
     }
-    if (cache) OP(r, cache_roll, cache, x, n, wv_grid_positions(g) * cv->cin);
 }
 
-/* Where the input of causal conv cv, one frame of grid g, is best written: in place for the conv if
- * the backend offers that, else `fallback`. */
-static void *input_for(decode_run *r, const wv_conv *cv, wv_grid g, int n, void *fallback)
+static wv_ring cache_ring(decode_run *r, const wv_conv *cv, wv_grid g)
 {
+    wv_ring q;
+    q.base = (char *)arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot);
+    q.frame_bytes = (size_t)(wv_grid_positions(g) * cv->cin) * r->be->act_bytes;
+    q.slots = wv_cache_frames(r->be, cv);
+    q.oldest = r->oldest[cv->cache_slot];
+    return q;
+}
+
+/* Where causal conv cv's next input frame (grid g) goes for the conv to read it in place: its slot
+ * in the cache. With the taps apart that is tap 0's slot, so tap 0 runs into y first. */
+static void *cache_input(decode_run *r, const wv_conv *cv, wv_grid g, void *y, int accumulate)
+{
+    wv_ring q = cache_ring(r, cv, g);
+    if (q.slots < cv->kt && !r->tap0_ran[cv->cache_slot]) {
+        const void *frames[WV_MAX_TAPS] = {wv_ring_slot(&q, 0)};
+        conv_taps(r, cv, g, frames, 0, 0, y, accumulate);
+        r->tap0_ran[cv->cache_slot] = 1;
+    }
+    return wv_ring_slot(&q, cv->kt - 1);
+}
+
+/* Where the producer of causal conv cv's input frame writes it, for a conv into y: in place in the
+ * cache, or `fallback` when cv has none, or when its taps are apart and y is still an input of the
+ * producer (tap 0 would run into it first). */
+static void *input_for(decode_run *r, const wv_conv *cv, wv_grid g, void *y, int accumulate, int y_busy,
+                       void *fallback)
+{
+    if (cv->cache_slot < 0 || (y_busy && wv_cache_frames(r->be, cv) < cv->kt)) return fallback;
+    return cache_input(r, cv, g, y, accumulate);
+}
+
+/* y (+)= cv(x). A causal conv reads its cache and x (written where input_for said, or anywhere:
+ * then copied into its slot), and its ring advances. */
+static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void *x, void *y, int accumulate)
+{
+    const void *frames[WV_MAX_TAPS] = {x};
+    wv_grid whole = {g.h + 2 * g.pad, g.w + 2 * g.pad, 0};
+    wv_ring q;
     void *slot;
-    if (cv->cache_slot < 0 || n != 1) return fallback;
-    slot = r->be->conv_input(r->ctx, cv, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
-                             wv_grid_positions(g) * cv->cin);
-    return slot ? slot : fallback;
+    int apart;
+    if (cv->cache_slot < 0) {
+        conv_taps(r, cv, g, frames, 0, 0, y, accumulate);
+        return;
+    }
+    slot = cache_input(r, cv, g, y, accumulate);
+    if (x != slot) OP(r, copy_region, x, whole, 0, 0, slot, whole, cv->cin, 1);
+    q = cache_ring(r, cv, g);
+    apart = q.slots < cv->kt;
+    for (int dt = 0; dt < cv->kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
+    conv_taps(r, cv, g, frames, apart, cv->kt - 1, y, apart || accumulate);
+    r->oldest[cv->cache_slot] = (q.oldest + 1) % q.slots;
+    r->tap0_ran[cv->cache_slot] = 0;
 }
 
 /* [n][P][z] -> [n][P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
 static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
 {
-    causal_conv(r, &b->conv[0], f->g, f->x, f->y, f->n, 0);
+    causal_conv(r, &b->conv[0], f->g, f->x, f->y, 0);
     OP(r, zero_ring, f->y, f->g, b->cout, f->n);
     swap_xy(f);
 }
@@ -130,24 +175,27 @@ static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
 /* [n][P][cin] -> [n][P][cout] */
 static void run_conv(decode_run *r, const wv_block *b, flow *f)
 {
-    causal_conv(r, &b->conv[0], f->g, f->x, f->y, f->n, 0);
+    causal_conv(r, &b->conv[0], f->g, f->x, f->y, 0);
     swap_xy(f);
 }
 
-/* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x) */
+/* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x). Each
+ * normalized frame goes where its conv reads it; the second one, when a shortcut's sum waits in y,
+ * the conv's output, which it is normalized from, goes through t if the conv's taps are apart. */
 static void run_residual(decode_run *r, const wv_block *b, flow *f)
 {
-    void *t0 = input_for(r, &b->conv[0], f->g, f->n, f->t), *t1;
+    int shortcut = b->has_conv[2];
+    void *t0 = input_for(r, &b->conv[0], f->g, f->y, 0, 0, f->t), *t1;
     OP(r, rms_norm, f->x, f->g, t0, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, t0, f->y, f->n, 0);
-    t1 = input_for(r, &b->conv[1], f->g, f->n, f->t);
+    causal_conv(r, &b->conv[0], f->g, t0, f->y, 0);
+    t1 = input_for(r, &b->conv[1], f->g, shortcut ? f->y : f->x, 1, shortcut, f->t);
     OP(r, rms_norm, f->y, f->g, t1, f->g, b->cout, f->n, b->gamma[1], 1);
-    if (b->has_conv[2]) {
-        causal_conv(r, &b->conv[2], f->g, f->x, f->y, f->n, 0);
-        causal_conv(r, &b->conv[1], f->g, t1, f->y, f->n, 1);
+    if (shortcut) {
+        causal_conv(r, &b->conv[2], f->g, f->x, f->y, 0);
+        causal_conv(r, &b->conv[1], f->g, t1, f->y, 1);
         swap_xy(f);
     } else {
-        causal_conv(r, &b->conv[1], f->g, t1, f->x, f->n, 1);
+        causal_conv(r, &b->conv[1], f->g, t1, f->x, 1);
     }
 }
 
@@ -159,18 +207,18 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
     void *normed = arena_buffer(r, WV_BUF_ATTN_IN), *qkv = arena_buffer(r, WV_BUF_ATTN_QKV);
     void *heads = arena_buffer(r, WV_BUF_ATTN_OUT), *scores = arena_buffer(r, WV_BUF_ATTN_SCORES);
     OP(r, rms_norm, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
-    causal_conv(r, &b->conv[0], flat, normed, qkv, 1, 0);
+    causal_conv(r, &b->conv[0], flat, normed, qkv, 0);
     OP(r, attention, qkv, heads, N, C, scores, r->p->attn_rows);
     OP(r, copy_region, f->x, f->g, 0, 0, f->attn_dst, flat, C, 1);
-    causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1, 1);
+    causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1);
 }
 
 /* [n][P][C] -> [n][P][3] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
-    void *t = input_for(r, &b->conv[0], f->g, f->n, f->t);
+    void *t = input_for(r, &b->conv[0], f->g, f->y, 0, 0, f->t);
     OP(r, rms_norm, f->x, f->g, t, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, t, f->y, f->n, 0);
+    causal_conv(r, &b->conv[0], f->g, t, f->y, 0);
     swap_xy(f);
 }
 
@@ -241,7 +289,7 @@ static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
     int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
     const void *source = f->x;
     if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
-        causal_conv(r, &b->conv[1], f->g, f->x, f->y, 1, 0);
+        causal_conv(r, &b->conv[1], f->g, f->x, f->y, 0);
         source = f->y;
         per = 2;
     }
@@ -252,7 +300,7 @@ static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
         segment_buffers(r, next, &child);
         OP(r, upsample2x, source, f->g, src->y.lo, src->x.lo, per * b->cin, j * b->cin, child.t, child.g, dst->y.lo,
            dst->x.lo, fh, fw, b->cin);
-        causal_conv(r, &b->conv[0], child.g, child.t, child.x, 1, 0);
+        causal_conv(r, &b->conv[0], child.g, child.t, child.x, 0);
         run_segment(r, &child);
     }
 }
@@ -311,6 +359,8 @@ static void zero_caches(decode_run *r, int trunk)
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
             OP(r, zero, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
                r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
+            r->oldest[cv->cache_slot] = 0;
+            r->tap0_ran[cv->cache_slot] = 0;
         }
 }
 

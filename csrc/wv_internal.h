@@ -34,6 +34,13 @@ enum {
 
 static inline size_t wv_align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / WV_ARENA_ALIGN * WV_ARENA_ALIGN; }
 
+/* Frames causal conv cv's cache holds (see wv_ring): the kt - 1 previous ones when the backend runs
+ * its taps apart, else a ring of kt with a slot for the new one. */
+static inline int wv_cache_frames(const wv_backend *be, const wv_conv *cv)
+{
+    return be->taps_apart(cv) ? cv->kt - 1 : cv->kt;
+}
+
 /* Segment index of a tile-part block, -1 for trunk blocks. */
 int wv_block_segment(const wv_model *m, int block);
 

@@ -298,7 +298,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
             const wv_conv *cv = &m->blocks[b].conv[c];
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
             set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, "causal cache [frames][P][cin]",
-                       be->cache_frames * conv_positions(p, m, b, c) * cv->cin, ab);
+                       wv_cache_frames(be, cv) * conv_positions(p, m, b, c) * cv->cin, ab);
         }
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
 }

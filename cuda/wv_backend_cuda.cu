@@ -5,17 +5,20 @@
  * the CPU backend's: channels-last frames with a zero ring, so a 3x3 convolution is cuDNN's NHWC
  * convolution of the padded frame with padding 1 (the ring outputs, which nobody reads, come out
  * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
- * cache is a ring of three frame slots, the two previous frames and a free slot for the new one,
- * so the ring never moves: the new frame goes into the free slot (written there by its producer,
- * which asks conv_input, or copied), and rolling the cache is advancing the ring. The weights are
- * packed once, in time order; when the ring's oldest frame is not in slot 0, a kernel turns their
- * taps to the ring's order in the arena's weight scratch first (a few MiB of copying, against the
- * frames the ring saves moving; three stored rotations cost 264 MiB of device memory in bf16).
+ * driver keeps its cache as a ring of three frame slots (wv_ring), the two previous frames and a
+ * free slot the new one is written into, so the ring never moves. The weights are packed once, in
+ * time order; when the ring's oldest frame is not in slot 0, a kernel turns their taps to the
+ * ring's order in the arena's weight scratch first (a few MiB of copying, against the frames the
+ * ring saves moving; three stored rotations cost 264 MiB of device memory in bf16).
  *
- * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS: the full-resolution
- * stage's 96-channel residual convs) run instead as three accumulated 2-d convolutions, one per
- * temporal tap, reading the ring's slots in place with the weights packed tap by tap: cuDNN's 3-d
- * kernels reach 240-280 TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
+ * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS, 128 unless
+ * WANVIDEO_CUDA_TAPS_MAX_CHANNELS says otherwise: the full-resolution stage's 96-channel residual
+ * convs) run instead as three accumulated 2-d convolutions, one per
+ * temporal tap, each reading its tap's frame in place with the weights packed tap by tap: cuDNN's
+ * 3-d kernels reach 240-280 TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
+ * Their taps are apart (taps_apart), so their caches keep only the two previous frames: the driver
+ * runs tap 0 before the new frame overwrites its slot (one frame less per cache: 6 x 44 MiB in the
+ * 720p plan of 4 tiles).
  *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
@@ -47,15 +50,8 @@
 #define WV_CUDA_MAX_Z 4096
 
 #define MAX_CANDIDATES 8
-#define MAX_RINGS 64 /* causal caches per model (Wan 2.1 has 32) */
-#define TAPS_MAX_CHANNELS 128
+#define TAPS_MAX_CHANNELS 128 /* the default of g_taps_max_channels */
 #define STAGINGS 3 /* steps of output in the arena: two steps in flight, and the ring's period of 3 */
-
-/* A causal cache's ring: slot `oldest` holds frame t-2, the next slot t-1, the third is free. */
-typedef struct {
-    const void *cache;
-    int oldest;
-} ring;
 
 /* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
  * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
@@ -138,8 +134,6 @@ struct cuda_ctx {
     size_t pinned_bytes;
     int pinned_lent;
     /* per call */
-    ring rings[MAX_RINGS];
-    int n_rings;
     void *workspace;
     size_t workspace_bytes;
     void *weight_scratch; /* the arena's: a causal conv's weights with their taps turned to its ring */
@@ -297,13 +291,13 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
 
 /* ---- step graphs ------------------------------------------------------------------------- */
 
-/* With WANVIDEO_CUDA_GRAPHS=1, an op called during a decode does its host bookkeeping at once (ring
- * orders, output staging) and records its GPU work (a function and its arguments, by value); the
+/* With WANVIDEO_CUDA_GRAPHS=1, an op called during a decode does its host bookkeeping at once (output
+ * staging) and records its GPU work (a function and its arguments, by value); the
  * records run when the step ends or the host waits. A list of records seen for the first time runs
  * as recorded; when the same list (the same functions and argument bytes, pointers included) comes
  * again, it is captured into a CUDA graph, and from then on the graph is launched instead: one call
- * for the step's some 260. A tile's steps repeat with a period of three (the rings' three orders,
- * and the STAGINGS = 3 output stagings taking turns), so the host's cost of a decode in small tiles
+ * for the step's some 260. A tile's steps repeat with a period of three (the three orders of the
+ * driver's 3-frame rings, and the STAGINGS = 3 output stagings taking turns), so the host's cost of a decode in small tiles
  * shrinks to its first six steps per tile. The few ops whose arguments change every step (the latent frame, the trunk frame
  * a tile step starts from) run at once, after what is pending, and so split the lists. Graphs hold
  * the arena's addresses and end with the call. A capture that fails turns graphs off for the
@@ -678,14 +672,11 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     return WV_OK;
 }
 
-/* A released buffer's ring is forgotten: the address may come back as another cache. */
 static void cuda_release(void *ctx, void *p)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds = enter_device(c->device);
     flush_pending(c); /* recorded work may still use p */
-    for (int i = 0; i < c->n_rings; i++)
-        if (c->rings[i].cache == p) c->rings[i--] = c->rings[--c->n_rings];
     cudaFree(p);
     leave_device(ds, c->device);
 }
@@ -777,11 +768,31 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
     return take_error(c, err);
 }
 
+/* The widest causal conv that runs by taps: TAPS_MAX_CHANNELS, or WANVIDEO_CUDA_TAPS_MAX_CHANNELS read
+ * once, when the module first asks for the tables (weights packed by it must stay readable). */
+static int g_taps_max_channels = TAPS_MAX_CHANNELS;
+
+static void read_taps_max_channels(void)
+{
+    const char *v = getenv("WANVIDEO_CUDA_TAPS_MAX_CHANNELS");
+    char *end = NULL;
+    long n = v ? strtol(v, &end, 10) : -1;
+    if (!v) return;
+    if (end == v || *end || n < 0 || n > 65536) {
+        fprintf(stderr, "wanvideo_vae cuda: WANVIDEO_CUDA_TAPS_MAX_CHANNELS=%s is not a channel count from 0 to 65536; "
+                        "using %d\n", v, TAPS_MAX_CHANNELS);
+        return;
+    }
+    g_taps_max_channels = (int)n;
+}
+
 /* Whether causal conv cv runs as three 2-d convolutions, one per temporal tap (see the top). */
 static int runs_by_taps(const wv_conv *cv)
 {
-    return cv->kt == 3 && cv->kh == 3 && cv->kw == 3 && cv->cin == cv->cout && cv->cin <= TAPS_MAX_CHANNELS;
+    return cv->kt == 3 && cv->kh == 3 && cv->kw == 3 && cv->cin == cv->cout && cv->cin <= g_taps_max_channels;
 }
+
+static int cuda_taps_apart(const wv_conv *cv) { return runs_by_taps(cv); }
 
 /* Elements from one temporal tap's 2-d filter to the next in a conv that runs by taps. */
 static int64_t tap_stride(const wv_conv *cv) { return wv_param_align((int64_t)cv->cout * cv->cin * cv->kh * cv->kw); }
@@ -914,7 +925,6 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     cudaGetLastError();
     c->in_call = 1;
     c->stats_loaded = 0;
-    c->n_rings = 0;
     c->prev_device = -1;
     if (cudaGetDevice(&c->prev_device) != cudaSuccess) c->prev_device = -1;
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
@@ -1247,28 +1257,6 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
 }
 
-/* The ring slot holding temporal tap k (0: frame t-2, 2: the new frame t, which goes into the free
- * slot) of a cache whose oldest frame is in slot `oldest`. */
-static char *ring_slot(const void *cache, int oldest, int k, size_t frame_bytes)
-{
-    return (char *)cache + (size_t)((oldest + k) % 3) * frame_bytes;
-}
-
-/* The ring of a cache buffer, found by address (a new one starts with its oldest frame in slot 0;
- * the rings reset with each call, whose caches start zeroed, so any rotation is right for them). */
-static ring *ring_of(cuda_ctx *c, const void *cache)
-{
-    for (int i = 0; i < c->n_rings; i++)
-        if (c->rings[i].cache == cache) return &c->rings[i];
-    if (c->n_rings == MAX_RINGS) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "more than %d causal caches", MAX_RINGS);
-        return NULL;
-    }
-    c->rings[c->n_rings].cache = cache;
-    c->rings[c->n_rings].oldest = 0;
-    return &c->rings[c->n_rings++];
-}
-
 /* Whether causal conv cv runs on narrow_conv_kernel: a 3x3x3 one with a handful of outputs (the head)
  * whose inputs load as 16-byte vectors and whose weights fit in shared memory as fp32. */
 #define NARROW_MAX_SHARED ((size_t)48 << 10)
@@ -1282,13 +1270,12 @@ static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
            narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
 }
 
-/* The ring's frames in tap order (tap dt in slot oldest + dt) through narrow_conv_kernel. */
-static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const char *cache, size_t frame_in, int oldest,
-                            void *y, int accumulate)
+/* The ring's frames in tap order through narrow_conv_kernel. */
+static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void *const *frames, void *y,
+                            int accumulate)
 {
-    const char *f[3];
+    const char *f[3] = {(const char *)frames[0], (const char *)frames[1], (const char *)frames[2]};
     int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
-    for (int dt = 0; dt < 3; dt++) f[dt] = ring_slot(cache, oldest, dt, frame_in);
     if (c->verbose && !c->narrow_shown) {
         fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: narrow kernel\n", cv->cin, cv->cout,
                 g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -1321,119 +1308,81 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
     return failed(c) ? NULL : dst;
 }
 
-/* y[n][P][cout] (+)= bias + conv(cache[2] ++ x[n]); causal convs take n == 1 (the driver's only
- * use): x goes into the ring's free slot, and one 3-frame convolution, with the weights' taps
- * turned to the ring's order, reads all three (or, for one that runs by taps, three 2-d
- * convolutions, each reading its tap's slot and adding to y; for a narrow one, narrow_conv_kernel
- * reading the slots in tap order). */
+/* y[P][cout] (+)= (bias if first == 0) + temporal taps [first, last] of cv. A 1-frame conv reads
+ * frames[0]. A causal one that runs by taps: a 2-d convolution per tap, each reading its tap's
+ * frame and adding to y; one whose taps are not apart takes all three from its ring: one 3-frame
+ * convolution from the ring's first slot with the weights' taps turned to the ring's order (for a
+ * narrow one, narrow_conv_kernel reading the slots in tap order). */
 typedef struct {
     const wv_conv *cv;
     wv_grid g;
-    const void *cache, *x;
+    const void *frames[WV_MAX_TAPS];
+    int first, last;
     void *y;
-    int n, accumulate;
-    int oldest;     /* the ring's order when the conv was called (a causal one) */
-    int copy_input; /* x goes into the ring's free slot first (its producer wrote it elsewhere) */
+    int accumulate;
+    const void *ring; /* a conv whose taps are not apart: its ring's first slot */
+    int oldest;       /* and the slot of tap 0 */
 } conv_args;
 
 static void exec_conv(cuda_ctx *c, const void *args)
 {
     const conv_args *a = (const conv_args *)args;
     const wv_conv *cv = a->cv;
-    int H = a->g.h + 2 * a->g.pad, W = a->g.w + 2 * a->g.pad, oldest = a->oldest;
-    size_t es = wv_dtype_size(c->dt), frame_in = (size_t)H * W * cv->cin * es;
-    const char *cache = (const char *)a->cache;
+    int H = a->g.h + 2 * a->g.pad, W = a->g.w + 2 * a->g.pad;
+    size_t es = wv_dtype_size(c->dt);
     conv_shape *s;
     if (cv->kt == 1) {
-        if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, a->n)))
-            run_conv(c, s, a->x, cv->weight, cv->bias, a->y, a->accumulate);
+        if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)))
+            run_conv(c, s, a->frames[0], cv->weight, cv->bias, a->y, a->accumulate);
         return;
     }
-    if (a->copy_input && !cuda_ok(c,
-                                  cudaMemcpyAsync(ring_slot(cache, oldest, 2, frame_in), a->x, frame_in,
-                                                  cudaMemcpyDeviceToDevice, c->stream),
-                                  "causal cache"))
-        return;
     if (runs_by_taps(cv)) {
         if (!(s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1))) return;
-        for (int dt = 0; dt < cv->kt; dt++)
-            if (!run_conv(c, s, ring_slot(cache, oldest, dt, frame_in),
-                          (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es, dt ? NULL : cv->bias, a->y,
-                          dt ? 1 : a->accumulate))
+        for (int dt = a->first; dt <= a->last; dt++)
+            if (!run_conv(c, s, a->frames[dt], (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es,
+                          dt ? NULL : cv->bias, a->y, dt > a->first ? 1 : a->accumulate))
                 return;
     } else if (runs_narrow(c, cv) && a->g.pad >= 1) { /* it reads the neighbours of edge pixels in the ring */
-        run_narrow_conv(c, cv, a->g, cache, frame_in, oldest, a->y, a->accumulate);
+        run_narrow_conv(c, cv, a->g, a->frames, a->y, a->accumulate);
     } else {
-        const void *weight = weights_for_ring(c, cv, oldest);
+        const void *weight = weights_for_ring(c, cv, a->oldest);
         if (weight && (s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
-            run_conv(c, s, cache, weight, cv->bias, a->y, a->accumulate);
+            run_conv(c, s, a->ring, weight, cv->bias, a->y, a->accumulate);
     }
 }
 
-static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *cache, const void *x, void *y, int n,
-                      int accumulate)
+/* A causal conv that does not run by taps reads its three frames as one: they must be the slots of
+ * one 3-frame ring in tap order (wv_ring), whose first slot and tap 0's slot this finds. */
+static int find_ring(cuda_ctx *c, const wv_conv *cv, wv_grid g, conv_args *a)
+{
+    size_t frame = (size_t)wv_grid_positions(g) * cv->cin * wv_dtype_size(c->dt);
+    const char *f0 = (const char *)a->frames[0], *base = f0;
+    for (int dt = 1; dt < 3; dt++)
+        if ((const char *)a->frames[dt] < base) base = (const char *)a->frames[dt];
+    a->ring = base;
+    a->oldest = (int)((size_t)(f0 - base) / frame);
+    for (int dt = 0; dt < 3; dt++)
+        if ((const char *)a->frames[dt] != base + (size_t)((a->oldest + dt) % 3) * frame) return 0;
+    return 1;
+}
+
+static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
+                      void *y, int accumulate)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     conv_args a;
-    ring *rg;
     if (failed(c)) return;
     memset(&a, 0, sizeof a);
-    a.cv = cv, a.g = g, a.cache = cache, a.x = x, a.y = y, a.n = n, a.accumulate = accumulate;
-    if (cv->kt > 1) {
-        size_t frame_in = (size_t)wv_grid_positions(g) * cv->cin * wv_dtype_size(c->dt);
-        if (n != 1 || !cache || cv->kt != 3) {
-            wv_fail(&c->err, WV_ERR_BACKEND,
-                    "the CUDA causal convolution takes one frame at a time over 3 frames (got %d frames, kt=%d)", n,
-                    cv->kt);
-            return;
-        }
-        if (!(rg = ring_of(c, cache))) return;
-        a.oldest = rg->oldest;
-        /* a producer that asked conv_input wrote x in place already */
-        a.copy_input = x != ring_slot(cache, rg->oldest, 2, frame_in);
-    }
-    submit(c, exec_conv, &a, sizeof a);
-}
-
-/* The ring's free slot: a producer writing the conv's input there saves the conv its copy. */
-static void *cuda_conv_input(void *ctx, const wv_conv *cv, void *cache, int64_t fe)
-{
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    ring *rg;
-    if (failed(c) || cv->kt < 2 || !(rg = ring_of(c, cache))) return NULL;
-    return ring_slot(cache, rg->oldest, 2, (size_t)fe * wv_dtype_size(c->dt));
-}
-
-typedef struct {
-    void *dst;
-    const void *src;
-    size_t bytes;
-} copy_args;
-
-static void exec_copy(cuda_ctx *c, const void *args)
-{
-    const copy_args *a = (const copy_args *)args;
-    cuda_ok(c, cudaMemcpyAsync(a->dst, a->src, a->bytes, cudaMemcpyDeviceToDevice, c->stream), "cache roll");
-}
-
-/* The cache's last two frames <- last two of (cache ++ x[n]). After a conv of one frame, x is
- * already in the ring's free slot: the ring advances and nothing moves. */
-static void cuda_cache_roll(void *ctx, void *cache, const void *x, int n, int64_t fe)
-{
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    size_t bytes = (size_t)fe * wv_dtype_size(c->dt);
-    char *cc = (char *)cache;
-    const char *xx = (const char *)x;
-    copy_args a;
-    ring *rg;
-    if (failed(c) || n < 1 || !(rg = ring_of(c, cache))) return;
-    if (n == 1) {
-        rg->oldest = (rg->oldest + 1) % 3;
+    a.cv = cv, a.g = g, a.first = first, a.last = last, a.y = y, a.accumulate = accumulate;
+    for (int dt = first; dt <= last; dt++) a.frames[dt] = frames[dt];
+    if (cv->kt > 1 && !runs_by_taps(cv) && (cv->kt != 3 || first != 0 || last != 2 || !find_ring(c, cv, g, &a))) {
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                "the CUDA causal convolution %d->%d takes its 3 taps at once from a ring of 3 frames (got kt=%d, taps "
+                "%d..%d)",
+                cv->cin, cv->cout, cv->kt, first, last);
         return;
     }
-    rg->oldest = 0; /* several frames (not a driver path): the last two go to slots 0 and 1 */
-    a.dst = cc, a.src = xx + (size_t)(n - 2) * bytes, a.bytes = 2 * bytes;
-    submit(c, exec_copy, &a, sizeof a);
+    submit(c, exec_conv, &a, sizeof a);
 }
 
 /* ---- elementwise ops ---------------------------------------------------------------------- */
@@ -1678,7 +1627,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 3, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1,             \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1,             \
         cuda_ctx_create, cuda_ctx_destroy, cuda_fail_nth_alloc,                                                   \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 
@@ -1690,7 +1639,13 @@ CUDA_TABLE(CUDA_BF16, WV_BF16, 2)
 
 static const wv_backend_set CUDA_SET = {WV_BACKEND_ABI, {&CUDA_F32, &CUDA_F16, &CUDA_BF16}};
 
-extern "C" const wv_backend_set *wv_cuda_backends(void) { return &CUDA_SET; }
+extern "C" const wv_backend_set *wv_cuda_backends(void)
+{
+    static int settled = 0;
+    if (!settled) read_taps_max_channels();
+    settled = 1;
+    return &CUDA_SET;
+}
 
 extern "C" int wv_cuda_device_count(char *why, size_t why_size)
 {

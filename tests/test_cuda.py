@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -419,6 +420,48 @@ def test_step_graphs_decode_as_the_ops_one_by_one(monkeypatch, capfd, precision)
         np.testing.assert_allclose(got, expected, atol=REPEAT_TOL if precision == "fp32" else HALF_TOL)
     err = capfd.readouterr().err
     assert "launched as CUDA graphs" in err and "graphs off" not in err, err[-2000:]
+
+
+TAPS_SCRIPT = """
+import json, numpy as np, wanvideo_vae as wv
+from helpers import random_latents, random_stats, random_weights
+weights, (mean, std), lat = random_weights(16, 16, seed=5), random_stats(16, seed=5), random_latents(16, 3, 9, 12, seed=5)
+out = {}
+for tile in (0, 40):
+    kw = dict(enable_vae_tiling=tile > 0, tile_x=tile or 272, tile_y=tile or 272, tile_stride_x=8, tile_stride_y=8)
+    cpu = wv.Decoder(weights, mean=mean, std=std).decode(lat, **kw)
+    dec = wv.Decoder(weights, backend="cuda", precision="fp32", mean=mean, std=std)
+    got = dec.decode(lat, **kw)
+    out[tile] = [float(np.abs(got - cpu).max()), dec.last_stats["planned_bytes"]]
+print(json.dumps(out))
+"""
+
+
+def _decode_with_taps_setting(value):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                        os.path.dirname(os.path.abspath(__file__))]))
+    if value is not None:
+        env["WANVIDEO_CUDA_TAPS_MAX_CHANNELS"] = value
+    run = subprocess.run([sys.executable, "-c", TAPS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.splitlines()[-1]), run.stderr
+
+
+@gpu
+def test_taps_max_channels_moves_memory_not_the_result():
+    """WANVIDEO_CUDA_TAPS_MAX_CHANNELS (read at import, hence a process each): 0 keeps every causal
+    cache a 3-frame ring, 4096 runs every equal-width 3x3x3 conv by taps (2-frame caches); both decode
+    as the CPU does, untiled and tiled, and the rings take more memory. A value that is no channel
+    count is refused with a line and the default used."""
+    results = {}
+    for value in ("0", "4096", None, "x"):
+        results[value], err = _decode_with_taps_setting(value)
+        for tile, (diff, _) in results[value].items():
+            report(f"taps max channels {value} tile {tile} fp32", max=diff)
+            assert diff <= FP32_TOL
+        assert ("is not a channel count" in err) == (value == "x"), err[-2000:]
+    for tile in results["0"]:
+        assert results["0"][tile][1] > results[None][tile][1] == results["4096"][tile][1] == results["x"][tile][1]
 
 
 @gpu

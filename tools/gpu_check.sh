@@ -14,7 +14,7 @@
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
-# graphs step (4 decodes of 720p x 81, each twice: about 60 s more), plus about 40 s for the
+# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), plus about 40 s for the
 # machine's start. Each step has its own time limit, so a hung step still leaves its log and the
 # summary; a whole run takes about 3 minutes, so timeout_s 400 leaves room for one rerun.
 set -u
@@ -123,21 +123,23 @@ fi
 
 # 5. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
 #    with the weights (140 MiB of them: 1908 MiB for the arena) and in exact 272 px tiles, each after
-#    an untimed run
+#    an untimed run; and within 2 GiB with the 192-channel convs run by taps too
+#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: their caches keep two frames, and the plan 2x2 tiles, not 5x1)
 if want graphs; then
     GLOG=/tmp/wv_graphs.txt # appended to profile.txt: the device tool brings back 8 files
     : > "$GLOG"
     GRAPHS=0
-    for budget in "--tile 0 --max-memory 1908M" "--tile 272"; do
+    for run in "128 --tile 0 --max-memory 1908M" "192 --tile 0 --max-memory 1908M" "128 --tile 272"; do
+        taps=${run%% *} budget=${run#* }
         for g in 0 1; do
-            echo "== WANVIDEO_CUDA_GRAPHS=$g $budget" >> "$GLOG"
-            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_VERBOSE=1 timeout 45 python3 -m wanvideo_vae decode --device cuda \
-                --precision bf16 --random-shape 21 90 160 $budget --warmup --quiet --out /tmp/wv_graphs.npy \
-                >> "$GLOG" 2>&1 || GRAPHS=$?
+            echo "== WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps $budget" >> "$GLOG"
+            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps WANVIDEO_CUDA_VERBOSE=1 timeout 45 \
+                python3 -m wanvideo_vae decode --device cuda --precision bf16 --random-shape 21 90 160 $budget \
+                --warmup --quiet --out /tmp/wv_graphs.npy >> "$GLOG" 2>&1 || GRAPHS=$?
         done
     done
     grep -v "^wanvideo_vae cuda: conv" "$GLOG" >> "$OUT/profile.txt"
-    grep -E "^== |^tiles|^time|CUDA graphs" "$GLOG"
+    grep -E "^== |^tiles|^time|^memory|CUDA graphs" "$GLOG"
     summary "graphs exit $GRAPHS"
 fi
 

@@ -159,10 +159,11 @@ static void end_call(side *s, test_call *t)
     if (t->call.weight_scratch) s->be->release(s->ctx, t->call.weight_scratch);
 }
 
-/* A conv, and for causal ones three steps of conv + cache roll (each step's output compared), which
- * checks the cache through what it is for rather than its layout (the backends keep it differently;
- * on CUDA the three steps see the ring in its three orders). The second step takes its input in
- * place where conv_input offers a slot. */
+/* A conv, and for causal ones three steps of the driver's protocol over a cache kept as wv_ring says
+ * (each step's output compared): with the taps apart, tap 0 runs before the new frame goes into
+ * its slot; a ring of three frames takes the new one in its free slot and turns through its three
+ * orders. The backends may keep their caches differently, so the cache is checked through what it
+ * is for rather than its layout. */
 static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
 {
     enum { STEPS = 3 };
@@ -173,8 +174,9 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
-    char name[96], *mask = interior(g, cout, 1);
+    char name[112], *mask = interior(g, cout, 1);
     wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
+    int apart[2] = {0, 0};
     for (int t = 0; t < STEPS; t++) {
         x[t] = rand_frames(g, cin, 1);
         outs[0][t] = (float *)malloc(fout * sizeof(float));
@@ -182,36 +184,49 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     }
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
-        void *dc = NULL;
         wv_conv c = cv;
         size_t n_packed = (size_t)s->be->packed_weight_elems(&cv);
         float *packed = (float *)calloc(n_packed, sizeof(float));
         test_call call;
+        wv_ring q = {NULL, (size_t)fin * s->be->act_bytes, 1, 0};
         s->be->pack_conv_weight(w, &cv, packed);
         c.weight = put(s, packed, n_packed);
         c.bias = put(s, bias, (size_t)cout);
         free(packed);
         begin_call(s, &call, n_packed * s->be->param_bytes);
-        if (kt > 1) dc = put(s, cache, (size_t)(s->be->cache_frames * fin));
+        if (kt > 1) {
+            apart[i] = s->be->taps_apart(&cv);
+            q.slots = apart[i] ? kt - 1 : kt;
+            q.base = (char *)put(s, cache, (size_t)(q.slots * fin)); /* frames t-2, t-1 (and a free slot) */
+        }
         for (int t = 0; t < steps; t++) {
-            /* step 2 writes its input where conv_input says (in place in the cache, on CUDA) */
-            void *slot = dc && t == 1 ? s->be->conv_input(s->ctx, &c, dc, fin) : NULL;
-            void *dx = slot ? slot : put(s, x[t], (size_t)fin), *dy = put(s, y0, (size_t)fout);
+            void *dy = put(s, y0, (size_t)fout), *dx = kt > 1 ? NULL : put(s, x[t], (size_t)fin);
+            const void *frames[WV_MAX_TAPS] = {dx};
             wv_error err;
-            if (slot) s->be->upload(s->ctx, slot, x[t], (size_t)fin, &err);
-            s->be->conv(s->ctx, &c, g, dc, dx, dy, 1, accumulate);
-            if (dc) s->be->cache_roll(s->ctx, dc, dx, 1, fin);
+            if (kt > 1) {
+                if (apart[i]) {
+                    frames[0] = wv_ring_slot(&q, 0);
+                    s->be->conv(s->ctx, &c, g, frames, 0, 0, dy, accumulate);
+                }
+                s->be->upload(s->ctx, wv_ring_slot(&q, kt - 1), x[t], (size_t)fin, &err);
+                for (int dt = 0; dt < kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
+                s->be->conv(s->ctx, &c, g, frames, apart[i], kt - 1, dy, apart[i] || accumulate);
+                q.oldest = (q.oldest + 1) % q.slots;
+            } else {
+                s->be->conv(s->ctx, &c, g, frames, 0, 0, dy, accumulate);
+            }
             get(s, dy, outs[i][t], (size_t)fout);
-            if (!slot) s->be->release(s->ctx, dx);
+            if (dx) s->be->release(s->ctx, dx);
             s->be->release(s->ctx, dy);
         }
         end_call(s, &call);
         s->be->release(s->ctx, c.weight), s->be->release(s->ctx, c.bias);
-        if (dc) s->be->release(s->ctx, dc);
+        if (q.base) s->be->release(s->ctx, q.base);
     }
     for (int t = 0; t < steps; t++) {
-        snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s%s", kt, k, k, cin, cout, pad,
-                 accumulate ? " +=" : "", kt > 1 ? (t == 0 ? ", step 1" : t == 1 ? ", step 2" : ", step 3") : "");
+        snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s%s%s", kt, k, k, cin, cout, pad,
+                 accumulate ? " +=" : "", kt > 1 ? (t == 0 ? ", step 1" : t == 1 ? ", step 2" : ", step 3") : "",
+                 kt > 1 ? (apart[1] ? " (taps apart)" : " (ring)") : "");
         check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fout, mask);
     }
     for (int t = 0; t < STEPS; t++) free(x[t]), free(outs[0][t]), free(outs[1][t]);

@@ -50,52 +50,66 @@ static float at(const float *frames, wv_grid g, int C, int f, int y, int x, int 
     return frames[((int64_t)f * wv_grid_positions(g) + (int64_t)(y + g.pad) * (g.w + 2 * g.pad) + x + g.pad) * C + c];
 }
 
-static void test_conv(int kt, int k, int n, int accumulate)
+/* How test_conv runs a conv's temporal taps: all at once; tap 0, then the rest added (as the driver
+ * does when the taps are apart); or only taps 1.. into y (no bias). */
+enum { TAPS_AT_ONCE, TAPS_SPLIT, TAPS_AFTER_FIRST };
+
+static void test_conv(int kt, int k, int how, int accumulate)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid g = {5, 7, 1};
-    int cin = 3, cout = 4, taps = kt * k * k;
+    int cin = 3, cout = 4, taps = kt * k * k, first = how == TAPS_AFTER_FIRST ? 1 : 0;
     int64_t P = wv_grid_positions(g);
     float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
     wv_conv cv = {NULL, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
-    float *seq = (float *)calloc((size_t)(2 + n) * P * cin, sizeof(float)); /* cache ++ x, ring zero */
-    float *y = rand_floats((size_t)n * P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)n * P * cout);
+    float *seq = (float *)calloc((size_t)kt * P * cin, sizeof(float)); /* frames t-kt+1 .. t, ring zero */
+    float *y = rand_floats((size_t)P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)P * cout);
+    const void *frames[WV_MAX_TAPS];
     cv.weight = packed;
-    memcpy(y0, y, sizeof(float) * (size_t)n * P * cout);
-    for (int f = 0; f < 2 + n; f++)
+    memcpy(y0, y, sizeof(float) * (size_t)P * cout);
+    for (int f = 0; f < kt; f++)
         for (int yy = 0; yy < g.h; yy++)
             for (int xx = 0; xx < g.w; xx++)
                 for (int c = 0; c < cin; c++)
                     seq[((int64_t)f * P + (yy + 1) * (g.w + 2) + xx + 1) * cin + c] = frand();
+    for (int dt = 0; dt < kt; dt++) frames[dt] = seq + (int64_t)(kt - 1 - dt) * P * cin; /* any order in memory */
     be->pack_conv_weight(w_oidhw, &cv, packed);
-    be->conv(NULL, &cv, g, seq, seq + 2 * P * cin, y, n, accumulate);
-    for (int f = 0; f < n; f++)
-        for (int yy = 0; yy < g.h; yy++)
-            for (int xx = 0; xx < g.w; xx++)
-                for (int o = 0; o < cout; o++) {
-                    double want = bias[o];
-                    float got = at(y, g, cout, f, yy, xx, o);
-                    for (int dt = 0; dt < kt; dt++)
-                        for (int dy = 0; dy < k; dy++)
-                            for (int dx = 0; dx < k; dx++)
-                                for (int i = 0; i < cin; i++)
-                                    want += w_oidhw[(((int64_t)o * cin + i) * kt + dt) * k * k + dy * k + dx] *
-                                            at(seq, g, cin, 2 + f - (kt - 1) + dt, yy + dy - k / 2, xx + dx - k / 2, i);
-                    if (accumulate) want += at(y0, g, cout, f, yy, xx, o);
-                    CHECK(fabs(want - got) < 1e-4);
-                }
+    if (how == TAPS_SPLIT && kt > 1) {
+        be->conv(NULL, &cv, g, frames, 0, 0, y, accumulate);
+        be->conv(NULL, &cv, g, frames, 1, kt - 1, y, 1);
+    } else {
+        be->conv(NULL, &cv, g, frames, first, kt - 1, y, accumulate);
+    }
+    for (int yy = 0; yy < g.h; yy++)
+        for (int xx = 0; xx < g.w; xx++)
+            for (int o = 0; o < cout; o++) {
+                double want = first ? 0.0 : bias[o];
+                float got = at(y, g, cout, 0, yy, xx, o);
+                for (int dt = first; dt < kt; dt++)
+                    for (int dy = 0; dy < k; dy++)
+                        for (int dx = 0; dx < k; dx++)
+                            for (int i = 0; i < cin; i++)
+                                want += w_oidhw[(((int64_t)o * cin + i) * kt + dt) * k * k + dy * k + dx] *
+                                        at(seq, g, cin, kt - 1 - dt, yy + dy - k / 2, xx + dx - k / 2, i);
+                if (accumulate) want += at(y0, g, cout, 0, yy, xx, o);
+                CHECK(fabs(want - got) < 1e-4);
+            }
     free(w_oidhw), free(bias), free(packed), free(seq), free(y), free(y0);
 }
 
-static void test_cache_roll(void)
+/* The ring's slots: tap dt of each frame where wv_ring says, the new frame in tap 0's slot when the
+ * cache keeps kt - 1 frames, in the free one of a ring of kt. */
+static void test_ring_slots(void)
 {
-    const wv_backend *be = wv_backend_cpu();
-    float cache[2] = {1, 2}, x1[1] = {3}, x3[3] = {4, 5, 6};
-    be->cache_roll(NULL, cache, x1, 1, 1);
-    CHECK(cache[0] == 2 && cache[1] == 3);
-    be->cache_roll(NULL, cache, x3, 3, 1);
-    CHECK(cache[0] == 5 && cache[1] == 6);
+    char base[64];
+    wv_ring apart = {base, 8, 2, 0}, ring = {base, 8, 3, 0};
+    CHECK(wv_ring_slot(&apart, 2) == wv_ring_slot(&apart, 0) && wv_ring_slot(&apart, 1) == base + 8);
+    apart.oldest = 1;
+    CHECK(wv_ring_slot(&apart, 0) == base + 8 && wv_ring_slot(&apart, 1) == base && wv_ring_slot(&apart, 2) == base + 8);
+    CHECK(wv_ring_slot(&ring, 2) == base + 16);
+    ring.oldest = 2;
+    CHECK(wv_ring_slot(&ring, 0) == base + 16 && wv_ring_slot(&ring, 1) == base && wv_ring_slot(&ring, 2) == base + 8);
 }
 
 static void test_rms_norm(void)
@@ -374,6 +388,46 @@ static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h
     free(out);
 }
 
+static int taps_never_apart(const wv_conv *cv)
+{
+    (void)cv;
+    return 0;
+}
+
+static int taps_apart_if_square(const wv_conv *cv) { return cv->cin == cv->cout; }
+
+/* Causal caches kept as rings of kt frames (how the CUDA backend keeps its 3-d convs), for every
+ * conv or mixed with caches of kt - 1 (taps apart, the CPU's own way): the same decode to the bit,
+ * tiled or not, and the rings take one frame more per cache. */
+static void test_cache_layouts(const wv_model *m, const float *lat, int T, int h, int w, const float *whole,
+                               const float *tiled, size_t n_out)
+{
+    int (*const layouts[])(const wv_conv *) = {taps_never_apart, taps_apart_if_square};
+    wv_options o = {0, 0, 0, WV_OUT_RAW, 0, 0};
+    float *out = (float *)malloc(n_out * sizeof(float));
+    wv_plan apart, rings;
+    wv_stats st;
+    wv_error err;
+    for (int i = 0; i < 2; i++) {
+        wv_backend be = *m->backend;
+        wv_model with = *m;
+        be.taps_apart = layouts[i];
+        with.backend = &be;
+        CHECK(decode(&with, lat, T, h, w, 0, out, &st, &err) == WV_OK);
+        CHECK(max_abs_diff(out, whole, n_out) == 0.0f);
+        CHECK(decode(&with, lat, T, h, w, 40, out, &st, &err) == WV_OK);
+        CHECK(max_abs_diff(out, tiled, n_out) == 0.0f);
+        if (i) continue;
+        CHECK(wv_plan_make(&apart, m, T, h, w, &o, &err) == WV_OK);
+        CHECK(wv_plan_make(&rings, &with, T, h, w, &o, &err) == WV_OK);
+        for (int c = 0; c < m->n_cache_slots; c++)
+            CHECK(rings.buffers[WV_BUF_CACHE0 + c].bytes > apart.buffers[WV_BUF_CACHE0 + c].bytes);
+        CHECK(rings.arena_bytes > apart.arena_bytes);
+        wv_plan_free(&apart), wv_plan_free(&rings);
+    }
+    free(out);
+}
+
 static void test_decode(const wv_model *m)
 {
     int T = 3, h = 5, w = 6, F = 1 + 4 * (T - 1);
@@ -391,6 +445,7 @@ static void test_decode(const wv_model *m)
     }
     wv_backend_cpu()->fail_nth_alloc(0);
     test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
+    test_cache_layouts(m, lat, T, h, w, whole, tiled, n_out);
     free(lat), free(whole), free(tiled);
 }
 
@@ -401,11 +456,11 @@ int main(void)
     wv_error err = {WV_OK, ""};
     for (int kt = 1; kt <= 3; kt += 2)
         for (int k = 1; k <= 3; k += 2)
-            for (int n = 1; n <= 4; n += 3) {
-                test_conv(kt, k, n, 0);
-                test_conv(kt, k, n, 1);
+            for (int how = TAPS_AT_ONCE; how <= (kt > 1 ? TAPS_AFTER_FIRST : TAPS_AT_ONCE); how++) {
+                test_conv(kt, k, how, 0);
+                test_conv(kt, k, how, 1);
             }
-    test_cache_roll();
+    test_ring_slots();
     test_rms_norm();
     test_upsample();
     test_attention();

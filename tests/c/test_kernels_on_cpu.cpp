@@ -72,16 +72,19 @@ static void check(const char *name, wv_grid g, int C, const float *ref, const fl
     printf("%-4s %-52s max|diff| %.3g (of max|ref| %.3g)\n", diff / scale <= tol ? "ok" : "FAIL", name, diff, scale);
 }
 
-/* The CPU backend's causal conv: y (+)= bias + conv(cache[2] ++ x), the reference. */
+/* The CPU backend's causal conv: y (+)= bias + conv of frames t-2, t-1, t (consecutive from `frames`),
+ * the reference. */
 static void cpu_causal_conv(const float *w_oidhw, const float *bias, int cin, int cout, int k, wv_grid g,
-                            const float *cache, const float *x, float *y, int accumulate)
+                            const float *frames, float *y, int accumulate)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0};
+    int64_t fe = wv_grid_positions(g) * cin;
+    const void *taps[WV_MAX_TAPS] = {frames, frames + fe, frames + 2 * fe};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
     be->pack_conv_weight(w_oidhw, &cv, packed);
     cv.weight = packed;
-    be->conv(NULL, &cv, g, cache, x, y, 1, accumulate);
+    be->conv(NULL, &cv, g, taps, 0, 2, y, accumulate);
     free(packed);
 }
 
@@ -108,7 +111,7 @@ template <typename T> static void test_narrow(int cin, int cout, int pad, int ac
     for (int o = 0; o < cout; o++) bias[o] = frand();
     round_to<T>(w, nw), round_to<T>(bias, cout), round_to<T>(frames, 3 * P * cin), round_to<T>(y0, P * cout);
     memcpy(ref, y0, sizeof(float) * P * cout);
-    cpu_causal_conv(w, bias, cin, cout, 3, g, frames, frames + 2 * P * cin, ref, accumulate);
+    cpu_causal_conv(w, bias, cin, cout, 3, g, frames, ref, accumulate);
     {
         float *packed = ktrsc(w, cin, cout, 27);
         T *tw = as_t<T>(packed, nw), *tb = as_t<T>(bias, cout), *tf = as_t<T>(frames, 3 * P * cin);
@@ -137,7 +140,7 @@ static void test_rotation(int cin, int cout, int k, int r)
     char name[96];
     for (int64_t i = 0; i < nw; i++) w[i] = frand() * 0.2f;
     for (int o = 0; o < cout; o++) bias[o] = frand();
-    cpu_causal_conv(w, bias, cin, cout, k, g, frames, frames + 2 * P * cin, ref, 0);
+    cpu_causal_conv(w, bias, cin, cout, k, g, frames, ref, 0);
     for (int dt = 0; dt < 3; dt++) memcpy(ring + ((r + dt) % 3) * P * cin, frames + dt * P * cin, sizeof(float) * P * cin);
     packed = ktrsc(w, cin, cout, 3 * (int)space);
     rotate_taps_kernel<float>(packed, turned, cout, 3, block, r);
