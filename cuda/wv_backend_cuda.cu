@@ -17,8 +17,8 @@
  * temporal tap, each reading its tap's frame in place with the weights packed tap by tap: cuDNN's
  * 3-d kernels reach 240-280 TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
  * Their taps are apart (taps_apart), so their caches keep only the two previous frames: the driver
- * runs tap 0 before the new frame overwrites its slot (one frame less per cache: 6 x 44 MiB in the
- * 720p plan of 4 tiles).
+ * runs tap 0 before the new frame overwrites its slot (one frame less per cache: 6 x 45 MiB in the
+ * 2 GiB plan of 720p x 81, 2x2 tiles).
  *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
@@ -297,9 +297,12 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * as recorded; when the same list (the same functions and argument bytes, pointers included) comes
  * again, it is captured into a CUDA graph, and from then on the graph is launched instead: one call
  * for the step's some 260. A tile's steps repeat with a period of three (the three orders of the
- * driver's 3-frame rings, and the STAGINGS = 3 output stagings taking turns), so the host's cost of a decode in small tiles
- * shrinks to its first six steps per tile. The few ops whose arguments change every step (the latent frame, the trunk frame
- * a tile step starts from) run at once, after what is pending, and so split the lists. Graphs hold
+ * driver's 3-frame rings, and the STAGINGS = 3 output stagings taking turns; 2-frame caches advance
+ * 4 frames a step at the default WANVIDEO_CUDA_TAPS_MAX_CHANNELS, 1 or 2 at 384 and more, which
+ * makes it six), so the host's cost of a decode in small tiles shrinks to its first six steps per
+ * tile. The few ops whose arguments change every step (the latent frame; the trunk frame in pinned
+ * memory a tile step starts from or a trunk step ends with) run at once, after what is pending, and
+ * so split the lists. Graphs hold
  * the arena's addresses and end with the call. A capture that fails turns graphs off for the
  * context (its ops then run as recorded, which reports a real error as usual). */
 #define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
@@ -1470,23 +1473,52 @@ static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
 
 /* Rows of an interior block are contiguous runs of w * C elements: one 2-d copy per frame, either
  * side on the device or in alloc_host's pinned memory. */
-static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
-                             int n)
+typedef struct {
+    const void *src;
+    void *dst;
+    wv_grid gs, gd;
+    int oy, ox, C, n;
+} copy_region_args;
+
+static void exec_copy_region(cuda_ctx *c, const void *args)
 {
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    size_t es = wv_dtype_size(c->dt) * (size_t)C;
+    const copy_region_args *a = (const copy_region_args *)args;
+    wv_grid gs = a->gs, gd = a->gd;
+    size_t es = wv_dtype_size(c->dt) * (size_t)a->C;
     size_t pitch_s = (size_t)(gs.w + 2 * gs.pad) * es, pitch_d = (size_t)(gd.w + 2 * gd.pad) * es;
     size_t frame_s = (size_t)wv_grid_positions(gs) * es, frame_d = (size_t)wv_grid_positions(gd) * es;
-    flush_pending(c); /* the trunk frame it reads or writes changes every step: it runs at once (see step graphs) */
-    if (failed(c)) return;
-    for (int f = 0; f < n; f++) {
-        const char *s = (const char *)src + f * frame_s + ((size_t)(oy + gs.pad) * (gs.w + 2 * gs.pad) + ox + gs.pad) * es;
-        char *d = (char *)dst + f * frame_d + ((size_t)gd.pad * (gd.w + 2 * gd.pad) + gd.pad) * es;
+    for (int f = 0; f < a->n; f++) {
+        const char *s = (const char *)a->src + f * frame_s +
+                        ((size_t)(a->oy + gs.pad) * (gs.w + 2 * gs.pad) + a->ox + gs.pad) * es;
+        char *d = (char *)a->dst + f * frame_d + ((size_t)gd.pad * (gd.w + 2 * gd.pad) + gd.pad) * es;
         if (!cuda_ok(c, cudaMemcpy2DAsync(d, pitch_d, s, pitch_s, (size_t)gd.w * es, (size_t)gd.h,
                                           cudaMemcpyDefault, c->stream),
                      "copy_region"))
             return;
     }
+}
+
+static int in_pinned_block(const cuda_ctx *c, const void *p)
+{
+    const char *b = (const char *)c->pinned;
+    return b && (const char *)p >= b && (const char *)p < b + c->pinned_bytes;
+}
+
+/* A copy to or from the trunk output in pinned memory reads or writes the step's own frame, which
+ * changes every step: it runs at once (see step graphs); copies on the device are recorded. */
+static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
+                             int n)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    copy_region_args a;
+    memset(&a, 0, sizeof a);
+    a.src = src, a.dst = dst, a.gs = gs, a.gd = gd, a.oy = oy, a.ox = ox, a.C = C, a.n = n;
+    if (in_pinned_block(c, src) || in_pinned_block(c, dst)) {
+        flush_pending(c);
+        if (!failed(c)) exec_copy_region(c, &a);
+        return;
+    }
+    submit(c, exec_copy_region, &a, sizeof a);
 }
 
 typedef struct {
