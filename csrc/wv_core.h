@@ -105,7 +105,8 @@ typedef struct {
     int dim, z_dim;
     int n_blocks;
     wv_block blocks[WV_MAX_BLOCKS];
-    int trunk_end;       /* blocks [0, trunk_end) run on the full frame (through the attention) */
+    int trunk_end;       /* blocks [0, trunk_end) run on the full frame: at least through the attention */
+    int trunk_end_long;  /* or up to the first upsample, where the tiles' halos are smallest (wv_plan) */
     int n_cache_slots;   /* causal convs, counted from the table */
     const wv_backend *backend;
     void *ctx;           /* the backend's context, alive as long as the model */
@@ -190,6 +191,8 @@ typedef struct {
     int core_x, core_y;      /* core size in output pixels */
     int tiles_x, tiles_y, n_tiles;
     wv_tile *tiles;          /* n_tiles entries, owned by the plan */
+    int trunk_end;           /* blocks [0, trunk_end) run on the full frame: the model's trunk_end, or
+                                its trunk_end_long when that costs no memory (see plan_for_tiles) */
     int stream_trunk;        /* one tile: trunk and tile pass interleave frame by frame */
     int shrunk_to_fit;       /* the tiles were made smaller than asked to fit max_bytes */
     int attn_rows;           /* query rows per attention chunk */

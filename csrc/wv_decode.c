@@ -34,7 +34,6 @@ typedef struct {
     void *x, *y, *t; /* activations, second activations, conv input */
     int first_chunk; /* latent frame 0 of the sequence: upsample3d passes it through */
     int tile, seg;
-    void *attn_dst;  /* trunk only: where the attention writes the trunk output [h*w][C] */
 } flow;
 
 typedef void (*block_runner)(decode_run *r, const wv_block *b, flow *f);
@@ -199,7 +198,8 @@ static void run_residual(decode_run *r, const wv_block *b, flow *f)
     }
 }
 
-/* [1][P][C] -> attn_dst [h*w][C]: x + proj(softmax(q k^T / sqrt(C)) v), q k v = to_qkv(rms(x)) */
+/* [1][P][C] -> [1][P][C]: x + proj(softmax(q k^T / sqrt(C)) v), q k v = to_qkv(rms(x)), on the
+ * unpadded frame [h*w][C] (the sum in the norm's buffer, free once qkv is made) */
 static void run_attention(decode_run *r, const wv_block *b, flow *f)
 {
     wv_grid flat = {f->g.h, f->g.w, 0};
@@ -209,8 +209,9 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
     OP(r, rms_norm, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
     causal_conv(r, &b->conv[0], flat, normed, qkv, 0);
     OP(r, attention, qkv, heads, N, C, scores, r->p->attn_rows);
-    OP(r, copy_region, f->x, f->g, 0, 0, f->attn_dst, flat, C, 1);
-    causal_conv(r, &b->conv[1], flat, heads, f->attn_dst, 1);
+    OP(r, copy_region, f->x, f->g, 0, 0, normed, flat, C, 1);
+    causal_conv(r, &b->conv[1], flat, heads, normed, 1);
+    OP(r, copy_region, normed, flat, 0, 0, f->x, f->g, C, 1);
 }
 
 /* [n][P][C] -> [n][P][3] */
@@ -229,19 +230,20 @@ static const block_runner RUNNERS[WV_BLOCK_KIND_COUNT] = {
     [WV_BLOCK_ATTN] = run_attention,      [WV_BLOCK_HEAD] = run_head,
 };
 
+/* Channels of the trunk's output. */
+static int trunk_channels(const decode_run *r) { return r->m->blocks[r->p->trunk_end - 1].cout; }
+
 static void *trunk_out_frame(decode_run *r, int slot)
 {
-    const wv_model *m = r->m;
-    int64_t elems = (int64_t)r->p->h * r->p->w * m->blocks[m->trunk_end - 1].cout;
+    int64_t elems = (int64_t)r->p->h * r->p->w * trunk_channels(r);
     return frame_at(r->trunk_host ? r->trunk_host : arena_buffer(r, WV_BUF_TRUNK_OUT), slot, elems, r->be->act_bytes);
 }
 
-/* Latent frame t through conv2, conv1, middle.0 and the attention, into trunk output `slot` (by way
- * of the arena's one frame when the output lives in host memory). */
+/* Latent frame t through the trunk's blocks (conv2, conv1, middle.0, the attention, and where the
+ * plan says so, the first stage up to its upsample), into trunk output `slot` [h*w][C]. */
 static void trunk_frame(decode_run *r, int t, int slot)
 {
     wv_grid full = {r->p->h, r->p->w, 0};
-    int C = r->m->blocks[r->m->trunk_end - 1].cout;
     flow f;
     memset(&f, 0, sizeof f);
     f.g.h = r->p->h;
@@ -251,10 +253,9 @@ static void trunk_frame(decode_run *r, int t, int slot)
     f.x = arena_buffer(r, WV_BUF_TRUNK_X);
     f.y = arena_buffer(r, WV_BUF_TRUNK_Y);
     f.t = arena_buffer(r, WV_BUF_TRUNK_T);
-    f.attn_dst = r->trunk_host ? arena_buffer(r, WV_BUF_TRUNK_OUT) : trunk_out_frame(r, slot);
     OP(r, load_latent, r->lat, t, r->mean, r->std, f.g, f.x);
-    for (int b = 0; b < r->m->trunk_end; b++) RUNNERS[r->m->blocks[b].kind](r, &r->m->blocks[b], &f);
-    if (r->trunk_host) OP(r, copy_region, f.attn_dst, full, 0, 0, trunk_out_frame(r, slot), full, C, 1);
+    for (int b = 0; b < r->p->trunk_end; b++) RUNNERS[r->m->blocks[b].kind](r, &r->m->blocks[b], &f);
+    OP(r, copy_region, f.x, f.g, 0, 0, trunk_out_frame(r, slot), full, trunk_channels(r), 1);
 }
 
 /* Output frame of chunk t (latent frame t of its sequence) within the sequence. */
@@ -335,7 +336,6 @@ static void run_segment(decode_run *r, flow *f)
 static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
 {
     const wv_plan *p = r->p;
-    const wv_model *m = r->m;
     wv_grid full = {p->h, p->w, 0};
     flow f;
     memset(&f, 0, sizeof f);
@@ -346,14 +346,14 @@ static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
     segment_buffers(r, 0, &f);
     r->out_frame = out_frame;
     OP(r, copy_region, trunk_out_frame(r, slot), full, p->tiles[tile].region[0].y.lo, p->tiles[tile].region[0].x.lo,
-       f.x, f.g, m->blocks[m->trunk_end - 1].cout, 1);
+       f.x, f.g, trunk_channels(r), 1);
     run_segment(r, &f);
 }
 
 static void zero_caches(decode_run *r, int trunk)
 {
     const wv_model *m = r->m;
-    for (int b = trunk ? 0 : m->trunk_end; b < (trunk ? m->trunk_end : m->n_blocks); b++)
+    for (int b = trunk ? 0 : r->p->trunk_end; b < (trunk ? r->p->trunk_end : m->n_blocks); b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;

@@ -41,8 +41,8 @@ static inline int wv_cache_frames(const wv_backend *be, const wv_conv *cv)
     return be->taps_apart(cv) ? cv->kt - 1 : cv->kt;
 }
 
-/* Segment index of a tile-part block, -1 for trunk blocks. */
-int wv_block_segment(const wv_model *m, int block);
+/* Segment index of a tile-part block (an upsample's: the segment it starts), -1 for trunk blocks. */
+int wv_block_segment(const wv_plan *p, const wv_model *m, int block);
 
 /* Grid of tile t's region in segment s. */
 wv_grid wv_tile_grid(const wv_plan *p, int t, int s);

@@ -125,6 +125,7 @@ static void build_blocks(wv_model *m, int dim, int z)
             cin = dims[s + 1];
         }
         if (s < N_STAGES - 1) {
+            if (s == 0) m->trunk_end_long = m->n_blocks; /* the first upsample */
             snprintf(prefix, sizeof prefix, "decoder.upsamples.%d.", up++);
             add_block(m, TEMPORAL_UPSAMPLE[s] ? WV_BLOCK_UP3D : WV_BLOCK_UP2D, prefix, dims[s + 1],
                       dims[s + 1] / 2);

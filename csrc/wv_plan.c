@@ -49,11 +49,11 @@ void wv_model_halos(const wv_model *m, int *halo_out)
     memcpy(halo_out, halo, sizeof(int) * (size_t)m->n_blocks);
 }
 
-int wv_block_segment(const wv_model *m, int block)
+int wv_block_segment(const wv_plan *p, const wv_model *m, int block)
 {
     int seg = 0;
-    if (block < m->trunk_end) return -1;
-    for (int b = m->trunk_end + 1; b <= block; b++) seg += block_upsamples(&m->blocks[b]);
+    if (block < p->trunk_end) return -1;
+    for (int b = p->trunk_end; b <= block; b++) seg += block_upsamples(&m->blocks[b]);
     return seg;
 }
 
@@ -64,27 +64,35 @@ wv_grid wv_tile_grid(const wv_plan *p, int t, int s)
     return g;
 }
 
+/* Segment after the last one (or the first, at block b): where block b's frames are computed. */
+static wv_status open_segment(wv_plan *p, const wv_model *m, const int *halo, int b, wv_error *err)
+{
+    wv_segment *s = &p->seg[p->n_segments];
+    const wv_segment *prev = p->n_segments ? s - 1 : NULL;
+    if (p->n_segments == WV_MAX_SEGMENTS) return wv_fail(err, WV_ERR_INVALID, "too many upsampling stages");
+    s->first_block = b;
+    s->scale = prev ? prev->scale * 2 : 1;
+    s->frames_per_chunk = !prev                                  ? 1
+                          : m->blocks[b].kind == WV_BLOCK_UP3D ? prev->frames_per_chunk * 2
+                                                                 : prev->frames_per_chunk;
+    /* the region is fixed after the upsample's own conv: the cut point of DESIGN.md 3 */
+    s->halo = prev ? halo[b + 1] : halo[b];
+    if (prev) p->seg[p->n_segments - 1].end_block = b;
+    p->n_segments++;
+    return WV_OK;
+}
+
+/* Segment 0 starts where the trunk ends; every upsample ends one and starts the next. A trunk that
+ * ends at an upsample leaves segment 0 empty: a tile starts with the upsample. */
 static wv_status make_segments(wv_plan *p, const wv_model *m, wv_error *err)
 {
     int halo[WV_MAX_BLOCKS + 1];
+    wv_status st;
     halos_walk(m, halo);
     p->n_segments = 0;
-    for (int b = m->trunk_end; b < m->n_blocks; b++) {
-        const wv_block *blk = &m->blocks[b];
-        if (b == m->trunk_end || block_upsamples(blk)) {
-            wv_segment *s = &p->seg[p->n_segments];
-            const wv_segment *prev = p->n_segments ? s - 1 : NULL;
-            if (p->n_segments == WV_MAX_SEGMENTS)
-                return wv_fail(err, WV_ERR_INVALID, "too many upsampling stages");
-            s->first_block = b;
-            s->scale = prev ? prev->scale * 2 : 1;
-            s->frames_per_chunk = !prev ? 1 : blk->kind == WV_BLOCK_UP3D ? prev->frames_per_chunk * 2
-                                                                          : prev->frames_per_chunk;
-            /* the region is fixed after the upsample's own conv: the cut point of DESIGN.md 3 */
-            s->halo = prev ? halo[b + 1] : halo[b];
-            if (prev) p->seg[p->n_segments - 1].end_block = b;
-            p->n_segments++;
-        }
+    for (int b = p->trunk_end; b < m->n_blocks; b++) {
+        if (b == p->trunk_end && (st = open_segment(p, m, halo, b, err))) return st;
+        if (block_upsamples(&m->blocks[b]) && (st = open_segment(p, m, halo, b, err))) return st;
     }
     p->seg[p->n_segments - 1].end_block = m->n_blocks;
     p->out_scale = p->seg[p->n_segments - 1].scale;
@@ -165,7 +173,8 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
 {
     const wv_segment *sg = &p->seg[s];
     int64_t P = wv_grid_positions(max_tile_grid(p, s));
-    *xy = *t = 0;
+    *xy = sg->end_block < m->n_blocks ? P * m->blocks[sg->end_block].cin : 0; /* the upsample's input */
+    *t = 0;
     for (int b = sg->first_block; b < sg->end_block; b++) {
         const wv_block *blk = &m->blocks[b];
         int opens = b == sg->first_block && s > 0; /* the upsample producing this segment's frames */
@@ -184,7 +193,7 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
 static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
 {
     wv_grid full = {p->h, p->w, 1};
-    int s = wv_block_segment(m, b);
+    int s = wv_block_segment(p, m, b);
     if (s < 0) return wv_grid_positions(full);
     if (m->blocks[b].kind == WV_BLOCK_UP3D && c == 1) s--; /* time_conv runs before the upsample */
     return wv_grid_positions(max_tile_grid(p, s));
@@ -241,8 +250,7 @@ static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
     for (int b = 0; b < m->n_blocks; b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
             if (m->blocks[b].has_conv[c] && m->blocks[b].conv[c].cache_slot == slot)
-                return b < m->trunk_end ? PHASE_TRUNK : PHASE_TILE;
-    (void)p;
+                return b < p->trunk_end ? PHASE_TRUNK : PHASE_TILE;
     return PHASE_KEEP;
 }
 
@@ -257,9 +265,9 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     };
     wv_grid full = {p->h, p->w, 1};
     int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
-    int C = m->blocks[m->trunk_end - 1].cout, trunk_c = 0;
+    int C = m->blocks[p->trunk_end - 1].cout, trunk_c = 0;
     size_t scratch = 0, base = 0;
-    for (int b = 0; b < m->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+    for (int b = 0; b < p->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
     /* Segments stack: while the later ones run (depth first), a segment holds only the x or y that
      * feeds its upsample, so the next one starts over its t. */
     for (int s = 0; s < p->n_segments; s++) {
@@ -273,7 +281,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         base += 2 * xy;
     }
     p->trunk_host_bytes = be->trunk_out_host && !p->stream_trunk ? (size_t)p->T * (size_t)(N * C) * ab : 0;
-    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->stream_trunk || p->trunk_host_bytes ? 1 : p->T) * N * C,
+    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->trunk_host_bytes ? 0 : p->stream_trunk ? 1 : p->T) * N * C,
                ab);
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
@@ -346,13 +354,13 @@ static int64_t count_flops(const wv_plan *p, const wv_model *m)
     int64_t total = 0, N = (int64_t)p->h * p->w;
     for (int q = 0; q < p->n_seq; q++) {
         int T = p->seq_len[q];
-        for (int b = 0; b < m->trunk_end; b++)
+        for (int b = 0; b < p->trunk_end; b++)
             for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
                 if (m->blocks[b].has_conv[c]) total += conv_flops(&m->blocks[b].conv[c], N, T);
         for (int t = 0; t < p->n_tiles; t++)
-            for (int b = m->trunk_end; b < m->n_blocks; b++) {
+            for (int b = p->trunk_end; b < m->n_blocks; b++) {
                 const wv_block *blk = &m->blocks[b];
-                int s = wv_block_segment(m, b);
+                int s = wv_block_segment(p, m, b);
                 wv_grid g = wv_tile_grid(p, t, s);
                 for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
                     if (!blk->has_conv[c]) continue;
@@ -398,16 +406,23 @@ static void make_sequences(wv_plan *p, const wv_options *o)
  * tile): a bigger chunk costs nothing there, and keeps a GPU's GEMMs full. */
 #define ATTN_BASE_SCORES (1 << 22)
 
+/* Where the buffers of a phase end in the arena. */
+static size_t phase_end(const wv_plan *p, const wv_model *m, int phase)
+{
+    size_t end = 0;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == phase && p->buffers[i].offset + p->buffers[i].bytes > end)
+            end = p->buffers[i].offset + p->buffers[i].bytes;
+    return end;
+}
+
 static void size_attention_chunk(wv_plan *p, const wv_model *m)
 {
     int64_t N = (int64_t)p->h * p->w, per_row = N * (int64_t)m->backend->score_bytes;
-    size_t trunk_end = 0, room;
+    size_t room;
     int64_t fit;
     if (p->stream_trunk || p->attn_rows >= N) return;
-    for (int i = 0; i < p->n_buffers; i++)
-        if (buffer_phase(p, m, i) == PHASE_TRUNK && p->buffers[i].offset + p->buffers[i].bytes > trunk_end)
-            trunk_end = p->buffers[i].offset + p->buffers[i].bytes;
-    room = p->arena_bytes - trunk_end + p->buffers[WV_BUF_ATTN_SCORES].bytes;
+    room = p->arena_bytes - phase_end(p, m, PHASE_TRUNK) + p->buffers[WV_BUF_ATTN_SCORES].bytes;
     /* the scores buffer rounds its two parts up to the arena alignment: room for both roundings */
     fit = room < 2 * WV_ARENA_ALIGN ? 0 : (int64_t)((room - 2 * WV_ARENA_ALIGN) / (size_t)per_row);
     if (fit <= p->attn_rows) return;
@@ -416,8 +431,8 @@ static void size_attention_chunk(wv_plan *p, const wv_model *m)
     place_buffers(p, m);
 }
 
-static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
-                                wv_error *err)
+static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, int T, int h, int w,
+                                 const wv_options *o, wv_error *err)
 {
     wv_status st;
     int64_t N;
@@ -427,6 +442,7 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
     p->T = T;
     p->h = h;
     p->w = w;
+    p->trunk_end = trunk_end;
     if ((st = make_segments(p, m, err))) return st;
     if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20))
         return wv_fail(err, WV_ERR_INVALID, "latent grid %dx%d is too large", h, w);
@@ -441,6 +457,29 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
     place_buffers(p, m);
     size_attention_chunk(p, m);
     p->conv_flops = count_flops(p, m);
+    return WV_OK;
+}
+
+/* Several tiles recompute each segment's halo, widest at the lowest resolution (15 latent pixels
+ * around the first stage's blocks, 7 at the first upsample). The trunk then runs on to the first
+ * upsample (the first stage's blocks on the whole frame, once) where that costs no memory: where
+ * its longer trunk's buffers and caches still fit under the tiles', the peak stays the tiles'. */
+static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                                wv_error *err)
+{
+    wv_plan q;
+    wv_status st = plan_with_trunk(p, m, m->trunk_end, T, h, w, o, err);
+    if (st || p->n_tiles == 1 || m->trunk_end_long <= m->trunk_end) return st;
+    if ((st = plan_with_trunk(&q, m, m->trunk_end_long, T, h, w, o, err))) {
+        wv_plan_free(&q);
+        return st;
+    }
+    if (phase_end(&q, m, PHASE_TILE) < q.arena_bytes) { /* the longer trunk would set the peak */
+        wv_plan_free(&q);
+        return WV_OK;
+    }
+    wv_plan_free(p);
+    *p = q;
     return WV_OK;
 }
 

@@ -20,10 +20,29 @@ def test_halos_derived_from_layer_list_match_design():
     assert halos["decoder.upsamples.4."] == 12
     assert halos["decoder.upsamples.8."] == 10
     assert halos["decoder.upsamples.12."] == 7
-    plan = decoder(8).plan(2, 40, 40, tile_x=100, tile_y=100, tile_stride_x=8, tile_stride_y=8)
-    assert [s["halo"] for s in plan["segments"]] == [15, 12, 10, 7]
+    assert halos["decoder.upsamples.3."] == 7
+    # tiles start at the first upsample: the first stage runs on the whole frame, with the trunk
+    plan = decoder(8).plan(2, 40, 40, tile_x=176, tile_y=176, tile_stride_x=8, tile_stride_y=8)
+    assert [s["first_block"] for s in plan["segments"]] == [f"decoder.upsamples.{i}." for i in (3, 3, 7, 11)]
+    assert [s["halo"] for s in plan["segments"]] == [7, 12, 10, 7]
     assert [s["scale"] for s in plan["segments"]] == [1, 2, 4, 8]
     assert plan["out_halo"] == 7
+
+
+def test_tiles_start_after_the_attention_where_the_first_stage_would_set_the_peak():
+    """A large frame in small tiles: the first stage's caches on the whole frame would take more than
+    the tiles, so the tiles start after the attention (15 px halos); in larger tiles they start at the
+    first upsample. Both decode as the untiled call does."""
+    dec = decoder(8)
+    lat = random_latents(4, 1, 28, 28, seed=9)
+    whole = dec.decode(lat, raw=True, enable_vae_tiling=False)
+    for tile, first, halos in ((40, "decoder.middle.2.", [15, 12, 10, 7]), (136, "decoder.upsamples.3.", [7, 12, 10, 7])):
+        kw = dict(tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8)
+        plan = dec.plan(1, 28, 28, **kw)
+        assert plan["n_tiles"] > 1 and plan["segments"][0]["first_block"] == first
+        assert [s["halo"] for s in plan["segments"]] == halos
+        tiled = dec.decode(lat, raw=True, **kw)
+        assert np.abs(tiled - whole).max() <= TILE_TOL * max(1.0, np.abs(whole).max())
 
 
 def test_tile_size_maps_to_core():

@@ -124,7 +124,7 @@ fi
 # 5. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
 #    with the weights (140 MiB of them: 1908 MiB for the arena) and in exact 272 px tiles, each after
 #    an untimed run; and within 2 GiB with the 192-channel convs run by taps too
-#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: their caches keep two frames, and the plan 2x2 tiles, not 5x1)
+#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: 2-d convs per tap instead of 3-d ones, caches of two frames)
 if want graphs; then
     GLOG=/tmp/wv_graphs.txt # appended to profile.txt: the device tool brings back 8 files
     : > "$GLOG"

@@ -321,7 +321,9 @@ static void test_plan(const wv_model *m)
     wv_model_halos(m, halo);
     CHECK(halo[m->trunk_end] == 15);
     CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_OK);
-    CHECK(p.n_segments == 4 && p.seg[0].halo == 15 && p.seg[1].halo == 12 && p.seg[2].halo == 10 &&
+    /* a small frame: the trunk runs on to the first upsample, which starts each tile (segment 0 empty) */
+    CHECK(p.trunk_end == m->trunk_end_long && p.seg[0].first_block == p.seg[0].end_block);
+    CHECK(p.n_segments == 4 && p.seg[0].halo == 7 && p.seg[1].halo == 12 && p.seg[2].halo == 10 &&
           p.seg[3].halo == 7);
     CHECK(p.core_x == 24 && p.core_y == 40 && p.tiles_x == 4 && p.tiles_y == 2);
     for (int t = 0; t < p.n_tiles; t++) {
@@ -360,8 +362,33 @@ static wv_status decode(const wv_model *m, const float *lat, int T, int h, int w
     return s;
 }
 
-/* A backend keeping the trunk output in its host memory (as the CUDA one does): the arena holds one
- * frame of it, the result is the same to the bit, and its allocation failing fails cleanly. */
+/* The trunk runs on to the first upsample where that costs no memory: less work than the trunk that
+ * ends at the attention (whose tiles start with 15 px halos), no more memory, and the same decode;
+ * on a large frame in small tiles, where its whole-frame caches would set the peak, it does not. */
+static void test_trunk_cut(const wv_model *m, const float *lat, int T, int h, int w, const float *tiled,
+                           size_t n_out)
+{
+    wv_model short_trunk = *m;
+    wv_options o = {40, 40, 0, WV_OUT_RAW, 0, 0};
+    float *out = (float *)malloc(n_out * sizeof(float));
+    wv_plan p, q;
+    wv_stats st;
+    wv_error err;
+    short_trunk.trunk_end_long = m->trunk_end;
+    CHECK(wv_plan_make(&p, m, T, h, w, &o, &err) == WV_OK && wv_plan_make(&q, &short_trunk, T, h, w, &o, &err) == WV_OK);
+    CHECK(p.trunk_end == m->trunk_end_long && q.trunk_end == m->trunk_end && q.seg[0].halo == 15);
+    CHECK(p.conv_flops < q.conv_flops && p.arena_bytes <= q.arena_bytes && p.n_tiles == q.n_tiles);
+    wv_plan_free(&p), wv_plan_free(&q);
+    CHECK(decode(&short_trunk, lat, T, h, w, 40, out, &st, &err) == WV_OK);
+    CHECK(max_abs_diff(out, tiled, n_out) < 1e-5f);
+    CHECK(wv_plan_make(&p, m, 1, 64, 64, &o, &err) == WV_OK);
+    CHECK(p.n_tiles > 1 && p.trunk_end == m->trunk_end);
+    wv_plan_free(&p);
+    free(out);
+}
+
+/* A backend keeping the trunk output in its host memory (as the CUDA one does): the arena holds none
+ * of it, the result is the same to the bit, and its allocation failing fails cleanly. */
 static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h, int w, const float *tiled,
                                size_t n_out)
 {
@@ -376,8 +403,7 @@ static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h
     hosts.trunk_out_host = 1;
     with.backend = &hosts;
     CHECK(wv_plan_make(&p, &with, T, h, w, &o, &err) == WV_OK);
-    CHECK(p.n_tiles > 1 && p.trunk_host_bytes == (size_t)T * frame &&
-          p.buffers[WV_BUF_TRUNK_OUT].bytes == wv_align_up(frame));
+    CHECK(p.n_tiles > 1 && p.trunk_host_bytes == (size_t)T * frame && p.buffers[WV_BUF_TRUNK_OUT].bytes == 0);
     wv_plan_free(&p);
     CHECK(decode(&with, lat, T, h, w, 40, out, &st, &err) == WV_OK);
     CHECK(max_abs_diff(out, tiled, n_out) == 0.0f);
@@ -445,6 +471,7 @@ static void test_decode(const wv_model *m)
     }
     wv_backend_cpu()->fail_nth_alloc(0);
     test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
+    test_trunk_cut(m, lat, T, h, w, tiled, n_out);
     test_cache_layouts(m, lat, T, h, w, whole, tiled, n_out);
     free(lat), free(whole), free(tiled);
 }
