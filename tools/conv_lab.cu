@@ -67,7 +67,11 @@ static const lab_shape SHAPES[] = {
     {"upsamples.11.resample: 192->96 3x3 at 720x1280", 192, 96, 1, 3, 722, 1282},
     {"upsamples.12-14: 96->96 3x3x3 at 720x1280", 96, 96, 3, 3, 722, 1282},
     {"head.2: 96->3 3x3x3 at 720x1280", 96, 3, 3, 3, 722, 1282},
-    {"head.2 in a tile of the 2 GiB plan (5x1): 96->3 3x3x3 at 720x270", 96, 3, 3, 3, 722, 272},
+    /* a corner tile of the 2 GiB plan (2x2): is a 2-d convolution per tap still the faster way? */
+    {"upsamples.4-6 in a 2 GiB plan tile (2x2): 384->384 3x3x3 at 102x172", 384, 384, 3, 3, 104, 174},
+    {"upsamples.8-10 in a 2 GiB plan tile (2x2): 192->192 3x3x3 at 190x330", 192, 192, 3, 3, 192, 332},
+    {"upsamples.12-14 in a 2 GiB plan tile (2x2): 96->96 3x3x3 at 367x647", 96, 96, 3, 3, 369, 649},
+    {"head.2 in a 2 GiB plan tile (2x2): 96->3 3x3x3 at 367x647", 96, 3, 3, 3, 369, 649},
 };
 
 static cudnnHandle_t g_cudnn;
