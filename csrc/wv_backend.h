@@ -149,8 +149,8 @@ struct wv_backend {
     int output_staging_copies; /* steps of output the arena holds for the backend's copies to the host
                                   (0: write_output writes the caller's array itself) */
     int trunk_out_host;     /* 1: a plan of several tiles keeps the trunk output of all frames in
-                               alloc_host memory, the arena one frame of it (device memory then does
-                               not grow with the number of frames) */
+                               alloc_host memory, the arena none of it (device memory then does not
+                               grow with the number of frames) */
     /* A context lives with a model: device handles, caches of per-shape choices. device < 0: the
      * calling thread's current device. */
     wv_status (*ctx_create)(const wv_backend *be, int device, void **ctx, wv_error *err);

@@ -265,9 +265,12 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     };
     wv_grid full = {p->h, p->w, 1};
     int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
-    int C = m->blocks[p->trunk_end - 1].cout, trunk_c = 0;
+    int C = m->blocks[p->trunk_end - 1].cout, attn_c = 0, trunk_c = 0;
     size_t scratch = 0, base = 0;
-    for (int b = 0; b < p->trunk_end; b++) trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+    for (int b = 0; b < p->trunk_end; b++) {
+        trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+        if (m->blocks[b].kind == WV_BLOCK_ATTN) attn_c = m->blocks[b].cin;
+    }
     /* Segments stack: while the later ones run (depth first), a segment holds only the x or y that
      * feeds its upsample, so the next one starts over its t. */
     for (int s = 0; s < p->n_segments; s++) {
@@ -286,9 +289,9 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_T, names[WV_BUF_TRUNK_T], P0 * trunk_c, ab);
-    set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * C, ab);
-    set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * C, ab);
-    set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * C, ab);
+    set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * attn_c, ab);
+    set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * attn_c, ab);
+    set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * attn_c, ab);
     set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], workspace_bytes(p, m), 1);
     set_buffer(p, WV_BUF_WEIGHT_SCRATCH, names[WV_BUF_WEIGHT_SCRATCH], weight_scratch_bytes(m), 1);
     /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
@@ -533,41 +536,90 @@ static wv_status least_work_even_split(wv_plan *p, const wv_model *m, int T, int
     return plan_for_tiles(p, m, T, h, w, best, err);
 }
 
-/* Largest square tile, no larger than asked on either axis, whose plan fits the budget. */
-static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
-                               wv_error *err)
+/* Options asking for a square tile of `tile` px, no larger than asked on either axis. */
+static wv_options square_tile(const wv_options *o, int tile)
 {
     wv_options trial = *o;
-    size_t asked_bytes = p->arena_bytes, smallest_bytes = 0;
-    int S = p->out_scale, min_tile = 2 * p->out_halo + S;
-    int lo = 0, hi = (effective_tile(p) - S - min_tile) / S, best = -1;
-    wv_status st;
+    trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, tile) : tile;
+    trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, tile) : tile;
+    return trial;
+}
+
+/* The largest square tile from min_tile up to top (in steps of S) whose plan with the trunk ending
+ * at block trunk_end fits the budget, or -1. With the trunk's end fixed, the arena grows with the
+ * tile, so a binary search finds it. */
+static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, int h, int w, const wv_options *o,
+                                      int min_tile, int top, int S, int *best, wv_error *err)
+{
+    int lo = 0, hi = (top - S - min_tile) / S;
+    *best = -1;
     while (lo <= hi) {
         int mid = (lo + hi) / 2, tile = min_tile + mid * S;
-        trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, tile) : tile;
-        trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, tile) : tile;
-        wv_plan_free(p);
-        if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
-        if (mid == 0) smallest_bytes = p->arena_bytes;
-        if (p->arena_bytes <= o->max_bytes) {
-            best = tile;
+        wv_options trial = square_tile(o, tile);
+        wv_plan q;
+        wv_status st = plan_with_trunk(&q, m, trunk_end, T, h, w, &trial, err);
+        size_t bytes = q.arena_bytes;
+        wv_plan_free(&q);
+        if (st) return st;
+        if (bytes <= o->max_bytes) {
+            *best = tile;
             lo = mid + 1;
         } else {
             hi = mid - 1;
         }
     }
+    return WV_OK;
+}
+
+static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,
+                                  int min_tile, wv_error *err)
+{
+    wv_options trial = square_tile(o, min_tile);
+    wv_plan q;
+    char trunk[96] = ""; /* the part that grows with T, where the arena holds it */
+    wv_status st = plan_with_trunk(&q, m, m->trunk_end, T, h, w, &trial, err);
+    wv_plan_free(&q);
+    if (st) return st;
+    if (!q.trunk_host_bytes)
+        snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, q.trunk_out_bytes);
+    return wv_fail(err, WV_ERR_NOMEM,
+                   "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px%s) but the "
+                   "budget is %zu bytes",
+                   asked_bytes, q.arena_bytes, min_tile, trunk, o->max_bytes);
+}
+
+/* Largest square tile, no larger than asked on either axis, whose plan fits the budget, searched for
+ * each place the trunk may end (a trunk that takes the first stage makes the arena smaller for
+ * tiles large enough to hold it, so one search over both would miss them); of the two, the plan with
+ * less work, then the even split with the least. */
+static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+                               wv_error *err)
+{
+    size_t asked_bytes = p->arena_bytes;
+    int S = p->out_scale, min_tile = 2 * p->out_halo + S, top = effective_tile(p), best = -1;
+    int cuts[2] = {m->trunk_end, m->trunk_end_long}, n_cuts = m->trunk_end_long > m->trunk_end ? 2 : 1;
+    int64_t best_flops = 0;
+    wv_options trial;
+    wv_status st;
     wv_plan_free(p);
-    if (best < 0) {
-        char trunk[96] = ""; /* the part that grows with T, where the arena holds it */
-        if (!p->trunk_host_bytes)
-            snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, p->trunk_out_bytes);
-        return wv_fail(err, WV_ERR_NOMEM,
-                       "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px%s) but the "
-                       "budget is %zu bytes",
-                       asked_bytes, smallest_bytes ? smallest_bytes : asked_bytes, min_tile, trunk, o->max_bytes);
+    for (int c = 0; c < n_cuts; c++) {
+        int tile;
+        wv_plan q;
+        if ((st = largest_fitting_tile(m, cuts[c], T, h, w, o, min_tile, top, S, &tile, err))) return st;
+        if (tile < 0) continue;
+        trial = square_tile(o, tile);
+        if ((st = plan_for_tiles(&q, m, T, h, w, &trial, err))) {
+            wv_plan_free(&q);
+            return st;
+        }
+        if (q.arena_bytes <= o->max_bytes && (best < 0 || q.conv_flops < best_flops)) {
+            best = tile;
+            best_flops = q.conv_flops;
+        }
+        wv_plan_free(&q);
     }
-    trial.tile_x = o->tile_x > 0 ? imin(o->tile_x, best) : best;
-    trial.tile_y = o->tile_y > 0 ? imin(o->tile_y, best) : best;
+    if (best < 0) return budget_too_small(m, T, h, w, o, asked_bytes, min_tile, err);
+    trial = square_tile(o, best);
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
     if ((st = least_work_even_split(p, m, T, h, w, o, &trial, err))) return st;
     p->shrunk_to_fit = 1;
