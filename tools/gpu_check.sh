@@ -14,9 +14,10 @@
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
-# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), plus about 40 s for the
-# machine's start. Each step has its own time limit, so a hung step still leaves its log and the
-# summary; a whole run takes about 3 minutes, so timeout_s 400 leaves room for one rerun.
+# graphs step (6 decodes of 720p x 81, each twice: about 90 s more) and the tests' five-process
+# taps test (about 25 s), plus about 40 s for the machine's start. Each step has its own time
+# limit, so a hung step still leaves its log and the summary; a whole run takes about 4 minutes, so
+# timeout_s 400 suffices and the session's 15 minutes leave room for one rerun of a few steps.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
