@@ -284,8 +284,8 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         base += 2 * xy;
     }
     p->trunk_host_bytes = be->trunk_out_host && !p->stream_trunk ? (size_t)p->T * (size_t)(N * C) * ab : 0;
-    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT], (p->trunk_host_bytes ? 0 : p->stream_trunk ? 1 : p->T) * N * C,
-               ab);
+    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT],
+               (p->trunk_host_bytes ? 0 : p->stream_trunk ? 1 : p->T) * N * C, ab);
     set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
     set_buffer(p, WV_BUF_TRUNK_T, names[WV_BUF_TRUNK_T], P0 * trunk_c, ab);

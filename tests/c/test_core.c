@@ -108,7 +108,8 @@ static void test_ring_slots(void)
     wv_ring apart = {base, 8, 2, 0}, ring = {base, 8, 3, 0};
     CHECK(wv_ring_slot(&apart, 2) == wv_ring_slot(&apart, 0) && wv_ring_slot(&apart, 1) == base + 8);
     apart.oldest = 1;
-    CHECK(wv_ring_slot(&apart, 0) == base + 8 && wv_ring_slot(&apart, 1) == base && wv_ring_slot(&apart, 2) == base + 8);
+    CHECK(wv_ring_slot(&apart, 0) == base + 8 && wv_ring_slot(&apart, 1) == base &&
+          wv_ring_slot(&apart, 2) == base + 8);
     CHECK(wv_ring_slot(&ring, 2) == base + 16);
     ring.oldest = 2;
     CHECK(wv_ring_slot(&ring, 0) == base + 16 && wv_ring_slot(&ring, 1) == base && wv_ring_slot(&ring, 2) == base + 8);
