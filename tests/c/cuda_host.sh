@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds and runs tests/c/test_cuda_host.c: the CUDA backend's host side (every plan decoded through
+# the CUDA tables) on a machine without a GPU, with tests/c/cuda_stub/ in place of the CUDA runtime,
+# cuDNN and cuBLAS, under AddressSanitizer and UndefinedBehaviorSanitizer. Needs nvcc and the cuDNN
+# and cuBLAS headers setup.py finds; no GPU, no CUDA library is loaded.
+#   bash tests/c/cuda_host.sh [build dir]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUTDIR=${1:-${BUILD_DIR:-build/cuda_host}}
+mkdir -p "$OUTDIR"
+CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
+eval "$CONFIG"
+san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+# nvcc splits -Xcompiler's argument at commas, so each flag goes on its own
+nvcc_san="-Xcompiler -fsanitize=address -Xcompiler -fsanitize=undefined -Xcompiler -fno-sanitize-recover=undefined"
+nvcc_san="$nvcc_san -Xcompiler -fno-omit-frame-pointer"
+inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
+objs=""
+for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c; do
+    o="$OUTDIR/$(basename "$f" .c).o"
+    gcc -std=c11 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter $san -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc \
+        -I"$BLAS_INC" -c "$f" -o "$o"
+    objs="$objs $o"
+done
+# the backend as nvcc compiles it, kernels included (they never run), linked without the CUDA runtime
+"$NVCC" -g -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
+    $nvcc_san -c cuda/wv_backend_cuda.cu -o "$OUTDIR/wv_backend_cuda.o"
+g++ -std=c++17 -g -O1 -Wall -Wextra -Werror $san $inc -c tests/c/cuda_stub/cuda_stub.cpp -o "$OUTDIR/cuda_stub.o"
+gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
+g++ $san "$OUTDIR/test_cuda_host.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" $objs \
+    -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/test_cuda_host"
+ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"

@@ -1,0 +1,651 @@
+/* A stand-in for the CUDA runtime, cuDNN and cuBLAS, so that the CUDA backend's host side runs on a
+ * machine without a GPU (tests/c/test_cuda_host.c). Device memory is host memory; copies and
+ * memsets move real bytes; kernels, convolutions and GEMMs do nothing, so the numbers that come out
+ * are meaningless. What it checks: every range a copy, memset, convolution or GEMM touches lies
+ * inside one live allocation (device memory from cudaMalloc, pinned memory from cudaHostAlloc, or
+ * the caller's own host memory for copies), every handle is one it made and not yet destroyed, and
+ * nothing is left allocated at the end (stub_report). Graph capture records nothing: a captured
+ * stream's work runs as it is issued, and a graph launch does nothing.
+ *
+ * Only the calls the backend makes are here; a new one fails the link, which is the point. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_stub.h"
+
+/* ---- allocations and the checks on them -------------------------------------------------- */
+
+enum { KIND_DEVICE, KIND_PINNED };
+
+struct part {
+    size_t offset, bytes;
+};
+
+struct block {
+    char *p;
+    size_t bytes;
+    int kind;
+    part *parts; /* an arena's named buffers (stub_arena_layout), else NULL */
+    int n_parts;
+};
+
+static block g_blocks[4096];
+static int g_n_blocks;
+static long g_violations;
+static part *g_next_parts; /* the layout of the next allocation of g_next_bytes */
+static int g_next_n_parts;
+static size_t g_next_bytes;
+
+static void violation(const char *what, const void *p, size_t bytes)
+{
+    if (g_violations++ < 20)
+        fprintf(stderr, "cuda stub: %s: %zu bytes at %p outside every allocation or arena buffer\n", what, bytes, p);
+}
+
+static const block *block_of(const void *p)
+{
+    for (int i = 0; i < g_n_blocks; i++)
+        if ((const char *)p >= g_blocks[i].p && (const char *)p < g_blocks[i].p + (g_blocks[i].bytes ? g_blocks[i].bytes : 1))
+            return &g_blocks[i];
+    return NULL;
+}
+
+/* Within an arena, a range must lie inside one of its buffers (they overlap where the plan shares
+ * memory between phases, so any one will do), or be the whole arena (zeroed at a call's start). */
+static int inside_a_part(const block *b, const void *p, size_t bytes)
+{
+    size_t lo = (size_t)((const char *)p - b->p);
+    if (!b->parts || (lo == 0 && bytes == b->bytes)) return 1;
+    for (int i = 0; i < b->n_parts; i++)
+        if (lo >= b->parts[i].offset && lo + bytes <= b->parts[i].offset + b->parts[i].bytes) return 1;
+    return 0;
+}
+
+/* [p, p + bytes) inside one device allocation (device only) or one of ours or none (any). */
+static void check_device(const char *what, const void *p, size_t bytes)
+{
+    const block *b = block_of(p);
+    if (!bytes) return;
+    if (!b || b->kind != KIND_DEVICE || (const char *)p + bytes > b->p + b->bytes || !inside_a_part(b, p, bytes))
+        violation(what, p, bytes);
+}
+
+static void check_any(const char *what, const void *p, size_t bytes)
+{
+    const block *b = block_of(p);
+    if (bytes && b && ((const char *)p + bytes > b->p + b->bytes || !inside_a_part(b, p, bytes)))
+        violation(what, p, bytes);
+}
+
+static cudaError_t take_block(void **out, size_t bytes, int kind)
+{
+    if (g_n_blocks == (int)(sizeof g_blocks / sizeof *g_blocks)) return cudaErrorMemoryAllocation;
+    *out = calloc(1, bytes ? bytes : 1);
+    if (!*out) return cudaErrorMemoryAllocation;
+    g_blocks[g_n_blocks].p = (char *)*out;
+    g_blocks[g_n_blocks].bytes = bytes;
+    g_blocks[g_n_blocks].kind = kind;
+    g_blocks[g_n_blocks].parts = NULL;
+    g_blocks[g_n_blocks].n_parts = 0;
+    if (g_next_parts && kind == KIND_DEVICE && bytes == g_next_bytes) {
+        g_blocks[g_n_blocks].parts = g_next_parts;
+        g_blocks[g_n_blocks].n_parts = g_next_n_parts;
+        g_next_parts = NULL;
+    }
+    g_n_blocks++;
+    return cudaSuccess;
+}
+
+static cudaError_t give_block(void *p, int kind)
+{
+    if (!p) return cudaSuccess;
+    for (int i = 0; i < g_n_blocks; i++)
+        if (g_blocks[i].p == p && g_blocks[i].kind == kind) {
+            free(p);
+            free(g_blocks[i].parts);
+            g_blocks[i] = g_blocks[--g_n_blocks];
+            return cudaSuccess;
+        }
+    violation(kind == KIND_DEVICE ? "cudaFree of a pointer cudaMalloc did not return" : "cudaFreeHost", p, 0);
+    return cudaErrorInvalidValue;
+}
+
+/* Handles: each a live object of its type, counted. */
+struct CUstream_st { int live; };
+struct CUevent_st { int live; };
+struct CUgraph_st { int live; };
+struct CUgraphExec_st { int live; };
+struct cudnnContext { int live; };
+struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
+struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; };
+struct cudnnConvolutionStruct { int n, pad[6]; };
+struct cudnnActivationStruct { int live; };
+struct cublasContext { int live; };
+
+static long g_handles;
+
+template <typename T> static T *make_handle(void)
+{
+    g_handles++;
+    return (T *)calloc(1, sizeof(T));
+}
+
+template <typename T> static void drop_handle(T *h)
+{
+    if (h) g_handles--, free(h);
+}
+
+static size_t type_bytes(cudnnDataType_t t) { return t == CUDNN_DATA_FLOAT ? 4 : 2; }
+
+/* The bytes a strided tensor spans: its last element's offset, plus one. */
+static size_t tensor_span(const cudnnTensorStruct *d)
+{
+    size_t last = 0;
+    for (int i = 0; i < d->nd; i++) last += (size_t)(d->dims[i] - 1) * (size_t)d->strides[i];
+    return (last + 1) * type_bytes(d->type);
+}
+
+static size_t filter_span(const cudnnFilterStruct *d)
+{
+    size_t n = 1;
+    for (int i = 0; i < d->nd; i++) n *= (size_t)d->dims[i];
+    return n * type_bytes(d->type);
+}
+
+extern "C" void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const size_t *sizes)
+{
+    free(g_next_parts);
+    g_next_parts = (part *)malloc(sizeof(part) * (size_t)(n > 0 ? n : 1));
+    g_next_n_parts = n;
+    g_next_bytes = arena_bytes;
+    for (int i = 0; i < n; i++) g_next_parts[i].offset = offsets[i], g_next_parts[i].bytes = sizes[i];
+}
+
+extern "C" int stub_report(void)
+{
+    free(g_next_parts);
+    g_next_parts = NULL;
+    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0;
+    if (g_n_blocks) fprintf(stderr, "cuda stub: %d allocations left\n", g_n_blocks);
+    if (g_handles) fprintf(stderr, "cuda stub: %ld handles left\n", g_handles);
+    if (g_violations) fprintf(stderr, "cuda stub: %ld out-of-range accesses\n", g_violations);
+    return bad;
+}
+
+
+/* ---- the runtime ---------------------------------------------------------------------------- */
+
+extern "C" {
+
+cudaError_t cudaGetDeviceCount(int *count)
+{
+    *count = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *device)
+{
+    *device = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
+{
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "CUDA stub");
+    prop->major = 9;
+    prop->totalGlobalMem = (size_t)80 << 30;
+    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
+{
+    *total_b = (size_t)80 << 30;
+    *free_b = *total_b;
+    return cudaSuccess;
+}
+
+cudaError_t cudaRuntimeGetVersion(int *v)
+{
+    *v = 13000;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDriverGetVersion(int *v)
+{
+    *v = 13000;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+
+const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "CUDA stub error"; }
+
+cudaError_t cudaMalloc(void **p, size_t bytes) { return take_block(p, bytes, KIND_DEVICE); }
+
+cudaError_t cudaFree(void *p) { return give_block(p, KIND_DEVICE); }
+
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
+{
+    (void)flags;
+    return take_block(p, bytes, KIND_PINNED);
+}
+
+cudaError_t cudaFreeHost(void *p) { return give_block(p, KIND_PINNED); }
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const void *p)
+{
+    const block *b = block_of(p);
+    memset(attr, 0, sizeof *attr);
+    attr->type = !b ? cudaMemoryTypeUnregistered : b->kind == KIND_DEVICE ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
+    attr->devicePointer = b ? (void *)p : NULL;
+    attr->hostPointer = b && b->kind == KIND_PINNED ? (void *)p : NULL;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s)
+{
+    (void)kind, (void)s;
+    check_any("cudaMemcpyAsync source", src, bytes);
+    check_any("cudaMemcpyAsync destination", dst, bytes);
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t s)
+{
+    (void)kind, (void)s;
+    if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+    if (!height || !width) return cudaSuccess;
+    check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
+    check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
+    for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
+{
+    (void)s;
+    check_device("cudaMemsetAsync", p, bytes);
+    memset(p, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags)
+{
+    (void)flags;
+    *s = make_handle<CUstream_st>();
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s)
+{
+    drop_handle(s);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s)
+{
+    (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags)
+{
+    (void)s, (void)e, (void)flags;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags)
+{
+    (void)flags;
+    *e = make_handle<CUevent_st>();
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t e)
+{
+    drop_handle(e);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
+{
+    (void)e, (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e)
+{
+    (void)e;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
+{
+    (void)s, (void)mode;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
+{
+    (void)s;
+    *g = make_handle<CUgraph_st>();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g, unsigned long long flags)
+{
+    (void)g, (void)flags;
+    *exec = make_handle<CUgraphExec_st>();
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s)
+{
+    (void)exec, (void)s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphDestroy(cudaGraph_t g)
+{
+    drop_handle(g);
+    return cudaSuccess;
+}
+
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec)
+{
+    drop_handle(exec);
+    return cudaSuccess;
+}
+
+/* What nvcc's host code calls to register and launch kernels (crt/host_runtime.h). */
+void **__cudaRegisterFatBinary(void *fat)
+{
+    static void *handle;
+    (void)fat;
+    return &handle;
+}
+
+void __cudaRegisterFatBinaryEnd(void **handle) { (void)handle; }
+
+void __cudaUnregisterFatBinary(void **handle) { (void)handle; }
+
+void __cudaRegisterFunction(void **handle, const char *host_fun, char *device_fun, const char *device_name,
+                            int thread_limit, uint3 *tid, uint3 *bid, dim3 *bdim, dim3 *gdim, int *wsize)
+{
+    (void)handle, (void)host_fun, (void)device_fun, (void)device_name, (void)thread_limit;
+    (void)tid, (void)bid, (void)bdim, (void)gdim, (void)wsize;
+}
+
+unsigned __cudaPushCallConfiguration(dim3 grid, dim3 block, size_t shared, struct CUstream_st *s)
+{
+    (void)grid, (void)block, (void)shared, (void)s;
+    return 0;
+}
+
+cudaError_t __cudaPopCallConfiguration(dim3 *grid, dim3 *block, size_t *shared, void *s)
+{
+    *grid = dim3(1, 1, 1), *block = dim3(1, 1, 1), *shared = 0;
+    *(cudaStream_t *)s = NULL;
+    return cudaSuccess;
+}
+
+cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
+{
+    *kernel = (cudaKernel_t)fun;
+    return cudaSuccess;
+}
+
+cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
+                               cudaStream_t s)
+{
+    (void)kernel, (void)grid, (void)block, (void)args, (void)shared, (void)s;
+    return cudaSuccess;
+}
+
+/* ---- cuDNN ---------------------------------------------------------------------------------- */
+
+size_t cudnnGetVersion(void) { return 91900; }
+
+const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS ? "success" : "cuDNN stub error"; }
+
+cudnnStatus_t cudnnCreate(cudnnHandle_t *h)
+{
+    *h = make_handle<cudnnContext>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroy(cudnnHandle_t h)
+{
+    drop_handle(h);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
+{
+    (void)h, (void)s;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *d)
+{
+    *d = make_handle<cudnnTensorStruct>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d)
+{
+    drop_handle(d);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetTensorNdDescriptor(cudnnTensorDescriptor_t d, cudnnDataType_t type, int nd, const int dims[],
+                                         const int strides[])
+{
+    if (nd < 1 || nd > 8) return CUDNN_STATUS_BAD_PARAM;
+    d->nd = nd, d->type = type;
+    memcpy(d->dims, dims, sizeof(int) * (size_t)nd), memcpy(d->strides, strides, sizeof(int) * (size_t)nd);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *d)
+{
+    *d = make_handle<cudnnFilterStruct>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d)
+{
+    drop_handle(d);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetFilterNdDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format,
+                                         int nd, const int dims[])
+{
+    (void)format;
+    if (nd < 1 || nd > 8) return CUDNN_STATUS_BAD_PARAM;
+    d->nd = nd, d->type = type;
+    memcpy(d->dims, dims, sizeof(int) * (size_t)nd);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *d)
+{
+    *d = make_handle<cudnnConvolutionStruct>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d)
+{
+    drop_handle(d);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionNdDescriptor(cudnnConvolutionDescriptor_t d, int n, const int pad[],
+                                              const int stride[], const int dilation[], cudnnConvolutionMode_t mode,
+                                              cudnnDataType_t type)
+{
+    (void)stride, (void)dilation, (void)mode, (void)type;
+    if (n < 1 || n > 6) return CUDNN_STATUS_BAD_PARAM;
+    d->n = n;
+    memcpy(d->pad, pad, sizeof(int) * (size_t)n);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t d, cudnnMathType_t math)
+{
+    (void)d, (void)math;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Stride 1, no dilation: out = in + 2 pad - (k - 1) on each spatial axis. */
+cudnnStatus_t cudnnGetConvolutionNdForwardOutputDim(const cudnnConvolutionDescriptor_t c, const cudnnTensorDescriptor_t x,
+                                                    const cudnnFilterDescriptor_t w, int nd, int out[])
+{
+    if (nd != x->nd || nd != w->nd || c->n != nd - 2) return CUDNN_STATUS_BAD_PARAM;
+    out[0] = x->dims[0], out[1] = w->dims[0];
+    for (int i = 2; i < nd; i++) out[i] = x->dims[i] + 2 * c->pad[i - 2] - (w->dims[i] - 1);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+                                                     const cudnnFilterDescriptor_t w,
+                                                     const cudnnConvolutionDescriptor_t c,
+                                                     const cudnnTensorDescriptor_t y, const int requested,
+                                                     int *returned, cudnnConvolutionFwdAlgoPerf_t *perf)
+{
+    (void)h, (void)x, (void)w, (void)c, (void)y;
+    if (requested < 1) return CUDNN_STATUS_BAD_PARAM;
+    memset(perf, 0, sizeof *perf);
+    perf->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+    perf->status = CUDNN_STATUS_SUCCESS;
+    perf->mathType = x->type == CUDNN_DATA_FLOAT ? CUDNN_DEFAULT_MATH : CUDNN_TENSOR_OP_MATH;
+    *returned = 1;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cudnnFilterDescriptor_t wd,
+                       const void *w, void *ws, size_t ws_bytes, const cudnnTensorDescriptor_t yd, void *y)
+{
+    check_device("convolution input", x, tensor_span(xd));
+    check_device("convolution filter", w, filter_span(wd));
+    check_device("convolution output", y, tensor_span(yd));
+    if (ws_bytes) check_device("convolution workspace", ws, ws_bytes);
+}
+
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const cudnnTensorDescriptor_t xd,
+                                      const void *x, const cudnnFilterDescriptor_t wd, const void *w,
+                                      const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
+                                      size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd, void *y)
+{
+    (void)h, (void)alpha, (void)c, (void)algo, (void)beta;
+    check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionBiasActivationForward(
+    cudnnHandle_t h, const void *alpha1, const cudnnTensorDescriptor_t xd, const void *x,
+    const cudnnFilterDescriptor_t wd, const void *w, const cudnnConvolutionDescriptor_t c,
+    cudnnConvolutionFwdAlgo_t algo, void *ws, size_t ws_bytes, const void *alpha2, const cudnnTensorDescriptor_t zd,
+    const void *z, const cudnnTensorDescriptor_t bd, const void *bias, const cudnnActivationDescriptor_t act,
+    const cudnnTensorDescriptor_t yd, void *y)
+{
+    (void)h, (void)alpha1, (void)c, (void)algo, (void)alpha2, (void)act;
+    check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    check_device("convolution sum input", z, tensor_span(zd));
+    check_device("convolution bias", bias, tensor_span(bd));
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d)
+{
+    *d = make_handle<cudnnActivationStruct>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyActivationDescriptor(cudnnActivationDescriptor_t d)
+{
+    drop_handle(d);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
+                                           cudnnNanPropagation_t nan, double coef)
+{
+    (void)d, (void)mode, (void)nan, (void)coef;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* ---- cuBLAS --------------------------------------------------------------------------------- */
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
+{
+    *h = make_handle<cublasContext>();
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
+{
+    drop_handle(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
+{
+    (void)h, (void)s;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void *ws, size_t bytes)
+{
+    (void)h;
+    if (bytes) check_device("cuBLAS workspace", ws, bytes);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode)
+{
+    (void)h, (void)mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGetProperty(libraryPropertyType type, int *value)
+{
+    *value = type == MAJOR_VERSION ? 13 : type == MINOR_VERSION ? 1 : 0;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+const char *cublasGetStatusString(cublasStatus_t s) { return s == CUBLAS_STATUS_SUCCESS ? "success" : "cuBLAS stub error"; }
+
+static size_t blas_type_bytes(cudaDataType t) { return t == CUDA_R_32F ? 4 : 2; }
+
+/* The bytes a column-major rows x cols matrix with leading dimension ld spans. */
+static size_t matrix_span(int rows, int cols, int ld, cudaDataType t)
+{
+    return rows && cols ? ((size_t)(cols - 1) * (size_t)ld + (size_t)rows) * blas_type_bytes(t) : 0;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
+                            int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo)
+{
+    (void)h, (void)alpha, (void)beta, (void)compute, (void)algo;
+    check_device("GEMM A", A, ta == CUBLAS_OP_N ? matrix_span(m, k, lda, at) : matrix_span(k, m, lda, at));
+    check_device("GEMM B", B, tb == CUBLAS_OP_N ? matrix_span(k, n, ldb, bt) : matrix_span(n, k, ldb, bt));
+    check_device("GEMM C", C, matrix_span(m, n, ldc, ct));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+} /* extern "C" */

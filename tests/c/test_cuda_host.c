@@ -1,0 +1,170 @@
+/* The CUDA backend's host side, run without a GPU: the driver decodes through the CUDA tables with
+ * tests/c/cuda_stub/ standing in for the CUDA runtime, cuDNN and cuBLAS (device memory is host
+ * memory, kernels and convolutions do nothing). Built with the sanitizers by tests/c/cuda_host.sh.
+ * It checks what needs no arithmetic: every plan this decoder makes (untiled, tiles with the trunk
+ * ending at the attention or at the first upsample, a budget, end_frame, step graphs, the direct
+ * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
+ * GEMM the backend issues stays inside one allocation; an allocation that fails anywhere fails
+ * cleanly; and nothing is left allocated once the models are gone. The numbers themselves are
+ * checked where a GPU is (tests/c/test_backend_ops.cu, tests/test_cuda.py). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_stub/cuda_stub.h"
+#include "wv_cuda.h"
+#include "wv_internal.h"
+
+static int g_checks, g_failures;
+
+#define CHECK(cond)                                                                   \
+    do {                                                                              \
+        g_checks++;                                                                   \
+        if (!(cond)) {                                                                \
+            g_failures++;                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+        }                                                                             \
+    } while (0)
+
+static uint32_t g_rng = 777u;
+
+static float frand(void)
+{
+    g_rng = g_rng * 1664525u + 1013904223u;
+    return (float)(g_rng >> 8) / (float)(1u << 23) - 1.0f;
+}
+
+typedef struct {
+    wv_named_view views[160];
+    char keys[160][96];
+    float *data[160];
+    int n;
+} weight_set;
+
+static void add_key(void *user, const char *key, int ndim, const int64_t *shape)
+{
+    weight_set *ws = (weight_set *)user;
+    wv_named_view *nv = &ws->views[ws->n];
+    int64_t numel = 1;
+    for (int d = 0; d < ndim; d++) numel *= shape[d];
+    snprintf(ws->keys[ws->n], sizeof ws->keys[0], "%s", key);
+    ws->data[ws->n] = (float *)malloc(sizeof(float) * (size_t)numel);
+    for (int64_t i = 0; i < numel; i++) ws->data[ws->n][i] = 0.1f * frand();
+    nv->key = ws->keys[ws->n];
+    nv->view.data = ws->data[ws->n];
+    nv->view.ndim = ndim;
+    nv->view.dtype = WV_F32;
+    for (int d = ndim - 1, step = 4; d >= 0; d--) {
+        nv->view.shape[d] = shape[d];
+        nv->view.strides[d] = step;
+        step *= (int)shape[d];
+    }
+    ws->n++;
+}
+
+typedef struct {
+    const char *name;
+    int T, h, w, tile, end_frame;
+    int budget_percent; /* of the untiled plan's arena (0: no budget) */
+} run;
+
+/* One decode of seeded latents [4][T][h][w] as the run says; the plan must hold exactly. */
+static wv_status decode(const wv_model *m, const run *r, wv_error *err)
+{
+    float mean[4] = {0.1f, -0.2f, 0.3f, 0.0f}, stdv[4] = {1.0f, 2.0f, 0.5f, 1.5f};
+    size_t n_lat = (size_t)4 * r->T * r->h * r->w;
+    float *lat = (float *)malloc(sizeof(float) * n_lat), *out = NULL;
+    wv_view v = {lat, 4, {4, r->T, r->h, r->w}, {4LL * r->T * r->h * r->w, 4LL * r->h * r->w, 4LL * r->w, 4}, WV_F32, 0};
+    wv_options o = {r->tile, r->tile, r->end_frame, WV_OUT_UNIT, 0, 0};
+    wv_plan p;
+    wv_stats st;
+    wv_status s;
+    for (size_t i = 0; i < n_lat; i++) lat[i] = frand();
+    if (r->budget_percent && !(s = wv_plan_make(&p, m, r->T, r->h, r->w, &o, err))) {
+        o.max_bytes = p.arena_bytes / 100 * (size_t)r->budget_percent;
+        wv_plan_free(&p);
+    }
+    s = wv_plan_make(&p, m, r->T, r->h, r->w, &o, err);
+    if (!s && r->budget_percent) CHECK(p.n_tiles > 1 && p.arena_bytes <= o.max_bytes);
+    if (!s) {
+        size_t offsets[WV_MAX_BUFFERS], sizes[WV_MAX_BUFFERS];
+        for (int i = 0; i < p.n_buffers; i++) offsets[i] = p.buffers[i].offset, sizes[i] = p.buffers[i].bytes;
+        stub_arena_layout(p.arena_bytes, p.n_buffers, offsets, sizes);
+    }
+    if (!s) out = (float *)malloc(sizeof(float) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
+    if (!s) s = wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, err);
+    if (!s) CHECK(st.arena_high_water == p.arena_bytes && st.steps == (int64_t)r->T * (1 + p.n_tiles));
+    wv_plan_free(&p);
+    free(lat), free(out);
+    return s;
+}
+
+static const run RUNS[] = {
+    {"untiled", 3, 5, 6, 0, 0, 0},
+    {"tiles, trunk to the first upsample", 3, 5, 6, 40, 0, 0},
+    {"small tiles of a larger frame, trunk to the attention", 2, 28, 28, 40, 0, 0},
+    {"end frame in tiles", 4, 5, 6, 40, 1, 0},
+    {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80},
+};
+
+static void decode_all(const wv_model *m, const char *setting)
+{
+    for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) {
+        wv_error err = {WV_OK, ""};
+        wv_status s = decode(m, &RUNS[i], &err);
+        if (s) fprintf(stderr, "%s, %s: %s\n", setting, RUNS[i].name, err.msg);
+        CHECK(s == WV_OK);
+    }
+}
+
+/* Device allocations failing one after another, from the first on: each decode fails cleanly with
+ * NOMEM until there are none left to fail, and the next one works. */
+static void fail_allocations(const wv_model *m)
+{
+    const run *r = &RUNS[1];
+    for (int n = 1; n <= 4; n++) {
+        wv_error err = {WV_OK, ""};
+        m->backend->fail_nth_alloc(n);
+        wv_status s = decode(m, r, &err);
+        m->backend->fail_nth_alloc(0);
+        CHECK(s == WV_OK || s == WV_ERR_NOMEM);
+    }
+    {
+        wv_error err = {WV_OK, ""};
+        CHECK(decode(m, r, &err) == WV_OK);
+    }
+}
+
+static void with_model(const weight_set *ws, wv_dtype dt, const char *setting)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    const wv_backend *be = wv_cuda_backends()->by_dtype[dt];
+    wv_status s = wv_model_build(&m, be, -1, ws->views, ws->n, &err);
+    if (s) fprintf(stderr, "%s: model: %s\n", setting, err.msg);
+    CHECK(s == WV_OK);
+    if (s) return;
+    decode_all(&m, setting);
+    if (dt == WV_BF16 && !getenv("WANVIDEO_CUDA_GRAPHS")) fail_allocations(&m);
+    wv_model_free(&m);
+}
+
+int main(void)
+{
+    static weight_set ws;
+    static const wv_dtype types[] = {WV_F32, WV_F16, WV_BF16};
+    static const char *const names[] = {"fp32", "fp16", "bf16"};
+    CHECK(wv_cuda_backends()->abi == WV_BACKEND_ABI);
+    CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
+    for (int i = 0; i < 3; i++) with_model(&ws, types[i], names[i]);
+    setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
+    with_model(&ws, WV_BF16, "bf16 with step graphs");
+    unsetenv("WANVIDEO_CUDA_GRAPHS");
+    setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1);
+    with_model(&ws, WV_BF16, "bf16 on the direct kernel");
+    unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
+    for (int i = 0; i < ws.n; i++) free(ws.data[i]);
+    CHECK(stub_report() == 0);
+    printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
+    return g_failures ? 1 : 0;
+}
