@@ -4,7 +4,8 @@
  * It checks what needs no arithmetic: every plan this decoder makes (untiled, tiles with the trunk
  * ending at the attention or at the first upsample, a budget, end_frame, step graphs, the direct
  * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
- * GEMM the backend issues stays inside one allocation; an allocation that fails anywhere fails
+ * GEMM the backend issues stays inside one of the plan's arena buffers or one allocation; an
+ * allocation that fails anywhere fails
  * cleanly; and nothing is left allocated once the models are gone. The numbers themselves are
  * checked where a GPU is (tests/c/test_backend_ops.cu, tests/test_cuda.py). */
 #include <stdio.h>
@@ -12,55 +13,9 @@
 #include <string.h>
 
 #include "cuda_stub/cuda_stub.h"
+#include "test_util.h"
 #include "wv_cuda.h"
 #include "wv_internal.h"
-
-static int g_checks, g_failures;
-
-#define CHECK(cond)                                                                   \
-    do {                                                                              \
-        g_checks++;                                                                   \
-        if (!(cond)) {                                                                \
-            g_failures++;                                                             \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                             \
-    } while (0)
-
-static uint32_t g_rng = 777u;
-
-static float frand(void)
-{
-    g_rng = g_rng * 1664525u + 1013904223u;
-    return (float)(g_rng >> 8) / (float)(1u << 23) - 1.0f;
-}
-
-typedef struct {
-    wv_named_view views[160];
-    char keys[160][96];
-    float *data[160];
-    int n;
-} weight_set;
-
-static void add_key(void *user, const char *key, int ndim, const int64_t *shape)
-{
-    weight_set *ws = (weight_set *)user;
-    wv_named_view *nv = &ws->views[ws->n];
-    int64_t numel = 1;
-    for (int d = 0; d < ndim; d++) numel *= shape[d];
-    snprintf(ws->keys[ws->n], sizeof ws->keys[0], "%s", key);
-    ws->data[ws->n] = (float *)malloc(sizeof(float) * (size_t)numel);
-    for (int64_t i = 0; i < numel; i++) ws->data[ws->n][i] = 0.1f * frand();
-    nv->key = ws->keys[ws->n];
-    nv->view.data = ws->data[ws->n];
-    nv->view.ndim = ndim;
-    nv->view.dtype = WV_F32;
-    for (int d = ndim - 1, step = 4; d >= 0; d--) {
-        nv->view.shape[d] = shape[d];
-        nv->view.strides[d] = step;
-        step *= (int)shape[d];
-    }
-    ws->n++;
-}
 
 typedef struct {
     const char *name;
@@ -163,7 +118,7 @@ int main(void)
     setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1);
     with_model(&ws, WV_BF16, "bf16 on the direct kernel");
     unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
-    for (int i = 0; i < ws.n; i++) free(ws.data[i]);
+    free_weights(&ws);
     CHECK(stub_report() == 0);
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;

@@ -280,18 +280,22 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags)
-{
-    (void)flags;
-    *s = make_handle<CUstream_st>();
-    return cudaSuccess;
-}
+/* A runtime object's create (with flags) and destroy: a live handle of its own type, counted. */
+#define RUNTIME_OBJECT(create, destroy, handle_t, object) \
+    cudaError_t create(handle_t *h, unsigned int flags)   \
+    {                                                     \
+        (void)flags;                                      \
+        *h = make_handle<object>();                       \
+        return cudaSuccess;                               \
+    }                                                     \
+    cudaError_t destroy(handle_t h)                       \
+    {                                                     \
+        drop_handle(h);                                   \
+        return cudaSuccess;                               \
+    }
 
-cudaError_t cudaStreamDestroy(cudaStream_t s)
-{
-    drop_handle(s);
-    return cudaSuccess;
-}
+RUNTIME_OBJECT(cudaStreamCreateWithFlags, cudaStreamDestroy, cudaStream_t, CUstream_st)
+RUNTIME_OBJECT(cudaEventCreateWithFlags, cudaEventDestroy, cudaEvent_t, CUevent_st)
 
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
@@ -305,18 +309,6 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flag
     return cudaSuccess;
 }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags)
-{
-    (void)flags;
-    *e = make_handle<CUevent_st>();
-    return cudaSuccess;
-}
-
-cudaError_t cudaEventDestroy(cudaEvent_t e)
-{
-    drop_handle(e);
-    return cudaSuccess;
-}
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
@@ -415,40 +407,32 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
 
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
+/* A cuDNN object's create and destroy: a live handle of its own type, counted. */
+#define CUDNN_OBJECT(create, destroy, handle_t, object)   \
+    cudnnStatus_t create(handle_t *h)                     \
+    {                                                     \
+        *h = make_handle<object>();                       \
+        return CUDNN_STATUS_SUCCESS;                      \
+    }                                                     \
+    cudnnStatus_t destroy(handle_t h)                     \
+    {                                                     \
+        drop_handle(h);                                   \
+        return CUDNN_STATUS_SUCCESS;                      \
+    }
+
 size_t cudnnGetVersion(void) { return 91900; }
 
 const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS ? "success" : "cuDNN stub error"; }
 
-cudnnStatus_t cudnnCreate(cudnnHandle_t *h)
-{
-    *h = make_handle<cudnnContext>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroy(cudnnHandle_t h)
-{
-    drop_handle(h);
-    return CUDNN_STATUS_SUCCESS;
-}
-
+CUDNN_OBJECT(cudnnCreate, cudnnDestroy, cudnnHandle_t, cudnnContext)
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
 {
     (void)h, (void)s;
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *d)
-{
-    *d = make_handle<cudnnTensorStruct>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d)
-{
-    drop_handle(d);
-    return CUDNN_STATUS_SUCCESS;
-}
-
+CUDNN_OBJECT(cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor, cudnnTensorDescriptor_t,
+             cudnnTensorStruct)
 cudnnStatus_t cudnnSetTensorNdDescriptor(cudnnTensorDescriptor_t d, cudnnDataType_t type, int nd, const int dims[],
                                          const int strides[])
 {
@@ -458,18 +442,7 @@ cudnnStatus_t cudnnSetTensorNdDescriptor(cudnnTensorDescriptor_t d, cudnnDataTyp
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *d)
-{
-    *d = make_handle<cudnnFilterStruct>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d)
-{
-    drop_handle(d);
-    return CUDNN_STATUS_SUCCESS;
-}
-
+CUDNN_OBJECT(cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor, cudnnFilterDescriptor_t, cudnnFilterStruct)
 cudnnStatus_t cudnnSetFilterNdDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format,
                                          int nd, const int dims[])
 {
@@ -480,18 +453,8 @@ cudnnStatus_t cudnnSetFilterNdDescriptor(cudnnFilterDescriptor_t d, cudnnDataTyp
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *d)
-{
-    *d = make_handle<cudnnConvolutionStruct>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d)
-{
-    drop_handle(d);
-    return CUDNN_STATUS_SUCCESS;
-}
-
+CUDNN_OBJECT(cudnnCreateConvolutionDescriptor, cudnnDestroyConvolutionDescriptor, cudnnConvolutionDescriptor_t,
+             cudnnConvolutionStruct)
 cudnnStatus_t cudnnSetConvolutionNdDescriptor(cudnnConvolutionDescriptor_t d, int n, const int pad[],
                                               const int stride[], const int dilation[], cudnnConvolutionMode_t mode,
                                               cudnnDataType_t type)
@@ -568,18 +531,8 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     return CUDNN_STATUS_SUCCESS;
 }
 
-cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d)
-{
-    *d = make_handle<cudnnActivationStruct>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroyActivationDescriptor(cudnnActivationDescriptor_t d)
-{
-    drop_handle(d);
-    return CUDNN_STATUS_SUCCESS;
-}
-
+CUDNN_OBJECT(cudnnCreateActivationDescriptor, cudnnDestroyActivationDescriptor, cudnnActivationDescriptor_t,
+             cudnnActivationStruct)
 cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
                                            cudnnNanPropagation_t nan, double coef)
 {
