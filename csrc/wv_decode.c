@@ -332,7 +332,8 @@ static void run_segment(decode_run *r, flow *f)
         write_core(r, f);
 }
 
-/* One time chunk of one tile: trunk output region -> middle.2 ... head -> the tile's core. */
+/* One time chunk of one tile: trunk output region -> the tile part (middle.2 or the first upsample on,
+ * as the plan cut it) -> the tile's core. */
 static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
 {
     const wv_plan *p = r->p;
