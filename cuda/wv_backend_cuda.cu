@@ -13,9 +13,9 @@
  *
  * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS, 128 unless
  * WANVIDEO_CUDA_TAPS_MAX_CHANNELS says otherwise: the full-resolution stage's 96-channel residual
- * convs) run instead as three accumulated 2-d convolutions, one per
- * temporal tap, each reading its tap's frame in place with the weights packed tap by tap: cuDNN's
- * 3-d kernels reach 240-280 TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
+ * convs) run instead as three accumulated 2-d convolutions, one per temporal tap, each reading its
+ * tap's frame in place with the weights packed tap by tap: cuDNN's 3-d kernels reach 240-280
+ * TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
  * Their taps are apart (taps_apart), so their caches keep only the two previous frames: the driver
  * runs tap 0 before the new frame overwrites its slot (one frame less per cache: 6 x 45 MiB in the
  * 2 GiB plan of 720p x 81, 2x2 tiles).
