@@ -86,6 +86,9 @@ def test_bench_json_compares_with_pytorch(capsys):
         assert runs[ours]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
     assert runs["ours untiled"]["tiles"] == "1x1"
     assert all(r["seconds"] > 0 for r in runs.values())
+    # the plan's work (this frame is smaller than one 272 px tile); PyTorch's runs have none of ours
+    assert runs["ours untiled"]["conv_flops"] == runs["ours exact tiles 272"]["conv_flops"] > 0
+    assert runs["pytorch untiled"]["conv_flops"] == 0
 
 
 def test_module_entry_point_runs(tmp_path):

@@ -116,7 +116,8 @@ print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}
       f"our weights {r['our_weight_bytes'] / 2**30:.2f} GiB (peaks below: what each call added)")
 for k, v in r["runs"].items():
     total = f" ({(v['peak_bytes'] + r['our_weight_bytes']) / 2**30:.3f} GiB with our weights)" if k.startswith("ours") else ""
-    print(f"{k:32s} {v.get('tiles', ''):>5s} {v['seconds']:8.2f} s {v['peak_bytes'] / 2**30:8.2f} GiB{total}  "
+    rate = f" {v['conv_flops'] / v['seconds'] / 1e12:5.0f} TFLOP/s" if v.get("conv_flops") else ""
+    print(f"{k:32s} {v.get('tiles', ''):>5s} {v['seconds']:8.2f} s{rate} {v['peak_bytes'] / 2**30:8.2f} GiB{total}  "
           f"max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF
     summary "bench exit $BENCH"

@@ -229,9 +229,9 @@ def bench_cmd(args):
     to_np = lambda x: x.float().permute(1, 2, 3, 0).cpu().numpy()  # noqa: E731
     runs = {}
 
-    def done(label, timed, diff, tiles=""):  # each run as it ends too, should a later one not finish
+    def done(label, timed, diff, tiles="", flops=0):  # each run as it ends too, should a later one not finish
         sec, mem = timed
-        runs[label] = (sec, mem, diff, tiles)
+        runs[label] = (sec, mem, diff, tiles, flops)
         print(f"bench: {label}: {sec:.2f} s, {mib(mem)}, max |diff| {diff:.3g}", file=sys.stderr, flush=True)
 
     out, *timed = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
@@ -254,22 +254,25 @@ def bench_cmd(args):
         out, *timed = _timed(lambda: dec.decode(latents, raw=True, **kw), tdev, ours=True)  # host frames
         np.clip(out, -1, 1, out=out)  # as PyTorch's output was clamped, outside the timing
         s = dec.last_stats
-        done(label, timed, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}")
+        done(label, timed, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}", s["conv_flops"])
         del out
     result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": precision,
               "timed_after_an_untimed_run": tdev == "cuda",
               "torch": torch.__version__, "cpus": os.cpu_count(), "our_weight_bytes": dec._model.weight_bytes,
-              "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d, "tiles": t}
-                       for k, (s, m, d, t) in runs.items()}}
+              "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d, "tiles": t,
+                           "conv_flops": f}  # ours: the plan's convolution work (0 for PyTorch's runs)
+                       for k, (s, m, d, t, f) in runs.items()}}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         mem_kind = "peak GPU mem" if tdev == "cuda" else "peak RSS"
         print(f"latents [16, {T}, {h}, {w}] -> {untiled.shape[0]} x {untiled.shape[1]} x {untiled.shape[2]}, "
               f"dim {args.dim} decoder, {tdev} {precision}, torch {torch.__version__}, {os.cpu_count()} CPUs")
-        print(f"{'method':38s} {'tiles':>5s} {'time':>9s} {mem_kind:>13s} {'max |diff| vs pytorch untiled':>31s}")
-        for k, (s, m, d, t) in runs.items():
-            print(f"{k:38s} {t:>5s} {s:8.2f}s {mib(m):>13s} {d:31.3g}")
+        print(f"{'method':38s} {'tiles':>5s} {'time':>9s} {'conv TFLOP':>10s} {mem_kind:>13s} "
+              f"{'max |diff| vs pytorch untiled':>31s}")
+        for k, (s, m, d, t, f) in runs.items():
+            work = f"{f / 1e12:10.3g}" if f else f"{'':10s}"
+            print(f"{k:38s} {t:>5s} {s:8.2f}s {work} {mib(m):>13s} {d:31.3g}")
     if args.plot:
         _plot(runs, args.plot, f"[16, {T}, {h}, {w}] dim {args.dim} on {tdev}")
     return 0
@@ -282,7 +285,7 @@ def _plot(runs, path, title):
         import matplotlib.pyplot as plt
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install 'wanvideo-vae[plot]'") from None
-    labels = list(runs)
+    labels = list(runs)  # runs: label -> (seconds, peak bytes, diff, tiles, conv flops)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     a.barh(labels, [runs[k][0] for k in labels], color="#4a7bb7")
     a.set_xlabel("seconds")
