@@ -117,17 +117,16 @@ static wv_ring cache_ring(decode_run *r, const wv_conv *cv, wv_grid g)
     return q;
 }
 
-/* Where causal conv cv's next input frame (grid g) goes for the conv to read it in place: its slot
- * in the cache. With the taps apart that is tap 0's slot, so tap 0 runs into y first. */
-static void *cache_input(decode_run *r, const wv_conv *cv, wv_grid g, void *y, int accumulate)
+/* Where causal conv cv's next input frame goes for the conv to read it in place: its slot in ring q.
+ * With the taps apart that is tap 0's slot, so tap 0 runs into y first. */
+static void *ring_input(decode_run *r, const wv_conv *cv, const wv_ring *q, wv_grid g, void *y, int accumulate)
 {
-    wv_ring q = cache_ring(r, cv, g);
-    if (q.slots < cv->kt && !r->tap0_ran[cv->cache_slot]) {
-        const void *frames[WV_MAX_TAPS] = {wv_ring_slot(&q, 0)};
+    if (q->slots < cv->kt && !r->tap0_ran[cv->cache_slot]) {
+        const void *frames[WV_MAX_TAPS] = {wv_ring_slot(q, 0)};
         conv_taps(r, cv, g, frames, 0, 0, y, accumulate);
         r->tap0_ran[cv->cache_slot] = 1;
     }
-    return wv_ring_slot(&q, cv->kt - 1);
+    return wv_ring_slot(q, cv->kt - 1);
 }
 
 /* Where the producer of causal conv cv's input frame writes it, for a conv into y: in place in the
@@ -136,8 +135,11 @@ static void *cache_input(decode_run *r, const wv_conv *cv, wv_grid g, void *y, i
 static void *input_for(decode_run *r, const wv_conv *cv, wv_grid g, void *y, int accumulate, int y_busy,
                        void *fallback)
 {
-    if (cv->cache_slot < 0 || (y_busy && wv_cache_frames(r->be, cv) < cv->kt)) return fallback;
-    return cache_input(r, cv, g, y, accumulate);
+    wv_ring q;
+    if (cv->cache_slot < 0) return fallback;
+    q = cache_ring(r, cv, g);
+    if (y_busy && q.slots < cv->kt) return fallback;
+    return ring_input(r, cv, &q, g, y, accumulate);
 }
 
 /* y (+)= cv(x). A causal conv reads its cache and x (written where input_for said, or anywhere:
@@ -153,10 +155,10 @@ static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void 
         conv_taps(r, cv, g, frames, 0, 0, y, accumulate);
         return;
     }
-    slot = cache_input(r, cv, g, y, accumulate);
-    if (x != slot) OP(r, copy_region, x, whole, 0, 0, slot, whole, cv->cin, 1);
     q = cache_ring(r, cv, g);
     apart = q.slots < cv->kt;
+    slot = ring_input(r, cv, &q, g, y, accumulate);
+    if (x != slot) OP(r, copy_region, x, whole, 0, 0, slot, whole, cv->cin, 1);
     for (int dt = 0; dt < cv->kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
     conv_taps(r, cv, g, frames, apart, cv->kt - 1, y, apart || accumulate);
     r->oldest[cv->cache_slot] = (q.oldest + 1) % q.slots;

@@ -779,8 +779,9 @@ static void read_taps_max_channels(void)
 {
     const char *v = getenv("WANVIDEO_CUDA_TAPS_MAX_CHANNELS");
     char *end = NULL;
-    long n = v ? strtol(v, &end, 10) : -1;
+    long n;
     if (!v) return;
+    n = strtol(v, &end, 10);
     if (end == v || *end || n < 0 || n > 65536) {
         fprintf(stderr, "wanvideo_vae cuda: WANVIDEO_CUDA_TAPS_MAX_CHANNELS=%s is not a channel count from 0 to 65536; "
                         "using %d\n", v, TAPS_MAX_CHANNELS);
