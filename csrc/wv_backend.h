@@ -60,6 +60,19 @@ static inline int64_t wv_grid_positions(wv_grid g)
     return (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
 }
 
+/* The grid a conv over g writes: g for odd kernels; for an even one, every position of g's padded
+ * grid where its window fits (no ring). */
+static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
+{
+    wv_grid out = g;
+    if (cv->kh % 2 == 0) {
+        out.h = g.h + 2 * g.pad - cv->kh + 1;
+        out.w = g.w + 2 * g.pad - cv->kw + 1;
+        out.pad = 0;
+    }
+    return out;
+}
+
 /* The op list. X(name, return type, argument list). The backend struct, the op-name table and
  * the "supports" query are all generated from it. */
 #define WV_BACKEND_OPS(X)                                                                         \
@@ -93,7 +106,10 @@ static inline int64_t wv_grid_positions(wv_grid g)
     /* y[P][cout] (+)= (bias if first == 0) + sum over taps dt in [first, last] of               \
      * W[dt] * window(frames[dt]); frames[dt] [P][cin] is the frame temporal tap dt reads (frame  \
      * t - (kt - 1 - dt)), the others are not read. kt == 1: frames[0] is x. A causal conv whose  \
-     * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order */ \
+     * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order. \
+     * Odd kernels are centred (y on g's grid, its ring undefined); an even one (the sub-pixel    \
+     * conv's 2x2) reads the kh x kw window from its position down and right: y on               \
+     * wv_conv_out_grid, every position defined */                                               \
     X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,  \
                    int last, void *y, int accumulate))                                            \
     /* y = x / max(|x|, 1e-12) * sqrt(C) * gamma, then SiLU if silu; interior of gx -> gy */      \
@@ -105,12 +121,16 @@ static inline int64_t wv_grid_positions(wv_grid g)
      * be memory from alloc_host */                                                               \
     X(copy_region, void, (void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst,      \
                           wv_grid gd, int C, int n))                                              \
-    /* Nearest x2 into dst (its ring included, zero outside the frame). dst position (py, px)    \
-     * is frame pixel (dy0 - 1 + py, dx0 - 1 + px) of an fh x fw frame; it reads source pixel   \
-     * (y / 2 - sy0, x / 2 - sx0) of src, channels [coff, coff + C) of a cstride-wide position. */ \
-    X(upsample2x, void, (void *ctx, const void *src, wv_grid gs, int sy0, int sx0, int cstride,   \
-                         int coff, void *dst, wv_grid gd, int dy0, int dx0, int fh, int fw,       \
-                         int C))                                                                  \
+    /* dst[p][0, C) = src[p][coff, coff + C) for positions p < n of a cstride-wide src */        \
+    X(copy_channels, void, (void *ctx, const void *src, int cstride, int coff, void *dst, int C,  \
+                            int64_t n))                                                           \
+    /* The x2 frame from a sub-pixel conv's phases (see wv_conv). src [positions(gs)][4 C]: its   \
+     * position (i, j) holds the phases of low-resolution pixels (i - a + sy0, j - b + sx0) for   \
+     * phase (a, b), the channels of phase (a, b) at (2 a + b) C. dst interior pixel (py, px) is \
+     * x2 frame pixel (Y, X) = (dy0 + py, dx0 + px), phase (Y % 2, X % 2) of src position        \
+     * (Y / 2 - sy0 + Y % 2, X / 2 - sx0 + X % 2). dst's ring is left alone. */                   \
+    X(pixel_shuffle, void, (void *ctx, const void *src, wv_grid gs, int sy0, int sx0, void *dst,  \
+                            wv_grid gd, int dy0, int dx0, int C))                                 \
     /* out[N][C] = softmax(q k^T / sqrt(C)) v, q/k/v = columns [0,C) [C,2C) [2C,3C) of qkv[N][3C];\
      * scores: rows x N x score_bytes of scratch, the query chunk */                             \
     X(attention, void, (void *ctx, const void *qkv, void *out, int N, int C, void *scores,        \
@@ -169,7 +189,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 6
+#define WV_BACKEND_ABI 7
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

@@ -154,28 +154,6 @@ static void add_bias_rows(float *y, int64_t rows, int cout, const float *bias, i
 /* Output rows a block of taps accumulates into while they stay in cache. */
 #define CPU_ROW_BLOCK 1024
 
-/* Accumulates every spatial tap of temporal tap dt (weights w_dt) over rows [p, p + rows) of frame
- * src into yrows (the same rows of the output). */
-static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, const float *src, int64_t p,
-                              int64_t rows, float *yrows)
-{
-    int64_t wp = row_width(g);
-    int rh = cv->kh / 2, rw = cv->kw / 2;
-    for (int dy = 0; dy < cv->kh; dy++)
-        for (int dx = 0; dx < cv->kw; dx++) {
-            const float *a = src + (p + (int64_t)(dy - rh) * wp + (dx - rw)) * cv->cin;
-            const float *b = w_dt + ((int64_t)dy * cv->kw + dx) * cv->cin * cv->cout;
-            wv_sgemm_nn((int)rows, cv->cout, cv->cin, 1.0f, a, cv->cin, b, cv->cout, 1.0f, yrows, cv->cout);
-        }
-}
-
-/* Every causal conv runs its taps apart: each tap reads its own frame, wherever it is. */
-static int cpu_taps_apart(const wv_conv *cv)
-{
-    (void)cv;
-    return 1;
-}
-
 /* Rows [p0, p0 + rows) of y [P][cout] before the taps add to them: the bias (first == 0), else zero,
  * or kept and the bias added (accumulate). */
 static void start_rows(float *y, int64_t rows, int cout, const float *bias, int accumulate)
@@ -185,6 +163,40 @@ static void start_rows(float *y, int64_t rows, int cout, const float *bias, int 
     else if (!accumulate)
         memset(y, 0, (size_t)(rows * cout) * sizeof(float));
 }
+
+/* Accumulates every spatial tap of temporal tap dt (weights w_dt) over rows [p, p + rows) of frame
+ * src into yrows (the same rows of the output). An even kernel's window starts at its position. */
+static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, const float *src, int64_t p,
+                              int64_t rows, float *yrows)
+{
+    int64_t wp = row_width(g);
+    int rh = cv->kh % 2 ? cv->kh / 2 : 0, rw = cv->kw % 2 ? cv->kw / 2 : 0;
+    for (int dy = 0; dy < cv->kh; dy++)
+        for (int dx = 0; dx < cv->kw; dx++) {
+            const float *a = src + (p + (int64_t)(dy - rh) * wp + (dx - rw)) * cv->cin;
+            const float *b = w_dt + ((int64_t)dy * cv->kw + dx) * cv->cin * cv->cout;
+            wv_sgemm_nn((int)rows, cv->cout, cv->cin, 1.0f, a, cv->cin, b, cv->cout, 1.0f, yrows, cv->cout);
+        }
+}
+
+/* An even kernel (the sub-pixel conv): y [out grid][cout] row by row, since its rows are shorter than
+ * the input's. */
+static void cpu_conv_valid(const wv_conv *cv, wv_grid g, const float *x, float *y, int accumulate)
+{
+    wv_grid go = wv_conv_out_grid(cv, g);
+    start_rows(y, (int64_t)go.h * go.w, cv->cout, (const float *)cv->bias, accumulate);
+    for (int r = 0; r < go.h; r++)
+        conv_spatial_taps(cv, (const float *)cv->weight, g, x, (int64_t)r * row_width(g), go.w,
+                          y + (int64_t)r * go.w * cv->cout);
+}
+
+/* Every causal conv runs its taps apart: each tap reads its own frame, wherever it is. */
+static int cpu_taps_apart(const wv_conv *cv)
+{
+    (void)cv;
+    return 1;
+}
+
 
 /* y[P][cout] (+)= (bias if first == 0) + temporal taps [first, last], tap dt reading frames[dt].
  * Spatial kernels need a padded grid. The output goes in blocks of rows, each taking every tap
@@ -198,6 +210,10 @@ static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const 
     int spatial = cv->kh > 1 || cv->kw > 1;
     int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : wv_grid_positions(g);
     (void)ctx;
+    if (cv->kh % 2 == 0) {
+        cpu_conv_valid(cv, g, (const float *)frames[0], y, accumulate);
+        return;
+    }
     start_rows(y + p0 * cv->cout, M, cv->cout, first == 0 ? (const float *)cv->bias : NULL, accumulate);
     for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
         int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;
@@ -247,23 +263,25 @@ static void cpu_copy_region(void *ctx, const void *src_, wv_grid gs, int oy, int
                    (size_t)gd.w * (size_t)C * sizeof(float));
 }
 
-static void cpu_upsample2x(void *ctx, const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff,
-                           void *dst_, wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+static void cpu_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)
+{
+    (void)ctx;
+    for (int64_t p = 0; p < n; p++)
+        memcpy((float *)dst + p * C, (const float *)src + p * cstride + coff, (size_t)C * sizeof(float));
+}
+
+static void cpu_pixel_shuffle(void *ctx, const void *src_, wv_grid gs, int sy0, int sx0, void *dst_, wv_grid gd,
+                              int dy0, int dx0, int C)
 {
     const float *src = (const float *)src_;
     float *dst = (float *)dst_;
-    int64_t wd = row_width(gd);
     (void)ctx;
-    for (int py = 0; py < gd.h + 2 * gd.pad; py++) {
-        int fy = dy0 - gd.pad + py;
-        for (int px = 0; px < wd; px++) {
-            int fx = dx0 - gd.pad + px;
-            float *d = dst + ((int64_t)py * wd + px) * C;
-            if (fy < 0 || fy >= fh || fx < 0 || fx >= fw) {
-                memset(d, 0, (size_t)C * sizeof(float));
-                continue;
-            }
-            memcpy(d, src + pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff, (size_t)C * sizeof(float));
+    for (int py = 0; py < gd.h; py++) {
+        int Y = dy0 + py, a = Y % 2;
+        for (int px = 0; px < gd.w; px++) {
+            int X = dx0 + px, b = X % 2;
+            const float *s = src + pos(gs, Y / 2 - sy0 + a, X / 2 - sx0 + b) * 4 * C + (2 * a + b) * C;
+            memcpy(dst + pos(gd, py, px) * C, s, (size_t)C * sizeof(float));
         }
     }
 }

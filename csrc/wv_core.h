@@ -68,18 +68,24 @@ typedef enum {
     WV_BLOCK_CONV,      /* decoder.conv1: causal 3x3x3 conv z -> 4 dim */
     WV_BLOCK_RES,       /* residual block */
     WV_BLOCK_ATTN,      /* per-frame global attention */
-    WV_BLOCK_UP2D,      /* nearest x2 + 3x3 conv, C -> C/2 */
+    WV_BLOCK_UP2D,      /* nearest x2 + 3x3 conv, C -> C/2 (run as a sub-pixel conv: see wv_conv) */
     WV_BLOCK_UP3D,      /* causal time_conv doubling frames, then as UP2D */
     WV_BLOCK_HEAD,      /* rms, silu, causal 3x3x3 conv -> RGB */
     WV_BLOCK_KIND_COUNT
 } wv_block_kind;
 
 /* One convolution, weights in the backend's layout. kt/kh/kw are the kernel extents;
- * kt == 3 means causal in time (two cached frames). */
+ * kt == 3 means causal in time (two cached frames).
+ * The upsampling blocks' resample conv (nearest x2, then a 3x3 conv C -> C/2) runs sub-pixel: on
+ * the low-resolution frame, as a 2x2 conv whose 4 x C/2 outputs are the four phases (y % 2, x % 2)
+ * of the x2 frame, which the pixel_shuffle op then puts in place. Each phase's 2x2 taps are sums of
+ * the 3x3 ones (wv_subpixel_weight): 16 multiply-adds per input channel and low-resolution pixel
+ * instead of 36, exactly the same sums, and no x2 frame of C channels in memory. */
 typedef struct {
     void *weight;
     void *bias;
-    int cin, cout, kt, kh, kw;
+    int cin, cout, kt, kh, kw; /* a sub-pixel conv: kh = kw = 2, cout = 4 phases x the block's */
+    int subpixel;
     int cache_slot; /* index of this conv's causal cache, -1 when kt == 1 */
     int id;         /* block * WV_BLOCK_MAX_CONVS + slot: its row in wv_stats' conv profile */
 } wv_conv;

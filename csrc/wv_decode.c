@@ -103,7 +103,7 @@ static void conv_taps(decode_run *r, const wv_conv *cv, wv_grid g, const void *c
         int64_t macs_per_position = (int64_t)cv->cout * cv->cin * (last - first + 1) * cv->kh * cv->kw;
         r->stats->conv_seconds[cv->id] += r->stats->op_seconds[WV_OP_conv] - before;
         r->stats->conv_calls[cv->id]++;
-        r->stats->conv_flops[cv->id] += 2 * wv_grid_positions(g) * macs_per_position;
+        r->stats->conv_flops[cv->id] += 2 * wv_grid_positions(wv_conv_out_grid(cv, g)) * macs_per_position;
     }
 }
 
@@ -281,19 +281,20 @@ static void run_segment(decode_run *r, flow *f);
 
 /* The upsample that ends segment f->seg: [1][P][C] -> one or two frames [1][P'][C/2] of the next
  * segment's region. For upsample3d after the first chunk the time conv makes two frames (its output
- * channels [0,C) and [C,2C) are frames 2t and 2t+1). Each frame is carried through the rest of the
- * decoder before the next one (depth first), so every segment holds one frame at a time; frames
- * still reach every causal conv in order, which is all streaming needs to stay exact. */
+ * channels [0,C) and [C,2C) are frames 2t and 2t+1), each taken into x in turn. The sub-pixel conv
+ * reads x with a zero ring, the frame's zero padding where x's region ends at the frame's edge (the
+ * next segment's region needs no pixel beyond x's interior elsewhere), and writes its phases into
+ * the next segment's t. Each frame is carried through the rest of the decoder before the next one
+ * (depth first), so every segment holds one frame at a time; frames still reach every causal conv
+ * in order, which is all streaming needs to stay exact. */
 static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
 {
     const wv_plan *p = r->p;
+    const wv_conv *cv = &b->conv[0];
     int next = f->seg + 1, per = 1;
     const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
-    int fh = p->h * p->seg[next].scale, fw = p->w * p->seg[next].scale;
-    const void *source = f->x;
     if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
         causal_conv(r, &b->conv[1], f->g, f->x, f->y, 0);
-        source = f->y;
         per = 2;
     }
     for (int j = 0; j < per; j++) {
@@ -301,9 +302,11 @@ static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
         child.seg = next;
         child.g = wv_tile_grid(p, f->tile, next);
         segment_buffers(r, next, &child);
-        OP(r, upsample2x, source, f->g, src->y.lo, src->x.lo, per * b->cin, j * b->cin, child.t, child.g, dst->y.lo,
-           dst->x.lo, fh, fw, b->cin);
-        causal_conv(r, &b->conv[0], child.g, child.t, child.x, 0);
+        if (per == 2) OP(r, copy_channels, f->y, 2 * b->cin, j * b->cin, f->x, b->cin, wv_grid_positions(f->g));
+        OP(r, zero_ring, f->x, f->g, b->cin, 1);
+        causal_conv(r, cv, f->g, f->x, child.t, 0);
+        OP(r, pixel_shuffle, child.t, wv_conv_out_grid(cv, f->g), src->y.lo, src->x.lo, child.x, child.g, dst->y.lo,
+           dst->x.lo, b->cout);
         run_segment(r, &child);
     }
 }

@@ -41,6 +41,10 @@ static inline int wv_cache_frames(const wv_backend *be, const wv_conv *cv)
     return be->taps_apart(cv) ? cv->kt - 1 : cv->kt;
 }
 
+/* A resample conv's 3x3 weights [cout][cin][3][3] as its sub-pixel phases' 2x2 kernels
+ * [4][cout][cin][2][2], phase (a, b) at 2 a + b (see wv_conv). */
+void wv_subpixel_weight(const float *w3, int cout, int cin, float *w2);
+
 /* Segment index of a tile-part block (an upsample's: the segment it starts), -1 for trunk blocks. */
 int wv_block_segment(const wv_plan *p, const wv_model *m, int block);
 

@@ -20,6 +20,7 @@ typedef struct {
     param_role role;
     int slot;          /* conv slot for WEIGHT/BIAS, gamma slot for GAMMA */
     int only_if_remap; /* present only when cin != cout (the residual shortcut) */
+    int subpixel;      /* a resample conv: run sub-pixel (see wv_conv) */
 } param_spec;
 
 #define MAX_PARAMS_PER_KIND 8
@@ -49,10 +50,10 @@ static const kind_spec KINDS[WV_BLOCK_KIND_COUNT] = {
                         {"proj.weight", "ii11", ROLE_WEIGHT, 1, 0},
                         {"proj.bias", "i", ROLE_BIAS, 1, 0}}},
     [WV_BLOCK_UP2D] = {"upsample2d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0, 1},
                         {"resample.1.bias", "o", ROLE_BIAS, 0, 0}}},
     [WV_BLOCK_UP3D] = {"upsample3d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0, 1},
                         {"resample.1.bias", "o", ROLE_BIAS, 0, 0},
                         {"time_conv.weight", "Di311", ROLE_WEIGHT, 1, 0},
                         {"time_conv.bias", "D", ROLE_BIAS, 1, 0}}},
@@ -217,6 +218,11 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
                 cv->kt = nd == 5 ? (int)shape[2] : 1;
                 cv->kh = (int)shape[nd - 2];
                 cv->kw = (int)shape[nd - 1];
+                if (ps->subpixel) {
+                    cv->subpixel = 1;
+                    cv->kh = cv->kw = 2;
+                    cv->cout *= 4;
+                }
                 conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
             } else if (ps->role == ROLE_BIAS) {
                 conv_b[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
@@ -225,6 +231,7 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
             }
             m->n_params += numel;
             if (ps->role == ROLE_WEIGHT) numel = m->backend->packed_weight_elems(&b->conv[ps->slot]);
+            if (ps->role == ROLE_BIAS) numel = b->conv[ps->slot].cout; /* a sub-pixel conv's: once per phase */
             off = wv_param_align(off + numel);
         }
     }
@@ -277,27 +284,72 @@ static wv_status check_view(const wv_named_view *nv, int nd, const int64_t *shap
     return WV_OK;
 }
 
-/* Converts one named weight to fp32, repacks conv weights, and uploads it at `dst`. */
+/* Which 3x3 taps each 2x2 tap of a sub-pixel phase sums, along one axis: SUBPIXEL_TAPS[phase][tap] is
+ * a mask of the 3x3 kernel's rows. Output row 2R + a of the x2 frame reads x2 rows 2R + a - 1 ..
+ * 2R + a + 1, which are low rows R - 1, R, R (a = 0) or R, R, R + 1 (a = 1); the 2x2 conv's tap 0 reads
+ * low row R - 1 + a, its tap 1 low row R + a. */
+static const int SUBPIXEL_TAPS[2][2] = {{1 << 0, 1 << 1 | 1 << 2}, {1 << 0 | 1 << 1, 1 << 2}};
+
+void wv_subpixel_weight(const float *w3, int cout, int cin, float *w2)
+{
+    for (int a = 0; a < 2; a++)
+        for (int b = 0; b < 2; b++)
+            for (int o = 0; o < cout; o++)
+                for (int i = 0; i < cin; i++) {
+                    const float *k3 = w3 + ((int64_t)o * cin + i) * 9;
+                    float *k2 = w2 + ((int64_t)((2 * a + b) * cout + o) * cin + i) * 4;
+                    for (int ty = 0; ty < 2; ty++)
+                        for (int tx = 0; tx < 2; tx++) {
+                            float sum = 0.0f;
+                            for (int ky = 0; ky < 3; ky++)
+                                for (int kx = 0; kx < 3; kx++)
+                                    if (SUBPIXEL_TAPS[a][ty] >> ky & SUBPIXEL_TAPS[b][tx] >> kx & 1) sum += k3[ky * 3 + kx];
+                            k2[ty * 2 + tx] = sum;
+                        }
+                }
+}
+
+/* A parameter as the model holds it, float32 [n]: a sub-pixel conv's weight as its phases' 2x2
+ * kernels, its bias once per phase; every other one as given. Returns `given` or a new array. */
+static float *model_form(const float *given, const param_spec *ps, const wv_conv *cv, int64_t *n)
+{
+    float *out;
+    if (!cv->subpixel) return (float *)given;
+    *n = ps->role == ROLE_WEIGHT ? (int64_t)cv->cout * cv->cin * 4 : cv->cout;
+    if (!(out = (float *)malloc((size_t)*n * sizeof(float)))) return NULL;
+    if (ps->role == ROLE_WEIGHT)
+        wv_subpixel_weight(given, cv->cout / 4, cv->cin, out);
+    else
+        for (int p = 0; p < 4; p++) memcpy(out + p * (cv->cout / 4), given, (size_t)(cv->cout / 4) * sizeof(float));
+    return out;
+}
+
+/* Converts one named weight to fp32, into the model's form, repacks conv weights, and uploads it at `dst`. */
 static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, const param_spec *ps,
                             const wv_conv *cv, void *dst, wv_error *err)
 {
     const wv_backend *be = m->backend;
-    int64_t n = wv_view_numel(&nv->view), n_packed = n;
+    int64_t n = wv_view_numel(&nv->view), n_packed;
     float *tmp = (float *)malloc((size_t)n * sizeof(float));
-    float *packed = NULL;
-    wv_status st;
+    float *form = NULL, *packed = NULL;
+    wv_status st = WV_OK;
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
     wv_view_to_f32(&nv->view, tmp);
+    if (ps->role == ROLE_GAMMA) cv = NULL;
+    if (cv && !(form = model_form(tmp, ps, cv, &n))) goto nomem;
+    n_packed = n;
     if (ps->role == ROLE_WEIGHT) {
         n_packed = be->packed_weight_elems(cv);
         packed = (float *)calloc((size_t)n_packed, sizeof(float)); /* alignment padding stays zero */
-        if (!packed) {
-            free(tmp);
-            return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
-        }
-        be->pack_conv_weight(tmp, cv, packed);
+        if (!packed) goto nomem;
+        be->pack_conv_weight(form, cv, packed);
     }
-    st = be->upload(ctx, dst, packed ? packed : tmp, (size_t)n_packed, err);
+    st = be->upload(ctx, dst, packed ? packed : form ? form : tmp, (size_t)n_packed, err);
+    goto finally;
+nomem:
+    st = wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
+finally:
+    if (form != tmp) free(form);
     free(packed);
     free(tmp);
     return st;

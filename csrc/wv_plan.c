@@ -17,17 +17,18 @@ static int block_upsamples(const wv_block *b)
     return b->kind == WV_BLOCK_UP2D || b->kind == WV_BLOCK_UP3D;
 }
 
-/* Pixels of context the block's spatial convolutions read around each output pixel. */
+/* Pixels of context the block's spatial convolutions read around each output pixel (a sub-pixel
+ * conv's: those of its 3x3 conv at the output resolution). */
 static int block_conv_radius(const wv_block *b)
 {
     int r = 0;
     for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
-        if (b->has_conv[c]) r += (b->conv[c].kh - 1) / 2;
+        if (b->has_conv[c]) r += b->conv[c].subpixel ? 1 : (b->conv[c].kh - 1) / 2;
     return r;
 }
 
 /* Halo needed at the block's input for `h` pixels of halo at its output. In an upsampling block
- * the spatial conv runs after the nearest x2, at the output resolution. */
+ * the spatial conv is the one after the nearest x2, at the output resolution. */
 static int block_halo_in(const wv_block *b, int h)
 {
     h += block_conv_radius(b);
@@ -167,8 +168,8 @@ static wv_grid max_tile_grid(const wv_plan *p, int s)
 
 /* Elements segment s's one-frame buffers need (see the driver). x and y swap roles, so both take
  * any block's input or output and the time conv output (2 C) of the upsample ending the segment;
- * t takes a block's normalized input or output, and the frame its opening upsample makes (C
- * channels at the new resolution). */
+ * t takes a block's normalized input or output, and the phases of the sub-pixel conv that opens
+ * the segment (computed on the previous segment's grid). */
 static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t *xy, int64_t *t)
 {
     const wv_segment *sg = &p->seg[s];
@@ -178,8 +179,10 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
     for (int b = sg->first_block; b < sg->end_block; b++) {
         const wv_block *blk = &m->blocks[b];
         int opens = b == sg->first_block && s > 0; /* the upsample producing this segment's frames */
+        const wv_conv *cv = &blk->conv[0];
         int64_t io = P * (opens ? blk->cout : imax(blk->cin, blk->cout));
-        int64_t conv_in = P * (opens ? blk->cin : imax(blk->cin, blk->cout));
+        int64_t conv_in = opens ? wv_grid_positions(wv_conv_out_grid(cv, max_tile_grid(p, s - 1))) * cv->cout
+                                : P * imax(blk->cin, blk->cout);
         *xy = *xy > io ? *xy : io;
         *t = *t > conv_in ? *t : conv_in;
     }
@@ -195,7 +198,7 @@ static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
     wv_grid full = {p->h, p->w, 1};
     int s = wv_block_segment(p, m, b);
     if (s < 0) return wv_grid_positions(full);
-    if (m->blocks[b].kind == WV_BLOCK_UP3D && c == 1) s--; /* time_conv runs before the upsample */
+    if (block_upsamples(&m->blocks[b])) s--; /* time_conv and the sub-pixel conv: before the x2 */
     return wv_grid_positions(max_tile_grid(p, s));
 }
 
@@ -366,11 +369,14 @@ static int64_t count_flops(const wv_plan *p, const wv_model *m)
                 int s = wv_block_segment(p, m, b);
                 wv_grid g = wv_tile_grid(p, t, s);
                 for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+                    const wv_conv *cv = &blk->conv[c];
                     if (!blk->has_conv[c]) continue;
                     if (blk->kind == WV_BLOCK_UP3D && c == 1) { /* time_conv: all but frame 0 */
                         wv_grid gp = wv_tile_grid(p, t, s - 1);
-                        total += conv_flops(&blk->conv[c], (int64_t)gp.h * gp.w,
-                                            segment_frames_total(p, s - 1, T) - 1);
+                        total += conv_flops(cv, (int64_t)gp.h * gp.w, segment_frames_total(p, s - 1, T) - 1);
+                    } else if (cv->subpixel) { /* on the previous segment's grid, once per frame it makes */
+                        wv_grid go = wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
+                        total += conv_flops(cv, (int64_t)go.h * go.w, segment_frames_total(p, s, T));
                     } else {
                         total += conv_flops(&blk->conv[c], (int64_t)g.h * g.w, segment_frames_total(p, s, T));
                     }

@@ -57,6 +57,7 @@
  * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
 typedef struct {
     int cin, cout, kt, kh, kw, H, W, n;
+    int Ho, Wo; /* the output grid: H x W, or where an even kernel (the sub-pixel conv) fits */
     cudnnTensorDescriptor_t x, y, bias;
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
@@ -1068,8 +1069,8 @@ static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, in
     return cudnnSetTensorNdDescriptor(t, type, nd, dims, strides) == CUDNN_STATUS_SUCCESS;
 }
 
-/* Descriptors for a conv over n frames of H x W (the padded grid), causal ones as 3-frame 3-d
- * convolutions, and the algorithms cuDNN's heuristics offer, best first. Whatever cuDNN refuses
+/* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
+ * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer, best first. Whatever cuDNN refuses
  * here (a layout, a channel count) leaves no candidate: the direct kernel takes the shape. Returns 0
  * only on a hard failure (out of memory, a frame too large for cuDNN's int sizes). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
@@ -1077,6 +1078,7 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     cudnnDataType_t type = cudnn_type(c->dt);
     int causal = s->kt > 1, nd = causal ? 5 : 4, cmax = s->cin > s->cout ? s->cin : s->cout;
     int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
+    int ph = s->kh % 2 ? s->kh / 2 : 0, pw = s->kw % 2 ? s->kw / 2 : 0; /* even kernels: no padding */
     int bd[5] = {1, s->cout, 1, 1, 1};
     cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
@@ -1094,12 +1096,12 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         return 0;
     }
     if (causal) {
-        int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->H, s->W};
-        int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, s->kh / 2, s->kw / 2};
+        int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->Ho, s->Wo};
+        int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, ph, pw};
         memcpy(xd, x5, sizeof x5), memcpy(yd, y5, sizeof y5), memcpy(wd, w5, sizeof w5), memcpy(pad, p3, sizeof p3);
     } else {
-        int x4[4] = {s->n, s->cin, s->H, s->W}, y4[4] = {s->n, s->cout, s->H, s->W};
-        int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {s->kh / 2, s->kw / 2};
+        int x4[4] = {s->n, s->cin, s->H, s->W}, y4[4] = {s->n, s->cout, s->Ho, s->Wo};
+        int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {ph, pw};
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
     s->math_now = c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
@@ -1155,6 +1157,8 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
     }
     s = &c->shapes[c->n_shapes];
     *s = key;
+    s->Ho = kh % 2 ? H : H - kh + 1;
+    s->Wo = kw % 2 ? W : W - kw + 1;
     if (!describe_conv(c, s)) {
         if (s->x) cudnnDestroyTensorDescriptor(s->x);
         if (s->y) cudnnDestroyTensorDescriptor(s->y);
@@ -1170,7 +1174,7 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
 /* y[rows][C] += bias[C]: the bias of a convolution that ran without it fused. */
 static int add_bias(cuda_ctx *c, const conv_shape *s, const void *bias, void *y)
 {
-    int64_t rows = (int64_t)(s->kt > 1 ? 1 : s->n) * s->H * s->W;
+    int64_t rows = (int64_t)(s->kt > 1 ? 1 : s->n) * s->Ho * s->Wo;
     if (bias) LAUNCH(c, bias_add_kernel, rows * s->cout, y, bias, rows, s->cout);
     return !failed(c);
 }
@@ -1180,7 +1184,7 @@ static int run_direct_conv(cuda_ctx *c, const conv_shape *s, const void *input, 
                            void *y, int accumulate)
 {
     int n = s->kt > 1 ? 1 : s->n, groups = (s->cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
-    LAUNCH(c, direct_conv_kernel, (int64_t)n * s->H * s->W * groups, input, weight, y, n, s->kt, s->kh, s->kw,
+    LAUNCH(c, direct_conv_kernel, (int64_t)n * s->Ho * s->Wo * groups, input, weight, y, n, s->kt, s->kh, s->kw,
            s->cin, s->cout, s->H, s->W, accumulate);
     return !failed(c) && add_bias(c, s, bias, y);
 }
@@ -1522,35 +1526,68 @@ static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int
     submit(c, exec_copy_region, &a, sizeof a);
 }
 
+/* One 2-d copy: n rows of C elements, cstride apart in src. */
+typedef struct {
+    const void *src;
+    void *dst;
+    int cstride, coff, C;
+    int64_t n;
+} copy_channels_args;
+
+static void exec_copy_channels(cuda_ctx *c, const void *args)
+{
+    const copy_channels_args *a = (const copy_channels_args *)args;
+    size_t es = wv_dtype_size(c->dt);
+    cuda_ok(c,
+            cudaMemcpy2DAsync(a->dst, (size_t)a->C * es, (const char *)a->src + (size_t)a->coff * es,
+                              (size_t)a->cstride * es, (size_t)a->C * es, (size_t)a->n, cudaMemcpyDeviceToDevice,
+                              c->stream),
+            "copy_channels");
+}
+
+static void cuda_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    copy_channels_args a;
+    memset(&a, 0, sizeof a);
+    a.src = src, a.dst = dst, a.cstride = cstride, a.coff = coff, a.C = C, a.n = n;
+    submit(c, exec_copy_channels, &a, sizeof a);
+}
+
 typedef struct {
     const void *src;
     void *dst;
     wv_grid gs, gd;
-    int sy0, sx0, cstride, coff, dy0, dx0, fh, fw, C;
-} upsample_args;
+    int sy0, sx0, dy0, dx0, C;
+} pixel_shuffle_args;
 
-static void exec_upsample2x(cuda_ctx *c, const void *args)
+static void exec_pixel_shuffle(cuda_ctx *c, const void *args)
 {
-    const upsample_args *a = (const upsample_args *)args;
-    int per_vector = 16 / (int)wv_dtype_size(c->dt);
-    if (vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per_vector == 0 && a->coff % per_vector == 0)
-        LAUNCH(c, upsample2x_vec_kernel, wv_grid_positions(a->gd) * (a->C / per_vector), a->src, a->gs, a->sy0,
-               a->sx0, a->cstride / per_vector, a->coff / per_vector, a->dst, a->gd, a->dy0, a->dx0, a->fh, a->fw,
-               a->C / per_vector);
-    else
-        LAUNCH(c, upsample2x_kernel, wv_grid_positions(a->gd) * a->C, a->src, a->gs, a->sy0, a->sx0, a->cstride,
-               a->coff, a->dst, a->gd, a->dy0, a->dx0, a->fh, a->fw, a->C);
+    const pixel_shuffle_args *a = (const pixel_shuffle_args *)args;
+    int64_t pixels = (int64_t)a->gd.h * a->gd.w;
+    size_t es = wv_dtype_size(c->dt);
+    if (vectors_fit(c, a->C, a->src, a->dst, NULL)) {
+        int units = (int)(a->C * es / 16);
+        pixel_shuffle_kernel<<<blocks_for(pixels * units, THREADS), THREADS, 0, c->stream>>>(
+            (const uint4 *)a->src, a->gs, a->sy0, a->sx0, (uint4 *)a->dst, a->gd, a->dy0, a->dx0, units);
+    } else if (es == 2) {
+        pixel_shuffle_kernel<<<blocks_for(pixels * a->C, THREADS), THREADS, 0, c->stream>>>(
+            (const uint16_t *)a->src, a->gs, a->sy0, a->sx0, (uint16_t *)a->dst, a->gd, a->dy0, a->dx0, a->C);
+    } else {
+        pixel_shuffle_kernel<<<blocks_for(pixels * a->C, THREADS), THREADS, 0, c->stream>>>(
+            (const float *)a->src, a->gs, a->sy0, a->sx0, (float *)a->dst, a->gd, a->dy0, a->dx0, a->C);
+    }
+    launched(c, "pixel_shuffle_kernel");
 }
 
-static void cuda_upsample2x(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, int cstride, int coff, void *dst,
-                            wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+static void cuda_pixel_shuffle(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, void *dst, wv_grid gd, int dy0,
+                               int dx0, int C)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    upsample_args a;
+    pixel_shuffle_args a;
     memset(&a, 0, sizeof a);
-    a.src = src, a.dst = dst, a.gs = gs, a.gd = gd, a.sy0 = sy0, a.sx0 = sx0, a.cstride = cstride, a.coff = coff;
-    a.dy0 = dy0, a.dx0 = dx0, a.fh = fh, a.fw = fw, a.C = C;
-    submit(c, exec_upsample2x, &a, sizeof a);
+    a.src = src, a.dst = dst, a.gs = gs, a.gd = gd, a.sy0 = sy0, a.sx0 = sx0, a.dy0 = dy0, a.dx0 = dx0, a.C = C;
+    submit(c, exec_pixel_shuffle, &a, sizeof a);
 }
 
 /* Per chunk of `rows` queries (row-major buffers seen column-major by cuBLAS):

@@ -233,55 +233,30 @@ template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int 
     }
 }
 
-/* Nearest x2 into dst [P(gd)][C], ring included: dst position (py, px) is frame pixel
- * (dy0 - pad + py, dx0 - pad + px) of an fh x fw frame, read from src pixel (y / 2 - sy0, x / 2 - sx0),
- * channels [coff, coff + C) of a cstride-wide position; 0 outside the frame. */
-template <typename T>
-__global__ void upsample2x_kernel(const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff, void *dst_,
-                                  wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
+/* pixel_shuffle (wv_backend.h): the x2 frame's interior from a sub-pixel conv's phases, moving units
+ * of U (an element, or a 16-byte vector: C counted in units). */
+template <typename U>
+__global__ void pixel_shuffle_kernel(const U *src, wv_grid gs, int sy0, int sx0, U *dst, wv_grid gd, int dy0, int dx0,
+                                     int C)
 {
-    const T *src = (const T *)src_;
-    T *dst = (T *)dst_;
-    int64_t wd = grid_row(gd), Pd = (int64_t)(gd.h + 2 * gd.pad) * wd;
-    WV_GRID_STRIDE_LOOP(i, Pd * C)
+    WV_GRID_STRIDE_LOOP(i, (int64_t)gd.h * gd.w * C)
     {
         int64_t p = i / C;
-        int c = (int)(i % C);
-        int fy = dy0 - gd.pad + (int)(p / wd), fx = dx0 - gd.pad + (int)(p % wd);
-        if (fy < 0 || fy >= fh || fx < 0 || fx >= fw)
-            dst[i] = from_f32<T>(0.0f);
-        else
-            dst[i] = src[grid_pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff + c];
-    }
-}
-
-/* upsample2x_kernel moving 16-byte vectors: C, cstride and coff are counted in vectors here (the
- * caller checks that they, and the buffers, are whole 16-byte vectors). */
-template <typename T>
-__global__ void upsample2x_vec_kernel(const void *src_, wv_grid gs, int sy0, int sx0, int cstride, int coff,
-                                      void *dst_, wv_grid gd, int dy0, int dx0, int fh, int fw, int C)
-{
-    const uint4 *src = (const uint4 *)src_;
-    uint4 *dst = (uint4 *)dst_;
-    int64_t wd = grid_row(gd), Pd = (int64_t)(gd.h + 2 * gd.pad) * wd;
-    WV_GRID_STRIDE_LOOP(i, Pd * C)
-    {
-        int64_t p = i / C;
-        int c = (int)(i - p * C);
-        int fy = dy0 - gd.pad + (int)(p / wd), fx = dx0 - gd.pad + (int)(p % wd);
-        if (fy < 0 || fy >= fh || fx < 0 || fx >= fw)
-            dst[i] = make_uint4(0, 0, 0, 0);
-        else
-            dst[i] = src[grid_pos(gs, fy / 2 - sy0, fx / 2 - sx0) * cstride + coff + c];
+        int c = (int)(i - p * C), py = (int)(p / gd.w), px = (int)(p % gd.w);
+        int Y = dy0 + py, X = dx0 + px, a = Y & 1, b = X & 1;
+        dst[grid_pos(gd, py, px) * C + c] =
+            src[(grid_pos(gs, (Y >> 1) - sy0 + a, (X >> 1) - sx0 + b) * 4 + 2 * a + b) * C + c];
     }
 }
 
 /* Direct convolution, the fallback where cuDNN runs no algorithm for a shape (the RGB head's 3 output
  * channels, say):
  * y[f][p][o] (+)= sum over (dt, dy, dx, i) of w[o][dt][dy][dx][i] * in[f + dt][p shifted by (dy, dx)][i]
- * on a padded Hp x Wp grid, for the positions whose window stays inside it (the ring's outputs are
- * undefined and left alone). in holds n + kt - 1 frames. One thread per position and group of
- * DIRECT_OUTS output channels, so each input value read serves that many outputs. */
+ * from a padded Hp x Wp grid: odd kernels centred, y on the same grid, for the positions whose window
+ * stays inside it (the ring's outputs are undefined and left alone); even ones (the sub-pixel conv)
+ * from the position down and right, y on the (Hp - kh + 1) x (Wp - kw + 1) grid where they fit.
+ * in holds n + kt - 1 frames. One thread per position and group of DIRECT_OUTS output channels, so
+ * each input value read serves that many outputs. */
 #define DIRECT_OUTS 4
 
 template <typename T>
@@ -291,14 +266,16 @@ __global__ void direct_conv_kernel(const void *in_, const void *w_, void *y_, in
     const T *in = (const T *)in_, *w = (const T *)w_;
     T *y = (T *)y_;
     int64_t P = (int64_t)Hp * Wp, taps = (int64_t)kt * kh * kw;
-    int rh = kh / 2, rw = kw / 2, groups = (cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
-    WV_GRID_STRIDE_LOOP(i, n * P * groups)
+    int rh = kh % 2 ? kh / 2 : 0, rw = kw % 2 ? kw / 2 : 0, groups = (cout + DIRECT_OUTS - 1) / DIRECT_OUTS;
+    int Ho = Hp + 2 * rh - kh + 1, Wo = Wp + 2 * rw - kw + 1;
+    int64_t Po = (int64_t)Ho * Wo;
+    WV_GRID_STRIDE_LOOP(i, n * Po * groups)
     {
         int o0 = (int)(i % groups) * DIRECT_OUTS, outs = min(DIRECT_OUTS, cout - o0);
-        int64_t p = (i / groups) % P, out = ((i / groups) / P * P + p) * cout + o0;
-        int f = (int)(i / (groups * P)), py = (int)(p / Wp), px = (int)(p % Wp);
+        int64_t p = (i / groups) % Po, out = (i / groups) * cout + o0;
+        int f = (int)(i / (groups * Po)), py = (int)(p / Wo), px = (int)(p % Wo);
         float acc[DIRECT_OUTS];
-        if (py < rh || py + rh >= Hp || px < rw || px + rw >= Wp) continue;
+        if (py < rh || py - rh + kh > Hp || px < rw || px - rw + kw > Wp) continue;
         for (int j = 0; j < DIRECT_OUTS; j++) acc[j] = accumulate && j < outs ? to_f32(y[out + j]) : 0.0f;
         for (int dt = 0; dt < kt; dt++)
             for (int dy = 0; dy < kh; dy++)

@@ -191,7 +191,7 @@ def test_profile_times_every_op_and_changes_nothing():
     profiled = dec.decode(lat, raw=True, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8, profile=True)
     np.testing.assert_array_equal(profiled, plain)
     ops = dec.last_stats["op_seconds"]
-    assert {"conv", "rms_norm", "attention", "upsample2x", "write_output", "load_latent"} <= set(ops)
+    assert {"conv", "rms_norm", "attention", "pixel_shuffle", "copy_channels", "write_output", "load_latent"} <= set(ops)
     assert ops["load_latent"][1] == 3 and ops["write_output"][1] == dec.last_stats["frames"] * dec.last_stats["n_tiles"]
     assert 0 < sum(sec for sec, _, _ in ops.values()) <= dec.last_stats["seconds_total"]
     assert all(0 <= host <= sec for sec, _, host in ops.values())

@@ -14,9 +14,10 @@
  *   2d-fused the same with the bias folded into the first tap's convolution: what the backend runs
  *            for narrow equal-width convolutions
  *   narrow   (at most NARROW_OUTS outputs: the head) the backend's narrow_conv_kernel on CUDA cores
- * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame, as the
- * backend runs them. Prints milliseconds and TFLOP/s (multiply-adds x 2 over the padded grid the
- * backend computes).
+ * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame: the 3x3 one
+ * at the x2 resolution that the decoder defines, then the sub-pixel 2x2 one on the low-resolution
+ * frame (four phases in its outputs) that the backend runs instead. Prints milliseconds and
+ * TFLOP/s (multiply-adds x 2 over the padded grid the backend computes).
  *
  * Then the host's cost of queueing one call (a tile's small convolution, so the GPU keeps up): a
  * decode in small tiles queues some 260 calls a step, and when their host cost exceeds the step's
@@ -67,6 +68,10 @@ static const lab_shape SHAPES[] = {
     {"upsamples.11.resample: 192->96 3x3 at 720x1280", 192, 96, 1, 3, 722, 1282},
     {"upsamples.12-14: 96->96 3x3x3 at 720x1280", 96, 96, 3, 3, 722, 1282},
     {"head.2: 96->3 3x3x3 at 720x1280", 96, 3, 3, 3, 722, 1282},
+    /* the resample convs as the decoder runs them: sub-pixel, four phases of 2x2 on the low frame */
+    {"upsamples.3.resample sub-pixel: 384->4x192 2x2 at 90x160", 384, 768, 1, 2, 92, 162},
+    {"upsamples.7.resample sub-pixel: 384->4x192 2x2 at 180x320", 384, 768, 1, 2, 182, 322},
+    {"upsamples.11.resample sub-pixel: 192->4x96 2x2 at 360x640", 192, 384, 1, 2, 362, 642},
     /* a corner tile of the 2 GiB plan (2x2): is a 2-d convolution per tap still the faster way? */
     {"upsamples.4-6 in a 2 GiB plan tile (2x2): 384->384 3x3x3 at 102x172", 384, 384, 3, 3, 104, 174},
     {"upsamples.8-10 in a 2 GiB plan tile (2x2): 192->192 3x3x3 at 190x330", 192, 192, 3, 3, 192, 332},
@@ -103,14 +108,19 @@ typedef struct {
     cudnnConvolutionDescriptor_t conv;
 } conv_desc;
 
-/* nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W] (time unpadded); nd 4: [1][cin][H][W] -> [1][cout][H][W];
- * k x k spatially, padded to keep H x W. */
+/* Side of the output grid: odd kernels padded to keep the input's, even ones (the sub-pixel conv's
+ * 2x2) unpadded. */
+static int out_side(int k, int n) { return k % 2 ? n : n - k + 1; }
+
+/* nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W] (time unpadded); nd 4: [1][cin][H][W] -> [1][cout][Ho][Wo];
+ * k x k spatially (see out_side). */
 static conv_desc describe(int nd, int cin, int cout, int kt, int k, int H, int W)
 {
     conv_desc d;
+    int p = k % 2 ? k / 2 : 0, Ho = out_side(k, H), Wo = out_side(k, W);
     int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, k, k};
-    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, H, W}, w4[4] = {cout, cin, k, k};
-    int p3[3] = {0, k / 2, k / 2}, p2[2] = {k / 2, k / 2}, b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
+    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, Ho, Wo}, w4[4] = {cout, cin, k, k};
+    int p3[3] = {0, p, p}, p2[2] = {p, p}, b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
     check_cudnn(cudnnCreateTensorDescriptor(&d.x), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.y), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.bias), "create");
@@ -289,8 +299,9 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
 
 static void run_shape(const lab_shape *s)
 {
-    size_t frame_in = (size_t)s->H * s->W * s->cin, frame_out = (size_t)s->H * s->W * s->cout;
-    double flops = 2.0 * s->H * s->W * (double)s->cout * s->cin * s->kt * s->k * s->k;
+    long long out_positions = (long long)out_side(s->k, s->H) * out_side(s->k, s->W);
+    size_t frame_in = (size_t)s->H * s->W * s->cin, frame_out = (size_t)out_positions * s->cout;
+    double flops = 2.0 * out_positions * (double)s->cout * s->cin * s->kt * s->k * s->k;
     float one = 1.0f, zero = 0.0f;
     void *x = random_buffer(frame_in * s->kt, 1), *y = random_buffer(frame_out, 2);
     void *w = random_buffer((size_t)s->cout * s->cin * s->kt * s->k * s->k, 3), *bias = random_buffer(s->cout, 4);
@@ -305,7 +316,7 @@ static void run_shape(const lab_shape *s)
                    check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d.x, x, d.w, w, d.conv, a, g_workspace, WORKSPACE,
                                                        &zero, d.y, y),
                                "2d");
-                   bias_pass(y, bias, (long long)s->H * s->W, s->cout);
+                   bias_pass(y, bias, out_positions, s->cout);
                }),
                flops);
         destroy(&d);

@@ -168,14 +168,16 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
 {
     enum { STEPS = 3 };
     wv_grid g = {5, 7, pad};
-    int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = P * cout, nw = (int64_t)cout * cin * taps;
+    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, k % 2 == 0, kt > 1 ? 0 : -1, 0};
+    wv_grid go = wv_conv_out_grid(&cv, g); /* an even kernel's: every position where it fits */
+    int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = wv_grid_positions(go) * cout;
+    int64_t nw = (int64_t)cout * cin * taps;
     int steps = kt > 1 ? STEPS : 1;
     float *w = rand_floats((size_t)nw), *bias = rand_floats(cout);
     float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
-    char name[112], *mask = interior(g, cout, 1);
-    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
+    char name[112], *mask = interior(go, cout, 1);
     int apart[2] = {0, 0};
     for (int t = 0; t < STEPS; t++) {
         x[t] = rand_frames(g, cin, 1);
@@ -253,25 +255,27 @@ static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
     free(x), free(gamma), free(ref), free(got);
 }
 
-/* zero_ring, copy_region and upsample2x: data movement, compared everywhere they write (C = 8: the
- * CUDA upsample moves 16-byte vectors). copy_region also by way of alloc_host's memory, as the trunk
- * output goes in a plan of several tiles. */
+/* zero_ring, copy_region, copy_channels and pixel_shuffle: data movement, compared everywhere they
+ * write (C = 8: the CUDA pixel_shuffle moves 16-byte vectors). copy_region also by way of
+ * alloc_host's memory, as the trunk output goes in a plan of several tiles. */
 static void test_moves(side *cpu, side *gpu, int C)
 {
     side *sides[2] = {cpu, gpu};
     char name[64];
-    wv_grid g = {4, 6, 2}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 1}, gud = {6, 8, 1};
+    wv_grid g = {4, 6, 2}, gs = {9, 11, 0}, gd = {4, 5, 1}, gu = {5, 6, 0}, gud = {6, 8, 1};
     int64_t n = wv_grid_positions(g) * C * 2, ns = wv_grid_positions(gs) * C, nd = wv_grid_positions(gd) * C;
-    int64_t nu = wv_grid_positions(gu) * 2 * C, nud = wv_grid_positions(gud) * C;
+    int64_t nu = wv_grid_positions(gu) * 4 * C, nud = wv_grid_positions(gud) * C;
     float *a = rand_floats((size_t)n), *src = rand_floats((size_t)ns), *dst = rand_floats((size_t)nd);
-    float *usrc = rand_frames(gu, 2 * C, 1), *udst = rand_floats((size_t)nud), *r[4], *o[4];
-    char *mask = interior(gd, C, 1);
-    for (int k = 0; k < 4; k++) r[k] = (float *)malloc(4 * (size_t)nud * 4), o[k] = (float *)malloc(4 * (size_t)nud * 4);
+    float *usrc = rand_floats((size_t)nu), *udst = rand_floats((size_t)nud), *r[5], *o[5];
+    char *mask = interior(gd, C, 1), *umask = interior(gud, C, 1);
+    size_t most = (size_t)(n > nu ? n : nu) + (size_t)nud + (size_t)nd; /* floats, more than any output */
+    for (int k = 0; k < 5; k++) r[k] = (float *)malloc(most * 4), o[k] = (float *)malloc(most * 4);
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
         float **out = i ? o : r;
         void *da = put(s, a, (size_t)n), *ds = put(s, src, (size_t)ns), *dd = put(s, dst, (size_t)nd);
         void *du = put(s, usrc, (size_t)nu), *dud = put(s, udst, (size_t)nud), *dd2 = put(s, dst, (size_t)nd), *host;
+        void *dc = put(s, udst, (size_t)nud);
         wv_error err;
         if (s->be->alloc_host(s->ctx, (size_t)ns * s->be->act_bytes, &host, &err)) {
             fprintf(stderr, "setup failed: %s\n", err.msg);
@@ -281,26 +285,29 @@ static void test_moves(side *cpu, side *gpu, int C)
         s->be->copy_region(s->ctx, ds, gs, 2, 3, dd, gd, C, 1);
         s->be->copy_region(s->ctx, ds, gs, 0, 0, host, gs, C, 1);
         s->be->copy_region(s->ctx, host, gs, 2, 3, dd2, gd, C, 1);
-        /* the second half of the channels (an upsample3d's odd frame); dst position (py, px) is frame
-         * pixel (py - 1, 2 - 1 + px) of a 10 x 10 frame: the top ring row and the right column fall
-         * outside it and must come out zero */
-        s->be->upsample2x(s->ctx, du, gu, 0, 0, 2 * C, C, dud, gud, 0, 2, 10, 10, C);
+        /* the phases of low pixels from (1, 2) on; dst interior from x2 pixel (3, 4): odd rows first */
+        s->be->pixel_shuffle(s->ctx, du, gu, 1, 2, dud, gud, 3, 4, C);
+        /* channels [C, 2 C) of 2 C-wide positions (an upsample3d's odd frame) */
+        s->be->copy_channels(s->ctx, du, 4 * C, C, dc, C, wv_grid_positions(gu));
         get(s, da, out[0], (size_t)n), get(s, dd, out[1], (size_t)nd), get(s, dud, out[2], (size_t)nud);
-        get(s, dd2, out[3], (size_t)nd);
+        get(s, dd2, out[3], (size_t)nd), get(s, dc, out[4], (size_t)nud);
         s->be->release(s->ctx, da), s->be->release(s->ctx, ds), s->be->release(s->ctx, dd);
         s->be->release(s->ctx, du), s->be->release(s->ctx, dud), s->be->release(s->ctx, dd2);
+        s->be->release(s->ctx, dc);
         s->be->release_host(s->ctx, host);
     }
     snprintf(name, sizeof name, "zero_ring pad 2, 2 frames, C=%d", C);
     check(name, gpu->be, r[0], o[0], (size_t)n, NULL);
     snprintf(name, sizeof name, "copy_region (2, 3) 9x11 -> 4x5 pad 1, C=%d", C);
     check(name, gpu->be, r[1], o[1], (size_t)nd, mask);
-    snprintf(name, sizeof name, "upsample2x channels [%d, %d) of %d", C, 2 * C, 2 * C);
-    check(name, gpu->be, r[2], o[2], (size_t)nud, NULL);
+    snprintf(name, sizeof name, "pixel_shuffle from (1, 2) to (3, 4), C=%d", C);
+    check(name, gpu->be, r[2], o[2], (size_t)nud, umask);
+    snprintf(name, sizeof name, "copy_channels [%d, %d) of %d", C, 2 * C, 4 * C);
+    check(name, gpu->be, r[4], o[4], (size_t)nud, NULL);
     snprintf(name, sizeof name, "copy_region by way of pinned host memory, C=%d", C);
     check(name, gpu->be, r[1], o[3], (size_t)nd, mask);
-    for (int k = 0; k < 4; k++) free(r[k]), free(o[k]);
-    free(a), free(src), free(dst), free(usrc), free(udst), free(mask);
+    for (int k = 0; k < 5; k++) free(r[k]), free(o[k]);
+    free(a), free(src), free(dst), free(usrc), free(udst), free(mask), free(umask);
 }
 
 static void test_attention(side *cpu, side *gpu, int N, int C, int rows)
@@ -391,7 +398,7 @@ static int make_side(side *s, const wv_backend *be)
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
  * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
  * CUDA); causal 3x3x3 ones with at most NARROW_OUTS outputs (narrow_conv_kernel on CUDA, odd widths
- * and a wider ring included). */
+ * and a wider ring included); the sub-pixel conv's 2x2. */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
     for (int kt = 1; kt <= 3; kt += 2)
@@ -405,6 +412,9 @@ static void test_conv_shapes(side *cpu, side *gpu)
     test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
     test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head: narrow_conv_kernel on CUDA */
     test_conv(cpu, gpu, 3, 3, 16, 4, 2, 1);
+    test_conv(cpu, gpu, 1, 2, 16, 32, 1, 0); /* sub-pixel convs: a 2x2 window, no padding */
+    test_conv(cpu, gpu, 1, 2, 24, 4 * 12, 1, 0);
+    test_conv(cpu, gpu, 1, 2, 8, 4 * 3, 1, 1);
 }
 
 /* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read

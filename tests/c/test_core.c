@@ -38,7 +38,7 @@ static void test_conv(int kt, int k, int how, int accumulate)
     int cin = 3, cout = 4, taps = kt * k * k, first = how == TAPS_AFTER_FIRST ? 1 : 0;
     int64_t P = wv_grid_positions(g);
     float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
-    wv_conv cv = {NULL, bias, cin, cout, kt, k, k, kt > 1 ? 0 : -1, 0};
+    wv_conv cv = {NULL, bias, cin, cout, kt, k, k, 0, kt > 1 ? 0 : -1, 0};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
     float *seq = (float *)calloc((size_t)kt * P * cin, sizeof(float)); /* frames t-kt+1 .. t, ring zero */
     float *y = rand_floats((size_t)P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)P * cout);
@@ -110,24 +110,65 @@ static void test_rms_norm(void)
     free(x), free(gamma), free(y);
 }
 
-static void test_upsample(void)
+/* One pixel of nearest x2 then a 3x3 conv (pad 1) C -> co over an fh x fw frame [fh][fw][C]: output
+ * pixel (Y, X), channel o. The definition the sub-pixel conv must equal. */
+static double resample_ref(const float *frame, int fh, int fw, int C, const float *w3, const float *bias, int Y, int X,
+                           int o)
+{
+    double v = bias[o];
+    for (int ky = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++) {
+            int uy = Y + ky - 1, ux = X + kx - 1;
+            if (uy < 0 || uy >= 2 * fh || ux < 0 || ux >= 2 * fw) continue;
+            for (int c = 0; c < C; c++)
+                v += w3[((int64_t)o * C + c) * 9 + ky * 3 + kx] * frame[((int64_t)(uy / 2) * fw + ux / 2) * C + c];
+        }
+    return v;
+}
+
+/* The driver's upsample on one region: the low-resolution region rs of the frame (a ring of garbage,
+ * then zeroed) -> sub-pixel conv -> pixel_shuffle into the x2 region rd, against resample_ref. rd
+ * needs no low pixel outside rs but those beyond the frame's edge. */
+static void test_subpixel(wv_rect rs, wv_rect rd)
 {
     const wv_backend *be = wv_backend_cpu();
-    wv_grid gs = {4, 5, 1}, gd = {6, 6, 1};
-    int C = 2, cstride = 4, coff = 2, fh = 8, fw = 10, sy0 = 0, sx0 = 0, dy0 = 1, dx0 = 3;
-    float *src = rand_floats((size_t)wv_grid_positions(gs) * cstride);
-    float *dst = rand_floats((size_t)wv_grid_positions(gd) * C);
-    be->upsample2x(NULL, src, gs, sy0, sx0, cstride, coff, dst, gd, dy0, dx0, fh, fw, C);
-    for (int py = 0; py < gd.h + 2; py++)
-        for (int px = 0; px < gd.w + 2; px++) {
-            int fy = dy0 - 1 + py, fx = dx0 - 1 + px;
-            for (int c = 0; c < C; c++) {
-                float want = fy < 0 || fy >= fh || fx < 0 || fx >= fw
-                                 ? 0.0f
-                                 : src[((fy / 2 - sy0 + 1) * (gs.w + 2) + fx / 2 - sx0 + 1) * cstride + coff + c];
-                CHECK(dst[(py * (gd.w + 2) + px) * C + c] == want);
-            }
-        }
+    enum { FH = 6, FW = 7, C = 3, CO = 2 };
+    wv_grid gs = {rs.y.hi - rs.y.lo, rs.x.hi - rs.x.lo, 1}, gd = {rd.y.hi - rd.y.lo, rd.x.hi - rd.x.lo, 1};
+    float *frame = rand_floats(FH * FW * C), *w3 = rand_floats(CO * C * 9), *bias = rand_floats(CO);
+    float *w2 = (float *)malloc(sizeof(float) * 4 * CO * C * 4), bias4[4 * CO];
+    float *x = rand_floats((size_t)wv_grid_positions(gs) * C), *y = rand_floats((size_t)wv_grid_positions(gd) * CO);
+    wv_conv cv = {NULL, bias4, C, 4 * CO, 1, 2, 2, 1, -1, 0};
+    wv_grid go = wv_conv_out_grid(&cv, gs);
+    float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
+    float *phases = rand_floats((size_t)wv_grid_positions(go) * 4 * CO);
+    const void *frames[1] = {x};
+    CHECK(go.h == gs.h + 1 && go.w == gs.w + 1 && go.pad == 0);
+    for (int p = 0; p < 4; p++) memcpy(bias4 + p * CO, bias, sizeof(float) * CO);
+    wv_subpixel_weight(w3, CO, C, w2);
+    be->pack_conv_weight(w2, &cv, packed);
+    cv.weight = packed;
+    for (int yy = 0; yy < gs.h; yy++)
+        for (int xx = 0; xx < gs.w; xx++)
+            memcpy(x + ((int64_t)(yy + 1) * (gs.w + 2) + xx + 1) * C,
+                   frame + ((int64_t)(rs.y.lo + yy) * FW + rs.x.lo + xx) * C, sizeof(float) * C);
+    be->zero_ring(NULL, x, gs, C, 1);
+    be->conv(NULL, &cv, gs, frames, 0, 0, phases, 0);
+    be->pixel_shuffle(NULL, phases, go, rs.y.lo, rs.x.lo, y, gd, rd.y.lo, rd.x.lo, CO);
+    for (int py = 0; py < gd.h; py++)
+        for (int px = 0; px < gd.w; px++)
+            for (int o = 0; o < CO; o++)
+                CHECK(fabs(resample_ref(frame, FH, FW, C, w3, bias, rd.y.lo + py, rd.x.lo + px, o) -
+                           at(y, gd, CO, 0, py, px, o)) < 1e-5);
+    free(frame), free(w3), free(bias), free(w2), free(x), free(y), free(packed), free(phases);
+}
+
+static void test_copy_channels(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    float *src = rand_floats(5 * 8), *dst = rand_floats(5 * 3);
+    be->copy_channels(NULL, src, 8, 4, dst, 3, 5);
+    for (int p = 0; p < 5; p++)
+        for (int c = 0; c < 3; c++) CHECK(dst[p * 3 + c] == src[p * 8 + 4 + c]);
     free(src), free(dst);
 }
 
@@ -466,7 +507,17 @@ int main(void)
             }
     test_ring_slots();
     test_rms_norm();
-    test_upsample();
+    {
+        wv_rect whole = {{0, 6}, {0, 7}}, whole2 = {{0, 12}, {0, 14}};
+        wv_rect inner = {{1, 5}, {2, 6}}, inner2 = {{3, 9}, {5, 11}}; /* odd starts: phase 1 first */
+        wv_rect corner = {{0, 3}, {0, 4}}, corner2 = {{0, 5}, {0, 7}};
+        wv_rect edge = {{3, 6}, {4, 7}}, edge2 = {{7, 12}, {9, 14}};
+        test_subpixel(whole, whole2);
+        test_subpixel(inner, inner2);
+        test_subpixel(corner, corner2);
+        test_subpixel(edge, edge2);
+    }
+    test_copy_channels();
     test_attention();
     test_dtype_conversion();
     CHECK(wv_model_expected_keys(8, 4, add_key, ws) == 108);

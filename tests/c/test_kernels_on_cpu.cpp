@@ -78,7 +78,7 @@ static void cpu_causal_conv(const float *w_oidhw, const float *bias, int cin, in
                             const float *frames, float *y, int accumulate)
 {
     const wv_backend *be = wv_backend_cpu();
-    wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0};
+    wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0, 0};
     int64_t fe = wv_grid_positions(g) * cin;
     const void *taps[WV_MAX_TAPS] = {frames, frames + fe, frames + 2 * fe};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
@@ -161,6 +161,51 @@ static void test_rotation(int cin, int cout, int k, int r)
     free(w), free(bias), free(frames), free(ring), free(ref), free(got), free(packed), free(turned);
 }
 
+/* direct_conv_kernel (cuDNN's fallback) on one frame, kt = 1, against the CPU conv (no bias: the
+ * backend adds it in a second pass): a centred 3x3 and an even 2x2 (the sub-pixel conv's window). */
+static void test_direct(int cin, int cout, int k, int accumulate)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid g = {5, 6, 1};
+    wv_conv cv = {NULL, NULL, cin, cout, 1, k, k, k % 2 == 0, -1, 0};
+    wv_grid go = wv_conv_out_grid(&cv, g);
+    int64_t Po = wv_grid_positions(go), nw = (int64_t)cout * cin * k * k;
+    float *w = (float *)malloc(sizeof(float) * nw), *x = rand_frames(g, cin, 1), *y0 = rand_frames(go, cout, 1);
+    float *ref = (float *)malloc(sizeof(float) * Po * cout), *got = (float *)malloc(sizeof(float) * Po * cout);
+    float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float)), *wk;
+    const void *frames[1] = {x};
+    char name[96];
+    for (int64_t i = 0; i < nw; i++) w[i] = frand() * 0.2f;
+    memcpy(ref, y0, sizeof(float) * Po * cout);
+    memcpy(got, y0, sizeof(float) * Po * cout);
+    be->pack_conv_weight(w, &cv, packed);
+    cv.weight = packed;
+    be->conv(NULL, &cv, g, frames, 0, 0, ref, accumulate);
+    wk = ktrsc(w, cin, cout, k * k);
+    direct_conv_kernel<float>(x, wk, got, 1, 1, k, k, cin, cout, g.h + 2, g.w + 2, accumulate);
+    snprintf(name, sizeof name, "direct_conv %d->%d %dx%d%s", cin, cout, k, k, accumulate ? " +=" : "");
+    check(name, go, cout, ref, got, 1e-5);
+    free(w), free(x), free(y0), free(ref), free(got), free(packed), free(wk);
+}
+
+/* pixel_shuffle_kernel moving units of U against the CPU op, a region starting on odd pixels. The
+ * data are float32 either way: the kernel only moves bytes. */
+template <typename U> static void test_pixel_shuffle(int C, const char *unit)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid gs = {5, 6, 0}, gd = {6, 7, 1};
+    int sy0 = 2, sx0 = 1, dy0 = 5, dx0 = 3, units = (int)(C * sizeof(float) / sizeof(U));
+    int64_t Pd = wv_grid_positions(gd);
+    float *src = rand_frames(gs, 4 * C, 1), *ref = rand_frames(gd, C, 1), *got = (float *)malloc(sizeof(float) * Pd * C);
+    char name[96];
+    memcpy(got, ref, sizeof(float) * Pd * C);
+    be->pixel_shuffle(NULL, src, gs, sy0, sx0, ref, gd, dy0, dx0, C);
+    pixel_shuffle_kernel<U>((const U *)src, gs, sy0, sx0, (U *)got, gd, dy0, dx0, units);
+    snprintf(name, sizeof name, "pixel_shuffle C = %d in %s", C, unit);
+    check(name, gd, C, ref, got, 0.0);
+    free(src), free(ref), free(got);
+}
+
 int main(void)
 {
     for (int r = 0; r < 3; r++) {
@@ -173,6 +218,12 @@ int main(void)
     test_narrow<float>(8, 1, 1, 0, "fp32");
     test_narrow<__nv_bfloat16>(96, 3, 1, 0, "bf16");
     test_narrow<__nv_bfloat16>(16, 4, 2, 1, "bf16");
+    test_direct(3, 5, 3, 0);
+    test_direct(5, 6, 2, 0);
+    test_direct(4, 8, 2, 1);
+    test_pixel_shuffle<float>(3, "floats");
+    test_pixel_shuffle<uint16_t>(5, "16-bit halves");
+    test_pixel_shuffle<uint4>(8, "16-byte vectors");
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;
 }
