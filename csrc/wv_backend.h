@@ -107,8 +107,8 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
      * W[dt] * window(frames[dt]); frames[dt] [P][cin] is the frame temporal tap dt reads (frame  \
      * t - (kt - 1 - dt)), the others are not read. kt == 1: frames[0] is x. A causal conv whose  \
      * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order. \
-     * Odd kernels are centred (y on g's grid, its ring undefined); an even one (the sub-pixel    \
-     * conv's 2x2) reads the kh x kw window from its position down and right: y on               \
+     * Odd kernels are centred (y on g's grid, its ring undefined); an even one (square: the     \
+     * sub-pixel conv's 2x2) reads the kh x kw window from its position down and right: y on     \
      * wv_conv_out_grid, every position defined */                                               \
     X(conv, void, (void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,  \
                    int last, void *y, int accumulate))                                            \

@@ -4,9 +4,11 @@
  * every convolution, GEMM and reduction accumulates in fp32 (fp32 mode uses no TF32). Layouts are
  * the CPU backend's: channels-last frames with a zero ring, so a 3x3 convolution is cuDNN's NHWC
  * convolution of the padded frame with padding 1 (the ring outputs, which nobody reads, come out
- * as by-products). A causal convolution is one NDHWC convolution over three frames in a row: the
- * driver keeps its cache as a ring of three frame slots (wv_ring), the two previous frames and a
- * free slot the new one is written into, so the ring never moves. The weights are packed once, in
+ * as by-products), and an upsample's sub-pixel 2x2 one the same without padding (its four phases
+ * on a grid one pixel smaller, which pixel_shuffle_kernel spreads over the x2 frame). A causal
+ * convolution is one NDHWC convolution over three frames in a row: the driver keeps its cache as a
+ * ring of three frame slots (wv_ring), the two previous frames and a free slot the new one is
+ * written into, so the ring never moves. The weights are packed once, in
  * time order; when the ring's oldest frame is not in slot 0, a kernel turns their taps to the
  * ring's order in the arena's weight scratch first (a few MiB of copying, against the frames the
  * ring saves moving; three stored rotations cost 264 MiB of device memory in bf16).
@@ -1526,7 +1528,7 @@ static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int
     submit(c, exec_copy_region, &a, sizeof a);
 }
 
-/* One 2-d copy: n rows of C elements, cstride apart in src. */
+/* A kernel rather than a 2-d copy: the rows are short (C elements), tens of thousands a frame. */
 typedef struct {
     const void *src;
     void *dst;
@@ -1537,12 +1539,17 @@ typedef struct {
 static void exec_copy_channels(cuda_ctx *c, const void *args)
 {
     const copy_channels_args *a = (const copy_channels_args *)args;
-    size_t es = wv_dtype_size(c->dt);
-    cuda_ok(c,
-            cudaMemcpy2DAsync(a->dst, (size_t)a->C * es, (const char *)a->src + (size_t)a->coff * es,
-                              (size_t)a->cstride * es, (size_t)a->C * es, (size_t)a->n, cudaMemcpyDeviceToDevice,
-                              c->stream),
-            "copy_channels");
+    int es = (int)wv_dtype_size(c->dt), per = 16 / es;
+    if (vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per == 0 && a->coff % per == 0)
+        copy_channels_kernel<<<blocks_for(a->n * (a->C / per), THREADS), THREADS, 0, c->stream>>>(
+            (const uint4 *)a->src, a->cstride / per, a->coff / per, (uint4 *)a->dst, a->C / per, a->n);
+    else if (es == 2)
+        copy_channels_kernel<<<blocks_for(a->n * a->C, THREADS), THREADS, 0, c->stream>>>(
+            (const uint16_t *)a->src, a->cstride, a->coff, (uint16_t *)a->dst, a->C, a->n);
+    else
+        copy_channels_kernel<<<blocks_for(a->n * a->C, THREADS), THREADS, 0, c->stream>>>(
+            (const float *)a->src, a->cstride, a->coff, (float *)a->dst, a->C, a->n);
+    launched(c, "copy_channels_kernel");
 }
 
 static void cuda_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)

@@ -233,6 +233,18 @@ template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int 
     }
 }
 
+/* copy_channels (wv_backend.h) moving units of U (an element, or a 16-byte vector: C, cstride and
+ * coff counted in units). */
+template <typename U>
+__global__ void copy_channels_kernel(const U *src, int cstride, int coff, U *dst, int C, int64_t n)
+{
+    WV_GRID_STRIDE_LOOP(i, n * C)
+    {
+        int64_t p = i / C;
+        dst[i] = src[p * cstride + coff + (i - p * C)];
+    }
+}
+
 /* pixel_shuffle (wv_backend.h): the x2 frame's interior from a sub-pixel conv's phases, moving units
  * of U (an element, or a 16-byte vector: C counted in units). */
 template <typename U>

@@ -4,9 +4,9 @@
  * It checks what needs no arithmetic: every plan this decoder makes (untiled, tiles with the trunk
  * ending at the attention or at the first upsample, a budget, end_frame, step graphs, the direct
  * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
- * GEMM the backend issues stays inside one of the plan's arena buffers or one allocation; an
- * allocation that fails anywhere fails cleanly; and nothing is left allocated once the models are
- * gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
+ * GEMM the backend issues stays inside one of the plan's arena buffers (each tile segment's x, y and
+ * t apart) or one allocation; an allocation that fails anywhere fails cleanly; and nothing is left
+ * allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
  * tests/test_cuda.py). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +23,25 @@ typedef struct {
     int budget_percent; /* of the untiled plan's arena (0: no budget) */
 } run;
 
+/* The plan's arena buffers to the stub, the tile scratch as each segment's x, y and t: an access
+ * must stay inside one of them. */
+static void hand_layout_to_stub(const wv_plan *p, size_t act_bytes)
+{
+    size_t offsets[WV_MAX_BUFFERS + 3 * WV_MAX_SEGMENTS], sizes[WV_MAX_BUFFERS + 3 * WV_MAX_SEGMENTS];
+    size_t scratch = p->buffers[WV_BUF_TILE_SCRATCH].offset;
+    int n = 0;
+    for (int i = 0; i < p->n_buffers; i++)
+        if (i != WV_BUF_TILE_SCRATCH) offsets[n] = p->buffers[i].offset, sizes[n++] = p->buffers[i].bytes;
+    for (int s = 0; s < p->n_segments; s++) {
+        size_t xy = wv_align_up((size_t)p->seg[s].xy_elems * act_bytes), base = scratch + p->seg[s].scratch_offset;
+        size_t t_bytes = (size_t)p->seg[s].t_elems * act_bytes;
+        offsets[n] = base, sizes[n++] = xy;
+        offsets[n] = base + xy, sizes[n++] = xy;
+        offsets[n] = base + 2 * xy, sizes[n++] = t_bytes;
+    }
+    stub_arena_layout(p->arena_bytes, n, offsets, sizes);
+}
+
 /* One decode of seeded latents [4][T][h][w] as the run says; the plan must hold exactly. */
 static wv_status decode(const wv_model *m, const run *r, wv_error *err)
 {
@@ -37,11 +56,7 @@ static wv_status decode(const wv_model *m, const run *r, wv_error *err)
     }
     s = wv_plan_make(&p, m, r->T, r->h, r->w, &o, err);
     if (!s && r->budget_percent) CHECK(p.n_tiles > 1 && p.arena_bytes <= o.max_bytes);
-    if (!s) {
-        size_t offsets[WV_MAX_BUFFERS], sizes[WV_MAX_BUFFERS];
-        for (int i = 0; i < p.n_buffers; i++) offsets[i] = p.buffers[i].offset, sizes[i] = p.buffers[i].bytes;
-        stub_arena_layout(p.arena_bytes, p.n_buffers, offsets, sizes);
-    }
+    if (!s) hand_layout_to_stub(&p, m->backend->act_bytes);
     if (!s) out = (float *)malloc(sizeof(float) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
     if (!s) s = decode_planned(m, &p, lat, &o, out, &st, err);
     if (!s) CHECK(st.steps == (int64_t)r->T * (1 + p.n_tiles));

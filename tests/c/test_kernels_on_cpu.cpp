@@ -188,21 +188,41 @@ static void test_direct(int cin, int cout, int k, int accumulate)
     free(w), free(x), free(y0), free(ref), free(got), free(packed), free(wk);
 }
 
+/* A count of floats in units of U (whole units). */
+template <typename U> static int units(int floats) { return (int)(floats * sizeof(float) / sizeof(U)); }
+
 /* pixel_shuffle_kernel moving units of U against the CPU op, a region starting on odd pixels. The
  * data are float32 either way: the kernel only moves bytes. */
 template <typename U> static void test_pixel_shuffle(int C, const char *unit)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid gs = {5, 6, 0}, gd = {6, 7, 1};
-    int sy0 = 2, sx0 = 1, dy0 = 5, dx0 = 3, units = (int)(C * sizeof(float) / sizeof(U));
+    int sy0 = 2, sx0 = 1, dy0 = 5, dx0 = 3;
     int64_t Pd = wv_grid_positions(gd);
     float *src = rand_frames(gs, 4 * C, 1), *ref = rand_frames(gd, C, 1), *got = (float *)malloc(sizeof(float) * Pd * C);
     char name[96];
     memcpy(got, ref, sizeof(float) * Pd * C);
     be->pixel_shuffle(NULL, src, gs, sy0, sx0, ref, gd, dy0, dx0, C);
-    pixel_shuffle_kernel<U>((const U *)src, gs, sy0, sx0, (U *)got, gd, dy0, dx0, units);
+    pixel_shuffle_kernel<U>((const U *)src, gs, sy0, sx0, (U *)got, gd, dy0, dx0, units<U>(C));
     snprintf(name, sizeof name, "pixel_shuffle C = %d in %s", C, unit);
     check(name, gd, C, ref, got, 0.0);
+    free(src), free(ref), free(got);
+}
+
+/* copy_channels_kernel in units of U against the CPU op: channels [coff, coff + C) of 3 C-wide
+ * positions (in floats: C = 8, coff = 8 are whole 16-byte vectors). */
+template <typename U> static void test_copy_channels(int C, int coff, const char *unit)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid g = {4, 5, 1};
+    int64_t P = wv_grid_positions(g);
+    float *src = rand_frames(g, 3 * C, 1), *ref = rand_frames(g, C, 1), *got = (float *)malloc(sizeof(float) * P * C);
+    char name[96];
+    memcpy(got, ref, sizeof(float) * P * C);
+    be->copy_channels(NULL, src, 3 * C, coff, ref, C, P);
+    copy_channels_kernel<U>((const U *)src, units<U>(3 * C), units<U>(coff), (U *)got, units<U>(C), P);
+    snprintf(name, sizeof name, "copy_channels [%d, %d) of %d in %s", coff, coff + C, 3 * C, unit);
+    check(name, g, C, ref, got, 0.0);
     free(src), free(ref), free(got);
 }
 
@@ -224,6 +244,9 @@ int main(void)
     test_pixel_shuffle<float>(3, "floats");
     test_pixel_shuffle<uint16_t>(5, "16-bit halves");
     test_pixel_shuffle<uint4>(8, "16-byte vectors");
+    test_copy_channels<float>(3, 3, "floats");
+    test_copy_channels<uint16_t>(5, 10, "16-bit halves");
+    test_copy_channels<uint4>(8, 8, "16-byte vectors");
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;
 }
