@@ -197,7 +197,6 @@ static int cpu_taps_apart(const wv_conv *cv)
     return 1;
 }
 
-
 /* y[P][cout] (+)= (bias if first == 0) + temporal taps [first, last], tap dt reading frames[dt].
  * Spatial kernels need a padded grid. The output goes in blocks of rows, each taking every tap
  * while it is in cache. */

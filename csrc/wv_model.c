@@ -300,10 +300,11 @@ void wv_subpixel_weight(const float *w3, int cout, int cin, float *w2)
                     float *k2 = w2 + ((int64_t)((2 * a + b) * cout + o) * cin + i) * 4;
                     for (int ty = 0; ty < 2; ty++)
                         for (int tx = 0; tx < 2; tx++) {
+                            int rows = SUBPIXEL_TAPS[a][ty], cols = SUBPIXEL_TAPS[b][tx];
                             float sum = 0.0f;
                             for (int ky = 0; ky < 3; ky++)
                                 for (int kx = 0; kx < 3; kx++)
-                                    if (SUBPIXEL_TAPS[a][ty] >> ky & SUBPIXEL_TAPS[b][tx] >> kx & 1) sum += k3[ky * 3 + kx];
+                                    if (rows >> ky & cols >> kx & 1) sum += k3[ky * 3 + kx];
                             k2[ty * 2 + tx] = sum;
                         }
                 }

@@ -8,10 +8,10 @@
  * on a grid one pixel smaller, which pixel_shuffle_kernel spreads over the x2 frame). A causal
  * convolution is one NDHWC convolution over three frames in a row: the driver keeps its cache as a
  * ring of three frame slots (wv_ring), the two previous frames and a free slot the new one is
- * written into, so the ring never moves. The weights are packed once, in
- * time order; when the ring's oldest frame is not in slot 0, a kernel turns their taps to the
- * ring's order in the arena's weight scratch first (a few MiB of copying, against the frames the
- * ring saves moving; three stored rotations cost 264 MiB of device memory in bf16).
+ * written into, so the ring never moves. The weights are packed once, in time order; when the
+ * ring's oldest frame is not in slot 0, a kernel turns their taps to the ring's order in the arena's
+ * weight scratch first (a few MiB of copying, against the frames the ring saves moving; three stored
+ * rotations cost 264 MiB of device memory in bf16).
  *
  * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS, 128 unless
  * WANVIDEO_CUDA_TAPS_MAX_CHANNELS says otherwise: the full-resolution stage's 96-channel residual
@@ -1072,9 +1072,10 @@ static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, in
 }
 
 /* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
- * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer, best first. Whatever cuDNN refuses
- * here (a layout, a channel count) leaves no candidate: the direct kernel takes the shape. Returns 0
- * only on a hard failure (out of memory, a frame too large for cuDNN's int sizes). */
+ * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
+ * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
+ * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
+ * cuDNN's int sizes). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);

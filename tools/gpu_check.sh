@@ -87,12 +87,12 @@ if want tests; then
 fi
 
 # 3. where the time goes: profiled 720p decodes of 5 latent frames (17 output frames), after an untimed
-#    one, untiled and within 2 GiB with the weights (1908 MiB for the arena: tiles), with the algorithm
+#    one, untiled and within 2 GiB with the weights (1904 MiB for the arena: tiles), with the algorithm
 #    cuDNN runs for each convolution shape
 if want profile; then
     : > "$OUT/profile.txt"
     PROFILE=0
-    for budget in "--tile 0" "--tile 0 --max-memory 1908M"; do
+    for budget in "--tile 0" "--tile 0 --max-memory 1904M"; do
         echo "== profile $budget" >> "$OUT/profile.txt"
         WANVIDEO_CUDA_VERBOSE=1 timeout 40 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
             --random-shape 5 90 160 $budget --warmup --profile --quiet --out /tmp/wv_profile.npy \
@@ -124,14 +124,14 @@ EOF
 fi
 
 # 5. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
-#    with the weights (140 MiB of them: 1908 MiB for the arena) and in exact 272 px tiles, each after
+#    with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
 #    an untimed run; and within 2 GiB with the 192-channel convs run by taps too
 #    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: 2-d convs per tap instead of 3-d ones, caches of two frames)
 if want graphs; then
     GLOG=/tmp/wv_graphs.txt # appended to profile.txt: the device tool brings back 8 files
     : > "$GLOG"
     GRAPHS=0
-    for run in "128 --tile 0 --max-memory 1908M" "192 --tile 0 --max-memory 1908M" "128 --tile 272"; do
+    for run in "128 --tile 0 --max-memory 1904M" "192 --tile 0 --max-memory 1904M" "128 --tile 272"; do
         taps=${run%% *} budget=${run#* }
         for g in 0 1; do
             echo "== WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps $budget" >> "$GLOG"
@@ -148,7 +148,7 @@ fi
 # 6. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
 if want lab; then
     echo "== conv lab" >> "$OUT/native.log"
-    timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -64
+    timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -80
     LAB=${PIPESTATUS[0]}
     summary "conv lab exit $LAB"
 fi
