@@ -13,6 +13,9 @@
  *            the bias pass
  *   2d-fused the same with the bias folded into the first tap's convolution: what the backend runs
  *            for narrow equal-width convolutions
+ *   2d-stack one NHWC 2-d convolution of 3 cin channels, the three frames side by side in each
+ *            pixel (a ring stored channel-interleaved, which the backend does not do yet): the
+ *            2-d kernels without 2d-fused's two extra passes over the output
  *   narrow   (at most NARROW_OUTS outputs: the head) the backend's narrow_conv_kernel on CUDA cores
  * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame: the 3x3 one
  * at the x2 resolution that the decoder defines, then the sub-pixel 2x2 one on the low-resolution
@@ -282,6 +285,14 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
                                "2d");
            }),
            flops);
+    {
+        /* the three frames side by side in each pixel's channels (a ring stored interleaved): one 2-d
+         * convolution of 3 cin channels, the bias fused, no passes over y to add the taps up */
+        conv_desc ds = describe(4, 3 * s->cin, s->cout, 1, s->k, s->H, s->W);
+        heuristic_algo(&ds); /* sets the math type it goes with */
+        report("2d-stack", time_ms([&] { fused_conv(&ds, x, w, bias, y, 0.0f); }), flops);
+        destroy(&ds);
+    }
     if (s->cout <= NARROW_OUTS) {
         wv_grid g = {s->H - 2, s->W - 2, 1};
         int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
