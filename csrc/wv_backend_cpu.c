@@ -207,12 +207,14 @@ static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const 
     float *y = (float *)y_;
     int64_t tap_elems = (int64_t)cv->kh * cv->kw * cv->cin * cv->cout;
     int spatial = cv->kh > 1 || cv->kw > 1;
-    int64_t p0 = spatial ? pos(g, 0, 0) : 0, M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : wv_grid_positions(g);
+    int64_t p0, M;
     (void)ctx;
     if (cv->kh % 2 == 0) {
         cpu_conv_valid(cv, g, (const float *)frames[0], y, accumulate);
         return;
     }
+    p0 = spatial ? pos(g, 0, 0) : 0;
+    M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : wv_grid_positions(g);
     start_rows(y + p0 * cv->cout, M, cv->cout, first == 0 ? (const float *)cv->bias : NULL, accumulate);
     for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
         int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;

@@ -1085,6 +1085,8 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     int bd[5] = {1, s->cout, 1, 1, 1};
     cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
+    s->Ho = s->H + 2 * ph - s->kh + 1;
+    s->Wo = s->W + 2 * pw - s->kw + 1;
     s->n_candidates = 0;
     if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
         !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
@@ -1160,8 +1162,6 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
     }
     s = &c->shapes[c->n_shapes];
     *s = key;
-    s->Ho = kh % 2 ? H : H - kh + 1;
-    s->Wo = kw % 2 ? W : W - kw + 1;
     if (!describe_conv(c, s)) {
         if (s->x) cudnnDestroyTensorDescriptor(s->x);
         if (s->y) cudnnDestroyTensorDescriptor(s->y);
