@@ -1435,15 +1435,16 @@ typedef struct {
 static void exec_rms_norm(cuda_ctx *c, const void *args)
 {
     const rms_norm_args *a = (const rms_norm_args *)args;
-    int vectors = a->C * (int)wv_dtype_size(c->dt) / 16, lanes_log2 = 0;
-    int64_t positions = (int64_t)a->n * wv_grid_positions(a->gy);
-    if (!vectors_fit(c, a->C, a->x, a->y, a->gamma) || vectors > 32 * RMS_MAX_VECTORS) {
+    int lanes_log2;
+    unsigned row_blocks;
+    if (!vectors_fit(c, a->C, a->x, a->y, a->gamma) ||
+        !rms_norm_vec_launch(a->gy, a->n, a->C, (int)wv_dtype_size(c->dt), THREADS, &lanes_log2, &row_blocks)) {
+        int64_t positions = (int64_t)a->n * wv_grid_positions(a->gy);
         LAUNCH(c, rms_norm_kernel, positions * 32, a->x, a->gx, a->y, a->gy, a->C, a->n, a->gamma, a->silu);
         return;
     }
-    while ((1 << lanes_log2) < vectors && lanes_log2 < 5) lanes_log2++;
-    LAUNCH(c, rms_norm_vec_kernel, (positions << lanes_log2), a->x, a->gx, a->y, a->gy, a->C, a->n, a->gamma, a->silu,
-           lanes_log2);
+    LAUNCH_ON(c, rms_norm_vec_kernel, dim3(row_blocks, (unsigned)(a->gy.h + 2 * a->gy.pad), (unsigned)a->n), THREADS,
+              a->x, a->gx, a->y, a->gy, a->C, a->gamma, a->silu, lanes_log2);
 }
 
 static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,

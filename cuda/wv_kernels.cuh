@@ -145,67 +145,75 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
         float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
         for (int c = lane; c < C; c += 32) {
             float v = to_f32(s[c]) * scale * to_f32(gamma[c]);
-            d[c] = from_f32<T>(silu ? v / (1.0f + __expf(-v)) : v);
+            d[c] = from_f32<T>(silu ? __fdividef(v, 1.0f + __expf(-v)) : v);
         }
     }
 }
 
-/* The same with 16-byte loads and stores, where C is a whole number of 16-byte vectors (at most
- * RMS_MAX_VECTORS per lane) and the buffers are aligned to 16 bytes: a group of 2^lanes_log2 lanes
- * per position (its vector count rounded up to a power of two, at most 32), 32 >> lanes_log2
- * positions a warp; each lane keeps its vectors in registers between the sum of squares and the
- * scaling, so x is read once. Every lane of a warp runs the same number of iterations (the shuffles need
- * them all); lanes past the end or on the ring contribute nothing. */
+/* The same with 16-byte loads and stores, where C is a whole number of 16-byte vectors and the
+ * buffers are aligned to 16 bytes: a group of L = 2^lanes_log2 lanes per position, each lane holding
+ * up to RMS_MAX_VECTORS of its vectors in registers between the sum of squares and the scaling (x is
+ * read once), so each lane has up to that many loads in flight. The grid is (blocks along a padded
+ * row of gy, the padded rows, the frames), as rms_norm_vec_launch sizes it, so no index is divided
+ * (a 64-bit division is a subroutine on the GPU). The lanes of a group shuffle together, so every
+ * thread takes part in the shuffles. */
 #define RMS_MAX_VECTORS 4
 
+/* rms_norm_vec_kernel's launch for C channels of elem_bytes each over n frames of gy, `threads` a
+ * block: the fewest lanes per position (a power of two, at most 32) that hold its vectors, and the
+ * blocks along a padded row. Returns 0 where the kernel cannot run it (C not whole vectors, too many
+ * vectors, more rows or frames than a grid's y and z take). */
+static inline int rms_norm_vec_launch(wv_grid gy, int n, int C, int elem_bytes, int threads, int *lanes_log2,
+                                      unsigned *row_blocks)
+{
+    int vectors = C * elem_bytes / 16, lanes = 1;
+    if ((C * elem_bytes) % 16 || vectors > 32 * RMS_MAX_VECTORS || gy.h + 2 * gy.pad > 65535 || n > 65535) return 0;
+    for (*lanes_log2 = 0; lanes * RMS_MAX_VECTORS < vectors; lanes *= 2) ++*lanes_log2;
+    *row_blocks = (unsigned)((gy.w + 2 * gy.pad + (threads >> *lanes_log2) - 1) / (threads >> *lanes_log2));
+    return 1;
+}
+
 template <typename T>
-__global__ void rms_norm_vec_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_,
+__global__ void rms_norm_vec_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, const void *gamma_,
                                     int silu, int lanes_log2)
 {
-    const int E = 16 / (int)sizeof(T), V = C / E, L = 1 << lanes_log2, per_warp = 32 >> lanes_log2;
+    const int E = 16 / (int)sizeof(T), V = C / E, L = 1 << lanes_log2;
     const uint4 *x = (const uint4 *)x_, *gamma = (const uint4 *)gamma_;
     uint4 *y = (uint4 *)y_;
-    int lane = threadIdx.x % 32, sub = lane & (L - 1);
-    int64_t Py = (int64_t)(gy.h + 2 * gy.pad) * grid_row(gy), Px = (int64_t)(gx.h + 2 * gx.pad) * grid_row(gx);
-    int64_t total = n * Py, warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-    int64_t warps = (int64_t)gridDim.x * blockDim.x / 32;
-    for (int64_t base = warp * per_warp; base < total; base += warps * per_warp) {
-        int64_t w = base + lane / L, f = w / Py, p = w % Py;
-        bool live = w < total, ring = live && on_ring(gy, p);
-        uint4 v[RMS_MAX_VECTORS];
-        float ss = 0.0f;
-        const uint4 *src = NULL;
-        if (live && !ring) {
-            int yy = (int)(p / grid_row(gy)) - gy.pad, xx = (int)(p % grid_row(gy)) - gy.pad;
-            src = x + (f * Px + grid_pos(gx, yy, xx)) * V;
-        }
+    int sub = threadIdx.x & (L - 1), px = (int)(blockIdx.x * (blockDim.x >> lanes_log2) + (threadIdx.x >> lanes_log2));
+    int py = (int)blockIdx.y, f = (int)blockIdx.z, iy = py - gy.pad, ix = px - gy.pad;
+    bool live = px < grid_row(gy), inside = live && iy >= 0 && iy < gy.h && ix >= 0 && ix < gy.w;
+    const uint4 *src = NULL;
+    uint4 v[RMS_MAX_VECTORS];
+    float ss = 0.0f;
+    if (inside) src = x + ((int64_t)f * (gx.h + 2 * gx.pad) * grid_row(gx) + grid_pos(gx, iy, ix)) * V;
 #pragma unroll
-        for (int k = 0; k < RMS_MAX_VECTORS; k++) {
-            int j = sub + k * L;
-            if (!src || j >= V) continue;
-            v[k] = src[j];
-            const T *e = (const T *)&v[k];
-            for (int q = 0; q < E; q++) ss += to_f32(e[q]) * to_f32(e[q]);
-        }
-        for (int o = L / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        if (!live) continue;
-        float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+    for (int k = 0; k < RMS_MAX_VECTORS; k++) {
+        int j = sub + k * L;
+        if (!src || j >= V) continue;
+        v[k] = src[j];
+        const T *e = (const T *)&v[k];
+        for (int q = 0; q < E; q++) ss += to_f32(e[q]) * to_f32(e[q]);
+    }
+    for (int o = L / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (!live) return;
+    float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+    uint4 *dst = y + (((int64_t)f * (gy.h + 2 * gy.pad) + py) * grid_row(gy) + px) * V;
 #pragma unroll
-        for (int k = 0; k < RMS_MAX_VECTORS; k++) {
-            int j = sub + k * L;
-            uint4 out = make_uint4(0, 0, 0, 0);
-            if (j >= V) continue;
-            if (src) {
-                uint4 g = gamma[j];
-                const T *e = (const T *)&v[k], *ge = (const T *)&g;
-                T *o = (T *)&out;
-                for (int q = 0; q < E; q++) {
-                    float u = to_f32(e[q]) * scale * to_f32(ge[q]);
-                    o[q] = from_f32<T>(silu ? u / (1.0f + __expf(-u)) : u);
-                }
+    for (int k = 0; k < RMS_MAX_VECTORS; k++) {
+        int j = sub + k * L;
+        uint4 out = make_uint4(0, 0, 0, 0);
+        if (j >= V) continue;
+        if (src) {
+            uint4 g = gamma[j];
+            const T *e = (const T *)&v[k], *ge = (const T *)&g;
+            T *o = (T *)&out;
+            for (int q = 0; q < E; q++) {
+                float u = to_f32(e[q]) * scale * to_f32(ge[q]);
+                o[q] = from_f32<T>(silu ? __fdividef(u, 1.0f + __expf(-u)) : u);
             }
-            y[w * V + j] = out;
         }
+        dst[j] = out;
     }
 }
 

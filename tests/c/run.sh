@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the C core with AddressSanitizer + UndefinedBehaviorSanitizer and runs its two test programs:
-# test_core.c (the core and the CPU backend) and test_kernels_on_cpu.cpp (the CUDA kernels whose
-# threads never cooperate, compiled for the host with cuda_on_cpu/ standing in for CUDA's headers,
-# against the CPU backend's ops; no CUDA needed). Exit status 0 when both pass.
+# test_core.c (the core and the CPU backend) and test_kernels_on_cpu.cpp (the CUDA kernels, compiled
+# for the host with cuda_on_cpu/ standing in for CUDA's headers, against the CPU backend's ops; no
+# CUDA needed). Exit status 0 when both pass.
 #   bash tests/c/run.sh [build dir]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,7 +18,7 @@ for src in "$root"/csrc/wv_*.c; do
 done
 link="-L$lib -l$name -Wl,-rpath,$lib -lm"
 ${CC:-gcc} -std=c11 -g -O1 $warn $san -I"$root/csrc" "$here/test_core.c" "$out"/wv_*.o $link -o "$out/test_core"
-${CXX:-g++} -std=c++17 -g -O1 $warn -Wno-unused-function -Wno-unknown-pragmas -fno-strict-aliasing $san \
+${CXX:-g++} -std=c++20 -pthread -g -O1 $warn -Wno-unused-function -Wno-unknown-pragmas -fno-strict-aliasing $san \
     -I"$here/cuda_on_cpu" -I"$root/csrc" -I"$root/cuda" "$here/test_kernels_on_cpu.cpp" "$out"/wv_*.o $link \
     -o "$out/test_kernels_on_cpu"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_core"

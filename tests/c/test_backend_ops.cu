@@ -235,22 +235,23 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     free(w), free(bias), free(cache), free(y0), free(mask);
 }
 
-static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad)
+/* n frames of width w (past 64 positions: several blocks along a row of the vector kernel) */
+static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad, int n, int w)
 {
-    wv_grid gx = {4, 6, 1}, gy = {4, 6, out_pad};
-    int64_t nx = wv_grid_positions(gx) * C, ny = wv_grid_positions(gy) * C;
-    float *x = rand_frames(gx, C, 1), *gamma = rand_floats(C), *ref = (float *)malloc(ny * 4), *got = (float *)malloc(ny * 4);
+    wv_grid gx = {4, w, 1}, gy = {4, w, out_pad};
+    int64_t nx = n * wv_grid_positions(gx) * C, ny = n * wv_grid_positions(gy) * C;
+    float *x = rand_frames(gx, C, n), *gamma = rand_floats(C), *ref = (float *)malloc(ny * 4), *got = (float *)malloc(ny * 4);
     side *sides[2] = {cpu, gpu};
     float *outs[2] = {ref, got};
     char name[64];
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
         void *dx = put(s, x, (size_t)nx), *dg = put(s, gamma, (size_t)C), *dy = put(s, x, (size_t)(ny < nx ? nx : ny));
-        s->be->rms_norm(s->ctx, dx, gx, dy, gy, C, 1, dg, silu);
+        s->be->rms_norm(s->ctx, dx, gx, dy, gy, C, n, dg, silu);
         get(s, dy, outs[i], (size_t)ny);
         s->be->release(s->ctx, dx), s->be->release(s->ctx, dg), s->be->release(s->ctx, dy);
     }
-    snprintf(name, sizeof name, "rms_norm C=%d%s -> pad %d", C, silu ? " silu" : "", out_pad);
+    snprintf(name, sizeof name, "rms_norm C=%d%s -> pad %d, %d frames of %d", C, silu ? " silu" : "", out_pad, n, w);
     check(name, gpu->be, ref, got, (size_t)ny, NULL);
     free(x), free(gamma), free(ref), free(got);
 }
@@ -446,10 +447,11 @@ int main(void)
         test_conv_shapes(&cpu, &gpu);
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
         test_direct_convs(&cpu, wv_cuda_backends()->by_dtype[dt]);
-        test_rms_norm(&cpu, &gpu, 96, 1, 1); /* 16-byte vectors, held by a group of lanes per position */
-        test_rms_norm(&cpu, &gpu, 384, 1, 0);
-        test_rms_norm(&cpu, &gpu, 8, 0, 1);
-        test_rms_norm(&cpu, &gpu, 33, 0, 0); /* not whole vectors: a warp per position */
+        test_rms_norm(&cpu, &gpu, 96, 1, 1, 2, 70); /* 16-byte vectors, held by a group of lanes per position */
+        test_rms_norm(&cpu, &gpu, 384, 1, 0, 1, 6);
+        test_rms_norm(&cpu, &gpu, 192, 1, 1, 3, 21);
+        test_rms_norm(&cpu, &gpu, 8, 0, 1, 2, 6);
+        test_rms_norm(&cpu, &gpu, 33, 0, 0, 2, 6); /* not whole vectors: a warp per position */
         test_moves(&cpu, &gpu, 5);
         test_moves(&cpu, &gpu, 8);
         test_attention(&cpu, &gpu, 37, 16, 8);

@@ -1,7 +1,8 @@
-/* The CUDA kernels whose threads never cooperate, compiled for the host (cuda_on_cpu/) and run as
- * one thread against the CPU backend's ops: their index arithmetic checked on any machine, GPU or
- * not, in CI. What the GPU itself adds (vector loads' alignment, the launch) is checked by
- * test_backend_ops.cu where there is one. Exit status 0 when every check passes. */
+/* The CUDA kernels compiled for the host (cuda_on_cpu/) and run against the CPU backend's ops: their
+ * index arithmetic checked on any machine, GPU or not, in CI. A kernel whose threads never cooperate
+ * runs as one thread; one whose lanes shuffle runs its whole grid, as the backend launches it, with a
+ * host thread per GPU thread. What the GPU itself adds (vector loads' alignment, the launch) is
+ * checked by test_backend_ops.cu where there is one. Exit status 0 when every check passes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,6 +189,37 @@ static void test_direct(int cin, int cout, int k, int accumulate)
     free(w), free(x), free(y0), free(ref), free(got), free(packed), free(wk);
 }
 
+/* rms_norm_vec_kernel, launched as the backend launches it (rms_norm_vec_launch) but with `threads` a
+ * block, against the CPU op: n frames from a grid with one ring to one with another, every position
+ * of y (its ring zeroed over what was there) compared. */
+template <typename T>
+static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int threads, const char *type)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_grid gx = {5, 7, pad_x}, gy = {5, 7, pad_y}, all = {n * (gy.h + 2 * pad_y), gy.w + 2 * pad_y, 0};
+    int64_t Px = wv_grid_positions(gx), Py = wv_grid_positions(gy);
+    float *x = rand_frames(gx, C, n), *gamma = (float *)malloc(sizeof(float) * C);
+    float *ref = (float *)malloc(sizeof(float) * n * Py * C), *got = (float *)malloc(sizeof(float) * n * Py * C);
+    int lanes_log2 = -1;
+    unsigned row_blocks = 0;
+    char name[96];
+    for (int c = 0; c < C; c++) gamma[c] = 1.0f + 0.5f * frand();
+    for (int64_t i = 0; i < n * Py * C; i++) got[i] = frand(); /* what y held before: the ring must be zeroed */
+    round_to<T>(x, n * Px * C), round_to<T>(gamma, C);
+    be->rms_norm(NULL, x, gx, ref, gy, C, n, gamma, silu);
+    if (rms_norm_vec_launch(gy, n, C, (int)sizeof(T), threads, &lanes_log2, &row_blocks)) {
+        T *tx = as_t<T>(x, n * Px * C), *tg = as_t<T>(gamma, C), *ty = as_t<T>(got, n * Py * C);
+        launch_on_cpu({row_blocks, (unsigned)(gy.h + 2 * gy.pad), (unsigned)n}, {(unsigned)threads, 1, 1},
+                      [&] { rms_norm_vec_kernel<T>(tx, gx, ty, gy, C, tg, silu, lanes_log2); });
+        for (int64_t i = 0; i < n * Py * C; i++) got[i] = from_t<T>(ty[i]);
+        free(tx), free(tg), free(ty);
+    }
+    snprintf(name, sizeof name, "rms_norm_vec C = %d%s, %d frames, pad %d -> %d, %d lanes, %u blocks a row %s", C,
+             silu ? " silu" : "", n, pad_x, pad_y, 1 << lanes_log2, row_blocks, type);
+    check(name, all, C, ref, got, type[0] == 'f' ? 1e-5 : 1e-2);
+    free(x), free(gamma), free(ref), free(got);
+}
+
 /* A count of floats in units of U (whole units). */
 template <typename U> static int units(int floats) { return (int)(floats * sizeof(float) / sizeof(U)); }
 
@@ -247,6 +279,13 @@ int main(void)
     test_copy_channels<float>(3, 3, "floats");
     test_copy_channels<uint16_t>(5, 10, "16-bit halves");
     test_copy_channels<uint4>(8, 8, "16-byte vectors");
+    test_rms_norm<__nv_bfloat16>(96, 1, 0, 1, 2, 64, "bf16");  /* the 720p frame's width: 4 lanes of 3 vectors */
+    test_rms_norm<__nv_bfloat16>(96, 1, 1, 1, 1, 32, "bf16");  /* 8 positions a block: the row's last block part-filled */
+    test_rms_norm<__nv_bfloat16>(384, 1, 1, 0, 1, 64, "bf16"); /* 16 lanes, 2 blocks a row */
+    test_rms_norm<__nv_bfloat16>(8, 0, 1, 1, 2, 32, "bf16");   /* a vector a position, a lane each */
+    test_rms_norm<__nv_bfloat16>(1024, 0, 0, 2, 1, 64, "bf16"); /* the most: 32 lanes of 4 vectors */
+    test_rms_norm<float>(96, 1, 0, 1, 3, 256, "fp32");          /* the backend's block */
+    test_rms_norm<float>(20, 0, 1, 1, 1, 64, "fp32");
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;
 }

@@ -1,15 +1,22 @@
-/* Enough of CUDA's device dialect to compile cuda/wv_kernels.cuh with a host C++ compiler and run,
- * as one thread of a one-block grid, the kernels whose threads never cooperate (grid-stride loops
- * over independent elements): tests/c/test_kernels_on_cpu.cpp (built by tests/c/run.sh) checks
- * their index arithmetic on any machine, GPU or not. Kernels that shuffle across a warp or reduce
- * in a block compile here but are not run. Included by the cuda_bf16.h and cuda_fp16.h beside it,
- * which stand in for the toolkit's. */
+/* Enough of CUDA's device dialect to compile cuda/wv_kernels.cuh with a host C++ compiler and run its
+ * kernels: tests/c/test_kernels_on_cpu.cpp (built by tests/c/run.sh) checks them against the CPU
+ * backend's ops on any machine, GPU or not. A kernel whose threads never cooperate (a grid-stride loop
+ * over independent elements) is called directly, as one thread of a one-block grid. launch_on_cpu runs
+ * a whole grid, a block at a time with each of its threads a host thread, for kernels whose lanes
+ * exchange values in a warp (__shfl_xor_sync); __shared__ arrays are not emulated. Included by the
+ * cuda_bf16.h and cuda_fp16.h beside it, which stand in for the toolkit's. */
 #ifndef CUDA_ON_CPU_H
 #define CUDA_ON_CPU_H
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <barrier>
+#include <memory>
+#include <thread>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -20,7 +27,8 @@
 struct dim3_on_cpu {
     unsigned x, y, z;
 };
-inline dim3_on_cpu threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+inline thread_local dim3_on_cpu threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
+inline dim3_on_cpu blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 
 struct uint4 {
     unsigned x, y, z, w;
@@ -77,8 +85,64 @@ inline int max(int a, int b) { return a > b ? a : b; }
 inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 inline float __expf(float x) { return expf(x); }
-inline void __syncthreads() {}
-inline float __shfl_xor_sync(unsigned, float v, int) { return v; } /* not run: one thread has no warp */
+inline float __fdividef(float a, float b) { return a / b; }
+
+/* The block launch_on_cpu is running: a barrier for the whole block and one per warp, and a slot per
+ * thread for the values a shuffle exchanges. */
+struct block_on_cpu {
+    std::barrier<> block;
+    std::vector<std::unique_ptr<std::barrier<>>> warps;
+    std::vector<float> slots;
+    explicit block_on_cpu(unsigned threads) : block((ptrdiff_t)threads), slots(threads)
+    {
+        for (unsigned w = 0; w * 32 < threads; w++)
+            warps.push_back(std::make_unique<std::barrier<>>((ptrdiff_t)(threads - w * 32 < 32 ? threads - w * 32 : 32)));
+    }
+};
+inline block_on_cpu *g_block_on_cpu;
+
+inline unsigned thread_rank() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+
+inline void __syncthreads()
+{
+    if (g_block_on_cpu) g_block_on_cpu->block.arrive_and_wait();
+}
+
+/* Every lane of the warp takes part (the full mask: all the kernels here pass it). */
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask)
+{
+    if (!g_block_on_cpu) abort(); /* a shuffling kernel called directly: run it with launch_on_cpu */
+    unsigned me = thread_rank(), partner = (me & ~31u) | ((me & 31u) ^ (unsigned)lane_mask);
+    std::barrier<> &warp = *g_block_on_cpu->warps[me / 32];
+    g_block_on_cpu->slots[me] = v;
+    warp.arrive_and_wait();
+    float got = g_block_on_cpu->slots[partner];
+    warp.arrive_and_wait(); /* nobody writes its slot again before every lane has read */
+    return got;
+}
+
+/* kernel<<<grid, block>>>: run() called by every thread of the grid, block after block. */
+template <typename F> void launch_on_cpu(dim3_on_cpu grid, dim3_on_cpu block, F run)
+{
+    unsigned threads = block.x * block.y * block.z;
+    gridDim = grid, blockDim = block;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) {
+                block_on_cpu state(threads);
+                std::vector<std::thread> team;
+                g_block_on_cpu = &state;
+                for (unsigned t = 0; t < threads; t++)
+                    team.emplace_back([&, t] {
+                        threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
+                        blockIdx = {x, y, z};
+                        run();
+                    });
+                for (std::thread &th : team) th.join();
+                g_block_on_cpu = nullptr;
+            }
+    gridDim = {1, 1, 1}, blockDim = {1, 1, 1};
+}
 inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
 {
     unsigned long long old = *p;
