@@ -259,14 +259,6 @@ static void leave_device(device_scope s, int device)
     if (s.prev >= 0 && s.prev != device) cudaSetDevice(s.prev);
 }
 
-static unsigned blocks_for(int64_t n, int threads)
-{
-    int64_t b = (n + threads - 1) / threads;
-    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
-}
-
-#define THREADS 256
-
 /* Launches KERNEL<T> for the context's activation type on `blocks` x `threads`, with `smem` bytes of
  * dynamic shared memory. */
 #define LAUNCH_SMEM(c, KERNEL, blocks, threads, smem, ...)                                                     \

@@ -60,6 +60,16 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 #define WV_GRID_STRIDE_LOOP(i, n) \
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (int64_t)gridDim.x * blockDim.x)
 
+#define THREADS 256 /* a block of the backend's own kernels */
+
+/* Blocks for a grid-stride loop over n elements, `threads` a block: one an element's thread, at
+ * most 524280 (the loop takes the rest). */
+static inline unsigned blocks_for(int64_t n, int threads)
+{
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : b > 65535 * 8 ? 65535 * 8 : b);
+}
+
 /* lat [z][T][h][w] (strides in bytes, frame t at `frame`) -> dst [P(g)][z]: z * std + mean, ring 0.
  * stats = mean[z] then std[z]. */
 template <typename T>

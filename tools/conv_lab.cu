@@ -28,6 +28,11 @@
  * replayed: whether cuDNN's calls can be captured at all, the host's cost per call then, and the
  * GPU's time per call queued one by one and replayed (small kernels leave gaps between them).
  *
+ * Last, the memory-bound kernels on the frames they run on most at 720p: the RMS norm + SiLU the
+ * backend launches (and the warp-per-position kernel it falls back on) and the pixel shuffle into
+ * the full-resolution frame, in GB/s of what they read and write, beside a device-to-device copy of
+ * as many bytes (the bandwidth they can hope for).
+ *
  * Build and run: tools/conv_lab.sh (exit 77 without a GPU). */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -38,7 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "wv_kernels.cuh" /* the backend's bias kernel, grid-stride loop and channels-last strides */
+#include "wv_kernels.cuh" /* the backend's own kernels, their launch geometry, channels-last strides */
 
 #define CHECK_CUDA(x)                                                                                     \
     do {                                                                                                  \
@@ -417,6 +422,78 @@ static void run_host_costs(void)
     cudaFree(x), cudaFree(y), cudaFree(w), cudaFree(bias);
 }
 
+static void report_bandwidth(const char *how, float ms, double bytes)
+{
+    if (ms < 0) printf("  %-9s failed\n", how);
+    else printf("  %-9s %8.3f ms %7.0f GB/s\n", how, ms, bytes / (ms * 1e-3) / 1e9);
+    g_failed = 0;
+}
+
+/* A device-to-device copy of `bytes` from x to y, timed: the ceiling for a kernel moving as many. */
+static void report_copy(void *y, const void *x, double bytes)
+{
+    report_bandwidth("memcpy", time_ms([&] {
+                         CHECK_CUDA(cudaMemcpyAsync(y, x, (size_t)(bytes / 2), cudaMemcpyDeviceToDevice, g_stream));
+                     }),
+                     bytes);
+}
+
+/* RMS norm + SiLU over n frames from a padded grid to a padded grid (a conv's output to the next
+ * conv's input), as exec_rms_norm launches it. */
+static void run_rms_norm(int C, int h, int w, int n)
+{
+    wv_grid g = {h, w, 1};
+    size_t elems = (size_t)n * (size_t)wv_grid_positions(g) * C;
+    double bytes = 2.0 * 2.0 * (double)elems; /* bf16, read once and written once */
+    void *x = random_buffer(elems, 11), *y = random_buffer(elems, 12), *gamma = random_buffer((size_t)C, 13);
+    int lanes_log2 = 0;
+    unsigned row_blocks = 0;
+    printf("rms_norm + silu: %d channels at %dx%d, %d frames (%.0f MB in and out)\n", C, h, w, n, bytes / 1e6);
+    if (rms_norm_vec_launch(g, n, C, 2, THREADS, &lanes_log2, &row_blocks))
+        report_bandwidth("vectors", time_ms([&] {
+                             rms_norm_vec_kernel<__nv_bfloat16><<<dim3(row_blocks, (unsigned)(h + 2), (unsigned)n),
+                                                                  THREADS, 0, g_stream>>>(x, g, y, g, C, gamma, 1,
+                                                                                          lanes_log2);
+                         }),
+                         bytes);
+    report_bandwidth("warp", time_ms([&] {
+                         rms_norm_kernel<__nv_bfloat16><<<blocks_for((int64_t)elems / C * 32, THREADS), THREADS, 0,
+                                                          g_stream>>>(x, g, y, g, C, n, gamma, 1);
+                     }),
+                     bytes);
+    report_copy(y, x, bytes);
+    CHECK_CUDA(cudaGetLastError());
+    cudaFree(x), cudaFree(y), cudaFree(gamma);
+}
+
+/* The sub-pixel phases of upsamples.11 (4 x C channels on the half-resolution grid the 2x2 conv
+ * leaves) into the interior of the full-resolution frame, as exec_pixel_shuffle launches it. */
+static void run_pixel_shuffle(int C, int h, int w)
+{
+    wv_grid gs = {h / 2 + 1, w / 2 + 1, 0}, gd = {h, w, 1};
+    int units = C * 2 / 16;
+    size_t src_elems = (size_t)wv_grid_positions(gs) * 4 * C, dst_elems = (size_t)wv_grid_positions(gd) * C;
+    double bytes = 2.0 * 2.0 * h * w * C;
+    void *src = random_buffer(src_elems, 14), *dst = random_buffer(dst_elems, 15);
+    printf("pixel_shuffle: %d channels into %dx%d (%.0f MB in and out)\n", C, h, w, bytes / 1e6);
+    report_bandwidth("vectors", time_ms([&] {
+                         pixel_shuffle_kernel<<<blocks_for((int64_t)h * w * units, THREADS), THREADS, 0, g_stream>>>(
+                             (const uint4 *)src, gs, 0, 0, (uint4 *)dst, gd, 0, 0, units);
+                     }),
+                     bytes);
+    report_copy(dst, src, bytes);
+    CHECK_CUDA(cudaGetLastError());
+    cudaFree(src), cudaFree(dst);
+}
+
+static void run_memory_kernels(void)
+{
+    run_rms_norm(96, 720, 1280, 4);
+    run_rms_norm(192, 360, 640, 4);
+    run_rms_norm(384, 180, 320, 2);
+    run_pixel_shuffle(96, 720, 1280);
+}
+
 int main(void)
 {
     int count = 0;
@@ -436,6 +513,7 @@ int main(void)
     CHECK_CUDA(cudaMalloc(&g_workspace, WORKSPACE));
     for (size_t i = 0; i < sizeof SHAPES / sizeof *SHAPES; i++) run_shape(&SHAPES[i]);
     run_host_costs();
+    run_memory_kernels();
     cudaFree(g_workspace);
     cudnnDestroyActivationDescriptor(g_identity);
     cudnnDestroy(g_cudnn);
