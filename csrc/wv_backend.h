@@ -76,9 +76,10 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
 /* The op list. X(name, return type, argument list). The backend struct, the op-name table and
  * the "supports" query are all generated from it. */
 #define WV_BACKEND_OPS(X)                                                                         \
-    /* a decode call: begin (checks where the latents live, orders work after call->stream),     \
-     * then steps; end_step may return while at most one step is still running; finish frees    \
-     * what begin took and runs on every exit path */                                             \
+    /* a decode call: begin (checks where the latents live, orders work after call->stream),      \
+     * then steps; end_step may return while at most one step is still running and the output     \
+     * of the last output_staging_copies steps is still leaving OUTPUT_STAGING (sync waits for    \
+     * both); finish frees what begin took and runs on every exit path */                         \
     X(begin, wv_status, (void *ctx, wv_call *call, wv_error *err))                                \
     X(end_step, wv_status, (void *ctx, wv_error *err))                                            \
     X(finish, void, (void *ctx))                                                                  \

@@ -416,6 +416,9 @@ static wv_status decode_sequence(decode_run *r, int q, progress_state *ps, wv_st
         }
         return st;
     }
+    /* The trunk's buffers share memory with the tiles' (the output staging among them), which the
+     * backend may still be copying the previous sequence's last output out of. */
+    if (q > 0 && (st = r->be->sync(r->ctx, err))) return st;
     start = now_seconds();
     for (int t = 0; t < T && !st; t++) {
         trunk_frame(r, t0 + t, t);

@@ -52,13 +52,16 @@ def psnr(a, b):
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
 
 
-def torch_unit(weights, latents, mean, std, precision):
-    """PyTorch's decode (the public implementation's, streamed) of the same inputs on the GPU, [0, 1]."""
+def torch_unit(weights, latents, mean, std, precision, end_frame=False):
+    """PyTorch's decode (the public implementation's, streamed) of the same inputs on the GPU, [0, 1];
+    with end_frame, the last latent frame decoded as a sequence of its own, as ours does."""
     torch = _torch()
     from wanvideo_vae.torch_reference import TorchWanDecoder
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     dec = TorchWanDecoder(weights, device="cuda", dtype=dtype, mean=np.asarray(mean), std=np.asarray(std))
-    return to_unit(dec.decode(torch.from_numpy(latents)).float().permute(1, 2, 3, 0).cpu().numpy())
+    parts = [latents[:, :-1], latents[:, -1:]] if end_frame else [latents]
+    return np.concatenate([to_unit(dec.decode(torch.from_numpy(np.ascontiguousarray(p))).float()
+                                   .permute(1, 2, 3, 0).cpu().numpy()) for p in parts])
 
 
 def assert_half_close(got, want, baseline, name):
@@ -175,16 +178,20 @@ def test_tiled_equals_untiled_on_the_gpu(precision):
     mean, std = random_stats(16, seed=3)
     lat = random_latents(16, 3, 14, 19, seed=3)
     dec = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
-    whole = dec.decode(lat, raw=True, enable_vae_tiling=False)
-    for tile in (40, 64, 96):
-        tiled = dec.decode(lat, raw=True, tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8)
-        assert dec.last_stats["n_tiles"] > 1
-        if precision == "fp32":
-            report(f"tiled {tile} vs untiled fp32", max=np.abs(tiled - whole).max())
-            assert np.abs(tiled - whole).max() <= TILED_FP32_TOL
-        else:  # per-shape algorithms round differently, and 16-bit storage carries that on
-            assert_half_close(to_unit(tiled), to_unit(whole), torch_unit(weights, lat, mean, std, "bf16"),
-                              f"tiled {tile} vs untiled bf16")
+    # end_frame: two sequences in one call, the second's trunk in memory the first's tiles used
+    for end_frame in (False, True):
+        whole = dec.decode(lat, raw=True, end_frame=end_frame, enable_vae_tiling=False)
+        for tile in (40, 64, 96):
+            tiled = dec.decode(lat, raw=True, end_frame=end_frame, tile_x=tile, tile_y=tile, tile_stride_x=8,
+                               tile_stride_y=8)
+            assert dec.last_stats["n_tiles"] > 1
+            name = f"tiled {tile} vs untiled{' end_frame' if end_frame else ''} {precision}"
+            if precision == "fp32":
+                report(name, max=np.abs(tiled - whole).max())
+                assert np.abs(tiled - whole).max() <= TILED_FP32_TOL
+            else:  # per-shape algorithms round differently, and 16-bit storage carries that on
+                assert_half_close(to_unit(tiled), to_unit(whole),
+                                  torch_unit(weights, lat, mean, std, "bf16", end_frame=end_frame), name)
 
 
 def _device_used():

@@ -70,6 +70,7 @@ static const run RUNS[] = {
     {"tiles, trunk to the first upsample", 3, 5, 6, 40, 0, 0},
     {"small tiles of a larger frame, trunk to the attention", 2, 28, 28, 40, 0, 0},
     {"end frame in tiles", 4, 5, 6, 40, 1, 0},
+    {"end frame in small tiles of a larger frame", 3, 28, 28, 40, 1, 0}, /* staging over the attention scores */
     {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80},
 };
 

@@ -7,6 +7,13 @@
  * nothing is left allocated at the end (stub_report). Graph capture records nothing: a captured
  * stream's work runs as it is issued, and a graph launch does nothing.
  *
+ * It also looks for races between streams: work runs here as it is issued, but on a GPU two
+ * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
+ * or the host waited for the first before issuing the second. Each copy, memset, convolution and
+ * GEMM is kept with the ranges it reads and writes, stamped with its stream's clock; one that
+ * touches what another stream's unordered work writes (or writes what it reads) is reported as a
+ * race. Kernels' arguments are opaque here, so what kernels touch is not checked.
+ *
  * Only the calls the backend makes are here; a new one fails the link, which is the point. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -16,6 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <deque>
+#include <vector>
 
 #include "cuda_stub.h"
 
@@ -116,30 +126,133 @@ static cudaError_t give_block(void *p, int kind)
     return cudaErrorInvalidValue;
 }
 
+/* ---- streams, events and the races between streams ----------------------------------------- */
+
+/* One piece of work's access: [lo, hi) read, or written. */
+struct access {
+    const char *lo, *hi;
+    int write;
+};
+
+struct work {
+    uint64_t tick; /* its stream's clock when it was issued (1 for the stream's first) */
+    const char *what;
+    access acc[5];
+    int n;
+};
+
+/* A stream's clock: ticks issued, and for every stream the ticks known done before its next work
+ * starts (its own included). */
+struct stream_state {
+    uint64_t issued = 0;
+    std::vector<uint64_t> known;
+    std::deque<work> recent; /* its work that some stream may not yet be ordered after */
+};
+
+static std::vector<stream_state> g_streams; /* by id: 0 the NULL stream, 1 legacy, 2 per-thread */
+static std::vector<uint64_t> g_host_known;   /* ticks of each stream the host has waited for */
+static long g_races;
+
+static void grow(std::vector<uint64_t> &v) { v.resize(g_streams.size(), 0); }
+
+static void merge(std::vector<uint64_t> &into, const std::vector<uint64_t> &from)
+{
+    grow(into);
+    for (size_t i = 0; i < from.size(); i++) into[i] = into[i] > from[i] ? into[i] : from[i];
+}
+
+static int new_stream_id(void)
+{
+    if (g_streams.empty()) g_streams.resize(3);
+    g_streams.emplace_back();
+    return (int)g_streams.size() - 1;
+}
+
 /* Handles: each a live object of its type, counted. */
-struct CUstream_st { int live; };
-struct CUevent_st { int live; };
+struct CUstream_st { int id = new_stream_id(); };
+struct CUevent_st { std::vector<uint64_t> snapshot; };
 struct CUgraph_st { int live; };
 struct CUgraphExec_st { int live; };
-struct cudnnContext { int live; };
+struct cudnnContext { cudaStream_t stream; };
 struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
 struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; };
 struct cudnnConvolutionStruct { int n, pad[6]; };
 struct cudnnActivationStruct { int live; };
-struct cublasContext { int live; };
+struct cublasContext { cudaStream_t stream; };
 
 static long g_handles;
 
 template <typename T> static T *make_handle(void)
 {
     g_handles++;
-    return (T *)calloc(1, sizeof(T));
+    return new T();
 }
 
 template <typename T> static void drop_handle(T *h)
 {
-    if (h) g_handles--, free(h);
+    if (h) g_handles--, delete h;
 }
+
+static stream_state &state_of(cudaStream_t s)
+{
+    uintptr_t u = (uintptr_t)s;
+    if (g_streams.empty()) g_streams.resize(3);
+    return g_streams[u <= 2 ? u : (size_t)s->id];
+}
+
+static int overlap(const access &a, const access &b) { return (a.write || b.write) && a.lo < b.hi && b.lo < a.hi; }
+
+/* Work on stream s with these accesses: checked against every other stream's work that s is not
+ * ordered after, then kept. Work that every stream and the host are ordered after is dropped. */
+static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses)
+{
+    stream_state &me = state_of(s);
+    size_t id = (size_t)(&me - g_streams.data());
+    work w;
+    merge(me.known, g_host_known); /* what the host waited for is done before anything it issues now */
+    w.tick = ++me.issued;
+    me.known[id] = w.tick;
+    w.what = what;
+    w.n = 0;
+    for (const access &a : accesses)
+        if (a.hi > a.lo && w.n < 5) w.acc[w.n++] = a;
+    for (size_t o = 0; o < g_streams.size(); o++) {
+        if (o == id) continue;
+        uint64_t ordered = o < me.known.size() ? me.known[o] : 0;
+        for (const work &x : g_streams[o].recent) {
+            if (x.tick <= ordered) continue;
+            for (int i = 0; i < x.n; i++)
+                for (int j = 0; j < w.n; j++)
+                    if (overlap(x.acc[i], w.acc[j]) && g_races++ < 20)
+                        fprintf(stderr, "cuda stub: race: %s (stream %zu) and %s (stream %zu), unordered, touch %p\n",
+                                w.what, id, x.what, o, (const void *)(x.acc[i].lo > w.acc[j].lo ? x.acc[i].lo : w.acc[j].lo));
+        }
+    }
+    if (w.n) me.recent.push_back(w);
+    for (size_t o = 0; o < g_streams.size(); o++) { /* drop what everyone is ordered after */
+        uint64_t floor = o < g_host_known.size() ? g_host_known[o] : 0, least = UINT64_MAX;
+        for (size_t t = 0; t < g_streams.size(); t++) {
+            if (t == o) continue;
+            uint64_t k = o < g_streams[t].known.size() ? g_streams[t].known[o] : 0;
+            least = least < k ? least : k;
+        }
+        floor = floor > least ? floor : least;
+        while (!g_streams[o].recent.empty() && g_streams[o].recent.front().tick <= floor) g_streams[o].recent.pop_front();
+    }
+}
+
+/* cudaFree and cudaFreeHost wait for the whole device. */
+static void device_synchronized(void)
+{
+    for (size_t i = 0; i < g_streams.size(); i++) {
+        grow(g_host_known);
+        g_host_known[i] = g_streams[i].issued;
+        g_streams[i].recent.clear();
+    }
+}
+
+static access reads(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 0}; }
+static access writes(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 1}; }
 
 static size_t type_bytes(cudnnDataType_t t) { return t == CUDNN_DATA_FLOAT ? 4 : 2; }
 
@@ -171,8 +284,9 @@ extern "C" int stub_report(void)
 {
     free(g_next_parts);
     g_next_parts = NULL;
-    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0;
+    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0 || g_races != 0;
     if (g_n_blocks) fprintf(stderr, "cuda stub: %d allocations left\n", g_n_blocks);
+    if (g_races) fprintf(stderr, "cuda stub: %ld races between streams\n", g_races);
     if (g_handles) fprintf(stderr, "cuda stub: %ld handles left\n", g_handles);
     if (g_violations) fprintf(stderr, "cuda stub: %ld out-of-range accesses\n", g_violations);
     return bad;
@@ -231,7 +345,11 @@ const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no er
 
 cudaError_t cudaMalloc(void **p, size_t bytes) { return take_block(p, bytes, KIND_DEVICE); }
 
-cudaError_t cudaFree(void *p) { return give_block(p, KIND_DEVICE); }
+cudaError_t cudaFree(void *p)
+{
+    device_synchronized();
+    return give_block(p, KIND_DEVICE);
+}
 
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 {
@@ -239,7 +357,11 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
     return take_block(p, bytes, KIND_PINNED);
 }
 
-cudaError_t cudaFreeHost(void *p) { return give_block(p, KIND_PINNED); }
+cudaError_t cudaFreeHost(void *p)
+{
+    device_synchronized();
+    return give_block(p, KIND_PINNED);
+}
 
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const void *p)
 {
@@ -253,9 +375,10 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const void *p)
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s)
 {
-    (void)kind, (void)s;
+    (void)kind;
     check_any("cudaMemcpyAsync source", src, bytes);
     check_any("cudaMemcpyAsync destination", dst, bytes);
+    issue(s, "cudaMemcpyAsync", {reads(src, bytes), writes(dst, bytes)});
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -263,19 +386,20 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
                               cudaMemcpyKind kind, cudaStream_t s)
 {
-    (void)kind, (void)s;
+    (void)kind;
     if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
     if (!height || !width) return cudaSuccess;
     check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
     check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
+    issue(s, "cudaMemcpy2DAsync", {reads(src, spitch * (height - 1) + width), writes(dst, dpitch * (height - 1) + width)});
     for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 {
-    (void)s;
     check_device("cudaMemsetAsync", p, bytes);
+    issue(s, "cudaMemsetAsync", {writes(p, bytes)});
     memset(p, value, bytes);
     return cudaSuccess;
 }
@@ -297,28 +421,35 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 RUNTIME_OBJECT(cudaStreamCreateWithFlags, cudaStreamDestroy, cudaStream_t, CUstream_st)
 RUNTIME_OBJECT(cudaEventCreateWithFlags, cudaEventDestroy, cudaEvent_t, CUevent_st)
 
+/* The stream's work is done, and all it was ordered after. */
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
-    (void)s;
+    stream_state &st = state_of(s);
+    merge(g_host_known, st.known);
+    g_host_known[(size_t)(&st - g_streams.data())] = st.issued;
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags)
 {
-    (void)s, (void)e, (void)flags;
+    (void)flags;
+    merge(state_of(s).known, e->snapshot);
     return cudaSuccess;
 }
 
-
+/* The event stands for the stream's work so far, and all it was ordered after. */
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
-    (void)e, (void)s;
+    stream_state &st = state_of(s);
+    merge(st.known, g_host_known);
+    st.known[(size_t)(&st - g_streams.data())] = st.issued;
+    e->snapshot = st.known;
     return cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
-    (void)e;
+    merge(g_host_known, e->snapshot);
     return cudaSuccess;
 }
 
@@ -427,7 +558,7 @@ const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCC
 CUDNN_OBJECT(cudnnCreate, cudnnDestroy, cudnnHandle_t, cudnnContext)
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
 {
-    (void)h, (void)s;
+    h->stream = s;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -512,8 +643,10 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
                                       const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
                                       size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)h, (void)alpha, (void)c, (void)algo, (void)beta;
+    (void)alpha, (void)c, (void)algo, (void)beta;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    issue(h->stream, "cudnnConvolutionForward",
+          {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), writes(ws, ws_bytes), writes(y, tensor_span(yd))});
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -524,10 +657,13 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const void *z, const cudnnTensorDescriptor_t bd, const void *bias, const cudnnActivationDescriptor_t act,
     const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)h, (void)alpha1, (void)c, (void)algo, (void)alpha2, (void)act;
+    (void)alpha1, (void)c, (void)algo, (void)alpha2, (void)act;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));
+    issue(h->stream, "cudnnConvolutionBiasActivationForward",
+          {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), reads(z, tensor_span(zd)), writes(ws, ws_bytes),
+           writes(y, tensor_span(yd))});
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -556,7 +692,7 @@ cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
 
 cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
 {
-    (void)h, (void)s;
+    h->stream = s;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -594,10 +730,13 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo)
 {
-    (void)h, (void)alpha, (void)beta, (void)compute, (void)algo;
-    check_device("GEMM A", A, ta == CUBLAS_OP_N ? matrix_span(m, k, lda, at) : matrix_span(k, m, lda, at));
-    check_device("GEMM B", B, tb == CUBLAS_OP_N ? matrix_span(k, n, ldb, bt) : matrix_span(n, k, ldb, bt));
+    (void)alpha, (void)beta, (void)compute, (void)algo;
+    size_t a_span = ta == CUBLAS_OP_N ? matrix_span(m, k, lda, at) : matrix_span(k, m, lda, at);
+    size_t b_span = tb == CUBLAS_OP_N ? matrix_span(k, n, ldb, bt) : matrix_span(n, k, ldb, bt);
+    check_device("GEMM A", A, a_span);
+    check_device("GEMM B", B, b_span);
     check_device("GEMM C", C, matrix_span(m, n, ldc, ct));
+    issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct))});
     return CUBLAS_STATUS_SUCCESS;
 }
 
