@@ -62,8 +62,8 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 
 #define THREADS 256 /* a block of the backend's own kernels */
 
-/* Blocks for a grid-stride loop over n elements, `threads` a block: one an element's thread, at
- * most 524280 (the loop takes the rest). */
+/* Blocks for a grid-stride loop over n elements, `threads` a block: a thread an element, up to
+ * 524280 blocks (the loop covers the rest). */
 static inline unsigned blocks_for(int64_t n, int threads)
 {
     int64_t b = (n + threads - 1) / threads;

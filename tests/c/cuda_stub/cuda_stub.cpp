@@ -4,8 +4,9 @@
  * are meaningless. What it checks: every range a copy, memset, convolution or GEMM touches lies
  * inside one live allocation (device memory from cudaMalloc, pinned memory from cudaHostAlloc, or
  * the caller's own host memory for copies), every handle is one it made and not yet destroyed, and
- * nothing is left allocated at the end (stub_report). Graph capture records nothing: a captured
- * stream's work runs as it is issued, and a graph launch does nothing.
+ * nothing is left allocated at the end (stub_report). A captured stream's work moves its bytes as
+ * it is issued, and a graph launch moves none, but the race checks below follow the GPU: captured
+ * work is kept in its graph and is checked each time a launch issues it.
  *
  * It also looks for races between streams: work runs here as it is issued, but on a GPU two
  * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
@@ -169,10 +170,13 @@ static int new_stream_id(void)
 }
 
 /* Handles: each a live object of its type, counted. */
-struct CUstream_st { int id = new_stream_id(); };
+struct CUstream_st {
+    int id = new_stream_id();
+    std::vector<work> *capture = nullptr; /* while a graph is being captured: its work */
+};
 struct CUevent_st { std::vector<uint64_t> snapshot; };
-struct CUgraph_st { int live; };
-struct CUgraphExec_st { int live; };
+struct CUgraph_st { std::vector<work> works; };
+struct CUgraphExec_st { std::vector<work> works; };
 struct cudnnContext { cudaStream_t stream; };
 struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
 struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; };
@@ -202,20 +206,22 @@ static stream_state &state_of(cudaStream_t s)
 
 static int overlap(const access &a, const access &b) { return (a.write || b.write) && a.lo < b.hi && b.lo < a.hi; }
 
-/* Work on stream s with these accesses: checked against every other stream's work that s is not
- * ordered after, then kept. Work that every stream and the host are ordered after is dropped. */
-static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses)
+static int is_special(cudaStream_t s) { return (uintptr_t)s <= 2; }
+
+/* Work w on stream s: checked against every other stream's work that s is not ordered after, then
+ * kept (or, while s is being captured, kept in the graph). Work that every stream and the host are
+ * ordered after is dropped. */
+static void issue_work(cudaStream_t s, work w)
 {
+    if (!is_special(s) && s->capture) {
+        s->capture->push_back(w);
+        return;
+    }
     stream_state &me = state_of(s);
     size_t id = (size_t)(&me - g_streams.data());
-    work w;
     merge(me.known, g_host_known); /* what the host waited for is done before anything it issues now */
     w.tick = ++me.issued;
     me.known[id] = w.tick;
-    w.what = what;
-    w.n = 0;
-    for (const access &a : accesses)
-        if (a.hi > a.lo && w.n < 5) w.acc[w.n++] = a;
     for (size_t o = 0; o < g_streams.size(); o++) {
         if (o == id) continue;
         uint64_t ordered = o < me.known.size() ? me.known[o] : 0;
@@ -241,6 +247,14 @@ static void issue(cudaStream_t s, const char *what, std::initializer_list<access
     }
 }
 
+static int g_capturing; /* streams being captured into graphs */
+
+/* A call that waits for the device (or for a stream) is illegal while a stream is captured. */
+static void no_capture(const char *what)
+{
+    if (g_capturing && g_violations++ < 20) fprintf(stderr, "cuda stub: %s while a stream is captured\n", what);
+}
+
 /* cudaFree and cudaFreeHost wait for the whole device. */
 static void device_synchronized(void)
 {
@@ -249,6 +263,17 @@ static void device_synchronized(void)
         g_host_known[i] = g_streams[i].issued;
         g_streams[i].recent.clear();
     }
+}
+
+static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses)
+{
+    work w;
+    w.tick = 0;
+    w.what = what;
+    w.n = 0;
+    for (const access &a : accesses)
+        if (a.hi > a.lo && w.n < 5) w.acc[w.n++] = a;
+    issue_work(s, w);
 }
 
 static access reads(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 0}; }
@@ -347,6 +372,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) { return take_block(p, bytes, KIN
 
 cudaError_t cudaFree(void *p)
 {
+    no_capture("cudaFree");
     device_synchronized();
     return give_block(p, KIND_DEVICE);
 }
@@ -359,6 +385,7 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 
 cudaError_t cudaFreeHost(void *p)
 {
+    no_capture("cudaFreeHost");
     device_synchronized();
     return give_block(p, KIND_PINNED);
 }
@@ -425,6 +452,7 @@ RUNTIME_OBJECT(cudaEventCreateWithFlags, cudaEventDestroy, cudaEvent_t, CUevent_
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
     stream_state &st = state_of(s);
+    no_capture("cudaStreamSynchronize");
     merge(g_host_known, st.known);
     g_host_known[(size_t)(&st - g_streams.data())] = st.issued;
     return cudaSuccess;
@@ -449,33 +477,42 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
+    no_capture("cudaEventSynchronize");
     merge(g_host_known, e->snapshot);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 {
-    (void)s, (void)mode;
+    (void)mode;
+    if (is_special(s) || s->capture) return cudaErrorIllegalState;
+    s->capture = new std::vector<work>();
+    g_capturing++;
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
-    (void)s;
+    if (is_special(s) || !s->capture) return cudaErrorIllegalState;
     *g = make_handle<CUgraph_st>();
+    (*g)->works.swap(*s->capture);
+    delete s->capture;
+    s->capture = nullptr;
+    g_capturing--;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g, unsigned long long flags)
 {
-    (void)g, (void)flags;
+    (void)flags;
     *exec = make_handle<CUgraphExec_st>();
+    (*exec)->works = g->works;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s)
 {
-    (void)exec, (void)s;
+    for (const work &w : exec->works) issue_work(s, w);
     return cudaSuccess;
 }
 
