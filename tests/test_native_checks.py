@@ -75,14 +75,16 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
-def test_conv_lab_compiles(tmp_path):
-    """tools/conv_lab.cu (cuDNN's speed on the 720p shapes, run by tools/gpu_check.sh) must keep
-    compiling wherever the CUDA build is required."""
+@pytest.mark.parametrize("script", ["tools/conv_lab.sh", "tools/host_cost.sh"])
+def test_cuda_tools_compile(tmp_path, script):
+    """The measuring tools must keep compiling wherever the CUDA build is required:
+    tools/conv_lab.cu (cuDNN's speed on the 720p shapes, run by tools/gpu_check.sh) and
+    tools/host_cost.c (the host side's cost of a full-size decode, on the stub runtime)."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     env = dict(os.environ, BUILD_DIR=str(tmp_path), BUILD_ONLY="1",
                WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
-    r = run(["bash", "tools/conv_lab.sh"], env=env)
+    r = run(["bash", script], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 

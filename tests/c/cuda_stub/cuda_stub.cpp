@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <chrono>
 #include <deque>
 #include <vector>
 
@@ -150,6 +151,17 @@ struct stream_state {
     std::deque<work> recent; /* its work that some stream may not yet be ordered after */
 };
 
+static stub_calls g_calls;
+
+/* Times what the stub does in the device's place (moving bytes), for stub_counts. */
+struct device_time {
+    std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    ~device_time()
+    {
+        g_calls.device_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+};
+
 static std::vector<stream_state> g_streams; /* by id: 0 the NULL stream, 1 legacy, 2 per-thread */
 static std::vector<uint64_t> g_host_known;   /* ticks of each stream the host has waited for */
 static long g_races;
@@ -207,6 +219,12 @@ static stream_state &state_of(cudaStream_t s)
 static int overlap(const access &a, const access &b) { return (a.write || b.write) && a.lo < b.hi && b.lo < a.hi; }
 
 static int is_special(cudaStream_t s) { return (uintptr_t)s <= 2; }
+
+/* A call issued now (not into a graph being captured), counted. */
+static void count(cudaStream_t s, long &calls)
+{
+    if (is_special(s) || !s->capture) calls++;
+}
 
 /* Work w on stream s: checked against every other stream's work that s is not ordered after, then
  * kept (or, while s is being captured, kept in the graph). Work that every stream and the host are
@@ -305,6 +323,8 @@ extern "C" void stub_arena_layout(size_t arena_bytes, int n, const size_t *offse
     for (int i = 0; i < n; i++) g_next_parts[i].offset = offsets[i], g_next_parts[i].bytes = sizes[i];
 }
 
+extern "C" stub_calls stub_counts(void) { return g_calls; }
+
 extern "C" int stub_report(void)
 {
     free(g_next_parts);
@@ -368,10 +388,15 @@ cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 
 const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "CUDA stub error"; }
 
-cudaError_t cudaMalloc(void **p, size_t bytes) { return take_block(p, bytes, KIND_DEVICE); }
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    device_time t;
+    return take_block(p, bytes, KIND_DEVICE);
+}
 
 cudaError_t cudaFree(void *p)
 {
+    device_time t;
     no_capture("cudaFree");
     device_synchronized();
     return give_block(p, KIND_DEVICE);
@@ -406,6 +431,8 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     check_any("cudaMemcpyAsync source", src, bytes);
     check_any("cudaMemcpyAsync destination", dst, bytes);
     issue(s, "cudaMemcpyAsync", {reads(src, bytes), writes(dst, bytes)});
+    count(s, g_calls.copies);
+    device_time t;
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -419,6 +446,8 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
     check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
     issue(s, "cudaMemcpy2DAsync", {reads(src, spitch * (height - 1) + width), writes(dst, dpitch * (height - 1) + width)});
+    count(s, g_calls.copies);
+    device_time t;
     for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
     return cudaSuccess;
 }
@@ -427,6 +456,8 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 {
     check_device("cudaMemsetAsync", p, bytes);
     issue(s, "cudaMemsetAsync", {writes(p, bytes)});
+    count(s, g_calls.copies);
+    device_time t;
     memset(p, value, bytes);
     return cudaSuccess;
 }
@@ -512,6 +543,7 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g, unsigned 
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s)
 {
+    g_calls.graph_launches++;
     for (const work &w : exec->works) issue_work(s, w);
     return cudaSuccess;
 }
@@ -569,7 +601,8 @@ cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
 cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
                                cudaStream_t s)
 {
-    (void)kernel, (void)grid, (void)block, (void)args, (void)shared, (void)s;
+    (void)kernel, (void)grid, (void)block, (void)args, (void)shared;
+    count(s, g_calls.kernels);
     return cudaSuccess;
 }
 
@@ -682,6 +715,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
 {
     (void)alpha, (void)c, (void)algo, (void)beta;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionForward",
           {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), writes(ws, ws_bytes), writes(y, tensor_span(yd))});
     return CUDNN_STATUS_SUCCESS;
@@ -698,6 +732,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));
+    count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionBiasActivationForward",
           {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), reads(z, tensor_span(zd)), writes(ws, ws_bytes),
            writes(y, tensor_span(yd))});
@@ -773,6 +808,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     check_device("GEMM A", A, a_span);
     check_device("GEMM B", B, b_span);
     check_device("GEMM C", C, matrix_span(m, n, ldc, ct));
+    count(h->stream, g_calls.gemms);
     issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct))});
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -12,6 +12,16 @@ extern "C" {
  * each range the backend touches there must lie inside one of them. */
 void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const size_t *sizes);
 
+/* Calls the host made outside graph capture (captured ones run in the graph launches), and the
+ * seconds the stub spent in the device's place: moving bytes (copies, memsets) and taking or giving
+ * back device memory (here host memory, each page faulted in as it is first touched). */
+typedef struct {
+    long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
+    double device_seconds;
+} stub_calls;
+
+stub_calls stub_counts(void);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
