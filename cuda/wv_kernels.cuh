@@ -62,6 +62,12 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 
 #define THREADS 256 /* a block of the backend's own kernels */
 
+/* A kernel's dynamic shared memory (the launch's smem bytes) as an array of T (tests/c/cuda_on_cpu
+ * defines its own). */
+#ifndef WV_DYNAMIC_SHARED
+#define WV_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 /* Blocks for a grid-stride loop over n elements, `threads` a block: a thread an element, up to
  * 524280 blocks (the loop covers the rest). */
 static inline unsigned blocks_for(int64_t n, int threads)
@@ -338,7 +344,7 @@ __global__ void narrow_conv_kernel(const void *f0, const void *f1, const void *f
                                    void *y_, wv_grid g, int cin, int cout, int accumulate)
 {
     enum { V = 16 / sizeof(T) };
-    extern __shared__ float ws[];
+    WV_DYNAMIC_SHARED(float, ws);
     const T *w = (const T *)w_, *bias = (const T *)bias_;
     T *y = (T *)y_;
     int taps_cin = 27 * cin, row_groups = (g.w + NARROW_PIXELS - 1) / NARROW_PIXELS;

@@ -75,6 +75,21 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_cuda_ops_against_the_cpu_ops_without_a_gpu(tmp_path):
+    """tests/c/test_backend_ops.cu on the stand-in runtime computing (tests/c/backend_ops_on_cpu.sh):
+    every CUDA op, its kernels run on the CPU and cuDNN's and cuBLAS's work done by loops over what
+    the backend's descriptors say, against the CPU backend's op, in the three precisions. Runs
+    wherever the CUDA build is required (CI with nvcc); no GPU needed."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    env = dict(os.environ, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
+    r = run(["bash", "tests/c/backend_ops_on_cpu.sh", str(tmp_path)], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = re.search(r"^(\d+) cases, 0 failed$", r.stdout, re.M)
+    assert m and int(m.group(1)) > 400, r.stdout[-3000:]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 @pytest.mark.parametrize("script", ["tools/conv_lab.sh", "tools/host_cost.sh"])
 def test_cuda_tools_compile(tmp_path, script):
     """The measuring tools must keep compiling wherever the CUDA build is required:

@@ -20,9 +20,10 @@ for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_
 done
 "$NVCC" -O2 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" -c cuda/wv_backend_cuda.cu \
     -o "$OUTDIR/wv_backend_cuda.o"
-g++ -std=c++17 -O2 -Wall $inc -c tests/c/cuda_stub/cuda_stub.cpp -o "$OUTDIR/cuda_stub.o"
+bash tests/c/cuda_stub/build.sh "$OUTDIR" -O2
 gcc -std=gnu11 -O2 -Wall -Wno-unused-function $inc -Itests/c -c tools/host_cost.c -o "$OUTDIR/host_cost.o"
-g++ "$OUTDIR/host_cost.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" $objs -L"$BLAS_DIR" -l"$BLAS_LIB" \
+g++ -pthread "$OUTDIR/host_cost.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" "$OUTDIR/on_cpu.o" $objs \
+    -L"$BLAS_DIR" -l"$BLAS_LIB" \
     -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/host_cost"
 [ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 "$OUTDIR/host_cost" "$@"

@@ -25,10 +25,10 @@ done
 # the backend as nvcc compiles it, kernels included (they never run), linked without the CUDA runtime
 "$NVCC" -g -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
     $nvcc_san -c cuda/wv_backend_cuda.cu -o "$OUTDIR/wv_backend_cuda.o"
-g++ -std=c++17 -g -O1 -Wall -Wextra -Werror $san $inc -c tests/c/cuda_stub/cuda_stub.cpp -o "$OUTDIR/cuda_stub.o"
+bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
-g++ $san "$OUTDIR/test_cuda_host.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" $objs \
-    -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/test_cuda_host"
+g++ $san -pthread "$OUTDIR/test_cuda_host.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" "$OUTDIR/on_cpu.o" \
+    $objs -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/test_cuda_host"
 # by default the equal-width convs of this small decoder all run by taps (2-frame caches); then every
 # causal conv on a 3-frame ring, its taps turned in the weight scratch
 ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"

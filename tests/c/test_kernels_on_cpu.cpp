@@ -11,8 +11,6 @@
 #include "wv_internal.h"
 #include "wv_kernels.cuh"
 
-float ws[1 << 16]; /* narrow_conv_kernel's `extern __shared__` weights */
-
 static int g_checks, g_failures;
 static uint32_t g_rng = 777u;
 

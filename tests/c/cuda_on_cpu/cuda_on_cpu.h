@@ -3,8 +3,9 @@
  * backend's ops on any machine, GPU or not. A kernel whose threads never cooperate (a grid-stride loop
  * over independent elements) is called directly, as one thread of a one-block grid. launch_on_cpu runs
  * a whole grid, a block at a time with each of its threads a host thread, for kernels whose lanes
- * exchange values in a warp (__shfl_xor_sync); __shared__ arrays are not emulated. Included by the
- * cuda_bf16.h and cuda_fp16.h beside it, which stand in for the toolkit's. */
+ * exchange values in a warp (__shfl_xor_sync) or whose threads meet in shared memory (__shared__,
+ * __syncthreads). Included by the cuda_bf16.h and cuda_fp16.h beside it, which stand in for the
+ * toolkit's. */
 #ifndef CUDA_ON_CPU_H
 #define CUDA_ON_CPU_H
 
@@ -22,7 +23,11 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__
+#define __shared__ static /* one array for all the threads of the block running (one at a time) */
+
+/* Dynamic shared memory, shared the same way (a launch here asks for at most this much). */
+inline float g_dynamic_shared_on_cpu[1 << 16];
+#define WV_DYNAMIC_SHARED(T, name) T *name = (T *)g_dynamic_shared_on_cpu
 
 struct dim3_on_cpu {
     unsigned x, y, z;

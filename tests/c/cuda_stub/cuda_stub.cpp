@@ -25,11 +25,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cxxabi.h>
+
 #include <chrono>
 #include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "cuda_stub.h"
+#include "on_cpu.h"
 
 /* ---- allocations and the checks on them -------------------------------------------------- */
 
@@ -181,18 +188,27 @@ static int new_stream_id(void)
     return (int)g_streams.size() - 1;
 }
 
+/* What a piece of work does to the bytes (WANVIDEO_STUB_COMPUTE=1 for the arithmetic), run when
+ * it is issued, or from its graph at each launch. */
+typedef std::shared_ptr<std::function<void()>> action;
+
+struct captured {
+    work w;
+    action act;
+};
+
 /* Handles: each a live object of its type, counted. */
 struct CUstream_st {
     int id = new_stream_id();
-    std::vector<work> *capture = nullptr; /* while a graph is being captured: its work */
+    std::vector<captured> *capture = nullptr; /* while a graph is being captured: its work */
 };
 struct CUevent_st { std::vector<uint64_t> snapshot; };
-struct CUgraph_st { std::vector<work> works; };
-struct CUgraphExec_st { std::vector<work> works; };
+struct CUgraph_st { std::vector<captured> steps; };
+struct CUgraphExec_st { std::vector<captured> steps; };
 struct cudnnContext { cudaStream_t stream; };
 struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
-struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; };
-struct cudnnConvolutionStruct { int n, pad[6]; };
+struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; cudnnTensorFormat_t format; };
+struct cudnnConvolutionStruct { int n, pad[6], stride[6], dilation[6]; };
 struct cudnnActivationStruct { int live; };
 struct cublasContext { cudaStream_t stream; };
 
@@ -227,14 +243,9 @@ static void count(cudaStream_t s, long &calls)
 }
 
 /* Work w on stream s: checked against every other stream's work that s is not ordered after, then
- * kept (or, while s is being captured, kept in the graph). Work that every stream and the host are
- * ordered after is dropped. */
-static void issue_work(cudaStream_t s, work w)
+ * kept. Work that every stream and the host are ordered after is dropped. */
+static void check_work(cudaStream_t s, work w)
 {
-    if (!is_special(s) && s->capture) {
-        s->capture->push_back(w);
-        return;
-    }
     stream_state &me = state_of(s);
     size_t id = (size_t)(&me - g_streams.data());
     merge(me.known, g_host_known); /* what the host waited for is done before anything it issues now */
@@ -283,7 +294,8 @@ static void device_synchronized(void)
     }
 }
 
-static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses)
+/* Work on stream s: kept in the graph while s is being captured, else checked and done. */
+static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses, action act = nullptr)
 {
     work w;
     w.tick = 0;
@@ -291,7 +303,25 @@ static void issue(cudaStream_t s, const char *what, std::initializer_list<access
     w.n = 0;
     for (const access &a : accesses)
         if (a.hi > a.lo && w.n < 5) w.acc[w.n++] = a;
-    issue_work(s, w);
+    if (!is_special(s) && s->capture) {
+        s->capture->push_back({w, act});
+        return;
+    }
+    check_work(s, w);
+    if (act) (*act)();
+}
+
+static action make_action(std::function<void()> f) { return std::make_shared<std::function<void()>>(std::move(f)); }
+
+/* Whether the stub does the arithmetic too (kernels on the CPU, convolutions, GEMMs). */
+static int computing(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("WANVIDEO_STUB_COMPUTE");
+        on = e && atoi(e) > 0;
+    }
+    return on;
 }
 
 static access reads(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 0}; }
@@ -430,10 +460,24 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     (void)kind;
     check_any("cudaMemcpyAsync source", src, bytes);
     check_any("cudaMemcpyAsync destination", dst, bytes);
-    issue(s, "cudaMemcpyAsync", {reads(src, bytes), writes(dst, bytes)});
     count(s, g_calls.copies);
-    device_time t;
+    issue(s, "cudaMemcpyAsync", {reads(src, bytes), writes(dst, bytes)}, make_action([=] {
+              device_time t;
+              memmove(dst, src, bytes);
+          }));
+    return cudaSuccess;
+}
+
+/* A synchronous copy waits for the device (the legacy stream's rule), then moves the bytes. */
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    (void)kind;
+    no_capture("cudaMemcpy");
+    check_any("cudaMemcpy source", src, bytes);
+    check_any("cudaMemcpy destination", dst, bytes);
+    device_synchronized();
     memmove(dst, src, bytes);
+    count(NULL, g_calls.copies);
     return cudaSuccess;
 }
 
@@ -445,20 +489,23 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     if (!height || !width) return cudaSuccess;
     check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
     check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
-    issue(s, "cudaMemcpy2DAsync", {reads(src, spitch * (height - 1) + width), writes(dst, dpitch * (height - 1) + width)});
     count(s, g_calls.copies);
-    device_time t;
-    for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+    issue(s, "cudaMemcpy2DAsync", {reads(src, spitch * (height - 1) + width), writes(dst, dpitch * (height - 1) + width)},
+          make_action([=] {
+              device_time t;
+              for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+          }));
     return cudaSuccess;
 }
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 {
     check_device("cudaMemsetAsync", p, bytes);
-    issue(s, "cudaMemsetAsync", {writes(p, bytes)});
     count(s, g_calls.copies);
-    device_time t;
-    memset(p, value, bytes);
+    issue(s, "cudaMemsetAsync", {writes(p, bytes)}, make_action([=] {
+              device_time t;
+              memset(p, value, bytes);
+          }));
     return cudaSuccess;
 }
 
@@ -517,7 +564,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 {
     (void)mode;
     if (is_special(s) || s->capture) return cudaErrorIllegalState;
-    s->capture = new std::vector<work>();
+    s->capture = new std::vector<captured>();
     g_capturing++;
     return cudaSuccess;
 }
@@ -526,7 +573,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
     if (is_special(s) || !s->capture) return cudaErrorIllegalState;
     *g = make_handle<CUgraph_st>();
-    (*g)->works.swap(*s->capture);
+    (*g)->steps.swap(*s->capture);
     delete s->capture;
     s->capture = nullptr;
     g_capturing--;
@@ -537,14 +584,17 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g, unsigned 
 {
     (void)flags;
     *exec = make_handle<CUgraphExec_st>();
-    (*exec)->works = g->works;
+    (*exec)->steps = g->steps;
     return cudaSuccess;
 }
 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s)
 {
     g_calls.graph_launches++;
-    for (const work &w : exec->works) issue_work(s, w);
+    for (const captured &c : exec->steps) {
+        check_work(s, c.w);
+        if (c.act) (*c.act)();
+    }
     return cudaSuccess;
 }
 
@@ -572,23 +622,49 @@ void __cudaRegisterFatBinaryEnd(void **handle) { (void)handle; }
 
 void __cudaUnregisterFatBinary(void **handle) { (void)handle; }
 
+/* Each kernel's host function and its name as the demangler prints it without the return type and
+ * the parameters ("pixel_shuffle_kernel<uint4>"): on_cpu.cpp finds its CPU version by that name. */
+static std::map<const void *, std::string> &kernel_names(void)
+{
+    static std::map<const void *, std::string> names;
+    return names;
+}
+
 void __cudaRegisterFunction(void **handle, const char *host_fun, char *device_fun, const char *device_name,
                             int thread_limit, uint3 *tid, uint3 *bid, dim3 *bdim, dim3 *gdim, int *wsize)
 {
-    (void)handle, (void)host_fun, (void)device_fun, (void)device_name, (void)thread_limit;
-    (void)tid, (void)bid, (void)bdim, (void)gdim, (void)wsize;
+    int status = 0;
+    char *full = abi::__cxa_demangle(device_name, NULL, NULL, &status);
+    std::string name = full && !status ? full : device_name;
+    (void)handle, (void)device_fun, (void)thread_limit, (void)tid, (void)bid, (void)bdim, (void)gdim, (void)wsize;
+    free(full);
+    if (name.compare(0, 5, "void ") == 0) name.erase(0, 5);
+    if (name.find('(') != std::string::npos) name.erase(name.find('('));
+    kernel_names()[(const void *)host_fun] = name;
 }
+
+/* kernel<<<grid, block, shared, stream>>>: nvcc's host code pushes the launch's configuration, then
+ * the kernel's host function pops it and launches. */
+struct call_configuration {
+    dim3 grid, block;
+    size_t shared;
+    cudaStream_t stream;
+};
+static std::vector<call_configuration> g_configurations;
 
 unsigned __cudaPushCallConfiguration(dim3 grid, dim3 block, size_t shared, struct CUstream_st *s)
 {
-    (void)grid, (void)block, (void)shared, (void)s;
+    g_configurations.push_back({grid, block, shared, s});
     return 0;
 }
 
 cudaError_t __cudaPopCallConfiguration(dim3 *grid, dim3 *block, size_t *shared, void *s)
 {
-    *grid = dim3(1, 1, 1), *block = dim3(1, 1, 1), *shared = 0;
-    *(cudaStream_t *)s = NULL;
+    if (g_configurations.empty()) return cudaErrorInvalidConfiguration;
+    call_configuration c = g_configurations.back();
+    g_configurations.pop_back();
+    *grid = c.grid, *block = c.block, *shared = c.shared;
+    *(cudaStream_t *)s = c.stream;
     return cudaSuccess;
 }
 
@@ -601,8 +677,21 @@ cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
 cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
                                cudaStream_t s)
 {
-    (void)kernel, (void)grid, (void)block, (void)args, (void)shared;
+    action run;
+    (void)shared;
     count(s, g_calls.kernels);
+    if (computing()) {
+        const std::string &name = kernel_names()[(const void *)kernel];
+        unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
+        void *bound = kernel_on_cpu_bind(name.c_str(), args, g, b);
+        if (!bound) {
+            if (g_violations++ < 20) fprintf(stderr, "cuda stub: no CPU version of kernel '%s'\n", name.c_str());
+            return cudaErrorInvalidDeviceFunction;
+        }
+        std::shared_ptr<void> held(bound, kernel_on_cpu_free);
+        run = make_action([held] { kernel_on_cpu_run(held.get()); });
+    }
+    issue(s, "kernel", {}, run);
     return cudaSuccess;
 }
 
@@ -647,9 +736,8 @@ CUDNN_OBJECT(cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor, cudnnFil
 cudnnStatus_t cudnnSetFilterNdDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type, cudnnTensorFormat_t format,
                                          int nd, const int dims[])
 {
-    (void)format;
     if (nd < 1 || nd > 8) return CUDNN_STATUS_BAD_PARAM;
-    d->nd = nd, d->type = type;
+    d->nd = nd, d->type = type, d->format = format;
     memcpy(d->dims, dims, sizeof(int) * (size_t)nd);
     return CUDNN_STATUS_SUCCESS;
 }
@@ -660,10 +748,12 @@ cudnnStatus_t cudnnSetConvolutionNdDescriptor(cudnnConvolutionDescriptor_t d, in
                                               const int stride[], const int dilation[], cudnnConvolutionMode_t mode,
                                               cudnnDataType_t type)
 {
-    (void)stride, (void)dilation, (void)mode, (void)type;
-    if (n < 1 || n > 6) return CUDNN_STATUS_BAD_PARAM;
+    (void)type;
+    if (n < 1 || n > 6 || mode != CUDNN_CROSS_CORRELATION) return CUDNN_STATUS_BAD_PARAM;
     d->n = n;
     memcpy(d->pad, pad, sizeof(int) * (size_t)n);
+    memcpy(d->stride, stride, sizeof(int) * (size_t)n);
+    memcpy(d->dilation, dilation, sizeof(int) * (size_t)n);
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -699,6 +789,49 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudn
     return CUDNN_STATUS_SUCCESS;
 }
 
+static int on_cpu_type(int cuda_or_cudnn_type, int is_cudnn)
+{
+    if (is_cudnn)
+        return cuda_or_cudnn_type == CUDNN_DATA_FLOAT ? ON_CPU_F32 : cuda_or_cudnn_type == CUDNN_DATA_HALF ? ON_CPU_F16 : ON_CPU_BF16;
+    return cuda_or_cudnn_type == CUDA_R_32F ? ON_CPU_F32 : cuda_or_cudnn_type == CUDA_R_16F ? ON_CPU_F16 : ON_CPU_BF16;
+}
+
+static tensor_on_cpu tensor_of(const cudnnTensorStruct *d)
+{
+    tensor_on_cpu t;
+    memset(&t, 0, sizeof t);
+    t.nd = d->nd, t.type = on_cpu_type(d->type, 1);
+    for (int i = 0; i < d->nd; i++) t.dims[i] = d->dims[i], t.strides[i] = d->strides[i];
+    return t;
+}
+
+/* A filter as cuDNN's NHWC format lays it out: k, the spatial dims, then c. */
+static tensor_on_cpu filter_of(const cudnnFilterStruct *d)
+{
+    tensor_on_cpu t;
+    memset(&t, 0, sizeof t);
+    t.nd = d->nd, t.type = on_cpu_type(d->type, 1);
+    for (int i = 0; i < d->nd; i++) t.dims[i] = d->dims[i];
+    return t;
+}
+
+/* The convolution's arithmetic, from the descriptors as they are now (bias: NULL when plain). */
+static action conv_action(const cudnnTensorDescriptor_t xd, const void *x, const cudnnFilterDescriptor_t wd,
+                          const void *w, const cudnnConvolutionDescriptor_t c, float alpha1, const void *z, float alpha2,
+                          const cudnnTensorDescriptor_t bd, const void *bias, float beta,
+                          const cudnnTensorDescriptor_t yd, void *y)
+{
+    tensor_on_cpu xt = tensor_of(xd), wt = filter_of(wd), yt = tensor_of(yd);
+    int bias_type = bd ? on_cpu_type(bd->type, 1) : ON_CPU_F32, pad[6];
+    for (int i = 0; i < c->n; i++)
+        if (c->stride[i] != 1 || c->dilation[i] != 1 || wd->format != CUDNN_TENSOR_NHWC) {
+            if (g_violations++ < 20) fprintf(stderr, "cuda stub: a convolution it cannot compute (stride, dilation, format)\n");
+            return nullptr;
+        }
+    memcpy(pad, c->pad, sizeof pad);
+    return make_action([=] { conv_on_cpu(&xt, x, &wt, w, pad, alpha1, z, alpha2, bias, bias_type, beta, &yt, y); });
+}
+
 static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cudnnFilterDescriptor_t wd,
                        const void *w, void *ws, size_t ws_bytes, const cudnnTensorDescriptor_t yd, void *y)
 {
@@ -713,11 +846,14 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
                                       const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
                                       size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)alpha, (void)c, (void)algo, (void)beta;
+    (void)algo;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionForward",
-          {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), writes(ws, ws_bytes), writes(y, tensor_span(yd))});
+          {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), writes(ws, ws_bytes), writes(y, tensor_span(yd))},
+          computing() ? conv_action(xd, x, wd, w, c, *(const float *)alpha, NULL, 0.0f, NULL, NULL,
+                                    *(const float *)beta, yd, y)
+                      : nullptr);
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -728,14 +864,17 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const void *z, const cudnnTensorDescriptor_t bd, const void *bias, const cudnnActivationDescriptor_t act,
     const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)alpha1, (void)c, (void)algo, (void)alpha2, (void)act;
+    (void)algo, (void)act; /* identity, the only one the backend asks for */
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));
     count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionBiasActivationForward",
           {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), reads(z, tensor_span(zd)), writes(ws, ws_bytes),
-           writes(y, tensor_span(yd))});
+           writes(y, tensor_span(yd))},
+          computing() ? conv_action(xd, x, wd, w, c, *(const float *)alpha1, z, *(const float *)alpha2, bd, bias,
+                                    0.0f, yd, y)
+                      : nullptr);
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -802,14 +941,19 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo)
 {
-    (void)alpha, (void)beta, (void)compute, (void)algo;
+    (void)compute, (void)algo; /* fp32 sums, as the backend asks */
     size_t a_span = ta == CUBLAS_OP_N ? matrix_span(m, k, lda, at) : matrix_span(k, m, lda, at);
     size_t b_span = tb == CUBLAS_OP_N ? matrix_span(k, n, ldb, bt) : matrix_span(n, k, ldb, bt);
     check_device("GEMM A", A, a_span);
     check_device("GEMM B", B, b_span);
     check_device("GEMM C", C, matrix_span(m, n, ldc, ct));
     count(h->stream, g_calls.gemms);
-    issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct))});
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    int ta_ = ta != CUBLAS_OP_N, tb_ = tb != CUBLAS_OP_N, at_ = on_cpu_type(at, 0), bt_ = on_cpu_type(bt, 0),
+        ct_ = on_cpu_type(ct, 0);
+    issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct))},
+          computing() ? make_action([=] { gemm_on_cpu(ta_, tb_, m, n, k, al, A, at_, lda, B, bt_, ldb, be, C, ct_, ldc); })
+                      : nullptr);
     return CUBLAS_STATUS_SUCCESS;
 }
 
