@@ -63,15 +63,18 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
 def test_cuda_backend_host_side_without_a_gpu(tmp_path):
     """tests/c/test_cuda_host.c: every kind of plan decoded through the CUDA tables with a stand-in
     CUDA runtime, cuDNN and cuBLAS (tests/c/cuda_stub/), under the sanitizers: no error, every
-    convolution, copy and GEMM inside one arena buffer or allocation, allocation failures clean,
-    nothing left allocated. Runs wherever the CUDA build is required (CI with nvcc); no GPU needed."""
+    convolution, copy and GEMM inside one arena buffer or allocation, no race between streams,
+    allocation failures clean, nothing left allocated; then with the stub computing on the CPU, each
+    small decode equal to the CPU backend's. Runs wherever the CUDA build is required (CI with nvcc);
+    no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     env = dict(os.environ, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
     r = run(["bash", "tests/c/cuda_host.sh", str(tmp_path)], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # twice: the default widths by taps, then every causal conv on a 3-frame ring
-    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 2, r.stdout[-3000:]
+    # three times: the default widths by taps, every causal conv on a 3-frame ring, the stub computing
+    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 3, r.stdout[-3000:]
+    assert len(re.findall(r"^ok .*max \|CUDA on the stub - CPU\|", r.stdout, re.M)) >= 12, r.stdout[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")

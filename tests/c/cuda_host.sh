@@ -33,3 +33,6 @@ g++ $san -pthread "$OUTDIR/test_cuda_host.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDI
 # causal conv on a 3-frame ring, its taps turned in the weight scratch
 ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"
 ASAN_OPTIONS=detect_leaks=1 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 "$OUTDIR/test_cuda_host"
+# and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
+# of a small frame against the CPU backend's
+ASAN_OPTIONS=detect_leaks=1 WANVIDEO_STUB_COMPUTE=2 "$OUTDIR/test_cuda_host"

@@ -1,6 +1,8 @@
 /* The CUDA backend's host side, run without a GPU: the driver decodes through the CUDA tables with
  * tests/c/cuda_stub/ standing in for the CUDA runtime, cuDNN and cuBLAS (device memory is host
- * memory, kernels and convolutions do nothing). Built with the sanitizers by tests/c/cuda_host.sh.
+ * memory, kernels and convolutions do nothing, unless WANVIDEO_STUB_COMPUTE=2: then they compute on
+ * the CPU, and each decode of a small frame is compared with the CPU backend's, in fp32, bf16 and bf16
+ * with step graphs). Built with the sanitizers by tests/c/cuda_host.sh.
  * It checks what needs no arithmetic: every plan this decoder makes (untiled, tiles with the trunk
  * ending at the attention or at the first upsample, a budget, end_frame, step graphs, the direct
  * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
@@ -8,6 +10,7 @@
  * t apart) or one allocation; an allocation that fails anywhere fails cleanly; and nothing is left
  * allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
  * tests/test_cuda.py). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +45,36 @@ static void hand_layout_to_stub(const wv_plan *p, size_t act_bytes)
     stub_arena_layout(p->arena_bytes, n, offsets, sizes);
 }
 
+/* With the stub computing (WANVIDEO_STUB_COMPUTE=2): the decoder on the CPU backend, whose output
+ * each decode's must match. */
+static const wv_model *g_reference;
+
+/* out (the plan's frames) against the CPU backend's decode of the same latents: within tol, on the
+ * [0, 1] image. */
+static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, const float *out, double tol)
+{
+    wv_options o = {0, 0, r->end_frame, WV_OUT_UNIT, 0, 0};
+    size_t n = (size_t)p->frames_out * (size_t)p->H * (size_t)p->W * 3;
+    float *ref = (float *)malloc(sizeof(float) * n);
+    wv_plan q;
+    wv_stats st;
+    wv_error err;
+    double worst = 0.0;
+    wv_status s = wv_plan_make(&q, g_reference, r->T, r->h, r->w, &o, &err);
+    if (!s) s = decode_planned(g_reference, &q, lat, &o, ref, &st, &err);
+    CHECK(s == WV_OK);
+    for (size_t i = 0; !s && i < n; i++) {
+        double d = fabs((double)ref[i] - out[i]);
+        if (d != d) d = INFINITY; /* a NaN fails */
+        if (d > worst) worst = d;
+    }
+    if (!s) printf("%-4s %s: max |CUDA on the stub - CPU| %.3g (tolerance %.3g)\n", worst <= tol ? "ok" : "FAIL", r->name,
+                   worst, tol);
+    CHECK(!s && worst <= tol);
+    if (!s) wv_plan_free(&q);
+    free(ref);
+}
+
 /* One decode of seeded latents [4][T][h][w] as the run says; the plan must hold exactly. */
 static wv_status decode(const wv_model *m, const run *r, wv_error *err)
 {
@@ -60,6 +93,7 @@ static wv_status decode(const wv_model *m, const run *r, wv_error *err)
     if (!s) out = (float *)malloc(sizeof(float) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
     if (!s) s = decode_planned(m, &p, lat, &o, out, &st, err);
     if (!s) CHECK(st.steps == (int64_t)r->T * (1 + p.n_tiles));
+    if (!s && g_reference) compare_with_cpu(r, &p, lat, out, m->backend->act_dtype == WV_F32 ? 1e-4 : 0.05);
     wv_plan_free(&p);
     free(lat), free(out);
     return s;
@@ -77,6 +111,7 @@ static const run RUNS[] = {
 static void decode_all(const wv_model *m, const char *setting)
 {
     for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) {
+        if (g_reference && RUNS[i].h * RUNS[i].w > 100) continue; /* the stub's loops are slow */
         wv_error err = {WV_OK, ""};
         wv_status s = decode(m, &RUNS[i], &err);
         if (s) fprintf(stderr, "%s, %s: %s\n", setting, RUNS[i].name, err.msg);
@@ -114,7 +149,7 @@ static void with_model(const weight_set *ws, wv_dtype dt, const char *setting, i
     CHECK(s == WV_OK);
     if (s) return;
     decode_all(&m, setting);
-    if (fail_allocs) fail_allocations(&m);
+    if (fail_allocs && !g_reference) fail_allocations(&m);
     wv_model_free(&m);
 }
 
@@ -123,15 +158,23 @@ int main(void)
     static weight_set ws;
     static const wv_dtype types[] = {WV_F32, WV_F16, WV_BF16};
     static const char *const names[] = {"fp32", "fp16", "bf16"};
+    wv_model reference;
+    wv_error err = {WV_OK, ""};
     CHECK(wv_cuda_backends()->abi == WV_BACKEND_ABI);
     CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
-    for (int i = 0; i < 3; i++) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
+    if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {
+        CHECK(wv_model_build(&reference, wv_backend_cpu(), -1, ws.views, ws.n, &err) == WV_OK);
+        g_reference = &reference;
+    }
+    for (int i = 0; i < 3; i++) /* computing, fp16 is left to the op checks (the stub's loops are slow) */
+        if (!g_reference || types[i] != WV_F16) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");
     setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1);
-    with_model(&ws, WV_BF16, "bf16 on the direct kernel", 1);
+    if (!g_reference) with_model(&ws, WV_BF16, "bf16 on the direct kernel", 1);
     unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
+    if (g_reference) wv_model_free(&reference);
     free_weights(&ws);
     CHECK(stub_report() == 0);
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);

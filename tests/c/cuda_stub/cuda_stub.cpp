@@ -313,16 +313,20 @@ static void issue(cudaStream_t s, const char *what, std::initializer_list<access
 
 static action make_action(std::function<void()> f) { return std::make_shared<std::function<void()>>(std::move(f)); }
 
-/* Whether the stub does the arithmetic too (kernels on the CPU, convolutions, GEMMs). */
-static int computing(void)
+/* WANVIDEO_STUB_COMPUTE: 0 (unset) the stub moves bytes only; 1 it does the arithmetic too (kernels
+ * on the CPU, convolutions, GEMMs); 2 the same with the kernels whose threads cooperate replaced by
+ * plain loops (on_cpu.h), for whole decodes. */
+static int compute_mode(void)
 {
-    static int on = -1;
-    if (on < 0) {
+    static int mode = -1;
+    if (mode < 0) {
         const char *e = getenv("WANVIDEO_STUB_COMPUTE");
-        on = e && atoi(e) > 0;
+        mode = e ? atoi(e) : 0;
     }
-    return on;
+    return mode;
 }
+
+static int computing(void) { return compute_mode() > 0; }
 
 static access reads(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 0}; }
 static access writes(const void *p, size_t bytes) { return access{(const char *)p, (const char *)p + bytes, 1}; }
@@ -683,7 +687,7 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
     if (computing()) {
         const std::string &name = kernel_names()[(const void *)kernel];
         unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
-        void *bound = kernel_on_cpu_bind(name.c_str(), args, g, b);
+        void *bound = kernel_on_cpu_bind(name.c_str(), args, g, b, compute_mode() == 2);
         if (!bound) {
             if (g_violations++ < 20) fprintf(stderr, "cuda stub: no CPU version of kernel '%s'\n", name.c_str());
             return cudaErrorInvalidDeviceFunction;

@@ -10,10 +10,12 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <algorithm>
 #include <functional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "wv_backend.h"
 
@@ -54,17 +56,87 @@ template <auto F, how_run How> bound_launch *binder(void **args, dim3_on_cpu gri
     return bind_values(F, args, grid, block, How, std::make_index_sequence<arity(F)>{});
 }
 
+typedef bound_launch *(*binder_fn)(void **, dim3_on_cpu, dim3_on_cpu);
+
+/* The same sums as the kernels whose threads cooperate, a position or a row at a time: what a whole
+ * decode runs on instead (kernel_on_cpu_bind's serial), host threads being too slow for it. */
+template <typename T>
+void rms_norm_reference(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_, int silu)
+{
+    const T *x = (const T *)x_, *gamma = (const T *)gamma_;
+    T *y = (T *)y_;
+    int64_t Px = wv_grid_positions(gx), Py = wv_grid_positions(gy), wp = gy.w + 2 * gy.pad;
+    for (int f = 0; f < n; f++)
+        for (int64_t p = 0; p < Py; p++) {
+            int iy = (int)(p / wp) - gy.pad, ix = (int)(p % wp) - gy.pad;
+            T *d = y + (f * Py + p) * C;
+            if (iy < 0 || iy >= gy.h || ix < 0 || ix >= gy.w) {
+                for (int c = 0; c < C; c++) d[c] = cpu::from_f32<T>(0.0f);
+                continue;
+            }
+            const T *src = x + (f * Px + (int64_t)(iy + gx.pad) * (gx.w + 2 * gx.pad) + ix + gx.pad) * C;
+            float ss = 0.0f;
+            for (int c = 0; c < C; c++) ss += cpu::to_f32(src[c]) * cpu::to_f32(src[c]);
+            float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+            for (int c = 0; c < C; c++) {
+                float u = cpu::to_f32(src[c]) * scale * cpu::to_f32(gamma[c]);
+                d[c] = cpu::from_f32<T>(silu ? u / (1.0f + expf(-u)) : u);
+            }
+        }
+}
+
+template <typename T> void softmax_reference(const float *scores, void *probs_, int N, int rows)
+{
+    T *probs = (T *)probs_;
+    for (int r = 0; r < rows; r++) {
+        const float *s = scores + (int64_t)r * N;
+        float mx = -INFINITY, sum = 0.0f;
+        for (int j = 0; j < N; j++) mx = fmaxf(mx, s[j]);
+        for (int j = 0; j < N; j++) sum += expf(s[j] - mx);
+        for (int j = 0; j < N; j++) probs[(int64_t)r * N + j] = cpu::from_f32<T>(expf(s[j] - mx) / sum);
+    }
+}
+
+template <typename V> V arg(void **args, int i) { return *(V *)args[i]; }
+
+template <typename T> bound_launch *rms_norm_serial(void **a, dim3_on_cpu, dim3_on_cpu)
+{
+    auto x = arg<const void *>(a, 0), gamma = arg<const void *>(a, 6);
+    auto y = arg<void *>(a, 2);
+    auto gx = arg<wv_grid>(a, 1), gy = arg<wv_grid>(a, 3);
+    int C = arg<int>(a, 4), n = arg<int>(a, 5), silu = arg<int>(a, 7);
+    return new bound_launch{[=] { rms_norm_reference<T>(x, gx, y, gy, C, n, gamma, silu); }};
+}
+
+template <typename T> bound_launch *rms_norm_vec_serial(void **a, dim3_on_cpu grid, dim3_on_cpu)
+{
+    auto x = arg<const void *>(a, 0), gamma = arg<const void *>(a, 5);
+    auto y = arg<void *>(a, 2);
+    auto gx = arg<wv_grid>(a, 1), gy = arg<wv_grid>(a, 3);
+    int C = arg<int>(a, 4), silu = arg<int>(a, 6), n = (int)grid.z;
+    return new bound_launch{[=] { rms_norm_reference<T>(x, gx, y, gy, C, n, gamma, silu); }};
+}
+
+template <typename T> bound_launch *softmax_serial(void **a, dim3_on_cpu grid, dim3_on_cpu)
+{
+    auto scores = arg<const float *>(a, 0);
+    auto probs = arg<void *>(a, 1);
+    int N = arg<int>(a, 2), rows = (int)grid.x;
+    return new bound_launch{[=] { softmax_reference<T>(scores, probs, N, rows); }};
+}
+
 struct kernel_entry {
     const char *name;
-    bound_launch *(*bind)(void **, dim3_on_cpu, dim3_on_cpu);
+    binder_fn bind, serial; /* serial: where the threads cooperate, the reference */
 };
 
-#define ALONE(name, ...) {name, binder<&cpu::__VA_ARGS__, ALONE_RUN>}
-#define WARP(name, ...) {name, binder<&cpu::__VA_ARGS__, WARP_RUN>}
-#define ROW_WARPS(name, ...) {name, binder<&cpu::__VA_ARGS__, ROW_WARPS_RUN>}
-#define AS_LAUNCHED(name, ...) {name, binder<&cpu::__VA_ARGS__, AS_LAUNCHED_RUN>}
+#define ALONE(name, ...) {name, binder<&cpu::__VA_ARGS__, ALONE_RUN>, NULL}
 #define EACH_TYPE(HOW, k) HOW(#k "<float>", k<float>), HOW(#k "<__half>", k<__half>), HOW(#k "<__nv_bfloat16>", k<__nv_bfloat16>)
 #define EACH_UNIT(HOW, k) HOW(#k "<uint4>", k<uint4>), HOW(#k "<unsigned short>", k<uint16_t>), HOW(#k "<float>", k<float>)
+#define COOPERATIVE(HOW, k, serial)                                                   \
+    {#k "<float>", binder<&cpu::k<float>, HOW>, serial<float>},                       \
+    {#k "<__half>", binder<&cpu::k<__half>, HOW>, serial<__half>},                    \
+    {#k "<__nv_bfloat16>", binder<&cpu::k<__nv_bfloat16>, HOW>, serial<__nv_bfloat16>}
 
 /* Every kernel the backend launches, by the name the demangler gives its instance. */
 const kernel_entry KERNELS[] = {
@@ -73,14 +145,14 @@ const kernel_entry KERNELS[] = {
     EACH_TYPE(ALONE, bias_add_kernel),
     ALONE("rotate_taps_kernel<uint4>", rotate_taps_kernel<uint4>),
     ALONE("rotate_taps_kernel<unsigned short>", rotate_taps_kernel<uint16_t>),
-    EACH_TYPE(WARP, rms_norm_kernel),
-    EACH_TYPE(AS_LAUNCHED, rms_norm_vec_kernel),
+    COOPERATIVE(WARP_RUN, rms_norm_kernel, rms_norm_serial),
+    COOPERATIVE(AS_LAUNCHED_RUN, rms_norm_vec_kernel, rms_norm_vec_serial),
     EACH_TYPE(ALONE, zero_ring_kernel),
     EACH_UNIT(ALONE, copy_channels_kernel),
     EACH_UNIT(ALONE, pixel_shuffle_kernel),
     EACH_TYPE(ALONE, direct_conv_kernel),
     EACH_TYPE(ALONE, narrow_conv_kernel),
-    EACH_TYPE(ROW_WARPS, softmax_rows_kernel),
+    COOPERATIVE(ROW_WARPS_RUN, softmax_rows_kernel, softmax_serial),
     EACH_TYPE(ALONE, write_output_kernel),
 };
 
@@ -118,10 +190,13 @@ int next_index(int *idx, const int *dims, int n)
 
 } // namespace
 
-extern "C" void *kernel_on_cpu_bind(const char *name, void **args, const unsigned grid[3], const unsigned block[3])
+extern "C" void *kernel_on_cpu_bind(const char *name, void **args, const unsigned grid[3], const unsigned block[3],
+                                    int serial)
 {
     for (const kernel_entry &k : KERNELS)
-        if (!strcmp(k.name, name)) return k.bind(args, {grid[0], grid[1], grid[2]}, {block[0], block[1], block[2]});
+        if (!strcmp(k.name, name))
+            return (serial && k.serial ? k.serial : k.bind)(args, {grid[0], grid[1], grid[2]},
+                                                             {block[0], block[1], block[2]});
     return NULL;
 }
 
@@ -133,32 +208,50 @@ extern "C" void conv_on_cpu(const tensor_on_cpu *x, const void *xp, const tensor
                             const int *pad, float alpha1, const void *zp, float alpha2, const void *biasp,
                             int bias_type, float beta, const tensor_on_cpu *y, void *yp)
 {
-    int sp = x->nd - 2, C = x->dims[1], taps = 1;
-    int out_idx[8] = {0}, tap[8], in_idx[8];
-    for (int d = 0; d < sp; d++) taps *= w->dims[2 + d];
-    do { /* y's index: n, k, output position */
-        int n = out_idx[0], k = out_idx[1];
-        float acc = 0.0f;
+    int sp = x->nd - 2, N = x->dims[0], C = x->dims[1], K = w->dims[0], taps = 1, points = 1;
+    int idx[8] = {0}, pos[8], tap[8];
+    for (int d = 0; d < sp; d++) taps *= w->dims[2 + d], points *= x->dims[2 + d];
+    /* x and w as dense floats, [n][point][c] and [k][tap][c], so the sums run over c in a row */
+    std::vector<float> xf((size_t)N * points * C), wf((size_t)K * taps * C), acc((size_t)K);
+    do {
+        int64_t q = 0;
+        for (int d = 0; d < sp; d++) q = q * x->dims[2 + d] + idx[2 + d];
+        xf[((size_t)idx[0] * points + (size_t)q) * C + (size_t)idx[1]] = load(xp, x->type, offset(x, idx));
+    } while (next_index(idx, x->dims, x->nd));
+    for (size_t i = 0; i < wf.size(); i++) wf[i] = load(wp, w->type, (int64_t)i);
+    memset(idx, 0, sizeof idx);
+    int ydims[8];
+    for (int d = 0; d < y->nd; d++) ydims[d] = d == 1 ? 1 : y->dims[d]; /* every k at once */
+    do { /* n, output position */
+        std::fill(acc.begin(), acc.end(), 0.0f);
         for (int t = 0; t < taps; t++) {
             int rest = t, inside = 1;
+            int64_t q = 0;
             for (int d = sp - 1; d >= 0; d--) tap[d] = rest % w->dims[2 + d], rest /= w->dims[2 + d];
-            in_idx[0] = n;
             for (int d = 0; d < sp; d++) {
-                in_idx[2 + d] = out_idx[2 + d] + tap[d] - pad[d];
-                inside &= in_idx[2 + d] >= 0 && in_idx[2 + d] < x->dims[2 + d];
+                pos[d] = idx[2 + d] + tap[d] - pad[d];
+                inside &= pos[d] >= 0 && pos[d] < x->dims[2 + d];
+                q = q * x->dims[2 + d] + pos[d];
             }
             if (!inside) continue;
-            for (int c = 0; c < C; c++) {
-                in_idx[1] = c;
-                acc += load(xp, x->type, offset(x, in_idx)) * load(wp, w->type, ((int64_t)k * taps + t) * C + c);
+            const float *xs = &xf[((size_t)idx[0] * points + (size_t)q) * C];
+            for (int k = 0; k < K; k++) {
+                const float *ws = &wf[((size_t)k * taps + t) * C];
+                float a = 0.0f;
+                for (int c = 0; c < C; c++) a += xs[c] * ws[c];
+                acc[k] += a;
             }
         }
-        int64_t o = offset(y, out_idx);
-        float v = alpha1 * acc;
-        if (biasp) v += load(biasp, bias_type, k) + (alpha2 != 0.0f ? alpha2 * load(zp, y->type, o) : 0.0f);
-        else if (beta != 0.0f) v += beta * load(yp, y->type, o);
-        store(yp, y->type, o, v);
-    } while (next_index(out_idx, y->dims, y->nd));
+        for (int k = 0; k < K; k++) {
+            idx[1] = k;
+            int64_t o = offset(y, idx);
+            float v = alpha1 * acc[k];
+            if (biasp) v += load(biasp, bias_type, k) + (alpha2 != 0.0f ? alpha2 * load(zp, y->type, o) : 0.0f);
+            else if (beta != 0.0f) v += beta * load(yp, y->type, o);
+            store(yp, y->type, o, v);
+        }
+        idx[1] = 0;
+    } while (next_index(idx, ydims, y->nd));
 }
 
 extern "C" void gemm_on_cpu(int ta, int tb, int m, int n, int k, float alpha, const void *A, int at, int lda,

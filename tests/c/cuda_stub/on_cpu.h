@@ -14,8 +14,10 @@ extern "C" {
 
 /* A kernel launch bound to copies of its arguments (args: one pointer per parameter, as nvcc's host
  * code passes them), for running now or from a graph later; NULL when no kernel of that name (as
- * the demangler prints it, "pixel_shuffle_kernel<uint4>") has a CPU version. */
-void *kernel_on_cpu_bind(const char *name, void **args, const unsigned grid[3], const unsigned block[3]);
+ * the demangler prints it, "pixel_shuffle_kernel<uint4>") has a CPU version. serial: a kernel whose
+ * threads cooperate (RMS norm, softmax) is replaced by a plain loop over the same sums (fast enough
+ * for whole decodes; the kernels themselves are checked op by op). */
+void *kernel_on_cpu_bind(const char *name, void **args, const unsigned grid[3], const unsigned block[3], int serial);
 void kernel_on_cpu_run(void *bound);
 void kernel_on_cpu_free(void *bound);
 
