@@ -1,12 +1,12 @@
 /* A stand-in for the CUDA runtime, cuDNN and cuBLAS, so that the CUDA backend's host side runs on a
- * machine without a GPU (tests/c/test_cuda_host.c). Device memory is host memory; copies and
- * memsets move real bytes; kernels, convolutions and GEMMs do nothing, so the numbers that come out
- * are meaningless. What it checks: every range a copy, memset, convolution or GEMM touches lies
- * inside one live allocation (device memory from cudaMalloc, pinned memory from cudaHostAlloc, or
- * the caller's own host memory for copies), every handle is one it made and not yet destroyed, and
- * nothing is left allocated at the end (stub_report). A captured stream's work moves its bytes as
- * it is issued, and a graph launch moves none, but the race checks below follow the GPU: captured
- * work is kept in its graph and is checked each time a launch issues it.
+ * machine without a GPU (tests/c/test_cuda_host.c, tests/c/backend_ops_on_cpu.sh, tools/host_cost.c).
+ * Device memory is host memory; copies and memsets move real bytes. Kernels, convolutions and GEMMs
+ * do nothing unless WANVIDEO_STUB_COMPUTE is 1 or 2: then they compute on the CPU (on_cpu.h). What it
+ * checks: every range a copy, memset, convolution or GEMM touches lies inside one live allocation
+ * (device memory from cudaMalloc, pinned memory from cudaHostAlloc, or the caller's own host memory
+ * for copies), every handle is one it made and not yet destroyed, and nothing is left allocated at
+ * the end (stub_report). Work issued on a stream being captured is kept in the graph, and runs (and
+ * is checked) each time a launch issues it, as on a GPU.
  *
  * It also looks for races between streams: work runs here as it is issued, but on a GPU two
  * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
