@@ -14,17 +14,9 @@ mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
-objs=""
-for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c; do
-    o="$OUTDIR/$(basename "$f" .c).o"
-    gcc -std=c11 -O2 -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc -I"$BLAS_INC" -c "$f" -o "$o"
-    objs="$objs $o"
-done
-for f in cuda/wv_backend_cuda.cu tests/c/test_backend_ops.cu; do
-    "$NVCC" -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" -c "$f" \
-        -o "$OUTDIR/$(basename "$f" .cu).o"
-done
-bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1
-g++ -pthread "$OUTDIR/test_backend_ops.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" "$OUTDIR/on_cpu.o" $objs \
-    -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/test_backend_ops"
+OBJS=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1)
+"$NVCC" -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" -c tests/c/test_backend_ops.cu \
+    -o "$OUTDIR/test_backend_ops.o"
+g++ -pthread "$OUTDIR/test_backend_ops.o" $OBJS -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm \
+    -o "$OUTDIR/test_backend_ops"
 WANVIDEO_STUB_COMPUTE=1 "$OUTDIR/test_backend_ops"

@@ -10,25 +10,13 @@ OUTDIR=${1:-${BUILD_DIR:-build/cuda_host}}
 mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
-san="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-# nvcc splits -Xcompiler's argument at commas, so each flag goes on its own
-nvcc_san="-Xcompiler -fsanitize=address -Xcompiler -fsanitize=undefined -Xcompiler -fno-sanitize-recover=undefined"
-nvcc_san="$nvcc_san -Xcompiler -fno-omit-frame-pointer"
+# one flag a sanitizer: nvcc would split "address,undefined" at the comma
+san="-fsanitize=address -fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+OBJS=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
-objs=""
-for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c; do
-    o="$OUTDIR/$(basename "$f" .c).o"
-    gcc -std=c11 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter $san -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc \
-        -I"$BLAS_INC" -c "$f" -o "$o"
-    objs="$objs $o"
-done
-# the backend as nvcc compiles it, kernels included (they never run), linked without the CUDA runtime
-"$NVCC" -g -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
-    $nvcc_san -c cuda/wv_backend_cuda.cu -o "$OUTDIR/wv_backend_cuda.o"
-bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
-g++ $san -pthread "$OUTDIR/test_cuda_host.o" "$OUTDIR/wv_backend_cuda.o" "$OUTDIR/cuda_stub.o" "$OUTDIR/on_cpu.o" \
-    $objs -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/test_cuda_host"
+g++ $san -pthread "$OUTDIR/test_cuda_host.o" $OBJS -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm \
+    -o "$OUTDIR/test_cuda_host"
 # by default the equal-width convs of this small decoder all run by taps (2-frame caches); then every
 # causal conv on a 3-frame ring, its taps turned in the weight scratch
 ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"

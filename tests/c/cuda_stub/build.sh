@@ -1,14 +1,30 @@
 #!/usr/bin/env bash
-# Compiles the stand-in CUDA runtime into OUTDIR: cuda_stub.o (against the toolkit's headers) and its
-# arithmetic on_cpu.o (the backend's kernels against tests/c/cuda_on_cpu/); link both, with -pthread.
-#   bash tests/c/cuda_stub/build.sh OUTDIR [compiler flags...]   (from the repository root)
+# Builds what a program on the stand-in runtime links (tests/c/test_cuda_host.c,
+# tests/c/test_backend_ops.cu on the CPU, tools/host_cost.c) into OUTDIR, with the compiler flags
+# given, and prints the objects: the C core and the CPU backend, the CUDA backend as nvcc compiles
+# it (kernels included, never run; no CUDA runtime linked), cuda_stub.o (against the toolkit's
+# headers) and on_cpu.o (the kernels again, against tests/c/cuda_on_cpu/). Link them with -pthread
+# and OpenBLAS (tests/c/cuda_config.sh's BLAS_*).
+#   OBJS=$(bash tests/c/cuda_stub/build.sh OUTDIR [compiler flags...])   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=$1
 shift
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
-g++ -std=c++17 -Wall -Wextra -Werror "$@" -Icsrc -Icuda -I"$TOOLKIT/include" -I"$CUDNN_INC" -I"$CUBLAS_INC" \
-    -c tests/c/cuda_stub/cuda_stub.cpp -o "$out/cuda_stub.o"
-g++ -std=c++20 -Wall -Wextra -Werror -Wno-unused-function -Wno-unused-parameter -Wno-unknown-pragmas \
-    -fno-strict-aliasing "$@" -Itests/c/cuda_on_cpu -Icsrc -Icuda -c tests/c/cuda_stub/on_cpu.cpp -o "$out/on_cpu.o"
+warn="-Wall -Wextra -Werror -Wno-unused-parameter"
+inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
+nvcc_flags="" # nvcc splits -Xcompiler's argument at commas, so each flag goes on its own
+for f in "$@"; do nvcc_flags="$nvcc_flags -Xcompiler $f"; done
+objs=""
+for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c; do
+    o="$out/$(basename "$f" .c).o"
+    gcc -std=c11 $warn "$@" -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc -I"$BLAS_INC" -c "$f" -o "$o"
+    objs="$objs $o"
+done
+"$NVCC" -std=c++17 $inc $nvcc_flags -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
+    -c cuda/wv_backend_cuda.cu -o "$out/wv_backend_cuda.o"
+g++ -std=c++17 $warn "$@" $inc -c tests/c/cuda_stub/cuda_stub.cpp -o "$out/cuda_stub.o"
+g++ -std=c++20 $warn -Wno-unused-function -Wno-unknown-pragmas -fno-strict-aliasing "$@" -Itests/c/cuda_on_cpu \
+    -Icsrc -Icuda -c tests/c/cuda_stub/on_cpu.cpp -o "$out/on_cpu.o"
+echo "$objs $out/wv_backend_cuda.o $out/cuda_stub.o $out/on_cpu.o"
