@@ -218,6 +218,30 @@ static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int thre
     free(x), free(gamma), free(ref), free(got);
 }
 
+/* softmax_rows_kernel as the backend launches it (a block of 512 threads a row: block_reduce's
+ * warps meet in shared memory) against the plain sums, rows of N scores wider and narrower than the
+ * block. */
+template <typename T> static void test_softmax(int rows, int N, const char *type)
+{
+    wv_grid all = {rows, N, 0};
+    float *scores = (float *)malloc(sizeof(float) * rows * N), *ref = (float *)malloc(sizeof(float) * rows * N);
+    float *got = (float *)malloc(sizeof(float) * rows * N);
+    T *probs = (T *)malloc(sizeof(T) * rows * N);
+    char name[96];
+    for (int i = 0; i < rows * N; i++) scores[i] = 8.0f * frand();
+    for (int r = 0; r < rows; r++) {
+        double mx = -INFINITY, sum = 0.0;
+        for (int j = 0; j < N; j++) mx = fmax(mx, scores[r * N + j]);
+        for (int j = 0; j < N; j++) sum += exp(scores[r * N + j] - mx);
+        for (int j = 0; j < N; j++) ref[r * N + j] = (float)(exp(scores[r * N + j] - mx) / sum);
+    }
+    launch_on_cpu({(unsigned)rows, 1, 1}, {512, 1, 1}, [&] { softmax_rows_kernel<T>(scores, probs, N); });
+    for (int i = 0; i < rows * N; i++) got[i] = from_t<T>(probs[i]);
+    snprintf(name, sizeof name, "softmax_rows %d rows of %d %s", rows, N, type);
+    check(name, all, 1, ref, got, type[0] == 'f' ? 1e-5 : 1e-2);
+    free(scores), free(ref), free(got), free(probs);
+}
+
 /* A count of floats in units of U (whole units). */
 template <typename U> static int units(int floats) { return (int)(floats * sizeof(float) / sizeof(U)); }
 
@@ -284,6 +308,8 @@ int main(void)
     test_rms_norm<__nv_bfloat16>(1024, 0, 0, 2, 1, 64, "bf16"); /* the most: 32 lanes of 4 vectors */
     test_rms_norm<float>(96, 1, 0, 1, 3, 256, "fp32");          /* the backend's block */
     test_rms_norm<float>(20, 0, 1, 1, 1, 64, "fp32");
+    test_softmax<float>(3, 1000, "fp32");
+    test_softmax<__nv_bfloat16>(2, 37, "bf16");
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;
 }
