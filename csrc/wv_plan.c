@@ -378,7 +378,7 @@ static int64_t count_flops(const wv_plan *p, const wv_model *m)
                         wv_grid go = wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
                         total += conv_flops(cv, (int64_t)go.h * go.w, segment_frames_total(p, s, T));
                     } else {
-                        total += conv_flops(&blk->conv[c], (int64_t)g.h * g.w, segment_frames_total(p, s, T));
+                        total += conv_flops(cv, (int64_t)g.h * g.w, segment_frames_total(p, s, T));
                     }
                 }
             }

@@ -271,6 +271,17 @@ static void leave_device(device_scope s, int device)
 
 #define LAUNCH_ON(c, KERNEL, blocks, threads, ...) LAUNCH_SMEM(c, KERNEL, blocks, threads, 0, __VA_ARGS__)
 
+/* Launches a data-movement kernel, KERNEL<U> for the unit it moves (`unit` bytes: a 16-byte vector,
+ * else an element), with a grid-stride loop over n units. */
+#define LAUNCH_BY_UNIT(c, KERNEL, unit, n, ...)                                                                   \
+    do {                                                                                                         \
+        unsigned blocks_ = blocks_for((n), THREADS);                                                             \
+        if ((unit) == 16) KERNEL<uint4><<<blocks_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                    \
+        else if ((unit) == 2) KERNEL<uint16_t><<<blocks_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);             \
+        else KERNEL<float><<<blocks_, THREADS, 0, (c)->stream>>>(__VA_ARGS__);                                  \
+        launched((c), #KERNEL);                                                                                  \
+    } while (0)
+
 /* ... with a grid-stride loop over n elements. */
 #define LAUNCH(c, KERNEL, n, ...) LAUNCH_ON(c, KERNEL, blocks_for((n), THREADS), THREADS, __VA_ARGS__)
 
@@ -1293,6 +1304,7 @@ static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const voi
 static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
 {
     size_t block = (size_t)cv->kh * cv->kw * cv->cin * wv_dtype_size(c->dt), bytes = (size_t)cv->cout * cv->kt * block;
+    size_t unit;
     const char *src = (const char *)cv->weight;
     char *dst = (char *)c->weight_scratch;
     if (!r) return cv->weight;
@@ -1301,13 +1313,9 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
                 bytes, c->weight_scratch_bytes);
         return NULL;
     }
-    if (block % 16 == 0)
-        rotate_taps_kernel<<<blocks_for((int64_t)(bytes / 16), THREADS), THREADS, 0, c->stream>>>(
-            (const uint4 *)src, (uint4 *)dst, cv->cout, cv->kt, (int64_t)(block / 16), r);
-    else
-        rotate_taps_kernel<<<blocks_for((int64_t)(bytes / 2), THREADS), THREADS, 0, c->stream>>>(
-            (const uint16_t *)src, (uint16_t *)dst, cv->cout, cv->kt, (int64_t)(block / 2), r);
-    launched(c, "rotate_taps_kernel");
+    unit = block % 16 == 0 ? 16 : 2;
+    LAUNCH_BY_UNIT(c, rotate_taps_kernel, unit, (int64_t)(bytes / unit), src, dst, cv->cout, cv->kt,
+                   (int64_t)(block / unit), r);
     return failed(c) ? NULL : dst;
 }
 
@@ -1534,16 +1542,10 @@ static void exec_copy_channels(cuda_ctx *c, const void *args)
 {
     const copy_channels_args *a = (const copy_channels_args *)args;
     int es = (int)wv_dtype_size(c->dt), per = 16 / es;
-    if (vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per == 0 && a->coff % per == 0)
-        copy_channels_kernel<<<blocks_for(a->n * (a->C / per), THREADS), THREADS, 0, c->stream>>>(
-            (const uint4 *)a->src, a->cstride / per, a->coff / per, (uint4 *)a->dst, a->C / per, a->n);
-    else if (es == 2)
-        copy_channels_kernel<<<blocks_for(a->n * a->C, THREADS), THREADS, 0, c->stream>>>(
-            (const uint16_t *)a->src, a->cstride, a->coff, (uint16_t *)a->dst, a->C, a->n);
-    else
-        copy_channels_kernel<<<blocks_for(a->n * a->C, THREADS), THREADS, 0, c->stream>>>(
-            (const float *)a->src, a->cstride, a->coff, (float *)a->dst, a->C, a->n);
-    launched(c, "copy_channels_kernel");
+    int vectors = vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per == 0 && a->coff % per == 0;
+    int k = vectors ? per : 1; /* elements a unit */
+    LAUNCH_BY_UNIT(c, copy_channels_kernel, k * es, a->n * (a->C / k), a->src, a->cstride / k, a->coff / k, a->dst,
+                   a->C / k, a->n);
 }
 
 static void cuda_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)
@@ -1565,20 +1567,9 @@ typedef struct {
 static void exec_pixel_shuffle(cuda_ctx *c, const void *args)
 {
     const pixel_shuffle_args *a = (const pixel_shuffle_args *)args;
-    int64_t pixels = (int64_t)a->gd.h * a->gd.w;
-    size_t es = wv_dtype_size(c->dt);
-    if (vectors_fit(c, a->C, a->src, a->dst, NULL)) {
-        int units = (int)(a->C * es / 16);
-        pixel_shuffle_kernel<<<blocks_for(pixels * units, THREADS), THREADS, 0, c->stream>>>(
-            (const uint4 *)a->src, a->gs, a->sy0, a->sx0, (uint4 *)a->dst, a->gd, a->dy0, a->dx0, units);
-    } else if (es == 2) {
-        pixel_shuffle_kernel<<<blocks_for(pixels * a->C, THREADS), THREADS, 0, c->stream>>>(
-            (const uint16_t *)a->src, a->gs, a->sy0, a->sx0, (uint16_t *)a->dst, a->gd, a->dy0, a->dx0, a->C);
-    } else {
-        pixel_shuffle_kernel<<<blocks_for(pixels * a->C, THREADS), THREADS, 0, c->stream>>>(
-            (const float *)a->src, a->gs, a->sy0, a->sx0, (float *)a->dst, a->gd, a->dy0, a->dx0, a->C);
-    }
-    launched(c, "pixel_shuffle_kernel");
+    int es = (int)wv_dtype_size(c->dt), k = vectors_fit(c, a->C, a->src, a->dst, NULL) ? 16 / es : 1;
+    LAUNCH_BY_UNIT(c, pixel_shuffle_kernel, k * es, (int64_t)a->gd.h * a->gd.w * (a->C / k), a->src, a->gs, a->sy0,
+                   a->sx0, a->dst, a->gd, a->dy0, a->dx0, a->C / k);
 }
 
 static void cuda_pixel_shuffle(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, void *dst, wv_grid gd, int dy0,

@@ -121,8 +121,10 @@ template <typename T> __global__ void bias_add_kernel(void *y_, const void *bias
  * tap slot s holds src's tap (s - r) mod kt, so that a 3-d conv over a ring whose oldest frame is in
  * slot r meets every frame with its tap. U is the unit moved (a 16-byte vector where block allows). */
 template <typename U>
-__global__ void rotate_taps_kernel(const U *src, U *dst, int64_t cout, int kt, int64_t block, int r)
+__global__ void rotate_taps_kernel(const void *src_, void *dst_, int64_t cout, int kt, int64_t block, int r)
 {
+    const U *src = (const U *)src_;
+    U *dst = (U *)dst_;
     WV_GRID_STRIDE_LOOP(i, cout * kt * block)
     {
         int64_t k = i % block, os = i / block, o = os / kt;
@@ -260,8 +262,10 @@ template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int 
 /* copy_channels (wv_backend.h) moving units of U (an element, or a 16-byte vector: C, cstride and
  * coff counted in units). */
 template <typename U>
-__global__ void copy_channels_kernel(const U *src, int cstride, int coff, U *dst, int C, int64_t n)
+__global__ void copy_channels_kernel(const void *src_, int cstride, int coff, void *dst_, int C, int64_t n)
 {
+    const U *src = (const U *)src_;
+    U *dst = (U *)dst_;
     WV_GRID_STRIDE_LOOP(i, n * C)
     {
         int64_t p = i / C;
@@ -272,9 +276,11 @@ __global__ void copy_channels_kernel(const U *src, int cstride, int coff, U *dst
 /* pixel_shuffle (wv_backend.h): the x2 frame's interior from a sub-pixel conv's phases, moving units
  * of U (an element, or a 16-byte vector: C counted in units). */
 template <typename U>
-__global__ void pixel_shuffle_kernel(const U *src, wv_grid gs, int sy0, int sx0, U *dst, wv_grid gd, int dy0, int dx0,
-                                     int C)
+__global__ void pixel_shuffle_kernel(const void *src_, wv_grid gs, int sy0, int sx0, void *dst_, wv_grid gd, int dy0,
+                                     int dx0, int C)
 {
+    const U *src = (const U *)src_;
+    U *dst = (U *)dst_;
     WV_GRID_STRIDE_LOOP(i, (int64_t)gd.h * gd.w * C)
     {
         int64_t p = i / C;

@@ -477,8 +477,8 @@ static void run_pixel_shuffle(int C, int h, int w)
     void *src = random_buffer(src_elems, 14), *dst = random_buffer(dst_elems, 15);
     printf("pixel_shuffle: %d channels into %dx%d (%.0f MB in and out)\n", C, h, w, bytes / 1e6);
     report_bandwidth("vectors", time_ms([&] {
-                         pixel_shuffle_kernel<<<blocks_for((int64_t)h * w * units, THREADS), THREADS, 0, g_stream>>>(
-                             (const uint4 *)src, gs, 0, 0, (uint4 *)dst, gd, 0, 0, units);
+                         pixel_shuffle_kernel<uint4><<<blocks_for((int64_t)h * w * units, THREADS), THREADS, 0,
+                                                       g_stream>>>(src, gs, 0, 0, dst, gd, 0, 0, units);
                      }),
                      bytes);
     report_copy(dst, src, bytes);

@@ -58,31 +58,18 @@ template <auto F, how_run How> bound_launch *binder(void **args, dim3_on_cpu gri
 
 typedef bound_launch *(*binder_fn)(void **, dim3_on_cpu, dim3_on_cpu);
 
-/* The same sums as the kernels whose threads cooperate, a position or a row at a time: what a whole
- * decode runs on instead (kernel_on_cpu_bind's serial), host threads being too slow for it. */
+/* The same sums as the kernels whose threads cooperate, without threads: what a whole decode runs on
+ * instead (kernel_on_cpu_bind's serial), host threads being too slow for it. The RMS norm is the CPU
+ * backend's op, on float copies of the kernel's inputs. */
 template <typename T>
-void rms_norm_reference(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_, int silu)
+void rms_norm_reference(const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma, int silu)
 {
-    const T *x = (const T *)x_, *gamma = (const T *)gamma_;
-    T *y = (T *)y_;
-    int64_t Px = wv_grid_positions(gx), Py = wv_grid_positions(gy), wp = gy.w + 2 * gy.pad;
-    for (int f = 0; f < n; f++)
-        for (int64_t p = 0; p < Py; p++) {
-            int iy = (int)(p / wp) - gy.pad, ix = (int)(p % wp) - gy.pad;
-            T *d = y + (f * Py + p) * C;
-            if (iy < 0 || iy >= gy.h || ix < 0 || ix >= gy.w) {
-                for (int c = 0; c < C; c++) d[c] = cpu::from_f32<T>(0.0f);
-                continue;
-            }
-            const T *src = x + (f * Px + (int64_t)(iy + gx.pad) * (gx.w + 2 * gx.pad) + ix + gx.pad) * C;
-            float ss = 0.0f;
-            for (int c = 0; c < C; c++) ss += cpu::to_f32(src[c]) * cpu::to_f32(src[c]);
-            float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
-            for (int c = 0; c < C; c++) {
-                float u = cpu::to_f32(src[c]) * scale * cpu::to_f32(gamma[c]);
-                d[c] = cpu::from_f32<T>(silu ? u / (1.0f + expf(-u)) : u);
-            }
-        }
+    int64_t nx = n * wv_grid_positions(gx) * C, ny = n * wv_grid_positions(gy) * C;
+    std::vector<float> xf((size_t)nx), yf((size_t)ny), gf((size_t)C);
+    for (int64_t i = 0; i < nx; i++) xf[(size_t)i] = cpu::to_f32(((const T *)x)[i]);
+    for (int c = 0; c < C; c++) gf[(size_t)c] = cpu::to_f32(((const T *)gamma)[c]);
+    wv_backend_cpu()->rms_norm(NULL, xf.data(), gx, yf.data(), gy, C, n, gf.data(), silu);
+    for (int64_t i = 0; i < ny; i++) ((T *)y)[i] = cpu::from_f32<T>(yf[(size_t)i]);
 }
 
 template <typename T> void softmax_reference(const float *scores, void *probs_, int N, int rows)
