@@ -77,9 +77,9 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
  * the "supports" query are all generated from it. */
 #define WV_BACKEND_OPS(X)                                                                         \
     /* a decode call: begin (checks where the latents live, orders work after call->stream),      \
-     * then steps; end_step may return while at most one step is still running and the output     \
-     * of the last output_staging_copies steps is still leaving OUTPUT_STAGING (sync waits for    \
-     * both); finish frees what begin took and runs on every exit path */                         \
+     * then steps; end_step may return while the last output_staging_copies - 1 steps still run   \
+     * and their output is still leaving OUTPUT_STAGING (sync waits for them); finish frees what  \
+     * begin took and runs on every exit path */                                                  \
     X(begin, wv_status, (void *ctx, wv_call *call, wv_error *err))                                \
     X(end_step, wv_status, (void *ctx, wv_error *err))                                            \
     X(finish, void, (void *ctx))                                                                  \

@@ -401,6 +401,9 @@ static wv_status decode_sequence(decode_run *r, int q, progress_state *ps, wv_st
     int t0 = p->seq_start[q], T = p->seq_len[q];
     wv_status st = WV_OK;
     double start;
+    /* The trunk's buffers and caches share memory with the tiles' (the output staging among them),
+     * which the backend may still be copying the previous sequence's last output out of. */
+    if (!p->stream_trunk && q > 0 && (st = r->be->sync(r->ctx, err))) return st;
     zero_caches(r, 1);
     if (p->stream_trunk) {
         zero_caches(r, 0);
@@ -416,9 +419,6 @@ static wv_status decode_sequence(decode_run *r, int q, progress_state *ps, wv_st
         }
         return st;
     }
-    /* The trunk's buffers share memory with the tiles' (the output staging among them), which the
-     * backend may still be copying the previous sequence's last output out of. */
-    if (q > 0 && (st = r->be->sync(r->ctx, err))) return st;
     start = now_seconds();
     for (int t = 0; t < T && !st; t++) {
         trunk_frame(r, t0 + t, t);

@@ -18,6 +18,13 @@ static PyObject *device_count(PyObject *mod, PyObject *noargs)
     return Py_BuildValue("(is)", n, why);
 }
 
+static PyObject *current_device(PyObject *mod, PyObject *noargs)
+{
+    (void)mod;
+    (void)noargs;
+    return PyLong_FromLong(wv_cuda_current_device());
+}
+
 static PyObject *mem_get_info(PyObject *mod, PyObject *args)
 {
     int device = -1, rc;
@@ -48,6 +55,7 @@ static PyObject *versions(PyObject *mod, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"device_count", device_count, METH_NOARGS, "device_count() -> (n, reason when 0)"},
+    {"current_device", current_device, METH_NOARGS, "current_device() -> the calling thread's CUDA device"},
     {"mem_get_info", mem_get_info, METH_VARARGS, "mem_get_info(device=-1) -> (free bytes, total bytes)"},
     {"versions", versions, METH_NOARGS, "Versions of the CUDA runtime, driver, cuDNN and cuBLAS in use."},
     {NULL, NULL, 0, NULL},

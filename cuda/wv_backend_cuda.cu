@@ -91,6 +91,13 @@ typedef struct {
     int queued;                /* the step's work and copy are queued up to `done` */
 } staging;
 
+/* The caller's device and CUDA context, while ours is current (see enter_device). */
+typedef struct {
+    int prev;     /* the caller's device (-1: unknown) */
+    int have_ctx; /* ctx holds the caller's context (NULL: none was current) */
+    void *ctx;
+} device_scope;
+
 /* Deferred ops (WANVIDEO_CUDA_GRAPHS=1, see "step graphs" below): an op's GPU work as a function
  * and its arguments, by value. */
 typedef struct cuda_ctx cuda_ctx;
@@ -118,7 +125,8 @@ typedef struct {
 
 struct cuda_ctx {
     wv_dtype dt;
-    int device, prev_device;
+    int device;
+    device_scope caller; /* during a decode: the caller's device, restored by finish */
     cudaStream_t stream, copy_stream; /* the work; the output's copies to the host */
     cudaEvent_t caller_ready;
     cudnnHandle_t cudnn;
@@ -193,31 +201,22 @@ static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
     return 0;
 }
 
-/* An algorithm declining this shape or these buffers (or an engine failing on them): the next
- * candidate may run. Everything else (an allocation, the installation, the driver, a fault) fails
- * every candidate alike and is the decode's error. */
+/* An algorithm declining this shape or these buffers (or an engine failing on them: a parameter,
+ * an unsupported case, an internal error of its own): the next candidate may run. What fails every
+ * candidate alike (the installation, the driver, an allocation, a fault) is the decode's error. */
 static int cudnn_declined(cudnnStatus_t s)
 {
     switch (s) {
-    case CUDNN_STATUS_BAD_PARAM:
-    case CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER:
-    case CUDNN_STATUS_BAD_PARAM_OUT_OF_BOUND:
-    case CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT:
-    case CUDNN_STATUS_NOT_SUPPORTED:
-    case CUDNN_STATUS_NOT_SUPPORTED_GRAPH_PATTERN:
-    case CUDNN_STATUS_NOT_SUPPORTED_SHAPE:
-    case CUDNN_STATUS_NOT_SUPPORTED_DATA_TYPE:
-    case CUDNN_STATUS_NOT_SUPPORTED_LAYOUT:
-    case CUDNN_STATUS_NOT_SUPPORTED_SHARED_MEMORY_INSUFFICIENT:
-    case CUDNN_STATUS_NOT_SUPPORTED_PADDING:
-    case CUDNN_STATUS_NOT_SUPPORTED_BAD_LAUNCH_PARAM:
-    case CUDNN_STATUS_INTERNAL_ERROR:
-    case CUDNN_STATUS_INTERNAL_ERROR_COMPILATION_FAILED:
-    case CUDNN_STATUS_INTERNAL_ERROR_UNEXPECTED_VALUE:
-    case CUDNN_STATUS_INTERNAL_ERROR_BAD_LAUNCH_PARAM:
-        return 1;
-    default:
+    case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER:
+    case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART:
+    case CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED:
+    case CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED:
         return 0;
+    default: {
+        int category = CUDNN_STATUS_CATEGORY(s);
+        return category == CUDNN_STATUS_BAD_PARAM || category == CUDNN_STATUS_NOT_SUPPORTED ||
+               category == CUDNN_STATUS_INTERNAL_ERROR;
+    }
     }
 }
 
@@ -242,21 +241,59 @@ static wv_status take_error(cuda_ctx *c, wv_error *err)
     return st;
 }
 
-/* Ops called outside a decode (model build and free) switch to the context's device and back. */
+/* Ops called outside a decode (model build and free) switch to the context's device and back; a
+ * decode does from begin to finish. Back means the caller's CUDA context, read and restored through
+ * the driver (found at run time: no link to libcuda): restoring a device with cudaSetDevice would
+ * create that device's primary context (hundreds of MiB) in a thread that had none current, e.g.
+ * on GPU 0 for a model on GPU 1. Without the driver's entry points, the caller's device. */
+typedef int (*ctx_get_fn)(void **ctx); /* cuCtxGetCurrent, cuCtxSetCurrent: CUresult, 0 on success */
+typedef int (*ctx_set_fn)(void *ctx);
+
+static void *driver_entry_point(const char *name)
+{
+    void *fn = NULL;
+#if CUDART_VERSION >= 12050
+    if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, NULL) != cudaSuccess) fn = NULL;
+#elif CUDART_VERSION >= 12000
+    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, NULL) != cudaSuccess) fn = NULL;
+#else
+    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault) != cudaSuccess) fn = NULL;
+#endif
+    cudaGetLastError(); /* a symbol not found is no error of ours */
+    return fn;
+}
+
 typedef struct {
-    int prev;
-} device_scope;
+    ctx_get_fn get;
+    ctx_set_fn set;
+} context_api;
+
+static const context_api *driver_context_api(void)
+{
+    static const context_api api = {(ctx_get_fn)driver_entry_point("cuCtxGetCurrent"),
+                                    (ctx_set_fn)driver_entry_point("cuCtxSetCurrent")};
+    return &api;
+}
 
 static device_scope enter_device(int device)
 {
-    device_scope s = {-1};
-    if (cudaGetDevice(&s.prev) == cudaSuccess && s.prev != device) cudaSetDevice(device);
+    const context_api *api = driver_context_api();
+    device_scope s = {-1, 0, NULL};
+    s.have_ctx = api->get && api->set && api->get(&s.ctx) == 0;
+    if (cudaGetDevice(&s.prev) != cudaSuccess) s.prev = -1;
+    if (s.prev != device) cudaSetDevice(device);
     return s;
 }
 
 static void leave_device(device_scope s, int device)
 {
-    if (s.prev >= 0 && s.prev != device) cudaSetDevice(s.prev);
+    void *now = NULL;
+    if (s.have_ctx) {
+        const context_api *api = driver_context_api();
+        if (api->get(&now) != 0 || now != s.ctx) api->set(s.ctx);
+    } else if (s.prev >= 0 && s.prev != device) {
+        cudaSetDevice(s.prev);
+    }
 }
 
 /* Launches KERNEL<T> for the context's activation type on `blocks` x `threads`, with `smem` bytes of
@@ -640,7 +677,10 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
                  "cudnnSetActivationDescriptor") &&
         cublas_ok(c, cublasCreate(&c->cublas), "cublasCreate") &&
         cublas_ok(c, cublasSetStream(c->cublas, c->stream), "cublasSetStream") &&
-        cublas_ok(c, cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode"))
+        /* no TF32, and split-K partial sums in fp32 rather than the 16-bit output type */
+        cublas_ok(c, cublasSetMathMode(c->cublas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
+                                                                 CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
+                  "cublasSetMathMode"))
         cuda_ok(c, cudaMalloc(&c->scalars, WV_CUDA_SCALARS_BYTES), "cudaMalloc");
     leave_device(ds, device);
     if ((st = take_error(c, err))) {
@@ -935,8 +975,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     cudaGetLastError();
     c->in_call = 1;
     c->stats_loaded = 0;
-    c->prev_device = -1;
-    if (cudaGetDevice(&c->prev_device) != cudaSuccess) c->prev_device = -1;
+    c->caller = enter_device(c->device);
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
     c->workspace = call->workspace;
     c->workspace_bytes = call->workspace_bytes;
@@ -1062,7 +1101,7 @@ static void cuda_finish(void *ctx)
     c->weight_scratch = NULL;
     c->weight_scratch_bytes = 0;
     take_error(c, NULL);
-    if (c->prev_device >= 0 && c->prev_device != c->device) cudaSetDevice(c->prev_device);
+    leave_device(c->caller, c->device);
 }
 
 /* ---- convolution -------------------------------------------------------------------------- */
@@ -1121,8 +1160,8 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         cudnnSetConvolutionMathType(s->conv, s->math_now) != CUDNN_STATUS_SUCCESS ||
         cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) != CUDNN_STATUS_SUCCESS ||
         memcmp(out, yd, sizeof(int) * (size_t)nd) != 0 ||
-        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
-                                               &returned, perf) != CUDNN_STATUS_SUCCESS)
+        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y, /* per math type */
+                                               2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf) != CUDNN_STATUS_SUCCESS)
         return 1;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;
@@ -1265,7 +1304,8 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
             return 1;
         }
         if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
-        s->refused[i] = 1;
+        /* short of workspace this call only: a plan with more may run it */
+        if (st != CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->refused[i] = 1;
     }
     announce(c, s, -1);
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
@@ -1722,11 +1762,18 @@ extern "C" int wv_cuda_device_count(char *why, size_t why_size)
     return count;
 }
 
+extern "C" int wv_cuda_current_device(void)
+{
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) device = 0;
+    return device;
+}
+
 extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, char *why, size_t why_size)
 {
     device_scope ds;
     cudaError_t e;
-    if (device < 0 && cudaGetDevice(&device) != cudaSuccess) device = 0;
+    if (device < 0) device = wv_cuda_current_device();
     ds = enter_device(device);
     e = cudaMemGetInfo(free_b, total_b);
     leave_device(ds, device);

@@ -11,6 +11,7 @@
  * allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
  * tests/test_cuda.py). */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,7 @@ static const run RUNS[] = {
     {"small tiles of a larger frame, trunk to the attention", 2, 28, 28, 40, 0, 0},
     {"end frame in tiles", 4, 5, 6, 40, 1, 0},
     {"end frame in small tiles of a larger frame", 3, 28, 28, 40, 1, 0}, /* staging over the attention scores */
+    {"end frame, the last output under a trunk cache", 2, 4, 18, 40, 1, 0},
     {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80},
 };
 
@@ -153,6 +155,38 @@ static void with_model(const weight_set *ws, wv_dtype dt, const char *setting, i
     wv_model_free(&m);
 }
 
+/* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
+ * context current: the thread ends as it began, and no context is made on the first GPU (restoring
+ * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
+static void *on_the_second_gpu(void *weights)
+{
+    const weight_set *ws = (const weight_set *)weights;
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    CHECK(stub_current_context() == -1);
+    wv_status s = wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], 1, ws->views, ws->n, &err);
+    if (s) fprintf(stderr, "a model on device 1: %s\n", err.msg);
+    CHECK(s == WV_OK);
+    if (!s) {
+        CHECK(stub_current_context() == -1);
+        CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+        CHECK(stub_current_context() == -1);
+        wv_model_free(&m);
+    }
+    CHECK(stub_current_context() == -1);
+    CHECK(stub_context_made(1) && !stub_context_made(0));
+    return NULL;
+}
+
+static void model_on_the_second_gpu(const weight_set *ws)
+{
+    pthread_t thread;
+    stub_set_device_count(2);
+    CHECK(pthread_create(&thread, NULL, on_the_second_gpu, (void *)ws) == 0);
+    pthread_join(thread, NULL);
+    stub_set_device_count(1);
+}
+
 int main(void)
 {
     static weight_set ws;
@@ -168,6 +202,7 @@ int main(void)
     }
     for (int i = 0; i < 3; i++) /* computing, fp16 is left to the op checks (the stub's loops are slow) */
         if (!g_reference || types[i] != WV_F16) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
+    if (!g_reference) model_on_the_second_gpu(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

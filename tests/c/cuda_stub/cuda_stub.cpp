@@ -278,6 +278,53 @@ static void check_work(cudaStream_t s, work w)
 
 static int g_capturing; /* streams being captured into graphs */
 
+/* ---- devices and contexts --------------------------------------------------------------------- */
+
+/* Each thread's current device and current context (a device's primary context, or none), and
+ * which devices' primary contexts exist: as the real runtime, cudaSetDevice creates the device's
+ * context, and a call that needs one with none current creates the current device's. */
+#define STUB_MAX_DEVICES 8
+static int g_device_count = 1;
+static int g_context_made[STUB_MAX_DEVICES];
+static char g_context_handles[STUB_MAX_DEVICES]; /* a context handle: the address of its device's */
+static thread_local int t_device;
+static thread_local int t_context; /* device + 1; 0: none current */
+
+static void make_current(int device)
+{
+    g_context_made[device] = 1;
+    t_context = device + 1;
+    t_device = device;
+}
+
+static void need_context(void)
+{
+    if (!t_context) make_current(t_device);
+}
+
+extern "C" void stub_set_device_count(int n)
+{
+    g_device_count = n < 1 ? 1 : n > STUB_MAX_DEVICES ? STUB_MAX_DEVICES : n;
+    memset(g_context_made, 0, sizeof g_context_made);
+}
+
+extern "C" int stub_context_made(int device) { return device >= 0 && device < STUB_MAX_DEVICES && g_context_made[device]; }
+
+extern "C" int stub_current_context(void) { return t_context - 1; }
+
+static int stub_cuCtxGetCurrent(void **ctx)
+{
+    *ctx = t_context ? &g_context_handles[t_context - 1] : NULL;
+    return 0;
+}
+
+static int stub_cuCtxSetCurrent(void *ctx)
+{
+    t_context = ctx ? (int)((char *)ctx - g_context_handles) + 1 : 0;
+    if (t_context) t_device = t_context - 1;
+    return 0;
+}
+
 /* A call that waits for the device (or for a stream) is illegal while a stream is captured. */
 static void no_capture(const char *what)
 {
@@ -297,6 +344,7 @@ static void device_synchronized(void)
 /* Work on stream s: kept in the graph while s is being captured, else checked and done. */
 static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses, action act = nullptr)
 {
+    need_context();
     work w;
     w.tick = 0;
     w.what = what;
@@ -378,17 +426,35 @@ extern "C" {
 
 cudaError_t cudaGetDeviceCount(int *count)
 {
-    *count = 1;
+    *count = g_device_count;
     return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device)
 {
-    *device = 0;
+    *device = t_context ? t_context - 1 : t_device;
     return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaSetDevice(int device)
+{
+    if (device < 0 || device >= g_device_count) return cudaErrorInvalidDevice;
+    make_current(device);
+    return cudaSuccess;
+}
+
+#if CUDART_VERSION >= 12050
+cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **fn, unsigned int version,
+                                             unsigned long long flags, cudaDriverEntryPointQueryResult *found)
+{
+    (void)version, (void)flags;
+    *fn = !strcmp(symbol, "cuCtxGetCurrent")   ? (void *)stub_cuCtxGetCurrent
+          : !strcmp(symbol, "cuCtxSetCurrent") ? (void *)stub_cuCtxSetCurrent
+                                               : NULL;
+    if (found) *found = *fn ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
+#endif
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 {
@@ -396,11 +462,12 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     snprintf(prop->name, sizeof prop->name, "CUDA stub");
     prop->major = 9;
     prop->totalGlobalMem = (size_t)80 << 30;
-    return device == 0 ? cudaSuccess : cudaErrorInvalidDevice;
+    return device >= 0 && device < g_device_count ? cudaSuccess : cudaErrorInvalidDevice;
 }
 
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
 {
+    need_context();
     *total_b = (size_t)80 << 30;
     *free_b = *total_b;
     return cudaSuccess;
@@ -424,6 +491,7 @@ const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no er
 
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
+    need_context();
     device_time t;
     return take_block(p, bytes, KIND_DEVICE);
 }
@@ -438,6 +506,7 @@ cudaError_t cudaFree(void *p)
 
 cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 {
+    need_context();
     (void)flags;
     return take_block(p, bytes, KIND_PINNED);
 }
@@ -518,6 +587,7 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
     cudaError_t create(handle_t *h, unsigned int flags)   \
     {                                                     \
         (void)flags;                                      \
+        need_context();                                   \
         *h = make_handle<object>();                       \
         return cudaSuccess;                               \
     }                                                     \
@@ -533,6 +603,7 @@ RUNTIME_OBJECT(cudaEventCreateWithFlags, cudaEventDestroy, cudaEvent_t, CUevent_
 /* The stream's work is done, and all it was ordered after. */
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
+    need_context();
     stream_state &st = state_of(s);
     no_capture("cudaStreamSynchronize");
     merge(g_host_known, st.known);
@@ -559,6 +630,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
+    need_context();
     no_capture("cudaEventSynchronize");
     merge(g_host_known, e->snapshot);
     return cudaSuccess;
@@ -658,6 +730,7 @@ static std::vector<call_configuration> g_configurations;
 
 unsigned __cudaPushCallConfiguration(dim3 grid, dim3 block, size_t shared, struct CUstream_st *s)
 {
+    need_context();
     g_configurations.push_back({grid, block, shared, s});
     return 0;
 }
@@ -718,7 +791,19 @@ size_t cudnnGetVersion(void) { return 91900; }
 
 const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS ? "success" : "cuDNN stub error"; }
 
-CUDNN_OBJECT(cudnnCreate, cudnnDestroy, cudnnHandle_t, cudnnContext)
+cudnnStatus_t cudnnCreate(cudnnHandle_t *h)
+{
+    need_context();
+    *h = make_handle<cudnnContext>();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroy(cudnnHandle_t h)
+{
+    drop_handle(h);
+    return CUDNN_STATUS_SUCCESS;
+}
+
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
 {
     h->stream = s;
@@ -895,6 +980,7 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 
 cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
 {
+    need_context();
     *h = make_handle<cublasContext>();
     return CUBLAS_STATUS_SUCCESS;
 }

@@ -22,6 +22,14 @@ typedef struct {
 
 stub_calls stub_counts(void);
 
+/* Devices: n of them from now on (1 at the start), none of their primary contexts made yet.
+ * stub_context_made: whether device's primary context has been made since (by cudaSetDevice, or
+ * by a call that needed a context with none current: the current device's, 0 in a fresh thread).
+ * stub_current_context: the device whose context is current in the calling thread, -1: none. */
+void stub_set_device_count(int n);
+int stub_context_made(int device);
+int stub_current_context(void);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
