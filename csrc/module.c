@@ -121,6 +121,11 @@ static int parse_data(PyObject *iface, const char *what, py_array *a)
         PyErr_Format(WvError, "%s: null data pointer for a non-empty array", what);
         return -1;
     }
+    if (a->view.on_device && (uintptr_t)a->view.data % wv_dtype_size(a->view.dtype)) { /* a fault on the GPU */
+        PyErr_Format(WvError, "%s: data pointer %p is not aligned to its %d-byte elements", what, a->view.data,
+                     (int)wv_dtype_size(a->view.dtype));
+        return -1;
+    }
     return 0;
 }
 
@@ -134,6 +139,28 @@ static int parse_stream(PyObject *iface, const char *what, py_array *a)
     if (a->stream == 0) {
         PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
         return -1;
+    }
+    if (a->stream < 0) {
+        PyErr_Format(WvError, "%s: CUDA array interface stream %lld is not a stream (1: legacy default, 2: per-thread "
+                              "default, else a cudaStream_t)", what, a->stream);
+        return -1;
+    }
+    return 0;
+}
+
+/* "V2" is bfloat16 as raw 2-byte items only: a structured dtype of two bytes (named fields) is not. */
+static int check_unstructured(PyObject *iface, const char *what)
+{
+    PyObject *descr = PyDict_GetItemString(iface, "descr");
+    if (!descr || !PyList_Check(descr)) return 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(descr); i++) {
+        PyObject *field = PyList_GET_ITEM(descr, i);
+        PyObject *name = PyTuple_Check(field) && PyTuple_GET_SIZE(field) > 0 ? PyTuple_GET_ITEM(field, 0) : NULL;
+        if (name && PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name) > 0) {
+            PyErr_Format(WvError, "%s: a structured dtype (fields) is not bfloat16; expected float32, float16 or "
+                                  "bfloat16", what);
+            return -1;
+        }
     }
     return 0;
 }
@@ -173,7 +200,8 @@ static int parse_array(PyObject *obj, const char *what, py_array *a)
         goto finally;
     }
     a->view.on_device = on_device;
-    if (parse_typestr(typestr, what, &a->view.dtype) || parse_shape(iface, what, &a->view) ||
+    if (parse_typestr(typestr, what, &a->view.dtype) ||
+        (a->view.dtype == WV_BF16 && check_unstructured(iface, what)) || parse_shape(iface, what, &a->view) ||
         parse_strides(iface, what, &a->view) || parse_data(iface, what, a) ||
         (on_device && parse_stream(iface, what, a)))
         goto finally;

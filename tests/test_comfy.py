@@ -283,6 +283,24 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
     assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
 
 
+def test_latents_on_another_gpu_go_to_the_decoders():
+    from wanvideo_vae.comfy_nodes import _on_decoder_gpu
+
+    class OnGpu:  # a CUDA tensor as far as the node can tell
+        def __init__(self, index):
+            self.device = torch.device("cuda", index)
+
+        def to(self, where):
+            return OnGpu(torch.device(where).index)
+
+    assert _on_decoder_gpu(OnGpu(0), ("cuda", "bf16", 1)).device.index == 1
+    same = OnGpu(1)
+    assert _on_decoder_gpu(same, ("cuda", "bf16", 1)) is same
+    host = torch.zeros(1)
+    assert _on_decoder_gpu(host, ("cuda", "bf16", 1)) is host  # the decoder uploads host latents itself
+    assert _on_decoder_gpu(host, ("cpu", None, None)) is host
+
+
 def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch):
     from wanvideo_vae import comfy_nodes
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(False))

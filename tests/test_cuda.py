@@ -3,6 +3,7 @@
 Everything that needs a GPU is skipped without one (never failed). What runs everywhere: the build
 report, and, where the CI asks for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that
 the CUDA backend was compiled and implements every op of the table."""
+import contextlib
 import importlib.util
 import json
 import os
@@ -114,6 +115,37 @@ def test_cuda_without_device_gives_a_clear_error():
     w = random_weights(8, 4, seed=0)
     with pytest.raises(wv.WanVAEError, match="cuda|CUDA"):
         wv.Decoder(w, backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
+
+
+def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
+    """torch's cache counts toward the first budget; blocks it cannot hand back (in part in use) must
+    not count once it was asked to: the plan is then made for what is really free."""
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae import devices
+    released = []
+    monkeypatch.setattr(devices, "cuda_module",
+                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    assert devices.release_torch_cache_if_needed(0, 123, 1 << 30, 2 << 30) == 123  # fits: nothing released
+    assert not released
+    assert devices.release_torch_cache_if_needed(0, 20 << 30, 15 << 30, 5 << 30) == \
+        int((10 << 30) * devices.DEVICE_BUDGET_SHARE)
+    assert released == [True]
+
+
+def test_the_current_device_without_torch_is_the_cuda_runtimes(monkeypatch):
+    from wanvideo_vae import devices
+    cuda = devices.cuda_module()
+    if cuda is not None:
+        assert cuda.current_device() >= 0
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
+    monkeypatch.setattr(devices, "cuda_module", lambda: type("Cuda", (), {"current_device": staticmethod(lambda: 3)}))
+    assert devices.resolve_device(-1) == 3
+    assert devices.resolve_device(1) == 1
+    monkeypatch.setattr(devices, "cuda_module", lambda: None)
+    assert devices.resolve_device(-1) == -1
 
 
 # ---- on a GPU ------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ class Decoder:
             if len(getattr(lat, "shape", ())) == 4:
                 planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
                                            end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
-                release_torch_cache_if_needed(self._device, planned, free_now)
+                budget = release_torch_cache_if_needed(self._device, budget, planned, free_now)
         else:
             budget = _budget(max_memory, self.backend, self._device)
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),

@@ -4,6 +4,8 @@ bfloat16 has no standard typestr. The core reads "<V2" / "|V2" as bfloat16, the 
 and ml_dtypes export it. NumPy has no bfloat16, so a torch bfloat16 tensor is reinterpreted as
 int16 and viewed as NumPy "V2" (raw 2-byte items); no bits change.
 """
+import sys
+
 import numpy as np
 
 from ._C import WanVAEError
@@ -12,7 +14,9 @@ _FLOAT_KINDS = {"float32", "float16", "bfloat16"}
 
 
 def _is_torch_tensor(x):
-    return type(x).__module__.startswith("torch") and hasattr(x, "dtype") and hasattr(x, "device")
+    """A torch tensor, subclasses included (torch is loaded if x is one: no import here)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def is_cuda_tensor(x):

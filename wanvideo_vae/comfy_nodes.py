@@ -56,6 +56,15 @@ def _backend_for(module, *tensors):
     return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), index
 
 
+def _on_decoder_gpu(latents, placement):
+    """Latents on another GPU than the decoder's (the VAE's) go to the decoder's."""
+    backend, _, device = placement
+    where = getattr(latents, "device", None)
+    if backend == "cuda" and getattr(where, "type", None) == "cuda" and where.index != device:
+        return latents.to(f"cuda:{device}")
+    return latents
+
+
 def _wanvae_stats(vae):
     """(mean, std) from a WanVideoWrapper WANVAE: mean/inv_std, or older std, or scale=[mean, 1/std]."""
     mean = getattr(vae, "mean", None)
@@ -124,8 +133,9 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
     mean, std = _wanvae_stats(vae)
-    dec = _decoders.get(vae, vae.model, _backend_for(vae.model, latents, mean), mean=mean, std=std)
-    return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
+    placement = _backend_for(vae.model, latents, mean)
+    dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
+    return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
                       tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
 
 
@@ -281,7 +291,9 @@ class WanCoreVAENativeDecode:
         z_dim = int(conv1.shape[1])
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
-        dec = _decoders.get(vae, model, _backend_for(model, z), mean=[0.0] * z_dim, std=[1.0] * z_dim)
+        placement = _backend_for(model, z)
+        dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
+        z = _on_decoder_gpu(z, placement)
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
         return (torch.from_numpy(np.concatenate(frames, axis=0)),)

@@ -61,11 +61,15 @@ def _torch_if_loaded():
 
 
 def resolve_device(device):
-    """A device index (-1: the calling thread's current device, as torch sees it when it is loaded)."""
+    """A device index; -1: the calling thread's current device, as torch sees it when it is loaded,
+    else as the CUDA runtime does (-1 stays where the CUDA backend cannot load)."""
+    if device >= 0:
+        return device
     torch = _torch_if_loaded()
-    if device < 0 and torch is not None and torch.cuda.is_available():
+    if torch is not None and torch.cuda.is_available():
         return torch.cuda.current_device()
-    return device
+    cuda = cuda_module()
+    return cuda.current_device() if cuda is not None else device
 
 
 def _torch_cached_unused(device):
@@ -85,13 +89,18 @@ def device_budget(device):
     return int((free + _torch_cached_unused(device)) * DEVICE_BUDGET_SHARE), int(free * DEVICE_BUDGET_SHARE)
 
 
-def release_torch_cache_if_needed(device, need, free_now):
-    """When a plan needs more than is free now, let torch hand its unused cache back to the driver
-    (only then: emptying it costs torch later allocations)."""
+def release_torch_cache_if_needed(device, budget, need, free_now):
+    """The budget to plan with, once a plan that needs more than is free now has made room: torch
+    hands its unused cache back to the driver (only then: emptying it costs torch later
+    allocations), and the budget becomes the share of what is free after that, as torch may keep
+    cached blocks it could not release (a block in part in use), which the first budget counted."""
     torch = _torch_if_loaded()
-    if need > free_now and torch is not None and torch.cuda.is_initialized():
-        with torch.cuda.device(device):
-            torch.cuda.empty_cache()
+    if need <= free_now or torch is None or not torch.cuda.is_initialized():
+        return budget
+    with torch.cuda.device(device):
+        torch.cuda.empty_cache()
+    free, _ = cuda_module().mem_get_info(device)
+    return int(free * DEVICE_BUDGET_SHARE)
 
 
 class CudaArray:
