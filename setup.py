@@ -185,7 +185,8 @@ def cuda_config():
         candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
         ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]))
     if not cudnn_inc:
-        return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or set CUDNN_PATH)")
+        return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or -cu12 for a CUDA 12 toolkit, "
+                             "or set CUDNN_PATH)")
     cublas_inc, cublas_lib = find_library(
         candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
         ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so

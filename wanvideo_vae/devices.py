@@ -22,10 +22,14 @@ def add_windows_dll_dirs():
         return
     _dll_dirs_added = True
     roots = [os.environ[v] for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
-    for sp in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+    sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    for sp in sites:
         roots += glob.glob(os.path.join(sp, "nvidia", "*"))
     # bin/x86_64: the CUDA 13 wheels (nvidia/cu13/bin/x86_64/cublas64_13.dll); bin/x64: the toolkit's
     dirs = [os.path.join(r, *sub) for r in roots for sub in (("bin",), ("bin", "x86_64"), ("bin", "x64"))]
+    # PyTorch's Windows wheels carry cuDNN and cuBLAS in torch/lib (added when torch is imported;
+    # here for a process that imports us first)
+    dirs += [os.path.join(sp, "torch", "lib") for sp in sites]
     for d in dirs:
         if os.path.isdir(d):
             os.add_dll_directory(d)
