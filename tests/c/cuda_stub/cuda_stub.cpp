@@ -5,8 +5,9 @@
  * checks: every range a copy, memset, convolution or GEMM touches lies inside one live allocation
  * (device memory from cudaMalloc, pinned memory from cudaHostAlloc, or the caller's own host memory
  * for copies), every handle is one it made and not yet destroyed, and nothing is left allocated at
- * the end (stub_report). Work issued on a stream being captured is kept in the graph, and runs (and
- * is checked) each time a launch issues it, as on a GPU.
+ * the end (stub_report); no kernel is launched past a GPU's limits; each thread's CUDA context is
+ * modelled (stub_current_context, stub_context_made). Work issued on a stream being captured is kept
+ * in the graph, and runs (and is checked) each time a launch issues it, as on a GPU.
  *
  * It also looks for races between streams: work runs here as it is issued, but on a GPU two
  * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
@@ -415,7 +416,9 @@ extern "C" int stub_report(void)
     if (g_n_blocks) fprintf(stderr, "cuda stub: %d allocations left\n", g_n_blocks);
     if (g_races) fprintf(stderr, "cuda stub: %ld races between streams\n", g_races);
     if (g_handles) fprintf(stderr, "cuda stub: %ld handles left\n", g_handles);
-    if (g_violations) fprintf(stderr, "cuda stub: %ld out-of-range accesses\n", g_violations);
+    if (g_violations)
+        fprintf(stderr, "cuda stub: %ld misuses (accesses out of range, launches past the limits, waits in a capture; "
+                        "the first 20 above)\n", g_violations);
     return bad;
 }
 
@@ -751,11 +754,27 @@ cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
     return cudaSuccess;
 }
 
+/* What every GPU refuses to launch (cudaErrorInvalidConfiguration): a grid dimension of 0 or past
+ * its limit, a block of more than 1024 threads, more dynamic shared memory than the default 48 KiB
+ * (more needs cudaFuncSetAttribute, which the backend does not call). */
+static bool launchable(dim3 grid, dim3 block, size_t shared)
+{
+    uint64_t threads = (uint64_t)block.x * block.y * block.z;
+    return grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
+           grid.z <= 65535 && threads >= 1 && threads <= 1024 && block.z <= 64 && shared <= (48u << 10);
+}
+
 cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
                                cudaStream_t s)
 {
     action run;
-    (void)shared;
+    if (!launchable(grid, block, shared)) {
+        if (g_violations++ < 20)
+            fprintf(stderr, "cuda stub: kernel '%s' launched on a %ux%ux%u grid of %ux%ux%u blocks, %zu B shared: "
+                            "past the GPU's limits\n", kernel_names()[(const void *)kernel].c_str(), grid.x, grid.y,
+                    grid.z, block.x, block.y, block.z, shared);
+        return cudaErrorInvalidConfiguration;
+    }
     count(s, g_calls.kernels);
     if (computing()) {
         const std::string &name = kernel_names()[(const void *)kernel];
