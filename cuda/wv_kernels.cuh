@@ -378,13 +378,14 @@ __global__ void narrow_conv_kernel(const void *f0, const void *f1, const void *f
                 const T *src = frame + grid_pos(g, py + k / 3 - 1, px0 + k % 3 - 1) * cin;
                 const float *wt = ws + (dt * 9 + k) * cin;
                 for (int c = 0; c < cin; c += V) {
-                    T v[NARROW_PIXELS][V]; /* a row's last, odd pixel reads its neighbour's inputs again */
+                    uint4 v[NARROW_PIXELS]; /* V inputs a pixel; a row's last, odd pixel reads its neighbour's again */
                     float xf[NARROW_PIXELS][V];
 #pragma unroll
                     for (int p = 0; p < NARROW_PIXELS; p++) {
-                        *(uint4 *)v[p] = *(const uint4 *)(src + (int64_t)min(p, pixels - 1) * cin + c);
+                        v[p] = *(const uint4 *)(src + (int64_t)min(p, pixels - 1) * cin + c);
+                        const T *vt = (const T *)&v[p];
 #pragma unroll
-                        for (int e = 0; e < V; e++) xf[p][e] = to_f32(v[p][e]);
+                        for (int e = 0; e < V; e++) xf[p][e] = to_f32(vt[e]);
                     }
 #pragma unroll
                     for (int o = 0; o < NARROW_OUTS; o++) {

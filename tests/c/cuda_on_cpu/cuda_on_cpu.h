@@ -35,10 +35,12 @@ struct dim3_on_cpu {
 inline thread_local dim3_on_cpu threadIdx = {0, 0, 0}, blockIdx = {0, 0, 0};
 inline dim3_on_cpu blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
 
-struct uint4 {
+/* 16-byte aligned, as CUDA's: a misaligned vector access (a fault on a GPU) is then one that
+ * -fsanitize=alignment reports here */
+struct alignas(16) uint4 {
     unsigned x, y, z, w;
 };
-struct float4 {
+struct alignas(16) float4 {
     float x, y, z, w;
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
