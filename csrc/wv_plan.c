@@ -434,6 +434,8 @@ static void size_attention_chunk(wv_plan *p, const wv_model *m)
     room = p->arena_bytes - phase_end(p, m, PHASE_TRUNK) + p->buffers[WV_BUF_ATTN_SCORES].bytes;
     /* the scores buffer rounds its two parts up to the arena alignment: room for both roundings */
     fit = room < 2 * WV_ARENA_ALIGN ? 0 : (int64_t)((room - 2 * WV_ARENA_ALIGN) / (size_t)per_row);
+    /* a chunk's scores stay under 2^31 elements: one GEMM's matrix, which BLAS libraries index in int */
+    if (fit > INT32_MAX / N) fit = INT32_MAX / N;
     if (fit <= p->attn_rows) return;
     p->attn_rows = (int)(fit < N ? fit : N);
     size_buffers(p, m);

@@ -54,6 +54,15 @@ def test_tile_size_maps_to_core():
     assert plan["n_tiles"] == 1 and plan["core_x"] == 1280 and plan["core_y"] == 720
 
 
+def test_attention_chunk_stays_under_2_31_scores():
+    """Large tiles of a 4K frame leave room for more query rows than one GEMM's score matrix may hold
+    (BLAS libraries index it in int): the chunk stops at 2^31 - 1 scores."""
+    dec = wv.Decoder(random_weights(96, 16))
+    N = 270 * 480
+    plan = dec.plan(81, 270, 480, tile_x=2048, tile_y=2048, tile_stride_x=8, tile_stride_y=8, max_memory=1 << 40)
+    assert plan["n_tiles"] > 1 and plan["attention_rows"] == (2**31 - 1) // N
+
+
 def test_attention_chunk_grows_into_the_room_tiles_leave():
     """Several tiles: the trunk's buffers share memory with the tiles', and the attention's query chunk
     grows into what the tiles leave (up to the whole frame); the result stays the untiled one. A
