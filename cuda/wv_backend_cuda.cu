@@ -259,8 +259,7 @@ static void *driver_entry_point(const char *name)
 #else
     if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault) != cudaSuccess) fn = NULL;
 #endif
-    cudaGetLastError(); /* a symbol not found is no error of ours */
-    return fn;
+    return fn; /* NULL too when the driver lacks the symbol */
 }
 
 typedef struct {
@@ -1160,8 +1159,9 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         cudnnSetConvolutionMathType(s->conv, s->math_now) != CUDNN_STATUS_SUCCESS ||
         cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) != CUDNN_STATUS_SUCCESS ||
         memcmp(out, yd, sizeof(int) * (size_t)nd) != 0 ||
-        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y, /* per math type */
-                                               2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf) != CUDNN_STATUS_SUCCESS)
+        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
+                                               2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, /* per math type */
+                                               &returned, perf) != CUDNN_STATUS_SUCCESS)
         return 1;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;

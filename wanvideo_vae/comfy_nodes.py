@@ -135,8 +135,9 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     mean, std = _wanvae_stats(vae)
     placement = _backend_for(vae.model, latents, mean)
     dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
-    return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
-                      tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
+    return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame,
+                      enable_vae_tiling=bool(tiled), tile_x=int(tile_x), tile_y=int(tile_y), tile_stride_x=8,
+                      tile_stride_y=8, progress=_comfy_progress())
 
 
 # ---- WanVideoDecode drop-in ----------------------------------------------------------------------

@@ -309,7 +309,10 @@ extern "C" void stub_set_device_count(int n)
     memset(g_context_made, 0, sizeof g_context_made);
 }
 
-extern "C" int stub_context_made(int device) { return device >= 0 && device < STUB_MAX_DEVICES && g_context_made[device]; }
+extern "C" int stub_context_made(int device)
+{
+    return device >= 0 && device < STUB_MAX_DEVICES && g_context_made[device];
+}
 
 extern "C" int stub_current_context(void) { return t_context - 1; }
 
@@ -793,35 +796,29 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
 
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
-/* A cuDNN object's create and destroy: a live handle of its own type, counted. */
-#define CUDNN_OBJECT(create, destroy, handle_t, object)   \
-    cudnnStatus_t create(handle_t *h)                     \
-    {                                                     \
-        *h = make_handle<object>();                       \
-        return CUDNN_STATUS_SUCCESS;                      \
-    }                                                     \
-    cudnnStatus_t destroy(handle_t h)                     \
-    {                                                     \
-        drop_handle(h);                                   \
-        return CUDNN_STATUS_SUCCESS;                      \
+/* A library object's create and destroy: a live handle of its own type, counted; `made` comes first
+ * (the handles that take the device make its context, as their libraries do). */
+#define LIBRARY_OBJECT(status_t, ok, create, destroy, handle_t, object, made) \
+    status_t create(handle_t *h)                                          \
+    {                                                                     \
+        made;                                                             \
+        *h = make_handle<object>();                                       \
+        return ok;                                                        \
+    }                                                                     \
+    status_t destroy(handle_t h)                                          \
+    {                                                                     \
+        drop_handle(h);                                                   \
+        return ok;                                                        \
     }
+#define CUDNN_OBJECT(create, destroy, handle_t, object) \
+    LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, create, destroy, handle_t, object, (void)0)
 
 size_t cudnnGetVersion(void) { return 91900; }
 
 const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS ? "success" : "cuDNN stub error"; }
 
-cudnnStatus_t cudnnCreate(cudnnHandle_t *h)
-{
-    need_context();
-    *h = make_handle<cudnnContext>();
-    return CUDNN_STATUS_SUCCESS;
-}
-
-cudnnStatus_t cudnnDestroy(cudnnHandle_t h)
-{
-    drop_handle(h);
-    return CUDNN_STATUS_SUCCESS;
-}
+LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnCreate, cudnnDestroy, cudnnHandle_t, cudnnContext,
+               need_context())
 
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
 {
@@ -997,18 +994,8 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 
 /* ---- cuBLAS --------------------------------------------------------------------------------- */
 
-cublasStatus_t cublasCreate_v2(cublasHandle_t *h)
-{
-    need_context();
-    *h = make_handle<cublasContext>();
-    return CUBLAS_STATUS_SUCCESS;
-}
-
-cublasStatus_t cublasDestroy_v2(cublasHandle_t h)
-{
-    drop_handle(h);
-    return CUBLAS_STATUS_SUCCESS;
-}
+LIBRARY_OBJECT(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasCreate_v2, cublasDestroy_v2, cublasHandle_t,
+               cublasContext, need_context())
 
 cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
 {
