@@ -12,15 +12,20 @@
 
 #include "wv_blas.h"
 
+typedef struct {
+    int nonfinite; /* write_output saw a NaN or Inf this call */
+} cpu_ctx;
+
 static wv_status cpu_ctx_create(const wv_backend *be, int device, void **ctx, wv_error *err)
 {
     (void)be;
     *ctx = NULL;
     if (device > 0) return wv_fail(err, WV_ERR_INVALID, "the CPU backend has no device %d", device);
+    if (!(*ctx = calloc(1, sizeof(cpu_ctx)))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
     return WV_OK;
 }
 
-static void cpu_ctx_destroy(void *ctx) { (void)ctx; }
+static void cpu_ctx_destroy(void *ctx) { free(ctx); }
 
 /* Test hook: fail the n-th allocation from now (0 = never). Not thread-safe by design. */
 static int g_fail_alloc_countdown = 0;
@@ -30,7 +35,7 @@ static void cpu_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
 /* The CPU reads latents in host memory only; device latents are refused here rather than read. */
 static wv_status cpu_begin(void *ctx, wv_call *call, wv_error *err)
 {
-    (void)ctx;
+    ((cpu_ctx *)ctx)->nonfinite = 0;
     if (call->latents->on_device)
         return wv_fail(err, WV_ERR_INVALID, "latents are in CUDA device memory but the model uses the CPU backend");
     return WV_OK;
@@ -318,25 +323,22 @@ static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, in
                              int out_w, int oy, int ox, wv_output_mode mode)
 {
     const float *src = (const float *)src_;
-    (void)ctx;
+    int finite = 1;
     for (int y = 0; y < h; y++) {
         const float *s = src + pos(gs, y + sy, sx) * 3;
         float *d = out + ((int64_t)(oy + y) * out_w + ox) * 3;
-        if (mode == WV_OUT_RAW) {
-            memcpy(d, s, (size_t)w * 3 * sizeof(float));
-            continue;
-        }
         for (int i = 0; i < w * 3; i++) {
-            float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i];
-            d[i] = (v + 1.0f) * 0.5f;
+            float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i]; /* NaN stays NaN */
+            finite &= isfinite(s[i]) != 0;
+            d[i] = mode == WV_OUT_RAW ? s[i] : (v + 1.0f) * 0.5f;
         }
     }
+    if (!finite) ((cpu_ctx *)ctx)->nonfinite = 1;
 }
 
 static wv_status cpu_sync(void *ctx, wv_error *err)
 {
-    (void)ctx;
-    (void)err;
+    if (((cpu_ctx *)ctx)->nonfinite) return wv_fail(err, WV_ERR_BACKEND, WV_NONFINITE_OUTPUT);
     return WV_OK;
 }
 

@@ -48,7 +48,8 @@
 #endif
 
 #define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
-#define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the nonfinite flag, then mean and std */
+#define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the latents' nonfinite flag, the output's, mean and std */
+#define OUTPUT_FLAG_OFFSET 64                    /* bytes into the scalars: write_output's nonfinite flag */
 #define WV_CUDA_MAX_Z 4096
 
 #define MAX_CANDIDATES 8
@@ -927,6 +928,8 @@ static wv_status copy_host_latents(cuda_ctx *c, wv_call *call, wv_error *err)
     return WV_OK;
 }
 
+static unsigned *output_flag(cuda_ctx *c) { return (unsigned *)((char *)c->scalars + OUTPUT_FLAG_OFFSET); }
+
 /* NaN or Inf in the latents means the sampler failed; refuse them as the CPU path does. */
 static wv_status check_finite(cuda_ctx *c, const wv_view *v, wv_error *err)
 {
@@ -995,6 +998,8 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     if (!cublas_ok(c, cublasSetWorkspace(c->cublas, c->workspace, c->workspace_bytes), "cublasSetWorkspace"))
         return take_error(c, err);
     if ((st = check_finite(c, call->latents, err))) return st;
+    if (!cuda_ok(c, cudaMemsetAsync(output_flag(c), 0, sizeof(unsigned), c->stream), "cudaMemsetAsync"))
+        return take_error(c, err);
     c->step_out_bytes = call->step_out_bytes;
     if (!call->output_staging && call->step_out_bytes)
         return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend was given no output staging in the arena");
@@ -1072,6 +1077,13 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     if (!failed(c)) {
         if (c->stage[c->cur].n_copies) queue_step(c, &c->stage[c->cur]);
         drain(c, &c->stage[c->cur]);
+    }
+    if (!failed(c) && c->in_call) {
+        unsigned nonfinite = 0;
+        if (cuda_ok(c, cudaMemcpyAsync(&nonfinite, output_flag(c), sizeof nonfinite, cudaMemcpyDeviceToHost,
+                                       c->stream), "output check") &&
+            cuda_ok(c, cudaStreamSynchronize(c->stream), "output check") && nonfinite)
+            wv_fail(&c->err, WV_ERR_BACKEND, WV_NONFINITE_OUTPUT);
     }
     leave_device(ds, c->device);
     return take_error(c, err);
@@ -1683,7 +1695,7 @@ static void exec_write_output(cuda_ctx *c, const void *args)
 {
     const write_output_args *a = (const write_output_args *)args;
     LAUNCH(c, write_output_kernel, (int64_t)a->h * a->w * 3, a->src, a->gs, a->sy, a->sx, a->h, a->w, a->dst,
-           (int)a->mode);
+           (int)a->mode, output_flag(c));
 }
 
 /* The tile's core -> the current step's staging memory; the host copies it into `out` once the

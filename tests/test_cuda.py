@@ -232,6 +232,15 @@ def _device_used():
 
 
 @gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_an_overflowing_decode_is_an_error_not_nan_frames(precision):
+    """write_output_kernel flags NaN or Inf (before the clamp would hide an Inf); the call raises."""
+    from test_errors import overflowing_decoder
+    with pytest.raises(wv.WanVAEError, match="the decode produced NaN or Inf"):
+        overflowing_decoder(backend="cuda", precision=precision).decode(random_latents(4, 2, 3, 4, seed=1))
+
+
+@gpu
 def test_device_memory_returns_to_its_level_after_a_call():
     weights = random_weights(16, 16, seed=4)
     dec = wv.Decoder(weights, backend="cuda", mean=[0.0] * 16, std=[1.0] * 16)

@@ -51,6 +51,14 @@ def weights_with(key, value):
     return w
 
 
+def overflowing_decoder(**kw):
+    """A small decoder whose head convolution sums past float32's range (3.4e38)."""
+    w = random_weights(8, 4)
+    w["decoder.head.2.weight"] = w["decoder.head.2.weight"] * np.float32(3e38)
+    mean, std = random_stats(4)
+    return wv.Decoder(w, mean=mean, std=std, **kw)
+
+
 def corrupt_safetensors(tmp, kind):
     path = os.path.join(tmp, f"{kind}.safetensors")
     good = os.path.join(tmp, "good.safetensors")
@@ -115,6 +123,8 @@ CASES = [
      r"'decoder.head.2.bias' has shape \(4\); expected \(3\)"),
     ("a weight of an unsupported dtype", lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.zeros(3, np.int64))),
      E, "unsupported dtype"),
+    ("a decode that overflows (NaN or Inf out of finite latents)", lambda d, t: overflowing_decoder().decode(lat()), E,
+     "the decode produced NaN or Inf"),
     ("mean or std of the wrong length", lambda d, t: d.decode(lat(), mean=[0.0] * 3), E, "z_dim=4"),
     ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
     ("mean or std that are not numbers", lambda d, t: d.decode(lat(), mean="0.1,0.2"), E, "sequence of numbers"),
