@@ -254,12 +254,16 @@ static void *driver_entry_point(const char *name)
 {
     void *fn = NULL;
 #if CUDART_VERSION >= 12050
-    if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, NULL) != cudaSuccess) fn = NULL;
+    cudaError_t e = cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, NULL);
 #elif CUDART_VERSION >= 12000
-    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, NULL) != cudaSuccess) fn = NULL;
+    cudaError_t e = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, NULL);
 #else
-    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault) != cudaSuccess) fn = NULL;
+    cudaError_t e = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault);
 #endif
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not found: no error for a later launch's check to pick up */
+        fn = NULL;
+    }
     return fn; /* NULL too when the driver lacks the symbol */
 }
 
