@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import REPO, load_fixture  # noqa: E402
+from helpers import REPO, load_fixture, random_weights  # noqa: E402
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, WanCoreVAENativeDecode, WanVideoNativeDecode,  # noqa: E402
                                       WanVideoNativeVAEPatch)
@@ -299,6 +299,23 @@ def test_latents_on_another_gpu_go_to_the_decoders():
     host = torch.zeros(1)
     assert _on_decoder_gpu(host, ("cuda", "bf16", 1)) is host  # the decoder uploads host latents itself
     assert _on_decoder_gpu(host, ("cpu", None, None)) is host
+
+
+def test_core_node_has_comfyui_free_the_memory_its_tiles_want(monkeypatch, fake_comfy):
+    """As ComfyUI's own VAE decode does, the core node asks ComfyUI to unload models until the arena of
+    the tiles it was given fits (within the decoder's share of the free memory); not on the CPU."""
+    from wanvideo_vae import comfy_nodes
+    freed = []
+    sys.modules["comfy.model_management"].free_memory = lambda need, device: freed.append((need, device))
+    dec = comfy_nodes.Decoder(random_weights(8, 4), mean=[0.0] * 4, std=[1.0] * 4)
+    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, True)
+    assert not freed  # the CPU backend: nothing to ask
+    monkeypatch.setattr(type(dec), "backend", property(lambda self: "cuda"))
+    monkeypatch.setattr(type(dec), "device", property(lambda self: 0))
+    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, True)
+    plan = dec.plan(2, 30, 40, tile_x=128, tile_y=128, tile_stride_x=8, tile_stride_y=8, max_memory=1 << 62)
+    assert plan["n_tiles"] > 1
+    assert freed == [(int(plan["planned_bytes"] / comfy_nodes.DEVICE_BUDGET_SHARE), torch.device("cuda", 0))]
 
 
 def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch):

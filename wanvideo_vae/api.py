@@ -128,6 +128,11 @@ class Decoder:
     def precision(self):
         return self._model.precision
 
+    @property
+    def device(self):
+        """The CUDA device index the Decoder works on (-1 on the CPU backend)."""
+        return self._device
+
     def halos(self):
         """Halo (pixels at that block's resolution) at the input of every block after the attention."""
         return self._model.halos()

@@ -9,7 +9,7 @@ import weakref
 import numpy as np
 
 from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
-from .devices import device_index
+from .devices import DEVICE_BUDGET_SHARE, device_index
 from .weights import normalize_keys
 
 CATEGORY = "WanVideoWrapper/native"
@@ -63,6 +63,22 @@ def _on_decoder_gpu(latents, placement):
     if backend == "cuda" and getattr(where, "type", None) == "cuda" and where.index != device:
         return latents.to(f"cuda:{device}")
     return latents
+
+
+def _make_room_like_comfyui(dec, shape, tile, tiled):
+    """ComfyUI's own VAE decode has ComfyUI unload models until its working memory is free
+    (load_models_gpu); the core node asks the same for the arena of the tiles it was given, so the
+    decode does not shrink its tiles to fit beside a model ComfyUI would have moved out anyway."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    if dec.backend != "cuda" or not hasattr(mm, "free_memory"):
+        return
+    T, h, w = (int(n) for n in shape[-3:])
+    plan = dec.plan(T, h, w, tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8,
+                    enable_vae_tiling=tiled, max_memory=1 << 62)
+    mm.free_memory(int(plan["planned_bytes"] / DEVICE_BUDGET_SHARE), _torch().device("cuda", dec.device))
 
 
 def _wanvae_stats(vae):
@@ -295,6 +311,7 @@ class WanCoreVAENativeDecode:
         placement = _backend_for(model, z)
         dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
         z = _on_decoder_gpu(z, placement)
+        _make_room_like_comfyui(dec, z.shape, tile_size, bool(enable_tiling))
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
         return (torch.from_numpy(np.concatenate(frames, axis=0)),)
