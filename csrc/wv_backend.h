@@ -142,8 +142,9 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
     X(attention, void, (void *ctx, const void *qkv, void *out, int N, int C, void *scores,        \
                         int rows))                                                                \
     /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w;             \
-     * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW; a NaN or Inf  \
-     * in src (before f) is remembered, and sync reports it (WV_NONFINITE_OUTPUT) */             \
+     * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW; a NaN in src \
+     * (or an Inf, in raw output; clamped, an Inf is the right 0 or 1) is remembered, and sync    \
+     * reports it (WV_NONFINITE_OUTPUT) */                                                        \
     X(write_output, void, (void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w,  \
                            float *out, int out_w, int oy, int ox, wv_output_mode mode))           \
     /* wait for queued work; returns any error the backend recorded since the last check */      \

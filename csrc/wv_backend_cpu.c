@@ -41,14 +41,12 @@ static wv_status cpu_begin(void *ctx, wv_call *call, wv_error *err)
     return WV_OK;
 }
 
-static wv_status cpu_end_step(void *ctx, wv_error *err)
-{
-    (void)ctx;
-    (void)err;
-    return WV_OK;
-}
+static wv_status cpu_sync(void *ctx, wv_error *err);
 
-static void cpu_finish(void *ctx) { (void)ctx; }
+/* The output is checked as it is written: an overflow stops the decode at the step's end. */
+static wv_status cpu_end_step(void *ctx, wv_error *err) { return cpu_sync(ctx, err); }
+
+static void cpu_finish(void *ctx) { ((cpu_ctx *)ctx)->nonfinite = 0; }
 
 static wv_status cpu_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
 {
@@ -329,7 +327,7 @@ static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, in
         float *d = out + ((int64_t)(oy + y) * out_w + ox) * 3;
         for (int i = 0; i < w * 3; i++) {
             float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i]; /* NaN stays NaN */
-            finite &= isfinite(s[i]) != 0;
+            finite &= s[i] == s[i] && (mode == WV_OUT_UNIT || !isinf(s[i]));
             d[i] = mode == WV_OUT_RAW ? s[i] : (v + 1.0f) * 0.5f;
         }
     }

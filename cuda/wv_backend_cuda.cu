@@ -157,6 +157,8 @@ struct cuda_ctx {
     int cur;
     int stats_loaded; /* mean and std are on the device for this call */
     int in_call;      /* between begin and finish: ops may be deferred */
+    int output_unchecked; /* write_output ran since sync last read the nonfinite flag */
+    int decline_shown;    /* the first shape cuDNN declined altogether was reported on stderr */
     op_list pending;  /* ops recorded since the last flush */
     step_graph *known;
     int n_known, cap_known, n_execs;
@@ -246,7 +248,9 @@ static wv_status take_error(cuda_ctx *c, wv_error *err)
  * decode does from begin to finish. Back means the caller's CUDA context, read and restored through
  * the driver (found at run time: no link to libcuda): restoring a device with cudaSetDevice would
  * create that device's primary context (hundreds of MiB) in a thread that had none current, e.g.
- * on GPU 0 for a model on GPU 1. Without the driver's entry points, the caller's device. */
+ * on GPU 0 for a model on GPU 1. Without the driver's entry points, the caller's device. (In a
+ * thread that had no context, our own runtime's notion of the current device stays on the model's:
+ * this module links a static runtime of its own, so torch's notion is untouched.) */
 typedef int (*ctx_get_fn)(void **ctx); /* cuCtxGetCurrent, cuCtxSetCurrent: CUresult, 0 on success */
 typedef int (*ctx_set_fn)(void *ctx);
 
@@ -1002,6 +1006,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     if (!cublas_ok(c, cublasSetWorkspace(c->cublas, c->workspace, c->workspace_bytes), "cublasSetWorkspace"))
         return take_error(c, err);
     if ((st = check_finite(c, call->latents, err))) return st;
+    c->output_unchecked = 0;
     if (!cuda_ok(c, cudaMemsetAsync(output_flag(c), 0, sizeof(unsigned), c->stream), "cudaMemsetAsync"))
         return take_error(c, err);
     c->step_out_bytes = call->step_out_bytes;
@@ -1082,8 +1087,9 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
         if (c->stage[c->cur].n_copies) queue_step(c, &c->stage[c->cur]);
         drain(c, &c->stage[c->cur]);
     }
-    if (!failed(c) && c->in_call) {
+    if (!failed(c) && c->in_call && c->output_unchecked) {
         unsigned nonfinite = 0;
+        c->output_unchecked = 0;
         if (cuda_ok(c, cudaMemcpyAsync(&nonfinite, output_flag(c), sizeof nonfinite, cudaMemcpyDeviceToHost,
                                        c->stream), "output check") &&
             cuda_ok(c, cudaStreamSynchronize(c->stream), "output check") && nonfinite)
@@ -1309,9 +1315,9 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
 static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
                     int accumulate)
 {
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
     if (c->direct_only) return run_direct_conv(c, s, input, weight, bias, y, accumulate);
     for (int i = 0; i < s->n_candidates; i++) {
-        cudnnStatus_t st;
         if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
         st = run_candidate(c, s, i, input, weight, bias, y, accumulate);
         if (failed(c)) return 0; /* the bias pass's launch */
@@ -1322,6 +1328,12 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
         if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
         /* short of workspace this call only: a plan with more may run it */
         if (st != CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->refused[i] = 1;
+    }
+    if (st != CUDNN_STATUS_SUCCESS && !c->decline_shown) { /* not silent: a broken install is slow, not an error */
+        fprintf(stderr, "wanvideo_vae cuda: cuDNN declined every algorithm for conv %d->%d %dx%dx%d on %dx%d (%s); "
+                        "it runs on the slower direct kernel\n", s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W,
+                cudnnGetErrorString(st));
+        c->decline_shown = 1;
     }
     announce(c, s, -1);
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
@@ -1732,6 +1744,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
     a.src = src, a.dst = s->dev + s->used / sizeof(float), a.gs = gs, a.sy = sy, a.sx = sx, a.h = h, a.w = w;
     a.mode = mode;
     submit(c, exec_write_output, &a, sizeof a);
+    c->output_unchecked = 1;
     p = &s->copies[s->n_copies++];
     p->dst = out + ((size_t)oy * out_w + ox) * 3;
     p->offset = s->used / sizeof(float);

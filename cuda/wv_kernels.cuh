@@ -458,7 +458,7 @@ __global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx
         int64_t px = i / 3;
         int y = (int)(px / w), x = (int)(px % w);
         float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * 3 + ch]);
-        if (!isfinite(v)) *nonfinite = 1u; /* any thread's store will do */
+        if (v != v || (mode != WV_OUT_UNIT && isinf(v))) *nonfinite = 1u; /* any thread's store will do */
         if (mode == WV_OUT_UNIT) v = ((v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v) + 1.0f) * 0.5f; /* NaN stays NaN */
         out[i] = v;
     }

@@ -103,8 +103,7 @@ def release_torch_cache_if_needed(device, budget, need, free_now):
         return budget
     with torch.cuda.device(device):
         torch.cuda.empty_cache()
-    free, _ = cuda_module().mem_get_info(device)
-    return int(free * DEVICE_BUDGET_SHARE)
+    return device_budget(device)[1]
 
 
 class CudaArray:

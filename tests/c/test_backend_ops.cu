@@ -337,9 +337,10 @@ static void test_attention(side *cpu, side *gpu, int N, int C, int rows)
 }
 
 /* load_latent from a strided latent view (host for the CPU, device for CUDA), then write_output of
- * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. With `inf`, one
- * value of the block is +Inf: the unit image clamps it to 1 on both sides, and both syncs report it. */
-static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, int inf)
+ * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. A `poison` value
+ * (0: none) goes into the block: a NaN must be reported by both sides (end_step or sync), an Inf in
+ * raw output too; the unit image clamps an Inf to 1, which is right, and is compared. */
+static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, float poison)
 {
     int z = 4, T = 2, h = 3, w = 5, oh = 6, ow = 7;
     wv_grid g = {h, w, 1}, go = {oh, ow, 1};
@@ -350,7 +351,9 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, in
     void *dlat;
     side *sides[2] = {cpu, gpu};
     wv_status reported[2];
-    if (inf) frame[((2 + 1) * (ow + 2) + 3 + 1) * 3] = INFINITY; /* interior (2, 3), in the block */
+    int flagged = poison != poison || (poison != 0.0f && mode == WV_OUT_RAW), compare = !flagged;
+    char name[80];
+    if (poison != 0.0f) frame[((2 + 1) * (ow + 2) + 3 + 1) * 3] = poison; /* interior (2, 3), in the block */
     cudaMalloc(&dlat, nl * 4);
     cudaMemcpy(dlat, lat, nl * 4, cudaMemcpyHostToDevice);
     for (int i = 0; i < 2; i++) {
@@ -382,23 +385,27 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, in
         s->be->write_output(s->ctx, dframe, go, 1, 2, 4, 5, i ? ogot : oref, 9, 0, 3, mode);
         reported[i] = s->be->end_step(s->ctx, &err);
         if (!reported[i]) reported[i] = s->be->sync(s->ctx, &err);
-        if (reported[i] && !inf) fprintf(stderr, "step: %s\n", err.msg);
+        if (reported[i] && !flagged) fprintf(stderr, "step: %s\n", err.msg);
         s->be->finish(s->ctx);
         s->be->release(s->ctx, dz), s->be->release(s->ctx, dframe), s->be->release(s->ctx, ws);
         if (staging) s->be->release(s->ctx, staging);
     }
     check("load_latent frame 1", gpu->be, lref, lgot, (size_t)nz, NULL);
-    if (inf) {
-        int ok = reported[0] == WV_ERR_BACKEND && reported[1] == WV_ERR_BACKEND;
+    if (poison != 0.0f) {
+        wv_status want = flagged ? WV_ERR_BACKEND : WV_OK;
+        int ok = reported[0] == want && reported[1] == want;
         g_cases++;
         g_failures += !ok;
-        printf("%-4s %-48s %-5s%s sync reports it: CPU %d, CUDA %d\n", ok ? "ok" : "FAIL", "write_output of an Inf",
-               wv_dtype_name(gpu->be->act_dtype), g_variant, (int)reported[0], (int)reported[1]);
+        snprintf(name, sizeof name, "write_output %s of %s", mode == WV_OUT_UNIT ? "unit" : "raw",
+                 poison != poison ? "a NaN" : "an Inf");
+        printf("%-4s %-48s %-5s%s reported: CPU %d, CUDA %d (want %d)\n", ok ? "ok" : "FAIL", name,
+               wv_dtype_name(gpu->be->act_dtype), g_variant, (int)reported[0], (int)reported[1], (int)want);
     } else if (reported[0] || reported[1]) {
         g_failures++;
     }
-    check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be, oref,
-          ogot, 4 * 9 * 3, NULL);
+    if (compare)
+        check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be,
+              oref, ogot, 4 * 9 * 3, NULL);
     cudaFree(dlat);
     free(lat), free(mean), free(stdv), free(frame), free(lref), free(lgot), free(oref), free(ogot);
 }
@@ -474,9 +481,11 @@ int main(void)
         test_moves(&cpu, &gpu, 8);
         test_attention(&cpu, &gpu, 37, 16, 8);
         test_attention(&cpu, &gpu, 50, 32, 50);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, 0);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, 1);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, 0.0f);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, INFINITY);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, INFINITY);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, NAN);
         gpu.be->ctx_destroy(gpu.ctx);
     }
     cpu.be->ctx_destroy(cpu.ctx);

@@ -71,16 +71,20 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) /* round to nearest even (no N
 inline float __half2float(__half h)
 {
     int sign = h.bits >> 15, exp = (h.bits >> 10) & 31, man = h.bits & 1023;
-    float v = exp == 0 ? ldexpf((float)man, -24) : exp == 31 ? INFINITY : ldexpf((float)(man | 1024), exp - 25);
+    float v = exp == 0    ? ldexpf((float)man, -24)
+              : exp == 31 ? (man ? NAN : INFINITY)
+                          : ldexpf((float)(man | 1024), exp - 25);
     return sign ? -v : v;
 }
 
-inline __half __float2half_rn(float f) /* finite values in half's normal range, as the tests use */
+inline __half __float2half_rn(float f) /* NaN, Inf (and past half's range) as the GPU does */
 {
     int e;
     float m = frexpf(fabsf(f), &e); /* |f| = m 2^e, m in [0.5, 1) */
     uint16_t sign = f < 0 ? 0x8000 : 0;
+    if (f != f) return __half{0x7e00};
     if (f == 0.0f) return __half{sign};
+    if (isinf(f) || fabsf(f) >= 65520.0f) return __half{(uint16_t)(sign | 0x7c00)};
     if (e - 1 < -14) return __half{(uint16_t)(sign | (uint16_t)lrintf(ldexpf(fabsf(f), 24)))};
     uint32_t man = (uint32_t)lrintf(ldexpf(m, 11)); /* 1024..2048 with the implicit bit */
     if (man == 2048) man = 1024, e++;

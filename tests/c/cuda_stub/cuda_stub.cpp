@@ -449,16 +449,38 @@ cudaError_t cudaSetDevice(int device)
     return cudaSuccess;
 }
 
+static void *driver_symbol(const char *symbol)
+{
+    return !strcmp(symbol, "cuCtxGetCurrent")   ? (void *)stub_cuCtxGetCurrent
+           : !strcmp(symbol, "cuCtxSetCurrent") ? (void *)stub_cuCtxSetCurrent
+                                                : NULL;
+}
+
+/* the entry-point lookup of the toolkit the backend is built with */
 #if CUDART_VERSION >= 12050
 cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **fn, unsigned int version,
                                              unsigned long long flags, cudaDriverEntryPointQueryResult *found)
 {
     (void)version, (void)flags;
-    *fn = !strcmp(symbol, "cuCtxGetCurrent")   ? (void *)stub_cuCtxGetCurrent
-          : !strcmp(symbol, "cuCtxSetCurrent") ? (void *)stub_cuCtxSetCurrent
-                                               : NULL;
+    *fn = driver_symbol(symbol);
     if (found) *found = *fn ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
     return cudaSuccess;
+}
+#elif CUDART_VERSION >= 12000
+cudaError_t cudaGetDriverEntryPoint(const char *symbol, void **fn, unsigned long long flags,
+                                    cudaDriverEntryPointQueryResult *found)
+{
+    (void)flags;
+    *fn = driver_symbol(symbol);
+    if (found) *found = *fn ? cudaDriverEntryPointSuccess : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
+#else
+cudaError_t cudaGetDriverEntryPoint(const char *symbol, void **fn, unsigned long long flags)
+{
+    (void)flags;
+    *fn = driver_symbol(symbol);
+    return *fn ? cudaSuccess : cudaErrorSymbolNotFound;
 }
 #endif
 
