@@ -28,8 +28,10 @@ def add_windows_dll_dirs():
     # bin/x86_64: the CUDA 13 wheels (nvidia/cu13/bin/x86_64/cublas64_13.dll); bin/x64: the toolkit's
     dirs = [os.path.join(r, *sub) for r in roots for sub in (("bin",), ("bin", "x86_64"), ("bin", "x64"))]
     # PyTorch's Windows wheels carry cuDNN and cuBLAS in torch/lib (added when torch is imported;
-    # here for a process that imports us first)
-    dirs += [os.path.join(sp, "torch", "lib") for sp in sites]
+    # here for a process that imports us first), unless a cuDNN wheel is there: one cuDNN's DLLs,
+    # not a mix of two installations' sub-libraries
+    if not any(os.path.isdir(os.path.join(sp, "nvidia", "cudnn")) for sp in sites):
+        dirs += [os.path.join(sp, "torch", "lib") for sp in sites]
     for d in dirs:
         if os.path.isdir(d):
             os.add_dll_directory(d)
