@@ -12,8 +12,8 @@ mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
-OBJS=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O2)
+LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O2)
 gcc -std=gnu11 -O2 -Wall -Wno-unused-function $inc -Itests/c -c tools/host_cost.c -o "$OUTDIR/host_cost.o"
-g++ -pthread "$OUTDIR/host_cost.o" $OBJS -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm -o "$OUTDIR/host_cost"
+g++ "$OUTDIR/host_cost.o" $LINK -o "$OUTDIR/host_cost"
 [ "${BUILD_ONLY:-0}" = 1 ] && exit 0
 "$OUTDIR/host_cost" "$@"

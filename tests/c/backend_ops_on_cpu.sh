@@ -14,9 +14,8 @@ mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
-OBJS=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1)
+LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1)
 "$NVCC" -O1 -std=c++17 $inc -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" -c tests/c/test_backend_ops.cu \
     -o "$OUTDIR/test_backend_ops.o"
-g++ -pthread "$OUTDIR/test_backend_ops.o" $OBJS -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm \
-    -o "$OUTDIR/test_backend_ops"
+g++ "$OUTDIR/test_backend_ops.o" $LINK -o "$OUTDIR/test_backend_ops"
 WANVIDEO_STUB_COMPUTE=1 "$OUTDIR/test_backend_ops"

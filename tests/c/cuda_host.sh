@@ -12,11 +12,10 @@ CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 # one flag a sanitizer: nvcc would split "address,undefined" at the comma
 san="-fsanitize=address -fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-OBJS=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
+LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
-g++ $san -pthread "$OUTDIR/test_cuda_host.o" $OBJS -L"$BLAS_DIR" -l"$BLAS_LIB" -Wl,-rpath,"$BLAS_DIR" -lm \
-    -o "$OUTDIR/test_cuda_host"
+g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
 # by default the equal-width convs of this small decoder all run by taps (2-frame caches); then every
 # causal conv on a 3-frame ring, its taps turned in the weight scratch
 ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"

@@ -3,9 +3,10 @@
 # tests/c/test_backend_ops.cu on the CPU, tools/host_cost.c) into OUTDIR, with the compiler flags
 # given, and prints the objects: the C core and the CPU backend, the CUDA backend as nvcc compiles
 # it (kernels included, never run; no CUDA runtime linked), cuda_stub.o (against the toolkit's
-# headers) and on_cpu.o (the kernels again, against tests/c/cuda_on_cpu/). Link them with -pthread
-# and OpenBLAS (tests/c/cuda_config.sh's BLAS_*).
-#   OBJS=$(bash tests/c/cuda_stub/build.sh OUTDIR [compiler flags...])   (from the repository root)
+# headers) and on_cpu.o (the kernels again, against tests/c/cuda_on_cpu/), followed by the libraries
+# they need (-pthread, OpenBLAS, libm): everything to put after the program's own object.
+#   LINK=$(bash tests/c/cuda_stub/build.sh OUTDIR [compiler flags...])   (from the repository root)
+#   g++ [flags] main.o $LINK -o program
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=$1
@@ -27,4 +28,4 @@ done
 g++ -std=c++17 $warn "$@" $inc -c tests/c/cuda_stub/cuda_stub.cpp -o "$out/cuda_stub.o"
 g++ -std=c++20 $warn -Wno-unused-function -Wno-unknown-pragmas -fno-strict-aliasing "$@" -Itests/c/cuda_on_cpu \
     -Icsrc -Icuda -c tests/c/cuda_stub/on_cpu.cpp -o "$out/on_cpu.o"
-echo "$objs $out/wv_backend_cuda.o $out/cuda_stub.o $out/on_cpu.o"
+echo "$objs $out/wv_backend_cuda.o $out/cuda_stub.o $out/on_cpu.o -pthread -L$BLAS_DIR -l$BLAS_LIB -Wl,-rpath,$BLAS_DIR -lm"
