@@ -21,5 +21,6 @@ g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
 ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"
 ASAN_OPTIONS=detect_leaks=1 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 "$OUTDIR/test_cuda_host"
 # and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
-# of a small frame against the CPU backend's
-ASAN_OPTIONS=detect_leaks=1 WANVIDEO_STUB_COMPUTE=2 "$OUTDIR/test_cuda_host"
+# of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
+# 96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings)
+ASAN_OPTIONS=detect_leaks=1 WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 "$OUTDIR/test_cuda_host"
