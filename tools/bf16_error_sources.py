@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from helpers import load_fixture, to_unit  # noqa: E402
@@ -87,23 +86,27 @@ ROWS = [("weights bf16, activations fp32", (1, 0, 0)),
 
 def figures(got, want):
     err = np.abs(got - want).astype(np.float64)
-    return f"max {err.max():.4f}  p99.9 {np.quantile(err, 0.999):.4f}  PSNR {10 * np.log10(1 / np.mean(err ** 2)):5.1f} dB"
+    return dict(max=err.max(), p999=np.quantile(err, 0.999), psnr=10 * np.log10(1 / np.mean(err ** 2)))
+
+
+def error_rows(name):
+    """[(label, {max, p999, psnr})] of fixture `name`: each rounding of ROWS, then PyTorch in bf16."""
+    weights, d = load_fixture(name)
+    w = {k: torch.from_numpy(v) for k, v in weights.items()}
+    lat = torch.from_numpy(d["latents"])
+    want = to_unit(d["expected_raw"])
+    rows = [(label, figures(to_unit(RoundingDecoder(w, d["mean"], d["std"], *cfg).decode(lat).numpy()), want))
+            for label, cfg in ROWS]
+    torch_bf16 = TorchWanDecoder(w, dtype=torch.bfloat16, mean=d["mean"], std=d["std"])
+    rows.append(("PyTorch in bf16 (CPU)", figures(to_unit(torch_bf16.decode(lat).float().numpy()), want)))
+    return rows
 
 
 def main(names):
-    torch.manual_seed(0)
     for name in names:
-        weights, d = load_fixture(name)
-        w = {k: torch.from_numpy(v) for k, v in weights.items()}
-        lat = torch.from_numpy(d["latents"])
-        want = to_unit(d["expected_raw"])
-        print(f"fixture {name}: latents {list(lat.shape)}, vs its float32 output on the [0, 1] image")
-        for label, cfg in ROWS:
-            got = to_unit(RoundingDecoder(w, d["mean"], d["std"], *cfg).decode(lat).numpy())
-            print(f"  {label:34s} {figures(got, want)}")
-        torch_bf16 = TorchWanDecoder(w, dtype=torch.bfloat16, mean=d["mean"], std=d["std"])
-        got = to_unit(torch_bf16.decode(lat).float().numpy())
-        print(f"  {'PyTorch in bf16 (CPU)':34s} {figures(got, want)}")
+        print(f"fixture {name}: vs its float32 output on the [0, 1] image")
+        for label, f in error_rows(name):
+            print(f"  {label:34s} max {f['max']:.4f}  p99.9 {f['p999']:.4f}  PSNR {f['psnr']:5.1f} dB")
 
 
 if __name__ == "__main__":
