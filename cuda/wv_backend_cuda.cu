@@ -54,6 +54,7 @@
 
 #define MAX_CANDIDATES 8
 #define TAPS_MAX_CHANNELS 128 /* the default of g_taps_max_channels */
+#define KEEP_PINNED_MIB 512   /* pinned host memory a context keeps between calls, at most (keep_pinned) */
 #define STAGINGS 3 /* steps of output in the arena: two steps in flight, and the ring's period of 3 */
 
 /* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
@@ -145,6 +146,8 @@ struct cuda_ctx {
     void *pinned; /* alloc_host's block of pinned host memory (the trunk output), kept for the next call */
     size_t pinned_bytes;
     int pinned_lent;
+    size_t keep_pinned; /* bytes of pinned memory (that block and the output stagings) kept between calls */
+    int drop_pinned;    /* this call's pinned memory passes keep_pinned: it goes back as the call ends */
     /* per call */
     void *workspace;
     size_t workspace_bytes;
@@ -652,6 +655,22 @@ static int env_flag(const char *name)
     return v && !strcmp(v, "1");
 }
 
+/* A whole number from 0 to max in the environment variable `name`, else fallback (a malformed one
+ * says so on stderr). */
+static long env_count(const char *name, long fallback, long max, const char *what)
+{
+    const char *v = getenv(name);
+    char *end = NULL;
+    long n;
+    if (!v) return fallback;
+    n = strtol(v, &end, 10);
+    if (end == v || *end || n < 0 || n > max) {
+        fprintf(stderr, "wanvideo_vae cuda: %s=%s is not %s from 0 to %ld; using %ld\n", name, v, what, max, fallback);
+        return fallback;
+    }
+    return n;
+}
+
 static int create_staging_events(cuda_ctx *c)
 {
     for (int i = 0; i < STAGINGS; i++)
@@ -674,6 +693,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->direct_only = env_flag("WANVIDEO_CUDA_DIRECT_CONV");
     c->verbose = env_flag("WANVIDEO_CUDA_VERBOSE");
     c->graphs = env_flag("WANVIDEO_CUDA_GRAPHS");
+    c->keep_pinned = (size_t)env_count("WANVIDEO_CUDA_KEEP_PINNED_MIB", KEEP_PINNED_MIB, 1L << 20, "a number of MiB") << 20;
     ds = enter_device(device);
     if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
         cuda_ok(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
@@ -738,9 +758,23 @@ static void cuda_release(void *ctx, void *p)
     leave_device(ds, c->device);
 }
 
-/* One block of pinned host memory at a time, kept for the next call: pinning a few hundred MiB takes
- * about as long as a decode step. Kernels and copies reach it by its host address (unified
- * addressing). */
+/* Gives alloc_host's block back, once the work that may still read it is done. */
+static void free_pinned_block(cuda_ctx *c)
+{
+    device_scope ds;
+    if (!c->pinned) return;
+    ds = enter_device(c->device);
+    cudaStreamSynchronize(c->stream);
+    cudaStreamSynchronize(c->copy_stream);
+    cudaFreeHost(c->pinned);
+    leave_device(ds, c->device);
+    c->pinned = NULL;
+    c->pinned_bytes = 0;
+}
+
+/* One block of pinned host memory at a time, kept for the next call (within keep_pinned): pinning a
+ * few hundred MiB takes about as long as a decode step. Kernels and copies reach it by its host
+ * address (unified addressing). */
 static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -749,13 +783,8 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
     *out = NULL;
     if (c->pinned_lent) return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend lends one block of pinned memory at a time");
     if (c->pinned_bytes < bytes) {
+        free_pinned_block(c);
         ds = enter_device(c->device);
-        if (c->pinned) {
-            cudaStreamSynchronize(c->stream); /* the last call's copies may still read it */
-            cudaFreeHost(c->pinned);
-        }
-        c->pinned = NULL;
-        c->pinned_bytes = 0;
         if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
             e = cudaErrorMemoryAllocation;
         else
@@ -775,11 +804,13 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
     return WV_OK;
 }
 
-/* Work reading the block is queued on the stream the next call uses too, so it is kept as it is. */
+/* The block stays for the next call unless this call's pinned memory passed keep_pinned (finish). */
 static void cuda_release_host(void *ctx, void *p)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    if (p && p == c->pinned) c->pinned_lent = 0;
+    if (!p || p != c->pinned) return;
+    c->pinned_lent = 0;
+    if (c->drop_pinned) free_pinned_block(c);
 }
 
 typedef struct {
@@ -831,17 +862,7 @@ static int g_taps_max_channels = TAPS_MAX_CHANNELS;
 
 static void read_taps_max_channels(void)
 {
-    const char *v = getenv("WANVIDEO_CUDA_TAPS_MAX_CHANNELS");
-    char *end = NULL;
-    long n;
-    if (!v) return;
-    n = strtol(v, &end, 10);
-    if (end == v || *end || n < 0 || n > 65536) {
-        fprintf(stderr, "wanvideo_vae cuda: WANVIDEO_CUDA_TAPS_MAX_CHANNELS=%s is not a channel count from 0 to 65536; "
-                        "using %d\n", v, TAPS_MAX_CHANNELS);
-        return;
-    }
-    g_taps_max_channels = (int)n;
+    g_taps_max_channels = (int)env_count("WANVIDEO_CUDA_TAPS_MAX_CHANNELS", TAPS_MAX_CHANNELS, 65536, "a channel count");
 }
 
 /* Whether causal conv cv runs as three 2-d convolutions, one per temporal tap (see the top). */
@@ -1099,8 +1120,22 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     return take_error(c, err);
 }
 
-/* The staging buffers stay with the context (pinned host memory, reused by the next call). Ops
- * still recorded (after a failure or an interruption) are dropped with the graphs. */
+/* Pinned memory stays for the next call up to keep_pinned bytes in all: a long or large decode pins
+ * GiBs (the trunk output of every frame, a 4K step's output) that would otherwise stay locked in RAM
+ * for the Decoder's life. Past that, the call's stagings go back here and alloc_host's block when
+ * the driver releases it. */
+static void trim_pinned(cuda_ctx *c)
+{
+    size_t held = c->pinned_bytes;
+    for (int i = 0; i < STAGINGS; i++) held += c->stage[i].host ? c->stage[i].cap : 0;
+    c->drop_pinned = held > c->keep_pinned;
+    if (!c->drop_pinned) return;
+    for (int i = 0; i < STAGINGS; i++) free_staging(&c->stage[i]);
+    if (!c->pinned_lent) free_pinned_block(c);
+}
+
+/* The staging buffers stay with the context (pinned host memory, reused by the next call) within
+ * keep_pinned. Ops still recorded (after a failure or an interruption) are dropped with the graphs. */
 static void cuda_finish(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -1114,6 +1149,7 @@ static void cuda_finish(void *ctx)
         c->stage[i].queued = 0;
         c->stage[i].dev = NULL;
     }
+    trim_pinned(c);
     if (c->lat_dev) cudaFree(c->lat_dev);
     c->lat_dev = NULL;
     cublasSetStream(c->cublas, c->stream); /* documented to drop the workspace, which leaves with the arena */

@@ -155,6 +155,27 @@ static void with_model(const weight_set *ws, wv_dtype dt, const char *setting, i
     wv_model_free(&m);
 }
 
+/* Pinned host memory between calls: kept for the next call within WANVIDEO_CUDA_KEEP_PINNED_MIB (read
+ * when a model's context is made), given back as a call ends past it; a decode works either way. */
+static void pinned_memory_kept_within_its_limit(const weight_set *ws)
+{
+    static const char *const limits[] = {NULL, "0"};
+    for (int i = 0; i < 2; i++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        if (limits[i]) setenv("WANVIDEO_CUDA_KEEP_PINNED_MIB", limits[i], 1);
+        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        unsetenv("WANVIDEO_CUDA_KEEP_PINNED_MIB");
+        for (int call = 0; call < 2; call++) { /* tiles: the trunk output's block and the output stagings */
+            CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+            if (limits[i]) CHECK(stub_pinned_bytes() == 0);
+            else CHECK(stub_pinned_bytes() > 0);
+        }
+        wv_model_free(&m);
+        CHECK(stub_pinned_bytes() == 0);
+    }
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -203,6 +224,7 @@ int main(void)
     for (int i = 0; i < 3; i++) /* computing, fp16 is left to the op checks (the stub's loops are slow) */
         if (!g_reference || types[i] != WV_F16) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
     if (!g_reference) model_on_the_second_gpu(&ws);
+    if (!g_reference) pinned_memory_kept_within_its_limit(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

@@ -136,6 +136,14 @@ static cudaError_t give_block(void *p, int kind)
     return cudaErrorInvalidValue;
 }
 
+size_t stub_pinned_bytes(void)
+{
+    size_t bytes = 0;
+    for (int i = 0; i < g_n_blocks; i++)
+        if (g_blocks[i].kind == KIND_PINNED) bytes += g_blocks[i].bytes;
+    return bytes;
+}
+
 /* ---- streams, events and the races between streams ----------------------------------------- */
 
 /* One piece of work's access: [lo, hi) read, or written. */

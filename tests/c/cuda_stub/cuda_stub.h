@@ -30,6 +30,9 @@ void stub_set_device_count(int n);
 int stub_context_made(int device);
 int stub_current_context(void);
 
+/* Bytes of pinned host memory (cudaHostAlloc) allocated now. */
+size_t stub_pinned_bytes(void);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
