@@ -165,5 +165,45 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
+# 8. the issue's GPU targets, each against what this run measured (n/a: its step did not run or finish)
+python3 - "$OUT/bench.json" "$OUT/figures.jsonl" <<'EOF'
+import json, sys
+def load(path, lines=False):
+    try:
+        text = open(path).read()
+        return [json.loads(l) for l in text.splitlines()] if lines else json.loads(text)
+    except (OSError, ValueError):
+        return [] if lines else {}
+bench, figures = load(sys.argv[1]), load(sys.argv[2], lines=True)
+runs = bench.get("runs", {})
+def verdict(name, ok, detail=""):
+    print(f"target {name:46s} {'n/a ' if ok is None else 'PASS' if ok else 'FAIL'}  {detail}")
+two = runs.get("ours in 2 GiB with weights")
+if two:
+    total = two["peak_bytes"] + bench["our_weight_bytes"]
+    verdict("720p x 81 bf16 within 2 GiB: <= 2.0 s", two["seconds"] <= 2.0, f"{two['seconds']:.2f} s, {two['tiles']} tiles")
+    verdict("... and <= 2 GiB with the weights", total <= 2 << 30, f"{total / 2**30:.3f} GiB")
+else:
+    verdict("720p x 81 bf16 within 2 GiB", None)
+torch_s, ours_s = runs.get("pytorch untiled", {}).get("seconds"), runs.get("ours untiled", {}).get("seconds")
+if torch_s and ours_s:
+    verdict(">= 5x PyTorch (both untiled)", torch_s / ours_s >= 5, f"{torch_s / ours_s:.2f}x ({torch_s:.2f} s / {ours_s:.2f} s)")
+else:
+    verdict(">= 5x PyTorch (both untiled)", None)
+held = [r["bytes"] for r in figures if "bytes" in r]
+verdict("device memory back to its level (1 MiB)", max(held) <= 1 << 20 if held else None,
+        f"at most {max(held):.0f} bytes held, {len(held)} calls" if held else "")
+fp32 = [r["max"] for r in figures if "fp32" in r["test"] and "psnr" not in r]
+verdict("fp32 within 1e-3 of the CPU and the fixtures", max(fp32) <= 1e-3 if fp32 else None,
+        f"max {max(fp32):.3g}, {len(fp32)} cases" if fp32 else "")
+half = [r for r in figures if "psnr" in r]
+if half:
+    within = sum(r["max"] <= 0.02 for r in half)
+    verdict("16-bit within 2e-2, or 1.5x PyTorch's error", all(r["max"] <= max(0.02, 1.5 * r["torch_max"]) for r in half),
+            f"max {max(r['max'] for r in half):.3g}; within 2e-2 alone: {within} of {len(half)} cases")
+    verdict("16-bit PSNR >= 40 dB", min(r["psnr"] for r in half) >= 40, f"lowest {min(r['psnr'] for r in half):.1f} dB")
+else:
+    verdict("16-bit accuracy", None)
+EOF
 summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB"
 for st in "$OPS" "$TESTS" "$BENCH"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done
