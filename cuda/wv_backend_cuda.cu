@@ -146,6 +146,8 @@ struct cuda_ctx {
     void *pinned; /* alloc_host's block of pinned host memory (the trunk output), kept for the next call */
     size_t pinned_bytes;
     int pinned_lent;
+    int pinned_pageable; /* the block is plain malloc memory: pinning that much failed (copies then wait) */
+    int pageable_shown;  /* ... which was said once on stderr */
     size_t keep_pinned; /* bytes of pinned memory (that block and the output stagings) kept between calls */
     int drop_pinned;    /* this call's pinned memory passes keep_pinned: it goes back as the call ends */
     /* per call */
@@ -599,6 +601,24 @@ static void free_staging(staging *s)
     s->queued = 0;
 }
 
+/* Gives alloc_host's block back, once the work that may still read it is done. */
+static void free_pinned_block(cuda_ctx *c)
+{
+    device_scope ds;
+    if (!c->pinned) return;
+    ds = enter_device(c->device);
+    cudaStreamSynchronize(c->stream);
+    cudaStreamSynchronize(c->copy_stream);
+    if (c->pinned_pageable)
+        free(c->pinned);
+    else
+        cudaFreeHost(c->pinned);
+    leave_device(ds, c->device);
+    c->pinned = NULL;
+    c->pinned_bytes = 0;
+    c->pinned_pageable = 0;
+}
+
 static void cuda_ctx_destroy(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -611,7 +631,7 @@ static void cuda_ctx_destroy(void *ctx)
     free(c->known);
     list_free(&c->pending);
     free_shapes(c);
-    if (c->pinned) cudaFreeHost(c->pinned);
+    free_pinned_block(c);
     for (int i = 0; i < STAGINGS; i++) {
         free_staging(&c->stage[i]);
         if (c->stage[i].written) cudaEventDestroy(c->stage[i].written);
@@ -758,22 +778,23 @@ static void cuda_release(void *ctx, void *p)
     leave_device(ds, c->device);
 }
 
-/* Gives alloc_host's block back, once the work that may still read it is done. */
-static void free_pinned_block(cuda_ctx *c)
+/* When the system will not pin that much (a long video's trunk output is GiBs; some systems cap
+ * page-locked memory), plain memory serves: copies to and from it work, but each one waits for
+ * the stream (the driver stages them), so the decode runs slower rather than failing. */
+static wv_status pageable_block(cuda_ctx *c, size_t bytes, cudaError_t why, wv_error *err)
 {
-    device_scope ds;
-    if (!c->pinned) return;
-    ds = enter_device(c->device);
-    cudaStreamSynchronize(c->stream);
-    cudaStreamSynchronize(c->copy_stream);
-    cudaFreeHost(c->pinned);
-    leave_device(ds, c->device);
-    c->pinned = NULL;
-    c->pinned_bytes = 0;
+    if (!(c->pinned = malloc(bytes)))
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes for the trunk output", bytes);
+    if (!c->pageable_shown)
+        fprintf(stderr, "wanvideo_vae cuda: could not pin %zu bytes for the trunk output (%s); using pageable memory, "
+                        "which is slower\n", bytes, cudaGetErrorString(why));
+    c->pageable_shown = 1;
+    c->pinned_pageable = 1;
+    return WV_OK;
 }
 
 /* One block of pinned host memory at a time, kept for the next call (within keep_pinned): pinning a
- * few hundred MiB takes about as long as a decode step. Kernels and copies reach it by its host
+ * few hundred MiB takes about as long as a decode step. Only copy_region reaches it, by its host
  * address (unified addressing). */
 static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *err)
 {
@@ -794,9 +815,12 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
             c->pinned = NULL;
         }
         leave_device(ds, c->device);
-        if (e == cudaErrorMemoryAllocation)
-            return wv_fail(err, WV_ERR_NOMEM, "out of host memory pinning %zu bytes for the trunk output", bytes);
-        if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc: %s", cudaGetErrorString(e));
+        if (e == cudaErrorMemoryAllocation) {
+            wv_status st = pageable_block(c, bytes, e, err);
+            if (st) return st;
+        } else if (e != cudaSuccess) {
+            return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc: %s", cudaGetErrorString(e));
+        }
         c->pinned_bytes = bytes;
     }
     c->pinned_lent = 1;
@@ -804,13 +828,14 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
     return WV_OK;
 }
 
-/* The block stays for the next call unless this call's pinned memory passed keep_pinned (finish). */
+/* The block stays for the next call unless this call's pinned memory passed keep_pinned (finish) or
+ * it is pageable (the next call tries to pin again). */
 static void cuda_release_host(void *ctx, void *p)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!p || p != c->pinned) return;
     c->pinned_lent = 0;
-    if (c->drop_pinned) free_pinned_block(c);
+    if (c->drop_pinned || c->pinned_pageable) free_pinned_block(c);
 }
 
 typedef struct {
@@ -1617,8 +1642,9 @@ static int in_pinned_block(const cuda_ctx *c, const void *p)
     return b && (const char *)p >= b && (const char *)p < b + c->pinned_bytes;
 }
 
-/* A copy to or from the trunk output in pinned memory reads or writes the step's own frame, which
- * changes every step: it runs at once (see step graphs); copies on the device are recorded. */
+/* A copy to or from the trunk output in host memory reads or writes the step's own frame, which
+ * changes every step: it runs at once (see step graphs; a pageable block could not be captured
+ * anyway); copies on the device are recorded. */
 static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
                              int n)
 {

@@ -176,6 +176,20 @@ static void pinned_memory_kept_within_its_limit(const weight_set *ws)
     }
 }
 
+/* Where the system will not pin the trunk output, it waits in pageable memory: the decode works (and,
+ * computing, matches the CPU's). */
+static void trunk_output_unpinnable(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    stub_fail_nth_host_alloc(1); /* a fresh model's first: the trunk output's, before begin's stagings */
+    CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+    CHECK(stub_fail_nth_host_alloc(0) == 0);
+    CHECK(decode(&m, &RUNS[1], &err) == WV_OK); /* and the next call, pinned again */
+    wv_model_free(&m);
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -225,6 +239,7 @@ int main(void)
         if (!g_reference || types[i] != WV_F16) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
     if (!g_reference) model_on_the_second_gpu(&ws);
     if (!g_reference) pinned_memory_kept_within_its_limit(&ws);
+    trunk_output_unpinnable(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

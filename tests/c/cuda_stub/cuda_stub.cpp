@@ -136,6 +136,15 @@ static cudaError_t give_block(void *p, int kind)
     return cudaErrorInvalidValue;
 }
 
+static int g_host_alloc_countdown;
+
+int stub_fail_nth_host_alloc(int n)
+{
+    int left = g_host_alloc_countdown;
+    g_host_alloc_countdown = n;
+    return left;
+}
+
 size_t stub_pinned_bytes(void)
 {
     size_t bytes = 0;
@@ -544,6 +553,7 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 {
     need_context();
     (void)flags;
+    if (g_host_alloc_countdown > 0 && --g_host_alloc_countdown == 0) return cudaErrorMemoryAllocation;
     return take_block(p, bytes, KIND_PINNED);
 }
 
