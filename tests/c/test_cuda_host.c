@@ -7,8 +7,9 @@
  * ending at the attention or at the first upsample, a budget, end_frame, step graphs, the direct
  * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
  * GEMM the backend issues stays inside one of the plan's arena buffers (each tile segment's x, y and
- * t apart) or one allocation; an allocation that fails anywhere fails cleanly; and nothing is left
- * allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
+ * t apart) or one allocation; an allocation that fails anywhere fails cleanly; a trunk output that
+ * cannot be pinned still decodes; the pinned memory kept between calls stays within its limit; and
+ * nothing is left allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
  * tests/test_cuda.py). */
 #include <math.h>
 #include <pthread.h>
