@@ -1151,7 +1151,7 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
  * the driver releases it. */
 static void trim_pinned(cuda_ctx *c)
 {
-    size_t held = c->pinned_bytes;
+    size_t held = c->pinned_pageable ? 0 : c->pinned_bytes; /* a pageable block goes back anyway */
     for (int i = 0; i < STAGINGS; i++) held += c->stage[i].host ? c->stage[i].cap : 0;
     c->drop_pinned = held > c->keep_pinned;
     if (!c->drop_pinned) return;

@@ -21,10 +21,10 @@ from helpers import load_fixture, random_latents, random_stats, random_weights, 
 FP32_TOL = 1e-3        # GPU fp32 vs the CPU backend / fixtures (issue 4)
 HALF_TOL = 2e-2         # 16-bit activations vs fp32 on the [0, 1] image, or, where PyTorch's own decode in
 HALF_SLACK = 1.5        # the same precision errs more, within HALF_SLACK x its error (max and 99.9th
-                        # percentile): PyTorch bf16 on the tiny / small fixtures errs 0.055 / 0.033 (max),
+                        # percentile): PyTorch bf16 (CPU) on the tiny / small fixtures errs 0.055 / 0.033 (max),
                         # 0.032 / 0.021 (99.9%), so 2e-2 alone is out of reach for 16-bit activations
-                        # (rounding the fixtures' weights alone to bf16 errs 0.033 on the tiny one:
-                        # tools/bf16_error_sources.py)
+                        # (on the tiny fixture, rounding the weights alone to bf16 errs 0.033, the
+                        # stored activations alone 0.030: tools/bf16_error_sources.py)
 HALF_MIN_PSNR = 40.0    # dB, on the [0, 1] image, or PyTorch's own PSNR less HALF_SLACK's 3.5 dB where
                         # that is lower (PyTorch bf16 reaches 42.5 dB on the tiny fixture)
 TILED_FP32_TOL = FP32_TOL  # tiles change cuDNN's algorithms per shape, hence rounding, not the result
@@ -368,9 +368,10 @@ def test_device_allocation_failure_is_a_clean_memory_error(n):
 
 
 @gpu
-def test_trunk_output_in_pinned_memory_fails_cleanly_and_is_kept():
-    """In tiles the trunk output lives in pinned host memory: failing to pin it is a clean
-    MemoryError; once pinned, the block serves the next decodes and the device holds none of it."""
+def test_trunk_output_waits_in_pageable_memory_where_pinning_fails(capfd):
+    """In tiles the trunk output lives in pinned host memory; where pinning it fails, it waits in
+    pageable memory (slower, said once on stderr) and the decode is the same; the next decodes pin
+    it again, and the device holds none of it."""
     weights = random_weights(8, 4, seed=12)
     lat = random_latents(4, 3, 10, 10, seed=12)
     tiles = dict(tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
@@ -380,12 +381,14 @@ def test_trunk_output_in_pinned_memory_fails_cleanly_and_is_kept():
     assert plan["n_tiles"] > 1 and plan["trunk_host_bytes"] == 3 * 100 * 32 * 4
     assert plan["trunk_out_bytes"] == 0  # none of it in the arena
     before = _device_used()
+    capfd.readouterr()
     wv._C._fail_nth_alloc(2, backend="cuda")  # 1: the arena, 2: the pinned trunk output
     try:
-        with pytest.raises(MemoryError, match="pinning"):
-            dec.decode(lat, **tiles)
+        got = dec.decode(lat, **tiles)
     finally:
         wv._C._fail_nth_alloc(0, backend="cuda")
+    assert "using pageable memory" in capfd.readouterr().err
+    np.testing.assert_allclose(got, expected, atol=FP32_TOL)
     assert abs(_device_used() - before) <= 1 << 20
     for _ in range(2):
         np.testing.assert_allclose(dec.decode(lat, **tiles), expected, atol=FP32_TOL)

@@ -50,26 +50,37 @@ class TorchWanDecoder:
     def _rms(x, gamma):
         return F.normalize(x, dim=1) * x.shape[1] ** 0.5 * gamma
 
+    # Where a decoder in 16-bit types stores a tensor (_stored) or a block's output (_block_out): as
+    # it is here; tools/bf16_error_sources.py rounds there.
+    def _stored(self, x):
+        return x
+
+    def _block_out(self, x):
+        return x
+
     def _residual(self, s, x, pre):
         p = self.p
-        h = F.conv3d(x, p[pre + "shortcut.weight"], p[pre + "shortcut.bias"]) if pre + "shortcut.weight" in p else x
-        y = s.conv(F.silu(self._rms(x, p[pre + "residual.0.gamma"])), p[pre + "residual.2.weight"], p[pre + "residual.2.bias"])
-        y = s.conv(F.silu(self._rms(y, p[pre + "residual.3.gamma"])), p[pre + "residual.6.weight"], p[pre + "residual.6.bias"])
-        return y + h
+        h = self._stored(F.conv3d(x, p[pre + "shortcut.weight"], p[pre + "shortcut.bias"])) \
+            if pre + "shortcut.weight" in p else x
+        y = self._stored(F.silu(self._rms(x, p[pre + "residual.0.gamma"])))
+        y = self._stored(s.conv(y, p[pre + "residual.2.weight"], p[pre + "residual.2.bias"]))
+        y = self._stored(F.silu(self._rms(y, p[pre + "residual.3.gamma"])))
+        return self._block_out(s.conv(y, p[pre + "residual.6.weight"], p[pre + "residual.6.bias"]) + h)
 
     def _attention(self, x, pre):
         p = self.p
         b, c, t, h, w = x.shape
-        f = self._rms(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), p[pre + "norm.gamma"])
-        qkv = F.conv2d(f, p[pre + "to_qkv.weight"], p[pre + "to_qkv.bias"]).reshape(b * t, 3 * c, h * w).transpose(1, 2)
-        a = F.scaled_dot_product_attention(qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:])  # one head of width c
+        f = self._stored(self._rms(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), p[pre + "norm.gamma"]))
+        qkv = self._stored(F.conv2d(f, p[pre + "to_qkv.weight"], p[pre + "to_qkv.bias"]))
+        qkv = qkv.reshape(b * t, 3 * c, h * w).transpose(1, 2)
+        a = self._stored(F.scaled_dot_product_attention(qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]))  # one head
         a = F.conv2d(a.transpose(1, 2).reshape(b * t, c, h, w), p[pre + "proj.weight"], p[pre + "proj.bias"])
-        return x + a.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+        return self._block_out(x + a.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4))
 
     def _upsample(self, s, x, pre, temporal, first):
         b, c, t, h, w = x.shape
         if temporal and not first:
-            y = s.conv(x, self.p[pre + "time_conv.weight"], self.p[pre + "time_conv.bias"])
+            y = self._stored(s.conv(x, self.p[pre + "time_conv.weight"], self.p[pre + "time_conv.bias"]))
             x = y.reshape(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
         elif temporal:
             s.index += 1  # latent frame 0 skips the time conv, its cache stays zero
@@ -78,11 +89,11 @@ class TorchWanDecoder:
         t = x.shape[2]
         frames = F.interpolate(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), scale_factor=2.0, mode="nearest")
         frames = F.conv2d(frames, self.p[pre + "resample.1.weight"], self.p[pre + "resample.1.bias"], padding=1)
-        return frames.reshape(b, t, c // 2, 2 * h, 2 * w).permute(0, 2, 1, 3, 4)
+        return self._block_out(frames.reshape(b, t, c // 2, 2 * h, 2 * w).permute(0, 2, 1, 3, 4))
 
     def _decoder_step(self, s, x, first):
         p = self.p
-        x = s.conv(x, p["decoder.conv1.weight"], p["decoder.conv1.bias"])
+        x = self._block_out(s.conv(x, p["decoder.conv1.weight"], p["decoder.conv1.bias"]))
         x = self._residual(s, x, "decoder.middle.0.")
         x = self._attention(x, "decoder.middle.1.")
         x = self._residual(s, x, "decoder.middle.2.")
@@ -94,14 +105,14 @@ class TorchWanDecoder:
             if stage < len(DIM_MULT) - 1:
                 x = self._upsample(s, x, f"decoder.upsamples.{i}.", TEMPORAL_UPSAMPLE[stage], first)
                 i += 1
-        x = F.silu(self._rms(x, p["decoder.head.0.gamma"]))
-        return s.conv(x, p["decoder.head.2.weight"], p["decoder.head.2.bias"])
+        x = self._stored(F.silu(self._rms(x, p["decoder.head.0.gamma"])))
+        return self._stored(s.conv(x, p["decoder.head.2.weight"], p["decoder.head.2.bias"]))
 
     @torch.no_grad()
     def decode(self, z):
         """z [z_dim, T, h, w] (normalized) -> raw frames [3, F, 8h, 8w] on the decoder's device."""
         x = z[None].to(device=self.device, dtype=self.dtype) * self.std + self.mean
-        x = F.conv3d(x, self.p["conv2.weight"], self.p["conv2.bias"])
+        x = self._stored(F.conv3d(self._stored(x), self.p["conv2.weight"], self.p["conv2.bias"]))
         s = _Stream()
         out = []
         for t in range(x.shape[2]):
