@@ -656,7 +656,7 @@ static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
     if (e != cudaSuccess || count == 0)
         return wv_fail(err, WV_ERR_INVALID, "no CUDA device is usable: %s",
                        e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-    if (*device < 0 && cudaGetDevice(device) != cudaSuccess) *device = 0;
+    if (*device < 0) *device = wv_cuda_current_device();
     if (*device >= count)
         return wv_fail(err, WV_ERR_INVALID, "CUDA device %d does not exist (%d found)", *device, count);
     if (cudaGetDeviceProperties(&prop, *device) != cudaSuccess)
