@@ -249,6 +249,7 @@ typedef struct {
     wv_model model;
     int built;    /* built once: a Model never changes after __init__ */
     int building; /* __init__ is building it (with the GIL released) */
+    int closed;   /* close() freed the backend's weights and context; the description stays readable */
     PyThread_type_lock lock; /* one decode at a time: the backend context lives with the model */
     unsigned long owner;     /* the thread decoding (holding lock), valid while decoding is set */
     int decoding;
@@ -530,13 +531,13 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
 
 /* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
  * asked for by the thread already decoding (from its progress callback) would wait for itself. */
-static int take_model(ModelObject *self)
+static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();
     PyLockStatus got;
     if (self->decoding && self->owner == me) {
-        PyErr_SetString(WvError, "this Model is already decoding in this thread: a progress callback cannot decode "
-                                 "with the Model it reports on");
+        PyErr_Format(WvError, "this Decoder is already decoding in this thread: a progress callback cannot %s the "
+                              "Decoder it reports on", action);
         return -1;
     }
     for (;;) {
@@ -718,7 +719,13 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
         if (!out) goto finally;
     }
-    if (take_model(self)) goto finally;
+    if (take_model(self, "decode with")) goto finally;
+    if (self->closed) {
+        self->decoding = 0;
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(WvError, "this Decoder is closed (close() freed its weights and memory); make a new Decoder");
+        goto finally;
+    }
     Py_BEGIN_ALLOW_THREADS
     st = wv_decode(&self->model, &plan, &lat.view, (uintptr_t)stream, mean, stdv, &o, (float *)PyArray_DATA(out),
                    progress_trampoline, &bridge, &stats, &err);
@@ -743,6 +750,24 @@ finally:
     PyMem_Free(stdv);
     py_array_release(&lat);
     return result;
+}
+
+/* Frees the weights and the backend context (device memory, pinned host memory, library handles)
+ * now, after a decode running in another thread ends; the description (plan, properties) stays. */
+static PyObject *Model_close(ModelObject *self, PyObject *noargs)
+{
+    (void)noargs;
+    if (!self->built) Py_RETURN_NONE;
+    if (take_model(self, "close")) return NULL;
+    if (!self->closed) {
+        Py_BEGIN_ALLOW_THREADS
+        wv_model_free(&self->model);
+        Py_END_ALLOW_THREADS
+        self->closed = 1;
+    }
+    self->decoding = 0;
+    PyThread_release_lock(self->lock);
+    Py_RETURN_NONE;
 }
 
 static PyObject *Model_halos(ModelObject *self, PyObject *noargs)
@@ -771,6 +796,7 @@ static PyObject *Model_get_int(ModelObject *self, void *which)
     case 2: return PyLong_FromLongLong(self->model.n_params);
     case 3: return PyLong_FromSize_t(self->model.weight_bytes);
     case 4: return PyLong_FromLong(self->model.n_cache_slots);
+    case 7: return PyBool_FromLong(self->closed);
     case 6: return PyUnicode_FromString(precision_name(self->model.backend->act_dtype));
     default: return PyUnicode_FromString(self->model.backend->name);
     }
@@ -784,6 +810,7 @@ static PyGetSetDef Model_getset[] = {
     {"cache_slots", (getter)Model_get_int, NULL, "causal convolutions (one cache each)", (void *)4},
     {"backend", (getter)Model_get_int, NULL, "backend name", (void *)5},
     {"precision", (getter)Model_get_int, NULL, "activation and weight precision: fp32, fp16 or bf16", (void *)6},
+    {"closed", (getter)Model_get_int, NULL, "whether close() freed the weights", (void *)7},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -795,6 +822,8 @@ static PyMethodDef Model_methods[] = {
      "       stream=0, profile=False)\n"
      "-> (frames [F, H, W, 3] float32, stats dict)."},
     {"halos", (PyCFunction)Model_halos, METH_NOARGS, "Halo at the input of every tile-part block."},
+    {"close", (PyCFunction)Model_close, METH_NOARGS,
+     "close(): frees the weights and the backend's memory now (after a decode in another thread ends)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -339,3 +339,43 @@ def test_decoder_cache_survives_offload_and_sees_new_weights():
     with torch.no_grad():  # any parameter, not only the first and the last
         module[0].bias.zero_()
     assert _fingerprint(module) != key
+
+
+def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_comfy):
+    """ComfyUI's "Unload Models" (unload_all_models) knows nothing of a cached Decoder's device memory;
+    the first GPU Decoder wraps it, once, so that it closes those Decoders too (not the CPU ones)."""
+    from wanvideo_vae import comfy_nodes
+    vae, _ = tiny
+    mm = sys.modules["comfy.model_management"]
+    unloaded = []
+    original = mm.unload_all_models = lambda: unloaded.append(True)
+    cache = comfy_nodes._DecoderCache()
+    monkeypatch.setattr(comfy_nodes, "_decoders", cache)
+    on_cpu = cache.get(vae, vae.model, ("cpu", None, None))
+    assert mm.unload_all_models is original  # nothing on a GPU yet: ComfyUI left alone
+
+    class GpuDecoder:  # a CUDA Decoder's part in this, on any machine
+        backend = "cuda"
+
+        def __init__(self, weights, **kwargs):
+            self.closed = False
+
+        def close(self):
+            self.closed = True
+
+    class Owner:
+        pass
+
+    monkeypatch.setattr(comfy_nodes, "Decoder", GpuDecoder)
+    owner = Owner()
+    on_gpu = cache.get(owner, vae.model, ("cuda", "bf16", 0))
+    assert cache.get(owner, vae.model, ("cuda", "bf16", 0)) is on_gpu
+    comfy_nodes._close_gpu_decoders_when_comfyui_unloads()  # a second call wraps nothing more
+    assert mm.unload_all_models.__wrapped__ is original
+    mm.unload_all_models()
+    assert unloaded == [True] and on_gpu.closed and not on_cpu.closed
+    rebuilt = cache.get(owner, vae.model, ("cuda", "bf16", 0))
+    assert rebuilt is not on_gpu and not rebuilt.closed
+    assert cache.get(vae, vae.model, ("cpu", None, None)) is on_cpu
+    on_cpu.close()  # closed by its user: the next node call builds a new one
+    assert cache.get(vae, vae.model, ("cpu", None, None)) is not on_cpu

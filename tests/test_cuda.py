@@ -258,6 +258,26 @@ def test_device_memory_returns_to_its_level_after_a_call():
 
 
 @gpu
+def test_close_gives_back_the_decoders_device_memory():
+    """close() frees a Decoder's weights and handles while the object lives on (ComfyUI's unload)."""
+    weights = random_weights(32, 16, seed=4)
+    lat = random_latents(16, 2, 8, 8, seed=4)
+    with wv.Decoder(weights, backend="cuda", mean=[0.0] * 16, std=[1.0] * 16) as warm:  # libraries load once
+        warm.decode(lat, enable_vae_tiling=False)
+    before = _device_used()
+    dec = wv.Decoder(weights, backend="cuda", mean=[0.0] * 16, std=[1.0] * 16)
+    dec.decode(lat, enable_vae_tiling=False)
+    held = _device_used() - before
+    dec.close()
+    report("device bytes of a Decoder, then after close()", held=held, after=_device_used() - before,
+           weight_bytes=dec._model.weight_bytes)
+    assert held >= dec._model.weight_bytes
+    assert abs(_device_used() - before) <= 1 << 20
+    with pytest.raises(wv.WanVAEError, match="closed"):
+        dec.decode(lat)
+
+
+@gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_torch_cuda_tensors_are_read_in_place(dtype):
     torch = _torch()

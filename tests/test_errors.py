@@ -286,6 +286,54 @@ def test_a_progress_callback_cannot_decode_with_its_own_model(small):
     assert small.decode(lat()).shape[0] == 5  # and the model still works
 
 
+def test_a_closed_decoder_refuses_to_decode_but_still_plans():
+    mean, std = random_stats(4)
+    with wv.Decoder(random_weights(8, 4, seed=1), mean=mean, std=std) as dec:
+        assert not dec.closed and dec.decode(lat()).shape[0] == 5
+    assert dec.closed
+    with pytest.raises(E, match="closed"):
+        dec.decode(lat())
+    assert dec.plan(2, 3, 4)["frames"] == 5 and dec.z_dim == 4
+    dec.close()  # twice: harmless
+
+
+def test_close_frees_the_weights_at_once():
+    before = current_rss_bytes()
+    if before is None:
+        pytest.skip("no /proc/self/statm")
+    weights = random_weights(32, 16, seed=2)
+    dec = wv.Decoder(weights)
+    del weights
+    held = current_rss_bytes()
+    dec.close()  # the Decoder object stays alive; its weights go
+    freed = held - current_rss_bytes()
+    assert freed >= 0.8 * dec._model.weight_bytes, (freed, dec._model.weight_bytes)
+
+
+def test_close_waits_for_a_decode_in_another_thread(small):
+    mean, std = random_stats(4)
+    dec = wv.Decoder(random_weights(8, 4, seed=1), mean=mean, std=std)
+    started, results = threading.Event(), []
+
+    def slow(done, total):
+        started.set()
+        threading.Event().wait(0.2)  # close() is called meanwhile
+        return True
+
+    worker = threading.Thread(target=lambda: results.append(dec.decode(lat(), progress=slow)))
+    worker.start()
+    assert started.wait(10)
+    dec.close()
+    worker.join()
+    assert dec.closed and np.array_equal(results[0], small.decode(lat()))
+
+
+def test_a_progress_callback_cannot_close_its_own_decoder(small):
+    with pytest.raises(E, match="cannot close the Decoder it reports on"):
+        small.decode(lat(), progress=lambda done, total: small.close())
+    assert not small.closed and small.decode(lat()).shape[0] == 5
+
+
 def test_plan_refuses_implausible_sizes(small):
     with pytest.raises(wv.WanVAEError, match="at most 100000"):
         small._model.plan(2**31 - 1, 1, 1)

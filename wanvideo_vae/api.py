@@ -86,7 +86,11 @@ class Decoder:
     backend: 'cpu' (float32, the reference) or 'cuda'; precision (CUDA): 'bf16' (default), 'fp16' or
     'fp32' for activations and weights, always accumulating in float32; device (CUDA): an index,
     'cuda:N' or a torch.device, default the current device. A Decoder decodes one call at a time;
-    concurrent calls on one Decoder wait for each other."""
+    concurrent calls on one Decoder wait for each other.
+
+    Its weights (and, on CUDA, library handles and up to WANVIDEO_CUDA_KEEP_PINNED_MIB of pinned
+    host memory) live until close(), or until the Decoder is garbage; `with Decoder(...) as dec:`
+    closes it on leaving."""
 
     def __init__(self, weights, *, backend="cpu", precision=None, device=None, mean=None, std=None):
         if not isinstance(weights, dict):
@@ -101,6 +105,22 @@ class Decoder:
         self.mean = self._stats(mean, WAN21_MEAN, "mean")
         self.std = self._stats(std, WAN21_STD, "std")
         self.last_stats = None
+
+    def close(self):
+        """Frees the weights and every buffer the Decoder keeps (device memory included) now; a decode
+        running in another thread finishes first. Later decodes raise WanVAEError; plan() and the
+        properties still work. Closing twice is harmless."""
+        self._model.close()
+
+    @property
+    def closed(self):
+        return self._model.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _stats(self, given, default, what):
         values = as_float_list(given, what)

@@ -120,7 +120,8 @@ def _fingerprint(module):
 
 
 class _DecoderCache:
-    """One converted Decoder per torch VAE object, rebuilt when its weights change."""
+    """One converted Decoder per torch VAE object, rebuilt when its weights change. Those on a GPU are
+    closed when ComfyUI unloads its models ("Unload Models"), which knows nothing of their memory."""
 
     def __init__(self):
         self._cache = weakref.WeakKeyDictionary()
@@ -129,14 +130,47 @@ class _DecoderCache:
         backend, precision, device = placement
         key = (_fingerprint(module), backend, precision, str(device))
         hit = self._cache.get(owner)
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == key and not hit[1].closed:
             return hit[1]
+        if backend == "cuda":
+            _close_gpu_decoders_when_comfyui_unloads()
         dec = Decoder(_module_weights(module), backend=backend, precision=precision, device=device, mean=mean, std=std)
         self._cache[owner] = (key, dec)
         return dec
 
+    def close_gpu_decoders(self):
+        """Closes and forgets every cached Decoder on a GPU (a decode running meanwhile finishes first)."""
+        for owner, (_, dec) in list(self._cache.items()):
+            if dec.backend == "cuda":
+                del self._cache[owner]
+                dec.close()
+
 
 _decoders = _DecoderCache()
+
+
+def _close_gpu_decoders_when_comfyui_unloads():
+    """Wraps comfy.model_management.unload_all_models (the "Unload Models" and "Free model and node
+    cache" buttons, the /free route) once, so that it also frees the cached Decoders' device memory.
+    ComfyUI calls it through the module, so the wrapper is what runs."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    unload = getattr(mm, "unload_all_models", None)
+    if unload is None or getattr(unload, "_wanvideo_vae_wrapped", False):
+        return
+
+    def unload_all_models(*args, **kwargs):
+        try:
+            return unload(*args, **kwargs)
+        finally:
+            _decoders.close_gpu_decoders()
+
+    unload_all_models._wanvideo_vae_wrapped = True
+    unload_all_models.__wrapped__ = unload
+    unload_all_models.__doc__ = unload.__doc__
+    mm.unload_all_models = unload_all_models
 
 
 def _torch():
