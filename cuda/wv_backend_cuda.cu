@@ -91,6 +91,7 @@ typedef struct {
     int n_copies, cap_copies;
     cudaEvent_t written, done; /* the step's output is in `dev` (compute stream); in `host` (copy stream) */
     int queued;                /* the step's work and copy are queued up to `done` */
+    int pageable;              /* `host` is plain malloc memory: pinning it failed (its copy then waits) */
 } staging;
 
 /* The caller's device and CUDA context, while ours is current (see enter_device). */
@@ -147,7 +148,7 @@ struct cuda_ctx {
     size_t pinned_bytes;
     int pinned_lent;
     int pinned_pageable; /* the block is plain malloc memory: pinning that much failed (copies then wait) */
-    int pageable_shown;  /* ... which was said once on stderr */
+    int pageable_shown;  /* pinning failed and pageable memory serves: said once on stderr */
     size_t keep_pinned; /* bytes of pinned memory (that block and the output stagings) kept between calls */
     int drop_pinned;    /* this call's pinned memory passes keep_pinned: it goes back as the call ends */
     /* per call */
@@ -171,6 +172,7 @@ struct cuda_ctx {
     wv_error err; /* the first failure since begin */
 };
 
+/* Test hook: the n-th allocation from now (device memory, or host memory to pin) fails as if out of memory. */
 static int g_fail_alloc_countdown = 0;
 
 static void cuda_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
@@ -590,11 +592,21 @@ static void free_shapes(cuda_ctx *c)
     c->n_shapes = c->cap_shapes = 0;
 }
 
+static void free_host(void *p, int pageable)
+{
+    if (!p) return;
+    if (pageable)
+        free(p);
+    else
+        cudaFreeHost(p);
+}
+
 static void free_staging(staging *s)
 {
-    if (s->host) cudaFreeHost(s->host);
+    free_host(s->host, s->pageable);
     free(s->copies);
     s->host = NULL;
+    s->pageable = 0;
     s->copies = NULL;
     s->cap = s->used = 0;
     s->n_copies = s->cap_copies = 0;
@@ -609,10 +621,7 @@ static void free_pinned_block(cuda_ctx *c)
     ds = enter_device(c->device);
     cudaStreamSynchronize(c->stream);
     cudaStreamSynchronize(c->copy_stream);
-    if (c->pinned_pageable)
-        free(c->pinned);
-    else
-        cudaFreeHost(c->pinned);
+    free_host(c->pinned, c->pinned_pageable);
     leave_device(ds, c->device);
     c->pinned = NULL;
     c->pinned_bytes = 0;
@@ -778,18 +787,35 @@ static void cuda_release(void *ctx, void *p)
     leave_device(ds, c->device);
 }
 
-/* When the system will not pin that much (a long video's trunk output is GiBs; some systems cap
- * page-locked memory), plain memory serves: copies to and from it work, but each one waits for
- * the stream (the driver stages them), so the decode runs slower rather than failing. */
-static wv_status pageable_block(cuda_ctx *c, size_t bytes, cudaError_t why, wv_error *err)
+/* Pinned host memory, or where the system will not pin that much (a long video's trunk output is
+ * GiBs, a 4K step's output hundreds of MiB; some systems cap page-locked memory) plain memory:
+ * copies to and from it work but each one waits for the stream (the driver stages them), so the
+ * decode runs slower rather than failing. *pageable says which; the first fallback says so on stderr. */
+static wv_status pin_or_pageable(cuda_ctx *c, size_t bytes, const char *what, void **out, int *pageable,
+                                 wv_error *err)
 {
-    if (!(c->pinned = malloc(bytes)))
-        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes for the trunk output", bytes);
+    device_scope ds = enter_device(c->device);
+    cudaError_t e;
+    *out = NULL;
+    *pageable = 0;
+    if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
+        e = cudaErrorMemoryAllocation;
+    else
+        e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocPortable);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *out = NULL;
+    }
+    leave_device(ds, c->device);
+    if (e == cudaSuccess) return WV_OK;
+    if (e != cudaErrorMemoryAllocation) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc (%s): %s", what, cudaGetErrorString(e));
+    if (!(*out = malloc(bytes ? bytes : 1)))
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes for %s", bytes, what);
     if (!c->pageable_shown)
-        fprintf(stderr, "wanvideo_vae cuda: could not pin %zu bytes for the trunk output (%s); using pageable memory, "
-                        "which is slower\n", bytes, cudaGetErrorString(why));
+        fprintf(stderr, "wanvideo_vae cuda: could not pin %zu bytes for %s (%s); using pageable memory, which is "
+                        "slower\n", bytes, what, cudaGetErrorString(e));
     c->pageable_shown = 1;
-    c->pinned_pageable = 1;
+    *pageable = 1;
     return WV_OK;
 }
 
@@ -799,28 +825,12 @@ static wv_status pageable_block(cuda_ctx *c, size_t bytes, cudaError_t why, wv_e
 static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    device_scope ds;
-    cudaError_t e = cudaSuccess;
     *out = NULL;
     if (c->pinned_lent) return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend lends one block of pinned memory at a time");
     if (c->pinned_bytes < bytes) {
+        wv_status st;
         free_pinned_block(c);
-        ds = enter_device(c->device);
-        if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
-            e = cudaErrorMemoryAllocation;
-        else
-            e = cudaHostAlloc(&c->pinned, bytes, cudaHostAllocPortable);
-        if (e != cudaSuccess) {
-            cudaGetLastError();
-            c->pinned = NULL;
-        }
-        leave_device(ds, c->device);
-        if (e == cudaErrorMemoryAllocation) {
-            wv_status st = pageable_block(c, bytes, e, err);
-            if (st) return st;
-        } else if (e != cudaSuccess) {
-            return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc: %s", cudaGetErrorString(e));
-        }
+        if ((st = pin_or_pageable(c, bytes, "the trunk output", &c->pinned, &c->pinned_pageable, err))) return st;
         c->pinned_bytes = bytes;
     }
     c->pinned_lent = 1;
@@ -1008,17 +1018,17 @@ static wv_status check_finite(cuda_ctx *c, const wv_view *v, wv_error *err)
     return WV_OK;
 }
 
-/* Pinned host memory for a step's output (kept for the next call), and its device side in the arena. */
+/* Pinned host memory for a step's output (kept for the next call unless pageable), and its device
+ * side in the arena. */
 static wv_status reserve_staging(cuda_ctx *c, staging *s, void *dev, size_t bytes, wv_error *err)
 {
+    wv_status st;
+    void *host;
     s->dev = (float *)dev;
     if (s->cap >= bytes && s->host) return WV_OK;
     free_staging(s);
-    if (!cuda_ok(c, cudaHostAlloc((void **)&s->host, bytes ? bytes : 1, cudaHostAllocPortable),
-                 "cudaHostAlloc (output staging)")) {
-        s->host = NULL;
-        return take_error(c, err);
-    }
+    if ((st = pin_or_pageable(c, bytes, "a step's output", &host, &s->pageable, err))) return st;
+    s->host = (float *)host;
     s->cap = bytes;
     return WV_OK;
 }
@@ -1152,7 +1162,10 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
 static void trim_pinned(cuda_ctx *c)
 {
     size_t held = c->pinned_pageable ? 0 : c->pinned_bytes; /* a pageable block goes back anyway */
-    for (int i = 0; i < STAGINGS; i++) held += c->stage[i].host ? c->stage[i].cap : 0;
+    for (int i = 0; i < STAGINGS; i++) {
+        if (c->stage[i].pageable) free_staging(&c->stage[i]); /* the next call tries to pin again */
+        held += c->stage[i].host ? c->stage[i].cap : 0;
+    }
     c->drop_pinned = held > c->keep_pinned;
     if (!c->drop_pinned) return;
     for (int i = 0; i < STAGINGS; i++) free_staging(&c->stage[i]);

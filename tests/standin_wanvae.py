@@ -38,10 +38,18 @@ class StandInWanVAE(torch.nn.Module):
         self._mean, self._std = mean.flatten().numpy(), std.flatten().numpy()
 
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
-               pbar=True):
+               pbar=True, output_device=None, output_dtype=None):
+        """The wrapper's return: tiled, float32 clamped to [-1, 1] on the CPU; untiled, the raw decode in
+        the VAE's dtype on `device` (output_dtype on output_device when that is given)."""
         weights = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
         out = []
         for z in hidden_states:
-            raw = reference_decode(weights, z.float().numpy(), self._mean, self._std, end_frame=end_)
-            out.append(torch.from_numpy(raw).permute(3, 0, 1, 2).clamp(-1, 1))
+            raw = torch.from_numpy(reference_decode(weights, z.float().numpy(), self._mean, self._std,
+                                                    end_frame=end_)).permute(3, 0, 1, 2)
+            if tiled:
+                out.append(raw.clamp(-1, 1))
+            elif output_device is not None:
+                out.append(raw.to(output_device, output_dtype or self.dtype))
+            else:
+                out.append(raw.to(device or "cpu", self.dtype))
         return out

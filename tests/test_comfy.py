@@ -131,6 +131,27 @@ def test_decode_node_has_ref_drop_last_end_image(tiny):
     assert np.abs(end.numpy() - _expected(end_raw, "default")).max() <= NODE_TOL
 
 
+def test_decode_node_trims_the_canvas_expansion(tiny):
+    """WanAnimate's transition runs sample canvas_expansion_px frames ahead of the video; the wrapper's
+    decode drops them (after the end frame), except in a looped video."""
+    vae, data = tiny
+    raw = data["expected_raw"].transpose(1, 2, 3, 0)
+    node = WanVideoNativeDecode()
+    (trimmed,) = node.decode(vae, _latent(data, canvas_expansion_px=5), False, 272, 272, 144, 128)
+    assert np.abs(trimmed.numpy() - _expected(raw, "default")[5:]).max() <= NODE_TOL
+    (end,) = node.decode(vae, _latent(data, end_image=torch.zeros(1, 8, 8, 3), canvas_expansion_px=3), True, 40, 40,
+                         32, 32)
+    end_raw = data["expected_end_raw"].transpose(1, 2, 3, 0)[:-1]
+    assert np.abs(end.numpy() - _expected(end_raw, "default")[3:]).max() <= NODE_TOL
+    (looped,) = node.decode(vae, _latent(data, looped=True), False, 272, 272, 144, 128)
+    lat = torch.from_numpy(data["latents"])
+    loop_raw = vae.decode([torch.cat([lat[:, -3:], lat[:, :2]], 1)], "cpu")[0].numpy().transpose(1, 2, 3, 0)
+    expected = np.concatenate([_expected(loop_raw, "minmax")[9:], _expected(raw, "default")[5:]])
+    assert looped.shape == expected.shape and np.abs(looped.numpy() - expected).max() <= NODE_TOL
+    (looped_canvas,) = node.decode(vae, _latent(data, looped=True, canvas_expansion_px=5), False, 272, 272, 144, 128)
+    assert torch.equal(looped, looped_canvas)  # a looped video keeps them
+
+
 def test_decode_node_video_passthrough(tiny):
     vae, _ = tiny
     video = torch.linspace(-2, 2, 5 * 4 * 4 * 3).reshape(5, 4, 4, 3)
@@ -159,6 +180,60 @@ def test_patched_wanvae_decode_matches_standin(tiny, end_, tiled):
     assert (ours[0] - ref[0]).abs().max().item() <= NODE_TOL
     assert patched.dtype == vae.dtype and patched.model is vae.model  # everything else is the original's
     assert patched.to("cpu") is patched
+
+
+def test_patched_wanvae_returns_what_the_wrapper_returns(tiny):
+    """Untiled: the raw decode in the VAE's dtype on `device` (or output_dtype on output_device); tiled:
+    float32 clamped to [-1, 1] on the CPU. InfiniteTalk keeps every window's frames on the host, so
+    the dtype halves that memory, and its motion frames are re-encoded unclamped as upstream's are."""
+    import copy
+    vae, data = tiny
+    bf16 = copy.copy(vae)
+    bf16.dtype = torch.bfloat16
+    (patched,) = WanVideoNativeVAEPatch().patch(bf16)
+    lat = torch.from_numpy(data["latents"])[None]
+    raw = torch.from_numpy(data["expected_raw"])
+    assert raw.abs().max() > 1  # the fixture overshoots [-1, 1]: clamping shows
+    untiled = patched.decode(lat, "cpu", pbar=False)[0]
+    assert untiled.dtype == torch.bfloat16 and untiled.device.type == "cpu"
+    assert (untiled.float() - raw).abs().max().item() <= NODE_TOL + raw.abs().max().item() / 128  # bf16 rounding
+    exact = patched.decode(lat, "cpu", output_device="cpu", output_dtype=torch.float32)[0]
+    assert exact.dtype == torch.float32 and (exact - raw).abs().max().item() <= NODE_TOL
+    tiled = patched.decode(lat, "cpu", tiled=True, tile_size=(5, 5), tile_stride=(4, 4))[0]
+    assert tiled.dtype == torch.float32 and (tiled - raw.clamp(-1, 1)).abs().max().item() <= NODE_TOL
+    for ours, theirs in ((untiled, bf16.decode(lat, "cpu")[0]), (tiled, bf16.decode(lat, "cpu", tiled=True)[0])):
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+
+
+def test_vaes_this_decoder_does_not_implement_are_refused_plainly(tiny):
+    """WanVideoWrapper also loads a TAEHV tiny VAE and the Wan 2.2 VAE (16x, z_dim 48): the patch node
+    refuses them before any sampling, the decode node when it runs."""
+    vae, data = tiny
+
+    class TAEHV(torch.nn.Module):
+        pass
+
+    class WanVideoVAE38(torch.nn.Module):
+        upsampling_factor = 16
+        z_dim = 48
+
+    for other, says in ((TAEHV(), "TAEHV"), (WanVideoVAE38(), "16x")):
+        with pytest.raises(ValueError, match=says):
+            WanVideoNativeVAEPatch().patch(other)
+        with pytest.raises(ValueError, match=says):
+            WanVideoNativeDecode().decode(other, _latent(data), False, 272, 272, 144, 128)
+    with pytest.raises(ValueError, match="no .model module"):
+        WanVideoNativeVAEPatch().patch(object())
+
+
+def test_a_compiled_decoder_reads_as_its_checkpoint(tiny):
+    """WanVideoWrapper's loader can torch.compile the decoder: its state dict keys gain '_orig_mod'."""
+    from wanvideo_vae import normalize_keys
+    vae, _ = tiny
+    keys = normalize_keys(vae.model.state_dict())
+    compiled = {k.replace("decoder.", "decoder._orig_mod.", 1): v for k, v in vae.model.state_dict().items()}
+    compiled = {("_orig_mod.model." + k): v for k, v in compiled.items()}
+    assert normalize_keys(compiled).keys() == keys.keys()
 
 
 def test_patched_wanvae_takes_wanvideowrapper_positional_order(tiny):

@@ -178,10 +178,26 @@ def _torch():
     return torch
 
 
+def _check_wan21_vae(vae):
+    """Refuses, with a plain message, the WANVAE kinds WanVideoWrapper also loads that this decoder
+    does not implement: TAEHV (a tiny decoder of its own) and the Wan 2.2 VAE (16x, z_dim 48)."""
+    kind = type(vae).__name__
+    if kind == "TAEHV":
+        raise ValueError("this WANVAE is a TAEHV tiny VAE; the native decoder decodes the Wan 2.1 VAE only: "
+                         "use WanVideoDecode for it")
+    factor = getattr(vae, "upsampling_factor", 8)
+    if factor != 8:
+        raise ValueError(f"this WANVAE ({kind}) upsamples {factor}x (the Wan 2.2 VAE); the native decoder decodes "
+                         "the Wan 2.1 VAE (8x) only: use WanVideoDecode for it")
+    if not hasattr(getattr(vae, "model", None), "state_dict"):
+        raise ValueError(f"this WANVAE ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
+
+
 def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
+    _check_wan21_vae(vae)
     mean, std = _wanvae_stats(vae)
     placement = _backend_for(vae.model, latents, mean)
     dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
@@ -255,6 +271,9 @@ class WanVideoNativeDecode:
             images = np.concatenate([loop[9:], images[5:]], axis=0)
         if end_frame:
             images = images[:-1]
+        canvas = int(samples.get("canvas_expansion_px", 0) or 0)  # WanAnimate: frames sampled before the video
+        if canvas and not samples.get("looped", False):
+            images = images[canvas:]
         return (torch.from_numpy(np.clip(images, 0.0, 1.0).astype(np.float32)),)
 
 
@@ -263,8 +282,10 @@ class WanVideoNativeDecode:
 class NativeWanVAE:
     """A WANVAE whose decode(...) runs the native decoder; everything else is the wrapped VAE's.
 
-    decode returns what WanVideoWrapper's decode returns: a list with one [3, F, H, W] float tensor
-    per video, clamped to [-1, 1], on the latents' device. The wrapped object is never modified."""
+    decode returns what WanVideoWrapper's decode returns: a list with one [3, F, H, W] tensor per
+    video; tiled, float32 clamped to [-1, 1] on the CPU; untiled, the raw decode in the VAE's dtype
+    (output_dtype with output_device) on output_device, else `device`, else the latents' device. The
+    wrapped object is never modified."""
 
     def __init__(self, vae):
         object.__setattr__(self, "_wrapped", vae)
@@ -280,13 +301,18 @@ class NativeWanVAE:
         return self
 
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
-               pbar=True, **unused):
+               pbar=True, output_device=None, output_dtype=None, **unused):
         torch = _torch()
         videos = []
         for latents in hidden_states:
             raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1])
-            video = torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2)
-            videos.append(video.to(latents.device) if hasattr(latents, "device") else video)
+            if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
+                videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2))
+                continue
+            where = output_device or device or getattr(latents, "device", "cpu")
+            dtype = output_dtype if output_device is not None and output_dtype is not None else \
+                getattr(self._wrapped, "dtype", torch.float32)
+            videos.append(torch.from_numpy(raw).permute(3, 0, 1, 2).to(device=where, dtype=dtype))
         return videos
 
 
@@ -305,7 +331,10 @@ class WanVideoNativeVAEPatch:
     DESCRIPTION = "Makes every decode of this WANVAE (the sampler's too) use the native exact decoder."
 
     def patch(self, vae):
-        return (vae if isinstance(vae, NativeWanVAE) else NativeWanVAE(vae),)
+        if isinstance(vae, NativeWanVAE):
+            return (vae,)
+        _check_wan21_vae(vae)  # before sampling, not at its first decode
+        return (NativeWanVAE(vae),)
 
 
 # ---- ComfyUI core VAE ----------------------------------------------------------------------------

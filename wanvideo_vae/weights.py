@@ -14,9 +14,13 @@ _DECODER_PREFIXES = ("decoder.", "conv2.")
 
 
 def normalize_keys(state):
-    """Decoder-side entries of a state dict, with any 'model.' prefix removed; encoder keys dropped."""
+    """Decoder-side entries of a state dict, with any 'model.' prefix removed; encoder keys dropped.
+    torch.compile's wrapper level ('_orig_mod', in the keys of a compiled module: WanVideoWrapper
+    compiles the decoder when asked) is removed too."""
     out = {}
     for key, value in state.items():
+        if "_orig_mod" in key:
+            key = ".".join(part for part in key.split(".") if part != "_orig_mod")
         k = key[len("model."):] if key.startswith("model.") else key
         if k.startswith(_DECODER_PREFIXES):
             out[k] = value

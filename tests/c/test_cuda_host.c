@@ -198,6 +198,27 @@ static void trunk_output_unpinnable(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* Where the system will not pin the output stagings either, they are pageable for that call: the
+ * decode works, none of it stays, and the next call pins them again. */
+static void stagings_unpinnable(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    stub_fail_nth_host_alloc(2); /* after the trunk output's block: the first staging */
+    CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+    CHECK(stub_fail_nth_host_alloc(0) == 0);
+    size_t without_one = stub_pinned_bytes(); /* the block and two stagings */
+    stub_fail_nth_host_alloc(-1);             /* every pin fails from now */
+    CHECK(decode(&m, &RUNS[1], &err) == WV_OK); /* the pageable staging went back; pinning again failed */
+    CHECK(stub_pinned_bytes() == without_one);
+    stub_fail_nth_host_alloc(0);
+    CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+    CHECK(stub_pinned_bytes() > without_one); /* pinned again, and kept */
+    wv_model_free(&m);
+    CHECK(stub_pinned_bytes() == 0);
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -248,6 +269,7 @@ int main(void)
     if (!g_reference) model_on_the_second_gpu(&ws);
     if (!g_reference) pinned_memory_kept_within_its_limit(&ws);
     trunk_output_unpinnable(&ws);
+    stagings_unpinnable(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

@@ -553,7 +553,8 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 {
     need_context();
     (void)flags;
-    if (g_host_alloc_countdown > 0 && --g_host_alloc_countdown == 0) return cudaErrorMemoryAllocation;
+    if (g_host_alloc_countdown < 0 || (g_host_alloc_countdown > 0 && --g_host_alloc_countdown == 0))
+        return cudaErrorMemoryAllocation;
     return take_block(p, bytes, KIND_PINNED);
 }
 

@@ -31,8 +31,8 @@ int stub_context_made(int device);
 int stub_current_context(void);
 
 /* Bytes of pinned host memory (cudaHostAlloc) allocated now. stub_fail_nth_host_alloc: the n-th
- * cudaHostAlloc from now fails as out of memory (0: none), as where the system will not pin that
- * much; returns how many were still to go before it (0: the last one asked for has failed). */
+ * cudaHostAlloc from now fails as out of memory (0: none; -1: every one), as where the system will
+ * not pin that much; returns how many were still to go before it (0: the last one asked for has failed). */
 size_t stub_pinned_bytes(void);
 int stub_fail_nth_host_alloc(int n);
 
