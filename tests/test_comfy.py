@@ -282,6 +282,15 @@ def test_core_vae_node():
     with pytest.raises(ValueError, match="Wan 2.1 video latents"):
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)
 
+    wan22 = dict(weights, **{"decoder.head.2.weight": np.zeros((12,) + weights["decoder.head.2.weight"].shape[1:],
+                                                                np.float32)})
+
+    class Wan22VAE:
+        first_stage_model = module_tree(wan22)
+
+    with pytest.raises(ValueError, match="12 channels \\(the Wan 2.2 VAE\\)"):
+        WanCoreVAENativeDecode().decode({"samples": torch.from_numpy(unnormalized)[None]}, Wan22VAE(), 64, True)
+
     class ImageVAE:  # an SD-style VAE wired in by mistake
         first_stage_model = torch.nn.Conv2d(4, 3, 1)
 
@@ -416,7 +425,7 @@ def test_decoder_cache_survives_offload_and_sees_new_weights():
     assert _fingerprint(module) != key
 
 
-def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_comfy):
+def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_comfy, capsys):
     """ComfyUI's "Unload Models" (unload_all_models) knows nothing of a cached Decoder's device memory;
     the first GPU Decoder wraps it, once, so that it closes those Decoders too (not the CPU ones)."""
     from wanvideo_vae import comfy_nodes
@@ -441,14 +450,23 @@ def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_c
     class Owner:
         pass
 
+    class Stuck(GpuDecoder):  # asked from its own progress callback: cannot close now
+        def close(self):
+            from wanvideo_vae import WanVAEError
+            raise WanVAEError("cannot close the Decoder it reports on")
+
+    stuck_owner = Owner()
+    cache._cache[stuck_owner] = ("key", Stuck(None))  # first in line: the others still close after it
     monkeypatch.setattr(comfy_nodes, "Decoder", GpuDecoder)
     owner = Owner()
     on_gpu = cache.get(owner, vae.model, ("cuda", "bf16", 0))
     assert cache.get(owner, vae.model, ("cuda", "bf16", 0)) is on_gpu
     comfy_nodes._close_gpu_decoders_when_comfyui_unloads()  # a second call wraps nothing more
     assert mm.unload_all_models.__wrapped__ is original
+
     mm.unload_all_models()
     assert unloaded == [True] and on_gpu.closed and not on_cpu.closed
+    assert stuck_owner not in cache._cache and "did not close" in capsys.readouterr().err
     rebuilt = cache.get(owner, vae.model, ("cuda", "bf16", 0))
     assert rebuilt is not on_gpu and not rebuilt.closed
     assert cache.get(vae, vae.model, ("cpu", None, None)) is on_cpu

@@ -411,7 +411,8 @@ def test_host_memory_is_pageable_where_pinning_fails(capfd, monkeypatch, n):
         got = dec.decode(lat, **tiles)
     finally:
         wv._C._fail_nth_alloc(0, backend="cuda")
-    assert "using pageable memory" in capfd.readouterr().err
+    said = capfd.readouterr().err
+    assert "using pageable memory" in said and {2: "the trunk output", 4: "a step's output"}[n] in said
     np.testing.assert_allclose(got, expected, atol=FP32_TOL)
     assert abs(_device_used() - before) <= 1 << 20
     for _ in range(2):

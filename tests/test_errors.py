@@ -310,14 +310,16 @@ print(held - current_rss_bytes(), dec._model.weight_bytes)
 """
 
 
-def test_close_frees_the_weights_at_once():
-    """In a fresh process: a long test run's allocator may reuse freed memory instead of mapping anew."""
+def test_close_frees_the_weights_at_once(tmp_path):
+    """In a fresh process: a long test run's allocator may reuse freed memory instead of mapping anew.
+    It imports the package this process imported (built in place, or installed)."""
     import subprocess
     import sys
     if current_rss_bytes() is None:
         pytest.skip("no /proc/self/statm")
-    run = subprocess.run([sys.executable, "-c", _CLOSE_FREES], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(wv.__file__)))
+    run = subprocess.run([sys.executable, "-c", _CLOSE_FREES], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": package_root}, timeout=300)
     assert run.returncode == 0, run.stderr
     freed, weight_bytes = (int(n) for n in run.stdout.split())
     assert freed >= 0.8 * weight_bytes, (freed, weight_bytes)

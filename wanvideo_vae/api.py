@@ -192,6 +192,8 @@ class Decoder:
         last_stats["op_seconds"] (host seconds: the part spent in the call itself, queueing the work)
         and {convolution's checkpoint name: [seconds, calls, flops]} in last_stats["conv_seconds"]
         (slower: no overlap between ops; for finding where time goes)."""
+        if self.closed:  # before any planning (which may empty torch's cache for nothing)
+            raise WanVAEError("this Decoder is closed (close() freed its weights and memory); make a new Decoder")
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:

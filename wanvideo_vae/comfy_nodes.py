@@ -4,6 +4,7 @@ by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for 
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
 import os
+import sys
 import weakref
 
 import numpy as np
@@ -139,11 +140,17 @@ class _DecoderCache:
         return dec
 
     def close_gpu_decoders(self):
-        """Closes and forgets every cached Decoder on a GPU (a decode running meanwhile finishes first)."""
+        """Closes and forgets every cached Decoder on a GPU (a decode running meanwhile finishes first).
+        One that cannot close (asked from its own progress callback) is forgotten, freed when its
+        decode lets it go, and the others still close."""
         for owner, (_, dec) in list(self._cache.items()):
-            if dec.backend == "cuda":
-                del self._cache[owner]
+            if dec.backend != "cuda":
+                continue
+            del self._cache[owner]
+            try:
                 dec.close()
+            except Exception as e:  # noqa: BLE001 - an unload must not fail on one decoder
+                print(f"wanvideo_vae: a cached decoder did not close ({e})", file=sys.stderr)
 
 
 _decoders = _DecoderCache()
@@ -309,7 +316,7 @@ class NativeWanVAE:
             if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
                 videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2))
                 continue
-            where = output_device or device or getattr(latents, "device", "cpu")
+            where = next((d for d in (output_device, device) if d is not None), getattr(latents, "device", "cpu"))
             dtype = output_dtype if output_device is not None and output_dtype is not None else \
                 getattr(self._wrapped, "dtype", torch.float32)
             videos.append(torch.from_numpy(raw).permute(3, 0, 1, 2).to(device=where, dtype=dtype))
@@ -364,10 +371,14 @@ class WanCoreVAENativeDecode:
         torch = _torch()
         model = getattr(vae, "first_stage_model", vae)
         z = samples["samples"]
-        conv1 = model.state_dict().get("decoder.conv1.weight") if hasattr(model, "state_dict") else None
+        state = model.state_dict() if hasattr(model, "state_dict") else {}
+        conv1, head = state.get("decoder.conv1.weight"), state.get("decoder.head.2.weight")
         if conv1 is None or conv1.ndim != 5:
             raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
                              "no 3-d decoder.conv1.weight")
+        if head is not None and head.shape[0] != 3:  # the Wan 2.2 VAE's head makes 12 channels (2x2 patches)
+            raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels (the Wan 2.2 VAE); this node "
+                             "decodes the Wan 2.1 VAE only: use ComfyUI's VAE Decode for it")
         z_dim = int(conv1.shape[1])
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
