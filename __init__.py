@@ -1,7 +1,8 @@
 """ComfyUI entry point of the wanvideo_vae node pack.
 
 Clone this repository into ComfyUI/custom_nodes and run `python -m pip install .` in it with ComfyUI's
-Python; ComfyUI then loads this file and finds NODE_CLASS_MAPPINGS. The nodes live in the installed
+Python (ComfyUI-Manager does that through install.py); ComfyUI then loads this file and finds
+NODE_CLASS_MAPPINGS. The nodes live in the installed
 package (wanvideo_vae.comfy_nodes), which carries the compiled decoder."""
 import importlib
 import importlib.machinery
@@ -33,7 +34,8 @@ def _installed_package():
         spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, others)
         if not _has_extension(spec):
             raise ImportError(f"the {_PACKAGE} package is not installed in ComfyUI's Python: run "
-                              f"`python -m pip install .` in {_HERE}")
+                              f"`python install.py` (or `python -m pip install .`) in {_HERE} with ComfyUI's "
+                              "Python, then restart ComfyUI")
         module = importlib.util.module_from_spec(spec)
         sys.modules[_PACKAGE] = module
         spec.loader.exec_module(module)

@@ -42,6 +42,19 @@ def test_repo_root_loads_as_custom_node(module_name):
         sys.modules.update(saved)
 
 
+def test_install_script_installs_the_package_with_the_running_python(capsys):
+    """ComfyUI-Manager and the Comfy Registry run install.py with ComfyUI's Python after fetching the pack."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)  # importing it runs nothing
+    calls = []
+    assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0) == 0
+    assert calls == [([sys.executable, "-m", "pip", "install", REPO], REPO)]
+    assert install.main(call=lambda command, cwd: 1) == 1
+    assert "needs a C compiler" in capsys.readouterr().err
+
+
 def _check_input(name, spec):
     kind = spec[0]
     opts = spec[1] if len(spec) > 1 else {}
@@ -359,12 +372,29 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
     latents = torch.zeros(16, 2, 3, 3)  # ComfyUI keeps latents on the CPU between nodes
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
     assert comfy_nodes._backend_for(module, latents) == ("cuda", precision, 0)
     on_second = [type("T", (), {"device": torch.device(d)})() for d in ("cuda:1", "cuda")]
     assert comfy_nodes._backend_for(module, on_second[0]) == ("cuda", precision, 1)  # an index either way
     assert comfy_nodes._backend_for(module, on_second[1]) == ("cuda", precision, 0)
     monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")
     assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
+
+
+def test_a_bf16_vae_decodes_in_fp32_on_a_gpu_without_bf16(monkeypatch):
+    """Turing (7.5) and older have no bf16 arithmetic, where the CUDA backend refuses bf16; the nodes
+    decode a bf16 VAE exactly in fp32 there instead of failing. An fp16 VAE stays fp16."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    capability = {0: (7, 5), 1: (8, 6)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    latents = torch.zeros(16, 2, 3, 3)
+    bf16, fp16 = (torch.nn.Conv2d(2, 2, 1).to(dtype) for dtype in (torch.bfloat16, torch.float16))
+    assert comfy_nodes._backend_for(bf16, latents) == ("cuda", "fp32", 0)
+    assert comfy_nodes._backend_for(fp16, latents) == ("cuda", "fp16", 0)
+    on_second = type("T", (), {"device": torch.device("cuda:1")})()
+    assert comfy_nodes._backend_for(bf16, on_second) == ("cuda", "bf16", 1)
 
 
 def test_latents_on_another_gpu_go_to_the_decoders():

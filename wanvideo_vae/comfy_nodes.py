@@ -46,7 +46,8 @@ def _backend_for(module, *tensors):
     """(backend, precision, device): the CUDA backend, in the VAE's own precision, whenever it is usable
     (ComfyUI keeps latents, and offloaded VAEs, on the CPU between nodes): on the GPU a tensor or
     the VAE is on, else the current one. Otherwise the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces
-    the CPU."""
+    the CPU. A bf16 VAE on a GPU without bf16 arithmetic (before compute capability 8.0: Turing and
+    older) decodes in fp32, exactly; fp16 would be faster there but can overflow."""
     if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
@@ -54,7 +55,10 @@ def _backend_for(module, *tensors):
     index = device_index(on_gpu[0]) if on_gpu else -1
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
-    return "cuda", _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16"), index
+    precision = _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16")
+    if precision == "bf16" and _torch().cuda.get_device_capability(index)[0] < 8:
+        precision = "fp32"
+    return "cuda", precision, index
 
 
 def _on_decoder_gpu(latents, placement):
