@@ -355,6 +355,12 @@ def test_progress_bar_and_interrupt_inside_comfyui(tiny, fake_comfy):
     assert fake_comfy["checks"] == 3  # stopped at the first check that raised
     fake_comfy["interrupt_after"] = None
     (images,) = node.decode(vae, _latent(data), True, 40, 40, 32, 32)  # and the next decode works
+    # a sampler's own window decodes (pbar=False): no bar of ours over the sampler's, interrupt still checked
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    fake_comfy["updates"].clear()
+    fake_comfy["checks"] = 0
+    patched.decode(_latent(data)["samples"], "cpu", tiled=True, tile_size=(5, 5), pbar=False)
+    assert fake_comfy["updates"] == [] and fake_comfy["checks"] > 0
     assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
 
 

@@ -20,8 +20,9 @@ _STRIDE = {"min": 32, "max": 2040, "step": 8}
 
 # ---- helpers -------------------------------------------------------------------------------------
 
-def _comfy_progress():
-    """progress(done, total) for the decoder: ComfyUI's progress bar and interrupt, when present."""
+def _comfy_progress(show=True):
+    """progress(done, total) for the decoder: ComfyUI's interrupt, and its progress bar unless `show` is
+    False (a sampler decoding its windows with pbar=False keeps the node's bar for its own steps)."""
     try:
         import comfy.model_management as mm
         import comfy.utils
@@ -30,9 +31,10 @@ def _comfy_progress():
     bar = []
 
     def progress(done, total):
-        if not bar:
+        if show and not bar:
             bar.append(comfy.utils.ProgressBar(total))
-        bar[0].update_absolute(done, total)
+        if bar:
+            bar[0].update_absolute(done, total)
         mm.throw_exception_if_processing_interrupted()  # raises: the decode stops and frees its memory
         return True
 
@@ -204,7 +206,7 @@ def _check_wan21_vae(vae):
         raise ValueError(f"this WANVAE ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
 
 
-def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
+def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=True):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
@@ -214,7 +216,7 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y):
     dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
     return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame,
                       enable_vae_tiling=bool(tiled), tile_x=int(tile_x), tile_y=int(tile_y), tile_stride_x=8,
-                      tile_stride_y=8, progress=_comfy_progress())
+                      tile_stride_y=8, progress=_comfy_progress(show_progress))
 
 
 # ---- WanVideoDecode drop-in ----------------------------------------------------------------------
@@ -316,7 +318,8 @@ class NativeWanVAE:
         torch = _torch()
         videos = []
         for latents in hidden_states:
-            raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1])
+            raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1],
+                              show_progress=bool(pbar))
             if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
                 videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2))
                 continue
