@@ -796,8 +796,8 @@ static PyObject *Model_get_int(ModelObject *self, void *which)
     case 2: return PyLong_FromLongLong(self->model.n_params);
     case 3: return PyLong_FromSize_t(self->model.weight_bytes);
     case 4: return PyLong_FromLong(self->model.n_cache_slots);
-    case 7: return PyBool_FromLong(self->closed);
     case 6: return PyUnicode_FromString(precision_name(self->model.backend->act_dtype));
+    case 7: return PyBool_FromLong(self->closed);
     default: return PyUnicode_FromString(self->model.backend->name);
     }
 }

@@ -58,9 +58,18 @@ def _backend_for(module, *tensors):
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
     precision = _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16")
-    if precision == "bf16" and _torch().cuda.get_device_capability(index)[0] < 8:
+    if precision == "bf16" and _compute_capability(index) < (8, 0):
         precision = "fp32"
     return "cuda", precision, index
+
+
+def _compute_capability(index):
+    """torch's view of the GPU; where torch cannot say (a CPU build of torch), assume a recent one and
+    let the CUDA backend say what it refuses."""
+    try:
+        return tuple(_torch().cuda.get_device_capability(index))
+    except (RuntimeError, AssertionError, AttributeError):
+        return (9, 0)
 
 
 def _on_decoder_gpu(latents, placement):
