@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import REPO, load_fixture, random_weights  # noqa: E402
+from helpers import REPO, load_fixture, random_latents, random_weights  # noqa: E402
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, WanCoreVAENativeDecode, WanVideoNativeDecode,  # noqa: E402
                                       WanVideoNativeVAEPatch)
@@ -163,6 +163,26 @@ def test_decode_node_trims_the_canvas_expansion(tiny):
     assert looped.shape == expected.shape and np.abs(looped.numpy() - expected).max() <= NODE_TOL
     (looped_canvas,) = node.decode(vae, _latent(data, looped=True, canvas_expansion_px=5), False, 272, 272, 144, 128)
     assert torch.equal(looped, looped_canvas)  # a looped video keeps them
+
+
+@pytest.mark.parametrize("mode", ["default", "minmax"])
+def test_decode_node_holds_one_video_of_frames(tiny, mode):
+    """A long video's frames are GiBs: the node normalizes the decode in place and hands the same
+    memory to torch, so the call's peak is one array of the output's size (plus the decoder's arena,
+    small here), not the three or four a chain of copies would take."""
+    import tracemalloc
+    vae, data = tiny
+    latents = torch.from_numpy(random_latents(data["latents"].shape[0], 9, 24, 24, seed=3))[None]
+    node = WanVideoNativeDecode()
+    node.decode(vae, {"samples": latents}, False, 272, 272, 144, 128, mode)  # the Decoder is cached from here on
+    tracemalloc.start()
+    try:
+        (images,) = node.decode(vae, {"samples": latents}, False, 272, 272, 144, 128, mode)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert images.dtype == torch.float32 and 0.0 <= images.min() and images.max() <= 1.0
+    assert peak <= 1.5 * images.numel() * 4, (peak, images.numel() * 4)
 
 
 def test_decode_node_video_passthrough(tiny):

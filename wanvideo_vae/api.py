@@ -24,17 +24,25 @@ WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 NORMALIZATIONS = ("default", "minmax", "none")
 
 
-def normalize_frames(raw, mode="default"):
+def normalize_frames(raw, mode="default", inplace=False):
     """WanVideoDecode's normalizations of a raw decode: default = clamp(-1, 1) then (x + 1) / 2;
-    minmax = rescale by the global min and max; none = the raw values."""
-    if mode == "none":
-        return raw
+    minmax = rescale by the global min and max; none = the raw values. inplace=True rewrites `raw`
+    (a float array) and returns it: a long video's frames are GiBs, and each copy would be as large."""
+    if mode not in NORMALIZATIONS:
+        raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+    out = raw if inplace else np.array(raw, dtype=np.result_type(raw, np.float32))
     if mode == "minmax":
-        lo, hi = float(raw.min()), float(raw.max())
-        return (raw - lo) / (hi - lo) if hi > lo else np.zeros_like(raw)
-    if mode == "default":
-        return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
-    raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+        lo, hi = float(out.min()), float(out.max())
+        if hi > lo:
+            out -= lo
+            out /= hi - lo
+        else:
+            out[...] = 0.0
+    elif mode == "default":
+        np.clip(out, -1.0, 1.0, out=out)
+        out += 1.0
+        out /= 2.0
+    return out
 
 
 def backends():

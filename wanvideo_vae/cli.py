@@ -139,7 +139,7 @@ def decode_cmd(args):
     finally:
         close()
     seconds = time.perf_counter() - t0
-    frames = normalize_frames(frames, args.normalization)
+    frames = normalize_frames(frames, args.normalization, inplace=True)
     write_frames(frames, out_path, args.fps)
     if args.contact_sheet:
         contact_sheet(frames, args.contact_sheet)

@@ -273,7 +273,7 @@ class WanVideoNativeDecode:
         torch = _torch()
         video = samples.get("video", None)
         if video is not None:  # already decoded by the sampler, [F, H, W, 3] in [-1, 1]
-            return (((video.float().clamp(-1.0, 1.0) + 1.0) / 2.0).cpu(),)
+            return (video.float().clamp(-1.0, 1.0).add_(1.0).div_(2.0).cpu(),)  # the caller's tensor untouched
         latents = samples["samples"]
         if latents.ndim == 5:
             if latents.shape[0] != 1:
@@ -285,18 +285,18 @@ class WanVideoNativeDecode:
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
         raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y)
-        images = normalize_frames(raw, normalization)
+        images = normalize_frames(raw, normalization, inplace=True)  # one array of the video's size, no copies
         if samples.get("looped", False):
             loop_latents = torch.cat([latents[:, -3:], latents[:, :2]], dim=1)
             loop = normalize_frames(_decode_raw(vae, loop_latents, end_frame, enable_vae_tiling, tile_x, tile_y),
-                                    "minmax")
+                                    "minmax", inplace=True)
             images = np.concatenate([loop[9:], images[5:]], axis=0)
         if end_frame:
             images = images[:-1]
         canvas = int(samples.get("canvas_expansion_px", 0) or 0)  # WanAnimate: frames sampled before the video
         if canvas and not samples.get("looped", False):
             images = images[canvas:]
-        return (torch.from_numpy(np.clip(images, 0.0, 1.0).astype(np.float32)),)
+        return (torch.from_numpy(np.clip(images, 0.0, 1.0, out=images)),)
 
 
 # ---- WANVAE patch --------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ class NativeWanVAE:
             raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1],
                               show_progress=bool(pbar))
             if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
-                videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0)).permute(3, 0, 1, 2))
+                videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2))
                 continue
             where = next((d for d in (output_device, device) if d is not None), getattr(latents, "device", "cpu"))
             dtype = output_dtype if output_device is not None and output_dtype is not None else \
