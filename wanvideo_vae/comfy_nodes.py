@@ -404,7 +404,7 @@ class WanCoreVAENativeDecode:
         _make_room_like_comfyui(dec, z.shape, tile_size, bool(enable_tiling))
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
-        return (torch.from_numpy(np.concatenate(frames, axis=0)),)
+        return (torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0)),)
 
 
 NODE_CLASS_MAPPINGS = {
