@@ -31,15 +31,25 @@ TILED_FP32_TOL = FP32_TOL  # tiles change cuDNN's algorithms per shape, hence ro
 REPEAT_TOL = 1e-5       # the same fp32 decode twice (cuDNN may pick non-deterministic algorithms)
 
 
-def _cuda_usable():
+# tests/c/cuda_python.sh runs these tests on the CPU, the CUDA backend built against the stand-in
+# runtime of tests/c/cuda_stub/ (computing on the CPU): all but those that need torch's CUDA tensors.
+ON_STUB = os.environ.get("WANVIDEO_TEST_CUDA_STUB") == "1"
+
+
+def _torch_cuda():
     try:
         import torch
     except ImportError:
         return False
-    return wv.backends()["cuda"]["usable"] and torch.cuda.is_available()
+    return torch.cuda.is_available()
+
+
+def _cuda_usable():
+    return wv.backends()["cuda"]["usable"] and (ON_STUB or _torch_cuda())
 
 
 gpu = pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA GPU and the CUDA backend")
+torch_gpu = pytest.mark.skipif(not (_cuda_usable() and _torch_cuda()), reason="needs torch's CUDA tensors")
 
 
 def report(name, **figures):
@@ -61,7 +71,8 @@ def torch_unit(weights, latents, mean, std, precision, end_frame=False):
     torch = _torch()
     from wanvideo_vae.torch_reference import TorchWanDecoder
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    dec = TorchWanDecoder(weights, device="cuda", dtype=dtype, mean=np.asarray(mean), std=np.asarray(std))
+    dec = TorchWanDecoder(weights, device="cuda" if _torch_cuda() else "cpu", dtype=dtype, mean=np.asarray(mean),
+                          std=np.asarray(std))
     parts = [latents[:, :-1], latents[:, -1:]] if end_frame else [latents]
     return np.concatenate([to_unit(dec.decode(torch.from_numpy(np.ascontiguousarray(p))).float()
                                    .permute(1, 2, 3, 0).cpu().numpy()) for p in parts])
@@ -277,7 +288,7 @@ def test_close_gives_back_the_decoders_device_memory():
         dec.decode(lat)
 
 
-@gpu
+@torch_gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_torch_cuda_tensors_are_read_in_place(dtype):
     torch = _torch()
@@ -292,7 +303,7 @@ def test_torch_cuda_tensors_are_read_in_place(dtype):
     assert np.abs(batched - expected).max() <= FP32_TOL
 
 
-@gpu
+@torch_gpu
 def test_non_contiguous_cuda_latents():
     torch = _torch()
     weights = random_weights(8, 4, seed=6)
@@ -308,7 +319,7 @@ def test_non_contiguous_cuda_latents():
                                dec.decode(sliced.cpu().numpy(), raw=True, enable_vae_tiling=False), atol=FP32_TOL)
 
 
-@gpu
+@torch_gpu
 def test_latents_made_on_a_side_stream_are_waited_for():
     torch = _torch()
     weights = random_weights(8, 4, seed=8)
@@ -336,7 +347,7 @@ class _FakeCAI:
                                          "strides": None, "stream": None}
 
 
-@gpu
+@torch_gpu
 def test_host_pointer_posing_as_device_memory_is_refused():
     weights = random_weights(8, 4, seed=9)
     dec = wv.Decoder(weights, backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
@@ -349,7 +360,7 @@ def test_host_pointer_posing_as_device_memory_is_refused():
         dec._model.decode(_FakeCAI(host, pinned.data_ptr()), [0.0] * 4, [1.0] * 4)
 
 
-@gpu
+@torch_gpu
 def test_latents_on_another_device_are_refused():
     torch = _torch()
     if torch.cuda.device_count() < 2:
@@ -359,7 +370,7 @@ def test_latents_on_another_device_are_refused():
         dec.decode(torch.zeros(4, 2, 5, 5, device="cuda:1"))
 
 
-@gpu
+@torch_gpu
 def test_nan_device_latents_are_refused():
     torch = _torch()
     dec = wv.Decoder(random_weights(8, 4, seed=11), backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
@@ -517,7 +528,8 @@ print(json.dumps(out))
 
 def _decode_with_taps_setting(value):
     here = os.path.dirname(os.path.abspath(__file__))
-    paths = [os.path.dirname(here), here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(wv.__file__)))  # the package this process runs
+    paths = [package_root, here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     if value is not None:
         env["WANVIDEO_CUDA_TAPS_MAX_CHANNELS"] = value
@@ -545,7 +557,7 @@ def test_taps_max_channels_moves_memory_not_the_result():
         assert results[None][tile][1] == results["4096"][tile][1] == results["x"][tile][1]
 
 
-@gpu
+@torch_gpu
 def test_comfy_nodes_decode_on_the_gpu():
     """The WanVideoDecode drop-in and the patched WANVAE with the VAE and the latents on the GPU (as
     ComfyUI and InfiniteTalk hold them): the CUDA backend in the VAE's dtype, results as on the CPU."""
@@ -560,5 +572,8 @@ def test_comfy_nodes_decode_on_the_gpu():
     assert np.abs(images.cpu().numpy() - (raw + 1) / 2).max() <= FP32_TOL
     (patched,) = WanVideoNativeVAEPatch().patch(vae)
     (video,) = patched.decode(lat, "cuda", tiled=True, tile_size=(5, 5), tile_stride=(4, 4), pbar=False)
-    assert video.device.type == "cuda"
-    assert np.abs(video.float().cpu().numpy() - raw.transpose(3, 0, 1, 2)).max() <= FP32_TOL
+    assert video.device.type == "cpu" and video.dtype == torch.float32  # as the wrapper's tiled decode
+    assert np.abs(video.numpy() - raw.transpose(3, 0, 1, 2)).max() <= FP32_TOL
+    (video,) = patched.decode(lat, "cuda", pbar=False)  # untiled: raw, in the VAE's dtype, on `device`
+    assert video.device.type == "cuda" and video.dtype == vae.dtype
+    assert np.abs(video.cpu().numpy() - data["expected_raw"]).max() <= FP32_TOL
