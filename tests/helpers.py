@@ -8,6 +8,13 @@ import numpy as np
 from wanvideo_vae.random_model import random_latents, random_weights  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def package_root():
+    """The folder holding the wanvideo_vae this process imported (built in place, installed, or the
+    copy beside a stub-built _cuda): what a test's subprocess must put first on its PYTHONPATH."""
+    import wanvideo_vae
+    return os.path.dirname(os.path.dirname(os.path.abspath(wanvideo_vae.__file__)))
 SHARED = os.environ.get("WANVIDEO_SHARED", os.path.join(REPO, "..", "shared"))
 FIXTURES = os.path.join(SHARED, "fixtures")
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import wanvideo_vae as wv
-from helpers import load_fixture, random_latents, random_stats, random_weights, to_unit
+from helpers import load_fixture, package_root, random_latents, random_stats, random_weights, to_unit
 
 FP32_TOL = 1e-3        # GPU fp32 vs the CPU backend / fixtures (issue 4)
 HALF_TOL = 2e-2         # 16-bit activations vs fp32 on the [0, 1] image, or, where PyTorch's own decode in
@@ -528,8 +528,7 @@ print(json.dumps(out))
 
 def _decode_with_taps_setting(value):
     here = os.path.dirname(os.path.abspath(__file__))
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(wv.__file__)))  # the package this process runs
-    paths = [package_root, here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    paths = [package_root(), here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     if value is not None:
         env["WANVIDEO_CUDA_TAPS_MAX_CHANNELS"] = value

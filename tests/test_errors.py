@@ -10,7 +10,7 @@ import pytest
 
 import wanvideo_vae as wv
 from wanvideo_vae.cli import current_rss_bytes
-from helpers import REPO, load_fixture, random_latents, random_stats, random_weights, write_safetensors
+from helpers import REPO, load_fixture, package_root, random_latents, random_stats, random_weights, write_safetensors
 
 E = wv.WanVAEError
 
@@ -317,9 +317,8 @@ def test_close_frees_the_weights_at_once(tmp_path):
     import sys
     if current_rss_bytes() is None:
         pytest.skip("no /proc/self/statm")
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(wv.__file__)))
     run = subprocess.run([sys.executable, "-c", _CLOSE_FREES], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": package_root}, timeout=300)
+                         env={**os.environ, "PYTHONPATH": package_root()}, timeout=300)
     assert run.returncode == 0, run.stderr
     freed, weight_bytes = (int(n) for n in run.stdout.split())
     assert freed >= 0.8 * weight_bytes, (freed, weight_bytes)

@@ -284,9 +284,10 @@ class WanVideoNativeDecode:
         if samples.get("drop_last", False):
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
+        looped = samples.get("looped", False)
         raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y)
         images = normalize_frames(raw, normalization, inplace=True)  # one array of the video's size, no copies
-        if samples.get("looped", False):
+        if looped:
             loop_latents = torch.cat([latents[:, -3:], latents[:, :2]], dim=1)
             loop = normalize_frames(_decode_raw(vae, loop_latents, end_frame, enable_vae_tiling, tile_x, tile_y),
                                     "minmax", inplace=True)
@@ -294,7 +295,7 @@ class WanVideoNativeDecode:
         if end_frame:
             images = images[:-1]
         canvas = int(samples.get("canvas_expansion_px", 0) or 0)  # WanAnimate: frames sampled before the video
-        if canvas and not samples.get("looped", False):
+        if canvas and not looped:
             images = images[canvas:]
         return (torch.from_numpy(np.clip(images, 0.0, 1.0, out=images)),)
 

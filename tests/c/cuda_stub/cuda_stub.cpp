@@ -145,13 +145,15 @@ int stub_fail_nth_host_alloc(int n)
     return left;
 }
 
-size_t stub_pinned_bytes(void)
+static size_t held_bytes(int kind)
 {
     size_t bytes = 0;
     for (int i = 0; i < g_n_blocks; i++)
-        if (g_blocks[i].kind == KIND_PINNED) bytes += g_blocks[i].bytes;
+        if (g_blocks[i].kind == kind) bytes += g_blocks[i].bytes;
     return bytes;
 }
+
+size_t stub_pinned_bytes(void) { return held_bytes(KIND_PINNED); }
 
 /* ---- streams, events and the races between streams ----------------------------------------- */
 
@@ -513,12 +515,9 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 /* Free memory: the 80 GiB less what cudaMalloc holds now (the tests of memory going back to its level). */
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
 {
-    size_t held = 0;
     need_context();
-    for (int i = 0; i < g_n_blocks; i++)
-        if (g_blocks[i].kind == KIND_DEVICE) held += g_blocks[i].bytes;
     *total_b = (size_t)80 << 30;
-    *free_b = *total_b - held;
+    *free_b = *total_b - held_bytes(KIND_DEVICE);
     return cudaSuccess;
 }
 
