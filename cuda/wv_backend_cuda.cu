@@ -164,7 +164,7 @@ struct cuda_ctx {
     int stats_loaded; /* mean and std are on the device for this call */
     int in_call;      /* between begin and finish: ops may be deferred */
     int output_unchecked; /* write_output ran since sync last read the nonfinite flag */
-    int decline_shown;    /* the first shape cuDNN declined altogether was reported on stderr */
+    int decline_shown;    /* the first shape no cuDNN algorithm ran was reported on stderr */
     op_list pending;  /* ops recorded since the last flush */
     step_graph *known;
     int n_known, cap_known, n_execs;
@@ -213,10 +213,12 @@ static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
 
 /* An algorithm declining this shape or these buffers (or an engine failing on them: a parameter,
  * an unsupported case, an internal error of its own): the next candidate may run. What fails every
- * candidate alike (the installation, the driver, an allocation, a fault) is the decode's error. */
+ * candidate alike (the installation, the driver, an allocation, a fault, a null pointer: ours) is the
+ * decode's error. */
 static int cudnn_declined(cudnnStatus_t s)
 {
     switch (s) {
+    case CUDNN_STATUS_BAD_PARAM_NULL_POINTER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART:
     case CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED:
@@ -1208,6 +1210,25 @@ static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, in
     return cudnnSetTensorNdDescriptor(t, type, nd, dims, strides) == CUDNN_STATUS_SUCCESS;
 }
 
+/* The heuristics' workspace figures are estimates: each candidate's is asked for with its own math
+ * type set, and the larger kept (one it cannot size is dropped). */
+static void confirm_workspaces(cuda_ctx *c, conv_shape *s)
+{
+    for (int i = 0; i < s->n_candidates; i++) {
+        size_t bytes = 0;
+        if (cudnnSetConvolutionMathType(s->conv, s->math[i]) != CUDNN_STATUS_SUCCESS) {
+            s->refused[i] = 1;
+            continue;
+        }
+        s->math_now = s->math[i];
+        if (cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, s->x, s->w, s->conv, s->y, s->algo[i], &bytes) !=
+            CUDNN_STATUS_SUCCESS)
+            s->refused[i] = 1;
+        else if (bytes > s->memory[i])
+            s->memory[i] = bytes;
+    }
+}
+
 /* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
  * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
  * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
@@ -1271,6 +1292,7 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         s->refused[k] = 0;
         s->n_candidates++;
     }
+    confirm_workspaces(c, s);
     return 1;
 }
 
@@ -1355,6 +1377,24 @@ static void announce(cuda_ctx *c, conv_shape *s, int i)
                 (int)s->math[i], s->memory[i], i + 1, s->n_candidates);
 }
 
+/* The first shape of a context that no cuDNN algorithm runs, on stderr, and why (last: the status of
+ * the last candidate tried, SUCCESS when none was): not silent, since a broken install or a workspace
+ * short of every candidate is slow, not an error. */
+static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
+{
+    announce(c, s, -1);
+    if (c->decline_shown) return;
+    c->decline_shown = 1;
+    fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d runs on the slower direct kernel: ", s->cin,
+            s->cout, s->kt, s->kh, s->kw, s->H, s->W);
+    if (last != CUDNN_STATUS_SUCCESS)
+        fprintf(stderr, "cuDNN declined every algorithm (%s)\n", cudnnGetErrorString(last));
+    else if (s->n_candidates)
+        fprintf(stderr, "no algorithm cuDNN offers fits the %zu-byte workspace\n", c->workspace_bytes);
+    else
+        fprintf(stderr, "cuDNN offers no algorithm for it\n");
+}
+
 /* y = conv(input) + bias (NULL: none), + y if accumulate, by candidate i. The bias and the sum are
  * folded into the convolution where cuDNN allows it (identity activation: IMPLICIT_PRECOMP_GEMM
  * only), so y is read and written once, rounded once; a declined fusion leaves the shape unfused. */
@@ -1400,16 +1440,11 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
             return 1;
         }
         if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
-        /* short of workspace this call only: a plan with more may run it */
-        if (st != CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->refused[i] = 1;
+        /* short of workspace: it needs more than cuDNN said, so only a larger workspace tries it again */
+        if (st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->memory[i] = c->workspace_bytes + 1;
+        else s->refused[i] = 1;
     }
-    if (st != CUDNN_STATUS_SUCCESS && !c->decline_shown) { /* not silent: a broken install is slow, not an error */
-        fprintf(stderr, "wanvideo_vae cuda: cuDNN declined every algorithm for conv %d->%d %dx%dx%d on %dx%d (%s); "
-                        "it runs on the slower direct kernel\n", s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W,
-                cudnnGetErrorString(st));
-        c->decline_shown = 1;
-    }
-    announce(c, s, -1);
+    report_direct(c, s, st);
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
 }
 

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cudnn.h>
+
 #include "cuda_stub/cuda_stub.h"
 #include "test_util.h"
 #include "wv_cuda.h"
@@ -219,6 +221,29 @@ static void stagings_unpinnable(const weight_set *ws)
     CHECK(stub_pinned_bytes() == 0);
 }
 
+/* A convolution candidate cuDNN declines is not asked again with the same workspace, whether it was
+ * short of workspace or refused the shape: the shape runs on the direct kernel from then on, in this
+ * call and the next (which makes as many cuDNN calls as this one), and the decodes still work. */
+static void declined_convolutions_not_retried(const weight_set *ws)
+{
+    static const cudnnStatus_t statuses[] = {CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT, CUDNN_STATUS_NOT_SUPPORTED};
+    for (int i = 0; i < 2; i++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        long calls[3];
+        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        for (int call = 0; call < 3; call++) {
+            long before = stub_counts().convolutions;
+            if (call == 1) stub_cudnn_decline((int)statuses[i], 2); /* a fused call and its plain retry */
+            CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+            calls[call] = stub_counts().convolutions - before;
+        }
+        CHECK(stub_cudnn_decline(0, 0) == 0);
+        CHECK(calls[1] < calls[0] - 1 && calls[2] == calls[1]);
+        wv_model_free(&m);
+    }
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -270,6 +295,7 @@ int main(void)
     if (!g_reference) pinned_memory_kept_within_its_limit(&ws);
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);
+    declined_convolutions_not_retried(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

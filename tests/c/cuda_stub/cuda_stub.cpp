@@ -938,6 +938,18 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudn
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* The stub's convolutions need no workspace. */
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+                                                      const cudnnFilterDescriptor_t w,
+                                                      const cudnnConvolutionDescriptor_t c,
+                                                      const cudnnTensorDescriptor_t y, cudnnConvolutionFwdAlgo_t algo,
+                                                      size_t *bytes)
+{
+    (void)h, (void)x, (void)w, (void)c, (void)y, (void)algo;
+    *bytes = 0;
+    return CUDNN_STATUS_SUCCESS;
+}
+
 static int on_cpu_type(int cuda_or_cudnn_type, int is_cudnn)
 {
     if (is_cudnn)
@@ -990,12 +1002,31 @@ static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cu
     if (ws_bytes) check_device("convolution workspace", ws, ws_bytes);
 }
 
+static int g_declines_left; /* stub_cudnn_decline's */
+static cudnnStatus_t g_decline_status;
+
+extern "C" int stub_cudnn_decline(int status, int n)
+{
+    int left = g_declines_left;
+    g_declines_left = n, g_decline_status = (cudnnStatus_t)status;
+    return left;
+}
+
+/* Whether this convolution call is one stub_cudnn_decline asked to decline. */
+static bool declining()
+{
+    if (g_declines_left == 0) return false;
+    if (g_declines_left > 0) g_declines_left--;
+    return true;
+}
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const cudnnTensorDescriptor_t xd,
                                       const void *x, const cudnnFilterDescriptor_t wd, const void *w,
                                       const cudnnConvolutionDescriptor_t c, cudnnConvolutionFwdAlgo_t algo, void *ws,
                                       size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd, void *y)
 {
     (void)algo;
+    if (declining()) return g_decline_status;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionForward",
@@ -1014,6 +1045,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const cudnnTensorDescriptor_t yd, void *y)
 {
     (void)algo, (void)act; /* identity, the only one the backend asks for */
+    if (declining()) return g_decline_status;
     check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));

@@ -36,6 +36,11 @@ int stub_current_context(void);
 size_t stub_pinned_bytes(void);
 int stub_fail_nth_host_alloc(int n);
 
+/* The next n cuDNN convolution calls (plain or bias-fused) return status (a cudnnStatus_t) and do
+ * nothing, as when cuDNN declines a candidate for this shape or workspace (0: none; -1: every one from
+ * now). Returns how many were still to go. */
+int stub_cudnn_decline(int status, int n);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
