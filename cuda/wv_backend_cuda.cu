@@ -789,6 +789,14 @@ static void cuda_release(void *ctx, void *p)
     leave_device(ds, c->device);
 }
 
+/* cudaHostAlloc's ways of saying the system will not pin this (too much, or not at all: some
+ * virtualized or restricted systems), as against a failure of the device (a sticky error). */
+static int pinning_refused(cudaError_t e)
+{
+    return e == cudaErrorMemoryAllocation || e == cudaErrorNotSupported || e == cudaErrorOperatingSystem ||
+           e == cudaErrorNotPermitted;
+}
+
 /* Pinned host memory, or where the system will not pin that much (a long video's trunk output is
  * GiBs, a 4K step's output hundreds of MiB; some systems cap page-locked memory) plain memory:
  * copies to and from it work but each one waits for the stream (the driver stages them), so the
@@ -810,7 +818,7 @@ static wv_status pin_or_pageable(cuda_ctx *c, size_t bytes, const char *what, vo
     }
     leave_device(ds, c->device);
     if (e == cudaSuccess) return WV_OK;
-    if (e != cudaErrorMemoryAllocation) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc (%s): %s", what, cudaGetErrorString(e));
+    if (!pinning_refused(e)) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc (%s): %s", what, cudaGetErrorString(e));
     if (!(*out = malloc(bytes ? bytes : 1)))
         return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes for %s", bytes, what);
     if (!c->pageable_shown)

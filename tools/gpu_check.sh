@@ -9,15 +9,18 @@
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
-#                              profile bench graphs lab (default: all; the build always runs), e.g.
-#                              "run ops tests" to recheck a fix without the benchmarks.
+#                              profile bench lab graphs (default: all, in that order; the build always
+#                              runs), e.g. "run ops tests" to recheck a fix without the benchmarks.
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
 # graphs step (6 decodes of 720p x 81, each twice: about 90 s more) and the tests' five-process
 # taps test (about 25 s), plus about 40 s for the machine's start. Each step has its own time
-# limit, so a hung step still leaves its log and the summary; a whole run takes about 4 minutes, so
-# timeout_s 400 suffices and the session's 15 minutes leave room for one rerun of a few steps.
+# limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the summary still
+# prints within timeout_s 400; a step with under 10 s left is skipped), so a hung step still
+# leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
+# few steps (e.g. "tools/gpu_check.sh run tests", timeout_s 200) must be sent at once, else give
+# the machine back.
 set -u
 cd "$(dirname "$0")/.."
 MODE=${1:-run}
@@ -34,7 +37,7 @@ if [ "$MODE" = fetch ]; then
 fi
 
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=${*:-ops tests profile bench graphs lab}
+STEPS=${*:-ops tests profile bench lab graphs}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped
 
@@ -43,10 +46,15 @@ export WANVIDEO_REQUIRE_CUDA_BUILD=1 PYTHONUNBUFFERED=1
 export PATH=$PATH:/usr/local/cuda/bin
 [ -d .gpu_shared/fixtures ] && export WANVIDEO_SHARED=$PWD/.gpu_shared
 mkdir -p "$OUT"
-rm -f "$OUT/figures.jsonl" # the tests append to it
+rm -f "$OUT/figures.jsonl" "$OUT/profile.txt" # the tests, profile and graphs append to them
 T0=$(date +%s)
+DEADLINE=${GPU_CHECK_DEADLINE:-370}
 elapsed() { echo $(( $(date +%s) - T0 )); }
 summary() { echo "== $1 ($(elapsed) s)"; }
+# limit N: a step's time limit, N seconds or what is left before the deadline if less
+limit() { local left=$(( DEADLINE - $(elapsed) )); echo $(( left < $1 ? left : $1 )); }
+# room STEP: whether a step may start (10 s left at least); says so when not
+room() { [ "$(limit 10)" -ge 10 ] && return 0; echo "== $1 skipped: the deadline (${DEADLINE} s) is near"; return 1; }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   echo "nvcc: $(command -v nvcc) $(nvcc --version | tail -1)"; } | tee "$OUT/env.txt"
@@ -73,14 +81,14 @@ python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cud
 #    what they measure (max errors, PSNR, memory held after a call) to figures.jsonl
 export WANVIDEO_CUDA_ARCHS=${WANVIDEO_CUDA_ARCHS:-90}
 : > "$OUT/native.log"
-if want ops; then
-    timeout 60 bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" \
+if want ops && room ops; then
+    timeout "$(limit 60)" bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" \
         | grep -v "^ok " | tail -30
     OPS=${PIPESTATUS[0]}
     summary "op tests exit $OPS"
 fi
-if want tests; then
-    WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout 130 python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
+if want tests && room tests; then
+    WANVIDEO_GPU_REPORT=$OUT/figures.jsonl timeout "$(limit 130)" python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 \
         -o faulthandler_timeout=60 tests/test_cuda.py 2>&1 | tee "$OUT/tests.log" | tail -30
     TESTS=${PIPESTATUS[0]}
     summary "GPU tests exit $TESTS"
@@ -89,12 +97,12 @@ fi
 # 3. where the time goes: profiled 720p decodes of 5 latent frames (17 output frames), after an untimed
 #    one, untiled and within 2 GiB with the weights (1904 MiB for the arena: tiles), with the algorithm
 #    cuDNN runs for each convolution shape
-if want profile; then
-    : > "$OUT/profile.txt"
+if want profile && room profile; then
     PROFILE=0
     for budget in "--tile 0" "--tile 0 --max-memory 1904M"; do
+        room profile || break
         echo "== profile $budget" >> "$OUT/profile.txt"
-        WANVIDEO_CUDA_VERBOSE=1 timeout 40 python3 -m wanvideo_vae decode --device cuda --precision bf16 \
+        WANVIDEO_CUDA_VERBOSE=1 timeout "$(limit 40)" python3 -m wanvideo_vae decode --device cuda --precision bf16 \
             --random-shape 5 90 160 $budget --warmup --profile --quiet --out /tmp/wv_profile.npy \
             >> "$OUT/profile.txt" 2>&1 || PROFILE=$?
     done
@@ -105,11 +113,8 @@ fi
 
 # 4. benchmark: full size, 1280x720x81 in bf16, ours beside PyTorch in the same process (each run is
 #    also printed to bench.err as it ends)
-if want bench; then
-    timeout 160 python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
-        --skip-blended --json > "$OUT/bench.json" 2> "$OUT/bench.err"
-    BENCH=$?
-    python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err"
+bench_table() {
+    python3 - "$OUT/bench.json" 2>/dev/null <<'EOF' || tail -20 "$OUT/bench.err" 2>/dev/null
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"latents {r['latents']} {r['device']} {r['precision']} torch {r['torch']}, "
@@ -120,37 +125,49 @@ for k, v in r["runs"].items():
     print(f"{k:32s} {v.get('tiles', ''):>5s} {v['seconds']:8.2f} s{rate} {v['peak_bytes'] / 2**30:8.2f} GiB{total}  "
           f"max diff {v['max_abs_diff_vs_pytorch_untiled']:.3g}")
 EOF
+}
+if want bench && room bench; then
+    timeout "$(limit 160)" python3 -m wanvideo_vae bench --preset 720p81 --device cuda --precision bf16 \
+        --skip-blended --json > "$OUT/bench.json" 2> "$OUT/bench.err"
+    BENCH=$?
+    bench_table
     summary "bench exit $BENCH"
 fi
 
-# 5. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
+# 5. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
+#    (its tables are in native.log)
+if want lab && room lab; then
+    echo "== conv lab" >> "$OUT/native.log"
+    timeout "$(limit 45)" bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" >> "$OUT/native.log"
+    LAB=${PIPESTATUS[0]}
+    summary "conv lab exit $LAB"
+fi
+
+# 6. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
 #    with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
 #    an untimed run; and within 2 GiB with the 192-channel convs run by taps too
-#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: 2-d convs per tap instead of 3-d ones, caches of two frames)
-if want graphs; then
-    GLOG=/tmp/wv_graphs.txt # appended to profile.txt: the device tool brings back 8 files
-    : > "$GLOG"
+#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: 2-d convs per tap instead of 3-d ones, caches of two frames).
+#    Each run's log goes to profile.txt as it ends (the device tool brings back 8 files); the frames
+#    with graphs must be those without (the same latents: --random-shape is seeded).
+if want graphs && room graphs; then
     GRAPHS=0
     for run in "128 --tile 0 --max-memory 1904M" "192 --tile 0 --max-memory 1904M" "128 --tile 272"; do
         taps=${run%% *} budget=${run#* }
         for g in 0 1; do
-            echo "== WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps $budget" >> "$GLOG"
-            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps WANVIDEO_CUDA_VERBOSE=1 timeout 45 \
-                python3 -m wanvideo_vae decode --device cuda --precision bf16 --random-shape 21 90 160 $budget \
-                --warmup --quiet --out /tmp/wv_graphs.npy >> "$GLOG" 2>&1 || GRAPHS=$?
+            room graphs || break 2
+            echo "== WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps $budget" | tee -a "$OUT/profile.txt"
+            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps WANVIDEO_CUDA_VERBOSE=1 \
+                timeout "$(limit 45)" python3 -m wanvideo_vae decode --device cuda --precision bf16 \
+                --random-shape 21 90 160 $budget --warmup --quiet --out "/tmp/wv_graphs$g.npy" 2>&1 \
+                | grep -v "^wanvideo_vae cuda: conv" | tee -a "$OUT/profile.txt" | grep -E "^tiles|^time|^memory|CUDA graphs"
+            st=${PIPESTATUS[0]}
+            [ "$st" = 0 ] || GRAPHS=$st
         done
+        [ -f /tmp/wv_graphs0.npy ] && [ -f /tmp/wv_graphs1.npy ] && python3 tools/max_diff.py \
+            "graphs vs ops one by one" /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy 2>&1 | tail -1 | tee -a "$OUT/profile.txt"
+        rm -f /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy
     done
-    grep -v "^wanvideo_vae cuda: conv" "$GLOG" >> "$OUT/profile.txt"
-    grep -E "^== |^tiles|^time|^memory|CUDA graphs" "$GLOG"
     summary "graphs exit $GRAPHS"
-fi
-
-# 6. the convolution lab: cuDNN on the 720p shapes, and the ways of running a causal convolution
-if want lab; then
-    echo "== conv lab" >> "$OUT/native.log"
-    timeout 45 bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" | tee -a "$OUT/native.log" | tail -80
-    LAB=${PIPESTATUS[0]}
-    summary "conv lab exit $LAB"
 fi
 
 # 7. the figures the tests measured, a line each
@@ -165,7 +182,9 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-# 8. the issue's GPU targets, each against what this run measured (n/a: its step did not run or finish)
+# 8. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
+#    step did not run or finish)
+want bench && bench_table
 python3 - "$OUT/bench.json" "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 def load(path, lines=False):
