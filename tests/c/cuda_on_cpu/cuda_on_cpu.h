@@ -60,9 +60,10 @@ inline float __bfloat162float(__nv_bfloat16 b)
     return f;
 }
 
-inline __nv_bfloat16 __float2bfloat16_rn(float f) /* round to nearest even (no NaN inputs here) */
+inline __nv_bfloat16 __float2bfloat16_rn(float f) /* round to nearest even; a NaN stays one, as on the GPU */
 {
     uint32_t u;
+    if (f != f) return __nv_bfloat16{0x7fff}; /* rounding its bits could carry into an Inf or a -0 */
     memcpy(&u, &f, 4);
     u += 0x7fffu + ((u >> 16) & 1u);
     return __nv_bfloat16{(uint16_t)(u >> 16)};
