@@ -180,14 +180,17 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
 /* rms_norm_vec_kernel's launch for C channels of elem_bytes each over n frames of gy, `threads` a
  * block: the fewest lanes per position (a power of two, at most 32) that hold its vectors, and the
  * blocks along a padded row. Returns 0 where the kernel cannot run it (C not whole vectors, too many
- * vectors, more rows or frames than a grid's y and z take). */
+ * vectors, no rows or frames, or more than a grid's y and z take). */
 static inline int rms_norm_vec_launch(wv_grid gy, int n, int C, int elem_bytes, int threads, int *lanes_log2,
                                       unsigned *row_blocks)
 {
     int vectors = C * elem_bytes / 16, lanes = 1;
-    if ((C * elem_bytes) % 16 || vectors > 32 * RMS_MAX_VECTORS || gy.h + 2 * gy.pad > 65535 || n > 65535) return 0;
+    int rows = gy.h + 2 * gy.pad, cols = gy.w + 2 * gy.pad;
+    if ((C * elem_bytes) % 16 || vectors > 32 * RMS_MAX_VECTORS || rows < 1 || rows > 65535 || cols < 1 || n < 1 ||
+        n > 65535)
+        return 0;
     for (*lanes_log2 = 0; lanes * RMS_MAX_VECTORS < vectors; lanes *= 2) ++*lanes_log2;
-    *row_blocks = (unsigned)((gy.w + 2 * gy.pad + (threads >> *lanes_log2) - 1) / (threads >> *lanes_log2));
+    *row_blocks = (unsigned)((cols + (threads >> *lanes_log2) - 1) / (threads >> *lanes_log2));
     return 1;
 }
 
