@@ -51,34 +51,58 @@ static int parse_typestr(PyObject *typestr, const char *what, wv_dtype *dt)
     return 0;
 }
 
+/* Whether the nonzero extents multiply past 2**56: then neither the element count nor the bytes of a
+ * default stride (8-byte elements at most; an empty array's too) would fit in 64 bits. */
+static int extents_too_large(const wv_view *v)
+{
+    const int64_t most = (int64_t)1 << 56;
+    int64_t n = 1;
+    for (int d = 0; d < v->ndim; d++) {
+        if (v->shape[d] == 0) continue;
+        if (n > most / v->shape[d]) return 1;
+        n *= v->shape[d];
+    }
+    return 0;
+}
+
 static int parse_shape(PyObject *iface, const char *what, wv_view *v)
 {
     PyObject *shape = PyDict_GetItemString(iface, "shape");
+    int rc = -1;
     if (!shape || !PyTuple_Check(shape)) {
         PyErr_Format(WvError, "%s: array interface has no 'shape' tuple", what);
         return -1;
     }
+    Py_INCREF(shape); /* an item's __index__ may drop the dict's reference */
     if (PyTuple_GET_SIZE(shape) > WV_MAX_DIMS) {
         PyErr_Format(WvError, "%s: %zd dimensions is too many", what, PyTuple_GET_SIZE(shape));
-        return -1;
+        goto done;
     }
     v->ndim = (int)PyTuple_GET_SIZE(shape);
     for (int d = 0; d < v->ndim; d++) {
         long long e = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
-        if (e == -1 && PyErr_Occurred()) return -1;
+        if (e == -1 && PyErr_Occurred()) goto done;
         if (e < 0) {
             PyErr_Format(WvError, "%s: negative extent %lld on axis %d", what, e, d);
-            return -1;
+            goto done;
         }
         v->shape[d] = e;
     }
-    return 0;
+    if (extents_too_large(v)) {
+        PyErr_Format(WvError, "%s: extents multiply past 2**56 (a shape of %d dimensions)", what, v->ndim);
+        goto done;
+    }
+    rc = 0;
+done:
+    Py_DECREF(shape);
+    return rc;
 }
 
 static int parse_strides(PyObject *iface, const char *what, wv_view *v)
 {
     PyObject *strides = PyDict_GetItemString(iface, "strides");
     int64_t step = (int64_t)wv_dtype_size(v->dtype);
+    int rc = -1;
     if (!strides || strides == Py_None) {
         for (int d = v->ndim - 1; d >= 0; d--) {
             v->strides[d] = step;
@@ -90,20 +114,24 @@ static int parse_strides(PyObject *iface, const char *what, wv_view *v)
         PyErr_Format(WvError, "%s: 'strides' must be None or a tuple of %d ints", what, v->ndim);
         return -1;
     }
+    Py_INCREF(strides);
     for (int d = 0; d < v->ndim; d++) {
         long long s = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
-        if (s == -1 && PyErr_Occurred()) return -1;
+        if (s == -1 && PyErr_Occurred()) goto done;
         if (s < 0) {
             PyErr_Format(WvError, "%s: negative stride %lld on axis %d is not supported", what, s, d);
-            return -1;
+            goto done;
         }
         if (s % (long long)wv_dtype_size(v->dtype)) {
             PyErr_Format(WvError, "%s: stride %lld on axis %d is not a multiple of the element size", what, s, d);
-            return -1;
+            goto done;
         }
         v->strides[d] = s;
     }
-    return 0;
+    rc = 0;
+done:
+    Py_DECREF(strides);
+    return rc;
 }
 
 static int parse_data(PyObject *iface, const char *what, py_array *a)
@@ -220,7 +248,7 @@ static void py_array_release(py_array *a)
 
 static int parse_floats(PyObject *seq, const char *what, int n, float *out)
 {
-    PyObject *fast = PySequence_Fast(seq, "");
+    PyObject *fast = PySequence_Tuple(seq); /* a snapshot: __float__ may change a list */
     if (!fast) {
         PyErr_Clear();
         PyErr_Format(WvError, "%s must be a sequence of %d floats", what, n);
@@ -380,12 +408,11 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     if (!(be = backend_by_name(backend_name, precision))) return -1;
+    self->building = 1; /* before collect_weights: reading a weight runs Python code, which may call __init__ */
     if (collect_weights(weights, &items, &views, &arrays, &count)) goto finally;
-    self->building = 1;
     Py_BEGIN_ALLOW_THREADS
     st = wv_model_build(&self->model, be, device, views, (int)count, &err);
     Py_END_ALLOW_THREADS
-    self->building = 0;
     if (st) {
         raise_status(&err);
         goto finally;
@@ -393,6 +420,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
     self->built = 1;
     rc = 0;
 finally:
+    self->building = 0;
     for (Py_ssize_t i = 0; arrays && i < count; i++) py_array_release(&arrays[i]);
     PyMem_Free(arrays);
     PyMem_Free(views);
@@ -576,7 +604,24 @@ static int progress_trampoline(void *user, int64_t done, int64_t total)
     return stop;
 }
 
-static int check_latents_view(const wv_model *m, const py_array *lat, int *T, int *h, int *w)
+/* Host latents are read whole for a NaN or Inf (device ones: the backend's output check). Done once
+ * the output is allocated, so that latents too large to decode (a broadcast view, whose elements cost
+ * nothing to make) fail at once rather than after a long scan. */
+static int check_latents_finite(const py_array *lat)
+{
+    int64_t at[WV_MAX_DIMS];
+    int bad;
+    if (lat->view.on_device) return 0;
+    Py_BEGIN_ALLOW_THREADS
+    bad = wv_view_find_nonfinite(&lat->view, at);
+    Py_END_ALLOW_THREADS
+    if (!bad) return 0;
+    PyErr_Format(WvError, "latents contain NaN or Inf (first at [%lld, %lld, %lld, %lld]); the sampler that produced "
+                          "them failed", (long long)at[0], (long long)at[1], (long long)at[2], (long long)at[3]);
+    return -1;
+}
+
+static int check_latents_shape(const wv_model *m, const py_array *lat, int *T, int *h, int *w)
 {
     const wv_view *v = &lat->view;
     if (v->ndim != 4) {
@@ -596,19 +641,6 @@ static int check_latents_view(const wv_model *m, const py_array *lat, int *T, in
     if (v->shape[1] > MAX_LATENT_EXTENT || v->shape[2] > MAX_LATENT_EXTENT || v->shape[3] > MAX_LATENT_EXTENT) {
         PyErr_SetString(WvError, "latents are implausibly large");
         return -1;
-    }
-    if (!v->on_device) {
-        int64_t at[WV_MAX_DIMS];
-        int bad;
-        Py_BEGIN_ALLOW_THREADS
-        bad = wv_view_find_nonfinite(v, at);
-        Py_END_ALLOW_THREADS
-        if (bad) {
-            PyErr_Format(WvError, "latents contain NaN or Inf (first at [%lld, %lld, %lld, %lld]); the sampler that "
-                                  "produced them failed", (long long)at[0], (long long)at[1], (long long)at[2],
-                         (long long)at[3]);
-            return -1;
-        }
     }
     *T = (int)v->shape[1];
     *h = (int)v->shape[2];
@@ -699,7 +731,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     o.profile = profile;
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
     if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
-    if (check_latents_view(&self->model, &lat, &T, &h, &w)) goto finally;
+    if (check_latents_shape(&self->model, &lat, &T, &h, &w)) goto finally;
     mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
     stdv = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
     if (!mean || !stdv) {
@@ -719,6 +751,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
         if (!out) goto finally;
     }
+    if (check_latents_finite(&lat)) goto finally;
     if (take_model(self, "decode with")) goto finally;
     if (self->closed) {
         self->decoding = 0;

@@ -1,5 +1,6 @@
 """Every bad input gets a clear error naming the problem (the README's table, row by row), and
 nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
+import gc
 import json
 import os
 import re
@@ -111,6 +112,9 @@ CASES = [
      "stream -5 is not a stream"),
     ("a device pointer not aligned to its elements",
      lambda d, t: wv._C._parse_array(CAI(shape=(4,), typestr="<f4", data=(4098, False), version=3)), E, "not aligned"),
+    ("array extents that multiply past 2**56",
+     lambda d, t: wv._C._parse_array(AI(shape=(4, 2**30, 2**30), typestr="<f4", data=(8, False), version=3)), E,
+     r"extents multiply past 2\*\*56"),
     ("a two-byte structured dtype (not bfloat16)",
      lambda d, t: d.decode(np.zeros((4, 1, 2, 2), dtype=[("a", "i1"), ("b", "i1")])), E, "structured dtype"),
     ("a non-array object", lambda d, t: d.decode("latents"), E, "expected a NumPy array"),
@@ -379,3 +383,81 @@ def test_weights_dict_changing_while_read_is_read_as_it_was(small):
     weights["decoder.head.2.bias"] = Grows(weights["decoder.head.2.bias"])
     m = wv._C.Model(weights)
     assert m.z_dim == 4 and "extra.0" in weights
+
+
+def test_plan_refuses_more_tiles_than_it_can_count(small):
+    """65536 x 65536 latents in the smallest tiles are 2**32 tiles, which a 32-bit count wraps to 0."""
+    with pytest.raises(E, match="too many"):
+        small.plan(1, 65536, 65536, tile_x=22, tile_y=22, tile_stride_x=8, tile_stride_y=8)
+
+
+@pytest.mark.parametrize("outer", ["builds", "fails"])
+def test_a_model_is_not_built_again_while_its_weights_are_read(outer):
+    """Reading a weight runs Python code, which may build the same Model: refused, and the outer build
+    then stands or fails alone (before, the inner build was leaked and a failed outer one left a
+    Model marked built on freed weights)."""
+    m = wv._C.Model.__new__(wv._C.Model)
+    weights, inner = random_weights(8, 4), []
+
+    class Reenters:
+        def __init__(self, arr):
+            self.arr = arr
+
+        @property
+        def __array_interface__(self):
+            try:
+                m.__init__(random_weights(8, 4))
+            except E as e:
+                inner.append(str(e))
+            return self.arr.__array_interface__
+
+    weights["decoder.head.2.bias"] = Reenters(weights["decoder.head.2.bias"])
+    if outer == "fails":
+        del weights["decoder.conv1.weight"]
+        with pytest.raises(E, match="decoder.conv1.weight"):
+            m.__init__(weights)
+        with pytest.raises(E):
+            m.decode(lat(), [0.0] * 4, [1.0] * 4)
+    else:
+        m.__init__(weights)
+        frames, _ = m.decode(lat(), [0.0] * 4, [1.0] * 4)
+        assert np.isfinite(frames).all()
+    assert inner and "built once" in inner[0]
+
+
+def test_stats_changed_while_read_are_read_as_they_were(small):
+    """A mean whose first value, read, empties the list: the values are those it held when the call
+    began (before, the rest were read through freed references)."""
+    mean = []
+
+    class Empties:
+        def __float__(self):
+            mean.clear()
+            return 0.0
+
+    mean += [Empties(), 0.5, 0.5, 0.5]
+    frames, _ = small._model.decode(lat(), mean, [1.0] * 4)
+    expected, _ = small._model.decode(lat(), [0.0, 0.5, 0.5, 0.5], [1.0] * 4)
+    np.testing.assert_array_equal(frames, expected)
+
+
+def test_an_array_shape_replaced_while_read_is_read_as_it_was():
+    """An extent's __index__ that replaces the interface's shape and strides: the tuple being read
+    stays alive (before, its items were read from freed memory)."""
+    buf = np.zeros(64, np.float32)
+
+    class Replaces:
+        def __init__(self, iface):
+            self.iface = iface
+
+        def __index__(self):
+            self.iface["shape"] = self.iface["strides"] = None
+            gc.collect()
+            self.reuse = [tuple(range(4, 6)) for _ in range(100)]  # what would take the freed memory
+            return 2
+
+    for _ in range(50):
+        array = AI(typestr="<f4", data=(buf.ctypes.data, False), version=3, strides=(128, 4))
+        array.__array_interface__["shape"] = (Replaces(array.__array_interface__), 32)
+        parsed = wv._C._parse_array(array)
+        assert parsed["shape"] == (2, 32) and parsed["strides"] == (128, 4)
