@@ -963,18 +963,28 @@ typedef struct {
     int failed;
 } key_collector;
 
+/* A tuple of n ints, or NULL with the error set. */
+static PyObject *int_tuple(const int64_t *v, int n)
+{
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t && i < n; i++) {
+        PyObject *item = PyLong_FromLongLong(v[i]);
+        if (!item) Py_CLEAR(t);
+        else PyTuple_SET_ITEM(t, i, item);
+    }
+    return t;
+}
+
 static void collect_key(void *user, const char *key, int ndim, const int64_t *shape)
 {
     key_collector *kc = (key_collector *)user;
     PyObject *shape_t, *item;
     if (kc->failed) return;
-    shape_t = PyTuple_New(ndim);
-    if (!shape_t) {
+    if (!(shape_t = int_tuple(shape, ndim))) {
         kc->failed = 1;
         return;
     }
-    for (int i = 0; i < ndim; i++) PyTuple_SET_ITEM(shape_t, i, PyLong_FromLongLong(shape[i]));
-    item = Py_BuildValue("(sN)", key, shape_t);
+    item = Py_BuildValue("(sN)", key, shape_t); /* N: taken even on failure */
     if (!item || PyList_Append(kc->list, item)) kc->failed = 1;
     Py_XDECREF(item);
 }
@@ -1002,20 +1012,16 @@ static PyObject *expected_keys(PyObject *mod, PyObject *args, PyObject *kwds)
 static PyObject *parse_array_for_tests(PyObject *mod, PyObject *obj)
 {
     py_array a;
-    PyObject *shape, *strides, *result;
+    PyObject *shape, *strides, *result = NULL;
     (void)mod;
     if (parse_array(obj, "array", &a)) return NULL;
-    shape = PyTuple_New(a.view.ndim);
-    strides = PyTuple_New(a.view.ndim);
-    for (int d = 0; shape && strides && d < a.view.ndim; d++) {
-        PyTuple_SET_ITEM(shape, d, PyLong_FromLongLong(a.view.shape[d]));
-        PyTuple_SET_ITEM(strides, d, PyLong_FromLongLong(a.view.strides[d]));
-    }
-    result = shape && strides ? Py_BuildValue("{s:N,s:N,s:s,s:O,s:L}", "shape", shape, "strides", strides, "dtype",
-                                              wv_dtype_name(a.view.dtype), "on_device",
-                                              a.view.on_device ? Py_True : Py_False, "stream", a.stream)
-                              : NULL;
-    if (!result) {
+    shape = int_tuple(a.view.shape, a.view.ndim);
+    strides = int_tuple(a.view.strides, a.view.ndim);
+    if (shape && strides) { /* N takes both references, even on failure */
+        result = Py_BuildValue("{s:N,s:N,s:s,s:O,s:L}", "shape", shape, "strides", strides, "dtype",
+                               wv_dtype_name(a.view.dtype), "on_device", a.view.on_device ? Py_True : Py_False,
+                               "stream", a.stream);
+    } else {
         Py_XDECREF(shape);
         Py_XDECREF(strides);
     }

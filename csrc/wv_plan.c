@@ -7,6 +7,7 @@
 
 /* cuBLAS asks 4 MiB of workspace to run its GEMMs at full speed (and fails below 16 KiB). */
 #define WV_WORKSPACE_FLOOR ((int64_t)4 << 20)
+#define WV_MAX_TILES (1 << 20) /* a 4K frame in the smallest tiles is some 130000 */
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
 static int imax(int a, int b) { return a > b ? a : b; }
@@ -135,8 +136,9 @@ static wv_status make_tiles(wv_plan *p, const wv_options *o, wv_error *err)
     if ((st = core_size(p, o->tile_y, p->H, "y", &p->core_y, err))) return st;
     p->tiles_x = ceil_div(p->W, p->core_x);
     p->tiles_y = ceil_div(p->H, p->core_y);
-    if ((int64_t)p->tiles_x * p->tiles_y > (1 << 24))
-        return wv_fail(err, WV_ERR_INVALID, "%d x %d tiles is too many; use larger tiles", p->tiles_x, p->tiles_y);
+    if ((int64_t)p->tiles_x * p->tiles_y > WV_MAX_TILES)
+        return wv_fail(err, WV_ERR_INVALID, "%d x %d tiles is too many (at most %d); use larger tiles", p->tiles_x,
+                       p->tiles_y, WV_MAX_TILES);
     p->n_tiles = p->tiles_x * p->tiles_y;
     p->tiles = (wv_tile *)calloc((size_t)p->n_tiles, sizeof(wv_tile));
     if (!p->tiles) return wv_fail(err, WV_ERR_NOMEM, "out of host memory for %d tiles", p->n_tiles);
