@@ -559,6 +559,36 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
 
 /* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
  * asked for by the thread already decoding (from its progress callback) would wait for itself. */
+/* The threads inside a progress callback now, an entry per level (read and changed under the GIL). A
+ * thread in one holds that callback's Decoder, so it must not wait for another Decoder, whose own
+ * callback may be waiting for the first. Past MAX_CALLBACK_LEVELS a callback goes unrecorded. */
+#define MAX_CALLBACK_LEVELS 64
+static unsigned long g_in_callback[MAX_CALLBACK_LEVELS];
+static int g_n_in_callback;
+
+static int in_callback(unsigned long thread)
+{
+    for (int i = 0; i < g_n_in_callback; i++)
+        if (g_in_callback[i] == thread) return 1;
+    return 0;
+}
+
+static int enter_callback(unsigned long thread)
+{
+    if (g_n_in_callback == MAX_CALLBACK_LEVELS) return 0;
+    g_in_callback[g_n_in_callback++] = thread;
+    return 1;
+}
+
+static void leave_callback(unsigned long thread)
+{
+    for (int i = g_n_in_callback - 1; i >= 0; i--)
+        if (g_in_callback[i] == thread) {
+            g_in_callback[i] = g_in_callback[--g_n_in_callback];
+            return;
+        }
+}
+
 static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();
@@ -566,6 +596,16 @@ static int take_model(ModelObject *self, const char *action)
     if (self->decoding && self->owner == me) {
         PyErr_Format(WvError, "this Decoder is already decoding in this thread: a progress callback cannot %s the "
                               "Decoder it reports on", action);
+        return -1;
+    }
+    if (in_callback(me)) {
+        if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+            self->owner = me;
+            self->decoding = 1;
+            return 0;
+        }
+        PyErr_Format(WvError, "this Decoder is busy in another thread, and a progress callback cannot wait to %s it "
+                              "(its own callback could be waiting for this thread's Decoder)", action);
         return -1;
     }
     for (;;) {
@@ -594,7 +634,10 @@ static int progress_trampoline(void *user, int64_t done, int64_t total)
     if (PyErr_CheckSignals() < 0) {
         stop = 1;
     } else if (b->callback) {
+        unsigned long me = PyThread_get_thread_ident();
+        int recorded = enter_callback(me);
         PyObject *r = PyObject_CallFunction(b->callback, "LL", (long long)done, (long long)total);
+        if (recorded) leave_callback(me);
         if (!r) stop = 1;
         else if (r == Py_False) stop = 2;
         Py_XDECREF(r);

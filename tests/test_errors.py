@@ -461,3 +461,31 @@ def test_an_array_shape_replaced_while_read_is_read_as_it_was():
         array.__array_interface__["shape"] = (Replaces(array.__array_interface__), 32)
         parsed = wv._C._parse_array(array)
         assert parsed["shape"] == (2, 32) and parsed["strides"] == (128, 4)
+
+
+def test_progress_callbacks_decoding_with_each_others_decoder_do_not_wait_forever():
+    """Two threads, each in a progress callback of its own Decoder, decode with the other's: each holds
+    what the other waits for, so a callback does not wait for a busy Decoder; it gets an error."""
+    mean, std = random_stats(4)
+    x, y = (wv.Decoder(random_weights(8, 4, seed=s), mean=mean, std=std) for s in (1, 2))
+    both_in_callbacks, errors = threading.Barrier(2, timeout=30), {}
+
+    def run(own, other, name):
+        def callback(done, total):
+            if done == 1:
+                both_in_callbacks.wait()
+                other.decode(lat())
+
+        try:
+            own.decode(lat(), progress=callback)
+        except Exception as e:  # noqa: BLE001 - what the thread ended with is the result
+            errors[name] = e
+
+    threads = [threading.Thread(target=run, args=args, daemon=True) for args in ((x, y, "x"), (y, x, "y"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "the two decodes wait for each other"
+    assert errors and all(isinstance(e, E) and "busy in another thread" in str(e) for e in errors.values())
+    assert x.decode(lat()).shape == y.decode(lat()).shape  # and both work afterwards
