@@ -592,23 +592,19 @@ static void leave_callback(unsigned long thread)
 static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();
+    int may_wait = !in_callback(me); /* in a callback, this thread holds a Decoder some other may wait for */
     PyLockStatus got;
     if (self->decoding && self->owner == me) {
         PyErr_Format(WvError, "this Decoder is already decoding in this thread: a progress callback cannot %s the "
                               "Decoder it reports on", action);
         return -1;
     }
-    if (in_callback(me)) {
-        if (PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
-            self->owner = me;
-            self->decoding = 1;
-            return 0;
-        }
+    if (!may_wait && !PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
         PyErr_Format(WvError, "this Decoder is busy in another thread, and a progress callback cannot wait to %s it "
                               "(its own callback could be waiting for this thread's Decoder)", action);
         return -1;
     }
-    for (;;) {
+    while (may_wait) {
         Py_BEGIN_ALLOW_THREADS
         got = PyThread_acquire_lock_timed(self->lock, 100000, 0); /* 0.1 s */
         Py_END_ALLOW_THREADS
