@@ -702,11 +702,16 @@ static long env_count(const char *name, long fallback, long max, const char *wha
     return n;
 }
 
+/* The host waits for each step's `done` asleep (cudaEventBlockingSync): under the runtime's default
+ * scheduling a wait spins, which would keep a CPU core busy for the whole decode (seconds to minutes
+ * on a small GPU) in a host process that has other work; two steps stay queued, so waking costs the
+ * GPU nothing. */
 static int create_staging_events(cuda_ctx *c)
 {
     for (int i = 0; i < STAGINGS; i++)
         if (!cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].written, cudaEventDisableTiming), "cudaEventCreate") ||
-            !cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming), "cudaEventCreate"))
+            !cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming | cudaEventBlockingSync),
+                     "cudaEventCreate"))
             return 0;
     return 1;
 }
@@ -1146,9 +1151,9 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
     cuda_ctx *c = (cuda_ctx *)ctx;
     device_scope ds = enter_device(c->device);
     flush_pending(c);
-    cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
-    for (int i = 1; i < STAGINGS && !failed(c); i++) /* the queued steps, oldest first */
+    for (int i = 1; i < STAGINGS && !failed(c); i++) /* the queued steps, oldest first, asleep */
         drain(c, &c->stage[(c->cur + i) % STAGINGS]);
+    cuda_ok(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize"); /* what came after them */
     if (!failed(c)) {
         if (c->stage[c->cur].n_copies) queue_step(c, &c->stage[c->cur]);
         drain(c, &c->stage[c->cur]);

@@ -244,6 +244,27 @@ static void declined_convolutions_not_retried(const weight_set *ws)
     }
 }
 
+/* The host waits for the GPU step by step (the output stagings' turns) asleep, not spinning on a CPU
+ * core: a decode of six times the steps makes no more spinning waits than a short one (those left,
+ * once per call: the latent upload and its check, and the end of the call). */
+static void step_waits_do_not_spin(const weight_set *ws)
+{
+    /* the long one first: its pinned trunk output then serves the short one as it is */
+    static const run lengths[] = {{"12 latent frames in tiles", 12, 5, 6, 40, 0, 0},
+                                  {"2 latent frames in tiles", 2, 5, 6, 40, 0, 0}};
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    long spins[2];
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    for (int i = 0; i < 2; i++) {
+        long before = stub_counts().spinning_waits;
+        CHECK(decode(&m, &lengths[i], &err) == WV_OK);
+        spins[i] = stub_counts().spinning_waits - before;
+    }
+    CHECK(spins[1] == spins[0]);
+    wv_model_free(&m);
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -296,6 +317,7 @@ int main(void)
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);
     declined_convolutions_not_retried(&ws);
+    step_waits_do_not_spin(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

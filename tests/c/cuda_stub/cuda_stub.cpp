@@ -220,9 +220,13 @@ struct captured {
 /* Handles: each a live object of its type, counted. */
 struct CUstream_st {
     int id = new_stream_id();
+    unsigned flags = 0;
     std::vector<captured> *capture = nullptr; /* while a graph is being captured: its work */
 };
-struct CUevent_st { std::vector<uint64_t> snapshot; };
+struct CUevent_st {
+    std::vector<uint64_t> snapshot;
+    unsigned flags = 0;
+};
 struct CUgraph_st { std::vector<captured> steps; };
 struct CUgraphExec_st { std::vector<captured> steps; };
 struct cudnnContext { cudaStream_t stream; };
@@ -636,9 +640,9 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 #define RUNTIME_OBJECT(create, destroy, handle_t, object) \
     cudaError_t create(handle_t *h, unsigned int flags)   \
     {                                                     \
-        (void)flags;                                      \
         need_context();                                   \
         *h = make_handle<object>();                       \
+        (*h)->flags = flags;                              \
         return cudaSuccess;                               \
     }                                                     \
     cudaError_t destroy(handle_t h)                       \
@@ -656,6 +660,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
     need_context();
     stream_state &st = state_of(s);
     no_capture("cudaStreamSynchronize");
+    g_calls.spinning_waits++;
     merge(g_host_known, st.known);
     g_host_known[(size_t)(&st - g_streams.data())] = st.issued;
     return cudaSuccess;
@@ -682,6 +687,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
     need_context();
     no_capture("cudaEventSynchronize");
+    if (!(e->flags & cudaEventBlockingSync)) g_calls.spinning_waits++;
     merge(g_host_known, e->snapshot);
     return cudaSuccess;
 }

@@ -14,9 +14,13 @@ void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const s
 
 /* Calls the host made outside graph capture (captured ones run in the graph launches), and the
  * seconds the stub spent in the device's place: moving bytes (copies, memsets) and taking or giving
- * back device memory (here host memory, each page faulted in as it is first touched). */
+ * back device memory (here host memory, each page faulted in as it is first touched).
+ * spinning_waits: the host's waits for the device that would keep a CPU core busy (under the
+ * runtime's default scheduling): cudaStreamSynchronize, and cudaEventSynchronize on an event made
+ * without cudaEventBlockingSync. */
 typedef struct {
     long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
+    long spinning_waits;
     double device_seconds;
 } stub_calls;
 
