@@ -138,13 +138,24 @@ static int parse_data(PyObject *iface, const char *what, py_array *a)
 {
     PyObject *data = PyDict_GetItemString(iface, "data");
     PyObject *ptr;
+    unsigned long long addr;
     if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
         PyErr_Format(WvError, "%s: array interface 'data' must be a (pointer, read_only) tuple", what);
         return -1;
     }
     ptr = PyTuple_GET_ITEM(data, 0);
-    a->view.data = PyLong_AsVoidPtr(ptr);
-    if (!a->view.data && PyErr_Occurred()) return -1;
+    if (!PyLong_Check(ptr)) {
+        PyErr_Format(WvError, "%s: array interface data pointer must be an int, not %.80s", what, Py_TYPE(ptr)->tp_name);
+        return -1;
+    }
+    addr = PyLong_AsUnsignedLongLong(ptr); /* PyLong_AsVoidPtr would take -1 as the top of memory */
+    if ((addr == (unsigned long long)-1 && PyErr_Occurred()) || addr > UINTPTR_MAX) {
+        PyErr_Clear();
+        PyErr_Format(WvError, "%s: data pointer %R is not an address (negative, or past this platform's pointers)",
+                     what, ptr);
+        return -1;
+    }
+    a->view.data = (void *)(uintptr_t)addr;
     if (!a->view.data && wv_view_numel(&a->view) > 0) {
         PyErr_Format(WvError, "%s: null data pointer for a non-empty array", what);
         return -1;

@@ -35,11 +35,11 @@ def to_unit(raw):
     return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0
 
 
-_ST_NAMES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("V2"): "BF16"}
+_ST_NAMES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16", np.dtype("V2"): "BF16", np.dtype("<i8"): "I64"}
 
 
 def write_safetensors(path, tensors):
-    """Writes {name: ndarray} (float32, float16, or raw bf16 as "V2") in the safetensors format."""
+    """Writes {name: ndarray} (float32, float16, raw bf16 as "V2", int64) in the safetensors format."""
     header, blobs, offset = {}, [], 0
     for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr)

@@ -125,3 +125,142 @@ def test_avi_frame_rate_keeps_its_fraction(tmp_path, fps, scale, rate):
     raw = path.read_bytes()
     at = raw.index(b"strh") + 8  # the chunk's data: fccType, fccHandler, flags, priority, language, initial frames
     assert struct.unpack_from("<II", raw, at + 20) == (scale, rate)
+
+
+def test_progress_bar_is_made_once(monkeypatch):
+    made = []
+
+    class Bar:
+        def __init__(self, **kw):
+            made.append(kw)
+            self.n = 0
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
+    sys.modules["tqdm"].tqdm = Bar
+    from wanvideo_vae.cli import progress_bar
+    progress, close = progress_bar(True)
+    for done in range(1, 11):
+        assert progress(done, 10)
+    close()
+    assert len(made) == 1
+
+
+@pytest.mark.parametrize("tile,message", [("-5", "0 (the whole frame) or a tile size"), ("1", "0 (the whole frame)"),
+                                          ("x", "not a whole number")])
+def test_tile_option_is_checked_as_such(files, capsys, tile, message):
+    with pytest.raises(SystemExit) as e:
+        main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--tile", tile])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--tile" in err and message in err
+
+
+def test_tile_below_the_halo_names_the_halo(files, tmp_path, capsys):
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--tile", "5",
+                 "--out", str(tmp_path / "o.npy"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "smaller than the halo allows" in err and not (tmp_path / "o.npy").exists()
+
+
+def test_outputs_checked_before_decoding(files, tmp_path, capsys):
+    """A PNG folder name that is a file, a contact sheet in a missing folder: refused before any decode."""
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    assert main(base + ["--out", str(taken)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "o.npy"), "--contact-sheet", str(tmp_path / "no" / "s.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "o.npy").exists()
+
+
+def test_output_extensions_in_any_case(files, tmp_path):
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "o.NPY"), "--contact-sheet", str(tmp_path / "s.PNG")]) == 0
+    assert np.load(tmp_path / "o.NPY").shape == (5, 24, 32, 3)
+    assert main(base + ["--out", str(tmp_path / "v.Avi")]) == 0
+    assert (tmp_path / "v.Avi").read_bytes()[:4] == b"RIFF"
+
+
+def test_avi_past_4_gib_is_refused_before_writing(tmp_path):
+    from wanvideo_vae import WanVAEError
+    from wanvideo_vae.media import check_output, write_avi
+    check_output(str(tmp_path / "v.avi"), (1550, 720, 1280))  # 4.0e9 bytes: fits
+    with pytest.raises(WanVAEError, match="past the format's 4 GiB"):
+        check_output(str(tmp_path / "v.avi"), (1560, 720, 1280))
+    frames = np.broadcast_to(np.float32(0.5), (1560, 720, 1280, 3))  # no memory behind it
+    with pytest.raises(WanVAEError, match="past the format's 4 GiB"):
+        write_avi(frames, tmp_path / "big.avi", 16)
+    assert not (tmp_path / "big.avi").exists()
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 8, 8), (1, 3, 1)])
+def test_avi_size_is_what_was_written(tmp_path, shape):
+    from wanvideo_vae.media import _avi_file_bytes, write_avi
+    write_avi(np.zeros(shape + (3,), np.float32), tmp_path / "v.avi", 16)
+    raw = (tmp_path / "v.avi").read_bytes()
+    assert len(raw) == _avi_file_bytes(*shape)
+    assert int.from_bytes(raw[4:8], "little") == len(raw) - 8  # the RIFF size field
+
+
+@pytest.mark.parametrize("out", ["v.avi", "frames", "f.npy"])
+def test_writers_take_a_frame_at_a_time(tmp_path, out):
+    """Writing needs memory for a frame or so, not a converted copy of the whole video."""
+    import tracemalloc
+
+    from wanvideo_vae.media import write_frames
+    frames = np.random.default_rng(0).random((40, 64, 64, 3), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        write_frames(frames, str(tmp_path / out), 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < frames.nbytes / 4, f"{out}: {peak} bytes for {frames.nbytes} bytes of frames"
+
+
+def test_latents_file_with_other_tensors_beside_them(tmp_path):
+    """A tensor of a dtype the decoder does not read (ComfyUI's int64 batch_index) is left alone."""
+    from wanvideo_vae.media import load_latents
+    lat = random_latents(16, 2, 3, 4, seed=1)
+    write_safetensors(tmp_path / "l.safetensors", {"samples": lat, "batch_index": np.arange(3, dtype=np.int64)})
+    np.testing.assert_array_equal(load_latents(tmp_path / "l.safetensors"), lat)
+
+
+def test_checkpoint_with_other_tensors_beside_the_decoder(tmp_path):
+    from wanvideo_vae import load_weights
+    w = random_weights(8, 4, seed=2)
+    write_safetensors(tmp_path / "v.safetensors", {**w, "step": np.array([7], np.int64)})
+    assert set(load_weights(tmp_path / "v.safetensors")) == set(w)
+
+
+def test_big_endian_latents_decode_as_native(files, tmp_path):
+    lat = np.load(files / "lat.npy")
+    np.save(tmp_path / "be.npy", lat.astype(">f4"))
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--quiet"]
+    assert main(base + ["--latents", str(tmp_path / "be.npy"), "--out", str(tmp_path / "be_out.npy")]) == 0
+    assert main(base + ["--latents", str(files / "lat.npy"), "--out", str(tmp_path / "le_out.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "be_out.npy"), np.load(tmp_path / "le_out.npy"))
+
+
+def test_auto_precision_on_a_gpu_without_bf16(monkeypatch):
+    """--precision auto picks fp32 on a GPU before compute capability 8.0 (the backend refuses bf16 there)."""
+    import wanvideo_vae.cli as cli
+    feats = {"cuda": {"usable": True, "reason": ""}}
+    monkeypatch.setattr(cli, "backends", lambda: feats)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
+    assert cli._check_backend("auto", "auto") == ("cuda", "fp32")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
+    assert cli._check_backend("auto", "auto") == ("cuda", "bf16")
+
+
+def test_default_output_is_named_after_the_latents(files, tmp_path, monkeypatch):
+    import wanvideo_vae.cli as cli
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "have_mp4", lambda: False)
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]) == 0
+    assert os.listdir(tmp_path) == ["lat.avi"]

@@ -102,6 +102,9 @@ CASES = [
     ("a null data pointer with a nonzero size", lambda d, t: d.decode(AI(shape=(4, 1, 1, 1), typestr="<f4",
                                                                          data=(0, True), version=3)),
      E, "null data pointer"),
+    ("a data pointer that is negative or not an int",
+     lambda d, t: d.decode(AI(shape=(4, 1, 1, 1), typestr="<f4", data=(-8, True), version=3)), E,
+     r"data pointer -8 is not an address"),
     ("device (CUDA array interface) latents on the CPU backend",
      lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(4096, False), version=3, stream=None)), E,
      "CUDA device memory"),
@@ -161,6 +164,8 @@ CASES = [
      "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
     ("a device that is not a CUDA device", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device="cpu"),
      E, "device must be a CUDA device index"),
+    ("a device with the CPU backend", lambda d, t: wv.Decoder(random_weights(8, 4), device="cuda:0"), E,
+     "is for the CUDA backend: pass backend='cuda'"),
     ("a CUDA device that does not exist (or no CUDA at all)",
      lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device=99, mean=[0.0] * 4, std=[1.0] * 4), E,
      "CUDA device 99 does not exist|no CUDA device is usable|backend 'cuda' is not available"),
@@ -489,3 +494,36 @@ def test_progress_callbacks_decoding_with_each_others_decoder_do_not_wait_foreve
     assert not any(t.is_alive() for t in threads), "the two decodes wait for each other"
     assert errors and all(isinstance(e, E) and "busy in another thread" in str(e) for e in errors.values())
     assert x.decode(lat()).shape == y.decode(lat()).shape  # and both work afterwards
+
+
+@pytest.mark.parametrize("pointer, message", [(-8, "data pointer -8 is not an address"),
+                                              (2**64, "is not an address"),
+                                              (8.0, "data pointer must be an int, not float")])
+def test_data_pointer_that_is_not_an_address(pointer, message):
+    """A pointer PyLong_AsVoidPtr would wrap (-8: the top of memory) or truncate is refused, before any read."""
+    with pytest.raises(E, match=message):
+        wv._C._parse_array(AI(shape=(4,), typestr="<f4", data=(pointer, True), version=3))
+
+
+def test_decode_tiled_closes_its_decoder_on_an_error():
+    """The one-shot call's Decoder is closed even when the decode raises: the traceback a caller keeps
+    (a UI showing the error) would otherwise hold its weights, on CUDA device and pinned memory too."""
+    weights = random_weights(8, 4)
+    mean, std = random_stats(4)
+    with pytest.raises(wv.DecodeInterrupted) as info:
+        wv.decode_tiled(weights, lat(), mean=mean, std=std, progress=lambda done, total: False)
+    tb, decoders = info.tb.tb_next, []  # from decode_tiled's frame on
+    while tb is not None:
+        decoders += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, wv.Decoder)]
+        tb = tb.tb_next
+    assert decoders and all(d.closed for d in decoders)
+
+
+def test_numpy_integers_are_ints(small):
+    """Sizes computed with NumPy (np.int64) are taken like Python ints."""
+    ref = small.decode(lat(), raw=True, tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    out = small.decode(lat(), raw=True, tile_x=np.int64(40), tile_y=np.int32(40), tile_stride_x=np.int64(8),
+                       tile_stride_y=np.int64(8), max_memory=np.int64(1 << 30))
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(E, match="positive int"):
+        small.decode(lat(), tile_x=np.True_)

@@ -117,3 +117,17 @@ def test_patch_workflow_bad_input(tmp_path, capsys):
     assert cli_main(["patch-workflow", str(tmp_path / "missing.json"), str(tmp_path / "o.json")]) == 2
     with pytest.raises(ValueError):
         patch_workflow({"a": 1})
+
+
+def test_patched_nodes_drop_the_source_packs_identity():
+    """aux_id (an unregistered pack's GitHub repo) and ver name WanVideoWrapper; kept on the native node,
+    ComfyUI's manager would offer to install the wrapper for it."""
+    ui = {"nodes": [{"id": 1, "type": "WanVideoDecode", "properties": {"aux_id": "kijai/ComfyUI-WanVideoWrapper",
+                                                                         "ver": "abc123"}},
+                    {"id": 2, "type": "WanVideoDecode", "properties": {"cnr_id": "ComfyUI-WanVideoWrapper",
+                                                                         "ver": "1.2.3"}}],
+          "definitions": None}
+    assert patch_workflow(ui) == 2
+    assert ui["nodes"][0]["properties"] == {"Node name for S&R": "WanVideoNativeDecode"}
+    assert ui["nodes"][1]["properties"] == {"Node name for S&R": "WanVideoNativeDecode", "cnr_id": "wanvideo-vae"}
+    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == 0

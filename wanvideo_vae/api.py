@@ -1,5 +1,6 @@
 """Public API: decode_tiled(), Decoder, backends()."""
 import importlib.util
+import numbers
 
 import numpy as np
 
@@ -63,10 +64,15 @@ def backends():
     return feats
 
 
+def _is_int(v):
+    """A Python or NumPy integer (np.int64 from an array's shape, say), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
     for name, v in (("tile_x", tile_x), ("tile_y", tile_y), ("tile_stride_x", tile_stride_x),
                     ("tile_stride_y", tile_stride_y)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        if not _is_int(v) or v < 1:
             raise WanVAEError(f"{name} must be a positive int, got {v!r}")
     if tile_x <= tile_stride_x or tile_y <= tile_stride_y:
         raise WanVAEError(f"tile size must exceed the tile stride: got tile_x={tile_x}, tile_stride_x={tile_stride_x}, "
@@ -81,9 +87,9 @@ def _budget(max_memory, backend="cpu", device=-1):
             return device_budget(device)[0]
         available = available_host_bytes()
         return int(available * HOST_BUDGET_SHARE) if available else 0
-    if not isinstance(max_memory, int) or isinstance(max_memory, bool) or not 0 < max_memory < 2**63:
+    if not _is_int(max_memory) or not 0 < max_memory < 2**63:
         raise WanVAEError(f"max_memory must be a positive number of bytes (below 2**63) or None, got {max_memory!r}")
-    return max_memory
+    return int(max_memory)
 
 
 class Decoder:
@@ -105,6 +111,9 @@ class Decoder:
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
         if backend not in ("cpu", "cuda"):
             raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
+        if backend == "cpu" and device is not None and str(device) != "cpu":
+            raise WanVAEError(f"device={device!r} is for the CUDA backend: pass backend='cuda' (the CPU backend "
+                              "runs on the host)")
         self._device = resolve_device(device_index(device)) if backend == "cuda" else -1
         if backend == "cuda":
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
@@ -177,7 +186,7 @@ class Decoder:
         if not enable_vae_tiling:
             return 0, 0
         _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y)
-        return tile_x, tile_y
+        return int(tile_x), int(tile_y)
 
     def decode(self, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
@@ -230,7 +239,9 @@ def decode_tiled(weights, latents, *, tile_x=272, tile_y=272, tile_stride_x=144,
                  enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, backend="cpu",
                  precision=None, device=None, progress=None, max_memory=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
-    dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
-    return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
-                      tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
-                      end_frame=end_frame, progress=progress, max_memory=max_memory)
+    # closed on the way out, an exception's too: its traceback would hold the weights (on CUDA, device
+    # and pinned memory) for as long as the caller keeps it
+    with Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std) as dec:
+        return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
+                          tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
+                          end_frame=end_frame, progress=progress, max_memory=max_memory)

@@ -44,6 +44,8 @@ def host_array(x, what):
     if _is_torch_tensor(x):
         return _torch_to_numpy(x, what)
     if isinstance(x, np.ndarray):
+        if x.dtype.kind == "f" and not x.dtype.isnative:  # a big-endian .npy, say
+            x = x.astype(x.dtype.newbyteorder("="))
         if x.dtype == np.float64:
             return x.astype(np.float32)
         if x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16":

@@ -18,7 +18,8 @@ import numpy as np
 
 from . import Decoder, WanVAEError, backends, load_weights
 from .api import NORMALIZATIONS, normalize_frames
-from .media import check_output, contact_sheet, have_mp4, load_latents, write_frames
+from .devices import precision_for
+from .media import check_file_target, check_output, contact_sheet, have_mp4, load_latents, write_frames
 from .random_model import random_latents, random_weights
 from .sysmem import PeakSampler
 from .workflow import patch_workflow_file
@@ -72,8 +73,9 @@ def progress_bar(enabled):
 
     def progress(done, total):
         if tqdm is not None:
-            bar = state.setdefault("bar", tqdm(total=total, unit="chunk", desc="decode", leave=False))
-            bar.update(done - bar.n)
+            if "bar" not in state:
+                state["bar"] = tqdm(total=total, unit="chunk", desc="decode", leave=False)
+            state["bar"].update(done - state["bar"].n)
         else:
             print(f"\rdecode: {done}/{total} chunks", end="", file=sys.stderr, flush=True)
         return True
@@ -90,14 +92,14 @@ def progress_bar(enabled):
 # ---- decode ------------------------------------------------------------------------------------
 
 def _check_backend(device, precision):
-    """(backend, precision): the CUDA backend when asked or (auto) usable, in bf16 unless told; the CPU
-    computes in fp32 only."""
+    """(backend, precision): the CUDA backend when asked or (auto) usable, in bf16 unless told (fp32 on
+    a GPU without bf16 arithmetic); the CPU computes in fp32 only."""
     cuda = backends()["cuda"]
     backend = "cuda" if device == "cuda" or (device == "auto" and cuda["usable"]) else "cpu"
     if backend == "cuda" and not cuda["usable"]:
         raise CliError(f"--device cuda: the CUDA backend is not usable here ({cuda.get('reason') or 'not built'})")
     if precision == "auto":
-        precision = "bf16" if backend == "cuda" else "fp32"
+        precision = precision_for("bf16", -1) if backend == "cuda" else "fp32"
     if backend == "cpu" and precision != "fp32":
         raise CliError(f"--precision {precision}: the CPU backend computes in float32")
     return backend, precision
@@ -115,21 +117,36 @@ def _inputs(args, backend):
 
 
 def _default_out(args):
+    """--out, else a video in this folder named after the latents (the random run's: wanvideo_vae_random)."""
     if args.out:
         return args.out
-    return "wanvideo_vae_random.mp4" if have_mp4() else "wanvideo_vae_random.avi"
+    stem = os.path.splitext(os.path.basename(args.latents))[0] if args.latents else "wanvideo_vae_random"
+    return stem + (".mp4" if have_mp4() else ".avi")
+
+
+def _check_output_size(dec, latents, out_path, options):
+    """Before the decode: the frames fit the output's format (an .avi holds 4 GiB)."""
+    shape = tuple(np.shape(latents))
+    if len(shape) in (4, 5):
+        keep = ("tile_x", "tile_y", "tile_stride_x", "tile_stride_y", "enable_vae_tiling", "end_frame")
+        p = dec.plan(*shape[-3:], max_memory=1 << 62, **{k: options[k] for k in keep})
+        check_output(out_path, (p["frames"], p["height"], p["width"]))
 
 
 def decode_cmd(args):
     backend, precision = _check_backend(args.device, args.precision)
     out_path = _default_out(args)
     check_output(out_path)
-    if args.contact_sheet and not args.contact_sheet.endswith(".png"):
-        raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
+    if args.contact_sheet:
+        if not args.contact_sheet.lower().endswith(".png"):
+            raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
+        check_file_target(args.contact_sheet)
     weights, latents, source = _inputs(args, backend)
     dec = Decoder(weights, backend=backend, precision=precision)
+    # strides of 1: any --tile the planner takes passes the (WanVideoDecode) tile > stride check
     options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272,
-                   tile_y=args.tile or 272, tile_stride_x=8, tile_stride_y=8, max_memory=args.max_memory)
+                   tile_y=args.tile or 272, tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
+    _check_output_size(dec, latents, out_path, options)
     if args.warmup:  # the first decode of a shape loads the GPU's kernels and picks its algorithms
         dec.decode(latents, **options)
     progress, close = progress_bar(not args.quiet)
@@ -334,6 +351,16 @@ def _positive_fps(text):
     return fps
 
 
+def _tile_size(text):
+    try:
+        tile = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if tile < 0 or tile == 1:
+        raise argparse.ArgumentTypeError(f"{text}: 0 (the whole frame) or a tile size in output pixels")
+    return tile
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m wanvideo_vae", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -343,7 +370,8 @@ def build_parser():
     d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth")
     d.add_argument("--out", help="output: .mp4 (needs the video extra), .avi, .npy, or a folder for PNG frames")
     d.add_argument("--fps", type=_positive_fps, default=16.0, help="frames per second of a video output (default 16)")
-    d.add_argument("--tile", type=int, default=272, help="tile size in output pixels, halo included; 0: whole frame")
+    d.add_argument("--tile", type=_tile_size, default=272,
+                   help="tile size in output pixels, halo included; 0: whole frame")
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",

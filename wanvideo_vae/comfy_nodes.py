@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 
 from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
-from .devices import DEVICE_BUDGET_SHARE, device_index
+from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
 from .weights import normalize_keys
 
 CATEGORY = "WanVideoWrapper/native"
@@ -48,8 +48,7 @@ def _backend_for(module, *tensors):
     """(backend, precision, device): the CUDA backend, in the VAE's own precision, whenever it is usable
     (ComfyUI keeps latents, and offloaded VAEs, on the CPU between nodes): on the GPU a tensor or
     the VAE is on, else the current one. Otherwise the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces
-    the CPU. A bf16 VAE on a GPU without bf16 arithmetic (before compute capability 8.0: Turing and
-    older) decodes in fp32, exactly; fp16 would be faster there but can overflow."""
+    the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in fp32 (precision_for)."""
     if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
@@ -58,18 +57,7 @@ def _backend_for(module, *tensors):
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
     precision = _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16")
-    if precision == "bf16" and _compute_capability(index) < (8, 0):
-        precision = "fp32"
-    return "cuda", precision, index
-
-
-def _compute_capability(index):
-    """torch's view of the GPU; where torch cannot say (a CPU build of torch), assume a recent one and
-    let the CUDA backend say what it refuses."""
-    try:
-        return tuple(_torch().cuda.get_device_capability(index))
-    except (RuntimeError, AssertionError, AttributeError):
-        return (9, 0)
+    return "cuda", precision_for(precision, index), index
 
 
 def _on_decoder_gpu(latents, placement):
@@ -126,13 +114,17 @@ def _fingerprint(module):
     params = list(module.parameters())
     if not params:
         return None
-    sums = []
+    samples = []
     for p in params:
         flat = p.detach().reshape(-1)
         step = max(flat.numel() // FINGERPRINT_SAMPLES, 1)
-        sums.append(flat[::step][:FINGERPRINT_SAMPLES].float().sum())
-    sample = tuple(_torch().stack(sums).cpu().tolist())
-    return (params[0].dtype, tuple(tuple(p.shape) for p in params), sample)
+        samples.append(flat[::step][:FINGERPRINT_SAMPLES].float())
+    # summed on the host: a GPU's reduction order differs from the CPU's, and a VAE that moved
+    # between them must keep its fingerprint
+    values = _torch().cat(samples).cpu().double().numpy()
+    ends = np.cumsum([s.numel() for s in samples])
+    sums = tuple(float(values[end - s.numel():end].sum()) for s, end in zip(samples, ends))
+    return (params[0].dtype, tuple(tuple(p.shape) for p in params), sums)
 
 
 class _DecoderCache:

@@ -78,6 +78,23 @@ def resolve_device(device):
     return cuda.current_device() if cuda is not None else device
 
 
+def compute_capability(index):
+    """(major, minor) of CUDA device `index` as torch sees it; where torch cannot say (not installed,
+    a CPU build), a recent GPU is assumed and the CUDA backend says what it refuses."""
+    try:
+        import torch
+
+        return tuple(torch.cuda.get_device_capability(index))
+    except (ImportError, RuntimeError, AssertionError, AttributeError):
+        return (9, 0)
+
+
+def precision_for(precision, index):
+    """bf16 where the GPU has bf16 arithmetic (compute capability 8.0+, Ampere on); before that (Turing
+    and older) fp32, exact; fp16 would be faster there but can overflow."""
+    return "fp32" if precision == "bf16" and compute_capability(index) < (8, 0) else precision
+
+
 def _torch_cached_unused(device):
     torch = _torch_if_loaded()
     if torch is None or not torch.cuda.is_initialized() or device < 0:

@@ -9,18 +9,18 @@ from fractions import Fraction
 import numpy as np
 
 from ._C import WanVAEError
-from .weights import load_safetensors, torch_load
+from .weights import load_safetensors, safetensors_names, torch_load
 
 LATENT_KEYS = ("samples", "latents", "latent")
 
 
-def _pick_latent(mapping, path):
+def _latent_key(names, path):
     for key in LATENT_KEYS:
-        if key in mapping:
-            return mapping[key]
-    if len(mapping) == 1:
-        return next(iter(mapping.values()))
-    raise WanVAEError(f"{path}: holds {len(mapping)} tensors; name the latents 'samples' or 'latents'")
+        if key in names:
+            return key
+    if len(names) == 1:
+        return next(iter(names))
+    raise WanVAEError(f"{path}: holds {len(names)} tensors; name the latents 'samples' or 'latents'")
 
 
 def load_latents(path):
@@ -35,16 +35,26 @@ def load_latents(path):
         except (ValueError, EOFError, OSError) as e:
             raise WanVAEError(f"{path}: not a NumPy array file ({e or type(e).__name__})") from None
     if path.endswith(".safetensors"):
-        return _pick_latent(load_safetensors(path), path)
+        key = _latent_key(safetensors_names(path), path)
+        return load_safetensors(path, {key})[key]
     if path.endswith((".pt", ".pth")):
         obj = torch_load(path)
-        return _pick_latent(obj, path) if isinstance(obj, dict) else obj
+        return obj[_latent_key(list(obj), path)] if isinstance(obj, dict) else obj
     raise WanVAEError(f"{path}: unknown latents format (expected .npy, .safetensors, .pt or .pth)")
 
 
 def to_uint8(frames):
-    """[F, H, W, 3] floats in [0, 1] -> uint8."""
-    return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    """Floats in [0, 1] -> uint8 (it takes a float copy of its input: give it a frame at a time)."""
+    out = np.clip(frames, 0.0, 1.0)
+    out *= 255.0
+    out += 0.5
+    return out.astype(np.uint8)
+
+
+def _uint8_frames(frames):
+    """The frames of [F, H, W, 3] floats as uint8 images, one at a time: a long video's frames are
+    GiBs, and a converted copy of all of them would be as large again."""
+    return (to_uint8(frame) for frame in frames)
 
 
 def png_bytes(image):
@@ -61,17 +71,38 @@ def png_bytes(image):
 
 def write_png_dir(frames, folder):
     os.makedirs(folder, exist_ok=True)
-    for i, img in enumerate(to_uint8(frames)):
+    for i, img in enumerate(_uint8_frames(frames)):
         with open(os.path.join(folder, f"frame_{i:05d}.png"), "wb") as f:
             f.write(png_bytes(img))
 
 
+AVI_MAX_BYTES = 2**32 - 1  # a RIFF file's size field is 32 bits (AVI 1.0, what this writer makes)
+
+
+def _avi_frame_bytes(h, w):
+    return (w * 3 + 3) // 4 * 4 * h  # rows padded to 4 bytes
+
+
+def _avi_file_bytes(n, h, w):
+    """Bytes of write_avi's file for n frames of h x w: headers (224), then a chunk header (8) and the
+    pixels of each frame."""
+    return 224 + n * (8 + _avi_frame_bytes(h, w))
+
+
+def check_avi_size(n, h, w, out="the .avi"):
+    size = _avi_file_bytes(n, h, w)
+    if size > AVI_MAX_BYTES:
+        raise WanVAEError(f"{out}: {n} frames of {w} x {h} make a {size / 2**30:.1f} GiB uncompressed .avi, past the "
+                          f"format's 4 GiB; write .mp4, a PNG folder or .npy")
+
+
 def write_avi(frames, path, fps):
-    """Uncompressed 24-bit AVI (RIFF, 'DIB ' frames, bottom-up BGR rows): plays in VLC, ffmpeg, browsers' players."""
-    imgs = to_uint8(frames)
-    n, h, w, _ = imgs.shape
+    """Uncompressed 24-bit AVI (RIFF, 'DIB ' frames, bottom-up BGR rows): plays in VLC, ffmpeg, browsers'
+    players. Written a frame at a time."""
+    n, h, w, _ = frames.shape
+    check_avi_size(n, h, w, path)
     row = (w * 3 + 3) // 4 * 4
-    size = row * h
+    size = _avi_frame_bytes(h, w)
     bmp = struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, size, 0, 0, 0, 0)
     rate = Fraction(fps).limit_denominator(1001)  # players time frames by strh's rate / scale: 12.5 = 25 / 2
     strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"DIB ", 0, 0, 0, 0, rate.denominator, rate.numerator, 0, n,
@@ -85,12 +116,14 @@ def write_avi(frames, path, fps):
         return b"LIST" + struct.pack("<I", len(data) + 4) + kind + data
 
     pad = b"\x00" * (row - w * 3)
-    movi = b"".join(chunk(b"00db", b"".join(img[y, :, ::-1].tobytes() + pad for y in range(h - 1, -1, -1)))
-                    for img in imgs)
     hdrl = lst(b"hdrl", chunk(b"avih", avih) + lst(b"strl", chunk(b"strh", strh) + chunk(b"strf", bmp)))
-    body = b"AVI " + hdrl + lst(b"movi", movi)
+    movi_bytes = 4 + n * (8 + size)
+    head = b"AVI " + hdrl + b"LIST" + struct.pack("<I", movi_bytes) + b"movi"
+    assert 8 + len(head) + n * (8 + size) == _avi_file_bytes(n, h, w)
     with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", len(body)) + body)
+        f.write(b"RIFF" + struct.pack("<I", len(head) + n * (8 + size)) + head)
+        for img in _uint8_frames(frames):  # size is even (rows of 4 bytes): no chunk padding
+            f.write(chunk(b"00db", b"".join(img[y, :, ::-1].tobytes() + pad for y in range(h - 1, -1, -1))))
 
 
 def have_mp4():
@@ -107,15 +140,13 @@ def write_mp4(frames, path, fps):
     except ImportError:
         raise WanVAEError("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
                           "(or write .avi, a PNG folder or .npy)") from None
-    imgs = to_uint8(frames)
-    n, h, w, _ = imgs.shape
+    _, h, w, _ = frames.shape
     # yuv420p (what players expect) needs even sizes
-    imgs = np.pad(imgs, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    writer = imageio_ffmpeg.write_frames(path, (imgs.shape[2], imgs.shape[1]), fps=fps, codec="libx264",
+    writer = imageio_ffmpeg.write_frames(path, (w + w % 2, h + h % 2), fps=fps, codec="libx264",
                                          pix_fmt_out="yuv420p", quality=8, macro_block_size=1)
     writer.send(None)
-    for img in imgs:
-        writer.send(np.ascontiguousarray(img))
+    for img in _uint8_frames(frames):
+        writer.send(np.ascontiguousarray(np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")))
     writer.close()
 
 
@@ -135,32 +166,49 @@ def contact_sheet(frames, path, columns=6, max_frames=24):
         f.write(png_bytes(sheet))
 
 
-def check_output(out):
-    """Fails early (before a decode) on an output the writers cannot produce."""
+def _output_kind(out):
+    return os.path.splitext(out)[1].lower()  # '' for a PNG folder (a name ending in / has no extension)
+
+
+def check_file_target(out):
+    """A file can be written at `out`: its folder is there, and writable."""
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise WanVAEError(f"{out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise WanVAEError(f"{out}: the folder {folder} is not writable")
+
+
+def check_output(out, frames_shape=None):
+    """Fails early (before a decode) on an output the writers cannot produce; with the frames' shape
+    (F, H, W), also on one too large for its format."""
     out = os.fspath(out)
-    ext = os.path.splitext(out)[1]
-    if ext and ext not in (".mp4", ".avi", ".npy"):
-        raise WanVAEError(f"{out}: unknown output format (use .mp4, .avi, .npy, or a folder name for PNGs)")
-    if ext == ".mp4" and not have_mp4():
+    kind = _output_kind(out)
+    if kind and kind not in (".mp4", ".avi", ".npy"):
+        raise WanVAEError(f"{out}: unknown output format (use .mp4, .avi, .npy, or a folder name for PNGs; "
+                          "end a folder name that has a dot with /)")
+    if kind == ".mp4" and not have_mp4():
         raise WanVAEError("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
                           "(or write .avi, a PNG folder or .npy)")
-    if ext:  # a file: its folder must be there to write in (a PNG folder is made with its parents)
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise WanVAEError(f"{out}: the folder {folder} does not exist")
-        if not os.access(folder, os.W_OK):
-            raise WanVAEError(f"{out}: the folder {folder} is not writable")
+    if kind == ".avi" and frames_shape is not None:
+        check_avi_size(*frames_shape[:3], out)
+    if kind:
+        check_file_target(out)
+    elif os.path.exists(out) and not os.path.isdir(out):  # a PNG folder is made with its parents
+        raise WanVAEError(f"{out}: exists and is not a folder (PNG frames go into a folder)")
 
 
 def write_frames(frames, out, fps):
     """By the output's name: .mp4, .avi, .npy (float32 [F, H, W, 3] as decoded), else a PNG folder."""
     out = os.fspath(out)
-    check_output(out)
-    if out.endswith(".mp4"):
+    check_output(out, frames.shape)
+    kind = _output_kind(out)
+    if kind == ".mp4":
         write_mp4(frames, out, fps)
-    elif out.endswith(".avi"):
+    elif kind == ".avi":
         write_avi(frames, out, fps)
-    elif out.endswith(".npy"):
-        np.save(out, frames.astype(np.float32))
+    elif kind == ".npy":
+        with open(out, "wb") as f:  # np.save(name) would add ".npy" to "x.NPY"
+            np.save(f, np.asarray(frames, dtype=np.float32))  # no copy of float32 frames
     else:
         write_png_dir(frames, out)

@@ -13,18 +13,18 @@ _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("
 _DECODER_PREFIXES = ("decoder.", "conv2.")
 
 
+def decoder_key(key):
+    """A checkpoint key as the decoder names it ('model.' prefix and torch.compile's '_orig_mod' level
+    removed: WanVideoWrapper compiles the decoder when asked), or None for an encoder-side key."""
+    if "_orig_mod" in key:
+        key = ".".join(part for part in key.split(".") if part != "_orig_mod")
+    k = key[len("model."):] if key.startswith("model.") else key
+    return k if k.startswith(_DECODER_PREFIXES) else None
+
+
 def normalize_keys(state):
-    """Decoder-side entries of a state dict, with any 'model.' prefix removed; encoder keys dropped.
-    torch.compile's wrapper level ('_orig_mod', in the keys of a compiled module: WanVideoWrapper
-    compiles the decoder when asked) is removed too."""
-    out = {}
-    for key, value in state.items():
-        if "_orig_mod" in key:
-            key = ".".join(part for part in key.split(".") if part != "_orig_mod")
-        k = key[len("model."):] if key.startswith("model.") else key
-        if k.startswith(_DECODER_PREFIXES):
-            out[k] = value
-    return out
+    """Decoder-side entries of a state dict, keys as decoder_key names them; encoder keys dropped."""
+    return {k: value for key, value in state.items() if (k := decoder_key(key)) is not None}
 
 
 def bf16_to_float32(a):
@@ -49,8 +49,17 @@ def _read_safetensors_header(f, path, size):
     return header, 8 + n
 
 
+def safetensors_names(path):
+    """The names of the tensors in a .safetensors file (its header only is read)."""
+    with open(path, "rb") as f:
+        header, _ = _read_safetensors_header(f, path, os.path.getsize(path))
+    return [name for name in header if name != "__metadata__"]
+
+
 def load_safetensors(path, keys=None):
-    """{name: array} for every tensor (or those in `keys`), memory-mapped read-only."""
+    """{name: array} for every tensor (or those in `keys`), memory-mapped read-only. Only those are
+    checked: a tensor of a dtype the decoder has no use for (an int64 index beside the latents) may
+    be in the file."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         header, data_start = _read_safetensors_header(f, path, size)
@@ -107,7 +116,7 @@ def load_weights(path):
     if not os.path.isfile(path):
         raise WanVAEError(f"{path}: no such file")
     if path.endswith(".safetensors"):
-        state = load_safetensors(path)
+        state = load_safetensors(path, {name for name in safetensors_names(path) if decoder_key(name)})
     elif path.endswith((".pth", ".pt", ".ckpt", ".bin")):
         state = _load_torch(path)
     else:

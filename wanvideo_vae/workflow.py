@@ -15,16 +15,19 @@ def _patch_ui_node(node):
     node["type"] = TARGET_TYPE
     props = node.setdefault("properties", {})
     props["Node name for S&R"] = TARGET_TYPE
+    # the source pack's identity (registry id, or GitHub repo for unregistered packs) and version:
+    # ComfyUI's manager would offer to install WanVideoWrapper for a node it does not have
+    props.pop("ver", None)
+    props.pop("aux_id", None)
     if "cnr_id" in props:
         props["cnr_id"] = PACK_ID
-        props.pop("ver", None)
     return True
 
 
 def _ui_node_lists(workflow):
-    yield workflow.get("nodes", [])
-    for sub in workflow.get("definitions", {}).get("subgraphs", []):
-        yield sub.get("nodes", [])
+    yield workflow.get("nodes") or []
+    for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:
+        yield sub.get("nodes") or []
 
 
 def patch_workflow(workflow):
