@@ -172,3 +172,31 @@ def test_tile_validation():
         dec.decode(lat, tile_x=128, tile_stride_x=128)
     with pytest.raises(wv.WanVAEError, match="smaller than the halo allows"):
         dec.decode(lat, tile_x=16, tile_y=64, tile_stride_x=8, tile_stride_y=8)
+
+
+def _cgroup_tree(tmp_path, files, proc_lines):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "proc_cgroup").write_text("".join(line + "\n" for line in proc_lines))
+    return str(tmp_path / "cg"), str(tmp_path / "proc_cgroup")
+
+
+@pytest.mark.parametrize("files,proc_lines,headroom", [
+    # cgroup v2 in a container: its own cgroup at the root; reclaimable page cache counts as free
+    ({"cg/memory.max": "4294967296\n", "cg/memory.current": "3221225472\n",
+      "cg/memory.stat": "anon 1\ninactive_file 1073741824\n"}, ["0::/"], 2 << 30),
+    # v2 on a host: the process's own folder; no limit there ("max") and none at the root
+    ({"cg/app.slice/memory.max": "max\n", "cg/app.slice/memory.current": "5\n"}, ["0::/app.slice"], None),
+    ({"cg/app.slice/memory.max": "1000\n", "cg/app.slice/memory.current": "400\n"}, ["0::/app.slice"], 600),
+    # cgroup v1: the memory controller's folder
+    ({"cg/memory/docker/x/memory.limit_in_bytes": "8000\n", "cg/memory/docker/x/memory.usage_in_bytes": "9000\n",
+      "cg/memory/docker/x/memory.stat": "total_inactive_file 2000\n"}, ["4:memory:/docker/x", "0::/"], 1000),
+    ({}, ["0::/"], None),
+])
+def test_cgroup_memory_limit_bounds_the_host_budget(tmp_path, files, proc_lines, headroom):
+    """In a container, MemAvailable is the machine's: a CPU decode planned by it alone would be killed
+    by the container's OOM killer instead of shrinking its tiles."""
+    from wanvideo_vae.sysmem import cgroup_headroom_bytes
+    root, proc = _cgroup_tree(tmp_path, files, proc_lines)
+    assert cgroup_headroom_bytes(root, proc) == headroom

@@ -41,16 +41,80 @@ class PeakSampler:
         return None if self.base is None else self.peak - self.base
 
 
+def _read_number(path):
+    """The integer in a cgroup file; None when absent, unreadable or "max" (no limit)."""
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stat_value(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# (limit, usage, memory.stat key of reclaimable page cache) in cgroup v2 and v1 folders
+_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+
+
+def _cgroup_folders(root, proc_cgroup):
+    """The process's own memory cgroup folder (v2 and v1), then the mount's root: a container sees its
+    own cgroup at the root."""
+    folders = []
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    folders.append(os.path.join(root, path.lstrip("/")))
+                elif "memory" in controllers.split(","):
+                    folders.append(os.path.join(root, "memory", path.lstrip("/")))
+    except (OSError, ValueError):
+        pass
+    return folders + [root, os.path.join(root, "memory")]
+
+
+def cgroup_headroom_bytes(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
+    """Bytes the process's memory cgroup (a container's memory limit) lets it take before the kernel's
+    OOM killer stops it, page cache it can reclaim counted as free; None without a limit."""
+    for folder in _cgroup_folders(root, proc_cgroup):
+        for limit_name, usage_name, cache_key in _CGROUP_FILES:
+            limit = _read_number(os.path.join(folder, limit_name))
+            usage = _read_number(os.path.join(folder, usage_name))
+            if limit is not None and usage is not None:
+                cache = _stat_value(os.path.join(folder, "memory.stat"), cache_key)
+                return max(limit - max(usage - cache, 0), 0)
+    return None
+
+
+def _meminfo_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_host_bytes():
-    """Bytes of physical memory available to a new allocation now, or None when unknown."""
+    """Bytes of physical memory available to a new allocation now, or None when unknown. On Linux,
+    within the memory cgroup's limit too (in a container, MemAvailable is the whole machine's)."""
     if sys.platform.startswith("linux"):
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            pass
+        known = [b for b in (_meminfo_available(), cgroup_headroom_bytes()) if b is not None]
+        if known:
+            return min(known)
     if sys.platform == "win32":
         import ctypes
 
