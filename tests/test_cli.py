@@ -264,3 +264,14 @@ def test_default_output_is_named_after_the_latents(files, tmp_path, monkeypatch)
     monkeypatch.setattr(cli, "have_mp4", lambda: False)
     assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]) == 0
     assert os.listdir(tmp_path) == ["lat.avi"]
+
+
+def test_end_frame_drops_the_end_images_frame(files, tmp_path):
+    """As WanVideoDecode: in end-image mode the last latent frame decodes alone and its frame is dropped."""
+    import wanvideo_vae as wv
+    out = tmp_path / "e.npy"
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--out",
+                 str(out), "--end-frame", "--normalization", "none", "--quiet"]) == 0
+    full = wv.Decoder(wv.load_weights(files / "vae.safetensors")).decode(np.load(files / "lat.npy"), raw=True,
+                                                                         end_frame=True)
+    np.testing.assert_array_equal(np.load(out), full[:-1])

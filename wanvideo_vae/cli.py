@@ -157,6 +157,8 @@ def decode_cmd(args):
         close()
     seconds = time.perf_counter() - t0
     frames = normalize_frames(frames, args.normalization, inplace=True)
+    if args.end_frame:  # as WanVideoDecode does: the end image's own frame is not part of the video
+        frames = frames[:-1]
     write_frames(frames, out_path, args.fps)
     if args.contact_sheet:
         contact_sheet(frames, args.contact_sheet)
@@ -376,7 +378,9 @@ def build_parser():
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU (which computes in fp32 only)")
-    d.add_argument("--end-frame", action="store_true", help="decode the last latent frame alone (end-image mode)")
+    d.add_argument("--end-frame", action="store_true",
+                   help="end-image mode: the last latent frame decodes alone, and its frame is dropped (as "
+                        "WanVideoDecode does)")
     d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
