@@ -478,7 +478,7 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
 /* Several tiles recompute each segment's halo, widest at the lowest resolution (15 latent pixels
  * around the first stage's blocks, 7 at the first upsample). The trunk then runs on to the first
  * upsample (the first stage's blocks on the whole frame, once) where that costs no memory: where
- * its longer trunk's buffers and caches still fit under the tiles', the peak stays the tiles'. */
+ * the plan with the longer trunk needs no more than the other (it never has more work). */
 static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                                 wv_error *err)
 {
@@ -489,7 +489,7 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
         wv_plan_free(&q);
         return st;
     }
-    if (phase_end(&q, m, PHASE_TILE) < q.arena_bytes) { /* the longer trunk would set the peak */
+    if (q.arena_bytes > p->arena_bytes) {
         wv_plan_free(&q);
         return WV_OK;
     }

@@ -34,11 +34,11 @@ def test_tiles_start_after_the_attention_where_the_first_stage_would_set_the_pea
     the tiles, so the tiles start after the attention (15 px halos); in larger tiles they start at the
     first upsample. Both decode as the untiled call does."""
     dec = decoder(8)
-    lat = random_latents(4, 1, 28, 28, seed=9)
+    lat = random_latents(4, 1, 32, 32, seed=9)
     whole = dec.decode(lat, raw=True, enable_vae_tiling=False)
     for tile, first, halos in ((40, "decoder.middle.2.", [15, 12, 10, 7]), (136, "decoder.upsamples.3.", [7, 12, 10, 7])):
         kw = dict(tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8)
-        plan = dec.plan(1, 28, 28, **kw)
+        plan = dec.plan(1, 32, 32, **kw)
         assert plan["n_tiles"] > 1 and plan["segments"][0]["first_block"] == first
         assert [s["halo"] for s in plan["segments"]] == halos
         tiled = dec.decode(lat, raw=True, **kw)
@@ -71,11 +71,11 @@ def test_attention_chunk_grows_into_the_room_tiles_leave():
     h, w = 48, 64  # 3072 positions: the base chunk is 4M / 3072 = 1365 rows
     base = (1 << 22) // (h * w)
     assert dec.plan(1, h, w, enable_vae_tiling=False)["attention_rows"] == base
-    tiled = dec.plan(1, h, w, tile_x=136, tile_y=136, tile_stride_x=8, tile_stride_y=8)
+    tiled = dec.plan(1, h, w, tile_x=200, tile_y=200, tile_stride_x=8, tile_stride_y=8)
     assert tiled["n_tiles"] > 1 and base < tiled["attention_rows"] <= h * w
     lat = random_latents(4, 1, h, w, seed=5)
     a = dec.decode(lat, raw=True, enable_vae_tiling=False)
-    b = dec.decode(lat, raw=True, tile_x=136, tile_y=136, tile_stride_x=8, tile_stride_y=8)
+    b = dec.decode(lat, raw=True, tile_x=200, tile_y=200, tile_stride_x=8, tile_stride_y=8)
     stats = dec.last_stats
     assert stats["attention_rows"] == tiled["attention_rows"]
     assert stats["arena_high_water"] == stats["planned_bytes"] == tiled["planned_bytes"]
@@ -200,3 +200,18 @@ def test_cgroup_memory_limit_bounds_the_host_budget(tmp_path, files, proc_lines,
     from wanvideo_vae.sysmem import cgroup_headroom_bytes
     root, proc = _cgroup_tree(tmp_path, files, proc_lines)
     assert cgroup_headroom_bytes(root, proc) == headroom
+
+
+@pytest.mark.parametrize("T,h,w", [(2, 10, 52), (2, 31, 31), (1, 28, 28), (3, 9, 11)])
+def test_any_budget_a_plan_meets_is_met(T, h, w):
+    """Every tile size's plan needs some bytes; a budget of that many is met (by that plan or a better
+    one), never refused. The planner picked, of its two trunks, the one whose tiles set the peak rather
+    than the smaller plan, and a budget between the two raised MemoryError (10 x 52 untiled in
+    3526400 bytes, say)."""
+    dec = decoder(8)
+    for tile_x in range(22, 8 * w + 15, 8):
+        for tile_y in range(22, 8 * h + 15, 8):
+            need = dec.plan(T, h, w, tile_x=tile_x, tile_y=tile_y, tile_stride_x=8, tile_stride_y=8,
+                            max_memory=1 << 62)["planned_bytes"]
+            plan = dec.plan(T, h, w, enable_vae_tiling=False, max_memory=need)
+            assert plan["planned_bytes"] <= need, (tile_x, tile_y)
