@@ -459,7 +459,8 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     p->w = w;
     p->trunk_end = trunk_end;
     if ((st = make_segments(p, m, err))) return st;
-    if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20))
+    /* the attention indexes a frame's positions in int */
+    if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20) || (int64_t)h * w > INT32_MAX)
         return wv_fail(err, WV_ERR_INVALID, "latent grid %dx%d is too large", h, w);
     p->H = h * p->out_scale;
     p->W = w * p->out_scale;

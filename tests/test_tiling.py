@@ -215,3 +215,12 @@ def test_any_budget_a_plan_meets_is_met(T, h, w):
                             max_memory=1 << 62)["planned_bytes"]
             plan = dec.plan(T, h, w, enable_vae_tiling=False, max_memory=need)
             assert plan["planned_bytes"] <= need, (tile_x, tile_y)
+
+
+def test_frames_of_2_31_latent_positions_are_refused():
+    """The attention indexes a frame's positions in int: a latent frame of 2**31 or more is refused
+    when planned, whatever the budget (the planner took up to 2**34)."""
+    dec = decoder(8)
+    dec.plan(1, 16384, 16384, max_memory=1 << 62)  # 2**28 positions: planned
+    with pytest.raises(wv.WanVAEError, match="latent grid 46341x46341 is too large"):
+        dec.plan(1, 46341, 46341, max_memory=1 << 62)
