@@ -109,22 +109,19 @@ FINGERPRINT_SAMPLES = 64  # values of each parameter summed into the fingerprint
 
 def _fingerprint(module):
     """What identifies the weights' values, cheaply: dtype, shapes and the sum of a strided sample of
-    every parameter (one transfer from its device). Not their address: ComfyUI moves an offloaded
+    every parameter (summed on the host, in float64). Not their address: ComfyUI moves an offloaded
     VAE between devices, which must not rebuild the Decoder; changed values must."""
     params = list(module.parameters())
     if not params:
         return None
-    samples = []
-    for p in params:
+    sums = []
+    for p in params:  # each to the host: a lowvram VAE has parameters on both sides
         flat = p.detach().reshape(-1)
         step = max(flat.numel() // FINGERPRINT_SAMPLES, 1)
-        samples.append(flat[::step][:FINGERPRINT_SAMPLES].float())
-    # summed on the host: a GPU's reduction order differs from the CPU's, and a VAE that moved
-    # between them must keep its fingerprint
-    values = _torch().cat(samples).cpu().double().numpy()
-    ends = np.cumsum([s.numel() for s in samples])
-    sums = tuple(float(values[end - s.numel():end].sum()) for s, end in zip(samples, ends))
-    return (params[0].dtype, tuple(tuple(p.shape) for p in params), sums)
+        # summed on the host: a GPU's reduction order differs from the CPU's, and a VAE that moved
+        # between them must keep its fingerprint
+        sums.append(float(flat[::step][:FINGERPRINT_SAMPLES].cpu().double().sum()))
+    return (params[0].dtype, tuple(tuple(p.shape) for p in params), tuple(sums))
 
 
 class _DecoderCache:
