@@ -391,9 +391,11 @@ def test_weights_dict_changing_while_read_is_read_as_it_was(small):
 
 
 def test_plan_refuses_more_tiles_than_it_can_count(small):
-    """65536 x 65536 latents in the smallest tiles are 2**32 tiles, which a 32-bit count wraps to 0."""
+    """The largest latent frame planned (just under 2**31 positions) in the smallest tiles is 2**31 tiles
+    of a latent pixel each: over the cap of 2**20, before any memory is taken for them (at 2**32 tiles,
+    when frames could be that large, a 32-bit count wrapped to 0)."""
     with pytest.raises(E, match="too many"):
-        small.plan(1, 65536, 65536, tile_x=22, tile_y=22, tile_stride_x=8, tile_stride_y=8)
+        small.plan(1, 46340, 46340, tile_x=22, tile_y=22, tile_stride_x=8, tile_stride_y=8)
 
 
 @pytest.mark.parametrize("outer", ["builds", "fails"])
