@@ -252,10 +252,13 @@ def test_auto_precision_on_a_gpu_without_bf16(monkeypatch):
     import wanvideo_vae.cli as cli
     feats = {"cuda": {"usable": True, "reason": ""}}
     monkeypatch.setattr(cli, "backends", lambda: feats)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))
-    assert cli._check_backend("auto", "auto") == ("cuda", "fp32")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0))
-    assert cli._check_backend("auto", "auto") == ("cuda", "bf16")
+    for capability, precision in (((7, 5), "fp32"), ((8, 0), "bf16")):
+        def of_the_current_device(index, capability=capability):  # torch takes None for it, not -1
+            assert index is None
+            return capability
+
+        monkeypatch.setattr(torch.cuda, "get_device_capability", of_the_current_device)
+        assert cli._check_backend("auto", "auto") == ("cuda", precision)
 
 
 def test_default_output_is_named_after_the_latents(files, tmp_path, monkeypatch):

@@ -79,12 +79,12 @@ def resolve_device(device):
 
 
 def compute_capability(index):
-    """(major, minor) of CUDA device `index` as torch sees it; where torch cannot say (not installed,
-    a CPU build), a recent GPU is assumed and the CUDA backend says what it refuses."""
+    """(major, minor) of CUDA device `index` (-1: the current one) as torch sees it; where torch cannot
+    say (not installed, a CPU build), a recent GPU is assumed and the CUDA backend says what it refuses."""
     try:
         import torch
 
-        return tuple(torch.cuda.get_device_capability(index))
+        return tuple(torch.cuda.get_device_capability(None if index < 0 else index))
     except (ImportError, RuntimeError, AssertionError, AttributeError):
         return (9, 0)
 
