@@ -122,6 +122,14 @@ def test_windows_import_list_names_every_cudnn_and_cublas_function_we_call(monke
     assert called == set(setup.CUDA_IMPORTS["cudnn"]) | set(setup.CUDA_IMPORTS["cublas"])
 
 
+@pytest.mark.skipif(os.environ.get("WANVIDEO_REQUIRE_GPU") != "1", reason="on the GPU check only")
+def test_the_gpu_is_usable_where_one_is_required():
+    """On the GPU check (tools/gpu_check.sh sets WANVIDEO_REQUIRE_GPU=1) every GPU test would otherwise
+    skip, and the step pass, where the backend cannot use the GPU (a driver older than its runtime)."""
+    assert wv.backends()["cuda"]["usable"], wv.backends()["cuda"]["reason"]
+    assert _torch_cuda(), "torch sees no CUDA device"
+
+
 def test_cuda_without_device_gives_a_clear_error():
     if _cuda_usable():
         pytest.skip("a GPU is present")

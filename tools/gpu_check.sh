@@ -62,6 +62,9 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/wv_site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/wv_site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# what "fetch" brings (a run without it loses steps, not the session: say so first)
+[ -d .gpu_shared/fixtures ] || echo "== WARNING: no .gpu_shared/fixtures (run 'tools/gpu_check.sh fetch' here, carry .gpu_shared): the fixture tests will error"
+python3 -c "import scipy_openblas32" 2>/dev/null || echo "== WARNING: scipy_openblas32 is not importable (carry .whl): the build needs it"
 
 # 1. build in place, CUDA required; Hopper only unless told (the check machine is an H100 / H200)
 rm -f wanvideo_vae/_C*.so wanvideo_vae/_cuda*.so
@@ -76,6 +79,14 @@ grep "wanvideo_vae build" "$OUT/build.log" | head -3
 summary "built"
 python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cuda'], default=str))" \
     | tee -a "$OUT/env.txt"
+# every GPU step would skip or fail for it: stop here, saying why (GPU_CHECK_ANYWAY=1 goes on: a dry
+# run of the script's own logic on a machine without a GPU)
+if ! python3 -c "import sys, wanvideo_vae as wv; c = wv.backends()['cuda']; sys.exit(0 if c['usable'] else c['reason'])" \
+        && [ "${GPU_CHECK_ANYWAY:-0}" != 1 ]; then
+    summary "CUDA BACKEND NOT USABLE"
+    exit 1
+fi
+export WANVIDEO_REQUIRE_GPU=1 # the tests then fail, not skip, where the GPU is not usable
 
 # 2. every CUDA op against the CPU op (localizes a bug to one op), then the GPU tests; the tests append
 #    what they measure (max errors, PSNR, memory held after a call) to figures.jsonl
@@ -159,12 +170,17 @@ if want graphs && room graphs; then
             WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_TAPS_MAX_CHANNELS=$taps WANVIDEO_CUDA_VERBOSE=1 \
                 timeout "$(limit 45)" python3 -m wanvideo_vae decode --device cuda --precision bf16 \
                 --random-shape 21 90 160 $budget --warmup --quiet --out "/tmp/wv_graphs$g.npy" 2>&1 \
-                | grep -v "^wanvideo_vae cuda: conv" | tee -a "$OUT/profile.txt" | grep -E "^tiles|^time|^memory|CUDA graphs"
+                | grep -v "^wanvideo_vae cuda: conv" | tee -a "$OUT/profile.txt" \
+                | grep -E "^tiles|^time|^memory|CUDA graphs|^error|Error|Traceback"
             st=${PIPESTATUS[0]}
             [ "$st" = 0 ] || GRAPHS=$st
         done
-        [ -f /tmp/wv_graphs0.npy ] && [ -f /tmp/wv_graphs1.npy ] && python3 tools/max_diff.py \
-            "graphs vs ops one by one" /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy 2>&1 | tail -1 | tee -a "$OUT/profile.txt"
+        # the same kernels and algorithms: the frames differ by nothing more than a 16-bit rounding
+        if [ -f /tmp/wv_graphs0.npy ] && [ -f /tmp/wv_graphs1.npy ]; then
+            python3 tools/max_diff.py "graphs vs ops one by one" /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy 2e-2 2>&1 \
+                | tail -1 | tee -a "$OUT/profile.txt"
+            [ "${PIPESTATUS[0]}" = 0 ] || GRAPHS=1
+        fi
         rm -f /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy
     done
     summary "graphs exit $GRAPHS"
@@ -221,9 +237,12 @@ if half:
     within = sum(r["max"] <= 0.02 for r in half)
     verdict("16-bit within 2e-2, or 1.5x PyTorch's error", all(r["max"] <= max(0.02, 1.5 * r["torch_max"]) for r in half),
             f"max {max(r['max'] for r in half):.3g}; within 2e-2 alone: {within} of {len(half)} cases")
-    verdict("16-bit PSNR >= 40 dB", min(r["psnr"] for r in half) >= 40, f"lowest {min(r['psnr'] for r in half):.1f} dB")
+    # the tests' bound: 40 dB, or PyTorch's own PSNR less HALF_SLACK's share (1.5x: 3.5 dB) where lower
+    bound = lambda r: min(40.0, r["torch_psnr"] - 3.52)  # noqa: E731
+    verdict("16-bit PSNR >= 40 dB, or PyTorch's less 3.5 dB", all(r["psnr"] >= bound(r) for r in half),
+            f"lowest {min(r['psnr'] for r in half):.1f} dB; 40 dB alone: {sum(r['psnr'] >= 40 for r in half)} of {len(half)}")
 else:
     verdict("16-bit accuracy", None)
 EOF
 summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB"
-for st in "$OPS" "$TESTS" "$BENCH"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done
+for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done

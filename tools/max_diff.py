@@ -1,7 +1,7 @@
 """Prints the largest absolute difference between two .npy arrays of one shape, a block of frames
-at a time (both memory-mapped: a 720p x 81 decode is 0.9 GB each).
+at a time (both memory-mapped: a 720p x 81 decode is 0.9 GB each); exits 1 past TOL when given.
 
-    python tools/max_diff.py LABEL A.npy B.npy
+    python tools/max_diff.py LABEL A.npy B.npy [TOL]
 """
 import sys
 
@@ -19,10 +19,15 @@ def max_abs_diff(a, b, block=8):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         raise SystemExit(__doc__)
-    label, a, b = sys.argv[1], *(np.load(path, mmap_mode="r") for path in sys.argv[2:])
-    print(f"{label}: max |diff| {max_abs_diff(a, b):.3g}")
+    label, a, b = sys.argv[1], *(np.load(path, mmap_mode="r") for path in sys.argv[2:4])
+    tol = float(sys.argv[4]) if len(sys.argv) == 5 else None
+    worst = max_abs_diff(a, b)
+    verdict = "" if tol is None else f" ({'ok' if worst <= tol else 'FAIL'}: tolerance {tol:g})"
+    print(f"{label}: max |diff| {worst:.3g}{verdict}")
+    if tol is not None and not worst <= tol:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
