@@ -22,6 +22,13 @@ def _has_extension(spec):
     return False
 
 
+def _shows_this_checkout(entry):
+    """Whether sys.path entry finds this checkout as the package: this folder (its wanvideo_vae/ sources),
+    or the folder holding it (custom_nodes/) where the clone is named after the package."""
+    folder = os.path.realpath(entry or os.getcwd())
+    return folder == _HERE or os.path.realpath(os.path.join(folder, _PACKAGE)) == _HERE
+
+
 def _installed_package():
     # Older ComfyUI registers a custom node folder under its folder name; when that name is the
     # package's own, this file stands in sys.modules where the installed package belongs.
@@ -29,8 +36,8 @@ def _installed_package():
         del sys.modules[_PACKAGE]
     spec = importlib.util.find_spec(_PACKAGE)
     if not _has_extension(spec):
-        # this checkout's sources (no compiled core) came first on sys.path: look past this folder
-        others = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != _HERE]
+        # this checkout came first on sys.path without a compiled core: look past it
+        others = [p for p in sys.path if not _shows_this_checkout(p)]
         spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, others)
         if not _has_extension(spec):
             raise ImportError(f"the {_PACKAGE} package is not installed in ComfyUI's Python: run "

@@ -9,8 +9,10 @@
   beside itself in site-packages. On Windows the wheels ship DLLs without import libraries: the
   build makes them (MSVC's lib.exe) from CUDA_IMPORTS, the functions the backend calls.
 
-WANVIDEO_CUDA=0 skips the CUDA backend, =1 requires it (a failure stops the build), unset builds
-it when everything is found and otherwise says why not and goes on CPU-only.
+WANVIDEO_CUDA=0 skips the CUDA backend, =1 requires it (a failure stops the build), unset (or
+"auto") builds it when everything is found and otherwise says why not and goes on CPU-only; what
+happened is written to wanvideo_vae/_build_info.py, which backends() reports (pip hides a build's
+output). A CUDA module left by an earlier build never outlives a build without it.
 WANVIDEO_CUDA_ARCHS: compute capabilities, default "75;80;86;89;90" plus PTX for the newest.
 """
 import glob
@@ -35,8 +37,24 @@ CUDA_HEADERS = sorted(glob.glob(os.path.join("cuda", "*.h")) + glob.glob(os.path
 DEFAULT_ARCHS = "75;80;86;89;90"
 
 
+CUDA_MODES = {"0": "0", "false": "0", "no": "0", "off": "0", "1": "1", "true": "1", "yes": "1", "on": "1",
+              "auto": "auto", "": "auto"}
+
+
 def log(msg):
     print(f"wanvideo_vae build: {msg}", file=sys.stderr)
+
+
+def cuda_mode():
+    value = os.environ.get("WANVIDEO_CUDA", "auto")
+    if value.strip().lower() not in CUDA_MODES:
+        raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA={value!r}: use 0 (skip the CUDA backend), 1 (require it) "
+                         "or auto")
+    return CUDA_MODES[value.strip().lower()]
+
+
+# Why the CUDA backend is not in this build ("" when it is): what _build_info.py records.
+CUDA_NOTE = {"why": ""}
 
 
 def c_compile_args():
@@ -54,7 +72,11 @@ def rpath_args(dirs):
 
 def core_extension():
     # At run time the package imports scipy_openblas32 first, which loads the library; the rpath
-    # (site-packages/scipy_openblas32/lib beside site-packages/wanvideo_vae) is a second route.
+    # (site-packages/scipy_openblas32/lib beside site-packages/wanvideo_vae) is a second route, and
+    # the wheel's own folder a third for a build in place, unless it is pip's throwaway build
+    # environment (a path that is gone, and in a world-writable folder, after the build)
+    blas_dir = scipy_openblas32.get_lib_dir()
+    runpath = ["$ORIGIN/../scipy_openblas32/lib"] + ([] if "pip-build-env" in blas_dir else [blas_dir])
     return Extension(
         "wanvideo_vae._C",
         sources=CSRC,
@@ -64,7 +86,7 @@ def core_extension():
         library_dirs=[scipy_openblas32.get_lib_dir()],
         libraries=[scipy_openblas32.get_library()],
         extra_compile_args=c_compile_args(),
-        extra_link_args=rpath_args(["$ORIGIN/../scipy_openblas32/lib", scipy_openblas32.get_lib_dir()]),
+        extra_link_args=rpath_args(runpath),
     )
 
 
@@ -173,10 +195,11 @@ def find_library(root, names):
 
 def cuda_config():
     """Everything the CUDA build needs, or None with the reason logged."""
-    mode = os.environ.get("WANVIDEO_CUDA", "auto")
+    mode = cuda_mode()
     if mode == "0":
-        log("CUDA backend skipped (WANVIDEO_CUDA=0)")
-        return None
+        return missing(mode, "skipped (WANVIDEO_CUDA=0)")
+    if not CUDA_SOURCES:
+        return missing(mode, "cuda/ is not in this source tree")
     nvcc = find_nvcc()
     if not nvcc:
         return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH)")
@@ -225,6 +248,7 @@ def missing(mode, why):
     if mode == "1":
         raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA=1 but {why}")
     log(f"building CPU-only: {why}")
+    CUDA_NOTE["why"] = why
     return None
 
 
@@ -254,8 +278,42 @@ def cuda_extension(cfg):
     return ext
 
 
+CUDA_MODULE = "wanvideo_vae._cuda"
+
+
 class BuildExt(build_ext):
-    """Compiles cuda/*.cu with nvcc for the CUDA extension; builds the rest as usual."""
+    """Compiles cuda/*.cu with nvcc for the CUDA extension; builds the rest as usual. Where the CUDA
+    backend is not built, no CUDA module of an earlier build stays behind (it would load beside a new
+    core), and an editable install copies only what was built; _build_info.py says what happened."""
+
+    def run(self):
+        self.not_built = set()
+        super().run()  # builds into build_lib, then copies to the sources for an in-place or editable build
+        package_dirs = [os.path.join(self.build_lib, "wanvideo_vae")]
+        if self.inplace:
+            package_dirs.append(self.get_finalized_command("build_py").get_package_dir("wanvideo_vae"))
+        cuda_file = os.path.basename(self.get_ext_filename(CUDA_MODULE))
+        for folder in package_dirs:
+            if CUDA_NOTE["why"]:
+                self.remove_stale(os.path.join(folder, cuda_file))
+            self.write_build_info(os.path.join(folder, "_build_info.py"))
+
+    def build_extensions(self):
+        super().build_extensions()
+        self.extensions = [ext for ext in self.extensions if ext.name not in self.not_built]  # what is copied
+
+    @staticmethod
+    def remove_stale(path):
+        if os.path.isfile(path):
+            log(f"removing {path}, left by an earlier build")
+            os.remove(path)
+
+    @staticmethod
+    def write_build_info(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("# Written by setup.py: what the build of this copy of the package did.\n"
+                    f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n")
 
     def build_extension(self, ext):
         cfg = getattr(ext, "cuda", None)
@@ -272,6 +330,9 @@ class BuildExt(build_ext):
             if cfg["required"]:
                 raise
             log(f"the CUDA backend failed to build ({e}); building CPU-only")
+            what = f"nvcc exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError) else str(e)
+            CUDA_NOTE["why"] = f"it failed to build ({what}; `pip install -v .` shows the compiler's messages)"
+            self.not_built.add(ext.name)
 
     def import_library(self, dll, name):
         """build_temp/<name>.lib for a DLL shipped without one, from the functions we call (MSVC)."""
@@ -293,20 +354,39 @@ class BuildExt(build_ext):
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         newest = cfg["archs"][-1]
         gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
-        host = ["-Xcompiler", "/O2"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
+        # /MD: the C runtime setuptools links the C objects with (cl's default, /MT, would be a second)
+        host = ["-Xcompiler", "/MD,/O2,/EHsc"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
         # the toolkit's own headers first: a wheel's include folder (nvidia/cu13/include) may also hold
         # CUDA runtime headers of another version
         cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda",
                "-I" + os.path.join(cfg["toolkit"], "include"), "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]]
-        cmd += host + gencode
+        env, ccbin = self.msvc_for_nvcc()
+        cmd += ccbin + host + gencode
         log(" ".join(cmd))
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env)
         return obj
+
+    def msvc_for_nvcc(self):
+        """Windows: (environment, -ccbin) for nvcc, whose host compiler is cl.exe: the Visual Studio setup
+        setuptools found (its PATH, INCLUDE and LIB), so no Developer Prompt is needed. Elsewhere (None, [])."""
+        if not WINDOWS:
+            return None, []
+        if not getattr(self.compiler, "initialized", True):
+            self.compiler.initialize()
+        env = dict(os.environ)
+        paths = getattr(self.compiler, "_paths", "")
+        if paths:
+            env["PATH"] = paths
+        for var, dirs in (("INCLUDE", self.compiler.include_dirs), ("LIB", self.compiler.library_dirs)):
+            if not env.get(var) and dirs:  # a Developer Prompt's own setting stays
+                env[var] = os.pathsep.join(dirs)
+        cc = getattr(self.compiler, "cc", None)
+        return env, (["-ccbin", os.path.dirname(cc)] if cc and os.path.isabs(cc) else [])
 
 
 def extensions():
     exts = [core_extension()]
-    cfg = cuda_config() if CUDA_SOURCES else None
+    cfg = cuda_config()
     if cfg:
         exts.append(cuda_extension(cfg))
     return exts

@@ -1,6 +1,7 @@
 """The ComfyUI node pack: loading, input specs, WanVideoDecode semantics, the WANVAE patch, Gradio."""
 import importlib.util
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -42,6 +43,29 @@ def test_repo_root_loads_as_custom_node(module_name):
         sys.modules.update(saved)
 
 
+def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_path, monkeypatch):
+    """custom_nodes/wanvideo_vae (the README's clone) with custom_nodes/ first on sys.path: `import
+    wanvideo_vae` finds the clone's root, which has no compiled core; the installed package is found past it."""
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    os.symlink(REPO, custom_nodes / "wanvideo_vae")
+    monkeypatch.syspath_prepend(str(custom_nodes))
+    saved = dict(sys.modules)
+    try:
+        for name in [n for n in sys.modules if n == "wanvideo_vae" or n.startswith("wanvideo_vae.")]:
+            del sys.modules[name]
+        spec = importlib.util.spec_from_file_location("wanvideo_vae_pack", str(custom_nodes / "wanvideo_vae" / "__init__.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
+        loaded = sys.modules["wanvideo_vae"]  # a package with its compiled core, not the clone's root
+        assert hasattr(loaded, "decode_tiled") and loaded.__file__.endswith(os.path.join("wanvideo_vae", "__init__.py"))
+        assert os.path.realpath(loaded.__file__) != os.path.realpath(os.path.join(REPO, "__init__.py"))
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
+
+
 def test_install_script_installs_the_package_with_the_running_python(capsys):
     """ComfyUI-Manager and the Comfy Registry run install.py with ComfyUI's Python after fetching the pack."""
     import importlib.util
@@ -50,9 +74,23 @@ def test_install_script_installs_the_package_with_the_running_python(capsys):
     spec.loader.exec_module(install)  # importing it runs nothing
     calls = []
     assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0) == 0
-    assert calls == [([sys.executable, "-m", "pip", "install", REPO], REPO)]
+    assert calls[0] == ([sys.executable, "-m", "pip", "install", REPO], REPO)
+    assert len(calls) == 2 and calls[1][0][:2] == [sys.executable, "-c"] and calls[1][1] != REPO  # says what it got
     assert install.main(call=lambda command, cwd: 1) == 1
     assert "needs a C compiler" in capsys.readouterr().err
+    result = subprocess.run(calls[1][0], cwd=calls[1][1], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("wanvideo_vae: installed; CUDA backend: ")
+
+
+def test_install_script_says_what_a_portable_python_lacks(tmp_path):
+    """ComfyUI's portable Windows Python has no include folder or import library: say so before pip fails."""
+    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    assert install.missing_python_headers() is None  # this Python builds extensions
+    problem = install.missing_python_headers({"include": str(tmp_path / "include")}, windows=True, base=str(tmp_path))
+    assert "Python.h" in problem and "python%d%d.lib" % sys.version_info[:2] in problem
+    assert "copy the 'include' and 'libs' folders" in problem
 
 
 def _check_input(name, spec):

@@ -57,11 +57,20 @@ def backends():
     if mod is None:
         cuda.update(usable=False, devices=0, precisions=[])
         if not cuda["compiled"]:
-            cuda["reason"] = "not built: nvcc, cuDNN or cuBLAS was missing when the package was installed"
+            cuda["reason"] = "not built: " + _cuda_not_built()
         return feats
     count, why = mod.device_count()
     cuda.update(usable=count > 0, devices=count, reason=why, versions=mod.versions())
     return feats
+
+
+def _cuda_not_built():
+    """Why the build left the CUDA backend out, as setup.py recorded it."""
+    try:
+        from ._build_info import CUDA_NOT_BUILT
+    except ImportError:  # a copy built by other means
+        return "nvcc, cuDNN or cuBLAS was missing when the package was built"
+    return CUDA_NOT_BUILT or "its module is missing from this installation"
 
 
 def _is_int(v):
