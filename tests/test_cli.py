@@ -278,3 +278,13 @@ def test_end_frame_drops_the_end_images_frame(files, tmp_path):
     full = wv.Decoder(wv.load_weights(files / "vae.safetensors")).decode(np.load(files / "lat.npy"), raw=True,
                                                                          end_frame=True)
     np.testing.assert_array_equal(np.load(out), full[:-1])
+
+
+def test_default_is_the_whole_frame_where_it_fits(files, tmp_path, capsys):
+    """Without --tile the CLI decodes the whole frame (tiles only where the budget needs them): exact
+    either way, and the fastest decode that fits. 320 px wide: wider than one 272 px tile."""
+    import re
+    np.save(tmp_path / "wide.npy", random_latents(16, 1, 3, 40, seed=6))
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "wide.npy"), "--out",
+                 str(tmp_path / "o.npy"), "--quiet"]) == 0
+    assert re.search(r"^tiles\s+1 x 1,", capsys.readouterr().out, flags=re.M)

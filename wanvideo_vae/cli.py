@@ -372,8 +372,9 @@ def build_parser():
     d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth")
     d.add_argument("--out", help="output: .mp4 (needs the video extra), .avi, .npy, or a folder for PNG frames")
     d.add_argument("--fps", type=_positive_fps, default=16.0, help="frames per second of a video output (default 16)")
-    d.add_argument("--tile", type=_tile_size, default=272,
-                   help="tile size in output pixels, halo included; 0: whole frame")
+    d.add_argument("--tile", type=_tile_size, default=0,
+                   help="tile size in output pixels, halo included; 0 (default): the whole frame, in tiles only "
+                        "where the memory budget requires them (the fastest decode that fits)")
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
@@ -387,7 +388,7 @@ def build_parser():
     d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"),
                    help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and latents")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--profile", action="store_true",
                    help="time every backend op (waits for each: slower) and print where the time went")
@@ -403,7 +404,7 @@ def build_parser():
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the random weights and latents")
     b.add_argument("--skip-blended", action="store_true", help="leave out PyTorch's blended tiling (3x the work)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")
