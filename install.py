@@ -30,10 +30,14 @@ def missing_python_headers(paths=None, windows=sys.platform == "win32", base=sys
             missing.append(lib)
     if not missing:
         return None
-    return ("this Python cannot compile extensions: %s missing. ComfyUI's portable build ships without them: "
-            "copy the 'include' and 'libs' folders from the python.org installer of Python %d.%d into %s, then "
-            "run this again." % (" and ".join(missing) + (" is" if len(missing) == 1 else " are"),
-                                 sys.version_info[0], sys.version_info[1], base))
+    what = " and ".join(missing) + (" is" if len(missing) == 1 else " are")
+    if windows:
+        return ("this Python cannot compile extensions: %s missing. ComfyUI's portable build ships without them: "
+                "copy the 'include' and 'libs' folders from the python.org installer of Python %d.%d into %s, "
+                "then run this again." % (what, sys.version_info[0], sys.version_info[1], base))
+    return ("this Python cannot compile extensions: %s missing. Install its development headers (the "
+            "python%d.%d-dev or python3-devel package of your distribution), then run this again."
+            % (what, sys.version_info[0], sys.version_info[1]))
 
 
 BACKENDS = ("import wanvideo_vae as w; c = w.backends()['cuda']; "

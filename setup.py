@@ -23,6 +23,7 @@ import site
 import subprocess
 import sys
 import sysconfig
+import tempfile
 
 import numpy
 import scipy_openblas32
@@ -73,10 +74,11 @@ def rpath_args(dirs):
 def core_extension():
     # At run time the package imports scipy_openblas32 first, which loads the library; the rpath
     # (site-packages/scipy_openblas32/lib beside site-packages/wanvideo_vae) is a second route, and
-    # the wheel's own folder a third for a build in place, unless it is pip's throwaway build
-    # environment (a path that is gone, and in a world-writable folder, after the build)
-    blas_dir = scipy_openblas32.get_lib_dir()
-    runpath = ["$ORIGIN/../scipy_openblas32/lib"] + ([] if "pip-build-env" in blas_dir else [blas_dir])
+    # the wheel's own folder a third for a build in place, unless it is a throwaway build environment
+    # (pip's, pypa/build's, uv's: a path that is gone, and in a world-writable folder, after the build)
+    blas_dir = os.path.realpath(scipy_openblas32.get_lib_dir())
+    throwaway = blas_dir.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep) or "build-env" in blas_dir
+    runpath = ["$ORIGIN/../scipy_openblas32/lib"] + ([] if throwaway else [blas_dir])
     return Extension(
         "wanvideo_vae._C",
         sources=CSRC,

@@ -288,3 +288,11 @@ def test_default_is_the_whole_frame_where_it_fits(files, tmp_path, capsys):
     assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "wide.npy"), "--out",
                  str(tmp_path / "o.npy"), "--quiet"]) == 0
     assert re.search(r"^tiles\s+1 x 1,", capsys.readouterr().out, flags=re.M)
+
+
+def test_end_frame_of_a_single_latent_frame_is_refused(files, tmp_path, capsys):
+    np.save(tmp_path / "one.npy", random_latents(16, 1, 3, 4, seed=7))
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "one.npy"), "--out",
+                 str(tmp_path / "o.npy"), "--end-frame", "--quiet"])
+    assert code == 2 and "--end-frame needs at least 2 latent frames" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()

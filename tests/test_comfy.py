@@ -83,7 +83,8 @@ def test_install_script_installs_the_package_with_the_running_python(capsys):
 
 
 def test_install_script_says_what_a_portable_python_lacks(tmp_path):
-    """ComfyUI's portable Windows Python has no include folder or import library: say so before pip fails."""
+    """ComfyUI's portable Windows Python has no include folder or import library, a Linux Python may lack
+    its -dev package: say so, and what to do, before pip fails."""
     spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
     install = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(install)
@@ -91,6 +92,8 @@ def test_install_script_says_what_a_portable_python_lacks(tmp_path):
     problem = install.missing_python_headers({"include": str(tmp_path / "include")}, windows=True, base=str(tmp_path))
     assert "Python.h" in problem and "python%d%d.lib" % sys.version_info[:2] in problem
     assert "copy the 'include' and 'libs' folders" in problem
+    elsewhere = install.missing_python_headers({"include": str(tmp_path / "include")}, windows=False)
+    assert "Python.h" in elsewhere and "development headers" in elsewhere and "libs" not in elsewhere
 
 
 def _check_input(name, spec):

@@ -183,9 +183,16 @@ def _cgroup_tree(tmp_path, files, proc_lines):
 
 
 @pytest.mark.parametrize("files,proc_lines,headroom", [
-    # cgroup v2 in a container: its own cgroup at the root; reclaimable page cache counts as free
+    # cgroup v2 in a container: its own cgroup at the root; file cache counts as free
     ({"cg/memory.max": "4294967296\n", "cg/memory.current": "3221225472\n",
-      "cg/memory.stat": "anon 1\ninactive_file 1073741824\n"}, ["0::/"], 2 << 30),
+      "cg/memory.stat": "anon 1\ninactive_file 536870912\nactive_file 536870912\n"}, ["0::/"], 2 << 30),
+    # at (or past) its limit: no room, which is not "no limit"
+    ({"cg/memory.max": "1000\n", "cg/memory.current": "1200\n"}, ["0::/"], 0),
+    # a limit on a parent (a pod's, a slice's) bounds a child without one; the least room wins
+    ({"cg/pod/memory.max": "1000\n", "cg/pod/memory.current": "400\n", "cg/pod/c/memory.max": "max\n",
+      "cg/pod/c/memory.current": "300\n"}, ["0::/pod/c"], 600),
+    ({"cg/pod/memory.max": "1000\n", "cg/pod/memory.current": "400\n", "cg/pod/c/memory.max": "500\n",
+      "cg/pod/c/memory.current": "300\n"}, ["0::/pod/c"], 200),
     # v2 on a host: the process's own folder; no limit there ("max") and none at the root
     ({"cg/app.slice/memory.max": "max\n", "cg/app.slice/memory.current": "5\n"}, ["0::/app.slice"], None),
     ({"cg/app.slice/memory.max": "1000\n", "cg/app.slice/memory.current": "400\n"}, ["0::/app.slice"], 600),
@@ -200,6 +207,19 @@ def test_cgroup_memory_limit_bounds_the_host_budget(tmp_path, files, proc_lines,
     from wanvideo_vae.sysmem import cgroup_headroom_bytes
     root, proc = _cgroup_tree(tmp_path, files, proc_lines)
     assert cgroup_headroom_bytes(root, proc) == headroom
+
+
+def test_no_host_memory_left_is_a_budget_not_no_limit(monkeypatch):
+    """A container at its memory limit leaves 0 bytes; the planner reads a budget of 0 as "no limit",
+    so the decode would plan unbounded exactly where the OOM killer strikes. It plans within 1 byte:
+    MemoryError, saying what it needs."""
+    import wanvideo_vae.api as api
+    monkeypatch.setattr(api, "available_host_bytes", lambda: 0)
+    assert api._budget(None) == 1
+    with pytest.raises(MemoryError, match="but the budget is 1 bytes"):
+        decoder(8).decode(random_latents(4, 1, 3, 4, seed=3))
+    monkeypatch.setattr(api, "available_host_bytes", lambda: None)  # unknown: no limit
+    assert api._budget(None) == 0
 
 
 @pytest.mark.parametrize("T,h,w", [(2, 10, 52), (2, 31, 31), (1, 28, 28), (3, 9, 11)])

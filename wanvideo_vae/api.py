@@ -95,7 +95,9 @@ def _budget(max_memory, backend="cpu", device=-1):
         if backend == "cuda":
             return device_budget(device)[0]
         available = available_host_bytes()
-        return int(available * HOST_BUDGET_SHARE) if available else 0
+        if available is None:
+            return 0  # unknown: no limit
+        return max(int(available * HOST_BUDGET_SHARE), 1)  # none left (a container at its limit) is not "no limit"
     if not _is_int(max_memory) or not 0 < max_memory < 2**63:
         raise WanVAEError(f"max_memory must be a positive number of bytes (below 2**63) or None, got {max_memory!r}")
     return int(max_memory)

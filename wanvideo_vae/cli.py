@@ -125,12 +125,17 @@ def _default_out(args):
 
 
 def _check_output_size(dec, latents, out_path, options):
-    """Before the decode: the frames fit the output's format (an .avi holds 4 GiB)."""
+    """Before the decode: there are frames to write, and they fit the output's format (an .avi holds
+    4 GiB)."""
     shape = tuple(np.shape(latents))
+    if options["end_frame"] and len(shape) in (4, 5) and shape[-3] < 2:
+        raise CliError("--end-frame needs at least 2 latent frames: the last is the end image, whose frame is "
+                       "dropped, and the video is the others")
     if len(shape) in (4, 5):
         keep = ("tile_x", "tile_y", "tile_stride_x", "tile_stride_y", "enable_vae_tiling", "end_frame")
         p = dec.plan(*shape[-3:], max_memory=1 << 62, **{k: options[k] for k in keep})
-        check_output(out_path, (p["frames"], p["height"], p["width"]))
+        written = p["frames"] - (1 if options["end_frame"] else 0)  # the end image's frame is dropped
+        check_output(out_path, (written, p["height"], p["width"]))
 
 
 def decode_cmd(args):

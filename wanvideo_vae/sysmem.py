@@ -62,39 +62,53 @@ def _stat_value(path, key):
     return 0
 
 
-# (limit, usage, memory.stat key of reclaimable page cache) in cgroup v2 and v1 folders
-_CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
-                 ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+# (limit, usage, memory.stat keys of the page cache the kernel reclaims before it kills) in cgroup v2
+# and v1 folders
+_CGROUP_FILES = (("memory.max", "memory.current", ("active_file", "inactive_file")),
+                 ("memory.limit_in_bytes", "memory.usage_in_bytes", ("total_active_file", "total_inactive_file")))
 
 
 def _cgroup_folders(root, proc_cgroup):
-    """The process's own memory cgroup folder (v2 and v1), then the mount's root: a container sees its
-    own cgroup at the root."""
-    folders = []
+    """The process's memory cgroup folders (v2 and v1) and their ancestors up to the mount's root: a
+    limit may sit on any of them (a pod's, a systemd slice's), and a container sees its own at the root."""
+    tops = (root, os.path.join(root, "memory"))
+    leaves = []
     try:
         with open(proc_cgroup) as f:
             for line in f:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
                 if controllers == "":
-                    folders.append(os.path.join(root, path.lstrip("/")))
+                    leaves.append(os.path.join(root, path.lstrip("/")))
                 elif "memory" in controllers.split(","):
-                    folders.append(os.path.join(root, "memory", path.lstrip("/")))
+                    leaves.append(os.path.join(root, "memory", path.lstrip("/")))
     except (OSError, ValueError):
         pass
-    return folders + [root, os.path.join(root, "memory")]
+    folders = []
+    for folder in leaves + list(tops):
+        folder = os.path.normpath(folder)
+        while True:
+            if folder not in folders:
+                folders.append(folder)
+            if folder in tops or len(folder) <= len(root):
+                break
+            folder = os.path.dirname(folder)
+    return folders
 
 
 def cgroup_headroom_bytes(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"):
-    """Bytes the process's memory cgroup (a container's memory limit) lets it take before the kernel's
-    OOM killer stops it, page cache it can reclaim counted as free; None without a limit."""
-    for folder in _cgroup_folders(root, proc_cgroup):
-        for limit_name, usage_name, cache_key in _CGROUP_FILES:
+    """Bytes the process's memory cgroups (a container's, a pod's or a slice's limit) let it take before
+    the kernel's OOM killer stops it, file cache counted as free: the least any limited level leaves;
+    None where none has a limit."""
+    rooms = []
+    for folder in _cgroup_folders(os.path.normpath(root), proc_cgroup):
+        for limit_name, usage_name, cache_keys in _CGROUP_FILES:
             limit = _read_number(os.path.join(folder, limit_name))
             usage = _read_number(os.path.join(folder, usage_name))
             if limit is not None and usage is not None:
-                cache = _stat_value(os.path.join(folder, "memory.stat"), cache_key)
-                return max(limit - max(usage - cache, 0), 0)
-    return None
+                cache = sum(_stat_value(os.path.join(folder, "memory.stat"), key) for key in cache_keys)
+                rooms.append(max(limit - max(usage - cache, 0), 0))
+                break
+    return min(rooms) if rooms else None
 
 
 def _meminfo_available():
