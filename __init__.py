@@ -29,6 +29,24 @@ def _shows_this_checkout(entry):
     return folder == _HERE or os.path.realpath(os.path.join(folder, _PACKAGE)) == _HERE
 
 
+def _spec_past_this_checkout():
+    """The package's spec from elsewhere than this checkout's root: the other sys.path entries, then
+    the import system's other finders (an editable install's maps the name to its sources)."""
+    spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, [p for p in sys.path if not _shows_this_checkout(p)])
+    if _has_extension(spec):
+        return spec
+    for finder in sys.meta_path:
+        if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            spec = finder.find_spec(_PACKAGE, None)
+        except Exception:  # noqa: BLE001 - another pack's finder failing is not ours to report
+            continue
+        if _has_extension(spec):
+            return spec
+    return None
+
+
 def _installed_package():
     # Older ComfyUI registers a custom node folder under its folder name; when that name is the
     # package's own, this file stands in sys.modules where the installed package belongs.
@@ -37,9 +55,8 @@ def _installed_package():
     spec = importlib.util.find_spec(_PACKAGE)
     if not _has_extension(spec):
         # this checkout came first on sys.path without a compiled core: look past it
-        others = [p for p in sys.path if not _shows_this_checkout(p)]
-        spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, others)
-        if not _has_extension(spec):
+        spec = _spec_past_this_checkout()
+        if spec is None:
             raise ImportError(f"the {_PACKAGE} package is not installed in ComfyUI's Python: run "
                               f"`python install.py` (or `python -m pip install .`) in {_HERE} with ComfyUI's "
                               "Python, then restart ComfyUI")

@@ -569,3 +569,38 @@ def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_c
     assert cache.get(vae, vae.model, ("cpu", None, None)) is on_cpu
     on_cpu.close()  # closed by its user: the next node call builds a new one
     assert cache.get(vae, vae.model, ("cpu", None, None)) is not on_cpu
+
+
+def test_editable_install_is_found_past_a_clone_named_after_the_package(tmp_path, monkeypatch):
+    """An editable install (`pip install -e .`) is found by a finder of the import system, not by a
+    sys.path entry: with custom_nodes/ first on sys.path, the clone's root comes first, and the
+    package is then found through that finder."""
+    import wanvideo_vae
+    package_dir = os.path.dirname(wanvideo_vae.__file__)
+
+    class EditableFinder:  # what setuptools' editable install puts in sys.meta_path
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "wanvideo_vae":
+                return None
+            return importlib.util.spec_from_file_location(name, os.path.join(package_dir, "__init__.py"),
+                                                          submodule_search_locations=[package_dir])
+
+    custom_nodes = tmp_path / "custom_nodes"
+    custom_nodes.mkdir()
+    os.symlink(REPO, custom_nodes / "wanvideo_vae")
+    no_package = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "wanvideo_vae"))]
+    monkeypatch.setattr(sys, "path", [str(custom_nodes)] + no_package)
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path + [EditableFinder()])
+    saved = dict(sys.modules)
+    try:
+        for name in [n for n in sys.modules if n == "wanvideo_vae" or n.startswith("wanvideo_vae.")]:
+            del sys.modules[name]
+        spec = importlib.util.spec_from_file_location("wanvideo_vae_pack", str(custom_nodes / "wanvideo_vae" / "__init__.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
+        assert os.path.dirname(sys.modules["wanvideo_vae"].__file__) == package_dir
+    finally:
+        sys.modules.clear()
+        sys.modules.update(saved)
