@@ -43,13 +43,17 @@ def test_repo_root_loads_as_custom_node(module_name):
         sys.modules.update(saved)
 
 
-def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_path, monkeypatch):
-    """custom_nodes/wanvideo_vae (the README's clone) with custom_nodes/ first on sys.path: `import
-    wanvideo_vae` finds the clone's root, which has no compiled core; the installed package is found past it."""
+def clone_in_custom_nodes(tmp_path):
+    """custom_nodes/ holding this repository as a clone named after the package (the README's)."""
     custom_nodes = tmp_path / "custom_nodes"
     custom_nodes.mkdir()
     os.symlink(REPO, custom_nodes / "wanvideo_vae")
-    monkeypatch.syspath_prepend(str(custom_nodes))
+    return custom_nodes
+
+
+def load_clone_with_a_fresh_package(custom_nodes, check):
+    """Loads the clone as ComfyUI's newer loader does (by path), with no wanvideo_vae imported yet,
+    and calls check(module, the package it loaded); sys.modules is restored after."""
     saved = dict(sys.modules)
     try:
         for name in [n for n in sys.modules if n == "wanvideo_vae" or n.startswith("wanvideo_vae.")]:
@@ -58,12 +62,23 @@ def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_p
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
-        loaded = sys.modules["wanvideo_vae"]  # a package with its compiled core, not the clone's root
-        assert hasattr(loaded, "decode_tiled") and loaded.__file__.endswith(os.path.join("wanvideo_vae", "__init__.py"))
-        assert os.path.realpath(loaded.__file__) != os.path.realpath(os.path.join(REPO, "__init__.py"))
+        check(sys.modules["wanvideo_vae"])
     finally:
         sys.modules.clear()
         sys.modules.update(saved)
+
+
+def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_path, monkeypatch):
+    """custom_nodes/wanvideo_vae (the README's clone) with custom_nodes/ first on sys.path: `import
+    wanvideo_vae` finds the clone's root, which has no compiled core; the installed package is found past it."""
+    custom_nodes = clone_in_custom_nodes(tmp_path)
+    monkeypatch.syspath_prepend(str(custom_nodes))
+
+    def is_a_compiled_package(loaded):  # not the clone's root
+        assert hasattr(loaded, "decode_tiled") and loaded.__file__.endswith(os.path.join("wanvideo_vae", "__init__.py"))
+        assert os.path.realpath(loaded.__file__) != os.path.realpath(os.path.join(REPO, "__init__.py"))
+
+    load_clone_with_a_fresh_package(custom_nodes, is_a_compiled_package)
 
 
 def test_install_script_installs_the_package_with_the_running_python(capsys):
@@ -586,21 +601,12 @@ def test_editable_install_is_found_past_a_clone_named_after_the_package(tmp_path
             return importlib.util.spec_from_file_location(name, os.path.join(package_dir, "__init__.py"),
                                                           submodule_search_locations=[package_dir])
 
-    custom_nodes = tmp_path / "custom_nodes"
-    custom_nodes.mkdir()
-    os.symlink(REPO, custom_nodes / "wanvideo_vae")
+    custom_nodes = clone_in_custom_nodes(tmp_path)
     no_package = [p for p in sys.path if not os.path.isdir(os.path.join(p or os.getcwd(), "wanvideo_vae"))]
     monkeypatch.setattr(sys, "path", [str(custom_nodes)] + no_package)
     monkeypatch.setattr(sys, "meta_path", sys.meta_path + [EditableFinder()])
-    saved = dict(sys.modules)
-    try:
-        for name in [n for n in sys.modules if n == "wanvideo_vae" or n.startswith("wanvideo_vae.")]:
-            del sys.modules[name]
-        spec = importlib.util.spec_from_file_location("wanvideo_vae_pack", str(custom_nodes / "wanvideo_vae" / "__init__.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        assert "WanVideoNativeDecode" in module.NODE_CLASS_MAPPINGS
-        assert os.path.dirname(sys.modules["wanvideo_vae"].__file__) == package_dir
-    finally:
-        sys.modules.clear()
-        sys.modules.update(saved)
+
+    def is_the_editable_one(loaded):
+        assert os.path.dirname(loaded.__file__) == package_dir
+
+    load_clone_with_a_fresh_package(custom_nodes, is_the_editable_one)
