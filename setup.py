@@ -36,6 +36,7 @@ CUDA_SOURCES = sorted(glob.glob(os.path.join("cuda", "*.cu")))
 HEADERS = sorted(glob.glob(os.path.join("csrc", "*.h")))
 CUDA_HEADERS = sorted(glob.glob(os.path.join("cuda", "*.h")) + glob.glob(os.path.join("cuda", "*.cuh")))
 DEFAULT_ARCHS = "75;80;86;89;90"
+CUDA_MODULE = "wanvideo_vae._cuda"
 
 
 CUDA_MODES = {"0": "0", "false": "0", "no": "0", "off": "0", "1": "1", "true": "1", "yes": "1", "on": "1",
@@ -48,10 +49,11 @@ def log(msg):
 
 def cuda_mode():
     value = os.environ.get("WANVIDEO_CUDA", "auto")
-    if value.strip().lower() not in CUDA_MODES:
+    mode = CUDA_MODES.get(value.strip().lower())
+    if mode is None:
         raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA={value!r}: use 0 (skip the CUDA backend), 1 (require it) "
                          "or auto")
-    return CUDA_MODES[value.strip().lower()]
+    return mode
 
 
 # Why the CUDA backend is not in this build ("" when it is): what _build_info.py records.
@@ -267,7 +269,7 @@ def cuda_extension(cfg):
              "$ORIGIN/../nvidia/cuda_runtime/lib"] + lib_dirs + [os.path.dirname(cfg["cudart"])])
         lib_dirs = [cfg["lib64"]]
     ext = Extension(
-        "wanvideo_vae._cuda",
+        CUDA_MODULE,
         sources=["cuda/module_cuda.c", "csrc/wv_util.c"],
         depends=CUDA_SOURCES + CUDA_HEADERS + HEADERS,  # the nvcc objects: relink when they change
         include_dirs=["csrc", "cuda", os.path.join(cfg["toolkit"], "include")],
@@ -280,16 +282,12 @@ def cuda_extension(cfg):
     return ext
 
 
-CUDA_MODULE = "wanvideo_vae._cuda"
-
-
 class BuildExt(build_ext):
     """Compiles cuda/*.cu with nvcc for the CUDA extension; builds the rest as usual. Where the CUDA
     backend is not built, no CUDA module of an earlier build stays behind (it would load beside a new
     core), and an editable install copies only what was built; _build_info.py says what happened."""
 
     def run(self):
-        self.not_built = set()
         super().run()  # builds into build_lib, then copies to the sources for an in-place or editable build
         package_dirs = [os.path.join(self.build_lib, "wanvideo_vae")]
         if self.inplace:
@@ -302,7 +300,8 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         super().build_extensions()
-        self.extensions = [ext for ext in self.extensions if ext.name not in self.not_built]  # what is copied
+        if CUDA_NOTE["why"]:  # the CUDA module failed to build: not one to copy
+            self.extensions = [ext for ext in self.extensions if ext.name != CUDA_MODULE]
 
     @staticmethod
     def remove_stale(path):
@@ -334,7 +333,6 @@ class BuildExt(build_ext):
             log(f"the CUDA backend failed to build ({e}); building CPU-only")
             what = f"nvcc exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError) else str(e)
             CUDA_NOTE["why"] = f"it failed to build ({what}; `pip install -v .` shows the compiler's messages)"
-            self.not_built.add(ext.name)
 
     def import_library(self, dll, name):
         """build_temp/<name>.lib for a DLL shipped without one, from the functions we call (MSVC)."""

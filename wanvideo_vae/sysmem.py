@@ -50,16 +50,18 @@ def _read_number(path):
         return None
 
 
-def _stat_value(path, key):
+def _stat_values(path):
+    """{name: value} of a cgroup memory.stat file ({} where there is none)."""
+    values = {}
     try:
         with open(path) as f:
             for line in f:
                 name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
+                if value.strip().isdigit():
+                    values[name] = int(value)
+    except OSError:
         pass
-    return 0
+    return values
 
 
 # (limit, usage, memory.stat keys of the page cache the kernel reclaims before it kills) in cgroup v2
@@ -105,7 +107,8 @@ def cgroup_headroom_bytes(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"
             limit = _read_number(os.path.join(folder, limit_name))
             usage = _read_number(os.path.join(folder, usage_name))
             if limit is not None and usage is not None:
-                cache = sum(_stat_value(os.path.join(folder, "memory.stat"), key) for key in cache_keys)
+                stat = _stat_values(os.path.join(folder, "memory.stat"))
+                cache = sum(stat.get(key, 0) for key in cache_keys)
                 rooms.append(max(limit - max(usage - cache, 0), 0))
                 break
     return min(rooms) if rooms else None
