@@ -41,7 +41,8 @@ def missing_python_headers(paths=None, windows=sys.platform == "win32", base=sys
 
 
 BACKENDS = ("import wanvideo_vae as w; c = w.backends()['cuda']; "
-            "print('wanvideo_vae: installed; CUDA backend: ' + ('usable' if c['usable'] else c['reason']))")
+            "print('wanvideo_vae: installed; CUDA backend: ' + ('usable' if c['usable'] else c['reason'])); "
+            "[print('wanvideo_vae: warning: ' + m) for m in c['build_warnings']]")
 
 
 def main(call=subprocess.call):

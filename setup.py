@@ -47,6 +47,11 @@ def log(msg):
     print(f"wanvideo_vae build: {msg}", file=sys.stderr)
 
 
+def warn(msg):
+    log("warning: " + msg)
+    CUDA_NOTE["warnings"].append(msg)
+
+
 def cuda_mode():
     value = os.environ.get("WANVIDEO_CUDA", "auto")
     mode = CUDA_MODES.get(value.strip().lower())
@@ -56,8 +61,9 @@ def cuda_mode():
     return mode
 
 
-# Why the CUDA backend is not in this build ("" when it is): what _build_info.py records.
-CUDA_NOTE = {"why": ""}
+# What _build_info.py records: why the CUDA backend is not in this build ("" when it is), and what
+# in the build may keep it from running where PyTorch does (CUDA versions that differ).
+CUDA_NOTE = {"why": "", "warnings": []}
 
 
 def c_compile_args():
@@ -181,20 +187,94 @@ def candidate_roots(env_var, wheel_dirs, toolkit):
     return roots
 
 
-def find_library(root, names):
-    """(include dir, library file or None) of the first root holding the header and a library."""
+def find_libraries(roots, names):
+    """(include dir, library file) of every root holding the header and a library, in the roots'
+    order, each root's library named first in names first."""
     header, libs = names
-    for r in root:
+    for r in roots:
         inc = os.path.join(r, "include")
         if not os.path.isfile(os.path.join(inc, header)):
             continue
-        for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin", os.path.join("bin", "x86_64"),
-                    os.path.join("bin", "x64")):
-            for lib in libs:
+        for lib in libs:
+            for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin", os.path.join("bin", "x86_64"),
+                        os.path.join("bin", "x64")):
                 hits = sorted(glob.glob(os.path.join(r, sub, lib)))
                 if hits:
-                    return inc, hits[-1]
-    return None, None
+                    yield inc, hits[-1]
+
+
+def toolkit_cuda_version(toolkit):
+    """(major, minor) of the toolkit's runtime (CUDART_VERSION in its header), or None."""
+    try:
+        with open(os.path.join(toolkit, "include", "cuda_runtime_api.h")) as f:
+            found = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", f.read())
+    except OSError:
+        return None
+    return (int(found.group(1)) // 1000, int(found.group(1)) % 1000 // 10) if found else None
+
+
+def library_cuda_major(lib, toolkit):
+    """The CUDA major a cuDNN or cuBLAS library is built for, where it shows: the toolkit's own, a
+    versioned cuBLAS (libcublas.so.12, cublas64_13.dll), the name of the one nvidia-* wheel that
+    can own it (nvidia_cudnn_cu12-9.1.0.70.dist-info beside nvidia/cudnn/); None where unknown."""
+    if os.path.realpath(lib).startswith(os.path.realpath(toolkit) + os.sep):
+        version = toolkit_cuda_version(toolkit)
+        return version[0] if version else None
+    found = re.match(r"(?:libcublas\.so\.|cublas64_)(\d+)", os.path.basename(lib))
+    if found:
+        return int(found.group(1))
+    parts = os.path.realpath(lib).split(os.sep)
+    if "nvidia" not in parts:
+        return None
+    at = len(parts) - 1 - parts[::-1].index("nvidia")
+    site_packages, package = os.sep.join(parts[:at]), parts[at + 1]
+    wheels = {int(m.group(1)) for d in os.listdir(site_packages or os.sep)
+              for m in [re.match(rf"nvidia_{re.escape(package)}_cu(\d+)-.*\.dist-info$", d)] if m}
+    return wheels.pop() if len(wheels) == 1 else None
+
+
+def pick_library(what, roots, names, toolkit, cuda_major):
+    """(include dir, library) of the first library built for the toolkit's CUDA major (or one whose
+    major does not show), else of the first found, with a warning: a cuDNN or cuBLAS of another CUDA
+    major needs that CUDA's driver too. (None, None) when there is none."""
+    found = list(find_libraries(roots, names))
+    majors = [library_cuda_major(lib, toolkit) for _, lib in found]
+    for pair, major in zip(found, majors):
+        if cuda_major is None or major in (None, cuda_major):
+            return pair
+    if not found:
+        return None, None
+    hint = {"cuDNN": f"nvidia-cudnn-cu{cuda_major}",
+            "cuBLAS": "the toolkit's own, or " + ("nvidia-cublas" if cuda_major >= 13 else f"nvidia-cublas-cu{cuda_major}")}
+    warn(f"{what} {found[0][1]} is built for CUDA {majors[0]} and the toolkit is CUDA {cuda_major}: the CUDA "
+         f"backend will need a driver for CUDA {max(majors[0], cuda_major)}; {what} for CUDA {cuda_major} "
+         f"({hint[what]}) avoids it")
+    return found[0]
+
+
+def torch_cuda_version():
+    """The CUDA version the environment's PyTorch is built for ("12.8"), read from torch/version.py
+    without importing torch (under build isolation it is not importable); None without one."""
+    for sp in site_dirs():
+        try:
+            with open(os.path.join(sp, "torch", "version.py")) as f:
+                found = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([0-9.]+)['\"]", f.read(), re.M)
+        except OSError:
+            continue
+        return found.group(1) if found else None
+    return None
+
+
+def check_torch_cuda(cuda_version):
+    """A toolkit of another CUDA major than PyTorch's makes a backend that needs another driver."""
+    torch_cuda = torch_cuda_version()
+    if not torch_cuda or not cuda_version or int(torch_cuda.split(".")[0]) == cuda_version[0]:
+        return
+    toolkit = "%d.%d" % cuda_version
+    warn(f"PyTorch here is built for CUDA {torch_cuda} and the toolkit is CUDA {toolkit}: the CUDA backend "
+         f"needs a driver for CUDA {toolkit}" + (", newer than PyTorch needs" if cuda_version[0] > int(
+             torch_cuda.split(".")[0]) else "") + f" (backends() says when it is not); a CUDA "
+         f"{torch_cuda.split('.')[0]} toolkit (CUDA_HOME) matches PyTorch")
 
 
 def cuda_config():
@@ -208,17 +288,19 @@ def cuda_config():
     if not nvcc:
         return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     toolkit = cuda_root(nvcc)
+    cuda_version = toolkit_cuda_version(toolkit)
+    cuda_major = cuda_version[0] if cuda_version else None
     so = not WINDOWS
-    cudnn_inc, cudnn_lib = find_library(
-        candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
-        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]))
+    cudnn_inc, cudnn_lib = pick_library(
+        "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
+        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major)
     if not cudnn_inc:
         return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or -cu12 for a CUDA 12 toolkit, "
                              "or set CUDNN_PATH)")
-    cublas_inc, cublas_lib = find_library(
-        candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
+    cublas_inc, cublas_lib = pick_library(
+        "cuBLAS", candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
         ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so
-                        else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]))
+                        else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]), toolkit, cuda_major)
     if not cublas_inc:
         return missing(mode, "cuBLAS not found (pip install nvidia-cublas, or a CUDA toolkit that has it)")
     lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
@@ -227,6 +309,7 @@ def cuda_config():
     cudart = find_cudart(toolkit, lib64)
     if not cudart:
         return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
+    check_torch_cuda(cuda_version)
     archs = [a.strip() for a in os.environ.get("WANVIDEO_CUDA_ARCHS", DEFAULT_ARCHS).replace(",", ";").split(";")
              if a.strip()]
     log(f"CUDA backend: nvcc {nvcc}, cuDNN {cudnn_lib}, cuBLAS {cublas_lib}, archs {archs}")
@@ -314,7 +397,9 @@ class BuildExt(build_ext):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write("# Written by setup.py: what the build of this copy of the package did.\n"
-                    f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n")
+                    f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n"
+                    "# what may keep the CUDA backend from running where PyTorch does\n"
+                    f"CUDA_BUILD_WARNINGS = {CUDA_NOTE['warnings']!r}\n")
 
     def build_extension(self, ext):
         cfg = getattr(ext, "cuda", None)
@@ -325,7 +410,8 @@ class BuildExt(build_ext):
             for key, name in (("cudnn_lib", "cudnn"), ("cublas_lib", "cublas")):
                 if cfg[key].lower().endswith(".dll"):  # a wheel's DLL alone (Windows)
                     self.import_library(cfg[key], name)
-                    ext.library_dirs.insert(0, self.build_temp)
+                    if self.build_temp not in ext.library_dirs:
+                        ext.library_dirs.insert(0, self.build_temp)
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001 - any compiler failure
             if cfg["required"]:

@@ -659,14 +659,44 @@ static void cuda_ctx_destroy(void *ctx)
     free(c);
 }
 
-static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
+/* The runtime's own words for a missing or old driver ("CUDA driver version is insufficient for
+ * CUDA runtime version") name neither version nor the way out. */
+static void explain_driver(char *why, size_t why_size)
+{
+    int runtime = 0, driver = 0;
+    cudaRuntimeGetVersion(&runtime);
+    cudaDriverGetVersion(&driver);
+    if (!driver)
+        snprintf(why, why_size, "no NVIDIA driver found (this build of the CUDA backend needs one for CUDA %d.%d "
+                 "or newer)", runtime / 1000, runtime % 1000 / 10);
+    else
+        snprintf(why, why_size, "the NVIDIA driver supports CUDA up to %d.%d, older than the CUDA %d.%d this "
+                 "backend was built with: update the driver, or rebuild with a CUDA %d toolkit (CUDA_HOME)",
+                 driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10, driver / 1000);
+}
+
+extern "C" int wv_cuda_device_count(char *why, size_t why_size)
 {
     int count = 0;
-    cudaDeviceProp prop;
     cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0)
-        return wv_fail(err, WV_ERR_INVALID, "no CUDA device is usable: %s",
-                       e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (e == cudaErrorInsufficientDriver)
+            explain_driver(why, why_size);
+        else
+            snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        return 0;
+    }
+    if (!count) snprintf(why, why_size, "no CUDA device found");
+    return count;
+}
+
+static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
+{
+    char why[256] = "";
+    cudaDeviceProp prop;
+    int count = wv_cuda_device_count(why, sizeof why);
+    if (count == 0) return wv_fail(err, WV_ERR_INVALID, "no CUDA device is usable: %s", why);
     if (*device < 0) *device = wv_cuda_current_device();
     if (*device >= count)
         return wv_fail(err, WV_ERR_INVALID, "CUDA device %d does not exist (%d found)", *device, count);
@@ -1899,19 +1929,6 @@ extern "C" const wv_backend_set *wv_cuda_backends(void)
     if (!settled) read_taps_max_channels();
     settled = 1;
     return &CUDA_SET;
-}
-
-extern "C" int wv_cuda_device_count(char *why, size_t why_size)
-{
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        snprintf(why, why_size, "%s", cudaGetErrorString(e));
-        return 0;
-    }
-    if (!count) snprintf(why, why_size, "no CUDA device found");
-    return count;
 }
 
 extern "C" int wv_cuda_current_device(void)

@@ -1,5 +1,6 @@
 """The build (setup.py) in a scratch copy of the sources: a CUDA module of an earlier build never
 outlives a build without one, and the reason the CUDA backend was left out is recorded for backends()."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -28,10 +29,14 @@ def build_in_place(src, **env):
                           text=True, env=dict(os.environ, **env), timeout=600)
 
 
-def recorded_reason(src):
+def recorded(src, name):
     scope = {}
     exec((src / "wanvideo_vae" / "_build_info.py").read_text(), scope)
-    return scope["CUDA_NOT_BUILT"]
+    return scope[name]
+
+
+def recorded_reason(src):
+    return recorded(src, "CUDA_NOT_BUILT")
 
 
 def test_a_build_without_cuda_removes_an_earlier_cuda_module(tmp_path):
@@ -42,6 +47,7 @@ def test_a_build_without_cuda_removes_an_earlier_cuda_module(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (src / "wanvideo_vae" / ("_C" + SUFFIX)).exists() and not stale.exists()
     assert recorded_reason(src) == "skipped (WANVIDEO_CUDA=0)"
+    assert recorded(src, "CUDA_BUILD_WARNINGS") == []
     assert not list((src / "build").rglob("_cuda" + SUFFIX))
 
 
@@ -58,3 +64,203 @@ def test_a_failed_cuda_build_goes_on_cpu_only_and_says_why(tmp_path):
 def test_an_unknown_cuda_mode_is_refused(tmp_path):
     r = build_in_place(scratch_copy(tmp_path), WANVIDEO_CUDA="maybe")
     assert r.returncode != 0 and "WANVIDEO_CUDA='maybe'" in r.stderr
+
+
+# ---- CUDA versions: a toolkit, cuDNN or cuBLAS of another CUDA major than PyTorch's ----------------
+
+@pytest.fixture
+def setup_module(monkeypatch):
+    monkeypatch.chdir(REPO)  # setup.py lists csrc/ when loaded
+    spec = importlib.util.spec_from_file_location("wv_setup_versions", os.path.join(REPO, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # its setup() runs only as __main__
+    return module
+
+
+def fake_toolkit(root, version):
+    (root / "include").mkdir(parents=True)
+    (root / "include" / "cuda_runtime_api.h").write_text(f"#define CUDART_VERSION {version}\n")
+    (root / "lib64").mkdir()
+    (root / "include" / "cudnn.h").write_text("")
+    (root / "lib64" / "libcudnn.so.9").write_text("")
+    return root
+
+
+def fake_wheel(site_packages, package, dist_info, lib, header):
+    root = site_packages / "nvidia" / package
+    (root / "include").mkdir(parents=True)
+    (root / "include" / header).write_text("")
+    (root / "lib").mkdir()
+    (root / "lib" / lib).write_text("")
+    (site_packages / dist_info).mkdir()
+    return root
+
+
+def test_the_cuda_major_of_each_library_is_read_where_it_shows(setup_module, tmp_path):
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
+    sp = tmp_path / "site-packages"
+    cudnn12 = fake_wheel(sp, "cudnn", "nvidia_cudnn_cu12-9.1.0.70.dist-info", "libcudnn.so.9", "cudnn.h")
+    cublas12 = fake_wheel(sp, "cublas", "nvidia_cublas_cu12-12.8.4.1.dist-info", "libcublas.so.12", "cublas_v2.h")
+    assert setup_module.toolkit_cuda_version(str(toolkit)) == (13, 0)
+    assert setup_module.library_cuda_major(str(toolkit / "lib64" / "libcudnn.so.9"), str(toolkit)) == 13
+    assert setup_module.library_cuda_major(str(cudnn12 / "lib" / "libcudnn.so.9"), str(toolkit)) == 12
+    assert setup_module.library_cuda_major(str(cublas12 / "lib" / "libcublas.so.12"), str(toolkit)) == 12
+    assert setup_module.library_cuda_major(str(tmp_path / "cudnn" / "lib" / "libcudnn.so.9"), str(toolkit)) is None
+
+
+def test_a_library_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_path):
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
+    cudnn12 = fake_wheel(tmp_path / "site-packages", "cudnn", "nvidia_cudnn_cu12-9.1.0.70.dist-info",
+                         "libcudnn.so.9", "cudnn.h")
+    names = ("cudnn.h", ["libcudnn.so.9"])
+    inc, lib = setup_module.pick_library("cuDNN", [str(cudnn12), str(toolkit)], names, str(toolkit), 13)
+    assert lib == str(toolkit / "lib64" / "libcudnn.so.9") and setup_module.CUDA_NOTE["warnings"] == []
+    inc, lib = setup_module.pick_library("cuDNN", [str(cudnn12)], names, str(toolkit), 13)  # the only one: kept
+    assert lib == str(cudnn12 / "lib" / "libcudnn.so.9")
+    assert setup_module.CUDA_NOTE["warnings"] == [
+        f"cuDNN {lib} is built for CUDA 12 and the toolkit is CUDA 13: the CUDA backend will need a driver for "
+        "CUDA 13; cuDNN for CUDA 13 (nvidia-cudnn-cu13) avoids it"]
+
+
+def test_a_toolkit_newer_than_pytorchs_cuda_is_reported(setup_module, tmp_path, monkeypatch):
+    sp = tmp_path / "site-packages"
+    (sp / "torch").mkdir(parents=True)
+    (sp / "torch" / "version.py").write_text("from typing import Optional\ncuda: Optional[str] = '12.8'\n")
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(sp)])
+    assert setup_module.torch_cuda_version() == "12.8"
+    setup_module.check_torch_cuda((12, 9))
+    assert setup_module.CUDA_NOTE["warnings"] == []
+    setup_module.check_torch_cuda((13, 0))
+    assert setup_module.CUDA_NOTE["warnings"] == [
+        "PyTorch here is built for CUDA 12.8 and the toolkit is CUDA 13.0: the CUDA backend needs a driver for "
+        "CUDA 13.0, newer than PyTorch needs (backends() says when it is not); a CUDA 12 toolkit (CUDA_HOME) "
+        "matches PyTorch"]
+    (sp / "torch" / "version.py").write_text("cuda = None\n")  # a CPU build of PyTorch: nothing to match
+    setup_module.CUDA_NOTE["warnings"].clear()
+    setup_module.check_torch_cuda((13, 0))
+    assert setup_module.CUDA_NOTE["warnings"] == []
+
+
+def test_backends_reports_the_builds_warnings():
+    import wanvideo_vae as wv
+    assert isinstance(wv.backends()["cuda"]["build_warnings"], list)
+
+
+# ---- the Windows branches of setup.py and of the DLL search, run here with stand-ins -------------
+# (a mistake in them would break every Windows install, and CI has no Windows machine)
+
+def touch(path, text=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def windows_tree(tmp_path):
+    """A CUDA 13 toolkit and the nvidia-cudnn-cu13 / nvidia-cublas wheels as laid out on Windows."""
+    toolkit = tmp_path / "CUDA" / "v13.0"
+    touch(toolkit / "bin" / "nvcc.exe")
+    touch(toolkit / "bin" / "x64" / "cudart64_13.dll")
+    touch(toolkit / "include" / "cuda_runtime_api.h", "#define CUDART_VERSION 13000\n")
+    touch(toolkit / "lib" / "x64" / "cudart_static.lib")
+    sp = tmp_path / "site-packages"
+    touch(sp / "nvidia" / "cudnn" / "include" / "cudnn.h")
+    touch(sp / "nvidia" / "cudnn" / "bin" / "cudnn64_9.dll")
+    (sp / "nvidia_cudnn_cu13-9.28.0.dist-info").mkdir()
+    touch(sp / "nvidia" / "cu13" / "include" / "cublas_v2.h")
+    touch(sp / "nvidia" / "cu13" / "bin" / "x86_64" / "cublas64_13.dll")
+    touch(sp / "torch" / "lib" / "cudnn64_9.dll")
+    return toolkit, sp
+
+
+@pytest.fixture
+def on_windows(setup_module, tmp_path, monkeypatch):
+    monkeypatch.setattr(setup_module, "WINDOWS", True)
+    for var in ("CUDA_HOME", "CUDNN_PATH", "CUBLAS_PATH", "WANVIDEO_CUDA", "WANVIDEO_CUDA_ARCHS", "INCLUDE", "LIB"):
+        monkeypatch.delenv(var, raising=False)
+    toolkit, sp = windows_tree(tmp_path)
+    monkeypatch.setenv("CUDA_PATH", str(toolkit))
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(sp)])
+    return setup_module, toolkit, sp
+
+
+def test_windows_cuda_config_finds_the_toolkit_and_the_wheels_dlls(on_windows):
+    setup_module, toolkit, sp = on_windows
+    cfg = setup_module.cuda_config()
+    assert cfg["nvcc"] == str(toolkit / "bin" / "nvcc.exe") and cfg["toolkit"] == str(toolkit)
+    assert cfg["cudart"] == str(toolkit / "lib" / "x64" / "cudart_static.lib")
+    assert cfg["cudnn_lib"] == str(sp / "nvidia" / "cudnn" / "bin" / "cudnn64_9.dll")
+    assert cfg["cublas_lib"] == str(sp / "nvidia" / "cu13" / "bin" / "x86_64" / "cublas64_13.dll")
+    assert setup_module.CUDA_NOTE == {"why": "", "warnings": []}
+    ext = setup_module.cuda_extension(cfg)
+    assert ext.libraries == ["cudart_static", "cudnn", "cublas"] and ext.extra_link_args == []
+    assert str(toolkit / "lib" / "x64") in ext.library_dirs
+
+
+class StandInMSVC:
+    """What BuildExt uses of setuptools' MSVC compiler object."""
+
+    def __init__(self, folder):
+        self.initialized = False
+        self.cc = str(folder / "VC" / "bin" / "cl.exe")
+        self.lib = str(folder / "VC" / "bin" / "lib.exe")
+        self._paths = str(folder / "VC" / "bin")
+        self.include_dirs = [str(folder / "VC" / "include")]
+        self.library_dirs = [str(folder / "VC" / "lib")]
+        self.spawned = []
+
+    def initialize(self):
+        self.initialized = True
+
+    def spawn(self, cmd):
+        self.spawned.append(cmd)
+
+
+def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup(on_windows, tmp_path, monkeypatch):
+    setup_module, toolkit, sp = on_windows
+    from setuptools import Distribution
+    ext = setup_module.cuda_extension(setup_module.cuda_config())
+    nvcc_runs, linked = [], []
+    monkeypatch.setattr(setup_module.subprocess, "run", lambda cmd, check, env: nvcc_runs.append((cmd, env)))
+    monkeypatch.setattr(setup_module.build_ext, "build_extension", lambda self, e: linked.append(e))
+    build = setup_module.BuildExt(Distribution())
+    build.build_temp, build.compiler = str(tmp_path / "temp"), StandInMSVC(tmp_path)
+    build.build_extension(ext)
+    assert setup_module.CUDA_NOTE["why"] == "" and linked == [ext]
+    msvc = build.compiler
+    assert [cmd[:3] for cmd in msvc.spawned] == [[msvc.lib, "/nologo", "/machine:x64"]] * 2
+    for cmd, name, dll in zip(msvc.spawned, ("cudnn", "cublas"), ("cudnn64_9.dll", "cublas64_13.dll")):
+        definition = os.path.join(build.build_temp, name + ".def")
+        assert cmd[3:] == ["/def:" + definition, "/out:" + os.path.join(build.build_temp, name + ".lib")]
+        lines = open(definition).read().split()
+        assert lines[:3] == ["LIBRARY", dll, "EXPORTS"] and lines[3:] == setup_module.CUDA_IMPORTS[name]
+    assert ext.library_dirs.count(build.build_temp) == 1 and ext.library_dirs[0] == build.build_temp
+    assert ext.extra_objects == [os.path.join(build.build_temp, os.path.basename(src) + ".obj")
+                                 for src in setup_module.CUDA_SOURCES]
+    assert len(nvcc_runs) == len(setup_module.CUDA_SOURCES)
+    for cmd, env in nvcc_runs:
+        assert cmd[0] == str(toolkit / "bin" / "nvcc.exe")
+        assert cmd[cmd.index("-ccbin") + 1] == os.path.dirname(msvc.cc)
+        assert cmd[cmd.index("-Xcompiler") + 1] == "/MD,/O2,/EHsc"
+        assert env["PATH"] == msvc._paths
+        assert env["INCLUDE"] == os.pathsep.join(msvc.include_dirs) and env["LIB"] == os.pathsep.join(msvc.library_dirs)
+
+
+def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
+    from wanvideo_vae import devices
+    toolkit, sp = windows_tree(tmp_path)
+    added = []
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "add_dll_directory", added.append, raising=False)
+    monkeypatch.setattr(devices.sysconfig, "get_paths", lambda: {"purelib": str(sp), "platlib": str(sp)})
+    monkeypatch.setenv("CUDA_PATH", str(toolkit))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setattr(devices, "_dll_dirs_added", False)
+    devices.add_windows_dll_dirs()
+    devices.add_windows_dll_dirs()  # once per process
+    assert sorted(added) == sorted([str(toolkit / "bin"), str(toolkit / "bin" / "x64"), str(sp / "nvidia" / "cudnn" / "bin"),
+                                    str(sp / "nvidia" / "cu13" / "bin"), str(sp / "nvidia" / "cu13" / "bin" / "x86_64")])
+    shutil.rmtree(sp / "nvidia" / "cudnn")  # no cuDNN wheel: PyTorch's own DLLs in torch/lib
+    added.clear()
+    monkeypatch.setattr(devices, "_dll_dirs_added", False)
+    devices.add_windows_dll_dirs()
+    assert str(sp / "torch" / "lib") in added and str(sp / "nvidia" / "cudnn" / "bin") not in added

@@ -514,10 +514,31 @@ def test_core_node_has_comfyui_free_the_memory_its_tiles_want(monkeypatch, fake_
     assert freed == [(int(plan["planned_bytes"] / comfy_nodes.DEVICE_BUDGET_SHARE), torch.device("cuda", 0))]
 
 
-def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch):
+def test_nodes_stay_on_the_cpu_without_a_usable_gpu(monkeypatch, capsys):
     from wanvideo_vae import comfy_nodes
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(False))
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
+    assert capsys.readouterr().err == ""  # no GPU at all: the CPU is all there is
+
+
+def test_nodes_say_once_why_they_decode_on_the_cpu_beside_a_gpu(monkeypatch, capsys):
+    """A CUDA backend that was not built (no nvcc) or cannot run (an old driver) would otherwise show
+    only as a decode that seems to hang."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", lambda: {"cuda": {"usable": False, "reason": "not built: nvcc not found"}})
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for _ in range(2):
+        assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
+    err = capsys.readouterr().err
+    assert err.count("wanvideo_vae: decoding on the CPU although PyTorch has a GPU") == 1
+    assert "(not built: nvcc not found)" in err
+    monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")  # chosen: nothing to say
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
+    assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
+    assert capsys.readouterr().err == ""
 
 
 def test_decoder_cache_survives_offload_and_sees_new_weights():

@@ -48,11 +48,13 @@ def normalize_frames(raw, mode="default", inplace=False):
 
 def backends():
     """{"cpu": {...}, "cuda": {...}}: for each backend whether it was compiled, loads, and is usable
-    now (a device is present), the reason when not, its precisions and the ops it implements."""
+    now (a device is present), the reason when not, its precisions and the ops it implements; for
+    CUDA also the build's warnings (CUDA versions that differ from PyTorch's)."""
     feats = _C.backend_features()
     feats["cpu"].update(compiled=True, usable=True, reason="")
     cuda = feats["cuda"]
     cuda["compiled"] = importlib.util.find_spec("wanvideo_vae._cuda") is not None
+    cuda["build_warnings"] = _cuda_build_warnings()
     mod = cuda_module() if cuda["loaded"] else None
     if mod is None:
         cuda.update(usable=False, devices=0, precisions=[])
@@ -71,6 +73,16 @@ def _cuda_not_built():
     except ImportError:  # a copy built by other means
         return "nvcc, cuDNN or cuBLAS was missing when the package was built"
     return CUDA_NOT_BUILT or "its module is missing from this installation"
+
+
+def _cuda_build_warnings():
+    """What setup.py found that may keep the CUDA backend from running where PyTorch does (a
+    toolkit, cuDNN or cuBLAS of another CUDA version than PyTorch's)."""
+    try:
+        from ._build_info import CUDA_BUILD_WARNINGS
+    except ImportError:  # a copy built by other means, or by an older setup.py
+        return []
+    return list(CUDA_BUILD_WARNINGS)
 
 
 def _is_int(v):

@@ -49,7 +49,11 @@ def _backend_for(module, *tensors):
     (ComfyUI keeps latents, and offloaded VAEs, on the CPU between nodes): on the GPU a tensor or
     the VAE is on, else the current one. Otherwise the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces
     the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in fp32 (precision_for)."""
-    if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or not backends()["cuda"]["usable"]:
+    if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu":
+        return "cpu", None, None
+    cuda = backends()["cuda"]
+    if not cuda["usable"]:
+        _warn_cpu_beside_a_gpu(cuda.get("reason", ""))
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
     on_gpu = [t.device for t in (p,) + tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"]
@@ -58,6 +62,21 @@ def _backend_for(module, *tensors):
         index = _torch().cuda.current_device()
     precision = _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16")
     return "cuda", precision_for(precision, index), index
+
+
+_warned_cpu = set()
+
+
+def _warn_cpu_beside_a_gpu(reason):
+    """A decode on the CPU where PyTorch has a GPU is what a missing CUDA backend looks like: a
+    video takes tens of minutes instead of seconds. Said once per reason, on the console."""
+    if reason in _warned_cpu or not _torch().cuda.is_available():
+        return
+    _warned_cpu.add(reason)
+    print(f"wanvideo_vae: decoding on the CPU although PyTorch has a GPU: the CUDA backend is not usable "
+          f"({reason or 'not built'}). A CPU decode of a few seconds of 720p video takes tens of minutes; see "
+          "the README's 'Building the CUDA backend', or set WANVIDEO_VAE_BACKEND=cpu to choose the CPU "
+          "(and silence this).", file=sys.stderr)
 
 
 def _on_decoder_gpu(latents, placement):

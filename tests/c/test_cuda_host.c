@@ -297,6 +297,25 @@ static void model_on_the_second_gpu(const weight_set *ws)
     stub_set_device_count(1);
 }
 
+/* A missing or old driver: the reason names the versions and the way out. */
+static void old_driver_explained(const weight_set *ws)
+{
+    char why[256] = "";
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    stub_set_driver_version(12040);
+    CHECK(wv_cuda_device_count(why, sizeof why) == 0);
+    CHECK(strstr(why, "supports CUDA up to 12.4, older than the CUDA 13.0") != NULL);
+    CHECK(strstr(why, "rebuild with a CUDA 12 toolkit") != NULL);
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "no CUDA device is usable: the NVIDIA driver supports CUDA up to 12.4") == err.msg);
+    stub_set_driver_version(0);
+    CHECK(wv_cuda_device_count(why, sizeof why) == 0);
+    CHECK(strstr(why, "no NVIDIA driver found") != NULL);
+    stub_set_driver_version(13000);
+    CHECK(wv_cuda_device_count(why, sizeof why) == 1);
+}
+
 int main(void)
 {
     static weight_set ws;
@@ -306,6 +325,7 @@ int main(void)
     wv_error err = {WV_OK, ""};
     CHECK(wv_cuda_backends()->abi == WV_BACKEND_ABI);
     CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
+    old_driver_explained(&ws);
     if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {
         CHECK(wv_model_build(&reference, wv_backend_cpu(), -1, ws.views, ws.n, &err) == WV_OK);
         g_reference = &reference;

@@ -309,6 +309,7 @@ static int g_capturing; /* streams being captured into graphs */
  * context, and a call that needs one with none current creates the current device's. */
 #define STUB_MAX_DEVICES 8
 static int g_device_count = 1;
+static int g_driver_version = 13000; /* below the runtime's (13000): cudaErrorInsufficientDriver */
 static int g_context_made[STUB_MAX_DEVICES];
 static char g_context_handles[STUB_MAX_DEVICES]; /* a context handle: the address of its device's */
 static thread_local int t_device;
@@ -325,6 +326,8 @@ static void need_context(void)
 {
     if (!t_context) make_current(t_device);
 }
+
+extern "C" void stub_set_driver_version(int v) { g_driver_version = v; }
 
 extern "C" void stub_set_device_count(int n)
 {
@@ -455,8 +458,8 @@ extern "C" {
 
 cudaError_t cudaGetDeviceCount(int *count)
 {
-    *count = g_device_count;
-    return cudaSuccess;
+    *count = g_driver_version < 13000 ? 0 : g_device_count;
+    return g_driver_version < 13000 ? cudaErrorInsufficientDriver : cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int *device)
@@ -533,7 +536,7 @@ cudaError_t cudaRuntimeGetVersion(int *v)
 
 cudaError_t cudaDriverGetVersion(int *v)
 {
-    *v = 13000;
+    *v = g_driver_version;
     return cudaSuccess;
 }
 

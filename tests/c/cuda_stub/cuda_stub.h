@@ -31,6 +31,9 @@ stub_calls stub_counts(void);
  * by a call that needed a context with none current: the current device's, 0 in a fresh thread).
  * stub_current_context: the device whose context is current in the calling thread, -1: none. */
 void stub_set_device_count(int n);
+/* The CUDA version the driver supports, as cudaDriverGetVersion says (13000 at first, as the
+ * runtime; 0: no driver); below the runtime's, cudaGetDeviceCount fails as on such a machine. */
+void stub_set_driver_version(int v);
 int stub_context_made(int device);
 int stub_current_context(void);
 
