@@ -244,11 +244,10 @@ def pick_library(what, roots, names, toolkit, cuda_major):
             return pair
     if not found:
         return None, None
-    hint = {"cuDNN": f"nvidia-cudnn-cu{cuda_major}",
-            "cuBLAS": "the toolkit's own, or " + ("nvidia-cublas" if cuda_major >= 13 else f"nvidia-cublas-cu{cuda_major}")}
+    # not "install the cuDNN of the toolkit's CUDA": both cuDNN wheels fill nvidia/cudnn, PyTorch's own
     warn(f"{what} {found[0][1]} is built for CUDA {majors[0]} and the toolkit is CUDA {cuda_major}: the CUDA "
-         f"backend will need a driver for CUDA {max(majors[0], cuda_major)}; {what} for CUDA {cuda_major} "
-         f"({hint[what]}) avoids it")
+         f"backend will need a driver for CUDA {max(majors[0], cuda_major)}; a CUDA {majors[0]} toolkit "
+         "(CUDA_HOME) matches it")
     return found[0]
 
 
@@ -295,8 +294,8 @@ def cuda_config():
         "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
         ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major)
     if not cudnn_inc:
-        return missing(mode, "cuDNN not found (pip install nvidia-cudnn-cu13, or -cu12 for a CUDA 12 toolkit, "
-                             "or set CUDNN_PATH)")
+        wheel = f"nvidia-cudnn-cu{cuda_major}" if cuda_major else "nvidia-cudnn-cu13 (-cu12 for a CUDA 12 toolkit)"
+        return missing(mode, f"cuDNN not found (pip install {wheel}, or set CUDNN_PATH)")
     cublas_inc, cublas_lib = pick_library(
         "cuBLAS", candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
         ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so

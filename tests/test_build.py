@@ -119,7 +119,7 @@ def test_a_library_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_pat
     assert lib == str(cudnn12 / "lib" / "libcudnn.so.9")
     assert setup_module.CUDA_NOTE["warnings"] == [
         f"cuDNN {lib} is built for CUDA 12 and the toolkit is CUDA 13: the CUDA backend will need a driver for "
-        "CUDA 13; cuDNN for CUDA 13 (nvidia-cudnn-cu13) avoids it"]
+        "CUDA 13; a CUDA 12 toolkit (CUDA_HOME) matches it"]
 
 
 def test_a_toolkit_newer_than_pytorchs_cuda_is_reported(setup_module, tmp_path, monkeypatch):
@@ -264,3 +264,10 @@ def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "_dll_dirs_added", False)
     devices.add_windows_dll_dirs()
     assert str(sp / "torch" / "lib") in added and str(sp / "nvidia" / "cudnn" / "bin") not in added
+
+
+def test_a_missing_cudnn_is_named_with_the_wheel_for_the_toolkits_cuda(on_windows):
+    setup_module, toolkit, sp = on_windows
+    shutil.rmtree(sp / "nvidia" / "cudnn")
+    assert setup_module.cuda_config() is None
+    assert setup_module.CUDA_NOTE["why"] == "cuDNN not found (pip install nvidia-cudnn-cu13, or set CUDNN_PATH)"
