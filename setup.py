@@ -265,15 +265,15 @@ def torch_cuda_version():
 
 
 def check_torch_cuda(cuda_version):
-    """A toolkit of another CUDA major than PyTorch's makes a backend that needs another driver."""
+    """A toolkit of a newer CUDA major than PyTorch's makes a backend that needs a newer driver than
+    PyTorch does (an older one runs on PyTorch's driver)."""
     torch_cuda = torch_cuda_version()
-    if not torch_cuda or not cuda_version or int(torch_cuda.split(".")[0]) == cuda_version[0]:
+    if not torch_cuda or not cuda_version or cuda_version[0] <= int(torch_cuda.split(".")[0]):
         return
     toolkit = "%d.%d" % cuda_version
     warn(f"PyTorch here is built for CUDA {torch_cuda} and the toolkit is CUDA {toolkit}: the CUDA backend "
-         f"needs a driver for CUDA {toolkit}" + (", newer than PyTorch needs" if cuda_version[0] > int(
-             torch_cuda.split(".")[0]) else "") + f" (backends() says when it is not); a CUDA "
-         f"{torch_cuda.split('.')[0]} toolkit (CUDA_HOME) matches PyTorch")
+         f"needs a driver for CUDA {toolkit}, newer than PyTorch needs (backends() says when it is not); a "
+         f"CUDA {torch_cuda.split('.')[0]} toolkit (CUDA_HOME) matches PyTorch")
 
 
 def cuda_config():

@@ -129,6 +129,7 @@ def test_a_toolkit_newer_than_pytorchs_cuda_is_reported(setup_module, tmp_path, 
     monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(sp)])
     assert setup_module.torch_cuda_version() == "12.8"
     setup_module.check_torch_cuda((12, 9))
+    setup_module.check_torch_cuda((11, 8))  # older: it runs on PyTorch's driver
     assert setup_module.CUDA_NOTE["warnings"] == []
     setup_module.check_torch_cuda((13, 0))
     assert setup_module.CUDA_NOTE["warnings"] == [
