@@ -79,14 +79,35 @@ def test_public_workflow_is_consistent_too():
     check_links(load(PUBLIC))
 
 
-def test_patch_public_workflow_changes_only_the_decode_node(tmp_path):
+def test_patch_public_workflow_rewrites_the_decode_node_and_patches_the_vae(tmp_path, capsys):
+    """The public InfiniteTalk workflow: its VAE loader feeds a SetNode, whose GetNodes feed the decode
+    node and the sampler's image-to-video node (whose VAE the sampler decodes each window with)."""
     original = load(PUBLIC)
     out = tmp_path / "patched.json"
     assert cli_main(["patch-workflow", PUBLIC, str(out)]) == 0
+    assert "1 WanVideoDecode node(s)" in capsys.readouterr().out
     patched = load(out)
-    assert {k: v for k, v in patched.items() if k != "nodes"} == {k: v for k, v in original.items() if k != "nodes"}
+    same = ("nodes", "links", "last_node_id", "last_link_id")
+    assert {k: v for k, v in patched.items() if k not in same} == {k: v for k, v in original.items() if k not in same}
+    before_nodes = {n["id"]: n for n in original["nodes"]}
+    after_nodes = {n["id"]: n for n in patched["nodes"]}
+    added = set(after_nodes) - set(before_nodes)
+    assert len(added) == 1 and patched["last_node_id"] == original["last_node_id"] + 1
+    patch = after_nodes[added.pop()]
+    assert patch["type"] == "WanVideoNativeVAEPatch"
+    loader = next(n for n in original["nodes"] if n["type"] == "WanVideoVAELoader")
+    (old_link,) = loader["outputs"][0]["links"]
+    new_link = patched["last_link_id"]
+    assert after_nodes[loader["id"]]["outputs"][0]["links"] == [new_link]
+    assert patch["inputs"][0]["link"] == new_link and patch["outputs"][0]["links"] == [old_link]
+    links = {link[0]: link for link in patched["links"]}
+    assert links[new_link] == [new_link, loader["id"], 0, patch["id"], 0, "WANVAE"]
+    assert links[old_link][1:3] == [patch["id"], 0]  # the SetNode's link now leaves the patch node
+    assert {k: v for k, v in links.items() if k not in (old_link, new_link)} == \
+        {link[0]: link for link in original["links"] if link[0] != old_link}
     changed = 0
-    for before, after in zip(original["nodes"], patched["nodes"]):
+    for nid, before in before_nodes.items():
+        after = after_nodes[nid]
         if before["type"] == "WanVideoDecode":
             changed += 1
             assert after["type"] == "WanVideoNativeDecode"
@@ -94,19 +115,50 @@ def test_patch_public_workflow_changes_only_the_decode_node(tmp_path):
             strip = lambda n: {k: v for k, v in n.items() if k not in ("type", "properties")}  # noqa: E731
             assert strip(after) == strip(before)
             check_widgets(after)
+        elif nid == loader["id"]:
+            assert {k: v for k, v in after.items() if k != "outputs"} == {k: v for k, v in before.items() if k != "outputs"}
         else:
             assert after == before
     assert changed == 1
     check_links(patched)
+    check_widgets(patch)
+    again = copy.deepcopy(patched)  # patched twice: the loader already feeds a patch node
+    assert patch_workflow(again) == (0, 0, 0) and again == patched
+
+
+def test_patch_public_workflow_decode_only(tmp_path):
+    out = tmp_path / "patched.json"
+    assert cli_main(["patch-workflow", "--decode-only", PUBLIC, str(out)]) == 0
+    original, patched = load(PUBLIC), load(out)
+    assert len(patched["nodes"]) == len(original["nodes"]) and patched["links"] == original["links"]
 
 
 def test_patch_api_format():
     api = {"1": {"class_type": "WanVideoDecode", "inputs": {"vae": ["2", 0], "tile_x": 272}},
-           "2": {"class_type": "WanVideoVAELoader", "inputs": {}}}
+           "2": {"class_type": "WanVideoVAELoader", "inputs": {}},
+           "5": {"class_type": "WanVideoImageToVideoMultiTalk", "inputs": {"vae": ["2", 0], "width": 832}}}
     patched = copy.deepcopy(api)
-    assert patch_workflow(patched) == 1
-    assert patched["1"]["class_type"] == "WanVideoNativeDecode" and patched["1"]["inputs"] == api["1"]["inputs"]
+    assert patch_workflow(patched) == (1, 1, 0)
+    assert patched["1"]["class_type"] == "WanVideoNativeDecode"
+    assert patched["1"]["inputs"] == {"vae": ["6", 0], "tile_x": 272}
+    assert patched["5"]["inputs"] == {"vae": ["6", 0], "width": 832}
+    assert patched["6"]["class_type"] == "WanVideoNativeVAEPatch" and patched["6"]["inputs"] == {"vae": ["2", 0]}
     assert patched["2"] == api["2"]
+    again = copy.deepcopy(patched)
+    assert patch_workflow(again) == (0, 0, 0) and again == patched
+    decode_only = copy.deepcopy(api)
+    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
+
+
+def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
+    ui = {"nodes": [], "links": [], "last_node_id": 0, "last_link_id": 0,
+          "definitions": {"subgraphs": [{"nodes": [{"id": 1, "type": "WanVideoVAELoader",
+                                                    "outputs": [{"name": "vae", "type": "WANVAE", "links": [1]}]}]}]}}
+    src = tmp_path / "sub.json"
+    src.write_text(json.dumps(ui))
+    assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
+    assert "1 VAE loader(s) inside subgraphs were left as they are" in capsys.readouterr().out
+    assert load(tmp_path / "o.json") == ui
 
 
 def test_patch_workflow_bad_input(tmp_path, capsys):
@@ -127,7 +179,12 @@ def test_patched_nodes_drop_the_source_packs_identity():
                     {"id": 2, "type": "WanVideoDecode", "properties": {"cnr_id": "ComfyUI-WanVideoWrapper",
                                                                          "ver": "1.2.3"}}],
           "definitions": None}
-    assert patch_workflow(ui) == 2
+    assert patch_workflow(ui).decode_nodes == 2
     assert ui["nodes"][0]["properties"] == {"Node name for S&R": "WanVideoNativeDecode"}
     assert ui["nodes"][1]["properties"] == {"Node name for S&R": "WanVideoNativeDecode", "cnr_id": "wanvideo-vae"}
-    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == 0
+    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0)
+
+
+def test_the_example_workflow_needs_no_patching():
+    wf = load(EXAMPLE)
+    assert patch_workflow(wf) == (0, 0, 0) and wf == load(EXAMPLE)

@@ -5,7 +5,8 @@ decode (the default): latents + a VAE checkpoint -> a video, PNG frames or .npy.
   runs on a fresh machine (the frames show noise: it demonstrates speed and memory).
 bench: our decode beside PyTorch (untiled, and blended-tiled the way ComfyUI-WanVideoWrapper
   tiles) on the same latents and weights, in one process: time, peak memory, max difference.
-patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes to the native exact decoder.
+patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes to the native exact decoder and put
+  the VAE patch node after its VAE loaders (the samplers' own decodes).
 """
 import argparse
 import contextlib
@@ -326,12 +327,19 @@ def _plot(runs, path, title):
 
 def patch_workflow_cmd(args):
     try:
-        count = patch_workflow_file(args.src, args.dst)
+        report = patch_workflow_file(args.src, args.dst, vae_patch=not args.decode_only)
     except OSError as e:
         raise CliError(f"{e.filename or args.src}: {e.strerror}") from None
     except ValueError as e:
         raise CliError(str(e)) from None
-    print(f"{args.dst}: {count} WanVideoDecode node(s) now use WanVideoNativeDecode")
+    said = f"{args.dst}: {report.decode_nodes} WanVideoDecode node(s) now use WanVideoNativeDecode"
+    if not args.decode_only:
+        said += (f"; {report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
+                 "samplers' own decodes (InfiniteTalk windows) are native too")
+    print(said)
+    if report.loaders_in_subgraphs:
+        print(f"note: {report.loaders_in_subgraphs} VAE loader(s) inside subgraphs were left as they are: put a "
+              "'WanVideo VAE: use native exact decode' node after them by hand")
     return 0
 
 
@@ -414,9 +422,12 @@ def build_parser():
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")
     b.set_defaults(func=bench_cmd)
-    p = sub.add_parser("patch-workflow", help="rewrite a workflow's WanVideoDecode nodes to the native decoder")
+    p = sub.add_parser("patch-workflow", help="rewrite a workflow's WanVideoDecode nodes to the native decoder and "
+                                                           "patch its VAE loaders' outputs")
     p.add_argument("src", help="workflow JSON (UI or API format)")
     p.add_argument("dst", help="where to write the patched workflow")
+    p.add_argument("--decode-only", action="store_true",
+                   help="rewrite the decode nodes only; leave the VAE loaders' outputs unpatched")
     p.set_defaults(func=patch_workflow_cmd)
     return ap
 

@@ -1,12 +1,24 @@
-"""Rewriting ComfyUI workflows to use the native decoder: every WanVideoDecode node becomes a
-WanVideoNativeDecode node with the same links and widget values (both take the same inputs in the
-same order). Handles the UI format (nodes / links, subgraph definitions included) and the API
-format ({id: {"class_type", "inputs"}})."""
+"""Rewriting ComfyUI workflows to use the native decoder:
+
+- every WanVideoDecode node becomes a WanVideoNativeDecode node with the same links and widget
+  values (both take the same inputs in the same order);
+- every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
+  that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
+  too. An output that already feeds a patch node is left as it is; loaders inside subgraph
+  definitions are counted, not patched.
+
+Handles the UI format (nodes / links, subgraph definitions included) and the API format
+({id: {"class_type", "inputs"}})."""
 import json
+from collections import namedtuple
 
 SOURCE_TYPE = "WanVideoDecode"
 TARGET_TYPE = "WanVideoNativeDecode"
+PATCH_TYPE = "WanVideoNativeVAEPatch"
+LOADER_PREFIX = "WanVideoVAELoader"  # the wrapper's loader, and its MultiGPU variant (WanVideoVAELoaderMultiGPU)
 PACK_ID = "wanvideo-vae"
+
+PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs")
 
 
 def _patch_ui_node(node):
@@ -30,30 +42,112 @@ def _ui_node_lists(workflow):
         yield sub.get("nodes") or []
 
 
-def patch_workflow(workflow):
-    """Patches `workflow` (a parsed JSON object) in place; returns the number of nodes rewritten."""
-    if not isinstance(workflow, dict):
-        raise ValueError("a ComfyUI workflow is a JSON object")
-    if "nodes" in workflow:
-        return sum(_patch_ui_node(n) for nodes in _ui_node_lists(workflow) for n in nodes)
+def _is_loader(node_type):
+    return isinstance(node_type, str) and node_type.startswith(LOADER_PREFIX)
+
+
+# ---- UI format ---------------------------------------------------------------------------------
+
+def _ui_patch_node(node_id, loader, link_in, links_out):
+    x, y = (loader.get("pos") or [0, 0])[:2]
+    width = (loader.get("size") or [315, 82])[0]
+    return {
+        "id": node_id, "type": PATCH_TYPE, "pos": [x + width + 30, y], "size": [300, 30], "flags": {},
+        "order": loader.get("order", 0), "mode": loader.get("mode", 0),
+        "inputs": [{"name": "vae", "type": "WANVAE", "link": link_in}],
+        "outputs": [{"name": "vae", "type": "WANVAE", "slot_index": 0, "links": links_out}],
+        "properties": {"cnr_id": PACK_ID, "Node name for S&R": PATCH_TYPE}, "widgets_values": [],
+    }
+
+
+def _insert_ui_vae_patches(workflow):
+    """A patch node after each loader output of the top-level graph: the output's links now leave
+    the patch node (their ids and targets unchanged), and one new link joins loader and patch."""
+    nodes = workflow.get("nodes") or []
+    links = workflow.get("links") or []
+    by_id = {n.get("id"): n for n in nodes}
+    by_link = {link[0]: link for link in links if isinstance(link, list) and len(link) >= 6}
     count = 0
-    for node in workflow.values():  # API format
-        if isinstance(node, dict) and node.get("class_type") == SOURCE_TYPE:
-            node["class_type"] = TARGET_TYPE
+    for loader in list(nodes):
+        if not _is_loader(loader.get("type")):
+            continue
+        for slot, out in enumerate(loader.get("outputs") or []):
+            link_ids = [i for i in out.get("links") or [] if i in by_link]
+            if out.get("type") != "WANVAE" or not link_ids:
+                continue
+            if any(by_id.get(by_link[i][3], {}).get("type") == PATCH_TYPE for i in link_ids):
+                continue  # the workflow's author placed one
+            node_id = max([workflow.get("last_node_id") or 0] + [n for n in by_id if isinstance(n, int)]) + 1
+            link_id = max([workflow.get("last_link_id") or 0] + list(by_link)) + 1
+            patch = _ui_patch_node(node_id, loader, link_id, link_ids)
+            for i in link_ids:
+                by_link[i][1], by_link[i][2] = node_id, 0
+            new_link = [link_id, loader["id"], slot, node_id, 0, "WANVAE"]
+            links.append(new_link)
+            by_link[link_id] = new_link
+            out["links"] = [link_id]
+            nodes.append(patch)
+            by_id[node_id] = patch
+            workflow["last_node_id"], workflow["last_link_id"] = node_id, link_id
             count += 1
-    if count == 0 and not all(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-        raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
+    workflow["links"] = links
     return count
 
 
-def patch_workflow_file(src, dst):
+def _loaders_in_subgraphs(workflow):
+    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
+    return sum(_is_loader(n.get("type")) for sub in subgraphs for n in sub.get("nodes") or [])
+
+
+# ---- API format --------------------------------------------------------------------------------
+
+def _insert_api_vae_patches(workflow, nodes):
+    """A patch node after each loader: inputs that named [loader, 0] name the patch node."""
+    count = 0
+    for loader_id in [k for k, n in nodes.items() if _is_loader(n["class_type"])]:
+        source = [loader_id, 0]
+        consumers = [(n, name) for n in nodes.values() for name, v in (n.get("inputs") or {}).items()
+                     if isinstance(v, list) and len(v) == 2 and [str(v[0]), v[1]] == source]
+        if not consumers or any(n.get("class_type") == PATCH_TYPE for n, _ in consumers):
+            continue
+        node_id = str(max([int(k) for k in workflow if str(k).isdigit()] + [0]) + 1)
+        for n, name in consumers:
+            n["inputs"][name] = [node_id, 0]
+        workflow[node_id] = nodes[node_id] = {"class_type": PATCH_TYPE, "inputs": {"vae": source},
+                                              "_meta": {"title": "WanVideo VAE: use native exact decode"}}
+        count += 1
+    return count
+
+
+def patch_workflow(workflow, vae_patch=True):
+    """Patches `workflow` (a parsed JSON object) in place: decode nodes, and (vae_patch) loaders'
+    outputs. Returns a PatchReport of what it changed."""
+    if not isinstance(workflow, dict):
+        raise ValueError("a ComfyUI workflow is a JSON object")
+    if "nodes" in workflow:
+        decodes = sum(_patch_ui_node(n) for nodes in _ui_node_lists(workflow) for n in nodes)
+        patches = _insert_ui_vae_patches(workflow) if vae_patch else 0
+        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow) if vae_patch else 0)
+    nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
+    decodes = 0
+    for node in nodes.values():
+        if node["class_type"] == SOURCE_TYPE:
+            node["class_type"] = TARGET_TYPE
+            decodes += 1
+    patches = _insert_api_vae_patches(workflow, nodes) if vae_patch else 0
+    if not decodes and not patches and len(nodes) < len(workflow):
+        raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
+    return PatchReport(decodes, patches, 0)
+
+
+def patch_workflow_file(src, dst, vae_patch=True):
     with open(src, encoding="utf-8") as f:
         try:
             workflow = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{src}: not valid JSON ({e})") from None
-    count = patch_workflow(workflow)
+    report = patch_workflow(workflow, vae_patch)
     with open(dst, "w", encoding="utf-8") as f:
         json.dump(workflow, f, indent=2, ensure_ascii=False)
         f.write("\n")
-    return count
+    return report
