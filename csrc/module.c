@@ -7,6 +7,8 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 #include "wv_backend.h"
@@ -65,6 +67,17 @@ static int extents_too_large(const wv_view *v)
     return 0;
 }
 
+/* An int of the array interface; anything else (a float, a 65-bit int) is the interface's fault. */
+static int interface_int(PyObject *o, const char *what, const char *field, long long *out)
+{
+    *out = PyLong_AsLongLong(o);
+    if (*out != -1 || !PyErr_Occurred()) return 0;
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+    PyErr_Clear();
+    PyErr_Format(WvError, "%s: array interface '%s' holds %R, not a 64-bit int", what, field, o);
+    return -1;
+}
+
 static int parse_shape(PyObject *iface, const char *what, wv_view *v)
 {
     PyObject *shape = PyDict_GetItemString(iface, "shape");
@@ -80,8 +93,8 @@ static int parse_shape(PyObject *iface, const char *what, wv_view *v)
     }
     v->ndim = (int)PyTuple_GET_SIZE(shape);
     for (int d = 0; d < v->ndim; d++) {
-        long long e = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, d));
-        if (e == -1 && PyErr_Occurred()) goto done;
+        long long e;
+        if (interface_int(PyTuple_GET_ITEM(shape, d), what, "shape", &e)) goto done;
         if (e < 0) {
             PyErr_Format(WvError, "%s: negative extent %lld on axis %d", what, e, d);
             goto done;
@@ -116,8 +129,8 @@ static int parse_strides(PyObject *iface, const char *what, wv_view *v)
     }
     Py_INCREF(strides);
     for (int d = 0; d < v->ndim; d++) {
-        long long s = PyLong_AsLongLong(PyTuple_GET_ITEM(strides, d));
-        if (s == -1 && PyErr_Occurred()) goto done;
+        long long s;
+        if (interface_int(PyTuple_GET_ITEM(strides, d), what, "strides", &s)) goto done;
         if (s < 0) {
             PyErr_Format(WvError, "%s: negative stride %lld on axis %d is not supported", what, s, d);
             goto done;
@@ -173,8 +186,7 @@ static int parse_stream(PyObject *iface, const char *what, py_array *a)
     PyObject *stream = PyDict_GetItemString(iface, "stream");
     a->stream = 0;
     if (!stream || stream == Py_None) return 0;
-    a->stream = PyLong_AsLongLong(stream);
-    if (a->stream == -1 && PyErr_Occurred()) return -1;
+    if (interface_int(stream, what, "stream", &a->stream)) return -1;
     if (a->stream == 0) {
         PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
         return -1;
@@ -218,6 +230,7 @@ static int parse_array(PyObject *obj, const char *what, py_array *a)
         iface = PyObject_GetAttrString(obj, "__array_interface__");
     }
     if (!iface) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1; /* KeyboardInterrupt, MemoryError */
         PyErr_Clear();
         PyErr_Format(WvError, "%s: expected an array (NumPy array or an object with __array_interface__ or "
                               "__cuda_array_interface__), got %.80s",
@@ -271,11 +284,18 @@ static int parse_floats(PyObject *seq, const char *what, int n, float *out)
         return -1;
     }
     for (int i = 0; i < n; i++) {
-        out[i] = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
-        if (out[i] == -1.0f && PyErr_Occurred()) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        double v = PyFloat_AsDouble(item);
+        if (v == -1.0 && PyErr_Occurred()) {
             Py_DECREF(fast);
             return -1;
         }
+        if (!(fabs(v) <= FLT_MAX)) { /* NaN too; beyond FLT_MAX the cast to float is undefined */
+            PyErr_Format(WvError, "%s[%d] = %R is not a finite float32 value", what, i, item);
+            Py_DECREF(fast);
+            return -1;
+        }
+        out[i] = (float)v;
     }
     Py_DECREF(fast);
     return 0;
@@ -646,7 +666,7 @@ static int progress_trampoline(void *user, int64_t done, int64_t total)
         PyObject *r = PyObject_CallFunction(b->callback, "LL", (long long)done, (long long)total);
         if (recorded) leave_callback(me);
         if (!r) stop = 1;
-        else if (r == Py_False) stop = 2;
+        else if (r == Py_False || (PyArray_IsScalar(r, Bool) && !PyObject_IsTrue(r))) stop = 2; /* np.False_ too */
         Py_XDECREF(r);
     }
     if (stop == 1) PyErr_Fetch(&b->exc_type, &b->exc_value, &b->exc_tb);

@@ -328,6 +328,18 @@ def test_non_contiguous_cuda_latents():
 
 
 @torch_gpu
+def test_cuda_latents_with_their_negation_pending_keep_their_sign():
+    """z.conj().imag stores +x with the neg bit for -x: its data pointer alone reads the wrong sign."""
+    torch = _torch()
+    dec = wv.Decoder(random_weights(8, 4, seed=6), backend="cuda", precision="fp32", mean=[0.0] * 4, std=[1.0] * 4)
+    values = torch.from_numpy(random_latents(4, 2, 6, 8, seed=8)).cuda()
+    pending = (values.to(torch.complex64) * 1j).conj().imag
+    assert pending.is_neg()
+    np.testing.assert_allclose(dec.decode(pending, raw=True, enable_vae_tiling=False),
+                               dec.decode(-values, raw=True, enable_vae_tiling=False), atol=REPEAT_TOL)
+
+
+@torch_gpu
 def test_latents_made_on_a_side_stream_are_waited_for():
     torch = _torch()
     weights = random_weights(8, 4, seed=8)

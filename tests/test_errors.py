@@ -530,3 +530,71 @@ def test_numpy_integers_are_ints(small):
     np.testing.assert_array_equal(out, ref)
     with pytest.raises(E, match="positive int"):
         small.decode(lat(), tile_x=np.True_)
+
+
+# ---- edge cases of the boundary: each fails on the code before its fix --------------------------
+
+def test_a_tensor_with_its_negation_pending_decodes_with_its_sign(small):
+    torch = pytest.importorskip("torch")
+    values = torch.from_numpy(lat())
+    pending = (values.to(torch.complex64) * 1j).conj().imag  # -values, stored as +values with the neg bit
+    assert pending.is_neg()
+    np.testing.assert_array_equal(small.decode(pending, raw=True), small.decode((-values).numpy(), raw=True))
+
+
+def test_sparse_and_meta_tensors_are_refused(small):
+    torch = pytest.importorskip("torch")
+    with pytest.raises(E, match="sparse_coo tensor on cpu holds no dense data"):
+        small.decode(torch.from_numpy(lat()).to_sparse())
+    with pytest.raises(E, match="tensor on meta holds no dense data"):
+        small.decode(torch.empty(4, 2, 3, 4, device="meta"))
+
+
+def test_statistics_beyond_float32_are_refused(small):
+    with pytest.raises(E, match="std has a value beyond float32's range"):
+        small.decode(lat(), std=[1e39] * 4)
+    with pytest.raises(E, match=r"^std\[0\] = 1e\+39 is not a finite float32 value$"):  # the module, directly
+        small._model.decode(lat(), small.mean, [1e39] * 4)
+    with pytest.raises(E, match=r"^mean\[2\] = nan is not a finite float32 value$"):
+        small._model.decode(lat(), [0.0, 0.0, float("nan"), 0.0], small.std)
+
+
+def test_a_progress_callback_returning_numpys_false_stops_the_decode(small):
+    with pytest.raises(wv.DecodeInterrupted, match="after 1 of"):
+        small.decode(lat(T=3, h=8, w=8), tile_x=40, tile_y=40, tile_stride_x=32, tile_stride_y=32,
+                     progress=lambda done, total: np.int64(done) < 1)
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda d: d.decode(lat(), tile_x=2**31), r"tile_x must be a positive int \(below 2\*\*31\)"),
+    (lambda d: d.plan(2**31, 4, 4), r"T must be a positive int \(below 2\*\*31\)"),
+    (lambda d: d.plan(2, 4.0, 4), r"h must be a positive int"),
+    (lambda d: wv.Decoder({1: np.zeros(3, np.float32)}), "weight names must be str"),
+    (lambda d: wv._C._parse_array(CAI(shape=(1,), typestr="<f4", data=(8, False), version=3, stream="s")),
+     "array interface 'stream' holds 's', not a 64-bit int"),
+    (lambda d: wv._C._parse_array(AI(shape=(2.5,), typestr="<f4", data=(8, False), version=3)),
+     "array interface 'shape' holds 2.5, not a 64-bit int"),
+    (lambda d: wv._C._parse_array(AI(shape=(1,), typestr="<f4", data=(8, False), strides=(2**70,), version=3)),
+     "array interface 'strides' holds 1180591620717411303424, not a 64-bit int"),
+    (lambda d: d.decode(np.ma.masked_array(lat(), mask=lat() > 0)), "masked arrays are not supported"),
+])
+def test_bad_values_get_the_librarys_error(small, call, pattern):
+    with pytest.raises(E, match=pattern):
+        call(small)
+
+
+def test_an_interrupt_while_reading_the_array_interface_is_not_swallowed():
+    class Interrupted:
+        @property
+        def __array_interface__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        wv._C._parse_array(Interrupted())
+
+
+def test_big_endian_bfloat16_bits_read_as_their_values():
+    from wanvideo_vae.weights import bf16_to_float32
+    bits = np.array([0x3F80, 0xC000], dtype=">u2")  # 1.0, -2.0
+    np.testing.assert_array_equal(bf16_to_float32(bits), np.array([1.0, -2.0], np.float32))
+    np.testing.assert_array_equal(bf16_to_float32(bits.astype("<u2")), np.array([1.0, -2.0], np.float32))

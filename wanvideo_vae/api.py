@@ -93,8 +93,8 @@ def _is_int(v):
 def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
     for name, v in (("tile_x", tile_x), ("tile_y", tile_y), ("tile_stride_x", tile_stride_x),
                     ("tile_stride_y", tile_stride_y)):
-        if not _is_int(v) or v < 1:
-            raise WanVAEError(f"{name} must be a positive int, got {v!r}")
+        if not _is_int(v) or not 0 < v < 2**31:
+            raise WanVAEError(f"{name} must be a positive int (below 2**31), got {v!r}")
     if tile_x <= tile_stride_x or tile_y <= tile_stride_y:
         raise WanVAEError(f"tile size must exceed the tile stride: got tile_x={tile_x}, tile_stride_x={tile_stride_x}, "
                           f"tile_y={tile_y}, tile_stride_y={tile_stride_y}")
@@ -200,6 +200,9 @@ class Decoder:
     def plan(self, T, h, w, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
              enable_vae_tiling=True, end_frame=False, max_memory=None):
         """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
+        for name, v in (("T", T), ("h", h), ("w", w)):
+            if not _is_int(v) or not 0 < v < 2**31:
+                raise WanVAEError(f"{name} must be a positive int (below 2**31), got {v!r}")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
         return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame,
                                 max_memory=_budget(max_memory, self.backend, self._device))

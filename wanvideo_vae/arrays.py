@@ -23,10 +23,20 @@ def is_cuda_tensor(x):
     return _is_torch_tensor(x) and getattr(x.device, "type", "cpu") == "cuda"
 
 
+def dense_tensor(t, what):
+    """t detached, as a strided tensor whose memory holds its values: a tensor with its negation
+    pending (z.conj().imag: the neg bit) stores the other sign; sparse and meta tensors are refused."""
+    import torch
+
+    if t.layout != torch.strided or t.device.type == "meta":
+        raise WanVAEError(f"{what}: a {t.layout} tensor on {t.device.type} holds no dense data to read; pass a dense one")
+    return t.detach().resolve_neg()
+
+
 def _torch_to_numpy(t, what):
     import torch
 
-    t = t.detach()
+    t = dense_tensor(t, what)
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dtype == torch.bfloat16:
@@ -43,6 +53,8 @@ def host_array(x, what):
     """A NumPy view (or copy where a conversion is unavoidable) of x in a dtype the core reads."""
     if _is_torch_tensor(x):
         return _torch_to_numpy(x, what)
+    if isinstance(x, np.ma.MaskedArray):  # its array interface is the data alone: the mask would be lost
+        raise WanVAEError(f"{what}: masked arrays are not supported; pass x.filled(value)")
     if isinstance(x, np.ndarray):
         if x.dtype.kind == "f" and not x.dtype.isnative:  # a big-endian .npy, say
             x = x.astype(x.dtype.newbyteorder("="))
@@ -84,4 +96,6 @@ def as_float_list(values, what):
         raise WanVAEError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
     if not np.all(np.isfinite(arr)):
         raise WanVAEError(f"{what} contains NaN or Inf")
+    if np.any(np.abs(arr) > np.finfo(np.float32).max):
+        raise WanVAEError(f"{what} has a value beyond float32's range")
     return [float(v) for v in arr]

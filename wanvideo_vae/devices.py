@@ -6,6 +6,7 @@ import sys
 import sysconfig
 
 from ._C import WanVAEError
+from .arrays import dense_tensor
 from .sysmem import PeakSampler
 
 # Share of the free device memory a CUDA decode plans to use when no max_memory is given.
@@ -137,6 +138,7 @@ class CudaArray:
 
         if tensor.dtype == torch.float64:  # converted, as host float64 is (on torch's current stream)
             tensor = tensor.float()
+        tensor = dense_tensor(tensor, what)
         typestr = self._TYPESTR.get(str(tensor.dtype))
         if typestr is None:
             raise WanVAEError(f"{what}: unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")

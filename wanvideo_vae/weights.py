@@ -16,6 +16,8 @@ _DECODER_PREFIXES = ("decoder.", "conv2.")
 def decoder_key(key):
     """A checkpoint key as the decoder names it ('model.' prefix and torch.compile's '_orig_mod' level
     removed: WanVideoWrapper compiles the decoder when asked), or None for an encoder-side key."""
+    if not isinstance(key, str):
+        raise WanVAEError(f"weight names must be str (checkpoint keys), got {type(key).__name__} {key!r}")
     if "_orig_mod" in key:
         key = ".".join(part for part in key.split(".") if part != "_orig_mod")
     k = key[len("model."):] if key.startswith("model.") else key
@@ -29,7 +31,10 @@ def normalize_keys(state):
 
 def bf16_to_float32(a):
     """Raw bfloat16 items (NumPy "V2" or uint16/int16) to float32, exactly."""
-    bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
+    a = np.ascontiguousarray(a)
+    if a.dtype.kind in "ui" and not a.dtype.isnative:  # a view would read big-endian items backwards
+        a = a.astype(a.dtype.newbyteorder("="))
+    bits = a.view(np.uint16).astype(np.uint32) << 16
     return bits.view(np.float32)
 
 
