@@ -524,7 +524,7 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
         dict_set(d, "trunk_host_bytes", PyLong_FromSize_t(p->trunk_host_bytes)) ||
         dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
-        dict_set(d, "conv_flops", PyLong_FromLongLong(p->conv_flops)) ||
+        dict_set(d, "conv_flops", PyLong_FromDouble(p->conv_flops)) ||
         dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
         dict_set(d, "precision", PyUnicode_FromString(precision_name(m->backend->act_dtype))) ||
         PyDict_SetItemString(d, "segments", segs) ||

@@ -209,7 +209,7 @@ typedef struct {
                                 (its trunk_out_host; the arena then holds one frame), else 0 */
     size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
-    int64_t conv_flops;      /* multiply-adds x 2 of every convolution the plan runs */
+    double conv_flops;       /* multiply-adds x 2 of every convolution the plan runs (a long 4K decode passes 2^63) */
 } wv_plan;
 
 /* Plans a decode of latents [z, T, h, w] with the tile size of `o`; if o->max_bytes is set and the

@@ -348,9 +348,9 @@ static void place_buffers(wv_plan *p, const wv_model *m)
     p->arena_bytes = trunk_end > tile_end ? trunk_end : tile_end;
 }
 
-static int64_t conv_flops(const wv_conv *cv, int64_t positions, int64_t frames)
+static double conv_flops(const wv_conv *cv, int64_t positions, int64_t frames)
 {
-    return 2 * positions * frames * cv->cin * cv->cout * cv->kt * cv->kh * cv->kw;
+    return 2.0 * (double)positions * (double)frames * cv->cin * cv->cout * cv->kt * cv->kh * cv->kw;
 }
 
 /* Frames a tile segment processes over a sequence of T latent frames. */
@@ -359,9 +359,10 @@ static int64_t segment_frames_total(const wv_plan *p, int s, int T)
     return T <= 0 ? 0 : 1 + (int64_t)p->seg[s].frames_per_chunk * (T - 1);
 }
 
-static int64_t count_flops(const wv_plan *p, const wv_model *m)
+static double count_flops(const wv_plan *p, const wv_model *m)
 {
-    int64_t total = 0, N = (int64_t)p->h * p->w;
+    double total = 0;
+    int64_t N = (int64_t)p->h * p->w;
     for (int q = 0; q < p->n_seq; q++) {
         int T = p->seq_len[q];
         for (int b = 0; b < p->trunk_end; b++)
@@ -521,7 +522,7 @@ static wv_status least_work_even_split(wv_plan *p, const wv_model *m, int T, int
                                        wv_options *best, wv_error *err)
 {
     int most = p->n_tiles, best_n = p->n_tiles, found = 0;
-    int64_t best_flops = p->conv_flops;
+    double best_flops = p->conv_flops;
     wv_status st;
     if (p->n_tiles > EVEN_SPLIT_MAX_TILES) return WV_OK;
     for (int ny = 1; ny <= most; ny++)
@@ -558,9 +559,21 @@ static wv_options square_tile(const wv_options *o, int tile)
     return trial;
 }
 
+/* Whether a plan failed for having more than WV_MAX_TILES tiles (make_tiles counts them first). */
+static int too_many_tiles(const wv_plan *q, wv_status st, wv_error *err)
+{
+    if (!st || (int64_t)q->tiles_x * q->tiles_y <= WV_MAX_TILES) return 0;
+    if (err) { /* not the answer: larger tiles are looked at next */
+        err->code = WV_OK;
+        err->msg[0] = '\0';
+    }
+    return 1;
+}
+
 /* The largest square tile from min_tile up to top (in steps of S) whose plan with the trunk ending
  * at block trunk_end fits the budget, or -1. With the trunk's end fixed, the arena grows with the
- * tile, so a binary search finds it. */
+ * tile, so a binary search finds it; tiles too small to keep the frame within WV_MAX_TILES tiles
+ * count as too small. */
 static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, int h, int w, const wv_options *o,
                                       int min_tile, int top, int S, int *best, wv_error *err)
 {
@@ -572,9 +585,12 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
         wv_plan q;
         wv_status st = plan_with_trunk(&q, m, trunk_end, T, h, w, &trial, err);
         size_t bytes = q.arena_bytes;
+        int too_small = too_many_tiles(&q, st, err);
         wv_plan_free(&q);
-        if (st) return st;
-        if (bytes <= o->max_bytes) {
+        if (st && !too_small) return st;
+        if (too_small) {
+            lo = mid + 1;
+        } else if (bytes <= o->max_bytes) {
             *best = tile;
             lo = mid + 1;
         } else {
@@ -592,6 +608,11 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
     char trunk[96] = ""; /* the part that grows with T, where the arena holds it */
     wv_status st = plan_with_trunk(&q, m, m->trunk_end, T, h, w, &trial, err);
     wv_plan_free(&q);
+    if (too_many_tiles(&q, st, err))
+        return wv_fail(err, WV_ERR_NOMEM,
+                       "the decode needs %zu bytes of working memory but the budget is %zu bytes, and tiles small "
+                       "enough for it would be more than %d",
+                       asked_bytes, o->max_bytes, WV_MAX_TILES);
     if (st) return st;
     if (!q.trunk_host_bytes)
         snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, q.trunk_out_bytes);
@@ -611,7 +632,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
     size_t asked_bytes = p->arena_bytes;
     int S = p->out_scale, min_tile = 2 * p->out_halo + S, top = effective_tile(p), best = -1;
     int cuts[2] = {m->trunk_end, m->trunk_end_long}, n_cuts = m->trunk_end_long > m->trunk_end ? 2 : 1;
-    int64_t best_flops = 0;
+    double best_flops = 0;
     wv_options trial;
     wv_status st;
     wv_plan_free(p);

@@ -244,3 +244,25 @@ def test_frames_of_2_31_latent_positions_are_refused():
     dec.plan(1, 16384, 16384, max_memory=1 << 62)  # 2**28 positions: planned
     with pytest.raises(wv.WanVAEError, match="latent grid 46341x46341 is too large"):
         dec.plan(1, 46341, 46341, max_memory=1 << 62)
+
+
+def test_a_budget_is_met_on_frames_whose_smallest_tiles_would_be_too_many():
+    """On a frame of 1025 x 1025 latents, the search for the largest tile that fits walked down to
+    tiles of which there would be more than 2**20, and that plan's error ended the shrinking although
+    larger tiles fit: "1025 x 1025 tiles is too many". Where no tile fits, the error is a MemoryError."""
+    dec = decoder(8)
+    need = dec.plan(1, 1025, 1025, tile_x=1030, tile_y=1030, tile_stride_x=8, tile_stride_y=8,
+                    max_memory=1 << 62)["planned_bytes"]
+    plan = dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need)
+    assert plan["planned_bytes"] <= need and plan["shrunk_to_fit"]
+    with pytest.raises(MemoryError, match=r"tiles small enough for it would be more than 1048576$"):
+        dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need // 2)
+
+
+def test_work_of_a_long_large_decode_is_counted_past_2_63():
+    """The plan's convolution work (compared to choose between plans) overflowed int64 and wrapped
+    negative: a 1080p decode of 100000 latent frames is some 9.4e18 FLOP."""
+    full = wv.Decoder(random_weights(96, 16, seed=0))
+    short = full.plan(1000, 135, 240, max_memory=1 << 62)["conv_flops"]
+    long = full.plan(100000, 135, 240, max_memory=1 << 62)["conv_flops"]
+    assert long > 2**63 and 99 < long / short < 101
