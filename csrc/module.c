@@ -525,6 +525,9 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
         dict_set(d, "trunk_host_bytes", PyLong_FromSize_t(p->trunk_host_bytes)) ||
         dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
         dict_set(d, "conv_flops", PyLong_FromDouble(p->conv_flops)) ||
+        dict_set(d, "conv_operand_elems", Py_BuildValue("{s:L,s:L,s:L}", "trunk", (long long)p->trunk_operand, "tile",
+                                                        (long long)p->tile_operand, "backend_max",
+                                                        (long long)m->backend->max_conv_elems)) ||
         dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
         dict_set(d, "precision", PyUnicode_FromString(precision_name(m->backend->act_dtype))) ||
         PyDict_SetItemString(d, "segments", segs) ||

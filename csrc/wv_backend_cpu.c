@@ -200,6 +200,13 @@ static int cpu_taps_apart(const wv_conv *cv)
     return 1;
 }
 
+/* Its loops index in 64 bits: no operand limit. */
+static int64_t cpu_conv_operand(void *ctx, const wv_conv *cv, int64_t positions)
+{
+    (void)ctx, (void)cv, (void)positions;
+    return 0;
+}
+
 /* y[P][cout] (+)= (bias if first == 0) + temporal taps [first, last], tap dt reading frames[dt].
  * Spatial kernels need a padded grid. The output goes in blocks of rows, each taking every tap
  * while it is in cache. */
@@ -341,7 +348,7 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
 }
 
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
+    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 0, 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
     cpu_fail_nth_alloc,
 #define WV_OP_INIT(name, ret, args) cpu_##name,
     WV_BACKEND_OPS(WV_OP_INIT)

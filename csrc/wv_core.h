@@ -210,10 +210,13 @@ typedef struct {
     size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
     double conv_flops;       /* multiply-adds x 2 of every convolution the plan runs (a long 4K decode passes 2^63) */
+    int64_t trunk_operand, tile_operand; /* elements of the largest conv operand (see the backend's
+                                            max_conv_elems) in the trunk and in a tile */
 } wv_plan;
 
-/* Plans a decode of latents [z, T, h, w] with the tile size of `o`; if o->max_bytes is set and the
- * plan does not fit, picks the largest smaller square tile that does, or fails naming the need. */
+/* Plans a decode of latents [z, T, h, w] with the tile size of `o`; if the plan does not fit (in
+ * o->max_bytes where set, and in the backend's max_conv_elems), picks the largest smaller square
+ * tile that does, or fails naming the need. */
 wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                        wv_error *err);
 void wv_plan_free(wv_plan *p);

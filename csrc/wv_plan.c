@@ -206,6 +206,26 @@ static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
     return wv_grid_positions(max_tile_grid(p, s));
 }
 
+static void size_conv_operands(wv_plan *p, const wv_model *m)
+{
+    p->trunk_operand = p->tile_operand = 0;
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
+            int64_t *largest = b < p->trunk_end ? &p->trunk_operand : &p->tile_operand, e;
+            if (!m->blocks[b].has_conv[c]) continue;
+            e = m->backend->conv_operand(m->ctx, &m->blocks[b].conv[c], conv_positions(p, m, b, c));
+            *largest = e > *largest ? e : *largest;
+        }
+}
+
+/* Whether a plan fits the budget (where there is one) and the backend's convolutions. */
+static int plan_fits(const wv_plan *p, const wv_model *m, const wv_options *o)
+{
+    int64_t limit = m->backend->max_conv_elems;
+    return (!o->max_bytes || p->arena_bytes <= o->max_bytes) &&
+           (!limit || (p->trunk_operand <= limit && p->tile_operand <= limit));
+}
+
 /* The backend's workspace, but no more than the largest conv input matrix (taps x cin per position)
  * of this plan, small decodes needing little, and no less than the GEMM libraries ask for. */
 static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
@@ -473,6 +493,7 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     size_buffers(p, m);
     place_buffers(p, m);
     size_attention_chunk(p, m);
+    size_conv_operands(p, m);
     p->conv_flops = count_flops(p, m);
     return WV_OK;
 }
@@ -536,7 +557,7 @@ static wv_status least_work_even_split(wv_plan *p, const wv_model *m, int T, int
                 wv_plan_free(&q);
                 return st;
             }
-            if (q.arena_bytes <= o->max_bytes && (q.conv_flops < best_flops || (q.conv_flops == best_flops && q.n_tiles < best_n))) {
+            if (plan_fits(&q, m, o) && (q.conv_flops < best_flops || (q.conv_flops == best_flops && q.n_tiles < best_n))) {
                 best_n = q.n_tiles;
                 best_flops = q.conv_flops;
                 best->tile_x = trial.tile_x;
@@ -584,13 +605,12 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
         wv_options trial = square_tile(o, tile);
         wv_plan q;
         wv_status st = plan_with_trunk(&q, m, trunk_end, T, h, w, &trial, err);
-        size_t bytes = q.arena_bytes;
-        int too_small = too_many_tiles(&q, st, err);
+        int too_small = too_many_tiles(&q, st, err), fits = !st && plan_fits(&q, m, o);
         wv_plan_free(&q);
         if (st && !too_small) return st;
         if (too_small) {
             lo = mid + 1;
-        } else if (bytes <= o->max_bytes) {
+        } else if (fits) {
             *best = tile;
             lo = mid + 1;
         } else {
@@ -614,6 +634,11 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
                        "enough for it would be more than %d",
                        asked_bytes, o->max_bytes, WV_MAX_TILES);
     if (st) return st;
+    if (!o->max_bytes || q.arena_bytes <= o->max_bytes) /* it is the convolutions that do not fit */
+        return wv_fail(err, WV_ERR_INVALID,
+                       "even in the smallest tiles (%d px) a convolution has an operand of %lld elements, more than "
+                       "the %lld the %s backend takes",
+                       min_tile, (long long)q.tile_operand, (long long)m->backend->max_conv_elems, m->backend->name);
     if (!q.trunk_host_bytes)
         snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, q.trunk_out_bytes);
     return wv_fail(err, WV_ERR_NOMEM,
@@ -646,7 +671,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
             wv_plan_free(&q);
             return st;
         }
-        if (q.arena_bytes <= o->max_bytes && (best < 0 || q.conv_flops < best_flops)) {
+        if (plan_fits(&q, m, o) && (best < 0 || q.conv_flops < best_flops)) {
             best = tile;
             best_flops = q.conv_flops;
         }
@@ -663,8 +688,16 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
 wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                        wv_error *err)
 {
+    int64_t limit = m->backend->max_conv_elems;
     wv_status st = plan_for_tiles(p, m, T, h, w, o, err);
-    if (st || !o->max_bytes || p->arena_bytes <= o->max_bytes) return st;
+    if (st || plan_fits(p, m, o)) return st;
+    if (limit && p->trunk_operand > limit) { /* the trunk runs on the whole frame, tiled or not */
+        wv_plan_free(p);
+        return wv_fail(err, WV_ERR_INVALID,
+                       "a latent frame of %dx%d is too large for the %s backend: a convolution over it has an "
+                       "operand of %lld elements, more than the %lld it takes",
+                       h, w, m->backend->name, (long long)p->trunk_operand, (long long)limit);
+    }
     return shrink_to_fit(p, m, T, h, w, o, err);
 }
 

@@ -1504,6 +1504,16 @@ static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
            narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
 }
 
+/* What cuDNN is handed for cv (describe_conv's measure): the three frames of a ring, or one frame,
+ * by the wider of its channel counts; nothing where a kernel of ours runs it. */
+static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv, int64_t positions)
+{
+    const cuda_ctx *c = (const cuda_ctx *)ctx;
+    int frames = cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1;
+    if (c->direct_only || runs_narrow(c, cv)) return 0;
+    return frames * positions * (cv->cin > cv->cout ? cv->cin : cv->cout);
+}
+
 /* The ring's frames in tap order through narrow_conv_kernel. */
 static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void *const *frames, void *y,
                             int accumulate)
@@ -1911,7 +1921,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
     static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1,             \
+        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1, INT32_MAX,  \
         cuda_ctx_create, cuda_ctx_destroy, cuda_fail_nth_alloc,                                                   \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 

@@ -558,6 +558,19 @@ def _decode_with_taps_setting(value):
 
 
 @gpu
+def test_frames_too_large_for_one_cudnn_convolution_are_tiled_when_planned():
+    """cuDNN indexes a tensor in int: an 8K frame's convolutions pass 2**31 elements untiled. The plan
+    tiles to stay within (the decode used to fail after the trunk had run); 4K stays whole."""
+    dec = wv.Decoder(random_weights(96, 16), backend="cuda", precision="bf16")
+    eight_k = dec.plan(2, 540, 960, enable_vae_tiling=False, max_memory=1 << 62)
+    operands = eight_k["conv_operand_elems"]
+    assert eight_k["n_tiles"] > 1 and eight_k["shrunk_to_fit"]
+    assert operands["backend_max"] == 2**31 - 1 and operands["tile"] <= operands["backend_max"]
+    four_k = dec.plan(2, 270, 480, enable_vae_tiling=False, max_memory=1 << 62)
+    assert four_k["n_tiles"] == 1 and four_k["conv_operand_elems"]["tile"] > 2**30  # the head's kernel is ours
+
+
+@gpu
 def test_taps_max_channels_moves_memory_not_the_result():
     """WANVIDEO_CUDA_TAPS_MAX_CHANNELS (read at import, hence a process each): 0 keeps every causal
     cache a 3-frame ring, 32 runs the 16- and 32-channel convs by taps (2-frame caches), and the

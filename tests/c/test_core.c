@@ -472,6 +472,66 @@ static void test_cache_layouts(const wv_model *m, const float *lat, int T, int h
     free(out);
 }
 
+/* The conv op of a backend with a limit on conv operands, recording the largest it is handed. */
+static const wv_backend *g_limited;
+static int64_t g_largest_operand;
+
+/* The measure the CUDA backend gives cuDNN's convolutions. */
+static int64_t operand_as_in_a_library(void *ctx, const wv_conv *cv, int64_t positions)
+{
+    (void)ctx;
+    return (cv->kt > 1 && !g_limited->taps_apart(cv) ? cv->kt : 1) * positions * (cv->cin > cv->cout ? cv->cin : cv->cout);
+}
+
+static void conv_recording_operands(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,
+                                    int last, void *y, int accumulate)
+{
+    int64_t e = operand_as_in_a_library(ctx, cv, wv_grid_positions(g));
+    if (e > g_largest_operand) g_largest_operand = e;
+    wv_backend_cpu()->conv(ctx, cv, g, frames, first, last, y, accumulate);
+}
+
+/* A backend whose convolutions take operands of at most max_conv_elems (cuDNN indexes in int): an
+ * untiled request is tiled to stay within it, to the same decode, and a frame whose trunk alone
+ * passes it is refused when planned, not after the trunk has run. */
+static void test_conv_operand_limit(const wv_model *m)
+{
+    int T = 2, h = 24, w = 20, F = 1 + 4 * (T - 1); /* larger than its halos: tiles shrink operands */
+    size_t n_out = (size_t)F * 8 * h * 8 * w * 3;
+    float *lat = rand_floats(4 * (size_t)T * h * w);
+    float *whole = (float *)malloc(n_out * sizeof(float)), *out = (float *)malloc(n_out * sizeof(float));
+    wv_backend limited = *m->backend;
+    wv_model with = *m;
+    wv_options o = {0, 0, 0, WV_OUT_RAW, 0, 0};
+    wv_plan untiled, p;
+    wv_stats st;
+    wv_error err;
+    CHECK(decode(m, lat, T, h, w, 0, whole, &st, &err) == WV_OK);
+    CHECK(wv_plan_make(&untiled, m, T, h, w, &o, &err) == WV_OK);
+    CHECK(untiled.trunk_operand == 0 && untiled.tile_operand == 0); /* the CPU's loops: no limit */
+    wv_plan_free(&untiled);
+    limited.conv_operand = operand_as_in_a_library;
+    limited.conv = conv_recording_operands;
+    g_limited = &limited;
+    with.backend = &limited;
+    CHECK(wv_plan_make(&untiled, &with, T, h, w, &o, &err) == WV_OK); /* no limit yet */
+    CHECK(untiled.n_tiles == 1 && untiled.trunk_operand < untiled.tile_operand);
+    limited.max_conv_elems = untiled.tile_operand - 1;
+    CHECK(wv_plan_make(&p, &with, T, h, w, &o, &err) == WV_OK);
+    CHECK(p.n_tiles > 1 && p.shrunk_to_fit && p.tile_operand <= limited.max_conv_elems);
+    g_largest_operand = 0;
+    CHECK(decode(&with, lat, T, h, w, 0, out, &st, &err) == WV_OK);
+    CHECK(g_largest_operand > 0 && g_largest_operand <= p.tile_operand);
+    CHECK(max_abs_diff(out, whole, n_out) < 1e-5f);
+    wv_plan_free(&p);
+    limited.max_conv_elems = untiled.trunk_operand - 1;
+    CHECK(wv_plan_make(&p, &with, T, h, w, &o, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "is too large for the cpu backend: a convolution over it has an operand of") != NULL);
+    wv_plan_free(&p);
+    wv_plan_free(&untiled);
+    free(lat), free(whole), free(out);
+}
+
 static void test_decode(const wv_model *m)
 {
     int T = 3, h = 5, w = 6, F = 1 + 4 * (T - 1);
@@ -525,6 +585,7 @@ int main(void)
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_OK);
     test_plan(&m);
     test_decode(&m);
+    test_conv_operand_limit(&m);
     wv_model_free(&m);
     free_weights(ws);
     free(ws);
