@@ -233,22 +233,28 @@ def library_cuda_major(lib, toolkit):
     return wheels.pop() if len(wheels) == 1 else None
 
 
-def pick_library(what, roots, names, toolkit, cuda_major):
-    """(include dir, library) of the first library built for the toolkit's CUDA major (or one whose
-    major does not show), else of the first found, with a warning: a cuDNN or cuBLAS of another CUDA
-    major needs that CUDA's driver too. (None, None) when there is none."""
+def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit):
+    """(include dir, library) of the first library found, or, with match_toolkit, of the first built
+    for the toolkit's CUDA major (or whose major does not show) where there is one; a warning where
+    the one taken is of another major (it needs that CUDA's driver too). (None, None): none found.
+
+    cuDNN is not matched: every build's library is libcudnn.so.9 (cudnn64_9.dll), so in a process
+    that has imported PyTorch the one loaded is PyTorch's, the wheel's, whatever was linked; the
+    build takes that one's headers. cuBLAS's names carry the major (libcublas.so.12 / .13): two load
+    side by side, and the toolkit's own runtime goes with its own major."""
     found = list(find_libraries(roots, names))
-    majors = [library_cuda_major(lib, toolkit) for _, lib in found]
-    for pair, major in zip(found, majors):
-        if cuda_major is None or major in (None, cuda_major):
-            return pair
     if not found:
         return None, None
-    # not "install the cuDNN of the toolkit's CUDA": both cuDNN wheels fill nvidia/cudnn, PyTorch's own
-    warn(f"{what} {found[0][1]} is built for CUDA {majors[0]} and the toolkit is CUDA {cuda_major}: the CUDA "
-         f"backend will need a driver for CUDA {max(majors[0], cuda_major)}; a CUDA {majors[0]} toolkit "
-         "(CUDA_HOME) matches it")
-    return found[0]
+    majors = [library_cuda_major(lib, toolkit) for _, lib in found]
+    take = 0
+    if match_toolkit:
+        take = next((i for i, major in enumerate(majors) if cuda_major is None or major in (None, cuda_major)), 0)
+    if cuda_major is not None and majors[take] not in (None, cuda_major):
+        # not "install the cuDNN of the toolkit's CUDA": both cuDNN wheels fill nvidia/cudnn, PyTorch's own
+        warn(f"{what} {found[take][1]} is built for CUDA {majors[take]} and the toolkit is CUDA {cuda_major}: the "
+             f"CUDA backend will need a driver for CUDA {max(majors[take], cuda_major)}; a CUDA {majors[take]} "
+             "toolkit (CUDA_HOME) matches it")
+    return found[take]
 
 
 def torch_cuda_version():
@@ -292,14 +298,16 @@ def cuda_config():
     so = not WINDOWS
     cudnn_inc, cudnn_lib = pick_library(
         "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
-        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major)
+        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major,
+        match_toolkit=False)
     if not cudnn_inc:
         wheel = f"nvidia-cudnn-cu{cuda_major}" if cuda_major else "nvidia-cudnn-cu13 (-cu12 for a CUDA 12 toolkit)"
         return missing(mode, f"cuDNN not found (pip install {wheel}, or set CUDNN_PATH)")
     cublas_inc, cublas_lib = pick_library(
         "cuBLAS", candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
         ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so
-                        else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]), toolkit, cuda_major)
+                        else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]), toolkit, cuda_major,
+        match_toolkit=True)
     if not cublas_inc:
         return missing(mode, "cuBLAS not found (pip install nvidia-cublas, or a CUDA toolkit that has it)")
     lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
@@ -398,7 +406,7 @@ class BuildExt(build_ext):
             f.write("# Written by setup.py: what the build of this copy of the package did.\n"
                     f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n"
                     "# what may keep the CUDA backend from running where PyTorch does\n"
-                    f"CUDA_BUILD_WARNINGS = {CUDA_NOTE['warnings']!r}\n")
+                    f"CUDA_BUILD_WARNINGS = {[] if CUDA_NOTE['why'] else CUDA_NOTE['warnings']!r}\n")
 
     def build_extension(self, ext):
         cfg = getattr(ext, "cuda", None)

@@ -108,15 +108,31 @@ def test_the_cuda_major_of_each_library_is_read_where_it_shows(setup_module, tmp
     assert setup_module.library_cuda_major(str(tmp_path / "cudnn" / "lib" / "libcudnn.so.9"), str(toolkit)) is None
 
 
-def test_a_library_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_path):
+def test_a_cublas_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_path):
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
+    (toolkit / "include" / "cublas_v2.h").write_text("")
+    (toolkit / "lib64" / "libcublas.so.13").write_text("")
+    cublas12 = fake_wheel(tmp_path / "site-packages", "cublas", "nvidia_cublas_cu12-12.8.4.1.dist-info",
+                          "libcublas.so.12", "cublas_v2.h")
+    names = ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12"])
+    inc, lib = setup_module.pick_library("cuBLAS", [str(cublas12), str(toolkit)], names, str(toolkit), 13, True)
+    assert lib == str(toolkit / "lib64" / "libcublas.so.13") and setup_module.CUDA_NOTE["warnings"] == []
+    inc, lib = setup_module.pick_library("cuBLAS", [str(cublas12)], names, str(toolkit), 13, True)  # the only one
+    assert lib == str(cublas12 / "lib" / "libcublas.so.12")
+    assert setup_module.CUDA_NOTE["warnings"] == [
+        f"cuBLAS {lib} is built for CUDA 12 and the toolkit is CUDA 13: the CUDA backend will need a driver for "
+        "CUDA 13; a CUDA 12 toolkit (CUDA_HOME) matches it"]
+
+
+def test_the_cudnn_pytorch_loads_is_taken_whatever_its_cuda(setup_module, tmp_path):
+    """Every cuDNN 9 is libcudnn.so.9: in a process that imported PyTorch, PyTorch's (the wheel's) is the
+    one loaded, whichever the build linked; the build takes its headers and says when its CUDA differs."""
     toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
     cudnn12 = fake_wheel(tmp_path / "site-packages", "cudnn", "nvidia_cudnn_cu12-9.1.0.70.dist-info",
                          "libcudnn.so.9", "cudnn.h")
     names = ("cudnn.h", ["libcudnn.so.9"])
-    inc, lib = setup_module.pick_library("cuDNN", [str(cudnn12), str(toolkit)], names, str(toolkit), 13)
-    assert lib == str(toolkit / "lib64" / "libcudnn.so.9") and setup_module.CUDA_NOTE["warnings"] == []
-    inc, lib = setup_module.pick_library("cuDNN", [str(cudnn12)], names, str(toolkit), 13)  # the only one: kept
-    assert lib == str(cudnn12 / "lib" / "libcudnn.so.9")
+    inc, lib = setup_module.pick_library("cuDNN", [str(cudnn12), str(toolkit)], names, str(toolkit), 13, False)
+    assert lib == str(cudnn12 / "lib" / "libcudnn.so.9") and inc == str(cudnn12 / "include")
     assert setup_module.CUDA_NOTE["warnings"] == [
         f"cuDNN {lib} is built for CUDA 12 and the toolkit is CUDA 13: the CUDA backend will need a driver for "
         "CUDA 13; a CUDA 12 toolkit (CUDA_HOME) matches it"]
@@ -142,9 +158,23 @@ def test_a_toolkit_newer_than_pytorchs_cuda_is_reported(setup_module, tmp_path, 
     assert setup_module.CUDA_NOTE["warnings"] == []
 
 
-def test_backends_reports_the_builds_warnings():
+def test_backends_reports_the_builds_warnings(monkeypatch):
+    import types
+
     import wanvideo_vae as wv
-    assert isinstance(wv.backends()["cuda"]["build_warnings"], list)
+    recorded = types.ModuleType("wanvideo_vae._build_info")
+    recorded.CUDA_NOT_BUILT, recorded.CUDA_BUILD_WARNINGS = "", ["PyTorch here is built for CUDA 12.8 and ..."]
+    monkeypatch.setitem(sys.modules, "wanvideo_vae._build_info", recorded)
+    assert wv.backends()["cuda"]["build_warnings"] == ["PyTorch here is built for CUDA 12.8 and ..."]
+
+
+def test_warnings_are_not_recorded_for_a_backend_that_was_not_built(setup_module, tmp_path):
+    setup_module.warn("cuDNN ... is built for CUDA 12 and the toolkit is CUDA 13 ...")
+    setup_module.CUDA_NOTE["why"] = "cuBLAS not found (...)"
+    setup_module.BuildExt.write_build_info(str(tmp_path / "_build_info.py"))
+    scope = {}
+    exec((tmp_path / "_build_info.py").read_text(), scope)
+    assert scope["CUDA_NOT_BUILT"] == "cuBLAS not found (...)" and scope["CUDA_BUILD_WARNINGS"] == []
 
 
 # ---- the Windows branches of setup.py and of the DLL search, run here with stand-ins -------------
