@@ -123,7 +123,7 @@ def test_patch_public_workflow_rewrites_the_decode_node_and_patches_the_vae(tmp_
     check_links(patched)
     check_widgets(patch)
     again = copy.deepcopy(patched)  # patched twice: the loader already feeds a patch node
-    assert patch_workflow(again) == (0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0) and again == patched
 
 
 def test_patch_public_workflow_decode_only(tmp_path):
@@ -138,16 +138,16 @@ def test_patch_api_format():
            "2": {"class_type": "WanVideoVAELoader", "inputs": {}},
            "5": {"class_type": "WanVideoImageToVideoMultiTalk", "inputs": {"vae": ["2", 0], "width": 832}}}
     patched = copy.deepcopy(api)
-    assert patch_workflow(patched) == (1, 1, 0)
+    assert patch_workflow(patched) == (1, 1, 0, 0)
     assert patched["1"]["class_type"] == "WanVideoNativeDecode"
     assert patched["1"]["inputs"] == {"vae": ["6", 0], "tile_x": 272}
     assert patched["5"]["inputs"] == {"vae": ["6", 0], "width": 832}
     assert patched["6"]["class_type"] == "WanVideoNativeVAEPatch" and patched["6"]["inputs"] == {"vae": ["2", 0]}
     assert patched["2"] == api["2"]
     again = copy.deepcopy(patched)
-    assert patch_workflow(again) == (0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0) and again == patched
     decode_only = copy.deepcopy(api)
-    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
+    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
 
 
 def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
@@ -157,7 +157,7 @@ def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
     src = tmp_path / "sub.json"
     src.write_text(json.dumps(ui))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
-    assert "1 VAE loader(s) inside subgraphs were left as they are" in capsys.readouterr().out
+    assert "1 VAE loader(s) inside subgraphs were not looked at" in capsys.readouterr().out
     assert load(tmp_path / "o.json") == ui
 
 
@@ -182,9 +182,52 @@ def test_patched_nodes_drop_the_source_packs_identity():
     assert patch_workflow(ui).decode_nodes == 2
     assert ui["nodes"][0]["properties"] == {"Node name for S&R": "WanVideoNativeDecode"}
     assert ui["nodes"][1]["properties"] == {"Node name for S&R": "WanVideoNativeDecode", "cnr_id": "wanvideo-vae"}
-    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0)
+    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0, 0)
 
 
 def test_the_example_workflow_needs_no_patching():
     wf = load(EXAMPLE)
-    assert patch_workflow(wf) == (0, 0, 0) and wf == load(EXAMPLE)
+    assert patch_workflow(wf) == (0, 0, 0, 0) and wf == load(EXAMPLE)
+
+
+def test_the_patch_node_has_its_own_order_and_place(tmp_path):
+    out = tmp_path / "patched.json"
+    assert cli_main(["patch-workflow", PUBLIC, str(out)]) == 0
+    patched = load(out)
+    patch = next(n for n in patched["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
+    orders = [n["order"] for n in patched["nodes"] if "order" in n]
+    assert orders.count(patch["order"]) == 1 and patch["order"] == max(orders)
+    x, y = patch["pos"]
+    w, h = patch["size"]
+    for n in patched["nodes"]:
+        if n is patch or "pos" not in n or "size" not in n:
+            continue
+        nx, ny = n["pos"][:2]
+        nw, nh = n["size"][:2]
+        assert not (x < nx + nw and nx < x + w and y < ny + nh and ny < y + h), n["id"]  # covers no node
+
+
+def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
+    """The patch node refuses the Wan 2.2 VAE (its decoder is not this one): a patched Wan 2.2 workflow
+    would stop before sampling. Known by the loader's file name."""
+    ui = load(PUBLIC)
+    loader = next(n for n in ui["nodes"] if n["type"] == "WanVideoVAELoader")
+    loader["widgets_values"][0] = "wanvideo\\\\Wan2_2_VAE_bf16.safetensors"
+    src = tmp_path / "wan22.json"
+    src.write_text(json.dumps(ui))
+    assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
+    said = capsys.readouterr().out
+    assert "1 loader(s) of a Wan 2.2 VAE were left as they are" in said and "go through" not in said
+    assert not any(n["type"] == "WanVideoNativeVAEPatch" for n in load(tmp_path / "o.json")["nodes"])
+    api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "wan2.2_vae.safetensors"}},
+           "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}
+    assert patch_workflow(api) == (1, 0, 0, 1) and api["2"]["inputs"] == {"vae": ["1", 0]}
+    for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors"):
+        assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
+                               "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}).vae_patches == 1
+
+
+def test_a_workflow_with_nothing_to_patch_is_left_as_it_was():
+    for wf in ({"nodes": [], "last_node_id": 0}, {"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": []}]}):
+        before = copy.deepcopy(wf)
+        assert patch_workflow(wf) == (0, 0, 0, 0) and wf == before

@@ -333,13 +333,16 @@ def patch_workflow_cmd(args):
     except ValueError as e:
         raise CliError(str(e)) from None
     said = f"{args.dst}: {report.decode_nodes} WanVideoDecode node(s) now use WanVideoNativeDecode"
-    if not args.decode_only:
+    if report.vae_patches:
         said += (f"; {report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
                  "samplers' own decodes (InfiniteTalk windows) are native too")
     print(said)
+    if report.wan22_loaders:
+        print(f"note: {report.wan22_loaders} loader(s) of a Wan 2.2 VAE were left as they are (this decoder is Wan "
+              "2.1's; their decodes stay the wrapper's)")
     if report.loaders_in_subgraphs:
-        print(f"note: {report.loaders_in_subgraphs} VAE loader(s) inside subgraphs were left as they are: put a "
-              "'WanVideo VAE: use native exact decode' node after them by hand")
+        print(f"note: {report.loaders_in_subgraphs} VAE loader(s) inside subgraphs were not looked at: where their "
+              "output does not go through a 'WanVideo VAE: use native exact decode' node, add one by hand")
     return 0
 
 

@@ -70,8 +70,9 @@ _warned_cpu = set()
 def _warn_cpu_beside_a_gpu(reason):
     """A decode on the CPU where PyTorch has a GPU is what a missing CUDA backend looks like: a
     video takes tens of minutes instead of seconds. Said once per reason, on the console."""
-    if reason in _warned_cpu or not _torch().cuda.is_available():
-        return
+    torch = _torch()
+    if reason in _warned_cpu or not torch.cuda.is_available() or getattr(torch.version, "hip", None):
+        return  # no GPU, or an AMD one (ROCm answers to torch.cuda too): this backend is NVIDIA's
     _warned_cpu.add(reason)
     print(f"wanvideo_vae: decoding on the CPU although PyTorch has a GPU: the CUDA backend is not usable "
           f"({reason or 'not built'}). A CPU decode of a few seconds of 720p video takes tens of minutes; see "

@@ -4,12 +4,14 @@
   values (both take the same inputs in the same order);
 - every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
-  too. An output that already feeds a patch node is left as it is; loaders inside subgraph
-  definitions are counted, not patched.
+  too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
+  VAE (by its file name: the patch node refuses that VAE); loaders inside subgraph definitions are
+  counted, not patched.
 
 Handles the UI format (nodes / links, subgraph definitions included) and the API format
 ({id: {"class_type", "inputs"}})."""
 import json
+import re
 from collections import namedtuple
 
 SOURCE_TYPE = "WanVideoDecode"
@@ -18,7 +20,9 @@ PATCH_TYPE = "WanVideoNativeVAEPatch"
 LOADER_PREFIX = "WanVideoVAELoader"  # the wrapper's loader, and its MultiGPU variant (WanVideoVAELoaderMultiGPU)
 PACK_ID = "wanvideo-vae"
 
-PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs")
+# What patch_workflow changed. A namedtuple: PatchReport(0, 0, 0) is true, compare its fields.
+PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders")
+WAN22_VAE = re.compile(r"wan[^/\\]*2[._]2[^/\\]*vae|vae[^/\\]*2[._]2", re.IGNORECASE)  # Wan2_2_VAE_bf16, wan2.2_vae
 
 
 def _patch_ui_node(node):
@@ -46,14 +50,41 @@ def _is_loader(node_type):
     return isinstance(node_type, str) and node_type.startswith(LOADER_PREFIX)
 
 
+def _loads_wan22(values):
+    """Whether a loader's widget values name a Wan 2.2 VAE file (the 5B model's, 16x)."""
+    names = values.values() if isinstance(values, dict) else values if isinstance(values, list) else []
+    return any(isinstance(v, str) and WAN22_VAE.search(v) for v in names)
+
+
 # ---- UI format ---------------------------------------------------------------------------------
 
-def _ui_patch_node(node_id, loader, link_in, links_out):
-    x, y = (loader.get("pos") or [0, 0])[:2]
-    width = (loader.get("size") or [315, 82])[0]
+PATCH_SIZE = [300, 30]
+
+
+def _box(node):
+    x, y = (node.get("pos") or [0, 0])[:2]
+    w, h = (node.get("size") or [0, 0])[:2]
+    return x, y, x + w, y + h
+
+
+def _free_spot(nodes, loader):
+    """Right of the loader, or below that, stepping down, where the new node covers no other."""
+    x0, y0, x1, y1 = _box(loader)
+    boxes = [_box(n) for n in nodes if isinstance(n.get("pos"), list) and isinstance(n.get("size"), list)]
+    x = x1 + 30
+    for step in range(200):
+        y = y0 + 50 * step
+        if not any(x < bx1 and bx0 < x + PATCH_SIZE[0] and y < by1 and by0 < y + PATCH_SIZE[1] + 30
+                   for bx0, by0, bx1, by1 in boxes):
+            return [x, y]
+    return [x, y0]
+
+
+def _ui_patch_node(node_id, nodes, loader, link_in, links_out):
+    orders = [n.get("order") for n in nodes if isinstance(n.get("order"), int)]
     return {
-        "id": node_id, "type": PATCH_TYPE, "pos": [x + width + 30, y], "size": [300, 30], "flags": {},
-        "order": loader.get("order", 0), "mode": loader.get("mode", 0),
+        "id": node_id, "type": PATCH_TYPE, "pos": _free_spot(nodes, loader), "size": list(PATCH_SIZE), "flags": {},
+        "order": max(orders, default=-1) + 1, "mode": loader.get("mode", 0),
         "inputs": [{"name": "vae", "type": "WANVAE", "link": link_in}],
         "outputs": [{"name": "vae", "type": "WANVAE", "slot_index": 0, "links": links_out}],
         "properties": {"cnr_id": PACK_ID, "Node name for S&R": PATCH_TYPE}, "widgets_values": [],
@@ -67,9 +98,12 @@ def _insert_ui_vae_patches(workflow):
     links = workflow.get("links") or []
     by_id = {n.get("id"): n for n in nodes}
     by_link = {link[0]: link for link in links if isinstance(link, list) and len(link) >= 6}
-    count = 0
+    count = wan22 = 0
     for loader in list(nodes):
         if not _is_loader(loader.get("type")):
+            continue
+        if _loads_wan22(loader.get("widgets_values")):
+            wan22 += 1
             continue
         for slot, out in enumerate(loader.get("outputs") or []):
             link_ids = [i for i in out.get("links") or [] if i in by_link]
@@ -79,7 +113,7 @@ def _insert_ui_vae_patches(workflow):
                 continue  # the workflow's author placed one
             node_id = max([workflow.get("last_node_id") or 0] + [n for n in by_id if isinstance(n, int)]) + 1
             link_id = max([workflow.get("last_link_id") or 0] + list(by_link)) + 1
-            patch = _ui_patch_node(node_id, loader, link_id, link_ids)
+            patch = _ui_patch_node(node_id, nodes, loader, link_id, link_ids)
             for i in link_ids:
                 by_link[i][1], by_link[i][2] = node_id, 0
             new_link = [link_id, loader["id"], slot, node_id, 0, "WANVAE"]
@@ -89,9 +123,9 @@ def _insert_ui_vae_patches(workflow):
             nodes.append(patch)
             by_id[node_id] = patch
             workflow["last_node_id"], workflow["last_link_id"] = node_id, link_id
+            workflow["links"] = links
             count += 1
-    workflow["links"] = links
-    return count
+    return count, wan22
 
 
 def _loaders_in_subgraphs(workflow):
@@ -103,8 +137,11 @@ def _loaders_in_subgraphs(workflow):
 
 def _insert_api_vae_patches(workflow, nodes):
     """A patch node after each loader: inputs that named [loader, 0] name the patch node."""
-    count = 0
+    count = wan22 = 0
     for loader_id in [k for k, n in nodes.items() if _is_loader(n["class_type"])]:
+        if _loads_wan22(nodes[loader_id].get("inputs")):
+            wan22 += 1
+            continue
         source = [loader_id, 0]
         consumers = [(n, name) for n in nodes.values() for name, v in (n.get("inputs") or {}).items()
                      if isinstance(v, list) and len(v) == 2 and [str(v[0]), v[1]] == source]
@@ -116,28 +153,30 @@ def _insert_api_vae_patches(workflow, nodes):
         workflow[node_id] = nodes[node_id] = {"class_type": PATCH_TYPE, "inputs": {"vae": source},
                                               "_meta": {"title": "WanVideo VAE: use native exact decode"}}
         count += 1
-    return count
+    return count, wan22
 
 
 def patch_workflow(workflow, vae_patch=True):
     """Patches `workflow` (a parsed JSON object) in place: decode nodes, and (vae_patch) loaders'
-    outputs. Returns a PatchReport of what it changed."""
+    outputs. Returns a PatchReport of what it changed (and left: loaders in subgraphs, of Wan 2.2)."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
     if "nodes" in workflow:
         decodes = sum(_patch_ui_node(n) for nodes in _ui_node_lists(workflow) for n in nodes)
-        patches = _insert_ui_vae_patches(workflow) if vae_patch else 0
-        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow) if vae_patch else 0)
+        if not vae_patch:
+            return PatchReport(decodes, 0, 0, 0)
+        patches, wan22 = _insert_ui_vae_patches(workflow)
+        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22)
     nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
     decodes = 0
     for node in nodes.values():
         if node["class_type"] == SOURCE_TYPE:
             node["class_type"] = TARGET_TYPE
             decodes += 1
-    patches = _insert_api_vae_patches(workflow, nodes) if vae_patch else 0
+    patches, wan22 = _insert_api_vae_patches(workflow, nodes) if vae_patch else (0, 0)
     if not decodes and not patches and len(nodes) < len(workflow):
         raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
-    return PatchReport(decodes, patches, 0)
+    return PatchReport(decodes, patches, 0, wan22)
 
 
 def patch_workflow_file(src, dst, vae_patch=True):
