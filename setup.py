@@ -213,13 +213,12 @@ def toolkit_cuda_version(toolkit):
     return (int(found.group(1)) // 1000, int(found.group(1)) % 1000 // 10) if found else None
 
 
-def library_cuda_major(lib, toolkit):
+def library_cuda_major(lib, toolkit, toolkit_major):
     """The CUDA major a cuDNN or cuBLAS library is built for, where it shows: the toolkit's own, a
     versioned cuBLAS (libcublas.so.12, cublas64_13.dll), the name of the one nvidia-* wheel that
     can own it (nvidia_cudnn_cu12-9.1.0.70.dist-info beside nvidia/cudnn/); None where unknown."""
     if os.path.realpath(lib).startswith(os.path.realpath(toolkit) + os.sep):
-        version = toolkit_cuda_version(toolkit)
-        return version[0] if version else None
+        return toolkit_major
     found = re.match(r"(?:libcublas\.so\.|cublas64_)(\d+)", os.path.basename(lib))
     if found:
         return int(found.group(1))
@@ -245,7 +244,7 @@ def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit):
     found = list(find_libraries(roots, names))
     if not found:
         return None, None
-    majors = [library_cuda_major(lib, toolkit) for _, lib in found]
+    majors = [library_cuda_major(lib, toolkit, cuda_major) for _, lib in found]
     take = 0
     if match_toolkit:
         take = next((i for i, major in enumerate(majors) if cuda_major is None or major in (None, cuda_major)), 0)
@@ -274,12 +273,13 @@ def check_torch_cuda(cuda_version):
     """A toolkit of a newer CUDA major than PyTorch's makes a backend that needs a newer driver than
     PyTorch does (an older one runs on PyTorch's driver)."""
     torch_cuda = torch_cuda_version()
-    if not torch_cuda or not cuda_version or cuda_version[0] <= int(torch_cuda.split(".")[0]):
+    torch_major = int(torch_cuda.split(".")[0]) if torch_cuda else None
+    if torch_major is None or not cuda_version or cuda_version[0] <= torch_major:
         return
     toolkit = "%d.%d" % cuda_version
     warn(f"PyTorch here is built for CUDA {torch_cuda} and the toolkit is CUDA {toolkit}: the CUDA backend "
          f"needs a driver for CUDA {toolkit}, newer than PyTorch needs (backends() says when it is not); a "
-         f"CUDA {torch_cuda.split('.')[0]} toolkit (CUDA_HOME) matches PyTorch")
+         f"CUDA {torch_major} toolkit (CUDA_HOME) matches PyTorch")
 
 
 def cuda_config():

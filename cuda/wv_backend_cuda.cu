@@ -1277,6 +1277,13 @@ static void confirm_workspaces(cuda_ctx *c, conv_shape *s)
  * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
  * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
  * cuDNN's int sizes). */
+/* Elements of the largest tensor cuDNN is handed for a conv: kt frames (a ring's, or one) of the
+ * padded grid, by the wider channel count. cuDNN indexes it in int (max_conv_elems). */
+static int64_t cudnn_operand(int kt, int64_t positions, int cin, int cout)
+{
+    return kt * positions * (cin > cout ? cin : cout);
+}
+
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
@@ -1295,7 +1302,7 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
         !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
         return 0;
-    if ((int64_t)s->kt * s->H * s->W * cmax * (causal ? 1 : s->n) > INT32_MAX) {
+    if (cudnn_operand(s->kt, (int64_t)s->H * s->W * (causal ? 1 : s->n), s->cin, s->cout) > INT32_MAX) {
         wv_fail(&c->err, WV_ERR_INVALID,
                 "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
                 s->W, cmax);
@@ -1504,14 +1511,13 @@ static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
            narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
 }
 
-/* What cuDNN is handed for cv (describe_conv's measure): the three frames of a ring, or one frame,
- * by the wider of its channel counts; nothing where a kernel of ours runs it. */
+/* What cuDNN is handed for cv (describe_conv's measure): the three frames of a ring, or one frame;
+ * nothing where a kernel of ours runs it. */
 static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv, int64_t positions)
 {
     const cuda_ctx *c = (const cuda_ctx *)ctx;
-    int frames = cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1;
     if (c->direct_only || runs_narrow(c, cv)) return 0;
-    return frames * positions * (cv->cin > cv->cout ? cv->cin : cv->cout);
+    return cudnn_operand(cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1, positions, cv->cin, cv->cout);
 }
 
 /* The ring's frames in tap order through narrow_conv_kernel. */

@@ -102,10 +102,12 @@ def test_the_cuda_major_of_each_library_is_read_where_it_shows(setup_module, tmp
     cudnn12 = fake_wheel(sp, "cudnn", "nvidia_cudnn_cu12-9.1.0.70.dist-info", "libcudnn.so.9", "cudnn.h")
     cublas12 = fake_wheel(sp, "cublas", "nvidia_cublas_cu12-12.8.4.1.dist-info", "libcublas.so.12", "cublas_v2.h")
     assert setup_module.toolkit_cuda_version(str(toolkit)) == (13, 0)
-    assert setup_module.library_cuda_major(str(toolkit / "lib64" / "libcudnn.so.9"), str(toolkit)) == 13
-    assert setup_module.library_cuda_major(str(cudnn12 / "lib" / "libcudnn.so.9"), str(toolkit)) == 12
-    assert setup_module.library_cuda_major(str(cublas12 / "lib" / "libcublas.so.12"), str(toolkit)) == 12
-    assert setup_module.library_cuda_major(str(tmp_path / "cudnn" / "lib" / "libcudnn.so.9"), str(toolkit)) is None
+    major = setup_module.toolkit_cuda_version(str(toolkit))[0]
+    assert setup_module.library_cuda_major(str(toolkit / "lib64" / "libcudnn.so.9"), str(toolkit), major) == 13
+    assert setup_module.library_cuda_major(str(cudnn12 / "lib" / "libcudnn.so.9"), str(toolkit), major) == 12
+    assert setup_module.library_cuda_major(str(cublas12 / "lib" / "libcublas.so.12"), str(toolkit), major) == 12
+    assert setup_module.library_cuda_major(str(tmp_path / "cudnn" / "lib" / "libcudnn.so.9"), str(toolkit),
+                                           major) is None
 
 
 def test_a_cublas_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_path):
