@@ -184,9 +184,13 @@ static int parse_data(PyObject *iface, const char *what, py_array *a)
 static int parse_stream(PyObject *iface, const char *what, py_array *a)
 {
     PyObject *stream = PyDict_GetItemString(iface, "stream");
+    int failed;
     a->stream = 0;
     if (!stream || stream == Py_None) return 0;
-    if (interface_int(stream, what, "stream", &a->stream)) return -1;
+    Py_INCREF(stream); /* its __index__ may take it out of the dict */
+    failed = interface_int(stream, what, "stream", &a->stream);
+    Py_DECREF(stream);
+    if (failed) return -1;
     if (a->stream == 0) {
         PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
         return -1;
@@ -274,6 +278,7 @@ static int parse_floats(PyObject *seq, const char *what, int n, float *out)
 {
     PyObject *fast = PySequence_Tuple(seq); /* a snapshot: __float__ may change a list */
     if (!fast) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1; /* the iterable's own error, or Ctrl-C */
         PyErr_Clear();
         PyErr_Format(WvError, "%s must be a sequence of %d floats", what, n);
         return -1;
@@ -399,10 +404,15 @@ static int collect_weights(PyObject *weights, PyObject **items, wv_named_view **
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 0);
         PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 1);
-        const char *k = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        const char *k;
         char what[160];
-        if (!k) {
-            PyErr_SetString(WvError, "weights: every key must be a str");
+        if (!PyUnicode_Check(key)) {
+            PyErr_Format(WvError, "weights: every key must be a str, got %.80s", Py_TYPE(key)->tp_name);
+            return -1;
+        }
+        if (!(k = PyUnicode_AsUTF8(key))) {
+            PyErr_Clear();
+            PyErr_Format(WvError, "weights: key %R is not valid Unicode text (it cannot be encoded as UTF-8)", key);
             return -1;
         }
         snprintf(what, sizeof what, "weight '%s'", k);
@@ -623,6 +633,12 @@ static void leave_callback(unsigned long thread)
         }
 }
 
+static PyObject *raise_closed(void)
+{
+    PyErr_SetString(WvError, "this Decoder is closed (close() freed its weights and memory); make a new Decoder");
+    return NULL;
+}
+
 static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();
@@ -802,6 +818,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     bridge.callback = progress == Py_None ? NULL : progress;
     if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &o)) return NULL;
     o.profile = profile;
+    if (self->closed) return raise_closed(); /* before the output is made; checked again once it is ours */
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
     if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
     if (check_latents_shape(&self->model, &lat, &T, &h, &w)) goto finally;
@@ -829,7 +846,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     if (self->closed) {
         self->decoding = 0;
         PyThread_release_lock(self->lock);
-        PyErr_SetString(WvError, "this Decoder is closed (close() freed its weights and memory); make a new Decoder");
+        raise_closed();
         goto finally;
     }
     Py_BEGIN_ALLOW_THREADS
@@ -866,10 +883,10 @@ static PyObject *Model_close(ModelObject *self, PyObject *noargs)
     if (!self->built) Py_RETURN_NONE;
     if (take_model(self, "close")) return NULL;
     if (!self->closed) {
+        self->closed = 1;
         Py_BEGIN_ALLOW_THREADS
         wv_model_free(&self->model);
         Py_END_ALLOW_THREADS
-        self->closed = 1;
     }
     self->decoding = 0;
     PyThread_release_lock(self->lock);

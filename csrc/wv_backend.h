@@ -109,10 +109,10 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
      * its own (its cache then keeps kt - 1 frames: see wv_ring); 0 when it runs all kt at once  \
      * from a ring of kt consecutive frames */                                                    \
     X(taps_apart, int, (const wv_conv *cv))                                                       \
-    /* host side: elements of the largest operand conv cv over `positions` padded input positions \
-     * hands a library with a size limit (max_conv_elems), as ctx runs it; 0 where none does      \
-     * (the backend's own kernels) */                                                             \
-    X(conv_operand, int64_t, (void *ctx, const wv_conv *cv, int64_t positions))                   \
+    /* host side, asked once when the model is built (wv_conv.operand_per_position): elements    \
+     * per padded input position of the largest operand conv cv hands a library with a size      \
+     * limit (max_conv_elems), as ctx runs it; 0 where none does (the backend's own kernels) */   \
+    X(conv_operand, int64_t, (void *ctx, const wv_conv *cv))                                      \
     /* y[P][cout] (+)= (bias if first == 0) + sum over taps dt in [first, last] of               \
      * W[dt] * window(frames[dt]); frames[dt] [P][cin] is the frame temporal tap dt reads (frame  \
      * t - (kt - 1 - dt)), the others are not read. kt == 1: frames[0] is x. A causal conv whose  \
@@ -203,7 +203,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 8
+#define WV_BACKEND_ABI 9
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

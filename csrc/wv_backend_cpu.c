@@ -201,9 +201,9 @@ static int cpu_taps_apart(const wv_conv *cv)
 }
 
 /* Its loops index in 64 bits: no operand limit. */
-static int64_t cpu_conv_operand(void *ctx, const wv_conv *cv, int64_t positions)
+static int64_t cpu_conv_operand(void *ctx, const wv_conv *cv)
 {
-    (void)ctx, (void)cv, (void)positions;
+    (void)ctx, (void)cv;
     return 0;
 }
 

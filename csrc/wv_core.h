@@ -88,6 +88,8 @@ typedef struct {
     int subpixel;
     int cache_slot; /* index of this conv's causal cache, -1 when kt == 1 */
     int id;         /* block * WV_BLOCK_MAX_CONVS + slot: its row in wv_stats' conv profile */
+    int64_t operand_per_position; /* the backend's conv_operand, asked when the model is built, so
+                                     that planning never needs the context (gone after close) */
 } wv_conv;
 
 #define WV_BLOCK_MAX_CONVS 3
@@ -133,6 +135,9 @@ typedef struct {
 wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *weights,
                          int n_weights, wv_error *err);
 void wv_model_free(wv_model *m);
+
+/* Asks m's backend, with its context, for each conv's operand_per_position (done by wv_model_build). */
+void wv_model_measure_operands(wv_model *m);
 
 /* The checkpoint name of conv `id` (wv_conv.id) without ".weight", e.g. "decoder.upsamples.4.residual.2";
  * returns 0 when the model has no such conv. */

@@ -405,6 +405,14 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
     return WV_OK;
 }
 
+void wv_model_measure_operands(wv_model *m)
+{
+    for (int b = 0; b < m->n_blocks; b++)
+        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
+            if (m->blocks[b].has_conv[c])
+                m->blocks[b].conv[c].operand_per_position = m->backend->conv_operand(m->ctx, &m->blocks[b].conv[c]);
+}
+
 wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *w, int n_w,
                          wv_error *err)
 {
@@ -424,6 +432,7 @@ wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv
     used = (char *)calloc((size_t)(n_w > 0 ? n_w : 1), 1);
     if (!used) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
     if ((st = be->ctx_create(be, device, &m->ctx, err))) goto finally;
+    wv_model_measure_operands(m);
     if ((st = be->alloc(m->ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
     be->zero(m->ctx, m->weight_mem, m->weight_bytes);
     if ((st = load_all_params(m, m->ctx, w, n_w, used, conv_w, conv_b, gamma, err))) goto finally;

@@ -213,7 +213,7 @@ static void size_conv_operands(wv_plan *p, const wv_model *m)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             int64_t *largest = b < p->trunk_end ? &p->trunk_operand : &p->tile_operand, e;
             if (!m->blocks[b].has_conv[c]) continue;
-            e = m->backend->conv_operand(m->ctx, &m->blocks[b].conv[c], conv_positions(p, m, b, c));
+            e = m->blocks[b].conv[c].operand_per_position * conv_positions(p, m, b, c);
             *largest = e > *largest ? e : *largest;
         }
 }

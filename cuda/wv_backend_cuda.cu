@@ -1447,7 +1447,8 @@ static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
 
 /* y = conv(input) + bias (NULL: none), + y if accumulate, by candidate i. The bias and the sum are
  * folded into the convolution where cuDNN allows it (identity activation: IMPLICIT_PRECOMP_GEMM
- * only), so y is read and written once, rounded once; a declined fusion leaves the shape unfused. */
+ * only), so y is read and written once, rounded once; a fusion declined for the shape (not for want
+ * of workspace) leaves the shape unfused. */
 static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void *input, const void *weight,
                                    const void *bias, void *y, int accumulate)
 {
@@ -1461,7 +1462,8 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
         st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
                                                    c->identity, s->y, y);
-        if (!cudnn_declined(st) || c->capturing) return st; /* a capture fails rather than learn */
+        /* a capture fails rather than learn; short of workspace is this call's, not the fusion's fault */
+        if (!cudnn_declined(st) || c->capturing || st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) return st;
         s->unfused = 1;
     }
     st = cudnnConvolutionForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
@@ -1511,13 +1513,13 @@ static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
            narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
 }
 
-/* What cuDNN is handed for cv (describe_conv's measure): the three frames of a ring, or one frame;
- * nothing where a kernel of ours runs it. */
-static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv, int64_t positions)
+/* What cuDNN is handed for cv per input position (describe_conv's measure): the three frames of a
+ * ring, or one frame; nothing where a kernel of ours runs it. */
+static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv)
 {
     const cuda_ctx *c = (const cuda_ctx *)ctx;
     if (c->direct_only || runs_narrow(c, cv)) return 0;
-    return cudnn_operand(cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1, positions, cv->cin, cv->cout);
+    return cudnn_operand(cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1, 1, cv->cin, cv->cout);
 }
 
 /* The ring's frames in tap order through narrow_conv_kernel. */
@@ -1958,7 +1960,13 @@ extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, cha
 {
     device_scope ds;
     cudaError_t e;
+    int count = wv_cuda_device_count(why, why_size);
     if (device < 0) device = wv_cuda_current_device();
+    if (count <= 0) return -1;
+    if (device >= count) { /* cudaSetDevice would fail and leave the current device's figures to read */
+        snprintf(why, why_size, "no such device (this machine has %d)", count);
+        return -1;
+    }
     ds = enter_device(device);
     e = cudaMemGetInfo(free_b, total_b);
     leave_device(ds, device);

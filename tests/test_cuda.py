@@ -294,6 +294,17 @@ def test_close_gives_back_the_decoders_device_memory():
     assert abs(_device_used() - before) <= 1 << 20
     with pytest.raises(wv.WanVAEError, match="closed"):
         dec.decode(lat)
+    with pytest.raises(wv.WanVAEError, match="closed"):
+        dec._model.decode(lat, [0.0] * 16, [1.0] * 16)
+    assert dec.plan(2, 8, 8)["frames"] == 5  # planning needs no context (before, it read the freed one)
+
+
+@gpu
+def test_the_free_memory_of_a_missing_device_is_an_error():
+    count = wv.devices.cuda_module().device_count()[0]
+    assert wv.devices.cuda_module().mem_get_info(0)[1] > 0
+    with pytest.raises(RuntimeError, match=f"no such device \\(this machine has {count}\\)"):
+        wv.devices.cuda_module().mem_get_info(count)
 
 
 @torch_gpu

@@ -598,3 +598,43 @@ def test_big_endian_bfloat16_bits_read_as_their_values():
     bits = np.array([0x3F80, 0xC000], dtype=">u2")  # 1.0, -2.0
     np.testing.assert_array_equal(bf16_to_float32(bits), np.array([1.0, -2.0], np.float32))
     np.testing.assert_array_equal(bf16_to_float32(bits.astype("<u2")), np.array([1.0, -2.0], np.float32))
+
+
+def test_a_stream_whose_index_takes_it_out_of_the_interface_is_read_safely():
+    """A CAI stream whose __index__ deletes it from the dict and returns no int: the error names it
+    (before, the message formatted the freed object)."""
+    for _ in range(50):
+        iface = dict(shape=(4,), typestr="<f4", data=(1 << 40, False), version=3)
+
+        class Leaves:
+            def __index__(self):
+                del iface["stream"]
+                gc.collect()
+                return "no int"
+
+        iface["stream"] = Leaves()
+        with pytest.raises(E, match="stream"):
+            wv._C._parse_array(CAI(**iface))
+
+
+def test_stats_iterables_that_fail_keep_their_own_error(small):
+    """Only a mean that is no sequence becomes our error; an iterable's own exception, Ctrl-C
+    included, reaches the caller as it was."""
+
+    def interrupted():
+        yield 0.0
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        small._model.decode(lat(), interrupted(), [1.0] * 4)
+    with pytest.raises(E, match="mean must be a sequence of 4 floats"):
+        small._model.decode(lat(), 3, [1.0] * 4)
+
+
+def test_a_weight_name_that_is_no_valid_unicode_is_named():
+    weights = random_weights(8, 4)
+    weights["decoder.conv1.weight\udc80"] = weights.pop("decoder.conv1.weight")
+    with pytest.raises(E, match="is not valid Unicode text"):
+        wv._C.Model(weights)
+    with pytest.raises(E, match="every key must be a str, got int"):
+        wv._C.Model({1: np.zeros(3, np.float32)})

@@ -170,7 +170,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
 {
     enum { STEPS = 3 };
     wv_grid g = {5, 7, pad};
-    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, k % 2 == 0, kt > 1 ? 0 : -1, 0};
+    wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, k % 2 == 0, kt > 1 ? 0 : -1, 0, 0};
     wv_grid go = wv_conv_out_grid(&cv, g); /* an even kernel's: every position where it fits */
     int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = wv_grid_positions(go) * cout;
     int64_t nw = (int64_t)cout * cin * taps;

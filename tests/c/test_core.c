@@ -38,7 +38,7 @@ static void test_conv(int kt, int k, int how, int accumulate)
     int cin = 3, cout = 4, taps = kt * k * k, first = how == TAPS_AFTER_FIRST ? 1 : 0;
     int64_t P = wv_grid_positions(g);
     float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
-    wv_conv cv = {NULL, bias, cin, cout, kt, k, k, 0, kt > 1 ? 0 : -1, 0};
+    wv_conv cv = {NULL, bias, cin, cout, kt, k, k, 0, kt > 1 ? 0 : -1, 0, 0};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
     float *seq = (float *)calloc((size_t)kt * P * cin, sizeof(float)); /* frames t-kt+1 .. t, ring zero */
     float *y = rand_floats((size_t)P * cout), *y0 = (float *)malloc(sizeof(float) * (size_t)P * cout);
@@ -137,7 +137,7 @@ static void test_subpixel(wv_rect rs, wv_rect rd)
     float *frame = rand_floats(FH * FW * C), *w3 = rand_floats(CO * C * 9), *bias = rand_floats(CO);
     float *w2 = (float *)malloc(sizeof(float) * 4 * CO * C * 4), bias4[4 * CO];
     float *x = rand_floats((size_t)wv_grid_positions(gs) * C), *y = rand_floats((size_t)wv_grid_positions(gd) * CO);
-    wv_conv cv = {NULL, bias4, C, 4 * CO, 1, 2, 2, 1, -1, 0};
+    wv_conv cv = {NULL, bias4, C, 4 * CO, 1, 2, 2, 1, -1, 0, 0};
     wv_grid go = wv_conv_out_grid(&cv, gs);
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
     float *phases = rand_floats((size_t)wv_grid_positions(go) * 4 * CO);
@@ -477,16 +477,16 @@ static const wv_backend *g_limited;
 static int64_t g_largest_operand;
 
 /* The measure the CUDA backend gives cuDNN's convolutions. */
-static int64_t operand_as_in_a_library(void *ctx, const wv_conv *cv, int64_t positions)
+static int64_t operand_as_in_a_library(void *ctx, const wv_conv *cv)
 {
     (void)ctx;
-    return (cv->kt > 1 && !g_limited->taps_apart(cv) ? cv->kt : 1) * positions * (cv->cin > cv->cout ? cv->cin : cv->cout);
+    return (cv->kt > 1 && !g_limited->taps_apart(cv) ? cv->kt : 1) * (cv->cin > cv->cout ? cv->cin : cv->cout);
 }
 
 static void conv_recording_operands(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,
                                     int last, void *y, int accumulate)
 {
-    int64_t e = operand_as_in_a_library(ctx, cv, wv_grid_positions(g));
+    int64_t e = operand_as_in_a_library(ctx, cv) * wv_grid_positions(g);
     if (e > g_largest_operand) g_largest_operand = e;
     wv_backend_cpu()->conv(ctx, cv, g, frames, first, last, y, accumulate);
 }
@@ -514,6 +514,7 @@ static void test_conv_operand_limit(const wv_model *m)
     limited.conv = conv_recording_operands;
     g_limited = &limited;
     with.backend = &limited;
+    wv_model_measure_operands(&with);
     CHECK(wv_plan_make(&untiled, &with, T, h, w, &o, &err) == WV_OK); /* no limit yet */
     CHECK(untiled.n_tiles == 1 && untiled.trunk_operand < untiled.tile_operand);
     limited.max_conv_elems = untiled.tile_operand - 1;

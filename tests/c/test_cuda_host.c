@@ -316,6 +316,16 @@ static void old_driver_explained(const weight_set *ws)
     CHECK(wv_cuda_device_count(why, sizeof why) == 1);
 }
 
+/* The free memory of a device the machine does not have is an error, not the current device's. */
+static void missing_device_has_no_memory_figures(void)
+{
+    char why[256] = "";
+    size_t free_b = 0, total_b = 0;
+    CHECK(wv_cuda_mem_info(0, &free_b, &total_b, why, sizeof why) == 0 && total_b > 0);
+    CHECK(wv_cuda_mem_info(5, &free_b, &total_b, why, sizeof why) == -1);
+    CHECK(strstr(why, "no such device (this machine has 1)") != NULL);
+}
+
 int main(void)
 {
     static weight_set ws;
@@ -326,6 +336,7 @@ int main(void)
     CHECK(wv_cuda_backends()->abi == WV_BACKEND_ABI);
     CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
     old_driver_explained(&ws);
+    missing_device_has_no_memory_figures();
     if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {
         CHECK(wv_model_build(&reference, wv_backend_cpu(), -1, ws.views, ws.n, &err) == WV_OK);
         g_reference = &reference;

@@ -77,7 +77,7 @@ static void cpu_causal_conv(const float *w_oidhw, const float *bias, int cin, in
                             const float *frames, float *y, int accumulate)
 {
     const wv_backend *be = wv_backend_cpu();
-    wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0, 0};
+    wv_conv cv = {NULL, (void *)bias, cin, cout, 3, k, k, 0, 0, 0, 0};
     int64_t fe = wv_grid_positions(g) * cin;
     const void *taps[WV_MAX_TAPS] = {frames, frames + fe, frames + 2 * fe};
     float *packed = (float *)calloc((size_t)be->packed_weight_elems(&cv), sizeof(float));
@@ -166,7 +166,7 @@ static void test_direct(int cin, int cout, int k, int accumulate)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid g = {5, 6, 1};
-    wv_conv cv = {NULL, NULL, cin, cout, 1, k, k, k % 2 == 0, -1, 0};
+    wv_conv cv = {NULL, NULL, cin, cout, 1, k, k, k % 2 == 0, -1, 0, 0};
     wv_grid go = wv_conv_out_grid(&cv, g);
     int64_t Po = wv_grid_positions(go), nw = (int64_t)cout * cin * k * k;
     float *w = (float *)malloc(sizeof(float) * nw), *x = rand_frames(g, cin, 1), *y0 = rand_frames(go, cout, 1);
