@@ -125,7 +125,7 @@ def load_weights(path):
     elif path.endswith((".pth", ".pt", ".ckpt", ".bin")):
         state = _load_torch(path)
     else:
-        raise WanVAEError(f"{path}: unknown checkpoint format (expected .safetensors, .pth or .pt)")
+        raise WanVAEError(f"{path}: unknown checkpoint format (expected .safetensors, .pth, .pt, .ckpt or .bin)")
     weights = normalize_keys(state)
     if not weights:
         raise WanVAEError(f"{path}: no decoder weights found (keys starting with 'decoder.' or 'conv2.')")
