@@ -6,8 +6,10 @@ float32 output, on the [0, 1] image. Prints numbers; asserts nothing.
 
 Rows: the weights alone rounded (activations float32); every tensor a bf16 backend keeps in memory
 rounded (the unscaled latents, each convolution's output, each norm + SiLU, the attention's qkv and
-output, each block's output), weights float32; both (a bf16 decoder); both but the blocks' outputs
-(the residual stream) float32; and PyTorch's own decode in bfloat16. It shows why
+output, each block's output), weights float32; both (a bf16 decoder); both, with the narrow causal
+convolutions (equal widths of at most 128 channels) summed tap by tap, the sum rounded after each
+tap, as the CUDA backend runs them (three 2-d convolutions accumulating into a bf16 output); both
+but the blocks' outputs (the residual stream) float32; and PyTorch's own decode in bfloat16. It shows why
 tests/test_cuda.py bounds 16-bit decodes by PyTorch's own error where that exceeds 2e-2: on the
 tiny fixture, rounding the float32 weights to bf16 alone errs more than 2e-2, and so does rounding
 the stored activations alone.
@@ -17,16 +19,42 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from helpers import load_fixture, to_unit  # noqa: E402
-from wanvideo_vae.torch_reference import TorchWanDecoder  # noqa: E402
+from wanvideo_vae.torch_reference import TorchWanDecoder, _Stream  # noqa: E402
+
+TAPS_MAX_CHANNELS = 128  # the CUDA backend's default (WANVIDEO_CUDA_TAPS_MAX_CHANNELS)
 
 
 def bf16(x):
     return x.to(torch.bfloat16).float()
+
+
+class TapsStream(_Stream):
+    """Causal convolutions as the CUDA backend runs its narrow ones: one 2-d convolution per temporal
+    tap, the bias with the first, each added to a bf16 output (rounded after every tap)."""
+
+    def conv(self, x, w, b):
+        kt, kh = w.shape[2], w.shape[3]
+        if kt == 1 or w.shape[0] != w.shape[1] or w.shape[0] > TAPS_MAX_CHANNELS:
+            return super().conv(x, w, b)
+        if self.index == len(self.caches):
+            self.caches.append(torch.zeros_like(x[:, :, :1]).expand(-1, -1, kt - 1, -1, -1))
+        window = torch.cat([self.caches[self.index], x], dim=2)
+        self.caches[self.index] = window[:, :, -(kt - 1):].clone()
+        self.index += 1
+        frames = []
+        for t in range(x.shape[2]):
+            y = None
+            for dt in range(kt):
+                tap = F.conv2d(window[:, :, t + dt], w[:, :, dt], b if dt == 0 else None, padding=kh // 2)
+                y = bf16(tap if y is None else y + tap)
+            frames.append(y)
+        return torch.stack(frames, dim=2)
 
 
 class RoundingDecoder(TorchWanDecoder):
@@ -34,11 +62,12 @@ class RoundingDecoder(TorchWanDecoder):
     decoder stores but the blocks' outputs (acts), and the blocks' outputs: the residual stream
     (stream)."""
 
-    def __init__(self, weights, mean, std, round_weights, acts, stream):
+    def __init__(self, weights, mean, std, round_weights, acts, stream, by_taps=False):
         super().__init__(weights, mean=mean, std=std)
         if round_weights:
             self.p = {k: bf16(v) for k, v in self.p.items()}
         self.acts, self.stream = acts, stream
+        self.stream_type = TapsStream if by_taps else _Stream
 
     def _stored(self, x):
         return bf16(x) if self.acts else x
@@ -50,6 +79,7 @@ class RoundingDecoder(TorchWanDecoder):
 ROWS = [("weights bf16, activations fp32", (1, 0, 0)),
         ("weights fp32, activations bf16", (0, 1, 1)),
         ("both bf16 (a bf16 decoder)", (1, 1, 1)),
+        ("both bf16, narrow convs by taps", (1, 1, 1, True)),
         ("both bf16, residual stream fp32", (1, 1, 0))]
 
 

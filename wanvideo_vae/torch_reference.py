@@ -50,6 +50,8 @@ class TorchWanDecoder:
     def _rms(x, gamma):
         return F.normalize(x, dim=1) * x.shape[1] ** 0.5 * gamma
 
+    stream_type = _Stream  # how causal convolutions run (tools/bf16_error_sources.py: also by taps)
+
     # Where a decoder in 16-bit types stores a tensor (_stored) or a block's output (_block_out): as
     # it is here; tools/bf16_error_sources.py rounds there.
     def _stored(self, x):
@@ -113,7 +115,7 @@ class TorchWanDecoder:
         """z [z_dim, T, h, w] (normalized) -> raw frames [3, F, 8h, 8w] on the decoder's device."""
         x = z[None].to(device=self.device, dtype=self.dtype) * self.std + self.mean
         x = self._stored(F.conv3d(self._stored(x), self.p["conv2.weight"], self.p["conv2.bias"]))
-        s = _Stream()
+        s = self.stream_type()
         out = []
         for t in range(x.shape[2]):
             s.index = 0
