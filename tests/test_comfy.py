@@ -1,6 +1,7 @@
 """The ComfyUI node pack: loading, input specs, WanVideoDecode semantics, the WANVAE patch, Gradio."""
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ torch = pytest.importorskip("torch")
 
 from helpers import REPO, load_fixture, random_latents, random_weights  # noqa: E402
 from standin_wanvae import StandInWanVAE  # noqa: E402
-from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, WanCoreVAENativeDecode, WanVideoNativeDecode,  # noqa: E402
-                                      WanVideoNativeVAEPatch)
+from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, NativeWanVAE, WanCoreVAENativeDecode,  # noqa: E402
+                                      WanVideoNativeDecode, WanVideoNativeVAEPatch)
 
 NODE_TOL = 1e-4
 
@@ -336,6 +337,22 @@ def test_patched_wanvae_takes_wanvideowrapper_positional_order(tiny):
     assert end.shape == vae.decode(lat, "cpu", False, True)[0].shape and end.shape[1] != tiled.shape[1]
 
 
+@pytest.mark.parametrize("container", [tuple, list])
+def test_a_loaders_one_item_container_is_patched_and_handed_on_as_it_came(tiny, container):
+    """ComfyUI-MultiGPU's WanVideoVAELoaderMultiGPU (some versions) hands on the wrapper loader's own
+    1-tuple, which its nodes index: the patch node patches the VAE inside and returns the same kind
+    of container; the decode node reads the VAE inside too."""
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(container([vae]))
+    assert type(patched) is container and len(patched) == 1 and isinstance(patched[0], NativeWanVAE)
+    assert WanVideoNativeVAEPatch().patch(patched)[0][0] is patched[0]
+    lat = torch.from_numpy(data["latents"])[None]
+    assert (patched[0].decode(lat, "cpu")[0] - vae.decode(lat, "cpu")[0]).abs().max().item() <= NODE_TOL
+    (ours,) = WanVideoNativeDecode().decode(container([vae]), _latent(data), False, 272, 272, 144, 128)
+    (plain,) = WanVideoNativeDecode().decode(vae, _latent(data), False, 272, 272, 144, 128)
+    assert torch.equal(ours, plain)
+
+
 def test_patched_and_plain_wanvae_share_one_decoder(tiny):
     from wanvideo_vae.comfy_nodes import _decoders
     vae, data = tiny
@@ -371,14 +388,17 @@ def test_core_vae_node():
     with pytest.raises(ValueError, match="Wan 2.1 video latents"):
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)
 
-    wan22 = dict(weights, **{"decoder.head.2.weight": np.zeros((12,) + weights["decoder.head.2.weight"].shape[1:],
-                                                                np.float32)})
+    twelve = dict(weights, **{"decoder.head.2.weight": np.zeros((12,) + weights["decoder.head.2.weight"].shape[1:],
+                                                                 np.float32)})
+    wan22 = dict(twelve, **{"decoder.upsamples.0.upsamples.0.residual.2.weight": np.zeros((4, 4, 3, 3, 3), np.float32)})
 
-    class Wan22VAE:
-        first_stage_model = module_tree(wan22)
+    for model, says in ((twelve, "ends in 12 channels; this node decodes the Wan 2.1 VAE's RGB"),
+                        (wan22, "this VAE is the Wan 2.2 VAE")):
+        class OtherVAE:
+            first_stage_model = module_tree(model)
 
-    with pytest.raises(ValueError, match="12 channels \\(the Wan 2.2 VAE\\)"):
-        WanCoreVAENativeDecode().decode({"samples": torch.from_numpy(unnormalized)[None]}, Wan22VAE(), 64, True)
+        with pytest.raises(ValueError, match=re.escape(says)):
+            WanCoreVAENativeDecode().decode({"samples": torch.from_numpy(unnormalized)[None]}, OtherVAE(), 64, True)
 
     class ImageVAE:  # an SD-style VAE wired in by mistake
         first_stage_model = torch.nn.Conv2d(4, 3, 1)

@@ -224,8 +224,15 @@ def _check_wan21_vae(vae):
         raise ValueError(f"this WANVAE ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
 
 
+def _loader_output(vae):
+    """The WANVAE a loader handed on. ComfyUI-MultiGPU's WanVideoVAELoaderMultiGPU (some versions)
+    passes the wrapper loader's own 1-tuple, which its nodes index: the VAE inside."""
+    return vae[0] if isinstance(vae, (tuple, list)) and len(vae) == 1 else vae
+
+
 def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=True):
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
+    vae = _loader_output(vae)
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
     _check_wan21_vae(vae)
@@ -364,13 +371,17 @@ class WanVideoNativeVAEPatch:
     DESCRIPTION = "Makes every decode of this WANVAE (the sampler's too) use the native exact decoder."
 
     def patch(self, vae):
-        if isinstance(vae, NativeWanVAE):
-            return (vae,)
-        _check_wan21_vae(vae)  # before sampling, not at its first decode
-        return (NativeWanVAE(vae),)
+        inner = _loader_output(vae)
+        if not isinstance(inner, NativeWanVAE):
+            _check_wan21_vae(inner)  # before sampling, not at its first decode
+            inner = NativeWanVAE(inner)
+        return (type(vae)([inner]) if isinstance(vae, (tuple, list)) else inner,)  # handed on as it came
 
 
 # ---- ComfyUI core VAE ----------------------------------------------------------------------------
+
+WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # a Wan 2.2 VAE's stages nest their blocks
+
 
 class WanCoreVAENativeDecode:
     """Decodes a core LATENT with ComfyUI's own Wan 2.1 VAE (the VAE type from Load VAE), natively.
@@ -402,9 +413,12 @@ class WanCoreVAENativeDecode:
         if conv1 is None or conv1.ndim != 5:
             raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
                              "no 3-d decoder.conv1.weight")
-        if head is not None and head.shape[0] != 3:  # the Wan 2.2 VAE's head makes 12 channels (2x2 patches)
-            raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels (the Wan 2.2 VAE); this node "
-                             "decodes the Wan 2.1 VAE only: use ComfyUI's VAE Decode for it")
+        if WAN22_KEY in state:  # ComfyUI's own test for it
+            raise ValueError("this VAE is the Wan 2.2 VAE; this node decodes the Wan 2.1 VAE only: use ComfyUI's "
+                             "VAE Decode for it")
+        if head is not None and head.shape[0] != 3:
+            raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels; this node decodes the Wan 2.1 "
+                             "VAE's RGB (3-channel) head only: use ComfyUI's VAE Decode for it")
         z_dim = int(conv1.shape[1])
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
