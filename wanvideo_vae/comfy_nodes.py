@@ -343,8 +343,9 @@ class NativeWanVAE:
                pbar=True, output_device=None, output_dtype=None, **unused):
         torch = _torch()
         videos = []
+        tile_h, tile_w = tile_size  # in latent pixels, height first, as the wrapper's tiled_decode reads them
         for latents in hidden_states:
-            raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_size[0], 8 * tile_size[1],
+            raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_w, 8 * tile_h,
                               show_progress=bool(pbar))
             if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
                 videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2))
