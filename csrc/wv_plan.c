@@ -620,31 +620,68 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
     return WV_OK;
 }
 
-static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,
-                                  int min_tile, wv_error *err)
+/* The least working memory of the tiles asked and of every square tile shrink_to_fit looks at
+ * (min_tile up to top, in steps of S; each with the trunk's better end), and that plan, in *least
+ * (least->arena_bytes 0: none within WV_MAX_TILES tiles and the backend's operand limit); *crowded:
+ * whether some tile was passed over for making more than WV_MAX_TILES. Every tile is planned: the
+ * arena does not shrink steadily with the tile (a tile that covers the frame streams its trunk). */
+static wv_status least_arena(const wv_model *m, int T, int h, int w, const wv_options *o, int min_tile, int top,
+                             int S, wv_plan *least, int *crowded, wv_error *err)
 {
-    wv_options trial = square_tile(o, min_tile);
+    int64_t limit = m->backend->max_conv_elems;
+    memset(least, 0, sizeof *least);
+    *crowded = 0;
+    for (int tile = min_tile - S; tile <= top; tile += S) {
+        wv_options trial = tile < min_tile ? *o : square_tile(o, tile); /* first, the tiles asked */
+        wv_plan q;
+        wv_status st = plan_for_tiles(&q, m, T, h, w, &trial, err);
+        wv_plan_free(&q);
+        if (too_many_tiles(&q, st, err)) {
+            *crowded = 1;
+            continue;
+        }
+        if (st) return st;
+        if ((!limit || q.tile_operand <= limit) && (!least->arena_bytes || q.arena_bytes < least->arena_bytes))
+            *least = q;
+    }
+    return WV_OK;
+}
+
+static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,
+                                  int min_tile, int top, int S, wv_error *err)
+{
     wv_plan q;
-    char trunk[96] = ""; /* the part that grows with T, where the arena holds it */
-    wv_status st = plan_with_trunk(&q, m, m->trunk_end, T, h, w, &trial, err);
-    wv_plan_free(&q);
-    if (too_many_tiles(&q, st, err))
-        return wv_fail(err, WV_ERR_NOMEM,
-                       "the decode needs %zu bytes of working memory but the budget is %zu bytes, and tiles small "
-                       "enough for it would be more than %d",
-                       asked_bytes, o->max_bytes, WV_MAX_TILES);
+    char tiles[64], trunk[96] = "", crowd[64] = ""; /* trunk: the part that grows with T, where the arena holds it */
+    int crowded;
+    wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, &crowded, err);
     if (st) return st;
-    if (!o->max_bytes || q.arena_bytes <= o->max_bytes) /* it is the convolutions that do not fit */
+    if (!q.arena_bytes) {
+        wv_options smallest = square_tile(o, min_tile);
+        st = plan_for_tiles(&q, m, T, h, w, &smallest, err);
+        wv_plan_free(&q);
+        if (too_many_tiles(&q, st, err))
+            return wv_fail(err, WV_ERR_NOMEM,
+                           "the decode needs %zu bytes of working memory but the budget is %zu bytes, and tiles "
+                           "small enough for it would be more than %d",
+                           asked_bytes, o->max_bytes, WV_MAX_TILES);
+        if (st) return st;
         return wv_fail(err, WV_ERR_INVALID,
                        "even in the smallest tiles (%d px) a convolution has an operand of %lld elements, more than "
                        "the %lld the %s backend takes",
                        min_tile, (long long)q.tile_operand, (long long)m->backend->max_conv_elems, m->backend->name);
+    }
+    if (q.n_tiles == 1)
+        snprintf(tiles, sizeof tiles, "untiled");
+    else
+        snprintf(tiles, sizeof tiles, "in %dx%d tiles of %dx%d px", q.tiles_x, q.tiles_y, q.core_x + 2 * q.out_halo,
+                 q.core_y + 2 * q.out_halo);
     if (!q.trunk_host_bytes)
-        snprintf(trunk, sizeof trunk, ", of which the trunk output for %d frames is %zu", T, q.trunk_out_bytes);
+        snprintf(trunk, sizeof trunk, "; the trunk output for %d frames takes %zu of it", T, q.trunk_out_bytes);
+    if (crowded) snprintf(crowd, sizeof crowd, " (smaller tiles would be more than %d)", WV_MAX_TILES);
     return wv_fail(err, WV_ERR_NOMEM,
-                   "the decode needs %zu bytes of working memory (%zu at the smallest tile of %d px%s) but the "
-                   "budget is %zu bytes",
-                   asked_bytes, q.arena_bytes, min_tile, trunk, o->max_bytes);
+                   "the decode needs %zu bytes of working memory but the budget is %zu bytes; the least it can "
+                   "take is %zu, %s%s%s",
+                   asked_bytes, o->max_bytes, q.arena_bytes, tiles, crowd, trunk);
 }
 
 /* Largest square tile, no larger than asked on either axis, whose plan fits the budget, searched for
@@ -677,7 +714,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
         }
         wv_plan_free(&q);
     }
-    if (best < 0) return budget_too_small(m, T, h, w, o, asked_bytes, min_tile, err);
+    if (best < 0) return budget_too_small(m, T, h, w, o, asked_bytes, min_tile, top, S, err);
     trial = square_tile(o, best);
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
     if ((st = least_work_even_split(p, m, T, h, w, o, &trial, err))) return st;

@@ -249,14 +249,18 @@ def test_frames_of_2_31_latent_positions_are_refused():
 def test_a_budget_is_met_on_frames_whose_smallest_tiles_would_be_too_many():
     """On a frame of 1025 x 1025 latents, the search for the largest tile that fits walked down to
     tiles of which there would be more than 2**20, and that plan's error ended the shrinking although
-    larger tiles fit: "1025 x 1025 tiles is too many". Where no tile fits, the error is a MemoryError."""
+    larger tiles fit: "1025 x 1025 tiles is too many". Where no tile fits, the error is a MemoryError
+    naming the least budget, in the smallest tiles that are not too many."""
     dec = decoder(8)
     need = dec.plan(1, 1025, 1025, tile_x=1030, tile_y=1030, tile_stride_x=8, tile_stride_y=8,
                     max_memory=1 << 62)["planned_bytes"]
     plan = dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need)
     assert plan["planned_bytes"] <= need and plan["shrunk_to_fit"]
-    with pytest.raises(MemoryError, match=r"tiles small enough for it would be more than 1048576$"):
+    with pytest.raises(MemoryError, match=r"the least it can take is (\d+), in 513x513 tiles of 30x30 px \(smaller "
+                                          r"tiles would be more than 1048576\)") as refused:
         dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need // 2)
+    least = int(refused.value.args[0].split("the least it can take is ")[1].split(",")[0])
+    assert dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=least)["planned_bytes"] == least
 
 
 def test_work_of_a_long_large_decode_is_counted_past_2_63():

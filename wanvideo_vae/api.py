@@ -227,8 +227,8 @@ class Decoder:
         max_memory: bytes of working memory (the arena; weights and output excluded) the decode may
         use, by default 90% of the available host memory (CPU) or of the free device memory (CUDA);
         if the plan needs more, tiles shrink to the largest that fits (the result is the same, also
-        with tiling disabled), and if even the smallest tile does not fit, MemoryError says what is
-        needed before any work starts.
+        with tiling disabled), and if no tiling fits, MemoryError says the least budget that would,
+        before any work starts.
         CUDA: torch CUDA tensors are read in place (any strides, float32/float16/bfloat16), after the
         work queued on torch's current stream; host latents are copied to the device.
         profile=True waits for every backend op and puts {op: [seconds, calls, host seconds]} in
