@@ -601,8 +601,6 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
     return result;
 }
 
-/* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
- * asked for by the thread already decoding (from its progress callback) would wait for itself. */
 /* The threads inside a progress callback now, an entry per level (read and changed under the GIL). A
  * thread in one holds that callback's Decoder, so it must not wait for another Decoder, whose own
  * callback may be waiting for the first. Past MAX_CALLBACK_LEVELS a callback goes unrecorded. */
@@ -639,6 +637,8 @@ static PyObject *raise_closed(void)
     return NULL;
 }
 
+/* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
+ * asked for by the thread already decoding (from its progress callback) would wait for itself. */
 static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();

@@ -177,7 +177,9 @@ struct wv_backend {
     int causal_weight_scratch; /* 1: the arena holds room for any causal conv's packed weights
                                   (WEIGHT_SCRATCH), where the backend reorders their taps per call */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
-                               largest conv input matrix, with a 4 MiB floor for cuBLAS; 0: none) */
+                               largest conv input matrix, and by min_workspace_bytes; 0: none) */
+    size_t min_workspace_bytes; /* the WORKSPACE buffer, at least, where there is one (the GEMM
+                                   libraries the backend calls ask that much) */
     int output_staging_copies; /* steps of output the arena holds for the backend's copies to the host
                                   (0: write_output writes the caller's array itself) */
     int trunk_out_host;     /* 1: a plan of several tiles keeps the trunk output of all frames in
@@ -203,7 +205,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 9
+#define WV_BACKEND_ABI 10
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

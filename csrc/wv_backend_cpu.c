@@ -347,10 +347,18 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
     return WV_OK;
 }
 
+/* No weight scratch, workspace, output staging, trunk output on the host or operand limit: those
+ * fields are 0. */
 static const wv_backend CPU_BACKEND = {
-    "cpu", WV_F32, sizeof(float), sizeof(float), sizeof(float), 0, 0, 0, 0, 0, cpu_ctx_create, cpu_ctx_destroy,
-    cpu_fail_nth_alloc,
-#define WV_OP_INIT(name, ret, args) cpu_##name,
+    .name = "cpu",
+    .act_dtype = WV_F32,
+    .act_bytes = sizeof(float),
+    .param_bytes = sizeof(float),
+    .score_bytes = sizeof(float),
+    .ctx_create = cpu_ctx_create,
+    .ctx_destroy = cpu_ctx_destroy,
+    .fail_nth_alloc = cpu_fail_nth_alloc,
+#define WV_OP_INIT(op, ret, args) .op = cpu_##op,
     WV_BACKEND_OPS(WV_OP_INIT)
 #undef WV_OP_INIT
 };

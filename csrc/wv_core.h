@@ -75,7 +75,7 @@ typedef enum {
 } wv_block_kind;
 
 /* One convolution, weights in the backend's layout. kt/kh/kw are the kernel extents;
- * kt == 3 means causal in time (two cached frames).
+ * kt == 3 means causal in time (its cache: wv_cache_frames).
  * The upsampling blocks' resample conv (nearest x2, then a 3x3 conv C -> C/2) runs sub-pixel: on
  * the low-resolution frame, as a 2x2 conv whose 4 x C/2 outputs are the four phases (y % 2, x % 2)
  * of the x2 frame, which the pixel_shuffle op then puts in place. Each phase's 2x2 taps are sums of
@@ -211,7 +211,7 @@ typedef struct {
     wv_buffer_plan buffers[WV_MAX_BUFFERS];
     size_t trunk_out_bytes;  /* the part of the arena that grows with T x frame */
     size_t trunk_host_bytes; /* the trunk output of all frames in the backend's host memory instead
-                                (its trunk_out_host; the arena then holds one frame), else 0 */
+                                (its trunk_out_host; the arena then holds none of it), else 0 */
     size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
     double conv_flops;       /* multiply-adds x 2 of every convolution the plan runs (a long 4K decode passes 2^63) */

@@ -8,7 +8,7 @@
  * and tile work are each alive during their phase (they share memory unless the plan streams).
  * The causal caches follow these, one buffer per cache slot, in the phase of their block. */
 #define WV_ARENA_BUFFERS(X)                                                              \
-    X(TRUNK_OUT, PHASE_KEEP, "trunk output [frames][h*w][4 dim] (1 frame: streamed, or kept on the host)") \
+    X(TRUNK_OUT, PHASE_KEEP, "trunk output [frames][h*w][4 dim] (1 frame: streamed; none: kept on the host)") \
     X(WORKSPACE, PHASE_KEEP, "backend workspace (convolution algorithms, GEMMs)")      \
     X(WEIGHT_SCRATCH, PHASE_KEEP, "a causal conv's weights, taps reordered by the backend") \
     X(TRUNK_X, PHASE_TRUNK, "trunk activations [P0][C]")                            \

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Wan 2.1 architecture constants (DESIGN.md section 2). */
+/* Wan 2.1 architecture constants: the public WanVAE's dim_mult, and its temperal_downsample reversed. */
 static const int DIM_MULT[] = {1, 2, 4, 4};
 static const int TEMPORAL_UPSAMPLE[] = {1, 1, 0};
 enum { N_STAGES = 4, RES_BLOCKS_PER_STAGE = 3 /* num_res_blocks + 1 */ };
@@ -100,7 +100,8 @@ static void add_block(wv_model *m, wv_block_kind kind, const char *prefix, int c
     b->cout = cout;
 }
 
-/* The block list of DESIGN.md section 2, from dim and z_dim. */
+/* The decoder's block list, from dim and z_dim: conv2, decoder.conv1, middle (res, attention, res), four
+ * stages of three residual blocks with an upsample after the first three, head. */
 static void build_blocks(wv_model *m, int dim, int z)
 {
     int dims[N_STAGES + 1];

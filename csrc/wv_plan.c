@@ -5,8 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* cuBLAS asks 4 MiB of workspace to run its GEMMs at full speed (and fails below 16 KiB). */
-#define WV_WORKSPACE_FLOOR ((int64_t)4 << 20)
 #define WV_MAX_TILES (1 << 20) /* a 4K frame in the smallest tiles is some 130000 */
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -77,7 +75,7 @@ static wv_status open_segment(wv_plan *p, const wv_model *m, const int *halo, in
     s->frames_per_chunk = !prev                                  ? 1
                           : m->blocks[b].kind == WV_BLOCK_UP3D ? prev->frames_per_chunk * 2
                                                                  : prev->frames_per_chunk;
-    /* the region is fixed after the upsample's own conv: the cut point of DESIGN.md 3 */
+    /* a segment's region is fixed after the upsample's own conv, where its frames double */
     s->halo = prev ? halo[b + 1] : halo[b];
     if (prev) p->seg[p->n_segments - 1].end_block = b;
     p->n_segments++;
@@ -227,7 +225,7 @@ static int plan_fits(const wv_plan *p, const wv_model *m, const wv_options *o)
 }
 
 /* The backend's workspace, but no more than the largest conv input matrix (taps x cin per position)
- * of this plan, small decodes needing little, and no less than the GEMM libraries ask for. */
+ * of this plan, small decodes needing little, and no less than the backend's libraries ask for. */
 static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
 {
     int64_t largest = 0;
@@ -239,7 +237,7 @@ static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
             bytes = conv_positions(p, m, b, c) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
             largest = bytes > largest ? bytes : largest;
         }
-    if (largest < WV_WORKSPACE_FLOOR) largest = WV_WORKSPACE_FLOOR;
+    if (largest < (int64_t)m->backend->min_workspace_bytes) largest = (int64_t)m->backend->min_workspace_bytes;
     return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
 

@@ -48,6 +48,7 @@
 #endif
 
 #define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
+#define CUBLAS_WORKSPACE_BYTES ((size_t)4 << 20) /* what cuBLAS asks to run its GEMMs at full speed */
 #define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the latents' nonfinite flag, the output's, mean and std */
 #define OUTPUT_FLAG_OFFSET 64                    /* bytes into the scalars: write_output's nonfinite flag */
 #define WV_CUDA_MAX_Z 4096
@@ -367,7 +368,7 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * context (its ops then run as recorded, which reports a real error as usual). */
 #define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
 #define GRAPH_MAX_KNOWN 64 /* lists remembered, and graphs kept, the least recently used dropped */
-#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 3 lists, then the next tile's begin) */
+#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 3 or 6 lists, then the next tile's begin) */
 
 static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
 {
@@ -1161,7 +1162,7 @@ static void drain(cuda_ctx *c, staging *s)
 /* The step (and its output's copy, if any) is queued behind an event; the host moves on to the next
  * step and waits only for the step that last used the staging it takes next, whose output it then
  * copies out: STAGINGS - 1 steps in flight. The stagings take turns step by step, so with the
- * rings' three orders a tile's steps repeat every STAGINGS = 3 (what step graphs replay). */
+ * rings' three orders a tile's steps repeat every STAGINGS = 3 steps, or 6 (see step graphs). */
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -1272,11 +1273,6 @@ static void confirm_workspaces(cuda_ctx *c, conv_shape *s)
     }
 }
 
-/* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
- * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
- * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
- * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
- * cuDNN's int sizes). */
 /* Elements of the largest tensor cuDNN is handed for a conv: kt frames (a ring's, or one) of the
  * padded grid, by the wider channel count. cuDNN indexes it in int (max_conv_elems). */
 static int64_t cudnn_operand(int kt, int64_t positions, int cin, int cout)
@@ -1284,6 +1280,11 @@ static int64_t cudnn_operand(int kt, int64_t positions, int cin, int cout)
     return kt * positions * (cin > cout ? cin : cout);
 }
 
+/* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
+ * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
+ * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
+ * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
+ * cuDNN's int sizes). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
@@ -1927,10 +1928,23 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 /* ---- the tables --------------------------------------------------------------------------- */
 
-#define CUDA_TABLE(NAME, DT, BYTES)                                                                               \
-    static const wv_backend NAME = {                                                                              \
-        "cuda", DT, BYTES, BYTES, sizeof(float) + BYTES, 1, WV_CUDA_WORKSPACE_BYTES, STAGINGS, 1, INT32_MAX,  \
-        cuda_ctx_create, cuda_ctx_destroy, cuda_fail_nth_alloc,                                                   \
+/* wv_backend's fields in order (C++17: no designated initializers). */
+#define CUDA_TABLE(NAME, DT, BYTES)                                                                 \
+    static const wv_backend NAME = {                                                                \
+        "cuda",                  /* name */                                                         \
+        DT,                      /* act_dtype */                                                    \
+        BYTES,                   /* act_bytes */                                                    \
+        BYTES,                   /* param_bytes */                                                  \
+        sizeof(float) + BYTES,   /* score_bytes: fp32 scores and their softmax in DT */             \
+        1,                       /* causal_weight_scratch: taps turned to a ring's order per call */ \
+        WV_CUDA_WORKSPACE_BYTES, /* workspace_bytes */                                              \
+        CUBLAS_WORKSPACE_BYTES,  /* min_workspace_bytes */                                          \
+        STAGINGS,                /* output_staging_copies */                                        \
+        1,                       /* trunk_out_host */                                               \
+        INT32_MAX,               /* max_conv_elems: cuDNN indexes a tensor in int */                \
+        cuda_ctx_create,                                                                            \
+        cuda_ctx_destroy,                                                                           \
+        cuda_fail_nth_alloc,                                                                        \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 
 #define WV_CUDA_OP_INIT(name, ret, args) cuda_##name,
