@@ -910,30 +910,32 @@ static PyObject *Model_halos(ModelObject *self, PyObject *noargs)
     return d;
 }
 
-static PyObject *Model_get_int(ModelObject *self, void *which)
-{
-    if (require_built(self)) return NULL;
-    switch ((int)(intptr_t)which) {
-    case 0: return PyLong_FromLong(self->model.dim);
-    case 1: return PyLong_FromLong(self->model.z_dim);
-    case 2: return PyLong_FromLongLong(self->model.n_params);
-    case 3: return PyLong_FromSize_t(self->model.weight_bytes);
-    case 4: return PyLong_FromLong(self->model.n_cache_slots);
-    case 6: return PyUnicode_FromString(precision_name(self->model.backend->act_dtype));
-    case 7: return PyBool_FromLong(self->closed);
-    default: return PyUnicode_FromString(self->model.backend->name);
+/* The Model's read-only properties: X(name, docstring, its value as a new reference from self). */
+#define MODEL_PROPERTIES(X)                                                                                 \
+    X(dim, "base width (96 for Wan 2.1)", PyLong_FromLong(self->model.dim))                                 \
+    X(z_dim, "latent channels", PyLong_FromLong(self->model.z_dim))                                         \
+    X(n_params, "decoder parameters", PyLong_FromLongLong(self->model.n_params))                            \
+    X(weight_bytes, "bytes of converted weights", PyLong_FromSize_t(self->model.weight_bytes))              \
+    X(cache_slots, "causal convolutions (one cache each)", PyLong_FromLong(self->model.n_cache_slots))      \
+    X(backend, "backend name", PyUnicode_FromString(self->model.backend->name))                             \
+    X(precision, "activation and weight precision: fp32, fp16 or bf16",                                     \
+      PyUnicode_FromString(precision_name(self->model.backend->act_dtype)))                                 \
+    X(closed, "whether close() freed the weights", PyBool_FromLong(self->closed))
+
+#define MODEL_GETTER(name, doc, value)                                                                      \
+    static PyObject *Model_get_##name(ModelObject *self, void *unused)                                      \
+    {                                                                                                       \
+        (void)unused;                                                                                       \
+        if (require_built(self)) return NULL;                                                               \
+        return value;                                                                                       \
     }
-}
+MODEL_PROPERTIES(MODEL_GETTER)
+#undef MODEL_GETTER
 
 static PyGetSetDef Model_getset[] = {
-    {"dim", (getter)Model_get_int, NULL, "base width (96 for Wan 2.1)", (void *)0},
-    {"z_dim", (getter)Model_get_int, NULL, "latent channels", (void *)1},
-    {"n_params", (getter)Model_get_int, NULL, "decoder parameters", (void *)2},
-    {"weight_bytes", (getter)Model_get_int, NULL, "bytes of converted weights", (void *)3},
-    {"cache_slots", (getter)Model_get_int, NULL, "causal convolutions (one cache each)", (void *)4},
-    {"backend", (getter)Model_get_int, NULL, "backend name", (void *)5},
-    {"precision", (getter)Model_get_int, NULL, "activation and weight precision: fp32, fp16 or bf16", (void *)6},
-    {"closed", (getter)Model_get_int, NULL, "whether close() freed the weights", (void *)7},
+#define MODEL_GETSET(name, doc, value) {#name, (getter)Model_get_##name, NULL, doc, NULL},
+    MODEL_PROPERTIES(MODEL_GETSET)
+#undef MODEL_GETSET
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1086,8 +1088,8 @@ static PyObject *expected_keys(PyObject *mod, PyObject *args, PyObject *kwds)
     key_collector kc = {NULL, 0};
     (void)mod;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ii:expected_keys", kwlist, &dim, &z)) return NULL;
-    if (dim < 1 || z < 1 || dim > 4096 || z > 4096) {
-        PyErr_SetString(WvError, "dim and z_dim must be in 1..4096");
+    if (dim < 1 || z < 1 || dim > WV_MAX_WIDTH / 4 || z > WV_MAX_WIDTH) { /* what wv_model_build takes */
+        PyErr_Format(WvError, "dim must be in 1..%d and z_dim in 1..%d", WV_MAX_WIDTH / 4, WV_MAX_WIDTH);
         return NULL;
     }
     if (!(kc.list = PyList_New(0))) return NULL;

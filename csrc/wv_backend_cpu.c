@@ -252,7 +252,7 @@ static void cpu_rms_norm(void *ctx, const void *x_, wv_grid gx, void *y_, wv_gri
                 double ss = 0.0;
                 float scale;
                 for (int c = 0; c < C; c++) ss += (double)s[c] * s[c];
-                scale = root_c / (float)fmax(sqrt(ss), 1e-12);
+                scale = root_c / (float)fmax(sqrt(ss), WV_RMS_EPS);
                 for (int c = 0; c < C; c++) {
                     float v = s[c] * scale * gamma[c];
                     d[c] = use_silu ? silu(v) : v;

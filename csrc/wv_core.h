@@ -106,6 +106,10 @@ typedef struct {
 } wv_block;
 
 #define WV_MAX_BLOCKS 32
+/* The widest layer a model may have (4 dim, its trunk's width) and the most latent channels: far past
+ * Wan 2.1's 384 and 16, and small enough that a channel count times a 3x3x3 kernel stays well inside
+ * an int. */
+#define WV_MAX_WIDTH 4096
 
 typedef struct wv_backend wv_backend;
 

@@ -187,7 +187,7 @@ static wv_status infer_config(const wv_named_view *w, int n, int *dim, int *z, w
         return wv_fail(err, WV_ERR_INVALID, "missing weight 'decoder.conv1.weight' (needed to infer "
                                             "the decoder's width)");
     if (c1->view.ndim != 5 || c1->view.shape[0] % 4 != 0 || c1->view.shape[0] < 4 ||
-        c1->view.shape[1] < 1 || c1->view.shape[0] > 4096 || c1->view.shape[1] > 4096) {
+        c1->view.shape[1] < 1 || c1->view.shape[0] > WV_MAX_WIDTH || c1->view.shape[1] > WV_MAX_WIDTH) {
         char s[96];
         format_shape(s, sizeof s, c1->view.ndim, c1->view.shape);
         return wv_fail(err, WV_ERR_INVALID,

@@ -194,8 +194,8 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
     }
 }
 
-/* Positions of the grid a conv reads: the trunk's full frame, or its tile segment. */
-static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b, int c)
+/* Positions of the grid block b's convs read: the trunk's full frame, or its tile segment. */
+static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b)
 {
     wv_grid full = {p->h, p->w, 1};
     int s = wv_block_segment(p, m, b);
@@ -211,7 +211,7 @@ static void size_conv_operands(wv_plan *p, const wv_model *m)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             int64_t *largest = b < p->trunk_end ? &p->trunk_operand : &p->tile_operand, e;
             if (!m->blocks[b].has_conv[c]) continue;
-            e = m->blocks[b].conv[c].operand_per_position * conv_positions(p, m, b, c);
+            e = m->blocks[b].conv[c].operand_per_position * conv_positions(p, m, b);
             *largest = e > *largest ? e : *largest;
         }
 }
@@ -234,7 +234,7 @@ static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
             const wv_conv *cv = &m->blocks[b].conv[c];
             int64_t bytes;
             if (!m->blocks[b].has_conv[c]) continue;
-            bytes = conv_positions(p, m, b, c) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
+            bytes = conv_positions(p, m, b) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
             largest = bytes > largest ? bytes : largest;
         }
     if (largest < (int64_t)m->backend->min_workspace_bytes) largest = (int64_t)m->backend->min_workspace_bytes;
@@ -257,10 +257,16 @@ static int64_t weight_scratch_bytes(const wv_model *m)
     return largest * (int64_t)m->backend->param_bytes;
 }
 
-static void set_buffer(wv_plan *p, int id, const char *name, int64_t elems, size_t act_bytes)
+/* Buffer id's size: elems of elem_bytes each, aligned; its name from WV_ARENA_BUFFERS. */
+static void set_buffer(wv_plan *p, int id, int64_t elems, size_t elem_bytes)
 {
-    p->buffers[id].name = name;
-    p->buffers[id].bytes = wv_align_up((size_t)elems * act_bytes);
+    static const char *const names[] = {
+#define WV_BUF_NAME(bid, phase, desc) #bid ": " desc,
+        WV_ARENA_BUFFERS(WV_BUF_NAME)
+#undef WV_BUF_NAME
+    };
+    p->buffers[id].name = id < WV_BUF_CACHE0 ? names[id] : "causal cache [frames][P][cin]";
+    p->buffers[id].bytes = wv_align_up((size_t)elems * elem_bytes);
 }
 
 static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
@@ -279,25 +285,22 @@ static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
     return PHASE_KEEP;
 }
 
-static void size_buffers(wv_plan *p, const wv_model *m)
+/* The widest of the trunk's blocks, and its attention's width. */
+static void trunk_widths(const wv_plan *p, const wv_model *m, int *trunk_c, int *attn_c)
 {
-    const wv_backend *be = m->backend;
-    size_t ab = be->act_bytes;
-    static const char *const names[] = {
-#define WV_BUF_NAME(bid, phase, desc) #bid ": " desc,
-        WV_ARENA_BUFFERS(WV_BUF_NAME)
-#undef WV_BUF_NAME
-    };
-    wv_grid full = {p->h, p->w, 1};
-    int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
-    int C = m->blocks[p->trunk_end - 1].cout, attn_c = 0, trunk_c = 0;
-    size_t scratch = 0, base = 0;
+    *trunk_c = *attn_c = 0;
     for (int b = 0; b < p->trunk_end; b++) {
-        trunk_c = imax(trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
-        if (m->blocks[b].kind == WV_BLOCK_ATTN) attn_c = m->blocks[b].cin;
+        *trunk_c = imax(*trunk_c, imax(m->blocks[b].cin, m->blocks[b].cout));
+        if (m->blocks[b].kind == WV_BLOCK_ATTN) *attn_c = m->blocks[b].cin;
     }
-    /* Segments stack: while the later ones run (depth first), a segment holds only the x or y that
-     * feeds its upsample, so the next one starts over its t. */
+}
+
+/* Places each segment's x, y and t in the tile scratch; returns the scratch's bytes. Segments
+ * stack: while the later ones run (depth first), a segment holds only the x or y that feeds its
+ * upsample, so the next one starts over its t. */
+static size_t stack_segment_scratch(wv_plan *p, const wv_model *m)
+{
+    size_t ab = m->backend->act_bytes, scratch = 0, base = 0;
     for (int s = 0; s < p->n_segments; s++) {
         wv_segment *sg = &p->seg[s];
         size_t xy, end;
@@ -308,34 +311,48 @@ static void size_buffers(wv_plan *p, const wv_model *m)
         scratch = end > scratch ? end : scratch;
         base += 2 * xy;
     }
-    p->trunk_host_bytes = be->trunk_out_host && !p->stream_trunk ? (size_t)p->T * (size_t)(N * C) * ab : 0;
-    set_buffer(p, WV_BUF_TRUNK_OUT, names[WV_BUF_TRUNK_OUT],
-               (p->trunk_host_bytes ? 0 : p->stream_trunk ? 1 : p->T) * N * C, ab);
-    set_buffer(p, WV_BUF_TRUNK_X, names[WV_BUF_TRUNK_X], P0 * trunk_c, ab);
-    set_buffer(p, WV_BUF_TRUNK_Y, names[WV_BUF_TRUNK_Y], P0 * trunk_c, ab);
-    set_buffer(p, WV_BUF_TRUNK_T, names[WV_BUF_TRUNK_T], P0 * trunk_c, ab);
-    set_buffer(p, WV_BUF_ATTN_IN, names[WV_BUF_ATTN_IN], N * attn_c, ab);
-    set_buffer(p, WV_BUF_ATTN_QKV, names[WV_BUF_ATTN_QKV], N * 3 * attn_c, ab);
-    set_buffer(p, WV_BUF_ATTN_OUT, names[WV_BUF_ATTN_OUT], N * attn_c, ab);
-    set_buffer(p, WV_BUF_WORKSPACE, names[WV_BUF_WORKSPACE], workspace_bytes(p, m), 1);
-    set_buffer(p, WV_BUF_WEIGHT_SCRATCH, names[WV_BUF_WEIGHT_SCRATCH], weight_scratch_bytes(m), 1);
-    /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
-    set_buffer(p, WV_BUF_ATTN_SCORES, names[WV_BUF_ATTN_SCORES],
-               (int64_t)wv_align_up((size_t)p->attn_rows * (size_t)N * sizeof(float)) +
-                   (int64_t)p->attn_rows * N * (int64_t)(be->score_bytes - sizeof(float)),
-               1);
-    set_buffer(p, WV_BUF_TILE_SCRATCH, names[WV_BUF_TILE_SCRATCH], (int64_t)(scratch / ab), ab);
-    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
-                        sizeof(float);
-    set_buffer(p, WV_BUF_OUTPUT_STAGING, names[WV_BUF_OUTPUT_STAGING],
-               (int64_t)be->output_staging_copies * (int64_t)p->step_out_bytes, 1);
+    return scratch;
+}
+
+static void size_cache_buffers(wv_plan *p, const wv_model *m)
+{
     for (int b = 0; b < m->n_blocks; b++)
         for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
             const wv_conv *cv = &m->blocks[b].conv[c];
             if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
-            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, "causal cache [frames][P][cin]",
-                       wv_cache_frames(be, cv) * conv_positions(p, m, b, c) * cv->cin, ab);
+            int64_t elems = wv_cache_frames(m->backend, cv) * conv_positions(p, m, b) * cv->cin;
+            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, elems, m->backend->act_bytes);
         }
+}
+
+static void size_buffers(wv_plan *p, const wv_model *m)
+{
+    const wv_backend *be = m->backend;
+    size_t ab = be->act_bytes;
+    wv_grid full = {p->h, p->w, 1};
+    int64_t P0 = wv_grid_positions(full), N = (int64_t)p->h * p->w;
+    int C = m->blocks[p->trunk_end - 1].cout, attn_c, trunk_c;
+    trunk_widths(p, m, &trunk_c, &attn_c);
+    p->trunk_host_bytes = be->trunk_out_host && !p->stream_trunk ? (size_t)p->T * (size_t)(N * C) * ab : 0;
+    set_buffer(p, WV_BUF_TRUNK_OUT, (p->trunk_host_bytes ? 0 : p->stream_trunk ? 1 : p->T) * N * C, ab);
+    set_buffer(p, WV_BUF_TRUNK_X, P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_TRUNK_Y, P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_TRUNK_T, P0 * trunk_c, ab);
+    set_buffer(p, WV_BUF_ATTN_IN, N * attn_c, ab);
+    set_buffer(p, WV_BUF_ATTN_QKV, N * 3 * attn_c, ab);
+    set_buffer(p, WV_BUF_ATTN_OUT, N * attn_c, ab);
+    set_buffer(p, WV_BUF_WORKSPACE, workspace_bytes(p, m), 1);
+    set_buffer(p, WV_BUF_WEIGHT_SCRATCH, weight_scratch_bytes(m), 1);
+    /* scores: rows x N float32, then (score_bytes - 4) bytes a score of second scratch, aligned */
+    set_buffer(p, WV_BUF_ATTN_SCORES,
+               (int64_t)wv_align_up((size_t)p->attn_rows * (size_t)N * sizeof(float)) +
+                   (int64_t)p->attn_rows * N * (int64_t)(be->score_bytes - sizeof(float)),
+               1);
+    set_buffer(p, WV_BUF_TILE_SCRATCH, (int64_t)(stack_segment_scratch(p, m) / ab), ab);
+    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
+                        sizeof(float);
+    set_buffer(p, WV_BUF_OUTPUT_STAGING, (int64_t)be->output_staging_copies * (int64_t)p->step_out_bytes, 1);
+    size_cache_buffers(p, m);
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
 }
 

@@ -49,9 +49,14 @@
 
 #define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
 #define CUBLAS_WORKSPACE_BYTES ((size_t)4 << 20) /* what cuBLAS asks to run its GEMMs at full speed */
-#define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10) /* the latents' nonfinite flag, the output's, mean and std */
-#define OUTPUT_FLAG_OFFSET 64                    /* bytes into the scalars: write_output's nonfinite flag */
-#define WV_CUDA_MAX_Z 4096
+/* The scalars: small device memory of a context. Offset 0: the latents' first nonfinite element
+ * (check_finite); OUTPUT_FLAG_OFFSET: write_output's nonfinite flag; STATS_OFFSET: the latents' mean
+ * and std, WV_CUDA_MAX_Z floats each. */
+#define WV_CUDA_SCALARS_BYTES ((size_t)64 << 10)
+#define OUTPUT_FLAG_OFFSET 64
+#define STATS_OFFSET 256
+#define WV_CUDA_MAX_Z WV_MAX_WIDTH
+static_assert(STATS_OFFSET + 2 * WV_CUDA_MAX_Z * sizeof(float) <= WV_CUDA_SCALARS_BYTES, "the scalars hold mean and std");
 
 #define MAX_CANDIDATES 8
 #define TAPS_MAX_CHANNELS 128 /* the default of g_taps_max_channels */
@@ -1642,7 +1647,7 @@ static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     int z = (int)lat->shape[0];
-    float *stats = (float *)((char *)c->scalars + 256);
+    float *stats = (float *)((char *)c->scalars + STATS_OFFSET);
     flush_pending(c); /* its frame changes every step: it runs at once, between recorded lists */
     if (failed(c)) return;
     if (!c->stats_loaded) { /* once a call: from pageable memory, the copies may wait for the stream */

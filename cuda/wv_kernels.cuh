@@ -133,6 +133,12 @@ __global__ void rotate_taps_kernel(const void *src_, void *dst_, int64_t cout, i
     }
 }
 
+/* What rms_norm multiplies a pixel's C values by, given their sum of squares ss: sqrt(C) / |x|. */
+__device__ __forceinline__ float rms_scale(float ss, int C)
+{
+    return sqrtf((float)C) / fmaxf(sqrtf(ss), (float)WV_RMS_EPS);
+}
+
 /* x [n][P(gx)][C] -> y [n][P(gy)][C]: x / max(|x|, 1e-12) * sqrt(C) * gamma (then SiLU), ring 0.
  * One warp per output position; gx and gy share the interior size. */
 template <typename T>
@@ -160,7 +166,7 @@ __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy
             ss += v * v;
         }
         for (int o = 16; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+        float scale = rms_scale(ss, C);
         for (int c = lane; c < C; c += 32) {
             float v = to_f32(s[c]) * scale * to_f32(gamma[c]);
             d[c] = from_f32<T>(silu ? __fdividef(v, 1.0f + __expf(-v)) : v);
@@ -218,7 +224,7 @@ __global__ void rms_norm_vec_kernel(const void *x_, wv_grid gx, void *y_, wv_gri
     }
     for (int o = L / 2; o > 0; o /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (!live) return;
-    float scale = sqrtf((float)C) / fmaxf(sqrtf(ss), 1e-12f);
+    float scale = rms_scale(ss, C);
     uint4 *dst = y + (((int64_t)f * (gy.h + 2 * gy.pad) + py) * grid_row(gy) + px) * V;
 #pragma unroll
     for (int k = 0; k < RMS_MAX_VECTORS; k++) {

@@ -638,3 +638,14 @@ def test_a_weight_name_that_is_no_valid_unicode_is_named():
         wv._C.Model(weights)
     with pytest.raises(E, match="every key must be a str, got int"):
         wv._C.Model({1: np.zeros(3, np.float32)})
+
+
+def test_expected_keys_takes_the_widths_a_model_takes():
+    """expected_keys listed keys for dim up to 4096, which a model of those weights then refused
+    (its widest layer, 4 dim, is at most 4096)."""
+    assert len(wv._C.expected_keys(1024, 4096)) == len(wv._C.expected_keys(96, 16))
+    with pytest.raises(E, match=r"dim must be in 1\.\.1024 and z_dim in 1\.\.4096"):
+        wv._C.expected_keys(1025, 16)
+    conv1 = {"decoder.conv1.weight": np.zeros((4100, 16, 3, 3, 3), np.float32)}  # a view: no data read
+    with pytest.raises(E, match="expected \\(4\\*dim, z_dim, 3, 3, 3\\)"):
+        wv._C.Model(conv1)
