@@ -586,15 +586,19 @@ static void drop_graphs(cuda_ctx *c)
 
 /* ---- context ------------------------------------------------------------------------------ */
 
+/* The descriptors of s that were made (describe_conv may fail part way). */
+static void destroy_conv_shape(conv_shape *s)
+{
+    if (s->x) cudnnDestroyTensorDescriptor(s->x);
+    if (s->y) cudnnDestroyTensorDescriptor(s->y);
+    if (s->bias) cudnnDestroyTensorDescriptor(s->bias);
+    if (s->w) cudnnDestroyFilterDescriptor(s->w);
+    if (s->conv) cudnnDestroyConvolutionDescriptor(s->conv);
+}
+
 static void free_shapes(cuda_ctx *c)
 {
-    for (int i = 0; i < c->n_shapes; i++) {
-        cudnnDestroyTensorDescriptor(c->shapes[i].x);
-        cudnnDestroyTensorDescriptor(c->shapes[i].y);
-        cudnnDestroyTensorDescriptor(c->shapes[i].bias);
-        cudnnDestroyFilterDescriptor(c->shapes[i].w);
-        cudnnDestroyConvolutionDescriptor(c->shapes[i].conv);
-    }
+    for (int i = 0; i < c->n_shapes; i++) destroy_conv_shape(&c->shapes[i]);
     free(c->shapes);
     c->shapes = NULL;
     c->n_shapes = c->cap_shapes = 0;
@@ -1285,35 +1289,24 @@ static int64_t cudnn_operand(int kt, int64_t positions, int cin, int cout)
     return kt * positions * (cin > cout ? cin : cout);
 }
 
-/* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
- * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
- * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
- * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
- * cuDNN's int sizes). */
-static int describe_conv(cuda_ctx *c, conv_shape *s)
+static int conv_padding(int k) { return k % 2 ? k / 2 : 0; } /* even kernels: none */
+
+static int create_conv_descriptors(cuda_ctx *c, conv_shape *s)
+{
+    return cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") &&
+           cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") &&
+           cudnn_ok(c, cudnnCreateTensorDescriptor(&s->bias), "descriptor") &&
+           cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") &&
+           cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor");
+}
+
+/* x [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, in the
+ * activation type, accumulating in fp32; 0 where cuDNN refuses the layout. */
+static int set_conv_descriptors(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
-    int causal = s->kt > 1, nd = causal ? 5 : 4, cmax = s->cin > s->cout ? s->cin : s->cout;
-    int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
-    int ph = s->kh % 2 ? s->kh / 2 : 0, pw = s->kw % 2 ? s->kw / 2 : 0; /* even kernels: no padding */
-    int bd[5] = {1, s->cout, 1, 1, 1};
-    cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int returned = 0;
-    s->Ho = s->H + 2 * ph - s->kh + 1;
-    s->Wo = s->W + 2 * pw - s->kw + 1;
-    s->n_candidates = 0;
-    if (!cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") ||
-        !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") ||
-        !cudnn_ok(c, cudnnCreateTensorDescriptor(&s->bias), "descriptor") ||
-        !cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") ||
-        !cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"))
-        return 0;
-    if (cudnn_operand(s->kt, (int64_t)s->H * s->W * (causal ? 1 : s->n), s->cin, s->cout) > INT32_MAX) {
-        wv_fail(&c->err, WV_ERR_INVALID,
-                "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
-                s->W, cmax);
-        return 0;
-    }
+    int causal = s->kt > 1, nd = causal ? 5 : 4, ph = conv_padding(s->kh), pw = conv_padding(s->kw);
+    int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5], bd[5] = {1, s->cout, 1, 1, 1};
     if (causal) {
         int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->Ho, s->Wo};
         int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, ph, pw};
@@ -1324,21 +1317,28 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
     s->math_now = c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
-    if (!set_channels_last(s->x, type, nd, xd) || !set_channels_last(s->y, type, nd, yd) ||
-        !set_channels_last(s->bias, type, nd, bd) ||
-        cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) != CUDNN_STATUS_SUCCESS ||
-        cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
-                                        CUDNN_DATA_FLOAT) != CUDNN_STATUS_SUCCESS ||
-        cudnnSetConvolutionMathType(s->conv, s->math_now) != CUDNN_STATUS_SUCCESS ||
-        cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) != CUDNN_STATUS_SUCCESS ||
-        memcmp(out, yd, sizeof(int) * (size_t)nd) != 0 ||
-        cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
+    return set_channels_last(s->x, type, nd, xd) && set_channels_last(s->y, type, nd, yd) &&
+           set_channels_last(s->bias, type, nd, bd) &&
+           cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) == CUDNN_STATUS_SUCCESS &&
+           cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+                                           CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS &&
+           cudnnSetConvolutionMathType(s->conv, s->math_now) == CUDNN_STATUS_SUCCESS &&
+           cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) == CUDNN_STATUS_SUCCESS &&
+           memcmp(out, yd, sizeof(int) * (size_t)nd) == 0;
+}
+
+/* The algorithms cuDNN's heuristics offer for s, best first, at most MAX_CANDIDATES; fp32 stays
+ * fp32: no tensor-op (TF32) variants, and FMA math forced on the rest. */
+static void rank_candidates(cuda_ctx *c, conv_shape *s)
+{
+    cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int returned = 0;
+    if (cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
                                                2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, /* per math type */
                                                &returned, perf) != CUDNN_STATUS_SUCCESS)
-        return 1;
+        return;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;
-        /* fp32 stays fp32: no tensor-op (TF32) variants, and FMA math forced on the rest */
         if (perf[i].status != CUDNN_STATUS_SUCCESS ||
             (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH))
             continue;
@@ -1348,6 +1348,27 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
         s->refused[k] = 0;
         s->n_candidates++;
     }
+}
+
+/* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
+ * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
+ * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
+ * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
+ * cuDNN's int sizes). */
+static int describe_conv(cuda_ctx *c, conv_shape *s)
+{
+    s->Ho = s->H + 2 * conv_padding(s->kh) - s->kh + 1;
+    s->Wo = s->W + 2 * conv_padding(s->kw) - s->kw + 1;
+    s->n_candidates = 0;
+    if (!create_conv_descriptors(c, s)) return 0;
+    if (cudnn_operand(s->kt, (int64_t)s->H * s->W * (s->kt > 1 ? 1 : s->n), s->cin, s->cout) > INT32_MAX) {
+        wv_fail(&c->err, WV_ERR_INVALID,
+                "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
+                s->W, s->cin > s->cout ? s->cin : s->cout);
+        return 0;
+    }
+    if (!set_conv_descriptors(c, s)) return 1; /* no candidate: the direct kernel takes the shape */
+    rank_candidates(c, s);
     confirm_workspaces(c, s);
     return 1;
 }
@@ -1379,11 +1400,7 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
     s = &c->shapes[c->n_shapes];
     *s = key;
     if (!describe_conv(c, s)) {
-        if (s->x) cudnnDestroyTensorDescriptor(s->x);
-        if (s->y) cudnnDestroyTensorDescriptor(s->y);
-        if (s->bias) cudnnDestroyTensorDescriptor(s->bias);
-        if (s->w) cudnnDestroyFilterDescriptor(s->w);
-        if (s->conv) cudnnDestroyConvolutionDescriptor(s->conv);
+        destroy_conv_shape(s);
         return NULL;
     }
     c->n_shapes++;
