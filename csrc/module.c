@@ -42,10 +42,7 @@ static int parse_typestr(PyObject *typestr, const char *what, wv_dtype *dt)
         PyErr_Format(WvError, "%s: typestr is not a string", what);
         return -1;
     }
-    if (!strcmp(s, "<f4") || !strcmp(s, "=f4")) *dt = WV_F32;
-    else if (!strcmp(s, "<f2") || !strcmp(s, "=f2")) *dt = WV_F16;
-    else if (!strcmp(s, "<V2") || !strcmp(s, "|V2")) *dt = WV_BF16; /* bfloat16, as torch and ml_dtypes export it */
-    else {
+    if (!wv_dtype_from_typestr(s, dt)) {
         PyErr_Format(WvError, "%s: unsupported dtype (typestr '%s'); expected float32, float16 or bfloat16",
                      what, s);
         return -1;
@@ -319,29 +316,22 @@ typedef struct {
     int decoding;
 } ModelObject;
 
-static const char *precision_name(wv_dtype dt) { return dt == WV_F16 ? "fp16" : dt == WV_BF16 ? "bf16" : "fp32"; }
-
 static int parse_precision(const char *s, wv_dtype *dt)
 {
-    if (!strcmp(s, "fp32") || !strcmp(s, "float32")) *dt = WV_F32;
-    else if (!strcmp(s, "fp16") || !strcmp(s, "float16")) *dt = WV_F16;
-    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *dt = WV_BF16;
-    else {
-        PyErr_Format(WvError, "precision '%s' is not one of 'fp32', 'fp16', 'bf16'", s);
-        return -1;
-    }
-    return 0;
+    if (wv_dtype_from_name(s, dt)) return 0;
+    PyErr_Format(WvError, "precision '%s' is not one of 'fp32', 'fp16', 'bf16'", s);
+    return -1;
 }
 
 /* The CUDA backend lives in its own extension, wanvideo_vae._cuda, so that this module loads
  * where the CUDA libraries do not. It hands over its tables in a capsule. */
-static const wv_backend *cuda_backend(wv_dtype dt)
+static const wv_backend_set *cuda_set(void)
 {
     PyObject *mod = PyImport_ImportModule("wanvideo_vae._cuda"); /* PyCapsule_Import imports no submodule */
     const wv_backend_set *set = mod ? (const wv_backend_set *)PyCapsule_Import(WV_BACKEND_CAPSULE, 0) : NULL;
     PyObject *type, *value, *tb, *text;
     Py_XDECREF(mod); /* sys.modules keeps it */
-    if (set && set->abi == WV_BACKEND_ABI) return set->by_dtype[dt];
+    if (set && set->abi == WV_BACKEND_ABI) return set;
     if (set) {
         PyErr_Format(WvError, "backend 'cuda' was built for another version of wanvideo_vae (ABI %d, expected %d); "
                               "reinstall the package", set->abi, WV_BACKEND_ABI);
@@ -359,6 +349,29 @@ static const wv_backend *cuda_backend(wv_dtype dt)
     Py_XDECREF(value);
     Py_XDECREF(tb);
     return NULL;
+}
+
+static const wv_backend *cuda_backend(wv_dtype dt)
+{
+    const wv_backend_set *set = cuda_set();
+    if (!set) return NULL;
+    if (!set->by_dtype[dt])
+        PyErr_Format(WvError, "backend 'cuda' does not compute in %s", wv_dtype_precision(dt));
+    return set->by_dtype[dt];
+}
+
+/* The precisions of the tables a backend has, in wv_dtype order. */
+static PyObject *precision_list(const wv_backend *const *by_dtype)
+{
+    PyObject *list = PyList_New(0);
+    for (int dt = 0; list && dt < WV_DTYPE_COUNT; dt++) {
+        PyObject *name;
+        if (!by_dtype[dt]) continue;
+        name = PyUnicode_FromString(wv_dtype_precision((wv_dtype)dt));
+        if (!name || PyList_Append(list, name)) Py_CLEAR(list);
+        Py_XDECREF(name);
+    }
+    return list;
 }
 
 /* name + precision (NULL: the backend's default, fp32 on the CPU and bf16 on CUDA) -> table. */
@@ -539,7 +552,7 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
                                                         (long long)p->tile_operand, "backend_max",
                                                         (long long)m->backend->max_conv_elems)) ||
         dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
-        dict_set(d, "precision", PyUnicode_FromString(precision_name(m->backend->act_dtype))) ||
+        dict_set(d, "precision", PyUnicode_FromString(wv_dtype_precision(m->backend->act_dtype))) ||
         PyDict_SetItemString(d, "segments", segs) ||
         PyDict_SetItemString(d, "buffers", bufs) || PyDict_SetItemString(d, "tile_cores", tiles))
         goto fail;
@@ -919,7 +932,7 @@ static PyObject *Model_halos(ModelObject *self, PyObject *noargs)
     X(cache_slots, "causal convolutions (one cache each)", PyLong_FromLong(self->model.n_cache_slots))      \
     X(backend, "backend name", PyUnicode_FromString(self->model.backend->name))                             \
     X(precision, "activation and weight precision: fp32, fp16 or bf16",                                     \
-      PyUnicode_FromString(precision_name(self->model.backend->act_dtype)))                                 \
+      PyUnicode_FromString(wv_dtype_precision(self->model.backend->act_dtype)))                                 \
     X(closed, "whether close() freed the weights", PyBool_FromLong(self->closed))
 
 #define MODEL_GETTER(name, doc, value)                                                                      \
@@ -1018,15 +1031,18 @@ static PyObject *op_list(const wv_backend *be)
  * is present is for wanvideo_vae.backends() to add. */
 static PyObject *backend_features(PyObject *mod, PyObject *noargs)
 {
-    const wv_backend *cpu = wv_backend_cpu(), *cuda;
+    const wv_backend *cpu[WV_DTYPE_COUNT] = {NULL}, *cuda = NULL;
+    const wv_backend_set *set;
     PyObject *d = PyDict_New(), *reason = NULL;
     (void)mod;
     (void)noargs;
     if (!d) return NULL;
-    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:[s]}", "loaded", Py_True, "ops", op_list(cpu), "op_count",
-                                         wv_backend_op_count(), "precisions", "fp32")))
+    cpu[wv_backend_cpu()->act_dtype] = wv_backend_cpu();
+    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:N}", "loaded", Py_True, "ops", op_list(wv_backend_cpu()),
+                                         "op_count", wv_backend_op_count(), "precisions", precision_list(cpu))))
         goto fail;
-    cuda = cuda_backend(WV_BF16);
+    set = cuda_set();
+    for (int dt = 0; set && !cuda && dt < WV_DTYPE_COUNT; dt++) cuda = set->by_dtype[dt]; /* same ops in each */
     if (!cuda) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
@@ -1036,9 +1052,9 @@ static PyObject *backend_features(PyObject *mod, PyObject *noargs)
         Py_XDECREF(tb);
         if (!reason) goto fail;
     }
-    if (dict_set(d, "cuda", cuda ? Py_BuildValue("{s:O,s:N,s:i,s:[sss]}", "loaded", Py_True, "ops", op_list(cuda),
-                                                 "op_count", wv_backend_op_count(), "precisions", "fp32", "fp16",
-                                                 "bf16")
+    if (dict_set(d, "cuda", cuda ? Py_BuildValue("{s:O,s:N,s:i,s:N}", "loaded", Py_True, "ops", op_list(cuda),
+                                                 "op_count", wv_backend_op_count(), "precisions",
+                                                 precision_list(set->by_dtype))
                                  : Py_BuildValue("{s:O,s:O,s:[],s:i}", "loaded", Py_False, "reason", reason, "ops",
                                                  "op_count", wv_backend_op_count())))
         goto fail;

@@ -213,7 +213,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 typedef struct {
     int abi;
-    const wv_backend *by_dtype[3]; /* indexed by wv_dtype */
+    const wv_backend *by_dtype[WV_DTYPE_COUNT];
 } wv_backend_set;
 
 /* The built-in backend. Others (CUDA) live in their own shared library and reach the Python

@@ -33,10 +33,32 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
-typedef enum { WV_F32 = 0, WV_F16, WV_BF16 } wv_dtype;
+/* Element types: X(id, name, precision, bytes, typestr, native typestr), the typestrs the array
+ * interface's. bfloat16 has no code of its own: torch and ml_dtypes export it as 2 bytes of void. */
+#define WV_DTYPES(X)                                \
+    X(WV_F32, "float32", "fp32", 4, "<f4", "=f4")   \
+    X(WV_F16, "float16", "fp16", 2, "<f2", "=f2")   \
+    X(WV_BF16, "bfloat16", "bf16", 2, "<V2", "|V2")
 
-const char *wv_dtype_name(wv_dtype dt);
+typedef enum {
+#define WV_DTYPE_ID(id, name, precision, bytes, typestr, native) id,
+    WV_DTYPES(WV_DTYPE_ID)
+#undef WV_DTYPE_ID
+} wv_dtype;
+
+enum { /* not in wv_dtype: a switch over it names every type */
+#define WV_DTYPE_ONE(id, name, precision, bytes, typestr, native) +1
+    WV_DTYPE_COUNT = 0 WV_DTYPES(WV_DTYPE_ONE)
+#undef WV_DTYPE_ONE
+};
+
+const char *wv_dtype_name(wv_dtype dt);      /* "bfloat16" */
+const char *wv_dtype_precision(wv_dtype dt); /* "bf16" */
 size_t wv_dtype_size(wv_dtype dt);
+/* The dtype of an array-interface typestr, or of a name or precision ("float16", "fp16"); 0 when
+ * there is none. */
+int wv_dtype_from_typestr(const char *typestr, wv_dtype *dt);
+int wv_dtype_from_name(const char *name, wv_dtype *dt);
 
 #define WV_MAX_DIMS 8
 

@@ -17,17 +17,41 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
     return code;
 }
 
-const char *wv_dtype_name(wv_dtype dt)
+static const struct {
+    const char *name, *precision;
+    size_t bytes;
+    const char *typestr, *native;
+} DTYPES[] = {
+#define WV_DTYPE_INFO(id, name, precision, bytes, typestr, native) {name, precision, bytes, typestr, native},
+    WV_DTYPES(WV_DTYPE_INFO)
+#undef WV_DTYPE_INFO
+};
+
+const char *wv_dtype_name(wv_dtype dt) { return (unsigned)dt < WV_DTYPE_COUNT ? DTYPES[dt].name : "?"; }
+
+const char *wv_dtype_precision(wv_dtype dt) { return (unsigned)dt < WV_DTYPE_COUNT ? DTYPES[dt].precision : "?"; }
+
+size_t wv_dtype_size(wv_dtype dt) { return (unsigned)dt < WV_DTYPE_COUNT ? DTYPES[dt].bytes : 0; }
+
+int wv_dtype_from_typestr(const char *typestr, wv_dtype *dt)
 {
-    switch (dt) {
-    case WV_F32: return "float32";
-    case WV_F16: return "float16";
-    case WV_BF16: return "bfloat16";
-    }
-    return "?";
+    for (int i = 0; i < WV_DTYPE_COUNT; i++)
+        if (!strcmp(typestr, DTYPES[i].typestr) || !strcmp(typestr, DTYPES[i].native)) {
+            *dt = (wv_dtype)i;
+            return 1;
+        }
+    return 0;
 }
 
-size_t wv_dtype_size(wv_dtype dt) { return dt == WV_F32 ? 4 : 2; }
+int wv_dtype_from_name(const char *name, wv_dtype *dt)
+{
+    for (int i = 0; i < WV_DTYPE_COUNT; i++)
+        if (!strcmp(name, DTYPES[i].name) || !strcmp(name, DTYPES[i].precision)) {
+            *dt = (wv_dtype)i;
+            return 1;
+        }
+    return 0;
+}
 
 int64_t wv_view_numel(const wv_view *v)
 {
