@@ -850,7 +850,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     }
     have_plan = 1;
     {
-        npy_intp dims[4] = {plan.frames_out, plan.H, plan.W, 3};
+        npy_intp dims[4] = {plan.frames_out, plan.H, plan.W, WV_RGB};
         out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
         if (!out) goto finally;
     }

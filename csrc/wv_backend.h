@@ -36,6 +36,9 @@ typedef struct {
  * want alignment. */
 static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 
+/* The head's output channels: a frame of the output video is [H][W][WV_RGB] float32. */
+#define WV_RGB 3
+
 /* rms_norm's floor on a pixel's norm: F.normalize's eps, as the public RMS_norm divides by it. */
 #define WV_RMS_EPS 1e-12
 

@@ -330,9 +330,9 @@ static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, in
     const float *src = (const float *)src_;
     int finite = 1;
     for (int y = 0; y < h; y++) {
-        const float *s = src + pos(gs, y + sy, sx) * 3;
-        float *d = out + ((int64_t)(oy + y) * out_w + ox) * 3;
-        for (int i = 0; i < w * 3; i++) {
+        const float *s = src + pos(gs, y + sy, sx) * WV_RGB;
+        float *d = out + ((int64_t)(oy + y) * out_w + ox) * WV_RGB;
+        for (int i = 0; i < w * WV_RGB; i++) {
             float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i]; /* NaN stays NaN */
             finite &= s[i] == s[i] && (mode == WV_OUT_UNIT || !isinf(s[i]));
             d[i] = mode == WV_OUT_RAW ? s[i] : (v + 1.0f) * 0.5f;

@@ -216,7 +216,7 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
     OP(r, copy_region, normed, flat, 0, 0, f->x, f->g, C, 1);
 }
 
-/* [n][P][C] -> [n][P][3] */
+/* [n][P][C] -> [n][P][WV_RGB] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
     void *t = input_for(r, &b->conv[0], f->g, f->y, 0, 0, f->t);
@@ -311,13 +311,13 @@ static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
     }
 }
 
-/* The head's RGB frame [1][P][3] -> its core in the output video, at the next output frame. */
+/* The head's RGB frame [1][P][WV_RGB] -> its core in the output video, at the next output frame. */
 static void write_core(decode_run *r, const flow *f)
 {
     const wv_plan *p = r->p;
     const wv_tile *tl = &p->tiles[f->tile];
     const wv_rect *last = &tl->region[f->seg];
-    float *dst = r->out + (size_t)r->out_frame++ * (size_t)p->H * (size_t)p->W * 3;
+    float *dst = r->out + (size_t)r->out_frame++ * (size_t)p->H * (size_t)p->W * WV_RGB;
     OP(r, write_output, f->x, f->g, tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
        tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W, tl->core.y.lo, tl->core.x.lo,
        r->o->output);

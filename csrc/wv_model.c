@@ -133,7 +133,7 @@ static void build_blocks(wv_model *m, int dim, int z)
                       dims[s + 1] / 2);
         }
     }
-    add_block(m, WV_BLOCK_HEAD, "decoder.head.", dims[N_STAGES], 3);
+    add_block(m, WV_BLOCK_HEAD, "decoder.head.", dims[N_STAGES], WV_RGB);
 }
 
 int wv_model_expected_keys(int dim, int z_dim, wv_key_fn fn, void *user)

@@ -349,7 +349,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
                    (int64_t)p->attn_rows * N * (int64_t)(be->score_bytes - sizeof(float)),
                1);
     set_buffer(p, WV_BUF_TILE_SCRATCH, (int64_t)(stack_segment_scratch(p, m) / ab), ab);
-    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * 3 *
+    p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * WV_RGB *
                         sizeof(float);
     set_buffer(p, WV_BUF_OUTPUT_STAGING, (int64_t)be->output_staging_copies * (int64_t)p->step_out_bytes, 1);
     size_cache_buffers(p, m);

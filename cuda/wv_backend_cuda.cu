@@ -1135,8 +1135,8 @@ static void flush_copies(staging *s)
     for (int i = 0; i < s->n_copies; i++) {
         const pending_copy *p = &s->copies[i];
         for (int y = 0; y < p->h; y++)
-            memcpy(p->dst + (size_t)y * p->out_w * 3, s->host + p->offset + (size_t)y * p->w * 3,
-                   (size_t)p->w * 3 * sizeof(float));
+            memcpy(p->dst + (size_t)y * p->out_w * WV_RGB, s->host + p->offset + (size_t)y * p->w * WV_RGB,
+                   (size_t)p->w * WV_RGB * sizeof(float));
     }
     s->n_copies = 0;
     s->used = 0;
@@ -1904,7 +1904,7 @@ typedef struct {
 static void exec_write_output(cuda_ctx *c, const void *args)
 {
     const write_output_args *a = (const write_output_args *)args;
-    LAUNCH(c, write_output_kernel, (int64_t)a->h * a->w * 3, a->src, a->gs, a->sy, a->sx, a->h, a->w, a->dst,
+    LAUNCH(c, write_output_kernel, (int64_t)a->h * a->w * WV_RGB, a->src, a->gs, a->sy, a->sx, a->h, a->w, a->dst,
            (int)a->mode, output_flag(c));
 }
 
@@ -1915,7 +1915,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     staging *s = &c->stage[c->cur];
-    size_t bytes = (size_t)h * w * 3 * sizeof(float);
+    size_t bytes = (size_t)h * w * WV_RGB * sizeof(float);
     write_output_args a;
     pending_copy *p;
     if (failed(c)) return;
@@ -1940,7 +1940,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
     submit(c, exec_write_output, &a, sizeof a);
     c->output_unchecked = 1;
     p = &s->copies[s->n_copies++];
-    p->dst = out + ((size_t)oy * out_w + ox) * 3;
+    p->dst = out + ((size_t)oy * out_w + ox) * WV_RGB;
     p->offset = s->used / sizeof(float);
     p->h = h;
     p->w = w;

@@ -454,19 +454,19 @@ template <typename T> __global__ void softmax_rows_kernel(const float *scores, v
     for (int j = threadIdx.x; j < N; j += blockDim.x) p[j] = from_f32<T>(__expf(s[j] - mx) / sum);
 }
 
-/* out[y][x][0..3) = f(src interior[y + sy][x + sx]) for an h x w block, packed rows (pitch w * 3);
- * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW. */
+/* out[y][x][0..WV_RGB) = f(src interior[y + sy][x + sx]) for an h x w block, packed rows (pitch
+ * w * WV_RGB); f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW. */
 template <typename T>
 __global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out, int mode,
                                     unsigned *nonfinite)
 {
     const T *src = (const T *)src_;
-    WV_GRID_STRIDE_LOOP(i, (int64_t)h * w * 3)
+    WV_GRID_STRIDE_LOOP(i, (int64_t)h * w * WV_RGB)
     {
-        int ch = (int)(i % 3);
-        int64_t px = i / 3;
+        int ch = (int)(i % WV_RGB);
+        int64_t px = i / WV_RGB;
         int y = (int)(px / w), x = (int)(px % w);
-        float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * 3 + ch]);
+        float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * WV_RGB + ch]);
         if (v != v || (mode != WV_OUT_UNIT && isinf(v))) *nonfinite = 1u; /* any thread's store will do */
         if (mode == WV_OUT_UNIT) v = ((v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v) + 1.0f) * 0.5f; /* NaN stays NaN */
         out[i] = v;
