@@ -36,6 +36,10 @@ typedef struct {
  * want alignment. */
 static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 
+/* The phases of a sub-pixel conv's output: one per pixel (y % 2, x % 2) of the x2 frame, in that
+ * order (2 * (y % 2) + x % 2), each a block of the upsample's channels. */
+#define WV_SUBPIXEL_PHASES 4
+
 /* The head's output channels: a frame of the output video is [H][W][WV_RGB] float32. */
 #define WV_RGB 3
 

@@ -291,7 +291,7 @@ static void cpu_pixel_shuffle(void *ctx, const void *src_, wv_grid gs, int sy0, 
         int Y = dy0 + py, a = Y % 2;
         for (int px = 0; px < gd.w; px++) {
             int X = dx0 + px, b = X % 2;
-            const float *s = src + pos(gs, Y / 2 - sy0 + a, X / 2 - sx0 + b) * 4 * C + (2 * a + b) * C;
+            const float *s = src + pos(gs, Y / 2 - sy0 + a, X / 2 - sx0 + b) * WV_SUBPIXEL_PHASES * C + (2 * a + b) * C;
             memcpy(dst + pos(gd, py, px) * C, s, (size_t)C * sizeof(float));
         }
     }

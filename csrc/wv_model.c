@@ -222,7 +222,7 @@ static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int6
                 if (ps->subpixel) {
                     cv->subpixel = 1;
                     cv->kh = cv->kw = 2;
-                    cv->cout *= 4;
+                    cv->cout *= WV_SUBPIXEL_PHASES;
                 }
                 conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
             } else if (ps->role == ROLE_BIAS) {
@@ -316,13 +316,15 @@ void wv_subpixel_weight(const float *w3, int cout, int cin, float *w2)
 static float *model_form(const float *given, const param_spec *ps, const wv_conv *cv, int64_t *n)
 {
     float *out;
+    int per_phase = cv->cout / WV_SUBPIXEL_PHASES;
     if (!cv->subpixel) return (float *)given;
-    *n = ps->role == ROLE_WEIGHT ? (int64_t)cv->cout * cv->cin * 4 : cv->cout;
+    *n = ps->role == ROLE_WEIGHT ? (int64_t)cv->cout * cv->cin * cv->kh * cv->kw : cv->cout;
     if (!(out = (float *)malloc((size_t)*n * sizeof(float)))) return NULL;
     if (ps->role == ROLE_WEIGHT)
-        wv_subpixel_weight(given, cv->cout / 4, cv->cin, out);
+        wv_subpixel_weight(given, per_phase, cv->cin, out);
     else
-        for (int p = 0; p < 4; p++) memcpy(out + p * (cv->cout / 4), given, (size_t)(cv->cout / 4) * sizeof(float));
+        for (int p = 0; p < WV_SUBPIXEL_PHASES; p++)
+            memcpy(out + p * per_phase, given, (size_t)per_phase * sizeof(float));
     return out;
 }
 

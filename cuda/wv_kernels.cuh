@@ -296,7 +296,7 @@ __global__ void pixel_shuffle_kernel(const void *src_, wv_grid gs, int sy0, int 
         int c = (int)(i - p * C), py = (int)(p / gd.w), px = (int)(p % gd.w);
         int Y = dy0 + py, X = dx0 + px, a = Y & 1, b = X & 1;
         dst[grid_pos(gd, py, px) * C + c] =
-            src[(grid_pos(gs, (Y >> 1) - sy0 + a, (X >> 1) - sx0 + b) * 4 + 2 * a + b) * C + c];
+            src[(grid_pos(gs, (Y >> 1) - sy0 + a, (X >> 1) - sx0 + b) * WV_SUBPIXEL_PHASES + 2 * a + b) * C + c];
     }
 }
 
