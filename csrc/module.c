@@ -796,6 +796,49 @@ static PyObject *stats_dict(const wv_plan *p, const wv_model *m, const wv_stats 
     return d;
 }
 
+/* The latent statistics, z_dim floats each, in memory the caller frees (PyMem_Free); -1 with the
+ * error set. */
+static int read_stats(const ModelObject *self, PyObject *mean_obj, PyObject *std_obj, float **mean, float **stdv)
+{
+    int z = self->model.z_dim;
+    *mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)z);
+    *stdv = (float *)PyMem_Malloc(sizeof(float) * (size_t)z);
+    if (!*mean || !*stdv) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return parse_floats(mean_obj, "mean", z, *mean) || parse_floats(std_obj, "std", z, *stdv) ? -1 : 0;
+}
+
+/* Runs the decode into out with the model's lock held and the GIL released; -1 with the error set
+ * (the progress callback's own exception where that stopped it). */
+static int decode_locked(ModelObject *self, const wv_plan *plan, const py_array *lat, long long stream,
+                         const float *mean, const float *stdv, const wv_options *o, PyArrayObject *out,
+                         progress_bridge *bridge, wv_stats *stats)
+{
+    wv_error err = {WV_OK, ""};
+    wv_status st;
+    if (take_model(self, "decode with")) return -1;
+    if (self->closed) {
+        self->decoding = 0;
+        PyThread_release_lock(self->lock);
+        raise_closed();
+        return -1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = wv_decode(&self->model, plan, &lat->view, (uintptr_t)stream, mean, stdv, o, (float *)PyArray_DATA(out),
+                   progress_trampoline, bridge, stats, &err);
+    self->decoding = 0;
+    PyThread_release_lock(self->lock);
+    Py_END_ALLOW_THREADS
+    if (!st) return 0;
+    if (bridge->exc_type) /* the callback's own exception stopped the decode (a step may have failed too) */
+        PyErr_Restore(bridge->exc_type, bridge->exc_value, bridge->exc_tb);
+    else
+        raise_status(&err);
+    return -1;
+}
+
 static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
@@ -809,7 +852,6 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     wv_plan plan;
     wv_stats stats;
     wv_error err = {WV_OK, ""};
-    wv_status st;
     progress_bridge bridge = {NULL, NULL, NULL, NULL};
     PyArrayObject *out = NULL;
     PyObject *result = NULL;
@@ -834,14 +876,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     if (self->closed) return raise_closed(); /* before the output is made; checked again once it is ours */
     if (parse_array(lat_obj, "latents", &lat)) return NULL;
     if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
-    if (check_latents_shape(&self->model, &lat, &T, &h, &w)) goto finally;
-    mean = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
-    stdv = (float *)PyMem_Malloc(sizeof(float) * (size_t)self->model.z_dim);
-    if (!mean || !stdv) {
-        PyErr_NoMemory();
-        goto finally;
-    }
-    if (parse_floats(mean_obj, "mean", self->model.z_dim, mean) || parse_floats(std_obj, "std", self->model.z_dim, stdv))
+    if (check_latents_shape(&self->model, &lat, &T, &h, &w) || read_stats(self, mean_obj, std_obj, &mean, &stdv))
         goto finally;
     if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
         wv_plan_free(&plan);
@@ -854,27 +889,8 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
         out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
         if (!out) goto finally;
     }
-    if (check_latents_finite(&lat)) goto finally;
-    if (take_model(self, "decode with")) goto finally;
-    if (self->closed) {
-        self->decoding = 0;
-        PyThread_release_lock(self->lock);
-        raise_closed();
+    if (check_latents_finite(&lat) || decode_locked(self, &plan, &lat, stream, mean, stdv, &o, out, &bridge, &stats))
         goto finally;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    st = wv_decode(&self->model, &plan, &lat.view, (uintptr_t)stream, mean, stdv, &o, (float *)PyArray_DATA(out),
-                   progress_trampoline, &bridge, &stats, &err);
-    self->decoding = 0;
-    PyThread_release_lock(self->lock);
-    Py_END_ALLOW_THREADS
-    if (st) {
-        if (bridge.exc_type) /* the callback's own exception stopped the decode (a step may have failed too) */
-            PyErr_Restore(bridge.exc_type, bridge.exc_value, bridge.exc_tb);
-        else
-            raise_status(&err);
-        goto finally;
-    }
     {
         PyObject *sd = stats_dict(&plan, &self->model, &stats, profile);
         if (sd) result = Py_BuildValue("(ON)", (PyObject *)out, sd);
