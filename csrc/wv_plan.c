@@ -690,7 +690,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
     else
         snprintf(tiles, sizeof tiles, "in %dx%d tiles of %dx%d px", q.tiles_x, q.tiles_y, q.core_x + 2 * q.out_halo,
                  q.core_y + 2 * q.out_halo);
-    if (!q.trunk_host_bytes)
+    if (!q.trunk_host_bytes && !q.stream_trunk) /* else it does not grow with T */
         snprintf(trunk, sizeof trunk, "; the trunk output for %d frames takes %zu of it", T, q.trunk_out_bytes);
     if (crowded) snprintf(crowd, sizeof crowd, " (smaller tiles would be more than %d)", WV_MAX_TILES);
     return wv_fail(err, WV_ERR_NOMEM,

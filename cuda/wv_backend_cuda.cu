@@ -1485,9 +1485,8 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
         st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
                                                    c->identity, s->y, y);
-        /* a capture fails rather than learn; short of workspace is this call's, not the fusion's fault */
-        if (!cudnn_declined(st) || c->capturing || st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) return st;
-        s->unfused = 1;
+        if (!cudnn_declined(st) || c->capturing) return st; /* a capture fails rather than learn */
+        if (st != CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->unfused = 1; /* short of workspace: this call's */
     }
     st = cudnnConvolutionForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
                                  c->workspace_bytes, &keep, s->y, y);

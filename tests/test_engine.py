@@ -222,4 +222,4 @@ def test_bf16_weights_or_activations_alone_err_past_2e2_on_the_tiny_fixture():
     for label in (both, by_taps):  # by taps: the CUDA backend's narrow convs, rounded after each tap
         assert rows[label]["psnr"] >= 40.0, rows
         assert rows[label]["max"] < rows[tool.TORCH_ROW]["max"], rows
-    assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 1.0, rows
+    assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 2.0, rows  # 0.7 dB here

@@ -601,20 +601,28 @@ def test_big_endian_bfloat16_bits_read_as_their_values():
 
 
 def test_a_stream_whose_index_takes_it_out_of_the_interface_is_read_safely():
-    """A CAI stream whose __index__ deletes it from the dict and returns no int: the error names it
-    (before, the message formatted the freed object)."""
+    """A CAI stream whose __index__ deletes it from the dict and returns no int: the error names it,
+    alive (before, the message formatted the freed object, whose finalizer had run)."""
     for _ in range(50):
-        iface = dict(shape=(4,), typestr="<f4", data=(1 << 40, False), version=3)
+        array = CAI(shape=(4,), typestr="<f4", data=(1 << 40, False), version=3)
+        iface = array.__cuda_array_interface__  # the dict the parser reads
+        finalized = []
 
         class Leaves:
             def __index__(self):
                 del iface["stream"]
-                gc.collect()
                 return "no int"
 
+            def __repr__(self):
+                return "a stream after its end" if finalized else "a live stream"
+
+            def __del__(self):
+                finalized.append(True)
+
         iface["stream"] = Leaves()
-        with pytest.raises(E, match="stream"):
-            wv._C._parse_array(CAI(**iface))
+        with pytest.raises(E, match="a live stream"):
+            wv._C._parse_array(array)
+        assert finalized  # once the call let go of it
 
 
 def test_stats_iterables_that_fail_keep_their_own_error(small):

@@ -290,3 +290,5 @@ def test_the_least_budget_a_memory_error_names_is_exact():
         assert dec.plan(T, h, w, max_memory=least, **kw)["planned_bytes"] <= least
         with pytest.raises(MemoryError):
             dec.plan(T, h, w, max_memory=least - 1, **kw)
+    with pytest.raises(MemoryError, match=r"the least it can take is \d+, untiled$"):  # a streamed trunk: no T
+        decoder(8).plan(5, 1, 1, max_memory=1)

@@ -8,8 +8,9 @@ Rows: the weights alone rounded (activations float32); every tensor a bf16 backe
 rounded (the unscaled latents, each convolution's output, each norm + SiLU, the attention's qkv and
 output, each block's output), weights float32; both (a bf16 decoder); both, with the narrow causal
 convolutions (equal widths of at most 128 channels) summed tap by tap, the sum rounded after each
-tap, as the CUDA backend runs them (three 2-d convolutions accumulating into a bf16 output); both
-but the blocks' outputs (the residual stream) float32; and PyTorch's own decode in bfloat16. It shows why
+tap, as the CUDA backend runs them (three 2-d convolutions accumulating into a bf16 output that
+holds the residual block's shortcut first); both but the blocks' outputs (the residual stream)
+float32; and PyTorch's own decode in bfloat16. It shows why
 tests/test_cuda.py bounds 16-bit decodes by PyTorch's own error where that exceeds 2e-2: on the
 tiny fixture, rounding the float32 weights to bf16 alone errs more than 2e-2, and so does rounding
 the stored activations alone.
@@ -36,12 +37,13 @@ def bf16(x):
 
 class TapsStream(_Stream):
     """Causal convolutions as the CUDA backend runs its narrow ones: one 2-d convolution per temporal
-    tap, the bias with the first, each added to a bf16 output (rounded after every tap)."""
+    tap, the bias with the first, each added to the bf16 output (rounded after every tap), which
+    holds the shortcut first where the conv ends a residual block."""
 
-    def conv(self, x, w, b):
+    def conv(self, x, w, b, add=None):
         kt, kh = w.shape[2], w.shape[3]
         if kt == 1 or w.shape[0] != w.shape[1] or w.shape[0] > TAPS_MAX_CHANNELS:
-            return super().conv(x, w, b)
+            return super().conv(x, w, b, add)
         if self.index == len(self.caches):
             self.caches.append(torch.zeros_like(x[:, :, :1]).expand(-1, -1, kt - 1, -1, -1))
         window = torch.cat([self.caches[self.index], x], dim=2)
@@ -49,7 +51,7 @@ class TapsStream(_Stream):
         self.index += 1
         frames = []
         for t in range(x.shape[2]):
-            y = None
+            y = None if add is None else add[:, :, t]
             for dt in range(kt):
                 tap = F.conv2d(window[:, :, t + dt], w[:, :, dt], b if dt == 0 else None, padding=kh // 2)
                 y = bf16(tap if y is None else y + tap)

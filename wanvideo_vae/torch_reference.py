@@ -24,16 +24,19 @@ class _Stream:
         self.caches = []
         self.index = 0
 
-    def conv(self, x, w, b):
+    def conv(self, x, w, b, add=None):
+        """The causal conv of x (the cache in front), plus `add` (a residual block's shortcut)."""
         kt, kh = w.shape[2], w.shape[3]
         if kt == 1:
-            return F.conv3d(x, w, b, padding=(0, kh // 2, kh // 2))
+            y = F.conv3d(x, w, b, padding=(0, kh // 2, kh // 2))
+            return y if add is None else y + add
         if self.index == len(self.caches):
             self.caches.append(torch.zeros_like(x[:, :, :1]).expand(-1, -1, kt - 1, -1, -1))
         window = torch.cat([self.caches[self.index], x], dim=2)
         self.caches[self.index] = window[:, :, -(kt - 1):].clone()
         self.index += 1
-        return F.conv3d(window, w, b, padding=(0, kh // 2, kh // 2))
+        y = F.conv3d(window, w, b, padding=(0, kh // 2, kh // 2))
+        return y if add is None else y + add
 
 
 class TorchWanDecoder:
@@ -67,7 +70,7 @@ class TorchWanDecoder:
         y = self._stored(F.silu(self._rms(x, p[pre + "residual.0.gamma"])))
         y = self._stored(s.conv(y, p[pre + "residual.2.weight"], p[pre + "residual.2.bias"]))
         y = self._stored(F.silu(self._rms(y, p[pre + "residual.3.gamma"])))
-        return self._block_out(s.conv(y, p[pre + "residual.6.weight"], p[pre + "residual.6.bias"]) + h)
+        return self._block_out(s.conv(y, p[pre + "residual.6.weight"], p[pre + "residual.6.bias"], add=h))
 
     def _attention(self, x, pre):
         p = self.p
