@@ -107,8 +107,8 @@ def test_device_cuda_without_a_gpu_says_why(files, capsys):
     assert code == 2 and err.startswith("error: --device cuda: the CUDA backend is not usable here (")
 
 
-@pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "nan"), ("--max-memory", "inf"),
-                                        ("--max-memory", "1e30")])
+@pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "nan"), ("--fps", "0.001"), ("--max-memory", "inf"),
+                                        ("--max-memory", "1e30"), ("--seed", "-1"), ("--random-shape", "-1")])
 def test_out_of_range_numbers_are_refused_before_decoding(files, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), flag, value])
@@ -296,3 +296,66 @@ def test_end_frame_of_a_single_latent_frame_is_refused(files, tmp_path, capsys):
                  str(tmp_path / "o.npy"), "--end-frame", "--quiet"])
     assert code == 2 and "--end-frame needs at least 2 latent frames" in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_decoding(files, tmp_path, capsys):
+    """Tried, not guessed from the folder alone: a folder under a file's name, a path under a file."""
+    (tmp_path / "isdir.npy").mkdir()
+    (tmp_path / "file").write_text("")
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    for out, says in ((tmp_path / "isdir.npy", "is a folder"), (tmp_path / "file" / "pngs", "is a file, not a folder"),
+                      (tmp_path / "file" / "x.avi", "does not exist")):
+        assert main(base + ["--out", str(out)]) == 2
+        assert says in capsys.readouterr().err
+    existing = tmp_path / "old.npy"
+    existing.write_bytes(b"kept")
+    assert main(base + ["--out", str(existing), "--contact-sheet", str(tmp_path / "isdir.npy" / "x" / "s.png")]) == 2
+    assert existing.read_bytes() == b"kept"  # opened for the check, not changed
+
+
+def test_comfyui_latent_files_and_unnormalized_latents(files, tmp_path, capsys):
+    """ComfyUI's Save Latent writes .latent (safetensors: latent_tensor beside an empty format marker);
+    --unnormalized decodes latents ComfyUI's own Wan nodes keep un-normalized (no Wan 2.1 mean/std)."""
+    import wanvideo_vae as wv
+    from wanvideo_vae.random_model import random_weights as weights_of
+    lat = random_latents(16, 2, 3, 4, seed=5)[None]
+    path = tmp_path / "ComfyUI_00001_.LATENT"
+    write_safetensors(path, {"latent_tensor": lat, "latent_format_version_0": np.zeros(0, np.float32)})
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(path), "--quiet",
+            "--normalization", "none"]
+    assert main(base + ["--out", str(tmp_path / "n.npy")]) == 0
+    assert "add --unnormalized" in capsys.readouterr().out
+    assert main(base + ["--out", str(tmp_path / "u.npy"), "--unnormalized"]) == 0
+    dec = wv.Decoder(weights_of(8, 16, seed=4))
+    np.testing.assert_allclose(np.load(tmp_path / "n.npy"), dec.decode(lat, raw=True, enable_vae_tiling=False),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "u.npy"),
+                               dec.decode(lat, raw=True, enable_vae_tiling=False, mean=[0.0] * 16, std=[1.0] * 16),
+                               atol=1e-5)
+
+
+def test_latents_files_named_in_capitals_or_misnamed(files, tmp_path, capsys):
+    lat = np.load(files / "lat.npy")
+    with open(tmp_path / "LAT.NPY", "wb") as f:  # np.save would add .npy to the name
+        np.save(f, lat)
+    np.savez(tmp_path / "archive.npz", lat=lat)
+    os.replace(tmp_path / "archive.npz", tmp_path / "archive.npy")
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--quiet", "--out", str(tmp_path / "o.npy")]
+    assert main(base + ["--latents", str(tmp_path / "LAT.NPY")]) == 0
+    assert main(base + ["--latents", str(tmp_path / "archive.npy")]) == 2
+    assert "an .npz archive, not one NumPy array" in capsys.readouterr().err
+
+
+def test_bench_plot_without_matplotlib_is_refused_first(monkeypatch, capsys, tmp_path):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr("wanvideo_vae.cli.random_weights", lambda *a, **k: pytest.fail("the benchmark ran first"))
+    assert main(["bench", "--dim", "8", "--shape", "1", "2", "2", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err

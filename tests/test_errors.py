@@ -657,3 +657,28 @@ def test_expected_keys_takes_the_widths_a_model_takes():
     conv1 = {"decoder.conv1.weight": np.zeros((4100, 16, 3, 3, 3), np.float32)}  # a view: no data read
     with pytest.raises(E, match="expected \\(4\\*dim, z_dim, 3, 3, 3\\)"):
         wv._C.Model(conv1)
+
+
+def test_a_decoder_refused_for_its_stats_keeps_no_weights():
+    """Stats are checked after the weights are converted: a refused Decoder closes its model, which
+    the error's traceback would otherwise keep (device memory, on CUDA)."""
+    import traceback
+    with pytest.raises(E, match="mean has 3 values") as info:
+        wv.Decoder(random_weights(8, 4), mean=[0.0] * 3, std=[1.0] * 4)
+    held = [f.f_locals["self"] for f, _ in traceback.walk_tb(info.value.__traceback__)
+            if isinstance(f.f_locals.get("self"), wv.Decoder)]
+    assert held and all(d.closed for d in held)
+
+
+def test_inputs_past_float_range_or_of_the_wrong_type_are_our_errors(tmp_path):
+    with pytest.raises(E, match="mean must be a sequence of numbers"):
+        wv.Decoder(random_weights(8, 4), mean=[10**400] * 4, std=[1.0] * 4)
+    with pytest.raises(E, match="precision must be"):
+        wv.Decoder(random_weights(8, 4), precision=32)
+    for name, header in (("huge", {"x": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 4]}}),
+                         ("deep", "[" * 100000 + "]" * 100000)):
+        raw = (header if isinstance(header, str) else json.dumps(header)).encode()
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 8)
+        with pytest.raises(E):
+            wv.load_weights(str(path))

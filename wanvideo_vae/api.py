@@ -134,6 +134,8 @@ class Decoder:
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
         if backend not in ("cpu", "cuda"):
             raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
+        if precision is not None and not isinstance(precision, str):
+            raise WanVAEError(f"precision must be 'fp32', 'fp16', 'bf16' or None, got {precision!r}")
         if backend == "cpu" and device is not None and str(device) != "cpu":
             raise WanVAEError(f"device={device!r} is for the CUDA backend: pass backend='cuda' (the CPU backend "
                               "runs on the host)")
@@ -142,8 +144,12 @@ class Decoder:
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
         host = {k: host_array(v, f"weight '{k}'") for k, v in normalize_keys(weights).items()}
         self._model = _C.Model(host, backend, precision, self._device)
-        self.mean = self._stats(mean, WAN21_MEAN, "mean")
-        self.std = self._stats(std, WAN21_STD, "std")
+        try:
+            self.mean = self._stats(mean, WAN21_MEAN, "mean")
+            self.std = self._stats(std, WAN21_STD, "std")
+        except BaseException:  # the error's traceback would keep the converted weights (device memory)
+            self._model.close()
+            raise
         self.last_stats = None
 
     def close(self):

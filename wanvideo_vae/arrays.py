@@ -92,7 +92,7 @@ def as_float_list(values, what):
         values = values.detach().float().cpu().numpy()
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise WanVAEError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
     if not np.all(np.isfinite(arr)):
         raise WanVAEError(f"{what} contains NaN or Inf")

@@ -148,10 +148,15 @@ def decode_cmd(args):
             raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
         check_file_target(args.contact_sheet)
     weights, latents, source = _inputs(args, backend)
+    if args.latents and args.latents.lower().endswith(".latent") and not args.unnormalized:
+        print("wanvideo_vae: a ComfyUI .latent: if ComfyUI's own Wan nodes made it, its latents are "
+              "un-normalized: add --unnormalized")
     dec = Decoder(weights, backend=backend, precision=precision)
     # strides of 1: any --tile the planner takes passes the (WanVideoDecode) tile > stride check
     options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272,
                    tile_y=args.tile or 272, tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
+    if args.unnormalized:
+        options.update(mean=[0.0] * dec.z_dim, std=[1.0] * dec.z_dim)
     _check_output_size(dec, latents, out_path, options)
     if args.warmup:  # the first decode of a shape loads the GPU's kernels and picks its algorithms
         dec.decode(latents, **options)
@@ -240,6 +245,9 @@ def bench_cmd(args):
         raise CliError("bench needs PyTorch for its baselines: pip install torch") from None
     from .torch_reference import TorchWanDecoder
 
+    if args.plot:  # before the benchmark's minutes, not after
+        _pyplot()
+        check_file_target(args.plot)
     T, h, w = (21, 90, 160) if args.preset == "720p81" else args.shape
     backend, precision = _check_backend(args.device, args.precision)
     weights = random_weights(args.dim, 16, seed=args.seed)
@@ -303,13 +311,18 @@ def bench_cmd(args):
     return 0
 
 
-def _plot(runs, path, title):
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise CliError("--plot needs matplotlib: pip install 'wanvideo-vae[plot]'") from None
+    return plt
+
+
+def _plot(runs, path, title):
+    plt = _pyplot()
     labels = list(runs)  # runs: label -> (seconds, peak bytes, diff, tiles, conv flops)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
     a.barh(labels, [runs[k][0] for k in labels], color="#4a7bb7")
@@ -364,9 +377,22 @@ def _positive_fps(text):
         fps = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < fps <= 1000:
-        raise argparse.ArgumentTypeError(f"{text}: frames per second must be above 0 and at most 1000")
+    if not 0.01 <= fps <= 1000:  # a frame at most every 100 s: an AVI's frame period is 32-bit microseconds
+        raise argparse.ArgumentTypeError(f"{text}: frames per second must be from 0.01 to 1000")
     return fps
+
+
+def _count(least):
+    """An argparse type: a whole number, at least `least`."""
+    def parse(text):
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"{text}: must be at least {least}")
+        return n
+    return parse
 
 
 def _tile_size(text):
@@ -385,7 +411,11 @@ def build_parser():
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("decode", help="decode latents to a video, PNG frames or .npy (the default command)")
     d.add_argument("--vae", help="VAE checkpoint (.safetensors or .pth); omit with --latents for random weights")
-    d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth")
+    d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth, "
+                                     "or ComfyUI's .latent (Save Latent)")
+    d.add_argument("--unnormalized", action="store_true",
+                   help="the latents are already un-normalized, as ComfyUI's own Wan nodes keep them (their Save "
+                        "Latent files): decode without the Wan 2.1 mean/std (WanVideoWrapper's are normalized)")
     d.add_argument("--out", help="output: .mp4 (needs the video extra), .avi, .npy, or a folder for PNG frames")
     d.add_argument("--fps", type=_positive_fps, default=16.0, help="frames per second of a video output (default 16)")
     d.add_argument("--tile", type=_tile_size, default=0,
@@ -401,10 +431,10 @@ def build_parser():
     d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
-    d.add_argument("--random-shape", type=int, nargs=3, metavar=("T", "H", "W"),
+    d.add_argument("--random-shape", type=_count(1), nargs=3, metavar=("T", "H", "W"),
                    help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the random weights and latents")
+    d.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--profile", action="store_true",
                    help="time every backend op (waits for each: slower) and print where the time went")
@@ -413,14 +443,14 @@ def build_parser():
                         "(kernel loading, algorithm choice), as in a long-running app")
     d.set_defaults(func=decode_cmd)
     b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
-    b.add_argument("--shape", type=int, nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
+    b.add_argument("--shape", type=_count(1), nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
                    help="latent T, h, w (default %(default)s: a few minutes on 2 CPU cores)")
     b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
-    b.add_argument("--dim", type=int, default=96, help="decoder width (96: full-size Wan 2.1)")
+    b.add_argument("--dim", type=_count(1), default=96, help="decoder width (96: full-size Wan 2.1)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random weights and latents")
+    b.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
     b.add_argument("--skip-blended", action="store_true", help="leave out PyTorch's blended tiling (3x the work)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")

@@ -3,6 +3,7 @@ optional imageio-ffmpeg), .avi (uncompressed, no dependency), PNG folders, .npy 
 PNG and AVI are written here with zlib and struct, so the core install needs nothing more."""
 import os
 import struct
+import tempfile
 import zlib
 from fractions import Fraction
 
@@ -11,7 +12,7 @@ import numpy as np
 from ._C import WanVAEError
 from .weights import load_safetensors, safetensors_names, torch_load
 
-LATENT_KEYS = ("samples", "latents", "latent")
+LATENT_KEYS = ("samples", "latents", "latent", "latent_tensor")  # the last: ComfyUI's Save Latent (.latent)
 
 
 def _latent_key(names, path):
@@ -23,24 +24,34 @@ def _latent_key(names, path):
     raise WanVAEError(f"{path}: holds {len(names)} tensors; name the latents 'samples' or 'latents'")
 
 
+def _load_npy(path):
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise WanVAEError(f"{path}: not a NumPy array file ({e or type(e).__name__})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under an .npy name
+        arr.close()
+        raise WanVAEError(f"{path}: an .npz archive, not one NumPy array (.npy)")
+    return arr
+
+
 def load_latents(path):
-    """Latents from .npy, .safetensors (tensor 'samples' / 'latents', or the only one) or .pt / .pth
-    (a tensor or a ComfyUI LATENT-style dict with 'samples'). Returns an array or tensor."""
+    """Latents from .npy, .safetensors (tensor 'samples' / 'latents', or the only one), ComfyUI's
+    .latent (Save Latent) or .pt / .pth (a tensor or a ComfyUI LATENT-style dict with 'samples').
+    Returns an array or tensor."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WanVAEError(f"{path}: no such file")
-    if path.endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, EOFError, OSError) as e:
-            raise WanVAEError(f"{path}: not a NumPy array file ({e or type(e).__name__})") from None
-    if path.endswith(".safetensors"):
+    kind = os.path.splitext(path)[1].lower()
+    if kind == ".npy":
+        return _load_npy(path)
+    if kind in (".safetensors", ".latent"):
         key = _latent_key(safetensors_names(path), path)
         return load_safetensors(path, {key})[key]
-    if path.endswith((".pt", ".pth")):
+    if kind in (".pt", ".pth"):
         obj = torch_load(path)
         return obj[_latent_key(list(obj), path)] if isinstance(obj, dict) else obj
-    raise WanVAEError(f"{path}: unknown latents format (expected .npy, .safetensors, .pt or .pth)")
+    raise WanVAEError(f"{path}: unknown latents format (expected .npy, .safetensors, .latent, .pt or .pth)")
 
 
 def to_uint8(frames):
@@ -170,13 +181,46 @@ def _output_kind(out):
     return os.path.splitext(out)[1].lower()  # '' for a PNG folder (a name ending in / has no extension)
 
 
+def _can_create_in(folder):
+    """Whether a file can be made in `folder`, by making one (os.access does not see Windows' ACLs)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def check_file_target(out):
-    """A file can be written at `out`: its folder is there, and writable."""
+    """A file can be written at `out`, tried before a decode rather than after it: its folder is
+    there and takes a new file, and a file already there opens for writing (not a folder, not locked
+    or read-only; it is not changed here)."""
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise WanVAEError(f"{out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
+    if os.path.isdir(out):
+        raise WanVAEError(f"{out}: is a folder")
+    if os.path.exists(out):
+        try:
+            with open(out, "ab"):
+                pass
+        except OSError as e:
+            raise WanVAEError(f"{out}: cannot be overwritten ({e.strerror or e})") from None
+    elif not _can_create_in(folder):
         raise WanVAEError(f"{out}: the folder {folder} is not writable")
+
+
+def _check_png_folder(out):
+    """PNG frames can go into `out`: a folder there takes files, or the nearest folder above takes
+    the new ones (which are made with their parents)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise WanVAEError(f"{out}: exists and is not a folder (PNG frames go into a folder)")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise WanVAEError(f"{out}: {existing} is a file, not a folder")
+    if not _can_create_in(existing):
+        raise WanVAEError(f"{out}: the folder {existing} is not writable")
 
 
 def check_output(out, frames_shape=None):
@@ -194,8 +238,8 @@ def check_output(out, frames_shape=None):
         check_avi_size(*frames_shape[:3], out)
     if kind:
         check_file_target(out)
-    elif os.path.exists(out) and not os.path.isdir(out):  # a PNG folder is made with its parents
-        raise WanVAEError(f"{out}: exists and is not a folder (PNG frames go into a folder)")
+    else:
+        _check_png_folder(out)
 
 
 def write_frames(frames, out, fps):

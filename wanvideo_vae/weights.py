@@ -47,7 +47,7 @@ def _read_safetensors_header(f, path, size):
         raise WanVAEError(f"{path}: safetensors header length {n} runs past the end of the file ({size} bytes)")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise WanVAEError(f"{path}: safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise WanVAEError(f"{path}: safetensors header is not a JSON object")
@@ -77,7 +77,7 @@ def load_safetensors(path, keys=None):
             dtype = _ST_DTYPES[info["dtype"]]
             shape = [int(s) for s in info["shape"]]
             begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise WanVAEError(f"{path}: tensor '{name}' has an unsupported dtype or a malformed entry") from None
         if any(s < 0 for s in shape):
             raise WanVAEError(f"{path}: tensor '{name}' has a negative dimension in its shape {shape}")
@@ -120,9 +120,10 @@ def load_weights(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WanVAEError(f"{path}: no such file")
-    if path.endswith(".safetensors"):
+    kind = os.path.splitext(path)[1].lower()
+    if kind == ".safetensors":
         state = load_safetensors(path, {name for name in safetensors_names(path) if decoder_key(name)})
-    elif path.endswith((".pth", ".pt", ".ckpt", ".bin")):
+    elif kind in (".pth", ".pt", ".ckpt", ".bin"):
         state = _load_torch(path)
     else:
         raise WanVAEError(f"{path}: unknown checkpoint format (expected .safetensors, .pth, .pt, .ckpt or .bin)")
