@@ -552,7 +552,10 @@ for tile in (0, 40):
     cpu = wv.Decoder(weights, mean=mean, std=std).decode(lat, **kw)
     dec = wv.Decoder(weights, backend="cuda", precision="fp32", mean=mean, std=std)
     got = dec.decode(lat, **kw)
-    out[tile] = [float(np.abs(got - cpu).max()), dec.last_stats["planned_bytes"]]
+    half = wv.Decoder(weights, backend="cuda", precision="bf16", mean=mean, std=std).decode(lat, **kw)
+    mse = float(np.mean((half.astype(np.float64) - cpu) ** 2))
+    out[tile] = [float(np.abs(got - cpu).max()), dec.last_stats["planned_bytes"], float(np.abs(half - cpu).max()),
+                 10 * np.log10(1 / mse) if mse else 999.0]
 print(json.dumps(out))
 """
 
@@ -587,12 +590,15 @@ def test_taps_max_channels_moves_memory_not_the_result():
     cache a 3-frame ring, 32 runs the 16- and 32-channel convs by taps (2-frame caches), and the
     default (128), like 4096, all of this model's (64 channels at most); each decodes as the CPU does,
     untiled and tiled, and rings take more memory. A value that is no channel count is refused with a
-    line and the default used."""
+    line and the default used. The bf16 decodes' errors are reported (figures), to weigh the taps'
+    extra roundings on real hardware."""
     results = {}
     for value in ("0", "32", "4096", None, "x"):
         results[value], err = _decode_with_taps_setting(value)
-        for tile, (diff, _) in results[value].items():
+        for tile, (diff, _, half_max, half_psnr) in results[value].items():
             report(f"taps max channels {value} tile {tile} fp32", max=diff)
+            # what summing taps in the bf16 output costs on the GPU (tools/bf16_error_sources.py models it)
+            report(f"taps max channels {value} tile {tile} bf16", max=half_max, psnr=half_psnr)
             assert diff <= FP32_TOL
         assert ("is not a channel count" in err) == (value == "x"), err[-2000:]
     for tile in results["0"]:
