@@ -948,7 +948,7 @@ static PyObject *Model_halos(ModelObject *self, PyObject *noargs)
     X(cache_slots, "causal convolutions (one cache each)", PyLong_FromLong(self->model.n_cache_slots))      \
     X(backend, "backend name", PyUnicode_FromString(self->model.backend->name))                             \
     X(precision, "activation and weight precision: fp32, fp16 or bf16",                                     \
-      PyUnicode_FromString(wv_dtype_precision(self->model.backend->act_dtype)))                                 \
+      PyUnicode_FromString(wv_dtype_precision(self->model.backend->act_dtype)))                             \
     X(closed, "whether close() freed the weights", PyBool_FromLong(self->closed))
 
 #define MODEL_GETTER(name, doc, value)                                                                      \

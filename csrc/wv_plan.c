@@ -216,12 +216,17 @@ static void size_conv_operands(wv_plan *p, const wv_model *m)
         }
 }
 
+/* Whether a plan's convolutions stay within what the backend's libraries take (max_conv_elems). */
+static int operands_fit(const wv_plan *p, const wv_model *m)
+{
+    int64_t limit = m->backend->max_conv_elems;
+    return !limit || (p->trunk_operand <= limit && p->tile_operand <= limit);
+}
+
 /* Whether a plan fits the budget (where there is one) and the backend's convolutions. */
 static int plan_fits(const wv_plan *p, const wv_model *m, const wv_options *o)
 {
-    int64_t limit = m->backend->max_conv_elems;
-    return (!o->max_bytes || p->arena_bytes <= o->max_bytes) &&
-           (!limit || (p->trunk_operand <= limit && p->tile_operand <= limit));
+    return (!o->max_bytes || p->arena_bytes <= o->max_bytes) && operands_fit(p, m);
 }
 
 /* The backend's workspace, but no more than the largest conv input matrix (taps x cin per position)
@@ -640,26 +645,32 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
  * (least->arena_bytes 0: none within WV_MAX_TILES tiles and the backend's operand limit); *crowded:
  * whether some tile was passed over for making more than WV_MAX_TILES. Every tile is planned: the
  * arena does not shrink steadily with the tile (a tile that covers the frame streams its trunk). */
+static wv_status keep_least(const wv_model *m, int T, int h, int w, const wv_options *trial, wv_plan *least,
+                            int *crowded, wv_error *err)
+{
+    wv_plan q;
+    wv_status st = plan_for_tiles(&q, m, T, h, w, trial, err);
+    wv_plan_free(&q); /* its scalars are all that is kept */
+    if (too_many_tiles(&q, st, err)) {
+        *crowded = 1;
+        return WV_OK;
+    }
+    if (!st && operands_fit(&q, m) && (!least->arena_bytes || q.arena_bytes < least->arena_bytes)) *least = q;
+    return st;
+}
+
 static wv_status least_arena(const wv_model *m, int T, int h, int w, const wv_options *o, int min_tile, int top,
                              int S, wv_plan *least, int *crowded, wv_error *err)
 {
-    int64_t limit = m->backend->max_conv_elems;
+    wv_status st;
     memset(least, 0, sizeof *least);
     *crowded = 0;
-    for (int tile = min_tile - S; tile <= top; tile += S) {
-        wv_options trial = tile < min_tile ? *o : square_tile(o, tile); /* first, the tiles asked */
-        wv_plan q;
-        wv_status st = plan_for_tiles(&q, m, T, h, w, &trial, err);
-        wv_plan_free(&q);
-        if (too_many_tiles(&q, st, err)) {
-            *crowded = 1;
-            continue;
-        }
-        if (st) return st;
-        if ((!limit || q.tile_operand <= limit) && (!least->arena_bytes || q.arena_bytes < least->arena_bytes))
-            *least = q;
+    st = keep_least(m, T, h, w, o, least, crowded, err); /* the tiles asked, then every square one */
+    for (int tile = min_tile; !st && tile <= top; tile += S) {
+        wv_options trial = square_tile(o, tile);
+        st = keep_least(m, T, h, w, &trial, least, crowded, err);
     }
-    return WV_OK;
+    return st;
 }
 
 static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,

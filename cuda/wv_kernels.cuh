@@ -139,7 +139,7 @@ __device__ __forceinline__ float rms_scale(float ss, int C)
     return sqrtf((float)C) / fmaxf(sqrtf(ss), (float)WV_RMS_EPS);
 }
 
-/* x [n][P(gx)][C] -> y [n][P(gy)][C]: x / max(|x|, 1e-12) * sqrt(C) * gamma (then SiLU), ring 0.
+/* x [n][P(gx)][C] -> y [n][P(gy)][C]: x / max(|x|, WV_RMS_EPS) * sqrt(C) * gamma (then SiLU), ring 0.
  * One warp per output position; gx and gy share the interior size. */
 template <typename T>
 __global__ void rms_norm_kernel(const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n, const void *gamma_,
