@@ -48,7 +48,9 @@
 #endif
 
 #define WV_CUDA_WORKSPACE_BYTES ((size_t)64 << 20)
-#define CUBLAS_WORKSPACE_BYTES ((size_t)4 << 20) /* what cuBLAS asks to run its GEMMs at full speed */
+/* cuBLAS's recommended workspace before Hopper (32 MiB there, which plans of a 720p frame give it: the
+ * workspace grows with the largest conv input, up to WV_CUDA_WORKSPACE_BYTES) */
+#define CUBLAS_WORKSPACE_BYTES ((size_t)4 << 20)
 /* The scalars: small device memory of a context. Offset 0: the latents' first nonfinite element
  * (check_finite); OUTPUT_FLAG_OFFSET: write_output's nonfinite flag; STATS_OFFSET: the latents' mean
  * and std, WV_CUDA_MAX_Z floats each. */
@@ -76,9 +78,10 @@ typedef struct {
     cudnnMathType_t math_now; /* the math type `conv` holds: set again only when a candidate differs */
     size_t memory[MAX_CANDIDATES];
     char refused[MAX_CANDIDATES];
-    int n_candidates; /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
-    int unfused;      /* cuDNN declined the bias-fused call: a separate bias pass follows the conv */
-    int shown;        /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
+    int n_candidates;      /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
+    cudnnStatus_t refusal; /* why it offers nothing: a descriptor or the heuristics declined (else SUCCESS) */
+    int unfused;           /* cuDNN declined the bias-fused call: a separate bias pass follows the conv */
+    int shown;             /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -227,6 +230,8 @@ static int cudnn_declined(cudnnStatus_t s)
     case CUDNN_STATUS_BAD_PARAM_NULL_POINTER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART:
+    case CUDNN_STATUS_NOT_SUPPORTED_RUNTIME_PREREQUISITE_MISSING:
+    case CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE: /* libcudnn_cnn missing: every shape alike */
     case CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED:
     case CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED:
         return 0;
@@ -1009,7 +1014,8 @@ static wv_status check_device_latents(cuda_ctx *c, const wv_view *lat, wv_error 
     cudaError_t e = cudaPointerGetAttributes(&attr, lat->data);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return wv_fail(err, WV_ERR_INVALID, "latents: cannot inspect the device pointer (%s)", cudaGetErrorString(e));
+        return wv_fail(err, WV_ERR_INVALID, "latents: cannot tell whether the pointer is device memory (%s)",
+                       cudaGetErrorString(e));
     }
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
         return wv_fail(err, WV_ERR_INVALID,
@@ -1256,11 +1262,11 @@ static void cuda_finish(void *ctx)
 
 /* ---- convolution -------------------------------------------------------------------------- */
 
-static int set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, int nd, const int *dims)
+static cudnnStatus_t set_channels_last(cudnnTensorDescriptor_t t, cudnnDataType_t type, int nd, const int *dims)
 {
     int strides[5];
     channels_last_strides(nd, dims, strides);
-    return cudnnSetTensorNdDescriptor(t, type, nd, dims, strides) == CUDNN_STATUS_SUCCESS;
+    return cudnnSetTensorNdDescriptor(t, type, nd, dims, strides);
 }
 
 /* The heuristics' workspace figures are estimates: each candidate's is asked for with its own math
@@ -1301,8 +1307,8 @@ static int create_conv_descriptors(cuda_ctx *c, conv_shape *s)
 }
 
 /* x [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, in the
- * activation type, accumulating in fp32; 0 where cuDNN refuses the layout. */
-static int set_conv_descriptors(cuda_ctx *c, conv_shape *s)
+ * activation type, accumulating in fp32; the first status of cuDNN's that is not success, if any. */
+static cudnnStatus_t set_conv_descriptors(cuda_ctx *c, conv_shape *s)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
     int causal = s->kt > 1, nd = causal ? 5 : 4, ph = conv_padding(s->kh), pw = conv_padding(s->kw);
@@ -1317,44 +1323,55 @@ static int set_conv_descriptors(cuda_ctx *c, conv_shape *s)
         memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
     }
     s->math_now = c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
-    return set_channels_last(s->x, type, nd, xd) && set_channels_last(s->y, type, nd, yd) &&
-           set_channels_last(s->bias, type, nd, bd) &&
-           cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd) == CUDNN_STATUS_SUCCESS &&
-           cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
-                                           CUDNN_DATA_FLOAT) == CUDNN_STATUS_SUCCESS &&
-           cudnnSetConvolutionMathType(s->conv, s->math_now) == CUDNN_STATUS_SUCCESS &&
-           cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out) == CUDNN_STATUS_SUCCESS &&
-           memcmp(out, yd, sizeof(int) * (size_t)nd) == 0;
+    cudnnStatus_t st;
+    if ((st = set_channels_last(s->x, type, nd, xd)) || (st = set_channels_last(s->y, type, nd, yd)) ||
+        (st = set_channels_last(s->bias, type, nd, bd)) ||
+        (st = cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd)) ||
+        (st = cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+                                              CUDNN_DATA_FLOAT)) ||
+        (st = cudnnSetConvolutionMathType(s->conv, s->math_now)) ||
+        (st = cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out)))
+        return st;
+    return memcmp(out, yd, sizeof(int) * (size_t)nd) ? CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH : CUDNN_STATUS_SUCCESS;
 }
 
-/* The algorithms cuDNN's heuristics offer for s, best first, at most MAX_CANDIDATES; fp32 stays
- * fp32: no tensor-op (TF32) variants, and FMA math forced on the rest. */
-static void rank_candidates(cuda_ctx *c, conv_shape *s)
+static int is_candidate(const conv_shape *s, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math)
+{
+    for (int i = 0; i < s->n_candidates; i++)
+        if (s->algo[i] == algo && s->math[i] == math) return 1;
+    return 0;
+}
+
+/* The algorithms cuDNN's heuristics offer for s, best first, at most MAX_CANDIDATES, each once; fp32
+ * stays fp32: no tensor-op (TF32) variants, and FMA math forced on the rest. */
+static cudnnStatus_t rank_candidates(cuda_ctx *c, conv_shape *s)
 {
     cudnnConvolutionFwdAlgoPerf_t perf[2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int returned = 0;
-    if (cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
-                                               2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, /* per math type */
-                                               &returned, perf) != CUDNN_STATUS_SUCCESS)
-        return;
+    cudnnStatus_t st = cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, s->x, s->w, s->conv, s->y,
+                                                              2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, /* per math */
+                                                              &returned, perf);
+    if (st) return st;
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;
-        if (perf[i].status != CUDNN_STATUS_SUCCESS ||
+        cudnnMathType_t math = c->dt == WV_F32 ? CUDNN_FMA_MATH : perf[i].mathType;
+        if (perf[i].status != CUDNN_STATUS_SUCCESS || is_candidate(s, perf[i].algo, math) ||
             (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH))
             continue;
         s->algo[k] = perf[i].algo;
-        s->math[k] = c->dt == WV_F32 ? CUDNN_FMA_MATH : perf[i].mathType;
+        s->math[k] = math;
         s->memory[k] = perf[i].memory;
         s->refused[k] = 0;
         s->n_candidates++;
     }
+    return CUDNN_STATUS_SUCCESS;
 }
 
 /* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
  * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
- * best first. Whatever cuDNN refuses here (a layout, a channel count) leaves no candidate: the direct
- * kernel takes the shape. Returns 0 only on a hard failure (out of memory, a frame too large for
- * cuDNN's int sizes). */
+ * best first. What cuDNN declines here (a layout, a channel count) leaves no candidate: the direct
+ * kernel takes the shape. Returns 0 on a hard failure (out of memory, a frame too large for cuDNN's
+ * int sizes, a cuDNN that fails every shape alike: a sub-library it cannot load, say). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     s->Ho = s->H + 2 * conv_padding(s->kh) - s->kh + 1;
@@ -1367,9 +1384,10 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
                 s->W, s->cin > s->cout ? s->cin : s->cout);
         return 0;
     }
-    if (!set_conv_descriptors(c, s)) return 1; /* no candidate: the direct kernel takes the shape */
-    rank_candidates(c, s);
-    confirm_workspaces(c, s);
+    s->refusal = set_conv_descriptors(c, s);
+    if (!s->refusal) s->refusal = rank_candidates(c, s);
+    if (s->refusal && !cudnn_declined(s->refusal)) return cudnn_ok(c, s->refusal, "describing a convolution");
+    confirm_workspaces(c, s); /* none where refused: the direct kernel takes the shape */
     return 1;
 }
 
@@ -1464,6 +1482,8 @@ static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
         fprintf(stderr, "cuDNN declined every algorithm (%s)\n", cudnnGetErrorString(last));
     else if (s->n_candidates)
         fprintf(stderr, "no algorithm cuDNN offers fits the %zu-byte workspace\n", c->workspace_bytes);
+    else if (s->refusal)
+        fprintf(stderr, "cuDNN refused the shape (%s)\n", cudnnGetErrorString(s->refusal));
     else
         fprintf(stderr, "cuDNN offers no algorithm for it\n");
 }
@@ -1524,7 +1544,7 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
 
 /* Whether causal conv cv runs on narrow_conv_kernel: a 3x3x3 one with a handful of outputs (the head)
  * whose inputs load as 16-byte vectors and whose weights fit in shared memory as fp32. */
-#define NARROW_MAX_SHARED ((size_t)48 << 10)
+#define NARROW_MAX_SHARED ((size_t)48 << 10) /* without opting in; the kernel has no static shared */
 
 static size_t narrow_shared_bytes(const wv_conv *cv) { return (size_t)cv->cout * 27 * cv->cin * sizeof(float); }
 

@@ -62,10 +62,10 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 
 #define THREADS 256 /* a block of the backend's own kernels */
 
-/* A kernel's dynamic shared memory (the launch's smem bytes) as an array of T (tests/c/cuda_on_cpu
- * defines its own). */
+/* A kernel's dynamic shared memory (the launch's smem bytes) as an array of T, 16-byte aligned for
+ * vector reads whatever static shared memory the kernel has (tests/c/cuda_on_cpu defines its own). */
 #ifndef WV_DYNAMIC_SHARED
-#define WV_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#define WV_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
 /* Blocks for a grid-stride loop over n elements, `threads` a block: a thread an element, up to

@@ -222,8 +222,9 @@ static void stagings_unpinnable(const weight_set *ws)
 }
 
 /* A convolution candidate cuDNN declines is not asked again with the same workspace, whether it was
- * short of workspace or refused the shape: the shape runs on the direct kernel from then on, in this
- * call and the next (which makes as many cuDNN calls as this one), and the decodes still work. */
+ * short of workspace or refused the shape: where every candidate of every shape declines in a call,
+ * the shapes run on the direct kernel from then on, in that call and the next (which makes no cuDNN
+ * call either), and the decodes still work. */
 static void declined_convolutions_not_retried(const weight_set *ws)
 {
     static const cudnnStatus_t statuses[] = {CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT, CUDNN_STATUS_NOT_SUPPORTED};
@@ -234,12 +235,46 @@ static void declined_convolutions_not_retried(const weight_set *ws)
         CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
         for (int call = 0; call < 3; call++) {
             long before = stub_counts().convolutions;
-            if (call == 1) stub_cudnn_decline((int)statuses[i], 2); /* a fused call and its plain retry */
+            if (call == 1) stub_cudnn_decline((int)statuses[i], -1);
             CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+            if (call == 1) stub_cudnn_decline(0, 0);
             calls[call] = stub_counts().convolutions - before;
         }
-        CHECK(stub_cudnn_decline(0, 0) == 0);
-        CHECK(calls[1] < calls[0] - 1 && calls[2] == calls[1]);
+        CHECK(calls[0] > 0 && calls[1] == 0 && calls[2] == 0);
+        wv_model_free(&m);
+    }
+}
+
+/* A shape cuDNN refuses (its heuristics declining it) runs on the direct kernel; a cuDNN that fails
+ * every shape alike (a sub-library it cannot load or lacks) fails the decode, naming the status,
+ * instead of running every convolution on the direct kernel; a later decode, cuDNN mended, works. */
+static void cudnn_refusals_and_broken_installations(const weight_set *ws)
+{
+    static const struct {
+        cudnnStatus_t status;
+        wv_status expect;
+    } cases[] = {{CUDNN_STATUS_NOT_SUPPORTED_SHAPE, WV_OK},
+                 {CUDNN_STATUS_BAD_PARAM, WV_OK},
+                 {CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED, WV_ERR_BACKEND},
+                 {CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH, WV_ERR_BACKEND},
+                 {CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE, WV_ERR_BACKEND}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        long before;
+        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        stub_cudnn_heuristics_status((int)cases[i].status);
+        before = stub_counts().convolutions;
+        CHECK(decode(&m, &RUNS[0], &err) == cases[i].expect);
+        stub_cudnn_heuristics_status(0);
+        if (cases[i].expect == WV_OK) {
+            CHECK(stub_counts().convolutions == before); /* none through cuDNN */
+        } else {
+            CHECK(strstr(err.msg, "cuDNN error in describing a convolution") != NULL);
+            CHECK(strstr(err.msg, cudnnGetErrorString(cases[i].status)) != NULL);
+            err.code = WV_OK;
+            CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+        }
         wv_model_free(&m);
     }
 }
@@ -348,6 +383,7 @@ int main(void)
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);
     declined_convolutions_not_retried(&ws);
+    cudnn_refusals_and_broken_installations(&ws);
     step_waits_do_not_spin(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);

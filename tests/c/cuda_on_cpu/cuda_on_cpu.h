@@ -26,7 +26,7 @@
 #define __shared__ static /* one array for all the threads of the block running (one at a time) */
 
 /* Dynamic shared memory, shared the same way (a launch here asks for at most this much). */
-inline float g_dynamic_shared_on_cpu[1 << 16];
+alignas(16) inline float g_dynamic_shared_on_cpu[1 << 16];
 #define WV_DYNAMIC_SHARED(T, name) T *name = (T *)g_dynamic_shared_on_cpu
 
 struct dim3_on_cpu {

@@ -7,7 +7,10 @@
  * for copies), every handle is one it made and not yet destroyed, and nothing is left allocated at
  * the end (stub_report); no kernel is launched past a GPU's limits; each thread's CUDA context is
  * modelled (stub_current_context, stub_context_made). Work issued on a stream being captured is kept
- * in the graph, and runs (and is checked) each time a launch issues it, as on a GPU.
+ * in the graph, and runs (and is checked) each time a launch issues it, as on a GPU. Where the real
+ * libraries are stricter than a loop, it is too (misuse(): TF32 allowed in an fp32 convolution, an
+ * output over its input; a fused bias call only with IMPLICIT_PRECOMP_GEMM; 256-byte alignment), and
+ * memory comes as a GPU's does: aligned, and not zeroed where the stub computes.
  *
  * It also looks for races between streams: work runs here as it is issued, but on a GPU two
  * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
@@ -68,6 +71,14 @@ static void violation(const char *what, const void *p, size_t bytes)
         fprintf(stderr, "cuda stub: %s: %zu bytes at %p outside every allocation or arena buffer\n", what, bytes, p);
 }
 
+/* A call the real library would refuse or run otherwise than meant (stub_report counts them). */
+static long g_misuses;
+
+static void misuse(const char *what)
+{
+    if (g_misuses++ < 20) fprintf(stderr, "cuda stub: %s\n", what);
+}
+
 static const block *block_of(const void *p)
 {
     for (int i = 0; i < g_n_blocks; i++)
@@ -103,11 +114,16 @@ static void check_any(const char *what, const void *p, size_t bytes)
         violation(what, p, bytes);
 }
 
+static int computing(void);
+
+/* Memory as cudaMalloc and cudaHostAlloc give it: 256-byte aligned, not zeroed; where the stub
+ * computes, all 0xFF bytes (a NaN in every float type), so what reads memory nothing wrote shows
+ * (else untouched: a large arena costs no page until used). */
 static cudaError_t take_block(void **out, size_t bytes, int kind)
 {
     if (g_n_blocks == (int)(sizeof g_blocks / sizeof *g_blocks)) return cudaErrorMemoryAllocation;
-    *out = calloc(1, bytes ? bytes : 1);
-    if (!*out) return cudaErrorMemoryAllocation;
+    if (posix_memalign(out, 256, bytes ? bytes : 1)) return cudaErrorMemoryAllocation;
+    if (computing()) memset(*out, 0xFF, bytes);
     g_blocks[g_n_blocks].p = (char *)*out;
     g_blocks[g_n_blocks].bytes = bytes;
     g_blocks[g_n_blocks].kind = kind;
@@ -232,7 +248,7 @@ struct CUgraphExec_st { std::vector<captured> steps; };
 struct cudnnContext { cudaStream_t stream; };
 struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
 struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; cudnnTensorFormat_t format; };
-struct cudnnConvolutionStruct { int n, pad[6], stride[6], dilation[6]; };
+struct cudnnConvolutionStruct { int n, pad[6], stride[6], dilation[6]; cudnnMathType_t math; };
 struct cudnnActivationStruct { int live; };
 struct cublasContext { cudaStream_t stream; };
 
@@ -441,7 +457,8 @@ extern "C" int stub_report(void)
 {
     free(g_next_parts);
     g_next_parts = NULL;
-    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0 || g_races != 0;
+    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0 || g_races != 0 || g_misuses != 0;
+    if (g_misuses) fprintf(stderr, "cuda stub: %ld calls misusing a library\n", g_misuses);
     if (g_n_blocks) fprintf(stderr, "cuda stub: %d allocations left\n", g_n_blocks);
     if (g_races) fprintf(stderr, "cuda stub: %ld races between streams\n", g_races);
     if (g_handles) fprintf(stderr, "cuda stub: %ld handles left\n", g_handles);
@@ -917,7 +934,7 @@ cudnnStatus_t cudnnSetConvolutionNdDescriptor(cudnnConvolutionDescriptor_t d, in
 
 cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t d, cudnnMathType_t math)
 {
-    (void)d, (void)math;
+    d->math = math;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -931,6 +948,10 @@ cudnnStatus_t cudnnGetConvolutionNdForwardOutputDim(const cudnnConvolutionDescri
     return CUDNN_STATUS_SUCCESS;
 }
 
+static cudnnStatus_t g_heuristics_status; /* stub_cudnn_heuristics_status's */
+
+extern "C" void stub_cudnn_heuristics_status(int status) { g_heuristics_status = (cudnnStatus_t)status; }
+
 cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
                                                      const cudnnFilterDescriptor_t w,
                                                      const cudnnConvolutionDescriptor_t c,
@@ -939,11 +960,26 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudn
 {
     (void)h, (void)x, (void)w, (void)c, (void)y;
     if (requested < 1) return CUDNN_STATUS_BAD_PARAM;
-    memset(perf, 0, sizeof *perf);
-    perf->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
-    perf->status = CUDNN_STATUS_SUCCESS;
-    perf->mathType = x->type == CUDNN_DATA_FLOAT ? CUDNN_DEFAULT_MATH : CUDNN_TENSOR_OP_MATH;
-    *returned = 1;
+    if (g_heuristics_status) return g_heuristics_status;
+    static const cudnnMathType_t fp32[] = {CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH};
+    static const cudnnMathType_t half[] = {CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH};
+    const cudnnMathType_t *maths = x->type == CUDNN_DATA_FLOAT ? fp32 : half;
+    int n = x->type == CUDNN_DATA_FLOAT ? 3 : 2;
+    *returned = 0;
+    for (int i = 0; i <= n && *returned < requested; i++) {
+        cudnnConvolutionFwdAlgoPerf_t *p = &perf[(*returned)++];
+        memset(p, 0, sizeof *p);
+        p->algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+        p->status = CUDNN_STATUS_SUCCESS;
+        if (i < n) {
+            p->mathType = maths[i];
+        } else { /* one it cannot run: its other figures mean nothing */
+            p->algo = CUDNN_CONVOLUTION_FWD_ALGO_FFT;
+            p->status = CUDNN_STATUS_NOT_SUPPORTED;
+            p->memory = (size_t)-1;
+            p->time = -1.0f;
+        }
+    }
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1003,8 +1039,14 @@ static action conv_action(const cudnnTensorDescriptor_t xd, const void *x, const
 }
 
 static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cudnnFilterDescriptor_t wd,
-                       const void *w, void *ws, size_t ws_bytes, const cudnnTensorDescriptor_t yd, void *y)
+                       const void *w, const cudnnConvolutionDescriptor_t c, void *ws, size_t ws_bytes,
+                       const cudnnTensorDescriptor_t yd, void *y)
 {
+    const char *xb = (const char *)x, *yb = (const char *)y;
+    if (xd->type == CUDNN_DATA_FLOAT && c->math != CUDNN_FMA_MATH)
+        misuse("an fp32 convolution whose math type lets cuDNN round to TF32");
+    if (xb < yb + tensor_span(yd) && yb < xb + tensor_span(xd))
+        misuse("a convolution whose output overlaps its input (undefined in cuDNN)");
     check_device("convolution input", x, tensor_span(xd));
     check_device("convolution filter", w, filter_span(wd));
     check_device("convolution output", y, tensor_span(yd));
@@ -1036,7 +1078,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
 {
     (void)algo;
     if (declining()) return g_decline_status;
-    check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
     count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionForward",
           {reads(x, tensor_span(xd)), reads(w, filter_span(wd)), writes(ws, ws_bytes), writes(y, tensor_span(yd))},
@@ -1053,9 +1095,10 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const void *z, const cudnnTensorDescriptor_t bd, const void *bias, const cudnnActivationDescriptor_t act,
     const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)algo, (void)act; /* identity, the only one the backend asks for */
+    (void)act; /* identity, the only one the backend asks for */
+    if (algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) return CUDNN_STATUS_NOT_SUPPORTED; /* as cuDNN's */
     if (declining()) return g_decline_status;
-    check_conv(xd, x, wd, w, ws, ws_bytes, yd, y);
+    check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));
     count(h->stream, g_calls.convolutions);
@@ -1092,6 +1135,7 @@ cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void *ws, size_t bytes)
 {
     (void)h;
     if (bytes) check_device("cuBLAS workspace", ws, bytes);
+    if ((uintptr_t)ws % 256) return CUBLAS_STATUS_INVALID_VALUE; /* cuBLAS asks for 256-byte alignment */
     return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -48,6 +48,10 @@ int stub_fail_nth_host_alloc(int n);
  * now). Returns how many were still to go. */
 int stub_cudnn_decline(int status, int n);
 
+/* cudnnGetConvolutionForwardAlgorithm_v7 returns status (a cudnnStatus_t; 0: it ranks as before), as
+ * a cuDNN whose convolution sub-library is missing does, or one refusing a shape. */
+void stub_cudnn_heuristics_status(int status);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
