@@ -323,12 +323,45 @@ static void *on_the_second_gpu(void *weights)
     return NULL;
 }
 
+/* Latents in device memory handed to a model on the second GPU: read where they are on it, refused
+ * where they are on the first, naming both (a GPU check machine has one GPU: only here does this run). */
+static void latents_on_the_other_gpu_refused(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    wv_options o = {0, 0, 0, WV_OUT_UNIT, 0, 0};
+    wv_plan p;
+    wv_stats st;
+    float mean[4] = {0}, stdv[4] = {1, 1, 1, 1}, *out;
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], 1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(wv_plan_make(&p, &m, 2, 5, 6, &o, &err) == WV_OK);
+    out = (float *)malloc(sizeof(float) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
+    for (int device = 1; device >= 0; device--) {
+        float *lat = NULL;
+        CHECK(cudaSetDevice(device) == cudaSuccess);
+        CHECK(cudaMalloc((void **)&lat, sizeof(float) * 4 * 2 * 5 * 6) == cudaSuccess);
+        wv_view v = {lat, 4, {4, 2, 5, 6}, {4LL * 2 * 5 * 6, 4LL * 5 * 6, 4LL * 6, 4}, WV_F32, 1};
+        wv_status s = wv_decode(&m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, &err);
+        if (device == 1) {
+            CHECK(s == WV_OK);
+        } else {
+            CHECK(s == WV_ERR_INVALID);
+            CHECK(strstr(err.msg, "latents are on CUDA device 0 but the model is on device 1") != NULL);
+        }
+        CHECK(cudaFree(lat) == cudaSuccess);
+    }
+    wv_plan_free(&p);
+    wv_model_free(&m);
+    free(out);
+}
+
 static void model_on_the_second_gpu(const weight_set *ws)
 {
     pthread_t thread;
     stub_set_device_count(2);
     CHECK(pthread_create(&thread, NULL, on_the_second_gpu, (void *)ws) == 0);
     pthread_join(thread, NULL);
+    latents_on_the_other_gpu_refused(ws);
     stub_set_device_count(1);
 }
 

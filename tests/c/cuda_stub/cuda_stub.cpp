@@ -56,6 +56,7 @@ struct block {
     int kind;
     part *parts; /* an arena's named buffers (stub_arena_layout), else NULL */
     int n_parts;
+    int device; /* device memory's GPU (cudaPointerGetAttributes) */
 };
 
 static block g_blocks[4096];
@@ -129,6 +130,7 @@ static cudaError_t take_block(void **out, size_t bytes, int kind)
     g_blocks[g_n_blocks].kind = kind;
     g_blocks[g_n_blocks].parts = NULL;
     g_blocks[g_n_blocks].n_parts = 0;
+    g_blocks[g_n_blocks].device = 0;
     if (g_next_parts && kind == KIND_DEVICE && bytes == g_next_bytes) {
         g_blocks[g_n_blocks].parts = g_next_parts;
         g_blocks[g_n_blocks].n_parts = g_next_n_parts;
@@ -564,8 +566,11 @@ const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no er
 cudaError_t cudaMalloc(void **p, size_t bytes)
 {
     need_context();
+    no_capture("cudaMalloc");
     device_time t;
-    return take_block(p, bytes, KIND_DEVICE);
+    cudaError_t e = take_block(p, bytes, KIND_DEVICE);
+    if (e == cudaSuccess) g_blocks[g_n_blocks - 1].device = t_device;
+    return e;
 }
 
 cudaError_t cudaFree(void *p)
@@ -599,6 +604,7 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const void *p)
     attr->type = !b ? cudaMemoryTypeUnregistered : b->kind == KIND_DEVICE ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
     attr->devicePointer = b ? (void *)p : NULL;
     attr->hostPointer = b && b->kind == KIND_PINNED ? (void *)p : NULL;
+    attr->device = b && b->kind == KIND_DEVICE ? b->device : 0;
     return cudaSuccess;
 }
 
