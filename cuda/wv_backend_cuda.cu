@@ -230,8 +230,6 @@ static int cudnn_declined(cudnnStatus_t s)
     case CUDNN_STATUS_BAD_PARAM_NULL_POINTER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDA_DRIVER:
     case CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART:
-    case CUDNN_STATUS_NOT_SUPPORTED_RUNTIME_PREREQUISITE_MISSING:
-    case CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE: /* libcudnn_cnn missing: every shape alike */
     case CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED:
     case CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED:
         return 0;
@@ -241,6 +239,16 @@ static int cudnn_declined(cudnnStatus_t s)
                category == CUDNN_STATUS_INTERNAL_ERROR;
     }
     }
+}
+
+/* What cuDNN says when describing a shape (descriptors, heuristics) that fails every shape alike: a
+ * broken installation (a sub-library it cannot load, lacks or finds of another version), where the
+ * direct kernel would run the whole decode, far slower, without a word of why. An engine's own
+ * prerequisite (nvrtc for runtime-compiled ones) declines that engine only, at run time. */
+static int cudnn_broken(cudnnStatus_t s)
+{
+    return s != CUDNN_STATUS_DEPRECATED &&
+           (!cudnn_declined(s) || s == CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE);
 }
 
 static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
@@ -1307,8 +1315,9 @@ static int create_conv_descriptors(cuda_ctx *c, conv_shape *s)
 }
 
 /* x [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, in the
- * activation type, accumulating in fp32; the first status of cuDNN's that is not success, if any. */
-static cudnnStatus_t set_conv_descriptors(cuda_ctx *c, conv_shape *s)
+ * activation type, accumulating in fp32; the first status of cuDNN's that is not success, if any, and
+ * in *same_grid whether cuDNN's output grid is the one planned. */
+static cudnnStatus_t set_conv_descriptors(cuda_ctx *c, conv_shape *s, int *same_grid)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
     int causal = s->kt > 1, nd = causal ? 5 : 4, ph = conv_padding(s->kh), pw = conv_padding(s->kw);
@@ -1332,7 +1341,8 @@ static cudnnStatus_t set_conv_descriptors(cuda_ctx *c, conv_shape *s)
         (st = cudnnSetConvolutionMathType(s->conv, s->math_now)) ||
         (st = cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out)))
         return st;
-    return memcmp(out, yd, sizeof(int) * (size_t)nd) ? CUDNN_STATUS_BAD_PARAM_SHAPE_MISMATCH : CUDNN_STATUS_SUCCESS;
+    *same_grid = memcmp(out, yd, sizeof(int) * (size_t)nd) == 0;
+    return CUDNN_STATUS_SUCCESS;
 }
 
 static int is_candidate(const conv_shape *s, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math)
@@ -1370,8 +1380,9 @@ static cudnnStatus_t rank_candidates(cuda_ctx *c, conv_shape *s)
 /* Descriptors for a conv over n frames of H x W (the padded grid; odd kernels padded to keep it, even
  * ones not), causal ones as 3-frame 3-d convolutions, and the algorithms cuDNN's heuristics offer,
  * best first. What cuDNN declines here (a layout, a channel count) leaves no candidate: the direct
- * kernel takes the shape. Returns 0 on a hard failure (out of memory, a frame too large for cuDNN's
- * int sizes, a cuDNN that fails every shape alike: a sub-library it cannot load, say). */
+ * kernel takes the shape, as it takes every shape where WANVIDEO_CUDA_DIRECT_CONV asks (cuDNN not
+ * asked). Returns 0 on a hard failure (out of memory, a frame too large for cuDNN's int sizes, a
+ * cuDNN that fails every shape alike, an output grid not the one planned: our bug). */
 static int describe_conv(cuda_ctx *c, conv_shape *s)
 {
     s->Ho = s->H + 2 * conv_padding(s->kh) - s->kh + 1;
@@ -1384,9 +1395,16 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
                 s->W, s->cin > s->cout ? s->cin : s->cout);
         return 0;
     }
-    s->refusal = set_conv_descriptors(c, s);
+    if (c->direct_only) return 1;
+    int same_grid = 1;
+    s->refusal = set_conv_descriptors(c, s, &same_grid);
+    if (!s->refusal && !same_grid) {
+        wv_fail(&c->err, WV_ERR_BACKEND, "conv %d->%d %dx%dx%d on %dx%d: cuDNN's output grid is not the planned %dx%d",
+                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->Ho, s->Wo);
+        return 0;
+    }
     if (!s->refusal) s->refusal = rank_candidates(c, s);
-    if (s->refusal && !cudnn_declined(s->refusal)) return cudnn_ok(c, s->refusal, "describing a convolution");
+    if (s->refusal && cudnn_broken(s->refusal)) return cudnn_ok(c, s->refusal, "describing a convolution");
     confirm_workspaces(c, s); /* none where refused: the direct kernel takes the shape */
     return 1;
 }
@@ -1469,8 +1487,8 @@ static void announce(cuda_ctx *c, conv_shape *s, int i)
 }
 
 /* The first shape of a context that no cuDNN algorithm runs, on stderr, and why (last: the status of
- * the last candidate tried, SUCCESS when none was): not silent, since a broken install or a workspace
- * short of every candidate is slow, not an error. */
+ * the last candidate tried, SUCCESS when none was): not silent, since a shape cuDNN declines or a
+ * workspace short of every candidate is slow, not an error. */
 static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
 {
     announce(c, s, -1);

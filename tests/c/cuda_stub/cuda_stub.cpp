@@ -967,10 +967,11 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t h, const cudn
     (void)h, (void)x, (void)w, (void)c, (void)y;
     if (requested < 1) return CUDNN_STATUS_BAD_PARAM;
     if (g_heuristics_status) return g_heuristics_status;
-    static const cudnnMathType_t fp32[] = {CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH};
+    static const cudnnMathType_t fp32[] = {CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+                                           CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH}; /* TF32 first */
     static const cudnnMathType_t half[] = {CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH};
     const cudnnMathType_t *maths = x->type == CUDNN_DATA_FLOAT ? fp32 : half;
-    int n = x->type == CUDNN_DATA_FLOAT ? 3 : 2;
+    int n = x->type == CUDNN_DATA_FLOAT ? 4 : 2;
     *returned = 0;
     for (int i = 0; i <= n && *returned < requested; i++) {
         cudnnConvolutionFwdAlgoPerf_t *p = &perf[(*returned)++];
