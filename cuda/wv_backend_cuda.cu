@@ -1365,8 +1365,9 @@ static cudnnStatus_t rank_candidates(cuda_ctx *c, conv_shape *s)
     for (int i = 0; i < returned && s->n_candidates < MAX_CANDIDATES; i++) {
         int k = s->n_candidates;
         cudnnMathType_t math = c->dt == WV_F32 ? CUDNN_FMA_MATH : perf[i].mathType;
-        if (perf[i].status != CUDNN_STATUS_SUCCESS || is_candidate(s, perf[i].algo, math) ||
-            (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH))
+        if (perf[i].status != CUDNN_STATUS_SUCCESS ||
+            (c->dt == WV_F32 && perf[i].mathType != CUDNN_DEFAULT_MATH && perf[i].mathType != CUDNN_FMA_MATH) ||
+            is_candidate(s, perf[i].algo, math))
             continue;
         s->algo[k] = perf[i].algo;
         s->math[k] = math;

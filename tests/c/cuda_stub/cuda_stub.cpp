@@ -8,7 +8,7 @@
  * the end (stub_report); no kernel is launched past a GPU's limits; each thread's CUDA context is
  * modelled (stub_current_context, stub_context_made). Work issued on a stream being captured is kept
  * in the graph, and runs (and is checked) each time a launch issues it, as on a GPU. Where the real
- * libraries are stricter than a loop, it is too (misuse(): TF32 allowed in an fp32 convolution, an
+ * libraries are stricter than a loop, it is too (misuses: TF32 allowed in an fp32 convolution, an
  * output over its input; a fused bias call only with IMPLICIT_PRECOMP_GEMM; 256-byte alignment), and
  * memory comes as a GPU's does: aligned, and not zeroed where the stub computes.
  *
@@ -72,12 +72,10 @@ static void violation(const char *what, const void *p, size_t bytes)
         fprintf(stderr, "cuda stub: %s: %zu bytes at %p outside every allocation or arena buffer\n", what, bytes, p);
 }
 
-/* A call the real library would refuse or run otherwise than meant (stub_report counts them). */
-static long g_misuses;
-
+/* A call the real library would refuse or run otherwise than meant: a misuse, as the violations. */
 static void misuse(const char *what)
 {
-    if (g_misuses++ < 20) fprintf(stderr, "cuda stub: %s\n", what);
+    if (g_violations++ < 20) fprintf(stderr, "cuda stub: %s\n", what);
 }
 
 static const block *block_of(const void *p)
@@ -459,14 +457,13 @@ extern "C" int stub_report(void)
 {
     free(g_next_parts);
     g_next_parts = NULL;
-    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0 || g_races != 0 || g_misuses != 0;
-    if (g_misuses) fprintf(stderr, "cuda stub: %ld calls misusing a library\n", g_misuses);
+    int bad = g_violations != 0 || g_n_blocks != 0 || g_handles != 0 || g_races != 0;
     if (g_n_blocks) fprintf(stderr, "cuda stub: %d allocations left\n", g_n_blocks);
     if (g_races) fprintf(stderr, "cuda stub: %ld races between streams\n", g_races);
     if (g_handles) fprintf(stderr, "cuda stub: %ld handles left\n", g_handles);
     if (g_violations)
-        fprintf(stderr, "cuda stub: %ld misuses (accesses out of range, launches past the limits, waits in a capture; "
-                        "the first 20 above)\n", g_violations);
+        fprintf(stderr, "cuda stub: %ld misuses (accesses out of range, launches past the limits, waits in a capture, "
+                        "calls against a library's contract; the first 20 above)\n", g_violations);
     return bad;
 }
 
