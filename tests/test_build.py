@@ -304,3 +304,20 @@ def test_a_missing_cudnn_is_named_with_the_wheel_for_the_toolkits_cuda(on_window
     shutil.rmtree(sp / "nvidia" / "cudnn")
     assert setup_module.cuda_config() is None
     assert setup_module.CUDA_NOTE["why"] == "cuDNN not found (pip install nvidia-cudnn-cu13, or set CUDNN_PATH)"
+
+
+@pytest.mark.parametrize("loader_says,hint", [
+    ("libcudnn.so.9: cannot open shared object file: No such file or directory", "pip install nvidia-cudnn-cu13"),
+    ("libcublas.so.13: cannot open shared object file: No such file or directory", "pip install nvidia-cublas"),
+    ("libcublas.so.12: cannot open shared object file: No such file or directory", "pip install nvidia-cublas-cu12"),
+    ("DLL load failed while importing _cuda: The specified module could not be found.",
+     "pip install nvidia-cudnn-cu13 nvidia-cublas"),
+    ("wanvideo_vae/_cuda.so: undefined symbol: cudnnFoo", None),
+])
+def test_a_cuda_backend_that_does_not_load_says_what_to_install(loader_says, hint):
+    """backends()'s reason for a CUDA module that did not load: the loader's words and, for a library
+    it did not find, the wheel that has it; not a pointer back to backends()."""
+    from wanvideo_vae.api import _load_failure
+    said = _load_failure(f"backend 'cuda' is not available: {loader_says} (see wanvideo_vae.backends())")
+    assert loader_says in said and "see wanvideo_vae.backends()" not in said
+    assert (hint in said) if hint else said.endswith(loader_says)

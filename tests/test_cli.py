@@ -1,4 +1,5 @@
 """The command line: decode round trips through every latents format, outputs, bench, bad arguments."""
+import errno
 import json
 import os
 import subprocess
@@ -359,3 +360,117 @@ def test_bench_plot_without_matplotlib_is_refused_first(monkeypatch, capsys, tmp
     monkeypatch.setattr("wanvideo_vae.cli.random_weights", lambda *a, **k: pytest.fail("the benchmark ran first"))
     assert main(["bench", "--dim", "8", "--shape", "1", "2", "2", "--plot", str(tmp_path / "p.png")]) == 2
     assert "--plot needs matplotlib" in capsys.readouterr().err
+
+
+class FullDisk:
+    """A file on a disk with room[0] bytes left (shared by its files), which fails as a full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        n = memoryview(data).nbytes
+        if n > self.room[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room[0] -= n
+        return self.f.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.mark.parametrize("out", ["v.avi", "f.npy", "frames"])
+def test_a_write_failing_midway_names_the_file_and_leaves_no_part(tmp_path, monkeypatch, out):
+    """A full disk: the error says which file and why; a file is written under a temporary name and
+    renamed when complete, so none is left half-written and one already there stays as it was."""
+    import wanvideo_vae.media as media
+    from wanvideo_vae import WanVAEError
+    real_open, room = open, [1200]  # the .avi's header and a frame, the .npy's header, a PNG
+    monkeypatch.setattr(media, "open", lambda path, mode="r", *a, **k: FullDisk(real_open(path, mode, *a, **k), room),
+                        raising=False)
+    target = tmp_path / out
+    if out != "frames":
+        target.write_bytes(b"an earlier video")
+    with pytest.raises(WanVAEError) as e:
+        media.write_frames(np.random.default_rng(2).random((4, 16, 16, 3), dtype=np.float32), str(target), 16)
+    said = str(e.value)
+    assert os.strerror(errno.ENOSPC) in said and "could not write it" in said
+    if out == "frames":  # the frame that failed is named, and was not left behind
+        assert said.startswith(str(target / "frame_00001.png")) and os.listdir(target) == ["frame_00000.png"]
+    else:
+        assert said.startswith(str(target)) and os.listdir(tmp_path) == [out]
+        assert target.read_bytes() == b"an earlier video"
+
+
+def test_a_failed_mp4_encode_is_an_error_not_a_broken_file(tmp_path, monkeypatch):
+    """ffmpeg's exit status is checked (imageio-ffmpeg's own writer does not): an encoder that fails
+    (here: Python, which refuses ffmpeg's arguments) names the file, says ffmpeg's last words, and
+    leaves nothing."""
+    import wanvideo_vae.media as media
+    from wanvideo_vae import WanVAEError
+    monkeypatch.setattr(media, "_ffmpeg_exe", lambda: sys.executable)
+    monkeypatch.setattr(media, "have_mp4", lambda: True)
+    with pytest.raises(WanVAEError, match=r"v\.mp4: could not write it \(ffmpeg failed: .+\)"):
+        media.write_frames(np.zeros((3, 8, 8, 3), np.float32), str(tmp_path / "v.mp4"), 16)
+    assert os.listdir(tmp_path) == []
+
+
+def test_mp4_output(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    from wanvideo_vae.media import write_frames
+    frames = np.random.default_rng(1).random((5, 17, 23, 3), dtype=np.float32)  # odd sizes: padded to even
+    write_frames(frames, str(tmp_path / "v.mp4"), 12.5)
+    raw = (tmp_path / "v.mp4").read_bytes()
+    assert raw[4:8] == b"ftyp" and b"avc1" in raw and os.listdir(tmp_path) == ["v.mp4"]
+
+
+def test_png_folder_keeps_this_videos_frames_alone(tmp_path):
+    from wanvideo_vae.media import write_frames
+    write_frames(np.zeros((5, 8, 8, 3), np.float32), str(tmp_path / "f"), 16)
+    (tmp_path / "f" / "notes.txt").write_text("mine")
+    write_frames(np.ones((3, 8, 8, 3), np.float32), str(tmp_path / "f"), 16)
+    assert sorted(os.listdir(tmp_path / "f")) == ["frame_00000.png", "frame_00001.png", "frame_00002.png", "notes.txt"]
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: p.write_bytes(b"not an array at all"), "not a NumPy array file"),
+    (lambda p: np.save(p, np.array([{}], dtype=object), allow_pickle=True), "holds Python objects, not an array"),
+])
+def test_latents_files_that_are_not_arrays(files, tmp_path, capsys, make, message):
+    make(tmp_path / "l.npy")
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "l.npy"), "--out",
+                 str(tmp_path / "o.npy"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and message in err
+
+
+def test_a_pickle_that_is_not_tensors_is_refused_in_a_line(files, tmp_path, capsys):
+    import pickle
+    with open(tmp_path / "l.pt", "wb") as f:
+        pickle.dump(np.zeros(3), f)
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "l.pt"), "--out",
+                 str(tmp_path / "o.npy"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "holds Python objects other than tensors" in err
+
+
+def test_a_cpu_decode_does_not_load_the_cuda_libraries(files, tmp_path):
+    """--device cpu never asks for the CUDA backend: loading cuDNN and cuBLAS costs 200+ MiB of RAM."""
+    code = ("import sys; from wanvideo_vae.cli import main; "
+            f"assert main(['decode', '--vae', {str(files / 'vae.safetensors')!r}, '--latents', "
+            f"{str(files / 'lat.npy')!r}, '--out', {str(tmp_path / 'o.npy')!r}, '--device', 'cpu', '--quiet']) == 0; "
+            "print('wanvideo_vae._cuda' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_random_run_options_beside_files_are_refused(files, capsys):
+    for extra in (["--seed", "3"], ["--random-shape", "1", "2", "2"]):
+        assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy")] + extra) == 2
+        assert "for the run without --vae and --latents" in capsys.readouterr().err

@@ -231,3 +231,62 @@ def test_a_workflow_with_nothing_to_patch_is_left_as_it_was():
     for wf in ({"nodes": [], "last_node_id": 0}, {"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": []}]}):
         before = copy.deepcopy(wf)
         assert patch_workflow(wf) == (0, 0, 0, 0) and wf == before
+
+
+@pytest.mark.parametrize("wf,says", [
+    ({"nodes": "x"}, "'nodes' is not a list of objects"),
+    ({"nodes": [1, 2]}, "'nodes' is not a list of objects"),
+    ({"nodes": [], "definitions": {"subgraphs": "x"}}, "'definitions.subgraphs' is not a list of objects"),
+    ({"nodes": [], "definitions": {"subgraphs": [{"nodes": [3]}]}}, "subgraph 0's 'nodes' is not a list"),
+    ({"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": {"a": 1}}]}, "node 1 of 'nodes' has outputs"),
+    ({"nodes": [{"id": 1, "outputs": [{"links": 5}]}]}, "an output of node 1 of 'nodes' has links"),
+    ({"nodes": [{"id": 1, "type": "WanVideoDecode", "properties": []}]}, "node 1 of 'nodes' has properties"),
+    ({"nodes": [], "links": {}}, "'links' is not a list"),
+    ({"nodes": [], "last_node_id": "7"}, "'last_node_id' is not a number"),
+    ({"1": {"class_type": 5}}, "node '1' has a class_type that is not a string"),
+    ({"1": {"class_type": "WanVideoDecode", "inputs": [1]}}, "node '1' has inputs that are not an object"),
+    # deeper: found as it is read (the loader's link id is a list, which no id can be)
+    ({"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": [{"type": "WANVAE", "links": [[1]]}]}],
+      "links": [[1, 1, 0, 2, 0, "WANVAE"]]}, "TypeError"),
+])
+def test_workflows_it_cannot_read_are_a_value_error_saying_why(wf, says):
+    with pytest.raises(ValueError, match="not a ComfyUI workflow this tool can read") as e:
+        patch_workflow(wf)
+    assert says in str(e.value)
+
+
+def test_the_public_workflow_with_positions_saved_as_objects(tmp_path):
+    """Some ComfyUI versions save pos and size as {"0": x, "1": y}: read as the lists are."""
+    ui = load(PUBLIC)
+    for n in ui["nodes"]:
+        for key in ("pos", "size"):
+            if isinstance(n.get(key), list):
+                n[key] = {"0": n[key][0], "1": n[key][1]}
+    assert patch_workflow(ui).vae_patches == 1
+
+
+def test_patch_workflow_files(tmp_path, capsys):
+    """A byte order mark (Notepad's UTF-8) is read; text that is not UTF-8, JSON nested past reading, and a
+    destination that cannot be written each give one line naming the file concerned; a workflow patched
+    in place is replaced in one step."""
+    wf = json.dumps(load(PUBLIC))
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + wf.encode("utf-8"))
+    assert cli_main(["patch-workflow", str(bom), str(bom)]) == 0  # in place
+    assert any(n["type"] == "WanVideoNativeDecode" for n in load(bom)["nodes"])
+    assert sorted(os.listdir(tmp_path)) == ["bom.json"]
+    capsys.readouterr()
+    out = tmp_path / "o.json"
+    cases = [  # (source's bytes, its name, destination, the file the error names, what it says)
+        (b"\x93NUMPY\x01\x00", "latin.json", out, "latin.json", "not a JSON text file"),
+        (b"[" * 100000 + b"]" * 100000, "deep.json", out, "deep.json", "nested too deeply"),
+        (wf.encode("utf-8"), "ok.json", tmp_path / "missing" / "o.json", os.path.join("missing", "o.json"), "No such file"),
+        (wf.encode("utf-8"), "ok2.json", tmp_path, "", "is a folder"),
+    ]
+    for data, name, dst, named, says in cases:
+        (tmp_path / name).write_bytes(data)
+        assert cli_main(["patch-workflow", str(tmp_path / name), str(dst)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {os.path.join(str(tmp_path), named) if named else tmp_path}: ") and says in err
+        assert "\n" not in err, err
+    assert not (tmp_path / "o.json").exists()

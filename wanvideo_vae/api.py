@@ -58,12 +58,30 @@ def backends():
     mod = cuda_module() if cuda["loaded"] else None
     if mod is None:
         cuda.update(usable=False, devices=0, precisions=[])
-        if not cuda["compiled"]:
-            cuda["reason"] = "not built: " + _cuda_not_built()
+        cuda["reason"] = "not built: " + _cuda_not_built() if not cuda["compiled"] else _load_failure(cuda["reason"])
         return feats
     count, why = mod.device_count()
     cuda.update(usable=count > 0, devices=count, reason=why, versions=mod.versions())
     return feats
+
+
+# The libraries the CUDA backend loads, by a word of the loader's message, and the wheel that has each.
+_LIBRARY_WHEELS = (("cudnn", "nvidia-cudnn-cu13 (nvidia-cudnn-cu12 for a CUDA 12 build)"),
+                   ("cublas.so.12", "nvidia-cublas-cu12"), ("cublas64_12", "nvidia-cublas-cu12"),
+                   ("cublas", "nvidia-cublas"))
+
+
+def _load_failure(reason):
+    """Why wanvideo_vae._cuda did not load (the loader's words), with the wheel that provides a library
+    it did not find."""
+    reason = reason.replace(" (see wanvideo_vae.backends())", "")
+    if "cannot open shared object file" not in reason and "could not be found" not in reason:
+        return reason  # not a library missing (Windows' message names none)
+    for word, wheel in _LIBRARY_WHEELS:
+        if word in reason.lower():
+            return f"{reason}: PyTorch's CUDA builds install it, or pip install {wheel}"
+    return (f"{reason}: the backend needs cuDNN 9 and cuBLAS, which PyTorch's CUDA builds install (or pip install "
+            "nvidia-cudnn-cu13 nvidia-cublas)")
 
 
 def _cuda_not_built():

@@ -75,16 +75,17 @@ def progress_bar(enabled):
     def progress(done, total):
         if tqdm is not None:
             if "bar" not in state:
-                state["bar"] = tqdm(total=total, unit="chunk", desc="decode", leave=False)
+                state["bar"] = tqdm(total=total, unit="step", desc="decode", leave=False)
             state["bar"].update(done - state["bar"].n)
         else:
-            print(f"\rdecode: {done}/{total} chunks", end="", file=sys.stderr, flush=True)
+            state["line"] = True
+            print(f"\rdecode: {done}/{total} steps", end="", file=sys.stderr, flush=True)
         return True
 
     def close():
         if "bar" in state:
             state["bar"].close()
-        elif tqdm is None:
+        elif "line" in state:  # ends the line the steps were drawn on
             print(file=sys.stderr)
 
     return progress, close
@@ -95,7 +96,7 @@ def progress_bar(enabled):
 def _check_backend(device, precision):
     """(backend, precision): the CUDA backend when asked or (auto) usable, in bf16 unless told (fp32 on
     a GPU without bf16 arithmetic); the CPU computes in fp32 only."""
-    cuda = backends()["cuda"]
+    cuda = backends()["cuda"] if device != "cpu" else None  # (loading the CUDA libraries takes 200+ MiB)
     backend = "cuda" if device == "cuda" or (device == "auto" and cuda["usable"]) else "cpu"
     if backend == "cuda" and not cuda["usable"]:
         raise CliError(f"--device cuda: the CUDA backend is not usable here ({cuda.get('reason') or 'not built'})")
@@ -111,9 +112,12 @@ def _inputs(args, backend):
         raise CliError("give both --vae and --latents, or neither (then random weights and latents are used)")
     if args.vae is None:
         T, h, w = args.random_shape or (GPU_RANDOM_SHAPE if backend == "cuda" else DEFAULT_RANDOM_SHAPE)
+        seed = args.seed or 0
         print("wanvideo_vae: RANDOM full-size Wan 2.1 decoder weights and latents (seeded): the frames show "
               "noise; this run shows speed and memory")
-        return random_weights(96, 16, seed=args.seed), random_latents(16, T, h, w, seed=args.seed), "random"
+        return random_weights(96, 16, seed=seed), random_latents(16, T, h, w, seed=seed), "random"
+    if args.random_shape or args.seed is not None:
+        raise CliError("--random-shape and --seed are for the run without --vae and --latents")
     return load_weights(args.vae), load_latents(args.latents), os.path.basename(args.vae)
 
 
@@ -177,7 +181,7 @@ def decode_cmd(args):
     rows = [
         ("weights", f"{source} (dim {dec.dim}, z_dim {dec.z_dim}), backend {s['backend']} {s['precision']}"),
         ("latents", "x".join(str(n) for n in np.shape(latents))),
-        ("frames", f"{frames.shape[0]} x {frames.shape[1]} x {frames.shape[2]} -> {out_path}"),
+        ("frames", f"{frames.shape[0]} of {frames.shape[2]} x {frames.shape[1]} px -> {out_path}"),
         ("tiles", f"{s['tiles_x']} x {s['tiles_y']}, core {s['core_x']} x {s['core_y']} px, halo {s['out_halo']} px"
                   + (" (shrunk to fit the memory budget)" if s["shrunk_to_fit"] else "")),
         ("time", f"{seconds:.2f} s (trunk {s['seconds_trunk']:.2f} s, tiles {s['seconds_tiles']:.2f} s), "
@@ -410,7 +414,7 @@ def build_parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("decode", help="decode latents to a video, PNG frames or .npy (the default command)")
-    d.add_argument("--vae", help="VAE checkpoint (.safetensors or .pth); omit with --latents for random weights")
+    d.add_argument("--vae", help="VAE checkpoint (.safetensors, .pth, .pt, .ckpt or .bin); omit with --latents for random weights")
     d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth, "
                                      "or ComfyUI's .latent (Save Latent)")
     d.add_argument("--unnormalized", action="store_true",
@@ -434,7 +438,7 @@ def build_parser():
     d.add_argument("--random-shape", type=_count(1), nargs=3, metavar=("T", "H", "W"),
                    help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
-    d.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
+    d.add_argument("--seed", type=_count(0), help="seed of the random weights and latents (default 0)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--profile", action="store_true",
                    help="time every backend op (waits for each: slower) and print where the time went")

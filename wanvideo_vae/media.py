@@ -1,8 +1,10 @@
 """Reading latents and writing frames: .npy / .safetensors / .pt latents in; .mp4 (H.264 through the
 optional imageio-ffmpeg), .avi (uncompressed, no dependency), PNG folders, .npy and contact sheets out.
 PNG and AVI are written here with zlib and struct, so the core install needs nothing more."""
+import contextlib
 import os
 import struct
+import subprocess
 import tempfile
 import zlib
 from fractions import Fraction
@@ -10,7 +12,8 @@ from fractions import Fraction
 import numpy as np
 
 from ._C import WanVAEError
-from .weights import load_safetensors, safetensors_names, torch_load
+from .atomic import write_atomically
+from .weights import check_input_file, load_safetensors, safetensors_names, torch_load
 
 LATENT_KEYS = ("samples", "latents", "latent", "latent_tensor")  # the last: ComfyUI's Save Latent (.latent)
 
@@ -25,14 +28,20 @@ def _latent_key(names, path):
 
 
 def _load_npy(path):
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as e:
-        raise WanVAEError(f"{path}: not a NumPy array file ({e or type(e).__name__})") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive under an .npy name
-        arr.close()
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"PK"):  # a zip: an .npz archive under an .npy name
         raise WanVAEError(f"{path}: an .npz archive, not one NumPy array (.npy)")
-    return arr
+    if magic != b"\x93NUMPY":
+        raise WanVAEError(f"{path}: not a NumPy array file (.npy files begin with \\x93NUMPY)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise WanVAEError(f"{path}: holds Python objects, not an array of numbers") from None
+        raise WanVAEError(f"{path}: not a readable NumPy array file ({e})") from None
+    except (EOFError, OSError) as e:
+        raise WanVAEError(f"{path}: not a readable NumPy array file ({e or type(e).__name__})") from None
 
 
 def load_latents(path):
@@ -40,8 +49,7 @@ def load_latents(path):
     .latent (Save Latent) or .pt / .pth (a tensor or a ComfyUI LATENT-style dict with 'samples').
     Returns an array or tensor."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WanVAEError(f"{path}: no such file")
+    check_input_file(path)
     kind = os.path.splitext(path)[1].lower()
     if kind == ".npy":
         return _load_npy(path)
@@ -80,11 +88,27 @@ def png_bytes(image):
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
+def _write_bytes(path, data):
+    """`data` into a new file at `path`, in one step (write_atomically)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomically(path, write)
+
+
+PNG_FRAME = "frame_{:05d}.png"
+
+
 def write_png_dir(frames, folder):
+    """A PNG a frame: frame_00000.png, frame_00001.png, ... Frames of an earlier, longer video under
+    the names that follow are removed, so the folder's frames are this video's alone."""
     os.makedirs(folder, exist_ok=True)
     for i, img in enumerate(_uint8_frames(frames)):
-        with open(os.path.join(folder, f"frame_{i:05d}.png"), "wb") as f:
-            f.write(png_bytes(img))
+        _write_bytes(os.path.join(folder, PNG_FRAME.format(i)), png_bytes(img))
+    stale = len(frames)
+    while os.path.isfile(os.path.join(folder, PNG_FRAME.format(stale))):
+        os.remove(os.path.join(folder, PNG_FRAME.format(stale)))
+        stale += 1
 
 
 AVI_MAX_BYTES = 2**32 - 1  # a RIFF file's size field is 32 bits (AVI 1.0, what this writer makes)
@@ -131,10 +155,14 @@ def write_avi(frames, path, fps):
     movi_bytes = 4 + n * (8 + size)
     head = b"AVI " + hdrl + b"LIST" + struct.pack("<I", movi_bytes) + b"movi"
     assert 8 + len(head) + n * (8 + size) == _avi_file_bytes(n, h, w)
-    with open(path, "wb") as f:
-        f.write(b"RIFF" + struct.pack("<I", len(head) + n * (8 + size)) + head)
-        for img in _uint8_frames(frames):  # size is even (rows of 4 bytes): no chunk padding
-            f.write(chunk(b"00db", b"".join(img[y, :, ::-1].tobytes() + pad for y in range(h - 1, -1, -1))))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"RIFF" + struct.pack("<I", len(head) + n * (8 + size)) + head)
+            for img in _uint8_frames(frames):  # size is even (rows of 4 bytes): no chunk padding
+                f.write(chunk(b"00db", b"".join(img[y, :, ::-1].tobytes() + pad for y in range(h - 1, -1, -1))))
+
+    write_atomically(path, write)
 
 
 def have_mp4():
@@ -145,20 +173,59 @@ def have_mp4():
     return True
 
 
-def write_mp4(frames, path, fps):
+MP4_NEEDS_EXTRA = ("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
+                   "(or write .avi, a PNG folder or .npy)")
+MP4_CRF = 10  # H.264 quality (0 lossless, 51 worst): near-transparent for 8-bit frames
+
+
+def _ffmpeg_exe():
     try:
         import imageio_ffmpeg
     except ImportError:
-        raise WanVAEError("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
-                          "(or write .avi, a PNG folder or .npy)") from None
+        raise WanVAEError(MP4_NEEDS_EXTRA) from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _last_line(log, path):
+    log.seek(0)
+    lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].replace(path, "the output") if lines else "no message"
+
+
+def _run_ffmpeg(frames, path, fps):
+    """The frames as H.264 (yuv420p, which players expect, needs even sizes: edge rows and columns are
+    repeated) in an .mp4 at `path`, by the ffmpeg of imageio-ffmpeg fed on its stdin. Its exit status
+    is checked (imageio-ffmpeg's writer does not): a failure is an OSError with ffmpeg's message."""
     _, h, w, _ = frames.shape
-    # yuv420p (what players expect) needs even sizes
-    writer = imageio_ffmpeg.write_frames(path, (w + w % 2, h + h % 2), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", quality=8, macro_block_size=1)
-    writer.send(None)
-    for img in _uint8_frames(frames):
-        writer.send(np.ascontiguousarray(np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")))
-    writer.close()
+    cmd = [_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w + w % 2}x{h + h % 2}",
+           "-r", str(Fraction(fps).limit_denominator(1001)), "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", "-crf", str(MP4_CRF), "-f", "mp4", path]
+    with tempfile.TemporaryFile() as log:  # a file, not a pipe: nobody need read it while ffmpeg runs
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        except OSError as e:
+            raise OSError(None, f"could not run imageio-ffmpeg's ffmpeg ({e})") from None
+        fed = None
+        try:
+            for img in _uint8_frames(frames):
+                proc.stdin.write(np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"))
+        except OSError as e:  # ffmpeg stopped reading: its status and message say why
+            fed = e
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        code = proc.wait()
+        if code:
+            raise OSError(None, f"ffmpeg failed: {_last_line(log, path)}")
+        if fed:
+            raise fed
+
+
+def write_mp4(frames, path, fps):
+    write_atomically(path, lambda tmp: _run_ffmpeg(frames, tmp, fps))
 
 
 def contact_sheet(frames, path, columns=6, max_frames=24):
@@ -173,8 +240,8 @@ def contact_sheet(frames, path, columns=6, max_frames=24):
     for i, img in enumerate(imgs):
         y, x = 4 + (i // cols) * (h + 4), 4 + (i % cols) * (w + 4)
         sheet[y:y + h, x:x + w] = img
-    with open(path, "wb") as f:
-        f.write(png_bytes(sheet))
+    with _naming_write_errors(path):
+        _write_bytes(path, png_bytes(sheet))
 
 
 def _output_kind(out):
@@ -232,8 +299,7 @@ def check_output(out, frames_shape=None):
         raise WanVAEError(f"{out}: unknown output format (use .mp4, .avi, .npy, or a folder name for PNGs; "
                           "end a folder name that has a dot with /)")
     if kind == ".mp4" and not have_mp4():
-        raise WanVAEError("writing .mp4 needs the video extra: pip install 'wanvideo-vae[video]' "
-                          "(or write .avi, a PNG folder or .npy)")
+        raise WanVAEError(MP4_NEEDS_EXTRA)
     if kind == ".avi" and frames_shape is not None:
         check_avi_size(*frames_shape[:3], out)
     if kind:
@@ -242,17 +308,42 @@ def check_output(out, frames_shape=None):
         _check_png_folder(out)
 
 
+def write_npy(frames, path):
+    """float32 [F, H, W, 3] as an .npy file, a frame at a time (np.save writes real files in one call,
+    whose error on a full disk says neither why nor where)."""
+    frames = np.asarray(frames, dtype=np.float32)  # no copy of float32 frames
+    header = {"descr": np.lib.format.dtype_to_descr(frames.dtype), "fortran_order": False, "shape": frames.shape}
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for frame in frames:
+                f.write(np.ascontiguousarray(frame))
+
+    write_atomically(path, write)
+
+
+@contextlib.contextmanager
+def _naming_write_errors(out):
+    """An OSError of writing `out` as a WanVAEError naming the file and the reason."""
+    try:
+        yield
+    except OSError as e:
+        raise WanVAEError(f"{e.filename or out}: could not write it ({e.strerror or e})") from None
+
+
+WRITERS = {".mp4": write_mp4, ".avi": write_avi, ".npy": lambda frames, out, fps: write_npy(frames, out)}
+
+
 def write_frames(frames, out, fps):
-    """By the output's name: .mp4, .avi, .npy (float32 [F, H, W, 3] as decoded), else a PNG folder."""
+    """By the output's name: .mp4, .avi, .npy (float32 [F, H, W, 3] as decoded), else a PNG folder. A
+    file is written under a temporary name and renamed when complete: one that fails midway (a full
+    disk) leaves nothing behind."""
     out = os.fspath(out)
     check_output(out, frames.shape)
     kind = _output_kind(out)
-    if kind == ".mp4":
-        write_mp4(frames, out, fps)
-    elif kind == ".avi":
-        write_avi(frames, out, fps)
-    elif kind == ".npy":
-        with open(out, "wb") as f:  # np.save(name) would add ".npy" to "x.NPY"
-            np.save(f, np.asarray(frames, dtype=np.float32))  # no copy of float32 frames
-    else:
-        write_png_dir(frames, out)
+    with _naming_write_errors(out):
+        if kind:
+            WRITERS[kind](frames, out, fps)
+        else:
+            write_png_dir(frames, out)

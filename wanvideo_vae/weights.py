@@ -2,7 +2,9 @@
 import json
 import math
 import os
+import pickle
 import struct
+import warnings
 
 import numpy as np
 
@@ -44,7 +46,8 @@ def _read_safetensors_header(f, path, size):
         raise WanVAEError(f"{path}: not a safetensors file (shorter than 8 bytes)")
     (n,) = struct.unpack("<Q", raw)
     if n > size - 8:
-        raise WanVAEError(f"{path}: safetensors header length {n} runs past the end of the file ({size} bytes)")
+        raise WanVAEError(f"{path}: not a safetensors file (the header length its first 8 bytes give, {n}, is past "
+                          f"the end of its {size} bytes)")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -97,9 +100,22 @@ def torch_load(path):
     except ImportError:
         raise WanVAEError(f"{path}: reading .pt/.pth files needs PyTorch (pip install torch)") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before it refuses a pickle it does not know
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # torch's words for a pickle it will not load
+            raise WanVAEError(f"{path}: not a PyTorch file it can read ({_first_line(e)})") from None
+        raise WanVAEError(f"{path}: holds Python objects other than tensors, which are not loaded (torch.load with "
+                          "weights_only=True); save the tensors alone (or a dict of them), or as .safetensors or "
+                          ".npy") from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise WanVAEError(f"{path}: could not read the file ({type(e).__name__}: {e})") from None
+        raise WanVAEError(f"{path}: PyTorch could not read it ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e):
+    """An exception's message to its first line (torch's run over many, with advice for another case)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
 
 
 def _load_torch(path):
@@ -111,6 +127,16 @@ def _load_torch(path):
     return state
 
 
+def check_input_file(path):
+    """A clear error unless `path` is a file that exists (a folder or a device is not)."""
+    if os.path.isdir(path):
+        raise WanVAEError(f"{path}: is a folder, not a file")
+    if not os.path.exists(path):
+        raise WanVAEError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise WanVAEError(f"{path}: not a regular file")
+
+
 def load_weights(path):
     """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys without 'model.'.
 
@@ -118,8 +144,7 @@ def load_weights(path):
     the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt files need torch and
     return its tensors."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WanVAEError(f"{path}: no such file")
+    check_input_file(path)
     kind = os.path.splitext(path)[1].lower()
     if kind == ".safetensors":
         state = load_safetensors(path, {name for name in safetensors_names(path) if decoder_key(name)})

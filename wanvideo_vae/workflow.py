@@ -11,8 +11,11 @@
 Handles the UI format (nodes / links, subgraph definitions included) and the API format
 ({id: {"class_type", "inputs"}})."""
 import json
+import os
 import re
 from collections import namedtuple
+
+from .atomic import write_atomically
 
 SOURCE_TYPE = "WanVideoDecode"
 TARGET_TYPE = "WanVideoNativeDecode"
@@ -29,7 +32,7 @@ def _patch_ui_node(node):
     if node.get("type") != SOURCE_TYPE:
         return False
     node["type"] = TARGET_TYPE
-    props = node.setdefault("properties", {})
+    props = node["properties"] = node.get("properties") or {}
     props["Node name for S&R"] = TARGET_TYPE
     # the source pack's identity (registry id, or GitHub repo for unregistered packs) and version:
     # ComfyUI's manager would offer to install WanVideoWrapper for a node it does not have
@@ -61,16 +64,26 @@ def _loads_wan22(values):
 PATCH_SIZE = [300, 30]
 
 
+def _pair(value):
+    """A node's pos or size as two numbers: a list, or an object {"0": a, "1": b} (some ComfyUI
+    versions save them so); (0, 0) when neither."""
+    if isinstance(value, dict):
+        value = [value.get("0"), value.get("1")]
+    if isinstance(value, list) and len(value) >= 2 and all(isinstance(v, (int, float)) for v in value[:2]):
+        return value[0], value[1]
+    return 0, 0
+
+
 def _box(node):
-    x, y = (node.get("pos") or [0, 0])[:2]
-    w, h = (node.get("size") or [0, 0])[:2]
+    x, y = _pair(node.get("pos"))
+    w, h = _pair(node.get("size"))
     return x, y, x + w, y + h
 
 
 def _free_spot(nodes, loader):
     """Right of the loader, or below that, stepping down, where the new node covers no other."""
     x0, y0, x1, y1 = _box(loader)
-    boxes = [_box(n) for n in nodes if isinstance(n.get("pos"), list) and isinstance(n.get("size"), list)]
+    boxes = [_box(n) for n in nodes if n.get("pos") is not None and n.get("size") is not None]
     x = x1 + 30
     for step in range(200):
         y = y0 + 50 * step
@@ -156,18 +169,72 @@ def _insert_api_vae_patches(workflow, nodes):
     return count, wan22
 
 
+# ---- checks ------------------------------------------------------------------------------------
+
+def _expect(ok, what):
+    if not ok:
+        raise ValueError(f"not a ComfyUI workflow this tool can read: {what}")
+
+
+def _is_list_of_objects(value):
+    return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+
+
+def _check_ui_nodes(nodes, where):
+    _expect(_is_list_of_objects(nodes), f"{where} is not a list of objects")
+    for node in nodes:
+        name = f"node {node.get('id')!r} of {where}"
+        _expect(isinstance(node.get("properties"), (dict, type(None))), f"{name} has properties that are not an object")
+        outputs = node.get("outputs")
+        _expect(outputs is None or _is_list_of_objects(outputs), f"{name} has outputs that are not a list of objects")
+        for out in outputs or []:
+            _expect(isinstance(out.get("links"), (list, type(None))), f"an output of {name} has links that are not a list")
+
+
+def _check_ui(workflow):
+    """The parts of a workflow in the UI format that patch_workflow reads are of the types it reads."""
+    _check_ui_nodes(workflow["nodes"] or [], "'nodes'")
+    _expect(isinstance(workflow.get("links"), (list, type(None))), "'links' is not a list")
+    for key in ("last_node_id", "last_link_id"):
+        _expect(isinstance(workflow.get(key), (int, float, type(None))), f"'{key}' is not a number")
+    definitions = workflow.get("definitions")
+    _expect(isinstance(definitions, (dict, type(None))), "'definitions' is not an object")
+    subgraphs = (definitions or {}).get("subgraphs")
+    _expect(subgraphs is None or _is_list_of_objects(subgraphs), "'definitions.subgraphs' is not a list of objects")
+    for i, sub in enumerate(subgraphs or []):
+        _check_ui_nodes(sub.get("nodes") or [], f"subgraph {i}'s 'nodes'")
+
+
+def _check_api(nodes):
+    for key, node in nodes.items():
+        _expect(isinstance(node["class_type"], str), f"node {key!r} has a class_type that is not a string")
+        _expect(isinstance(node.get("inputs"), (dict, type(None))), f"node {key!r} has inputs that are not an object")
+
+
 def patch_workflow(workflow, vae_patch=True):
     """Patches `workflow` (a parsed JSON object) in place: decode nodes, and (vae_patch) loaders'
-    outputs. Returns a PatchReport of what it changed (and left: loaders in subgraphs, of Wan 2.2)."""
+    outputs. Returns a PatchReport of what it changed (and left: loaders in subgraphs, of Wan 2.2).
+    A workflow it cannot read raises ValueError saying which part; its structure is checked before
+    anything changes, a value deeper in it of another type than ComfyUI writes may be found later, in
+    a workflow then partly patched."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
+    try:
+        return _patch(workflow, vae_patch)
+    except (TypeError, AttributeError, KeyError, IndexError) as e:  # a value deep in it of another type
+        raise ValueError(f"not a ComfyUI workflow this tool can read ({type(e).__name__}: {e})") from None
+
+
+def _patch(workflow, vae_patch):
     if "nodes" in workflow:
+        _check_ui(workflow)
         decodes = sum(_patch_ui_node(n) for nodes in _ui_node_lists(workflow) for n in nodes)
         if not vae_patch:
             return PatchReport(decodes, 0, 0, 0)
         patches, wan22 = _insert_ui_vae_patches(workflow)
         return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22)
     nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
+    _check_api(nodes)
     decodes = 0
     for node in nodes.values():
         if node["class_type"] == SOURCE_TYPE:
@@ -179,14 +246,36 @@ def patch_workflow(workflow, vae_patch=True):
     return PatchReport(decodes, patches, 0, wan22)
 
 
+def _read_json(src):
+    try:
+        with open(src, encoding="utf-8-sig") as f:  # -sig: a byte order mark (Windows' Notepad) is skipped
+            return json.load(f)
+    except UnicodeDecodeError:
+        raise ValueError(f"{src}: not a JSON text file (not UTF-8 text)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{src}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{src}: JSON nested too deeply to read") from None
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), src) from None
+
+
 def patch_workflow_file(src, dst, vae_patch=True):
-    with open(src, encoding="utf-8") as f:
-        try:
-            workflow = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{src}: not valid JSON ({e})") from None
+    """Patches the workflow in file `src` into file `dst` (which may be `src`: it is replaced in one
+    step, so a failed write leaves it as it was). ValueError for a file that is not a workflow it can
+    read, OSError (its filename the file concerned) for one that cannot be read or written."""
+    workflow = _read_json(src)
     report = patch_workflow(workflow, vae_patch)
-    with open(dst, "w", encoding="utf-8") as f:
-        json.dump(workflow, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    try:
+        text = json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+    except RecursionError:
+        raise ValueError(f"{src}: JSON nested too deeply to write") from None
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    if os.path.isdir(dst):
+        raise OSError(None, "is a folder", dst)
+    write_atomically(dst, write)
     return report
