@@ -64,6 +64,21 @@ static int extents_too_large(const wv_view *v)
     return 0;
 }
 
+/* Whether the last element lies past 2**56 bytes from the first: strides that large (a malformed
+ * interface; no array is that big) would overflow the offsets computed from them. */
+static int span_too_large(const wv_view *v)
+{
+    const int64_t most = (int64_t)1 << 56;
+    int64_t span = 0;
+    if (wv_view_numel(v) == 0) return 0;
+    for (int d = 0; d < v->ndim; d++) {
+        int64_t n = v->shape[d] - 1;
+        if (n > 0 && v->strides[d] > (most - span) / n) return 1;
+        span += n * v->strides[d];
+    }
+    return 0;
+}
+
 /* An int of the array interface; anything else (a float, a 65-bit int) is the interface's fault. */
 static int interface_int(PyObject *o, const char *what, const char *field, long long *out)
 {
@@ -137,6 +152,10 @@ static int parse_strides(PyObject *iface, const char *what, wv_view *v)
             goto done;
         }
         v->strides[d] = s;
+    }
+    if (span_too_large(v)) {
+        PyErr_Format(WvError, "%s: strides put the last element past 2**56 bytes from the first", what);
+        goto done;
     }
     rc = 0;
 done:
@@ -313,6 +332,7 @@ typedef struct {
     int closed;   /* close() freed the backend's weights and context; the description stays readable */
     PyThread_type_lock lock; /* one decode at a time: the backend context lives with the model */
     unsigned long owner;     /* the thread decoding (holding lock), valid while decoding is set */
+    long taken_in;           /* g_forks when the lock was taken: a decode of the parent process when older */
     int decoding;
 } ModelObject;
 
@@ -650,13 +670,31 @@ static PyObject *raise_closed(void)
     return NULL;
 }
 
+/* Forks this process has been through (each child counts its parent's and its own); see _after_fork. */
+static long g_forks;
+
+static PyObject *after_fork(PyObject *mod, PyObject *noargs)
+{
+    (void)mod;
+    (void)noargs;
+    g_forks++;
+    Py_RETURN_NONE;
+}
+
 /* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
- * asked for by the thread already decoding (from its progress callback) would wait for itself. */
+ * asked for by the thread already decoding (from its progress callback) would wait for itself, and
+ * one that was running when the process forked never ends in the child (its thread is not there). */
 static int take_model(ModelObject *self, const char *action)
 {
     unsigned long me = PyThread_get_thread_ident();
     int may_wait = !in_callback(me); /* in a callback, this thread holds a Decoder some other may wait for */
     PyLockStatus got;
+    if (self->decoding && self->taken_in != g_forks) {
+        PyErr_Format(WvError, "this Decoder was decoding in another thread when this process was forked from it; "
+                              "that decode never ends here, so this copy cannot %s it: make a new Decoder in this "
+                              "process", action);
+        return -1;
+    }
     if (self->decoding && self->owner == me) {
         PyErr_Format(WvError, "this Decoder is already decoding in this thread: a progress callback cannot %s the "
                               "Decoder it reports on", action);
@@ -675,6 +713,7 @@ static int take_model(ModelObject *self, const char *action)
         if (PyErr_CheckSignals() < 0) return -1;
     }
     self->owner = me;
+    self->taken_in = g_forks;
     self->decoding = 1;
     return 0;
 }
@@ -741,7 +780,9 @@ static int check_latents_shape(const wv_model *m, const py_array *lat, int *T, i
         return -1;
     }
     if (v->shape[1] > MAX_LATENT_EXTENT || v->shape[2] > MAX_LATENT_EXTENT || v->shape[3] > MAX_LATENT_EXTENT) {
-        PyErr_SetString(WvError, "latents are implausibly large");
+        PyErr_Format(WvError, "latents of shape [%lld, %lld, %lld, %lld]: T, h and w must be at most %d",
+                     (long long)v->shape[0], (long long)v->shape[1], (long long)v->shape[2], (long long)v->shape[3],
+                     MAX_LATENT_EXTENT);
         return -1;
     }
     *T = (int)v->shape[1];
@@ -1176,6 +1217,8 @@ static PyMethodDef module_methods[] = {
     {"_fail_nth_alloc", (PyCFunction)(void (*)(void))fail_nth_alloc, METH_VARARGS | METH_KEYWORDS,
      "_fail_nth_alloc(n, backend='cpu'): test hook, the backend's n-th allocation from now fails (0: never)."},
     {"_parse_array", parse_array_for_tests, METH_O, "Test hook: the array-interface parser's view of an object."},
+    {"_after_fork", after_fork, METH_NOARGS,
+     "Called in a forked child (os.register_at_fork): a Decoder busy in the parent stays busy here for good."},
     {NULL, NULL, 0, NULL},
 };
 

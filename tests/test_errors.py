@@ -118,6 +118,11 @@ CASES = [
     ("array extents that multiply past 2**56",
      lambda d, t: wv._C._parse_array(AI(shape=(4, 2**30, 2**30), typestr="<f4", data=(8, False), version=3)), E,
      r"extents multiply past 2\*\*56"),
+    ("array strides that put an element past 2**56 bytes",
+     lambda d, t: wv._C._parse_array(AI(shape=(4, 2, 3, 3), typestr="<f4", data=(8, False), strides=(2**62, 4, 4, 4),
+                                        version=3)), E, r"last element past 2\*\*56 bytes"),
+    ("latents larger than 100000 in T, h or w",
+     lambda d, t: d.decode(np.broadcast_to(np.float32(0), (4, 1, 1, 100001))), E, "must be at most 100000"),
     ("a two-byte structured dtype (not bfloat16)",
      lambda d, t: d.decode(np.zeros((4, 1, 2, 2), dtype=[("a", "i1"), ("b", "i1")])), E, "structured dtype"),
     ("a non-array object", lambda d, t: d.decode("latents"), E, "expected a NumPy array"),
@@ -128,6 +133,15 @@ CASES = [
      E, "unexpected weight 'decoder.extra.weight'"),
     ("a misshaped weight", lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.zeros(4, np.float32))), E,
      r"'decoder.head.2.bias' has shape \(4\); expected \(3\)"),
+    ("two keys naming one weight ('model.' prefix or not)",
+     lambda d, t: wv.Decoder(weights_with("model.decoder.head.2.bias", np.zeros(3, np.float32))), E,
+     "'decoder.head.2.bias' and 'model.decoder.head.2.bias' both name the decoder weight"),
+    ("weights none of which is the decoder's", lambda d, t: wv.Decoder({"vae." + k: v for k, v in
+                                                                       random_weights(8, 4).items()}), E,
+     r"none of the \d+ weights is the decoder's"),
+    ("NaN or Inf in a weight",
+     lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.array([np.inf, 0, 0], np.float32))), E,
+     "weight 'decoder.head.2.bias' contains NaN or Inf"),
     ("a weight of an unsupported dtype", lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.zeros(3, np.int64))),
      E, "unsupported dtype"),
     ("a decode that overflows (NaN or Inf out of finite latents)",
@@ -135,6 +149,7 @@ CASES = [
     ("mean or std of the wrong length", lambda d, t: d.decode(lat(), mean=[0.0] * 3), E, "z_dim=4"),
     ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
     ("mean or std that are not numbers", lambda d, t: d.decode(lat(), mean="0.1,0.2"), E, "sequence of numbers"),
+    ("complex mean or std", lambda d, t: d.decode(lat(), mean=np.ones(4, np.complex64)), E, "real numbers"),
     ("a safetensors header length past the end of the file",
      lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_past_end")), E, "past the end"),
     ("a safetensors header that is not JSON", lambda d, t: wv.load_weights(corrupt_safetensors(t, "bad_json")), E,
@@ -165,6 +180,8 @@ CASES = [
      "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
     ("a device that is not a CUDA device", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device="cpu"),
      E, "device must be a CUDA device index"),
+    ("a device index out of range", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device=2**40), E,
+     "is not a CUDA device index"),
     ("a device with the CPU backend", lambda d, t: wv.Decoder(random_weights(8, 4), device="cuda:0"), E,
      "is for the CUDA backend: pass backend='cuda'"),
     ("a CUDA device that does not exist (or no CUDA at all)",
@@ -682,3 +699,109 @@ def test_inputs_past_float_range_or_of_the_wrong_type_are_our_errors(tmp_path):
         path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 8)
         with pytest.raises(E):
             wv.load_weights(str(path))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
+    """The decode of another thread does not exist in a forked child: the Decoder's lock would never be
+    let go there, and waiting for it would hang the child."""
+    import threading
+    started, release = threading.Event(), threading.Event()
+
+    def hold(done, total):
+        started.set()
+        release.wait(30)
+        return True
+
+    worker = threading.Thread(target=lambda: small.decode(lat(), progress=hold))
+    worker.start()
+    try:
+        assert started.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: exit status 0 only for the error saying so
+            try:
+                small.decode(lat())
+                code = 3
+            except wv.WanVAEError as e:
+                code = 0 if "forked" in str(e) else 4
+            except BaseException:  # noqa: BLE001
+                code = 5
+            os._exit(code)
+        for _ in range(300):  # 30 s at most: a hang fails the test rather than the run
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            __import__("time").sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung on the Decoder its parent's thread was using")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        worker.join()
+    np.testing.assert_array_equal(small.decode(lat()), small.decode(lat()))  # the parent's Decoder still works
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_torch_tensors_without_readable_memory_are_refused_clearly(small):
+    torch = pytest.importorskip("torch")
+    t = torch.from_numpy(lat())
+    with pytest.raises(wv.WanVAEError, match="nested tensor"):
+        small.decode(torch.nested.nested_tensor([t[0], t[1]]))
+    with pytest.raises(wv.WanVAEError, match="meta holds no dense data"):
+        small.decode(lat(), mean=torch.zeros(4, device="meta"))
+    with pytest.raises(wv.WanVAEError, match="real numbers"):
+        small.decode(lat(), mean=torch.ones(4, dtype=torch.complex64))
+
+    def decode_inside(x):  # torch.func's wrapper tensors have no memory of their own
+        small.decode(x)
+        return x.sum()
+
+    with pytest.raises(wv.WanVAEError, match="torch does not hand out this tensor's memory"):
+        torch.func.grad(decode_inside)(t.clone())
+
+
+def test_raw_array_interfaces_with_odd_shapes_reach_the_core_checks(small):
+    with pytest.raises(wv.WanVAEError, match="shape"):
+        small.decode(AI(shape=None, typestr="<f4", data=(8, True), version=3))
+    with pytest.raises(wv.WanVAEError, match="4-d"):  # 5-d without indexing: not taken apart here
+        small.decode(AI(shape=(1, 4, 2, 3, 3), typestr="<f4", data=(8, True), version=3))
+
+
+def test_mean_and_std_are_checked_when_set(small):
+    dec = wv.Decoder(random_weights(8, 4, seed=1), mean=small.mean, std=small.std)
+    with pytest.raises(wv.WanVAEError, match="sequence of numbers"):
+        dec.mean = "abcd"
+    with pytest.raises(wv.WanVAEError, match="z_dim=4"):
+        dec.std = [1.0] * 3
+    dec.mean = np.zeros(4)
+    assert dec.mean == [0.0] * 4
+    np.testing.assert_array_equal(dec.decode(lat()), small.decode(lat(), mean=[0.0] * 4))
+
+
+def test_bf16_to_float32_takes_bfloat16_bits_only():
+    from wanvideo_vae.weights import bf16_to_float32
+    for wrong in (np.ones(3, np.float32), np.ones(3, np.float16), np.ones(4, np.uint8)):
+        with pytest.raises(wv.WanVAEError, match="raw bfloat16 items"):
+            bf16_to_float32(wrong)
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(bf16_to_float32(torch.tensor([1.0, -2.5], dtype=torch.bfloat16)),
+                                  np.array([1.0, -2.5], np.float32))
+
+
+def test_a_float_field_of_a_packed_record_array_decodes(small):
+    """Its strides are not multiples of its items' size (the core reads aligned items): it is copied."""
+    rec = np.zeros(lat().shape, [("lat", "<f4"), ("flag", "u1")])
+    rec["lat"] = lat()
+    np.testing.assert_array_equal(small.decode(rec["lat"]), small.decode(lat()))
+
+
+def test_devices_as_users_write_them():
+    from wanvideo_vae.devices import device_index
+    assert device_index(np.int64(1)) == 1 and device_index(None) == -1 and device_index("cuda:2") == 2
+    for wrong in (-2, 2**31, "cuda:99999999999999999999", True):
+        with pytest.raises(wv.WanVAEError):
+            device_index(wrong)
+    for cpu in ("cpu", "CPU", "cpu:0"):
+        wv.Decoder(random_weights(8, 4), device=cpu, mean=[0.0] * 4, std=[1.0] * 4)

@@ -4,8 +4,11 @@
     weights = wanvideo_vae.load_weights("Wan2_1_VAE_bf16.safetensors")
     frames = wanvideo_vae.decode_tiled(weights, latents)   # [F, H, W, 3] float32 in [0, 1]
 """
+import os as _os
+
 import scipy_openblas32 as _openblas  # noqa: F401  (loads the BLAS the extension links against)
 
+from . import _C
 from ._C import DecodeInterrupted, WanVAEError
 from .api import WAN21_MEAN, WAN21_STD, Decoder, backends, decode_tiled
 from .weights import bf16_to_float32, load_weights, normalize_keys
@@ -23,3 +26,6 @@ __all__ = [
     "normalize_keys",
 ]
 __version__ = "0.1.0"
+
+if hasattr(_os, "register_at_fork"):  # a Decoder busy in a forked parent's thread is an error in the child, not a hang
+    _os.register_at_fork(after_in_child=_C._after_fork)

@@ -154,17 +154,20 @@ class Decoder:
             raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
         if precision is not None and not isinstance(precision, str):
             raise WanVAEError(f"precision must be 'fp32', 'fp16', 'bf16' or None, got {precision!r}")
-        if backend == "cpu" and device is not None and str(device) != "cpu":
+        if backend == "cpu" and device is not None and str(device).lower() not in ("cpu", "cpu:0"):
             raise WanVAEError(f"device={device!r} is for the CUDA backend: pass backend='cuda' (the CPU backend "
                               "runs on the host)")
         self._device = resolve_device(device_index(device)) if backend == "cuda" else -1
         if backend == "cuda":
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
-        host = {k: host_array(v, f"weight '{k}'") for k, v in normalize_keys(weights).items()}
+        decoder_weights = normalize_keys(weights)
+        if weights and not decoder_weights:
+            raise WanVAEError(f"none of the {len(weights)} weights is the decoder's (their keys start with "
+                              f"'decoder.' or 'conv2.', perhaps after 'model.'); the first is {next(iter(weights))!r}")
+        host = {k: host_array(v, f"weight '{k}'") for k, v in decoder_weights.items()}
         self._model = _C.Model(host, backend, precision, self._device)
         try:
-            self.mean = self._stats(mean, WAN21_MEAN, "mean")
-            self.std = self._stats(std, WAN21_STD, "std")
+            self.mean, self.std = mean, std
         except BaseException:  # the error's traceback would keep the converted weights (device memory)
             self._model.close()
             raise
@@ -185,6 +188,25 @@ class Decoder:
 
     def __exit__(self, *exc):
         self.close()
+
+    @property
+    def mean(self):
+        """The latent mean decode un-normalizes with (Wan 2.1's by default for z_dim 16); set it to a
+        sequence of z_dim numbers, or None for the default."""
+        return self._mean
+
+    @mean.setter
+    def mean(self, values):
+        self._mean = self._stats(values, WAN21_MEAN, "mean")
+
+    @property
+    def std(self):
+        """The latent std, as mean."""
+        return self._std
+
+    @std.setter
+    def std(self, values):
+        self._std = self._stats(values, WAN21_STD, "std")
 
     def _stats(self, given, default, what):
         values = as_float_list(given, what)

@@ -28,25 +28,37 @@ def dense_tensor(t, what):
     pending (z.conj().imag: the neg bit) stores the other sign; sparse and meta tensors are refused."""
     import torch
 
-    if t.layout != torch.strided or t.device.type == "meta":
-        raise WanVAEError(f"{what}: a {t.layout} tensor on {t.device.type} holds no dense data to read; pass a dense one")
+    if t.layout != torch.strided or t.device.type == "meta" or t.is_nested:
+        kind = "nested" if t.is_nested else str(t.layout)
+        raise WanVAEError(f"{what}: a {kind} tensor on {t.device.type} holds no dense data to read; pass a dense one")
     return t.detach().resolve_neg()
+
+
+def first_line(e):
+    """An exception's message to its first line (torch's run over several)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+
+
+def tensor_memory(t, what, read):
+    """read(t), where torch may refuse to hand out a tensor's memory (a functorch transform's wrapper
+    has none of its own): a WanVAEError saying so."""
+    try:
+        return read(t)
+    except (RuntimeError, NotImplementedError) as e:
+        raise WanVAEError(f"{what}: torch does not hand out this tensor's memory ({first_line(e)}); pass a plain "
+                          "tensor (x.detach().clone() outside the transform)") from None
 
 
 def _torch_to_numpy(t, what):
     import torch
 
     t = dense_tensor(t, what)
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.dtype == torch.bfloat16:
-        return t.contiguous().view(torch.int16).numpy().view("V2")
-    if t.dtype == torch.float64:
-        t = t.float()
     name = str(t.dtype).replace("torch.", "")
-    if name not in _FLOAT_KINDS:
+    if name not in _FLOAT_KINDS and name != "float64":
         raise WanVAEError(f"{what}: unsupported dtype {name}; expected float32, float16 or bfloat16")
-    return t.numpy()
+    if t.dtype == torch.bfloat16:
+        return tensor_memory(t, what, lambda t: t.cpu().contiguous().view(torch.int16).numpy().view("V2"))
+    return tensor_memory(t, what, lambda t: t.cpu().float().numpy() if t.dtype == torch.float64 else t.cpu().numpy())
 
 
 def host_array(x, what):
@@ -64,6 +76,8 @@ def host_array(x, what):
             return x
         if x.dtype not in (np.float32, np.float16):
             raise WanVAEError(f"{what}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
+        if any(s % x.itemsize for s in x.strides):  # a field of a packed record array: its items unaligned
+            return np.ascontiguousarray(x)
         return x
     if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
         return x
@@ -73,9 +87,9 @@ def host_array(x, what):
 def latents_4d(latents):
     """[z, T, h, w] from [z, T, h, w] or [1, z, T, h, w]. Raw array-interface objects pass as they are
     (the core checks their rank)."""
-    if not hasattr(latents, "shape"):
+    shape = getattr(latents, "shape", None)
+    if not isinstance(shape, tuple) or not hasattr(latents, "__getitem__"):
         return latents
-    shape = tuple(latents.shape)
     if len(shape) == 5:
         if shape[0] != 1:
             raise WanVAEError(f"latents: batch of {shape[0]} given; decode one video at a time ([1, z, T, h, w])")
@@ -89,7 +103,10 @@ def as_float_list(values, what):
     if values is None:
         return None
     if _is_torch_tensor(values):
-        values = values.detach().float().cpu().numpy()
+        values = tensor_memory(dense_tensor(values, what), what, lambda t: t.cpu().numpy() if t.is_complex() else
+                               t.float().cpu().numpy())
+    if np.iscomplexobj(values):
+        raise WanVAEError(f"{what} must be real numbers, got complex ones")
     try:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError, OverflowError):

@@ -1,12 +1,13 @@
 """The CUDA side of the Python layer: loading the backend's libraries, handing torch CUDA tensors to
 the core zero-copy, device memory budgets and peak-memory sampling."""
 import glob
+import numbers
 import os
 import sys
 import sysconfig
 
 from ._C import WanVAEError
-from .arrays import dense_tensor
+from .arrays import dense_tensor, tensor_memory
 from .sysmem import PeakSampler
 
 # Share of the free device memory a CUDA decode plans to use when no max_memory is given.
@@ -52,13 +53,15 @@ def device_index(device):
     """None, an int, 'cuda', 'cuda:N' or a torch.device -> a CUDA device index (-1: the current one)."""
     if device is None:
         return -1
-    if isinstance(device, int) and not isinstance(device, bool):
-        return device
+    if isinstance(device, numbers.Integral) and not isinstance(device, bool):  # NumPy's ints too
+        if not -1 <= device < 2**31:
+            raise WanVAEError(f"device {device} is not a CUDA device index (0, 1, ...; -1: the current device)")
+        return int(device)
     text = str(device)
     if text == "cuda":
         index = getattr(device, "index", None)
         return -1 if index is None else int(index)
-    if text.startswith("cuda:") and text[5:].isdigit():
+    if text.startswith("cuda:") and text[5:].isdigit() and len(text) < 16:
         return int(text[5:])
     raise WanVAEError(f"device must be a CUDA device index, 'cuda', 'cuda:N' or a torch.device; got {device!r}")
 
@@ -150,7 +153,7 @@ class CudaArray:
             "version": 3,
             "shape": self.shape,
             "typestr": typestr,
-            "data": (tensor.data_ptr(), False),
+            "data": (tensor_memory(tensor, what, lambda t: t.data_ptr()), False),
             "strides": tuple(s * tensor.element_size() for s in tensor.stride()),
             "stream": stream if stream else 1,  # torch's default stream is the legacy one: CAI says 1
         }

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from ._C import WanVAEError
+from .arrays import _is_torch_tensor, first_line
 
 # safetensors dtype -> NumPy dtype; BF16 is kept as raw 2-byte items ("V2"), which the core reads as bfloat16.
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("V2"), "F64": np.dtype("<f8")}
@@ -27,12 +28,28 @@ def decoder_key(key):
 
 
 def normalize_keys(state):
-    """Decoder-side entries of a state dict, keys as decoder_key names them; encoder keys dropped."""
-    return {k: value for key, value in state.items() if (k := decoder_key(key)) is not None}
+    """Decoder-side entries of a state dict, keys as decoder_key names them; encoder keys dropped. Two
+    keys naming one weight ('model.x' beside 'x') are an error: which one to take is not ours to guess."""
+    out, given = {}, {}
+    for key, value in state.items():
+        k = decoder_key(key)
+        if k is None:
+            continue
+        if k in out:
+            raise WanVAEError(f"weights '{given[k]}' and '{key}' both name the decoder weight '{k}'")
+        out[k], given[k] = value, key
+    return out
 
 
 def bf16_to_float32(a):
-    """Raw bfloat16 items (NumPy "V2" or uint16/int16) to float32, exactly."""
+    """Raw bfloat16 items (NumPy "V2" or uint16/int16, or a torch bfloat16 tensor) to float32, exactly."""
+    if _is_torch_tensor(a) and str(a.dtype) == "torch.bfloat16":
+        import torch
+
+        a = a.detach().cpu().contiguous().view(torch.int16).numpy()
+    a = np.asarray(a)
+    if a.dtype.itemsize != 2 or a.dtype.kind not in "uiV" or a.dtype.fields is not None:
+        raise WanVAEError(f"bf16_to_float32 takes raw bfloat16 items (2-byte 'V2', uint16 or int16), not {a.dtype}")
     a = np.ascontiguousarray(a)
     if a.dtype.kind in "ui" and not a.dtype.isnative:  # a view would read big-endian items backwards
         a = a.astype(a.dtype.newbyteorder("="))
@@ -105,17 +122,12 @@ def torch_load(path):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):  # torch's words for a pickle it will not load
-            raise WanVAEError(f"{path}: not a PyTorch file it can read ({_first_line(e)})") from None
+            raise WanVAEError(f"{path}: not a PyTorch file it can read ({first_line(e)})") from None
         raise WanVAEError(f"{path}: holds Python objects other than tensors, which are not loaded (torch.load with "
                           "weights_only=True); save the tensors alone (or a dict of them), or as .safetensors or "
                           ".npy") from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise WanVAEError(f"{path}: PyTorch could not read it ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(e):
-    """An exception's message to its first line (torch's run over many, with advice for another case)."""
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+        raise WanVAEError(f"{path}: PyTorch could not read it ({type(e).__name__}: {first_line(e)})") from None
 
 
 def _load_torch(path):
