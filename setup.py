@@ -338,8 +338,12 @@ def find_cudart(toolkit, lib64):
     return None
 
 
+# Commands that compile the extensions; the others (sdist, egg_info, dist_info) only describe the package.
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop"}
+
+
 def missing(mode, why):
-    if mode == "1":
+    if mode == "1" and BUILD_COMMANDS & set(sys.argv[1:]):  # making an sdist needs no CUDA
         raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA=1 but {why}")
     log(f"building CPU-only: {why}")
     CUDA_NOTE["why"] = why

@@ -321,3 +321,15 @@ def test_a_cuda_backend_that_does_not_load_says_what_to_install(loader_says, hin
     said = _load_failure(f"backend 'cuda' is not available: {loader_says} (see wanvideo_vae.backends())")
     assert loader_says in said and "see wanvideo_vae.backends()" not in said
     assert (hint in said) if hint else said.endswith(loader_says)
+
+
+def test_required_cuda_fails_builds_not_source_distributions(setup_module, monkeypatch):
+    """WANVIDEO_CUDA=1 makes a build without what the CUDA backend needs fail; making an sdist (or the
+    metadata pip asks for first) compiles nothing and needs none of it."""
+    for argv in (["setup.py", "sdist"], ["setup.py", "egg_info"], ["setup.py", "dist_info"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert setup_module.missing("1", "cuDNN not found") is None
+    for argv in (["setup.py", "bdist_wheel"], ["setup.py", "build_ext", "--inplace"], ["setup.py", "editable_wheel"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit, match="WANVIDEO_CUDA=1 but cuDNN not found"):
+            setup_module.missing("1", "cuDNN not found")
