@@ -524,11 +524,11 @@ def test_core_node_has_comfyui_free_the_memory_its_tiles_want(monkeypatch, fake_
     freed = []
     sys.modules["comfy.model_management"].free_memory = lambda need, device: freed.append((need, device))
     dec = comfy_nodes.Decoder(random_weights(8, 4), mean=[0.0] * 4, std=[1.0] * 4)
-    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, True)
+    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, 128, True)
     assert not freed  # the CPU backend: nothing to ask
     monkeypatch.setattr(type(dec), "backend", property(lambda self: "cuda"))
     monkeypatch.setattr(type(dec), "device", property(lambda self: 0))
-    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, True)
+    comfy_nodes._make_room_like_comfyui(dec, (1, 4, 2, 30, 40), 128, 128, True)
     plan = dec.plan(2, 30, 40, tile_x=128, tile_y=128, tile_stride_x=8, tile_stride_y=8, max_memory=1 << 62)
     assert plan["n_tiles"] > 1
     assert freed == [(int(plan["planned_bytes"] / comfy_nodes.DEVICE_BUDGET_SHARE), torch.device("cuda", 0))]
@@ -566,20 +566,52 @@ def test_nodes_say_once_why_they_decode_on_the_cpu_beside_a_gpu(monkeypatch, cap
 
 
 def test_decoder_cache_survives_offload_and_sees_new_weights():
-    from wanvideo_vae.comfy_nodes import _fingerprint
-    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Conv2d(3, 2, 1))
-    key = _fingerprint(module)
-    moved = torch.nn.Sequential(*[m for m in module])  # same values in new storage, as after an offload
+    from wanvideo_vae.comfy_nodes import _decoder_weights, _fingerprint
+
+    def vae_of(decoder):  # keys decoder.0.weight, ...: decoder-side, as a Wan VAE's
+        vae = torch.nn.Module()
+        vae.decoder = decoder
+        vae.encoder = torch.nn.Conv2d(2, 2, 1)
+        return vae
+
+    module = vae_of(torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Conv2d(3, 2, 1)))
+    key = _fingerprint(_decoder_weights(module))
+    moved = vae_of(torch.nn.Sequential(*[m for m in module.decoder]))  # same values in new storage, as after an offload
     for p in moved.parameters():
         p.data = p.data.clone()
-    assert _fingerprint(moved) == key
+    assert _fingerprint(_decoder_weights(moved)) == key
     with torch.no_grad():
-        module[0].weight.add_(1.0)
-    assert _fingerprint(module) != key
-    key = _fingerprint(module)
-    with torch.no_grad():  # any parameter, not only the first and the last
-        module[0].bias.zero_()
-    assert _fingerprint(module) != key
+        module.decoder[0].weight.add_(1.0)
+    assert _fingerprint(_decoder_weights(module)) != key
+    key = _fingerprint(_decoder_weights(module))
+    with torch.no_grad():  # any weight, not only the first and the last
+        module.decoder[0].bias.zero_()
+    assert _fingerprint(_decoder_weights(module)) != key
+    key = _fingerprint(_decoder_weights(module))
+    module.encoder.to(torch.bfloat16)  # ComfyUI's dynamic VRAM swaps weights for copies as it encodes
+    assert _fingerprint(_decoder_weights(module)) == key
+
+
+def test_a_vae_weight_without_values_is_named(tiny):
+    """Under ComfyUI's dynamic VRAM a weight its checkpoint lacks may stay a meta tensor."""
+    from wanvideo_vae.comfy_nodes import _decoder_weights
+    vae = torch.nn.Module()
+    vae.decoder = torch.nn.Conv2d(2, 2, 1, device="meta")
+    with pytest.raises(ValueError, match="weight 'decoder.weight' holds no values"):
+        _decoder_weights(vae)
+
+
+def test_core_vae_places_the_decoder_on_its_own_device_in_its_dtype(monkeypatch):
+    """comfy.sd.VAE says where ComfyUI runs it (.device) and in what (.vae_dtype); its parameters may be
+    offloaded, or under dynamic VRAM in the checkpoint file's dtype."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    fp32_params = torch.nn.Conv2d(2, 2, 1)
+    assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cuda", 1),
+                                    dtype=torch.bfloat16) == ("cuda", "bf16", 1)
+    assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cpu")) == ("cuda", "fp32", 0)
 
 
 def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_comfy, capsys):
@@ -655,3 +687,31 @@ def test_editable_install_is_found_past_a_clone_named_after_the_package(tmp_path
         assert os.path.dirname(loaded.__file__) == package_dir
 
     load_clone_with_a_fresh_package(custom_nodes, is_the_editable_one)
+
+
+def test_the_decode_node_makes_room_and_a_samplers_own_decode_does_not(tiny, monkeypatch):
+    """WanVideo Decode (native) asks ComfyUI to unload models for its tiles, as the core node does; the
+    decodes a sampler makes itself through the patched VAE run beside the sampler's model and do not."""
+    from wanvideo_vae import comfy_nodes
+    vae, data = tiny
+    asked = []
+    monkeypatch.setattr(comfy_nodes, "_make_room_like_comfyui", lambda dec, shape, tx, ty, tiled:
+                        asked.append((tuple(shape), tx, ty, tiled)))
+    WanVideoNativeDecode().decode(vae, _latent(data), True, 48, 40, 32, 32)
+    assert asked == [(tuple(data["latents"].shape), 48, 40, True)]
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu", pbar=False)
+    assert len(asked) == 1
+
+
+def test_the_patched_end_frame_decode_returns_as_the_wrappers_does(tiny):
+    """The wrapper's end-frame decode (double_decode) takes no output_device / output_dtype: in the VAE's
+    dtype on `device`, as there."""
+    import copy
+    vae, data = tiny
+    bf16 = copy.copy(vae)
+    bf16.dtype = torch.bfloat16
+    (patched,) = WanVideoNativeVAEPatch().patch(bf16)
+    lat = torch.from_numpy(data["latents"])[None]
+    out = patched.decode(lat, "cpu", end_=True, output_device="cpu", output_dtype=torch.float32)[0]
+    assert out.dtype == torch.bfloat16

@@ -47,6 +47,7 @@ def test_batched_latents_accepted():
     (16, 4, 5, 3, 3),
     (16, 16, 2, 7, 5),
     (8, 4, 5, 1, 1),
+    (24, 16, 2, 3, 4),  # WanVideoWrapper's lightVAE: the decoder pruned to widths 96, 96, 96, 48, 24
 ])
 def test_matches_torch_reference(dim, z_dim, T, h, w):
     weights = random_weights(dim, z_dim, seed=dim + z_dim + T)

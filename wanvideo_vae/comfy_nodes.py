@@ -44,11 +44,13 @@ def _comfy_progress(show=True):
 _PRECISIONS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 
 
-def _backend_for(module, *tensors):
-    """(backend, precision, device): the CUDA backend, in the VAE's own precision, whenever it is usable
-    (ComfyUI keeps latents, and offloaded VAEs, on the CPU between nodes): on the GPU a tensor or
-    the VAE is on, else the current one. Otherwise the CPU (fp32). WANVIDEO_VAE_BACKEND=cpu forces
-    the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in fp32 (precision_for)."""
+def _backend_for(module, *tensors, device=None, dtype=None):
+    """(backend, precision, device): the CUDA backend, in the VAE's own precision (`dtype`, else its
+    parameters'), whenever it is usable (ComfyUI keeps latents, and offloaded VAEs, on the CPU between
+    nodes): on the VAE's own GPU (`device`: a core VAE's, where ComfyUI runs it), else the GPU a
+    parameter or a tensor is on, else the current one. Otherwise the CPU (fp32).
+    WANVIDEO_VAE_BACKEND=cpu forces the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in
+    fp32 (precision_for)."""
     if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu":
         return "cpu", None, None
     cuda = backends()["cuda"]
@@ -56,11 +58,12 @@ def _backend_for(module, *tensors):
         _warn_cpu_beside_a_gpu(cuda.get("reason", ""))
         return "cpu", None, None
     p = next(iter(module.parameters()), None)
-    on_gpu = [t.device for t in (p,) + tensors if getattr(getattr(t, "device", None), "type", "cpu") == "cuda"]
+    places = [device] + [getattr(t, "device", None) for t in (p,) + tensors]
+    on_gpu = [d for d in places if getattr(d, "type", None) == "cuda"]
     index = device_index(on_gpu[0]) if on_gpu else -1
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
-    precision = _PRECISIONS.get(str(getattr(p, "dtype", None)), "bf16")
+    precision = _PRECISIONS.get(str(dtype if dtype is not None else getattr(p, "dtype", None)), "bf16")
     return "cuda", precision_for(precision, index), index
 
 
@@ -89,10 +92,12 @@ def _on_decoder_gpu(latents, placement):
     return latents
 
 
-def _make_room_like_comfyui(dec, shape, tile, tiled):
+def _make_room_like_comfyui(dec, shape, tile_x, tile_y, tiled):
     """ComfyUI's own VAE decode has ComfyUI unload models until its working memory is free
-    (load_models_gpu); the core node asks the same for the arena of the tiles it was given, so the
-    decode does not shrink its tiles to fit beside a model ComfyUI would have moved out anyway."""
+    (load_models_gpu); the decode nodes ask the same for the arena of the tiles they were given, so
+    the decode does not shrink its tiles to fit beside a model ComfyUI would have moved out anyway
+    (our device memory is not torch's: ComfyUI cannot see it coming). Not from a sampler's own decodes
+    (the VAE patch): those run beside the sampler's model."""
     try:
         import comfy.model_management as mm
     except ImportError:
@@ -100,7 +105,7 @@ def _make_room_like_comfyui(dec, shape, tile, tiled):
     if dec.backend != "cuda" or not hasattr(mm, "free_memory"):
         return
     T, h, w = (int(n) for n in shape[-3:])
-    plan = dec.plan(T, h, w, tile_x=tile, tile_y=tile, tile_stride_x=8, tile_stride_y=8,
+    plan = dec.plan(T, h, w, tile_x=tile_x, tile_y=tile_y, tile_stride_x=8, tile_stride_y=8,
                     enable_vae_tiling=tiled, max_memory=1 << 62)
     mm.free_memory(int(plan["planned_bytes"] / DEVICE_BUDGET_SHARE), _torch().device("cuda", dec.device))
 
@@ -119,29 +124,37 @@ def _wanvae_stats(vae):
     return mean.reshape(-1), std.reshape(-1)
 
 
-def _module_weights(module):
-    """Decoder-side weights of a torch module whose state dict uses the Wan checkpoint names."""
-    return normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
+def _decoder_weights(module):
+    """The decoder-side entries of a torch module's state dict, by their checkpoint names, detached
+    (the encoder's are no business of ours: ComfyUI's dynamic VRAM may swap them for copies in
+    another dtype when it encodes). A weight without values (a meta tensor: a checkpoint that lacks
+    it, under dynamic VRAM) is refused by name."""
+    weights = normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
+    for key, value in weights.items():
+        if getattr(value, "is_meta", False):
+            raise ValueError(f"this VAE's weight '{key}' holds no values (a meta tensor): its checkpoint lacks it, "
+                             "or ComfyUI has not loaded it")
+    return weights
 
 
-FINGERPRINT_SAMPLES = 64  # values of each parameter summed into the fingerprint
+FINGERPRINT_SAMPLES = 64  # values of each weight summed into the fingerprint
 
 
-def _fingerprint(module):
-    """What identifies the weights' values, cheaply: dtype, shapes and the sum of a strided sample of
-    every parameter (summed on the host, in float64). Not their address: ComfyUI moves an offloaded
+def _fingerprint(weights):
+    """What identifies the weights' values, cheaply: dtypes, shapes and the sum of a strided sample of
+    every weight (summed on the host, in float64). Not their address: ComfyUI moves an offloaded
     VAE between devices, which must not rebuild the Decoder; changed values must."""
-    params = list(module.parameters())
-    if not params:
+    if not weights:
         return None
     sums = []
-    for p in params:  # each to the host: a lowvram VAE has parameters on both sides
-        flat = p.detach().reshape(-1)
+    for w in weights.values():  # each to the host: a lowvram VAE has weights on both sides
+        flat = w.reshape(-1)
         step = max(flat.numel() // FINGERPRINT_SAMPLES, 1)
         # summed on the host: a GPU's reduction order differs from the CPU's, and a VAE that moved
         # between them must keep its fingerprint
         sums.append(float(flat[::step][:FINGERPRINT_SAMPLES].cpu().double().sum()))
-    return (params[0].dtype, tuple(tuple(p.shape) for p in params), tuple(sums))
+    return (tuple(str(w.dtype) for w in weights.values()), tuple((k, tuple(w.shape)) for k, w in weights.items()),
+            tuple(sums))
 
 
 class _DecoderCache:
@@ -153,13 +166,14 @@ class _DecoderCache:
 
     def get(self, owner, module, placement, mean=None, std=None):
         backend, precision, device = placement
-        key = (_fingerprint(module), backend, precision, str(device))
+        weights = _decoder_weights(module)
+        key = (_fingerprint(weights), backend, precision, str(device))
         hit = self._cache.get(owner)
         if hit is not None and hit[0] == key and not hit[1].closed:
             return hit[1]
         if backend == "cuda":
             _close_gpu_decoders_when_comfyui_unloads()
-        dec = Decoder(_module_weights(module), backend=backend, precision=precision, device=device, mean=mean, std=std)
+        dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
         self._cache[owner] = (key, dec)
         return dec
 
@@ -230,15 +244,18 @@ def _loader_output(vae):
     return vae[0] if isinstance(vae, (tuple, list)) and len(vae) == 1 else vae
 
 
-def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=True):
-    """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights."""
+def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=True, make_room=False):
+    """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights;
+    make_room: first have ComfyUI unload models until its tiles fit (_make_room_like_comfyui)."""
     vae = _loader_output(vae)
     if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
     _check_wan21_vae(vae)
     mean, std = _wanvae_stats(vae)
-    placement = _backend_for(vae.model, latents, mean)
+    placement = _backend_for(vae.model, latents, mean, dtype=getattr(vae, "dtype", None))
     dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
+    if make_room:
+        _make_room_like_comfyui(dec, latents.shape, int(tile_x), int(tile_y), bool(tiled))
     return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame,
                       enable_vae_tiling=bool(tiled), tile_x=int(tile_x), tile_y=int(tile_y), tile_stride_x=8,
                       tile_stride_y=8, progress=_comfy_progress(show_progress))
@@ -301,7 +318,7 @@ class WanVideoNativeDecode:
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
         looped = samples.get("looped", False)
-        raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y)
+        raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y, make_room=True)
         images = normalize_frames(raw, normalization, inplace=True)  # one array of the video's size, no copies
         if looped:
             loop_latents = torch.cat([latents[:, -3:], latents[:, :2]], dim=1)
@@ -350,8 +367,10 @@ class NativeWanVAE:
             if tiled:  # the wrapper's tiled decode blends on the CPU in float32 and clamps
                 videos.append(torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2))
                 continue
-            where = next((d for d in (output_device, device) if d is not None), getattr(latents, "device", "cpu"))
-            dtype = output_dtype if output_device is not None and output_dtype is not None else \
+            # the wrapper's end-frame decode (double_decode) takes no output_device / output_dtype
+            out_device, out_dtype = (None, None) if end_ else (output_device, output_dtype)
+            where = next((d for d in (out_device, device) if d is not None), getattr(latents, "device", "cpu"))
+            dtype = out_dtype if out_device is not None and out_dtype is not None else \
                 getattr(self._wrapped, "dtype", torch.float32)
             videos.append(torch.from_numpy(raw).permute(3, 0, 1, 2).to(device=where, dtype=dtype))
         return videos
@@ -423,10 +442,10 @@ class WanCoreVAENativeDecode:
         z_dim = int(conv1.shape[1])
         if z.ndim != 5 or z.shape[1] != z_dim:
             raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
-        placement = _backend_for(model, z)
+        placement = _backend_for(model, z, device=getattr(vae, "device", None), dtype=getattr(vae, "vae_dtype", None))
         dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
         z = _on_decoder_gpu(z, placement)
-        _make_room_like_comfyui(dec, z.shape, tile_size, bool(enable_tiling))
+        _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
         return (torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0)),)
