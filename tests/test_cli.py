@@ -2,13 +2,17 @@
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 
+import wanvideo_vae.media as media
 from helpers import random_latents, random_weights, write_safetensors
+from wanvideo_vae import WanVAEError
 from wanvideo_vae.cli import main
 
 torch = pytest.importorskip("torch")
@@ -475,3 +479,165 @@ def test_random_run_options_beside_files_are_refused(files, capsys):
     for extra in (["--seed", "3"], ["--random-shape", "1", "2", "2"]):
         assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy")] + extra) == 2
         assert "for the run without --vae and --latents" in capsys.readouterr().err
+
+
+# ---- what the writers and options produce --------------------------------------------------------
+
+def read_png(data):
+    """An RGB8 PNG as written by png_bytes -> uint8 [H, W, 3]."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    w = h = None
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(h, 1 + 3 * w)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(h, w, 3)
+
+
+def avi_chunk(raw, tag):
+    at = raw.index(tag)
+    (n,) = struct.unpack_from("<I", raw, at + 4)
+    return raw[at + 8:at + 8 + n]
+
+
+def test_latents_file_of_several_unnamed_tensors_is_refused(tmp_path):
+    write_safetensors(tmp_path / "l.safetensors", {"a": np.zeros((16, 1, 2, 2), np.float32),
+                                                   "b": np.ones((16, 1, 2, 2), np.float32)})
+    with pytest.raises(WanVAEError, match="holds 2 tensors"):
+        media.load_latents(tmp_path / "l.safetensors")
+
+
+def test_to_uint8_rounds_to_nearest():
+    assert media.to_uint8(np.float32([0.0, 0.5, 0.999, 1.5, -1.0])).tolist() == [0, 128, 255, 255, 0]
+
+
+def test_png_bytes_round_trip_non_square():
+    img = np.random.default_rng(0).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(read_png(media.png_bytes(img)), img)
+
+
+def test_avi_pixels_are_bottom_up_bgr_and_timed_by_fps(tmp_path):
+    frame = np.zeros((1, 2, 2, 3), np.float32)
+    frame[0, 0, :, 0] = 1.0  # top row red
+    frame[0, 1, :, 2] = 1.0  # bottom row blue
+    media.write_avi(frame, tmp_path / "v.avi", 12.5)
+    raw = (tmp_path / "v.avi").read_bytes()
+    px = avi_chunk(raw, b"00db")
+    assert px[:3] == b"\xff\x00\x00"  # first stored row: the bottom one (blue), as B, G, R
+    assert px[8:11] == b"\x00\x00\xff"  # second row (rows padded to 8 bytes): the top one (red)
+    assert struct.unpack_from("<I", avi_chunk(raw, b"avih"))[0] == 80000  # microseconds per frame
+
+
+def test_mp4_frame_rate_is_the_fps_given(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    media.write_frames(np.zeros((4, 16, 16, 3), np.float32), str(tmp_path / "v.mp4"), 12.5)
+    meta = next(imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4")))
+    assert meta["fps"] == 12.5
+
+
+def test_contact_sheet_cells_hold_their_frames(tmp_path):
+    frames = np.repeat(np.linspace(0, 1, 8, dtype=np.float32)[:, None, None, None], 4, 1).repeat(4, 2).repeat(3, 3)
+    media.contact_sheet(frames, str(tmp_path / "s.png"), columns=3)
+    sheet = read_png((tmp_path / "s.png").read_bytes())
+    assert sheet.shape == (3 * 8 + 4, 3 * 8 + 4, 3)
+    for i, v in enumerate(media.to_uint8(frames[:, 0, 0, 0])):
+        y, x = 4 + (i // 3) * 8, 4 + (i % 3) * 8
+        assert (sheet[y:y + 4, x:x + 4] == v).all(), i
+
+
+def test_an_output_that_cannot_be_overwritten_is_refused_before_decoding(tmp_path, monkeypatch):
+    import errno
+    real_open = open
+
+    def locked(path, mode="r", *a, **k):
+        if os.fspath(path) == str(tmp_path / "o.npy") and mode == "ab":
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_open(path, mode, *a, **k)
+
+    (tmp_path / "o.npy").write_bytes(b"old")
+    monkeypatch.setattr(media, "open", locked, raising=False)
+    with pytest.raises(WanVAEError, match="cannot be overwritten"):
+        media.check_output(str(tmp_path / "o.npy"))
+
+
+def test_a_failed_mp4_names_the_output_not_its_temporary_file(tmp_path, monkeypatch):
+    script = tmp_path / "ffmpeg.py"
+    script.write_text("import sys; sys.stdin.read(); print('cannot write ' + sys.argv[-1], file=sys.stderr); sys.exit(1)")
+    monkeypatch.setattr(media, "_ffmpeg_exe", lambda: sys.executable)
+    real_popen = media.subprocess.Popen
+    monkeypatch.setattr(media.subprocess, "Popen", lambda cmd, **kw: real_popen([cmd[0], str(script)] + cmd[1:], **kw))
+    monkeypatch.setattr(media, "have_mp4", lambda: True)
+    out = tmp_path / "out" / "v.mp4"
+    out.parent.mkdir()
+    with pytest.raises(WanVAEError) as e:
+        media.write_frames(np.zeros((2, 8, 8, 3), np.float32), str(out), 16)
+    assert "cannot write the output" in str(e.value) and ".part" not in str(e.value)
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
+    from wanvideo_vae.atomic import write_atomically
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(str(tmp_path / "v.avi"), write)
+    assert os.listdir(tmp_path) == []
+
+
+def test_normalize_frames_default_clamps_and_minmax_of_a_constant_is_zero():
+    from wanvideo_vae.api import normalize_frames
+    np.testing.assert_array_equal(normalize_frames(np.float32([-3, -1, 0, 1, 3])), [0, 0, 0.5, 1, 1])
+    assert (normalize_frames(np.full((2, 2, 2, 3), 0.3, np.float32), "minmax") == 0).all()
+
+
+def test_cli_npy_default_output_is_in_the_unit_range(files, tmp_path):
+    import wanvideo_vae as wv
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "d.npy")]) == 0
+    raw = wv.Decoder(wv.load_weights(files / "vae.safetensors")).decode(np.load(files / "lat.npy"), raw=True)
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), (np.clip(raw, -1, 1) + 1) / 2, atol=1e-6)
+
+
+def test_end_frame_avi_size_check_counts_the_written_frames(files, tmp_path, monkeypatch):
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet",
+            "--end-frame"]
+    assert main(base + ["--out", str(tmp_path / "e.npy")]) == 0
+    n, h, w, _ = np.load(tmp_path / "e.npy").shape
+    monkeypatch.setattr(media, "AVI_MAX_BYTES", media._avi_file_bytes(n, h, w))  # exactly the video written
+    assert main(base + ["--out", str(tmp_path / "e.avi")]) == 0
+
+
+def test_cli_fps_reaches_the_video(files, tmp_path):
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet",
+                 "--out", str(tmp_path / "v.avi"), "--fps", "12.5"]) == 0
+    strh = avi_chunk((tmp_path / "v.avi").read_bytes(), b"strh")
+    assert struct.unpack_from("<II", strh, 20) == (2, 25)
+
+
+def test_random_run_seed_changes_the_output(tmp_path, capsys):
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"s{seed}.npy"
+        assert main(["decode", "--random-shape", "1", "2", "2", "--seed", seed, "--out", str(out), "--quiet"]) == 0
+        outs.append(np.load(out))
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def test_an_interrupt_exits_130(monkeypatch, capsys):
+    import wanvideo_vae.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "decode_cmd", interrupted)
+    assert main(["decode"]) == 130 and "interrupted" in capsys.readouterr().err

@@ -715,3 +715,60 @@ def test_the_patched_end_frame_decode_returns_as_the_wrappers_does(tiny):
     lat = torch.from_numpy(data["latents"])[None]
     out = patched.decode(lat, "cpu", end_=True, output_device="cpu", output_dtype=torch.float32)[0]
     assert out.dtype == torch.bfloat16
+
+
+def test_patched_tile_size_is_height_then_width(tiny, monkeypatch):
+    from wanvideo_vae import comfy_nodes
+    vae, data = tiny
+    seen = []
+
+    def fake(vae, latents, end_frame, tiled, tile_x, tile_y, **kw):
+        seen.append((tile_x, tile_y))
+        return np.zeros((1, 8, 8, 3), np.float32)
+
+    monkeypatch.setattr(comfy_nodes, "_decode_raw", fake)
+    (patched,) = comfy_nodes.WanVideoNativeVAEPatch().patch(vae)
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=True, tile_size=(5, 7))
+    assert seen == [(56, 40)]
+
+
+def test_patched_untiled_decode_lands_on_device(tiny):
+    from wanvideo_vae.comfy_nodes import WanVideoNativeVAEPatch
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    out = patched.decode(torch.from_numpy(data["latents"])[None], torch.device("meta"), pbar=False)[0]
+    assert out.device.type == "meta"  # `device`, not the latents' (CPU) device
+
+
+def test_decoder_cache_rebuilds_for_another_precision(tiny, monkeypatch):
+    from wanvideo_vae import comfy_nodes
+    vae, _ = tiny
+
+    class FakeDecoder:
+        backend = "cuda"
+        closed = False
+
+        def __init__(self, weights, **kw):
+            self.precision = kw["precision"]
+
+    monkeypatch.setattr(comfy_nodes, "Decoder", FakeDecoder)
+    monkeypatch.setattr(comfy_nodes, "_close_gpu_decoders_when_comfyui_unloads", lambda: None)
+    cache = comfy_nodes._DecoderCache()
+    assert cache.get(vae, vae.model, ("cuda", "bf16", 0)).precision == "bf16"
+    assert cache.get(vae, vae.model, ("cuda", "fp32", 0)).precision == "fp32"
+
+
+def test_core_vae_node_decodes_every_video_of_a_batch():
+    from helpers import load_fixture
+    from standin_wanvae import module_tree
+    from wanvideo_vae.comfy_nodes import WanCoreVAENativeDecode
+    weights, data = load_fixture("tiny")
+
+    class CoreVAE:
+        first_stage_model = module_tree(weights)
+
+    z = torch.from_numpy(data["latents"])[None]
+    (one,) = WanCoreVAENativeDecode().decode({"samples": z}, CoreVAE(), 512, False)
+    (two,) = WanCoreVAENativeDecode().decode({"samples": torch.cat([z, -z])}, CoreVAE(), 512, False)
+    assert two.shape[0] == 2 * one.shape[0] and torch.equal(two[:one.shape[0]], one)
+    assert not torch.equal(two[one.shape[0]:], one)

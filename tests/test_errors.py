@@ -4,7 +4,9 @@ import gc
 import json
 import os
 import re
+import struct
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -805,3 +807,34 @@ def test_devices_as_users_write_them():
             device_index(wrong)
     for cpu in ("cpu", "CPU", "cpu:0"):
         wv.Decoder(random_weights(8, 4), device=cpu, mean=[0.0] * 4, std=[1.0] * 4)
+
+
+def test_safetensors_data_offsets_not_matching_the_shape_are_refused(tmp_path):
+    from wanvideo_vae.weights import load_safetensors
+    raw = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 12]}}).encode()
+    (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(12))
+    with pytest.raises(E, match="not matching its shape"):
+        load_safetensors(str(tmp_path / "x.safetensors"))
+
+
+def test_a_lightning_checkpoint_state_dict_is_unwrapped(tmp_path):
+    torch = pytest.importorskip("torch")
+    import wanvideo_vae as wv
+    w = random_weights(8, 4, seed=2)
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in w.items()}, "epoch": 3}, tmp_path / "v.ckpt")
+    assert set(wv.load_weights(tmp_path / "v.ckpt")) == set(w)
+
+
+def test_an_explicit_device_0_is_not_the_current_device(monkeypatch):
+    from wanvideo_vae import devices
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: True, current_device=lambda: 1))
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: fake)
+    assert devices.resolve_device(0) == 0 and devices.resolve_device(-1) == 1
+
+
+def test_cuda_array_strides_are_in_bytes(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae.devices import CudaArray
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    t = torch.zeros(2, 3, 4)[:, :, ::2]  # a CPU tensor stands in: the interface is built the same way
+    assert CudaArray(t, "latents").__cuda_array_interface__["strides"] == (48, 16, 8)

@@ -290,3 +290,27 @@ def test_patch_workflow_files(tmp_path, capsys):
         assert err.startswith(f"error: {os.path.join(str(tmp_path), named) if named else tmp_path}: ") and says in err
         assert "\n" not in err, err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_the_patch_node_sits_right_of_its_loader():
+    from wanvideo_vae.workflow import patch_workflow
+    wf = load(PUBLIC)
+    patch_workflow(wf)
+    loader = next(n for n in wf["nodes"] if n["type"] == "WanVideoVAELoader")
+    patch = next(n for n in wf["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
+    assert patch["pos"][0] == loader["pos"][0] + loader["size"][0] + 30
+
+
+def test_the_patch_node_takes_its_loaders_mode():
+    from wanvideo_vae.workflow import patch_workflow
+    wf = load(PUBLIC)
+    next(n for n in wf["nodes"] if n["type"] == "WanVideoVAELoader")["mode"] = 4  # bypassed
+    patch_workflow(wf)
+    assert next(n for n in wf["nodes"] if n["type"] == "WanVideoNativeVAEPatch")["mode"] == 4
+
+
+def test_api_links_with_integer_node_ids_are_patched():
+    from wanvideo_vae.workflow import patch_workflow
+    api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
+           "2": {"class_type": "WanVideoSampler", "inputs": {"vae": [1, 0]}}}
+    assert patch_workflow(api).vae_patches == 1 and api["2"]["inputs"]["vae"] == ["3", 0]
