@@ -328,30 +328,24 @@ static float *model_form(const float *given, const param_spec *ps, const wv_conv
     return out;
 }
 
-/* Index of the first NaN or Inf of x[n], or -1. */
-static int64_t first_nonfinite(const float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++)
-        if (x[i] - x[i] != 0.0f) return i;
-    return -1;
-}
-
 /* Converts one named weight to fp32, into the model's form, repacks conv weights, and uploads it at `dst`. */
 static wv_status load_param(wv_model *m, void *ctx, const wv_named_view *nv, const param_spec *ps,
                             const wv_conv *cv, void *dst, wv_error *err)
 {
     const wv_backend *be = m->backend;
-    int64_t n = wv_view_numel(&nv->view), n_packed, bad;
+    int64_t n = wv_view_numel(&nv->view), n_packed, at[WV_MAX_DIMS];
+    char where[96];
     float *tmp = (float *)malloc((size_t)n * sizeof(float));
     float *form = NULL, *packed = NULL;
     wv_status st = WV_OK;
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory converting weight '%s'", nv->key);
-    wv_view_to_f32(&nv->view, tmp);
-    if ((bad = first_nonfinite(tmp, n)) >= 0) {
-        st = wv_fail(err, WV_ERR_INVALID, "weight '%s' contains NaN or Inf (first at flat index %lld): a damaged "
-                                          "checkpoint", nv->key, (long long)bad);
+    if (wv_view_find_nonfinite(&nv->view, at)) {
+        format_shape(where, sizeof where, nv->view.ndim, at);
+        st = wv_fail(err, WV_ERR_INVALID, "weight '%s' contains NaN or Inf (first at %s): a damaged checkpoint",
+                     nv->key, where);
         goto finally;
     }
+    wv_view_to_f32(&nv->view, tmp);
     if (ps->role == ROLE_GAMMA) cv = NULL;
     if (cv && !(form = model_form(tmp, ps, cv, &n))) goto nomem;
     n_packed = n;

@@ -134,20 +134,24 @@ void wv_view_to_f32(const wv_view *v, float *dst)
     }
 }
 
+/* Walks the view as wv_view_to_f32 does: the innermost dimension is a tight loop. */
 int wv_view_find_nonfinite(const wv_view *v, int64_t *index)
 {
     int64_t idx[WV_MAX_DIMS] = {0};
-    int64_t n = wv_view_numel(v);
-    for (int64_t done = 0; done < n; done++) {
+    int64_t n = wv_view_numel(v), last = v->ndim - 1;
+    int64_t inner = v->ndim ? v->shape[last] : 1, inner_stride = v->ndim ? v->strides[last] : 0;
+    for (int64_t done = 0; done < n; done += inner) {
         const char *p = (const char *)v->data;
-        float f;
-        for (int d = 0; d < v->ndim; d++) p += idx[d] * v->strides[d];
-        f = wv_elem_to_f32(p, v->dtype);
-        if (f - f != 0.0f) { /* NaN or +-Inf */
-            for (int d = 0; d < v->ndim; d++) index[d] = idx[d];
-            return 1;
+        for (int d = 0; d < last; d++) p += idx[d] * v->strides[d];
+        for (int64_t i = 0; i < inner; i++) {
+            float f = wv_elem_to_f32(p + i * inner_stride, v->dtype);
+            if (f - f != 0.0f) { /* NaN or +-Inf */
+                if (v->ndim) idx[last] = i;
+                for (int d = 0; d < v->ndim; d++) index[d] = idx[d];
+                return 1;
+            }
         }
-        for (int d = v->ndim - 1; d >= 0; d--) {
+        for (int d = (int)last - 1; d >= 0; d--) {
             if (++idx[d] < v->shape[d]) break;
             idx[d] = 0;
         }

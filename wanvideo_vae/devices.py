@@ -51,19 +51,20 @@ def cuda_module():
 
 def device_index(device):
     """None, an int, 'cuda', 'cuda:N' or a torch.device -> a CUDA device index (-1: the current one)."""
-    if device is None:
-        return -1
-    if isinstance(device, numbers.Integral) and not isinstance(device, bool):  # NumPy's ints too
-        if not -1 <= device < 2**31:
-            raise WanVAEError(f"device {device} is not a CUDA device index (0, 1, ...; -1: the current device)")
-        return int(device)
     text = str(device)
-    if text == "cuda":
-        index = getattr(device, "index", None)
-        return -1 if index is None else int(index)
-    if text.startswith("cuda:") and text[5:].isdigit() and len(text) < 16:
-        return int(text[5:])
-    raise WanVAEError(f"device must be a CUDA device index, 'cuda', 'cuda:N' or a torch.device; got {device!r}")
+    if device is None:
+        index = -1
+    elif isinstance(device, numbers.Integral) and not isinstance(device, bool):  # NumPy's ints too
+        index = int(device)
+    elif text == "cuda":
+        index = -1 if getattr(device, "index", None) is None else int(device.index)
+    elif text.startswith("cuda:") and text[5:].isdigit():
+        index = int(text[5:])
+    else:
+        raise WanVAEError(f"device must be a CUDA device index, 'cuda', 'cuda:N' or a torch.device; got {device!r}")
+    if not -1 <= index < 2**31:
+        raise WanVAEError(f"device {device} is not a CUDA device index (0, 1, ...; -1: the current device)")
+    return index
 
 
 def _torch_if_loaded():

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 
 from ._C import WanVAEError
-from .arrays import _is_torch_tensor, first_line
+from .arrays import _is_torch_tensor, first_line, host_array
 
 # safetensors dtype -> NumPy dtype; BF16 is kept as raw 2-byte items ("V2"), which the core reads as bfloat16.
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("V2"), "F64": np.dtype("<f8")}
@@ -43,11 +43,7 @@ def normalize_keys(state):
 
 def bf16_to_float32(a):
     """Raw bfloat16 items (NumPy "V2" or uint16/int16, or a torch bfloat16 tensor) to float32, exactly."""
-    if _is_torch_tensor(a) and str(a.dtype) == "torch.bfloat16":
-        import torch
-
-        a = a.detach().cpu().contiguous().view(torch.int16).numpy()
-    a = np.asarray(a)
+    a = host_array(a, "bf16_to_float32") if _is_torch_tensor(a) else np.asarray(a)  # torch bf16 -> "V2"
     if a.dtype.itemsize != 2 or a.dtype.kind not in "uiV" or a.dtype.fields is not None:
         raise WanVAEError(f"bf16_to_float32 takes raw bfloat16 items (2-byte 'V2', uint16 or int16), not {a.dtype}")
     a = np.ascontiguousarray(a)
