@@ -122,14 +122,10 @@ def test_out_of_range_numbers_are_refused_before_decoding(files, capsys, flag, v
 
 @pytest.mark.parametrize("fps,scale,rate", [(16.0, 1, 16), (12.5, 2, 25), (23.976, 125, 2997)])
 def test_avi_frame_rate_keeps_its_fraction(tmp_path, fps, scale, rate):
-    import struct
-
-    from wanvideo_vae.media import write_avi
     path = tmp_path / "v.avi"
-    write_avi(np.zeros((2, 8, 8, 3), np.float32), path, fps)
-    raw = path.read_bytes()
-    at = raw.index(b"strh") + 8  # the chunk's data: fccType, fccHandler, flags, priority, language, initial frames
-    assert struct.unpack_from("<II", raw, at + 20) == (scale, rate)
+    media.write_avi(np.zeros((2, 8, 8, 3), np.float32), path, fps)
+    strh = avi_chunk(path.read_bytes(), b"strh")  # fccType, fccHandler, flags, priority, language, initial frames
+    assert struct.unpack_from("<II", strh, 20) == (scale, rate)
 
 
 def test_progress_bar_is_made_once(monkeypatch):
