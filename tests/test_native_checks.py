@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -140,3 +141,62 @@ def test_small_decode_under_valgrind_leaks_nothing_of_ours():
     problems = ("definitely lost", "Invalid read", "Invalid write", "uninitialised", "Invalid free")
     ours = [rec for rec in records if any(p in rec for p in problems) and re.search(r"wanvideo_vae[/\\]_C", rec)]
     assert not ours, "\n\n".join(ours)[:8000]
+
+
+# Run in a venv with NumPy 1.26: the tiny fixture decoded untiled and in tiles against its golden
+# output, a progress callback stopping the decode with np.False_ (the one NumPy scalar the module
+# reads), and the float16 latents of a strided view.
+NUMPY_1_DECODE = r"""
+import sys
+import numpy as np
+import wanvideo_vae as wv
+assert np.__version__.startswith("1."), np.__version__
+d = np.load(sys.argv[1])
+weights = {k[len("weights/"):]: d[k] for k in d.files if k.startswith("weights/")}
+dec = wv.Decoder(weights, mean=d["mean"], std=d["std"])
+expected = d["expected_raw"].transpose(1, 2, 3, 0)
+untiled = dec.decode(d["latents"], raw=True, enable_vae_tiling=False)
+tiles = dict(tile_x=24, tile_y=24, tile_stride_x=8, tile_stride_y=8)
+assert dec.plan(*d["latents"].shape[1:], **tiles)["n_tiles"] > 1
+tiled = dec.decode(d["latents"], raw=True, **tiles)
+assert np.abs(untiled - expected).max() <= 1e-4 and np.abs(tiled - expected).max() <= 1e-4
+wide = np.zeros(d["latents"].shape[:-1] + (2 * d["latents"].shape[-1],), np.float16)
+wide[..., ::2] = d["latents"]
+half = dec.decode(wide[..., ::2], raw=True, enable_vae_tiling=False)
+assert np.abs(half - dec.decode(d["latents"].astype(np.float16), raw=True, enable_vae_tiling=False)).max() == 0
+try:
+    dec.decode(d["latents"], progress=lambda done, total: np.False_)
+    raise SystemExit("np.False_ from progress did not stop the decode")
+except wv.DecodeInterrupted:
+    pass
+print("numpy", np.__version__, "ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="venv layout")
+def test_the_module_built_here_runs_under_numpy_1(tmp_path):
+    """Many ComfyUI installs keep NumPy 1.26 (custom nodes pin numpy<2) while pip builds the
+    extension against the newest NumPy (build isolation): the module must import and decode there,
+    and compile against NumPy 1.26's headers for a build without isolation."""
+    import wanvideo_vae
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = str(venv / "bin" / "python")
+    r = subprocess.run([py, "-m", "pip", "install", "-q", "numpy==1.26.4", "scipy-openblas32"],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        message = "could not install numpy 1.26.4: " + r.stderr[-500:]
+        pytest.fail(message) if REQUIRED else pytest.skip(message)
+    pkg = tmp_path / "pkg" / "wanvideo_vae"
+    shutil.copytree(os.path.dirname(wanvideo_vae.__file__), pkg, ignore=shutil.ignore_patterns("_cuda*", "__pycache__"))
+    from helpers import FIXTURES
+    r = subprocess.run([py, "-c", NUMPY_1_DECODE, os.path.join(FIXTURES, "wan21_tiny.npz")], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(pkg.parent)}, timeout=600)
+    assert r.returncode == 0 and "numpy 1.26.4 ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+    need("gcc")
+    numpy_1_include = subprocess.run([py, "-c", "import numpy; print(numpy.get_include())"], capture_output=True,
+                                     text=True, check=True).stdout.strip()
+    r = run(["gcc", "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+             "-I" + sysconfig.get_paths()["include"], "-I" + numpy_1_include, "-Icsrc", "csrc/module.c"])
+    assert r.returncode == 0, r.stderr[-3000:]
