@@ -2,6 +2,7 @@
 outlives a build without one, and the reason the CUDA backend was left out is recorded for backends()."""
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -333,3 +334,42 @@ def test_required_cuda_fails_builds_not_source_distributions(setup_module, monke
         monkeypatch.setattr(sys, "argv", argv)
         with pytest.raises(SystemExit, match="WANVIDEO_CUDA=1 but cuDNN not found"):
             setup_module.missing("1", "cuDNN not found")
+
+
+# ---- CUDA 12: the toolkit of PyTorch's cu12x users (CI has CUDA 13) --------------------------------
+
+CUDA_12_LOADS = """
+import wanvideo_vae as wv
+cuda = wv.backends()["cuda"]
+assert cuda["loaded"] and cuda["compiled"], cuda
+assert cuda["versions"]["cuda_runtime"] // 1000 == 12, cuda["versions"]
+print("CUDA 12 module loads:", cuda["versions"], cuda["reason"] or "usable")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Debian's packages")
+def test_the_cuda_backend_builds_with_a_cuda_12_toolkit_and_passes_its_op_tests(tmp_path):
+    """tools/cuda12_toolkit.sh assembles Debian's CUDA 12.4 toolkit; with it setup.py builds both
+    modules (the CUDA one loads and reports CUDA 12), and every CUDA op, built with 12.4's headers,
+    kernel launch and all, matches the CPU op on the stand-in runtime. Runs wherever the CUDA build is
+    required (CI with nvcc), where CUDA 13-only calls would otherwise go unseen."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    toolkit = tmp_path / "cuda-12.4"
+    r = subprocess.run(["bash", os.path.join(REPO, "tools", "cuda12_toolkit.sh"), str(toolkit)], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    env = dict(CUDA_HOME=str(toolkit), PATH=f"{toolkit}/bin{os.pathsep}{os.environ['PATH']}",
+               WANVIDEO_CUDA_ARCHS="80;90")
+    src = scratch_copy(tmp_path)
+    r = build_in_place(src, WANVIDEO_CUDA="1", **env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"nvcc {toolkit}/bin/nvcc" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-c", CUDA_12_LOADS], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(src)), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    r = subprocess.run(["bash", "tests/c/backend_ops_on_cpu.sh", str(tmp_path / "ops")], cwd=REPO, capture_output=True,
+                       text=True, env=dict(os.environ, **env), timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    m = re.search(r"^(\d+) cases, 0 failed$", r.stdout, re.M)
+    assert m and int(m.group(1)) > 400, r.stdout[-3000:]

@@ -867,6 +867,13 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
     return cudaSuccess;
 }
 
+/* CUDA 12's kernel stubs launch through the public call with the host function (13's through
+ * __cudaLaunchKernel with the kernel handle __cudaGetKernel gave them: the same pointer here). */
+cudaError_t cudaLaunchKernel(const void *fun, dim3 grid, dim3 block, void **args, size_t shared, cudaStream_t s)
+{
+    return __cudaLaunchKernel((cudaKernel_t)fun, grid, block, args, shared, s);
+}
+
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
 /* A library object's create and destroy: a live handle of its own type, counted; `made` comes first
