@@ -12,7 +12,7 @@ import sysconfig
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, package_root
 
 REQUIRED = os.environ.get("WANVIDEO_REQUIRE_NATIVE_CHECKS") == "1"
 
@@ -134,7 +134,8 @@ def test_small_decode_under_valgrind_leaks_nothing_of_ours():
     known false positives (strncmp over rpath strings) are not ours."""
     need("valgrind")
     r = run(["valgrind", "--leak-check=full", "--show-leak-kinds=definite", "--num-callers=30",
-             sys.executable, os.path.join("tools", "leak_probe.py")], env={**os.environ, "PYTHONMALLOC": "malloc"},
+             sys.executable, os.path.join("tools", "leak_probe.py")],
+            env={**os.environ, "PYTHONMALLOC": "malloc", "PYTHONPATH": package_root()},
             timeout=900)
     assert r.returncode == 0 and "leak probe done" in r.stdout, r.stderr[-3000:]
     records = re.split(r"\n==\d+== \n", r.stderr)
