@@ -148,6 +148,7 @@ def test_small_decode_under_valgrind_leaks_nothing_of_ours():
 # output, a progress callback stopping the decode with np.False_ (the one NumPy scalar the module
 # reads), and the float16 latents of a strided view.
 NUMPY_1_DECODE = r"""
+import os
 import sys
 import numpy as np
 import wanvideo_vae as wv
@@ -170,7 +171,7 @@ try:
     raise SystemExit("np.False_ from progress did not stop the decode")
 except wv.DecodeInterrupted:
     pass
-print("numpy", np.__version__, "ok")
+print("numpy", np.__version__, "ok, wanvideo_vae from", os.path.dirname(wv.__file__))
 """
 
 
@@ -192,8 +193,9 @@ def test_the_module_built_here_runs_under_numpy_1(tmp_path):
     shutil.copytree(os.path.dirname(wanvideo_vae.__file__), pkg, ignore=shutil.ignore_patterns("_cuda*", "__pycache__"))
     from helpers import FIXTURES
     r = subprocess.run([py, "-c", NUMPY_1_DECODE, os.path.join(FIXTURES, "wan21_tiny.npz")], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(pkg.parent)}, timeout=600)
+                       text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(pkg.parent)}, timeout=600)
     assert r.returncode == 0 and "numpy 1.26.4 ok" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"from {pkg}" in r.stdout, r.stdout  # the copy, not a source tree in the way
 
     need("gcc")
     numpy_1_include = subprocess.run([py, "-c", "import numpy; print(numpy.get_include())"], capture_output=True,
