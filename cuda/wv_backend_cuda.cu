@@ -532,7 +532,7 @@ static void capture_and_launch(cuda_ctx *c, step_graph *sg)
         run_list(c, &sg->list);
         c->capturing = 0;
         e = cudaStreamEndCapture(c->stream, &graph);
-        if (e == cudaSuccess && !failed(c)) e = cudaGraphInstantiate(&exec, graph, 0);
+        if (e == cudaSuccess && !failed(c)) e = cudaGraphInstantiateWithFlags(&exec, graph, 0);
         if (graph) cudaGraphDestroy(graph);
     }
     if (e != cudaSuccess || failed(c)) {
@@ -682,12 +682,23 @@ static void cuda_ctx_destroy(void *ctx)
     free(c);
 }
 
+/* The version of the CUDA runtime linked in (statically: the one built with). CUDA 11's
+ * cudaRuntimeGetVersion answers 0 where there is no driver. */
+static int runtime_version(void)
+{
+    int v = 0;
+    if (cudaRuntimeGetVersion(&v) != cudaSuccess || v <= 0) {
+        cudaGetLastError();
+        v = CUDART_VERSION;
+    }
+    return v;
+}
+
 /* The runtime's own words for a missing or old driver ("CUDA driver version is insufficient for
  * CUDA runtime version") name neither version nor the way out. */
 static void explain_driver(char *why, size_t why_size)
 {
-    int runtime = 0, driver = 0;
-    cudaRuntimeGetVersion(&runtime);
+    int runtime = runtime_version(), driver = 0;
     cudaDriverGetVersion(&driver);
     if (!driver)
         snprintf(why, why_size, "no NVIDIA driver found (this build of the CUDA backend needs one for CUDA %d.%d "
@@ -2055,8 +2066,8 @@ extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, cha
 extern "C" void wv_cuda_versions(int *runtime, int *driver, size_t *cudnn, int *cublas)
 {
     int major = 0, minor = 0, patch = 0;
-    *runtime = *driver = 0;
-    cudaRuntimeGetVersion(runtime);
+    *runtime = runtime_version();
+    *driver = 0;
     cudaDriverGetVersion(driver);
     *cudnn = cudnnGetVersion();
     cublasGetProperty(MAJOR_VERSION, &major);

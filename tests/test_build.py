@@ -338,39 +338,44 @@ def test_required_cuda_fails_builds_not_source_distributions(setup_module, monke
             setup_module.missing("1", "cuDNN not found")
 
 
-# ---- CUDA 12: the toolkit of PyTorch's cu12x users (CI has CUDA 13) --------------------------------
+# ---- older CUDA: the toolkits of PyTorch's cu12x and cu118 users (CI has CUDA 13) ------------------
 
-CUDA_12_LOADS = """
+OLDER_CUDA_LOADS = """
+import sys
 import wanvideo_vae as wv
 cuda = wv.backends()["cuda"]
 assert cuda["loaded"] and cuda["compiled"], cuda
-assert cuda["versions"]["cuda_runtime"] // 1000 == 12, cuda["versions"]
-print("CUDA 12 module loads:", cuda["versions"], cuda["reason"] or "usable")
+assert cuda["versions"]["cuda_runtime"] // 1000 == int(sys.argv[1]), cuda["versions"]
+assert cuda["usable"] or f"CUDA {sys.argv[1]}." in cuda["reason"], cuda["reason"]
+print("loads:", cuda["versions"], cuda["reason"] or "usable")
 """
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Debian's packages")
-def test_the_cuda_backend_builds_with_a_cuda_12_toolkit_and_passes_its_op_tests(tmp_path):
-    """tools/cuda12_toolkit.sh assembles Debian's CUDA 12.4 toolkit; with it setup.py builds both
-    modules (the CUDA one loads and reports CUDA 12), and every CUDA op, built with 12.4's headers,
-    kernel launch and all, matches the CPU op on the stand-in runtime. Runs wherever the CUDA build is
-    required (CI with nvcc), where CUDA 13-only calls would otherwise go unseen."""
+@pytest.mark.parametrize("version,env", [("12.4", {}), ("11.8", {"NVCC_APPEND_FLAGS": "-allow-unsupported-compiler"})],
+                         ids=["cuda12.4", "cuda11.8"])  # 11.8 predates gcc 12
+def test_the_cuda_backend_builds_with_an_older_toolkit_and_passes_its_op_tests(tmp_path, version, env):
+    """tools/debian_cuda_toolkit.sh assembles Debian's CUDA 12.4 or 11.8 toolkit; with it setup.py
+    builds both modules (the CUDA one loads, reports that CUDA and names it where no driver is), and
+    every CUDA op, built with those headers, kernel launch and all, matches the CPU op on the
+    stand-in runtime. Runs wherever the CUDA build is required (CI with nvcc), where calls newer than
+    a user's toolkit would otherwise go unseen."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     if not (shutil.which("apt-get") and shutil.which("dpkg")):
-        pytest.skip("needs apt-get and dpkg (Debian's packages of the CUDA 12 toolkit)")
-    toolkit = tmp_path / "cuda-12.4"
-    r = subprocess.run(["bash", os.path.join(REPO, "tools", "cuda12_toolkit.sh"), str(toolkit)], capture_output=True,
-                       text=True, timeout=900)
+        pytest.skip("needs apt-get and dpkg (Debian's packages of the CUDA toolkit)")
+    toolkit = tmp_path / f"cuda-{version}"
+    r = subprocess.run(["bash", os.path.join(REPO, "tools", "debian_cuda_toolkit.sh"), version, str(toolkit)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    env = dict(CUDA_HOME=str(toolkit), PATH=f"{toolkit}/bin{os.pathsep}{os.environ['PATH']}",
+    env = dict(env, CUDA_HOME=str(toolkit), PATH=f"{toolkit}/bin{os.pathsep}{os.environ['PATH']}",
                WANVIDEO_CUDA_ARCHS="80;90")
     src = scratch_copy(tmp_path)
     r = build_in_place(src, WANVIDEO_CUDA="1", **env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert f"nvcc {toolkit}/bin/nvcc" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-c", CUDA_12_LOADS], cwd=tmp_path, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(src)), timeout=300)
+    r = subprocess.run([sys.executable, "-c", OLDER_CUDA_LOADS, version.split(".")[0]], cwd=tmp_path,
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(src)), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     r = subprocess.run(["bash", "tests/c/backend_ops_on_cpu.sh", str(tmp_path / "ops")], cwd=REPO, capture_output=True,
                        text=True, env=dict(os.environ, **env), timeout=900)

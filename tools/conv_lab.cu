@@ -374,7 +374,7 @@ static void run_graph_costs(const conv_desc *d, void *x, void *w, void *bias, vo
     CHECK_CUDA(cudaStreamBeginCapture(g_stream, cudaStreamCaptureModeThreadLocal));
     queue_all();
     e = cudaStreamEndCapture(g_stream, &graph);
-    if (e == cudaSuccess && !g_failed) e = cudaGraphInstantiate(&exec, graph, 0);
+    if (e == cudaSuccess && !g_failed) e = cudaGraphInstantiateWithFlags(&exec, graph, 0);
     if (e != cudaSuccess || g_failed) {
         printf("  CUDA graph of %d fused calls: capture failed (%s)\n", HOST_CALLS,
                g_failed ? "a cuDNN call failed while capturing" : cudaGetErrorString(e));

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_runtime_api.h>
 #include <cudnn.h>
 
 #include "cuda_stub/cuda_stub.h"
@@ -388,7 +389,7 @@ static void model_on_the_second_gpu(const weight_set *ws)
 /* A missing or old driver: the reason names the versions and the way out. */
 static void old_driver_explained(const weight_set *ws)
 {
-    char why[256] = "";
+    char why[256] = "", built_with[64];
     wv_model m;
     wv_error err = {WV_OK, ""};
     stub_set_driver_version(12040);
@@ -399,7 +400,9 @@ static void old_driver_explained(const weight_set *ws)
     CHECK(strstr(err.msg, "no CUDA device is usable: the NVIDIA driver supports CUDA up to 12.4") == err.msg);
     stub_set_driver_version(0);
     CHECK(wv_cuda_device_count(why, sizeof why) == 0);
-    CHECK(strstr(why, "no NVIDIA driver found") != NULL);
+    snprintf(built_with, sizeof built_with, "needs one for CUDA %d.%d or newer", CUDART_VERSION / 1000,
+             CUDART_VERSION % 1000 / 10);
+    CHECK(strstr(why, "no NVIDIA driver found") != NULL && strstr(why, built_with) != NULL);
     stub_set_driver_version(13000);
     CHECK(wv_cuda_device_count(why, sizeof why) == 1);
 }

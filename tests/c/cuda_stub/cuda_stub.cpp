@@ -544,10 +544,11 @@ cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
     return cudaSuccess;
 }
 
+/* Without a driver it answers 0, as CUDA 11's runtime does (12's gives its version anyway). */
 cudaError_t cudaRuntimeGetVersion(int *v)
 {
-    *v = 13000;
-    return cudaSuccess;
+    *v = g_driver_version ? 13000 : 0;
+    return g_driver_version ? cudaSuccess : cudaErrorInsufficientDriver;
 }
 
 cudaError_t cudaDriverGetVersion(int *v)
@@ -735,7 +736,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t g, unsigned long long flags)
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t g, unsigned long long flags)
 {
     (void)flags;
     *exec = make_handle<CUgraphExec_st>();
@@ -824,12 +825,6 @@ cudaError_t __cudaPopCallConfiguration(dim3 *grid, dim3 *block, size_t *shared, 
     return cudaSuccess;
 }
 
-cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
-{
-    *kernel = (cudaKernel_t)fun;
-    return cudaSuccess;
-}
-
 /* What every GPU refuses to launch (cudaErrorInvalidConfiguration): a grid dimension of 0 or past
  * its limit, a block of more than 1024 threads, more dynamic shared memory than the default 48 KiB
  * (more needs cudaFuncSetAttribute, which the backend does not call). */
@@ -840,20 +835,20 @@ static bool launchable(dim3 grid, dim3 block, size_t shared)
            grid.z <= 65535 && threads >= 1 && threads <= 1024 && block.z <= 64 && shared <= (48u << 10);
 }
 
-cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
-                               cudaStream_t s)
+/* A launch of the kernel whose host function is `kernel`. */
+static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void **args, size_t shared, cudaStream_t s)
 {
     action run;
     if (!launchable(grid, block, shared)) {
         if (g_violations++ < 20)
             fprintf(stderr, "cuda stub: kernel '%s' launched on a %ux%ux%u grid of %ux%ux%u blocks, %zu B shared: "
-                            "past the GPU's limits\n", kernel_names()[(const void *)kernel].c_str(), grid.x, grid.y,
+                            "past the GPU's limits\n", kernel_names()[kernel].c_str(), grid.x, grid.y,
                     grid.z, block.x, block.y, block.z, shared);
         return cudaErrorInvalidConfiguration;
     }
     count(s, g_calls.kernels);
     if (computing()) {
-        const std::string &name = kernel_names()[(const void *)kernel];
+        const std::string &name = kernel_names()[kernel];
         unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
         void *bound = kernel_on_cpu_bind(name.c_str(), args, g, b, compute_mode() == 2);
         if (!bound) {
@@ -867,12 +862,26 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
     return cudaSuccess;
 }
 
-/* CUDA 12's kernel stubs launch through the public call with the host function (13's through
- * __cudaLaunchKernel with the kernel handle __cudaGetKernel gave them: the same pointer here). */
+/* CUDA 11's and 12's kernel stubs launch through the public call with the host function; 13's
+ * through __cudaLaunchKernel with the handle __cudaGetKernel gave them, the host function here. */
 cudaError_t cudaLaunchKernel(const void *fun, dim3 grid, dim3 block, void **args, size_t shared, cudaStream_t s)
 {
-    return __cudaLaunchKernel((cudaKernel_t)fun, grid, block, args, shared, s);
+    return launch_kernel(fun, grid, block, args, shared, s);
 }
+
+#if CUDART_VERSION >= 12000 /* cudaKernel_t */
+cudaError_t __cudaGetKernel(cudaKernel_t *kernel, const void *fun)
+{
+    *kernel = (cudaKernel_t)fun;
+    return cudaSuccess;
+}
+
+cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void **args, size_t shared,
+                               cudaStream_t s)
+{
+    return launch_kernel((const void *)kernel, grid, block, args, shared, s);
+}
+#endif
 
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
