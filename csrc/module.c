@@ -90,15 +90,26 @@ static int interface_int(PyObject *o, const char *what, const char *field, long 
     return -1;
 }
 
+/* iface[key], a reference of ours (a lookup runs the keys' __eq__, and a shape item's __index__ runs too:
+ * Python code that may drop the dict's own); NULL when absent, or with the lookup's exception set. */
+static PyObject *interface_item(PyObject *iface, const char *key)
+{
+    PyObject *name = PyUnicode_FromString(key), *item;
+    if (!name) return NULL;
+    item = PyDict_GetItemWithError(iface, name);
+    Py_DECREF(name);
+    Py_XINCREF(item);
+    return item;
+}
+
 static int parse_shape(PyObject *iface, const char *what, wv_view *v)
 {
-    PyObject *shape = PyDict_GetItemString(iface, "shape");
+    PyObject *shape = interface_item(iface, "shape");
     int rc = -1;
     if (!shape || !PyTuple_Check(shape)) {
-        PyErr_Format(WvError, "%s: array interface has no 'shape' tuple", what);
-        return -1;
+        if (!PyErr_Occurred()) PyErr_Format(WvError, "%s: array interface has no 'shape' tuple", what);
+        goto done;
     }
-    Py_INCREF(shape); /* an item's __index__ may drop the dict's reference */
     if (PyTuple_GET_SIZE(shape) > WV_MAX_DIMS) {
         PyErr_Format(WvError, "%s: %zd dimensions is too many", what, PyTuple_GET_SIZE(shape));
         goto done;
@@ -119,27 +130,28 @@ static int parse_shape(PyObject *iface, const char *what, wv_view *v)
     }
     rc = 0;
 done:
-    Py_DECREF(shape);
+    Py_XDECREF(shape);
     return rc;
 }
 
 static int parse_strides(PyObject *iface, const char *what, wv_view *v)
 {
-    PyObject *strides = PyDict_GetItemString(iface, "strides");
+    PyObject *strides = interface_item(iface, "strides");
     int64_t step = (int64_t)wv_dtype_size(v->dtype);
     int rc = -1;
+    if (!strides && PyErr_Occurred()) return -1;
     if (!strides || strides == Py_None) {
         for (int d = v->ndim - 1; d >= 0; d--) {
             v->strides[d] = step;
             step *= v->shape[d];
         }
-        return 0;
+        rc = 0;
+        goto done;
     }
     if (!PyTuple_Check(strides) || PyTuple_GET_SIZE(strides) != v->ndim) {
         PyErr_Format(WvError, "%s: 'strides' must be None or a tuple of %d ints", what, v->ndim);
-        return -1;
+        goto done;
     }
-    Py_INCREF(strides);
     for (int d = 0; d < v->ndim; d++) {
         long long s;
         if (interface_int(PyTuple_GET_ITEM(strides, d), what, "strides", &s)) goto done;
@@ -159,87 +171,93 @@ static int parse_strides(PyObject *iface, const char *what, wv_view *v)
     }
     rc = 0;
 done:
-    Py_DECREF(strides);
+    Py_XDECREF(strides);
     return rc;
 }
 
 static int parse_data(PyObject *iface, const char *what, py_array *a)
 {
-    PyObject *data = PyDict_GetItemString(iface, "data");
+    PyObject *data = interface_item(iface, "data");
     PyObject *ptr;
     unsigned long long addr;
+    int rc = -1;
     if (!data || !PyTuple_Check(data) || PyTuple_GET_SIZE(data) != 2) {
-        PyErr_Format(WvError, "%s: array interface 'data' must be a (pointer, read_only) tuple", what);
-        return -1;
+        if (!PyErr_Occurred())
+            PyErr_Format(WvError, "%s: array interface 'data' must be a (pointer, read_only) tuple", what);
+        goto done;
     }
     ptr = PyTuple_GET_ITEM(data, 0);
     if (!PyLong_Check(ptr)) {
         PyErr_Format(WvError, "%s: array interface data pointer must be an int, not %.80s", what, Py_TYPE(ptr)->tp_name);
-        return -1;
+        goto done;
     }
     addr = PyLong_AsUnsignedLongLong(ptr); /* PyLong_AsVoidPtr would take -1 as the top of memory */
     if ((addr == (unsigned long long)-1 && PyErr_Occurred()) || addr > UINTPTR_MAX) {
         PyErr_Clear();
         PyErr_Format(WvError, "%s: data pointer %R is not an address (negative, or past this platform's pointers)",
                      what, ptr);
-        return -1;
+        goto done;
     }
     a->view.data = (void *)(uintptr_t)addr;
     if (!a->view.data && wv_view_numel(&a->view) > 0) {
         PyErr_Format(WvError, "%s: null data pointer for a non-empty array", what);
-        return -1;
+        goto done;
     }
     if (a->view.on_device && (uintptr_t)a->view.data % wv_dtype_size(a->view.dtype)) { /* a fault on the GPU */
         PyErr_Format(WvError, "%s: data pointer %p is not aligned to its %d-byte elements", what, a->view.data,
                      (int)wv_dtype_size(a->view.dtype));
-        return -1;
+        goto done;
     }
-    return 0;
+    rc = 0;
+done:
+    Py_XDECREF(data);
+    return rc;
 }
 
 static int parse_stream(PyObject *iface, const char *what, py_array *a)
 {
-    PyObject *stream = PyDict_GetItemString(iface, "stream");
-    int failed;
+    PyObject *stream = interface_item(iface, "stream");
+    int rc = -1;
     a->stream = 0;
-    if (!stream || stream == Py_None) return 0;
-    Py_INCREF(stream); /* its __index__ may take it out of the dict */
-    failed = interface_int(stream, what, "stream", &a->stream);
-    Py_DECREF(stream);
-    if (failed) return -1;
-    if (a->stream == 0) {
-        PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
-        return -1;
+    if (!stream || stream == Py_None) { /* none given: the decode waits for the legacy default stream */
+        rc = stream || !PyErr_Occurred() ? 0 : -1;
+        goto done;
     }
-    if (a->stream < 0) {
+    if (interface_int(stream, what, "stream", &a->stream)) goto done;
+    if (a->stream == 0)
+        PyErr_Format(WvError, "%s: CUDA array interface stream 0 is disallowed by the protocol", what);
+    else if (a->stream < 0)
         PyErr_Format(WvError, "%s: CUDA array interface stream %lld is not a stream (1: legacy default, 2: per-thread "
                               "default, else a cudaStream_t)", what, a->stream);
-        return -1;
-    }
-    return 0;
+    else
+        rc = 0;
+done:
+    Py_XDECREF(stream);
+    return rc;
 }
 
 /* "V2" is bfloat16 as raw 2-byte items only: a structured dtype of two bytes (named fields) is not. */
 static int check_unstructured(PyObject *iface, const char *what)
 {
-    PyObject *descr = PyDict_GetItemString(iface, "descr");
-    if (!descr || !PyList_Check(descr)) return 0;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(descr); i++) {
+    PyObject *descr = interface_item(iface, "descr");
+    int rc = descr || !PyErr_Occurred() ? 0 : -1;
+    for (Py_ssize_t i = 0; descr && PyList_Check(descr) && i < PyList_GET_SIZE(descr) && !rc; i++) {
         PyObject *field = PyList_GET_ITEM(descr, i);
         PyObject *name = PyTuple_Check(field) && PyTuple_GET_SIZE(field) > 0 ? PyTuple_GET_ITEM(field, 0) : NULL;
         if (name && PyUnicode_Check(name) && PyUnicode_GET_LENGTH(name) > 0) {
             PyErr_Format(WvError, "%s: a structured dtype (fields) is not bfloat16; expected float32, float16 or "
                                   "bfloat16", what);
-            return -1;
+            rc = -1;
         }
     }
-    return 0;
+    Py_XDECREF(descr);
+    return rc;
 }
 
 /* Fills `a` from obj.__cuda_array_interface__ or obj.__array_interface__; a->owner keeps obj alive. */
 static int parse_array(PyObject *obj, const char *what, py_array *a)
 {
-    PyObject *iface = NULL, *typestr, *mask;
+    PyObject *iface = NULL, *typestr = NULL, *mask = NULL;
     int on_device = 1, rc = -1;
     memset(a, 0, sizeof *a);
     iface = PyObject_GetAttrString(obj, "__cuda_array_interface__");
@@ -261,12 +279,11 @@ static int parse_array(PyObject *obj, const char *what, py_array *a)
         PyErr_Format(WvError, "%s: array interface is not a dict", what);
         goto finally;
     }
-    typestr = PyDict_GetItemString(iface, "typestr");
-    if (!typestr) {
-        PyErr_Format(WvError, "%s: array interface has no 'typestr'", what);
+    if (!(typestr = interface_item(iface, "typestr"))) {
+        if (!PyErr_Occurred()) PyErr_Format(WvError, "%s: array interface has no 'typestr'", what);
         goto finally;
     }
-    mask = PyDict_GetItemString(iface, "mask");
+    if (!(mask = interface_item(iface, "mask")) && PyErr_Occurred()) goto finally;
     if (mask && mask != Py_None) {
         PyErr_Format(WvError, "%s: masked arrays are not supported", what);
         goto finally;
@@ -281,6 +298,8 @@ static int parse_array(PyObject *obj, const char *what, py_array *a)
     a->owner = obj;
     rc = 0;
 finally:
+    Py_XDECREF(mask);
+    Py_XDECREF(typestr);
     Py_XDECREF(iface);
     return rc;
 }
@@ -481,9 +500,10 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(WvError, "a Model is built once; create a new Model for other weights");
         return -1;
     }
-    if (!(be = backend_by_name(backend_name, precision))) return -1;
-    self->building = 1; /* before collect_weights: reading a weight runs Python code, which may call __init__ */
-    if (collect_weights(weights, &items, &views, &arrays, &count)) goto finally;
+    self->building = 1; /* finding a backend (an import) and reading a weight run Python code, which may call
+                           __init__ again, from this thread or another */
+    if (!(be = backend_by_name(backend_name, precision)) || collect_weights(weights, &items, &views, &arrays, &count))
+        goto finally;
     Py_BEGIN_ALLOW_THREADS
     st = wv_model_build(&self->model, be, device, views, (int)count, &err);
     Py_END_ALLOW_THREADS

@@ -77,6 +77,8 @@ typedef struct {
     cudnnMathType_t math[MAX_CANDIDATES];
     cudnnMathType_t math_now; /* the math type `conv` holds: set again only when a candidate differs */
     size_t memory[MAX_CANDIDATES];
+    size_t fused_memory[MAX_CANDIDATES]; /* the least workspace the bias-fused call may run in: 0, or more
+                                            than one it was short of (the plain call ran there) */
     char refused[MAX_CANDIDATES];
     int n_candidates;      /* 0: cuDNN offers nothing runnable, direct_conv_kernel computes it */
     cudnnStatus_t refusal; /* why it offers nothing: a descriptor or the heuristics declined (else SUCCESS) */
@@ -1027,6 +1029,15 @@ static cudaStream_t caller_stream(uintptr_t handle)
     return (cudaStream_t)handle;
 }
 
+/* The decode's work ordered after what the caller queued on its stream (device latents' producer). */
+static wv_status wait_for_caller(cuda_ctx *c, uintptr_t stream, wv_error *err)
+{
+    if (!cuda_ok(c, cudaEventRecord(c->caller_ready, caller_stream(stream)), "cudaEventRecord (caller stream)") ||
+        !cuda_ok(c, cudaStreamWaitEvent(c->stream, c->caller_ready, 0), "cudaStreamWaitEvent"))
+        return take_error(c, err);
+    return WV_OK;
+}
+
 static wv_status check_device_latents(cuda_ctx *c, const wv_view *lat, wv_error *err)
 {
     cudaPointerAttributes attr;
@@ -1132,13 +1143,11 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
         return wv_fail(err, WV_ERR_INVALID, "latents have %lld channels; the CUDA backend takes at most %d",
                        (long long)call->latents->shape[0], WV_CUDA_MAX_Z);
     if (call->latents->on_device) {
-        if ((st = check_device_latents(c, call->latents, err))) return st;
-    } else if ((st = copy_host_latents(c, call, err))) {
+        if ((st = check_device_latents(c, call->latents, err)) || (st = wait_for_caller(c, call->stream, err)))
+            return st;
+    } else if ((st = copy_host_latents(c, call, err))) { /* host latents: nothing of the caller's to wait for */
         return st;
     }
-    if (!cuda_ok(c, cudaEventRecord(c->caller_ready, caller_stream(call->stream)), "cudaEventRecord (caller stream)") ||
-        !cuda_ok(c, cudaStreamWaitEvent(c->stream, c->caller_ready, 0), "cudaStreamWaitEvent"))
-        return take_error(c, err);
     if (!cublas_ok(c, cublasSetWorkspace(c->cublas, c->workspace, c->workspace_bytes), "cublasSetWorkspace"))
         return take_error(c, err);
     if ((st = check_finite(c, call->latents, err))) return st;
@@ -1383,6 +1392,7 @@ static cudnnStatus_t rank_candidates(cuda_ctx *c, conv_shape *s)
         s->algo[k] = perf[i].algo;
         s->math[k] = math;
         s->memory[k] = perf[i].memory;
+        s->fused_memory[k] = 0;
         s->refused[k] = 0;
         s->n_candidates++;
     }
@@ -1520,8 +1530,9 @@ static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
 
 /* y = conv(input) + bias (NULL: none), + y if accumulate, by candidate i. The bias and the sum are
  * folded into the convolution where cuDNN allows it (identity activation: IMPLICIT_PRECOMP_GEMM
- * only), so y is read and written once, rounded once; a fusion declined for the shape (not for want
- * of workspace) leaves the shape unfused. */
+ * only), so y is read and written once, rounded once; a fusion declined for the shape leaves the
+ * shape unfused, one short of workspace leaves the candidate unfused in a workspace that size (not
+ * asked again each call: a step graph's capture fails on any decline). */
 static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void *input, const void *weight,
                                    const void *bias, void *y, int accumulate)
 {
@@ -1531,12 +1542,14 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
         if ((st = cudnnSetConvolutionMathType(s->conv, s->math[i])) != CUDNN_STATUS_SUCCESS) return st;
         s->math_now = s->math[i];
     }
-    if (bias && !s->unfused && s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+    if (bias && !s->unfused && s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM &&
+        c->workspace_bytes >= s->fused_memory[i]) {
         st = cudnnConvolutionBiasActivationForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i],
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
                                                    c->identity, s->y, y);
         if (!cudnn_declined(st) || c->capturing) return st; /* a capture fails rather than learn */
-        if (st != CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->unfused = 1; /* short of workspace: this call's */
+        if (st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->fused_memory[i] = c->workspace_bytes + 1;
+        else if (st != CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER) s->unfused = 1;
     }
     st = cudnnConvolutionForward(c->cudnn, &one, s->x, input, s->w, weight, s->conv, s->algo[i], c->workspace,
                                  c->workspace_bytes, &keep, s->y, y);
@@ -1564,9 +1577,10 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
             return 1;
         }
         if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
-        /* short of workspace: it needs more than cuDNN said, so only a larger workspace tries it again */
+        /* short of workspace: it needs more than cuDNN said, so only a larger workspace tries it again;
+         * a misaligned pointer is these buffers' (a ring slot's offset), not the shape's */
         if (st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->memory[i] = c->workspace_bytes + 1;
-        else s->refused[i] = 1;
+        else if (st != CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER) s->refused[i] = 1;
     }
     report_direct(c, s, st);
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
@@ -1600,6 +1614,10 @@ static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const voi
 {
     const char *f[3] = {(const char *)frames[0], (const char *)frames[1], (const char *)frames[2]};
     int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
+    if (((uintptr_t)f[0] | (uintptr_t)f[1] | (uintptr_t)f[2]) % 16) { /* a misaligned load would end the context */
+        wv_fail(&c->err, WV_ERR_BACKEND, "the narrow convolution's frames are not 16-byte aligned");
+        return;
+    }
     if (c->verbose && !c->narrow_shown) {
         fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: narrow kernel\n", cv->cin, cv->cout,
                 g.h + 2 * g.pad, g.w + 2 * g.pad);
@@ -1623,7 +1641,7 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
                 bytes, c->weight_scratch_bytes);
         return NULL;
     }
-    unit = block % 16 == 0 ? 16 : 2;
+    unit = block % 16 == 0 && ((uintptr_t)src | (uintptr_t)dst) % 16 == 0 ? 16 : 2;
     LAUNCH_BY_UNIT(c, rotate_taps_kernel, unit, (int64_t)(bytes / unit), src, dst, cv->cout, cv->kt,
                    (int64_t)(block / unit), r);
     return failed(c) ? NULL : dst;

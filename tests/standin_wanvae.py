@@ -32,9 +32,9 @@ class StandInWanVAE(torch.nn.Module):
             self.std = std
             self.scale = [mean, 1.0 / std]
             self.mean = mean
-        else:
-            self.register_buffer("mean", mean)
-            self.register_buffer("inv_std", 1.0 / std)
+        else:  # plain tensors, as the wrapper sets them: not in state_dict(), not moved by .to()
+            self.mean = mean
+            self.inv_std = 1.0 / std
         self._mean, self._std = mean.flatten().numpy(), std.flatten().numpy()
 
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),

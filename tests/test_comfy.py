@@ -272,6 +272,17 @@ def test_patched_wanvae_decode_matches_standin(tiny, end_, tiled):
     assert patched.to("cpu") is patched
 
 
+def test_a_patched_wanvae_stays_patched_through_the_modules_own_methods(tiny):
+    """vae = vae.to(device), .eval(), .half(), ... return the module itself: through the patch, the patch."""
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    for again in (patched.to("cpu"), patched.eval(), patched.cpu(), patched.requires_grad_(False), patched.float()):
+        assert again is patched
+    assert isinstance(patched.model, torch.nn.Module) and patched.model is vae.model  # attributes as they are
+    assert patched.state_dict().keys() == vae.state_dict().keys()  # other methods' results as they are
+    assert type(vae).decode is StandInWanVAE.decode and patched.eval().decode.__self__ is patched
+
+
 def test_patched_wanvae_returns_what_the_wrapper_returns(tiny):
     """Untiled: the raw decode in the VAE's dtype on `device` (or output_dtype on output_device); tiled:
     float32 clamped to [-1, 1] on the CPU. InfiniteTalk keeps every window's frames on the host, so
@@ -385,7 +396,8 @@ def test_core_vae_node():
     unnormalized = data["latents"] * data["std"][:, None, None, None] + data["mean"][:, None, None, None]
     (images,) = WanCoreVAENativeDecode().decode({"samples": torch.from_numpy(unnormalized)[None]}, CoreVAE(), 64, True)
     assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() <= NODE_TOL
-    with pytest.raises(ValueError, match="Wan 2.1 video latents"):
+    with pytest.raises(ValueError, match=re.escape("decodes Wan 2.1 latents, videos [B, 4, T, h, w] or images "
+                                                   "[B, 4, h, w]; got [1, 48, 2, 4, 4]")):
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 48, 2, 4, 4)}, CoreVAE(), 512, True)
 
     twelve = dict(weights, **{"decoder.head.2.weight": np.zeros((12,) + weights["decoder.head.2.weight"].shape[1:],
@@ -772,3 +784,56 @@ def test_core_vae_node_decodes_every_video_of_a_batch():
     (two,) = WanCoreVAENativeDecode().decode({"samples": torch.cat([z, -z])}, CoreVAE(), 512, False)
     assert two.shape[0] == 2 * one.shape[0] and torch.equal(two[:one.shape[0]], one)
     assert not torch.equal(two[one.shape[0]:], one)
+
+
+def _core_vae_and_latents():
+    from standin_wanvae import module_tree
+    weights, data = load_fixture("tiny")
+
+    class CoreVAE:
+        first_stage_model = module_tree(weights)
+
+    unnormalized = data["latents"] * data["std"][:, None, None, None] + data["mean"][:, None, None, None]
+    return CoreVAE(), torch.from_numpy(unnormalized), _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")
+
+
+def test_core_vae_node_decodes_image_latents_as_core_does():
+    """[B, 16, h, w] (Qwen-Image's VAE is a Wan 2.1 VAE): each a one-frame video, [B, H, W, 3] out; a
+    video's first frame depends on its first latent frame only, so it is the fixture's first frame."""
+    vae, z, expected = _core_vae_and_latents()
+    first = z[:, 0]
+    (one,) = WanCoreVAENativeDecode().decode({"samples": first[None]}, vae, 64, True)
+    assert tuple(one.shape) == (1,) + expected.shape[1:]
+    assert np.abs(one.numpy() - expected[:1]).max() <= NODE_TOL
+    (two,) = WanCoreVAENativeDecode().decode({"samples": torch.stack([first, z[:, 1]])}, vae, 512, False)
+    assert tuple(two.shape) == (2,) + expected.shape[1:] and np.abs(two[:1].numpy() - expected[:1]).max() <= NODE_TOL
+    assert np.abs(two[1].numpy() - two[0].numpy()).max() > 0.1  # the second image's own decode
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_core_vae_node_takes_a_nested_latent_as_core_vae_decode_does():
+    vae, z, expected = _core_vae_and_latents()
+    nested = torch.nested.nested_tensor([z[None], -z[None]])
+    (images,) = WanCoreVAENativeDecode().decode({"samples": nested}, vae, 64, True)
+    assert np.abs(images.numpy() - expected).max() <= NODE_TOL  # the first of its tensors
+
+
+def test_core_vae_node_leaves_images_where_and_as_core_vae_does():
+    """Newer comfy.sd.VAE: output_device (the GPU with --gpu-only) and vae_output_dtype() (float16 with
+    --fp16-intermediates); older ones, float32 on the CPU."""
+    vae, z, expected = _core_vae_and_latents()
+    vae.output_device, vae.vae_output_dtype = torch.device("cpu"), lambda: torch.float16
+    (images,) = WanCoreVAENativeDecode().decode({"samples": z[None]}, vae, 64, True)
+    assert images.dtype == torch.float16 and images.device.type == "cpu"
+    assert np.abs(images.float().numpy() - expected).max() <= 1e-3  # float16 rounding of [0, 1]
+
+
+def test_core_node_sits_beside_core_vae_decode(monkeypatch):
+    import types
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.delitem(sys.modules, "nodes", raising=False)
+    assert comfy_nodes._core_vae_decode_category() == "latent"  # outside ComfyUI
+    nodes = types.ModuleType("nodes")
+    nodes.VAEDecode = type("VAEDecode", (), {"CATEGORY": "model/latent"})
+    monkeypatch.setitem(sys.modules, "nodes", nodes)
+    assert comfy_nodes._core_vae_decode_category() == "model/latent"

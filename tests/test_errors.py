@@ -1,5 +1,6 @@
 """Every bad input gets a clear error naming the problem (the README's table, row by row), and
 nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
+import contextlib
 import gc
 import json
 import os
@@ -642,6 +643,94 @@ def test_a_stream_whose_index_takes_it_out_of_the_interface_is_read_safely():
         with pytest.raises(E, match="a live stream"):
             wv._C._parse_array(array)
         assert finalized  # once the call let go of it
+
+
+class _KeyLike:
+    """A dict key that compares as `name` does (same hash), running `on_compare` when it is compared."""
+
+    def __init__(self, name, on_compare):
+        self.name, self.on_compare = name, on_compare
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __eq__(self, other):
+        self.on_compare()
+        return False
+
+
+def test_an_interface_item_dropped_by_a_later_lookup_is_read_alive():
+    """Looking up 'mask' compares the dict's keys, which runs Python code; one that deletes 'typestr'
+    drops the dict's reference to it: the parser holds its own (before, it read a freed string, which a
+    debug allocator crashed on, and a normal one named garbage)."""
+    class Typestr(str):
+        def __del__(self):
+            ended.append(True)
+
+    for _ in range(20):
+        ended = []
+        iface = {"shape": (4,), "typestr": Typestr("<f4"), "data": (1 << 40, False), "version": 3}
+
+        def drop_typestr():
+            if "typestr" in iface:
+                del iface["typestr"]
+                [str(i) * 3 for i in range(1000)]  # reuse the freed memory
+
+        iface[_KeyLike("mask", drop_typestr)] = None
+        array = AI()
+        array.__array_interface__ = iface
+        assert wv._C._parse_array(array)["dtype"] == "float32" and ended  # read as it was, then let go of
+
+
+def test_a_lookup_that_raises_is_not_swallowed():
+    """A key's comparison that raises (Ctrl-C while reading the interface) reaches the caller, not
+    "no 'shape'"."""
+    armed = []
+
+    def interrupt():
+        if armed:
+            raise KeyboardInterrupt
+
+    for name in ("shape", "typestr", "mask", "data", "strides", "descr", "stream"):
+        armed.clear()
+        iface = {_KeyLike(name, interrupt): None}  # met first by a lookup of `name`
+        iface.update(shape=(4,), typestr="<V2" if name == "descr" else "<f4", data=(1 << 40, False), version=3)
+        array = CAI() if name == "stream" else AI()
+        setattr(array, "__cuda_array_interface__" if name == "stream" else "__array_interface__", iface)
+        armed.append(True)
+        with pytest.raises(KeyboardInterrupt):
+            wv._C._parse_array(array)
+
+
+def test_a_model_is_not_built_again_while_its_backend_is_found():
+    """Finding the CUDA backend imports wanvideo_vae._cuda: Python code (an import hook), which may build
+    the same Model: refused, and the outer build then stands or fails alone (before, the inner build
+    was leaked and the Model left marked built without a backend context: a crash at decode)."""
+    import builtins
+    m = wv._C.Model.__new__(wv._C.Model)
+    weights, inner, real_import = random_weights(8, 4), [], builtins.__import__
+
+    def hook(name, *args, **kwargs):
+        if name == "wanvideo_vae._cuda" and not inner:
+            try:
+                m.__init__(weights)
+            except E as e:
+                inner.append(str(e))
+        return real_import(name, *args, **kwargs)
+
+    builtins.__import__ = hook
+    try:
+        with contextlib.suppress(E):  # without a usable GPU; with one, the outer build stands
+            m.__init__(weights, "cuda", "fp32")
+    finally:
+        builtins.__import__ = real_import
+    assert inner and "built once" in inner[0]
+    try:
+        frames, _ = m.decode(lat(), [0.0] * 4, [1.0] * 4)
+    except E as e:
+        assert "not initialised" in str(e)
+    else:
+        assert np.isfinite(frames).all()
 
 
 def test_stats_iterables_that_fail_keep_their_own_error(small):

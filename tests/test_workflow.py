@@ -123,7 +123,7 @@ def test_patch_public_workflow_rewrites_the_decode_node_and_patches_the_vae(tmp_
     check_links(patched)
     check_widgets(patch)
     again = copy.deepcopy(patched)  # patched twice: the loader already feeds a patch node
-    assert patch_workflow(again) == (0, 0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == patched
 
 
 def test_patch_public_workflow_decode_only(tmp_path):
@@ -138,16 +138,16 @@ def test_patch_api_format():
            "2": {"class_type": "WanVideoVAELoader", "inputs": {}},
            "5": {"class_type": "WanVideoImageToVideoMultiTalk", "inputs": {"vae": ["2", 0], "width": 832}}}
     patched = copy.deepcopy(api)
-    assert patch_workflow(patched) == (1, 1, 0, 0)
+    assert patch_workflow(patched) == (1, 1, 0, 0, 0)
     assert patched["1"]["class_type"] == "WanVideoNativeDecode"
     assert patched["1"]["inputs"] == {"vae": ["6", 0], "tile_x": 272}
     assert patched["5"]["inputs"] == {"vae": ["6", 0], "width": 832}
     assert patched["6"]["class_type"] == "WanVideoNativeVAEPatch" and patched["6"]["inputs"] == {"vae": ["2", 0]}
     assert patched["2"] == api["2"]
     again = copy.deepcopy(patched)
-    assert patch_workflow(again) == (0, 0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == patched
     decode_only = copy.deepcopy(api)
-    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
+    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
 
 
 def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
@@ -182,12 +182,12 @@ def test_patched_nodes_drop_the_source_packs_identity():
     assert patch_workflow(ui).decode_nodes == 2
     assert ui["nodes"][0]["properties"] == {"Node name for S&R": "WanVideoNativeDecode"}
     assert ui["nodes"][1]["properties"] == {"Node name for S&R": "WanVideoNativeDecode", "cnr_id": "wanvideo-vae"}
-    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0, 0)
+    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0, 0, 0)
 
 
 def test_the_example_workflow_needs_no_patching():
     wf = load(EXAMPLE)
-    assert patch_workflow(wf) == (0, 0, 0, 0) and wf == load(EXAMPLE)
+    assert patch_workflow(wf) == (0, 0, 0, 0, 0) and wf == load(EXAMPLE)
 
 
 def test_the_patch_node_has_its_own_order_and_place(tmp_path):
@@ -208,8 +208,9 @@ def test_the_patch_node_has_its_own_order_and_place(tmp_path):
 
 
 def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
-    """The patch node refuses the Wan 2.2 VAE (its decoder is not this one): a patched Wan 2.2 workflow
-    would stop before sampling. Known by the loader's file name."""
+    """The native nodes refuse the Wan 2.2 VAE (its decoder is not this one): a patched Wan 2.2 workflow
+    would stop before sampling, or at its decode. Known by the loader's file name; its decode, fed
+    through a SetNode / GetNode pair in the public workflow, stays the wrapper's."""
     ui = load(PUBLIC)
     loader = next(n for n in ui["nodes"] if n["type"] == "WanVideoVAELoader")
     loader["widgets_values"][0] = "wanvideo\\\\Wan2_2_VAE_bf16.safetensors"
@@ -218,10 +219,12 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
     said = capsys.readouterr().out
     assert "1 loader(s) of a Wan 2.2 VAE were left as they are" in said and "go through" not in said
-    assert not any(n["type"] == "WanVideoNativeVAEPatch" for n in load(tmp_path / "o.json")["nodes"])
+    assert "0 WanVideoDecode node(s) now use" in said and "1 WanVideoDecode node(s) were left as they are" in said
+    assert load(tmp_path / "o.json") == ui
     api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "wan2.2_vae.safetensors"}},
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}
-    assert patch_workflow(api) == (1, 0, 0, 1) and api["2"]["inputs"] == {"vae": ["1", 0]}
+    assert patch_workflow(api) == (0, 0, 0, 1, 1) and api["2"] == {"class_type": "WanVideoDecode",
+                                                                    "inputs": {"vae": ["1", 0]}}
     for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors"):
         assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
                                "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}).vae_patches == 1
@@ -230,7 +233,7 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
 def test_a_workflow_with_nothing_to_patch_is_left_as_it_was():
     for wf in ({"nodes": [], "last_node_id": 0}, {"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": []}]}):
         before = copy.deepcopy(wf)
-        assert patch_workflow(wf) == (0, 0, 0, 0) and wf == before
+        assert patch_workflow(wf) == (0, 0, 0, 0, 0) and wf == before
 
 
 @pytest.mark.parametrize("wf,says", [
@@ -314,3 +317,94 @@ def test_api_links_with_integer_node_ids_are_patched():
     api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
            "2": {"class_type": "WanVideoSampler", "inputs": {"vae": [1, 0]}}}
     assert patch_workflow(api).vae_patches == 1 and api["2"]["inputs"]["vae"] == ["3", 0]
+
+
+def _ui_chain(*types, widgets=None):
+    """A top-level UI graph: nodes 1..n of these types, each one's output linked to the next one's
+    first input ('vae' for the last); widgets: {node id: widgets_values}."""
+    nodes, links = [], []
+    for i, kind in enumerate(types, start=1):
+        node = {"id": i, "type": kind, "inputs": [], "outputs": [], "widgets_values": (widgets or {}).get(i, [])}
+        if i > 1:
+            node["inputs"] = [{"name": "vae" if i == len(types) else "value", "type": "WANVAE", "link": i - 1}]
+        if i < len(types):
+            node["outputs"] = [{"name": "vae", "type": "WANVAE", "links": [i]}]
+            links.append([i, i, 0, i + 1, 0, "WANVAE"])
+        nodes.append(node)
+    return {"nodes": nodes, "links": links, "last_node_id": len(nodes), "last_link_id": len(links)}
+
+
+@pytest.mark.parametrize("loader", ["WanVideoTinyVAELoader", "WanVideoFlashVSRDecoderLoader"])
+def test_decodes_of_a_taehv_tiny_decoder_stay_the_wrappers(loader, tmp_path, capsys):
+    """The native decode refuses the wrapper's TAEHV decoders (its tiny VAE, FlashVSR's): such a decode,
+    traced back through Reroutes, is left as it is, and said so; a decode of a Wan 2.1 VAE is converted,
+    and so is one whose source is not in its graph (unlinked)."""
+    for chain in ([loader, "WanVideoDecode"], [loader, "Reroute", "Reroute", "WanVideoDecode"]):
+        ui = _ui_chain(*chain)
+        before = copy.deepcopy(ui)
+        assert patch_workflow(ui) == (0, 0, 0, 0, 1) and ui == before
+    api = {"1": {"class_type": loader, "inputs": {"model_name": "taew2_1.safetensors"}},
+           "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}},
+           "3": {"class_type": "WanVideoDecode", "inputs": {"vae": ["4", 0]}},
+           "4": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_1_VAE_bf16.safetensors"}}}
+    assert patch_workflow(api) == (1, 1, 0, 0, 1)
+    assert api["2"]["class_type"] == "WanVideoDecode" and api["3"]["class_type"] == "WanVideoNativeDecode"
+    unlinked = {"nodes": [{"id": 1, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE",
+                                                                          "link": None}]}]}
+    assert patch_workflow(unlinked) == (1, 0, 0, 0, 0)
+    src = tmp_path / "w.json"
+    src.write_text(json.dumps(_ui_chain(loader, "WanVideoDecode")))
+    assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
+    assert "1 WanVideoDecode node(s) were left as they are: their VAE is one this decoder does not implement" in \
+        capsys.readouterr().out
+
+
+def test_a_decode_fed_through_set_and_get_nodes_is_traced_to_its_loader():
+    ui = _ui_chain("WanVideoVAELoader", "SetNode", widgets={1: ["Wan2_2_VAE_bf16.safetensors"], 2: ["VAE"]})
+    ui["nodes"].append({"id": 3, "type": "GetNode", "widgets_values": ["VAE"],
+                        "outputs": [{"name": "WANVAE", "type": "WANVAE", "links": [2]}]})
+    ui["nodes"].append({"id": 4, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE", "link": 2}]})
+    ui["links"].append([2, 3, 0, 4, 0, "WANVAE"])
+    assert patch_workflow(ui).decodes_kept == 1 and ui["nodes"][3]["type"] == "WanVideoDecode"
+    ui["nodes"][0]["widgets_values"] = ["Wan2_1_VAE_bf16.safetensors"]
+    assert patch_workflow(ui)[:2] == (1, 1) and ui["nodes"][3]["type"] == "WanVideoNativeDecode"
+
+
+def test_a_schema_version_1_workflow_is_patched_with_links_as_objects():
+    """Version 1 of the workflow schema keeps links as objects and its id counters in 'state'."""
+    ui = _ui_chain("WanVideoVAELoader", "WanVideoDecode")
+    ui["version"] = 1
+    ui["links"] = [dict(zip(("id", "origin_id", "origin_slot", "target_id", "target_slot", "type"), link))
+                   for link in ui["links"]]
+    ui["state"] = {"lastNodeId": 2, "lastLinkId": 1, "lastGroupId": 0, "lastRerouteId": 0}
+    del ui["last_node_id"], ui["last_link_id"]
+    assert patch_workflow(ui) == (1, 1, 0, 0, 0)
+    patch = next(n for n in ui["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
+    assert patch["id"] == 3 and ui["state"]["lastNodeId"] == 3 and ui["state"]["lastLinkId"] == 2
+    assert "last_node_id" not in ui
+    links = {link["id"]: link for link in ui["links"]}
+    assert links[2] == {"id": 2, "origin_id": 1, "origin_slot": 0, "target_id": 3, "target_slot": 0, "type": "WANVAE"}
+    assert (links[1]["origin_id"], links[1]["origin_slot"], links[1]["target_id"]) == (3, 0, 2)
+    assert ui["nodes"][0]["outputs"][0]["links"] == [2] and patch["outputs"][0]["links"] == [1]
+    again = copy.deepcopy(ui)
+    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == ui
+
+
+def test_decodes_inside_legacy_group_nodes_are_converted():
+    ui = {"nodes": [{"id": 7, "type": "workflow>Decode"}], "links": [],
+          "extra": {"groupNodes": {"Decode": {"nodes": [{"index": 0, "type": "WanVideoDecode",
+                                                          "widgets_values": [False, 272, 272, 144, 128, "default"]}],
+                                              "links": [], "external": []}}}}
+    assert patch_workflow(ui).decode_nodes == 1
+    inner = ui["extra"]["groupNodes"]["Decode"]["nodes"][0]
+    assert inner["type"] == "WanVideoNativeDecode" and inner["widgets_values"][1:3] == [272, 272]
+    with pytest.raises(ValueError, match="group node 'x' is not an object"):
+        patch_workflow({"nodes": [], "extra": {"groupNodes": {"x": 1}}})
+
+
+def test_a_saved_prompt_request_is_patched_inside():
+    body = {"client_id": "abc", "prompt": {"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
+                                           "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}}
+    assert patch_workflow(body) == (1, 1, 0, 0, 0)
+    assert body["client_id"] == "abc" and body["prompt"]["2"] == {"class_type": "WanVideoNativeDecode",
+                                                                  "inputs": {"vae": ["3", 0]}}

@@ -352,11 +352,14 @@ def patch_workflow_cmd(args):
     said = f"{args.dst}: {report.decode_nodes} WanVideoDecode node(s) now use WanVideoNativeDecode"
     if report.vae_patches:
         said += (f"; {report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
-                 "samplers' own decodes (InfiniteTalk windows) are native too")
+                 "samplers' own decodes (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native too")
     print(said)
+    if report.decodes_kept:
+        print(f"note: {report.decodes_kept} WanVideoDecode node(s) were left as they are: their VAE is one this "
+              "decoder does not implement (a Wan 2.2 VAE, or a TAEHV tiny decoder such as FlashVSR's)")
     if report.wan22_loaders:
         print(f"note: {report.wan22_loaders} loader(s) of a Wan 2.2 VAE were left as they are (this decoder is Wan "
-              "2.1's; their decodes stay the wrapper's)")
+              "2.1's)")
     if report.loaders_in_subgraphs:
         print(f"note: {report.loaders_in_subgraphs} VAE loader(s) inside subgraphs were not looked at: where their "
               "output does not go through a 'WanVideo VAE: use native exact decode' node, add one by hand")

@@ -3,8 +3,10 @@ by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for 
 
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
+import functools
 import os
 import sys
+import types
 import weakref
 
 import numpy as np
@@ -347,14 +349,19 @@ class NativeWanVAE:
         object.__setattr__(self, "_wrapped", vae)
 
     def __getattr__(self, name):
-        return getattr(object.__getattribute__(self, "_wrapped"), name)
+        wrapped = object.__getattribute__(self, "_wrapped")
+        value = getattr(wrapped, name)
+        if not isinstance(value, types.MethodType):
+            return value
+
+        @functools.wraps(value)
+        def keep_patched(*args, **kwargs):  # vae = vae.to(device) / .eval() / .half() stays patched
+            result = value(*args, **kwargs)
+            return self if result is wrapped else result
+        return keep_patched
 
     def __setattr__(self, name, value):
         setattr(self._wrapped, name, value)
-
-    def to(self, *args, **kwargs):
-        self._wrapped.to(*args, **kwargs)
-        return self
 
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
                pbar=True, output_device=None, output_dtype=None, **unused):
@@ -403,8 +410,24 @@ class WanVideoNativeVAEPatch:
 WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # a Wan 2.2 VAE's stages nest their blocks
 
 
+def _core_vae_decode_category():
+    """The menu category of ComfyUI's own VAE Decode ("latent"; "model/latent" in newer versions), so the
+    node sits beside it in whichever ComfyUI loads the pack."""
+    category = getattr(getattr(sys.modules.get("nodes"), "VAEDecode", None), "CATEGORY", None)
+    return category if isinstance(category, str) else "latent"
+
+
+def _like_core_vae_output(vae, images):
+    """Images where core's VAE.decode leaves them: on its output_device (the CPU; the GPU with --gpu-only)
+    in its vae_output_dtype() (float16 with --fp16-intermediates), where the VAE says."""
+    output_dtype = getattr(vae, "vae_output_dtype", None)
+    return images.to(device=getattr(vae, "output_device", None),
+                     dtype=output_dtype() if callable(output_dtype) else None)
+
+
 class WanCoreVAENativeDecode:
-    """Decodes a core LATENT with ComfyUI's own Wan 2.1 VAE (the VAE type from Load VAE), natively.
+    """Decodes a core LATENT with ComfyUI's own Wan 2.1 VAE (the VAE type from Load VAE), natively: videos
+    [B, 16, T, h, w], and images [B, 16, h, w] (Qwen-Image's VAE is a Wan 2.1 VAE) as one-frame videos.
     Core latents reach the VAE already un-normalized, so no mean/std applies."""
 
     @classmethod
@@ -421,13 +444,15 @@ class WanCoreVAENativeDecode:
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "decode"
-    CATEGORY = "latent"
+    CATEGORY = _core_vae_decode_category()
     DESCRIPTION = "Wan 2.1 VAE decode in native C/CUDA, exact and memory-bounded."
 
     def decode(self, samples, vae, tile_size=512, enable_tiling=True):
         torch = _torch()
         model = getattr(vae, "first_stage_model", vae)
         z = samples["samples"]
+        if getattr(z, "is_nested", False):  # as core's VAE Decode does
+            z = z.unbind()[0]
         state = model.state_dict() if hasattr(model, "state_dict") else {}
         conv1, head = state.get("decoder.conv1.weight"), state.get("decoder.head.2.weight")
         if conv1 is None or conv1.ndim != 5:
@@ -440,15 +465,19 @@ class WanCoreVAENativeDecode:
             raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels; this node decodes the Wan 2.1 "
                              "VAE's RGB (3-channel) head only: use ComfyUI's VAE Decode for it")
         z_dim = int(conv1.shape[1])
+        if z.ndim == 4:  # image latents (Qwen-Image's VAE is a Wan 2.1 VAE): each a one-frame video, as in core
+            z = z[:, :, None]
         if z.ndim != 5 or z.shape[1] != z_dim:
-            raise ValueError(f"this node decodes Wan 2.1 video latents [B, {z_dim}, T, h, w]; got {list(z.shape)}")
+            raise ValueError(f"this node decodes Wan 2.1 latents, videos [B, {z_dim}, T, h, w] or images "
+                             f"[B, {z_dim}, h, w]; got {list(z.shape)}")
         placement = _backend_for(model, z, device=getattr(vae, "device", None), dtype=getattr(vae, "vae_dtype", None))
         dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
         z = _on_decoder_gpu(z, placement)
         _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
         frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
-        return (torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0)),)
+        images = torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0))
+        return (_like_core_vae_output(vae, images),)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,15 +1,19 @@
 """Rewriting ComfyUI workflows to use the native decoder:
 
 - every WanVideoDecode node becomes a WanVideoNativeDecode node with the same links and widget
-  values (both take the same inputs in the same order);
+  values (both take the same inputs in the same order), unless its VAE, traced back through
+  Reroutes and SetNode / GetNode pairs, is one the native decoder refuses (a Wan 2.2 VAE, a TAEHV
+  tiny decoder: the wrapper's tiny VAE and FlashVSR's decoder); decodes inside legacy group nodes
+  too;
 - every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
   too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
   VAE (by its file name: the patch node refuses that VAE); loaders inside subgraph definitions are
   counted, not patched.
 
-Handles the UI format (nodes / links, subgraph definitions included) and the API format
-({id: {"class_type", "inputs"}})."""
+Handles the UI format (nodes / links, as lists or, in schema version 1, as objects; subgraph
+definitions included) and the API format ({id: {"class_type", "inputs"}}, also inside a saved
+/prompt request body)."""
 import json
 import os
 import re
@@ -21,16 +25,16 @@ SOURCE_TYPE = "WanVideoDecode"
 TARGET_TYPE = "WanVideoNativeDecode"
 PATCH_TYPE = "WanVideoNativeVAEPatch"
 LOADER_PREFIX = "WanVideoVAELoader"  # the wrapper's loader, and its MultiGPU variant (WanVideoVAELoaderMultiGPU)
+TAEHV_LOADERS = ("WanVideoTinyVAELoader", "WanVideoFlashVSRDecoderLoader")  # WANVAEs the native decoder refuses
+PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input gets (GetNode: its SetNode's)
 PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed. A namedtuple: PatchReport(0, 0, 0) is true, compare its fields.
-PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders")
+PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept")
 WAN22_VAE = re.compile(r"wan[^/\\]*2[._]2[^/\\]*vae|vae[^/\\]*2[._]2", re.IGNORECASE)  # Wan2_2_VAE_bf16, wan2.2_vae
 
 
-def _patch_ui_node(node):
-    if node.get("type") != SOURCE_TYPE:
-        return False
+def _convert_ui_node(node):
     node["type"] = TARGET_TYPE
     props = node["properties"] = node.get("properties") or {}
     props["Node name for S&R"] = TARGET_TYPE
@@ -40,13 +44,19 @@ def _patch_ui_node(node):
     props.pop("aux_id", None)
     if "cnr_id" in props:
         props["cnr_id"] = PACK_ID
-    return True
 
 
-def _ui_node_lists(workflow):
-    yield workflow.get("nodes") or []
-    for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:
-        yield sub.get("nodes") or []
+def _ui_graphs(workflow):
+    """The top-level graph and each subgraph definition: each has its own nodes and links."""
+    yield workflow
+    yield from (workflow.get("definitions") or {}).get("subgraphs") or []
+
+
+def _group_node_lists(workflow):
+    """The nodes of legacy group nodes' definitions (extra.groupNodes)."""
+    groups = (workflow.get("extra") or {}).get("groupNodes") or {}
+    for group in groups.values():
+        yield group.get("nodes") or []
 
 
 def _is_loader(node_type):
@@ -57,6 +67,100 @@ def _loads_wan22(values):
     """Whether a loader's widget values name a Wan 2.2 VAE file (the 5B model's, 16x)."""
     names = values.values() if isinstance(values, dict) else values if isinstance(values, list) else []
     return any(isinstance(v, str) and WAN22_VAE.search(v) for v in names)
+
+
+def _refused_vae(kind, values):
+    """Whether a node of type `kind` with these widget values (or API inputs) loads a WANVAE the native
+    decoder refuses: a TAEHV tiny decoder, or a Wan 2.2 VAE (known by its file's name)."""
+    return kind in TAEHV_LOADERS or (_is_loader(kind) and _loads_wan22(values))
+
+
+# ---- UI format: links ----------------------------------------------------------------------------
+# A link is [id, origin, origin_slot, target, target_slot, type], or in schema version 1 (and in
+# subgraph definitions) {"id", "origin_id", "origin_slot", "target_id", "target_slot", "type"}.
+
+def _links_by_id(graph):
+    by_id = {}
+    for link in graph.get("links") or []:
+        if isinstance(link, list) and len(link) >= 6:
+            by_id[link[0]] = link
+        elif isinstance(link, dict) and "id" in link:
+            by_id[link["id"]] = link
+    return by_id
+
+
+def _link_origin(link):
+    return link.get("origin_id") if isinstance(link, dict) else link[1]
+
+
+def _link_target(link):
+    return link.get("target_id") if isinstance(link, dict) else link[3]
+
+
+def _set_link_origin(link, node_id, slot):
+    if isinstance(link, dict):
+        link["origin_id"], link["origin_slot"] = node_id, slot
+    else:
+        link[1], link[2] = node_id, slot
+
+
+def _new_link(as_object, link_id, origin, origin_slot, target, target_slot, kind):
+    if as_object:
+        return {"id": link_id, "origin_id": origin, "origin_slot": origin_slot, "target_id": target,
+                "target_slot": target_slot, "type": kind}
+    return [link_id, origin, origin_slot, target, target_slot, kind]
+
+
+def _input_link(node, name=None):
+    """The link into a node's input `name` (None: its first linked input)."""
+    for inp in node.get("inputs") or []:
+        if isinstance(inp, dict) and (name is None or inp.get("name") == name) and inp.get("link") is not None:
+            return inp["link"]
+    return None
+
+
+def _set_get_name(node):
+    values = node.get("widgets_values")
+    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
+
+
+def _vae_source(graph, node):
+    """The node that the 'vae' input of `node` comes from in its graph, through Reroutes and KJNodes'
+    SetNode / GetNode pairs; None where that is not in the graph (unlinked; a subgraph's input)."""
+    links = _links_by_id(graph)
+    nodes = {n.get("id"): n for n in graph.get("nodes") or []}
+    setters = {_set_get_name(n): n for n in nodes.values() if n.get("type") == "SetNode"}
+    link, seen = _input_link(node, "vae"), set()
+    while link in links and link not in seen:
+        seen.add(link)
+        source = nodes.get(_link_origin(links[link]))
+        if source is not None and source.get("type") == "GetNode":
+            source = setters.get(_set_get_name(source))
+        if source is None or source.get("type") not in PASS_ON:
+            return source
+        link = _input_link(source)
+    return None
+
+
+def _patch_ui_decodes(workflow):
+    """Converts the decode nodes (those whose VAE the native decoder refuses kept): (converted, kept)."""
+    converted = kept = 0
+    for graph in _ui_graphs(workflow):
+        for node in graph.get("nodes") or []:
+            if node.get("type") != SOURCE_TYPE:
+                continue
+            source = _vae_source(graph, node)
+            if source is not None and _refused_vae(source.get("type"), source.get("widgets_values")):
+                kept += 1
+                continue
+            _convert_ui_node(node)
+            converted += 1
+    for nodes in _group_node_lists(workflow):
+        for node in nodes:
+            if node.get("type") == SOURCE_TYPE:
+                _convert_ui_node(node)
+                converted += 1
+    return converted, kept
 
 
 # ---- UI format ---------------------------------------------------------------------------------
@@ -104,13 +208,33 @@ def _ui_patch_node(node_id, nodes, loader, link_in, links_out):
     }
 
 
+def _next_ids(workflow, by_id, by_link):
+    """A new node id and link id: past every one used and past the counters (schema version 1
+    keeps them in 'state')."""
+    state = workflow.get("state") if isinstance(workflow.get("state"), dict) else {}
+    node_id = max([workflow.get("last_node_id") or 0, state.get("lastNodeId") or 0] +
+                  [n for n in by_id if isinstance(n, int)]) + 1
+    link_id = max([workflow.get("last_link_id") or 0, state.get("lastLinkId") or 0] +
+                  [i for i in by_link if isinstance(i, int)]) + 1
+    return node_id, link_id
+
+
+def _count_ids(workflow, node_id, link_id):
+    state = workflow.get("state")
+    if isinstance(state, dict):
+        state["lastNodeId"], state["lastLinkId"] = node_id, link_id
+    if not isinstance(state, dict) or "last_node_id" in workflow:
+        workflow["last_node_id"], workflow["last_link_id"] = node_id, link_id
+
+
 def _insert_ui_vae_patches(workflow):
     """A patch node after each loader output of the top-level graph: the output's links now leave
     the patch node (their ids and targets unchanged), and one new link joins loader and patch."""
     nodes = workflow.get("nodes") or []
     links = workflow.get("links") or []
     by_id = {n.get("id"): n for n in nodes}
-    by_link = {link[0]: link for link in links if isinstance(link, list) and len(link) >= 6}
+    by_link = _links_by_id(workflow)
+    as_objects = any(isinstance(link, dict) for link in links)
     count = wan22 = 0
     for loader in list(nodes):
         if not _is_loader(loader.get("type")):
@@ -122,20 +246,19 @@ def _insert_ui_vae_patches(workflow):
             link_ids = [i for i in out.get("links") or [] if i in by_link]
             if out.get("type") != "WANVAE" or not link_ids:
                 continue
-            if any(by_id.get(by_link[i][3], {}).get("type") == PATCH_TYPE for i in link_ids):
+            if any(by_id.get(_link_target(by_link[i]), {}).get("type") == PATCH_TYPE for i in link_ids):
                 continue  # the workflow's author placed one
-            node_id = max([workflow.get("last_node_id") or 0] + [n for n in by_id if isinstance(n, int)]) + 1
-            link_id = max([workflow.get("last_link_id") or 0] + list(by_link)) + 1
+            node_id, link_id = _next_ids(workflow, by_id, by_link)
             patch = _ui_patch_node(node_id, nodes, loader, link_id, link_ids)
             for i in link_ids:
-                by_link[i][1], by_link[i][2] = node_id, 0
-            new_link = [link_id, loader["id"], slot, node_id, 0, "WANVAE"]
+                _set_link_origin(by_link[i], node_id, 0)
+            new_link = _new_link(as_objects, link_id, loader["id"], slot, node_id, 0, "WANVAE")
             links.append(new_link)
             by_link[link_id] = new_link
             out["links"] = [link_id]
             nodes.append(patch)
             by_id[node_id] = patch
-            workflow["last_node_id"], workflow["last_link_id"] = node_id, link_id
+            _count_ids(workflow, node_id, link_id)
             workflow["links"] = links
             count += 1
     return count, wan22
@@ -147,6 +270,22 @@ def _loaders_in_subgraphs(workflow):
 
 
 # ---- API format --------------------------------------------------------------------------------
+
+def _patch_api_decodes(nodes):
+    """As _patch_ui_decodes (the API format has no Reroutes or Set / Get nodes left): (converted, kept)."""
+    converted = kept = 0
+    for node in nodes.values():
+        if node["class_type"] != SOURCE_TYPE:
+            continue
+        vae = (node.get("inputs") or {}).get("vae")
+        source = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
+        if source is not None and _refused_vae(source["class_type"], source.get("inputs")):
+            kept += 1
+            continue
+        node["class_type"] = TARGET_TYPE
+        converted += 1
+    return converted, kept
+
 
 def _insert_api_vae_patches(workflow, nodes):
     """A patch node after each loader: inputs that named [loader, 0] name the patch node."""
@@ -203,6 +342,15 @@ def _check_ui(workflow):
     _expect(subgraphs is None or _is_list_of_objects(subgraphs), "'definitions.subgraphs' is not a list of objects")
     for i, sub in enumerate(subgraphs or []):
         _check_ui_nodes(sub.get("nodes") or [], f"subgraph {i}'s 'nodes'")
+        _expect(isinstance(sub.get("links"), (list, type(None))), f"subgraph {i}'s 'links' is not a list")
+    _expect(isinstance(workflow.get("state"), (dict, type(None))), "'state' is not an object")
+    extra = workflow.get("extra")
+    _expect(isinstance(extra, (dict, type(None))), "'extra' is not an object")
+    groups = (extra or {}).get("groupNodes")
+    _expect(isinstance(groups, (dict, type(None))), "'extra.groupNodes' is not an object")
+    for name, group in (groups or {}).items():
+        _expect(isinstance(group, dict), f"group node {name!r} is not an object")
+        _check_ui_nodes(group.get("nodes") or [], f"group node {name!r}'s 'nodes'")
 
 
 def _check_api(nodes):
@@ -219,6 +367,9 @@ def patch_workflow(workflow, vae_patch=True):
     a workflow then partly patched."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
+    if "nodes" not in workflow and isinstance(workflow.get("prompt"), dict) and \
+            not any(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
+        workflow = workflow["prompt"]  # a saved /prompt request: {"client_id", "prompt": {API nodes}}
     try:
         return _patch(workflow, vae_patch)
     except (TypeError, AttributeError, KeyError, IndexError) as e:  # a value deep in it of another type
@@ -228,22 +379,18 @@ def patch_workflow(workflow, vae_patch=True):
 def _patch(workflow, vae_patch):
     if "nodes" in workflow:
         _check_ui(workflow)
-        decodes = sum(_patch_ui_node(n) for nodes in _ui_node_lists(workflow) for n in nodes)
+        decodes, kept = _patch_ui_decodes(workflow)
         if not vae_patch:
-            return PatchReport(decodes, 0, 0, 0)
+            return PatchReport(decodes, 0, 0, 0, kept)
         patches, wan22 = _insert_ui_vae_patches(workflow)
-        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22)
+        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22, kept)
     nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
     _check_api(nodes)
-    decodes = 0
-    for node in nodes.values():
-        if node["class_type"] == SOURCE_TYPE:
-            node["class_type"] = TARGET_TYPE
-            decodes += 1
+    decodes, kept = _patch_api_decodes(nodes)
     patches, wan22 = _insert_api_vae_patches(workflow, nodes) if vae_patch else (0, 0)
-    if not decodes and not patches and len(nodes) < len(workflow):
+    if not decodes and not kept and not patches and len(nodes) < len(workflow):
         raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
-    return PatchReport(decodes, patches, 0, wan22)
+    return PatchReport(decodes, patches, 0, wan22, kept)
 
 
 def _read_json(src):

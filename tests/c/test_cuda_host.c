@@ -251,6 +251,47 @@ static void declined_convolutions_not_retried(const weight_set *ws)
     }
 }
 
+/* A misaligned pointer is the buffers' (a ring slot's offset), not the shape's: a candidate declining
+ * for it is neither refused nor unfused, so the next decode runs as the first did, with as many
+ * convolutions and kernels (no bias passes of an unfused shape), and the decode it declined in works. */
+static void misaligned_buffers_mark_no_shape(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    stub_calls at[4];
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    for (int call = 0; call < 3; call++) {
+        at[call] = stub_counts();
+        if (call == 1) stub_cudnn_decline((int)CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, 3);
+        CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+    }
+    at[3] = stub_counts();
+    CHECK(stub_cudnn_decline(0, 0) == 0);
+    CHECK(at[3].convolutions - at[2].convolutions == at[1].convolutions - at[0].convolutions);
+    CHECK(at[3].kernels - at[2].kernels == at[1].kernels - at[0].kernels);
+    wv_model_free(&m);
+}
+
+/* A bias-fused convolution short of the plan's workspace where the plain one runs: the candidate
+ * runs unfused in that workspace without asking again, so step graphs still capture (a decline while
+ * capturing abandons the capture and turns graphs off for the Decoder). */
+static void fused_call_short_of_workspace_keeps_step_graphs(const weight_set *ws)
+{
+    static const run long_tiles = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    long launches;
+    setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    unsetenv("WANVIDEO_CUDA_GRAPHS");
+    stub_cudnn_fused_workspace((size_t)-1);
+    launches = stub_counts().graph_launches;
+    CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+    CHECK(stub_counts().graph_launches > launches);
+    stub_cudnn_fused_workspace(0);
+    wv_model_free(&m);
+}
+
 /* A shape cuDNN refuses (its heuristics declining it) runs on the direct kernel; a cuDNN that fails
  * every shape alike (a sub-library it cannot load or lacks) fails the decode, naming the status,
  * instead of running every convolution on the direct kernel; a later decode, cuDNN mended, works;
@@ -439,6 +480,8 @@ int main(void)
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);
     declined_convolutions_not_retried(&ws);
+    misaligned_buffers_mark_no_shape(&ws);
+    fused_call_short_of_workspace_keeps_step_graphs(&ws);
     cudnn_refusals_and_broken_installations(&ws);
     step_waits_do_not_spin(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */

@@ -1083,6 +1083,10 @@ extern "C" int stub_cudnn_decline(int status, int n)
     return left;
 }
 
+static size_t g_fused_workspace; /* stub_cudnn_fused_workspace's */
+
+extern "C" void stub_cudnn_fused_workspace(size_t bytes) { g_fused_workspace = bytes; }
+
 /* Whether this convolution call is one stub_cudnn_decline asked to decline. */
 static bool declining()
 {
@@ -1118,6 +1122,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     (void)act; /* identity, the only one the backend asks for */
     if (algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) return CUDNN_STATUS_NOT_SUPPORTED; /* as cuDNN's */
     if (declining()) return g_decline_status;
+    if (ws_bytes < g_fused_workspace) return CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT;
     check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
     check_device("convolution bias", bias, tensor_span(bd));

@@ -48,6 +48,10 @@ int stub_fail_nth_host_alloc(int n);
  * now). Returns how many were still to go. */
 int stub_cudnn_decline(int status, int n);
 
+/* The bias-fused convolution is short of workspace (CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) in
+ * less than bytes, where the plain one runs, as cuDNN's fused kernels may need more (0: never). */
+void stub_cudnn_fused_workspace(size_t bytes);
+
 /* cudnnGetConvolutionForwardAlgorithm_v7 returns status (a cudnnStatus_t; 0: it ranks as before), as
  * a cuDNN whose convolution sub-library is missing does, or one refusing a shape. */
 void stub_cudnn_heuristics_status(int status);
