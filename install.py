@@ -4,7 +4,9 @@ ComfyUI-Manager and the Comfy Registry run a node pack's install.py with ComfyUI
 fetching or updating it; this does what the README asks of a manual install, `python -m pip install .`
 in this folder, so the compiled decoder is there when ComfyUI loads the pack, then says which
 backends it got (pip hides the build's own account of it). Exit status: pip's."""
+import glob
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -13,8 +15,32 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def pip_command(python=sys.executable, folder=HERE):
-    return [python, "-m", "pip", "install", folder]
+def embedded_python(executable=sys.executable):
+    """Whether this is an embeddable Python (ComfyUI's portable python_embeded: a python3XX._pth beside
+    it). It ignores PYTHONPATH, through which pip's build isolation hands the build its requirements,
+    so an isolated build there would run with this Python's own packages, which lack them."""
+    return bool(glob.glob(os.path.join(glob.escape(os.path.dirname(executable)), "python*._pth")))
+
+
+def build_requirements(pyproject=os.path.join(HERE, "pyproject.toml")):
+    """The [build-system] requires of pyproject.toml."""
+    with open(pyproject, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the one list of quoted strings after "requires ="
+        section = text.split("[build-system]", 1)[1].split("\n[", 1)[0]
+        return re.findall(r'"([^"]+)"', re.search(r"requires\s*=\s*\[(.*?)\]", section, re.S).group(1))
+    return tomllib.loads(text)["build-system"]["requires"]
+
+
+def pip_commands(python=sys.executable, folder=HERE, embedded=False):
+    """pip install of this folder; in an embeddable Python, its build requirements installed first and
+    the build run without isolation."""
+    if not embedded:
+        return [[python, "-m", "pip", "install", folder]]
+    return [[python, "-m", "pip", "install"] + build_requirements(),
+            [python, "-m", "pip", "install", "--no-build-isolation", folder]]
 
 
 def missing_python_headers(paths=None, windows=sys.platform == "win32", base=sys.base_prefix):
@@ -45,14 +71,27 @@ BACKENDS = ("import wanvideo_vae as w; c = w.backends()['cuda']; "
             "[print('wanvideo_vae: warning: ' + m) for m in c['build_warnings']]")
 
 
-def main(call=subprocess.call):
+def tolerant_console():
+    """Text this console's code page cannot show (a path in a Windows console) printed escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a text stream of io's, or detached
+            pass
+
+
+def main(call=subprocess.call, embedded=None):
+    tolerant_console()
     problem = missing_python_headers()
     if problem:
         print("wanvideo_vae: " + problem, file=sys.stderr)
         return 1
-    command = pip_command()
-    print("wanvideo_vae: building the native decoder: " + " ".join(command), flush=True)
-    status = call(command, cwd=HERE)
+    status = 0
+    for command in pip_commands(embedded=embedded_python() if embedded is None else embedded):
+        print("wanvideo_vae: building the native decoder: " + " ".join(command), flush=True)
+        status = call(command, cwd=HERE)
+        if status:
+            break
     if status:
         print("wanvideo_vae: the build failed (exit status %d). It needs a C compiler (Visual Studio Build Tools "
               "on Windows, gcc or clang elsewhere); the CUDA backend also needs the CUDA toolkit. See the README's "

@@ -198,7 +198,7 @@ def find_libraries(roots, names):
         for lib in libs:
             for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin", os.path.join("bin", "x86_64"),
                         os.path.join("bin", "x64")):
-                hits = sorted(glob.glob(os.path.join(r, sub, lib)))
+                hits = sorted(glob.glob(os.path.join(glob.escape(r), sub, lib)))
                 if hits:
                     yield inc, hits[-1]
 
@@ -206,7 +206,8 @@ def find_libraries(roots, names):
 def toolkit_cuda_version(toolkit):
     """(major, minor) of the toolkit's runtime (CUDART_VERSION in its header), or None."""
     try:
-        with open(os.path.join(toolkit, "include", "cuda_runtime_api.h")) as f:
+        # the header holds UTF-8 punctuation, which a Windows code page (cp949, cp950) cannot decode
+        with open(os.path.join(toolkit, "include", "cuda_runtime_api.h"), encoding="utf-8", errors="replace") as f:
             found = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", f.read())
     except OSError:
         return None
@@ -261,7 +262,7 @@ def torch_cuda_version():
     without importing torch (under build isolation it is not importable); None without one."""
     for sp in site_dirs():
         try:
-            with open(os.path.join(sp, "torch", "version.py")) as f:
+            with open(os.path.join(sp, "torch", "version.py"), encoding="utf-8", errors="replace") as f:
                 found = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([0-9.]+)['\"]", f.read(), re.M)
         except OSError:
             continue
@@ -332,7 +333,7 @@ def find_cudart(toolkit, lib64):
     if os.path.isfile(static):
         return static
     for sp in site_dirs():
-        hits = sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib", "libcudart.so.*")))
+        hits = sorted(glob.glob(os.path.join(glob.escape(sp), "nvidia", "*", "lib", "libcudart.so.*")))
         if hits and not WINDOWS:
             return hits[-1]
     return None
@@ -406,7 +407,7 @@ class BuildExt(build_ext):
     @staticmethod
     def write_build_info(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:  # a path in a message may be any text
             f.write("# Written by setup.py: what the build of this copy of the package did.\n"
                     f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n"
                     "# what may keep the CUDA backend from running where PyTorch does\n"
@@ -437,7 +438,7 @@ class BuildExt(build_ext):
         if not getattr(self.compiler, "initialized", True):
             self.compiler.initialize()
         definition = os.path.join(self.build_temp, name + ".def")
-        with open(definition, "w") as f:
+        with open(definition, "w", encoding="ascii") as f:
             f.write(f"LIBRARY {os.path.basename(dll)}\nEXPORTS\n" + "".join(f"    {s}\n" for s in CUDA_IMPORTS[name]))
         run = getattr(self.compiler, "call", None) or self.compiler.spawn  # call: setuptools >= 75 (VS's PATH)
         run([self.compiler.lib, "/nologo", "/machine:x64", "/def:" + definition,
@@ -465,7 +466,9 @@ class BuildExt(build_ext):
 
     def msvc_for_nvcc(self):
         """Windows: (environment, -ccbin) for nvcc, whose host compiler is cl.exe: the Visual Studio setup
-        setuptools found (its PATH, INCLUDE and LIB), so no Developer Prompt is needed. Elsewhere (None, [])."""
+        setuptools found (its PATH, INCLUDE and LIB), so no Developer Prompt is needed. Elsewhere (None, []).
+        setuptools keeps Visual Studio's and the SDK's folders on the compiler's class (the instance's
+        are the build's own, Python's headers): INCLUDE and LIB take both."""
         if not WINDOWS:
             return None, []
         if not getattr(self.compiler, "initialized", True):
@@ -474,7 +477,9 @@ class BuildExt(build_ext):
         paths = getattr(self.compiler, "_paths", "")
         if paths:
             env["PATH"] = paths
-        for var, dirs in (("INCLUDE", self.compiler.include_dirs), ("LIB", self.compiler.library_dirs)):
+        for var, name in (("INCLUDE", "include_dirs"), ("LIB", "library_dirs")):
+            dirs = list(dict.fromkeys(list(getattr(type(self.compiler), name, None) or []) +
+                                      list(getattr(self.compiler, name, None) or [])))
             if not env.get(var) and dirs:  # a Developer Prompt's own setting stays
                 env[var] = os.pathsep.join(dirs)
         cc = getattr(self.compiler, "cc", None)

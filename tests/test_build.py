@@ -173,6 +173,37 @@ def test_backends_reports_the_builds_warnings(monkeypatch):
     assert wv.backends()["cuda"]["build_warnings"] == ["PyTorch here is built for CUDA 12.8 and ..."]
 
 
+def test_a_toolkit_header_in_utf8_is_read_under_any_code_page(setup_module, tmp_path):
+    """CUDA 12.4's and 13's cuda_runtime_api.h hold UTF-8 punctuation, which Windows' Korean or Chinese
+    code page cannot decode: the version is read all the same (before, the whole install failed)."""
+    toolkit = fake_toolkit(tmp_path / "cuda-12.4", 12040)
+    header = toolkit / "include" / "cuda_runtime_api.h"
+    header.write_bytes("/* the runtime\u2019s API\u00a0*/\n".encode("utf-8") + b"/* \xff\xfe */\n" + header.read_bytes())
+    assert setup_module.toolkit_cuda_version(str(toolkit)) == (12, 4)
+
+
+def test_text_files_are_opened_with_a_named_encoding():
+    """Windows opens text in the ANSI code page unless told: every text open() of the build, the
+    installer, the package and the tools names its encoding (a build record holding a non-ASCII path
+    written in cp936 stopped the package importing)."""
+    import ast
+    import glob
+    files = [os.path.join(REPO, f) for f in ("setup.py", "install.py", "__init__.py")]
+    files += glob.glob(os.path.join(REPO, "wanvideo_vae", "*.py")) + glob.glob(os.path.join(REPO, "tools", "*.py"))
+    unnamed = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for call in ast.walk(tree):
+            if not isinstance(call, ast.Call) or getattr(call.func, "id", getattr(call.func, "attr", None)) != "open":
+                continue
+            mode = call.args[1] if len(call.args) > 1 else next((k.value for k in call.keywords if k.arg == "mode"), None)
+            binary = isinstance(mode, ast.Constant) and "b" in str(mode.value)
+            if not binary and not any(k.arg == "encoding" for k in call.keywords):
+                unnamed.append(f"{os.path.relpath(path, REPO)}:{call.lineno}")
+    assert not unnamed, unnamed
+
+
 def test_warnings_are_not_recorded_for_a_backend_that_was_not_built(setup_module, tmp_path):
     setup_module.warn("cuDNN ... is built for CUDA 12 and the toolkit is CUDA 13 ...")
     setup_module.CUDA_NOTE["why"] = "cuBLAS not found (...)"
@@ -213,7 +244,7 @@ def on_windows(setup_module, tmp_path, monkeypatch):
     monkeypatch.setattr(setup_module, "WINDOWS", True)
     for var in ("CUDA_HOME", "CUDNN_PATH", "CUBLAS_PATH", "WANVIDEO_CUDA", "WANVIDEO_CUDA_ARCHS", "INCLUDE", "LIB"):
         monkeypatch.delenv(var, raising=False)
-    toolkit, sp = windows_tree(tmp_path)
+    toolkit, sp = windows_tree(tmp_path / "ComfyUI [portable]")  # a glob's brackets in the path
     monkeypatch.setenv("CUDA_PATH", str(toolkit))
     monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(sp)])
     return setup_module, toolkit, sp
@@ -233,19 +264,25 @@ def test_windows_cuda_config_finds_the_toolkit_and_the_wheels_dlls(on_windows):
 
 
 class StandInMSVC:
-    """What BuildExt uses of setuptools' MSVC compiler object."""
+    """What BuildExt uses of setuptools' MSVC compiler object. As setuptools' (77 to 84 at least), its
+    initialize() puts Visual Studio's and the SDK's folders on the class; the instance's are the build's."""
+
+    include_dirs, library_dirs = [], []
 
     def __init__(self, folder):
         self.initialized = False
+        self.folder = folder
         self.cc = str(folder / "VC" / "bin" / "cl.exe")
         self.lib = str(folder / "VC" / "bin" / "lib.exe")
         self._paths = str(folder / "VC" / "bin")
-        self.include_dirs = [str(folder / "VC" / "include")]
-        self.library_dirs = [str(folder / "VC" / "lib")]
+        self.include_dirs = [str(folder / "Python" / "include")]
+        self.library_dirs = [str(folder / "Python" / "libs")]
         self.spawned = []
 
     def initialize(self):
         self.initialized = True
+        type(self).include_dirs = [str(self.folder / "VC" / "include"), str(self.folder / "SDK" / "ucrt")]
+        type(self).library_dirs = [str(self.folder / "VC" / "lib"), str(self.folder / "SDK" / "um")]
 
     def spawn(self, cmd):
         self.spawned.append(cmd)
@@ -278,12 +315,13 @@ def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup
         assert cmd[cmd.index("-ccbin") + 1] == os.path.dirname(msvc.cc)
         assert cmd[cmd.index("-Xcompiler") + 1] == "/MD,/O2,/EHsc"
         assert env["PATH"] == msvc._paths
-        assert env["INCLUDE"] == os.pathsep.join(msvc.include_dirs) and env["LIB"] == os.pathsep.join(msvc.library_dirs)
+        assert env["INCLUDE"].split(os.pathsep) == StandInMSVC.include_dirs + msvc.include_dirs  # cl finds stdio.h
+        assert env["LIB"].split(os.pathsep) == StandInMSVC.library_dirs + msvc.library_dirs
 
 
 def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
     from wanvideo_vae import devices
-    toolkit, sp = windows_tree(tmp_path)
+    toolkit, sp = windows_tree(tmp_path / "ComfyUI [portable]")  # a glob's brackets in the path
     added = []
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(os, "add_dll_directory", added.append, raising=False)
@@ -291,10 +329,12 @@ def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_PATH", str(toolkit))
     monkeypatch.delenv("CUDA_HOME", raising=False)
     monkeypatch.setattr(devices, "_dll_dirs_added", False)
+    monkeypatch.setenv("PATH", "before")
     devices.add_windows_dll_dirs()
     devices.add_windows_dll_dirs()  # once per process
     assert sorted(added) == sorted([str(toolkit / "bin"), str(toolkit / "bin" / "x64"), str(sp / "nvidia" / "cudnn" / "bin"),
                                     str(sp / "nvidia" / "cu13" / "bin"), str(sp / "nvidia" / "cu13" / "bin" / "x86_64")])
+    assert os.environ["PATH"] == os.pathsep.join(added + ["before"])  # cuDNN finds its sub-libraries by name
     shutil.rmtree(sp / "nvidia" / "cudnn")  # no cuDNN wheel: PyTorch's own DLLs in torch/lib
     added.clear()
     monkeypatch.setattr(devices, "_dll_dirs_added", False)

@@ -637,3 +637,68 @@ def test_an_interrupt_exits_130(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "decode_cmd", interrupted)
     assert main(["decode"]) == 130 and "interrupted" in capsys.readouterr().err
+
+
+def test_windows_memory_figures(monkeypatch):
+    """Windows: the host budget is what may still be committed (a small page file makes that less than
+    the free RAM), and bench's RSS figures are the working set (K32GetProcessMemoryInfo), not "n/a"."""
+    import ctypes
+    from wanvideo_vae import cli, sysmem
+
+    class Kernel32:
+        @staticmethod
+        def GlobalMemoryStatusEx(ref):
+            status = ref._obj
+            assert status.dwLength == ctypes.sizeof(status)  # 64 bytes on Windows (c_ulong: 32 bits)
+            status.ullAvailPhys, status.ullAvailPageFile = 12 << 30, 5 << 30
+            return 1
+
+        @staticmethod
+        def K32GetProcessMemoryInfo(process, ref, size):
+            counters = ref._obj
+            assert process.value == ctypes.c_void_p(-1).value and size.value == counters.cb == ctypes.sizeof(counters)
+            counters.WorkingSetSize, counters.PeakWorkingSetSize = 300 << 20, 700 << 20
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "windll", type("WinDLL", (), {"kernel32": Kernel32})(), raising=False)
+    assert sysmem.available_host_bytes() == 5 << 30
+    assert cli.current_rss_bytes() == 300 << 20 and cli.peak_rss_bytes() == 700 << 20
+
+
+def test_a_file_replaced_while_windows_holds_it_is_tried_again(tmp_path, monkeypatch):
+    """Windows refuses a rename over a file a player has open, or of one a scanner is reading, for a
+    moment: tried again (a few seconds at most); elsewhere, and at the last try, the error stands."""
+    from wanvideo_vae import atomic
+    real_replace, refusals = os.replace, []
+
+    def refused_twice(src, dst):
+        if len(refusals) < 2:
+            refusals.append(dst)
+            raise PermissionError(13, "The process cannot access the file")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", refused_twice)
+    monkeypatch.setattr(atomic.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys, "platform", "win32")
+    atomic.write_atomically(str(tmp_path / "out.txt"), lambda tmp: open(tmp, "w", encoding="utf-8").write("ok"))
+    assert (tmp_path / "out.txt").read_text() == "ok" and len(refusals) == 2
+    refusals.clear()
+    monkeypatch.setattr(sys, "platform", "linux")
+    with pytest.raises(OSError, match="cannot access"):
+        atomic.write_atomically(str(tmp_path / "other.txt"), lambda tmp: open(tmp, "w", encoding="utf-8").write("x"))
+    assert len(refusals) == 1 and sorted(os.listdir(tmp_path)) == ["out.txt"]
+
+
+def test_paths_the_console_cannot_show_are_printed_escaped(tmp_path):
+    """A console whose code page lacks a path's letters (Windows' cp1252 for a Chinese folder) gets them
+    escaped, not a UnicodeEncodeError after the work is done."""
+    src = tmp_path / "工作流" / "in.json"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
+                               "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}), encoding="utf-8")
+    env = dict(os.environ, PYTHONIOENCODING="ascii", PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-m", "wanvideo_vae", "patch-workflow", str(src), str(src.parent / "out.json")],
+                       capture_output=True, text=True, encoding="ascii", env=env, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "\\u5de5\\u4f5c\\u6d41" in r.stdout and "1 WanVideoDecode node(s) now use" in r.stdout

@@ -98,6 +98,32 @@ def test_install_script_installs_the_package_with_the_running_python(capsys):
     assert result.returncode == 0 and result.stdout.startswith("wanvideo_vae: installed; CUDA backend: ")
 
 
+def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_path):
+    """ComfyUI's portable python_embeded has a python3XX._pth, so it ignores PYTHONPATH, through which
+    pip's build isolation hands the build its requirements: install.py installs them first (those of
+    pyproject.toml) and builds with --no-build-isolation."""
+    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    embedded = tmp_path / "ComfyUI [portable]" / "python_embeded"
+    embedded.mkdir(parents=True)
+    assert not install.embedded_python(str(embedded / "python.exe"))
+    (embedded / "python312._pth").write_text("python312.zip\n.\nimport site\n")
+    assert install.embedded_python(str(embedded / "python.exe")) and not install.embedded_python()
+    import tomllib
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        requires = tomllib.load(f)["build-system"]["requires"]
+    assert install.build_requirements() == requires and any(r.startswith("scipy-openblas32") for r in requires)
+    calls = []
+    assert install.main(call=lambda command, cwd: calls.append(command) or 0, embedded=True) == 0
+    assert calls[0] == [sys.executable, "-m", "pip", "install"] + requires
+    assert calls[1] == [sys.executable, "-m", "pip", "install", "--no-build-isolation", REPO]
+    assert len(calls) == 3  # then says what it got
+    calls.clear()
+    assert install.main(call=lambda command, cwd: calls.append(command) or 1, embedded=True) == 1
+    assert len(calls) == 1  # no build without its requirements
+
+
 def test_install_script_says_what_a_portable_python_lacks(tmp_path):
     """ComfyUI's portable Windows Python has no include folder or import library, a Linux Python may lack
     its -dev package: say so, and what to do, before pip fails."""

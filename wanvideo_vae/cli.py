@@ -35,17 +35,42 @@ class CliError(Exception):
 
 # ---- memory and progress -----------------------------------------------------------------------
 
+def _windows_working_set():
+    """(working set, peak working set) of this process in bytes (Windows), or None."""
+    import ctypes
+
+    class MemoryCounters(ctypes.Structure):  # PROCESS_MEMORY_COUNTERS
+        _fields_ = [("cb", ctypes.c_ulong), ("PageFaultCount", ctypes.c_ulong)] + [
+            (name, ctypes.c_size_t) for name in (
+                "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage", "QuotaPagedPoolUsage",
+                "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]
+
+    counters = MemoryCounters()
+    counters.cb = ctypes.sizeof(counters)
+    this_process = ctypes.c_void_p(-1)  # GetCurrentProcess()'s pseudo handle
+    if not ctypes.windll.kernel32.K32GetProcessMemoryInfo(this_process, ctypes.byref(counters),
+                                                          ctypes.c_ulong(counters.cb)):
+        return None
+    return int(counters.WorkingSetSize), int(counters.PeakWorkingSetSize)
+
+
 def peak_rss_bytes():
+    if sys.platform == "win32":
+        counters = _windows_working_set()
+        return counters and counters[1]
     try:
         import resource
-    except ImportError:  # Windows
+    except ImportError:
         return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def current_rss_bytes():
+    if sys.platform == "win32":
+        counters = _windows_working_set()
+        return counters and counters[0]
     try:
-        with open("/proc/self/statm") as f:
+        with open("/proc/self/statm", encoding="ascii") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return None
@@ -475,7 +500,17 @@ def build_parser():
 COMMANDS = ("decode", "bench", "patch-workflow")
 
 
+def tolerant_console():
+    """Text this console's code page cannot show (a path in a Windows console) printed escaped."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a text stream of io's, or detached
+            pass
+
+
 def main(argv=None):
+    tolerant_console()
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["decode"] + argv  # decode is the default command

@@ -18,7 +18,9 @@ _dll_dirs_added = False
 
 def add_windows_dll_dirs():
     """Python 3.8+ on Windows no longer searches PATH for an extension's DLLs: point it at the CUDA
-    toolkit and at the nvidia-* wheels (cuDNN, cuBLAS), as PyTorch does for its own."""
+    toolkit and at the nvidia-* wheels (cuDNN, cuBLAS), as PyTorch does for its own; and put those
+    folders on PATH too, as PyTorch also does: cuDNN loads its sub-libraries (cudnn_graph64_9.dll,
+    cudnn_engines_*64_9.dll) itself, by name, from a process that may not have imported torch."""
     global _dll_dirs_added
     if sys.platform != "win32" or _dll_dirs_added:
         return
@@ -26,7 +28,7 @@ def add_windows_dll_dirs():
     roots = [os.environ[v] for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
     sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     for sp in sites:
-        roots += glob.glob(os.path.join(sp, "nvidia", "*"))
+        roots += glob.glob(os.path.join(glob.escape(sp), "nvidia", "*"))  # escaped: "ComfyUI [portable]"
     # bin/x86_64: the CUDA 13 wheels (nvidia/cu13/bin/x86_64/cublas64_13.dll); bin/x64: the toolkit's
     dirs = [os.path.join(r, *sub) for r in roots for sub in (("bin",), ("bin", "x86_64"), ("bin", "x64"))]
     # PyTorch's Windows wheels carry cuDNN and cuBLAS in torch/lib (added when torch is imported;
@@ -34,9 +36,11 @@ def add_windows_dll_dirs():
     # not a mix of two installations' sub-libraries
     if not any(os.path.isdir(os.path.join(sp, "nvidia", "cudnn")) for sp in sites):
         dirs += [os.path.join(sp, "torch", "lib") for sp in sites]
+    dirs = [d for d in dirs if os.path.isdir(d)]
     for d in dirs:
-        if os.path.isdir(d):
-            os.add_dll_directory(d)
+        os.add_dll_directory(d)
+    if dirs:
+        os.environ["PATH"] = os.pathsep.join(dirs + [os.environ.get("PATH", "")])
 
 
 def cuda_module():

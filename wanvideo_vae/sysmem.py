@@ -44,7 +44,7 @@ class PeakSampler:
 def _read_number(path):
     """The integer in a cgroup file; None when absent, unreadable or "max" (no limit)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="ascii", errors="replace") as f:
             return int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -54,7 +54,7 @@ def _stat_values(path):
     """{name: value} of a cgroup memory.stat file ({} where there is none)."""
     values = {}
     try:
-        with open(path) as f:
+        with open(path, encoding="ascii", errors="replace") as f:
             for line in f:
                 name, _, value = line.partition(" ")
                 if value.strip().isdigit():
@@ -76,7 +76,7 @@ def _cgroup_folders(root, proc_cgroup):
     tops = (root, os.path.join(root, "memory"))
     leaves = []
     try:
-        with open(proc_cgroup) as f:
+        with open(proc_cgroup, encoding="utf-8", errors="replace") as f:
             for line in f:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
                 if controllers == "":
@@ -116,7 +116,7 @@ def cgroup_headroom_bytes(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"
 
 def _meminfo_available():
     try:
-        with open("/proc/meminfo") as f:
+        with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
@@ -127,7 +127,8 @@ def _meminfo_available():
 
 def available_host_bytes():
     """Bytes of physical memory available to a new allocation now, or None when unknown. On Linux,
-    within the memory cgroup's limit too (in a container, MemAvailable is the whole machine's)."""
+    within the memory cgroup's limit too (in a container, MemAvailable is the whole machine's); on
+    Windows, within what may still be committed."""
     if sys.platform.startswith("linux"):
         known = [b for b in (_meminfo_available(), cgroup_headroom_bytes()) if b is not None]
         if known:
@@ -145,7 +146,8 @@ def available_host_bytes():
         status = MemoryStatusEx()
         status.dwLength = ctypes.sizeof(status)
         if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
-            return int(status.ullAvailPhys)
+            # an allocation fails at the commit limit: less than the free RAM with a small page file
+            return int(min(status.ullAvailPhys, status.ullAvailPageFile))
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
