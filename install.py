@@ -5,6 +5,7 @@ fetching or updating it; this does what the README asks of a manual install, `py
 in this folder, so the compiled decoder is there when ComfyUI loads the pack, then says which
 backends it got (pip hides the build's own account of it). Exit status: pip's."""
 import glob
+import importlib.util
 import os
 import re
 import subprocess
@@ -72,12 +73,12 @@ BACKENDS = ("import wanvideo_vae as w; c = w.backends()['cuda']; "
 
 
 def tolerant_console():
-    """Text this console's code page cannot show (a path in a Windows console) printed escaped."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError):  # not a text stream of io's, or detached
-            pass
+    """wanvideo_vae/console.py's, loaded by its path: the package cannot be imported before it is built."""
+    spec = importlib.util.spec_from_file_location("_wanvideo_vae_console",
+                                                  os.path.join(HERE, "wanvideo_vae", "console.py"))
+    console = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(console)
+    console.tolerant_console()
 
 
 def main(call=subprocess.call, embedded=None):

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import Decoder, WanVAEError, backends, load_weights
 from .api import NORMALIZATIONS, normalize_frames
+from .console import tolerant_console
 from .devices import precision_for
 from .media import check_file_target, check_output, contact_sheet, have_mp4, load_latents, write_frames
 from .random_model import random_latents, random_weights
@@ -498,15 +499,6 @@ def build_parser():
 
 
 COMMANDS = ("decode", "bench", "patch-workflow")
-
-
-def tolerant_console():
-    """Text this console's code page cannot show (a path in a Windows console) printed escaped."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(errors="backslashreplace")
-        except (AttributeError, ValueError):  # not a text stream of io's, or detached
-            pass
 
 
 def main(argv=None):
