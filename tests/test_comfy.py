@@ -782,18 +782,60 @@ def test_decoder_cache_rebuilds_for_another_precision(tiny, monkeypatch):
     from wanvideo_vae import comfy_nodes
     vae, _ = tiny
 
+    live = []
+
     class FakeDecoder:
         backend = "cuda"
         closed = False
 
         def __init__(self, weights, **kw):
             self.precision = kw["precision"]
+            live.append(self)
+
+        def close(self):
+            live.remove(self)
 
     monkeypatch.setattr(comfy_nodes, "Decoder", FakeDecoder)
     monkeypatch.setattr(comfy_nodes, "_close_gpu_decoders_when_comfyui_unloads", lambda: None)
     cache = comfy_nodes._DecoderCache()
     assert cache.get(vae, vae.model, ("cuda", "bf16", 0)).precision == "bf16"
     assert cache.get(vae, vae.model, ("cuda", "fp32", 0)).precision == "fp32"
+    assert [d.precision for d in live] == ["fp32"]  # the bf16 one closed before it was built: one copy at a time
+
+
+def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monkeypatch, fake_comfy):
+    """Another process may take device memory after a decode sized its plan: tried once more (torch's
+    cache released first; the decode plans for what is free then); a second failure is raised as
+    ComfyUI's OOM_EXCEPTION, which its executor answers as for its own (unloading models, its advice),
+    where a MemoryError it would not. A CPU decode's MemoryError stays one."""
+    import comfy.model_management as mm
+    from wanvideo_vae import comfy_nodes
+
+    class OOM(Exception):
+        pass
+
+    emptied, calls = [], []
+    monkeypatch.setattr(mm, "soft_empty_cache", lambda: emptied.append(True), raising=False)
+    monkeypatch.setattr(mm, "OOM_EXCEPTION", OOM, raising=False)
+    gpu, cpu = type("Dec", (), {"backend": "cuda"})(), type("Dec", (), {"backend": "cpu"})()
+
+    def fails(times):
+        def decode():
+            calls.append(True)
+            if len(calls) <= times:
+                raise MemoryError("out of GPU memory allocating 2147483648 bytes on device 0")
+            return "frames"
+        return decode
+
+    assert comfy_nodes._retried_on_gpu_out_of_memory(gpu, fails(1)) == "frames" and len(calls) == 2 and emptied
+    calls.clear()
+    with pytest.raises(OOM, match="out of GPU memory allocating") as e:
+        comfy_nodes._retried_on_gpu_out_of_memory(gpu, fails(2))
+    assert isinstance(e.value.__cause__, MemoryError) and len(calls) == 2
+    calls.clear()
+    with pytest.raises(MemoryError):
+        comfy_nodes._retried_on_gpu_out_of_memory(cpu, fails(1))
+    assert len(calls) == 1
 
 
 def test_core_vae_node_decodes_every_video_of_a_batch():

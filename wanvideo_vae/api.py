@@ -298,6 +298,8 @@ class Decoder:
                 planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
                                            end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
                 budget = release_torch_cache_if_needed(self._device, budget, planned, free_now)
+            else:  # a bare array interface: no plan to size here, so no cache released: what is free alone
+                budget = free_now
         else:
             budget = _budget(max_memory, self.backend, self._device)
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),

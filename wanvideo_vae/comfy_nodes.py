@@ -173,6 +173,9 @@ class _DecoderCache:
         hit = self._cache.get(owner)
         if hit is not None and hit[0] == key and not hit[1].closed:
             return hit[1]
+        if hit is not None:  # closed before its successor is built: never two copies of the weights on a GPU
+            del self._cache[owner]
+            _close_quietly(hit[1])
         if backend == "cuda":
             _close_gpu_decoders_when_comfyui_unloads()
         dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
@@ -187,10 +190,14 @@ class _DecoderCache:
             if dec.backend != "cuda":
                 continue
             del self._cache[owner]
-            try:
-                dec.close()
-            except Exception as e:  # noqa: BLE001 - an unload must not fail on one decoder
-                print(f"wanvideo_vae: a cached decoder did not close ({e})", file=sys.stderr)
+            _close_quietly(dec)
+
+
+def _close_quietly(dec):
+    try:
+        dec.close()
+    except Exception as e:  # noqa: BLE001 - an unload or a rebuild must not fail on one decoder
+        print(f"wanvideo_vae: a cached decoder did not close ({e})", file=sys.stderr)
 
 
 _decoders = _DecoderCache()
@@ -258,9 +265,32 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
     dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
     if make_room:
         _make_room_like_comfyui(dec, latents.shape, int(tile_x), int(tile_y), bool(tiled))
-    return dec.decode(_on_decoder_gpu(latents, placement), raw=True, end_frame=end_frame,
-                      enable_vae_tiling=bool(tiled), tile_x=int(tile_x), tile_y=int(tile_y), tile_stride_x=8,
-                      tile_stride_y=8, progress=_comfy_progress(show_progress))
+    latents = _on_decoder_gpu(latents, placement)
+    return _retried_on_gpu_out_of_memory(dec, lambda: dec.decode(
+        latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
+        tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress(show_progress)))
+
+
+def _retried_on_gpu_out_of_memory(dec, decode):
+    """decode(); on a GPU, once more where the device ran out of memory (another process took some after
+    the decode sized its plan: the retry, torch's cache released first, plans for what is free then). A
+    second failure is raised as ComfyUI's out-of-memory exception (torch's), which its executor answers
+    as it does its own: unloading the models, with its advice; a MemoryError it would not."""
+    try:
+        return decode()
+    except MemoryError:
+        if dec.backend != "cuda":
+            raise
+    torch = _torch()
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        mm = None
+    getattr(mm, "soft_empty_cache", torch.cuda.empty_cache)()
+    try:
+        return decode()
+    except MemoryError as e:
+        raise getattr(mm, "OOM_EXCEPTION", torch.cuda.OutOfMemoryError)(str(e)) from e
 
 
 # ---- WanVideoDecode drop-in ----------------------------------------------------------------------
@@ -474,8 +504,9 @@ class WanCoreVAENativeDecode:
         dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
         z = _on_decoder_gpu(z, placement)
         _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
-        frames = [dec.decode(v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
-                             tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress()) for v in z]
+        frames = [_retried_on_gpu_out_of_memory(dec, lambda v=v: dec.decode(
+            v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size, tile_stride_x=8,
+            tile_stride_y=8, progress=_comfy_progress())) for v in z]
         images = torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0))
         return (_like_core_vae_output(vae, images),)
 

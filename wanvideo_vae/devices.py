@@ -129,8 +129,7 @@ def release_torch_cache_if_needed(device, budget, need, free_now):
     torch = _torch_if_loaded()
     if need <= free_now or torch is None or not torch.cuda.is_initialized():
         return budget
-    with torch.cuda.device(device):
-        torch.cuda.empty_cache()
+    torch.cuda.empty_cache()  # every device's cache: torch has no way to empty one device's alone
     return device_budget(device)[1]
 
 
