@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import wanvideo_vae.media as media
-from helpers import random_latents, random_weights, write_safetensors
+from helpers import package_root, random_latents, random_weights, write_safetensors
 from wanvideo_vae import WanVAEError
 from wanvideo_vae.cli import main
 
@@ -697,7 +697,7 @@ def test_paths_the_console_cannot_show_are_printed_escaped(tmp_path):
     src.parent.mkdir()
     src.write_text(json.dumps({"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
                                "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}), encoding="utf-8")
-    env = dict(os.environ, PYTHONIOENCODING="ascii", PYTHONPATH=os.pathsep.join(sys.path))
+    env = dict(os.environ, PYTHONIOENCODING="ascii", PYTHONPATH=package_root())
     r = subprocess.run([sys.executable, "-m", "wanvideo_vae", "patch-workflow", str(src), str(src.parent / "out.json")],
                        capture_output=True, text=True, encoding="ascii", env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
