@@ -29,7 +29,7 @@ TAEHV_LOADERS = ("WanVideoTinyVAELoader", "WanVideoFlashVSRDecoderLoader")  # WA
 PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input gets (GetNode: its SetNode's)
 PACK_ID = "wanvideo-vae"
 
-# What patch_workflow changed. A namedtuple: PatchReport(0, 0, 0) is true, compare its fields.
+# What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
 PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept")
 WAN22_VAE = re.compile(r"wan[^/\\]*2[._]2[^/\\]*vae|vae[^/\\]*2[._]2", re.IGNORECASE)  # Wan2_2_VAE_bf16, wan2.2_vae
 
