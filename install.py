@@ -29,19 +29,30 @@ def build_requirements(pyproject=os.path.join(HERE, "pyproject.toml")):
         text = f.read()
     try:
         import tomllib
-    except ImportError:  # Python 3.10: the one list of quoted strings after "requires ="
+    except ImportError:  # Python 3.10: the quoted strings of the list after "requires =", comments dropped
         section = text.split("[build-system]", 1)[1].split("\n[", 1)[0]
-        return re.findall(r'"([^"]+)"', re.search(r"requires\s*=\s*\[(.*?)\]", section, re.S).group(1))
+        listed = re.search(r"requires\s*=\s*\[(.*?)\]", section, re.S).group(1)
+        return re.findall(r"""["']([^"']+)["']""", "\n".join(line.split("#")[0] for line in listed.splitlines()))
     return tomllib.loads(text)["build-system"]["requires"]
 
 
-def pip_commands(python=sys.executable, folder=HERE, embedded=False):
-    """pip install of this folder; in an embeddable Python, its build requirements installed first and
-    the build run without isolation."""
+BUILD_FAILED = ("the build failed (exit status %d). It needs a C compiler (Visual Studio Build Tools on Windows, gcc "
+                "or clang elsewhere); the CUDA backend also needs the CUDA toolkit. See the README's 'Building the "
+                "CUDA backend' and 'Windows'.")
+REQUIREMENTS_FAILED = ("pip could not install the build's requirements (exit status %d); it needs the network, or "
+                       "an index it can reach.")
+
+
+def pip_steps(python=sys.executable, folder=HERE, embedded=False):
+    """(what it does, pip command, what its failure says): pip install of this folder; in an embeddable
+    Python, its build requirements installed first (setuptools 77 or newer among them) and the build run
+    without isolation."""
     if not embedded:
-        return [[python, "-m", "pip", "install", folder]]
-    return [[python, "-m", "pip", "install"] + build_requirements(),
-            [python, "-m", "pip", "install", "--no-build-isolation", folder]]
+        return [("building the native decoder", [python, "-m", "pip", "install", folder], BUILD_FAILED)]
+    return [("installing the build's requirements", [python, "-m", "pip", "install"] + build_requirements(),
+             REQUIREMENTS_FAILED),
+            ("building the native decoder", [python, "-m", "pip", "install", "--no-build-isolation", folder],
+             BUILD_FAILED)]
 
 
 def missing_python_headers(paths=None, windows=sys.platform == "win32", base=sys.base_prefix):
@@ -87,17 +98,12 @@ def main(call=subprocess.call, embedded=None):
     if problem:
         print("wanvideo_vae: " + problem, file=sys.stderr)
         return 1
-    status = 0
-    for command in pip_commands(embedded=embedded_python() if embedded is None else embedded):
-        print("wanvideo_vae: building the native decoder: " + " ".join(command), flush=True)
+    for what, command, failed in pip_steps(embedded=embedded_python() if embedded is None else embedded):
+        print("wanvideo_vae: %s: %s" % (what, " ".join(command)), flush=True)
         status = call(command, cwd=HERE)
         if status:
-            break
-    if status:
-        print("wanvideo_vae: the build failed (exit status %d). It needs a C compiler (Visual Studio Build Tools "
-              "on Windows, gcc or clang elsewhere); the CUDA backend also needs the CUDA toolkit. See the README's "
-              "'Building the CUDA backend' and 'Windows'." % status, file=sys.stderr)
-        return status
+            print("wanvideo_vae: " + failed % status, file=sys.stderr)
+            return status
     # from a neutral folder: in this one (or custom_nodes/, beside a clone named wanvideo_vae) the sources
     # would be imported instead of the installed package
     call([sys.executable, "-c", BACKENDS], cwd=tempfile.gettempdir())

@@ -351,7 +351,9 @@ def test_decodes_of_a_taehv_tiny_decoder_stay_the_wrappers(loader, tmp_path, cap
     assert api["2"]["class_type"] == "WanVideoDecode" and api["3"]["class_type"] == "WanVideoNativeDecode"
     unlinked = {"nodes": [{"id": 1, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE",
                                                                           "link": None}]}]}
-    assert patch_workflow(unlinked) == (1, 0, 0, 0, 0)
+    assert patch_workflow(copy.deepcopy(unlinked)) == (1, 0, 0, 0, 0)
+    unlinked["nodes"].append({"id": 2, "type": loader, "widgets_values": ["taew2_1.safetensors"]})
+    assert patch_workflow(unlinked) == (0, 0, 0, 0, 1)  # untraced, beside a refused VAE: kept
     src = tmp_path / "w.json"
     src.write_text(json.dumps(_ui_chain(loader, "WanVideoDecode")))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
@@ -395,9 +397,13 @@ def test_decodes_inside_legacy_group_nodes_are_converted():
           "extra": {"groupNodes": {"Decode": {"nodes": [{"index": 0, "type": "WanVideoDecode",
                                                           "widgets_values": [False, 272, 272, 144, 128, "default"]}],
                                               "links": [], "external": []}}}}
+    untouched = copy.deepcopy(ui)
     assert patch_workflow(ui).decode_nodes == 1
     inner = ui["extra"]["groupNodes"]["Decode"]["nodes"][0]
     assert inner["type"] == "WanVideoNativeDecode" and inner["widgets_values"][1:3] == [272, 272]
+    # a group's links are not traced: beside a loader of a VAE the native decode refuses, its decode is kept
+    untouched["nodes"].append({"id": 8, "type": "WanVideoTinyVAELoader", "widgets_values": ["taew2_1.safetensors"]})
+    assert patch_workflow(untouched)[::4] == (0, 1)
     with pytest.raises(ValueError, match="group node 'x' is not an object"):
         patch_workflow({"nodes": [], "extra": {"groupNodes": {"x": 1}}})
 

@@ -271,6 +271,12 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
         tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress(show_progress)))
 
 
+def _out_of_device_memory(e):
+    """Whether a GPU decode's MemoryError is the device's (the backend says "out of host memory" for the
+    host's, which a retry or unloading models onto the host would only make worse)."""
+    return isinstance(e, MemoryError) and "out of host memory" not in str(e)
+
+
 def _retried_on_gpu_out_of_memory(dec, decode):
     """decode(); on a GPU, once more where the device ran out of memory (another process took some after
     the decode sized its plan: the retry, torch's cache released first, plans for what is free then). A
@@ -278,19 +284,21 @@ def _retried_on_gpu_out_of_memory(dec, decode):
     as it does its own: unloading the models, with its advice; a MemoryError it would not."""
     try:
         return decode()
-    except MemoryError:
-        if dec.backend != "cuda":
+    except MemoryError as e:
+        if dec.backend != "cuda" or not _out_of_device_memory(e):
             raise
     torch = _torch()
     try:
         import comfy.model_management as mm
     except ImportError:
         mm = None
-    getattr(mm, "soft_empty_cache", torch.cuda.empty_cache)()
+    (getattr(mm, "soft_empty_cache", None) or torch.cuda.empty_cache)()
     try:
         return decode()
     except MemoryError as e:
-        raise getattr(mm, "OOM_EXCEPTION", torch.cuda.OutOfMemoryError)(str(e)) from e
+        if not _out_of_device_memory(e):
+            raise
+        raise (getattr(mm, "OOM_EXCEPTION", None) or torch.cuda.OutOfMemoryError)(str(e)) from e
 
 
 # ---- WanVideoDecode drop-in ----------------------------------------------------------------------

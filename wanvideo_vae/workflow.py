@@ -4,7 +4,7 @@
   values (both take the same inputs in the same order), unless its VAE, traced back through
   Reroutes and SetNode / GetNode pairs, is one the native decoder refuses (a Wan 2.2 VAE, a TAEHV
   tiny decoder: the wrapper's tiny VAE and FlashVSR's decoder); decodes inside legacy group nodes
-  too;
+  too; one whose VAE cannot be traced is converted unless the workflow loads such a VAE anywhere;
 - every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
   too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
@@ -143,23 +143,23 @@ def _vae_source(graph, node):
 
 
 def _patch_ui_decodes(workflow):
-    """Converts the decode nodes (those whose VAE the native decoder refuses kept): (converted, kept)."""
+    """Converts the decode nodes, but those whose VAE the native decoder refuses: (converted, kept). A
+    decode whose VAE cannot be traced (from a subgraph's input, inside a group node, unlinked) is
+    converted unless the workflow loads such a VAE anywhere."""
+    graphs, groups = list(_ui_graphs(workflow)), list(_group_node_lists(workflow))
+    placed = [(graph, node) for graph in graphs for node in graph.get("nodes") or []]
+    placed += [(None, node) for nodes in groups for node in nodes]  # a group's links are not traced
+    any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
     converted = kept = 0
-    for graph in _ui_graphs(workflow):
-        for node in graph.get("nodes") or []:
-            if node.get("type") != SOURCE_TYPE:
-                continue
-            source = _vae_source(graph, node)
-            if source is not None and _refused_vae(source.get("type"), source.get("widgets_values")):
-                kept += 1
-                continue
-            _convert_ui_node(node)
-            converted += 1
-    for nodes in _group_node_lists(workflow):
-        for node in nodes:
-            if node.get("type") == SOURCE_TYPE:
-                _convert_ui_node(node)
-                converted += 1
+    for graph, node in placed:
+        if node.get("type") != SOURCE_TYPE:
+            continue
+        source = _vae_source(graph, node) if graph is not None else None
+        if _refused_vae(source.get("type"), source.get("widgets_values")) if source is not None else any_refused:
+            kept += 1
+            continue
+        _convert_ui_node(node)
+        converted += 1
     return converted, kept
 
 
@@ -273,13 +273,14 @@ def _loaders_in_subgraphs(workflow):
 
 def _patch_api_decodes(nodes):
     """As _patch_ui_decodes (the API format has no Reroutes or Set / Get nodes left): (converted, kept)."""
+    any_refused = any(_refused_vae(n["class_type"], n.get("inputs")) for n in nodes.values())
     converted = kept = 0
     for node in nodes.values():
         if node["class_type"] != SOURCE_TYPE:
             continue
         vae = (node.get("inputs") or {}).get("vae")
         source = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
-        if source is not None and _refused_vae(source["class_type"], source.get("inputs")):
+        if _refused_vae(source["class_type"], source.get("inputs")) if source is not None else any_refused:
             kept += 1
             continue
         node["class_type"] = TARGET_TYPE
