@@ -142,25 +142,29 @@ def _vae_source(graph, node):
     return None
 
 
-def _patch_ui_decodes(workflow):
-    """Converts the decode nodes, but those whose VAE the native decoder refuses: (converted, kept). A
-    decode whose VAE cannot be traced (from a subgraph's input, inside a group node, unlinked) is
-    converted unless the workflow loads such a VAE anywhere."""
-    graphs, groups = list(_ui_graphs(workflow)), list(_group_node_lists(workflow))
-    placed = [(graph, node) for graph in graphs for node in graph.get("nodes") or []]
-    placed += [(None, node) for nodes in groups for node in nodes]  # a group's links are not traced
-    any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
-    converted = kept = 0
-    for graph, node in placed:
-        if node.get("type") != SOURCE_TYPE:
-            continue
-        source = _vae_source(graph, node) if graph is not None else None
-        if _refused_vae(source.get("type"), source.get("widgets_values")) if source is not None else any_refused:
+def _convert_decodes(decodes, any_refused, convert):
+    """decodes: (decode node, (type, widget values or API inputs) of the node its VAE comes from, or None
+    where that cannot be traced). Converts each, but those whose VAE the native decoder refuses, and
+    the untraced ones where the workflow loads such a VAE anywhere (any_refused): (converted, kept)."""
+    kept = 0
+    for node, source in decodes:
+        if _refused_vae(*source) if source is not None else any_refused:
             kept += 1
-            continue
-        _convert_ui_node(node)
-        converted += 1
-    return converted, kept
+        else:
+            convert(node)
+    return len(decodes) - kept, kept
+
+
+def _patch_ui_decodes(workflow):
+    placed = [(graph, node) for graph in _ui_graphs(workflow) for node in graph.get("nodes") or []]
+    placed += [(None, node) for nodes in _group_node_lists(workflow) for node in nodes]  # links not traced
+    any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
+    decodes = []
+    for graph, node in placed:
+        if node.get("type") == SOURCE_TYPE:
+            source = _vae_source(graph, node) if graph is not None else None
+            decodes.append((node, None if source is None else (source.get("type"), source.get("widgets_values"))))
+    return _convert_decodes(decodes, any_refused, _convert_ui_node)
 
 
 # ---- UI format ---------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ def _next_ids(workflow, by_id, by_link):
     return node_id, link_id
 
 
-def _count_ids(workflow, node_id, link_id):
+def _set_id_counters(workflow, node_id, link_id):
     state = workflow.get("state")
     if isinstance(state, dict):
         state["lastNodeId"], state["lastLinkId"] = node_id, link_id
@@ -258,7 +262,7 @@ def _insert_ui_vae_patches(workflow):
             out["links"] = [link_id]
             nodes.append(patch)
             by_id[node_id] = patch
-            _count_ids(workflow, node_id, link_id)
+            _set_id_counters(workflow, node_id, link_id)
             workflow["links"] = links
             count += 1
     return count, wan22
@@ -271,21 +275,18 @@ def _loaders_in_subgraphs(workflow):
 
 # ---- API format --------------------------------------------------------------------------------
 
+def _api_vae_source(nodes, node):
+    """(class_type, inputs) of the node a decode's 'vae' input names (the API format has no Reroutes or
+    Set / Get nodes left), or None."""
+    vae = (node.get("inputs") or {}).get("vae")
+    source = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
+    return None if source is None else (source["class_type"], source.get("inputs"))
+
+
 def _patch_api_decodes(nodes):
-    """As _patch_ui_decodes (the API format has no Reroutes or Set / Get nodes left): (converted, kept)."""
     any_refused = any(_refused_vae(n["class_type"], n.get("inputs")) for n in nodes.values())
-    converted = kept = 0
-    for node in nodes.values():
-        if node["class_type"] != SOURCE_TYPE:
-            continue
-        vae = (node.get("inputs") or {}).get("vae")
-        source = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
-        if _refused_vae(source["class_type"], source.get("inputs")) if source is not None else any_refused:
-            kept += 1
-            continue
-        node["class_type"] = TARGET_TYPE
-        converted += 1
-    return converted, kept
+    decodes = [(n, _api_vae_source(nodes, n)) for n in nodes.values() if n["class_type"] == SOURCE_TYPE]
+    return _convert_decodes(decodes, any_refused, lambda node: node.update(class_type=TARGET_TYPE))
 
 
 def _insert_api_vae_patches(workflow, nodes):
