@@ -16,12 +16,14 @@
 
 static PyObject *WvError;       /* wanvideo_vae.WanVAEError (ValueError) */
 static PyObject *WvInterrupted; /* subclass of WvError */
+static PyObject *WvDeviceMemory; /* wanvideo_vae.DeviceMemoryError (MemoryError) */
 
 static PyObject *raise_status(const wv_error *err)
 {
-    PyObject *type = err->code == WV_ERR_NOMEM         ? PyExc_MemoryError
-                     : err->code == WV_ERR_INTERRUPTED ? WvInterrupted
-                                                       : WvError;
+    PyObject *type = err->code == WV_ERR_NOMEM          ? PyExc_MemoryError
+                     : err->code == WV_ERR_NOMEM_DEVICE ? WvDeviceMemory
+                     : err->code == WV_ERR_INTERRUPTED  ? WvInterrupted
+                                                        : WvError;
     PyErr_SetString(type, err->msg[0] ? err->msg : "wanvideo_vae: unknown error");
     return NULL;
 }
@@ -1258,8 +1260,15 @@ PyMODINIT_FUNC PyInit__C(void)
     WvInterrupted = WvError ? PyErr_NewExceptionWithDoc("wanvideo_vae.DecodeInterrupted",
                                                         "The progress callback stopped the decode.", WvError, NULL)
                             : NULL;
-    if (!WvInterrupted || PyModule_AddObjectRef(m, "WanVAEError", WvError) ||
+    WvDeviceMemory = WvInterrupted ? PyErr_NewExceptionWithDoc(
+                                         "wanvideo_vae.DeviceMemoryError",
+                                         "The GPU ran out of memory, or a budget of its memory is too small for any "
+                                         "tiling (a MemoryError; the host's is a plain MemoryError).",
+                                         PyExc_MemoryError, NULL)
+                                   : NULL;
+    if (!WvDeviceMemory || PyModule_AddObjectRef(m, "WanVAEError", WvError) ||
         PyModule_AddObjectRef(m, "DecodeInterrupted", WvInterrupted) ||
+        PyModule_AddObjectRef(m, "DeviceMemoryError", WvDeviceMemory) ||
         PyModule_AddObjectRef(m, "Model", (PyObject *)&ModelType)) {
         Py_DECREF(m);
         return NULL;

@@ -180,6 +180,7 @@ _Static_assert(WV_OP_COUNT <= WV_MAX_OPS, "wv_stats.op_seconds is too small");
 
 struct wv_backend {
     const char *name;
+    int device_memory;      /* 1: alloc takes a device's memory (its failures: WV_ERR_NOMEM_DEVICE) */
     wv_dtype act_dtype;     /* activations and parameters in backend memory */
     size_t act_bytes;       /* bytes per activation element */
     size_t param_bytes;     /* bytes per parameter element in backend memory */
@@ -215,7 +216,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 10
+#define WV_BACKEND_ABI 11
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

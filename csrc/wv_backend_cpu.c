@@ -347,8 +347,8 @@ static wv_status cpu_sync(void *ctx, wv_error *err)
     return WV_OK;
 }
 
-/* No weight scratch, workspace, output staging, trunk output on the host or operand limit: those
- * fields are 0. */
+/* Host memory, no weight scratch, workspace, output staging, trunk output on the host or operand
+ * limit: those fields are 0. */
 static const wv_backend CPU_BACKEND = {
     .name = "cpu",
     .act_dtype = WV_F32,

@@ -679,6 +679,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
     wv_plan q;
     char tiles[64], trunk[96] = "", crowd[64] = ""; /* trunk: the part that grows with T, where the arena holds it */
     int crowded;
+    wv_status nomem = m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM; /* the arena's memory */
     wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, &crowded, err);
     if (st) return st;
     if (!q.arena_bytes) {
@@ -686,7 +687,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
         st = plan_for_tiles(&q, m, T, h, w, &smallest, err);
         wv_plan_free(&q);
         if (too_many_tiles(&q, st, err))
-            return wv_fail(err, WV_ERR_NOMEM,
+            return wv_fail(err, nomem,
                            "the decode needs %zu bytes of working memory but the budget is %zu bytes, and tiles "
                            "small enough for it would be more than %d",
                            asked_bytes, o->max_bytes, WV_MAX_TILES);
@@ -704,7 +705,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
     if (!q.trunk_host_bytes && !q.stream_trunk) /* else it does not grow with T */
         snprintf(trunk, sizeof trunk, "; the trunk output for %d frames takes %zu of it", T, q.trunk_out_bytes);
     if (crowded) snprintf(crowd, sizeof crowd, " (smaller tiles would be more than %d)", WV_MAX_TILES);
-    return wv_fail(err, WV_ERR_NOMEM,
+    return wv_fail(err, nomem,
                    "the decode needs %zu bytes of working memory but the budget is %zu bytes; the least it can "
                    "take is %zu, %s%s%s",
                    asked_bytes, o->max_bytes, q.arena_bytes, tiles, crowd, trunk);

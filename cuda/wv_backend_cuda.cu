@@ -205,7 +205,7 @@ static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess) return 1;
     if (!failed(c))
-        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM : WV_ERR_BACKEND, "CUDA error in %s: %s%s", what,
+        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND, "CUDA error in %s: %s%s", what,
                 cudaGetErrorString(e),
                 context_lost(e) ? " (this process can no longer use the GPU: restart it)" : "");
     cudaGetLastError(); /* a recoverable error must not resurface in the next call's first check */
@@ -214,11 +214,11 @@ static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 
 static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
 {
-    int nomem = s == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED ||
-                s == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED;
+    wv_status code = s == CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED     ? WV_ERR_NOMEM
+                     : s == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED ? WV_ERR_NOMEM_DEVICE
+                                                                                 : WV_ERR_BACKEND;
     if (s == CUDNN_STATUS_SUCCESS) return 1;
-    if (!failed(c))
-        wv_fail(&c->err, nomem ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuDNN error in %s: %s", what, cudnnGetErrorString(s));
+    if (!failed(c)) wv_fail(&c->err, code, "cuDNN error in %s: %s", what, cudnnGetErrorString(s));
     return 0;
 }
 
@@ -257,7 +257,7 @@ static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
 {
     if (s == CUBLAS_STATUS_SUCCESS) return 1;
     if (!failed(c))
-        wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM : WV_ERR_BACKEND, "cuBLAS error in %s: %s",
+        wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND, "cuBLAS error in %s: %s",
                 what, cublasGetStatusString(s));
     return 0;
 }
@@ -845,7 +845,7 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     }
     leave_device(ds, c->device);
     if (e == cudaErrorMemoryAllocation)
-        return wv_fail(err, WV_ERR_NOMEM, "out of GPU memory allocating %zu bytes on device %d (%zu of %zu bytes free)",
+        return wv_fail(err, WV_ERR_NOMEM_DEVICE, "out of GPU memory allocating %zu bytes on device %d (%zu of %zu bytes free)",
                        bytes, c->device, free_b, total_b);
     if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaMalloc: %s", cudaGetErrorString(e));
     return WV_OK;
@@ -2021,6 +2021,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 #define CUDA_TABLE(NAME, DT, BYTES)                                                                 \
     static const wv_backend NAME = {                                                                \
         "cuda",                  /* name */                                                         \
+        1,                       /* device_memory */                                                \
         DT,                      /* act_dtype */                                                    \
         BYTES,                   /* act_bytes */                                                    \
         BYTES,                   /* param_bytes */                                                  \

@@ -822,9 +822,9 @@ def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monke
     """Another process may take device memory after a decode sized its plan: tried once more (torch's
     cache released first; the decode plans for what is free then); a second failure is raised as
     ComfyUI's OOM_EXCEPTION, which its executor answers as for its own (unloading models, its advice),
-    where a MemoryError it would not. A CPU decode's MemoryError stays one."""
+    where a MemoryError it would not. The host running out (a plain MemoryError) is not retried."""
     import comfy.model_management as mm
-    from wanvideo_vae import comfy_nodes
+    from wanvideo_vae import DeviceMemoryError, comfy_nodes
 
     class OOM(Exception):
         pass
@@ -832,34 +832,68 @@ def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monke
     emptied, calls = [], []
     monkeypatch.setattr(mm, "soft_empty_cache", lambda: emptied.append(True), raising=False)
     monkeypatch.setattr(mm, "OOM_EXCEPTION", OOM, raising=False)
-    gpu, cpu = type("Dec", (), {"backend": "cuda"})(), type("Dec", (), {"backend": "cpu"})()
 
-    def fails(times):
-        def decode():
+    def fails(times, error=DeviceMemoryError("out of GPU memory allocating 2147483648 bytes on device 0")):
+        def attempt():
             calls.append(True)
             if len(calls) <= times:
-                raise MemoryError("out of GPU memory allocating 2147483648 bytes on device 0")
+                raise error
             return "frames"
-        return decode
+        return attempt
 
-    assert comfy_nodes._retried_on_gpu_out_of_memory(gpu, fails(1)) == "frames" and len(calls) == 2 and emptied
+    assert comfy_nodes._retried_on_gpu_out_of_memory(fails(1)) == "frames" and len(calls) == 2 and emptied
     calls.clear()
     with pytest.raises(OOM, match="out of GPU memory allocating") as e:
-        comfy_nodes._retried_on_gpu_out_of_memory(gpu, fails(2))
-    assert isinstance(e.value.__cause__, MemoryError) and len(calls) == 2
+        comfy_nodes._retried_on_gpu_out_of_memory(fails(2))
+    assert isinstance(e.value.__cause__, DeviceMemoryError) and len(calls) == 2
     calls.clear()
-    with pytest.raises(MemoryError):
-        comfy_nodes._retried_on_gpu_out_of_memory(cpu, fails(1))
-    assert len(calls) == 1
-    calls.clear()
+    with pytest.raises(MemoryError, match="out of host memory") as e:
+        comfy_nodes._retried_on_gpu_out_of_memory(fails(1, MemoryError("out of host memory allocating 4096 bytes")))
+    assert type(e.value) is MemoryError and len(calls) == 1
 
-    def out_of_host_memory():  # the backend's host allocations: no retry, no unloading models onto the host
-        calls.append(True)
-        raise MemoryError("out of host memory allocating 4096 bytes for the output staging")
 
-    with pytest.raises(MemoryError, match="out of host memory"):
-        comfy_nodes._retried_on_gpu_out_of_memory(gpu, out_of_host_memory)
-    assert len(calls) == 1
+def test_device_memory_errors_are_their_own_type():
+    """The native decoder says which memory ran out by type: DeviceMemoryError (a MemoryError) for a
+    GPU's, a plain MemoryError for the host's, which a CPU decode's budget is."""
+    import wanvideo_vae as wv
+    assert issubclass(wv.DeviceMemoryError, MemoryError) and not issubclass(wv.DeviceMemoryError, wv.WanVAEError)
+    dec = wv.Decoder(random_weights(8, 4), mean=[0.0] * 4, std=[1.0] * 4)
+    with pytest.raises(MemoryError, match="budget is 1000 bytes") as e:
+        dec.decode(np.zeros((4, 2, 6, 6), np.float32), max_memory=1000)
+    assert type(e.value) is MemoryError
+
+
+def test_a_decoder_built_on_a_gpu_for_a_node_first_has_comfyui_make_room_for_its_weights(tiny, monkeypatch,
+                                                                                          fake_comfy):
+    """The decode nodes build their Decoder before asking room for its tiles: ComfyUI first unloads
+    models until the weights fit (in the decoder's precision, within its share of the free memory);
+    not for a cached Decoder, nor for a sampler's own decodes (make_room False), nor on the CPU."""
+    from wanvideo_vae import comfy_nodes
+    vae, _ = tiny
+    events = []
+    monkeypatch.setattr(sys.modules["comfy.model_management"], "free_memory",
+                        lambda need, device: events.append(("free", need, device)), raising=False)
+
+    class FakeDecoder:
+        backend, closed = "cuda", False
+
+        def __init__(self, weights, **kw):
+            events.append(("build", kw["precision"]))
+
+    monkeypatch.setattr(comfy_nodes, "Decoder", FakeDecoder)
+    monkeypatch.setattr(comfy_nodes, "_close_gpu_decoders_when_comfyui_unloads", lambda: None)
+    n = sum(v.numel() for v in comfy_nodes._decoder_weights(vae.model).values())
+    cache = comfy_nodes._DecoderCache()
+    cache.get(vae, vae.model, ("cuda", "bf16", 1), make_room=True)
+    cache.get(vae, vae.model, ("cuda", "bf16", 1), make_room=True)
+    assert events == [("free", int(2 * n / comfy_nodes.DEVICE_BUDGET_SHARE), torch.device("cuda", 1)),
+                      ("build", "bf16")]
+    events.clear()
+    cache.get(vae, vae.model, ("cuda", "fp32", 0))
+    assert events == [("build", "fp32")]
+    events.clear()
+    cache.get(vae, vae.model, ("cuda", "fp32", 0), make_room=False)
+    assert not events
 
 
 def test_core_vae_node_decodes_every_video_of_a_batch():

@@ -422,12 +422,14 @@ def test_device_allocation_failure_is_a_clean_memory_error(n):
     before = _device_used()
     wv._C._fail_nth_alloc(n, backend="cuda")  # 1: the arena, 2: the device copy of the host latents
     try:
-        with pytest.raises(MemoryError, match="memory"):
+        with pytest.raises(wv.DeviceMemoryError, match="out of GPU memory"):
             dec.decode(lat)
     finally:
         wv._C._fail_nth_alloc(0, backend="cuda")
     assert abs(_device_used() - before) <= 1 << 20
     np.testing.assert_allclose(dec.decode(lat), expected, atol=REPEAT_TOL)
+    with pytest.raises(wv.DeviceMemoryError, match="budget is 1000 bytes"):  # the budget is the device's
+        dec.decode(lat, max_memory=1000)
 
 
 @gpu

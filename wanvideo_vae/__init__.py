@@ -9,13 +9,14 @@ import os as _os
 import scipy_openblas32 as _openblas  # noqa: F401  (loads the BLAS the extension links against)
 
 from . import _C
-from ._C import DecodeInterrupted, WanVAEError
+from ._C import DecodeInterrupted, DeviceMemoryError, WanVAEError
 from .api import WAN21_MEAN, WAN21_STD, Decoder, backends, decode_tiled
 from .weights import bf16_to_float32, load_weights, normalize_keys
 
 __all__ = [
     "Decoder",
     "DecodeInterrupted",
+    "DeviceMemoryError",
     "WAN21_MEAN",
     "WAN21_STD",
     "WanVAEError",

@@ -11,6 +11,7 @@ import weakref
 
 import numpy as np
 
+from ._C import DeviceMemoryError
 from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
 from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
 from .weights import normalize_keys
@@ -94,6 +95,21 @@ def _on_decoder_gpu(latents, placement):
     return latents
 
 
+_PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _make_room_for_weights(weights, precision, device):
+    """Before a Decoder is built on GPU `device`: ComfyUI unloads models until the weights, in the
+    decoder's precision, fit (a Decoder is built before its decode asks room for its tiles)."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return
+    if hasattr(mm, "free_memory"):
+        n = sum(int(v.numel()) for v in weights.values())
+        mm.free_memory(int(n * _PRECISION_BYTES[precision] / DEVICE_BUDGET_SHARE), _torch().device("cuda", device))
+
+
 def _make_room_like_comfyui(dec, shape, tile_x, tile_y, tiled):
     """ComfyUI's own VAE decode has ComfyUI unload models until its working memory is free
     (load_models_gpu); the decode nodes ask the same for the arena of the tiles they were given, so
@@ -166,7 +182,9 @@ class _DecoderCache:
     def __init__(self):
         self._cache = weakref.WeakKeyDictionary()
 
-    def get(self, owner, module, placement, mean=None, std=None):
+    def get(self, owner, module, placement, mean=None, std=None, make_room=False):
+        """owner's Decoder; make_room: one built on a GPU first has ComfyUI unload models until its weights
+        fit (_make_room_for_weights)."""
         backend, precision, device = placement
         weights = _decoder_weights(module)
         key = (_fingerprint(weights), backend, precision, str(device))
@@ -178,6 +196,8 @@ class _DecoderCache:
             _close_quietly(hit[1])
         if backend == "cuda":
             _close_gpu_decoders_when_comfyui_unloads()
+            if make_room:
+                _make_room_for_weights(weights, precision, device)
         dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
         self._cache[owner] = (key, dec)
         return dec
@@ -262,31 +282,30 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
     _check_wan21_vae(vae)
     mean, std = _wanvae_stats(vae)
     placement = _backend_for(vae.model, latents, mean, dtype=getattr(vae, "dtype", None))
-    dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std)
-    if make_room:
-        _make_room_like_comfyui(dec, latents.shape, int(tile_x), int(tile_y), bool(tiled))
     latents = _on_decoder_gpu(latents, placement)
-    return _retried_on_gpu_out_of_memory(dec, lambda: dec.decode(
-        latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
-        tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress(show_progress)))
+
+    def decode():
+        dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std, make_room=make_room)
+        if make_room:
+            _make_room_like_comfyui(dec, latents.shape, int(tile_x), int(tile_y), bool(tiled))
+        return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
+                          tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8,
+                          progress=_comfy_progress(show_progress))
+
+    return _retried_on_gpu_out_of_memory(decode)
 
 
-def _out_of_device_memory(e):
-    """Whether a GPU decode's MemoryError is the device's (the backend says "out of host memory" for the
-    host's, which a retry or unloading models onto the host would only make worse)."""
-    return isinstance(e, MemoryError) and "out of host memory" not in str(e)
-
-
-def _retried_on_gpu_out_of_memory(dec, decode):
-    """decode(); on a GPU, once more where the device ran out of memory (another process took some after
-    the decode sized its plan: the retry, torch's cache released first, plans for what is free then). A
-    second failure is raised as ComfyUI's out-of-memory exception (torch's), which its executor answers
-    as it does its own: unloading the models, with its advice; a MemoryError it would not."""
+def _retried_on_gpu_out_of_memory(attempt):
+    """attempt() (building the Decoder and decoding); once more where the GPU ran out of memory (another
+    process took some after the decode sized its plan: the retry, torch's cache released first, plans
+    for what is free then). A second failure is raised as ComfyUI's out-of-memory exception (torch's),
+    which its executor answers as it does its own: unloading the models, with its advice; a
+    MemoryError it would not. The host running out (a plain MemoryError) is not retried: unloading
+    models onto the host would only make it worse."""
     try:
-        return decode()
-    except MemoryError as e:
-        if dec.backend != "cuda" or not _out_of_device_memory(e):
-            raise
+        return attempt()
+    except DeviceMemoryError:
+        pass
     torch = _torch()
     try:
         import comfy.model_management as mm
@@ -294,10 +313,8 @@ def _retried_on_gpu_out_of_memory(dec, decode):
         mm = None
     (getattr(mm, "soft_empty_cache", None) or torch.cuda.empty_cache)()
     try:
-        return decode()
-    except MemoryError as e:
-        if not _out_of_device_memory(e):
-            raise
+        return attempt()
+    except DeviceMemoryError as e:
         raise (getattr(mm, "OOM_EXCEPTION", None) or torch.cuda.OutOfMemoryError)(str(e)) from e
 
 
@@ -509,12 +526,15 @@ class WanCoreVAENativeDecode:
             raise ValueError(f"this node decodes Wan 2.1 latents, videos [B, {z_dim}, T, h, w] or images "
                              f"[B, {z_dim}, h, w]; got {list(z.shape)}")
         placement = _backend_for(model, z, device=getattr(vae, "device", None), dtype=getattr(vae, "vae_dtype", None))
-        dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim)
         z = _on_decoder_gpu(z, placement)
-        _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
-        frames = [_retried_on_gpu_out_of_memory(dec, lambda v=v: dec.decode(
-            v, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size, tile_stride_x=8,
-            tile_stride_y=8, progress=_comfy_progress())) for v in z]
+
+        def decode(video):
+            dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim, make_room=True)
+            _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
+            return dec.decode(video, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
+                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
+
+        frames = [_retried_on_gpu_out_of_memory(lambda v=v: decode(v)) for v in z]
         images = torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0))
         return (_like_core_vae_output(vae, images),)
 

@@ -125,8 +125,10 @@ static void decode_all(const wv_model *m, const char *setting)
     }
 }
 
-/* Device allocations failing one after another, from the first on: each decode fails cleanly with
- * NOMEM until there are none left to fail, and the next one works. */
+/* Device allocations failing one after another, from the first (the arena) on: each decode fails
+ * cleanly, the device's memory said to be out (a pinned buffer refused falls back to pageable memory),
+ * until there are none left to fail, and the next one works. A budget of device memory too small for
+ * any tiling is the device's too. */
 static void fail_allocations(const wv_model *m)
 {
     const run *r = &RUNS[1];
@@ -135,11 +137,18 @@ static void fail_allocations(const wv_model *m)
         m->backend->fail_nth_alloc(n);
         wv_status s = decode(m, r, &err);
         m->backend->fail_nth_alloc(0);
-        CHECK(s == WV_OK || s == WV_ERR_NOMEM);
+        CHECK(s == WV_OK || s == WV_ERR_NOMEM_DEVICE);
+        CHECK(n > 1 || s == WV_ERR_NOMEM_DEVICE);
     }
     {
         wv_error err = {WV_OK, ""};
         CHECK(decode(m, r, &err) == WV_OK);
+    }
+    {
+        wv_error err = {WV_OK, ""};
+        wv_options o = {0, 0, 0, WV_OUT_UNIT, 1000, 0};
+        wv_plan p;
+        CHECK(wv_plan_make(&p, m, r->T, r->h, r->w, &o, &err) == WV_ERR_NOMEM_DEVICE && strstr(err.msg, "budget"));
     }
 }
 
