@@ -1063,10 +1063,14 @@ static wv_status copy_host_latents(cuda_ctx *c, wv_call *call, wv_error *err)
     const wv_view *v = call->latents;
     int64_t n = wv_view_numel(v);
     float *tmp = (float *)malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    wv_status st;
     if (!tmp) return wv_fail(err, WV_ERR_NOMEM, "out of host memory staging the latents");
+    if ((st = cuda_alloc(c, (size_t)n * sizeof(float), &c->lat_dev, err))) {
+        free(tmp);
+        return st;
+    }
     wv_view_to_f32(v, tmp);
-    if (cuda_ok(c, device_malloc(&c->lat_dev, (size_t)n * sizeof(float)), "allocating GPU memory for the latents") &&
-        cuda_ok(c, cudaMemcpyAsync(c->lat_dev, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream),
+    if (cuda_ok(c, cudaMemcpyAsync(c->lat_dev, tmp, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream),
                 "latent upload"))
         cuda_ok(c, cudaStreamSynchronize(c->stream), "latent upload"); /* before tmp goes */
     free(tmp);
