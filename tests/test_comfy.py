@@ -531,6 +531,8 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
     on_second = [type("T", (), {"device": torch.device(d)})() for d in ("cuda:1", "cuda")]
     assert comfy_nodes._backend_for(module, on_second[0]) == ("cuda", precision, 1)  # an index either way
     assert comfy_nodes._backend_for(module, on_second[1]) == ("cuda", precision, 0)
+    # a core VAE's own device (where ComfyUI runs it) wins over the latents' GPU
+    assert comfy_nodes._backend_for(module, on_second[0], device=torch.device("cuda", 2)) == ("cuda", precision, 2)
     monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")
     assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
 
@@ -756,6 +758,26 @@ def test_the_decode_node_makes_room_and_a_samplers_own_decode_does_not(tiny, mon
     assert len(asked) == 1
 
 
+def test_decode_node_refuses_a_batch_of_several_videos(tiny):
+    """One video per LATENT: a batch is refused by name rather than its first video decoded alone."""
+    vae, data = tiny
+    two = {"samples": torch.from_numpy(data["latents"])[None].repeat(2, 1, 1, 1, 1)}
+    with pytest.raises(ValueError, match="one video at a time; got a batch of 2"):
+        WanVideoNativeDecode().decode(vae, two, False, 40, 40, 32, 32)
+
+
+def test_the_patched_untiled_decode_goes_to_output_device_in_output_dtype(tiny):
+    """As the wrapper's decode: output_device wins over `device`, and output_dtype applies with it only;
+    without output_device, the frames are in the VAE's dtype on `device`."""
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    lat = torch.from_numpy(data["latents"])[None]
+    out = patched.decode(lat, torch.device("meta"), pbar=False, output_device="cpu", output_dtype=torch.float16)[0]
+    assert out.device.type == "cpu" and out.dtype == torch.float16
+    out = patched.decode(lat, "cpu", pbar=False, output_dtype=torch.float16)[0]
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+
+
 def test_the_patched_end_frame_decode_returns_as_the_wrappers_does(tiny):
     """The wrapper's end-frame decode (double_decode) takes no output_device / output_dtype: in the VAE's
     dtype on `device`, as there."""
@@ -816,6 +838,30 @@ def test_decoder_cache_rebuilds_for_another_precision(tiny, monkeypatch):
     assert cache.get(vae, vae.model, ("cuda", "bf16", 0)).precision == "bf16"
     assert cache.get(vae, vae.model, ("cuda", "fp32", 0)).precision == "fp32"
     assert [d.precision for d in live] == ["fp32"]
+
+
+def test_decoder_cache_rebuilds_for_another_gpu(tiny, monkeypatch):
+    """A VAE moved to another GPU gets a Decoder there (its predecessor closed first)."""
+    from wanvideo_vae import comfy_nodes
+    vae, _ = tiny
+    built, closed = [], []
+
+    class FakeDecoder:
+        backend, closed = "cuda", False
+
+        def __init__(self, weights, **kw):
+            self.device = kw["device"]
+            built.append(self.device)
+
+        def close(self):
+            closed.append(self.device)
+
+    monkeypatch.setattr(comfy_nodes, "Decoder", FakeDecoder)
+    monkeypatch.setattr(comfy_nodes, "_close_gpu_decoders_when_comfyui_unloads", lambda: None)
+    cache = comfy_nodes._DecoderCache()
+    assert cache.get(vae, vae.model, ("cuda", "bf16", 0)).device == 0
+    assert cache.get(vae, vae.model, ("cuda", "bf16", 1)).device == 1
+    assert built == [0, 1] and closed == [0]
 
 
 def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monkeypatch, fake_comfy):
