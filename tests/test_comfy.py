@@ -758,6 +758,21 @@ def test_the_decode_node_makes_room_and_a_samplers_own_decode_does_not(tiny, mon
     assert len(asked) == 1
 
 
+def test_wanvae_statistics_from_each_layout_a_wrapper_version_has():
+    """(mean, std) from mean / inv_std (the wrapper now), mean / std (older), or scale = [mean, 1 / std]
+    alone (the original Wan code's pair); none of them is an error naming what is missing."""
+    import types
+    from wanvideo_vae.comfy_nodes import _wanvae_stats
+    mean, std = torch.tensor([0.5, -1.0]), torch.tensor([2.0, 4.0])
+    for vae in (types.SimpleNamespace(mean=mean.view(1, -1, 1, 1, 1), inv_std=1.0 / std),
+                types.SimpleNamespace(mean=mean, std=std.view(1, -1, 1, 1, 1), inv_std=None),
+                types.SimpleNamespace(scale=[mean, 1.0 / std])):
+        got = _wanvae_stats(vae)
+        assert torch.equal(got[0], mean) and torch.equal(got[1], std)
+    with pytest.raises(ValueError, match="no mean/inv_std, std or scale"):
+        _wanvae_stats(types.SimpleNamespace(mean=mean))
+
+
 def test_decode_node_refuses_a_batch_of_several_videos(tiny):
     """One video per LATENT: a batch is refused by name rather than its first video decoded alone."""
     vae, data = tiny
