@@ -748,14 +748,17 @@ def test_the_decode_node_makes_room_and_a_samplers_own_decode_does_not(tiny, mon
     decodes a sampler makes itself through the patched VAE run beside the sampler's model and do not."""
     from wanvideo_vae import comfy_nodes
     vae, data = tiny
-    asked = []
+    asked, built = [], []
     monkeypatch.setattr(comfy_nodes, "_make_room_like_comfyui", lambda dec, shape, tx, ty, tiled:
                         asked.append((tuple(shape), tx, ty, tiled)))
+    get = comfy_nodes._decoders.get
+    monkeypatch.setattr(comfy_nodes._decoders, "get", lambda *a, make_room=False, **kw:
+                        built.append(make_room) or get(*a, make_room=make_room, **kw))
     WanVideoNativeDecode().decode(vae, _latent(data), True, 48, 40, 32, 32)
-    assert asked == [(tuple(data["latents"].shape), 48, 40, True)]
+    assert asked == [(tuple(data["latents"].shape), 48, 40, True)] and built == [True]  # room for the weights too
     (patched,) = WanVideoNativeVAEPatch().patch(vae)
     patched.decode(torch.from_numpy(data["latents"])[None], "cpu", pbar=False)
-    assert len(asked) == 1
+    assert len(asked) == 1 and built == [True, False]
 
 
 def test_wanvae_statistics_from_each_layout_a_wrapper_version_has():
