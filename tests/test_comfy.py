@@ -809,6 +809,26 @@ def test_the_patched_end_frame_decode_returns_as_the_wrappers_does(tiny):
     assert out.dtype == torch.bfloat16
 
 
+def test_decode_node_tiles_are_tile_x_wide_and_tile_y_high(tiny):
+    """tile_x is the width, tile_y the height (48 x 40 px, halo 7 each side: cores 32 wide, 24 high)."""
+    from wanvideo_vae import comfy_nodes
+    vae, data = tiny
+    WanVideoNativeDecode().decode(vae, _latent(data), True, 48, 40, 32, 32)
+    stats = comfy_nodes._decoders._cache[vae][1].last_stats
+    assert (stats["core_x"], stats["core_y"], stats["out_halo"]) == (32, 24, 7)
+
+
+def test_the_patched_vae_writes_attributes_through_to_the_wrapped_one(tiny):
+    """The sampler sets attributes on the VAE it was given (e.g. its dtype or device): they land on the
+    wrapped VAE, which the patched one reads them from."""
+    import copy
+    vae, _ = tiny
+    vae = copy.copy(vae)
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    patched.dtype = torch.float16
+    assert vae.dtype == torch.float16 and patched.dtype == torch.float16 and "dtype" not in vars(patched)
+
+
 def test_patched_tile_size_is_height_then_width(tiny, monkeypatch):
     from wanvideo_vae import comfy_nodes
     vae, data = tiny
