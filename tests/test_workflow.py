@@ -246,6 +246,7 @@ def test_a_workflow_with_nothing_to_patch_is_left_as_it_was():
     ({"nodes": [{"id": 1, "type": "WanVideoDecode", "properties": []}]}, "node 1 of 'nodes' has properties"),
     ({"nodes": [], "links": {}}, "'links' is not a list"),
     ({"nodes": [], "last_node_id": "7"}, "'last_node_id' is not a number"),
+    ({"nodes": [], "state": [3]}, "'state' is not an object"),
     ({"1": {"class_type": 5}}, "node '1' has a class_type that is not a string"),
     ({"1": {"class_type": "WanVideoDecode", "inputs": [1]}}, "node '1' has inputs that are not an object"),
     # deeper: found as it is read (the loader's link id is a list, which no id can be)
@@ -390,6 +391,53 @@ def test_a_schema_version_1_workflow_is_patched_with_links_as_objects():
     assert ui["nodes"][0]["outputs"][0]["links"] == [2] and patch["outputs"][0]["links"] == [1]
     again = copy.deepcopy(ui)
     assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == ui
+
+
+def test_new_ids_pass_the_workflows_counters():
+    """ComfyUI never hands out an id again, even one whose node or link was deleted: the patch node and
+    its link take ids past the counters (last_node_id / last_link_id, or in schema version 1 the
+    'state' ones), not just past the ids in use."""
+    ui = _ui_chain("WanVideoVAELoader", "WanVideoDecode")
+    ui["last_node_id"], ui["last_link_id"] = 50, 70
+    patch_workflow(ui)
+    assert (ui["nodes"][-1]["id"], ui["links"][-1][0]) == (51, 71)
+    assert (ui["last_node_id"], ui["last_link_id"]) == (51, 71)
+    v1 = _ui_chain("WanVideoVAELoader", "WanVideoDecode")
+    del v1["last_node_id"], v1["last_link_id"]
+    v1["state"] = {"lastNodeId": 40, "lastLinkId": 60}
+    patch_workflow(v1)
+    assert (v1["nodes"][-1]["id"], v1["links"][-1][0]) == (41, 61) and v1["state"] == {"lastNodeId": 41,
+                                                                                        "lastLinkId": 61}
+
+
+def test_only_a_loaders_wanvae_output_is_patched_from_its_own_slot():
+    """A loader whose WANVAE output is not its first (an output of another type before it): the patch
+    node takes that output, from its slot; the other output's links are left alone."""
+    ui = _ui_chain("WanVideoVAELoader", "WanVideoDecode")
+    loader = ui["nodes"][0]
+    loader["outputs"].insert(0, {"name": "device", "type": "STRING", "links": [9]})
+    ui["links"][0][2] = 1
+    ui["nodes"].append({"id": 3, "type": "ShowText", "inputs": [{"name": "text", "type": "STRING", "link": 9}]})
+    ui["links"].append([9, 1, 0, 3, 0, "STRING"])
+    ui["last_node_id"], ui["last_link_id"] = 3, 9
+    assert patch_workflow(ui).vae_patches == 1
+    patch = next(n for n in ui["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
+    new_link = ui["links"][-1]
+    assert new_link == [10, 1, 1, patch["id"], 0, "WANVAE"]
+    assert loader["outputs"][0]["links"] == [9] and loader["outputs"][1]["links"] == [10]
+    assert [9, 1, 0, 3, 0, "STRING"] in ui["links"]
+
+
+def test_an_api_decode_names_its_vae_by_an_integer_id_and_is_traced():
+    """The API format's links may name a node by an integer: traced as one named by a string is, so
+    beside a TAEHV decoder (whose decode is left as it is) a decode of a Wan 2.1 VAE is still converted
+    (an untraced one there would be kept)."""
+    api = {"1": {"class_type": "WanVideoTinyVAELoader", "inputs": {"model_name": "taew2_1.safetensors"}},
+           "2": {"class_type": "WanVideoDecode", "inputs": {"vae": [1, 0]}},
+           "3": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_1_VAE_bf16.safetensors"}},
+           "4": {"class_type": "WanVideoDecode", "inputs": {"vae": [3, 0]}}}
+    assert patch_workflow(api, vae_patch=False) == (1, 0, 0, 0, 1)
+    assert api["2"]["class_type"] == "WanVideoDecode" and api["4"]["class_type"] == "WanVideoNativeDecode"
 
 
 def test_decodes_inside_legacy_group_nodes_are_converted():
