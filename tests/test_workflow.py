@@ -2,6 +2,7 @@
 import copy
 import json
 import os
+import threading
 
 import pytest
 
@@ -438,6 +439,20 @@ def test_an_api_decode_names_its_vae_by_an_integer_id_and_is_traced():
            "4": {"class_type": "WanVideoDecode", "inputs": {"vae": [3, 0]}}}
     assert patch_workflow(api, vae_patch=False) == (1, 0, 0, 0, 1)
     assert api["2"]["class_type"] == "WanVideoDecode" and api["4"]["class_type"] == "WanVideoNativeDecode"
+
+
+def test_a_decode_fed_by_a_cycle_of_reroutes_is_untraced_not_a_hang():
+    """Reroutes linked in a loop (a hand-edited or broken workflow): the trace stops, and the decode is
+    one whose VAE cannot be traced (converted, as no refused VAE is loaded)."""
+    ui = _ui_chain("Reroute", "Reroute", "WanVideoDecode")
+    ui["nodes"][0]["inputs"] = [{"name": "", "type": "*", "link": 3}]
+    ui["nodes"][1]["outputs"][0]["links"].append(3)
+    ui["links"].append([3, 2, 0, 1, 0, "*"])
+    report = []
+    worker = threading.Thread(target=lambda: report.append(patch_workflow(ui)), daemon=True)  # a hang fails
+    worker.start()
+    worker.join(30)
+    assert report == [(1, 0, 0, 0, 0)] and ui["nodes"][2]["type"] == "WanVideoNativeDecode"
 
 
 def test_decodes_inside_legacy_group_nodes_are_converted():
