@@ -167,6 +167,21 @@ def test_budget_shrinks_tiles_and_keeps_the_result():
         dec.decode(lat, max_memory=1000)
 
 
+@pytest.mark.parametrize("h,w,tile_x,tile_y", [(20, 6, 56, 1000), (20, 6, 40, 120), (12, 12, 48, 200)])
+def test_tiles_shrunk_to_fit_a_budget_stay_within_the_asked_size(h, w, tile_x, tile_y):
+    """A budget shrinks tiles, and the planner may then split the frame evenly instead (less work), but
+    a tile never grows past the size asked on either axis (here narrow tiles of a tall frame)."""
+    dec = decoder(8)
+    whole = dec.plan(2, h, w, enable_vae_tiling=False, max_memory=1 << 62)["planned_bytes"]
+    for percent in range(50, 100, 5):
+        try:
+            p = dec.plan(2, h, w, tile_x=tile_x, tile_y=tile_y, tile_stride_x=8, tile_stride_y=8,
+                         max_memory=whole * percent // 100)
+        except MemoryError:
+            continue
+        assert p["core_x"] + 2 * p["out_halo"] <= tile_x and p["core_y"] + 2 * p["out_halo"] <= tile_y, percent
+
+
 def test_tile_validation():
     dec = decoder(8)
     lat = random_latents(4, 1, 4, 4)
