@@ -455,6 +455,18 @@ def test_a_decode_fed_by_a_cycle_of_reroutes_is_untraced_not_a_hang():
     assert report == [(1, 0, 0, 0, 0)] and ui["nodes"][2]["type"] == "WanVideoNativeDecode"
 
 
+def test_a_loader_output_that_feeds_a_patch_node_among_others_is_left_as_it_is():
+    """The workflow's author placed a patch node on that output (and left other links beside it, on
+    purpose or not): no second patch node is added."""
+    ui = _ui_chain("WanVideoVAELoader", "WanVideoNativeVAEPatch", "WanVideoSampler")
+    ui["nodes"][0]["outputs"][0]["links"].append(3)
+    ui["nodes"].append({"id": 4, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE", "link": 3}]})
+    ui["links"].append([3, 1, 0, 4, 0, "WANVAE"])
+    ui["last_node_id"], ui["last_link_id"] = 4, 3
+    assert patch_workflow(ui).vae_patches == 0
+    assert [n["type"] for n in ui["nodes"]].count("WanVideoNativeVAEPatch") == 1
+
+
 def test_decodes_inside_legacy_group_nodes_are_converted():
     ui = {"nodes": [{"id": 7, "type": "workflow>Decode"}], "links": [],
           "extra": {"groupNodes": {"Decode": {"nodes": [{"index": 0, "type": "WanVideoDecode",
