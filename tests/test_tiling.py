@@ -187,6 +187,11 @@ def test_tile_validation():
     lat = random_latents(4, 1, 4, 4)
     with pytest.raises(wv.WanVAEError, match="exceed the tile stride"):
         dec.decode(lat, tile_x=128, tile_stride_x=128)
+    with pytest.raises(wv.WanVAEError, match="exceed the tile stride"):
+        dec.decode(lat, tile_y=96, tile_stride_y=128)
+    for name in ("tile_x", "tile_y", "tile_stride_x", "tile_stride_y"):
+        with pytest.raises(wv.WanVAEError, match=f"{name} must be a positive int"):
+            dec.decode(lat, **{name: 0})
     with pytest.raises(wv.WanVAEError, match="smaller than the halo allows"):
         dec.decode(lat, tile_x=16, tile_y=64, tile_stride_x=8, tile_stride_y=8)
 
