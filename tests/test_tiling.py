@@ -54,6 +54,8 @@ def test_tile_size_maps_to_core():
     assert (plan["tiles_x"], plan["tiles_y"]) == (5, 3)
     plan = decoder(8).plan(1, 90, 160, enable_vae_tiling=False)
     assert plan["n_tiles"] == 1 and plan["core_x"] == 1280 and plan["core_y"] == 720
+    plan = decoder(8).plan(1, 90, 160, tile_x=400, tile_y=272)  # x is the width, y the height
+    assert (plan["core_x"], plan["core_y"], plan["tiles_x"], plan["tiles_y"]) == (384, 256, 4, 3)
 
 
 def test_attention_chunk_stays_under_2_31_scores():
