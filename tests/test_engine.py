@@ -224,3 +224,31 @@ def test_bf16_weights_or_activations_alone_err_past_2e2_on_the_tiny_fixture():
         assert rows[label]["psnr"] >= 40.0, rows
         assert rows[label]["max"] < rows[tool.TORCH_ROW]["max"], rows
     assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 2.0, rows  # 0.7 dB here
+
+
+def test_decode_tiled_hands_every_argument_on(monkeypatch):
+    """The one-shot call is Decoder(...).decode(...): each of its arguments reaches one of the two, as
+    given, and the Decoder is closed after."""
+    import inspect
+    from wanvideo_vae import api
+    seen = {}
+
+    class Recorder:
+        def __init__(self, weights, **kw):
+            seen.update(kw, weights=weights)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            seen["closed"] = True
+
+        def decode(self, latents, **kw):
+            seen.update(kw, latents=latents)
+            return "frames"
+
+    monkeypatch.setattr(api, "Decoder", Recorder)
+    names = list(inspect.signature(wv.decode_tiled).parameters)
+    given = {name: object() for name in names}
+    assert wv.decode_tiled(**given) == "frames"
+    assert all(seen[name] is given[name] for name in names) and seen["closed"]
