@@ -205,8 +205,8 @@ static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess) return 1;
     if (!failed(c))
-        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND, "CUDA error in %s: %s%s", what,
-                cudaGetErrorString(e),
+        wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND,
+                "CUDA error in %s: %s%s", what, cudaGetErrorString(e),
                 context_lost(e) ? " (this process can no longer use the GPU: restart it)" : "");
     cudaGetLastError(); /* a recoverable error must not resurface in the next call's first check */
     return 0;
@@ -257,8 +257,8 @@ static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
 {
     if (s == CUBLAS_STATUS_SUCCESS) return 1;
     if (!failed(c))
-        wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND, "cuBLAS error in %s: %s",
-                what, cublasGetStatusString(s));
+        wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND,
+                "cuBLAS error in %s: %s", what, cublasGetStatusString(s));
     return 0;
 }
 
