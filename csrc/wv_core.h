@@ -19,11 +19,11 @@ extern "C" {
 
 typedef enum {
     WV_OK = 0,
-    WV_ERR_INVALID,     /* bad input: shapes, dtypes, keys, options */
-    WV_ERR_NOMEM,       /* a host allocation failed */
+    WV_ERR_INVALID,      /* bad input: shapes, dtypes, keys, options */
+    WV_ERR_NOMEM,        /* a host allocation failed */
     WV_ERR_NOMEM_DEVICE, /* a device allocation failed, or a budget of device memory is too small */
-    WV_ERR_INTERRUPTED, /* the progress callback asked to stop */
-    WV_ERR_BACKEND      /* the backend failed (library error) */
+    WV_ERR_INTERRUPTED,  /* the progress callback asked to stop */
+    WV_ERR_BACKEND       /* the backend failed (library error) */
 } wv_status;
 
 typedef struct {
