@@ -235,6 +235,14 @@ static void test_model_errors(weight_set *ws)
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
     CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "shape") != NULL);
     ws->views[7].view.shape[0] = s0;
+    ws->views[7].view.on_device = 1; /* weights are read on the host, whatever the backend */
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "device memory") != NULL);
+    ws->views[7].view.on_device = 0;
+    ws->views[7].view.data = NULL;
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "null data pointer") != NULL);
+    ws->views[7] = saved;
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n - 1, &err) == WV_ERR_INVALID);
     wv_backend_cpu()->fail_nth_alloc(1);
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_NOMEM);
