@@ -596,6 +596,18 @@ def test_normalize_frames_default_clamps_and_minmax_of_a_constant_is_zero():
     assert (normalize_frames(np.full((2, 2, 2, 3), 0.3, np.float32), "minmax") == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["default", "minmax", "none"])
+def test_normalize_frames_leaves_the_callers_array_unless_inplace(mode):
+    from wanvideo_vae.api import normalize_frames
+    raw = np.float32([-3, -1, 0, 0.5, 3])
+    kept = raw.copy()
+    out = normalize_frames(raw, mode)
+    np.testing.assert_array_equal(raw, kept)
+    assert out is not raw
+    inplace = normalize_frames(raw, mode, inplace=True)
+    assert inplace is raw and np.array_equal(raw, out)
+
+
 def test_cli_npy_default_output_is_in_the_unit_range(files, tmp_path):
     import wanvideo_vae as wv
     base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]

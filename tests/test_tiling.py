@@ -238,6 +238,8 @@ def test_no_host_memory_left_is_a_budget_not_no_limit(monkeypatch):
     so the decode would plan unbounded exactly where the OOM killer strikes. It plans within 1 byte:
     MemoryError, saying what it needs."""
     import wanvideo_vae.api as api
+    monkeypatch.setattr(api, "available_host_bytes", lambda: 10 << 30)  # a share of it, the rest the host's
+    assert api._budget(None) == int((10 << 30) * api.HOST_BUDGET_SHARE) < 10 << 30
     monkeypatch.setattr(api, "available_host_bytes", lambda: 0)
     assert api._budget(None) == 1
     with pytest.raises(MemoryError, match="but the budget is 1 bytes"):
