@@ -96,7 +96,7 @@ def test_safetensors_with_and_without_prefix(tmp_path, prefix):
     weights, data = load_fixture("tiny")
     tensors = {prefix + k: v for k, v in weights.items()}
     tensors[prefix + "encoder.conv1.weight"] = np.zeros((4, 3, 3, 3, 3), np.float32)  # ignored
-    path = tmp_path / "vae.safetensors"
+    path = tmp_path / "VAE.SafeTensors"  # the extension in any case, as Windows users name files
     write_safetensors(path, tensors)
     loaded = wv.load_weights(path)
     assert set(loaded) == set(weights)
@@ -105,10 +105,11 @@ def test_safetensors_with_and_without_prefix(tmp_path, prefix):
     assert np.abs(out - data["expected_raw"].transpose(1, 2, 3, 0)).max() <= FIXTURE_TOL
 
 
-def test_pth_state_dict(tmp_path):
+@pytest.mark.parametrize("name", ["vae.pth", "vae.pt", "vae.ckpt", "pytorch_model.bin", "VAE.PTH"])
+def test_pth_state_dict(tmp_path, name):
     torch = pytest.importorskip("torch")
     weights, data = load_fixture("single_frame")
-    path = tmp_path / "vae.pth"
+    path = tmp_path / name
     torch.save({"model." + k: torch.from_numpy(v) for k, v in weights.items()}, path)
     out = wv.decode_tiled(wv.load_weights(path), data["latents"], mean=data["mean"], std=data["std"], raw=True,
                           enable_vae_tiling=False)
