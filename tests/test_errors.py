@@ -926,4 +926,18 @@ def test_cuda_array_strides_are_in_bytes(monkeypatch):
     from wanvideo_vae.devices import CudaArray
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
     t = torch.zeros(2, 3, 4)[:, :, ::2]  # a CPU tensor stands in: the interface is built the same way
-    assert CudaArray(t, "latents").__cuda_array_interface__["strides"] == (48, 16, 8)
+    cai = CudaArray(t, "latents").__cuda_array_interface__
+    assert cai["strides"] == (48, 16, 8)
+    assert cai["stream"] == 1  # torch's default (legacy) stream: the interface forbids 0 and says 1
+
+
+def test_safetensors_offsets_before_the_data_are_refused(tmp_path):
+    """A negative data offset would read the header's bytes as a weight's."""
+    import json
+    import struct
+    from wanvideo_vae.weights import load_safetensors
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [-4, 4]}}).encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    with pytest.raises(wv.WanVAEError, match="out of range"):
+        load_safetensors(str(path))
