@@ -933,8 +933,6 @@ def test_cuda_array_strides_are_in_bytes(monkeypatch):
 
 def test_safetensors_offsets_before_the_data_are_refused(tmp_path):
     """A negative data offset would read the header's bytes as a weight's."""
-    import json
-    import struct
     from wanvideo_vae.weights import load_safetensors
     header = json.dumps({"x": {"dtype": "F32", "shape": [2], "data_offsets": [-4, 4]}}).encode()
     path = tmp_path / "x.safetensors"
