@@ -95,19 +95,24 @@ def _on_decoder_gpu(latents, placement):
     return latents
 
 
-_PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-
-
-def _make_room_for_weights(weights, precision, device):
-    """Before a Decoder is built on GPU `device`: ComfyUI unloads models until the weights, in the
-    decoder's precision, fit (a Decoder is built before its decode asks room for its tiles)."""
+def _comfyui_make_room(nbytes, device):
+    """Has ComfyUI unload models until `nbytes` fit on CUDA device `device` within the decoder's share
+    of the free memory (DEVICE_BUDGET_SHARE); nothing outside ComfyUI."""
     try:
         import comfy.model_management as mm
     except ImportError:
         return
     if hasattr(mm, "free_memory"):
-        n = sum(int(v.numel()) for v in weights.values())
-        mm.free_memory(int(n * _PRECISION_BYTES[precision] / DEVICE_BUDGET_SHARE), _torch().device("cuda", device))
+        mm.free_memory(int(nbytes / DEVICE_BUDGET_SHARE), _torch().device("cuda", device))
+
+
+_PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _make_room_for_weights(weights, precision, device):
+    """Before a Decoder is built on GPU `device`: room for the weights in the decoder's precision (a
+    Decoder is built before its decode asks room for its tiles)."""
+    _comfyui_make_room(sum(int(v.numel()) for v in weights.values()) * _PRECISION_BYTES[precision], device)
 
 
 def _make_room_like_comfyui(dec, shape, tile_x, tile_y, tiled):
@@ -116,16 +121,12 @@ def _make_room_like_comfyui(dec, shape, tile_x, tile_y, tiled):
     the decode does not shrink its tiles to fit beside a model ComfyUI would have moved out anyway
     (our device memory is not torch's: ComfyUI cannot see it coming). Not from a sampler's own decodes
     (the VAE patch): those run beside the sampler's model."""
-    try:
-        import comfy.model_management as mm
-    except ImportError:
-        return
-    if dec.backend != "cuda" or not hasattr(mm, "free_memory"):
+    if dec.backend != "cuda":
         return
     T, h, w = (int(n) for n in shape[-3:])
     plan = dec.plan(T, h, w, tile_x=tile_x, tile_y=tile_y, tile_stride_x=8, tile_stride_y=8,
                     enable_vae_tiling=tiled, max_memory=1 << 62)
-    mm.free_memory(int(plan["planned_bytes"] / DEVICE_BUDGET_SHARE), _torch().device("cuda", dec.device))
+    _comfyui_make_room(plan["planned_bytes"], dec.device)
 
 
 def _wanvae_stats(vae):
