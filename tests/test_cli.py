@@ -133,8 +133,8 @@ def test_progress_bar_is_made_once(monkeypatch):
 
     class Bar:
         def __init__(self, **kw):
-            made.append(kw)
-            self.n = 0
+            made.append(self)
+            self.n, self.total = 0, kw["total"]
 
         def update(self, k):
             self.n += k
@@ -150,6 +150,7 @@ def test_progress_bar_is_made_once(monkeypatch):
         assert progress(done, 10)
     close()
     assert len(made) == 1
+    assert (made[0].n, made[0].total) == (10, 10)  # tqdm's update takes the steps since the last call
 
 
 @pytest.mark.parametrize("tile,message", [("-5", "0 (the whole frame) or a tile size"), ("1", "0 (the whole frame)"),
@@ -714,3 +715,62 @@ def test_paths_the_console_cannot_show_are_printed_escaped(tmp_path):
                        capture_output=True, text=True, encoding="ascii", env=env, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "\\u5de5\\u4f5c\\u6d41" in r.stdout and "1 WanVideoDecode node(s) now use" in r.stdout
+
+
+def test_mp4_of_odd_height_keeps_its_rows_and_columns(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    frames = np.zeros((3, 17, 32, 3), np.float32)  # 17 rows: one edge row repeated; 32 columns kept
+    frames[:, :, :16, 0] = 1.0  # left half red
+    media.write_frames(frames, str(tmp_path / "v.mp4"), 16)
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4"))
+    meta = next(reader)
+    assert meta["size"] == (32, 18)  # width, height
+    for raw in reader:
+        img = np.frombuffer(raw, np.uint8).reshape(18, 32, 3).astype(int)
+        assert (img[:, :12, 0] > 200).all() and (img[:, :12, 1:] < 60).all()  # H.264 blurs the edge between
+        assert (img[:, 20:] < 60).all()
+
+
+def test_avi_headers_give_width_then_height(tmp_path):
+    media.write_avi(np.zeros((2, 3, 5, 3), np.float32), tmp_path / "v.avi", 16)  # 3 rows of 5 pixels
+    raw = (tmp_path / "v.avi").read_bytes()
+    assert struct.unpack_from("<Iii", avi_chunk(raw, b"strf")) == (40, 5, 3)  # BITMAPINFOHEADER
+    assert struct.unpack_from("<II", avi_chunk(raw, b"avih"), 32) == (5, 3)  # dwWidth, dwHeight
+    assert struct.unpack_from("<hhhh", avi_chunk(raw, b"strh"), 48) == (0, 0, 5, 3)  # rcFrame
+    assert len(avi_chunk(raw, b"00db")) == 3 * 16  # rows of 15 bytes padded to 16
+
+
+def test_latents_file_of_one_tensor_under_any_name(tmp_path):
+    lat = random_latents(16, 1, 2, 3, seed=7)
+    write_safetensors(tmp_path / "l.safetensors", {"z": lat})
+    np.testing.assert_array_equal(media.load_latents(tmp_path / "l.safetensors"), lat)
+
+
+@pytest.mark.parametrize("text,size", [("4G", 4 << 30), ("512m", 512 << 20), ("1.5k", 1536), ("100", 100)])
+def test_max_memory_units_are_binary(text, size):
+    from wanvideo_vae.cli import _positive_bytes
+    assert _positive_bytes(text) == size
+
+
+def test_max_memory_reaches_the_decode(files, tmp_path, monkeypatch):
+    from wanvideo_vae import cli
+    seen, real = [], cli.Decoder.decode
+
+    def spy(self, latents, **kw):
+        seen.append(kw.get("max_memory"))
+        return real(self, latents, **kw)
+
+    monkeypatch.setattr(cli.Decoder, "decode", spy)
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"),
+                 "--max-memory", "64M", "--out", str(tmp_path / "v.npy"), "--quiet"]) == 0
+    assert seen == [64 << 20]
+
+
+@pytest.mark.parametrize("backend,shape", [("cpu", "DEFAULT_RANDOM_SHAPE"), ("cuda", "GPU_RANDOM_SHAPE")])
+def test_random_run_size_follows_the_backend(monkeypatch, backend, shape):
+    import argparse
+    from wanvideo_vae import cli
+    monkeypatch.setattr(cli, "random_weights", lambda *a, **k: {})  # the full-size decoder's weights: not needed
+    args = argparse.Namespace(vae=None, latents=None, random_shape=None, seed=None)
+    _, latents, source = cli._inputs(args, backend)
+    assert latents.shape == (16,) + getattr(cli, shape) and source == "random"
