@@ -391,7 +391,6 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
                 format_shape(want, sizeof want, nd, shape);
                 return wv_fail(err, WV_ERR_INVALID, "missing weight '%s' (expected shape %s)", key, want);
             }
-            if (used[idx]) return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", key);
             used[idx] = 1;
             if ((st = check_view(nv, nd, shape, err))) return st;
             if (ps->role == ROLE_WEIGHT) {
@@ -407,11 +406,14 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
             if ((st = load_param(m, ctx, nv, ps, &b->conv[ps->slot], base + off * pb, err))) return st;
         }
     }
-    for (int i = 0; i < n_w; i++)
-        if (!used[i])
-            return wv_fail(err, WV_ERR_INVALID,
-                           "unexpected weight '%s' (not a Wan 2.1 decoder key for dim=%d, z_dim=%d)",
-                           w[i].key, m->dim, m->z_dim);
+    for (int i = 0; i < n_w; i++) {
+        int first = i;
+        if (used[i]) continue;
+        if (find_weight(w, n_w, w[i].key, &first) && first != i) /* a key's first view is the one read */
+            return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", w[i].key);
+        return wv_fail(err, WV_ERR_INVALID, "unexpected weight '%s' (not a Wan 2.1 decoder key for dim=%d, z_dim=%d)",
+                       w[i].key, m->dim, m->z_dim);
+    }
     return WV_OK;
 }
 

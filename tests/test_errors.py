@@ -417,6 +417,10 @@ def test_plan_refuses_more_tiles_than_it_can_count(small):
     when frames could be that large, a 32-bit count wrapped to 0)."""
     with pytest.raises(E, match="too many"):
         small.plan(1, 46340, 46340, tile_x=22, tile_y=22, tile_stride_x=8, tile_stride_y=8)
+    cap = dict(tile_x=22, tile_y=22, max_memory=1 << 62)  # 22 px tiles: one latent pixel each
+    assert small._model.plan(1, 1024, 1024, **cap)["n_tiles"] == 2**20  # the cap itself is planned
+    with pytest.raises(E, match=r"1025 x 1024 tiles is too many \(at most 1048576\)"):
+        small._model.plan(1, 1024, 1025, **cap)
 
 
 @pytest.mark.parametrize("outer", ["builds", "fails"])
@@ -597,6 +601,11 @@ def test_a_progress_callback_returning_numpys_false_stops_the_decode(small):
     (lambda d: wv._C._parse_array(AI(shape=(1,), typestr="<f4", data=(8, False), strides=(2**70,), version=3)),
      "array interface 'strides' holds 1180591620717411303424, not a 64-bit int"),
     (lambda d: d.decode(np.ma.masked_array(lat(), mask=lat() > 0)), "masked arrays are not supported"),
+    (lambda d: wv._C._parse_array(AI(shape=(4,), typestr="<f4", data=(8, False), mask=np.zeros(4, bool), version=3)),
+     "masked arrays are not supported"),  # an interface's own mask (NumPy's masked arrays have none)
+    (lambda d: wv._C._parse_array(AI(shape=(4,), typestr="<f4", data=(8, False), strides=(6,), version=3)),
+     "stride 6 on axis 0 is not a multiple of the element size"),
+    (lambda d: d._model.plan(1, 2, 3, tile_x=-5), r"tile sizes must be >= 0 \(0 = whole frame\), got tile_x=-5"),
 ])
 def test_bad_values_get_the_librarys_error(small, call, pattern):
     with pytest.raises(E, match=pattern):
@@ -939,3 +948,22 @@ def test_safetensors_offsets_before_the_data_are_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     with pytest.raises(wv.WanVAEError, match="out of range"):
         load_safetensors(str(path))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_nan_or_inf_is_named_at_its_first_index(small, order):
+    """The first non-finite element in index order (latents: [z, T, h, w]; a weight: its shape), whatever
+    the array's memory order."""
+    bad = np.asarray(lat(T=2, h=3, w=4), order=order)
+    bad[1, 0, 1, 2], bad[2, 1, 0, 0], bad[0, 1, 2, 3] = np.inf, np.nan, np.nan  # the first of three
+    with pytest.raises(E, match=r"latents contain NaN or Inf \(first at \[0, 1, 2, 3\]\)"):
+        small.decode(bad)
+    bad[0, 1, 2, 3] = 0
+    with pytest.raises(E, match=r"\(first at \[1, 0, 1, 2\]\)"):
+        small.decode(bad)
+    w = random_weights(8, 4)
+    key = "decoder.middle.0.residual.2.weight"  # (32, 32, 3, 3, 3)
+    w[key] = np.asarray(w[key], order=order)
+    w[key][3, 1, 0, 2, 1] = w[key][5, 0, 0, 0, 0] = -np.inf
+    with pytest.raises(E, match=rf"weight '{key}' contains NaN or Inf \(first at \(3, 1, 0, 2, 1\)\)"):
+        wv.Decoder(w)

@@ -316,3 +316,43 @@ def test_the_least_budget_a_memory_error_names_is_exact():
             dec.plan(T, h, w, max_memory=least - 1, **kw)
     with pytest.raises(MemoryError, match=r"the least it can take is \d+, untiled$"):  # a streamed trunk: no T
         decoder(8).plan(5, 1, 1, max_memory=1)
+
+
+def hand_conv_flops(weights, T, h, w):
+    """2 x the multiply-adds of every convolution of an untiled T x h x w decode, counted from the
+    checkpoint's shapes in its order: each stage on its own frames and grid; a time_conv (causal, 3 taps,
+    C -> 2C) on all but the first frame; an upsample's 3x3 conv run sub-pixel: four 2x2 phases over the
+    low-resolution grid grown by one (its zero ring), on the frames after the time doubling."""
+    H, W, doubled, total = h, w, 1, 0
+    for key, shape in ((k, v.shape) for k, v in weights.items() if k.endswith(".weight") and v.ndim >= 4):
+        frames = 1 + doubled * (T - 1)
+        if ".time_conv." in key:
+            continue  # counted with its block's resample, which comes first in the checkpoint
+        if ".resample." in key:
+            time_conv = key.replace("resample.1", "time_conv")
+            if time_conv in weights:
+                total += 2 * H * W * (frames - 1) * int(np.prod(weights[time_conv].shape))
+                doubled *= 2
+                frames = 1 + doubled * (T - 1)
+            total += 2 * (H + 1) * (W + 1) * frames * shape[0] * 4 * shape[1] * 2 * 2
+            H, W = 2 * H, 2 * W
+        else:
+            total += 2 * H * W * frames * int(np.prod(shape))
+    return total
+
+
+@pytest.mark.parametrize("T,h,w", [(1, 3, 4), (2, 3, 4), (3, 2, 5), (5, 1, 1)])
+def test_the_plans_convolution_work_is_the_hand_count(T, h, w):
+    weights = random_weights(8, 4, seed=0)
+    planned = wv.Decoder(weights).plan(T, h, w, enable_vae_tiling=False, max_memory=1 << 62)["conv_flops"]
+    assert planned == hand_conv_flops(weights, T, h, w)
+
+
+@pytest.mark.parametrize("T,tiled", [(3, True), (2, False)])
+def test_progress_counts_every_frame_of_the_trunk_and_of_each_tile(T, tiled):
+    dec, calls = decoder(8), []
+    dec.decode(random_latents(4, T, 6, 7, seed=3), raw=True, enable_vae_tiling=tiled, tile_x=40, tile_y=40,
+               tile_stride_x=8, tile_stride_y=8, progress=lambda done, total: calls.append((done, total)))
+    total = T * (1 + dec.last_stats["n_tiles"])  # a step: a latent frame through the trunk, or through a tile
+    assert dec.last_stats["n_tiles"] == (6 if tiled else 1)
+    assert calls == [(done, total) for done in range(1, total + 1)]

@@ -97,6 +97,7 @@ static void test_rms_norm(void)
     int C = 5;
     float *x = rand_floats(12 * (size_t)C), *gamma = rand_floats((size_t)C);
     float *y = rand_floats((size_t)wv_grid_positions(gy) * C);
+    memset(x, 0, sizeof(float) * (size_t)C); /* a pixel of zeros: 0 out, not 0 / 0 */
     be->rms_norm(NULL, x, gx, y, gy, C, 1, gamma, 1);
     for (int p = 0; p < 12; p++) {
         double ss = 0;
@@ -172,15 +173,15 @@ static void test_copy_channels(void)
     free(src), free(dst);
 }
 
-static void test_attention(void)
+/* The CPU attention, two query rows a chunk, against softmax(q k^T / sqrt(C)) v in double. */
+static void check_attention(const float *qkv, int N, int C)
 {
     const wv_backend *be = wv_backend_cpu();
-    int N = 7, C = 3;
-    float *qkv = rand_floats((size_t)N * 3 * C), *out = (float *)malloc(sizeof(float) * N * C);
-    float *scores = (float *)malloc(sizeof(float) * 2 * N);
-    be->attention(NULL, qkv, out, N, C, scores, 2); /* two query rows per chunk: 4 chunks */
+    float *out = (float *)malloc(sizeof(float) * N * C), *scores = (float *)malloc(sizeof(float) * 2 * N);
+    double *s = (double *)malloc(sizeof(double) * N);
+    be->attention(NULL, qkv, out, N, C, scores, 2);
     for (int q = 0; q < N; q++) {
-        double s[7], mx = -1e30, sum = 0;
+        double mx = -1e300, sum = 0;
         for (int k = 0; k < N; k++) {
             s[k] = 0;
             for (int c = 0; c < C; c++) s[k] += (double)qkv[q * 3 * C + c] * qkv[k * 3 * C + C + c];
@@ -194,7 +195,22 @@ static void test_attention(void)
             CHECK(fabs(v - out[q * C + c]) < 1e-5);
         }
     }
-    free(qkv), free(out), free(scores);
+    free(out), free(scores), free(s);
+}
+
+static void test_attention(void)
+{
+    int N = 7, C = 4;
+    float *qkv = rand_floats((size_t)N * 3 * C);
+    check_attention(qkv, 7, 3); /* 4 chunks, the last of one row */
+    /* scores (10 - q)(4k - 9), up to 150 and exact in float: expf overflows unless the max goes first */
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            qkv[i * 3 * C + c] = (float)(10 - i);
+            qkv[i * 3 * C + C + c] = (float)(2 * i - 6 + c);
+        }
+    check_attention(qkv, N, C);
+    free(qkv);
 }
 
 static void test_dtype_conversion(void)
@@ -244,6 +260,9 @@ static void test_model_errors(weight_set *ws)
     CHECK(strstr(err.msg, ws->views[7].key) != NULL && strstr(err.msg, "null data pointer") != NULL);
     ws->views[7] = saved;
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n - 1, &err) == WV_ERR_INVALID);
+    ws->views[ws->n] = saved; /* one key twice: named so, not "unexpected" */
+    CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n + 1, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, saved.key) != NULL && strstr(err.msg, "given twice") != NULL);
     wv_backend_cpu()->fail_nth_alloc(1);
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_NOMEM);
     wv_backend_cpu()->fail_nth_alloc(0);
@@ -541,6 +560,34 @@ static void test_conv_operand_limit(const wv_model *m)
     free(lat), free(whole), free(out);
 }
 
+/* wv_decode's own checks of the latents' view (the Python boundary checks them too). */
+static void test_latent_views(const wv_model *m, const float *lat, int T, int h, int w)
+{
+    float mean[4] = {0}, stdv[4] = {1, 1, 1, 1};
+    float *out = (float *)malloc(sizeof(float) * (size_t)(1 + 4 * (T - 1)) * 8 * h * 8 * w * 3);
+    wv_options o = {0, 0, 0, WV_OUT_RAW, 0, 0};
+    wv_view v = {lat, 4, {4, T, h, w}, {4LL * T * h * w, 4LL * h * w, 4LL * w, 4}, WV_F32, 0};
+    wv_stats st;
+    wv_error err;
+    wv_plan p;
+    CHECK(wv_plan_make(&p, m, T, h, w, &o, &err) == WV_OK);
+    v.data = lat + w - 1; /* the rows read right to left */
+    v.strides[3] = -4;
+    CHECK(wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "negative stride on axis 3") != NULL);
+    v.data = lat;
+    v.strides[3] = 4;
+    v.shape[2] = h + 1;
+    CHECK(wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "do not match the plan") != NULL);
+    v.shape[2] = h;
+    v.data = NULL;
+    CHECK(wv_decode(m, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "null data pointer") != NULL);
+    wv_plan_free(&p);
+    free(out);
+}
+
 static void test_decode(const wv_model *m)
 {
     int T = 3, h = 5, w = 6, F = 1 + 4 * (T - 1);
@@ -557,6 +604,7 @@ static void test_decode(const wv_model *m)
         CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == (n == 1 ? WV_ERR_NOMEM : WV_OK));
     }
     wv_backend_cpu()->fail_nth_alloc(0);
+    test_latent_views(m, lat, T, h, w);
     test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
     test_trunk_cut(m, lat, T, h, w, tiled, n_out);
     test_cache_layouts(m, lat, T, h, w, whole, tiled, n_out);
