@@ -606,6 +606,10 @@ def test_a_progress_callback_returning_numpys_false_stops_the_decode(small):
     (lambda d: wv._C._parse_array(AI(shape=(4,), typestr="<f4", data=(8, False), strides=(6,), version=3)),
      "stride 6 on axis 0 is not a multiple of the element size"),
     (lambda d: d._model.plan(1, 2, 3, tile_x=-5), r"tile sizes must be >= 0 \(0 = whole frame\), got tile_x=-5"),
+    (lambda d: wv._C._parse_array(AI(shape=(2, -1), typestr="<f4", data=(8, False), version=3)),
+     "negative extent -1 on axis 1"),
+    (lambda d: d.decode(AI(shape=(4, 0, 3, 3), typestr="<f4", data=(0, False), version=3)),  # torch's empty tensors
+     r"T, h, w >= 1"),
 ])
 def test_bad_values_get_the_librarys_error(small, call, pattern):
     with pytest.raises(E, match=pattern):

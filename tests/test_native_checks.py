@@ -1,6 +1,6 @@
 """Native checks that need external tools: the C core under AddressSanitizer, LeakSanitizer and
 UndefinedBehaviorSanitizer; the CUDA kernels that can run on the host, against the CPU ops; a
-Windows (MinGW-w64) cross-compile of the core; a small decode from
+Windows (MinGW-w64) build of the core and its C test, run under Wine; a small decode from
 Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import os
@@ -40,10 +40,17 @@ def test_c_core_under_sanitizers(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
-def test_core_cross_compiles_for_windows(tmp_path):
+def test_core_cross_compiles_for_windows_and_passes_its_test_under_wine(tmp_path):
+    """tests/c/cross_windows.sh: the core and its C test built with MinGW-w64, and the test run under
+    Wine where Wine and WANVIDEO_WIN_BLAS (a Windows build of the BLAS) are at hand; CI has both."""
     need("x86_64-w64-mingw32-gcc")
     r = run(["bash", "tests/c/cross_windows.sh", str(tmp_path)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if "Wine run skipped" in r.stdout:
+        if REQUIRED:
+            pytest.fail(r.stdout.strip().splitlines()[-1] + " (WANVIDEO_REQUIRE_NATIVE_CHECKS=1)")
+        pytest.skip(r.stdout.strip().splitlines()[-1])
+    assert re.search(r"^Wine: \d+ passed, 0 failed$", r.stdout, re.M), r.stdout[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
