@@ -202,7 +202,7 @@ static void test_attention(void)
 {
     int N = 7, C = 4;
     float *qkv = rand_floats((size_t)N * 3 * C);
-    check_attention(qkv, 7, 3); /* 4 chunks, the last of one row */
+    check_attention(qkv, N, 3); /* 4 chunks, the last of one row */
     /* scores (10 - q)(4k - 9), up to 150 and exact in float: expf overflows unless the max goes first */
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) {
