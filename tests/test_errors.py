@@ -971,3 +971,32 @@ def test_nan_or_inf_is_named_at_its_first_index(small, order):
     w[key][3, 1, 0, 2, 1] = w[key][5, 0, 0, 0, 0] = -np.inf
     with pytest.raises(E, match=rf"weight '{key}' contains NaN or Inf \(first at \(3, 1, 0, 2, 1\)\)"):
         wv.Decoder(w)
+
+
+class NotADictInterface:
+    __array_interface__ = [1, 2]
+
+
+@pytest.mark.parametrize("call,pattern", [
+    (lambda m: wv._C._parse_array("x"), r"array: expected an array \(NumPy array or an object with"),
+    (lambda m: wv._C._parse_array(NotADictInterface()), "array interface is not a dict"),
+    (lambda m: wv._C._parse_array(AI(shape=(1,) * 40, typestr="<f4", data=(8, False), version=3)),
+     "40 dimensions is too many"),
+    (lambda m: m.decode(lat(), *random_stats(4), max_memory=-1), r"max_memory must be >= 0 bytes \(0 = no limit\)"),
+    (lambda m: m.plan(1, 2, 3, max_memory=-5), r"max_memory must be >= 0 bytes \(0 = no limit\), got -5"),
+    (lambda m: m.decode(lat(), [0.0] * 3, [1.0] * 4), "mean has 3 values; the weights have z_dim=4"),
+    (lambda m: wv._C.Model([1]), "weights must be a dict mapping checkpoint keys to arrays"),
+    (lambda m: wv._C.Model(random_weights(8, 4), "metal"), "backend 'metal' is not one of 'cpu', 'cuda'"),
+])
+def test_the_extension_checks_on_its_own_what_the_python_layer_checks_first(small, call, pattern):
+    """wanvideo_vae._C called directly (as the Python layer's own checks are bypassed) refuses the same
+    inputs with its own messages."""
+    with pytest.raises(E, match=pattern):
+        call(small._model)
+
+
+def test_a_closed_model_refuses_to_decode_in_the_extension():
+    model = wv._C.Model(random_weights(8, 4))
+    model.close()
+    with pytest.raises(E, match=r"this Decoder is closed \(close\(\) freed its weights and memory\)"):
+        model.decode(lat(), *random_stats(4))

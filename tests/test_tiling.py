@@ -356,3 +356,24 @@ def test_progress_counts_every_frame_of_the_trunk_and_of_each_tile(T, tiled):
     total = T * (1 + dec.last_stats["n_tiles"])  # a step: a latent frame through the trunk, or through a tile
     assert dec.last_stats["n_tiles"] == (6 if tiled else 1)
     assert calls == [(done, total) for done in range(1, total + 1)]
+
+
+def test_the_extensions_one_shot_decode_tiled():
+    """wanvideo_vae._C.decode_tiled: a Model made for one call (backend, precision, device go to it),
+    everything else to its decode."""
+    weights, (mean, std) = random_weights(8, 4, seed=1), random_stats(4)
+    lat = random_latents(4, 2, 3, 4, seed=2)
+    frames, stats = wv._C.decode_tiled(weights, lat, mean, std, backend="cpu", precision="fp32", tile_x=40, tile_y=40,
+                                       raw=True)
+    model = wv._C.Model(weights, "cpu", "fp32")
+    same, _ = model.decode(lat, mean, std, tile_x=40, tile_y=40, raw=True)
+    whole, _ = model.decode(lat, mean, std, raw=True)
+    assert stats["n_tiles"] == 2 and frames.shape == (5, 24, 32, 3)
+    np.testing.assert_array_equal(frames, same)
+    np.testing.assert_allclose(frames, whole, rtol=0, atol=TILE_TOL)
+    with pytest.raises(TypeError, match=r"decode_tiled\(weights, latents, mean, std, \*\*options\)"):
+        wv._C.decode_tiled()
+    with pytest.raises(wv.WanVAEError, match="'fp8' is not one of"):
+        wv._C.decode_tiled(weights, lat, mean, std, precision="fp8")
+    with pytest.raises(TypeError, match="'tile' is an invalid keyword argument"):
+        wv._C.decode_tiled(weights, lat, mean, std, tile=40)
