@@ -372,6 +372,9 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
 {
     char *base = (char *)m->weight_mem;
     size_t pb = m->backend->param_bytes;
+    for (int i = 0, first; i < n_w; i++) /* before any weight converts: only a key's first view is read */
+        if (find_weight(w, n_w, w[i].key, &first) && first != i)
+            return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", w[i].key);
     for (int bi = 0; bi < m->n_blocks; bi++) {
         wv_block *b = &m->blocks[bi];
         for (int pi = 0; pi < spec_count(b->kind); pi++) {
@@ -406,14 +409,11 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
             if ((st = load_param(m, ctx, nv, ps, &b->conv[ps->slot], base + off * pb, err))) return st;
         }
     }
-    for (int i = 0; i < n_w; i++) {
-        int first = i;
-        if (used[i]) continue;
-        if (find_weight(w, n_w, w[i].key, &first) && first != i) /* a key's first view is the one read */
-            return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", w[i].key);
-        return wv_fail(err, WV_ERR_INVALID, "unexpected weight '%s' (not a Wan 2.1 decoder key for dim=%d, z_dim=%d)",
-                       w[i].key, m->dim, m->z_dim);
-    }
+    for (int i = 0; i < n_w; i++)
+        if (!used[i])
+            return wv_fail(err, WV_ERR_INVALID,
+                           "unexpected weight '%s' (not a Wan 2.1 decoder key for dim=%d, z_dim=%d)",
+                           w[i].key, m->dim, m->z_dim);
     return WV_OK;
 }
 
