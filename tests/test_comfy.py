@@ -290,6 +290,30 @@ def test_decode_node_video_passthrough(tiny):
     assert video.min() == -2  # the input is not modified
 
 
+PASSTHROUGH_PEAK = """
+import resource, sys, torch
+from wanvideo_vae.comfy_nodes import WanVideoNativeDecode
+video = torch.empty(64, 512, 512, 3, dtype=getattr(torch, sys.argv[1])).uniform_(-2, 2)  # its pages touched
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+(images,) = WanVideoNativeDecode().decode(None, {"video": video}, False, 272, 272, 144, 128)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # KiB on Linux
+assert images.dtype == torch.float32 and torch.equal(images, (video.float().clamp(-1, 1) + 1) / 2)
+print(grown / (images.numel() * 4))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB: Linux")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_decode_node_video_passthrough_makes_one_copy(dtype):
+    """InfiniteTalk's sampler hands over its whole decoded video: normalizing it costs one float32 copy on
+    the host, no more (a 1000-frame 720p video is 11 GiB in float32). The peak resident memory of a
+    process of its own grows by the output's size alone (up to 1.15x: other pages), not twice that."""
+    r = subprocess.run([sys.executable, "-c", PASSTHROUGH_PEAK, dtype], capture_output=True, text=True, cwd=REPO,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.split()[-1]) <= 1.15, r.stdout
+
+
 def test_legacy_std_and_scale_attributes():
     weights, data = load_fixture("single_frame")
     vae = StandInWanVAE(weights, data["mean"], data["std"], legacy=True)
@@ -665,7 +689,9 @@ def test_core_vae_places_the_decoder_on_its_own_device_in_its_dtype(monkeypatch)
     fp32_params = torch.nn.Conv2d(2, 2, 1)
     assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cuda", 1),
                                     dtype=torch.bfloat16) == ("cuda", "bf16", 1)
-    assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cpu")) == ("cuda", "fp32", 0)
+    assert comfy_nodes._backend_for(fp32_params, torch.zeros(1)) == ("cuda", "fp32", 0)
+    # ComfyUI's --cpu-vae (and --cpu) put the core VAE's device on the CPU: the user asked for the CPU
+    assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cpu")) == ("cpu", None, None)
 
 
 def test_comfyui_unload_models_closes_the_gpu_decoders(tiny, monkeypatch, fake_comfy, capsys):
@@ -842,6 +868,10 @@ def test_patched_tile_size_is_height_then_width(tiny, monkeypatch):
     (patched,) = comfy_nodes.WanVideoNativeVAEPatch().patch(vae)
     patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=True, tile_size=(5, 7))
     assert seen == [(56, 40)]
+    # read only when tiled, as the wrapper reads it: None from a caller decoding untiled is fine
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=False, tile_size=None)
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=True, tile_size=None)
+    assert seen[1:] == [(272, 272)] * 2  # the wrapper's default tile, (34, 34) latent pixels
 
 
 def test_patched_untiled_decode_lands_on_device(tiny):

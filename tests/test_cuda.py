@@ -156,6 +156,46 @@ def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
     assert released == [True]
 
 
+def test_device_budget_leaves_out_the_reserve(monkeypatch):
+    from wanvideo_vae import devices
+    monkeypatch.setattr(devices, "cuda_module",
+                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    monkeypatch.setattr(devices, "_torch_cached_unused", lambda d: 1 << 30)
+    share = devices.DEVICE_BUDGET_SHARE
+    assert devices.device_budget(0) == (int((11 << 30) * share), int((10 << 30) * share))
+    assert devices.device_budget(0, reserve=5 << 20) == (int((11 << 30) * share) - (5 << 20),
+                                                         int((10 << 30) * share) - (5 << 20))
+    assert devices.device_budget(0, reserve=80 << 30) == (1, 1)  # nothing left is a budget of 1, not "no limit"
+
+
+@gpu
+def test_host_latents_device_copy_comes_out_of_the_default_budget(monkeypatch):
+    """Host latents are copied to the device as float32 beside the arena (a 1000-frame 720p video's are
+    230 MiB): the default budget leaves them out, so the plan and the copy fit in the free memory together."""
+    from wanvideo_vae import api
+    monkeypatch.setattr(api, "device_budget", lambda device, reserve=0: (max((1 << 30) - reserve, 1),) * 2)
+    dec = wv.Decoder(random_weights(8, 4, seed=0), backend="cuda", precision="fp32", mean=[0.0] * 4, std=[1.0] * 4)
+    seen = []
+
+    class Spy:  # the extension's Model, recording the budget it is given
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def decode(self, *args, max_memory, **kwargs):
+            seen.append(max_memory)
+            return self.model.decode(*args, max_memory=max_memory, **kwargs)
+
+    with dec:
+        dec._model = Spy(dec._model)
+        host = random_latents(4, 2, 3, 5, seed=0)
+        dec.decode(host)
+        dec.decode(host, max_memory=1 << 30)  # a budget the caller gives is the arena's alone, as documented
+    assert seen == [(1 << 30) - 4 * host.size, 1 << 30]
+
+
 def test_the_current_device_without_torch_is_the_cuda_runtimes(monkeypatch):
     from wanvideo_vae import devices
     cuda = devices.cuda_module()

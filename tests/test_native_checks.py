@@ -70,7 +70,7 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
 # tests/test_cuda.py's tests of what the backend does around the arithmetic (quick on the stub): the
 # whole file passes there too, in tens of minutes (README, "The GPU tests, without a GPU").
 STUB_SUBSET = ("overflowing or allocation_failure or pageable or close_gives or interrupt or threads or "
-               "direct_convolution or missing_device")
+               "direct_convolution or missing_device or default_budget")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")

@@ -226,7 +226,11 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}
     assert patch_workflow(api) == (0, 0, 0, 1, 1) and api["2"] == {"class_type": "WanVideoDecode",
                                                                     "inputs": {"vae": ["1", 0]}}
-    for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors"):
+    for name in ("Wan22_VAE_fp32.safetensors", "wan2.2-vae.pth", "vae_wan_2.2.safetensors", "VAE\\Wan2_2_VAE.pth"):
+        assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
+                               "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}) == (0, 0, 0, 1, 0)
+    for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors",
+                 "Wan2_1_VAE_2022.safetensors", "wan2.1_vae_v22.pth", "wan2.2\\Wan2_1_VAE.pth"):
         assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
                                "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}).vae_patches == 1
 

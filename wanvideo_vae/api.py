@@ -1,5 +1,6 @@
 """Public API: decode_tiled(), Decoder, backends()."""
 import importlib.util
+import math
 import numbers
 
 import numpy as np
@@ -288,16 +289,19 @@ class Decoder:
         if mean is None or std is None:
             raise WanVAEError(f"mean and std are required for z_dim={self.z_dim} (defaults exist only for 16)")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
-        if self.backend == "cuda" and is_cuda_tensor(latents):
+        on_device = self.backend == "cuda" and is_cuda_tensor(latents)
+        if on_device:
             lat = latents_4d(CudaArray(latents, "latents"))
         else:
             lat = latents_4d(host_array(latents, "latents"))
         if self.backend == "cuda" and max_memory is None:
-            budget, free_now = device_budget(self._device)
+            # host latents take a float32 copy on the device beside the arena: out of the same free memory
+            upload = 0 if on_device else 4 * math.prod(getattr(lat, "shape", ()))
+            budget, free_now = device_budget(self._device, reserve=upload)
             if len(getattr(lat, "shape", ())) == 4:
                 planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
                                            end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
-                budget = release_torch_cache_if_needed(self._device, budget, planned, free_now)
+                budget = release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
             else:  # a bare array interface: no plan to size here, so no cache released: what is free alone
                 budget = free_now
         else:

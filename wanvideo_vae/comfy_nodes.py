@@ -51,10 +51,10 @@ def _backend_for(module, *tensors, device=None, dtype=None):
     """(backend, precision, device): the CUDA backend, in the VAE's own precision (`dtype`, else its
     parameters'), whenever it is usable (ComfyUI keeps latents, and offloaded VAEs, on the CPU between
     nodes): on the VAE's own GPU (`device`: a core VAE's, where ComfyUI runs it), else the GPU a
-    parameter or a tensor is on, else the current one. Otherwise the CPU (fp32).
-    WANVIDEO_VAE_BACKEND=cpu forces the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in
+    parameter or a tensor is on, else the current one. Otherwise the CPU (fp32). A `device` on the CPU
+    (ComfyUI's --cpu-vae or --cpu) and WANVIDEO_VAE_BACKEND=cpu choose the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in
     fp32 (precision_for)."""
-    if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu":
+    if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or getattr(device, "type", None) == "cpu":
         return "cpu", None, None
     cuda = backends()["cuda"]
     if not cuda["usable"]:
@@ -364,7 +364,9 @@ class WanVideoNativeDecode:
         torch = _torch()
         video = samples.get("video", None)
         if video is not None:  # already decoded by the sampler, [F, H, W, 3] in [-1, 1]
-            return (video.float().clamp(-1.0, 1.0).add_(1.0).div_(2.0).cpu(),)  # the caller's tensor untouched
+            # one float32 copy on the host, normalized in place: the caller's tensor untouched
+            frames = video.to(device="cpu", dtype=torch.float32, copy=True)
+            return (frames.clamp_(-1.0, 1.0).add_(1.0).div_(2.0),)
         latents = samples["samples"]
         if latents.ndim == 5:
             if latents.shape[0] != 1:
@@ -423,7 +425,9 @@ class NativeWanVAE:
                pbar=True, output_device=None, output_dtype=None, **unused):
         torch = _torch()
         videos = []
-        tile_h, tile_w = tile_size  # in latent pixels, height first, as the wrapper's tiled_decode reads them
+        # in latent pixels, height first, as the wrapper's tiled_decode reads them; read only when tiled, as
+        # the wrapper does (None where a caller passes it untiled)
+        tile_h, tile_w = tile_size if tiled and tile_size is not None else (34, 34)
         for latents in hidden_states:
             raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_w, 8 * tile_h,
                               show_progress=bool(pbar))

@@ -111,17 +111,19 @@ def _torch_cached_unused(device):
     return max(torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), 0)
 
 
-def device_budget(device):
+def device_budget(device, reserve=0):
     """(budget, free): bytes a decode on `device` may plan for, a share of the free memory plus what
-    torch caches but does not use; and the share of the memory free right now."""
+    torch caches but does not use; and the share of the memory free right now; both less `reserve`
+    (the call's own device memory beside the arena: a copy of host latents), at least 1."""
     cuda = cuda_module()
     if cuda is None:
         return 0, 0
     free, _ = cuda.mem_get_info(device)
-    return int((free + _torch_cached_unused(device)) * DEVICE_BUDGET_SHARE), int(free * DEVICE_BUDGET_SHARE)
+    return (max(int((free + _torch_cached_unused(device)) * DEVICE_BUDGET_SHARE) - reserve, 1),
+            max(int(free * DEVICE_BUDGET_SHARE) - reserve, 1))
 
 
-def release_torch_cache_if_needed(device, budget, need, free_now):
+def release_torch_cache_if_needed(device, budget, need, free_now, reserve=0):
     """The budget to plan with, once a plan that needs more than is free now has made room: torch
     hands its unused cache back to the driver (only then: emptying it costs torch later
     allocations), and the budget becomes the share of what is free after that, as torch may keep
@@ -130,7 +132,7 @@ def release_torch_cache_if_needed(device, budget, need, free_now):
     if need <= free_now or torch is None or not torch.cuda.is_initialized():
         return budget
     torch.cuda.empty_cache()  # every device's cache: torch has no way to empty one device's alone
-    return device_budget(device)[1]
+    return device_budget(device, reserve)[1]
 
 
 class CudaArray:

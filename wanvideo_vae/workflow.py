@@ -31,7 +31,7 @@ PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
 PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept")
-WAN22_VAE = re.compile(r"wan[^/\\]*2[._]2[^/\\]*vae|vae[^/\\]*2[._]2", re.IGNORECASE)  # Wan2_2_VAE_bf16, wan2.2_vae
+WAN22 = re.compile(r"wan[-_. ]?2[-_.]?2(?![0-9])", re.IGNORECASE)  # Wan2_2, wan2.2, Wan22, wan_2.2; not wan2.1_v22
 
 
 def _convert_ui_node(node):
@@ -66,7 +66,14 @@ def _is_loader(node_type):
 def _loads_wan22(values):
     """Whether a loader's widget values name a Wan 2.2 VAE file (the 5B model's, 16x)."""
     names = values.values() if isinstance(values, dict) else values if isinstance(values, list) else []
-    return any(isinstance(v, str) and WAN22_VAE.search(v) for v in names)
+    return any(isinstance(v, str) and _names_wan22_vae(v) for v in names)
+
+
+def _names_wan22_vae(path):
+    """Whether a file's name (its folders aside) names a Wan 2.2 VAE: Wan2_2_VAE_bf16, wan2.2_vae, Wan22_VAE_fp32,
+    vae_wan2.2."""
+    name = re.split(r"[/\\]", path)[-1]
+    return "vae" in name.lower() and WAN22.search(name) is not None
 
 
 def _refused_vae(kind, values):
