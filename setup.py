@@ -4,8 +4,8 @@
   scipy-openblas32 wheel (the same BLAS SciPy ships). Always built.
 - wanvideo_vae._cuda: the CUDA backend (cuda/), built when nvcc, cuDNN and cuBLAS are found:
   nvcc from CUDA_HOME / CUDA_PATH, PATH or the default install folder; cuDNN and cuBLAS headers and
-  libraries from CUDNN_PATH, the CUDA toolkit, or the nvidia-cudnn-cu13 / -cu12 and
-  nvidia-cublas(-cu12) wheels that PyTorch installs. At run time it finds those wheels' libraries
+  libraries from CUDNN_PATH, the CUDA toolkit, the nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12)
+  wheels that PyTorch installs, or NVIDIA's cuDNN installer (Windows). At run time it finds those wheels' libraries
   beside itself in site-packages. On Windows the wheels ship DLLs without import libraries: the
   build makes them (MSVC's lib.exe) from CUDA_IMPORTS, the functions the backend calls.
 
@@ -63,7 +63,7 @@ def cuda_mode():
 
 # What _build_info.py records: why the CUDA backend is not in this build ("" when it is), and what
 # in the build may keep it from running where PyTorch does (CUDA versions that differ).
-CUDA_NOTE = {"why": "", "warnings": []}
+CUDA_NOTE = {"why": "", "warnings": [], "dll_dirs": []}
 
 
 def c_compile_args():
@@ -162,9 +162,14 @@ def cuda_root(nvcc):
 
 
 def site_dirs():
-    """Where pip puts the nvidia-* wheels: the target environment's site-packages. Under build
-    isolation sys.path is the build environment's, but sysconfig still names the target's."""
+    """Where pip puts the nvidia-* wheels: the target environment's site-packages. Under pip's build
+    isolation sys.path is the build environment's, but sysconfig still names the target's; uv builds
+    in an environment of its own, whose sysconfig names that one: the active one (VIRTUAL_ENV) too."""
     dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    venv = os.environ.get("VIRTUAL_ENV")
+    if venv:
+        dirs += [os.path.join(venv, "Lib", "site-packages")] if WINDOWS else \
+            glob.glob(os.path.join(glob.escape(venv), "lib", "python3*", "site-packages"))
     try:
         dirs += site.getsitepackages()
     except AttributeError:
@@ -177,30 +182,61 @@ def site_dirs():
     return seen
 
 
-def candidate_roots(env_var, wheel_dirs, toolkit):
+def candidate_roots(env_var, wheel_dirs, toolkit, installed=()):
+    """The folders to look in, in order: env_var's, the wheels', the toolkit, then `installed` (globs of
+    a vendor installer's folders, newest first)."""
     roots = []
     if os.environ.get(env_var):
         roots.append(os.environ[env_var])
     for sp in site_dirs():
         roots += [os.path.join(sp, "nvidia", d) for d in wheel_dirs]
     roots.append(toolkit)
+    for pattern in installed:
+        roots += sorted(glob.glob(pattern), key=toolkit_version, reverse=True)
     return roots
 
 
-def find_libraries(roots, names):
+def cudnn_installer_folders():
+    """NVIDIA's cuDNN installer for Windows: C:\\Program Files\\NVIDIA\\CUDNN\\v9.x."""
+    if not WINDOWS:
+        return []
+    program_files = os.environ.get("ProgramFiles", r"C:\Program Files")
+    return [os.path.join(glob.escape(program_files), "NVIDIA", "CUDNN", "v9*")]
+
+
+def version_key(name):
+    found = re.fullmatch(r"(\d+)\.(\d+)", name)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def library_layouts(root, cuda_major):
+    """(include dir, library folders) a root may hold: include/ beside lib/ and bin/, and the layout of
+    NVIDIA's cuDNN installer on Windows, a folder per CUDA version (include/12.9, lib/12.9/x64,
+    bin/12.9), the toolkit's CUDA major first, then the newest."""
+    yield os.path.join(root, "include"), [os.path.join(root, *sub) for sub in (
+        ("lib",), ("lib64",), ("lib", "x64"), ("bin",), ("bin", "x86_64"), ("bin", "x64"))]
+    try:
+        versions = [v for v in os.listdir(os.path.join(root, "include")) if version_key(v)]
+    except OSError:
+        return
+    for v in sorted(versions, key=lambda v: (version_key(v)[0] == cuda_major, version_key(v)), reverse=True):
+        yield os.path.join(root, "include", v), [os.path.join(root, *sub) for sub in (
+            ("lib", v, "x64"), ("lib", v), ("bin", v), ("bin", v, "x64"))]
+
+
+def find_libraries(roots, names, cuda_major=None):
     """(include dir, library file) of every root holding the header and a library, in the roots'
     order, each root's library named first in names first."""
     header, libs = names
     for r in roots:
-        inc = os.path.join(r, "include")
-        if not os.path.isfile(os.path.join(inc, header)):
-            continue
-        for lib in libs:
-            for sub in ("lib", "lib64", os.path.join("lib", "x64"), "bin", os.path.join("bin", "x86_64"),
-                        os.path.join("bin", "x64")):
-                hits = sorted(glob.glob(os.path.join(glob.escape(r), sub, lib)))
-                if hits:
-                    yield inc, hits[-1]
+        for inc, folders in library_layouts(r, cuda_major):
+            if not os.path.isfile(os.path.join(inc, header)):
+                continue
+            for lib in libs:
+                for folder in folders:
+                    hits = sorted(glob.glob(os.path.join(glob.escape(folder), lib)))
+                    if hits:
+                        yield inc, hits[-1]
 
 
 def toolkit_cuda_version(toolkit):
@@ -223,6 +259,9 @@ def library_cuda_major(lib, toolkit, toolkit_major):
     found = re.match(r"(?:libcublas\.so\.|cublas64_)(\d+)", os.path.basename(lib))
     if found:
         return int(found.group(1))
+    versioned = [version_key(part) for part in os.path.dirname(lib).split(os.sep)[-2:] if version_key(part)]
+    if versioned:  # NVIDIA's cuDNN installer: lib\12.9\x64\cudnn.lib, bin\12.9\cudnn64_9.dll
+        return versioned[-1][0]
     parts = os.path.realpath(lib).split(os.sep)
     if "nvidia" not in parts:
         return None
@@ -242,7 +281,7 @@ def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit):
     that has imported PyTorch the one loaded is PyTorch's, the wheel's, whatever was linked; the
     build takes that one's headers. cuBLAS's names carry the major (libcublas.so.12 / .13): two load
     side by side, and the toolkit's own runtime goes with its own major."""
-    found = list(find_libraries(roots, names))
+    found = list(find_libraries(roots, names, cuda_major))
     if not found:
         return None, None
     majors = [library_cuda_major(lib, toolkit, cuda_major) for _, lib in found]
@@ -298,7 +337,7 @@ def cuda_config():
     cuda_major = cuda_version[0] if cuda_version else None
     so = not WINDOWS
     cudnn_inc, cudnn_lib = pick_library(
-        "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit),
+        "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit, cudnn_installer_folders()),
         ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major,
         match_toolkit=False)
     if not cudnn_inc:
@@ -320,10 +359,30 @@ def cuda_config():
     check_torch_cuda(cuda_version)
     archs = [a.strip() for a in os.environ.get("WANVIDEO_CUDA_ARCHS", DEFAULT_ARCHS).replace(",", ";").split(";")
              if a.strip()]
+    if WINDOWS:
+        CUDA_NOTE["dll_dirs"] = [d for d in (dll_folder(cudnn_lib, "cudnn64_*.dll"),
+                                             dll_folder(cublas_lib, "cublas64_*.dll")) if d]
     log(f"CUDA backend: nvcc {nvcc}, cuDNN {cudnn_lib}, cuBLAS {cublas_lib}, archs {archs}")
     return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudart": cudart, "cudnn_inc": cudnn_inc,
             "cudnn_lib": cudnn_lib, "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs,
             "required": mode == "1"}
+
+
+def dll_folder(lib, pattern):
+    """Windows: the folder of the DLL behind an import library (or the DLL's own), which the package
+    adds to the DLL search path at import: bin beside lib, in the same CUDA version's folder where the
+    layout has them (NVIDIA's cuDNN installer: lib\\12.9\\x64\\cudnn.lib, bin\\12.9\\cudnn64_9.dll)."""
+    if lib.lower().endswith(".dll"):
+        return os.path.dirname(os.path.abspath(lib))
+    folder = os.path.dirname(os.path.abspath(lib))
+    versions = [part for part in folder.split(os.sep) if version_key(part)]
+    for _ in range(3):
+        folder = os.path.dirname(folder)
+        hits = sorted(glob.glob(os.path.join(glob.escape(folder), "bin", "**", pattern), recursive=True))
+        same = [h for h in hits if not versions or versions[-1] in h.split(os.sep)]
+        if same or hits:
+            return os.path.dirname((same or hits)[-1])
+    return None
 
 
 def find_cudart(toolkit, lib64):
@@ -332,10 +391,14 @@ def find_cudart(toolkit, lib64):
     static = os.path.join(lib64, "cudart_static.lib" if WINDOWS else "libcudart_static.a")
     if os.path.isfile(static):
         return static
+    # the wheel's: nvidia/cuda_runtime/lib/x64/cudart_static.lib (Windows), nvidia/*/lib/libcudart.so.12
+    wheel_libs = [("lib", "x64", "cudart_static.lib"), ("lib", "cudart_static.lib")] if WINDOWS else \
+        [("lib", "libcudart.so.*")]
     for sp in site_dirs():
-        hits = sorted(glob.glob(os.path.join(glob.escape(sp), "nvidia", "*", "lib", "libcudart.so.*")))
-        if hits and not WINDOWS:
-            return hits[-1]
+        for sub in wheel_libs:
+            hits = sorted(glob.glob(os.path.join(glob.escape(sp), "nvidia", "*", *sub)))
+            if hits:
+                return hits[-1]
     return None
 
 
@@ -355,7 +418,7 @@ def cuda_extension(cfg):
     lib_dirs = [os.path.dirname(cfg["cudnn_lib"]), os.path.dirname(cfg["cublas_lib"])]
     if WINDOWS:
         libs, link = ["cudart_static", "cudnn", "cublas"], []
-        lib_dirs.append(cfg["lib64"])
+        lib_dirs.append(os.path.dirname(cfg["cudart"]))
     else:
         libs = ["dl", "rt", "pthread", "stdc++"]
         # the wheels ship versioned libraries only (libcudnn.so.9): link them by path
@@ -411,7 +474,9 @@ class BuildExt(build_ext):
             f.write("# Written by setup.py: what the build of this copy of the package did.\n"
                     f"CUDA_NOT_BUILT = {CUDA_NOTE['why']!r}  # why the CUDA backend was not built; '' when it was\n"
                     "# what may keep the CUDA backend from running where PyTorch does\n"
-                    f"CUDA_BUILD_WARNINGS = {[] if CUDA_NOTE['why'] else CUDA_NOTE['warnings']!r}\n")
+                    f"CUDA_BUILD_WARNINGS = {[] if CUDA_NOTE['why'] else CUDA_NOTE['warnings']!r}\n"
+                    "# Windows: the folders of the cuDNN and cuBLAS DLLs it was linked against, searched first\n"
+                    f"CUDA_DLL_DIRS = {[] if CUDA_NOTE['why'] else CUDA_NOTE['dll_dirs']!r}\n")
 
     def build_extension(self, ext):
         cfg = getattr(ext, "cuda", None)
@@ -459,10 +524,26 @@ class BuildExt(build_ext):
         cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda",
                "-I" + os.path.join(cfg["toolkit"], "include"), "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]]
         env, ccbin = self.msvc_for_nvcc()
-        cmd += ccbin + host + gencode
-        log(" ".join(cmd))
-        subprocess.run(cmd, check=True, env=env)
+        self.run_nvcc(cmd + ccbin + host + gencode, env)
         return obj
+
+    @staticmethod
+    def run_nvcc(cmd, env):
+        """Runs nvcc, its messages passed on. Where it refuses the host compiler's version (a Visual Studio
+        newer than the toolkit, which setuptools picks as the newest installed; a gcc newer than it), once
+        more with -allow-unsupported-compiler, as nvcc's message offers, and a warning backends() reports."""
+        log(" ".join(cmd))
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+        said = done.stdout + done.stderr
+        if said.strip():
+            print(said, file=sys.stderr)
+        flag = "-allow-unsupported-compiler"
+        if done.returncode and flag in said and flag not in cmd:
+            version = next((line.strip() for line in said.splitlines() if "unsupported" in line), "")
+            warn(f"nvcc does not support this host compiler ({version[:200]}): built with {flag}")
+            return BuildExt.run_nvcc(cmd + [flag], env)
+        if done.returncode:
+            raise subprocess.CalledProcessError(done.returncode, cmd, done.stdout, done.stderr)
 
     def msvc_for_nvcc(self):
         """Windows: (environment, -ccbin) for nvcc, whose host compiler is cl.exe: the Visual Studio setup

@@ -274,8 +274,9 @@ static wv_status take_error(cuda_ctx *c, wv_error *err)
     return st;
 }
 
-/* Ops called outside a decode (model build and free) switch to the context's device and back; a
- * decode does from begin to finish. Back means the caller's CUDA context, read and restored through
+/* Ops called outside a decode (model build and free) switch to the device's primary context (ours:
+ * a non-primary one the caller made with the driver API cannot use our memory) and back; a decode
+ * does from begin to finish. Back means the caller's CUDA context, read and restored through
  * the driver (found at run time: no link to libcuda): restoring a device with cudaSetDevice would
  * create that device's primary context (hundreds of MiB) in a thread that had none current, e.g.
  * on GPU 0 for a model on GPU 1. Without the driver's entry points, the caller's device. (In a
@@ -319,7 +320,7 @@ static device_scope enter_device(int device)
     device_scope s = {-1, 0, NULL};
     s.have_ctx = api->get && api->set && api->get(&s.ctx) == 0;
     if (cudaGetDevice(&s.prev) != cudaSuccess) s.prev = -1;
-    if (s.prev != device) cudaSetDevice(device);
+    cudaSetDevice(device); /* on the same device too: a non-primary context current there would get our work */
     return s;
 }
 

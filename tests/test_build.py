@@ -257,10 +257,95 @@ def test_windows_cuda_config_finds_the_toolkit_and_the_wheels_dlls(on_windows):
     assert cfg["cudart"] == str(toolkit / "lib" / "x64" / "cudart_static.lib")
     assert cfg["cudnn_lib"] == str(sp / "nvidia" / "cudnn" / "bin" / "cudnn64_9.dll")
     assert cfg["cublas_lib"] == str(sp / "nvidia" / "cu13" / "bin" / "x86_64" / "cublas64_13.dll")
-    assert setup_module.CUDA_NOTE == {"why": "", "warnings": []}
+    assert setup_module.CUDA_NOTE == {"why": "", "warnings": [], "dll_dirs": [
+        str(sp / "nvidia" / "cudnn" / "bin"), str(sp / "nvidia" / "cu13" / "bin" / "x86_64")]}
     ext = setup_module.cuda_extension(cfg)
     assert ext.libraries == ["cudart_static", "cudnn", "cublas"] and ext.extra_link_args == []
     assert str(toolkit / "lib" / "x64") in ext.library_dirs
+
+
+def cudnn_installer_tree(root, cuda_versions):
+    """NVIDIA's cuDNN 9 installer for Windows: a folder per CUDA version under include, lib and bin."""
+    for v in cuda_versions:
+        touch(root / "include" / v / "cudnn.h")
+        touch(root / "lib" / v / "x64" / "cudnn.lib")
+        touch(root / "bin" / v / "cudnn64_9.dll")
+    return root
+
+
+@pytest.mark.parametrize("where", ["ProgramFiles", "CUDNN_PATH"])
+def test_windows_cuda_config_finds_cudnn_from_nvidias_installer(on_windows, tmp_path, monkeypatch, where):
+    """C:\\Program Files\\NVIDIA\\CUDNN\\v9.x\\include\\12.9\\cudnn.h, lib\\12.9\\x64\\cudnn.lib, bin\\12.9\\cudnn64_9.dll:
+    found there or through CUDNN_PATH, in the folder of the toolkit's CUDA (13.0) where there is one, and
+    its DLL's folder recorded for the package to search at import."""
+    setup_module, toolkit, sp = on_windows
+    shutil.rmtree(sp / "nvidia" / "cudnn")
+    program_files = tmp_path / "Program Files"
+    cudnn_installer_tree(program_files / "NVIDIA" / "CUDNN" / "v9.2", ["12.9"])  # older, passed over
+    cudnn = cudnn_installer_tree(program_files / "NVIDIA" / "CUDNN" / "v9.10", ["12.9", "13.0"])
+    if where == "CUDNN_PATH":
+        monkeypatch.setenv("CUDNN_PATH", str(cudnn))
+        monkeypatch.setenv("ProgramFiles", str(tmp_path / "nowhere"))
+    else:
+        monkeypatch.setenv("ProgramFiles", str(program_files))
+    cfg = setup_module.cuda_config()
+    assert cfg["cudnn_inc"] == str(cudnn / "include" / "13.0")
+    assert cfg["cudnn_lib"] == str(cudnn / "lib" / "13.0" / "x64" / "cudnn.lib")
+    assert setup_module.CUDA_NOTE["dll_dirs"][0] == str(cudnn / "bin" / "13.0")
+    assert setup_module.CUDA_NOTE["warnings"] == []
+    shutil.rmtree(cudnn / "include" / "13.0")  # only CUDA 12's: taken, with the driver it needs said
+    cfg = setup_module.cuda_config()
+    assert cfg["cudnn_lib"] == str(cudnn / "lib" / "12.9" / "x64" / "cudnn.lib")
+    assert setup_module.CUDA_NOTE["dll_dirs"][0] == str(cudnn / "bin" / "12.9")
+    assert any("built for CUDA 12 and the toolkit is CUDA 13" in w for w in setup_module.CUDA_NOTE["warnings"])
+
+
+def test_windows_cudart_from_the_runtime_wheel(on_windows):
+    """An nvcc from pip comes without the toolkit's static runtime; nvidia-cuda-runtime-cu12 has it."""
+    setup_module, toolkit, sp = on_windows
+    (toolkit / "lib" / "x64" / "cudart_static.lib").unlink()
+    wheel = touch(sp / "nvidia" / "cuda_runtime" / "lib" / "x64" / "cudart_static.lib")
+    cfg = setup_module.cuda_config()
+    assert cfg["cudart"] == str(wheel)
+    assert str(wheel.parent) in setup_module.cuda_extension(cfg).library_dirs
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_the_active_virtual_environment_is_searched_for_the_wheels(setup_module, tmp_path, monkeypatch, windows):
+    """uv builds in an environment of its own, whose sysconfig names that one: the wheels are in the
+    active one's site-packages (VIRTUAL_ENV)."""
+    monkeypatch.setattr(setup_module, "WINDOWS", windows)
+    target = tmp_path / "venv [1]" / ("Lib" if windows else "lib/python3.11") / "site-packages"
+    target.mkdir(parents=True)
+    monkeypatch.setenv("VIRTUAL_ENV", str(tmp_path / "venv [1]"))
+    assert str(target) in setup_module.site_dirs()
+
+
+def test_nvcc_refusing_the_host_compiler_is_run_again_with_the_flag_it_offers(setup_module, monkeypatch, capsys):
+    """A Visual Studio newer than the toolkit (setuptools takes the newest installed), a gcc newer than it:
+    nvcc says which flag overrides its check; the build takes it once, and backends() reports that."""
+    refusal = ("host_config.h(164): fatal error C1189: #error:  -- unsupported Microsoft Visual Studio version! "
+               "Only the versions between 2017 and 2022 (inclusive) are supported! The nvcc flag "
+               "'-allow-unsupported-compiler' can be used to override this version check")
+    runs = []
+
+    def nvcc(cmd, **kw):
+        runs.append(cmd)
+        refused = "-allow-unsupported-compiler" not in cmd
+        return subprocess.CompletedProcess(cmd, 2 if refused else 0, "", refusal if refused else "")
+
+    monkeypatch.setattr(setup_module.subprocess, "run", nvcc)
+    setup_module.BuildExt.run_nvcc(["nvcc", "-c", "a.cu"], None)
+    assert runs == [["nvcc", "-c", "a.cu"], ["nvcc", "-c", "a.cu", "-allow-unsupported-compiler"]]
+    assert len(setup_module.CUDA_NOTE["warnings"]) == 1
+    assert "unsupported Microsoft Visual Studio version" in setup_module.CUDA_NOTE["warnings"][0]
+    assert refusal in capsys.readouterr().err  # nvcc's words, for pip install -v
+    runs.clear()
+    monkeypatch.setattr(setup_module.subprocess, "run",  # any other failure: no retry
+                        lambda cmd, **kw: runs.append(cmd) or subprocess.CompletedProcess(cmd, 1, "", "error: x"))
+    with pytest.raises(subprocess.CalledProcessError):
+        setup_module.BuildExt.run_nvcc(["nvcc", "-c", "a.cu"], None)
+    assert runs == [["nvcc", "-c", "a.cu"]]
 
 
 class StandInMSVC:
@@ -293,7 +378,8 @@ def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup
     from setuptools import Distribution
     ext = setup_module.cuda_extension(setup_module.cuda_config())
     nvcc_runs, linked = [], []
-    monkeypatch.setattr(setup_module.subprocess, "run", lambda cmd, check, env: nvcc_runs.append((cmd, env)))
+    monkeypatch.setattr(setup_module.subprocess, "run",
+                        lambda cmd, env, **kw: nvcc_runs.append((cmd, env)) or subprocess.CompletedProcess(cmd, 0, "", ""))
     monkeypatch.setattr(setup_module.build_ext, "build_extension", lambda self, e: linked.append(e))
     build = setup_module.BuildExt(Distribution())
     build.build_temp, build.compiler = str(tmp_path / "temp"), StandInMSVC(tmp_path)
@@ -340,6 +426,54 @@ def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
     monkeypatch.setattr(devices, "_dll_dirs_added", False)
     devices.add_windows_dll_dirs()
     assert str(sp / "torch" / "lib") in added and str(sp / "nvidia" / "cudnn" / "bin") not in added
+    # the folders of the DLLs the build linked against (NVIDIA's cuDNN installer, say) come first
+    from wanvideo_vae import _build_info
+    installer = cudnn_installer_tree(tmp_path / "NVIDIA" / "CUDNN" / "v9.10", ["13.0"]) / "bin" / "13.0"
+    monkeypatch.setattr(_build_info, "CUDA_DLL_DIRS", [str(installer), str(tmp_path / "gone")], raising=False)
+    added.clear()
+    monkeypatch.setattr(devices, "_dll_dirs_added", False)
+    devices.add_windows_dll_dirs()
+    assert added[0] == str(installer) and str(tmp_path / "gone") not in added
+
+
+def test_windows_loads_pytorch_before_the_cuda_backend(monkeypatch):
+    """On Windows a DLL of a name already loaded is not loaded again: PyTorch first, so that its cuDNN is
+    the one in the process, not ours first with PyTorch's sub-libraries beside it."""
+    import importlib.abc
+    import importlib.machinery
+    import types
+    from wanvideo_vae import devices
+    order = []
+
+    class Recorder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name in ("torch", "wanvideo_vae._cuda"):
+                return importlib.machinery.ModuleSpec(name, self)
+            return None
+
+        def create_module(self, spec):
+            order.append(spec.name)
+            return types.ModuleType(spec.name)
+
+        def exec_module(self, module):
+            pass
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(devices, "_dll_dirs_added", True)
+    for name in ("torch", "wanvideo_vae._cuda"):  # put back as they were afterwards
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Recorder()] + sys.meta_path)
+    import wanvideo_vae
+    monkeypatch.delattr(wanvideo_vae, "_cuda", raising=False)
+    devices.cuda_module()
+    assert order == ["torch", "wanvideo_vae._cuda"]
+    monkeypatch.setattr(sys, "platform", "linux")
+    order.clear()
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "wanvideo_vae._cuda")
+    monkeypatch.delattr(wanvideo_vae, "_cuda")
+    devices.cuda_module()
+    assert order == ["wanvideo_vae._cuda"]  # elsewhere the libraries' names carry no such clash
 
 
 def test_a_missing_cudnn_is_named_with_the_wheel_for_the_toolkits_cuda(on_windows):
@@ -411,9 +545,12 @@ def test_the_cuda_backend_builds_with_an_older_toolkit_and_passes_its_op_tests(t
     env = dict(env, CUDA_HOME=str(toolkit), PATH=f"{toolkit}/bin{os.pathsep}{os.environ['PATH']}",
                WANVIDEO_CUDA_ARCHS="80;90")
     src = scratch_copy(tmp_path)
-    r = build_in_place(src, WANVIDEO_CUDA="1", **env)
+    # setup.py itself retries with -allow-unsupported-compiler where nvcc refuses gcc 12 (11.8)
+    r = build_in_place(src, WANVIDEO_CUDA="1", **{k: v for k, v in env.items() if k != "NVCC_APPEND_FLAGS"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert f"nvcc {toolkit}/bin/nvcc" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    retried = [w for w in recorded(src, "CUDA_BUILD_WARNINGS") if "-allow-unsupported-compiler" in w]
+    assert bool(retried) == ("NVCC_APPEND_FLAGS" in env), recorded(src, "CUDA_BUILD_WARNINGS")
     r = subprocess.run([sys.executable, "-c", OLDER_CUDA_LOADS, version.split(".")[0]], cwd=tmp_path,
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(src)), timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

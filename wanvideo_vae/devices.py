@@ -1,6 +1,7 @@
 """The CUDA side of the Python layer: loading the backend's libraries, handing torch CUDA tensors to
 the core zero-copy, device memory budgets and peak-memory sampling."""
 import glob
+import importlib.util
 import numbers
 import os
 import sys
@@ -25,6 +26,10 @@ def add_windows_dll_dirs():
     if sys.platform != "win32" or _dll_dirs_added:
         return
     _dll_dirs_added = True
+    try:  # first, the folders of the DLLs the build linked against (CUDNN_PATH's, NVIDIA's installer's)
+        from ._build_info import CUDA_DLL_DIRS as built_with
+    except ImportError:  # a build of an older version
+        built_with = []
     roots = [os.environ[v] for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
     sites = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     for sp in sites:
@@ -36,7 +41,7 @@ def add_windows_dll_dirs():
     # not a mix of two installations' sub-libraries
     if not any(os.path.isdir(os.path.join(sp, "nvidia", "cudnn")) for sp in sites):
         dirs += [os.path.join(sp, "torch", "lib") for sp in sites]
-    dirs = [d for d in dirs if os.path.isdir(d)]
+    dirs = [d for d in dict.fromkeys(list(built_with) + dirs) if os.path.isdir(d)]
     for d in dirs:
         os.add_dll_directory(d)
     if dirs:
@@ -44,8 +49,16 @@ def add_windows_dll_dirs():
 
 
 def cuda_module():
-    """wanvideo_vae._cuda, or None when it was not built or cannot load here."""
+    """wanvideo_vae._cuda, or None when it was not built or cannot load here. On Windows PyTorch, where
+    installed, is imported first: its cuDNN DLLs are then the ones loaded (a DLL of a name already
+    loaded is not loaded again), rather than ours first and PyTorch's sub-libraries beside them."""
     add_windows_dll_dirs()
+    first_load = f"{__package__}._cuda" not in sys.modules
+    if sys.platform == "win32" and first_load and "torch" not in sys.modules and importlib.util.find_spec("torch"):
+        try:
+            import torch  # noqa: F401
+        except Exception:  # noqa: BLE001 - a broken torch must not keep the backend from loading
+            pass
     try:
         from . import _cuda
     except ImportError:

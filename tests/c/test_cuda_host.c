@@ -436,6 +436,37 @@ static void model_on_the_second_gpu(const weight_set *ws)
     stub_set_device_count(1);
 }
 
+/* A thread whose current context is not the device's primary one (made with the driver API): the
+ * model is built, decodes and is freed in the primary context all the same (its memory, streams and
+ * handles would otherwise be made in the caller's context, which the decode, in the primary one,
+ * cannot use), and the thread ends with the caller's context current again. */
+static void *in_a_foreign_context(void *weights)
+{
+    const weight_set *ws = (const weight_set *)weights;
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    int uses = stub_foreign_context_uses();
+    stub_make_foreign_context_current(0);
+    wv_status s = wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_F32], 0, ws->views, ws->n, &err);
+    CHECK(s == WV_OK);
+    CHECK(stub_foreign_context_current() == 0);
+    if (!s) {
+        CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+        CHECK(stub_foreign_context_current() == 0);
+        wv_model_free(&m);
+    }
+    CHECK(stub_foreign_context_current() == 0);
+    CHECK(stub_foreign_context_uses() == uses);
+    return NULL;
+}
+
+static void model_beside_a_foreign_context(const weight_set *ws)
+{
+    pthread_t thread;
+    CHECK(pthread_create(&thread, NULL, in_a_foreign_context, (void *)ws) == 0);
+    pthread_join(thread, NULL);
+}
+
 /* A missing or old driver: the reason names the versions and the way out. */
 static void old_driver_explained(const weight_set *ws)
 {
@@ -485,6 +516,7 @@ int main(void)
     for (int i = 0; i < 3; i++) /* computing, fp16 is left to the op checks (the stub's loops are slow) */
         if (!g_reference || types[i] != WV_F16) with_model(&ws, types[i], names[i], types[i] == WV_BF16);
     if (!g_reference) model_on_the_second_gpu(&ws);
+    if (!g_reference) model_beside_a_foreign_context(&ws);
     if (!g_reference) pinned_memory_kept_within_its_limit(&ws);
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);

@@ -328,20 +328,39 @@ static int g_device_count = 1;
 static int g_driver_version = 13000; /* below the runtime's (13000): cudaErrorInsufficientDriver */
 static int g_context_made[STUB_MAX_DEVICES];
 static char g_context_handles[STUB_MAX_DEVICES]; /* a context handle: the address of its device's */
+static char g_foreign_handles[STUB_MAX_DEVICES]; /* a non-primary context per device (the driver API's) */
 static thread_local int t_device;
 static thread_local int t_context; /* device + 1; 0: none current */
+static thread_local int t_foreign; /* device + 1 of the non-primary context current instead; 0: none */
+static int g_foreign_uses;         /* calls that needed a context while a non-primary one was current */
 
 static void make_current(int device)
 {
     g_context_made[device] = 1;
     t_context = device + 1;
+    t_foreign = 0;
     t_device = device;
 }
 
 static void need_context(void)
 {
+    if (t_foreign) {
+        g_foreign_uses++; /* the runtime would work in the caller's context: memory our primary one cannot use */
+        return;
+    }
     if (!t_context) make_current(t_device);
 }
+
+extern "C" void stub_make_foreign_context_current(int device)
+{
+    t_context = 0;
+    t_foreign = device + 1;
+    t_device = device;
+}
+
+extern "C" int stub_foreign_context_current(void) { return t_foreign - 1; }
+
+extern "C" int stub_foreign_context_uses(void) { return g_foreign_uses; }
 
 extern "C" void stub_set_driver_version(int v) { g_driver_version = v; }
 
@@ -360,14 +379,17 @@ extern "C" int stub_current_context(void) { return t_context - 1; }
 
 static int stub_cuCtxGetCurrent(void **ctx)
 {
-    *ctx = t_context ? &g_context_handles[t_context - 1] : NULL;
+    *ctx = t_foreign ? &g_foreign_handles[t_foreign - 1] : t_context ? &g_context_handles[t_context - 1] : NULL;
     return 0;
 }
 
 static int stub_cuCtxSetCurrent(void *ctx)
 {
-    t_context = ctx ? (int)((char *)ctx - g_context_handles) + 1 : 0;
-    if (t_context) t_device = t_context - 1;
+    char *c = (char *)ctx;
+    int foreign = c >= g_foreign_handles && c < g_foreign_handles + STUB_MAX_DEVICES;
+    t_foreign = foreign ? (int)(c - g_foreign_handles) + 1 : 0;
+    t_context = ctx && !foreign ? (int)(c - g_context_handles) + 1 : 0;
+    if (t_context || t_foreign) t_device = (t_context ? t_context : t_foreign) - 1;
     return 0;
 }
 
@@ -480,7 +502,7 @@ cudaError_t cudaGetDeviceCount(int *count)
 
 cudaError_t cudaGetDevice(int *device)
 {
-    *device = t_context ? t_context - 1 : t_device;
+    *device = t_context ? t_context - 1 : t_foreign ? t_foreign - 1 : t_device;
     return cudaSuccess;
 }
 

@@ -36,6 +36,13 @@ void stub_set_device_count(int n);
 void stub_set_driver_version(int v);
 int stub_context_made(int device);
 int stub_current_context(void);
+/* A non-primary context on device made current in the calling thread, as the driver API (pycuda, a
+ * host of its own) may leave one: the runtime's calls then work in it, where memory of the primary
+ * context cannot be used. stub_foreign_context_current: its device while it is current, -1: not;
+ * stub_foreign_context_uses: the calls so far that needed a context while one was current. */
+void stub_make_foreign_context_current(int device);
+int stub_foreign_context_current(void);
+int stub_foreign_context_uses(void);
 
 /* Bytes of pinned host memory (cudaHostAlloc) allocated now. stub_fail_nth_host_alloc: the n-th
  * cudaHostAlloc from now fails as out of memory (0: none; -1: every one), as where the system will
