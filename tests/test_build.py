@@ -275,8 +275,8 @@ def cudnn_installer_tree(root, cuda_versions):
 
 @pytest.mark.parametrize("where", ["ProgramFiles", "CUDNN_PATH"])
 def test_windows_cuda_config_finds_cudnn_from_nvidias_installer(on_windows, tmp_path, monkeypatch, where):
-    """C:\\Program Files\\NVIDIA\\CUDNN\\v9.x\\include\\12.9\\cudnn.h, lib\\12.9\\x64\\cudnn.lib, bin\\12.9\\cudnn64_9.dll:
-    found there or through CUDNN_PATH, in the folder of the toolkit's CUDA (13.0) where there is one, and
+    """C:\\Program Files\\NVIDIA\\CUDNN\\v9.x\\include\\12.9\\cudnn.h, lib\\12.9\\x64\\cudnn.lib,
+    bin\\12.9\\cudnn64_9.dll: found there or through CUDNN_PATH, in the folder of the toolkit's CUDA (13.0) where there is one, and
     its DLL's folder recorded for the package to search at import."""
     setup_module, toolkit, sp = on_windows
     shutil.rmtree(sp / "nvidia" / "cudnn")
@@ -378,8 +378,11 @@ def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup
     from setuptools import Distribution
     ext = setup_module.cuda_extension(setup_module.cuda_config())
     nvcc_runs, linked = [], []
-    monkeypatch.setattr(setup_module.subprocess, "run",
-                        lambda cmd, env, **kw: nvcc_runs.append((cmd, env)) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    def nvcc(cmd, env, **kw):
+        nvcc_runs.append((cmd, env))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(setup_module.subprocess, "run", nvcc)
     monkeypatch.setattr(setup_module.build_ext, "build_extension", lambda self, e: linked.append(e))
     build = setup_module.BuildExt(Distribution())
     build.build_temp, build.compiler = str(tmp_path / "temp"), StandInMSVC(tmp_path)

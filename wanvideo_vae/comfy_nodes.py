@@ -52,8 +52,8 @@ def _backend_for(module, *tensors, device=None, dtype=None):
     parameters'), whenever it is usable (ComfyUI keeps latents, and offloaded VAEs, on the CPU between
     nodes): on the VAE's own GPU (`device`: a core VAE's, where ComfyUI runs it), else the GPU a
     parameter or a tensor is on, else the current one. Otherwise the CPU (fp32). A `device` on the CPU
-    (ComfyUI's --cpu-vae or --cpu) and WANVIDEO_VAE_BACKEND=cpu choose the CPU. A bf16 VAE on a GPU without bf16 arithmetic decodes in
-    fp32 (precision_for)."""
+    (ComfyUI's --cpu-vae or --cpu) and WANVIDEO_VAE_BACKEND=cpu choose the CPU. A bf16 VAE on a GPU
+    without bf16 arithmetic decodes in fp32 (precision_for)."""
     if os.environ.get("WANVIDEO_VAE_BACKEND") == "cpu" or getattr(device, "type", None) == "cpu":
         return "cpu", None, None
     cuda = backends()["cuda"]
