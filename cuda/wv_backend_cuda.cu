@@ -2058,9 +2058,14 @@ extern "C" const wv_backend_set *wv_cuda_backends(void)
     return &CUDA_SET;
 }
 
+/* The device of the calling thread's current context; CUDA's default, 0, where none is current (our
+ * runtime's own notion there is the device of the last model that worked in this thread). */
 extern "C" int wv_cuda_current_device(void)
 {
+    const context_api *api = driver_context_api();
+    void *ctx = NULL;
     int device = 0;
+    if (api->get && api->get(&ctx) == 0 && !ctx) return 0;
     if (cudaGetDevice(&device) != cudaSuccess) device = 0;
     return device;
 }

@@ -391,6 +391,7 @@ static void *on_the_second_gpu(void *weights)
     }
     CHECK(stub_current_context() == -1);
     CHECK(stub_context_made(1) && !stub_context_made(0));
+    CHECK(wv_cuda_current_device() == 0); /* none current: CUDA's default, not the last model's device */
     return NULL;
 }
 
