@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import REPO, load_fixture, random_latents, random_weights  # noqa: E402
+from helpers import REPO, load_fixture, package_root, random_latents, random_weights  # noqa: E402
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, NativeWanVAE, WanCoreVAENativeDecode,  # noqa: E402
                                       WanVideoNativeDecode, WanVideoNativeVAEPatch)
@@ -304,12 +304,12 @@ print(grown / (images.numel() * 4))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB: Linux")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_decode_node_video_passthrough_makes_one_copy(dtype):
+def test_decode_node_video_passthrough_makes_one_copy(dtype, tmp_path):
     """InfiniteTalk's sampler hands over its whole decoded video: normalizing it costs one float32 copy on
     the host, no more (a 1000-frame 720p video is 11 GiB in float32). The peak resident memory of a
     process of its own grows by the output's size alone (up to 1.15x: other pages), not twice that."""
-    r = subprocess.run([sys.executable, "-c", PASSTHROUGH_PEAK, dtype], capture_output=True, text=True, cwd=REPO,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", PASSTHROUGH_PEAK, dtype], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": package_root()}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert float(r.stdout.split()[-1]) <= 1.15, r.stdout
 

@@ -1,6 +1,7 @@
 """Native checks that need external tools: the C core under AddressSanitizer, LeakSanitizer and
 UndefinedBehaviorSanitizer; the CUDA kernels that can run on the host, against the CPU ops; a
-Windows (MinGW-w64) build of the core and its C test, run under Wine; a small decode from
+Windows (MinGW-w64) build of the core and its C test, run under Wine, and of the CPython module, whose
+Python tests a Windows CPython runs under Wine; a small decode from
 Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import os
@@ -51,6 +52,22 @@ def test_core_cross_compiles_for_windows_and_passes_its_test_under_wine(tmp_path
             pytest.fail(r.stdout.strip().splitlines()[-1] + " (WANVIDEO_REQUIRE_NATIVE_CHECKS=1)")
         pytest.skip(r.stdout.strip().splitlines()[-1])
     assert re.search(r"^Wine: \d+ passed, 0 failed$", r.stdout, re.M), r.stdout[-3000:]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_the_module_built_for_windows_passes_the_python_tests_under_wine(tmp_path):
+    """tests/c/windows_python.sh: the CPython module built with MinGW-w64 against a Windows CPython and
+    NumPy, and the Python tests that need no PyTorch (engine, tiling, errors, fuzz, CLI, workflows) run
+    by that Python under Wine, where Wine, WANVIDEO_WIN_PYTHON and WANVIDEO_WIN_SITE are at hand (CI)."""
+    need("x86_64-w64-mingw32-gcc")
+    r = run(["bash", "tests/c/windows_python.sh", str(tmp_path)], timeout=2400)
+    if "Windows Python run skipped" in r.stdout:
+        if REQUIRED:
+            pytest.fail(r.stdout.strip().splitlines()[-1] + " (WANVIDEO_REQUIRE_NATIVE_CHECKS=1)")
+        pytest.skip(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    passed = re.search(r"^Windows: (\d+) passed(, \d+ skipped)? in ", r.stdout, re.M)
+    assert passed and int(passed.group(1)) >= 300, r.stdout[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
