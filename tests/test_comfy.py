@@ -2,6 +2,7 @@
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -48,7 +49,13 @@ def clone_in_custom_nodes(tmp_path):
     """custom_nodes/ holding this repository as a clone named after the package (the README's)."""
     custom_nodes = tmp_path / "custom_nodes"
     custom_nodes.mkdir()
-    os.symlink(REPO, custom_nodes / "wanvideo_vae")
+    if sys.platform == "win32":  # symbolic links need a privilege there: a copy of what a clone holds
+        clone = custom_nodes / "wanvideo_vae"
+        shutil.copytree(os.path.join(REPO, "wanvideo_vae"), clone / "wanvideo_vae",
+                        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+        shutil.copy(os.path.join(REPO, "__init__.py"), clone / "__init__.py")
+    else:
+        os.symlink(REPO, custom_nodes / "wanvideo_vae")
     return custom_nodes
 
 

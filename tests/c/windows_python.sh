@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Builds the CPython module (csrc/, the CPU backend) for Windows with MinGW-w64 against a Windows
-# CPython and NumPy, and runs the Python tests that need no PyTorch with that Python under Wine: the
-# module and the Python layer on Windows (LLP64, its C runtime, its paths, working set and memory
-# status, subprocesses, the Windows BLAS DLL), not only the core's C test (cross_windows.sh).
+# CPython and NumPy, and runs the Python tests with that Python under Wine: the module, the Python
+# layer and the ComfyUI nodes on Windows (LLP64, its C runtime, its paths, working set and memory
+# status, subprocesses, the Windows BLAS DLL), not only the core's C test (cross_windows.sh). Tests
+# that need PyTorch run where its Windows wheel is among WANVIDEO_WIN_SITE's, and skip otherwise.
 #   bash tests/c/windows_python.sh [out dir] [pytest arguments...]
 # Needs x86_64-w64-mingw32-gcc and Wine (Debian: gcc-mingw-w64-x86-64, wine64), and:
 #   WANVIDEO_WIN_PYTHON  a Windows CPython with its headers (python.exe, python3XX.dll, include\);
 #                        a .pth file naming WANVIDEO_WIN_SITE is written into its Lib\site-packages
 #   WANVIDEO_WIN_SITE    the win_amd64 wheels the tests import, unpacked: numpy, scipy_openblas32,
-#                        pytest, hypothesis and theirs (.ci/run fetches both; NumPy 1.26: Wine 8's
-#                        C runtime lacks a function NumPy 2 calls)
+#                        pytest, hypothesis, imageio-ffmpeg, torch and theirs (.ci/run fetches both;
+#                        NumPy 1.26: Wine 8's C runtime lacks a function NumPy 2 calls)
 # Without them it says what is missing and stops.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -43,13 +44,14 @@ echo "MinGW-w64: built _C.cp$version-win_amd64.pyd"
 # the wheels on the Windows Python's own path, so the tests' subprocesses find them too
 winpath "$site" > "$py/Lib/site-packages/wanvideo_vae_test_site.pth"
 
-# a prefix of its own (made on first use), so a user's ~/.wine is never touched; Wine's own notes dropped
+# a prefix of its own (made on first use), so a user's ~/.wine is never touched; Wine's own notes dropped.
+# KMP_AFFINITY=disabled: PyTorch's OpenMP asks for NUMA masks, a call Wine does not implement
 cd "$root/tests"
 set +e
 WINEPREFIX="$out/wineprefix" WINEDEBUG=-all PYTHONPATH="$(winpath "$out/pkg")" \
     WANVIDEO_SHARED="$(winpath "$(cd "${WANVIDEO_SHARED:-$root/../shared}" && pwd -P)")" \
-    timeout 1800 "$wine" "$py/python.exe" -m pytest -q -p no:cacheprovider \
-    test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py "$@" 2>&1 |
+    KMP_AFFINITY=disabled timeout 1800 "$wine" "$py/python.exe" -m pytest -q -p no:cacheprovider \
+    test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py test_comfy.py "$@" 2>&1 |
     grep -v '^wine: ' | sed 's/^/Windows: /'
 status=${PIPESTATUS[0]}
 exit "$status"
