@@ -15,7 +15,7 @@ from helpers import package_root, random_latents, random_weights, write_safetens
 from wanvideo_vae import WanVAEError
 from wanvideo_vae.cli import main
 
-try:  # most of the CLI needs no PyTorch (the Windows Python run under Wine has none)
+try:  # most of the CLI needs no PyTorch: those parts run without it (tests/c/windows_python.sh, say)
     import torch
 except ImportError:
     torch = None

@@ -11,8 +11,8 @@ REFERENCE_TOL = 1e-4
 
 
 def reference_decode(*args, **kwargs):
-    """tests/reference_decoder.py's PyTorch decode; skipped where torch is not installed (the Windows
-    Python run under Wine, tests/c/windows_python.sh)."""
+    """tests/reference_decoder.py's PyTorch decode; the test skips where torch is not installed, the
+    rest of this file runs (tests/c/windows_python.sh without PyTorch's Windows wheel, say)."""
     pytest.importorskip("torch")
     from reference_decoder import reference_decode as decode
     return decode(*args, **kwargs)
