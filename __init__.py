@@ -30,11 +30,14 @@ def _shows_this_checkout(entry):
 
 
 def _spec_past_this_checkout():
-    """The package's spec from elsewhere than this checkout's root: the other sys.path entries, then
+    """The package's spec from elsewhere than this checkout's root: the first of the other sys.path
+    entries whose package has its compiled core (another copy of the sources may come earlier), then
     the import system's other finders (an editable install's maps the name to its sources)."""
-    spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, [p for p in sys.path if not _shows_this_checkout(p)])
-    if _has_extension(spec):
-        return spec
+    for entry in sys.path:
+        if not _shows_this_checkout(entry):
+            spec = importlib.machinery.PathFinder.find_spec(_PACKAGE, [entry])
+            if _has_extension(spec):
+                return spec
     for finder in sys.meta_path:
         if finder is importlib.machinery.PathFinder or not hasattr(finder, "find_spec"):
             continue

@@ -80,6 +80,10 @@ def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_p
     """custom_nodes/wanvideo_vae (the README's clone) with custom_nodes/ first on sys.path: `import
     wanvideo_vae` finds the clone's root, which has no compiled core; the installed package is found past it."""
     custom_nodes = clone_in_custom_nodes(tmp_path)
+    sources = tmp_path / "sources"  # another copy of the package's sources, without a compiled core, comes next
+    (sources / "wanvideo_vae").mkdir(parents=True)
+    (sources / "wanvideo_vae" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(sources))
     monkeypatch.syspath_prepend(str(custom_nodes))
 
     def is_a_compiled_package(loaded):  # not the clone's root
