@@ -325,6 +325,53 @@ def test_decode_node_video_passthrough_makes_one_copy(dtype, tmp_path):
     assert float(r.stdout.split()[-1]) <= 1.15, r.stdout
 
 
+class WanRepoVAE:
+    """The Wan 2.1 repository's wan.modules.vae.WanVAE (InfiniteTalk's and MultiTalk's pipelines hold
+    one): .model with the checkpoint's names, mean / std / scale, dtype, device; decode(zs) returns
+    float32 videos [3, F, H, W] clamped to [-1, 1] (here the independent PyTorch reference's)."""
+
+    def __init__(self, weights, mean, std):
+        from standin_wanvae import module_tree
+        self.dtype, self.device = torch.float32, "cpu"
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.scale = [self.mean, 1.0 / self.std]
+        self.model = module_tree(weights)
+
+    def encode(self, videos):
+        return ["its own encode"]
+
+    def decode(self, zs):
+        from reference_decoder import reference_decode
+        weights = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
+        return [torch.from_numpy(reference_decode(weights, z.numpy(), self.mean.numpy(), self.std.numpy()))
+                .permute(3, 0, 1, 2).float().clamp_(-1, 1) for z in zs]
+
+
+def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
+    """wanvideo_vae.native_wan_vae(vae): the Wan repository's VAE object, its decode(zs) native, the
+    rest its own (encode, model, attributes set through it); the object given is not modified."""
+    import wanvideo_vae
+    weights, data = load_fixture("tiny")
+    vae = WanRepoVAE(weights, data["mean"], data["std"])
+    native = wanvideo_vae.native_wan_vae(vae)
+    zs = [torch.from_numpy(data["latents"]), torch.from_numpy(data["latents"][:, :1].copy())]
+    ours, theirs = native.decode(zs), vae.decode(zs)
+    assert len(ours) == 2 and theirs[0].abs().max() == 1.0  # the decode reaches the clamp
+    for o, t in zip(ours, theirs):
+        assert o.dtype == torch.float32 and o.shape == t.shape and o.device == t.device
+        assert (o - t).abs().max() <= NODE_TOL
+    assert native.encode([]) == ["its own encode"] and native.model is vae.model and "decode" not in vars(vae)
+    assert wanvideo_vae.native_wan_vae(native) is native
+    native.device = "cuda:0"
+    assert vae.device == "cuda:0"
+    with pytest.raises(ValueError, match="no .model module"):
+        wanvideo_vae.native_wan_vae(object())
+    bare = WanRepoVAE(weights, data["mean"], data["std"])
+    del bare.mean, bare.std, bare.scale
+    with pytest.raises(ValueError, match="no mean/inv_std, std or scale"):
+        wanvideo_vae.native_wan_vae(bare)
+
+
 def test_legacy_std_and_scale_attributes():
     weights, data = load_fixture("single_frame")
     vae = StandInWanVAE(weights, data["mean"], data["std"], legacy=True)

@@ -11,6 +11,7 @@ import scipy_openblas32 as _openblas  # noqa: F401  (loads the BLAS the extensio
 from . import _C
 from ._C import DecodeInterrupted, DeviceMemoryError, WanVAEError
 from .api import WAN21_MEAN, WAN21_STD, Decoder, backends, decode_tiled
+from .comfy_nodes import native_wan_vae
 from .weights import bf16_to_float32, load_weights, normalize_keys
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "bf16_to_float32",
     "decode_tiled",
     "load_weights",
+    "native_wan_vae",
     "normalize_keys",
 ]
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """ComfyUI nodes: an exact, native drop-in for WanVideoDecode, a WANVAE patch so samplers that decode
-by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for ComfyUI's core Wan VAE.
+by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for ComfyUI's core Wan VAE;
+and the same patch for the Wan repository's own VAE object (native_wan_vae), outside ComfyUI.
 
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
@@ -395,13 +396,9 @@ class WanVideoNativeDecode:
 
 # ---- WANVAE patch --------------------------------------------------------------------------------
 
-class NativeWanVAE:
-    """A WANVAE whose decode(...) runs the native decoder; everything else is the wrapped VAE's.
-
-    decode returns what WanVideoWrapper's decode returns: a list with one [3, F, H, W] tensor per
-    video; tiled, float32 clamped to [-1, 1] on the CPU; untiled, the raw decode in the VAE's dtype
-    (output_dtype with output_device) on output_device, else `device`, else the latents' device. The
-    wrapped object is never modified."""
+class _NativeDecode:
+    """A VAE object whose decode runs the native decoder (the subclass's); everything else is the
+    wrapped VAE's, which is never modified."""
 
     def __init__(self, vae):
         object.__setattr__(self, "_wrapped", vae)
@@ -420,6 +417,14 @@ class NativeWanVAE:
 
     def __setattr__(self, name, value):
         setattr(self._wrapped, name, value)
+
+
+class NativeWanVAE(_NativeDecode):
+    """A WANVAE (ComfyUI-WanVideoWrapper's) whose decode(...) runs the native decoder.
+
+    decode returns what WanVideoWrapper's decode returns: a list with one [3, F, H, W] tensor per
+    video; tiled, float32 clamped to [-1, 1] on the CPU; untiled, the raw decode in the VAE's dtype
+    (output_dtype with output_device) on output_device, else `device`, else the latents' device."""
 
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
                pbar=True, output_device=None, output_dtype=None, **unused):
@@ -441,6 +446,35 @@ class NativeWanVAE:
                 getattr(self._wrapped, "dtype", torch.float32)
             videos.append(torch.from_numpy(raw).permute(3, 0, 1, 2).to(device=where, dtype=dtype))
         return videos
+
+
+class NativeWanRepoVAE(_NativeDecode):
+    """The Wan 2.1 repository's own VAE object (wan.modules.vae.WanVAE, which Wan's generate.py and
+    Gradio app and InfiniteTalk's and MultiTalk's pipelines hold) whose decode(zs) runs the native
+    decoder, returning what its own returns: for a list of latents [16, T, h, w], a list of videos
+    [3, F, H, W], float32, clamped to [-1, 1], each on its latents' device. Tiles are chosen by the
+    free memory (exact: never a different picture)."""
+
+    def decode(self, zs):
+        torch = _torch()
+        videos = []
+        for latents in zs:
+            raw = _decode_raw(self._wrapped, latents, False, False, 272, 272, show_progress=False)
+            frames = torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2)
+            videos.append(frames.to(getattr(latents, "device", "cpu")))
+        return videos
+
+
+def native_wan_vae(vae):
+    """The Wan 2.1 repository's VAE object (wan.modules.vae.WanVAE) with its decode(zs) running the
+    native decoder (NativeWanRepoVAE); `vae` itself is not modified. For a pipeline that holds one:
+    `pipeline.vae = native_wan_vae(pipeline.vae)`. A WanVideoWrapper WANVAE goes through
+    WanVideoNativeVAEPatch instead (its decode takes other arguments)."""
+    if isinstance(vae, NativeWanRepoVAE):
+        return vae
+    _check_wan21_vae(vae)
+    _wanvae_stats(vae)  # refused now, not at the first decode, where it has no mean/std or scale
+    return NativeWanRepoVAE(vae)
 
 
 class WanVideoNativeVAEPatch:
