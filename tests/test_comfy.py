@@ -362,6 +362,9 @@ def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
         assert (o - t).abs().max() <= NODE_TOL
     assert native.encode([]) == ["its own encode"] and native.model is vae.model and "decode" not in vars(vae)
     assert wanvideo_vae.native_wan_vae(native) is native
+    from wanvideo_vae import comfy_nodes  # one Decoder per VAE, patched or not: the decode node given it too
+    WanVideoNativeDecode().decode(native, {"samples": zs[1][None]}, False, 272, 272, 144, 128)
+    assert vae in comfy_nodes._decoders._cache and native not in comfy_nodes._decoders._cache
     native.device = "cuda:0"
     assert vae.device == "cuda:0"
     with pytest.raises(ValueError, match="no .model module"):

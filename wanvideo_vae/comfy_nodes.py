@@ -279,7 +279,7 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
     """Unclamped frames [F, H, W, 3] (NumPy) of one latent video [16, T, h, w] with a WANVAE's weights;
     make_room: first have ComfyUI unload models until its tiles fit (_make_room_like_comfyui)."""
     vae = _loader_output(vae)
-    if isinstance(vae, NativeWanVAE):  # one Decoder per VAE, whether it comes patched or not
+    if isinstance(vae, _NativeDecode):  # one Decoder per VAE, whether it comes patched or not
         vae = vae._wrapped
     _check_wan21_vae(vae)
     mean, std = _wanvae_stats(vae)
