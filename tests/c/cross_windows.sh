@@ -18,7 +18,7 @@ for f in "$root"/csrc/wv_*.c; do cc -c "$f" -o "$out/$(basename "$f" .c).obj"; d
 cc -c "$here/test_core.c" -o "$out/test_core.obj"
 echo "MinGW-w64: compiled $(ls "$out"/*.obj | wc -l) objects for Windows"
 
-wine=$(command -v wine64 || command -v wine || { [ -x /usr/lib/wine/wine64 ] && echo /usr/lib/wine/wine64; } || true)
+. "$here/wine.sh"
 dll="${WANVIDEO_WIN_BLAS:-}/libscipy_openblas.dll"
 if [ -z "$wine" ] || [ -z "${WANVIDEO_WIN_BLAS:-}" ] || [ ! -f "$dll" ]; then
     echo "Wine run skipped: needs Wine (found: ${wine:-none}) and WANVIDEO_WIN_BLAS with libscipy_openblas.dll"
@@ -26,7 +26,5 @@ if [ -z "$wine" ] || [ -z "${WANVIDEO_WIN_BLAS:-}" ] || [ ! -f "$dll" ]; then
 fi
 x86_64-w64-mingw32-gcc "$out"/*.obj "$dll" -o "$out/test_core.exe"
 cp "$dll" "$out/"
-# a prefix of its own (made on first use, a few seconds), so a user's ~/.wine is never touched; Wine's
-# own notes about making it are dropped, the test's failed checks (stderr too) kept
-(cd "$out" && WINEPREFIX="$out/wineprefix" WINEDEBUG=-all timeout 600 "$wine" ./test_core.exe 2>&1) |
-    grep -v '^wine: ' | sed 's/^/Wine: /'
+cd "$out"
+in_wine "$out/wineprefix" Wine 600 ./test_core.exe

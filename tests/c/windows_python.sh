@@ -19,7 +19,7 @@ out="$(mkdir -p "${1:-${TMPDIR:-/tmp}/wanvideo_vae_winpy}" && cd "${1:-${TMPDIR:
 shift $(( $# > 0 ? 1 : 0 ))
 py="${WANVIDEO_WIN_PYTHON:-}"
 site="${WANVIDEO_WIN_SITE:-}"
-wine=$(command -v wine64 || command -v wine || { [ -x /usr/lib/wine/wine64 ] && echo /usr/lib/wine/wine64; } || true)
+. "$here/wine.sh"
 dll=$(ls "$py"/python3[0-9]*.dll 2>/dev/null | head -1 || true)
 if [ -z "$wine" ] || ! command -v x86_64-w64-mingw32-gcc >/dev/null || [ -z "$dll" ] || [ ! -d "$site/numpy" ]; then
     echo "Windows Python run skipped: needs Wine (found: ${wine:-none}), MinGW-w64, WANVIDEO_WIN_PYTHON" \
@@ -44,14 +44,9 @@ echo "MinGW-w64: built _C.cp$version-win_amd64.pyd"
 # the wheels on the Windows Python's own path, so the tests' subprocesses find them too
 winpath "$site" > "$py/Lib/site-packages/wanvideo_vae_test_site.pth"
 
-# a prefix of its own (made on first use), so a user's ~/.wine is never touched; Wine's own notes dropped.
 # KMP_AFFINITY=disabled: PyTorch's OpenMP asks for NUMA masks, a call Wine does not implement
 cd "$root/tests"
-set +e
-WINEPREFIX="$out/wineprefix" WINEDEBUG=-all PYTHONPATH="$(winpath "$out/pkg")" \
-    WANVIDEO_SHARED="$(winpath "$(cd "${WANVIDEO_SHARED:-$root/../shared}" && pwd -P)")" \
-    KMP_AFFINITY=disabled timeout 1800 "$wine" "$py/python.exe" -m pytest -q -p no:cacheprovider \
-    test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py test_comfy.py "$@" 2>&1 |
-    grep -v '^wine: ' | sed 's/^/Windows: /'
-status=${PIPESTATUS[0]}
-exit "$status"
+export PYTHONPATH="$(winpath "$out/pkg")" KMP_AFFINITY=disabled
+export WANVIDEO_SHARED="$(winpath "$(cd "${WANVIDEO_SHARED:-$root/../shared}" && pwd -P)")"
+in_wine "$out/wineprefix" Windows 1800 "$py/python.exe" -m pytest -q -p no:cacheprovider \
+    test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py test_comfy.py "$@"
