@@ -124,7 +124,7 @@ def test_patch_public_workflow_rewrites_the_decode_node_and_patches_the_vae(tmp_
     check_links(patched)
     check_widgets(patch)
     again = copy.deepcopy(patched)  # patched twice: the loader already feeds a patch node
-    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == patched
 
 
 def test_patch_public_workflow_decode_only(tmp_path):
@@ -139,16 +139,16 @@ def test_patch_api_format():
            "2": {"class_type": "WanVideoVAELoader", "inputs": {}},
            "5": {"class_type": "WanVideoImageToVideoMultiTalk", "inputs": {"vae": ["2", 0], "width": 832}}}
     patched = copy.deepcopy(api)
-    assert patch_workflow(patched) == (1, 1, 0, 0, 0)
+    assert patch_workflow(patched) == (1, 1, 0, 0, 0, 0)
     assert patched["1"]["class_type"] == "WanVideoNativeDecode"
     assert patched["1"]["inputs"] == {"vae": ["6", 0], "tile_x": 272}
     assert patched["5"]["inputs"] == {"vae": ["6", 0], "width": 832}
     assert patched["6"]["class_type"] == "WanVideoNativeVAEPatch" and patched["6"]["inputs"] == {"vae": ["2", 0]}
     assert patched["2"] == api["2"]
     again = copy.deepcopy(patched)
-    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == patched
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == patched
     decode_only = copy.deepcopy(api)
-    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
+    assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
 
 
 def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
@@ -183,12 +183,12 @@ def test_patched_nodes_drop_the_source_packs_identity():
     assert patch_workflow(ui).decode_nodes == 2
     assert ui["nodes"][0]["properties"] == {"Node name for S&R": "WanVideoNativeDecode"}
     assert ui["nodes"][1]["properties"] == {"Node name for S&R": "WanVideoNativeDecode", "cnr_id": "wanvideo-vae"}
-    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0, 0, 0)
+    assert patch_workflow({"nodes": None, "definitions": {"subgraphs": None}}) == (0, 0, 0, 0, 0, 0)
 
 
 def test_the_example_workflow_needs_no_patching():
     wf = load(EXAMPLE)
-    assert patch_workflow(wf) == (0, 0, 0, 0, 0) and wf == load(EXAMPLE)
+    assert patch_workflow(wf) == (0, 0, 0, 0, 0, 0) and wf == load(EXAMPLE)
 
 
 def test_the_patch_node_has_its_own_order_and_place(tmp_path):
@@ -224,11 +224,11 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
     assert load(tmp_path / "o.json") == ui
     api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "wan2.2_vae.safetensors"}},
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}
-    assert patch_workflow(api) == (0, 0, 0, 1, 1) and api["2"] == {"class_type": "WanVideoDecode",
+    assert patch_workflow(api) == (0, 0, 0, 1, 1, 0) and api["2"] == {"class_type": "WanVideoDecode",
                                                                     "inputs": {"vae": ["1", 0]}}
     for name in ("Wan22_VAE_fp32.safetensors", "wan2.2-vae.pth", "vae_wan_2.2.safetensors", "VAE\\Wan2_2_VAE.pth"):
         assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
-                               "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}) == (0, 0, 0, 1, 0)
+                               "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}) == (0, 0, 0, 1, 0, 0)
     for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors",
                  "Wan2_1_VAE_2022.safetensors", "wan2.1_vae_v22.pth", "wan2.2\\Wan2_1_VAE.pth"):
         assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
@@ -238,7 +238,7 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
 def test_a_workflow_with_nothing_to_patch_is_left_as_it_was():
     for wf in ({"nodes": [], "last_node_id": 0}, {"nodes": [{"id": 1, "type": "WanVideoVAELoader", "outputs": []}]}):
         before = copy.deepcopy(wf)
-        assert patch_workflow(wf) == (0, 0, 0, 0, 0) and wf == before
+        assert patch_workflow(wf) == (0, 0, 0, 0, 0, 0) and wf == before
 
 
 @pytest.mark.parametrize("wf,says", [
@@ -348,18 +348,18 @@ def test_decodes_of_a_taehv_tiny_decoder_stay_the_wrappers(loader, tmp_path, cap
     for chain in ([loader, "WanVideoDecode"], [loader, "Reroute", "Reroute", "WanVideoDecode"]):
         ui = _ui_chain(*chain)
         before = copy.deepcopy(ui)
-        assert patch_workflow(ui) == (0, 0, 0, 0, 1) and ui == before
+        assert patch_workflow(ui) == (0, 0, 0, 0, 1, 0) and ui == before
     api = {"1": {"class_type": loader, "inputs": {"model_name": "taew2_1.safetensors"}},
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}},
            "3": {"class_type": "WanVideoDecode", "inputs": {"vae": ["4", 0]}},
            "4": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_1_VAE_bf16.safetensors"}}}
-    assert patch_workflow(api) == (1, 1, 0, 0, 1)
+    assert patch_workflow(api) == (1, 1, 0, 0, 1, 0)
     assert api["2"]["class_type"] == "WanVideoDecode" and api["3"]["class_type"] == "WanVideoNativeDecode"
     unlinked = {"nodes": [{"id": 1, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE",
                                                                           "link": None}]}]}
-    assert patch_workflow(copy.deepcopy(unlinked)) == (1, 0, 0, 0, 0)
+    assert patch_workflow(copy.deepcopy(unlinked)) == (1, 0, 0, 0, 0, 0)
     unlinked["nodes"].append({"id": 2, "type": loader, "widgets_values": ["taew2_1.safetensors"]})
-    assert patch_workflow(unlinked) == (0, 0, 0, 0, 1)  # untraced, beside a refused VAE: kept
+    assert patch_workflow(unlinked) == (0, 0, 0, 0, 1, 0)  # untraced, beside a refused VAE: kept
     src = tmp_path / "w.json"
     src.write_text(json.dumps(_ui_chain(loader, "WanVideoDecode")))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
@@ -386,7 +386,7 @@ def test_a_schema_version_1_workflow_is_patched_with_links_as_objects():
                    for link in ui["links"]]
     ui["state"] = {"lastNodeId": 2, "lastLinkId": 1, "lastGroupId": 0, "lastRerouteId": 0}
     del ui["last_node_id"], ui["last_link_id"]
-    assert patch_workflow(ui) == (1, 1, 0, 0, 0)
+    assert patch_workflow(ui) == (1, 1, 0, 0, 0, 0)
     patch = next(n for n in ui["nodes"] if n["type"] == "WanVideoNativeVAEPatch")
     assert patch["id"] == 3 and ui["state"]["lastNodeId"] == 3 and ui["state"]["lastLinkId"] == 2
     assert "last_node_id" not in ui
@@ -395,7 +395,7 @@ def test_a_schema_version_1_workflow_is_patched_with_links_as_objects():
     assert (links[1]["origin_id"], links[1]["origin_slot"], links[1]["target_id"]) == (3, 0, 2)
     assert ui["nodes"][0]["outputs"][0]["links"] == [2] and patch["outputs"][0]["links"] == [1]
     again = copy.deepcopy(ui)
-    assert patch_workflow(again) == (0, 0, 0, 0, 0) and again == ui
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == ui
 
 
 def test_new_ids_pass_the_workflows_counters():
@@ -441,7 +441,7 @@ def test_an_api_decode_names_its_vae_by_an_integer_id_and_is_traced():
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": [1, 0]}},
            "3": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_1_VAE_bf16.safetensors"}},
            "4": {"class_type": "WanVideoDecode", "inputs": {"vae": [3, 0]}}}
-    assert patch_workflow(api, vae_patch=False) == (1, 0, 0, 0, 1)
+    assert patch_workflow(api, vae_patch=False) == (1, 0, 0, 0, 1, 0)
     assert api["2"]["class_type"] == "WanVideoDecode" and api["4"]["class_type"] == "WanVideoNativeDecode"
 
 
@@ -456,7 +456,7 @@ def test_a_decode_fed_by_a_cycle_of_reroutes_is_untraced_not_a_hang():
     worker = threading.Thread(target=lambda: report.append(patch_workflow(ui)), daemon=True)  # a hang fails
     worker.start()
     worker.join(30)
-    assert report == [(1, 0, 0, 0, 0)] and ui["nodes"][2]["type"] == "WanVideoNativeDecode"
+    assert report == [(1, 0, 0, 0, 0, 0)] and ui["nodes"][2]["type"] == "WanVideoNativeDecode"
 
 
 def test_a_loader_output_that_feeds_a_patch_node_among_others_is_left_as_it_is():
@@ -490,6 +490,158 @@ def test_decodes_inside_legacy_group_nodes_are_converted():
 def test_a_saved_prompt_request_is_patched_inside():
     body = {"client_id": "abc", "prompt": {"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
                                            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}}
-    assert patch_workflow(body) == (1, 1, 0, 0, 0)
+    assert patch_workflow(body) == (1, 1, 0, 0, 0, 0)
     assert body["client_id"] == "abc" and body["prompt"]["2"] == {"class_type": "WanVideoNativeDecode",
                                                                   "inputs": {"vae": ["3", 0]}}
+
+
+# ---- ComfyUI's own VAE decodes ---------------------------------------------------------------------
+
+CORE_PROPS = {"Node name for S&R": "VAEDecode", "cnr_id": "comfy-core", "ver": "0.3.45"}
+
+
+def _core_subgraph_workflow(vae_name="wan_2.1_vae.safetensors"):
+    """ComfyUI's templates' shape (Wan 2.2 14B image to video): the models' loaders and the VAE Decode inside a
+    subgraph whose links are objects, the loader's vae_name promoted to the subgraph's input."""
+    link = lambda i, o, os_, t, ts, kind: {"id": i, "origin_id": o, "origin_slot": os_, "target_id": t,  # noqa: E731
+                                           "target_slot": ts, "type": kind}
+    sub = {"id": "d2ac71a3-sub", "inputs": [{"id": "in-0", "name": "vae_name", "type": "COMBO", "linkIds": [31]}],
+           "outputs": [{"id": "out-0", "name": "IMAGE", "type": "IMAGE", "linkIds": [20]}],
+           "nodes": [
+               {"id": 106, "type": "VAELoader", "inputs": [{"name": "vae_name", "type": "COMBO",
+                                                            "widget": {"name": "vae_name"}, "link": 31}],
+                "outputs": [{"name": "VAE", "type": "VAE", "slot_index": 0, "links": [16, 15]}],
+                "properties": {"Node name for S&R": "VAELoader", "cnr_id": "comfy-core"}, "widgets_values": [vae_name]},
+               {"id": 111, "type": "KSamplerAdvanced", "inputs": [],
+                "outputs": [{"name": "LATENT", "type": "LATENT", "links": [17]}], "widgets_values": []},
+               {"id": 128, "type": "WanImageToVideo", "inputs": [{"name": "vae", "type": "VAE", "link": 15}],
+                "outputs": [], "widgets_values": [720, 720, 81, 1]},
+               {"id": 129, "type": "VAEDecode", "inputs": [{"localized_name": "samples", "name": "samples",
+                                                            "type": "LATENT", "link": 17},
+                                                           {"localized_name": "vae", "name": "vae", "type": "VAE",
+                                                            "link": 16}],
+                "outputs": [{"name": "IMAGE", "type": "IMAGE", "slot_index": 0, "links": [20]}],
+                "properties": dict(CORE_PROPS), "widgets_values": []}],
+           "links": [link(15, 106, 0, 128, 0, "VAE"), link(16, 106, 0, 129, 1, "VAE"),
+                     link(17, 111, 0, 129, 0, "LATENT"), link(20, 129, 0, -20, 0, "IMAGE"),
+                     link(31, -10, 0, 106, 0, "COMBO")]}
+    return {"last_node_id": 130, "last_link_id": 40, "version": 0.4, "definitions": {"subgraphs": [sub]},
+            "nodes": [{"id": 130, "type": "d2ac71a3-sub", "inputs": [], "properties": {"proxyWidgets": [["106", "vae_name"]]},
+                       "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}], "widgets_values": []}],
+            "links": []}
+
+
+def _subgraph_node(wf, node_id):
+    return next(n for n in wf["definitions"]["subgraphs"][0]["nodes"] if n["id"] == node_id)
+
+
+def test_a_core_vae_decode_of_a_wan21_vae_becomes_the_native_one(tmp_path, capsys):
+    """ComfyUI's own workflows for Wan 2.1 and Wan 2.2 14B decode with core's VAE Decode and the Wan 2.1 VAE: the
+    node becomes WanCoreVAENativeDecode with the same links, untiled (core's VAE Decode is untiled; the planner
+    still tiles where the memory asks), the source pack's identity dropped; patching twice changes nothing."""
+    wf = _core_subgraph_workflow()
+    before = copy.deepcopy(wf)
+    assert patch_workflow(wf) == (0, 0, 0, 0, 0, 1)
+    node = _subgraph_node(wf, 129)
+    assert node["type"] == "WanCoreVAENativeDecode" and node["widgets_values"] == [512, False]
+    assert node["properties"] == {"Node name for S&R": "WanCoreVAENativeDecode", "cnr_id": "wanvideo-vae"}
+    check_widgets(node)
+    old = _subgraph_node(before, 129)
+    assert node["inputs"] == old["inputs"] and node["outputs"] == old["outputs"]
+    strip = lambda w: {k: v for k, v in w.items() if k != "definitions"}  # noqa: E731
+    assert strip(wf) == strip(before)
+    assert [n for n in wf["definitions"]["subgraphs"][0]["nodes"] if n["id"] != 129] == \
+        [n for n in before["definitions"]["subgraphs"][0]["nodes"] if n["id"] != 129]
+    assert wf["definitions"]["subgraphs"][0]["links"] == before["definitions"]["subgraphs"][0]["links"]
+    again = copy.deepcopy(wf)
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == wf
+    src = tmp_path / "core.json"
+    src.write_text(json.dumps(before))
+    assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
+    assert "1 VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use WanCoreVAENativeDecode" in \
+        capsys.readouterr().out
+    assert load(tmp_path / "o.json") == wf
+    assert cli_main(["patch-workflow", "--no-core", str(src), str(tmp_path / "o.json")]) == 0
+    assert load(tmp_path / "o.json") == before
+
+
+@pytest.mark.parametrize("name,converted", [
+    ("wan_2.1_vae.safetensors", True), ("Wan2_1_VAE_bf16.safetensors", True), ("vae\\Wan2.1_VAE.pth", True),
+    ("wan2.2_vae.safetensors", False), ("Wan22_VAE_fp32.safetensors", False),  # the 5B model's: another decoder
+    ("Wan2.1_VAE_upscale2x_imageonly_real_v1.safetensors", False),  # 12 output channels
+    ("qwen_image_vae.safetensors", False), ("sdxl_vae.safetensors", False), ("ae.safetensors", False)])
+def test_a_core_decode_is_converted_only_for_a_wan21_vae_file(name, converted):
+    wf = _core_subgraph_workflow(name)
+    assert patch_workflow(wf).core_decode_nodes == converted
+    assert _subgraph_node(wf, 129)["type"] == ("WanCoreVAENativeDecode" if converted else "VAEDecode")
+
+
+def test_a_tiled_core_decode_keeps_its_tile_size_and_drops_its_other_inputs():
+    """VAE Decode (Tiled): tiled at the same tile size (the same pixels and range as ours); its overlap and
+    temporal inputs, here converted to sockets and fed by primitives, leave with their links, and the tile
+    size's link follows its input to its new slot. ComfyUI-MultiGPU's loader counts as a loader."""
+    widget = lambda name, link: {"name": name, "type": "INT", "widget": {"name": name}, "link": link}  # noqa: E731
+    ui = {"last_node_id": 5, "last_link_id": 4, "nodes": [
+        {"id": 1, "type": "VAELoaderMultiGPU", "outputs": [{"name": "VAE", "type": "VAE", "links": [1]}],
+         "widgets_values": ["Wan2_1_VAE_bf16.safetensors", "cuda:1"]},
+        {"id": 2, "type": "KSampler", "outputs": [{"name": "LATENT", "type": "LATENT", "links": [2]}]},
+        {"id": 3, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [3]}], "widgets_values": [32]},
+        {"id": 4, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [4]}], "widgets_values": [384]},
+        {"id": 5, "type": "VAEDecodeTiled", "inputs": [
+            {"name": "samples", "type": "LATENT", "link": 2}, {"name": "vae", "type": "VAE", "link": 1},
+            widget("overlap", 3), widget("tile_size", 4), widget("temporal_size", None), widget("temporal_overlap", None)],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}],
+         "properties": {"Node name for S&R": "VAEDecodeTiled"}, "widgets_values": [384, 32, 64, 8]}],
+        "links": [[1, 1, 0, 5, 1, "VAE"], [2, 2, 0, 5, 0, "LATENT"], [3, 3, 0, 5, 2, "INT"], [4, 4, 0, 5, 3, "INT"]]}
+    check_links(ui)
+    assert patch_workflow(ui) == (0, 0, 0, 0, 0, 1)
+    node = ui["nodes"][4]
+    assert node["type"] == "WanCoreVAENativeDecode" and node["widgets_values"] == [384, True]
+    assert [i["name"] for i in node["inputs"]] == ["samples", "vae", "tile_size"]
+    assert ui["links"] == [[1, 1, 0, 5, 1, "VAE"], [2, 2, 0, 5, 0, "LATENT"], [4, 4, 0, 5, 2, "INT"]]
+    assert ui["nodes"][2]["outputs"][0]["links"] == []
+    check_links(ui)
+    check_widgets(node)
+
+
+def test_a_core_decode_whose_vae_cannot_be_traced():
+    """Its VAE from a subgraph's input or a link-less broadcast: converted where every VAE the workflow makes is
+    a Wan 2.1 one from a core loader, kept beside any other (a checkpoint's, a Wan 2.2 VAE)."""
+    def workflow(*makers):
+        nodes = [{"id": 1, "type": "VAEDecode", "inputs": [{"name": "samples", "type": "LATENT", "link": None},
+                                                           {"name": "vae", "type": "VAE", "link": None}],
+                  "outputs": [], "widgets_values": []}]
+        for i, (kind, values) in enumerate(makers, start=2):
+            nodes.append({"id": i, "type": kind, "widgets_values": values,
+                          "outputs": [{"name": "VAE", "type": "VAE", "links": []}]})
+        return {"nodes": nodes, "links": []}
+
+    wan21 = ("VAELoader", ["wan_2.1_vae.safetensors"])
+    assert patch_workflow(workflow(wan21)).core_decode_nodes == 1
+    assert patch_workflow(workflow(wan21, ("Reroute", []))).core_decode_nodes == 1  # hands one on
+    assert patch_workflow(workflow()).core_decode_nodes == 0
+    assert patch_workflow(workflow(wan21, ("VAELoader", ["wan2.2_vae.safetensors"]))).core_decode_nodes == 0
+    assert patch_workflow(workflow(wan21, ("CheckpointLoaderSimple", ["sd_xl_base_1.0.safetensors"]))) \
+        .core_decode_nodes == 0
+
+
+def test_core_decodes_in_the_api_format():
+    api = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": "wan_2.1_vae.safetensors"}},
+           "2": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["1", 0]}},
+           "3": {"class_type": "VAEDecodeTiled", "inputs": {"samples": ["9", 0], "vae": ["1", 0], "tile_size": 384,
+                                                            "overlap": 64, "temporal_size": 64, "temporal_overlap": 8}},
+           "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+           "5": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["4", 2]}},
+           "6": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["7", 0]}},
+           "7": {"class_type": "VAELoader", "inputs": {"vae_name": "wan2.2_vae.safetensors"}}}
+    untouched = copy.deepcopy(api)
+    assert patch_workflow(untouched, core=False) == (0, 0, 0, 0, 0, 0) and untouched == api
+    patched = copy.deepcopy(api)
+    assert patch_workflow(patched) == (0, 0, 0, 0, 0, 2)
+    assert patched["2"] == {"class_type": "WanCoreVAENativeDecode", "inputs": {
+        "samples": ["9", 0], "vae": ["1", 0], "tile_size": 512, "enable_tiling": False}}
+    assert patched["3"] == {"class_type": "WanCoreVAENativeDecode", "inputs": {
+        "samples": ["9", 0], "vae": ["1", 0], "tile_size": 384, "enable_tiling": True}}
+    spec = NODE_CLASS_MAPPINGS["WanCoreVAENativeDecode"].INPUT_TYPES()
+    assert set(patched["2"]["inputs"]) == set(spec["required"]) and "optional" not in spec
+    assert {k: v for k, v in patched.items() if k not in ("2", "3")} == {k: v for k, v in api.items() if k not in ("2", "3")}

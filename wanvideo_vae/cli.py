@@ -5,8 +5,9 @@ decode (the default): latents + a VAE checkpoint -> a video, PNG frames or .npy.
   runs on a fresh machine (the frames show noise: it demonstrates speed and memory).
 bench: our decode beside PyTorch (untiled, and blended-tiled the way ComfyUI-WanVideoWrapper
   tiles) on the same latents and weights, in one process: time, peak memory, max difference.
-patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes to the native exact decoder and put
-  the VAE patch node after its VAE loaders (the samplers' own decodes).
+patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes, and ComfyUI's own VAE decodes of a
+  Wan 2.1 VAE, to the native exact decoder and put the VAE patch node after its WanVideo VAE loaders
+  (the samplers' own decodes).
 """
 import argparse
 import contextlib
@@ -370,7 +371,7 @@ def _plot(runs, path, title):
 
 def patch_workflow_cmd(args):
     try:
-        report = patch_workflow_file(args.src, args.dst, vae_patch=not args.decode_only)
+        report = patch_workflow_file(args.src, args.dst, vae_patch=not args.decode_only, core=not args.no_core)
     except OSError as e:
         raise CliError(f"{e.filename or args.src}: {e.strerror}") from None
     except ValueError as e:
@@ -379,6 +380,9 @@ def patch_workflow_cmd(args):
     if report.vae_patches:
         said += (f"; {report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
                  "samplers' own decodes (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native too")
+    if report.core_decode_nodes:
+        said += (f"; {report.core_decode_nodes} VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use "
+                 "WanCoreVAENativeDecode")
     print(said)
     if report.decodes_kept:
         print(f"note: {report.decodes_kept} WanVideoDecode node(s) were left as they are: their VAE is one this "
@@ -488,12 +492,15 @@ def build_parser():
     b.add_argument("--json", action="store_true", help="print the results as JSON")
     b.add_argument("--plot", metavar="PNG", help="bar charts of time and peak memory (needs matplotlib)")
     b.set_defaults(func=bench_cmd)
-    p = sub.add_parser("patch-workflow", help="rewrite a workflow's WanVideoDecode nodes to the native decoder and "
-                                                           "patch its VAE loaders' outputs")
+    p = sub.add_parser("patch-workflow", help="rewrite a workflow's WanVideoDecode nodes, and ComfyUI's own VAE "
+                                              "decodes of a Wan 2.1 VAE, to the native decoder and patch its VAE "
+                                              "loaders' outputs")
     p.add_argument("src", help="workflow JSON (UI or API format)")
     p.add_argument("dst", help="where to write the patched workflow")
     p.add_argument("--decode-only", action="store_true",
                    help="rewrite the decode nodes only; leave the VAE loaders' outputs unpatched")
+    p.add_argument("--no-core", action="store_true",
+                   help="leave ComfyUI's own VAE Decode and VAE Decode (Tiled) nodes as they are")
     p.set_defaults(func=patch_workflow_cmd)
     return ap
 

@@ -9,7 +9,14 @@
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
   too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
   VAE (by its file name: the patch node refuses that VAE); loaders inside subgraph definitions are
-  counted, not patched.
+  counted, not patched;
+- every ComfyUI core VAE Decode (VAEDecode) and VAE Decode (Tiled) node whose VAE comes from a core
+  VAE loader of a Wan 2.1 VAE (by its file's name: wan_2.1_vae.safetensors, Wan2_1_VAE_bf16; the VAE
+  of Wan 2.1 and of Wan 2.2's 14B models) becomes a WanCoreVAENativeDecode node with the same
+  samples and vae links: untiled for VAE Decode (the planner tiles only where memory asks), tiled
+  at the same tile size for VAE Decode (Tiled), whose overlap and temporal inputs an exact decode
+  has no use for. One whose VAE cannot be traced is converted where every VAE the workflow loads is
+  a Wan 2.1 one.
 
 Handles the UI format (nodes / links, as lists or, in schema version 1, as objects; subgraph
 definitions included) and the API format ({id: {"class_type", "inputs"}}, also inside a saved
@@ -26,20 +33,26 @@ TARGET_TYPE = "WanVideoNativeDecode"
 PATCH_TYPE = "WanVideoNativeVAEPatch"
 LOADER_PREFIX = "WanVideoVAELoader"  # the wrapper's loader, and its MultiGPU variant (WanVideoVAELoaderMultiGPU)
 TAEHV_LOADERS = ("WanVideoTinyVAELoader", "WanVideoFlashVSRDecoderLoader")  # WANVAEs the native decoder refuses
+CORE_SOURCE_TYPES = ("VAEDecode", "VAEDecodeTiled")
+CORE_TARGET_TYPE = "WanCoreVAENativeDecode"
+CORE_LOADER_PREFIX = "VAELoader"  # core's loader, and ComfyUI-MultiGPU's (VAELoaderMultiGPU, its DisTorch ones)
+CORE_INPUTS = ("samples", "vae", "tile_size")  # WanCoreVAENativeDecode's inputs that a core decode's may link
+CORE_TILE_SIZE = 512  # WanCoreVAENativeDecode's default (and VAE Decode (Tiled)'s)
 PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input gets (GetNode: its SetNode's)
 PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
-PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept")
+PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept "
+                                       "core_decode_nodes")
 WAN22 = re.compile(r"wan[-_. ]?2[-_.]?2(?![0-9])", re.IGNORECASE)  # Wan2_2, wan2.2, Wan22, wan_2.2; not wan2.1_v22
 
 
-def _convert_ui_node(node):
-    node["type"] = TARGET_TYPE
+def _convert_ui_node(node, target=TARGET_TYPE):
+    node["type"] = target
     props = node["properties"] = node.get("properties") or {}
-    props["Node name for S&R"] = TARGET_TYPE
+    props["Node name for S&R"] = target
     # the source pack's identity (registry id, or GitHub repo for unregistered packs) and version:
-    # ComfyUI's manager would offer to install WanVideoWrapper for a node it does not have
+    # ComfyUI's manager would offer to install WanVideoWrapper (or look in comfy-core) for a node it does not have
     props.pop("ver", None)
     props.pop("aux_id", None)
     if "cnr_id" in props:
@@ -74,6 +87,21 @@ def _names_wan22_vae(path):
     vae_wan2.2."""
     name = re.split(r"[/\\]", path)[-1]
     return "vae" in name.lower() and WAN22.search(name) is not None
+
+
+def _names_wan21_vae(path):
+    """Whether a file's name (its folders aside) names a Wan 2.1 VAE: wan_2.1_vae, Wan2_1_VAE_bf16; not a
+    Wan 2.2 one, nor a VAE with another decoder (Wan2.1_VAE_upscale2x's ends in 12 channels)."""
+    name = re.split(r"[/\\]", path)[-1].lower()
+    return "wan" in name and "vae" in name and WAN22.search(name) is None and "upscale" not in name
+
+
+def _loads_core_wan21(kind, values):
+    """Whether a node of type `kind` with these widget values (or API inputs) is a core VAE loader of a
+    Wan 2.1 VAE."""
+    names = values.values() if isinstance(values, dict) else values if isinstance(values, list) else []
+    return isinstance(kind, str) and kind.startswith(CORE_LOADER_PREFIX) and \
+        any(isinstance(v, str) and _names_wan21_vae(v) for v in names)
 
 
 def _refused_vae(kind, values):
@@ -172,6 +200,105 @@ def _patch_ui_decodes(workflow):
             source = _vae_source(graph, node) if graph is not None else None
             decodes.append((node, None if source is None else (source.get("type"), source.get("widgets_values"))))
     return _convert_decodes(decodes, any_refused, _convert_ui_node)
+
+
+# ---- UI format: ComfyUI's own VAE decodes -------------------------------------------------------
+
+def _link_id(link):
+    return link.get("id") if isinstance(link, dict) else link[0]
+
+
+def _set_link_target_slot(link, slot):
+    if isinstance(link, dict):
+        link["target_slot"] = slot
+    else:
+        link[4] = slot
+
+
+def _remove_links(graph, ids):
+    """Removes these links from a graph: its list, its nodes' outputs, its subgraph inputs' linkIds."""
+    if isinstance(graph.get("links"), list):
+        graph["links"] = [link for link in graph["links"] if _link_id(link) not in ids]
+    for node in graph.get("nodes") or []:
+        for out in node.get("outputs") or []:
+            if isinstance(out.get("links"), list):
+                out["links"] = [i for i in out["links"] if i not in ids]
+    for inp in graph.get("inputs") or []:
+        if isinstance(inp, dict) and isinstance(inp.get("linkIds"), list):
+            inp["linkIds"] = [i for i in inp["linkIds"] if i not in ids]
+
+
+def _keep_ui_inputs(graph, node, names):
+    """Drops a node's inputs not named in `names`, and their links; a kept input's link follows it to its
+    new slot."""
+    kept, dropped = [], set()
+    for inp in node.get("inputs") or []:
+        if isinstance(inp, dict) and inp.get("name") in names:
+            kept.append(inp)
+        elif isinstance(inp, dict) and inp.get("link") is not None:
+            dropped.add(inp["link"])
+    if "inputs" in node:
+        node["inputs"] = kept
+    _remove_links(graph, dropped)
+    links = _links_by_id(graph)
+    for slot, inp in enumerate(kept):
+        if inp.get("link") in links:
+            _set_link_target_slot(links[inp["link"]], slot)
+
+
+def _convert_ui_core_decode(graph, node):
+    """VAE Decode -> untiled (the planner still tiles where memory asks); VAE Decode (Tiled) -> tiled at its
+    tile size (the same pixels, the same range); its overlap and temporal inputs are dropped."""
+    tiled = node.get("type") == "VAEDecodeTiled"
+    values = node.get("widgets_values")
+    tile = values[0] if tiled and isinstance(values, list) and values and type(values[0]) is int else CORE_TILE_SIZE
+    _convert_ui_node(node, CORE_TARGET_TYPE)
+    node["widgets_values"] = [tile, tiled]
+    _keep_ui_inputs(graph, node, CORE_INPUTS)
+
+
+def _hands_on(workflow):
+    """Node types that hand on a VAE made elsewhere: Reroutes, Set / Get nodes, subgraph instances (their
+    type is the subgraph's id) and legacy group nodes ("workflow>name")."""
+    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
+    return set(PASS_ON) | {"GetNode"} | {sub.get("id") for sub in subgraphs}
+
+
+def _is_hand_on(kind, hands_on):
+    return kind in hands_on or (isinstance(kind, str) and kind.startswith(("workflow>", "workflow/")))
+
+
+def _every_vae_is_wan21(workflow, hands_on):
+    """Whether the workflow makes VAEs, all of them with a core loader of a Wan 2.1 VAE: the test for a decode
+    whose VAE cannot be traced (a subgraph's input, a link-less broadcast)."""
+    nodes = [n for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []]
+    nodes += [n for group in _group_node_lists(workflow) for n in group]
+    makers = [n for n in nodes if not _is_hand_on(n.get("type"), hands_on)
+              and any(out.get("type") == "VAE" for out in n.get("outputs") or [])]
+    return bool(makers) and all(_loads_core_wan21(n.get("type"), n.get("widgets_values")) for n in makers)
+
+
+def _patch_ui_core_decodes(workflow):
+    """Core decodes of a Wan 2.1 VAE in the top-level graph and the subgraphs (a legacy group node's are
+    left: its links live in another form)."""
+    hands_on = _hands_on(workflow)
+    untraced_ok = None  # computed once, if needed
+    count = 0
+    for graph in _ui_graphs(workflow):
+        for node in graph.get("nodes") or []:
+            if node.get("type") not in CORE_SOURCE_TYPES:
+                continue
+            source = _vae_source(graph, node)
+            if source is not None and not _is_hand_on(source.get("type"), hands_on):
+                convert = _loads_core_wan21(source.get("type"), source.get("widgets_values"))
+            else:
+                if untraced_ok is None:
+                    untraced_ok = _every_vae_is_wan21(workflow, hands_on)
+                convert = untraced_ok
+            if convert:
+                _convert_ui_core_decode(graph, node)
+                count += 1
+    return count
 
 
 # ---- UI format ---------------------------------------------------------------------------------
@@ -296,6 +423,26 @@ def _patch_api_decodes(nodes):
     return _convert_decodes(decodes, any_refused, lambda node: node.update(class_type=TARGET_TYPE))
 
 
+def _convert_api_core_decode(node):
+    inputs = node.get("inputs") or {}
+    tiled = node["class_type"] == "VAEDecodeTiled"
+    node["class_type"] = CORE_TARGET_TYPE
+    node["inputs"] = {name: inputs[name] for name in ("samples", "vae") if name in inputs}
+    node["inputs"].update(tile_size=inputs.get("tile_size", CORE_TILE_SIZE) if tiled else CORE_TILE_SIZE,
+                          enable_tiling=tiled)
+
+
+def _patch_api_core_decodes(nodes):
+    count = 0
+    for node in nodes.values():
+        if node["class_type"] in CORE_SOURCE_TYPES:
+            source = _api_vae_source(nodes, node)
+            if source is not None and _loads_core_wan21(*source):
+                _convert_api_core_decode(node)
+                count += 1
+    return count
+
+
 def _insert_api_vae_patches(workflow, nodes):
     """A patch node after each loader: inputs that named [loader, 0] name the patch node."""
     count = wan22 = 0
@@ -368,38 +515,40 @@ def _check_api(nodes):
         _expect(isinstance(node.get("inputs"), (dict, type(None))), f"node {key!r} has inputs that are not an object")
 
 
-def patch_workflow(workflow, vae_patch=True):
-    """Patches `workflow` (a parsed JSON object) in place: decode nodes, and (vae_patch) loaders'
-    outputs. Returns a PatchReport of what it changed (and left: loaders in subgraphs, of Wan 2.2).
-    A workflow it cannot read raises ValueError saying which part; its structure is checked before
-    anything changes, a value deeper in it of another type than ComfyUI writes may be found later, in
-    a workflow then partly patched."""
+def patch_workflow(workflow, vae_patch=True, core=True):
+    """Patches `workflow` (a parsed JSON object) in place: decode nodes, (vae_patch) loaders' outputs, and
+    (core) ComfyUI's own VAE decodes of a Wan 2.1 VAE. Returns a PatchReport of what it changed (and
+    left: loaders in subgraphs, of Wan 2.2). A workflow it cannot read raises ValueError saying which
+    part; its structure is checked before anything changes, a value deeper in it of another type than
+    ComfyUI writes may be found later, in a workflow then partly patched."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
     if "nodes" not in workflow and isinstance(workflow.get("prompt"), dict) and \
             not any(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
         workflow = workflow["prompt"]  # a saved /prompt request: {"client_id", "prompt": {API nodes}}
     try:
-        return _patch(workflow, vae_patch)
+        return _patch(workflow, vae_patch, core)
     except (TypeError, AttributeError, KeyError, IndexError) as e:  # a value deep in it of another type
         raise ValueError(f"not a ComfyUI workflow this tool can read ({type(e).__name__}: {e})") from None
 
 
-def _patch(workflow, vae_patch):
+def _patch(workflow, vae_patch, core):
     if "nodes" in workflow:
         _check_ui(workflow)
         decodes, kept = _patch_ui_decodes(workflow)
+        cores = _patch_ui_core_decodes(workflow) if core else 0
         if not vae_patch:
-            return PatchReport(decodes, 0, 0, 0, kept)
+            return PatchReport(decodes, 0, 0, 0, kept, cores)
         patches, wan22 = _insert_ui_vae_patches(workflow)
-        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22, kept)
+        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22, kept, cores)
     nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
     _check_api(nodes)
     decodes, kept = _patch_api_decodes(nodes)
+    cores = _patch_api_core_decodes(nodes) if core else 0
     patches, wan22 = _insert_api_vae_patches(workflow, nodes) if vae_patch else (0, 0)
-    if not decodes and not kept and not patches and len(nodes) < len(workflow):
+    if not decodes and not kept and not cores and not patches and len(nodes) < len(workflow):
         raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
-    return PatchReport(decodes, patches, 0, wan22, kept)
+    return PatchReport(decodes, patches, 0, wan22, kept, cores)
 
 
 def _read_json(src):
@@ -416,12 +565,12 @@ def _read_json(src):
         raise OSError(e.errno, e.strerror or str(e), src) from None
 
 
-def patch_workflow_file(src, dst, vae_patch=True):
+def patch_workflow_file(src, dst, vae_patch=True, core=True):
     """Patches the workflow in file `src` into file `dst` (which may be `src`: it is replaced in one
     step, so a failed write leaves it as it was). ValueError for a file that is not a workflow it can
     read, OSError (its filename the file concerned) for one that cannot be read or written."""
     workflow = _read_json(src)
-    report = patch_workflow(workflow, vae_patch)
+    report = patch_workflow(workflow, vae_patch, core)
     try:
         text = json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
     except RecursionError:
