@@ -204,6 +204,10 @@ struct wv_backend {
     void (*ctx_destroy)(void *ctx);
     /* Test hook: the n-th device allocation from now fails (0: never). Not thread-safe. */
     void (*fail_nth_alloc)(int n);
+    /* Between steps, before the caller's own code runs (the progress callback): the calling thread's
+     * device and context as the caller had them, which that code may use; end_step takes the thread
+     * back. NULL: the backend keeps nothing current in the thread. */
+    void (*release_thread)(void *ctx);
 #define WV_OP_FIELD(name, ret, args) ret(*name) args;
     WV_BACKEND_OPS(WV_OP_FIELD)
 #undef WV_OP_FIELD
@@ -216,7 +220,7 @@ int wv_backend_supports(const wv_backend *be, int i);
 
 /* What a backend library exports: its tables by activation dtype (NULL where unsupported), in a
  * capsule named WV_BACKEND_CAPSULE. abi changes whenever wv_backend or the structs it passes do. */
-#define WV_BACKEND_ABI 11
+#define WV_BACKEND_ABI 12
 #define WV_BACKEND_CAPSULE "wanvideo_vae._cuda._backends"
 
 typedef struct {

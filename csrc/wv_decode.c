@@ -376,12 +376,16 @@ typedef struct {
     int64_t done, total;
 } progress_state;
 
-/* Reports the step, then ends it on the backend (surfacing its errors). The report comes first
- * because the callback may switch the thread's current device, which end_step then restores; the
- * step is queued by then, so it is done as far as a progress bar can tell. */
+/* Reports the step, then ends it on the backend (surfacing its errors). The callback runs with the
+ * thread as the caller had it (release_thread), and end_step takes it back, whatever the callback
+ * switched; the step is queued by then, so it is done as far as a progress bar can tell. */
 static wv_status step_done(decode_run *r, progress_state *ps, wv_error *err)
 {
-    int stop = ps->fn && ps->fn(ps->user, ps->done + 1, ps->total);
+    int stop = 0;
+    if (ps->fn) {
+        if (r->be->release_thread) r->be->release_thread(r->ctx);
+        stop = ps->fn(ps->user, ps->done + 1, ps->total);
+    }
     wv_status st = r->be->end_step(r->ctx, err);
     if (!st && r->profile_err.code) {
         *err = r->profile_err;

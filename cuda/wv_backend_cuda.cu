@@ -1211,11 +1211,19 @@ static void drain(cuda_ctx *c, staging *s)
  * step and waits only for the step that last used the staging it takes next, whose output it then
  * copies out: STAGINGS - 1 steps in flight. The stagings take turns step by step, so with the
  * rings' three orders a tile's steps repeat every STAGINGS = 3 steps, or 6 (see step graphs). */
+/* The caller's device and context back in the thread while the progress callback runs (it may use
+ * them: a PyTorch progress bar, a preview), until end_step sets ours again. */
+static void cuda_release_thread(void *ctx)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    leave_device(c->caller, c->device);
+}
+
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     launched(c, "a decode step");
-    cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* the progress callback may have switched it */
+    cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice"); /* release_thread gave the thread back to the caller */
     flush_pending(c);
     if (!failed(c)) {
         queue_step(c, &c->stage[c->cur]);
@@ -2040,6 +2048,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
         cuda_ctx_create,                                                                            \
         cuda_ctx_destroy,                                                                           \
         cuda_fail_nth_alloc,                                                                        \
+        cuda_release_thread,                                                                        \
         WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
 
 #define WV_CUDA_OP_INIT(name, ret, args) cuda_##name,

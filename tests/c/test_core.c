@@ -560,6 +560,56 @@ static void test_conv_operand_limit(const wv_model *m)
     free(lat), free(whole), free(out);
 }
 
+/* A backend that keeps something current in the thread (a CUDA device): the progress callback runs
+ * released, once per step, and every step's end takes the thread back; without a callback nothing is
+ * released. */
+static int g_released, g_releases, g_callbacks, g_held_callbacks;
+
+static void release_counted(void *ctx)
+{
+    (void)ctx;
+    g_released = 1;
+    g_releases++;
+}
+
+static wv_status end_step_taking_back(void *ctx, wv_error *err)
+{
+    g_released = 0;
+    return wv_backend_cpu()->end_step(ctx, err);
+}
+
+static int progress_seeing_released(void *user, int64_t done, int64_t total)
+{
+    (void)user, (void)done, (void)total;
+    g_callbacks++;
+    g_held_callbacks += !g_released;
+    return 0;
+}
+
+static void test_progress_runs_with_the_thread_released(const wv_model *m, const float *lat, int T, int h, int w,
+                                                        float *out)
+{
+    wv_backend be = *m->backend;
+    wv_model with = *m;
+    wv_options o = {40, 40, 0, WV_OUT_RAW, 0, 0};
+    float mean[4] = {0}, stdv[4] = {1, 1, 1, 1};
+    wv_view v = {lat, 4, {4, T, h, w}, {4LL * T * h * w, 4LL * h * w, 4LL * w, 4}, WV_F32, 0};
+    wv_stats st;
+    wv_error err;
+    wv_plan p;
+    be.release_thread = release_counted;
+    be.end_step = end_step_taking_back;
+    with.backend = &be;
+    CHECK(wv_plan_make(&p, &with, T, h, w, &o, &err) == WV_OK);
+    g_released = g_releases = g_callbacks = g_held_callbacks = 0;
+    CHECK(wv_decode(&with, &p, &v, 0, mean, stdv, &o, out, progress_seeing_released, NULL, &st, &err) == WV_OK);
+    CHECK(g_callbacks > 1 && g_releases == g_callbacks && g_held_callbacks == 0 && !g_released);
+    g_releases = 0;
+    CHECK(wv_decode(&with, &p, &v, 0, mean, stdv, &o, out, NULL, NULL, &st, &err) == WV_OK);
+    CHECK(g_releases == 0);
+    wv_plan_free(&p);
+}
+
 /* wv_decode's own checks of the latents' view (the Python boundary checks them too). */
 static void test_latent_views(const wv_model *m, const float *lat, int T, int h, int w)
 {
@@ -608,6 +658,7 @@ static void test_decode(const wv_model *m)
     test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
     test_trunk_cut(m, lat, T, h, w, tiled, n_out);
     test_cache_layouts(m, lat, T, h, w, whole, tiled, n_out);
+    test_progress_runs_with_the_thread_released(m, lat, T, h, w, tiled);
     free(lat), free(whole), free(tiled);
 }
 

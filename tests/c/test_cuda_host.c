@@ -371,6 +371,35 @@ static void step_waits_do_not_spin(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* Progress callbacks, and those that found the thread's context other than the caller's: the caller's
+ * code runs in its own context (a PyTorch progress bar, a preview), not in the decoder's. */
+static int g_callbacks, g_callbacks_elsewhere;
+static int g_callers_context;      /* stub_current_context() of the caller (-1: none) */
+static int g_callers_foreign = -1; /* stub_foreign_context_current() of the caller */
+
+static int progress_in_the_callers_context(void *user, int64_t done, int64_t total)
+{
+    (void)user, (void)done, (void)total;
+    g_callbacks++;
+    g_callbacks_elsewhere += stub_current_context() != g_callers_context ||
+                             stub_foreign_context_current() != g_callers_foreign;
+    return 0;
+}
+
+static void watch_progress(int callers_context, int callers_foreign)
+{
+    g_progress = progress_in_the_callers_context;
+    g_callbacks = g_callbacks_elsewhere = 0;
+    g_callers_context = callers_context;
+    g_callers_foreign = callers_foreign;
+}
+
+static void check_progress_watched(void)
+{
+    CHECK(g_callbacks > 0 && g_callbacks_elsewhere == 0);
+    g_progress = NULL;
+}
+
 /* A model on the second of two GPUs, built, decoding and freed in a thread that had no CUDA
  * context current: the thread ends as it began, and no context is made on the first GPU (restoring
  * "device 0" with cudaSetDevice would make one: hundreds of MiB on a GPU the caller never used). */
@@ -385,7 +414,9 @@ static void *on_the_second_gpu(void *weights)
     CHECK(s == WV_OK);
     if (!s) {
         CHECK(stub_current_context() == -1);
+        watch_progress(-1, -1);
         CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+        check_progress_watched();
         CHECK(stub_current_context() == -1);
         wv_model_free(&m);
     }
@@ -452,7 +483,9 @@ static void *in_a_foreign_context(void *weights)
     CHECK(s == WV_OK);
     CHECK(stub_foreign_context_current() == 0);
     if (!s) {
+        watch_progress(stub_current_context(), 0);
         CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+        check_progress_watched();
         CHECK(stub_foreign_context_current() == 0);
         wv_model_free(&m);
     }

@@ -77,13 +77,16 @@ static void free_weights(weight_set *ws)
 
 /* Decodes latents lat [4][T][h][w] (float32, contiguous; the plan's T, h, w) with fixed statistics,
  * following plan p, and checks that the decode used exactly the memory the plan said. */
+/* The progress callback decode_planned passes (NULL: none). */
+static wv_progress_fn g_progress;
+
 static wv_status decode_planned(const wv_model *m, const wv_plan *p, const float *lat, const wv_options *o,
                                 float *out, wv_stats *st, wv_error *err)
 {
     float mean[4] = {0.1f, -0.2f, 0.3f, 0.0f}, stdv[4] = {1.0f, 2.0f, 0.5f, 1.5f};
     int T = p->T, h = p->h, w = p->w;
     wv_view v = {lat, 4, {4, T, h, w}, {4LL * T * h * w, 4LL * h * w, 4LL * w, 4}, WV_F32, 0};
-    wv_status s = wv_decode(m, p, &v, 0, mean, stdv, o, out, NULL, NULL, st, err);
+    wv_status s = wv_decode(m, p, &v, 0, mean, stdv, o, out, g_progress, NULL, st, err);
     if (!s) CHECK(st->arena_high_water == p->arena_bytes);
     return s;
 }
