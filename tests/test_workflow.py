@@ -151,15 +151,41 @@ def test_patch_api_format():
     assert patch_workflow(decode_only, vae_patch=False) == (1, 0, 0, 0, 0, 0) and decode_only["1"]["inputs"] == api["1"]["inputs"]
 
 
-def test_loaders_in_subgraphs_are_reported_not_patched(tmp_path, capsys):
-    ui = {"nodes": [], "links": [], "last_node_id": 0, "last_link_id": 0,
-          "definitions": {"subgraphs": [{"nodes": [{"id": 1, "type": "WanVideoVAELoader",
-                                                    "outputs": [{"name": "vae", "type": "WANVAE", "links": [1]}]}]}]}}
-    src = tmp_path / "sub.json"
-    src.write_text(json.dumps(ui))
+def test_loaders_in_subgraphs_are_patched_there(tmp_path, capsys):
+    """A loader inside a subgraph definition (every instance of it): the patch node joins that subgraph,
+    its link an object as the subgraph's are, its id and its link's past every id of the workflow's
+    graphs and counters (ComfyUI numbers a subgraph's from the top-level graph's), whose counters, and
+    the subgraph's copy of them, follow. Loaders inside legacy group nodes are reported, not patched."""
+    link = {"id": 5, "origin_id": 1, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "WANVAE"}
+    sub = {"id": "sub-1", "state": {"lastNodeId": 9, "lastLinkId": 5},
+           "nodes": [{"id": 1, "type": "WanVideoVAELoader", "widgets_values": ["Wan2_1_VAE_bf16.safetensors"],
+                      "outputs": [{"name": "vae", "type": "WANVAE", "links": [5]}]},
+                     {"id": 2, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE", "link": 5}],
+                      "outputs": []},
+                     {"id": 12, "type": "Note", "outputs": []}],
+           "links": [link]}
+    ui = {"nodes": [{"id": 3, "type": "sub-1", "outputs": []}], "links": [[7, 3, 0, 3, 0, "X"]],
+          "last_node_id": 9, "last_link_id": 7, "definitions": {"subgraphs": [sub]}}
+    assert patch_workflow(ui) == (1, 1, 0, 0, 0, 0)
+    nodes = {n["id"]: n for n in ui["definitions"]["subgraphs"][0]["nodes"]}
+    patch = nodes[13]
+    assert patch["type"] == "WanVideoNativeVAEPatch" and nodes[2]["type"] == "WanVideoNativeDecode"
+    links = {lk["id"]: lk for lk in ui["definitions"]["subgraphs"][0]["links"]}
+    assert links[8] == {"id": 8, "origin_id": 1, "origin_slot": 0, "target_id": 13, "target_slot": 0, "type": "WANVAE"}
+    assert (links[5]["origin_id"], links[5]["target_id"]) == (13, 2)
+    assert nodes[1]["outputs"][0]["links"] == [8] and patch["inputs"][0]["link"] == 8 and patch["outputs"][0]["links"] == [5]
+    assert (ui["last_node_id"], ui["last_link_id"]) == (13, 8)
+    assert ui["definitions"]["subgraphs"][0]["state"] == {"lastNodeId": 13, "lastLinkId": 8}
+    assert ui["nodes"] == [{"id": 3, "type": "sub-1", "outputs": []}] and ui["links"] == [[7, 3, 0, 3, 0, "X"]]
+    again = copy.deepcopy(ui)
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == ui
+    grouped = {"nodes": [], "links": [], "extra": {"groupNodes": {"g": {"nodes": [
+        {"id": 1, "type": "WanVideoVAELoader", "outputs": [{"name": "vae", "type": "WANVAE", "links": []}]}]}}}}
+    src = tmp_path / "group.json"
+    src.write_text(json.dumps(grouped))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
-    assert "1 VAE loader(s) inside subgraphs were not looked at" in capsys.readouterr().out
-    assert load(tmp_path / "o.json") == ui
+    assert "1 VAE loader(s) inside legacy group nodes were not looked at" in capsys.readouterr().out
+    assert load(tmp_path / "o.json") == grouped
 
 
 def test_patch_workflow_bad_input(tmp_path, capsys):

@@ -390,9 +390,9 @@ def patch_workflow_cmd(args):
     if report.wan22_loaders:
         print(f"note: {report.wan22_loaders} loader(s) of a Wan 2.2 VAE were left as they are (this decoder is Wan "
               "2.1's)")
-    if report.loaders_in_subgraphs:
-        print(f"note: {report.loaders_in_subgraphs} VAE loader(s) inside subgraphs were not looked at: where their "
-              "output does not go through a 'WanVideo VAE: use native exact decode' node, add one by hand")
+    if report.loaders_in_group_nodes:
+        print(f"note: {report.loaders_in_group_nodes} VAE loader(s) inside legacy group nodes were not looked at: "
+              "where their output does not go through a 'WanVideo VAE: use native exact decode' node, add one by hand")
     return 0
 
 

@@ -9,7 +9,7 @@
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
   too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
   VAE (by its file name: the patch node refuses that VAE); loaders inside subgraph definitions are
-  counted, not patched;
+  patched there (every instance of the subgraph), those inside legacy group nodes counted, not patched;
 - every ComfyUI core VAE Decode (VAEDecode) and VAE Decode (Tiled) node whose VAE comes from a core
   VAE loader of a Wan 2.1 VAE (by its file's name: wan_2.1_vae.safetensors, Wan2_1_VAE_bf16; the VAE
   of Wan 2.1 and of Wan 2.2's 14B models) becomes a WanCoreVAENativeDecode node with the same
@@ -42,7 +42,7 @@ PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input
 PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
-PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_subgraphs wan22_loaders decodes_kept "
+PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_group_nodes wan22_loaders decodes_kept "
                                        "core_decode_nodes")
 WAN22 = re.compile(r"wan[-_. ]?2[-_.]?2(?![0-9])", re.IGNORECASE)  # Wan2_2, wan2.2, Wan22, wan_2.2; not wan2.1_v22
 
@@ -346,15 +346,18 @@ def _ui_patch_node(node_id, nodes, loader, link_in, links_out):
     }
 
 
-def _next_ids(workflow, by_id, by_link):
-    """A new node id and link id: past every one used and past the counters (schema version 1
-    keeps them in 'state')."""
-    state = workflow.get("state") if isinstance(workflow.get("state"), dict) else {}
-    node_id = max([workflow.get("last_node_id") or 0, state.get("lastNodeId") or 0] +
-                  [n for n in by_id if isinstance(n, int)]) + 1
-    link_id = max([workflow.get("last_link_id") or 0, state.get("lastLinkId") or 0] +
-                  [i for i in by_link if isinstance(i, int)]) + 1
-    return node_id, link_id
+def _next_ids(workflow):
+    """A new node id and link id: past every one in use in the top-level graph and the subgraphs, and past
+    the counters (schema version 1 keeps them in 'state'; ComfyUI numbers the subgraphs' nodes and links
+    from the top-level graph's)."""
+    graphs = list(_ui_graphs(workflow))
+    states = [g["state"] for g in graphs if isinstance(g.get("state"), dict)]
+    node_ids = [workflow.get("last_node_id") or 0] + [st.get("lastNodeId") or 0 for st in states]
+    link_ids = [workflow.get("last_link_id") or 0] + [st.get("lastLinkId") or 0 for st in states]
+    for graph in graphs:
+        node_ids += [n.get("id") for n in graph.get("nodes") or [] if isinstance(n.get("id"), int)]
+        link_ids += [i for i in _links_by_id(graph) if isinstance(i, int)]
+    return max(node_ids) + 1, max(link_ids) + 1
 
 
 def _set_id_counters(workflow, node_id, link_id):
@@ -363,16 +366,28 @@ def _set_id_counters(workflow, node_id, link_id):
         state["lastNodeId"], state["lastLinkId"] = node_id, link_id
     if not isinstance(state, dict) or "last_node_id" in workflow:
         workflow["last_node_id"], workflow["last_link_id"] = node_id, link_id
+    for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:  # copies of the top-level counters
+        if isinstance(sub.get("state"), dict):
+            sub["state"]["lastNodeId"], sub["state"]["lastLinkId"] = node_id, link_id
 
 
 def _insert_ui_vae_patches(workflow):
-    """A patch node after each loader output of the top-level graph: the output's links now leave
-    the patch node (their ids and targets unchanged), and one new link joins loader and patch."""
-    nodes = workflow.get("nodes") or []
-    links = workflow.get("links") or []
+    """A patch node after each loader output, in the top-level graph and in each subgraph definition
+    (which patches every instance of it): the output's links now leave the patch node (their ids and
+    targets unchanged), and one new link joins loader and patch."""
+    count = wan22 = 0
+    for graph in _ui_graphs(workflow):
+        patched, kept = _insert_graph_vae_patches(workflow, graph)
+        count, wan22 = count + patched, wan22 + kept
+    return count, wan22
+
+
+def _insert_graph_vae_patches(workflow, graph):
+    nodes = graph.get("nodes") or []
+    links = graph.get("links") or []
     by_id = {n.get("id"): n for n in nodes}
-    by_link = _links_by_id(workflow)
-    as_objects = any(isinstance(link, dict) for link in links)
+    by_link = _links_by_id(graph)
+    as_objects = any(isinstance(link, dict) for link in links)  # lists before schema 1; a subgraph's: objects
     count = wan22 = 0
     for loader in list(nodes):
         if not _is_loader(loader.get("type")):
@@ -386,7 +401,7 @@ def _insert_ui_vae_patches(workflow):
                 continue
             if any(by_id.get(_link_target(by_link[i]), {}).get("type") == PATCH_TYPE for i in link_ids):
                 continue  # the workflow's author placed one
-            node_id, link_id = _next_ids(workflow, by_id, by_link)
+            node_id, link_id = _next_ids(workflow)
             patch = _ui_patch_node(node_id, nodes, loader, link_id, link_ids)
             for i in link_ids:
                 _set_link_origin(by_link[i], node_id, 0)
@@ -396,15 +411,14 @@ def _insert_ui_vae_patches(workflow):
             out["links"] = [link_id]
             nodes.append(patch)
             by_id[node_id] = patch
+            graph["nodes"], graph["links"] = nodes, links
             _set_id_counters(workflow, node_id, link_id)
-            workflow["links"] = links
             count += 1
     return count, wan22
 
 
-def _loaders_in_subgraphs(workflow):
-    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
-    return sum(_is_loader(n.get("type")) for sub in subgraphs for n in sub.get("nodes") or [])
+def _loaders_in_group_nodes(workflow):
+    return sum(_is_loader(n.get("type")) for nodes in _group_node_lists(workflow) for n in nodes)
 
 
 # ---- API format --------------------------------------------------------------------------------
@@ -518,7 +532,7 @@ def _check_api(nodes):
 def patch_workflow(workflow, vae_patch=True, core=True):
     """Patches `workflow` (a parsed JSON object) in place: decode nodes, (vae_patch) loaders' outputs, and
     (core) ComfyUI's own VAE decodes of a Wan 2.1 VAE. Returns a PatchReport of what it changed (and
-    left: loaders in subgraphs, of Wan 2.2). A workflow it cannot read raises ValueError saying which
+    left: loaders in legacy group nodes, of Wan 2.2). A workflow it cannot read raises ValueError saying which
     part; its structure is checked before anything changes, a value deeper in it of another type than
     ComfyUI writes may be found later, in a workflow then partly patched."""
     if not isinstance(workflow, dict):
@@ -540,7 +554,7 @@ def _patch(workflow, vae_patch, core):
         if not vae_patch:
             return PatchReport(decodes, 0, 0, 0, kept, cores)
         patches, wan22 = _insert_ui_vae_patches(workflow)
-        return PatchReport(decodes, patches, _loaders_in_subgraphs(workflow), wan22, kept, cores)
+        return PatchReport(decodes, patches, _loaders_in_group_nodes(workflow), wan22, kept, cores)
     nodes = {k: n for k, n in workflow.items() if isinstance(n, dict) and "class_type" in n}
     _check_api(nodes)
     decodes, kept = _patch_api_decodes(nodes)
