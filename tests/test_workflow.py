@@ -547,7 +547,7 @@ def _core_subgraph_workflow(vae_name="wan_2.1_vae.safetensors"):
                                                            {"localized_name": "vae", "name": "vae", "type": "VAE",
                                                             "link": 16}],
                 "outputs": [{"name": "IMAGE", "type": "IMAGE", "slot_index": 0, "links": [20]}],
-                "properties": dict(CORE_PROPS), "widgets_values": []}],
+                "size": [210, 50], "properties": dict(CORE_PROPS), "widgets_values": []}],
            "links": [link(15, 106, 0, 128, 0, "VAE"), link(16, 106, 0, 129, 1, "VAE"),
                      link(17, 111, 0, 129, 0, "LATENT"), link(20, 129, 0, -20, 0, "IMAGE"),
                      link(31, -10, 0, 106, 0, "COMBO")]}
@@ -564,13 +564,15 @@ def _subgraph_node(wf, node_id):
 def test_a_core_vae_decode_of_a_wan21_vae_becomes_the_native_one(tmp_path, capsys):
     """ComfyUI's own workflows for Wan 2.1 and Wan 2.2 14B decode with core's VAE Decode and the Wan 2.1 VAE: the
     node becomes WanCoreVAENativeDecode with the same links, untiled (core's VAE Decode is untiled; the planner
-    still tiles where the memory asks), the source pack's identity dropped; patching twice changes nothing."""
+    still tiles where the memory asks), the source pack's identity dropped, grown to hold its widgets (ComfyUI
+    fits only top-level nodes when loading); patching twice changes nothing."""
     wf = _core_subgraph_workflow()
     before = copy.deepcopy(wf)
     assert patch_workflow(wf) == (0, 0, 0, 0, 0, 1)
     node = _subgraph_node(wf, 129)
     assert node["type"] == "WanCoreVAENativeDecode" and node["widgets_values"] == [512, False]
     assert node["properties"] == {"Node name for S&R": "WanCoreVAENativeDecode", "cnr_id": "wanvideo-vae"}
+    assert node["size"] == [315, 102]
     check_widgets(node)
     old = _subgraph_node(before, 129)
     assert node["inputs"] == old["inputs"] and node["outputs"] == old["outputs"]
@@ -584,8 +586,9 @@ def test_a_core_vae_decode_of_a_wan21_vae_becomes_the_native_one(tmp_path, capsy
     src = tmp_path / "core.json"
     src.write_text(json.dumps(before))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
-    assert "1 VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use WanCoreVAENativeDecode" in \
-        capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use WanCoreVAENativeDecode" in said
+    assert "WanVideoDecode" not in said
     assert load(tmp_path / "o.json") == wf
     assert cli_main(["patch-workflow", "--no-core", str(src), str(tmp_path / "o.json")]) == 0
     assert load(tmp_path / "o.json") == before
@@ -593,7 +596,9 @@ def test_a_core_vae_decode_of_a_wan21_vae_becomes_the_native_one(tmp_path, capsy
 
 @pytest.mark.parametrize("name,converted", [
     ("wan_2.1_vae.safetensors", True), ("Wan2_1_VAE_bf16.safetensors", True), ("vae\\Wan2.1_VAE.pth", True),
+    ("Wan2_1_VAE_2022.safetensors", True), ("wan_vae.safetensors", True),
     ("wan2.2_vae.safetensors", False), ("Wan22_VAE_fp32.safetensors", False),  # the 5B model's: another decoder
+    ("wan_vae_2.2.safetensors", False), ("Wan-VAE-2.2.safetensors", False),
     ("Wan2.1_VAE_upscale2x_imageonly_real_v1.safetensors", False),  # 12 output channels
     ("qwen_image_vae.safetensors", False), ("sdxl_vae.safetensors", False), ("ae.safetensors", False)])
 def test_a_core_decode_is_converted_only_for_a_wan21_vae_file(name, converted):
@@ -620,6 +625,9 @@ def test_a_tiled_core_decode_keeps_its_tile_size_and_drops_its_other_inputs():
          "properties": {"Node name for S&R": "VAEDecodeTiled"}, "widgets_values": [384, 32, 64, 8]}],
         "links": [[1, 1, 0, 5, 1, "VAE"], [2, 2, 0, 5, 0, "LATENT"], [3, 3, 0, 5, 2, "INT"], [4, 4, 0, 5, 3, "INT"]]}
     check_links(ui)
+    with_junk = copy.deepcopy(ui)
+    with_junk["links"].append(None)  # an entry that is no link (a hand-edited file): skipped, as elsewhere
+    assert patch_workflow(with_junk).core_decode_nodes == 1 and with_junk["links"][-1] is None
     assert patch_workflow(ui) == (0, 0, 0, 0, 0, 1)
     node = ui["nodes"][4]
     assert node["type"] == "WanCoreVAENativeDecode" and node["widgets_values"] == [384, True]

@@ -376,14 +376,16 @@ def patch_workflow_cmd(args):
         raise CliError(f"{e.filename or args.src}: {e.strerror}") from None
     except ValueError as e:
         raise CliError(str(e)) from None
-    said = f"{args.dst}: {report.decode_nodes} WanVideoDecode node(s) now use WanVideoNativeDecode"
+    said = []
+    if report.decode_nodes or not report.core_decode_nodes:
+        said.append(f"{report.decode_nodes} WanVideoDecode node(s) now use WanVideoNativeDecode")
     if report.vae_patches:
-        said += (f"; {report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
-                 "samplers' own decodes (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native too")
+        said.append(f"{report.vae_patches} VAE loader output(s) now go through WanVideoNativeVAEPatch, so the "
+                    "samplers' own decodes (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native too")
     if report.core_decode_nodes:
-        said += (f"; {report.core_decode_nodes} VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use "
-                 "WanCoreVAENativeDecode")
-    print(said)
+        said.append(f"{report.core_decode_nodes} VAE Decode node(s) of a Wan 2.1 VAE (ComfyUI's own) now use "
+                    "WanCoreVAENativeDecode")
+    print(f"{args.dst}: " + "; ".join(said))
     if report.decodes_kept:
         print(f"note: {report.decodes_kept} WanVideoDecode node(s) were left as they are: their VAE is one this "
               "decoder does not implement (a Wan 2.2 VAE, or a TAEHV tiny decoder such as FlashVSR's)")

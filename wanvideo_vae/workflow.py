@@ -38,6 +38,7 @@ CORE_TARGET_TYPE = "WanCoreVAENativeDecode"
 CORE_LOADER_PREFIX = "VAELoader"  # core's loader, and ComfyUI-MultiGPU's (VAELoaderMultiGPU, its DisTorch ones)
 CORE_INPUTS = ("samples", "vae", "tile_size")  # WanCoreVAENativeDecode's inputs that a core decode's may link
 CORE_TILE_SIZE = 512  # WanCoreVAENativeDecode's default (and VAE Decode (Tiled)'s)
+CORE_NODE_SIZE = (315, 102)  # what two sockets and two widgets take in ComfyUI's frontend
 PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input gets (GetNode: its SetNode's)
 PACK_ID = "wanvideo-vae"
 
@@ -45,6 +46,8 @@ PACK_ID = "wanvideo-vae"
 PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_group_nodes wan22_loaders decodes_kept "
                                        "core_decode_nodes")
 WAN22 = re.compile(r"wan[-_. ]?2[-_.]?2(?![0-9])", re.IGNORECASE)  # Wan2_2, wan2.2, Wan22, wan_2.2; not wan2.1_v22
+VERSION_21 = re.compile(r"(?<![0-9])2[-_.]?1(?![0-9])")  # 2.1 anywhere in a name (2021 is not)
+VERSION_22 = re.compile(r"(?<![0-9])2[-_.]?2(?![0-9])")
 
 
 def _convert_ui_node(node, target=TARGET_TYPE):
@@ -91,9 +94,11 @@ def _names_wan22_vae(path):
 
 def _names_wan21_vae(path):
     """Whether a file's name (its folders aside) names a Wan 2.1 VAE: wan_2.1_vae, Wan2_1_VAE_bf16; not a
-    Wan 2.2 one, nor a VAE with another decoder (Wan2.1_VAE_upscale2x's ends in 12 channels)."""
+    Wan 2.2 one (wan2.2_vae, and wan_vae_2.2 without a 2.1 in it), nor a VAE with another decoder
+    (Wan2.1_VAE_upscale2x's ends in 12 channels)."""
     name = re.split(r"[/\\]", path)[-1].lower()
-    return "wan" in name and "vae" in name and WAN22.search(name) is None and "upscale" not in name
+    says_22 = VERSION_22.search(name) is not None and VERSION_21.search(name) is None
+    return "wan" in name and "vae" in name and WAN22.search(name) is None and not says_22 and "upscale" not in name
 
 
 def _loads_core_wan21(kind, values):
@@ -205,7 +210,10 @@ def _patch_ui_decodes(workflow):
 # ---- UI format: ComfyUI's own VAE decodes -------------------------------------------------------
 
 def _link_id(link):
-    return link.get("id") if isinstance(link, dict) else link[0]
+    """A link's id; None for an entry that is no link (_links_by_id skips those too)."""
+    if isinstance(link, dict):
+        return link.get("id")
+    return link[0] if isinstance(link, list) and len(link) >= 6 else None
 
 
 def _set_link_target_slot(link, slot):
@@ -248,13 +256,17 @@ def _keep_ui_inputs(graph, node, names):
 
 def _convert_ui_core_decode(graph, node):
     """VAE Decode -> untiled (the planner still tiles where memory asks); VAE Decode (Tiled) -> tiled at its
-    tile size (the same pixels, the same range); its overlap and temporal inputs are dropped."""
+    tile size (the same pixels, the same range); its overlap and temporal inputs are dropped. The node
+    grows to hold its two widgets (ComfyUI fits only the top-level graph's nodes to theirs on loading)."""
     tiled = node.get("type") == "VAEDecodeTiled"
     values = node.get("widgets_values")
     tile = values[0] if tiled and isinstance(values, list) and values and type(values[0]) is int else CORE_TILE_SIZE
     _convert_ui_node(node, CORE_TARGET_TYPE)
     node["widgets_values"] = [tile, tiled]
     _keep_ui_inputs(graph, node, CORE_INPUTS)
+    width, height = _pair(node.get("size"))
+    if isinstance(node.get("size"), list) and len(node["size"]) == 2:
+        node["size"] = [max(width, CORE_NODE_SIZE[0]), max(height, CORE_NODE_SIZE[1])]
 
 
 def _hands_on(workflow):
