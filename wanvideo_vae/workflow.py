@@ -264,8 +264,8 @@ def _convert_ui_core_decode(graph, node):
     _convert_ui_node(node, CORE_TARGET_TYPE)
     node["widgets_values"] = [tile, tiled]
     _keep_ui_inputs(graph, node, CORE_INPUTS)
-    width, height = _pair(node.get("size"))
-    if isinstance(node.get("size"), list) and len(node["size"]) == 2:
+    if isinstance(node.get("size"), list):
+        width, height = _pair(node["size"])
         node["size"] = [max(width, CORE_NODE_SIZE[0]), max(height, CORE_NODE_SIZE[1])]
 
 
@@ -544,9 +544,9 @@ def _check_api(nodes):
 def patch_workflow(workflow, vae_patch=True, core=True):
     """Patches `workflow` (a parsed JSON object) in place: decode nodes, (vae_patch) loaders' outputs, and
     (core) ComfyUI's own VAE decodes of a Wan 2.1 VAE. Returns a PatchReport of what it changed (and
-    left: loaders in legacy group nodes, of Wan 2.2). A workflow it cannot read raises ValueError saying which
-    part; its structure is checked before anything changes, a value deeper in it of another type than
-    ComfyUI writes may be found later, in a workflow then partly patched."""
+    left: loaders in legacy group nodes, of Wan 2.2). A workflow it cannot read raises ValueError
+    saying which part; its structure is checked before anything changes, a value deeper in it of
+    another type than ComfyUI writes may be found later, in a workflow then partly patched."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
     if "nodes" not in workflow and isinstance(workflow.get("prompt"), dict) and \
