@@ -679,3 +679,68 @@ def test_core_decodes_in_the_api_format():
     spec = NODE_CLASS_MAPPINGS["WanCoreVAENativeDecode"].INPUT_TYPES()
     assert set(patched["2"]["inputs"]) == set(spec["required"]) and "optional" not in spec
     assert {k: v for k, v in patched.items() if k not in ("2", "3")} == {k: v for k, v in api.items() if k not in ("2", "3")}
+
+
+def _across_subgraphs(inner_decode, vae_names, other="sdxl_vae.safetensors"):
+    """A subgraph 'S' whose decode (type inner_decode) takes its VAE from the subgraph's input, one instance
+    of it per name in vae_names, each fed by its own loader in the top-level graph; a subgraph 'L' whose
+    Wan 2.1 loader feeds its output, read by a VAE Decode outside; and, beside them, a VAE Decode of another
+    VAE (`other`), which makes the 'every VAE is a Wan 2.1 one' rule for untraced decodes false."""
+    wrapper = inner_decode == "WanVideoDecode"
+    loader, kind = ("WanVideoVAELoader", "WANVAE") if wrapper else ("VAELoader", "VAE")
+    sub_s = {"id": "S", "inputs": [{"name": "vae", "type": kind, "linkIds": [11]}], "outputs": [],
+             "nodes": [{"id": 20, "type": inner_decode, "outputs": [],
+                        "inputs": [{"name": "samples", "type": "LATENT", "link": None},
+                                   {"name": "vae", "type": kind, "link": 11}], "widgets_values": []}],
+             "links": [{"id": 11, "origin_id": -10, "origin_slot": 0, "target_id": 20, "target_slot": 1, "type": kind}]}
+    sub_l = {"id": "L", "inputs": [], "outputs": [{"name": "VAE", "type": "VAE", "linkIds": [12]}],
+             "nodes": [{"id": 30, "type": "VAELoader", "widgets_values": ["wan_2.1_vae.safetensors"],
+                        "outputs": [{"name": "VAE", "type": "VAE", "links": [12]}]}],
+             "links": [{"id": 12, "origin_id": 30, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "VAE"}]}
+    nodes, links = [], []
+    for i, name in enumerate(vae_names):
+        loader_id, instance_id, link_id = 100 + 2 * i, 101 + 2 * i, 50 + i
+        nodes.append({"id": loader_id, "type": loader, "widgets_values": [name],
+                      "outputs": [{"name": "vae", "type": kind, "links": [link_id]}]})
+        nodes.append({"id": instance_id, "type": "S", "inputs": [{"name": "vae", "type": kind, "link": link_id}],
+                      "outputs": []})
+        links.append([link_id, loader_id, 0, instance_id, 0, kind])
+    nodes += [{"id": 7, "type": "L", "outputs": [{"name": "VAE", "type": "VAE", "links": [4]}]},
+              {"id": 8, "type": "VAEDecode", "inputs": [{"name": "samples", "type": "LATENT", "link": None},
+                                                        {"name": "vae", "type": "VAE", "link": 4}], "outputs": []},
+              {"id": 5, "type": "VAELoader", "widgets_values": [other], "outputs": [{"name": "VAE", "type": "VAE",
+                                                                                    "links": [3]}]},
+              {"id": 6, "type": "VAEDecode", "inputs": [{"name": "samples", "type": "LATENT", "link": None},
+                                                        {"name": "vae", "type": "VAE", "link": 3}], "outputs": []}]
+    links += [[4, 7, 0, 8, 1, "VAE"], [3, 5, 0, 6, 1, "VAE"]]
+    return {"nodes": nodes, "links": links, "last_node_id": 120, "last_link_id": 60,
+            "definitions": {"subgraphs": [sub_s, sub_l]}}
+
+
+def _types(wf):
+    return {n["id"]: n["type"] for g in [wf] + wf["definitions"]["subgraphs"] for n in g["nodes"]}
+
+
+def test_a_core_decode_is_traced_across_subgraph_boundaries():
+    """Into a subgraph's input (what feeds it in every instance) and out of an instance's output (what feeds it
+    inside): a decode whose every way leads to a Wan 2.1 loader is converted, beside a decode of another VAE
+    that is not (the fallback for untraced decodes would have kept both)."""
+    wf = _across_subgraphs("VAEDecode", ["wan_2.1_vae.safetensors", "Wan2_1_VAE_bf16.safetensors"])
+    assert patch_workflow(wf).core_decode_nodes == 2
+    assert _types(wf)[20] == _types(wf)[8] == "WanCoreVAENativeDecode" and _types(wf)[6] == "VAEDecode"
+    mixed = _across_subgraphs("VAEDecode", ["wan_2.1_vae.safetensors", "ae.safetensors"])
+    assert patch_workflow(mixed).core_decode_nodes == 1 and _types(mixed)[20] == "VAEDecode"  # one instance: not Wan
+    orphan = _across_subgraphs("VAEDecode", [])  # a definition no instance uses: untraced, and another VAE is made
+    assert patch_workflow(orphan).core_decode_nodes == 1 and _types(orphan)[20] == "VAEDecode"
+
+
+def test_a_wrapper_decode_is_traced_across_subgraph_boundaries():
+    """The same tracing for WanVideoDecode: kept where an instance is fed by a TAEHV decoder, converted where
+    every instance is fed a Wan 2.1 VAE although the workflow loads a TAEHV decoder elsewhere."""
+    refused = _across_subgraphs("WanVideoDecode", ["Wan2_1_VAE_bf16.safetensors"])
+    refused["nodes"][0]["type"] = "WanVideoTinyVAELoader"
+    assert patch_workflow(refused, vae_patch=False).decodes_kept == 1 and _types(refused)[20] == "WanVideoDecode"
+    fine = _across_subgraphs("WanVideoDecode", ["Wan2_1_VAE_bf16.safetensors"])
+    fine["nodes"].append({"id": 9, "type": "WanVideoTinyVAELoader", "widgets_values": ["taew2_1.safetensors"],
+                          "outputs": []})
+    assert patch_workflow(fine, vae_patch=False)[:1] == (1,) and _types(fine)[20] == "WanVideoNativeDecode"

@@ -2,7 +2,7 @@
 
 - every WanVideoDecode node becomes a WanVideoNativeDecode node with the same links and widget
   values (both take the same inputs in the same order), unless its VAE, traced back through
-  Reroutes and SetNode / GetNode pairs, is one the native decoder refuses (a Wan 2.2 VAE, a TAEHV
+  Reroutes, SetNode / GetNode pairs and subgraph boundaries, can be one the native decoder refuses (a Wan 2.2 VAE, a TAEHV
   tiny decoder: the wrapper's tiny VAE and FlashVSR's decoder); decodes inside legacy group nodes
   too; one whose VAE cannot be traced is converted unless the workflow loads such a VAE anywhere;
 - every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
@@ -164,31 +164,84 @@ def _set_get_name(node):
     return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else None
 
 
-def _vae_source(graph, node):
-    """The node that the 'vae' input of `node` comes from in its graph, through Reroutes and KJNodes'
-    SetNode / GetNode pairs; None where that is not in the graph (unlinked; a subgraph's input)."""
+SUBGRAPH_INPUT = -10  # the id a subgraph's links start from when they come in through its inputs
+
+
+def _link_origin_slot(link):
+    return link.get("origin_slot") if isinstance(link, dict) else link[2]
+
+
+def _subgraphs_by_id(workflow):
+    return {sub.get("id"): sub for sub in (workflow.get("definitions") or {}).get("subgraphs") or []}
+
+
+def _vae_sources(workflow, graph, node):
+    """What the 'vae' input of `node` (in `graph`) can come from: the nodes found through Reroutes, KJNodes'
+    SetNode / GetNode pairs and subgraph boundaries (a subgraph's input: what feeds it in each instance of
+    the subgraph; a subgraph instance's output: what feeds it inside), None for each way that cannot be
+    traced (unlinked, a legacy group node, a loop)."""
+    found = []
+    _trace_vae(workflow, graph, _input_link(node, "vae"), found, set())
+    return found
+
+
+def _trace_vae(workflow, graph, link_id, found, seen):
     links = _links_by_id(graph)
     nodes = {n.get("id"): n for n in graph.get("nodes") or []}
     setters = {_set_get_name(n): n for n in nodes.values() if n.get("type") == "SetNode"}
-    link, seen = _input_link(node, "vae"), set()
-    while link in links and link not in seen:
-        seen.add(link)
-        source = nodes.get(_link_origin(links[link]))
+    subgraphs = _subgraphs_by_id(workflow)
+    while link_id in links and (id(graph), link_id) not in seen:
+        seen.add((id(graph), link_id))
+        link = links[link_id]
+        if _link_origin(link) == SUBGRAPH_INPUT:
+            _trace_vae_into_instances(workflow, graph, _link_origin_slot(link), found, seen)
+            return
+        source = nodes.get(_link_origin(link))
         if source is not None and source.get("type") == "GetNode":
             source = setters.get(_set_get_name(source))
+        inner = subgraphs.get(source.get("type")) if source is not None else None
+        if inner is not None:  # out of a subgraph instance: what feeds that output inside
+            outputs = inner.get("outputs") or []
+            slot = _link_origin_slot(link)
+            feeds = outputs[slot].get("linkIds") or [] if isinstance(slot, int) and 0 <= slot < len(outputs) else []
+            for inner_link in feeds or [None]:
+                _trace_vae(workflow, inner, inner_link, found, seen)
+            return
         if source is None or source.get("type") not in PASS_ON:
-            return source
-        link = _input_link(source)
-    return None
+            found.append(None if source is None or _is_group_node(source.get("type")) else source)
+            return
+        link_id = _input_link(source)
+    found.append(None)
+
+
+def _trace_vae_into_instances(workflow, sub, slot, found, seen):
+    inputs = sub.get("inputs") or []
+    name = inputs[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(inputs) else None
+    instances = [(graph, n) for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []
+                 if n.get("type") == sub.get("id")]
+    if name is None or not instances:
+        found.append(None)
+    for graph, instance in instances if name is not None else []:
+        _trace_vae(workflow, graph, _input_link(instance, name), found, seen)
+
+
+def _is_group_node(kind):
+    return isinstance(kind, str) and kind.startswith(("workflow>", "workflow/"))
+
+
+def _source_kinds(sources):
+    """(type, widget values) of each source node, None for each untraced way."""
+    return [None if s is None else (s.get("type"), s.get("widgets_values")) for s in sources]
 
 
 def _convert_decodes(decodes, any_refused, convert):
-    """decodes: (decode node, (type, widget values or API inputs) of the node its VAE comes from, or None
-    where that cannot be traced). Converts each, but those whose VAE the native decoder refuses, and
-    the untraced ones where the workflow loads such a VAE anywhere (any_refused): (converted, kept)."""
+    """decodes: (decode node, [(type, widget values or API inputs) of a node its VAE can come from, or None
+    for a way that cannot be traced]). Converts each, but those whose VAE the native decoder refuses, and
+    those with an untraced way where the workflow loads such a VAE anywhere (any_refused): (converted,
+    kept)."""
     kept = 0
-    for node, source in decodes:
-        if _refused_vae(*source) if source is not None else any_refused:
+    for node, sources in decodes:
+        if any(_refused_vae(*source) if source is not None else any_refused for source in sources):
             kept += 1
         else:
             convert(node)
@@ -199,11 +252,8 @@ def _patch_ui_decodes(workflow):
     placed = [(graph, node) for graph in _ui_graphs(workflow) for node in graph.get("nodes") or []]
     placed += [(None, node) for nodes in _group_node_lists(workflow) for node in nodes]  # links not traced
     any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
-    decodes = []
-    for graph, node in placed:
-        if node.get("type") == SOURCE_TYPE:
-            source = _vae_source(graph, node) if graph is not None else None
-            decodes.append((node, None if source is None else (source.get("type"), source.get("widgets_values"))))
+    decodes = [(node, _source_kinds(_vae_sources(workflow, graph, node)) if graph is not None else [None])
+               for graph, node in placed if node.get("type") == SOURCE_TYPE]
     return _convert_decodes(decodes, any_refused, _convert_ui_node)
 
 
@@ -269,23 +319,13 @@ def _convert_ui_core_decode(graph, node):
         node["size"] = [max(width, CORE_NODE_SIZE[0]), max(height, CORE_NODE_SIZE[1])]
 
 
-def _hands_on(workflow):
-    """Node types that hand on a VAE made elsewhere: Reroutes, Set / Get nodes, subgraph instances (their
-    type is the subgraph's id) and legacy group nodes ("workflow>name")."""
-    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
-    return set(PASS_ON) | {"GetNode"} | {sub.get("id") for sub in subgraphs}
-
-
-def _is_hand_on(kind, hands_on):
-    return kind in hands_on or (isinstance(kind, str) and kind.startswith(("workflow>", "workflow/")))
-
-
-def _every_vae_is_wan21(workflow, hands_on):
+def _every_vae_is_wan21(workflow):
     """Whether the workflow makes VAEs, all of them with a core loader of a Wan 2.1 VAE: the test for a decode
-    whose VAE cannot be traced (a subgraph's input, a link-less broadcast)."""
+    whose VAE cannot be traced (a link-less broadcast, a legacy group node)."""
+    hands_on = set(PASS_ON) | {"GetNode"} | set(_subgraphs_by_id(workflow))
     nodes = [n for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []]
     nodes += [n for group in _group_node_lists(workflow) for n in group]
-    makers = [n for n in nodes if not _is_hand_on(n.get("type"), hands_on)
+    makers = [n for n in nodes if n.get("type") not in hands_on and not _is_group_node(n.get("type"))
               and any(out.get("type") == "VAE" for out in n.get("outputs") or [])]
     return bool(makers) and all(_loads_core_wan21(n.get("type"), n.get("widgets_values")) for n in makers)
 
@@ -293,21 +333,16 @@ def _every_vae_is_wan21(workflow, hands_on):
 def _patch_ui_core_decodes(workflow):
     """Core decodes of a Wan 2.1 VAE in the top-level graph and the subgraphs (a legacy group node's are
     left: its links live in another form)."""
-    hands_on = _hands_on(workflow)
     untraced_ok = None  # computed once, if needed
     count = 0
     for graph in _ui_graphs(workflow):
         for node in graph.get("nodes") or []:
             if node.get("type") not in CORE_SOURCE_TYPES:
                 continue
-            source = _vae_source(graph, node)
-            if source is not None and not _is_hand_on(source.get("type"), hands_on):
-                convert = _loads_core_wan21(source.get("type"), source.get("widgets_values"))
-            else:
-                if untraced_ok is None:
-                    untraced_ok = _every_vae_is_wan21(workflow, hands_on)
-                convert = untraced_ok
-            if convert:
+            sources = _source_kinds(_vae_sources(workflow, graph, node))
+            if None in sources and untraced_ok is None:
+                untraced_ok = _every_vae_is_wan21(workflow)
+            if all(_loads_core_wan21(*source) if source is not None else untraced_ok for source in sources):
                 _convert_ui_core_decode(graph, node)
                 count += 1
     return count
@@ -445,7 +480,7 @@ def _api_vae_source(nodes, node):
 
 def _patch_api_decodes(nodes):
     any_refused = any(_refused_vae(n["class_type"], n.get("inputs")) for n in nodes.values())
-    decodes = [(n, _api_vae_source(nodes, n)) for n in nodes.values() if n["class_type"] == SOURCE_TYPE]
+    decodes = [(n, [_api_vae_source(nodes, n)]) for n in nodes.values() if n["class_type"] == SOURCE_TYPE]
     return _convert_decodes(decodes, any_refused, lambda node: node.update(class_type=TARGET_TYPE))
 
 
