@@ -1207,10 +1207,6 @@ static void drain(cuda_ctx *c, staging *s)
     s->queued = 0;
 }
 
-/* The step (and its output's copy, if any) is queued behind an event; the host moves on to the next
- * step and waits only for the step that last used the staging it takes next, whose output it then
- * copies out: STAGINGS - 1 steps in flight. The stagings take turns step by step, so with the
- * rings' three orders a tile's steps repeat every STAGINGS = 3 steps, or 6 (see step graphs). */
 /* The caller's device and context back in the thread while the progress callback runs (it may use
  * them: a PyTorch progress bar, a preview), until end_step sets ours again. */
 static void cuda_release_thread(void *ctx)
@@ -1219,6 +1215,10 @@ static void cuda_release_thread(void *ctx)
     leave_device(c->caller, c->device);
 }
 
+/* The step (and its output's copy, if any) is queued behind an event; the host moves on to the next
+ * step and waits only for the step that last used the staging it takes next, whose output it then
+ * copies out: STAGINGS - 1 steps in flight. The stagings take turns step by step, so with the
+ * rings' three orders a tile's steps repeat every STAGINGS = 3 steps, or 6 (see step graphs). */
 static wv_status cuda_end_step(void *ctx, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
