@@ -521,6 +521,17 @@ def test_a_saved_prompt_request_is_patched_inside():
                                                                   "inputs": {"vae": ["3", 0]}}
 
 
+def test_a_saved_prompt_requests_embedded_workflow_is_patched_too():
+    """ComfyUI writes extra_data.extra_pnginfo.workflow (the same graph in the UI format) into its outputs'
+    metadata: patched with the prompt, counted once."""
+    body = {"prompt": {"1": {"class_type": "WanVideoVAELoader", "inputs": {}},
+                       "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}},
+            "extra_data": {"extra_pnginfo": {"workflow": _ui_chain("WanVideoVAELoader", "WanVideoDecode")}}}
+    assert patch_workflow(body) == (1, 1, 0, 0, 0, 0)
+    embedded = body["extra_data"]["extra_pnginfo"]["workflow"]
+    assert [n["type"] for n in embedded["nodes"]] == ["WanVideoVAELoader", "WanVideoNativeDecode", "WanVideoNativeVAEPatch"]
+
+
 # ---- ComfyUI's own VAE decodes ---------------------------------------------------------------------
 
 CORE_PROPS = {"Node name for S&R": "VAEDecode", "cnr_id": "comfy-core", "ver": "0.3.45"}
@@ -744,3 +755,55 @@ def test_a_wrapper_decode_is_traced_across_subgraph_boundaries():
     fine["nodes"].append({"id": 9, "type": "WanVideoTinyVAELoader", "widgets_values": ["taew2_1.safetensors"],
                           "outputs": []})
     assert patch_workflow(fine, vae_patch=False)[:1] == (1,) and _types(fine)[20] == "WanVideoNativeDecode"
+
+
+def test_an_unknown_node_between_loader_and_decode_is_an_untraced_way():
+    """rgthree's Reroute hands its input on (traced through); a node the patcher does not know (a switch) is no
+    loader: the decode behind it counts as untraced, kept where the workflow loads a VAE the native decode
+    refuses (a Wan 2.2 one), converted where it does not."""
+    ui = _ui_chain("WanVideoVAELoader", "Reroute (rgthree)", "WanVideoDecode", widgets={1: ["Wan2_2_VAE_bf16.safetensors"]})
+    assert patch_workflow(ui)[4] == 1 and ui["nodes"][2]["type"] == "WanVideoDecode"
+    for name, converted in (("Wan2_2_VAE_bf16.safetensors", False), ("Wan2_1_VAE_bf16.safetensors", True)):
+        ui = _ui_chain("WanVideoVAELoader", "Any Switch (rgthree)", "WanVideoDecode", widgets={1: [name]})
+        assert patch_workflow(ui, vae_patch=False).decode_nodes == converted
+    api = {"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": "Wan2_2_VAE_bf16.safetensors"}},
+           "2": {"class_type": "Any Switch (rgthree)", "inputs": {"any_01": ["1", 0]}},
+           "3": {"class_type": "WanVideoDecode", "inputs": {"vae": ["2", 0]}}}
+    assert patch_workflow(api).decodes_kept == 1 and api["3"]["class_type"] == "WanVideoDecode"
+
+
+def _promoted_on_the_instance(wf, *names):
+    """Older subgraphs keep a promoted widget's value on the instance: one instance per name, each holding it
+    for the subgraph's vae_name input (which the inner loader's vae_name widget is fed from)."""
+    template = wf["nodes"][0]
+    wf["nodes"] = [dict(template, id=130 + i, widgets_values=[name],
+                        inputs=[{"name": "vae_name", "type": "COMBO", "widget": {"name": "vae_name"}, "link": None}])
+                   for i, name in enumerate(names)]
+    return wf
+
+
+def test_a_loader_name_promoted_to_the_subgraph_instance_is_read_there():
+    """The value an instance holds for a promoted widget is the one its loader runs with (the inner node's
+    saved one may be stale): a core decode is converted only if every instance's names a Wan 2.1 VAE."""
+    for names, converted in ((["wan2.2_vae.safetensors"], 0), (["Wan2_1_VAE_bf16.safetensors"], 1),
+                             (["Wan2_1_VAE_bf16.safetensors", "wan2.2_vae.safetensors"], 0)):
+        wf = _promoted_on_the_instance(_core_subgraph_workflow("wan_2.1_vae.safetensors"), *names)
+        assert patch_workflow(wf).core_decode_nodes == converted, names
+
+
+def test_a_wrapper_loader_whose_promoted_name_says_wan22_is_not_patched():
+    """A WanVideo VAE loader inside a subgraph whose instance loads a Wan 2.2 VAE: no patch node (it would
+    refuse that VAE for every instance), counted as a Wan 2.2 loader, its decode kept."""
+    wf = _core_subgraph_workflow("Wan2_1_VAE_bf16.safetensors")
+    sub = wf["definitions"]["subgraphs"][0]
+    loader, decode = _subgraph_node(wf, 106), _subgraph_node(wf, 129)
+    loader["type"], decode["type"] = "WanVideoVAELoader", "WanVideoDecode"
+    loader["outputs"][0].update(name="vae", type="WANVAE")
+    decode["inputs"][1]["type"] = "WANVAE"
+    sub["nodes"] = [n for n in sub["nodes"] if n["id"] != 128]
+    sub["links"] = [lk for lk in sub["links"] if lk["id"] != 15]
+    loader["outputs"][0]["links"] = [16]
+    _promoted_on_the_instance(wf, "Wan2_2_VAE_bf16.safetensors")
+    assert patch_workflow(wf) == (0, 0, 0, 1, 1, 0)
+    _promoted_on_the_instance(wf, "Wan2_1_VAE_bf16.safetensors")
+    assert patch_workflow(wf) == (1, 1, 0, 0, 0, 0)

@@ -39,7 +39,8 @@ CORE_LOADER_PREFIX = "VAELoader"  # core's loader, and ComfyUI-MultiGPU's (VAELo
 CORE_INPUTS = ("samples", "vae", "tile_size")  # WanCoreVAENativeDecode's inputs that a core decode's may link
 CORE_TILE_SIZE = 512  # WanCoreVAENativeDecode's default (and VAE Decode (Tiled)'s)
 CORE_NODE_SIZE = (315, 102)  # what two sockets and two widgets take in ComfyUI's frontend
-PASS_ON = ("Reroute", "SetNode")  # frontend nodes that hand on what their input gets (GetNode: its SetNode's)
+# nodes that hand on what their first input gets (GetNode: its SetNode's); the patch node hands on the VAE
+PASS_ON = ("Reroute", "Reroute (rgthree)", "SetNode", PATCH_TYPE)
 PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
@@ -176,10 +177,10 @@ def _subgraphs_by_id(workflow):
 
 
 def _vae_sources(workflow, graph, node):
-    """What the 'vae' input of `node` (in `graph`) can come from: the nodes found through Reroutes, KJNodes'
-    SetNode / GetNode pairs and subgraph boundaries (a subgraph's input: what feeds it in each instance of
-    the subgraph; a subgraph instance's output: what feeds it inside), None for each way that cannot be
-    traced (unlinked, a legacy group node, a loop)."""
+    """What the 'vae' input of `node` (in `graph`) can come from: (graph, node) found through Reroutes,
+    KJNodes' SetNode / GetNode pairs and subgraph boundaries (a subgraph's input: what feeds it in each
+    instance of the subgraph; a subgraph instance's output: what feeds it inside), None for each way that
+    cannot be traced (unlinked, a legacy group node, a loop)."""
     found = []
     _trace_vae(workflow, graph, _input_link(node, "vae"), found, set())
     return found
@@ -208,7 +209,7 @@ def _trace_vae(workflow, graph, link_id, found, seen):
                 _trace_vae(workflow, inner, inner_link, found, seen)
             return
         if source is None or source.get("type") not in PASS_ON:
-            found.append(None if source is None or _is_group_node(source.get("type")) else source)
+            found.append(None if source is None or _is_group_node(source.get("type")) else (graph, source))
             return
         link_id = _input_link(source)
     found.append(None)
@@ -229,19 +230,62 @@ def _is_group_node(kind):
     return isinstance(kind, str) and kind.startswith(("workflow>", "workflow/"))
 
 
-def _source_kinds(sources):
-    """(type, widget values) of each source node, None for each untraced way."""
-    return [None if s is None else (s.get("type"), s.get("widgets_values")) for s in sources]
+def _source_kinds(workflow, sources):
+    """(type, widget values) of each source node, one for each set of values it can run with; None for
+    each untraced way."""
+    return [None if s is None else (s[1].get("type"), values)
+            for s in sources for values in ([None] if s is None else _widget_value_sets(workflow, *s))]
+
+
+def _widget_value_sets(workflow, graph, node):
+    """The widget values a node can run with: its own, or where a widget is fed from its subgraph's input
+    and an instance of the subgraph holds a value for it (older subgraphs keep a promoted widget's value
+    on the instance; newer ones in the inner node, the instance holding none), that instance's in its
+    place, one set per instance."""
+    values = node.get("widgets_values")
+    if not isinstance(values, list):
+        return [values]
+    links = _links_by_id(graph)
+    widget_inputs = [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
+    sets = [values]
+    for index, inp in enumerate(widget_inputs):
+        link = links.get(inp.get("link"))
+        held = _instance_widget_values(workflow, graph, _link_origin_slot(link)) \
+            if link is not None and _link_origin(link) == SUBGRAPH_INPUT and index < len(values) else []
+        if held:
+            sets = [s[:index] + [v] + s[index + 1:] for s in sets for v in held]
+    return sets
+
+
+def _instance_widget_values(workflow, sub, slot):
+    """The value each instance of subgraph `sub` holds for the widget of its input `slot`, where it holds one."""
+    inputs = sub.get("inputs") or []
+    name = inputs[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(inputs) else None
+    found = []
+    for graph in _ui_graphs(workflow):
+        for instance in graph.get("nodes") or []:
+            values = instance.get("widgets_values")
+            if instance.get("type") != sub.get("id") or not isinstance(values, list):
+                continue
+            widgets = [i.get("name") for i in instance.get("inputs") or [] if isinstance(i, dict) and i.get("widget")]
+            if name in widgets and widgets.index(name) < len(values):
+                found.append(values[widgets.index(name)])
+    return found
+
+
+def _loader_or_none(source):
+    """A source that is a WANVAE loader; None for one that is not (an unknown node between: a switch), untraced."""
+    return source if source is not None and (_is_loader(source[0]) or source[0] in TAEHV_LOADERS) else None
 
 
 def _convert_decodes(decodes, any_refused, convert):
     """decodes: (decode node, [(type, widget values or API inputs) of a node its VAE can come from, or None
     for a way that cannot be traced]). Converts each, but those whose VAE the native decoder refuses, and
-    those with an untraced way where the workflow loads such a VAE anywhere (any_refused): (converted,
-    kept)."""
+    those with a way not traced to a loader where the workflow loads such a VAE anywhere (any_refused):
+    (converted, kept)."""
     kept = 0
     for node, sources in decodes:
-        if any(_refused_vae(*source) if source is not None else any_refused for source in sources):
+        if any(_refused_vae(*source) if source is not None else any_refused for source in map(_loader_or_none, sources)):
             kept += 1
         else:
             convert(node)
@@ -252,7 +296,7 @@ def _patch_ui_decodes(workflow):
     placed = [(graph, node) for graph in _ui_graphs(workflow) for node in graph.get("nodes") or []]
     placed += [(None, node) for nodes in _group_node_lists(workflow) for node in nodes]  # links not traced
     any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
-    decodes = [(node, _source_kinds(_vae_sources(workflow, graph, node)) if graph is not None else [None])
+    decodes = [(node, _source_kinds(workflow, _vae_sources(workflow, graph, node)) if graph is not None else [None])
                for graph, node in placed if node.get("type") == SOURCE_TYPE]
     return _convert_decodes(decodes, any_refused, _convert_ui_node)
 
@@ -339,7 +383,7 @@ def _patch_ui_core_decodes(workflow):
         for node in graph.get("nodes") or []:
             if node.get("type") not in CORE_SOURCE_TYPES:
                 continue
-            sources = _source_kinds(_vae_sources(workflow, graph, node))
+            sources = _source_kinds(workflow, _vae_sources(workflow, graph, node))
             if None in sources and untraced_ok is None:
                 untraced_ok = _every_vae_is_wan21(workflow)
             if all(_loads_core_wan21(*source) if source is not None else untraced_ok for source in sources):
@@ -439,8 +483,8 @@ def _insert_graph_vae_patches(workflow, graph):
     for loader in list(nodes):
         if not _is_loader(loader.get("type")):
             continue
-        if _loads_wan22(loader.get("widgets_values")):
-            wan22 += 1
+        if any(_loads_wan22(values) for values in _widget_value_sets(workflow, graph, loader)):
+            wan22 += 1  # in a subgraph, for any instance: the patch node would refuse it there
             continue
         for slot, out in enumerate(loader.get("outputs") or []):
             link_ids = [i for i in out.get("links") or [] if i in by_link]
@@ -584,11 +628,20 @@ def patch_workflow(workflow, vae_patch=True, core=True):
     another type than ComfyUI writes may be found later, in a workflow then partly patched."""
     if not isinstance(workflow, dict):
         raise ValueError("a ComfyUI workflow is a JSON object")
+    embedded = None
     if "nodes" not in workflow and isinstance(workflow.get("prompt"), dict) and \
             not any(isinstance(n, dict) and "class_type" in n for n in workflow.values()):
-        workflow = workflow["prompt"]  # a saved /prompt request: {"client_id", "prompt": {API nodes}}
+        # a saved /prompt request: {"client_id", "prompt": {API nodes}, "extra_data": {"extra_pnginfo":
+        # {"workflow": the same graph in the UI format, which ComfyUI writes into its outputs' metadata}}}
+        extra = workflow.get("extra_data")
+        pnginfo = extra.get("extra_pnginfo") if isinstance(extra, dict) else None
+        embedded = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+        workflow = workflow["prompt"]
     try:
-        return _patch(workflow, vae_patch, core)
+        report = _patch(workflow, vae_patch, core)
+        if isinstance(embedded, dict) and "nodes" in embedded:
+            _patch(embedded, vae_patch, core)  # the same changes, counted once
+        return report
     except (TypeError, AttributeError, KeyError, IndexError) as e:  # a value deep in it of another type
         raise ValueError(f"not a ComfyUI workflow this tool can read ({type(e).__name__}: {e})") from None
 
