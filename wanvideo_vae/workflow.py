@@ -2,9 +2,10 @@
 
 - every WanVideoDecode node becomes a WanVideoNativeDecode node with the same links and widget
   values (both take the same inputs in the same order), unless its VAE, traced back through
-  Reroutes, SetNode / GetNode pairs and subgraph boundaries, can be one the native decoder refuses (a Wan 2.2 VAE, a TAEHV
-  tiny decoder: the wrapper's tiny VAE and FlashVSR's decoder); decodes inside legacy group nodes
-  too; one whose VAE cannot be traced is converted unless the workflow loads such a VAE anywhere;
+  Reroutes, SetNode / GetNode pairs and subgraph boundaries, can be one the native decoder refuses
+  (a Wan 2.2 VAE, a TAEHV tiny decoder: the wrapper's tiny VAE and FlashVSR's decoder); decodes
+  inside legacy group nodes too; one whose VAE cannot be traced to a loader is converted unless the
+  workflow loads such a VAE anywhere;
 - every Wan VAE loader's output goes through a new WanVideoNativeVAEPatch node, so the decodes
   that samplers make themselves (InfiniteTalk / MultiTalk windows, WanAnimate loops) are native
   too. An output that already feeds a patch node is left as it is, and so is a loader of a Wan 2.2
@@ -233,8 +234,14 @@ def _is_group_node(kind):
 def _source_kinds(workflow, sources):
     """(type, widget values) of each source node, one for each set of values it can run with; None for
     each untraced way."""
-    return [None if s is None else (s[1].get("type"), values)
-            for s in sources for values in ([None] if s is None else _widget_value_sets(workflow, *s))]
+    kinds = []
+    for source in sources:
+        if source is None:
+            kinds.append(None)
+        else:
+            graph, node = source
+            kinds += [(node.get("type"), values) for values in _widget_value_sets(workflow, graph, node)]
+    return kinds
 
 
 def _widget_value_sets(workflow, graph, node):
@@ -243,7 +250,7 @@ def _widget_value_sets(workflow, graph, node):
     on the instance; newer ones in the inner node, the instance holding none), that instance's in its
     place, one set per instance."""
     values = node.get("widgets_values")
-    if not isinstance(values, list):
+    if graph is None or not isinstance(values, list):  # graph None: a legacy group node's (not traced)
         return [values]
     links = _links_by_id(graph)
     widget_inputs = [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
@@ -285,7 +292,8 @@ def _convert_decodes(decodes, any_refused, convert):
     (converted, kept)."""
     kept = 0
     for node, sources in decodes:
-        if any(_refused_vae(*source) if source is not None else any_refused for source in map(_loader_or_none, sources)):
+        sources = [_loader_or_none(source) for source in sources]
+        if any(_refused_vae(*source) if source is not None else any_refused for source in sources):
             kept += 1
         else:
             convert(node)
@@ -295,7 +303,8 @@ def _convert_decodes(decodes, any_refused, convert):
 def _patch_ui_decodes(workflow):
     placed = [(graph, node) for graph in _ui_graphs(workflow) for node in graph.get("nodes") or []]
     placed += [(None, node) for nodes in _group_node_lists(workflow) for node in nodes]  # links not traced
-    any_refused = any(_refused_vae(node.get("type"), node.get("widgets_values")) for _, node in placed)
+    any_refused = any(_refused_vae(node.get("type"), values) for graph, node in placed
+                      for values in _widget_value_sets(workflow, graph, node))
     decodes = [(node, _source_kinds(workflow, _vae_sources(workflow, graph, node)) if graph is not None else [None])
                for graph, node in placed if node.get("type") == SOURCE_TYPE]
     return _convert_decodes(decodes, any_refused, _convert_ui_node)
@@ -367,11 +376,12 @@ def _every_vae_is_wan21(workflow):
     """Whether the workflow makes VAEs, all of them with a core loader of a Wan 2.1 VAE: the test for a decode
     whose VAE cannot be traced (a link-less broadcast, a legacy group node)."""
     hands_on = set(PASS_ON) | {"GetNode"} | set(_subgraphs_by_id(workflow))
-    nodes = [n for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []]
-    nodes += [n for group in _group_node_lists(workflow) for n in group]
-    makers = [n for n in nodes if n.get("type") not in hands_on and not _is_group_node(n.get("type"))
+    placed = [(graph, n) for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []]
+    placed += [(None, n) for group in _group_node_lists(workflow) for n in group]
+    makers = [(graph, n) for graph, n in placed if n.get("type") not in hands_on and not _is_group_node(n.get("type"))
               and any(out.get("type") == "VAE" for out in n.get("outputs") or [])]
-    return bool(makers) and all(_loads_core_wan21(n.get("type"), n.get("widgets_values")) for n in makers)
+    return bool(makers) and all(_loads_core_wan21(n.get("type"), values) for graph, n in makers
+                                for values in _widget_value_sets(workflow, graph, n))
 
 
 def _patch_ui_core_decodes(workflow):
