@@ -44,7 +44,7 @@ CORE_NODE_SIZE = (315, 102)  # what two sockets and two widgets take in ComfyUI'
 PASS_ON = ("Reroute", "Reroute (rgthree)", "SetNode", PATCH_TYPE)
 PACK_ID = "wanvideo-vae"
 
-# What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0) is true, compare its fields.
+# What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0, 0) is true, compare its fields.
 PatchReport = namedtuple("PatchReport", "decode_nodes vae_patches loaders_in_group_nodes wan22_loaders decodes_kept "
                                        "core_decode_nodes")
 WAN22 = re.compile(r"wan[-_. ]?2[-_.]?2(?![0-9])", re.IGNORECASE)  # Wan2_2, wan2.2, Wan22, wan_2.2; not wan2.1_v22
