@@ -563,7 +563,8 @@ def _core_subgraph_workflow(vae_name="wan_2.1_vae.safetensors"):
                      link(17, 111, 0, 129, 0, "LATENT"), link(20, 129, 0, -20, 0, "IMAGE"),
                      link(31, -10, 0, 106, 0, "COMBO")]}
     return {"last_node_id": 130, "last_link_id": 40, "version": 0.4, "definitions": {"subgraphs": [sub]},
-            "nodes": [{"id": 130, "type": "d2ac71a3-sub", "inputs": [], "properties": {"proxyWidgets": [["106", "vae_name"]]},
+            "nodes": [{"id": 130, "type": "d2ac71a3-sub", "inputs": [],
+                       "properties": {"proxyWidgets": [["106", "vae_name"]]},
                        "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": []}], "widgets_values": []}],
             "links": []}
 
@@ -627,8 +628,10 @@ def test_a_tiled_core_decode_keeps_its_tile_size_and_drops_its_other_inputs():
         {"id": 1, "type": "VAELoaderMultiGPU", "outputs": [{"name": "VAE", "type": "VAE", "links": [1]}],
          "widgets_values": ["Wan2_1_VAE_bf16.safetensors", "cuda:1"]},
         {"id": 2, "type": "KSampler", "outputs": [{"name": "LATENT", "type": "LATENT", "links": [2]}]},
-        {"id": 3, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [3]}], "widgets_values": [32]},
-        {"id": 4, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [4]}], "widgets_values": [384]},
+        {"id": 3, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [3]}],
+         "widgets_values": [32]},
+        {"id": 4, "type": "PrimitiveNode", "outputs": [{"name": "INT", "type": "INT", "links": [4]}],
+         "widgets_values": [384]},
         {"id": 5, "type": "VAEDecodeTiled", "inputs": [
             {"name": "samples", "type": "LATENT", "link": 2}, {"name": "vae", "type": "VAE", "link": 1},
             widget("overlap", 3), widget("tile_size", 4), widget("temporal_size", None), widget("temporal_overlap", None)],
