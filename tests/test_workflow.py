@@ -389,8 +389,9 @@ def test_decodes_of_a_taehv_tiny_decoder_stay_the_wrappers(loader, tmp_path, cap
     src = tmp_path / "w.json"
     src.write_text(json.dumps(_ui_chain(loader, "WanVideoDecode")))
     assert cli_main(["patch-workflow", str(src), str(tmp_path / "o.json")]) == 0
-    assert "1 WanVideoDecode node(s) were left as they are: their VAE is one this decoder does not implement" in \
-        capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "1 WanVideoDecode node(s) were left as they are: their VAE is, or may be, one this decoder does not " \
+        "implement" in said
 
 
 def test_a_decode_fed_through_set_and_get_nodes_is_traced_to_its_loader():

@@ -387,8 +387,8 @@ def patch_workflow_cmd(args):
                     "WanCoreVAENativeDecode")
     print(f"{args.dst}: " + "; ".join(said))
     if report.decodes_kept:
-        print(f"note: {report.decodes_kept} WanVideoDecode node(s) were left as they are: their VAE is one this "
-              "decoder does not implement (a Wan 2.2 VAE, or a TAEHV tiny decoder such as FlashVSR's)")
+        print(f"note: {report.decodes_kept} WanVideoDecode node(s) were left as they are: their VAE is, or may be, "
+              "one this decoder does not implement (a Wan 2.2 VAE, or a TAEHV tiny decoder such as FlashVSR's)")
     if report.wan22_loaders:
         print(f"note: {report.wan22_loaders} loader(s) of a Wan 2.2 VAE were left as they are (this decoder is Wan "
               "2.1's)")
