@@ -250,10 +250,10 @@ def _widget_value_sets(workflow, graph, node):
     on the instance; newer ones in the inner node, the instance holding none), that instance's in its
     place, one set per instance."""
     values = node.get("widgets_values")
-    if graph is None or not isinstance(values, list):  # graph None: a legacy group node's (not traced)
+    widget_inputs = [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
+    if graph is None or not widget_inputs or not isinstance(values, list):  # graph None: a legacy group node's
         return [values]
     links = _links_by_id(graph)
-    widget_inputs = [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
     sets = [values]
     for index, inp in enumerate(widget_inputs):
         link = links.get(inp.get("link"))
