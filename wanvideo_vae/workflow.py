@@ -223,7 +223,8 @@ def _trace_vae_into_instances(workflow, sub, slot, found, seen):
                  if n.get("type") == sub.get("id")]
     if name is None or not instances:
         found.append(None)
-    for graph, instance in instances if name is not None else []:
+        return
+    for graph, instance in instances:
         _trace_vae(workflow, graph, _input_link(instance, name), found, seen)
 
 
