@@ -121,18 +121,23 @@ def _refused_vae(kind, values):
 # A link is [id, origin, origin_slot, target, target_slot, type], or in schema version 1 (and in
 # subgraph definitions) {"id", "origin_id", "origin_slot", "target_id", "target_slot", "type"}.
 
+def _link_id(link):
+    """A link's id; None for an entry that is no link."""
+    if isinstance(link, dict):
+        return link.get("id")
+    return link[0] if isinstance(link, list) and len(link) >= 6 else None
+
+
 def _links_by_id(graph):
-    by_id = {}
-    for link in graph.get("links") or []:
-        if isinstance(link, list) and len(link) >= 6:
-            by_id[link[0]] = link
-        elif isinstance(link, dict) and "id" in link:
-            by_id[link["id"]] = link
-    return by_id
+    return {_link_id(link): link for link in graph.get("links") or [] if _link_id(link) is not None}
 
 
 def _link_origin(link):
     return link.get("origin_id") if isinstance(link, dict) else link[1]
+
+
+def _link_origin_slot(link):
+    return link.get("origin_slot") if isinstance(link, dict) else link[2]
 
 
 def _link_target(link):
@@ -144,6 +149,13 @@ def _set_link_origin(link, node_id, slot):
         link["origin_id"], link["origin_slot"] = node_id, slot
     else:
         link[1], link[2] = node_id, slot
+
+
+def _set_link_target_slot(link, slot):
+    if isinstance(link, dict):
+        link["target_slot"] = slot
+    else:
+        link[4] = slot
 
 
 def _new_link(as_object, link_id, origin, origin_slot, target, target_slot, kind):
@@ -169,12 +181,24 @@ def _set_get_name(node):
 SUBGRAPH_INPUT = -10  # the id a subgraph's links start from when they come in through its inputs
 
 
-def _link_origin_slot(link):
-    return link.get("origin_slot") if isinstance(link, dict) else link[2]
-
-
 def _subgraphs_by_id(workflow):
     return {sub.get("id"): sub for sub in (workflow.get("definitions") or {}).get("subgraphs") or []}
+
+
+def _subgraph_input_name(sub, slot):
+    inputs = sub.get("inputs") or []
+    return inputs[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(inputs) else None
+
+
+def _instances(workflow, sub):
+    """(graph, node) of every instance of subgraph `sub`."""
+    return [(graph, n) for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []
+            if n.get("type") == sub.get("id")]
+
+
+def _widget_inputs(node):
+    """A node's inputs that stand for its widgets (a socket the frontend gives each widget)."""
+    return [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
 
 
 def _vae_sources(workflow, graph, node):
@@ -217,10 +241,7 @@ def _trace_vae(workflow, graph, link_id, found, seen):
 
 
 def _trace_vae_into_instances(workflow, sub, slot, found, seen):
-    inputs = sub.get("inputs") or []
-    name = inputs[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(inputs) else None
-    instances = [(graph, n) for graph in _ui_graphs(workflow) for n in graph.get("nodes") or []
-                 if n.get("type") == sub.get("id")]
+    name, instances = _subgraph_input_name(sub, slot), _instances(workflow, sub)
     if name is None or not instances:
         found.append(None)
         return
@@ -251,7 +272,7 @@ def _widget_value_sets(workflow, graph, node):
     on the instance; newer ones in the inner node, the instance holding none), that instance's in its
     place, one set per instance."""
     values = node.get("widgets_values")
-    widget_inputs = [i for i in node.get("inputs") or [] if isinstance(i, dict) and i.get("widget") is not None]
+    widget_inputs = _widget_inputs(node)
     if graph is None or not widget_inputs or not isinstance(values, list):  # graph None: a legacy group node's
         return [values]
     links = _links_by_id(graph)
@@ -267,17 +288,13 @@ def _widget_value_sets(workflow, graph, node):
 
 def _instance_widget_values(workflow, sub, slot):
     """The value each instance of subgraph `sub` holds for the widget of its input `slot`, where it holds one."""
-    inputs = sub.get("inputs") or []
-    name = inputs[slot].get("name") if isinstance(slot, int) and 0 <= slot < len(inputs) else None
+    name = _subgraph_input_name(sub, slot)
     found = []
-    for graph in _ui_graphs(workflow):
-        for instance in graph.get("nodes") or []:
-            values = instance.get("widgets_values")
-            if instance.get("type") != sub.get("id") or not isinstance(values, list):
-                continue
-            widgets = [i.get("name") for i in instance.get("inputs") or [] if isinstance(i, dict) and i.get("widget")]
-            if name in widgets and widgets.index(name) < len(values):
-                found.append(values[widgets.index(name)])
+    for _, instance in _instances(workflow, sub):
+        values = instance.get("widgets_values")
+        widgets = [i.get("name") for i in _widget_inputs(instance)]
+        if isinstance(values, list) and name in widgets and widgets.index(name) < len(values):
+            found.append(values[widgets.index(name)])
     return found
 
 
@@ -312,20 +329,6 @@ def _patch_ui_decodes(workflow):
 
 
 # ---- UI format: ComfyUI's own VAE decodes -------------------------------------------------------
-
-def _link_id(link):
-    """A link's id; None for an entry that is no link (_links_by_id skips those too)."""
-    if isinstance(link, dict):
-        return link.get("id")
-    return link[0] if isinstance(link, list) and len(link) >= 6 else None
-
-
-def _set_link_target_slot(link, slot):
-    if isinstance(link, dict):
-        link["target_slot"] = slot
-    else:
-        link[4] = slot
-
 
 def _remove_links(graph, ids):
     """Removes these links from a graph: its list, its nodes' outputs, its subgraph inputs' linkIds."""
