@@ -175,6 +175,15 @@ def test_backends_reports_cpu():
     feats = wv.backends()
     assert feats["cpu"]["compiled"] and feats["cpu"]["usable"]
     assert len(feats["cpu"]["ops"]) == feats["cpu"]["op_count"]
+    # the BLAS's own description, naming the kernels it runs: "OpenBLAS 0.3.34.481.3 DYNAMIC_ARCH ... SkylakeX ..."
+    assert feats["cpu"]["blas"].startswith("OpenBLAS 0.")
+
+
+def test_backends_says_why_the_blas_is_not_described(monkeypatch):
+    def broken():
+        raise OSError("no library")
+    monkeypatch.setattr(wv.api._openblas, "get_openblas_config", broken)
+    assert wv.backends()["cpu"]["blas"] == "unknown (OSError: no library)"
 
 
 def test_expected_key_table_matches_reference_file():

@@ -4,6 +4,7 @@ import math
 import numbers
 
 import numpy as np
+import scipy_openblas32 as _openblas
 
 from . import _C
 from ._C import WanVAEError
@@ -50,9 +51,10 @@ def normalize_frames(raw, mode="default", inplace=False):
 def backends():
     """{"cpu": {...}, "cuda": {...}}: for each backend whether it was compiled, loads, and is usable
     now (a device is present), the reason when not, its precisions and the ops it implements; for
-    CUDA also the build's warnings (CUDA versions that differ from PyTorch's)."""
+    the CPU also the BLAS (OpenBLAS's description: the core type whose kernels it runs); for CUDA
+    also the build's warnings (CUDA versions that differ from PyTorch's)."""
     feats = _C.backend_features()
-    feats["cpu"].update(compiled=True, usable=True, reason="")
+    feats["cpu"].update(compiled=True, usable=True, reason="", blas=_openblas_config())
     cuda = feats["cuda"]
     cuda["compiled"] = importlib.util.find_spec("wanvideo_vae._cuda") is not None
     cuda["build_warnings"] = _cuda_build_warnings()
@@ -64,6 +66,16 @@ def backends():
     count, why = mod.device_count()
     cuda.update(usable=count > 0, devices=count, reason=why, versions=mod.versions())
     return feats
+
+
+def _openblas_config():
+    """OpenBLAS's own description, with the core type whose kernels it runs ("OpenBLAS 0.3.34.481.3
+    DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64": its AVX-512 kernels; OPENBLAS_CORETYPE chooses
+    others), or why it is not known."""
+    try:
+        return _openblas.get_openblas_config()
+    except Exception as e:  # noqa: BLE001 - a description: never a failure of backends()
+        return f"unknown ({type(e).__name__}: {e})"
 
 
 # The libraries the CUDA backend loads, by a word of the loader's message, and the wheel that has each.
