@@ -69,7 +69,7 @@ CUDA_NOTE = {"why": "", "warnings": [], "dll_dirs": []}
 def c_compile_args():
     if WINDOWS:
         return ["/O2", "/std:c11"]
-    return ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden"]
+    return ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fvisibility=hidden", "-pthread"]
 
 
 def rpath_args(dirs):
@@ -96,7 +96,7 @@ def core_extension():
         library_dirs=[scipy_openblas32.get_lib_dir()],
         libraries=[scipy_openblas32.get_library()],
         extra_compile_args=c_compile_args(),
-        extra_link_args=rpath_args(runpath),
+        extra_link_args=rpath_args(runpath) + ([] if WINDOWS else ["-pthread"]),  # the CPU backend's threads
     )
 
 

@@ -2,8 +2,13 @@
  *
  * A 3x3 conv on a padded channels-last frame needs no im2col: for tap (dy, dx) the inputs of a
  * run of consecutive positions are themselves consecutive rows of the frame, shifted by
- * (dy - 1) * (w + 2) + (dx - 1) positions. One GEMM per tap covers every interior position of
- * the frame at once (plus the ring columns between rows, whose output is undefined). */
+ * (dy - 1) * (w + 2) + (dx - 1) positions. One GEMM per tap covers a block of consecutive
+ * positions (plus the ring columns between rows, whose output is undefined).
+ *
+ * Threads: a decode call's convolutions, norms and attention split their rows over a team of
+ * threads (wv_threads.h), each block on one thread, every GEMM single-threaded: OpenBLAS splitting
+ * each block's GEMMs over its own threads waits on them at every GEMM (14% of a 2-core decode's
+ * time). So OpenBLAS is set to one thread once, and the team takes the count it had. */
 #include "wv_backend.h"
 
 #include <math.h>
@@ -11,21 +16,39 @@
 #include <string.h>
 
 #include "wv_blas.h"
+#include "wv_threads.h"
 
 typedef struct {
     int nonfinite; /* write_output saw a NaN or Inf this call */
+    wv_team *team; /* the call's threads, from begin to finish (none outlives a call: a fork between
+                      calls leaves the child nothing to miss) */
 } cpu_ctx;
+
+static wv_once g_threads_once = WV_ONCE_INIT;
+static int g_threads = 1; /* the team's size: OpenBLAS's thread count before it was set to one */
+
+static void take_threads_from_blas(void)
+{
+    g_threads = wv_blas_threads_to_one();
+}
 
 static wv_status cpu_ctx_create(const wv_backend *be, int device, void **ctx, wv_error *err)
 {
     (void)be;
     *ctx = NULL;
     if (device > 0) return wv_fail(err, WV_ERR_INVALID, "the CPU backend has no device %d", device);
+    wv_call_once(&g_threads_once, take_threads_from_blas);
     if (!(*ctx = calloc(1, sizeof(cpu_ctx)))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
     return WV_OK;
 }
 
-static void cpu_ctx_destroy(void *ctx) { free(ctx); }
+static void cpu_ctx_destroy(void *ctx)
+{
+    if (ctx) wv_team_stop(((cpu_ctx *)ctx)->team);
+    free(ctx);
+}
+
+static wv_team *team_of(void *ctx) { return ctx ? ((cpu_ctx *)ctx)->team : NULL; }
 
 /* Test hook: fail the n-th allocation from now (0 = never). Not thread-safe by design. */
 static int g_fail_alloc_countdown = 0;
@@ -35,9 +58,11 @@ static void cpu_fail_nth_alloc(int n) { g_fail_alloc_countdown = n; }
 /* The CPU reads latents in host memory only; device latents are refused here rather than read. */
 static wv_status cpu_begin(void *ctx, wv_call *call, wv_error *err)
 {
-    ((cpu_ctx *)ctx)->nonfinite = 0;
+    cpu_ctx *c = (cpu_ctx *)ctx;
+    c->nonfinite = 0;
     if (call->latents->on_device)
         return wv_fail(err, WV_ERR_INVALID, "latents are in CUDA device memory but the model uses the CPU backend");
+    c->team = wv_team_start(g_threads); /* NULL (the caller alone) where no thread starts */
     return WV_OK;
 }
 
@@ -46,7 +71,13 @@ static wv_status cpu_sync(void *ctx, wv_error *err);
 /* The output is checked as it is written: an overflow stops the decode at the step's end. */
 static wv_status cpu_end_step(void *ctx, wv_error *err) { return cpu_sync(ctx, err); }
 
-static void cpu_finish(void *ctx) { ((cpu_ctx *)ctx)->nonfinite = 0; }
+static void cpu_finish(void *ctx)
+{
+    cpu_ctx *c = (cpu_ctx *)ctx;
+    c->nonfinite = 0;
+    wv_team_stop(c->team);
+    c->team = NULL;
+}
 
 static wv_status cpu_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
 {
@@ -156,6 +187,16 @@ static void add_bias_rows(float *y, int64_t rows, int cout, const float *bias, i
 
 /* Output rows a block of taps accumulates into while they stay in cache. */
 #define CPU_ROW_BLOCK 1024
+/* The fewest rows a block of a small frame is cut to, so that every thread has blocks. */
+#define CPU_MIN_ROWS 64
+
+/* Rows per item of M rows split over a team: blocks of CPU_ROW_BLOCK, or smaller where that would
+ * leave the team fewer than two items a thread (a small frame), down to CPU_MIN_ROWS. */
+static int64_t rows_per_item(int64_t M, const wv_team *team)
+{
+    int64_t share = (M + 2 * wv_team_size(team) - 1) / (2 * wv_team_size(team));
+    return share > CPU_ROW_BLOCK ? CPU_ROW_BLOCK : share < CPU_MIN_ROWS ? CPU_MIN_ROWS : share;
+}
 
 /* Rows [p0, p0 + rows) of y [P][cout] before the taps add to them: the bias (first == 0), else zero,
  * or kept and the bias added (accumulate). */
@@ -182,15 +223,40 @@ static void conv_spatial_taps(const wv_conv *cv, const float *w_dt, wv_grid g, c
         }
 }
 
-/* An even kernel (the sub-pixel conv): y [out grid][cout] row by row, since its rows are shorter than
- * the input's. */
-static void cpu_conv_valid(const wv_conv *cv, wv_grid g, const float *x, float *y, int accumulate)
+/* A conv over a team: the call's arguments, and the rows each item covers. */
+typedef struct {
+    const wv_conv *cv;
+    wv_grid g;
+    const void *const *frames;
+    int first, last, accumulate;
+    float *y;
+    int64_t p0, M, rows; /* an odd kernel's items: positions [p0, p0 + M), `rows` each (an even one's: a row of y) */
+} conv_job;
+
+/* An even kernel's (the sub-pixel conv's) output row `item`: its rows are shorter than the input's. */
+static void conv_valid_row(void *job_, int64_t item)
 {
-    wv_grid go = wv_conv_out_grid(cv, g);
-    start_rows(y, (int64_t)go.h * go.w, cv->cout, (const float *)cv->bias, accumulate);
-    for (int r = 0; r < go.h; r++)
-        conv_spatial_taps(cv, (const float *)cv->weight, g, x, (int64_t)r * row_width(g), go.w,
-                          y + (int64_t)r * go.w * cv->cout);
+    const conv_job *j = (const conv_job *)job_;
+    const wv_conv *cv = j->cv;
+    wv_grid go = wv_conv_out_grid(cv, j->g);
+    float *yrow = j->y + item * go.w * cv->cout;
+    start_rows(yrow, go.w, cv->cout, (const float *)cv->bias, j->accumulate);
+    conv_spatial_taps(cv, (const float *)cv->weight, j->g, (const float *)j->frames[0], item * row_width(j->g), go.w,
+                      yrow);
+}
+
+/* An odd kernel's block `item` of rows: every tap while they are in cache. */
+static void conv_row_block(void *job_, int64_t item)
+{
+    const conv_job *j = (const conv_job *)job_;
+    const wv_conv *cv = j->cv;
+    int64_t tap_elems = (int64_t)cv->kh * cv->kw * cv->cin * cv->cout;
+    int64_t p = j->p0 + item * j->rows, rows = j->p0 + j->M - p < j->rows ? j->p0 + j->M - p : j->rows;
+    float *yrows = j->y + p * cv->cout;
+    start_rows(yrows, rows, cv->cout, j->first == 0 ? (const float *)cv->bias : NULL, j->accumulate);
+    for (int dt = j->first; dt <= j->last; dt++)
+        conv_spatial_taps(cv, (const float *)cv->weight + dt * tap_elems, j->g, (const float *)j->frames[dt], p, rows,
+                          yrows);
 }
 
 /* Every causal conv runs its taps apart: each tap reads its own frame, wherever it is. */
@@ -211,54 +277,58 @@ static int64_t cpu_conv_operand(void *ctx, const wv_conv *cv)
  * Spatial kernels need a padded grid. The output goes in blocks of rows, each taking every tap
  * while it is in cache. */
 static void cpu_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
-                     void *y_, int accumulate)
+                     void *y, int accumulate)
 {
-    const float *w = (const float *)cv->weight;
-    float *y = (float *)y_;
-    int64_t tap_elems = (int64_t)cv->kh * cv->kw * cv->cin * cv->cout;
+    conv_job j = {cv, g, frames, first, last, accumulate, (float *)y, 0, 0, 0};
     int spatial = cv->kh > 1 || cv->kw > 1;
-    int64_t p0, M;
-    (void)ctx;
+    wv_team *team = team_of(ctx);
     if (cv->kh % 2 == 0) {
-        cpu_conv_valid(cv, g, (const float *)frames[0], y, accumulate);
+        wv_team_run(team, wv_conv_out_grid(cv, g).h, conv_valid_row, &j);
         return;
     }
-    p0 = spatial ? pos(g, 0, 0) : 0;
-    M = spatial ? pos(g, g.h - 1, g.w - 1) - p0 + 1 : wv_grid_positions(g);
-    start_rows(y + p0 * cv->cout, M, cv->cout, first == 0 ? (const float *)cv->bias : NULL, accumulate);
-    for (int64_t p = p0; p < p0 + M; p += CPU_ROW_BLOCK) {
-        int64_t rows = p0 + M - p < CPU_ROW_BLOCK ? p0 + M - p : CPU_ROW_BLOCK;
-        for (int dt = first; dt <= last; dt++)
-            conv_spatial_taps(cv, w + dt * tap_elems, g, (const float *)frames[dt], p, rows, y + p * cv->cout);
-    }
+    j.p0 = spatial ? pos(g, 0, 0) : 0;
+    j.M = spatial ? pos(g, g.h - 1, g.w - 1) - j.p0 + 1 : wv_grid_positions(g);
+    j.rows = rows_per_item(j.M, team);
+    wv_team_run(team, (j.M + j.rows - 1) / j.rows, conv_row_block, &j);
 }
 
 static float silu(float v) { return v / (1.0f + expf(-v)); }
 
-static void cpu_rms_norm(void *ctx, const void *x_, wv_grid gx, void *y_, wv_grid gy, int C, int n,
-                         const void *gamma_, int use_silu)
+typedef struct {
+    const float *x, *gamma;
+    wv_grid gx, gy;
+    float *y;
+    int C, use_silu;
+} rms_norm_job;
+
+/* Pixel row `item` (frame item / gx.h, row item % gx.h) of an rms_norm. */
+static void rms_norm_row(void *job_, int64_t item)
 {
-    const float *x = (const float *)x_, *gamma = (const float *)gamma_;
-    float *y = (float *)y_;
-    int64_t fx = wv_grid_positions(gx) * C, fy = wv_grid_positions(gy) * C;
+    const rms_norm_job *j = (const rms_norm_job *)job_;
+    int C = j->C, f = (int)(item / j->gx.h), yy = (int)(item % j->gx.h);
     float root_c = sqrtf((float)C);
-    (void)ctx;
-    for (int f = 0; f < n; f++) {
-        zero_ring_frame(y + f * fy, gy, C);
-        for (int yy = 0; yy < gx.h; yy++)
-            for (int xx = 0; xx < gx.w; xx++) {
-                const float *s = x + f * fx + pos(gx, yy, xx) * C;
-                float *d = y + f * fy + pos(gy, yy, xx) * C;
-                double ss = 0.0;
-                float scale;
-                for (int c = 0; c < C; c++) ss += (double)s[c] * s[c];
-                scale = root_c / (float)fmax(sqrt(ss), WV_RMS_EPS);
-                for (int c = 0; c < C; c++) {
-                    float v = s[c] * scale * gamma[c];
-                    d[c] = use_silu ? silu(v) : v;
-                }
-            }
+    const float *xf = j->x + f * wv_grid_positions(j->gx) * C;
+    float *yf = j->y + f * wv_grid_positions(j->gy) * C;
+    for (int xx = 0; xx < j->gx.w; xx++) {
+        const float *s = xf + pos(j->gx, yy, xx) * C;
+        float *d = yf + pos(j->gy, yy, xx) * C;
+        double ss = 0.0;
+        float scale;
+        for (int c = 0; c < C; c++) ss += (double)s[c] * s[c];
+        scale = root_c / (float)fmax(sqrt(ss), WV_RMS_EPS);
+        for (int c = 0; c < C; c++) {
+            float v = s[c] * scale * j->gamma[c];
+            d[c] = j->use_silu ? silu(v) : v;
+        }
     }
+}
+
+static void cpu_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
+                         int use_silu)
+{
+    rms_norm_job j = {(const float *)x, (const float *)gamma, gx, gy, (float *)y, C, use_silu};
+    for (int f = 0; f < n; f++) zero_ring_frame(j.y + f * wv_grid_positions(gy) * C, gy, C);
+    wv_team_run(team_of(ctx), (int64_t)n * gx.h, rms_norm_row, &j);
 }
 
 static void cpu_copy_region(void *ctx, const void *src_, wv_grid gs, int oy, int ox, void *dst_, wv_grid gd,
@@ -310,17 +380,34 @@ static void softmax_rows(float *s, int rows, int N)
     }
 }
 
-static void cpu_attention(void *ctx, const void *qkv_, void *out_, int N, int C, void *scores_, int rows)
+typedef struct {
+    const float *qkv;
+    float *out, *scores;
+    int N, C;
+    int q0, r, rows; /* the chunk: queries [q0, q0 + r); items of `rows` of them, each its rows of scores */
+} attention_job;
+
+/* Queries [q0 + item rows, + rows) of the chunk, in their rows of the scores. */
+static void attention_rows(void *job_, int64_t item)
 {
-    const float *qkv = (const float *)qkv_;
-    float *out = (float *)out_, *scores = (float *)scores_;
-    float scale = 1.0f / sqrtf((float)C);
-    (void)ctx;
-    for (int q0 = 0; q0 < N; q0 += rows) {
-        int r = N - q0 < rows ? N - q0 : rows;
-        wv_sgemm_nt(r, N, C, scale, qkv + (int64_t)q0 * 3 * C, 3 * C, qkv + C, 3 * C, 0.0f, scores, N);
-        softmax_rows(scores, r, N);
-        wv_sgemm_nn(r, C, N, 1.0f, scores, N, qkv + 2 * C, 3 * C, 0.0f, out + (int64_t)q0 * C, C);
+    const attention_job *j = (const attention_job *)job_;
+    int N = j->N, C = j->C, first = (int)item * j->rows;
+    int r = j->r - first < j->rows ? j->r - first : j->rows, q = j->q0 + first;
+    float *scores = j->scores + (int64_t)first * N;
+    wv_sgemm_nt(r, N, C, 1.0f / sqrtf((float)C), j->qkv + (int64_t)q * 3 * C, 3 * C, j->qkv + C, 3 * C, 0.0f, scores,
+                N);
+    softmax_rows(scores, r, N);
+    wv_sgemm_nn(r, C, N, 1.0f, scores, N, j->qkv + 2 * C, 3 * C, 0.0f, j->out + (int64_t)q * C, C);
+}
+
+static void cpu_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
+{
+    attention_job j = {(const float *)qkv, (float *)out, (float *)scores, N, C, 0, 0, 0};
+    int threads = wv_team_size(team_of(ctx));
+    for (j.q0 = 0; j.q0 < N; j.q0 += rows) {
+        j.r = N - j.q0 < rows ? N - j.q0 : rows;
+        j.rows = (j.r + threads - 1) / threads;
+        wv_team_run(team_of(ctx), (j.r + j.rows - 1) / j.rows, attention_rows, &j);
     }
 }
 

@@ -530,7 +530,7 @@ def test_core_vae_node():
     wan22 = dict(twelve, **{"decoder.upsamples.0.upsamples.0.residual.2.weight": np.zeros((4, 4, 3, 3, 3), np.float32)})
 
     for model, says in ((twelve, "ends in 12 channels; this node decodes the Wan 2.1 VAE's RGB"),
-                        (wan22, "this VAE is the Wan 2.2 VAE")):
+                        (wan22, "this VAE has the Wan 2.2 VAE's layout")):
         class OtherVAE:
             first_stage_model = module_tree(model)
 

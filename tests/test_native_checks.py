@@ -32,12 +32,13 @@ def run(cmd, **kw):
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_c_core_under_sanitizers(tmp_path):
     """tests/c/run.sh: the core's C test, and the CUDA kernels that can run on the host (the head's
-    narrow conv, the turning of a causal conv's taps) against the CPU ops; both under the sanitizers."""
+    narrow conv, the turning of a causal conv's taps) against the CPU ops; both under the sanitizers;
+    then the core's test under ThreadSanitizer, the CPU backend's ops split over three threads."""
     need("gcc")
     need("g++")
     r = run(["bash", "tests/c/run.sh", str(tmp_path)])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 2, r.stdout[-3000:]
+    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 3, r.stdout[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")

@@ -98,7 +98,9 @@ def _on_decoder_gpu(latents, placement):
 
 def _comfyui_make_room(nbytes, device):
     """Has ComfyUI unload models until `nbytes` fit on CUDA device `device` within the decoder's share
-    of the free memory (DEVICE_BUDGET_SHARE); nothing outside ComfyUI."""
+    of the free memory (DEVICE_BUDGET_SHARE); nothing outside ComfyUI. Dynamic models (ComfyUI's
+    Dynamic VRAM) are unloaded too (for_dynamic left off): ComfyUI's own decode leaves them for its
+    allocator to page out when torch runs short, which our device memory, not torch's, never asks."""
     try:
         import comfy.model_management as mm
     except ImportError:
@@ -501,7 +503,7 @@ class WanVideoNativeVAEPatch:
 
 # ---- ComfyUI core VAE ----------------------------------------------------------------------------
 
-WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # a Wan 2.2 VAE's stages nest their blocks
+WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's layout: its stages nest their blocks
 
 
 def _core_vae_decode_category():
@@ -553,8 +555,8 @@ class WanCoreVAENativeDecode:
             raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
                              "no 3-d decoder.conv1.weight")
         if WAN22_KEY in state:  # ComfyUI's own test for it
-            raise ValueError("this VAE is the Wan 2.2 VAE; this node decodes the Wan 2.1 VAE only: use ComfyUI's "
-                             "VAE Decode for it")
+            raise ValueError("this VAE has the Wan 2.2 VAE's layout (the Wan 2.2 VAE, or Qwen-Image 2.1's); this node "
+                             "decodes the Wan 2.1 VAE only: use ComfyUI's VAE Decode for it")
         if head is not None and head.shape[0] != 3:
             raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels; this node decodes the Wan 2.1 "
                              "VAE's RGB (3-channel) head only: use ComfyUI's VAE Decode for it")

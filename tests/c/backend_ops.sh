@@ -8,7 +8,7 @@ OUTDIR=${BUILD_DIR:-build/backend_ops}
 mkdir -p "$OUTDIR"
 CONFIG=$(bash tests/c/cuda_config.sh) || exit 1 # (a bare eval "$(...)" would hide the failure)
 eval "$CONFIG"
-CORE="csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c"
+CORE=$(ls csrc/wv_*.c)
 OBJS=""
 for f in $CORE; do
     o="$OUTDIR/$(basename "$f" .c).o"

@@ -2,7 +2,8 @@
 # Builds the C core with AddressSanitizer + UndefinedBehaviorSanitizer and runs its two test programs:
 # test_core.c (the core and the CPU backend) and test_kernels_on_cpu.cpp (the CUDA kernels, compiled
 # for the host with cuda_on_cpu/ standing in for CUDA's headers, against the CPU backend's ops; no
-# CUDA needed). Exit status 0 when both pass.
+# CUDA needed); then test_core.c again under ThreadSanitizer, the CPU backend's team three threads
+# (OPENBLAS_NUM_THREADS). Exit status 0 when all three pass.
 #   bash tests/c/run.sh [build dir]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -23,3 +24,12 @@ ${CXX:-g++} -std=c++20 -pthread -g -O1 $warn -Wno-unused-function -Wno-unknown-p
     -o "$out/test_kernels_on_cpu"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_core"
 ASAN_OPTIONS=detect_leaks=1 "$out/test_kernels_on_cpu"
+# ThreadSanitizer (it excludes AddressSanitizer): the team of threads the CPU backend's ops split over
+mkdir -p "$out/tsan"
+for src in "$root"/csrc/wv_*.c; do
+    ${CC:-gcc} -std=c11 -g -O1 $warn -fsanitize=thread -DWV_BLAS_SCIPY_PREFIX -I"$root/csrc" -I"$inc" -c "$src" \
+        -o "$out/tsan/$(basename "$src" .c).o"
+done
+${CC:-gcc} -std=c11 -g -O1 $warn -fsanitize=thread -I"$root/csrc" "$here/test_core.c" "$out"/tsan/wv_*.o $link \
+    -o "$out/tsan/test_core"
+TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=3 "$out/tsan/test_core"

@@ -8,6 +8,7 @@
 
 #include "test_util.h"
 #include "wv_internal.h"
+#include "wv_threads.h"
 
 static int imin(int a, int b) { return a < b ? a : b; }
 
@@ -20,6 +21,29 @@ static float max_abs_diff(const float *a, const float *b, size_t n)
 
 /* ---- ops against naive loops --------------------------------------------------------------- */
 
+/* The context the op tests hand the ops: NULL, or one inside a decode call, whose team of threads
+ * splits their rows (begun_cpu_ctx). */
+static void *g_op_ctx;
+
+/* A CPU context inside a decode call (begun, on host latents): its ops split rows over its threads. */
+static void *begun_cpu_ctx(void)
+{
+    const wv_backend *be = wv_backend_cpu();
+    wv_view lat = {0};
+    wv_call call = {&lat, 0, NULL, 0, 0, NULL, NULL, 0};
+    wv_error err = {WV_OK, ""};
+    void *ctx = NULL;
+    CHECK(be->ctx_create(be, -1, &ctx, &err) == WV_OK);
+    CHECK(be->begin(ctx, &call, &err) == WV_OK);
+    return ctx;
+}
+
+static void end_cpu_ctx(void *ctx)
+{
+    wv_backend_cpu()->finish(ctx);
+    wv_backend_cpu()->ctx_destroy(ctx);
+}
+
 /* value of interior pixel (y, x), channel c, frame f of a padded frame sequence; 0 outside */
 static float at(const float *frames, wv_grid g, int C, int f, int y, int x, int c)
 {
@@ -31,10 +55,9 @@ static float at(const float *frames, wv_grid g, int C, int f, int y, int x, int 
  * does when the taps are apart); or only taps 1.. into y (no bias). */
 enum { TAPS_AT_ONCE, TAPS_SPLIT, TAPS_AFTER_FIRST };
 
-static void test_conv(int kt, int k, int how, int accumulate)
+static void test_conv(int kt, int k, int how, int accumulate, wv_grid g)
 {
     const wv_backend *be = wv_backend_cpu();
-    wv_grid g = {5, 7, 1};
     int cin = 3, cout = 4, taps = kt * k * k, first = how == TAPS_AFTER_FIRST ? 1 : 0;
     int64_t P = wv_grid_positions(g);
     float *w_oidhw = rand_floats((size_t)cout * cin * taps), *bias = rand_floats(cout);
@@ -53,10 +76,10 @@ static void test_conv(int kt, int k, int how, int accumulate)
     for (int dt = 0; dt < kt; dt++) frames[dt] = seq + (int64_t)(kt - 1 - dt) * P * cin; /* any order in memory */
     be->pack_conv_weight(w_oidhw, &cv, packed);
     if (how == TAPS_SPLIT && kt > 1) {
-        be->conv(NULL, &cv, g, frames, 0, 0, y, accumulate);
-        be->conv(NULL, &cv, g, frames, 1, kt - 1, y, 1);
+        be->conv(g_op_ctx, &cv, g, frames, 0, 0, y, accumulate);
+        be->conv(g_op_ctx, &cv, g, frames, 1, kt - 1, y, 1);
     } else {
-        be->conv(NULL, &cv, g, frames, first, kt - 1, y, accumulate);
+        be->conv(g_op_ctx, &cv, g, frames, first, kt - 1, y, accumulate);
     }
     for (int yy = 0; yy < g.h; yy++)
         for (int xx = 0; xx < g.w; xx++)
@@ -73,6 +96,39 @@ static void test_conv(int kt, int k, int how, int accumulate)
                 CHECK(fabs(want - got) < 1e-4);
             }
     free(w_oidhw), free(bias), free(packed), free(seq), free(y), free(y0);
+}
+
+/* ---- the team of threads ------------------------------------------------------------------- */
+
+#define TEAM_MAX_ITEMS 97
+
+typedef struct {
+    int runs[TEAM_MAX_ITEMS]; /* how often each item ran: each item is one thread's alone */
+} team_job;
+
+static void count_item(void *job, int64_t item) { ((team_job *)job)->runs[item]++; }
+
+/* Teams of 1 (none) to 5 threads run every item of job after job exactly once, whatever the count,
+ * 0 and 1 included; a team stopped without a job joins its workers too (LeakSanitizer sees any). */
+static void test_team(void)
+{
+    static const int64_t counts[] = {0, 1, 2, 3, 7, 64, TEAM_MAX_ITEMS};
+    CHECK(wv_team_start(1) == NULL && wv_team_size(NULL) == 1);
+    wv_team_stop(wv_team_start(3));
+    for (int threads = 1; threads <= 5; threads++) {
+        wv_team *t = wv_team_start(threads);
+        CHECK(wv_team_size(t) == threads);
+        for (int rep = 0; rep < 50; rep++)
+            for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++) {
+                team_job job;
+                int wrong = 0;
+                memset(&job, 0, sizeof job);
+                wv_team_run(t, counts[c], count_item, &job);
+                for (int64_t i = 0; i < TEAM_MAX_ITEMS; i++) wrong += job.runs[i] != (i < counts[c]);
+                CHECK(wrong == 0);
+            }
+        wv_team_stop(t);
+    }
 }
 
 /* The ring's slots: tap dt of each frame where wv_ring says, the new frame in tap 0's slot when the
@@ -98,7 +154,7 @@ static void test_rms_norm(void)
     float *x = rand_floats(12 * (size_t)C), *gamma = rand_floats((size_t)C);
     float *y = rand_floats((size_t)wv_grid_positions(gy) * C);
     memset(x, 0, sizeof(float) * (size_t)C); /* a pixel of zeros: 0 out, not 0 / 0 */
-    be->rms_norm(NULL, x, gx, y, gy, C, 1, gamma, 1);
+    be->rms_norm(g_op_ctx, x, gx, y, gy, C, 1, gamma, 1);
     for (int p = 0; p < 12; p++) {
         double ss = 0;
         for (int c = 0; c < C; c++) ss += (double)x[p * C + c] * x[p * C + c];
@@ -152,9 +208,9 @@ static void test_subpixel(wv_rect rs, wv_rect rd)
         for (int xx = 0; xx < gs.w; xx++)
             memcpy(x + ((int64_t)(yy + 1) * (gs.w + 2) + xx + 1) * C,
                    frame + ((int64_t)(rs.y.lo + yy) * FW + rs.x.lo + xx) * C, sizeof(float) * C);
-    be->zero_ring(NULL, x, gs, C, 1);
-    be->conv(NULL, &cv, gs, frames, 0, 0, phases, 0);
-    be->pixel_shuffle(NULL, phases, go, rs.y.lo, rs.x.lo, y, gd, rd.y.lo, rd.x.lo, CO);
+    be->zero_ring(g_op_ctx, x, gs, C, 1);
+    be->conv(g_op_ctx, &cv, gs, frames, 0, 0, phases, 0);
+    be->pixel_shuffle(g_op_ctx, phases, go, rs.y.lo, rs.x.lo, y, gd, rd.y.lo, rd.x.lo, CO);
     for (int py = 0; py < gd.h; py++)
         for (int px = 0; px < gd.w; px++)
             for (int o = 0; o < CO; o++)
@@ -167,7 +223,7 @@ static void test_copy_channels(void)
 {
     const wv_backend *be = wv_backend_cpu();
     float *src = rand_floats(5 * 8), *dst = rand_floats(5 * 3);
-    be->copy_channels(NULL, src, 8, 4, dst, 3, 5);
+    be->copy_channels(g_op_ctx, src, 8, 4, dst, 3, 5);
     for (int p = 0; p < 5; p++)
         for (int c = 0; c < 3; c++) CHECK(dst[p * 3 + c] == src[p * 8 + 4 + c]);
     free(src), free(dst);
@@ -179,7 +235,7 @@ static void check_attention(const float *qkv, int N, int C)
     const wv_backend *be = wv_backend_cpu();
     float *out = (float *)malloc(sizeof(float) * N * C), *scores = (float *)malloc(sizeof(float) * 2 * N);
     double *s = (double *)malloc(sizeof(double) * N);
-    be->attention(NULL, qkv, out, N, C, scores, 2);
+    be->attention(g_op_ctx, qkv, out, N, C, scores, 2);
     for (int q = 0; q < N; q++) {
         double mx = -1e300, sum = 0;
         for (int k = 0; k < N; k++) {
@@ -662,18 +718,18 @@ static void test_decode(const wv_model *m)
     free(lat), free(whole), free(tiled);
 }
 
-int main(void)
+/* Every op against its naive loop. A 23 x 29 frame has convolution rows for several items a thread,
+ * the last one short. */
+static void test_ops(void)
 {
-    weight_set *ws = (weight_set *)calloc(1, sizeof *ws);
-    wv_model m;
-    wv_error err = {WV_OK, ""};
+    wv_grid small = {5, 7, 1}, large = {23, 29, 1};
     for (int kt = 1; kt <= 3; kt += 2)
         for (int k = 1; k <= 3; k += 2)
-            for (int how = TAPS_AT_ONCE; how <= (kt > 1 ? TAPS_AFTER_FIRST : TAPS_AT_ONCE); how++) {
-                test_conv(kt, k, how, 0);
-                test_conv(kt, k, how, 1);
-            }
-    test_ring_slots();
+            for (int how = TAPS_AT_ONCE; how <= (kt > 1 ? TAPS_AFTER_FIRST : TAPS_AT_ONCE); how++)
+                for (int accumulate = 0; accumulate <= 1; accumulate++) {
+                    test_conv(kt, k, how, accumulate, small);
+                    test_conv(kt, k, how, accumulate, large);
+                }
     test_rms_norm();
     {
         wv_rect whole = {{0, 6}, {0, 7}}, whole2 = {{0, 12}, {0, 14}};
@@ -687,6 +743,20 @@ int main(void)
     }
     test_copy_channels();
     test_attention();
+}
+
+int main(void)
+{
+    weight_set *ws = (weight_set *)calloc(1, sizeof *ws);
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    test_team();
+    test_ops();                      /* in the caller alone */
+    g_op_ctx = begun_cpu_ctx();      /* and split over a decode call's threads */
+    test_ops();
+    end_cpu_ctx(g_op_ctx);
+    g_op_ctx = NULL;
+    test_ring_slots();
     test_dtype_conversion();
     CHECK(wv_model_expected_keys(8, 4, add_key, ws) == 108);
     test_model_errors(ws);

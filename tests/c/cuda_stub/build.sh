@@ -18,7 +18,7 @@ inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 nvcc_flags="" # nvcc splits -Xcompiler's argument at commas, so each flag goes on its own
 for f in "$@"; do nvcc_flags="$nvcc_flags -Xcompiler $f"; done
 objs=""
-for f in csrc/wv_util.c csrc/wv_model.c csrc/wv_plan.c csrc/wv_decode.c csrc/wv_backend_cpu.c csrc/wv_backends.c; do
+for f in csrc/wv_*.c; do
     o="$out/$(basename "$f" .c).o"
     gcc -std=c11 $warn "$@" -DWV_BLAS_SCIPY_PREFIX=1 -Icsrc -I"$BLAS_INC" -c "$f" -o "$o"
     objs="$objs $o"
