@@ -1113,12 +1113,16 @@ static PyObject *backend_features(PyObject *mod, PyObject *noargs)
     const wv_backend *cpu[WV_DTYPE_COUNT] = {NULL}, *cuda = NULL;
     const wv_backend_set *set;
     PyObject *d = PyDict_New(), *reason = NULL;
+    wv_error err = {WV_OK, ""};
+    int threads = 0;
     (void)mod;
     (void)noargs;
     if (!d) return NULL;
     cpu[wv_backend_cpu()->act_dtype] = wv_backend_cpu();
-    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:N}", "loaded", Py_True, "ops", op_list(wv_backend_cpu()),
-                                         "op_count", wv_backend_op_count(), "precisions", precision_list(cpu))))
+    if (wv_cpu_threads(&threads, &err) != WV_OK) threads = 0; /* err.msg says why */
+    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:N,s:i,s:s}", "loaded", Py_True, "ops",
+                                         op_list(wv_backend_cpu()), "op_count", wv_backend_op_count(), "precisions",
+                                         precision_list(cpu), "threads", threads, "reason", err.msg)))
         goto fail;
     set = cuda_set();
     for (int dt = 0; set && !cuda && dt < WV_DTYPE_COUNT; dt++) cuda = set->by_dtype[dt]; /* same ops in each */

@@ -232,6 +232,11 @@ typedef struct {
  * boundary as a table: see cuda/. */
 const wv_backend *wv_backend_cpu(void);
 
+/* The threads a CPU decode splits its work over: WANVIDEO_CPU_THREADS where set (1 to 1024, else
+ * WV_ERR_INVALID), else the threads OpenBLAS had before the first call of this (a CPU context's
+ * creation) set it to one. */
+wv_status wv_cpu_threads(int *threads, wv_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,7 +8,8 @@
  * Threads: a decode call's convolutions, norms and attention split their rows over a team of
  * threads (wv_threads.h), each block on one thread, every GEMM single-threaded: OpenBLAS splitting
  * each block's GEMMs over its own threads waits on them at every GEMM (14% of a 2-core decode's
- * time). So OpenBLAS is set to one thread once, and the team takes the count it had. */
+ * time). So OpenBLAS runs one thread from the first CPU context on (again at each call, should
+ * anything have set it back), and the team takes the count it had, or WANVIDEO_CPU_THREADS. */
 #include "wv_backend.h"
 
 #include <math.h>
@@ -20,25 +21,47 @@
 
 typedef struct {
     int nonfinite; /* write_output saw a NaN or Inf this call */
-    wv_team *team; /* the call's threads, from begin to finish (none outlives a call: a fork between
-                      calls leaves the child nothing to miss) */
+    int threads;   /* the team's size */
+    wv_team *team; /* the call's threads, from begin to finish (none outlives a call) */
 } cpu_ctx;
 
-static wv_once g_threads_once = WV_ONCE_INIT;
-static int g_threads = 1; /* the team's size: OpenBLAS's thread count before it was set to one */
+#define CPU_MAX_THREADS 1024
+
+static wv_once g_blas_once = WV_ONCE_INIT;
+static int g_blas_threads = 1; /* OpenBLAS's thread count before it was set to one */
 
 static void take_threads_from_blas(void)
 {
-    g_threads = wv_blas_threads_to_one();
+    g_blas_threads = wv_blas_threads();
+    wv_blas_one_thread();
+}
+
+wv_status wv_cpu_threads(int *threads, wv_error *err)
+{
+    const char *env = getenv("WANVIDEO_CPU_THREADS");
+    char *end = NULL;
+    long n;
+    wv_call_once(&g_blas_once, take_threads_from_blas);
+    *threads = g_blas_threads;
+    if (!env || !*env) return WV_OK;
+    n = strtol(env, &end, 10);
+    if (*end || n < 1 || n > CPU_MAX_THREADS)
+        return wv_fail(err, WV_ERR_INVALID, "WANVIDEO_CPU_THREADS must be a whole number from 1 to %d, got '%.40s'",
+                       CPU_MAX_THREADS, env);
+    *threads = (int)n;
+    return WV_OK;
 }
 
 static wv_status cpu_ctx_create(const wv_backend *be, int device, void **ctx, wv_error *err)
 {
+    int threads;
+    wv_status st;
     (void)be;
     *ctx = NULL;
     if (device > 0) return wv_fail(err, WV_ERR_INVALID, "the CPU backend has no device %d", device);
-    wv_call_once(&g_threads_once, take_threads_from_blas);
+    if ((st = wv_cpu_threads(&threads, err)) != WV_OK) return st;
     if (!(*ctx = calloc(1, sizeof(cpu_ctx)))) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
+    ((cpu_ctx *)*ctx)->threads = threads;
     return WV_OK;
 }
 
@@ -62,7 +85,8 @@ static wv_status cpu_begin(void *ctx, wv_call *call, wv_error *err)
     c->nonfinite = 0;
     if (call->latents->on_device)
         return wv_fail(err, WV_ERR_INVALID, "latents are in CUDA device memory but the model uses the CPU backend");
-    c->team = wv_team_start(g_threads); /* NULL (the caller alone) where no thread starts */
+    wv_blas_one_thread();
+    c->team = wv_team_start(c->threads); /* NULL (the caller alone) where no thread starts */
     return WV_OK;
 }
 

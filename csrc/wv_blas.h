@@ -13,19 +13,21 @@
 int scipy_openblas_get_num_threads(void);
 void scipy_openblas_set_num_threads(int num_threads);
 
-/* OpenBLAS's thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs it may run
- * on), then one thread for its GEMMs: the caller's threads split the work instead. */
-static inline int wv_blas_threads_to_one(void)
+/* OpenBLAS's thread count (OPENBLAS_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs it may run on). */
+static inline int wv_blas_threads(void)
 {
     int n = scipy_openblas_get_num_threads();
-    scipy_openblas_set_num_threads(1);
     return n > 1 ? n : 1;
 }
+
+/* One thread for each GEMM: the caller's threads split the work instead. */
+static inline void wv_blas_one_thread(void) { scipy_openblas_set_num_threads(1); }
 #else
 #define WV_CBLAS_SGEMM cblas_sgemm
 
 /* Another CBLAS keeps its own threads (CBLAS has no call to set them): the caller runs alone. */
-static inline int wv_blas_threads_to_one(void) { return 1; }
+static inline int wv_blas_threads(void) { return 1; }
+static inline void wv_blas_one_thread(void) {}
 #endif
 
 enum { WV_CBLAS_ROW_MAJOR = 101, WV_CBLAS_NO_TRANS = 111, WV_CBLAS_TRANS = 112 };

@@ -5,6 +5,10 @@
 #include <stdlib.h>
 
 #ifdef _WIN32
+#if !defined(_WIN32_WINNT) || _WIN32_WINNT < 0x0600
+#undef _WIN32_WINNT
+#define _WIN32_WINNT 0x0600 /* Vista's SRW locks, condition variables and one-time initialization */
+#endif
 #include <windows.h>
 #include <process.h>
 
@@ -46,6 +50,8 @@ void wv_call_once(wv_once *flag, void (*fn)(void))
 {
     InitOnceExecuteOnce((PINIT_ONCE)flag, once_trampoline, (PVOID)fn, NULL);
 }
+
+static unsigned fork_generation(void) { return 0; } /* no fork on Windows */
 #else
 typedef pthread_mutex_t wv_mutex;
 typedef pthread_cond_t wv_cond;
@@ -67,6 +73,21 @@ static int thread_start(wv_thread *th, void *(*fn)(void *), void *arg) { return 
 static void thread_join(wv_thread th) { pthread_join(th, NULL); }
 
 void wv_call_once(wv_once *flag, void (*fn)(void)) { pthread_once(flag, fn); }
+
+/* Forks this process went through since a team first started (each child counts its own): a team
+ * started before a fork has no workers in the child, and its lock may be held by one of them. */
+static unsigned g_forks;
+static wv_once g_forks_watched = WV_ONCE_INIT;
+
+static void count_fork(void) { g_forks++; }
+
+static void watch_forks(void) { pthread_atfork(NULL, NULL, count_fork); }
+
+static unsigned fork_generation(void)
+{
+    wv_call_once(&g_forks_watched, watch_forks);
+    return g_forks;
+}
 #endif
 
 struct wv_team {
@@ -79,9 +100,13 @@ struct wv_team {
     int busy;               /* workers inside the current job */
     unsigned generation;    /* one more per job: a worker joins each job once */
     int stopping;
+    unsigned forks;         /* fork_generation() when it started */
     int workers;            /* started */
     wv_thread thread[];     /* [workers] */
 };
+
+/* Whether the team's workers are in this process: not in a child forked since it started. */
+static int lives_here(const wv_team *t) { return t->forks == fork_generation(); }
 
 /* Runs items of the current job until none is left; the mutex is held on entry and on return. */
 static void take_items(wv_team *t)
@@ -119,6 +144,7 @@ wv_team *wv_team_start(int threads)
     if (threads <= 1) return NULL;
     t = (wv_team *)calloc(1, sizeof(wv_team) + (size_t)(threads - 1) * sizeof(wv_thread));
     if (!t) return NULL;
+    t->forks = fork_generation();
     mutex_init(&t->mu);
     cond_init(&t->work);
     cond_init(&t->done);
@@ -130,11 +156,11 @@ wv_team *wv_team_start(int threads)
     return t;
 }
 
-int wv_team_size(const wv_team *t) { return t ? t->workers + 1 : 1; }
+int wv_team_size(const wv_team *t) { return t && lives_here(t) ? t->workers + 1 : 1; }
 
 void wv_team_run(wv_team *t, int64_t items, wv_item_fn fn, void *job)
 {
-    if (!t || items <= 1) {
+    if (!t || items <= 1 || !lives_here(t)) {
         for (int64_t i = 0; i < items; i++) fn(job, i);
         return;
     }
@@ -153,6 +179,8 @@ void wv_team_run(wv_team *t, int64_t items, wv_item_fn fn, void *job)
 void wv_team_stop(wv_team *t)
 {
     if (!t) return;
+    if (!lives_here(t)) return; /* forked: nothing here to join, and its lock may never be let go; its
+                                   memory is all this process loses */
     mutex_lock(&t->mu);
     t->stopping = 1;
     cond_broadcast(&t->work);

@@ -22,7 +22,8 @@ int wv_team_size(const wv_team *t);
 /* fn(job, i) for every i < items, spread over the team. */
 void wv_team_run(wv_team *t, int64_t items, wv_item_fn fn, void *job);
 
-/* Ends and joins the workers, frees the team. NULL is accepted. */
+/* Ends and joins the workers, frees the team. NULL is accepted. In a child forked since the team
+ * started (POSIX), where its workers are not, it does nothing, and wv_team_run runs in the caller. */
 void wv_team_stop(wv_team *t);
 
 /* A flag for wv_call_once, statically initialized to WV_ONCE_INIT. */

@@ -33,6 +33,18 @@ def test_fixture_raw(name, end_frame):
     assert np.abs(out - expected).max() <= FIXTURE_TOL
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_fixture_on_a_chosen_number_of_cpu_threads(monkeypatch, threads):
+    """WANVIDEO_CPU_THREADS sets the CPU backend's threads (read when a Decoder is made): the caller
+    alone, or a team of three, whatever the CPUs; the frames are the same, untiled and in tiles."""
+    monkeypatch.setenv("WANVIDEO_CPU_THREADS", threads)
+    assert wv.backends()["cpu"]["threads"] == int(threads)
+    dec, data = fixture_decoder("small")
+    expected = data["expected_raw"].transpose(1, 2, 3, 0)
+    for tiles in (dict(enable_vae_tiling=False), dict(tile_x=24, tile_y=24, tile_stride_x=8, tile_stride_y=8)):
+        assert np.abs(dec.decode(data["latents"], raw=True, **tiles) - expected).max() <= FIXTURE_TOL
+
+
 def test_fixture_default_output_is_clamped_unit_range():
     dec, data = fixture_decoder("tiny")
     out = dec.decode(data["latents"], enable_vae_tiling=False)
@@ -173,7 +185,8 @@ def test_non_contiguous_latents():
 
 def test_backends_reports_cpu():
     feats = wv.backends()
-    assert feats["cpu"]["compiled"] and feats["cpu"]["usable"]
+    assert feats["cpu"]["compiled"] and feats["cpu"]["usable"] and feats["cpu"]["reason"] == ""
+    assert 1 <= feats["cpu"]["threads"] <= 1024
     assert len(feats["cpu"]["ops"]) == feats["cpu"]["op_count"]
     # the BLAS's own description, naming the kernels it runs: "OpenBLAS 0.3.34.481.3 DYNAMIC_ARCH ... SkylakeX ..."
     assert feats["cpu"]["blas"].startswith("OpenBLAS 0.")

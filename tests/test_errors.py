@@ -29,6 +29,19 @@ def lat(T=2, h=3, w=4, z=4):
     return random_latents(z, T, h, w)
 
 
+def decoder_with_cpu_threads(value):
+    """A CPU Decoder made with WANVIDEO_CPU_THREADS set to value (the environment restored after)."""
+    old = os.environ.get("WANVIDEO_CPU_THREADS")
+    os.environ["WANVIDEO_CPU_THREADS"] = value
+    try:
+        return wv.Decoder(random_weights(8, 4))
+    finally:
+        if old is None:
+            del os.environ["WANVIDEO_CPU_THREADS"]
+        else:
+            os.environ["WANVIDEO_CPU_THREADS"] = old
+
+
 class CAI:
     """An object exposing a CUDA array interface dict."""
 
@@ -181,6 +194,8 @@ CASES = [
      "fp32 only"),
     ("an unknown precision", lambda d, t: wv._C.Model(random_weights(8, 4), "cuda", "fp8"), E,
      "'fp8' is not one of 'fp32', 'fp16', 'bf16'"),
+    ("CPU threads (WANVIDEO_CPU_THREADS) that are not a count from 1 to 1024",
+     lambda d, t: decoder_with_cpu_threads("all"), E, "WANVIDEO_CPU_THREADS must be a whole number from 1 to 1024"),
     ("a device that is not a CUDA device", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device="cpu"),
      E, "device must be a CUDA device index"),
     ("a device index out of range", lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device=2**40), E,
@@ -845,6 +860,52 @@ def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
         release.set()
         worker.join()
     np.testing.assert_array_equal(small.decode(lat()), small.decode(lat()))  # the parent's Decoder still works
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_decode_forked_from_its_progress_callback_ends_well_in_both_processes():
+    """The child of a fork made inside a CPU decode (from its progress callback) goes on with the
+    decode without the threads it had split its work over: the work runs in its one thread, and the
+    call ends there as in the parent, instead of waiting to join threads that are not there."""
+    mean, std = random_stats(4)
+    dec = wv.Decoder(random_weights(8, 4, seed=1), mean=mean, std=std)
+    expected = dec.decode(lat())
+    forked = []
+
+    def fork_once(done, total):
+        if not forked:
+            forked.append(os.fork())
+        return True
+
+    try:
+        out = dec.decode(lat(), progress=fork_once)
+    except BaseException:  # noqa: BLE001
+        if forked == [0]:
+            os._exit(5)
+        raise
+    if forked == [0]:  # the child, its decode done: exit status 0 for the same frames
+        os._exit(0 if np.allclose(out, expected, rtol=0, atol=1e-5) else 6)
+    pid = forked[0]
+    for _ in range(300):  # 30 s at most: a hang fails the test rather than the run
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        __import__("time").sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child's decode hung after the fork")
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1025", "3 "])
+def test_cpu_threads_from_the_environment_are_checked(monkeypatch, value):
+    monkeypatch.setenv("WANVIDEO_CPU_THREADS", value)
+    with pytest.raises(wv.WanVAEError, match="WANVIDEO_CPU_THREADS must be a whole number from 1 to 1024"):
+        wv.Decoder(random_weights(8, 4, seed=1))
+    cpu = wv.backends()["cpu"]
+    assert not cpu["usable"] and cpu["threads"] == 0 and f"got '{value}'" in cpu["reason"]
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")

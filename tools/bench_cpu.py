@@ -51,7 +51,8 @@ def compare(args):
     print(f"latents [16, {args.T}, {args.h}, {args.w}] -> {list(ours.shape)}, full-size decoder, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
     # the kernels each side runs: OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU makes ours 1.6x slower
-    print(f"ours: {wv.backends()['cpu']['blas']}; torch: {torch.backends.cpu.get_cpu_capability()}")
+    cpu = wv.backends()["cpu"]
+    print(f"ours: {cpu['threads']} threads, {cpu['blas']}; torch: {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'method':44s} {'time':>9s} {'peak RSS':>13s} {'planned arena':>14s}")
     for label, dt, mem, planned in rows:
         print(f"{label:44s} {dt:8.2f}s {fmt_mb(mem):>13s} {fmt_mb(planned) if planned else '':>14s}")

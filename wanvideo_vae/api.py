@@ -51,10 +51,12 @@ def normalize_frames(raw, mode="default", inplace=False):
 def backends():
     """{"cpu": {...}, "cuda": {...}}: for each backend whether it was compiled, loads, and is usable
     now (a device is present), the reason when not, its precisions and the ops it implements; for
-    the CPU also the BLAS (OpenBLAS's description: the core type whose kernels it runs); for CUDA
-    also the build's warnings (CUDA versions that differ from PyTorch's)."""
+    the CPU also the threads a decode splits its work over and the BLAS (OpenBLAS's description: the
+    core type whose kernels it runs); for CUDA also the build's warnings (CUDA versions that differ
+    from PyTorch's)."""
     feats = _C.backend_features()
-    feats["cpu"].update(compiled=True, usable=True, reason="", blas=_openblas_config())
+    # threads 0: WANVIDEO_CPU_THREADS is not a count, and Decoders refuse it (reason)
+    feats["cpu"].update(compiled=True, usable=feats["cpu"]["threads"] > 0, blas=_openblas_config())
     cuda = feats["cuda"]
     cuda["compiled"] = importlib.util.find_spec("wanvideo_vae._cuda") is not None
     cuda["build_warnings"] = _cuda_build_warnings()

@@ -3,7 +3,7 @@
 # test_core.c (the core and the CPU backend) and test_kernels_on_cpu.cpp (the CUDA kernels, compiled
 # for the host with cuda_on_cpu/ standing in for CUDA's headers, against the CPU backend's ops; no
 # CUDA needed); then test_core.c again under ThreadSanitizer, the CPU backend's team three threads
-# (OPENBLAS_NUM_THREADS). Exit status 0 when all three pass.
+# (WANVIDEO_CPU_THREADS, whatever the CPUs). Exit status 0 when all three pass.
 #   bash tests/c/run.sh [build dir]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -32,4 +32,4 @@ for src in "$root"/csrc/wv_*.c; do
 done
 ${CC:-gcc} -std=c11 -g -O1 $warn -fsanitize=thread -I"$root/csrc" "$here/test_core.c" "$out"/tsan/wv_*.o $link \
     -o "$out/tsan/test_core"
-TSAN_OPTIONS=halt_on_error=1 OPENBLAS_NUM_THREADS=3 "$out/tsan/test_core"
+TSAN_OPTIONS=halt_on_error=1 WANVIDEO_CPU_THREADS=3 "$out/tsan/test_core"

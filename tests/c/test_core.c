@@ -1,10 +1,18 @@
 /* The C core on its own, built with AddressSanitizer and UndefinedBehaviorSanitizer in CI:
  * every CPU op against a naive loop, the planner, model building errors, allocation failure,
  * and tiled == untiled on a small decoder. Exit status 0 when every check passes. */
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#ifndef _WIN32
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 #include "test_util.h"
 #include "wv_internal.h"
@@ -108,8 +116,67 @@ typedef struct {
 
 static void count_item(void *job, int64_t item) { ((team_job *)job)->runs[item]++; }
 
+/* A job whose first item to start waits (up to 10 s of CPU time) for a second one to start: only
+ * a team whose workers take items passes it. */
+typedef struct {
+    atomic_int started;
+    int waited_in_vain;
+} meeting_job;
+
+static void meet(void *job_, int64_t item)
+{
+    meeting_job *job = (meeting_job *)job_;
+    clock_t t0 = clock();
+    (void)item;
+    if (atomic_fetch_add(&job->started, 1) > 0) return;
+    while (atomic_load(&job->started) < 2)
+        if (clock() - t0 > 10 * CLOCKS_PER_SEC) {
+            job->waited_in_vain = 1;
+            return;
+        }
+}
+
+#ifndef _WIN32
+/* A child forked from a team's process has none of its workers: the team runs jobs in the caller
+ * there and stops without joining (or waiting for a lock some worker may hold); the parent's is intact. */
+static void test_team_after_fork(void)
+{
+    wv_team *t = wv_team_start(3);
+    team_job job;
+    pid_t pid;
+    int status = 0, done = 0;
+    memset(&job, 0, sizeof job);
+    wv_team_run(t, 5, count_item, &job); /* the workers have run, and wait for the next job */
+    pid = fork();
+    if (pid == 0) {
+        int ok;
+        memset(&job, 0, sizeof job);
+        wv_team_run(t, TEAM_MAX_ITEMS, count_item, &job);
+        ok = wv_team_size(t) == 1 && job.runs[0] == 1 && job.runs[TEAM_MAX_ITEMS - 1] == 1;
+        wv_team_stop(t);
+        _exit(ok ? 0 : 3);
+    }
+    CHECK(pid > 0);
+    for (int waited = 0; pid > 0 && !done && waited < 3000; waited++) { /* 30 s at most: a hang fails */
+        struct timespec ten_ms = {0, 10000000};
+        done = waitpid(pid, &status, WNOHANG) == pid;
+        if (!done) nanosleep(&ten_ms, NULL);
+    }
+    if (pid > 0 && !done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECK(done && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    memset(&job, 0, sizeof job);
+    wv_team_run(t, 7, count_item, &job);
+    CHECK(wv_team_size(t) == 3 && job.runs[6] == 1);
+    wv_team_stop(t);
+}
+#endif
+
 /* Teams of 1 (none) to 5 threads run every item of job after job exactly once, whatever the count,
- * 0 and 1 included; a team stopped without a job joins its workers too (LeakSanitizer sees any). */
+ * 0 and 1 included, their workers taking items; a team stopped without a job joins its workers too
+ * (LeakSanitizer sees any). */
 static void test_team(void)
 {
     static const int64_t counts[] = {0, 1, 2, 3, 7, 64, TEAM_MAX_ITEMS};
@@ -127,8 +194,16 @@ static void test_team(void)
                 for (int64_t i = 0; i < TEAM_MAX_ITEMS; i++) wrong += job.runs[i] != (i < counts[c]);
                 CHECK(wrong == 0);
             }
+        if (threads > 1) {
+            meeting_job meeting = {0, 0};
+            wv_team_run(t, 2 * threads, meet, &meeting);
+            CHECK(!meeting.waited_in_vain);
+        }
         wv_team_stop(t);
     }
+#ifndef _WIN32
+    test_team_after_fork();
+#endif
 }
 
 /* The ring's slots: tap dt of each frame where wv_ring says, the new frame in tap 0's slot when the
@@ -146,24 +221,27 @@ static void test_ring_slots(void)
     CHECK(wv_ring_slot(&ring, 0) == base + 16 && wv_ring_slot(&ring, 1) == base && wv_ring_slot(&ring, 2) == base + 8);
 }
 
+/* Two frames: the rows of both, each frame's ring zeroed. */
 static void test_rms_norm(void)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid gx = {3, 4, 0}, gy = {3, 4, 1};
-    int C = 5;
-    float *x = rand_floats(12 * (size_t)C), *gamma = rand_floats((size_t)C);
-    float *y = rand_floats((size_t)wv_grid_positions(gy) * C);
+    int C = 5, n = 2;
+    int64_t fy = wv_grid_positions(gy) * C;
+    float *x = rand_floats((size_t)n * 12 * C), *gamma = rand_floats((size_t)C);
+    float *y = rand_floats((size_t)(n * fy));
     memset(x, 0, sizeof(float) * (size_t)C); /* a pixel of zeros: 0 out, not 0 / 0 */
-    be->rms_norm(g_op_ctx, x, gx, y, gy, C, 1, gamma, 1);
-    for (int p = 0; p < 12; p++) {
+    be->rms_norm(g_op_ctx, x, gx, y, gy, C, n, gamma, 1);
+    for (int p = 0; p < n * 12; p++) {
         double ss = 0;
         for (int c = 0; c < C; c++) ss += (double)x[p * C + c] * x[p * C + c];
         for (int c = 0; c < C; c++) {
             double v = x[p * C + c] / fmax(sqrt(ss), 1e-12) * sqrt((double)C) * gamma[c];
-            CHECK(fabs(v / (1 + exp(-v)) - at(y, gy, C, 0, p / 4, p % 4, c)) < 1e-5);
+            CHECK(fabs(v / (1 + exp(-v)) - at(y, gy, C, p / 12, p % 12 / 4, p % 4, c)) < 1e-5);
         }
     }
-    for (int px = 0; px < gy.w + 2; px++) CHECK(y[px * C] == 0.0f); /* ring zeroed */
+    for (int f = 0; f < n; f++)
+        for (int px = 0; px < gy.w + 2; px++) CHECK(y[f * fy + px * C] == 0.0f); /* ring zeroed */
     free(x), free(gamma), free(y);
 }
 
@@ -229,13 +307,13 @@ static void test_copy_channels(void)
     free(src), free(dst);
 }
 
-/* The CPU attention, two query rows a chunk, against softmax(q k^T / sqrt(C)) v in double. */
-static void check_attention(const float *qkv, int N, int C)
+/* The CPU attention, `rows` query rows a chunk, against softmax(q k^T / sqrt(C)) v in double. */
+static void check_attention(const float *qkv, int N, int C, int rows)
 {
     const wv_backend *be = wv_backend_cpu();
-    float *out = (float *)malloc(sizeof(float) * N * C), *scores = (float *)malloc(sizeof(float) * 2 * N);
+    float *out = (float *)malloc(sizeof(float) * N * C), *scores = (float *)malloc(sizeof(float) * rows * N);
     double *s = (double *)malloc(sizeof(double) * N);
-    be->attention(g_op_ctx, qkv, out, N, C, scores, 2);
+    be->attention(g_op_ctx, qkv, out, N, C, scores, rows);
     for (int q = 0; q < N; q++) {
         double mx = -1e300, sum = 0;
         for (int k = 0; k < N; k++) {
@@ -258,14 +336,15 @@ static void test_attention(void)
 {
     int N = 7, C = 4;
     float *qkv = rand_floats((size_t)N * 3 * C);
-    check_attention(qkv, N, 3); /* 4 chunks, the last of one row */
+    check_attention(qkv, N, 3, 2); /* 4 chunks, the last of one row */
+    check_attention(qkv, N, 3, 5); /* 2 chunks; split over 2 or 3 threads, a short last share */
     /* scores (10 - q)(4k - 9), up to 150 and exact in float: expf overflows unless the max goes first */
     for (int i = 0; i < N; i++)
         for (int c = 0; c < C; c++) {
             qkv[i * 3 * C + c] = (float)(10 - i);
             qkv[i * 3 * C + C + c] = (float)(2 * i - 6 + c);
         }
-    check_attention(qkv, N, C);
+    check_attention(qkv, N, C, 2);
     free(qkv);
 }
 
@@ -719,10 +798,11 @@ static void test_decode(const wv_model *m)
 }
 
 /* Every op against its naive loop. A 23 x 29 frame has convolution rows for several items a thread,
- * the last one short. */
+ * the last one short; an 80 x 80 one, blocks of the most rows (CPU_ROW_BLOCK) for up to 3 threads. */
 static void test_ops(void)
 {
-    wv_grid small = {5, 7, 1}, large = {23, 29, 1};
+    wv_grid small = {5, 7, 1}, large = {23, 29, 1}, larger = {80, 80, 1};
+    test_conv(1, 3, TAPS_AT_ONCE, 1, larger);
     for (int kt = 1; kt <= 3; kt += 2)
         for (int k = 1; k <= 3; k += 2)
             for (int how = TAPS_AT_ONCE; how <= (kt > 1 ? TAPS_AFTER_FIRST : TAPS_AT_ONCE); how++)
