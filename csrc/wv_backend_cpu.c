@@ -38,12 +38,12 @@ static void take_threads_from_blas(void)
 
 wv_status wv_cpu_threads(int *threads, wv_error *err)
 {
-    const char *env = getenv("WANVIDEO_CPU_THREADS");
+    char env[64];
     char *end = NULL;
     long n;
     wv_call_once(&g_blas_once, take_threads_from_blas);
     *threads = g_blas_threads;
-    if (!env || !*env) return WV_OK;
+    if (!wv_getenv("WANVIDEO_CPU_THREADS", env, sizeof env) || !*env) return WV_OK;
     n = strtol(env, &end, 10);
     if (*end || n < 1 || n > CPU_MAX_THREADS)
         return wv_fail(err, WV_ERR_INVALID, "WANVIDEO_CPU_THREADS must be a whole number from 1 to %d, got '%.40s'",

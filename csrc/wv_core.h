@@ -34,6 +34,11 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
+/* Environment variable `name` into buf (cut to size - 1 characters): 1 where it is set. The process's
+ * own environment, as the host changes it (on Windows, Python's os.environ does not reach the C
+ * runtime's copy that getenv reads). */
+int wv_getenv(const char *name, char *buf, size_t size);
+
 /* Element types: X(id, name, precision, bytes, typestr, native typestr), the typestrs the array
  * interface's. bfloat16 has no code of its own: torch and ml_dtypes export it as 2 bytes of void. */
 #define WV_DTYPES(X)                                \

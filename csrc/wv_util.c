@@ -1,9 +1,14 @@
-/* Errors, dtypes, and strided host views. */
+/* Errors, the environment, dtypes, and strided host views. */
 #include "wv_core.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _WIN32
+#define WIN32_LEAN_AND_MEAN
+#include <windows.h>
+#endif
 
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
 {
@@ -15,6 +20,28 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
         err->code = code;
     }
     return code;
+}
+
+int wv_getenv(const char *name, char *buf, size_t size)
+{
+#ifdef _WIN32
+    DWORD n;
+    SetLastError(ERROR_SUCCESS);
+    n = GetEnvironmentVariableA(name, buf, (DWORD)size);
+    if (n == 0) return GetLastError() != ERROR_ENVVAR_NOT_FOUND; /* set, and empty */
+    if (n >= size) { /* too long for buf: n is the size it needs; cut it as snprintf would */
+        char *all = (char *)malloc(n);
+        buf[0] = '\0';
+        if (all && GetEnvironmentVariableA(name, all, n) < n) snprintf(buf, size, "%s", all);
+        free(all);
+    }
+    return 1;
+#else
+    const char *v = getenv(name);
+    if (!v) return 0;
+    snprintf(buf, size, "%s", v);
+    return 1;
+#endif
 }
 
 static const struct {

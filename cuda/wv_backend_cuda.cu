@@ -749,18 +749,18 @@ static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
 
 static int env_flag(const char *name)
 {
-    const char *v = getenv(name);
-    return v && !strcmp(v, "1");
+    char v[8];
+    return wv_getenv(name, v, sizeof v) && !strcmp(v, "1");
 }
 
 /* A whole number from 0 to max in the environment variable `name`, else fallback (a malformed one
  * says so on stderr). */
 static long env_count(const char *name, long fallback, long max, const char *what)
 {
-    const char *v = getenv(name);
+    char v[64];
     char *end = NULL;
     long n;
-    if (!v) return fallback;
+    if (!wv_getenv(name, v, sizeof v)) return fallback;
     n = strtol(v, &end, 10);
     if (end == v || *end || n < 0 || n > max) {
         fprintf(stderr, "wanvideo_vae cuda: %s=%s is not %s from 0 to %ld; using %ld\n", name, v, what, max, fallback);

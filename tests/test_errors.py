@@ -820,6 +820,19 @@ def test_inputs_past_float_range_or_of_the_wrong_type_are_our_errors(tmp_path):
             wv.load_weights(str(path))
 
 
+def child_exit_code(pid, hang_message):
+    """A forked child's exit code, waited for 30 s at most: a hang kills it and fails the test rather
+    than the run."""
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        __import__("time").sleep(0.1)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(hang_message)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
     """The decode of another thread does not exist in a forked child: the Decoder's lock would never be
@@ -846,16 +859,7 @@ def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
             except BaseException:  # noqa: BLE001
                 code = 5
             os._exit(code)
-        for _ in range(300):  # 30 s at most: a hang fails the test rather than the run
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            __import__("time").sleep(0.1)
-        else:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung on the Decoder its parent's thread was using")
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert child_exit_code(pid, "the child hung on the Decoder its parent's thread was using") == 0
     finally:
         release.set()
         worker.join()
@@ -885,17 +889,7 @@ def test_a_decode_forked_from_its_progress_callback_ends_well_in_both_processes(
         raise
     if forked == [0]:  # the child, its decode done: exit status 0 for the same frames
         os._exit(0 if np.allclose(out, expected, rtol=0, atol=1e-5) else 6)
-    pid = forked[0]
-    for _ in range(300):  # 30 s at most: a hang fails the test rather than the run
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        __import__("time").sleep(0.1)
-    else:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        pytest.fail("the child's decode hung after the fork")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child_exit_code(forked[0], "the child's decode hung after the fork") == 0
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 

@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#ifndef _WIN32
+#ifdef _WIN32
+#include <windows.h>
+#else
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -104,6 +106,35 @@ static void test_conv(int kt, int k, int how, int accumulate, wv_grid g)
                 CHECK(fabs(want - got) < 1e-4);
             }
     free(w_oidhw), free(bias), free(packed), free(seq), free(y), free(y0);
+}
+
+/* ---- the environment --------------------------------------------------------------------------- */
+
+static void set_env(const char *name, const char *value) /* NULL: unset */
+{
+#ifdef _WIN32
+    SetEnvironmentVariableA(name, value);
+#else
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+#endif
+}
+
+/* What the host sets is read back (on Windows from the process's environment, not the C runtime's
+ * copy), cut to the buffer, and an unset name is not found. */
+static void test_getenv(void)
+{
+    char buf[8], long_value[100];
+    memset(long_value, 'x', sizeof long_value - 1);
+    long_value[sizeof long_value - 1] = '\0';
+    set_env("WV_TEST_ENV", "3");
+    CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 1 && !strcmp(buf, "3"));
+    set_env("WV_TEST_ENV", long_value);
+    CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 1 && !strcmp(buf, "xxxxxxx"));
+    set_env("WV_TEST_ENV", NULL);
+    CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 0);
 }
 
 /* ---- the team of threads ------------------------------------------------------------------- */
@@ -830,6 +861,7 @@ int main(void)
     weight_set *ws = (weight_set *)calloc(1, sizeof *ws);
     wv_model m;
     wv_error err = {WV_OK, ""};
+    test_getenv();
     test_team();
     test_ops();                      /* in the caller alone */
     g_op_ctx = begun_cpu_ctx();      /* and split over a decode call's threads */
