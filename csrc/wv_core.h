@@ -34,9 +34,9 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
-/* Environment variable `name` into buf (cut to size - 1 characters): 1 where it is set. The process's
- * own environment, as the host changes it (on Windows, Python's os.environ does not reach the C
- * runtime's copy that getenv reads). */
+/* Environment variable `name` into buf (cut to size - 1 characters): 1 where it is set. On Windows
+ * the process's environment, which Python's os.environ updates, rather than the copy of a C runtime
+ * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read. */
 int wv_getenv(const char *name, char *buf, size_t size);
 
 /* Element types: X(id, name, precision, bytes, typestr, native typestr), the typestrs the array
