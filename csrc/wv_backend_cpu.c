@@ -39,13 +39,11 @@ static void take_threads_from_blas(void)
 wv_status wv_cpu_threads(int *threads, wv_error *err)
 {
     char env[64];
-    char *end = NULL;
     long n;
     wv_call_once(&g_blas_once, take_threads_from_blas);
     *threads = g_blas_threads;
     if (!wv_getenv("WANVIDEO_CPU_THREADS", env, sizeof env) || !*env) return WV_OK;
-    n = strtol(env, &end, 10);
-    if (*end || n < 1 || n > CPU_MAX_THREADS)
+    if (!wv_parse_count(env, 1, CPU_MAX_THREADS, &n))
         return wv_fail(err, WV_ERR_INVALID, "WANVIDEO_CPU_THREADS must be a whole number from 1 to %d, got '%.40s'",
                        CPU_MAX_THREADS, env);
     *threads = (int)n;
@@ -65,11 +63,7 @@ static wv_status cpu_ctx_create(const wv_backend *be, int device, void **ctx, wv
     return WV_OK;
 }
 
-static void cpu_ctx_destroy(void *ctx)
-{
-    if (ctx) wv_team_stop(((cpu_ctx *)ctx)->team);
-    free(ctx);
-}
+static void cpu_ctx_destroy(void *ctx) { free(ctx); } /* its team went with the last call (finish) */
 
 static wv_team *team_of(void *ctx) { return ctx ? ((cpu_ctx *)ctx)->team : NULL; }
 

@@ -39,6 +39,9 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
  * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read. */
 int wv_getenv(const char *name, char *buf, size_t size);
 
+/* 1 where s is a whole number from lo to hi (decimal, nothing after it), stored in *n; else 0. */
+int wv_parse_count(const char *s, long lo, long hi, long *n);
+
 /* Element types: X(id, name, precision, bytes, typestr, native typestr), the typestrs the array
  * interface's. bfloat16 has no code of its own: torch and ml_dtypes export it as 2 bytes of void. */
 #define WV_DTYPES(X)                                \

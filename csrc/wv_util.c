@@ -44,6 +44,15 @@ int wv_getenv(const char *name, char *buf, size_t size)
 #endif
 }
 
+int wv_parse_count(const char *s, long lo, long hi, long *n)
+{
+    char *end = NULL;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || v < lo || v > hi) return 0;
+    *n = v;
+    return 1;
+}
+
 static const struct {
     const char *name, *precision;
     size_t bytes;

@@ -758,11 +758,9 @@ static int env_flag(const char *name)
 static long env_count(const char *name, long fallback, long max, const char *what)
 {
     char v[64];
-    char *end = NULL;
     long n;
     if (!wv_getenv(name, v, sizeof v)) return fallback;
-    n = strtol(v, &end, 10);
-    if (end == v || *end || n < 0 || n > max) {
+    if (!wv_parse_count(v, 0, max, &n)) {
         fprintf(stderr, "wanvideo_vae cuda: %s=%s is not %s from 0 to %ld; using %ld\n", name, v, what, max, fallback);
         return fallback;
     }
