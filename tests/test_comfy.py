@@ -5,6 +5,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -991,6 +993,75 @@ def test_decoder_cache_rebuilds_for_another_gpu(tiny, monkeypatch):
     assert cache.get(vae, vae.model, ("cuda", "bf16", 0)).device == 0
     assert cache.get(vae, vae.model, ("cuda", "bf16", 1)).device == 1
     assert built == [0, 1] and closed == [0]
+
+
+def test_a_decoder_closed_by_another_thread_before_its_decode_is_replaced(tiny):
+    """Between taking a cached Decoder and decoding with it, another thread may close it (a rebuild for
+    other weights, ComfyUI unloading models): the decode gets its successor, a bounded number of times;
+    any other error of the decoder is raised at once."""
+    from wanvideo_vae import WanVAEError, comfy_nodes
+    vae, data = tiny
+    cache = comfy_nodes._DecoderCache()
+    lat = data["latents"]
+    on_cpu = (vae, vae.model, ("cpu", None, None))
+    stats = dict(mean=data["mean"], std=data["std"])
+    used = []
+
+    def closed_by_another_thread_first(dec):
+        used.append(dec)
+        if len(used) == 1:
+            dec.close()
+        return dec.decode(lat, raw=True)
+
+    out = cache.run(closed_by_another_thread_first, *on_cpu, **stats)
+    assert len(used) == 2 and used[0].closed and not used[1].closed
+    assert cache.get(*on_cpu, **stats) is used[1]
+    np.testing.assert_allclose(out, used[1].decode(lat, raw=True), rtol=0, atol=0)
+    used.clear()
+
+    def always_closed(dec):
+        used.append(dec)
+        dec.close()
+        return dec.decode(lat)
+
+    with pytest.raises(WanVAEError, match="this Decoder is closed"):
+        cache.run(always_closed, *on_cpu, **stats)
+    assert len(used) == comfy_nodes.CLOSED_RETRIES + 1
+    used.clear()
+
+    def bad_latents(dec):
+        used.append(dec)
+        return dec.decode(lat[:3])
+
+    with pytest.raises(WanVAEError, match="channels"):
+        cache.run(bad_latents, *on_cpu, **stats)
+    assert len(used) == 1
+
+
+def test_threads_asking_for_a_new_vaes_decoder_build_it_once(tiny, monkeypatch):
+    """Two threads (a Gradio app's requests) asking at once for a VAE's Decoder get the same one: the
+    weights are converted once."""
+    from wanvideo_vae import comfy_nodes
+    vae, _ = tiny
+    built = []
+
+    class SlowDecoder:
+        backend, closed = "cpu", False
+
+        def __init__(self, weights, **kw):
+            built.append(self)
+            time.sleep(0.2)  # converting the weights: the other thread asks meanwhile
+
+    monkeypatch.setattr(comfy_nodes, "Decoder", SlowDecoder)
+    cache = comfy_nodes._DecoderCache()
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get(vae, vae.model, ("cpu", None, None))))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and got == built * 3
 
 
 def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monkeypatch, fake_comfy):

@@ -7,12 +7,13 @@ present (progress bar, interrupt). torch is imported when a node runs (ComfyUI a
 import functools
 import os
 import sys
+import threading
 import types
 import weakref
 
 import numpy as np
 
-from ._C import DeviceMemoryError
+from ._C import DeviceMemoryError, WanVAEError
 from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
 from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
 from .weights import normalize_keys
@@ -160,6 +161,7 @@ def _decoder_weights(module):
 
 
 FINGERPRINT_SAMPLES = 64  # values of each weight summed into the fingerprint
+CLOSED_RETRIES = 2  # a cached Decoder closed by another thread before a decode started it: its successor
 
 
 def _fingerprint(weights):
@@ -185,6 +187,10 @@ class _DecoderCache:
 
     def __init__(self):
         self._cache = weakref.WeakKeyDictionary()
+        # get and close in one thread at a time (a Gradio app decodes in several): two threads asking for a
+        # new VAE's Decoder build it once. Reentrant: building one may have ComfyUI unload models, which
+        # closes the GPU ones.
+        self._lock = threading.RLock()
 
     def get(self, owner, module, placement, mean=None, std=None, make_room=False):
         """owner's Decoder; make_room: one built on a GPU first has ComfyUI unload models until its weights
@@ -192,29 +198,43 @@ class _DecoderCache:
         backend, precision, device = placement
         weights = _decoder_weights(module)
         key = (_fingerprint(weights), backend, precision, str(device))
-        hit = self._cache.get(owner)
-        if hit is not None and hit[0] == key and not hit[1].closed:
-            return hit[1]
-        if hit is not None:  # closed before its successor is built: never two copies of the weights on a GPU
-            del self._cache[owner]
-            _close_quietly(hit[1])
-        if backend == "cuda":
-            _close_gpu_decoders_when_comfyui_unloads()
-            if make_room:
-                _make_room_for_weights(weights, precision, device)
-        dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
-        self._cache[owner] = (key, dec)
-        return dec
+        with self._lock:
+            hit = self._cache.get(owner)
+            if hit is not None and hit[0] == key and not hit[1].closed:
+                return hit[1]
+            if hit is not None:  # closed before its successor is built: never two copies of the weights on a GPU
+                del self._cache[owner]
+                _close_quietly(hit[1])
+            if backend == "cuda":
+                _close_gpu_decoders_when_comfyui_unloads()
+                if make_room:
+                    _make_room_for_weights(weights, precision, device)
+            dec = Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std)
+            self._cache[owner] = (key, dec)
+            return dec
+
+    def run(self, use, owner, module, placement, mean=None, std=None, make_room=False):
+        """use(owner's Decoder). Another thread may close that Decoder between get and use (rebuilding it for
+        other weights or another placement, or ComfyUI unloading models; a decode already running finishes
+        first): use is then given its successor, up to CLOSED_RETRIES times."""
+        for attempt in range(CLOSED_RETRIES + 1):
+            dec = self.get(owner, module, placement, mean=mean, std=std, make_room=make_room)
+            try:
+                return use(dec)
+            except WanVAEError:
+                if not dec.closed or attempt == CLOSED_RETRIES:
+                    raise
 
     def close_gpu_decoders(self):
         """Closes and forgets every cached Decoder on a GPU (a decode running meanwhile finishes first).
         One that cannot close (asked from its own progress callback) is forgotten, freed when its
         decode lets it go, and the others still close."""
-        for owner, (_, dec) in list(self._cache.items()):
-            if dec.backend != "cuda":
-                continue
-            del self._cache[owner]
-            _close_quietly(dec)
+        with self._lock:
+            for owner, (_, dec) in list(self._cache.items()):
+                if dec.backend != "cuda":
+                    continue
+                del self._cache[owner]
+                _close_quietly(dec)
 
 
 def _close_quietly(dec):
@@ -288,15 +308,15 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
     placement = _backend_for(vae.model, latents, mean, dtype=getattr(vae, "dtype", None))
     latents = _on_decoder_gpu(latents, placement)
 
-    def decode():
-        dec = _decoders.get(vae, vae.model, placement, mean=mean, std=std, make_room=make_room)
+    def use(dec):
         if make_room:
             _make_room_like_comfyui(dec, latents.shape, int(tile_x), int(tile_y), bool(tiled))
         return dec.decode(latents, raw=True, end_frame=end_frame, enable_vae_tiling=bool(tiled), tile_x=int(tile_x),
                           tile_y=int(tile_y), tile_stride_x=8, tile_stride_y=8,
                           progress=_comfy_progress(show_progress))
 
-    return _retried_on_gpu_out_of_memory(decode)
+    return _retried_on_gpu_out_of_memory(
+        lambda: _decoders.run(use, vae, vae.model, placement, mean=mean, std=std, make_room=make_room))
 
 
 def _retried_on_gpu_out_of_memory(attempt):
@@ -570,10 +590,12 @@ class WanCoreVAENativeDecode:
         z = _on_decoder_gpu(z, placement)
 
         def decode(video):
-            dec = _decoders.get(vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim, make_room=True)
-            _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
-            return dec.decode(video, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
-                              tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
+            def use(dec):
+                _make_room_like_comfyui(dec, z.shape, tile_size, tile_size, bool(enable_tiling))
+                return dec.decode(video, enable_vae_tiling=bool(enable_tiling), tile_x=tile_size, tile_y=tile_size,
+                                  tile_stride_x=8, tile_stride_y=8, progress=_comfy_progress())
+
+            return _decoders.run(use, vae, model, placement, mean=[0.0] * z_dim, std=[1.0] * z_dim, make_room=True)
 
         frames = [_retried_on_gpu_out_of_memory(lambda v=v: decode(v)) for v in z]
         images = torch.from_numpy(frames[0] if len(frames) == 1 else np.concatenate(frames, axis=0))
