@@ -36,7 +36,10 @@ static PyObject *mem_get_info(PyObject *mod, PyObject *args)
     rc = wv_cuda_mem_info(device, &free_b, &total_b, why, sizeof why);
     Py_END_ALLOW_THREADS
     if (rc) {
-        PyErr_Format(PyExc_RuntimeError, "cannot read the free memory of CUDA device %d: %s", device, why);
+        if (device < 0)
+            PyErr_Format(PyExc_RuntimeError, "cannot read the free memory of the current CUDA device: %s", why);
+        else
+            PyErr_Format(PyExc_RuntimeError, "cannot read the free memory of CUDA device %d: %s", device, why);
         return NULL;
     }
     return Py_BuildValue("(nn)", (Py_ssize_t)free_b, (Py_ssize_t)total_b);

@@ -134,6 +134,14 @@ def test_avi_frame_rate_keeps_its_fraction(tmp_path, fps, scale, rate):
     assert struct.unpack_from("<II", strh, 20) == (scale, rate)
 
 
+def test_avi_byte_rate_past_32_bits_is_capped(tmp_path):
+    """avih's bytes per second is 32-bit and advisory: a large frame at a high rate (4.3 MB x 1000 fps)
+    is written with it capped, not refused after the decode."""
+    path = tmp_path / "v.avi"
+    media.write_avi(np.zeros((1, 1200, 1200, 3), np.float32), path, 1000)
+    assert struct.unpack_from("<II", avi_chunk(path.read_bytes(), b"avih")) == (1000, 0xFFFFFFFF)
+
+
 def test_progress_bar_is_made_once(monkeypatch):
     made = []
 
@@ -466,6 +474,18 @@ def test_a_pickle_that_is_not_tensors_is_refused_in_a_line(files, tmp_path, caps
                  str(tmp_path / "o.npy"), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "holds Python objects other than tensors" in err
+
+
+@needs_torch
+@pytest.mark.parametrize("held,kind", [(lambda t: [t.bfloat16()], "list"), (lambda t: {"samples": [t]}, "list"),
+                                       (lambda t: 3, "int")])
+def test_a_pt_file_of_something_else_than_a_tensor_is_refused_in_a_line(files, tmp_path, capsys, held, kind):
+    lat = torch.from_numpy(np.load(files / "lat.npy"))
+    torch.save(held(lat), tmp_path / "l.pt")
+    code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "l.pt"), "--out",
+                 str(tmp_path / "o.npy"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and f"holds a {kind}, not a tensor of latents" in err
 
 
 def test_a_cpu_decode_does_not_load_the_cuda_libraries(files, tmp_path):

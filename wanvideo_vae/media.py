@@ -44,6 +44,14 @@ def _load_npy(path):
         raise WanVAEError(f"{path}: not a readable NumPy array file ({e or type(e).__name__})") from None
 
 
+def _latent_tensor(obj, path):
+    """obj where it is a tensor: a .pt file may hold lists, numbers, strings."""
+    import torch  # torch_load has read the file with it
+    if isinstance(obj, torch.Tensor):
+        return obj
+    raise WanVAEError(f"{path}: holds a {type(obj).__name__}, not a tensor of latents (or a dict with one)")
+
+
 def load_latents(path):
     """Latents from .npy, .safetensors (tensor 'samples' / 'latents', or the only one), ComfyUI's
     .latent (Save Latent) or .pt / .pth (a tensor or a ComfyUI LATENT-style dict with 'samples').
@@ -58,7 +66,7 @@ def load_latents(path):
         return load_safetensors(path, {key})[key]
     if kind in (".pt", ".pth"):
         obj = torch_load(path)
-        return obj[_latent_key(list(obj), path)] if isinstance(obj, dict) else obj
+        return _latent_tensor(obj[_latent_key(list(obj), path)] if isinstance(obj, dict) else obj, path)
     raise WanVAEError(f"{path}: unknown latents format (expected .npy, .safetensors, .latent, .pt or .pth)")
 
 
@@ -142,7 +150,7 @@ def write_avi(frames, path, fps):
     rate = Fraction(fps).limit_denominator(1001)  # players time frames by strh's rate / scale: 12.5 = 25 / 2
     strh = struct.pack("<4s4sIHHIIIIIIIIhhhh", b"vids", b"DIB ", 0, 0, 0, 0, rate.denominator, rate.numerator, 0, n,
                        size, 0xFFFFFFFF, 0, 0, 0, w, h)
-    avih = struct.pack("<IIIIIIIIII4I", round(1e6 / fps), round(size * fps), 0, 0, n, 0, 1, size, w, h, 0, 0, 0, 0)
+    avih = struct.pack("<IIIIIIIIII4I", round(1e6 / fps), min(round(size * fps), 0xFFFFFFFF), 0, 0, n, 0, 1, size, w, h, 0, 0, 0, 0)
 
     def chunk(tag, data):
         return tag + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
