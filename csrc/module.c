@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "wv_backend.h"
+#include "wv_env_gil.h"
 #include "wv_internal.h"
 
 static PyObject *WvError;       /* wanvideo_vae.WanVAEError (ValueError) */
@@ -24,7 +25,8 @@ static PyObject *raise_status(const wv_error *err)
                      : err->code == WV_ERR_NOMEM_DEVICE ? WvDeviceMemory
                      : err->code == WV_ERR_INTERRUPTED  ? WvInterrupted
                                                         : WvError;
-    PyErr_SetString(type, err->msg[0] ? err->msg : "wanvideo_vae: unknown error");
+    /* %s decodes with "replace": a message cut at its buffer's end may end inside a UTF-8 character */
+    PyErr_Format(type, "%s", err->msg[0] ? err->msg : "wanvideo_vae: unknown error");
     return NULL;
 }
 
@@ -1120,9 +1122,10 @@ static PyObject *backend_features(PyObject *mod, PyObject *noargs)
     if (!d) return NULL;
     cpu[wv_backend_cpu()->act_dtype] = wv_backend_cpu();
     if (wv_cpu_threads(&threads, &err) != WV_OK) threads = 0; /* err.msg says why */
-    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:N,s:i,s:s}", "loaded", Py_True, "ops",
+    if (dict_set(d, "cpu", Py_BuildValue("{s:O,s:N,s:i,s:N,s:i,s:N}", "loaded", Py_True, "ops",
                                          op_list(wv_backend_cpu()), "op_count", wv_backend_op_count(), "precisions",
-                                         precision_list(cpu), "threads", threads, "reason", err.msg)))
+                                         precision_list(cpu), "threads", threads, "reason",
+                                         PyUnicode_DecodeUTF8(err.msg, (Py_ssize_t)strlen(err.msg), "replace"))))
         goto fail;
     set = cuda_set();
     for (int dt = 0; set && !cuda && dt < WV_DTYPE_COUNT; dt++) cuda = set->by_dtype[dt]; /* same ops in each */
@@ -1255,6 +1258,7 @@ PyMODINIT_FUNC PyInit__C(void)
 {
     PyObject *m;
     import_array();
+    wv_set_env_guard(&WV_ENV_GIL);
     if (PyType_Ready(&ModelType) < 0) return NULL;
     m = PyModule_Create(&module_def);
     if (!m) return NULL;

@@ -39,6 +39,16 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
  * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read. */
 int wv_getenv(const char *name, char *buf, size_t size);
 
+/* What wv_getenv reads under. glibc's getenv may walk an environment that another thread's putenv
+ * has just moved and freed, and Python's os.environ calls putenv holding its GIL: the Python modules
+ * set a guard that holds the GIL around each read, as the core reads settings with it released.
+ * Set once, before any read; without one (the C programs) reads are unguarded. */
+typedef struct {
+    int (*enter)(void); /* a token for leave */
+    void (*leave)(int token);
+} wv_env_guard;
+void wv_set_env_guard(const wv_env_guard *guard);
+
 /* 1 where s is a whole number from lo to hi (decimal, nothing after it), stored in *n; else 0. */
 int wv_parse_count(const char *s, long lo, long hi, long *n);
 

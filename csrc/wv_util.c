@@ -22,7 +22,11 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
     return code;
 }
 
-int wv_getenv(const char *name, char *buf, size_t size)
+static const wv_env_guard *g_env_guard;
+
+void wv_set_env_guard(const wv_env_guard *guard) { g_env_guard = guard; }
+
+static int read_env(const char *name, char *buf, size_t size)
 {
 #ifdef _WIN32
     DWORD n;
@@ -42,6 +46,14 @@ int wv_getenv(const char *name, char *buf, size_t size)
     snprintf(buf, size, "%s", v);
     return 1;
 #endif
+}
+
+int wv_getenv(const char *name, char *buf, size_t size)
+{
+    const wv_env_guard *guard = g_env_guard;
+    int token = guard ? guard->enter() : 0, set = read_env(name, buf, size);
+    if (guard) guard->leave(token);
+    return set;
 }
 
 int wv_parse_count(const char *s, long lo, long hi, long *n)

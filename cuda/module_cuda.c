@@ -5,6 +5,7 @@
 #include <Python.h>
 
 #include "wv_cuda.h"
+#include "wv_env_gil.h"
 
 static PyObject *device_count(PyObject *mod, PyObject *noargs)
 {
@@ -71,6 +72,7 @@ PyMODINIT_FUNC PyInit__cuda(void)
 {
     PyObject *m = PyModule_Create(&module_def), *cap;
     if (!m) return NULL;
+    wv_set_env_guard(&WV_ENV_GIL); /* before wv_cuda_backends reads its setting */
     cap = PyCapsule_New((void *)wv_cuda_backends(), WV_BACKEND_CAPSULE, NULL);
     if (!cap || PyModule_AddObject(m, "_backends", cap)) {
         Py_XDECREF(cap);

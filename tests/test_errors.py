@@ -902,6 +902,20 @@ def test_cpu_threads_from_the_environment_are_checked(monkeypatch, value):
     assert not cpu["usable"] and cpu["threads"] == 0 and f"got '{value}'" in cpu["reason"]
 
 
+def test_a_message_cut_inside_a_character_is_still_a_wanvae_error(monkeypatch):
+    """The core's messages are cut at a byte count (a long key name, a setting shown to 40 bytes), which
+    may fall inside a UTF-8 character: still the documented error, the cut character replaced."""
+    w = random_weights(8, 4, seed=1)
+    for key in ("x" + "\u00e9" * 300, "\u00e9" * 300):  # each parity of the cut
+        with pytest.raises(wv.WanVAEError, match="unexpected weight"):
+            wv._C.Model({**w, key: w["decoder.head.2.bias"]})
+    monkeypatch.setenv("WANVIDEO_CPU_THREADS", "x" + "\u00e9" * 30)
+    with pytest.raises(wv.WanVAEError, match="WANVIDEO_CPU_THREADS must be a whole number"):
+        wv.Decoder(w)
+    cpu = wv.backends()["cpu"]
+    assert not cpu["usable"] and "got 'x\u00e9\u00e9" in cpu["reason"]
+
+
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_torch_tensors_without_readable_memory_are_refused_clearly(small):
     torch = pytest.importorskip("torch")

@@ -124,6 +124,36 @@ static void set_env(const char *name, const char *value) /* NULL: unset */
 
 /* What the host sets is read back (on Windows from the process's environment, not the C runtime's
  * copy), cut to the buffer, and an unset name is not found. */
+/* The guard a Python module sets (it holds the GIL): each read enters it and leaves with its token. */
+static int g_guard_depth, g_guard_reads, g_guard_tokens_ok;
+
+static int guard_enter(void)
+{
+    g_guard_depth++;
+    return 41 + g_guard_reads;
+}
+
+static void guard_leave(int token)
+{
+    g_guard_tokens_ok += token == 41 + g_guard_reads;
+    g_guard_reads++;
+    g_guard_depth--;
+}
+
+static void test_env_guard(void)
+{
+    static const wv_env_guard guard = {guard_enter, guard_leave};
+    char buf[8];
+    set_env("WV_TEST_ENV", "5");
+    wv_set_env_guard(&guard);
+    CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 1 && !strcmp(buf, "5"));
+    CHECK(wv_getenv("WV_TEST_ENV_UNSET", buf, sizeof buf) == 0);
+    CHECK(g_guard_reads == 2 && g_guard_tokens_ok == 2 && g_guard_depth == 0);
+    wv_set_env_guard(NULL);
+    CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 1 && g_guard_reads == 2);
+    set_env("WV_TEST_ENV", NULL);
+}
+
 static void test_getenv(void)
 {
     char buf[8], long_value[100];
@@ -135,6 +165,7 @@ static void test_getenv(void)
     CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 1 && !strcmp(buf, "xxxxxxx"));
     set_env("WV_TEST_ENV", NULL);
     CHECK(wv_getenv("WV_TEST_ENV", buf, sizeof buf) == 0);
+    test_env_guard();
 }
 
 /* ---- the team of threads ------------------------------------------------------------------- */
