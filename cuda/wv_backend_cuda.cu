@@ -219,6 +219,7 @@ static int cudnn_ok(cuda_ctx *c, cudnnStatus_t s, const char *what)
                                                                                  : WV_ERR_BACKEND;
     if (s == CUDNN_STATUS_SUCCESS) return 1;
     if (!failed(c)) wv_fail(&c->err, code, "cuDNN error in %s: %s", what, cudnnGetErrorString(s));
+    cudaGetLastError(); /* a launch of the library's that failed must not resurface as ours */
     return 0;
 }
 
@@ -259,6 +260,7 @@ static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
     if (!failed(c))
         wv_fail(&c->err, s == CUBLAS_STATUS_ALLOC_FAILED ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND,
                 "cuBLAS error in %s: %s", what, cublasGetStatusString(s));
+    cudaGetLastError(); /* as in cudnn_ok */
     return 0;
 }
 
@@ -1559,6 +1561,7 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
                                                    c->workspace, c->workspace_bytes, &keep, s->y, y, s->bias, bias,
                                                    c->identity, s->y, y);
         if (!cudnn_declined(st) || c->capturing) return st; /* a capture fails rather than learn */
+        cudaGetLastError(); /* as for a declined candidate (run_conv) */
         if (st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->fused_memory[i] = c->workspace_bytes + 1;
         else if (st != CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER) s->unfused = 1;
     }
@@ -1588,6 +1591,7 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
             return 1;
         }
         if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution");
+        cudaGetLastError(); /* an engine whose launch failed declined: the next candidate's checks are its own */
         /* short of workspace: it needs more than cuDNN said, so only a larger workspace tries it again;
          * a misaligned pointer is these buffers' (a ring slot's offset), not the shape's */
         if (st == CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) s->memory[i] = c->workspace_bytes + 1;

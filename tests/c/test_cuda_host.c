@@ -236,14 +236,17 @@ static void stagings_unpinnable(const weight_set *ws)
  * shape's every attempt declines (its two candidates, each fused and then plain: three calls where the
  * first refusal unfuses the shape, four where each is short of workspace), that shape runs on the
  * direct kernel from then on, in this call and the next (which makes as many cuDNN calls as this
- * one), while the others still run through cuDNN; and the decodes work. */
+ * one), while the others still run through cuDNN; and the decodes work, also where an engine that
+ * failed internally left its failed launch as the runtime's last error (not the next kernel's). */
 static void declined_convolutions_not_retried(const weight_set *ws)
 {
     static const struct {
         cudnnStatus_t status;
-        int attempts;
-    } cases[] = {{CUDNN_STATUS_NOT_SUPPORTED, 3}, {CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT, 4}};
-    for (int i = 0; i < 2; i++) {
+        int attempts, failed_launch;
+    } cases[] = {{CUDNN_STATUS_NOT_SUPPORTED, 3, 0},
+                 {CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT, 4, 0},
+                 {CUDNN_STATUS_INTERNAL_ERROR, 3, 1}};
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         wv_model m;
         wv_error err = {WV_OK, ""};
         long calls[3];
@@ -251,9 +254,11 @@ static void declined_convolutions_not_retried(const weight_set *ws)
         for (int call = 0; call < 3; call++) {
             long before = stub_counts().convolutions;
             if (call == 1) stub_cudnn_decline((int)cases[i].status, cases[i].attempts);
+            stub_cudnn_decline_leaves_launch_error(cases[i].failed_launch);
             CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
             calls[call] = stub_counts().convolutions - before;
         }
+        stub_cudnn_decline_leaves_launch_error(0);
         CHECK(stub_cudnn_decline(0, 0) == 0);
         CHECK(calls[1] < calls[0] && calls[1] > 0 && calls[2] == calls[1]);
         wv_model_free(&m);

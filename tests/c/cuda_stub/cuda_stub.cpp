@@ -579,7 +579,14 @@ cudaError_t cudaDriverGetVersion(int *v)
     return cudaSuccess;
 }
 
-cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+static cudaError_t g_last_error; /* what a failed launch left (stub_cudnn_decline_leaves_launch_error) */
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = g_last_error;
+    g_last_error = cudaSuccess;
+    return e;
+}
 
 const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "CUDA stub error"; }
 
@@ -1105,6 +1112,10 @@ extern "C" int stub_cudnn_decline(int status, int n)
     return left;
 }
 
+static bool g_decline_launch_error; /* stub_cudnn_decline_leaves_launch_error's */
+
+extern "C" void stub_cudnn_decline_leaves_launch_error(int on) { g_decline_launch_error = on != 0; }
+
 static size_t g_fused_workspace; /* stub_cudnn_fused_workspace's */
 
 extern "C" void stub_cudnn_fused_workspace(size_t bytes) { g_fused_workspace = bytes; }
@@ -1114,6 +1125,7 @@ static bool declining()
 {
     if (g_declines_left == 0) return false;
     if (g_declines_left > 0) g_declines_left--;
+    if (g_decline_launch_error) g_last_error = cudaErrorLaunchOutOfResources;
     return true;
 }
 

@@ -55,6 +55,10 @@ int stub_fail_nth_host_alloc(int n);
  * now). Returns how many were still to go. */
 int stub_cudnn_decline(int status, int n);
 
+/* Each declined call from now leaves a failed launch (cudaErrorLaunchOutOfResources) as the runtime's
+ * last error, as an engine of cuDNN's whose kernel did not launch may (0: none). */
+void stub_cudnn_decline_leaves_launch_error(int on);
+
 /* The bias-fused convolution is short of workspace (CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT) in
  * less than bytes, where the plain one runs, as cuDNN's fused kernels may need more (0: never). */
 void stub_cudnn_fused_workspace(size_t bytes);
