@@ -817,3 +817,124 @@ def test_a_wrapper_loader_whose_promoted_name_says_wan22_is_not_patched():
     _promoted_on_the_instance(wf, "Wan2_1_VAE_bf16.safetensors")
     wf["nodes"].append(dict(unlinked))
     assert patch_workflow(wf) == (2, 1, 0, 0, 0, 0)
+
+
+# ---- workflows at the edges of what ComfyUI writes -----------------------------------------------
+
+def promoted_subgraph(kind, widgets, instances, value):
+    """A subgraph holding one node of `kind` whose `widgets` widgets are all promoted to the subgraph's
+    inputs, placed `instances` times, instance j holding value(j, i) for widget i."""
+    names = [f"w{i}" for i in range(widgets)]
+    inner = {"id": 1, "type": kind, "outputs": [], "widgets_values": [""] * widgets,
+             "inputs": [{"name": n, "type": "STRING", "widget": {"name": n}, "link": i + 1} for i, n in enumerate(names)]}
+    sub = {"id": "S", "nodes": [inner], "outputs": [],
+           "links": [{"id": i + 1, "origin_id": -10, "origin_slot": i, "target_id": 1, "target_slot": i, "type": "STRING"}
+                     for i in range(widgets)],
+           "inputs": [{"name": n, "type": "STRING", "linkIds": [i + 1]} for i, n in enumerate(names)]}
+    nodes = [{"id": 10 + j, "type": "S", "outputs": [], "widgets_values": [value(j, i) for i in range(widgets)],
+              "inputs": [{"name": n, "type": "STRING", "widget": {"name": n}, "link": None} for n in names]}
+             for j in range(instances)]
+    return {"last_node_id": 100, "last_link_id": 100, "nodes": nodes, "links": [], "definitions": {"subgraphs": [sub]}}
+
+
+def test_promoted_widgets_of_many_instances_are_read_only_on_loaders(monkeypatch):
+    """The values a subgraph's instances give its promoted widgets are combined for the loaders alone
+    (whose file names the patcher reads), each distinct value once: a sampler with 8 promoted widgets in
+    10 instances was 10**8 combinations (minutes, GiBs); past MAX_VALUE_SETS a workflow is refused."""
+    from wanvideo_vae import workflow
+    monkeypatch.setattr(workflow, "MAX_VALUE_SETS", 16)
+    assert patch_workflow(promoted_subgraph("KSampler", 8, 10, lambda j, i: 10 * j + i)) == (0, 0, 0, 0, 0, 0)
+    same = promoted_subgraph("VAELoader", 8, 10, lambda j, i: "wan_2.1_vae.safetensors")
+    assert patch_workflow(same) == (0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="over 16 combinations of values"):
+        patch_workflow(promoted_subgraph("VAELoader", 3, 5, lambda j, i: f"vae_{j}.safetensors"))
+
+
+def test_subgraphs_nested_past_pythons_recursion_are_refused_in_a_line(tmp_path, capsys):
+    depth = 1500
+    subs = [{"id": f"S{k}", "inputs": [], "outputs": [{"name": "vae", "type": "VAE", "linkIds": [1]}],
+             "nodes": [{"id": 1, "type": f"S{k + 1}" if k + 1 < depth else "VAELoader", "inputs": [],
+                        "outputs": [{"name": "vae", "type": "VAE", "links": [1]}],
+                        "widgets_values": ["wan_2.1_vae.safetensors"]}],
+             "links": [{"id": 1, "origin_id": 1, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": "VAE"}]}
+            for k in range(depth)]
+    wf = {"last_node_id": 3, "last_link_id": 1, "links": [[1, 2, 0, 3, 1, "VAE"]], "definitions": {"subgraphs": subs},
+          "nodes": [{"id": 2, "type": "S0", "inputs": [], "outputs": [{"name": "vae", "type": "VAE", "links": [1]}]},
+                    {"id": 3, "type": "VAEDecode", "inputs": [{"name": "vae", "type": "VAE", "link": 1}], "outputs": []}]}
+    (tmp_path / "deep.json").write_text(json.dumps(wf))
+    assert cli_main(["patch-workflow", str(tmp_path / "deep.json"), str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "subgraphs nested too deeply to follow" in err and "\n" not in err and not (tmp_path / "o.json").exists()
+
+
+def patch_node_ids(wf):
+    return [n["id"] for n in wf["nodes"] if n["type"] == "WanVideoNativeVAEPatch"]
+
+
+def loader_and_sampler(loader_id=1, sampler_id=2, link=None):
+    link = link or [1, loader_id, 0, sampler_id, 0, "WANVAE"]
+    return {"nodes": [{"id": loader_id, "type": "WanVideoVAELoader", "widgets_values": ["Wan2_1_VAE_bf16.safetensors"],
+                       "outputs": [{"name": "vae", "type": "WANVAE", "links": [link[0]]}]},
+                      {"id": sampler_id, "type": "WanVideoSampler", "outputs": [],
+                       "inputs": [{"name": "vae", "type": "WANVAE", "link": link[0]}]}],
+            "links": [link], "last_node_id": 1, "last_link_id": 1}
+
+
+@pytest.mark.parametrize("wf,node_id,link_id", [
+    (loader_and_sampler(sampler_id=2.0), 3, 2),                      # 2.0 is node 2 to the frontend
+    (loader_and_sampler("1", "2"), 3, 2),                            # ids as strings of digits
+    (loader_and_sampler(link=[1.0, 1, 0, 2, 0, "WANVAE"]), 3, 2),
+])
+def test_new_ids_pass_every_id_a_number_or_digits_give(wf, node_id, link_id):
+    assert patch_workflow(wf).vae_patches == 1
+    assert patch_node_ids(wf) == [node_id] and wf["last_link_id"] == link_id
+
+
+def test_new_ids_pass_the_ids_of_short_links_too():
+    wf = loader_and_sampler()
+    wf["links"].append([102, 7, 0, 8, 0])  # not a link the patcher reads, but its id is taken
+    patch_workflow(wf)
+    assert wf["last_link_id"] == 103
+
+
+def test_a_loader_hands_on_only_the_links_that_leave_it():
+    """A loader output listing a link that starts elsewhere (a stale entry) keeps it where it starts:
+    patching moves the loader's own links alone, and patching again changes nothing."""
+    wf = {"nodes": [{"id": 1, "type": "WanVideoVAELoader", "widgets_values": ["Wan2_1_VAE_bf16.safetensors"],
+                     "outputs": [{"name": "vae", "type": "WANVAE", "links": [1]}]},
+                    {"id": 2, "type": "WanVideoDecode", "inputs": [{"name": "vae", "type": "WANVAE", "link": 1}],
+                     "outputs": []},
+                    {"id": 3, "type": "WanVideoTinyVAELoader", "outputs": [{"name": "vae", "type": "WANVAE", "links": []}]}],
+          "links": [[1, 9, 0, 2, 0, "WANVAE"]], "last_node_id": 3, "last_link_id": 1}
+    patch_workflow(wf)
+    assert wf["links"][0] == [1, 9, 0, 2, 0, "WANVAE"] and not patch_node_ids(wf)
+    again = copy.deepcopy(wf)
+    patch_workflow(again)
+    assert again == wf
+
+
+def test_an_api_prompt_with_other_keys_patches_again_to_itself():
+    wf = {"1": {"class_type": "WanVideoVAELoader", "inputs": {}}, "2": {"class_type": "WanVideoDecode",
+                                                                      "inputs": {"vae": ["1", 0]}}, "note": "x"}
+    assert patch_workflow(wf).decode_nodes == 1
+    again = copy.deepcopy(wf)
+    assert patch_workflow(again) == (0, 0, 0, 0, 0, 0) and again == wf
+    with pytest.raises(ValueError, match="no node of the API format"):
+        patch_workflow({"note": "x"})
+    wf = {"\u00b2": {"class_type": "WanVideoVAELoader", "inputs": {}},
+          "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["\u00b2", 0]}}}
+    assert patch_workflow(wf).vae_patches == 1 and "3" in wf  # a superscript is a digit to str.isdigit, not to int
+
+
+@pytest.mark.parametrize("text,says", [
+    ('{"nodes": [], "last_node_id": 1e400}', "'last_node_id' is not a number"),
+    ('{"nodes": [{"id": 1e400, "type": "X"}]}', "a number too large for a float"),
+    ('{"nodes": {}}', "'nodes' is not a list of objects"),
+    ('{"nodes": false}', "'nodes' is not a list of objects"),
+    ('{"nodes": [], "last_node_id": 1' + "0" * 5000 + "}", "not JSON this tool can read"),
+])
+def test_json_it_cannot_read_or_write_back_is_refused_in_a_line(tmp_path, capsys, text, says):
+    (tmp_path / "w.json").write_text(text)
+    assert cli_main(["patch-workflow", str(tmp_path / "w.json"), str(tmp_path / "o.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "\n" not in err and not (tmp_path / "o.json").exists()

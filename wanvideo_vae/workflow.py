@@ -23,6 +23,7 @@ Handles the UI format (nodes / links, as lists or, in schema version 1, as objec
 definitions included) and the API format ({id: {"class_type", "inputs"}}, also inside a saved
 /prompt request body)."""
 import json
+import math
 import os
 import re
 from collections import namedtuple
@@ -37,6 +38,7 @@ TAEHV_LOADERS = ("WanVideoTinyVAELoader", "WanVideoFlashVSRDecoderLoader")  # WA
 CORE_SOURCE_TYPES = ("VAEDecode", "VAEDecodeTiled")
 CORE_TARGET_TYPE = "WanCoreVAENativeDecode"
 CORE_LOADER_PREFIX = "VAELoader"  # core's loader, and ComfyUI-MultiGPU's (VAELoaderMultiGPU, its DisTorch ones)
+MAX_VALUE_SETS = 4096  # a loader's widget values over its subgraph's instances: a workflow past it is refused
 CORE_INPUTS = ("samples", "vae", "tile_size")  # WanCoreVAENativeDecode's inputs that a core decode's may link
 CORE_TILE_SIZE = 512  # WanCoreVAENativeDecode's default (and VAE Decode (Tiled)'s)
 CORE_NODE_SIZE = (315, 102)  # what two sockets and two widgets take in ComfyUI's frontend
@@ -273,17 +275,25 @@ def _widget_value_sets(workflow, graph, node):
     place, one set per instance."""
     values = node.get("widgets_values")
     widget_inputs = _widget_inputs(node)
-    if graph is None or not widget_inputs or not isinstance(values, list):  # graph None: a legacy group node's
-        return [values]
+    if graph is None or not widget_inputs or not isinstance(values, list) or not _names_a_vae(node.get("type")):
+        return [values]  # graph None: a legacy group node's; a node that is no VAE loader: no value is read
     links = _links_by_id(graph)
     sets = [values]
     for index, inp in enumerate(widget_inputs):
         link = links.get(inp.get("link"))
         held = _instance_widget_values(workflow, graph, _link_origin_slot(link)) \
             if link is not None and _link_origin(link) == SUBGRAPH_INPUT and index < len(values) else []
+        held = list({json.dumps(v, sort_keys=True): v for v in held}.values())  # each value once
         if held:
             sets = [s[:index] + [v] + s[index + 1:] for s in sets for v in held]
+        _expect(len(sets) <= MAX_VALUE_SETS, f"the instances of the subgraph holding node {node.get('id')!r} give its "
+                f"widgets over {MAX_VALUE_SETS} combinations of values")
     return sets
+
+
+def _names_a_vae(kind):
+    """Whether a node of type `kind` is a loader whose widget values the patcher reads (a file's name)."""
+    return _is_loader(kind) or kind in TAEHV_LOADERS or (isinstance(kind, str) and kind.startswith(CORE_LOADER_PREFIX))
 
 
 def _instance_widget_values(workflow, sub, slot):
@@ -460,9 +470,17 @@ def _next_ids(workflow):
     node_ids = [workflow.get("last_node_id") or 0] + [st.get("lastNodeId") or 0 for st in states]
     link_ids = [workflow.get("last_link_id") or 0] + [st.get("lastLinkId") or 0 for st in states]
     for graph in graphs:
-        node_ids += [n.get("id") for n in graph.get("nodes") or [] if isinstance(n.get("id"), int)]
-        link_ids += [i for i in _links_by_id(graph) if isinstance(i, int)]
-    return max(node_ids) + 1, max(link_ids) + 1
+        node_ids += [n.get("id") for n in graph.get("nodes") or []]
+        link_ids += [link.get("id") if isinstance(link, dict) else link[0] if isinstance(link, list) and link else None
+                     for link in graph.get("links") or []]
+    return _past(node_ids), _past(link_ids)
+
+
+def _past(ids):
+    """The first whole number past every id that is a number (2.0 is 2 to the frontend) or a string of digits."""
+    numbers = [i for i in ids if isinstance(i, (int, float)) and not isinstance(i, bool) and math.isfinite(i)]
+    numbers += [int(i) for i in ids if isinstance(i, str) and i.isascii() and i.isdigit()]
+    return math.floor(max(numbers, default=0)) + 1
 
 
 def _set_id_counters(workflow, node_id, link_id):
@@ -501,7 +519,8 @@ def _insert_graph_vae_patches(workflow, graph):
             wan22 += 1  # in a subgraph, for any instance: the patch node would refuse it there
             continue
         for slot, out in enumerate(loader.get("outputs") or []):
-            link_ids = [i for i in out.get("links") or [] if i in by_link]
+            link_ids = [i for i in out.get("links") or [] if i in by_link and
+                        _link_origin(by_link[i]) == loader.get("id") and _link_origin_slot(by_link[i]) == slot]
             if out.get("type") != "WANVAE" or not link_ids:
                 continue
             if any(by_id.get(_link_target(by_link[i]), {}).get("type") == PATCH_TYPE for i in link_ids):
@@ -574,7 +593,7 @@ def _insert_api_vae_patches(workflow, nodes):
                      if isinstance(v, list) and len(v) == 2 and [str(v[0]), v[1]] == source]
         if not consumers or any(n.get("class_type") == PATCH_TYPE for n, _ in consumers):
             continue
-        node_id = str(max([int(k) for k in workflow if str(k).isdigit()] + [0]) + 1)
+        node_id = str(max([int(k) for k in workflow if k.isascii() and k.isdigit()] + [0]) + 1)
         for n, name in consumers:
             n["inputs"][name] = [node_id, 0]
         workflow[node_id] = nodes[node_id] = {"class_type": PATCH_TYPE, "inputs": {"vae": source},
@@ -607,10 +626,11 @@ def _check_ui_nodes(nodes, where):
 
 def _check_ui(workflow):
     """The parts of a workflow in the UI format that patch_workflow reads are of the types it reads."""
-    _check_ui_nodes(workflow["nodes"] or [], "'nodes'")
+    _check_ui_nodes([] if workflow["nodes"] is None else workflow["nodes"], "'nodes'")
     _expect(isinstance(workflow.get("links"), (list, type(None))), "'links' is not a list")
     for key in ("last_node_id", "last_link_id"):
-        _expect(isinstance(workflow.get(key), (int, float, type(None))), f"'{key}' is not a number")
+        value = workflow.get(key)
+        _expect(value is None or isinstance(value, (int, float)) and math.isfinite(value), f"'{key}' is not a number")
     definitions = workflow.get("definitions")
     _expect(isinstance(definitions, (dict, type(None))), "'definitions' is not an object")
     subgraphs = (definitions or {}).get("subgraphs")
@@ -658,6 +678,8 @@ def patch_workflow(workflow, vae_patch=True, core=True):
         return report
     except (TypeError, AttributeError, KeyError, IndexError) as e:  # a value deep in it of another type
         raise ValueError(f"not a ComfyUI workflow this tool can read ({type(e).__name__}: {e})") from None
+    except RecursionError:
+        raise ValueError("not a ComfyUI workflow this tool can read: subgraphs nested too deeply to follow") from None
 
 
 def _patch(workflow, vae_patch, core):
@@ -674,8 +696,7 @@ def _patch(workflow, vae_patch, core):
     decodes, kept = _patch_api_decodes(nodes)
     cores = _patch_api_core_decodes(nodes) if core else 0
     patches, wan22 = _insert_api_vae_patches(workflow, nodes) if vae_patch else (0, 0)
-    if not decodes and not kept and not cores and not patches and len(nodes) < len(workflow):
-        raise ValueError("not a ComfyUI workflow: no 'nodes' list and not in the API format")
+    _expect(nodes or not workflow, "no 'nodes' list and no node of the API format (an object with a class_type)")
     return PatchReport(decodes, patches, 0, wan22, kept, cores)
 
 
@@ -689,6 +710,8 @@ def _read_json(src):
         raise ValueError(f"{src}: not valid JSON ({e})") from None
     except RecursionError:
         raise ValueError(f"{src}: JSON nested too deeply to read") from None
+    except ValueError as e:  # a number past Python's limit on the digits of an int
+        raise ValueError(f"{src}: not JSON this tool can read ({e})") from None
     except OSError as e:
         raise OSError(e.errno, e.strerror or str(e), src) from None
 
@@ -700,9 +723,11 @@ def patch_workflow_file(src, dst, vae_patch=True, core=True):
     workflow = _read_json(src)
     report = patch_workflow(workflow, vae_patch, core)
     try:
-        text = json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+        text = json.dumps(workflow, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     except RecursionError:
         raise ValueError(f"{src}: JSON nested too deeply to write") from None
+    except ValueError:  # 1e400 reads as infinity, which JSON cannot write
+        raise ValueError(f"{src}: holds a number too large for a float (JSON has no infinity to write back)") from None
 
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
