@@ -347,6 +347,9 @@ static int parse_floats(PyObject *seq, const char *what, int n, float *out)
 
 /* ---- Model ------------------------------------------------------------------------------- */
 
+/* Forks this process has been through (each child counts its parent's and its own); see _after_fork. */
+static long g_forks;
+
 typedef struct {
     PyObject_HEAD
     wv_model model;
@@ -356,6 +359,8 @@ typedef struct {
     PyThread_type_lock lock; /* one decode at a time: the backend context lives with the model */
     unsigned long owner;     /* the thread decoding (holding lock), valid while decoding is set */
     long taken_in;           /* g_forks when the lock was taken: a decode of the parent process when older */
+    long lock_forks;         /* g_forks when lock was made: a parent's when older, which a thread of the
+                                parent may have held (taking or letting go of it) as it forked */
     int decoding;
 } ModelObject;
 
@@ -500,6 +505,7 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         return -1;
     }
+    self->lock_forks = g_forks;
     if (self->built || self->building) { /* readers use the model without the lock: it never changes */
         PyErr_SetString(WvError, "a Model is built once; create a new Model for other weights");
         return -1;
@@ -694,15 +700,28 @@ static PyObject *raise_closed(void)
     return NULL;
 }
 
-/* Forks this process has been through (each child counts its parent's and its own); see _after_fork. */
-static long g_forks;
-
 static PyObject *after_fork(PyObject *mod, PyObject *noargs)
 {
     (void)mod;
     (void)noargs;
     g_forks++;
     Py_RETURN_NONE;
+}
+
+/* In a forked child, a lock of the parent's that no decode holds (decoding is 0): a thread of the
+ * parent may still have held it, between taking it and marking the decode or between unmarking and
+ * letting go, and no thread here would let it go. The model is whole in either case, so it takes a
+ * new lock; the old one, perhaps held for good, is left (not freed). */
+static int replace_parents_lock(ModelObject *self)
+{
+    PyThread_type_lock fresh = PyThread_allocate_lock();
+    if (!fresh) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->lock = fresh;
+    self->lock_forks = g_forks;
+    return 0;
 }
 
 /* Waits for the model's lock (another thread's decode) in slices, so Ctrl-C still works; a decode
@@ -719,6 +738,7 @@ static int take_model(ModelObject *self, const char *action)
                               "process", action);
         return -1;
     }
+    if (self->lock_forks != g_forks && replace_parents_lock(self)) return -1;
     if (self->decoding && self->owner == me) {
         PyErr_Format(WvError, "this Decoder is already decoding in this thread: a progress callback cannot %s the "
                               "Decoder it reports on", action);

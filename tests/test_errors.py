@@ -867,6 +867,50 @@ def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_as_a_thread_takes_or_lets_go_of_the_decoder_does_not_hang():
+    """A thread of the parent may hold the Decoder's lock outside a decode as the process forks (it has
+    taken it and waits for the GIL to mark the decode, or has unmarked it and not yet let go): the child
+    takes a lock of its own rather than wait for one nobody there lets go. Each child closes the Decoder,
+    or is told a decode was running, within 3 s (it used to hang in about one fork in three)."""
+    import signal
+    import threading
+    dec = wv.Decoder(random_weights(8, 4, seed=2), mean=[0.0] * 4, std=[1.0] * 4)
+    tiny_lat = random_latents(4, 1, 2, 2)
+    stop = threading.Event()
+
+    def decode_until_stopped():
+        while not stop.is_set():
+            dec.decode(tiny_lat)
+
+    workers = [threading.Thread(target=decode_until_stopped) for _ in range(2)]
+    for w in workers:
+        w.start()
+    codes = []
+    try:
+        for _ in range(40):
+            sum(range(20000))  # the GIL held a while, then a fork: the workers are anywhere
+            pid = os.fork()
+            if pid == 0:
+                signal.alarm(3)
+                try:
+                    dec.close()
+                    code = 0
+                except wv.WanVAEError as e:
+                    code = 1 if "forked" in str(e) else 2
+                except BaseException:  # noqa: BLE001
+                    code = 3
+                os._exit(code)
+            codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            if codes[-1] not in (0, 1):
+                break
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert all(c in (0, 1) for c in codes), f"children's exit codes (-{int(signal.SIGALRM)}: hung): {codes}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_decode_forked_from_its_progress_callback_ends_well_in_both_processes():
     """The child of a fork made inside a CPU decode (from its progress callback) goes on with the
     decode without the threads it had split its work over: the work runs in its one thread, and the
