@@ -1064,6 +1064,38 @@ def test_threads_asking_for_a_new_vaes_decoder_build_it_once(tiny, monkeypatch):
     assert len(built) == 1 and got == built * 3
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_thread_builds_a_decoder_can_get_one(tiny):
+    """The cache's lock, held by a thread of the parent building a Decoder as the process forks, is not
+    the child's: the child gets its own Decoder within 10 s."""
+    from wanvideo_vae import comfy_nodes
+    vae, data = tiny
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock():
+        with comfy_nodes._decoders._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    try:
+        assert held.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(10)
+            try:
+                dec = comfy_nodes._decoders.get(vae, vae.model, ("cpu", None, None), mean=data["mean"], std=data["std"])
+                os._exit(0 if dec.decode(data["latents"]).shape[0] > 0 else 2)
+            except BaseException:  # noqa: BLE001
+                os._exit(3)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_a_gpu_decode_out_of_memory_is_tried_again_then_raised_as_comfyuis(monkeypatch, fake_comfy):
     """Another process may take device memory after a decode sized its plan: tried once more (torch's
     cache released first; the decode plans for what is free then); a second failure is raised as

@@ -225,6 +225,10 @@ class _DecoderCache:
                 if not dec.closed or attempt == CLOSED_RETRIES:
                     raise
 
+    def forget_lock_after_fork(self):
+        """In a forked child: a thread of the parent may have held the lock, and none here would let it go."""
+        self._lock = threading.RLock()
+
     def close_gpu_decoders(self):
         """Closes and forgets every cached Decoder on a GPU (a decode running meanwhile finishes first).
         One that cannot close (asked from its own progress callback) is forgotten, freed when its
@@ -245,6 +249,8 @@ def _close_quietly(dec):
 
 
 _decoders = _DecoderCache()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_decoders.forget_lock_after_fork)
 
 
 def _close_gpu_decoders_when_comfyui_unloads():
