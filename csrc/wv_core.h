@@ -36,7 +36,8 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
 /* Environment variable `name` into buf (cut to size - 1 characters): 1 where it is set. On Windows
  * the process's environment, which Python's os.environ updates, rather than the copy of a C runtime
- * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read. */
+ * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read; as UTF-8, as
+ * elsewhere (read in UTF-16, not the ANSI code page). */
 int wv_getenv(const char *name, char *buf, size_t size);
 
 /* What wv_getenv reads under. glibc's getenv may walk an environment that another thread's putenv

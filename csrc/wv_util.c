@@ -26,20 +26,39 @@ static const wv_env_guard *g_env_guard;
 
 void wv_set_env_guard(const wv_env_guard *guard) { g_env_guard = guard; }
 
+#ifdef _WIN32
+/* The process environment's value of name (its UTF-16, as UTF-8: the ANSI code page would turn
+ * characters outside it into '?'), malloc'ed; NULL where it is not set or memory runs out. */
+static char *windows_env_utf8(const char *name, int *set)
+{
+    wchar_t wname[128], *wide = NULL;
+    char *utf8 = NULL;
+    DWORD n, got;
+    int bytes;
+    *set = 0;
+    if (!MultiByteToWideChar(CP_UTF8, 0, name, -1, wname, 128)) return NULL;
+    n = GetEnvironmentVariableW(wname, NULL, 0); /* its length with the terminator; 0: not set */
+    if (n == 0) return NULL;
+    *set = 1;
+    if (!(wide = (wchar_t *)malloc(n * sizeof(wchar_t)))) return NULL;
+    got = GetEnvironmentVariableW(wname, wide, n);
+    wide[got < n ? got : 0] = L'\0'; /* changed since it was measured: read as empty */
+    bytes = WideCharToMultiByte(CP_UTF8, 0, wide, -1, NULL, 0, NULL, NULL);
+    if (bytes > 0 && (utf8 = (char *)malloc((size_t)bytes)) != NULL)
+        WideCharToMultiByte(CP_UTF8, 0, wide, -1, utf8, bytes, NULL, NULL);
+    free(wide);
+    return utf8;
+}
+#endif
+
 static int read_env(const char *name, char *buf, size_t size)
 {
 #ifdef _WIN32
-    DWORD n;
-    SetLastError(ERROR_SUCCESS);
-    n = GetEnvironmentVariableA(name, buf, (DWORD)size);
-    if (n == 0) return GetLastError() != ERROR_ENVVAR_NOT_FOUND; /* set, and empty */
-    if (n >= size) { /* too long for buf: n is the size it needs; cut it as snprintf would */
-        char *all = (char *)malloc(n);
-        buf[0] = '\0';
-        if (all && GetEnvironmentVariableA(name, all, n) < n) snprintf(buf, size, "%s", all);
-        free(all);
-    }
-    return 1;
+    int set;
+    char *v = windows_env_utf8(name, &set);
+    snprintf(buf, size, "%s", v ? v : "");
+    free(v);
+    return set;
 #else
     const char *v = getenv(name);
     if (!v) return 0;
