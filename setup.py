@@ -128,6 +128,8 @@ def find_nvcc():
         root = os.environ.get(var)
         if root and os.path.isfile(os.path.join(root, "bin", exe_name)):
             return os.path.join(root, "bin", exe_name)
+        if root:  # a toolkit asked for (another CUDA version, say) that is not there: not silently another
+            warn(f"{var}={root} has no bin{os.sep}{exe_name}; looking on PATH and in the default folders")
     if shutil.which("nvcc"):
         return shutil.which("nvcc")
     if WINDOWS:
@@ -188,6 +190,8 @@ def candidate_roots(env_var, wheel_dirs, toolkit, installed=()):
     roots = []
     if os.environ.get(env_var):
         roots.append(os.environ[env_var])
+        if not os.path.isdir(os.environ[env_var]):
+            warn(f"{env_var}={os.environ[env_var]} is not a folder; looking in the wheels and the toolkit")
     for sp in site_dirs():
         roots += [os.path.join(sp, "nvidia", d) for d in wheel_dirs]
     roots.append(toolkit)
@@ -357,8 +361,10 @@ def cuda_config():
     if not cudart:
         return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
     check_torch_cuda(cuda_version)
-    archs = [a.strip() for a in os.environ.get("WANVIDEO_CUDA_ARCHS", DEFAULT_ARCHS).replace(",", ";").split(";")
-             if a.strip()]
+    archs, bad = cuda_archs(os.environ.get("WANVIDEO_CUDA_ARCHS", ""))
+    if bad is not None:
+        return missing(mode, f"WANVIDEO_CUDA_ARCHS has {bad!r}, not a compute capability: give them as 86;90 "
+                             "(or sm_86, 8.6)")
     if WINDOWS:
         CUDA_NOTE["dll_dirs"] = [d for d in (dll_folder(cudnn_lib, "cudnn64_*.dll"),
                                              dll_folder(cublas_lib, "cublas64_*.dll")) if d]
@@ -366,6 +372,20 @@ def cuda_config():
     return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudart": cudart, "cudnn_inc": cudnn_inc,
             "cudnn_lib": cudnn_lib, "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs,
             "required": mode == "1"}
+
+
+def cuda_archs(text):
+    """(compute capabilities as nvcc's numbers, oldest first; the first entry that is none, or None) of
+    WANVIDEO_CUDA_ARCHS: "86;90", split at ; , or spaces, each also as sm_90, compute_90 or 9.0 (with
+    +PTX: TORCH_CUDA_ARCH_LIST's form; the newest gets PTX anyway); none: DEFAULT_ARCHS."""
+    archs = []
+    for entry in [e for e in re.split(r"[;,\s]+", text) if e] or DEFAULT_ARCHS.split(";"):
+        arch = re.sub(r"^(sm_|compute_)|\+ptx$", "", entry.lower())
+        arch = re.sub(r"^(\d+)\.(\d)", r"\1\2", arch)
+        if not re.fullmatch(r"\d{2,3}[af]?", arch):
+            return [], entry
+        archs.append(arch)
+    return sorted(set(archs), key=lambda a: (int(re.match(r"\d+", a).group()), a)), None
 
 
 def dll_folder(lib, pattern):
@@ -484,6 +504,8 @@ class BuildExt(build_ext):
             return super().build_extension(ext)
         try:
             ext.extra_objects = [self.nvcc_compile(cfg, src) for src in CUDA_SOURCES]
+            # relinked whenever they are newer: other archs or another toolkit change no source
+            ext.depends = list(ext.depends) + ext.extra_objects
             for key, name in (("cudnn_lib", "cudnn"), ("cublas_lib", "cublas")):
                 if cfg[key].lower().endswith(".dll"):  # a wheel's DLL alone (Windows)
                     self.import_library(cfg[key], name)
@@ -491,10 +513,11 @@ class BuildExt(build_ext):
                         ext.library_dirs.insert(0, self.build_temp)
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001 - any compiler failure
-            if cfg["required"]:
-                raise
-            log(f"the CUDA backend failed to build ({e}); building CPU-only")
             what = f"nvcc exited with status {e.returncode}" if isinstance(e, subprocess.CalledProcessError) else str(e)
+            if cfg["required"]:
+                raise SystemExit(f"wanvideo_vae build: WANVIDEO_CUDA=1 but the CUDA backend failed to build ({what}; "
+                                 "the compiler's messages are above)") from None
+            log(f"the CUDA backend failed to build ({what}); building CPU-only")
             CUDA_NOTE["why"] = f"it failed to build ({what}; `pip install -v .` shows the compiler's messages)"
 
     def import_library(self, dll, name):

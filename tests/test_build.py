@@ -250,6 +250,41 @@ def on_windows(setup_module, tmp_path, monkeypatch):
     return setup_module, toolkit, sp
 
 
+@pytest.mark.parametrize("text,archs", [
+    ("", ["75", "80", "86", "89", "90"]), (";", ["75", "80", "86", "89", "90"]), ("90;", ["90"]),
+    ("sm_90,compute_86", ["86", "90"]), ("9.0+PTX 8.6", ["86", "90"]), ("100a;90", ["90", "100a"]),
+])
+def test_cuda_archs_are_read_in_the_forms_users_write_them(setup_module, text, archs):
+    assert setup_module.cuda_archs(text) == (archs, None)
+
+
+def test_cuda_archs_that_are_no_compute_capability_are_refused_by_name(on_windows, monkeypatch):
+    setup_module, _, _ = on_windows
+    monkeypatch.setenv("WANVIDEO_CUDA_ARCHS", "86;abc")
+    assert setup_module.cuda_config() is None
+    assert setup_module.CUDA_NOTE["why"].startswith("WANVIDEO_CUDA_ARCHS has 'abc', not a compute capability")
+
+
+def test_a_cuda_home_without_nvcc_is_said_not_passed_over(on_windows, tmp_path, monkeypatch):
+    """CUDA_HOME names the toolkit a user wants (another CUDA version): one without nvcc is a warning,
+    not silently another toolkit; so is a CUDNN_PATH that is no folder."""
+    setup_module, toolkit, _ = on_windows
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda-12.4"))
+    monkeypatch.setenv("CUDNN_PATH", str(tmp_path / "no cudnn"))
+    assert setup_module.cuda_config()["toolkit"] == str(toolkit)  # CUDA_PATH's
+    said = " | ".join(setup_module.CUDA_NOTE["warnings"])
+    assert f"CUDA_HOME={tmp_path / 'cuda-12.4'} has no bin" in said and "CUDNN_PATH=" in said
+
+
+def test_a_required_cuda_build_that_fails_says_so_in_a_line(setup_module, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANVIDEO_CUDA", "auto")
+    if not setup_module.cuda_config():
+        pytest.skip("setup.py finds no CUDA toolchain (nvcc, cuDNN, cuBLAS) to try")
+    r = build_in_place(scratch_copy(tmp_path), WANVIDEO_CUDA="1", WANVIDEO_CUDA_ARCHS="11")  # nvcc refuses it
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "WANVIDEO_CUDA=1 but the CUDA backend failed to build (nvcc exited with status" in r.stderr
+
+
 def test_windows_cuda_config_finds_the_toolkit_and_the_wheels_dlls(on_windows):
     setup_module, toolkit, sp = on_windows
     cfg = setup_module.cuda_config()
