@@ -833,6 +833,19 @@ def child_exit_code(pid, hang_message):
     pytest.fail(hang_message)
 
 
+def exit_child_after(action, done, forked):
+    """In a forked child: exits with `done` where action() returns, `forked` where it raises the
+    WanVAEError saying the Decoder was busy at the fork, 8 for another WanVAEError, 9 for anything else."""
+    try:
+        action()
+        code = done
+    except wv.WanVAEError as e:
+        code = forked if "forked" in str(e) else 8
+    except BaseException:  # noqa: BLE001
+        code = 9
+    os._exit(code)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
     """The decode of another thread does not exist in a forked child: the Decoder's lock would never be
@@ -851,14 +864,7 @@ def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
         assert started.wait(30)
         pid = os.fork()
         if pid == 0:  # the child: exit status 0 only for the error saying so
-            try:
-                small.decode(lat())
-                code = 3
-            except wv.WanVAEError as e:
-                code = 0 if "forked" in str(e) else 4
-            except BaseException:  # noqa: BLE001
-                code = 5
-            os._exit(code)
+            exit_child_after(lambda: small.decode(lat()), done=3, forked=0)
         assert child_exit_code(pid, "the child hung on the Decoder its parent's thread was using") == 0
     finally:
         release.set()
@@ -892,14 +898,7 @@ def test_a_child_forked_as_a_thread_takes_or_lets_go_of_the_decoder_does_not_han
             pid = os.fork()
             if pid == 0:
                 signal.alarm(3)
-                try:
-                    dec.close()
-                    code = 0
-                except wv.WanVAEError as e:
-                    code = 1 if "forked" in str(e) else 2
-                except BaseException:  # noqa: BLE001
-                    code = 3
-                os._exit(code)
+                exit_child_after(dec.close, done=0, forked=1)
             codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
             if codes[-1] not in (0, 1):
                 break
