@@ -466,14 +466,20 @@ static int collect_weights(PyObject *weights, PyObject **items, wv_named_view **
         PyObject *key = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 0);
         PyObject *value = PyTuple_GET_ITEM(PyList_GET_ITEM(*items, i), 1);
         const char *k;
+        Py_ssize_t k_bytes;
         char what[160];
         if (!PyUnicode_Check(key)) {
             PyErr_Format(WvError, "weights: every key must be a str, got %.80s", Py_TYPE(key)->tp_name);
             return -1;
         }
-        if (!(k = PyUnicode_AsUTF8(key))) {
+        if (!(k = PyUnicode_AsUTF8AndSize(key, &k_bytes))) {
             PyErr_Clear();
             PyErr_Format(WvError, "weights: key %R is not valid Unicode text (it cannot be encoded as UTF-8)", key);
+            return -1;
+        }
+        if ((Py_ssize_t)strlen(k) != k_bytes) { /* the core reads keys as C strings: it would stop at the NUL */
+            PyErr_Format(WvError, "weights: key %R holds a NUL character (no decoder key does: a damaged checkpoint?)",
+                         key);
             return -1;
         }
         snprintf(what, sizeof what, "weight '%s'", k);
@@ -560,62 +566,78 @@ static int dict_set(PyObject *d, const char *key, PyObject *value)
     return rc;
 }
 
+static PyObject *segment_item(const wv_plan *p, const wv_model *m, int s)
+{
+    const wv_segment *sg = &p->seg[s];
+    return Py_BuildValue("{s:s,s:i,s:i,s:i}", "first_block", m->blocks[sg->first_block].prefix, "scale", sg->scale,
+                         "halo", sg->halo, "frames_per_chunk", sg->frames_per_chunk);
+}
+
+static PyObject *buffer_item(const wv_plan *p, const wv_model *m, int i)
+{
+    (void)m;
+    return Py_BuildValue("(sn)", p->buffers[i].name, (Py_ssize_t)p->buffers[i].bytes);
+}
+
+static PyObject *tile_core_item(const wv_plan *p, const wv_model *m, int t)
+{
+    (void)m;
+    return rect_tuple(&p->tiles[t].core);
+}
+
+/* [item(p, m, i) for i < n] */
+static PyObject *plan_list(const wv_plan *p, const wv_model *m, int n,
+                           PyObject *(*item)(const wv_plan *, const wv_model *, int))
+{
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list && i < n; i++) {
+        PyObject *it = item(p, m, i);
+        if (!it) Py_CLEAR(list);
+        else PyList_SET_ITEM(list, i, it);
+    }
+    return list;
+}
+
+/* What plan() reports, key and value, in this order. */
+#define PLAN_FIELDS(X)                                                                                       \
+    X("frames", PyLong_FromLong(p->frames_out))                                                              \
+    X("height", PyLong_FromLong(p->H))                                                                       \
+    X("width", PyLong_FromLong(p->W))                                                                        \
+    X("tiles_x", PyLong_FromLong(p->tiles_x))                                                                \
+    X("tiles_y", PyLong_FromLong(p->tiles_y))                                                                \
+    X("n_tiles", PyLong_FromLong(p->n_tiles))                                                                \
+    X("core_x", PyLong_FromLong(p->core_x))                                                                  \
+    X("core_y", PyLong_FromLong(p->core_y))                                                                  \
+    X("out_halo", PyLong_FromLong(p->out_halo))                                                              \
+    X("stream_trunk", PyBool_FromLong(p->stream_trunk))                                                      \
+    X("attention_rows", PyLong_FromLong(p->attn_rows))                                                       \
+    X("shrunk_to_fit", PyBool_FromLong(p->shrunk_to_fit))                                                    \
+    X("planned_bytes", PyLong_FromSize_t(p->arena_bytes))                                                    \
+    X("trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes))                                              \
+    X("trunk_host_bytes", PyLong_FromSize_t(p->trunk_host_bytes))                                            \
+    X("weight_bytes", PyLong_FromSize_t(m->weight_bytes))                                                    \
+    X("conv_flops", PyLong_FromDouble(p->conv_flops))                                                        \
+    X("conv_operand_elems", Py_BuildValue("{s:L,s:L,s:L}", "trunk", (long long)p->trunk_operand, "tile",     \
+                                          (long long)p->tile_operand, "backend_max",                         \
+                                          (long long)m->backend->max_conv_elems))                            \
+    X("backend", PyUnicode_FromString(m->backend->name))                                                     \
+    X("precision", PyUnicode_FromString(wv_dtype_precision(m->backend->act_dtype)))                          \
+    X("segments", plan_list(p, m, p->n_segments, segment_item))                                              \
+    X("buffers", plan_list(p, m, p->n_buffers, buffer_item))                                                 \
+    X("tile_cores", plan_list(p, m, p->n_tiles, tile_core_item))
+
 static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
 {
-    PyObject *d = PyDict_New(), *segs = NULL, *bufs = NULL, *tiles = NULL;
+    PyObject *d = PyDict_New();
     if (!d) return NULL;
-    if (!(segs = PyList_New(p->n_segments)) || !(bufs = PyList_New(p->n_buffers)) ||
-        !(tiles = PyList_New(p->n_tiles)))
-        goto fail;
-    for (int s = 0; s < p->n_segments; s++) {
-        const wv_segment *sg = &p->seg[s];
-        PyObject *item = Py_BuildValue("{s:s,s:i,s:i,s:i}", "first_block", m->blocks[sg->first_block].prefix,
-                                       "scale", sg->scale, "halo", sg->halo, "frames_per_chunk",
-                                       sg->frames_per_chunk);
-        if (!item) goto fail;
-        PyList_SET_ITEM(segs, s, item);
+#define PLAN_SET(key, value)       \
+    if (dict_set(d, key, value)) { \
+        Py_DECREF(d);              \
+        return NULL;               \
     }
-    for (int i = 0; i < p->n_buffers; i++) {
-        PyObject *item = Py_BuildValue("(sn)", p->buffers[i].name, (Py_ssize_t)p->buffers[i].bytes);
-        if (!item) goto fail;
-        PyList_SET_ITEM(bufs, i, item);
-    }
-    for (int t = 0; t < p->n_tiles; t++) {
-        PyObject *item = rect_tuple(&p->tiles[t].core);
-        if (!item) goto fail;
-        PyList_SET_ITEM(tiles, t, item);
-    }
-    if (dict_set(d, "frames", PyLong_FromLong(p->frames_out)) || dict_set(d, "height", PyLong_FromLong(p->H)) ||
-        dict_set(d, "width", PyLong_FromLong(p->W)) || dict_set(d, "tiles_x", PyLong_FromLong(p->tiles_x)) ||
-        dict_set(d, "tiles_y", PyLong_FromLong(p->tiles_y)) || dict_set(d, "n_tiles", PyLong_FromLong(p->n_tiles)) ||
-        dict_set(d, "core_x", PyLong_FromLong(p->core_x)) || dict_set(d, "core_y", PyLong_FromLong(p->core_y)) ||
-        dict_set(d, "out_halo", PyLong_FromLong(p->out_halo)) ||
-        dict_set(d, "stream_trunk", PyBool_FromLong(p->stream_trunk)) ||
-        dict_set(d, "attention_rows", PyLong_FromLong(p->attn_rows)) ||
-        dict_set(d, "shrunk_to_fit", PyBool_FromLong(p->shrunk_to_fit)) ||
-        dict_set(d, "planned_bytes", PyLong_FromSize_t(p->arena_bytes)) ||
-        dict_set(d, "trunk_out_bytes", PyLong_FromSize_t(p->trunk_out_bytes)) ||
-        dict_set(d, "trunk_host_bytes", PyLong_FromSize_t(p->trunk_host_bytes)) ||
-        dict_set(d, "weight_bytes", PyLong_FromSize_t(m->weight_bytes)) ||
-        dict_set(d, "conv_flops", PyLong_FromDouble(p->conv_flops)) ||
-        dict_set(d, "conv_operand_elems", Py_BuildValue("{s:L,s:L,s:L}", "trunk", (long long)p->trunk_operand, "tile",
-                                                        (long long)p->tile_operand, "backend_max",
-                                                        (long long)m->backend->max_conv_elems)) ||
-        dict_set(d, "backend", PyUnicode_FromString(m->backend->name)) ||
-        dict_set(d, "precision", PyUnicode_FromString(wv_dtype_precision(m->backend->act_dtype))) ||
-        PyDict_SetItemString(d, "segments", segs) ||
-        PyDict_SetItemString(d, "buffers", bufs) || PyDict_SetItemString(d, "tile_cores", tiles))
-        goto fail;
-    Py_DECREF(segs);
-    Py_DECREF(bufs);
-    Py_DECREF(tiles);
+    PLAN_FIELDS(PLAN_SET)
+#undef PLAN_SET
     return d;
-fail:
-    Py_XDECREF(segs);
-    Py_XDECREF(bufs);
-    Py_XDECREF(tiles);
-    Py_DECREF(d);
-    return NULL;
 }
 
 static int parse_options(int tile_x, int tile_y, int end_frame, int raw, long long max_bytes, wv_options *o)
@@ -924,62 +946,76 @@ static int decode_locked(ModelObject *self, const wv_plan *plan, const py_array 
     return -1;
 }
 
-static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
+/* decode()'s arguments but the latents and statistics, which are read against the model. */
+typedef struct {
+    PyObject *latents, *mean, *std, *progress;
+    long long stream;
+    wv_options o;
+} decode_call;
+
+static int parse_decode_call(PyObject *args, PyObject *kwds, decode_call *c)
 {
     static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
                              "stream", "profile", NULL};
-    PyObject *lat_obj, *mean_obj, *std_obj, *progress = Py_None;
-    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, profile = 0, T, h, w;
-    long long max_bytes = 0, stream = 0;
+    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, profile = 0;
+    long long max_bytes = 0;
+    c->progress = Py_None;
+    c->stream = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLLp:decode", kwlist, &c->latents, &c->mean, &c->std, &tile_x,
+                                     &tile_y, &end_frame, &raw, &c->progress, &max_bytes, &c->stream, &profile))
+        return -1;
+    if (c->stream < 0) {
+        PyErr_Format(WvError, "stream must be a CUDA stream handle (>= 0), got %lld", c->stream);
+        return -1;
+    }
+    if (c->progress != Py_None && !PyCallable_Check(c->progress)) {
+        PyErr_SetString(WvError, "progress must be callable or None");
+        return -1;
+    }
+    if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &c->o)) return -1;
+    c->o.profile = profile;
+    return 0;
+}
+
+/* The frames a plan decodes: [F, H, W, 3] float32. */
+static PyArrayObject *new_frames_array(const wv_plan *p)
+{
+    npy_intp dims[4] = {p->frames_out, p->H, p->W, WV_RGB};
+    return (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+}
+
+static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
+{
+    decode_call c;
+    int T, h, w, have_plan = 0;
     float *mean = NULL, *stdv = NULL;
     py_array lat;
-    wv_options o;
     wv_plan plan;
     wv_stats stats;
     wv_error err = {WV_OK, ""};
     progress_bridge bridge = {NULL, NULL, NULL, NULL};
     PyArrayObject *out = NULL;
-    PyObject *result = NULL;
-    int have_plan = 0;
+    PyObject *result = NULL, *sd;
 
     memset(&lat, 0, sizeof lat);
-    if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLLp:decode", kwlist, &lat_obj, &mean_obj, &std_obj, &tile_x,
-                                     &tile_y, &end_frame, &raw, &progress, &max_bytes, &stream, &profile))
-        return NULL;
-    if (stream < 0) {
-        PyErr_Format(WvError, "stream must be a CUDA stream handle (>= 0), got %lld", stream);
-        return NULL;
-    }
-    if (progress != Py_None && !PyCallable_Check(progress)) {
-        PyErr_SetString(WvError, "progress must be callable or None");
-        return NULL;
-    }
-    bridge.callback = progress == Py_None ? NULL : progress;
-    if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &o)) return NULL;
-    o.profile = profile;
+    if (require_built(self) || parse_decode_call(args, kwds, &c)) return NULL;
+    bridge.callback = c.progress == Py_None ? NULL : c.progress;
     if (self->closed) return raise_closed(); /* before the output is made; checked again once it is ours */
-    if (parse_array(lat_obj, "latents", &lat)) return NULL;
-    if (lat.stream) stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
-    if (check_latents_shape(&self->model, &lat, &T, &h, &w) || read_stats(self, mean_obj, std_obj, &mean, &stdv))
+    if (parse_array(c.latents, "latents", &lat)) return NULL;
+    if (lat.stream) c.stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
+    if (check_latents_shape(&self->model, &lat, &T, &h, &w) || read_stats(self, c.mean, c.std, &mean, &stdv))
         goto finally;
-    if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
+    if (wv_plan_make(&plan, &self->model, T, h, w, &c.o, &err)) {
         wv_plan_free(&plan);
         raise_status(&err);
         goto finally;
     }
     have_plan = 1;
-    {
-        npy_intp dims[4] = {plan.frames_out, plan.H, plan.W, WV_RGB};
-        out = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
-        if (!out) goto finally;
-    }
-    if (check_latents_finite(&lat) || decode_locked(self, &plan, &lat, stream, mean, stdv, &o, out, &bridge, &stats))
+    if (!(out = new_frames_array(&plan)) || check_latents_finite(&lat) ||
+        decode_locked(self, &plan, &lat, c.stream, mean, stdv, &c.o, out, &bridge, &stats))
         goto finally;
-    {
-        PyObject *sd = stats_dict(&plan, &self->model, &stats, profile);
-        if (sd) result = Py_BuildValue("(ON)", (PyObject *)out, sd);
-    }
+    sd = stats_dict(&plan, &self->model, &stats, c.o.profile);
+    if (sd) result = Py_BuildValue("(ON)", (PyObject *)out, sd);
 finally:
     if (have_plan) wv_plan_free(&plan);
     Py_XDECREF(out);
@@ -1055,7 +1091,7 @@ static PyGetSetDef Model_getset[] = {
 
 static PyMethodDef Model_methods[] = {
     {"plan", (PyCFunction)(void (*)(void))Model_plan, METH_VARARGS | METH_KEYWORDS,
-     "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False) -> dict: the tile grid and memory plan."},
+     "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False, max_memory=0) -> dict: the tile grid and memory plan."},
     {"decode", (PyCFunction)(void (*)(void))Model_decode, METH_VARARGS | METH_KEYWORDS,
      "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None, max_memory=0,\n"
      "       stream=0, profile=False)\n"
@@ -1258,8 +1294,9 @@ static PyObject *fail_nth_alloc(PyObject *mod, PyObject *args, PyObject *kwds)
 
 static PyMethodDef module_methods[] = {
     {"decode_tiled", (PyCFunction)(void (*)(void))decode_tiled, METH_VARARGS | METH_KEYWORDS,
-     "decode_tiled(weights, latents, mean, std, *, backend='cpu', tile_x=0, tile_y=0, end_frame=False, raw=False,\n"
-     "             progress=None, max_memory=0, stream=0) -> (frames, stats)"},
+     "decode_tiled(weights, latents, mean, std, *, backend='cpu', precision=None, device=-1, tile_x=0, tile_y=0,\n"
+     "             end_frame=False, raw=False, progress=None, max_memory=0, stream=0, profile=False)\n"
+     "-> (frames, stats)"},
     {"backend_features", backend_features, METH_NOARGS, "Compiled backends and the ops each implements."},
     {"expected_keys", (PyCFunction)(void (*)(void))expected_keys, METH_VARARGS | METH_KEYWORDS,
      "expected_keys(dim=96, z_dim=16) -> [(key, shape)]: the decoder's weight table."},

@@ -168,6 +168,7 @@ static void zero_ring_frame(float *f, wv_grid g, int C)
     }
 }
 
+/* x [n][positions(g)][C]: the ring of each frame set to 0, the interior left alone */
 static void cpu_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
 {
     int64_t fe = wv_grid_positions(g) * C;
@@ -175,7 +176,8 @@ static void cpu_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
     for (int f = 0; f < n; f++) zero_ring_frame((float *)x + f * fe, g, C);
 }
 
-/* [z][T][h][w] view, frame t -> dst [P][z] with zero ring */
+/* lat [z][T][h][w] (any strides and dtype), frame t -> dst [positions(g)][z] = lat * std + mean,
+ * its ring zero */
 static void cpu_load_latent(void *ctx, const wv_view *lat, int t, const float *mean, const float *std,
                             wv_grid g, void *dst_)
 {
@@ -216,7 +218,7 @@ static int64_t rows_per_item(int64_t M, const wv_team *team)
     return share > CPU_ROW_BLOCK ? CPU_ROW_BLOCK : share < CPU_MIN_ROWS ? CPU_MIN_ROWS : share;
 }
 
-/* Rows [p0, p0 + rows) of y [P][cout] before the taps add to them: the bias (first == 0), else zero,
+/* `rows` rows of y [P][cout], from y on, before the taps add to them: the bias (first == 0), else zero,
  * or kept and the bias added (accumulate). */
 static void start_rows(float *y, int64_t rows, int cout, const float *bias, int accumulate)
 {
@@ -341,6 +343,8 @@ static void rms_norm_row(void *job_, int64_t item)
     }
 }
 
+/* x [n][positions(gx)][C] -> y [n][positions(gy)][C]: each interior pixel's C values scaled to an RMS
+ * of 1, times gamma [C], SiLU'd if use_silu; y's ring zero */
 static void cpu_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
                          int use_silu)
 {
@@ -349,6 +353,7 @@ static void cpu_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid 
     wv_team_run(team_of(ctx), (int64_t)n * gx.h, rms_norm_row, &j);
 }
 
+/* src [n][positions(gs)][C], its interior from (oy, ox) -> dst [n][positions(gd)][C], gd's interior */
 static void cpu_copy_region(void *ctx, const void *src_, wv_grid gs, int oy, int ox, void *dst_, wv_grid gd,
                             int C, int n)
 {
@@ -362,6 +367,7 @@ static void cpu_copy_region(void *ctx, const void *src_, wv_grid gs, int oy, int
                    (size_t)gd.w * (size_t)C * sizeof(float));
 }
 
+/* src [n][cstride], channels [coff, coff + C) -> dst [n][C] */
 static void cpu_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)
 {
     (void)ctx;
@@ -369,6 +375,8 @@ static void cpu_copy_channels(void *ctx, const void *src, int cstride, int coff,
         memcpy((float *)dst + p * C, (const float *)src + p * cstride + coff, (size_t)C * sizeof(float));
 }
 
+/* src [positions(gs)][4][C] (a sub-pixel conv's phases) -> dst [positions(gd)][C], the x2 frame's pixels
+ * from (dy0, dx0); see the op table for which phase each reads */
 static void cpu_pixel_shuffle(void *ctx, const void *src_, wv_grid gs, int sy0, int sx0, void *dst_, wv_grid gd,
                               int dy0, int dx0, int C)
 {
@@ -418,6 +426,7 @@ static void attention_rows(void *job_, int64_t item)
     wv_sgemm_nn(r, C, N, 1.0f, scores, N, j->qkv + 2 * C, 3 * C, 0.0f, j->out + (int64_t)q * C, C);
 }
 
+/* qkv [N][3][C] -> out [N][C] = softmax(q k^T / sqrt(C)) v, `rows` queries at a time; scores [rows][N] */
 static void cpu_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
 {
     attention_job j = {(const float *)qkv, (float *)out, (float *)scores, N, C, 0, 0, 0};
@@ -429,6 +438,8 @@ static void cpu_attention(void *ctx, const void *qkv, void *out, int N, int C, v
     }
 }
 
+/* src [positions(gs)][3], an h x w block from interior (sy, sx) -> out [..][out_w][3] at (oy, ox):
+ * clamped and mapped to [0, 1], or raw */
 static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out,
                              int out_w, int oy, int ox, wv_output_mode mode)
 {

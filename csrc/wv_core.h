@@ -117,7 +117,7 @@ typedef enum {
 } wv_block_kind;
 
 /* One convolution, weights in the backend's layout. kt/kh/kw are the kernel extents;
- * kt == 3 means causal in time (its cache: wv_cache_frames).
+ * kt > 1 means causal in time (Wan's: 3; its cache: wv_cache_frames).
  * The upsampling blocks' resample conv (nearest x2, then a 3x3 conv C -> C/2) runs sub-pixel: on
  * the low-resolution frame, as a 2x2 conv whose 4 x C/2 outputs are the four phases (y % 2, x % 2)
  * of the x2 frame, which the pixel_shuffle op then puts in place. Each phase's 2x2 taps are sums of
@@ -137,14 +137,30 @@ typedef struct {
 #define WV_BLOCK_MAX_CONVS 3
 #define WV_BLOCK_MAX_GAMMAS 2
 
+/* A block's conv and gamma slots (wv_block.conv[], .gamma[]) by kind; the model's table fills them
+ * from the checkpoint keys named beside each. POINTWISE, CONV and HEAD have one conv, WV_CONV. */
+enum {
+    WV_CONV = 0,
+    WV_RES_CONV1 = 0,    /* residual.2 */
+    WV_RES_CONV2 = 1,    /* residual.6 */
+    WV_RES_SHORTCUT = 2, /* shortcut: where cin != cout */
+    WV_RES_NORM1 = 0,    /* residual.0.gamma */
+    WV_RES_NORM2 = 1,    /* residual.3.gamma */
+    WV_ATTN_QKV = 0,     /* to_qkv */
+    WV_ATTN_PROJ = 1,    /* proj */
+    WV_ATTN_NORM = 0,    /* norm.gamma */
+    WV_UP_RESAMPLE = 0,  /* resample.1: the sub-pixel conv */
+    WV_UP_TIME_CONV = 1, /* time_conv: UP3D's */
+    WV_HEAD_NORM = 0     /* head.0.gamma */
+};
+
 typedef struct {
     wv_block_kind kind;
     char prefix[48]; /* checkpoint key prefix, e.g. "decoder.upsamples.4." */
     int cin, cout;
-    wv_conv conv[WV_BLOCK_MAX_CONVS]; /* RES: residual.2, residual.6, shortcut; ATTN: to_qkv, proj;
-                                         UP: resample.1, time_conv; HEAD/CONV/POINTWISE: [0] */
+    wv_conv conv[WV_BLOCK_MAX_CONVS]; /* by the slots above */
     int has_conv[WV_BLOCK_MAX_CONVS];
-    void *gamma[WV_BLOCK_MAX_GAMMAS]; /* RES: residual.0, residual.3; ATTN: norm; HEAD: head.0 */
+    void *gamma[WV_BLOCK_MAX_GAMMAS];
 } wv_block;
 
 #define WV_MAX_BLOCKS 32
@@ -301,7 +317,8 @@ typedef struct {
 
 /* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into
  * out[frames_out][H][W][3] (host float32), following plan p. mean/std: z floats each. stream: the
- * CUDA stream the latents are ready on (0 when none). One decode per model at a time. */
+ * caller's queue the latents are ready on, handed to the backend's begin as it is (a CUDA stream for
+ * the CUDA backend; 0 when none). One decode per model at a time. */
 wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, uintptr_t stream,
                     const float *mean, const float *std, const wv_options *o, float *out,
                     wv_progress_fn progress, void *progress_user, wv_stats *stats, wv_error *err);

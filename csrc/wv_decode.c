@@ -29,8 +29,7 @@ typedef struct {
 
 /* Activations in flight through the block list. The result of each block is left in x. */
 typedef struct {
-    wv_grid g;
-    int n;           /* frames in flight (1 in tiles: see upsample_depth_first) */
+    wv_grid g;       /* one frame at a time: the ops' frame counts are 1 */
     void *x, *y, *t; /* activations, second activations, conv input */
     int first_chunk; /* latent frame 0 of the sequence: upsample3d passes it through */
     int tile, seg;
@@ -165,38 +164,39 @@ static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void 
     r->tap0_ran[cv->cache_slot] = 0;
 }
 
-/* [n][P][z] -> [n][P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
+/* [P][z] -> [P][z]; the output feeds a 3x3 conv, so its ring is cleared. */
 static void run_pointwise(decode_run *r, const wv_block *b, flow *f)
 {
-    causal_conv(r, &b->conv[0], f->g, f->x, f->y, 0);
-    OP(r, zero_ring, f->y, f->g, b->cout, f->n);
+    causal_conv(r, &b->conv[WV_CONV], f->g, f->x, f->y, 0);
+    OP(r, zero_ring, f->y, f->g, b->cout, 1);
     swap_xy(f);
 }
 
-/* [n][P][cin] -> [n][P][cout] */
+/* [P][cin] -> [P][cout] */
 static void run_conv(decode_run *r, const wv_block *b, flow *f)
 {
-    causal_conv(r, &b->conv[0], f->g, f->x, f->y, 0);
+    causal_conv(r, &b->conv[WV_CONV], f->g, f->x, f->y, 0);
     swap_xy(f);
 }
 
-/* [n][P][cin] -> [n][P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x). Each
+/* [P][cin] -> [P][cout]: conv6(silu(rms3(conv2(silu(rms0(x)))))) + shortcut(x). Each
  * normalized frame goes where its conv reads it; the second one, when a shortcut's sum waits in y,
  * the conv's output, which it is normalized from, goes through t if the conv's taps are apart. */
 static void run_residual(decode_run *r, const wv_block *b, flow *f)
 {
-    int shortcut = b->has_conv[2];
-    void *t0 = input_for(r, &b->conv[0], f->g, f->y, 0, 0, f->t), *t1;
-    OP(r, rms_norm, f->x, f->g, t0, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, t0, f->y, 0);
-    t1 = input_for(r, &b->conv[1], f->g, shortcut ? f->y : f->x, 1, shortcut, f->t);
-    OP(r, rms_norm, f->y, f->g, t1, f->g, b->cout, f->n, b->gamma[1], 1);
+    const wv_conv *conv1 = &b->conv[WV_RES_CONV1], *conv2 = &b->conv[WV_RES_CONV2];
+    int shortcut = b->has_conv[WV_RES_SHORTCUT];
+    void *t0 = input_for(r, conv1, f->g, f->y, 0, 0, f->t), *t1;
+    OP(r, rms_norm, f->x, f->g, t0, f->g, b->cin, 1, b->gamma[WV_RES_NORM1], 1);
+    causal_conv(r, conv1, f->g, t0, f->y, 0);
+    t1 = input_for(r, conv2, f->g, shortcut ? f->y : f->x, 1, shortcut, f->t);
+    OP(r, rms_norm, f->y, f->g, t1, f->g, b->cout, 1, b->gamma[WV_RES_NORM2], 1);
     if (shortcut) {
-        causal_conv(r, &b->conv[2], f->g, f->x, f->y, 0);
-        causal_conv(r, &b->conv[1], f->g, t1, f->y, 1);
+        causal_conv(r, &b->conv[WV_RES_SHORTCUT], f->g, f->x, f->y, 0);
+        causal_conv(r, conv2, f->g, t1, f->y, 1);
         swap_xy(f);
     } else {
-        causal_conv(r, &b->conv[1], f->g, t1, f->x, 1);
+        causal_conv(r, conv2, f->g, t1, f->x, 1);
     }
 }
 
@@ -208,20 +208,20 @@ static void run_attention(decode_run *r, const wv_block *b, flow *f)
     int N = f->g.h * f->g.w, C = b->cin;
     void *normed = arena_buffer(r, WV_BUF_ATTN_IN), *qkv = arena_buffer(r, WV_BUF_ATTN_QKV);
     void *heads = arena_buffer(r, WV_BUF_ATTN_OUT), *scores = arena_buffer(r, WV_BUF_ATTN_SCORES);
-    OP(r, rms_norm, f->x, f->g, normed, flat, C, 1, b->gamma[0], 0);
-    causal_conv(r, &b->conv[0], flat, normed, qkv, 0);
+    OP(r, rms_norm, f->x, f->g, normed, flat, C, 1, b->gamma[WV_ATTN_NORM], 0);
+    causal_conv(r, &b->conv[WV_ATTN_QKV], flat, normed, qkv, 0);
     OP(r, attention, qkv, heads, N, C, scores, r->p->attn_rows);
     OP(r, copy_region, f->x, f->g, 0, 0, normed, flat, C, 1);
-    causal_conv(r, &b->conv[1], flat, heads, normed, 1);
+    causal_conv(r, &b->conv[WV_ATTN_PROJ], flat, heads, normed, 1);
     OP(r, copy_region, normed, flat, 0, 0, f->x, f->g, C, 1);
 }
 
-/* [n][P][C] -> [n][P][WV_RGB] */
+/* [P][C] -> [P][WV_RGB] */
 static void run_head(decode_run *r, const wv_block *b, flow *f)
 {
-    void *t = input_for(r, &b->conv[0], f->g, f->y, 0, 0, f->t);
-    OP(r, rms_norm, f->x, f->g, t, f->g, b->cin, f->n, b->gamma[0], 1);
-    causal_conv(r, &b->conv[0], f->g, t, f->y, 0);
+    void *t = input_for(r, &b->conv[WV_CONV], f->g, f->y, 0, 0, f->t);
+    OP(r, rms_norm, f->x, f->g, t, f->g, b->cin, 1, b->gamma[WV_HEAD_NORM], 1);
+    causal_conv(r, &b->conv[WV_CONV], f->g, t, f->y, 0);
     swap_xy(f);
 }
 
@@ -242,7 +242,7 @@ static void *trunk_out_frame(decode_run *r, int slot)
 }
 
 /* Latent frame t through the trunk's blocks (conv2, conv1, middle.0, the attention, and where the
- * plan says so, the first stage up to its upsample), into trunk output `slot` [h*w][C]. */
+ * plan says so, middle.2 and the first stage up to its upsample), into trunk output `slot` [h*w][C]. */
 static void trunk_frame(decode_run *r, int t, int slot)
 {
     wv_grid full = {r->p->h, r->p->w, 0};
@@ -251,7 +251,6 @@ static void trunk_frame(decode_run *r, int t, int slot)
     f.g.h = r->p->h;
     f.g.w = r->p->w;
     f.g.pad = 1;
-    f.n = 1;
     f.x = arena_buffer(r, WV_BUF_TRUNK_X);
     f.y = arena_buffer(r, WV_BUF_TRUNK_Y);
     f.t = arena_buffer(r, WV_BUF_TRUNK_T);
@@ -290,11 +289,11 @@ static void run_segment(decode_run *r, flow *f);
 static void upsample_depth_first(decode_run *r, const wv_block *b, flow *f)
 {
     const wv_plan *p = r->p;
-    const wv_conv *cv = &b->conv[0];
+    const wv_conv *cv = &b->conv[WV_UP_RESAMPLE];
     int next = f->seg + 1, per = 1;
     const wv_rect *src = &p->tiles[f->tile].region[f->seg], *dst = &p->tiles[f->tile].region[next];
     if (b->kind == WV_BLOCK_UP3D && !f->first_chunk) {
-        causal_conv(r, &b->conv[1], f->g, f->x, f->y, 0);
+        causal_conv(r, &b->conv[WV_UP_TIME_CONV], f->g, f->x, f->y, 0);
         per = 2;
     }
     for (int j = 0; j < per; j++) {
@@ -346,7 +345,6 @@ static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
     flow f;
     memset(&f, 0, sizeof f);
     f.g = wv_tile_grid(p, tile, 0);
-    f.n = 1;
     f.first_chunk = t == 0;
     f.tile = tile;
     segment_buffers(r, 0, &f);

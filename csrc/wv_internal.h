@@ -1,4 +1,4 @@
-/* Shared between the planner and the driver: the arena's named buffers. */
+/* Shared by the core's files (planner, driver, model): the arena's named buffers and helpers. */
 #ifndef WV_INTERNAL_H
 #define WV_INTERNAL_H
 

@@ -1,6 +1,6 @@
 /* The Wan 2.1 decoder as tables: the block list (built from the config) and, per block kind,
  * the parameters it owns (key suffix, shape, role). Every checkpoint key is derived from them. */
-#include "wv_backend.h"
+#include "wv_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,35 +32,36 @@ typedef struct {
 
 static const kind_spec KINDS[WV_BLOCK_KIND_COUNT] = {
     [WV_BLOCK_POINTWISE] = {"pointwise",
-                            {{"weight", "oi111", ROLE_WEIGHT, 0, 0}, {"bias", "o", ROLE_BIAS, 0, 0}}},
-    [WV_BLOCK_CONV] = {"conv", {{"weight", "oi333", ROLE_WEIGHT, 0, 0}, {"bias", "o", ROLE_BIAS, 0, 0}}},
+                            {{"weight", "oi111", ROLE_WEIGHT, WV_CONV, 0}, {"bias", "o", ROLE_BIAS, WV_CONV, 0}}},
+    [WV_BLOCK_CONV] = {"conv",
+                       {{"weight", "oi333", ROLE_WEIGHT, WV_CONV, 0}, {"bias", "o", ROLE_BIAS, WV_CONV, 0}}},
     [WV_BLOCK_RES] = {"residual",
-                      {{"residual.0.gamma", "i111", ROLE_GAMMA, 0, 0},
-                       {"residual.2.weight", "oi333", ROLE_WEIGHT, 0, 0},
-                       {"residual.2.bias", "o", ROLE_BIAS, 0, 0},
-                       {"residual.3.gamma", "o111", ROLE_GAMMA, 1, 0},
-                       {"residual.6.weight", "oo333", ROLE_WEIGHT, 1, 0},
-                       {"residual.6.bias", "o", ROLE_BIAS, 1, 0},
-                       {"shortcut.weight", "oi111", ROLE_WEIGHT, 2, 1},
-                       {"shortcut.bias", "o", ROLE_BIAS, 2, 1}}},
+                      {{"residual.0.gamma", "i111", ROLE_GAMMA, WV_RES_NORM1, 0},
+                       {"residual.2.weight", "oi333", ROLE_WEIGHT, WV_RES_CONV1, 0},
+                       {"residual.2.bias", "o", ROLE_BIAS, WV_RES_CONV1, 0},
+                       {"residual.3.gamma", "o111", ROLE_GAMMA, WV_RES_NORM2, 0},
+                       {"residual.6.weight", "oo333", ROLE_WEIGHT, WV_RES_CONV2, 0},
+                       {"residual.6.bias", "o", ROLE_BIAS, WV_RES_CONV2, 0},
+                       {"shortcut.weight", "oi111", ROLE_WEIGHT, WV_RES_SHORTCUT, 1},
+                       {"shortcut.bias", "o", ROLE_BIAS, WV_RES_SHORTCUT, 1}}},
     [WV_BLOCK_ATTN] = {"attention",
-                       {{"norm.gamma", "i11", ROLE_GAMMA, 0, 0},
-                        {"to_qkv.weight", "Qi11", ROLE_WEIGHT, 0, 0},
-                        {"to_qkv.bias", "Q", ROLE_BIAS, 0, 0},
-                        {"proj.weight", "ii11", ROLE_WEIGHT, 1, 0},
-                        {"proj.bias", "i", ROLE_BIAS, 1, 0}}},
+                       {{"norm.gamma", "i11", ROLE_GAMMA, WV_ATTN_NORM, 0},
+                        {"to_qkv.weight", "Qi11", ROLE_WEIGHT, WV_ATTN_QKV, 0},
+                        {"to_qkv.bias", "Q", ROLE_BIAS, WV_ATTN_QKV, 0},
+                        {"proj.weight", "ii11", ROLE_WEIGHT, WV_ATTN_PROJ, 0},
+                        {"proj.bias", "i", ROLE_BIAS, WV_ATTN_PROJ, 0}}},
     [WV_BLOCK_UP2D] = {"upsample2d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0, 1},
-                        {"resample.1.bias", "o", ROLE_BIAS, 0, 0}}},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, 0, 1},
+                        {"resample.1.bias", "o", ROLE_BIAS, WV_UP_RESAMPLE, 0}}},
     [WV_BLOCK_UP3D] = {"upsample3d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, 0, 0, 1},
-                        {"resample.1.bias", "o", ROLE_BIAS, 0, 0},
-                        {"time_conv.weight", "Di311", ROLE_WEIGHT, 1, 0},
-                        {"time_conv.bias", "D", ROLE_BIAS, 1, 0}}},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, 0, 1},
+                        {"resample.1.bias", "o", ROLE_BIAS, WV_UP_RESAMPLE, 0},
+                        {"time_conv.weight", "Di311", ROLE_WEIGHT, WV_UP_TIME_CONV, 0},
+                        {"time_conv.bias", "D", ROLE_BIAS, WV_UP_TIME_CONV, 0}}},
     [WV_BLOCK_HEAD] = {"head",
-                       {{"0.gamma", "i111", ROLE_GAMMA, 0, 0},
-                        {"2.weight", "oi333", ROLE_WEIGHT, 0, 0},
-                        {"2.bias", "o", ROLE_BIAS, 0, 0}}},
+                       {{"0.gamma", "i111", ROLE_GAMMA, WV_HEAD_NORM, 0},
+                        {"2.weight", "oi333", ROLE_WEIGHT, WV_CONV, 0},
+                        {"2.bias", "o", ROLE_BIAS, WV_CONV, 0}}},
 };
 
 static int spec_count(wv_block_kind k)
@@ -89,6 +90,38 @@ static int spec_shape(const param_spec *ps, const wv_block *b, int64_t *shape)
     }
     return n;
 }
+
+/* One of a model's parameters, as next_param walks them from PARAMS_BEGIN: every block's specs that
+ * apply, in table order. */
+typedef struct {
+    int block, spec;
+    const param_spec *ps;
+    char key[96];
+    int64_t shape[WV_MAX_DIMS];
+    int nd;
+} param_iter;
+
+static const param_iter PARAMS_BEGIN = {0, -1, NULL, {0}, {0}, 0};
+
+static int next_param(const wv_model *m, param_iter *it)
+{
+    while (it->block < m->n_blocks) {
+        const wv_block *b = &m->blocks[it->block];
+        if (++it->spec < spec_count(b->kind)) {
+            it->ps = &KINDS[b->kind].params[it->spec];
+            if (!spec_applies(it->ps, b)) continue;
+            it->nd = spec_shape(it->ps, b, it->shape);
+            snprintf(it->key, sizeof it->key, "%s%s", b->prefix, it->ps->suffix);
+            return 1;
+        }
+        it->block++;
+        it->spec = -1;
+    }
+    return 0;
+}
+
+/* Element offset of each parameter in the model's one weight allocation, by block and spec. */
+typedef int64_t param_offsets[WV_MAX_BLOCKS][MAX_PARAMS_PER_KIND];
 
 static void add_block(wv_model *m, wv_block_kind kind, const char *prefix, int cin, int cout)
 {
@@ -139,23 +172,12 @@ static void build_blocks(wv_model *m, int dim, int z)
 int wv_model_expected_keys(int dim, int z_dim, wv_key_fn fn, void *user)
 {
     wv_model *m = (wv_model *)calloc(1, sizeof *m);
+    param_iter it = PARAMS_BEGIN;
     int count = 0;
     if (!m) return -1;
     build_blocks(m, dim, z_dim);
-    for (int bi = 0; bi < m->n_blocks; bi++) {
-        const wv_block *b = &m->blocks[bi];
-        for (int pi = 0; pi < spec_count(b->kind); pi++) {
-            const param_spec *ps = &KINDS[b->kind].params[pi];
-            char key[96];
-            int64_t shape[WV_MAX_DIMS];
-            int nd;
-            if (!spec_applies(ps, b)) continue;
-            nd = spec_shape(ps, b, shape);
-            snprintf(key, sizeof key, "%s%s", b->prefix, ps->suffix);
-            if (fn) fn(user, key, nd, shape);
-            count++;
-        }
-    }
+    for (; next_param(m, &it); count++)
+        if (fn) fn(user, it.key, it.nd, it.shape);
     free(m);
     return count;
 }
@@ -198,45 +220,44 @@ static wv_status infer_config(const wv_named_view *w, int n, int *dim, int *z, w
     return WV_OK;
 }
 
-/* Element offsets of every parameter in the one weight allocation; returns the elements it spans. */
-static int64_t layout_params(wv_model *m, int64_t *conv_w, int64_t *conv_b, int64_t *gamma)
+/* Conv ps->slot of block b, shaped by its weight's spec. */
+static void shape_conv(wv_block *b, const param_spec *ps, const int64_t *shape, int nd)
 {
-    int64_t off = 0;
-    for (int bi = 0; bi < m->n_blocks; bi++) {
-        wv_block *b = &m->blocks[bi];
-        for (int pi = 0; pi < spec_count(b->kind); pi++) {
-            const param_spec *ps = &KINDS[b->kind].params[pi];
-            int64_t shape[WV_MAX_DIMS], numel = 1;
-            int nd;
-            if (!spec_applies(ps, b)) continue;
-            nd = spec_shape(ps, b, shape);
-            for (int d = 0; d < nd; d++) numel *= shape[d];
-            if (ps->role == ROLE_WEIGHT) {
-                wv_conv *cv = &b->conv[ps->slot];
-                b->has_conv[ps->slot] = 1;
-                cv->cout = (int)shape[0];
-                cv->cin = (int)shape[1];
-                cv->kt = nd == 5 ? (int)shape[2] : 1;
-                cv->kh = (int)shape[nd - 2];
-                cv->kw = (int)shape[nd - 1];
-                if (ps->subpixel) {
-                    cv->subpixel = 1;
-                    cv->kh = cv->kw = 2;
-                    cv->cout *= WV_SUBPIXEL_PHASES;
-                }
-                conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
-            } else if (ps->role == ROLE_BIAS) {
-                conv_b[bi * WV_BLOCK_MAX_CONVS + ps->slot] = off;
-            } else {
-                gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot] = off;
-            }
-            m->n_params += numel;
-            if (ps->role == ROLE_WEIGHT) numel = m->backend->packed_weight_elems(&b->conv[ps->slot]);
-            if (ps->role == ROLE_BIAS) numel = b->conv[ps->slot].cout; /* a sub-pixel conv's: once per phase */
-            off = wv_param_align(off + numel);
-        }
+    wv_conv *cv = &b->conv[ps->slot];
+    b->has_conv[ps->slot] = 1;
+    cv->cout = (int)shape[0];
+    cv->cin = (int)shape[1];
+    cv->kt = nd == 5 ? (int)shape[2] : 1;
+    cv->kh = (int)shape[nd - 2];
+    cv->kw = (int)shape[nd - 1];
+    if (ps->subpixel) {
+        cv->subpixel = 1;
+        cv->kh = cv->kw = 2;
+        cv->cout *= WV_SUBPIXEL_PHASES;
     }
-    return off;
+}
+
+/* Every parameter's offset (and each conv's shape); returns the elements the allocation spans. */
+static int64_t layout_params(wv_model *m, param_offsets off)
+{
+    param_iter it = PARAMS_BEGIN;
+    int64_t end = 0;
+    while (next_param(m, &it)) {
+        wv_block *b = &m->blocks[it.block];
+        const wv_conv *cv = &b->conv[it.ps->slot];
+        int64_t numel = 1;
+        for (int d = 0; d < it.nd; d++) numel *= it.shape[d];
+        m->n_params += numel;
+        if (it.ps->role == ROLE_WEIGHT) {
+            shape_conv(b, it.ps, it.shape, it.nd);
+            numel = m->backend->packed_weight_elems(cv);
+        } else if (it.ps->role == ROLE_BIAS) {
+            numel = cv->cout; /* a sub-pixel conv's: once per phase */
+        }
+        off[it.block][it.spec] = end;
+        end = wv_param_align(end + numel);
+    }
+    return end;
 }
 
 static void assign_cache_slots(wv_model *m)
@@ -366,48 +387,46 @@ finally:
     return st;
 }
 
-static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w, int n_w, char *used,
-                                 const int64_t *conv_w, const int64_t *conv_b, const int64_t *gamma,
-                                 wv_error *err)
+/* Where the parameter it points at lives in the weight allocation, bound to its block. */
+static void *bind_param(wv_model *m, const param_iter *it, int64_t off)
 {
-    char *base = (char *)m->weight_mem;
-    size_t pb = m->backend->param_bytes;
+    wv_block *b = &m->blocks[it->block];
+    void *p = (char *)m->weight_mem + off * (int64_t)m->backend->param_bytes;
+    switch (it->ps->role) {
+    case ROLE_WEIGHT: b->conv[it->ps->slot].weight = p; break;
+    case ROLE_BIAS: b->conv[it->ps->slot].bias = p; break;
+    case ROLE_GAMMA: b->gamma[it->ps->slot] = p; break;
+    }
+    return p;
+}
+
+static wv_status refuse_duplicate_keys(const wv_named_view *w, int n_w, wv_error *err)
+{
     for (int i = 0, first; i < n_w; i++) /* before any weight converts: only a key's first view is read */
         if (find_weight(w, n_w, w[i].key, &first) && first != i)
             return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", w[i].key);
-    for (int bi = 0; bi < m->n_blocks; bi++) {
-        wv_block *b = &m->blocks[bi];
-        for (int pi = 0; pi < spec_count(b->kind); pi++) {
-            const param_spec *ps = &KINDS[b->kind].params[pi];
-            char key[96];
-            int64_t shape[WV_MAX_DIMS];
-            int nd, idx = -1;
-            const wv_named_view *nv;
-            int64_t off;
-            wv_status st;
-            if (!spec_applies(ps, b)) continue;
-            nd = spec_shape(ps, b, shape);
-            snprintf(key, sizeof key, "%s%s", b->prefix, ps->suffix);
-            nv = find_weight(w, n_w, key, &idx);
-            if (!nv) {
-                char want[96];
-                format_shape(want, sizeof want, nd, shape);
-                return wv_fail(err, WV_ERR_INVALID, "missing weight '%s' (expected shape %s)", key, want);
-            }
-            used[idx] = 1;
-            if ((st = check_view(nv, nd, shape, err))) return st;
-            if (ps->role == ROLE_WEIGHT) {
-                off = conv_w[bi * WV_BLOCK_MAX_CONVS + ps->slot];
-                b->conv[ps->slot].weight = base + off * pb;
-            } else if (ps->role == ROLE_BIAS) {
-                off = conv_b[bi * WV_BLOCK_MAX_CONVS + ps->slot];
-                b->conv[ps->slot].bias = base + off * pb;
-            } else {
-                off = gamma[bi * WV_BLOCK_MAX_GAMMAS + ps->slot];
-                b->gamma[ps->slot] = base + off * pb;
-            }
-            if ((st = load_param(m, ctx, nv, ps, &b->conv[ps->slot], base + off * pb, err))) return st;
+    return WV_OK;
+}
+
+static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w, int n_w, char *used,
+                                 param_offsets off, wv_error *err)
+{
+    param_iter it = PARAMS_BEGIN;
+    wv_status st;
+    if ((st = refuse_duplicate_keys(w, n_w, err))) return st;
+    while (next_param(m, &it)) {
+        int idx = -1;
+        const wv_named_view *nv = find_weight(w, n_w, it.key, &idx);
+        void *dst;
+        if (!nv) {
+            char want[96];
+            format_shape(want, sizeof want, it.nd, it.shape);
+            return wv_fail(err, WV_ERR_INVALID, "missing weight '%s' (expected shape %s)", it.key, want);
         }
+        used[idx] = 1;
+        if ((st = check_view(nv, it.nd, it.shape, err))) return st;
+        dst = bind_param(m, &it, off[it.block][it.spec]);
+        if ((st = load_param(m, ctx, nv, it.ps, &m->blocks[it.block].conv[it.ps->slot], dst, err))) return st;
     }
     for (int i = 0; i < n_w; i++)
         if (!used[i])
@@ -429,8 +448,7 @@ wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv
                          wv_error *err)
 {
     int dim = 0, z = 0;
-    int64_t conv_w[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS], conv_b[WV_MAX_BLOCKS * WV_BLOCK_MAX_CONVS];
-    int64_t gamma[WV_MAX_BLOCKS * WV_BLOCK_MAX_GAMMAS];
+    param_offsets off;
     char *used = NULL;
     wv_status st;
 
@@ -438,7 +456,7 @@ wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv
     m->backend = be;
     if ((st = infer_config(w, n_w, &dim, &z, err))) return st;
     build_blocks(m, dim, z);
-    m->weight_bytes = (size_t)layout_params(m, conv_w, conv_b, gamma) * be->param_bytes;
+    m->weight_bytes = (size_t)layout_params(m, off) * be->param_bytes;
     assign_cache_slots(m);
 
     used = (char *)calloc((size_t)(n_w > 0 ? n_w : 1), 1);
@@ -447,7 +465,7 @@ wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv
     wv_model_measure_operands(m);
     if ((st = be->alloc(m->ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
     be->zero(m->ctx, m->weight_mem, m->weight_bytes);
-    if ((st = load_all_params(m, m->ctx, w, n_w, used, conv_w, conv_b, gamma, err))) goto finally;
+    if ((st = load_all_params(m, m->ctx, w, n_w, used, off, err))) goto finally;
     st = be->sync(m->ctx, err);
 finally:
     free(used);

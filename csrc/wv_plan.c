@@ -181,7 +181,7 @@ static void segment_scratch(const wv_plan *p, const wv_model *m, int s, int64_t 
     for (int b = sg->first_block; b < sg->end_block; b++) {
         const wv_block *blk = &m->blocks[b];
         int opens = b == sg->first_block && s > 0; /* the upsample producing this segment's frames */
-        const wv_conv *cv = &blk->conv[0];
+        const wv_conv *cv = &blk->conv[WV_UP_RESAMPLE]; /* read where it opens the segment */
         int64_t io = P * (opens ? blk->cout : imax(blk->cin, blk->cout));
         int64_t conv_in = opens ? wv_grid_positions(wv_conv_out_grid(cv, max_tile_grid(p, s - 1))) * cv->cout
                                 : P * imax(blk->cin, blk->cout);
@@ -416,7 +416,7 @@ static double count_flops(const wv_plan *p, const wv_model *m)
                 for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
                     const wv_conv *cv = &blk->conv[c];
                     if (!blk->has_conv[c]) continue;
-                    if (blk->kind == WV_BLOCK_UP3D && c == 1) { /* time_conv: all but frame 0 */
+                    if (blk->kind == WV_BLOCK_UP3D && c == WV_UP_TIME_CONV) { /* all but frame 0 */
                         wv_grid gp = wv_tile_grid(p, t, s - 1);
                         total += conv_flops(cv, (int64_t)gp.h * gp.w, segment_frames_total(p, s - 1, T) - 1);
                     } else if (cv->subpixel) { /* on the previous segment's grid, once per frame it makes */

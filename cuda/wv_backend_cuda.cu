@@ -13,7 +13,7 @@
  * weight scratch first (a few MiB of copying, against the frames the ring saves moving; three stored
  * rotations cost 264 MiB of device memory in bf16).
  *
- * Narrow causal convolutions (equal widths of at most TAPS_MAX_CHANNELS, 128 unless
+ * Causal convolutions run by taps (equal widths of at most TAPS_MAX_CHANNELS, 128 unless
  * WANVIDEO_CUDA_TAPS_MAX_CHANNELS says otherwise: the full-resolution stage's 96-channel residual
  * convs) run instead as three accumulated 2-d convolutions, one per temporal tap, each reading its
  * tap's frame in place with the weights packed tap by tap: cuDNN's 3-d kernels reach 240-280
@@ -149,7 +149,7 @@ struct cuda_ctx {
     void *scalars; /* WV_CUDA_SCALARS_BYTES of device memory */
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
     int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
-    int narrow_shown; /* ... and that narrow_conv_kernel runs the head */
+    int head_shown; /* ... and that head_conv_kernel runs the head */
     int graphs;       /* WANVIDEO_CUDA_GRAPHS=1: ops deferred, repeated steps launched as CUDA graphs */
     int graphs_failed; /* a capture failed (the reason went to stderr): steps run as recorded from then on */
     int capturing;     /* a step graph is being captured */
@@ -982,10 +982,17 @@ static void read_taps_max_channels(void)
     g_taps_max_channels = (int)env_count("WANVIDEO_CUDA_TAPS_MAX_CHANNELS", TAPS_MAX_CHANNELS, 65536, "a channel count");
 }
 
+/* Whether cv is a causal conv of Wan's kernel, 3 frames x 3 x 3: the one the ring, the taps run
+ * apart and the head kernel are written for. */
+static int is_causal_3x3x3(const wv_conv *cv)
+{
+    return cv->kt == WV_MAX_TAPS && cv->kh == HEAD_K && cv->kw == HEAD_K;
+}
+
 /* Whether causal conv cv runs as three 2-d convolutions, one per temporal tap (see the top). */
 static int runs_by_taps(const wv_conv *cv)
 {
-    return cv->kt == 3 && cv->kh == 3 && cv->kw == 3 && cv->cin == cv->cout && cv->cin <= g_taps_max_channels;
+    return is_causal_3x3x3(cv) && cv->cin == cv->cout && cv->cin <= g_taps_max_channels;
 }
 
 static int cuda_taps_apart(const wv_conv *cv) { return runs_by_taps(cv); }
@@ -1601,17 +1608,20 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
     return run_direct_conv(c, s, input, weight, bias, y, accumulate);
 }
 
-/* Whether causal conv cv runs on narrow_conv_kernel: a 3x3x3 one with a handful of outputs (the head)
+/* Whether causal conv cv runs on head_conv_kernel: a 3x3x3 one with a handful of outputs (the head)
  * whose inputs load as 16-byte vectors and whose weights fit in shared memory as fp32. */
-#define NARROW_MAX_SHARED ((size_t)48 << 10) /* without opting in; the kernel has no static shared */
+#define HEAD_MAX_SHARED ((size_t)48 << 10) /* without opting in; the kernel has no static shared */
 
-static size_t narrow_shared_bytes(const wv_conv *cv) { return (size_t)cv->cout * 27 * cv->cin * sizeof(float); }
-
-static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
+static size_t head_shared_bytes(const wv_conv *cv)
 {
-    return !c->direct_only && !runs_by_taps(cv) && cv->kt == 3 && cv->kh == 3 && cv->kw == 3 &&
-           cv->cout <= NARROW_OUTS && cv->cin * wv_dtype_size(c->dt) % 16 == 0 &&
-           narrow_shared_bytes(cv) <= NARROW_MAX_SHARED;
+    return (size_t)cv->cout * cv->kt * cv->kh * cv->kw * cv->cin * sizeof(float);
+}
+
+static int runs_head_kernel(const cuda_ctx *c, const wv_conv *cv)
+{
+    return !c->direct_only && !runs_by_taps(cv) && is_causal_3x3x3(cv) &&
+           cv->cout <= HEAD_MAX_OUTS && cv->cin * wv_dtype_size(c->dt) % 16 == 0 &&
+           head_shared_bytes(cv) <= HEAD_MAX_SHARED;
 }
 
 /* What cuDNN is handed for cv per input position (describe_conv's measure): the three frames of a
@@ -1619,26 +1629,28 @@ static int runs_narrow(const cuda_ctx *c, const wv_conv *cv)
 static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv)
 {
     const cuda_ctx *c = (const cuda_ctx *)ctx;
-    if (c->direct_only || runs_narrow(c, cv)) return 0;
+    if (c->direct_only || runs_head_kernel(c, cv)) return 0;
     return cudnn_operand(cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1, 1, cv->cin, cv->cout);
 }
 
-/* The ring's frames in tap order through narrow_conv_kernel. */
-static void run_narrow_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void *const *frames, void *y,
+/* The ring's frames in tap order through head_conv_kernel. */
+static void run_head_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void *const *frames, void *y,
                             int accumulate)
 {
-    const char *f[3] = {(const char *)frames[0], (const char *)frames[1], (const char *)frames[2]};
-    int64_t groups = (int64_t)g.h * ((g.w + NARROW_PIXELS - 1) / NARROW_PIXELS);
-    if (((uintptr_t)f[0] | (uintptr_t)f[1] | (uintptr_t)f[2]) % 16) { /* a misaligned load would end the context */
-        wv_fail(&c->err, WV_ERR_BACKEND, "the narrow convolution's frames are not 16-byte aligned");
+    const char *f[WV_MAX_TAPS];
+    uintptr_t addresses = 0;
+    int64_t groups = (int64_t)g.h * ((g.w + HEAD_PIXELS - 1) / HEAD_PIXELS);
+    for (int dt = 0; dt < WV_MAX_TAPS; dt++) addresses |= (uintptr_t)(f[dt] = (const char *)frames[dt]);
+    if (addresses % 16) { /* a misaligned load would end the context */
+        wv_fail(&c->err, WV_ERR_BACKEND, "the head convolution's frames are not 16-byte aligned");
         return;
     }
-    if (c->verbose && !c->narrow_shown) {
-        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: narrow kernel\n", cv->cin, cv->cout,
+    if (c->verbose && !c->head_shown) {
+        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d 3x3x3 on %dx%d: head kernel\n", cv->cin, cv->cout,
                 g.h + 2 * g.pad, g.w + 2 * g.pad);
-        c->narrow_shown = 1;
+        c->head_shown = 1;
     }
-    LAUNCH_SMEM(c, narrow_conv_kernel, blocks_for(groups, THREADS), THREADS, narrow_shared_bytes(cv), f[0], f[1],
+    LAUNCH_SMEM(c, head_conv_kernel, blocks_for(groups, THREADS), THREADS, head_shared_bytes(cv), f[0], f[1],
                 f[2], cv->weight, cv->bias, y, g, cv->cin, cv->cout, accumulate);
 }
 
@@ -1666,7 +1678,7 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
  * frames[0]. A causal one that runs by taps: a 2-d convolution per tap, each reading its tap's
  * frame and adding to y; one whose taps are not apart takes all three from its ring: one 3-frame
  * convolution from the ring's first slot with the weights' taps turned to the ring's order (for a
- * narrow one, narrow_conv_kernel reading the slots in tap order). */
+ * head, head_conv_kernel reading the slots in tap order). */
 typedef struct {
     const wv_conv *cv;
     wv_grid g;
@@ -1696,8 +1708,8 @@ static void exec_conv(cuda_ctx *c, const void *args)
             if (!run_conv(c, s, a->frames[dt], (const char *)cv->weight + (size_t)(dt * tap_stride(cv)) * es,
                           dt ? NULL : cv->bias, a->y, dt > a->first ? 1 : a->accumulate))
                 return;
-    } else if (runs_narrow(c, cv) && a->g.pad >= 1) { /* it reads the neighbours of edge pixels in the ring */
-        run_narrow_conv(c, cv, a->g, a->frames, a->y, a->accumulate);
+    } else if (runs_head_kernel(c, cv) && a->g.pad >= 1) { /* it reads the neighbours of edge pixels in the ring */
+        run_head_conv(c, cv, a->g, a->frames, a->y, a->accumulate);
     } else {
         const void *weight = weights_for_ring(c, cv, a->oldest);
         if (weight && (s = find_conv_shape(c, cv->cin, cv->cout, cv->kt, cv->kh, cv->kw, H, W, 1)))
@@ -1711,15 +1723,17 @@ static int find_ring(cuda_ctx *c, const wv_conv *cv, wv_grid g, conv_args *a)
 {
     size_t frame = (size_t)wv_grid_positions(g) * cv->cin * wv_dtype_size(c->dt);
     const char *f0 = (const char *)a->frames[0], *base = f0;
-    for (int dt = 1; dt < 3; dt++)
+    for (int dt = 1; dt < cv->kt; dt++)
         if ((const char *)a->frames[dt] < base) base = (const char *)a->frames[dt];
     a->ring = base;
     a->oldest = (int)((size_t)(f0 - base) / frame);
-    for (int dt = 0; dt < 3; dt++)
-        if ((const char *)a->frames[dt] != base + (size_t)((a->oldest + dt) % 3) * frame) return 0;
+    for (int dt = 0; dt < cv->kt; dt++)
+        if ((const char *)a->frames[dt] != base + (size_t)((a->oldest + dt) % cv->kt) * frame) return 0;
     return 1;
 }
 
+/* frames[dt] [positions(g)][cin] -> y [positions][cout] (+)= bias + temporal taps [first, last]; a causal
+ * conv not run by taps takes all three at once, its frames a ring's slots */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
                       void *y, int accumulate)
 {
@@ -1729,7 +1743,8 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const
     memset(&a, 0, sizeof a);
     a.cv = cv, a.g = g, a.first = first, a.last = last, a.y = y, a.accumulate = accumulate;
     for (int dt = first; dt <= last; dt++) a.frames[dt] = frames[dt];
-    if (cv->kt > 1 && !runs_by_taps(cv) && (cv->kt != 3 || first != 0 || last != 2 || !find_ring(c, cv, g, &a))) {
+    if (cv->kt > 1 && !runs_by_taps(cv) &&
+        (cv->kt != WV_MAX_TAPS || first != 0 || last != cv->kt - 1 || !find_ring(c, cv, g, &a))) {
         wv_fail(&c->err, WV_ERR_BACKEND,
                 "the CUDA causal convolution %d->%d takes its 3 taps at once from a ring of 3 frames (got kt=%d, taps "
                 "%d..%d)",
@@ -1741,6 +1756,8 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const
 
 /* ---- elementwise ops ---------------------------------------------------------------------- */
 
+/* lat [z][T][h][w] on the device (any strides, fp32 / fp16 / bf16), frame t -> dst [positions(g)][z] =
+ * lat * std + mean, its ring zero */
 static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *mean, const float *std, wv_grid g,
                              void *dst)
 {
@@ -1790,6 +1807,7 @@ static void exec_rms_norm(cuda_ctx *c, const void *args)
               a->x, a->gx, a->y, a->gy, a->C, a->gamma, a->silu, lanes_log2);
 }
 
+/* x [n][positions(gx)][C] -> y [n][positions(gy)][C]: RMS-normalized, times gamma, SiLU'd if silu; y's ring 0 */
 static void cuda_rms_norm(void *ctx, const void *x, wv_grid gx, void *y, wv_grid gy, int C, int n, const void *gamma,
                           int silu)
 {
@@ -1813,6 +1831,7 @@ static void exec_zero_ring(cuda_ctx *c, const void *args)
     LAUNCH(c, zero_ring_kernel, (int64_t)a->n * ring * a->C, a->x, a->g, a->C, a->n);
 }
 
+/* x [n][positions(g)][C]: each frame's ring set to 0 */
 static void cuda_zero_ring(void *ctx, void *x, wv_grid g, int C, int n)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -1856,7 +1875,8 @@ static int in_pinned_block(const cuda_ctx *c, const void *p)
     return b && (const char *)p >= b && (const char *)p < b + c->pinned_bytes;
 }
 
-/* A copy to or from the trunk output in host memory reads or writes the step's own frame, which
+/* src [n][positions(gs)][C], its interior from (oy, ox) -> dst [n][positions(gd)][C], gd's interior.
+ * A copy to or from the trunk output in host memory reads or writes the step's own frame, which
  * changes every step: it runs at once (see step graphs; a pageable block could not be captured
  * anyway); copies on the device are recorded. */
 static void cuda_copy_region(void *ctx, const void *src, wv_grid gs, int oy, int ox, void *dst, wv_grid gd, int C,
@@ -1892,6 +1912,7 @@ static void exec_copy_channels(cuda_ctx *c, const void *args)
                    a->C / k, a->n);
 }
 
+/* src [n][cstride], channels [coff, coff + C) -> dst [n][C] */
 static void cuda_copy_channels(void *ctx, const void *src, int cstride, int coff, void *dst, int C, int64_t n)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -1916,6 +1937,7 @@ static void exec_pixel_shuffle(cuda_ctx *c, const void *args)
                    a->sx0, a->dst, a->gd, a->dy0, a->dx0, a->C / k);
 }
 
+/* src [positions(gs)][4][C] (a sub-pixel conv's phases) -> dst [positions(gd)][C], the x2 frame from (dy0, dx0) */
 static void cuda_pixel_shuffle(void *ctx, const void *src, wv_grid gs, int sy0, int sx0, void *dst, wv_grid gd, int dy0,
                                int dx0, int C)
 {
@@ -1966,6 +1988,7 @@ static void exec_attention(cuda_ctx *c, const void *args)
     }
 }
 
+/* qkv [N][3][C] -> out [N][C] = softmax(q k^T / sqrt(C)) v, `rows` queries a chunk */
 static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, void *scores, int rows)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -1990,8 +2013,8 @@ static void exec_write_output(cuda_ctx *c, const void *args)
            (int)a->mode, output_flag(c));
 }
 
-/* The tile's core -> the current step's staging memory; the host copies it into `out` once the
- * step has finished (end_step / sync). */
+/* src [positions(gs)][3], an h x w block from interior (sy, sx) -> the current step's staging memory;
+ * the host copies it into out [..][out_w][3] at (oy, ox) once the step has finished (end_step / sync). */
 static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w, float *out,
                               int out_w, int oy, int ox, wv_output_mode mode)
 {
@@ -2032,32 +2055,36 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
 
 /* ---- the tables --------------------------------------------------------------------------- */
 
-/* wv_backend's fields in order (C++17: no designated initializers). */
-#define CUDA_TABLE(NAME, DT, BYTES)                                                                 \
-    static const wv_backend NAME = {                                                                \
-        "cuda",                  /* name */                                                         \
-        1,                       /* device_memory */                                                \
-        DT,                      /* act_dtype */                                                    \
-        BYTES,                   /* act_bytes */                                                    \
-        BYTES,                   /* param_bytes */                                                  \
-        sizeof(float) + BYTES,   /* score_bytes: fp32 scores and their softmax in DT */             \
-        1,                       /* causal_weight_scratch: taps turned to a ring's order per call */ \
-        WV_CUDA_WORKSPACE_BYTES, /* workspace_bytes */                                              \
-        CUBLAS_WORKSPACE_BYTES,  /* min_workspace_bytes */                                          \
-        STAGINGS,                /* output_staging_copies */                                        \
-        1,                       /* trunk_out_host */                                               \
-        INT32_MAX,               /* max_conv_elems: cuDNN indexes a tensor in int */                \
-        cuda_ctx_create,                                                                            \
-        cuda_ctx_destroy,                                                                           \
-        cuda_fail_nth_alloc,                                                                        \
-        cuda_release_thread,                                                                        \
-        WV_BACKEND_OPS(WV_CUDA_OP_INIT)};
-
-#define WV_CUDA_OP_INIT(name, ret, args) cuda_##name,
-CUDA_TABLE(CUDA_F32, WV_F32, 4)
-CUDA_TABLE(CUDA_F16, WV_F16, 2)
-CUDA_TABLE(CUDA_BF16, WV_BF16, 2)
+/* The table of one activation type, its fields set by name (C++17 has no designated initializers;
+ * a constexpr function keeps the tables constant-initialized). */
+static constexpr wv_backend cuda_table(wv_dtype dt, size_t bytes)
+{
+    wv_backend b = {};
+    b.name = "cuda";
+    b.device_memory = 1;
+    b.act_dtype = dt;
+    b.act_bytes = bytes;
+    b.param_bytes = bytes;
+    b.score_bytes = sizeof(float) + bytes; /* fp32 scores and their softmax in dt */
+    b.causal_weight_scratch = 1;          /* taps turned to a ring's order per call */
+    b.workspace_bytes = WV_CUDA_WORKSPACE_BYTES;
+    b.min_workspace_bytes = CUBLAS_WORKSPACE_BYTES;
+    b.output_staging_copies = STAGINGS;
+    b.trunk_out_host = 1;
+    b.max_conv_elems = INT32_MAX; /* cuDNN indexes a tensor in int */
+    b.ctx_create = cuda_ctx_create;
+    b.ctx_destroy = cuda_ctx_destroy;
+    b.fail_nth_alloc = cuda_fail_nth_alloc;
+    b.release_thread = cuda_release_thread;
+#define WV_CUDA_OP_INIT(op, ret, args) b.op = cuda_##op;
+    WV_BACKEND_OPS(WV_CUDA_OP_INIT)
 #undef WV_CUDA_OP_INIT
+    return b;
+}
+
+static constexpr wv_backend CUDA_F32 = cuda_table(WV_F32, 4);
+static constexpr wv_backend CUDA_F16 = cuda_table(WV_F16, 2);
+static constexpr wv_backend CUDA_BF16 = cuda_table(WV_BF16, 2);
 
 static const wv_backend_set CUDA_SET = {WV_BACKEND_ABI, {&CUDA_F32, &CUDA_F16, &CUDA_BF16}};
 

@@ -498,18 +498,22 @@ def test_windows_loads_pytorch_before_the_cuda_backend(monkeypatch):
 
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(devices, "_dll_dirs_added", True)
-    for name in ("torch", "wanvideo_vae._cuda"):  # put back as they were afterwards
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    monkeypatch.setattr(sys, "meta_path", [Recorder()] + sys.meta_path)
     import wanvideo_vae
-    monkeypatch.delattr(wanvideo_vae, "_cuda", raising=False)
+
+    def forget_both():  # the stand-ins imported next go at the end: setitem/setattr put back what was there
+        for name in ("torch", "wanvideo_vae._cuda"):
+            monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
+            del sys.modules[name]
+        monkeypatch.setattr(wanvideo_vae, "_cuda", getattr(wanvideo_vae, "_cuda", None), raising=False)
+        delattr(wanvideo_vae, "_cuda")
+
+    forget_both()
+    monkeypatch.setattr(sys, "meta_path", [Recorder()] + sys.meta_path)
     devices.cuda_module()
     assert order == ["torch", "wanvideo_vae._cuda"]
     monkeypatch.setattr(sys, "platform", "linux")
     order.clear()
-    monkeypatch.delitem(sys.modules, "torch")
-    monkeypatch.delitem(sys.modules, "wanvideo_vae._cuda")
-    monkeypatch.delattr(wanvideo_vae, "_cuda")
+    forget_both()
     devices.cuda_module()
     assert order == ["wanvideo_vae._cuda"]  # elsewhere the libraries' names carry no such clash
 

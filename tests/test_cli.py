@@ -119,7 +119,8 @@ def test_device_cuda_without_a_gpu_says_why(files, capsys):
 
 
 @pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "nan"), ("--fps", "0.001"), ("--max-memory", "inf"),
-                                        ("--max-memory", "1e30"), ("--seed", "-1"), ("--random-shape", "-1")])
+                                        ("--max-memory", "1e30"), ("--max-memory", "0.5"), ("--max-memory", "1e-300"),
+                                        ("--seed", "-1"), ("--random-shape", "-1")])
 def test_out_of_range_numbers_are_refused_before_decoding(files, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), flag, value])

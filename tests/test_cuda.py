@@ -168,6 +168,18 @@ def test_device_budget_leaves_out_the_reserve(monkeypatch):
     assert devices.device_budget(0, reserve=80 << 30) == (1, 1)  # nothing left is a budget of 1, not "no limit"
 
 
+def test_a_failed_free_memory_read_is_the_decodes_error(monkeypatch):
+    """The runtime's failure to read free memory (a lost device) reaches the caller as WanVAEError,
+    the one exception type of the boundary, not the backend module's RuntimeError."""
+    from wanvideo_vae import devices
+
+    def lost(device):
+        raise RuntimeError("cannot read the free memory of CUDA device 0: unspecified launch failure")
+    monkeypatch.setattr(devices, "cuda_module", lambda: type("Cuda", (), {"mem_get_info": staticmethod(lost)}))
+    with pytest.raises(wv.WanVAEError, match="free memory of CUDA device 0: unspecified launch failure"):
+        devices.device_budget(0)
+
+
 @gpu
 def test_host_latents_device_copy_comes_out_of_the_default_budget(monkeypatch):
     """Host latents are copied to the device as float32 beside the arena (a 1000-frame 720p video's are

@@ -238,7 +238,7 @@ def test_bf16_weights_or_activations_alone_err_past_2e2_on_the_tiny_fixture():
     """What tests/test_cuda.py's 16-bit tolerance rests on (README, tools/bf16_error_sources.py): on
     the tiny fixture, its float32 weights rounded to bf16 err more than 2e-2 (activations float32),
     and so do the stored activations rounded (weights float32), while a decoder rounding both keeps
-    40 dB and errs less than PyTorch's own bf16 decode, also with the narrow causal convolutions'
+    40 dB and errs less than PyTorch's own bf16 decode, also with the causal convolutions'
     taps summed in bf16 as the CUDA backend does."""
     import importlib.util
     import os
@@ -251,7 +251,7 @@ def test_bf16_weights_or_activations_alone_err_past_2e2_on_the_tiny_fixture():
     rows = dict(tool.error_rows("tiny", [weights_only, acts_only, both, by_taps, tool.TORCH_ROW]))
     assert rows[weights_only]["max"] > 2e-2, rows
     assert rows[acts_only]["max"] > 2e-2, rows
-    for label in (both, by_taps):  # by taps: the CUDA backend's narrow convs, rounded after each tap
+    for label in (both, by_taps):  # by taps: the CUDA backend's equal-width convs, rounded after each tap
         assert rows[label]["psnr"] >= 40.0, rows
         assert rows[label]["max"] < rows[tool.TORCH_ROW]["max"], rows
     assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 2.0, rows  # 0.7 dB here

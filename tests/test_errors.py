@@ -784,6 +784,18 @@ def test_a_weight_name_that_is_no_valid_unicode_is_named():
         wv._C.Model({1: np.zeros(3, np.float32)})
 
 
+def test_a_weight_name_holding_a_nul_is_refused():
+    """The core compares keys as C strings: "decoder.head.2.bias\\0junk" was read as decoder.head.2.bias
+    (used in its place, or 'given twice' beside it). A safetensors header can hold such a name."""
+    weights = random_weights(8, 4)
+    weights["decoder.head.2.bias\0junk"] = weights.pop("decoder.head.2.bias")
+    with pytest.raises(E, match=r"key 'decoder.head.2.bias\\x00junk' holds a NUL character"):
+        wv._C.Model(weights)
+    weights["decoder.head.2.bias"] = weights["decoder.head.2.bias\0junk"]
+    with pytest.raises(E, match="holds a NUL character"):
+        wv.Decoder(weights)
+
+
 def test_expected_keys_takes_the_widths_a_model_takes():
     """expected_keys listed keys for dim up to 4096, which a model of those weights then refused
     (its widest layer, 4 dim, is at most 4096)."""

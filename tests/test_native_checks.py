@@ -32,7 +32,7 @@ def run(cmd, **kw):
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_c_core_under_sanitizers(tmp_path):
     """tests/c/run.sh: the core's C test, and the CUDA kernels that can run on the host (the head's
-    narrow conv, the turning of a causal conv's taps) against the CPU ops; both under the sanitizers;
+    head conv, the turning of a causal conv's taps) against the CPU ops; both under the sanitizers;
     then the core's test under ThreadSanitizer, the CPU backend's ops split over three threads."""
     need("gcc")
     need("g++")

@@ -6,7 +6,7 @@ float32 output, on the [0, 1] image. Prints numbers; asserts nothing.
 
 Rows: the weights alone rounded (activations float32); every tensor a bf16 backend keeps in memory
 rounded (the unscaled latents, each convolution's output, each norm + SiLU, the attention's qkv and
-output, each block's output), weights float32; both (a bf16 decoder); both, with the narrow causal
+output, each block's output), weights float32; both (a bf16 decoder); both, with the causal
 convolutions (equal widths of at most 128 channels) summed tap by tap, the sum rounded after each
 tap, as the CUDA backend runs them (three 2-d convolutions accumulating into a bf16 output that
 holds the residual block's shortcut first); both but the blocks' outputs (the residual stream)
@@ -36,7 +36,7 @@ def bf16(x):
 
 
 class TapsStream(_Stream):
-    """Causal convolutions as the CUDA backend runs its narrow ones: one 2-d convolution per temporal
+    """Causal convolutions as the CUDA backend runs its equal-width ones (by taps): one 2-d convolution per temporal
     tap, the bias with the first, each added to the bf16 output (rounded after every tap), which
     holds the shortcut first where the conv ends a residual block."""
 
@@ -81,7 +81,7 @@ class RoundingDecoder(TorchWanDecoder):
 ROWS = [("weights bf16, activations fp32", (1, 0, 0)),
         ("weights fp32, activations bf16", (0, 1, 1)),
         ("both bf16 (a bf16 decoder)", (1, 1, 1)),
-        ("both bf16, narrow convs by taps", (1, 1, 1, True)),
+        ("both bf16, convs by taps", (1, 1, 1, True)),
         ("both bf16, residual stream fp32", (1, 1, 0))]
 
 

@@ -26,6 +26,10 @@ WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 NORMALIZATIONS = ("default", "minmax", "none")
 
+# WanVideoDecode's tiling defaults, which every entry point keeps: tile size (px, halo included) and
+# the strides its blended tiles overlap by (exact tiles need no overlap: accepted, not used).
+TILE, TILE_STRIDE_X, TILE_STRIDE_Y = 272, 144, 128
+
 
 def normalize_frames(raw, mode="default", inplace=False):
     """WanVideoDecode's normalizations of a raw decode: default = clamp(-1, 1) then (x + 1) / 2;
@@ -258,7 +262,7 @@ class Decoder:
         """Halo (pixels at that block's resolution) at the input of every block after the attention."""
         return self._model.halos()
 
-    def plan(self, T, h, w, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
+    def plan(self, T, h, w, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
              enable_vae_tiling=True, end_frame=False, max_memory=None):
         """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
         for name, v in (("T", T), ("h", h), ("w", w)):
@@ -275,7 +279,7 @@ class Decoder:
         _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y)
         return int(tile_x), int(tile_y)
 
-    def decode(self, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
+    def decode(self, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
                max_memory=None, profile=False):
         """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
@@ -327,9 +331,9 @@ class Decoder:
         return frames
 
 
-def decode_tiled(weights, latents, *, tile_x=272, tile_y=272, tile_stride_x=144, tile_stride_y=128,
-                 enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, backend="cpu",
-                 precision=None, device=None, progress=None, max_memory=None):
+def decode_tiled(weights, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X,
+                 tile_stride_y=TILE_STRIDE_Y, enable_vae_tiling=True, mean=None, std=None, raw=False,
+                 end_frame=False, backend="cpu", precision=None, device=None, progress=None, max_memory=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
     # closed on the way out, an exception's too: its traceback would hold the weights (on CUDA, device
     # and pinned memory) for as long as the caller keeps it

@@ -10,7 +10,21 @@ import numpy as np
 
 from ._C import WanVAEError
 
-_FLOAT_KINDS = {"float32", "float16", "bfloat16"}
+# The float types the decoder takes, by torch's name (NumPy's too, where it has one): the decoder
+# precision they map to, their bytes, and their typestr in the array interfaces (bfloat16: "<V2").
+FLOAT_TYPES = {"float32": ("fp32", 4, "<f4"), "float16": ("fp16", 2, "<f2"), "bfloat16": ("bf16", 2, "<V2")}
+PRECISION_BYTES = {precision: size for precision, size, _ in FLOAT_TYPES.values()}
+
+
+def unsupported_dtype(what, dtype):
+    """The error for an array of a type the decoder does not take."""
+    return WanVAEError(f"{what}: unsupported dtype {dtype}; expected {', '.join(list(FLOAT_TYPES)[:-1])} or "
+                       f"{list(FLOAT_TYPES)[-1]}")
+
+
+def torch_float_type(dtype):
+    """FLOAT_TYPES' entry of a torch dtype, or None."""
+    return FLOAT_TYPES.get(str(dtype).replace("torch.", ""))
 
 
 def _is_torch_tensor(x):
@@ -54,8 +68,8 @@ def _torch_to_numpy(t, what):
 
     t = dense_tensor(t, what)
     name = str(t.dtype).replace("torch.", "")
-    if name not in _FLOAT_KINDS and name != "float64":
-        raise WanVAEError(f"{what}: unsupported dtype {name}; expected float32, float16 or bfloat16")
+    if name not in FLOAT_TYPES and name != "float64":
+        raise unsupported_dtype(what, name)
     if t.dtype == torch.bfloat16:
         return tensor_memory(t, what, lambda t: t.cpu().contiguous().view(torch.int16).numpy().view("V2"))
     return tensor_memory(t, what, lambda t: t.cpu().float().numpy() if t.dtype == torch.float64 else t.cpu().numpy())
@@ -75,7 +89,7 @@ def host_array(x, what):
         if x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16":
             return x
         if x.dtype not in (np.float32, np.float16):
-            raise WanVAEError(f"{what}: unsupported dtype {x.dtype}; expected float32, float16 or bfloat16")
+            raise unsupported_dtype(what, x.dtype)
         if any(s % x.itemsize for s in x.strides):  # a field of a packed record array: its items unaligned
             return np.ascontiguousarray(x)
         return x

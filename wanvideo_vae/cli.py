@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from . import Decoder, WanVAEError, backends, load_weights
-from .api import NORMALIZATIONS, normalize_frames
+from .api import NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, normalize_frames
 from .console import tolerant_console
 from .devices import precision_for
 from .media import check_file_target, check_output, contact_sheet, have_mp4, load_latents, write_frames
@@ -184,8 +184,8 @@ def decode_cmd(args):
               "un-normalized: add --unnormalized")
     dec = Decoder(weights, backend=backend, precision=precision)
     # strides of 1: any --tile the planner takes passes the (WanVideoDecode) tile > stride check
-    options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or 272,
-                   tile_y=args.tile or 272, tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
+    options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or TILE,
+                   tile_y=args.tile or TILE, tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
     if args.unnormalized:
         options.update(mean=[0.0] * dec.z_dim, std=[1.0] * dec.z_dim)
     _check_output_size(dec, latents, out_path, options)
@@ -302,14 +302,14 @@ def bench_cmd(args):
     untiled = out
     done("pytorch untiled", timed, 0.0)
     if not args.skip_blended:
-        out, *timed = _timed(lambda: to_np(ref.decode_blended(z, 272, 272, 144, 128)), tdev)
-        done("pytorch blended 272/144/128", timed, float(np.abs(out - untiled).max()))
+        out, *timed = _timed(lambda: to_np(ref.decode_blended(z, TILE, TILE, TILE_STRIDE_X, TILE_STRIDE_Y)), tdev)
+        done(f"pytorch blended {TILE}/{TILE_STRIDE_X}/{TILE_STRIDE_Y}", timed, float(np.abs(out - untiled).max()))
         del out
     # our arena within half of PyTorch's peak; RSS growth can read near 0 in a process that already
     # holds the memory (a test run after others), hence the floor
     half = max(int(runs["pytorch untiled"][1] or 0) // 2, 64 << 20)
     ours = [("ours untiled", dict(enable_vae_tiling=False)),
-            ("ours exact tiles 272", dict(tile_x=272, tile_y=272)),
+            (f"ours exact tiles {TILE}", dict(tile_x=TILE, tile_y=TILE)),
             ("ours in half PyTorch's memory", dict(enable_vae_tiling=False, max_memory=half))]
     if tdev == "cuda":  # the GPU target: weights and working memory within 2 GiB of device memory
         ours.append(("ours in 2 GiB with weights",
@@ -406,8 +406,8 @@ def _positive_bytes(text):
         n = float(text[:-1]) * units[text[-1].lower()] if text and text[-1].lower() in units else float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 512M)") from None
-    if not 0 < n < 2**63:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive and below 2**63 bytes")
+    if not 1 <= n < 2**63:  # a fraction of a byte would be 0, no budget at all
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1 byte and below 2**63 bytes")
     return int(n)
 
 

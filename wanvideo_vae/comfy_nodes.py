@@ -14,7 +14,8 @@ import weakref
 import numpy as np
 
 from ._C import DeviceMemoryError, WanVAEError
-from .api import NORMALIZATIONS, Decoder, backends, normalize_frames
+from .api import NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, Decoder, backends, normalize_frames
+from .arrays import PRECISION_BYTES, torch_float_type
 from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
 from .weights import normalize_keys
 
@@ -46,9 +47,6 @@ def _comfy_progress(show=True):
     return progress
 
 
-_PRECISIONS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
-
-
 def _backend_for(module, *tensors, device=None, dtype=None):
     """(backend, precision, device): the CUDA backend, in the VAE's own precision (`dtype`, else its
     parameters'), whenever it is usable (ComfyUI keeps latents, and offloaded VAEs, on the CPU between
@@ -68,7 +66,7 @@ def _backend_for(module, *tensors, device=None, dtype=None):
     index = device_index(on_gpu[0]) if on_gpu else -1
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
-    precision = _PRECISIONS.get(str(dtype if dtype is not None else getattr(p, "dtype", None)), "bf16")
+    precision = (torch_float_type(dtype if dtype is not None else getattr(p, "dtype", None)) or ("bf16",))[0]
     return "cuda", precision_for(precision, index), index
 
 
@@ -110,13 +108,10 @@ def _comfyui_make_room(nbytes, device):
         mm.free_memory(int(nbytes / DEVICE_BUDGET_SHARE), _torch().device("cuda", device))
 
 
-_PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-
-
 def _make_room_for_weights(weights, precision, device):
     """Before a Decoder is built on GPU `device`: room for the weights in the decoder's precision (a
     Decoder is built before its decode asks room for its tiles)."""
-    _comfyui_make_room(sum(int(v.numel()) for v in weights.values()) * _PRECISION_BYTES[precision], device)
+    _comfyui_make_room(sum(int(v.numel()) for v in weights.values()) * PRECISION_BYTES[precision], device)
 
 
 def _make_room_like_comfyui(dec, shape, tile_x, tile_y, tiled):
@@ -362,11 +357,11 @@ class WanVideoNativeDecode:
                 "samples": ("LATENT",),
                 "enable_vae_tiling": ("BOOLEAN", {"default": False, "tooltip": (
                     "Exact tiling: lowers memory, never changes the picture (no seams).")}),
-                "tile_x": ("INT", {"default": 272, **_TILE, "tooltip": "Tile width in pixels, halo included."}),
-                "tile_y": ("INT", {"default": 272, **_TILE, "tooltip": "Tile height in pixels, halo included."}),
-                "tile_stride_x": ("INT", {"default": 144, **_STRIDE, "tooltip": (
+                "tile_x": ("INT", {"default": TILE, **_TILE, "tooltip": "Tile width in pixels, halo included."}),
+                "tile_y": ("INT", {"default": TILE, **_TILE, "tooltip": "Tile height in pixels, halo included."}),
+                "tile_stride_x": ("INT", {"default": TILE_STRIDE_X, **_STRIDE, "tooltip": (
                     "Accepted for compatibility; exact tiles need no overlap, so it changes nothing.")}),
-                "tile_stride_y": ("INT", {"default": 128, **_STRIDE, "tooltip": (
+                "tile_stride_y": ("INT", {"default": TILE_STRIDE_Y, **_STRIDE, "tooltip": (
                     "Accepted for compatibility; exact tiles need no overlap, so it changes nothing.")}),
             },
             "optional": {
@@ -487,7 +482,7 @@ class NativeWanRepoVAE(_NativeDecode):
         torch = _torch()
         videos = []
         for latents in zs:
-            raw = _decode_raw(self._wrapped, latents, False, False, 272, 272, show_progress=False)
+            raw = _decode_raw(self._wrapped, latents, False, False, TILE, TILE, show_progress=False)
             frames = torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2)
             videos.append(frames.to(getattr(latents, "device", "cpu")))
         return videos

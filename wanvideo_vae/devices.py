@@ -8,7 +8,7 @@ import sys
 import sysconfig
 
 from ._C import WanVAEError
-from .arrays import dense_tensor, tensor_memory
+from .arrays import dense_tensor, tensor_memory, torch_float_type, unsupported_dtype
 from .sysmem import PeakSampler
 
 # Share of the free device memory a CUDA decode plans to use when no max_memory is given.
@@ -131,7 +131,10 @@ def device_budget(device, reserve=0):
     cuda = cuda_module()
     if cuda is None:
         return 0, 0
-    free, _ = cuda.mem_get_info(device)
+    try:
+        free, _ = cuda.mem_get_info(device)
+    except RuntimeError as e:  # the CUDA runtime's error (a lost device): the decode's, as every other
+        raise WanVAEError(str(e)) from None
     return (max(int((free + _torch_cached_unused(device)) * DEVICE_BUDGET_SHARE) - reserve, 1),
             max(int(free * DEVICE_BUDGET_SHARE) - reserve, 1))
 
@@ -153,17 +156,16 @@ class CudaArray:
     bfloat16 as "<V2" (torch itself refuses to export bfloat16 before recent versions), and the
     stream the tensor is ready on (torch's current stream on its device)."""
 
-    _TYPESTR = {"torch.float32": "<f4", "torch.float16": "<f2", "torch.bfloat16": "<V2"}
-
     def __init__(self, tensor, what):
         import torch
 
         if tensor.dtype == torch.float64:  # converted, as host float64 is (on torch's current stream)
             tensor = tensor.float()
         tensor = dense_tensor(tensor, what)
-        typestr = self._TYPESTR.get(str(tensor.dtype))
-        if typestr is None:
-            raise WanVAEError(f"{what}: unsupported dtype {tensor.dtype}; expected float32, float16 or bfloat16")
+        float_type = torch_float_type(tensor.dtype)
+        if float_type is None:
+            raise unsupported_dtype(what, tensor.dtype)
+        typestr = float_type[2]
         stream = torch.cuda.current_stream(tensor.device).cuda_stream
         self.tensor = tensor  # keeps the memory alive for as long as this object is
         self.device = tensor.device

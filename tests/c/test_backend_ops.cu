@@ -423,7 +423,7 @@ static int make_side(side *s, const wv_backend *be)
 
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
  * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
- * CUDA); causal 3x3x3 ones with at most NARROW_OUTS outputs (narrow_conv_kernel on CUDA, odd widths
+ * CUDA); causal 3x3x3 ones with at most HEAD_MAX_OUTS outputs (head_conv_kernel on CUDA, odd widths
  * and a wider ring included); the sub-pixel conv's 2x2. */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
@@ -436,7 +436,7 @@ static void test_conv_shapes(side *cpu, side *gpu)
             }
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
     test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
-    test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head: narrow_conv_kernel on CUDA */
+    test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head: head_conv_kernel on CUDA */
     test_conv(cpu, gpu, 3, 3, 16, 4, 2, 1);
     test_conv(cpu, gpu, 1, 2, 16, 32, 1, 0); /* sub-pixel convs: a 2x2 window, no padding */
     test_conv(cpu, gpu, 1, 2, 24, 4 * 12, 1, 0);

@@ -610,11 +610,11 @@ static void test_trunk_cut(const wv_model *m, const float *lat, int T, int h, in
     CHECK(p.conv_flops < q.conv_flops && p.arena_bytes <= q.arena_bytes && p.n_tiles == q.n_tiles);
     /* the upsample's time conv runs in segment 0's grid, its cache sized for it (not segment 1's) */
     CHECK(up->kind == WV_BLOCK_UP3D &&
-          p.buffers[WV_BUF_CACHE0 + up->conv[1].cache_slot].bytes ==
-              wv_align_up((size_t)wv_cache_frames(m->backend, &up->conv[1]) *
+          p.buffers[WV_BUF_CACHE0 + up->conv[WV_UP_TIME_CONV].cache_slot].bytes ==
+              wv_align_up((size_t)wv_cache_frames(m->backend, &up->conv[WV_UP_TIME_CONV]) *
                           (size_t)((imin(h, p.core_y / 8 + 2 * p.seg[0].halo) + 2) *
                                    (imin(w, p.core_x / 8 + 2 * p.seg[0].halo) + 2)) *
-                          (size_t)up->conv[1].cin * sizeof(float)));
+                          (size_t)up->conv[WV_UP_TIME_CONV].cin * sizeof(float)));
     wv_plan_free(&p), wv_plan_free(&q);
     CHECK(decode(&short_trunk, lat, T, h, w, 40, out, &st, &err) == WV_OK);
     CHECK(max_abs_diff(out, tiled, n_out) < 1e-5f);

@@ -97,8 +97,8 @@ static float *ktrsc(const float *w, int cin, int cout, int taps)
     return d;
 }
 
-/* narrow_conv_kernel (the head's conv) against the CPU conv, in float32 and bf16. */
-template <typename T> static void test_narrow(int cin, int cout, int pad, int accumulate, const char *type)
+/* head_conv_kernel (the head's conv) against the CPU conv, in float32 and bf16. */
+template <typename T> static void test_head_conv(int cin, int cout, int pad, int accumulate, const char *type)
 {
     wv_grid g = {5, 7, pad};
     int64_t P = wv_grid_positions(g), nw = (int64_t)cout * cin * 27;
@@ -115,11 +115,11 @@ template <typename T> static void test_narrow(int cin, int cout, int pad, int ac
         float *packed = ktrsc(w, cin, cout, 27);
         T *tw = as_t<T>(packed, nw), *tb = as_t<T>(bias, cout), *tf = as_t<T>(frames, 3 * P * cin);
         T *ty = as_t<T>(y0, P * cout);
-        narrow_conv_kernel<T>(tf, tf + P * cin, tf + 2 * P * cin, tw, tb, ty, g, cin, cout, accumulate);
+        head_conv_kernel<T>(tf, tf + P * cin, tf + 2 * P * cin, tw, tb, ty, g, cin, cout, accumulate);
         for (int64_t i = 0; i < P * cout; i++) got[i] = from_t<T>(ty[i]);
         free(packed), free(tw), free(tb), free(tf), free(ty);
     }
-    snprintf(name, sizeof name, "narrow_conv %d->%d pad %d%s %s", cin, cout, pad, accumulate ? " +=" : "", type);
+    snprintf(name, sizeof name, "head_conv %d->%d pad %d%s %s", cin, cout, pad, accumulate ? " +=" : "", type);
     check(name, g, cout, ref, got, type[0] == 'f' ? 1e-5 : 2e-2);
     free(w), free(bias), free(frames), free(y0), free(ref), free(got);
 }
@@ -305,12 +305,12 @@ int main(void)
         test_rotation(16, 24, 3, r);
         test_rotation(24, 48, 1, r); /* a time conv */
     }
-    test_narrow<float>(96, 3, 1, 0, "fp32");
-    test_narrow<float>(32, 3, 1, 1, "fp32");
-    test_narrow<float>(16, 4, 2, 1, "fp32");
-    test_narrow<float>(8, 1, 1, 0, "fp32");
-    test_narrow<__nv_bfloat16>(96, 3, 1, 0, "bf16");
-    test_narrow<__nv_bfloat16>(16, 4, 2, 1, "bf16");
+    test_head_conv<float>(96, 3, 1, 0, "fp32");
+    test_head_conv<float>(32, 3, 1, 1, "fp32");
+    test_head_conv<float>(16, 4, 2, 1, "fp32");
+    test_head_conv<float>(8, 1, 1, 0, "fp32");
+    test_head_conv<__nv_bfloat16>(96, 3, 1, 0, "bf16");
+    test_head_conv<__nv_bfloat16>(16, 4, 2, 1, "bf16");
     test_direct(3, 5, 3, 0);
     test_direct(5, 6, 2, 0);
     test_direct(4, 8, 2, 1);
