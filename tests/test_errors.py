@@ -277,6 +277,33 @@ def test_interrupt_stops_within_one_step_and_next_decode_works(small):
     np.testing.assert_array_equal(out, ref)
 
 
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="no interval timers (Windows)")
+def test_a_signal_stops_a_decode_without_a_progress_callback(small):
+    """Ctrl-C in a script that passes no callback: the core's steps still look at Python's signals
+    between them, the handler's exception ends the decode, and the Decoder decodes as before after."""
+    import signal
+    import time
+    base = lat(T=8, h=16, w=16)  # 16 steps, about a second on two cores
+    ref = small.decode(base, raw=True)
+
+    def alarm(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGALRM, alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        start = time.perf_counter()
+        with pytest.raises(KeyboardInterrupt):
+            small.decode(base, raw=True)
+        interrupted_after = time.perf_counter() - start
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    start = time.perf_counter()
+    np.testing.assert_array_equal(small.decode(base, raw=True), ref)
+    assert interrupted_after < (time.perf_counter() - start) / 2  # stopped early, not when the decode returned
+
+
 def test_threads_with_separate_and_shared_decoders(small):
     inputs = [lat(T=2, h=4 + i, w=5) for i in range(4)]
     expected = [small.decode(x, raw=True) for x in inputs]
