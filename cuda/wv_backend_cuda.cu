@@ -982,8 +982,8 @@ static void read_taps_max_channels(void)
     g_taps_max_channels = (int)env_count("WANVIDEO_CUDA_TAPS_MAX_CHANNELS", TAPS_MAX_CHANNELS, 65536, "a channel count");
 }
 
-/* Whether cv is a causal conv of Wan's kernel, 3 frames x 3 x 3: the one the ring, the taps run
- * apart and the head kernel are written for. */
+/* Whether cv is a causal conv of Wan's kernel, 3 frames x 3 x 3: the one running the taps apart and
+ * the head kernel are written for (the ring takes any 3-frame conv, the 3x1x1 time conv too). */
 static int is_causal_3x3x3(const wv_conv *cv)
 {
     return cv->kt == WV_MAX_TAPS && cv->kh == HEAD_K && cv->kw == HEAD_K;
@@ -1635,7 +1635,7 @@ static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv)
 
 /* The ring's frames in tap order through head_conv_kernel. */
 static void run_head_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void *const *frames, void *y,
-                            int accumulate)
+                          int accumulate)
 {
     const char *f[WV_MAX_TAPS];
     uintptr_t addresses = 0;

@@ -358,7 +358,7 @@ static_assert(WV_MAX_TAPS == 3, "head_conv_kernel takes one frame argument per t
 
 template <typename T>
 __global__ void head_conv_kernel(const void *f0, const void *f1, const void *f2, const void *w_, const void *bias_,
-                                   void *y_, wv_grid g, int cin, int cout, int accumulate)
+                                 void *y_, wv_grid g, int cin, int cout, int accumulate)
 {
     enum { V = 16 / sizeof(T) };
     WV_DYNAMIC_SHARED(float, ws);
