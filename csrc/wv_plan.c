@@ -361,29 +361,24 @@ static void size_buffers(wv_plan *p, const wv_model *m)
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
 }
 
+/* The buffers of one phase placed one after another from `start`; returns where they end. */
+static size_t place_phase(wv_plan *p, const wv_model *m, int phase, size_t start)
+{
+    for (int i = 0; i < p->n_buffers; i++)
+        if (buffer_phase(p, m, i) == phase) {
+            p->buffers[i].offset = start;
+            start += p->buffers[i].bytes;
+        }
+    return start;
+}
+
 /* Offsets: the kept buffers first; then trunk work and tile work, which share memory unless the
  * trunk streams alongside the (single) tile. */
 static void place_buffers(wv_plan *p, const wv_model *m)
 {
-    size_t off = 0, phase_start, trunk_end, tile_end;
-    for (int i = 0; i < p->n_buffers; i++)
-        if (buffer_phase(p, m, i) == PHASE_KEEP) {
-            p->buffers[i].offset = off;
-            off += p->buffers[i].bytes;
-        }
-    phase_start = off;
-    trunk_end = phase_start;
-    for (int i = 0; i < p->n_buffers; i++)
-        if (buffer_phase(p, m, i) == PHASE_TRUNK) {
-            p->buffers[i].offset = trunk_end;
-            trunk_end += p->buffers[i].bytes;
-        }
-    tile_end = p->stream_trunk ? trunk_end : phase_start;
-    for (int i = 0; i < p->n_buffers; i++)
-        if (buffer_phase(p, m, i) == PHASE_TILE) {
-            p->buffers[i].offset = tile_end;
-            tile_end += p->buffers[i].bytes;
-        }
+    size_t kept_end = place_phase(p, m, PHASE_KEEP, 0);
+    size_t trunk_end = place_phase(p, m, PHASE_TRUNK, kept_end);
+    size_t tile_end = place_phase(p, m, PHASE_TILE, p->stream_trunk ? trunk_end : kept_end);
     p->trunk_out_bytes = p->buffers[WV_BUF_TRUNK_OUT].bytes;
     p->arena_bytes = trunk_end > tile_end ? trunk_end : tile_end;
 }
