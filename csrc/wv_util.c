@@ -173,51 +173,23 @@ float wv_elem_to_f32(const void *ptr, wv_dtype dt)
     return 0.0f;
 }
 
-/* Walks the view in row-major order; the innermost dimension is a tight loop. */
-void wv_view_to_f32(const wv_view *v, float *dst)
-{
-    int64_t idx[WV_MAX_DIMS] = {0};
-    int64_t n = wv_view_numel(v), inner, inner_stride, done = 0;
-    if (n == 0) return;
-    if (v->ndim == 0) {
-        dst[0] = wv_elem_to_f32((const char *)v->data, v->dtype);
-        return;
-    }
-    inner = v->shape[v->ndim - 1];
-    inner_stride = v->strides[v->ndim - 1];
-    while (done < n) {
-        const char *p = (const char *)v->data;
-        for (int d = 0; d < v->ndim - 1; d++) p += idx[d] * v->strides[d];
-        if (v->dtype == WV_F32 && inner_stride == 4) {
-            memcpy(dst + done, p, (size_t)inner * 4);
-        } else {
-            for (int64_t i = 0; i < inner; i++) dst[done + i] = wv_elem_to_f32(p + i * inner_stride, v->dtype);
-        }
-        done += inner;
-        for (int d = v->ndim - 2; d >= 0; d--) {
-            if (++idx[d] < v->shape[d]) break;
-            idx[d] = 0;
-        }
-    }
-}
+/* One innermost row of a view: `inner` elements `stride` bytes apart from `p`, the row-major
+ * position of its first element `done`, its index in the outer dimensions idx[0 .. ndim - 2]. */
+typedef int (*row_fn)(void *user, const wv_view *v, const char *p, int64_t inner, int64_t stride, int64_t done,
+                      const int64_t *idx);
 
-/* Walks the view as wv_view_to_f32 does: the innermost dimension is a tight loop. */
-int wv_view_find_nonfinite(const wv_view *v, int64_t *index)
+/* Calls fn on every row of v in row-major order (a 0-d view: one row of one element) until it
+ * returns nonzero; returns that, or 0. */
+static int walk_rows(const wv_view *v, row_fn fn, void *user)
 {
     int64_t idx[WV_MAX_DIMS] = {0};
     int64_t n = wv_view_numel(v), last = v->ndim - 1;
-    int64_t inner = v->ndim ? v->shape[last] : 1, inner_stride = v->ndim ? v->strides[last] : 0;
+    int64_t inner = v->ndim ? v->shape[last] : 1, stride = v->ndim ? v->strides[last] : 0;
     for (int64_t done = 0; done < n; done += inner) {
         const char *p = (const char *)v->data;
+        int rc;
         for (int d = 0; d < last; d++) p += idx[d] * v->strides[d];
-        for (int64_t i = 0; i < inner; i++) {
-            float f = wv_elem_to_f32(p + i * inner_stride, v->dtype);
-            if (f - f != 0.0f) { /* NaN or +-Inf */
-                if (v->ndim) idx[last] = i;
-                for (int d = 0; d < v->ndim; d++) index[d] = idx[d];
-                return 1;
-            }
-        }
+        if ((rc = fn(user, v, p, inner, stride, done, idx))) return rc;
         for (int d = (int)last - 1; d >= 0; d--) {
             if (++idx[d] < v->shape[d]) break;
             idx[d] = 0;
@@ -225,3 +197,35 @@ int wv_view_find_nonfinite(const wv_view *v, int64_t *index)
     }
     return 0;
 }
+
+static int row_to_f32(void *dst_, const wv_view *v, const char *p, int64_t inner, int64_t stride, int64_t done,
+                      const int64_t *idx)
+{
+    float *dst = (float *)dst_ + done;
+    (void)idx;
+    if (v->dtype == WV_F32 && stride == 4)
+        memcpy(dst, p, (size_t)inner * 4);
+    else
+        for (int64_t i = 0; i < inner; i++) dst[i] = wv_elem_to_f32(p + i * stride, v->dtype);
+    return 0;
+}
+
+void wv_view_to_f32(const wv_view *v, float *dst) { walk_rows(v, row_to_f32, dst); }
+
+static int row_find_nonfinite(void *index_, const wv_view *v, const char *p, int64_t inner, int64_t stride,
+                              int64_t done, const int64_t *idx)
+{
+    int64_t *index = (int64_t *)index_;
+    (void)done;
+    for (int64_t i = 0; i < inner; i++) {
+        float f = wv_elem_to_f32(p + i * stride, v->dtype);
+        if (f - f != 0.0f) { /* NaN or +-Inf */
+            for (int d = 0; d < v->ndim - 1; d++) index[d] = idx[d];
+            if (v->ndim) index[v->ndim - 1] = i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int wv_view_find_nonfinite(const wv_view *v, int64_t *index) { return walk_rows(v, row_find_nonfinite, index); }
