@@ -624,6 +624,17 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
     assert comfy_nodes._backend_for(module, latents) == ("cpu", None, None)
 
 
+def test_a_vae_of_no_float_type_the_decoder_takes_decodes_in_bf16(monkeypatch):
+    """A VAE without parameters, or in float64, has no precision of ours: the GPU decoder's default."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    latents = torch.zeros(16, 2, 3, 3)
+    assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1).double(), latents) == ("cuda", "bf16", 0)
+    assert comfy_nodes._backend_for(torch.nn.Identity(), latents) == ("cuda", "bf16", 0)
+
+
 def test_a_bf16_vae_decodes_in_fp32_on_a_gpu_without_bf16(monkeypatch):
     """Turing (7.5) and older have no bf16 arithmetic, where the CUDA backend refuses bf16; the nodes
     decode a bf16 VAE exactly in fp32 there instead of failing. An fp16 VAE stays fp16."""
@@ -1172,6 +1183,10 @@ def test_a_decoder_built_on_a_gpu_for_a_node_first_has_comfyui_make_room_for_its
     events.clear()
     cache.get(vae, vae.model, ("cuda", "fp32", 0), make_room=False)
     assert not events
+    events.clear()
+    cache.get(vae, vae.model, ("cuda", "fp32", 1), make_room=True)  # fp32 weights: 4 bytes each
+    assert events == [("free", int(4 * n / comfy_nodes.DEVICE_BUDGET_SHARE), torch.device("cuda", 1)),
+                      ("build", "fp32")]
 
 
 def test_core_vae_node_decodes_every_video_of_a_batch():

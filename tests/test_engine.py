@@ -210,6 +210,19 @@ def test_expected_key_table_matches_reference_file():
     dec = wv.Decoder(random_weights(96, 16))
     assert dec._model.n_params == 73295603
     assert dec._model.cache_slots == 32
+    assert dec._model.weight_bytes == 4 * sum(_aligned_cpu_elems(k, shape) for k, shape in ours.items())
+
+
+def _aligned_cpu_elems(key, shape):
+    """Elements a parameter takes in the CPU backend's weight memory: each starts on a 64-element
+    boundary; an upsample's resample conv is stored sub-pixel (four 2x2 phases: 16 taps a channel pair
+    for the 3x3's 9), its bias once per phase."""
+    n = int(np.prod(shape))
+    if key.endswith("resample.1.weight"):
+        n = n // 9 * 16
+    elif key.endswith("resample.1.bias"):
+        n *= 4
+    return -(-n // 64) * 64
 
 
 def test_profile_times_every_op_and_changes_nothing():

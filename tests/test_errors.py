@@ -108,7 +108,8 @@ CASES = [
     ("T, h or w of 0", lambda d, t: d.decode(np.zeros((4, 0, 3, 3), np.float32)), E, r"T, h, w >= 1"),
     ("NaN or Inf in the latents", lambda d, t: d.decode(np.where(lat() > 2, np.inf, lat()).astype(np.float32)), E,
      "NaN or Inf"),
-    ("integer, bool or complex arrays", lambda d, t: d.decode(lat().astype(np.int32)), E, "unsupported dtype"),
+    ("integer, bool or complex arrays", lambda d, t: d.decode(lat().astype(np.int32)), E,
+     "unsupported dtype int32; expected float32, float16 or bfloat16"),
     ("negative strides", lambda d, t: d.decode(lat()[:, :, :, ::-1]), E, "negative stride"),
     ("an array interface without shape, typestr or data", lambda d, t: d.decode(AI(typestr="<f4", data=(0, True))),
      E, "no 'shape'"),
@@ -240,6 +241,8 @@ def test_accepted_inputs(small):
     ro.flags.writeable = False  # read-only arrays are fine: inputs are only read
     np.testing.assert_array_equal(small.decode(ro, raw=True), ref)
     np.testing.assert_array_equal(small.decode(base.astype(np.float64), raw=True), ref)  # float64: converted
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(small.decode(torch.from_numpy(base).double(), raw=True), ref)  # torch's too
     w = random_weights(8, 4, seed=1)
     mixed = {k: (v.astype(np.float16) if i % 2 else v) for i, (k, v) in enumerate(w.items())}  # mixed dtypes
     wv.Decoder(mixed, mean=small.mean, std=small.std).decode(base)

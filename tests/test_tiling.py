@@ -163,10 +163,26 @@ def test_budget_shrinks_tiles_and_keeps_the_result():
     need = dec.last_stats["planned_bytes"]
     out = dec.decode(lat, raw=True, enable_vae_tiling=False, max_memory=need // 2)
     s = dec.last_stats
-    assert s["shrunk_to_fit"] and s["n_tiles"] > 1 and s["planned_bytes"] <= need // 2
+    assert s["shrunk_to_fit"] is True and s["n_tiles"] > 1 and s["planned_bytes"] <= need // 2
+    assert dec.plan(2, 12, 14, enable_vae_tiling=False)["shrunk_to_fit"] is False
     assert np.abs(out - whole).max() <= TILE_TOL
     with pytest.raises(MemoryError, match="budget is 1000 bytes"):
         dec.decode(lat, max_memory=1000)
+
+
+def test_the_plan_lists_every_buffer_and_tile():
+    """plan()'s buffers: the arena's named ones, then a causal cache per causal conv; its tile cores:
+    the grid in row-major order, covering the frame once."""
+    dec = decoder(8)
+    p = dec.plan(2, 12, 14, tile_x=40, tile_y=56, tile_stride_x=8, tile_stride_y=8)
+    names = [name.split(":")[0] for name, _ in p["buffers"]]
+    assert names[:12] == ["TRUNK_OUT", "WORKSPACE", "WEIGHT_SCRATCH", "TRUNK_X", "TRUNK_Y", "TRUNK_T", "ATTN_IN",
+                          "ATTN_QKV", "ATTN_OUT", "ATTN_SCORES", "TILE_SCRATCH", "OUTPUT_STAGING"]
+    assert len(names) == 12 + dec._model.cache_slots and all(n.startswith("causal cache") for n in names[12:])
+    assert (p["tiles_x"], p["tiles_y"]) == (5, 3) and len(p["tile_cores"]) == 15  # cores 24 x 40, edges cut
+    cx, cy = p["core_x"], p["core_y"]
+    assert p["tile_cores"] == [(ty * cy, min(p["height"], (ty + 1) * cy), tx * cx, min(p["width"], (tx + 1) * cx))
+                               for ty in range(p["tiles_y"]) for tx in range(p["tiles_x"])]
 
 
 @pytest.mark.parametrize("h,w,tile_x,tile_y", [(20, 6, 56, 1000), (20, 6, 40, 120), (12, 12, 48, 200)])
