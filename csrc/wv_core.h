@@ -160,7 +160,7 @@ typedef struct {
     int cin, cout;
     wv_conv conv[WV_BLOCK_MAX_CONVS]; /* by the slots above */
     int has_conv[WV_BLOCK_MAX_CONVS];
-    void *gamma[WV_BLOCK_MAX_GAMMAS];
+    void *gamma[WV_BLOCK_MAX_GAMMAS]; /* by the slots above too */
 } wv_block;
 
 #define WV_MAX_BLOCKS 32
