@@ -8,7 +8,7 @@ import scipy_openblas32 as _openblas
 
 from . import _C
 from ._C import WanVAEError
-from .arrays import as_float_list, host_array, is_cuda_tensor, latents_4d
+from .arrays import PRECISIONS, as_float_list, host_array, is_cuda_tensor, latents_4d
 from .devices import (CudaArray, cuda_module, device_budget, device_index, release_torch_cache_if_needed,
                       resolve_device)
 from .sysmem import available_host_bytes
@@ -25,6 +25,8 @@ WAN21_STD = [2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
 
 
 NORMALIZATIONS = ("default", "minmax", "none")
+
+BACKENDS = ("cpu", "cuda")
 
 # WanVideoDecode's tiling defaults, which every entry point keeps: tile size (px, halo included) and
 # the strides its blended tiles overlap by (exact tiles need no overlap: accepted, not used).
@@ -169,10 +171,10 @@ class Decoder:
     def __init__(self, weights, *, backend="cpu", precision=None, device=None, mean=None, std=None):
         if not isinstance(weights, dict):
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
-        if backend not in ("cpu", "cuda"):
+        if backend not in BACKENDS:
             raise WanVAEError(f"backend must be 'cpu' or 'cuda', got {backend!r}")
         if precision is not None and not isinstance(precision, str):
-            raise WanVAEError(f"precision must be 'fp32', 'fp16', 'bf16' or None, got {precision!r}")
+            raise WanVAEError(f"precision must be one of {PRECISIONS} or None, got {precision!r}")
         if backend == "cpu" and device is not None and str(device).lower() not in ("cpu", "cpu:0"):
             raise WanVAEError(f"device={device!r} is for the CUDA backend: pass backend='cuda' (the CPU backend "
                               "runs on the host)")

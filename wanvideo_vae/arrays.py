@@ -14,6 +14,7 @@ from ._C import WanVAEError
 # precision they map to, their bytes, and their typestr in the array interfaces (bfloat16: "<V2").
 FLOAT_TYPES = {"float32": ("fp32", 4, "<f4"), "float16": ("fp16", 2, "<f2"), "bfloat16": ("bf16", 2, "<V2")}
 PRECISION_BYTES = {precision: size for precision, size, _ in FLOAT_TYPES.values()}
+PRECISIONS = tuple(PRECISION_BYTES)
 
 
 def unsupported_dtype(what, dtype):

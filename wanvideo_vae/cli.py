@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from . import Decoder, WanVAEError, backends, load_weights
-from .api import NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, normalize_frames
+from .api import BACKENDS, NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, normalize_frames
+from .arrays import PRECISIONS
 from .console import tolerant_console
 from .devices import precision_for
 from .media import check_file_target, check_output, contact_sheet, have_mp4, load_latents, write_frames
@@ -461,8 +462,8 @@ def build_parser():
                    help="tile size in output pixels, halo included; 0 (default): the whole frame, in tiles only "
                         "where the memory budget requires them (the fastest decode that fits)")
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
-    d.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    d.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    d.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
+    d.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU (which computes in fp32 only)")
     d.add_argument("--end-frame", action="store_true",
                    help="end-image mode: the last latent frame decodes alone, and its frame is dropped (as "
@@ -486,8 +487,8 @@ def build_parser():
                    help="latent T, h, w (default %(default)s: a few minutes on 2 CPU cores)")
     b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
     b.add_argument("--dim", type=_count(1), default=96, help="decoder width (96: full-size Wan 2.1)")
-    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    b.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    b.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
+    b.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU")
     b.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
     b.add_argument("--skip-blended", action="store_true", help="leave out PyTorch's blended tiling (3x the work)")
