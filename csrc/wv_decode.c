@@ -357,15 +357,15 @@ static void tile_chunk(decode_run *r, int tile, int t, int slot, int out_frame)
 static void zero_caches(decode_run *r, int trunk)
 {
     const wv_model *m = r->m;
-    for (int b = trunk ? 0 : r->p->trunk_end; b < (trunk ? r->p->trunk_end : m->n_blocks); b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-            const wv_conv *cv = &m->blocks[b].conv[c];
-            if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
-            OP(r, zero, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
-               r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
-            r->oldest[cv->cache_slot] = 0;
-            r->tap0_ran[cv->cache_slot] = 0;
-        }
+    int end = trunk ? r->p->trunk_end : m->n_blocks;
+    for (int b = trunk ? 0 : r->p->trunk_end, c = -1; wv_next_conv(m, end, &b, &c);) {
+        const wv_conv *cv = &m->blocks[b].conv[c];
+        if (cv->cache_slot < 0) continue;
+        OP(r, zero, arena_buffer(r, WV_BUF_CACHE0 + cv->cache_slot),
+           r->p->buffers[WV_BUF_CACHE0 + cv->cache_slot].bytes);
+        r->oldest[cv->cache_slot] = 0;
+        r->tap0_ran[cv->cache_slot] = 0;
+    }
 }
 
 typedef struct {

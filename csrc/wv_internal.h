@@ -41,6 +41,20 @@ static inline int wv_cache_frames(const wv_backend *be, const wv_conv *cv)
     return be->taps_apart(cv) ? cv->kt - 1 : cv->kt;
 }
 
+/* Steps (*b, *c) to the next conv of blocks before `end`; 0 when there is none. Every conv of blocks
+ * [first, end): for (int b = first, c = -1; wv_next_conv(m, end, &b, &c);) ... m->blocks[b].conv[c] */
+static inline int wv_next_conv(const wv_model *m, int end, int *b, int *c)
+{
+    for (;;) {
+        if (++*c == WV_BLOCK_MAX_CONVS) {
+            *c = 0;
+            ++*b;
+        }
+        if (*b >= end) return 0;
+        if (m->blocks[*b].has_conv[*c]) return 1;
+    }
+}
+
 /* A resample conv's 3x3 weights [cout][cin][3][3] as its sub-pixel phases' 2x2 kernels
  * [4][cout][cin][2][2], phase (a, b) at 2 a + b (see wv_conv). */
 void wv_subpixel_weight(const float *w3, int cout, int cin, float *w2);

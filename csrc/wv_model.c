@@ -438,10 +438,8 @@ static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w,
 
 void wv_model_measure_operands(wv_model *m)
 {
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
-            if (m->blocks[b].has_conv[c])
-                m->blocks[b].conv[c].operand_per_position = m->backend->conv_operand(m->ctx, &m->blocks[b].conv[c]);
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
+        m->blocks[b].conv[c].operand_per_position = m->backend->conv_operand(m->ctx, &m->blocks[b].conv[c]);
 }
 
 wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv_named_view *w, int n_w,

@@ -207,13 +207,11 @@ static int64_t conv_positions(const wv_plan *p, const wv_model *m, int b)
 static void size_conv_operands(wv_plan *p, const wv_model *m)
 {
     p->trunk_operand = p->tile_operand = 0;
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-            int64_t *largest = b < p->trunk_end ? &p->trunk_operand : &p->tile_operand, e;
-            if (!m->blocks[b].has_conv[c]) continue;
-            e = m->blocks[b].conv[c].operand_per_position * conv_positions(p, m, b);
-            *largest = e > *largest ? e : *largest;
-        }
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
+        int64_t *largest = b < p->trunk_end ? &p->trunk_operand : &p->tile_operand;
+        int64_t e = m->blocks[b].conv[c].operand_per_position * conv_positions(p, m, b);
+        *largest = e > *largest ? e : *largest;
+    }
 }
 
 /* Whether a plan's convolutions stay within what the backend's libraries take (max_conv_elems). */
@@ -234,14 +232,11 @@ static int plan_fits(const wv_plan *p, const wv_model *m, const wv_options *o)
 static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
 {
     int64_t largest = 0;
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-            const wv_conv *cv = &m->blocks[b].conv[c];
-            int64_t bytes;
-            if (!m->blocks[b].has_conv[c]) continue;
-            bytes = conv_positions(p, m, b) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
-            largest = bytes > largest ? bytes : largest;
-        }
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
+        const wv_conv *cv = &m->blocks[b].conv[c];
+        int64_t bytes = conv_positions(p, m, b) * cv->kt * cv->kh * cv->kw * cv->cin * (int64_t)m->backend->act_bytes;
+        largest = bytes > largest ? bytes : largest;
+    }
     if (largest < (int64_t)m->backend->min_workspace_bytes) largest = (int64_t)m->backend->min_workspace_bytes;
     return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
@@ -251,14 +246,11 @@ static int64_t weight_scratch_bytes(const wv_model *m)
 {
     int64_t largest = 0;
     if (!m->backend->causal_weight_scratch) return 0;
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-            const wv_conv *cv = &m->blocks[b].conv[c];
-            int64_t elems;
-            if (!m->blocks[b].has_conv[c] || cv->kt < 2) continue;
-            elems = m->backend->packed_weight_elems(cv);
-            largest = elems > largest ? elems : largest;
-        }
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
+        const wv_conv *cv = &m->blocks[b].conv[c];
+        int64_t elems = cv->kt < 2 ? 0 : m->backend->packed_weight_elems(cv);
+        largest = elems > largest ? elems : largest;
+    }
     return largest * (int64_t)m->backend->param_bytes;
 }
 
@@ -283,10 +275,8 @@ static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
     };
     int slot = id - WV_BUF_CACHE0;
     if (id < WV_BUF_CACHE0) return phases[id];
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
-            if (m->blocks[b].has_conv[c] && m->blocks[b].conv[c].cache_slot == slot)
-                return b < p->trunk_end ? PHASE_TRUNK : PHASE_TILE;
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
+        if (m->blocks[b].conv[c].cache_slot == slot) return b < p->trunk_end ? PHASE_TRUNK : PHASE_TILE;
     return PHASE_KEEP;
 }
 
@@ -321,13 +311,12 @@ static size_t stack_segment_scratch(wv_plan *p, const wv_model *m)
 
 static void size_cache_buffers(wv_plan *p, const wv_model *m)
 {
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-            const wv_conv *cv = &m->blocks[b].conv[c];
-            if (!m->blocks[b].has_conv[c] || cv->cache_slot < 0) continue;
-            int64_t elems = wv_cache_frames(m->backend, cv) * conv_positions(p, m, b) * cv->cin;
-            set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot, elems, m->backend->act_bytes);
-        }
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
+        const wv_conv *cv = &m->blocks[b].conv[c];
+        if (cv->cache_slot < 0) continue;
+        set_buffer(p, WV_BUF_CACHE0 + cv->cache_slot,
+                   wv_cache_frames(m->backend, cv) * conv_positions(p, m, b) * cv->cin, m->backend->act_bytes);
+    }
 }
 
 static void size_buffers(wv_plan *p, const wv_model *m)
@@ -394,34 +383,35 @@ static int64_t segment_frames_total(const wv_plan *p, int s, int T)
     return T <= 0 ? 0 : 1 + (int64_t)p->seg[s].frames_per_chunk * (T - 1);
 }
 
+/* The work of conv c of tile block b in tile t, over a sequence of T latent frames. */
+static double tile_conv_flops(const wv_plan *p, const wv_model *m, int b, int c, int t, int T)
+{
+    const wv_block *blk = &m->blocks[b];
+    const wv_conv *cv = &blk->conv[c];
+    int s = wv_block_segment(p, m, b);
+    wv_grid g = wv_tile_grid(p, t, s);
+    if (blk->kind == WV_BLOCK_UP3D && c == WV_UP_TIME_CONV) { /* all but frame 0 */
+        wv_grid gp = wv_tile_grid(p, t, s - 1);
+        return conv_flops(cv, (int64_t)gp.h * gp.w, segment_frames_total(p, s - 1, T) - 1);
+    }
+    if (cv->subpixel) { /* on the previous segment's grid, once per frame it makes */
+        wv_grid go = wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
+        return conv_flops(cv, (int64_t)go.h * go.w, segment_frames_total(p, s, T));
+    }
+    return conv_flops(cv, (int64_t)g.h * g.w, segment_frames_total(p, s, T));
+}
+
 static double count_flops(const wv_plan *p, const wv_model *m)
 {
     double total = 0;
     int64_t N = (int64_t)p->h * p->w;
     for (int q = 0; q < p->n_seq; q++) {
         int T = p->seq_len[q];
-        for (int b = 0; b < p->trunk_end; b++)
-            for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
-                if (m->blocks[b].has_conv[c]) total += conv_flops(&m->blocks[b].conv[c], N, T);
+        for (int b = 0, c = -1; wv_next_conv(m, p->trunk_end, &b, &c);)
+            total += conv_flops(&m->blocks[b].conv[c], N, T);
         for (int t = 0; t < p->n_tiles; t++)
-            for (int b = p->trunk_end; b < m->n_blocks; b++) {
-                const wv_block *blk = &m->blocks[b];
-                int s = wv_block_segment(p, m, b);
-                wv_grid g = wv_tile_grid(p, t, s);
-                for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++) {
-                    const wv_conv *cv = &blk->conv[c];
-                    if (!blk->has_conv[c]) continue;
-                    if (blk->kind == WV_BLOCK_UP3D && c == WV_UP_TIME_CONV) { /* all but frame 0 */
-                        wv_grid gp = wv_tile_grid(p, t, s - 1);
-                        total += conv_flops(cv, (int64_t)gp.h * gp.w, segment_frames_total(p, s - 1, T) - 1);
-                    } else if (cv->subpixel) { /* on the previous segment's grid, once per frame it makes */
-                        wv_grid go = wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
-                        total += conv_flops(cv, (int64_t)go.h * go.w, segment_frames_total(p, s, T));
-                    } else {
-                        total += conv_flops(cv, (int64_t)g.h * g.w, segment_frames_total(p, s, T));
-                    }
-                }
-            }
+            for (int b = p->trunk_end, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
+                total += tile_conv_flops(p, m, b, c, t, T);
     }
     return total;
 }
