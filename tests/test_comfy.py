@@ -605,15 +605,21 @@ def _fake_backends(usable):
     return backends
 
 
+def _usable_gpus(monkeypatch, capability=lambda index: (9, 0)):
+    """The CUDA backend usable, torch's current device 0, and each device's compute capability."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+
+
 @pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),
                                              (torch.float32, "fp32")])
 def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype, precision):
     from wanvideo_vae import comfy_nodes
     module = torch.nn.Conv2d(2, 2, 1).to(dtype)
     latents = torch.zeros(16, 2, 3, 3)  # ComfyUI keeps latents on the CPU between nodes
-    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    _usable_gpus(monkeypatch)
     assert comfy_nodes._backend_for(module, latents) == ("cuda", precision, 0)
     on_second = [type("T", (), {"device": torch.device(d)})() for d in ("cuda:1", "cuda")]
     assert comfy_nodes._backend_for(module, on_second[0]) == ("cuda", precision, 1)  # an index either way
@@ -627,9 +633,7 @@ def test_nodes_pick_the_gpu_in_the_vaes_precision_when_usable(monkeypatch, dtype
 def test_a_vae_of_no_float_type_the_decoder_takes_decodes_in_bf16(monkeypatch):
     """A VAE without parameters, or in float64, has no precision of ours: the GPU decoder's default."""
     from wanvideo_vae import comfy_nodes
-    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    _usable_gpus(monkeypatch)
     latents = torch.zeros(16, 2, 3, 3)
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1).double(), latents) == ("cuda", "bf16", 0)
     assert comfy_nodes._backend_for(torch.nn.Identity(), latents) == ("cuda", "bf16", 0)
@@ -639,10 +643,8 @@ def test_a_bf16_vae_decodes_in_fp32_on_a_gpu_without_bf16(monkeypatch):
     """Turing (7.5) and older have no bf16 arithmetic, where the CUDA backend refuses bf16; the nodes
     decode a bf16 VAE exactly in fp32 there instead of failing. An fp16 VAE stays fp16."""
     from wanvideo_vae import comfy_nodes
-    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     capability = {0: (7, 5), 1: (8, 6)}
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability[index])
+    _usable_gpus(monkeypatch, lambda index: capability[index])
     latents = torch.zeros(16, 2, 3, 3)
     bf16, fp16 = (torch.nn.Conv2d(2, 2, 1).to(dtype) for dtype in (torch.bfloat16, torch.float16))
     assert comfy_nodes._backend_for(bf16, latents) == ("cuda", "fp32", 0)
@@ -757,9 +759,7 @@ def test_core_vae_places_the_decoder_on_its_own_device_in_its_dtype(monkeypatch)
     """comfy.sd.VAE says where ComfyUI runs it (.device) and in what (.vae_dtype); its parameters may be
     offloaded, or under dynamic VRAM in the checkpoint file's dtype."""
     from wanvideo_vae import comfy_nodes
-    monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    _usable_gpus(monkeypatch)
     fp32_params = torch.nn.Conv2d(2, 2, 1)
     assert comfy_nodes._backend_for(fp32_params, torch.zeros(1), device=torch.device("cuda", 1),
                                     dtype=torch.bfloat16) == ("cuda", "bf16", 1)
