@@ -5,6 +5,7 @@ and ml_dtypes export it. NumPy has no bfloat16, so a torch bfloat16 tensor is re
 int16 and viewed as NumPy "V2" (raw 2-byte items); no bits change.
 """
 import sys
+from collections import namedtuple
 
 import numpy as np
 
@@ -12,8 +13,10 @@ from ._C import WanVAEError
 
 # The float types the decoder takes, by torch's name (NumPy's too, where it has one): the decoder
 # precision they map to, their bytes, and their typestr in the array interfaces (bfloat16: "<V2").
-FLOAT_TYPES = {"float32": ("fp32", 4, "<f4"), "float16": ("fp16", 2, "<f2"), "bfloat16": ("bf16", 2, "<V2")}
-PRECISION_BYTES = {precision: size for precision, size, _ in FLOAT_TYPES.values()}
+FloatType = namedtuple("FloatType", "precision size typestr")
+FLOAT_TYPES = {"float32": FloatType("fp32", 4, "<f4"), "float16": FloatType("fp16", 2, "<f2"),
+               "bfloat16": FloatType("bf16", 2, "<V2")}
+PRECISION_BYTES = {t.precision: t.size for t in FLOAT_TYPES.values()}
 PRECISIONS = tuple(PRECISION_BYTES)
 
 

@@ -66,7 +66,8 @@ def _backend_for(module, *tensors, device=None, dtype=None):
     index = device_index(on_gpu[0]) if on_gpu else -1
     if index < 0:  # an index, not "cuda": the decoder cache keys on it
         index = _torch().cuda.current_device()
-    precision = (torch_float_type(dtype if dtype is not None else getattr(p, "dtype", None)) or ("bf16",))[0]
+    float_type = torch_float_type(dtype if dtype is not None else getattr(p, "dtype", None))
+    precision = float_type.precision if float_type else "bf16"  # no type of ours: the GPU decoder's default
     return "cuda", precision_for(precision, index), index
 
 

@@ -165,7 +165,7 @@ class CudaArray:
         float_type = torch_float_type(tensor.dtype)
         if float_type is None:
             raise unsupported_dtype(what, tensor.dtype)
-        typestr = float_type[2]
+        typestr = float_type.typestr
         stream = torch.cuda.current_stream(tensor.device).cuda_stream
         self.tensor = tensor  # keeps the memory alive for as long as this object is
         self.device = tensor.device
