@@ -333,6 +333,11 @@ def cuda_config():
         return missing(mode, "skipped (WANVIDEO_CUDA=0)")
     if not CUDA_SOURCES:
         return missing(mode, "cuda/ is not in this source tree")
+    # the user's settings first: a mistyped one is named whatever else the build lacks
+    archs, bad = cuda_archs(os.environ.get("WANVIDEO_CUDA_ARCHS", ""))
+    if bad is not None:
+        return missing(mode, f"WANVIDEO_CUDA_ARCHS has {bad!r}, not a compute capability: give them as 86;90 "
+                             "(or sm_86, 8.6)")
     nvcc = find_nvcc()
     if not nvcc:
         return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH)")
@@ -361,10 +366,6 @@ def cuda_config():
     if not cudart:
         return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
     check_torch_cuda(cuda_version)
-    archs, bad = cuda_archs(os.environ.get("WANVIDEO_CUDA_ARCHS", ""))
-    if bad is not None:
-        return missing(mode, f"WANVIDEO_CUDA_ARCHS has {bad!r}, not a compute capability: give them as 86;90 "
-                             "(or sm_86, 8.6)")
     if WINDOWS:
         CUDA_NOTE["dll_dirs"] = [d for d in (dll_folder(cudnn_lib, "cudnn64_*.dll"),
                                              dll_folder(cublas_lib, "cublas64_*.dll")) if d]

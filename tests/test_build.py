@@ -40,6 +40,24 @@ def recorded_reason(src):
     return recorded(src, "CUDA_NOT_BUILT")
 
 
+def import_in(folder):
+    return subprocess.run([sys.executable, "-c", "import wanvideo_vae"], cwd=folder, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=120)
+
+
+def test_the_unbuilt_sources_say_so_when_imported(tmp_path):
+    """`python -m wanvideo_vae` in the repository's root imports its sources, not the installed package."""
+    shutil.copytree(os.path.join(REPO, "wanvideo_vae"), tmp_path / "wanvideo_vae",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    run = import_in(tmp_path)
+    assert run.returncode == 1
+    assert (f"ImportError: wanvideo_vae: the compiled module _C is not in {tmp_path / 'wanvideo_vae'}, an unbuilt "
+            "source folder (run from another folder") in run.stderr
+    (tmp_path / "wanvideo_vae" / ("_C" + SUFFIX)).write_bytes(b"not a library")  # built, but broken: its own error
+    run = import_in(tmp_path)
+    assert run.returncode == 1 and "ImportError" in run.stderr and "unbuilt source folder" not in run.stderr
+
+
 def test_a_build_without_cuda_removes_an_earlier_cuda_module(tmp_path):
     src = scratch_copy(tmp_path)
     stale = src / "wanvideo_vae" / ("_cuda" + SUFFIX)
@@ -263,6 +281,14 @@ def test_cuda_archs_that_are_no_compute_capability_are_refused_by_name(on_window
     monkeypatch.setenv("WANVIDEO_CUDA_ARCHS", "86;abc")
     assert setup_module.cuda_config() is None
     assert setup_module.CUDA_NOTE["why"].startswith("WANVIDEO_CUDA_ARCHS has 'abc', not a compute capability")
+
+
+def test_mistyped_cuda_archs_are_named_before_what_the_machine_lacks(setup_module, monkeypatch):
+    monkeypatch.setenv("WANVIDEO_CUDA_ARCHS", "hopper")
+    monkeypatch.delenv("WANVIDEO_CUDA", raising=False)
+    monkeypatch.setattr(setup_module, "find_nvcc", lambda: None)  # no toolkit, no cuDNN either
+    assert setup_module.cuda_config() is None
+    assert setup_module.CUDA_NOTE["why"].startswith("WANVIDEO_CUDA_ARCHS has 'hopper', not a compute capability")
 
 
 def test_a_cuda_home_without_nvcc_is_said_not_passed_over(on_windows, tmp_path, monkeypatch):

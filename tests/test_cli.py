@@ -776,10 +776,26 @@ def test_latents_file_of_one_tensor_under_any_name(tmp_path):
     np.testing.assert_array_equal(media.load_latents(tmp_path / "l.safetensors"), lat)
 
 
-@pytest.mark.parametrize("text,size", [("4G", 4 << 30), ("512m", 512 << 20), ("1.5k", 1536), ("100", 100)])
+@pytest.mark.parametrize("text,size", [("4G", 4 << 30), ("512m", 512 << 20), ("1.5k", 1536), ("100", 100),
+                                       ("4GB", 4 << 30), ("4 GiB", 4 << 30), ("64MiB", 64 << 20), ("2t", 2 << 40),
+                                       ("100b", 100), ("1e3K", 1000 << 10)])
 def test_max_memory_units_are_binary(text, size):
     from wanvideo_vae.cli import _positive_bytes
     assert _positive_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["G", "4GBs", "4 G B", "four", "4x", ""])
+def test_max_memory_that_is_no_size_is_refused(capsys, text):
+    with pytest.raises(SystemExit) as e:
+        main(["decode", "--max-memory", text])
+    assert e.value.code == 2 and f"argument --max-memory: not a size in bytes: {text!r}" in capsys.readouterr().err
+
+
+def test_a_mistyped_command_is_named(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bnech", "--shape", "1", "2", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid command: 'bnech' (choose from decode, bench, patch-workflow" in err
 
 
 def test_max_memory_reaches_the_decode(files, tmp_path, monkeypatch):

@@ -696,6 +696,23 @@ def test_core_decodes_in_the_api_format():
     assert {k: v for k, v in patched.items() if k not in ("2", "3")} == {k: v for k, v in api.items() if k not in ("2", "3")}
 
 
+def test_a_vae_on_a_gpu_of_its_own_is_traced_through_select_vae_device():
+    """Core's Select VAE Device hands on the VAE it gets (placed on another GPU): a decode behind it is
+    judged by the loader before it, in either format."""
+    for name, converted in (("wan_2.1_vae.safetensors", True), ("wan2.2_vae.safetensors", False)):
+        ui = _ui_chain("VAELoader", "SelectVAEDevice", "VAEDecode", widgets={1: [name], 2: ["gpu:1"]})
+        assert patch_workflow(ui).core_decode_nodes == converted
+        assert ui["nodes"][2]["type"] == ("WanCoreVAENativeDecode" if converted else "VAEDecode")
+        api = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": name}},
+               "2": {"class_type": "SelectVAEDevice", "inputs": {"vae": ["1", 0], "device": "gpu:1"}},
+               "3": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["2", 0]}}}
+        assert patch_workflow(api).core_decode_nodes == converted and api["3"]["inputs"]["vae"] == ["2", 0]
+    loop = {"1": {"class_type": "SelectVAEDevice", "inputs": {"vae": ["2", 0]}},  # hand-edited links: no loader
+            "2": {"class_type": "SelectVAEDevice", "inputs": {"vae": ["1", 0]}},
+            "3": {"class_type": "VAEDecode", "inputs": {"samples": ["9", 0], "vae": ["2", 0]}}}
+    assert patch_workflow(loop).core_decode_nodes == 0
+
+
 def _across_subgraphs(inner_decode, vae_names, other="sdxl_vae.safetensors"):
     """A subgraph 'S' whose decode (type inner_decode) takes its VAE from the subgraph's input, one instance
     of it per name in vae_names, each fed by its own loader in the top-level graph; a subgraph 'L' whose

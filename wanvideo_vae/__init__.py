@@ -8,7 +8,18 @@ import os as _os
 
 import scipy_openblas32 as _openblas  # noqa: F401  (loads the BLAS the extension links against)
 
-from . import _C
+try:
+    from . import _C
+except ImportError:
+    import importlib.machinery as _machinery
+
+    _here = _os.path.dirname(__file__)
+    if any(_os.path.exists(_os.path.join(_here, "_C" + suffix)) for suffix in _machinery.EXTENSION_SUFFIXES):
+        raise  # built, but it does not load: its own error says why
+    # Python imports the sources first from the folder it runs in: `python -m wanvideo_vae` in the
+    # repository's root finds this unbuilt copy rather than the installed package
+    raise ImportError(f"wanvideo_vae: the compiled module _C is not in {_here}, an unbuilt source folder (run from "
+                      "another folder to use the installed package, or build it here: pip install -e .)") from None
 from ._C import DecodeInterrupted, DeviceMemoryError, WanVAEError
 from .api import WAN21_MEAN, WAN21_STD, Decoder, backends, decode_tiled
 from .comfy_nodes import native_wan_vae

@@ -136,7 +136,8 @@ def _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y):
             raise WanVAEError(f"{name} must be a positive int (below 2**31), got {v!r}")
     if tile_x <= tile_stride_x or tile_y <= tile_stride_y:
         raise WanVAEError(f"tile size must exceed the tile stride: got tile_x={tile_x}, tile_stride_x={tile_stride_x}, "
-                          f"tile_y={tile_y}, tile_stride_y={tile_stride_y}")
+                          f"tile_y={tile_y}, tile_stride_y={tile_stride_y} (WanVideoDecode's rule; strides change "
+                          "nothing in an exact decode: with small tiles pass small strides, e.g. 8)")
 
 
 def _budget(max_memory, backend="cpu", device=-1):

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 
@@ -401,12 +402,17 @@ def patch_workflow_cmd(args):
 
 # ---- arguments ---------------------------------------------------------------------------------
 
+_SIZE = re.compile(r"\s*([0-9.e+-]+?)\s*(?:([kmgt])(?:i?b)?|b)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
 def _positive_bytes(text):
-    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    """Bytes from '4G', '4GB', '4 GiB', '512m', '1.5k', '100': every unit binary, GB too (as GPU memory is quoted)."""
+    m = _SIZE.fullmatch(text)
     try:
-        n = float(text[:-1]) * units[text[-1].lower()] if text and text[-1].lower() in units else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 512M)") from None
+        n = float(m[1]) * _SIZE_UNITS.get((m[2] or "").lower(), 1)
+    except (TypeError, ValueError):  # TypeError: no match
+        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 4GB, 512M)") from None
     if not 1 <= n < 2**63:  # a fraction of a byte would be 0, no budget at all
         raise argparse.ArgumentTypeError(f"{text}: must be at least 1 byte and below 2**63 bytes")
     return int(n)
@@ -514,9 +520,12 @@ COMMANDS = ("decode", "bench", "patch-workflow")
 def main(argv=None):
     tolerant_console()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+    parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:  # decode takes no positional
+        parser.error(f"invalid command: {argv[0]!r} (choose from {', '.join(COMMANDS)}; decode is the default)")
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["decode"] + argv  # decode is the default command
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (CliError, WanVAEError, MemoryError, OSError) as e:  # OSError: writing the output (disk full, ...)

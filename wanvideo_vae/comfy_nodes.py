@@ -278,19 +278,20 @@ def _torch():
     return torch
 
 
-def _check_wan21_vae(vae):
+def _check_wan21_vae(vae, what="WANVAE", instead="use WanVideoDecode for it"):
     """Refuses, with a plain message, the WANVAE kinds WanVideoWrapper also loads that this decoder
-    does not implement: TAEHV (a tiny decoder of its own) and the Wan 2.2 VAE (16x, z_dim 48)."""
+    does not implement: TAEHV (a tiny decoder of its own) and the Wan 2.2 VAE (16x, z_dim 48); and an
+    object that holds no VAE. `what` names the object as its caller knows it, `instead` the way out."""
     kind = type(vae).__name__
     if kind == "TAEHV":
-        raise ValueError("this WANVAE is a TAEHV tiny VAE; the native decoder decodes the Wan 2.1 VAE only: "
-                         "use WanVideoDecode for it")
+        raise ValueError(f"this {what} is a TAEHV tiny VAE; the native decoder decodes the Wan 2.1 VAE only: "
+                         f"{instead}")
     factor = getattr(vae, "upsampling_factor", 8)
     if factor != 8:
-        raise ValueError(f"this WANVAE ({kind}) upsamples {factor}x (the Wan 2.2 VAE); the native decoder decodes "
-                         "the Wan 2.1 VAE (8x) only: use WanVideoDecode for it")
+        raise ValueError(f"this {what} ({kind}) upsamples {factor}x (the Wan 2.2 VAE); the native decoder decodes "
+                         f"the Wan 2.1 VAE (8x) only: {instead}")
     if not hasattr(getattr(vae, "model", None), "state_dict"):
-        raise ValueError(f"this WANVAE ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
+        raise ValueError(f"this {what} ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
 
 
 def _loader_output(vae):
@@ -496,7 +497,7 @@ def native_wan_vae(vae):
     WanVideoNativeVAEPatch instead (its decode takes other arguments)."""
     if isinstance(vae, NativeWanRepoVAE):
         return vae
-    _check_wan21_vae(vae)
+    _check_wan21_vae(vae, "VAE", "keep its own decode")
     _wanvae_stats(vae)  # refused now, not at the first decode, where it has no mean/std or scale
     return NativeWanRepoVAE(vae)
 

@@ -42,8 +42,9 @@ MAX_VALUE_SETS = 4096  # a loader's widget values over its subgraph's instances:
 CORE_INPUTS = ("samples", "vae", "tile_size")  # WanCoreVAENativeDecode's inputs that a core decode's may link
 CORE_TILE_SIZE = 512  # WanCoreVAENativeDecode's default (and VAE Decode (Tiled)'s)
 CORE_NODE_SIZE = (315, 102)  # what two sockets and two widgets take in ComfyUI's frontend
-# nodes that hand on what their first input gets (GetNode: its SetNode's); the patch node hands on the VAE
-PASS_ON = ("Reroute", "Reroute (rgthree)", "SetNode", PATCH_TYPE)
+# nodes that hand on what their first input gets (GetNode: its SetNode's); the patch node hands on the VAE,
+# core's Select VAE Device the same VAE on a GPU of the user's choice
+PASS_ON = ("Reroute", "Reroute (rgthree)", "SetNode", PATCH_TYPE, "SelectVAEDevice")
 PACK_ID = "wanvideo-vae"
 
 # What patch_workflow changed (and left). A namedtuple: PatchReport(0, 0, 0, 0, 0, 0) is true, compare its fields.
@@ -548,11 +549,17 @@ def _loaders_in_group_nodes(workflow):
 # ---- API format --------------------------------------------------------------------------------
 
 def _api_vae_source(nodes, node):
-    """(class_type, inputs) of the node a decode's 'vae' input names (the API format has no Reroutes or
-    Set / Get nodes left), or None."""
-    vae = (node.get("inputs") or {}).get("vae")
-    source = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
-    return None if source is None else (source["class_type"], source.get("inputs"))
+    """(class_type, inputs) of the node a decode's VAE comes from, through the nodes that hand their 'vae'
+    input on (the API format has no Reroutes or Set / Get nodes left), or None."""
+    seen = set()
+    while True:
+        vae = (node.get("inputs") or {}).get("vae")
+        node = nodes.get(str(vae[0])) if isinstance(vae, list) and len(vae) == 2 else None
+        if node is None or id(node) in seen:  # unlinked, or a loop of hand-edited links
+            return None
+        if node["class_type"] not in PASS_ON:
+            return node["class_type"], node.get("inputs")
+        seen.add(id(node))
 
 
 def _patch_api_decodes(nodes):
