@@ -40,7 +40,8 @@ class StandInWanVAE(torch.nn.Module):
     def decode(self, hidden_states, device=None, tiled=False, end_=False, tile_size=(34, 34), tile_stride=(18, 16),
                pbar=True, output_device=None, output_dtype=None):
         """The wrapper's return: tiled, float32 clamped to [-1, 1] on the CPU; untiled, the raw decode in
-        the VAE's dtype on `device` (output_dtype on output_device when that is given)."""
+        the VAE's dtype on `device` (output_dtype on output_device when that is given, but for an end-frame
+        decode: the wrapper's double_decode takes neither)."""
         weights = {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
         out = []
         for z in hidden_states:
@@ -48,7 +49,7 @@ class StandInWanVAE(torch.nn.Module):
                                                     end_frame=end_)).permute(3, 0, 1, 2)
             if tiled:
                 out.append(raw.clamp(-1, 1))
-            elif output_device is not None:
+            elif output_device is not None and not end_:
                 out.append(raw.to(output_device, output_dtype or self.dtype))
             else:
                 out.append(raw.to(device or "cpu", self.dtype))

@@ -546,8 +546,9 @@ def test_core_vae_node():
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 4, 8, 8)}, ImageVAE(), 512, True)
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(BaseException):
+    """ComfyUI's InterruptProcessingException: a BaseException (an Exception before), past any `except
+    Exception`: the decode must still free its memory and leave the node usable."""
 
 
 @pytest.fixture
@@ -906,7 +907,8 @@ def test_the_patched_end_frame_decode_returns_as_the_wrappers_does(tiny):
     (patched,) = WanVideoNativeVAEPatch().patch(bf16)
     lat = torch.from_numpy(data["latents"])[None]
     out = patched.decode(lat, "cpu", end_=True, output_device="cpu", output_dtype=torch.float32)[0]
-    assert out.dtype == torch.bfloat16
+    theirs = bf16.decode(lat, "cpu", end_=True, output_device="cpu", output_dtype=torch.float32)[0]
+    assert out.dtype == theirs.dtype == torch.bfloat16 and out.shape == theirs.shape
 
 
 def test_decode_node_tiles_are_tile_x_wide_and_tile_y_high(tiny):
