@@ -334,7 +334,8 @@ def cuda_config():
     if not CUDA_SOURCES:
         return missing(mode, "cuda/ is not in this source tree")
     # the user's settings first: a mistyped one is named whatever else the build lacks
-    archs, bad = cuda_archs(os.environ.get("WANVIDEO_CUDA_ARCHS", ""))
+    arch_text = os.environ.get("WANVIDEO_CUDA_ARCHS", "")
+    archs, bad = cuda_archs(arch_text)
     if bad is not None:
         return missing(mode, f"WANVIDEO_CUDA_ARCHS has {bad!r}, not a compute capability: give them as 86;90 "
                              "(or sm_86, 8.6)")
@@ -366,6 +367,7 @@ def cuda_config():
     if not cudart:
         return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
     check_torch_cuda(cuda_version)
+    archs = archs_for_machine(archs, nvcc, chosen=bool(re.sub(r"[;,\s]", "", arch_text)))
     if WINDOWS:
         CUDA_NOTE["dll_dirs"] = [d for d in (dll_folder(cudnn_lib, "cudnn64_*.dll"),
                                              dll_folder(cublas_lib, "cublas64_*.dll")) if d]
@@ -386,7 +388,61 @@ def cuda_archs(text):
         if not re.fullmatch(r"\d{2,3}[af]?", arch):
             return [], entry
         archs.append(arch)
-    return sorted(set(archs), key=lambda a: (int(re.match(r"\d+", a).group()), a)), None
+    return sorted(set(archs), key=lambda a: (arch_number(a), a)), None
+
+
+def arch_number(arch):
+    return int(re.match(r"\d+", arch).group())
+
+
+def runs_on(archs, cap):
+    """Whether code built for archs (oldest first, the newest also as PTX) runs on a GPU of compute
+    capability cap ("61"): a binary of its major and no newer minor, or the PTX, which a newer GPU's
+    driver compiles."""
+    major, minor = divmod(int(cap), 10)
+    numbers = [arch_number(a) for a in archs]
+    return int(cap) >= numbers[-1] or any(n // 10 == major and n % 10 <= minor for n in numbers)
+
+
+def machine_gpu_caps():
+    """Compute capabilities of this machine's NVIDIA GPUs as nvcc writes them ("61"), from nvidia-smi;
+    none without one (or with a driver too old to say)."""
+    smi = shutil.which("nvidia-smi")
+    try:
+        done = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
+                              text=True, errors="replace", timeout=60) if smi else None
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    caps = {line.strip() for line in done.stdout.splitlines()} if done and done.returncode == 0 else set()
+    return sorted((c.replace(".", "") for c in caps if re.fullmatch(r"\d+\.\d", c)), key=int)
+
+
+def nvcc_caps(nvcc):
+    """The compute capabilities nvcc builds for ("75", ...), from --list-gpu-arch; empty if it cannot say."""
+    try:
+        done = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, errors="replace",
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return set(re.findall(r"compute_(\d+)\b", done.stdout)) if done.returncode == 0 else set()
+
+
+def archs_for_machine(archs, nvcc, chosen):
+    """archs, plus the compute capability of each GPU of this machine they would not run on (a P100's
+    6.0, a V100's 7.0), as PyTorch's extensions build for the GPUs they find: where nvcc builds for it
+    and the user did not choose the archs (WANVIDEO_CUDA_ARCHS); a warning otherwise."""
+    for cap in [c for c in machine_gpu_caps() if not runs_on(archs, c)]:
+        shown = f"{cap[:-1]}.{cap[-1]}"
+        if chosen:
+            warn(f"WANVIDEO_CUDA_ARCHS has no code for this machine's GPU of compute capability {shown}: the CUDA "
+                 f"backend will not run on it (add {cap})")
+        elif cap in nvcc_caps(nvcc):
+            log(f"this machine's GPU of compute capability {shown} is added to the archs")
+            archs = cuda_archs(";".join(archs + [cap]))[0]
+        else:
+            warn(f"this CUDA toolkit does not build for this machine's GPU of compute capability {shown}: the "
+                 f"CUDA backend will not run on it (a CUDA 12 toolkit builds for 5.0 and newer: set CUDA_HOME)")
+    return archs
 
 
 def dll_folder(lib, pattern):

@@ -730,8 +730,56 @@ extern "C" int wv_cuda_device_count(char *why, size_t why_size)
     return count;
 }
 
+/* nvcc's list of the compute capabilities this file is built for, "750,800,...": the newest also as PTX
+ * (setup.py). */
+#define WV_STRINGS(...) #__VA_ARGS__
+#define WV_STRING_OF(...) WV_STRINGS(__VA_ARGS__)
+#ifdef __CUDA_ARCH_LIST__
+#define WV_BUILT_ARCHS WV_STRING_OF(__CUDA_ARCH_LIST__)
+#else
+#define WV_BUILT_ARCHS "" /* nvcc before 11.5 */
+#endif
+
+/* "750,800,860" as "7.5, 8.0, 8.6" into out. */
+static void format_archs(const char *list, char *out, size_t size)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (const char *p = list; *p && used < size;) {
+        char *end;
+        long cc = strtol(p, &end, 10);
+        int n;
+        if (end == p) break;
+        n = snprintf(out + used, size - used, "%s%ld.%ld", used ? ", " : "", cc / 100, cc / 10 % 10);
+        used += n > 0 ? (size_t)n : 0;
+        for (p = end; *p == ',' || *p == ' ';) p++;
+    }
+}
+
+/* Whether the build has code the GPU runs (a binary of its major and no newer minor, or PTX it can
+ * compile): where it has none, every kernel launch would fail, the first one mid-decode. */
+static wv_status check_kernel_image(int device, const cudaDeviceProp *prop, wv_error *err)
+{
+    struct cudaFuncAttributes attr;
+    char built[128];
+    device_scope ds = enter_device(device);
+    cudaError_t e = cudaFuncGetAttributes(&attr, (const void *)find_nonfinite_kernel);
+    leave_device(ds, device);
+    if (e == cudaSuccess) return WV_OK;
+    cudaGetLastError(); /* not left for a later launch's check to pick up */
+    if (e != cudaErrorNoKernelImageForDevice && e != cudaErrorInvalidDeviceFunction)
+        return wv_fail(err, WV_ERR_BACKEND, "cannot use CUDA device %d: %s", device, cudaGetErrorString(e));
+    format_archs(WV_BUILT_ARCHS, built, sizeof built);
+    return wv_fail(err, WV_ERR_INVALID,
+                   "this build of the CUDA backend has no code for %s (compute capability %d.%d; it was built for "
+                   "%s): rebuild it with WANVIDEO_CUDA_ARCHS=%d%d, with a CUDA toolkit that builds for it (CUDA 13's "
+                   "oldest is 7.5, CUDA 12's 5.0), or use the CPU backend",
+                   prop->name, prop->major, prop->minor, built[0] ? built : "other GPUs", prop->major, prop->minor);
+}
+
 static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
 {
+    wv_status st;
     char why[256] = "";
     cudaDeviceProp prop;
     int count = wv_cuda_device_count(why, sizeof why);
@@ -741,6 +789,7 @@ static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
         return wv_fail(err, WV_ERR_INVALID, "CUDA device %d does not exist (%d found)", *device, count);
     if (cudaGetDeviceProperties(&prop, *device) != cudaSuccess)
         return wv_fail(err, WV_ERR_BACKEND, "cannot read the properties of CUDA device %d", *device);
+    if ((st = check_kernel_image(*device, &prop, err))) return st;
     if (dt == WV_BF16 && prop.major < 8)
         return wv_fail(err, WV_ERR_INVALID,
                        "bf16 needs a GPU of compute capability 8.0 or newer; %s is %d.%d: use precision='fp16' or "

@@ -276,6 +276,49 @@ def test_cuda_archs_are_read_in_the_forms_users_write_them(setup_module, text, a
     assert setup_module.cuda_archs(text) == (archs, None)
 
 
+@pytest.mark.parametrize("cap,runs", [
+    ("75", True), ("87", True), ("89", True), ("90", True), ("120", True),  # 8.7 on 8.6's binary, 12.0 on the PTX
+    ("61", False), ("70", False), ("72", False),
+])
+def test_the_default_archs_run_on_gpus_of_their_majors_and_newer(setup_module, cap, runs):
+    assert setup_module.runs_on(setup_module.cuda_archs("")[0], cap) is runs
+
+
+def fake_nvidia_smi(folder, monkeypatch, output, status=0):
+    folder.mkdir()
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\nprintf '{output}'\nexit {status}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script stands in for nvidia-smi")
+def test_the_machines_gpus_are_read_from_nvidia_smi(setup_module, tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path / "bin", monkeypatch, "6.1\\n12.0\\n6.1\\n[N/A]\\n")
+    assert setup_module.machine_gpu_caps() == ["61", "120"]
+    fake_nvidia_smi(tmp_path / "old", monkeypatch, "Field compute_cap is not a valid field", status=2)
+    assert setup_module.machine_gpu_caps() == []
+
+
+def test_a_gpu_the_default_archs_miss_is_built_for_where_nvcc_can(setup_module, monkeypatch):
+    """A P100 (6.0) beside an H100: 6.0 joins the archs (the PTX stays the newest's); where nvcc cannot
+    build for it, or the user chose the archs, a warning says the backend will not run on it."""
+    archs = setup_module.cuda_archs("")[0]
+    monkeypatch.setattr(setup_module, "machine_gpu_caps", lambda: ["60", "90"])
+    monkeypatch.setattr(setup_module, "nvcc_caps", lambda nvcc: {"50", "60", "75", "80", "86", "89", "90"})
+    assert setup_module.archs_for_machine(archs, "nvcc", chosen=False) == ["60"] + archs
+    assert setup_module.CUDA_NOTE["warnings"] == []
+    assert setup_module.archs_for_machine(["86"], "nvcc", chosen=True) == ["86"]
+    assert setup_module.CUDA_NOTE["warnings"] == [
+        "WANVIDEO_CUDA_ARCHS has no code for this machine's GPU of compute capability 6.0: the CUDA backend will "
+        "not run on it (add 60)"]
+    monkeypatch.setattr(setup_module, "nvcc_caps", lambda nvcc: {"75", "80", "86", "89", "90", "100", "120"})
+    assert setup_module.archs_for_machine(archs, "nvcc", chosen=False) == archs
+    assert setup_module.CUDA_NOTE["warnings"][-1].startswith(
+        "this CUDA toolkit does not build for this machine's GPU of compute capability 6.0: the CUDA backend will "
+        "not run on it (a CUDA 12 toolkit builds for 5.0 and newer")
+
+
 def test_cuda_archs_that_are_no_compute_capability_are_refused_by_name(on_windows, monkeypatch):
     setup_module, _, _ = on_windows
     monkeypatch.setenv("WANVIDEO_CUDA_ARCHS", "86;abc")

@@ -527,6 +527,26 @@ static void old_driver_explained(const weight_set *ws)
     CHECK(wv_cuda_device_count(why, sizeof why) == 1);
 }
 
+/* A GPU the build has no code for: refused when the model is built, naming the GPU, the archs built
+ * and the rebuild, in every precision (bf16's own check comes after), not at a kernel mid-decode. */
+static void gpu_without_code_explained(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    for (int dt = 0; dt < WV_DTYPE_COUNT; dt++) {
+        if (!wv_cuda_backends()->by_dtype[dt]) continue;
+        stub_set_gpu(6, 1, 0);
+        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[dt], -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
+        CHECK(strstr(err.msg, "has no code for CUDA stub (compute capability 6.1; it was built for ") == err.msg +
+              strlen("this build of the CUDA backend "));
+        CHECK(strstr(err.msg, "rebuild it with WANVIDEO_CUDA_ARCHS=61") != NULL);
+        stub_set_gpu(9, 0, 1);
+        CHECK(cudaGetLastError() == cudaSuccess); /* nothing left for a later launch's check */
+    }
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    wv_model_free(&m);
+}
+
 /* The free memory of a device the machine does not have is an error, not the current device's. */
 static void missing_device_has_no_memory_figures(void)
 {
@@ -547,6 +567,7 @@ int main(void)
     CHECK(wv_cuda_backends()->abi == WV_BACKEND_ABI);
     CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
     old_driver_explained(&ws);
+    gpu_without_code_explained(&ws);
     missing_device_has_no_memory_figures();
     if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {
         CHECK(wv_model_build(&reference, wv_backend_cpu(), -1, ws.views, ws.n, &err) == WV_OK);

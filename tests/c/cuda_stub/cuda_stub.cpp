@@ -364,6 +364,15 @@ extern "C" int stub_foreign_context_uses(void) { return g_foreign_uses; }
 
 extern "C" void stub_set_driver_version(int v) { g_driver_version = v; }
 
+static int g_gpu_major = 9, g_gpu_minor = 0, g_kernel_image = 1;
+
+extern "C" void stub_set_gpu(int major, int minor, int has_kernel_image)
+{
+    g_gpu_major = major;
+    g_gpu_minor = minor;
+    g_kernel_image = has_kernel_image;
+}
+
 extern "C" void stub_set_device_count(int n)
 {
     g_device_count = n < 1 ? 1 : n > STUB_MAX_DEVICES ? STUB_MAX_DEVICES : n;
@@ -552,7 +561,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
 {
     memset(prop, 0, sizeof *prop);
     snprintf(prop->name, sizeof prop->name, "CUDA stub");
-    prop->major = 9;
+    prop->major = g_gpu_major;
+    prop->minor = g_gpu_minor;
     prop->totalGlobalMem = (size_t)80 << 30;
     return device >= 0 && device < g_device_count ? cudaSuccess : cudaErrorInvalidDevice;
 }
@@ -586,6 +596,14 @@ cudaError_t cudaGetLastError(void)
     cudaError_t e = g_last_error;
     g_last_error = cudaSuccess;
     return e;
+}
+
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const void *func)
+{
+    need_context();
+    memset(attr, 0, sizeof *attr);
+    if (!func) return g_last_error = cudaErrorInvalidDeviceFunction;
+    return g_kernel_image ? cudaSuccess : (g_last_error = cudaErrorNoKernelImageForDevice);
 }
 
 const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "CUDA stub error"; }

@@ -34,6 +34,10 @@ void stub_set_device_count(int n);
 /* The CUDA version the driver supports, as cudaDriverGetVersion says (13000 at first, as the
  * runtime; 0: no driver); below the runtime's, cudaGetDeviceCount fails as on such a machine. */
 void stub_set_driver_version(int v);
+/* The GPU's compute capability (9.0 at first), and whether the module has code it runs: where not,
+ * cudaFuncGetAttributes fails with cudaErrorNoKernelImageForDevice, as for a GPU older than a build's
+ * archs. */
+void stub_set_gpu(int major, int minor, int has_kernel_image);
 int stub_context_made(int device);
 int stub_current_context(void);
 /* A non-primary context on device made current in the calling thread, as the driver API (pycuda, a
