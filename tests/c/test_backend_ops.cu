@@ -239,25 +239,30 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     free(w), free(bias), free(cache), free(y0), free(mask);
 }
 
-/* n frames of width w (past 64 positions: several blocks along a row of the vector kernel) */
-static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int out_pad, int n, int w)
+/* n frames of width w (past 64 positions: several blocks along a row of the vector kernel), one
+ * interior pixel all zero (the norm's floor, not a NaN); the output buffer runs on past its frames by
+ * a frame, every element of it compared: a kernel writing past its frames fails. */
+static void test_rms_norm(side *cpu, side *gpu, int C, int silu, int in_pad, int out_pad, int n, int w)
 {
-    wv_grid gx = {4, w, 1}, gy = {4, w, out_pad};
-    int64_t nx = n * wv_grid_positions(gx) * C, ny = n * wv_grid_positions(gy) * C;
-    float *x = rand_frames(gx, C, n), *gamma = rand_floats(C), *ref = (float *)malloc(ny * 4), *got = (float *)malloc(ny * 4);
+    wv_grid gx = {4, w, in_pad}, gy = {4, w, out_pad};
+    int64_t nx = n * wv_grid_positions(gx) * C, ny = (n + 1) * wv_grid_positions(gy) * C;
+    float *x = rand_frames(gx, C, n), *gamma = rand_floats(C), *y0 = rand_floats((size_t)ny);
+    float *ref = (float *)malloc(ny * 4), *got = (float *)malloc(ny * 4);
     side *sides[2] = {cpu, gpu};
     float *outs[2] = {ref, got};
     char name[64];
+    memset(x + ((in_pad + 1) * (w + 2 * in_pad) + in_pad + 1) * C, 0, (size_t)C * sizeof(float));
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
-        void *dx = put(s, x, (size_t)nx), *dg = put(s, gamma, (size_t)C), *dy = put(s, x, (size_t)(ny < nx ? nx : ny));
+        void *dx = put(s, x, (size_t)nx), *dg = put(s, gamma, (size_t)C), *dy = put(s, y0, (size_t)ny);
         s->be->rms_norm(s->ctx, dx, gx, dy, gy, C, n, dg, silu);
         get(s, dy, outs[i], (size_t)ny);
         s->be->release(s->ctx, dx), s->be->release(s->ctx, dg), s->be->release(s->ctx, dy);
     }
-    snprintf(name, sizeof name, "rms_norm C=%d%s -> pad %d, %d frames of %d", C, silu ? " silu" : "", out_pad, n, w);
+    snprintf(name, sizeof name, "rms_norm C=%d%s pad %d -> %d, %d frames of %d", C, silu ? " silu" : "", in_pad,
+             out_pad, n, w);
     check(name, gpu->be, ref, got, (size_t)ny, NULL);
-    free(x), free(gamma), free(ref), free(got);
+    free(x), free(gamma), free(y0), free(ref), free(got);
 }
 
 /* zero_ring, copy_region, copy_channels and pixel_shuffle: data movement, compared everywhere they
@@ -315,12 +320,45 @@ static void test_moves(side *cpu, side *gpu, int C)
     free(a), free(src), free(dst), free(usrc), free(udst), free(mask), free(umask);
 }
 
-static void test_attention(side *cpu, side *gpu, int N, int C, int rows)
+/* qkv uniform in [-scale, scale): at 40, scores reach past exp's range in float32 (88), so a
+ * softmax must subtract each row's largest. */
+/* copy_region over two frames, from a grid of another padding; copy_channels from an offset that is
+ * no whole 16-byte vector in any type (2 channels). */
+static void test_moves_of_frames(side *cpu, side *gpu, int C)
+{
+    side *sides[2] = {cpu, gpu};
+    char name[64];
+    wv_grid gs = {7, 9, 2}, gd = {4, 5, 1};
+    int64_t ns = 2 * wv_grid_positions(gs) * C, nd = 2 * wv_grid_positions(gd) * C, positions = 6;
+    float *src = rand_floats((size_t)ns), *dst = rand_floats((size_t)nd), *wide = rand_floats((size_t)(positions * 2 * C));
+    float *r[2], *o[2];
+    char *mask = interior(gd, C, 2);
+    for (int k = 0; k < 2; k++) r[k] = (float *)malloc((size_t)nd * 4), o[k] = (float *)malloc((size_t)nd * 4);
+    for (int i = 0; i < 2; i++) {
+        side *s = sides[i];
+        float **out = i ? o : r;
+        void *ds = put(s, src, (size_t)ns), *dd = put(s, dst, (size_t)nd), *dw = put(s, wide, (size_t)(positions * 2 * C));
+        void *dc = put(s, dst, (size_t)(positions * C));
+        s->be->copy_region(s->ctx, ds, gs, 1, 3, dd, gd, C, 2);
+        s->be->copy_channels(s->ctx, dw, 2 * C, 2, dc, C, positions);
+        get(s, dd, out[0], (size_t)nd), get(s, dc, out[1], (size_t)(positions * C));
+        s->be->release(s->ctx, ds), s->be->release(s->ctx, dd), s->be->release(s->ctx, dw), s->be->release(s->ctx, dc);
+    }
+    snprintf(name, sizeof name, "copy_region (1, 3) 2 frames 7x9 pad 2 -> pad 1, C=%d", C);
+    check(name, gpu->be, r[0], o[0], (size_t)nd, mask);
+    snprintf(name, sizeof name, "copy_channels [2, %d) of %d", 2 + C, 2 * C);
+    check(name, gpu->be, r[1], o[1], (size_t)(positions * C), NULL);
+    for (int k = 0; k < 2; k++) free(r[k]), free(o[k]);
+    free(src), free(dst), free(wide), free(mask);
+}
+
+static void test_attention(side *cpu, side *gpu, int N, int C, int rows, float scale)
 {
     side *sides[2] = {cpu, gpu};
     float *qkv = rand_floats((size_t)N * 3 * C), *ref = (float *)malloc((size_t)N * C * 4), *got = (float *)malloc((size_t)N * C * 4);
     float *outs[2] = {ref, got};
     char name[64];
+    for (int64_t i = 0; i < (int64_t)N * 3 * C; i++) qkv[i] *= scale;
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
         void *dq = put(s, qkv, (size_t)N * 3 * C), *dout = put(s, qkv, (size_t)N * C), *scores = NULL;
@@ -331,20 +369,44 @@ static void test_attention(side *cpu, side *gpu, int N, int C, int rows)
         get(s, dout, outs[i], (size_t)N * C);
         s->be->release(s->ctx, dq), s->be->release(s->ctx, dout), s->be->release(s->ctx, scores);
     }
-    snprintf(name, sizeof name, "attention N=%d C=%d rows=%d", N, C, rows);
+    snprintf(name, sizeof name, "attention N=%d C=%d rows=%d, qkv in +-%g", N, C, rows, scale);
     check(name, gpu->be, ref, got, (size_t)N * C, NULL);
     free(qkv), free(ref), free(got);
 }
 
-/* load_latent from a strided latent view (host for the CPU, device for CUDA), then write_output of
+/* n floats as elements of type dt (rounded to nearest), into a new buffer. */
+static void *as_dtype(const float *x, int64_t n, wv_dtype dt)
+{
+    char *out = (char *)malloc((size_t)n * wv_dtype_size(dt));
+    for (int64_t i = 0; i < n; i++) {
+        if (dt == WV_F32) {
+            memcpy(out + 4 * i, &x[i], 4);
+        } else if (dt == WV_F16) {
+            __half_raw r = __half_raw(__float2half_rn(x[i]));
+            memcpy(out + 2 * i, &r.x, 2);
+        } else {
+            uint32_t bits;
+            uint16_t top;
+            memcpy(&bits, &x[i], 4);
+            top = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+            memcpy(out + 2 * i, &top, 2);
+        }
+    }
+    return out;
+}
+
+/* load_latent from a strided latent view of type ldt (host for the CPU; for CUDA device memory, or
+ * host memory where host_latents), then write_output of
  * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. A `poison` value
  * (0: none) goes into the block: a NaN must be reported by both sides (end_step or sync), an Inf in
- * raw output too; the unit image clamps an Inf to 1, which is right, and is compared. */
-static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, float poison)
+ * raw output too; the unit image clamps an Inf to 1 (-Inf to 0), which is right, and is compared. */
+static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, float poison, wv_dtype ldt,
+                                   int host_latents)
 {
     int z = 4, T = 2, h = 3, w = 5, oh = 6, ow = 7;
     wv_grid g = {h, w, 1}, go = {oh, ow, 1};
     int64_t nl = (int64_t)z * T * h * w, nz = wv_grid_positions(g) * z, no = wv_grid_positions(go) * 3;
+    int64_t es = (int64_t)wv_dtype_size(ldt);
     float *lat = rand_floats((size_t)nl), *mean = rand_floats(z), *stdv = rand_floats(z), *frame = rand_frames(go, 3, 1);
     float *lref = (float *)malloc(nz * 4), *lgot = (float *)malloc(nz * 4);
     float *oref = (float *)calloc(4 * 9 * 3, 4), *ogot = (float *)calloc(4 * 9 * 3, 4);
@@ -353,9 +415,10 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
     wv_status reported[2];
     int flagged = poison != poison || (poison != 0.0f && mode == WV_OUT_RAW), compare = !flagged;
     char name[80];
+    void *hlat = as_dtype(lat, nl, ldt);
     if (poison != 0.0f) frame[((2 + 1) * (ow + 2) + 3 + 1) * 3] = poison; /* interior (2, 3), in the block */
-    cudaMalloc(&dlat, nl * 4);
-    cudaMemcpy(dlat, lat, nl * 4, cudaMemcpyHostToDevice);
+    cudaMalloc(&dlat, nl * es);
+    cudaMemcpy(dlat, hlat, nl * es, cudaMemcpyHostToDevice);
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
         wv_view v;
@@ -363,10 +426,11 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         wv_error err;
         void *dz = put(s, lat, (size_t)nz), *dframe = put(s, frame, (size_t)no), *ws = NULL, *staging = NULL;
         memset(&v, 0, sizeof v);
-        v.data = i ? dlat : lat;
+        v.on_device = i && !host_latents;
+        v.data = v.on_device ? dlat : hlat;
         v.ndim = 4, v.shape[0] = z, v.shape[1] = T, v.shape[2] = h, v.shape[3] = w;
-        v.strides[3] = 4, v.strides[2] = 4 * w, v.strides[1] = 4 * w * h, v.strides[0] = 4 * w * h * T;
-        v.dtype = WV_F32, v.on_device = i;
+        v.strides[3] = es, v.strides[2] = es * w, v.strides[1] = es * w * h, v.strides[0] = es * w * h * T;
+        v.dtype = ldt;
         memset(&call, 0, sizeof call);
         call.latents = &v;
         call.step_out_bytes = (size_t)4 * 5 * 3 * 4;
@@ -390,14 +454,16 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         s->be->release(s->ctx, dz), s->be->release(s->ctx, dframe), s->be->release(s->ctx, ws);
         if (staging) s->be->release(s->ctx, staging);
     }
-    check("load_latent frame 1", gpu->be, lref, lgot, (size_t)nz, NULL);
+    snprintf(name, sizeof name, "load_latent frame 1 of %s %s latents", wv_dtype_name(ldt),
+             host_latents ? "host" : "device");
+    check(name, gpu->be, lref, lgot, (size_t)nz, NULL);
     if (poison != 0.0f) {
         wv_status want = flagged ? WV_ERR_BACKEND : WV_OK;
         int ok = reported[0] == want && reported[1] == want;
         g_cases++;
         g_failures += !ok;
         snprintf(name, sizeof name, "write_output %s of %s", mode == WV_OUT_UNIT ? "unit" : "raw",
-                 poison != poison ? "a NaN" : "an Inf");
+                 poison != poison ? "a NaN" : poison < 0 ? "a -Inf" : "an Inf");
         printf("%-4s %-48s %-5s%s reported: CPU %d, CUDA %d (want %d)\n", ok ? "ok" : "FAIL", name,
                wv_dtype_name(gpu->be->act_dtype), g_variant, (int)reported[0], (int)reported[1], (int)want);
     } else if (reported[0] || reported[1]) {
@@ -407,7 +473,42 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be,
               oref, ogot, 4 * 9 * 3, NULL);
     cudaFree(dlat);
-    free(lat), free(mean), free(stdv), free(frame), free(lref), free(lgot), free(oref), free(ogot);
+    free(hlat), free(lat), free(mean), free(stdv), free(frame), free(lref), free(lgot), free(oref), free(ogot);
+}
+
+/* Device latents (strided: every other element of a wider buffer) holding an Inf and, later, a NaN:
+ * begin refuses them, naming the first (the CPU backend reads host latents, which the module checks). */
+static void test_nonfinite_device_latents(side *gpu)
+{
+    int z = 2, T = 2, h = 3, w = 4;
+    int64_t nl = (int64_t)z * T * h * w;
+    float *lat = rand_floats((size_t)(2 * nl));
+    test_call t;
+    wv_error err = {WV_OK, ""};
+    wv_status st;
+    void *dlat;
+    int ok;
+    lat[2 * (((1 * T + 0) * h + 2) * w + 1)] = -INFINITY; /* [1, 0, 2, 1] */
+    lat[2 * (((1 * T + 1) * h + 0) * w + 0)] = NAN;       /* [1, 1, 0, 0] */
+    cudaMalloc(&dlat, 2 * nl * 4);
+    cudaMemcpy(dlat, lat, 2 * nl * 4, cudaMemcpyHostToDevice);
+    memset(&t, 0, sizeof t);
+    t.lat.data = dlat, t.lat.on_device = 1, t.lat.dtype = WV_F32, t.lat.ndim = 4;
+    t.lat.shape[0] = z, t.lat.shape[1] = T, t.lat.shape[2] = h, t.lat.shape[3] = w;
+    t.lat.strides[3] = 8, t.lat.strides[2] = 8 * w, t.lat.strides[1] = 8 * w * h, t.lat.strides[0] = 8 * w * h * T;
+    t.call.latents = &t.lat;
+    t.call.workspace_bytes = 1 << 20;
+    gpu->be->alloc(gpu->ctx, t.call.workspace_bytes, &t.call.workspace, &err);
+    st = gpu->be->begin(gpu->ctx, &t.call, &err);
+    ok = st == WV_ERR_INVALID && strstr(err.msg, "latents contain NaN or Inf (first at [1, 0, 2, 1])") != NULL;
+    g_cases++;
+    g_failures += !ok;
+    printf("%-4s %-48s %-5s%s %s\n", ok ? "ok" : "FAIL", "begin: device latents with -Inf, then NaN",
+           wv_dtype_name(gpu->be->act_dtype), g_variant, err.msg);
+    if (!st) gpu->be->finish(gpu->ctx);
+    gpu->be->release(gpu->ctx, t.call.workspace);
+    cudaFree(dlat);
+    free(lat);
 }
 
 static int make_side(side *s, const wv_backend *be)
@@ -472,20 +573,31 @@ int main(void)
         test_conv_shapes(&cpu, &gpu);
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */
         test_direct_convs(&cpu, wv_cuda_backends()->by_dtype[dt]);
-        test_rms_norm(&cpu, &gpu, 96, 1, 1, 2, 70); /* 16-byte vectors, held by a group of lanes per position */
-        test_rms_norm(&cpu, &gpu, 384, 1, 0, 1, 6);
-        test_rms_norm(&cpu, &gpu, 192, 1, 1, 3, 21);
-        test_rms_norm(&cpu, &gpu, 8, 0, 1, 2, 6);
-        test_rms_norm(&cpu, &gpu, 33, 0, 0, 2, 6); /* not whole vectors: a warp per position */
+        test_rms_norm(&cpu, &gpu, 96, 1, 1, 1, 2, 70); /* 16-byte vectors, held by a group of lanes per position */
+        test_rms_norm(&cpu, &gpu, 384, 1, 1, 0, 1, 6); /* the attention's norm: its rows are the frame's */
+        test_rms_norm(&cpu, &gpu, 96, 1, 1, 0, 2, 70);
+        test_rms_norm(&cpu, &gpu, 96, 0, 0, 1, 2, 9);
+        test_rms_norm(&cpu, &gpu, 192, 1, 1, 1, 3, 21);
+        test_rms_norm(&cpu, &gpu, 8, 0, 1, 1, 2, 6);
+        test_rms_norm(&cpu, &gpu, 33, 0, 1, 0, 2, 6); /* not whole vectors: a warp per position */
+        test_rms_norm(&cpu, &gpu, 33, 1, 0, 1, 2, 6);
         test_moves(&cpu, &gpu, 5);
         test_moves(&cpu, &gpu, 8);
-        test_attention(&cpu, &gpu, 37, 16, 8);
-        test_attention(&cpu, &gpu, 50, 32, 50);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, 0.0f);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, INFINITY);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, INFINITY);
-        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, NAN);
+        test_moves_of_frames(&cpu, &gpu, 8);
+        test_attention(&cpu, &gpu, 37, 16, 8, 1.0f);
+        test_attention(&cpu, &gpu, 50, 32, 50, 1.0f);
+        if (dt == WV_F32) /* in 16 bits, qkv's rounding moves such scores by whole units */
+            test_attention(&cpu, &gpu, 37, 16, 8, 40.0f);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, 0.0f, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, INFINITY, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, -INFINITY, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, INFINITY, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, NAN, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_F16, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 1);
+        test_nonfinite_device_latents(&gpu);
         gpu.be->ctx_destroy(gpu.ctx);
     }
     cpu.be->ctx_destroy(cpu.ctx);
