@@ -395,6 +395,42 @@ static void *as_dtype(const float *x, int64_t n, wv_dtype dt)
     return out;
 }
 
+/* upload rounds to nearest, ties to even, as the CPU's conversion of the weights does: what comes
+ * back is each value in the context's type, bit for bit (1 + 3/512 is 1 + 1/128 in bfloat16, not 1). */
+static void test_upload_rounds_to_nearest(side *gpu)
+{
+    int n = 1000, wrong = 0;
+    wv_dtype dt = gpu->be->act_dtype;
+    float *x = rand_floats((size_t)n), *got = (float *)malloc((size_t)n * 4), *want = (float *)malloc((size_t)n * 4);
+    void *d, *rounded;
+    x[0] = 1.0f + 3.0f / 512.0f;
+    x[1] = -(1.0f + 3.0f / 4096.0f);
+    d = put(gpu, x, (size_t)n);
+    get(gpu, d, got, (size_t)n);
+    rounded = as_dtype(x, n, dt);
+    for (int i = 0; i < n; i++) {
+        uint32_t bits = 0;
+        __half_raw r;
+        if (dt == WV_F32) {
+            memcpy(&want[i], (char *)rounded + 4 * i, 4);
+        } else if (dt == WV_F16) {
+            memcpy(&r.x, (char *)rounded + 2 * i, 2);
+            want[i] = __half2float(__half(r));
+        } else {
+            memcpy(&bits, (char *)rounded + 2 * i, 2);
+            bits <<= 16;
+            memcpy(&want[i], &bits, 4);
+        }
+        wrong += memcmp(&want[i], &got[i], 4) != 0;
+    }
+    g_cases++;
+    g_failures += wrong != 0;
+    printf("%-4s %-48s %-5s%s %d of %d values not the nearest\n", wrong ? "FAIL" : "ok", "upload rounds to nearest",
+           wv_dtype_name(dt), g_variant, wrong, n);
+    gpu->be->release(gpu->ctx, d);
+    free(x), free(got), free(want), free(rounded);
+}
+
 /* load_latent from a strided latent view of type ldt (host for the CPU; for CUDA device memory, or
  * host memory where host_latents), then write_output of
  * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. A `poison` value
@@ -598,6 +634,7 @@ int main(void)
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 1);
         test_nonfinite_device_latents(&gpu);
+        test_upload_rounds_to_nearest(&gpu);
         gpu.be->ctx_destroy(gpu.ctx);
     }
     cpu.be->ctx_destroy(cpu.ctx);
