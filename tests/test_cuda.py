@@ -306,11 +306,14 @@ def _device_used():
 
 @gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
-def test_an_overflowing_decode_is_an_error_not_nan_frames(precision):
+@pytest.mark.parametrize("key,raw", [("decoder.head.2.weight", True), ("decoder.conv1.weight", True),
+                                     ("decoder.conv1.weight", False)])
+def test_an_overflowing_decode_is_an_error_not_nan_frames(precision, key, raw):
     """write_output_kernel flags the NaN an overflow leaves (an Inf too, in raw output); the call raises."""
     from test_errors import overflowing_decoder
     with pytest.raises(wv.WanVAEError, match="the decode produced NaN or Inf"):
-        overflowing_decoder(backend="cuda", precision=precision).decode(random_latents(4, 2, 3, 4, seed=1), raw=True)
+        overflowing_decoder(key, backend="cuda", precision=precision).decode(random_latents(4, 2, 3, 4, seed=1),
+                                                                             raw=raw)
 
 
 @gpu

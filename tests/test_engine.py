@@ -88,6 +88,32 @@ def test_end_frame_matches_torch_reference():
     assert np.abs(out - expected).max() <= REFERENCE_TOL
 
 
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_end_frame_of_short_sequences_matches_torch_reference(T):
+    """End-frame mode on sequences of 1 to 3 latent frames: the first T - 1 as a sequence, then the last
+    alone (at T = 2, one frame each: 2 frames, not 1)."""
+    weights = random_weights(8, 4, seed=5)
+    mean, std = random_stats(4)
+    lat = random_latents(4, T, 3, 4, seed=T)
+    expected = reference_decode(weights, lat, mean, std, end_frame=True)
+    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, end_frame=True, enable_vae_tiling=False)
+    assert out.shape == expected.shape == (1 if T == 1 else 1 + 4 * (T - 2) + 1, 24, 32, 3)
+    assert np.abs(out - expected).max() <= REFERENCE_TOL
+    assert wv.Decoder(weights).plan(T, 3, 4, end_frame=True)["frames"] == out.shape[0]
+
+
+def test_rms_norm_of_tiny_activations_matches_torch_reference():
+    """Latents near 1e-9 without biases keep every activation tiny, far below 1e-6 but above the norm's
+    floor of 1e-12: each norm still scales its pixel to sqrt(C) (an eps of 1e-6 would not)."""
+    weights = {k: (v * 0 if k.endswith("bias") else v) for k, v in random_weights(8, 4, seed=7).items()}
+    mean, std = np.zeros(4, np.float32), np.ones(4, np.float32)
+    lat = random_latents(4, 2, 4, 4, seed=7) * np.float32(1e-9)
+    expected = reference_decode(weights, lat, mean, std)
+    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, enable_vae_tiling=False)
+    assert np.abs(expected).max() > 0.1  # not the floor's zeros
+    assert np.abs(out - expected).max() <= REFERENCE_TOL * max(1.0, np.abs(expected).max())
+
+
 def test_streaming_is_causal_prefix_exact():
     """Streaming one latent frame at a time: decoding a prefix gives the prefix of the frames."""
     weights = random_weights(8, 4, seed=5)

@@ -68,10 +68,11 @@ def weights_with(key, value):
     return w
 
 
-def overflowing_decoder(**kw):
-    """A small decoder whose head convolution sums past float32's range (3.4e38)."""
+def overflowing_decoder(key="decoder.head.2.weight", **kw):
+    """A small decoder one of whose convolutions sums past float32's range (3.4e38): the head's makes
+    Inf frames; the first one's makes Infs that the norms after it turn to NaN (Inf / Inf)."""
     w = random_weights(8, 4)
-    w["decoder.head.2.weight"] = w["decoder.head.2.weight"] * np.float32(3e38)
+    w[key] = w[key] * np.float32(3e38)
     mean, std = random_stats(4)
     return wv.Decoder(w, mean=mean, std=std, **kw)
 
@@ -213,6 +214,14 @@ CASES = [
     ("a negative stream handle", lambda d, t: d._model.decode(lat(), d.mean, d.std, stream=-1), E,
      "stream must be a CUDA stream handle"),
 ]
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_nan_frames_are_an_error_in_either_output(raw):
+    """NaN frames are refused whether raw or clamped to [0, 1] (where clamping would hide them)."""
+    dec = overflowing_decoder("decoder.conv1.weight")
+    with pytest.raises(wv.WanVAEError, match="the decode produced NaN or Inf"):
+        dec.decode(random_latents(4, 2, 4, 4), raw=raw, enable_vae_tiling=False)
 
 
 @pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])

@@ -200,6 +200,19 @@ def test_tiles_shrunk_to_fit_a_budget_stay_within_the_asked_size(h, w, tile_x, t
         assert p["core_x"] + 2 * p["out_halo"] <= tile_x and p["core_y"] + 2 * p["out_halo"] <= tile_y, percent
 
 
+@pytest.mark.parametrize("T,h,w,budget,tiles,flops", [
+    # of the two places the trunk may end, the one whose largest fitting tiles make less work (the
+    # other fits in tiles of 8 x 8 output pixels: 256 of them, 3.1e11 FLOP)
+    (3, 16, 16, 3888979, (8, 8), 96908063296),
+    # an even split with as many tiles as the square ones: 40 rows of one tile (2 x 20 does more work)
+    (2, 40, 4, 1872332, (1, 40), 17795349504),
+])
+def test_a_shrunk_plan_is_the_one_with_the_least_work(T, h, w, budget, tiles, flops):
+    p = decoder(8)._model.plan(T, h, w, tile_x=0, tile_y=0, max_memory=budget)
+    assert p["shrunk_to_fit"] and p["planned_bytes"] <= budget
+    assert (p["tiles_x"], p["tiles_y"]) == tiles and p["conv_flops"] == flops
+
+
 def test_tile_validation():
     dec = decoder(8)
     lat = random_latents(4, 1, 4, 4)
