@@ -135,6 +135,17 @@ def test_avi_frame_rate_keeps_its_fraction(tmp_path, fps, scale, rate):
     assert struct.unpack_from("<II", strh, 20) == (scale, rate)
 
 
+def test_a_contact_sheet_spreads_its_frames_over_the_whole_video(tmp_path, monkeypatch):
+    """48 frames, 24 tiles: every other frame, from the first to the last (not the first 24)."""
+    sheets = []
+    monkeypatch.setattr(media, "png_bytes", lambda sheet: sheets.append(sheet) or b"")
+    frames = np.broadcast_to((np.arange(48, dtype=np.float32) / 47)[:, None, None, None], (48, 2, 2, 3))
+    media.contact_sheet(frames, str(tmp_path / "sheet.png"))
+    sheet = sheets[0]  # 6 columns x 4 rows of 2 x 2 tiles, 4 px apart
+    tiles = [sheet[4 + r * 6, 4 + c * 6, 0] for r in range(4) for c in range(6)]
+    assert tiles[0] == 0 and tiles[-1] == 255 and tiles == sorted(tiles) and len(set(tiles)) == 24
+
+
 def test_avi_byte_rate_past_32_bits_is_capped(tmp_path):
     """avih's bytes per second is 32-bit and advisory: a large frame at a high rate (4.3 MB x 1000 fps)
     is written with it capped, not refused after the decode."""

@@ -377,6 +377,18 @@ def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
         wanvideo_vae.native_wan_vae(bare)
 
 
+def test_wan_repo_vae_returns_each_video_on_its_latents_device(monkeypatch):
+    """The repository's decode leaves each video where its latents are: a GPU's latents give GPU videos
+    (a meta tensor stands in for the other device here; the decode itself is stubbed)."""
+    import wanvideo_vae
+    from wanvideo_vae import comfy_nodes
+    weights, data = load_fixture("tiny")
+    native = wanvideo_vae.native_wan_vae(WanRepoVAE(weights, data["mean"], data["std"]))
+    monkeypatch.setattr(comfy_nodes, "_decode_raw", lambda *a, **k: np.zeros((1, 8, 8, 3), np.float32))
+    videos = native.decode([torch.zeros(16, 1, 1, 1, device="meta"), torch.zeros(16, 1, 1, 1)])
+    assert [v.device.type for v in videos] == ["meta", "cpu"] and videos[0].shape == (3, 1, 8, 8)
+
+
 def test_legacy_std_and_scale_attributes():
     weights, data = load_fixture("single_frame")
     vae = StandInWanVAE(weights, data["mean"], data["std"], legacy=True)

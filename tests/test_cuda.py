@@ -149,7 +149,9 @@ def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    monkeypatch.setattr(devices, "_torch_cached_unused", lambda d: 1 << 30)  # counted before, not after
     assert devices.release_torch_cache_if_needed(0, 123, 1 << 30, 2 << 30) == 123  # fits: nothing released
+    assert devices.release_torch_cache_if_needed(0, 123, 2 << 30, 2 << 30) == 123  # fits exactly
     assert not released
     assert devices.release_torch_cache_if_needed(0, 20 << 30, 15 << 30, 5 << 30) == \
         int((10 << 30) * devices.DEVICE_BUDGET_SHARE)

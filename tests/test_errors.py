@@ -216,6 +216,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("budget", [0, -1, 2**63, 1.5, True, "4GB"])
+def test_a_memory_budget_is_a_positive_int_or_none(small, budget):
+    """0 would read as "no limit" in the core: from Python a budget is a positive count of bytes, or None
+    for the machine's own."""
+    for call in (lambda: small.plan(1, 2, 2, max_memory=budget), lambda: small.decode(lat(), max_memory=budget)):
+        with pytest.raises(wv.WanVAEError, match="max_memory must be a positive number of bytes"):
+            call()
+
+
 @pytest.mark.parametrize("raw", [True, False])
 def test_nan_frames_are_an_error_in_either_output(raw):
     """NaN frames are refused whether raw or clamped to [0, 1] (where clamping would hide them)."""
@@ -1109,6 +1118,42 @@ def test_cuda_array_strides_are_in_bytes(monkeypatch):
     cai = CudaArray(t, "latents").__cuda_array_interface__
     assert cai["strides"] == (48, 16, 8)
     assert cai["stream"] == 1  # torch's default (legacy) stream: the interface forbids 0 and says 1
+    cai = CudaArray(torch.zeros(2, 3, dtype=torch.float64), "latents").__cuda_array_interface__
+    assert (cai["typestr"], cai["strides"]) == ("<f4", (12, 4))  # float64 converted, as on the host
+
+
+def test_a_safetensors_header_one_byte_past_the_end_is_refused(tmp_path):
+    """A header that would run one byte past the file (7 bytes said, 6 there after the length)."""
+    from wanvideo_vae.weights import safetensors_names
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(struct.pack("<Q", 7) + b'{"a":1}'[:6])
+    with pytest.raises(wv.WanVAEError, match=r"the header length its first 8 bytes give, 7, is past the end of its "
+                                             r"14 bytes"):
+        safetensors_names(str(path))
+    path.write_bytes(struct.pack("<Q", 2) + b"{}")  # exactly to the end: an empty file of tensors
+    assert safetensors_names(str(path)) == []
+
+
+def test_float64_safetensors_load_as_float32(tmp_path):
+    from wanvideo_vae.weights import load_safetensors
+    values = np.array([0.1, -2.5, 1e-3], np.float64)
+    header = json.dumps({"decoder.head.2.bias": {"dtype": "F64", "shape": [3], "data_offsets": [0, 24]}}).encode()
+    path = tmp_path / "f64.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + values.tobytes())
+    loaded = load_safetensors(str(path))["decoder.head.2.bias"]
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, values.astype(np.float32))
+
+
+@pytest.mark.parametrize("key,expected", [
+    ("model.decoder.head.2.bias", "decoder.head.2.bias"),
+    ("decoder.head.model.weight", "decoder.head.model.weight"),  # 'model.' only as the prefix
+    ("model.model.decoder.x", None),  # one prefix taken, not every one
+    ("encoder.model.conv1.weight", None),
+])
+def test_only_a_leading_model_prefix_is_taken_off(key, expected):
+    from wanvideo_vae.weights import decoder_key
+    assert decoder_key(key) == expected
 
 
 def test_safetensors_offsets_before_the_data_are_refused(tmp_path):

@@ -262,6 +262,20 @@ def test_cgroup_memory_limit_bounds_the_host_budget(tmp_path, files, proc_lines,
     assert cgroup_headroom_bytes(root, proc) == headroom
 
 
+def test_linux_host_memory_is_the_least_of_meminfo_and_the_cgroups(tmp_path, monkeypatch):
+    """/proc/meminfo counts in KiB; a container's limit below the machine's free memory bounds it."""
+    from wanvideo_vae import sysmem
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       65536 kB\nMemFree:         2048 kB\nMemAvailable:    1024 kB\n")
+    assert sysmem._meminfo_available(str(meminfo)) == 1 << 20
+    monkeypatch.setattr(sysmem.sys, "platform", "linux")
+    monkeypatch.setattr(sysmem, "_meminfo_available", lambda: 10 << 30)
+    monkeypatch.setattr(sysmem, "cgroup_headroom_bytes", lambda: 2 << 30)
+    assert sysmem.available_host_bytes() == 2 << 30
+    monkeypatch.setattr(sysmem, "cgroup_headroom_bytes", lambda: None)
+    assert sysmem.available_host_bytes() == 10 << 30
+
+
 def test_no_host_memory_left_is_a_budget_not_no_limit(monkeypatch):
     """A container at its memory limit leaves 0 bytes; the planner reads a budget of 0 as "no limit",
     so the decode would plan unbounded exactly where the OOM killer strikes. It plans within 1 byte:

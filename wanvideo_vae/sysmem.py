@@ -114,9 +114,9 @@ def cgroup_headroom_bytes(root="/sys/fs/cgroup", proc_cgroup="/proc/self/cgroup"
     return min(rooms) if rooms else None
 
 
-def _meminfo_available():
+def _meminfo_available(path="/proc/meminfo"):
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(path, encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
