@@ -67,16 +67,7 @@ static void get(side *s, const void *d, float *h, size_t n)
     }
     uint16_t *tmp = (uint16_t *)malloc(n * 2);
     cudaMemcpy(tmp, d, n * 2, cudaMemcpyDeviceToHost);
-    for (size_t i = 0; i < n; i++) {
-        if (s->be->act_dtype == WV_F16) {
-            __half_raw r;
-            r.x = tmp[i];
-            h[i] = __half2float(__half(r));
-        } else {
-            uint32_t bits = (uint32_t)tmp[i] << 16;
-            memcpy(&h[i], &bits, 4);
-        }
-    }
+    for (size_t i = 0; i < n; i++) h[i] = wv_elem_to_f32(&tmp[i], s->be->act_dtype);
     free(tmp);
 }
 
@@ -320,8 +311,6 @@ static void test_moves(side *cpu, side *gpu, int C)
     free(a), free(src), free(dst), free(usrc), free(udst), free(mask), free(umask);
 }
 
-/* qkv uniform in [-scale, scale): at 40, scores reach past exp's range in float32 (88), so a
- * softmax must subtract each row's largest. */
 /* copy_region over two frames, from a grid of another padding; copy_channels from an offset that is
  * no whole 16-byte vector in any type (2 channels). */
 static void test_moves_of_frames(side *cpu, side *gpu, int C)
@@ -352,6 +341,8 @@ static void test_moves_of_frames(side *cpu, side *gpu, int C)
     free(src), free(dst), free(wide), free(mask);
 }
 
+/* qkv uniform in [-scale, scale): at 40, scores reach past exp's range in float32 (88), so a
+ * softmax must subtract each row's largest. */
 static void test_attention(side *cpu, side *gpu, int N, int C, int rows, float scale)
 {
     side *sides[2] = {cpu, gpu};
@@ -409,18 +400,7 @@ static void test_upload_rounds_to_nearest(side *gpu)
     get(gpu, d, got, (size_t)n);
     rounded = as_dtype(x, n, dt);
     for (int i = 0; i < n; i++) {
-        uint32_t bits = 0;
-        __half_raw r;
-        if (dt == WV_F32) {
-            memcpy(&want[i], (char *)rounded + 4 * i, 4);
-        } else if (dt == WV_F16) {
-            memcpy(&r.x, (char *)rounded + 2 * i, 2);
-            want[i] = __half2float(__half(r));
-        } else {
-            memcpy(&bits, (char *)rounded + 2 * i, 2);
-            bits <<= 16;
-            memcpy(&want[i], &bits, 4);
-        }
+        want[i] = wv_elem_to_f32((char *)rounded + i * wv_dtype_size(dt), dt);
         wrong += memcmp(&want[i], &got[i], 4) != 0;
     }
     g_cases++;
