@@ -376,11 +376,8 @@ static void *as_dtype(const float *x, int64_t n, wv_dtype dt)
             __half_raw r = __half_raw(__float2half_rn(x[i]));
             memcpy(out + 2 * i, &r.x, 2);
         } else {
-            uint32_t bits;
-            uint16_t top;
-            memcpy(&bits, &x[i], 4);
-            top = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-            memcpy(out + 2 * i, &top, 2);
+            __nv_bfloat16_raw r = __nv_bfloat16_raw(__float2bfloat16_rn(x[i]));
+            memcpy(out + 2 * i, &r.x, 2);
         }
     }
     return out;
