@@ -62,8 +62,12 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 
 #define THREADS 256 /* a block of the backend's own kernels */
 
-/* A kernel's dynamic shared memory (the launch's smem bytes) as an array of T, 16-byte aligned for
- * vector reads whatever static shared memory the kernel has (tests/c/cuda_on_cpu defines its own). */
+/* Shared memory is declared through these two (tests/c/cuda_on_cpu defines its own, which start each
+ * block poisoned): a static array T name[n], and a kernel's dynamic shared memory (the launch's smem
+ * bytes) as an array of T, 16-byte aligned for vector reads whatever static shared memory it has. */
+#ifndef WV_SHARED
+#define WV_SHARED(T, name, n) __shared__ T name[n]
+#endif
 #ifndef WV_DYNAMIC_SHARED
 #define WV_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
@@ -445,7 +449,7 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *share
 /* scores [rows][N] float -> probs [rows][N] T, softmax along each row; one block per row. */
 template <typename T> __global__ void softmax_rows_kernel(const float *scores, void *probs_, int N)
 {
-    __shared__ float shared[32];
+    WV_SHARED(float, shared, 32);
     const float *s = scores + (int64_t)blockIdx.x * N;
     T *p = (T *)probs_ + (int64_t)blockIdx.x * N;
     float mx = -INFINITY, sum = 0.0f;

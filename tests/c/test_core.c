@@ -25,7 +25,10 @@ static int imin(int a, int b) { return a < b ? a : b; }
 static float max_abs_diff(const float *a, const float *b, size_t n)
 {
     float m = 0.0f;
-    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(a[i] - b[i]));
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        m = fmaxf(m, d == d ? d : INFINITY); /* a NaN fails (fmaxf would drop it) */
+    }
     return m;
 }
 

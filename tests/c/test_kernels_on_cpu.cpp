@@ -64,7 +64,8 @@ static void check(const char *name, wv_grid g, int C, const float *ref, const fl
             for (int c = 0; c < C; c++) {
                 int64_t i = ((int64_t)(y + g.pad) * wp + x + g.pad) * C + c;
                 scale = fmax(scale, fabs(ref[i]));
-                diff = fmax(diff, fabs((double)ref[i] - got[i]));
+                double d = fabs((double)ref[i] - got[i]);
+                diff = fmax(diff, d == d ? d : INFINITY); /* a NaN fails (fmax would drop it) */
             }
     g_checks++;
     if (!(diff / scale <= tol)) g_failures++;

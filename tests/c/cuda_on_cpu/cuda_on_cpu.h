@@ -3,7 +3,7 @@
  * backend's ops on any machine, GPU or not. A kernel whose threads never cooperate (a grid-stride loop
  * over independent elements) is called directly, as one thread of a one-block grid. launch_on_cpu runs
  * a whole grid, a block at a time with each of its threads a host thread, for kernels whose lanes
- * exchange values in a warp (__shfl_xor_sync) or whose threads meet in shared memory (__shared__,
+ * exchange values in a warp (__shfl_xor_sync) or whose threads meet in shared memory (WV_SHARED,
  * __syncthreads). Included by the cuda_bf16.h and cuda_fp16.h beside it, which stand in for the
  * toolkit's. */
 #ifndef CUDA_ON_CPU_H
@@ -23,11 +23,28 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static /* one array for all the threads of the block running (one at a time) */
+/* Shared memory: one buffer for all the threads of the block running (one block at a time), where
+ * a GPU's would start with what an earlier block left. Here every block starts with its static
+ * arrays all 0xFF bytes (a NaN in every float type), and every launch with its dynamic memory so, so
+ * that a slot no thread of the block wrote reads as NaN, not as zero or as the last block's value.
+ * The static arrays are carved from one buffer in the order the kernel declares them (each thread
+ * does it the same way). CUDA's own __shared__ is left undefined here: kernels use the macros. */
+alignas(16) inline unsigned char g_static_shared_on_cpu[48 << 10]; /* CUDA's static limit */
+inline thread_local size_t t_static_shared_taken;
+alignas(16) inline float g_dynamic_shared_on_cpu[1 << 16]; /* a launch here asks for at most this much */
 
-/* Dynamic shared memory, shared the same way (a launch here asks for at most this much). */
-alignas(16) inline float g_dynamic_shared_on_cpu[1 << 16];
+template <typename T> T *take_static_shared_on_cpu(size_t n)
+{
+    size_t at = (t_static_shared_taken + 15) / 16 * 16;
+    t_static_shared_taken = at + n * sizeof(T);
+    if (t_static_shared_taken > sizeof g_static_shared_on_cpu) abort();
+    return (T *)(g_static_shared_on_cpu + at);
+}
+#define WV_SHARED(T, name, n) T *name = take_static_shared_on_cpu<T>(n)
 #define WV_DYNAMIC_SHARED(T, name) T *name = (T *)g_dynamic_shared_on_cpu
+
+inline void poison_static_shared_on_cpu() { memset(g_static_shared_on_cpu, 0xFF, sizeof g_static_shared_on_cpu); }
+inline void poison_dynamic_shared_on_cpu() { memset(g_dynamic_shared_on_cpu, 0xFF, sizeof g_dynamic_shared_on_cpu); }
 
 struct dim3_on_cpu {
     unsigned x, y, z;
@@ -138,16 +155,19 @@ template <typename F> void launch_on_cpu(dim3_on_cpu grid, dim3_on_cpu block, F 
 {
     unsigned threads = block.x * block.y * block.z;
     gridDim = grid, blockDim = block;
+    poison_dynamic_shared_on_cpu();
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
                 block_on_cpu state(threads);
                 std::vector<std::thread> team;
                 g_block_on_cpu = &state;
+                poison_static_shared_on_cpu();
                 for (unsigned t = 0; t < threads; t++)
                     team.emplace_back([&, t] {
                         threadIdx = {t % block.x, t / block.x % block.y, t / (block.x * block.y)};
                         blockIdx = {x, y, z};
+                        t_static_shared_taken = 0;
                         run();
                     });
                 for (std::thread &th : team) th.join();
