@@ -221,15 +221,16 @@ static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int thre
 
 /* softmax_rows_kernel as the backend launches it (a block of 512 threads a row: block_reduce's
  * warps meet in shared memory) against the plain sums, rows of N scores wider and narrower than the
- * block. */
-template <typename T> static void test_softmax(int rows, int N, const char *type)
+ * block; scores of 8 * [-1, 1) moved by `shift`: at 100, exp of a score overflows float, so only a
+ * kernel subtracting each row's largest (the max reduction) passes. */
+template <typename T> static void test_softmax(int rows, int N, float shift, const char *type)
 {
     wv_grid all = {rows, N, 0};
     float *scores = (float *)malloc(sizeof(float) * rows * N), *ref = (float *)malloc(sizeof(float) * rows * N);
     float *got = (float *)malloc(sizeof(float) * rows * N);
     T *probs = (T *)malloc(sizeof(T) * rows * N);
     char name[96];
-    for (int i = 0; i < rows * N; i++) scores[i] = 8.0f * frand();
+    for (int i = 0; i < rows * N; i++) scores[i] = 8.0f * frand() + shift;
     for (int r = 0; r < rows; r++) {
         double mx = -INFINITY, sum = 0.0;
         for (int j = 0; j < N; j++) mx = fmax(mx, scores[r * N + j]);
@@ -238,7 +239,7 @@ template <typename T> static void test_softmax(int rows, int N, const char *type
     }
     launch_on_cpu({(unsigned)rows, 1, 1}, {512, 1, 1}, [&] { softmax_rows_kernel<T>(scores, probs, N); });
     for (int i = 0; i < rows * N; i++) got[i] = from_t<T>(probs[i]);
-    snprintf(name, sizeof name, "softmax_rows %d rows of %d %s", rows, N, type);
+    snprintf(name, sizeof name, "softmax_rows %d rows of %d, shifted by %g %s", rows, N, shift, type);
     check(name, all, 1, ref, got, type[0] == 'f' ? 1e-5 : 1e-2);
     free(scores), free(ref), free(got), free(probs);
 }
@@ -265,19 +266,22 @@ template <typename U> static void test_pixel_shuffle(int C, const char *unit)
 }
 
 /* copy_channels_kernel in units of U against the CPU op: channels [coff, coff + C) of 3 C-wide
- * positions (in floats: C = 8, coff = 8 are whole 16-byte vectors). */
+ * positions (in floats: C = 8, coff = 8 are whole 16-byte vectors). The op knows no grid: it copies
+ * every one of the P positions, so src and dst are random at every position (a ring of zeros on
+ * both sides would hide a position skipped) and every position is compared. */
 template <typename U> static void test_copy_channels(int C, int coff, const char *unit)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid g = {4, 5, 1};
     int64_t P = wv_grid_positions(g);
-    float *src = rand_frames(g, 3 * C, 1), *ref = rand_frames(g, C, 1), *got = (float *)malloc(sizeof(float) * P * C);
+    wv_grid all = {1, (int)P, 0}; /* the P positions, each compared */
+    float *src = rand_frames(all, 3 * C, 1), *ref = rand_frames(all, C, 1), *got = (float *)malloc(sizeof(float) * P * C);
     char name[96];
     memcpy(got, ref, sizeof(float) * P * C);
     be->copy_channels(NULL, src, 3 * C, coff, ref, C, P);
     copy_channels_kernel<U>((const U *)src, units<U>(3 * C), units<U>(coff), (U *)got, units<U>(C), P);
     snprintf(name, sizeof name, "copy_channels [%d, %d) of %d in %s", coff, coff + C, 3 * C, unit);
-    check(name, g, C, ref, got, 0.0);
+    check(name, all, C, ref, got, 0.0);
     free(src), free(ref), free(got);
 }
 
@@ -328,8 +332,10 @@ int main(void)
     test_rms_norm<__nv_bfloat16>(1024, 0, 0, 2, 1, 64, "bf16"); /* the most: 32 lanes of 4 vectors */
     test_rms_norm<float>(96, 1, 0, 1, 3, 256, "fp32");          /* the backend's block */
     test_rms_norm<float>(20, 0, 1, 1, 1, 64, "fp32");
-    test_softmax<float>(3, 1000, "fp32");
-    test_softmax<__nv_bfloat16>(2, 37, "bf16");
+    test_softmax<float>(3, 1000, 0.0f, "fp32");
+    test_softmax<__nv_bfloat16>(2, 37, 0.0f, "bf16");
+    test_softmax<float>(2, 700, 100.0f, "fp32");
+    test_softmax<__nv_bfloat16>(2, 37, 100.0f, "bf16");
     printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
     return g_failures ? 1 : 0;
 }
