@@ -101,8 +101,8 @@ def _geometries():
         h, w, T = int(rng.integers(1, 41)), int(rng.integers(1, 41)), int(rng.integers(1, 7))
         if h * w * T > 1600:
             continue
-        tile_x = int(rng.integers(5, 45)) * 8
-        tile_y = int(rng.integers(5, 45)) * 8
+        tile_x = int(rng.integers(5, max(6, w + 3))) * 8  # up to the frame and 2 latent px: mostly several tiles
+        tile_y = int(rng.integers(5, max(6, h + 3))) * 8
         out.append((8 if len(out) % 5 else 16, T, h, w, tile_x, tile_y))
     return out
 
