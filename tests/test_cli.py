@@ -100,6 +100,11 @@ def test_bench_json_compares_with_pytorch(capsys):
     # the plan's work (this frame is smaller than one 272 px tile); PyTorch's runs have none of ours
     assert runs["ours untiled"]["conv_flops"] == runs["ours exact tiles 272"]["conv_flops"] > 0
     assert runs["pytorch untiled"]["conv_flops"] == 0
+    # ours: the arena the plan allocated (what the GPU verdict holds the sampled peak to); what a call left
+    # behind in device memory is a GPU figure, absent on the CPU
+    assert runs["ours exact tiles 272"]["planned_bytes"] == runs["ours untiled"]["planned_bytes"] > 0
+    assert "planned_bytes" not in runs["pytorch untiled"]
+    assert not any("held_bytes" in r for r in runs.values())
 
 
 def test_module_entry_point_runs(tmp_path):

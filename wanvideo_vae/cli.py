@@ -243,8 +243,9 @@ def _print_conv_profile(convs, top=12):
 # ---- bench -------------------------------------------------------------------------------------
 
 def _timed(fn, device, ours=False):
-    """(result, seconds, peak memory the call added): torch's counter for PyTorch on a GPU, sampled
-    device memory for ours (torch does not see our allocations), sampled RSS on the CPU. On a GPU
+    """(result, seconds, peak memory the call added, device memory ours left behind): torch's counter
+    for PyTorch on a GPU, sampled device memory for ours (torch does not see our allocations), sampled
+    RSS on the CPU; what was left behind, ours on a GPU only (else None). On a GPU
     the call runs once untimed first: its first run of a shape loads kernels and picks algorithms
     (PyTorch's and ours alike), which a long-running app pays once."""
     if device != "cuda":
@@ -252,7 +253,7 @@ def _timed(fn, device, ours=False):
             t0 = time.perf_counter()
             out = fn()
             seconds = time.perf_counter() - t0
-        return out, seconds, rss.grown
+        return out, seconds, rss.grown, None
     import torch
 
     from .devices import PeakDeviceMemory
@@ -268,7 +269,9 @@ def _timed(fn, device, ours=False):
         out = fn()
         torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    return out, seconds, dev.grown if ours else torch.cuda.max_memory_allocated() - base
+    if ours:
+        return out, seconds, dev.grown, dev.held
+    return out, seconds, torch.cuda.max_memory_allocated() - base, None
 
 
 def bench_cmd(args):
@@ -293,11 +296,14 @@ def bench_cmd(args):
     if tdev == "cuda":  # both sides read the latents from the GPU (each timed run follows an untimed one)
         latents = z.to("cuda", tdtype)
     to_np = lambda x: x.float().permute(1, 2, 3, 0).cpu().numpy()  # noqa: E731
-    runs = {}
+    runs = {}  # label -> its figures, as the JSON gives them
 
-    def done(label, timed, diff, tiles="", flops=0):  # each run as it ends too, should a later one not finish
-        sec, mem = timed
-        runs[label] = (sec, mem, diff, tiles, flops)
+    def done(label, timed, diff, tiles="", flops=0, **more):  # each run as it ends too, should a later one not finish
+        sec, mem, held = timed
+        # conv_flops: ours, the plan's convolution work (0 for PyTorch's runs); held_bytes: ours on a GPU, the
+        # device memory the call left behind; planned_bytes: ours, the arena the plan allocated
+        runs[label] = {"seconds": sec, "peak_bytes": mem, "max_abs_diff_vs_pytorch_untiled": diff, "tiles": tiles,
+                       "conv_flops": flops, **({"held_bytes": held} if held is not None else {}), **more}
         print(f"bench: {label}: {sec:.2f} s, {mib(mem)}, max |diff| {diff:.3g}", file=sys.stderr, flush=True)
 
     out, *timed = _timed(lambda: to_np(ref.decode(z).clamp(-1, 1)), tdev)
@@ -309,7 +315,7 @@ def bench_cmd(args):
         del out
     # our arena within half of PyTorch's peak; RSS growth can read near 0 in a process that already
     # holds the memory (a test run after others), hence the floor
-    half = max(int(runs["pytorch untiled"][1] or 0) // 2, 64 << 20)
+    half = max(int(runs["pytorch untiled"]["peak_bytes"] or 0) // 2, 64 << 20)
     ours = [("ours untiled", dict(enable_vae_tiling=False)),
             (f"ours exact tiles {TILE}", dict(tile_x=TILE, tile_y=TILE)),
             ("ours in half PyTorch's memory", dict(enable_vae_tiling=False, max_memory=half))]
@@ -320,14 +326,13 @@ def bench_cmd(args):
         out, *timed = _timed(lambda: dec.decode(latents, raw=True, **kw), tdev, ours=True)  # host frames
         np.clip(out, -1, 1, out=out)  # as PyTorch's output was clamped, outside the timing
         s = dec.last_stats
-        done(label, timed, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}", s["conv_flops"])
+        done(label, timed, float(np.abs(out - untiled).max()), f"{s['tiles_x']}x{s['tiles_y']}", s["conv_flops"],
+             planned_bytes=s["planned_bytes"])
         del out
     result = {"latents": [16, T, h, w], "dim": args.dim, "device": tdev, "precision": precision,
               "timed_after_an_untimed_run": tdev == "cuda",
               "torch": torch.__version__, "cpus": os.cpu_count(), "our_weight_bytes": dec._model.weight_bytes,
-              "runs": {k: {"seconds": s, "peak_bytes": m, "max_abs_diff_vs_pytorch_untiled": d, "tiles": t,
-                           "conv_flops": f}  # ours: the plan's convolution work (0 for PyTorch's runs)
-                       for k, (s, m, d, t, f) in runs.items()}}
+              "runs": runs}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -336,9 +341,11 @@ def bench_cmd(args):
               f"dim {args.dim} decoder, {tdev} {precision}, torch {torch.__version__}, {os.cpu_count()} CPUs")
         print(f"{'method':38s} {'tiles':>5s} {'time':>9s} {'conv TFLOP':>10s} {mem_kind:>13s} "
               f"{'max |diff| vs pytorch untiled':>31s}")
-        for k, (s, m, d, t, f) in runs.items():
+        for k, r in runs.items():
+            f = r["conv_flops"]
             work = f"{f / 1e12:10.3g}" if f else f"{'':10s}"
-            print(f"{k:38s} {t:>5s} {s:8.2f}s {work} {mib(m):>13s} {d:31.3g}")
+            print(f"{k:38s} {r['tiles']:>5s} {r['seconds']:8.2f}s {work} {mib(r['peak_bytes']):>13s} "
+                  f"{r['max_abs_diff_vs_pytorch_untiled']:31.3g}")
     if args.plot:
         _plot(runs, args.plot, f"[16, {T}, {h}, {w}] dim {args.dim} on {tdev}")
     return 0
@@ -356,11 +363,11 @@ def _pyplot():
 
 def _plot(runs, path, title):
     plt = _pyplot()
-    labels = list(runs)  # runs: label -> (seconds, peak bytes, diff, tiles, conv flops)
+    labels = list(runs)  # runs: label -> its figures (bench_cmd)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
-    a.barh(labels, [runs[k][0] for k in labels], color="#4a7bb7")
+    a.barh(labels, [runs[k]["seconds"] for k in labels], color="#4a7bb7")
     a.set_xlabel("seconds")
-    b.barh(labels, [(runs[k][1] or 0) / 2**20 for k in labels], color="#b7794a")
+    b.barh(labels, [(runs[k]["peak_bytes"] or 0) / 2**20 for k in labels], color="#b7794a")
     b.set_xlabel("peak memory (MiB)")
     b.set_yticks([])
     fig.suptitle(title)

@@ -7,7 +7,8 @@ import threading
 
 class PeakSampler:
     """Highest value of read() above its value at entry while the block runs, sampled every `period`
-    seconds in a thread (decodes release the GIL). grown: that rise, None when read() gives None."""
+    seconds in a thread (decodes release the GIL). grown: that rise, None when read() gives None;
+    held: the value at exit less the one at entry (what the block left behind)."""
 
     period = 0.002
 
@@ -15,7 +16,7 @@ class PeakSampler:
         raise NotImplementedError
 
     def __enter__(self):
-        self.base = self.peak = self.read()
+        self.base = self.peak = self.last = self.read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -23,6 +24,7 @@ class PeakSampler:
 
     def _take(self):
         value = self.read()
+        self.last = value
         if value is not None and self.peak is not None and value > self.peak:
             self.peak = value
 
@@ -39,6 +41,10 @@ class PeakSampler:
     @property
     def grown(self):
         return None if self.base is None else self.peak - self.base
+
+    @property
+    def held(self):
+        return None if self.base is None or self.last is None else self.last - self.base
 
 
 def _read_number(path):
