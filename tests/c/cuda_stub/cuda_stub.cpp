@@ -17,7 +17,9 @@
  * or the host waited for the first before issuing the second. Each copy, memset, convolution and
  * GEMM is kept with the ranges it reads and writes, stamped with its stream's clock; one that
  * touches what another stream's unordered work writes (or writes what it reads) is reported as a
- * race. Kernels' arguments are opaque here, so what kernels touch is not checked.
+ * race. Kernels' arguments are opaque here, so what kernels touch is not checked, but for the one
+ * kernel whose output another stream reads: write_output_kernel's staged frames, which the copy
+ * stream takes to the host (kernel_on_cpu_writes).
  *
  * Only the calls the backend makes are here; a new one fails the link, which is the point. */
 #include <cublas_v2.h>
@@ -242,15 +244,16 @@ struct CUstream_st {
 struct CUevent_st {
     std::vector<uint64_t> snapshot;
     unsigned flags = 0;
+    bool captured = false; /* last recorded in a stream being captured: a graph's, not the stream's */
 };
 struct CUgraph_st { std::vector<captured> steps; };
 struct CUgraphExec_st { std::vector<captured> steps; };
 struct cudnnContext { cudaStream_t stream; };
 struct cudnnTensorStruct { int nd, dims[8], strides[8]; cudnnDataType_t type; };
 struct cudnnFilterStruct { int nd, dims[8]; cudnnDataType_t type; cudnnTensorFormat_t format; };
-struct cudnnConvolutionStruct { int n, pad[6], stride[6], dilation[6]; cudnnMathType_t math; };
-struct cudnnActivationStruct { int live; };
-struct cublasContext { cudaStream_t stream; };
+struct cudnnConvolutionStruct { int n, pad[6], stride[6], dilation[6]; cudnnMathType_t math; cudnnDataType_t compute; };
+struct cudnnActivationStruct { cudnnActivationMode_t mode; };
+struct cublasContext { cudaStream_t stream; void *ws = nullptr; size_t ws_bytes = 0; cublasMath_t math = CUBLAS_DEFAULT_MATH; };
 
 static long g_handles;
 
@@ -653,9 +656,19 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes *attr, const void *p)
     return cudaSuccess;
 }
 
+/* A copy with a pageable host side (memory neither cudaMalloc nor cudaHostAlloc gave) on a stream being
+ * captured: the driver stages pageable memory by synchronizing with the stream, which a capture forbids
+ * (cudaErrorStreamCaptureUnsupported); a graph could not replay it anyway. */
+static void no_pageable_in_capture(const char *what, cudaStream_t s, const void *dst, const void *src, size_t bytes)
+{
+    if (bytes && !is_special(s) && s->capture && (!block_of(dst) || !block_of(src)))
+        misuse(std::string(what).append(" to or from pageable host memory while the stream is captured").c_str());
+}
+
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s)
 {
     (void)kind;
+    no_pageable_in_capture("cudaMemcpyAsync", s, dst, src, bytes);
     check_any("cudaMemcpyAsync source", src, bytes);
     check_any("cudaMemcpyAsync destination", dst, bytes);
     count(s, g_calls.copies);
@@ -685,6 +698,7 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     (void)kind;
     if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
     if (!height || !width) return cudaSuccess;
+    no_pageable_in_capture("cudaMemcpy2DAsync", s, dst, src, width);
     check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
     check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
     count(s, g_calls.copies);
@@ -737,9 +751,15 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
     return cudaSuccess;
 }
 
+/* An event last recorded during a capture stands for a node of the graph, not for the stream's work:
+ * the host may not wait for it (cudaErrorCapturedEvent), and a stream outside the capture that waits
+ * for it joins the capture (its work is captured too, and must join back before the capture ends, or
+ * cudaStreamEndCapture fails with cudaErrorStreamCaptureUnjoined), which the stub does not model. */
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flags)
 {
     (void)flags;
+    if (e->captured && (is_special(s) || !s->capture))
+        misuse("cudaStreamWaitEvent outside a capture on an event recorded inside it (the stream would join the capture)");
     merge(state_of(s).known, e->snapshot);
     return cudaSuccess;
 }
@@ -748,6 +768,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int flag
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s)
 {
     stream_state &st = state_of(s);
+    e->captured = !is_special(s) && s->capture;
     merge(st.known, g_host_known);
     st.known[(size_t)(&st - g_streams.data())] = st.issued;
     e->snapshot = st.known;
@@ -758,6 +779,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
     need_context();
     no_capture("cudaEventSynchronize");
+    if (e->captured) misuse("cudaEventSynchronize on an event last recorded in a captured stream (cudaErrorCapturedEvent)");
     if (!(e->flags & cudaEventBlockingSync)) g_calls.spinning_waits++;
     merge(g_host_known, e->snapshot);
     return cudaSuccess;
@@ -886,6 +908,8 @@ static bool launchable(dim3 grid, dim3 block, size_t shared)
 static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void **args, size_t shared, cudaStream_t s)
 {
     action run;
+    const void *out = nullptr;
+    size_t out_bytes = 0;
     if (!launchable(grid, block, shared)) {
         if (g_violations++ < 20)
             fprintf(stderr, "cuda stub: kernel '%s' launched on a %ux%ux%u grid of %ux%ux%u blocks, %zu B shared: "
@@ -905,7 +929,8 @@ static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void
         std::shared_ptr<void> held(bound, kernel_on_cpu_free);
         run = make_action([held] { kernel_on_cpu_run(held.get()); });
     }
-    issue(s, "kernel", {}, run);
+    if (!kernel_on_cpu_writes(kernel_names()[kernel].c_str(), args, &out, &out_bytes)) out_bytes = 0;
+    issue(s, "kernel", {writes(out, out_bytes)}, run);
     return cudaSuccess;
 }
 
@@ -989,9 +1014,8 @@ cudnnStatus_t cudnnSetConvolutionNdDescriptor(cudnnConvolutionDescriptor_t d, in
                                               const int stride[], const int dilation[], cudnnConvolutionMode_t mode,
                                               cudnnDataType_t type)
 {
-    (void)type;
     if (n < 1 || n > 6 || mode != CUDNN_CROSS_CORRELATION) return CUDNN_STATUS_BAD_PARAM;
-    d->n = n;
+    d->n = n, d->compute = type;
     memcpy(d->pad, pad, sizeof(int) * (size_t)n);
     memcpy(d->stride, stride, sizeof(int) * (size_t)n);
     memcpy(d->dilation, dilation, sizeof(int) * (size_t)n);
@@ -1112,6 +1136,9 @@ static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cu
     const char *xb = (const char *)x, *yb = (const char *)y;
     if (xd->type == CUDNN_DATA_FLOAT && c->math != CUDNN_FMA_MATH)
         misuse("an fp32 convolution whose math type lets cuDNN round to TF32");
+    /* the documented configurations: x, w, y of one type, fp32 accumulation (bf16 has no other) */
+    if (xd->type != wd->type || yd->type != xd->type || c->compute != CUDNN_DATA_FLOAT)
+        misuse("a convolution of mixed types, or not accumulating in CUDNN_DATA_FLOAT");
     if (xb < yb + tensor_span(yd) && yb < xb + tensor_span(xd))
         misuse("a convolution whose output overlaps its input (undefined in cuDNN)");
     check_device("convolution input", x, tensor_span(xd));
@@ -1171,8 +1198,21 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     const void *z, const cudnnTensorDescriptor_t bd, const void *bias, const cudnnActivationDescriptor_t act,
     const cudnnTensorDescriptor_t yd, void *y)
 {
-    (void)act; /* identity, the only one the backend asks for */
+    if (act->mode != CUDNN_ACTIVATION_IDENTITY && act->mode != CUDNN_ACTIVATION_RELU) return CUDNN_STATUS_NOT_SUPPORTED;
     if (algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) return CUDNN_STATUS_NOT_SUPPORTED; /* as cuDNN's */
+    /* z: y's shape and type, and either y itself (PyTorch's use: z = y) or apart from it; apart from x.
+     * bias: [1, K, 1, ...], y's type (the ConvBiasAct engine: "the size of the bias tensor should be [1, K, 1, 1]") */
+    {
+        const char *zb = (const char *)z, *yb = (const char *)y, *xb = (const char *)x;
+        int same = zd->nd == yd->nd && zd->type == yd->type && bd->nd == yd->nd && bd->type == yd->type;
+        for (int i = 0; same && i < yd->nd; i++)
+            same = zd->dims[i] == yd->dims[i] && zd->strides[i] == yd->strides[i] &&
+                   bd->dims[i] == (i == 1 ? wd->dims[0] : 1);
+        if (!same) misuse("a fused convolution whose z is not shaped as y, or whose bias is not [1, K, 1, ...] of y's type");
+        if (zb != yb && zb < yb + tensor_span(yd) && yb < zb + tensor_span(zd))
+            misuse("a fused convolution whose z partly overlaps y");
+        if (zb < xb + tensor_span(xd) && xb < zb + tensor_span(zd)) misuse("a fused convolution whose z overlaps x");
+    }
     if (declining()) return g_decline_status;
     if (ws_bytes < g_fused_workspace) return CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT;
     check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
@@ -1193,7 +1233,8 @@ CUDNN_OBJECT(cudnnCreateActivationDescriptor, cudnnDestroyActivationDescriptor, 
 cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
                                            cudnnNanPropagation_t nan, double coef)
 {
-    (void)d, (void)mode, (void)nan, (void)coef;
+    (void)nan, (void)coef;
+    d->mode = mode;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1202,23 +1243,26 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 LIBRARY_OBJECT(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasCreate_v2, cublasDestroy_v2, cublasHandle_t,
                cublasContext, need_context())
 
+/* cuBLAS docs: cublasSetStream "unconditionally resets the cuBLAS library workspace back to the
+ * default workspace pool" (cuBLAS's own device memory, outside the plan's arena). */
 cublasStatus_t cublasSetStream_v2(cublasHandle_t h, cudaStream_t s)
 {
     h->stream = s;
+    h->ws = nullptr, h->ws_bytes = 0;
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasSetWorkspace_v2(cublasHandle_t h, void *ws, size_t bytes)
 {
-    (void)h;
     if (bytes) check_device("cuBLAS workspace", ws, bytes);
     if ((uintptr_t)ws % 256) return CUBLAS_STATUS_INVALID_VALUE; /* cuBLAS asks for 256-byte alignment */
+    h->ws = ws, h->ws_bytes = bytes;
     return CUBLAS_STATUS_SUCCESS;
 }
 
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode)
 {
-    (void)h, (void)mode;
+    h->math = mode;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -1243,7 +1287,25 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo)
 {
-    (void)compute, (void)algo; /* fp32 sums, as the backend asks */
+    (void)algo;
+    /* cublasGemmEx's documented argument rules (CUBLAS_STATUS_INVALID_VALUE otherwise): m, n, k >= 0,
+     * each leading dimension at least the rows of the matrix as stored; A and B of one type, C of
+     * theirs or fp32 under CUBLAS_COMPUTE_32F (the backend's fp32 sums; fp32 inputs: no TF32) */
+    int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
+    if (m < 0 || n < 0 || k < 0 || lda < (a_rows > 1 ? a_rows : 1) || ldb < (b_rows > 1 ? b_rows : 1) ||
+        ldc < (m > 1 ? m : 1)) {
+        misuse("cublasGemmEx: a negative size or a leading dimension under the rows (CUBLAS_STATUS_INVALID_VALUE)");
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (at != bt || (ct != at && ct != CUDA_R_32F) || compute != CUBLAS_COMPUTE_32F)
+        misuse("cublasGemmEx: types or compute type other than A = B, C = A or fp32, CUBLAS_COMPUTE_32F");
+    if (at == CUDA_R_32F && (h->math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH)
+        misuse("an fp32 GEMM on a handle whose math mode lets cuBLAS round to TF32");
+    /* its workspace: the one cublasSetWorkspace gave since the last cublasSetStream, still allocated;
+     * without one cuBLAS takes its default pool's memory, which a captured GEMM must not */
+    if (h->ws) check_device("cuBLAS workspace (at a GEMM)", h->ws, h->ws_bytes);
+    else if (!is_special(h->stream) && h->stream->capture)
+        misuse("a captured cublasGemmEx with no workspace of the caller's (cublasSetStream dropped it, or none was set)");
     size_t a_span = ta == CUBLAS_OP_N ? matrix_span(m, k, lda, at) : matrix_span(k, m, lda, at);
     size_t b_span = tb == CUBLAS_OP_N ? matrix_span(k, n, ldb, bt) : matrix_span(n, k, ldb, bt);
     check_device("GEMM A", A, a_span);
@@ -1253,7 +1315,8 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     float al = *(const float *)alpha, be = *(const float *)beta;
     int ta_ = ta != CUBLAS_OP_N, tb_ = tb != CUBLAS_OP_N, at_ = on_cpu_type(at, 0), bt_ = on_cpu_type(bt, 0),
         ct_ = on_cpu_type(ct, 0);
-    issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct))},
+    issue(h->stream, "cublasGemmEx", {reads(A, a_span), reads(B, b_span), writes(C, matrix_span(m, n, ldc, ct)),
+                                      writes(h->ws, h->ws ? h->ws_bytes : 0)},
           computing() ? make_action([=] { gemm_on_cpu(ta_, tb_, m, n, k, al, A, at_, lda, B, bt_, ldb, be, C, ct_, ldc); })
                       : nullptr);
     return CUBLAS_STATUS_SUCCESS;

@@ -148,6 +148,25 @@ const kernel_entry KERNELS[] = {
     EACH_TYPE(ALONE, write_output_kernel),
 };
 
+/* write_output_kernel(src, gs, sy, sx, h, w, out, mode, nonfinite): out [h][w][WV_RGB] floats. */
+size_t staged_output_bytes(void **a, const void **lo)
+{
+    *lo = arg<float *>(a, 6);
+    return (size_t)arg<int>(a, 4) * (size_t)arg<int>(a, 5) * WV_RGB * sizeof(float);
+}
+
+/* The kernels whose output another stream reads, and where it is (kernel_on_cpu_writes). */
+struct kernel_write {
+    const char *name;
+    size_t (*range)(void **args, const void **lo);
+};
+
+const kernel_write CROSS_STREAM_WRITES[] = {
+    {"write_output_kernel<float>", staged_output_bytes},
+    {"write_output_kernel<__half>", staged_output_bytes},
+    {"write_output_kernel<__nv_bfloat16>", staged_output_bytes},
+};
+
 float load(const void *p, int type, int64_t i)
 {
     if (type == ON_CPU_F32) return ((const float *)p)[i];
@@ -190,6 +209,16 @@ extern "C" void *kernel_on_cpu_bind(const char *name, void **args, const unsigne
             return (serial && k.serial ? k.serial : k.bind)(args, {grid[0], grid[1], grid[2]},
                                                              {block[0], block[1], block[2]});
     return NULL;
+}
+
+extern "C" int kernel_on_cpu_writes(const char *name, void **args, const void **lo, size_t *bytes)
+{
+    for (const kernel_write &k : CROSS_STREAM_WRITES)
+        if (!strcmp(k.name, name)) {
+            *bytes = k.range(args, lo);
+            return 1;
+        }
+    return 0;
 }
 
 extern "C" void kernel_on_cpu_run(void *bound) { ((bound_launch *)bound)->run(); }

@@ -21,6 +21,11 @@ void *kernel_on_cpu_bind(const char *name, void **args, const unsigned grid[3], 
 void kernel_on_cpu_run(void *bound);
 void kernel_on_cpu_free(void *bound);
 
+/* The bytes [*lo, *lo + *bytes) a launch of kernel `name` writes for another stream to read (the
+ * stub's race check then sees it); 0 for a kernel whose output stays on its own stream. Only
+ * write_output_kernel's staged output crosses streams: the copy stream takes it to the host. */
+int kernel_on_cpu_writes(const char *name, void **args, const void **lo, size_t *bytes);
+
 /* Element types, as cuDNN's and cuBLAS's enums say them. */
 enum { ON_CPU_F32, ON_CPU_F16, ON_CPU_BF16 };
 
