@@ -12,7 +12,12 @@
  * output over its input; a fused bias call only with IMPLICIT_PRECOMP_GEMM; 256-byte alignment), and
  * memory comes as a GPU's does: aligned, and not zeroed where the stub computes.
  *
- * It also looks for races between streams: work runs here as it is issued, but on a GPU two
+ * Work runs as late as a GPU may run it: not when it is issued, but when the host waits for it
+ * (cudaStreamSynchronize, cudaEventSynchronize, cudaFree, a synchronous copy, a copy into pageable
+ * memory), so host code reading a result, or reusing a buffer a copy still has to read, before it
+ * waited gets what a GPU could give it then (stale bytes), not the answer.
+ *
+ * It also looks for races between streams: on a GPU two
  * streams run side by side unless an event orders them (cudaEventRecord, then cudaStreamWaitEvent)
  * or the host waited for the first before issuing the second. Each copy, memset, convolution and
  * GEMM is kept with the ranges it reads and writes, stamped with its stream's clock; one that
@@ -286,8 +291,9 @@ static void count(cudaStream_t s, long &calls)
 }
 
 /* Work w on stream s: checked against every other stream's work that s is not ordered after, then
- * kept. Work that every stream and the host are ordered after is dropped. */
-static void check_work(cudaStream_t s, work w)
+ * kept. Work that every stream and the host are ordered after is dropped. Returns its stream's
+ * index and its tick there. */
+static std::pair<size_t, uint64_t> check_work(cudaStream_t s, work w)
 {
     stream_state &me = state_of(s);
     size_t id = (size_t)(&me - g_streams.data());
@@ -316,6 +322,35 @@ static void check_work(cudaStream_t s, work w)
         }
         floor = floor > least ? floor : least;
         while (!g_streams[o].recent.empty() && g_streams[o].recent.front().tick <= floor) g_streams[o].recent.pop_front();
+    }
+    return {id, w.tick};
+}
+
+/* Work issued and not yet run, in the order it was issued: each piece runs once the host has waited
+ * for it (g_host_known), which covers all it was ordered after, so running the covered pieces in
+ * issue order keeps every order the program asked for. */
+struct pending {
+    size_t stream;
+    uint64_t tick;
+    action act;
+};
+static std::deque<pending> g_pending;
+
+static void defer(std::pair<size_t, uint64_t> at, const action &act)
+{
+    if (act) g_pending.push_back({at.first, at.second, act});
+}
+
+static void run_waited_for(void)
+{
+    for (auto it = g_pending.begin(); it != g_pending.end();) {
+        if (it->tick > (it->stream < g_host_known.size() ? g_host_known[it->stream] : 0)) {
+            ++it;
+            continue;
+        }
+        action act = it->act;
+        it = g_pending.erase(it);
+        (*act)();
     }
 }
 
@@ -419,6 +454,16 @@ static void device_synchronized(void)
         g_host_known[i] = g_streams[i].issued;
         g_streams[i].recent.clear();
     }
+    run_waited_for();
+}
+
+/* The host waits for stream s's work, and all it was ordered after. */
+static void stream_synchronized(cudaStream_t s)
+{
+    stream_state &st = state_of(s);
+    merge(g_host_known, st.known);
+    g_host_known[(size_t)(&st - g_streams.data())] = st.issued;
+    run_waited_for();
 }
 
 /* Work on stream s: kept in the graph while s is being captured, else checked and done. */
@@ -435,8 +480,7 @@ static void issue(cudaStream_t s, const char *what, std::initializer_list<access
         s->capture->push_back({w, act});
         return;
     }
-    check_work(s, w);
-    if (act) (*act)();
+    defer(check_work(s, w), act);
 }
 
 static action make_action(std::function<void()> f) { return std::make_shared<std::function<void()>>(std::move(f)); }
@@ -665,6 +709,21 @@ static void no_pageable_in_capture(const char *what, cudaStream_t s, const void 
         misuse(std::string(what).append(" to or from pageable host memory while the stream is captured").c_str());
 }
 
+/* A copy's source as the copy will read it: pageable memory (neither cudaMalloc's nor cudaHostAlloc's)
+ * is staged when the copy is issued, and the caller may reuse it at once; else it is read in place,
+ * when the copy runs. */
+static std::shared_ptr<std::vector<char>> staged_if_pageable(const void *src, size_t bytes)
+{
+    if (block_of(src)) return nullptr;
+    return std::make_shared<std::vector<char>>((const char *)src, (const char *)src + bytes);
+}
+
+/* A copy into pageable memory returns once it is done, and all its stream's work before it. */
+static void done_if_pageable(const void *dst, cudaStream_t s)
+{
+    if (!block_of(dst) && (is_special(s) || !s->capture)) stream_synchronized(s);
+}
+
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s)
 {
     (void)kind;
@@ -672,10 +731,12 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
     check_any("cudaMemcpyAsync source", src, bytes);
     check_any("cudaMemcpyAsync destination", dst, bytes);
     count(s, g_calls.copies);
+    std::shared_ptr<std::vector<char>> staged = staged_if_pageable(src, bytes);
     issue(s, "cudaMemcpyAsync", {reads(src, bytes), writes(dst, bytes)}, make_action([=] {
               device_time t;
-              memmove(dst, src, bytes);
+              memmove(dst, staged ? staged->data() : src, bytes);
           }));
+    done_if_pageable(dst, s);
     return cudaSuccess;
 }
 
@@ -702,11 +763,15 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     check_any("cudaMemcpy2DAsync source", src, spitch * (height - 1) + width);
     check_any("cudaMemcpy2DAsync destination", dst, dpitch * (height - 1) + width);
     count(s, g_calls.copies);
-    issue(s, "cudaMemcpy2DAsync", {reads(src, spitch * (height - 1) + width), writes(dst, dpitch * (height - 1) + width)},
+    size_t src_bytes = spitch * (height - 1) + width;
+    std::shared_ptr<std::vector<char>> staged = staged_if_pageable(src, src_bytes);
+    issue(s, "cudaMemcpy2DAsync", {reads(src, src_bytes), writes(dst, dpitch * (height - 1) + width)},
           make_action([=] {
               device_time t;
-              for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+              const char *from = staged ? staged->data() : (const char *)src;
+              for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, from + r * spitch, width);
           }));
+    done_if_pageable(dst, s);
     return cudaSuccess;
 }
 
@@ -743,11 +808,9 @@ RUNTIME_OBJECT(cudaEventCreateWithFlags, cudaEventDestroy, cudaEvent_t, CUevent_
 cudaError_t cudaStreamSynchronize(cudaStream_t s)
 {
     need_context();
-    stream_state &st = state_of(s);
     no_capture("cudaStreamSynchronize");
     g_calls.spinning_waits++;
-    merge(g_host_known, st.known);
-    g_host_known[(size_t)(&st - g_streams.data())] = st.issued;
+    stream_synchronized(s);
     return cudaSuccess;
 }
 
@@ -782,6 +845,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e)
     if (e->captured) misuse("cudaEventSynchronize on an event last recorded in a captured stream (cudaErrorCapturedEvent)");
     if (!(e->flags & cudaEventBlockingSync)) g_calls.spinning_waits++;
     merge(g_host_known, e->snapshot);
+    run_waited_for();
     return cudaSuccess;
 }
 
@@ -816,10 +880,7 @@ cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t g, 
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s)
 {
     g_calls.graph_launches++;
-    for (const captured &c : exec->steps) {
-        check_work(s, c.w);
-        if (c.act) (*c.act)();
-    }
+    for (const captured &c : exec->steps) defer(check_work(s, c.w), c.act);
     return cudaSuccess;
 }
 
