@@ -1252,6 +1252,23 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* The fused call's z: y's shape and type, and either y itself (PyTorch's use: z = y) or apart from it;
+ * apart from x. Its bias: [1, K, 1, ...] in y's type (cuDNN's ConvBiasAct: "the size of the bias
+ * tensor should be [1, K, 1, 1]"). */
+static void check_fused_operands(const cudnnTensorDescriptor_t xd, const void *x, const cudnnFilterDescriptor_t wd,
+                                 const cudnnTensorDescriptor_t zd, const void *z, const cudnnTensorDescriptor_t bd,
+                                 const cudnnTensorDescriptor_t yd, const void *y)
+{
+    const char *zb = (const char *)z, *yb = (const char *)y, *xb = (const char *)x;
+    int same = zd->nd == yd->nd && zd->type == yd->type && bd->nd == yd->nd && bd->type == yd->type;
+    for (int i = 0; same && i < yd->nd; i++)
+        same = zd->dims[i] == yd->dims[i] && zd->strides[i] == yd->strides[i] && bd->dims[i] == (i == 1 ? wd->dims[0] : 1);
+    if (!same) misuse("a fused convolution whose z is not shaped as y, or whose bias is not [1, K, 1, ...] of y's type");
+    if (zb != yb && zb < yb + tensor_span(yd) && yb < zb + tensor_span(zd))
+        misuse("a fused convolution whose z partly overlaps y");
+    if (zb < xb + tensor_span(xd) && xb < zb + tensor_span(zd)) misuse("a fused convolution whose z overlaps x");
+}
+
 cudnnStatus_t cudnnConvolutionBiasActivationForward(
     cudnnHandle_t h, const void *alpha1, const cudnnTensorDescriptor_t xd, const void *x,
     const cudnnFilterDescriptor_t wd, const void *w, const cudnnConvolutionDescriptor_t c,
@@ -1261,19 +1278,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
 {
     if (act->mode != CUDNN_ACTIVATION_IDENTITY && act->mode != CUDNN_ACTIVATION_RELU) return CUDNN_STATUS_NOT_SUPPORTED;
     if (algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) return CUDNN_STATUS_NOT_SUPPORTED; /* as cuDNN's */
-    /* z: y's shape and type, and either y itself (PyTorch's use: z = y) or apart from it; apart from x.
-     * bias: [1, K, 1, ...], y's type (the ConvBiasAct engine: "the size of the bias tensor should be [1, K, 1, 1]") */
-    {
-        const char *zb = (const char *)z, *yb = (const char *)y, *xb = (const char *)x;
-        int same = zd->nd == yd->nd && zd->type == yd->type && bd->nd == yd->nd && bd->type == yd->type;
-        for (int i = 0; same && i < yd->nd; i++)
-            same = zd->dims[i] == yd->dims[i] && zd->strides[i] == yd->strides[i] &&
-                   bd->dims[i] == (i == 1 ? wd->dims[0] : 1);
-        if (!same) misuse("a fused convolution whose z is not shaped as y, or whose bias is not [1, K, 1, ...] of y's type");
-        if (zb != yb && zb < yb + tensor_span(yd) && yb < zb + tensor_span(zd))
-            misuse("a fused convolution whose z partly overlaps y");
-        if (zb < xb + tensor_span(xd) && xb < zb + tensor_span(zd)) misuse("a fused convolution whose z overlaps x");
-    }
+    check_fused_operands(xd, x, wd, zd, z, bd, yd, y);
     if (declining()) return g_decline_status;
     if (ws_bytes < g_fused_workspace) return CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT;
     check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
@@ -1360,7 +1365,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     }
     if (at != bt || (ct != at && ct != CUDA_R_32F) || compute != CUBLAS_COMPUTE_32F)
         misuse("cublasGemmEx: types or compute type other than A = B, C = A or fp32, CUBLAS_COMPUTE_32F");
-    if (at == CUDA_R_32F && (h->math & 0xf) == CUBLAS_TF32_TENSOR_OP_MATH)
+    if (at == CUDA_R_32F && (h->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) == CUBLAS_TF32_TENSOR_OP_MATH)
         misuse("an fp32 GEMM on a handle whose math mode lets cuBLAS round to TF32");
     /* its workspace: the one cublasSetWorkspace gave since the last cublasSetStream, still allocated;
      * without one cuBLAS takes its default pool's memory, which a captured GEMM must not */
