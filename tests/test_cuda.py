@@ -701,3 +701,87 @@ def test_comfy_nodes_decode_on_the_gpu():
     (video,) = patched.decode(lat, "cuda", pbar=False)  # untiled: raw, in the VAE's dtype, on `device`
     assert video.device.type == "cuda" and video.dtype == vae.dtype
     assert np.abs(video.cpu().numpy() - data["expected_raw"]).max() <= FP32_TOL
+
+
+# ---- the GPU run's verdicts (tools/gpu_verdicts.py), on hand-made figures: no GPU needed ----------
+
+def _verdicts_module():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "gpu_verdicts.py")
+    spec = importlib.util.spec_from_file_location("gpu_verdicts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(seconds=1.9, diff=0.06, peak=1800 << 20, planned=1790 << 20, held=0):
+    run = dict(seconds=seconds, peak_bytes=peak, max_abs_diff_vs_pytorch_untiled=diff, tiles="2x2", conv_flops=1,
+               planned_bytes=planned, held_bytes=held)
+    return {"our_weight_bytes": 142 << 20,
+            "runs": {"pytorch untiled": dict(seconds=4.3, peak_bytes=10 << 30, max_abs_diff_vs_pytorch_untiled=0.0,
+                                             tiles="", conv_flops=0),
+                     "ours untiled": dict(run, seconds=1.8, held_bytes=0),
+                     "ours in 2 GiB with weights": run}}
+
+
+def _half(got_max=0.03, torch_max=0.05, psnr=45.0, torch_psnr=44.0):
+    return {"test": "fixture tiny bf16", "max": got_max, "p999": got_max / 2, "psnr": psnr, "torch_max": torch_max,
+            "torch_p999": torch_max / 2, "torch_psnr": torch_psnr}
+
+
+def _judged(bench=None, figures=None, tests="0", direct="0"):
+    """{target name's start: its word} of the verdict lines."""
+    figures = [{"test": "random fp32", "max": 1e-5}, _half(), {"test": "held after 1 calls", "bytes": 0}] \
+        if figures is None else figures
+    lines = _verdicts_module().verdicts(_bench() if bench is None else bench, figures, tests, direct, "NVIDIA H100")
+    return {line[7:53].strip(): line[54:].split()[0] for line in lines}
+
+
+def test_verdicts_pass_what_meets_the_targets_and_name_none_unmeasured():
+    assert _judged() == {"720p x 81 bf16 within 2 GiB: <= 2.0 s": "PASS", "... and <= 2 GiB with the weights": "PASS",
+                         ">= 5x PyTorch (both untiled)": "FAIL", "device memory back to its level (1 MiB)": "PASS",
+                         "... and after each full-size bench call": "PASS",
+                         "fp32 within 1e-3 of the CPU and the fixtures": "PASS",
+                         "16-bit within 2e-2, or 1.5x PyTorch's error": "PASS",
+                         "16-bit PSNR >= 40 dB, or PyTorch's less 3.5 dB": "PASS",
+                         "every conv shape on cuDNN or a kernel of ours": "PASS"}
+    assert set(_judged(bench={}, figures=[], tests="skipped", direct="n/a").values()) == {"n/a"}
+
+
+@pytest.mark.parametrize("bench,target", [
+    (_bench(seconds=2.01), "720p x 81 bf16 within 2 GiB: <= 2.0 s"),
+    (_bench(diff=2.0), "720p x 81 bf16 within 2 GiB: <= 2.0 s"),            # fast, but not PyTorch's frames
+    (_bench(diff=float("nan")), "720p x 81 bf16 within 2 GiB: <= 2.0 s"),
+    (_bench(peak=1920 << 20), "... and <= 2 GiB with the weights"),          # 1920 + 142 MiB > 2 GiB
+    (_bench(peak=0), "... and <= 2 GiB with the weights"),                  # a sampler that missed the arena
+    (_bench(held=2 << 20), "... and after each full-size bench call"),
+])
+def test_verdicts_fail_a_bench_that_misses_or_did_not_measure(bench, target):
+    assert _judged(bench=bench)[target] == "FAIL"
+
+
+@pytest.mark.parametrize("figures,target", [
+    ([{"test": "random fp32", "max": 1e-4}, {"test": "fixture fp32", "max": float("nan")}],
+     "fp32 within 1e-3 of the CPU and the fixtures"),                       # max() would skip the NaN
+    ([_half(got_max=0.9, torch_max=0.7, psnr=12.0, torch_psnr=12.5)],       # no baseline: grey vs black passed
+     "16-bit within 2e-2, or 1.5x PyTorch's error"),
+    ([_half(got_max=0.9, torch_max=0.7, psnr=12.0, torch_psnr=12.5)], "16-bit PSNR >= 40 dB, or PyTorch's less 3.5 dB"),
+    ([_half(got_max=0.08)], "16-bit within 2e-2, or 1.5x PyTorch's error"),  # past 1.5 x 0.05
+    ([{"test": "held after 3 calls", "bytes": -(2 << 20)}], "device memory back to its level (1 MiB)"),
+])
+def test_verdicts_fail_bad_figures(figures, target):
+    assert _judged(figures=figures)[target] == "FAIL"
+
+
+def test_verdicts_of_a_tests_step_that_did_not_end_well_are_partial_never_pass():
+    judged = _judged(tests="124")
+    for target in ("device memory back to its level (1 MiB)", "fp32 within 1e-3 of the CPU and the fixtures",
+                   "16-bit within 2e-2, or 1.5x PyTorch's error"):
+        assert judged[target] == "PARTIAL"
+    assert _judged(tests="124", figures=[{"test": "random fp32", "max": 1.0}])[
+        "fp32 within 1e-3 of the CPU and the fixtures"] == "FAIL"
+
+
+def test_verdicts_hold_the_tests_bounds():
+    v = _verdicts_module()
+    assert (v.FP32_TOL, v.HALF_TOL, v.HALF_SLACK, v.HALF_MIN_PSNR, v.HALF_BASELINE_MAX, v.HALF_BASELINE_MIN_PSNR) == \
+        (FP32_TOL, HALF_TOL, HALF_SLACK, HALF_MIN_PSNR, HALF_BASELINE_MAX, HALF_BASELINE_MIN_PSNR)
