@@ -1,8 +1,9 @@
 """The CUDA backend against the CPU reference and the fixtures, op by op through whole decodes.
 
 Everything that needs a GPU is skipped without one (never failed). What runs everywhere: the build
-report, and, where the CI asks for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that
-the CUDA backend was compiled and implements every op of the table."""
+report, the GPU run's verdicts (tools/gpu_verdicts.py) on hand-made figures, and, where the CI asks
+for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that the CUDA backend was compiled
+and implements every op of the table."""
 import contextlib
 import importlib.util
 import json
