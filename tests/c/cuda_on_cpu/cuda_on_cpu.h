@@ -175,6 +175,16 @@ template <typename F> void launch_on_cpu(dim3_on_cpu grid, dim3_on_cpu block, F 
             }
     gridDim = {1, 1, 1}, blockDim = {1, 1, 1};
 }
+/* A kernel whose threads never cooperate, run as one thread of a one-block grid (the caller sets
+ * the dims), its shared memory starting as launch_on_cpu's does. */
+template <typename F> void run_alone_on_cpu(F run)
+{
+    poison_dynamic_shared_on_cpu();
+    poison_static_shared_on_cpu();
+    t_static_shared_taken = 0;
+    run();
+}
+
 inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v)
 {
     unsigned long long old = *p;

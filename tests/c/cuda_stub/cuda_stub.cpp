@@ -968,19 +968,19 @@ static bool launchable(dim3 grid, dim3 block, size_t shared)
 /* A launch of the kernel whose host function is `kernel`. */
 static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void **args, size_t shared, cudaStream_t s)
 {
+    const std::string &name = kernel_names()[kernel];
     action run;
     const void *out = nullptr;
     size_t out_bytes = 0;
     if (!launchable(grid, block, shared)) {
         if (g_violations++ < 20)
             fprintf(stderr, "cuda stub: kernel '%s' launched on a %ux%ux%u grid of %ux%ux%u blocks, %zu B shared: "
-                            "past the GPU's limits\n", kernel_names()[kernel].c_str(), grid.x, grid.y,
-                    grid.z, block.x, block.y, block.z, shared);
+                            "past the GPU's limits\n", name.c_str(), grid.x, grid.y, grid.z, block.x, block.y,
+                    block.z, shared);
         return cudaErrorInvalidConfiguration;
     }
     count(s, g_calls.kernels);
     if (computing()) {
-        const std::string &name = kernel_names()[kernel];
         unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
         void *bound = kernel_on_cpu_bind(name.c_str(), args, g, b, compute_mode() == 2);
         if (!bound) {
@@ -990,7 +990,7 @@ static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void
         std::shared_ptr<void> held(bound, kernel_on_cpu_free);
         run = make_action([held] { kernel_on_cpu_run(held.get()); });
     }
-    if (!kernel_on_cpu_writes(kernel_names()[kernel].c_str(), args, &out, &out_bytes)) out_bytes = 0;
+    if (!kernel_on_cpu_writes(name.c_str(), args, &out, &out_bytes)) out_bytes = 0;
     issue(s, "kernel", {writes(out, out_bytes)}, run);
     return cudaSuccess;
 }

@@ -46,12 +46,7 @@ bound_launch *bind_values(void (*f)(A...), void **args, dim3_on_cpu grid, dim3_o
     if (how == WARP_RUN || how == ROW_WARPS_RUN) block = {32, 1, 1};
     return new bound_launch{[=]() {
         auto body = [&] { std::apply(f, values); };
-        if (how == ALONE_RUN) {
-            poison_dynamic_shared_on_cpu();
-            poison_static_shared_on_cpu();
-            t_static_shared_taken = 0;
-            body();
-        }
+        if (how == ALONE_RUN) run_alone_on_cpu(body);
         else launch_on_cpu(grid, block, body);
     }};
 }
