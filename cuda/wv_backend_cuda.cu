@@ -266,6 +266,14 @@ static int cublas_ok(cuda_ctx *c, cublasStatus_t s, const char *what)
 
 static int launched(cuda_ctx *c, const char *what) { return cuda_ok(c, cudaGetLastError(), what); }
 
+/* ok, and the created handle NULL unless ok: what a failed create leaves in its handle is not
+ * documented, and the cleanup destroys every handle that is not NULL. */
+template <typename H> static int made(int ok, H *handle)
+{
+    if (!ok) *handle = NULL;
+    return ok;
+}
+
 /* Hands the recorded failure to the caller and clears it. */
 static wv_status take_error(cuda_ctx *c, wv_error *err)
 {
@@ -818,6 +826,16 @@ static long env_count(const char *name, long fallback, long max, const char *wha
     return n;
 }
 
+static int create_event(cuda_ctx *c, cudaEvent_t *e, unsigned flags)
+{
+    return made(cuda_ok(c, cudaEventCreateWithFlags(e, flags), "cudaEventCreate"), e);
+}
+
+static int create_stream(cuda_ctx *c, cudaStream_t *s)
+{
+    return made(cuda_ok(c, cudaStreamCreateWithFlags(s, cudaStreamNonBlocking), "cudaStreamCreate"), s);
+}
+
 /* The host waits for each step's `done` asleep (cudaEventBlockingSync): under the runtime's default
  * scheduling a wait spins, which would keep a CPU core busy for the whole decode (seconds to minutes
  * on a small GPU) in a host process that has other work; two steps stay queued, so waking costs the
@@ -825,9 +843,8 @@ static long env_count(const char *name, long fallback, long max, const char *wha
 static int create_staging_events(cuda_ctx *c)
 {
     for (int i = 0; i < STAGINGS; i++)
-        if (!cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].written, cudaEventDisableTiming), "cudaEventCreate") ||
-            !cuda_ok(c, cudaEventCreateWithFlags(&c->stage[i].done, cudaEventDisableTiming | cudaEventBlockingSync),
-                     "cudaEventCreate"))
+        if (!create_event(c, &c->stage[i].written, cudaEventDisableTiming) ||
+            !create_event(c, &c->stage[i].done, cudaEventDisableTiming | cudaEventBlockingSync))
             return 0;
     return 1;
 }
@@ -847,15 +864,15 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->graphs = env_flag("WANVIDEO_CUDA_GRAPHS");
     c->keep_pinned = (size_t)env_count("WANVIDEO_CUDA_KEEP_PINNED_MIB", KEEP_PINNED_MIB, 1L << 20, "a number of MiB") << 20;
     ds = enter_device(device);
-    if (cuda_ok(c, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
-        cuda_ok(c, cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking), "cudaStreamCreate") &&
-        cuda_ok(c, cudaEventCreateWithFlags(&c->caller_ready, cudaEventDisableTiming), "cudaEventCreate") &&
-        create_staging_events(c) &&
-        cudnn_ok(c, cudnnCreate(&c->cudnn), "cudnnCreate") && cudnn_ok(c, cudnnSetStream(c->cudnn, c->stream), "cudnnSetStream") &&
-        cudnn_ok(c, cudnnCreateActivationDescriptor(&c->identity), "cudnnCreateActivationDescriptor") &&
+    if (create_stream(c, &c->stream) && create_stream(c, &c->copy_stream) &&
+        create_event(c, &c->caller_ready, cudaEventDisableTiming) && create_staging_events(c) &&
+        made(cudnn_ok(c, cudnnCreate(&c->cudnn), "cudnnCreate"), &c->cudnn) &&
+        cudnn_ok(c, cudnnSetStream(c->cudnn, c->stream), "cudnnSetStream") &&
+        made(cudnn_ok(c, cudnnCreateActivationDescriptor(&c->identity), "cudnnCreateActivationDescriptor"),
+             &c->identity) &&
         cudnn_ok(c, cudnnSetActivationDescriptor(c->identity, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0),
                  "cudnnSetActivationDescriptor") &&
-        cublas_ok(c, cublasCreate(&c->cublas), "cublasCreate") &&
+        made(cublas_ok(c, cublasCreate(&c->cublas), "cublasCreate"), &c->cublas) &&
         cublas_ok(c, cublasSetStream(c->cublas, c->stream), "cublasSetStream") &&
         /* no TF32, and split-K partial sums in fp32 rather than the 16-bit output type */
         cublas_ok(c, cublasSetMathMode(c->cublas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
@@ -1396,11 +1413,11 @@ static int conv_padding(int k) { return k % 2 ? k / 2 : 0; } /* even kernels: no
 
 static int create_conv_descriptors(cuda_ctx *c, conv_shape *s)
 {
-    return cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor") &&
-           cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor") &&
-           cudnn_ok(c, cudnnCreateTensorDescriptor(&s->bias), "descriptor") &&
-           cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor") &&
-           cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor");
+    return made(cudnn_ok(c, cudnnCreateTensorDescriptor(&s->x), "descriptor"), &s->x) &&
+           made(cudnn_ok(c, cudnnCreateTensorDescriptor(&s->y), "descriptor"), &s->y) &&
+           made(cudnn_ok(c, cudnnCreateTensorDescriptor(&s->bias), "descriptor"), &s->bias) &&
+           made(cudnn_ok(c, cudnnCreateFilterDescriptor(&s->w), "descriptor"), &s->w) &&
+           made(cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"), &s->conv);
 }
 
 /* x [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, in the

@@ -8,8 +8,10 @@
  * kernel, the three precisions) decodes to the end without an error; every convolution, copy and
  * GEMM the backend issues stays inside one of the plan's arena buffers (each tile segment's x, y and
  * t apart) or one allocation; an allocation that fails anywhere fails cleanly; a trunk output that
- * cannot be pinned still decodes; the pinned memory kept between calls stays within its limit; and
- * nothing is left allocated once the models are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
+ * cannot be pinned still decodes; the pinned memory kept between calls stays within its limit; a
+ * fault of the runtime (a launch refused, a kernel faulting, a graph capture invalidated) fails the
+ * decode cleanly or, in a capture, turns graphs off; and nothing is left allocated once the models
+ * are gone. The numbers themselves are checked where a GPU is (tests/c/test_backend_ops.cu,
  * tests/test_cuda.py). */
 #include <math.h>
 #include <pthread.h>
@@ -376,6 +378,114 @@ static void step_waits_do_not_spin(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* The device and pinned memory held now (the models' weights among it). */
+static size_t held_now(void)
+{
+    size_t free_b = 0, total_b = 0;
+    CHECK(cudaMemGetInfo(&free_b, &total_b) == cudaSuccess);
+    return (total_b - free_b) + stub_pinned_bytes();
+}
+
+/* A decode of r with the fault armed (it must strike): it fails as a backend error whose message
+ * names the call and, for a fault that leaves the GPU unusable, says to restart; what it held is given
+ * back; and a decode after it works. */
+static void decode_through_fault(const wv_model *m, const run *r, int (*disarm)(void), int lost, size_t held)
+{
+    wv_error err = {WV_OK, ""};
+    wv_status s = decode(m, r, &err);
+    if (s != WV_ERR_BACKEND) fprintf(stderr, "a decode through a fault returned %d: %s\n", (int)s, err.msg);
+    CHECK(disarm() == 0);
+    CHECK(s == WV_ERR_BACKEND && strstr(err.msg, "CUDA error in ") && strstr(err.msg, "CUDA stub error"));
+    CHECK(!strstr(err.msg, "restart it") == !lost);
+    CHECK(held_now() == held);
+    CHECK(decode(m, r, &err) == WV_OK);
+}
+
+static int disarm_launch(void) { return stub_fail_nth_launch(0, 0, 0); }
+static int disarm_kernel(void) { return stub_fault_nth_kernel(0, 0); }
+
+/* Faults of the runtime partway through a decode in tiles, at its first kernel launch, a third, two
+ * thirds of the way and its last: the launch refused (out of resources), or the kernel faulting as it
+ * runs (an illegal address, found at the next wait). Each fails the decode cleanly
+ * (decode_through_fault): no kernel's fault goes unseen before the call says it worked. */
+static void runtime_faults_fail_cleanly(const weight_set *ws)
+{
+    const run *r = &RUNS[1];
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    stub_calls before, after;
+    size_t held;
+    long launches;
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(decode(&m, r, &err) == WV_OK); /* shapes found, pinned memory kept: as the faulted ones find them */
+    held = held_now();
+    before = stub_counts();
+    CHECK(decode(&m, r, &err) == WV_OK);
+    after = stub_counts();
+    launches = after.kernels - before.kernels;
+    CHECK(launches > 3 && held_now() == held);
+    for (long k = 0; k < 4; k++) {
+        int nth = (int)(k ? launches * k / 3 : 1);
+        stub_fail_nth_launch(nth, cudaErrorLaunchOutOfResources, 0);
+        decode_through_fault(&m, r, disarm_launch, 0, held);
+        stub_fault_nth_kernel(nth, cudaErrorIllegalAddress);
+        decode_through_fault(&m, r, disarm_kernel, 1, held);
+    }
+    wv_model_free(&m);
+}
+
+/* Step graphs whose capture fails: the runtime invalidating it at its end, or a kernel launch refused
+ * inside it. The step runs op by op instead, graphs stay off for the model (none launched in this
+ * decode or the next) and the decodes work (computing: they match the CPU's). */
+static void failed_captures_turn_graphs_off(const weight_set *ws)
+{
+    static const run long_tiles = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
+    for (int how = 0; how < 2; how++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        long launches;
+        setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
+        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        unsetenv("WANVIDEO_CUDA_GRAPHS");
+        launches = stub_counts().graph_launches;
+        if (how == 0) stub_fail_nth_capture(1);
+        else stub_fail_nth_launch(2, cudaErrorLaunchOutOfResources, 1);
+        CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+        CHECK((how == 0 ? stub_fail_nth_capture(0) : disarm_launch()) == 0);
+        CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+        CHECK(stub_counts().graph_launches == launches);
+        wv_model_free(&m);
+    }
+}
+
+/* Creates failing one after another from the first on (the streams, events and library handles of a
+ * model's context, then the descriptors of its convolutions as a decode meets them): the model's build
+ * or the decode fails cleanly, memory (the device's, or the host's for a descriptor) said to be out,
+ * what the failed create left in its handle never
+ * destroyed (the stub reports it), and a decode after a failed one works; until no create is left to
+ * fail. */
+static void failed_creates(const weight_set *ws)
+{
+    int n = 1, left = 0;
+    for (; left == 0; n++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        wv_status s;
+        stub_fail_nth_create(n);
+        s = wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err);
+        if (s == WV_OK) {
+            wv_status d = decode(&m, &RUNS[1], &err);
+            CHECK(d == WV_OK || d == WV_ERR_NOMEM);
+            if (d != WV_OK) CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+            wv_model_free(&m);
+        } else {
+            CHECK((s == WV_ERR_NOMEM_DEVICE || s == WV_ERR_NOMEM) && strstr(err.msg, "error in "));
+        }
+        left = stub_fail_nth_create(0);
+    }
+    CHECK(n > 12); /* two streams, five events, two handles, a descriptor, and each shape's five */
+}
+
 /* Progress callbacks, and those that found the thread's context other than the caller's: the caller's
  * code runs in its own context (a PyTorch progress bar, a preview), not in the decoder's. */
 static int g_callbacks, g_callbacks_elsewhere;
@@ -585,6 +695,9 @@ int main(void)
     fused_call_short_of_workspace_keeps_step_graphs(&ws);
     cudnn_refusals_and_broken_installations(&ws);
     step_waits_do_not_spin(&ws);
+    runtime_faults_fail_cleanly(&ws);
+    failed_captures_turn_graphs_off(&ws);
+    if (!g_reference) failed_creates(&ws); /* a decode for each create: too slow computing */
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");

@@ -268,9 +268,40 @@ template <typename T> static T *make_handle(void)
     return new T();
 }
 
+/* What a failed create leaves in its handle here (stub_fail_nth_create): no object, and not null. */
+#define FAILED_HANDLE ((uintptr_t)0xbadc0de0)
+
 template <typename T> static void drop_handle(T *h)
 {
-    if (h) g_handles--, delete h;
+    if ((uintptr_t)h == FAILED_HANDLE) misuse("a handle whose create failed destroyed");
+    else if (h) g_handles--, delete h;
+}
+
+/* The runtime's faults (cuda_stub.h): a countdown to the event that fails, and what it fails with. */
+struct fault {
+    int left;
+    cudaError_t error;
+};
+static fault g_launch_fault, g_kernel_fault, g_capture_fault, g_create_fault;
+static bool g_launch_fault_captured_only;
+static cudaError_t g_lost; /* the context is lost (stub_fault_nth_kernel): every wait returns this */
+
+static int arm(fault &f, int n, int error)
+{
+    int left = f.left;
+    f.left = n > 0 ? n : 0, f.error = (cudaError_t)error;
+    return left;
+}
+
+/* Whether this event is the one the fault waits for. */
+static bool strikes(fault &f) { return f.left > 0 && --f.left == 0; }
+
+/* Whether this create is the one stub_fail_nth_create fails: then its handle is left FAILED_HANDLE. */
+template <typename H> static bool create_fails(H *h)
+{
+    if (!strikes(g_create_fault)) return false;
+    *h = (H)FAILED_HANDLE;
+    return true;
 }
 
 static stream_state &state_of(cudaStream_t s)
@@ -638,6 +669,22 @@ cudaError_t cudaDriverGetVersion(int *v)
 
 static cudaError_t g_last_error; /* what a failed launch left (stub_cudnn_decline_leaves_launch_error) */
 
+extern "C" int stub_fail_nth_launch(int n, int error, int captured_only)
+{
+    g_launch_fault_captured_only = captured_only != 0;
+    return arm(g_launch_fault, n, error);
+}
+
+extern "C" int stub_fault_nth_kernel(int n, int error)
+{
+    g_lost = cudaSuccess;
+    return arm(g_kernel_fault, n, error);
+}
+
+extern "C" int stub_fail_nth_capture(int n) { return arm(g_capture_fault, n, cudaErrorStreamCaptureInvalidated); }
+
+extern "C" int stub_fail_nth_create(int n) { return arm(g_create_fault, n, cudaErrorMemoryAllocation); }
+
 cudaError_t cudaGetLastError(void)
 {
     cudaError_t e = g_last_error;
@@ -791,6 +838,7 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
     cudaError_t create(handle_t *h, unsigned int flags)   \
     {                                                     \
         need_context();                                   \
+        if (create_fails(h)) return cudaErrorMemoryAllocation; \
         *h = make_handle<object>();                       \
         (*h)->flags = flags;                              \
         return cudaSuccess;                               \
@@ -811,7 +859,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s)
     no_capture("cudaStreamSynchronize");
     g_calls.spinning_waits++;
     stream_synchronized(s);
-    return cudaSuccess;
+    return g_lost;
 }
 
 /* An event last recorded during a capture stands for a node of the graph, not for the stream's work:
@@ -846,7 +894,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e)
     if (!(e->flags & cudaEventBlockingSync)) g_calls.spinning_waits++;
     merge(g_host_known, e->snapshot);
     run_waited_for();
-    return cudaSuccess;
+    return g_lost;
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
@@ -860,13 +908,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
+    bool invalidated = strikes(g_capture_fault);
     if (is_special(s) || !s->capture) return cudaErrorIllegalState;
-    *g = make_handle<CUgraph_st>();
-    (*g)->steps.swap(*s->capture);
+    *g = invalidated ? nullptr : make_handle<CUgraph_st>();
+    if (!invalidated) (*g)->steps.swap(*s->capture);
     delete s->capture;
     s->capture = nullptr;
     g_capturing--;
-    return cudaSuccess;
+    return invalidated ? g_capture_fault.error : cudaSuccess;
 }
 
 cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t g, unsigned long long flags)
@@ -979,6 +1028,9 @@ static cudaError_t launch_kernel(const void *kernel, dim3 grid, dim3 block, void
                     block.z, shared);
         return cudaErrorInvalidConfiguration;
     }
+    if ((!g_launch_fault_captured_only || (!is_special(s) && s->capture)) && strikes(g_launch_fault))
+        return g_last_error = g_launch_fault.error;
+    if (strikes(g_kernel_fault)) g_lost = g_kernel_fault.error;
     count(s, g_calls.kernels);
     if (computing()) {
         unsigned g[3] = {grid.x, grid.y, grid.z}, b[3] = {block.x, block.y, block.z};
@@ -1019,11 +1071,13 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
 /* ---- cuDNN ---------------------------------------------------------------------------------- */
 
 /* A library object's create and destroy: a live handle of its own type, counted; `made` comes first
- * (the handles that take the device make its context, as their libraries do). */
-#define LIBRARY_OBJECT(status_t, ok, create, destroy, handle_t, object, made) \
+ * (the handles that take the device make its context, as their libraries do); a create that
+ * stub_fail_nth_create fails returns `nomem`. */
+#define LIBRARY_OBJECT(status_t, ok, nomem, create, destroy, handle_t, object, made) \
     status_t create(handle_t *h)                                          \
     {                                                                     \
         made;                                                             \
+        if (create_fails(h)) return nomem;                                \
         *h = make_handle<object>();                                       \
         return ok;                                                        \
     }                                                                     \
@@ -1033,14 +1087,15 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
         return ok;                                                        \
     }
 #define CUDNN_OBJECT(create, destroy, handle_t, object) \
-    LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, create, destroy, handle_t, object, (void)0)
+    LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED, create, \
+                   destroy, handle_t, object, (void)0)
 
 size_t cudnnGetVersion(void) { return 91900; }
 
 const char *cudnnGetErrorString(cudnnStatus_t s) { return s == CUDNN_STATUS_SUCCESS ? "success" : "cuDNN stub error"; }
 
-LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnCreate, cudnnDestroy, cudnnHandle_t, cudnnContext,
-               need_context())
+LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED, cudnnCreate,
+               cudnnDestroy, cudnnHandle_t, cudnnContext, need_context())
 
 cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t s)
 {
@@ -1306,8 +1361,8 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 
 /* ---- cuBLAS --------------------------------------------------------------------------------- */
 
-LIBRARY_OBJECT(cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasCreate_v2, cublasDestroy_v2, cublasHandle_t,
-               cublasContext, need_context())
+LIBRARY_OBJECT(cublasStatus_t, CUBLAS_STATUS_SUCCESS, CUBLAS_STATUS_ALLOC_FAILED, cublasCreate_v2, cublasDestroy_v2,
+               cublasHandle_t, cublasContext, need_context())
 
 /* cuBLAS docs: cublasSetStream "unconditionally resets the cuBLAS library workspace back to the
  * default workspace pool" (cuBLAS's own device memory, outside the plan's arena). */

@@ -71,6 +71,25 @@ void stub_cudnn_fused_workspace(size_t bytes);
  * a cuDNN whose convolution sub-library is missing does, or one refusing a shape. */
 void stub_cudnn_heuristics_status(int status);
 
+/* Faults of the runtime, each armed for the n-th event from now (0: none), with `error` a cudaError_t;
+ * each returns how many were still to go before it (0: the last one asked for has happened).
+ * stub_fail_nth_launch: the n-th kernel launch (counting only launches into a stream being captured
+ * where captured_only) is refused: nothing runs, and cudaGetLastError reports error, as for a launch
+ * out of resources. stub_fault_nth_kernel: the n-th kernel launch (any) faults as it runs, as on an
+ * illegal address: the launch works, and from then on every host wait for the device
+ * (cudaStreamSynchronize, cudaEventSynchronize) returns error, the context being lost (on a GPU every
+ * later call would fail; here only the waits do), until it is disarmed (as a new process would be).
+ * stub_fail_nth_capture: the n-th cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated and
+ * no graph, the captured work dropped, as when a call the capture cannot hold invalidates it.
+ * stub_fail_nth_create: the n-th create of a stream, an event, a cuDNN handle or descriptor or a
+ * cuBLAS handle fails as out of memory (device memory; a descriptor's host memory), leaving in its
+ * handle a value that is no object (what a failed create leaves is not documented): destroying it is
+ * a misuse. */
+int stub_fail_nth_launch(int n, int error, int captured_only);
+int stub_fault_nth_kernel(int n, int error);
+int stub_fail_nth_capture(int n);
+int stub_fail_nth_create(int n);
+
 /* Prints what is wrong (accesses outside every allocation, allocations or handles still live) and
  * returns nonzero if anything is. */
 int stub_report(void);
