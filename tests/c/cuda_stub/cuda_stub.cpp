@@ -683,7 +683,7 @@ extern "C" int stub_fault_nth_kernel(int n, int error)
 
 extern "C" int stub_fail_nth_capture(int n) { return arm(g_capture_fault, n, cudaErrorStreamCaptureInvalidated); }
 
-extern "C" int stub_fail_nth_create(int n) { return arm(g_create_fault, n, cudaErrorMemoryAllocation); }
+extern "C" int stub_fail_nth_create(int n) { return arm(g_create_fault, n, 0); /* each library its own status */ }
 
 cudaError_t cudaGetLastError(void)
 {
@@ -834,19 +834,19 @@ cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t s)
 }
 
 /* A runtime object's create (with flags) and destroy: a live handle of its own type, counted. */
-#define RUNTIME_OBJECT(create, destroy, handle_t, object) \
-    cudaError_t create(handle_t *h, unsigned int flags)   \
-    {                                                     \
-        need_context();                                   \
+#define RUNTIME_OBJECT(create, destroy, handle_t, object)      \
+    cudaError_t create(handle_t *h, unsigned int flags)        \
+    {                                                          \
+        need_context();                                        \
         if (create_fails(h)) return cudaErrorMemoryAllocation; \
-        *h = make_handle<object>();                       \
-        (*h)->flags = flags;                              \
-        return cudaSuccess;                               \
-    }                                                     \
-    cudaError_t destroy(handle_t h)                       \
-    {                                                     \
-        drop_handle(h);                                   \
-        return cudaSuccess;                               \
+        *h = make_handle<object>();                            \
+        (*h)->flags = flags;                                   \
+        return cudaSuccess;                                    \
+    }                                                          \
+    cudaError_t destroy(handle_t h)                            \
+    {                                                          \
+        drop_handle(h);                                        \
+        return cudaSuccess;                                    \
     }
 
 RUNTIME_OBJECT(cudaStreamCreateWithFlags, cudaStreamDestroy, cudaStream_t, CUstream_st)
@@ -908,8 +908,8 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode)
 
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *g)
 {
-    bool invalidated = strikes(g_capture_fault);
     if (is_special(s) || !s->capture) return cudaErrorIllegalState;
+    bool invalidated = strikes(g_capture_fault);
     *g = invalidated ? nullptr : make_handle<CUgraph_st>();
     if (!invalidated) (*g)->steps.swap(*s->capture);
     delete s->capture;
@@ -1074,17 +1074,17 @@ cudaError_t __cudaLaunchKernel(cudaKernel_t kernel, dim3 grid, dim3 block, void 
  * (the handles that take the device make its context, as their libraries do); a create that
  * stub_fail_nth_create fails returns `nomem`. */
 #define LIBRARY_OBJECT(status_t, ok, nomem, create, destroy, handle_t, object, made) \
-    status_t create(handle_t *h)                                          \
-    {                                                                     \
-        made;                                                             \
-        if (create_fails(h)) return nomem;                                \
-        *h = make_handle<object>();                                       \
-        return ok;                                                        \
-    }                                                                     \
-    status_t destroy(handle_t h)                                          \
-    {                                                                     \
-        drop_handle(h);                                                   \
-        return ok;                                                        \
+    status_t create(handle_t *h)                                                     \
+    {                                                                                \
+        made;                                                                        \
+        if (create_fails(h)) return nomem;                                           \
+        *h = make_handle<object>();                                                  \
+        return ok;                                                                   \
+    }                                                                                \
+    status_t destroy(handle_t h)                                                     \
+    {                                                                                \
+        drop_handle(h);                                                              \
+        return ok;                                                                   \
     }
 #define CUDNN_OBJECT(create, destroy, handle_t, object) \
     LIBRARY_OBJECT(cudnnStatus_t, CUDNN_STATUS_SUCCESS, CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED, create, \
