@@ -288,21 +288,30 @@ static void misaligned_buffers_mark_no_shape(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* Tiles of 9 latent frames: a tile's steps repeat, so step graphs capture them and replay them. */
+static const run LONG_TILES = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
+
+/* A bf16 model with step graphs on. */
+static void build_with_graphs(wv_model *m, const weight_set *ws)
+{
+    wv_error err = {WV_OK, ""};
+    setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
+    CHECK(wv_model_build(m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    unsetenv("WANVIDEO_CUDA_GRAPHS");
+}
+
 /* A bias-fused convolution short of the plan's workspace where the plain one runs: the candidate
  * runs unfused in that workspace without asking again, so step graphs still capture (a decline while
  * capturing abandons the capture and turns graphs off for the Decoder). */
 static void fused_call_short_of_workspace_keeps_step_graphs(const weight_set *ws)
 {
-    static const run long_tiles = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
     wv_model m;
     wv_error err = {WV_OK, ""};
     long launches;
-    setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
-    unsetenv("WANVIDEO_CUDA_GRAPHS");
+    build_with_graphs(&m, ws);
     stub_cudnn_fused_workspace((size_t)-1);
     launches = stub_counts().graph_launches;
-    CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+    CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
     CHECK(stub_counts().graph_launches > launches);
     stub_cudnn_fused_workspace(0);
     wv_model_free(&m);
@@ -439,20 +448,17 @@ static void runtime_faults_fail_cleanly(const weight_set *ws)
  * decode or the next) and the decodes work (computing: they match the CPU's). */
 static void failed_captures_turn_graphs_off(const weight_set *ws)
 {
-    static const run long_tiles = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
     for (int how = 0; how < 2; how++) {
         wv_model m;
         wv_error err = {WV_OK, ""};
         long launches;
-        setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
-        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
-        unsetenv("WANVIDEO_CUDA_GRAPHS");
+        build_with_graphs(&m, ws);
         launches = stub_counts().graph_launches;
         if (how == 0) stub_fail_nth_capture(1);
         else stub_fail_nth_launch(2, cudaErrorLaunchOutOfResources, 1);
-        CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+        CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
         CHECK((how == 0 ? stub_fail_nth_capture(0) : disarm_launch()) == 0);
-        CHECK(decode(&m, &long_tiles, &err) == WV_OK);
+        CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
         CHECK(stub_counts().graph_launches == launches);
         wv_model_free(&m);
     }
