@@ -112,7 +112,8 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
     """tests/c/test_cuda_host.c: every kind of plan decoded through the CUDA tables with a stand-in
     CUDA runtime, cuDNN and cuBLAS (tests/c/cuda_stub/), under the sanitizers: no error, every
     convolution, copy and GEMM inside one arena buffer or allocation, no race between streams,
-    allocation failures clean, nothing left allocated; then with the stub computing on the CPU, each
+    allocation failures and the runtime's faults (a launch refused, a kernel faulting, a graph capture
+    invalidated, a create failing) clean, nothing left allocated; then with the stub computing on the CPU, each
     small decode equal to the CPU backend's. Runs wherever the CUDA build is required (CI with nvcc);
     no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
