@@ -826,6 +826,15 @@ static long env_count(const char *name, long fallback, long max, const char *wha
     return n;
 }
 
+/* cudaMalloc behind the test hook that fails the n-th allocation; *p NULL unless it worked. */
+static cudaError_t device_malloc(void **p, size_t bytes)
+{
+    cudaError_t e = g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0 ? cudaErrorMemoryAllocation
+                                                                                  : cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) *p = NULL;
+    return e;
+}
+
 static int create_event(cuda_ctx *c, cudaEvent_t *e, unsigned flags)
 {
     return made(cuda_ok(c, cudaEventCreateWithFlags(e, flags), "cudaEventCreate"), e);
@@ -878,7 +887,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
         cublas_ok(c, cublasSetMathMode(c->cublas, (cublasMath_t)(CUBLAS_DEFAULT_MATH |
                                                                  CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)),
                   "cublasSetMathMode"))
-        cuda_ok(c, cudaMalloc(&c->scalars, WV_CUDA_SCALARS_BYTES), "cudaMalloc");
+        cuda_ok(c, device_malloc(&c->scalars, WV_CUDA_SCALARS_BYTES), "cudaMalloc");
     leave_device(ds, device);
     if ((st = take_error(c, err))) {
         cuda_ctx_destroy(c);
@@ -890,14 +899,6 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
 
 /* ---- memory ------------------------------------------------------------------------------- */
 
-/* cudaMalloc behind the test hook that fails the n-th allocation. */
-static cudaError_t device_malloc(void **p, size_t bytes)
-{
-    *p = NULL;
-    if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0) return cudaErrorMemoryAllocation;
-    return cudaMalloc(p, bytes ? bytes : 1);
-}
-
 static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -908,7 +909,6 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     if (e != cudaSuccess) {
         cudaGetLastError();
         cudaMemGetInfo(&free_b, &total_b);
-        *out = NULL;
     }
     leave_device(ds, c->device);
     if (e == cudaErrorMemoryAllocation)

@@ -492,6 +492,29 @@ static void failed_creates(const weight_set *ws)
     CHECK(n > 12); /* two streams, five events, two handles, a descriptor, and each shape's five */
 }
 
+/* Device allocations failing as a model is made (its context's scalars, then its weights), one after
+ * another: the build fails as out of GPU memory, holding nothing after it; until none is left to fail. */
+static void build_allocations_failing(const weight_set *ws)
+{
+    const wv_backend *be = wv_cuda_backends()->by_dtype[WV_BF16];
+    size_t held = held_now();
+    int n = 1;
+    for (;; n++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        be->fail_nth_alloc(n);
+        wv_status s = wv_model_build(&m, be, -1, ws->views, ws->n, &err);
+        be->fail_nth_alloc(0);
+        if (s == WV_OK) {
+            wv_model_free(&m);
+            break;
+        }
+        CHECK(s == WV_ERR_NOMEM_DEVICE && (strstr(err.msg, "cudaMalloc") || strstr(err.msg, "out of GPU memory")));
+        CHECK(held_now() == held);
+    }
+    CHECK(n >= 3);
+}
+
 /* Progress callbacks, and those that found the thread's context other than the caller's: the caller's
  * code runs in its own context (a PyTorch progress bar, a preview), not in the decoder's. */
 static int g_callbacks, g_callbacks_elsewhere;
@@ -704,6 +727,7 @@ int main(void)
     runtime_faults_fail_cleanly(&ws);
     failed_captures_turn_graphs_off(&ws);
     if (!g_reference) failed_creates(&ws); /* a decode for each create: too slow computing */
+    build_allocations_failing(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     with_model(&ws, WV_BF16, "bf16 with step graphs", 0);
     unsetenv("WANVIDEO_CUDA_GRAPHS");
