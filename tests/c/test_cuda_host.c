@@ -116,6 +116,12 @@ static const run RUNS[] = {
     {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80},
 };
 
+/* A bf16 model of the weights on the default GPU (the backend's environment settings read now). */
+static wv_status build_bf16(wv_model *m, const weight_set *ws, wv_error *err)
+{
+    return wv_model_build(m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, err);
+}
+
 static void decode_all(const wv_model *m, const char *setting)
 {
     for (size_t i = 0; i < sizeof RUNS / sizeof *RUNS; i++) {
@@ -182,7 +188,7 @@ static void pinned_memory_kept_within_its_limit(const weight_set *ws)
             setenv("WANVIDEO_CUDA_KEEP_PINNED_MIB", limits[i], 1);
         else
             unsetenv("WANVIDEO_CUDA_KEEP_PINNED_MIB"); /* the default, whatever the caller's environment */
-        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
         unsetenv("WANVIDEO_CUDA_KEEP_PINNED_MIB");
         for (int call = 0; call < 2; call++) { /* tiles: the trunk output's block and the output stagings */
             CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
@@ -200,7 +206,7 @@ static void trunk_output_unpinnable(const weight_set *ws)
 {
     wv_model m;
     wv_error err = {WV_OK, ""};
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     size_t stagings_only;
     stub_fail_nth_host_alloc(1); /* a fresh model's first: the trunk output's, before begin's stagings */
     CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
@@ -218,7 +224,7 @@ static void stagings_unpinnable(const weight_set *ws)
 {
     wv_model m;
     wv_error err = {WV_OK, ""};
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     stub_fail_nth_host_alloc(2); /* after the trunk output's block: the first staging */
     CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
     CHECK(stub_fail_nth_host_alloc(0) == 0);
@@ -252,7 +258,7 @@ static void declined_convolutions_not_retried(const weight_set *ws)
         wv_model m;
         wv_error err = {WV_OK, ""};
         long calls[3];
-        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
         for (int call = 0; call < 3; call++) {
             long before = stub_counts().convolutions;
             if (call == 1) stub_cudnn_decline((int)cases[i].status, cases[i].attempts);
@@ -275,7 +281,7 @@ static void misaligned_buffers_mark_no_shape(const weight_set *ws)
     wv_model m;
     wv_error err = {WV_OK, ""};
     stub_calls at[4];
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     for (int call = 0; call < 3; call++) {
         at[call] = stub_counts();
         if (call == 1) stub_cudnn_decline((int)CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER, 3);
@@ -296,7 +302,7 @@ static void build_with_graphs(wv_model *m, const weight_set *ws)
 {
     wv_error err = {WV_OK, ""};
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
-    CHECK(wv_model_build(m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(m, ws, &err) == WV_OK);
     unsetenv("WANVIDEO_CUDA_GRAPHS");
 }
 
@@ -338,7 +344,7 @@ static void cudnn_refusals_and_broken_installations(const weight_set *ws)
         wv_model m;
         wv_error err = {WV_OK, ""};
         long before;
-        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
         stub_cudnn_heuristics_status((int)cases[i].status);
         before = stub_counts().convolutions;
         CHECK(decode(&m, &RUNS[0], &err) == cases[i].expect);
@@ -357,7 +363,7 @@ static void cudnn_refusals_and_broken_installations(const weight_set *ws)
         wv_model m;
         wv_error err = {WV_OK, ""};
         setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1); /* read when a model's context is made */
-        CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
         unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
         stub_cudnn_heuristics_status((int)CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE);
         CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
@@ -377,7 +383,7 @@ static void step_waits_do_not_spin(const weight_set *ws)
     wv_model m;
     wv_error err = {WV_OK, ""};
     long spins[2];
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     for (int i = 0; i < 2; i++) {
         long before = stub_counts().spinning_waits;
         CHECK(decode(&m, &lengths[i], &err) == WV_OK);
@@ -425,7 +431,7 @@ static void runtime_faults_fail_cleanly(const weight_set *ws)
     stub_calls before, after;
     size_t held;
     long launches;
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     CHECK(decode(&m, r, &err) == WV_OK); /* shapes found, pinned memory kept: as the faulted ones find them */
     held = held_now();
     before = stub_counts();
@@ -467,9 +473,8 @@ static void failed_captures_turn_graphs_off(const weight_set *ws)
 /* Creates failing one after another from the first on (the streams, events and library handles of a
  * model's context, then the descriptors of its convolutions as a decode meets them): the model's build
  * or the decode fails cleanly, memory (the device's, or the host's for a descriptor) said to be out,
- * what the failed create left in its handle never
- * destroyed (the stub reports it), and a decode after a failed one works; until no create is left to
- * fail. */
+ * what the failed create left in its handle never destroyed (the stub reports it), and a decode after
+ * a failed one works; until no create is left to fail. */
 static void failed_creates(const weight_set *ws)
 {
     int n = 1, left = 0;
@@ -478,7 +483,7 @@ static void failed_creates(const weight_set *ws)
         wv_error err = {WV_OK, ""};
         wv_status s;
         stub_fail_nth_create(n);
-        s = wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err);
+        s = build_bf16(&m, ws, &err);
         if (s == WV_OK) {
             wv_status d = decode(&m, &RUNS[1], &err);
             CHECK(d == WV_OK || d == WV_ERR_NOMEM);
@@ -503,7 +508,7 @@ static void build_allocations_failing(const weight_set *ws)
         wv_model m;
         wv_error err = {WV_OK, ""};
         be->fail_nth_alloc(n);
-        wv_status s = wv_model_build(&m, be, -1, ws->views, ws->n, &err);
+        wv_status s = build_bf16(&m, ws, &err);
         be->fail_nth_alloc(0);
         if (s == WV_OK) {
             wv_model_free(&m);
@@ -655,7 +660,7 @@ static void old_driver_explained(const weight_set *ws)
     CHECK(wv_cuda_device_count(why, sizeof why) == 0);
     CHECK(strstr(why, "supports CUDA up to 12.4, older than the CUDA 13.0") != NULL);
     CHECK(strstr(why, "rebuild with a CUDA 12 toolkit") != NULL);
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_ERR_INVALID);
+    CHECK(build_bf16(&m, ws, &err) == WV_ERR_INVALID);
     CHECK(strstr(err.msg, "no CUDA device is usable: the NVIDIA driver supports CUDA up to 12.4") == err.msg);
     stub_set_driver_version(0);
     CHECK(wv_cuda_device_count(why, sizeof why) == 0);
@@ -682,7 +687,7 @@ static void gpu_without_code_explained(const weight_set *ws)
         stub_set_gpu(9, 0, 1);
         CHECK(cudaGetLastError() == cudaSuccess); /* nothing left for a later launch's check */
     }
-    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws->views, ws->n, &err) == WV_OK);
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
     wv_model_free(&m);
 }
 
