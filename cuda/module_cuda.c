@@ -57,11 +57,40 @@ static PyObject *versions(PyObject *mod, PyObject *noargs)
                          (Py_ssize_t)cudnn, "cublas", cublas);
 }
 
+static PyObject *device_info(PyObject *mod, PyObject *args)
+{
+    int device, rc;
+    wv_cuda_device_info d;
+    char why[512] = "";
+    (void)mod;
+    if (!PyArg_ParseTuple(args, "i:device_info", &device)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = wv_cuda_device_info_get(device, &d, why, sizeof why);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_Format(PyExc_RuntimeError, "cannot read the properties of CUDA device %d: %s", device, why);
+    return Py_BuildValue("{s:s,s:(ii),s:i,s:n,s:O,s:s}", "name", d.name, "capability", d.major, d.minor,
+                         "multiprocessors", d.multiprocessors, "total_memory", (Py_ssize_t)d.total_memory, "has_code",
+                         d.has_code ? Py_True : Py_False, "code_missing", d.code_missing);
+}
+
+static PyObject *built_archs(PyObject *mod, PyObject *noargs)
+{
+    char archs[256];
+    (void)mod;
+    (void)noargs;
+    wv_cuda_built_archs(archs, sizeof archs);
+    return PyUnicode_FromString(archs);
+}
+
 static PyMethodDef methods[] = {
     {"device_count", device_count, METH_NOARGS, "device_count() -> (n, reason when 0)"},
     {"current_device", current_device, METH_NOARGS, "current_device() -> the calling thread's CUDA device"},
     {"mem_get_info", mem_get_info, METH_VARARGS, "mem_get_info(device=-1) -> (free bytes, total bytes)"},
     {"versions", versions, METH_NOARGS, "Versions of the CUDA runtime, driver, cuDNN and cuBLAS in use."},
+    {"device_info", device_info, METH_VARARGS,
+     "device_info(device) -> {name, capability, multiprocessors, total_memory, has_code, code_missing}: has_code, "
+     "whether this build runs there (asking makes the device's context)"},
+    {"built_archs", built_archs, METH_NOARGS, "built_archs() -> the compute capabilities this build has code for"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -785,6 +785,43 @@ static wv_status check_kernel_image(int device, const cudaDeviceProp *prop, wv_e
                    prop->name, prop->major, prop->minor, built[0] ? built : "other GPUs", prop->major, prop->minor);
 }
 
+extern "C" void wv_cuda_built_archs(char *out, size_t size)
+{
+    format_archs(WV_BUILT_ARCHS, out, size);
+}
+
+extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, char *why, size_t why_size)
+{
+    cudaDeviceProp prop;
+    cudaError_t e;
+    wv_error err;
+    wv_status st;
+    int count = wv_cuda_device_count(why, why_size);
+    memset(out, 0, sizeof *out);
+    if (device < 0 || device >= count) {
+        if (count > 0) snprintf(why, why_size, "no such device (this machine has %d)", count);
+        return -1;
+    }
+    if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        return -1;
+    }
+    snprintf(out->name, sizeof out->name, "%s", prop.name);
+    out->major = prop.major;
+    out->minor = prop.minor;
+    out->multiprocessors = prop.multiProcessorCount;
+    out->total_memory = prop.totalGlobalMem;
+    st = check_kernel_image(device, &prop, &err);
+    if (st == WV_ERR_BACKEND) {
+        snprintf(why, why_size, "%s", err.msg);
+        return -1;
+    }
+    out->has_code = st == WV_OK;
+    if (st) snprintf(out->code_missing, sizeof out->code_missing, "%s", err.msg);
+    return 0;
+}
+
 static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
 {
     wv_status st;

@@ -22,6 +22,24 @@ int wv_cuda_current_device(void);
 /* Free and total bytes of device memory (device < 0: the current one); -1 with `why` on failure. */
 int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, char *why, size_t why_size);
 
+/* What `python -m wanvideo_vae info` reports of a device. */
+typedef struct {
+    char name[256];
+    int major, minor;    /* compute capability */
+    int multiprocessors;
+    size_t total_memory; /* bytes */
+    int has_code;        /* whether this build has code the device runs; else code_missing says why */
+    char code_missing[512];
+} wv_cuda_device_info;
+
+/* Device `device`'s properties, and whether this build runs there (asking that makes the device's
+ * primary context, as a decode would); -1 with `why` when the device cannot be asked. */
+int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, char *why, size_t why_size);
+
+/* The compute capabilities this build has code for, "7.5, 8.0, 8.6, 8.9, 9.0" into out ("" where nvcc
+ * did not say: before CUDA 11.5); the newest also as PTX, which newer GPUs compile. */
+void wv_cuda_built_archs(char *out, size_t size);
+
 /* Versions of the CUDA runtime and driver (1000 x major + 10 x minor), cuDNN and cuBLAS. */
 void wv_cuda_versions(int *runtime, int *driver, size_t *cudnn, int *cublas);
 

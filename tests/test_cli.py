@@ -836,3 +836,87 @@ def test_random_run_size_follows_the_backend(monkeypatch, backend, shape):
     args = argparse.Namespace(vae=None, latents=None, random_shape=None, seed=None)
     _, latents, source = cli._inputs(args, backend)
     assert latents.shape == (16,) + getattr(cli, shape) and source == "random"
+
+
+def test_info_reports_this_installation_and_plans_a_decode(capsys):
+    """info's lines say what backends() says, and its CPU plan is the one a Decoder makes of that shape."""
+    import wanvideo_vae as wv
+    from wanvideo_vae import info
+    assert main(["info", "--shape", "2", "8", "8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    feats = wv.backends()
+    assert report["wanvideo_vae"]["version"] == wv.__version__
+    assert report["latents"] == [16, 2, 8, 8]
+    assert report["backends"]["cpu"]["threads"] == feats["cpu"]["threads"]
+    assert report["backends"]["cuda"]["usable"] == feats["cuda"]["usable"]
+    cpu = [row for row in report["plans"] if row["backend"] == "cpu"]
+    want = wv.Decoder(info._zero_weights()).plan(2, 8, 8, enable_vae_tiling=False)
+    assert len(cpu) == 1 and cpu[0]["precision"] == "fp32"
+    assert cpu[0]["arena_bytes"] == want["planned_bytes"] and cpu[0]["weight_bytes"] == want["weight_bytes"]
+    assert cpu[0]["tiles"] == [1, 1] and cpu[0]["frames"] == 5 and cpu[0]["size"] == [64, 64]
+    assert main(["info", "--shape", "2", "8", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wanvideo_vae {wv.__version__} (")
+    assert any(line.startswith(f"CPU backend: usable, {feats['cpu']['threads']} threads; ") for line in lines)
+    cuda_lines = [line for line in lines if line.startswith("CUDA backend: ")]
+    assert len(cuda_lines) == 1
+    if not feats["cuda"]["usable"]:
+        assert f"not usable: {feats['cuda']['reason']}" in "\n".join(lines)
+    assert "a decode of latents [16, 2, 8, 8] (5 frames of 64x64), full-size weights, in the memory free now:" in lines
+    assert (f"  cpu fp32: untiled; working memory {want['planned_bytes'] / 2**20:.0f} MiB + weights "
+            f"{want['weight_bytes'] / 2**20:.0f} MiB; {want['conv_flops'] / 1e9:.1f} GFLOP of convolutions") in lines
+    assert main(["info", "--no-plan", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plans"] == []
+
+
+def test_info_says_why_a_decode_does_not_fit(capsys):
+    """A shape no budget of this machine takes: the plan's row is the MemoryError's words."""
+    assert main(["info", "--shape", "2", "4096", "4096", "--json"]) == 0
+    row = [r for r in json.loads(capsys.readouterr().out)["plans"] if r["backend"] == "cpu"][0]
+    assert row["error"].startswith("the decode needs ") and "the least it can take is " in row["error"]
+    assert "arena_bytes" not in row
+
+
+def test_info_lines_of_gpus_and_their_plans():
+    """The lines of what only a machine with GPUs reports: one with code, one without, one unreadable."""
+    from wanvideo_vae import info
+    report = {
+        "wanvideo_vae": {"version": "9.9", "path": "/site/wanvideo_vae"}, "python": "3.12.3", "platform": "Linux",
+        "numpy": "2.5.2", "torch": {"version": "2.11.0", "cuda": "13.0", "cuda_available": True},
+        "host_memory_available": 64 << 30, "latents": [16, 21, 90, 160],
+        "backends": {"cpu": {"usable": True, "threads": 16, "blas": "OpenBLAS"},
+                     "cuda": {"usable": True, "devices": 3, "reason": "", "archs": "8.0, 9.0", "build_warnings": ["w"],
+                              "versions": {"cuda_runtime": 13000, "cuda_driver": 13010, "cudnn": 92801,
+                                           "cublas": 131000}}},
+        "gpus": [{"index": 0, "name": "NVIDIA H200", "capability": [9, 0], "multiprocessors": 132,
+                  "total_memory": 140 << 30, "free_memory": 139 << 30, "has_code": True, "code_missing": ""},
+                 {"index": 1, "name": "Tesla P100", "capability": [6, 0], "multiprocessors": 56,
+                  "total_memory": 16 << 30, "free_memory": 15 << 30, "has_code": False, "code_missing": "no code: x"},
+                 {"index": 2, "error": "cannot read the properties of CUDA device 2: lost"}],
+        "plans": [{"backend": "cuda", "device": 0, "precision": "bf16", "tiles": [2, 2], "tile_px": [654, 374],
+                   "arena_bytes": 1828 << 20, "weight_bytes": 142 << 20, "trunk_host_bytes": 221 << 20,
+                   "conv_flops": 657.6e12},
+                  {"backend": "cpu", "device": -1, "precision": "fp32", "error": "the decode needs more"}],
+    }
+    assert info.format_report(report) == [
+        "wanvideo_vae 9.9 (/site/wanvideo_vae)",
+        "Python 3.12.3 on Linux; NumPy 2.5.2; PyTorch 2.11.0 (CUDA 13.0, a GPU seen)",
+        "host memory available: 64.0 GiB",
+        "CPU backend: usable, 16 threads; OpenBLAS",
+        "CUDA backend: built for compute capability 8.0, 9.0; CUDA runtime 13.0, driver 13.1, cuDNN 9.28.1, "
+        "cuBLAS 13.10.0",
+        "  usable: 3 GPUs",
+        "  build warning: w",
+        "GPU 0: NVIDIA H200, compute capability 9.0, 132 multiprocessors, 139.0 GiB free of 140.0 GiB; this build "
+        "runs there",
+        "GPU 1: Tesla P100, compute capability 6.0, 56 multiprocessors, 15.0 GiB free of 16.0 GiB; no code: x",
+        "GPU 2: cannot read the properties of CUDA device 2: lost",
+        "a decode of latents [16, 21, 90, 160] (81 frames of 1280x720), full-size weights, in the memory free now:",
+        "  cuda:0 bf16: in 2x2 tiles of 654x374 px; working memory 1828 MiB + weights 142 MiB, trunk output 221 MiB "
+        "on the host; 658 TFLOP of convolutions",
+        "  cpu fp32: the decode needs more",
+    ]
+    report["torch"], report["backends"]["cuda"] = None, {"usable": False, "reason": "not built: no nvcc"}
+    report["gpus"], report["plans"] = [], []
+    lines = info.format_report(report)
+    assert lines[1].endswith("; PyTorch not installed") and lines[-1] == "CUDA backend: not usable: not built: no nvcc"

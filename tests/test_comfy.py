@@ -239,6 +239,23 @@ def test_decode_node_normalization(tiny, mode, tiling):
     assert np.abs(images.numpy() - _expected(raw, mode)).max() <= NODE_TOL
 
 
+def test_each_decode_says_in_the_console_where_it_ran_and_what_it_took(tiny, caplog):
+    """One INFO line a decode (ComfyUI's console shows INFO): the figures of that decode's last_stats."""
+    from wanvideo_vae.comfy_nodes import _decoders
+    vae, data = tiny
+    for tiled in (False, True):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="wanvideo_vae"):
+            WanVideoNativeDecode().decode(vae, _latent(data), tiled, 40, 40, 32, 32)
+        s = _decoders._cache[vae][1].last_stats
+        tiles = f"in {s['tiles_x']}x{s['tiles_y']} tiles" if tiled else "untiled"
+        assert not tiled or s["n_tiles"] > 1
+        assert [r.getMessage() for r in caplog.records] == [
+            f"wanvideo_vae: {s['frames']} frames of {s['width']}x{s['height']} decoded on the CPU in fp32, {tiles}, "
+            f"in {s['seconds_total']:.2f} s; working memory {s['arena_high_water'] / 2**20:.0f} MiB, weights "
+            f"{s['weight_bytes'] / 2**20:.0f} MiB"]
+
+
 def test_decode_node_has_ref_drop_last_end_image(tiny):
     vae, data = tiny
     lat = torch.from_numpy(data["latents"])[None]

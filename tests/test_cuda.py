@@ -380,6 +380,33 @@ def test_the_free_memory_of_a_missing_device_is_an_error():
         wv.devices.cuda_module().mem_get_info(count)
 
 
+@gpu
+def test_info_reports_each_gpu_and_plans_a_decode_there():
+    """info: every GPU's properties and that this build runs there; its CUDA plan is a CUDA Decoder's of
+    that shape (the budget: the memory free now, in each); the Decoders it made hold nothing after."""
+    from wanvideo_vae import info
+    mod = wv.devices.cuda_module()
+    count = mod.device_count()[0]
+    info.collect((2, 8, 8))  # libraries and contexts load once
+    before = _device_used()
+    report = info.collect((2, 8, 8))
+    assert abs(_device_used() - before) <= (0 if ON_STUB else 1 << 20)
+    assert [g["index"] for g in report["gpus"]] == list(range(count))
+    gpu = report["gpus"][0]
+    assert gpu["name"] and gpu["has_code"] and gpu["code_missing"] == "" and gpu["multiprocessors"] > 0
+    assert 0 < gpu["free_memory"] <= gpu["total_memory"] == mod.mem_get_info(0)[1]
+    assert tuple(gpu["capability"]) == ((9, 0) if ON_STUB else _torch().cuda.get_device_capability(0))
+    assert report["backends"]["cuda"]["archs"] and report["backends"]["cuda"]["archs"] == mod.built_archs()
+    rows = [r for r in report["plans"] if r["backend"] == "cuda"]
+    assert [r["device"] for r in rows] == list(range(count))
+    with wv.Decoder(info._zero_weights(), backend="cuda", device=0) as dec:
+        want = dec.plan(2, 8, 8, enable_vae_tiling=False)
+    assert rows[0]["precision"] == want["precision"] == "bf16"
+    assert rows[0]["arena_bytes"] == want["planned_bytes"] and rows[0]["weight_bytes"] == want["weight_bytes"]
+    with pytest.raises(RuntimeError, match=f"no such device \\(this machine has {count}\\)"):
+        mod.device_info(count)
+
+
 @torch_gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_torch_cuda_tensors_are_read_in_place(dtype):

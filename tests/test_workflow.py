@@ -35,7 +35,7 @@ def check_links(wf):
         for inp in n.get("inputs", []):
             assert inp["link"] is None or inp["link"] in link_ids
         for out in n.get("outputs", []):
-            assert all(l in link_ids for l in out.get("links") or [])
+            assert all(link in link_ids for link in out.get("links") or [])
     assert wf["last_link_id"] >= max(link_ids) and wf["last_node_id"] >= max(nodes)
 
 

@@ -78,8 +78,8 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 grep "wanvideo_vae build" "$OUT/build.log" | head -3
 summary "built"
-python3 -c "import json, wanvideo_vae as wv; print(json.dumps(wv.backends()['cuda'], default=str))" \
-    | tee -a "$OUT/env.txt"
+# versions, the GPU as the backend sees it, and the plan of 720p x 81 in the memory free (python -m wanvideo_vae info)
+timeout 60 python3 -m wanvideo_vae info 2>&1 | tee -a "$OUT/env.txt"
 # every GPU step would skip or fail for it: stop here, saying why (GPU_CHECK_ANYWAY=1 goes on: a dry
 # run of the script's own logic on a machine without a GPU)
 if ! python3 -c "import sys, wanvideo_vae as wv; c = wv.backends()['cuda']; sys.exit(0 if c['usable'] else c['reason'])" \

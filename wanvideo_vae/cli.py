@@ -1,4 +1,4 @@
-"""python -m wanvideo_vae [decode | bench | patch-workflow] ...
+"""python -m wanvideo_vae [decode | bench | patch-workflow | info] ...
 
 decode (the default): latents + a VAE checkpoint -> a video, PNG frames or .npy. Without --vae and
   --latents it decodes seeded random latents with a seeded RANDOM full-size Wan 2.1 decoder, so it
@@ -8,6 +8,8 @@ bench: our decode beside PyTorch (untiled, and blended-tiled the way ComfyUI-Wan
 patch-workflow: rewrite a ComfyUI workflow's WanVideoDecode nodes, and ComfyUI's own VAE decodes of a
   Wan 2.1 VAE, to the native exact decoder and put the VAE patch node after its WanVideo VAE loaders
   (the samplers' own decodes).
+info: versions, the backends (and why one is not usable), each GPU and whether this build runs there,
+  and how a decode would be planned in the memory free now: what a bug report needs.
 """
 import argparse
 import contextlib
@@ -19,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import Decoder, WanVAEError, backends, load_weights
+from . import Decoder, WanVAEError, backends, info, load_weights
 from .api import BACKENDS, NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, normalize_frames
 from .arrays import PRECISIONS
 from .console import tolerant_console
@@ -458,6 +460,17 @@ def _tile_size(text):
     return tile
 
 
+# ---- info --------------------------------------------------------------------------------------
+
+def info_cmd(args):
+    report = info.collect(tuple(args.shape), plans=not args.no_plan)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print("\n".join(info.format_report(report)))
+    return 0
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m wanvideo_vae", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -518,10 +531,18 @@ def build_parser():
     p.add_argument("--no-core", action="store_true",
                    help="leave ComfyUI's own VAE Decode and VAE Decode (Tiled) nodes as they are")
     p.set_defaults(func=patch_workflow_cmd)
+    i = sub.add_parser("info", help="versions, backends, GPUs, and how a decode would be planned here (for a bug "
+                                    "report)")
+    i.add_argument("--shape", type=_count(1), nargs=3, metavar=("T", "H", "W"), default=(21, 90, 160),
+                   help="latent T, h, w of the decode to plan (default %(default)s: 81 frames of 1280x720)")
+    i.add_argument("--no-plan", action="store_true",
+                   help="leave out the plans (which load full-size weights of zeros on each GPU for a moment)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.set_defaults(func=info_cmd)
     return ap
 
 
-COMMANDS = ("decode", "bench", "patch-workflow")
+COMMANDS = ("decode", "bench", "patch-workflow", "info")
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ and the same patch for the Wan repository's own VAE object (native_wan_vae), out
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
 import functools
+import logging
 import os
 import sys
 import threading
@@ -216,10 +217,13 @@ class _DecoderCache:
         for attempt in range(CLOSED_RETRIES + 1):
             dec = self.get(owner, module, placement, mean=mean, std=std, make_room=make_room)
             try:
-                return use(dec)
+                result = use(dec)
             except WanVAEError:
                 if not dec.closed or attempt == CLOSED_RETRIES:
                     raise
+                continue
+            _log_decode(dec)
+            return result
 
     def forget_lock_after_fork(self):
         """In a forked child: a thread of the parent may have held the lock, and none here would let it go."""
@@ -235,6 +239,19 @@ class _DecoderCache:
                     continue
                 del self._cache[owner]
                 _close_quietly(dec)
+
+
+_log = logging.getLogger("wanvideo_vae")
+
+
+def _log_decode(dec):
+    """A line in ComfyUI's console for each decode: that the native decoder ran, where, and what it took."""
+    s = dec.last_stats
+    where = f"cuda:{dec.device}" if dec.backend == "cuda" else "the CPU"
+    tiles = "untiled" if s["n_tiles"] == 1 else f"in {s['tiles_x']}x{s['tiles_y']} tiles"
+    _log.info("wanvideo_vae: %d frames of %dx%d decoded on %s in %s, %s, in %.2f s; working memory %.0f MiB, weights "
+              "%.0f MiB", s["frames"], s["width"], s["height"], where, dec.precision, tiles, s["seconds_total"],
+              s["arena_high_water"] / 2**20, s["weight_bytes"] / 2**20)
 
 
 def _close_quietly(dec):

@@ -701,6 +701,33 @@ static void missing_device_has_no_memory_figures(void)
     CHECK(strstr(why, "no such device (this machine has 1)") != NULL);
 }
 
+/* What `info` reports of a device: its properties, and whether the build runs there, in the words
+ * a model's build would refuse it with; a device the machine does not have is an error. */
+static void device_info_says_whether_the_build_runs_there(void)
+{
+    wv_cuda_device_info d;
+    char why[512] = "", archs[256];
+    wv_cuda_built_archs(archs, sizeof archs);
+    CHECK(strstr(archs, "9.0") != NULL);
+    CHECK(wv_cuda_device_info_get(0, &d, why, sizeof why) == 0);
+    CHECK(!strcmp(d.name, "CUDA stub") && d.major == 9 && d.minor == 0 && d.multiprocessors == 132);
+    CHECK(d.total_memory == (size_t)80 << 30 && d.has_code && !d.code_missing[0]);
+    stub_set_gpu(6, 1, 0);
+    CHECK(wv_cuda_device_info_get(0, &d, why, sizeof why) == 0);
+    CHECK(d.major == 6 && d.minor == 1 && !d.has_code);
+    CHECK(strstr(d.code_missing, "has no code for CUDA stub (compute capability 6.1; it was built for ") != NULL);
+    CHECK(strstr(d.code_missing, archs) != NULL);
+    stub_set_gpu(9, 0, 1);
+    CHECK(cudaGetLastError() == cudaSuccess);
+    CHECK(wv_cuda_device_info_get(1, &d, why, sizeof why) == -1);
+    CHECK(strstr(why, "no such device (this machine has 1)") != NULL);
+    CHECK(wv_cuda_device_info_get(-1, &d, why, sizeof why) == -1);
+    stub_set_driver_version(0);
+    CHECK(wv_cuda_device_info_get(0, &d, why, sizeof why) == -1);
+    CHECK(strstr(why, "no NVIDIA driver found") != NULL);
+    stub_set_driver_version(13000);
+}
+
 int main(void)
 {
     static weight_set ws;
@@ -713,6 +740,7 @@ int main(void)
     old_driver_explained(&ws);
     gpu_without_code_explained(&ws);
     missing_device_has_no_memory_figures();
+    device_info_says_whether_the_build_runs_there();
     if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {
         CHECK(wv_model_build(&reference, wv_backend_cpu(), -1, ws.views, ws.n, &err) == WV_OK);
         g_reference = &reference;

@@ -642,6 +642,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     prop->major = g_gpu_major;
     prop->minor = g_gpu_minor;
     prop->totalGlobalMem = (size_t)80 << 30;
+    prop->multiProcessorCount = 132;
     return device >= 0 && device < g_device_count ? cudaSuccess : cudaErrorInvalidDevice;
 }
 
