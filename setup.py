@@ -3,9 +3,9 @@
 - wanvideo_vae._C: the C core and the CPU backend, linked against OpenBLAS from the
   scipy-openblas32 wheel (the same BLAS SciPy ships). Always built.
 - wanvideo_vae._cuda: the CUDA backend (cuda/), built when nvcc, cuDNN and cuBLAS are found:
-  nvcc from CUDA_HOME / CUDA_PATH, PATH or the default install folder; cuDNN and cuBLAS headers and
-  libraries from CUDNN_PATH, the CUDA toolkit, the nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12)
-  wheels that PyTorch installs, or NVIDIA's cuDNN installer (Windows). At run time it finds those
+  nvcc from CUDA_HOME / CUDA_PATH, PATH, the default install folder or the nvidia-cuda-nvcc wheel
+  (CUDA 13 on); cuDNN and cuBLAS headers and libraries from CUDNN_PATH, the CUDA toolkit, the
+  nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12) wheels that PyTorch installs, or NVIDIA's cuDNN installer (Windows). At run time it finds those
   wheels' libraries beside itself in site-packages. On Windows the wheels ship DLLs without import libraries: the
   build makes them (MSVC's lib.exe) from CUDA_IMPORTS, the functions the backend calls.
 
@@ -122,7 +122,8 @@ CUDA_IMPORTS = {
 
 
 def find_nvcc():
-    """CUDA_HOME / CUDA_PATH, then PATH, then the toolkit's default install folders."""
+    """CUDA_HOME / CUDA_PATH, then PATH, then the toolkit's default install folders, then the
+    nvidia-cuda-nvcc wheel's (a toolkit installed keeps building as it did)."""
     exe_name = "nvcc.exe" if WINDOWS else "nvcc"
     for var in ("CUDA_HOME", "CUDA_PATH"):
         root = os.environ.get(var)
@@ -139,7 +140,20 @@ def find_nvcc():
         versioned = glob.glob("/usr/local/cuda-*/bin/nvcc")
         defaults = ["/usr/local/cuda/bin/nvcc"] + sorted(versioned, key=toolkit_version, reverse=True)
     found = [exe for exe in defaults if os.path.isfile(exe)]
-    return found[0] if found else None
+    return found[0] if found else wheel_nvcc(exe_name)
+
+
+def wheel_nvcc(exe_name):
+    """The nvcc of the nvidia-cuda-nvcc wheel, or None: from CUDA 13 on it lays out a toolkit in
+    nvidia/cu13/ (bin/nvcc), where the runtime and CCCL wheels put their headers and libraries too;
+    the newest CUDA major first, the first environment's first (CUDA 12's wheel holds no nvcc)."""
+    best = None
+    for sp in site_dirs():
+        for nvcc in glob.glob(os.path.join(glob.escape(sp), "nvidia", "cu*", "bin", exe_name)):
+            major = re.fullmatch(r"cu(\d+)", os.path.basename(os.path.dirname(os.path.dirname(nvcc))))
+            if major and (best is None or int(major.group(1)) > best[0]):
+                best = (int(major.group(1)), nvcc)
+    return best[1] if best else None
 
 
 def toolkit_version(path):
@@ -243,6 +257,25 @@ def find_libraries(roots, names, cuda_major=None):
                         yield inc, hits[-1]
 
 
+def toolkit_header_gap(toolkit):
+    """What the toolkit's headers lack for the build, with the wheel that has it, or None. A toolkit of
+    wheels (nvidia-cuda-nvcc) has the headers of those installed beside it: nvidia-cuda-runtime's
+    (PyTorch's CUDA 13 builds bring it) and nvidia-cuda-cccl's <nv/target>, which cuda_fp16.h includes
+    from CUDA 12 on (the toolkit's own CCCL folder, include/cccl, counts: nvcc searches it)."""
+    inc = os.path.join(toolkit, "include")
+    if not os.path.isfile(os.path.join(inc, "cuda_runtime_api.h")):
+        return f"the CUDA runtime's headers are not in {inc} (for nvcc from the wheel: pip install nvidia-cuda-runtime)"
+    try:
+        with open(os.path.join(inc, "cuda_fp16.h"), encoding="utf-8", errors="replace") as f:
+            wants_target = "<nv/target>" in f.read()
+    except OSError:
+        wants_target = False
+    if wants_target and not any(os.path.isfile(os.path.join(inc, *sub, "nv", "target")) for sub in ((), ("cccl",))):
+        return (f"the CUDA headers in {inc} include <nv/target>, which is not there (for nvcc from the wheel: "
+                "pip install nvidia-cuda-cccl)")
+    return None
+
+
 def toolkit_cuda_version(toolkit):
     """(major, minor) of the toolkit's runtime (CUDART_VERSION in its header), or None."""
     try:
@@ -341,8 +374,12 @@ def cuda_config():
                              "(or sm_86, 8.6)")
     nvcc = find_nvcc()
     if not nvcc:
-        return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+        return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH; beside a PyTorch for CUDA 13, "
+                             "pip install nvidia-cuda-nvcc nvidia-cuda-cccl brings one)")
     toolkit = cuda_root(nvcc)
+    gap = toolkit_header_gap(toolkit)
+    if gap:
+        return missing(mode, gap)
     cuda_version = toolkit_cuda_version(toolkit)
     cuda_major = cuda_version[0] if cuda_version else None
     so = not WINDOWS

@@ -345,6 +345,56 @@ def test_a_cuda_home_without_nvcc_is_said_not_passed_over(on_windows, tmp_path, 
     assert f"CUDA_HOME={tmp_path / 'cuda-12.4'} has no bin" in said and "CUDNN_PATH=" in said
 
 
+def test_the_nvcc_of_the_wheel_is_found_where_no_toolkit_is(setup_module, tmp_path, monkeypatch):
+    """No CUDA_HOME, no nvcc on PATH, none in the toolkit's default folders: the nvidia-cuda-nvcc wheel's
+    (nvidia/cu13/bin/nvcc), the newest CUDA major of the environments' first; CUDA 12's wheel
+    (nvidia/cuda_nvcc/bin: ptxas alone) has none. A toolkit in a default folder, and nvcc on PATH,
+    come first."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    real_isfile = os.path.isfile
+    monkeypatch.setattr(setup_module.os.path, "isfile",
+                        lambda p: real_isfile(p) and str(tmp_path) in str(p))  # no /usr/local/cuda here
+    monkeypatch.setattr(setup_module.glob, "glob", lambda pattern, _glob=setup_module.glob.glob: [
+        hit for hit in _glob(pattern) if str(tmp_path) in hit])
+    first, second = tmp_path / "venv", tmp_path / "user"
+    for sp, folder in ((first, "cu13"), (first, "cuda_nvcc"), (second, "cu14"), (second, "cu13")):
+        (sp / "nvidia" / folder / "bin").mkdir(parents=True)
+        (sp / "nvidia" / folder / "bin" / ("ptxas" if folder == "cuda_nvcc" else "nvcc")).write_text("")
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(first), str(second)])
+    monkeypatch.setattr(setup_module.shutil, "which", lambda name: None)
+    assert setup_module.find_nvcc() == str(second / "nvidia" / "cu14" / "bin" / "nvcc")
+    shutil.rmtree(second / "nvidia" / "cu14")
+    assert setup_module.find_nvcc() == str(first / "nvidia" / "cu13" / "bin" / "nvcc")
+    monkeypatch.setattr(setup_module, "WINDOWS", False)
+    monkeypatch.setattr(setup_module.os.path, "isfile", lambda p: p == "/usr/local/cuda/bin/nvcc" or (
+        real_isfile(p) and str(tmp_path) in str(p)))  # a toolkit installed keeps building as it did
+    assert setup_module.find_nvcc() == "/usr/local/cuda/bin/nvcc"
+    monkeypatch.setattr(setup_module.shutil, "which", lambda name: "/opt/cuda/bin/nvcc")
+    assert setup_module.find_nvcc() == "/opt/cuda/bin/nvcc"
+
+
+def test_a_toolkit_of_wheels_names_the_wheel_its_headers_lack(setup_module, tmp_path):
+    """nvcc's wheel brings no runtime headers (nvidia-cuda-runtime) and no CCCL (nvidia-cuda-cccl, whose
+    <nv/target> CUDA 12 on's cuda_fp16.h includes): said before nvcc would stop on a missing header."""
+    inc = tmp_path / "cu13" / "include"
+    inc.mkdir(parents=True)
+    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) == (
+        f"the CUDA runtime's headers are not in {inc} (for nvcc from the wheel: pip install nvidia-cuda-runtime)")
+    (inc / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13000\n")
+    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None  # no cuda_fp16.h: nothing to ask
+    (inc / "cuda_fp16.h").write_text("#include <nv/target>\n")
+    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) == (
+        f"the CUDA headers in {inc} include <nv/target>, which is not there (for nvcc from the wheel: pip install "
+        "nvidia-cuda-cccl)")
+    (inc / "cccl" / "nv").mkdir(parents=True)
+    (inc / "cccl" / "nv" / "target").write_text("")  # a CUDA 13 toolkit's own CCCL folder, which nvcc searches
+    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None
+    (inc / "cuda_fp16.h").write_text("#include <cuda_fp16.hpp>\n")  # CUDA 11's: no CCCL asked for
+    shutil.rmtree(inc / "cccl")
+    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None
+
+
 def test_a_required_cuda_build_that_fails_says_so_in_a_line(setup_module, tmp_path, monkeypatch):
     monkeypatch.setenv("WANVIDEO_CUDA", "auto")
     if not setup_module.cuda_config():
@@ -670,3 +720,41 @@ def test_the_cuda_backend_builds_with_an_older_toolkit_and_passes_its_op_tests(t
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     m = re.search(r"^(\d+) cases, 0 failed$", r.stdout, re.M)
     assert m and int(m.group(1)) > 400, r.stdout[-3000:]
+
+
+# ---- no toolkit: nvcc from the nvidia-cuda-nvcc wheel ----------------------------------------------
+
+# What `pip install nvidia-cuda-nvcc nvidia-cuda-cccl` added to PyTorch 2.11's cu130 environment (its
+# nvidia-cuda-runtime pin) on 2026-11-30: nvcc, nvvm and crt of CUDA 13.5, pinned here so the test stays
+WHEEL_TOOLKIT = ("nvidia-cuda-nvcc==13.5.37", "nvidia-nvvm==13.5.37", "nvidia-cuda-crt==13.5.37",  # reproducible
+                 "nvidia-cuda-cccl==13.3.5.0.6", "nvidia-cuda-runtime==13.0.96")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the wheels' Linux layout")
+def test_the_cuda_backend_builds_with_nvcc_from_the_wheels(tmp_path):
+    """A PyTorch environment without a CUDA toolkit: with the nvcc and CCCL wheels installed into it
+    (from PyPI), the build runs with that nvcc and those headers (newer than CI's toolkit) and the
+    runtime's static library, and the module loads, reporting the runtime's CUDA. (CI's own toolkit
+    would be found first: CUDA_HOME names the wheels' here; finding them without it is the test
+    above's.) Runs wherever the CUDA build is required (CI with nvcc)."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    # the venv's own setuptools (Python 3.11's venv brings 65) would shadow the one pyproject.toml asks for
+    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "setuptools>=77", *WHEEL_TOOLKIT],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    toolkit = site / "nvidia" / "cu13"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_PATH", "PYTHONPATH")}
+    env.update(CUDA_HOME=str(toolkit), WANVIDEO_CUDA="1", WANVIDEO_CUDA_ARCHS="90")
+    src = scratch_copy(tmp_path)
+    r = subprocess.run([str(python), "setup.py", "build_ext", "--inplace"], cwd=src, capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"CUDA backend: nvcc {toolkit / 'bin' / 'nvcc'}, " in r.stdout + r.stderr, r.stdout[-2000:]
+    r = subprocess.run([str(python), "-c", OLDER_CUDA_LOADS, "13"], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(env, PYTHONPATH=str(src)), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
