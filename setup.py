@@ -130,7 +130,8 @@ def find_nvcc():
         if root and os.path.isfile(os.path.join(root, "bin", exe_name)):
             return os.path.join(root, "bin", exe_name)
         if root:  # a toolkit asked for (another CUDA version, say) that is not there: not silently another
-            warn(f"{var}={root} has no bin{os.sep}{exe_name}; looking on PATH and in the default folders")
+            warn(f"{var}={root} has no bin{os.sep}{exe_name}; looking on PATH, in the default folders and for the "
+                 "nvidia-cuda-nvcc wheel")
     if shutil.which("nvcc"):
         return shutil.which("nvcc")
     if WINDOWS:
@@ -145,15 +146,25 @@ def find_nvcc():
 
 def wheel_nvcc(exe_name):
     """The nvcc of the nvidia-cuda-nvcc wheel, or None: from CUDA 13 on it lays out a toolkit in
-    nvidia/cu13/ (bin/nvcc), where the runtime and CCCL wheels put their headers and libraries too;
-    the newest CUDA major first, the first environment's first (CUDA 12's wheel holds no nvcc)."""
+    nvidia/cu13/ (bin/nvcc), where the runtime and CCCL wheels put their headers and libraries too
+    (CUDA 12's wheel holds no nvcc). PyTorch's CUDA major first, then the newest; of those, the
+    first environment's."""
+    torch_cuda = torch_cuda_version()
+    torch_major = int(torch_cuda.split(".")[0]) if torch_cuda else None
     best = None
     for sp in site_dirs():
         for nvcc in glob.glob(os.path.join(glob.escape(sp), "nvidia", "cu*", "bin", exe_name)):
-            major = re.fullmatch(r"cu(\d+)", os.path.basename(os.path.dirname(os.path.dirname(nvcc))))
-            if major and (best is None or int(major.group(1)) > best[0]):
-                best = (int(major.group(1)), nvcc)
+            major = wheel_toolkit_major(os.path.dirname(os.path.dirname(nvcc)))
+            key = (major == torch_major, major or 0)
+            if major and (best is None or key > best[0]):
+                best = (key, nvcc)
     return best[1] if best else None
+
+
+def wheel_toolkit_major(toolkit):
+    """13 for a toolkit the nvidia-* wheels lay out (site-packages/nvidia/cu13), else None."""
+    found = re.fullmatch(r"cu(\d+)", os.path.basename(toolkit))
+    return int(found.group(1)) if found and os.path.basename(os.path.dirname(toolkit)) == "nvidia" else None
 
 
 def toolkit_version(path):
@@ -257,11 +268,12 @@ def find_libraries(roots, names, cuda_major=None):
                         yield inc, hits[-1]
 
 
-def toolkit_header_gap(toolkit):
-    """What the toolkit's headers lack for the build, with the wheel that has it, or None. A toolkit of
-    wheels (nvidia-cuda-nvcc) has the headers of those installed beside it: nvidia-cuda-runtime's
+def wheel_toolkit_header_gap(toolkit):
+    """What a toolkit of wheels (nvidia-cuda-nvcc's, in nvidia/cu13) lacks for the build, with the wheel
+    that has it, or None: it has the headers of the wheels installed beside it, nvidia-cuda-runtime's
     (PyTorch's CUDA 13 builds bring it) and nvidia-cuda-cccl's <nv/target>, which cuda_fp16.h includes
-    from CUDA 12 on (the toolkit's own CCCL folder, include/cccl, counts: nvcc searches it)."""
+    from CUDA 12 on (include/cccl, where the CCCL wheel also puts it, counts: nvcc searches it). Other
+    toolkits keep their headers where their nvcc knows (conda's in targets/<platform>/include)."""
     inc = os.path.join(toolkit, "include")
     if not os.path.isfile(os.path.join(inc, "cuda_runtime_api.h")):
         return f"the CUDA runtime's headers are not in {inc} (for nvcc from the wheel: pip install nvidia-cuda-runtime)"
@@ -377,7 +389,7 @@ def cuda_config():
         return missing(mode, "nvcc not found (set CUDA_HOME or put nvcc on PATH; beside a PyTorch for CUDA 13, "
                              "pip install nvidia-cuda-nvcc nvidia-cuda-cccl brings one)")
     toolkit = cuda_root(nvcc)
-    gap = toolkit_header_gap(toolkit)
+    gap = wheel_toolkit_major(toolkit) and wheel_toolkit_header_gap(toolkit)
     if gap:
         return missing(mode, gap)
     cuda_version = toolkit_cuda_version(toolkit)

@@ -813,12 +813,12 @@ extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, cha
     out->multiprocessors = prop.multiProcessorCount;
     out->total_memory = prop.totalGlobalMem;
     st = check_kernel_image(device, &prop, &err);
-    if (st == WV_ERR_BACKEND) {
-        snprintf(why, why_size, "%s", err.msg);
-        return -1;
-    }
     out->has_code = st == WV_OK;
-    if (st) snprintf(out->code_missing, sizeof out->code_missing, "%s", err.msg);
+    if (st == WV_ERR_BACKEND) /* the properties stand; whether the code runs there is unknown */
+        snprintf(out->code_missing, sizeof out->code_missing, "cannot tell whether this build runs there: %s",
+                 err.msg);
+    else if (st)
+        snprintf(out->code_missing, sizeof out->code_missing, "%s", err.msg);
     return 0;
 }
 

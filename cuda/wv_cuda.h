@@ -28,12 +28,13 @@ typedef struct {
     int major, minor;    /* compute capability */
     int multiprocessors;
     size_t total_memory; /* bytes */
-    int has_code;        /* whether this build has code the device runs; else code_missing says why */
+    int has_code;        /* whether this build has code the device runs; else code_missing says why, or
+                            that it cannot tell (the device's context could not be made) */
     char code_missing[512];
 } wv_cuda_device_info;
 
 /* Device `device`'s properties, and whether this build runs there (asking that makes the device's
- * primary context, as a decode would); -1 with `why` when the device cannot be asked. */
+ * primary context, as a decode would); -1 with `why` when the device's properties cannot be read. */
 int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, char *why, size_t why_size);
 
 /* The compute capabilities this build has code for, "7.5, 8.0, 8.6, 8.9, 9.0" into out ("" where nvcc

@@ -345,7 +345,8 @@ def test_a_cuda_home_without_nvcc_is_said_not_passed_over(on_windows, tmp_path, 
     assert f"CUDA_HOME={tmp_path / 'cuda-12.4'} has no bin" in said and "CUDNN_PATH=" in said
 
 
-def test_the_nvcc_of_the_wheel_is_found_where_no_toolkit_is(setup_module, tmp_path, monkeypatch):
+@pytest.mark.parametrize("windows", [False, True])
+def test_the_nvcc_of_the_wheel_is_found_where_no_toolkit_is(setup_module, tmp_path, monkeypatch, windows):
     """No CUDA_HOME, no nvcc on PATH, none in the toolkit's default folders: the nvidia-cuda-nvcc wheel's
     (nvidia/cu13/bin/nvcc), the newest CUDA major of the environments' first; CUDA 12's wheel
     (nvidia/cuda_nvcc/bin: ptxas alone) has none. A toolkit in a default folder, and nvcc on PATH,
@@ -357,16 +358,26 @@ def test_the_nvcc_of_the_wheel_is_found_where_no_toolkit_is(setup_module, tmp_pa
                         lambda p: real_isfile(p) and str(tmp_path) in str(p))  # no /usr/local/cuda here
     monkeypatch.setattr(setup_module.glob, "glob", lambda pattern, _glob=setup_module.glob.glob: [
         hit for hit in _glob(pattern) if str(tmp_path) in hit])
+    monkeypatch.setattr(setup_module, "WINDOWS", windows)
+    exe = "nvcc.exe" if windows else "nvcc"  # nvidia\cu13\bin\nvcc.exe in the Windows wheel
     first, second = tmp_path / "venv", tmp_path / "user"
     for sp, folder in ((first, "cu13"), (first, "cuda_nvcc"), (second, "cu14"), (second, "cu13")):
         (sp / "nvidia" / folder / "bin").mkdir(parents=True)
-        (sp / "nvidia" / folder / "bin" / ("ptxas" if folder == "cuda_nvcc" else "nvcc")).write_text("")
+        (sp / "nvidia" / folder / "bin" / ("ptxas" if folder == "cuda_nvcc" else exe)).write_text("")
     monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(first), str(second)])
     monkeypatch.setattr(setup_module.shutil, "which", lambda name: None)
-    assert setup_module.find_nvcc() == str(second / "nvidia" / "cu14" / "bin" / "nvcc")
+    monkeypatch.setattr(setup_module, "torch_cuda_version", lambda: None)
+    assert setup_module.find_nvcc() == str(second / "nvidia" / "cu14" / "bin" / exe)
+    monkeypatch.setattr(setup_module, "torch_cuda_version", lambda: "13.0")  # PyTorch's CUDA major first
+    assert setup_module.find_nvcc() == str(first / "nvidia" / "cu13" / "bin" / exe)
+    shutil.rmtree(first / "nvidia" / "cu13")
+    assert setup_module.find_nvcc() == str(second / "nvidia" / "cu13" / "bin" / exe)
+    shutil.rmtree(second / "nvidia" / "cu13")
+    assert setup_module.find_nvcc() == str(second / "nvidia" / "cu14" / "bin" / exe)
     shutil.rmtree(second / "nvidia" / "cu14")
-    assert setup_module.find_nvcc() == str(first / "nvidia" / "cu13" / "bin" / "nvcc")
-    monkeypatch.setattr(setup_module, "WINDOWS", False)
+    assert setup_module.find_nvcc() is None
+    if windows:
+        return
     monkeypatch.setattr(setup_module.os.path, "isfile", lambda p: p == "/usr/local/cuda/bin/nvcc" or (
         real_isfile(p) and str(tmp_path) in str(p)))  # a toolkit installed keeps building as it did
     assert setup_module.find_nvcc() == "/usr/local/cuda/bin/nvcc"
@@ -376,23 +387,28 @@ def test_the_nvcc_of_the_wheel_is_found_where_no_toolkit_is(setup_module, tmp_pa
 
 def test_a_toolkit_of_wheels_names_the_wheel_its_headers_lack(setup_module, tmp_path):
     """nvcc's wheel brings no runtime headers (nvidia-cuda-runtime) and no CCCL (nvidia-cuda-cccl, whose
-    <nv/target> CUDA 12 on's cuda_fp16.h includes): said before nvcc would stop on a missing header."""
+    <nv/target> CUDA 12 on's cuda_fp16.h includes): said before nvcc would stop on a missing header.
+    Only of a toolkit of wheels: conda's nvcc (TOP the environment) keeps its headers elsewhere."""
+    assert setup_module.wheel_toolkit_major(str(tmp_path / "site-packages" / "nvidia" / "cu13")) == 13
+    assert setup_module.wheel_toolkit_major(str(tmp_path / "envs" / "comfy")) is None  # conda's TOP
+    assert setup_module.wheel_toolkit_major(str(tmp_path / "nvidia" / "cudnn")) is None
+    assert setup_module.wheel_toolkit_major("/usr/local/cuda-13.0") is None
     inc = tmp_path / "cu13" / "include"
     inc.mkdir(parents=True)
-    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) == (
+    assert setup_module.wheel_toolkit_header_gap(str(tmp_path / "cu13")) == (
         f"the CUDA runtime's headers are not in {inc} (for nvcc from the wheel: pip install nvidia-cuda-runtime)")
     (inc / "cuda_runtime_api.h").write_text("#define CUDART_VERSION 13000\n")
-    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None  # no cuda_fp16.h: nothing to ask
+    assert setup_module.wheel_toolkit_header_gap(str(tmp_path / "cu13")) is None  # no cuda_fp16.h: nothing to ask
     (inc / "cuda_fp16.h").write_text("#include <nv/target>\n")
-    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) == (
+    assert setup_module.wheel_toolkit_header_gap(str(tmp_path / "cu13")) == (
         f"the CUDA headers in {inc} include <nv/target>, which is not there (for nvcc from the wheel: pip install "
         "nvidia-cuda-cccl)")
     (inc / "cccl" / "nv").mkdir(parents=True)
     (inc / "cccl" / "nv" / "target").write_text("")  # a CUDA 13 toolkit's own CCCL folder, which nvcc searches
-    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None
+    assert setup_module.wheel_toolkit_header_gap(str(tmp_path / "cu13")) is None
     (inc / "cuda_fp16.h").write_text("#include <cuda_fp16.hpp>\n")  # CUDA 11's: no CCCL asked for
     shutil.rmtree(inc / "cccl")
-    assert setup_module.toolkit_header_gap(str(tmp_path / "cu13")) is None
+    assert setup_module.wheel_toolkit_header_gap(str(tmp_path / "cu13")) is None
 
 
 def test_a_required_cuda_build_that_fails_says_so_in_a_line(setup_module, tmp_path, monkeypatch):

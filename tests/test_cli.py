@@ -891,7 +891,8 @@ def test_info_lines_of_gpus_and_their_plans():
         "gpus": [{"index": 0, "name": "NVIDIA H200", "capability": [9, 0], "multiprocessors": 132,
                   "total_memory": 140 << 30, "free_memory": 139 << 30, "has_code": True, "code_missing": ""},
                  {"index": 1, "name": "Tesla P100", "capability": [6, 0], "multiprocessors": 56,
-                  "total_memory": 16 << 30, "free_memory": 15 << 30, "has_code": False, "code_missing": "no code: x"},
+                  "total_memory": 16 << 30, "free_memory": None, "memory_error": "cannot read: busy",
+                  "has_code": False, "code_missing": "no code: x"},
                  {"index": 2, "error": "cannot read the properties of CUDA device 2: lost"}],
         "plans": [{"backend": "cuda", "device": 0, "precision": "bf16", "tiles": [2, 2], "tile_px": [654, 374],
                    "arena_bytes": 1828 << 20, "weight_bytes": 142 << 20, "trunk_host_bytes": 221 << 20,
@@ -909,7 +910,8 @@ def test_info_lines_of_gpus_and_their_plans():
         "  build warning: w",
         "GPU 0: NVIDIA H200, compute capability 9.0, 132 multiprocessors, 139.0 GiB free of 140.0 GiB; this build "
         "runs there",
-        "GPU 1: Tesla P100, compute capability 6.0, 56 multiprocessors, 15.0 GiB free of 16.0 GiB; no code: x",
+        "GPU 1: Tesla P100, compute capability 6.0, 56 multiprocessors, 16.0 GiB, free unknown (cannot read: busy); "
+        "no code: x",
         "GPU 2: cannot read the properties of CUDA device 2: lost",
         "a decode of latents [16, 21, 90, 160] (81 frames of 1280x720), full-size weights, in the memory free now:",
         "  cuda:0 bf16: in 2x2 tiles of 654x374 px; working memory 1828 MiB + weights 142 MiB, trunk output 221 MiB "
@@ -920,3 +922,19 @@ def test_info_lines_of_gpus_and_their_plans():
     report["gpus"], report["plans"] = [], []
     lines = info.format_report(report)
     assert lines[1].endswith("; PyTorch not installed") and lines[-1] == "CUDA backend: not usable: not built: no nvcc"
+    report["torch"] = {"version": None, "error": "OSError: libtorch_cuda.so: cannot open"}
+    assert info.format_report(report)[1].endswith("; PyTorch does not import (OSError: libtorch_cuda.so: cannot open)")
+
+
+def test_a_torch_that_cannot_say_leaves_the_gpu_assumed_recent(monkeypatch):
+    """compute_capability (which picks bf16 or fp32): a torch that is broken (a library it cannot load
+    raises OSError) says nothing, as one not installed."""
+    import types
+    from wanvideo_vae import devices
+
+    def broken(index):
+        raise OSError("libcudart.so.13: cannot open shared object file")
+
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_device_capability=broken)))
+    assert devices.compute_capability(0) == (9, 0)

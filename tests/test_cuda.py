@@ -392,16 +392,20 @@ def test_info_reports_each_gpu_and_plans_a_decode_there():
     report = info.collect((2, 8, 8))
     assert abs(_device_used() - before) <= (0 if ON_STUB else 1 << 20)
     assert [g["index"] for g in report["gpus"]] == list(range(count))
-    gpu = report["gpus"][0]
+    gpu = report["gpus"][0]  # the machine's first: the GPU the other tests run on, which the build runs on
     assert gpu["name"] and gpu["has_code"] and gpu["code_missing"] == "" and gpu["multiprocessors"] > 0
     assert 0 < gpu["free_memory"] <= gpu["total_memory"] == mod.mem_get_info(0)[1]
-    assert tuple(gpu["capability"]) == ((9, 0) if ON_STUB else _torch().cuda.get_device_capability(0))
+    if ON_STUB:
+        assert tuple(gpu["capability"]) == (9, 0)
+    elif _torch_cuda():
+        assert tuple(gpu["capability"]) == _torch().cuda.get_device_capability(0)
     assert report["backends"]["cuda"]["archs"] and report["backends"]["cuda"]["archs"] == mod.built_archs()
     rows = [r for r in report["plans"] if r["backend"] == "cuda"]
-    assert [r["device"] for r in rows] == list(range(count))
-    with wv.Decoder(info._zero_weights(), backend="cuda", device=0) as dec:
+    assert [r["device"] for r in rows] == [g["index"] for g in report["gpus"] if g["has_code"]]
+    precision = "bf16" if tuple(gpu["capability"]) >= (8, 0) else "fp32"
+    with wv.Decoder(info._zero_weights(), backend="cuda", device=0, precision=precision) as dec:
         want = dec.plan(2, 8, 8, enable_vae_tiling=False)
-    assert rows[0]["precision"] == want["precision"] == "bf16"
+    assert rows[0]["precision"] == want["precision"] == precision
     assert rows[0]["arena_bytes"] == want["planned_bytes"] and rows[0]["weight_bytes"] == want["weight_bytes"]
     with pytest.raises(RuntimeError, match=f"no such device \\(this machine has {count}\\)"):
         mod.device_info(count)

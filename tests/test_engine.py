@@ -322,3 +322,32 @@ def test_decode_tiled_hands_every_argument_on(monkeypatch):
     given = {name: object() for name in names}
     assert wv.decode_tiled(**given) == "frames"
     assert all(seen[name] is given[name] for name in names) and seen["closed"]
+
+
+def test_last_stats_are_each_threads_own():
+    """Threads sharing a Decoder each read their own decode's stats in last_stats (a ComfyUI node logs
+    them after its decode, when another thread's may have ended since); a thread that made none
+    reads the last of any."""
+    import threading
+    dec = wv.Decoder(random_weights(8, 4, seed=3), mean=[0.0] * 4, std=[1.0] * 4)
+    first_done, second_done, seen = threading.Event(), threading.Event(), {}
+
+    def first():
+        dec.decode(random_latents(4, 1, 4, 8, seed=1), enable_vae_tiling=False)
+        first_done.set()
+        second_done.wait(60)  # the other thread's decode ends before this one reads its stats
+        seen["first"] = dec.last_stats["width"]
+
+    def second():
+        first_done.wait(60)
+        dec.decode(random_latents(4, 1, 4, 12, seed=2), enable_vae_tiling=False)
+        second_done.set()
+        seen["second"] = dec.last_stats["width"]
+
+    threads = [threading.Thread(target=f) for f in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"first": 64, "second": 96}
+    assert dec.last_stats["width"] == 96

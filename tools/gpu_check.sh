@@ -14,8 +14,8 @@
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
-# graphs step (6 decodes of 720p x 81, each twice: about 90 s more) and the tests' five-process
-# taps test (about 25 s), plus about 40 s for the machine's start. Each step has its own time
+# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process
+# taps test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. Each step has its own time
 # limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the summary still
 # prints within timeout_s 400; a step with under 10 s left is skipped), so a hung step still
 # leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
@@ -79,7 +79,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 grep "wanvideo_vae build" "$OUT/build.log" | head -3
 summary "built"
 # versions, the GPU as the backend sees it, and the plan of 720p x 81 in the memory free (python -m wanvideo_vae info)
-timeout 60 python3 -m wanvideo_vae info 2>&1 | tee -a "$OUT/env.txt"
+timeout "$(limit 60)" python3 -m wanvideo_vae info 2>&1 | tee -a "$OUT/env.txt"
 # every GPU step would skip or fail for it: stop here, saying why (GPU_CHECK_ANYWAY=1 goes on: a dry
 # run of the script's own logic on a machine without a GPU)
 if ! python3 -c "import sys, wanvideo_vae as wv; c = wv.backends()['cuda']; sys.exit(0 if c['usable'] else c['reason'])" \

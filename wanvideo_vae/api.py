@@ -2,6 +2,7 @@
 import importlib.util
 import math
 import numbers
+import threading
 
 import numpy as np
 import scipy_openblas32 as _openblas
@@ -167,7 +168,8 @@ class Decoder:
 
     Its weights (and, on CUDA, library handles and up to WANVIDEO_CUDA_KEEP_PINNED_MIB of pinned
     host memory) live until close(), or until the Decoder is garbage; `with Decoder(...) as dec:`
-    closes it on leaving."""
+    closes it on leaving. last_stats: the plan, times and memory of the calling thread's last decode
+    (where threads share a Decoder, each sees its own; a thread that made none, the last of any)."""
 
     def __init__(self, weights, *, backend="cpu", precision=None, device=None, mean=None, std=None):
         if not isinstance(weights, dict):
@@ -193,7 +195,11 @@ class Decoder:
         except BaseException:  # the error's traceback would keep the converted weights (device memory)
             self._model.close()
             raise
-        self.last_stats = None
+        self._last_stats, self._thread_stats = None, threading.local()
+
+    @property
+    def last_stats(self):
+        return getattr(self._thread_stats, "stats", self._last_stats)
 
     def close(self):
         """Frees the weights and every buffer the Decoder keeps (device memory included) now; a decode
@@ -330,7 +336,7 @@ class Decoder:
         frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
                                            raw=bool(raw), progress=progress, max_memory=budget,
                                            profile=bool(profile))
-        self.last_stats = stats
+        self._last_stats = self._thread_stats.stats = stats
         return frames
 
 

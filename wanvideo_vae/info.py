@@ -10,7 +10,7 @@ import numpy as np
 
 from . import Decoder, WanVAEError, __version__, backends
 from ._C import expected_keys
-from .devices import cuda_module, precision_for
+from .devices import cuda_module
 from .sysmem import available_host_bytes
 
 FULL_SIZE = (96, 16)  # dim, z_dim of the Wan 2.1 decoder: what the plans are made for
@@ -43,11 +43,15 @@ def _gpus(mod, count):
     gpus = []
     for index in range(count):
         try:
-            gpu = mod.device_info(index)
-            gpu["free_memory"] = mod.mem_get_info(index)[0]
+            gpu = {"index": index, **mod.device_info(index)}
         except RuntimeError as e:
-            gpu = {"error": str(e)}
-        gpus.append({"index": index, **gpu})
+            gpus.append({"index": index, "error": str(e)})
+            continue
+        try:
+            gpu["free_memory"] = mod.mem_get_info(index)[0]
+        except RuntimeError as e:  # its context cannot be made (the GPU full, say): the properties stand
+            gpu["free_memory"], gpu["memory_error"] = None, str(e)
+        gpus.append(gpu)
     return gpus
 
 
@@ -101,8 +105,9 @@ def collect(shape=(21, 90, 160), plans=True):
         return report
     weights = _zero_weights()
     for gpu in report["gpus"]:
-        if gpu.get("has_code"):
-            report["plans"].append(_plan(weights, shape, "cuda", gpu["index"], precision_for("bf16", gpu["index"])))
+        if gpu.get("has_code"):  # bf16 where the GPU computes in it (Ampere on), as a decode's default
+            precision = "bf16" if tuple(gpu["capability"]) >= (8, 0) else "fp32"
+            report["plans"].append(_plan(weights, shape, "cuda", gpu["index"], precision))
     if feats["cpu"]["usable"]:
         report["plans"].append(_plan(weights, shape, "cpu", -1, "fp32"))
     return report
@@ -134,9 +139,10 @@ def _gpu_line(gpu):
     if "error" in gpu:
         return f"GPU {gpu['index']}: {gpu['error']}"
     runs = "this build runs there" if gpu["has_code"] else gpu["code_missing"]
+    memory = (f"{_gib(gpu['free_memory'])} free of {_gib(gpu['total_memory'])}" if gpu["free_memory"] is not None
+              else f"{_gib(gpu['total_memory'])}, free unknown ({gpu['memory_error']})")
     return (f"GPU {gpu['index']}: {gpu['name']}, compute capability {gpu['capability'][0]}.{gpu['capability'][1]}, "
-            f"{gpu['multiprocessors']} multiprocessors, {_gib(gpu['free_memory'])} free of "
-            f"{_gib(gpu['total_memory'])}; {runs}")
+            f"{gpu['multiprocessors']} multiprocessors, {memory}; {runs}")
 
 
 def _flops(n):

@@ -717,6 +717,11 @@ static void device_info_says_whether_the_build_runs_there(void)
     CHECK(d.major == 6 && d.minor == 1 && !d.has_code);
     CHECK(strstr(d.code_missing, "has no code for CUDA stub (compute capability 6.1; it was built for ") != NULL);
     CHECK(strstr(d.code_missing, archs) != NULL);
+    stub_set_gpu(9, 0, -1); /* no context: the properties stand, whether the code runs is not known */
+    CHECK(wv_cuda_device_info_get(0, &d, why, sizeof why) == 0);
+    CHECK(!strcmp(d.name, "CUDA stub") && d.major == 9 && !d.has_code);
+    CHECK(strstr(d.code_missing, "cannot tell whether this build runs there: cannot use CUDA device 0: ") ==
+          d.code_missing);
     stub_set_gpu(9, 0, 1);
     CHECK(cudaGetLastError() == cudaSuccess);
     CHECK(wv_cuda_device_info_get(1, &d, why, sizeof why) == -1);

@@ -698,6 +698,7 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const void *func)
     need_context();
     memset(attr, 0, sizeof *attr);
     if (!func) return g_last_error = cudaErrorInvalidDeviceFunction;
+    if (g_kernel_image < 0) return g_last_error = cudaErrorMemoryAllocation;
     return g_kernel_image ? cudaSuccess : (g_last_error = cudaErrorNoKernelImageForDevice);
 }
 

@@ -36,7 +36,8 @@ void stub_set_device_count(int n);
 void stub_set_driver_version(int v);
 /* The GPU's compute capability (9.0 at first), and whether the module has code it runs: where not,
  * cudaFuncGetAttributes fails with cudaErrorNoKernelImageForDevice, as for a GPU older than a build's
- * archs. */
+ * archs; -1: it fails with cudaErrorMemoryAllocation, as where the device's context cannot be made
+ * (the GPU full, or another process holding it in exclusive mode). */
 void stub_set_gpu(int major, int minor, int has_kernel_image);
 int stub_context_made(int device);
 int stub_current_context(void);
