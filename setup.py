@@ -5,9 +5,10 @@
 - wanvideo_vae._cuda: the CUDA backend (cuda/), built when nvcc, cuDNN and cuBLAS are found:
   nvcc from CUDA_HOME / CUDA_PATH, PATH, the default install folder or the nvidia-cuda-nvcc wheel
   (CUDA 13 on); cuDNN and cuBLAS headers and libraries from CUDNN_PATH, the CUDA toolkit, the
-  nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12) wheels that PyTorch installs, or NVIDIA's cuDNN installer (Windows). At run time it finds those
-  wheels' libraries beside itself in site-packages. On Windows the wheels ship DLLs without import libraries: the
-  build makes them (MSVC's lib.exe) from CUDA_IMPORTS, the functions the backend calls.
+  nvidia-cudnn-cu13 / -cu12 and nvidia-cublas(-cu12) wheels that PyTorch installs, or NVIDIA's cuDNN
+  installer (Windows). At run time it finds those wheels' libraries beside itself in site-packages.
+  On Windows the wheels ship DLLs without import libraries: the build makes them (MSVC's lib.exe)
+  from CUDA_IMPORTS, the functions the backend calls.
 
 WANVIDEO_CUDA=0 skips the CUDA backend, =1 requires it (a failure stops the build), unset (or
 "auto") builds it when everything is found and otherwise says why not and goes on CPU-only; what

@@ -14,11 +14,11 @@
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
-# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process
-# taps test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. Each step has its own time
-# limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the summary still
-# prints within timeout_s 400; a step with under 10 s left is skipped), so a hung step still
-# leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
+# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process taps
+# test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. Each step
+# has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
+# summary still prints within timeout_s 400; a step with under 10 s left is skipped), so a hung
+# step still leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
 # few steps must be sent at once, else give the machine back; its deadline must then fit its own
 # timeout_s (e.g. command "GPU_CHECK_DEADLINE=170 tools/gpu_check.sh run ops tests", timeout_s 200).
 set -u
