@@ -278,25 +278,25 @@ def wheel_toolkit_header_gap(toolkit):
     inc = os.path.join(toolkit, "include")
     if not os.path.isfile(os.path.join(inc, "cuda_runtime_api.h")):
         return f"the CUDA runtime's headers are not in {inc} (for nvcc from the wheel: pip install nvidia-cuda-runtime)"
-    try:
-        with open(os.path.join(inc, "cuda_fp16.h"), encoding="utf-8", errors="replace") as f:
-            wants_target = "<nv/target>" in f.read()
-    except OSError:
-        wants_target = False
-    if wants_target and not any(os.path.isfile(os.path.join(inc, *sub, "nv", "target")) for sub in ((), ("cccl",))):
+    if "<nv/target>" in toolkit_header(toolkit, "cuda_fp16.h") and not any(os.path.isfile(os.path.join(inc, *sub, "nv", "target")) for sub in ((), ("cccl",))):
         return (f"the CUDA headers in {inc} include <nv/target>, which is not there (for nvcc from the wheel: "
                 "pip install nvidia-cuda-cccl)")
     return None
 
 
+def toolkit_header(toolkit, name):
+    """The text of one of the toolkit's headers ("" where it has none)."""
+    try:
+        # the headers hold UTF-8 punctuation, which a Windows code page (cp949, cp950) cannot decode
+        with open(os.path.join(toolkit, "include", name), encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def toolkit_cuda_version(toolkit):
     """(major, minor) of the toolkit's runtime (CUDART_VERSION in its header), or None."""
-    try:
-        # the header holds UTF-8 punctuation, which a Windows code page (cp949, cp950) cannot decode
-        with open(os.path.join(toolkit, "include", "cuda_runtime_api.h"), encoding="utf-8", errors="replace") as f:
-            found = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", f.read())
-    except OSError:
-        return None
+    found = re.search(r"#define\s+CUDART_VERSION\s+(\d+)", toolkit_header(toolkit, "cuda_runtime_api.h"))
     return (int(found.group(1)) // 1000, int(found.group(1)) % 1000 // 10) if found else None
 
 

@@ -790,18 +790,27 @@ extern "C" void wv_cuda_built_archs(char *out, size_t size)
     format_archs(WV_BUILT_ARCHS, out, size);
 }
 
+/* Whether `device` is one of this machine's devices; else why not, in `why` (cudaSetDevice on one it
+ * lacks would fail and leave the current device's figures to read). */
+static int device_exists(int device, char *why, size_t why_size)
+{
+    int count = wv_cuda_device_count(why, why_size);
+    if (count <= 0) return 0;
+    if (device < 0 || device >= count) {
+        snprintf(why, why_size, "no such device (this machine has %d)", count);
+        return 0;
+    }
+    return 1;
+}
+
 extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, char *why, size_t why_size)
 {
     cudaDeviceProp prop;
     cudaError_t e;
     wv_error err;
     wv_status st;
-    int count = wv_cuda_device_count(why, why_size);
     memset(out, 0, sizeof *out);
-    if (device < 0 || device >= count) {
-        if (count > 0) snprintf(why, why_size, "no such device (this machine has %d)", count);
-        return -1;
-    }
+    if (!device_exists(device, why, why_size)) return -1;
     if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
         cudaGetLastError();
         snprintf(why, why_size, "%s", cudaGetErrorString(e));
@@ -2215,13 +2224,8 @@ extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, cha
 {
     device_scope ds;
     cudaError_t e;
-    int count = wv_cuda_device_count(why, why_size);
     if (device < 0) device = wv_cuda_current_device();
-    if (count <= 0) return -1;
-    if (device >= count) { /* cudaSetDevice would fail and leave the current device's figures to read */
-        snprintf(why, why_size, "no such device (this machine has %d)", count);
-        return -1;
-    }
+    if (!device_exists(device, why, why_size)) return -1;
     ds = enter_device(device);
     e = cudaMemGetInfo(free_b, total_b);
     leave_device(ds, device);
