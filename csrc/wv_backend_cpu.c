@@ -99,12 +99,15 @@ static void cpu_finish(void *ctx)
 
 static wv_status cpu_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
 {
+    char size[WV_BYTES_TEXT];
     (void)ctx;
     *out = NULL;
     if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
-        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes (injected failure)", bytes);
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %s (injected failure)",
+                       wv_bytes_text(size, sizeof size, bytes));
     *out = malloc(bytes ? bytes : 1);
-    if (!*out) return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes", bytes);
+    if (!*out)
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %s", wv_bytes_text(size, sizeof size, bytes));
     return WV_OK;
 }
 

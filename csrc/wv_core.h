@@ -34,6 +34,13 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
+/* Sizes in messages a person reads. wv_size_text: in the largest binary unit they fill ("1.79 GiB",
+ * "749.3 MiB", "12 bytes"); wv_bytes_text: the exact count, that beside it ("1917423616 bytes
+ * (1.79 GiB)"), so a figure can be passed back as a budget. Both write buf and return it. */
+#define WV_BYTES_TEXT 64
+const char *wv_size_text(char *buf, size_t size, size_t bytes);
+const char *wv_bytes_text(char *buf, size_t size, size_t bytes);
+
 /* Environment variable `name` into buf (cut to size - 1 characters): 1 where it is set. On Windows
  * the process's environment, which Python's os.environ updates, rather than the copy of a C runtime
  * other than Python's (a MinGW-w64 build's msvcrt.dll), which getenv would read; as UTF-8, as

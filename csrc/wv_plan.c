@@ -662,20 +662,23 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
                                   int min_tile, int top, int S, wv_error *err)
 {
     wv_plan q;
-    char tiles[64], trunk[96] = "", crowd[64] = ""; /* trunk: the part that grows with T, where the arena holds it */
+    char tiles[64], trunk[160] = "", crowd[64] = ""; /* trunk: the part that grows with T, where the arena holds it */
+    char asked[WV_BYTES_TEXT], budget[WV_BYTES_TEXT], least[WV_BYTES_TEXT], trunk_bytes[WV_BYTES_TEXT];
     int crowded;
     wv_status nomem = m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM; /* the arena's memory */
     wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, &crowded, err);
     if (st) return st;
+    wv_bytes_text(asked, sizeof asked, asked_bytes);
+    wv_bytes_text(budget, sizeof budget, o->max_bytes);
     if (!q.arena_bytes) {
         wv_options smallest = square_tile(o, min_tile);
         st = plan_for_tiles(&q, m, T, h, w, &smallest, err);
         wv_plan_free(&q);
         if (too_many_tiles(&q, st, err))
             return wv_fail(err, nomem,
-                           "the decode needs %zu bytes of working memory but the budget is %zu bytes, and tiles "
-                           "small enough for it would be more than %d",
-                           asked_bytes, o->max_bytes, WV_MAX_TILES);
+                           "the decode needs %s of working memory but the budget is %s, and tiles small enough "
+                           "for it would be more than %d",
+                           asked, budget, WV_MAX_TILES);
         if (st) return st;
         return wv_fail(err, WV_ERR_INVALID,
                        "even in the smallest tiles (%d px) a convolution has an operand of %lld elements, more than "
@@ -688,12 +691,13 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
         snprintf(tiles, sizeof tiles, "in %dx%d tiles of %dx%d px", q.tiles_x, q.tiles_y, q.core_x + 2 * q.out_halo,
                  q.core_y + 2 * q.out_halo);
     if (!q.trunk_host_bytes && !q.stream_trunk) /* else it does not grow with T */
-        snprintf(trunk, sizeof trunk, "; the trunk output for %d frames takes %zu of it", T, q.trunk_out_bytes);
+        snprintf(trunk, sizeof trunk, "; the trunk output for %d frame%s takes %s of it", T, T == 1 ? "" : "s",
+                 wv_bytes_text(trunk_bytes, sizeof trunk_bytes, q.trunk_out_bytes));
     if (crowded) snprintf(crowd, sizeof crowd, " (smaller tiles would be more than %d)", WV_MAX_TILES);
     return wv_fail(err, nomem,
-                   "the decode needs %zu bytes of working memory but the budget is %zu bytes; the least it can "
-                   "take is %zu, %s%s%s",
-                   asked_bytes, o->max_bytes, q.arena_bytes, tiles, crowd, trunk);
+                   "the decode needs %s of working memory but the budget is %s; the least it can take is %s, "
+                   "%s%s%s",
+                   asked, budget, wv_bytes_text(least, sizeof least, q.arena_bytes), tiles, crowd, trunk);
 }
 
 /* Largest square tile, no larger than asked on either axis, whose plan fits the budget, searched for

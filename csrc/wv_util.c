@@ -22,6 +22,32 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
     return code;
 }
 
+const char *wv_size_text(char *buf, size_t size, size_t bytes)
+{
+    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int u = -1;
+    while (u < 3 && v >= 1024.0) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u < 0)
+        snprintf(buf, size, "%zu bytes", bytes);
+    else
+        snprintf(buf, size, u >= 2 ? "%.2f %s" : "%.1f %s", v, units[u]);
+    return buf;
+}
+
+const char *wv_bytes_text(char *buf, size_t size, size_t bytes)
+{
+    char unit[WV_BYTES_TEXT];
+    if (bytes < 1024)
+        snprintf(buf, size, "%zu bytes", bytes);
+    else
+        snprintf(buf, size, "%zu bytes (%s)", bytes, wv_size_text(unit, sizeof unit, bytes));
+    return buf;
+}
+
 static const wv_env_guard *g_env_guard;
 
 void wv_set_env_guard(const wv_env_guard *guard) { g_env_guard = guard; }

@@ -951,6 +951,7 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     device_scope ds = enter_device(c->device);
     cudaError_t e;
     size_t free_b = 0, total_b = 0;
+    char size[WV_BYTES_TEXT], free_text[WV_BYTES_TEXT], total_text[WV_BYTES_TEXT];
     e = device_malloc(out, bytes);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -958,8 +959,9 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     }
     leave_device(ds, c->device);
     if (e == cudaErrorMemoryAllocation)
-        return wv_fail(err, WV_ERR_NOMEM_DEVICE, "out of GPU memory allocating %zu bytes on device %d (%zu of %zu bytes free)",
-                       bytes, c->device, free_b, total_b);
+        return wv_fail(err, WV_ERR_NOMEM_DEVICE, "out of GPU memory allocating %s on device %d (%s of %s free)",
+                       wv_bytes_text(size, sizeof size, bytes), c->device, wv_size_text(free_text, sizeof free_text, free_b),
+                       wv_size_text(total_text, sizeof total_text, total_b));
     if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaMalloc: %s", cudaGetErrorString(e));
     return WV_OK;
 }
@@ -990,6 +992,7 @@ static wv_status pin_or_pageable(cuda_ctx *c, size_t bytes, const char *what, vo
 {
     device_scope ds = enter_device(c->device);
     cudaError_t e;
+    char size[WV_BYTES_TEXT];
     *out = NULL;
     *pageable = 0;
     if (g_fail_alloc_countdown > 0 && --g_fail_alloc_countdown == 0)
@@ -1003,11 +1006,12 @@ static wv_status pin_or_pageable(cuda_ctx *c, size_t bytes, const char *what, vo
     leave_device(ds, c->device);
     if (e == cudaSuccess) return WV_OK;
     if (!pinning_refused(e)) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc (%s): %s", what, cudaGetErrorString(e));
+    wv_bytes_text(size, sizeof size, bytes);
     if (!(*out = malloc(bytes ? bytes : 1)))
-        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %zu bytes for %s", bytes, what);
+        return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %s for %s", size, what);
     if (!c->pageable_shown)
-        fprintf(stderr, "wanvideo_vae cuda: could not pin %zu bytes for %s (%s); using pageable memory, which is "
-                        "slower\n", bytes, what, cudaGetErrorString(e));
+        fprintf(stderr, "wanvideo_vae cuda: could not pin %s for %s (%s); using pageable memory, which is slower\n",
+                size, what, cudaGetErrorString(e));
     c->pageable_shown = 1;
     *pageable = 1;
     return WV_OK;

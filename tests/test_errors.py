@@ -190,8 +190,9 @@ CASES = [
                                                                   tile_stride_y=8), E, "halo allows"),
     ("a tile size that is not a positive int", lambda d, t: d.decode(lat(), tile_x=-5), E, "positive int"),
     ("a memory budget too small for any tiling", lambda d, t: d.decode(lat(), max_memory=1000), MemoryError,
-     r"^the decode needs 1003520 bytes of working memory but the budget is 1000 bytes; the least it can take is "
-     r"749312, in 4x3 tiles of 22x22 px; the trunk output for 2 frames takes 3072 of it$"),  # the README's row
+     r"^the decode needs 1003520 bytes \(980\.0 KiB\) of working memory but the budget is 1000 bytes; the least it "
+     r"can take is 749312 bytes \(731\.8 KiB\), in 4x3 tiles of 22x22 px; the trunk output for 2 frames takes 3072 "
+     r"bytes \(3\.0 KiB\) of it$"),  # the README's row
     ("a memory budget of 2**63 bytes or more", lambda d, t: d.decode(lat(), max_memory=2**63), E, r"below 2\*\*63"),
     ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
     ("an unknown backend", lambda d, t: wv.Decoder(random_weights(8, 4), backend="metal"), E,

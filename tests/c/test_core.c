@@ -157,6 +157,35 @@ static void test_env_guard(void)
     set_env("WV_TEST_ENV", NULL);
 }
 
+/* Sizes in messages: the unit the size fills (1024 of one make the next), and the exact count beside
+ * it from 1 KiB on. */
+static void test_size_text(void)
+{
+    static const struct {
+        size_t bytes;
+        const char *size, *exact;
+    } cases[] = {
+        {0, "0 bytes", "0 bytes"},
+        {1023, "1023 bytes", "1023 bytes"},
+        {1024, "1.0 KiB", "1024 bytes (1.0 KiB)"},
+        {749312, "731.8 KiB", "749312 bytes (731.8 KiB)"},
+        {1048575, "1024.0 KiB", "1048575 bytes (1024.0 KiB)"},
+        {1048576, "1.0 MiB", "1048576 bytes (1.0 MiB)"},
+        {(size_t)1 << 30, "1.00 GiB", "1073741824 bytes (1.00 GiB)"},
+        {(size_t)1917423616, "1.79 GiB", "1917423616 bytes (1.79 GiB)"},
+    };
+    char buf[WV_BYTES_TEXT];
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        CHECK(!strcmp(wv_size_text(buf, sizeof buf, cases[i].bytes), cases[i].size));
+        CHECK(!strcmp(wv_bytes_text(buf, sizeof buf, cases[i].bytes), cases[i].exact));
+    }
+    if (sizeof(size_t) == 8) { /* the largest: a tebibyte is the last unit, and the text fits its buffer */
+        CHECK(!strcmp(wv_size_text(buf, sizeof buf, (size_t)3 << 40), "3.00 TiB"));
+        CHECK(!strcmp(wv_size_text(buf, sizeof buf, (size_t)1 << 50), "1024.00 TiB"));
+        CHECK(!strcmp(wv_bytes_text(buf, sizeof buf, SIZE_MAX), "18446744073709551615 bytes (16777216.00 TiB)"));
+    }
+}
+
 static void test_getenv(void)
 {
     char buf[8], long_value[100];
@@ -896,6 +925,7 @@ int main(void)
     wv_model m;
     wv_error err = {WV_OK, ""};
     test_getenv();
+    test_size_text();
     test_team();
     test_ops();                      /* in the caller alone */
     g_op_ctx = begun_cpu_ctx();      /* and split over a decode call's threads */
