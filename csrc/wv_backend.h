@@ -49,11 +49,6 @@ static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 /* The most temporal taps a convolution has (Wan's causal convs: 3). */
 #define WV_MAX_TAPS 3
 
-/* What sync reports once write_output has seen a NaN or Inf: a decode of finite latents overflowed. */
-#define WV_NONFINITE_OUTPUT                                                                              \
-    "the decode produced NaN or Inf: an activation past its type's range (float16 ends at 65504: "       \
-    "decode in bfloat16 or float32), or NaN or Inf in the weights"
-
 /* A causal conv's cache as the driver keeps it: `slots` frames from base, frame_bytes apart.
  * Temporal tap dt reads slot (oldest + dt) % slots, the new frame (tap kt - 1) included, which goes
  * into slot (oldest + kt - 1) % slots: with kt slots (a ring), the one left free; with kt - 1
@@ -158,7 +153,7 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
     /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w;             \
      * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW; a NaN in src \
      * (or an Inf, in raw output; clamped, an Inf is the right 0 or 1) is remembered, and sync    \
-     * reports it (WV_NONFINITE_OUTPUT) */                                                        \
+     * reports it (wv_fail_nonfinite_output) */                                                   \
     X(write_output, void, (void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w,  \
                            float *out, int out_w, int oy, int ox, wv_output_mode mode))           \
     /* wait for queued work; returns any error the backend recorded since the last check */      \

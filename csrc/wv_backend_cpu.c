@@ -462,7 +462,7 @@ static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, in
 
 static wv_status cpu_sync(void *ctx, wv_error *err)
 {
-    if (((cpu_ctx *)ctx)->nonfinite) return wv_fail(err, WV_ERR_BACKEND, WV_NONFINITE_OUTPUT);
+    if (((cpu_ctx *)ctx)->nonfinite) return wv_fail_nonfinite_output(err, WV_F32);
     return WV_OK;
 }
 

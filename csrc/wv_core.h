@@ -34,6 +34,10 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
+/* Puts `what` and ": " before the message of a failure st (what failed it: "the model's weights");
+ * returns st. */
+wv_status wv_fail_in(wv_error *err, wv_status st, const char *what);
+
 /* Sizes in messages a person reads. wv_size_text: in the largest binary unit they fill ("1.79 GiB",
  * "749.3 MiB", "12 bytes"); wv_bytes_text: the exact count, that beside it ("1917423616 bytes
  * (1.79 GiB)"), so a figure can be passed back as a budget. Both write buf and return it. */
@@ -81,6 +85,10 @@ enum { /* not in wv_dtype: a switch over it names every type */
 
 const char *wv_dtype_name(wv_dtype dt);      /* "bfloat16" */
 const char *wv_dtype_precision(wv_dtype dt); /* "bf16" */
+
+/* What a backend's sync reports once its output has held a NaN or Inf: a decode of finite latents and
+ * weights overflowed the activations' type `act` (causes and cure differ: float16 ends at 65504). */
+wv_status wv_fail_nonfinite_output(wv_error *err, wv_dtype act);
 size_t wv_dtype_size(wv_dtype dt);
 /* The dtype of an array-interface typestr, or of a name or precision ("float16", "fp16"); 0 when
  * there is none. */

@@ -481,9 +481,10 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
     ps.total = 0;
     for (int q = 0; q < p->n_seq; q++) ps.total += (int64_t)p->seq_len[q] * (1 + p->n_tiles);
 
-    if ((st = r.be->alloc(r.ctx, p->arena_bytes, (void **)&r.arena, err))) goto finally;
-    if (p->trunk_host_bytes && (st = r.be->alloc_host(r.ctx, p->trunk_host_bytes, (void **)&r.trunk_host, err)))
-        goto finally;
+    st = r.be->alloc(r.ctx, p->arena_bytes, (void **)&r.arena, err);
+    if ((st = wv_fail_in(err, st, "the decode's working memory"))) goto finally;
+    st = p->trunk_host_bytes ? r.be->alloc_host(r.ctx, p->trunk_host_bytes, (void **)&r.trunk_host, err) : WV_OK;
+    if ((st = wv_fail_in(err, st, "the first blocks' whole-frame output, kept on the host"))) goto finally;
     call.latents = latents;
     call.stream = stream;
     call.workspace = arena_buffer(&r, WV_BUF_WORKSPACE);

@@ -461,7 +461,8 @@ wv_status wv_model_build(wv_model *m, const wv_backend *be, int device, const wv
     if (!used) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
     if ((st = be->ctx_create(be, device, &m->ctx, err))) goto finally;
     wv_model_measure_operands(m);
-    if ((st = be->alloc(m->ctx, m->weight_bytes, &m->weight_mem, err))) goto finally;
+    st = be->alloc(m->ctx, m->weight_bytes, &m->weight_mem, err);
+    if ((st = wv_fail_in(err, st, "the model's weights"))) goto finally;
     be->zero(m->ctx, m->weight_mem, m->weight_bytes);
     if ((st = load_all_params(m, m->ctx, w, n_w, used, off, err))) goto finally;
     st = be->sync(m->ctx, err);

@@ -487,7 +487,10 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     if ((st = make_segments(p, m, err))) return st;
     /* the attention indexes a frame's positions in int */
     if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20) || (int64_t)h * w > INT32_MAX)
-        return wv_fail(err, WV_ERR_INVALID, "latent grid %dx%d is too large", h, w);
+        return wv_fail(err, WV_ERR_INVALID,
+                       "latent grid %dx%d is too large: a frame may be at most %d latent pixels on a side (%d output "
+                       "pixels) and %d in all",
+                       h, w, (1 << 20) / p->out_scale, 1 << 20, INT32_MAX);
     p->H = h * p->out_scale;
     p->W = w * p->out_scale;
     make_sequences(p, o);
@@ -627,46 +630,56 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
 
 /* The least working memory of the tiles asked and of every square tile shrink_to_fit looks at
  * (min_tile up to top, in steps of S; each with the trunk's better end), and that plan, in *least
- * (least->arena_bytes 0: none within WV_MAX_TILES tiles and the backend's operand limit); *crowded:
- * whether some tile was passed over for making more than WV_MAX_TILES. Every tile is planned: the
- * arena does not shrink steadily with the tile (a tile that covers the frame streams its trunk). */
+ * (least->arena_bytes 0: none within WV_MAX_TILES tiles and the backend's operand limit). Every tile is
+ * planned: the arena does not shrink steadily with the tile (a tile that covers the frame streams its
+ * trunk). */
 static wv_status keep_least(const wv_model *m, int T, int h, int w, const wv_options *trial, wv_plan *least,
-                            int *crowded, wv_error *err)
+                            wv_error *err)
 {
     wv_plan q;
     wv_status st = plan_for_tiles(&q, m, T, h, w, trial, err);
     wv_plan_free(&q); /* its scalars are all that is kept */
-    if (too_many_tiles(&q, st, err)) {
-        *crowded = 1;
-        return WV_OK;
-    }
+    if (too_many_tiles(&q, st, err)) return WV_OK;
     if (!st && operands_fit(&q, m) && (!least->arena_bytes || q.arena_bytes < least->arena_bytes)) *least = q;
     return st;
 }
 
 static wv_status least_arena(const wv_model *m, int T, int h, int w, const wv_options *o, int min_tile, int top,
-                             int S, wv_plan *least, int *crowded, wv_error *err)
+                             int S, wv_plan *least, wv_error *err)
 {
     wv_status st;
     memset(least, 0, sizeof *least);
-    *crowded = 0;
-    st = keep_least(m, T, h, w, o, least, crowded, err); /* the tiles asked, then every square one */
+    st = keep_least(m, T, h, w, o, least, err); /* the tiles asked, then every square one */
     for (int tile = min_tile; !st && tile <= top; tile += S) {
         wv_options trial = square_tile(o, tile);
-        st = keep_least(m, T, h, w, &trial, least, crowded, err);
+        st = keep_least(m, T, h, w, &trial, least, err);
     }
     return st;
+}
+
+static wv_status plan_within(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, int explain,
+                             wv_error *err);
+
+/* The tile grid of plan q, for a message: "untiled" or "in 2x2 tiles of 656x376 px". */
+static void describe_tiles(const wv_plan *q, char *buf, size_t size)
+{
+    if (q->n_tiles == 1)
+        snprintf(buf, size, "untiled");
+    else
+        snprintf(buf, size, "in %dx%d tiles of %dx%d px", q->tiles_x, q->tiles_y, q->core_x + 2 * q->out_halo,
+                 q->core_y + 2 * q->out_halo);
 }
 
 static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,
                                   int min_tile, int top, int S, wv_error *err)
 {
-    wv_plan q;
-    char tiles[64], trunk[160] = "", crowd[64] = ""; /* trunk: the part that grows with T, where the arena holds it */
+    wv_plan q, at_least;
+    wv_options least_budget = *o;
+    wv_error unused;
+    char tiles[64], trunk[192] = ""; /* trunk: the part that grows with T, where the arena holds it */
     char asked[WV_BYTES_TEXT], budget[WV_BYTES_TEXT], least[WV_BYTES_TEXT], trunk_bytes[WV_BYTES_TEXT];
-    int crowded;
     wv_status nomem = m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM; /* the arena's memory */
-    wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, &crowded, err);
+    wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, err);
     if (st) return st;
     wv_bytes_text(asked, sizeof asked, asked_bytes);
     wv_bytes_text(budget, sizeof budget, o->max_bytes);
@@ -677,7 +690,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
         if (too_many_tiles(&q, st, err))
             return wv_fail(err, nomem,
                            "the decode needs %s of working memory but the budget is %s, and tiles small enough "
-                           "for it would be more than %d",
+                           "for it would number more than %d, the most a decode may have",
                            asked, budget, WV_MAX_TILES);
         if (st) return st;
         return wv_fail(err, WV_ERR_INVALID,
@@ -685,26 +698,25 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
                        "the %lld the %s backend takes",
                        min_tile, (long long)q.tile_operand, (long long)m->backend->max_conv_elems, m->backend->name);
     }
-    if (q.n_tiles == 1)
-        snprintf(tiles, sizeof tiles, "untiled");
-    else
-        snprintf(tiles, sizeof tiles, "in %dx%d tiles of %dx%d px", q.tiles_x, q.tiles_y, q.core_x + 2 * q.out_halo,
-                 q.core_y + 2 * q.out_halo);
+    /* the plan made at the least budget: its tiles may be larger than those of q, in the same memory */
+    least_budget.max_bytes = q.arena_bytes;
+    if (!plan_within(&at_least, m, T, h, w, &least_budget, 0, &unused)) q = at_least;
+    wv_plan_free(&at_least);
+    describe_tiles(&q, tiles, sizeof tiles);
     if (!q.trunk_host_bytes && !q.stream_trunk) /* else it does not grow with T */
-        snprintf(trunk, sizeof trunk, "; the trunk output for %d frame%s takes %s of it", T, T == 1 ? "" : "s",
-                 wv_bytes_text(trunk_bytes, sizeof trunk_bytes, q.trunk_out_bytes));
-    if (crowded) snprintf(crowd, sizeof crowd, " (smaller tiles would be more than %d)", WV_MAX_TILES);
+        snprintf(trunk, sizeof trunk, "; of it, %s hold the first blocks' whole-frame output for %d latent frame%s",
+                 wv_bytes_text(trunk_bytes, sizeof trunk_bytes, q.trunk_out_bytes), T, T == 1 ? "" : "s");
     return wv_fail(err, nomem,
                    "the decode needs %s of working memory but the budget is %s; the least it can take is %s, "
-                   "%s%s%s",
-                   asked, budget, wv_bytes_text(least, sizeof least, q.arena_bytes), tiles, crowd, trunk);
+                   "%s%s",
+                   asked, budget, wv_bytes_text(least, sizeof least, least_budget.max_bytes), tiles, trunk);
 }
 
 /* Largest square tile, no larger than asked on either axis, whose plan fits the budget, searched for
  * each place the trunk may end (a trunk that takes the first stage makes the arena smaller for
  * tiles large enough to hold it, so one search over both would miss them); of the two, the plan with
  * less work, then the even split with the least. */
-static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
+static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, int explain,
                                wv_error *err)
 {
     size_t asked_bytes = p->arena_bytes;
@@ -730,7 +742,10 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
         }
         wv_plan_free(&q);
     }
-    if (best < 0) return budget_too_small(m, T, h, w, o, asked_bytes, min_tile, top, S, err);
+    if (best < 0)
+        return explain ? budget_too_small(m, T, h, w, o, asked_bytes, min_tile, top, S, err)
+                       : wv_fail(err, m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM,
+                                 "no tiling fits the budget");
     trial = square_tile(o, best);
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
     if ((st = least_work_even_split(p, m, T, h, w, o, &trial, err))) return st;
@@ -738,8 +753,10 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
     return WV_OK;
 }
 
-wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
-                       wv_error *err)
+/* The plan of wv_plan_make; where no tiling fits, an error that explains (the least budget and its
+ * plan: explain) or a short one (while finding that plan). */
+static wv_status plan_within(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, int explain,
+                             wv_error *err)
 {
     int64_t limit = m->backend->max_conv_elems;
     wv_status st = plan_for_tiles(p, m, T, h, w, o, err);
@@ -751,7 +768,12 @@ wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const
                        "operand of %lld elements, more than the %lld it takes",
                        h, w, m->backend->name, (long long)p->trunk_operand, (long long)limit);
     }
-    return shrink_to_fit(p, m, T, h, w, o, err);
+    return shrink_to_fit(p, m, T, h, w, o, explain, err);
+}
+
+wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, wv_error *err)
+{
+    return plan_within(p, m, T, h, w, o, 1, err);
 }
 
 void wv_plan_free(wv_plan *p)

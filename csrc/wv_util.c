@@ -22,6 +22,21 @@ wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...)
     return code;
 }
 
+wv_status wv_fail_in(wv_error *err, wv_status st, const char *what)
+{
+    char msg[sizeof err->msg];
+    size_t head, tail;
+    if (!st || !err) return st;
+    snprintf(msg, sizeof msg, "%s: ", what);
+    head = strlen(msg);
+    tail = strlen(err->msg);
+    if (tail > sizeof msg - 1 - head) tail = sizeof msg - 1 - head; /* cut at the end, as wv_fail cuts */
+    memcpy(msg + head, err->msg, tail);
+    msg[head + tail] = '\0';
+    memcpy(err->msg, msg, sizeof msg);
+    return st;
+}
+
 const char *wv_size_text(char *buf, size_t size, size_t bytes)
 {
     static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -32,7 +47,7 @@ const char *wv_size_text(char *buf, size_t size, size_t bytes)
         u++;
     }
     if (u < 0)
-        snprintf(buf, size, "%zu bytes", bytes);
+        snprintf(buf, size, "%zu byte%s", bytes, bytes == 1 ? "" : "s");
     else
         snprintf(buf, size, u >= 2 ? "%.2f %s" : "%.1f %s", v, units[u]);
     return buf;
@@ -42,7 +57,7 @@ const char *wv_bytes_text(char *buf, size_t size, size_t bytes)
 {
     char unit[WV_BYTES_TEXT];
     if (bytes < 1024)
-        snprintf(buf, size, "%zu bytes", bytes);
+        wv_size_text(buf, size, bytes);
     else
         snprintf(buf, size, "%zu bytes (%s)", bytes, wv_size_text(unit, sizeof unit, bytes));
     return buf;
@@ -144,6 +159,18 @@ int wv_dtype_from_name(const char *name, wv_dtype *dt)
             return 1;
         }
     return 0;
+}
+
+wv_status wv_fail_nonfinite_output(wv_error *err, wv_dtype act)
+{
+    if (act == WV_F16)
+        return wv_fail(err, WV_ERR_BACKEND,
+                       "the decode produced NaN or Inf: an activation or a weight went past float16's range "
+                       "(65504); decode with precision='bf16' or 'fp32'");
+    return wv_fail(err, WV_ERR_BACKEND,
+                   "the decode produced NaN or Inf: an activation went past %s's range (3.4e38), from latents or "
+                   "weights far larger than a Wan 2.1 VAE's (a damaged checkpoint?)",
+                   wv_dtype_name(act));
 }
 
 int64_t wv_view_numel(const wv_view *v)

@@ -1374,7 +1374,7 @@ static wv_status cuda_sync(void *ctx, wv_error *err)
         if (cuda_ok(c, cudaMemcpyAsync(&nonfinite, output_flag(c), sizeof nonfinite, cudaMemcpyDeviceToHost,
                                        c->stream), "output check") &&
             cuda_ok(c, cudaStreamSynchronize(c->stream), "output check") && nonfinite)
-            wv_fail(&c->err, WV_ERR_BACKEND, WV_NONFINITE_OUTPUT);
+            wv_fail_nonfinite_output(&c->err, c->dt);
     }
     leave_device(ds, c->device);
     return take_error(c, err);

@@ -322,9 +322,11 @@ def _device_used():
 @pytest.mark.parametrize("key,raw", [("decoder.head.2.weight", True), ("decoder.conv1.weight", True),
                                      ("decoder.conv1.weight", False)])
 def test_an_overflowing_decode_is_an_error_not_nan_frames(precision, key, raw):
-    """write_output_kernel flags the NaN an overflow leaves (an Inf too, in raw output); the call raises."""
+    """write_output_kernel flags the NaN an overflow leaves (an Inf too, in raw output); the call raises,
+    naming the cure where there is one (float16's range: another precision)."""
     from test_errors import overflowing_decoder
-    with pytest.raises(wv.WanVAEError, match="the decode produced NaN or Inf"):
+    cause = "float16's range" if precision == "fp16" else f"{'bfloat16' if precision == 'bf16' else 'float32'}'s range"
+    with pytest.raises(wv.WanVAEError, match=f"the decode produced NaN or Inf: .*{cause}"):
         overflowing_decoder(key, backend="cuda", precision=precision).decode(random_latents(4, 2, 3, 4, seed=1),
                                                                              raw=raw)
 

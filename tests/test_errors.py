@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import wanvideo_vae as wv
+from wanvideo_vae import api
 from wanvideo_vae.cli import current_rss_bytes
 from helpers import REPO, package_root, random_latents, random_stats, random_weights, write_safetensors
 
@@ -91,6 +92,10 @@ def corrupt_safetensors(tmp, kind):
         raw = raw.replace(b"[0, 12]", b"[0, 99]")
     elif kind == "truncated":
         raw = raw[:-4]
+    elif kind == "lfs_pointer":  # what a clone without git-lfs leaves
+        raw = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 507609880\n")
+    elif kind == "html_page":  # what a download refused by a login wall saves
+        raw = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body></body></html>\n"
     elif kind == "negative_dim":
         n = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8:8 + n])
@@ -98,6 +103,15 @@ def corrupt_safetensors(tmp, kind):
         text = json.dumps(header).encode()
         raw = len(text).to_bytes(8, "little") + text + raw[8 + n:]
     open(path, "wb").write(raw)
+    return path
+
+
+def truncated_pth(tmp):
+    torch = pytest.importorskip("torch")
+    path = os.path.join(tmp, "truncated.pth")
+    torch.save({"decoder.head.2.bias": torch.zeros(3)}, path)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[:len(raw) // 2])
     return path
 
 
@@ -166,7 +180,9 @@ CASES = [
      lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias\0junk", np.zeros(3, np.float32))), E,
      r"key 'decoder.head.2.bias\\x00junk' holds a NUL character"),
     ("a decode that overflows (NaN or Inf out of finite latents)",
-     lambda d, t: overflowing_decoder().decode(lat(), raw=True), E, "the decode produced NaN or Inf"),
+     lambda d, t: overflowing_decoder().decode(lat(), raw=True), E,
+     r"^the decode produced NaN or Inf: an activation went past float32's range \(3\.4e38\), from latents or weights "
+     r"far larger than a Wan 2\.1 VAE's \(a damaged checkpoint\?\)$"),  # the README's row
     ("mean or std of the wrong length", lambda d, t: d.decode(lat(), mean=[0.0] * 3), E, "z_dim=4"),
     ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
     ("mean or std that are not numbers", lambda d, t: d.decode(lat(), mean="0.1,0.2"), E, "sequence of numbers"),
@@ -180,7 +196,16 @@ CASES = [
     ("a safetensors tensor with a negative dimension",
      lambda d, t: wv.load_weights(corrupt_safetensors(t, "negative_dim")), E, "negative dimension"),
     ("a truncated safetensors file", lambda d, t: wv.load_weights(corrupt_safetensors(t, "truncated")), E,
-     "out of range"),
+     r"truncated\.safetensors: truncated: its tensors run to byte 100 but the file has 96 bytes \(an incomplete "
+     r"download\? download it again\)$"),
+    ("a Git LFS pointer in place of a checkpoint", lambda d, t: wv.load_weights(corrupt_safetensors(t, "lfs_pointer")),
+     E, r"lfs_pointer\.safetensors: a Git LFS pointer, not the model itself \(fetch it with git lfs pull, or download "
+        r"the file\)$"),
+    ("an HTML page in place of a checkpoint", lambda d, t: wv.load_weights(corrupt_safetensors(t, "html_page")), E,
+     r"html_page\.safetensors: an HTML page, not a safetensors file \(a download that saved an error or login page\? "
+     r"download it again\)$"),
+    ("a truncated .pth checkpoint", lambda d, t: wv.load_weights(truncated_pth(t)), E,
+     r"truncated\.pth: PyTorch could not read it \(.+\): a damaged or incomplete file\? download it again$"),
     ("a checkpoint of unknown format", lambda d, t: wv.load_weights(__file__), E, "unknown checkpoint format"),
     ("a missing checkpoint file", lambda d, t: wv.load_weights(os.path.join(t, "nope.safetensors")), E, "no such file"),
     ("a tile not larger than its stride", lambda d, t: d.decode(lat(), tile_x=128, tile_stride_x=128), E,
@@ -191,8 +216,8 @@ CASES = [
     ("a tile size that is not a positive int", lambda d, t: d.decode(lat(), tile_x=-5), E, "positive int"),
     ("a memory budget too small for any tiling", lambda d, t: d.decode(lat(), max_memory=1000), MemoryError,
      r"^the decode needs 1003520 bytes \(980\.0 KiB\) of working memory but the budget is 1000 bytes; the least it "
-     r"can take is 749312 bytes \(731\.8 KiB\), in 4x3 tiles of 22x22 px; the trunk output for 2 frames takes 3072 "
-     r"bytes \(3\.0 KiB\) of it$"),  # the README's row
+     r"can take is 749312 bytes \(731\.8 KiB\), in 4x3 tiles of 22x22 px; of it, 3072 bytes \(3\.0 KiB\) hold the "
+     r"first blocks' whole-frame output for 2 latent frames\. Pass max_memory=749312 or more\.$"),  # the README's row
     ("a memory budget of 2**63 bytes or more", lambda d, t: d.decode(lat(), max_memory=2**63), E, r"below 2\*\*63"),
     ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
     ("an unknown backend", lambda d, t: wv.Decoder(random_weights(8, 4), backend="metal"), E,
@@ -275,10 +300,35 @@ def test_allocation_failure_mid_decode_then_recovery(small):
     base = lat()
     ref = small.decode(base, raw=True)
     wv._C._fail_nth_alloc(1)  # the arena allocation of the next decode
-    with pytest.raises(MemoryError, match="injected"):
+    with pytest.raises(MemoryError, match=r"^the decode's working memory: out of host memory allocating \d+ bytes "
+                                          r"\([\d.]+ KiB\) \(injected failure\)\. A smaller max_memory takes less "
+                                          r"\(in smaller tiles: the frames are the same\)\.$"):
         small.decode(base, raw=True)
     wv._C._fail_nth_alloc(0)
     np.testing.assert_array_equal(small.decode(base, raw=True), ref)
+
+
+def test_a_budget_error_says_where_the_budget_came_from(small, monkeypatch):
+    """A budget no tiling fits: given (max_memory), the error names the least to pass; chosen by the
+    decoder (a share of the memory free), it says so and how to free more; the type is kept (a GPU's
+    budget: DeviceMemoryError)."""
+    base = lat()
+    with pytest.raises(MemoryError, match=r"\. Pass max_memory=(\d+) or more\.$") as given:
+        small.decode(base, max_memory=1000)
+    small.decode(base, max_memory=int(re.search(r"max_memory=(\d+)", str(given.value)).group(1)))  # fits
+    monkeypatch.setattr(api, "available_host_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match=r"^the decode needs .*\. The budget is 90% of the host memory available as "
+                                          r"the decode begins: close programs to free more\.$") as chosen:
+        small.decode(base)
+    assert "Pass max_memory" not in str(chosen.value)
+    with pytest.raises(wv.DeviceMemoryError, match=r"^the decode needs 5 bytes; the least it can take is 4 bytes, "
+                                                   r"untiled\. The budget is 90% of the GPU memory free as the decode "
+                                                   r"begins: unload other models or close programs using the GPU"):
+        with api._memory_advised(None, "cuda"):  # the message as the core gives it
+            raise wv.DeviceMemoryError("the decode needs 5 bytes; the least it can take is 4 bytes, untiled")
+    with pytest.raises(MemoryError, match="^out of host memory allocating 4 bytes$"):  # nothing to advise
+        with api._memory_advised(None, "cpu"):
+            raise MemoryError("out of host memory allocating 4 bytes")
 
 
 def test_interrupt_stops_within_one_step_and_next_decode_works(small):

@@ -285,7 +285,7 @@ def test_no_host_memory_left_is_a_budget_not_no_limit(monkeypatch):
     assert api._budget(None) == int((10 << 30) * api.HOST_BUDGET_SHARE) < 10 << 30
     monkeypatch.setattr(api, "available_host_bytes", lambda: 0)
     assert api._budget(None) == 1
-    with pytest.raises(MemoryError, match="but the budget is 1 bytes"):
+    with pytest.raises(MemoryError, match="but the budget is 1 byte;"):
         decoder(8).decode(random_latents(4, 1, 3, 4, seed=3))
     monkeypatch.setattr(api, "available_host_bytes", lambda: None)  # unknown: no limit
     assert api._budget(None) == 0
@@ -319,17 +319,19 @@ def test_a_budget_is_met_on_frames_whose_smallest_tiles_would_be_too_many():
     """On a frame of 1025 x 1025 latents, the search for the largest tile that fits walked down to
     tiles of which there would be more than 2**20, and that plan's error ended the shrinking although
     larger tiles fit: "1025 x 1025 tiles is too many". Where no tile fits, the error is a MemoryError
-    naming the least budget, in the smallest tiles that are not too many."""
+    naming the least budget (the smallest tiles that are not too many take no less than larger ones: the
+    whole-frame trunk is the bound) and the tiles the planner takes in it."""
     dec = decoder(8)
     need = dec.plan(1, 1025, 1025, tile_x=1030, tile_y=1030, tile_stride_x=8, tile_stride_y=8,
                     max_memory=1 << 62)["planned_bytes"]
     plan = dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need)
     assert plan["planned_bytes"] <= need and plan["shrunk_to_fit"]
-    with pytest.raises(MemoryError, match=r"the least it can take is (\d+) bytes \([\d.]+ [KMG]iB\), in 513x513 tiles "
-                                          r"of 30x30 px \(smaller tiles would be more than 1048576\)") as refused:
+    with pytest.raises(MemoryError, match=r"the least it can take is (\d+) bytes \([\d.]+ [KMG]iB\), in 7x6 tiles "
+                                          r"of 1190x1382 px; of it, ") as refused:
         dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=need // 2)
     least = int(refused.value.args[0].split("the least it can take is ")[1].split(" ")[0])
-    assert dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=least)["planned_bytes"] == least
+    plan = dec.plan(1, 1025, 1025, enable_vae_tiling=False, max_memory=least)
+    assert plan["planned_bytes"] == least and (plan["tiles_x"], plan["tiles_y"]) == (7, 6)
 
 
 def test_work_of_a_long_large_decode_is_counted_past_2_63():
@@ -353,12 +355,20 @@ def test_the_least_budget_a_memory_error_names_is_exact():
                   tile_stride_y=8, enable_vae_tiling=bool(rng.random() < 0.8))
         with pytest.raises(MemoryError) as refused:
             dec.plan(T, h, w, max_memory=1, **kw)
-        least = int(re.search(r"the least it can take is (\d+)", str(refused.value)).group(1))
-        assert dec.plan(T, h, w, max_memory=least, **kw)["planned_bytes"] <= least
+        named = re.search(r"the least it can take is (\d+) bytes[^,]*, (untiled|in (\d+)x(\d+) tiles of (\d+)x(\d+) px)",
+                          str(refused.value))
+        least = int(named.group(1))
+        plan = dec.plan(T, h, w, max_memory=least, **kw)
+        assert plan["planned_bytes"] <= least
+        if named.group(2) == "untiled":  # the tiles the planner takes in that budget
+            assert plan["n_tiles"] == 1
+        else:
+            tile_x, tile_y = (plan[f"core_{a}"] + 2 * plan["out_halo"] for a in "xy")
+            assert (plan["tiles_x"], plan["tiles_y"], tile_x, tile_y) == tuple(int(g) for g in named.groups()[2:])
         with pytest.raises(MemoryError):
             dec.plan(T, h, w, max_memory=least - 1, **kw)
     # a streamed trunk: no T
-    with pytest.raises(MemoryError, match=r"the least it can take is \d+ bytes \([\d.]+ KiB\), untiled$"):
+    with pytest.raises(MemoryError, match=r"the least it can take is \d+ bytes \([\d.]+ KiB\), untiled\. Pass max_memory=\d+ or more\.$"):
         decoder(8).plan(5, 1, 1, max_memory=1)
 
 

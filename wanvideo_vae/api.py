@@ -1,7 +1,9 @@
 """Public API: decode_tiled(), Decoder, backends()."""
+import contextlib
 import importlib.util
 import math
 import numbers
+import re
 import threading
 
 import numpy as np
@@ -10,8 +12,8 @@ import scipy_openblas32 as _openblas
 from . import _C
 from ._C import WanVAEError
 from .arrays import PRECISIONS, as_float_list, host_array, is_cuda_tensor, latents_4d
-from .devices import (CudaArray, cuda_module, device_budget, device_index, release_torch_cache_if_needed,
-                      resolve_device)
+from .devices import (DEVICE_BUDGET_SHARE, CudaArray, cuda_module, device_budget, device_index,
+                      release_torch_cache_if_needed, resolve_device)
 from .sysmem import available_host_bytes
 from .weights import normalize_keys
 
@@ -156,6 +158,35 @@ def _budget(max_memory, backend="cpu", device=-1):
     return int(max_memory)
 
 
+def _memory_advice(message, max_memory, backend):
+    """What to do about a MemoryError of planning or decoding (its message), or None: the budget's
+    source where no tiling fits it, a smaller budget where the working memory could not be had."""
+    if message.startswith("the decode needs "):
+        if max_memory is not None:
+            least = re.search(r"the least it can take is (\d+) bytes", message)
+            return f". Pass max_memory={least.group(1)} or more." if least else None
+        if backend == "cuda":
+            return (f". The budget is {DEVICE_BUDGET_SHARE:.0%} of the GPU memory free as the decode begins: unload "
+                    "other models or close programs using the GPU to free more.")
+        return (f". The budget is {HOST_BUDGET_SHARE:.0%} of the host memory available as the decode begins: close "
+                "programs to free more.")
+    if message.startswith("the decode's working memory: "):
+        return ". A smaller max_memory takes less (in smaller tiles: the frames are the same)."
+    return None
+
+
+@contextlib.contextmanager
+def _memory_advised(max_memory, backend):
+    """MemoryError (DeviceMemoryError too) raised inside, with _memory_advice added to its message."""
+    try:
+        yield
+    except MemoryError as e:
+        advice = _memory_advice(str(e), max_memory, backend)
+        if advice is None:
+            raise
+        raise type(e)(f"{e}{advice}") from None
+
+
 class Decoder:
     """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
 
@@ -278,8 +309,9 @@ class Decoder:
             if not _is_int(v) or not 0 < v < 2**31:
                 raise WanVAEError(f"{name} must be a positive int (below 2**31), got {v!r}")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
-        return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame,
-                                max_memory=_budget(max_memory, self.backend, self._device))
+        budget = _budget(max_memory, self.backend, self._device)
+        with _memory_advised(max_memory, self.backend):
+            return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame, max_memory=budget)
 
     @staticmethod
     def _tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling):
@@ -321,23 +353,26 @@ class Decoder:
             lat = latents_4d(CudaArray(latents, "latents"))
         else:
             lat = latents_4d(host_array(latents, "latents"))
-        if self.backend == "cuda" and max_memory is None:
-            # host latents take a float32 copy on the device beside the arena: out of the same free memory
-            upload = 0 if on_device else 4 * math.prod(getattr(lat, "shape", ()))
-            budget, free_now = device_budget(self._device, reserve=upload)
-            if len(getattr(lat, "shape", ())) == 4:
-                planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
-                                           end_frame=bool(end_frame), max_memory=budget)["planned_bytes"]
-                budget = release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
-            else:  # a bare array interface: no plan to size here, so no cache released: what is free alone
-                budget = free_now
-        else:
-            budget = _budget(max_memory, self.backend, self._device)
-        frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
-                                           raw=bool(raw), progress=progress, max_memory=budget,
-                                           profile=bool(profile))
+        with _memory_advised(max_memory, self.backend):
+            budget = self._decode_budget(lat, on_device, tx, ty, bool(end_frame), max_memory)
+            frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
+                                               raw=bool(raw), progress=progress, max_memory=budget,
+                                               profile=bool(profile))
         self._last_stats = self._thread_stats.stats = stats
         return frames
+
+    def _decode_budget(self, lat, on_device, tx, ty, end_frame, max_memory):
+        """The working memory a decode of lat may plan for (see decode's max_memory)."""
+        if self.backend != "cuda" or max_memory is not None:
+            return _budget(max_memory, self.backend, self._device)
+        # host latents take a float32 copy on the device beside the arena: out of the same free memory
+        upload = 0 if on_device else 4 * math.prod(getattr(lat, "shape", ()))
+        budget, free_now = device_budget(self._device, reserve=upload)
+        if len(getattr(lat, "shape", ())) != 4:  # a bare array interface: no plan to size here, so no cache
+            return free_now  # released: what is free alone
+        planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
+                                   end_frame=end_frame, max_memory=budget)["planned_bytes"]
+        return release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
 
 
 def decode_tiled(weights, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X,

@@ -53,14 +53,24 @@ def bf16_to_float32(a):
     return bits.view(np.float32)
 
 
+def _what_else(head, n, size):
+    """What a file whose header length n is past its end is, from its first bytes: what a download that
+    went wrong leaves in a model's place is named, with what to do."""
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the model itself (fetch it with git lfs pull, or download the file)"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page, not a safetensors file (a download that saved an error or login page? download it again)"
+    return (f"not a safetensors file (the header length its first 8 bytes give, {n}, is past the end of its "
+            f"{size} bytes)")
+
+
 def _read_safetensors_header(f, path, size):
     raw = f.read(8)
     if len(raw) != 8:
         raise WanVAEError(f"{path}: not a safetensors file (shorter than 8 bytes)")
     (n,) = struct.unpack("<Q", raw)
     if n > size - 8:
-        raise WanVAEError(f"{path}: not a safetensors file (the header length its first 8 bytes give, {n}, is past "
-                          f"the end of its {size} bytes)")
+        raise WanVAEError(f"{path}: {_what_else(raw + f.read(64), n, size)}")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -68,6 +78,17 @@ def _read_safetensors_header(f, path, size):
     if not isinstance(header, dict):
         raise WanVAEError(f"{path}: safetensors header is not a JSON object")
     return header, 8 + n
+
+
+def _data_end(header):
+    """Where the data of a safetensors header's tensors end (bytes after the header), as it says."""
+    ends = [0]
+    for name, info in header.items():
+        try:
+            ends.append(int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+            pass  # "__metadata__", or an entry the loader refuses by name
+    return max(ends)
 
 
 def safetensors_names(path):
@@ -98,7 +119,10 @@ def load_safetensors(path, keys=None):
         if any(s < 0 for s in shape):
             raise WanVAEError(f"{path}: tensor '{name}' has a negative dimension in its shape {shape}")
         nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no wraparound
-        if begin < 0 or end < begin or end - begin != nbytes or data_start + end > size:
+        if 0 <= begin and end - begin == nbytes and data_start + end > size:
+            raise WanVAEError(f"{path}: truncated: its tensors run to byte {data_start + _data_end(header)} but the "
+                              f"file has {size} bytes (an incomplete download? download it again)")
+        if begin < 0 or end < begin or end - begin != nbytes:
             raise WanVAEError(f"{path}: tensor '{name}' has data offsets [{begin}, {end}) out of range or not "
                               f"matching its shape {shape} and dtype {info['dtype']}")
         arr = mm[data_start + begin:data_start + end].view(dtype).reshape(shape)
@@ -123,7 +147,8 @@ def torch_load(path):
                           "weights_only=True); save the tensors alone (or a dict of them), or as .safetensors or "
                           ".npy") from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise WanVAEError(f"{path}: PyTorch could not read it ({type(e).__name__}: {first_line(e)})") from None
+        raise WanVAEError(f"{path}: PyTorch could not read it ({type(e).__name__}: {first_line(e)}): a damaged or "
+                          "incomplete file? download it again") from None
 
 
 def _load_torch(path):

@@ -166,6 +166,7 @@ static void test_size_text(void)
         const char *size, *exact;
     } cases[] = {
         {0, "0 bytes", "0 bytes"},
+        {1, "1 byte", "1 byte"},
         {1023, "1023 bytes", "1023 bytes"},
         {1024, "1.0 KiB", "1024 bytes (1.0 KiB)"},
         {749312, "731.8 KiB", "749312 bytes (731.8 KiB)"},
@@ -184,6 +185,22 @@ static void test_size_text(void)
         CHECK(!strcmp(wv_size_text(buf, sizeof buf, (size_t)1 << 50), "1024.00 TiB"));
         CHECK(!strcmp(wv_bytes_text(buf, sizeof buf, SIZE_MAX), "18446744073709551615 bytes (16777216.00 TiB)"));
     }
+}
+
+/* What failed, before a failure's message; a success's message left as it was; a long one cut. */
+static void test_fail_in(void)
+{
+    wv_error err = {WV_OK, "kept"};
+    char long_msg[sizeof err.msg];
+    CHECK(wv_fail_in(&err, WV_OK, "the weights") == WV_OK && !strcmp(err.msg, "kept"));
+    CHECK(wv_fail_in(&err, wv_fail(&err, WV_ERR_NOMEM, "out of memory"), "the weights") == WV_ERR_NOMEM);
+    CHECK(err.code == WV_ERR_NOMEM && !strcmp(err.msg, "the weights: out of memory"));
+    memset(long_msg, 'x', sizeof long_msg - 1);
+    long_msg[sizeof long_msg - 1] = '\0';
+    wv_fail(&err, WV_ERR_BACKEND, "%s", long_msg);
+    CHECK(wv_fail_in(&err, WV_ERR_BACKEND, "the weights") == WV_ERR_BACKEND);
+    CHECK(starts_with(err.msg, "the weights: xxx") && strlen(err.msg) == sizeof err.msg - 1);
+    CHECK(wv_fail_in(NULL, WV_ERR_NOMEM, "the weights") == WV_ERR_NOMEM);
 }
 
 static void test_getenv(void)
@@ -494,6 +511,7 @@ static void test_model_errors(weight_set *ws)
     CHECK(strstr(err.msg, saved.key) != NULL && strstr(err.msg, "given twice") != NULL);
     wv_backend_cpu()->fail_nth_alloc(1);
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_NOMEM);
+    CHECK(starts_with(err.msg, "the model's weights: out of host memory allocating "));
     wv_backend_cpu()->fail_nth_alloc(0);
 }
 
@@ -683,6 +701,7 @@ static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h
     CHECK(max_abs_diff(out, tiled, n_out) == 0.0f);
     hosts.fail_nth_alloc(2); /* the arena, then the host memory */
     CHECK(decode(&with, lat, T, h, w, 40, out, &st, &err) == WV_ERR_NOMEM);
+    CHECK(starts_with(err.msg, "the first blocks' whole-frame output, kept on the host: out of host memory "));
     hosts.fail_nth_alloc(0);
     CHECK(decode(&with, lat, T, h, w, 0, out, &st, &err) == WV_OK); /* one tile streams: no host copy */
     free(out);
@@ -881,6 +900,7 @@ static void test_decode(const wv_model *m)
     for (int n = 1; n <= 3; n++) { /* an allocation failing anywhere: a clean NOMEM, nothing leaked */
         wv_backend_cpu()->fail_nth_alloc(n);
         CHECK(decode(m, lat, T, h, w, 40, tiled, &st, &err) == (n == 1 ? WV_ERR_NOMEM : WV_OK));
+        CHECK(n > 1 || starts_with(err.msg, "the decode's working memory: out of host memory allocating "));
     }
     wv_backend_cpu()->fail_nth_alloc(0);
     test_latent_views(m, lat, T, h, w);
@@ -926,6 +946,7 @@ int main(void)
     wv_error err = {WV_OK, ""};
     test_getenv();
     test_size_text();
+    test_fail_in();
     test_team();
     test_ops();                      /* in the caller alone */
     g_op_ctx = begun_cpu_ctx();      /* and split over a decode call's threads */

@@ -21,6 +21,8 @@ static int g_checks, g_failures;
         }                                                                             \
     } while (0)
 
+static inline int starts_with(const char *s, const char *prefix) { return !strncmp(s, prefix, strlen(prefix)); }
+
 static uint32_t g_rng = 12345u;
 
 static float frand(void) /* uniform in [-1, 1) */
