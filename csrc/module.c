@@ -836,8 +836,12 @@ static int check_latents_shape(const wv_model *m, const py_array *lat, int *T, i
         return -1;
     }
     if (v->shape[0] != m->z_dim) {
-        PyErr_Format(WvError, "latents have %lld channels; the weights have z_dim=%d", (long long)v->shape[0],
-                     m->z_dim);
+        PyErr_Format(WvError, "latents have %lld channels; the weights have z_dim=%d%s", (long long)v->shape[0],
+                     m->z_dim,
+                     v->shape[0] == 48 && m->z_dim == 16
+                         ? " (48 channels: latents of Wan 2.2's TI2V-5B model, which need its own VAE, the Wan 2.2 "
+                           "VAE; this decoder is Wan 2.1's, which Wan 2.2's 14B models use too)"
+                         : "");
         return -1;
     }
     if (v->shape[1] < 1 || v->shape[2] < 1 || v->shape[3] < 1) {

@@ -34,6 +34,9 @@ typedef struct {
 /* Records code and a printf-style message; returns code so callers can `return wv_fail(...)`. */
 wv_status wv_fail(wv_error *err, wv_status code, const char *fmt, ...);
 
+/* Opens the message of a failed check of the code's own invariants (not of its input): a bug to report. */
+#define WV_INTERNAL "internal error (a bug: please report it with what `python -m wanvideo_vae info` prints): "
+
 /* Puts `what` and ": " before the message of a failure st (what failed it: "the model's weights");
  * returns st. */
 wv_status wv_fail_in(wv_error *err, wv_status st, const char *what);

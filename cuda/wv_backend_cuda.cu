@@ -960,7 +960,8 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
     leave_device(ds, c->device);
     if (e == cudaErrorMemoryAllocation)
         return wv_fail(err, WV_ERR_NOMEM_DEVICE, "out of GPU memory allocating %s on device %d (%s of %s free)",
-                       wv_bytes_text(size, sizeof size, bytes), c->device, wv_size_text(free_text, sizeof free_text, free_b),
+                       wv_bytes_text(size, sizeof size, bytes), c->device,
+                       wv_size_text(free_text, sizeof free_text, free_b),
                        wv_size_text(total_text, sizeof total_text, total_b));
     if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaMalloc: %s", cudaGetErrorString(e));
     return WV_OK;
@@ -1024,7 +1025,8 @@ static wv_status cuda_alloc_host(void *ctx, size_t bytes, void **out, wv_error *
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     *out = NULL;
-    if (c->pinned_lent) return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend lends one block of pinned memory at a time");
+    if (c->pinned_lent)
+        return wv_fail(err, WV_ERR_BACKEND, WV_INTERNAL "the CUDA backend lends one block of pinned memory at a time");
     if (c->pinned_bytes < bytes) {
         wv_status st;
         free_pinned_block(c);
@@ -1284,7 +1286,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
         return take_error(c, err);
     c->step_out_bytes = call->step_out_bytes;
     if (!call->output_staging && call->step_out_bytes)
-        return wv_fail(err, WV_ERR_BACKEND, "the CUDA backend was given no output staging in the arena");
+        return wv_fail(err, WV_ERR_BACKEND, WV_INTERNAL "the CUDA backend was given no output staging in the arena");
     for (int i = 0; i < STAGINGS; i++)
         if ((st = reserve_staging(c, &c->stage[i], (char *)call->output_staging + i * call->step_out_bytes,
                                   call->step_out_bytes, err)))
@@ -1557,8 +1559,9 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     int same_grid = 1;
     s->refusal = set_conv_descriptors(c, s, &same_grid);
     if (!s->refusal && !same_grid) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "conv %d->%d %dx%dx%d on %dx%d: cuDNN's output grid is not the planned %dx%d",
-                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->Ho, s->Wo);
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                WV_INTERNAL "conv %d->%d %dx%dx%d on %dx%d: cuDNN's output grid is not the planned %dx%d", s->cin,
+                s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->Ho, s->Wo);
         return 0;
     }
     if (!s->refusal) s->refusal = rank_candidates(c, s);
@@ -1758,7 +1761,7 @@ static void run_head_conv(cuda_ctx *c, const wv_conv *cv, wv_grid g, const void 
     int64_t groups = (int64_t)g.h * ((g.w + HEAD_PIXELS - 1) / HEAD_PIXELS);
     for (int dt = 0; dt < WV_MAX_TAPS; dt++) addresses |= (uintptr_t)(f[dt] = (const char *)frames[dt]);
     if (addresses % 16) { /* a misaligned load would end the context */
-        wv_fail(&c->err, WV_ERR_BACKEND, "the head convolution's frames are not 16-byte aligned");
+        wv_fail(&c->err, WV_ERR_BACKEND, WV_INTERNAL "the head convolution's frames are not 16-byte aligned");
         return;
     }
     if (c->verbose && !c->head_shown) {
@@ -1780,8 +1783,9 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
     char *dst = (char *)c->weight_scratch;
     if (!r) return cv->weight;
     if (bytes > c->weight_scratch_bytes) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "a causal convolution's weights take %zu bytes, the weight scratch %zu",
-                bytes, c->weight_scratch_bytes);
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                WV_INTERNAL "a causal convolution's weights take %zu bytes, the weight scratch %zu bytes", bytes,
+                c->weight_scratch_bytes);
         return NULL;
     }
     unit = block % 16 == 0 && ((uintptr_t)src | (uintptr_t)dst) % 16 == 0 ? 16 : 2;
@@ -1862,8 +1866,8 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const
     if (cv->kt > 1 && !runs_by_taps(cv) &&
         (cv->kt != WV_MAX_TAPS || first != 0 || last != cv->kt - 1 || !find_ring(c, cv, g, &a))) {
         wv_fail(&c->err, WV_ERR_BACKEND,
-                "the CUDA causal convolution %d->%d takes its 3 taps at once from a ring of 3 frames (got kt=%d, taps "
-                "%d..%d)",
+                WV_INTERNAL "the CUDA causal convolution %d->%d takes its 3 taps at once from a ring of 3 frames (got "
+                            "kt=%d, taps %d..%d)",
                 cv->cin, cv->cout, cv->kt, first, last);
         return;
     }
@@ -2141,7 +2145,7 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
     pending_copy *p;
     if (failed(c)) return;
     if (s->used + bytes > c->step_out_bytes) {
-        wv_fail(&c->err, WV_ERR_BACKEND, "output staging overflow (%zu + %zu > %zu bytes)", s->used, bytes,
+        wv_fail(&c->err, WV_ERR_BACKEND, WV_INTERNAL "output staging overflow (%zu + %zu > %zu bytes)", s->used, bytes,
                 c->step_out_bytes);
         return;
     }

@@ -555,6 +555,18 @@ def test_latents_file_of_several_unnamed_tensors_is_refused(tmp_path):
                                                    "b": np.ones((16, 1, 2, 2), np.float32)})
     with pytest.raises(WanVAEError, match="holds 2 tensors"):
         media.load_latents(tmp_path / "l.safetensors")
+    write_safetensors(tmp_path / "none.safetensors", {})
+    with pytest.raises(WanVAEError, match=r"holds no tensors \(latents expected, named 'samples' or 'latents'\)$"):
+        media.load_latents(tmp_path / "none.safetensors")
+
+
+def test_an_avi_past_4_gib_is_refused_before_writing():
+    with pytest.raises(WanVAEError, match=r"^out\.avi: 1 frame of 40000 x 40000 makes a 4\.5 GiB uncompressed \.avi, "
+                                          r"past the format's 4 GiB; write \.mp4, a PNG folder or \.npy$"):
+        media.check_avi_size(1, 40000, 40000, "out.avi")
+    with pytest.raises(WanVAEError, match=r"^the \.avi: 3 frames of 30000 x 30000 make a 7\.5 GiB"):
+        media.check_avi_size(3, 30000, 30000)
+    media.check_avi_size(3, 720, 1280)  # well within
 
 
 def test_to_uint8_rounds_to_nearest():

@@ -1,6 +1,7 @@
 """Every bad input gets a clear error naming the problem (the README's table, row by row), and
 nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -106,6 +107,12 @@ def corrupt_safetensors(tmp, kind):
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def full_decoder():
+    """The full-size decoder (z_dim 16, random weights), made once."""
+    return wv.Decoder(random_weights(96, 16, seed=0))
+
+
 def truncated_pth(tmp):
     torch = pytest.importorskip("torch")
     path = os.path.join(tmp, "truncated.pth")
@@ -119,7 +126,12 @@ def truncated_pth(tmp):
 CASES = [
     ("latents of the wrong rank", lambda d, t: d.decode(np.zeros((4, 2, 3), np.float32)), E, r"\[z, T, h, w\]"),
     ("a batch of several videos", lambda d, t: d.decode(np.zeros((2, 4, 1, 3, 3), np.float32)), E, "one video at a time"),
-    ("latent channels that do not match the weights' z_dim", lambda d, t: d.decode(lat(z=5)), E, "z_dim=4"),
+    ("latent channels that do not match the weights' z_dim", lambda d, t: d.decode(lat(z=5)), E,
+     r"^latents have 5 channels; the weights have z_dim=4$"),
+    ("Wan 2.2 TI2V-5B latents (48 channels) for the Wan 2.1 VAE",
+     lambda d, t: full_decoder().decode(np.zeros((48, 1, 2, 2), np.float32)), E,
+     r"^latents have 48 channels; the weights have z_dim=16 \(48 channels: latents of Wan 2\.2's TI2V-5B model, which "
+     r"need its own VAE, the Wan 2\.2 VAE; this decoder is Wan 2\.1's, which Wan 2\.2's 14B models use too\)$"),
     ("T, h or w of 0", lambda d, t: d.decode(np.zeros((4, 0, 3, 3), np.float32)), E, r"T, h, w >= 1"),
     ("NaN or Inf in the latents", lambda d, t: d.decode(np.where(lat() > 2, np.inf, lat()).astype(np.float32)), E,
      "NaN or Inf"),
@@ -140,19 +152,22 @@ CASES = [
     ("device (CUDA array interface) latents on the CPU backend",
      lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(4096, False), version=3, stream=None)), E,
      "CUDA device memory"),
-    ("CUDA array interface stream 0", lambda d, t: wv._C._parse_array(CAI(shape=(1,), typestr="<f4", data=(8, False),
-                                                                          version=3, stream=0)), E, "stream 0"),
+    ("CUDA array interface stream 0",
+     lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(8, False), version=3, stream=0)), E,
+     r"^latents: CUDA array interface stream 0 is disallowed by the protocol$"),
     ("a CUDA array interface stream that is negative",
-     lambda d, t: wv._C._parse_array(CAI(shape=(1,), typestr="<f4", data=(8, False), version=3, stream=-5)), E,
-     "stream -5 is not a stream"),
+     lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(8, False), version=3, stream=-5)), E,
+     r"^latents: CUDA array interface stream -5 is not a stream \(1: legacy default, 2: per-thread default, else a "
+     r"cudaStream_t\)$"),
     ("a device pointer not aligned to its elements",
-     lambda d, t: wv._C._parse_array(CAI(shape=(4,), typestr="<f4", data=(4098, False), version=3)), E, "not aligned"),
+     lambda d, t: d.decode(CAI(shape=(4, 1, 2, 2), typestr="<f4", data=(4098, False), version=3)), E,
+     r"^latents: data pointer 0x1002 is not aligned to its 4-byte elements$"),
     ("array extents that multiply past 2**56",
-     lambda d, t: wv._C._parse_array(AI(shape=(4, 2**30, 2**30), typestr="<f4", data=(8, False), version=3)), E,
-     r"extents multiply past 2\*\*56"),
+     lambda d, t: d.decode(AI(shape=(4, 2**30, 2**30, 1), typestr="<f4", data=(8, False), version=3)), E,
+     r"^latents: extents multiply past 2\*\*56 \(a shape of 4 dimensions\)$"),
     ("array strides that put an element past 2**56 bytes",
-     lambda d, t: wv._C._parse_array(AI(shape=(4, 2, 3, 3), typestr="<f4", data=(8, False), strides=(2**62, 4, 4, 4),
-                                        version=3)), E, r"last element past 2\*\*56 bytes"),
+     lambda d, t: d.decode(AI(shape=(4, 2, 3, 3), typestr="<f4", data=(8, False), strides=(2**62, 4, 4, 4),
+                              version=3)), E, r"^latents: strides put the last element past 2\*\*56 bytes from the first$"),
     ("latents larger than 100000 in T, h or w",
      lambda d, t: d.decode(np.broadcast_to(np.float32(0), (4, 1, 1, 100001))), E, "must be at most 100000"),
     ("a two-byte structured dtype (not bfloat16)",
@@ -170,7 +185,8 @@ CASES = [
      "'decoder.head.2.bias' and 'model.decoder.head.2.bias' both name the decoder weight"),
     ("weights none of which is the decoder's", lambda d, t: wv.Decoder({"vae." + k: v for k, v in
                                                                        random_weights(8, 4).items()}), E,
-     r"none of the \d+ weights is the decoder's"),
+     r"^none of the \d+ weights is the decoder's \(the decoder's keys start with 'decoder\.' or 'conv2\.', perhaps "
+     r"after 'model\.'\); the first is 'vae\."),
     ("NaN or Inf in a weight",
      lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.array([np.inf, 0, 0], np.float32))), E,
      "weight 'decoder.head.2.bias' contains NaN or Inf"),
@@ -218,7 +234,8 @@ CASES = [
      r"^the decode needs 1003520 bytes \(980\.0 KiB\) of working memory but the budget is 1000 bytes; the least it "
      r"can take is 749312 bytes \(731\.8 KiB\), in 4x3 tiles of 22x22 px; of it, 3072 bytes \(3\.0 KiB\) hold the "
      r"first blocks' whole-frame output for 2 latent frames\. Pass max_memory=749312 or more\.$"),  # the README's row
-    ("a memory budget of 2**63 bytes or more", lambda d, t: d.decode(lat(), max_memory=2**63), E, r"below 2\*\*63"),
+    ("a memory budget of 2**63 bytes or more", lambda d, t: d.decode(lat(), max_memory=2**63), E,
+     r"^max_memory must be a whole number of bytes from 1 to 2\*\*63 - 1, or None; got 9223372036854775808$"),
     ("a progress callback that is not callable", lambda d, t: d.decode(lat(), progress=3), E, "callable"),
     ("an unknown backend", lambda d, t: wv.Decoder(random_weights(8, 4), backend="metal"), E,
      "backend must be 'cpu' or 'cuda'"),
@@ -242,12 +259,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("budget", [0, -1, 2**63, 1.5, True, "4GB"])
-def test_a_memory_budget_is_a_positive_int_or_none(small, budget):
+def test_a_memory_budget_may_be_a_whole_float():
+    """4.5 * 2**30 is a float: a whole number of bytes all the same."""
+    assert api._budget(4.5 * 2**30) == 4831838208 and api._budget(np.float32(8e6)) == 8000000
+    assert isinstance(api._budget(8e9), int)
+
+
+@pytest.mark.parametrize("budget", [0, -1, 2**63, 1.5, 0.0, float("nan"), float("inf"), 2.0**63, True, "4GB"])
+def test_a_memory_budget_is_a_positive_whole_number_or_none(small, budget):
     """0 would read as "no limit" in the core: from Python a budget is a positive count of bytes, or None
     for the machine's own."""
     for call in (lambda: small.plan(1, 2, 2, max_memory=budget), lambda: small.decode(lat(), max_memory=budget)):
-        with pytest.raises(wv.WanVAEError, match="max_memory must be a positive number of bytes"):
+        with pytest.raises(wv.WanVAEError, match=r"max_memory must be a whole number of bytes from 1 to 2\*\*63 - 1, "
+                                                 r"or None; got "):
             call()
 
 

@@ -962,9 +962,12 @@ def test_an_api_prompt_with_other_keys_patches_again_to_itself():
     ('{"nodes": {}}', "'nodes' is not a list of objects"),
     ('{"nodes": false}', "'nodes' is not a list of objects"),
     ('{"nodes": [], "last_node_id": 1' + "0" * 5000 + "}", "not JSON this tool can read"),
+    ('[1, 2]', "a ComfyUI workflow is a JSON object"),
 ])
 def test_json_it_cannot_read_or_write_back_is_refused_in_a_line(tmp_path, capsys, text, says):
+    """Each refusal in one line, naming the file."""
     (tmp_path / "w.json").write_text(text)
     assert cli_main(["patch-workflow", str(tmp_path / "w.json"), str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err and not (tmp_path / "o.json").exists()
+    assert f"{tmp_path / 'w.json'}: " in err

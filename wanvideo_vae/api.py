@@ -153,8 +153,10 @@ def _budget(max_memory, backend="cpu", device=-1):
         if available is None:
             return 0  # unknown: no limit
         return max(int(available * HOST_BUDGET_SHARE), 1)  # none left (a container at its limit) is not "no limit"
-    if not _is_int(max_memory) or not 0 < max_memory < 2**63:
-        raise WanVAEError(f"max_memory must be a positive number of bytes (below 2**63) or None, got {max_memory!r}")
+    whole = _is_int(max_memory) or (isinstance(max_memory, numbers.Real) and not isinstance(max_memory, (bool, np.bool_))
+                                    and float(max_memory).is_integer())  # 4.5 * 2**30, 8e9
+    if not whole or not 0 < max_memory < 2**63:
+        raise WanVAEError(f"max_memory must be a whole number of bytes from 1 to 2**63 - 1, or None; got {max_memory!r}")
     return int(max_memory)
 
 
@@ -217,8 +219,11 @@ class Decoder:
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
         decoder_weights = normalize_keys(weights)
         if weights and not decoder_weights:
-            raise WanVAEError(f"none of the {len(weights)} weights is the decoder's (their keys start with "
-                              f"'decoder.' or 'conv2.', perhaps after 'model.'); the first is {next(iter(weights))!r}")
+            first = next(iter(weights))
+            which = (f"the only weight, {first!r}, is not" if len(weights) == 1 else
+                     f"none of the {len(weights)} weights is")
+            raise WanVAEError(f"{which} the decoder's (the decoder's keys start with 'decoder.' or 'conv2.', perhaps "
+                              f"after 'model.')" + ("" if len(weights) == 1 else f"; the first is {first!r}"))
         host = {k: host_array(v, f"weight '{k}'") for k, v in decoder_weights.items()}
         self._model = _C.Model(host, backend, precision, self._device)
         try:

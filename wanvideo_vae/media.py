@@ -24,6 +24,8 @@ def _latent_key(names, path):
             return key
     if len(names) == 1:
         return next(iter(names))
+    if not names:
+        raise WanVAEError(f"{path}: holds no tensors (latents expected, named 'samples' or 'latents')")
     raise WanVAEError(f"{path}: holds {len(names)} tensors; name the latents 'samples' or 'latents'")
 
 
@@ -135,8 +137,9 @@ def _avi_file_bytes(n, h, w):
 def check_avi_size(n, h, w, out="the .avi"):
     size = _avi_file_bytes(n, h, w)
     if size > AVI_MAX_BYTES:
-        raise WanVAEError(f"{out}: {n} frames of {w} x {h} make a {size / 2**30:.1f} GiB uncompressed .avi, past the "
-                          f"format's 4 GiB; write .mp4, a PNG folder or .npy")
+        frames = f"1 frame of {w} x {h} makes" if n == 1 else f"{n} frames of {w} x {h} make"
+        raise WanVAEError(f"{out}: {frames} a {size / 2**30:.1f} GiB uncompressed .avi, past the format's 4 GiB; "
+                          "write .mp4, a PNG folder or .npy")
 
 
 def write_avi(frames, path, fps):

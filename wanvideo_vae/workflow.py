@@ -728,7 +728,10 @@ def patch_workflow_file(src, dst, vae_patch=True, core=True):
     step, so a failed write leaves it as it was). ValueError for a file that is not a workflow it can
     read, OSError (its filename the file concerned) for one that cannot be read or written."""
     workflow = _read_json(src)
-    report = patch_workflow(workflow, vae_patch, core)
+    try:
+        report = patch_workflow(workflow, vae_patch, core)
+    except ValueError as e:
+        raise ValueError(f"{src}: {e}") from None
     try:
         text = json.dumps(workflow, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     except RecursionError:
