@@ -88,15 +88,15 @@ enum { /* not in wv_dtype: a switch over it names every type */
 
 const char *wv_dtype_name(wv_dtype dt);      /* "bfloat16" */
 const char *wv_dtype_precision(wv_dtype dt); /* "bf16" */
-
-/* What a backend's sync reports once its output has held a NaN or Inf: a decode of finite latents and
- * weights overflowed the activations' type `act` (causes and cure differ: float16 ends at 65504). */
-wv_status wv_fail_nonfinite_output(wv_error *err, wv_dtype act);
 size_t wv_dtype_size(wv_dtype dt);
 /* The dtype of an array-interface typestr, or of a name or precision ("float16", "fp16"); 0 when
  * there is none. */
 int wv_dtype_from_typestr(const char *typestr, wv_dtype *dt);
 int wv_dtype_from_name(const char *name, wv_dtype *dt);
+
+/* What a backend's sync reports once its output has held a NaN or Inf: a decode of finite latents and
+ * weights overflowed the activations' type `act` (causes and cure differ: float16 ends at 65504). */
+wv_status wv_fail_nonfinite_output(wv_error *err, wv_dtype act);
 
 #define WV_MAX_DIMS 8
 

@@ -69,7 +69,8 @@ static wv_status open_segment(wv_plan *p, const wv_model *m, const int *halo, in
 {
     wv_segment *s = &p->seg[p->n_segments];
     const wv_segment *prev = p->n_segments ? s - 1 : NULL;
-    if (p->n_segments == WV_MAX_SEGMENTS) return wv_fail(err, WV_ERR_INVALID, WV_INTERNAL "too many upsampling stages");
+    if (p->n_segments == WV_MAX_SEGMENTS)
+        return wv_fail(err, WV_ERR_INVALID, WV_INTERNAL "too many upsampling stages");
     s->first_block = b;
     s->scale = prev ? prev->scale * 2 : 1;
     s->frames_per_chunk = !prev                                  ? 1

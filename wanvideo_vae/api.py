@@ -153,10 +153,11 @@ def _budget(max_memory, backend="cpu", device=-1):
         if available is None:
             return 0  # unknown: no limit
         return max(int(available * HOST_BUDGET_SHARE), 1)  # none left (a container at its limit) is not "no limit"
-    whole = _is_int(max_memory) or (isinstance(max_memory, numbers.Real) and not isinstance(max_memory, (bool, np.bool_))
-                                    and float(max_memory).is_integer())  # 4.5 * 2**30, 8e9
+    real = isinstance(max_memory, numbers.Real) and not isinstance(max_memory, (bool, np.bool_))
+    whole = _is_int(max_memory) or (real and float(max_memory).is_integer())  # 4.5 * 2**30, 8e9
     if not whole or not 0 < max_memory < 2**63:
-        raise WanVAEError(f"max_memory must be a whole number of bytes from 1 to 2**63 - 1, or None; got {max_memory!r}")
+        raise WanVAEError(f"max_memory must be a whole number of bytes from 1 to 2**63 - 1, or None; got "
+                          f"{max_memory!r}")
     return int(max_memory)
 
 
