@@ -95,6 +95,8 @@ def corrupt_safetensors(tmp, kind):
         raw = raw[:-4]
     elif kind == "lfs_pointer":  # what a clone without git-lfs leaves
         raw = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 507609880\n")
+    elif kind == "zip":  # a .pth renamed
+        raw = b"PK\x03\x04" + bytes(60)
     elif kind == "html_page":  # what a download refused by a login wall saves
         raw = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body></body></html>\n"
     elif kind == "negative_dim":
@@ -111,6 +113,12 @@ def corrupt_safetensors(tmp, kind):
 def full_decoder():
     """The full-size decoder (z_dim 16, random weights), made once."""
     return wv.Decoder(random_weights(96, 16, seed=0))
+
+
+def safetensors_named_pth(tmp):
+    path = os.path.join(tmp, "named.pth")
+    write_safetensors(path, {"decoder.head.2.bias": np.zeros(3, np.float32)})
+    return path
 
 
 def truncated_pth(tmp):
@@ -217,6 +225,10 @@ CASES = [
     ("a Git LFS pointer in place of a checkpoint", lambda d, t: wv.load_weights(corrupt_safetensors(t, "lfs_pointer")),
      E, r"lfs_pointer\.safetensors: a Git LFS pointer, not the model itself \(fetch it with git lfs pull, or download "
         r"the file\)$"),
+    ("a PyTorch checkpoint named .safetensors", lambda d, t: wv.load_weights(corrupt_safetensors(t, "zip")), E,
+     r"zip\.safetensors: a zip archive, as PyTorch saves a checkpoint, not a safetensors file: name it \.pth$"),
+    ("a safetensors checkpoint named .pth", lambda d, t: wv.load_weights(safetensors_named_pth(t)), E,
+     r"named\.pth: a safetensors file, not a PyTorch one: name it \.safetensors$"),
     ("an HTML page in place of a checkpoint", lambda d, t: wv.load_weights(corrupt_safetensors(t, "html_page")), E,
      r"html_page\.safetensors: an HTML page, not a safetensors file \(a download that saved an error or login page\? "
      r"download it again\)$"),

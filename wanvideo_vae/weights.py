@@ -58,6 +58,8 @@ def _what_else(head, n, size):
     went wrong leaves in a model's place is named, with what to do."""
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the model itself (fetch it with git lfs pull, or download the file)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, as PyTorch saves a checkpoint, not a safetensors file: name it .pth"
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         return "an HTML page, not a safetensors file (a download that saved an error or login page? download it again)"
     return (f"not a safetensors file (the header length its first 8 bytes give, {n}, is past the end of its "
@@ -151,7 +153,16 @@ def torch_load(path):
                           "incomplete file? download it again") from None
 
 
+def _is_safetensors(path):
+    """Whether the file starts as a safetensors file does: a header length within it, then "{"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and struct.unpack("<Q", head[:8])[0] <= os.path.getsize(path) - 8 and head[8:] == b"{"
+
+
 def _load_torch(path):
+    if _is_safetensors(path):
+        raise WanVAEError(f"{path}: a safetensors file, not a PyTorch one: name it .safetensors")
     state = torch_load(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
