@@ -208,7 +208,9 @@ static int parse_data(PyObject *iface, const char *what, py_array *a)
         goto done;
     }
     if (a->view.on_device && (uintptr_t)a->view.data % wv_dtype_size(a->view.dtype)) { /* a fault on the GPU */
-        PyErr_Format(WvError, "%s: data pointer %p is not aligned to its %d-byte elements", what, a->view.data,
+        char hex[32]; /* %p pads with zeros on Windows */
+        snprintf(hex, sizeof hex, "0x%llx", (unsigned long long)(uintptr_t)a->view.data);
+        PyErr_Format(WvError, "%s: data pointer %s is not aligned to its %d-byte elements", what, hex,
                      (int)wv_dtype_size(a->view.dtype));
         goto done;
     }

@@ -110,6 +110,7 @@ typedef struct {
     int prev;     /* the caller's device (-1: unknown) */
     int have_ctx; /* ctx holds the caller's context (NULL: none was current) */
     void *ctx;
+    cudaError_t entered; /* cudaSetDevice's: a device in exclusive or prohibited mode refuses a context */
 } device_scope;
 
 /* Deferred ops (WANVIDEO_CUDA_GRAPHS=1, see "step graphs" below): an op's GPU work as a function
@@ -327,10 +328,11 @@ static const context_api *driver_context_api(void)
 static device_scope enter_device(int device)
 {
     const context_api *api = driver_context_api();
-    device_scope s = {-1, 0, NULL};
+    device_scope s = {-1, 0, NULL, cudaSuccess};
     s.have_ctx = api->get && api->set && api->get(&s.ctx) == 0;
     if (cudaGetDevice(&s.prev) != cudaSuccess) s.prev = -1;
-    cudaSetDevice(device); /* on the same device too: a non-primary context current there would get our work */
+    /* on the same device too: a non-primary context current there would get our work */
+    if ((s.entered = cudaSetDevice(device)) != cudaSuccess) cudaGetLastError();
     return s;
 }
 
@@ -771,7 +773,10 @@ static wv_status check_kernel_image(int device, const cudaDeviceProp *prop, wv_e
     struct cudaFuncAttributes attr;
     char built[128];
     device_scope ds = enter_device(device);
-    cudaError_t e = cudaFuncGetAttributes(&attr, (const void *)find_nonfinite_kernel);
+    /* a device that refuses us a context (exclusive or prohibited mode, no memory for one) is named
+     * here, where a Decoder is made: else our work would go to whichever context was current */
+    cudaError_t e = ds.entered != cudaSuccess ? ds.entered
+                                              : cudaFuncGetAttributes(&attr, (const void *)find_nonfinite_kernel);
     leave_device(ds, device);
     if (e == cudaSuccess) return WV_OK;
     cudaGetLastError(); /* not left for a later launch's check to pick up */

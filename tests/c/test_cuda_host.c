@@ -691,6 +691,41 @@ static void gpu_without_code_explained(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* A GPU that refuses this process a context (another holds it in exclusive-process mode): a model
+ * for it is refused when it is built, naming the device, and nothing is made in the context that was
+ * current instead (the first GPU's, whose work it would have become); info cannot tell whether the
+ * build runs there. */
+static void *on_a_refusing_gpu(void *weights)
+{
+    const weight_set *ws = (const weight_set *)weights;
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    wv_cuda_device_info d;
+    char why[256] = "";
+    size_t held = held_now();
+    CHECK(cudaSetDevice(0) == cudaSuccess);
+    stub_refuse_context(1);
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], 1, ws->views, ws->n, &err) == WV_ERR_BACKEND);
+    CHECK(starts_with(err.msg, "cannot use CUDA device 1: "));
+    CHECK(held_now() == held && stub_current_context() == 0 && !stub_context_made(1));
+    CHECK(cudaGetLastError() == cudaSuccess); /* nothing left for a later launch's check */
+    CHECK(wv_cuda_device_info_get(1, &d, why, sizeof why) == 0 && !d.has_code);
+    CHECK(starts_with(d.code_missing, "cannot tell whether this build runs there: cannot use CUDA device 1: "));
+    stub_refuse_context(-1);
+    CHECK(wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], 1, ws->views, ws->n, &err) == WV_OK);
+    wv_model_free(&m);
+    return NULL;
+}
+
+static void gpu_refusing_a_context(const weight_set *ws)
+{
+    pthread_t thread;
+    stub_set_device_count(2);
+    CHECK(pthread_create(&thread, NULL, on_a_refusing_gpu, (void *)ws) == 0);
+    pthread_join(thread, NULL);
+    stub_set_device_count(1);
+}
+
 /* The free memory of a device the machine does not have is an error, not the current device's. */
 static void missing_device_has_no_memory_figures(void)
 {
@@ -744,6 +779,7 @@ int main(void)
     CHECK(wv_model_expected_keys(8, 4, add_key, &ws) > 0);
     old_driver_explained(&ws);
     gpu_without_code_explained(&ws);
+    gpu_refusing_a_context(&ws);
     missing_device_has_no_memory_figures();
     device_info_says_whether_the_build_runs_there();
     if (getenv("WANVIDEO_STUB_COMPUTE") && atoi(getenv("WANVIDEO_STUB_COMPUTE")) == 2) {

@@ -402,6 +402,8 @@ static thread_local int t_device;
 static thread_local int t_context; /* device + 1; 0: none current */
 static thread_local int t_foreign; /* device + 1 of the non-primary context current instead; 0: none */
 static int g_foreign_uses;         /* calls that needed a context while a non-primary one was current */
+static int g_refused_device = -1;  /* whose context cudaSetDevice cannot make (stub_refuse_context) */
+static cudaError_t g_last_error;   /* what a failed call left (stub_cudnn_decline_leaves_launch_error) */
 
 static void make_current(int device)
 {
@@ -593,9 +595,12 @@ cudaError_t cudaGetDevice(int *device)
     return cudaSuccess;
 }
 
+extern "C" void stub_refuse_context(int device) { g_refused_device = device; }
+
 cudaError_t cudaSetDevice(int device)
 {
     if (device < 0 || device >= g_device_count) return cudaErrorInvalidDevice;
+    if (device == g_refused_device) return g_last_error = cudaErrorDevicesUnavailable; /* nothing made current */
     make_current(device);
     return cudaSuccess;
 }
@@ -667,8 +672,6 @@ cudaError_t cudaDriverGetVersion(int *v)
     *v = g_driver_version;
     return cudaSuccess;
 }
-
-static cudaError_t g_last_error; /* what a failed launch left (stub_cudnn_decline_leaves_launch_error) */
 
 extern "C" int stub_fail_nth_launch(int n, int error, int captured_only)
 {

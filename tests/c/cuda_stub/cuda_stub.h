@@ -39,6 +39,10 @@ void stub_set_driver_version(int v);
  * archs; -1: it fails with cudaErrorMemoryAllocation, as where the device's context cannot be made
  * (the GPU full, or another process holding it in exclusive mode). */
 void stub_set_gpu(int major, int minor, int has_kernel_image);
+/* cudaSetDevice(device) fails from now on (cudaErrorDevicesUnavailable), making no context current, as
+ * for a GPU another process holds in exclusive-process mode (CUDA 12 on makes the context there);
+ * -1: none fails. */
+void stub_refuse_context(int device);
 int stub_context_made(int device);
 int stub_current_context(void);
 /* A non-primary context on device made current in the calling thread, as the driver API (pycuda, a
