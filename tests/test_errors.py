@@ -271,6 +271,14 @@ CASES = [
 ]
 
 
+def test_a_foreign_error_is_quoted_by_its_first_line_cut_at_a_word():
+    from wanvideo_vae.arrays import first_line
+    assert first_line(RuntimeError("\n  short one  \nsecond")) == "short one"
+    assert first_line(RuntimeError("")) == "RuntimeError"
+    cut = first_line(RuntimeError("word " * 100))
+    assert len(cut) <= 300 and cut.endswith("word ...") and "wor ..." not in cut
+
+
 def test_a_memory_budget_may_be_a_whole_float():
     """4.5 * 2**30 is a float: a whole number of bytes all the same."""
     assert api._budget(4.5 * 2**30) == 4831838208 and api._budget(np.float32(8e6)) == 8000000

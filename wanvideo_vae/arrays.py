@@ -52,9 +52,11 @@ def dense_tensor(t, what):
     return t.detach().resolve_neg()
 
 
-def first_line(e):
-    """An exception's message to its first line (torch's run over several)."""
-    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+def first_line(e, most=300):
+    """An exception's message to its first line (torch's run over several), cut at a word (" ...")
+    where it is longer than `most` characters."""
+    line = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return line if len(line) <= most else line[:most - 4].rsplit(" ", 1)[0] + " ..."
 
 
 def tensor_memory(t, what, read):
