@@ -26,7 +26,7 @@ wv_status wv_fail_in(wv_error *err, wv_status st, const char *what)
 {
     char msg[sizeof err->msg];
     size_t head, tail;
-    if (!st || !err) return st;
+    if (!st || !err || !strncmp(err->msg, WV_INTERNAL, strlen(WV_INTERNAL))) return st; /* a bug's: opens so */
     snprintf(msg, sizeof msg, "%s: ", what);
     head = strlen(msg);
     tail = strlen(err->msg);

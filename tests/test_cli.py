@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -838,6 +839,16 @@ def test_max_memory_reaches_the_decode(files, tmp_path, monkeypatch):
     assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"),
                  "--max-memory", "64M", "--out", str(tmp_path / "v.npy"), "--quiet"]) == 0
     assert seen == [64 << 20]
+
+
+def test_a_budget_too_small_names_the_least_as_the_option_to_pass(files, tmp_path, capsys):
+    assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"),
+                 "--max-memory", "1K", "--out", str(tmp_path / "v.npy"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the decode needs ") and "\n" not in err
+    least = re.search(r"\. Pass --max-memory (\d+) or more\.$", err)
+    assert least and main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"),
+                           "--max-memory", least.group(1), "--out", str(tmp_path / "v.npy"), "--quiet"]) == 0
 
 
 @pytest.mark.parametrize("backend,shape", [("cpu", "DEFAULT_RANDOM_SHAPE"), ("cuda", "GPU_RANDOM_SHAPE")])

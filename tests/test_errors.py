@@ -1,6 +1,8 @@
 """Every bad input gets a clear error naming the problem (the README's table, row by row), and
 nothing we accept crashes or leaks: allocation failure, interrupt, threads, fuzzing."""
 import contextlib
+import decimal
+import fractions
 import functools
 import gc
 import json
@@ -9,6 +11,7 @@ import re
 import struct
 import threading
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -95,6 +98,14 @@ def corrupt_safetensors(tmp, kind):
         raw = raw[:-4]
     elif kind == "lfs_pointer":  # what a clone without git-lfs leaves
         raw = (b"version https://git-lfs.github.com/spec/v1\noid sha256:" + b"0" * 64 + b"\nsize 507609880\n")
+    elif kind == "header_cut":  # a download that stopped inside the header
+        raw = raw[:12]
+    elif kind == "one_bogus_entry":  # a truncated file whose header also holds an entry of nonsense offsets
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8:8 + n])
+        header["x.bogus"] = {"dtype": "F32", "shape": [3], "data_offsets": [12, 10**15]}
+        text = json.dumps(header).encode()
+        raw = len(text).to_bytes(8, "little") + text + raw[8 + n:-4]
     elif kind == "zip":  # a .pth renamed
         raw = b"PK\x03\x04" + bytes(60)
     elif kind == "html_page":  # what a download refused by a login wall saves
@@ -222,6 +233,9 @@ CASES = [
     ("a truncated safetensors file", lambda d, t: wv.load_weights(corrupt_safetensors(t, "truncated")), E,
      r"truncated\.safetensors: truncated: its tensors run to byte 100 but the file has 96 bytes \(an incomplete "
      r"download\? download it again\)$"),
+    ("a safetensors file cut inside its header", lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_cut")),
+     E, r"header_cut\.safetensors: truncated: its header runs to byte \d+ but the file has 12 bytes \(an incomplete "
+        r"download\? download it again\)$"),
     ("a Git LFS pointer in place of a checkpoint", lambda d, t: wv.load_weights(corrupt_safetensors(t, "lfs_pointer")),
      E, r"lfs_pointer\.safetensors: a Git LFS pointer, not the model itself \(fetch it with git lfs pull, or download "
         r"the file\)$"),
@@ -277,15 +291,29 @@ def test_a_foreign_error_is_quoted_by_its_first_line_cut_at_a_word():
     assert first_line(RuntimeError("")) == "RuntimeError"
     cut = first_line(RuntimeError("word " * 100))
     assert len(cut) <= 300 and cut.endswith("word ...") and "wor ..." not in cut
+    path = first_line(RuntimeError("failed locating file /home/user/" + "x" * 380 + "/vae.pth: not found"))
+    assert len(path) == 300 and path.startswith("failed locating file /home/user/xxx") and path.endswith("x ...")
+
+
+def test_the_end_a_truncated_file_should_have_is_its_sound_entries(tmp_path):
+    """An entry of nonsense offsets does not make the file's expected length nonsense."""
+    with pytest.raises(E, match=r"truncated: its tensors run to byte (\d+) but the file has (\d+) bytes") as e:
+        wv.load_weights(corrupt_safetensors(str(tmp_path), "one_bogus_entry"))
+    expected, size = (int(g) for g in re.search(r"byte (\d+) but the file has (\d+)", str(e.value)).groups())
+    assert expected == size + 4
 
 
 def test_a_memory_budget_may_be_a_whole_float():
     """4.5 * 2**30 is a float: a whole number of bytes all the same."""
     assert api._budget(4.5 * 2**30) == 4831838208 and api._budget(np.float32(8e6)) == 8000000
-    assert isinstance(api._budget(8e9), int)
+    assert isinstance(api._budget(8e9), int) and api._budget(fractions.Fraction(20, 2)) == 10
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in a cast on the way
+        assert api._budget(np.float16(2048)) == 2048
 
 
-@pytest.mark.parametrize("budget", [0, -1, 2**63, 1.5, 0.0, float("nan"), float("inf"), 2.0**63, True, "4GB"])
+@pytest.mark.parametrize("budget", [0, -1, 2**63, 1.5, 0.0, float("nan"), float("inf"), 2.0**63, True, "4GB",
+                                    fractions.Fraction(10**30 + 1, 10**30), decimal.Decimal(5), np.bool_(True), 1j])
 def test_a_memory_budget_is_a_positive_whole_number_or_none(small, budget):
     """0 would read as "no limit" in the core: from Python a budget is a positive count of bytes, or None
     for the machine's own."""
@@ -345,8 +373,8 @@ def test_allocation_failure_mid_decode_then_recovery(small):
     ref = small.decode(base, raw=True)
     wv._C._fail_nth_alloc(1)  # the arena allocation of the next decode
     with pytest.raises(MemoryError, match=r"^the decode's working memory: out of host memory allocating \d+ bytes "
-                                          r"\([\d.]+ KiB\) \(injected failure\)\. A smaller max_memory takes less "
-                                          r"\(in smaller tiles: the frames are the same\)\.$"):
+                                          r"\([\d.]+ KiB\) \(injected failure\)\. Smaller tiles take less: a "
+                                          r"smaller memory budget or tile size \(the frames are the same\)\.$"):
         small.decode(base, raw=True)
     wv._C._fail_nth_alloc(0)
     np.testing.assert_array_equal(small.decode(base, raw=True), ref)
@@ -1222,8 +1250,8 @@ def test_a_safetensors_header_one_byte_past_the_end_is_refused(tmp_path):
     from wanvideo_vae.weights import safetensors_names
     path = tmp_path / "short.safetensors"
     path.write_bytes(struct.pack("<Q", 7) + b'{"a":1}'[:6])
-    with pytest.raises(wv.WanVAEError, match=r"the header length its first 8 bytes give, 7, is past the end of its "
-                                             r"14 bytes"):
+    with pytest.raises(wv.WanVAEError, match=r"short\.safetensors: truncated: its header runs to byte 15 but the "
+                                             r"file has 14 bytes"):
         safetensors_names(str(path))
     path.write_bytes(struct.pack("<Q", 2) + b"{}")  # exactly to the end: an empty file of tensors
     assert safetensors_names(str(path)) == []

@@ -154,8 +154,9 @@ def _budget(max_memory, backend="cpu", device=-1):
             return 0  # unknown: no limit
         return max(int(available * HOST_BUDGET_SHARE), 1)  # none left (a container at its limit) is not "no limit"
     real = isinstance(max_memory, numbers.Real) and not isinstance(max_memory, (bool, np.bool_))
-    whole = _is_int(max_memory) or (real and float(max_memory).is_integer())  # 4.5 * 2**30, 8e9
-    if not whole or not 0 < max_memory < 2**63:
+    # 4.5 * 2**30, 8e9: whole, though floats (int() == the value: nothing cut off)
+    whole = _is_int(max_memory) or (real and math.isfinite(max_memory) and int(max_memory) == max_memory)
+    if not whole or not 0 < int(max_memory) < 2**63:
         raise WanVAEError(f"max_memory must be a whole number of bytes from 1 to 2**63 - 1, or None; got "
                           f"{max_memory!r}")
     return int(max_memory)
@@ -174,7 +175,7 @@ def _memory_advice(message, max_memory, backend):
         return (f". The budget is {HOST_BUDGET_SHARE:.0%} of the host memory available as the decode begins: close "
                 "programs to free more.")
     if message.startswith("the decode's working memory: "):
-        return ". A smaller max_memory takes less (in smaller tiles: the frames are the same)."
+        return ". Smaller tiles take less: a smaller memory budget or tile size (the frames are the same)."
     return None
 
 

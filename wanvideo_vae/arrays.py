@@ -53,10 +53,14 @@ def dense_tensor(t, what):
 
 
 def first_line(e, most=300):
-    """An exception's message to its first line (torch's run over several), cut at a word (" ...")
-    where it is longer than `most` characters."""
+    """An exception's message to its first line (torch's run over several), cut (" ...") where it is
+    longer than `most` characters: at a space near the end, else where it must (a long path)."""
     line = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-    return line if len(line) <= most else line[:most - 4].rsplit(" ", 1)[0] + " ..."
+    if len(line) <= most:
+        return line
+    cut = line[:most - 4]
+    space = cut.rfind(" ")
+    return (cut[:space] if space >= len(cut) - 40 else cut) + " ..."
 
 
 def tensor_memory(t, what, read):

@@ -557,7 +557,8 @@ def main(argv=None):
     try:
         return args.func(args)
     except (CliError, WanVAEError, MemoryError, OSError) as e:  # OSError: writing the output (disk full, ...)
-        print(f"error: {e}", file=sys.stderr)
+        said = str(e).replace("Pass max_memory=", "Pass --max-memory ") if isinstance(e, MemoryError) else e
+        print(f"error: {said}", file=sys.stderr)  # the budget as the command line names it
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

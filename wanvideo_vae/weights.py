@@ -53,9 +53,15 @@ def bf16_to_float32(a):
     return bits.view(np.float32)
 
 
+_ST_MAX_HEADER = 100_000_000  # the safetensors format's limit on its header's length
+
+
 def _what_else(head, n, size):
     """What a file whose header length n is past its end is, from its first bytes: what a download that
     went wrong leaves in a model's place is named, with what to do."""
+    if head[8:9] == b"{" and n <= _ST_MAX_HEADER:  # a header that starts as one does; the file ends inside it
+        return (f"truncated: its header runs to byte {8 + n} but the file has {size} bytes (an incomplete "
+                "download? download it again)")
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the model itself (fetch it with git lfs pull, or download the file)"
     if head.startswith(b"PK\x03\x04"):
@@ -82,14 +88,26 @@ def _read_safetensors_header(f, path, size):
     return header, 8 + n
 
 
+def _tensor_entry(info):
+    """(dtype, shape, begin, end) of a safetensors header's entry; KeyError, TypeError, ValueError or
+    OverflowError for a malformed one."""
+    dtype = _ST_DTYPES[info["dtype"]]
+    shape = [int(s) for s in info["shape"]]
+    begin, end = (int(o) for o in info["data_offsets"])
+    return dtype, shape, begin, end
+
+
 def _data_end(header):
-    """Where the data of a safetensors header's tensors end (bytes after the header), as it says."""
+    """Where the data of a safetensors header's tensors end (bytes after the header): of the entries whose
+    offsets agree with their shape and dtype."""
     ends = [0]
-    for name, info in header.items():
+    for info in header.values():
         try:
-            ends.append(int(info["data_offsets"][1]))
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
-            pass  # "__metadata__", or an entry the loader refuses by name
+            dtype, shape, begin, end = _tensor_entry(info)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue  # "__metadata__", or an entry the loader refuses by name
+        if 0 <= begin and end - begin == math.prod(shape) * dtype.itemsize:
+            ends.append(end)
     return max(ends)
 
 
@@ -113,9 +131,7 @@ def load_safetensors(path, keys=None):
         if name == "__metadata__" or (keys is not None and name not in keys):
             continue
         try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
+            dtype, shape, begin, end = _tensor_entry(info)
         except (KeyError, TypeError, ValueError, OverflowError):
             raise WanVAEError(f"{path}: tensor '{name}' has an unsupported dtype or a malformed entry") from None
         if any(s < 0 for s in shape):

@@ -201,6 +201,8 @@ static void test_fail_in(void)
     CHECK(wv_fail_in(&err, WV_ERR_BACKEND, "the weights") == WV_ERR_BACKEND);
     CHECK(starts_with(err.msg, "the weights: xxx") && strlen(err.msg) == sizeof err.msg - 1);
     CHECK(wv_fail_in(NULL, WV_ERR_NOMEM, "the weights") == WV_ERR_NOMEM);
+    wv_fail(&err, WV_ERR_BACKEND, WV_INTERNAL "a check"); /* a bug's message keeps its opening */
+    CHECK(wv_fail_in(&err, WV_ERR_BACKEND, "the weights") == WV_ERR_BACKEND && !strcmp(err.msg, WV_INTERNAL "a check"));
 }
 
 static void test_getenv(void)
