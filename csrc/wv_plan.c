@@ -671,6 +671,12 @@ static void describe_tiles(const wv_plan *q, char *buf, size_t size)
                  q->core_y + 2 * q->out_halo);
 }
 
+/* The status of an arena that does not fit: the memory it is made of ran out. */
+static wv_status arena_nomem(const wv_model *m)
+{
+    return m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM;
+}
+
 static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const wv_options *o, size_t asked_bytes,
                                   int min_tile, int top, int S, wv_error *err)
 {
@@ -679,7 +685,7 @@ static wv_status budget_too_small(const wv_model *m, int T, int h, int w, const 
     wv_error unused;
     char tiles[64], trunk[192] = ""; /* trunk: the part that grows with T, where the arena holds it */
     char asked[WV_BYTES_TEXT], budget[WV_BYTES_TEXT], least[WV_BYTES_TEXT], trunk_bytes[WV_BYTES_TEXT];
-    wv_status nomem = m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM; /* the arena's memory */
+    wv_status nomem = arena_nomem(m);
     wv_status st = least_arena(m, T, h, w, o, min_tile, top, S, &q, err);
     if (st) return st;
     wv_bytes_text(asked, sizeof asked, asked_bytes);
@@ -745,8 +751,7 @@ static wv_status shrink_to_fit(wv_plan *p, const wv_model *m, int T, int h, int 
     }
     if (best < 0)
         return explain ? budget_too_small(m, T, h, w, o, asked_bytes, min_tile, top, S, err)
-                       : wv_fail(err, m->backend->device_memory ? WV_ERR_NOMEM_DEVICE : WV_ERR_NOMEM,
-                                 "no tiling fits the budget");
+                       : wv_fail(err, arena_nomem(m), "no tiling fits the budget");
     trial = square_tile(o, best);
     if ((st = plan_for_tiles(p, m, T, h, w, &trial, err))) return st;
     if ((st = least_work_even_split(p, m, T, h, w, o, &trial, err))) return st;
