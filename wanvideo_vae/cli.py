@@ -545,6 +545,12 @@ def build_parser():
 COMMANDS = ("decode", "bench", "patch-workflow", "info")
 
 
+def _in_cli_words(message):
+    """The API's parameters in an error as the command line names them: --tile sets tile_x and tile_y alike."""
+    message = message.replace("Pass max_memory=", "Pass --max-memory ")
+    return re.sub(r"\btile_[xy]=(\d+) is smaller", r"--tile \1 is smaller", message)
+
+
 def main(argv=None):
     tolerant_console()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -557,8 +563,7 @@ def main(argv=None):
     try:
         return args.func(args)
     except (CliError, WanVAEError, MemoryError, OSError) as e:  # OSError: writing the output (disk full, ...)
-        said = str(e).replace("Pass max_memory=", "Pass --max-memory ") if isinstance(e, MemoryError) else e
-        print(f"error: {said}", file=sys.stderr)  # the budget as the command line names it
+        print(f"error: {_in_cli_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
