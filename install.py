@@ -3,9 +3,13 @@
 ComfyUI-Manager and the Comfy Registry run a node pack's install.py with ComfyUI's own Python after
 fetching or updating it; this does what the README asks of a manual install, `python -m pip install .`
 in this folder, so the compiled decoder is there when ComfyUI loads the pack, then says which
-backends it got (pip hides the build's own account of it). Exit status: pip's."""
+backends it got (pip hides the build's own account of it). Where the build found no nvcc and
+ComfyUI's PyTorch is built for CUDA 13, it installs that CUDA's nvcc from PyPI and builds again, so
+the CUDA backend is there too. Exit status: pip's for the first build (a CPU-only install stands
+where nvcc cannot be had)."""
 import glob
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -78,9 +82,51 @@ def missing_python_headers(paths=None, windows=sys.platform == "win32", base=sys
             % (what, sys.version_info[0], sys.version_info[1]))
 
 
-BACKENDS = ("import wanvideo_vae as w; c = w.backends()['cuda']; "
-            "print('wanvideo_vae: installed; CUDA backend: ' + ('usable' if c['usable'] else c['reason'])); "
-            "[print('wanvideo_vae: warning: ' + m) for m in c['build_warnings']]")
+def installed_report(run=subprocess.run):
+    """(what the installed package reports of itself and of PyTorch: `python -m wanvideo_vae info --json
+    --no-plan`, or None, why not). Run from a neutral folder: in this one (or custom_nodes/, beside a
+    clone named wanvideo_vae) the sources would be imported instead of the installed package."""
+    command = [sys.executable, "-m", "wanvideo_vae", "info", "--json", "--no-plan"]
+    try:
+        r = run(command, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=600)
+        if r.returncode == 0:
+            return json.loads(r.stdout), None
+        said = (r.stderr or r.stdout).strip().splitlines()
+        return None, "%s exited with status %d%s" % (" ".join(command[1:]), r.returncode,
+                                                      (": " + said[-1]) if said else "")
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        return None, "%s: %s" % (" ".join(command[1:]), e)
+
+
+def say_backends(report, problem):
+    if report is None:
+        print("wanvideo_vae: installed, but it could not say which backends it has (%s)" % problem, file=sys.stderr)
+        return
+    cuda = report["backends"]["cuda"]
+    print("wanvideo_vae: installed; CUDA backend: " + ("usable" if cuda["usable"] else cuda["reason"]), flush=True)
+    for warning in cuda.get("build_warnings", []):
+        print("wanvideo_vae: warning: " + warning, flush=True)
+
+
+# setup.py's reason for a CPU-only build where it finds no nvcc (tests/test_comfy.py holds them together)
+NVCC_NOT_FOUND = "not built: nvcc not found"
+# the parts of a CUDA toolkit PyPI has as wheels, from CUDA 13 on: nvcc, its compiler parts (pinned with it:
+# an older nvcc beside a newer nvvm stops in ptxas) and the CCCL headers the CUDA headers include
+NVCC_WHEELS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl")
+
+
+def nvcc_wheels(report):
+    """The pip requirements of the nvcc of PyTorch's CUDA (13.0: nvidia-cuda-nvcc==13.0.* and its parts)
+    where the build found no nvcc and PyTorch is built for CUDA 13 or newer (its runtime, cuDNN and cuBLAS
+    wheels are then installed: nvcc is all the build lacks); None otherwise (CUDA 12's nvcc wheel holds no
+    nvcc; WANVIDEO_CUDA=0 records another reason)."""
+    if report is None or not report["backends"]["cuda"]["reason"].startswith(NVCC_NOT_FOUND):
+        return None
+    torch_cuda = (report.get("torch") or {}).get("cuda") or ""
+    found = re.match(r"(\d+)\.(\d+)", torch_cuda)
+    if not found or int(found.group(1)) < 13:
+        return None
+    return ["%s==%s.%s.*" % (name, found.group(1), found.group(2)) for name in NVCC_WHEELS]
 
 
 def tolerant_console():
@@ -92,21 +138,41 @@ def tolerant_console():
     console.tolerant_console()
 
 
-def main(call=subprocess.call, embedded=None):
+def run_step(call, what, command, failed):
+    print("wanvideo_vae: %s: %s" % (what, " ".join(command)), flush=True)
+    status = call(command, cwd=HERE)
+    if status:
+        print("wanvideo_vae: " + failed % status, file=sys.stderr)
+    return status
+
+
+NVCC_FAILED = ("pip could not install nvcc (exit status %d): the decoder stays CPU-only. A CUDA toolkit (CUDA_HOME) "
+               "gives the build one; then run this again.")
+REBUILD_FAILED = ("the build with nvcc failed (exit status %d): the CPU-only install stands. See the README's "
+                  "'Building the CUDA backend'.")
+
+
+def main(call=subprocess.call, embedded=None, report=installed_report):
     tolerant_console()
     problem = missing_python_headers()
     if problem:
         print("wanvideo_vae: " + problem, file=sys.stderr)
         return 1
-    for what, command, failed in pip_steps(embedded=embedded_python() if embedded is None else embedded):
-        print("wanvideo_vae: %s: %s" % (what, " ".join(command)), flush=True)
-        status = call(command, cwd=HERE)
+    steps = pip_steps(embedded=embedded_python() if embedded is None else embedded)
+    for step in steps:
+        status = run_step(call, *step)
         if status:
-            print("wanvideo_vae: " + failed % status, file=sys.stderr)
             return status
-    # from a neutral folder: in this one (or custom_nodes/, beside a clone named wanvideo_vae) the sources
-    # would be imported instead of the installed package
-    call([sys.executable, "-c", BACKENDS], cwd=tempfile.gettempdir())
+    state, problem = report()
+    say_backends(state, problem)
+    wheels = nvcc_wheels(state)
+    if wheels:
+        print("wanvideo_vae: no nvcc here, and PyTorch is built for CUDA %s: installing its nvcc from PyPI (about "
+              "100 MB) to build the CUDA backend (WANVIDEO_CUDA=0 skips it)" % state["torch"]["cuda"], flush=True)
+        if run_step(call, "installing nvcc", [sys.executable, "-m", "pip", "install"] + wheels, NVCC_FAILED) or \
+                run_step(call, "building again, with nvcc", steps[-1][1], REBUILD_FAILED):
+            return 0  # the CPU-only install works: nvcc is a bonus, its failure said
+        say_backends(*report())
     return 0
 
 

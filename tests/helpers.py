@@ -15,6 +15,8 @@ def package_root():
     copy beside a stub-built _cuda): what a test's subprocess must put first on its PYTHONPATH."""
     import wanvideo_vae
     return os.path.dirname(os.path.dirname(os.path.abspath(wanvideo_vae.__file__)))
+
+
 SHARED = os.environ.get("WANVIDEO_SHARED", os.path.join(REPO, "..", "shared"))
 FIXTURES = os.path.join(SHARED, "fixtures")
 

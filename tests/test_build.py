@@ -334,6 +334,18 @@ def test_mistyped_cuda_archs_are_named_before_what_the_machine_lacks(setup_modul
     assert setup_module.CUDA_NOTE["why"].startswith("WANVIDEO_CUDA_ARCHS has 'hopper', not a compute capability")
 
 
+def test_the_install_script_knows_the_builds_reason_for_lacking_nvcc(setup_module, monkeypatch):
+    """install.py brings nvcc from PyPI where backends() gives setup.py's reason for building without one."""
+    for var in ("WANVIDEO_CUDA", "WANVIDEO_CUDA_ARCHS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(setup_module, "find_nvcc", lambda: None)
+    assert setup_module.cuda_config() is None
+    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    assert ("not built: " + setup_module.CUDA_NOTE["why"]).startswith(install.NVCC_NOT_FOUND)
+
+
 def test_a_cuda_home_without_nvcc_is_said_not_passed_over(on_windows, tmp_path, monkeypatch):
     """CUDA_HOME names the toolkit a user wants (another CUDA version): one without nvcc is a warning,
     not silently another toolkit; so is a CUDNN_PATH that is no folder."""

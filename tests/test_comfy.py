@@ -95,29 +95,83 @@ def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_p
     load_clone_with_a_fresh_package(custom_nodes, is_a_compiled_package)
 
 
-def test_install_script_installs_the_package_with_the_running_python(capsys):
-    """ComfyUI-Manager and the Comfy Registry run install.py with ComfyUI's Python after fetching the pack."""
-    import importlib.util
+def load_install_script():
     spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
     install = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(install)  # importing it runs nothing
+    return install
+
+
+def install_report(reason="no NVIDIA driver found", torch_cuda=None, usable=False, warnings=()):
+    """What `python -m wanvideo_vae info --json --no-plan` says, as far as install.py reads it."""
+    return {"torch": {"version": "2.11.0", "cuda": torch_cuda, "cuda_available": bool(torch_cuda)},
+            "backends": {"cuda": {"usable": usable, "reason": reason, "build_warnings": list(warnings)}}}
+
+
+def test_install_script_installs_the_package_with_the_running_python(capsys):
+    """ComfyUI-Manager and the Comfy Registry run install.py with ComfyUI's Python after fetching the pack."""
+    install = load_install_script()
     calls = []
-    assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0) == 0
-    assert calls[0] == ([sys.executable, "-m", "pip", "install", REPO], REPO)
-    assert len(calls) == 2 and calls[1][0][:2] == [sys.executable, "-c"] and calls[1][1] != REPO  # says what it got
+    cpu_only = install_report("not built: skipped (WANVIDEO_CUDA=0)")
+    assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0, report=lambda: (cpu_only, None)) == 0
+    assert calls == [([sys.executable, "-m", "pip", "install", REPO], REPO)]
+    assert "wanvideo_vae: installed; CUDA backend: not built: skipped (WANVIDEO_CUDA=0)\n" in capsys.readouterr().out
     assert install.main(call=lambda command, cwd: 1) == 1
     assert "needs a C compiler" in capsys.readouterr().err
-    result = subprocess.run(calls[1][0], cwd=calls[1][1], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.startswith("wanvideo_vae: installed; CUDA backend: ")
+    # what this environment's installed package says of itself, from a neutral folder
+    state, problem = install.installed_report()
+    assert problem is None and "cuda" in state["backends"] and "torch" in state
+    install.say_backends(state, problem)
+    assert capsys.readouterr().out.startswith("wanvideo_vae: installed; CUDA backend: ")
+    state, problem = install.installed_report(run=lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "boom\n"))
+    assert state is None and problem == "-m wanvideo_vae info --json --no-plan exited with status 1: boom"
+    install.say_backends(state, problem)
+    assert "could not say which backends it has (-m wanvideo_vae info" in capsys.readouterr().err
+
+
+NVCC_MISSING = "not built: nvcc not found (set CUDA_HOME or put nvcc on PATH; ...)"
+
+
+@pytest.mark.parametrize("torch_cuda,wheels", [
+    ("13.0", ["nvidia-cuda-nvcc==13.0.*", "nvidia-nvvm==13.0.*", "nvidia-cuda-crt==13.0.*", "nvidia-cuda-cccl==13.0.*"]),
+    ("13.2", ["nvidia-cuda-nvcc==13.2.*", "nvidia-nvvm==13.2.*", "nvidia-cuda-crt==13.2.*", "nvidia-cuda-cccl==13.2.*"]),
+    ("12.8", None), (None, None)])
+def test_install_script_brings_the_nvcc_of_pytorchs_cuda_where_the_build_found_none(torch_cuda, wheels, capsys):
+    """No CUDA toolkit beside a PyTorch for CUDA 13 (ComfyUI's usual Linux environment): the first build is
+    CPU-only for want of nvcc; install.py installs nvcc, nvvm, crt and CCCL of PyTorch's CUDA from PyPI and
+    builds again. Not for CUDA 12 (its nvcc wheel holds no nvcc) or a CPU PyTorch."""
+    install = load_install_script()
+    reports = [install_report(NVCC_MISSING, torch_cuda), install_report("", torch_cuda, usable=True)]
+    calls = []
+    assert install.main(call=lambda command, cwd: calls.append(command) or 0, report=lambda: (reports.pop(0), None)) == 0
+    build = [sys.executable, "-m", "pip", "install", REPO]
+    said = capsys.readouterr().out
+    if wheels is None:
+        assert calls == [build] and len(reports) == 1 and "installing nvcc" not in said
+        return
+    assert calls == [build, [sys.executable, "-m", "pip", "install"] + wheels, build] and not reports
+    assert f"PyTorch is built for CUDA {torch_cuda}: installing its nvcc from PyPI" in said
+    assert said.endswith("wanvideo_vae: installed; CUDA backend: usable\n")
+
+
+def test_install_script_keeps_the_cpu_only_install_where_nvcc_cannot_be_had(capsys):
+    """pip failing to bring nvcc (no network), or the build with it failing: a warning, exit status 0 (the
+    CPU-only install works), and no second build without nvcc."""
+    install = load_install_script()
+    for failing, calls_made, message in ((1, 2, "pip could not install nvcc (exit status 3)"),
+                                         (2, 3, "the build with nvcc failed (exit status 3)")):
+        calls = []
+        assert install.main(call=lambda command, cwd: calls.append(command) or (3 if len(calls) == failing + 1 else 0),
+                            report=lambda: (install_report(NVCC_MISSING, "13.0"), None)) == 0
+        assert len(calls) == calls_made
+        assert message in capsys.readouterr().err
 
 
 def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_path, capsys):
     """ComfyUI's portable python_embeded has a python3XX._pth, so it ignores PYTHONPATH, through which
     pip's build isolation hands the build its requirements: install.py installs them first (those of
     pyproject.toml) and builds with --no-build-isolation."""
-    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
-    install = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(install)
+    install = load_install_script()
     embedded = tmp_path / "ComfyUI [portable]" / "python_embeded"
     embedded.mkdir(parents=True)
     assert not install.embedded_python(str(embedded / "python.exe"))
@@ -139,10 +193,13 @@ def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_pat
         else:
             sys.modules["tomllib"] = tomllib
     calls = []
-    assert install.main(call=lambda command, cwd: calls.append(command) or 0, embedded=True) == 0
+    nvcc_missing = install_report(NVCC_MISSING, "13.0")
+    assert install.main(call=lambda command, cwd: calls.append(command) or 0, embedded=True,
+                        report=lambda: (nvcc_missing, None)) == 0
     assert calls[0] == [sys.executable, "-m", "pip", "install"] + requires
     assert calls[1] == [sys.executable, "-m", "pip", "install", "--no-build-isolation", REPO]
-    assert len(calls) == 3  # then says what it got
+    assert calls[2][:4] == [sys.executable, "-m", "pip", "install"] and calls[2][4].startswith("nvidia-cuda-nvcc==")
+    assert calls[3] == calls[1] and len(calls) == 4  # the build again, as the first (no isolation), with nvcc
     calls.clear()
     assert install.main(call=lambda command, cwd: calls.append(command) or 1, embedded=True) == 1
     assert len(calls) == 1  # no build without its requirements
@@ -154,9 +211,7 @@ def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_pat
 def test_install_script_says_what_a_portable_python_lacks(tmp_path):
     """ComfyUI's portable Windows Python has no include folder or import library, a Linux Python may lack
     its -dev package: say so, and what to do, before pip fails."""
-    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
-    install = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(install)
+    install = load_install_script()
     assert install.missing_python_headers() is None  # this Python builds extensions
     problem = install.missing_python_headers({"include": str(tmp_path / "include")}, windows=True, base=str(tmp_path))
     assert "Python.h" in problem and "python%d%d.lib" % sys.version_info[:2] in problem
