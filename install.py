@@ -115,12 +115,13 @@ NVCC_NOT_FOUND = "not built: nvcc not found"
 NVCC_WHEELS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl")
 
 
-def nvcc_wheels(report):
+def nvcc_wheels(report, linux):
     """The pip requirements of the nvcc of PyTorch's CUDA (13.0: nvidia-cuda-nvcc==13.0.* and its parts)
-    where the build found no nvcc and PyTorch is built for CUDA 13 or newer (its runtime, cuDNN and cuBLAS
-    wheels are then installed: nvcc is all the build lacks); None otherwise (CUDA 12's nvcc wheel holds no
-    nvcc; WANVIDEO_CUDA=0 records another reason)."""
-    if report is None or not report["backends"]["cuda"]["reason"].startswith(NVCC_NOT_FOUND):
+    where the build found no nvcc and PyTorch is built for CUDA 13 or newer on Linux (its runtime, cuDNN
+    and cuBLAS wheels are then installed: nvcc is all the build lacks); None otherwise: CUDA 12's nvcc
+    wheel holds no nvcc, PyTorch's Windows builds keep their DLLs in torch\\lib without the cuDNN headers
+    the build also needs, and WANVIDEO_CUDA=0 records another reason."""
+    if not linux or report is None or not report["backends"]["cuda"]["reason"].startswith(NVCC_NOT_FOUND):
         return None
     torch_cuda = (report.get("torch") or {}).get("cuda") or ""
     found = re.match(r"(\d+)\.(\d+)", torch_cuda)
@@ -152,7 +153,7 @@ REBUILD_FAILED = ("the build with nvcc failed (exit status %d): the CPU-only ins
                   "'Building the CUDA backend'.")
 
 
-def main(call=subprocess.call, embedded=None, report=installed_report):
+def main(call=subprocess.call, embedded=None, report=installed_report, linux=sys.platform.startswith("linux")):
     tolerant_console()
     problem = missing_python_headers()
     if problem:
@@ -165,7 +166,7 @@ def main(call=subprocess.call, embedded=None, report=installed_report):
             return status
     state, problem = report()
     say_backends(state, problem)
-    wheels = nvcc_wheels(state)
+    wheels = nvcc_wheels(state, linux)
     if wheels:
         print("wanvideo_vae: no nvcc here, and PyTorch is built for CUDA %s: installing its nvcc from PyPI (about "
               "100 MB) to build the CUDA backend (WANVIDEO_CUDA=0 skips it)" % state["torch"]["cuda"], flush=True)

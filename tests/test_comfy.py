@@ -143,7 +143,8 @@ def test_install_script_brings_the_nvcc_of_pytorchs_cuda_where_the_build_found_n
     install = load_install_script()
     reports = [install_report(NVCC_MISSING, torch_cuda), install_report("", torch_cuda, usable=True)]
     calls = []
-    assert install.main(call=lambda command, cwd: calls.append(command) or 0, report=lambda: (reports.pop(0), None)) == 0
+    assert install.main(call=lambda command, cwd: calls.append(command) or 0, report=lambda: (reports.pop(0), None),
+                        linux=True) == 0
     build = [sys.executable, "-m", "pip", "install", REPO]
     said = capsys.readouterr().out
     if wheels is None:
@@ -152,6 +153,8 @@ def test_install_script_brings_the_nvcc_of_pytorchs_cuda_where_the_build_found_n
     assert calls == [build, [sys.executable, "-m", "pip", "install"] + wheels, build] and not reports
     assert f"PyTorch is built for CUDA {torch_cuda}: installing its nvcc from PyPI" in said
     assert said.endswith("wanvideo_vae: installed; CUDA backend: usable\n")
+    assert install.nvcc_wheels(install_report(NVCC_MISSING, torch_cuda), linux=True) == wheels
+    assert install.nvcc_wheels(install_report(NVCC_MISSING, torch_cuda), linux=False) is None  # no cuDNN headers
 
 
 def test_install_script_keeps_the_cpu_only_install_where_nvcc_cannot_be_had(capsys):
@@ -162,7 +165,7 @@ def test_install_script_keeps_the_cpu_only_install_where_nvcc_cannot_be_had(caps
                                          (2, 3, "the build with nvcc failed (exit status 3)")):
         calls = []
         assert install.main(call=lambda command, cwd: calls.append(command) or (3 if len(calls) == failing + 1 else 0),
-                            report=lambda: (install_report(NVCC_MISSING, "13.0"), None)) == 0
+                            report=lambda: (install_report(NVCC_MISSING, "13.0"), None), linux=True) == 0
         assert len(calls) == calls_made
         assert message in capsys.readouterr().err
 
@@ -195,7 +198,7 @@ def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_pat
     calls = []
     nvcc_missing = install_report(NVCC_MISSING, "13.0")
     assert install.main(call=lambda command, cwd: calls.append(command) or 0, embedded=True,
-                        report=lambda: (nvcc_missing, None)) == 0
+                        report=lambda: (nvcc_missing, None), linux=True) == 0
     assert calls[0] == [sys.executable, "-m", "pip", "install"] + requires
     assert calls[1] == [sys.executable, "-m", "pip", "install", "--no-build-isolation", REPO]
     assert calls[2][:4] == [sys.executable, "-m", "pip", "install"] and calls[2][4].startswith("nvidia-cuda-nvcc==")
