@@ -108,7 +108,8 @@ def say_backends(report, problem):
         print("wanvideo_vae: warning: " + warning, flush=True)
 
 
-# setup.py's reason for a CPU-only build where it finds no nvcc (tests/test_comfy.py holds them together)
+# setup.py's reason for a CPU-only build where it finds no nvcc, as backends() gives it (tests/test_build.py
+# holds the two together)
 NVCC_NOT_FOUND = "not built: nvcc not found"
 # the parts of a CUDA toolkit PyPI has as wheels, from CUDA 13 on: nvcc, its compiler parts (pinned with it:
 # an older nvcc beside a newer nvvm stops in ptxas) and the CCCL headers the CUDA headers include
