@@ -9,13 +9,15 @@
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
-#                              profile bench lab graphs (default: all, in that order; the build always
-#                              runs), e.g. "run ops tests" to recheck a fix without the benchmarks.
+#                              profile bench lab graphs sanitize (default: all, in that order; the build
+#                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks.
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
 # graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process taps
-# test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. Each step
+# test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start; the sanitize
+# step, last, is not yet timed (each of its four runs has a limit: 120 s per op-test tool, 60 s per
+# decode) and takes what the deadline leaves, or a call of its own ("run sanitize"). Each step
 # has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
 # summary still prints within timeout_s 400; a step with under 10 s left is skipped), so a hung
 # step still leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
@@ -37,9 +39,9 @@ if [ "$MODE" = fetch ]; then
 fi
 
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=${*:-ops tests profile bench lab graphs}
+STEPS=${*:-ops tests profile bench lab graphs sanitize}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped SANITIZE=skipped
 DIRECT=n/a # conv shapes of the profiled decodes that cuDNN ran no algorithm for
 
 OUT=${OUT:-/tmp/wv_gpu}
@@ -189,7 +191,46 @@ if want graphs && room graphs; then
     summary "graphs exit $GRAPHS"
 fi
 
-# 7. the figures the tests measured, a line each
+# 7. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
+#    tests under memcheck (out-of-bounds and misaligned accesses, in our kernels and the libraries') and
+#    racecheck (shared-memory hazards in our kernels), then a small decode with full-size weights under
+#    memcheck, untiled and in 2 x 2 tiles (the arena's carving, the causal caches, the staging copies).
+#    Its lines go to native.log; SANITIZE: 0 clean, 86 an error found, n/a not run here
+sanitize() { # LABEL SECONDS COMMAND...: one run under the sanitizer, its verdict folded into SANITIZE
+    local label=$1 seconds=$2 st
+    shift 2
+    echo "== sanitize: $label" >> "$OUT/native.log"
+    timeout "$(limit "$seconds")" "$SAN" --error-exitcode 86 --print-limit 10 "$@" > /tmp/wv_sanitize.log 2>&1
+    st=$?
+    grep -v "^ok " /tmp/wv_sanitize.log | tail -40 >> "$OUT/native.log"
+    if grep -q "Device not supported" /tmp/wv_sanitize.log; then
+        SANITIZE="n/a (compute-sanitizer: Device not supported)"
+    elif [ "$st" != 0 ]; then
+        SANITIZE=$st
+    fi
+    echo "== sanitize, $label: exit $st; $(grep -E "(ERROR|RACECHECK) SUMMARY" /tmp/wv_sanitize.log | tail -1)"
+}
+if want sanitize && room sanitize; then
+    SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+    OPS_BIN=build/backend_ops/test_backend_ops # the ops step's build, else one made here
+    [ -x "$OPS_BIN" ] || BUILD_ONLY=1 timeout "$(limit 60)" bash tests/c/backend_ops.sh > /dev/null 2>&1
+    if [ -z "$SAN" ] || [ ! -x "$OPS_BIN" ]; then
+        SANITIZE="n/a (no compute-sanitizer, or the op tests did not build)"
+    else
+        SANITIZE=0
+        for tool in memcheck racecheck; do
+            [ "$SANITIZE" = 0 ] && room sanitize && sanitize "op tests, $tool" 120 --tool "$tool" "$OPS_BIN"
+        done
+        for tile in 0 78; do # 96 x 128 px: 78 px tiles (64 px cores) make 2 x 2
+            [ "$SANITIZE" = 0 ] && room sanitize && sanitize "decode, tile $tile" 60 --tool memcheck \
+                python3 -m wanvideo_vae decode --device cuda --precision bf16 --random-shape 2 12 16 --tile "$tile" \
+                --quiet --out /tmp/wv_sanitize.npy
+        done
+    fi
+    summary "sanitize $SANITIZE"
+fi
+
+# 8. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
@@ -201,9 +242,11 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-# 8. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
+# 9. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
 #    step did not run or finish)
 want bench && bench_table
 python3 tools/gpu_verdicts.py "$OUT/bench.json" "$OUT/figures.jsonl" "$TESTS" "$DIRECT" "$OUT/env.txt"
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB"
-for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS"; do [ "$st" = 0 ] || [ "$st" = skipped ] || exit 1; done
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB, sanitize $SANITIZE"
+for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "${SANITIZE%% *}"; do
+    [ "$st" = 0 ] || [ "$st" = skipped ] || [ "$st" = n/a ] || exit 1
+done
