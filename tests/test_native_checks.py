@@ -123,6 +123,59 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
     assert re.search(r"^\d+ cases, 0 failed$", r.stdout, re.M)
 
 
+STAND_IN_SANITIZER = r"""#!/usr/bin/env bash
+# compute-sanitizer's stand-in: says what it was asked to run; FAKESAN=clean|error|refuse
+args=()
+while [ $# -gt 0 ]; do case $1 in --tool|--error-exitcode|--print-limit) args+=("$1=$2"); shift 2 ;; *) args+=("$1"); shift ;; esac; done
+case $FAKESAN in
+refuse) echo "========= Error: Device not supported"; exit 1 ;;
+error) echo "========= Invalid __global__ read of size 4 bytes"; echo "========= ERROR SUMMARY: 1 error"; exit 86 ;;
+*) echo "ran: ${args[*]}"; echo "========= ERROR SUMMARY: 0 errors" ;;
+esac
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
+    """tools/gpu_check.sh's sanitize step (GPU_CHECK_ANYWAY=1: its logic without a GPU), on a copy of the
+    sources, with a stand-in for compute-sanitizer: the op-by-op program under memcheck and racecheck and
+    a small decode untiled and in tiles when all is clean; a finding stops it and fails the check; a
+    machine the tool refuses makes it n/a, not a failure. A GPU session's minutes are not spent on its
+    bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    src = tmp_path / "src"
+    for name in ("csrc", "cuda", "wanvideo_vae", "tools", os.path.join("tests", "c")):
+        shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns(
+            "*.so", "__pycache__", "_build_info.py"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
+    (tmp_path / "bin" / "compute-sanitizer").chmod(0o755)
+    said = {}
+    for mode in ("clean", "error", "refuse"):
+        out = tmp_path / f"out_{mode}"
+        env = dict(os.environ, FAKESAN=mode, GPU_CHECK_ANYWAY="1", OUT=str(out), WANVIDEO_CUDA_ARCHS="90",
+                   PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        r = subprocess.run(["bash", "tools/gpu_check.sh", "run", "sanitize"], cwd=src, capture_output=True, text=True,
+                           env=env, timeout=900)
+        said[mode] = (r.returncode, r.stdout, (out / "native.log").read_text() if (out / "native.log").exists() else "")
+    status, printed, log = said["clean"]
+    assert status == 0 and "sanitize 0 " in printed and printed.count("ERROR SUMMARY: 0 errors") == 4, printed[-3000:]
+    ops = "build/backend_ops/test_backend_ops"
+    assert f"ran: --error-exitcode=86 --print-limit=10 --tool=memcheck {ops}" in log, log[-3000:]
+    assert f"ran: --error-exitcode=86 --print-limit=10 --tool=racecheck {ops}" in log
+    for tile in (0, 78):
+        assert ("ran: --error-exitcode=86 --print-limit=10 --tool=memcheck python3 -m wanvideo_vae decode --device "
+                f"cuda --precision bf16 --random-shape 2 12 16 --tile {tile} --quiet") in log
+    status, printed, log = said["error"]
+    assert status == 1 and "sanitize 86 " in printed and printed.count("== sanitize, ") == 1, printed[-3000:]
+    assert "Invalid __global__ read of size 4 bytes" in log
+    status, printed, log = said["refuse"]
+    assert status == 0 and "sanitize n/a (compute-sanitizer: Device not supported)" in printed, printed[-3000:]
+
+
 # tests/test_cuda.py's tests of what the backend does around the arithmetic (quick on the stub): the
 # whole file passes there too, in tens of minutes (README, "The GPU tests, without a GPU").
 STUB_SUBSET = ("overflowing or allocation_failure or pageable or close_gives or interrupt or threads or "
