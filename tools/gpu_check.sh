@@ -17,7 +17,8 @@
 # graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process taps
 # test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start; the sanitize
 # step, last, is not yet timed (each of its four runs has a limit: 120 s per op-test tool, 60 s per
-# decode) and takes what the deadline leaves, or a call of its own ("run sanitize"). Each step
+# decode) and takes what the deadline leaves; where it was cut short and device time is left, send at
+# once command "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize", timeout_s 300. Each step
 # has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
 # summary still prints within timeout_s 400; a step with under 10 s left is skipped), so a hung
 # step still leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
