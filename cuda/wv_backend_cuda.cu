@@ -152,7 +152,8 @@ struct cuda_ctx {
     int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
     int head_shown; /* ... and that head_conv_kernel runs the head */
     int graphs;       /* WANVIDEO_CUDA_GRAPHS=1: ops deferred, repeated steps launched as CUDA graphs */
-    int graphs_failed; /* a capture failed (the reason went to stderr): steps run as recorded from then on */
+    int graphs_failed; /* a capture of this call failed (the reason went to stderr): its later steps run as
+                          recorded; the next call tries again (a failure for want of memory may pass) */
     int capturing;     /* a step graph is being captured */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
@@ -397,8 +398,8 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * tile. The few ops whose arguments change every step (the latent frame; the trunk frame in pinned
  * memory a tile step starts from or a trunk step ends with) run at once, after what is pending, and
  * so split the lists. Graphs hold
- * the arena's addresses and end with the call. A capture that fails turns graphs off for the
- * context (its ops then run as recorded, which reports a real error as usual). */
+ * the arena's addresses and end with the call. A capture that fails turns graphs off for the rest
+ * of the call (its ops then run as recorded, which reports a real error as usual). */
 #define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
 #define GRAPH_MAX_KNOWN 64 /* lists remembered, and graphs kept, the least recently used dropped */
 #define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 3 or 6 lists, then the next tile's begin) */
@@ -534,7 +535,7 @@ static void remember(cuda_ctx *c, uint64_t hash, const op_list *l)
 }
 
 /* Captures the list of sg into a graph and launches it. On a failure the capture is abandoned,
- * graphs are off for the context, and the list runs as recorded. */
+ * graphs are off for the rest of the call, and the list runs as recorded. */
 static void capture_and_launch(cuda_ctx *c, step_graph *sg)
 {
     cudaGraph_t graph = NULL;
@@ -551,7 +552,7 @@ static void capture_and_launch(cuda_ctx *c, step_graph *sg)
         if (graph) cudaGraphDestroy(graph);
     }
     if (e != cudaSuccess || failed(c)) {
-        fprintf(stderr, "wanvideo_vae cuda: CUDA graphs off for this Decoder: capturing a step failed (%s)\n",
+        fprintf(stderr, "wanvideo_vae cuda: CUDA graphs off for this decode: capturing a step failed (%s)\n",
                 failed(c) ? c->err.msg : cudaGetErrorString(e));
         cudaGetLastError();
         take_error(c, NULL);
@@ -1266,6 +1267,7 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     take_error(c, NULL);
     cudaGetLastError();
     c->in_call = 1;
+    c->graphs_failed = 0;
     c->stats_loaded = 0;
     c->caller = enter_device(c->device);
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
