@@ -830,8 +830,8 @@ extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, cha
     st = check_kernel_image(device, &prop, &err);
     out->has_code = st == WV_OK;
     if (st == WV_ERR_BACKEND) /* the properties stand; whether the code runs there is unknown */
-        snprintf(out->code_missing, sizeof out->code_missing, "cannot tell whether this build runs there: %s",
-                 err.msg);
+        snprintf(out->code_missing, sizeof out->code_missing, "cannot tell whether this build runs there: %.460s",
+                 err.msg); /* the runtime's words, cut where they would not fit (no compiler warning) */
     else if (st)
         snprintf(out->code_missing, sizeof out->code_missing, "%s", err.msg);
     return 0;
