@@ -1,4 +1,5 @@
 """Test helpers: fixtures, seeded random decoders, a tiny safetensors writer."""
+import importlib.util
 import json
 import os
 import struct
@@ -15,6 +16,14 @@ def package_root():
     copy beside a stub-built _cuda): what a test's subprocess must put first on its PYTHONPATH."""
     import wanvideo_vae
     return os.path.dirname(os.path.dirname(os.path.abspath(wanvideo_vae.__file__)))
+
+
+def load_install_script():
+    """install.py as a module (importing it runs nothing)."""
+    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    return install
 
 
 SHARED = os.environ.get("WANVIDEO_SHARED", os.path.join(REPO, "..", "shared"))

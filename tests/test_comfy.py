@@ -13,7 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from helpers import REPO, load_fixture, package_root, random_latents, random_weights  # noqa: E402
+from helpers import (REPO, load_fixture, load_install_script, package_root, random_latents,  # noqa: E402
+                     random_weights)
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, NativeWanVAE, WanCoreVAENativeDecode,  # noqa: E402
                                       WanVideoNativeDecode, WanVideoNativeVAEPatch)
@@ -95,13 +96,6 @@ def test_clone_named_after_the_package_with_custom_nodes_first_on_the_path(tmp_p
     load_clone_with_a_fresh_package(custom_nodes, is_a_compiled_package)
 
 
-def load_install_script():
-    spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))
-    install = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(install)  # importing it runs nothing
-    return install
-
-
 def install_report(reason="no NVIDIA driver found", torch_cuda=None, usable=False, warnings=()):
     """What `python -m wanvideo_vae info --json --no-plan` says, as far as install.py reads it."""
     return {"torch": {"version": "2.11.0", "cuda": torch_cuda, "cuda_available": bool(torch_cuda)},
@@ -113,7 +107,8 @@ def test_install_script_installs_the_package_with_the_running_python(capsys):
     install = load_install_script()
     calls = []
     cpu_only = install_report("not built: skipped (WANVIDEO_CUDA=0)")
-    assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0, report=lambda: (cpu_only, None)) == 0
+    assert install.main(call=lambda command, cwd: calls.append((command, cwd)) or 0,
+                        report=lambda: (cpu_only, None)) == 0
     assert calls == [([sys.executable, "-m", "pip", "install", REPO], REPO)]
     assert "wanvideo_vae: installed; CUDA backend: not built: skipped (WANVIDEO_CUDA=0)\n" in capsys.readouterr().out
     assert install.main(call=lambda command, cwd: 1) == 1
@@ -132,10 +127,12 @@ def test_install_script_installs_the_package_with_the_running_python(capsys):
 NVCC_MISSING = "not built: nvcc not found (set CUDA_HOME or put nvcc on PATH; ...)"
 
 
-@pytest.mark.parametrize("torch_cuda,wheels", [
-    ("13.0", ["nvidia-cuda-nvcc==13.0.*", "nvidia-nvvm==13.0.*", "nvidia-cuda-crt==13.0.*", "nvidia-cuda-cccl==13.0.*"]),
-    ("13.2", ["nvidia-cuda-nvcc==13.2.*", "nvidia-nvvm==13.2.*", "nvidia-cuda-crt==13.2.*", "nvidia-cuda-cccl==13.2.*"]),
-    ("12.8", None), (None, None)])
+NVCC_PARTS = ("nvidia-cuda-nvcc", "nvidia-nvvm", "nvidia-cuda-crt", "nvidia-cuda-cccl")
+
+
+@pytest.mark.parametrize("torch_cuda,wheels", [("13.0", [f"{name}==13.0.*" for name in NVCC_PARTS]),
+                                               ("13.2", [f"{name}==13.2.*" for name in NVCC_PARTS]),
+                                               ("12.8", None), (None, None)])
 def test_install_script_brings_the_nvcc_of_pytorchs_cuda_where_the_build_found_none(torch_cuda, wheels, capsys):
     """No CUDA toolkit beside a PyTorch for CUDA 13 (ComfyUI's usual Linux environment): the first build is
     CPU-only for want of nvcc; install.py installs nvcc, nvvm, crt and CCCL of PyTorch's CUDA from PyPI and

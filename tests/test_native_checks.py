@@ -126,7 +126,12 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
 STAND_IN_SANITIZER = r"""#!/usr/bin/env bash
 # compute-sanitizer's stand-in: says what it was asked to run; FAKESAN=clean|error|refuse
 args=()
-while [ $# -gt 0 ]; do case $1 in --tool|--error-exitcode|--print-limit|--kernel-name) args+=("$1=$2"); shift 2 ;; *) args+=("$1"); shift ;; esac; done
+while [ $# -gt 0 ]; do
+    case $1 in
+    --tool | --error-exitcode | --print-limit | --kernel-name) args+=("$1=$2"); shift 2 ;;
+    *) args+=("$1"); shift ;;
+    esac
+done
 case $FAKESAN in
 refuse) echo "========= Error: Device not supported"; exit 1 ;;
 error) echo "========= Invalid __global__ read of size 4 bytes"; echo "========= ERROR SUMMARY: 1 error"; exit 86 ;;
@@ -165,8 +170,8 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
     assert status == 0 and "sanitize 0 " in printed and printed.count("ERROR SUMMARY: 0 errors") == 4, printed[-3000:]
     ops = "build/backend_ops/test_backend_ops"
     assert f"ran: --error-exitcode=86 --print-limit=10 --tool=memcheck {ops}" in log, log[-3000:]
-    raced = re.search(r"^ran: --error-exitcode=86 --print-limit=10 --tool=racecheck --kernel-name=regex=\((\S+)\) (\S+)$",
-                      log, re.M)
+    raced = re.search(r"^ran: --error-exitcode=86 --print-limit=10 --tool=racecheck "
+                      r"--kernel-name=regex=\((\S+)\) (\S+)$", log, re.M)
     assert raced and raced.group(2) == ops, log[-3000:]
     ours = raced.group(1).split("|")  # racecheck on the kernels of cuda/ alone, every one of them
     assert "head_conv_kernel" in ours and "write_output_kernel" in ours and len(ours) >= 10, ours
