@@ -150,6 +150,8 @@ def run_step(call, what, command, failed):
 
 NVCC_FAILED = ("pip could not install nvcc (exit status %d): the decoder stays CPU-only. A CUDA toolkit (CUDA_HOME) "
                "gives the build one; then run this again.")
+NVCC_UNSEEN = ("the build found no nvcc even after pip installed it (pip put it where the build does not look?): "
+               "set CUDA_HOME to the folder of site-packages/nvidia/cu13 that holds bin/nvcc, then run this again.")
 REBUILD_FAILED = ("the build with nvcc failed (exit status %d): the CPU-only install stands. See the README's "
                   "'Building the CUDA backend'.")
 
@@ -174,7 +176,10 @@ def main(call=subprocess.call, embedded=None, report=installed_report, linux=sys
         if run_step(call, "installing nvcc", [sys.executable, "-m", "pip", "install"] + wheels, NVCC_FAILED) or \
                 run_step(call, "building again, with nvcc", steps[-1][1], REBUILD_FAILED):
             return 0  # the CPU-only install works: nvcc is a bonus, its failure said
-        say_backends(*report())
+        state, problem = report()
+        say_backends(state, problem)
+        if nvcc_wheels(state, linux):  # installed, yet not found: each run would install it again
+            print("wanvideo_vae: warning: " + NVCC_UNSEEN, file=sys.stderr)
     return 0
 
 

@@ -192,7 +192,9 @@ def cuda_root(nvcc):
 def site_dirs():
     """Where pip puts the nvidia-* wheels: the target environment's site-packages. Under pip's build
     isolation sys.path is the build environment's, but sysconfig still names the target's; uv builds
-    in an environment of its own, whose sysconfig names that one: the active one (VIRTUAL_ENV) too."""
+    in an environment of its own, whose sysconfig names that one: the active one (VIRTUAL_ENV) too.
+    Outside a virtual environment, last, the user's site-packages, where pip puts them with --user
+    (or where it cannot write to the Python's own; build isolation hides it from sys.path)."""
     dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     venv = os.environ.get("VIRTUAL_ENV")
     if venv:
@@ -203,6 +205,11 @@ def site_dirs():
     except AttributeError:
         pass
     dirs += [p for p in sys.path if p.endswith("site-packages")]
+    if sys.prefix == sys.base_prefix:
+        try:
+            dirs.append(site.getusersitepackages())
+        except AttributeError:
+            pass
     seen = []
     for d in dirs:
         if d and os.path.isdir(d) and d not in seen:

@@ -500,6 +500,19 @@ def test_the_active_virtual_environment_is_searched_for_the_wheels(setup_module,
     assert str(target) in setup_module.site_dirs()
 
 
+def test_the_users_site_packages_are_searched_outside_a_virtual_environment(setup_module, tmp_path, monkeypatch):
+    """pip install --user (or pip falling back to it where the Python's own folder is read-only) puts the
+    nvidia-* wheels, nvcc's among them, in the user's site-packages, which build isolation takes off
+    sys.path: searched last, and only where the Python is no virtual environment (which ignores it)."""
+    user = tmp_path / "user site"
+    user.mkdir()
+    monkeypatch.setattr(setup_module.site, "getusersitepackages", lambda: str(user))
+    monkeypatch.setattr(setup_module.sys, "base_prefix", setup_module.sys.prefix)
+    assert setup_module.site_dirs()[-1] == str(user)
+    monkeypatch.setattr(setup_module.sys, "base_prefix", str(tmp_path / "the base of a venv"))
+    assert str(user) not in setup_module.site_dirs()
+
+
 def test_nvcc_refusing_the_host_compiler_is_run_again_with_the_flag_it_offers(setup_module, monkeypatch, capsys):
     """A Visual Studio newer than the toolkit (setuptools takes the newest installed), a gcc newer than it:
     nvcc says which flag overrides its check; the build takes it once, and backends() reports that."""

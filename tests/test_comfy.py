@@ -165,6 +165,11 @@ def test_install_script_keeps_the_cpu_only_install_where_nvcc_cannot_be_had(caps
                             report=lambda: (install_report(NVCC_MISSING, "13.0"), None), linux=True) == 0
         assert len(calls) == calls_made
         assert message in capsys.readouterr().err
+    # installed, but the build still finds no nvcc (pip put it elsewhere): said, not silently again and again
+    calls = []
+    assert install.main(call=lambda command, cwd: calls.append(command) or 0,
+                        report=lambda: (install_report(NVCC_MISSING, "13.0"), None), linux=True) == 0
+    assert len(calls) == 3 and "the build found no nvcc even after pip installed it" in capsys.readouterr().err
 
 
 def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_path, capsys):

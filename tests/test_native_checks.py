@@ -124,17 +124,20 @@ def test_cuda_ops_against_the_cpu_ops(tmp_path):
 
 
 STAND_IN_SANITIZER = r"""#!/usr/bin/env bash
-# compute-sanitizer's stand-in: says what it was asked to run; FAKESAN=clean|error|refuse
+# compute-sanitizer's stand-in: says what it was asked to run; FAKESAN=clean|error|refuse|late_error|slow
+# (late_error, slow: cut short by the time limit, which gpu_check's `timeout` reports as 124)
 args=()
 while [ $# -gt 0 ]; do
     case $1 in
-    --tool | --error-exitcode | --print-limit | --kernel-name) args+=("$1=$2"); shift 2 ;;
+    --tool | --error-exitcode | --print-limit | --report-api-errors | --kernel-name) args+=("$1=$2"); shift 2 ;;
     *) args+=("$1"); shift ;;
     esac
 done
 case $FAKESAN in
 refuse) echo "========= Error: Device not supported"; exit 1 ;;
 error) echo "========= Invalid __global__ read of size 4 bytes"; echo "========= ERROR SUMMARY: 1 error"; exit 86 ;;
+late_error) echo "========= COMPUTE-SANITIZER"; echo "========= Invalid __global__ write of size 2 bytes"; exit 124 ;;
+slow) echo "========= COMPUTE-SANITIZER"; exit 124 ;;
 *) echo "ran: ${args[*]}"; echo "========= ERROR SUMMARY: 0 errors" ;;
 esac
 """
@@ -144,9 +147,10 @@ esac
 def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
     """tools/gpu_check.sh's sanitize step (GPU_CHECK_ANYWAY=1: its logic without a GPU), on a copy of the
     sources, with a stand-in for compute-sanitizer: the op-by-op program under memcheck and racecheck and
-    a small decode untiled and in tiles when all is clean; a finding stops it and fails the check; a
-    machine the tool refuses makes it n/a, not a failure. A GPU session's minutes are not spent on its
-    bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
+    a small decode untiled and in tiles when all is clean; a finding stops it and fails the check, also
+    one reported before the run's time limit cut it short; runs cut short with nothing found are named
+    ("not all checked"); a machine the tool refuses makes it n/a, not a failure. A GPU session's minutes
+    are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     src = tmp_path / "src"
@@ -159,30 +163,38 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
     (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
     (tmp_path / "bin" / "compute-sanitizer").chmod(0o755)
     said = {}
-    for mode in ("clean", "error", "refuse"):
+    for mode in ("clean", "error", "refuse", "late_error", "slow"):
         out = tmp_path / f"out_{mode}"
         env = dict(os.environ, FAKESAN=mode, GPU_CHECK_ANYWAY="1", OUT=str(out), WANVIDEO_CUDA_ARCHS="90",
                    PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
         r = subprocess.run(["bash", "tools/gpu_check.sh", "run", "sanitize"], cwd=src, capture_output=True, text=True,
                            env=env, timeout=900)
-        said[mode] = (r.returncode, r.stdout, (out / "native.log").read_text() if (out / "native.log").exists() else "")
+        log = (out / "native.log").read_text() if (out / "native.log").exists() else ""
+        said[mode] = (r.returncode, r.stdout, log)
     status, printed, log = said["clean"]
     assert status == 0 and "sanitize 0 " in printed and printed.count("ERROR SUMMARY: 0 errors") == 4, printed[-3000:]
     ops = "build/backend_ops/test_backend_ops"
-    assert f"ran: --error-exitcode=86 --print-limit=10 --tool=memcheck {ops}" in log, log[-3000:]
-    raced = re.search(r"^ran: --error-exitcode=86 --print-limit=10 --tool=racecheck "
-                      r"--kernel-name=regex=\((\S+)\) (\S+)$", log, re.M)
+    given = "ran: --error-exitcode=86 --print-limit=10 --report-api-errors=no"
+    assert f"{given} --tool=memcheck {ops}" in log, log[-3000:]
+    raced = re.search(rf"^{given} --tool=racecheck --kernel-name=regex=\((\S+)\) (\S+)$", log, re.M)
     assert raced and raced.group(2) == ops, log[-3000:]
     ours = raced.group(1).split("|")  # racecheck on the kernels of cuda/ alone, every one of them
     assert "head_conv_kernel" in ours and "write_output_kernel" in ours and len(ours) >= 10, ours
     for tile in (0, 78):
-        assert ("ran: --error-exitcode=86 --print-limit=10 --tool=memcheck python3 -m wanvideo_vae decode --device "
-                f"cuda --precision bf16 --random-shape 2 12 16 --tile {tile} --quiet") in log
+        assert (f"{given} --tool=memcheck python3 -m wanvideo_vae decode --device cuda --precision bf16 "
+                f"--random-shape 2 12 16 --tile {tile} --quiet") in log
     status, printed, log = said["error"]
     assert status == 1 and "sanitize 86 " in printed and printed.count("== sanitize, ") == 1, printed[-3000:]
     assert "Invalid __global__ read of size 4 bytes" in log
     status, printed, log = said["refuse"]
     assert status == 0 and "sanitize n/a (compute-sanitizer: Device not supported)" in printed, printed[-3000:]
+    status, printed, log = said["late_error"]  # what memcheck said before the time limit counts
+    assert status == 1 and "sanitize 86 " in printed and printed.count("== sanitize, ") == 1, printed[-3000:]
+    status, printed, log = said["slow"]
+    assert status == 0 and printed.count("== sanitize, ") == 4, printed[-3000:]
+    assert ("sanitize 0 (nothing found, not all checked: op tests, memcheck (its time limit), op tests, racecheck "
+            "(our kernels) (its time limit), decode, tile 0 (its time limit), decode, tile 78 (its time limit))"
+            ) in printed
 
 
 # tests/test_cuda.py's tests of what the backend does around the arithmetic (quick on the stub): the
