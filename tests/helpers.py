@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import struct
 
 import numpy as np
@@ -16,6 +17,18 @@ def package_root():
     copy beside a stub-built _cuda): what a test's subprocess must put first on its PYTHONPATH."""
     import wanvideo_vae
     return os.path.dirname(os.path.dirname(os.path.abspath(wanvideo_vae.__file__)))
+
+
+def scratch_copy(tmp_path, folders=()):
+    """A copy of the sources a build needs (and `folders`, relative to the repository), without built
+    modules or build records, in tmp_path/src."""
+    src = tmp_path / "src"
+    for name in ("csrc", "cuda", "wanvideo_vae", *folders):
+        shutil.copytree(os.path.join(REPO, name), src / name,
+                        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "_build_info.py"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    return src
 
 
 def load_install_script():

@@ -10,19 +10,9 @@ import sysconfig
 
 import pytest
 
-from helpers import REPO, load_install_script
+from helpers import REPO, load_install_script, scratch_copy
 
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
-
-
-def scratch_copy(tmp_path):
-    src = tmp_path / "src"
-    for name in ("csrc", "cuda", "wanvideo_vae"):
-        shutil.copytree(os.path.join(REPO, name), src / name,
-                        ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__", "_build_info.py"))
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(os.path.join(REPO, name), src / name)
-    return src
 
 
 def build_in_place(src, **env):

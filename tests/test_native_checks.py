@@ -13,7 +13,7 @@ import sysconfig
 
 import pytest
 
-from helpers import REPO, package_root
+from helpers import REPO, package_root, scratch_copy
 
 REQUIRED = os.environ.get("WANVIDEO_REQUIRE_NATIVE_CHECKS") == "1"
 
@@ -153,12 +153,7 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
     are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
-    src = tmp_path / "src"
-    for name in ("csrc", "cuda", "wanvideo_vae", "tools", os.path.join("tests", "c")):
-        shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns(
-            "*.so", "__pycache__", "_build_info.py"))
-    for name in ("setup.py", "pyproject.toml", "README.md"):
-        shutil.copy(os.path.join(REPO, name), src / name)
+    src = scratch_copy(tmp_path, folders=("tools", os.path.join("tests", "c")))
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
     (tmp_path / "bin" / "compute-sanitizer").chmod(0o755)
