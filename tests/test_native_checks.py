@@ -143,17 +143,25 @@ esac
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
-def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
+@pytest.fixture(scope="module")
+def gpu_check_copy(tmp_path_factory):
+    """A copy of the sources with tools/ and tests/c/, for tools/gpu_check.sh's dry runs
+    (GPU_CHECK_ANYWAY=1: its logic without a GPU), which build in place; shared so that they build once."""
+    if sys.platform == "win32":
+        pytest.skip("bash scripts")
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    return scratch_copy(tmp_path_factory.mktemp("gpu_check"), folders=("tools", os.path.join("tests", "c")))
+
+
+def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(gpu_check_copy, tmp_path):
     """tools/gpu_check.sh's sanitize step (GPU_CHECK_ANYWAY=1: its logic without a GPU), on a copy of the
     sources, with a stand-in for compute-sanitizer: the op-by-op program under memcheck and racecheck and
     a small decode untiled and in tiles when all is clean; a finding stops it and fails the check, also
     one reported before the run's time limit cut it short; runs cut short with nothing found are named
     ("not all checked"); a machine the tool refuses makes it n/a, not a failure. A GPU session's minutes
     are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
-    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
-        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
-    src = scratch_copy(tmp_path, folders=("tools", os.path.join("tests", "c")))
+    src = gpu_check_copy
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
     (tmp_path / "bin" / "compute-sanitizer").chmod(0o755)
@@ -190,6 +198,31 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(tmp_path):
     assert ("sanitize 0 (nothing found, not all checked: op tests, memcheck (its time limit), op tests, racecheck "
             "(our kernels) (its time limit), decode, tile 0 (its time limit), decode, tile 78 (its time limit))"
             ) in printed
+
+
+def test_the_gpu_checks_cpu_step(gpu_check_copy, tmp_path):
+    """tools/gpu_check.sh's cpu step, asked for alone ("run cpu"; on small latents here): a decode per
+    thread count, 1, 2, 4, ... up to the CPUs and the CPUs themselves, each timed, each held to the
+    1-thread frames; a decode that fails fails the check, saying why. Not in the default steps."""
+    def check(shape):
+        env = dict(os.environ, GPU_CHECK_ANYWAY="1", GPU_CHECK_CPU_SHAPE=shape, OUT=str(tmp_path / "out"),
+                   WANVIDEO_CUDA_ARCHS="90")
+        return subprocess.run(["bash", "tools/gpu_check.sh", "run", "cpu"], cwd=gpu_check_copy, capture_output=True,
+                              text=True, env=env, timeout=900)
+    r = check("1 4 4")
+    cpus, counts, n = int(subprocess.check_output(["nproc"], text=True)), [], 1
+    while n <= cpus:
+        counts.append(n)
+        n = cpus if n < cpus < 2 * n else 2 * n
+    assert re.findall(r"^cpu threads (\d+): [\d.]+ s \(.*GFLOP/s", r.stdout, re.M) == [str(c) for c in counts], r.stdout
+    compared = re.findall(r"^cpu (\d+) threads vs 1: max \|diff\| \S+ \(ok: tolerance 1e-05\)$", r.stdout, re.M)
+    assert compared == [str(c) for c in counts[1:]], r.stdout
+    assert r.returncode == 0 and "cpu 0 (" in r.stdout and "ops skipped, tests skipped" in r.stdout, r.stdout[-3000:]
+    assert "== cpu, WANVIDEO_CPU_THREADS=1" in (tmp_path / "out" / "profile.txt").read_text()
+    r = check("1 0 4")
+    assert r.returncode == 1 and "cpu 2 (" in r.stdout, r.stdout[-3000:]
+    said = "cpu threads 1: exit 2: python -m wanvideo_vae decode: error: argument --random-shape: 0: must be at least 1"
+    assert said in r.stdout, r.stdout[-3000:]
 
 
 # tests/test_cuda.py's tests of what the backend does around the arithmetic (quick on the stub): the

@@ -10,7 +10,9 @@
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
 #                              profile bench lab graphs sanitize (default: all, in that order; the build
-#                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks.
+#                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks;
+#                              and cpu, only when named: the CPU backend's threads on that machine's
+#                              cores ("run cpu", about 60 s on 16 cores).
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
@@ -42,7 +44,7 @@ fi
 shift $(( $# > 0 ? 1 : 0 ))
 STEPS=${*:-ops tests profile bench lab graphs sanitize}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped SANITIZE=skipped
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped SANITIZE=skipped CPU=skipped
 DIRECT=n/a # conv shapes of the profiled decodes that cuDNN ran no algorithm for
 
 OUT=${OUT:-/tmp/wv_gpu}
@@ -254,7 +256,39 @@ if want sanitize && room sanitize; then
     summary "sanitize $SANITIZE"
 fi
 
-# 8. the figures the tests measured, a line each
+# 8. (only when asked: "run cpu") the CPU backend on the machine's cores: one decode (latents
+#    [16, 2, 24, 32] unless GPU_CHECK_CPU_SHAPE says other, full-size weights) on 1, 2, 4, ... threads
+#    up to the CPUs there, each's time and GFLOP/s in profile.txt; the frames of every thread count must
+#    be the 1-thread ones to 1e-5 (the GEMMs' rounding may differ in the last bit with the rows each is
+#    given: 6e-8 seen on 4 x 4 latents; a thread racing another would show more)
+if want cpu && room cpu; then
+    read -r -a CPU_SHAPE <<< "${GPU_CHECK_CPU_SHAPE:-2 24 32}"
+    CPU=0 n=1 ncpu=$(nproc) frames=$(mktemp -d)
+    while [ "$n" -le "$ncpu" ] && room cpu; do
+        echo "== cpu, WANVIDEO_CPU_THREADS=$n" >> "$OUT/profile.txt"
+        WANVIDEO_CPU_THREADS=$n timeout "$(limit 60)" python3 -m wanvideo_vae decode --device cpu \
+            --random-shape "${CPU_SHAPE[@]}" --quiet --out "$frames/$n.npy" > "$frames/log" 2>&1
+        st=$?
+        cat "$frames/log" >> "$OUT/profile.txt"
+        if [ "$st" != 0 ]; then
+            CPU=$st
+            echo "cpu threads $n: exit $st: $(tail -1 "$frames/log")"
+        else
+            echo "cpu threads $n: $(grep "^time" "$frames/log" | cut -c10-)"
+        fi
+        if [ "$n" != 1 ] && [ "$st" = 0 ]; then
+            python3 tools/max_diff.py "cpu $n threads vs 1" "$frames/1.npy" "$frames/$n.npy" 1e-5 2>&1 | tail -1 \
+                | tee -a "$OUT/profile.txt"
+            [ "${PIPESTATUS[0]}" = 0 ] || CPU=1
+            rm -f "$frames/$n.npy"
+        fi
+        [ "$n" -lt "$ncpu" ] && [ $(( n * 2 )) -gt "$ncpu" ] && n=$ncpu || n=$(( n * 2 ))
+    done
+    rm -rf "$frames"
+    summary "cpu exit $CPU"
+fi
+
+# 9. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
@@ -266,11 +300,11 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-# 9. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
+# 10. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
 #    step did not run or finish)
 want bench && bench_table
 python3 tools/gpu_verdicts.py "$OUT/bench.json" "$OUT/figures.jsonl" "$TESTS" "$DIRECT" "$OUT/env.txt"
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB, sanitize $SANITIZE"
-for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "${SANITIZE%% *}"; do
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB, sanitize $SANITIZE, cpu $CPU"
+for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "${SANITIZE%% *}" "$CPU"; do
     [ "$st" = 0 ] || [ "$st" = skipped ] || [ "$st" = n/a ] || exit 1
 done
