@@ -44,9 +44,11 @@ echo "MinGW-w64: built _C.cp$version-win_amd64.pyd"
 # the wheels on the Windows Python's own path, so the tests' subprocesses find them too
 winpath "$site" > "$py/Lib/site-packages/wanvideo_vae_test_site.pth"
 
-# KMP_AFFINITY=disabled: PyTorch's OpenMP asks for NUMA masks, a call Wine does not implement
+# KMP_AFFINITY=disabled: PyTorch's OpenMP asks for NUMA masks, a call Wine does not implement.
+# ONEDNN_MAX_CPU_ISA: below AMX. On a CPU with AMX, PyTorch's oneDNN runs bf16 on it, which Linux allows
+# a process only once it has asked (arch_prctl), and Wine does not ask: an illegal instruction otherwise.
 cd "$root/tests"
-export PYTHONPATH="$(winpath "$out/pkg")" KMP_AFFINITY=disabled
+export PYTHONPATH="$(winpath "$out/pkg")" KMP_AFFINITY=disabled ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16
 export WANVIDEO_SHARED="$(winpath "$(cd "${WANVIDEO_SHARED:-$root/../shared}" && pwd -P)")"
 in_wine "$out/wineprefix" Windows 1800 "$py/python.exe" -m pytest -q -p no:cacheprovider \
     test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py test_comfy.py "$@"
