@@ -20,7 +20,8 @@
 # test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start; the sanitize
 # step, last, is not yet timed (each of its four runs has a limit: 120 s per op-test tool, 60 s per
 # decode) and takes what the deadline leaves; where it was cut short and device time is left, send at
-# once command "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize", timeout_s 300. Each step
+# once command "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize cpu", timeout_s 300 (the cpu
+# step after it, with what is left; "run cpu" alone where sanitize finished). Each step
 # has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
 # summary still prints within timeout_s 400; a step with under 10 s left is skipped), so a hung
 # step still leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
@@ -260,7 +261,7 @@ fi
 #    [16, 2, 24, 32] unless GPU_CHECK_CPU_SHAPE says other, full-size weights) on 1, 2, 4, ... threads
 #    up to the CPUs there, each's time and GFLOP/s in profile.txt; the frames of every thread count must
 #    be the 1-thread ones to 1e-5 (the GEMMs' rounding may differ in the last bit with the rows each is
-#    given: 6e-8 seen on 4 x 4 latents; a thread racing another would show more)
+#    given: 6e-8 seen on 4 x 4 latents; a race would likely show more)
 if want cpu && room cpu; then
     read -r -a CPU_SHAPE <<< "${GPU_CHECK_CPU_SHAPE:-2 24 32}"
     CPU=0 n=1 ncpu=$(nproc) frames=$(mktemp -d)
