@@ -12,7 +12,7 @@
 #                              profile bench lab graphs sanitize (default: all, in that order; the build
 #                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks;
 #                              and cpu, only when named: the CPU backend's threads on that machine's
-#                              cores ("run cpu", about 60 s on 16 cores).
+#                              cores ("run cpu"; 47 s on 2 cores, about a minute expected on 16).
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
