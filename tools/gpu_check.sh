@@ -283,7 +283,9 @@ if want cpu && room cpu; then
             [ "${PIPESTATUS[0]}" = 0 ] || CPU=1
             rm -f "$frames/$n.npy"
         fi
-        [ "$n" -lt "$ncpu" ] && [ $(( n * 2 )) -gt "$ncpu" ] && n=$ncpu || n=$(( n * 2 ))
+        next=$(( n * 2 )) # doubling, and the CPUs themselves last where they are no power of two
+        [ "$n" -lt "$ncpu" ] && [ "$next" -gt "$ncpu" ] && next=$ncpu
+        n=$next
     done
     rm -rf "$frames"
     summary "cpu exit $CPU"
