@@ -1682,6 +1682,8 @@ static void report_direct(cuda_ctx *c, conv_shape *s, cudnnStatus_t last)
 static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void *input, const void *weight,
                                    const void *bias, void *y, int accumulate)
 {
+    /* keep 0: y is not read (beta for cudnnConvolutionForward, alpha2 with z = y for the fused call, as
+     * XLA relies on with uninitialized outputs), so stale data in y (arena reuse, NaN patterns) is harmless */
     float one = 1.0f, keep = accumulate ? 1.0f : 0.0f;
     cudnnStatus_t st;
     if (s->math[i] != s->math_now) {
