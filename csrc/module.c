@@ -509,17 +509,20 @@ static int Model_init(ModelObject *self, PyObject *args, PyObject *kwds)
 
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|szi:Model", kwlist, &weights, &backend_name, &precision, &device))
         return -1;
-    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
-        PyErr_NoMemory();
-        return -1;
+    if (!self->lock) {
+        if (!(self->lock = PyThread_allocate_lock())) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->lock_forks = g_forks;
     }
-    self->lock_forks = g_forks;
     if (self->built || self->building) { /* readers use the model without the lock: it never changes */
         PyErr_SetString(WvError, "a Model is built once; create a new Model for other weights");
         return -1;
     }
     self->building = 1; /* finding a backend (an import) and reading a weight run Python code, which may call
                            __init__ again, from this thread or another */
+    Py_INCREF(weights);  /* borrowed from a keyword dict the caller may empty meanwhile (a C caller's own) */
     if (!(be = backend_by_name(backend_name, precision)) || collect_weights(weights, &items, &views, &arrays, &count))
         goto finally;
     Py_BEGIN_ALLOW_THREADS
@@ -537,13 +540,22 @@ finally:
     PyMem_Free(arrays);
     PyMem_Free(views);
     Py_XDECREF(items);
+    Py_DECREF(weights);
     return rc;
 }
 
+/* Freeing device memory waits for the device to be idle: other threads run meanwhile, as in close().
+ * A model a parent's thread held when this process forked from it may be half freed (a close) or in
+ * use: it is left as it is, and so is the lock that thread held. */
 static void Model_dealloc(ModelObject *self)
 {
-    if (self->built) wv_model_free(&self->model);
-    if (self->lock) PyThread_free_lock(self->lock);
+    int parents = self->decoding && self->taken_in != g_forks;
+    if (self->built && !parents) {
+        Py_BEGIN_ALLOW_THREADS
+        wv_model_free(&self->model);
+        Py_END_ALLOW_THREADS
+    }
+    if (self->lock && !parents) PyThread_free_lock(self->lock);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -980,7 +992,21 @@ static int parse_decode_call(PyObject *args, PyObject *kwds, decode_call *c)
     }
     if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &c->o)) return -1;
     c->o.profile = profile;
+    /* owned for the call: they may be borrowed from a keyword dict (a C caller's own) that Python code
+       run meanwhile (an array interface, a float(), the progress callback itself) empties */
+    Py_INCREF(c->latents);
+    Py_INCREF(c->mean);
+    Py_INCREF(c->std);
+    Py_INCREF(c->progress);
     return 0;
+}
+
+static void release_decode_call(decode_call *c)
+{
+    Py_DECREF(c->latents);
+    Py_DECREF(c->mean);
+    Py_DECREF(c->std);
+    Py_DECREF(c->progress);
 }
 
 /* The frames a plan decodes: [F, H, W, 3] float32. */
@@ -1006,8 +1032,11 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     memset(&lat, 0, sizeof lat);
     if (require_built(self) || parse_decode_call(args, kwds, &c)) return NULL;
     bridge.callback = c.progress == Py_None ? NULL : c.progress;
-    if (self->closed) return raise_closed(); /* before the output is made; checked again once it is ours */
-    if (parse_array(c.latents, "latents", &lat)) return NULL;
+    if (self->closed) { /* before the output is made; checked again once it is ours */
+        raise_closed();
+        goto finally;
+    }
+    if (parse_array(c.latents, "latents", &lat)) goto finally;
     if (lat.stream) c.stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
     if (check_latents_shape(&self->model, &lat, &T, &h, &w) || read_stats(self, c.mean, c.std, &mean, &stdv))
         goto finally;
@@ -1028,6 +1057,7 @@ finally:
     PyMem_Free(mean);
     PyMem_Free(stdv);
     py_array_release(&lat);
+    release_decode_call(&c);
     return result;
 }
 

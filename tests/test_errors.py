@@ -544,6 +544,66 @@ def test_close_frees_the_weights_at_once(tmp_path):
     assert freed >= 0.8 * weight_bytes, (freed, weight_bytes)
 
 
+_EMPTIED_KEYWORDS = """
+import ctypes, sys
+import numpy as np
+from wanvideo_vae import _C
+from wanvideo_vae.random_model import random_latents, random_weights
+
+call = ctypes.pythonapi.PyObject_Call  # as a C caller calls: its own keyword dict handed to the method
+call.restype, call.argtypes = ctypes.py_object, [ctypes.py_object] * 3
+model = _C.Model(random_weights(8, 4, seed=1))
+latents = random_latents(4, 2, 3, 4)
+expected = model.decode(latents, [0.0] * 4, [1.0] * 4)[0]
+
+
+class Emptying:
+    def __init__(self, value):
+        self.value = value
+
+    def __float__(self):
+        kw.clear()
+        return self.value
+
+    def __call__(self, done, total):
+        kw.clear()
+        self.garbage = [object() for _ in range(1000)]  # the freed memory is reused
+        return True
+
+
+class Interface:
+    def __init__(self):
+        self.array = np.array(latents)
+
+    @property
+    def __array_interface__(self):
+        kw.clear()
+        return self.array.__array_interface__
+
+
+# each argument made afresh, held by kw alone
+for name, own in [("progress", lambda: {"progress": Emptying(0)}),
+                  ("mean", lambda: {"mean": [Emptying(0.0)] + [0.0] * 3}),
+                  ("latents", lambda: {"latents": Interface()})]:
+    kw = {"latents": latents, "mean": [0.0] * 4, "std": [1.0] * 4, **own()}
+    out = call(model.decode, (), kw)[0]
+    print(name, np.array_equal(out, expected), flush=True)
+"""
+
+
+def test_arguments_from_a_keyword_dict_emptied_during_the_call_stay_alive(tmp_path):
+    """A C caller (ctypes, Cython) hands decode its own keyword dict, which Python code run during the
+    call (the progress callback, a number's __float__, an array interface) may empty: the arguments
+    are held for the call, not read after they are freed. In a fresh process with Python's debug
+    allocator, which fills freed memory: a use after free crashes it."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", _EMPTIED_KEYWORDS], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": package_root(), "PYTHONMALLOC": "debug"}, timeout=300)
+    assert run.returncode == 0, (run.returncode, run.stdout, run.stderr)
+    assert run.stdout.split() == ["progress", "True", "mean", "True", "latents", "True"], run.stdout
+
+
 def test_close_waits_for_a_decode_in_another_thread(small):
     mean, std = random_stats(4)
     dec = wv.Decoder(random_weights(8, 4, seed=1), mean=mean, std=std)
