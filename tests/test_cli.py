@@ -299,6 +299,43 @@ def test_auto_precision_on_a_gpu_without_bf16(monkeypatch):
         assert cli._check_backend("auto", "auto") == ("cuda", precision)
 
 
+def test_a_path_given_as_bytes_loads(files):
+    import wanvideo_vae as wv
+    weights = wv.load_weights(os.fsencode(files / "vae.safetensors"))
+    assert weights.keys() == wv.load_weights(files / "vae.safetensors").keys()
+    np.testing.assert_array_equal(media.load_latents(os.fsencode(files / "lat.npy")), np.load(files / "lat.npy"))
+
+
+@pytest.mark.parametrize("args", [["decode", "--random-shape", "100001", "1", "1"], ["bench", "--dim", str(2**31)]])
+def test_counts_past_what_the_decoder_takes_are_refused_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2 and "must be at most" in capsys.readouterr().err
+
+
+def test_an_mp4_without_an_ffmpeg_to_run_is_refused_before_the_decode(tmp_path, monkeypatch):
+    """imageio-ffmpeg installed without its bundled ffmpeg, and none on PATH: the output is refused
+    when checked (and the default output is an .avi), not after the decode with imageio's traceback."""
+    import types
+
+    def no_ffmpeg():
+        raise RuntimeError("No ffmpeg exe could be found.")
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", types.SimpleNamespace(get_ffmpeg_exe=no_ffmpeg))
+    assert not media.have_mp4()
+    with pytest.raises(WanVAEError, match=r"writing \.mp4 needs ffmpeg, which imageio-ffmpeg did not find \(No ffmpeg"):
+        media.check_output(str(tmp_path / "v.mp4"))
+
+
+def test_a_png_folder_on_a_drive_that_is_not_there_is_refused(tmp_path, monkeypatch):
+    """On Windows the root of a missing drive or share (Z:\\) is its own parent: the search for the
+    nearest existing folder stops there instead of going round forever. Here every path is missing."""
+    with monkeypatch.context() as m:
+        m.setattr(media.os.path, "exists", lambda p: False)
+        with pytest.raises(WanVAEError, match="does not exist"):
+            media.check_output(str(tmp_path / "frames"))
+
+
 def test_default_output_is_named_after_the_latents(files, tmp_path, monkeypatch):
     import wanvideo_vae.cli as cli
     monkeypatch.chdir(tmp_path)

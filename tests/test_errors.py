@@ -89,6 +89,8 @@ def corrupt_safetensors(tmp, kind):
     raw = open(good, "rb").read()
     if kind == "header_past_end":
         raw = (10 ** 9).to_bytes(8, "little") + raw[8:]
+    elif kind == "header_over_limit":  # a length safetensors refuses, within the file: not read
+        raw = (10 ** 8 + 1).to_bytes(8, "little") + raw[8:]
     elif kind == "bad_json":
         n = int.from_bytes(raw[:8], "little")
         raw = raw[:8] + b"{" * n + raw[8 + n:]
@@ -116,7 +118,10 @@ def corrupt_safetensors(tmp, kind):
         header["decoder.head.2.bias"]["shape"] = [-1, -3]
         text = json.dumps(header).encode()
         raw = len(text).to_bytes(8, "little") + text + raw[8 + n:]
-    open(path, "wb").write(raw)
+    with open(path, "wb") as f:
+        f.write(raw)
+        if kind == "header_over_limit":
+            f.truncate(10 ** 8 + 100)
     return path
 
 
@@ -224,6 +229,10 @@ CASES = [
     ("complex mean or std", lambda d, t: d.decode(lat(), mean=np.ones(4, np.complex64)), E, "real numbers"),
     ("a safetensors header length past the end of the file",
      lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_past_end")), E, "past the end"),
+    ("a safetensors header length past the format's limit",
+     lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_over_limit")), E,
+     r"header_over_limit\.safetensors: not a safetensors file \(the header length its first 8 bytes give, 100000001, "
+     r"is past the format's limit\)$"),
     ("a safetensors header that is not JSON", lambda d, t: wv.load_weights(corrupt_safetensors(t, "bad_json")), E,
      "not valid JSON"),
     ("safetensors data offsets out of range", lambda d, t: wv.load_weights(corrupt_safetensors(t, "offsets")), E,

@@ -437,8 +437,12 @@ def _positive_fps(text):
     return fps
 
 
-def _count(least):
-    """An argparse type: a whole number, at least `least`."""
+INT_MAX = 2**31 - 1  # a C int: the decoder's widths
+LATENT_EXTENT_MAX = 100_000  # T, h, w: the decoder refuses more (larger ones are mistakes)
+
+
+def _count(least, most=None):
+    """An argparse type: a whole number, at least `least` and, given, at most `most`."""
     def parse(text):
         try:
             n = int(text)
@@ -446,6 +450,8 @@ def _count(least):
             raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
         if n < least:
             raise argparse.ArgumentTypeError(f"{text}: must be at least {least}")
+        if most is not None and n > most:
+            raise argparse.ArgumentTypeError(f"{text}: must be at most {most}")
         return n
     return parse
 
@@ -497,7 +503,7 @@ def build_parser():
     d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
-    d.add_argument("--random-shape", type=_count(1), nargs=3, metavar=("T", "H", "W"),
+    d.add_argument("--random-shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"),
                    help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
     d.add_argument("--seed", type=_count(0), help="seed of the random weights and latents (default 0)")
@@ -509,10 +515,10 @@ def build_parser():
                         "(kernel loading, algorithm choice), as in a long-running app")
     d.set_defaults(func=decode_cmd)
     b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
-    b.add_argument("--shape", type=_count(1), nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
+    b.add_argument("--shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
                    help="latent T, h, w (default %(default)s: a few minutes on 2 CPU cores)")
     b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
-    b.add_argument("--dim", type=_count(1), default=96, help="decoder width (96: full-size Wan 2.1)")
+    b.add_argument("--dim", type=_count(1, INT_MAX), default=96, help="decoder width (96: full-size Wan 2.1)")
     b.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
     b.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                    help="auto: bf16 on the GPU, fp32 on the CPU")
@@ -533,7 +539,7 @@ def build_parser():
     p.set_defaults(func=patch_workflow_cmd)
     i = sub.add_parser("info", help="versions, backends, GPUs, and how a decode would be planned here (for a bug "
                                     "report)")
-    i.add_argument("--shape", type=_count(1), nargs=3, metavar=("T", "H", "W"), default=(21, 90, 160),
+    i.add_argument("--shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"), default=(21, 90, 160),
                    help="latent T, h, w of the decode to plan (default %(default)s: 81 frames of 1280x720)")
     i.add_argument("--no-plan", action="store_true",
                    help="leave out the plans (which load full-size weights of zeros on each GPU for a moment)")

@@ -58,7 +58,7 @@ def load_latents(path):
     """Latents from .npy, .safetensors (tensor 'samples' / 'latents', or the only one), ComfyUI's
     .latent (Save Latent) or .pt / .pth (a tensor or a ComfyUI LATENT-style dict with 'samples').
     Returns an array or tensor."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # a str, also from a bytes path
     check_input_file(path)
     kind = os.path.splitext(path)[1].lower()
     if kind == ".npy":
@@ -179,8 +179,8 @@ def write_avi(frames, path, fps):
 
 def have_mp4():
     try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
+        _ffmpeg_exe()
+    except WanVAEError:
         return False
     return True
 
@@ -195,7 +195,11 @@ def _ffmpeg_exe():
         import imageio_ffmpeg
     except ImportError:
         raise WanVAEError(MP4_NEEDS_EXTRA) from None
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError as e:  # imageio-ffmpeg without its bundled ffmpeg, and none on PATH
+        raise WanVAEError(f"writing .mp4 needs ffmpeg, which imageio-ffmpeg did not find ({e}); install "
+                          "ffmpeg or set IMAGEIO_FFMPEG_EXE (or write .avi, a PNG folder or .npy)") from None
 
 
 def _last_line(log, path):
@@ -295,6 +299,8 @@ def _check_png_folder(out):
         raise WanVAEError(f"{out}: exists and is not a folder (PNG frames go into a folder)")
     existing = os.path.abspath(out)
     while not os.path.exists(existing):
+        if os.path.dirname(existing) == existing:  # a drive or network share that is not there (Windows)
+            raise WanVAEError(f"{out}: {existing} does not exist")
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise WanVAEError(f"{out}: {existing} is a file, not a folder")
@@ -310,8 +316,8 @@ def check_output(out, frames_shape=None):
     if kind and kind not in (".mp4", ".avi", ".npy"):
         raise WanVAEError(f"{out}: unknown output format (use .mp4, .avi, .npy, or a folder name for PNGs; "
                           "end a folder name that has a dot with /)")
-    if kind == ".mp4" and not have_mp4():
-        raise WanVAEError(MP4_NEEDS_EXTRA)
+    if kind == ".mp4":
+        _ffmpeg_exe()  # raises what is missing
     if kind == ".avi" and frames_shape is not None:
         check_avi_size(*frames_shape[:3], out)
     if kind:

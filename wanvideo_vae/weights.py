@@ -57,8 +57,8 @@ _ST_MAX_HEADER = 100_000_000  # the safetensors format's limit on its header's l
 
 
 def _what_else(head, n, size):
-    """What a file whose header length n is past its end is, from its first bytes: what a download that
-    went wrong leaves in a model's place is named, with what to do."""
+    """What a file whose header length n is past its end or the format's limit is, from its first bytes:
+    what a download that went wrong leaves in a model's place is named, with what to do."""
     if head[8:9] == b"{" and n <= _ST_MAX_HEADER:  # a header that starts as one does; the file ends inside it
         return (f"truncated: its header runs to byte {8 + n} but the file has {size} bytes (an incomplete "
                 "download? download it again)")
@@ -68,6 +68,8 @@ def _what_else(head, n, size):
         return "a zip archive, as PyTorch saves a checkpoint, not a safetensors file: name it .pth"
     if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         return "an HTML page, not a safetensors file (a download that saved an error or login page? download it again)"
+    if n <= size - 8:
+        return f"not a safetensors file (the header length its first 8 bytes give, {n}, is past the format's limit)"
     return (f"not a safetensors file (the header length its first 8 bytes give, {n}, is past the end of its "
             f"{size} bytes)")
 
@@ -77,7 +79,7 @@ def _read_safetensors_header(f, path, size):
     if len(raw) != 8:
         raise WanVAEError(f"{path}: not a safetensors file (shorter than 8 bytes)")
     (n,) = struct.unpack("<Q", raw)
-    if n > size - 8:
+    if n > size - 8 or n > _ST_MAX_HEADER:  # not read: it could be gigabytes of a file of another kind
         raise WanVAEError(f"{path}: {_what_else(raw + f.read(64), n, size)}")
     try:
         header = json.loads(f.read(n).decode("utf-8"))
@@ -203,7 +205,7 @@ def load_weights(path):
     .safetensors files are memory-mapped (bfloat16 tensors come back as raw "V2" NumPy arrays, which
     the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt files need torch and
     return its tensors."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)  # a str, also from a bytes path
     check_input_file(path)
     kind = os.path.splitext(path)[1].lower()
     if kind == ".safetensors":
