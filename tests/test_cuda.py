@@ -163,6 +163,23 @@ def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
     assert released == [True]
 
 
+def test_a_given_budget_also_has_torchs_cache_released_where_the_plan_needs_it(monkeypatch):
+    """decode(max_memory=...) on CUDA: the plan is made for the caller's budget, and where it needs
+    more than is free, torch's unused cache goes back to the driver first, as with the default budget."""
+    import types
+    from wanvideo_vae import api
+    asked = []
+    monkeypatch.setattr(api, "device_budget", lambda device, reserve=0: (20 << 30, 5 << 30))
+    monkeypatch.setattr(api, "release_torch_cache_if_needed",
+                        lambda device, budget, need, free_now, reserve=0: asked.append((budget, need)) or 3 << 30)
+    model = types.SimpleNamespace(plan=lambda *a, max_memory, **kw: {"planned_bytes": min(8 << 30, max_memory)})
+    dec = types.SimpleNamespace(backend="cuda", _device=0, _model=model)
+    lat = np.zeros((4, 2, 3, 4), np.float32)
+    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, 10 << 30) == 10 << 30
+    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None) == 3 << 30
+    assert asked == [(10 << 30, 8 << 30), (20 << 30, 8 << 30)]
+
+
 def test_device_budget_leaves_out_the_reserve(monkeypatch):
     from wanvideo_vae import devices
     monkeypatch.setattr(devices, "cuda_module",

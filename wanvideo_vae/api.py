@@ -369,17 +369,21 @@ class Decoder:
         return frames
 
     def _decode_budget(self, lat, on_device, tx, ty, end_frame, max_memory):
-        """The working memory a decode of lat may plan for (see decode's max_memory)."""
-        if self.backend != "cuda" or max_memory is not None:
+        """The working memory a decode of lat may plan for (see decode's max_memory); on CUDA, torch's
+        unused cache is released first where the plan needs more than is free, the caller's budget too."""
+        if self.backend != "cuda":
             return _budget(max_memory, self.backend, self._device)
+        given = None if max_memory is None else _budget(max_memory, self.backend, self._device)
         # host latents take a float32 copy on the device beside the arena: out of the same free memory
         upload = 0 if on_device else 4 * math.prod(getattr(lat, "shape", ()))
         budget, free_now = device_budget(self._device, reserve=upload)
+        budget = given or budget
         if len(getattr(lat, "shape", ())) != 4:  # a bare array interface: no plan to size here, so no cache
-            return free_now  # released: what is free alone
+            return given or free_now  # released: what is free alone
         planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
                                    end_frame=end_frame, max_memory=budget)["planned_bytes"]
-        return release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
+        released = release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
+        return given or released
 
 
 def decode_tiled(weights, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X,
