@@ -554,7 +554,7 @@ def test_close_frees_the_weights_at_once(tmp_path):
 
 
 _EMPTIED_KEYWORDS = """
-import ctypes, sys
+import ctypes
 import numpy as np
 from wanvideo_vae import _C
 from wanvideo_vae.random_model import random_latents, random_weights
