@@ -1370,7 +1370,8 @@ PyMODINIT_FUNC PyInit__C(void)
     if (!WvDeviceMemory || PyModule_AddObjectRef(m, "WanVAEError", WvError) ||
         PyModule_AddObjectRef(m, "DecodeInterrupted", WvInterrupted) ||
         PyModule_AddObjectRef(m, "DeviceMemoryError", WvDeviceMemory) ||
-        PyModule_AddObjectRef(m, "Model", (PyObject *)&ModelType)) {
+        PyModule_AddObjectRef(m, "Model", (PyObject *)&ModelType) ||
+        PyModule_AddIntConstant(m, "MAX_LATENT_EXTENT", MAX_LATENT_EXTENT)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import Decoder, WanVAEError, backends, info, load_weights
+from . import Decoder, WanVAEError, _C, backends, info, load_weights
 from .api import BACKENDS, NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, normalize_frames
 from .arrays import PRECISIONS
 from .console import tolerant_console
@@ -438,7 +438,6 @@ def _positive_fps(text):
 
 
 INT_MAX = 2**31 - 1  # a C int: the decoder's widths
-LATENT_EXTENT_MAX = 100_000  # T, h, w: the decoder refuses more (larger ones are mistakes)
 
 
 def _count(least, most=None):
@@ -503,7 +502,7 @@ def build_parser():
     d.add_argument("--normalization", choices=NORMALIZATIONS, default="default",
                    help="default: clamp(-1, 1) then (x+1)/2; minmax: by the global min/max; none: raw")
     d.add_argument("--contact-sheet", metavar="PNG", help="also write a grid of frames")
-    d.add_argument("--random-shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"),
+    d.add_argument("--random-shape", type=_count(1, _C.MAX_LATENT_EXTENT), nargs=3, metavar=("T", "H", "W"),
                    help=f"latent shape of the random run (default {DEFAULT_RANDOM_SHAPE} on the CPU, "
                         f"{GPU_RANDOM_SHAPE} on a GPU)")
     d.add_argument("--seed", type=_count(0), help="seed of the random weights and latents (default 0)")
@@ -515,7 +514,8 @@ def build_parser():
                         "(kernel loading, algorithm choice), as in a long-running app")
     d.set_defaults(func=decode_cmd)
     b = sub.add_parser("bench", help="time and memory of ours beside PyTorch untiled and blended-tiled")
-    b.add_argument("--shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"), default=(2, 40, 40),
+    b.add_argument("--shape", type=_count(1, _C.MAX_LATENT_EXTENT), nargs=3, metavar=("T", "H", "W"),
+                   default=(2, 40, 40),
                    help="latent T, h, w (default %(default)s: a few minutes on 2 CPU cores)")
     b.add_argument("--preset", choices=["720p81"], help="720p x 81 frames: latents [16, 21, 90, 160] (for GPUs)")
     b.add_argument("--dim", type=_count(1, INT_MAX), default=96, help="decoder width (96: full-size Wan 2.1)")
@@ -539,7 +539,8 @@ def build_parser():
     p.set_defaults(func=patch_workflow_cmd)
     i = sub.add_parser("info", help="versions, backends, GPUs, and how a decode would be planned here (for a bug "
                                     "report)")
-    i.add_argument("--shape", type=_count(1, LATENT_EXTENT_MAX), nargs=3, metavar=("T", "H", "W"), default=(21, 90, 160),
+    i.add_argument("--shape", type=_count(1, _C.MAX_LATENT_EXTENT), nargs=3, metavar=("T", "H", "W"),
+                   default=(21, 90, 160),
                    help="latent T, h, w of the decode to plan (default %(default)s: 81 frames of 1280x720)")
     i.add_argument("--no-plan", action="store_true",
                    help="leave out the plans (which load full-size weights of zeros on each GPU for a moment)")
