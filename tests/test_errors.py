@@ -1358,6 +1358,25 @@ def test_safetensors_offsets_before_the_data_are_refused(tmp_path):
         load_safetensors(str(path))
 
 
+def test_a_safetensors_error_keeps_no_map_of_the_file(tmp_path):
+    """A readable tensor before a malformed one: the error, kept with its traceback (as a host's log or
+    a notebook keeps it), holds no memory map, which on Windows would keep the file locked."""
+    from wanvideo_vae.weights import load_safetensors
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                         "b": {"dtype": "F32", "shape": [3], "data_offsets": [8, 12]}}).encode()
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(12))
+    with pytest.raises(wv.WanVAEError, match="'b' has data offsets") as caught:
+        load_safetensors(str(path))
+    tb = caught.value.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            arrays = value.values() if isinstance(value, dict) else [value]
+            assert not any(isinstance(a, np.ndarray) and (isinstance(a, np.memmap) or isinstance(a.base, np.memmap))
+                           for a in arrays), tb.tb_frame.f_code.co_name
+        tb = tb.tb_next
+
+
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_nan_or_inf_is_named_at_its_first_index(small, order):
     """The first non-finite element in index order (latents: [z, T, h, w]; a weight: its shape), whatever

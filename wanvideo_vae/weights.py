@@ -120,15 +120,10 @@ def safetensors_names(path):
     return [name for name in header if name != "__metadata__"]
 
 
-def load_safetensors(path, keys=None):
-    """{name: array} for every tensor (or those in `keys`), memory-mapped read-only. Only those are
-    checked: a tensor of a dtype the decoder has no use for (an int64 index beside the latents) may
-    be in the file."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        header, data_start = _read_safetensors_header(f, path, size)
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
-    out = {}
+def _checked_entries(path, header, data_start, size, keys):
+    """[(name, dtype, shape, begin, end)] of the header's tensors (those in `keys`), each checked
+    against the file; a WanVAEError naming the first that is not readable."""
+    entries = []
     for name, info in header.items():
         if name == "__metadata__" or (keys is not None and name not in keys):
             continue
@@ -145,6 +140,23 @@ def load_safetensors(path, keys=None):
         if begin < 0 or end < begin or end - begin != nbytes:
             raise WanVAEError(f"{path}: tensor '{name}' has data offsets [{begin}, {end}) out of range or not "
                               f"matching its shape {shape} and dtype {info['dtype']}")
+        entries.append((name, dtype, shape, begin, end))
+    return entries
+
+
+def load_safetensors(path, keys=None):
+    """{name: array} for every tensor (or those in `keys`), memory-mapped read-only. Only those are
+    checked: a tensor of a dtype the decoder has no use for (an int64 index beside the latents) may
+    be in the file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header, data_start = _read_safetensors_header(f, path, size)
+    # Every entry is checked before the file is mapped: an error's traceback then holds no map, which
+    # on Windows would keep the file locked (not deletable, not replaceable) while the error is kept.
+    entries = _checked_entries(path, header, data_start, size, keys)
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if size > data_start else np.zeros(0, np.uint8)
+    out = {}
+    for name, dtype, shape, begin, end in entries:
         arr = mm[data_start + begin:data_start + end].view(dtype).reshape(shape)
         out[name] = arr.astype(np.float32) if dtype == np.float64 else arr
     return out
