@@ -1269,6 +1269,22 @@ def test_a_float_field_of_a_packed_record_array_decodes(small):
     np.testing.assert_array_equal(small.decode(rec["lat"]), small.decode(lat()))
 
 
+def test_a_bfloat16_field_of_a_packed_record_array_decodes_as_the_same_values_packed(small):
+    """bfloat16 as raw "V2" items, unaligned in a record: copied too, as the float fields are."""
+    bits = (lat().view(np.uint32) >> 16).astype(np.uint16)  # bfloat16 by truncation
+    rec = np.zeros(lat().shape, [("flag", "u1"), ("lat", "V2")])
+    rec["lat"] = bits.view("V2")
+    np.testing.assert_array_equal(small.decode(rec["lat"]), small.decode(bits.view("V2")))
+
+
+@pytest.mark.parametrize("values", [[[1.0, 2.0], [3.0]], [0.0, 0.0, 0.0, [0.0]]])
+def test_ragged_mean_or_std_is_our_error(small, values):
+    with pytest.raises(E, match="mean must be a sequence of numbers"):
+        small.decode(lat(), mean=values)
+    with pytest.raises(E, match="std must be a sequence of numbers"):
+        wv.Decoder(random_weights(8, 4), mean=[0.0] * 4, std=values)
+
+
 def test_devices_as_users_write_them():
     from wanvideo_vae.devices import device_index
     assert device_index(np.int64(1)) == 1 and device_index(None) == -1 and device_index("cuda:2") == 2

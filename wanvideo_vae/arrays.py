@@ -96,9 +96,8 @@ def host_array(x, what):
             x = x.astype(x.dtype.newbyteorder("="))
         if x.dtype == np.float64:
             return x.astype(np.float32)
-        if x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16":
-            return x
-        if x.dtype not in (np.float32, np.float16):
+        bf16 = x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16"
+        if not bf16 and x.dtype not in (np.float32, np.float16):
             raise unsupported_dtype(what, x.dtype)
         if any(s % x.itemsize for s in x.strides):  # a field of a packed record array: its items unaligned
             return np.ascontiguousarray(x)
@@ -129,12 +128,13 @@ def as_float_list(values, what):
     if _is_torch_tensor(values):
         values = tensor_memory(dense_tensor(values, what), what, lambda t: t.cpu().numpy() if t.is_complex() else
                                t.float().cpu().numpy())
-    if np.iscomplexobj(values):
-        raise WanVAEError(f"{what} must be real numbers, got complex ones")
-    try:
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    try:  # iscomplexobj converts too: a ragged nesting fails there
+        complex_values = np.iscomplexobj(values)
+        arr = None if complex_values else np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
         raise WanVAEError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
+    if complex_values:
+        raise WanVAEError(f"{what} must be real numbers, got complex ones")
     if not np.all(np.isfinite(arr)):
         raise WanVAEError(f"{what} contains NaN or Inf")
     if np.any(np.abs(arr) > np.finfo(np.float32).max):
