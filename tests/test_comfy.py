@@ -18,6 +18,7 @@ from helpers import (REPO, load_fixture, load_install_script, package_root, rand
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, NativeWanVAE, WanCoreVAENativeDecode,  # noqa: E402
                                       WanVideoNativeDecode, WanVideoNativeVAEPatch)
+from wanvideo_vae import WanVAEError  # noqa: E402
 
 NODE_TOL = 1e-4
 
@@ -329,6 +330,24 @@ def test_decode_node_has_ref_drop_last_end_image(tiny):
     (end,) = node.decode(vae, _latent(data, end_image=torch.zeros(1, 8, 8, 3)), False, 272, 272, 144, 128)
     end_raw = data["expected_end_raw"].transpose(1, 2, 3, 0)[:-1]
     assert np.abs(end.numpy() - _expected(end_raw, "default")).max() <= NODE_TOL
+
+
+def test_decode_node_refuses_before_decoding_an_end_image_alone_or_an_unknown_normalization(tiny):
+    """Each refused before any decode (a VAE that is not one would be named first otherwise): an end image as
+    the only latent frame left nothing to return (an empty IMAGE), and a misspelt normalization was refused
+    after the whole decode."""
+    vae, data = tiny
+    node = WanVideoNativeDecode()
+    one = {"samples": torch.from_numpy(data["latents"][:, :1])[None], "end_image": torch.zeros(1, 8, 8, 3)}
+    with pytest.raises(WanVAEError, match="with an end_image the latents need at least 2 frames.*got 1"):
+        node.decode(object(), one, False, 272, 272, 144, 128)
+    dropped = {"samples": torch.from_numpy(data["latents"][:, :2])[None], "end_image": torch.zeros(1, 8, 8, 3),
+               "drop_last": True}
+    with pytest.raises(WanVAEError, match="got 1"):
+        node.decode(object(), dropped, False, 272, 272, 144, 128)
+    for wrong in ("Default", None):
+        with pytest.raises(WanVAEError, match="normalization must be one of"):
+            node.decode(object(), _latent(data), False, 272, 272, 144, 128, normalization=wrong)
 
 
 def test_decode_node_trims_the_canvas_expansion(tiny):

@@ -36,12 +36,16 @@ BACKENDS = ("cpu", "cuda")
 TILE, TILE_STRIDE_X, TILE_STRIDE_Y = 272, 144, 128
 
 
+def check_normalization(mode):
+    if not isinstance(mode, str) or mode not in NORMALIZATIONS:
+        raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+
+
 def normalize_frames(raw, mode="default", inplace=False):
     """WanVideoDecode's normalizations of a raw decode: default = clamp(-1, 1) then (x + 1) / 2;
     minmax = rescale by the global min and max; none = the raw values. inplace=True rewrites `raw`
     (a float array) and returns it: a long video's frames are GiBs, and each copy would be as large."""
-    if mode not in NORMALIZATIONS:
-        raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+    check_normalization(mode)
     out = raw if inplace else np.array(raw, dtype=np.result_type(raw, np.float32))
     if mode == "minmax":
         lo, hi = float(out.min()), float(out.max())

@@ -15,7 +15,8 @@ import weakref
 import numpy as np
 
 from ._C import DeviceMemoryError, WanVAEError
-from .api import NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, Decoder, backends, normalize_frames
+from .api import (NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, Decoder, backends, check_normalization,
+                  normalize_frames)
 from .arrays import PRECISION_BYTES, torch_float_type
 from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
 from .weights import normalize_keys
@@ -405,6 +406,7 @@ class WanVideoNativeDecode:
     def decode(self, vae, samples, enable_vae_tiling, tile_x, tile_y, tile_stride_x, tile_stride_y,
                normalization="default"):
         torch = _torch()
+        check_normalization(normalization)  # before the decode, not after it
         video = samples.get("video", None)
         if video is not None:  # already decoded by the sampler, [F, H, W, 3] in [-1, 1]
             # one float32 copy on the host, normalized in place: the caller's tensor untouched
@@ -420,6 +422,10 @@ class WanVideoNativeDecode:
         if samples.get("drop_last", False):
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
+        if end_frame and latents.shape[1] < 2:  # else an empty IMAGE, which fails somewhere downstream
+            raise WanVAEError(f"WanVideoNativeDecode: with an end_image the latents need at least 2 frames (the last "
+                              f"is the end image, whose frame is dropped, and the video is the others); got "
+                              f"{latents.shape[1]}")
         looped = samples.get("looped", False)
         raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y, make_room=True)
         images = normalize_frames(raw, normalization, inplace=True)  # one array of the video's size, no copies
