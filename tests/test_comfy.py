@@ -467,6 +467,13 @@ def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
     assert vae.device == "cuda:0"
     with pytest.raises(ValueError, match=r"^this VAE \(object\) has no .model module"):
         wanvideo_vae.native_wan_vae(object())
+    from standin_wanvae import module_tree
+    wan22 = WanRepoVAE(weights, data["mean"], data["std"])  # Wan 2.2's Wan2_2_VAE has the same attributes
+    wan22.model = module_tree(dict(weights, **{"decoder.upsamples.0.upsamples.0.residual.2.weight":
+                                               np.zeros((4, 4, 3, 3, 3), np.float32)}))
+    with pytest.raises(ValueError, match=r"^this VAE has the Wan 2.2 VAE's layout .* the native decoder decodes the "
+                                         r"Wan 2.1 VAE only: keep its own decode"):
+        wanvideo_vae.native_wan_vae(wan22)
     bare = WanRepoVAE(weights, data["mean"], data["std"])
     del bare.mean, bare.std, bare.scale
     with pytest.raises(ValueError, match="no mean/inv_std, std or scale"):

@@ -312,6 +312,22 @@ def _check_wan21_vae(vae, what="WANVAE", instead="use WanVideoDecode for it"):
         raise ValueError(f"this {what} ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
 
 
+WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's layout: its stages nest their blocks
+
+
+def _check_wan21_layout(state, what, decoder, instead):
+    """Refuses a VAE's state dict of another layout than the Wan 2.1 VAE's, with a plain message: the Wan 2.2
+    VAE's (its stages nest their blocks; ComfyUI's own test), or a head that is not RGB. `what` names the VAE
+    as its caller knows it, `decoder` what decodes, `instead` the way out."""
+    if WAN22_KEY in state:
+        raise ValueError(f"this {what} has the Wan 2.2 VAE's layout (the Wan 2.2 VAE, or Qwen-Image 2.1's); {decoder} "
+                         f"decodes the Wan 2.1 VAE only: {instead}")
+    head = state.get("decoder.head.2.weight")
+    if head is not None and head.shape[0] != 3:
+        raise ValueError(f"this {what}'s decoder ends in {head.shape[0]} channels; {decoder} decodes the Wan 2.1 "
+                         f"VAE's RGB (3-channel) head only: {instead}")
+
+
 def _loader_output(vae):
     """The WANVAE a loader handed on. ComfyUI-MultiGPU's WanVideoVAELoaderMultiGPU (some versions)
     passes the wrapper loader's own 1-tuple, which its nodes index: the VAE inside."""
@@ -520,8 +536,11 @@ def native_wan_vae(vae):
     WanVideoNativeVAEPatch instead (its decode takes other arguments)."""
     if isinstance(vae, NativeWanRepoVAE):
         return vae
+    # refused now, not at the first decode: another VAE the Wan repositories hold (Wan 2.2's Wan2_2_VAE, whose
+    # attributes are as this one's), or one without mean/std or scale
     _check_wan21_vae(vae, "VAE", "keep its own decode")
-    _wanvae_stats(vae)  # refused now, not at the first decode, where it has no mean/std or scale
+    _check_wan21_layout(vae.model.state_dict(), "VAE", "the native decoder", "keep its own decode")
+    _wanvae_stats(vae)
     return NativeWanRepoVAE(vae)
 
 
@@ -548,8 +567,6 @@ class WanVideoNativeVAEPatch:
 
 
 # ---- ComfyUI core VAE ----------------------------------------------------------------------------
-
-WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's layout: its stages nest their blocks
 
 
 def _core_vae_decode_category():
@@ -596,16 +613,11 @@ class WanCoreVAENativeDecode:
         if getattr(z, "is_nested", False):  # as core's VAE Decode does
             z = z.unbind()[0]
         state = model.state_dict() if hasattr(model, "state_dict") else {}
-        conv1, head = state.get("decoder.conv1.weight"), state.get("decoder.head.2.weight")
+        conv1 = state.get("decoder.conv1.weight")
         if conv1 is None or conv1.ndim != 5:
             raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
                              "no 3-d decoder.conv1.weight")
-        if WAN22_KEY in state:  # ComfyUI's own test for it
-            raise ValueError("this VAE has the Wan 2.2 VAE's layout (the Wan 2.2 VAE, or Qwen-Image 2.1's); this node "
-                             "decodes the Wan 2.1 VAE only: use ComfyUI's VAE Decode for it")
-        if head is not None and head.shape[0] != 3:
-            raise ValueError(f"this VAE's decoder ends in {head.shape[0]} channels; this node decodes the Wan 2.1 "
-                             "VAE's RGB (3-channel) head only: use ComfyUI's VAE Decode for it")
+        _check_wan21_layout(state, "VAE", "this node", "use ComfyUI's VAE Decode for it")
         z_dim = int(conv1.shape[1])
         if z.ndim == 4:  # image latents (Qwen-Image's VAE is a Wan 2.1 VAE): each a one-frame video, as in core
             z = z[:, :, None]
