@@ -791,18 +791,49 @@ def test_data_pointer_that_is_not_an_address(pointer, message):
         wv._C._parse_array(AI(shape=(4,), typestr="<f4", data=(pointer, True), version=3))
 
 
-def test_decode_tiled_closes_its_decoder_on_an_error():
-    """The one-shot call's Decoder is closed even when the decode raises: the traceback a caller keeps
-    (a UI showing the error) would otherwise hold its weights, on CUDA device and pinned memory too."""
-    weights = random_weights(8, 4)
+def _held_by(error):
+    """What the package's frames an error passed through still hold: (frame name, value) for each Decoder
+    and each array (or dict of arrays) among their locals, of the error and of those chained to it."""
+    held, pending = [], [error]
+    while pending:
+        e = pending.pop()
+        if e is None:
+            continue
+        tb = e.__traceback__
+        while tb is not None:
+            if os.sep + "wanvideo_vae" + os.sep in tb.tb_frame.f_code.co_filename:
+                for value in tb.tb_frame.f_locals.values():
+                    items = list(value.values()) if isinstance(value, dict) else \
+                        list(value) if isinstance(value, (list, tuple)) else [value]
+                    held += [(tb.tb_frame.f_code.co_name, v) for v in items
+                             if isinstance(v, (wv.Decoder, np.ndarray)) or hasattr(v, "__array_interface__")]
+            tb = tb.tb_next
+        pending += [e.__cause__, e.__context__]
+    return held
+
+
+def _recording_models(monkeypatch):
+    """The list of every _C.Model the package makes from now on."""
+    made, real = [], wv._C.Model
+
+    def model(*args):
+        made.append(real(*args))
+        return made[-1]
+
+    monkeypatch.setattr(wv._C, "Model", model)
+    return made
+
+
+def test_decode_tiled_keeps_neither_decoder_nor_arrays_on_an_error(monkeypatch):
+    """The one-shot call's Decoder is closed even when the decode raises, and the traceback a caller keeps (a
+    UI showing the error) holds none of it: not its weights (on CUDA device and pinned memory too), not the
+    latents."""
     mean, std = random_stats(4)
+    made = _recording_models(monkeypatch)
     with pytest.raises(wv.DecodeInterrupted) as info:
-        wv.decode_tiled(weights, lat(), mean=mean, std=std, progress=lambda done, total: False)
-    tb, decoders = info.tb.tb_next, []  # from decode_tiled's frame on
-    while tb is not None:
-        decoders += [v for v in tb.tb_frame.f_locals.values() if isinstance(v, wv.Decoder)]
-        tb = tb.tb_next
-    assert decoders and all(d.closed for d in decoders)
+        wv.decode_tiled(random_weights(8, 4), lat(), mean=mean, std=std, progress=lambda done, total: False)
+    assert len(made) == 1 and made[0].closed
+    assert _held_by(info.value) == []
 
 
 def test_numpy_integers_are_ints(small):
@@ -1051,15 +1082,14 @@ def test_expected_keys_takes_the_widths_a_model_takes():
         wv._C.Model(conv1)
 
 
-def test_a_decoder_refused_for_its_stats_keeps_no_weights():
-    """Stats are checked after the weights are converted: a refused Decoder closes its model, which
-    the error's traceback would otherwise keep (device memory, on CUDA)."""
-    import traceback
+def test_a_decoder_refused_for_its_stats_keeps_no_weights(monkeypatch):
+    """Stats are checked after the weights are converted: a refused Decoder closes its model, and the error's
+    traceback holds neither it nor the weights (device memory, on CUDA)."""
+    made = _recording_models(monkeypatch)
     with pytest.raises(E, match="mean has 3 values") as info:
         wv.Decoder(random_weights(8, 4), mean=[0.0] * 3, std=[1.0] * 4)
-    held = [f.f_locals["self"] for f, _ in traceback.walk_tb(info.value.__traceback__)
-            if isinstance(f.f_locals.get("self"), wv.Decoder)]
-    assert held and all(d.closed for d in held)
+    assert len(made) == 1 and made[0].closed
+    assert _held_by(info.value) == []
 
 
 def test_inputs_past_float_range_or_of_the_wrong_type_are_our_errors(tmp_path):
@@ -1372,6 +1402,32 @@ def test_safetensors_offsets_before_the_data_are_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
     with pytest.raises(wv.WanVAEError, match="out of range"):
         load_safetensors(str(path))
+
+
+@pytest.mark.parametrize("case", ["nan weight", "two keys for one weight", "latents of another z_dim",
+                                  "latents file of another z_dim"])
+def test_an_error_after_a_file_is_mapped_keeps_no_map_of_it(tmp_path, case):
+    """A REPL or a notebook keeps the last error, and with it the frames it passed through: none of the
+    package's holds an array (a view of the mapped checkpoint or latents file: Windows keeps a mapped
+    file locked, so it could not be replaced) or a Decoder."""
+    weights = random_weights(8, 4)
+    mean, std = random_stats(4)
+    if case == "nan weight":
+        weights["decoder.head.2.bias"] = np.array([0.0, np.nan, 0.0], np.float32)
+    if case == "two keys for one weight":
+        weights["model.decoder.head.2.bias"] = weights["decoder.head.2.bias"]
+    path = tmp_path / "vae.safetensors"
+    write_safetensors(path, weights)
+    latents = tmp_path / "latents.safetensors"
+    write_safetensors(latents, {"samples": lat(z=5)})
+    from wanvideo_vae.media import load_latents
+    with pytest.raises(E) as info:
+        if case == "latents file of another z_dim":
+            wv.decode_tiled(weights, load_latents(str(latents)), mean=mean, std=std)
+        else:
+            wv.decode_tiled(wv.load_weights(str(path)), lat(z=5), mean=mean, std=std)
+    assert _held_by(info.value) == []
+    os.replace(latents, path)  # on Windows: fails while either is mapped
 
 
 def test_a_safetensors_error_keeps_no_map_of_the_file(tmp_path):

@@ -15,6 +15,7 @@ from .arrays import PRECISIONS, as_float_list, host_array, is_cuda_tensor, laten
 from .devices import (DEVICE_BUDGET_SHARE, CudaArray, cuda_module, device_budget, device_index,
                       release_torch_cache_if_needed, resolve_device)
 from .sysmem import available_host_bytes
+from .tracebacks import keeps_nothing_on_error
 from .weights import normalize_keys
 
 # Share of the available host memory a CPU decode plans to use when no max_memory is given.
@@ -210,6 +211,7 @@ class Decoder:
     closes it on leaving. last_stats: the plan, times and memory of the calling thread's last decode
     (where threads share a Decoder, each sees its own; a thread that made none, the last of any)."""
 
+    @keeps_nothing_on_error
     def __init__(self, weights, *, backend="cpu", precision=None, device=None, mean=None, std=None):
         if not isinstance(weights, dict):
             raise WanVAEError("weights must be a dict of checkpoint key -> array")
@@ -234,7 +236,7 @@ class Decoder:
         self._model = _C.Model(host, backend, precision, self._device)
         try:
             self.mean, self.std = mean, std
-        except BaseException:  # the error's traceback would keep the converted weights (device memory)
+        except BaseException:  # freed now: the caller never gets this Decoder to close
             self._model.close()
             raise
         self._last_stats, self._thread_stats = None, threading.local()
@@ -331,6 +333,7 @@ class Decoder:
         _check_tiling(tile_x, tile_y, tile_stride_x, tile_stride_y)
         return int(tile_x), int(tile_y)
 
+    @keeps_nothing_on_error
     def decode(self, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
                max_memory=None, profile=False):
@@ -390,12 +393,12 @@ class Decoder:
         return given or released
 
 
+@keeps_nothing_on_error
 def decode_tiled(weights, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X,
                  tile_stride_y=TILE_STRIDE_Y, enable_vae_tiling=True, mean=None, std=None, raw=False,
                  end_frame=False, backend="cpu", precision=None, device=None, progress=None, max_memory=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
-    # closed on the way out, an exception's too: its traceback would hold the weights (on CUDA, device
-    # and pinned memory) for as long as the caller keeps it
+    # closed on the way out, on an error too (on CUDA its device and pinned memory)
     with Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std) as dec:
         return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
                           tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,

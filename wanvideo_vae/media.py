@@ -13,6 +13,7 @@ import numpy as np
 
 from ._C import WanVAEError
 from .atomic import write_atomically
+from .tracebacks import keeps_nothing_on_error
 from .weights import check_input_file, load_safetensors, safetensors_names, torch_load
 
 LATENT_KEYS = ("samples", "latents", "latent", "latent_tensor")  # the last: ComfyUI's Save Latent (.latent)
@@ -54,6 +55,7 @@ def _latent_tensor(obj, path):
     raise WanVAEError(f"{path}: holds a {type(obj).__name__}, not a tensor of latents (or a dict with one)")
 
 
+@keeps_nothing_on_error
 def load_latents(path):
     """Latents from .npy, .safetensors (tensor 'samples' / 'latents', or the only one), ComfyUI's
     .latent (Save Latent) or .pt / .pth (a tensor or a ComfyUI LATENT-style dict with 'samples').

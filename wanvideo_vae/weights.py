@@ -10,6 +10,7 @@ import numpy as np
 
 from ._C import WanVAEError
 from .arrays import _is_torch_tensor, first_line, host_array
+from .tracebacks import keeps_nothing_on_error
 
 # safetensors dtype -> NumPy dtype; BF16 is kept as raw 2-byte items ("V2"), which the core reads as bfloat16.
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("V2"), "F64": np.dtype("<f8")}
@@ -211,6 +212,7 @@ def check_input_file(path):
         raise WanVAEError(f"{path}: not a regular file")
 
 
+@keeps_nothing_on_error
 def load_weights(path):
     """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys without 'model.'.
 
