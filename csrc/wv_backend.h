@@ -6,7 +6,8 @@
  *     positions(g) = (h + 2 pad) * (w + 2 pad),  frame elems = positions(g) * C.
  * n frames of one grid follow each other: x[n][positions][C].
  * Ops that write a padded grid write its ring as zeros, except convolutions, whose ring output
- * is undefined (readers of a conv output read only the interior).
+ * is undefined (readers of a conv output read only the interior), and copy_region, which leaves
+ * the destination's ring as it was.
  */
 #ifndef WV_BACKEND_H
 #define WV_BACKEND_H

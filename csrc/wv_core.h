@@ -301,7 +301,7 @@ typedef struct {
 
 /* Plans a decode of latents [z, T, h, w] with the tile size of `o`; if the plan does not fit (in
  * o->max_bytes where set, and in the backend's max_conv_elems), picks the largest smaller square
- * tile that does, or fails naming the need. */
+ * tile that does, or fails naming the need. wv_plan_free it whether or not it succeeded. */
 wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o,
                        wv_error *err);
 void wv_plan_free(wv_plan *p);

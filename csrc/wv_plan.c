@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The plan's byte counts are size_t: on a 32-bit platform they could wrap where an int64 would not. */
+_Static_assert(sizeof(size_t) >= 8, "wanvideo_vae needs a 64-bit platform");
+
 #define WV_MAX_TILES (1 << 20) /* a 4K frame in the smallest tiles is some 130000 */
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -519,6 +522,7 @@ static wv_status plan_for_tiles(wv_plan *p, const wv_model *m, int T, int h, int
     if (st || p->n_tiles == 1 || m->trunk_end_long <= m->trunk_end) return st;
     if ((st = plan_with_trunk(&q, m, m->trunk_end_long, T, h, w, o, err))) {
         wv_plan_free(&q);
+        wv_plan_free(p);
         return st;
     }
     if (q.arena_bytes > p->arena_bytes) {
