@@ -792,8 +792,10 @@ def test_data_pointer_that_is_not_an_address(pointer, message):
 
 
 def _held_by(error):
-    """What the package's frames an error passed through still hold: (frame name, value) for each Decoder
-    and each array (or dict of arrays) among their locals, of the error and of those chained to it."""
+    """What the frames an error passed through still hold, the test's own aside: (frame name, value) for each
+    Decoder, array or tensor (or dict, list or tuple of them) among their locals, of the error and of those
+    chained to it."""
+    import torch
     held, pending = [], [error]
     while pending:
         e = pending.pop()
@@ -801,12 +803,12 @@ def _held_by(error):
             continue
         tb = e.__traceback__
         while tb is not None:
-            if os.sep + "wanvideo_vae" + os.sep in tb.tb_frame.f_code.co_filename:
-                for value in tb.tb_frame.f_locals.values():
-                    items = list(value.values()) if isinstance(value, dict) else \
-                        list(value) if isinstance(value, (list, tuple)) else [value]
-                    held += [(tb.tb_frame.f_code.co_name, v) for v in items
-                             if isinstance(v, (wv.Decoder, np.ndarray)) or hasattr(v, "__array_interface__")]
+            values = [] if tb.tb_frame.f_code.co_filename == __file__ else tb.tb_frame.f_locals.values()  # the test's
+            for value in values:
+                items = list(value.values()) if isinstance(value, dict) else \
+                    list(value) if isinstance(value, (list, tuple)) else [value]
+                held += [(tb.tb_frame.f_code.co_name, v) for v in items
+                         if isinstance(v, (wv.Decoder, np.ndarray, torch.Tensor)) or hasattr(v, "__array_interface__")]
             tb = tb.tb_next
         pending += [e.__cause__, e.__context__]
     return held
@@ -1309,7 +1311,7 @@ def test_a_bfloat16_field_of_a_packed_record_array_decodes_as_the_same_values_pa
 
 @pytest.mark.parametrize("values", [[[1.0, 2.0], [3.0]], [0.0, 0.0, 0.0, [0.0]]])
 def test_ragged_mean_or_std_is_our_error(small, values):
-    with pytest.raises(E, match="mean must be a sequence of numbers"):
+    with pytest.raises(E, match="mean must be a sequence of numbers, got a list holding sequences"):
         small.decode(lat(), mean=values)
     with pytest.raises(E, match="std must be a sequence of numbers"):
         wv.Decoder(random_weights(8, 4), mean=[0.0] * 4, std=values)
@@ -1428,6 +1430,41 @@ def test_an_error_after_a_file_is_mapped_keeps_no_map_of_it(tmp_path, case):
             wv.decode_tiled(wv.load_weights(str(path)), lat(z=5), mean=mean, std=std)
     assert _held_by(info.value) == []
     os.replace(latents, path)  # on Windows: fails while either is mapped
+
+
+@pytest.mark.parametrize("case", ["truncated npy", "pt without latents"])
+def test_a_latents_file_that_fails_to_load_is_not_held_by_the_error(tmp_path, case):
+    """load_latents' own errors: what NumPy read of a truncated .npy (in the context its message suppresses),
+    or the tensors of a .pt file without latents, go with the call."""
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae.media import load_latents
+    path = tmp_path / ("x.npy" if case == "truncated npy" else "x.pt")
+    if case == "truncated npy":
+        np.save(path, np.ones((4, 64, 64, 16), np.float32))
+        path.write_bytes(path.read_bytes()[:-16])
+    else:
+        torch.save({"a": torch.ones(64, 64), "b": torch.ones(64, 64)}, path)
+    with pytest.raises(E) as info:
+        load_latents(str(path))
+    assert _held_by(info.value) == []
+    os.remove(path)  # on Windows: fails while it is mapped or open
+
+
+def test_an_error_the_caller_was_handling_keeps_its_locals(tmp_path, monkeypatch):
+    """Only the call's own error is cleared: one the caller was handling when it called keeps its frames;
+    and WANVIDEO_KEEP_ERROR_LOCALS=1 keeps the call's too (a debugger's post-mortem)."""
+    missing = str(tmp_path / "missing.safetensors")
+    try:
+        api.normalize_frames(np.ones(3), "nope")  # not one the clearing covers: its frame holds the array
+    except E as handled:
+        with pytest.raises(E) as info:
+            wv.load_weights(missing)
+        assert info.value.__context__ is handled
+        assert [name for name, _ in _held_by(handled)] == ["normalize_frames"]
+    monkeypatch.setenv("WANVIDEO_KEEP_ERROR_LOCALS", "1")
+    with pytest.raises(wv.DecodeInterrupted) as info:
+        wv.decode_tiled(random_weights(8, 4), lat(), mean=[0.0] * 4, std=[1.0] * 4, progress=lambda d, t: False)
+    assert "decode_tiled" in [name for name, _ in _held_by(info.value)]
 
 
 def test_a_safetensors_error_keeps_no_map_of_the_file(tmp_path):

@@ -122,6 +122,12 @@ def latents_4d(latents):
     return latents
 
 
+def _kind(values):
+    """A value's kind for a message: its type, and for a sequence holding sequences (a ragged nesting), so."""
+    nested = isinstance(values, (list, tuple)) and any(isinstance(v, (list, tuple, np.ndarray)) for v in values)
+    return f"a {type(values).__name__} holding sequences" if nested else type(values).__name__
+
+
 def as_float_list(values, what):
     if values is None:
         return None
@@ -132,7 +138,7 @@ def as_float_list(values, what):
         complex_values = np.iscomplexobj(values)
         arr = None if complex_values else np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
-        raise WanVAEError(f"{what} must be a sequence of numbers, got {type(values).__name__}") from None
+        raise WanVAEError(f"{what} must be a sequence of numbers, got {_kind(values)}") from None
     if complex_values:
         raise WanVAEError(f"{what} must be real numbers, got complex ones")
     if not np.all(np.isfinite(arr)):

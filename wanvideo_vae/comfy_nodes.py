@@ -439,9 +439,8 @@ class WanVideoNativeDecode:
             latents = latents[:, :-1]
         end_frame = samples.get("end_image", None) is not None
         if end_frame and latents.shape[1] < 2:  # else an empty IMAGE, which fails somewhere downstream
-            raise WanVAEError(f"WanVideoNativeDecode: with an end_image the latents need at least 2 frames (the last "
-                              f"is the end image, whose frame is dropped, and the video is the others); got "
-                              f"{latents.shape[1]}")
+            raise ValueError(f"WanVideoNativeDecode needs at least 2 latent frames with an end_image (the last is the "
+                             f"end image, whose frame is dropped, and the video is the others); got {latents.shape[1]}")
         looped = samples.get("looped", False)
         raw = _decode_raw(vae, latents, end_frame, enable_vae_tiling, tile_x, tile_y, make_room=True)
         images = normalize_frames(raw, normalization, inplace=True)  # one array of the video's size, no copies
