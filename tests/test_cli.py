@@ -11,6 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
+import wanvideo_vae.atomic as atomic
 import wanvideo_vae.media as media
 from helpers import package_root, random_latents, random_weights, write_safetensors
 from wanvideo_vae import WanVAEError
@@ -126,7 +127,7 @@ def test_device_cuda_without_a_gpu_says_why(files, capsys):
 
 @pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "nan"), ("--fps", "0.001"), ("--max-memory", "inf"),
                                         ("--max-memory", "1e30"), ("--max-memory", "0.5"), ("--max-memory", "1e-300"),
-                                        ("--seed", "-1"), ("--random-shape", "-1")])
+                                        ("--max-memory", "1.5"), ("--seed", "-1"), ("--random-shape", "-1")])
 def test_out_of_range_numbers_are_refused_before_decoding(files, capsys, flag, value):
     with pytest.raises(SystemExit) as e:
         main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), flag, value])
@@ -379,7 +380,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_decoding(files, tmp_p
     (tmp_path / "file").write_text("")
     base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
     for out, says in ((tmp_path / "isdir.npy", "is a folder"), (tmp_path / "file" / "pngs", "is a file, not a folder"),
-                      (tmp_path / "file" / "x.avi", "does not exist")):
+                      (tmp_path / "file" / "x.avi", "is a file, not a folder"),
+                      (tmp_path / "none" / "x.avi", "does not exist")):
         assert main(base + ["--out", str(out)]) == 2
         assert says in capsys.readouterr().err
     existing = tmp_path / "old.npy"
@@ -535,15 +537,15 @@ def test_a_pickle_that_is_not_tensors_is_refused_in_a_line(files, tmp_path, caps
 
 
 @needs_torch
-@pytest.mark.parametrize("held,kind", [(lambda t: [t.bfloat16()], "list"), (lambda t: {"samples": [t]}, "list"),
-                                       (lambda t: 3, "int")])
+@pytest.mark.parametrize("held,kind", [(lambda t: [t.bfloat16()], " list"), (lambda t: {"samples": [t]}, " list"),
+                                       (lambda t: 3, "n int")])
 def test_a_pt_file_of_something_else_than_a_tensor_is_refused_in_a_line(files, tmp_path, capsys, held, kind):
     lat = torch.from_numpy(np.load(files / "lat.npy"))
     torch.save(held(lat), tmp_path / "l.pt")
     code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(tmp_path / "l.pt"), "--out",
                  str(tmp_path / "o.npy"), "--quiet"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and f"holds a {kind}, not a tensor of latents" in err
+    assert code == 2 and "\n" not in err and f"holds a{kind}, not a tensor of latents" in err
 
 
 def test_a_cpu_decode_does_not_load_the_cuda_libraries(files, tmp_path):
@@ -658,7 +660,7 @@ def test_an_output_that_cannot_be_overwritten_is_refused_before_decoding(tmp_pat
         return real_open(path, mode, *a, **k)
 
     (tmp_path / "o.npy").write_bytes(b"old")
-    monkeypatch.setattr(media, "open", locked, raising=False)
+    monkeypatch.setattr(atomic, "open", locked, raising=False)
     with pytest.raises(WanVAEError, match="cannot be overwritten"):
         media.check_output(str(tmp_path / "o.npy"))
 
@@ -1001,3 +1003,125 @@ def test_a_torch_that_cannot_say_leaves_the_gpu_assumed_recent(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(
         get_device_capability=broken)))
     assert devices.compute_capability(0) == (9, 0)
+
+
+# ---- outputs: what the check before the decode sees, and what an interrupted write leaves --------
+
+def _decode_args(files, out, *more):
+    return ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet",
+            "--out", str(out), *more]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the whole path would pass Windows' MAX_PATH (260)")
+@pytest.mark.parametrize("suffix", [".npy", ".avi"])
+def test_an_output_name_as_long_as_a_folder_takes_is_written(files, tmp_path, suffix):
+    """The temporary file's name is shortened to fit: a 255-byte output name (the most a folder takes)
+    was refused only after the decode, its temporary name 15 bytes longer."""
+    out = tmp_path / ("v" * (255 - len(suffix)) + suffix)
+    assert main(_decode_args(files, out)) == 0
+    assert sorted(os.listdir(tmp_path)) == [out.name]
+
+
+def test_an_output_name_longer_than_a_folder_takes_is_refused_before_decoding(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("wanvideo_vae.Decoder.decode", lambda *a, **k: pytest.fail("decoded"))
+    assert main(_decode_args(files, tmp_path / ("v" * 252 + ".npy"))) == 2
+    assert "the name is longer than a folder takes (255 bytes)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX device nodes and named pipes")
+def test_a_device_or_a_pipe_as_output_is_refused_not_replaced(files, tmp_path, capsys, monkeypatch):
+    """os.replace would put a regular file where /dev/full was (as root it did); opening a named pipe
+    to check it waited for a reader for ever."""
+    from wanvideo_vae.cli import main as cli_main
+    monkeypatch.setattr("wanvideo_vae.Decoder.decode", lambda *a, **k: pytest.fail("decoded"))
+    fifo = tmp_path / "pipe.npy"
+    os.mkfifo(fifo)
+    assert main(_decode_args(files, fifo)) == 2
+    assert "pipe.npy: is not a regular file (a device or a pipe)" in capsys.readouterr().err
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"1": {"class_type": "WanVideoDecode", "inputs": {}}}))
+    assert cli_main(["patch-workflow", str(wf), "/dev/null"]) == 2
+    assert "/dev/null: is not a regular file" in capsys.readouterr().err
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    with pytest.raises(WanVAEError, match="^/dev/null: is not a regular file"):
+        media.check_file_target("/dev/null")
+
+
+def test_a_folder_that_takes_no_new_file_is_refused_though_the_output_opens(tmp_path, monkeypatch):
+    """A writable file in a read-only folder: it opens for appending, but its replacement cannot be
+    made beside it (tried with the temporary name itself)."""
+    import errno
+    (tmp_path / "o.npy").write_bytes(b"old")
+    real_open = open
+
+    def read_only_folder(path, mode="r", *a, **k):
+        if "x" in mode:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr(atomic, "open", read_only_folder, raising=False)
+    with pytest.raises(WanVAEError, match=r"o\.npy: the folder .* does not take a new file"):
+        media.check_output(str(tmp_path / "o.npy"))
+    assert (tmp_path / "o.npy").read_bytes() == b"old"
+
+
+def test_an_ffmpeg_named_by_imageio_ffmpeg_exe_must_exist(tmp_path, monkeypatch):
+    pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", str(tmp_path / "no-ffmpeg"))
+    assert not media.have_mp4()
+    with pytest.raises(WanVAEError, match="no-ffmpeg.* is not a program that can run here"):
+        media.check_output(str(tmp_path / "v.mp4"))
+
+
+def test_a_png_folder_write_failing_midway_leaves_no_earlier_video_frames(tmp_path, monkeypatch):
+    """Frames 0..k-1 new and k.. of the earlier video would be one video to whoever reads the folder."""
+    folder = tmp_path / "pngs"
+    media.write_png_dir(np.zeros((5, 4, 4, 3), np.float32), str(folder))
+    real, calls = media._write_bytes, []
+
+    def fails_at_the_third(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(media, "_write_bytes", fails_at_the_third)
+    with pytest.raises(OSError):
+        media.write_png_dir(np.ones((4, 4, 4, 3), np.float32), str(folder))
+    assert sorted(os.listdir(folder)) == ["frame_00000.png", "frame_00001.png"]
+    assert all(media.png_bytes(np.full((4, 4, 3), 255, np.uint8)) == (folder / n).read_bytes()
+               for n in os.listdir(folder))
+
+
+def test_the_output_may_replace_no_input_nor_hold_the_contact_sheet(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("wanvideo_vae.Decoder.decode", lambda *a, **k: pytest.fail("decoded"))
+    lat = tmp_path / "lat.npy"
+    lat.write_bytes((files / "lat.npy").read_bytes())
+    os.link(lat, tmp_path / "other-name.npy")
+    for out in (lat, tmp_path / "other-name.npy"):
+        code = main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(lat), "--out", str(out)])
+        assert code == 2 and "is the --latents file; write the output to another name" in capsys.readouterr().err
+    assert lat.read_bytes() == (files / "lat.npy").read_bytes()
+    for sheet in (tmp_path / "pngs" / "sheet.png", tmp_path / "pngs" / "." / "sheet.png"):
+        assert main(_decode_args(files, tmp_path / "pngs", "--contact-sheet", str(sheet))) == 2
+        assert "is inside the PNG frames' folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="os.kill(pid, SIGTERM) ends a Windows process outright")
+@pytest.mark.parametrize("when", ["decoding", "writing"])
+def test_sigterm_stops_the_cli_as_ctrl_c_does(files, tmp_path, capsys, monkeypatch, when):
+    """A stopping signal, while decoding or writing: exit status 128 + 15, no temporary file left; the
+    handler is the default again afterwards."""
+    import signal
+    import wanvideo_vae.cli as cli
+    term = lambda *a: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
+    if when == "decoding":
+        monkeypatch.setattr(cli, "progress_bar", lambda enabled: (lambda done, total: term(), lambda: None))
+    else:
+        real = atomic.write_atomically
+        monkeypatch.setattr(media, "write_atomically", lambda path, write: real(path, lambda tmp: (write(tmp), term())))
+    out = tmp_path / "v.npy"
+    assert main(_decode_args(files, out)) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == "stopped by SIGTERM"
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

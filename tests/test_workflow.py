@@ -321,7 +321,7 @@ def test_patch_workflow_files(tmp_path, capsys):
     cases = [  # (source's bytes, its name, destination, the file the error names, what it says)
         (b"\x93NUMPY\x01\x00", "latin.json", out, "latin.json", "not a JSON text file"),
         (b"[" * 100000 + b"]" * 100000, "deep.json", out, "deep.json", "nested too deeply"),
-        (wf.encode("utf-8"), "ok.json", tmp_path / "missing" / "o.json", os.path.join("missing", "o.json"), "No such file"),
+        (wf.encode("utf-8"), "ok.json", tmp_path / "missing" / "o.json", os.path.join("missing", "o.json"), "does not exist"),
         (wf.encode("utf-8"), "ok2.json", tmp_path, "", "is a folder"),
     ]
     for data, name, dst, named, says in cases:

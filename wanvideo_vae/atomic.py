@@ -1,10 +1,12 @@
 """Writing a file in one step: it is made under a temporary name beside its target, then renamed over it."""
+import errno
 import os
 import secrets
 import sys
 import time
 
 REPLACE_TRIES = 10  # Windows: a virus scanner or indexer may hold the new file a moment, a player the old one
+NAME_MAX = 255  # the longest file name: bytes on Linux and macOS, UTF-16 units (never more) on Windows
 
 
 def remove_quietly(path):
@@ -25,13 +27,52 @@ def replace(tmp, path, tries=REPLACE_TRIES):
             time.sleep(0.05 * (attempt + 1))
 
 
+def temp_path(path):
+    """A new hidden name beside `path` for the file that will replace it: `.name.1a2b3c4d.part`, with the
+    name shortened where the whole would be longer than a folder takes."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tag = f".{secrets.token_hex(4)}.part"
+    while len(os.fsencode("." + name + tag)) > NAME_MAX:
+        name = name[:-1]
+    return os.path.join(folder, "." + name + tag)
+
+
+def check_target(path):
+    """write_atomically(path, ...) can make its file and put it at `path`, tried without changing
+    anything: the folder is there and takes a new file of the temporary name, and what is at `path`
+    already is a file that opens for writing (not a folder, a device or a pipe; not locked or
+    read-only). Raises an OSError naming `path` with the reason in strerror."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise OSError(errno.ENOENT, f"the folder {folder} {what}", path)
+    if os.path.isdir(path):
+        raise OSError(errno.EISDIR, "is a folder", path)
+    if len(os.fsencode(os.path.basename(path))) > NAME_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"the name is longer than a folder takes ({NAME_MAX} bytes)", path)
+    if os.path.exists(path):
+        if not os.path.isfile(path):  # a device or a pipe: replacing it would not write to it
+            raise OSError(errno.EINVAL, "is not a regular file (a device or a pipe)", path)
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as e:
+            raise OSError(e.errno, f"cannot be overwritten ({e.strerror or e})", path) from None
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "xb"):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"the folder {folder} does not take a new file ({e.strerror or e})", path) from None
+    remove_quietly(tmp)
+
+
 def write_atomically(path, write):
     """write(tmp) makes the file at a temporary path in `path`'s folder, which then replaces `path`. A
     write that fails (a full disk, an encoder's error, an interrupt) leaves no partial file behind, and
     a file already at `path` as it was. An OSError of the write or the rename comes out with `path` as
     its filename and a reason in strerror."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.part")
+    tmp = temp_path(path)
     try:
         write(tmp)
         replace(tmp, path)

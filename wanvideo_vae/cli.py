@@ -16,7 +16,9 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -160,6 +162,25 @@ def _default_out(args):
     return stem + (".mp4" if have_mp4() else ".avi")
 
 
+def _same_file(a, b):
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)  # hard links and other names of one file too
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _check_outputs_apart(args, out_path):
+    """The output replaces neither input, and the contact sheet is not put among the PNG frames."""
+    for flag in ("latents", "vae"):
+        given = getattr(args, flag)
+        if given and _same_file(given, out_path):
+            raise CliError(f"{out_path}: is the --{flag} file; write the output to another name")
+    sheet = args.contact_sheet
+    png_folder = not os.path.splitext(out_path)[1]
+    if sheet and (_same_file(sheet, out_path)
+                  or (png_folder and _same_file(os.path.dirname(os.path.abspath(sheet)), out_path))):
+        raise CliError(f"--contact-sheet {sheet}: is inside the PNG frames' folder {out_path}; put it beside it")
+
+
 def _check_output_size(dec, latents, out_path, options):
     """Before the decode: there are frames to write, and they fit the output's format (an .avi holds
     4 GiB)."""
@@ -178,6 +199,7 @@ def decode_cmd(args):
     backend, precision = _check_backend(args.device, args.precision)
     out_path = _default_out(args)
     check_output(out_path)
+    _check_outputs_apart(args, out_path)
     if args.contact_sheet:
         if not args.contact_sheet.lower().endswith(".png"):
             raise CliError(f"--contact-sheet {args.contact_sheet}: the contact sheet is a .png")
@@ -424,7 +446,9 @@ def _positive_bytes(text):
         raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 4G, 4GB, 512M)") from None
     if not 1 <= n < 2**63:  # a fraction of a byte would be 0, no budget at all
         raise argparse.ArgumentTypeError(f"{text}: must be at least 1 byte and below 2**63 bytes")
-    return int(n)
+    if not m[2] and n != int(n):
+        raise argparse.ArgumentTypeError(f"{text}: bytes come whole (a unit takes a fraction: 1.5G)")
+    return int(n)  # a unit's fraction of a byte dropped
 
 
 def _positive_fps(text):
@@ -550,6 +574,40 @@ def build_parser():
 
 
 COMMANDS = ("decode", "bench", "patch-workflow", "info")
+STOPPING_SIGNALS = ("SIGTERM", "SIGHUP", "SIGBREAK")  # kill, a closed terminal, Ctrl+Break (Windows)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stopping signal, raised where Ctrl+C's KeyboardInterrupt would be: the decode stops at its next
+    step and a file half written is removed, as for Ctrl+C."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def _stopping_signals_interrupt():
+    """Stopping signals raise Stopped for the block (a signal's default would end the process at once,
+    leaving a temporary .part file). Only the main thread can set handlers: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {}
+    try:
+        for name in STOPPING_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:  # a caller's own handler stays
+                kept[signum] = signal.signal(signum, _raise_stopped)
+        yield
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
 
 
 def _in_cli_words(message):
@@ -568,10 +626,14 @@ def main(argv=None):
         argv = ["decode"] + argv  # decode is the default command
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with _stopping_signals_interrupt():
+            return args.func(args)
     except (CliError, WanVAEError, MemoryError, OSError) as e:  # OSError: writing the output (disk full, ...)
         print(f"error: {_in_cli_words(str(e))}", file=sys.stderr)
         return 2
+    except Stopped as e:
+        print(f"stopped by {e.name}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

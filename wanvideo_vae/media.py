@@ -3,6 +3,7 @@ optional imageio-ffmpeg), .avi (uncompressed, no dependency), PNG folders, .npy 
 PNG and AVI are written here with zlib and struct, so the core install needs nothing more."""
 import contextlib
 import os
+import shutil
 import struct
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._C import WanVAEError
-from .atomic import write_atomically
+from .atomic import check_target, write_atomically
 from .tracebacks import keeps_nothing_on_error
 from .weights import check_input_file, load_safetensors, safetensors_names, torch_load
 
@@ -52,7 +53,9 @@ def _latent_tensor(obj, path):
     import torch  # torch_load has read the file with it
     if isinstance(obj, torch.Tensor):
         return obj
-    raise WanVAEError(f"{path}: holds a {type(obj).__name__}, not a tensor of latents (or a dict with one)")
+    kind = type(obj).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    raise WanVAEError(f"{path}: holds {article} {kind}, not a tensor of latents (or a dict with one)")
 
 
 @keeps_nothing_on_error
@@ -113,14 +116,32 @@ PNG_FRAME = "frame_{:05d}.png"
 
 def write_png_dir(frames, folder):
     """A PNG a frame: frame_00000.png, frame_00001.png, ... Frames of an earlier, longer video under
-    the names that follow are removed, so the folder's frames are this video's alone."""
+    the names that follow are removed, so the folder's frames are this video's alone; a write that
+    fails midway removes them from its frame on, leaving the new video's first frames, not a mix."""
     os.makedirs(folder, exist_ok=True)
-    for i, img in enumerate(_uint8_frames(frames)):
-        _write_bytes(os.path.join(folder, PNG_FRAME.format(i)), png_bytes(img))
-    stale = len(frames)
-    while os.path.isfile(os.path.join(folder, PNG_FRAME.format(stale))):
-        os.remove(os.path.join(folder, PNG_FRAME.format(stale)))
-        stale += 1
+    written = 0
+    try:
+        for img in _uint8_frames(frames):
+            _write_bytes(os.path.join(folder, PNG_FRAME.format(written)), png_bytes(img))
+            written += 1
+    except BaseException:
+        _remove_frames_from(folder, written, quietly=True)
+        raise
+    _remove_frames_from(folder, written)
+
+
+def _remove_frames_from(folder, first, quietly=False):
+    """Removes frame `first` and those numbered after it, up to the first one missing."""
+    path = os.path.join(folder, PNG_FRAME.format(first))
+    while os.path.isfile(path):
+        try:
+            os.remove(path)
+        except OSError:
+            if quietly:  # the write's own error is the one to report
+                return
+            raise
+        first += 1
+        path = os.path.join(folder, PNG_FRAME.format(first))
 
 
 AVI_MAX_BYTES = 2**32 - 1  # a RIFF file's size field is 32 bits (AVI 1.0, what this writer makes)
@@ -198,10 +219,15 @@ def _ffmpeg_exe():
     except ImportError:
         raise WanVAEError(MP4_NEEDS_EXTRA) from None
     try:
-        return imageio_ffmpeg.get_ffmpeg_exe()
+        exe = imageio_ffmpeg.get_ffmpeg_exe()
     except RuntimeError as e:  # imageio-ffmpeg without its bundled ffmpeg, and none on PATH
         raise WanVAEError(f"writing .mp4 needs ffmpeg, which imageio-ffmpeg did not find ({e}); install "
                           "ffmpeg or set IMAGEIO_FFMPEG_EXE (or write .avi, a PNG folder or .npy)") from None
+    found = shutil.which(exe)  # imageio-ffmpeg returns IMAGEIO_FFMPEG_EXE unchecked
+    if not found:
+        raise WanVAEError(f"writing .mp4 needs ffmpeg, and {exe!r} (from imageio-ffmpeg, or IMAGEIO_FFMPEG_EXE) "
+                          "is not a program that can run here (or write .avi, a PNG folder or .npy)")
+    return found
 
 
 def _last_line(log, path):
@@ -276,22 +302,11 @@ def _can_create_in(folder):
 
 
 def check_file_target(out):
-    """A file can be written at `out`, tried before a decode rather than after it: its folder is
-    there and takes a new file, and a file already there opens for writing (not a folder, not locked
-    or read-only; it is not changed here)."""
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise WanVAEError(f"{out}: the folder {folder} does not exist")
-    if os.path.isdir(out):
-        raise WanVAEError(f"{out}: is a folder")
-    if os.path.exists(out):
-        try:
-            with open(out, "ab"):
-                pass
-        except OSError as e:
-            raise WanVAEError(f"{out}: cannot be overwritten ({e.strerror or e})") from None
-    elif not _can_create_in(folder):
-        raise WanVAEError(f"{out}: the folder {folder} is not writable")
+    """A file can be written at `out`, tried before a decode rather than after it (atomic.check_target)."""
+    try:
+        check_target(out)
+    except OSError as e:
+        raise WanVAEError(f"{out}: {e.strerror}") from None
 
 
 def _check_png_folder(out):

@@ -24,11 +24,10 @@ definitions included) and the API format ({id: {"class_type", "inputs"}}, also i
 /prompt request body)."""
 import json
 import math
-import os
 import re
 from collections import namedtuple
 
-from .atomic import write_atomically
+from .atomic import check_target, write_atomically
 
 SOURCE_TYPE = "WanVideoDecode"
 TARGET_TYPE = "WanVideoNativeDecode"
@@ -743,7 +742,6 @@ def patch_workflow_file(src, dst, vae_patch=True, core=True):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    if os.path.isdir(dst):
-        raise OSError(None, "is a folder", dst)
+    check_target(dst)
     write_atomically(dst, write)
     return report
