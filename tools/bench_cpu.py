@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import wanvideo_vae as wv  # noqa: E402
 from helpers import random_latents, random_weights  # noqa: E402
-from wanvideo_vae.cli import PeakRSS  # noqa: E402
+from wanvideo_vae.cli import PeakRSS, peak_rss_bytes  # noqa: E402
 
 
 def fmt_mb(b):
@@ -60,12 +60,11 @@ def compare(args):
 
 
 def one_decode(args):
-    import resource
     weights = random_weights(96, 16, seed=42)
     dec = wv.Decoder(weights)
     lat = random_latents(16, args.T, args.h, args.w, seed=1)
     out = dec.decode(lat, raw=True, enable_vae_tiling=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()  # macOS counts ru_maxrss in bytes, Linux in KiB; Windows has its own
     print(json.dumps({"T": args.T, "peak_rss": peak, "output_bytes": out.nbytes,
                       "planned_bytes": dec.last_stats["planned_bytes"]}))
 

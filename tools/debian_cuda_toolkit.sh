@@ -16,6 +16,11 @@ case "$version" in
     *) echo "no Debian package of CUDA $version here: 12.4 or 11.8" >&2; exit 2 ;;
 esac
 top=$(realpath -m "${2:-/tmp/cuda-$version}")
+# replaced whole below: only an empty folder or a toolkit this script made earlier
+if [ -e "$top" ] && [ -n "$(ls -A "$top" 2>/dev/null)" ] && [ ! -f "$top/bin/nvcc.profile" ]; then
+    echo "$top is there and is not a toolkit this script made: name an empty or new folder" >&2
+    exit 2
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -71,10 +71,14 @@ def bench_verdicts(bench, gpu):
                            f"{(two.get('planned_bytes') or 0) / 2**30:.3f} GiB)"))
     else:
         out.append(verdict("720p x 81 bf16 within 2 GiB", None))
-    torch_s, ours_s = runs.get("pytorch untiled", {}).get("seconds"), runs.get("ours untiled", {}).get("seconds")
+    untiled = runs.get("ours untiled", {})
+    torch_s, ours_s = runs.get("pytorch untiled", {}).get("seconds"), untiled.get("seconds")
     if torch_s and ours_s:
-        out.append(verdict(">= 5x PyTorch (both untiled)", torch_s / ours_s >= SPEEDUP_TARGET,
-                           f"{torch_s / ours_s:.2f}x ({torch_s:.2f} s / {ours_s:.2f} s)"))
+        diff = untiled.get("max_abs_diff_vs_pytorch_untiled", math.nan)
+        right = math.isfinite(diff) and diff <= BENCH_DIFF_MAX
+        # out of reach as measured: PyTorch's 4.34 s / 5 is under the H100's bf16 floor for the 603 TFLOP (README)
+        out.append(verdict(">= 5x PyTorch (both untiled; not reachable)", torch_s / ours_s >= SPEEDUP_TARGET and right,
+                           f"{torch_s / ours_s:.2f}x ({torch_s:.2f} s / {ours_s:.2f} s), max |diff| {diff:.3g}"))
     else:
         out.append(verdict(">= 5x PyTorch (both untiled)", None))
     return out

@@ -2,7 +2,7 @@
 # Builds and runs tools/host_cost.c: the CUDA backend's host cost for a full-size decode, on any
 # machine with nvcc and the cuDNN / cuBLAS headers setup.py finds (no GPU; tests/c/cuda_stub/ stands
 # in for the runtime). Takes a minute and a few GiB of host memory (the arena is host memory here).
-#   bash tools/host_cost.sh [untiled|2 GiB|272]      the ops one by one (every plan, or the one named)
+#   bash tools/host_cost.sh [untiled|"2 GiB"|272]      the ops one by one (every plan, or the one named)
 #   WANVIDEO_CUDA_GRAPHS=1 bash tools/host_cost.sh   steps queued as CUDA graphs
 # BUILD_ONLY=1 stops after the build.
 set -euo pipefail
