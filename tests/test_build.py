@@ -621,13 +621,14 @@ def test_windows_dll_folders_are_added_at_import(tmp_path, monkeypatch):
     assert added[0] == str(installer) and str(tmp_path / "gone") not in added
 
 
-def test_windows_loads_pytorch_before_the_cuda_backend(monkeypatch):
-    """On Windows a DLL of a name already loaded is not loaded again: PyTorch first, so that its cuDNN is
-    the one in the process, not ours first with PyTorch's sub-libraries beside it."""
+@pytest.fixture
+def import_order(monkeypatch):
+    """(order, forget): `order` lists the imports of torch and wanvideo_vae._cuda from now on, each a
+    stand-in module, and forget() drops both (or those named) from sys.modules (put back after the test)."""
     import importlib.abc
     import importlib.machinery
     import types
-    from wanvideo_vae import devices
+    import wanvideo_vae
     order = []
 
     class Recorder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -643,26 +644,44 @@ def test_windows_loads_pytorch_before_the_cuda_backend(monkeypatch):
         def exec_module(self, module):
             pass
 
-    monkeypatch.setattr(sys, "platform", "win32")
-    monkeypatch.setattr(devices, "_dll_dirs_added", True)
-    import wanvideo_vae
-
-    def forget_both():  # the stand-ins imported next go at the end: setitem/setattr put back what was there
-        for name in ("torch", "wanvideo_vae._cuda"):
+    def forget(names=("torch", "wanvideo_vae._cuda")):  # setitem/setattr put back what was there
+        for name in names:
             monkeypatch.setitem(sys.modules, name, sys.modules.get(name))
             del sys.modules[name]
         monkeypatch.setattr(wanvideo_vae, "_cuda", getattr(wanvideo_vae, "_cuda", None), raising=False)
         delattr(wanvideo_vae, "_cuda")
 
-    forget_both()
     monkeypatch.setattr(sys, "meta_path", [Recorder()] + sys.meta_path)
+    return order, forget
+
+
+def test_windows_loads_pytorch_before_the_cuda_backend(monkeypatch, import_order):
+    """On Windows a DLL of a name already loaded is not loaded again: PyTorch first, so that its cuDNN is
+    the one in the process, not ours first with PyTorch's sub-libraries beside it."""
+    from wanvideo_vae import devices
+    order, forget = import_order
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(devices, "_dll_dirs_added", True)
+    forget()
     devices.cuda_module()
     assert order == ["torch", "wanvideo_vae._cuda"]
     monkeypatch.setattr(sys, "platform", "linux")
     order.clear()
-    forget_both()
+    forget()
     devices.cuda_module()
     assert order == ["wanvideo_vae._cuda"]  # elsewhere the libraries' names carry no such clash
+
+
+def test_backends_adds_the_dll_folders_before_it_loads_the_cuda_backend(monkeypatch, import_order):
+    """backends() is the first call of `info`, the CLI's --device auto and the ComfyUI nodes: the C module's
+    query imports _cuda itself, which on Windows finds cuDNN and cuBLAS only once their folders are added."""
+    import wanvideo_vae as wv
+    from wanvideo_vae import devices
+    order, forget = import_order
+    monkeypatch.setattr(devices, "add_windows_dll_dirs", lambda: order.append("DLL folders"))
+    forget(["wanvideo_vae._cuda"])
+    wv.backends()
+    assert order[:2] == ["DLL folders", "wanvideo_vae._cuda"]
 
 
 def test_a_missing_cudnn_is_named_with_the_wheel_for_the_toolkits_cuda(on_windows):

@@ -6,6 +6,7 @@ import re
 import struct
 import subprocess
 import sys
+import types
 import zlib
 
 import numpy as np
@@ -289,14 +290,14 @@ def test_big_endian_latents_decode_as_native(files, tmp_path):
 def test_auto_precision_on_a_gpu_without_bf16(monkeypatch):
     """--precision auto picks fp32 on a GPU before compute capability 8.0 (the backend refuses bf16 there)."""
     import wanvideo_vae.cli as cli
+    from wanvideo_vae import devices
     feats = {"cuda": {"usable": True, "reason": ""}}
     monkeypatch.setattr(cli, "backends", lambda: feats)
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
     for capability, precision in (((7, 5), "fp32"), ((8, 0), "bf16")):
-        def of_the_current_device(index, capability=capability):  # torch takes None for it, not -1
-            assert index is None
-            return capability
-
-        monkeypatch.setattr(torch.cuda, "get_device_capability", of_the_current_device)
+        backend = types.SimpleNamespace(current_device=lambda: 2, device_info=lambda i, c=capability: {
+            "capability": c} if i == 2 else pytest.fail(f"asked device {i}, not the current one"))
+        monkeypatch.setattr(devices, "cuda_module", lambda: backend)
         assert cli._check_backend("auto", "auto") == ("cuda", precision)
 
 
@@ -991,17 +992,30 @@ def test_info_lines_of_gpus_and_their_plans():
     assert info.format_report(report)[1].endswith("; PyTorch does not import (OSError: libtorch_cuda.so: cannot open)")
 
 
-def test_a_torch_that_cannot_say_leaves_the_gpu_assumed_recent(monkeypatch):
-    """compute_capability (which picks bf16 or fp32): a torch that is broken (a library it cannot load
-    raises OSError) says nothing, as one not installed."""
-    import types
+def test_the_gpus_capability_is_read_by_our_backend_not_torch(monkeypatch):
+    """--precision auto is bf16 from compute capability 8.0 on. Read by our backend, so that a torch
+    without CUDA (a CPU build, as here) cannot make a Turing GPU's decode bf16, which the backend then
+    refuses; where the backend cannot say (not loadable, no device), a recent GPU is assumed and the
+    decode says what is wrong."""
     from wanvideo_vae import devices
+    asked = []
 
-    def broken(index):
-        raise OSError("libcudart.so.13: cannot open shared object file")
+    def turing(index):
+        asked.append(index)
+        return {"capability": (7, 5)}
 
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=types.SimpleNamespace(
-        get_device_capability=broken)))
+    backend = types.SimpleNamespace(device_info=turing, current_device=lambda: 1)
+    monkeypatch.setattr(devices, "cuda_module", lambda: backend)
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
+    assert devices.precision_for("bf16", -1) == "fp32" and devices.precision_for("bf16", 3) == "fp32"
+    assert asked == [1, 3] and devices.precision_for("fp16", 3) == "fp16"
+
+    def no_device(index):
+        raise RuntimeError("no NVIDIA driver found")
+
+    backend.device_info = no_device
+    assert devices.compute_capability(0) == (9, 0)
+    monkeypatch.setattr(devices, "cuda_module", lambda: None)
     assert devices.compute_capability(0) == (9, 0)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -722,11 +723,13 @@ def _fake_backends(usable):
 
 
 def _usable_gpus(monkeypatch, capability=lambda index: (9, 0)):
-    """The CUDA backend usable, torch's current device 0, and each device's compute capability."""
-    from wanvideo_vae import comfy_nodes
+    """The CUDA backend usable, the current device 0 (torch's and the backend's), and each device's
+    compute capability as the backend reads it."""
+    from wanvideo_vae import comfy_nodes, devices
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    backend = types.SimpleNamespace(current_device=lambda: 0, device_info=lambda i: {"capability": capability(i)})
+    monkeypatch.setattr(devices, "cuda_module", lambda: backend)
 
 
 @pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),

@@ -161,7 +161,8 @@ CASES = [
      "NaN or Inf"),
     ("integer, bool or complex arrays", lambda d, t: d.decode(lat().astype(np.int32)), E,
      "unsupported dtype int32; expected float32, float16 or bfloat16"),
-    ("negative strides", lambda d, t: d.decode(lat()[:, :, :, ::-1]), E, "negative stride"),
+    ("negative strides in a raw array interface", lambda d, t: (lambda a: d.decode(AI(**a.__array_interface__)))(lat()[:, :, :, ::-1]),
+     E, "negative stride -4 on axis 3 is not supported"),  # a NumPy array's are copied
     ("an array interface without shape, typestr or data", lambda d, t: d.decode(AI(typestr="<f4", data=(0, True))),
      E, "no 'shape'"),
     ("an unsupported typestr (big-endian, float64, int)", lambda d, t: d.decode(AI(shape=(4, 1, 1, 1), typestr=">f4",
@@ -227,6 +228,10 @@ CASES = [
     ("mean or std with NaN", lambda d, t: d.decode(lat(), std=[float("nan")] * 4), E, "NaN or Inf"),
     ("mean or std that are not numbers", lambda d, t: d.decode(lat(), mean="0.1,0.2"), E, "sequence of numbers"),
     ("complex mean or std", lambda d, t: d.decode(lat(), mean=np.ones(4, np.complex64)), E, "real numbers"),
+    ("mean or std with a None", lambda d, t: d.decode(lat(), mean=[0.0, None, 0.0, 0.0]), E,
+     "^mean must be a sequence of numbers, got None or strings among them$"),  # was "contains NaN or Inf"
+    ("mean or std of strings", lambda d, t: d.decode(lat(), std=["1"] * 4), E,
+     "^std must be a sequence of numbers, got strings among them$"),  # were read as numbers
     ("a safetensors header length past the end of the file",
      lambda d, t: wv.load_weights(corrupt_safetensors(t, "header_past_end")), E, "past the end"),
     ("a safetensors header length past the format's limit",
@@ -1257,6 +1262,8 @@ def test_torch_tensors_without_readable_memory_are_refused_clearly(small):
         small.decode(lat(), mean=torch.zeros(4, device="meta"))
     with pytest.raises(wv.WanVAEError, match="real numbers"):
         small.decode(lat(), mean=torch.ones(4, dtype=torch.complex64))
+    with pytest.raises(wv.WanVAEError, match="real numbers, got complex ones"):  # NumPy refuses its conjugate bit
+        small.decode(lat(), mean=torch.ones(4, dtype=torch.complex64).conj())
 
     def decode_inside(x):  # torch.func's wrapper tensors have no memory of their own
         small.decode(x)
@@ -1309,6 +1316,18 @@ def test_a_bfloat16_field_of_a_packed_record_array_decodes_as_the_same_values_pa
     np.testing.assert_array_equal(small.decode(rec["lat"]), small.decode(bits.view("V2")))
 
 
+def test_reversed_numpy_views_decode_as_their_values(small):
+    """Negative strides (np.flip, x[::-1]) are copied, as unaligned ones are: the core takes none."""
+    reversed_twice = np.flip(np.flip(lat(), 2).copy(), 2)
+    assert reversed_twice.strides[2] < 0
+    np.testing.assert_array_equal(small.decode(reversed_twice), small.decode(lat()))
+    weights = random_weights(8, 4, seed=1)
+    key = "decoder.conv1.weight"
+    weights[key] = np.flip(weights[key][::-1].copy(), 0)
+    mean, std = random_stats(4)
+    np.testing.assert_array_equal(wv.Decoder(weights, mean=mean, std=std).decode(lat()), small.decode(lat()))
+
+
 @pytest.mark.parametrize("values", [[[1.0, 2.0], [3.0]], [0.0, 0.0, 0.0, [0.0]]])
 def test_ragged_mean_or_std_is_our_error(small, values):
     with pytest.raises(E, match="mean must be a sequence of numbers, got a list holding sequences"):
@@ -1320,6 +1339,13 @@ def test_ragged_mean_or_std_is_our_error(small, values):
 def test_devices_as_users_write_them():
     from wanvideo_vae.devices import device_index
     assert device_index(np.int64(1)) == 1 and device_index(None) == -1 and device_index("cuda:2") == 2
+    assert device_index("cuda") == -1  # the string (str.index is no device index)
+    try:
+        import torch
+    except ImportError:  # the Windows run without PyTorch's wheel
+        torch = None
+    if torch is not None:
+        assert device_index(torch.device("cuda")) == -1 and device_index(torch.device("cuda", 3)) == 3
     for wrong in (-2, 2**31, "cuda:99999999999999999999", True):
         with pytest.raises(wv.WanVAEError):
             device_index(wrong)

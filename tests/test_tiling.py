@@ -1,5 +1,6 @@
 """Exact halo tiling: tiled == untiled, the memory plan, the budget."""
 import re
+import types
 
 import numpy as np
 import pytest
@@ -274,6 +275,36 @@ def test_linux_host_memory_is_the_least_of_meminfo_and_the_cgroups(tmp_path, mon
     assert sysmem.available_host_bytes() == 2 << 30
     monkeypatch.setattr(sysmem, "cgroup_headroom_bytes", lambda: None)
     assert sysmem.available_host_bytes() == 10 << 30
+
+
+VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
+Pages free:                                3000.
+Pages active:                            200000.
+Pages inactive:                           10000.
+Pages speculative:                          500.
+Pages throttled:                              0.
+Pages wired down:                         90000.
+Pages purgeable:                            700.
+"Translation faults":                 123456789.
+Pages stored in compressor:               40000.
+"""
+
+
+def test_macos_host_memory_is_read_from_vm_stat(monkeypatch):
+    """macOS has no SC_AVPHYS_PAGES: without its own reading a CPU decode there had no budget at all
+    (720p x 81 untiled: 10 GiB planned on an 8 GiB Mac). Free, speculative and inactive pages count."""
+    from wanvideo_vae import sysmem
+    assert sysmem.vm_stat_available(VM_STAT) == (3000 + 500 + 10000) * 16384
+    assert sysmem.vm_stat_available("") is None and sysmem.vm_stat_available(VM_STAT.splitlines()[0]) is None
+    monkeypatch.setattr(sysmem.sys, "platform", "darwin")
+    monkeypatch.setattr(sysmem.subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(stdout=VM_STAT))
+    assert sysmem.available_host_bytes() == 13500 * 16384
+
+    def missing(cmd, **kw):
+        raise FileNotFoundError(cmd[0])
+
+    monkeypatch.setattr(sysmem.subprocess, "run", missing)
+    assert sysmem.available_host_bytes() is None
 
 
 def test_no_host_memory_left_is_a_budget_not_no_limit(monkeypatch):

@@ -68,6 +68,7 @@ def backends():
     the CPU also the threads a decode splits its work over and the BLAS (OpenBLAS's description: the
     core type whose kernels it runs); for CUDA also the build's warnings (CUDA versions that differ
     from PyTorch's)."""
+    cuda_module()  # first: _C.backend_features imports _cuda, which on Windows needs the DLL folders added
     feats = _C.backend_features()
     # threads 0: WANVIDEO_CPU_THREADS is not a count, and Decoders refuse it (reason)
     feats["cpu"].update(compiled=True, usable=feats["cpu"]["threads"] > 0, blas=_openblas_config())

@@ -99,7 +99,7 @@ def host_array(x, what):
         bf16 = x.dtype.kind == "V" and x.dtype.itemsize == 2 or x.dtype.name == "bfloat16"
         if not bf16 and x.dtype not in (np.float32, np.float16):
             raise unsupported_dtype(what, x.dtype)
-        if any(s % x.itemsize for s in x.strides):  # a field of a packed record array: its items unaligned
+        if any(s < 0 or s % x.itemsize for s in x.strides):  # reversed (np.flip), or a packed record's field
             return np.ascontiguousarray(x)
         return x
     if hasattr(x, "__array_interface__") or hasattr(x, "__cuda_array_interface__"):
@@ -128,19 +128,35 @@ def _kind(values):
     return f"a {type(values).__name__} holding sequences" if nested else type(values).__name__
 
 
+def _not_numbers(values):
+    """What in `values` is no number (strings, None), which float64 would read as numbers or NaN, or ''."""
+    raw = np.asarray(values)
+    if raw.dtype.kind in "USV":
+        return "strings"
+    if raw.dtype.kind == "O" and any(v is None or isinstance(v, (str, bytes)) for v in raw.flat):
+        return "None or strings"
+    return ""
+
+
 def as_float_list(values, what):
     if values is None:
         return None
+    complex_values = False
     if _is_torch_tensor(values):
-        values = tensor_memory(dense_tensor(values, what), what, lambda t: t.cpu().numpy() if t.is_complex() else
-                               t.float().cpu().numpy())
+        values = dense_tensor(values, what)
+        complex_values = values.is_complex()  # asked first: a conjugate view will not go to NumPy
+        if not complex_values:
+            values = tensor_memory(values, what, lambda t: t.float().cpu().numpy())
     try:  # iscomplexobj converts too: a ragged nesting fails there
-        complex_values = np.iscomplexobj(values)
-        arr = None if complex_values else np.asarray(values, dtype=np.float64).reshape(-1)
+        complex_values = complex_values or np.iscomplexobj(values)
+        wrong = "" if complex_values else _not_numbers(values)
+        arr = None if complex_values or wrong else np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
         raise WanVAEError(f"{what} must be a sequence of numbers, got {_kind(values)}") from None
     if complex_values:
         raise WanVAEError(f"{what} must be real numbers, got complex ones")
+    if wrong:
+        raise WanVAEError(f"{what} must be a sequence of numbers, got {wrong} among them")
     if not np.all(np.isfinite(arr)):
         raise WanVAEError(f"{what} contains NaN or Inf")
     if np.any(np.abs(arr) > np.finfo(np.float32).max):

@@ -73,8 +73,8 @@ def device_index(device):
         index = -1
     elif isinstance(device, numbers.Integral) and not isinstance(device, bool):  # NumPy's ints too
         index = int(device)
-    elif text == "cuda":
-        index = -1 if getattr(device, "index", None) is None else int(device.index)
+    elif text == "cuda":  # the string, or a torch.device without an index (one with prints as cuda:N)
+        index = -1
     elif text.startswith("cuda:") and text[5:].isdigit():
         index = int(text[5:])
     else:
@@ -101,13 +101,15 @@ def resolve_device(device):
 
 
 def compute_capability(index):
-    """(major, minor) of CUDA device `index` (-1: the current one) as torch sees it; where torch cannot
-    say (not installed, a CPU build), a recent GPU is assumed and the CUDA backend says what it refuses."""
+    """(major, minor) of CUDA device `index` (-1: the current one) as our CUDA backend reads it (torch
+    need not have CUDA); where it cannot (not loadable, no such device), a recent GPU is assumed and
+    the decode says what is wrong."""
+    cuda = cuda_module()
+    if cuda is None:
+        return (9, 0)
     try:
-        import torch
-
-        return tuple(torch.cuda.get_device_capability(None if index < 0 else index))
-    except Exception:  # noqa: BLE001 - not installed, a CPU build, or broken (a library it cannot load)
+        return tuple(cuda.device_info(resolve_device(index))["capability"])
+    except RuntimeError:
         return (9, 0)
 
 

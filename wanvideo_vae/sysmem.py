@@ -1,6 +1,8 @@
 """Available host memory, for the default memory budget of CPU decodes; peak sampling of any
 memory reading over a block (the benchmarks' peak RSS and peak device memory)."""
 import os
+import re
+import subprocess
 import sys
 import threading
 
@@ -131,10 +133,28 @@ def _meminfo_available(path="/proc/meminfo"):
     return None
 
 
+def vm_stat_available(text):
+    """Bytes free, speculative (free pages read ahead) and inactive (reclaimable) in macOS's `vm_stat`
+    output, or None where it says no page size or none of them."""
+    size = re.search(r"page size of (\d+) bytes", text)
+    pages = [int(n) for n in re.findall(r"^Pages (?:free|speculative|inactive):\s+(\d+)\.", text, re.MULTILINE)]
+    return int(size[1]) * sum(pages) if size and pages else None
+
+
+def _macos_available():
+    """macOS has no SC_AVPHYS_PAGES: the kernel's page counts, as `vm_stat` prints them."""
+    try:
+        return vm_stat_available(subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5).stdout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def available_host_bytes():
     """Bytes of physical memory available to a new allocation now, or None when unknown. On Linux,
     within the memory cgroup's limit too (in a container, MemAvailable is the whole machine's); on
-    Windows, within what may still be committed."""
+    Windows, within what may still be committed; on macOS, the pages vm_stat counts free or reclaimable."""
+    if sys.platform == "darwin":
+        return _macos_available()
     if sys.platform.startswith("linux"):
         known = [b for b in (_meminfo_available(), cgroup_headroom_bytes()) if b is not None]
         if known:
