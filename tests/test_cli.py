@@ -929,6 +929,9 @@ def test_info_reports_this_installation_and_plans_a_decode(capsys):
     if not feats["cuda"]["usable"]:
         assert f"not usable: {feats['cuda']['reason']}" in "\n".join(lines)
     assert "a decode of latents [16, 2, 8, 8] (5 frames of 64x64), full-size weights, in the memory free now:" in lines
+    assert main(["info", "--shape", "1", "8", "8"]) == 0
+    assert "a decode of latents [16, 1, 8, 8] (1 frame of 64x64), full-size weights, in the memory free now:" in \
+        capsys.readouterr().out.splitlines()
     assert (f"  cpu fp32: untiled; working memory {want['planned_bytes'] / 2**20:.0f} MiB + weights "
             f"{want['weight_bytes'] / 2**20:.0f} MiB; {want['conv_flops'] / 1e9:.1f} GFLOP of convolutions") in lines
     assert main(["info", "--no-plan", "--json"]) == 0

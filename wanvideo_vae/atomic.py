@@ -44,8 +44,9 @@ def check_target(path):
     read-only). Raises an OSError naming `path` with the reason in strerror."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
-        raise OSError(errno.ENOENT, f"the folder {folder} {what}", path)
+        there = os.path.exists(folder)
+        raise OSError(errno.ENOTDIR if there else errno.ENOENT,
+                      f"the folder {folder} {'is a file, not a folder' if there else 'does not exist'}", path)
     if os.path.isdir(path):
         raise OSError(errno.EISDIR, "is a folder", path)
     if len(os.fsencode(os.path.basename(path))) > NAME_MAX:

@@ -179,8 +179,8 @@ def format_report(report):
              *(_gpu_line(gpu) for gpu in report["gpus"])]
     if report["plans"]:
         z, T, h, w = report["latents"]
-        frames = 4 * (T - 1) + 1
-        lines.append(f"a decode of latents [{z}, {T}, {h}, {w}] ({frames} frame{'s' * (frames > 1)} of {8 * w}x{8 * h}), "
+        frames = f"{4 * (T - 1) + 1} frame{'s' * (T > 1)}"
+        lines.append(f"a decode of latents [{z}, {T}, {h}, {w}] ({frames} of {8 * w}x{8 * h}), "
                      "full-size weights, in the memory free now:")
         lines += [_plan_line(row) for row in report["plans"]]
     return lines
