@@ -344,6 +344,7 @@ static void test_rms_norm(void)
     float *x = rand_floats((size_t)n * 12 * C), *gamma = rand_floats((size_t)C);
     float *y = rand_floats((size_t)(n * fy));
     memset(x, 0, sizeof(float) * (size_t)C); /* a pixel of zeros: 0 out, not 0 / 0 */
+    for (int c = 0; c < C; c++) x[C + c] *= 1e-11f; /* a norm near eps (1e-12): F.normalize's, exactly */
     be->rms_norm(g_op_ctx, x, gx, y, gy, C, n, gamma, 1);
     for (int p = 0; p < n * 12; p++) {
         double ss = 0;
@@ -458,6 +459,15 @@ static void test_attention(void)
             qkv[i * 3 * C + C + c] = (float)(2 * i - 6 + c);
         }
     check_attention(qkv, N, C, 2);
+    /* one key 200 above every other score, first, inside or last: a max that leaves it out overflows */
+    for (int at = 0; at < N; at += 3) {
+        for (int i = 0; i < N; i++)
+            for (int c = 0; c < C; c++) {
+                qkv[i * 3 * C + c] = c == 0 ? 20.0f : 0.0f;
+                qkv[i * 3 * C + C + c] = c == 0 && i == at ? 20.0f : 0.0f; /* 20 * 20 / sqrt(4) */
+            }
+        check_attention(qkv, N, C, 3);
+    }
     free(qkv);
 }
 
