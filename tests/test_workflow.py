@@ -252,7 +252,8 @@ def test_loaders_of_a_wan22_vae_are_left_alone(tmp_path, capsys):
            "2": {"class_type": "WanVideoDecode", "inputs": {"vae": ["1", 0]}}}
     assert patch_workflow(api) == (0, 0, 0, 1, 1, 0) and api["2"] == {"class_type": "WanVideoDecode",
                                                                     "inputs": {"vae": ["1", 0]}}
-    for name in ("Wan22_VAE_fp32.safetensors", "wan2.2-vae.pth", "vae_wan_2.2.safetensors", "VAE\\Wan2_2_VAE.pth"):
+    for name in ("Wan22_VAE_fp32.safetensors", "wan2.2-vae.pth", "vae_wan_2.2.safetensors", "VAE\\Wan2_2_VAE.pth",
+                 "wan_vae_2.2.safetensors", "vae_2.2_wan.safetensors"):  # a 2.2 without a 2.1, as core loaders read it
         assert patch_workflow({"1": {"class_type": "WanVideoVAELoader", "inputs": {"model_name": name}},
                                "2": {"class_type": "WanVideoSampler", "inputs": {"vae": ["1", 0]}}}) == (0, 0, 0, 1, 0, 0)
     for name in ("Wan2_1_VAE_bf16.safetensors", "wan_2.1_vae.safetensors", "wan2.1_vae_fp32.safetensors",
@@ -789,6 +790,56 @@ def test_a_wrapper_decode_is_traced_across_subgraph_boundaries():
     fine["nodes"].append({"id": 9, "type": "WanVideoTinyVAELoader", "widgets_values": ["taew2_1.safetensors"],
                           "outputs": []})
     assert patch_workflow(fine, vae_patch=False)[:1] == (1,) and _types(fine)[20] == "WanVideoNativeDecode"
+
+
+@pytest.mark.parametrize("decode", ["VAEDecode", "WanVideoDecode"])
+def test_two_ways_that_meet_are_no_loop(decode):
+    """Two instances of a subgraph fed by one Reroute: the second way back reaches the link the first took.
+    That was taken for a loop (untraced), so the decode inside was kept beside another VAE."""
+    wf = _across_subgraphs(decode, ["wan_2.1_vae.safetensors"] * 2)
+    kind = wf["links"][0][5]
+    reroute = {"id": 110, "type": "Reroute", "inputs": [{"name": "", "type": kind, "link": 59}],
+               "outputs": [{"name": "", "type": kind, "links": [50, 51]}]}
+    wf["nodes"] = [n for n in wf["nodes"] if n["id"] != 102] + [reroute]
+    wf["nodes"][0]["outputs"][0]["links"] = [59]
+    wf["links"] = [[59, 100, 0, 110, 0, kind]] + [[lk[0], 110, 0, lk[3], lk[4], kind] if lk[0] in (50, 51) else lk
+                                                  for lk in wf["links"]]
+    if decode == "WanVideoDecode":  # what keeps an untraced decode: a TAEHV decoder loaded elsewhere
+        wf["nodes"].append({"id": 9, "type": "WanVideoTinyVAELoader", "widgets_values": ["taew2_1.safetensors"],
+                            "outputs": []})
+    check_links(wf)
+    report = patch_workflow(wf, vae_patch=False)
+    assert _types(wf)[20] == ("WanCoreVAENativeDecode" if decode == "VAEDecode" else "WanVideoNativeDecode")
+    assert report.decodes_kept == 0
+
+
+@pytest.mark.parametrize("loader,decode,other", [("VAELoader", "VAEDecode", "sdxl_vae.safetensors"),
+                                                 ("WanVideoVAELoader", "WanVideoDecode", None)])
+def test_a_way_through_a_subgraph_goes_back_out_where_it_came_in(loader, decode, other):
+    """A subgraph whose input goes straight to its output, used twice: each decode after an instance takes
+    what feeds that instance, not what feeds the other (a Wan 2.1 VAE and another one)."""
+    kind = "VAE" if loader == "VAELoader" else "WANVAE"
+    sub = {"id": "P", "inputs": [{"name": "vae", "type": kind, "linkIds": [9]}], "nodes": [],
+           "outputs": [{"name": "vae", "type": kind, "linkIds": [9]}],
+           "links": [{"id": 9, "origin_id": -10, "origin_slot": 0, "target_id": -20, "target_slot": 0, "type": kind}]}
+    second = {"id": 2, "type": loader, "widgets_values": [other], "outputs": [{"name": "vae", "type": kind,
+                                                                               "links": [2]}]}
+    if other is None:
+        second.update(type="WanVideoTinyVAELoader", widgets_values=["taew2_1.safetensors"])
+    nodes = [{"id": 1, "type": loader, "widgets_values": ["wan_2.1_vae.safetensors"],
+              "outputs": [{"name": "vae", "type": kind, "links": [1]}]}, second]
+    for i in (3, 4):
+        nodes.append({"id": i, "type": "P", "inputs": [{"name": "vae", "type": kind, "link": i - 2}],
+                      "outputs": [{"name": "vae", "type": kind, "links": [i]}]})
+        nodes.append({"id": i + 2, "type": decode, "outputs": [], "widgets_values": [],
+                      "inputs": [{"name": "samples", "type": "LATENT", "link": None},
+                                 {"name": "vae", "type": kind, "link": i}]})
+    links = [[1, 1, 0, 3, 0, kind], [2, 2, 0, 4, 0, kind], [3, 3, 0, 5, 1, kind], [4, 4, 0, 6, 1, kind]]
+    wf = {"nodes": nodes, "links": links, "last_node_id": 6, "last_link_id": 4, "definitions": {"subgraphs": [sub]}}
+    check_links(wf)
+    report = patch_workflow(wf, vae_patch=False)
+    assert _types(wf)[6] == decode and _types(wf)[5] != decode
+    assert report.decodes_kept == (0 if decode == "VAEDecode" else 1)
 
 
 def test_an_unknown_node_between_loader_and_decode_is_an_untraced_way():

@@ -89,11 +89,16 @@ def _loads_wan22(values):
     return any(isinstance(v, str) and _names_wan22_vae(v) for v in names)
 
 
+def _says_wan22(name):
+    """wan2.2 in a name, or a 2.2 without a 2.1 (wan_vae_2.2)."""
+    return WAN22.search(name) is not None or (VERSION_22.search(name) is not None and VERSION_21.search(name) is None)
+
+
 def _names_wan22_vae(path):
     """Whether a file's name (its folders aside) names a Wan 2.2 VAE: Wan2_2_VAE_bf16, wan2.2_vae, Wan22_VAE_fp32,
-    vae_wan2.2."""
+    vae_wan2.2, wan_vae_2.2 (a wrapper loader's file is a Wan VAE of one version or the other)."""
     name = re.split(r"[/\\]", path)[-1]
-    return "vae" in name.lower() and WAN22.search(name) is not None
+    return "vae" in name.lower() and _says_wan22(name)
 
 
 def _names_wan21_vae(path):
@@ -101,8 +106,7 @@ def _names_wan21_vae(path):
     Wan 2.2 one (wan2.2_vae, and wan_vae_2.2 without a 2.1 in it), nor a VAE with another decoder
     (Wan2.1_VAE_upscale2x's ends in 12 channels)."""
     name = re.split(r"[/\\]", path)[-1].lower()
-    says_22 = VERSION_22.search(name) is not None and VERSION_21.search(name) is None
-    return "wan" in name and "vae" in name and WAN22.search(name) is None and not says_22 and "upscale" not in name
+    return "wan" in name and "vae" in name and not _says_wan22(name) and "upscale" not in name
 
 
 def _loads_core_wan21(kind, values):
@@ -206,23 +210,36 @@ def _widget_inputs(node):
 def _vae_sources(workflow, graph, node):
     """What the 'vae' input of `node` (in `graph`) can come from: (graph, node) found through Reroutes,
     KJNodes' SetNode / GetNode pairs and subgraph boundaries (a subgraph's input: what feeds it in each
-    instance of the subgraph; a subgraph instance's output: what feeds it inside), None for each way that
-    cannot be traced (unlinked, a legacy group node, a loop)."""
+    instance of the subgraph, or in the one the way back came in through; a subgraph instance's output:
+    what feeds it inside), None for each way that cannot be traced (unlinked, a legacy group node, a loop)."""
     found = []
-    _trace_vae(workflow, graph, _input_link(node, "vae"), found, set())
+    _trace_vae(workflow, graph, _input_link(node, "vae"), found, _Trace(frozenset(), set(), ()))
     return found
 
 
-def _trace_vae(workflow, graph, link_id, found, seen):
+# on_path: the links of this way back (one met again is a loop); done: the links some way has traced (what
+# they lead to is in `found` already: two ways that meet are no loop); via: the subgraph instances this way
+# went into through an output, innermost last (leaving that subgraph through its input, it goes back out
+# through that instance alone). A link is known by (its graph, its id, via).
+_Trace = namedtuple("_Trace", "on_path done via")
+
+
+def _trace_vae(workflow, graph, link_id, found, trace):
     links = _links_by_id(graph)
     nodes = {n.get("id"): n for n in graph.get("nodes") or []}
     setters = {_set_get_name(n): n for n in nodes.values() if n.get("type") == "SetNode"}
     subgraphs = _subgraphs_by_id(workflow)
-    while link_id in links and (id(graph), link_id) not in seen:
-        seen.add((id(graph), link_id))
+    while link_id in links:
+        key = (id(graph), link_id, trace.via)
+        if key in trace.on_path:
+            break  # a loop
+        if key in trace.done:
+            return
+        trace.done.add(key)
+        trace = trace._replace(on_path=trace.on_path | {key})
         link = links[link_id]
         if _link_origin(link) == SUBGRAPH_INPUT:
-            _trace_vae_into_instances(workflow, graph, _link_origin_slot(link), found, seen)
+            _trace_vae_into_instances(workflow, graph, _link_origin_slot(link), found, trace)
             return
         source = nodes.get(_link_origin(link))
         if source is not None and source.get("type") == "GetNode":
@@ -232,8 +249,9 @@ def _trace_vae(workflow, graph, link_id, found, seen):
             outputs = inner.get("outputs") or []
             slot = _link_origin_slot(link)
             feeds = outputs[slot].get("linkIds") or [] if isinstance(slot, int) and 0 <= slot < len(outputs) else []
+            entered = trace._replace(via=trace.via + ((id(graph), source.get("id")),))
             for inner_link in feeds or [None]:
-                _trace_vae(workflow, inner, inner_link, found, seen)
+                _trace_vae(workflow, inner, inner_link, found, entered)
             return
         if source is None or source.get("type") not in PASS_ON:
             found.append(None if source is None or _is_group_node(source.get("type")) else (graph, source))
@@ -242,13 +260,16 @@ def _trace_vae(workflow, graph, link_id, found, seen):
     found.append(None)
 
 
-def _trace_vae_into_instances(workflow, sub, slot, found, seen):
+def _trace_vae_into_instances(workflow, sub, slot, found, trace):
     name, instances = _subgraph_input_name(sub, slot), _instances(workflow, sub)
+    came_through = [(g, n) for g, n in instances if trace.via and (id(g), n.get("id")) == trace.via[-1]]
+    if came_through:
+        instances, trace = came_through, trace._replace(via=trace.via[:-1])
     if name is None or not instances:
         found.append(None)
         return
     for graph, instance in instances:
-        _trace_vae(workflow, graph, _input_link(instance, name), found, seen)
+        _trace_vae(workflow, graph, _input_link(instance, name), found, trace)
 
 
 def _is_group_node(kind):
