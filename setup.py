@@ -86,7 +86,8 @@ def core_extension():
     # the wheel's own folder a third for a build in place, unless it is a throwaway build environment
     # (pip's, pypa/build's, uv's: a path that is gone, and in a world-writable folder, after the build)
     blas_dir = os.path.realpath(scipy_openblas32.get_lib_dir())
-    throwaway = blas_dir.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep) or "build-env" in blas_dir
+    throwaway = blas_dir.startswith(os.path.realpath(tempfile.gettempdir()) + os.sep) or \
+        "build-env" in blas_dir or os.sep + "builds-v" in blas_dir  # uv: ~/.cache/uv/builds-v0/.tmpXXXX
     runpath = ["$ORIGIN/../scipy_openblas32/lib"] + ([] if throwaway else [blas_dir])
     return Extension(
         "wanvideo_vae._C",
@@ -178,7 +179,7 @@ def cuda_root(nvcc):
     """The toolkit folder: nvcc may be a wrapper script on PATH, so ask nvcc itself where it lives."""
     try:
         out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True, text=True,
-                             timeout=60)
+                             errors="replace", timeout=60)
         for line in (out.stdout + out.stderr).splitlines():
             if "TOP=" in line:
                 top = line.split("TOP=", 1)[1].strip().strip('"')
@@ -308,14 +309,14 @@ def toolkit_cuda_version(toolkit):
 
 
 def library_cuda_major(lib, toolkit, toolkit_major):
-    """The CUDA major a cuDNN or cuBLAS library is built for, where it shows: the toolkit's own, a
-    versioned cuBLAS (libcublas.so.12, cublas64_13.dll), the name of the one nvidia-* wheel that
+    """The CUDA major a cuDNN, cuBLAS or CUDA runtime library is built for, where it shows: a versioned
+    name (libcublas.so.12, cublas64_13.dll, libcudart.so.13), the toolkit's own, the name of the one nvidia-* wheel that
     can own it (nvidia_cudnn_cu12-9.1.0.70.dist-info beside nvidia/cudnn/); None where unknown."""
-    if os.path.realpath(lib).startswith(os.path.realpath(toolkit) + os.sep):
-        return toolkit_major
-    found = re.match(r"(?:libcublas\.so\.|cublas64_)(\d+)", os.path.basename(lib))
+    found = re.match(r"(?:libcublas\.so\.|cublas64_|libcudart\.so\.|cudart64_)(\d+)", os.path.basename(lib))
     if found:
         return int(found.group(1))
+    if os.path.realpath(lib).startswith(os.path.realpath(toolkit) + os.sep):
+        return toolkit_major
     versioned = [version_key(part) for part in os.path.dirname(lib).split(os.sep)[-2:] if version_key(part)]
     if versioned:  # NVIDIA's cuDNN installer: lib\12.9\x64\cudnn.lib, bin\12.9\cudnn64_9.dll
         return versioned[-1][0]
@@ -414,15 +415,16 @@ def cuda_config():
         "cuBLAS", candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),
         ("cublas_v2.h", ["libcublas.so.13", "libcublas.so.12", "libcublas.so"] if so
                         else ["cublas.lib", "cublas64_13.dll", "cublas64_12.dll"]), toolkit, cuda_major,
-        match_toolkit=True)
+        match_toolkit=not os.environ.get("CUBLAS_PATH"))  # one named is taken, with a warning where it does not match
     if not cublas_inc:
         return missing(mode, "cuBLAS not found (pip install nvidia-cublas, or a CUDA toolkit that has it)")
     lib64 = os.path.join(toolkit, "lib", "x64") if WINDOWS else os.path.join(toolkit, "lib64")
     if not os.path.isdir(lib64):
         lib64 = os.path.join(toolkit, "lib")
-    cudart = find_cudart(toolkit, lib64)
+    cudart = find_cudart(toolkit, lib64, cuda_major)
     if not cudart:
-        return missing(mode, "the CUDA runtime library (cudart) was found neither in the toolkit nor in a wheel")
+        of = f"CUDA {cuda_major}'s runtime library" if cuda_major else "the CUDA runtime library"
+        return missing(mode, f"{of} (cudart) was found neither in the toolkit nor in a wheel")
     check_torch_cuda(cuda_version)
     archs = archs_for_machine(archs, nvcc, chosen=bool(re.sub(r"[;,\s]", "", arch_text)))
     if WINDOWS:
@@ -519,21 +521,43 @@ def dll_folder(lib, pattern):
     return None
 
 
-def find_cudart(toolkit, lib64):
-    """The static runtime of the toolkit (no run-time dependency), else the shared one of the
-    nvidia-cuda-runtime wheel (an nvcc installed from pip comes without the static library)."""
+def find_cudart(toolkit, lib64, cuda_major):
+    """The static runtime of the toolkit (no run-time dependency), else a shared one of the toolkit's
+    CUDA major: the toolkit's own, or the nvidia-cuda-runtime wheel's (an nvcc installed from pip comes
+    without the static library). One of another major is never taken, only named: its structures are
+    not those of the headers compiled against (cudaDeviceProp changed in CUDA 13), and a wheel of the
+    CUDA PyTorch had before an upgrade stays installed. None where there is none."""
     static = os.path.join(lib64, "cudart_static.lib" if WINDOWS else "libcudart_static.a")
     if os.path.isfile(static):
         return static
     # the wheel's: nvidia/cuda_runtime/lib/x64/cudart_static.lib (Windows), nvidia/*/lib/libcudart.so.12
     wheel_libs = [("lib", "x64", "cudart_static.lib"), ("lib", "cudart_static.lib")] if WINDOWS else \
         [("lib", "libcudart.so.*")]
+    hits = [] if WINDOWS else sorted(glob.glob(os.path.join(glob.escape(lib64), "libcudart.so.*")))
     for sp in site_dirs():
         for sub in wheel_libs:
-            hits = sorted(glob.glob(os.path.join(glob.escape(sp), "nvidia", "*", *sub)))
-            if hits:
-                return hits[-1]
-    return None
+            hits += sorted(glob.glob(os.path.join(glob.escape(sp), "nvidia", "*", *sub)))
+    majors = [library_cuda_major(hit, toolkit, cuda_major) for hit in hits]
+    fits = [hit for hit, major in zip(hits, majors) if cuda_major is None or major in (None, cuda_major)]
+    if not fits and hits:
+        warn(f"the CUDA runtime libraries found are for another CUDA than the toolkit's {cuda_major} ("
+             + ", ".join(hits) + ")")
+    return fits[0] if fits else None
+
+
+def cuda_include_order(cfg):
+    """The include folders of the CUDA build, in order. cuDNN's first where it holds no CUDA runtime
+    headers (the wheel's holds cudnn*.h alone), so that the cudnn.h of the cuDNN linked is the one
+    compiled, not one copied into the toolkit (NVIDIA's old instructions: a cuDNN 8 there); then the
+    toolkit's own, before cuBLAS's (a wheel's nvidia/cu13/include may hold runtime headers of another
+    version)."""
+    toolkit = os.path.join(cfg["toolkit"], "include")
+    first = [] if os.path.isfile(os.path.join(cfg["cudnn_inc"], "cuda_runtime_api.h")) else [cfg["cudnn_inc"]]
+    ordered = []
+    for folder in first + [toolkit, cfg["cudnn_inc"], cfg["cublas_inc"]]:
+        if os.path.normcase(os.path.abspath(folder)) not in (os.path.normcase(os.path.abspath(f)) for f in ordered):
+            ordered.append(folder)
+    return ordered
 
 
 # Commands that compile the extensions; the others (sdist, egg_info, dist_info) only describe the package.
@@ -615,6 +639,7 @@ class BuildExt(build_ext):
     def build_extension(self, ext):
         cfg = getattr(ext, "cuda", None)
         if cfg is None:
+            ext.depends = list(ext.depends) + [self.environment_stamp()]
             return super().build_extension(ext)
         try:
             ext.extra_objects = [self.nvcc_compile(cfg, src) for src in CUDA_SOURCES]
@@ -633,6 +658,25 @@ class BuildExt(build_ext):
                                  "the compiler's messages are above)") from None
             log(f"the CUDA backend failed to build ({what}); building CPU-only")
             CUDA_NOTE["why"] = f"it failed to build ({what}; `pip install -v .` shows the compiler's messages)"
+
+    def environment_stamp(self):
+        """A file in build_temp naming the NumPy and BLAS the core is compiled against, written anew (so
+        newer than the module an earlier build left) when they change: the sources have not, and
+        setuptools rebuilds only what is older than its sources (a NumPy 1.x module does not load
+        under NumPy 2, and its rpath named the earlier BLAS)."""
+        key = (f"numpy {numpy.__version__} {numpy.get_include()}\nscipy-openblas32 "
+               f"{getattr(scipy_openblas32, '__version__', '?')} {scipy_openblas32.get_lib_dir()}\n")
+        path = os.path.join(self.build_temp, "core_environment.txt")
+        try:
+            with open(path, encoding="utf-8") as f:
+                if f.read() == key:
+                    return path
+        except OSError:
+            pass
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(key)
+        return path
 
     def import_library(self, dll, name):
         """build_temp/<name>.lib for a DLL shipped without one, from the functions we call (MSVC)."""
@@ -656,10 +700,8 @@ class BuildExt(build_ext):
         gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
         # /MD: the C runtime setuptools links the C objects with (cl's default, /MT, would be a second)
         host = ["-Xcompiler", "/MD,/O2,/EHsc"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
-        # the toolkit's own headers first: a wheel's include folder (nvidia/cu13/include) may also hold
-        # CUDA runtime headers of another version
-        cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda",
-               "-I" + os.path.join(cfg["toolkit"], "include"), "-I" + cfg["cudnn_inc"], "-I" + cfg["cublas_inc"]]
+        cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda"]
+        cmd += ["-I" + folder for folder in cuda_include_order(cfg)]
         env, ccbin = self.msvc_for_nvcc()
         self.run_nvcc(cmd + ccbin + host + gencode, env)
         return obj

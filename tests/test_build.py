@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import types
 
 import pytest
 
@@ -135,6 +136,95 @@ def test_a_cublas_of_the_toolkits_cuda_major_is_preferred(setup_module, tmp_path
     assert setup_module.CUDA_NOTE["warnings"] == [
         f"cuBLAS {lib} is built for CUDA 12 and the toolkit is CUDA 13: the CUDA backend will need a driver for "
         "CUDA 13; a CUDA 12 toolkit (CUDA_HOME) matches it"]
+
+
+def test_a_cublas_path_named_is_taken_whatever_its_cuda(setup_module, tmp_path, monkeypatch):
+    """CUBLAS_PATH is the user's choice: taken, with the warning, not passed over for the toolkit's own."""
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
+    (toolkit / "include" / "cublas_v2.h").write_text("")
+    (toolkit / "lib64" / "libcublas.so.13").write_text("")
+    cublas12 = fake_wheel(tmp_path / "mine", "cublas", "nvidia_cublas_cu12-12.8.4.1.dist-info", "libcublas.so.12",
+                          "cublas_v2.h")
+    monkeypatch.setenv("CUBLAS_PATH", str(cublas12))
+    monkeypatch.setattr(setup_module, "find_nvcc", lambda: str(toolkit / "bin" / "nvcc"))
+    monkeypatch.setattr(setup_module, "cuda_root", lambda nvcc: str(toolkit))
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [])
+    monkeypatch.setattr(setup_module, "machine_gpu_caps", lambda: [])
+    (toolkit / "lib64" / "libcudart_static.a").write_text("")
+    cfg = setup_module.cuda_config()
+    assert cfg["cublas_lib"] == str(cublas12 / "lib" / "libcublas.so.12")
+    assert any("cuBLAS" in w and "built for CUDA 12" in w for w in setup_module.CUDA_NOTE["warnings"])
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the Linux runtime's names (the Windows wheel's is tested below)")
+def test_a_cuda_runtime_of_another_major_is_not_linked(setup_module, tmp_path, monkeypatch):
+    """nvcc from the cu13 wheels, and the cu12 runtime wheel left behind by PyTorch's upgrade: its
+    libcudart.so.12 sorted last and was linked to code compiled with CUDA 13's headers."""
+    sp = tmp_path / "site-packages"
+    cu13 = fake_wheel(sp, "cu13", "nvidia_cuda_runtime-13.0.96.dist-info", "libcudart.so.13", "cuda_runtime_api.h")
+    fake_wheel(sp, "cuda_runtime", "nvidia_cuda_runtime_cu12-12.8.90.dist-info", "libcudart.so.12", "cuda_runtime_api.h")
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [str(sp)])
+    assert setup_module.find_cudart(str(cu13), str(cu13 / "lib"), 13) == str(cu13 / "lib" / "libcudart.so.13")
+    (cu13 / "lib" / "libcudart.so.13").unlink()
+    assert setup_module.find_cudart(str(cu13), str(cu13 / "lib"), 13) is None
+    assert setup_module.CUDA_NOTE["warnings"][-1].startswith(
+        "the CUDA runtime libraries found are for another CUDA than the toolkit's 13 (")
+    assert setup_module.find_cudart(str(cu13), str(cu13 / "lib"), 12).endswith("libcudart.so.12")
+
+
+def test_the_cudnn_linked_is_the_cudnn_compiled(setup_module, tmp_path):
+    """A cudnn.h copied into the toolkit (NVIDIA's old instructions: cuDNN 8's) came before the wheel's,
+    whose library was linked: cuDNN's folder goes first where it holds cuDNN's headers alone."""
+    toolkit = fake_toolkit(tmp_path / "cuda-13.0", 13000)
+    cudnn = fake_wheel(tmp_path / "sp", "cudnn", "nvidia_cudnn_cu13-9.1.dist-info", "libcudnn.so.9", "cudnn.h")
+    cublas = fake_wheel(tmp_path / "sp", "cu13", "nvidia_cublas-13.1.dist-info", "libcublas.so.13", "cublas_v2.h")
+    (cublas / "include" / "cuda_runtime_api.h").write_text("")  # runtime headers too: after the toolkit's
+    cfg = {"toolkit": str(toolkit), "cudnn_inc": str(cudnn / "include"), "cublas_inc": str(cublas / "include")}
+    assert setup_module.cuda_include_order(cfg) == [str(cudnn / "include"), str(toolkit / "include"),
+                                                    str(cublas / "include")]
+    conda = tmp_path / "env" / "include"  # a folder of everything: the toolkit's own headers still first
+    conda.mkdir(parents=True)
+    (conda / "cuda_runtime_api.h").write_text("")
+    assert setup_module.cuda_include_order(dict(cfg, cudnn_inc=str(conda)))[:2] == [str(toolkit / "include"), str(conda)]
+    assert setup_module.cuda_include_order(dict(cfg, cudnn_inc=str(toolkit / "include"))) == [
+        str(toolkit / "include"), str(cublas / "include")]
+
+
+def test_the_core_is_rebuilt_for_another_numpy(setup_module, tmp_path, monkeypatch):
+    """Its sources unchanged, setuptools kept a module built against an earlier NumPy (a NumPy 1.x
+    module does not load under NumPy 2): the stamp of the build's environment is one of its depends,
+    written anew only when the environment differs."""
+    build = types.SimpleNamespace(build_temp=str(tmp_path / "temp"))
+    stamp = setup_module.BuildExt.environment_stamp(build)
+    os.utime(stamp, (1, 1))
+    assert setup_module.BuildExt.environment_stamp(build) == stamp and os.path.getmtime(stamp) == 1
+    monkeypatch.setattr(setup_module.numpy, "__version__", "1.26.4")
+    setup_module.BuildExt.environment_stamp(build)
+    assert os.path.getmtime(stamp) > 1 and "numpy 1.26.4 " in open(stamp, encoding="utf-8").read()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script stands in for nvcc")
+def test_an_nvcc_saying_bytes_of_no_encoding_leaves_a_cpu_build(setup_module, tmp_path):
+    """nvcc --dryrun's TOP= line in a folder's name that is not UTF-8: a UnicodeDecodeError escaped the
+    build's CUDA checks, and pip install failed instead of building CPU-only."""
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("#!/bin/sh\nprintf '#$ TOP=/opt/caf\\351/cuda\\n'\n")
+    nvcc.chmod(0o755)
+    assert setup_module.cuda_root(str(nvcc)) == str(tmp_path / "cuda")
+
+
+def test_a_uv_build_environment_leaves_no_rpath(setup_module, tmp_path, monkeypatch):
+    """uv builds in ~/.cache/uv/builds-v0/.tmpXXXX, outside the temporary folder: a path gone after the build."""
+    uv = tmp_path / ".cache" / "uv" / "builds-v0" / ".tmpAbC123" / "site-packages" / "scipy_openblas32" / "lib"
+    touch(uv / "libscipy_openblas.so")
+    monkeypatch.setattr(setup_module.scipy_openblas32, "get_lib_dir", lambda: str(uv))
+    monkeypatch.setattr(setup_module.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))  # not where uv builds
+    args = setup_module.core_extension().extra_link_args
+    assert not any(str(uv) in arg for arg in args)
+    monkeypatch.setattr(setup_module.scipy_openblas32, "get_lib_dir", lambda: str(tmp_path / "venv"))
+    touch(tmp_path / "venv" / "libscipy_openblas.so")
+    assert os.name == "nt" or any(str(tmp_path / "venv") in arg for arg in setup_module.core_extension().extra_link_args)
 
 
 def test_the_cudnn_pytorch_loads_is_taken_whatever_its_cuda(setup_module, tmp_path):
