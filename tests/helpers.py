@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import struct
+import types
 
 import numpy as np
 
@@ -77,3 +78,19 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(raw)) + raw)
         for b in blobs:
             f.write(b)
+
+
+def stand_in_cuda_backend(monkeypatch, capability, current=0):
+    """The CUDA backend as wanvideo_vae.devices sees it, with no GPU: `current` the current device,
+    capability(index) each device's compute capability (torch not asked). Returns the indices asked."""
+    from wanvideo_vae import devices
+    asked = []
+
+    def device_info(index):
+        asked.append(index)
+        return {"capability": capability(index)}
+
+    backend = types.SimpleNamespace(current_device=lambda: current, device_info=device_info)
+    monkeypatch.setattr(devices, "cuda_module", lambda: backend)
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
+    return asked

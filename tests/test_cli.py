@@ -6,7 +6,6 @@ import re
 import struct
 import subprocess
 import sys
-import types
 import zlib
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 
 import wanvideo_vae.atomic as atomic
 import wanvideo_vae.media as media
-from helpers import package_root, random_latents, random_weights, write_safetensors
+from helpers import package_root, random_latents, random_weights, stand_in_cuda_backend, write_safetensors
 from wanvideo_vae import WanVAEError
 from wanvideo_vae.cli import main
 
@@ -290,15 +289,12 @@ def test_big_endian_latents_decode_as_native(files, tmp_path):
 def test_auto_precision_on_a_gpu_without_bf16(monkeypatch):
     """--precision auto picks fp32 on a GPU before compute capability 8.0 (the backend refuses bf16 there)."""
     import wanvideo_vae.cli as cli
-    from wanvideo_vae import devices
     feats = {"cuda": {"usable": True, "reason": ""}}
     monkeypatch.setattr(cli, "backends", lambda: feats)
-    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
     for capability, precision in (((7, 5), "fp32"), ((8, 0), "bf16")):
-        backend = types.SimpleNamespace(current_device=lambda: 2, device_info=lambda i, c=capability: {
-            "capability": c} if i == 2 else pytest.fail(f"asked device {i}, not the current one"))
-        monkeypatch.setattr(devices, "cuda_module", lambda: backend)
+        asked = stand_in_cuda_backend(monkeypatch, lambda index, c=capability: c, current=2)
         assert cli._check_backend("auto", "auto") == ("cuda", precision)
+        assert asked == [2]  # the current device's
 
 
 def test_a_path_given_as_bytes_loads(files):
@@ -1001,22 +997,14 @@ def test_the_gpus_capability_is_read_by_our_backend_not_torch(monkeypatch):
     refuses; where the backend cannot say (not loadable, no device), a recent GPU is assumed and the
     decode says what is wrong."""
     from wanvideo_vae import devices
-    asked = []
-
-    def turing(index):
-        asked.append(index)
-        return {"capability": (7, 5)}
-
-    backend = types.SimpleNamespace(device_info=turing, current_device=lambda: 1)
-    monkeypatch.setattr(devices, "cuda_module", lambda: backend)
-    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: None)
+    asked = stand_in_cuda_backend(monkeypatch, lambda index: (7, 5), current=1)
     assert devices.precision_for("bf16", -1) == "fp32" and devices.precision_for("bf16", 3) == "fp32"
     assert asked == [1, 3] and devices.precision_for("fp16", 3) == "fp16"
 
     def no_device(index):
         raise RuntimeError("no NVIDIA driver found")
 
-    backend.device_info = no_device
+    stand_in_cuda_backend(monkeypatch, no_device)
     assert devices.compute_capability(0) == (9, 0)
     monkeypatch.setattr(devices, "cuda_module", lambda: None)
     assert devices.compute_capability(0) == (9, 0)

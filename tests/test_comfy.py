@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from helpers import (REPO, load_fixture, load_install_script, package_root, random_latents,  # noqa: E402
-                     random_weights)
+                     random_weights, stand_in_cuda_backend)
 from standin_wanvae import StandInWanVAE  # noqa: E402
 from wanvideo_vae.comfy_nodes import (NODE_CLASS_MAPPINGS, NativeWanVAE, WanCoreVAENativeDecode,  # noqa: E402
                                       WanVideoNativeDecode, WanVideoNativeVAEPatch)
@@ -725,11 +724,10 @@ def _fake_backends(usable):
 def _usable_gpus(monkeypatch, capability=lambda index: (9, 0)):
     """The CUDA backend usable, the current device 0 (torch's and the backend's), and each device's
     compute capability as the backend reads it."""
-    from wanvideo_vae import comfy_nodes, devices
+    from wanvideo_vae import comfy_nodes
     monkeypatch.setattr(comfy_nodes, "backends", _fake_backends(True))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    backend = types.SimpleNamespace(current_device=lambda: 0, device_info=lambda i: {"capability": capability(i)})
-    monkeypatch.setattr(devices, "cuda_module", lambda: backend)
+    stand_in_cuda_backend(monkeypatch, capability)
 
 
 @pytest.mark.parametrize("dtype,precision", [(torch.bfloat16, "bf16"), (torch.float16, "fp16"),

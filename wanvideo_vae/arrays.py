@@ -141,20 +141,20 @@ def _not_numbers(values):
 def as_float_list(values, what):
     if values is None:
         return None
-    complex_values = False
+    complex_error = WanVAEError(f"{what} must be real numbers, got complex ones")
     if _is_torch_tensor(values):
         values = dense_tensor(values, what)
-        complex_values = values.is_complex()  # asked first: a conjugate view will not go to NumPy
-        if not complex_values:
-            values = tensor_memory(values, what, lambda t: t.float().cpu().numpy())
+        if values.is_complex():  # asked first: a conjugate view will not go to NumPy
+            raise complex_error
+        values = tensor_memory(values, what, lambda t: t.float().cpu().numpy())
     try:  # iscomplexobj converts too: a ragged nesting fails there
-        complex_values = complex_values or np.iscomplexobj(values)
+        complex_values = np.iscomplexobj(values)
         wrong = "" if complex_values else _not_numbers(values)
         arr = None if complex_values or wrong else np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError, OverflowError):
         raise WanVAEError(f"{what} must be a sequence of numbers, got {_kind(values)}") from None
     if complex_values:
-        raise WanVAEError(f"{what} must be real numbers, got complex ones")
+        raise complex_error
     if wrong:
         raise WanVAEError(f"{what} must be a sequence of numbers, got {wrong} among them")
     if not np.all(np.isfinite(arr)):

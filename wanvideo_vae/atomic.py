@@ -59,12 +59,18 @@ def check_target(path):
                 pass
         except OSError as e:
             raise OSError(e.errno, f"cannot be overwritten ({e.strerror or e})", path) from None
-    tmp = temp_path(path)
     try:
-        with open(tmp, "xb"):
-            pass
+        make_temp_file(path)
     except OSError as e:
         raise OSError(e.errno, f"the folder {folder} does not take a new file ({e.strerror or e})", path) from None
+
+
+def make_temp_file(path):
+    """Makes and removes the temporary file write_atomically(path) would make, or raises the OSError of
+    making it (os.access does not see Windows' ACLs)."""
+    tmp = temp_path(path)
+    with open(tmp, "xb"):
+        pass
     remove_quietly(tmp)
 
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from ._C import WanVAEError
-from .atomic import check_target, write_atomically
+from .atomic import check_target, make_temp_file, write_atomically
 from .tracebacks import keeps_nothing_on_error
 from .weights import check_input_file, load_safetensors, safetensors_names, torch_load
 
@@ -292,15 +292,6 @@ def _output_kind(out):
     return os.path.splitext(out)[1].lower()  # '' for a PNG folder (a name ending in / has no extension)
 
 
-def _can_create_in(folder):
-    """Whether a file can be made in `folder`, by making one (os.access does not see Windows' ACLs)."""
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
-
-
 def check_file_target(out):
     """A file can be written at `out`, tried before a decode rather than after it (atomic.check_target)."""
     try:
@@ -321,8 +312,10 @@ def _check_png_folder(out):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise WanVAEError(f"{out}: {existing} is a file, not a folder")
-    if not _can_create_in(existing):
-        raise WanVAEError(f"{out}: the folder {existing} is not writable")
+    try:
+        make_temp_file(os.path.join(existing, PNG_FRAME.format(0)))
+    except OSError:
+        raise WanVAEError(f"{out}: the folder {existing} is not writable") from None
 
 
 def check_output(out, frames_shape=None):
