@@ -172,6 +172,21 @@ static wv_grid max_tile_grid(const wv_plan *p, int s)
     return g;
 }
 
+/* Every tile's region in every segment within the grid its buffers are sized for: a region beyond
+ * it would run past the scratch and the caches, so a planner bug fails here, not in a kernel. */
+static wv_status check_regions_fit(const wv_plan *p, wv_error *err)
+{
+    for (int t = 0; t < p->n_tiles; t++)
+        for (int s = 0; s < p->n_segments; s++) {
+            wv_grid g = wv_tile_grid(p, t, s), room = max_tile_grid(p, s);
+            if (g.h > room.h || g.w > room.w)
+                return wv_fail(err, WV_ERR_INVALID,
+                               WV_INTERNAL "tile %d's region in segment %d is %dx%d, beyond the %dx%d its buffers hold",
+                               t, s, g.h, g.w, room.h, room.w);
+        }
+    return WV_OK;
+}
+
 /* Elements segment s's one-frame buffers need (see the driver). x and y swap roles, so both take
  * any block's input or output and the time conv output (2 C) of the upsample ending the segment;
  * t takes a block's normalized input or output, and the phases of the sub-pixel conv that opens
@@ -498,7 +513,7 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     p->H = h * p->out_scale;
     p->W = w * p->out_scale;
     make_sequences(p, o);
-    if ((st = make_tiles(p, o, err))) return st;
+    if ((st = make_tiles(p, o, err)) || (st = check_regions_fit(p, err))) return st;
     p->stream_trunk = p->n_tiles == 1;
     N = (int64_t)h * w;
     p->attn_rows = (int)(N >= ATTN_BASE_SCORES ? 1 : ATTN_BASE_SCORES / N < N ? ATTN_BASE_SCORES / N : N);

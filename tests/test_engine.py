@@ -78,12 +78,16 @@ def test_matches_torch_reference(dim, z_dim, T, h, w):
     assert np.abs(out - expected).max() <= REFERENCE_TOL * max(1.0, np.abs(expected).max())
 
 
-def test_end_frame_matches_torch_reference():
+@pytest.mark.parametrize("tiling", [
+    dict(enable_vae_tiling=False),  # one tile: the trunk streams beside it
+    dict(tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8),  # the trunk's frames kept, then each tile
+])
+def test_end_frame_matches_torch_reference(tiling):
     weights = random_weights(8, 4, seed=3)
     mean, std = random_stats(4)
     lat = random_latents(4, 4, 3, 4)
     expected = reference_decode(weights, lat, mean, std, end_frame=True)
-    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, end_frame=True, enable_vae_tiling=False)
+    out = wv.decode_tiled(weights, lat, mean=mean, std=std, raw=True, end_frame=True, **tiling)
     assert out.shape == expected.shape == (10, 24, 32, 3)
     assert np.abs(out - expected).max() <= REFERENCE_TOL
 

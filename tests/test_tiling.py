@@ -136,6 +136,32 @@ def test_planned_bytes_equal_high_water_mark():
         assert dec.last_stats["arena_high_water"] == dec.last_stats["planned_bytes"]
 
 
+def _cores_tile_the_frame(plan):
+    covered = np.zeros((plan["height"], plan["width"]), int)
+    for y0, y1, x0, x1 in plan["tile_cores"]:
+        covered[y0:y1, x0:x1] += 1
+    return (covered == 1).all()
+
+
+def test_every_tiling_of_small_frames_plans():
+    """The planner checks each tile's region against the grid its buffers are sized for (an internal
+    error otherwise): frames of every small size, in tiles of every size down to the least, and in
+    budgets that make it shrink the tiles or split the frame evenly, all plan, and their cores tile
+    the frame once."""
+    dec = decoder(8)
+    small = dict(tile_stride_x=8, tile_stride_y=8)
+    for h in range(1, 14, 3):
+        for w in range(1, 30, 4):
+            for tile in (24, 40, 56, 88, 136, 272):
+                plan = dec.plan(2, h, w, tile_x=tile, tile_y=tile + 16, **small)
+                assert _cores_tile_the_frame(plan)
+            least = dec.plan(2, h, w, tile_x=24, tile_y=24, **small)["planned_bytes"]
+            whole = dec.plan(2, h, w, enable_vae_tiling=False)["planned_bytes"]
+            for budget in np.linspace(least, whole, 5).astype(int):
+                plan = dec.plan(2, h, w, enable_vae_tiling=False, max_memory=int(budget))
+                assert plan["planned_bytes"] <= budget and _cores_tile_the_frame(plan)
+
+
 def test_memory_is_set_by_the_tile_not_the_frame_or_length():
     """Fixed tile: the arena minus the trunk output is the same for 512^2 and 1024^2 frames and for
     T = 2 and T = 6; the trunk output ([T][h*w][4 dim]) is the only part that grows."""
