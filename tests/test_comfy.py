@@ -661,6 +661,26 @@ def test_core_vae_node():
         WanCoreVAENativeDecode().decode({"samples": torch.zeros(1, 4, 8, 8)}, ImageVAE(), 512, True)
 
 
+def test_core_vae_node_tiles_only_when_tiling_is_enabled():
+    """enable_tiling=False decodes untiled whatever tile_size says; True in tiles of tile_size px (64:
+    cores of 48 px, two across the 56 px wide frames). The frames are the same either way."""
+    from standin_wanvae import module_tree
+    from wanvideo_vae.comfy_nodes import _decoders
+    weights, data = load_fixture("tiny")
+
+    class CoreVAE:
+        first_stage_model = module_tree(weights)
+
+    vae = CoreVAE()
+    unnormalized = data["latents"] * data["std"][:, None, None, None] + data["mean"][:, None, None, None]
+    samples = {"samples": torch.from_numpy(unnormalized)[None]}
+    images = {}
+    for tiling, tiles in ((False, 1), (True, 2)):
+        (images[tiling],) = WanCoreVAENativeDecode().decode(samples, vae, 64, tiling)
+        assert _decoders._cache[vae][1].last_stats["n_tiles"] == tiles
+    assert (images[True] - images[False]).abs().max() <= NODE_TOL
+
+
 class _Interrupted(BaseException):
     """ComfyUI's InterruptProcessingException: a BaseException (an Exception before), past any `except
     Exception`: the decode must still free its memory and leave the node usable."""

@@ -192,6 +192,39 @@ def test_device_budget_leaves_out_the_reserve(monkeypatch):
     assert devices.device_budget(0, reserve=80 << 30) == (1, 1)  # nothing left is a budget of 1, not "no limit"
 
 
+def test_torchs_cache_counts_toward_the_budget_for_its_unused_part_only(monkeypatch):
+    """What torch reserves but no tensor holds is free to a decode (torch hands it back when asked);
+    what its tensors hold is not, nor anything where torch has not started CUDA."""
+    import types
+    from wanvideo_vae import devices
+    monkeypatch.setattr(devices, "cuda_module",
+                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    cuda = types.SimpleNamespace(is_initialized=lambda: True, memory_reserved=lambda d: 6 << 30,
+                                 memory_allocated=lambda d: 4 << 30)
+    monkeypatch.setattr(devices, "_torch_if_loaded", lambda: types.SimpleNamespace(cuda=cuda))
+    share = devices.DEVICE_BUDGET_SHARE
+    assert devices.device_budget(0) == (int((12 << 30) * share), int((10 << 30) * share))
+    cuda.is_initialized = lambda: False
+    assert devices.device_budget(0) == (int((10 << 30) * share),) * 2
+
+
+def test_host_latents_device_copy_is_reserved_out_of_the_budget(monkeypatch):
+    """Host latents are copied to the device as float32 beside the arena (whatever their own dtype): the
+    budget and the cache release leave those bytes out; latents already on the device take none."""
+    import types
+    from wanvideo_vae import api
+    reserves = []
+    monkeypatch.setattr(api, "device_budget", lambda device, reserve=0: reserves.append(reserve) or (20 << 30, 5 << 30))
+    monkeypatch.setattr(api, "release_torch_cache_if_needed",
+                        lambda device, budget, need, free_now, reserve=0: reserves.append(reserve) or budget)
+    model = types.SimpleNamespace(plan=lambda *a, max_memory, **kw: {"planned_bytes": 1 << 30})
+    dec = types.SimpleNamespace(backend="cuda", _device=0, _model=model)
+    lat = np.zeros((4, 2, 3, 5), np.float16)
+    api.Decoder._decode_budget(dec, lat, False, 0, 0, False, None)
+    api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None)
+    assert reserves == [4 * lat.size] * 2 + [0] * 2
+
+
 def test_a_failed_free_memory_read_is_the_decodes_error(monkeypatch):
     """The runtime's failure to read free memory (a lost device) reaches the caller as WanVAEError,
     the one exception type of the boundary, not the backend module's RuntimeError."""

@@ -60,6 +60,18 @@ def test_batched_latents_accepted():
     np.testing.assert_array_equal(a, b)
 
 
+def test_statistics_given_to_one_decode_are_the_ones_it_uses():
+    """decode(mean=, std=) un-normalizes that call's latents with them (as a Decoder made with them
+    would), and the Decoder keeps its own for the next call."""
+    weights, data = load_fixture("tiny")
+    dec = wv.Decoder(weights, mean=[0.0] * 4, std=[1.0] * 4)
+    expected = data["expected_raw"].transpose(1, 2, 3, 0)
+    out = dec.decode(data["latents"], raw=True, enable_vae_tiling=False, mean=data["mean"], std=data["std"])
+    assert np.abs(out - expected).max() <= FIXTURE_TOL
+    assert dec.mean == [0.0] * 4 and dec.std == [1.0] * 4
+    assert np.abs(dec.decode(data["latents"], raw=True, enable_vae_tiling=False) - expected).max() > 1e-2
+
+
 @pytest.mark.parametrize("dim,z_dim,T,h,w", [
     (8, 4, 1, 3, 5),
     (8, 16, 2, 5, 3),

@@ -1388,6 +1388,19 @@ def test_cuda_array_strides_are_in_bytes(monkeypatch):
     assert (cai["typestr"], cai["strides"]) == ("<f4", (12, 4))  # float64 converted, as on the host
 
 
+def test_cuda_array_typestrs_are_the_cores_and_a_batch_of_one_is_its_video(monkeypatch):
+    """bfloat16 has no standard typestr: the core reads "<V2" as bfloat16 ("<f2" would read its bits as
+    float16's); [1, z, T, h, w] CUDA latents are indexed to the video [z, T, h, w], as host ones are."""
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae.arrays import latents_4d
+    from wanvideo_vae.devices import CudaArray
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    for dtype, typestr in ((torch.float32, "<f4"), (torch.float16, "<f2"), (torch.bfloat16, "<V2")):
+        assert CudaArray(torch.zeros(2, 3, dtype=dtype), "latents").__cuda_array_interface__["typestr"] == typestr
+    lat = latents_4d(CudaArray(torch.zeros(1, 4, 2, 3, 5), "latents"))
+    assert lat.shape == lat.__cuda_array_interface__["shape"] == (4, 2, 3, 5)
+
+
 def test_a_safetensors_header_one_byte_past_the_end_is_refused(tmp_path):
     """A header that would run one byte past the file (7 bytes said, 6 there after the length)."""
     from wanvideo_vae.weights import safetensors_names

@@ -303,6 +303,41 @@ def test_linux_host_memory_is_the_least_of_meminfo_and_the_cgroups(tmp_path, mon
     assert sysmem.available_host_bytes() == 10 << 30
 
 
+class _Reading:
+    """A memory reading a test sets: read() returns `value`."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self):
+        return self.value
+
+
+def test_a_peak_sampler_reports_the_peak_and_what_the_block_left():
+    """The benchmarks' peak memory: grown is the highest reading above the one at entry, held the
+    reading at exit (taken then, not at the last sample) less the one at entry."""
+    import time
+    from wanvideo_vae.sysmem import PeakSampler
+
+    def sampler(period, value):
+        s = PeakSampler()
+        s.period, s.read = period, _Reading(value)
+        return s
+
+    s = sampler(3600, 5)  # no sample inside the block: the one at exit alone
+    with s:
+        s.read.value = 3
+    assert (s.grown, s.held) == (0, -2)
+    s = sampler(0.001, 5)
+    with s:
+        s.read.value = 12
+        deadline = time.monotonic() + 10
+        while s.peak != 12 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        s.read.value = 3
+    assert (s.grown, s.held) == (7, -2)
+
+
 VM_STAT = """Mach Virtual Memory Statistics: (page size of 16384 bytes)
 Pages free:                                3000.
 Pages active:                            200000.
