@@ -159,7 +159,9 @@ static void end_call(side *s, test_call *t)
  * its slot; a ring of three frames takes the new one in its free slot and turns through its three
  * orders. The backends may keep their caches differently, so the cache is checked through what it
  * is for rather than its layout. Without accumulate, y starts as NaN: a conv that overwrites y must
- * not read it (arena memory may hold any bits, other phases' fp32 among them). */
+ * not read it (arena memory may hold any bits, other phases' fp32 among them). y's buffer runs on
+ * past its frame by a frame of random values, compared too: a kernel writing past the output grid
+ * (the stand-in checks the ranges cuDNN is given, not a kernel's) fails. */
 static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, int pad, int accumulate)
 {
     enum { STEPS = 3 };
@@ -167,20 +169,24 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     wv_conv cv = {NULL, NULL, cin, cout, kt, k, k, k % 2 == 0, kt > 1 ? 0 : -1, 0, 0};
     wv_grid go = wv_conv_out_grid(&cv, g); /* an even kernel's: every position where it fits */
     int64_t P = wv_grid_positions(g), taps = kt * k * k, fin = P * cin, fout = wv_grid_positions(go) * cout;
+    int64_t fall = 2 * fout; /* the frame, then the guard */
     int64_t nw = (int64_t)cout * cin * taps;
     int steps = kt > 1 ? STEPS : 1;
     float *w = rand_floats((size_t)nw), *bias = rand_floats(cout);
-    float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fout), *x[STEPS];
+    float *cache = rand_frames(g, cin, 3), *y0 = rand_floats((size_t)fall), *x[STEPS];
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
-    char name[112], *mask = interior(go, cout, 1);
+    char name[112], *mask = (char *)malloc((size_t)fall), *inner = interior(go, cout, 1);
     int apart[2] = {0, 0};
+    memcpy(mask, inner, (size_t)fout);
+    memset(mask + fout, 1, (size_t)fout);
+    free(inner);
     if (!accumulate)
         for (int64_t i = 0; i < fout; i++) y0[i] = NAN;
     for (int t = 0; t < STEPS; t++) {
         x[t] = rand_frames(g, cin, 1);
-        outs[0][t] = (float *)malloc(fout * sizeof(float));
-        outs[1][t] = (float *)malloc(fout * sizeof(float));
+        outs[0][t] = (float *)malloc(fall * sizeof(float));
+        outs[1][t] = (float *)malloc(fall * sizeof(float));
     }
     for (int i = 0; i < 2; i++) {
         side *s = sides[i];
@@ -200,7 +206,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
             q.base = (char *)put(s, cache, (size_t)(q.slots * fin)); /* frames t-2, t-1 (and a free slot) */
         }
         for (int t = 0; t < steps; t++) {
-            void *dy = put(s, y0, (size_t)fout), *dx = kt > 1 ? NULL : put(s, x[t], (size_t)fin);
+            void *dy = put(s, y0, (size_t)fall), *dx = kt > 1 ? NULL : put(s, x[t], (size_t)fin);
             const void *frames[WV_MAX_TAPS] = {dx};
             wv_error err;
             if (kt > 1) {
@@ -215,7 +221,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
             } else {
                 s->be->conv(s->ctx, &c, g, frames, 0, 0, dy, accumulate);
             }
-            get(s, dy, outs[i][t], (size_t)fout);
+            get(s, dy, outs[i][t], (size_t)fall);
             if (dx) s->be->release(s->ctx, dx);
             s->be->release(s->ctx, dy);
         }
@@ -227,7 +233,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
         snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s%s%s", kt, k, k, cin, cout, pad,
                  accumulate ? " +=" : "", kt > 1 ? (t == 0 ? ", step 1" : t == 1 ? ", step 2" : ", step 3") : "",
                  kt > 1 ? (apart[1] ? " (taps apart)" : " (ring)") : "");
-        check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fout, mask);
+        check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fall, mask);
     }
     for (int t = 0; t < STEPS; t++) free(x[t]), free(outs[0][t]), free(outs[1][t]);
     free(w), free(bias), free(cache), free(y0), free(mask);

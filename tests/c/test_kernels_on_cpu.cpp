@@ -190,9 +190,12 @@ static void test_direct(int cin, int cout, int k, int accumulate)
 
 /* rms_norm_vec_kernel, launched as the backend launches it (rms_norm_vec_launch) but with `threads` a
  * block, against the CPU op: n frames from a grid with one ring to one with another, every position
- * of y (its ring zeroed over what was there) compared. */
+ * of y (its ring zeroed over what was there) compared. `tiny` (0: none) scales one pixel's values
+ * down to a norm far under 1e-6 yet over WV_RMS_EPS (1e-12): it is normalized like any other, the
+ * floor applying to the norm, not to the sum of squares. */
 template <typename T>
-static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int threads, const char *type)
+static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int threads, const char *type,
+                          float tiny = 0.0f)
 {
     const wv_backend *be = wv_backend_cpu();
     wv_grid gx = {5, 7, pad_x}, gy = {5, 7, pad_y}, all = {n * (gy.h + 2 * pad_y), gy.w + 2 * pad_y, 0};
@@ -201,9 +204,11 @@ static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int thre
     float *ref = (float *)malloc(sizeof(float) * n * Py * C), *got = (float *)malloc(sizeof(float) * n * Py * C);
     int lanes_log2 = -1;
     unsigned row_blocks = 0;
-    char name[96];
+    char name[128];
     for (int c = 0; c < C; c++) gamma[c] = 1.0f + 0.5f * frand();
     for (int64_t i = 0; i < n * Py * C; i++) got[i] = frand(); /* what y held before: the ring must be zeroed */
+    if (tiny != 0.0f) /* interior pixel (1, 2) of frame 0 */
+        for (int c = 0; c < C; c++) x[((1 + gx.pad) * (gx.w + 2 * gx.pad) + 2 + gx.pad) * C + c] *= tiny;
     round_to<T>(x, n * Px * C), round_to<T>(gamma, C);
     be->rms_norm(NULL, x, gx, ref, gy, C, n, gamma, silu);
     if (rms_norm_vec_launch(gy, n, C, (int)sizeof(T), threads, &lanes_log2, &row_blocks)) {
@@ -213,8 +218,9 @@ static void test_rms_norm(int C, int silu, int pad_x, int pad_y, int n, int thre
         for (int64_t i = 0; i < n * Py * C; i++) got[i] = from_t<T>(ty[i]);
         free(tx), free(tg), free(ty);
     }
-    snprintf(name, sizeof name, "rms_norm_vec C = %d%s, %d frames, pad %d -> %d, %d lanes, %u blocks a row %s", C,
-             silu ? " silu" : "", n, pad_x, pad_y, 1 << lanes_log2, row_blocks, type);
+    snprintf(name, sizeof name, "rms_norm_vec C = %d%s, %d frames, pad %d -> %d, %d lanes, %u blocks a row %s%s", C,
+             silu ? " silu" : "", n, pad_x, pad_y, 1 << lanes_log2, row_blocks, type,
+             tiny != 0.0f ? ", a tiny pixel" : "");
     check(name, all, C, ref, got, type[0] == 'f' ? 1e-5 : 1e-2);
     free(x), free(gamma), free(ref), free(got);
 }
@@ -332,6 +338,8 @@ int main(void)
     test_rms_norm<__nv_bfloat16>(1024, 0, 0, 2, 1, 64, "bf16"); /* the most: 32 lanes of 4 vectors */
     test_rms_norm<float>(96, 1, 0, 1, 3, 256, "fp32");          /* the backend's block */
     test_rms_norm<float>(20, 0, 1, 1, 1, 64, "fp32");
+    test_rms_norm<float>(20, 0, 1, 1, 1, 64, "fp32", 1e-8f);
+    test_rms_norm<__nv_bfloat16>(96, 1, 1, 1, 1, 64, "bf16", 1e-8f);
     test_softmax<float>(3, 1000, 0.0f, "fp32");
     test_softmax<__nv_bfloat16>(2, 37, 0.0f, "bf16");
     test_softmax<float>(2, 700, 100.0f, "fp32");
