@@ -143,14 +143,26 @@ def test_cuda_without_device_gives_a_clear_error():
         wv.Decoder(w, backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
 
 
+def free_memory_reads(monkeypatch, mem_get_info):
+    """The CUDA backend as the budget sees it: mem_get_info(device) -> (free, total) bytes, or raising."""
+    from wanvideo_vae import devices
+    monkeypatch.setattr(devices, "cuda_module", lambda: type("Cuda", (), {"mem_get_info": staticmethod(mem_get_info)}))
+
+
+def cuda_decoder_planning(planned_bytes):
+    """What Decoder._decode_budget reads of a CUDA Decoder, its plan's bytes planned_bytes(max_memory)."""
+    import types
+    model = types.SimpleNamespace(plan=lambda *a, max_memory, **kw: {"planned_bytes": planned_bytes(max_memory)})
+    return types.SimpleNamespace(backend="cuda", _device=0, _model=model)
+
+
 def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
     """torch's cache counts toward the first budget; blocks it cannot hand back (in part in use) must
     not count once it was asked to: the plan is then made for what is really free."""
     torch = pytest.importorskip("torch")
     from wanvideo_vae import devices
     released = []
-    monkeypatch.setattr(devices, "cuda_module",
-                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    free_memory_reads(monkeypatch, lambda d: (10 << 30, 80 << 30))
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
@@ -166,14 +178,12 @@ def test_budget_after_releasing_torchs_cache_is_what_is_free_then(monkeypatch):
 def test_a_given_budget_also_has_torchs_cache_released_where_the_plan_needs_it(monkeypatch):
     """decode(max_memory=...) on CUDA: the plan is made for the caller's budget, and where it needs
     more than is free, torch's unused cache goes back to the driver first, as with the default budget."""
-    import types
     from wanvideo_vae import api
     asked = []
     monkeypatch.setattr(api, "device_budget", lambda device, reserve=0: (20 << 30, 5 << 30))
     monkeypatch.setattr(api, "release_torch_cache_if_needed",
                         lambda device, budget, need, free_now, reserve=0: asked.append((budget, need)) or 3 << 30)
-    model = types.SimpleNamespace(plan=lambda *a, max_memory, **kw: {"planned_bytes": min(8 << 30, max_memory)})
-    dec = types.SimpleNamespace(backend="cuda", _device=0, _model=model)
+    dec = cuda_decoder_planning(lambda max_memory: min(8 << 30, max_memory))
     lat = np.zeros((4, 2, 3, 4), np.float32)
     assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, 10 << 30) == 10 << 30
     assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None) == 3 << 30
@@ -182,8 +192,7 @@ def test_a_given_budget_also_has_torchs_cache_released_where_the_plan_needs_it(m
 
 def test_device_budget_leaves_out_the_reserve(monkeypatch):
     from wanvideo_vae import devices
-    monkeypatch.setattr(devices, "cuda_module",
-                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    free_memory_reads(monkeypatch, lambda d: (10 << 30, 80 << 30))
     monkeypatch.setattr(devices, "_torch_cached_unused", lambda d: 1 << 30)
     share = devices.DEVICE_BUDGET_SHARE
     assert devices.device_budget(0) == (int((11 << 30) * share), int((10 << 30) * share))
@@ -197,8 +206,7 @@ def test_torchs_cache_counts_toward_the_budget_for_its_unused_part_only(monkeypa
     what its tensors hold is not, nor anything where torch has not started CUDA."""
     import types
     from wanvideo_vae import devices
-    monkeypatch.setattr(devices, "cuda_module",
-                        lambda: type("Cuda", (), {"mem_get_info": staticmethod(lambda d: (10 << 30, 80 << 30))}))
+    free_memory_reads(monkeypatch, lambda d: (10 << 30, 80 << 30))
     cuda = types.SimpleNamespace(is_initialized=lambda: True, memory_reserved=lambda d: 6 << 30,
                                  memory_allocated=lambda d: 4 << 30)
     monkeypatch.setattr(devices, "_torch_if_loaded", lambda: types.SimpleNamespace(cuda=cuda))
@@ -211,14 +219,12 @@ def test_torchs_cache_counts_toward_the_budget_for_its_unused_part_only(monkeypa
 def test_host_latents_device_copy_is_reserved_out_of_the_budget(monkeypatch):
     """Host latents are copied to the device as float32 beside the arena (whatever their own dtype): the
     budget and the cache release leave those bytes out; latents already on the device take none."""
-    import types
     from wanvideo_vae import api
     reserves = []
     monkeypatch.setattr(api, "device_budget", lambda device, reserve=0: reserves.append(reserve) or (20 << 30, 5 << 30))
     monkeypatch.setattr(api, "release_torch_cache_if_needed",
                         lambda device, budget, need, free_now, reserve=0: reserves.append(reserve) or budget)
-    model = types.SimpleNamespace(plan=lambda *a, max_memory, **kw: {"planned_bytes": 1 << 30})
-    dec = types.SimpleNamespace(backend="cuda", _device=0, _model=model)
+    dec = cuda_decoder_planning(lambda max_memory: 1 << 30)
     lat = np.zeros((4, 2, 3, 5), np.float16)
     api.Decoder._decode_budget(dec, lat, False, 0, 0, False, None)
     api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None)
@@ -232,7 +238,7 @@ def test_a_failed_free_memory_read_is_the_decodes_error(monkeypatch):
 
     def lost(device):
         raise RuntimeError("cannot read the free memory of CUDA device 0: unspecified launch failure")
-    monkeypatch.setattr(devices, "cuda_module", lambda: type("Cuda", (), {"mem_get_info": staticmethod(lost)}))
+    free_memory_reads(monkeypatch, lost)
     with pytest.raises(wv.WanVAEError, match="free memory of CUDA device 0: unspecified launch failure"):
         devices.device_budget(0)
 

@@ -1376,10 +1376,17 @@ def test_an_explicit_device_0_is_not_the_current_device(monkeypatch):
     assert devices.resolve_device(0) == 0 and devices.resolve_device(-1) == 1
 
 
-def test_cuda_array_strides_are_in_bytes(monkeypatch):
+def on_torchs_default_stream(monkeypatch):
+    """torch, its current stream the default one: CPU tensors stand in for CUDA ones in CudaArray (the
+    interface is built the same way)."""
     torch = pytest.importorskip("torch")
-    from wanvideo_vae.devices import CudaArray
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
+    return torch
+
+
+def test_cuda_array_strides_are_in_bytes(monkeypatch):
+    torch = on_torchs_default_stream(monkeypatch)
+    from wanvideo_vae.devices import CudaArray
     t = torch.zeros(2, 3, 4)[:, :, ::2]  # a CPU tensor stands in: the interface is built the same way
     cai = CudaArray(t, "latents").__cuda_array_interface__
     assert cai["strides"] == (48, 16, 8)
@@ -1391,10 +1398,9 @@ def test_cuda_array_strides_are_in_bytes(monkeypatch):
 def test_cuda_array_typestrs_are_the_cores_and_a_batch_of_one_is_its_video(monkeypatch):
     """bfloat16 has no standard typestr: the core reads "<V2" as bfloat16 ("<f2" would read its bits as
     float16's); [1, z, T, h, w] CUDA latents are indexed to the video [z, T, h, w], as host ones are."""
-    torch = pytest.importorskip("torch")
+    torch = on_torchs_default_stream(monkeypatch)
     from wanvideo_vae.arrays import latents_4d
     from wanvideo_vae.devices import CudaArray
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: types.SimpleNamespace(cuda_stream=0))
     for dtype, typestr in ((torch.float32, "<f4"), (torch.float16, "<f2"), (torch.bfloat16, "<V2")):
         assert CudaArray(torch.zeros(2, 3, dtype=dtype), "latents").__cuda_array_interface__["typestr"] == typestr
     lat = latents_4d(CudaArray(torch.zeros(1, 4, 2, 3, 5), "latents"))
