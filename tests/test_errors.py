@@ -9,6 +9,7 @@ import json
 import os
 import re
 import struct
+import sys
 import threading
 import types
 import warnings
@@ -800,7 +801,8 @@ def _held_by(error):
     """What the frames an error passed through still hold, the test's own aside: (frame name, value) for each
     Decoder, array or tensor (or dict, list or tuple of them) among their locals, of the error and of those
     chained to it."""
-    import torch
+    torch = sys.modules.get("torch")  # no tensor exists where torch was never imported
+    kinds = (wv.Decoder, np.ndarray) + ((torch.Tensor,) if torch else ())
     held, pending = [], [error]
     while pending:
         e = pending.pop()
@@ -813,7 +815,7 @@ def _held_by(error):
                 items = list(value.values()) if isinstance(value, dict) else \
                     list(value) if isinstance(value, (list, tuple)) else [value]
                 held += [(tb.tb_frame.f_code.co_name, v) for v in items
-                         if isinstance(v, (wv.Decoder, np.ndarray, torch.Tensor)) or hasattr(v, "__array_interface__")]
+                         if isinstance(v, kinds) or hasattr(v, "__array_interface__")]
             tb = tb.tb_next
         pending += [e.__cause__, e.__context__]
     return held
