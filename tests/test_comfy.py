@@ -846,12 +846,30 @@ def test_nodes_say_once_why_they_decode_on_the_cpu_beside_a_gpu(monkeypatch, cap
     err = capsys.readouterr().err
     assert err.count("wanvideo_vae: decoding on the CPU although PyTorch has a GPU") == 1
     assert "(not built: nvcc not found)" in err
-    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
-    monkeypatch.setattr(torch.version, "hip", "6.2", raising=False)  # ROCm answers to torch.cuda: not our GPU
+    monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")  # chosen: nothing to say
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
     assert capsys.readouterr().err == ""
-    monkeypatch.setattr(torch.version, "hip", None)
+
+
+@pytest.mark.parametrize("gpu", ["an AMD GPU (ROCm)", "an Apple GPU (MPS)"])
+def test_nodes_say_once_that_they_have_no_backend_for_an_amd_or_apple_gpu(monkeypatch, capsys, gpu):
+    """ROCm answers to torch.cuda, MPS to torch.backends.mps: a GPU this decoder has no code for, so not
+    "the CUDA backend is not usable" (no build would make it so) but which decode runs there instead."""
+    from wanvideo_vae import comfy_nodes
+    monkeypatch.setattr(comfy_nodes, "backends", lambda: {"cuda": {"usable": False, "reason": "no CUDA driver"}})
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
+    amd = gpu.startswith("an AMD")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: amd)
+    monkeypatch.setattr(torch.version, "hip", "6.2" if amd else None, raising=False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: not amd)
+    for _ in range(2):
+        assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
+    err = capsys.readouterr().err
+    assert err.count(f"wanvideo_vae: decoding on the CPU: PyTorch runs on {gpu}, and this decoder's GPU backend "
+                     "is for NVIDIA GPUs (CUDA).") == 1, err
+    assert "ComfyUI's own VAE Decode, or WanVideoDecode, decodes on this GPU" in err and "not usable" not in err
     monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")  # chosen: nothing to say
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
     assert capsys.readouterr().err == ""
 

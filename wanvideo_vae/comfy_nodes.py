@@ -76,17 +76,36 @@ def _backend_for(module, *tensors, device=None, dtype=None):
 _warned_cpu = set()
 
 
+def _other_gpu(torch):
+    """Which GPU PyTorch runs on where it is one this backend has no code for (NVIDIA's alone), or None.
+    ROCm answers to torch.cuda too."""
+    if torch.cuda.is_available() and getattr(torch.version, "hip", None):
+        return "an AMD GPU (ROCm)"
+    mps = getattr(getattr(torch, "backends", None), "mps", None)
+    if mps is not None and mps.is_available():
+        return "an Apple GPU (MPS)"
+    return None
+
+
 def _warn_cpu_beside_a_gpu(reason):
-    """A decode on the CPU where PyTorch has a GPU is what a missing CUDA backend looks like: a
-    video takes tens of minutes instead of seconds. Said once per reason, on the console."""
+    """A decode on the CPU where PyTorch has a GPU takes tens of minutes instead of seconds: said once
+    per cause, on the console. An NVIDIA GPU: the CUDA backend is missing or cannot run, and why; an
+    AMD or Apple GPU: this decoder has no backend for it, and ComfyUI's own decode runs there."""
     torch = _torch()
-    if reason in _warned_cpu or not torch.cuda.is_available() or getattr(torch.version, "hip", None):
-        return  # no GPU, or an AMD one (ROCm answers to torch.cuda too): this backend is NVIDIA's
-    _warned_cpu.add(reason)
+    other = _other_gpu(torch)
+    key = other or reason
+    if key in _warned_cpu or not (other or torch.cuda.is_available()):
+        return  # said already, or no GPU
+    _warned_cpu.add(key)
+    slow = "A CPU decode of a few seconds of 720p video takes tens of minutes"
+    if other:
+        print(f"wanvideo_vae: decoding on the CPU: PyTorch runs on {other}, and this decoder's GPU backend is for "
+              f"NVIDIA GPUs (CUDA). {slow}; ComfyUI's own VAE Decode, or WanVideoDecode, decodes on this GPU. "
+              "WANVIDEO_VAE_BACKEND=cpu chooses the CPU (and silences this).", file=sys.stderr)
+        return
     print(f"wanvideo_vae: decoding on the CPU although PyTorch has a GPU: the CUDA backend is not usable "
-          f"({reason or 'not built'}). A CPU decode of a few seconds of 720p video takes tens of minutes; see "
-          "the README's 'Building the CUDA backend', or set WANVIDEO_VAE_BACKEND=cpu to choose the CPU "
-          "(and silence this).", file=sys.stderr)
+          f"({reason or 'not built'}). {slow}; see the README's 'Building the CUDA backend', or set "
+          "WANVIDEO_VAE_BACKEND=cpu to choose the CPU (and silence this).", file=sys.stderr)
 
 
 def _on_decoder_gpu(latents, placement):
