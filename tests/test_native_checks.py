@@ -390,8 +390,8 @@ def python_of_version(version):
 def test_the_suite_passes_on_python_3_13(tmp_path):
     """ComfyUI's portable build ships Python 3.13, whose C API and messages differ from 3.11's: the package
     built there (CPU-only) passes the test suite, but for these native checks, in a venv without PyTorch
-    (no 3.13 build of it is at hand: the tests that need it skip). Skipped where no Python 3.13 is installed;
-    .ci/run cannot bring one."""
+    (no 3.13 build of it is at hand: the tests that need it skip), and the CUDA module's CPython part
+    compiles against its headers. Skipped where no Python 3.13 is installed; .ci/run cannot bring one."""
     py = python_of_version("3.13")
     if py is None:
         pytest.skip("no Python 3.13 on this machine (pyenv's or on PATH)")
@@ -411,6 +411,13 @@ def test_the_suite_passes_on_python_3_13(tmp_path):
     r = subprocess.run([vpy, "-m", "pip", "install", "-q", "--no-build-isolation", "."], cwd=src, capture_output=True,
                        text=True, env=dict(env, WANVIDEO_CUDA="0"), timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # the CUDA module's CPython part too (built CPU-only above: nvcc would take minutes), against 3.13's headers
+    need("gcc")
+    include = subprocess.run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    r = run(["gcc", "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
+             "-I" + include, "-Icsrc", "-Icuda", "cuda/module_cuda.c"])
+    assert r.returncode == 0, r.stderr[-3000:]
     # pytest's own script, not -m: the unbuilt sources at the copy's root must not shadow the installed package
     r = subprocess.run([str(venv / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "tests",
                         "--ignore=tests/test_native_checks.py"], cwd=src, capture_output=True, text=True, env=env,
