@@ -18,10 +18,14 @@ typedef struct {
     const char *suffix;
     const char *shape;
     param_role role;
-    int slot;          /* conv slot for WEIGHT/BIAS, gamma slot for GAMMA */
-    int only_if_remap; /* present only when cin != cout (the residual shortcut) */
-    int subpixel;      /* a resample conv: run sub-pixel (see wv_conv) */
+    int slot;  /* conv slot for WEIGHT/BIAS, gamma slot for GAMMA */
+    int flags; /* PARAM_* */
 } param_spec;
+
+enum {
+    PARAM_ONLY_IF_REMAP = 1, /* present only when cin != cout (the residual shortcut) */
+    PARAM_SUBPIXEL = 2       /* a resample conv: run sub-pixel (see wv_conv) */
+};
 
 #define MAX_PARAMS_PER_KIND 8
 
@@ -42,8 +46,8 @@ static const kind_spec KINDS[WV_BLOCK_KIND_COUNT] = {
                        {"residual.3.gamma", "o111", ROLE_GAMMA, WV_RES_NORM2, 0},
                        {"residual.6.weight", "oo333", ROLE_WEIGHT, WV_RES_CONV2, 0},
                        {"residual.6.bias", "o", ROLE_BIAS, WV_RES_CONV2, 0},
-                       {"shortcut.weight", "oi111", ROLE_WEIGHT, WV_RES_SHORTCUT, 1},
-                       {"shortcut.bias", "o", ROLE_BIAS, WV_RES_SHORTCUT, 1}}},
+                       {"shortcut.weight", "oi111", ROLE_WEIGHT, WV_RES_SHORTCUT, PARAM_ONLY_IF_REMAP},
+                       {"shortcut.bias", "o", ROLE_BIAS, WV_RES_SHORTCUT, PARAM_ONLY_IF_REMAP}}},
     [WV_BLOCK_ATTN] = {"attention",
                        {{"norm.gamma", "i11", ROLE_GAMMA, WV_ATTN_NORM, 0},
                         {"to_qkv.weight", "Qi11", ROLE_WEIGHT, WV_ATTN_QKV, 0},
@@ -51,10 +55,10 @@ static const kind_spec KINDS[WV_BLOCK_KIND_COUNT] = {
                         {"proj.weight", "ii11", ROLE_WEIGHT, WV_ATTN_PROJ, 0},
                         {"proj.bias", "i", ROLE_BIAS, WV_ATTN_PROJ, 0}}},
     [WV_BLOCK_UP2D] = {"upsample2d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, 0, 1},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, PARAM_SUBPIXEL},
                         {"resample.1.bias", "o", ROLE_BIAS, WV_UP_RESAMPLE, 0}}},
     [WV_BLOCK_UP3D] = {"upsample3d",
-                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, 0, 1},
+                       {{"resample.1.weight", "oi33", ROLE_WEIGHT, WV_UP_RESAMPLE, PARAM_SUBPIXEL},
                         {"resample.1.bias", "o", ROLE_BIAS, WV_UP_RESAMPLE, 0},
                         {"time_conv.weight", "Di311", ROLE_WEIGHT, WV_UP_TIME_CONV, 0},
                         {"time_conv.bias", "D", ROLE_BIAS, WV_UP_TIME_CONV, 0}}},
@@ -73,7 +77,7 @@ static int spec_count(wv_block_kind k)
 
 static int spec_applies(const param_spec *ps, const wv_block *b)
 {
-    return !ps->only_if_remap || b->cin != b->cout;
+    return !(ps->flags & PARAM_ONLY_IF_REMAP) || b->cin != b->cout;
 }
 
 static int spec_shape(const param_spec *ps, const wv_block *b, int64_t *shape)
@@ -230,7 +234,7 @@ static void shape_conv(wv_block *b, const param_spec *ps, const int64_t *shape, 
     cv->kt = nd == 5 ? (int)shape[2] : 1;
     cv->kh = (int)shape[nd - 2];
     cv->kw = (int)shape[nd - 1];
-    if (ps->subpixel) {
+    if (ps->flags & PARAM_SUBPIXEL) {
         cv->subpixel = 1;
         cv->kh = cv->kw = 2;
         cv->cout *= WV_SUBPIXEL_PHASES;
