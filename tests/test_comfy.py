@@ -846,6 +846,7 @@ def test_nodes_say_once_why_they_decode_on_the_cpu_beside_a_gpu(monkeypatch, cap
     err = capsys.readouterr().err
     assert err.count("wanvideo_vae: decoding on the CPU although PyTorch has a GPU") == 1
     assert "(not built: nvcc not found)" in err
+    monkeypatch.setattr(comfy_nodes, "_warned_cpu", set())
     monkeypatch.setenv("WANVIDEO_VAE_BACKEND", "cpu")  # chosen: nothing to say
     assert comfy_nodes._backend_for(torch.nn.Conv2d(2, 2, 1), torch.zeros(1)) == ("cpu", None, None)
     assert capsys.readouterr().err == ""
