@@ -36,8 +36,11 @@ rm -rf "$out/pkg" && mkdir -p "$out/pkg/wanvideo_vae"
 cp "$root"/wanvideo_vae/*.py "$out/pkg/wanvideo_vae/"
 printf '%s\n' "CUDA_NOT_BUILT = 'a MinGW-w64 build of the CPU module only (tests/c/windows_python.sh)'" \
     "CUDA_BUILD_WARNINGS = []" "CUDA_DLL_DIRS = []" > "$out/pkg/wanvideo_vae/_build_info.py"
-# MS_WIN64: Python's Windows pyconfig.h defines it for MSVC only (Py_ssize_t is 64-bit by it)
-x86_64-w64-mingw32-gcc -shared -std=c11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -DMS_WIN64 \
+# MS_WIN64 (Py_ssize_t is 64-bit by it): Python's Windows pyconfig.h defines it for MSVC alone before 3.13's,
+# which defines it for MinGW-w64 too (given twice, -Werror stops at the redefinition)
+win64=-DMS_WIN64
+grep -q "__MINGW32__" "$py/include/pyconfig.h" && win64=
+x86_64-w64-mingw32-gcc -shared -std=c11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter $win64 \
     -DWV_BLAS_SCIPY_PREFIX -I"$root/csrc" -I"$py/include" -I"$numpy_inc" -I"$blas/include" "$root"/csrc/*.c \
     "$dll" "$blas/lib/libscipy_openblas.dll" -o "$out/pkg/wanvideo_vae/_C.cp$version-win_amd64.pyd"
 echo "MinGW-w64: built _C.cp$version-win_amd64.pyd"
