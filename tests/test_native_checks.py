@@ -30,6 +30,18 @@ def run(cmd, **kw):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, **kw)
 
 
+def assert_compiles_cleanly(compiler, source, *flags):
+    """`source` (relative to the repository) compiles with `compiler`, the build's warnings as errors."""
+    r = run([compiler, "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror", *flags,
+             source])
+    assert r.returncode == 0, source + ":\n" + r.stderr[-3000:]
+
+
+def printed_by(py, code):
+    """What Python `py` prints running `code`."""
+    return subprocess.run([py, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_c_core_under_sanitizers(tmp_path):
     """tests/c/run.sh: the core's C test, and the CUDA kernels that can run on the host (the head's
@@ -351,12 +363,9 @@ def test_the_c_sources_compile_under_clang_without_a_warning():
     import scipy_openblas32
     includes = ["-isystem", sysconfig.get_paths()["include"], "-isystem", numpy.get_include(),
                 "-isystem", scipy_openblas32.get_include_dir(), "-Icsrc", "-Icuda"]
-    sources = sorted(glob.glob(os.path.join(REPO, "csrc", "*.c"))) + [os.path.join(REPO, "cuda", "module_cuda.c"),
-                                                                      os.path.join(REPO, "tests", "c", "test_core.c")]
-    for src in sources:
-        r = run(["clang", "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
-                 "-DWV_BLAS_SCIPY_PREFIX", *includes, src])
-        assert r.returncode == 0, os.path.relpath(src, REPO) + ":\n" + r.stderr[-3000:]
+    sources = sorted(os.path.relpath(f, REPO) for f in glob.glob(os.path.join(REPO, "csrc", "*.c")))
+    for src in sources + ["cuda/module_cuda.c", "tests/c/test_core.c"]:
+        assert_compiles_cleanly("clang", src, "-DWV_BLAS_SCIPY_PREFIX", *includes)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="venv layout")
@@ -381,11 +390,9 @@ def test_the_module_built_here_runs_under_numpy_1(tmp_path):
     assert f"from {pkg}" in r.stdout, r.stdout  # the copy, not a source tree in the way
 
     need("gcc")
-    numpy_1_include = subprocess.run([py, "-c", "import numpy; print(numpy.get_include())"], capture_output=True,
-                                     text=True, check=True).stdout.strip()
-    r = run(["gcc", "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
-             "-I" + sysconfig.get_paths()["include"], "-I" + numpy_1_include, "-Icsrc", "csrc/module.c"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    numpy_1_include = printed_by(py, "import numpy; print(numpy.get_include())")
+    assert_compiles_cleanly("gcc", "csrc/module.c", "-I" + sysconfig.get_paths()["include"], "-I" + numpy_1_include,
+                            "-Icsrc")
 
 
 def python_of_version(version):
@@ -397,7 +404,7 @@ def python_of_version(version):
     found.append(shutil.which("python" + version))
     for py in filter(None, found):
         r = subprocess.run([py, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
-                           text=True)
+                           text=True)  # not printed_by: a shim that does not run is an answer here, not an error
         if r.returncode == 0 and r.stdout.strip() == version:
             return py
     return None
@@ -430,11 +437,8 @@ def test_the_suite_passes_on_python_3_13(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     # the CUDA module's CPython part too (built CPU-only above: nvcc would take minutes), against 3.13's headers
     need("gcc")
-    include = subprocess.run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    r = run(["gcc", "-fsyntax-only", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror",
-             "-I" + include, "-Icsrc", "-Icuda", "cuda/module_cuda.c"])
-    assert r.returncode == 0, r.stderr[-3000:]
+    include = printed_by(vpy, "import sysconfig; print(sysconfig.get_paths()['include'])")
+    assert_compiles_cleanly("gcc", "cuda/module_cuda.c", "-I" + include, "-Icsrc", "-Icuda")
     # pytest's own script, not -m: the unbuilt sources at the copy's root must not shadow the installed package
     r = subprocess.run([str(venv / "bin" / "pytest"), "-q", "-p", "no:cacheprovider", "tests",
                         "--ignore=tests/test_native_checks.py"], cwd=src, capture_output=True, text=True, env=env,
