@@ -636,6 +636,7 @@ static PyObject *plan_list(const wv_plan *p, const wv_model *m, int n,
                                           (long long)m->backend->max_conv_elems))                            \
     X("backend", PyUnicode_FromString(m->backend->name))                                                     \
     X("precision", PyUnicode_FromString(wv_dtype_precision(m->backend->act_dtype)))                          \
+    X("dtype", PyUnicode_FromString(p->output == WV_OUT_U8 ? "uint8" : "float32"))                           \
     X("segments", plan_list(p, m, p->n_segments, segment_item))                                              \
     X("buffers", plan_list(p, m, p->n_buffers, buffer_item))                                                 \
     X("tile_cores", plan_list(p, m, p->n_tiles, tile_core_item))
@@ -654,9 +655,14 @@ static PyObject *plan_to_dict(const wv_plan *p, const wv_model *m)
     return d;
 }
 
-static int parse_options(int tile_x, int tile_y, int end_frame, int raw, long long max_bytes, wv_options *o)
+static int parse_options(int tile_x, int tile_y, int end_frame, int raw, int uint8, long long max_bytes,
+                         wv_options *o)
 {
     memset(o, 0, sizeof *o);
+    if (raw && uint8) {
+        PyErr_SetString(WvError, "raw output is float32 only: uint8 frames are the clamped image, 0 to 255");
+        return -1;
+    }
     if (max_bytes < 0) {
         PyErr_Format(WvError, "max_memory must be >= 0 bytes (0 = no limit), got %lld", max_bytes);
         return -1;
@@ -669,28 +675,28 @@ static int parse_options(int tile_x, int tile_y, int end_frame, int raw, long lo
     o->tile_x = tile_x;
     o->tile_y = tile_y;
     o->end_frame = end_frame;
-    o->output = raw ? WV_OUT_RAW : WV_OUT_UNIT;
+    o->output = raw ? WV_OUT_RAW : uint8 ? WV_OUT_U8 : WV_OUT_UNIT;
     return 0;
 }
 
 static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", "max_memory", NULL};
-    int T, h, w, tile_x = 0, tile_y = 0, end_frame = 0;
+    static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", "max_memory", "uint8", NULL};
+    int T, h, w, tile_x = 0, tile_y = 0, end_frame = 0, uint8 = 0;
     long long max_bytes = 0;
     wv_options o;
     wv_plan plan;
     wv_error err = {WV_OK, ""};
     PyObject *result;
     if (require_built(self)) return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iipL:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame,
-                                     &max_bytes))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iii|iipLp:plan", kwlist, &T, &h, &w, &tile_x, &tile_y, &end_frame,
+                                     &max_bytes, &uint8))
         return NULL;
     if (T > MAX_LATENT_EXTENT || h > MAX_LATENT_EXTENT || w > MAX_LATENT_EXTENT) {
         PyErr_Format(WvError, "T, h, w must be at most %d; got T=%d, h=%d, w=%d", MAX_LATENT_EXTENT, T, h, w);
         return NULL;
     }
-    if (parse_options(tile_x, tile_y, end_frame, 0, max_bytes, &o)) return NULL;
+    if (parse_options(tile_x, tile_y, end_frame, 0, uint8, max_bytes, &o)) return NULL;
     if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
         wv_plan_free(&plan);
         return raise_status(&err);
@@ -951,7 +957,7 @@ static int decode_locked(ModelObject *self, const wv_plan *plan, const py_array 
         return -1;
     }
     Py_BEGIN_ALLOW_THREADS
-    st = wv_decode(&self->model, plan, &lat->view, (uintptr_t)stream, mean, stdv, o, (float *)PyArray_DATA(out),
+    st = wv_decode(&self->model, plan, &lat->view, (uintptr_t)stream, mean, stdv, o, PyArray_DATA(out),
                    progress_trampoline, bridge, stats, &err);
     self->decoding = 0;
     PyThread_release_lock(self->lock);
@@ -974,13 +980,14 @@ typedef struct {
 static int parse_decode_call(PyObject *args, PyObject *kwds, decode_call *c)
 {
     static char *kwlist[] = {"latents", "mean", "std", "tile_x", "tile_y", "end_frame", "raw", "progress", "max_memory",
-                             "stream", "profile", NULL};
-    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, profile = 0;
+                             "stream", "profile", "uint8", NULL};
+    int tile_x = 0, tile_y = 0, end_frame = 0, raw = 0, profile = 0, uint8 = 0;
     long long max_bytes = 0;
     c->progress = Py_None;
     c->stream = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLLp:decode", kwlist, &c->latents, &c->mean, &c->std, &tile_x,
-                                     &tile_y, &end_frame, &raw, &c->progress, &max_bytes, &c->stream, &profile))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|iippOLLpp:decode", kwlist, &c->latents, &c->mean, &c->std,
+                                     &tile_x, &tile_y, &end_frame, &raw, &c->progress, &max_bytes, &c->stream, &profile,
+                                     &uint8))
         return -1;
     if (c->stream < 0) {
         PyErr_Format(WvError, "stream must be a CUDA stream handle (>= 0), got %lld", c->stream);
@@ -990,7 +997,7 @@ static int parse_decode_call(PyObject *args, PyObject *kwds, decode_call *c)
         PyErr_SetString(WvError, "progress must be callable or None");
         return -1;
     }
-    if (parse_options(tile_x, tile_y, end_frame, raw, max_bytes, &c->o)) return -1;
+    if (parse_options(tile_x, tile_y, end_frame, raw, uint8, max_bytes, &c->o)) return -1;
     c->o.profile = profile;
     /* owned for the call: they may be borrowed from a keyword dict (a C caller's own) that Python code
        run meanwhile (an array interface, a float(), the progress callback itself) empties */
@@ -1009,11 +1016,11 @@ static void release_decode_call(decode_call *c)
     Py_DECREF(c->progress);
 }
 
-/* The frames a plan decodes: [F, H, W, 3] float32. */
+/* The frames a plan decodes: [F, H, W, 3] float32, or uint8. */
 static PyArrayObject *new_frames_array(const wv_plan *p)
 {
     npy_intp dims[4] = {p->frames_out, p->H, p->W, WV_RGB};
-    return (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32);
+    return (PyArrayObject *)PyArray_SimpleNew(4, dims, p->output == WV_OUT_U8 ? NPY_UINT8 : NPY_FLOAT32);
 }
 
 static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
@@ -1127,11 +1134,12 @@ static PyGetSetDef Model_getset[] = {
 
 static PyMethodDef Model_methods[] = {
     {"plan", (PyCFunction)(void (*)(void))Model_plan, METH_VARARGS | METH_KEYWORDS,
-     "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False, max_memory=0) -> dict: the tile grid and memory plan."},
+     "plan(T, h, w, tile_x=0, tile_y=0, end_frame=False, max_memory=0, uint8=False) -> dict: the tile grid and\n"
+     "memory plan."},
     {"decode", (PyCFunction)(void (*)(void))Model_decode, METH_VARARGS | METH_KEYWORDS,
      "decode(latents, mean, std, tile_x=0, tile_y=0, end_frame=False, raw=False, progress=None, max_memory=0,\n"
-     "       stream=0, profile=False)\n"
-     "-> (frames [F, H, W, 3] float32, stats dict)."},
+     "       stream=0, profile=False, uint8=False)\n"
+     "-> (frames [F, H, W, 3] float32 (uint8: the clamped image, 0 to 255), stats dict)."},
     {"halos", (PyCFunction)Model_halos, METH_NOARGS, "Halo at the input of every tile-part block."},
     {"close", (PyCFunction)Model_close, METH_NOARGS,
      "close(): frees the weights and the backend's memory now (after a decode in another thread ends)."},
@@ -1331,7 +1339,7 @@ static PyObject *fail_nth_alloc(PyObject *mod, PyObject *args, PyObject *kwds)
 static PyMethodDef module_methods[] = {
     {"decode_tiled", (PyCFunction)(void (*)(void))decode_tiled, METH_VARARGS | METH_KEYWORDS,
      "decode_tiled(weights, latents, mean, std, *, backend='cpu', precision=None, device=-1, tile_x=0, tile_y=0,\n"
-     "             end_frame=False, raw=False, progress=None, max_memory=0, stream=0, profile=False)\n"
+     "             end_frame=False, raw=False, progress=None, max_memory=0, stream=0, profile=False, uint8=False)\n"
      "-> (frames, stats)"},
     {"backend_features", backend_features, METH_NOARGS, "Compiled backends and the ops each implements."},
     {"expected_keys", (PyCFunction)(void (*)(void))expected_keys, METH_VARARGS | METH_KEYWORDS,

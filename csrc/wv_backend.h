@@ -41,7 +41,7 @@ static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
  * order (2 * (y % 2) + x % 2), each a block of the upsample's channels. */
 #define WV_SUBPIXEL_PHASES 4
 
-/* The head's output channels: a frame of the output video is [H][W][WV_RGB] float32. */
+/* The head's output channels: a frame of the output video is [H][W][WV_RGB]. */
 #define WV_RGB 3
 
 /* rms_norm's floor on a pixel's norm: F.normalize's eps, as the public RMS_norm divides by it. */
@@ -151,12 +151,12 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
      * scores: rows x N x score_bytes of scratch, the query chunk */                             \
     X(attention, void, (void *ctx, const void *qkv, void *out, int N, int C, void *scores,        \
                         int rows))                                                                \
-    /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w;             \
-     * f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW; a NaN in src \
-     * (or an Inf, in raw output; clamped, an Inf is the right 0 or 1) is remembered, and sync    \
+    /* out[oy + y][ox + x][0..3) = f(src interior[y + sy][x + sx]) for y < h, x < w; out's items  \
+     * are float32, or uint8 for WV_OUT_U8, and f is the output type's (wv_output_mode); a NaN in \
+     * src (or an Inf, in raw output; clamped, an Inf is the right 0 or 1) is remembered, and sync\
      * reports it (wv_fail_nonfinite_output) */                                                   \
     X(write_output, void, (void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w,  \
-                           float *out, int out_w, int oy, int ox, wv_output_mode mode))           \
+                           void *out, int out_w, int oy, int ox, wv_output_mode mode))            \
     /* wait for queued work; returns any error the backend recorded since the last check */      \
     X(sync, wv_status, (void *ctx, wv_error *err))
 

@@ -442,19 +442,23 @@ static void cpu_attention(void *ctx, const void *qkv, void *out, int N, int C, v
 }
 
 /* src [positions(gs)][3], an h x w block from interior (sy, sx) -> out [..][out_w][3] at (oy, ox):
- * clamped and mapped to [0, 1], or raw */
-static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out,
+ * clamped and mapped to [0, 1] (as float32 or uint8), or raw */
+static void cpu_write_output(void *ctx, const void *src_, wv_grid gs, int sy, int sx, int h, int w, void *out,
                              int out_w, int oy, int ox, wv_output_mode mode)
 {
     const float *src = (const float *)src_;
     int finite = 1;
     for (int y = 0; y < h; y++) {
         const float *s = src + pos(gs, y + sy, sx) * WV_RGB;
-        float *d = out + ((int64_t)(oy + y) * out_w + ox) * WV_RGB;
+        int64_t o = ((int64_t)(oy + y) * out_w + ox) * WV_RGB;
         for (int i = 0; i < w * WV_RGB; i++) {
             float v = s[i] < -1.0f ? -1.0f : s[i] > 1.0f ? 1.0f : s[i]; /* NaN stays NaN */
-            finite &= s[i] == s[i] && (mode == WV_OUT_UNIT || !isinf(s[i]));
-            d[i] = mode == WV_OUT_RAW ? s[i] : (v + 1.0f) * 0.5f;
+            finite &= s[i] == s[i] && (mode != WV_OUT_RAW || !isinf(s[i]));
+            v = (v + 1.0f) * 0.5f;
+            if (mode == WV_OUT_U8) /* a NaN (reported by sync) converts to no integer */
+                ((uint8_t *)out)[o + i] = v == v ? (uint8_t)(v * 255.0f + 0.5f) : 0;
+            else
+                ((float *)out)[o + i] = mode == WV_OUT_RAW ? s[i] : v;
         }
     }
     if (!finite) ((cpu_ctx *)ctx)->nonfinite = 1;

@@ -252,7 +252,16 @@ typedef struct {
     wv_rect region[WV_MAX_SEGMENTS];    /* region each segment computes (its own resolution) */
 } wv_tile;
 
-typedef enum { WV_OUT_UNIT = 0, WV_OUT_RAW = 1 } wv_output_mode;
+/* What the output holds: UNIT clamp(-1, 1) then (v + 1) / 2, float32; RAW the decode itself,
+ * float32; U8 the UNIT value v as uint8, (v * 255 + 0.5) truncated: what NumPy's clip, * 255, + 0.5,
+ * astype(uint8) make of the UNIT frames. Fused into one multiply-add or not, the bytes are the same
+ * (checked for every float32 v in [0, 1]): its one rounding falls as the two do, on the half-units. */
+typedef enum { WV_OUT_UNIT = 0, WV_OUT_RAW = 1, WV_OUT_U8 = 2 } wv_output_mode;
+
+static inline size_t wv_output_item_bytes(wv_output_mode mode)
+{
+    return mode == WV_OUT_U8 ? 1 : sizeof(float);
+}
 
 typedef struct {
     int tile_x, tile_y;   /* tile size in output pixels (core + 2 * output halo); <= 0: whole frame */
@@ -292,7 +301,8 @@ typedef struct {
     size_t trunk_out_bytes;  /* the part of the arena that grows with T x frame */
     size_t trunk_host_bytes; /* the trunk output of all frames in the backend's host memory instead
                                 (its trunk_out_host; the arena then holds none of it), else 0 */
-    size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 float32 */
+    wv_output_mode output;   /* the output the plan was made for (its item size sizes the staging) */
+    size_t step_out_bytes;   /* the most output one step writes: frames x core x 3 items */
     size_t arena_bytes;      /* everything the decode allocates besides weights and the output */
     double conv_flops;       /* multiply-adds x 2 of every convolution the plan runs (a long 4K decode passes 2^63) */
     int64_t trunk_operand, tile_operand; /* elements of the largest conv operand (see the backend's
@@ -334,11 +344,12 @@ typedef struct {
 } wv_stats;
 
 /* Decodes `latents` ([z, T, h, w], any dtype, host or device as the backend accepts) into
- * out[frames_out][H][W][3] (host float32), following plan p. mean/std: z floats each. stream: the
+ * out[frames_out][H][W][3] (host float32, or uint8 for WV_OUT_U8), following plan p, made for the
+ * same output type. mean/std: z floats each. stream: the
  * caller's queue the latents are ready on, handed to the backend's begin as it is (a CUDA stream for
  * the CUDA backend; 0 when none). One decode per model at a time. */
 wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, uintptr_t stream,
-                    const float *mean, const float *std, const wv_options *o, float *out,
+                    const float *mean, const float *std, const wv_options *o, void *out,
                     wv_progress_fn progress, void *progress_user, wv_stats *stats, wv_error *err);
 
 #ifdef __cplusplus

@@ -19,7 +19,7 @@ typedef struct {
     const wv_view *lat;
     const float *mean, *std;
     const wv_options *o;
-    float *out;
+    char *out;          /* [frames_out][H][W][3] items of the output type */
     int out_frame;      /* the next output frame a tile's last segment writes */
     wv_stats *stats;
     wv_error profile_err; /* the first failure a profiling sync saw, reported at the step's end */
@@ -316,10 +316,11 @@ static void write_core(decode_run *r, const flow *f)
     const wv_plan *p = r->p;
     const wv_tile *tl = &p->tiles[f->tile];
     const wv_rect *last = &tl->region[f->seg];
-    float *dst = r->out + (size_t)r->out_frame++ * (size_t)p->H * (size_t)p->W * WV_RGB;
+    size_t frame_bytes = (size_t)p->H * (size_t)p->W * WV_RGB * wv_output_item_bytes(p->output);
+    void *dst = r->out + (size_t)r->out_frame++ * frame_bytes;
     OP(r, write_output, f->x, f->g, tl->core.y.lo - last->y.lo, tl->core.x.lo - last->x.lo,
        tl->core.y.hi - tl->core.y.lo, tl->core.x.hi - tl->core.x.lo, dst, p->W, tl->core.y.lo, tl->core.x.lo,
-       r->o->output);
+       p->output);
 }
 
 /* The blocks of segment f->seg on one frame (its opening upsample already ran), then on to the next
@@ -439,13 +440,17 @@ static wv_status decode_sequence(decode_run *r, int q, progress_state *ps, wv_st
     return st;
 }
 
-static wv_status check_latents(const wv_model *m, const wv_plan *p, const wv_view *lat, wv_error *err)
+static wv_status check_against_plan(const wv_model *m, const wv_plan *p, const wv_view *lat, const wv_options *o,
+                                   wv_error *err)
 {
     if (lat->ndim != 4 || lat->shape[0] != m->z_dim || lat->shape[1] != p->T || lat->shape[2] != p->h ||
         lat->shape[3] != p->w)
         return wv_fail(err, WV_ERR_INVALID, "latents do not match the plan: expected [%d, %d, %d, %d]",
                        m->z_dim, p->T, p->h, p->w);
     if (!lat->data) return wv_fail(err, WV_ERR_INVALID, "latents have a null data pointer");
+    if (o->output != p->output) /* its output staging is sized for the plan's output type */
+        return wv_fail(err, WV_ERR_INVALID, "the plan was made for output type %d, the decode asks for %d",
+                       (int)p->output, (int)o->output);
     for (int d = 0; d < 4; d++)
         if (lat->strides[d] < 0)
             return wv_fail(err, WV_ERR_INVALID, "latents have a negative stride on axis %d", d);
@@ -453,7 +458,7 @@ static wv_status check_latents(const wv_model *m, const wv_plan *p, const wv_vie
 }
 
 wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents, uintptr_t stream,
-                    const float *mean, const float *std, const wv_options *o, float *out, wv_progress_fn progress,
+                    const float *mean, const float *std, const wv_options *o, void *out, wv_progress_fn progress,
                     void *progress_user, wv_stats *stats, wv_error *err)
 {
     decode_run r;
@@ -465,7 +470,7 @@ wv_status wv_decode(const wv_model *m, const wv_plan *p, const wv_view *latents,
 
     memset(&r, 0, sizeof r);
     memset(stats, 0, sizeof *stats);
-    if ((st = check_latents(m, p, latents, err))) return st;
+    if ((st = check_against_plan(m, p, latents, o, err))) return st;
     r.m = m;
     r.p = p;
     r.be = m->backend;

@@ -363,7 +363,7 @@ static void size_buffers(wv_plan *p, const wv_model *m)
                1);
     set_buffer(p, WV_BUF_TILE_SCRATCH, (int64_t)(stack_segment_scratch(p, m) / ab), ab);
     p->step_out_bytes = (size_t)p->seg[p->n_segments - 1].frames_per_chunk * (size_t)p->core_x * (size_t)p->core_y * WV_RGB *
-                        sizeof(float);
+                        wv_output_item_bytes(p->output);
     set_buffer(p, WV_BUF_OUTPUT_STAGING, (int64_t)be->output_staging_copies * (int64_t)p->step_out_bytes, 1);
     size_cache_buffers(p, m);
     p->n_buffers = WV_BUF_CACHE0 + m->n_cache_slots;
@@ -503,6 +503,7 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     p->h = h;
     p->w = w;
     p->trunk_end = trunk_end;
+    p->output = o->output;
     if ((st = make_segments(p, m, err))) return st;
     /* the attention indexes a frame's positions in int */
     if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20) || (int64_t)h * w > INT32_MAX)
@@ -798,6 +799,9 @@ static wv_status plan_within(wv_plan *p, const wv_model *m, int T, int h, int w,
 
 wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, wv_error *err)
 {
+    memset(p, 0, sizeof *p);
+    if (o->output != WV_OUT_UNIT && o->output != WV_OUT_RAW && o->output != WV_OUT_U8)
+        return wv_fail(err, WV_ERR_INVALID, "unknown output type %d", (int)o->output);
     return plan_within(p, m, T, h, w, o, 1, err);
 }
 

@@ -88,15 +88,17 @@ typedef struct {
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
 typedef struct {
-    float *dst;
-    size_t offset; /* floats into the staging buffer */
-    int h, w, out_w;
+    char *dst;
+    size_t offset; /* bytes into the staging buffer */
+    size_t row;    /* bytes of a row of the block: w x WV_RGB items */
+    size_t stride; /* bytes of a row of the caller's array */
+    int h;
 } pending_copy;
 
 /* Output of one step: the write kernel fills `dev` (in the arena), the copy stream moves it to
  * pinned `host` after the step, and the host copies the blocks into the caller's array. */
 typedef struct {
-    float *host, *dev;
+    char *host, *dev;
     size_t cap, used; /* bytes */
     pending_copy *copies;
     int n_copies, cap_copies;
@@ -1251,11 +1253,11 @@ static wv_status reserve_staging(cuda_ctx *c, staging *s, void *dev, size_t byte
 {
     wv_status st;
     void *host;
-    s->dev = (float *)dev;
+    s->dev = (char *)dev;
     if (s->cap >= bytes && s->host) return WV_OK;
     free_staging(s);
     if ((st = pin_or_pageable(c, bytes, "a step's output", &host, &s->pageable, err))) return st;
-    s->host = (float *)host;
+    s->host = (char *)host;
     s->cap = bytes;
     return WV_OK;
 }
@@ -1306,8 +1308,7 @@ static void flush_copies(staging *s)
     for (int i = 0; i < s->n_copies; i++) {
         const pending_copy *p = &s->copies[i];
         for (int y = 0; y < p->h; y++)
-            memcpy(p->dst + (size_t)y * p->out_w * WV_RGB, s->host + p->offset + (size_t)y * p->w * WV_RGB,
-                   (size_t)p->w * WV_RGB * sizeof(float));
+            memcpy(p->dst + (size_t)y * p->stride, s->host + p->offset + (size_t)y * p->row, p->row);
     }
     s->n_copies = 0;
     s->used = 0;
@@ -2129,7 +2130,7 @@ static void cuda_attention(void *ctx, const void *qkv, void *out, int N, int C, 
 
 typedef struct {
     const void *src;
-    float *dst; /* in the staging's device side */
+    void *dst; /* in the staging's device side */
     wv_grid gs;
     int sy, sx, h, w;
     wv_output_mode mode;
@@ -2144,12 +2145,12 @@ static void exec_write_output(cuda_ctx *c, const void *args)
 
 /* src [positions(gs)][3], an h x w block from interior (sy, sx) -> the current step's staging memory;
  * the host copies it into out [..][out_w][3] at (oy, ox) once the step has finished (end_step / sync). */
-static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w, float *out,
+static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, int sx, int h, int w, void *out,
                               int out_w, int oy, int ox, wv_output_mode mode)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     staging *s = &c->stage[c->cur];
-    size_t bytes = (size_t)h * w * WV_RGB * sizeof(float);
+    size_t item = wv_output_item_bytes(mode), bytes = (size_t)h * w * WV_RGB * item;
     write_output_args a;
     pending_copy *p;
     if (failed(c)) return;
@@ -2169,16 +2170,16 @@ static void cuda_write_output(void *ctx, const void *src, wv_grid gs, int sy, in
         s->cap_copies = cap;
     }
     memset(&a, 0, sizeof a);
-    a.src = src, a.dst = s->dev + s->used / sizeof(float), a.gs = gs, a.sy = sy, a.sx = sx, a.h = h, a.w = w;
+    a.src = src, a.dst = s->dev + s->used, a.gs = gs, a.sy = sy, a.sx = sx, a.h = h, a.w = w;
     a.mode = mode;
     submit(c, exec_write_output, &a, sizeof a);
     c->output_unchecked = 1;
     p = &s->copies[s->n_copies++];
-    p->dst = out + ((size_t)oy * out_w + ox) * WV_RGB;
-    p->offset = s->used / sizeof(float);
+    p->dst = (char *)out + ((size_t)oy * out_w + ox) * WV_RGB * item;
+    p->offset = s->used;
+    p->row = (size_t)w * WV_RGB * item;
+    p->stride = (size_t)out_w * WV_RGB * item;
     p->h = h;
-    p->w = w;
-    p->out_w = out_w;
     s->used += bytes;
 }
 

@@ -463,7 +463,7 @@ template <typename T> __global__ void softmax_rows_kernel(const float *scores, v
 /* out[y][x][0..WV_RGB) = f(src interior[y + sy][x + sx]) for an h x w block, packed rows (pitch
  * w * WV_RGB); f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW. */
 template <typename T>
-__global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx, int h, int w, float *out, int mode,
+__global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx, int h, int w, void *out, int mode,
                                     unsigned *nonfinite)
 {
     const T *src = (const T *)src_;
@@ -473,9 +473,16 @@ __global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx
         int64_t px = i / WV_RGB;
         int y = (int)(px / w), x = (int)(px % w);
         float v = to_f32(src[grid_pos(gs, y + sy, x + sx) * WV_RGB + ch]);
-        if (v != v || (mode != WV_OUT_UNIT && isinf(v))) *nonfinite = 1u; /* any thread's store will do */
-        if (mode == WV_OUT_UNIT) v = ((v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v) + 1.0f) * 0.5f; /* NaN stays NaN */
-        out[i] = v;
+        if (v != v || (mode == WV_OUT_RAW && isinf(v))) *nonfinite = 1u; /* any thread's store will do */
+        if (mode == WV_OUT_RAW) {
+            ((float *)out)[i] = v;
+            continue;
+        }
+        v = ((v < -1.0f ? -1.0f : v > 1.0f ? 1.0f : v) + 1.0f) * 0.5f; /* NaN stays NaN */
+        if (mode == WV_OUT_UNIT)
+            ((float *)out)[i] = v;
+        else /* truncated, as NumPy's astype(uint8); fused or not, the same bytes (see wv_output_mode) */
+            ((unsigned char *)out)[i] = v == v ? (unsigned char)(v * 255.0f + 0.5f) : 0;
     }
 }
 

@@ -68,6 +68,22 @@ def test_decode_outputs(files):
     assert np.abs(np.load(raw) - np.load(tiled)).max() <= 1e-5  # exact tiling through the CLI too
 
 
+def test_pictures_are_decoded_to_bytes_and_npy_to_floats(files, tmp_path, monkeypatch):
+    """A video or PNG output of the default normalization decodes straight to uint8 (a quarter of the
+    host memory), the same bytes the float32 frames of a .npy make; other normalizations, and .npy,
+    decode to float32."""
+    from wanvideo_vae import cli
+    written = {}
+    monkeypatch.setattr(cli, "write_frames", lambda frames, out, fps: written.update({os.path.basename(out): frames}))
+    base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
+    for out, more in (("f.npy", []), ("v.avi", []), ("pngs", []), ("m.avi", ["--normalization", "minmax"])):
+        assert main(base + ["--out", str(tmp_path / out)] + more) == 0
+    assert written["f.npy"].dtype == np.float32 and written["m.avi"].dtype == np.float32
+    for out in ("v.avi", "pngs"):
+        assert written[out].dtype == np.uint8
+        np.testing.assert_array_equal(written[out], media.to_uint8(written["f.npy"]))
+
+
 @pytest.mark.parametrize("args,message", [
     (["decode", "--vae", "missing.safetensors", "--latents", "x.npy"], "no such file"),
     (["decode", "--latents", "x.npy"], "give both --vae and --latents"),
@@ -611,6 +627,8 @@ def test_an_avi_past_4_gib_is_refused_before_writing():
 
 def test_to_uint8_rounds_to_nearest():
     assert media.to_uint8(np.float32([0.0, 0.5, 0.999, 1.5, -1.0])).tolist() == [0, 128, 255, 255, 0]
+    frames = np.uint8([[0, 7, 255]])
+    assert media.to_uint8(frames) is frames  # a uint8 decode's frames: already bytes
 
 
 def test_png_bytes_round_trip_non_square():

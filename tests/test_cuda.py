@@ -18,6 +18,7 @@ import pytest
 
 import wanvideo_vae as wv
 from helpers import load_fixture, package_root, random_latents, random_stats, random_weights, to_unit
+from wanvideo_vae.media import to_uint8
 
 FP32_TOL = 1e-3        # GPU fp32 vs the CPU backend / fixtures (issue 4)
 HALF_TOL = 2e-2         # 16-bit activations vs fp32 on the [0, 1] image, or, where PyTorch's own decode in
@@ -185,8 +186,8 @@ def test_a_given_budget_also_has_torchs_cache_released_where_the_plan_needs_it(m
                         lambda device, budget, need, free_now, reserve=0: asked.append((budget, need)) or 3 << 30)
     dec = cuda_decoder_planning(lambda max_memory: min(8 << 30, max_memory))
     lat = np.zeros((4, 2, 3, 4), np.float32)
-    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, 10 << 30) == 10 << 30
-    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None) == 3 << 30
+    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, 10 << 30, False) == 10 << 30
+    assert api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None, False) == 3 << 30
     assert asked == [(10 << 30, 8 << 30), (20 << 30, 8 << 30)]
 
 
@@ -226,8 +227,8 @@ def test_host_latents_device_copy_is_reserved_out_of_the_budget(monkeypatch):
                         lambda device, budget, need, free_now, reserve=0: reserves.append(reserve) or budget)
     dec = cuda_decoder_planning(lambda max_memory: 1 << 30)
     lat = np.zeros((4, 2, 3, 5), np.float16)
-    api.Decoder._decode_budget(dec, lat, False, 0, 0, False, None)
-    api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None)
+    api.Decoder._decode_budget(dec, lat, False, 0, 0, False, None, False)
+    api.Decoder._decode_budget(dec, lat, True, 0, 0, False, None, False)
     assert reserves == [4 * lat.size] * 2 + [0] * 2
 
 
@@ -366,6 +367,33 @@ def test_tiled_equals_untiled_on_the_gpu(precision):
                 # decode within the 16-bit bounds of the fp32 reference (the untiled one is held to them too)
                 report(name + " (tiled - untiled)", tiled_max=np.abs(to_unit(tiled) - to_unit(whole)).max())
                 assert_half_close(to_unit(tiled), want, baseline, name)
+
+
+def _staging_bytes(plan):
+    return next(b for name, b in plan["buffers"] if name.startswith("OUTPUT_STAGING"))
+
+
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_uint8_frames_are_the_unit_frames_as_bytes(precision):
+    """dtype=np.uint8: the [0, 1] frames made bytes on the device (a quarter of the staging and of the
+    copies to the host), byte for byte what media.to_uint8 makes of the float32 frames of the decode."""
+    weights = random_weights(8, 4, seed=5)
+    mean, std = random_stats(4, seed=5)
+    lat = 3 * random_latents(4, 3, 6, 9, seed=5)  # frames that clamp, at both ends
+    dec = wv.Decoder(weights, backend="cuda", precision=precision, mean=mean, std=std)
+    kw = dict(tile_x=40, tile_y=40, tile_stride_x=8, tile_stride_y=8)
+    first = dec.decode(lat, **kw)
+    got = dec.decode(lat, dtype=np.uint8, **kw)
+    second = dec.decode(lat, **kw)
+    want = to_uint8(first).astype(int)
+    assert got.dtype == np.uint8 and got.shape == first.shape and dec.last_stats["n_tiles"] > 1
+    assert (want == 0).any() and (want == 255).any()
+    same = first == second  # where the GPU repeats itself to the bit (an algorithm may not)
+    assert same.mean() > 0.5 and (got[same] == want[same]).all()
+    assert np.abs(got.astype(int) - want).max() <= 1
+    plans = [dec.plan(3, 6, 9, dtype=t, **kw) for t in (np.float32, np.uint8)]
+    assert _staging_bytes(plans[0]) == 4 * _staging_bytes(plans[1]) > 0
 
 
 def _device_used():

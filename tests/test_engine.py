@@ -5,6 +5,7 @@ import pytest
 import wanvideo_vae as wv
 from helpers import (load_fixture, random_latents, random_stats, random_weights, to_unit,
                      write_safetensors)
+from wanvideo_vae.media import to_uint8
 
 FIXTURE_TOL = 1e-4   # DESIGN.md: fp32 CPU path vs the public implementation
 REFERENCE_TOL = 1e-4
@@ -51,6 +52,24 @@ def test_fixture_default_output_is_clamped_unit_range():
     expected = to_unit(data["expected_raw"].transpose(1, 2, 3, 0))
     assert out.min() >= 0.0 and out.max() <= 1.0
     assert np.abs(out - expected).max() <= FIXTURE_TOL
+
+
+@pytest.mark.parametrize("end_frame", [False, True])
+def test_uint8_frames_are_the_unit_frames_as_bytes(end_frame):
+    """dtype=np.uint8: the [0, 1] image as bytes, (x * 255 + 0.5) truncated: byte for byte what
+    media.to_uint8 makes of the float32 frames, untiled and in tiles, and within a step of the golden
+    output's."""
+    dec, data = fixture_decoder("small")
+    golden = to_uint8(to_unit(data["expected_end_raw" if end_frame else "expected_raw"].transpose(1, 2, 3, 0)))
+    got = dec.decode(data["latents"], end_frame=end_frame, enable_vae_tiling=False, dtype=np.uint8)
+    assert got.dtype == np.uint8 and got.shape == golden.shape
+    assert np.abs(got.astype(int) - golden).max() <= 1
+    lat = 3 * data["latents"]  # frames that clamp, at both ends
+    for tiles in (dict(enable_vae_tiling=False), dict(tile_x=24, tile_y=24, tile_stride_x=8, tile_stride_y=8)):
+        want = to_uint8(dec.decode(lat, end_frame=end_frame, **tiles))
+        assert (want == 0).any() and (want == 255).any()
+        np.testing.assert_array_equal(dec.decode(lat, end_frame=end_frame, dtype="uint8", **tiles), want)
+        assert dec.last_stats["dtype"] == dec.plan(*lat.shape[1:], dtype=np.uint8, **tiles)["dtype"] == "uint8"
 
 
 def test_batched_latents_accepted():

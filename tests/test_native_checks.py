@@ -241,7 +241,7 @@ def test_the_gpu_checks_cpu_step(gpu_check_copy, tmp_path):
 # tests/test_cuda.py's tests of what the backend does around the arithmetic (quick on the stub): the
 # whole file passes there too, in tens of minutes (README, "The GPU tests, without a GPU").
 STUB_SUBSET = ("overflowing or allocation_failure or pageable or close_gives or interrupt or threads or "
-               "direct_convolution or missing_device or default_budget or info_reports")
+               "direct_convolution or missing_device or default_budget or info_reports or uint8_frames")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")

@@ -37,6 +37,24 @@ BACKENDS = ("cpu", "cuda")
 TILE, TILE_STRIDE_X, TILE_STRIDE_Y = 272, 144, 128
 
 
+OUTPUT_DTYPES = ("float32", "uint8")
+
+
+def wants_uint8(dtype, raw=False):
+    """decode's dtype: float32 (None: the default) or uint8, the [0, 1] image as 0..255 (x * 255 + 0.5
+    truncated, as media.to_uint8 makes it of the float32 frames); raw values are float32 only."""
+    try:
+        name = np.dtype(np.float32 if dtype is None else dtype).name
+    except TypeError:
+        name = None
+    if name not in OUTPUT_DTYPES:
+        raise WanVAEError(f"dtype must be float32 or uint8 (the frames' type), got {dtype!r}")
+    if name == "uint8" and raw:
+        raise WanVAEError("raw=True returns the unclamped decode, which only float32 holds; dtype=uint8 is the "
+                          "clamped image")
+    return name == "uint8"
+
+
 def check_normalization(mode):
     if not isinstance(mode, str) or mode not in NORMALIZATIONS:
         raise WanVAEError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
@@ -317,15 +335,17 @@ class Decoder:
         return self._model.halos()
 
     def plan(self, T, h, w, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
-             enable_vae_tiling=True, end_frame=False, max_memory=None):
+             enable_vae_tiling=True, end_frame=False, max_memory=None, dtype=None):
         """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
+        uint8 = wants_uint8(dtype)
         for name, v in (("T", T), ("h", h), ("w", w)):
             if not _is_int(v) or not 0 < v < 2**31:
                 raise WanVAEError(f"{name} must be a positive int (below 2**31), got {v!r}")
         tx, ty = self._tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling)
         budget = _budget(max_memory, self.backend, self._device)
         with _memory_advised(max_memory, self.backend):
-            return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame, max_memory=budget)
+            return self._model.plan(T, h, w, tile_x=tx, tile_y=ty, end_frame=end_frame, max_memory=budget,
+                                    uint8=uint8)
 
     @staticmethod
     def _tiles(tile_x, tile_y, tile_stride_x, tile_stride_y, enable_vae_tiling):
@@ -337,12 +357,14 @@ class Decoder:
     @keeps_nothing_on_error
     def decode(self, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
-               max_memory=None, profile=False):
+               max_memory=None, profile=False, dtype=None):
         """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
 
         Default output is clamp(-1, 1) then (x + 1) / 2, in [0, 1]; raw=True returns the unclamped
-        decode. Tiling is exact: tile sizes change memory and speed, never the result; strides are
-        validated for compatibility with WanVideoDecode but do not change anything.
+        decode; dtype=np.uint8 returns the [0, 1] image as uint8, 0 to 255 (x * 255 + 0.5 truncated,
+        byte for byte what media.to_uint8 makes of the float32 frames), a quarter of the host memory.
+        Tiling is exact: tile sizes change memory and speed, never the result; strides are validated
+        for compatibility with WanVideoDecode but do not change anything.
         end_frame: decode the last latent frame as a fresh one-frame sequence (WanVideo end-image
         mode). progress(done, total) is called between chunks; returning False stops the decode.
         max_memory: bytes of working memory (the arena; weights and output excluded) the decode may
@@ -358,6 +380,7 @@ class Decoder:
         (slower: no overlap between ops; for finding where time goes)."""
         if self.closed:  # before any planning (which may empty torch's cache for nothing)
             raise WanVAEError("this Decoder is closed (close() freed its weights and memory); make a new Decoder")
+        uint8 = wants_uint8(dtype, raw)
         mean = self._stats(mean, self.mean, "mean") if mean is not None else self.mean
         std = self._stats(std, self.std, "std") if std is not None else self.std
         if mean is None or std is None:
@@ -369,14 +392,14 @@ class Decoder:
         else:
             lat = latents_4d(host_array(latents, "latents"))
         with _memory_advised(max_memory, self.backend):
-            budget = self._decode_budget(lat, on_device, tx, ty, bool(end_frame), max_memory)
+            budget = self._decode_budget(lat, on_device, tx, ty, bool(end_frame), max_memory, uint8)
             frames, stats = self._model.decode(lat, mean, std, tile_x=tx, tile_y=ty, end_frame=bool(end_frame),
                                                raw=bool(raw), progress=progress, max_memory=budget,
-                                               profile=bool(profile))
+                                               profile=bool(profile), uint8=uint8)
         self._last_stats = self._thread_stats.stats = stats
         return frames
 
-    def _decode_budget(self, lat, on_device, tx, ty, end_frame, max_memory):
+    def _decode_budget(self, lat, on_device, tx, ty, end_frame, max_memory, uint8):
         """The working memory a decode of lat may plan for (see decode's max_memory); on CUDA, torch's
         unused cache is released first where the plan needs more than is free, the caller's budget too."""
         if self.backend != "cuda":
@@ -389,7 +412,7 @@ class Decoder:
         if len(getattr(lat, "shape", ())) != 4:  # a bare array interface: no plan to size here, so no cache
             return given or free_now  # released: what is free alone
         planned = self._model.plan(lat.shape[1], lat.shape[2], lat.shape[3], tile_x=tx, tile_y=ty,
-                                   end_frame=end_frame, max_memory=budget)["planned_bytes"]
+                                   end_frame=end_frame, max_memory=budget, uint8=uint8)["planned_bytes"]
         released = release_torch_cache_if_needed(self._device, budget, planned, free_now, reserve=upload)
         return given or released
 
@@ -397,10 +420,11 @@ class Decoder:
 @keeps_nothing_on_error
 def decode_tiled(weights, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X,
                  tile_stride_y=TILE_STRIDE_Y, enable_vae_tiling=True, mean=None, std=None, raw=False,
-                 end_frame=False, backend="cpu", precision=None, device=None, progress=None, max_memory=None):
+                 end_frame=False, backend="cpu", precision=None, device=None, progress=None, max_memory=None,
+                 dtype=None):
     """One-shot decode: builds a Decoder from `weights` and decodes `latents`. See Decoder.decode."""
     # closed on the way out, on an error too (on CUDA its device and pinned memory)
     with Decoder(weights, backend=backend, precision=precision, device=device, mean=mean, std=std) as dec:
         return dec.decode(latents, tile_x=tile_x, tile_y=tile_y, tile_stride_x=tile_stride_x,
                           tile_stride_y=tile_stride_y, enable_vae_tiling=enable_vae_tiling, raw=raw,
-                          end_frame=end_frame, progress=progress, max_memory=max_memory)
+                          end_frame=end_frame, progress=progress, max_memory=max_memory, dtype=dtype)

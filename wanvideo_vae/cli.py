@@ -189,7 +189,7 @@ def _check_output_size(dec, latents, out_path, options):
         raise CliError("--end-frame needs at least 2 latent frames: the last is the end image, whose frame is "
                        "dropped, and the video is the others")
     if len(shape) in (4, 5):
-        keep = ("tile_x", "tile_y", "tile_stride_x", "tile_stride_y", "enable_vae_tiling", "end_frame")
+        keep = ("tile_x", "tile_y", "tile_stride_x", "tile_stride_y", "enable_vae_tiling", "end_frame", "dtype")
         p = dec.plan(*shape[-3:], max_memory=1 << 62, **{k: options[k] for k in keep})
         written = p["frames"] - (1 if options["end_frame"] else 0)  # the end image's frame is dropped
         check_output(out_path, (written, p["height"], p["width"]))
@@ -209,9 +209,12 @@ def decode_cmd(args):
         print("wanvideo_vae: a ComfyUI .latent: if ComfyUI's own Wan nodes made it, its latents are "
               "un-normalized: add --unnormalized")
     dec = Decoder(weights, backend=backend, precision=precision)
+    # a picture to write decodes straight to uint8: a quarter of the host memory float32 frames take
+    as_bytes = args.normalization == "default" and not out_path.lower().endswith(".npy")
     # strides of 1: any --tile the planner takes passes the (WanVideoDecode) tile > stride check
-    options = dict(raw=True, end_frame=args.end_frame, enable_vae_tiling=args.tile > 0, tile_x=args.tile or TILE,
-                   tile_y=args.tile or TILE, tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
+    options = dict(raw=not as_bytes, dtype=np.uint8 if as_bytes else None, end_frame=args.end_frame,
+                   enable_vae_tiling=args.tile > 0, tile_x=args.tile or TILE, tile_y=args.tile or TILE,
+                   tile_stride_x=1, tile_stride_y=1, max_memory=args.max_memory)
     if args.unnormalized:
         options.update(mean=[0.0] * dec.z_dim, std=[1.0] * dec.z_dim)
     _check_output_size(dec, latents, out_path, options)
@@ -224,7 +227,8 @@ def decode_cmd(args):
     finally:
         close()
     seconds = time.perf_counter() - t0
-    frames = normalize_frames(frames, args.normalization, inplace=True)
+    if not as_bytes:
+        frames = normalize_frames(frames, args.normalization, inplace=True)
     if args.end_frame:  # as WanVideoDecode does: the end image's own frame is not part of the video
         frames = frames[:-1]
     write_frames(frames, out_path, args.fps)

@@ -78,7 +78,10 @@ def load_latents(path):
 
 
 def to_uint8(frames):
-    """Floats in [0, 1] -> uint8 (it takes a float copy of its input: give it a frame at a time)."""
+    """Floats in [0, 1] -> uint8 (it takes a float copy of its input: give it a frame at a time); uint8
+    frames (a decode's dtype=np.uint8, made by the same rule) are returned as they are."""
+    if frames.dtype == np.uint8:
+        return frames
     out = np.clip(frames, 0.0, 1.0)
     out *= 255.0
     out += 0.5
@@ -338,8 +341,9 @@ def check_output(out, frames_shape=None):
 
 def write_npy(frames, path):
     """float32 [F, H, W, 3] as an .npy file, a frame at a time (np.save writes real files in one call,
-    whose error on a full disk says neither why nor where)."""
-    frames = np.asarray(frames, dtype=np.float32)  # no copy of float32 frames
+    whose error on a full disk says neither why nor where); uint8 frames are written as they are."""
+    if frames.dtype != np.uint8:
+        frames = np.asarray(frames, dtype=np.float32)  # no copy of float32 frames
     header = {"descr": np.lib.format.dtype_to_descr(frames.dtype), "fortran_order": False, "shape": frames.shape}
 
     def write(tmp):

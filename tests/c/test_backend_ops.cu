@@ -417,11 +417,43 @@ static void test_upload_rounds_to_nearest(side *gpu)
     free(x), free(got), free(want), free(rounded);
 }
 
+/* What write_output's uint8 output makes of a value x: clamp(-1, 1), (v + 1) / 2, (v * 255 + 0.5)
+ * truncated. */
+static unsigned char unit_u8(float x)
+{
+    float v = ((x < -1.0f ? -1.0f : x > 1.0f ? 1.0f : x) + 1.0f) * 0.5f;
+    return (unsigned char)(v * 255.0f + 0.5f);
+}
+
+/* uint8 output (got: out_h x out_w x 3 bytes) against unit_u8 of the frame's block as the backend
+ * holds it (rounded to its type), a block of h x w from interior (sy, sx) at (oy, ox); zeros elsewhere. */
+static void check_u8(const char *name, const wv_backend *be, const float *frame, wv_grid g, int sy, int sx, int h,
+                     int w, const unsigned char *got, int out_h, int out_w, int oy, int ox)
+{
+    int64_t n = wv_grid_positions(g) * WV_RGB, wrong = 0;
+    void *held = as_dtype(frame, n, be->act_dtype);
+    size_t es = wv_dtype_size(be->act_dtype);
+    for (int y = 0; y < out_h; y++)
+        for (int x = 0; x < out_w; x++)
+            for (int ch = 0; ch < WV_RGB; ch++) {
+                int by = y - oy, bx = x - ox, in = by >= 0 && by < h && bx >= 0 && bx < w;
+                int64_t at = (((int64_t)by + sy + g.pad) * (g.w + 2 * g.pad) + bx + sx + g.pad) * WV_RGB + ch;
+                unsigned char want = in ? unit_u8(wv_elem_to_f32((char *)held + at * es, be->act_dtype)) : 0;
+                wrong += got[((int64_t)y * out_w + x) * WV_RGB + ch] != want;
+            }
+    g_cases++;
+    g_failures += wrong != 0;
+    printf("%-4s %-48s %-5s%s %lld of %d bytes differ\n", wrong ? "FAIL" : "ok", name, wv_dtype_name(be->act_dtype),
+           g_variant, (long long)wrong, out_h * out_w * WV_RGB);
+    free(held);
+}
+
 /* load_latent from a strided latent view of type ldt (host for the CPU; for CUDA device memory, or
  * host memory where host_latents), then write_output of
  * a block of a 3-channel frame through a whole begin / end_step / sync / finish call. A `poison` value
  * (0: none) goes into the block: a NaN must be reported by both sides (end_step or sync), an Inf in
- * raw output too; the unit image clamps an Inf to 1 (-Inf to 0), which is right, and is compared. */
+ * raw output too; the unit image clamps an Inf to 1 (-Inf to 0), which is right, and is compared. In
+ * uint8 output, each side's bytes are compared with the frame's own rounding to them (check_u8). */
 static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, float poison, wv_dtype ldt,
                                    int host_latents)
 {
@@ -484,16 +516,23 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         int ok = reported[0] == want && reported[1] == want;
         g_cases++;
         g_failures += !ok;
-        snprintf(name, sizeof name, "write_output %s of %s", mode == WV_OUT_UNIT ? "unit" : "raw",
+        snprintf(name, sizeof name, "write_output %s of %s",
+                 mode == WV_OUT_UNIT ? "unit" : mode == WV_OUT_U8 ? "uint8" : "raw",
                  poison != poison ? "a NaN" : poison < 0 ? "a -Inf" : "an Inf");
         printf("%-4s %-48s %-5s%s reported: CPU %d, CUDA %d (want %d)\n", ok ? "ok" : "FAIL", name,
                wv_dtype_name(gpu->be->act_dtype), g_variant, (int)reported[0], (int)reported[1], (int)want);
     } else if (reported[0] || reported[1]) {
         g_failures++;
     }
-    if (compare)
+    if (compare && mode == WV_OUT_U8) {
+        check_u8("write_output uint8 of the CPU backend", cpu->be, frame, go, 1, 2, 4, 5, (unsigned char *)oref, 4,
+                 9, 0, 3);
+        check_u8("write_output uint8 (staging, end_step, sync)", gpu->be, frame, go, 1, 2, 4, 5, (unsigned char *)ogot,
+                 4, 9, 0, 3);
+    } else if (compare) {
         check(mode == WV_OUT_UNIT ? "write_output unit (staging, end_step, sync)" : "write_output raw", gpu->be,
               oref, ogot, 4 * 9 * 3, NULL);
+    }
     cudaFree(dlat);
     free(hlat), free(lat), free(mean), free(stdv), free(frame), free(lref), free(lgot), free(oref), free(ogot);
 }
@@ -616,6 +655,9 @@ int main(void)
         test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, -INFINITY, WV_F32, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, INFINITY, WV_F32, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_UNIT, NAN, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_U8, 0.0f, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_U8, INFINITY, WV_F32, 0);
+        test_latent_and_output(&cpu, &gpu, WV_OUT_U8, NAN, WV_F32, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_F16, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 0);
         test_latent_and_output(&cpu, &gpu, WV_OUT_RAW, 0.0f, WV_BF16, 1);

@@ -635,7 +635,7 @@ static void test_plan(const wv_model *m)
     wv_plan_free(&p);
 }
 
-static wv_status decode_with(const wv_model *m, const float *lat, int T, int h, int w, const wv_options *o, float *out,
+static wv_status decode_with(const wv_model *m, const float *lat, int T, int h, int w, const wv_options *o, void *out,
                              wv_stats *st, wv_error *err)
 {
     wv_plan p;
@@ -870,6 +870,36 @@ static void test_progress_runs_with_the_thread_released(const wv_model *m, const
     wv_plan_free(&p);
 }
 
+/* The output types of one tiled decode: the [0, 1] image as float32 and as uint8, (v * 255 + 0.5)
+ * truncated, byte for byte; a plan is made for one type (its staging is sized by it) and a decode
+ * asking for another, or a plan for no type at all, is refused. */
+static void test_output_types(const wv_model *m, const float *lat, int T, int h, int w, size_t n_out)
+{
+    float *unit = (float *)malloc(n_out * sizeof(float));
+    unsigned char *u8 = (unsigned char *)malloc(n_out);
+    wv_options o = {40, 40, 0, WV_OUT_UNIT, 0, 0};
+    size_t wrong = 0;
+    wv_plan p, q;
+    wv_stats st;
+    wv_error err;
+    CHECK(decode_with(m, lat, T, h, w, &o, unit, &st, &err) == WV_OK);
+    o.output = WV_OUT_U8;
+    CHECK(decode_with(m, lat, T, h, w, &o, u8, &st, &err) == WV_OK);
+    for (size_t i = 0; i < n_out; i++) wrong += u8[i] != (unsigned char)(unit[i] * 255.0f + 0.5f);
+    CHECK(wrong == 0);
+    CHECK(wv_plan_make(&p, m, T, h, w, &o, &err) == WV_OK);
+    o.output = WV_OUT_UNIT;
+    CHECK(wv_plan_make(&q, m, T, h, w, &o, &err) == WV_OK);
+    CHECK(p.output == WV_OUT_U8 && 4 * p.step_out_bytes == q.step_out_bytes);
+    CHECK(decode_planned(m, &p, lat, &o, unit, &st, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "the plan was made for output type 2, the decode asks for 0") != NULL);
+    wv_plan_free(&p), wv_plan_free(&q);
+    o.output = (wv_output_mode)3;
+    CHECK(wv_plan_make(&p, m, T, h, w, &o, &err) == WV_ERR_INVALID && strstr(err.msg, "unknown output type 3"));
+    wv_plan_free(&p);
+    free(unit), free(u8);
+}
+
 /* wv_decode's own checks of the latents' view (the Python boundary checks them too). */
 static void test_latent_views(const wv_model *m, const float *lat, int T, int h, int w)
 {
@@ -916,6 +946,7 @@ static void test_decode(const wv_model *m)
     }
     wv_backend_cpu()->fail_nth_alloc(0);
     test_latent_views(m, lat, T, h, w);
+    test_output_types(m, lat, T, h, w, n_out);
     test_trunk_on_host(m, lat, T, h, w, tiled, n_out);
     test_trunk_cut(m, lat, T, h, w, tiled, n_out);
     test_cache_layouts(m, lat, T, h, w, whole, tiled, n_out);

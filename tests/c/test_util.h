@@ -83,7 +83,7 @@ static void free_weights(weight_set *ws)
 static wv_progress_fn g_progress;
 
 static wv_status decode_planned(const wv_model *m, const wv_plan *p, const float *lat, const wv_options *o,
-                                float *out, wv_stats *st, wv_error *err)
+                                void *out, wv_stats *st, wv_error *err)
 {
     float mean[4] = {0.1f, -0.2f, 0.3f, 0.0f}, stdv[4] = {1.0f, 2.0f, 0.5f, 1.5f};
     int T = p->T, h = p->h, w = p->w;

@@ -143,11 +143,13 @@ const kernel_entry KERNELS[] = {
     EACH_TYPE(ALONE, write_output_kernel),
 };
 
-/* write_output_kernel(src, gs, sy, sx, h, w, out, mode, nonfinite): out [h][w][WV_RGB] floats. */
+/* write_output_kernel(src, gs, sy, sx, h, w, out, mode, nonfinite): out [h][w][WV_RGB] items of the
+ * output type `mode`. */
 size_t staged_output_bytes(void **a, const void **lo)
 {
-    *lo = arg<float *>(a, 6);
-    return (size_t)arg<int>(a, 4) * (size_t)arg<int>(a, 5) * WV_RGB * sizeof(float);
+    *lo = arg<void *>(a, 6);
+    size_t item = wv_output_item_bytes((wv_output_mode)arg<int>(a, 7));
+    return (size_t)arg<int>(a, 4) * (size_t)arg<int>(a, 5) * WV_RGB * item;
 }
 
 /* The kernels whose output another stream reads, and where it is (kernel_on_cpu_writes). */
