@@ -110,9 +110,13 @@ def test_bench_json_compares_with_pytorch(capsys):
     result = json.loads(capsys.readouterr().out)
     runs = result["runs"]
     assert set(runs) == {"pytorch untiled", "pytorch blended 272/144/128", "ours untiled", "ours exact tiles 272",
-                         "ours in half PyTorch's memory"}
+                         "ours in half PyTorch's memory", "ours in half PyTorch's memory, uint8 frames"}
     for ours in ("ours untiled", "ours exact tiles 272", "ours in half PyTorch's memory"):
         assert runs[ours]["max_abs_diff_vs_pytorch_untiled"] <= 1e-4
+    # the same plan, its frames rounded to bytes: within half a step of 1/255 on the [0, 1] scale
+    bytes_run = runs["ours in half PyTorch's memory, uint8 frames"]
+    assert 1e-4 < bytes_run["max_abs_diff_vs_pytorch_untiled"] <= 1 / 255 + 1e-4
+    assert bytes_run["tiles"] == runs["ours in half PyTorch's memory"]["tiles"]
     assert runs["ours untiled"]["tiles"] == "1x1"
     assert all(r["seconds"] > 0 for r in runs.values())
     # the plan's work (this frame is smaller than one 272 px tile); PyTorch's runs have none of ours
