@@ -461,7 +461,9 @@ template <typename T> __global__ void softmax_rows_kernel(const float *scores, v
 }
 
 /* out[y][x][0..WV_RGB) = f(src interior[y + sy][x + sx]) for an h x w block, packed rows (pitch
- * w * WV_RGB); f = clamp(-1, 1) then (v + 1) / 2 for WV_OUT_UNIT, identity for WV_OUT_RAW. */
+ * w * WV_RGB); f and out's items are the output type's (wv_output_mode): clamp(-1, 1) then
+ * (v + 1) / 2 as float32 for WV_OUT_UNIT, identity for WV_OUT_RAW, the UNIT value as a byte for
+ * WV_OUT_U8. */
 template <typename T>
 __global__ void write_output_kernel(const void *src_, wv_grid gs, int sy, int sx, int h, int w, void *out, int mode,
                                     unsigned *nonfinite)

@@ -72,6 +72,18 @@ def test_uint8_frames_are_the_unit_frames_as_bytes(end_frame):
         assert dec.last_stats["dtype"] == dec.plan(*lat.shape[1:], dtype=np.uint8, **tiles)["dtype"] == "uint8"
 
 
+def test_uint8_is_named_by_numpy_or_torch():
+    dec, data = fixture_decoder("single_frame")
+    torch = pytest.importorskip("torch")
+    for dtype in (np.uint8, "uint8", np.dtype("u1"), torch.uint8):
+        assert dec.decode(data["latents"], dtype=dtype).dtype == np.uint8
+    for dtype in (np.float32, "float32", torch.float32, None):
+        assert dec.decode(data["latents"], dtype=dtype).dtype == np.float32
+    with pytest.raises(wv.WanVAEError, match=r"^dtype must be float32 or uint8 \(the frames' type\), got "
+                                             r"torch\.bfloat16$"):
+        dec.decode(data["latents"], dtype=torch.bfloat16)
+
+
 def test_batched_latents_accepted():
     dec, data = fixture_decoder("single_frame")
     a = dec.decode(data["latents"], raw=True, enable_vae_tiling=False)

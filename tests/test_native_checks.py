@@ -255,6 +255,10 @@ def test_gpu_tests_on_the_stub(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
     r = run(["bash", "tests/c/cuda_python.sh", str(tmp_path), "-k", STUB_SUBSET, "-rA"], env=env, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # what the stand-in saw wrong (a race between streams, an access outside every allocation) fails the run, as
+    # it fails the C programs run on it; -rA shows each test's captured output
+    seen = [line for line in (r.stdout + r.stderr).splitlines() if "cuda stub:" in line]
+    assert not seen, seen[:10]
     passed = set(re.findall(r"^PASSED \S+::(test_\w+)", r.stdout, re.M))  # each of the subset, by name
     assert len(passed) == len(STUB_SUBSET.split(" or ")), (sorted(passed), r.stdout[-3000:])
 

@@ -42,10 +42,13 @@ OUTPUT_DTYPES = ("float32", "uint8")
 
 def wants_uint8(dtype, raw=False):
     """decode's dtype: float32 (None: the default) or uint8, the [0, 1] image as 0..255 (x * 255 + 0.5
-    truncated, as media.to_uint8 makes it of the float32 frames); raw values are float32 only."""
+    truncated, as media.to_uint8 makes it of the float32 frames); raw values are float32 only. NumPy's
+    types, their names, or torch's (torch.uint8)."""
+    # torch.uint8 -> "uint8"; bfloat16 and the like are refused below
+    given = str(dtype).rpartition(".")[2] if type(dtype).__module__ == "torch" else dtype
     try:
-        name = np.dtype(np.float32 if dtype is None else dtype).name
-    except TypeError:
+        name = np.dtype(np.float32 if given is None else given).name
+    except (TypeError, ValueError):  # what NumPy does not take for a type
         name = None
     if name not in OUTPUT_DTYPES:
         raise WanVAEError(f"dtype must be float32 or uint8 (the frames' type), got {dtype!r}")
@@ -358,7 +361,7 @@ class Decoder:
     def decode(self, latents, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
                enable_vae_tiling=True, mean=None, std=None, raw=False, end_frame=False, progress=None,
                max_memory=None, profile=False, dtype=None):
-        """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32 (NumPy, host).
+        """Latents [z, T, h, w] or [1, z, T, h, w] -> frames [F, H, W, 3] float32, or uint8 (NumPy, host).
 
         Default output is clamp(-1, 1) then (x + 1) / 2, in [0, 1]; raw=True returns the unclamped
         decode; dtype=np.uint8 returns the [0, 1] image as uint8, 0 to 255 (x * 255 + 0.5 truncated,

@@ -342,8 +342,9 @@ def check_output(out, frames_shape=None):
 def write_npy(frames, path):
     """float32 [F, H, W, 3] as an .npy file, a frame at a time (np.save writes real files in one call,
     whose error on a full disk says neither why nor where); uint8 frames are written as they are."""
+    frames = np.asarray(frames)
     if frames.dtype != np.uint8:
-        frames = np.asarray(frames, dtype=np.float32)  # no copy of float32 frames
+        frames = frames.astype(np.float32, copy=False)  # no copy of float32 frames
     header = {"descr": np.lib.format.dtype_to_descr(frames.dtype), "fortran_order": False, "shape": frames.shape}
 
     def write(tmp):

@@ -487,7 +487,7 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         v.dtype = ldt;
         memset(&call, 0, sizeof call);
         call.latents = &v;
-        call.step_out_bytes = (size_t)4 * 5 * 3 * 4;
+        call.step_out_bytes = (size_t)4 * 5 * 3 * wv_output_item_bytes(mode); /* exactly the block */
         if (s->be->output_staging_copies)
             s->be->alloc(s->ctx, s->be->output_staging_copies * call.step_out_bytes, &staging, &err);
         call.output_staging = staging;
@@ -499,8 +499,15 @@ static void test_latent_and_output(side *cpu, side *gpu, wv_output_mode mode, fl
         }
         s->be->load_latent(s->ctx, call.latents, 1, mean, stdv, g, dz);
         get(s, dz, i ? lgot : lref, (size_t)nz);
-        /* a 4 x 5 block from interior (1, 2) into a 4 x 9 output at (0, 3) */
-        s->be->write_output(s->ctx, dframe, go, 1, 2, 4, 5, i ? ogot : oref, 9, 0, 3, mode);
+        /* a 4 x 5 block from interior (1, 2) into a 4 x 9 output at (0, 3), in three writes of one step
+         * (y, x, h, w within it): odd sizes, so that a write's staging offset is no multiple of 4 bytes
+         * in uint8, and the step's staging is filled to the byte */
+        for (int k = 0; k < 3; k++) {
+            static const int piece[3][4] = {{0, 0, 1, 5}, {1, 0, 3, 3}, {1, 3, 3, 2}};
+            const int *q = piece[k];
+            s->be->write_output(s->ctx, dframe, go, 1 + q[0], 2 + q[1], q[2], q[3], i ? ogot : oref, 9, q[0], 3 + q[1],
+                                mode);
+        }
         reported[i] = s->be->end_step(s->ctx, &err);
         if (!reported[i]) reported[i] = s->be->sync(s->ctx, &err);
         if (reported[i] && !flagged) fprintf(stderr, "step: %s\n", err.msg);

@@ -31,6 +31,7 @@ typedef struct {
     const char *name;
     int T, h, w, tile, end_frame;
     int budget_percent; /* of the untiled plan's arena (0: no budget) */
+    wv_output_mode output;
 } run;
 
 /* The plan's arena buffers to the stub, the tile scratch as each segment's x, y and t: an access
@@ -56,9 +57,9 @@ static void hand_layout_to_stub(const wv_plan *p, size_t act_bytes)
  * each decode's must match. */
 static const wv_model *g_reference;
 
-/* out (the plan's frames) against the CPU backend's decode of the same latents: within tol, on the
- * [0, 1] image. */
-static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, const float *out, double tol)
+/* out (the plan's frames, float32 or uint8) against the CPU backend's decode of the same latents:
+ * within tol, on the [0, 1] image (and half a step of 1/255 more for bytes). */
+static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, const void *out, double tol)
 {
     wv_options o = {0, 0, r->end_frame, WV_OUT_UNIT, 0, 0};
     size_t n = (size_t)p->frames_out * (size_t)p->H * (size_t)p->W * 3;
@@ -70,8 +71,10 @@ static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, c
     wv_status s = wv_plan_make(&q, g_reference, r->T, r->h, r->w, &o, &err);
     if (!s) s = decode_planned(g_reference, &q, lat, &o, ref, &st, &err);
     CHECK(s == WV_OK);
+    if (r->output == WV_OUT_U8) tol += 0.5 / 255;
     for (size_t i = 0; !s && i < n; i++) {
-        double d = fabs((double)ref[i] - out[i]);
+        double got = r->output == WV_OUT_U8 ? ((const unsigned char *)out)[i] / 255.0 : ((const float *)out)[i];
+        double d = fabs((double)ref[i] - got);
         if (d != d) d = INFINITY; /* a NaN fails */
         if (d > worst) worst = d;
     }
@@ -85,8 +88,9 @@ static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, c
 /* One decode of seeded latents [4][T][h][w] as the run says; the plan must hold exactly. */
 static wv_status decode(const wv_model *m, const run *r, wv_error *err)
 {
-    float *lat = rand_floats((size_t)4 * r->T * r->h * r->w), *out = NULL;
-    wv_options o = {r->tile, r->tile, r->end_frame, WV_OUT_UNIT, 0, 0};
+    float *lat = rand_floats((size_t)4 * r->T * r->h * r->w);
+    void *out = NULL;
+    wv_options o = {r->tile, r->tile, r->end_frame, r->output, 0, 0};
     wv_plan p;
     wv_stats st;
     wv_status s;
@@ -97,7 +101,7 @@ static wv_status decode(const wv_model *m, const run *r, wv_error *err)
     s = wv_plan_make(&p, m, r->T, r->h, r->w, &o, err);
     if (!s && r->budget_percent) CHECK(p.n_tiles > 1 && p.arena_bytes <= o.max_bytes);
     if (!s) hand_layout_to_stub(&p, m->backend->act_bytes);
-    if (!s) out = (float *)malloc(sizeof(float) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
+    if (!s) out = malloc(wv_output_item_bytes(o.output) * (size_t)p.frames_out * (size_t)p.H * (size_t)p.W * 3);
     if (!s) s = decode_planned(m, &p, lat, &o, out, &st, err);
     if (!s) CHECK(st.steps == (int64_t)r->T * (1 + p.n_tiles));
     if (!s && g_reference) compare_with_cpu(r, &p, lat, out, m->backend->act_dtype == WV_F32 ? 1e-4 : 0.05);
@@ -107,13 +111,14 @@ static wv_status decode(const wv_model *m, const run *r, wv_error *err)
 }
 
 static const run RUNS[] = {
-    {"untiled", 3, 5, 6, 0, 0, 0},
-    {"tiles, trunk to the first upsample", 3, 5, 6, 40, 0, 0},
-    {"small tiles of a larger frame, trunk to the attention", 2, 28, 28, 40, 0, 0},
-    {"end frame in tiles", 4, 5, 6, 40, 1, 0},
-    {"end frame in small tiles of a larger frame", 3, 28, 28, 40, 1, 0}, /* staging over the attention scores */
-    {"end frame, the last output under a trunk cache", 2, 4, 18, 40, 1, 0},
-    {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80},
+    {"untiled", 3, 5, 6, 0, 0, 0, WV_OUT_UNIT},
+    {"tiles, trunk to the first upsample", 3, 5, 6, 40, 0, 0, WV_OUT_UNIT},
+    {"small tiles of a larger frame, trunk to the attention", 2, 28, 28, 40, 0, 0, WV_OUT_UNIT},
+    {"end frame in tiles", 4, 5, 6, 40, 1, 0, WV_OUT_UNIT},
+    {"end frame in small tiles of a larger frame", 3, 28, 28, 40, 1, 0, WV_OUT_UNIT}, /* staging over the scores */
+    {"end frame, the last output under a trunk cache", 2, 4, 18, 40, 1, 0, WV_OUT_UNIT},
+    {"within 80% of the untiled arena", 3, 9, 11, 0, 0, 80, WV_OUT_UNIT},
+    {"uint8 frames, end frame in tiles", 3, 5, 6, 40, 1, 0, WV_OUT_U8},
 };
 
 /* A bf16 model of the weights on the default GPU (the backend's environment settings read now). */
@@ -295,7 +300,7 @@ static void misaligned_buffers_mark_no_shape(const weight_set *ws)
 }
 
 /* Tiles of 9 latent frames: a tile's steps repeat, so step graphs capture them and replay them. */
-static const run LONG_TILES = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0};
+static const run LONG_TILES = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0, WV_OUT_UNIT};
 
 /* A bf16 model with step graphs on. */
 static void build_with_graphs(wv_model *m, const weight_set *ws)
@@ -378,8 +383,8 @@ static void cudnn_refusals_and_broken_installations(const weight_set *ws)
 static void step_waits_do_not_spin(const weight_set *ws)
 {
     /* the long one first: its pinned trunk output then serves the short one as it is */
-    static const run lengths[] = {{"12 latent frames in tiles", 12, 5, 6, 40, 0, 0},
-                                  {"2 latent frames in tiles", 2, 5, 6, 40, 0, 0}};
+    static const run lengths[] = {{"12 latent frames in tiles", 12, 5, 6, 40, 0, 0, WV_OUT_UNIT},
+                                  {"2 latent frames in tiles", 2, 5, 6, 40, 0, 0, WV_OUT_UNIT}};
     wv_model m;
     wv_error err = {WV_OK, ""};
     long spins[2];
