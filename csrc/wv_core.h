@@ -254,8 +254,8 @@ typedef struct {
 
 /* What the output holds: UNIT clamp(-1, 1) then (v + 1) / 2, float32; RAW the decode itself,
  * float32; U8 the UNIT value v as uint8, (v * 255 + 0.5) truncated: what NumPy's clip, * 255, + 0.5,
- * astype(uint8) make of the UNIT frames. Fused into one multiply-add or not, the bytes are the same
- * (checked for every float32 v in [0, 1]): its one rounding falls as the two do, on the half-units. */
+ * astype(uint8) make of the UNIT frames. A compiler may fuse v * 255 + 0.5 into one multiply-add:
+ * the bytes are the same (checked for every float32 v in [0, 1]). */
 typedef enum { WV_OUT_UNIT = 0, WV_OUT_RAW = 1, WV_OUT_U8 = 2 } wv_output_mode;
 
 static inline size_t wv_output_item_bytes(wv_output_mode mode)

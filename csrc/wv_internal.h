@@ -19,7 +19,7 @@
     X(ATTN_OUT, PHASE_TRUNK, "attention output [h*w][C]")                               \
     X(ATTN_SCORES, PHASE_TRUNK, "attention scores [rows][h*w]")                         \
     X(TILE_SCRATCH, PHASE_TILE, "tile activations: x, y, t of each segment, t under the next")          \
-    X(OUTPUT_STAGING, PHASE_TILE, "output on its way to the host [copies][step frames][core][3] (float32 or uint8)")
+    X(OUTPUT_STAGING, PHASE_TILE, "output on its way to the host [copies][step frames][core][3] items")
 
 enum { PHASE_KEEP, PHASE_TRUNK, PHASE_TILE };
 

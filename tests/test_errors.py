@@ -299,6 +299,9 @@ CASES = [
     ("a CUDA device that does not exist (or no CUDA at all)",
      lambda d, t: wv.Decoder(random_weights(8, 4), backend="cuda", device=99, mean=[0.0] * 4, std=[1.0] * 4), E,
      "CUDA device 99 does not exist|no CUDA device is usable|backend 'cuda' is not available"),
+    ("raw and uint8 output at once, to the C module", lambda d, t: d._model.decode(lat(), d.mean, d.std, raw=True,
+                                                                                  uint8=True), E,
+     r"^raw output is float32 only: uint8 frames are the clamped image, 0 to 255$"),
     ("a negative stream handle", lambda d, t: d._model.decode(lat(), d.mean, d.std, stream=-1), E,
      "stream must be a CUDA stream handle"),
 ]

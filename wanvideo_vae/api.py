@@ -339,7 +339,8 @@ class Decoder:
 
     def plan(self, T, h, w, *, tile_x=TILE, tile_y=TILE, tile_stride_x=TILE_STRIDE_X, tile_stride_y=TILE_STRIDE_Y,
              enable_vae_tiling=True, end_frame=False, max_memory=None, dtype=None):
-        """The tile grid and memory plan of a decode of T latent frames of h x w, without running it."""
+        """The tile grid and memory plan of a decode of T latent frames of h x w, without running it; dtype
+        is the frames' type the decode will ask for (its output staging is sized by it)."""
         uint8 = wants_uint8(dtype)
         for name, v in (("T", T), ("h", h), ("w", w)):
             if not _is_int(v) or not 0 < v < 2**31:

@@ -80,6 +80,7 @@ def load_latents(path):
 def to_uint8(frames):
     """Floats in [0, 1] -> uint8 (it takes a float copy of its input: give it a frame at a time); uint8
     frames (a decode's dtype=np.uint8, made by the same rule) are returned as they are."""
+    frames = np.asarray(frames)
     if frames.dtype == np.uint8:
         return frames
     out = np.clip(frames, 0.0, 1.0)
