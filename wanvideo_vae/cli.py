@@ -28,7 +28,8 @@ from .api import BACKENDS, NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, n
 from .arrays import PRECISIONS
 from .console import tolerant_console
 from .devices import precision_for
-from .media import check_file_target, check_output, contact_sheet, have_mp4, load_latents, write_frames
+from .media import (check_file_target, check_output, contact_sheet, have_mp4, load_latents, output_kind,
+                    write_frames)
 from .random_model import random_latents, random_weights
 from .sysmem import PeakSampler
 from .workflow import patch_workflow_file
@@ -210,7 +211,7 @@ def decode_cmd(args):
               "un-normalized: add --unnormalized")
     dec = Decoder(weights, backend=backend, precision=precision)
     # a picture to write decodes straight to uint8: a quarter of the host memory float32 frames take
-    as_bytes = args.normalization == "default" and not out_path.lower().endswith(".npy")
+    as_bytes = args.normalization == "default" and output_kind(out_path) != ".npy"
     # strides of 1: any --tile the planner takes passes the (WanVideoDecode) tile > stride check
     options = dict(raw=not as_bytes, dtype=np.uint8 if as_bytes else None, end_frame=args.end_frame,
                    enable_vae_tiling=args.tile > 0, tile_x=args.tile or TILE, tile_y=args.tile or TILE,

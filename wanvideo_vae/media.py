@@ -292,8 +292,9 @@ def contact_sheet(frames, path, columns=6, max_frames=24):
         _write_bytes(path, png_bytes(sheet))
 
 
-def _output_kind(out):
-    return os.path.splitext(out)[1].lower()  # '' for a PNG folder (a name ending in / has no extension)
+def output_kind(out):
+    """An output name's kind: its extension in lower case ('.mp4', '.avi', '.npy'), '' for a PNG folder."""
+    return os.path.splitext(out)[1].lower()  # a name ending in / has no extension
 
 
 def check_file_target(out):
@@ -326,7 +327,7 @@ def check_output(out, frames_shape=None):
     """Fails early (before a decode) on an output the writers cannot produce; with the frames' shape
     (F, H, W), also on one too large for its format."""
     out = os.fspath(out)
-    kind = _output_kind(out)
+    kind = output_kind(out)
     if kind and kind not in (".mp4", ".avi", ".npy"):
         raise WanVAEError(f"{out}: unknown output format (use .mp4, .avi, .npy, or a folder name for PNGs; "
                           "end a folder name that has a dot with /)")
@@ -375,7 +376,7 @@ def write_frames(frames, out, fps):
     disk) leaves nothing behind."""
     out = os.fspath(out)
     check_output(out, frames.shape)
-    kind = _output_kind(out)
+    kind = output_kind(out)
     with _naming_write_errors(out):
         if kind:
             WRITERS[kind](frames, out, fps)
