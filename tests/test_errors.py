@@ -212,7 +212,15 @@ CASES = [
     ("weights none of which is the decoder's", lambda d, t: wv.Decoder({"vae." + k: v for k, v in
                                                                        random_weights(8, 4).items()}), E,
      r"^none of the \d+ weights is the decoder's \(the decoder's keys start with 'decoder\.' or 'conv2\.', perhaps "
-     r"after 'model\.'\); the first is 'vae\."),
+     r"after 'model\.'; diffusers' with 'decoder\.' or 'post_quant_conv\.'\); the first is 'vae\."),
+    ("weights of the Wan 2.2 VAE's layout (its checkpoint's names or diffusers')",
+     lambda d, t: wv.Decoder(weights_with("decoder.up_blocks.0.upsampler.resample.1.weight", np.zeros(3, np.float32))),
+     E, r"^these weights have the Wan 2\.2 VAE's layout \(the Wan 2\.2 TI2V-5B model's VAE\); this decoder decodes "
+        r"the Wan 2\.1 VAE only \(which the Wan 2\.2 14B models use\)$"),
+    ("a diffusers weight of no Wan 2.1 decoder key",
+     lambda d, t: wv.Decoder(weights_with("decoder.up_blocks.3.upsamplers.0.resample.1.weight",
+                                          np.zeros(3, np.float32))),
+     E, r"^unexpected weight 'decoder\.up_blocks\.3\.upsamplers\.0\.resample\.1\.weight' \(not a Wan 2\.1 decoder key"),
     ("NaN or Inf in a weight",
      lambda d, t: wv.Decoder(weights_with("decoder.head.2.bias", np.array([np.inf, 0, 0], np.float32))), E,
      "weight 'decoder.head.2.bias' contains NaN or Inf"),

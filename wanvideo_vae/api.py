@@ -16,7 +16,7 @@ from .devices import (DEVICE_BUDGET_SHARE, CudaArray, cuda_module, device_budget
                       release_torch_cache_if_needed, resolve_device)
 from .sysmem import available_host_bytes
 from .tracebacks import keeps_nothing_on_error
-from .weights import normalize_keys
+from .weights import is_wan22_layout, normalize_keys
 
 # Share of the available host memory a CPU decode plans to use when no max_memory is given.
 HOST_BUDGET_SHARE = 0.9
@@ -221,8 +221,9 @@ def _memory_advised(max_memory, backend):
 class Decoder:
     """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
 
-    weights: {checkpoint key: array or tensor}, with or without the 'model.' prefix; encoder keys
-    are ignored. mean/std: latent statistics (default: Wan 2.1's, for z_dim 16).
+    weights: {checkpoint key: array or tensor}, with or without the 'model.' prefix, or as diffusers'
+    AutoencoderKLWan names them; encoder keys are ignored. mean/std: latent statistics (default:
+    Wan 2.1's, for z_dim 16).
     backend: 'cpu' (float32, the reference) or 'cuda'; precision (CUDA): 'bf16' (default), 'fp16' or
     'fp32' for activations and weights, always accumulating in float32; device (CUDA): an index,
     'cuda:N' or a torch.device, default the current device. A Decoder decodes one call at a time;
@@ -248,12 +249,16 @@ class Decoder:
         if backend == "cuda":
             cuda_module()  # on Windows: the DLL folders, before _C imports the backend
         decoder_weights = normalize_keys(weights)
+        if is_wan22_layout(decoder_weights):
+            raise WanVAEError("these weights have the Wan 2.2 VAE's layout (the Wan 2.2 TI2V-5B model's VAE); this "
+                              "decoder decodes the Wan 2.1 VAE only (which the Wan 2.2 14B models use)")
         if weights and not decoder_weights:
             first = next(iter(weights))
             which = (f"the only weight, {first!r}, is not" if len(weights) == 1 else
                      f"none of the {len(weights)} weights is")
             raise WanVAEError(f"{which} the decoder's (the decoder's keys start with 'decoder.' or 'conv2.', perhaps "
-                              f"after 'model.')" + ("" if len(weights) == 1 else f"; the first is {first!r}"))
+                              "after 'model.'; diffusers' with 'decoder.' or 'post_quant_conv.')"
+                              + ("" if len(weights) == 1 else f"; the first is {first!r}"))
         host = {k: host_array(v, f"weight '{k}'") for k, v in decoder_weights.items()}
         self._model = _C.Model(host, backend, precision, self._device)
         try:

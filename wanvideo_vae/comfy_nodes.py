@@ -1,6 +1,7 @@
 """ComfyUI nodes: an exact, native drop-in for WanVideoDecode, a WANVAE patch so samplers that decode
 by themselves (InfiniteTalk, MultiTalk) use this decoder, and a decode node for ComfyUI's core Wan VAE;
-and the same patch for the Wan repository's own VAE object (native_wan_vae), outside ComfyUI.
+and the same patch for the Wan repository's own VAE object and diffusers' AutoencoderKLWan
+(native_wan_vae), outside ComfyUI.
 
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
@@ -19,7 +20,7 @@ from .api import (NORMALIZATIONS, TILE, TILE_STRIDE_X, TILE_STRIDE_Y, Decoder, b
                   normalize_frames)
 from .arrays import PRECISION_BYTES, torch_float_type
 from .devices import DEVICE_BUDGET_SHARE, device_index, precision_for
-from .weights import normalize_keys
+from .weights import is_wan22_layout, normalize_keys
 
 CATEGORY = "WanVideoWrapper/native"
 _TILE = {"min": 40, "max": 2048, "step": 8}
@@ -168,12 +169,13 @@ def _decoder_weights(module):
     """The decoder-side entries of a torch module's state dict, by their checkpoint names, detached
     (the encoder's are no business of ours: ComfyUI's dynamic VRAM may swap them for copies in
     another dtype when it encodes). A weight without values (a meta tensor: a checkpoint that lacks
-    it, under dynamic VRAM) is refused by name."""
+    it, under dynamic VRAM; an offload that keeps it elsewhere) is refused by name."""
     weights = normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
     for key, value in weights.items():
         if getattr(value, "is_meta", False):
             raise ValueError(f"this VAE's weight '{key}' holds no values (a meta tensor): its checkpoint lacks it, "
-                             "or ComfyUI has not loaded it")
+                             "ComfyUI has not loaded it, or an offload keeps it elsewhere (diffusers' "
+                             "enable_sequential_cpu_offload)")
     return weights
 
 
@@ -331,14 +333,11 @@ def _check_wan21_vae(vae, what="WANVAE", instead="use WanVideoDecode for it"):
         raise ValueError(f"this {what} ({kind}) has no .model module holding the Wan 2.1 VAE's weights")
 
 
-WAN22_KEY = "decoder.upsamples.0.upsamples.0.residual.2.weight"  # Wan 2.2's layout: its stages nest their blocks
-
-
 def _check_wan21_layout(state, what, decoder, instead):
     """Refuses a VAE's state dict of another layout than the Wan 2.1 VAE's, with a plain message: the Wan 2.2
     VAE's (its stages nest their blocks; ComfyUI's own test), or a head that is not RGB. `what` names the VAE
     as its caller knows it, `decoder` what decodes, `instead` the way out."""
-    if WAN22_KEY in state:
+    if is_wan22_layout(state):
         raise ValueError(f"this {what} has the Wan 2.2 VAE's layout (the Wan 2.2 VAE, or Qwen-Image 2.1's); {decoder} "
                          f"decodes the Wan 2.1 VAE only: {instead}")
     head = state.get("decoder.head.2.weight")
@@ -361,7 +360,14 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
         vae = vae._wrapped
     _check_wan21_vae(vae)
     mean, std = _wanvae_stats(vae)
-    placement = _backend_for(vae.model, latents, mean, dtype=getattr(vae, "dtype", None))
+    return _decode_module(vae, vae.model, mean, std, getattr(vae, "dtype", None), latents, end_frame, tiled, tile_x,
+                          tile_y, show_progress, make_room)
+
+
+def _decode_module(owner, module, mean, std, dtype, latents, end_frame, tiled, tile_x, tile_y, show_progress,
+                   make_room):
+    """_decode_raw's decode: with the weights of torch module `module`, in the Decoder cached for `owner`."""
+    placement = _backend_for(module, latents, mean, dtype=dtype)
     latents = _on_decoder_gpu(latents, placement)
 
     def use(dec):
@@ -372,7 +378,7 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
                           progress=_comfy_progress(show_progress))
 
     return _retried_on_gpu_out_of_memory(
-        lambda: _decoders.run(use, vae, vae.model, placement, mean=mean, std=std, make_room=make_room))
+        lambda: _decoders.run(use, owner, module, placement, mean=mean, std=std, make_room=make_room))
 
 
 def _retried_on_gpu_out_of_memory(attempt):
@@ -547,13 +553,47 @@ class NativeWanRepoVAE(_NativeDecode):
         return videos
 
 
+class NativeDiffusersVAE(_NativeDecode):
+    """diffusers' AutoencoderKLWan (the Wan 2.1 VAE of diffusers' Wan pipelines) whose decode(z, return_dict)
+    runs the native decoder, returning what its own returns: the videos [B, 3, F, H, W] clamped to [-1, 1], in
+    z's dtype on z's device, as a DecoderOutput (a 1-tuple where return_dict is False). The pipelines
+    un-normalize their latents before they decode, so none is done here. Its tiling and slicing settings
+    change nothing: the tiles follow the free memory, and are exact."""
+
+    def decode(self, z, return_dict=True):
+        torch = _torch()
+        if getattr(z, "ndim", None) != 5:
+            raise ValueError(f"AutoencoderKLWan.decode takes latents [B, C, T, h, w], got shape "
+                             f"{list(getattr(z, 'shape', ()))}")
+        vae = self._wrapped
+        z_dim = int(z.shape[1])
+        identity = np.zeros(z_dim, np.float32), np.ones(z_dim, np.float32)
+        videos = [_decode_module(vae, vae, *identity, vae.dtype, latents, False, False, TILE, TILE, False, False)
+                  for latents in z]
+        sample = torch.from_numpy(np.clip(np.stack(videos), -1.0, 1.0)).permute(0, 4, 1, 2, 3)
+        sample = sample.to(device=z.device, dtype=z.dtype)
+        if not return_dict:
+            return (sample,)
+        from diffusers.models.autoencoders.vae import DecoderOutput
+        return DecoderOutput(sample=sample)
+
+
+def _is_diffusers_wan_vae(vae):
+    return any(cls.__name__ == "AutoencoderKLWan" for cls in type(vae).__mro__)
+
+
 def native_wan_vae(vae):
     """The Wan 2.1 repository's VAE object (wan.modules.vae.WanVAE) with its decode(zs) running the
-    native decoder (NativeWanRepoVAE); `vae` itself is not modified. For a pipeline that holds one:
+    native decoder (NativeWanRepoVAE), or diffusers' AutoencoderKLWan with its decode(z, return_dict)
+    running it (NativeDiffusersVAE); `vae` itself is not modified. For a pipeline that holds one:
     `pipeline.vae = native_wan_vae(pipeline.vae)`. A WanVideoWrapper WANVAE goes through
     WanVideoNativeVAEPatch instead (its decode takes other arguments)."""
-    if isinstance(vae, NativeWanRepoVAE):
+    if isinstance(vae, (NativeWanRepoVAE, NativeDiffusersVAE)):
         return vae
+    if _is_diffusers_wan_vae(vae):  # refused now, not at the first decode: the Wan 2.2 VAE's layout
+        _check_wan21_layout(normalize_keys(vae.state_dict()), "AutoencoderKLWan", "the native decoder",
+                            "keep its own decode")
+        return NativeDiffusersVAE(vae)
     # refused now, not at the first decode: another VAE the Wan repositories hold (Wan 2.2's Wan2_2_VAE, whose
     # attributes are as this one's), or one without mean/std or scale
     _check_wan21_vae(vae, "VAE", "keep its own decode")

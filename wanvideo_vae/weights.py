@@ -3,6 +3,7 @@ import json
 import math
 import os
 import pickle
+import re
 import struct
 import warnings
 
@@ -16,15 +17,55 @@ from .tracebacks import keeps_nothing_on_error
 _ST_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("V2"), "F64": np.dtype("<f8")}
 _DECODER_PREFIXES = ("decoder.", "conv2.")
 
+# diffusers' AutoencoderKLWan names the Wan 2.1 decoder's weights otherwise (diffusers' conversion of the
+# checkpoint). Its names -> the checkpoint's: stage s of up_blocks holds the checkpoint's upsamples 4s..4s+2
+# (its three resnets) and 4s+3 (its upsampler); mid_block's resnets r are middle 2r, its attention middle 1.
+_DIFFUSERS_RESNET_PARTS = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3",
+                           "conv2": "residual.6", "conv_shortcut": "shortcut"}
+_RESNET = r"(?P<part>norm1|conv1|norm2|conv2|conv_shortcut)\.(?P<rest>.+)"
+_DIFFUSERS_NAMES = [(re.compile(pattern), name) for pattern, name in (
+    (r"post_quant_conv\.(?P<rest>.+)", lambda m: f"conv2.{m['rest']}"),
+    (r"decoder\.conv_in\.(?P<rest>.+)", lambda m: f"decoder.conv1.{m['rest']}"),
+    (r"decoder\.mid_block\.attentions\.0\.(?P<rest>.+)", lambda m: f"decoder.middle.1.{m['rest']}"),
+    (r"decoder\.mid_block\.resnets\.(?P<r>[01])\." + _RESNET,
+     lambda m: f"decoder.middle.{2 * int(m['r'])}.{_DIFFUSERS_RESNET_PARTS[m['part']]}.{m['rest']}"),
+    (r"decoder\.up_blocks\.(?P<s>[0-3])\.resnets\.(?P<r>[0-2])\." + _RESNET,
+     lambda m: f"decoder.upsamples.{4 * int(m['s']) + int(m['r'])}.{_DIFFUSERS_RESNET_PARTS[m['part']]}.{m['rest']}"),
+    (r"decoder\.up_blocks\.(?P<s>[0-2])\.upsamplers\.0\.(?P<rest>.+)",
+     lambda m: f"decoder.upsamples.{4 * int(m['s']) + 3}.{m['rest']}"),
+    (r"decoder\.norm_out\.(?P<rest>.+)", lambda m: f"decoder.head.0.{m['rest']}"),
+    (r"decoder\.conv_out\.(?P<rest>.+)", lambda m: f"decoder.head.2.{m['rest']}"),
+)]
+
+
+def checkpoint_name(key):
+    """A diffusers AutoencoderKLWan weight name as the Wan 2.1 checkpoint names it; any other name as it is."""
+    for pattern, name in _DIFFUSERS_NAMES:
+        m = pattern.fullmatch(key)
+        if m:
+            return name(m)
+    return key
+
+
+# The Wan 2.2 VAE's layout (its decoder is another): its stages nest their blocks (the checkpoint's names, as
+# ComfyUI tells it), or hold one upsampler each (diffusers')
+_WAN22_NAMES = re.compile(r"(?:model\.)?decoder\.(?:upsamples\.\d+\.upsamples|up_blocks\.\d+\.upsampler)\.")
+
+
+def is_wan22_layout(keys):
+    """Whether weight names are of the Wan 2.2 VAE's layout, in the checkpoint's names or diffusers'."""
+    return any(isinstance(k, str) and _WAN22_NAMES.match(k) for k in keys)
+
 
 def decoder_key(key):
     """A checkpoint key as the decoder names it ('model.' prefix and torch.compile's '_orig_mod' level
-    removed: WanVideoWrapper compiles the decoder when asked), or None for an encoder-side key."""
+    removed: WanVideoWrapper compiles the decoder when asked; a diffusers AutoencoderKLWan's name made the
+    checkpoint's), or None for an encoder-side key."""
     if not isinstance(key, str):
         raise WanVAEError(f"weight names must be str (checkpoint keys), got {type(key).__name__} {key!r}")
     if "_orig_mod" in key:
         key = ".".join(part for part in key.split(".") if part != "_orig_mod")
-    k = key[len("model."):] if key.startswith("model.") else key
+    k = checkpoint_name(key[len("model."):] if key.startswith("model.") else key)
     return k if k.startswith(_DECODER_PREFIXES) else None
 
 

@@ -1,0 +1,182 @@
+"""diffusers' Wan 2.1 VAE (AutoencoderKLWan): its weight names read as the checkpoint's, and its decode made
+native in diffusers' own Wan pipelines, against diffusers' own decode."""
+import numpy as np
+import pytest
+
+import wanvideo_vae as wv
+from helpers import write_safetensors
+from wanvideo_vae.weights import decoder_key, load_weights, normalize_keys
+
+TOL = 1e-4  # float32 frames, ours against diffusers' own decode of the same weights
+BF16_OUT = 2.0 ** -8  # half a bf16 step at 1: ours in float32, rounded to bf16 at the end
+
+# diffusers' name -> the checkpoint's, as diffusers' conversion script (scripts/convert_wan_to_diffusers.py)
+# renames the Wan 2.1 checkpoint; None: an encoder-side weight
+NAMES = [
+    ("post_quant_conv.weight", "conv2.weight"),
+    ("decoder.conv_in.bias", "decoder.conv1.bias"),
+    ("model.decoder.conv_in.weight", "decoder.conv1.weight"),
+    ("decoder.mid_block.resnets.0.norm1.gamma", "decoder.middle.0.residual.0.gamma"),
+    ("decoder.mid_block.attentions.0.to_qkv.weight", "decoder.middle.1.to_qkv.weight"),
+    ("decoder.mid_block.attentions.0.norm.gamma", "decoder.middle.1.norm.gamma"),
+    ("decoder.mid_block.resnets.1.conv2.weight", "decoder.middle.2.residual.6.weight"),
+    ("decoder.up_blocks.0.resnets.2.conv1.bias", "decoder.upsamples.2.residual.2.bias"),
+    ("decoder.up_blocks.0.upsamplers.0.time_conv.weight", "decoder.upsamples.3.time_conv.weight"),
+    ("decoder.up_blocks.1.resnets.0.conv_shortcut.weight", "decoder.upsamples.4.shortcut.weight"),
+    ("decoder.up_blocks.1.resnets.1.norm2.gamma", "decoder.upsamples.5.residual.3.gamma"),
+    ("decoder.up_blocks.2.upsamplers.0.resample.1.bias", "decoder.upsamples.11.resample.1.bias"),
+    ("decoder.up_blocks.3.resnets.2.conv2.bias", "decoder.upsamples.14.residual.6.bias"),
+    ("decoder.norm_out.gamma", "decoder.head.0.gamma"),
+    ("decoder.conv_out.weight", "decoder.head.2.weight"),
+    ("quant_conv.weight", None),
+    ("encoder.conv_in.weight", None),
+    ("encoder.mid_block.resnets.0.norm1.gamma", None),
+    # no Wan 2.1 name: left as given, for the core to name as unexpected
+    ("decoder.up_blocks.3.upsamplers.0.resample.1.weight", "decoder.up_blocks.3.upsamplers.0.resample.1.weight"),
+    ("decoder.up_blocks.0.resnets.3.conv1.weight", "decoder.up_blocks.0.resnets.3.conv1.weight"),
+]
+
+
+@pytest.mark.parametrize("name,checkpoint", NAMES)
+def test_diffusers_names_are_read_as_the_checkpoints(name, checkpoint):
+    assert decoder_key(name) == checkpoint
+
+
+def _diffusers():
+    return pytest.importorskip("diffusers", reason="diffusers is not installed")
+
+
+def _small_vae(seed=0, **config):
+    """diffusers' AutoencoderKLWan, 8 channels wide (96 in Wan 2.1), every weight moved off its initial value
+    (RMS gains of 1 and zero biases would hide a gain or a bias read from the wrong place)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(seed)
+    vae = _diffusers().AutoencoderKLWan(base_dim=8, **config).eval().requires_grad_(False)
+    for p in vae.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+    return vae
+
+
+def test_a_diffusers_vae_has_every_decoder_weight_under_its_checkpoint_name():
+    _diffusers()
+    from diffusers import AutoencoderKLWan
+    ours = normalize_keys(AutoencoderKLWan().state_dict())  # full size: 96 channels
+    expected = dict(wv._C.expected_keys(96, 16))
+    assert ours.keys() == expected.keys()
+    assert all(tuple(ours[k].shape) == tuple(expected[k]) for k in expected)
+
+
+def test_a_decoder_of_diffusers_weights_decodes_as_diffusers_does():
+    """Decoder(vae.state_dict()) on un-normalized latents (mean 0, std 1: diffusers' decode takes them so),
+    untiled and in tiles, against diffusers' own decode, which clamps."""
+    torch = pytest.importorskip("torch")
+    vae = _small_vae()
+    z = torch.randn(1, 16, 3, 6, 8)
+    theirs = vae.decode(z).sample[0].permute(1, 2, 3, 0).numpy()
+    assert np.abs(theirs).max() == 1.0  # the clamp is reached
+    dec = wv.Decoder(vae.state_dict(), mean=np.zeros(16, np.float32), std=np.ones(16, np.float32))
+    for tiles in (dict(enable_vae_tiling=False), dict(tile_x=32, tile_y=32, tile_stride_x=16, tile_stride_y=16)):
+        ours = np.clip(dec.decode(z[0], raw=True, **tiles), -1, 1)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= TOL
+    assert dec.last_stats["n_tiles"] > 1
+
+
+def test_a_diffusers_safetensors_file_loads_under_the_checkpoints_names(tmp_path):
+    vae = _small_vae()
+    state = {k: v.numpy() for k, v in vae.state_dict().items()}
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    write_safetensors(str(path), state)
+    loaded = load_weights(str(path))
+    assert loaded.keys() == normalize_keys(state).keys() and "decoder.upsamples.4.shortcut.weight" in loaded
+    np.testing.assert_array_equal(loaded["conv2.weight"], state["post_quant_conv.weight"])
+
+
+def test_native_wan_vae_makes_a_diffusers_vaes_decode_native():
+    """wanvideo_vae.native_wan_vae(AutoencoderKLWan): its decode(z, return_dict) native, returning what
+    diffusers' returns (a DecoderOutput, or a 1-tuple), a batch of videos [B, 3, F, H, W]; everything else,
+    encode included, the VAE's own; the VAE given is not modified."""
+    torch = pytest.importorskip("torch")
+    from diffusers.models.autoencoders.vae import DecoderOutput
+    vae = _small_vae(1)
+    native = wv.native_wan_vae(vae)
+    z = torch.randn(2, 16, 2, 5, 7)
+    ours, theirs = native.decode(z), vae.decode(z)
+    assert isinstance(ours, DecoderOutput) and ours.sample.shape == theirs.sample.shape == (2, 3, 5, 40, 56)
+    assert ours.sample.dtype == torch.float32 and ours.sample.device == z.device
+    assert (ours.sample - theirs.sample).abs().max() <= TOL
+    (plain,) = native.decode(z, return_dict=False)
+    assert torch.equal(plain, ours.sample)
+    assert "decode" not in vars(vae) and wv.native_wan_vae(native) is native
+    assert native.config.z_dim == 16 and native.dtype == torch.float32
+    video = torch.rand(1, 3, 5, 40, 56) * 2 - 1
+    assert torch.equal(native.encode(video).latent_dist.mode(), vae.encode(video).latent_dist.mode())
+    with pytest.raises(ValueError, match=r"takes latents \[B, C, T, h, w\], got shape \[16, 2, 5, 7\]"):
+        native.decode(z[0])
+
+
+def test_a_diffusers_vae_whose_weights_are_kept_elsewhere_is_refused_by_name():
+    """enable_sequential_cpu_offload leaves meta tensors on the module (the values live in its hooks): a weight
+    without values is named (by its checkpoint name), not decoded as garbage."""
+    torch = pytest.importorskip("torch")
+    vae = _small_vae()
+    vae.decoder.conv_out.bias = torch.nn.Parameter(torch.empty(3, device="meta"))
+    with pytest.raises(ValueError, match=r"weight 'decoder\.head\.2\.bias' holds no values .* an offload keeps it "
+                                         r"elsewhere \(diffusers' enable_sequential_cpu_offload\)"):
+        wv.native_wan_vae(vae).decode(torch.zeros(1, 16, 1, 2, 2))
+
+
+def test_a_bf16_diffusers_vae_gets_bf16_frames():
+    """In the VAE's dtype, as diffusers' decode returns them: ours computed in float32 from the bf16 weights
+    (the CPU backend), rounded to bf16 at the end; diffusers' own bf16 decode rounds at every layer, so the
+    reference is its float32 decode of the same (bf16) weights."""
+    torch = pytest.importorskip("torch")
+    vae = _small_vae(2).to(torch.bfloat16)
+    z = torch.randn(1, 16, 2, 6, 8)
+    ours = wv.native_wan_vae(vae).decode(z.to(torch.bfloat16)).sample
+    assert ours.dtype == torch.bfloat16
+    reference = vae.float().decode(z.to(torch.bfloat16).float()).sample
+    assert (ours.float() - reference).abs().max() <= BF16_OUT + TOL
+
+
+@pytest.mark.parametrize("key", ["decoder.upsamples.0.upsamples.0.residual.2.weight",
+                                 "model.decoder.upsamples.2.upsamples.1.residual.0.gamma",
+                                 "decoder.up_blocks.2.upsampler.resample.1.bias"])
+def test_the_wan22_layout_is_told_in_either_naming(key):
+    from helpers import random_weights
+    with pytest.raises(wv.WanVAEError, match=r"^these weights have the Wan 2.2 VAE's layout"):
+        wv.Decoder(dict(random_weights(8, 4), **{key: np.zeros(3, np.float32)}))
+
+
+def test_the_wan22_vae_of_diffusers_is_refused():
+    """diffusers' AutoencoderKLWan in the Wan 2.2 VAE's configuration (z_dim 48, 16x): another decoder,
+    refused by name when it is wrapped, and by Decoder."""
+    vae = _diffusers().AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, is_residual=True, in_channels=12,
+                                        out_channels=12, patch_size=2, scale_factor_spatial=16)
+    with pytest.raises(ValueError, match=r"^this AutoencoderKLWan has the Wan 2.2 VAE's layout .* the native decoder "
+                                         r"decodes the Wan 2.1 VAE only: keep its own decode"):
+        wv.native_wan_vae(vae)
+    with pytest.raises(wv.WanVAEError, match=r"^these weights have the Wan 2.2 VAE's layout"):
+        wv.Decoder(vae.state_dict())
+
+
+def test_a_diffusers_wan_pipeline_decodes_natively():
+    """diffusers' WanPipeline (a tiny transformer of its own, random) with `pipe.vae = native_wan_vae(pipe.vae)`:
+    the same frames as with its own VAE."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers", reason="diffusers' Wan pipelines need transformers")
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    torch.manual_seed(3)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                                        in_channels=16, out_channels=16, text_dim=16, freq_dim=16, ffn_dim=16,
+                                        num_layers=1, rope_max_seq_len=32).eval()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=_small_vae(3),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    embeds = torch.randn(1, 8, 16)
+    call = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, height=48, width=64, num_frames=9,
+                num_inference_steps=2, guidance_scale=1.0, output_type="np")
+    theirs = pipe(generator=torch.Generator().manual_seed(1), **call).frames
+    pipe.vae = wv.native_wan_vae(pipe.vae)
+    ours = pipe(generator=torch.Generator().manual_seed(1), **call).frames
+    assert ours.shape == theirs.shape == (1, 9, 48, 64, 3)
+    assert np.abs(ours - theirs).max() <= TOL
