@@ -91,6 +91,23 @@ def test_a_diffusers_safetensors_file_loads_under_the_checkpoints_names(tmp_path
     np.testing.assert_array_equal(loaded["conv2.weight"], state["post_quant_conv.weight"])
 
 
+def test_a_diffusers_model_folder_loads_from_its_weights_file(tmp_path):
+    """load_weights (and the CLI's --vae) of a folder: a diffusers VAE's (save_pretrained's), or a pipeline's with
+    the VAE in its vae/; a folder of neither is named as such."""
+    vae = _small_vae()
+    vae.save_pretrained(str(tmp_path / "pipeline" / "vae"))
+    expected = normalize_keys({k: v.numpy() for k, v in vae.state_dict().items()})
+    for folder in (tmp_path / "pipeline" / "vae", tmp_path / "pipeline"):
+        loaded = load_weights(str(folder))
+        assert loaded.keys() == expected.keys()
+        np.testing.assert_array_equal(loaded["decoder.head.2.weight"], expected["decoder.head.2.weight"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(wv.WanVAEError, match=r"empty: is a folder, not a checkpoint file \(nor a diffusers model "
+                                             r"folder: no diffusion_pytorch_model\.safetensors or "
+                                             r"diffusion_pytorch_model\.bin in it or in its vae/\)$"):
+        load_weights(str(tmp_path / "empty"))
+
+
 def test_native_wan_vae_makes_a_diffusers_vaes_decode_native():
     """wanvideo_vae.native_wan_vae(AutoencoderKLWan): its decode(z, return_dict) native, returning what
     diffusers' returns (a DecoderOutput, or a 1-tuple), a batch of videos [B, 3, F, H, W]; everything else,

@@ -83,6 +83,12 @@ def overflowing_decoder(key="decoder.head.2.weight", **kw):
     return wv.Decoder(w, mean=mean, std=std, **kw)
 
 
+def encoder_only_safetensors(tmp):
+    path = os.path.join(tmp, "encoder.safetensors")
+    write_safetensors(path, {"encoder.conv1.bias": np.zeros(3, np.float32)})
+    return path
+
+
 def corrupt_safetensors(tmp, kind):
     path = os.path.join(tmp, f"{kind}.safetensors")
     good = os.path.join(tmp, "good.safetensors")
@@ -273,6 +279,12 @@ CASES = [
      r"truncated\.pth: PyTorch could not read it \(.+\): a damaged or incomplete file\? download it again$"),
     ("a checkpoint of unknown format", lambda d, t: wv.load_weights(__file__), E, "unknown checkpoint format"),
     ("a missing checkpoint file", lambda d, t: wv.load_weights(os.path.join(t, "nope.safetensors")), E, "no such file"),
+    ("a checkpoint without decoder weights", lambda d, t: wv.load_weights(encoder_only_safetensors(t)), E,
+     r"encoder\.safetensors: no decoder weights found \(keys starting with 'decoder\.' or 'conv2\.'; diffusers' with "
+     r"'decoder\.' or 'post_quant_conv\.'\)$"),
+    ("a folder that holds no diffusers model", lambda d, t: wv.load_weights(t), E,
+     r": is a folder, not a checkpoint file \(nor a diffusers model folder: no diffusion_pytorch_model\.safetensors "
+     r"or diffusion_pytorch_model\.bin in it or in its vae/\)$"),
     ("a tile not larger than its stride", lambda d, t: d.decode(lat(), tile_x=128, tile_stride_x=128), E,
      r"exceed the tile stride: got tile_x=128, tile_stride_x=128, tile_y=272, tile_stride_y=128 \(WanVideoDecode's "
      r"rule; strides change nothing in an exact decode: with small tiles pass small strides, e.g. 8\)$"),

@@ -253,14 +253,33 @@ def check_input_file(path):
         raise WanVAEError(f"{path}: not a regular file")
 
 
+# A diffusers model folder's weights, in the order diffusers' from_pretrained prefers them; the VAE of a pipeline's
+# folder is in its vae/
+DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def _diffusers_weights_file(folder):
+    """The weights file of a diffusers VAE folder, or of the VAE of a diffusers pipeline's folder."""
+    for where in (folder, os.path.join(folder, "vae")):
+        for name in DIFFUSERS_WEIGHT_FILES:
+            if os.path.isfile(os.path.join(where, name)):
+                return os.path.join(where, name)
+    raise WanVAEError(f"{folder}: is a folder, not a checkpoint file (nor a diffusers model folder: no "
+                      f"{' or '.join(DIFFUSERS_WEIGHT_FILES)} in it or in its vae/)")
+
+
 @keeps_nothing_on_error
 def load_weights(path):
-    """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys without 'model.'.
+    """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys as the checkpoint names them
+    (without 'model.'; diffusers' names made the checkpoint's). `path`: the file, or a diffusers model
+    folder (AutoencoderKLWan's, or a pipeline's with it in vae/).
 
     .safetensors files are memory-mapped (bfloat16 tensors come back as raw "V2" NumPy arrays, which
-    the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt files need torch and
+    the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt/.bin files need torch and
     return its tensors."""
     path = os.fsdecode(path)  # a str, also from a bytes path
+    if os.path.isdir(path):
+        path = _diffusers_weights_file(path)
     check_input_file(path)
     kind = os.path.splitext(path)[1].lower()
     if kind == ".safetensors":
@@ -271,5 +290,6 @@ def load_weights(path):
         raise WanVAEError(f"{path}: unknown checkpoint format (expected .safetensors, .pth, .pt, .ckpt or .bin)")
     weights = normalize_keys(state)
     if not weights:
-        raise WanVAEError(f"{path}: no decoder weights found (keys starting with 'decoder.' or 'conv2.')")
+        raise WanVAEError(f"{path}: no decoder weights found (keys starting with 'decoder.' or 'conv2.'; diffusers' "
+                          "with 'decoder.' or 'post_quant_conv.')")
     return weights
