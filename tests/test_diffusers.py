@@ -42,6 +42,25 @@ def test_diffusers_names_are_read_as_the_checkpoints(name, checkpoint):
     assert decoder_key(name) == checkpoint
 
 
+@pytest.mark.parametrize("extra,says", [
+    ({"decoder.mid_block.resnets.0.conv_shortcut.weight": np.zeros(3, np.float32)},
+     r"^unexpected weight 'decoder\.middle\.0\.shortcut\.weight' \(not a Wan 2\.1 decoder key for dim=8, z_dim=4\) "
+     r"\(given as 'decoder\.mid_block\.resnets\.0\.conv_shortcut\.weight'\)$"),
+    ({"decoder.conv_out.bias": np.zeros(4, np.float32)},
+     r"^weight 'decoder\.head\.2\.bias' has shape \(4\); expected \(3\) \(given as 'decoder\.conv_out\.bias'\)$"),
+    ({"model.decoder.head.2.bias": np.zeros(3, np.int64)},
+     r"^weight 'decoder\.head\.2\.bias': unsupported dtype int64; .* \(given as 'model\.decoder\.head\.2\.bias'\)$"),
+])
+def test_a_weights_error_names_it_as_given_too(extra, says):
+    """A weight the core names by its checkpoint name, given under another (diffusers', 'model.'): both named."""
+    from helpers import random_weights
+    weights = random_weights(8, 4)
+    for key in extra:
+        weights.pop(decoder_key(key), None)
+    with pytest.raises(wv.WanVAEError, match=says):
+        wv.Decoder(dict(weights, **extra))
+
+
 def _diffusers():
     return pytest.importorskip("diffusers", reason="diffusers is not installed")
 
@@ -108,27 +127,76 @@ def test_a_diffusers_model_folder_loads_from_its_weights_file(tmp_path):
         load_weights(str(tmp_path / "empty"))
 
 
+def _diffusers_decode(vae, z, **kw):
+    """diffusers' own decode, whether or not `vae` is patched."""
+    return type(vae).decode(vae, z, **kw)
+
+
 def test_native_wan_vae_makes_a_diffusers_vaes_decode_native():
-    """wanvideo_vae.native_wan_vae(AutoencoderKLWan): its decode(z, return_dict) native, returning what
-    diffusers' returns (a DecoderOutput, or a 1-tuple), a batch of videos [B, 3, F, H, W]; everything else,
-    encode included, the VAE's own; the VAE given is not modified."""
+    """wanvideo_vae.native_wan_vae(AutoencoderKLWan): its decode(z, return_dict) native (patched in place, so it
+    stays the module diffusers' pipelines move, offload and save), returning what diffusers' returns (a
+    DecoderOutput, or a 1-tuple), a batch of videos [B, 3, F, H, W]; everything else, encode included, as it was."""
     torch = pytest.importorskip("torch")
     from diffusers.models.autoencoders.vae import DecoderOutput
+    from wanvideo_vae import comfy_nodes
     vae = _small_vae(1)
-    native = wv.native_wan_vae(vae)
     z = torch.randn(2, 16, 2, 5, 7)
-    ours, theirs = native.decode(z), vae.decode(z)
+    theirs = vae.decode(z)
+    native = wv.native_wan_vae(vae)
+    assert native is vae and wv.native_wan_vae(vae) is vae and "decode" in vars(vae)
+    ours = vae.decode(z)
+    assert vae in comfy_nodes._decoders._cache  # the native decoder ran
     assert isinstance(ours, DecoderOutput) and ours.sample.shape == theirs.sample.shape == (2, 3, 5, 40, 56)
-    assert ours.sample.dtype == torch.float32 and ours.sample.device == z.device
+    assert ours.sample.dtype == torch.float32 and ours.sample.device == z.device and ours.sample.is_contiguous()
     assert (ours.sample - theirs.sample).abs().max() <= TOL
-    (plain,) = native.decode(z, return_dict=False)
+    (plain,) = vae.decode(z, return_dict=False)
     assert torch.equal(plain, ours.sample)
-    assert "decode" not in vars(vae) and wv.native_wan_vae(native) is native
-    assert native.config.z_dim == 16 and native.dtype == torch.float32
     video = torch.rand(1, 3, 5, 40, 56) * 2 - 1
-    assert torch.equal(native.encode(video).latent_dist.mode(), vae.encode(video).latent_dist.mode())
-    with pytest.raises(ValueError, match=r"takes latents \[B, C, T, h, w\], got shape \[16, 2, 5, 7\]"):
-        native.decode(z[0])
+    assert torch.equal(vae.encode(video).latent_dist.mode(), _small_vae(1).encode(video).latent_dist.mode())
+    for bad in (z[0], z[:0], z[:, :8]):
+        with pytest.raises(ValueError, match=r"takes latents \[B, 16, T, h, w\] \(B >= 1\), got shape \[" +
+                                             ", ".join(map(str, bad.shape)) + r"\]"):
+            vae.decode(bad)
+    del vae.decode  # diffusers' own again
+    assert torch.equal(vae.decode(z).sample, theirs.sample)
+
+
+def test_a_compiled_diffusers_vae_is_patched_too():
+    """torch.compile's module around the VAE (its weights named '_orig_mod.' on): recognised and patched."""
+    torch = pytest.importorskip("torch")
+    vae = _small_vae(4)
+    compiled = torch.compile(vae)
+    z = torch.randn(1, 16, 1, 3, 4)
+    assert wv.native_wan_vae(compiled) is compiled and wv.native_wan_vae(compiled) is compiled
+    assert (compiled.decode(z).sample - _diffusers_decode(vae, z).sample).abs().max() <= TOL
+
+
+def test_the_offload_hook_runs_before_the_native_decode():
+    """enable_model_cpu_offload: the VAE's hook moves the model before it (the transformer) off the GPU when the
+    VAE decodes; ours runs it as diffusers' decode does, and the patched VAE is offloaded and hooked again after
+    every call like the other models. accelerate's hooks on the CPU stand in for the GPU's."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("accelerate", reason="the offload hooks are accelerate's")
+    from accelerate.hooks import CpuOffload
+    pipe, call = _tiny_pipeline()
+    pipe.vae = wv.native_wan_vae(pipe.vae)
+    pipe.enable_model_cpu_offload(device="cpu")
+    ran = []
+    original = CpuOffload.pre_forward
+
+    def pre_forward(hook, module, *args, **kwargs):
+        ran.append(type(module).__name__)
+        return original(hook, module, *args, **kwargs)
+
+    CpuOffload.pre_forward = pre_forward
+    try:
+        for _ in range(2):
+            ran.clear()
+            pipe(generator=torch.Generator().manual_seed(1), **call)
+            assert ran[-1] == "AutoencoderKLWan"  # the decode's, after the transformer's
+            assert len(pipe._all_hooks) == 2  # the transformer's and the VAE's, hooked again after each call
+    finally:
+        CpuOffload.pre_forward = original
 
 
 def test_a_diffusers_vae_whose_weights_are_kept_elsewhere_is_refused_by_name():
@@ -176,9 +244,9 @@ def test_the_wan22_vae_of_diffusers_is_refused():
         wv.Decoder(vae.state_dict())
 
 
-def test_a_diffusers_wan_pipeline_decodes_natively():
-    """diffusers' WanPipeline (a tiny transformer of its own, random) with `pipe.vae = native_wan_vae(pipe.vae)`:
-    the same frames as with its own VAE."""
+def _tiny_pipeline():
+    """diffusers' WanPipeline with a tiny random transformer and the small VAE, and a call's arguments
+    (embeddings in place of the text encoder)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers", reason="diffusers' Wan pipelines need transformers")
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
@@ -190,10 +258,23 @@ def test_a_diffusers_wan_pipeline_decodes_natively():
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
     pipe.set_progress_bar_config(disable=True)
     embeds = torch.randn(1, 8, 16)
-    call = dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, height=48, width=64, num_frames=9,
-                num_inference_steps=2, guidance_scale=1.0, output_type="np")
+    return pipe, dict(prompt_embeds=embeds, negative_prompt_embeds=embeds, height=48, width=64, num_frames=9,
+                      num_inference_steps=2, guidance_scale=1.0, output_type="np")
+
+
+def test_a_diffusers_wan_pipeline_decodes_natively(tmp_path):
+    """diffusers' WanPipeline with `pipe.vae = native_wan_vae(pipe.vae)`: the same frames as with its own VAE,
+    decoded by ours; the pipeline saves as before (the VAE is still diffusers')."""
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae import comfy_nodes
+    pipe, call = _tiny_pipeline()
     theirs = pipe(generator=torch.Generator().manual_seed(1), **call).frames
     pipe.vae = wv.native_wan_vae(pipe.vae)
     ours = pipe(generator=torch.Generator().manual_seed(1), **call).frames
+    assert pipe.vae in comfy_nodes._decoders._cache
     assert ours.shape == theirs.shape == (1, 9, 48, 64, 3)
     assert np.abs(ours - theirs).max() <= TOL
+    pipe.save_pretrained(str(tmp_path / "saved"))
+    from diffusers import AutoencoderKLWan
+    saved = AutoencoderKLWan.from_pretrained(str(tmp_path / "saved" / "vae"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), pipe.vae.state_dict().values()))

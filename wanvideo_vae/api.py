@@ -16,7 +16,7 @@ from .devices import (DEVICE_BUDGET_SHARE, CudaArray, cuda_module, device_budget
                       release_torch_cache_if_needed, resolve_device)
 from .sysmem import available_host_bytes
 from .tracebacks import keeps_nothing_on_error
-from .weights import is_wan22_layout, normalize_keys
+from .weights import given_names, is_wan22_layout, normalize_keys
 
 # Share of the available host memory a CPU decode plans to use when no max_memory is given.
 HOST_BUDGET_SHARE = 0.9
@@ -218,6 +218,15 @@ def _memory_advised(max_memory, backend):
         raise type(e)(f"{e}{advice}") from None
 
 
+def _naming_the_given(error, given):
+    """A weight's error naming the weight as the caller gave it, where its message names it otherwise (its
+    checkpoint name): `given` maps the one to the other (weights.given_names). None where it does not."""
+    m = re.search(r"'([^']*)'", str(error))
+    if m is None or m.group(1) not in given:
+        return None
+    return type(error)(f"{error} (given as '{given[m.group(1)]}')")
+
+
 class Decoder:
     """A Wan 2.1 VAE decoder with converted weights, reusable across calls.
 
@@ -259,8 +268,14 @@ class Decoder:
             raise WanVAEError(f"{which} the decoder's (the decoder's keys start with 'decoder.' or 'conv2.', perhaps "
                               "after 'model.'; diffusers' with 'decoder.' or 'post_quant_conv.')"
                               + ("" if len(weights) == 1 else f"; the first is {first!r}"))
-        host = {k: host_array(v, f"weight '{k}'") for k, v in decoder_weights.items()}
-        self._model = _C.Model(host, backend, precision, self._device)
+        try:
+            host = {k: host_array(v, f"weight '{k}'") for k, v in decoder_weights.items()}
+            self._model = _C.Model(host, backend, precision, self._device)
+        except WanVAEError as e:
+            named = _naming_the_given(e, given_names(weights))
+            if named is None:
+                raise
+            raise named from None
         try:
             self.mean, self.std = mean, std
         except BaseException:  # freed now: the caller never gets this Decoder to close

@@ -553,47 +553,64 @@ class NativeWanRepoVAE(_NativeDecode):
         return videos
 
 
-class NativeDiffusersVAE(_NativeDecode):
-    """diffusers' AutoencoderKLWan (the Wan 2.1 VAE of diffusers' Wan pipelines) whose decode(z, return_dict)
-    runs the native decoder, returning what its own returns: the videos [B, 3, F, H, W] clamped to [-1, 1], in
-    z's dtype on z's device, as a DecoderOutput (a 1-tuple where return_dict is False). The pipelines
-    un-normalize their latents before they decode, so none is done here. Its tiling and slicing settings
-    change nothing: the tiles follow the free memory, and are exact."""
-
-    def decode(self, z, return_dict=True):
-        torch = _torch()
-        if getattr(z, "ndim", None) != 5:
-            raise ValueError(f"AutoencoderKLWan.decode takes latents [B, C, T, h, w], got shape "
-                             f"{list(getattr(z, 'shape', ()))}")
-        vae = self._wrapped
-        z_dim = int(z.shape[1])
-        identity = np.zeros(z_dim, np.float32), np.ones(z_dim, np.float32)
-        videos = [_decode_module(vae, vae, *identity, vae.dtype, latents, False, False, TILE, TILE, False, False)
-                  for latents in z]
-        sample = torch.from_numpy(np.clip(np.stack(videos), -1.0, 1.0)).permute(0, 4, 1, 2, 3)
-        sample = sample.to(device=z.device, dtype=z.dtype)
-        if not return_dict:
-            return (sample,)
-        from diffusers.models.autoencoders.vae import DecoderOutput
-        return DecoderOutput(sample=sample)
+def _native_diffusers_decode(self, z, return_dict=True):
+    """The decode native_wan_vae gives diffusers' AutoencoderKLWan `self`: what diffusers' own returns, the videos
+    [B, 3, F, H, W] clamped to [-1, 1], in z's dtype on z's device, as a DecoderOutput (a 1-tuple where
+    return_dict is False). Its offload hook runs first, as diffusers' decode runs it (the model before the VAE
+    leaves the GPU). The pipelines un-normalize their latents before they decode, so none is done here; the VAE's
+    tiling and slicing settings change nothing (the tiles follow the free memory, and are exact)."""
+    torch = _torch()
+    z_dim = int(self.config.z_dim)
+    if getattr(z, "ndim", None) != 5 or z.shape[0] < 1 or z.shape[1] != z_dim:
+        raise ValueError(f"AutoencoderKLWan.decode takes latents [B, {z_dim}, T, h, w] (B >= 1), got shape "
+                         f"{list(getattr(z, 'shape', ()))}")
+    hook = getattr(self, "_hf_hook", None)
+    if hasattr(hook, "pre_forward"):
+        hook.pre_forward(self)
+    identity = np.zeros(z_dim, np.float32), np.ones(z_dim, np.float32)
+    sample = None
+    for i, latents in enumerate(z):
+        raw = _decode_module(self, self, *identity, self.dtype, latents, False, False, TILE, TILE, False, False)
+        video = torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2)
+        if sample is None:
+            sample = torch.empty((len(z),) + tuple(video.shape), dtype=torch.float32)
+        sample[i] = video
+    sample = sample.to(device=z.device, dtype=z.dtype)
+    if not return_dict:
+        return (sample,)
+    from diffusers.models.autoencoders.vae import DecoderOutput
+    return DecoderOutput(sample=sample)
 
 
 def _is_diffusers_wan_vae(vae):
-    return any(cls.__name__ == "AutoencoderKLWan" for cls in type(vae).__mro__)
+    """Whether `vae` is diffusers' AutoencoderKLWan (or torch.compile's module around one)."""
+    return any(cls.__name__ == "AutoencoderKLWan" for cls in type(getattr(vae, "_orig_mod", vae)).__mro__)
+
+
+def _patch_diffusers_vae(vae):
+    """diffusers' AutoencoderKLWan `vae` with its decode native: in place (an attribute of the object over its
+    class's method), so that it stays the torch module diffusers' pipelines move, offload and save."""
+    if getattr(getattr(vae, "decode", None), "__func__", None) is _native_diffusers_decode:
+        return vae
+    # refused now, not after sampling: the Wan 2.2 VAE's layout, weights without values (sequential offload)
+    _check_wan21_layout(normalize_keys(vae.state_dict()), "AutoencoderKLWan", "the native decoder",
+                        "keep its own decode")
+    _decoder_weights(vae)
+    vae.decode = types.MethodType(_native_diffusers_decode, vae)
+    return vae
 
 
 def native_wan_vae(vae):
-    """The Wan 2.1 repository's VAE object (wan.modules.vae.WanVAE) with its decode(zs) running the
-    native decoder (NativeWanRepoVAE), or diffusers' AutoencoderKLWan with its decode(z, return_dict)
-    running it (NativeDiffusersVAE); `vae` itself is not modified. For a pipeline that holds one:
-    `pipeline.vae = native_wan_vae(pipeline.vae)`. A WanVideoWrapper WANVAE goes through
+    """The Wan 2.1 repository's VAE object (wan.modules.vae.WanVAE) with its decode(zs) running the native
+    decoder: a NativeWanRepoVAE around it, `vae` itself not modified. diffusers' AutoencoderKLWan is patched in
+    place instead (its decode(z, return_dict) alone; `del vae.decode` restores diffusers' own), so that it
+    stays the torch module its pipeline moves, offloads and saves. Either way, for a pipeline that holds
+    one: `pipeline.vae = native_wan_vae(pipeline.vae)`. A WanVideoWrapper WANVAE goes through
     WanVideoNativeVAEPatch instead (its decode takes other arguments)."""
-    if isinstance(vae, (NativeWanRepoVAE, NativeDiffusersVAE)):
+    if isinstance(vae, NativeWanRepoVAE):
         return vae
-    if _is_diffusers_wan_vae(vae):  # refused now, not at the first decode: the Wan 2.2 VAE's layout
-        _check_wan21_layout(normalize_keys(vae.state_dict()), "AutoencoderKLWan", "the native decoder",
-                            "keep its own decode")
-        return NativeDiffusersVAE(vae)
+    if _is_diffusers_wan_vae(vae):
+        return _patch_diffusers_vae(vae)
     # refused now, not at the first decode: another VAE the Wan repositories hold (Wan 2.2's Wan2_2_VAE, whose
     # attributes are as this one's), or one without mean/std or scale
     _check_wan21_vae(vae, "VAE", "keep its own decode")

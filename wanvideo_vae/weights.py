@@ -83,6 +83,12 @@ def normalize_keys(state):
     return out
 
 
+def given_names(state):
+    """{decoder name: the name `state` gives it} for each decoder weight `state` names otherwise (diffusers'
+    names, a 'model.' prefix): an error naming a weight names it as given too."""
+    return {k: key for key in state if (k := decoder_key(key)) is not None and k != key}
+
+
 def bf16_to_float32(a):
     """Raw bfloat16 items (NumPy "V2" or uint16/int16, or a torch bfloat16 tensor) to float32, exactly."""
     a = host_array(a, "bf16_to_float32") if _is_torch_tensor(a) else np.asarray(a)  # torch bf16 -> "V2"
