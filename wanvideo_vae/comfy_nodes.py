@@ -593,9 +593,7 @@ def _patch_diffusers_vae(vae):
     if getattr(getattr(vae, "decode", None), "__func__", None) is _native_diffusers_decode:
         return vae
     # refused now, not after sampling: the Wan 2.2 VAE's layout, weights without values (sequential offload)
-    _check_wan21_layout(normalize_keys(vae.state_dict()), "AutoencoderKLWan", "the native decoder",
-                        "keep its own decode")
-    _decoder_weights(vae)
+    _check_wan21_layout(_decoder_weights(vae), "AutoencoderKLWan", "the native decoder", "keep its own decode")
     vae.decode = types.MethodType(_native_diffusers_decode, vae)
     return vae
 
