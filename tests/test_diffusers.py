@@ -161,6 +161,8 @@ def test_native_wan_vae_makes_a_diffusers_vaes_decode_native():
     assert torch.equal(vae.decode(z).sample, theirs.sample)
 
 
+# torch.compile imports torch's inductor, whose own module warns of torch.jit.script_method on import
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_a_compiled_diffusers_vae_is_patched_too():
     """torch.compile's module around the VAE (its weights named '_orig_mod.' on): recognised and patched."""
     torch = pytest.importorskip("torch")
