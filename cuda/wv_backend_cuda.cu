@@ -1340,11 +1340,14 @@ static void drain(cuda_ctx *c, staging *s)
     s->queued = 0;
 }
 
-/* The caller's device and context back in the thread while the progress callback runs (it may use
- * them: a PyTorch progress bar, a preview), until end_step sets ours again. */
+/* The step's work launched (what step graphs deferred: the GPU runs it while the callback does),
+ * then the caller's device and context back in the thread while the progress callback runs (it may
+ * use them: a PyTorch progress bar, a preview), until end_step sets ours again. Its output's copy
+ * waits for end_step: into pageable stagings that copy would hold the host until the step is done. */
 static void cuda_release_thread(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    flush_pending(c);
     leave_device(c->caller, c->device);
 }
 

@@ -328,6 +328,34 @@ static void fused_call_short_of_workspace_keeps_step_graphs(const weight_set *ws
     wv_model_free(&m);
 }
 
+/* With step graphs, a step's work is launched before its progress callback runs, so the GPU works
+ * while the caller's code (a progress bar, a preview) does: by the last callback the decode's whole
+ * work has been issued, as without graphs. */
+static stub_calls g_at_callback;
+
+static int note_issued_work(void *user, int64_t done, int64_t total)
+{
+    (void)user, (void)done, (void)total;
+    g_at_callback = stub_counts();
+    return 0;
+}
+
+static long device_work(stub_calls k) { return k.kernels + k.convolutions + k.gemms + k.graph_launches; }
+
+static void steps_launched_before_their_callbacks(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    long launches = stub_counts().graph_launches;
+    build_with_graphs(&m, ws);
+    g_progress = note_issued_work;
+    CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+    g_progress = NULL;
+    CHECK(stub_counts().graph_launches > launches);
+    CHECK(device_work(stub_counts()) == device_work(g_at_callback));
+    wv_model_free(&m);
+}
+
 /* A shape cuDNN refuses (its heuristics declining it) runs on the direct kernel; a cuDNN that fails
  * every shape alike (a sub-library it cannot load or lacks) fails the decode, naming the status,
  * instead of running every convolution on the direct kernel; a later decode, cuDNN mended, works;
@@ -803,6 +831,7 @@ int main(void)
     declined_convolutions_not_retried(&ws);
     misaligned_buffers_mark_no_shape(&ws);
     fused_call_short_of_workspace_keeps_step_graphs(&ws);
+    steps_launched_before_their_callbacks(&ws);
     cudnn_refusals_and_broken_installations(&ws);
     step_waits_do_not_spin(&ws);
     runtime_faults_fail_cleanly(&ws);
