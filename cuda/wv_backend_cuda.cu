@@ -205,13 +205,18 @@ static int context_lost(cudaError_t e)
            e == cudaErrorECCUncorrectable;
 }
 
+/* What an error's message ends with: after a lost context, that only a restart helps. */
+static const char *restart_hint(cudaError_t e)
+{
+    return context_lost(e) ? " (this process can no longer use the GPU: restart it)" : "";
+}
+
 static int cuda_ok(cuda_ctx *c, cudaError_t e, const char *what)
 {
     if (e == cudaSuccess) return 1;
     if (!failed(c))
         wv_fail(&c->err, e == cudaErrorMemoryAllocation ? WV_ERR_NOMEM_DEVICE : WV_ERR_BACKEND,
-                "CUDA error in %s: %s%s", what, cudaGetErrorString(e),
-                context_lost(e) ? " (this process can no longer use the GPU: restart it)" : "");
+                "CUDA error in %s: %s%s", what, cudaGetErrorString(e), restart_hint(e));
     cudaGetLastError(); /* a recoverable error must not resurface in the next call's first check */
     return 0;
 }
@@ -784,7 +789,8 @@ static wv_status check_kernel_image(int device, const cudaDeviceProp *prop, wv_e
     if (e == cudaSuccess) return WV_OK;
     cudaGetLastError(); /* not left for a later launch's check to pick up */
     if (e != cudaErrorNoKernelImageForDevice && e != cudaErrorInvalidDeviceFunction)
-        return wv_fail(err, WV_ERR_BACKEND, "cannot use CUDA device %d: %s", device, cudaGetErrorString(e));
+        return wv_fail(err, WV_ERR_BACKEND, "cannot use CUDA device %d: %s%s", device, cudaGetErrorString(e),
+                       restart_hint(e));
     format_archs(WV_BUILT_ARCHS, built, sizeof built);
     return wv_fail(err, WV_ERR_INVALID,
                    "this build of the CUDA backend has no code for %s (compute capability %d.%d; it was built for "
@@ -971,7 +977,8 @@ static wv_status cuda_alloc(void *ctx, size_t bytes, void **out, wv_error *err)
                        wv_bytes_text(size, sizeof size, bytes), c->device,
                        wv_size_text(free_text, sizeof free_text, free_b),
                        wv_size_text(total_text, sizeof total_text, total_b));
-    if (e != cudaSuccess) return wv_fail(err, WV_ERR_BACKEND, "cudaMalloc: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess)
+        return wv_fail(err, WV_ERR_BACKEND, "CUDA error in cudaMalloc: %s%s", cudaGetErrorString(e), restart_hint(e));
     return WV_OK;
 }
 
@@ -1014,7 +1021,9 @@ static wv_status pin_or_pageable(cuda_ctx *c, size_t bytes, const char *what, vo
     }
     leave_device(ds, c->device);
     if (e == cudaSuccess) return WV_OK;
-    if (!pinning_refused(e)) return wv_fail(err, WV_ERR_BACKEND, "cudaHostAlloc (%s): %s", what, cudaGetErrorString(e));
+    if (!pinning_refused(e))
+        return wv_fail(err, WV_ERR_BACKEND, "CUDA error in cudaHostAlloc (%s): %s%s", what, cudaGetErrorString(e),
+                       restart_hint(e));
     wv_bytes_text(size, sizeof size, bytes);
     if (!(*out = malloc(bytes ? bytes : 1)))
         return wv_fail(err, WV_ERR_NOMEM, "out of host memory allocating %s for %s", size, what);

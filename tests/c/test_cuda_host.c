@@ -436,16 +436,27 @@ static size_t held_now(void)
 
 /* A decode of r with the fault armed (it must strike): it fails as a backend error whose message
  * names the call and, for a fault that leaves the GPU unusable, says to restart; what it held is given
- * back; and a decode after it works. */
-static void decode_through_fault(const wv_model *m, const run *r, int (*disarm)(void), int lost, size_t held)
+ * back; while the GPU stays unusable, a decode fails at its first allocation and a model's build
+ * fails, each saying to restart too; and a decode once it is usable again (a new process) works. */
+static void decode_through_fault(const wv_model *m, const weight_set *ws, const run *r, int (*disarm)(void), int lost,
+                                 size_t held)
 {
     wv_error err = {WV_OK, ""};
     wv_status s = decode(m, r, &err);
     if (s != WV_ERR_BACKEND) fprintf(stderr, "a decode through a fault returned %d: %s\n", (int)s, err.msg);
-    CHECK(disarm() == 0);
     CHECK(s == WV_ERR_BACKEND && strstr(err.msg, "CUDA error in ") && strstr(err.msg, "CUDA stub error"));
     CHECK(!strstr(err.msg, "restart it") == !lost);
     CHECK(held_now() == held);
+    if (lost) {
+        wv_model other;
+        err.code = WV_OK;
+        CHECK(decode(m, r, &err) == WV_ERR_BACKEND && strstr(err.msg, "CUDA error in cuda") &&
+              strstr(err.msg, "restart it"));
+        CHECK(held_now() == held);
+        CHECK(build_bf16(&other, ws, &err) == WV_ERR_BACKEND && strstr(err.msg, "restart it"));
+        CHECK(held_now() == held);
+    }
+    CHECK(disarm() == 0);
     CHECK(decode(m, r, &err) == WV_OK);
 }
 
@@ -475,9 +486,9 @@ static void runtime_faults_fail_cleanly(const weight_set *ws)
     for (long k = 0; k < 4; k++) {
         int nth = (int)(k ? launches * k / 3 : 1);
         stub_fail_nth_launch(nth, cudaErrorLaunchOutOfResources, 0);
-        decode_through_fault(&m, r, disarm_launch, 0, held);
+        decode_through_fault(&m, ws, r, disarm_launch, 0, held);
         stub_fault_nth_kernel(nth, cudaErrorIllegalAddress);
-        decode_through_fault(&m, r, disarm_kernel, 1, held);
+        decode_through_fault(&m, ws, r, disarm_kernel, 1, held);
     }
     wv_model_free(&m);
 }

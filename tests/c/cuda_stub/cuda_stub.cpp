@@ -284,7 +284,8 @@ struct fault {
 };
 static fault g_launch_fault, g_kernel_fault, g_capture_fault, g_create_fault;
 static bool g_launch_fault_captured_only;
-static cudaError_t g_lost; /* the context is lost (stub_fault_nth_kernel): every wait returns this */
+/* the context is lost (stub_fault_nth_kernel): every wait, allocation and kernel query returns this */
+static cudaError_t g_lost;
 
 static int arm(fault &f, int n, int error)
 {
@@ -700,6 +701,7 @@ cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, const void *func)
 {
     need_context();
     memset(attr, 0, sizeof *attr);
+    if (g_lost != cudaSuccess) return g_last_error = g_lost;
     if (!func) return g_last_error = cudaErrorInvalidDeviceFunction;
     if (g_kernel_image < 0) return g_last_error = cudaErrorMemoryAllocation;
     return g_kernel_image ? cudaSuccess : (g_last_error = cudaErrorNoKernelImageForDevice);
@@ -712,6 +714,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
     need_context();
     no_capture("cudaMalloc");
     device_time t;
+    if (g_lost != cudaSuccess) return g_lost;
     cudaError_t e = take_block(p, bytes, KIND_DEVICE);
     if (e == cudaSuccess) g_blocks[g_n_blocks - 1].device = t_device;
     return e;
@@ -729,6 +732,7 @@ cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned int flags)
 {
     need_context();
     (void)flags;
+    if (g_lost != cudaSuccess) return g_lost;
     if (g_host_alloc_countdown < 0 || (g_host_alloc_countdown > 0 && --g_host_alloc_countdown == 0))
         return cudaErrorMemoryAllocation;
     return take_block(p, bytes, KIND_PINNED);
