@@ -83,8 +83,8 @@ void stub_cudnn_heuristics_status(int status);
  * out of resources. stub_fault_nth_kernel: the n-th kernel launch (any) faults as it runs, as on an
  * illegal address: the launch works, and from then on every host wait for the device
  * (cudaStreamSynchronize, cudaEventSynchronize), every allocation (cudaMalloc, cudaHostAlloc) and
- * kernel query (cudaFuncGetAttributes) returns error, the context being lost (on a GPU every later call would fail; here only those do),
- * until it is disarmed (as a new process would be).
+ * the kernel query (cudaFuncGetAttributes) return error, the context being lost (on a GPU every
+ * later call would fail; here only those do), until it is disarmed (as a new process would be).
  * stub_fail_nth_capture: the n-th cudaStreamEndCapture returns cudaErrorStreamCaptureInvalidated and
  * no graph, the captured work dropped, as when a call the capture cannot hold invalidates it.
  * stub_fail_nth_create: the n-th create of a stream, an event, a cuDNN handle or descriptor or a
