@@ -433,7 +433,7 @@ def cuda_config():
     log(f"CUDA backend: nvcc {nvcc}, cuDNN {cudnn_lib}, cuBLAS {cublas_lib}, archs {archs}")
     return {"nvcc": nvcc, "toolkit": toolkit, "lib64": lib64, "cudart": cudart, "cudnn_inc": cudnn_inc,
             "cudnn_lib": cudnn_lib, "cublas_inc": cublas_inc, "cublas_lib": cublas_lib, "archs": archs,
-            "required": mode == "1"}
+            "cuda_version": cuda_version, "required": mode == "1"}
 
 
 def cuda_archs(text):
@@ -698,12 +698,14 @@ class BuildExt(build_ext):
             gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         newest = cfg["archs"][-1]
         gencode += ["-gencode", f"arch=compute_{newest},code=compute_{newest}"]
+        # the targets compiled side by side, up to a thread a core (nvcc 11.2 on)
+        threads = ["--threads", "0"] if (cfg["cuda_version"] or (0, 0)) >= (11, 2) else []
         # /MD: the C runtime setuptools links the C objects with (cl's default, /MT, would be a second)
         host = ["-Xcompiler", "/MD,/O2,/EHsc"] if WINDOWS else ["-Xcompiler", "-fPIC,-fvisibility=hidden,-Wall"]
         cmd = [cfg["nvcc"], "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc", "-Icuda"]
         cmd += ["-I" + folder for folder in cuda_include_order(cfg)]
         env, ccbin = self.msvc_for_nvcc()
-        self.run_nvcc(cmd + ccbin + host + gencode, env)
+        self.run_nvcc(cmd + ccbin + host + gencode + threads, env)
         return obj
 
     @staticmethod

@@ -620,6 +620,24 @@ def test_nvcc_refusing_the_host_compiler_is_run_again_with_the_flag_it_offers(se
     assert runs == [["nvcc", "-c", "a.cu"]]
 
 
+@pytest.mark.parametrize("version,threads", [((13, 0), ["--threads", "0"]), ((11, 2), ["--threads", "0"]),
+                                             ((11, 1), []), (None, [])])
+def test_nvcc_compiles_the_targets_side_by_side_where_it_can(setup_module, tmp_path, monkeypatch, version, threads):
+    """Each arch's SASS and the PTX compile in threads of their own (nvcc's --threads, from CUDA 11.2; 0:
+    up to the cores); an older or unknown toolkit gets the plain command, which it knows."""
+    from setuptools import Distribution
+    runs = []
+    monkeypatch.setattr(setup_module.BuildExt, "run_nvcc", staticmethod(lambda cmd, env: runs.append(cmd)))
+    build = setup_module.BuildExt(Distribution())
+    build.build_temp = str(tmp_path)
+    cfg = {"nvcc": "nvcc", "toolkit": str(tmp_path), "cudnn_inc": str(tmp_path), "cublas_inc": str(tmp_path),
+           "archs": ["80", "90"], "cuda_version": version}
+    build.nvcc_compile(cfg, "cuda/wv_backend_cuda.cu")
+    (cmd,) = runs
+    targets = ["arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_90,code=compute_90"]
+    assert cmd[cmd.index("-gencode"):] == [word for t in targets for word in ("-gencode", t)] + threads
+
+
 class StandInMSVC:
     """What BuildExt uses of setuptools' MSVC compiler object. As setuptools' (77 to 84 at least), its
     initialize() puts Visual Studio's and the SDK's folders on the class; the instance's are the build's."""
@@ -675,6 +693,7 @@ def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup
         assert cmd[0] == str(toolkit / "bin" / "nvcc.exe")
         assert cmd[cmd.index("-ccbin") + 1] == os.path.dirname(msvc.cc)
         assert cmd[cmd.index("-Xcompiler") + 1] == "/MD,/O2,/EHsc"
+        assert cmd[cmd.index("--threads") + 1] == "0"  # the targets side by side (CUDA 13.0 here)
         assert env["PATH"] == msvc._paths
         assert env["INCLUDE"].split(os.pathsep) == StandInMSVC.include_dirs + msvc.include_dirs  # cl finds stdio.h
         assert env["LIB"].split(os.pathsep) == StandInMSVC.library_dirs + msvc.library_dirs

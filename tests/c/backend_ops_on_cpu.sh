@@ -17,9 +17,12 @@ CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 san="-fsanitize=undefined -fno-sanitize-recover=all"
-LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1 $san)
-# WV_CUDA_STUB: the program fails on what the stand-in reports (races, accesses, misuses), not only prints it
+# WV_CUDA_STUB: the program fails on what the stand-in reports (races, accesses, misuses), not only prints it.
+# It compiles beside what it links.
 "$NVCC" -O1 -std=c++17 $inc -DWV_CUDA_STUB -Itests/c/cuda_stub -cudart none -gencode "arch=compute_$ARCH,code=sm_$ARCH" \
-    -c tests/c/test_backend_ops.cu -o "$OUTDIR/test_backend_ops.o"
+    -c tests/c/test_backend_ops.cu -o "$OUTDIR/test_backend_ops.o" &
+test_object=$!
+LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1 $san)
+wait "$test_object"
 g++ $san "$OUTDIR/test_backend_ops.o" $LINK -o "$OUTDIR/test_backend_ops"
 WANVIDEO_STUB_COMPUTE=1 "$OUTDIR/test_backend_ops"

@@ -16,11 +16,27 @@ LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
 g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
-# by default the equal-width convs of this small decoder all run by taps (2-frame caches); then every
-# causal conv on a 3-frame ring, its taps turned in the weight scratch
-ASAN_OPTIONS=detect_leaks=1 "$OUTDIR/test_cuda_host"
-ASAN_OPTIONS=detect_leaks=1 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 "$OUTDIR/test_cuda_host"
-# and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
-# of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
-# 96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings)
-ASAN_OPTIONS=detect_leaks=1 WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 "$OUTDIR/test_cuda_host"
+# Three runs, each a process on one core, its output and errors kept apart and passed on in this
+# order at the end:
+# - by default the equal-width convs of this small decoder all run by taps (2-frame caches);
+# - then every causal conv on a 3-frame ring, its taps turned in the weight scratch;
+# - and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
+#   of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
+#   96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings).
+# The last takes longer than the other two together, so it runs beside them.
+run_test() { # name, then the run's settings (NAME=value)
+    local name=$1
+    shift
+    env ASAN_OPTIONS=detect_leaks=1 "$@" "$OUTDIR/test_cuda_host" > "$OUTDIR/$name.out" 2> "$OUTDIR/$name.err"
+}
+run_test computing WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 &
+computing=$!
+failed=0
+run_test by_taps || failed=1
+run_test on_rings WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 || failed=1
+wait "$computing" || failed=1
+for name in by_taps on_rings computing; do
+    cat "$OUTDIR/$name.out"
+    cat "$OUTDIR/$name.err" >&2
+done
+exit "$failed"
