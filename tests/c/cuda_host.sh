@@ -23,7 +23,7 @@ g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
 # - and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
 #   of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
 #   96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings).
-# The last takes longer than the other two together, so it runs beside them.
+# The last takes about as long as the other two together, so it runs beside them.
 run_test() { # name, then the run's settings (NAME=value)
     local name=$1
     shift
