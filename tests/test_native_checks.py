@@ -5,6 +5,7 @@ Python tests a Windows CPython runs under Wine; a small decode from
 Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -361,7 +362,9 @@ print("numpy", np.__version__, "ok, wanvideo_vae from", os.path.dirname(wv.__fil
 def test_the_c_sources_compile_under_clang_without_a_warning():
     """macOS builds with clang, whose warnings differ from gcc's: the core, the two CPython modules and the
     core's C test compile under clang with the build's warnings as errors (its -Wmissing-field-initializers
-    once caught a table's rows written with five fields of six). Python's and NumPy's headers are theirs."""
+    once caught a table's rows written with five fields of six). Python's and NumPy's headers are theirs.
+    Pedantic C11 without variable length arrays too: MSVC's C compiler (`/std:c11`, not run here) has no
+    VLAs and no GNU extensions, which gcc and MinGW-w64 take without a word."""
     need("clang")
     import numpy
     import scipy_openblas32
@@ -369,7 +372,35 @@ def test_the_c_sources_compile_under_clang_without_a_warning():
                 "-isystem", scipy_openblas32.get_include_dir(), "-Icsrc", "-Icuda"]
     sources = sorted(os.path.relpath(f, REPO) for f in glob.glob(os.path.join(REPO, "csrc", "*.c")))
     for src in sources + ["cuda/module_cuda.c", "tests/c/test_core.c"]:
-        assert_compiles_cleanly("clang", src, "-DWV_BLAS_SCIPY_PREFIX", *includes)
+        assert_compiles_cleanly("clang", src, "-pedantic", "-Wvla", "-DWV_BLAS_SCIPY_PREFIX", *includes)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="MSVC itself compiles it there")
+def test_the_cuda_backends_host_code_is_what_msvc_compiles_too():
+    """On Windows nvcc hands the CUDA backend's host code to MSVC (`cl /std:c++17`), which refuses what
+    g++ takes as extensions: variable length arrays, designated initializers (C++20), compound literals.
+    No MSVC runs here, so the host code is compiled by g++ with -Wpedantic -Wvla, and a warning in our
+    sources fails (each line marker nvcc writes is warned of as a GNU extension: those are left out).
+    Runs wherever the CUDA build is required (CI with nvcc); no GPU needed."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # setup.py lists csrc/ when loaded
+    try:
+        spec = importlib.util.spec_from_file_location("wv_setup_pedantic", os.path.join(REPO, "setup.py"))
+        setup = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(setup)  # its setup() runs only as __main__
+        cfg = setup.cuda_config()
+    finally:
+        os.chdir(cwd)
+    assert cfg, "setup.py found no CUDA toolchain, yet WANVIDEO_REQUIRE_CUDA_BUILD=1"
+    arch = cfg["archs"][0]
+    r = run([cfg["nvcc"], "-c", "cuda/wv_backend_cuda.cu", "-o", os.devnull, "-O0", "-std=c++17", "-Icsrc", "-Icuda",
+             *("-I" + folder for folder in setup.cuda_include_order(cfg)),
+             "-gencode", f"arch=compute_{arch},code=compute_{arch}", "-Xcompiler", "-Wpedantic,-Wvla,-Wall"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours = re.compile(r"^(cuda|csrc)/[^:]+:\d+:\d+: (warning|error): (?!style of line directive)", re.M)
+    assert not ours.findall(r.stderr), "\n".join(line for line in r.stderr.splitlines() if ours.match(line))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="venv layout")
