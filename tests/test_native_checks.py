@@ -376,7 +376,7 @@ def test_the_c_sources_compile_under_clang_without_a_warning():
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="MSVC itself compiles it there")
-def test_the_cuda_backends_host_code_is_what_msvc_compiles_too():
+def test_the_cuda_backends_host_code_is_what_msvc_compiles_too(monkeypatch):
     """On Windows nvcc hands the CUDA backend's host code to MSVC (`cl /std:c++17`), which refuses what
     g++ takes as extensions: variable length arrays, designated initializers (C++20), compound literals.
     No MSVC runs here, so the host code is compiled by g++ with -Wpedantic -Wvla, and a warning in our
@@ -384,15 +384,11 @@ def test_the_cuda_backends_host_code_is_what_msvc_compiles_too():
     Runs wherever the CUDA build is required (CI with nvcc); no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
-    cwd = os.getcwd()
-    os.chdir(REPO)  # setup.py lists csrc/ when loaded
-    try:
-        spec = importlib.util.spec_from_file_location("wv_setup_pedantic", os.path.join(REPO, "setup.py"))
-        setup = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(setup)  # its setup() runs only as __main__
-        cfg = setup.cuda_config()
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(REPO)  # setup.py lists csrc/ when loaded
+    spec = importlib.util.spec_from_file_location("wv_setup_pedantic", os.path.join(REPO, "setup.py"))
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)  # its setup() runs only as __main__
+    cfg = setup.cuda_config()
     assert cfg, "setup.py found no CUDA toolchain, yet WANVIDEO_REQUIRE_CUDA_BUILD=1"
     arch = cfg["archs"][0]
     r = run([cfg["nvcc"], "-c", "cuda/wv_backend_cuda.cu", "-o", os.devnull, "-O0", "-std=c++17", "-Icsrc", "-Icuda",
@@ -445,25 +441,26 @@ def python_of_version(version):
     return None
 
 
-# why each: the oldest Python pyproject.toml admits (older ComfyUI installs and venvs still run 3.10), and
-# ComfyUI's portable build's (3.13), whose C API and messages differ from 3.11's
-OTHER_PYTHONS = ["3.10", "3.13"]
+# Python and NumPy: the oldest pyproject.toml admits (older ComfyUI installs and venvs still run 3.10; NumPy
+# 1.23's last release), and ComfyUI's portable build's Python (3.13, whose C API and messages differ from
+# 3.11's) with the newest NumPy
+OTHER_PYTHONS = [("3.10", "numpy==1.23.5"), ("3.13", "numpy")]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="venv layout")
-@pytest.mark.parametrize("version", OTHER_PYTHONS)
-def test_the_suite_passes_on_other_pythons(tmp_path, version):
-    """The package built with each of OTHER_PYTHONS (CPU-only) passes the test suite, but for these native
-    checks, in a venv without PyTorch (no build of it for those Pythons is at hand: the tests that need it
-    skip), and the CUDA module's CPython part compiles against its headers. Skipped where that Python is
-    not installed; .ci/run cannot bring one."""
+@pytest.mark.parametrize("version, numpy_spec", OTHER_PYTHONS, ids=[v for v, _ in OTHER_PYTHONS])
+def test_the_suite_passes_on_other_pythons(tmp_path, version, numpy_spec):
+    """The package built with each of OTHER_PYTHONS (CPU-only, against that NumPy's headers) passes the test
+    suite, but for these native checks, in a venv without PyTorch (no build of it for those Pythons is at
+    hand: the tests that need it skip), and the CUDA module's CPython part compiles against its headers.
+    Skipped where that Python is not installed; .ci/run cannot bring one."""
     py = python_of_version(version)
     if py is None:
         pytest.skip(f"no Python {version} on this machine (pyenv's or on PATH)")
     venv = tmp_path / "venv"
     subprocess.run([py, "-m", "venv", str(venv)], check=True)
     vpy = str(venv / "bin" / "python")
-    r = subprocess.run([vpy, "-m", "pip", "install", "-q", "numpy", "scipy-openblas32", "pytest", "hypothesis",
+    r = subprocess.run([vpy, "-m", "pip", "install", "-q", numpy_spec, "scipy-openblas32", "pytest", "hypothesis",
                         "imageio-ffmpeg", "setuptools>=77"], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         message = f"could not install the test requirements for Python {version}: " + r.stderr[-500:]
