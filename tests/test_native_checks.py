@@ -441,16 +441,28 @@ def python_of_version(version):
     return None
 
 
-# Python and NumPy: the oldest pyproject.toml admits (older ComfyUI installs and venvs still run 3.10; NumPy
-# 1.23's last release), and ComfyUI's portable build's Python (3.13, whose C API and messages differ from
-# 3.11's) with the newest NumPy
-OTHER_PYTHONS = [("3.10", "numpy==1.23.5"), ("3.13", "numpy")]
+# Python and the package's dependencies: the oldest pyproject.toml admits (older ComfyUI installs and venvs
+# still run 3.10; NumPy 1.23's last release), and ComfyUI's portable build's Python (3.13, whose C API and
+# messages differ from 3.11's) with the newest
+OTHER_PYTHONS = [("3.10", ["numpy==1.23.5", "scipy-openblas32==0.3.27.0.0"]), ("3.13", ["numpy", "scipy-openblas32"])]
+
+
+def test_the_oldest_dependencies_tested_are_the_floors_pyproject_names():
+    """OTHER_PYTHONS' first run stays on what pyproject.toml admits at the least, if its floors move."""
+    text = open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8").read()
+    listed = re.search(r"^dependencies = \[(.*)\]$", text, re.M).group(1)
+    floors = dict(re.findall(r'"([\w-]+)>=([\d.]+)"', listed))
+    pinned = dict(spec.split("==") for spec in OTHER_PYTHONS[0][1])
+    assert pinned.keys() == floors.keys()
+    for name, floor in floors.items():
+        assert (pinned[name] + ".").startswith(floor + "."), (name, pinned[name], floor)
+    assert re.search(r'^requires-python = ">=([\d.]+)"$', text, re.M).group(1) == OTHER_PYTHONS[0][0]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="venv layout")
-@pytest.mark.parametrize("version, numpy_spec", OTHER_PYTHONS, ids=[v for v, _ in OTHER_PYTHONS])
-def test_the_suite_passes_on_other_pythons(tmp_path, version, numpy_spec):
-    """The package built with each of OTHER_PYTHONS (CPU-only, against that NumPy's headers) passes the test
+@pytest.mark.parametrize("version, dependencies", OTHER_PYTHONS, ids=[v for v, _ in OTHER_PYTHONS])
+def test_the_suite_passes_on_other_pythons(tmp_path, version, dependencies):
+    """The package built with each of OTHER_PYTHONS (CPU-only, against those dependencies) passes the test
     suite, but for these native checks, in a venv without PyTorch (no build of it for those Pythons is at
     hand: the tests that need it skip), and the CUDA module's CPython part compiles against its headers.
     Skipped where that Python is not installed; .ci/run cannot bring one."""
@@ -460,7 +472,7 @@ def test_the_suite_passes_on_other_pythons(tmp_path, version, numpy_spec):
     venv = tmp_path / "venv"
     subprocess.run([py, "-m", "venv", str(venv)], check=True)
     vpy = str(venv / "bin" / "python")
-    r = subprocess.run([vpy, "-m", "pip", "install", "-q", numpy_spec, "scipy-openblas32", "pytest", "hypothesis",
+    r = subprocess.run([vpy, "-m", "pip", "install", "-q", *dependencies, "pytest", "hypothesis",
                         "imageio-ffmpeg", "setuptools>=77"], capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         message = f"could not install the test requirements for Python {version}: " + r.stderr[-500:]
