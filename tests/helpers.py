@@ -32,6 +32,15 @@ def scratch_copy(tmp_path, folders=()):
     return src
 
 
+def load_setup_script(name="wanvideo_vae_setup"):
+    """setup.py as a module (its setup() runs only as __main__); it lists csrc/ when loaded, so the working
+    folder must be the repository."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "setup.py"))
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    return setup
+
+
 def load_install_script():
     """install.py as a module (importing it runs nothing)."""
     spec = importlib.util.spec_from_file_location("wanvideo_vae_install", os.path.join(REPO, "install.py"))

@@ -1,6 +1,5 @@
 """The build (setup.py) in a scratch copy of the sources: a CUDA module of an earlier build never
 outlives a build without one, and the reason the CUDA backend was left out is recorded for backends()."""
-import importlib.util
 import os
 import re
 import shutil
@@ -11,7 +10,7 @@ import types
 
 import pytest
 
-from helpers import REPO, load_install_script, scratch_copy
+from helpers import REPO, load_install_script, load_setup_script, scratch_copy
 
 SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")
 
@@ -83,10 +82,7 @@ def test_an_unknown_cuda_mode_is_refused(tmp_path):
 @pytest.fixture
 def setup_module(monkeypatch):
     monkeypatch.chdir(REPO)  # setup.py lists csrc/ when loaded
-    spec = importlib.util.spec_from_file_location("wv_setup_versions", os.path.join(REPO, "setup.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # its setup() runs only as __main__
-    return module
+    return load_setup_script("wv_setup_versions")
 
 
 def fake_toolkit(root, version):

@@ -5,7 +5,6 @@ Python tests a Windows CPython runs under Wine; a small decode from
 Python under valgrind. They skip where the tool is missing, except in CI, which installs the tools
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -15,7 +14,7 @@ import sysconfig
 
 import pytest
 
-from helpers import FIXTURES, REPO, package_root, scratch_copy
+from helpers import FIXTURES, REPO, load_setup_script, package_root, scratch_copy
 
 REQUIRED = os.environ.get("WANVIDEO_REQUIRE_NATIVE_CHECKS") == "1"
 
@@ -385,9 +384,7 @@ def test_the_cuda_backends_host_code_is_what_msvc_compiles_too(monkeypatch):
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     monkeypatch.chdir(REPO)  # setup.py lists csrc/ when loaded
-    spec = importlib.util.spec_from_file_location("wv_setup_pedantic", os.path.join(REPO, "setup.py"))
-    setup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup)  # its setup() runs only as __main__
+    setup = load_setup_script()
     cfg = setup.cuda_config()
     assert cfg, "setup.py found no CUDA toolchain, yet WANVIDEO_REQUIRE_CUDA_BUILD=1"
     arch = cfg["archs"][0]
