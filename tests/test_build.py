@@ -1,6 +1,7 @@
 """The build (setup.py) in a scratch copy of the sources: a CUDA module of an earlier build never
 outlives a build without one, and the reason the CUDA backend was left out is recorded for backends()."""
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -196,7 +197,7 @@ def test_the_core_is_rebuilt_for_another_numpy(setup_module, tmp_path, monkeypat
     assert setup_module.BuildExt.environment_stamp(build) == stamp and os.path.getmtime(stamp) == 1
     monkeypatch.setattr(setup_module.numpy, "__version__", "1.26.4")
     setup_module.BuildExt.environment_stamp(build)
-    assert os.path.getmtime(stamp) > 1 and "numpy 1.26.4 " in open(stamp, encoding="utf-8").read()
+    assert os.path.getmtime(stamp) > 1 and "numpy 1.26.4 " in pathlib.Path(stamp).read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a POSIX shell script stands in for nvcc")
@@ -679,7 +680,7 @@ def test_windows_cuda_build_makes_import_libraries_and_gives_nvcc_the_msvc_setup
     for cmd, name, dll in zip(msvc.spawned, ("cudnn", "cublas"), ("cudnn64_9.dll", "cublas64_13.dll")):
         definition = os.path.join(build.build_temp, name + ".def")
         assert cmd[3:] == ["/def:" + definition, "/out:" + os.path.join(build.build_temp, name + ".lib")]
-        lines = open(definition).read().split()
+        lines = pathlib.Path(definition).read_text(encoding="utf-8").split()
         assert lines[:3] == ["LIBRARY", dll, "EXPORTS"] and lines[3:] == setup_module.CUDA_IMPORTS[name]
     assert ext.library_dirs.count(build.build_temp) == 1 and ext.library_dirs[0] == build.build_temp
     assert ext.extra_objects == [os.path.join(build.build_temp, os.path.basename(src) + ".obj")

@@ -1,11 +1,14 @@
 """The command line: decode round trips through every latents format, outputs, bench, bad arguments."""
 import errno
+import gc
 import json
 import os
+import pathlib
 import re
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 import wanvideo_vae.atomic as atomic
 import wanvideo_vae.media as media
 from helpers import package_root, random_latents, random_weights, stand_in_cuda_backend, write_safetensors
-from wanvideo_vae import WanVAEError
+from wanvideo_vae import WanVAEError, load_weights
 from wanvideo_vae.cli import main
 
 try:  # most of the CLI needs no PyTorch: those parts run without it (tests/c/windows_python.sh, say)
@@ -38,6 +41,31 @@ def files(tmp_path_factory):
     return d
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts the process's open files in /proc")
+def test_decodes_and_their_failures_leave_no_file_open(files, tmp_path):
+    """A host runs for days: decodes from checkpoint and latents files to each output, and loads that
+    fail, keep no file descriptor (a file, a memory map's, ffmpeg's pipes) once their objects are gone."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((files / "vae.safetensors").read_bytes()[:-8])  # a truncated checkpoint
+    outs = ["v.avi", "f", "raw.npy"] + (["v.mp4"] if media.have_mp4() else [])
+
+    def day():
+        for fmt in ("npy", "safetensors") + (("pt", "pth") if torch is not None else ()):
+            for out in outs:
+                assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / f"lat.{fmt}"),
+                             "--out", str(tmp_path / out), "--quiet"]) == 0
+        assert main(["decode", "--vae", str(bad), "--latents", str(files / "lat.npy"), "--out",
+                     str(tmp_path / "x.avi"), "--quiet"]) != 0
+        with pytest.raises(WanVAEError):
+            load_weights(str(bad))
+        gc.collect()
+
+    day()  # imports and their files, once
+    before = sorted(os.listdir("/proc/self/fd"))
+    day()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_decode_round_trips_every_latents_format(files, capsys):
     outs = []
     for name in ("lat.npy", "lat.safetensors") + (("lat.pt", "lat.pth") if torch is not None else ()):
@@ -57,10 +85,10 @@ def test_decode_outputs(files):
     base = ["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / "lat.npy"), "--quiet"]
     assert main(base + ["--out", str(files / "frames"), "--contact-sheet", str(files / "sheet.png")]) == 0
     pngs = sorted(os.listdir(files / "frames"))
-    assert len(pngs) == 5 and all(open(files / "frames" / p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
-    assert open(files / "sheet.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert len(pngs) == 5 and all((files / "frames" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert (files / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(base + ["--out", str(files / "v.avi")]) == 0
-    assert open(files / "v.avi", "rb").read(4) == b"RIFF"
+    assert (files / "v.avi").read_bytes()[:4] == b"RIFF"
     raw = files / "raw.npy"
     assert main(base + ["--out", str(raw), "--normalization", "none", "--tile", "0"]) == 0
     tiled = files / "tiled.npy"
@@ -512,6 +540,33 @@ def test_a_failed_mp4_encode_is_an_error_not_a_broken_file(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
+def test_an_interrupted_mp4_encode_leaves_no_ffmpeg_pipe_or_file(tmp_path, monkeypatch):
+    """Ctrl-C (or a cancelled ComfyUI prompt) while frames are fed to ffmpeg: ffmpeg is ended and waited
+    for, its stdin pipe closed (not left to the garbage collector: a ResourceWarning, an error in this
+    suite), and nothing is left in the folder."""
+    pytest.importorskip("imageio_ffmpeg")
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, *a, **k):
+        proc = real_popen(cmd, *a, **k)
+        if "rawvideo" in cmd:  # the encode, not a probe of ffmpeg's version
+            started.append(proc)
+        return proc
+
+    def interrupted(frames):
+        yield media.to_uint8(frames[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(media.subprocess, "Popen", popen)
+    monkeypatch.setattr(media, "_uint8_frames", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        media.write_frames(np.zeros((3, 8, 8, 3), np.float32), str(tmp_path / "v.mp4"), 16)
+    (proc,) = started
+    assert proc.returncode is not None and proc.stdin.closed
+    assert os.listdir(tmp_path) == []
+
+
 def test_mp4_output(tmp_path):
     pytest.importorskip("imageio_ffmpeg")
     from wanvideo_vae.media import write_frames
@@ -652,11 +707,23 @@ def test_avi_pixels_are_bottom_up_bgr_and_timed_by_fps(tmp_path):
     assert struct.unpack_from("<I", avi_chunk(raw, b"avih"))[0] == 80000  # microseconds per frame
 
 
-def test_mp4_frame_rate_is_the_fps_given(tmp_path):
+def read_mp4(path):
+    """(metadata, frames as bytes) of a video, by imageio-ffmpeg, whose reader leaves its ffmpeg's pipes
+    to the garbage collector even when read to the end (a ResourceWarning, an error in this suite: not ours)."""
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta, frames = next(reader), list(reader)
+        del reader
+        gc.collect()
+    return meta, frames
+
+
+def test_mp4_frame_rate_is_the_fps_given(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
     media.write_frames(np.zeros((4, 16, 16, 3), np.float32), str(tmp_path / "v.mp4"), 12.5)
-    meta = next(imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4")))
-    assert meta["fps"] == 12.5
+    assert read_mp4(tmp_path / "v.mp4")[0]["fps"] == 12.5
 
 
 def test_contact_sheet_cells_hold_their_frames(tmp_path):
@@ -814,12 +881,12 @@ def test_a_file_replaced_while_windows_holds_it_is_tried_again(tmp_path, monkeyp
     monkeypatch.setattr(atomic.os, "replace", refused_twice)
     monkeypatch.setattr(atomic.time, "sleep", lambda s: None)
     monkeypatch.setattr(sys, "platform", "win32")
-    atomic.write_atomically(str(tmp_path / "out.txt"), lambda tmp: open(tmp, "w", encoding="utf-8").write("ok"))
+    atomic.write_atomically(str(tmp_path / "out.txt"), lambda tmp: pathlib.Path(tmp).write_text("ok", "utf-8"))
     assert (tmp_path / "out.txt").read_text() == "ok" and len(refusals) == 2
     refusals.clear()
     monkeypatch.setattr(sys, "platform", "linux")
     with pytest.raises(OSError, match="cannot access"):
-        atomic.write_atomically(str(tmp_path / "other.txt"), lambda tmp: open(tmp, "w", encoding="utf-8").write("x"))
+        atomic.write_atomically(str(tmp_path / "other.txt"), lambda tmp: pathlib.Path(tmp).write_text("x", "utf-8"))
     assert len(refusals) == 1 and sorted(os.listdir(tmp_path)) == ["out.txt"]
 
 
@@ -838,14 +905,13 @@ def test_paths_the_console_cannot_show_are_printed_escaped(tmp_path):
 
 
 def test_mp4_of_odd_height_keeps_its_rows_and_columns(tmp_path):
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    pytest.importorskip("imageio_ffmpeg")
     frames = np.zeros((3, 17, 32, 3), np.float32)  # 17 rows: one edge row repeated; 32 columns kept
     frames[:, :, :16, 0] = 1.0  # left half red
     media.write_frames(frames, str(tmp_path / "v.mp4"), 16)
-    reader = imageio_ffmpeg.read_frames(str(tmp_path / "v.mp4"))
-    meta = next(reader)
-    assert meta["size"] == (32, 18)  # width, height
-    for raw in reader:
+    meta, read = read_mp4(tmp_path / "v.mp4")
+    assert meta["size"] == (32, 18) and len(read) == 3  # width, height
+    for raw in read:
         img = np.frombuffer(raw, np.uint8).reshape(18, 32, 3).astype(int)
         assert (img[:, :12, 0] > 200).all() and (img[:, :12, 1:] < 60).all()  # H.264 blurs the edge between
         assert (img[:, 20:] < 60).all()

@@ -275,10 +275,10 @@ def test_backends_says_why_the_blas_is_not_described(monkeypatch):
 
 
 def test_expected_key_table_matches_reference_file():
-    import os
+    import pathlib
     from helpers import SHARED
-    rows = [line.split("\t") for line in open(os.path.join(SHARED, "reference", "wan21_decoder_keys.tsv"))
-            if line.strip() and not line.startswith("n_keys")]
+    text = pathlib.Path(SHARED, "reference", "wan21_decoder_keys.tsv").read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line.strip() and not line.startswith("n_keys")]
     table = {k: eval(s) for k, s in rows}  # shapes are Python tuples in the file
     ours = dict(wv._C.expected_keys(96, 16))
     assert ours == {k: tuple(v) for k, v in table.items()}

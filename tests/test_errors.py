@@ -7,6 +7,7 @@ import functools
 import gc
 import json
 import os
+import pathlib
 import re
 import struct
 import sys
@@ -93,7 +94,7 @@ def corrupt_safetensors(tmp, kind):
     path = os.path.join(tmp, f"{kind}.safetensors")
     good = os.path.join(tmp, "good.safetensors")
     write_safetensors(good, {"decoder.head.2.bias": np.zeros(3, np.float32)})
-    raw = open(good, "rb").read()
+    raw = pathlib.Path(good).read_bytes()
     if kind == "header_past_end":
         raw = (10 ** 9).to_bytes(8, "little") + raw[8:]
     elif kind == "header_over_limit":  # a length safetensors refuses, within the file: not read
@@ -148,8 +149,8 @@ def truncated_pth(tmp):
     torch = pytest.importorskip("torch")
     path = os.path.join(tmp, "truncated.pth")
     torch.save({"decoder.head.2.bias": torch.zeros(3)}, path)
-    raw = open(path, "rb").read()
-    open(path, "wb").write(raw[:len(raw) // 2])
+    raw = pathlib.Path(path).read_bytes()
+    pathlib.Path(path).write_bytes(raw[:len(raw) // 2])
     return path
 
 
@@ -380,7 +381,7 @@ def test_bad_input(small, tmp_path, row, call, exc, pattern):
 
 
 def test_readme_table_matches_the_cases():
-    text = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    text = pathlib.Path(REPO, "README.md").read_text(encoding="utf-8")
     table = text.split("<!-- errors -->")[1].split("<!-- /errors -->")[0]
     rows = re.findall(r"^\| (.+?) \| ", table, flags=re.M)[1:]  # after the header row
     assert rows == [c[0] for c in CASES]

@@ -6,6 +6,7 @@ Python under valgrind. They skip where the tool is missing, except in CI, which 
 and sets WANVIDEO_REQUIRE_NATIVE_CHECKS=1 so that a missing tool fails instead."""
 import glob
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -446,7 +447,7 @@ OTHER_PYTHONS = [("3.10", ["numpy==1.23.5", "scipy-openblas32==0.3.27.0.0"]), ("
 
 def test_the_oldest_dependencies_tested_are_the_floors_pyproject_names():
     """OTHER_PYTHONS' first run stays on what pyproject.toml admits at the least, if its floors move."""
-    text = open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8").read()
+    text = pathlib.Path(REPO, "pyproject.toml").read_text(encoding="utf-8")
     listed = re.search(r"^dependencies = \[(.*)\]$", text, re.M).group(1)
     floors = dict(re.findall(r'"([\w-]+)>=([\d.]+)"', listed))
     pinned = dict(spec.split("==") for spec in OTHER_PYTHONS[0][1])

@@ -259,13 +259,13 @@ def _run_ffmpeg(frames, path, fps):
                 proc.stdin.write(np.pad(img, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge"))
         except OSError as e:  # ffmpeg stopped reading: its status and message say why
             fed = e
-        except BaseException:
+        except BaseException:  # Ctrl-C, a cancelled prompt: no video
             proc.kill()
-            proc.wait()
             raise
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-        code = proc.wait()
+        finally:  # the pipe closed however this ends (not left to the garbage collector), ffmpeg waited for
+            with contextlib.suppress(OSError):  # flushing into an ffmpeg that stopped reading
+                proc.stdin.close()
+            code = proc.wait()
         if code:
             raise OSError(None, f"ffmpeg failed: {_last_line(log, path)}")
         if fed:
