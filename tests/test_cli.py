@@ -42,9 +42,10 @@ def files(tmp_path_factory):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts the process's open files in /proc")
-def test_decodes_and_their_failures_leave_no_file_open(files, tmp_path):
+def test_decodes_and_their_failures_leave_no_file_open_nor_thread_running(files, tmp_path):
     """A host runs for days: decodes from checkpoint and latents files to each output, and loads that
-    fail, keep no file descriptor (a file, a memory map's, ffmpeg's pipes) once their objects are gone."""
+    fail, keep no file descriptor (a file, a memory map's, ffmpeg's pipes) once their objects are gone,
+    and no thread (a decode's team of CPU threads, a memory sampler) runs on after them."""
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes((files / "vae.safetensors").read_bytes()[:-8])  # a truncated checkpoint
     outs = ["v.avi", "f", "raw.npy"] + (["v.mp4"] if media.have_mp4() else [])
@@ -60,10 +61,13 @@ def test_decodes_and_their_failures_leave_no_file_open(files, tmp_path):
             load_weights(str(bad))
         gc.collect()
 
-    day()  # imports and their files, once
-    before = sorted(os.listdir("/proc/self/fd"))
+    def held():
+        return sorted(os.listdir("/proc/self/fd")), len(os.listdir("/proc/self/task"))
+
+    day()  # imports and their files, and the libraries' own thread pools, once
+    before = held()
     day()
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert held() == before
 
 
 def test_decode_round_trips_every_latents_format(files, capsys):
