@@ -380,6 +380,65 @@ def test_bad_input(small, tmp_path, row, call, exc, pattern):
         call(small, str(tmp_path))
 
 
+def reference_counted(*roots):
+    """The objects a call was handed that only it could keep a reference to: arrays, tensors, containers
+    and array-interface holders, searched through containers and holders' attributes. Numbers and
+    strings are left out: their counts move with unrelated code (shared constants, interned names)."""
+    found, seen, todo = [], set(), list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
+            continue
+        seen.add(id(obj))
+        found.append(obj)
+        if isinstance(obj, dict):
+            todo += obj.values()
+        elif isinstance(obj, (list, tuple)):
+            todo += obj
+        elif isinstance(obj, np.ndarray):
+            todo.append(obj.base)
+        elif isinstance(getattr(obj, "__dict__", None), dict) and type(obj).__module__ == __name__:
+            todo += vars(obj).values()  # AI / CAI: their interface dicts
+    return found
+
+
+def refused(call, exc):
+    try:
+        call()
+    except exc:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])
+def test_a_refusal_keeps_no_reference_to_what_it_was_given(small, tmp_path, monkeypatch, row, call, exc, pattern):
+    """A host that keeps sending a bad input must not grow: the latents, weights, mean and std a
+    refused Decoder() or decode() was handed (and what they hold: an array interface's dict and
+    tuples) have the reference counts they had before, refusal after refusal. Counted where the case
+    calls, in the settings it makes (its environment, say)."""
+    grown = []
+
+    def measured(self, real, *args, **kwargs):
+        try:
+            return real(self, *args, **kwargs)  # not refused: the Decoder a case's decode refuses, say
+        except exc:
+            pass
+        objects = reference_counted(args, kwargs)
+        before = [sys.getrefcount(o) for o in objects]
+        assert all(refused(lambda: real(self, *args, **kwargs), exc) for _ in range(3))
+        after = [sys.getrefcount(o) for o in objects]  # counted as `before` was: one reference from the loop
+        grown.append([(type(o).__name__, a - b) for o, a, b in zip(objects, after, before) if a != b])
+        return real(self, *args, **kwargs)  # refused once more, for the case's own check
+
+    for name in ("__init__", "decode"):
+        monkeypatch.setattr(wv.Decoder, name, functools.partialmethod(measured, getattr(wv.Decoder, name)))
+    with pytest.raises(exc):
+        call(small, str(tmp_path))
+    if not grown:
+        pytest.skip("refused before a Decoder was made or asked to decode (a file that fails to load)")
+    assert grown == [[]], f"references kept by three refusals: {grown}"
+
+
 def test_readme_table_matches_the_cases():
     text = pathlib.Path(REPO, "README.md").read_text(encoding="utf-8")
     table = text.split("<!-- errors -->")[1].split("<!-- /errors -->")[0]
