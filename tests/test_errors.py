@@ -374,7 +374,10 @@ def test_nan_frames_are_an_error_in_either_output(raw):
         dec.decode(random_latents(4, 2, 4, 4), raw=raw, enable_vae_tiling=False)
 
 
-@pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])
+each_bad_input = pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])
+
+
+@each_bad_input
 def test_bad_input(small, tmp_path, row, call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(small, str(tmp_path))
@@ -410,7 +413,7 @@ def refused(call, exc):
     return False
 
 
-@pytest.mark.parametrize("row,call,exc,pattern", CASES, ids=[c[0] for c in CASES])
+@each_bad_input
 def test_a_refusal_keeps_no_reference_to_what_it_was_given(small, tmp_path, monkeypatch, row, call, exc, pattern):
     """A host that keeps sending a bad input must not grow: the latents, weights, mean and std a
     refused Decoder() or decode() was handed (and what they hold: an array interface's dict and
