@@ -442,6 +442,38 @@ def test_a_refusal_keeps_no_reference_to_what_it_was_given(small, tmp_path, monk
     assert grown == [[]], f"references kept by three refusals: {grown}"
 
 
+def test_a_decode_and_a_decoder_keep_no_reference_to_what_they_were_given():
+    """What a decode was handed (latents as NumPy arrays, a strided view, a raw array interface, torch
+    tensors; mean and std; the progress callback) and what a Decoder was made from (the weights' dict
+    and arrays) keep their reference counts once the decode has returned and the Decoder is gone."""
+    weights = random_weights(8, 4, seed=1)
+    mean, std = (list(v) for v in random_stats(4))
+    base = lat(T=2, h=5, w=6)
+    latents = [base, base.astype(np.float16), base[:, :, ::2, ::2], AI(**base.__array_interface__)]
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        latents += [torch.from_numpy(base), torch.from_numpy(base).to(torch.bfloat16)]
+
+    def progress(done, total):
+        return True
+
+    def use():
+        dec = wv.Decoder(weights, mean=mean, std=std)
+        for x in latents:
+            dec.decode(x, progress=progress, tile_x=32, tile_y=32, tile_stride_x=8, tile_stride_y=8)
+            dec.decode(x, mean=mean, std=std, enable_vae_tiling=False, raw=True)
+        dec.plan(2, 5, 6)
+        dec.close()
+
+    use()  # caches filled once
+    objects = reference_counted(weights, mean, std, latents, progress)
+    before = [sys.getrefcount(o) for o in objects]
+    use()
+    gc.collect()
+    after = [sys.getrefcount(o) for o in objects]
+    assert [(type(o).__name__, a - b) for o, a, b in zip(objects, after, before) if a != b] == []
+
+
 def test_readme_table_matches_the_cases():
     text = pathlib.Path(REPO, "README.md").read_text(encoding="utf-8")
     table = text.split("<!-- errors -->")[1].split("<!-- /errors -->")[0]
