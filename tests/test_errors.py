@@ -450,9 +450,11 @@ def test_a_decode_and_a_decoder_keep_no_reference_to_what_they_were_given():
     mean, std = (list(v) for v in random_stats(4))
     base = lat(T=2, h=5, w=6)
     latents = [base, base.astype(np.float16), base[:, :, ::2, ::2], AI(**base.__array_interface__)]
-    torch = sys.modules.get("torch")
-    if torch is not None:
+    try:
+        import torch
         latents += [torch.from_numpy(base), torch.from_numpy(base).to(torch.bfloat16)]
+    except ImportError:  # the suite runs without PyTorch too (its CPU parts)
+        pass
 
     def progress(done, total):
         return True
