@@ -41,6 +41,9 @@ def files(tmp_path_factory):
     return d
 
 
+LATENTS_FILES = ("lat.npy", "lat.safetensors") + (("lat.pt", "lat.pth") if torch is not None else ())  # of `files`
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts open files and threads in Linux's /proc "
                     "(a Windows Python under Wine sees Wine's own there, which come and go)")
 def test_decodes_and_their_failures_leave_no_file_open_nor_thread_running(files, tmp_path):
@@ -52,9 +55,9 @@ def test_decodes_and_their_failures_leave_no_file_open_nor_thread_running(files,
     outs = ["v.avi", "f", "raw.npy"] + (["v.mp4"] if media.have_mp4() else [])
 
     def day():
-        for fmt in ("npy", "safetensors") + (("pt", "pth") if torch is not None else ()):
+        for name in LATENTS_FILES:
             for out in outs:
-                assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / f"lat.{fmt}"),
+                assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / name),
                              "--out", str(tmp_path / out), "--quiet"]) == 0
         assert main(["decode", "--vae", str(bad), "--latents", str(files / "lat.npy"), "--out",
                      str(tmp_path / "x.avi"), "--quiet"]) != 0
@@ -73,7 +76,7 @@ def test_decodes_and_their_failures_leave_no_file_open_nor_thread_running(files,
 
 def test_decode_round_trips_every_latents_format(files, capsys):
     outs = []
-    for name in ("lat.npy", "lat.safetensors") + (("lat.pt", "lat.pth") if torch is not None else ()):
+    for name in LATENTS_FILES:
         out = files / f"{name}.out.npy"
         assert main(["decode", "--vae", str(files / "vae.safetensors"), "--latents", str(files / name),
                      "--out", str(out), "--quiet"]) == 0

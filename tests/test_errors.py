@@ -405,6 +405,15 @@ def reference_counted(*roots):
     return found
 
 
+def references_kept(objects, act):
+    """(type name, count gained) of each of `objects` whose reference count `act()` changed. Both counts
+    are taken alike, in a loop holding one reference."""
+    before = [sys.getrefcount(o) for o in objects]
+    act()
+    after = [sys.getrefcount(o) for o in objects]
+    return [(type(o).__name__, a - b) for o, a, b in zip(objects, after, before) if a != b]
+
+
 def refused(call, exc):
     try:
         call()
@@ -426,11 +435,10 @@ def test_a_refusal_keeps_no_reference_to_what_it_was_given(small, tmp_path, monk
             return real(self, *args, **kwargs)  # not refused: the Decoder a case's decode refuses, say
         except exc:
             pass
-        objects = reference_counted(args, kwargs)
-        before = [sys.getrefcount(o) for o in objects]
-        assert all(refused(lambda: real(self, *args, **kwargs), exc) for _ in range(3))
-        after = [sys.getrefcount(o) for o in objects]  # counted as `before` was: one reference from the loop
-        grown.append([(type(o).__name__, a - b) for o, a, b in zip(objects, after, before) if a != b])
+        def thrice():
+            assert all(refused(lambda: real(self, *args, **kwargs), exc) for _ in range(3))
+
+        grown.append(references_kept(reference_counted(args, kwargs), thrice))
         return real(self, *args, **kwargs)  # refused once more, for the case's own check
 
     for name in ("__init__", "decode"):
@@ -468,12 +476,8 @@ def test_a_decode_and_a_decoder_keep_no_reference_to_what_they_were_given():
         dec.close()
 
     use()  # caches filled once
-    objects = reference_counted(weights, mean, std, latents, progress)
-    before = [sys.getrefcount(o) for o in objects]
-    use()
-    gc.collect()
-    after = [sys.getrefcount(o) for o in objects]
-    assert [(type(o).__name__, a - b) for o, a, b in zip(objects, after, before) if a != b] == []
+    assert references_kept(reference_counted(weights, mean, std, latents, progress),
+                           lambda: (use(), gc.collect())) == []
 
 
 def test_readme_table_matches_the_cases():
