@@ -827,7 +827,7 @@ extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, cha
     if (!device_exists(device, why, why_size)) return -1;
     if ((e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) {
         cudaGetLastError();
-        snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        snprintf(why, why_size, "%s%s", cudaGetErrorString(e), restart_hint(e));
         return -1;
     }
     snprintf(out->name, sizeof out->name, "%s", prop.name);
@@ -848,6 +848,7 @@ extern "C" int wv_cuda_device_info_get(int device, wv_cuda_device_info *out, cha
 static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
 {
     wv_status st;
+    cudaError_t e;
     char why[256] = "";
     cudaDeviceProp prop;
     int count = wv_cuda_device_count(why, sizeof why);
@@ -855,8 +856,11 @@ static wv_status check_device(int *device, wv_dtype dt, wv_error *err)
     if (*device < 0) *device = wv_cuda_current_device();
     if (*device >= count)
         return wv_fail(err, WV_ERR_INVALID, "CUDA device %d does not exist (%d found)", *device, count);
-    if (cudaGetDeviceProperties(&prop, *device) != cudaSuccess)
-        return wv_fail(err, WV_ERR_BACKEND, "cannot read the properties of CUDA device %d", *device);
+    if ((e = cudaGetDeviceProperties(&prop, *device)) != cudaSuccess) {
+        cudaGetLastError();
+        return wv_fail(err, WV_ERR_BACKEND, "cannot read the properties of CUDA device %d: %s%s", *device,
+                       cudaGetErrorString(e), restart_hint(e));
+    }
     if ((st = check_kernel_image(*device, &prop, err))) return st;
     if (dt == WV_BF16 && prop.major < 8)
         return wv_fail(err, WV_ERR_INVALID,
@@ -1187,8 +1191,9 @@ static wv_status check_device_latents(cuda_ctx *c, const wv_view *lat, wv_error 
     cudaError_t e = cudaPointerGetAttributes(&attr, lat->data);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        return wv_fail(err, WV_ERR_INVALID, "latents: cannot tell whether the pointer is device memory (%s)",
-                       cudaGetErrorString(e));
+        return wv_fail(err, context_lost(e) ? WV_ERR_BACKEND : WV_ERR_INVALID,
+                       "latents: cannot tell whether the pointer is device memory (%s)%s", cudaGetErrorString(e),
+                       restart_hint(e));
     }
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
         return wv_fail(err, WV_ERR_INVALID,
@@ -2261,7 +2266,7 @@ extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, cha
     leave_device(ds, device);
     if (e != cudaSuccess) {
         cudaGetLastError();
-        snprintf(why, why_size, "%s", cudaGetErrorString(e));
+        snprintf(why, why_size, "%s%s", cudaGetErrorString(e), restart_hint(e));
         return -1;
     }
     return 0;

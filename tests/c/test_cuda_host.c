@@ -427,17 +427,12 @@ static void step_waits_do_not_spin(const weight_set *ws)
 }
 
 /* The device and pinned memory held now (the models' weights among it). */
-static size_t held_now(void)
-{
-    size_t free_b = 0, total_b = 0;
-    CHECK(cudaMemGetInfo(&free_b, &total_b) == cudaSuccess);
-    return (total_b - free_b) + stub_pinned_bytes();
-}
+static size_t held_now(void) { return stub_device_bytes() + stub_pinned_bytes(); }
 
 /* A decode of r with the fault armed (it must strike): it fails as a backend error whose message
  * names the call and, for a fault that leaves the GPU unusable, says to restart; what it held is given
- * back; while the GPU stays unusable, a decode fails at its first allocation and a model's build
- * fails, each saying to restart too; and a decode once it is usable again (a new process) works. */
+ * back; while the GPU stays unusable, the read of its free memory (the planner's first call) fails, a
+ * decode fails at its first allocation and a model's build fails, each saying to restart too; and a decode once it is usable again (a new process) works. */
 static void decode_through_fault(const wv_model *m, const weight_set *ws, const run *r, int (*disarm)(void), int lost,
                                  size_t held)
 {
@@ -449,6 +444,9 @@ static void decode_through_fault(const wv_model *m, const weight_set *ws, const 
     CHECK(held_now() == held);
     if (lost) {
         wv_model other;
+        size_t free_b, total_b;
+        char why[256] = "";
+        CHECK(wv_cuda_mem_info(0, &free_b, &total_b, why, sizeof why) == -1 && strstr(why, "restart it"));
         err.code = WV_OK;
         CHECK(decode(m, r, &err) == WV_ERR_BACKEND && strstr(err.msg, "CUDA error in cuda") &&
               strstr(err.msg, "restart it"));

@@ -177,6 +177,7 @@ static size_t held_bytes(int kind)
 }
 
 size_t stub_pinned_bytes(void) { return held_bytes(KIND_PINNED); }
+size_t stub_device_bytes(void) { return held_bytes(KIND_DEVICE); }
 
 /* ---- streams, events and the races between streams ----------------------------------------- */
 
@@ -652,10 +653,12 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp *prop, int device)
     return device >= 0 && device < g_device_count ? cudaSuccess : cudaErrorInvalidDevice;
 }
 
-/* Free memory: the 80 GiB less what cudaMalloc holds now (the tests of memory going back to its level). */
+/* Free memory: the 80 GiB less what cudaMalloc holds now (the tests of memory going back to its level); a
+ * lost context answers its error, as every call of a GPU's runtime that needs the context does. */
 cudaError_t cudaMemGetInfo(size_t *free_b, size_t *total_b)
 {
     need_context();
+    if (g_lost != cudaSuccess) return g_lost;
     *total_b = (size_t)80 << 30;
     *free_b = *total_b - held_bytes(KIND_DEVICE);
     return cudaSuccess;
