@@ -123,8 +123,30 @@ def test_a_diffusers_model_folder_loads_from_its_weights_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(wv.WanVAEError, match=r"empty: is a folder, not a checkpoint file \(nor a diffusers model "
                                              r"folder: no diffusion_pytorch_model\.safetensors or "
-                                             r"diffusion_pytorch_model\.bin in it or in its vae/\)$"):
+                                             r"diffusion_pytorch_model\.bin of a VAE in it or in its vae/, nor a Wan "
+                                             r"repository's folder: no Wan2\.1_VAE\.pth\)$"):
         load_weights(str(tmp_path / "empty"))
+
+
+def test_a_wan_repository_folder_loads_its_vae_not_its_transformer(tmp_path):
+    """A Wan repository's folder (Wan-AI/Wan2.1-T2V-1.3B): the transformer as diffusion_pytorch_model.safetensors,
+    its config.json naming its class (WanModel), beside the VAE as Wan2.1_VAE.pth. The VAE is loaded; the
+    transformer's file, passed over, is never taken for a VAE's (it was: 'no decoder weights found' in it)."""
+    torch = pytest.importorskip("torch")
+    from helpers import random_weights
+    repo = tmp_path / "Wan2.1-T2V-1.3B"
+    repo.mkdir()
+    (repo / "config.json").write_text('{"_class_name": "WanModel", "dim": 1536}', encoding="utf-8")
+    write_safetensors(str(repo / "diffusion_pytorch_model.safetensors"),
+                      {"blocks.0.ffn.0.weight": np.zeros(2, np.float32)})
+    with pytest.raises(wv.WanVAEError, match=r"Wan2\.1-T2V-1\.3B: is a folder, not a checkpoint file .* no "
+                                             r"Wan2\.1_VAE\.pth\)$"):
+        load_weights(str(repo))
+    weights = random_weights(8, 4)
+    torch.save({k: torch.from_numpy(v) for k, v in weights.items()}, str(repo / "Wan2.1_VAE.pth"))
+    loaded = load_weights(str(repo))
+    assert loaded.keys() == weights.keys()
+    np.testing.assert_array_equal(loaded["decoder.head.2.weight"].numpy(), weights["decoder.head.2.weight"])
 
 
 def _diffusers_decode(vae, z, **kw):
@@ -176,10 +198,12 @@ def test_a_compiled_diffusers_vae_is_patched_too():
 def test_the_offload_hook_runs_before_the_native_decode():
     """enable_model_cpu_offload: the VAE's hook moves the model before it (the transformer) off the GPU when the
     VAE decodes; ours runs it as diffusers' decode does, and the patched VAE is offloaded and hooked again after
-    every call like the other models. accelerate's hooks on the CPU stand in for the GPU's."""
+    every call like the other models; its Decoder is closed after each decode, holding no device memory while
+    the transformer runs. accelerate's hooks on the CPU stand in for the GPU's."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("accelerate", reason="the offload hooks are accelerate's")
     from accelerate.hooks import CpuOffload
+    from wanvideo_vae import comfy_nodes
     pipe, call = _tiny_pipeline()
     pipe.vae = wv.native_wan_vae(pipe.vae)
     pipe.enable_model_cpu_offload(device="cpu")
@@ -197,6 +221,7 @@ def test_the_offload_hook_runs_before_the_native_decode():
             pipe(generator=torch.Generator().manual_seed(1), **call)
             assert ran[-1] == "AutoencoderKLWan"  # the decode's, after the transformer's
             assert len(pipe._all_hooks) == 2  # the transformer's and the VAE's, hooked again after each call
+            assert pipe.vae not in comfy_nodes._decoders._cache  # offloaded, its Decoder closed after the decode
     finally:
         CpuOffload.pre_forward = original
 
@@ -210,6 +235,72 @@ def test_a_diffusers_vae_whose_weights_are_kept_elsewhere_is_refused_by_name():
     with pytest.raises(ValueError, match=r"weight 'decoder\.head\.2\.bias' holds no values .* an offload keeps it "
                                          r"elsewhere \(diffusers' enable_sequential_cpu_offload\)"):
         wv.native_wan_vae(vae).decode(torch.zeros(1, 16, 1, 2, 2))
+
+
+def test_a_diffusers_vae_whose_weights_are_offloaded_to_disk_is_refused(tmp_path):
+    """Group offloading to disk (enable_group_offload with offload_to_disk_path) leaves placeholders on the module
+    in place of its weights: refused by name when patched, and at a decode where the offload came after the
+    patch, not decoded as garbage (it was: NaN frames refused as 'a damaged checkpoint', or wrong ones). In
+    memory, group offloading keeps the weights' values: decoded, and the Decoder closed after each decode."""
+    torch = pytest.importorskip("torch")
+    from wanvideo_vae import comfy_nodes
+    z = torch.randn(1, 16, 2, 5, 7)
+    says = r"^this VAE's weights are offloaded to disk \(diffusers' enable_group_offload with offload_to_disk_path\)"
+    cpu = torch.device("cpu")
+    for patched_first in (False, True):
+        vae = _small_vae(1)
+        if patched_first:
+            wv.native_wan_vae(vae)
+        vae.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                                 num_blocks_per_group=1, offload_to_disk_path=str(tmp_path / f"groups{int(patched_first)}"))
+        with pytest.raises(ValueError, match=says):
+            wv.native_wan_vae(vae).decode(z)
+    vae = _small_vae(1)
+    theirs = vae.decode(z).sample
+    vae.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                             num_blocks_per_group=1)
+    assert (wv.native_wan_vae(vae).decode(z).sample - theirs).abs().max() <= TOL
+    assert vae not in comfy_nodes._decoders._cache
+
+
+def test_a_diffusers_vae_stored_in_8_bit_floats_decodes_as_diffusers_does():
+    """enable_layerwise_casting (weights stored in float8, cast up as each layer runs): the weights are read as
+    float32, which holds them exactly, and decoded as diffusers' own decode does (it was refused at the
+    decode: 'unsupported dtype float8_e4m3fn')."""
+    torch = pytest.importorskip("torch")
+    z = torch.randn(1, 16, 2, 5, 7)
+    for storage in (torch.float8_e4m3fn, torch.float8_e5m2):
+        vae = _small_vae(1)
+        vae.enable_layerwise_casting(storage_dtype=storage, compute_dtype=torch.float32)
+        theirs = vae.decode(z).sample
+        assert (wv.native_wan_vae(vae).decode(z).sample - theirs).abs().max() <= TOL
+
+
+def test_a_patched_diffusers_vae_pickles_and_copies_with_its_native_decode(tmp_path):
+    """torch.save(vae) / torch.load, and copy.deepcopy: the copy's decode is native and its own (a bound method
+    pickled as a lookup of its name on the VAE, which has none: the load failed)."""
+    torch = pytest.importorskip("torch")
+    import copy
+    vae = wv.native_wan_vae(_small_vae(1))
+    z = torch.randn(1, 16, 2, 5, 7)
+    expected = vae.decode(z).sample
+    torch.save(vae, str(tmp_path / "vae.pt"))
+    for other in (torch.load(str(tmp_path / "vae.pt"), weights_only=False), copy.deepcopy(vae)):
+        assert other is not vae and other.decode.args == (other,)
+        assert wv.native_wan_vae(other) is other
+        assert torch.equal(other.decode(z).sample, expected)
+
+
+def test_latents_that_ask_for_a_gradient_are_refused():
+    """The native decode's frames carry no gradient: latents that require one, with gradients on, are refused
+    (the frames came back detached, silently), by every patched VAE; under torch.no_grad() they decode."""
+    torch = pytest.importorskip("torch")
+    vae = wv.native_wan_vae(_small_vae(1))
+    z = torch.randn(1, 16, 2, 5, 7, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^the latents require a gradient, and this decoder computes none"):
+        vae.decode(z)
+    with torch.no_grad():
+        assert vae.decode(z).sample.shape == (1, 3, 5, 40, 56)
 
 
 def test_a_bf16_diffusers_vae_gets_bf16_frames():

@@ -283,9 +283,10 @@ CASES = [
     ("a checkpoint without decoder weights", lambda d, t: wv.load_weights(encoder_only_safetensors(t)), E,
      r"encoder\.safetensors: no decoder weights found \(keys starting with 'decoder\.' or 'conv2\.'; diffusers' with "
      r"'decoder\.' or 'post_quant_conv\.'\)$"),
-    ("a folder that holds no diffusers model", lambda d, t: wv.load_weights(t), E,
+    ("a folder that holds no model", lambda d, t: wv.load_weights(t), E,
      r": is a folder, not a checkpoint file \(nor a diffusers model folder: no diffusion_pytorch_model\.safetensors "
-     r"or diffusion_pytorch_model\.bin in it or in its vae/\)$"),
+     r"or diffusion_pytorch_model\.bin of a VAE in it or in its vae/, nor a Wan repository's folder: no "
+     r"Wan2\.1_VAE\.pth\)$"),
     ("a tile not larger than its stride", lambda d, t: d.decode(lat(), tile_x=128, tile_stride_x=128), E,
      r"exceed the tile stride: got tile_x=128, tile_stride_x=128, tile_y=272, tile_stride_y=128 \(WanVideoDecode's "
      r"rule; strides change nothing in an exact decode: with small tiles pass small strides, e.g. 8\)$"),

@@ -517,8 +517,9 @@ def build_parser():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command")
     d = sub.add_parser("decode", help="decode latents to a video, PNG frames or .npy (the default command)")
-    d.add_argument("--vae", help="VAE checkpoint (.safetensors, .pth, .pt, .ckpt or .bin), or a diffusers model "
-                   "folder (its vae/); omit with --latents for random weights")
+    d.add_argument("--vae", help="VAE checkpoint (.safetensors, .pth, .pt, .ckpt or .bin), or a model folder (a "
+                   "diffusers VAE's, a pipeline's vae/, a Wan repository's Wan2.1_VAE.pth); omit with --latents for "
+                   "random weights")
     d.add_argument("--latents", help="latents [16, T, h, w] or [1, 16, T, h, w]: .npy, .safetensors, .pt/.pth, "
                                      "or ComfyUI's .latent (Save Latent)")
     d.add_argument("--unnormalized", action="store_true",

@@ -169,13 +169,17 @@ def _decoder_weights(module):
     """The decoder-side entries of a torch module's state dict, by their checkpoint names, detached
     (the encoder's are no business of ours: ComfyUI's dynamic VRAM may swap them for copies in
     another dtype when it encodes). A weight without values (a meta tensor: a checkpoint that lacks
-    it, under dynamic VRAM; an offload that keeps it elsewhere) is refused by name."""
+    it, under dynamic VRAM; an offload that keeps it elsewhere) is refused by name. Weights stored in
+    8-bit floats (diffusers' enable_layerwise_casting, which casts them up as each layer runs) come as
+    float32, which holds them exactly."""
     weights = normalize_keys({k: v.detach() for k, v in module.state_dict().items()})
     for key, value in weights.items():
         if getattr(value, "is_meta", False):
             raise ValueError(f"this VAE's weight '{key}' holds no values (a meta tensor): its checkpoint lacks it, "
                              "ComfyUI has not loaded it, or an offload keeps it elsewhere (diffusers' "
                              "enable_sequential_cpu_offload)")
+        if value.is_floating_point() and value.element_size() == 1:
+            weights[key] = value.float()
     return weights
 
 
@@ -246,6 +250,13 @@ class _DecoderCache:
                 continue
             _log_decode(dec)
             return result
+
+    def close_decoder(self, owner):
+        """Closes and forgets owner's Decoder, if it has one."""
+        with self._lock:
+            hit = self._cache.pop(owner, None)
+            if hit is not None:
+                _close_quietly(hit[1])
 
     def forget_lock_after_fork(self):
         """In a forked child: a thread of the parent may have held the lock, and none here would let it go."""
@@ -367,6 +378,7 @@ def _decode_raw(vae, latents, end_frame, tiled, tile_x, tile_y, show_progress=Tr
 def _decode_module(owner, module, mean, std, dtype, latents, end_frame, tiled, tile_x, tile_y, show_progress,
                    make_room):
     """_decode_raw's decode: with the weights of torch module `module`, in the Decoder cached for `owner`."""
+    _check_no_gradient_asked(latents)
     placement = _backend_for(module, latents, mean, dtype=dtype)
     latents = _on_decoder_gpu(latents, placement)
 
@@ -379,6 +391,14 @@ def _decode_module(owner, module, mean, std, dtype, latents, end_frame, tiled, t
 
     return _retried_on_gpu_out_of_memory(
         lambda: _decoders.run(use, owner, module, placement, mean=mean, std=std, make_room=make_room))
+
+
+def _check_no_gradient_asked(latents):
+    """Refuses latents that ask for a gradient (they require one, and gradients are on): the frames of this
+    decoder carry none, and a loss taken through them would silently get no gradient."""
+    if getattr(latents, "requires_grad", False) and _torch().is_grad_enabled():
+        raise ValueError("the latents require a gradient, and this decoder computes none (its frames would carry "
+                         "none, silently): decode under torch.no_grad(), or with the VAE's own decode")
 
 
 def _retried_on_gpu_out_of_memory(attempt):
@@ -564,22 +584,55 @@ def _native_diffusers_decode(self, z, return_dict=True):
     if getattr(z, "ndim", None) != 5 or z.shape[0] < 1 or z.shape[1] != z_dim:
         raise ValueError(f"AutoencoderKLWan.decode takes latents [B, {z_dim}, T, h, w] (B >= 1), got shape "
                          f"{list(getattr(z, 'shape', ()))}")
+    _check_no_gradient_asked(z)
+    _check_weights_in_memory(self)
     hook = getattr(self, "_hf_hook", None)
     if hasattr(hook, "pre_forward"):
         hook.pre_forward(self)
     identity = np.zeros(z_dim, np.float32), np.ones(z_dim, np.float32)
     sample = None
-    for i, latents in enumerate(z):
-        raw = _decode_module(self, self, *identity, self.dtype, latents, False, False, TILE, TILE, False, False)
-        video = torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2)
-        if sample is None:
-            sample = torch.empty((len(z),) + tuple(video.shape), dtype=torch.float32)
-        sample[i] = video
+    try:
+        for i, latents in enumerate(z):
+            raw = _decode_module(self, self, *identity, self.dtype, latents, False, False, TILE, TILE, False, False)
+            video = torch.from_numpy(np.clip(raw, -1.0, 1.0, out=raw)).permute(3, 0, 1, 2)
+            if sample is None:
+                sample = torch.empty((len(z),) + tuple(video.shape), dtype=torch.float32)
+            sample[i] = video
+    finally:
+        if _offloaded(self):  # an offloaded VAE holds no device memory between its decodes: nor does its Decoder
+            _decoders.close_decoder(self)
     sample = sample.to(device=z.device, dtype=z.dtype)
     if not return_dict:
         return (sample,)
     from diffusers.models.autoencoders.vae import DecoderOutput
     return DecoderOutput(sample=sample)
+
+
+def _group_offload_hooks(vae):
+    """The group offloading hooks (diffusers' enable_group_offload) on `vae` and its submodules."""
+    hooks = []
+    for module in vae.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("group_offloading") if hasattr(registry, "get_hook") else None
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
+
+
+def _offloaded(vae):
+    """Whether a diffusers VAE is offloaded (enable_model_cpu_offload's hook, or group offloading)."""
+    return getattr(vae, "_hf_hook", None) is not None or bool(_group_offload_hooks(vae))
+
+
+def _check_weights_in_memory(vae):
+    """Refuses a diffusers VAE whose weights group offloading keeps on disk: its modules then hold placeholders,
+    not the weights (read, they would decode garbage)."""
+    for hook in _group_offload_hooks(vae):
+        if getattr(getattr(hook, "group", None), "offload_to_disk_path", None):
+            raise ValueError("this VAE's weights are offloaded to disk (diffusers' enable_group_offload with "
+                             "offload_to_disk_path), where the native decoder cannot read them: offload it in "
+                             "memory (without offload_to_disk_path) or with enable_model_cpu_offload, or keep "
+                             "its own decode")
 
 
 def _is_diffusers_wan_vae(vae):
@@ -590,11 +643,15 @@ def _is_diffusers_wan_vae(vae):
 def _patch_diffusers_vae(vae):
     """diffusers' AutoencoderKLWan `vae` with its decode native: in place (an attribute of the object over its
     class's method), so that it stays the torch module diffusers' pipelines move, offload and save."""
-    if getattr(getattr(vae, "decode", None), "__func__", None) is _native_diffusers_decode:
+    if getattr(getattr(vae, "decode", None), "func", None) is _native_diffusers_decode:
         return vae
-    # refused now, not after sampling: the Wan 2.2 VAE's layout, weights without values (sequential offload)
+    # refused now, not after sampling: the Wan 2.2 VAE's layout, weights without values (sequential offload) or
+    # on disk (group offload)
+    _check_weights_in_memory(vae)
     _check_wan21_layout(_decoder_weights(vae), "AutoencoderKLWan", "the native decoder", "keep its own decode")
-    vae.decode = types.MethodType(_native_diffusers_decode, vae)
+    # a partial of the module's function, not a bound method: a pickled VAE (torch.save(vae), a spawned worker's
+    # copy) finds the function by its name, where a bound method is looked up on the VAE, which has none of it
+    vae.decode = functools.partial(_native_diffusers_decode, vae)
     return vae
 
 

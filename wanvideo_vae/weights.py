@@ -260,25 +260,46 @@ def check_input_file(path):
 
 
 # A diffusers model folder's weights, in the order diffusers' from_pretrained prefers them; the VAE of a pipeline's
-# folder is in its vae/
+# folder is in its vae/. The Wan repositories' own folders (Wan-AI/Wan2.1-T2V-1.3B) hold the VAE as Wan2.1_VAE.pth,
+# beside the transformer as a diffusion_pytorch_model file of another class.
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+WAN_REPOSITORY_VAE = "Wan2.1_VAE.pth"
+
+
+def _model_class(folder):
+    """The class a model folder's config.json names ("_class_name"), or None where it names none or is unreadable."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _diffusers_weights_file(folder):
-    """The weights file of a diffusers VAE folder, or of the VAE of a diffusers pipeline's folder."""
+    """The weights file of a diffusers VAE folder, of the VAE of a diffusers pipeline's folder (its vae/), or the
+    VAE of a Wan repository's folder. A folder whose config names another class than a VAE's (the transformer's
+    folder, a Wan repository's root) is passed over."""
     for where in (folder, os.path.join(folder, "vae")):
+        model_class = _model_class(where)
+        if model_class is not None and not model_class.startswith("AutoencoderKL"):
+            continue
         for name in DIFFUSERS_WEIGHT_FILES:
             if os.path.isfile(os.path.join(where, name)):
                 return os.path.join(where, name)
+    if os.path.isfile(os.path.join(folder, WAN_REPOSITORY_VAE)):
+        return os.path.join(folder, WAN_REPOSITORY_VAE)
     raise WanVAEError(f"{folder}: is a folder, not a checkpoint file (nor a diffusers model folder: no "
-                      f"{' or '.join(DIFFUSERS_WEIGHT_FILES)} in it or in its vae/)")
+                      f"{' or '.join(DIFFUSERS_WEIGHT_FILES)} of a VAE in it or in its vae/, nor a Wan repository's "
+                      f"folder: no {WAN_REPOSITORY_VAE})")
 
 
 @keeps_nothing_on_error
 def load_weights(path):
     """The decoder weights of a Wan 2.1 VAE checkpoint: {key: array}, keys as the checkpoint names them
-    (without 'model.'; diffusers' names made the checkpoint's). `path`: the file, or a diffusers model
-    folder (AutoencoderKLWan's, or a pipeline's with it in vae/).
+    (without 'model.'; diffusers' names made the checkpoint's). `path`: the file, or a model folder
+    (AutoencoderKLWan's, a diffusers pipeline's with it in vae/, or a Wan repository's with Wan2.1_VAE.pth).
 
     .safetensors files are memory-mapped (bfloat16 tensors come back as raw "V2" NumPy arrays, which
     the decoder reads as bfloat16; bf16_to_float32 converts them). .pth/.pt/.bin files need torch and
