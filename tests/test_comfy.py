@@ -447,7 +447,8 @@ class WanRepoVAE:
 
 def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
     """wanvideo_vae.native_wan_vae(vae): the Wan repository's VAE object, its decode(zs) native, the
-    rest its own (encode, model, attributes set through it); the object given is not modified."""
+    rest its own (encode, model, attributes set through it); the object given is not modified. Latents that
+    ask for a gradient are refused."""
     import wanvideo_vae
     weights, data = load_fixture("tiny")
     vae = WanRepoVAE(weights, data["mean"], data["std"])
@@ -460,6 +461,8 @@ def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
         assert (o - t).abs().max() <= NODE_TOL
     assert native.encode([]) == ["its own encode"] and native.model is vae.model and "decode" not in vars(vae)
     assert wanvideo_vae.native_wan_vae(native) is native
+    with pytest.raises(ValueError, match=r"^the latents require a gradient, and this decoder computes none"):
+        native.decode([zs[1].clone().requires_grad_()])  # its frames would carry none
     from wanvideo_vae import comfy_nodes  # one Decoder per VAE, patched or not: the decode node given it too
     WanVideoNativeDecode().decode(native, {"samples": zs[1][None]}, False, 272, 272, 144, 128)
     assert vae in comfy_nodes._decoders._cache and native not in comfy_nodes._decoders._cache

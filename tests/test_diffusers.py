@@ -252,7 +252,8 @@ def test_a_diffusers_vae_whose_weights_are_offloaded_to_disk_is_refused(tmp_path
         if patched_first:
             wv.native_wan_vae(vae)
         vae.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
-                                 num_blocks_per_group=1, offload_to_disk_path=str(tmp_path / f"groups{int(patched_first)}"))
+                                 num_blocks_per_group=1,
+                                 offload_to_disk_path=str(tmp_path / f"groups{int(patched_first)}"))
         with pytest.raises(ValueError, match=says):
             wv.native_wan_vae(vae).decode(z)
     vae = _small_vae(1)
@@ -293,7 +294,8 @@ def test_a_patched_diffusers_vae_pickles_and_copies_with_its_native_decode(tmp_p
 
 def test_latents_that_ask_for_a_gradient_are_refused():
     """The native decode's frames carry no gradient: latents that require one, with gradients on, are refused
-    (the frames came back detached, silently), by every patched VAE; under torch.no_grad() they decode."""
+    (the frames came back detached, silently); under torch.no_grad() they decode. (The Wan repository's VAE:
+    test_comfy.)"""
     torch = pytest.importorskip("torch")
     vae = wv.native_wan_vae(_small_vae(1))
     z = torch.randn(1, 16, 2, 5, 7, requires_grad=True)

@@ -432,7 +432,8 @@ static size_t held_now(void) { return stub_device_bytes() + stub_pinned_bytes();
 /* A decode of r with the fault armed (it must strike): it fails as a backend error whose message
  * names the call and, for a fault that leaves the GPU unusable, says to restart; what it held is given
  * back; while the GPU stays unusable, the read of its free memory (the planner's first call) fails, a
- * decode fails at its first allocation and a model's build fails, each saying to restart too; and a decode once it is usable again (a new process) works. */
+ * decode fails at its first allocation and a model's build fails, each saying to restart too; and a
+ * decode once it is usable again (a new process) works. */
 static void decode_through_fault(const wv_model *m, const weight_set *ws, const run *r, int (*disarm)(void), int lost,
                                  size_t held)
 {

@@ -54,8 +54,8 @@ int stub_foreign_context_current(void);
 int stub_foreign_context_uses(void);
 
 /* Bytes of device memory (cudaMalloc) allocated now, read without the runtime (whose calls fail once the
- * context is lost). Bytes of pinned host memory (cudaHostAlloc) allocated now. stub_fail_nth_host_alloc: the n-th
- * cudaHostAlloc from now fails as out of memory (0: none; -1: every one), as where the system will
+ * context is lost). Bytes of pinned host memory (cudaHostAlloc) allocated now. stub_fail_nth_host_alloc:
+ * the n-th cudaHostAlloc from now fails as out of memory (0: none; -1: every one), as where the system will
  * not pin that much; returns how many were still to go before it (0: the last one asked for has failed). */
 size_t stub_device_bytes(void);
 size_t stub_pinned_bytes(void);
