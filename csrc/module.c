@@ -679,6 +679,18 @@ static int parse_options(int tile_x, int tile_y, int end_frame, int raw, int uin
     return 0;
 }
 
+/* wv_plan_make with the GIL released: a plan may take a while (a budget too small plans several tile
+ * grids of a large frame). It reads only the built model, which never changes (close frees only its
+ * weights and backend context), so it needs no lock. */
+static wv_status make_plan(ModelObject *self, wv_plan *plan, int T, int h, int w, const wv_options *o, wv_error *err)
+{
+    wv_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = wv_plan_make(plan, &self->model, T, h, w, o, err);
+    Py_END_ALLOW_THREADS
+    return st;
+}
+
 static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"T", "h", "w", "tile_x", "tile_y", "end_frame", "max_memory", "uint8", NULL};
@@ -697,7 +709,7 @@ static PyObject *Model_plan(ModelObject *self, PyObject *args, PyObject *kwds)
         return NULL;
     }
     if (parse_options(tile_x, tile_y, end_frame, 0, uint8, max_bytes, &o)) return NULL;
-    if (wv_plan_make(&plan, &self->model, T, h, w, &o, &err)) {
+    if (make_plan(self, &plan, T, h, w, &o, &err)) {
         wv_plan_free(&plan);
         return raise_status(&err);
     }
@@ -959,9 +971,9 @@ static int decode_locked(ModelObject *self, const wv_plan *plan, const py_array 
     Py_BEGIN_ALLOW_THREADS
     st = wv_decode(&self->model, plan, &lat->view, (uintptr_t)stream, mean, stdv, o, PyArray_DATA(out),
                    progress_trampoline, bridge, stats, &err);
-    self->decoding = 0;
-    PyThread_release_lock(self->lock);
     Py_END_ALLOW_THREADS
+    self->decoding = 0; /* under the GIL, as every other access to it */
+    PyThread_release_lock(self->lock);
     if (!st) return 0;
     if (bridge->exc_type) /* the callback's own exception stopped the decode (a step may have failed too) */
         PyErr_Restore(bridge->exc_type, bridge->exc_value, bridge->exc_tb);
@@ -1047,7 +1059,7 @@ static PyObject *Model_decode(ModelObject *self, PyObject *args, PyObject *kwds)
     if (lat.stream) c.stream = lat.stream; /* CAI v3: the producer says which stream the data is ready on */
     if (check_latents_shape(&self->model, &lat, &T, &h, &w) || read_stats(self, c.mean, c.std, &mean, &stdv))
         goto finally;
-    if (wv_plan_make(&plan, &self->model, T, h, w, &c.o, &err)) {
+    if (make_plan(self, &plan, T, h, w, &c.o, &err)) {
         wv_plan_free(&plan);
         raise_status(&err);
         goto finally;

@@ -404,12 +404,28 @@ static void *bind_param(wv_model *m, const param_iter *it, int64_t off)
     return p;
 }
 
+/* qsort order of weight views: by key, then by place in the caller's list. */
+static int by_key_then_place(const void *a, const void *b)
+{
+    const wv_named_view *x = *(const wv_named_view *const *)a, *y = *(const wv_named_view *const *)b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Refuses a key given twice, naming the earliest second mention (before any weight converts: only a
+ * key's first view is read). Sorted, not compared pairwise: a state dict may hold many keys. */
 static wv_status refuse_duplicate_keys(const wv_named_view *w, int n_w, wv_error *err)
 {
-    for (int i = 0, first; i < n_w; i++) /* before any weight converts: only a key's first view is read */
-        if (find_weight(w, n_w, w[i].key, &first) && first != i)
-            return wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", w[i].key);
-    return WV_OK;
+    const wv_named_view **sorted, *again = NULL;
+    if (n_w < 2) return WV_OK;
+    sorted = (const wv_named_view **)malloc((size_t)n_w * sizeof *sorted);
+    if (!sorted) return wv_fail(err, WV_ERR_NOMEM, "out of host memory");
+    for (int i = 0; i < n_w; i++) sorted[i] = &w[i];
+    qsort(sorted, (size_t)n_w, sizeof *sorted, by_key_then_place);
+    for (int i = 1; i < n_w; i++)
+        if (!strcmp(sorted[i - 1]->key, sorted[i]->key) && (!again || sorted[i] < again)) again = sorted[i];
+    free(sorted);
+    return again ? wv_fail(err, WV_ERR_INVALID, "weight '%s' given twice", again->key) : WV_OK;
 }
 
 static wv_status load_all_params(wv_model *m, void *ctx, const wv_named_view *w, int n_w, char *used,

@@ -402,22 +402,32 @@ static int64_t segment_frames_total(const wv_plan *p, int s, int T)
     return T <= 0 ? 0 : 1 + (int64_t)p->seg[s].frames_per_chunk * (T - 1);
 }
 
-/* The work of conv c of tile block b in tile t, over a sequence of T latent frames. */
-static double tile_conv_flops(const wv_plan *p, const wv_model *m, int b, int c, int t, int T)
+/* The grid conv c of tile block b computes on in tile t, and the frames it does so over a sequence
+ * of T latent frames (*frames). */
+static wv_grid tile_conv_grid(const wv_plan *p, const wv_model *m, int b, int c, int t, int T, int64_t *frames)
 {
     const wv_block *blk = &m->blocks[b];
     const wv_conv *cv = &blk->conv[c];
     int s = wv_block_segment(p, m, b);
-    wv_grid g = wv_tile_grid(p, t, s);
     if (blk->kind == WV_BLOCK_UP3D && c == WV_UP_TIME_CONV) { /* all but frame 0 */
-        wv_grid gp = wv_tile_grid(p, t, s - 1);
-        return conv_flops(cv, (int64_t)gp.h * gp.w, segment_frames_total(p, s - 1, T) - 1);
+        *frames = segment_frames_total(p, s - 1, T) - 1;
+        return wv_tile_grid(p, t, s - 1);
     }
-    if (cv->subpixel) { /* on the previous segment's grid, once per frame it makes */
-        wv_grid go = wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
-        return conv_flops(cv, (int64_t)go.h * go.w, segment_frames_total(p, s, T));
-    }
-    return conv_flops(cv, (int64_t)g.h * g.w, segment_frames_total(p, s, T));
+    *frames = segment_frames_total(p, s, T);
+    if (cv->subpixel) /* on the previous segment's grid, once per frame it makes */
+        return wv_conv_out_grid(cv, wv_tile_grid(p, t, s - 1));
+    return wv_tile_grid(p, t, s);
+}
+
+/* The work of conv c of tile block b summed over the tiles. A tile's grid height depends only on its
+ * row and its width only on its column, so the sum over the grid is (sum of the rows' heights) x
+ * (sum of the columns' widths): a walk along one row and one column, not over every tile. */
+static double tiles_conv_flops(const wv_plan *p, const wv_model *m, int b, int c, int T)
+{
+    int64_t frames = 0, heights = 0, widths = 0;
+    for (int ty = 0; ty < p->tiles_y; ty++) heights += tile_conv_grid(p, m, b, c, ty * p->tiles_x, T, &frames).h;
+    for (int tx = 0; tx < p->tiles_x; tx++) widths += tile_conv_grid(p, m, b, c, tx, T, &frames).w;
+    return conv_flops(&m->blocks[b].conv[c], heights * widths, frames);
 }
 
 static double count_flops(const wv_plan *p, const wv_model *m)
@@ -428,9 +438,8 @@ static double count_flops(const wv_plan *p, const wv_model *m)
         int T = p->seq_len[q];
         for (int b = 0, c = -1; wv_next_conv(m, p->trunk_end, &b, &c);)
             total += conv_flops(&m->blocks[b].conv[c], N, T);
-        for (int t = 0; t < p->n_tiles; t++)
-            for (int b = p->trunk_end, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
-                total += tile_conv_flops(p, m, b, c, t, T);
+        for (int b = p->trunk_end, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
+            total += tiles_conv_flops(p, m, b, c, T);
     }
     return total;
 }
@@ -649,33 +658,41 @@ static wv_status largest_fitting_tile(const wv_model *m, int trunk_end, int T, i
     return WV_OK;
 }
 
-/* The least working memory of the tiles asked and of every square tile shrink_to_fit looks at
- * (min_tile up to top, in steps of S; each with the trunk's better end), and that plan, in *least
- * (least->arena_bytes 0: none within WV_MAX_TILES tiles and the backend's operand limit). Every tile is
- * planned: the arena does not shrink steadily with the tile (a tile that covers the frame streams its
- * trunk). */
+/* Keeps in *least the plan of `trial` if it fits the backend's operands and needs less working memory
+ * than the one kept (least->arena_bytes 0: none yet); *planned: whether its grid was within
+ * WV_MAX_TILES tiles (else it was not planned). */
 static wv_status keep_least(const wv_model *m, int T, int h, int w, const wv_options *trial, wv_plan *least,
-                            wv_error *err)
+                            int *planned, wv_error *err)
 {
     wv_plan q;
     wv_status st = plan_for_tiles(&q, m, T, h, w, trial, err);
     wv_plan_free(&q); /* its scalars are all that is kept */
-    if (too_many_tiles(&q, st, err)) return WV_OK;
+    *planned = !too_many_tiles(&q, st, err);
+    if (!*planned) return WV_OK;
     if (!st && operands_fit(&q, m) && (!least->arena_bytes || q.arena_bytes < least->arena_bytes)) *least = q;
     return st;
 }
 
+/* The least working memory shrink_to_fit could reach (square tiles from min_tile up to top, in steps of
+ * S) or the tiles asked, and that plan, in *least (least->arena_bytes 0: none within WV_MAX_TILES tiles
+ * and the backend's operand limit). With the trunk's end fixed the arena grows with the tile (the
+ * binary search of largest_fitting_tile rests on it), so of the tiled plans the smallest tile within
+ * WV_MAX_TILES needs the least; the largest is planned too, as a tile covering the frame streams its
+ * trunk. Planning every size between took seconds for large frames (each plan walks its tiles). */
 static wv_status least_arena(const wv_model *m, int T, int h, int w, const wv_options *o, int min_tile, int top,
                              int S, wv_plan *least, wv_error *err)
 {
+    int planned = 0;
+    wv_options largest = square_tile(o, top);
     wv_status st;
     memset(least, 0, sizeof *least);
-    st = keep_least(m, T, h, w, o, least, err); /* the tiles asked, then every square one */
-    for (int tile = min_tile; !st && tile <= top; tile += S) {
+    st = keep_least(m, T, h, w, o, least, &planned, err);
+    for (int tile = min_tile; !st && tile <= top; tile += S) { /* grids beyond WV_MAX_TILES fail at once */
         wv_options trial = square_tile(o, tile);
-        st = keep_least(m, T, h, w, &trial, least, err);
+        st = keep_least(m, T, h, w, &trial, least, &planned, err);
+        if (planned) break;
     }
-    return st;
+    return st ? st : keep_least(m, T, h, w, &largest, least, &planned, err);
 }
 
 static wv_status plan_within(wv_plan *p, const wv_model *m, int T, int h, int w, const wv_options *o, int explain,

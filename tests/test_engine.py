@@ -1,4 +1,5 @@
 """The decode engine against the golden fixtures and the independent PyTorch reference."""
+import time
 import numpy as np
 import pytest
 
@@ -371,6 +372,31 @@ def test_decode_tiled_hands_every_argument_on(monkeypatch):
     given = {name: object() for name in names}
     assert wv.decode_tiled(**given) == "frames"
     assert all(seen[name] is given[name] for name in names) and seen["closed"]
+
+
+def test_other_threads_run_while_a_plan_is_made():
+    """A plan of a large frame walks its tiles (here some 930000) and may take a while: other threads
+    (ComfyUI's server) run meanwhile, as the GIL is released while planning. Held, they got at most
+    the switch before the call and the one after."""
+    import threading
+    dec = wv.Decoder(random_weights(8, 4, seed=3), mean=[0.0] * 4, std=[1.0] * 4)
+    ticks, done = [0], threading.Event()
+
+    def tick():
+        while not done.is_set():
+            ticks[0] += 1
+            time.sleep(0.001)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        before = ticks[0]
+        plan = dec.plan(1, 16384, 16384, tile_x=150, tile_y=150, tile_stride_x=8, tile_stride_y=8, max_memory=2**62)
+        during = ticks[0] - before
+    finally:
+        done.set()
+        ticker.join()
+    assert plan["n_tiles"] > 900_000 and during >= 5, (plan["n_tiles"], during)
 
 
 def test_last_stats_are_each_threads_own():

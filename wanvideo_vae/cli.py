@@ -533,7 +533,8 @@ def build_parser():
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
     d.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                   help="auto: bf16 on the GPU, fp32 on the CPU (which computes in fp32 only)")
+                   help="auto: bf16 on a GPU with bf16 arithmetic (compute capability 8.0 on), else fp32 "
+                        "(the CPU computes in fp32 only)")
     d.add_argument("--end-frame", action="store_true",
                    help="end-image mode: the last latent frame decodes alone, and its frame is dropped (as "
                         "WanVideoDecode does)")
@@ -559,7 +560,7 @@ def build_parser():
     b.add_argument("--dim", type=_count(1, INT_MAX), default=96, help="decoder width (96: full-size Wan 2.1)")
     b.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
     b.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                   help="auto: bf16 on the GPU, fp32 on the CPU")
+                   help="auto: bf16 on a GPU with bf16 arithmetic (compute capability 8.0 on), else fp32")
     b.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
     b.add_argument("--skip-blended", action="store_true", help="leave out PyTorch's blended tiling (3x the work)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -521,6 +521,16 @@ static void test_model_errors(weight_set *ws)
     ws->views[ws->n] = saved; /* one key twice: named so, not "unexpected" */
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n + 1, &err) == WV_ERR_INVALID);
     CHECK(strstr(err.msg, saved.key) != NULL && strstr(err.msg, "given twice") != NULL);
+    /* two keys twice, in either order: the one mentioned again first is named */
+    for (int first = 3, second = 9; first <= 9; first += 6, second -= 6) {
+        char want[128];
+        CHECK(ws->n + 2 <= (int)(sizeof ws->views / sizeof ws->views[0]));
+        ws->views[ws->n] = ws->views[first];
+        ws->views[ws->n + 1] = ws->views[second];
+        CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n + 2, &err) == WV_ERR_INVALID);
+        snprintf(want, sizeof want, "weight '%s' given twice", ws->views[first].key);
+        CHECK(strcmp(err.msg, want) == 0);
+    }
     wv_backend_cpu()->fail_nth_alloc(1);
     CHECK(wv_model_build(&m, wv_backend_cpu(), -1, ws->views, ws->n, &err) == WV_ERR_NOMEM);
     CHECK(starts_with(err.msg, "the model's weights: out of host memory allocating "));
