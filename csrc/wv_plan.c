@@ -675,10 +675,10 @@ static wv_status keep_least(const wv_model *m, int T, int h, int w, const wv_opt
 
 /* The least working memory shrink_to_fit could reach (square tiles from min_tile up to top, in steps of
  * S) or the tiles asked, and that plan, in *least (least->arena_bytes 0: none within WV_MAX_TILES tiles
- * and the backend's operand limit). With the trunk's end fixed the arena grows with the tile (the
- * binary search of largest_fitting_tile rests on it), so of the tiled plans the smallest tile within
- * WV_MAX_TILES needs the least; the largest is planned too, as a tile covering the frame streams its
- * trunk. Planning every size between took seconds for large frames (each plan walks its tiles). */
+ * and the backend's operand limit). With the trunk's end fixed the arena and the operands grow with the
+ * tile (the binary search of largest_fitting_tile rests on it), so of the tiled plans the smallest tile
+ * within WV_MAX_TILES needs the least; the largest is planned too, as a tile covering the frame streams
+ * its trunk. Planning every size between took seconds for large frames (each plan walks its tiles). */
 static wv_status least_arena(const wv_model *m, int T, int h, int w, const wv_options *o, int min_tile, int top,
                              int S, wv_plan *least, wv_error *err)
 {
