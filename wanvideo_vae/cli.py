@@ -512,6 +512,10 @@ def info_cmd(args):
     return 0
 
 
+# --precision auto, as devices.precision_for picks
+AUTO_PRECISION_HELP = "auto: bf16 on a GPU with bf16 arithmetic (compute capability 8.0 on), else fp32"
+
+
 def build_parser():
     ap = argparse.ArgumentParser(prog="python -m wanvideo_vae", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -533,8 +537,7 @@ def build_parser():
     d.add_argument("--max-memory", type=_positive_bytes, help="budget for the decode's working memory, e.g. 4G")
     d.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
     d.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                   help="auto: bf16 on a GPU with bf16 arithmetic (compute capability 8.0 on), else fp32 "
-                        "(the CPU computes in fp32 only)")
+                   help=AUTO_PRECISION_HELP + " (the CPU computes in fp32 only)")
     d.add_argument("--end-frame", action="store_true",
                    help="end-image mode: the last latent frame decodes alone, and its frame is dropped (as "
                         "WanVideoDecode does)")
@@ -560,7 +563,7 @@ def build_parser():
     b.add_argument("--dim", type=_count(1, INT_MAX), default=96, help="decoder width (96: full-size Wan 2.1)")
     b.add_argument("--device", choices=["auto", *BACKENDS], default="auto")
     b.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
-                   help="auto: bf16 on a GPU with bf16 arithmetic (compute capability 8.0 on), else fp32")
+                   help=AUTO_PRECISION_HELP)
     b.add_argument("--seed", type=_count(0), default=0, help="seed of the random weights and latents")
     b.add_argument("--skip-blended", action="store_true", help="leave out PyTorch's blended tiling (3x the work)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
