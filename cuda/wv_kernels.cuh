@@ -62,14 +62,10 @@ __device__ __forceinline__ bool on_ring(wv_grid g, int64_t p)
 
 #define THREADS 256 /* a block of the backend's own kernels */
 
-/* Shared memory is declared through these two (tests/c/cuda_on_cpu defines its own, which start each
- * block poisoned): a static array T name[n], and a kernel's dynamic shared memory (the launch's smem
- * bytes) as an array of T, 16-byte aligned for vector reads whatever static shared memory it has. */
+/* Shared memory is declared through this (tests/c/cuda_on_cpu defines its own, which starts each
+ * block poisoned): a static array T name[n]. */
 #ifndef WV_SHARED
 #define WV_SHARED(T, name, n) __shared__ T name[n]
-#endif
-#ifndef WV_DYNAMIC_SHARED
-#define WV_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
 /* Blocks for a grid-stride loop over n elements, `threads` a block: a thread an element, up to
@@ -304,8 +300,7 @@ __global__ void pixel_shuffle_kernel(const void *src_, wv_grid gs, int sy0, int 
     }
 }
 
-/* Direct convolution, the fallback where cuDNN runs no algorithm for a shape (the RGB head's 3 output
- * channels, say):
+/* Direct convolution, the fallback where cuDNN runs no algorithm for a shape:
  * y[f][p][o] (+)= sum over (dt, dy, dx, i) of w[o][dt][dy][dx][i] * in[f + dt][p shifted by (dy, dx)][i]
  * from a padded Hp x Wp grid: odd kernels centred, y on the same grid, for the positions whose window
  * stays inside it (the ring's outputs are undefined and left alone); even ones (the sub-pixel conv)
@@ -344,87 +339,6 @@ __global__ void direct_conv_kernel(const void *in_, const void *w_, void *y_, in
                     }
                 }
         for (int j = 0; j < outs; j++) y[out + j] = from_f32<T>(acc[j]);
-    }
-}
-
-/* A causal 3x3x3 conv with at most HEAD_MAX_OUTS outputs (the head: 96 -> 3) on CUDA cores: cuDNN's
- * GEMM tiles are tens of output channels wide and mostly idle on it. y [P(g)][cout] (+)= bias +
- * sum over taps dt, dy, dx and channels c of w[o][dt][dy][dx][c] * frame dt [(y + dy - 1, x + dx - 1)][c],
- * interior positions only (the ring's outputs are undefined, as cuDNN's). The three frames come in
- * tap order, so the ring's slots are read in place with the weights as packed (no turning); the
- * weights wait in shared memory as fp32 (cout x 27 x cin floats); inputs are read as 16-byte vectors
- * (cin x sizeof(T) a multiple of 16). A thread computes HEAD_PIXELS pixels of a row, so each weight
- * read from shared memory serves that many. */
-#define HEAD_MAX_OUTS 4
-#define HEAD_PIXELS 2
-#define HEAD_K 3 /* its kernel: WV_MAX_TAPS frames x HEAD_K x HEAD_K pixels */
-static_assert(WV_MAX_TAPS == 3, "head_conv_kernel takes one frame argument per temporal tap");
-
-template <typename T>
-__global__ void head_conv_kernel(const void *f0, const void *f1, const void *f2, const void *w_, const void *bias_,
-                                 void *y_, wv_grid g, int cin, int cout, int accumulate)
-{
-    enum { V = 16 / sizeof(T) };
-    WV_DYNAMIC_SHARED(float, ws);
-    const T *w = (const T *)w_, *bias = (const T *)bias_;
-    T *y = (T *)y_;
-    int taps_cin = WV_MAX_TAPS * HEAD_K * HEAD_K * cin, row_groups = (g.w + HEAD_PIXELS - 1) / HEAD_PIXELS;
-    for (int i = threadIdx.x; i < cout * taps_cin; i += blockDim.x) ws[i] = to_f32(w[i]);
-    __syncthreads();
-    WV_GRID_STRIDE_LOOP(i, (int64_t)g.h * row_groups)
-    {
-        int py = (int)(i / row_groups), px0 = (int)(i % row_groups) * HEAD_PIXELS;
-        int pixels = min(HEAD_PIXELS, g.w - px0);
-        float acc[HEAD_PIXELS][HEAD_MAX_OUTS];
-#pragma unroll
-        for (int p = 0; p < HEAD_PIXELS; p++)
-#pragma unroll
-            for (int o = 0; o < HEAD_MAX_OUTS; o++) {
-                float a = 0.0f;
-                if (o < cout && p < pixels) {
-                    a = bias ? to_f32(bias[o]) : 0.0f;
-                    if (accumulate) a += to_f32(y[grid_pos(g, py, px0 + p) * cout + o]);
-                }
-                acc[p][o] = a;
-            }
-        for (int dt = 0; dt < WV_MAX_TAPS; dt++) {
-            const T *frame = (const T *)(dt == 0 ? f0 : dt == 1 ? f1 : f2);
-            for (int k = 0; k < HEAD_K * HEAD_K; k++) {
-                const T *src = frame + grid_pos(g, py + k / HEAD_K - HEAD_K / 2, px0 + k % HEAD_K - HEAD_K / 2) * cin;
-                const float *wt = ws + (dt * HEAD_K * HEAD_K + k) * cin;
-                for (int c = 0; c < cin; c += V) {
-                    uint4 v[HEAD_PIXELS]; /* V inputs a pixel; a row's last, odd pixel reads its neighbour's again */
-                    float xf[HEAD_PIXELS][V];
-#pragma unroll
-                    for (int p = 0; p < HEAD_PIXELS; p++) {
-                        v[p] = *(const uint4 *)(src + (int64_t)min(p, pixels - 1) * cin + c);
-                        const T *vt = (const T *)&v[p];
-#pragma unroll
-                        for (int e = 0; e < V; e++) xf[p][e] = to_f32(vt[e]);
-                    }
-#pragma unroll
-                    for (int o = 0; o < HEAD_MAX_OUTS; o++) {
-                        if (o >= cout) continue;
-#pragma unroll
-                        for (int q = 0; q < V / 4; q++) { /* 4 weights a shared-memory load (c: a multiple of V) */
-                            float4 w4 = *(const float4 *)(wt + o * taps_cin + c + 4 * q);
-#pragma unroll
-                            for (int p = 0; p < HEAD_PIXELS; p++) {
-                                acc[p][o] = fmaf(xf[p][4 * q], w4.x, acc[p][o]);
-                                acc[p][o] = fmaf(xf[p][4 * q + 1], w4.y, acc[p][o]);
-                                acc[p][o] = fmaf(xf[p][4 * q + 2], w4.z, acc[p][o]);
-                                acc[p][o] = fmaf(xf[p][4 * q + 3], w4.w, acc[p][o]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int p = 0; p < HEAD_PIXELS; p++)
-#pragma unroll
-            for (int o = 0; o < HEAD_MAX_OUTS; o++)
-                if (p < pixels && o < cout) y[grid_pos(g, py, px0 + p) * cout + o] = from_f32<T>(acc[p][o]);
     }
 }
 

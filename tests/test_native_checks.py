@@ -152,7 +152,8 @@ refuse) echo "========= Error: Device not supported"; exit 1 ;;
 error) echo "========= Invalid __global__ read of size 4 bytes"; echo "========= ERROR SUMMARY: 1 error"; exit 86 ;;
 late_error) echo "========= COMPUTE-SANITIZER"; echo "========= Invalid __global__ write of size 2 bytes"; exit 124 ;;
 slow) echo "========= COMPUTE-SANITIZER"; exit 124 ;;
-*) echo "ran: ${args[*]}"; echo "========= ERROR SUMMARY: 0 errors" ;;
+*) echo "ran: ${args[*]}"; echo "with: WV_OPS_DTYPE=${WV_OPS_DTYPE-} WANVIDEO_CUDA_DIRECT_CONV=${WANVIDEO_CUDA_DIRECT_CONV-}"
+   echo "========= ERROR SUMMARY: 0 errors" ;;
 esac
 """
 
@@ -170,11 +171,12 @@ def gpu_check_copy(tmp_path_factory):
 
 def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(gpu_check_copy, tmp_path):
     """tools/gpu_check.sh's sanitize step (GPU_CHECK_ANYWAY=1: its logic without a GPU), on a copy of the
-    sources, with a stand-in for compute-sanitizer: the op-by-op program under memcheck and racecheck and
-    a small decode untiled and in tiles when all is clean; a finding stops it and fails the check, also
-    one reported before the run's time limit cut it short; runs cut short with nothing found are named
-    ("not all checked"); a machine the tool refuses makes it n/a, not a failure. A GPU session's minutes
-    are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
+    sources, with a stand-in for compute-sanitizer: the op-by-op program under memcheck, and under
+    racecheck once per activation type (the 16-bit ones with every convolution on our direct kernel:
+    cuDNN's 16-bit engines fault under racecheck), and a small decode untiled and in tiles when all is
+    clean; a finding stops it and fails the check, also one reported before the run's time limit cut it
+    short; runs cut short with nothing found are named ("not all checked"); a machine the tool refuses
+    makes it n/a, not a failure. A GPU session's minutes are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
     src = gpu_check_copy
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
@@ -189,14 +191,15 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(gpu_check_copy, tm
         log = (out / "native.log").read_text() if (out / "native.log").exists() else ""
         said[mode] = (r.returncode, r.stdout, log)
     status, printed, log = said["clean"]
-    assert status == 0 and "sanitize 0 " in printed and printed.count("ERROR SUMMARY: 0 errors") == 4, printed[-3000:]
+    assert status == 0 and "sanitize 0 " in printed and printed.count("ERROR SUMMARY: 0 errors") == 6, printed[-3000:]
     ops = "build/backend_ops/test_backend_ops"
     given = "ran: --error-exitcode=86 --print-limit=10 --report-api-errors=no"
     assert f"{given} --tool=memcheck {ops}" in log, log[-3000:]
-    raced = re.search(rf"^{given} --tool=racecheck --kernel-name=regex=\((\S+)\) (\S+)$", log, re.M)
-    assert raced and raced.group(2) == ops, log[-3000:]
-    ours = raced.group(1).split("|")  # racecheck on the kernels of cuda/ alone, every one of them
-    assert "head_conv_kernel" in ours and "write_output_kernel" in ours and len(ours) >= 10, ours
+    raced = re.findall(rf"^{given} --tool=racecheck --kernel-name=regex=\((\S+)\) (\S+)\n"
+                       r"with: WV_OPS_DTYPE=(\w*) WANVIDEO_CUDA_DIRECT_CONV=(\w*)$", log, re.M)
+    assert [r[1:] for r in raced] == [(ops, "float32", ""), (ops, "float16", "1"), (ops, "bfloat16", "1")], log[-3000:]
+    ours = raced[0][0].split("|")  # racecheck on the kernels of cuda/ alone, every one of them
+    assert "direct_conv_kernel" in ours and "write_output_kernel" in ours and len(ours) >= 10, ours
     for tile in (0, 78):
         assert (f"{given} --tool=memcheck python3 -m wanvideo_vae decode --device cuda --precision bf16 "
                 f"--random-shape 2 12 16 --tile {tile} --quiet") in log
@@ -208,10 +211,11 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(gpu_check_copy, tm
     status, printed, log = said["late_error"]  # what memcheck said before the time limit counts
     assert status == 1 and "sanitize 86 " in printed and printed.count("== sanitize, ") == 1, printed[-3000:]
     status, printed, log = said["slow"]
-    assert status == 0 and printed.count("== sanitize, ") == 4, printed[-3000:]
-    assert ("sanitize 0 (nothing found, not all checked: op tests, memcheck (its time limit), op tests, racecheck "
-            "(our kernels) (its time limit), decode, tile 0 (its time limit), decode, tile 78 (its time limit))"
-            ) in printed
+    assert status == 0 and printed.count("== sanitize, ") == 6, printed[-3000:]
+    raced = ", ".join(f"op tests {dt}, racecheck (our kernels) (its time limit)"
+                      for dt in ("float32", "float16", "bfloat16"))
+    assert (f"sanitize 0 (nothing found, not all checked: op tests, memcheck (its time limit), {raced}, "
+            "decode, tile 0 (its time limit), decode, tile 78 (its time limit))") in printed
 
 
 def test_the_gpu_checks_cpu_step(gpu_check_copy, tmp_path):

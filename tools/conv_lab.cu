@@ -16,7 +16,6 @@
  *   2d-stack one NHWC 2-d convolution of 3 cin channels, the three frames side by side in each
  *            pixel (a ring stored channel-interleaved, which the backend does not do yet): the
  *            2-d kernels without 2d-fused's two extra passes over the output
- *   head     (at most HEAD_MAX_OUTS outputs: the head) the backend's head_conv_kernel on CUDA cores
  * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame: the 3x3 one
  * at the x2 resolution that the decoder defines, then the sub-pixel 2x2 one on the low-resolution
  * frame (four phases in its outputs) that the backend runs instead. Prints milliseconds and
@@ -297,17 +296,6 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
         heuristic_algo(&ds); /* sets the math type it goes with */
         report("2d-stack", time_ms([&] { fused_conv(&ds, x, w, bias, y, 0.0f); }), flops);
         destroy(&ds);
-    }
-    if (s->cout <= HEAD_MAX_OUTS) {
-        wv_grid g = {s->H - 2, s->W - 2, 1};
-        int64_t groups = (int64_t)g.h * ((g.w + HEAD_PIXELS - 1) / HEAD_PIXELS);
-        report("head", time_ms([&] {
-                   head_conv_kernel<__nv_bfloat16><<<(unsigned)((groups + 255) / 256), 256,
-                                                       (size_t)s->cout * 27 * s->cin * sizeof(float), g_stream>>>(
-                       x, (char *)x + frame_in * 2, (char *)x + 2 * frame_in * 2, w, bias, y, g, s->cin, s->cout, 0);
-                   CHECK_CUDA(cudaGetLastError());
-               }),
-               flops);
     }
     destroy(&d3);
     destroy(&d2);

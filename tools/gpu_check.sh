@@ -12,16 +12,18 @@
 #                              profile bench lab graphs sanitize (default: all, in that order; the build
 #                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks;
 #                              and cpu, only when named: the CPU backend's threads on that machine's
-#                              cores ("run cpu"; 47 s on 2 cores, about a minute expected on 16).
+#                              cores ("run cpu"; 47 s on 2 cores, 84 s on an H200 machine's 16).
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
 # graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process taps
-# test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start; the sanitize
-# step, last, is not yet timed (each of its four runs has a limit: 120 s per op-test tool, 60 s per
-# decode) and takes what the deadline leaves; where it was cut short and device time is left, send at
-# once command "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize cpu", timeout_s 300 (the cpu
-# step after it, with what is left; "run cpu" alone where sanitize finished). Each step
+# test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. On an H200
+# (2026-12-04) every step up to graphs took 270 s, and the sanitize step's six runs (each with its own
+# limit: 120 s for memcheck of the op tests, 60 s for the others) took seconds each there (memcheck of
+# the op tests and a racecheck run 4-8 s; one racecheck run and both decodes 14 s in all); it takes
+# what the deadline leaves. Where it was cut short and device time is left, send at once command
+# "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize cpu", timeout_s 300 (the cpu step after it,
+# with what is left; "run cpu" alone where sanitize finished; 84 s on the H200's 16 cores). Each step
 # has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
 # summary still prints within timeout_s 400; a step with under 10 s left is skipped), so a hung
 # step still leaves its log and the summary. The machine stays warm only briefly after a call: a rerun of a
@@ -202,7 +204,11 @@ fi
 
 # 7. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
 #    tests under memcheck (out-of-bounds and misaligned accesses, in our kernels and the libraries') and
-#    racecheck (shared-memory hazards in our kernels), then a small decode with full-size weights under
+#    racecheck (shared-memory hazards in our kernels), one run per activation type (WV_OPS_DTYPE), the
+#    16-bit ones with every convolution on our direct kernel: under racecheck, cuDNN's 16-bit engines
+#    fault ("Internal Sanitizer Error: The Sanitizer failed to handle a hardware exception", at the first
+#    16-bit conv, also with no kernel of ours checked; H200, CUDA 13, cuDNN 9.19), and the process's
+#    context is lost for every later case. Then a small decode with full-size weights under
 #    memcheck, untiled and in 2 x 2 tiles (the arena's carving, the causal caches, the staging copies).
 #    Its lines go to native.log. SANITIZE: 0 clean; 86 a finding (also in a run cut short by its time
 #    limit); another status, the program's own failure; n/a where the tool is missing or refuses the
@@ -250,7 +256,11 @@ if want sanitize && room sanitize; then
         # racecheck on our kernels alone (named from the sources), memcheck on the libraries' too: a buffer
         # of ours too small for cuDNN shows as its kernel's out-of-bounds access
         sanitize "op tests, memcheck" 120 --tool memcheck "$OPS_BIN"
-        sanitize "op tests, racecheck (our kernels)" 120 --tool racecheck --kernel-name "regex=($OURS)" "$OPS_BIN"
+        for dt in float32 float16 bfloat16; do
+            direct=$([ "$dt" = float32 ] || echo 1)
+            WV_OPS_DTYPE=$dt WANVIDEO_CUDA_DIRECT_CONV=$direct sanitize "op tests $dt, racecheck (our kernels)" 60 \
+                --tool racecheck --kernel-name "regex=($OURS)" "$OPS_BIN"
+        done
         for tile in 0 78; do # 96 x 128 px: 78 px tiles (64 px cores) make 2 x 2
             sanitize "decode, tile $tile" 60 --tool memcheck python3 -m wanvideo_vae decode --device cuda \
                 --precision bf16 --random-shape 2 12 16 --tile "$tile" --quiet --out /tmp/wv_sanitize.npy

@@ -1,7 +1,10 @@
 /* Every op of the CUDA backend against the CPU backend, on random inputs: the same float inputs go
  * to both tables, each runs the op, the results are compared (the way ggml's test-backend-ops checks
  * its backends). One line per case; exit 0 when all pass, 77 when there is no GPU to run on.
- * Built and run by tests/c/backend_ops.sh. */
+ * WV_OPS_DTYPE=float32 (float16, bfloat16) tests that activation type alone: gpu_check's racecheck
+ * runs a type per process, the 16-bit ones with every conv on the direct kernel (under racecheck,
+ * cuDNN's 16-bit engines fault, and every later case fails with the lost context). Built and run by
+ * tests/c/backend_ops.sh. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -592,8 +595,8 @@ static int make_side(side *s, const wv_backend *be)
 
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
  * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
- * CUDA); causal 3x3x3 ones with at most HEAD_MAX_OUTS outputs (head_conv_kernel on CUDA, odd widths
- * and a wider ring included); the sub-pixel conv's 2x2. */
+ * CUDA); causal 3x3x3 ones with a handful of outputs (one 3-d convolution from the ring on CUDA, odd
+ * widths and a wider ring included); the sub-pixel conv's 2x2. */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
     for (int kt = 1; kt <= 3; kt += 2)
@@ -605,7 +608,7 @@ static void test_conv_shapes(side *cpu, side *gpu)
             }
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
     test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
-    test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head: head_conv_kernel on CUDA */
+    test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head */
     test_conv(cpu, gpu, 3, 3, 16, 4, 2, 1);
     test_conv(cpu, gpu, 1, 2, 16, 32, 1, 0); /* sub-pixel convs: a 2x2 window, no padding */
     test_conv(cpu, gpu, 1, 2, 24, 4 * 12, 1, 0);
@@ -613,13 +616,15 @@ static void test_conv_shapes(side *cpu, side *gpu)
 }
 
 /* The convolutions again with the CUDA side on the direct kernel (WANVIDEO_CUDA_DIRECT_CONV is read
- * when a context is made). */
+ * when a context is made; set for the whole run, it stays set: gpu_check's racecheck runs so). */
 static void test_direct_convs(side *cpu, const wv_backend *be)
 {
     side direct;
+    const char *was = getenv("WANVIDEO_CUDA_DIRECT_CONV");
+    int whole_run = was && !strcmp(was, "1");
     setenv("WANVIDEO_CUDA_DIRECT_CONV", "1", 1);
     if (make_side(&direct, be)) exit(1);
-    unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
+    if (!whole_run) unsetenv("WANVIDEO_CUDA_DIRECT_CONV");
     g_variant = " direct";
     test_conv_shapes(cpu, &direct);
     g_variant = "";
@@ -629,6 +634,7 @@ static void test_direct_convs(side *cpu, const wv_backend *be)
 int main(void)
 {
     char why[256];
+    const char *only = getenv("WV_OPS_DTYPE");
     side cpu;
     if (!wv_cuda_device_count(why, sizeof why)) {
         printf("skipped: %s\n", why);
@@ -637,6 +643,7 @@ int main(void)
     if (make_side(&cpu, wv_backend_cpu())) return 1;
     for (int dt = WV_F32; dt <= WV_BF16; dt++) {
         side gpu;
+        if (only && *only && strcmp(only, wv_dtype_name((wv_dtype)dt)) != 0) continue;
         if (make_side(&gpu, wv_cuda_backends()->by_dtype[dt])) return 1;
         test_conv_shapes(&cpu, &gpu);
         test_conv(&cpu, &gpu, 1, 1, 24, 72, 0, 0); /* attention's 1x1 on an unpadded grid */

@@ -98,33 +98,6 @@ static float *ktrsc(const float *w, int cin, int cout, int taps)
     return d;
 }
 
-/* head_conv_kernel (the head's conv) against the CPU conv, in float32 and bf16. */
-template <typename T> static void test_head_conv(int cin, int cout, int pad, int accumulate, const char *type)
-{
-    wv_grid g = {5, 7, pad};
-    int64_t P = wv_grid_positions(g), nw = (int64_t)cout * cin * 27;
-    float *w = (float *)malloc(sizeof(float) * nw), *bias = (float *)malloc(sizeof(float) * cout);
-    float *frames = rand_frames(g, cin, 3), *y0 = rand_frames(g, cout, 1);
-    float *ref = (float *)malloc(sizeof(float) * P * cout), *got = (float *)malloc(sizeof(float) * P * cout);
-    char name[96];
-    for (int64_t i = 0; i < nw; i++) w[i] = frand() * 0.2f;
-    for (int o = 0; o < cout; o++) bias[o] = frand();
-    round_to<T>(w, nw), round_to<T>(bias, cout), round_to<T>(frames, 3 * P * cin), round_to<T>(y0, P * cout);
-    memcpy(ref, y0, sizeof(float) * P * cout);
-    cpu_causal_conv(w, bias, cin, cout, 3, g, frames, ref, accumulate);
-    {
-        float *packed = ktrsc(w, cin, cout, 27);
-        T *tw = as_t<T>(packed, nw), *tb = as_t<T>(bias, cout), *tf = as_t<T>(frames, 3 * P * cin);
-        T *ty = as_t<T>(y0, P * cout);
-        head_conv_kernel<T>(tf, tf + P * cin, tf + 2 * P * cin, tw, tb, ty, g, cin, cout, accumulate);
-        for (int64_t i = 0; i < P * cout; i++) got[i] = from_t<T>(ty[i]);
-        free(packed), free(tw), free(tb), free(tf), free(ty);
-    }
-    snprintf(name, sizeof name, "head_conv %d->%d pad %d%s %s", cin, cout, pad, accumulate ? " +=" : "", type);
-    check(name, g, cout, ref, got, type[0] == 'f' ? 1e-5 : 2e-2);
-    free(w), free(bias), free(frames), free(y0), free(ref), free(got);
-}
-
 /* rotate_taps_kernel: weights turned by r, read against a ring whose oldest frame is in slot r
  * (frame t-2 in slot r, t-1 in r+1, t in r+2, mod 3) slot by slot, give the time-ordered conv. The
  * 3-d convolution over the slots is a naive loop here (cuDNN's on the GPU). */
@@ -316,12 +289,6 @@ int main(void)
         test_rotation(16, 24, 3, r);
         test_rotation(24, 48, 1, r); /* a time conv */
     }
-    test_head_conv<float>(96, 3, 1, 0, "fp32");
-    test_head_conv<float>(32, 3, 1, 1, "fp32");
-    test_head_conv<float>(16, 4, 2, 1, "fp32");
-    test_head_conv<float>(8, 1, 1, 0, "fp32");
-    test_head_conv<__nv_bfloat16>(96, 3, 1, 0, "bf16");
-    test_head_conv<__nv_bfloat16>(16, 4, 2, 1, "bf16");
     test_direct(3, 5, 3, 0);
     test_direct(5, 6, 2, 0);
     test_direct(4, 8, 2, 1);

@@ -25,13 +25,12 @@
 #define __forceinline__ inline
 /* Shared memory: one buffer for all the threads of the block running (one block at a time), where
  * a GPU's would start with what an earlier block left. Here every block starts with its static
- * arrays all 0xFF bytes (a NaN in every float type), and every launch with its dynamic memory so, so
- * that a slot no thread of the block wrote reads as NaN, not as zero or as the last block's value.
+ * arrays all 0xFF bytes (a NaN in every float type), so that a slot no thread of the block wrote
+ * reads as NaN, not as zero or as the last block's value.
  * The static arrays are carved from one buffer in the order the kernel declares them (each thread
  * does it the same way). CUDA's own __shared__ is left undefined here: kernels use the macros. */
 alignas(16) inline unsigned char g_static_shared_on_cpu[48 << 10]; /* CUDA's static limit */
 inline thread_local size_t t_static_shared_taken;
-alignas(16) inline float g_dynamic_shared_on_cpu[1 << 16]; /* a launch here asks for at most this much */
 
 template <typename T> T *take_static_shared_on_cpu(size_t n)
 {
@@ -41,10 +40,8 @@ template <typename T> T *take_static_shared_on_cpu(size_t n)
     return (T *)(g_static_shared_on_cpu + at);
 }
 #define WV_SHARED(T, name, n) T *name = take_static_shared_on_cpu<T>(n)
-#define WV_DYNAMIC_SHARED(T, name) T *name = (T *)g_dynamic_shared_on_cpu
 
 inline void poison_static_shared_on_cpu() { memset(g_static_shared_on_cpu, 0xFF, sizeof g_static_shared_on_cpu); }
-inline void poison_dynamic_shared_on_cpu() { memset(g_dynamic_shared_on_cpu, 0xFF, sizeof g_dynamic_shared_on_cpu); }
 
 struct dim3_on_cpu {
     unsigned x, y, z;
@@ -155,7 +152,6 @@ template <typename F> void launch_on_cpu(dim3_on_cpu grid, dim3_on_cpu block, F 
 {
     unsigned threads = block.x * block.y * block.z;
     gridDim = grid, blockDim = block;
-    poison_dynamic_shared_on_cpu();
     for (unsigned z = 0; z < grid.z; z++)
         for (unsigned y = 0; y < grid.y; y++)
             for (unsigned x = 0; x < grid.x; x++) {
@@ -179,7 +175,6 @@ template <typename F> void launch_on_cpu(dim3_on_cpu grid, dim3_on_cpu block, F 
  * the dims), its shared memory starting as launch_on_cpu's does. */
 template <typename F> void run_alone_on_cpu(F run)
 {
-    poison_dynamic_shared_on_cpu();
     poison_static_shared_on_cpu();
     t_static_shared_taken = 0;
     run();

@@ -138,7 +138,6 @@ const kernel_entry KERNELS[] = {
     EACH_UNIT(ALONE, copy_channels_kernel),
     EACH_UNIT(ALONE, pixel_shuffle_kernel),
     EACH_TYPE(ALONE, direct_conv_kernel),
-    EACH_TYPE(ALONE, head_conv_kernel),
     COOPERATIVE(ROW_WARPS_RUN, softmax_rows_kernel, softmax_serial),
     EACH_TYPE(ALONE, write_output_kernel),
 };
