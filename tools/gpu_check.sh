@@ -16,7 +16,7 @@
 #
 # With the device tool: run command "tools/gpu_check.sh run", carry [".whl", ".gpu_shared"], timeout_s 400.
 # Took 112 s on an H100 (build 13 s, op tests 13, tests 29, profile 13, bench 40, lab 4) before the
-# graphs step (6 decodes of 720p x 81, each twice: about 90 s more), the tests' five-process taps
+# graphs step (4 decodes of 720p x 81, each twice: about 60 s more), the tests' five-process taps
 # test (about 25 s) and `info` (a few seconds), plus about 40 s for the machine's start. On an H200
 # (2026-12-04) every step up to graphs took 270 s, and the sanitize step's six runs (each with its own
 # limit: 120 s for memcheck of the op tests, 60 s for the others) took seconds each there (memcheck of
@@ -172,13 +172,13 @@ fi
 
 # 6. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
 #    with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
-#    an untimed run; and within 2 GiB with the 192-channel convs run by taps too
-#    (WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192: 2-d convs per tap instead of 3-d ones, caches of two frames).
+#    an untimed run, each run's WANVIDEO_CUDA_TAPS_MAX_CHANNELS its first word (192, the 192-channel
+#    convs by taps too, ran here until measured: 2.52 s within 2 GiB against 2.07 for 128, H200).
 #    Each run's log goes to profile.txt as it ends (the device tool brings back 8 files); the frames
 #    with graphs must be those without (the same latents: --random-shape is seeded).
 if want graphs && room graphs; then
     GRAPHS=0
-    for run in "128 --tile 0 --max-memory 1904M" "192 --tile 0 --max-memory 1904M" "128 --tile 272"; do
+    for run in "128 --tile 0 --max-memory 1904M" "128 --tile 272"; do
         taps=${run%% *} budget=${run#* }
         for g in 0 1; do
             room graphs || { [ "$GRAPHS" = 0 ] && GRAPHS=partial; break 2; }
