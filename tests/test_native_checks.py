@@ -176,7 +176,8 @@ def test_the_gpu_checks_sanitize_step_on_a_stand_in_sanitizer(gpu_check_copy, tm
     cuDNN's 16-bit engines fault under racecheck), and a small decode untiled and in tiles when all is
     clean; a finding stops it and fails the check, also one reported before the run's time limit cut it
     short; runs cut short with nothing found are named ("not all checked"); a machine the tool refuses
-    makes it n/a, not a failure. A GPU session's minutes are not spent on its bugs. Runs wherever the CUDA build is required (CI with nvcc)."""
+    makes it n/a, not a failure. A GPU session's minutes are not spent on its bugs. Runs wherever the
+    CUDA build is required (CI with nvcc)."""
     src = gpu_check_copy
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "compute-sanitizer").write_text(STAND_IN_SANITIZER)
