@@ -14,8 +14,16 @@
  *   2d-fused the same with the bias folded into the first tap's convolution: what the backend runs
  *            for equal-width convolutions it runs by taps
  *   2d-stack one NHWC 2-d convolution of 3 cin channels, the three frames side by side in each
- *            pixel (a ring stored channel-interleaved, which the backend does not do yet): the
- *            2-d kernels without 2d-fused's two extra passes over the output
+ *            pixel (a ring stored channel-interleaved): the 2-d kernels without 2d-fused's two
+ *            extra passes over the output. The backend does not do it: such a ring keeps three
+ *            frames where taps run apart keep two, 46 MB more a convolution in a 2 GiB plan's
+ *            tile (96 channels at 369x649), 276 MB for the six it runs by taps, where that plan
+ *            has 77 MiB to spare
+ *   3d-graph the 3-d convolution through cuDNN's graph API: the first engine configuration heuristics
+ *            mode A ranks that makes a plan without compiling kernels, its plan made once and run
+ *   3d-native the first configuration whose engine can put its work into a CUDA graph itself
+ *            (cudnnBackendPopulateCudaGraph: no stream capture), that graph launched; then how
+ *            many of the configurations could, and how many compile kernels (NVRTC)
  * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame: the 3x3 one
  * at the x2 resolution that the decoder defines, then the sub-pixel 2x2 one on the low-resolution
  * frame (four phases in its outputs) that the backend runs instead. Prints milliseconds and
@@ -25,7 +33,9 @@
  * decode in small tiles queues some 260 calls a step, and when their host cost exceeds the step's
  * GPU time, the host sets the pace. Last, the same fused calls captured once into a CUDA graph and
  * replayed: whether cuDNN's calls can be captured at all, the host's cost per call then, and the
- * GPU's time per call queued one by one and replayed (small kernels leave gaps between them).
+ * GPU's time per call queued one by one and replayed (small kernels leave gaps between them); and the
+ * host's cost of the 3-d call through the graph API, its plan made once, with its variant pack (the
+ * call's pointers) kept or made anew for each call, as the backend's calls would need.
  *
  * Last, the memory-bound kernels on the frames they run on most at 720p: the RMS norm + SiLU the
  * backend launches (and the warp-per-position kernel it falls back on) and the pixel shuffle into
@@ -235,6 +245,247 @@ static void bias_pass(void *y, const void *bias, long long rows, int C)
     bias_add_kernel<__nv_bfloat16><<<1024, 256, 0, g_stream>>>(y, bias, rows, C);
 }
 
+/* ---- cuDNN's graph API: the same convolution as a finalized execution plan -------------------------
+ * What the backend might move to: the legacy calls above rebuild their plan on every call, which is
+ * their host cost; a plan kept per shape leaves only the variant pack (the call's pointers) to make.
+ * Some engines can also put their work into a CUDA graph themselves (cudnnBackendPopulateCudaGraph),
+ * with no stream capture, which is what keeps the backend's step graphs off by default. */
+
+enum { UID_X = 'x', UID_W = 'w', UID_Y = 'y' };
+#define GRAPH_MAX_CONFIGS 16
+
+typedef struct {
+    cudnnBackendDescriptor_t x, w, y, conv, op, graph, heur;
+    cudnnBackendDescriptor_t cfgs[GRAPH_MAX_CONFIGS];
+    int n_cfgs;
+} graph_conv;
+
+static cudnnBackendDescriptor_t graph_desc(cudnnBackendDescriptorType_t type)
+{
+    cudnnBackendDescriptor_t d = NULL;
+    check_cudnn(cudnnBackendCreateDescriptor(type, &d), "graph API: create");
+    return d;
+}
+
+static void graph_set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type,
+                      int64_t n, const void *value)
+{
+    check_cudnn(cudnnBackendSetAttribute(d, name, type, n, value), "graph API: set attribute");
+}
+
+/* A bf16 channels-last tensor of the graph, as channels_last() describes it for the legacy API. */
+static cudnnBackendDescriptor_t graph_tensor(int64_t uid, int nd, const int *dims)
+{
+    int strides[5];
+    int64_t dims64[5], strides64[5], alignment = 16;
+    cudnnDataType_t type = CUDNN_DATA_BFLOAT16;
+    cudnnBackendDescriptor_t t = graph_desc(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    channels_last_strides(nd, dims, strides);
+    for (int i = 0; i < nd; i++) dims64[i] = dims[i], strides64[i] = strides[i];
+    graph_set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type);
+    graph_set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, nd, dims64);
+    graph_set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, nd, strides64);
+    graph_set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
+    graph_set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment);
+    check_cudnn(cudnnBackendFinalize(t), "graph API: tensor");
+    return t;
+}
+
+/* describe()'s convolution as a one-node operation graph, and the engine configurations heuristics
+ * mode A ranks for it. */
+static graph_conv graph_describe(int nd, int cin, int cout, int kt, int k, int H, int W)
+{
+    graph_conv g;
+    int p = k % 2 ? k / 2 : 0, Ho = out_side(k, H), Wo = out_side(k, W);
+    int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, k, k};
+    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, Ho, Wo}, w4[4] = {cout, cin, k, k};
+    int64_t spatial = nd - 2, pad5[3] = {0, p, p}, pad4[2] = {p, p}, ones[3] = {1, 1, 1}, n = 0;
+    cudnnDataType_t comp = CUDNN_DATA_FLOAT;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
+    float alpha = 1.0f, beta = 0.0f;
+    memset(&g, 0, sizeof g);
+    g.x = graph_tensor(UID_X, nd, nd == 5 ? x5 : x4);
+    g.w = graph_tensor(UID_W, nd, nd == 5 ? w5 : w4);
+    g.y = graph_tensor(UID_Y, nd, nd == 5 ? y5 : y4);
+    g.conv = graph_desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, spatial, ones);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, spatial, ones);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, spatial, nd == 5 ? pad5 : pad4);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, spatial, nd == 5 ? pad5 : pad4);
+    check_cudnn(cudnnBackendFinalize(g.conv), "graph API: convolution");
+    g.op = graph_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.x);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.w);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.y);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.conv);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
+    check_cudnn(cudnnBackendFinalize(g.op), "graph API: operation");
+    g.graph = graph_desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    graph_set(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.op);
+    graph_set(g.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cudnn);
+    check_cudnn(cudnnBackendFinalize(g.graph), "graph API: operation graph");
+    g.heur = graph_desc(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    graph_set(g.heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.graph);
+    graph_set(g.heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &heur_mode);
+    check_cudnn(cudnnBackendFinalize(g.heur), "graph API: heuristics");
+    for (int i = 0; i < GRAPH_MAX_CONFIGS; i++) g.cfgs[i] = graph_desc(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    check_cudnn(cudnnBackendGetAttribute(g.heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                         GRAPH_MAX_CONFIGS, &n, g.cfgs),
+                "graph API: heuristics' results");
+    g.n_cfgs = (int)n;
+    return g;
+}
+
+static void graph_destroy(graph_conv *g)
+{
+    cudnnBackendDescriptor_t all[] = {g->heur, g->graph, g->op, g->conv, g->y, g->w, g->x};
+    for (int i = 0; i < GRAPH_MAX_CONFIGS; i++)
+        if (g->cfgs[i]) cudnnBackendDestroyDescriptor(g->cfgs[i]);
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        if (all[i]) cudnnBackendDestroyDescriptor(all[i]);
+}
+
+/* An execution plan of configuration cfg within the workspace, or NULL where it declines (not a
+ * failure of the lab: engines decline shapes). */
+static cudnnBackendDescriptor_t graph_plan(cudnnBackendDescriptor_t cfg)
+{
+    cudnnBackendDescriptor_t plan = NULL;
+    int64_t workspace = 0, n = 0;
+    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) != CUDNN_STATUS_SUCCESS) return NULL;
+    if (cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cudnn) ||
+        cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg) ||
+        cudnnBackendFinalize(plan) ||
+        cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n, &workspace) ||
+        workspace > (int64_t)WORKSPACE) {
+        cudnnBackendDestroyDescriptor(plan);
+        return NULL;
+    }
+    return plan;
+}
+
+/* The call's pointers. */
+static cudnnBackendDescriptor_t graph_pack(void *x, void *w, void *y)
+{
+    int64_t uids[3] = {UID_X, UID_W, UID_Y};
+    void *pointers[3] = {x, w, y}, *workspace = g_workspace;
+    cudnnBackendDescriptor_t pack = graph_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
+    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
+    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
+    check_cudnn(cudnnBackendFinalize(pack), "graph API: variant pack");
+    return pack;
+}
+
+/* What the engine behind configuration cfg notes of itself. */
+typedef struct {
+    int64_t index;    /* in cuDNN's global list */
+    int native_graph; /* it can populate a CUDA graph itself */
+    int compiles;     /* it compiles its kernels when a plan is made (NVRTC: seconds), which the lab skips */
+} graph_engine_info;
+
+static graph_engine_info graph_engine(cudnnBackendDescriptor_t cfg)
+{
+    graph_engine_info info = {-1, 0, 1};
+    cudnnBackendDescriptor_t engine = NULL;
+    cudnnBackendBehaviorNote_t notes[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+    int64_t n = 0, n_notes = 0;
+    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &engine)) return info;
+    if (!cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &engine) &&
+        !cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, &info.index) &&
+        !cudnnBackendGetAttribute(engine, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                  CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n_notes, notes)) {
+        info.compiles = 0;
+        for (int64_t i = 0; i < n_notes; i++) {
+            info.native_graph |= notes[i] == CUDNN_BEHAVIOR_NOTE_SUPPORTS_CUDA_GRAPH_NATIVE_API;
+            info.compiles |= notes[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+        }
+    }
+    cudnnBackendDestroyDescriptor(engine);
+    return info;
+}
+
+/* The plan of the first configuration heuristics mode A ranks that finalizes without compiling (the
+ * legacy API's kind of engine), or NULL; its rank and engine into *rank and *info. */
+static cudnnBackendDescriptor_t graph_first_plan(const graph_conv *g, int *rank, graph_engine_info *info)
+{
+    for (int i = 0; i < g->n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
+        cudnnBackendDescriptor_t plan;
+        *info = graph_engine(g->cfgs[i]);
+        if (info->compiles || !(plan = graph_plan(g->cfgs[i]))) continue;
+        *rank = i + 1;
+        return plan;
+    }
+    return NULL;
+}
+
+/* Configuration i's engine populating a CUDA graph itself, the graph then launched and timed; 0 where
+ * that fails (said). */
+static int time_native_graph(const graph_conv *g, int i, graph_engine_info info, cudnnBackendDescriptor_t pack,
+                             double flops)
+{
+    cudaGraph_t graph = NULL;
+    cudaGraphExec_t exec = NULL;
+    cudnnStatus_t st = CUDNN_STATUS_NOT_SUPPORTED;
+    cudnnBackendDescriptor_t plan = graph_plan(g->cfgs[i]);
+    int ok = 0;
+    CHECK_CUDA(cudaGraphCreate(&graph, 0));
+    if (plan) st = cudnnBackendPopulateCudaGraph(g_cudnn, plan, pack, graph);
+    if (st == CUDNN_STATUS_SUCCESS && cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess) {
+        ok = 1;
+        report("3d-native", time_ms([&] { CHECK_CUDA(cudaGraphLaunch(exec, g_stream)); }), flops);
+        printf("            (engine %lld, configuration %d of %d, its own CUDA graph)\n", (long long)info.index, i + 1,
+               g->n_cfgs);
+    } else {
+        printf("  3d-native engine %lld, configuration %d of %d: %s\n", (long long)info.index, i + 1, g->n_cfgs,
+               !plan ? "no plan" : st != CUDNN_STATUS_SUCCESS ? cudnnGetErrorString(st) : "the graph did not instantiate");
+        cudaGetLastError();
+    }
+    if (exec) cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    if (plan) cudnnBackendDestroyDescriptor(plan);
+    return ok;
+}
+
+/* The causal shape (3-d, as the backend runs it) through the graph API: the first plan's GPU time,
+ * then the first configuration whose engine populates a CUDA graph itself, that graph's; and how many
+ * of the heuristics' configurations could (and how many compile their kernels). */
+static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double flops)
+{
+    graph_conv g = graph_describe(5, s->cin, s->cout, 3, s->k, s->H, s->W);
+    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y), plan = NULL;
+    graph_engine_info info;
+    int rank = 0, natives = 0, compiling = 0, timed = 0;
+    if (!pack) {
+        report("3d-graph", -1.0f, flops);
+        graph_destroy(&g);
+        return;
+    }
+    if ((plan = graph_first_plan(&g, &rank, &info))) {
+        report("3d-graph", time_ms([&] { check_cudnn(cudnnBackendExecute(g_cudnn, plan, pack), "graph API: execute"); }),
+               flops);
+        printf("            (engine %lld, configuration %d of %d)\n", (long long)info.index, rank, g.n_cfgs);
+        cudnnBackendDestroyDescriptor(plan);
+    } else {
+        printf("  3d-graph  no plan without compiling, of %d configurations\n", g.n_cfgs);
+    }
+    for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
+        info = graph_engine(g.cfgs[i]);
+        natives += info.native_graph;
+        compiling += info.compiles;
+        if (info.native_graph && !info.compiles && !timed) timed = time_native_graph(&g, i, info, pack, flops);
+    }
+    printf("  graph API: %d configurations, %d of them can populate a CUDA graph, %d compile kernels\n", g.n_cfgs,
+           natives, compiling);
+    cudnnBackendDestroyDescriptor(pack);
+    graph_destroy(&g);
+    g_failed = 0;
+}
+
 /* The causal shape four ways (see the top of the file). */
 static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias, double flops)
 {
@@ -297,6 +548,7 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
         report("2d-stack", time_ms([&] { fused_conv(&ds, x, w, bias, y, 0.0f); }), flops);
         destroy(&ds);
     }
+    run_graph_api(s, x, w, y, flops);
     destroy(&d3);
     destroy(&d2);
 }
@@ -380,6 +632,34 @@ static void run_graph_costs(const conv_desc *d, void *x, void *w, void *bias, vo
     if (graph) cudaGraphDestroy(graph);
 }
 
+/* The 3-d convolution of run_host_costs through the graph API: an execution plan kept, with the
+ * variant pack kept too (pointers that never change) or made anew for each call, as the backend's
+ * calls would (their pointers change with the ring's slots and the tiles). */
+static void run_graph_api_costs(void *x, void *w, void *y, int H, int W, int C)
+{
+    graph_conv g = graph_describe(5, C, C, 3, 3, H, W);
+    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y), plan = NULL;
+    graph_engine_info info;
+    int rank = 0;
+    if (pack) plan = graph_first_plan(&g, &rank, &info);
+    if (!plan) {
+        report_host("graph API 3-d: no plan", -1.0);
+    } else {
+        report_host("graph API 3-d, plan and pack kept", host_us([&] {
+                        check_cudnn(cudnnBackendExecute(g_cudnn, plan, pack), "graph API: execute");
+                    }));
+        report_host("graph API 3-d, a new pack a call", host_us([&] {
+                        cudnnBackendDescriptor_t fresh = graph_pack(x, w, y);
+                        check_cudnn(cudnnBackendExecute(g_cudnn, plan, fresh), "graph API: execute");
+                        cudnnBackendDestroyDescriptor(fresh);
+                    }));
+        cudnnBackendDestroyDescriptor(plan);
+    }
+    if (pack) cudnnBackendDestroyDescriptor(pack);
+    graph_destroy(&g);
+    g_failed = 0;
+}
+
 /* The host's cost per call for a 96->96 3x3 convolution of a 34x34 grid (a small tile's frame). */
 static void run_host_costs(void)
 {
@@ -405,6 +685,7 @@ static void run_host_costs(void)
                     fused_conv(&d2, x, w, bias, y, 1.0f);
                 }));
     run_graph_costs(&d2, x, w, bias, y);
+    run_graph_api_costs(x, w, y, H, W, C);
     destroy(&d3);
     destroy(&d2);
     cudaFree(x), cudaFree(y), cudaFree(w), cudaFree(bias);
