@@ -1106,6 +1106,21 @@ def test_patched_tile_size_is_height_then_width(tiny, monkeypatch):
     patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=False, tile_size=None)
     patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=True, tile_size=None)
     assert seen[1:] == [(272, 272)] * 2  # the wrapper's default tile, (34, 34) latent pixels
+    # the wrapper's blended tiles take any size; an exact one needs its halo, so tiny ones are raised
+    patched.decode(torch.from_numpy(data["latents"])[None], "cpu", tiled=True, tile_size=(1, 2))
+    assert seen[3:] == [(24, 24)]
+
+
+def test_patched_tiny_tiles_decode_the_same_picture(tiny):
+    """tile_size (1, 1) latent pixels, which the wrapper's own tiled decode accepts, decodes in the
+    smallest exact tiles: the same frames as any other tile size."""
+    from wanvideo_vae.comfy_nodes import WanVideoNativeVAEPatch
+    vae, data = tiny
+    (patched,) = WanVideoNativeVAEPatch().patch(vae)
+    lat = torch.from_numpy(data["latents"])[None]
+    smallest = patched.decode(lat, "cpu", tiled=True, tile_size=(1, 1), pbar=False)[0]
+    usual = patched.decode(lat, "cpu", tiled=True, tile_size=(5, 5), pbar=False)[0]
+    assert smallest.shape == usual.shape and (smallest - usual).abs().max().item() <= NODE_TOL
 
 
 def test_patched_untiled_decode_lands_on_device(tiny):

@@ -25,6 +25,10 @@ from .weights import is_wan22_layout, normalize_keys
 CATEGORY = "WanVideoWrapper/native"
 _TILE = {"min": 40, "max": 2048, "step": 8}
 _STRIDE = {"min": 32, "max": 2040, "step": 8}
+# The smallest tile, in latent pixels, that the WANVAE patch decodes in: an exact tile holds the output
+# halo (7 px a side for Wan 2.1) around a core of at least one latent pixel (8 px), 22 px in all. The
+# wrapper's blended tiles take any size, so smaller ones are raised to it, which costs no picture change.
+_PATCH_MIN_TILE = 3
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -540,7 +544,7 @@ class NativeWanVAE(_NativeDecode):
         videos = []
         # in latent pixels, height first, as the wrapper's tiled_decode reads them; read only when tiled, as
         # the wrapper does (None where a caller passes it untiled)
-        tile_h, tile_w = tile_size if tiled and tile_size is not None else (34, 34)
+        tile_h, tile_w = (max(_PATCH_MIN_TILE, t) for t in tile_size) if tiled and tile_size is not None else (34, 34)
         for latents in hidden_states:
             raw = _decode_raw(self._wrapped, latents, bool(end_), tiled, 8 * tile_w, 8 * tile_h,
                               show_progress=bool(pbar))
