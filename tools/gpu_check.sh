@@ -165,7 +165,7 @@ fi
 #    (its tables are in native.log)
 if want lab && room lab; then
     echo "== conv lab" >> "$OUT/native.log"
-    timeout "$(limit 45)" bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" >> "$OUT/native.log"
+    timeout "$(limit 75)" bash tools/conv_lab.sh 2>&1 | grep -v "^wanvideo_vae build" >> "$OUT/native.log"
     LAB=${PIPESTATUS[0]}
     summary "conv lab exit $LAB"
 fi
