@@ -25,9 +25,10 @@ from .weights import is_wan22_layout, normalize_keys
 CATEGORY = "WanVideoWrapper/native"
 _TILE = {"min": 40, "max": 2048, "step": 8}
 _STRIDE = {"min": 32, "max": 2040, "step": 8}
-# The smallest tile, in latent pixels, that the WANVAE patch decodes in: an exact tile holds the output
-# halo (7 px a side for Wan 2.1) around a core of at least one latent pixel (8 px), 22 px in all. The
-# wrapper's blended tiles take any size, so smaller ones are raised to it, which costs no picture change.
+# The smallest tile side, in latent pixels, that the WANVAE patch decodes in: an exact tile holds the
+# output halo (7 px a side for Wan 2.1) around a core of at least one latent pixel (8 px), 22 px in all,
+# so 3 (24 px). The wrapper's blended tiles take any size: smaller ones are raised to it, and the
+# picture is the same at every tile size.
 _PATCH_MIN_TILE = 3
 
 
