@@ -130,26 +130,36 @@ typedef struct {
  * 2x2) unpadded. */
 static int out_side(int k, int n) { return k % 2 ? n : n - k + 1; }
 
-/* nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W] (time unpadded); nd 4: [1][cin][H][W] -> [1][cout][Ho][Wo];
- * k x k spatially (see out_side). */
+/* A convolution's dims, for either API. nd 5: [1][cin][kt][H][W] -> [1][cout][1][H][W] (time unpadded);
+ * nd 4: [1][cin][H][W] -> [1][cout][Ho][Wo]; k x k spatially (see out_side). pad: per spatial dim. */
+typedef struct {
+    int nd;
+    int x[5], y[5], w[5], pad[3];
+} conv_dims;
+
+static conv_dims dims_of(int nd, int cin, int cout, int kt, int k, int H, int W)
+{
+    int p = k % 2 ? k / 2 : 0;
+    conv_dims d5 = {5, {1, cin, kt, H, W}, {1, cout, 1, H, W}, {cout, cin, kt, k, k}, {0, p, p}};
+    conv_dims d4 = {4, {1, cin, H, W}, {1, cout, out_side(k, H), out_side(k, W)}, {cout, cin, k, k}, {p, p}};
+    return nd == 5 ? d5 : d4;
+}
+
 static conv_desc describe(int nd, int cin, int cout, int kt, int k, int H, int W)
 {
     conv_desc d;
-    int p = k % 2 ? k / 2 : 0, Ho = out_side(k, H), Wo = out_side(k, W);
-    int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, k, k};
-    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, Ho, Wo}, w4[4] = {cout, cin, k, k};
-    int p3[3] = {0, p, p}, p2[2] = {p, p}, b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
+    conv_dims dm = dims_of(nd, cin, cout, kt, k, H, W);
+    int b5[5] = {1, cout, 1, 1, 1}, ones[3] = {1, 1, 1};
     check_cudnn(cudnnCreateTensorDescriptor(&d.x), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.y), "create");
     check_cudnn(cudnnCreateTensorDescriptor(&d.bias), "create");
     check_cudnn(cudnnCreateFilterDescriptor(&d.w), "create");
     check_cudnn(cudnnCreateConvolutionDescriptor(&d.conv), "create");
-    channels_last(d.x, nd, nd == 5 ? x5 : x4);
-    channels_last(d.y, nd, nd == 5 ? y5 : y4);
+    channels_last(d.x, nd, dm.x);
+    channels_last(d.y, nd, dm.y);
     channels_last(d.bias, nd, b5);
-    check_cudnn(cudnnSetFilterNdDescriptor(d.w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, nd, nd == 5 ? w5 : w4),
-                "filter descriptor");
-    check_cudnn(cudnnSetConvolutionNdDescriptor(d.conv, nd - 2, nd == 5 ? p3 : p2, ones, ones, CUDNN_CROSS_CORRELATION,
+    check_cudnn(cudnnSetFilterNdDescriptor(d.w, CUDNN_DATA_BFLOAT16, CUDNN_TENSOR_NHWC, nd, dm.w), "filter descriptor");
+    check_cudnn(cudnnSetConvolutionNdDescriptor(d.conv, nd - 2, dm.pad, ones, ones, CUDNN_CROSS_CORRELATION,
                                                 CUDNN_DATA_FLOAT),
                 "convolution descriptor");
     return d;
@@ -297,26 +307,25 @@ static cudnnBackendDescriptor_t graph_tensor(int64_t uid, int nd, const int *dim
 static graph_conv graph_describe(int nd, int cin, int cout, int kt, int k, int H, int W)
 {
     graph_conv g;
-    int p = k % 2 ? k / 2 : 0, Ho = out_side(k, H), Wo = out_side(k, W);
-    int x5[5] = {1, cin, kt, H, W}, y5[5] = {1, cout, 1, H, W}, w5[5] = {cout, cin, kt, k, k};
-    int x4[4] = {1, cin, H, W}, y4[4] = {1, cout, Ho, Wo}, w4[4] = {cout, cin, k, k};
-    int64_t spatial = nd - 2, pad5[3] = {0, p, p}, pad4[2] = {p, p}, ones[3] = {1, 1, 1}, n = 0;
+    conv_dims dm = dims_of(nd, cin, cout, kt, k, H, W);
+    int64_t spatial = nd - 2, pad[3], ones[3] = {1, 1, 1}, n = 0;
     cudnnDataType_t comp = CUDNN_DATA_FLOAT;
     cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
     cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
     float alpha = 1.0f, beta = 0.0f;
     memset(&g, 0, sizeof g);
-    g.x = graph_tensor(UID_X, nd, nd == 5 ? x5 : x4);
-    g.w = graph_tensor(UID_W, nd, nd == 5 ? w5 : w4);
-    g.y = graph_tensor(UID_Y, nd, nd == 5 ? y5 : y4);
+    for (int i = 0; i < spatial; i++) pad[i] = dm.pad[i];
+    g.x = graph_tensor(UID_X, nd, dm.x);
+    g.w = graph_tensor(UID_W, nd, dm.w);
+    g.y = graph_tensor(UID_Y, nd, dm.y);
     g.conv = graph_desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, spatial, ones);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, spatial, ones);
-    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, spatial, nd == 5 ? pad5 : pad4);
-    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, spatial, nd == 5 ? pad5 : pad4);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, spatial, pad);
+    graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, spatial, pad);
     check_cudnn(cudnnBackendFinalize(g.conv), "graph API: convolution");
     g.op = graph_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.x);
@@ -411,15 +420,12 @@ static graph_engine_info graph_engine(cudnnBackendDescriptor_t cfg)
 }
 
 /* The plan of the first configuration heuristics mode A ranks that finalizes without compiling (the
- * legacy API's kind of engine), or NULL; its rank and engine into *rank and *info. */
-static cudnnBackendDescriptor_t graph_first_plan(const graph_conv *g, int *rank, graph_engine_info *info)
+ * legacy API's kind of engine), or NULL. */
+static cudnnBackendDescriptor_t graph_first_plan(const graph_conv *g)
 {
     for (int i = 0; i < g->n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
         cudnnBackendDescriptor_t plan;
-        *info = graph_engine(g->cfgs[i]);
-        if (info->compiles || !(plan = graph_plan(g->cfgs[i]))) continue;
-        *rank = i + 1;
-        return plan;
+        if (!graph_engine(g->cfgs[i]).compiles && (plan = graph_plan(g->cfgs[i]))) return plan;
     }
     return NULL;
 }
@@ -473,7 +479,7 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double 
 {
     graph_conv g = graph_describe(5, s->cin, s->cout, 3, s->k, s->H, s->W);
     cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y);
-    graph_engine_info info, best_info = {-1, 0, 0};
+    graph_engine_info info[GRAPH_MAX_CONFIGS];
     int natives = 0, compiling = 0, timed = 0, first = -1, best = -1, populated = 0;
     float best_ms = -1.0f;
     if (!pack) {
@@ -483,29 +489,27 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double 
     }
     for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
         float ms;
-        info = graph_engine(g.cfgs[i]);
-        natives += info.native_graph;
-        compiling += info.compiles;
-        if (info.compiles || (ms = time_graph_config(&g, i, pack)) < 0) continue;
+        info[i] = graph_engine(g.cfgs[i]);
+        natives += info[i].native_graph;
+        compiling += info[i].compiles;
+        if (info[i].compiles || (ms = time_graph_config(&g, i, pack)) < 0) continue;
         timed++;
         if (first < 0) {
             first = i;
             report("3d-graph", ms, flops);
-            printf("            (engine %lld, configuration %d of %d)\n", (long long)info.index, i + 1, g.n_cfgs);
+            printf("            (engine %lld, configuration %d of %d)\n", (long long)info[i].index, i + 1, g.n_cfgs);
         }
-        if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i, best_info = info;
+        if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
     }
     if (first < 0) {
         printf("  3d-graph  no plan without compiling, of %d configurations\n", g.n_cfgs);
     } else {
         report("3d-gbest", best_ms, flops);
-        printf("            (engine %lld, configuration %d, the fastest of the %d timed)\n", (long long)best_info.index,
+        printf("            (engine %lld, configuration %d, the fastest of the %d timed)\n", (long long)info[best].index,
                best + 1, timed);
     }
-    for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS && !populated; i++) {
-        info = graph_engine(g.cfgs[i]);
-        if (info.native_graph && !info.compiles) populated = time_native_graph(&g, i, info, pack, flops);
-    }
+    for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS && !populated; i++)
+        if (info[i].native_graph && !info[i].compiles) populated = time_native_graph(&g, i, info[i], pack, flops);
     printf("  graph API: %d configurations, %d of them can populate a CUDA graph, %d compile kernels\n", g.n_cfgs,
            natives, compiling);
     cudnnBackendDestroyDescriptor(pack);
@@ -666,9 +670,7 @@ static void run_graph_api_costs(void *x, void *w, void *y, int H, int W, int C)
 {
     graph_conv g = graph_describe(5, C, C, 3, 3, H, W);
     cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y), plan = NULL;
-    graph_engine_info info;
-    int rank = 0;
-    if (pack) plan = graph_first_plan(&g, &rank, &info);
+    if (pack) plan = graph_first_plan(&g);
     if (!plan) {
         report_host("graph API 3-d: no plan", -1.0);
     } else {
