@@ -25,6 +25,12 @@
  *   3d-native the first configuration whose engine can put its work into a CUDA graph itself
  *            (cudnnBackendPopulateCudaGraph: no stream capture), that graph launched; then how
  *            many of the configurations could, and how many compile kernels (NVRTC)
+ *   3d-gfused the graph API with 3d-fused's fusion: the convolution and a pointwise add of the
+ *            bias in one operation graph, the first configuration that makes a plan without
+ *            compiling (none may: then how many compile), and how many could populate a CUDA graph
+ *   2d-graph 2d-fused through the graph API: the first tap's 2-d convolution with the bias in one
+ *            graph, the other two as a graph whose convolution adds to y (beta 1). With 3d-gfused,
+ *            whether the backend could move to the graph API and keep what it fuses
  * and for the upsample convolutions (resample.1), one NHWC 2-d convolution of a frame: the 3x3 one
  * at the x2 resolution that the decoder defines, then the sub-pixel 2x2 one on the low-resolution
  * frame (four phases in its outputs) that the backend runs instead. Prints milliseconds and
@@ -262,11 +268,16 @@ static void bias_pass(void *y, const void *bias, long long rows, int C)
  * Some engines can also put their work into a CUDA graph themselves (cudnnBackendPopulateCudaGraph),
  * with no stream capture, which is what keeps the backend's step graphs off by default. */
 
-enum { UID_X = 'x', UID_W = 'w', UID_Y = 'y' };
+enum { UID_X = 'x', UID_W = 'w', UID_Y = 'y', UID_BIAS = 'b', UID_SUM = 's' };
 #define GRAPH_MAX_CONFIGS 16
+
+/* What the graph computes, each what the backend's calls need: y = conv(x); y += conv(x) (a tap
+ * after the first); y = conv(x) + bias (the first tap, or a whole 3-d conv, the bias fused). */
+typedef enum { GRAPH_CONV, GRAPH_ACCUMULATE, GRAPH_BIAS } graph_kind;
 
 typedef struct {
     cudnnBackendDescriptor_t x, w, y, conv, op, graph, heur;
+    cudnnBackendDescriptor_t sum, bias, add, add_op; /* GRAPH_BIAS: the conv's sum (virtual) + bias -> y */
     cudnnBackendDescriptor_t cfgs[GRAPH_MAX_CONFIGS];
     int n_cfgs;
 } graph_conv;
@@ -284,12 +295,13 @@ static void graph_set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t na
     check_cudnn(cudnnBackendSetAttribute(d, name, type, n, value), "graph API: set attribute");
 }
 
-/* A bf16 channels-last tensor of the graph, as channels_last() describes it for the legacy API. */
-static cudnnBackendDescriptor_t graph_tensor(int64_t uid, int nd, const int *dims)
+/* A bf16 channels-last tensor of the graph, as channels_last() describes it for the legacy API; a
+ * virtual one (an intermediate no pointer backs) in fp32. */
+static cudnnBackendDescriptor_t graph_tensor(int64_t uid, int nd, const int *dims, bool is_virtual)
 {
     int strides[5];
     int64_t dims64[5], strides64[5], alignment = 16;
-    cudnnDataType_t type = CUDNN_DATA_BFLOAT16;
+    cudnnDataType_t type = is_virtual ? CUDNN_DATA_FLOAT : CUDNN_DATA_BFLOAT16;
     cudnnBackendDescriptor_t t = graph_desc(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
     channels_last_strides(nd, dims, strides);
     for (int i = 0; i < nd; i++) dims64[i] = dims[i], strides64[i] = strides[i];
@@ -298,26 +310,47 @@ static cudnnBackendDescriptor_t graph_tensor(int64_t uid, int nd, const int *dim
     graph_set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, nd, strides64);
     graph_set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid);
     graph_set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment);
+    graph_set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual);
     check_cudnn(cudnnBackendFinalize(t), "graph API: tensor");
     return t;
 }
 
-/* describe()'s convolution as a one-node operation graph, and the engine configurations heuristics
- * mode A ranks for it. */
-static graph_conv graph_describe(int nd, int cin, int cout, int kt, int k, int H, int W)
+/* GRAPH_BIAS's second node: y = sum + bias, the bias [cout] broadcast over the positions. */
+static void graph_add_bias(graph_conv *g, int nd, const int *ydims)
+{
+    int bdims[5] = {1, ydims[1], 1, 1, 1};
+    cudnnPointwiseMode_t mode = CUDNN_POINTWISE_ADD;
+    cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+    g->bias = graph_tensor(UID_BIAS, nd, bdims, false);
+    g->add = graph_desc(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+    graph_set(g->add, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode);
+    graph_set(g->add, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec);
+    check_cudnn(cudnnBackendFinalize(g->add), "graph API: pointwise");
+    g->add_op = graph_desc(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+    graph_set(g->add_op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->add);
+    graph_set(g->add_op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->sum);
+    graph_set(g->add_op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->bias);
+    graph_set(g->add_op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g->y);
+    check_cudnn(cudnnBackendFinalize(g->add_op), "graph API: bias operation");
+}
+
+/* describe()'s convolution as an operation graph of the kind asked (its conv node alone, or with
+ * the bias added after it), and the engine configurations heuristics mode A ranks for it. */
+static graph_conv graph_describe(graph_kind kind, int nd, int cin, int cout, int kt, int k, int H, int W)
 {
     graph_conv g;
     conv_dims dm = dims_of(nd, cin, cout, kt, k, H, W);
-    int64_t spatial = nd - 2, pad[3], ones[3] = {1, 1, 1}, n = 0;
+    int64_t spatial = nd - 2, pad[3], ones[3] = {1, 1, 1}, n = 0, n_ops = kind == GRAPH_BIAS ? 2 : 1;
     cudnnDataType_t comp = CUDNN_DATA_FLOAT;
     cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
     cudnnBackendHeurMode_t heur_mode = CUDNN_HEUR_MODE_A;
-    float alpha = 1.0f, beta = 0.0f;
+    float alpha = 1.0f, beta = kind == GRAPH_ACCUMULATE ? 1.0f : 0.0f;
     memset(&g, 0, sizeof g);
     for (int i = 0; i < spatial; i++) pad[i] = dm.pad[i];
-    g.x = graph_tensor(UID_X, nd, dm.x);
-    g.w = graph_tensor(UID_W, nd, dm.w);
-    g.y = graph_tensor(UID_Y, nd, dm.y);
+    g.x = graph_tensor(UID_X, nd, dm.x, false);
+    g.w = graph_tensor(UID_W, nd, dm.w, false);
+    g.y = graph_tensor(UID_Y, nd, dm.y, false);
+    g.sum = kind == GRAPH_BIAS ? graph_tensor(UID_SUM, nd, dm.y, true) : g.y;
     g.conv = graph_desc(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp);
     graph_set(g.conv, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode);
@@ -330,13 +363,15 @@ static graph_conv graph_describe(int nd, int cin, int cout, int kt, int k, int H
     g.op = graph_desc(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.x);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.w);
-    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.y);
+    graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.sum);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.conv);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha);
     graph_set(g.op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta);
     check_cudnn(cudnnBackendFinalize(g.op), "graph API: operation");
+    if (kind == GRAPH_BIAS) graph_add_bias(&g, nd, dm.y);
+    cudnnBackendDescriptor_t ops[2] = {g.op, g.add_op};
     g.graph = graph_desc(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
-    graph_set(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &g.op);
+    graph_set(g.graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n_ops, ops);
     graph_set(g.graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &g_cudnn);
     check_cudnn(cudnnBackendFinalize(g.graph), "graph API: operation graph");
     g.heur = graph_desc(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
@@ -353,7 +388,8 @@ static graph_conv graph_describe(int nd, int cin, int cout, int kt, int k, int H
 
 static void graph_destroy(graph_conv *g)
 {
-    cudnnBackendDescriptor_t all[] = {g->heur, g->graph, g->op, g->conv, g->y, g->w, g->x};
+    cudnnBackendDescriptor_t all[] = {g->heur, g->graph, g->add_op, g->add, g->bias, g->op, g->conv,
+                                      g->sum != g->y ? g->sum : NULL, g->y, g->w, g->x};
     for (int i = 0; i < GRAPH_MAX_CONFIGS; i++)
         if (g->cfgs[i]) cudnnBackendDestroyDescriptor(g->cfgs[i]);
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)
@@ -378,14 +414,14 @@ static cudnnBackendDescriptor_t graph_plan(cudnnBackendDescriptor_t cfg)
     return plan;
 }
 
-/* The call's pointers. */
-static cudnnBackendDescriptor_t graph_pack(void *x, void *w, void *y)
+/* The call's pointers (bias: NULL for a graph without it). */
+static cudnnBackendDescriptor_t graph_pack(void *x, void *w, void *y, void *bias)
 {
-    int64_t uids[3] = {UID_X, UID_W, UID_Y};
-    void *pointers[3] = {x, w, y}, *workspace = g_workspace;
+    int64_t uids[4] = {UID_X, UID_W, UID_Y, UID_BIAS}, n = bias ? 4 : 3;
+    void *pointers[4] = {x, w, y, bias}, *workspace = g_workspace;
     cudnnBackendDescriptor_t pack = graph_desc(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids);
-    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, pointers);
+    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
+    graph_set(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, pointers);
     graph_set(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace);
     check_cudnn(cudnnBackendFinalize(pack), "graph API: variant pack");
     return pack;
@@ -420,14 +456,35 @@ static graph_engine_info graph_engine(cudnnBackendDescriptor_t cfg)
 }
 
 /* The plan of the first configuration heuristics mode A ranks that finalizes without compiling (the
- * legacy API's kind of engine), or NULL. */
-static cudnnBackendDescriptor_t graph_first_plan(const graph_conv *g)
+ * legacy API's kind of engine), its index in *cfg; or NULL. */
+static cudnnBackendDescriptor_t graph_first_plan(const graph_conv *g, int *cfg)
 {
     for (int i = 0; i < g->n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
         cudnnBackendDescriptor_t plan;
+        *cfg = i;
         if (!graph_engine(g->cfgs[i]).compiles && (plan = graph_plan(g->cfgs[i]))) return plan;
     }
     return NULL;
+}
+
+/* How many of g's configurations could populate a CUDA graph themselves, and how many compile kernels. */
+static void report_configs(const char *what, const graph_conv *g)
+{
+    int natives = 0, compiling = 0;
+    for (int i = 0; i < g->n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
+        graph_engine_info info = graph_engine(g->cfgs[i]);
+        natives += info.native_graph;
+        compiling += info.compiles;
+    }
+    printf("  graph API%s: %d configurations, %d of them can populate a CUDA graph, %d compile kernels\n", what,
+           g->n_cfgs, natives, compiling);
+}
+
+/* The engine behind configuration cfg of g, under the row it ran. */
+static void report_engine(const graph_conv *g, int cfg)
+{
+    printf("            (engine %lld, configuration %d of %d)\n", (long long)graph_engine(g->cfgs[cfg]).index, cfg + 1,
+           g->n_cfgs);
 }
 
 /* Configuration i's engine populating a CUDA graph itself, the graph then launched and timed; 0 where
@@ -477,10 +534,10 @@ static float time_graph_config(const graph_conv *g, int i, cudnnBackendDescripto
  * of the configurations could (and how many compile their kernels). */
 static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double flops)
 {
-    graph_conv g = graph_describe(5, s->cin, s->cout, 3, s->k, s->H, s->W);
-    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y);
+    graph_conv g = graph_describe(GRAPH_CONV, 5, s->cin, s->cout, 3, s->k, s->H, s->W);
+    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y, NULL);
     graph_engine_info info[GRAPH_MAX_CONFIGS];
-    int natives = 0, compiling = 0, timed = 0, first = -1, best = -1, populated = 0;
+    int timed = 0, first = -1, best = -1, populated = 0;
     float best_ms = -1.0f;
     if (!pack) {
         report("3d-graph", -1.0f, flops);
@@ -490,14 +547,12 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double 
     for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS; i++) {
         float ms;
         info[i] = graph_engine(g.cfgs[i]);
-        natives += info[i].native_graph;
-        compiling += info[i].compiles;
         if (info[i].compiles || (ms = time_graph_config(&g, i, pack)) < 0) continue;
         timed++;
         if (first < 0) {
             first = i;
             report("3d-graph", ms, flops);
-            printf("            (engine %lld, configuration %d of %d)\n", (long long)info[i].index, i + 1, g.n_cfgs);
+            report_engine(&g, i);
         }
         if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
     }
@@ -510,10 +565,67 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double 
     }
     for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS && !populated; i++)
         if (info[i].native_graph && !info[i].compiles) populated = time_native_graph(&g, i, info[i], pack, flops);
-    printf("  graph API: %d configurations, %d of them can populate a CUDA graph, %d compile kernels\n", g.n_cfgs,
-           natives, compiling);
+    report_configs("", &g);
     cudnnBackendDestroyDescriptor(pack);
     graph_destroy(&g);
+    g_failed = 0;
+}
+
+/* Plans of the graphs' first configurations that make one without compiling (NULL where one has
+ * none: its row says so, with its configurations). */
+static int first_plans(const char *how, const graph_conv *g, int n, cudnnBackendDescriptor_t *plans, int *cfgs)
+{
+    int all = 1;
+    if (g_failed) { /* a descriptor failed: said above */
+        report(how, -1.0f, 0.0);
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        if ((plans[i] = graph_first_plan(&g[i], &cfgs[i]))) continue;
+        printf("  %-9s no plan without compiling (graph %d of %d)\n", how, i + 1, n);
+        report_configs(" there", &g[i]);
+        all = 0;
+    }
+    return all;
+}
+
+/* The causal shape as the backend would run it through the graph API, each way with what it fuses:
+ * 3d-gfused, the 3-d convolution and the bias in one graph (3d-fused's legacy call); 2d-graph, a 2-d
+ * graph per tap: the first with the bias, the others adding to y (beta 1), as 2d-fused. */
+static void run_graph_fused(const lab_shape *s, void *x, void *w, void *bias, void *y, double flops)
+{
+    size_t frame_in = (size_t)s->H * s->W * s->cin * 2, tap = (size_t)s->cout * s->cin * s->k * s->k * 2;
+    graph_conv g[3] = {graph_describe(GRAPH_BIAS, 5, s->cin, s->cout, 3, s->k, s->H, s->W),
+                       graph_describe(GRAPH_BIAS, 4, s->cin, s->cout, 1, s->k, s->H, s->W),
+                       graph_describe(GRAPH_ACCUMULATE, 4, s->cin, s->cout, 1, s->k, s->H, s->W)};
+    cudnnBackendDescriptor_t plans[3] = {NULL, NULL, NULL}, packs[4] = {NULL, NULL, NULL, NULL};
+    int cfgs[3];
+    if (!g_failed) {
+        packs[0] = graph_pack(x, w, y, bias);
+        for (int t = 1; t < 3; t++) packs[t + 1] = graph_pack((char *)x + t * frame_in, (char *)w + t * tap, y, NULL);
+    }
+    if (first_plans("3d-gfused", g, 1, plans, cfgs)) {
+        report("3d-gfused", time_ms([&] { check_cudnn(cudnnBackendExecute(g_cudnn, plans[0], packs[0]), "3d"); }),
+               flops);
+        report_engine(&g[0], cfgs[0]);
+        report_configs(" (bias fused)", &g[0]);
+    }
+    if (first_plans("2d-graph", g + 1, 2, plans + 1, cfgs + 1)) {
+        report("2d-graph", time_ms([&] {
+                   check_cudnn(cudnnBackendExecute(g_cudnn, plans[1], packs[0]), "2d, bias");
+                   for (int t = 1; t < 3; t++)
+                       check_cudnn(cudnnBackendExecute(g_cudnn, plans[2], packs[t + 1]), "2d, beta 1");
+               }),
+               flops);
+        report_engine(&g[1], cfgs[1]);
+        report_engine(&g[2], cfgs[2]);
+    }
+    for (int i = 0; i < 4; i++)
+        if (packs[i]) cudnnBackendDestroyDescriptor(packs[i]);
+    for (int i = 0; i < 3; i++) {
+        if (plans[i]) cudnnBackendDestroyDescriptor(plans[i]);
+        graph_destroy(&g[i]);
+    }
     g_failed = 0;
 }
 
@@ -580,6 +692,7 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
         destroy(&ds);
     }
     run_graph_api(s, x, w, y, flops);
+    run_graph_fused(s, x, w, bias, y, flops);
     destroy(&d3);
     destroy(&d2);
 }
@@ -668,9 +781,10 @@ static void run_graph_costs(const conv_desc *d, void *x, void *w, void *bias, vo
  * calls would (their pointers change with the ring's slots and the tiles). */
 static void run_graph_api_costs(void *x, void *w, void *y, int H, int W, int C)
 {
-    graph_conv g = graph_describe(5, C, C, 3, 3, H, W);
-    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y), plan = NULL;
-    if (pack) plan = graph_first_plan(&g);
+    graph_conv g = graph_describe(GRAPH_CONV, 5, C, C, 3, 3, H, W);
+    cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y, NULL), plan = NULL;
+    int cfg;
+    if (pack) plan = graph_first_plan(&g, &cfg);
     if (!plan) {
         report_host("graph API 3-d: no plan", -1.0);
     } else {
@@ -678,7 +792,7 @@ static void run_graph_api_costs(void *x, void *w, void *y, int H, int W, int C)
                         check_cudnn(cudnnBackendExecute(g_cudnn, plan, pack), "graph API: execute");
                     }));
         report_host("graph API 3-d, a new pack a call", host_us([&] {
-                        cudnnBackendDescriptor_t fresh = graph_pack(x, w, y);
+                        cudnnBackendDescriptor_t fresh = graph_pack(x, w, y, NULL);
                         check_cudnn(cudnnBackendExecute(g_cudnn, plan, fresh), "graph API: execute");
                         cudnnBackendDestroyDescriptor(fresh);
                     }));
