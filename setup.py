@@ -486,18 +486,31 @@ def nvcc_caps(nvcc):
     return set(re.findall(r"compute_(\d+)\b", done.stdout)) if done.returncode == 0 else set()
 
 
+def with_machine_caps(archs, caps):
+    """archs and this machine's compute capabilities caps, which the build says it added."""
+    for cap in caps:
+        log(f"this machine's GPU of compute capability {cap[:-1]}.{cap[-1]} is added to the archs")
+    return cuda_archs(";".join(archs + caps))[0] if caps else archs
+
+
 def archs_for_machine(archs, nvcc, chosen):
     """archs, plus the compute capability of each GPU of this machine they would not run on (a P100's
     6.0, a V100's 7.0), as PyTorch's extensions build for the GPUs they find: where nvcc builds for it
-    and the user did not choose the archs (WANVIDEO_CUDA_ARCHS); a warning otherwise."""
-    for cap in [c for c in machine_gpu_caps() if not runs_on(archs, c)]:
+    and the user did not choose the archs (WANVIDEO_CUDA_ARCHS); a warning otherwise. A GPU newer than
+    the newest arch (Blackwell's 12.0) runs the PTX, which its driver compiles at first use: it is
+    built for too where nvcc can and the archs were not chosen, which spares that first use."""
+    caps = machine_gpu_caps()
+    newer = [c for c in caps if int(c) > arch_number(archs[-1])]
+    if newer and not chosen:
+        buildable = nvcc_caps(nvcc)
+        archs = with_machine_caps(archs, [c for c in newer if c in buildable])
+    for cap in [c for c in caps if not runs_on(archs, c)]:
         shown = f"{cap[:-1]}.{cap[-1]}"
         if chosen:
             warn(f"WANVIDEO_CUDA_ARCHS has no code for this machine's GPU of compute capability {shown}: the CUDA "
                  f"backend will not run on it (add {cap})")
         elif cap in nvcc_caps(nvcc):
-            log(f"this machine's GPU of compute capability {shown} is added to the archs")
-            archs = cuda_archs(";".join(archs + [cap]))[0]
+            archs = with_machine_caps(archs, [cap])
         else:
             warn(f"this CUDA toolkit does not build for this machine's GPU of compute capability {shown}: the "
                  f"CUDA backend will not run on it (a CUDA 12 toolkit builds for 5.0 and newer: set CUDA_HOME)")

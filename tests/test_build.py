@@ -396,6 +396,20 @@ def test_a_gpu_the_default_archs_miss_is_built_for_where_nvcc_can(setup_module, 
         "not run on it (a CUDA 12 toolkit builds for 5.0 and newer")
 
 
+def test_a_gpu_newer_than_the_default_archs_is_built_for_where_nvcc_can(setup_module, monkeypatch):
+    """An RTX 5090 (12.0) runs the default archs' PTX, compiled by its driver at first use: where nvcc
+    builds for 12.0 it joins the archs (and the PTX becomes its own); not where nvcc cannot, nor where the
+    user chose the archs, and with no warning either way (the PTX runs)."""
+    archs = setup_module.cuda_archs("")[0]
+    monkeypatch.setattr(setup_module, "machine_gpu_caps", lambda: ["120"])
+    monkeypatch.setattr(setup_module, "nvcc_caps", lambda nvcc: {"75", "80", "86", "89", "90", "100", "120"})
+    assert setup_module.archs_for_machine(archs, "nvcc", chosen=False) == archs + ["120"]
+    assert setup_module.archs_for_machine(["86", "90"], "nvcc", chosen=True) == ["86", "90"]
+    monkeypatch.setattr(setup_module, "nvcc_caps", lambda nvcc: {"75", "80", "86", "89", "90"})
+    assert setup_module.archs_for_machine(archs, "nvcc", chosen=False) == archs
+    assert setup_module.CUDA_NOTE["warnings"] == []
+
+
 def test_cuda_archs_that_are_no_compute_capability_are_refused_by_name(on_windows, monkeypatch):
     setup_module, _, _ = on_windows
     monkeypatch.setenv("WANVIDEO_CUDA_ARCHS", "86;abc")
