@@ -25,7 +25,8 @@
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
  * bias and the residual sum folded in (cudnnConvolutionBiasActivationForward) where the algorithm
- * allows; a shape cuDNN runs nothing for goes to a direct kernel. Attention: per query chunk, scores by a
+ * allows; a shape cuDNN runs nothing for goes to a direct kernel (WANVIDEO_CUDA_GRAPH_API=1: through
+ * plans of cuDNN's graph API first, made once per shape, see run_graph_conv). Attention: per query chunk, scores by a
  * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
  * one of the arena's STAGINGS stagings as float32; at the end of the step a second stream copies it
  * to pinned host memory while the compute stream runs on; the host copies it into the caller's
@@ -65,6 +66,19 @@ static_assert(STATS_OFFSET + 2 * WV_CUDA_MAX_Z * sizeof(float) <= WV_CUDA_SCALAR
 #define KEEP_PINNED_MIB 512   /* pinned host memory a context keeps between calls, at most (keep_pinned) */
 #define STAGINGS 3 /* steps of output in the arena: two steps in flight, and the ring's period of 3 */
 
+/* What a plan of cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1, see run_graph_conv) computes:
+ * y = conv(x); y += conv(x) (a tap after the first); y = conv(x) + bias. */
+typedef enum { FUSE_NONE, FUSE_SUM, FUSE_BIAS, FUSIONS } fusion;
+#define GRAPH_DESCRIPTORS 16 /* a graph's descriptors, kept as long as its plan */
+
+typedef struct {
+    cudnnBackendDescriptor_t plan; /* NULL: none (tried: it was looked for) */
+    cudnnBackendDescriptor_t kept[GRAPH_DESCRIPTORS]; /* what the plan was made of */
+    int n_kept;
+    int64_t workspace, engine; /* the plan's bytes, and its engine's global index (for WANVIDEO_CUDA_VERBOSE) */
+    char tried, shown;
+} graph_plan;
+
 /* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
  * each with its math type and workspace; one that cuDNN refused to run is marked and skipped. */
 typedef struct {
@@ -84,6 +98,7 @@ typedef struct {
     cudnnStatus_t refusal; /* why it offers nothing: a descriptor or the heuristics declined (else SUCCESS) */
     int unfused;           /* cuDNN declined the bias-fused call: a separate bias pass follows the conv */
     int shown;             /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
+    graph_plan graph[FUSIONS];
 } conv_shape;
 
 /* A block of a step's output waiting in pinned memory for its copy into the caller's array. */
@@ -153,6 +168,7 @@ struct cuda_ctx {
     int direct_only; /* WANVIDEO_CUDA_DIRECT_CONV=1: every conv by direct_conv_kernel (to test it) */
     int verbose;     /* WANVIDEO_CUDA_VERBOSE=1: what runs for each conv shape, printed to stderr once */
     int graphs;       /* WANVIDEO_CUDA_GRAPHS=1: ops deferred, repeated steps launched as CUDA graphs */
+    int graph_api;    /* WANVIDEO_CUDA_GRAPH_API=1: convolutions by cuDNN's graph API where it has a plan */
     int graphs_failed; /* a capture of this call failed (the reason went to stderr): its later steps run as
                           recorded; the next call tries again (a failure for want of memory may pass) */
     int capturing;     /* a step graph is being captured */
@@ -618,9 +634,17 @@ static void drop_graphs(cuda_ctx *c)
 
 /* ---- context ------------------------------------------------------------------------------ */
 
+/* A graph-API plan and what it was made of, newest first; tried stays. */
+static void drop_graph_plan(graph_plan *g)
+{
+    while (g->n_kept) cudnnBackendDestroyDescriptor(g->kept[--g->n_kept]);
+    g->plan = NULL;
+}
+
 /* The descriptors of s that were made (describe_conv may fail part way). */
 static void destroy_conv_shape(conv_shape *s)
 {
+    for (int f = 0; f < FUSIONS; f++) drop_graph_plan(&s->graph[f]);
     if (s->x) cudnnDestroyTensorDescriptor(s->x);
     if (s->y) cudnnDestroyTensorDescriptor(s->y);
     if (s->bias) cudnnDestroyTensorDescriptor(s->bias);
@@ -931,6 +955,7 @@ static wv_status cuda_ctx_create(const wv_backend *be, int device, void **out, w
     c->direct_only = env_flag("WANVIDEO_CUDA_DIRECT_CONV");
     c->verbose = env_flag("WANVIDEO_CUDA_VERBOSE");
     c->graphs = env_flag("WANVIDEO_CUDA_GRAPHS");
+    c->graph_api = env_flag("WANVIDEO_CUDA_GRAPH_API");
     c->keep_pinned = (size_t)env_count("WANVIDEO_CUDA_KEEP_PINNED_MIB", KEEP_PINNED_MIB, 1L << 20, "a number of MiB") << 20;
     ds = enter_device(device);
     if (create_stream(c, &c->stream) && create_stream(c, &c->copy_stream) &&
@@ -1493,34 +1518,43 @@ static int create_conv_descriptors(cuda_ctx *c, conv_shape *s)
            made(cudnn_ok(c, cudnnCreateConvolutionDescriptor(&s->conv), "descriptor"), &s->conv);
 }
 
-/* x [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, in the
- * activation type, accumulating in fp32; the first status of cuDNN's that is not success, if any, and
- * in *same_grid whether cuDNN's output grid is the one planned. */
+/* A conv shape's tensors as cuDNN takes them (NCHW order of dims, laid out channels-last): x
+ * [n][H][W][cin] (a causal conv: [1][kt][H][W][cin]) -> y [n][Ho][Wo][cout], filter KTRSC, bias [cout];
+ * pad: per spatial dim (time unpadded). */
+typedef struct {
+    int nd;
+    int x[5], y[5], w[5], bias[5], pad[3];
+} conv_dims;
+
+static conv_dims dims_of(const conv_shape *s)
+{
+    int ph = conv_padding(s->kh), pw = conv_padding(s->kw);
+    conv_dims d5 = {5, {1, s->cin, s->kt, s->H, s->W}, {1, s->cout, 1, s->Ho, s->Wo},
+                    {s->cout, s->cin, s->kt, s->kh, s->kw}, {1, s->cout, 1, 1, 1}, {0, ph, pw}};
+    conv_dims d4 = {4, {s->n, s->cin, s->H, s->W}, {s->n, s->cout, s->Ho, s->Wo}, {s->cout, s->cin, s->kh, s->kw},
+                    {1, s->cout, 1, 1}, {ph, pw}};
+    return s->kt > 1 ? d5 : d4;
+}
+
+/* The legacy descriptors of s (dims_of), in the activation type, accumulating in fp32; the first
+ * status of cuDNN's that is not success, if any, and in *same_grid whether cuDNN's output grid is the
+ * one planned. */
 static cudnnStatus_t set_conv_descriptors(cuda_ctx *c, conv_shape *s, int *same_grid)
 {
     cudnnDataType_t type = cudnn_type(c->dt);
-    int causal = s->kt > 1, nd = causal ? 5 : 4, ph = conv_padding(s->kh), pw = conv_padding(s->kw);
-    int xd[5], yd[5], wd[5], pad[3], stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5], bd[5] = {1, s->cout, 1, 1, 1};
-    if (causal) {
-        int x5[5] = {1, s->cin, s->kt, s->H, s->W}, y5[5] = {1, s->cout, 1, s->Ho, s->Wo};
-        int w5[5] = {s->cout, s->cin, s->kt, s->kh, s->kw}, p3[3] = {0, ph, pw};
-        memcpy(xd, x5, sizeof x5), memcpy(yd, y5, sizeof y5), memcpy(wd, w5, sizeof w5), memcpy(pad, p3, sizeof p3);
-    } else {
-        int x4[4] = {s->n, s->cin, s->H, s->W}, y4[4] = {s->n, s->cout, s->Ho, s->Wo};
-        int w4[4] = {s->cout, s->cin, s->kh, s->kw}, p2[2] = {ph, pw};
-        memcpy(xd, x4, sizeof x4), memcpy(yd, y4, sizeof y4), memcpy(wd, w4, sizeof w4), memcpy(pad, p2, sizeof p2);
-    }
+    conv_dims d = dims_of(s);
+    int stride[3] = {1, 1, 1}, dil[3] = {1, 1, 1}, out[5];
     s->math_now = c->dt == WV_F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     cudnnStatus_t st;
-    if ((st = set_channels_last(s->x, type, nd, xd)) || (st = set_channels_last(s->y, type, nd, yd)) ||
-        (st = set_channels_last(s->bias, type, nd, bd)) ||
-        (st = cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, nd, wd)) ||
-        (st = cudnnSetConvolutionNdDescriptor(s->conv, nd - 2, pad, stride, dil, CUDNN_CROSS_CORRELATION,
+    if ((st = set_channels_last(s->x, type, d.nd, d.x)) || (st = set_channels_last(s->y, type, d.nd, d.y)) ||
+        (st = set_channels_last(s->bias, type, d.nd, d.bias)) ||
+        (st = cudnnSetFilterNdDescriptor(s->w, type, CUDNN_TENSOR_NHWC, d.nd, d.w)) ||
+        (st = cudnnSetConvolutionNdDescriptor(s->conv, d.nd - 2, d.pad, stride, dil, CUDNN_CROSS_CORRELATION,
                                               CUDNN_DATA_FLOAT)) ||
         (st = cudnnSetConvolutionMathType(s->conv, s->math_now)) ||
-        (st = cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, nd, out)))
+        (st = cudnnGetConvolutionNdForwardOutputDim(s->conv, s->x, s->w, d.nd, out)))
         return st;
-    *same_grid = memcmp(out, yd, sizeof(int) * (size_t)nd) == 0;
+    *same_grid = memcmp(out, d.y, sizeof(int) * (size_t)d.nd) == 0;
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1720,6 +1754,276 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
     return st;
 }
 
+/* ---- convolution through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1) ----------------------------
+ * The legacy calls make cuDNN find its execution plan anew on each call: their host cost (42 us a 2-d
+ * call, 135 us a 3-d one, 61 us fused, tools/conv_lab.cu) is what leaves small tiles waiting for the
+ * host. Here each shape and fusion gets an operation graph (the convolution, and for FUSE_BIAS a
+ * pointwise add of the bias after it) and the plan of the first engine configuration cuDNN's
+ * heuristics (mode A) rank that suits: it compiles no kernels at run time (NVRTC, seconds a shape),
+ * accumulates in fp32 (and in fp32 mode stays off the tensor cores' TF32), and fits the workspace's
+ * cap. A call then only makes its variant pack (the pointers). The legacy path runs a call where the
+ * graph API has no such plan, where the call's pointers are not GRAPH_ALIGNMENT-aligned, where the
+ * call's workspace is smaller than the plan's, for y += conv(x) + bias (the legacy fused call does it
+ * in one pass), and after cuDNN declined the plan once. Off by default: no GPU has measured it yet. */
+enum { GRAPH_UID_X = 1, GRAPH_UID_W, GRAPH_UID_Y, GRAPH_UID_BIAS, GRAPH_UID_SUM };
+#define GRAPH_ALIGNMENT 16
+#define GRAPH_CONFIGS 16 /* engine configurations asked of the heuristics */
+
+/* Descriptors made into a graph_plan, the first failure kept (later steps then do nothing). */
+typedef struct {
+    graph_plan *g;
+    cudnnStatus_t st;
+} graph_build;
+
+static cudnnBackendDescriptor_t build_new(graph_build *b, cudnnBackendDescriptorType_t type)
+{
+    cudnnBackendDescriptor_t d = NULL;
+    if (b->st) return NULL;
+    if (b->g->n_kept == GRAPH_DESCRIPTORS) {
+        b->st = CUDNN_STATUS_INTERNAL_ERROR; /* ours: GRAPH_DESCRIPTORS too small */
+        return NULL;
+    }
+    if ((b->st = cudnnBackendCreateDescriptor(type, &d)) == CUDNN_STATUS_SUCCESS) b->g->kept[b->g->n_kept++] = d;
+    return d;
+}
+
+static void build_set(graph_build *b, cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                      cudnnBackendAttributeType_t type, int64_t n, const void *value)
+{
+    if (!b->st) b->st = cudnnBackendSetAttribute(d, name, type, n, value);
+}
+
+static void build_finalize(graph_build *b, cudnnBackendDescriptor_t d)
+{
+    if (!b->st) b->st = cudnnBackendFinalize(d);
+}
+
+/* One attribute of a descriptor: n values of the type, at value. */
+typedef struct {
+    cudnnBackendAttributeName_t name;
+    cudnnBackendAttributeType_t type;
+    int64_t n;
+    const void *value;
+} graph_attr;
+
+/* A descriptor of the type with the attributes (an array: BUILD_NODE counts them), finalized. */
+static cudnnBackendDescriptor_t build_node(graph_build *b, cudnnBackendDescriptorType_t type, const graph_attr *attrs,
+                                           int n)
+{
+    cudnnBackendDescriptor_t d = build_new(b, type);
+    for (int i = 0; i < n; i++) build_set(b, d, attrs[i].name, attrs[i].type, attrs[i].n, attrs[i].value);
+    build_finalize(b, d);
+    return d;
+}
+#define BUILD_NODE(b, type, attrs) build_node(b, type, attrs, (int)(sizeof attrs / sizeof *attrs))
+
+/* A tensor of the graph laid out channels-last; a virtual one (an intermediate no pointer backs). */
+static cudnnBackendDescriptor_t build_tensor(graph_build *b, int64_t uid, cudnnDataType_t type, int nd, const int *dims,
+                                             bool is_virtual)
+{
+    int strides[5];
+    int64_t dims64[5], strides64[5], alignment = GRAPH_ALIGNMENT;
+    channels_last_strides(nd, dims, strides);
+    for (int i = 0; i < nd; i++) dims64[i] = dims[i], strides64[i] = strides[i];
+    graph_attr attrs[] = {{CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type},
+                          {CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, nd, dims64},
+                          {CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, nd, strides64},
+                          {CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid},
+                          {CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &alignment},
+                          {CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &is_virtual}};
+    return BUILD_NODE(b, CUDNN_BACKEND_TENSOR_DESCRIPTOR, attrs);
+}
+
+/* The convolution node: x, w -> y (alpha 1; beta 1 adds to y), accumulating in fp32. */
+static cudnnBackendDescriptor_t build_conv_op(graph_build *b, const conv_dims *d, cudnnBackendDescriptor_t x,
+                                              cudnnBackendDescriptor_t w, cudnnBackendDescriptor_t y, float beta)
+{
+    int64_t spatial = d->nd - 2, pad[3], ones[3] = {1, 1, 1};
+    cudnnDataType_t fp32 = CUDNN_DATA_FLOAT;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    float alpha = 1.0f;
+    for (int i = 0; i < spatial; i++) pad[i] = d->pad[i];
+    graph_attr conv_attrs[] = {{CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &fp32},
+                               {CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode},
+                               {CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial},
+                               {CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, spatial, ones},
+                               {CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, spatial, ones},
+                               {CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, spatial, pad},
+                               {CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, spatial, pad}};
+    cudnnBackendDescriptor_t conv = BUILD_NODE(b, CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, conv_attrs);
+    graph_attr op_attrs[] = {{CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta}};
+    return BUILD_NODE(b, CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, op_attrs);
+}
+
+/* The bias node: y = sum + bias, the bias [cout] broadcast over the positions, added in fp32. */
+static cudnnBackendDescriptor_t build_bias_op(graph_build *b, const conv_dims *d, cudnnDataType_t type,
+                                              cudnnBackendDescriptor_t sum, cudnnBackendDescriptor_t y)
+{
+    cudnnPointwiseMode_t mode = CUDNN_POINTWISE_ADD;
+    cudnnDataType_t fp32 = CUDNN_DATA_FLOAT;
+    cudnnBackendDescriptor_t bias = build_tensor(b, GRAPH_UID_BIAS, type, d->nd, d->bias, false);
+    graph_attr add_attrs[] = {{CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode},
+                              {CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &fp32}};
+    cudnnBackendDescriptor_t add = BUILD_NODE(b, CUDNN_BACKEND_POINTWISE_DESCRIPTOR, add_attrs);
+    graph_attr op_attrs[] = {{CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &add},
+                             {CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &sum},
+                             {CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &bias},
+                             {CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y}};
+    return BUILD_NODE(b, CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, op_attrs);
+}
+
+/* Shape s's operation graph for fusion f, and the heuristics' descriptor of it. */
+static cudnnBackendDescriptor_t build_heuristics(cuda_ctx *c, graph_build *b, const conv_shape *s, fusion f)
+{
+    conv_dims d = dims_of(s);
+    cudnnDataType_t type = cudnn_type(c->dt);
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    cudnnBackendDescriptor_t x = build_tensor(b, GRAPH_UID_X, type, d.nd, d.x, false);
+    cudnnBackendDescriptor_t w = build_tensor(b, GRAPH_UID_W, type, d.nd, d.w, false);
+    cudnnBackendDescriptor_t y = build_tensor(b, GRAPH_UID_Y, type, d.nd, d.y, false);
+    cudnnBackendDescriptor_t sum = f == FUSE_BIAS ? build_tensor(b, GRAPH_UID_SUM, CUDNN_DATA_FLOAT, d.nd, d.y, true) : y;
+    cudnnBackendDescriptor_t ops[2], graph;
+    int64_t n_ops = 1;
+    ops[0] = build_conv_op(b, &d, x, w, sum, f == FUSE_SUM ? 1.0f : 0.0f);
+    if (f == FUSE_BIAS) ops[n_ops++] = build_bias_op(b, &d, type, sum, y);
+    graph_attr graph_attrs[] = {{CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n_ops, ops},
+                                {CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->cudnn}};
+    graph = BUILD_NODE(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, graph_attrs);
+    graph_attr heur_attrs[] = {{CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph},
+                               {CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode}};
+    return BUILD_NODE(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, heur_attrs);
+}
+
+/* Whether configuration cfg's engine suits (see above), and its global index in *engine. */
+static int config_suits(cuda_ctx *c, cudnnBackendDescriptor_t cfg, int64_t *engine)
+{
+    cudnnBackendDescriptor_t e = NULL;
+    cudnnBackendBehaviorNote_t behavior[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+    cudnnBackendNumericalNote_t numerics[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    int64_t n = 0, n_behavior = 0, n_numerics = 0;
+    int suits = 0;
+    if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &e)) return 0;
+    if (!cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) &&
+        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, engine) &&
+        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                  CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n_behavior, behavior) &&
+        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                  CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n_numerics, numerics)) {
+        suits = 1;
+        for (int64_t i = 0; i < n_behavior; i++) suits &= behavior[i] != CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+        for (int64_t i = 0; i < n_numerics; i++)
+            suits &= numerics[i] != CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION &&
+                     (c->dt != WV_F32 || (numerics[i] != CUDNN_NUMERICAL_NOTE_TENSOR_CORE &&
+                                          numerics[i] != CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS));
+    }
+    cudnnBackendDestroyDescriptor(e);
+    return suits;
+}
+
+/* The plan of configuration *cfg in g, which then keeps the configuration (*cfg NULL), if cuDNN makes
+ * one within the workspace's cap; else g stays without. */
+static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
+{
+    graph_build b = {g, CUDNN_STATUS_SUCCESS};
+    int kept = g->n_kept;
+    int64_t n = 0;
+    graph_attr attrs[] = {{CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->cudnn},
+                          {CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, cfg}};
+    cudnnBackendDescriptor_t plan = BUILD_NODE(&b, CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, attrs);
+    if (!b.st)
+        b.st = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                                        &g->workspace);
+    if (b.st || g->workspace < 0 || g->workspace > (int64_t)WV_CUDA_WORKSPACE_BYTES || g->n_kept == GRAPH_DESCRIPTORS) {
+        while (g->n_kept > kept) cudnnBackendDestroyDescriptor(g->kept[--g->n_kept]);
+        cudaGetLastError(); /* an engine that failed to set up declined: not a launch of ours */
+        return;
+    }
+    g->kept[g->n_kept++] = *cfg;
+    *cfg = NULL;
+    g->plan = plan;
+}
+
+/* Looks for the plan of shape s and fusion f (see above); none found leaves the legacy path to it. */
+static void make_graph_plan(cuda_ctx *c, conv_shape *s, fusion f)
+{
+    graph_plan *g = &s->graph[f];
+    graph_build b = {g, CUDNN_STATUS_SUCCESS};
+    cudnnBackendDescriptor_t heur = build_heuristics(c, &b, s, f), cfgs[GRAPH_CONFIGS] = {NULL};
+    int64_t n = 0;
+    g->tried = 1;
+    for (int i = 0; i < GRAPH_CONFIGS && !b.st; i++) {
+        cudnnBackendDescriptor_t cfg = NULL; /* what a failed create leaves in it is no descriptor */
+        if (!(b.st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg))) cfgs[i] = cfg;
+    }
+    if (!b.st)
+        b.st = cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                        GRAPH_CONFIGS, &n, cfgs);
+    for (int64_t i = 0; !b.st && i < n && i < GRAPH_CONFIGS && !g->plan; i++)
+        if (config_suits(c, cfgs[i], &g->engine)) try_plan(c, g, &cfgs[i]);
+    for (int i = 0; i < GRAPH_CONFIGS; i++)
+        if (cfgs[i]) cudnnBackendDestroyDescriptor(cfgs[i]);
+    if (!g->plan) drop_graph_plan(g);
+    cudaGetLastError();
+    if (c->verbose && !g->plan)
+        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d), fusion %d: no graph-API plan (%s)\n",
+                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, (int)f,
+                b.st ? cudnnGetErrorString(b.st) : "no configuration suits");
+}
+
+static int graph_aligned(const void *p) { return (uintptr_t)p % GRAPH_ALIGNMENT == 0; }
+
+/* cuDNN's status for the call through plan g: x, w (bias) -> y, the call's workspace. */
+static cudnnStatus_t execute_graph_plan(cuda_ctx *c, const graph_plan *g, const void *input, const void *weight,
+                                        const void *bias, void *y)
+{
+    int64_t uids[4] = {GRAPH_UID_X, GRAPH_UID_W, GRAPH_UID_Y, GRAPH_UID_BIAS}, n = bias ? 4 : 3;
+    void *pointers[4] = {(void *)input, (void *)weight, y, (void *)bias}, *workspace = c->workspace;
+    cudnnBackendDescriptor_t pack = NULL;
+    cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
+    if (st) return st; /* pack holds no descriptor */
+    if (!(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids)) &&
+        !(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, pointers)) &&
+        !(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace)) &&
+        !(st = cudnnBackendFinalize(pack)))
+        st = cudnnBackendExecute(c->cudnn, g->plan, pack);
+    cudnnBackendDestroyDescriptor(pack);
+    return st;
+}
+
+/* y = conv(input) (+ bias) (+ y if accumulate) through shape s's graph-API plan for it: 1 when it ran
+ * or failed (the failure in c), 0 where the legacy path is to run it (see above). */
+static int run_graph_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
+                          int accumulate)
+{
+    fusion f = bias ? FUSE_BIAS : accumulate ? FUSE_SUM : FUSE_NONE;
+    graph_plan *g = &s->graph[f];
+    cudnnStatus_t st;
+    if (bias && accumulate) return 0;
+    if (!g->tried) make_graph_plan(c, s, f);
+    if (!g->plan || g->workspace > (int64_t)c->workspace_bytes || !graph_aligned(input) || !graph_aligned(weight) ||
+        !graph_aligned(bias) || !graph_aligned(y))
+        return 0;
+    st = execute_graph_plan(c, g, input, weight, bias, y);
+    if (st == CUDNN_STATUS_SUCCESS) {
+        if (c->verbose && !g->shown)
+            fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d), fusion %d: graph API, engine %lld, "
+                            "workspace %lld B\n",
+                    s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, (int)f, (long long)g->engine,
+                    (long long)g->workspace);
+        g->shown = 1;
+        return 1;
+    }
+    if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution (graph API)"), 1;
+    cudaGetLastError(); /* declined: the legacy path from now on, as for a legacy candidate (run_conv) */
+    drop_graph_plan(g);
+    return 0;
+}
+
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN
  * has not declined; a candidate declined (a parameter or configuration it does not take for this
  * shape) stays marked and the next one runs; any other cuDNN failure is the call's error. While a
@@ -1731,6 +2035,7 @@ static int run_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *w
 {
     cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
     if (c->direct_only) return run_direct_conv(c, s, input, weight, bias, y, accumulate);
+    if (c->graph_api && run_graph_conv(c, s, input, weight, bias, y, accumulate)) return !failed(c);
     for (int i = 0; i < s->n_candidates; i++) {
         if (s->refused[i] || s->memory[i] > c->workspace_bytes) continue;
         st = run_candidate(c, s, i, input, weight, bias, y, accumulate);

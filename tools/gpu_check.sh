@@ -9,7 +9,7 @@
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
-#                              profile bench lab graphs sanitize (default: all, in that order; the build
+#                              profile bench lab graphs graphapi sanitize (default: all, in that order; the build
 #                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks;
 #                              and cpu, only when named: the CPU backend's threads on that machine's
 #                              cores ("run cpu"; 47 s on 2 cores, 84 s on an H200 machine's 16).
@@ -46,9 +46,10 @@ if [ "$MODE" = fetch ]; then
 fi
 
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=${*:-ops tests profile bench lab graphs sanitize}
+STEPS=${*:-ops tests profile bench lab graphs graphapi sanitize}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped LAB=skipped SANITIZE=skipped CPU=skipped
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped GRAPHAPI=skipped LAB=skipped SANITIZE=skipped
+CPU=skipped
 DIRECT=n/a # conv shapes of the profiled decodes that cuDNN ran no algorithm for
 
 OUT=${OUT:-/tmp/wv_gpu}
@@ -170,38 +171,62 @@ if want lab && room lab; then
     summary "conv lab exit $LAB"
 fi
 
-# 6. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one: 720p x 81 in bf16 within 2 GiB
-#    with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
-#    an untimed run (with the 192-channel convs by taps too, WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192, it
-#    ran here until measured slower: 2.52 s within 2 GiB against 2.07 for the default 128, H200).
-#    Each run's log goes to profile.txt as it ends (the device tool brings back 8 files); the frames
-#    with graphs must be those without (the same latents: --random-shape is seeded).
-if want graphs && room graphs; then
-    GRAPHS=0
+# A setting off and on (NAME=0, NAME=1; STEP: the step, for its deadline): 720p x 81 in bf16 within
+# 2 GiB with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
+# an untimed run. Each run's log goes to profile.txt as it ends (the device tool brings back 8 files),
+# but for its lines on each convolution shape, which are counted (what ran them); the frames with the
+# setting on must be those without (the same latents: --random-shape is seeded). Its status in AB.
+ab_decodes() {
+    local name=$1 step=$2 budget v st
+    AB=0
     for budget in "--tile 0 --max-memory 1904M" "--tile 272"; do
-        for g in 0 1; do
-            room graphs || { [ "$GRAPHS" = 0 ] && GRAPHS=partial; break 2; }
-            echo "== WANVIDEO_CUDA_GRAPHS=$g $budget" | tee -a "$OUT/profile.txt"
-            WANVIDEO_CUDA_GRAPHS=$g WANVIDEO_CUDA_VERBOSE=1 \
+        for v in 0 1; do
+            room "$step" || { [ "$AB" = 0 ] && AB=partial; break 2; }
+            echo "== $name=$v $budget" | tee -a "$OUT/profile.txt"
+            env "$name=$v" WANVIDEO_CUDA_VERBOSE=1 \
                 timeout "$(limit 45)" python3 -m wanvideo_vae decode --device cuda --precision bf16 \
-                --random-shape 21 90 160 $budget --warmup --quiet --out "/tmp/wv_graphs$g.npy" 2>&1 \
-                | grep -v "^wanvideo_vae cuda: conv" | tee -a "$OUT/profile.txt" \
+                --random-shape 21 90 160 $budget --warmup --quiet --out "/tmp/wv_ab$v.npy" > /tmp/wv_ab.log 2>&1
+            st=$?
+            grep -v "^wanvideo_vae cuda: conv" /tmp/wv_ab.log | tee -a "$OUT/profile.txt" \
                 | grep -E "^tiles|^time|^memory|CUDA graphs|^error|Error|Traceback"
-            st=${PIPESTATUS[0]}
-            [ "$st" = 0 ] || GRAPHS=$st
+            echo "conv lines: $(grep -c "graph API, engine" /tmp/wv_ab.log) (shape, fusion) by graph-API plans," \
+                "$(grep -c "no graph-API plan" /tmp/wv_ab.log) without one, $(grep -c "direct kernel" /tmp/wv_ab.log)" \
+                "shapes on the direct kernel" | tee -a "$OUT/profile.txt"
+            [ "$st" = 0 ] || AB=$st
         done
-        # the same kernels and algorithms: the frames differ by nothing more than a 16-bit rounding
-        if [ -f /tmp/wv_graphs0.npy ] && [ -f /tmp/wv_graphs1.npy ]; then
-            python3 tools/max_diff.py "graphs vs ops one by one" /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy 2e-2 2>&1 \
+        # the same work: the frames differ by nothing more than a 16-bit rounding
+        if [ -f /tmp/wv_ab0.npy ] && [ -f /tmp/wv_ab1.npy ]; then
+            python3 tools/max_diff.py "$name=1 vs 0" /tmp/wv_ab0.npy /tmp/wv_ab1.npy 2e-2 2>&1 \
                 | tail -1 | tee -a "$OUT/profile.txt"
-            [ "${PIPESTATUS[0]}" = 0 ] || GRAPHS=1
+            [ "${PIPESTATUS[0]}" = 0 ] || AB=1
         fi
-        rm -f /tmp/wv_graphs0.npy /tmp/wv_graphs1.npy
+        rm -f /tmp/wv_ab0.npy /tmp/wv_ab1.npy
     done
+}
+
+# 6. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one (with the 192-channel convs by
+#    taps too, WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192, it ran here until measured slower: 2.52 s within
+#    2 GiB against 2.07 for the default 128, H200).
+if want graphs && room graphs; then
+    ab_decodes WANVIDEO_CUDA_GRAPHS graphs
+    GRAPHS=$AB
     summary "graphs exit $GRAPHS"
 fi
 
-# 7. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
+# 7. the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1, off by default) against the
+#    legacy calls: every op against the CPU op with it on (native.log), then the decodes of step 6
+if want graphapi && room graphapi; then
+    echo "== op tests, WANVIDEO_CUDA_GRAPH_API=1" >> "$OUT/native.log"
+    WANVIDEO_CUDA_GRAPH_API=1 timeout "$(limit 60)" bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" \
+        | tee -a "$OUT/native.log" | grep -v "^ok " | tail -10
+    GRAPHAPI=${PIPESTATUS[0]}
+    summary "op tests with the graph API exit $GRAPHAPI"
+    ab_decodes WANVIDEO_CUDA_GRAPH_API graphapi
+    [ "$GRAPHAPI" = 0 ] && GRAPHAPI=$AB
+    summary "graph API exit $GRAPHAPI"
+fi
+
+# 8. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
 #    tests under memcheck (out-of-bounds and misaligned accesses, in our kernels and the libraries') and
 #    racecheck (shared-memory hazards in our kernels), one run per activation type (WV_OPS_DTYPE), the
 #    16-bit ones with every convolution on our direct kernel: under racecheck, cuDNN's 16-bit engines
@@ -271,7 +296,7 @@ if want sanitize && room sanitize; then
     summary "sanitize $SANITIZE"
 fi
 
-# 8. (only when asked: "run cpu") the CPU backend on the machine's cores: one decode (latents
+# 9. (only when asked: "run cpu") the CPU backend on the machine's cores: one decode (latents
 #    [16, 2, 24, 32] unless GPU_CHECK_CPU_SHAPE says other, full-size weights) on 1, 2, 4, ... threads
 #    up to the CPUs there, each's time and GFLOP/s in profile.txt; the frames of every thread count must
 #    be the 1-thread ones to 1e-5 (the GEMMs' rounding may differ in the last bit with the rows each is
@@ -305,7 +330,7 @@ if want cpu && room cpu; then
     summary "cpu exit $CPU"
 fi
 
-# 9. the figures the tests measured, a line each
+# 10. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
@@ -317,11 +342,11 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-# 10. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
+# 11. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
 #    step did not run or finish)
 want bench && bench_table
 python3 tools/gpu_verdicts.py "$OUT/bench.json" "$OUT/figures.jsonl" "$TESTS" "$DIRECT" "$OUT/env.txt"
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, lab $LAB, sanitize $SANITIZE, cpu $CPU"
-for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "$LAB" "${SANITIZE%% *}" "$CPU"; do
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, graph API $GRAPHAPI, lab $LAB, sanitize $SANITIZE, cpu $CPU"
+for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "$GRAPHAPI" "$LAB" "${SANITIZE%% *}" "$CPU"; do
     [ "$st" = 0 ] || [ "$st" = skipped ] || [ "$st" = n/a ] || [ "$st" = partial ] || exit 1
 done

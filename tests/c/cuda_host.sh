@@ -16,14 +16,16 @@ LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
 g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
-# Three runs, each a process on one core, its output and errors kept apart and passed on in this
+# Four runs, each a process on one core, its output and errors kept apart and passed on in this
 # order at the end:
 # - by default the equal-width convs of this small decoder all run by taps (2-frame caches);
 # - then every causal conv on a 3-frame ring, its taps turned in the weight scratch;
-# - and with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
+# - with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
 #   of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
-#   96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings).
-# The last takes about as long as the other two together, so it runs beside them.
+#   96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings);
+# - and the same with the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1) where
+#   its plans take them, the tests of the legacy calls' own ways excepted (they ask for those).
+# A computing run takes about as long as the other two together, so the two run beside them.
 run_test() { # name, then the run's settings (NAME=value)
     local name=$1
     shift
@@ -31,11 +33,14 @@ run_test() { # name, then the run's settings (NAME=value)
 }
 run_test computing WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 &
 computing=$!
+run_test graph_api WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 WANVIDEO_CUDA_GRAPH_API=1 &
+graph_api=$!
 failed=0
 run_test by_taps || failed=1
 run_test on_rings WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 || failed=1
 wait "$computing" || failed=1
-for name in by_taps on_rings computing; do
+wait "$graph_api" || failed=1
+for name in by_taps on_rings computing graph_api; do
     cat "$OUTDIR/$name.out"
     cat "$OUTDIR/$name.err" >&2
 done

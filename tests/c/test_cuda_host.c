@@ -121,6 +121,28 @@ static const run RUNS[] = {
     {"uint8 frames, end frame in tiles", 3, 5, 6, 40, 1, 0, WV_OUT_U8},
 };
 
+/* WANVIDEO_CUDA_GRAPH_API as a test found it, for the test to set it for the models it makes (read
+ * when a model's context is made) and put back after: legacy_convolutions() for a test of the legacy
+ * calls' own ways (what they decline, what cuDNN's heuristics refuse), graph_api_convolutions() for one
+ * of the graph API's. */
+static char *set_graph_api(const char *value)
+{
+    const char *now = getenv("WANVIDEO_CUDA_GRAPH_API");
+    char *was = now ? strdup(now) : NULL;
+    setenv("WANVIDEO_CUDA_GRAPH_API", value, 1);
+    return was;
+}
+
+static char *legacy_convolutions(void) { return set_graph_api("0"); }
+static char *graph_api_convolutions(void) { return set_graph_api("1"); }
+
+static void restore_graph_api(char *was)
+{
+    if (was) setenv("WANVIDEO_CUDA_GRAPH_API", was, 1);
+    else unsetenv("WANVIDEO_CUDA_GRAPH_API");
+    free(was);
+}
+
 /* A bf16 model of the weights on the default GPU (the backend's environment settings read now). */
 static wv_status build_bf16(wv_model *m, const weight_set *ws, wv_error *err)
 {
@@ -259,6 +281,7 @@ static void declined_convolutions_not_retried(const weight_set *ws)
     } cases[] = {{CUDNN_STATUS_NOT_SUPPORTED, 3, 0},
                  {CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT, 4, 0},
                  {CUDNN_STATUS_INTERNAL_ERROR, 3, 1}};
+    char *graph_api = legacy_convolutions();
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         wv_model m;
         wv_error err = {WV_OK, ""};
@@ -276,6 +299,58 @@ static void declined_convolutions_not_retried(const weight_set *ws)
         CHECK(calls[1] < calls[0] && calls[1] > 0 && calls[2] == calls[1]);
         wv_model_free(&m);
     }
+    restore_graph_api(graph_api);
+}
+
+/* With WANVIDEO_CUDA_GRAPH_API=1 the convolutions run by the graph API's plans (the stub's heuristics
+ * offer an engine that compiles kernels first, then one on the tensor cores, and report either run
+ * where it should not be); a plan cuDNN declines leaves its calls to the legacy path for good: the
+ * decode that met the decline and the next run as many convolutions, fewer of them by plans. */
+static void graph_api_declines_fall_back(const weight_set *ws)
+{
+    char *graph_api = graph_api_convolutions();
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    long plans[3], convs[3];
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
+    for (int call = 0; call < 3; call++) {
+        stub_calls before = stub_counts();
+        if (call == 1) stub_cudnn_decline(CUDNN_STATUS_NOT_SUPPORTED, 1);
+        CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+        plans[call] = stub_counts().plan_runs - before.plan_runs;
+        convs[call] = stub_counts().convolutions - before.convolutions;
+    }
+    CHECK(stub_cudnn_decline(0, 0) == 0);
+    CHECK(plans[0] > 0 && plans[1] < plans[0] && plans[2] == plans[1]);
+    CHECK(convs[1] == convs[0] && convs[2] == convs[0]);
+    wv_model_free(&m);
+    restore_graph_api(graph_api);
+}
+
+/* Creates failing one after another through a decode's first shapes (the legacy descriptors, then
+ * the graph-API plans): a plan whose descriptors could not all be made leaves its shape to the legacy
+ * calls (the decode works); a legacy descriptor or a call's variant pack that could not be made fails
+ * the decode as out of host memory, and the next decode works; what a failed create left in its
+ * handle is never destroyed (the stub reports it). */
+static void graph_api_failed_creates(const weight_set *ws)
+{
+    char *graph_api = graph_api_convolutions();
+    int packs_failed = 0;
+    for (int n = 1; n <= 64; n++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        wv_status d;
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
+        stub_fail_nth_create(n);
+        d = decode(&m, &RUNS[1], &err);
+        CHECK(d == WV_OK || d == WV_ERR_NOMEM); /* out of memory: a shape's legacy descriptors, or a pack */
+        packs_failed += d == WV_ERR_NOMEM && strstr(err.msg, "(graph API)");
+        stub_fail_nth_create(0);
+        if (d != WV_OK) CHECK(decode(&m, &RUNS[1], &err) == WV_OK);
+        wv_model_free(&m);
+    }
+    CHECK(packs_failed > 0);
+    restore_graph_api(graph_api);
 }
 
 /* A misaligned pointer is the buffers' (a ring slot's offset), not the shape's: a candidate declining
@@ -373,6 +448,7 @@ static void cudnn_refusals_and_broken_installations(const weight_set *ws)
                  {CUDNN_STATUS_DEPRECATED, WV_OK},
                  {CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH, WV_ERR_BACKEND},
                  {CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE, WV_ERR_BACKEND}};
+    char *graph_api = legacy_convolutions();
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         wv_model m;
         wv_error err = {WV_OK, ""};
@@ -403,6 +479,7 @@ static void cudnn_refusals_and_broken_installations(const weight_set *ws)
         stub_cudnn_heuristics_status(0);
         wv_model_free(&m);
     }
+    restore_graph_api(graph_api);
 }
 
 /* The host waits for the GPU step by step (the output stagings' turns) asleep, not spinning on a CPU
@@ -522,6 +599,7 @@ static void failed_captures_turn_graphs_off(const weight_set *ws)
  * a failed one works; until no create is left to fail. */
 static void failed_creates(const weight_set *ws)
 {
+    char *graph_api = legacy_convolutions(); /* a variant pack a convolution: a decode for each of thousands */
     int n = 1, left = 0;
     for (; left == 0; n++) {
         wv_model m;
@@ -540,6 +618,7 @@ static void failed_creates(const weight_set *ws)
         left = stub_fail_nth_create(0);
     }
     CHECK(n > 12); /* two streams, five events, two handles, a descriptor, and each shape's five */
+    restore_graph_api(graph_api);
 }
 
 /* Device allocations failing as a model is made (its context's scalars, then its weights), one after
@@ -839,6 +918,8 @@ int main(void)
     trunk_output_unpinnable(&ws);
     stagings_unpinnable(&ws);
     declined_convolutions_not_retried(&ws);
+    graph_api_declines_fall_back(&ws);
+    if (!g_reference) graph_api_failed_creates(&ws); /* a decode for each create: too slow computing */
     misaligned_buffers_mark_no_shape(&ws);
     fused_call_short_of_workspace_keeps_step_graphs(&ws);
     steps_launched_before_their_callbacks(&ws);

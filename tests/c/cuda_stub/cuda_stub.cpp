@@ -1371,6 +1371,255 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* ---- cuDNN's graph API ---------------------------------------------------------------------------
+ * A descriptor is a bag of attributes, finalized once. The heuristics offer a configuration of each of
+ * STUB_ENGINES, in that order: one that compiles its kernels at run time and one on the tensor cores
+ * (TF32 in fp32) come first, which a careful caller passes over; running either is a misuse, as is a
+ * plan of a graph other than a convolution (+ a pointwise add of a [1, K, 1, ...] bias after it). A
+ * plan runs as the legacy convolution does here: the same checks, declines and arithmetic. */
+struct stub_engine {
+    int64_t index;
+    bool compiles, tensor_core;
+};
+static const stub_engine STUB_ENGINES[] = {{41, true, false}, {12, false, true}, {3, false, false}};
+
+struct backend_attr {
+    cudnnBackendAttributeType_t type;
+    int64_t n;
+    std::vector<char> bytes;
+};
+
+struct backend_desc {
+    cudnnBackendDescriptorType_t type;
+    std::map<int, backend_attr> attrs;
+    bool finalized = false;
+    int engine = -1;                /* an ENGINECFG or ENGINE the heuristics filled: its STUB_ENGINES entry */
+    backend_desc *graph = nullptr; /* an ENGINECFG's operation graph */
+};
+
+static size_t attr_bytes(cudnnBackendAttributeType_t t)
+{
+    switch (t) {
+    case CUDNN_TYPE_INT64: case CUDNN_TYPE_DOUBLE: return 8;
+    case CUDNN_TYPE_BOOLEAN: return sizeof(bool);
+    case CUDNN_TYPE_HANDLE: case CUDNN_TYPE_BACKEND_DESCRIPTOR: case CUDNN_TYPE_VOID_PTR: return sizeof(void *);
+    default: return 4; /* float and the enums */
+    }
+}
+
+static backend_desc *desc_of(cudnnBackendDescriptor_t d) { return (backend_desc *)d; }
+
+/* Attribute name of d as n values of T (n 0 and NULL where d has none). */
+extern "C++" { /* a template, in the C API's extern "C" block */
+template <typename T> static const T *attr(const backend_desc *d, int name, int64_t *n = nullptr)
+{
+    auto it = d->attrs.find(name);
+    if (n) *n = it == d->attrs.end() ? 0 : it->second.n;
+    return it == d->attrs.end() ? nullptr : (const T *)it->second.bytes.data();
+}
+}
+
+cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t type, cudnnBackendDescriptor_t *d)
+{
+    if (!d) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    if (create_fails(d)) return CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED;
+    backend_desc *b = make_handle<backend_desc>();
+    b->type = type;
+    *d = b;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t d)
+{
+    drop_handle(desc_of(d));
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                                       cudnnBackendAttributeType_t type, int64_t n, const void *values)
+{
+    backend_desc *b = desc_of(d);
+    if (!values || n < 0) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    if (b->finalized) return CUDNN_STATUS_BAD_PARAM;
+    if (type == CUDNN_TYPE_HANDLE && !*(void *const *)values) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    backend_attr &a = b->attrs[name];
+    a.type = type, a.n = n;
+    a.bytes.assign((const char *)values, (const char *)values + (size_t)n * attr_bytes(type));
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t d)
+{
+    backend_desc *b = desc_of(d);
+    if (b->finalized) return CUDNN_STATUS_BAD_PARAM;
+    if (b->type == CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR) {
+        backend_desc *const *cfg = attr<backend_desc *>(b, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
+        if (!attr<void *>(b, CUDNN_ATTR_EXECUTION_PLAN_HANDLE) || !cfg || (*cfg)->engine < 0) return CUDNN_STATUS_BAD_PARAM;
+    }
+    if (b->type == CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR && !attr<void *>(b, CUDNN_ATTR_OPERATIONGRAPH_HANDLE))
+        return CUDNN_STATUS_BAD_PARAM;
+    b->finalized = true;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Puts n values of T into the caller's array (room for `room`). */
+extern "C++" { /* a template, in the C API's extern "C" block */
+template <typename T> static cudnnStatus_t give(const T *values, int64_t n, int64_t room, int64_t *count, void *out)
+{
+    if (room < n) n = room;
+    if (count) *count = n;
+    memcpy(out, values, sizeof(T) * (size_t)n);
+    return CUDNN_STATUS_SUCCESS;
+}
+}
+
+cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
+                                       cudnnBackendAttributeType_t type, int64_t room, int64_t *count, void *out)
+{
+    const backend_desc *b = desc_of(d);
+    const int n_engines = (int)(sizeof STUB_ENGINES / sizeof *STUB_ENGINES);
+    (void)type;
+    if (!out) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    if (!b->finalized && name != CUDNN_ATTR_ENGINECFG_ENGINE) return CUDNN_STATUS_BAD_PARAM;
+    if (name == CUDNN_ATTR_ENGINEHEUR_RESULTS) { /* into the caller's ENGINECFG descriptors */
+        backend_desc *const *graph = attr<backend_desc *>(b, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH);
+        int64_t n = room < n_engines ? room : n_engines;
+        for (int64_t i = 0; i < n; i++) {
+            backend_desc *cfg = desc_of(((cudnnBackendDescriptor_t *)out)[i]);
+            cfg->engine = (int)i, cfg->graph = graph ? *graph : nullptr, cfg->finalized = true;
+        }
+        if (count) *count = n;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    if (name == CUDNN_ATTR_ENGINECFG_ENGINE) {
+        backend_desc *engine = desc_of(*(cudnnBackendDescriptor_t *)out);
+        engine->engine = b->engine, engine->finalized = true;
+        if (count) *count = 1;
+        return b->engine < 0 ? CUDNN_STATUS_BAD_PARAM : CUDNN_STATUS_SUCCESS;
+    }
+    if (b->engine >= 0 && b->type == CUDNN_BACKEND_ENGINE_DESCRIPTOR) {
+        const stub_engine &e = STUB_ENGINES[b->engine];
+        cudnnBackendBehaviorNote_t compiles = CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+        cudnnBackendNumericalNote_t tensor_core = CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
+        if (name == CUDNN_ATTR_ENGINE_GLOBAL_INDEX) return give(&e.index, 1, room, count, out);
+        if (name == CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE) return give(&compiles, e.compiles, room, count, out);
+        if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE) return give(&tensor_core, e.tensor_core, room, count, out);
+    }
+    if (name == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) {
+        int64_t none = 0;
+        return give(&none, 1, room, count, out);
+    }
+    return CUDNN_STATUS_NOT_SUPPORTED; /* one the backend does not ask */
+}
+
+/* A tensor descriptor of the graph as the legacy one (a filter's dims alone: its layout is checked). */
+static cudnnTensorStruct legacy_tensor(const backend_desc *t)
+{
+    cudnnTensorStruct l;
+    int64_t nd = 0;
+    const int64_t *dims = attr<int64_t>(t, CUDNN_ATTR_TENSOR_DIMENSIONS, &nd), *strides = attr<int64_t>(t, CUDNN_ATTR_TENSOR_STRIDES);
+    memset(&l, 0, sizeof l);
+    l.nd = (int)nd, l.type = *attr<cudnnDataType_t>(t, CUDNN_ATTR_TENSOR_DATA_TYPE);
+    for (int i = 0; i < l.nd; i++) l.dims[i] = (int)dims[i], l.strides[i] = (int)strides[i];
+    return l;
+}
+
+/* Whether a filter's strides are those of the packed KTRSC layout the backend keeps its weights in. */
+static bool packed_filter(const cudnnTensorStruct &w)
+{
+    int64_t stride = 1;
+    if (w.strides[1] != 1) return false;
+    stride = w.dims[1];
+    for (int i = w.nd - 1; i >= 2; i--) {
+        if (w.strides[i] != stride) return false;
+        stride *= w.dims[i];
+    }
+    return w.strides[0] == stride;
+}
+
+static const void *pack_pointer(const backend_desc *pack, const backend_desc *tensor)
+{
+    int64_t n = 0;
+    const int64_t *uids = attr<int64_t>(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &n);
+    void *const *pointers = attr<void *>(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS);
+    int64_t uid = *attr<int64_t>(tensor, CUDNN_ATTR_TENSOR_UNIQUE_ID);
+    for (int64_t i = 0; i < n; i++)
+        if (uids[i] == uid) return pointers[i];
+    misuse("a graph's tensor without a pointer in the variant pack");
+    return nullptr;
+}
+
+static bool aligned_for(const backend_desc *tensor, const void *p)
+{
+    const int64_t *alignment = attr<int64_t>(tensor, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT);
+    return !alignment || (uintptr_t)p % (uintptr_t)*alignment == 0;
+}
+
+extern "C++" { /* a template, in the C API's extern "C" block */
+template <typename T> static T one_attr(const backend_desc *d, int name)
+{
+    const T *v = attr<T>(d, name);
+    return v ? *v : T();
+}
+}
+
+cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan_d, cudnnBackendDescriptor_t pack_d)
+{
+    const backend_desc *plan = desc_of(plan_d), *pack = desc_of(pack_d);
+    const backend_desc *cfg = *attr<backend_desc *>(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
+    const stub_engine &engine = STUB_ENGINES[cfg->engine];
+    int64_t n_ops = 0;
+    backend_desc *const *ops = attr<backend_desc *>(cfg->graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, &n_ops);
+    const backend_desc *conv_op = ops[0], *bias_op = n_ops > 1 ? ops[1] : nullptr;
+    const backend_desc *xd = one_attr<backend_desc *>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X);
+    const backend_desc *wd = one_attr<backend_desc *>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W);
+    const backend_desc *yd = one_attr<backend_desc *>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y);
+    const backend_desc *cd = one_attr<backend_desc *>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC);
+    const backend_desc *bd = bias_op ? one_attr<backend_desc *>(bias_op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC) : nullptr;
+    float alpha = one_attr<float>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA);
+    float beta = one_attr<float>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA);
+    if (!pack->finalized || !plan->finalized) misuse("a graph-API plan or variant pack run unfinalized");
+    if (engine.compiles) misuse("a graph-API engine that compiles kernels at run time ran");
+    if (n_ops > 2 || conv_op->type != CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR ||
+        (bias_op && (bias_op->type != CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR ||
+                     one_attr<backend_desc *>(bias_op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC) != yd ||
+                     !one_attr<bool>(yd, CUDNN_ATTR_TENSOR_IS_VIRTUAL))))
+        misuse("a graph-API graph other than a convolution, and a pointwise add of its sum and a bias");
+    if (bias_op) yd = one_attr<backend_desc *>(bias_op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC);
+    cudnnTensorStruct x = legacy_tensor(xd), w = legacy_tensor(wd), y = legacy_tensor(yd), bias;
+    cudnnFilterStruct filter;
+    cudnnConvolutionStruct conv;
+    int64_t spatial = 0;
+    const int64_t *pre = attr<int64_t>(cd, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, &spatial);
+    const int64_t *post = attr<int64_t>(cd, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS);
+    const void *xp = pack_pointer(pack, xd), *wp = pack_pointer(pack, wd), *bp = bd ? pack_pointer(pack, bd) : nullptr;
+    void *yp = (void *)pack_pointer(pack, yd), *ws = one_attr<void *>(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE);
+    filter.nd = w.nd, filter.type = w.type, filter.format = CUDNN_TENSOR_NHWC;
+    memcpy(filter.dims, w.dims, sizeof filter.dims);
+    if (!packed_filter(w)) misuse("a graph-API filter not laid out as the packed KTRSC weights");
+    memset(&conv, 0, sizeof conv);
+    conv.n = (int)spatial, conv.compute = one_attr<cudnnDataType_t>(cd, CUDNN_ATTR_CONVOLUTION_COMP_TYPE);
+    conv.math = engine.tensor_core ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH; /* check_conv: TF32 in fp32 */
+    for (int i = 0; i < conv.n; i++) {
+        conv.pad[i] = (int)pre[i], conv.stride[i] = conv.dilation[i] = 1;
+        if (post[i] != pre[i]) misuse("a graph-API convolution padded unevenly");
+    }
+    if (bd) bias = legacy_tensor(bd);
+    if (!aligned_for(xd, xp) || !aligned_for(wd, wp) || !aligned_for(yd, yp) || (bd && !aligned_for(bd, bp)))
+        misuse("a graph-API pointer not aligned as its tensor says");
+    if (declining()) return g_decline_status;
+    check_conv(&x, xp, &filter, wp, &conv, ws, 0, &y, yp);
+    if (bd) check_device("convolution bias", bp, tensor_span(&bias));
+    count(h->stream, g_calls.convolutions);
+    count(h->stream, g_calls.plan_runs);
+    issue(h->stream, "cudnnBackendExecute",
+          {reads(xp, tensor_span(&x)), reads(wp, filter_span(&filter)), reads(bp, bd ? tensor_span(&bias) : 0),
+           writes(yp, tensor_span(&y))},
+          computing() ? conv_action(&x, xp, &filter, wp, &conv, alpha, NULL, 0.0f, bd ? &bias : NULL, bp, beta, &y, yp)
+                      : nullptr);
+    return CUDNN_STATUS_SUCCESS;
+}
+
 /* ---- cuBLAS --------------------------------------------------------------------------------- */
 
 LIBRARY_OBJECT(cublasStatus_t, CUBLAS_STATUS_SUCCESS, CUBLAS_STATUS_ALLOC_FAILED, cublasCreate_v2, cublasDestroy_v2,

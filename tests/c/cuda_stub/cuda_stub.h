@@ -20,6 +20,7 @@ void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const s
  * without cudaEventBlockingSync. */
 typedef struct {
     long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
+    long plan_runs; /* the convolutions run by a plan of cuDNN's graph API (cudnnBackendExecute) */
     long spinning_waits;
     double device_seconds;
 } stub_calls;
