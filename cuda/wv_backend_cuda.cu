@@ -26,8 +26,8 @@
  * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
  * bias and the residual sum folded in (cudnnConvolutionBiasActivationForward) where the algorithm
  * allows; a shape cuDNN runs nothing for goes to a direct kernel (WANVIDEO_CUDA_GRAPH_API=1: through
- * plans of cuDNN's graph API first, made once per shape, see run_graph_conv). Attention: per query chunk, scores by a
- * cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
+ * plans of cuDNN's graph API first, made once per shape, see run_graph_conv). Attention: per query
+ * chunk, scores by a cuBLAS GEMM in fp32, softmax kernel, a second GEMM. Output: a kernel writes each tile's core into
  * one of the arena's STAGINGS stagings as float32; at the end of the step a second stream copies it
  * to pinned host memory while the compute stream runs on; the host copies it into the caller's
  * array when its staging comes round again. Errors are recorded in the context at the first failure; later ops then do nothing,
