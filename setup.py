@@ -108,7 +108,9 @@ def core_extension():
 # macro for cublasCreate_v2). Windows import libraries are made from it; a test checks it against
 # the symbols the Linux build imports.
 CUDA_IMPORTS = {
-    "cudnn": ["cudnnConvolutionBiasActivationForward", "cudnnConvolutionForward", "cudnnCreate",
+    "cudnn": ["cudnnBackendCreateDescriptor", "cudnnBackendDestroyDescriptor", "cudnnBackendExecute",
+              "cudnnBackendFinalize", "cudnnBackendGetAttribute", "cudnnBackendSetAttribute",
+              "cudnnConvolutionBiasActivationForward", "cudnnConvolutionForward", "cudnnCreate",
               "cudnnCreateActivationDescriptor", "cudnnCreateConvolutionDescriptor",
               "cudnnCreateFilterDescriptor", "cudnnCreateTensorDescriptor", "cudnnDestroy",
               "cudnnDestroyActivationDescriptor", "cudnnDestroyConvolutionDescriptor", "cudnnDestroyFilterDescriptor",

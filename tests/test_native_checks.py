@@ -276,15 +276,16 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
     convolution, copy and GEMM inside one arena buffer or allocation, no race between streams,
     allocation failures and the runtime's faults (a launch refused, a kernel faulting, a graph capture
     invalidated, a create failing) clean, nothing left allocated; then with the stub computing on the CPU, each
-    small decode equal to the CPU backend's. Runs wherever the CUDA build is required (CI with nvcc);
-    no GPU needed."""
+    small decode equal to the CPU backend's, by the legacy cuDNN calls and through the graph API. Runs
+    wherever the CUDA build is required (CI with nvcc); no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     env = dict(os.environ, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
     r = run(["bash", "tests/c/cuda_host.sh", str(tmp_path)], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # three times: the default widths by taps, every causal conv on a 3-frame ring, the stub computing
-    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 3, r.stdout[-3000:]
+    # four times: the default widths by taps, every causal conv on a 3-frame ring, the stub computing,
+    # and computing with the convolutions through cuDNN's graph API
+    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 4, r.stdout[-3000:]
     assert len(re.findall(r"^ok .*max \|CUDA on the stub - CPU\|", r.stdout, re.M)) >= 12, r.stdout[-3000:]
 
 
