@@ -1686,18 +1686,22 @@ static const char *algo_name(cudnnConvolutionFwdAlgo_t a)
 
 /* WANVIDEO_CUDA_VERBOSE: which candidate runs a shape (-1: the direct kernel), when that changes (a
  * plan with a smaller workspace may skip the first choice). */
+/* WANVIDEO_CUDA_VERBOSE's line on shape s begins so; the caller ends it. */
+static void print_shape(const conv_shape *s)
+{
+    fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d)", s->cin, s->cout, s->kt, s->kh, s->kw,
+            s->H, s->W, s->n);
+}
+
 static void announce(cuda_ctx *c, conv_shape *s, int i)
 {
     if (!c->verbose || s->shown == i + 2) return;
     s->shown = i + 2;
+    print_shape(s);
     if (i < 0)
-        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): direct kernel (%d cuDNN candidates)\n",
-                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, s->n_candidates);
+        fprintf(stderr, ": direct kernel (%d cuDNN candidates)\n", s->n_candidates);
     else
-        fprintf(stderr,
-                "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d): %s%s, math %d, workspace %zu B (candidate "
-                "%d of %d)\n",
-                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, algo_name(s->algo[i]),
+        fprintf(stderr, ": %s%s, math %d, workspace %zu B (candidate %d of %d)\n", algo_name(s->algo[i]),
                 s->algo[i] == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM && !s->unfused ? " with the bias" : "",
                 (int)s->math[i], s->memory[i], i + 1, s->n_candidates);
 }
@@ -1787,17 +1791,6 @@ static cudnnBackendDescriptor_t build_new(graph_build *b, cudnnBackendDescriptor
     return d;
 }
 
-static void build_set(graph_build *b, cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
-                      cudnnBackendAttributeType_t type, int64_t n, const void *value)
-{
-    if (!b->st) b->st = cudnnBackendSetAttribute(d, name, type, n, value);
-}
-
-static void build_finalize(graph_build *b, cudnnBackendDescriptor_t d)
-{
-    if (!b->st) b->st = cudnnBackendFinalize(d);
-}
-
 /* One attribute of a descriptor: n values of the type, at value. */
 typedef struct {
     cudnnBackendAttributeName_t name;
@@ -1806,16 +1799,26 @@ typedef struct {
     const void *value;
 } graph_attr;
 
+#define N_ATTRS(attrs) ((int)(sizeof attrs / sizeof *attrs))
+
+/* Descriptor d given the n attributes, then finalized: the first failure's status. */
+static cudnnStatus_t set_and_finalize(cudnnBackendDescriptor_t d, const graph_attr *attrs, int n)
+{
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    for (int i = 0; i < n && !st; i++)
+        st = cudnnBackendSetAttribute(d, attrs[i].name, attrs[i].type, attrs[i].n, attrs[i].value);
+    return st ? st : cudnnBackendFinalize(d);
+}
+
 /* A descriptor of the type with the attributes (an array: BUILD_NODE counts them), finalized. */
 static cudnnBackendDescriptor_t build_node(graph_build *b, cudnnBackendDescriptorType_t type, const graph_attr *attrs,
                                            int n)
 {
     cudnnBackendDescriptor_t d = build_new(b, type);
-    for (int i = 0; i < n; i++) build_set(b, d, attrs[i].name, attrs[i].type, attrs[i].n, attrs[i].value);
-    build_finalize(b, d);
+    if (!b->st) b->st = set_and_finalize(d, attrs, n);
     return d;
 }
-#define BUILD_NODE(b, type, attrs) build_node(b, type, attrs, (int)(sizeof attrs / sizeof *attrs))
+#define BUILD_NODE(b, type, attrs) build_node(b, type, attrs, N_ATTRS(attrs))
 
 /* A tensor of the graph laid out channels-last; a virtual one (an intermediate no pointer backs). */
 static cudnnBackendDescriptor_t build_tensor(graph_build *b, int64_t uid, cudnnDataType_t type, int nd, const int *dims,
@@ -1854,7 +1857,8 @@ static cudnnBackendDescriptor_t build_conv_op(graph_build *b, const conv_dims *d
     graph_attr op_attrs[] = {{CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x},
                              {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w},
                              {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y},
-                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv},
+                             {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                              &conv},
                              {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha},
                              {CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta}};
     return BUILD_NODE(b, CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, op_attrs);
@@ -1886,7 +1890,8 @@ static cudnnBackendDescriptor_t build_heuristics(cuda_ctx *c, graph_build *b, co
     cudnnBackendDescriptor_t x = build_tensor(b, GRAPH_UID_X, type, d.nd, d.x, false);
     cudnnBackendDescriptor_t w = build_tensor(b, GRAPH_UID_W, type, d.nd, d.w, false);
     cudnnBackendDescriptor_t y = build_tensor(b, GRAPH_UID_Y, type, d.nd, d.y, false);
-    cudnnBackendDescriptor_t sum = f == FUSE_BIAS ? build_tensor(b, GRAPH_UID_SUM, CUDNN_DATA_FLOAT, d.nd, d.y, true) : y;
+    cudnnBackendDescriptor_t sum = /* the conv's sum before the bias, in fp32 */
+        f == FUSE_BIAS ? build_tensor(b, GRAPH_UID_SUM, CUDNN_DATA_FLOAT, d.nd, d.y, true) : y;
     cudnnBackendDescriptor_t ops[2], graph;
     int64_t n_ops = 1;
     ops[0] = build_conv_op(b, &d, x, w, sum, f == FUSE_SUM ? 1.0f : 0.0f);
@@ -1940,7 +1945,6 @@ static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
                                         &g->workspace);
     if (b.st || g->workspace < 0 || g->workspace > (int64_t)WV_CUDA_WORKSPACE_BYTES || g->n_kept == GRAPH_DESCRIPTORS) {
         while (g->n_kept > kept) cudnnBackendDestroyDescriptor(g->kept[--g->n_kept]);
-        cudaGetLastError(); /* an engine that failed to set up declined: not a launch of ours */
         return;
     }
     g->kept[g->n_kept++] = *cfg;
@@ -1968,11 +1972,12 @@ static void make_graph_plan(cuda_ctx *c, conv_shape *s, fusion f)
     for (int i = 0; i < GRAPH_CONFIGS; i++)
         if (cfgs[i]) cudnnBackendDestroyDescriptor(cfgs[i]);
     if (!g->plan) drop_graph_plan(g);
-    cudaGetLastError();
-    if (c->verbose && !g->plan)
-        fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d), fusion %d: no graph-API plan (%s)\n",
-                s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, (int)f,
+    cudaGetLastError(); /* an engine that failed to set up declined: not a launch of ours */
+    if (c->verbose && !g->plan) {
+        print_shape(s);
+        fprintf(stderr, ", fusion %d: no graph-API plan (%s)\n", (int)f,
                 b.st ? cudnnGetErrorString(b.st) : "no configuration suits");
+    }
 }
 
 static int graph_aligned(const void *p) { return (uintptr_t)p % GRAPH_ALIGNMENT == 0; }
@@ -1983,14 +1988,13 @@ static cudnnStatus_t execute_graph_plan(cuda_ctx *c, const graph_plan *g, const 
 {
     int64_t uids[4] = {GRAPH_UID_X, GRAPH_UID_W, GRAPH_UID_Y, GRAPH_UID_BIAS}, n = bias ? 4 : 3;
     void *pointers[4] = {(void *)input, (void *)weight, y, (void *)bias}, *workspace = c->workspace;
+    graph_attr attrs[] = {{CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids},
+                          {CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, pointers},
+                          {CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace}};
     cudnnBackendDescriptor_t pack = NULL;
     cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &pack);
     if (st) return st; /* pack holds no descriptor */
-    if (!(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids)) &&
-        !(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, pointers)) &&
-        !(st = cudnnBackendSetAttribute(pack, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace)) &&
-        !(st = cudnnBackendFinalize(pack)))
-        st = cudnnBackendExecute(c->cudnn, g->plan, pack);
+    if (!(st = set_and_finalize(pack, attrs, N_ATTRS(attrs)))) st = cudnnBackendExecute(c->cudnn, g->plan, pack);
     cudnnBackendDestroyDescriptor(pack);
     return st;
 }
@@ -2010,11 +2014,11 @@ static int run_graph_conv(cuda_ctx *c, conv_shape *s, const void *input, const v
         return 0;
     st = execute_graph_plan(c, g, input, weight, bias, y);
     if (st == CUDNN_STATUS_SUCCESS) {
-        if (c->verbose && !g->shown)
-            fprintf(stderr, "wanvideo_vae cuda: conv %d->%d %dx%dx%d on %dx%d (n=%d), fusion %d: graph API, engine %lld, "
-                            "workspace %lld B\n",
-                    s->cin, s->cout, s->kt, s->kh, s->kw, s->H, s->W, s->n, (int)f, (long long)g->engine,
+        if (c->verbose && !g->shown) {
+            print_shape(s);
+            fprintf(stderr, ", fusion %d: graph API, engine %lld, workspace %lld B\n", (int)f, (long long)g->engine,
                     (long long)g->workspace);
+        }
         g->shown = 1;
         return 1;
     }
