@@ -456,13 +456,17 @@ def arch_number(arch):
     return int(re.match(r"\d+", arch).group())
 
 
+def runs_natively(archs, cap):
+    """Whether archs hold a binary for a GPU of compute capability cap: one of its major and no newer minor."""
+    major, minor = divmod(int(cap), 10)
+    return any(n // 10 == major and n % 10 <= minor for n in (arch_number(a) for a in archs))
+
+
 def runs_on(archs, cap):
     """Whether code built for archs (oldest first, the newest also as PTX) runs on a GPU of compute
     capability cap ("61"): a binary of its major and no newer minor, or the PTX, which a newer GPU's
     driver compiles."""
-    major, minor = divmod(int(cap), 10)
-    numbers = [arch_number(a) for a in archs]
-    return int(cap) >= numbers[-1] or any(n // 10 == major and n % 10 <= minor for n in numbers)
+    return int(cap) >= arch_number(archs[-1]) or runs_natively(archs, cap)
 
 
 def machine_gpu_caps():
@@ -488,33 +492,24 @@ def nvcc_caps(nvcc):
     return set(re.findall(r"compute_(\d+)\b", done.stdout)) if done.returncode == 0 else set()
 
 
-def with_machine_caps(archs, caps):
-    """archs and this machine's compute capabilities caps, which the build says it added."""
-    for cap in caps:
-        log(f"this machine's GPU of compute capability {cap[:-1]}.{cap[-1]} is added to the archs")
-    return cuda_archs(";".join(archs + caps))[0] if caps else archs
-
-
 def archs_for_machine(archs, nvcc, chosen):
-    """archs, plus the compute capability of each GPU of this machine they would not run on (a P100's
-    6.0, a V100's 7.0), as PyTorch's extensions build for the GPUs they find: where nvcc builds for it
-    and the user did not choose the archs (WANVIDEO_CUDA_ARCHS); a warning otherwise. A GPU newer than
-    the newest arch (Blackwell's 12.0) runs the PTX, which its driver compiles at first use: it is
-    built for too where nvcc can and the archs were not chosen, which spares that first use."""
-    caps = machine_gpu_caps()
-    newer = [c for c in caps if int(c) > arch_number(archs[-1])]
-    if newer and not chosen:
-        buildable = nvcc_caps(nvcc)
-        archs = with_machine_caps(archs, [c for c in newer if c in buildable])
-    for cap in [c for c in caps if not runs_on(archs, c)]:
+    """archs, plus the compute capability of each GPU of this machine they hold no binary for, as PyTorch's
+    extensions build for the GPUs they find, where nvcc builds for it and the user did not choose the archs
+    (WANVIDEO_CUDA_ARCHS): one they would not run on at all (a P100's 6.0, a V100's 7.0), and one newer
+    than the newest arch (Blackwell's 12.0), which would run the PTX its driver compiles at first use. A
+    warning where such a GPU is left with nothing to run."""
+    buildable = None
+    for cap in [c for c in machine_gpu_caps() if not runs_natively(archs, c)]:
         shown = f"{cap[:-1]}.{cap[-1]}"
-        if chosen:
+        if buildable is None and not chosen:
+            buildable = nvcc_caps(nvcc)
+        if not chosen and cap in buildable:
+            log(f"this machine's GPU of compute capability {shown} is added to the archs")
+            archs = cuda_archs(";".join(archs + [cap]))[0]
+        elif not runs_on(archs, cap):  # else the PTX runs on it
             warn(f"WANVIDEO_CUDA_ARCHS has no code for this machine's GPU of compute capability {shown}: the CUDA "
-                 f"backend will not run on it (add {cap})")
-        elif cap in nvcc_caps(nvcc):
-            archs = with_machine_caps(archs, [cap])
-        else:
-            warn(f"this CUDA toolkit does not build for this machine's GPU of compute capability {shown}: the "
+                 f"backend will not run on it (add {cap})" if chosen else
+                 f"this CUDA toolkit does not build for this machine's GPU of compute capability {shown}: the "
                  f"CUDA backend will not run on it (a CUDA 12 toolkit builds for 5.0 and newer: set CUDA_HOME)")
     return archs
 
