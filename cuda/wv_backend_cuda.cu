@@ -67,7 +67,7 @@ static_assert(STATS_OFFSET + 2 * WV_CUDA_MAX_Z * sizeof(float) <= WV_CUDA_SCALAR
 #define STAGINGS 3 /* steps of output in the arena: two steps in flight, and the ring's period of 3 */
 
 /* What a plan of cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1, see run_graph_conv) computes:
- * y = conv(x); y += conv(x) (a tap after the first); y = conv(x) + bias. */
+ * y = conv(x); y += conv(x) (a tap after the first, or a residual sum); y = conv(x) + bias. */
 typedef enum { FUSE_NONE, FUSE_SUM, FUSE_BIAS, FUSIONS } fusion;
 #define GRAPH_DESCRIPTORS 16 /* a graph's descriptors, kept as long as its plan */
 
@@ -1765,10 +1765,11 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
  * pointwise add of the bias after it) and the plan of the first engine configuration cuDNN's
  * heuristics (mode A) rank that suits: it compiles no kernels at run time (NVRTC, seconds a shape),
  * accumulates in fp32 (and in fp32 mode stays off the tensor cores' TF32), and fits the workspace's
- * cap. A call then only makes its variant pack (the pointers). The legacy path runs a call where the
- * graph API has no such plan, where the call's pointers are not GRAPH_ALIGNMENT-aligned, where the
- * call's workspace is smaller than the plan's, for y += conv(x) + bias (the legacy fused call does it
- * in one pass), and after cuDNN declined the plan once. Off by default: no GPU has measured it yet. */
+ * cap. A call then only makes its variant pack (the pointers). A bias that no fused plan takes (none
+ * suits, or the call sums into y) is added by our kernel after the plain or summing plan. The legacy
+ * path runs a call where the graph API has no such plan, where the call's pointers are not
+ * GRAPH_ALIGNMENT-aligned, where the call's workspace is smaller than the plan's, and after cuDNN
+ * declined the plan once. Off by default: no GPU has measured it yet. */
 enum { GRAPH_UID_X = 1, GRAPH_UID_W, GRAPH_UID_Y, GRAPH_UID_BIAS, GRAPH_UID_SUM };
 #define GRAPH_ALIGNMENT 16
 #define GRAPH_CONFIGS 16 /* engine configurations asked of the heuristics */
@@ -1999,15 +2000,13 @@ static cudnnStatus_t execute_graph_plan(cuda_ctx *c, const graph_plan *g, const 
     return st;
 }
 
-/* y = conv(input) (+ bias) (+ y if accumulate) through shape s's graph-API plan for it: 1 when it ran
- * or failed (the failure in c), 0 where the legacy path is to run it (see above). */
-static int run_graph_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
-                          int accumulate)
+/* y = conv(input) (+ bias) through shape s's plan for fusion f, made at its first use: 1 when it ran or
+ * failed (the failure in c), 0 where the legacy path is to run it (see above). */
+static int run_graph_plan(cuda_ctx *c, conv_shape *s, fusion f, const void *input, const void *weight,
+                          const void *bias, void *y)
 {
-    fusion f = bias ? FUSE_BIAS : accumulate ? FUSE_SUM : FUSE_NONE;
     graph_plan *g = &s->graph[f];
     cudnnStatus_t st;
-    if (bias && accumulate) return 0;
     if (!g->tried) make_graph_plan(c, s, f);
     if (!g->plan || g->workspace > (int64_t)c->workspace_bytes || !graph_aligned(input) || !graph_aligned(weight) ||
         !graph_aligned(bias) || !graph_aligned(y))
@@ -2026,6 +2025,19 @@ static int run_graph_conv(cuda_ctx *c, conv_shape *s, const void *input, const v
     cudaGetLastError(); /* declined: the legacy path from now on, as for a legacy candidate (run_conv) */
     drop_graph_plan(g);
     return 0;
+}
+
+/* y = conv(input) (+ bias) (+ y if accumulate) through shape s's graph-API plans: 1 when it ran or
+ * failed (the failure in c), 0 where the legacy path is to run it. A bias the fused plan cannot take
+ * (it has none, or y is summed into) is added by our kernel after the plain or summing plan, a pass
+ * over y that the legacy path makes too unless its fused call runs, and no plan search on the host. */
+static int run_graph_conv(cuda_ctx *c, conv_shape *s, const void *input, const void *weight, const void *bias, void *y,
+                          int accumulate)
+{
+    if (bias && !accumulate && run_graph_plan(c, s, FUSE_BIAS, input, weight, bias, y)) return 1;
+    if (!run_graph_plan(c, s, accumulate ? FUSE_SUM : FUSE_NONE, input, weight, NULL, y)) return 0;
+    if (!failed(c)) add_bias(c, s, bias, y);
+    return 1;
 }
 
 /* Runs the best candidate that fits this call's workspace (the workspace is per plan) and that cuDNN

@@ -21,6 +21,8 @@
  *            has 77 MiB to spare
  *   3d-graph the 3-d convolution through cuDNN's graph API: the first engine configuration heuristics
  *            mode A ranks that makes a plan without compiling kernels, its plan made once and run
+ *   3d-gbias 3d-graph's plan, then the bias pass: what the backend runs where no plan without
+ *            compiling takes the bias (3d-gfused none), or the call adds to y (a residual sum)
  *   3d-gbest the fastest of all those configurations (what a per-shape autotune would pick)
  *   3d-native the first configuration whose engine can put its work into a CUDA graph itself
  *            (cudnnBackendPopulateCudaGraph: no stream capture), that graph launched; then how
@@ -516,23 +518,29 @@ static int time_native_graph(const graph_conv *g, int i, graph_engine_info info,
     return ok;
 }
 
-/* Configuration i's plan run, timed (ms; -1 where it has no plan, or a run failed). */
-static float time_graph_config(const graph_conv *g, int i, cudnnBackendDescriptor_t pack)
+/* Configuration i's plan run, timed (ms; -1 where it has no plan, or a run failed); with a bias, each
+ * run followed by the bias pass over y (rows x C). */
+static float time_graph_config(const graph_conv *g, int i, cudnnBackendDescriptor_t pack, void *y = NULL,
+                               const void *bias = NULL, long long rows = 0, int C = 0)
 {
     cudnnBackendDescriptor_t plan = graph_plan(g->cfgs[i]);
     float ms = -1.0f;
     if (!plan) return ms;
-    ms = time_ms([&] { check_cudnn(cudnnBackendExecute(g_cudnn, plan, pack), "graph API: execute"); });
+    ms = time_ms([&] {
+        check_cudnn(cudnnBackendExecute(g_cudnn, plan, pack), "graph API: execute");
+        if (bias) bias_pass(y, bias, rows, C);
+    });
     g_failed = 0;
     cudnnBackendDestroyDescriptor(plan);
     return ms;
 }
 
 /* The causal shape (3-d, as the backend runs it) through the graph API: the plan of the first
- * configuration heuristics mode A ranks that makes one without compiling, then the fastest of all
- * such, then the first whose engine populates a CUDA graph itself, that graph launched; and how many
- * of the configurations could (and how many compile their kernels). */
-static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double flops)
+ * configuration heuristics mode A ranks that makes one without compiling, alone and with the bias
+ * pass after it, then the fastest of all such, then the first whose engine populates a CUDA graph
+ * itself, that graph launched; and how many of the configurations could (and how many compile their
+ * kernels). */
+static void run_graph_api(const lab_shape *s, void *x, void *w, void *bias, void *y, double flops)
 {
     graph_conv g = graph_describe(GRAPH_CONV, 5, s->cin, s->cout, 3, s->k, s->H, s->W);
     cudnnBackendDescriptor_t pack = g_failed ? NULL : graph_pack(x, w, y, NULL);
@@ -553,6 +561,7 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *y, double 
             first = i;
             report("3d-graph", ms, flops);
             report_engine(&g, i);
+            report("3d-gbias", time_graph_config(&g, i, pack, y, bias, (long long)s->H * s->W, s->cout), flops);
         }
         if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
     }
@@ -691,7 +700,7 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
         report("2d-stack", time_ms([&] { fused_conv(&ds, x, w, bias, y, 0.0f); }), flops);
         destroy(&ds);
     }
-    run_graph_api(s, x, w, y, flops);
+    run_graph_api(s, x, w, bias, y, flops);
     run_graph_fused(s, x, w, bias, y, flops);
     destroy(&d3);
     destroy(&d2);

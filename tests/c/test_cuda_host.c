@@ -302,10 +302,11 @@ static void declined_convolutions_not_retried(const weight_set *ws)
     restore_graph_api(graph_api);
 }
 
-/* With WANVIDEO_CUDA_GRAPH_API=1 the convolutions run by the graph API's plans (the stub's heuristics
+/* With WANVIDEO_CUDA_GRAPH_API=1 every convolution runs by a plan of the graph API (the stub's heuristics
  * offer an engine that compiles kernels first, then one on the tensor cores, and report either run
- * where it should not be); a plan cuDNN declines leaves its calls to the legacy path for good: the
- * decode that met the decline and the next run as many convolutions, fewer of them by plans. */
+ * where it should not be); a plan cuDNN declines is not asked again: the decode's first call (its first
+ * conv, with a bias) declined by the fused plan and then by the plain one runs on the legacy path, and
+ * so does its shape from then on; the decodes run as many convolutions, fewer of them by plans. */
 static void graph_api_declines_fall_back(const weight_set *ws)
 {
     char *graph_api = graph_api_convolutions();
@@ -315,15 +316,41 @@ static void graph_api_declines_fall_back(const weight_set *ws)
     CHECK(build_bf16(&m, ws, &err) == WV_OK);
     for (int call = 0; call < 3; call++) {
         stub_calls before = stub_counts();
-        if (call == 1) stub_cudnn_decline(CUDNN_STATUS_NOT_SUPPORTED, 1);
+        if (call == 1) stub_cudnn_decline(CUDNN_STATUS_NOT_SUPPORTED, 2);
         CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
         plans[call] = stub_counts().plan_runs - before.plan_runs;
         convs[call] = stub_counts().convolutions - before.convolutions;
     }
     CHECK(stub_cudnn_decline(0, 0) == 0);
-    CHECK(plans[0] > 0 && plans[1] < plans[0] && plans[2] == plans[1]);
+    CHECK(plans[0] == convs[0] && plans[1] < plans[0] && plans[2] == plans[1]);
     CHECK(convs[1] == convs[0] && convs[2] == convs[0]);
     wv_model_free(&m);
+    restore_graph_api(graph_api);
+}
+
+/* Where cuDNN has no plan that suits for a convolution with its bias (the stub's heuristics then offer
+ * such graphs only an engine that compiles kernels), the plain plans still run every convolution the
+ * fused ones ran, and our kernel adds the bias: a kernel more for each bias a fused plan added. */
+static void graph_api_adds_a_bias_no_plan_takes(const weight_set *ws)
+{
+    char *graph_api = graph_api_convolutions();
+    long plans[2], biased[2], kernels[2];
+    for (int compiles = 0; compiles < 2; compiles++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        stub_calls before;
+        stub_cudnn_fusions_compile(compiles);
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
+        before = stub_counts();
+        CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+        plans[compiles] = stub_counts().plan_runs - before.plan_runs;
+        biased[compiles] = stub_counts().bias_plan_runs - before.bias_plan_runs;
+        kernels[compiles] = stub_counts().kernels - before.kernels;
+        wv_model_free(&m);
+    }
+    stub_cudnn_fusions_compile(0);
+    CHECK(plans[0] > 0 && biased[0] > 0 && biased[1] == 0);
+    CHECK(plans[1] == plans[0] && kernels[1] - kernels[0] == biased[0]);
     restore_graph_api(graph_api);
 }
 
@@ -919,6 +946,7 @@ int main(void)
     stagings_unpinnable(&ws);
     declined_convolutions_not_retried(&ws);
     graph_api_declines_fall_back(&ws);
+    graph_api_adds_a_bias_no_plan_takes(&ws);
     if (!g_reference) graph_api_failed_creates(&ws); /* a decode for each create: too slow computing */
     misaligned_buffers_mark_no_shape(&ws);
     fused_call_short_of_workspace_keeps_step_graphs(&ws);

@@ -1383,6 +1383,10 @@ struct stub_engine {
 };
 static const stub_engine STUB_ENGINES[] = {{41, true, false}, {12, false, true}, {3, false, false}};
 
+static int g_fusions_compile; /* stub_cudnn_fusions_compile's */
+
+extern "C" void stub_cudnn_fusions_compile(int on) { g_fusions_compile = on; }
+
 struct backend_attr {
     cudnnBackendAttributeType_t type;
     int64_t n;
@@ -1462,6 +1466,26 @@ cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t d)
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* The type of each attribute the backend reads (-1: one it does not). */
+static cudnnBackendAttributeType_t read_type(cudnnBackendAttributeName_t name)
+{
+    switch (name) {
+    case CUDNN_ATTR_ENGINEHEUR_RESULTS: case CUDNN_ATTR_ENGINECFG_ENGINE: return CUDNN_TYPE_BACKEND_DESCRIPTOR;
+    case CUDNN_ATTR_ENGINE_GLOBAL_INDEX: case CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE: return CUDNN_TYPE_INT64;
+    case CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE: return CUDNN_TYPE_BEHAVIOR_NOTE;
+    case CUDNN_ATTR_ENGINE_NUMERICAL_NOTE: return CUDNN_TYPE_NUMERICAL_NOTE;
+    default: return (cudnnBackendAttributeType_t)-1;
+    }
+}
+
+/* How many operations graph has. */
+static int64_t graph_ops(const backend_desc *graph)
+{
+    int64_t n = 0;
+    attr<backend_desc *>(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, &n);
+    return n;
+}
+
 /* Puts n values of T into the caller's array (room for `room`). */
 extern "C++" { /* a template, in the C API's extern "C" block */
 template <typename T> static cudnnStatus_t give(const T *values, int64_t n, int64_t room, int64_t *count, void *out)
@@ -1478,12 +1502,17 @@ cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBa
 {
     const backend_desc *b = desc_of(d);
     const int n_engines = (int)(sizeof STUB_ENGINES / sizeof *STUB_ENGINES);
-    (void)type;
     if (!out) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    if (read_type(name) == (cudnnBackendAttributeType_t)-1) return CUDNN_STATUS_NOT_SUPPORTED; /* not asked */
+    if (type != read_type(name)) {
+        misuse("a graph-API attribute read as a type it does not have");
+        return CUDNN_STATUS_BAD_PARAM;
+    }
     if (!b->finalized && name != CUDNN_ATTR_ENGINECFG_ENGINE) return CUDNN_STATUS_BAD_PARAM;
     if (name == CUDNN_ATTR_ENGINEHEUR_RESULTS) { /* into the caller's ENGINECFG descriptors */
         backend_desc *const *graph = attr<backend_desc *>(b, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH);
-        int64_t n = room < n_engines ? room : n_engines;
+        int64_t offered = g_fusions_compile && graph && graph_ops(*graph) > 1 ? 1 : n_engines;
+        int64_t n = room < offered ? room : offered;
         for (int64_t i = 0; i < n; i++) {
             backend_desc *cfg = desc_of(((cudnnBackendDescriptor_t *)out)[i]);
             cfg->engine = (int)i, cfg->graph = graph ? *graph : nullptr, cfg->finalized = true;
@@ -1509,7 +1538,7 @@ cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBa
         int64_t none = 0;
         return give(&none, 1, room, count, out);
     }
-    return CUDNN_STATUS_NOT_SUPPORTED; /* one the backend does not ask */
+    return CUDNN_STATUS_NOT_SUPPORTED; /* an engine's note asked of another descriptor */
 }
 
 /* A tensor descriptor of the graph as the legacy one (a filter's dims alone: its layout is checked). */
@@ -1527,9 +1556,8 @@ static cudnnTensorStruct legacy_tensor(const backend_desc *t)
 /* Whether a filter's strides are those of the packed KTRSC layout the backend keeps its weights in. */
 static bool packed_filter(const cudnnTensorStruct &w)
 {
-    int64_t stride = 1;
+    int64_t stride = w.dims[1]; /* channels innermost, then the spatial dims, then the outputs */
     if (w.strides[1] != 1) return false;
-    stride = w.dims[1];
     for (int i = w.nd - 1; i >= 2; i--) {
         if (w.strides[i] != stride) return false;
         stride *= w.dims[i];
@@ -1612,6 +1640,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
     if (bd) check_device("convolution bias", bp, tensor_span(&bias));
     count(h->stream, g_calls.convolutions);
     count(h->stream, g_calls.plan_runs);
+    if (bd) count(h->stream, g_calls.bias_plan_runs);
     issue(h->stream, "cudnnBackendExecute",
           {reads(xp, tensor_span(&x)), reads(wp, filter_span(&filter)), reads(bp, bd ? tensor_span(&bias) : 0),
            writes(yp, tensor_span(&y))},

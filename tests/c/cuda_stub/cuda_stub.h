@@ -20,7 +20,8 @@ void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const s
  * without cudaEventBlockingSync. */
 typedef struct {
     long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
-    long plan_runs; /* the convolutions run by a plan of cuDNN's graph API (cudnnBackendExecute) */
+    long plan_runs;      /* the convolutions run by a plan of cuDNN's graph API (cudnnBackendExecute) */
+    long bias_plan_runs; /* those of them whose plan added a bias */
     long spinning_waits;
     double device_seconds;
 } stub_calls;
@@ -78,6 +79,11 @@ void stub_cudnn_fused_workspace(size_t bytes);
 /* cudnnGetConvolutionForwardAlgorithm_v7 returns status (a cudnnStatus_t; 0: it ranks as before), as
  * a cuDNN whose convolution sub-library is missing does, or one refusing a shape. */
 void stub_cudnn_heuristics_status(int status);
+
+/* From now on the graph API's heuristics offer a graph of more than the convolution (its bias add) only
+ * the engine that compiles kernels at run time, as cuDNN does where no pre-compiled engine takes the
+ * fusion (0: every engine, as for the convolution alone). */
+void stub_cudnn_fusions_compile(int on);
 
 /* Faults of the runtime, each armed for the n-th event from now (0: none), with `error` a cudaError_t;
  * each returns how many were still to go before it (0: the last one asked for has happened).
