@@ -77,6 +77,8 @@ typedef struct {
     int n_kept;
     int64_t workspace, engine; /* the plan's bytes, and its engine's global index (for WANVIDEO_CUDA_VERBOSE) */
     char tried, shown;
+    char declined; /* cuDNN declined the plan: never run again, destroyed after the call's CUDA graphs, which
+                      may hold its kernels (drop_declined_plans) */
 } graph_plan;
 
 /* One convolution shape: descriptors and the algorithms cuDNN's heuristics offer for it, best first,
@@ -98,6 +100,7 @@ typedef struct {
     cudnnStatus_t refusal; /* why it offers nothing: a descriptor or the heuristics declined (else SUCCESS) */
     int unfused;           /* cuDNN declined the bias-fused call: a separate bias pass follows the conv */
     int shown;             /* WANVIDEO_CUDA_VERBOSE: 2 + the candidate last printed as running it (1: direct) */
+    long long last_call;   /* the call that last ran it (cuda_ctx.calls) */
     graph_plan graph[FUSIONS];
 } conv_shape;
 
@@ -174,6 +177,7 @@ struct cuda_ctx {
     int capturing;     /* a step graph is being captured */
     conv_shape *shapes;
     int n_shapes, cap_shapes;
+    long long calls; /* begun so far: the shapes' clock (forget_unused_shapes) */
     void *pinned; /* alloc_host's block of pinned host memory (the trunk output), kept for the next call */
     size_t pinned_bytes;
     int pinned_lent;
@@ -641,6 +645,15 @@ static void drop_graph_plan(graph_plan *g)
     g->plan = NULL;
 }
 
+/* The plans cuDNN declined during the call, once no CUDA graph of the call is left to hold their kernels
+ * (drop_graphs). */
+static void drop_declined_plans(cuda_ctx *c)
+{
+    for (int i = 0; i < c->n_shapes; i++)
+        for (int f = 0; f < FUSIONS; f++)
+            if (c->shapes[i].graph[f].declined) drop_graph_plan(&c->shapes[i].graph[f]);
+}
+
 /* The descriptors of s that were made (describe_conv may fail part way). */
 static void destroy_conv_shape(conv_shape *s)
 {
@@ -650,6 +663,19 @@ static void destroy_conv_shape(conv_shape *s)
     if (s->bias) cudnnDestroyTensorDescriptor(s->bias);
     if (s->w) cudnnDestroyFilterDescriptor(s->w);
     if (s->conv) cudnnDestroyConvolutionDescriptor(s->conv);
+}
+
+/* Past WV_CUDA_KEEP_SHAPES, the shapes the last call did not run go (the array's order is no one's:
+ * ops find their shape by value as they run). */
+static void forget_unused_shapes(cuda_ctx *c)
+{
+    int kept = 0;
+    if (c->n_shapes <= WV_CUDA_KEEP_SHAPES) return;
+    for (int i = 0; i < c->n_shapes; i++) {
+        if (c->shapes[i].last_call == c->calls) c->shapes[kept++] = c->shapes[i];
+        else destroy_conv_shape(&c->shapes[i]);
+    }
+    c->n_shapes = kept;
 }
 
 static void free_shapes(cuda_ctx *c)
@@ -1308,6 +1334,8 @@ static wv_status cuda_begin(void *ctx, wv_call *call, wv_error *err)
     c->stats_loaded = 0;
     c->caller = enter_device(c->device);
     if (!cuda_ok(c, cudaSetDevice(c->device), "cudaSetDevice")) return take_error(c, err);
+    forget_unused_shapes(c); /* in the device's context, which their plans are of */
+    c->calls++;
     c->workspace = call->workspace;
     c->workspace_bytes = call->workspace_bytes;
     c->weight_scratch = call->weight_scratch;
@@ -1454,6 +1482,7 @@ static void cuda_finish(void *ctx)
     cudaStreamSynchronize(c->stream); /* nothing may still use the arena when it is released */
     cudaStreamSynchronize(c->copy_stream);
     drop_graphs(c);
+    drop_declined_plans(c);
     for (int i = 0; i < STAGINGS; i++) {
         c->stage[i].n_copies = 0;
         c->stage[i].used = 0;
@@ -1636,8 +1665,10 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
     for (int i = 0; i < c->n_shapes; i++) {
         s = &c->shapes[i];
         if (s->cin == key.cin && s->cout == key.cout && s->kt == key.kt && s->kh == key.kh && s->kw == key.kw &&
-            s->H == key.H && s->W == key.W && s->n == key.n)
+            s->H == key.H && s->W == key.W && s->n == key.n) {
+            s->last_call = c->calls;
             return s;
+        }
     }
     if (c->n_shapes == c->cap_shapes) {
         int cap = c->cap_shapes ? 2 * c->cap_shapes : 64;
@@ -1651,6 +1682,7 @@ static conv_shape *find_conv_shape(cuda_ctx *c, int cin, int cout, int kt, int k
     }
     s = &c->shapes[c->n_shapes];
     *s = key;
+    s->last_call = c->calls;
     if (!describe_conv(c, s)) {
         destroy_conv_shape(s);
         return NULL;
@@ -1764,12 +1796,12 @@ static cudnnStatus_t run_candidate(cuda_ctx *c, conv_shape *s, int i, const void
  * host. Here each shape and fusion gets an operation graph (the convolution, and for FUSE_BIAS a
  * pointwise add of the bias after it) and the plan of the first engine configuration cuDNN's
  * heuristics (mode A) rank that suits: it compiles no kernels at run time (NVRTC, seconds a shape),
- * accumulates in fp32 (and in fp32 mode stays off the tensor cores' TF32), and fits the workspace's
- * cap. A call then only makes its variant pack (the pointers). A bias that no fused plan takes (none
- * suits, or the call sums into y) is added by our kernel after the plain or summing plan. The legacy
- * path runs a call where the graph API has no such plan, where the call's pointers are not
- * GRAPH_ALIGNMENT-aligned, where the call's workspace is smaller than the plan's, and after cuDNN
- * declined the plan once. Off by default: no GPU has measured it yet. */
+ * accumulates in fp32 (and in fp32 mode stays off the tensor cores' TF32) from inputs it does not
+ * convert down, and fits the call's workspace. A call then only makes its variant pack (the pointers).
+ * A bias that no fused plan takes (none suits, or the call sums into y) is added by our kernel after
+ * the plain or summing plan. The legacy path runs a call where the graph API has no such plan, where
+ * the call's pointers are not GRAPH_ALIGNMENT-aligned, where the call's workspace is smaller than the
+ * plan's, and after cuDNN declined the plan once. Off by default: no GPU has measured it yet. */
 enum { GRAPH_UID_X = 1, GRAPH_UID_W, GRAPH_UID_Y, GRAPH_UID_BIAS, GRAPH_UID_SUM };
 #define GRAPH_ALIGNMENT 16
 #define GRAPH_CONFIGS 16 /* engine configurations asked of the heuristics */
@@ -1905,34 +1937,39 @@ static cudnnBackendDescriptor_t build_heuristics(cuda_ctx *c, graph_build *b, co
     return BUILD_NODE(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, heur_attrs);
 }
 
-/* Whether configuration cfg's engine suits (see above), and its global index in *engine. */
+/* Whether configuration cfg's engine suits (see above), and its global index in *engine. The notes
+ * are read into arrays of their own size (a later cuDNN may know more kinds than our headers' count),
+ * and an engine may report more than it has room for: only those read are looked at. */
+#define GRAPH_NOTES 32
 static int config_suits(cuda_ctx *c, cudnnBackendDescriptor_t cfg, int64_t *engine)
 {
     cudnnBackendDescriptor_t e = NULL;
-    cudnnBackendBehaviorNote_t behavior[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
-    cudnnBackendNumericalNote_t numerics[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    cudnnBackendBehaviorNote_t behavior[GRAPH_NOTES];
+    cudnnBackendNumericalNote_t numerics[GRAPH_NOTES];
     int64_t n = 0, n_behavior = 0, n_numerics = 0;
     int suits = 0;
     if (cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINE_DESCRIPTOR, &e)) return 0;
     if (!cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e) &&
         !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, engine) &&
-        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
-                                  CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &n_behavior, behavior) &&
-        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
-                                  CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n_numerics, numerics)) {
+        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE, GRAPH_NOTES,
+                                  &n_behavior, behavior) &&
+        !cudnnBackendGetAttribute(e, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE, GRAPH_NOTES,
+                                  &n_numerics, numerics)) {
         suits = 1;
-        for (int64_t i = 0; i < n_behavior; i++) suits &= behavior[i] != CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
-        for (int64_t i = 0; i < n_numerics; i++)
+        for (int64_t i = 0; i < n_behavior && i < GRAPH_NOTES; i++)
+            suits &= behavior[i] != CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+        for (int64_t i = 0; i < n_numerics && i < GRAPH_NOTES; i++)
             suits &= numerics[i] != CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION &&
-                     (c->dt != WV_F32 || (numerics[i] != CUDNN_NUMERICAL_NOTE_TENSOR_CORE &&
-                                          numerics[i] != CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS));
+                     numerics[i] != CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS &&
+                     (c->dt != WV_F32 || numerics[i] != CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
     }
     cudnnBackendDestroyDescriptor(e);
     return suits;
 }
 
 /* The plan of configuration *cfg in g, which then keeps the configuration (*cfg NULL), if cuDNN makes
- * one within the workspace's cap; else g stays without. */
+ * one within this call's workspace; else g stays without. (A shape's calls as a rule plan the same tile
+ * and so the same workspace; a later call with less runs the shape on the legacy path.) */
 static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
 {
     graph_build b = {g, CUDNN_STATUS_SUCCESS};
@@ -1944,7 +1981,7 @@ static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
     if (!b.st)
         b.st = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
                                         &g->workspace);
-    if (b.st || g->workspace < 0 || g->workspace > (int64_t)WV_CUDA_WORKSPACE_BYTES || g->n_kept == GRAPH_DESCRIPTORS) {
+    if (b.st || g->workspace < 0 || g->workspace > (int64_t)c->workspace_bytes || g->n_kept == GRAPH_DESCRIPTORS) {
         while (g->n_kept > kept) cudnnBackendDestroyDescriptor(g->kept[--g->n_kept]);
         return;
     }
@@ -2008,8 +2045,8 @@ static int run_graph_plan(cuda_ctx *c, conv_shape *s, fusion f, const void *inpu
     graph_plan *g = &s->graph[f];
     cudnnStatus_t st;
     if (!g->tried) make_graph_plan(c, s, f);
-    if (!g->plan || g->workspace > (int64_t)c->workspace_bytes || !graph_aligned(input) || !graph_aligned(weight) ||
-        !graph_aligned(bias) || !graph_aligned(y))
+    if (!g->plan || g->declined || g->workspace > (int64_t)c->workspace_bytes || !graph_aligned(input) ||
+        !graph_aligned(weight) || !graph_aligned(bias) || !graph_aligned(y))
         return 0;
     st = execute_graph_plan(c, g, input, weight, bias, y);
     if (st == CUDNN_STATUS_SUCCESS) {
@@ -2023,7 +2060,7 @@ static int run_graph_plan(cuda_ctx *c, conv_shape *s, fusion f, const void *inpu
     }
     if (!cudnn_declined(st) || c->capturing) return cudnn_ok(c, st, "convolution (graph API)"), 1;
     cudaGetLastError(); /* declined: the legacy path from now on, as for a legacy candidate (run_conv) */
-    drop_graph_plan(g);
+    g->declined = 1;
     return 0;
 }
 

@@ -10,6 +10,11 @@
 extern "C" {
 #endif
 
+/* Convolution shapes (each with its cuDNN descriptors and plans) a context keeps past a call. A call
+ * that begins with more forgets those its last call did not use: a Decoder kept for days and fed ever
+ * new frame sizes (a ComfyUI server) holds what its recent decodes need, not every size it met. */
+#define WV_CUDA_KEEP_SHAPES 256
+
 /* The tables, by activation dtype. */
 const wv_backend_set *wv_cuda_backends(void);
 

@@ -354,6 +354,31 @@ static void graph_api_adds_a_bias_no_plan_takes(const weight_set *ws)
     restore_graph_api(graph_api);
 }
 
+/* The plan a shape keeps fits the call's workspace: where the heuristics' best engine that suits needs a
+ * byte more than the call has (the stub checks a plan's workspace against the arena's buffer), the next
+ * one runs every convolution; where it needs just the call's, it runs them. */
+static void graph_api_plans_fit_the_call_workspace(const weight_set *ws)
+{
+    char *graph_api = graph_api_convolutions();
+    for (int more = 0; more < 2; more++) {
+        wv_model m;
+        wv_error err = {WV_OK, ""};
+        wv_options o = {0, 0, 0, WV_OUT_UNIT, 0, 0};
+        wv_plan p;
+        stub_calls before;
+        CHECK(build_bf16(&m, ws, &err) == WV_OK);
+        CHECK(wv_plan_make(&p, &m, RUNS[0].T, RUNS[0].h, RUNS[0].w, &o, &err) == WV_OK);
+        stub_cudnn_plan_workspace((int64_t)p.buffers[WV_BUF_WORKSPACE].bytes + more);
+        wv_plan_free(&p);
+        before = stub_counts();
+        CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
+        CHECK(stub_counts().plan_runs - before.plan_runs == stub_counts().convolutions - before.convolutions);
+        wv_model_free(&m);
+    }
+    stub_cudnn_plan_workspace(0);
+    restore_graph_api(graph_api);
+}
+
 /* Creates failing one after another through a decode's first shapes (the legacy descriptors, then
  * the graph-API plans): a plan whose descriptors could not all be made leaves its shape to the legacy
  * calls (the decode works); a legacy descriptor or a call's variant pack that could not be made fails
@@ -401,8 +426,38 @@ static void misaligned_buffers_mark_no_shape(const weight_set *ws)
     wv_model_free(&m);
 }
 
+/* A model kept for days and fed ever new frame sizes (a ComfyUI server) keeps the convolution shapes
+ * its recent decodes ran, not every size it met: a call that begins past WV_CUDA_KEEP_SHAPES forgets
+ * those the last call did not run (and their plans), so no more than that and one call's live past a
+ * call; a size decoded again at once finds all its shapes kept (adds none); every decode works. */
+static void shapes_of_many_frame_sizes_stay_bounded(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    long base = stub_live_convolution_descriptors(), most_added = 0, most_live = 0;
+    int forgot = 0;
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
+    for (int i = 0; i < 48; i++) {
+        run r = {"a frame size of its own", 1, 2 + i % 6, 2 + i / 6, 0, 0, 0, WV_OUT_UNIT};
+        long before = stub_live_convolution_descriptors() - base, after;
+        CHECK(decode(&m, &r, &err) == WV_OK);
+        after = stub_live_convolution_descriptors() - base;
+        if (after >= before && after - before > most_added) most_added = after - before;
+        forgot += after < before;
+        if (after > most_live) most_live = after;
+        CHECK(decode(&m, &r, &err) == WV_OK); /* finds every shape: adds none (may forget others) */
+        CHECK(stub_live_convolution_descriptors() - base <= after);
+        forgot += stub_live_convolution_descriptors() - base < after;
+    }
+    printf("shapes: at most %ld live, %ld added by a call, forgotten %d times\n", most_live, most_added, forgot);
+    CHECK(forgot > 0 && most_live <= WV_CUDA_KEEP_SHAPES + most_added);
+    wv_model_free(&m);
+    CHECK(stub_live_convolution_descriptors() == base);
+}
+
 /* Tiles of 9 latent frames: a tile's steps repeat, so step graphs capture them and replay them. */
 static const run LONG_TILES = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0, WV_OUT_UNIT};
+
 
 /* A bf16 model with step graphs on. */
 static void build_with_graphs(wv_model *m, const weight_set *ws)
@@ -411,6 +466,30 @@ static void build_with_graphs(wv_model *m, const weight_set *ws)
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     CHECK(build_bf16(m, ws, &err) == WV_OK);
     unsetenv("WANVIDEO_CUDA_GRAPHS");
+}
+
+/* A plan cuDNN declines half way through a decode, after step graphs captured its kernels, stays until
+ * the call's graphs are gone (the stub reports a plan destroyed while a graph holds it); the decode
+ * finishes without it. */
+static void graph_api_declined_plan_outlives_the_call_graphs(const weight_set *ws)
+{
+    char *graph_api = graph_api_convolutions();
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    stub_calls before = stub_counts();
+    long convs;
+    build_with_graphs(&m, ws);
+    CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+    convs = stub_counts().convolutions - before.convolutions;
+    wv_model_free(&m);
+    build_with_graphs(&m, ws); /* its shapes new: the decode makes the same calls */
+    stub_cudnn_decline(CUDNN_STATUS_NOT_SUPPORTED, 2);
+    stub_cudnn_decline_after(convs / 2);
+    before = stub_counts();
+    CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+    CHECK(stub_cudnn_decline(0, 0) == 0 && stub_counts().graph_launches > before.graph_launches);
+    wv_model_free(&m);
+    restore_graph_api(graph_api);
 }
 
 /* A bias-fused convolution short of the plan's workspace where the plain one runs: the candidate
@@ -949,6 +1028,9 @@ int main(void)
     graph_api_adds_a_bias_no_plan_takes(&ws);
     if (!g_reference) graph_api_failed_creates(&ws); /* a decode for each create: too slow computing */
     misaligned_buffers_mark_no_shape(&ws);
+    graph_api_plans_fit_the_call_workspace(&ws);
+    shapes_of_many_frame_sizes_stay_bounded(&ws);
+    graph_api_declined_plan_outlives_the_call_graphs(&ws);
     fused_call_short_of_workspace_keeps_step_graphs(&ws);
     steps_launched_before_their_callbacks(&ws);
     cudnn_refusals_and_broken_installations(&ws);

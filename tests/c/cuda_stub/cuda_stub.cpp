@@ -239,6 +239,7 @@ typedef std::shared_ptr<std::function<void()>> action;
 struct captured {
     work w;
     action act;
+    std::shared_ptr<char> holds; /* a graph-API plan's token (backend_desc::held): its kernels are in the graph */
 };
 
 /* Handles: each a live object of its type, counted. */
@@ -263,9 +264,15 @@ struct cublasContext { cudaStream_t stream; void *ws = nullptr; size_t ws_bytes 
 
 static long g_handles;
 
+template <typename T> static long &live_of_type(void)
+{
+    static long live;
+    return live;
+}
+
 template <typename T> static T *make_handle(void)
 {
-    g_handles++;
+    g_handles++, live_of_type<T>()++;
     return new T();
 }
 
@@ -275,7 +282,7 @@ template <typename T> static T *make_handle(void)
 template <typename T> static void drop_handle(T *h)
 {
     if ((uintptr_t)h == FAILED_HANDLE) misuse("a handle whose create failed destroyed");
-    else if (h) g_handles--, delete h;
+    else if (h) g_handles--, live_of_type<T>()--, delete h;
 }
 
 /* The runtime's faults (cuda_stub.h): a countdown to the event that fails, and what it fails with. */
@@ -502,7 +509,8 @@ static void stream_synchronized(cudaStream_t s)
 }
 
 /* Work on stream s: kept in the graph while s is being captured, else checked and done. */
-static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses, action act = nullptr)
+static void issue(cudaStream_t s, const char *what, std::initializer_list<access> accesses, action act = nullptr,
+                  std::shared_ptr<char> holds = nullptr)
 {
     need_context();
     work w;
@@ -512,7 +520,7 @@ static void issue(cudaStream_t s, const char *what, std::initializer_list<access
     for (const access &a : accesses)
         if (a.hi > a.lo && w.n < 5) w.acc[w.n++] = a;
     if (!is_special(s) && s->capture) {
-        s->capture->push_back({w, act});
+        s->capture->push_back({w, act, holds});
         return;
     }
     defer(check_work(s, w), act);
@@ -565,6 +573,8 @@ extern "C" void stub_arena_layout(size_t arena_bytes, int n, const size_t *offse
 }
 
 extern "C" stub_calls stub_counts(void) { return g_calls; }
+
+extern "C" long stub_live_convolution_descriptors(void) { return live_of_type<cudnnConvolutionStruct>(); }
 
 extern "C" int stub_report(void)
 {
@@ -1277,6 +1287,7 @@ static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cu
 
 static int g_declines_left; /* stub_cudnn_decline's */
 static cudnnStatus_t g_decline_status;
+static long g_decline_skip; /* stub_cudnn_decline_after's */
 
 extern "C" int stub_cudnn_decline(int status, int n)
 {
@@ -1284,6 +1295,8 @@ extern "C" int stub_cudnn_decline(int status, int n)
     g_declines_left = n, g_decline_status = (cudnnStatus_t)status;
     return left;
 }
+
+extern "C" void stub_cudnn_decline_after(long skip) { g_decline_skip = skip; }
 
 static bool g_decline_launch_error; /* stub_cudnn_decline_leaves_launch_error's */
 
@@ -1297,6 +1310,7 @@ extern "C" void stub_cudnn_fused_workspace(size_t bytes) { g_fused_workspace = b
 static bool declining()
 {
     if (g_declines_left == 0) return false;
+    if (g_decline_skip > 0) return g_decline_skip--, false;
     if (g_declines_left > 0) g_declines_left--;
     if (g_decline_launch_error) g_last_error = cudaErrorLaunchOutOfResources;
     return true;
@@ -1373,19 +1387,26 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 
 /* ---- cuDNN's graph API ---------------------------------------------------------------------------
  * A descriptor is a bag of attributes, finalized once. The heuristics offer a configuration of each of
- * STUB_ENGINES, in that order: one that compiles its kernels at run time and one on the tensor cores
- * (TF32 in fp32) come first, which a careful caller passes over; running either is a misuse, as is a
- * plan of a graph other than a convolution (+ a pointwise add of a [1, K, 1, ...] bias after it). A
- * plan runs as the legacy convolution does here: the same checks, declines and arithmetic. */
+ * STUB_ENGINES, in that order: one that compiles its kernels at run time, one that converts its inputs
+ * down, two on the tensor cores (TF32 in fp32), the first of them needing stub_cudnn_plan_workspace's
+ * bytes of workspace, and one that needs none of these. A careful caller passes over the first two in
+ * every precision and the tensor cores' in fp32: running them is a misuse, as is a plan of a graph
+ * other than a convolution (+ a pointwise add of a [1, K, 1, ...] bias after it), a plan run with more
+ * workspace than its buffer, and destroying a plan while a CUDA graph holds its kernels. A plan runs
+ * as the legacy convolution does here: the same checks, declines and arithmetic. */
 struct stub_engine {
     int64_t index;
-    bool compiles, tensor_core;
+    bool compiles, down_converts, tensor_core, wide;
 };
-static const stub_engine STUB_ENGINES[] = {{41, true, false}, {12, false, true}, {3, false, false}};
+static const stub_engine STUB_ENGINES[] = {
+    {41, true, false, false, false}, {9, false, true, false, false}, {7, false, false, true, true},
+    {12, false, false, true, false}, {3, false, false, false, false}};
 
-static int g_fusions_compile; /* stub_cudnn_fusions_compile's */
+static int g_fusions_compile;      /* stub_cudnn_fusions_compile's */
+static int64_t g_plan_workspace;   /* stub_cudnn_plan_workspace's */
 
 extern "C" void stub_cudnn_fusions_compile(int on) { g_fusions_compile = on; }
+extern "C" void stub_cudnn_plan_workspace(int64_t bytes) { g_plan_workspace = bytes; }
 
 struct backend_attr {
     cudnnBackendAttributeType_t type;
@@ -1399,6 +1420,7 @@ struct backend_desc {
     bool finalized = false;
     int engine = -1;                /* an ENGINECFG or ENGINE the heuristics filled: its STUB_ENGINES entry */
     backend_desc *graph = nullptr; /* an ENGINECFG's operation graph */
+    std::shared_ptr<char> held = std::make_shared<char>(); /* a plan's: copied into each graph holding its kernels */
 };
 
 static size_t attr_bytes(cudnnBackendAttributeType_t t)
@@ -1435,6 +1457,8 @@ cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t type, cu
 
 cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t d)
 {
+    if (d && (uintptr_t)d != FAILED_HANDLE && desc_of(d)->held.use_count() > 1)
+        misuse("a graph-API plan destroyed while a CUDA graph holds its kernels");
     drop_handle(desc_of(d));
     return CUDNN_STATUS_SUCCESS;
 }
@@ -1497,6 +1521,13 @@ template <typename T> static cudnnStatus_t give(const T *values, int64_t n, int6
 }
 }
 
+/* The workspace plan needs: its engine's. */
+static int64_t plan_workspace(const backend_desc *plan)
+{
+    const backend_desc *cfg = *attr<backend_desc *>(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG);
+    return STUB_ENGINES[cfg->engine].wide ? g_plan_workspace : 0;
+}
+
 cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t name,
                                        cudnnBackendAttributeType_t type, int64_t room, int64_t *count, void *out)
 {
@@ -1529,14 +1560,17 @@ cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBa
     if (b->engine >= 0 && b->type == CUDNN_BACKEND_ENGINE_DESCRIPTOR) {
         const stub_engine &e = STUB_ENGINES[b->engine];
         cudnnBackendBehaviorNote_t compiles = CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
-        cudnnBackendNumericalNote_t tensor_core = CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
+        cudnnBackendNumericalNote_t numerics[2];
+        int n_numerics = 0;
+        if (e.tensor_core) numerics[n_numerics++] = CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
+        if (e.down_converts) numerics[n_numerics++] = CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS;
         if (name == CUDNN_ATTR_ENGINE_GLOBAL_INDEX) return give(&e.index, 1, room, count, out);
         if (name == CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE) return give(&compiles, e.compiles, room, count, out);
-        if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE) return give(&tensor_core, e.tensor_core, room, count, out);
+        if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE) return give(numerics, n_numerics, room, count, out);
     }
     if (name == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) {
-        int64_t none = 0;
-        return give(&none, 1, room, count, out);
+        int64_t bytes = plan_workspace(b);
+        return give(&bytes, 1, room, count, out);
     }
     return CUDNN_STATUS_NOT_SUPPORTED; /* an engine's note asked of another descriptor */
 }
@@ -1608,6 +1642,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
     float beta = one_attr<float>(conv_op, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA);
     if (!pack->finalized || !plan->finalized) misuse("a graph-API plan or variant pack run unfinalized");
     if (engine.compiles) misuse("a graph-API engine that compiles kernels at run time ran");
+    if (engine.down_converts) misuse("a graph-API engine that converts its inputs down ran");
     if (n_ops > 2 || conv_op->type != CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR ||
         (bias_op && (bias_op->type != CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR ||
                      one_attr<backend_desc *>(bias_op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC) != yd ||
@@ -1637,6 +1672,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
         misuse("a graph-API pointer not aligned as its tensor says");
     if (declining()) return g_decline_status;
     check_conv(&x, xp, &filter, wp, &conv, ws, 0, &y, yp);
+    check_device("a graph-API plan's workspace", ws, (size_t)plan_workspace(plan));
     if (bd) check_device("convolution bias", bp, tensor_span(&bias));
     count(h->stream, g_calls.convolutions);
     count(h->stream, g_calls.plan_runs);
@@ -1645,7 +1681,8 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
           {reads(xp, tensor_span(&x)), reads(wp, filter_span(&filter)), reads(bp, bd ? tensor_span(&bias) : 0),
            writes(yp, tensor_span(&y))},
           computing() ? conv_action(&x, xp, &filter, wp, &conv, alpha, NULL, 0.0f, bd ? &bias : NULL, bp, beta, &y, yp)
-                      : nullptr);
+                      : nullptr,
+          plan->held);
     return CUDNN_STATUS_SUCCESS;
 }
 

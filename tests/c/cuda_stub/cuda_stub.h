@@ -7,6 +7,7 @@ extern "C" {
 #endif
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* The next device allocation of arena_bytes is a decode's arena with these n buffers: from then on,
  * each range the backend touches there must lie inside one of them. */
@@ -27,6 +28,9 @@ typedef struct {
 } stub_calls;
 
 stub_calls stub_counts(void);
+
+/* cuDNN convolution descriptors live now (the backend makes one per convolution shape it keeps). */
+long stub_live_convolution_descriptors(void);
 
 /* Devices: n of them from now on (1 at the start), none of their primary contexts made yet.
  * stub_context_made: whether device's primary context has been made since (by cudaSetDevice, or
@@ -68,6 +72,9 @@ int stub_fail_nth_host_alloc(int n);
  * now). Returns how many were still to go. */
 int stub_cudnn_decline(int status, int n);
 
+/* The declines stub_cudnn_decline arms begin after skip more convolution calls (0: at the next). */
+void stub_cudnn_decline_after(long skip);
+
 /* Each declined call from now leaves a failed launch (cudaErrorLaunchOutOfResources) as the runtime's
  * last error, as an engine of cuDNN's whose kernel did not launch may (0: none). */
 void stub_cudnn_decline_leaves_launch_error(int on);
@@ -84,6 +91,10 @@ void stub_cudnn_heuristics_status(int status);
  * the engine that compiles kernels at run time, as cuDNN does where no pre-compiled engine takes the
  * fusion (0: every engine, as for the convolution alone). */
 void stub_cudnn_fusions_compile(int on);
+
+/* From now on the plan of the graph API's first engine on the tensor cores needs bytes of workspace,
+ * where the next one's needs none (0: none for either). */
+void stub_cudnn_plan_workspace(int64_t bytes);
 
 /* Faults of the runtime, each armed for the n-th event from now (0: none), with `error` a cudaError_t;
  * each returns how many were still to go before it (0: the last one asked for has happened).
