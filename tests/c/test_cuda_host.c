@@ -458,7 +458,6 @@ static void shapes_of_many_frame_sizes_stay_bounded(const weight_set *ws)
 /* Tiles of 9 latent frames: a tile's steps repeat, so step graphs capture them and replay them. */
 static const run LONG_TILES = {"tiles of 9 frames: steps repeat", 9, 5, 6, 40, 0, 0, WV_OUT_UNIT};
 
-
 /* A bf16 model with step graphs on. */
 static void build_with_graphs(wv_model *m, const weight_set *ws)
 {
