@@ -343,7 +343,7 @@ def test_bf16_weights_or_activations_alone_err_past_2e2_on_the_tiny_fixture():
     for label in (both, by_taps):  # by taps: the CUDA backend's equal-width convs, rounded after each tap
         assert rows[label]["psnr"] >= 40.0, rows
         assert rows[label]["max"] < rows[tool.TORCH_ROW]["max"], rows
-    assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 2.0, rows  # 0.7 dB here
+    assert rows[by_taps]["psnr"] > rows[both]["psnr"] - 2.0, rows  # 0.6 dB here
 
 
 def test_decode_tiled_hands_every_argument_on(monkeypatch):
