@@ -711,6 +711,18 @@ def _core_vae_decode_category():
     return category if isinstance(category, str) else "latent"
 
 
+def _check_no_weight_patches(vae):
+    """Refuses a core VAE whose ModelPatcher holds weight patches (a LoRA or a merge some custom node
+    added): ComfyUI applies them only as it runs the VAE, and this node reads the module's own weights,
+    so it would decode without them, silently."""
+    patches = getattr(getattr(vae, "patcher", None), "patches", None)
+    patched = sorted(str(key) for key, entries in patches.items() if entries) if isinstance(patches, dict) else []
+    if patched:
+        raise ValueError(f"this VAE carries weight patches ({len(patched)} weights, e.g. '{patched[0]}': a LoRA or a "
+                         "merge) that ComfyUI applies only as it runs the VAE; this node reads the unpatched weights: "
+                         "use ComfyUI's VAE Decode for it")
+
+
 def _like_core_vae_output(vae, images):
     """Images where core's VAE.decode leaves them: on its output_device (the CPU; the GPU with --gpu-only)
     in its vae_output_dtype() (float16 with --fp16-intermediates), where the VAE says."""
@@ -753,6 +765,7 @@ class WanCoreVAENativeDecode:
             raise ValueError(f"this node decodes with a Wan 2.1 video VAE; this VAE ({type(model).__name__}) has "
                              "no 3-d decoder.conv1.weight")
         _check_wan21_layout(state, "VAE", "this node", "use ComfyUI's VAE Decode for it")
+        _check_no_weight_patches(vae)
         z_dim = int(conv1.shape[1])
         if z.ndim == 4:  # image latents (Qwen-Image's VAE is a Wan 2.1 VAE): each a one-frame video, as in core
             z = z[:, :, None]
