@@ -665,34 +665,24 @@ def test_core_vae_node():
 
 
 def test_core_vae_node_refuses_weight_patches():
-    """A core VAE whose ModelPatcher holds weight patches (ComfyUI applies them only as it runs the
-    VAE) is refused by name, not decoded without them; a patcher with none, or only emptied entries,
-    decodes as the module's weights say."""
-    weights, data = load_fixture("tiny")
-    from standin_wanvae import module_tree
+    """A core VAE whose ModelPatcher holds weight patches (ComfyUI applies them only when it loads the
+    VAE to run it) is refused by name, not decoded without them; a patcher with none, or only emptied
+    entries, decodes as the module's weights say."""
+    vae, z, expected = _core_vae_and_latents()
 
     class Patcher:
         def __init__(self, patches):
             self.patches = patches
 
-    class CoreVAE:
-        first_stage_model = module_tree(weights)
-
-        def __init__(self, patches):
-            self.patcher = Patcher(patches)
-
-    unnormalized = data["latents"] * data["std"][:, None, None, None] + data["mean"][:, None, None, None]
-    samples = {"samples": torch.from_numpy(unnormalized)[None]}
     lora = (1.0, torch.zeros(1), 1.0, None, None)
+    vae.patcher = Patcher({"decoder.head.2.weight": [lora], "decoder.conv1.weight": [lora], "decoder.conv1.bias": []})
     with pytest.raises(ValueError, match=re.escape("this VAE carries weight patches (2 weights, e.g. "
                                                    "'decoder.conv1.weight': a LoRA or a merge)")):
-        WanCoreVAENativeDecode().decode(samples, CoreVAE({"decoder.head.2.weight": [lora],
-                                                          "decoder.conv1.weight": [lora],
-                                                          "decoder.conv1.bias": []}), 64, True)
+        WanCoreVAENativeDecode().decode({"samples": z[None]}, vae, 64, True)
     for patches in ({}, {"decoder.conv1.weight": []}):
-        (images,) = WanCoreVAENativeDecode().decode(samples, CoreVAE(patches), 64, True)
-        assert np.abs(images.numpy() - _expected(data["expected_raw"].transpose(1, 2, 3, 0), "default")).max() \
-            <= NODE_TOL
+        vae.patcher = Patcher(patches)
+        (images,) = WanCoreVAENativeDecode().decode({"samples": z[None]}, vae, 64, True)
+        assert np.abs(images.numpy() - expected).max() <= NODE_TOL
 
 
 def test_core_vae_node_tiles_only_when_tiling_is_enabled():

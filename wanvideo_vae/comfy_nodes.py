@@ -713,8 +713,9 @@ def _core_vae_decode_category():
 
 def _check_no_weight_patches(vae):
     """Refuses a core VAE whose ModelPatcher holds weight patches (a LoRA or a merge some custom node
-    added): ComfyUI applies them only as it runs the VAE, and this node reads the module's own weights,
-    so it would decode without them, silently."""
+    added): ComfyUI applies them only when it loads the VAE to run it (under Dynamic VRAM, only inside
+    each layer's forward), and this node reads the module's own weights, so it would decode without
+    them, silently."""
     patches = getattr(getattr(vae, "patcher", None), "patches", None)
     patched = sorted(str(key) for key, entries in patches.items() if entries) if isinstance(patches, dict) else []
     if patched:
