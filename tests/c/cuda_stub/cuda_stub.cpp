@@ -200,6 +200,7 @@ struct stream_state {
     uint64_t issued = 0;
     std::vector<uint64_t> known;
     std::deque<work> recent; /* its work that some stream may not yet be ordered after */
+    bool destroyed = false;  /* issues nothing more: no longer one that work must be ordered before */
 };
 
 static stub_calls g_calls;
@@ -247,6 +248,7 @@ struct CUstream_st {
     int id = new_stream_id();
     unsigned flags = 0;
     std::vector<captured> *capture = nullptr; /* while a graph is being captured: its work */
+    ~CUstream_st() { g_streams[(size_t)id].destroyed = true; } /* its state stays: its work may still race */
 };
 struct CUevent_st {
     std::vector<uint64_t> snapshot;
@@ -353,10 +355,14 @@ static std::pair<size_t, uint64_t> check_work(cudaStream_t s, work w)
         }
     }
     if (w.n) me.recent.push_back(w);
-    for (size_t o = 0; o < g_streams.size(); o++) { /* drop what everyone is ordered after */
+    /* drop what the host or every stream that may issue more is ordered after (each stream a model
+     * ever made stays in g_streams: skipping the empty and the destroyed keeps this from growing as
+     * their square) */
+    for (size_t o = 0; o < g_streams.size(); o++) {
+        if (g_streams[o].recent.empty()) continue;
         uint64_t floor = o < g_host_known.size() ? g_host_known[o] : 0, least = UINT64_MAX;
         for (size_t t = 0; t < g_streams.size(); t++) {
-            if (t == o) continue;
+            if (t == o || g_streams[t].destroyed) continue;
             uint64_t k = o < g_streams[t].known.size() ? g_streams[t].known[o] : 0;
             least = least < k ? least : k;
         }

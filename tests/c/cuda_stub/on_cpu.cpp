@@ -178,8 +178,9 @@ void store(void *p, int type, int64_t i, float v)
 }
 
 /* acc[j] += x . w[j * stride ..] over n, for j < 4: four dot products side by side, each summed in order.
- * Not checked by AddressSanitizer: conv_on_cpu's hot loop, over buffers it sized itself. */
-__attribute__((no_sanitize("address"))) void dot4(const float *x, const float *w, size_t stride, int n, float *acc)
+ * Not checked by the sanitizers: conv_on_cpu's hot loop, over buffers it sized itself. */
+__attribute__((no_sanitize("address", "undefined"))) void dot4(const float *x, const float *w, size_t stride, int n,
+                                                               float *acc)
 {
     const float *w0 = w, *w1 = w + stride, *w2 = w + 2 * stride, *w3 = w + 3 * stride;
     float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
@@ -234,15 +235,22 @@ extern "C" void kernel_on_cpu_run(void *bound) { ((bound_launch *)bound)->run();
 
 extern "C" void kernel_on_cpu_free(void *bound) { delete (bound_launch *)bound; }
 
-extern "C" void conv_on_cpu(const tensor_on_cpu *x, const void *xp, const tensor_on_cpu *w, const void *wp,
-                            const int *pad, float alpha1, const void *zp, float alpha2, const void *biasp,
-                            int bias_type, float beta, const tensor_on_cpu *y, void *yp)
+/* Not checked by the sanitizers, as dot4: its own loops run over buffers it sized itself, and every
+ * read and write of the operands goes through load() and store(), which are checked. */
+extern "C" __attribute__((no_sanitize("address", "undefined"))) void
+conv_on_cpu(const tensor_on_cpu *x, const void *xp, const tensor_on_cpu *w, const void *wp, const int *pad,
+            float alpha1, const void *zp, float alpha2, const void *biasp, int bias_type, float beta,
+            const tensor_on_cpu *y, void *yp)
 {
     int sp = x->nd - 2, N = x->dims[0], C = x->dims[1], K = w->dims[0], taps = 1, points = 1;
-    int idx[8] = {0}, pos[8], tap[8];
+    int idx[8] = {0}, pos[8];
     for (int d = 0; d < sp; d++) taps *= w->dims[2 + d], points *= x->dims[2 + d];
     /* x and w as dense floats, [n][point][c] and [k][tap][c], so the sums run over c in a row */
     std::vector<float> xf((size_t)N * points * C), wf((size_t)K * taps * C), acc((size_t)K);
+    std::vector<int> tap_at((size_t)taps * sp); /* [tap][d]: where each tap is along each spatial axis */
+    for (int t = 0; t < taps; t++)
+        for (int d = sp - 1, rest = t; d >= 0; d--)
+            tap_at[(size_t)t * sp + d] = rest % w->dims[2 + d], rest /= w->dims[2 + d];
     do {
         int64_t q = 0;
         for (int d = 0; d < sp; d++) q = q * x->dims[2 + d] + idx[2 + d];
@@ -255,11 +263,10 @@ extern "C" void conv_on_cpu(const tensor_on_cpu *x, const void *xp, const tensor
     do { /* n, output position */
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int t = 0; t < taps; t++) {
-            int rest = t, inside = 1;
+            int inside = 1;
             int64_t q = 0;
-            for (int d = sp - 1; d >= 0; d--) tap[d] = rest % w->dims[2 + d], rest /= w->dims[2 + d];
             for (int d = 0; d < sp; d++) {
-                pos[d] = idx[2 + d] + tap[d] - pad[d];
+                pos[d] = idx[2 + d] + tap_at[(size_t)t * sp + d] - pad[d];
                 inside &= pos[d] >= 0 && pos[d] < x->dims[2 + d];
                 q = q * x->dims[2 + d] + pos[d];
             }
