@@ -333,8 +333,8 @@ static void count(cudaStream_t s, long &calls)
 }
 
 /* Work w on stream s: checked against every other stream's work that s is not ordered after, then
- * kept. Work that every stream and the host are ordered after is dropped. Returns its stream's
- * index and its tick there. */
+ * kept. Work the host, or every stream not yet destroyed, is ordered after is dropped. Returns its
+ * stream's index and its tick there. */
 static std::pair<size_t, uint64_t> check_work(cudaStream_t s, work w)
 {
     stream_state &me = state_of(s);
@@ -355,9 +355,8 @@ static std::pair<size_t, uint64_t> check_work(cudaStream_t s, work w)
         }
     }
     if (w.n) me.recent.push_back(w);
-    /* drop what the host or every stream that may issue more is ordered after (each stream a model
-     * ever made stays in g_streams: skipping the empty and the destroyed keeps this from growing as
-     * their square) */
+    /* each stream a test ever made stays in g_streams: skipping the empty and the destroyed keeps
+     * this from growing as the square of their number */
     for (size_t o = 0; o < g_streams.size(); o++) {
         if (g_streams[o].recent.empty()) continue;
         uint64_t floor = o < g_host_known.size() ? g_host_known[o] : 0, least = UINT64_MAX;
