@@ -99,7 +99,15 @@ static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_cuda", "wanvide
 
 PyMODINIT_FUNC PyInit__cuda(void)
 {
-    PyObject *m = PyModule_Create(&module_def), *cap;
+    PyObject *m, *cap;
+    char why[1024] = "";
+    if (wv_cuda_cudnn_loadable(why, sizeof why)) { /* before any cuDNN call: a broken cuDNN aborts */
+        PyObject *text = PyUnicode_DecodeFSDefault(why); /* paths in it: the file system's encoding */
+        if (text) PyErr_SetObject(PyExc_ImportError, text);
+        Py_XDECREF(text);
+        return NULL;
+    }
+    m = PyModule_Create(&module_def);
     if (!m) return NULL;
     wv_set_env_guard(&WV_ENV_GIL); /* before wv_cuda_backends reads its setting */
     cap = PyCapsule_New((void *)wv_cuda_backends(), WV_BACKEND_CAPSULE, NULL);

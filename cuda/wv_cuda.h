@@ -49,6 +49,10 @@ void wv_cuda_built_archs(char *out, size_t size);
 /* Versions of the CUDA runtime and driver (1000 x major + 10 x minor), cuDNN and cuBLAS. */
 void wv_cuda_versions(int *runtime, int *driver, size_t *cudnn, int *cublas);
 
+/* 0 where cuDNN can be called; else -1 and why: its graph sub-library cannot be loaded, which would
+ * make cuDNN's first call abort the process. To be asked before any other cuDNN call. */
+int wv_cuda_cudnn_loadable(char *why, size_t why_size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -5,9 +5,11 @@ report, the GPU run's verdicts (tools/gpu_verdicts.py) on hand-made figures, and
 for it (WANVIDEO_REQUIRE_CUDA_BUILD=1, set when nvcc is present), that the CUDA backend was compiled
 and implements every op of the table."""
 import contextlib
+import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +128,47 @@ def test_windows_import_list_names_every_cudnn_and_cublas_function_we_call(monke
     called = {line.split()[-1].split("@")[0] for line in nm.stdout.splitlines()}
     called = {name for name in called if name.startswith(("cudnn", "cublas"))}
     assert called == set(setup.CUDA_IMPORTS["cudnn"]) | set(setup.CUDA_IMPORTS["cublas"])
+
+
+@pytest.mark.skipif(os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1" or ON_STUB or sys.platform != "linux"
+                    or not shutil.which("ldd") or not shutil.which("patchelf"),
+                    reason="CI with nvcc, on Linux, with cuDNN itself (ldd finds it, patchelf edits a copy's "
+                           "library path)")
+def test_a_cudnn_whose_sub_libraries_are_not_beside_it_does_not_abort(tmp_path):
+    """cuDNN 9's libcudnn.so.9 loads libcudnn_graph.so.9 at its first call and aborts the process where
+    it cannot. The backend loads that library first, from beside cuDNN or by name, and where neither
+    works does not load, saying why. Here cuDNN is a copy with no sub-library beside it, put in the
+    process first (LD_PRELOAD), as a cuDNN found elsewhere than the build's would be: the module finds
+    the library by name and loads; a copy of the package whose library path leaves out cuDNN's folder
+    finds it nowhere, and says so."""
+    module = importlib.util.find_spec("wanvideo_vae._cuda").origin
+    ldd = subprocess.run(["ldd", module], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"libcudnn\.so\.\d+ => (\S+)", ldd)
+    assert found, ldd
+    (tmp_path / "alone").mkdir()
+    shim = str(tmp_path / "alone" / os.path.basename(found.group(1)))
+    shutil.copy(found.group(1), shim)
+    code = "import wanvideo_vae as wv; c = wv.backends()['cuda']; print(c['loaded'], c.get('versions'), c['reason'])"
+
+    def run(pythonpath):
+        env = dict(os.environ, LD_PRELOAD=shim, PYTHONPATH=pythonpath)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                           cwd=tmp_path)
+        assert r.returncode == 0, (r.returncode, r.stderr[-2000:])  # -6: cuDNN aborted
+        return r.stdout
+
+    out = run(package_root())
+    assert out.startswith("True {") and "'cudnn': 9" in out, out
+    copy = tmp_path / "site" / "wanvideo_vae"
+    shutil.copytree(os.path.dirname(module), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    copied = str(copy / os.path.basename(module))
+    path = subprocess.run(["patchelf", "--print-rpath", copied], capture_output=True, text=True, check=True).stdout
+    kept = [d for d in path.strip().split(":") if d and "cudnn" not in d]
+    if any(glob.glob(os.path.join(d, "libcudnn_graph.so*")) for d in kept):
+        pytest.skip("cuDNN shares a folder with libraries the module needs (a conda environment's lib)")
+    subprocess.run(["patchelf", "--set-rpath", ":".join(kept), copied], check=True)
+    out = run(str(tmp_path / "site"))
+    assert out.startswith("False None ") and "cannot load its sub-library libcudnn_graph.so.9" in out, out
 
 
 @pytest.mark.skipif(os.environ.get("WANVIDEO_REQUIRE_GPU") != "1", reason="on the GPU check only")
