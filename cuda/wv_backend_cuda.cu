@@ -39,11 +39,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#ifndef _WIN32
-#include <dlfcn.h>
-#endif
 
 #include "wv_cuda.h"
+#include "wv_cudnn_probe.h"
 #include "wv_internal.h"
 #include "wv_kernels.cuh"
 
@@ -2591,36 +2589,10 @@ extern "C" int wv_cuda_mem_info(int device, size_t *free_b, size_t *total_b, cha
     return 0;
 }
 
-/* cuDNN 9's libcudnn.so is a shim: its first call loads libcudnn_graph.so, and where that fails it prints
- * "Invalid handle. Cannot load symbol ..." and aborts the process (a ComfyUI server with it). So the graph
- * library is loaded here first, where the shim looks for it: beside the shim (its RPATH is $ORIGIN), else
- * by name. Loaded, it stays, and the shim's own load finds it. A cuDNN that is not that shim (the
- * stand-in, linked into the program) is left alone. Windows: the DLL folders are put on PATH
- * (devices.add_windows_dll_dirs), where cudnn64_9.dll looks for its sub-libraries; not checked here. */
+/* Before any cuDNN call: see wv_cudnn_probe.h (cuDNN 9 aborts where its graph library cannot load). */
 extern "C" int wv_cuda_cudnn_loadable(char *why, size_t why_size)
 {
-#ifdef _WIN32
-    (void)why;
-    (void)why_size;
-    return 0;
-#else
-    Dl_info shim;
-    char name[64], beside[4096], error[1024];
-    const char *base, *said;
-    if (!dladdr((void *)&cudnnGetVersion, &shim) || !shim.dli_fname) return 0;
-    base = strrchr(shim.dli_fname, '/');
-    base = base ? base + 1 : shim.dli_fname;
-    if (strncmp(base, "libcudnn.so", strlen("libcudnn.so")) != 0) return 0;
-    snprintf(name, sizeof name, "libcudnn_graph.so.%d", CUDNN_MAJOR);
-    snprintf(beside, sizeof beside, "%.*s%s", (int)(base - shim.dli_fname), shim.dli_fname, name);
-    if (dlopen(beside, RTLD_LAZY | RTLD_LOCAL)) return 0;
-    said = dlerror(); /* the shim's folder's: what is wrong where the library should be */
-    snprintf(error, sizeof error, "%s", said ? said : "not loadable");
-    if (dlopen(name, RTLD_LAZY | RTLD_LOCAL)) return 0;
-    snprintf(why, why_size, "cuDNN (%s) cannot load its sub-library %s (%s), so its first call would abort the "
-             "process; reinstall cuDNN (its sub-libraries lie beside it)", shim.dli_fname, name, error);
-    return -1;
-#endif
+    return wv_cudnn_graph_loadable((const void *)&cudnnGetVersion, CUDNN_MAJOR, why, why_size);
 }
 
 extern "C" void wv_cuda_versions(int *runtime, int *driver, size_t *cudnn, int *cublas)

@@ -107,6 +107,31 @@ def test_a_program_crashing_under_wine_fails_its_run(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_the_cudnn_probe_on_stand_ins_for_linux_and_windows(tmp_path):
+    """tests/c/cudnn_probe.sh: cuda/wv_cudnn_probe.h, which keeps a cuDNN 9 whose graph library cannot load
+    from aborting the process at its first call, on stand-ins for cuDNN's shim and graph library, on Linux
+    and on Windows (MinGW-w64, under Wine): the control (the shim called unasked aborts), the graph library
+    loaded from beside the shim, the shim alone refused (a non-ASCII folder, named in UTF-8), the graph
+    library found on the search path, one loaded first left the only one loaded. Each case but the
+    control was shown to fail, on both systems, with the step of the probe it tests taken out."""
+    need("gcc")
+    need("g++")
+    r = run(["bash", "tests/c/cudnn_probe.sh", str(tmp_path)], timeout=900)
+    assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
+    systems = ["Linux"]
+    if "Windows run skipped" in r.stdout:
+        if REQUIRED:
+            pytest.fail(r.stdout.strip().splitlines()[-1] + " (WANVIDEO_REQUIRE_NATIVE_CHECKS=1)")
+    else:
+        systems.append("Windows")
+    cases = ("control", "beside", "alone", "on-path", "loaded-first")
+    passed = [f"{system} {case}: ok" for system in systems for case in cases]
+    assert r.stdout.split("\n")[:len(passed)] == passed, r.stdout[-5000:]
+    if len(systems) == 1:
+        pytest.skip(r.stdout.strip().splitlines()[-1] + " (Linux passed)")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_the_module_built_for_windows_passes_the_python_tests_under_wine(tmp_path):
     """tests/c/windows_python.sh: the CPython module built with MinGW-w64 against a Windows CPython and
     NumPy, and the Python tests (engine, tiling, errors, fuzz, CLI, workflows, ComfyUI nodes; with
@@ -377,7 +402,7 @@ def test_the_c_sources_compile_under_clang_without_a_warning():
     includes = ["-isystem", sysconfig.get_paths()["include"], "-isystem", numpy.get_include(),
                 "-isystem", scipy_openblas32.get_include_dir(), "-Icsrc", "-Icuda"]
     sources = sorted(os.path.relpath(f, REPO) for f in glob.glob(os.path.join(REPO, "csrc", "*.c")))
-    for src in sources + ["cuda/module_cuda.c", "tests/c/test_core.c"]:
+    for src in sources + ["cuda/module_cuda.c", "tests/c/test_core.c", "tests/c/test_cudnn_probe.c"]:
         assert_compiles_cleanly("clang", src, "-pedantic", "-Wvla", "-DWV_BLAS_SCIPY_PREFIX", *includes)
 
 
