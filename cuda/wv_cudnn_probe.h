@@ -10,6 +10,9 @@
  * would. Loaded, it stays, and the shim's own load finds it (a library of that name is loaded
  * already); one loaded before (PyTorch's) is left to be the one found, not joined by a second copy.
  * Where neither loads, nothing may call cuDNN, and `why` says what is wrong.
+ * Only the graph library: without it even cudnnCreate aborts, while a function of the other sub-libraries
+ * the backend calls (ops: tensor and filter descriptors; cnn: convolutions) whose library cannot load
+ * returns CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE, a decode's error (9.28, Linux and Wine).
  *
  * Header only: the CUDA backend includes it (C++, nvcc's host compiler: g++ or MSVC), and so does
  * tests/c/test_cudnn_probe.c (C, Linux and Windows), which runs it on stand-ins for cuDNN's two
