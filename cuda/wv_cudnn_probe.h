@@ -34,6 +34,14 @@
 #include <dlfcn.h>
 #endif
 
+/* -1, with why: which cuDNN, which of its libraries, the loader's words. */
+static inline int wv_probe_refuse(char *why, size_t why_size, const char *shim, const char *graph, const char *error)
+{
+    snprintf(why, why_size, "cuDNN (%s) cannot load its sub-library %s (%s), so its first call would abort the "
+             "process; reinstall cuDNN (its sub-libraries lie beside it)", shim, graph, error);
+    return -1;
+}
+
 #ifdef _WIN32
 /* UTF-16 `text` as UTF-8 into out (Python decodes the message with the file system's encoding, UTF-8). */
 static inline void wv_probe_utf8(const wchar_t *text, char *out, int out_size)
@@ -89,9 +97,7 @@ static inline int wv_cudnn_graph_loadable(const void *cudnn_function, int cudnn_
     }
     if (LoadLibraryW(graph_name)) return 0;
     wv_probe_error_text(error, error_text, (int)sizeof error_text);
-    snprintf(why, why_size, "cuDNN (%s) cannot load its sub-library %s (%s), so its first call would abort the "
-             "process; reinstall cuDNN (its sub-libraries lie beside it)", shim_utf8, name, error_text);
-    return -1;
+    return wv_probe_refuse(why, why_size, shim_utf8, name, error_text);
 #else
     Dl_info shim;
     char name[64], beside[4096], error[1024];
@@ -107,9 +113,7 @@ static inline int wv_cudnn_graph_loadable(const void *cudnn_function, int cudnn_
     said = dlerror(); /* from the shim's folder: what is wrong where the library should be */
     snprintf(error, sizeof error, "%s", said ? said : "not loadable");
     if (dlopen(name, RTLD_LAZY | RTLD_LOCAL)) return 0;
-    snprintf(why, why_size, "cuDNN (%s) cannot load its sub-library %s (%s), so its first call would abort the "
-             "process; reinstall cuDNN (its sub-libraries lie beside it)", shim.dli_fname, name, error);
-    return -1;
+    return wv_probe_refuse(why, why_size, shim.dli_fname, name, error);
 #endif
 }
 
