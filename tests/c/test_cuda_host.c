@@ -312,7 +312,7 @@ static void graph_api_declines_fall_back(const weight_set *ws)
     char *graph_api = graph_api_convolutions();
     wv_model m;
     wv_error err = {WV_OK, ""};
-    long plans[3], convs[3];
+    long plans[3], convs[3], descriptors[3];
     CHECK(build_bf16(&m, ws, &err) == WV_OK);
     for (int call = 0; call < 3; call++) {
         stub_calls before = stub_counts();
@@ -320,8 +320,11 @@ static void graph_api_declines_fall_back(const weight_set *ws)
         CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
         plans[call] = stub_counts().plan_runs - before.plan_runs;
         convs[call] = stub_counts().convolutions - before.convolutions;
+        descriptors[call] = stub_live_backend_descriptors();
     }
     CHECK(stub_cudnn_decline(0, 0) == 0);
+    /* the two declined plans (and what they were made of) went as the call ended; no plan is made again */
+    CHECK(descriptors[1] < descriptors[0] && descriptors[2] == descriptors[1]);
     CHECK(plans[0] == convs[0] && plans[1] < plans[0] && plans[2] == plans[1]);
     CHECK(convs[1] == convs[0] && convs[2] == convs[0]);
     wv_model_free(&m);
@@ -373,6 +376,9 @@ static void graph_api_plans_fit_the_call_workspace(const weight_set *ws)
         before = stub_counts();
         CHECK(decode(&m, &RUNS[0], &err) == WV_OK);
         CHECK(stub_counts().plan_runs - before.plan_runs == stub_counts().convolutions - before.convolutions);
+        /* the heuristics' first engine that suits and fits runs them, not a later one */
+        CHECK(stub_counts().wide_plan_runs - before.wide_plan_runs ==
+              (more ? 0 : stub_counts().plan_runs - before.plan_runs));
         wv_model_free(&m);
     }
     stub_cudnn_plan_workspace(0);
@@ -437,22 +443,43 @@ static void shapes_of_many_frame_sizes_stay_bounded(const weight_set *ws)
     long base = stub_live_convolution_descriptors(), most_added = 0, most_live = 0;
     int forgot = 0;
     CHECK(build_bf16(&m, ws, &err) == WV_OK);
-    for (int i = 0; i < 48; i++) {
-        run r = {"a frame size of its own", 1, 2 + i % 6, 2 + i / 6, 0, 0, 0, WV_OUT_UNIT};
-        long before = stub_live_convolution_descriptors() - base, after;
+    for (int i = 0; i < 96; i++) { /* each size with 1 latent frame, then with 2 (its shapes and more) */
+        run r = {"a frame size of its own", 1 + i % 2, 2 + i / 2 % 6, 2 + i / 12, 0, 0, 0, WV_OUT_UNIT};
+        long before = stub_live_convolution_descriptors() - base, after, made;
         CHECK(decode(&m, &r, &err) == WV_OK);
         after = stub_live_convolution_descriptors() - base;
         if (after >= before && after - before > most_added) most_added = after - before;
         forgot += after < before;
+        CHECK(after >= before || before > WV_CUDA_KEEP_SHAPES); /* forgets only past the bound */
         if (after > most_live) most_live = after;
+        made = stub_convolution_descriptors_made();
         CHECK(decode(&m, &r, &err) == WV_OK); /* finds every shape: adds none (may forget others) */
         CHECK(stub_live_convolution_descriptors() - base <= after);
+        CHECK(stub_convolution_descriptors_made() == made); /* none forgotten and made again */
+        CHECK(stub_live_convolution_descriptors() - base == after || after > WV_CUDA_KEEP_SHAPES);
         forgot += stub_live_convolution_descriptors() - base < after;
     }
     printf("shapes: at most %ld live, %ld added by a call, forgotten %d times\n", most_live, most_added, forgot);
     CHECK(forgot > 0 && most_live <= WV_CUDA_KEEP_SHAPES + most_added);
     wv_model_free(&m);
     CHECK(stub_live_convolution_descriptors() == base);
+}
+
+/* Within WV_CUDA_KEEP_SHAPES a context forgets no shape: a size decoded again after another finds
+ * every shape of its first decode (makes no convolution descriptor). */
+static void shapes_within_the_bound_kept(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    run a = {"one size", 1, 3, 4, 0, 0, 0, WV_OUT_UNIT}, b = {"another", 1, 5, 3, 0, 0, 0, WV_OUT_UNIT};
+    long made;
+    CHECK(build_bf16(&m, ws, &err) == WV_OK);
+    CHECK(decode(&m, &a, &err) == WV_OK);
+    CHECK(decode(&m, &b, &err) == WV_OK);
+    made = stub_convolution_descriptors_made();
+    CHECK(decode(&m, &a, &err) == WV_OK);
+    CHECK(stub_convolution_descriptors_made() == made);
+    wv_model_free(&m);
 }
 
 /* Tiles of 9 latent frames: a tile's steps repeat, so step graphs capture them and replay them. */
@@ -1029,6 +1056,7 @@ int main(void)
     misaligned_buffers_mark_no_shape(&ws);
     graph_api_plans_fit_the_call_workspace(&ws);
     shapes_of_many_frame_sizes_stay_bounded(&ws);
+    shapes_within_the_bound_kept(&ws);
     graph_api_declined_plan_outlives_the_call_graphs(&ws);
     fused_call_short_of_workspace_keeps_step_graphs(&ws);
     steps_launched_before_their_callbacks(&ws);

@@ -272,9 +272,15 @@ template <typename T> static long &live_of_type(void)
     return live;
 }
 
+template <typename T> static long &made_of_type(void)
+{
+    static long made;
+    return made;
+}
+
 template <typename T> static T *make_handle(void)
 {
-    g_handles++, live_of_type<T>()++;
+    g_handles++, live_of_type<T>()++, made_of_type<T>()++;
     return new T();
 }
 
@@ -580,6 +586,11 @@ extern "C" void stub_arena_layout(size_t arena_bytes, int n, const size_t *offse
 extern "C" stub_calls stub_counts(void) { return g_calls; }
 
 extern "C" long stub_live_convolution_descriptors(void) { return live_of_type<cudnnConvolutionStruct>(); }
+
+extern "C" long stub_convolution_descriptors_made(void) { return made_of_type<cudnnConvolutionStruct>(); }
+
+struct backend_desc;
+extern "C" long stub_live_backend_descriptors(void) { return live_of_type<backend_desc>(); }
 
 extern "C" int stub_report(void)
 {
@@ -1393,18 +1404,20 @@ cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnA
 /* ---- cuDNN's graph API ---------------------------------------------------------------------------
  * A descriptor is a bag of attributes, finalized once. The heuristics offer a configuration of each of
  * STUB_ENGINES, in that order: one that compiles its kernels at run time, one that converts its inputs
- * down, two on the tensor cores (TF32 in fp32), the first of them needing stub_cudnn_plan_workspace's
- * bytes of workspace, and one that needs none of these. A careful caller passes over the first two in
- * every precision and the tensor cores' in fp32: running them is a misuse, as is a plan of a graph
+ * down, one that reduces in a precision below fp32, two on the tensor cores (TF32 in fp32), the first
+ * of them needing stub_cudnn_plan_workspace's bytes of workspace (its runs counted: wide_plan_runs),
+ * and one that needs none of these. A careful caller passes over the first three in every precision
+ * and the tensor cores' in fp32: running them is a misuse, as is a plan of a graph
  * other than a convolution (+ a pointwise add of a [1, K, 1, ...] bias after it), a plan run with more
  * workspace than its buffer, and destroying a plan while a CUDA graph holds its kernels. A plan runs
  * as the legacy convolution does here: the same checks, declines and arithmetic. */
 struct stub_engine {
     int64_t index;
-    bool compiles, down_converts, tensor_core, wide;
+    bool compiles, down_converts, tensor_core, wide, reduces_low = false;
 };
 static const stub_engine STUB_ENGINES[] = {
-    {41, true, false, false, false}, {9, false, true, false, false}, {7, false, false, true, true},
+    {41, true, false, false, false}, {9, false, true, false, false}, {15, false, false, false, false, true},
+    {7, false, false, true, true},
     {12, false, false, true, false}, {3, false, false, false, false}};
 
 static int g_fusions_compile;      /* stub_cudnn_fusions_compile's */
@@ -1565,10 +1578,11 @@ cudnnStatus_t cudnnBackendGetAttribute(const cudnnBackendDescriptor_t d, cudnnBa
     if (b->engine >= 0 && b->type == CUDNN_BACKEND_ENGINE_DESCRIPTOR) {
         const stub_engine &e = STUB_ENGINES[b->engine];
         cudnnBackendBehaviorNote_t compiles = CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
-        cudnnBackendNumericalNote_t numerics[2];
+        cudnnBackendNumericalNote_t numerics[3];
         int n_numerics = 0;
         if (e.tensor_core) numerics[n_numerics++] = CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
         if (e.down_converts) numerics[n_numerics++] = CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS;
+        if (e.reduces_low) numerics[n_numerics++] = CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION;
         if (name == CUDNN_ATTR_ENGINE_GLOBAL_INDEX) return give(&e.index, 1, room, count, out);
         if (name == CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE) return give(&compiles, e.compiles, room, count, out);
         if (name == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE) return give(numerics, n_numerics, room, count, out);
@@ -1648,6 +1662,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
     if (!pack->finalized || !plan->finalized) misuse("a graph-API plan or variant pack run unfinalized");
     if (engine.compiles) misuse("a graph-API engine that compiles kernels at run time ran");
     if (engine.down_converts) misuse("a graph-API engine that converts its inputs down ran");
+    if (engine.reduces_low) misuse("a graph-API engine that reduces in a precision below fp32 ran");
     if (n_ops > 2 || conv_op->type != CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR ||
         (bias_op && (bias_op->type != CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR ||
                      one_attr<backend_desc *>(bias_op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC) != yd ||
@@ -1682,6 +1697,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
     count(h->stream, g_calls.convolutions);
     count(h->stream, g_calls.plan_runs);
     if (bd) count(h->stream, g_calls.bias_plan_runs);
+    if (engine.wide) count(h->stream, g_calls.wide_plan_runs);
     issue(h->stream, "cudnnBackendExecute",
           {reads(xp, tensor_span(&x)), reads(wp, filter_span(&filter)), reads(bp, bd ? tensor_span(&bias) : 0),
            writes(yp, tensor_span(&y))},

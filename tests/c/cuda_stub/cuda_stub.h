@@ -23,6 +23,7 @@ typedef struct {
     long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
     long plan_runs;      /* the convolutions run by a plan of cuDNN's graph API (cudnnBackendExecute) */
     long bias_plan_runs; /* those of them whose plan added a bias */
+    long wide_plan_runs; /* those of them by the heuristics' first engine that suits (stub_cudnn_plan_workspace's) */
     long spinning_waits;
     double device_seconds;
 } stub_calls;
@@ -31,6 +32,9 @@ stub_calls stub_counts(void);
 
 /* cuDNN convolution descriptors live now (the backend makes one per convolution shape it keeps). */
 long stub_live_convolution_descriptors(void);
+/* ... made so far (a shape described anew makes one); cuDNN graph-API descriptors live now. */
+long stub_convolution_descriptors_made(void);
+long stub_live_backend_descriptors(void);
 
 /* Devices: n of them from now on (1 at the start), none of their primary contexts made yet.
  * stub_context_made: whether device's primary context has been made since (by cudaSetDevice, or
