@@ -303,10 +303,11 @@ static void declined_convolutions_not_retried(const weight_set *ws)
 }
 
 /* With WANVIDEO_CUDA_GRAPH_API=1 every convolution runs by a plan of the graph API (the stub's heuristics
- * offer an engine that compiles kernels first, then one on the tensor cores, and report either run
- * where it should not be); a plan cuDNN declines is not asked again: the decode's first call (its first
- * conv, with a bias) declined by the fused plan and then by the plain one runs on the legacy path, and
- * so does its shape from then on; the decodes run as many convolutions, fewer of them by plans. */
+ * offer first the engines a careful caller passes over, STUB_ENGINES, and report any of them run); a
+ * plan cuDNN declines is not asked again: the decode's first call (its first conv, with a bias)
+ * declined by the fused plan and then by the plain one runs on the legacy path, and so does its shape
+ * from then on; the decodes run as many convolutions, fewer of them by plans, and the declined plans
+ * are destroyed when their call ends. */
 static void graph_api_declines_fall_back(const weight_set *ws)
 {
     char *graph_api = graph_api_convolutions();
