@@ -426,7 +426,6 @@ static cudnnDataType_t cudnn_type(wv_dtype dt)
  * of the call (its ops then run as recorded, which reports a real error as usual). */
 #define GRAPH_MIN_OPS 16  /* shorter lists (a profiled decode flushes op by op) just run */
 #define GRAPH_MAX_KNOWN 64 /* lists remembered, and graphs kept, the least recently used dropped */
-#define GRAPH_MAX_EXECS 16 /* (a tile's steps cycle through 3 or 6 lists, then the next tile's begin) */
 
 static int list_append(op_list *l, op_exec fn, const void *args, size_t size)
 {
@@ -565,7 +564,7 @@ static void capture_and_launch(cuda_ctx *c, step_graph *sg)
     cudaGraph_t graph = NULL;
     cudaGraphExec_t exec = NULL;
     cudaError_t e;
-    if (c->n_execs == GRAPH_MAX_EXECS) drop_exec(c, least_recent(c, 1));
+    if (c->n_execs == WV_CUDA_GRAPH_EXECS) drop_exec(c, least_recent(c, 1));
     e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
     if (e == cudaSuccess) {
         c->capturing = 1;

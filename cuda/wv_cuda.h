@@ -15,6 +15,10 @@ extern "C" {
  * new frame sizes (a ComfyUI server) holds what its recent decodes need, not every size it met. */
 #define WV_CUDA_KEEP_SHAPES 256
 
+/* CUDA graphs of steps (WANVIDEO_CUDA_GRAPHS=1) a context holds at once, the least recently used
+ * destroyed first: a tile's steps cycle through 3 or 6 lists, then the next tile's begin. */
+#define WV_CUDA_GRAPH_EXECS 16
+
 /* The tables, by activation dtype. */
 const wv_backend_set *wv_cuda_backends(void);
 

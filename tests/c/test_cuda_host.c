@@ -85,12 +85,15 @@ static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, c
     free(ref);
 }
 
+/* Whether decode() times each op (wv_options.profile). */
+static int g_profiled;
+
 /* One decode of seeded latents [4][T][h][w] as the run says; the plan must hold exactly. */
 static wv_status decode(const wv_model *m, const run *r, wv_error *err)
 {
     float *lat = rand_floats((size_t)4 * r->T * r->h * r->w);
     void *out = NULL;
-    wv_options o = {r->tile, r->tile, r->end_frame, r->output, 0, 0};
+    wv_options o = {r->tile, r->tile, r->end_frame, r->output, 0, g_profiled};
     wv_plan p;
     wv_stats st;
     wv_status s;
@@ -386,6 +389,121 @@ static void graph_api_plans_fit_the_call_workspace(const weight_set *ws)
     restore_graph_api(graph_api);
 }
 
+/* One convolution outside a decode (a 3x3 conv of 16 -> 16 channels, with its bias, on a 5x7 frame in
+ * bf16), for what no decode of this decoder makes: its own context, weights and buffers. */
+typedef struct {
+    const wv_backend *be;
+    void *ctx;
+    wv_conv cv;
+    wv_grid g;
+} lone_conv;
+
+static void *lone_upload(lone_conv *l, const float *host, size_t n, size_t bytes)
+{
+    wv_error err = {WV_OK, ""};
+    void *p = NULL;
+    CHECK(l->be->alloc(l->ctx, bytes, &p, &err) == WV_OK);
+    CHECK(l->be->upload(l->ctx, p, host, n, &err) == WV_OK);
+    return p;
+}
+
+static void lone_conv_make(lone_conv *l)
+{
+    wv_error err = {WV_OK, ""};
+    wv_conv cv = {NULL, NULL, 16, 16, 1, 3, 3, 0, -1, 0, 0};
+    size_t n_packed;
+    float *w = rand_floats((size_t)cv.cout * cv.cin * 9), *bias = rand_floats((size_t)cv.cout), *packed;
+    l->be = wv_cuda_backends()->by_dtype[WV_BF16];
+    l->g = (wv_grid){5, 7, 1};
+    CHECK(l->be->ctx_create(l->be, -1, &l->ctx, &err) == WV_OK); /* the graph-API setting read now */
+    n_packed = (size_t)l->be->packed_weight_elems(&cv);
+    packed = (float *)calloc(n_packed, sizeof(float));
+    l->be->pack_conv_weight(w, &cv, packed);
+    cv.weight = lone_upload(l, packed, n_packed, n_packed * l->be->param_bytes);
+    cv.bias = lone_upload(l, bias, (size_t)cv.cout, (size_t)cv.cout * l->be->param_bytes);
+    l->cv = cv;
+    free(w), free(bias), free(packed);
+}
+
+/* The convolution in a call of workspace_bytes, its input (x_off) or output (y_off) that many bytes past
+ * the start of its buffer; the stub's counts of the call. */
+static stub_calls lone_conv_call(lone_conv *l, size_t workspace_bytes, size_t x_off, size_t y_off)
+{
+    wv_error err = {WV_OK, ""};
+    float latent = 0.0f;
+    wv_view lat = {0};
+    wv_call call = {0};
+    size_t frame = (size_t)wv_grid_positions(l->g) * (size_t)l->cv.cin * l->be->act_bytes;
+    void *x = NULL, *y = NULL;
+    stub_calls before, after;
+    lat.data = &latent, lat.ndim = 4, lat.dtype = WV_F32;
+    for (int d = 0; d < 4; d++) lat.shape[d] = 1, lat.strides[d] = sizeof latent;
+    call.latents = &lat;
+    call.workspace_bytes = workspace_bytes;
+    CHECK(l->be->alloc(l->ctx, workspace_bytes, &call.workspace, &err) == WV_OK);
+    CHECK(l->be->alloc(l->ctx, frame + x_off, &x, &err) == WV_OK);
+    CHECK(l->be->alloc(l->ctx, frame + y_off, &y, &err) == WV_OK);
+    CHECK(l->be->begin(l->ctx, &call, &err) == WV_OK);
+    l->be->zero(l->ctx, x, frame + x_off);
+    before = stub_counts();
+    {
+        const void *frames[WV_MAX_TAPS] = {(char *)x + x_off};
+        l->be->conv(l->ctx, &l->cv, l->g, frames, 0, 0, (char *)y + y_off, 0);
+    }
+    after = stub_counts();
+    l->be->finish(l->ctx);
+    l->be->release(l->ctx, x), l->be->release(l->ctx, y), l->be->release(l->ctx, call.workspace);
+    after.convolutions -= before.convolutions;
+    after.plan_runs -= before.plan_runs;
+    after.wide_plan_runs -= before.wide_plan_runs;
+    return after;
+}
+
+static void lone_conv_free(lone_conv *l)
+{
+    l->be->release(l->ctx, l->cv.weight), l->be->release(l->ctx, l->cv.bias);
+    l->be->ctx_destroy(l->ctx);
+}
+
+/* A plan kept from a call with more workspace than this one (the heuristics' first engine that suits
+ * needing all of that call's) does not run in this one: the convolution runs without it, and the
+ * stub reports no plan short of its workspace; a call with the workspace again runs it again. */
+static void graph_api_plan_kept_from_a_larger_workspace_waits(void)
+{
+    enum { WORKSPACE = 1 << 20 };
+    char *graph_api = graph_api_convolutions();
+    lone_conv l;
+    stub_calls ran[3];
+    lone_conv_make(&l);
+    stub_cudnn_plan_workspace(WORKSPACE);
+    ran[0] = lone_conv_call(&l, WORKSPACE, 0, 0);
+    ran[1] = lone_conv_call(&l, WORKSPACE - 256, 0, 0);
+    ran[2] = lone_conv_call(&l, WORKSPACE, 0, 0);
+    stub_cudnn_plan_workspace(0);
+    for (int i = 0; i < 3; i++) CHECK(ran[i].convolutions == 1);
+    CHECK(ran[0].wide_plan_runs == 1 && ran[1].wide_plan_runs == 0 && ran[2].wide_plan_runs == 1);
+    lone_conv_free(&l);
+    restore_graph_api(graph_api);
+}
+
+/* A plan's tensors are described GRAPH_ALIGNMENT-aligned (16 bytes): an input or output 8 bytes off runs
+ * the convolution without a plan (the stub reports a plan run at a pointer its tensor's alignment does
+ * not allow), and marks nothing: the aligned call after it runs by the plan again. */
+static void graph_api_misaligned_pointers_run_without_a_plan(void)
+{
+    char *graph_api = graph_api_convolutions();
+    lone_conv l;
+    lone_conv_make(&l);
+    for (int which = 0; which < 2; which++) {
+        stub_calls off = lone_conv_call(&l, 1 << 20, which == 0 ? 8 : 0, which == 1 ? 8 : 0);
+        stub_calls aligned = lone_conv_call(&l, 1 << 20, 0, 0);
+        CHECK(off.convolutions == 1 && off.plan_runs == 0);
+        CHECK(aligned.convolutions == 1 && aligned.plan_runs == 1);
+    }
+    lone_conv_free(&l);
+    restore_graph_api(graph_api);
+}
+
 /* Creates failing one after another through a decode's first shapes (the legacy descriptors, then
  * the graph-API plans): a plan whose descriptors could not all be made leaves its shape to the legacy
  * calls (the decode works); a legacy descriptor or a call's variant pack that could not be made fails
@@ -493,6 +611,53 @@ static void build_with_graphs(wv_model *m, const weight_set *ws)
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */
     CHECK(build_bf16(m, ws, &err) == WV_OK);
     unsetenv("WANVIDEO_CUDA_GRAPHS");
+}
+
+/* Step graphs over many tiles of many frames: a tile's steps cycle through a few lists (three or six:
+ * CYCLE frames make whole cycles of either), so once a decode is long enough to have met each of them
+ * twice, frames added to it capture no graph more and each of their steps (the trunk's and every
+ * tile's) launches its list as one graph; though the decode captures more graphs than
+ * WV_CUDA_GRAPH_EXECS, no more than that many are live at once. */
+static void step_graphs_reused_within_their_bound(const weight_set *ws)
+{
+    enum { CYCLE = 6, FRAMES = 13 };
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    wv_options o = {40, 40, 0, WV_OUT_UNIT, 0, 0};
+    wv_plan p;
+    long captures[2], launches[2];
+    build_with_graphs(&m, ws);
+    CHECK(wv_plan_make(&p, &m, FRAMES, 12, 12, &o, &err) == WV_OK);
+    for (int i = 0; i < 2; i++) {
+        run r = {"many tiles of many frames", FRAMES + CYCLE * i, 12, 12, 40, 0, 0, WV_OUT_UNIT};
+        stub_calls before = stub_counts();
+        stub_graph_execs_most();
+        CHECK(decode(&m, &r, &err) == WV_OK);
+        captures[i] = stub_counts().graph_captures - before.graph_captures;
+        launches[i] = stub_counts().graph_launches - before.graph_launches;
+        CHECK(captures[i] > WV_CUDA_GRAPH_EXECS && stub_graph_execs_most() == WV_CUDA_GRAPH_EXECS);
+    }
+    CHECK(captures[1] == captures[0]);
+    CHECK(launches[1] - launches[0] == (long)CYCLE * (1 + p.n_tiles));
+    wv_plan_free(&p);
+    wv_model_free(&m);
+}
+
+/* A profiled decode waits for each op to time it, so its lists hold one op each, too short to be
+ * worth a graph: with step graphs on, it captures and launches none (and decodes as without them). */
+static void profiled_decodes_capture_no_graph(const weight_set *ws)
+{
+    wv_model m;
+    wv_error err = {WV_OK, ""};
+    stub_calls before;
+    build_with_graphs(&m, ws);
+    g_profiled = 1;
+    before = stub_counts();
+    CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+    CHECK(stub_counts().graph_captures == before.graph_captures);
+    CHECK(stub_counts().graph_launches == before.graph_launches);
+    g_profiled = 0;
+    wv_model_free(&m);
 }
 
 /* A plan cuDNN declines half way through a decode, after step graphs captured its kernels, stays until
@@ -722,6 +887,46 @@ static void failed_captures_turn_graphs_off(const weight_set *ws)
         CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
         CHECK(stub_counts().graph_launches > launches);
         wv_model_free(&m);
+    }
+}
+
+/* A convolution cuDNN declines only while a step is captured, by a graph-API plan or a legacy call,
+ * fails the capture and nothing more: graphs are off for the rest of the decode, as where the runtime
+ * invalidates a capture, and the decode runs as many convolutions and kernels outside captures, as
+ * many of the convolutions by plans (the plan or candidate declined while captured is not marked
+ * declined: a bias-fused one would leave its bias to a kernel); the next decode captures again. */
+static void declines_while_captured_mark_nothing(const weight_set *ws)
+{
+    for (int api = 0; api < 2; api++) {
+        char *graph_api = set_graph_api(api ? "1" : "0");
+        long convs[2], plans[2], kernels[2];
+        for (int declined = 0; declined < 2; declined++) {
+            wv_model m;
+            wv_error err = {WV_OK, ""};
+            stub_calls before;
+            build_with_graphs(&m, ws);
+            if (declined) {
+                stub_cudnn_decline_captured_only(1);
+                stub_cudnn_decline(CUDNN_STATUS_NOT_SUPPORTED, 1);
+            } else {
+                stub_fail_nth_capture(1);
+            }
+            before = stub_counts();
+            CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+            CHECK((declined ? stub_cudnn_decline(0, 0) : stub_fail_nth_capture(0)) == 0);
+            stub_cudnn_decline_captured_only(0);
+            CHECK(stub_counts().graph_launches == before.graph_launches);
+            convs[declined] = stub_counts().convolutions - before.convolutions;
+            plans[declined] = stub_counts().plan_runs - before.plan_runs;
+            kernels[declined] = stub_counts().kernels - before.kernels;
+            before = stub_counts();
+            CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
+            CHECK(stub_counts().graph_launches > before.graph_launches);
+            wv_model_free(&m);
+        }
+        CHECK(convs[1] == convs[0] && plans[1] == plans[0] && kernels[1] == kernels[0]);
+        CHECK(api ? plans[0] > 0 : plans[0] == 0);
+        restore_graph_api(graph_api);
     }
 }
 
@@ -1056,6 +1261,8 @@ int main(void)
     if (!g_reference) graph_api_failed_creates(&ws); /* a decode for each create: too slow computing */
     misaligned_buffers_mark_no_shape(&ws);
     graph_api_plans_fit_the_call_workspace(&ws);
+    graph_api_plan_kept_from_a_larger_workspace_waits();
+    graph_api_misaligned_pointers_run_without_a_plan();
     shapes_of_many_frame_sizes_stay_bounded(&ws);
     shapes_within_the_bound_kept(&ws);
     graph_api_declined_plan_outlives_the_call_graphs(&ws);
@@ -1065,6 +1272,9 @@ int main(void)
     step_waits_do_not_spin(&ws);
     runtime_faults_fail_cleanly(&ws);
     failed_captures_turn_graphs_off(&ws);
+    if (!g_reference) step_graphs_reused_within_their_bound(&ws);
+    profiled_decodes_capture_no_graph(&ws);
+    declines_while_captured_mark_nothing(&ws);
     if (!g_reference) failed_creates(&ws); /* a decode for each create: too slow computing */
     build_allocations_failing(&ws);
     setenv("WANVIDEO_CUDA_GRAPHS", "1", 1); /* read when a model's context is made */

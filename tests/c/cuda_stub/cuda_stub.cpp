@@ -589,6 +589,15 @@ extern "C" long stub_live_convolution_descriptors(void) { return live_of_type<cu
 
 extern "C" long stub_convolution_descriptors_made(void) { return made_of_type<cudnnConvolutionStruct>(); }
 
+static long g_graph_execs_most; /* stub_graph_execs_most's */
+
+extern "C" long stub_graph_execs_most(void)
+{
+    long most = g_graph_execs_most;
+    g_graph_execs_most = live_of_type<CUgraphExec_st>();
+    return most;
+}
+
 struct backend_desc;
 extern "C" long stub_live_backend_descriptors(void) { return live_of_type<backend_desc>(); }
 
@@ -961,6 +970,8 @@ cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t *exec, cudaGraph_t g, 
     (void)flags;
     *exec = make_handle<CUgraphExec_st>();
     (*exec)->steps = g->steps;
+    g_calls.graph_captures++;
+    g_graph_execs_most = std::max(g_graph_execs_most, live_of_type<CUgraphExec_st>());
     return cudaSuccess;
 }
 
@@ -1304,6 +1315,7 @@ static void check_conv(const cudnnTensorDescriptor_t xd, const void *x, const cu
 static int g_declines_left; /* stub_cudnn_decline's */
 static cudnnStatus_t g_decline_status;
 static long g_decline_skip; /* stub_cudnn_decline_after's */
+static bool g_decline_captured_only; /* stub_cudnn_decline_captured_only's */
 
 extern "C" int stub_cudnn_decline(int status, int n)
 {
@@ -1314,6 +1326,8 @@ extern "C" int stub_cudnn_decline(int status, int n)
 
 extern "C" void stub_cudnn_decline_after(long skip) { g_decline_skip = skip; }
 
+extern "C" void stub_cudnn_decline_captured_only(int on) { g_decline_captured_only = on != 0; }
+
 static bool g_decline_launch_error; /* stub_cudnn_decline_leaves_launch_error's */
 
 extern "C" void stub_cudnn_decline_leaves_launch_error(int on) { g_decline_launch_error = on != 0; }
@@ -1322,10 +1336,11 @@ static size_t g_fused_workspace; /* stub_cudnn_fused_workspace's */
 
 extern "C" void stub_cudnn_fused_workspace(size_t bytes) { g_fused_workspace = bytes; }
 
-/* Whether this convolution call is one stub_cudnn_decline asked to decline. */
-static bool declining()
+/* Whether this convolution call, into stream s, is one stub_cudnn_decline asked to decline. */
+static bool declining(cudaStream_t s)
 {
     if (g_declines_left == 0) return false;
+    if (g_decline_captured_only && (is_special(s) || !s->capture)) return false;
     if (g_decline_skip > 0) return g_decline_skip--, false;
     if (g_declines_left > 0) g_declines_left--;
     if (g_decline_launch_error) g_last_error = cudaErrorLaunchOutOfResources;
@@ -1338,7 +1353,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha, const 
                                       size_t ws_bytes, const void *beta, const cudnnTensorDescriptor_t yd, void *y)
 {
     (void)algo;
-    if (declining()) return g_decline_status;
+    if (declining(h->stream)) return g_decline_status;
     check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
     count(h->stream, g_calls.convolutions);
     issue(h->stream, "cudnnConvolutionForward",
@@ -1376,7 +1391,7 @@ cudnnStatus_t cudnnConvolutionBiasActivationForward(
     if (act->mode != CUDNN_ACTIVATION_IDENTITY && act->mode != CUDNN_ACTIVATION_RELU) return CUDNN_STATUS_NOT_SUPPORTED;
     if (algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) return CUDNN_STATUS_NOT_SUPPORTED; /* as cuDNN's */
     check_fused_operands(xd, x, wd, zd, z, bd, yd, y);
-    if (declining()) return g_decline_status;
+    if (declining(h->stream)) return g_decline_status;
     if (ws_bytes < g_fused_workspace) return CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT;
     check_conv(xd, x, wd, w, c, ws, ws_bytes, yd, y);
     check_device("convolution sum input", z, tensor_span(zd));
@@ -1690,7 +1705,7 @@ cudnnStatus_t cudnnBackendExecute(cudnnHandle_t h, cudnnBackendDescriptor_t plan
     if (bd) bias = legacy_tensor(bd);
     if (!aligned_for(xd, xp) || !aligned_for(wd, wp) || !aligned_for(yd, yp) || (bd && !aligned_for(bd, bp)))
         misuse("a graph-API pointer not aligned as its tensor says");
-    if (declining()) return g_decline_status;
+    if (declining(h->stream)) return g_decline_status;
     check_conv(&x, xp, &filter, wp, &conv, ws, 0, &y, yp);
     check_device("a graph-API plan's workspace", ws, (size_t)plan_workspace(plan));
     if (bd) check_device("convolution bias", bp, tensor_span(&bias));

@@ -21,6 +21,7 @@ void stub_arena_layout(size_t arena_bytes, int n, const size_t *offsets, const s
  * without cudaEventBlockingSync. */
 typedef struct {
     long kernels, convolutions, gemms, copies, graph_launches; /* copies: memcpy and memset */
+    long graph_captures; /* CUDA graphs instantiated (a step graph captured) */
     long plan_runs;      /* the convolutions run by a plan of cuDNN's graph API (cudnnBackendExecute) */
     long bias_plan_runs; /* those of them whose plan added a bias */
     long wide_plan_runs; /* those of them by the heuristics' first engine that suits (stub_cudnn_plan_workspace's) */
@@ -35,6 +36,8 @@ long stub_live_convolution_descriptors(void);
 /* ... made so far (a shape described anew makes one); cuDNN graph-API descriptors live now. */
 long stub_convolution_descriptors_made(void);
 long stub_live_backend_descriptors(void);
+/* The most CUDA graph executables live at once since the last call (then: those live now). */
+long stub_graph_execs_most(void);
 
 /* Devices: n of them from now on (1 at the start), none of their primary contexts made yet.
  * stub_context_made: whether device's primary context has been made since (by cudaSetDevice, or
@@ -78,6 +81,10 @@ int stub_cudnn_decline(int status, int n);
 
 /* The declines stub_cudnn_decline arms begin after skip more convolution calls (0: at the next). */
 void stub_cudnn_decline_after(long skip);
+
+/* From now on (on: 1) the declines stub_cudnn_decline arms are of calls into a stream being captured
+ * only: a call declined in a capture runs when made again outside it (0: calls into any stream). */
+void stub_cudnn_decline_captured_only(int on);
 
 /* Each declined call from now leaves a failed launch (cudaErrorLaunchOutOfResources) as the runtime's
  * last error, as an engine of cuDNN's whose kernel did not launch may (0: none). */
