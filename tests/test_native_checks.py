@@ -315,6 +315,22 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
+def test_cuda_backend_host_side_under_valgrind(tmp_path):
+    """The same program's first run (the default widths by taps, step graphs among its tests) built
+    without the sanitizers, under valgrind's memcheck: no branch or comparison on bytes never written
+    (a recorded op's padding compared would leave a step's graph never matched), no invalid access,
+    no block definitely lost."""
+    if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
+        pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
+    need("valgrind")
+    env = dict(os.environ, CUDA_HOST_VALGRIND="1", WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
+    r = run(["bash", "tests/c/cuda_host.sh", str(tmp_path)], env=env, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^\d+ passed, 0 failed$", r.stdout, re.M), r.stdout[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in r.stderr, r.stderr[-3000:]  # definite leaks count as errors
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
 def test_cuda_ops_against_the_cpu_ops_without_a_gpu(tmp_path):
     """tests/c/test_backend_ops.cu on the stand-in runtime computing (tests/c/backend_ops_on_cpu.sh):
     every CUDA op, its kernels run on the CPU and cuDNN's and cuBLAS's work done by loops over what

@@ -4,6 +4,10 @@
 # cuDNN and cuBLAS, under AddressSanitizer and UndefinedBehaviorSanitizer. Needs nvcc and the cuDNN
 # and cuBLAS headers setup.py finds; no GPU, no CUDA library is loaded.
 #   bash tests/c/cuda_host.sh [build dir]
+# With CUDA_HOST_VALGRIND=1 it builds without the sanitizers and runs the first of the runs below
+# under valgrind's memcheck instead, which sees what they do not: a branch or a comparison on bytes
+# never written (a recorded op's padding, say, which would make a step's graph never match); any
+# error it reports, or a block definitely lost, fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${BUILD_DIR:-build/cuda_host}}
@@ -12,10 +16,16 @@ CONFIG=$(bash tests/c/cuda_config.sh) || exit 1
 eval "$CONFIG"
 # one flag a sanitizer: nvcc would split "address,undefined" at the comma
 san="-fsanitize=address -fsanitize=undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+valgrind=${CUDA_HOST_VALGRIND:-0}
+[ "$valgrind" = 1 ] && san=""
 LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -g -O1 $san)
 inc="-Icsrc -Icuda -I$TOOLKIT/include -I$CUDNN_INC -I$CUBLAS_INC"
 gcc -std=gnu11 -g -O1 -Wall -Wextra -Werror $san $inc -Itests/c -c tests/c/test_cuda_host.c -o "$OUTDIR/test_cuda_host.o"
 g++ $san "$OUTDIR/test_cuda_host.o" $LINK -o "$OUTDIR/test_cuda_host"
+if [ "$valgrind" = 1 ]; then
+    exec valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --num-callers=20 \
+        "$OUTDIR/test_cuda_host"
+fi
 # Four runs, each a process on one core, its output and errors kept apart and passed on in this
 # order at the end:
 # - by default the equal-width convs of this small decoder all run by taps (2-frame caches);
