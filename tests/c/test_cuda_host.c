@@ -85,6 +85,18 @@ static void compare_with_cpu(const run *r, const wv_plan *p, const float *lat, c
     free(ref);
 }
 
+/* The stub's counts since `before` (a stub_counts() taken then). */
+static stub_calls calls_since(stub_calls before)
+{
+    stub_calls now = stub_counts();
+    now.kernels -= before.kernels, now.convolutions -= before.convolutions, now.gemms -= before.gemms;
+    now.copies -= before.copies, now.graph_launches -= before.graph_launches;
+    now.graph_captures -= before.graph_captures, now.plan_runs -= before.plan_runs;
+    now.bias_plan_runs -= before.bias_plan_runs, now.wide_plan_runs -= before.wide_plan_runs;
+    now.spinning_waits -= before.spinning_waits, now.device_seconds -= before.device_seconds;
+    return now;
+}
+
 /* Whether decode() times each op (wv_options.profile). */
 static int g_profiled;
 
@@ -435,7 +447,7 @@ static stub_calls lone_conv_call(lone_conv *l, size_t workspace_bytes, size_t x_
     wv_call call = {0};
     size_t frame = (size_t)wv_grid_positions(l->g) * (size_t)l->cv.cin * l->be->act_bytes;
     void *x = NULL, *y = NULL;
-    stub_calls before, after;
+    stub_calls ran;
     lat.data = &latent, lat.ndim = 4, lat.dtype = WV_F32;
     for (int d = 0; d < 4; d++) lat.shape[d] = 1, lat.strides[d] = sizeof latent;
     call.latents = &lat;
@@ -445,18 +457,15 @@ static stub_calls lone_conv_call(lone_conv *l, size_t workspace_bytes, size_t x_
     CHECK(l->be->alloc(l->ctx, frame + y_off, &y, &err) == WV_OK);
     CHECK(l->be->begin(l->ctx, &call, &err) == WV_OK);
     l->be->zero(l->ctx, x, frame + x_off);
-    before = stub_counts();
     {
         const void *frames[WV_MAX_TAPS] = {(char *)x + x_off};
+        stub_calls before = stub_counts();
         l->be->conv(l->ctx, &l->cv, l->g, frames, 0, 0, (char *)y + y_off, 0);
+        ran = calls_since(before);
     }
-    after = stub_counts();
     l->be->finish(l->ctx);
     l->be->release(l->ctx, x), l->be->release(l->ctx, y), l->be->release(l->ctx, call.workspace);
-    after.convolutions -= before.convolutions;
-    after.plan_runs -= before.plan_runs;
-    after.wide_plan_runs -= before.wide_plan_runs;
-    return after;
+    return ran;
 }
 
 static void lone_conv_free(lone_conv *l)
@@ -625,7 +634,7 @@ static void step_graphs_reused_within_their_bound(const weight_set *ws)
     wv_error err = {WV_OK, ""};
     wv_options o = {40, 40, 0, WV_OUT_UNIT, 0, 0};
     wv_plan p;
-    long captures[2], launches[2];
+    stub_calls ran[2];
     build_with_graphs(&m, ws);
     CHECK(wv_plan_make(&p, &m, FRAMES, 12, 12, &o, &err) == WV_OK);
     for (int i = 0; i < 2; i++) {
@@ -633,12 +642,11 @@ static void step_graphs_reused_within_their_bound(const weight_set *ws)
         stub_calls before = stub_counts();
         stub_graph_execs_most();
         CHECK(decode(&m, &r, &err) == WV_OK);
-        captures[i] = stub_counts().graph_captures - before.graph_captures;
-        launches[i] = stub_counts().graph_launches - before.graph_launches;
-        CHECK(captures[i] > WV_CUDA_GRAPH_EXECS && stub_graph_execs_most() == WV_CUDA_GRAPH_EXECS);
+        ran[i] = calls_since(before);
+        CHECK(ran[i].graph_captures > WV_CUDA_GRAPH_EXECS && stub_graph_execs_most() == WV_CUDA_GRAPH_EXECS);
     }
-    CHECK(captures[1] == captures[0]);
-    CHECK(launches[1] - launches[0] == (long)CYCLE * (1 + p.n_tiles));
+    CHECK(ran[1].graph_captures == ran[0].graph_captures);
+    CHECK(ran[1].graph_launches - ran[0].graph_launches == (long)CYCLE * (1 + p.n_tiles));
     wv_plan_free(&p);
     wv_model_free(&m);
 }
@@ -899,7 +907,7 @@ static void declines_while_captured_mark_nothing(const weight_set *ws)
 {
     for (int api = 0; api < 2; api++) {
         char *graph_api = set_graph_api(api ? "1" : "0");
-        long convs[2], plans[2], kernels[2];
+        stub_calls ran[2];
         for (int declined = 0; declined < 2; declined++) {
             wv_model m;
             wv_error err = {WV_OK, ""};
@@ -915,17 +923,16 @@ static void declines_while_captured_mark_nothing(const weight_set *ws)
             CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
             CHECK((declined ? stub_cudnn_decline(0, 0) : stub_fail_nth_capture(0)) == 0);
             stub_cudnn_decline_captured_only(0);
-            CHECK(stub_counts().graph_launches == before.graph_launches);
-            convs[declined] = stub_counts().convolutions - before.convolutions;
-            plans[declined] = stub_counts().plan_runs - before.plan_runs;
-            kernels[declined] = stub_counts().kernels - before.kernels;
+            ran[declined] = calls_since(before);
+            CHECK(ran[declined].graph_launches == 0);
             before = stub_counts();
             CHECK(decode(&m, &LONG_TILES, &err) == WV_OK);
             CHECK(stub_counts().graph_launches > before.graph_launches);
             wv_model_free(&m);
         }
-        CHECK(convs[1] == convs[0] && plans[1] == plans[0] && kernels[1] == kernels[0]);
-        CHECK(api ? plans[0] > 0 : plans[0] == 0);
+        CHECK(ran[1].convolutions == ran[0].convolutions && ran[1].plan_runs == ran[0].plan_runs &&
+              ran[1].kernels == ran[0].kernels);
+        CHECK(api ? ran[0].plan_runs > 0 : ran[0].plan_runs == 0);
         restore_graph_api(graph_api);
     }
 }
