@@ -53,5 +53,7 @@ winpath "$site" > "$py/Lib/site-packages/wanvideo_vae_test_site.pth"
 cd "$root/tests"
 export PYTHONPATH="$(winpath "$out/pkg")" KMP_AFFINITY=disabled ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16
 export WANVIDEO_SHARED="$(winpath "$(cd "${WANVIDEO_SHARED:-$root/../shared}" && pwd -P)")"
-in_wine "$out/wineprefix" Windows 1800 "$py/python.exe" -m pytest -q -p no:cacheprovider \
+# faulthandler_timeout: a test past 300 s (the slowest takes 30 s here) has every Python thread's stack
+# printed, so a hang shows where it is before the run's limit stops it.
+in_wine "$out/wineprefix" Windows 1800 "$py/python.exe" -m pytest -q -p no:cacheprovider -o faulthandler_timeout=300 \
     test_engine.py test_tiling.py test_errors.py test_fuzz.py test_cli.py test_workflow.py test_comfy.py "$@"
