@@ -27,7 +27,8 @@ in_wine() {
     fi
     if [ "${status[1]}" = 4 ]; then
         how="Wine said exit status ${status[0]}"
-        [ "${status[0]}" = 124 ] && how="it hung, as Wine does for a crash inside the process heap: stopped after $seconds s"
+        [ "${status[0]}" = 124 ] &&
+            how="it hung, as Wine does for a crash inside the process heap: stopped after $seconds s"
         echo "$label: the program crashed (Wine's note above), and Wine's debugger gave no report ($how)"
         return 70
     fi
