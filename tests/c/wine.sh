@@ -1,15 +1,15 @@
 # Sourced by the scripts that run Windows builds under Wine (cross_windows.sh, windows_python.sh).
 # wine: the Wine loader found here, or empty.
 # in_wine PREFIX LABEL SECONDS COMMAND...: runs COMMAND under Wine in the Wine prefix PREFIX, of its own
-# (made on first use, a few seconds), so a user's ~/.wine is never touched; Wine's own notes are dropped
-# but its "wine: Unhandled ..." (a crash: the exception and its address), the program's lines (stderr
-# too) printed after "LABEL: "; returns the program's exit status, 70 where it crashed, or 124 where it
-# ran past SECONDS (stopped there, and said so). A crash is told by Wine's notes, not by the status:
-# through a pipe, Wine 8 reports a crashed program's status as 0 as often as not (seen here with a NULL
-# write, with and without other threads). Its debugger's report (the stack) follows the note, except
-# where the crash is inside the process heap: the debugger's start faults there again and the program
-# hangs until SECONDS (seen with a heap overwritten on purpose; and in CI, after an access violation
-# that a Python's faulthandler printed).
+# (made on first use, a few seconds), so a user's ~/.wine is never touched; of Wine's own notes only
+# "wine: Unhandled ..." (a crash: the exception and its address) is kept, printed with the program's
+# lines (stderr too) after "LABEL: "; returns the program's exit status, 70 where it crashed, or 124
+# where it ran past SECONDS (stopped there, and said so). A crash is told by Wine's notes, not by the
+# status: through a pipe, Wine 8 reports a crashed program's status as 0 as often as not (seen here with
+# a NULL write, with and without other threads). Its debugger's report (the stack) follows the note,
+# except where the crash is inside the process heap: the debugger's start faults there again and the
+# program hangs until SECONDS (seen with a heap overwritten on purpose; and in CI, after an access
+# violation that a Python's faulthandler printed).
 wine=$(command -v wine64 || command -v wine || { [ -x /usr/lib/wine/wine64 ] && echo /usr/lib/wine/wine64; } || true)
 
 in_wine() {
