@@ -1,12 +1,14 @@
 /* The host's cost of a full-size decode on the CUDA backend, measured without a GPU: the decoder of
  * Wan 2.1 (random weights), 720p x 81 in bf16 (latents [16, 21, 90, 160]), decoded through the CUDA
  * tables with tests/c/cuda_stub/ in place of the CUDA runtime, cuDNN and cuBLAS, so that kernels,
- * convolutions and GEMMs cost nothing. For each plan it prints the calls the host makes (kernel
- * launches, cuDNN convolutions, GEMMs, copies, graph launches), per step, and the seconds the decode
- * took less the seconds the stub spent in the device's place (moving bytes, device memory): what the
- * backend's host side costs (planning, queueing, bookkeeping, copying the output out of pinned
- * memory into a fresh array, whose pages fault in as they are first written). A GPU adds each call's own cost (tools/conv_lab.cu measures it); the host keeps up while
- * this stays under the GPU's time.
+ * convolutions and GEMMs cost nothing. For each plan it prints its tiles, its convolutions' work and
+ * its arena (what the backend's cache layouts cost in memory shows there: a wider plan), then the
+ * calls the host makes (kernel launches, cuDNN convolutions, GEMMs, copies, graph launches), per
+ * step, and the seconds the decode took less the seconds the stub spent in the device's place
+ * (moving bytes, device memory): what the backend's host side costs (planning, queueing,
+ * bookkeeping, copying the output out of pinned memory into a fresh array, whose pages fault in as
+ * they are first written). A GPU adds each call's own cost (tools/conv_lab.cu measures it); the host
+ * keeps up while this stays under the GPU's time.
  *
  * Build and run: bash tools/host_cost.sh [a word of a plan's name: that plan alone]
  * (WANVIDEO_CUDA_GRAPHS=1 in the environment queues steps as graphs). */
@@ -78,7 +80,8 @@ static void measure(const wv_model *m, const plan_case *c, const float *lat)
             break;
         }
         if (run == 0) continue; /* the first builds the per-shape caches and touches the arena */
-        printf("%s: %d x %d tiles, %lld steps\n", c->name, p.tiles_x, p.tiles_y, (long long)st.steps);
+        printf("%s: %d x %d tiles, %lld steps, %.1f TFLOP of convolutions, arena %.0f MiB\n", c->name, p.tiles_x,
+               p.tiles_y, (long long)st.steps, p.conv_flops / 1e12, (double)p.arena_bytes / (1 << 20));
         printf("  calls     kernels %ld, convolutions %ld, GEMMs %ld, copies %ld, graph launches %ld (%.0f a step)\n",
                b.kernels - a.kernels, b.convolutions - a.convolutions, b.gemms - a.gemms, b.copies - a.copies,
                b.graph_launches - a.graph_launches,
