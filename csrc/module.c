@@ -589,8 +589,8 @@ static PyObject *segment_item(const wv_plan *p, const wv_model *m, int s)
 
 static PyObject *buffer_item(const wv_plan *p, const wv_model *m, int i)
 {
-    (void)m;
-    return Py_BuildValue("(sn)", p->buffers[i].name, (Py_ssize_t)p->buffers[i].bytes);
+    char name[192];
+    return Py_BuildValue("(sn)", wv_plan_buffer_name(p, m, i, name, sizeof name), (Py_ssize_t)p->buffers[i].bytes);
 }
 
 static PyObject *tile_core_item(const wv_plan *p, const wv_model *m, int t)

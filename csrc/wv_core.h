@@ -316,6 +316,10 @@ wv_status wv_plan_make(wv_plan *p, const wv_model *m, int T, int h, int w, const
                        wv_error *err);
 void wv_plan_free(wv_plan *p);
 
+/* Buffer i of plan p as a report names it: its name, or, for a causal cache, the conv it serves and
+ * what it holds ("causal cache of decoder.head.2: [3 frames][P][96]"); returns buf. */
+const char *wv_plan_buffer_name(const wv_plan *p, const wv_model *m, int i, char *buf, size_t size);
+
 /* Halo (in pixels of that resolution) at the input of every block of the tile part, derived by
  * walking the layer list backwards from the output: 3x3 conv +1, nearest x2 upsample ceil(h/2).
  * halo_out receives n_blocks entries; entries of trunk blocks are -1. */

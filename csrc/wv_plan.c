@@ -285,6 +285,17 @@ static void set_buffer(wv_plan *p, int id, int64_t elems, size_t elem_bytes)
     p->buffers[id].bytes = wv_align_up((size_t)elems * elem_bytes);
 }
 
+/* The conv whose causal cache is `slot`, and its block in *block; NULL when none is. */
+static const wv_conv *cache_conv(const wv_model *m, int slot, int *block)
+{
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
+        if (m->blocks[b].conv[c].cache_slot == slot) {
+            *block = b;
+            return &m->blocks[b].conv[c];
+        }
+    return NULL;
+}
+
 static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
 {
     static const int phases[] = {
@@ -292,11 +303,22 @@ static int buffer_phase(const wv_plan *p, const wv_model *m, int id)
         WV_ARENA_BUFFERS(WV_BUF_PHASE)
 #undef WV_BUF_PHASE
     };
-    int slot = id - WV_BUF_CACHE0;
+    int b;
     if (id < WV_BUF_CACHE0) return phases[id];
-    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);)
-        if (m->blocks[b].conv[c].cache_slot == slot) return b < p->trunk_end ? PHASE_TRUNK : PHASE_TILE;
-    return PHASE_KEEP;
+    if (!cache_conv(m, id - WV_BUF_CACHE0, &b)) return PHASE_KEEP;
+    return b < p->trunk_end ? PHASE_TRUNK : PHASE_TILE;
+}
+
+const char *wv_plan_buffer_name(const wv_plan *p, const wv_model *m, int i, char *buf, size_t size)
+{
+    char conv[96];
+    int b;
+    const wv_conv *cv = i >= WV_BUF_CACHE0 ? cache_conv(m, i - WV_BUF_CACHE0, &b) : NULL;
+    if (!cv || !wv_model_conv_name(m, cv->id, conv, sizeof conv))
+        snprintf(buf, size, "%s", p->buffers[i].name);
+    else
+        snprintf(buf, size, "causal cache of %s: [%d frames][P][%d]", conv, wv_cache_frames(m->backend, cv), cv->cin);
+    return buf;
 }
 
 /* The widest of the trunk's blocks, and its attention's width. */

@@ -506,6 +506,22 @@ def test_close_gives_back_the_decoders_device_memory():
 
 
 @gpu
+def test_the_plan_names_each_cache_by_its_conv_and_the_frames_the_backend_keeps():
+    """The CUDA backend runs a causal 3x3x3 conv of equal widths up to 128 channels by taps, its cache two
+    frames, and every other causal conv on a ring of three (the planner sizes each cache so): plan()'s
+    buffers name each cache's conv and say which."""
+    weights = random_weights(8, 4)
+    dec = wv.Decoder(weights, backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
+    want = {k[:-len(".weight")]: (2 if w.shape[0] == w.shape[1] <= 128 and w.shape[2:] == (3, 3, 3) else 3, w.shape[1])
+            for k, w in weights.items() if k.endswith(".weight") and w.ndim == 5 and w.shape[2] > 1}
+    names = [name for name, _ in dec.plan(2, 8, 8)["buffers"] if name.startswith("causal cache")]
+    got = [re.fullmatch(r"causal cache of (\S+): \[(\d) frames\]\[P\]\[(\d+)\]", n) for n in names]
+    assert all(got) and len(got) == len(want), names
+    assert {m[1]: (int(m[2]), int(m[3])) for m in got} == want
+    assert {f for f, _ in want.values()} == {2, 3}  # both kinds are checked
+
+
+@gpu
 def test_the_free_memory_of_a_missing_device_is_an_error():
     count = wv.devices.cuda_module().device_count()[0]
     assert wv.devices.cuda_module().mem_get_info(0)[1] > 0
@@ -814,14 +830,17 @@ def _decode_with_taps_setting(value):
 @gpu
 def test_frames_too_large_for_one_cudnn_convolution_are_tiled_when_planned():
     """cuDNN indexes a tensor in int: an 8K frame's convolutions pass 2**31 elements untiled. The plan
-    tiles to stay within (the decode used to fail after the trunk had run); 4K stays whole."""
+    tiles to stay within (the decode used to fail after the trunk had run). The largest operand is the
+    head's: its causal conv hands cuDNN three frames of 96 channels as one, so 4K takes two tiles and a
+    frame of 3456 x 1920 stays whole."""
     dec = wv.Decoder(random_weights(96, 16), backend="cuda", precision="bf16")
-    eight_k = dec.plan(2, 540, 960, enable_vae_tiling=False, max_memory=1 << 62)
-    operands = eight_k["conv_operand_elems"]
-    assert eight_k["n_tiles"] > 1 and eight_k["shrunk_to_fit"]
-    assert operands["backend_max"] == 2**31 - 1 and operands["tile"] <= operands["backend_max"]
-    four_k = dec.plan(2, 270, 480, enable_vae_tiling=False, max_memory=1 << 62)
-    assert four_k["n_tiles"] == 1 and four_k["conv_operand_elems"]["tile"] > 2**30  # the head's kernel is ours
+    for h, w, tiles in ((540, 960, None), (270, 480, 2), (240, 432, 1)):
+        p = dec.plan(2, h, w, enable_vae_tiling=False, max_memory=1 << 62)
+        operands = p["conv_operand_elems"]
+        assert operands["backend_max"] == 2**31 - 1 and operands["tile"] <= operands["backend_max"], (h, w)
+        assert p["n_tiles"] == tiles if tiles else p["n_tiles"] > 1, (h, w, p["n_tiles"])
+        assert p["shrunk_to_fit"] == (p["n_tiles"] > 1)
+    assert operands["tile"] == 3 * 96 * (1920 + 2) * (3456 + 2)  # the head's ring, whole
 
 
 @gpu

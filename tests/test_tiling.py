@@ -198,14 +198,20 @@ def test_budget_shrinks_tiles_and_keeps_the_result():
 
 
 def test_the_plan_lists_every_buffer_and_tile():
-    """plan()'s buffers: the arena's named ones, then a causal cache per causal conv; its tile cores:
-    the grid in row-major order, covering the frame once."""
-    dec = decoder(8)
+    """plan()'s buffers: the arena's named ones, then a causal cache per causal conv, named by its
+    checkpoint key, with the frames it keeps (the CPU backend runs the taps apart: 2) and the conv's
+    input channels; its tile cores: the grid in row-major order, covering the frame once."""
+    weights = random_weights(8, 4)
+    dec = wv.Decoder(weights, mean=[0.0] * 4, std=[1.0] * 4)
     p = dec.plan(2, 12, 14, tile_x=40, tile_y=56, tile_stride_x=8, tile_stride_y=8)
     names = [name.split(":")[0] for name, _ in p["buffers"]]
     assert names[:12] == ["TRUNK_OUT", "WORKSPACE", "WEIGHT_SCRATCH", "TRUNK_X", "TRUNK_Y", "TRUNK_T", "ATTN_IN",
                           "ATTN_QKV", "ATTN_OUT", "ATTN_SCORES", "TILE_SCRATCH", "OUTPUT_STAGING"]
-    assert len(names) == 12 + dec._model.cache_slots and all(n.startswith("causal cache") for n in names[12:])
+    causal = {k[:-len(".weight")]: w.shape[1] for k, w in weights.items()
+              if k.endswith(".weight") and w.ndim == 5 and w.shape[2] > 1}
+    caches = [re.fullmatch(r"causal cache of (\S+): \[2 frames\]\[P\]\[(\d+)\]", name) for name, _ in p["buffers"][12:]]
+    assert len(caches) == dec._model.cache_slots == len(causal) and all(caches), p["buffers"][12:]
+    assert {c[1]: int(c[2]) for c in caches} == causal
     assert (p["tiles_x"], p["tiles_y"]) == (5, 3) and len(p["tile_cores"]) == 15  # cores 24 x 40, edges cut
     cx, cy = p["core_x"], p["core_y"]
     assert p["tile_cores"] == [(ty * cy, min(p["height"], (ty + 1) * cy), tx * cx, min(p["width"], (tx + 1) * cx))

@@ -10,8 +10,9 @@
  * they are first written). A GPU adds each call's own cost (tools/conv_lab.cu measures it); the host
  * keeps up while this stays under the GPU's time.
  *
- * Build and run: bash tools/host_cost.sh [a word of a plan's name: that plan alone]
- * (WANVIDEO_CUDA_GRAPHS=1 in the environment queues steps as graphs). */
+ * Build and run: bash tools/host_cost.sh [a word of a plan's name: that plan alone [buffers: and its
+ * arena's buffers of a MiB or more, each cache named by its conv]] (WANVIDEO_CUDA_GRAPHS=1 in the
+ * environment queues steps as graphs). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,8 +52,18 @@ static float *new_output(size_t bytes)
     return (float *)p;
 }
 
+/* The plan's arena buffers of a MiB or more, where each lies. */
+static void print_buffers(const wv_plan *p, const wv_model *m)
+{
+    char name[192];
+    for (int i = 0; i < p->n_buffers; i++)
+        if (p->buffers[i].bytes >= (1 << 20))
+            printf("  %8.1f MiB at %7.1f  %s\n", (double)p->buffers[i].bytes / (1 << 20),
+                   (double)p->buffers[i].offset / (1 << 20), wv_plan_buffer_name(p, m, i, name, sizeof name));
+}
+
 /* One decode of plan p into a fresh output array, as a caller's; the second of two is reported. */
-static void measure(const wv_model *m, const plan_case *c, const float *lat)
+static void measure(const wv_model *m, const plan_case *c, const float *lat, int show_buffers)
 {
     enum { T = 21, H = 90, W = 160, Z = 16 };
     float mean[Z] = {0}, sd[Z];
@@ -82,6 +93,7 @@ static void measure(const wv_model *m, const plan_case *c, const float *lat)
         if (run == 0) continue; /* the first builds the per-shape caches and touches the arena */
         printf("%s: %d x %d tiles, %lld steps, %.1f TFLOP of convolutions, arena %.0f MiB\n", c->name, p.tiles_x,
                p.tiles_y, (long long)st.steps, p.conv_flops / 1e12, (double)p.arena_bytes / (1 << 20));
+        if (show_buffers) print_buffers(&p, m);
         printf("  calls     kernels %ld, convolutions %ld, GEMMs %ld, copies %ld, graph launches %ld (%.0f a step)\n",
                b.kernels - a.kernels, b.convolutions - a.convolutions, b.gemms - a.gemms, b.copies - a.copies,
                b.graph_launches - a.graph_launches,
@@ -99,6 +111,7 @@ int main(int argc, char **argv)
     wv_model m;
     wv_error err;
     float *lat;
+    int show_buffers;
     wv_model_expected_keys(96, 16, add_key, &ws);
     if (wv_model_build(&m, wv_cuda_backends()->by_dtype[WV_BF16], -1, ws.views, ws.n, &err)) {
         printf("model: %s\n", err.msg);
@@ -107,8 +120,9 @@ int main(int argc, char **argv)
     lat = rand_floats((size_t)16 * 21 * 90 * 160);
     printf("host cost of 720p x 81 in bf16 on the CUDA backend's host side (stub runtime)%s\n",
            getenv("WANVIDEO_CUDA_GRAPHS") ? ", WANVIDEO_CUDA_GRAPHS set" : "");
+    show_buffers = argc > 2 && !strcmp(argv[2], "buffers");
     for (size_t i = 0; i < sizeof CASES / sizeof *CASES; i++)
-        if (argc < 2 || strstr(CASES[i].name, argv[1])) measure(&m, &CASES[i], lat);
+        if (argc < 2 || strstr(CASES[i].name, argv[1])) measure(&m, &CASES[i], lat, show_buffers);
     free(lat);
     wv_model_free(&m);
     free_weights(&ws);

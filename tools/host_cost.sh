@@ -3,6 +3,7 @@
 # machine with nvcc and the cuDNN / cuBLAS headers setup.py finds (no GPU; tests/c/cuda_stub/ stands
 # in for the runtime). Takes a minute and a few GiB of host memory (the arena is host memory here).
 #   bash tools/host_cost.sh [untiled|"2 GiB"|272]      the ops one by one (every plan, or the one named)
+#   bash tools/host_cost.sh "2 GiB" buffers           ... and that plan's arena buffers of a MiB or more
 #   WANVIDEO_CUDA_GRAPHS=1 bash tools/host_cost.sh   steps queued as CUDA graphs
 # BUILD_ONLY=1 stops after the build.
 set -euo pipefail
