@@ -2,7 +2,7 @@
  * Wan 2.1 (random weights), 720p x 81 in bf16 (latents [16, 21, 90, 160]), decoded through the CUDA
  * tables with tests/c/cuda_stub/ in place of the CUDA runtime, cuDNN and cuBLAS, so that kernels,
  * convolutions and GEMMs cost nothing. For each plan it prints its tiles, its convolutions' work and
- * its arena (what the backend's cache layouts cost in memory shows there: a wider plan), then the
+ * its arena (a cache layout that takes more memory shows there, as a plan of more tiles), then the
  * calls the host makes (kernel launches, cuDNN convolutions, GEMMs, copies, graph launches), per
  * step, and the seconds the decode took less the seconds the stub spent in the device's place
  * (moving bytes, device memory): what the backend's host side costs (planning, queueing,
