@@ -64,6 +64,12 @@ def random_stats(z_dim, seed=0):
     return (0.5 * rng.standard_normal(z_dim)).astype(np.float32), (1.0 + rng.random(z_dim)).astype(np.float32)
 
 
+def causal_conv_weights(weights):
+    """{checkpoint name without ".weight": weight} of the causal convolutions (a temporal extent over 1)."""
+    return {k[:-len(".weight")]: w for k, w in weights.items()
+            if k.endswith(".weight") and w.ndim == 5 and w.shape[2] > 1}
+
+
 def to_unit(raw):
     """The default output mapping: clamp(-1, 1), then (x + 1) / 2."""
     return (np.clip(raw, -1.0, 1.0) + 1.0) / 2.0

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import wanvideo_vae as wv
-from helpers import load_fixture, package_root, random_latents, random_stats, random_weights, to_unit
+from helpers import (causal_conv_weights, load_fixture, package_root, random_latents, random_stats,
+                     random_weights, to_unit)
 from wanvideo_vae.media import to_uint8
 
 FP32_TOL = 1e-3        # GPU fp32 vs the CPU backend / fixtures (issue 4)
@@ -512,8 +513,8 @@ def test_the_plan_names_each_cache_by_its_conv_and_the_frames_the_backend_keeps(
     buffers name each cache's conv and say which."""
     weights = random_weights(8, 4)
     dec = wv.Decoder(weights, backend="cuda", mean=[0.0] * 4, std=[1.0] * 4)
-    want = {k[:-len(".weight")]: (2 if w.shape[0] == w.shape[1] <= 128 and w.shape[2:] == (3, 3, 3) else 3, w.shape[1])
-            for k, w in weights.items() if k.endswith(".weight") and w.ndim == 5 and w.shape[2] > 1}
+    want = {name: (2 if w.shape[0] == w.shape[1] <= 128 and w.shape[2:] == (3, 3, 3) else 3, w.shape[1])
+            for name, w in causal_conv_weights(weights).items()}
     names = [name for name, _ in dec.plan(2, 8, 8)["buffers"] if name.startswith("causal cache")]
     got = [re.fullmatch(r"causal cache of (\S+): \[(\d) frames\]\[P\]\[(\d+)\]", n) for n in names]
     assert all(got) and len(got) == len(want), names

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import wanvideo_vae as wv
-from helpers import random_latents, random_stats, random_weights
+from helpers import causal_conv_weights, random_latents, random_stats, random_weights
 
 TILE_TOL = 1e-5  # tiled vs untiled, fp32: only the GEMM summation order differs
 
@@ -207,8 +207,7 @@ def test_the_plan_lists_every_buffer_and_tile():
     names = [name.split(":")[0] for name, _ in p["buffers"]]
     assert names[:12] == ["TRUNK_OUT", "WORKSPACE", "WEIGHT_SCRATCH", "TRUNK_X", "TRUNK_Y", "TRUNK_T", "ATTN_IN",
                           "ATTN_QKV", "ATTN_OUT", "ATTN_SCORES", "TILE_SCRATCH", "OUTPUT_STAGING"]
-    causal = {k[:-len(".weight")]: w.shape[1] for k, w in weights.items()
-              if k.endswith(".weight") and w.ndim == 5 and w.shape[2] > 1}
+    causal = {name: w.shape[1] for name, w in causal_conv_weights(weights).items()}
     caches = [re.fullmatch(r"causal cache of (\S+): \[2 frames\]\[P\]\[(\d+)\]", name) for name, _ in p["buffers"][12:]]
     assert len(caches) == dec._model.cache_slots == len(causal) and all(caches), p["buffers"][12:]
     assert {c[1]: int(c[2]) for c in caches} == causal
