@@ -19,6 +19,20 @@
  *            frames where taps run apart keep two, 46 MB more a convolution in a 2 GiB plan's
  *            tile (96 channels at 369x649), 276 MB for the six it runs by taps, where that plan
  *            has 77 MiB to spare
+ *   2d-pair  the two cached frames side by side in each pixel (a ring of two slots stored
+ *            interleaved, the frames taps apart keep): one 2-d convolution of 2 cin channels with the
+ *            bias fused, then the new frame's tap adding to y; 2d-pair-slot reads the new frame in
+ *            place in the slot the first call has just read (cin channels, a pixel stride of 2 cin: the
+ *            producer writing there, as it writes tap 0's slot now), 2d-pair+copy from a packed frame
+ *            then copied there. Two calls where 2d-fused makes three, in taps apart's memory: the
+ *            backend does not do it (every producer would write with a pixel stride)
+ *   2d-outsum for a convolution much narrower out than in (the head), output-side partial sums:
+ *            one 2-d convolution of the new frame into kt x cout channels, each tap's share, to be
+ *            added to the shares kept from the frames before; its cache would keep kt - 1 frames of
+ *            cout shares instead of kt frames of cin inputs (the head's 135.5 MiB in a 2 GiB plan's
+ *            tile; some 14 MiB in float32 with the new frame's shares), and 4K would fit one cuDNN
+ *            operand. 2d-outsum32 writes the shares in float32, sparing their rounding, where cuDNN
+ *            takes a bf16 input with a float32 output
  *   3d-graph the 3-d convolution through cuDNN's graph API: the first engine configuration heuristics
  *            mode A ranks that makes a plan without compiling kernels, its plan made once and run
  *   3d-gbias 3d-graph's plan, then the bias pass: what the backend runs where no plan without
@@ -253,8 +267,8 @@ static void *random_buffer(size_t elems, unsigned seed)
 
 static void report(const char *how, float ms, double flops)
 {
-    if (ms < 0) printf("  %-9s failed\n", how);
-    else printf("  %-9s %8.3f ms %7.1f TFLOP/s\n", how, ms, flops / (ms * 1e-3) / 1e12);
+    if (ms < 0) printf("  %-12s failed\n", how);
+    else printf("  %-12s %8.3f ms %7.1f TFLOP/s\n", how, ms, flops / (ms * 1e-3) / 1e12);
     g_failed = 0;
 }
 
@@ -485,8 +499,8 @@ static void report_configs(const char *what, const graph_conv *g)
 /* The engine behind configuration cfg of g, under the row it ran. */
 static void report_engine(const graph_conv *g, int cfg)
 {
-    printf("            (engine %lld, configuration %d of %d)\n", (long long)graph_engine(g->cfgs[cfg]).index, cfg + 1,
-           g->n_cfgs);
+    printf("               (engine %lld, configuration %d of %d)\n", (long long)graph_engine(g->cfgs[cfg]).index,
+           cfg + 1, g->n_cfgs);
 }
 
 /* Configuration i's engine populating a CUDA graph itself, the graph then launched and timed; 0 where
@@ -504,7 +518,7 @@ static int time_native_graph(const graph_conv *g, int i, graph_engine_info info,
     if (st == CUDNN_STATUS_SUCCESS && cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess) {
         ok = 1;
         report("3d-native", time_ms([&] { g_failed |= cudaGraphLaunch(exec, g_stream) != cudaSuccess; }), flops);
-        printf("            (engine %lld, configuration %d of %d, its own CUDA graph)\n", (long long)info.index, i + 1,
+        printf("               (engine %lld, configuration %d of %d, its own CUDA graph)\n", (long long)info.index, i + 1,
                g->n_cfgs);
         cudaGetLastError();
     } else {
@@ -566,11 +580,11 @@ static void run_graph_api(const lab_shape *s, void *x, void *w, void *bias, void
         if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
     }
     if (first < 0) {
-        printf("  3d-graph  no plan without compiling, of %d configurations\n", g.n_cfgs);
+        printf("  3d-graph     no plan without compiling, of %d configurations\n", g.n_cfgs);
     } else {
         report("3d-gbest", best_ms, flops);
-        printf("            (engine %lld, configuration %d, the fastest of the %d timed)\n", (long long)info[best].index,
-               best + 1, timed);
+        printf("               (engine %lld, configuration %d, the fastest of the %d timed)\n",
+               (long long)info[best].index, best + 1, timed);
     }
     for (int i = 0; i < g.n_cfgs && i < GRAPH_MAX_CONFIGS && !populated; i++)
         if (info[i].native_graph && !info[i].compiles) populated = time_native_graph(&g, i, info[i], pack, flops);
@@ -591,7 +605,7 @@ static int first_plans(const char *how, const graph_conv *g, int n, cudnnBackend
     }
     for (int i = 0; i < n; i++) {
         if ((plans[i] = graph_first_plan(&g[i], &cfgs[i]))) continue;
-        printf("  %-9s no plan without compiling (graph %d of %d)\n", how, i + 1, n);
+        printf("  %-12s no plan without compiling (graph %d of %d)\n", how, i + 1, n);
         report_configs(" there", &g[i]);
         all = 0;
     }
@@ -638,6 +652,84 @@ static void run_graph_fused(const lab_shape *s, void *x, void *w, void *bias, vo
     g_failed = 0;
 }
 
+/* The two cached frames side by side in each pixel ([P][2 cin], a ring of two slots stored
+ * interleaved): one 2-d convolution of 2 cin channels with the bias fused, then the new frame's tap
+ * adding to y, read from a packed frame (2d-pair), from the slot the first call has just read, a
+ * pixel stride of 2 cin (2d-pair-slot: the producer writing there, as it writes tap 0's slot now), or
+ * from a packed frame then copied into that slot (2d-pair+copy). d2 and a2: run_causal's 2-d
+ * convolution of one tap, packed. */
+static void run_pairs(const lab_shape *s, void *x, void *y, void *w, void *bias, double flops, const conv_desc *d2,
+                      cudnnConvolutionFwdAlgo_t a2)
+{
+    float one = 1.0f;
+    size_t frame_in = (size_t)s->H * s->W * s->cin, tap = (size_t)s->cout * s->cin * s->k * s->k;
+    char *new_frame = (char *)x + 2 * frame_in * 2, *tap2 = (char *)w + 2 * tap * 2;
+    conv_desc dp = describe(4, 2 * s->cin, s->cout, 1, s->k, s->H, s->W);
+    conv_desc dslot = describe(4, s->cin, s->cout, 1, s->k, s->H, s->W);
+    int dims[4] = {1, s->cin, s->H, s->W};
+    int strides[4] = {s->H * s->W * 2 * s->cin, 1, s->W * 2 * s->cin, 2 * s->cin};
+    heuristic_algo(&dp); /* sets the math type it goes with */
+    auto pair_then = [&](const conv_desc *d, const void *frame, cudnnConvolutionFwdAlgo_t a) {
+        fused_conv(&dp, x, w, bias, y, 0.0f);
+        check_cudnn(cudnnConvolutionForward(g_cudnn, &one, d->x, frame, d->w, tap2, d->conv, a, g_workspace,
+                                            WORKSPACE, &one, d->y, y),
+                    "2d");
+    };
+    report("2d-pair", time_ms([&] { pair_then(d2, new_frame, a2); }), flops);
+    report("2d-pair+copy", time_ms([&] {
+               pair_then(d2, new_frame, a2);
+               cudaError_t e = cudaMemcpy2DAsync(x, 4 * s->cin, new_frame, 2 * s->cin, 2 * s->cin,
+                                                 (size_t)s->H * s->W, cudaMemcpyDeviceToDevice, g_stream);
+               if (e != cudaSuccess && !g_failed) printf("  (copy: %s)\n", cudaGetErrorString(e)), g_failed = 1;
+           }),
+           flops);
+    check_cudnn(cudnnSetTensorNdDescriptor(dslot.x, CUDNN_DATA_BFLOAT16, 4, dims, strides),
+                "strided tensor descriptor");
+    {
+        cudnnConvolutionFwdAlgo_t aslot = g_failed ? a2 : heuristic_algo(&dslot);
+        report("2d-pair-slot", time_ms([&] { pair_then(&dslot, x, aslot); }), flops);
+    }
+    destroy(&dp);
+    destroy(&dslot);
+}
+
+/* A narrow causal convolution (the head: 96 -> 3) by output-side partial sums: one 2-d convolution of
+ * the new frame into kt x cout channels, each tap's share of the outputs, which a small kernel (not
+ * timed: it moves some 50 bytes a position) would add to the sums kept from the kt - 1 frames before.
+ * Its cache: kt - 1 frames of cout partial sums instead of kt frames of cin inputs. 2d-outsum writes
+ * the shares in bf16 (one more rounding each), 2d-outsum32 in float32, where cuDNN takes it. */
+static void run_output_partials(const lab_shape *s, const void *x, const void *w, double flops)
+{
+    float one = 1.0f, zero = 0.0f;
+    size_t outs = (size_t)s->H * s->W * s->kt * s->cout;
+    int dims[4] = {1, s->kt * s->cout, s->H, s->W}, strides[4];
+    conv_desc dq = describe(4, s->cin, s->kt * s->cout, 1, s->k, s->H, s->W);
+    void *shares;
+    CHECK_CUDA(cudaMalloc(&shares, outs * sizeof(float)));
+    {
+        cudnnConvolutionFwdAlgo_t a = heuristic_algo(&dq);
+        report("2d-outsum", time_ms([&] {
+                   check_cudnn(cudnnConvolutionForward(g_cudnn, &one, dq.x, x, dq.w, w, dq.conv, a, g_workspace,
+                                                       WORKSPACE, &zero, dq.y, shares),
+                               "2d");
+               }),
+               flops);
+    }
+    channels_last_strides(4, dims, strides);
+    check_cudnn(cudnnSetTensorNdDescriptor(dq.y, CUDNN_DATA_FLOAT, 4, dims, strides), "float32 output descriptor");
+    {
+        cudnnConvolutionFwdAlgo_t a = g_failed ? CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM : heuristic_algo(&dq);
+        report("2d-outsum32", time_ms([&] {
+                   check_cudnn(cudnnConvolutionForward(g_cudnn, &one, dq.x, x, dq.w, w, dq.conv, a, g_workspace,
+                                                       WORKSPACE, &zero, dq.y, shares),
+                               "2d");
+               }),
+               flops);
+    }
+    destroy(&dq);
+    cudaFree(shares);
+}
+
 /* The causal shape four ways (see the top of the file). */
 static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias, double flops)
 {
@@ -663,8 +755,9 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
                 "find");
     for (int i = 0; i < returned && !g_failed; i++)
         if (found[i].status == CUDNN_STATUS_SUCCESS) {
-            printf("  3d-find   %8.3f ms %7.1f TFLOP/s  (algo %d, math %d; the heuristics chose %d)\n", found[i].time,
-                   flops / (found[i].time * 1e-3) / 1e12, (int)found[i].algo, (int)found[i].mathType, (int)a3);
+            printf("  3d-find      %8.3f ms %7.1f TFLOP/s  (algo %d, math %d; the heuristics chose %d)\n",
+                   found[i].time, flops / (found[i].time * 1e-3) / 1e12, (int)found[i].algo, (int)found[i].mathType,
+                   (int)a3);
             break;
         }
     g_failed = 0;
@@ -700,6 +793,8 @@ static void run_causal(const lab_shape *s, void *x, void *y, void *w, void *bias
         report("2d-stack", time_ms([&] { fused_conv(&ds, x, w, bias, y, 0.0f); }), flops);
         destroy(&ds);
     }
+    run_pairs(s, x, y, w, bias, flops, &d2, a2);
+    if ((s->kt - 1) * s->cout < s->cin) run_output_partials(s, x, w, flops);
     run_graph_api(s, x, w, bias, y, flops);
     run_graph_fused(s, x, w, bias, y, flops);
     destroy(&d3);
