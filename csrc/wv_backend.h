@@ -50,11 +50,21 @@ static inline int64_t wv_param_align(int64_t n) { return (n + 63) / 64 * 64; }
 /* The most temporal taps a convolution has (Wan's causal convs: 3). */
 #define WV_MAX_TAPS 3
 
+/* How a backend keeps causal conv cv's cache (cache_layout, asked on the host side) and takes its
+ * temporal taps. */
+typedef enum {
+    WV_CACHE_RING, /* a ring of kt frame slots: the conv takes all kt taps at once, from the slots */
+    WV_CACHE_TAPS, /* kt - 1 slots, the taps run apart: any range of them, each from a frame of its own */
+    WV_CACHE_KEPT, /* kt - 1 slots' bytes in a layout of the backend's own: the conv takes all kt taps at
+                      once, the new frame from anywhere, and keeps that frame in the oldest one's place */
+} wv_cache_layout;
+
 /* A causal conv's cache as the driver keeps it: `slots` frames from base, frame_bytes apart.
  * Temporal tap dt reads slot (oldest + dt) % slots, the new frame (tap kt - 1) included, which goes
- * into slot (oldest + kt - 1) % slots: with kt slots (a ring), the one left free; with kt - 1
- * (the backend runs the taps apart), tap 0's, so tap 0 runs before the new frame is written there.
- * Each frame then advances oldest by one, and nothing moves. */
+ * into slot (oldest + kt - 1) % slots: with kt slots (WV_CACHE_RING), the one left free; with kt - 1
+ * (WV_CACHE_TAPS), tap 0's, so tap 0 runs before the new frame is written there. Each frame then
+ * advances oldest by one, and nothing moves. A WV_CACHE_KEPT cache is the backend's: the driver
+ * hands the conv its slots (oldest first) and the new frame, and only advances oldest. */
 typedef struct {
     char *base;
     size_t frame_bytes;
@@ -111,10 +121,8 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
     /* latent frame t of lat [z][T][h][w] -> dst [positions(g)][z], unscaled: z * std + mean */   \
     X(load_latent, void, (void *ctx, const wv_view *lat, int t, const float *mean,                \
                           const float *std, wv_grid g, void *dst))                                \
-    /* host side: 1 when causal conv cv runs any range of its temporal taps, each from a frame of \
-     * its own (its cache then keeps kt - 1 frames: see wv_ring); 0 when it runs all kt at once  \
-     * from a ring of kt consecutive frames */                                                    \
-    X(taps_apart, int, (const wv_conv *cv))                                                       \
+    /* host side: how causal conv cv's cache is kept and its taps taken (wv_cache_layout) */       \
+    X(cache_layout, wv_cache_layout, (const wv_conv *cv))                                         \
     /* host side, asked once when the model is built (wv_conv.operand_per_position): elements    \
      * per padded input position of the largest operand conv cv hands a library with a size      \
      * limit (max_conv_elems), as ctx runs it; 0 where none does (the backend's own kernels) */   \
@@ -122,7 +130,8 @@ static inline wv_grid wv_conv_out_grid(const wv_conv *cv, wv_grid g)
     /* y[P][cout] (+)= (bias if first == 0) + sum over taps dt in [first, last] of               \
      * W[dt] * window(frames[dt]); frames[dt] [P][cin] is the frame temporal tap dt reads (frame  \
      * t - (kt - 1 - dt)), the others are not read. kt == 1: frames[0] is x. A causal conv whose  \
-     * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order. \
+     * taps are not apart takes all kt at once, its frames the slots of one wv_ring in tap order  \
+     * (WV_CACHE_KEPT: the new frame anywhere; the conv then puts it in frames[0]'s place).       \
      * Odd kernels are centred (y on g's grid, its ring undefined); an even one (square: the     \
      * sub-pixel conv's 2x2) reads the kh x kw window from its position down and right: y on     \
      * wv_conv_out_grid, every position defined */                                               \
@@ -181,8 +190,9 @@ struct wv_backend {
     size_t act_bytes;       /* bytes per activation element */
     size_t param_bytes;     /* bytes per parameter element in backend memory */
     size_t score_bytes;     /* bytes of attention scratch per score */
-    int causal_weight_scratch; /* 1: the arena holds room for any causal conv's packed weights
-                                  (WEIGHT_SCRATCH), where the backend reorders their taps per call */
+    int causal_weight_scratch; /* 1: the arena holds room for the packed weights of any causal conv
+                                  on a ring (WV_CACHE_RING; WEIGHT_SCRATCH), where the backend
+                                  reorders their taps per call */
     size_t workspace_bytes; /* the arena's WORKSPACE buffer, at most (the planner bounds it by the
                                largest conv input matrix, and by min_workspace_bytes; 0: none) */
     size_t min_workspace_bytes; /* the WORKSPACE buffer, at least, where there is one (the GEMM

@@ -283,10 +283,10 @@ static void conv_row_block(void *job_, int64_t item)
 }
 
 /* Every causal conv runs its taps apart: each tap reads its own frame, wherever it is. */
-static int cpu_taps_apart(const wv_conv *cv)
+static wv_cache_layout cpu_cache_layout(const wv_conv *cv)
 {
     (void)cv;
-    return 1;
+    return WV_CACHE_TAPS;
 }
 
 /* Its loops index in 64 bits: no operand limit. */

@@ -129,39 +129,43 @@ static void *ring_input(decode_run *r, const wv_conv *cv, const wv_ring *q, wv_g
 }
 
 /* Where the producer of causal conv cv's input frame writes it, for a conv into y: in place in the
- * cache, or `fallback` when cv has none, or when its taps are apart and y is still an input of the
- * producer (tap 0 would run into it first). */
+ * cache, or `fallback` when cv has none, or one the backend keeps, or when its taps are apart and y
+ * is still an input of the producer (tap 0 would run into it first). */
 static void *input_for(decode_run *r, const wv_conv *cv, wv_grid g, void *y, int accumulate, int y_busy,
                        void *fallback)
 {
     wv_ring q;
-    if (cv->cache_slot < 0) return fallback;
+    if (cv->cache_slot < 0 || r->be->cache_layout(cv) == WV_CACHE_KEPT) return fallback;
     q = cache_ring(r, cv, g);
     if (y_busy && q.slots < cv->kt) return fallback;
     return ring_input(r, cv, &q, g, y, accumulate);
 }
 
 /* y (+)= cv(x). A causal conv reads its cache and x (written where input_for said, or anywhere:
- * then copied into its slot), and its ring advances. */
+ * then copied into its slot, unless the backend keeps the cache), and its ring advances. */
 static void causal_conv(decode_run *r, const wv_conv *cv, wv_grid g, const void *x, void *y, int accumulate)
 {
     const void *frames[WV_MAX_TAPS] = {x};
-    wv_grid whole = {g.h + 2 * g.pad, g.w + 2 * g.pad, 0};
     wv_ring q;
-    void *slot;
-    int apart;
     if (cv->cache_slot < 0) {
         conv_taps(r, cv, g, frames, 0, 0, y, accumulate);
         return;
     }
     q = cache_ring(r, cv, g);
-    apart = q.slots < cv->kt;
-    slot = ring_input(r, cv, &q, g, y, accumulate);
-    if (x != slot) OP(r, copy_region, x, whole, 0, 0, slot, whole, cv->cin, 1);
-    for (int dt = 0; dt < cv->kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
-    conv_taps(r, cv, g, frames, apart, cv->kt - 1, y, apart || accumulate);
+    if (r->be->cache_layout(cv) == WV_CACHE_KEPT) {
+        for (int dt = 0; dt < cv->kt - 1; dt++) frames[dt] = wv_ring_slot(&q, dt);
+        frames[cv->kt - 1] = x;
+        conv_taps(r, cv, g, frames, 0, cv->kt - 1, y, accumulate);
+    } else {
+        wv_grid whole = {g.h + 2 * g.pad, g.w + 2 * g.pad, 0};
+        int apart = q.slots < cv->kt;
+        void *slot = ring_input(r, cv, &q, g, y, accumulate);
+        if (x != slot) OP(r, copy_region, x, whole, 0, 0, slot, whole, cv->cin, 1);
+        for (int dt = 0; dt < cv->kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
+        conv_taps(r, cv, g, frames, apart, cv->kt - 1, y, apart || accumulate);
+        r->tap0_ran[cv->cache_slot] = 0;
+    }
     r->oldest[cv->cache_slot] = (q.oldest + 1) % q.slots;
-    r->tap0_ran[cv->cache_slot] = 0;
 }
 
 /* [P][z] -> [P][z]; the output feeds a 3x3 conv, so its ring is cleared. */

@@ -34,11 +34,11 @@ enum {
 
 static inline size_t wv_align_up(size_t n) { return (n + WV_ARENA_ALIGN - 1) / WV_ARENA_ALIGN * WV_ARENA_ALIGN; }
 
-/* Frames causal conv cv's cache holds (see wv_ring): the kt - 1 previous ones when the backend runs
- * its taps apart, else a ring of kt with a slot for the new one. */
+/* Frames causal conv cv's cache holds (see wv_ring): a ring of kt with a slot for the new one, else
+ * the kt - 1 previous ones. */
 static inline int wv_cache_frames(const wv_backend *be, const wv_conv *cv)
 {
-    return be->taps_apart(cv) ? cv->kt - 1 : cv->kt;
+    return be->cache_layout(cv) == WV_CACHE_RING ? cv->kt : cv->kt - 1;
 }
 
 /* Steps (*b, *c) to the next conv of blocks before `end`; 0 when there is none. Every conv of blocks

@@ -260,14 +260,16 @@ static int64_t workspace_bytes(const wv_plan *p, const wv_model *m)
     return largest < (int64_t)m->backend->workspace_bytes ? largest : (int64_t)m->backend->workspace_bytes;
 }
 
-/* Room for the largest causal conv's packed weights, where the backend asks for it. */
+/* Room for the largest packed weights of a causal conv on a ring (whose taps the backend turns to
+ * the ring's order), where the backend asks for it. */
 static int64_t weight_scratch_bytes(const wv_model *m)
 {
     int64_t largest = 0;
     if (!m->backend->causal_weight_scratch) return 0;
     for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
         const wv_conv *cv = &m->blocks[b].conv[c];
-        int64_t elems = cv->kt < 2 ? 0 : m->backend->packed_weight_elems(cv);
+        int on_ring = cv->kt > 1 && m->backend->cache_layout(cv) == WV_CACHE_RING;
+        int64_t elems = on_ring ? m->backend->packed_weight_elems(cv) : 0;
         largest = elems > largest ? elems : largest;
     }
     return largest * (int64_t)m->backend->param_bytes;

@@ -18,9 +18,17 @@
  * convs) run instead as three accumulated 2-d convolutions, one per temporal tap, each reading its
  * tap's frame in place with the weights packed tap by tap: cuDNN's 3-d kernels reach 240-280
  * TFLOP/s on them, its 2-d ones 370+ (tools/conv_lab.cu, H200, bf16).
- * Their taps are apart (taps_apart), so their caches keep only the two previous frames: the driver
+ * Their taps are apart (WV_CACHE_TAPS), so their caches keep only the two previous frames: the driver
  * runs tap 0 before the new frame overwrites its slot (one frame less per cache: 6 x 45 MiB in the
  * 2 GiB plan of 720p x 81, 2x2 tiles).
+ *
+ * With WANVIDEO_CUDA_PAIRED_TAPS=1 (read with the width; off until a GPU has timed it beside the
+ * default: tools/conv_lab.cu's 2d-pair rows, tools/gpu_check.sh's pairs step) they run their taps in
+ * pairs instead: the backend keeps their two cached frames side by side in each position
+ * ([positions][2][cin], in the same bytes: WV_CACHE_KEPT), taps 0 and 1 run as one 2-d convolution of
+ * 2 cin channels with the bias, tap 2 over the new frame adds to y, and the new frame is then copied
+ * into the oldest one's half: two convolutions instead of three (cuDNN's 2-d kernels run wider inputs
+ * faster: 2d-stack), for that copy, and the sum rounded once less in 16 bits.
  *
  * Convolutions: cuDNN, the algorithms its heuristics rank for a shape kept in the context (which
  * lives with the model), the best one that fits the call's workspace (from the arena) run, with the
@@ -1160,12 +1168,15 @@ static wv_status cuda_upload(void *ctx, void *dst, const float *src, size_t n, w
 }
 
 /* The widest causal conv that runs by taps: TAPS_MAX_CHANNELS, or WANVIDEO_CUDA_TAPS_MAX_CHANNELS read
- * once, when the module first asks for the tables (weights packed by it must stay readable). */
+ * once, when the module first asks for the tables (weights packed by it must stay readable); and
+ * whether those convs run their taps in pairs (WANVIDEO_CUDA_PAIRED_TAPS=1, read with it). */
 static int g_taps_max_channels = TAPS_MAX_CHANNELS;
+static int g_paired_taps = 0;
 
-static void read_taps_max_channels(void)
+static void read_taps_settings(void)
 {
     g_taps_max_channels = (int)env_count("WANVIDEO_CUDA_TAPS_MAX_CHANNELS", TAPS_MAX_CHANNELS, 65536, "a channel count");
+    g_paired_taps = env_flag("WANVIDEO_CUDA_PAIRED_TAPS");
 }
 
 /* Whether cv is a causal conv of Wan's kernel, 3 frames x 3 x 3: the one running the taps apart is
@@ -1181,22 +1192,57 @@ static int runs_by_taps(const wv_conv *cv)
     return is_causal_3x3x3(cv) && cv->cin == cv->cout && cv->cin <= g_taps_max_channels;
 }
 
-static int cuda_taps_apart(const wv_conv *cv) { return runs_by_taps(cv); }
+/* Whether causal conv cv, run by taps, runs taps 0 and 1 as one 2-d convolution over its two cached
+ * frames, kept side by side in each position (see the top). */
+static int runs_paired(const wv_conv *cv) { return g_paired_taps && runs_by_taps(cv); }
+
+static wv_cache_layout cuda_cache_layout(const wv_conv *cv)
+{
+    return runs_paired(cv) ? WV_CACHE_KEPT : runs_by_taps(cv) ? WV_CACHE_TAPS : WV_CACHE_RING;
+}
 
 /* Elements from one temporal tap's 2-d filter to the next in a conv that runs by taps. */
 static int64_t tap_stride(const wv_conv *cv) { return wv_param_align((int64_t)cv->cout * cv->cin * cv->kh * cv->kw); }
 
+/* Elements of a paired conv's 2-d filter over its two cached frames, [cout][kh][kw][2 cin]. */
+static int64_t pair_stride(const wv_conv *cv) { return 2 * tap_stride(cv); }
+
 static int64_t cuda_packed_weight_elems(const wv_conv *cv)
 {
+    if (runs_paired(cv)) return 2 * pair_stride(cv) + tap_stride(cv);
     return runs_by_taps(cv) ? cv->kt * tap_stride(cv) : (int64_t)cv->cout * cv->cin * cv->kt * cv->kh * cv->kw;
+}
+
+/* A paired conv's filters: for each half of a position the oldest cached frame may be in (0, 1), the
+ * 2-d filter over both halves [cout][kh][kw][2][cin] (that half tap 0's, the other tap 1's),
+ * pair_stride apart; then tap 2's [cout][kh][kw][cin]. */
+static void pack_paired_weight(const float *src, const wv_conv *cv, float *dst)
+{
+    int space = cv->kh * cv->kw, taps = cv->kt * space;
+    for (int oldest = 0; oldest < 2; oldest++)
+        for (int o = 0; o < cv->cout; o++)
+            for (int k = 0; k < space; k++)
+                for (int half = 0; half < 2; half++)
+                    for (int i = 0; i < cv->cin; i++)
+                        dst[oldest * pair_stride(cv) + (((int64_t)o * space + k) * 2 + half) * cv->cin + i] =
+                            src[((int64_t)o * cv->cin + i) * taps + (half == oldest ? 0 : 1) * space + k];
+    for (int o = 0; o < cv->cout; o++)
+        for (int k = 0; k < space; k++)
+            for (int i = 0; i < cv->cin; i++)
+                dst[2 * pair_stride(cv) + ((int64_t)o * space + k) * cv->cin + i] =
+                    src[((int64_t)o * cv->cin + i) * taps + 2 * space + k];
 }
 
 /* [cout][cin][kt][kh][kw] -> [cout][kt][kh][kw][cin]: cuDNN's NHWC (KTRSC) filter layout. A causal
  * conv that runs by taps gets instead its taps' 2-d filters [kt][cout][kh][kw][cin], tap_stride
- * apart. */
+ * apart (in pairs: pack_paired_weight). */
 static void cuda_pack_conv_weight(const float *src, const wv_conv *cv, float *dst)
 {
     int space = cv->kh * cv->kw, taps = cv->kt * space;
+    if (runs_paired(cv)) {
+        pack_paired_weight(src, cv, dst);
+        return;
+    }
     if (runs_by_taps(cv)) {
         for (int dt = 0; dt < cv->kt; dt++)
             for (int o = 0; o < cv->cout; o++)
@@ -2114,6 +2160,7 @@ static int64_t cuda_conv_operand(void *ctx, const wv_conv *cv)
 {
     const cuda_ctx *c = (const cuda_ctx *)ctx;
     if (c->direct_only) return 0;
+    if (runs_paired(cv)) return cudnn_operand(1, 1, 2 * cv->cin, cv->cout);
     return cudnn_operand(cv->kt > 1 && !runs_by_taps(cv) ? cv->kt : 1, 1, cv->cin, cv->cout);
 }
 
@@ -2143,7 +2190,7 @@ static const void *weights_for_ring(cuda_ctx *c, const wv_conv *cv, int r)
  * frame and adding to y; one whose taps are not apart takes all three from its ring: one 3-frame
  * convolution from the ring's first slot with the weights' taps turned to the ring's order (the
  * head too: cuDNN runs its 3 outputs 4x faster than a CUDA-core kernel of ours did, 0.62 against
- * 2.58 ms a 720p frame on an H200). */
+ * 2.58 ms a 720p frame on an H200). A paired one: see exec_paired_conv. */
 typedef struct {
     const wv_conv *cv;
     wv_grid g;
@@ -2151,9 +2198,37 @@ typedef struct {
     int first, last;
     void *y;
     int accumulate;
-    const void *ring; /* a conv whose taps are not apart: its ring's first slot */
-    int oldest;       /* and the slot of tap 0 */
+    const void *ring; /* a conv whose taps are not apart: its ring's first slot (paired: its pair's) */
+    int oldest;       /* and the slot of tap 0 (paired: the half of a position) */
 } conv_args;
+
+/* Whether these buffers hold whole, aligned 16-byte vectors of `elems` elements each. */
+static int vectors_fit(const cuda_ctx *c, int elems, const void *a, const void *b, const void *d)
+{
+    return (elems * wv_dtype_size(c->dt)) % 16 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)d) % 16 == 0;
+}
+
+/* y (+)= bias + taps 0 and 1 as one 2-d convolution over the pair [positions][2][cin] (the weights for
+ * tap 0 in half `oldest`), + tap 2 over the new frame [positions][cin]; then the new frame goes into
+ * half `oldest`, where the next frame's tap 1 reads it. */
+static void exec_paired_conv(cuda_ctx *c, const conv_args *a, int H, int W)
+{
+    const wv_conv *cv = a->cv;
+    const void *x = a->frames[cv->kt - 1];
+    const char *weight = (const char *)cv->weight;
+    size_t es = wv_dtype_size(c->dt);
+    char *half = (char *)a->ring + (size_t)a->oldest * cv->cin * es;
+    int k = vectors_fit(c, cv->cin, x, half, NULL) ? 16 / (int)es : 1; /* elements a unit */
+    conv_shape *pair, *tap;
+    if (!(pair = find_conv_shape(c, 2 * cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)) ||
+        !run_conv(c, pair, a->ring, weight + (size_t)(a->oldest * pair_stride(cv)) * es, cv->bias, a->y,
+                  a->accumulate) ||
+        !(tap = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)) ||
+        !run_conv(c, tap, x, weight + (size_t)(2 * pair_stride(cv)) * es, NULL, a->y, 1))
+        return;
+    LAUNCH_BY_UNIT(c, copy_channels_kernel, k * (int)es, (int64_t)H * W * (cv->cin / k), x, cv->cin / k, 0, half,
+                   2 * cv->cin / k, 0, cv->cin / k, (int64_t)H * W);
+}
 
 static void exec_conv(cuda_ctx *c, const void *args)
 {
@@ -2165,6 +2240,10 @@ static void exec_conv(cuda_ctx *c, const void *args)
     if (cv->kt == 1) {
         if ((s = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)))
             run_conv(c, s, a->frames[0], cv->weight, cv->bias, a->y, a->accumulate);
+        return;
+    }
+    if (runs_paired(cv)) {
+        exec_paired_conv(c, a, H, W);
         return;
     }
     if (runs_by_taps(cv)) {
@@ -2195,8 +2274,20 @@ static int find_ring(cuda_ctx *c, const wv_conv *cv, wv_grid g, conv_args *a)
     return 1;
 }
 
+/* A paired conv's cache: the driver's two slots, oldest first, whose bytes hold the pair
+ * [positions][2][cin]; this finds its start and the half of tap 0's frame. */
+static int find_pair(cuda_ctx *c, const wv_conv *cv, wv_grid g, conv_args *a)
+{
+    size_t frame = (size_t)wv_grid_positions(g) * cv->cin * wv_dtype_size(c->dt);
+    const char *f0 = (const char *)a->frames[0], *f1 = (const char *)a->frames[1];
+    a->oldest = f0 > f1;
+    a->ring = a->oldest ? f1 : f0;
+    return (size_t)(a->oldest ? f0 - f1 : f1 - f0) == frame;
+}
+
 /* frames[dt] [positions(g)][cin] -> y [positions][cout] (+)= bias + temporal taps [first, last]; a causal
- * conv not run by taps takes all three at once, its frames a ring's slots */
+ * conv not run by taps takes all three at once, its frames a ring's slots; a paired one too, its
+ * first two frames its cache's slots */
 static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first, int last,
                       void *y, int accumulate)
 {
@@ -2206,6 +2297,13 @@ static void cuda_conv(void *ctx, const wv_conv *cv, wv_grid g, const void *const
     memset(&a, 0, sizeof a);
     a.cv = cv, a.g = g, a.first = first, a.last = last, a.y = y, a.accumulate = accumulate;
     for (int dt = first; dt <= last; dt++) a.frames[dt] = frames[dt];
+    if (runs_paired(cv) && (first != 0 || last != cv->kt - 1 || !find_pair(c, cv, g, &a))) {
+        wv_fail(&c->err, WV_ERR_BACKEND,
+                WV_INTERNAL "the CUDA causal convolution %d->%d runs its taps in pairs: it takes all 3 at once, the "
+                            "first two from its cache's two slots (got taps %d..%d)",
+                cv->cin, cv->cout, first, last);
+        return;
+    }
     if (cv->kt > 1 && !runs_by_taps(cv) &&
         (cv->kt != WV_MAX_TAPS || first != 0 || last != cv->kt - 1 || !find_ring(c, cv, g, &a))) {
         wv_fail(&c->err, WV_ERR_BACKEND,
@@ -2240,12 +2338,6 @@ static void cuda_load_latent(void *ctx, const wv_view *lat, int t, const float *
     LAUNCH(c, load_latent_kernel, (int64_t)(g.h + 2 * g.pad) * (g.w + 2 * g.pad) * z,
            (const char *)lat->data + (int64_t)t * lat->strides[1], lat->strides[0], lat->strides[2], lat->strides[3],
            (int)lat->dtype, stats, z, g, dst);
-}
-
-/* Whether these buffers hold whole, aligned 16-byte vectors of `elems` elements each. */
-static int vectors_fit(const cuda_ctx *c, int elems, const void *a, const void *b, const void *d)
-{
-    return (elems * wv_dtype_size(c->dt)) % 16 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)d) % 16 == 0;
 }
 
 typedef struct {
@@ -2372,7 +2464,7 @@ static void exec_copy_channels(cuda_ctx *c, const void *args)
     int vectors = vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per == 0 && a->coff % per == 0;
     int k = vectors ? per : 1; /* elements a unit */
     LAUNCH_BY_UNIT(c, copy_channels_kernel, k * es, a->n * (a->C / k), a->src, a->cstride / k, a->coff / k, a->dst,
-                   a->C / k, a->n);
+                   a->C / k, 0, a->C / k, a->n);
 }
 
 /* src [n][cstride], channels [coff, coff + C) -> dst [n][C] */
@@ -2554,7 +2646,7 @@ static const wv_backend_set CUDA_SET = {WV_BACKEND_ABI, {&CUDA_F32, &CUDA_F16, &
 extern "C" const wv_backend_set *wv_cuda_backends(void)
 {
     static int settled = 0;
-    if (!settled) read_taps_max_channels();
+    if (!settled) read_taps_settings();
     settled = 1;
     return &CUDA_SET;
 }

@@ -268,17 +268,20 @@ template <typename T> __global__ void zero_ring_kernel(void *x_, wv_grid g, int 
     }
 }
 
-/* copy_channels (wv_backend.h) moving units of U (an element, or a 16-byte vector: C, cstride and
- * coff counted in units). */
+/* n positions of C units: channels [soff, soff + C) of src's positions, sstride apart -> channels
+ * [doff, doff + C) of dst's, dstride apart; units of U (an element, or a 16-byte vector: every count
+ * in units). copy_channels (wv_backend.h) packs them (dstride C, doff 0); a paired causal conv stores
+ * its new frame into its cache's half (sstride C, soff 0). */
 template <typename U>
-__global__ void copy_channels_kernel(const void *src_, int cstride, int coff, void *dst_, int C, int64_t n)
+__global__ void copy_channels_kernel(const void *src_, int sstride, int soff, void *dst_, int dstride, int doff, int C,
+                                     int64_t n)
 {
     const U *src = (const U *)src_;
     U *dst = (U *)dst_;
     WV_GRID_STRIDE_LOOP(i, n * C)
     {
-        int64_t p = i / C;
-        dst[i] = src[p * cstride + coff + (i - p * C)];
+        int64_t p = i / C, ch = i - p * C;
+        dst[p * dstride + doff + ch] = src[p * sstride + soff + ch];
     }
 }
 

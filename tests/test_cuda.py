@@ -817,12 +817,12 @@ print(json.dumps(out))
 """
 
 
-def _decode_with_taps_setting(value):
+def _decode_with_settings(**settings):
+    """TAPS_SCRIPT's figures in a process of its own, with these WANVIDEO_* settings (None: left unset)."""
     here = os.path.dirname(os.path.abspath(__file__))
     paths = [package_root(), here] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-    if value is not None:
-        env["WANVIDEO_CUDA_TAPS_MAX_CHANNELS"] = value
+    env.update({name: value for name, value in settings.items() if value is not None})
     run = subprocess.run([sys.executable, "-c", TAPS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return json.loads(run.stdout.splitlines()[-1]), run.stderr
@@ -854,7 +854,7 @@ def test_taps_max_channels_moves_memory_not_the_result():
     extra roundings on real hardware."""
     results = {}
     for value in ("0", "32", "4096", None, "x"):
-        results[value], err = _decode_with_taps_setting(value)
+        results[value], err = _decode_with_settings(WANVIDEO_CUDA_TAPS_MAX_CHANNELS=value)
         for tile, (diff, _, half_max, half_psnr) in results[value].items():
             report(f"taps max channels {value} tile {tile} fp32", max=diff)
             # what summing taps in the bf16 output costs on the GPU (tools/bf16_error_sources.py models it)
@@ -864,6 +864,23 @@ def test_taps_max_channels_moves_memory_not_the_result():
     for tile in results["0"]:
         assert results["0"][tile][1] > results["32"][tile][1] > results[None][tile][1]
         assert results[None][tile][1] == results["4096"][tile][1] == results["x"][tile][1]
+
+
+@gpu
+def test_paired_taps_decode_as_the_cpu_does_in_the_same_memory():
+    """WANVIDEO_CUDA_PAIRED_TAPS=1 (read at import, hence a process each): the convs run by taps keep
+    their two cached frames side by side and run taps 0 and 1 as one convolution. Each decode as the
+    CPU does, untiled and tiled, planned in the default's memory; in bf16 its error (reported beside
+    the default's: its sums round once less) stays within twice the default's."""
+    default, _ = _decode_with_settings()
+    paired, _ = _decode_with_settings(WANVIDEO_CUDA_PAIRED_TAPS="1")
+    for tile, (diff, planned, half_max, half_psnr) in paired.items():
+        report(f"paired taps tile {tile} fp32", max=diff)
+        report(f"paired taps tile {tile} bf16", max=half_max, psnr=half_psnr)
+        report(f"taps (default) tile {tile} bf16", max=default[tile][2], psnr=default[tile][3])
+        assert diff <= FP32_TOL
+        assert planned == default[tile][1]
+        assert half_max <= 2 * default[tile][2]
 
 
 @torch_gpu

@@ -343,17 +343,17 @@ def test_cuda_backend_host_side_without_a_gpu(tmp_path):
     convolution, copy and GEMM inside one arena buffer or allocation, no race between streams,
     allocation failures and the runtime's faults (a launch refused, a kernel faulting, a graph capture
     invalidated, a create failing) clean, nothing left allocated; then with the stub computing on the CPU, each
-    small decode equal to the CPU backend's, by the legacy cuDNN calls and through the graph API. Runs
-    wherever the CUDA build is required (CI with nvcc); no GPU needed."""
+    small decode equal to the CPU backend's, by the legacy cuDNN calls, through the graph API and with the
+    taps run in pairs. Runs wherever the CUDA build is required (CI with nvcc); no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     env = dict(os.environ, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
     r = run(["bash", "tests/c/cuda_host.sh", str(tmp_path)], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    # four times: the default widths by taps, every causal conv on a 3-frame ring, the stub computing,
-    # and computing with the convolutions through cuDNN's graph API
-    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 4, r.stdout[-3000:]
-    assert len(re.findall(r"^ok .*max \|CUDA on the stub - CPU\|", r.stdout, re.M)) >= 12, r.stdout[-3000:]
+    # five times: the default widths by taps, every causal conv on a 3-frame ring, the stub computing,
+    # computing with the convolutions through cuDNN's graph API, and computing with the taps in pairs
+    assert len(re.findall(r"^\d+ passed, 0 failed$", r.stdout, re.M)) == 5, r.stdout[-3000:]
+    assert len(re.findall(r"^ok .*max \|CUDA on the stub - CPU\|", r.stdout, re.M)) >= 18, r.stdout[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")
@@ -376,15 +376,20 @@ def test_cuda_backend_host_side_under_valgrind(tmp_path):
 def test_cuda_ops_against_the_cpu_ops_without_a_gpu(tmp_path):
     """tests/c/test_backend_ops.cu on the stand-in runtime computing (tests/c/backend_ops_on_cpu.sh):
     every CUDA op, its kernels run on the CPU and cuDNN's and cuBLAS's work done by loops over what
-    the backend's descriptors say, against the CPU backend's op, in the three precisions. Runs
-    wherever the CUDA build is required (CI with nvcc); no GPU needed."""
+    the backend's descriptors say, against the CPU backend's op, in the three precisions; then again
+    with the taps run in pairs (WANVIDEO_CUDA_PAIRED_TAPS=1), whose convolutions must show as kept by
+    the backend. Runs wherever the CUDA build is required (CI with nvcc); no GPU needed."""
     if os.environ.get("WANVIDEO_REQUIRE_CUDA_BUILD") != "1":
         pytest.skip("the CUDA toolchain is not required here (WANVIDEO_REQUIRE_CUDA_BUILD)")
     env = dict(os.environ, WANVIDEO_CUDA_ARCHS=os.environ.get("WANVIDEO_CUDA_ARCHS", "90"))
     r = run(["bash", "tests/c/backend_ops_on_cpu.sh", str(tmp_path)], env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    m = re.search(r"^(\d+) cases, 0 failed$", r.stdout, re.M)
-    assert m and int(m.group(1)) > 400, r.stdout[-3000:]
+    default, paired = r.stdout.split("== WANVIDEO_CUDA_PAIRED_TAPS=1\n")
+    for out in default, paired:
+        m = re.search(r"^(\d+) cases, (\d+) failed$", out, re.M)
+        assert m and int(m.group(1)) > 400 and m.group(2) == "0", out[-3000:]
+    assert "(taps apart)" in default and "(kept by the backend)" not in default, default[-3000:]
+    assert "(kept by the backend)" in paired and "(taps apart)" not in paired, paired[-3000:]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash scripts")

@@ -9,7 +9,7 @@
 #                              nvcc, and PyTorch's nvidia-cudnn / nvidia-cublas wheels). Logs, the
 #                              measured figures and the benchmark JSON go to $OUT (or /tmp/wv_gpu),
 #                              8 files at most (the device tool brings back 8). STEPs: ops tests
-#                              profile bench lab graphs graphapi sanitize (default: all, in that order; the build
+#                              profile bench lab pairs graphapi graphs sanitize (default: all, in that order; the build
 #                              always runs), e.g. "run ops tests" to recheck a fix without the benchmarks;
 #                              and cpu, only when named: the CPU backend's threads on that machine's
 #                              cores ("run cpu"; 47 s on 2 cores, 84 s on an H200 machine's 16).
@@ -21,7 +21,10 @@
 # (2026-12-04) every step up to graphs took 270 s, and the sanitize step's six runs (each with its own
 # limit: 120 s for memcheck of the op tests, 60 s for the others) took seconds each there (memcheck of
 # the op tests and a racecheck run 4-8 s; one racecheck run and both decodes 14 s in all); it takes
-# what the deadline leaves. Where it was cut short and device time is left, send at once command
+# what the deadline leaves. The pairs step (2026-12-07, not yet run on a GPU: op tests and four
+# decodes, each twice, as graphapi's) comes before graphapi and graphs, whose questions are older (step
+# graphs measured, and off by default for another reason), so a run the deadline cuts short loses
+# those first. Where it was cut short and device time is left, send at once command
 # "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize cpu", timeout_s 300 (the cpu step after it,
 # with what is left; "run cpu" alone where sanitize finished; 84 s on the H200's 16 cores). Each step
 # has its own time limit, and none runs past GPU_CHECK_DEADLINE seconds from the start (370: the
@@ -46,9 +49,10 @@ if [ "$MODE" = fetch ]; then
 fi
 
 shift $(( $# > 0 ? 1 : 0 ))
-STEPS=${*:-ops tests profile bench lab graphs graphapi sanitize}
+STEPS=${*:-ops tests profile bench lab pairs graphapi graphs sanitize}
 want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
-OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped GRAPHS=skipped GRAPHAPI=skipped LAB=skipped SANITIZE=skipped
+OPS=skipped TESTS=skipped PROFILE=skipped BENCH=skipped PAIRS=skipped GRAPHS=skipped GRAPHAPI=skipped LAB=skipped
+SANITIZE=skipped
 CPU=skipped
 DIRECT=n/a # conv shapes of the profiled decodes that cuDNN ran no algorithm for
 
@@ -204,7 +208,37 @@ ab_decodes() {
     done
 }
 
-# 6. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one (with the 192-channel convs by
+# A setting that changes what the ops do, off and on: every op against the CPU op with NAME=1
+# (native.log), then ab_decodes; its status in AB (the op tests' where they failed).
+ab_ops_and_decodes() {
+    local name=$1 step=$2 ops
+    echo "== op tests, $name=1" >> "$OUT/native.log"
+    env "$name=1" timeout "$(limit 60)" bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" \
+        | tee -a "$OUT/native.log" | grep -v "^ok " | tail -10
+    ops=${PIPESTATUS[0]}
+    summary "op tests with $name=1 exit $ops"
+    ab_decodes "$name" "$step"
+    [ "$ops" = 0 ] || AB=$ops
+}
+
+# 6. the taps run in pairs (WANVIDEO_CUDA_PAIRED_TAPS=1, off by default until this step has timed it;
+#    the lab's 2d-pair rows price the same convolutions alone). On by default where it is faster
+#    within 2 GiB.
+if want pairs && room pairs; then
+    ab_ops_and_decodes WANVIDEO_CUDA_PAIRED_TAPS pairs
+    PAIRS=$AB
+    summary "paired taps exit $PAIRS"
+fi
+
+# 7. the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1, off by default) against the
+#    legacy calls
+if want graphapi && room graphapi; then
+    ab_ops_and_decodes WANVIDEO_CUDA_GRAPH_API graphapi
+    GRAPHAPI=$AB
+    summary "graph API exit $GRAPHAPI"
+fi
+
+# 8. step graphs (WANVIDEO_CUDA_GRAPHS=1) against the ops one by one (with the 192-channel convs by
 #    taps too, WANVIDEO_CUDA_TAPS_MAX_CHANNELS=192, it ran here until measured slower: 2.52 s within
 #    2 GiB against 2.07 for the default 128, H200).
 if want graphs && room graphs; then
@@ -213,20 +247,7 @@ if want graphs && room graphs; then
     summary "graphs exit $GRAPHS"
 fi
 
-# 7. the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1, off by default) against the
-#    legacy calls: every op against the CPU op with it on (native.log), then the decodes of step 6
-if want graphapi && room graphapi; then
-    echo "== op tests, WANVIDEO_CUDA_GRAPH_API=1" >> "$OUT/native.log"
-    WANVIDEO_CUDA_GRAPH_API=1 timeout "$(limit 60)" bash tests/c/backend_ops.sh 2>&1 | grep -v "^wanvideo_vae build" \
-        | tee -a "$OUT/native.log" | grep -v "^ok " | tail -10
-    GRAPHAPI=${PIPESTATUS[0]}
-    summary "op tests with the graph API exit $GRAPHAPI"
-    ab_decodes WANVIDEO_CUDA_GRAPH_API graphapi
-    [ "$GRAPHAPI" = 0 ] && GRAPHAPI=$AB
-    summary "graph API exit $GRAPHAPI"
-fi
-
-# 8. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
+# 9. compute-sanitizer (in the GPU image; a gVisor machine refuses it, "Device not supported"): the op
 #    tests under memcheck (out-of-bounds and misaligned accesses, in our kernels and the libraries') and
 #    racecheck (shared-memory hazards in our kernels), one run per activation type (WV_OPS_DTYPE), the
 #    16-bit ones with every convolution on our direct kernel: under racecheck, cuDNN's 16-bit engines
@@ -296,7 +317,7 @@ if want sanitize && room sanitize; then
     summary "sanitize $SANITIZE"
 fi
 
-# 9. (only when asked: "run cpu") the CPU backend on the machine's cores: one decode (latents
+# 10. (only when asked: "run cpu") the CPU backend on the machine's cores: one decode (latents
 #    [16, 2, 24, 32] unless GPU_CHECK_CPU_SHAPE says other, full-size weights) on 1, 2, 4, ... threads
 #    up to the CPUs there, each's time and GFLOP/s in profile.txt; the frames of every thread count must
 #    be the 1-thread ones to 1e-5 (the GEMMs' rounding may differ in the last bit with the rows each is
@@ -330,7 +351,7 @@ if want cpu && room cpu; then
     summary "cpu exit $CPU"
 fi
 
-# 10. the figures the tests measured, a line each
+# 11. the figures the tests measured, a line each
 python3 - "$OUT/figures.jsonl" <<'EOF'
 import json, sys
 try:
@@ -342,11 +363,11 @@ for line in lines:
     name = r.pop("test")
     print(f"{name:44s} " + "  ".join(f"{k} {v:.4g}" for k, v in r.items()))
 EOF
-# 11. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
+# 12. the benchmark again, and the issue's GPU targets, each against what this run measured (n/a: its
 #    step did not run or finish)
 want bench && bench_table
 python3 tools/gpu_verdicts.py "$OUT/bench.json" "$OUT/figures.jsonl" "$TESTS" "$DIRECT" "$OUT/env.txt"
-summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, graphs $GRAPHS, graph API $GRAPHAPI, lab $LAB, sanitize $SANITIZE, cpu $CPU"
-for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$GRAPHS" "$GRAPHAPI" "$LAB" "${SANITIZE%% *}" "$CPU"; do
+summary "done: ops $OPS, tests $TESTS, profile $PROFILE, bench $BENCH, lab $LAB, pairs $PAIRS, graph API $GRAPHAPI, graphs $GRAPHS, sanitize $SANITIZE, cpu $CPU"
+for st in "$OPS" "$TESTS" "$BENCH" "$PROFILE" "$LAB" "$PAIRS" "$GRAPHS" "$GRAPHAPI" "${SANITIZE%% *}" "$CPU"; do
     [ "$st" = 0 ] || [ "$st" = skipped ] || [ "$st" = n/a ] || [ "$st" = partial ] || exit 1
 done

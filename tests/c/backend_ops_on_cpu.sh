@@ -7,7 +7,9 @@
 # What it cannot check is what only the real libraries and the GPU do (their algorithms, rounding,
 # alignment rules); tests/c/backend_ops.sh does that where a GPU is. Built with UBSan: the stand-in's
 # 16-byte vector types are aligned as on the GPU, so a kernel's misaligned vector load at a pointer
-# the backend forms stops the run, as it would fault there.
+# the backend forms stops the run, as it would fault there. It runs twice: as the backend runs by
+# default, then with WANVIDEO_CUDA_PAIRED_TAPS=1 (read once a process: the causal convs run by taps
+# keep their caches themselves and run their taps in pairs), each run ending on its count of cases.
 #   bash tests/c/backend_ops_on_cpu.sh [build dir]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,3 +28,5 @@ LINK=$(bash tests/c/cuda_stub/build.sh "$OUTDIR" -O1 $san)
 wait "$test_object"
 g++ $san "$OUTDIR/test_backend_ops.o" $LINK -o "$OUTDIR/test_backend_ops"
 WANVIDEO_STUB_COMPUTE=1 "$OUTDIR/test_backend_ops"
+echo "== WANVIDEO_CUDA_PAIRED_TAPS=1"
+WANVIDEO_CUDA_PAIRED_TAPS=1 WANVIDEO_STUB_COMPUTE=1 "$OUTDIR/test_backend_ops"

@@ -26,16 +26,18 @@ if [ "$valgrind" = 1 ]; then
     exec valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --num-callers=20 \
         "$OUTDIR/test_cuda_host"
 fi
-# Four runs, each a process on one core, its output and errors kept apart and passed on in this
+# Five runs, each a process on one core, its output and errors kept apart and passed on in this
 # order at the end:
 # - by default the equal-width convs of this small decoder all run by taps (2-frame caches);
 # - then every causal conv on a 3-frame ring, its taps turned in the weight scratch;
 # - with the stub computing (kernels on the CPU, cuDNN's and cuBLAS's work by loops): each decode
 #   of a small frame against the CPU backend's, with the full-size decoder's mix of the two ways (its
 #   96-channel stage by taps, its 192 and 384 ones on rings: here 8 by taps, 16 and 32 on rings);
-# - and the same with the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1) where
-#   its plans take them, the tests of the legacy calls' own ways excepted (they ask for those).
-# A computing run takes about as long as the other two together, so the two run beside them.
+# - the same with the convolutions through cuDNN's graph API (WANVIDEO_CUDA_GRAPH_API=1) where
+#   its plans take them, the tests of the legacy calls' own ways excepted (they ask for those);
+# - and the same with the taps run in pairs (WANVIDEO_CUDA_PAIRED_TAPS=1: the 8-channel convs keep
+#   their caches themselves).
+# A computing run takes about as long as the other two together, so those three run beside them.
 run_test() { # name, then the run's settings (NAME=value)
     local name=$1
     shift
@@ -45,12 +47,15 @@ run_test computing WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 &
 computing=$!
 run_test graph_api WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 WANVIDEO_CUDA_GRAPH_API=1 &
 graph_api=$!
+run_test paired WANVIDEO_STUB_COMPUTE=2 WANVIDEO_CUDA_TAPS_MAX_CHANNELS=8 WANVIDEO_CUDA_PAIRED_TAPS=1 &
+paired=$!
 failed=0
 run_test by_taps || failed=1
 run_test on_rings WANVIDEO_CUDA_TAPS_MAX_CHANNELS=0 || failed=1
 wait "$computing" || failed=1
 wait "$graph_api" || failed=1
-for name in by_taps on_rings computing graph_api; do
+wait "$paired" || failed=1
+for name in by_taps on_rings computing graph_api paired; do
     cat "$OUTDIR/$name.out"
     cat "$OUTDIR/$name.err" >&2
 done

@@ -160,8 +160,11 @@ static void end_call(side *s, test_call *t)
 /* A conv, and for causal ones three steps of the driver's protocol over a cache kept as wv_ring says
  * (each step's output compared): with the taps apart, tap 0 runs before the new frame goes into
  * its slot; a ring of three frames takes the new one in its free slot and turns through its three
+ * orders; a cache the backend keeps (WV_CACHE_KEPT) gets the new frame from elsewhere, and its two
  * orders. The backends may keep their caches differently, so the cache is checked through what it
- * is for rather than its layout. Without accumulate, y starts as NaN: a conv that overwrites y must
+ * is for rather than its layout (a kept one's layout is the backend's: both sides' caches then start
+ * as zeros, alike in any layout, and by the third step every tap reads frames the protocol put
+ * there). Without accumulate, y starts as NaN: a conv that overwrites y must
  * not read it (arena memory may hold any bits, other phases' fp32 among them). y's buffer runs on
  * past its frame by a frame of random values, compared too: a kernel writing past the output grid
  * (the stand-in checks the ranges cuDNN is given, not a kernel's) fails. */
@@ -180,12 +183,15 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     float *outs[2][STEPS];
     side *sides[2] = {cpu, gpu};
     char name[112], *mask = (char *)malloc((size_t)fall), *inner = interior(go, cout, 1);
-    int apart[2] = {0, 0};
+    wv_cache_layout layout[2] = {WV_CACHE_RING, WV_CACHE_RING};
+    static const char *const layout_names[] = {" (ring)", " (taps apart)", " (kept by the backend)"};
     memcpy(mask, inner, (size_t)fout);
     memset(mask + fout, 1, (size_t)fout);
     free(inner);
     if (!accumulate)
         for (int64_t i = 0; i < fout; i++) y0[i] = NAN;
+    for (int i = 0; i < 2 && kt > 1; i++) layout[i] = sides[i]->be->cache_layout(&cv);
+    if (layout[0] == WV_CACHE_KEPT || layout[1] == WV_CACHE_KEPT) memset(cache, 0, (size_t)(3 * fin) * sizeof(float));
     for (int t = 0; t < STEPS; t++) {
         x[t] = rand_frames(g, cin, 1);
         outs[0][t] = (float *)malloc(fall * sizeof(float));
@@ -204,22 +210,27 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
         free(packed);
         begin_call(s, &call, n_packed * s->be->param_bytes);
         if (kt > 1) {
-            apart[i] = s->be->taps_apart(&cv);
-            q.slots = apart[i] ? kt - 1 : kt;
+            q.slots = layout[i] == WV_CACHE_RING ? kt : kt - 1;
             q.base = (char *)put(s, cache, (size_t)(q.slots * fin)); /* frames t-2, t-1 (and a free slot) */
         }
         for (int t = 0; t < steps; t++) {
-            void *dy = put(s, y0, (size_t)fall), *dx = kt > 1 ? NULL : put(s, x[t], (size_t)fin);
+            int apart = layout[i] == WV_CACHE_TAPS, kept = layout[i] == WV_CACHE_KEPT;
+            void *dy = put(s, y0, (size_t)fall), *dx = kt > 1 && !kept ? NULL : put(s, x[t], (size_t)fin);
             const void *frames[WV_MAX_TAPS] = {dx};
             wv_error err;
-            if (kt > 1) {
-                if (apart[i]) {
+            if (kept) {
+                for (int dt = 0; dt < kt - 1; dt++) frames[dt] = wv_ring_slot(&q, dt);
+                frames[kt - 1] = dx;
+                s->be->conv(s->ctx, &c, g, frames, 0, kt - 1, dy, accumulate);
+                q.oldest = (q.oldest + 1) % q.slots;
+            } else if (kt > 1) {
+                if (apart) {
                     frames[0] = wv_ring_slot(&q, 0);
                     s->be->conv(s->ctx, &c, g, frames, 0, 0, dy, accumulate);
                 }
                 s->be->upload(s->ctx, wv_ring_slot(&q, kt - 1), x[t], (size_t)fin, &err);
                 for (int dt = 0; dt < kt; dt++) frames[dt] = wv_ring_slot(&q, dt);
-                s->be->conv(s->ctx, &c, g, frames, apart[i], kt - 1, dy, apart[i] || accumulate);
+                s->be->conv(s->ctx, &c, g, frames, apart, kt - 1, dy, apart || accumulate);
                 q.oldest = (q.oldest + 1) % q.slots;
             } else {
                 s->be->conv(s->ctx, &c, g, frames, 0, 0, dy, accumulate);
@@ -235,7 +246,7 @@ static void test_conv(side *cpu, side *gpu, int kt, int k, int cin, int cout, in
     for (int t = 0; t < steps; t++) {
         snprintf(name, sizeof name, "conv %dx%dx%d %d->%d pad %d%s%s%s", kt, k, k, cin, cout, pad,
                  accumulate ? " +=" : "", kt > 1 ? (t == 0 ? ", step 1" : t == 1 ? ", step 2" : ", step 3") : "",
-                 kt > 1 ? (apart[1] ? " (taps apart)" : " (ring)") : "");
+                 kt > 1 ? layout_names[layout[1]] : "");
         check(name, gpu->be, outs[0][t], outs[1][t], (size_t)fall, mask);
     }
     for (int t = 0; t < STEPS; t++) free(x[t]), free(outs[0][t]), free(outs[1][t]);

@@ -537,26 +537,56 @@ static void test_model_errors(weight_set *ws)
     wv_backend_cpu()->fail_nth_alloc(0);
 }
 
-/* A backend that asks for a weight scratch gets room for its largest causal conv's packed weights
- * (dim 8: conv1, z_dim 4 -> 32, or a 3x3x3 32 -> 32 residual conv: 27 648 elements). */
+static wv_cache_layout taps_never_apart(const wv_conv *cv)
+{
+    (void)cv;
+    return WV_CACHE_RING;
+}
+
+static wv_cache_layout taps_apart_if_square(const wv_conv *cv)
+{
+    return cv->cin == cv->cout ? WV_CACHE_TAPS : WV_CACHE_RING;
+}
+
+static wv_cache_layout kept_if_square(const wv_conv *cv)
+{
+    return cv->cin == cv->cout ? WV_CACHE_KEPT : WV_CACHE_RING;
+}
+
+/* The largest packed weights of a causal conv on a ring (WV_CACHE_RING) under this layout. */
+static int64_t largest_on_ring(const wv_model *m, const wv_backend *be)
+{
+    int64_t largest = 0;
+    for (int b = 0, c = -1; wv_next_conv(m, m->n_blocks, &b, &c);) {
+        const wv_conv *cv = &m->blocks[b].conv[c];
+        if (cv->kt > 1 && be->cache_layout(cv) == WV_CACHE_RING && be->packed_weight_elems(cv) > largest)
+            largest = be->packed_weight_elems(cv);
+    }
+    return largest;
+}
+
+/* A backend that asks for a weight scratch gets room for the largest packed weights of its causal
+ * convs on rings, whose taps it turns: every causal conv on a ring (dim 8: conv1, z_dim 4 -> 32, or a
+ * 3x3x3 32 -> 32 residual conv: 27 648 elements), then only those of unequal widths (the others' taps
+ * apart: a 3x3x3 16 -> 32 one, 13 824), then none. */
 static void test_weight_scratch(const wv_model *m, const wv_options *o)
 {
-    wv_backend asks = *m->backend;
-    wv_model with = *m;
-    wv_plan p;
-    wv_error err;
-    int64_t largest = 0;
-    asks.causal_weight_scratch = 1;
-    with.backend = &asks;
-    for (int b = 0; b < m->n_blocks; b++)
-        for (int c = 0; c < WV_BLOCK_MAX_CONVS; c++)
-            if (m->blocks[b].has_conv[c] && m->blocks[b].conv[c].kt > 1 &&
-                asks.packed_weight_elems(&m->blocks[b].conv[c]) > largest)
-                largest = asks.packed_weight_elems(&m->blocks[b].conv[c]);
-    CHECK(largest == 32 * 32 * 27);
-    CHECK(wv_plan_make(&p, &with, 3, 9, 11, o, &err) == WV_OK);
-    CHECK(p.buffers[WV_BUF_WEIGHT_SCRATCH].bytes == wv_align_up((size_t)largest * sizeof(float)));
-    wv_plan_free(&p);
+    wv_cache_layout (*const layouts[])(const wv_conv *) = {taps_never_apart, taps_apart_if_square,
+                                                           m->backend->cache_layout};
+    static const int64_t largest[] = {32 * 32 * 27, 16 * 32 * 27, 0};
+    for (int i = 0; i < 3; i++) {
+        wv_backend asks = *m->backend;
+        wv_model with = *m;
+        wv_plan p;
+        wv_error err;
+        asks.causal_weight_scratch = 1;
+        asks.cache_layout = layouts[i];
+        with.backend = &asks;
+        CHECK(largest_on_ring(m, &asks) == largest[i]);
+        CHECK(wv_plan_make(&p, &with, 3, 9, 11, o, &err) == WV_OK);
+        CHECK(p.buffers[WV_BUF_WEIGHT_SCRATCH].bytes == wv_align_up((size_t)largest[i] * sizeof(float)));
+        wv_plan_free(&p);
+    }
 }
 
 /* Within a budget that 5 columns fit, a 256 x 144 px frame is cut into columns, not a grid of
@@ -729,30 +759,38 @@ static void test_trunk_on_host(const wv_model *m, const float *lat, int T, int h
     free(out);
 }
 
-static int taps_never_apart(const wv_conv *cv)
+/* The CPU's conv as a backend keeping its caches (WV_CACHE_KEPT) runs one: every tap at once, then
+ * the new frame in the oldest one's place (the CPU's own layout: a frame per slot). */
+static const wv_backend *g_keeper;
+
+static void conv_keeping_frames(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,
+                                int last, void *y, int accumulate)
 {
-    (void)cv;
-    return 0;
+    wv_grid whole = {g.h + 2 * g.pad, g.w + 2 * g.pad, 0};
+    g_keeper->conv(ctx, cv, g, frames, first, last, y, accumulate);
+    if (cv->kt > 1 && kept_if_square(cv) == WV_CACHE_KEPT)
+        g_keeper->copy_region(ctx, frames[cv->kt - 1], whole, 0, 0, (void *)frames[0], whole, cv->cin, 1);
 }
 
-static int taps_apart_if_square(const wv_conv *cv) { return cv->cin == cv->cout; }
-
 /* Causal caches kept as rings of kt frames (how the CUDA backend keeps its 3-d convs), for every
- * conv or mixed with caches of kt - 1 (taps apart, the CPU's own way): the same decode to the bit,
- * tiled or not, and the rings take one frame more per cache. */
+ * conv or mixed with caches of kt - 1 (taps apart, the CPU's own way) or with caches the backend
+ * keeps (the driver never writing into them): the same decode to the bit, tiled or not, and the
+ * rings take one frame more per cache. */
 static void test_cache_layouts(const wv_model *m, const float *lat, int T, int h, int w, const float *whole,
                                const float *tiled, size_t n_out)
 {
-    int (*const layouts[])(const wv_conv *) = {taps_never_apart, taps_apart_if_square};
+    wv_cache_layout (*const layouts[])(const wv_conv *) = {taps_never_apart, taps_apart_if_square, kept_if_square};
     wv_options o = {0, 0, 0, WV_OUT_RAW, 0, 0};
     float *out = (float *)malloc(n_out * sizeof(float));
     wv_plan apart, rings;
     wv_stats st;
     wv_error err;
-    for (int i = 0; i < 2; i++) {
+    g_keeper = m->backend;
+    for (int i = 0; i < 3; i++) {
         wv_backend be = *m->backend;
         wv_model with = *m;
-        be.taps_apart = layouts[i];
+        be.cache_layout = layouts[i];
+        if (layouts[i] == kept_if_square) be.conv = conv_keeping_frames;
         with.backend = &be;
         CHECK(decode(&with, lat, T, h, w, 0, out, &st, &err) == WV_OK);
         CHECK(max_abs_diff(out, whole, n_out) == 0.0f);
@@ -777,7 +815,8 @@ static int64_t g_largest_operand;
 static int64_t operand_as_in_a_library(void *ctx, const wv_conv *cv)
 {
     (void)ctx;
-    return (cv->kt > 1 && !g_limited->taps_apart(cv) ? cv->kt : 1) * (cv->cin > cv->cout ? cv->cin : cv->cout);
+    return (cv->kt > 1 && g_limited->cache_layout(cv) == WV_CACHE_RING ? cv->kt : 1) *
+           (cv->cin > cv->cout ? cv->cin : cv->cout);
 }
 
 static void conv_recording_operands(void *ctx, const wv_conv *cv, wv_grid g, const void *const *frames, int first,

@@ -258,9 +258,18 @@ template <typename U> static void test_copy_channels(int C, int coff, const char
     char name[96];
     memcpy(got, ref, sizeof(float) * P * C);
     be->copy_channels(NULL, src, 3 * C, coff, ref, C, P);
-    copy_channels_kernel<U>((const U *)src, units<U>(3 * C), units<U>(coff), (U *)got, units<U>(C), P);
+    copy_channels_kernel<U>((const U *)src, units<U>(3 * C), units<U>(coff), (U *)got, units<U>(C), 0, units<U>(C), P);
     snprintf(name, sizeof name, "copy_channels [%d, %d) of %d in %s", coff, coff + C, 3 * C, unit);
     check(name, all, C, ref, got, 0.0);
+    free(ref), free(got);
+    /* the other way (a paired causal conv's new frame into its cache's half): C packed channels into
+     * [coff, coff + C) of 3 C-wide positions, the channels around them compared too */
+    ref = rand_frames(all, 3 * C, 1), got = (float *)malloc(sizeof(float) * P * 3 * C);
+    memcpy(got, ref, sizeof(float) * P * 3 * C);
+    copy_channels_kernel<U>((const U *)src, units<U>(C), 0, (U *)got, units<U>(3 * C), units<U>(coff), units<U>(C), P);
+    for (int64_t p = 0; p < P; p++) memcpy(ref + p * 3 * C + coff, src + p * C, sizeof(float) * C);
+    snprintf(name, sizeof name, "copy_channels into [%d, %d) of %d in %s", coff, coff + C, 3 * C, unit);
+    check(name, all, 3 * C, ref, got, 0.0);
     free(src), free(ref), free(got);
 }
 
