@@ -21,8 +21,8 @@
 # (2026-12-04) every step up to graphs took 270 s, and the sanitize step's six runs (each with its own
 # limit: 120 s for memcheck of the op tests, 60 s for the others) took seconds each there (memcheck of
 # the op tests and a racecheck run 4-8 s; one racecheck run and both decodes 14 s in all); it takes
-# what the deadline leaves. The pairs step (2026-12-07, not yet run on a GPU: op tests and four
-# decodes, each twice, as graphapi's) comes before graphapi and graphs, whose questions are older (step
+# what the deadline leaves. The pairs step (2026-12-07, not yet run on a GPU: op tests and six
+# decodes, each twice, untiled ones among them) comes before graphapi and graphs, whose questions are older (step
 # graphs measured, and off by default for another reason), so a run the deadline cuts short loses
 # those first. Where it was cut short and device time is left, send at once command
 # "GPU_CHECK_DEADLINE=270 tools/gpu_check.sh run sanitize cpu", timeout_s 300 (the cpu step after it,
@@ -176,14 +176,16 @@ if want lab && room lab; then
 fi
 
 # A setting off and on (NAME=0, NAME=1; STEP: the step, for its deadline): 720p x 81 in bf16 within
-# 2 GiB with the weights (142 MiB of them: 1904 MiB for the arena) and in exact 272 px tiles, each after
-# an untimed run. Each run's log goes to profile.txt as it ends (the device tool brings back 8 files),
-# but for its lines on each convolution shape, which are counted (what ran them); the frames with the
-# setting on must be those without (the same latents: --random-shape is seeded). Its status in AB.
+# 2 GiB with the weights (142 MiB of them: 1904 MiB for the arena), in exact 272 px tiles, and
+# untiled where UNTILED=1, each after an untimed run. Each run's log goes to profile.txt as it ends
+# (the device tool brings back 8 files), but for its lines on each convolution shape, which are counted
+# (what ran them); the frames with the setting on must be those without (the same latents:
+# --random-shape is seeded). Its status in AB.
 ab_decodes() {
-    local name=$1 step=$2 budget v st
+    local name=$1 step=$2 budget v st budgets=("--tile 0 --max-memory 1904M" "--tile 272")
+    [ "${UNTILED:-0}" = 1 ] && budgets+=("--tile 0")
     AB=0
-    for budget in "--tile 0 --max-memory 1904M" "--tile 272"; do
+    for budget in "${budgets[@]}"; do
         for v in 0 1; do
             room "$step" || { [ "$AB" = 0 ] && AB=partial; break 2; }
             echo "== $name=$v $budget" | tee -a "$OUT/profile.txt"
@@ -222,10 +224,11 @@ ab_ops_and_decodes() {
 }
 
 # 6. the taps run in pairs (WANVIDEO_CUDA_PAIRED_TAPS=1, off by default until this step has timed it;
-#    the lab's 2d-pair rows price the same convolutions alone). On by default where it is faster
-#    within 2 GiB.
+#    the lab's 2d-pair rows price the same convolutions alone), untiled too (the lab's 2d-stack gained
+#    nothing on whole 720p frames). On by default where it is faster within 2 GiB and not slower
+#    untiled.
 if want pairs && room pairs; then
-    ab_ops_and_decodes WANVIDEO_CUDA_PAIRED_TAPS pairs
+    UNTILED=1 ab_ops_and_decodes WANVIDEO_CUDA_PAIRED_TAPS pairs
     PAIRS=$AB
     summary "paired taps exit $PAIRS"
 fi
