@@ -25,7 +25,9 @@
  *            place in the slot the first call has just read (cin channels, a pixel stride of 2 cin: the
  *            producer writing there, as it writes tap 0's slot now), 2d-pair+copy from a packed frame
  *            then copied there. Two calls where 2d-fused makes three, in taps apart's memory: the
- *            backend does not do it (every producer would write with a pixel stride)
+ *            backend runs 2d-pair+copy where WANVIDEO_CUDA_PAIRED_TAPS=1 (the copy by a kernel of
+ *            its own; here cudaMemcpy2DAsync), not 2d-pair-slot (every producer would write with a
+ *            pixel stride)
  *   2d-outsum for a convolution much narrower out than in (the head), output-side partial sums:
  *            one 2-d convolution of the new frame into kt x cout channels, each tap's share, to be
  *            added to the shares kept from the frames before; its cache would keep kt - 1 frames of

@@ -606,8 +606,10 @@ static int make_side(side *s, const wv_backend *be)
 
 /* Convolutions 1x1 / 3x3, causal or not, accumulating or not; output channel counts around the
  * direct kernel's group of DIRECT_OUTS included; equal widths (a causal 3x3x3 one runs by taps on
- * CUDA); causal 3x3x3 ones with a handful of outputs (one 3-d convolution from the ring on CUDA, odd
- * widths and a wider ring included); the sub-pixel conv's 2x2. */
+ * CUDA; in pairs, the new frame goes into its cache's half by 16-byte vectors, or element by element
+ * where a position's channels are no whole vectors: 20 in 16 bits; 96: the full-size decoder's);
+ * causal 3x3x3 ones with a handful of outputs (one 3-d convolution from the ring on CUDA, odd widths
+ * and a wider ring included); the sub-pixel conv's 2x2. */
 static void test_conv_shapes(side *cpu, side *gpu)
 {
     for (int kt = 1; kt <= 3; kt += 2)
@@ -617,6 +619,8 @@ static void test_conv_shapes(side *cpu, side *gpu)
                 test_conv(cpu, gpu, kt, k, 32, 3, 1, acc);
                 test_conv(cpu, gpu, kt, k, 24, 24, 1, acc);
             }
+    test_conv(cpu, gpu, 3, 3, 20, 20, 1, 0);
+    test_conv(cpu, gpu, 3, 3, 96, 96, 1, 1);
     test_conv(cpu, gpu, 3, 3, 8, 5, 1, 1);
     test_conv(cpu, gpu, 3, 3, 5, 7, 1, 0); /* taps of 45 elements: turned 2 bytes at a time */
     test_conv(cpu, gpu, 3, 3, 96, 3, 1, 0); /* the head */
