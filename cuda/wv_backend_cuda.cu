@@ -2208,6 +2208,19 @@ static int vectors_fit(const cuda_ctx *c, int elems, const void *a, const void *
     return (elems * wv_dtype_size(c->dt)) % 16 == 0 && ((uintptr_t)a | (uintptr_t)b | (uintptr_t)d) % 16 == 0;
 }
 
+/* n positions of C elements: channels [soff, soff + C) of src's, sstride apart -> channels [doff,
+ * doff + C) of dst's, dstride apart; by 16-byte vectors where every count is whole vectors. */
+static void launch_copy_channels(cuda_ctx *c, const void *src, int sstride, int soff, void *dst, int dstride, int doff,
+                                 int C, int64_t n)
+{
+    int es = (int)wv_dtype_size(c->dt), per = 16 / es;
+    int vectors = vectors_fit(c, C, src, dst, NULL) && sstride % per == 0 && soff % per == 0 && dstride % per == 0 &&
+                  doff % per == 0;
+    int k = vectors ? per : 1; /* elements a unit */
+    LAUNCH_BY_UNIT(c, copy_channels_kernel, k * es, n * (C / k), src, sstride / k, soff / k, dst, dstride / k, doff / k,
+                   C / k, n);
+}
+
 /* y (+)= bias + taps 0 and 1 as one 2-d convolution over the pair [positions][2][cin] (the weights for
  * tap 0 in half `oldest`), + tap 2 over the new frame [positions][cin]; then the new frame goes into
  * half `oldest`, where the next frame's tap 1 reads it. */
@@ -2218,7 +2231,6 @@ static void exec_paired_conv(cuda_ctx *c, const conv_args *a, int H, int W)
     const char *weight = (const char *)cv->weight;
     size_t es = wv_dtype_size(c->dt);
     char *half = (char *)a->ring + (size_t)a->oldest * cv->cin * es;
-    int k = vectors_fit(c, cv->cin, x, half, NULL) ? 16 / (int)es : 1; /* elements a unit */
     conv_shape *pair, *tap;
     if (!(pair = find_conv_shape(c, 2 * cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)) ||
         !run_conv(c, pair, a->ring, weight + (size_t)(a->oldest * pair_stride(cv)) * es, cv->bias, a->y,
@@ -2226,8 +2238,7 @@ static void exec_paired_conv(cuda_ctx *c, const conv_args *a, int H, int W)
         !(tap = find_conv_shape(c, cv->cin, cv->cout, 1, cv->kh, cv->kw, H, W, 1)) ||
         !run_conv(c, tap, x, weight + (size_t)(2 * pair_stride(cv)) * es, NULL, a->y, 1))
         return;
-    LAUNCH_BY_UNIT(c, copy_channels_kernel, k * (int)es, (int64_t)H * W * (cv->cin / k), x, cv->cin / k, 0, half,
-                   2 * cv->cin / k, 0, cv->cin / k, (int64_t)H * W);
+    launch_copy_channels(c, x, cv->cin, 0, half, 2 * cv->cin, 0, cv->cin, (int64_t)H * W);
 }
 
 static void exec_conv(cuda_ctx *c, const void *args)
@@ -2460,11 +2471,7 @@ typedef struct {
 static void exec_copy_channels(cuda_ctx *c, const void *args)
 {
     const copy_channels_args *a = (const copy_channels_args *)args;
-    int es = (int)wv_dtype_size(c->dt), per = 16 / es;
-    int vectors = vectors_fit(c, a->C, a->src, a->dst, NULL) && a->cstride % per == 0 && a->coff % per == 0;
-    int k = vectors ? per : 1; /* elements a unit */
-    LAUNCH_BY_UNIT(c, copy_channels_kernel, k * es, a->n * (a->C / k), a->src, a->cstride / k, a->coff / k, a->dst,
-                   a->C / k, 0, a->C / k, a->n);
+    launch_copy_channels(c, a->src, a->cstride, a->coff, a->dst, a->C, 0, a->C, a->n);
 }
 
 /* src [n][cstride], channels [coff, coff + C) -> dst [n][C] */
