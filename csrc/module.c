@@ -754,11 +754,23 @@ static PyObject *raise_closed(void)
     return NULL;
 }
 
+/* In a forked child, only the forking thread is left: the other threads' callbacks never end there,
+ * and a thread made later may get one of their idents (the C library reuses their descriptors). */
+static void forget_other_threads_callbacks(void)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    int kept = 0;
+    for (int i = 0; i < g_n_in_callback; i++)
+        if (g_in_callback[i] == me) g_in_callback[kept++] = me;
+    g_n_in_callback = kept;
+}
+
 static PyObject *after_fork(PyObject *mod, PyObject *noargs)
 {
     (void)mod;
     (void)noargs;
     g_forks++;
+    forget_other_threads_callbacks();
     Py_RETURN_NONE;
 }
 

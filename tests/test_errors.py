@@ -1298,6 +1298,78 @@ def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
     np.testing.assert_array_equal(small.decode(lat()), small.decode(lat()))  # the parent's Decoder still works
 
 
+def exit_child_after_waiting_as(ident):
+    """In a forked child: a thread made there with `ident` (threads are made until one gets it) asks
+    for a Decoder while the child's main thread decodes with it. Exits 0 where it waited its turn and
+    decoded, 5 where it was refused as a thread inside a progress callback, 77 where no thread got the
+    ident, 8 for another WanVAEError, 9 for anything else."""
+    import time
+    code = 9
+    try:
+        dec = wv.Decoder(random_weights(8, 4, seed=3), mean=[0.0] * 4, std=[1.0] * 4)
+        tiny_lat = random_latents(4, 2, 2, 2)
+        go, codes = threading.Event(), []
+
+        def park():
+            go.wait(30)
+            if threading.get_ident() != ident:
+                return
+            try:
+                dec.decode(tiny_lat)
+                codes.append(0)
+            except wv.WanVAEError as e:
+                codes.append(5 if "callback" in str(e) else 8)
+
+        def let_it_ask(done, total):
+            if done == 1:
+                go.set()
+                time.sleep(1.0)  # busy here, while the thread asks
+            return True
+
+        parked = []
+        while len(parked) < 16 and ident not in [t.ident for t in parked]:
+            parked.append(threading.Thread(target=park))  # each kept: a joined one's descriptor comes back next
+            parked[-1].start()
+        if ident in [t.ident for t in parked]:
+            dec.decode(tiny_lat, progress=let_it_ask)
+        go.set()
+        for t in parked:
+            t.join(30)
+        code = codes[0] if codes else 77
+    finally:
+        os._exit(code)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_thread_of_a_forked_child_waits_for_a_busy_decoder_whatever_its_parent_was_doing(small):
+    """A thread of the parent inside a progress callback as the process forks is not in the child, and
+    its callback never ends there. A thread the child makes may get its ident (the C library reuses
+    the thread's descriptor) and must still wait its turn for a Decoder another thread of the child is
+    decoding with, not be refused as a callback that cannot wait (it was, for the child's life)."""
+    in_callback, release, idents = threading.Event(), threading.Event(), []
+
+    def hold(done, total):
+        idents.append(threading.get_ident())
+        in_callback.set()
+        release.wait(30)
+        return True
+
+    worker = threading.Thread(target=lambda: small.decode(lat(), progress=hold))
+    worker.start()
+    try:
+        assert in_callback.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            exit_child_after_waiting_as(idents[0])
+        code = child_exit_code(pid, "the child's decodes hung")
+    finally:
+        release.set()
+        worker.join()
+    if code == 77:
+        pytest.skip("no thread of the child got the ident of the parent's thread (this C library does not reuse it)")
+    assert code == 0, "the child's thread was refused (5) or failed otherwise (8, 9)"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_child_forked_as_a_thread_takes_or_lets_go_of_the_decoder_does_not_hang():
     """A thread of the parent may hold the Decoder's lock outside a decode as the process forks (it has
