@@ -538,6 +538,9 @@ static wv_status plan_with_trunk(wv_plan *p, const wv_model *m, int trunk_end, i
     p->trunk_end = trunk_end;
     p->output = o->output;
     if ((st = make_segments(p, m, err))) return st;
+    if (segment_frames_total(p, p->n_segments - 1, T) > INT32_MAX) /* frames are counted in int */
+        return wv_fail(err, WV_ERR_INVALID, "latents of T=%d frames would decode to %lld frames, more than %d", T,
+                       (long long)segment_frames_total(p, p->n_segments - 1, T), INT32_MAX);
     /* the attention indexes a frame's positions in int */
     if ((int64_t)h * p->out_scale > (1 << 20) || (int64_t)w * p->out_scale > (1 << 20) || (int64_t)h * w > INT32_MAX)
         return wv_fail(err, WV_ERR_INVALID,

@@ -638,6 +638,20 @@ static size_t tile_scratch_unshared(const wv_plan *p)
     return sum;
 }
 
+/* Output frames are counted in int: the most latent frames that fit plan, one more is refused. */
+static void test_frame_count_limit(const wv_model *m)
+{
+    wv_options o = {0, 0, 0, WV_OUT_UNIT, 0, 0};
+    wv_plan p;
+    wv_error err;
+    int most = (INT32_MAX - 1) / 4 + 1;
+    CHECK(wv_plan_make(&p, m, most, 9, 11, &o, &err) == WV_OK && p.frames_out == 1 + 4 * (most - 1));
+    wv_plan_free(&p);
+    CHECK(wv_plan_make(&p, m, most + 1, 9, 11, &o, &err) == WV_ERR_INVALID);
+    CHECK(strstr(err.msg, "would decode to 2147483649 frames, more than 2147483647") != NULL);
+    wv_plan_free(&p);
+}
+
 static void test_plan(const wv_model *m)
 {
     wv_plan p;
@@ -673,6 +687,7 @@ static void test_plan(const wv_model *m)
     o.max_bytes = 0;
     CHECK(wv_plan_make(&p, m, 3, 9, 11, &o, &err) == WV_ERR_INVALID);
     wv_plan_free(&p);
+    test_frame_count_limit(m);
 }
 
 static wv_status decode_with(const wv_model *m, const float *lat, int T, int h, int w, const wv_options *o, void *out,
