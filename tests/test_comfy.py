@@ -470,6 +470,11 @@ def test_wan_repo_vae_decodes_natively_as_its_own_decode_does():
     assert vae.device == "cuda:0"
     with pytest.raises(ValueError, match=r"^this VAE \(object\) has no .model module"):
         wanvideo_vae.native_wan_vae(object())
+    wanvae = StandInWanVAE(weights, data["mean"], data["std"])  # its decode takes other arguments: refused now
+    for other in (wanvae, WanVideoNativeVAEPatch().patch(wanvae)[0]):
+        with pytest.raises(ValueError, match=r"^this VAE \((StandInWanVAE|NativeWanVAE)\) decodes as a WanVideoWrapper "
+                                             r"WANVAE .* patch it with WanVideoNativeVAEPatch\(\)\.patch\(vae\)"):
+            wanvideo_vae.native_wan_vae(other)
     from standin_wanvae import module_tree
     wan22 = WanRepoVAE(weights, data["mean"], data["std"])  # Wan 2.2's Wan2_2_VAE has the same attributes
     wan22.model = module_tree(dict(weights, **{"decoder.upsamples.0.upsamples.0.residual.2.weight":

@@ -287,9 +287,31 @@ def test_a_patched_diffusers_vae_pickles_and_copies_with_its_native_decode(tmp_p
     expected = vae.decode(z).sample
     torch.save(vae, str(tmp_path / "vae.pt"))
     for other in (torch.load(str(tmp_path / "vae.pt"), weights_only=False), copy.deepcopy(vae)):
-        assert other is not vae and other.decode.args == (other,)
+        assert other is not vae and other.decode.vae is other
         assert wv.native_wan_vae(other) is other
         assert torch.equal(other.decode(z).sample, expected)
+
+
+def test_a_patched_diffusers_vae_and_its_decoder_go_with_its_last_reference():
+    """The native decode holds its VAE weakly: the VAE, and the Decoder cached for it, are freed when the last
+    reference goes, cycle collector or not (a partial stored on the VAE held it in a cycle, and kept both, and on
+    a GPU their device memory, until a collection). A decode kept past its VAE says the VAE is gone."""
+    torch = pytest.importorskip("torch")
+    import gc
+    import weakref
+    from wanvideo_vae import comfy_nodes
+    vae = wv.native_wan_vae(_small_vae(1))
+    vae.decode(torch.randn(1, 16, 2, 5, 7))
+    gone, decode, cached = weakref.ref(vae), vae.decode, len(comfy_nodes._decoders._cache)
+    gc.collect()
+    gc.disable()
+    try:
+        del vae
+        assert gone() is None and len(comfy_nodes._decoders._cache) == cached - 1
+    finally:
+        gc.enable()
+    with pytest.raises(ReferenceError, match="this native decode's AutoencoderKLWan no longer exists"):
+        decode(torch.randn(1, 16, 2, 5, 7))
 
 
 def test_latents_that_ask_for_a_gradient_are_refused():

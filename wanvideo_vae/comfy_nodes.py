@@ -6,6 +6,7 @@ and the same patch for the Wan repository's own VAE object and diffusers' Autoen
 Nothing here imports ComfyUI or ComfyUI-WanVideoWrapper at import time; their pieces are used when
 present (progress bar, interrupt). torch is imported when a node runs (ComfyUI always has it)."""
 import functools
+import inspect
 import logging
 import os
 import sys
@@ -613,6 +614,36 @@ def _native_diffusers_decode(self, z, return_dict=True):
     return DecoderOutput(sample=sample)
 
 
+class _NativeDiffusersDecode:
+    """The decode native_wan_vae sets on diffusers' AutoencoderKLWan: _native_diffusers_decode of that VAE, held
+    weakly. A bound method or a partial stored on the VAE would hold it in a cycle, and the VAE's weights and the
+    Decoder cached for it would outlive its last reference until Python's cycle collector ran. Pickled or copied
+    with the VAE (torch.save, copy.deepcopy), it comes back as the copy's own: a bound method would be pickled as
+    a lookup of its name on the VAE, which has none."""
+
+    __slots__ = ("_vae", "__weakref__")
+
+    def __init__(self, vae):
+        self._vae = weakref.ref(vae)
+
+    @property
+    def vae(self):
+        """The VAE this decode belongs to (None once it is gone)."""
+        return self._vae()
+
+    def _live_vae(self):
+        vae = self._vae()
+        if vae is None:
+            raise ReferenceError("this native decode's AutoencoderKLWan no longer exists")
+        return vae
+
+    def __call__(self, z, return_dict=True):
+        return _native_diffusers_decode(self._live_vae(), z, return_dict)
+
+    def __reduce__(self):
+        return type(self), (self._live_vae(),)
+
+
 def _group_offload_hooks(vae):
     """The group offloading hooks (diffusers' enable_group_offload) on `vae` and its submodules."""
     hooks = []
@@ -648,16 +679,22 @@ def _is_diffusers_wan_vae(vae):
 def _patch_diffusers_vae(vae):
     """diffusers' AutoencoderKLWan `vae` with its decode native: in place (an attribute of the object over its
     class's method), so that it stays the torch module diffusers' pipelines move, offload and save."""
-    if getattr(getattr(vae, "decode", None), "func", None) is _native_diffusers_decode:
+    if isinstance(getattr(vae, "decode", None), _NativeDiffusersDecode) and vae.decode.vae is vae:
         return vae
     # refused now, not after sampling: the Wan 2.2 VAE's layout, weights without values (sequential offload) or
     # on disk (group offload)
     _check_weights_in_memory(vae)
     _check_wan21_layout(_decoder_weights(vae), "AutoencoderKLWan", "the native decoder", "keep its own decode")
-    # a partial of the module's function, not a bound method: a pickled VAE (torch.save(vae), a spawned worker's
-    # copy) finds the function by its name, where a bound method is looked up on the VAE, which has none of it
-    vae.decode = functools.partial(_native_diffusers_decode, vae)
+    vae.decode = _NativeDiffusersDecode(vae)
     return vae
+
+
+def _decodes_as_a_wanvae(vae):
+    """Whether `vae`'s decode takes a WanVideoWrapper WANVAE's arguments (its tiled among them), not decode(zs)."""
+    try:
+        return "tiled" in inspect.signature(vae.decode).parameters
+    except (AttributeError, TypeError, ValueError):  # no decode, or one whose signature Python cannot read
+        return False
 
 
 def native_wan_vae(vae):
@@ -671,6 +708,11 @@ def native_wan_vae(vae):
         return vae
     if _is_diffusers_wan_vae(vae):
         return _patch_diffusers_vae(vae)
+    if _decodes_as_a_wanvae(vae):
+        raise ValueError(f"this VAE ({type(vae).__name__}) decodes as a WanVideoWrapper WANVAE (decode(hidden_states, "
+                         "device, tiled, ...)), not as the Wan repository's decode(zs): patch it with "
+                         "WanVideoNativeVAEPatch().patch(vae) (in ComfyUI: the node \"WanVideo VAE: use native exact "
+                         "decode\")")
     # refused now, not at the first decode: another VAE the Wan repositories hold (Wan 2.2's Wan2_2_VAE, whose
     # attributes are as this one's), or one without mean/std or scale
     _check_wan21_vae(vae, "VAE", "keep its own decode")
