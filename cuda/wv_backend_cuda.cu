@@ -85,6 +85,8 @@ typedef struct {
     cudnnBackendDescriptor_t kept[GRAPH_DESCRIPTORS]; /* what the plan was made of */
     int n_kept;
     int64_t workspace, engine; /* the plan's bytes, and its engine's global index (for WANVIDEO_CUDA_VERBOSE) */
+    int64_t passed_over;       /* the least workspace of an engine ranked before the plan's (or any, where none
+                                  was found) that suited but did not fit the call's workspace; 0: none */
     char tried, shown;
     char declined; /* cuDNN declined the plan: never run again, destroyed after the call's CUDA graphs, which
                       may hold its kernels (drop_declined_plans) */
@@ -1679,13 +1681,13 @@ static int describe_conv(cuda_ctx *c, conv_shape *s)
     s->Wo = s->W + 2 * conv_padding(s->kw) - s->kw + 1;
     s->n_candidates = 0;
     if (!create_conv_descriptors(c, s)) return 0;
+    if (c->direct_only) return 1; /* the direct kernel indexes in 64 bits: no frame is too large for it */
     if (cudnn_operand(s->kt, (int64_t)s->H * s->W * (s->kt > 1 ? 1 : s->n), s->cin, s->cout) > INT32_MAX) {
         wv_fail(&c->err, WV_ERR_INVALID,
                 "a %dx%d frame with %d channels is too large for one cuDNN convolution: decode it in tiles", s->H,
                 s->W, s->cin > s->cout ? s->cin : s->cout);
         return 0;
     }
-    if (c->direct_only) return 1;
     int same_grid = 1;
     s->refusal = set_conv_descriptors(c, s, &same_grid);
     if (!s->refusal && !same_grid) {
@@ -2014,8 +2016,9 @@ static int config_suits(cuda_ctx *c, cudnnBackendDescriptor_t cfg, int64_t *engi
 }
 
 /* The plan of configuration *cfg in g, which then keeps the configuration (*cfg NULL), if cuDNN makes
- * one within this call's workspace; else g stays without. (A shape's calls as a rule plan the same tile
- * and so the same workspace; a later call with less runs the shape on the legacy path.) */
+ * one within this call's workspace; else g stays without, noting in passed_over what the plan needs
+ * where it needs more. (A shape's calls as a rule plan the same tile and so the same workspace; a later
+ * call with less runs the shape on the legacy path, one with more looks again: run_graph_plan.) */
 static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
 {
     graph_build b = {g, CUDNN_STATUS_SUCCESS};
@@ -2027,6 +2030,8 @@ static void try_plan(cuda_ctx *c, graph_plan *g, cudnnBackendDescriptor_t *cfg)
     if (!b.st)
         b.st = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
                                         &g->workspace);
+    if (!b.st && g->workspace > (int64_t)c->workspace_bytes && (!g->passed_over || g->workspace < g->passed_over))
+        g->passed_over = g->workspace;
     if (b.st || g->workspace < 0 || g->workspace > (int64_t)c->workspace_bytes || g->n_kept == GRAPH_DESCRIPTORS) {
         while (g->n_kept > kept) cudnnBackendDestroyDescriptor(g->kept[--g->n_kept]);
         return;
@@ -2044,6 +2049,7 @@ static void make_graph_plan(cuda_ctx *c, conv_shape *s, fusion f)
     cudnnBackendDescriptor_t heur = build_heuristics(c, &b, s, f), cfgs[GRAPH_CONFIGS] = {NULL};
     int64_t n = 0;
     g->tried = 1;
+    g->passed_over = 0;
     for (int i = 0; i < GRAPH_CONFIGS && !b.st; i++) {
         cudnnBackendDescriptor_t cfg = NULL; /* what a failed create leaves in it is no descriptor */
         if (!(b.st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfg))) cfgs[i] = cfg;
@@ -2083,13 +2089,20 @@ static cudnnStatus_t execute_graph_plan(cuda_ctx *c, const graph_plan *g, const 
     return st;
 }
 
-/* y = conv(input) (+ bias) through shape s's plan for fusion f, made at its first use: 1 when it ran or
- * failed (the failure in c), 0 where the legacy path is to run it (see above). */
+/* y = conv(input) (+ bias) through shape s's plan for fusion f, made at its first use, and made again
+ * at the first use in a call whose workspace fits an engine passed over for want of it (a plan then
+ * has no kernels in flight or in a CUDA graph: the last call's are done and dropped, and the call's
+ * workspace is the same for all its uses): 1 when it ran or failed (the failure in c), 0 where the
+ * legacy path is to run it (see above). */
 static int run_graph_plan(cuda_ctx *c, conv_shape *s, fusion f, const void *input, const void *weight,
                           const void *bias, void *y)
 {
     graph_plan *g = &s->graph[f];
     cudnnStatus_t st;
+    if (g->tried && !g->declined && g->passed_over && g->passed_over <= (int64_t)c->workspace_bytes) {
+        drop_graph_plan(g);
+        g->tried = 0;
+    }
     if (!g->tried) make_graph_plan(c, s, f);
     if (!g->plan || g->declined || g->workspace > (int64_t)c->workspace_bytes || !graph_aligned(input) ||
         !graph_aligned(weight) || !graph_aligned(bias) || !graph_aligned(y))

@@ -495,6 +495,26 @@ static void graph_api_plan_kept_from_a_larger_workspace_waits(void)
     restore_graph_api(graph_api);
 }
 
+/* A shape first met in a call whose workspace the heuristics' first engine that suits does not fit
+ * (its next one runs) looks again in a call that fits it: that engine runs there and after. */
+static void graph_api_plan_made_in_a_smaller_workspace_is_made_again_in_a_larger(void)
+{
+    enum { WORKSPACE = 1 << 20 };
+    char *graph_api = graph_api_convolutions();
+    lone_conv l;
+    stub_calls ran[3];
+    lone_conv_make(&l);
+    stub_cudnn_plan_workspace(WORKSPACE);
+    ran[0] = lone_conv_call(&l, WORKSPACE - 256, 0, 0);
+    ran[1] = lone_conv_call(&l, WORKSPACE, 0, 0);
+    ran[2] = lone_conv_call(&l, 64 * WORKSPACE, 0, 0);
+    stub_cudnn_plan_workspace(0);
+    for (int i = 0; i < 3; i++) CHECK(ran[i].convolutions == 1 && ran[i].plan_runs == 1);
+    CHECK(ran[0].wide_plan_runs == 0 && ran[1].wide_plan_runs == 1 && ran[2].wide_plan_runs == 1);
+    lone_conv_free(&l);
+    restore_graph_api(graph_api);
+}
+
 /* A plan's tensors are described GRAPH_ALIGNMENT-aligned (16 bytes): an input or output 8 bytes off runs
  * the convolution without a plan (the stub reports a plan run at a pointer its tensor's alignment does
  * not allow), and marks nothing: the aligned call after it runs by the plan again. */
@@ -1269,6 +1289,7 @@ int main(void)
     misaligned_buffers_mark_no_shape(&ws);
     graph_api_plans_fit_the_call_workspace(&ws);
     graph_api_plan_kept_from_a_larger_workspace_waits();
+    graph_api_plan_made_in_a_smaller_workspace_is_made_again_in_a_larger();
     graph_api_misaligned_pointers_run_without_a_plan();
     shapes_of_many_frame_sizes_stay_bounded(&ws);
     shapes_within_the_bound_kept(&ws);
