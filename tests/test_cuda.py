@@ -151,9 +151,12 @@ def test_a_cudnn_whose_sub_libraries_are_not_beside_it_does_not_abort(tmp_path):
     shutil.copy(found.group(1), shim)
     code = "import wanvideo_vae as wv; c = wv.backends()['cuda']; print(c['loaded'], c.get('versions'), c['reason'])"
 
-    def run(pythonpath):
+    def run(package_dir):
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}  # the module's own path alone
-        env.update(LD_PRELOAD=shim, PYTHONPATH=pythonpath)
+        # the package from package_dir, what it imports also from the caller's path (tools/gpu_check.sh puts
+        # scipy_openblas32 there)
+        callers = [d for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) if d]
+        env.update(LD_PRELOAD=shim, PYTHONPATH=os.pathsep.join([package_dir] + callers))
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                            cwd=tmp_path)
         assert r.returncode == 0, (r.returncode, r.stderr[-2000:])  # -6: cuDNN aborted

@@ -200,9 +200,13 @@ ab_decodes() {
                 "shapes on the direct kernel" | tee -a "$OUT/profile.txt"
             [ "$st" = 0 ] || AB=$st
         done
-        # the same work: the frames differ by nothing more than a 16-bit rounding
+        # the same work: the frames differ by 16-bit roundings at most (none for step graphs, which run the
+        # same kernels; a sum rounded once less by pairs, other engines by the graph API, each rounding
+        # moving the values after it): held to the bar for bf16 (PSNR >= 40 dB on [0, 1]), and to
+        # 0.1 at any pixel (two bf16 decodes of 720p x 81 can be further apart than 2e-2 there, each about
+        # 0.04 from float32 on the fixtures)
         if [ -f /tmp/wv_ab0.npy ] && [ -f /tmp/wv_ab1.npy ]; then
-            python3 tools/max_diff.py "$name=1 vs 0" /tmp/wv_ab0.npy /tmp/wv_ab1.npy 2e-2 2>&1 \
+            python3 tools/max_diff.py "$name=1 vs 0" /tmp/wv_ab0.npy /tmp/wv_ab1.npy 0.1 40 2>&1 \
                 | tail -1 | tee -a "$OUT/profile.txt"
             [ "${PIPESTATUS[0]}" = 0 ] || AB=1
         fi
