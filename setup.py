@@ -220,9 +220,21 @@ def site_dirs():
     return seen
 
 
+def conda_prefixes(toolkit):
+    """A conda environment's own folder, where its packages put their headers and libraries (conda-forge's
+    cudnn: include/cudnn*.h, lib/libcudnn*.so*): the one whose toolkit this is (conda-forge's nvcc names
+    <env>/targets/<platform> as its toolkit, which holds the CUDA headers alone), then the active one."""
+    prefixes = []
+    if os.path.basename(os.path.dirname(os.path.normpath(toolkit))) == "targets":
+        prefixes.append(os.path.dirname(os.path.dirname(os.path.normpath(toolkit))))
+    if os.environ.get("CONDA_PREFIX") and os.environ["CONDA_PREFIX"] not in prefixes:
+        prefixes.append(os.environ["CONDA_PREFIX"])
+    return prefixes
+
+
 def candidate_roots(env_var, wheel_dirs, toolkit, installed=()):
-    """The folders to look in, in order: env_var's, the wheels', the toolkit, then `installed` (globs of
-    a vendor installer's folders, newest first)."""
+    """The folders to look in, in order: env_var's, the wheels', the toolkit, a conda environment's (see
+    conda_prefixes), then `installed` (globs of a vendor installer's folders, newest first)."""
     roots = []
     if os.environ.get(env_var):
         roots.append(os.environ[env_var])
@@ -231,6 +243,7 @@ def candidate_roots(env_var, wheel_dirs, toolkit, installed=()):
     for sp in site_dirs():
         roots += [os.path.join(sp, "nvidia", d) for d in wheel_dirs]
     roots.append(toolkit)
+    roots += conda_prefixes(toolkit)
     for pattern in installed:
         roots += sorted(glob.glob(pattern), key=toolkit_version, reverse=True)
     return roots
@@ -332,16 +345,17 @@ def library_cuda_major(lib, toolkit, toolkit_major):
     return wheels.pop() if len(wheels) == 1 else None
 
 
-def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit):
-    """(include dir, library) of the first library found, or, with match_toolkit, of the first built
-    for the toolkit's CUDA major (or whose major does not show) where there is one; a warning where
-    the one taken is of another major (it needs that CUDA's driver too). (None, None): none found.
+def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit, accept=None):
+    """(include dir, library) of the first library found (whose include dir `accept` takes, where given),
+    or, with match_toolkit, of the first built for the toolkit's CUDA major (or whose major does not
+    show) where there is one; a warning where the one taken is of another major (it needs that CUDA's
+    driver too). (None, None): none found.
 
     cuDNN is not matched: every build's library is libcudnn.so.9 (cudnn64_9.dll), so in a process
     that has imported PyTorch the one loaded is PyTorch's, the wheel's, whatever was linked; the
     build takes that one's headers. cuBLAS's names carry the major (libcublas.so.12 / .13): two load
     side by side, and the toolkit's own runtime goes with its own major."""
-    found = list(find_libraries(roots, names, cuda_major))
+    found = [(inc, lib) for inc, lib in find_libraries(roots, names, cuda_major) if accept is None or accept(inc)]
     if not found:
         return None, None
     majors = [library_cuda_major(lib, toolkit, cuda_major) for _, lib in found]
@@ -354,6 +368,29 @@ def pick_library(what, roots, names, toolkit, cuda_major, match_toolkit):
              f"CUDA backend will need a driver for CUDA {max(majors[take], cuda_major)}; a CUDA {majors[take]} "
              "toolkit (CUDA_HOME) matches it")
     return found[take]
+
+
+CUDNN_MIN_MAJOR = 9  # cuda/wv_backend_cuda.cu refuses to compile with an older one
+
+
+def cudnn_major(inc):
+    """The cuDNN major its headers in `inc` declare (CUDNN_MAJOR: cudnn_version.h from cuDNN 8 on, cudnn.h
+    before), or None where they do not say."""
+    for name in ("cudnn_version.h", "cudnn.h"):
+        try:
+            with open(os.path.join(inc, name), encoding="utf-8", errors="replace") as f:
+                found = re.search(r"#define\s+CUDNN_MAJOR\s+(\d+)", f.read())
+        except OSError:
+            continue
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def recent_cudnn(inc):
+    """Whether the cuDNN headers in `inc` are of a cuDNN the backend builds with (or do not say)."""
+    major = cudnn_major(inc)
+    return major is None or major >= CUDNN_MIN_MAJOR
 
 
 def torch_cuda_version():
@@ -406,12 +443,17 @@ def cuda_config():
     cuda_version = toolkit_cuda_version(toolkit)
     cuda_major = cuda_version[0] if cuda_version else None
     so = not WINDOWS
-    cudnn_inc, cudnn_lib = pick_library(
-        "cuDNN", candidate_roots("CUDNN_PATH", ["cudnn"], toolkit, cudnn_installer_folders()),
-        ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"]), toolkit, cuda_major,
-        match_toolkit=False)
+    # a cuDNN 8 copied into the toolkit (NVIDIA's old instructions) is passed over for a cuDNN 9 further on
+    cudnn_roots = candidate_roots("CUDNN_PATH", ["cudnn"], toolkit, cudnn_installer_folders())
+    cudnn_names = ("cudnn.h", ["libcudnn.so.9", "libcudnn.so"] if so else ["cudnn.lib", "cudnn64_9.dll"])
+    cudnn_inc, cudnn_lib = pick_library("cuDNN", cudnn_roots, cudnn_names, toolkit, cuda_major, match_toolkit=False,
+                                        accept=recent_cudnn)
     if not cudnn_inc:
         wheel = f"nvidia-cudnn-cu{cuda_major}" if cuda_major else "nvidia-cudnn-cu13 (-cu12 for a CUDA 12 toolkit)"
+        old = [inc for inc, _ in find_libraries(cudnn_roots, cudnn_names, cuda_major)]
+        if old:
+            return missing(mode, f"cuDNN {CUDNN_MIN_MAJOR} or newer not found: the one in {old[0]} is cuDNN "
+                                 f"{cudnn_major(old[0])} (pip install {wheel}, or set CUDNN_PATH)")
         return missing(mode, f"cuDNN not found (pip install {wheel}, or set CUDNN_PATH)")
     cublas_inc, cublas_lib = pick_library(
         "cuBLAS", candidate_roots("CUBLAS_PATH", ["cu13", "cublas"], toolkit),

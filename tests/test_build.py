@@ -804,6 +804,61 @@ def test_backends_adds_the_dll_folders_before_it_loads_the_cuda_backend(monkeypa
     assert order[:2] == ["DLL folders", "wanvideo_vae._cuda"]
 
 
+def test_a_cudnn_8_in_the_toolkit_is_passed_over_for_a_cudnn_9(on_windows, tmp_path, monkeypatch):
+    """NVIDIA's cuDNN 8 instructions copied it into the toolkit (include\\cudnn.h, lib\\x64\\cudnn.lib); the
+    toolkit is searched before the cuDNN 9 installer's folders, and its cuDNN 8 was taken: the build then
+    failed at the backend's #error, with the cuDNN 9 installed never tried. Without a cuDNN 9 the reason
+    names the old one."""
+    setup_module, toolkit, sp = on_windows
+    shutil.rmtree(sp / "nvidia" / "cudnn")
+    touch(toolkit / "include" / "cudnn.h", '#include "cudnn_version.h"\n')
+    touch(toolkit / "include" / "cudnn_version.h", "#define CUDNN_MAJOR 8\n#define CUDNN_MINOR 9\n")
+    touch(toolkit / "lib" / "x64" / "cudnn.lib")
+    program_files = tmp_path / "Program Files"
+    cudnn = cudnn_installer_tree(program_files / "NVIDIA" / "CUDNN" / "v9.10", ["13.0"])
+    touch(cudnn / "include" / "13.0" / "cudnn_version.h", "#define CUDNN_MAJOR 9\n")
+    monkeypatch.setenv("ProgramFiles", str(program_files))
+    cfg = setup_module.cuda_config()
+    assert cfg["cudnn_lib"] == str(cudnn / "lib" / "13.0" / "x64" / "cudnn.lib")
+    monkeypatch.setenv("ProgramFiles", str(tmp_path / "nowhere"))
+    assert setup_module.cuda_config() is None
+    assert setup_module.CUDA_NOTE["why"] == (
+        f"cuDNN 9 or newer not found: the one in {toolkit / 'include'} is cuDNN 8 (pip install nvidia-cudnn-cu13, "
+        "or set CUDNN_PATH)")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="conda-forge's Linux layout")
+def test_a_conda_environments_cudnn_is_found_beside_its_toolkit(setup_module, tmp_path, monkeypatch):
+    """conda-forge's nvcc names <env>/targets/x86_64-linux as its toolkit (the CUDA headers and libraries are
+    there), and its cudnn package puts cudnn*.h in <env>/include and libcudnn*.so* in <env>/lib, where no
+    wheel is: the build went CPU-only ("cuDNN not found")."""
+    env = tmp_path / "env"
+    toolkit = env / "targets" / "x86_64-linux"
+    touch(toolkit / "include" / "cuda_runtime_api.h", "#define CUDART_VERSION 12080\n")
+    touch(toolkit / "include" / "cublas_v2.h")
+    touch(toolkit / "lib" / "libcublas.so.12")
+    touch(toolkit / "lib" / "libcudart_static.a")
+    touch(env / "include" / "cudnn.h")
+    touch(env / "include" / "cudnn_version.h", "#define CUDNN_MAJOR 9\n")
+    touch(env / "lib" / "libcudnn.so.9")
+    for var in ("CUDNN_PATH", "CUBLAS_PATH", "CONDA_PREFIX", "WANVIDEO_CUDA", "WANVIDEO_CUDA_ARCHS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(setup_module, "find_nvcc", lambda: str(env / "bin" / "nvcc"))
+    monkeypatch.setattr(setup_module, "cuda_root", lambda nvcc: str(toolkit))
+    monkeypatch.setattr(setup_module, "site_dirs", lambda: [])
+    monkeypatch.setattr(setup_module, "machine_gpu_caps", lambda: [])
+    monkeypatch.setattr(setup_module, "torch_cuda_version", lambda: None)
+    cfg = setup_module.cuda_config()
+    assert cfg["cudnn_inc"] == str(env / "include") and cfg["cudnn_lib"] == str(env / "lib" / "libcudnn.so.9")
+    assert cfg["cublas_lib"] == str(toolkit / "lib" / "libcublas.so.12")
+    other = tmp_path / "elsewhere"  # an nvcc elsewhere, the environment active: its cuDNN still
+    touch(other / "include" / "cuda_runtime_api.h", "#define CUDART_VERSION 12080\n")
+    monkeypatch.setattr(setup_module, "cuda_root", lambda nvcc: str(other))
+    monkeypatch.setenv("CONDA_PREFIX", str(env))
+    assert setup_module.conda_prefixes(str(other)) == [str(env)]
+    assert setup_module.conda_prefixes(str(toolkit)) == [str(env)]
+
+
 def test_a_missing_cudnn_is_named_with_the_wheel_for_the_toolkits_cuda(on_windows):
     setup_module, toolkit, sp = on_windows
     shutil.rmtree(sp / "nvidia" / "cudnn")
