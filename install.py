@@ -47,13 +47,43 @@ REQUIREMENTS_FAILED = ("pip could not install the build's requirements (exit sta
                        "an index it can reach.")
 
 
-def pip_steps(python=sys.executable, folder=HERE, embedded=False):
+# setuptools 82 removed pkg_resources, which other custom nodes sharing ComfyUI's Python may still import
+SETUPTOOLS_WITH_PKG_RESOURCES = 82
+
+
+def installed_setuptools():
+    """(major, minor) of this Python's setuptools, or None without one."""
+    try:
+        from importlib.metadata import version
+        return tuple(int(part) for part in re.findall(r"\d+", version("setuptools"))[:2])
+    except Exception:  # noqa: BLE001 (not installed, or metadata unreadable: pip installs it)
+        return None
+
+
+def requirements_for_this_python(requires, setuptools):
+    """The build's requirements as pip installs them into the Python's own packages (an embeddable Python's
+    build runs without isolation), where ComfyUI and every custom node use them too: a setuptools (version
+    `setuptools`) that meets the build's minimum stays as it is, and one below it goes to the newest that
+    still has pkg_resources, not to the newest."""
+    kept = []
+    for requirement in requires:
+        least = re.fullmatch(r"setuptools\s*>=\s*(\d+)", requirement)
+        if least and int(least.group(1)) < SETUPTOOLS_WITH_PKG_RESOURCES:
+            if setuptools is not None and setuptools >= (int(least.group(1)),):
+                continue
+            requirement += ",<%d" % SETUPTOOLS_WITH_PKG_RESOURCES
+        kept.append(requirement)
+    return kept
+
+
+def pip_steps(python=sys.executable, folder=HERE, embedded=False, setuptools=None):
     """(what it does, pip command, what its failure says): pip install of this folder; in an embeddable
-    Python, its build requirements installed first (setuptools 77 or newer among them) and the build run
-    without isolation."""
+    Python (whose setuptools is `setuptools`), its build requirements installed first (see
+    requirements_for_this_python) and the build run without isolation."""
     if not embedded:
         return [("building the native decoder", [python, "-m", "pip", "install", folder], BUILD_FAILED)]
-    return [("installing the build's requirements", [python, "-m", "pip", "install"] + build_requirements(),
+    requires = requirements_for_this_python(build_requirements(), setuptools)
+    return [("installing the build's requirements", [python, "-m", "pip", "install"] + requires,
              REQUIREMENTS_FAILED),
             ("building the native decoder", [python, "-m", "pip", "install", "--no-build-isolation", folder],
              BUILD_FAILED)]
@@ -162,7 +192,7 @@ def main(call=subprocess.call, embedded=None, report=installed_report, linux=sys
     if problem:
         print("wanvideo_vae: " + problem, file=sys.stderr)
         return 1
-    steps = pip_steps(embedded=embedded_python() if embedded is None else embedded)
+    steps = pip_steps(embedded=embedded_python() if embedded is None else embedded, setuptools=installed_setuptools())
     for step in steps:
         status = run_step(call, *step)
         if status:

@@ -198,11 +198,19 @@ def test_install_script_builds_without_isolation_in_an_embeddable_python(tmp_pat
             del sys.modules["tomllib"]
         else:
             sys.modules["tomllib"] = tomllib
+    # ComfyUI's own packages: a setuptools new enough stays as it is, an older one is not raised past 81 (82
+    # removed pkg_resources, which other custom nodes may import)
+    assert install.requirements_for_this_python(requires, (80, 9)) == requires[1:]
+    assert install.requirements_for_this_python(requires, (84, 2)) == requires[1:]
+    assert install.requirements_for_this_python(requires, (69, 5))[0] == "setuptools>=77,<82"
+    assert install.requirements_for_this_python(requires, None)[0] == "setuptools>=77,<82"
+    assert install.requirements_for_this_python(["setuptools>=90"], (84, 2)) == ["setuptools>=90"]
     calls = []
     nvcc_missing = install_report(NVCC_MISSING, "13.0")
     assert install.main(call=lambda command, cwd: calls.append(command) or 0, embedded=True,
                         report=lambda: (nvcc_missing, None), linux=True) == 0
-    assert calls[0] == [sys.executable, "-m", "pip", "install"] + requires
+    assert calls[0] == [sys.executable, "-m", "pip", "install"] + install.requirements_for_this_python(
+        requires, install.installed_setuptools())
     assert calls[1] == [sys.executable, "-m", "pip", "install", "--no-build-isolation", REPO]
     assert calls[2][:4] == [sys.executable, "-m", "pip", "install"] and calls[2][4].startswith("nvidia-cuda-nvcc==")
     assert calls[3] == calls[1] and len(calls) == 4  # the build again, as the first (no isolation), with nvcc
