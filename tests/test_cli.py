@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -874,6 +875,27 @@ def test_windows_memory_figures(monkeypatch):
     assert cli.current_rss_bytes() == 300 << 20 and cli.peak_rss_bytes() == 700 << 20
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions and symbolic links")
+def test_a_file_replaced_keeps_its_permissions_and_a_link_to_it_stays_a_link(tmp_path):
+    """write_atomically (patch-workflow in place, the decode's outputs): where `path` is a symbolic link, the
+    file it leads to is replaced and the link stays (the link was replaced by a new file, the file it led to
+    left as it was); a file replaced keeps its permissions (a new file took the umask's: a private workflow
+    became readable to others)."""
+    (tmp_path / "sub").mkdir()
+    real, link = tmp_path / "sub" / "real.txt", tmp_path / "link.txt"
+    real.write_text("old", "utf-8")
+    os.chmod(real, 0o640)
+    os.symlink(os.path.join("sub", "real.txt"), link)
+    atomic.write_atomically(str(link), lambda tmp: pathlib.Path(tmp).write_text("new", "utf-8"))
+    assert os.path.islink(link) and real.read_text("utf-8") == "new"
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["link.txt", "sub"] and os.listdir(tmp_path / "sub") == ["real.txt"]
+    atomic.check_target(str(link))  # checked where it is written
+    new = tmp_path / "new.txt"
+    atomic.write_atomically(str(new), lambda tmp: pathlib.Path(tmp).write_text("x", "utf-8"))
+    assert new.read_text("utf-8") == "x"
+
+
 def test_a_file_replaced_while_windows_holds_it_is_tried_again(tmp_path, monkeypatch):
     """Windows refuses a rename over a file a player has open, or of one a scanner is reading, for a
     moment: tried again (a few seconds at most); elsewhere, and at the last try, the error stands."""
@@ -1126,7 +1148,19 @@ def test_an_output_name_as_long_as_a_folder_takes_is_written(files, tmp_path, su
 def test_an_output_name_longer_than_a_folder_takes_is_refused_before_decoding(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("wanvideo_vae.Decoder.decode", lambda *a, **k: pytest.fail("decoded"))
     assert main(_decode_args(files, tmp_path / ("v" * 252 + ".npy"))) == 2
-    assert "the name is longer than a folder takes (255 bytes)" in capsys.readouterr().err
+    unit = "characters" if sys.platform == "win32" else "bytes"
+    assert f"the name is longer than a folder takes (255 {unit})" in capsys.readouterr().err
+
+
+def test_a_name_is_measured_as_the_file_system_counts_it(monkeypatch):
+    """255 bytes on Linux and macOS, 255 UTF-16 units on Windows: a CJK name of 95 characters (275 bytes of
+    UTF-8) fits Windows, where it was measured in UTF-8 (os.fsencode's there) and refused."""
+    name = "\u5de5\u4f5c\u6d41" * 30 + ".json"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert atomic.name_length(name) == 95 and atomic.name_length("\U0001f600") == 2
+    assert len(os.path.basename(atomic.temp_path("x" * 250 + ".json"))) == 255  # shortened to fit
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert atomic.name_length(name) == 275
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX device nodes and named pipes")
