@@ -1272,29 +1272,39 @@ def exit_child_after(action, done, forked):
     os._exit(code)
 
 
+def fork_while_a_thread_is_in_a_progress_callback(dec, in_child, hang_message):
+    """Forks while another thread decodes with `dec` and waits in its progress callback; the child runs
+    in_child(that thread's ident), which exits. The child's exit code, that thread's decode done."""
+    in_callback, release, idents = threading.Event(), threading.Event(), []
+
+    def hold(done, total):
+        idents.append(threading.get_ident())
+        in_callback.set()
+        release.wait(30)
+        return True
+
+    worker = threading.Thread(target=lambda: dec.decode(lat(), progress=hold))
+    worker.start()
+    try:
+        assert in_callback.wait(30)
+        pid = os.fork()
+        if pid == 0:
+            in_child(idents[0])
+        return child_exit_code(pid, hang_message)
+    finally:
+        release.set()
+        worker.join()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_decoder_busy_when_the_process_forks_is_an_error_in_the_child(small):
     """The decode of another thread does not exist in a forked child: the Decoder's lock would never be
     let go there, and waiting for it would hang the child."""
-    import threading
-    started, release = threading.Event(), threading.Event()
-
-    def hold(done, total):
-        started.set()
-        release.wait(30)
-        return True
-
-    worker = threading.Thread(target=lambda: small.decode(lat(), progress=hold))
-    worker.start()
-    try:
-        assert started.wait(30)
-        pid = os.fork()
-        if pid == 0:  # the child: exit status 0 only for the error saying so
-            exit_child_after(lambda: small.decode(lat()), done=3, forked=0)
-        assert child_exit_code(pid, "the child hung on the Decoder its parent's thread was using") == 0
-    finally:
-        release.set()
-        worker.join()
+    # the child: exit status 0 only for the error saying so
+    code = fork_while_a_thread_is_in_a_progress_callback(
+        small, lambda ident: exit_child_after(lambda: small.decode(lat()), done=3, forked=0),
+        "the child hung on the Decoder its parent's thread was using")
+    assert code == 0
     np.testing.assert_array_equal(small.decode(lat()), small.decode(lat()))  # the parent's Decoder still works
 
 
@@ -1346,25 +1356,8 @@ def test_a_thread_of_a_forked_child_waits_for_a_busy_decoder_whatever_its_parent
     its callback never ends there. A thread the child makes may get its ident (the C library reuses
     the thread's descriptor) and must still wait its turn for a Decoder another thread of the child is
     decoding with, not be refused as a callback that cannot wait (it was, for the child's life)."""
-    in_callback, release, idents = threading.Event(), threading.Event(), []
-
-    def hold(done, total):
-        idents.append(threading.get_ident())
-        in_callback.set()
-        release.wait(30)
-        return True
-
-    worker = threading.Thread(target=lambda: small.decode(lat(), progress=hold))
-    worker.start()
-    try:
-        assert in_callback.wait(30)
-        pid = os.fork()
-        if pid == 0:
-            exit_child_after_waiting_as(idents[0])
-        code = child_exit_code(pid, "the child's decodes hung")
-    finally:
-        release.set()
-        worker.join()
+    code = fork_while_a_thread_is_in_a_progress_callback(small, exit_child_after_waiting_as,
+                                                         "the child's decodes hung")
     if code == 77:
         pytest.skip("no thread of the child got the ident of the parent's thread (this C library does not reuse it)")
     assert code == 0, "the child's thread was refused (5) or failed otherwise (8, 9)"

@@ -474,45 +474,42 @@ static void lone_conv_free(lone_conv *l)
     l->be->ctx_destroy(l->ctx);
 }
 
+/* The lone convolution through the graph API in three calls of these workspaces, the heuristics' first
+ * engine that suits needing PLAN_WORKSPACE (the next one none); the stub's counts of each call. */
+enum { PLAN_WORKSPACE = 1 << 20 };
+static void lone_conv_in_workspaces(const size_t workspaces[3], stub_calls ran[3])
+{
+    char *graph_api = graph_api_convolutions();
+    lone_conv l;
+    lone_conv_make(&l);
+    stub_cudnn_plan_workspace(PLAN_WORKSPACE);
+    for (int i = 0; i < 3; i++) ran[i] = lone_conv_call(&l, workspaces[i], 0, 0);
+    stub_cudnn_plan_workspace(0);
+    lone_conv_free(&l);
+    restore_graph_api(graph_api);
+}
+
 /* A plan kept from a call with more workspace than this one (the heuristics' first engine that suits
  * needing all of that call's) does not run in this one: the convolution runs without it, and the
  * stub reports no plan short of its workspace; a call with the workspace again runs it again. */
 static void graph_api_plan_kept_from_a_larger_workspace_waits(void)
 {
-    enum { WORKSPACE = 1 << 20 };
-    char *graph_api = graph_api_convolutions();
-    lone_conv l;
+    const size_t workspaces[3] = {PLAN_WORKSPACE, PLAN_WORKSPACE - 256, PLAN_WORKSPACE};
     stub_calls ran[3];
-    lone_conv_make(&l);
-    stub_cudnn_plan_workspace(WORKSPACE);
-    ran[0] = lone_conv_call(&l, WORKSPACE, 0, 0);
-    ran[1] = lone_conv_call(&l, WORKSPACE - 256, 0, 0);
-    ran[2] = lone_conv_call(&l, WORKSPACE, 0, 0);
-    stub_cudnn_plan_workspace(0);
+    lone_conv_in_workspaces(workspaces, ran);
     for (int i = 0; i < 3; i++) CHECK(ran[i].convolutions == 1);
     CHECK(ran[0].wide_plan_runs == 1 && ran[1].wide_plan_runs == 0 && ran[2].wide_plan_runs == 1);
-    lone_conv_free(&l);
-    restore_graph_api(graph_api);
 }
 
 /* A shape first met in a call whose workspace the heuristics' first engine that suits does not fit
  * (its next one runs) looks again in a call that fits it: that engine runs there and after. */
 static void graph_api_plan_made_in_a_smaller_workspace_is_made_again_in_a_larger(void)
 {
-    enum { WORKSPACE = 1 << 20 };
-    char *graph_api = graph_api_convolutions();
-    lone_conv l;
+    const size_t workspaces[3] = {PLAN_WORKSPACE - 256, PLAN_WORKSPACE, 64 * PLAN_WORKSPACE};
     stub_calls ran[3];
-    lone_conv_make(&l);
-    stub_cudnn_plan_workspace(WORKSPACE);
-    ran[0] = lone_conv_call(&l, WORKSPACE - 256, 0, 0);
-    ran[1] = lone_conv_call(&l, WORKSPACE, 0, 0);
-    ran[2] = lone_conv_call(&l, 64 * WORKSPACE, 0, 0);
-    stub_cudnn_plan_workspace(0);
+    lone_conv_in_workspaces(workspaces, ran);
     for (int i = 0; i < 3; i++) CHECK(ran[i].convolutions == 1 && ran[i].plan_runs == 1);
     CHECK(ran[0].wide_plan_runs == 0 && ran[1].wide_plan_runs == 1 && ran[2].wide_plan_runs == 1);
-    lone_conv_free(&l);
-    restore_graph_api(graph_api);
 }
 
 /* A plan's tensors are described GRAPH_ALIGNMENT-aligned (16 bytes): an input or output 8 bytes off runs
