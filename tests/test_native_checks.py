@@ -299,7 +299,8 @@ def test_the_gpu_checks_cpu_step(gpu_check_copy, tmp_path):
         counts.append(n)
         n = cpus if n < cpus < 2 * n else 2 * n
     assert re.findall(r"^cpu threads (\d+): [\d.]+ s \(.*GFLOP/s", r.stdout, re.M) == [str(c) for c in counts], r.stdout
-    compared = re.findall(r"^cpu (\d+) threads vs 1: max \|diff\| \S+ \(ok: tolerance 1e-05\)$", r.stdout, re.M)
+    compared = re.findall(r"^cpu (\d+) threads vs 1: max \|diff\| \S+, PSNR \S+ dB \(ok: tolerance 1e-05\)$", r.stdout,
+                          re.M)
     assert compared == [str(c) for c in counts[1:]], r.stdout
     assert r.returncode == 0 and "cpu 0 (" in r.stdout and "ops skipped, tests skipped" in r.stdout, r.stdout[-3000:]
     assert "== cpu, WANVIDEO_CPU_THREADS=1" in (tmp_path / "out" / "profile.txt").read_text()
